@@ -1,0 +1,152 @@
+/**
+ * Declares the CLI: flags, defaults and help text only. Each action lazily imports
+ * `commands/<verb>.js`, so `kvtc --help` never loads onnxruntime's native addon.
+ */
+import { Command, Option } from 'commander';
+import { VERSION } from '../version.js';
+import type { CliIO } from './io.js';
+
+type Handler = (opts: Record<string, unknown>, io: CliIO) => Promise<void>;
+
+const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').map((s) => s.trim()).filter(Boolean)];
+
+const deviceOption = () =>
+  new Option('--device <device>', 'ONNX Runtime execution provider: cpu, or cuda (needs the CUDA provider libraries; see README "GPU")')
+    .choices(['cpu', 'cuda'])
+    .default('cpu');
+
+export function createProgram(io: CliIO): Command {
+  const program = new Command('kvtc');
+  program
+    .description(
+      'KV Cache Transform Coding: calibrate a PCA + bit-allocation + DEFLATE codec for a model\'s key/value cache,\n' +
+        'prove on MMLU that it costs at most one point, and encode/decode caches with it.\n\n' +
+        'Typical flow:  kvtc calibrate --model DIR   →   kvtc validate PROFILE --model DIR   →   kvtc evaluate --profile PROFILE',
+    )
+    .version(VERSION)
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) })
+    .showHelpAfterError('(run with --help for usage)');
+
+  const run = (verb: string) => async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const positional = cmd.args;
+    const mod = (await import(`./commands/${verb}.js`)) as { default: Handler };
+    await mod.default({ ...cmd.opts(), _: positional }, io);
+  };
+
+  const sub = (name: string) => program.command(name).exitOverride().configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) });
+
+  sub('calibrate')
+    .description('Fit a KVTC profile for a model: capture KV on calibration text, fit PCA bases, solve the bit allocation, write the profile.\nWith no arguments: the bundled stories260K model on calibration-data/, written to kvtc-profiles/<model>/.')
+    .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', 'the bundled stories260K')
+    .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
+    .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens; several share one capture (e.g. --ratio 8,16,20)', collect)
+    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases', '16384')
+    .option('--heldout <n>', 'held-out tokens used to measure errors for the bit allocation and the reported ratio/error', '4096')
+    .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks)', '4')
+    .option('--window <n>', 'most recent tokens kept uncompressed', '128')
+    .option('--grouping <g>', 'which layers share a PCA basis: "layer" (one per layer), a number k (k consecutive layers), or "all"', 'layer')
+    .option('--chunk <n>', 'prefill chunk length (tokens per forward pass)', '256')
+    .option('--seed <n>', 'seed for held-out selection', '0')
+    .addOption(deviceOption())
+    .option('--out <dir>', 'output directory (default kvtc-profiles/<model>[-r<ratio>])')
+    .option('--force', 'replace an existing profile directory', false)
+    .option('--json', 'print the result as JSON', false)
+    .action(run('calibrate'));
+
+  sub('inspect')
+    .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.')
+    .argument('<profile>', 'profile directory (or its manifest.json)')
+    .option('--json', 'print as JSON', false)
+    .action(run('inspect'));
+
+  sub('validate')
+    .description('Check a profile: schema, tensor shapes, finite values, orthonormal bases; with --model, that it was made for that model. Exit 0 only if all hold.')
+    .argument('<profile>', 'profile directory (or its manifest.json)')
+    .option('--model <dir>', 'model directory the profile must match')
+    .option('--json', 'print as JSON', false)
+    .action(run('validate'));
+
+  sub('encode')
+    .description('Compress a captured KV cache (safetensors from `kvtc capture`) into a .kvtc blob.')
+    .requiredOption('--profile <dir>', 'profile directory')
+    .requiredOption('--kv <file>', 'input KV safetensors (present.{i}.key|value, [1, kv_heads, tokens, head_dim])')
+    .requiredOption('--out <file>', 'output blob')
+    .addOption(deviceOption())
+    .option('--force', 'overwrite --out', false)
+    .option('--json', 'print the result as JSON', false)
+    .action(run('encode'));
+
+  sub('decode')
+    .description('Restore a KV cache from a .kvtc blob into safetensors.')
+    .requiredOption('--profile <dir>', 'profile directory the blob was encoded with')
+    .requiredOption('--in <file>', 'input blob')
+    .requiredOption('--out <file>', 'output KV safetensors')
+    .addOption(deviceOption())
+    .option('--force', 'overwrite --out', false)
+    .option('--json', 'print the result as JSON', false)
+    .action(run('decode'));
+
+  sub('evaluate')
+    .description('MMLU (lm-evaluation-harness prompt and scoring) with the compressed cache against the uncompressed one on the same questions, paired, plus WikiText-2 perplexity.')
+    .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
+    .option('--model <dir>', 'model directory (default: the one the profile names, else the bundled model)')
+    .option('--subjects <list>', 'subjects or groups (stem, humanities, social_sciences, other, all); comma-separated', collect)
+    .option('--limit <n>', 'questions per subject (default: all)')
+    .option('--shots <k>', 'few-shot examples from the dev split: 0 or 5', '0')
+    .option('--codec <list>', 'codecs to compare with the uncompressed run: kvtc, fp16, int8, int4, kivi2', collect)
+    .option('--perplexity-tokens <n>', 'WikiText-2 test tokens for perplexity (0 to skip)', '2048')
+    .option('--max-drop <points>', 'exit non-zero (code 3) when kvtc\'s accuracy drop exceeds this many points')
+    .option('--report <file>', 'also write a Markdown report')
+    .option('--seed <n>', 'bootstrap seed', '0')
+    .addOption(deviceOption())
+    .option('--json', 'print the result as JSON', false)
+    .action(run('evaluate'));
+
+  sub('bench')
+    .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.')
+    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
+    .option('--tokens <n>', 'tokens of cache to benchmark codecs on', '4096')
+    .option('--repeats <n>', 'repetitions per measurement (median, min, max reported)', '5')
+    .option('--contexts <list>', 'context lengths for restore vs recompute', '1024,2048,4096')
+    .option('--quick', 'small sizes, for a smoke test', false)
+    .addOption(deviceOption())
+    .option('--json', 'print the result as JSON', false)
+    .action(run('bench'));
+
+  sub('capture')
+    .description('Run a model on a text file and save its KV cache as safetensors (present.{i}.key|value).')
+    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .requiredOption('--text <file>', 'UTF-8 text file to prefill')
+    .requiredOption('--out <file>', 'output .safetensors')
+    .option('--max-tokens <n>', 'truncate the prompt to this many tokens')
+    .option('--chunk <n>', 'prefill chunk length', '256')
+    .addOption(deviceOption())
+    .option('--force', 'overwrite --out', false)
+    .option('--json', 'print the result as JSON', false)
+    .action(run('capture'));
+
+  sub('generate')
+    .description('Generate a continuation of a prompt (greedy by default), to check a model is alive.')
+    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .requiredOption('--prompt <text>', 'prompt text')
+    .option('--max-new-tokens <n>', 'tokens to generate', '100')
+    .option('--temperature <t>', 'sampling temperature; 0 = greedy', '0')
+    .option('--seed <n>', 'sampling seed', '0')
+    .addOption(deviceOption())
+    .option('--json', 'print the result as JSON', false)
+    .action(run('generate'));
+
+  sub('convert-llama2c')
+    .description('Convert a llama2.c checkpoint + tokenizer.bin into an Optimum-layout ONNX model directory (how models/stories260k was made).')
+    .requiredOption('--checkpoint <file>', 'llama2.c checkpoint (legacy or v1 format)')
+    .requiredOption('--tokenizer <file>', 'llama2.c tokenizer.bin')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--name <name>', 'model name recorded in config.json', 'stories260k')
+    .option('--force', 'replace --out', false)
+    .action(run('convert-llama2c'));
+
+  return program;
+}

@@ -1,0 +1,77 @@
+/**
+ * Typed errors. The core throws these; only src/cli/main.ts maps them to exit codes.
+ * Every error names the problem (message), the offending value (context) and what to
+ * do instead (fix).
+ */
+export type ErrorCode =
+  | 'USAGE'
+  | 'MODEL_NOT_FOUND'
+  | 'MODEL_INVALID'
+  | 'UNSUPPORTED_ARCHITECTURE'
+  | 'TOKENIZER_MISSING'
+  | 'DEVICE_UNAVAILABLE'
+  | 'DATA_INVALID'
+  | 'NOT_ENOUGH_TOKENS'
+  | 'SAFETENSORS_INVALID'
+  | 'KV_INVALID'
+  | 'PROFILE_INVALID'
+  | 'PROFILE_MISMATCH'
+  | 'PROFILE_VERSION'
+  | 'BLOB_INVALID'
+  | 'BLOB_MISMATCH'
+  | 'OUTPUT_EXISTS'
+  | 'INTERRUPTED'
+  | 'THRESHOLD_EXCEEDED'
+  | 'INTERNAL';
+
+export interface ErrorDetails {
+  fix?: string;
+  context?: Record<string, unknown>;
+  cause?: unknown;
+  exitCode?: number;
+}
+
+export class KvtcError extends Error {
+  readonly code: ErrorCode;
+  readonly fix?: string;
+  readonly context?: Record<string, unknown>;
+  readonly exitCode: number;
+
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = 'KvtcError';
+    this.code = code;
+    this.fix = details.fix;
+    this.context = details.context;
+    this.exitCode = details.exitCode ?? (code === 'USAGE' ? 2 : 1);
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, fix: this.fix, context: this.context };
+  }
+}
+
+/** Bad command-line options (exit code 2). */
+export class UsageError extends KvtcError {
+  constructor(message: string, fix?: string, context?: Record<string, unknown>) {
+    super('USAGE', message, { fix, context, exitCode: 2 });
+    this.name = 'UsageError';
+  }
+}
+
+/** A bug in kvtc, not in the user's input. */
+export class InternalError extends KvtcError {
+  constructor(message: string, cause?: unknown) {
+    super('INTERNAL', message, { cause, fix: 'This is a kvtc bug: please report it with the command you ran.' });
+    this.name = 'InternalError';
+  }
+}
+
+export function isKvtcError(e: unknown): e is KvtcError {
+  return e instanceof KvtcError;
+}
+
+/** Assertion for internal invariants; the message names the op and the shapes. */
+export function invariant(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new InternalError(message);
+}
