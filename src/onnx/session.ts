@@ -1,0 +1,78 @@
+/**
+ * ONNX Runtime backend: execution-provider selection and session creation. A requested
+ * provider that is not installed is a clear error, never a silent CPU fallback.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { KvtcError } from '../errors.js';
+
+export type Device = 'cpu' | 'cuda';
+export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
+
+export const CUDA_INSTALL_FIX =
+  'Install the CUDA execution provider for onnxruntime-node: reinstall with ' +
+  '`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci` (CUDA 12, downloads from NuGet), or copy ' +
+  'libonnxruntime_providers_cuda.so and libonnxruntime_providers_shared.so of ONNX Runtime 1.29.0 ' +
+  'into node_modules/onnxruntime-node/bin/napi-v6/linux/x64/ (see README "GPU"). Or use --device cpu.';
+
+/** Directory holding onnxruntime-node's native binding and provider libraries. */
+export function ortBinaryDir(): string {
+  const require = createRequire(import.meta.url);
+  const pkg = require.resolve('onnxruntime-node/package.json');
+  return join(dirname(pkg), 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+export function cudaProviderPath(): string {
+  return join(ortBinaryDir(), 'libonnxruntime_providers_cuda.so');
+}
+
+/** Throws DEVICE_UNAVAILABLE unless `device` can run here. */
+export function checkDevice(device: string): asserts device is Device {
+  if (!DEVICES.includes(device as Device)) {
+    throw new KvtcError('USAGE', `Unsupported device "${device}". Should be one of: ${DEVICES.join(', ')}.`, { exitCode: 2 });
+  }
+  if (device === 'cuda') {
+    if (process.platform !== 'linux' || !existsSync(cudaProviderPath())) {
+      throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime's CUDA execution provider is not installed (${cudaProviderPath()} is missing).`, {
+        fix: CUDA_INSTALL_FIX,
+        context: { device, expected: cudaProviderPath() },
+      });
+    }
+  }
+}
+
+export interface SessionOptions {
+  device?: Device;
+  /** Intra-op threads (0 = ORT default: all cores). */
+  threads?: number;
+}
+
+/** Creates a session on the requested provider; a model ORT cannot load is MODEL_INVALID. */
+export async function createSession(model: string | Uint8Array, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
+  const device = opts.device ?? 'cpu';
+  checkDevice(device);
+  const so: ort.InferenceSession.SessionOptions = {
+    executionProviders: device === 'cuda' ? ['cuda'] : ['cpu'],
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: opts.threads ?? 0,
+    logSeverityLevel: 3,
+  };
+  try {
+    return typeof model === 'string' ? await ort.InferenceSession.create(model, so) : await ort.InferenceSession.create(model, so);
+  } catch (e) {
+    const msg = (e as Error).message ?? String(e);
+    if (device === 'cuda' && /cuda|provider/i.test(msg)) {
+      throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime could not start the CUDA provider: ${msg}`, { fix: CUDA_INSTALL_FIX, cause: e });
+    }
+    const where = typeof model === 'string' ? model : '<in-memory graph>';
+    throw new KvtcError('MODEL_INVALID', `ONNX Runtime cannot load ${where}: ${msg.split('\n')[0]}`, {
+      fix: 'The ONNX file is corrupt or incomplete (check external data files beside it); re-export the model.',
+      context: { model: where },
+      cause: e,
+    });
+  }
+}
+
+export { ort };
