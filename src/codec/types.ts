@@ -48,6 +48,8 @@ export interface BasisPlan {
   /** [r] static range per component (used by 'static' groups; ignored otherwise). */
   lo: Float32Array;
   hi: Float32Array;
+  /** Bit budget per token the allocation was solved for (recorded in the profile). */
+  budgetBits?: number;
 }
 
 export function planBitsPerToken(plan: Pick<BasisPlan, 'groups'>): number {

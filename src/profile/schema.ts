@@ -1,0 +1,146 @@
+/**
+ * The profile manifest (kvtc-profile.json), format version 1. This zod schema is the single
+ * source of truth: it validates every manifest kvtc reads, and `schema/kvtc-profile.schema.json`
+ * is generated from it (test/profile/schema.test.ts keeps the two identical).
+ * docs/profile-format.md is the human-readable specification.
+ */
+import { z } from 'zod';
+
+export const PROFILE_FORMAT = 'kvtc-profile';
+export const PROFILE_FORMAT_VERSION = 1;
+export const MANIFEST_FILE = 'kvtc-profile.json';
+export const TENSORS_FILE = 'kvtc-profile.safetensors';
+
+const hex = (n?: number) => z.string().regex(n ? new RegExp(`^[0-9a-f]{${n}}$`) : /^[0-9a-f]+$/);
+const nonneg = z.number().int().nonnegative();
+const finite = z.number().finite();
+
+export const QuantGroupSchema = z
+  .object({
+    start: nonneg.describe('first component (inclusive), in variance order'),
+    end: nonneg.describe('last component (exclusive)'),
+    type: z.enum(['int2', 'int4', 'int8', 'fp8']).describe('storage type of every component in the group'),
+    mode: z.enum(['static', 'dynamic']).describe('static: per-component range from the profile; dynamic: per-token fp16 offset and scale in the blob'),
+  })
+  .strict();
+
+export const PlanSchema = z
+  .object({
+    index: nonneg,
+    kind: z.enum(['key', 'value']),
+    layers: z.array(nonneg).min(1).describe('layers whose features are concatenated, in order'),
+    dim: z.number().int().positive().describe('p = len(layers) * kv_heads * head_dim'),
+    rank: nonneg.describe('stored components r; trailing dropped components are not stored'),
+    budget_bits: nonneg.describe('bit budget per token the allocation was solved for'),
+    bits_per_token: nonneg.describe('bits per token the plan actually uses, scales included'),
+    groups: z.array(QuantGroupSchema).describe('contiguous groups covering [0, rank)'),
+    tensors: z
+      .object({
+        mean: z.string(),
+        basis: z.string(),
+        variances: z.string(),
+        lo: z.string(),
+        hi: z.string(),
+      })
+      .strict()
+      .describe('names of this plan\'s tensors in the safetensors file'),
+  })
+  .strict();
+
+export const RopeSchema = z
+  .object({
+    theta: z.number().positive(),
+    rotary_dim: z.number().int().positive(),
+    layout: z.enum(['half', 'interleaved']),
+    scaling: z
+      .object({
+        type: z.enum(['llama3', 'linear']),
+        factor: z.number().positive(),
+        low_freq_factor: z.number().optional(),
+        high_freq_factor: z.number().optional(),
+        original_max_position_embeddings: z.number().optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+export const ManifestSchema = z
+  .object({
+    format: z.literal(PROFILE_FORMAT),
+    format_version: z.literal(PROFILE_FORMAT_VERSION),
+    producer: z.object({ name: z.string(), version: z.string() }).strict(),
+    profile_id: hex(16).describe('first 16 hex digits of sha256 of the tensors file; blobs name the profile by it'),
+    model: z
+      .object({
+        name: z.string(),
+        architecture: z.string(),
+        family: z.enum(['llama', 'mistral', 'qwen2']),
+        fingerprint: z
+          .object({
+            id: hex(16),
+            config_sha256: hex(64),
+            onnx_sha256: hex(64),
+          })
+          .strict(),
+        layers: z.number().int().positive(),
+        heads: z.number().int().positive(),
+        kv_heads: z.number().int().positive(),
+        head_dim: z.number().int().positive(),
+        kv_dtype: z.enum(['float32', 'float16']),
+        rope: RopeSchema,
+      })
+      .strict(),
+    settings: z
+      .object({
+        ratio_target: z.number().min(1).max(64),
+        sink: nonneg,
+        window: nonneg,
+        grouping: z.string().describe('"layer", "all", or a number k of consecutive layers per basis'),
+        tokens: z.number().int().positive(),
+        heldout: z.number().int().positive(),
+        chunk: z.number().int().positive(),
+        seed: z.number().int(),
+        granule: z.number().int().positive().describe('dynamic groups start and end on multiples of this'),
+        entropy: z.enum(['deflate-huffman', 'deflate-default', 'stored']),
+      })
+      .strict(),
+    calibration: z
+      .object({
+        sources: z.array(z.object({ name: z.string(), sha256: hex(64), bytes: nonneg }).strict()),
+        tokens_fit: nonneg,
+        tokens_heldout: nonneg,
+        sequences: nonneg,
+      })
+      .strict(),
+    plans: z.array(PlanSchema).min(1),
+    measured: z
+      .object({
+        context_tokens: nonneg.describe('tokens of the held-out caches the ratio and error were measured on'),
+        ratio_compressed: finite.describe('fp16 bytes of the compressed tokens ÷ their bytes in the blob (sections, scales, headers)'),
+        ratio_blob: finite.describe('fp16 bytes of all tokens ÷ bytes of the whole blob, sink and window tokens included'),
+        rel_error: z
+          .object({
+            key: z.array(finite).describe('per layer ‖K̂−K‖/‖K‖ over compressed tokens'),
+            value: z.array(finite),
+            key_mean: finite,
+            value_mean: finite,
+          })
+          .strict(),
+      })
+      .strict(),
+    tensors: z.object({ file: z.literal(TENSORS_FILE), sha256: hex(64), bytes: nonneg }).strict(),
+  })
+  .strict();
+
+export type Manifest = z.infer<typeof ManifestSchema>;
+export type PlanEntry = z.infer<typeof PlanSchema>;
+
+/** The JSON Schema committed at schema/kvtc-profile.schema.json. */
+export function manifestJsonSchema(): Record<string, unknown> {
+  return {
+    ...(z.toJSONSchema(ManifestSchema) as Record<string, unknown>),
+    $id: 'https://github.com/kvtc/kvtc/schema/kvtc-profile.schema.json',
+    title: `kvtc profile manifest, format version ${PROFILE_FORMAT_VERSION}`,
+  };
+}
