@@ -1,0 +1,63 @@
+import { existsSync } from 'node:fs';
+import { z } from 'zod';
+import { KvtcError } from '../../errors.js';
+import { writeFileAtomic } from '../../io/atomic.js';
+import { readKvCache } from '../../model/kv-io.js';
+import { codecFromProfile } from '../../profile/codec.js';
+import { readProfile } from '../../profile/io.js';
+import { parseOptions } from '../../validation.js';
+import { fmtBytes, fmtSeconds } from '../format.js';
+import type { CliIO } from '../io.js';
+
+const Options = z.object({
+  profile: z.string(),
+  kv: z.string(),
+  out: z.string(),
+  device: z.enum(['cpu', 'cuda']),
+  force: z.boolean().default(false),
+  json: z.boolean().default(false),
+});
+
+export default async function encode(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  const opts = parseOptions(Options, raw);
+  if (existsSync(opts.out) && !opts.force) {
+    throw new KvtcError('OUTPUT_EXISTS', `output ${opts.out} already exists`, { fix: 'Pass --force to overwrite it, or choose another --out.' });
+  }
+  const profile = await readProfile(opts.profile);
+  const { cache, metadata } = await readKvCache(opts.kv);
+  const fp = profile.manifest.model.fingerprint.id;
+  if (metadata.fingerprint && metadata.fingerprint !== fp) {
+    throw new KvtcError('PROFILE_MISMATCH', `${opts.kv} was captured from model ${metadata.model ?? '?'} (fingerprint ${metadata.fingerprint}), but the profile is for ${profile.manifest.model.name} (${fp})`, {
+      fix: 'Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with `kvtc calibrate --model DIR`.',
+    });
+  }
+  const codec = await codecFromProfile(profile, { device: opts.device });
+  codec.checkCache(cache, opts.kv);
+  const { blob, stats } = await codec.encode(cache);
+  await codec.release();
+  await writeFileAtomic(opts.out, blob);
+  const result = {
+    out: opts.out,
+    profile: profile.dir,
+    profile_id: profile.manifest.profile_id,
+    tokens: stats.tokens,
+    compressed_tokens: stats.compressedTokens,
+    raw_tokens: stats.tokens - stats.compressedTokens,
+    fp16_bytes: stats.fp16Bytes,
+    blob_bytes: stats.blobBytes,
+    ratio_blob: stats.ratioBlob,
+    ratio_compressed: stats.ratioCompressed,
+    seconds: stats.seconds,
+    device: opts.device,
+  };
+  if (opts.json) return void io.out(JSON.stringify(result, null, 2));
+  io.out(`encoded ${stats.tokens} tokens → ${opts.out} (${fmtBytes(stats.blobBytes)}, from ${fmtBytes(stats.fp16Bytes)} as fp16)`);
+  io.out(`  ratio, whole blob:          ${stats.ratioBlob.toFixed(2)}x  (${stats.tokens - stats.compressedTokens} sink/window tokens stored uncompressed)`);
+  io.out(
+    stats.compressedTokens > 0
+      ? `  ratio, compressed tokens:    ${stats.ratioCompressed.toFixed(2)}x  (${stats.compressedTokens} tokens, headers and scales included)`
+      : `  ratio, compressed tokens:    n/a — the cache (${stats.tokens} tokens) is not longer than sink + window (${profile.manifest.settings.sink} + ${profile.manifest.settings.window}), nothing was compressed`,
+  );
+  const s = stats.seconds;
+  io.out(`  time: ${fmtSeconds(s.total)} (gather ${fmtSeconds(s.gather)}, transform ${fmtSeconds(s.transform)}, quantize+pack ${fmtSeconds(s.quantize)}, deflate ${fmtSeconds(s.entropy)}) on ${opts.device}`);
+}

@@ -1,0 +1,286 @@
+/**
+ * KVTC encode/decode of a whole cache with a profile. The matrix work runs as ONNX graphs
+ * (graphs.ts) on the chosen execution provider; quantization, packing and DEFLATE run on
+ * the host (payload.ts, blob.ts).
+ *
+ *   encode: tokens [0, sink) and [T−window, T) → raw section (model dtype);
+ *           tokens [sink, T−window) → per plan: gather [n, p] → graph → coeffs [n, r]
+ *           → quantize + pack → DEFLATE → plan section.
+ */
+import type * as ortTypes from 'onnxruntime-node';
+import { KvtcError } from '../errors.js';
+import { floatToHalf, halfToFloat } from '../io/fp16.js';
+import { ropeInvFreq } from '../model/rope-freqs.js';
+import type { KvCache, RopeSpec } from '../model/types.js';
+import { createSession, ort, type Device } from '../onnx/session.js';
+import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
+import { buildDecodeGraph, buildEncodeGraph, ropeTables } from './graphs.js';
+import { RopeTable } from './rope.js';
+import { decodePlanPayload, encodePlanPayload } from './payload.js';
+import type { BasisPlan } from './types.js';
+
+export interface CodecSpec {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  rope: RopeSpec;
+  profileId: string;
+  sink: number;
+  window: number;
+  entropy: EntropyCoder;
+}
+
+export interface EncodeStats {
+  tokens: number;
+  compressedTokens: number;
+  /** fp16 bytes of the whole cache / of the compressed tokens only. */
+  fp16Bytes: number;
+  fp16BytesCompressed: number;
+  blobBytes: number;
+  /** Blob bytes attributable to the compressed tokens: everything except the raw section payload. */
+  compressedBytes: number;
+  ratioBlob: number;
+  ratioCompressed: number;
+  seconds: { gather: number; transform: number; quantize: number; entropy: number; total: number };
+}
+
+export interface DecodeStats {
+  tokens: number;
+  seconds: { inflate: number; dequantize: number; transform: number; scatter: number; total: number };
+}
+
+const now = () => performance.now() / 1000;
+
+/** Copies tokens [t0, t0+n) of the plan's layers into X [n, p] (token-major, head-major features). */
+export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array): Float32Array {
+  const p = layers.length * kvHeads * headDim;
+  const x = out ?? new Float32Array(n * p);
+  for (let li = 0; li < layers.length; li++) {
+    const a = src[layers[li]];
+    for (let h = 0; h < kvHeads; h++) {
+      const col = (li * kvHeads + h) * headDim;
+      let s = (h * tokens + t0) * headDim;
+      for (let t = 0; t < n; t++, s += headDim) x.set(a.subarray(s, s + headDim), t * p + col);
+    }
+  }
+  return x;
+}
+
+export function scatterFeatures(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number): void {
+  const p = layers.length * kvHeads * headDim;
+  for (let li = 0; li < layers.length; li++) {
+    const a = dst[layers[li]];
+    for (let h = 0; h < kvHeads; h++) {
+      const col = (li * kvHeads + h) * headDim;
+      let d = (h * tokens + t0) * headDim;
+      for (let t = 0; t < n; t++, d += headDim) a.set(x.subarray(t * p + col, t * p + col + headDim), d);
+    }
+  }
+}
+
+/** Raw-token section: for each layer, keys then values, [kvHeads, sink] then [kvHeads, window] rows of headDim. */
+function rawSection(cache: KvCache, sink: number, window: number, fp16: boolean): Uint8Array {
+  const { layers, kvHeads, headDim, tokens } = cache;
+  const rows = layers * 2 * kvHeads * (sink + window);
+  const vals = new Float32Array(rows * headDim);
+  let at = 0;
+  for (let l = 0; l < layers; l++) {
+    for (const arr of [cache.keys[l], cache.values[l]]) {
+      for (let h = 0; h < kvHeads; h++) {
+        const base = h * tokens * headDim;
+        vals.set(arr.subarray(base, base + sink * headDim), at);
+        at += sink * headDim;
+        vals.set(arr.subarray(base + (tokens - window) * headDim, base + tokens * headDim), at);
+        at += window * headDim;
+      }
+    }
+  }
+  if (!fp16) return new Uint8Array(vals.buffer);
+  const h = new Uint16Array(vals.length);
+  for (let i = 0; i < vals.length; i++) h[i] = floatToHalf(vals[i]);
+  return new Uint8Array(h.buffer);
+}
+
+function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number, fp16: boolean): void {
+  const { layers, kvHeads, headDim, tokens } = cache;
+  const count = layers * 2 * kvHeads * (sink + window) * headDim;
+  const vals = new Float32Array(count);
+  if (fp16) {
+    const h = new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+    for (let i = 0; i < count; i++) vals[i] = halfToFloat(h[i]);
+  } else vals.set(new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)));
+  let at = 0;
+  for (let l = 0; l < layers; l++) {
+    for (const arr of [cache.keys[l], cache.values[l]]) {
+      for (let h = 0; h < kvHeads; h++) {
+        const base = h * tokens * headDim;
+        arr.set(vals.subarray(at, at + sink * headDim), base);
+        at += sink * headDim;
+        arr.set(vals.subarray(at, at + window * headDim), base + (tokens - window) * headDim);
+        at += window * headDim;
+      }
+    }
+  }
+}
+
+export class KvtcCodec {
+  private constructor(
+    readonly spec: CodecSpec,
+    readonly plans: BasisPlan[],
+    private readonly encoders: (ortTypes.InferenceSession | null)[],
+    private readonly decoders: (ortTypes.InferenceSession | null)[],
+    private readonly invFreq: Float64Array,
+  ) {}
+
+  static async create(spec: CodecSpec, plans: BasisPlan[], opts: { device?: Device; threads?: number } = {}): Promise<KvtcCodec> {
+    const ctx = { rope: spec.rope, headDim: spec.headDim };
+    const enc = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildEncodeGraph(p, ctx), opts) : null)));
+    const dec = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildDecodeGraph(p, ctx), opts) : null)));
+    return new KvtcCodec(spec, plans, enc, dec, ropeInvFreq(spec.rope));
+  }
+
+  /** Raw tokens at each end: all of them when the cache is shorter than sink + window. */
+  split(tokens: number): { sink: number; window: number; n: number } {
+    const sink = Math.min(this.spec.sink, tokens);
+    const window = Math.min(this.spec.window, tokens - sink);
+    return { sink, window, n: tokens - sink - window };
+  }
+
+  checkCache(cache: KvCache, source = 'the KV cache'): void {
+    const s = this.spec;
+    if (cache.layers !== s.layers || cache.kvHeads !== s.kvHeads || cache.headDim !== s.headDim) {
+      throw new KvtcError('PROFILE_MISMATCH', `${source} has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim} head dim, but the profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`, {
+        fix: 'Use the profile calibrated for the model that produced this cache (`kvtc inspect` shows which model a profile is for).',
+      });
+    }
+  }
+
+  async encode(cache: KvCache): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
+    this.checkCache(cache);
+    const t0 = now();
+    const { sink, window, n } = this.split(cache.tokens);
+    const fp16 = cache.dtype === 'float16';
+    const sections: EncodedSection[] = [compressSection('raw', 0, rawSection(cache, sink, window, fp16), 'stored')];
+    const sec = { gather: 0, transform: 0, quantize: 0, entropy: 0, total: 0 };
+    if (n > 0) {
+      const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
+      for (let i = 0; i < this.plans.length; i++) {
+        const plan = this.plans[i];
+        const session = this.encoders[i];
+        if (!session) continue;
+        let t = now();
+        const src = plan.kind === 'key' ? cache.keys : cache.values;
+        const x = gatherFeatures(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n);
+        sec.gather += now() - t;
+        t = now();
+        const feeds: Record<string, ortTypes.Tensor> = { x: new ort.Tensor('float32', x, [n, plan.dim]) };
+        if (plan.kind === 'key') {
+          feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
+          feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
+        }
+        const coeffs = (await session.run(feeds)).coeffs.data as Float32Array;
+        sec.transform += now() - t;
+        t = now();
+        const payload = encodePlanPayload(coeffs, n, plan);
+        sec.quantize += now() - t;
+        t = now();
+        sections.push(compressSection('plan', i, payload, this.spec.entropy));
+        sec.entropy += now() - t;
+      }
+    }
+    const blob = assembleBlob(
+      { fp16, profileId: this.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },
+      sections,
+    );
+    sec.total = now() - t0;
+    const perToken = cache.layers * 2 * cache.kvHeads * cache.headDim * 2;
+    const compressedBytes = blob.byteLength - sections[0].stored.byteLength;
+    return {
+      blob,
+      stats: {
+        tokens: cache.tokens,
+        compressedTokens: n,
+        fp16Bytes: perToken * cache.tokens,
+        fp16BytesCompressed: perToken * n,
+        blobBytes: blob.byteLength,
+        compressedBytes,
+        ratioBlob: (perToken * cache.tokens) / blob.byteLength,
+        ratioCompressed: n > 0 ? (perToken * n) / compressedBytes : Number.NaN,
+        seconds: sec,
+      },
+    };
+  }
+
+  async decode(blob: Uint8Array, source = '<blob>'): Promise<{ cache: KvCache; stats: DecodeStats }> {
+    const t0 = now();
+    const head = readBlobHeader(blob, source);
+    if (head.profileId !== this.spec.profileId) {
+      throw new KvtcError('BLOB_MISMATCH', `${source} was encoded with profile ${head.profileId}, not with this profile (${this.spec.profileId})`, {
+        fix: 'Decode with the profile the blob was encoded with (its id is in `kvtc inspect`).',
+        context: { blob_profile: head.profileId, profile: this.spec.profileId },
+      });
+    }
+    const { header, sections } = parseBlob(blob, source);
+    const sec = { inflate: now() - t0, dequantize: 0, transform: 0, scatter: 0, total: 0 };
+    const { layers, kvHeads, headDim, tokens, sink, window } = header;
+    if (layers !== this.spec.layers || kvHeads !== this.spec.kvHeads || headDim !== this.spec.headDim || sink + window > tokens) {
+      throw new KvtcError('BLOB_INVALID', `${source}: header shape ${layers}×${kvHeads}×${headDim} (${tokens} tokens, ${sink}+${window} raw) does not fit the profile`, {
+        fix: 'The blob is corrupt or was written for another model: re-encode it.',
+      });
+    }
+    const n = tokens - sink - window;
+    const size = kvHeads * tokens * headDim;
+    const cache: KvCache = {
+      layers, kvHeads, headDim, tokens, dtype: header.fp16 ? 'float16' : 'float32', startPosition: header.startPosition,
+      keys: Array.from({ length: layers }, () => new Float32Array(size)),
+      values: Array.from({ length: layers }, () => new Float32Array(size)),
+    };
+    const raw = sections.find((s) => s.kind === 'raw');
+    const rawBytes = layers * 2 * kvHeads * (sink + window) * headDim * (header.fp16 ? 2 : 4);
+    if (!raw || raw.data.byteLength !== rawBytes) throw new KvtcError('BLOB_INVALID', `${source}: raw-token section is missing or has the wrong size`, { fix: 'Re-encode the cache.' });
+    restoreRaw(raw.data, cache, sink, window, header.fp16);
+    if (n > 0) {
+      const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
+      for (let i = 0; i < this.plans.length; i++) {
+        const plan = this.plans[i];
+        let t = now();
+        let x: Float32Array;
+        const session = this.decoders[i];
+        if (!session) {
+          // Rank 0: every component dropped; the reconstruction is the mean (keys re-rotated per token).
+          x = new Float32Array(n * plan.dim);
+          for (let k = 0; k < n; k++) x.set(plan.mean, k * plan.dim);
+          if (plan.kind === 'key') {
+            const rt = new RopeTable(this.spec.rope, headDim);
+            for (let k = 0; k < n; k++) {
+              rt.at(header.startPosition + sink + k);
+              for (let off = k * plan.dim; off < (k + 1) * plan.dim; off += headDim) rt.rotate(x, off, x, off, 1);
+            }
+          }
+        } else {
+          const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
+          if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
+          const coeffs = decodePlanPayload(section.data, n, plan, source);
+          sec.dequantize += now() - t;
+          t = now();
+          const feeds: Record<string, ortTypes.Tensor> = { coeffs: new ort.Tensor('float32', coeffs, [n, plan.rank]) };
+          if (plan.kind === 'key') {
+            feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
+            feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
+          }
+          x = (await session.run(feeds)).x.data as Float32Array;
+          sec.transform += now() - t;
+        }
+        t = now();
+        scatterFeatures(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n);
+        sec.scatter += now() - t;
+      }
+    }
+    sec.total = now() - t0;
+    return { cache, stats: { tokens, seconds: sec } };
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([...this.encoders, ...this.decoders].map((s) => s?.release()));
+  }
+}

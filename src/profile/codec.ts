@@ -1,0 +1,41 @@
+import { KvtcCodec } from '../codec/codec.js';
+import type { EntropyCoder } from '../codec/blob.js';
+import type { RopeSpec } from '../model/types.js';
+import type { Device } from '../onnx/session.js';
+import type { Manifest } from './schema.js';
+import type { Profile } from './io.js';
+
+export function ropeFromManifest(m: Manifest): RopeSpec {
+  const r = m.model.rope;
+  return {
+    theta: r.theta,
+    rotaryDim: r.rotary_dim,
+    layout: r.layout,
+    scaling: r.scaling && {
+      type: r.scaling.type,
+      factor: r.scaling.factor,
+      lowFreqFactor: r.scaling.low_freq_factor,
+      highFreqFactor: r.scaling.high_freq_factor,
+      originalMaxPositionEmbeddings: r.scaling.original_max_position_embeddings,
+    },
+  };
+}
+
+/** The codec a profile describes, with its graphs on the chosen execution provider. */
+export function codecFromProfile(profile: Profile, opts: { device?: Device; threads?: number } = {}): Promise<KvtcCodec> {
+  const m = profile.manifest;
+  return KvtcCodec.create(
+    {
+      layers: m.model.layers,
+      kvHeads: m.model.kv_heads,
+      headDim: m.model.head_dim,
+      rope: ropeFromManifest(m),
+      profileId: m.profile_id,
+      sink: m.settings.sink,
+      window: m.settings.window,
+      entropy: m.settings.entropy as EntropyCoder,
+    },
+    profile.plans,
+    opts,
+  );
+}
