@@ -1,0 +1,79 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { KvtcError } from '../../errors.js';
+import { readTextFile } from '../../io/text.js';
+import { writeKvCache } from '../../model/kv-io.js';
+import { loadModel, modelDirFromOption } from '../../model/load.js';
+import { ModelRunner } from '../../model/runner.js';
+import { parseOptions } from '../../validation.js';
+import type { CliIO } from '../io.js';
+import { createProgress } from '../progress.js';
+
+const intString = z.string().regex(/^\d+$/, 'must be a positive integer').transform(Number).refine((n) => n > 0, 'must be a positive integer');
+
+const schema = z.object({
+  model: z.string().min(1),
+  text: z.string().min(1),
+  out: z.string().min(1),
+  maxTokens: intString.optional(),
+  chunk: intString,
+  device: z.enum(['cpu', 'cuda']),
+  force: z.boolean(),
+  json: z.boolean(),
+});
+
+export interface CaptureSummary {
+  model: string;
+  fingerprint: string;
+  out: string;
+  tokens: number;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  dtype: string;
+  bytes: number;
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+export default async function capture(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  const opts = parseOptions(schema, raw);
+  const out = resolve(opts.out);
+  // Checked before the model runs so a refused overwrite costs nothing.
+  if (existsSync(out) && !opts.force) {
+    throw new KvtcError('OUTPUT_EXISTS', `${out} already exists.`, { fix: 'Pass --force to overwrite it, or choose another --out.', context: { out } });
+  }
+  const { text } = await readTextFile(opts.text);
+  const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
+  const progress = createProgress(io, !opts.json);
+  let r;
+  try {
+    r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk: opts.chunk, onProgress: progress.fn });
+  } finally {
+    progress.stop();
+  }
+  const bytes = await writeKvCache(out, r.cache, { model: model.name, fingerprint: model.fingerprint.id });
+  const seconds = r.ms / 1000;
+  const s: CaptureSummary = {
+    model: model.name,
+    fingerprint: model.fingerprint.id,
+    out,
+    tokens: r.cache.tokens,
+    layers: r.cache.layers,
+    kvHeads: r.cache.kvHeads,
+    headDim: r.cache.headDim,
+    dtype: r.cache.dtype,
+    bytes,
+    seconds,
+    tokensPerSecond: r.cache.tokens / seconds,
+  };
+  if (opts.json) {
+    io.out(JSON.stringify(s, null, 2));
+    return;
+  }
+  io.out(`Captured ${s.tokens} tokens of KV from ${s.model} (${s.layers} layers × ${s.kvHeads} KV heads × head_dim ${s.headDim}, ${s.dtype})`);
+  io.out(`  prefill ${s.seconds.toFixed(2)} s, ${s.tokensPerSecond.toFixed(0)} tokens/s (chunk ${opts.chunk}, ${opts.device})`);
+  io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)`);
+  for (const n of model.notes) io.out(`  note: ${n}`);
+}

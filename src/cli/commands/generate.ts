@@ -1,0 +1,34 @@
+import { z } from 'zod';
+import { loadModel, modelDirFromOption } from '../../model/load.js';
+import { ModelRunner } from '../../model/runner.js';
+import { parseOptions } from '../../validation.js';
+import type { CliIO } from '../io.js';
+
+const schema = z.object({
+  model: z.string().min(1),
+  prompt: z.string().min(1, 'must not be empty'),
+  maxNewTokens: z.string().regex(/^\d+$/, 'must be a non-negative integer').transform(Number),
+  temperature: z.string().regex(/^\d+(\.\d+)?$/, 'must be a number >= 0').transform(Number),
+  seed: z.string().regex(/^\d+$/, 'must be a non-negative integer').transform(Number),
+  device: z.enum(['cpu', 'cuda']),
+  json: z.boolean(),
+});
+
+export default async function generate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  const opts = parseOptions(schema, raw);
+  const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
+  const runner = new ModelRunner(model);
+  const promptIds = model.tokenizer.encode(opts.prompt);
+  const r = await runner.generate(promptIds, { maxNewTokens: opts.maxNewTokens, temperature: opts.temperature, seed: opts.seed });
+  // Decoded with the prompt so the joining space comes out as the tokenizer means it.
+  const prompt = model.tokenizer.decode(promptIds);
+  const full = model.tokenizer.decode([...promptIds, ...r.ids]);
+  const continuation = full.startsWith(prompt) ? full.slice(prompt.length) : model.tokenizer.decode(r.ids);
+  const tokensPerSecond = r.ids.length > 1 ? (r.ids.length - 1) / (r.decodeMs / 1000) : undefined;
+  if (opts.json) {
+    io.out(JSON.stringify({ model: model.name, prompt: opts.prompt, continuation, promptTokens: promptIds.length, ids: r.ids, stopReason: r.stopReason, prefillMs: r.prefillMs, decodeMs: r.decodeMs, tokensPerSecond }, null, 2));
+    return;
+  }
+  io.out(continuation);
+  io.err(`(${r.ids.length} new tokens, stop: ${r.stopReason}${tokensPerSecond ? `, ${tokensPerSecond.toFixed(0)} tokens/s` : ''})`);
+}
