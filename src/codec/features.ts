@@ -1,0 +1,90 @@
+/**
+ * Gathers a basis plan's features from a KvCache (and scatters them back).
+ *
+ * X: Float32Array // [t1 - t0, p] token-major, p = layers.length * kvHeads * headDim,
+ * feature index (li * kvHeads + h) * headDim + d. Keys are un-rotated while gathering
+ * (position of token t = cache.startPosition + t) and re-rotated while scattering.
+ */
+import { invariant } from '../errors.js';
+import type { KvCache, RopeSpec } from '../model/types.js';
+import { RopeTable } from './rope.js';
+import type { KvKind } from './types.js';
+
+export interface FeatureSelection {
+  kind: KvKind;
+  /** Layers concatenated in this order. */
+  layers: number[];
+}
+
+export function featureDim(cache: Pick<KvCache, 'kvHeads' | 'headDim'>, layers: number[]): number {
+  return layers.length * cache.kvHeads * cache.headDim;
+}
+
+function check(cache: KvCache, sel: FeatureSelection, t0: number, t1: number, op: string): void {
+  invariant(Number.isInteger(t0) && Number.isInteger(t1) && 0 <= t0 && t0 <= t1 && t1 <= cache.tokens,
+    `Error in ${op}: token range [${t0}, ${t1}) must lie in [0, ${cache.tokens})`);
+  for (const l of sel.layers) {
+    invariant(Number.isInteger(l) && l >= 0 && l < cache.layers, `Error in ${op}: layer ${l} out of range [0, ${cache.layers})`);
+  }
+}
+
+/**
+ * Copies tokens [t0, t1) of `sel` into X [t1-t0, p] (allocated unless `out` is given).
+ * `rope` is required for keys and ignored for values.
+ */
+export function gatherFeatures(
+  cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
+  t0 = 0, t1 = cache.tokens, out?: Float32Array,
+): Float32Array {
+  check(cache, sel, t0, t1, 'gatherFeatures');
+  const { kvHeads, headDim, tokens } = cache;
+  const p = featureDim(cache, sel.layers);
+  const n = t1 - t0;
+  const X = out ?? new Float32Array(n * p);
+  invariant(X.length >= n * p, `Error in gatherFeatures: out length (${X.length}) < tokens*p (${n}*${p})`);
+  const table = sel.kind === 'key' ? ropeTable(rope, headDim) : undefined;
+  for (let t = t0; t < t1; t++) {
+    table?.at(cache.startPosition + t);
+    const row = (t - t0) * p;
+    for (let li = 0; li < sel.layers.length; li++) {
+      const src = sel.kind === 'key' ? cache.keys[sel.layers[li]] : cache.values[sel.layers[li]];
+      for (let h = 0; h < kvHeads; h++) {
+        const so = (h * tokens + t) * headDim;
+        const dOff = row + (li * kvHeads + h) * headDim;
+        if (table) table.rotate(src, so, X, dOff, -1);
+        else X.set(src.subarray(so, so + headDim), dOff);
+      }
+    }
+  }
+  return X;
+}
+
+/** Inverse of gatherFeatures: writes X [t1-t0, p] into the cache (re-applying RoPE to keys). */
+export function scatterFeatures(
+  X: Float32Array, cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
+  t0 = 0, t1 = cache.tokens,
+): void {
+  check(cache, sel, t0, t1, 'scatterFeatures');
+  const { kvHeads, headDim, tokens } = cache;
+  const p = featureDim(cache, sel.layers);
+  invariant(X.length >= (t1 - t0) * p, `Error in scatterFeatures: X length (${X.length}) < tokens*p (${t1 - t0}*${p})`);
+  const table = sel.kind === 'key' ? ropeTable(rope, headDim) : undefined;
+  for (let t = t0; t < t1; t++) {
+    table?.at(cache.startPosition + t);
+    const row = (t - t0) * p;
+    for (let li = 0; li < sel.layers.length; li++) {
+      const dst = sel.kind === 'key' ? cache.keys[sel.layers[li]] : cache.values[sel.layers[li]];
+      for (let h = 0; h < kvHeads; h++) {
+        const so = row + (li * kvHeads + h) * headDim;
+        const dOff = (h * tokens + t) * headDim;
+        if (table) table.rotate(X, so, dst, dOff, 1);
+        else dst.set(X.subarray(so, so + headDim), dOff);
+      }
+    }
+  }
+}
+
+function ropeTable(rope: RopeSpec | undefined, headDim: number): RopeTable {
+  invariant(rope !== undefined, 'Error in features: keys need a RopeSpec to un-rotate');
+  return new RopeTable(rope, headDim);
+}

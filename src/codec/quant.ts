@@ -1,0 +1,232 @@
+/**
+ * Per-token, per-group affine quantization of PCA coefficients.
+ *
+ * Every stored type decodes as  x̂ = offset + q · scale  (computed in float64, stored float32):
+ *   int2/int4/int8: q = code in [0, 2^b - 1];   fp8: q = e4m3fn value of code (|q| <= 448).
+ *
+ * 'dynamic' groups: per token, offset and scale are fp16 values chosen from the group's min/max
+ *   int: offset = fp16 round-down(min), scale = fp16 round-up((max - offset) / (2^b - 1))
+ *   fp8: offset = fp16((min + max) / 2), scale = fp16 round-up(max|x - offset| / 448)
+ *   Rounding outward means the fp16 range always covers [min, max] (no clipping); the encoder
+ *   quantizes with exactly the fp16 values the decoder reads. min/max are clamped to ±65504.
+ *   A zero scale (constant group) stores code 0 and decodes to the offset.
+ * 'static' groups: per component j, from the profile's float32 lo[j], hi[j]:
+ *   int: offset = lo, scale = (hi - lo) / (2^b - 1);   fp8: offset = (lo + hi) / 2,
+ *   scale = (hi - lo) / (2·448). Values outside [lo, hi] clip.
+ */
+import { invariant } from '../errors.js';
+import { floatToHalf, halfToFloat } from '../io/fp16.js';
+import { FP8_MAX, FP8_TO_FLOAT, fp8MagnitudeCode } from './fp8.js';
+import type { QuantGroup, QuantType } from './types.js';
+
+export type StoredType = Exclude<QuantType, 'none'>;
+export const STORED_TYPES: readonly StoredType[] = ['int2', 'int4', 'int8', 'fp8'];
+
+/** Largest code of an int type (2^b - 1); 0 for fp8. */
+export function intLevels(type: StoredType): number {
+  return type === 'int2' ? 3 : type === 'int4' ? 15 : type === 'int8' ? 255 : 0;
+}
+
+const HALF_MAX = 65504;
+
+function halfRoundUp(x: number): number {
+  let h = floatToHalf(x);
+  if (halfToFloat(h) < x) h = h & 0x8000 ? (h === 0x8000 ? 1 : h - 1) : h + 1;
+  return h;
+}
+
+function halfRoundDown(x: number): number {
+  let h = floatToHalf(x);
+  if (halfToFloat(h) > x) h = h & 0x8000 ? h + 1 : h === 0 ? 0x8001 : h - 1;
+  return h;
+}
+
+/**
+ * fp16 offset and scale of a dynamic group whose values span [min, max], packed as
+ * (offsetHalf << 16) | scaleHalf (no allocation in the hot loop).
+ */
+export function dynamicHalves(min: number, max: number, type: StoredType): number {
+  if (min < -HALF_MAX) min = -HALF_MAX;
+  if (max > HALF_MAX) max = HALF_MAX;
+  if (max < min) max = min;
+  let off: number;
+  let sc: number;
+  if (type === 'fp8') {
+    off = floatToHalf((min + max) / 2);
+    const o = halfToFloat(off);
+    const amax = Math.max(max - o, o - min);
+    sc = amax > 0 ? halfRoundUp(amax / FP8_MAX) : 0;
+  } else {
+    off = halfRoundDown(min);
+    const o = halfToFloat(off);
+    const span = max - o;
+    sc = span > 0 ? halfRoundUp(span / intLevels(type)) : 0;
+  }
+  return ((off << 16) | sc) >>> 0;
+}
+
+/** Code of v for offset/scale (int: levels = 2^b-1; fp8: levels = 0). */
+export function encodeValue(v: number, offset: number, scale: number, levels: number): number {
+  if (scale === 0) return 0;
+  const u = (v - offset) / scale;
+  if (levels > 0) {
+    const c = Math.round(u);
+    return c < 0 ? 0 : c > levels ? levels : c;
+  }
+  return u < 0 ? fp8MagnitudeCode(-u) | 0x80 : fp8MagnitudeCode(u);
+}
+
+export function decodeValue(code: number, offset: number, scale: number, levels: number): number {
+  return offset + (levels > 0 ? code : FP8_TO_FLOAT[code]) * scale;
+}
+
+export function staticOffset(lo: number, hi: number, type: StoredType): number {
+  return type === 'fp8' ? (lo + hi) / 2 : lo;
+}
+
+export function staticScale(lo: number, hi: number, type: StoredType): number {
+  const s = type === 'fp8' ? (hi - lo) / (2 * FP8_MAX) : (hi - lo) / intLevels(type);
+  return s > 0 ? s : 0;
+}
+
+function checkGroup(op: string, C: Float32Array, tokens: number, r: number, g: QuantGroup, codes: Uint8Array): StoredType {
+  invariant(g.type !== 'none', `Error in ${op}: group [${g.start}, ${g.end}) has type 'none' (nothing to store)`);
+  invariant(0 <= g.start && g.start < g.end && g.end <= r, `Error in ${op}: group [${g.start}, ${g.end}) outside [0, ${r})`);
+  invariant(C.length >= tokens * r, `Error in ${op}: coefficient length (${C.length}) < tokens*r (${tokens}*${r})`);
+  invariant(codes.length >= tokens * (g.end - g.start), `Error in ${op}: codes length (${codes.length}) < tokens*width (${tokens}*${g.end - g.start})`);
+  return g.type;
+}
+
+/**
+ * Quantizes group g of C: Float32Array // [tokens, r] into codes: Uint8Array // [tokens, width]
+ * (one code per byte). Dynamic groups also write scales/offsets: Uint16Array // [tokens] fp16.
+ * lo/hi: Float32Array // [r] static ranges (read by static groups only).
+ */
+export function quantizeGroup(
+  C: Float32Array, tokens: number, r: number, g: QuantGroup, lo: Float32Array, hi: Float32Array,
+  codes: Uint8Array, scales?: Uint16Array, offsets?: Uint16Array,
+): void {
+  const type = checkGroup('quantizeGroup', C, tokens, r, g, codes);
+  const w = g.end - g.start;
+  const levels = intLevels(type);
+  if (g.mode === 'dynamic') {
+    invariant(scales !== undefined && offsets !== undefined && scales.length >= tokens && offsets.length >= tokens,
+      `Error in quantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets of length >= ${tokens}`);
+    for (let t = 0; t < tokens; t++) {
+      const row = t * r + g.start;
+      let mn = Infinity;
+      let mx = -Infinity;
+      for (let j = 0; j < w; j++) {
+        const v = C[row + j];
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
+      }
+      const packed = dynamicHalves(mn, mx, type);
+      const oh = packed >>> 16;
+      const sh = packed & 0xffff;
+      offsets[t] = oh;
+      scales[t] = sh;
+      const off = halfToFloat(oh);
+      const sc = halfToFloat(sh);
+      const out = t * w;
+      for (let j = 0; j < w; j++) codes[out + j] = encodeValue(C[row + j], off, sc, levels);
+    }
+    return;
+  }
+  for (let j = 0; j < w; j++) {
+    const c = g.start + j;
+    const off = staticOffset(lo[c], hi[c], type);
+    const sc = staticScale(lo[c], hi[c], type);
+    for (let t = 0; t < tokens; t++) codes[t * w + j] = encodeValue(C[t * r + c], off, sc, levels);
+  }
+}
+
+/** Inverse of quantizeGroup: writes group g's columns of out: Float32Array // [tokens, r]. */
+export function dequantizeGroup(
+  codes: Uint8Array, tokens: number, r: number, g: QuantGroup, lo: Float32Array, hi: Float32Array,
+  scales: Uint16Array | undefined, offsets: Uint16Array | undefined, out: Float32Array,
+): void {
+  const type = checkGroup('dequantizeGroup', out, tokens, r, g, codes);
+  const w = g.end - g.start;
+  const levels = intLevels(type);
+  if (g.mode === 'dynamic') {
+    invariant(scales !== undefined && offsets !== undefined, `Error in dequantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets`);
+    for (let t = 0; t < tokens; t++) {
+      const off = halfToFloat(offsets[t]);
+      const sc = halfToFloat(scales[t]);
+      const row = t * r + g.start;
+      const src = t * w;
+      for (let j = 0; j < w; j++) out[row + j] = decodeValue(codes[src + j], off, sc, levels);
+    }
+    return;
+  }
+  for (let j = 0; j < w; j++) {
+    const c = g.start + j;
+    const off = staticOffset(lo[c], hi[c], type);
+    const sc = staticScale(lo[c], hi[c], type);
+    for (let t = 0; t < tokens; t++) out[t * r + c] = decodeValue(codes[t * w + j], off, sc, levels);
+  }
+}
+
+/** Σ (v - q(v))² of values [n] under a static range (float32-rounded lo/hi, as stored). */
+export function staticSquaredError(values: ArrayLike<number>, n: number, lo: number, hi: number, type: StoredType): number {
+  const l = Math.fround(lo);
+  const h = Math.fround(hi);
+  const off = staticOffset(l, h, type);
+  const sc = staticScale(l, h, type);
+  const levels = intLevels(type);
+  let err = 0;
+  for (let i = 0; i < n; i++) {
+    const v = values[i];
+    const d = v - Math.fround(decodeValue(encodeValue(v, off, sc, levels), off, sc, levels));
+    err += d * d;
+  }
+  return err;
+}
+
+/**
+ * Static clip range [lo, hi] for one component over its calibration values, minimizing the
+ * measured squared error of `type`. Why a candidate search and not a formula: the best clip
+ * trades rounding error (falls with a narrower range) against clipping error (rises), and
+ * that trade depends on the tails of the real distribution and on the type (int2 wants a
+ * tight clip, int8 nearly the full range, fp8's log spacing is different again). Candidates:
+ * symmetric ranges about the median at quantiles of |x - median| and asymmetric quantile
+ * pairs, then a local ×{0.85..1.15} refinement of the winner. Values are subsampled to
+ * ≤ 4096 (strided) to bound cost at p = 1024 components × 4 types.
+ */
+export function fitStaticRange(values: ArrayLike<number>, type: StoredType): { lo: number; hi: number } {
+  const n0 = values.length;
+  if (n0 === 0) return { lo: 0, hi: 0 };
+  const stride = Math.max(1, Math.ceil(n0 / 4096));
+  const n = Math.ceil(n0 / stride);
+  const v = new Float64Array(n);
+  for (let i = 0; i < n; i++) v[i] = values[i * stride];
+  const sorted = Float64Array.from(v).sort();
+  const q = (f: number): number => sorted[Math.min(n - 1, Math.max(0, Math.round(f * (n - 1))))];
+  const med = q(0.5);
+  const dev = new Float64Array(n);
+  for (let i = 0; i < n; i++) dev[i] = Math.abs(v[i] - med);
+  dev.sort();
+  const qd = (f: number): number => dev[Math.min(n - 1, Math.max(0, Math.round(f * (n - 1))))];
+  const cands: [number, number][] = [];
+  for (const f of [1, 0.9999, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8]) {
+    const a = qd(f);
+    cands.push([med - a, med + a]);
+  }
+  for (const f of [0, 1e-4, 1e-3, 5e-3, 0.01, 0.02, 0.05, 0.1]) cands.push([q(f), q(1 - f)]);
+  let best = cands[0];
+  let bestErr = Infinity;
+  const tryRange = (lo: number, hi: number): void => {
+    const e = staticSquaredError(v, n, lo, hi, type);
+    if (e < bestErr) {
+      bestErr = e;
+      best = [lo, hi];
+    }
+  };
+  for (const [lo, hi] of cands) tryRange(lo, hi);
+  const [blo, bhi] = best;
+  const mid = (blo + bhi) / 2;
+  const half = (bhi - blo) / 2;
+  for (const s of [0.85, 0.9, 0.95, 1.05, 1.1, 1.15]) tryRange(mid - half * s, mid + half * s);
+  return { lo: Math.fround(best[0]), hi: Math.fround(best[1]) };
+}
