@@ -6,6 +6,7 @@ import { readTextFile } from '../../io/text.js';
 import { writeKvCache } from '../../model/kv-io.js';
 import { loadModel, modelDirFromOption } from '../../model/load.js';
 import { ModelRunner } from '../../model/runner.js';
+import { checkDevice } from '../../onnx/session.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
@@ -39,6 +40,7 @@ export interface CaptureSummary {
 
 export default async function capture(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
+  checkDevice(opts.device);
   const out = resolve(opts.out);
   // Checked before the model runs so a refused overwrite costs nothing.
   if (existsSync(out) && !opts.force) {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { loadModel, modelDirFromOption } from '../../model/load.js';
 import { ModelRunner } from '../../model/runner.js';
+import { checkDevice } from '../../onnx/session.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 
@@ -16,6 +17,7 @@ const schema = z.object({
 
 export default async function generate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
+  checkDevice(opts.device);
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
   const runner = new ModelRunner(model);
   const promptIds = model.tokenizer.encode(opts.prompt);
