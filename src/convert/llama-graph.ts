@@ -73,6 +73,13 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec): number {
     ];
     for (const [k, n] of want) if (l[k].length !== n) throw bad(`layers[${i}].${k}`, l[k].length, n);
   });
+  const floats = w.embedTokens.length + (w.lmHead?.length ?? 0) + w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array) => m + a.length, 0), 0);
+  if (floats * 4 > 2_000_000_000) {
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${(floats * 4 / 1e9).toFixed(2)} GB of weights exceed ONNX's 2 GB protobuf limit (external data is not written)`, {
+      fix: 'Build a smaller model (fewer layers, smaller hidden/intermediate/vocab).',
+      context: { bytes: floats * 4 },
+    });
+  }
   const r = s.rope.rotaryDim;
   if (s.rope.layout !== 'half') {
     throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `buildLlamaGraph: RoPE layout "${s.rope.layout}" is not built; only "half" (Hugging Face rotate_half)`, {
