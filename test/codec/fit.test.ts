@@ -1,0 +1,114 @@
+import { describe, expect, it } from 'vitest';
+import { CovarianceAccumulator } from '../../src/codec/covariance.js';
+import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from '../../src/codec/fit.js';
+import { planBitsPerToken } from '../../src/codec/types.js';
+import { randomOrthogonal, rng } from './rng.js';
+
+const p = 32, trueRank = 6;
+const sigma = [10, 8, 6, 5, 4, 3];
+
+function synth(tokens: number, Q: Float64Array, seed: number, noise = 1e-3): Float32Array {
+  const { normal } = rng(seed);
+  const X = new Float32Array(tokens * p);
+  const z = new Float64Array(trueRank);
+  for (let t = 0; t < tokens; t++) {
+    for (let k = 0; k < trueRank; k++) z[k] = sigma[k] * normal();
+    for (let i = 0; i < p; i++) {
+      let s = 2 + 0.1 * i; // non-zero mean
+      for (let k = 0; k < trueRank; k++) s += Q[i * p + k] * z[k];
+      X[t * p + i] = s + noise * normal();
+    }
+  }
+  return X;
+}
+
+async function fitSynthetic(budgetBits: number) {
+  const Q = randomOrthogonal(p, 42);
+  const calib = synth(4000, Q, 1);
+  const heldout = synth(1000, Q, 2);
+  const acc = new CovarianceAccumulator(p);
+  await acc.add(calib, 4000);
+  const { mean, cov } = acc.finish();
+  const fit = fitBasisPlanDetailed({ kind: 'value', layers: [0], dim: p, mean, cov, heldout, budgetBits });
+  return { Q, heldout, ...fit };
+}
+
+describe('fitBasisPlan on a random rotation of a rank-6 source', () => {
+  it('recovers the principal subspace and gives no bits to null components', async () => {
+    const budget = Math.floor((16 * p) / 16); // ratio 16: 32 bits per token
+    const { plan, Q, allocation, eigenvalues } = await fitSynthetic(budget);
+    expect(plan.rank).toBeGreaterThan(0);
+    expect(plan.rank).toBeLessThanOrEqual(trueRank);
+    expect(planBitsPerToken(plan)).toBeLessThanOrEqual(budget);
+    expect(allocation.bits).toBe(planBitsPerToken(plan));
+    // eigenvalues: 6 large, the rest at the noise floor
+    for (let k = 0; k < trueRank; k++) expect(eigenvalues[k]).toBeGreaterThan(4);
+    expect(eigenvalues[trueRank]).toBeLessThan(1e-4);
+
+    // principal angles between span(V[:, :6]) and span(Q[:, :6]) ≈ 0:
+    // every true direction lies in the fitted span (‖V6ᵀ q‖ = 1).
+    const fullFit = await fitSynthetic(16 * p); // ratio 1: enough bits to keep 6+ components
+    expect(fullFit.plan.rank).toBeGreaterThanOrEqual(trueRank);
+    const V = fullFit.plan.basis;
+    const r = fullFit.plan.rank;
+    for (let k = 0; k < trueRank; k++) {
+      let norm2 = 0;
+      for (let j = 0; j < trueRank; j++) {
+        let d = 0;
+        for (let i = 0; i < p; i++) d += V[i * r + j] * Q[i * p + k];
+        norm2 += d * d;
+      }
+      expect(norm2).toBeGreaterThan(1 - 1e-6);
+    }
+  });
+
+  it('plan arrays are consistent: orthonormal basis columns, variances, static ranges', async () => {
+    const { plan } = await fitSynthetic(96);
+    const r = plan.rank;
+    expect(plan.basis.length).toBe(p * r);
+    expect(plan.variances.length).toBe(r);
+    expect(plan.mean.length).toBe(p);
+    expect(plan.mean[5]).toBeCloseTo(2.5, 0);
+    for (let a = 0; a < r; a++) for (let b = 0; b < r; b++) {
+      let d = 0;
+      for (let i = 0; i < p; i++) d += plan.basis[i * r + a] * plan.basis[i * r + b];
+      expect(d).toBeCloseTo(a === b ? 1 : 0, 5);
+    }
+    for (let j = 1; j < r; j++) expect(plan.variances[j]).toBeLessThanOrEqual(plan.variances[j - 1]);
+    for (const g of plan.groups) {
+      if (g.type === 'none' || g.mode !== 'static') continue;
+      for (let j = g.start; j < g.end; j++) expect(plan.hi[j]).toBeGreaterThan(plan.lo[j]);
+    }
+  });
+
+  it('error falls as the budget rises', async () => {
+    let prev = Infinity;
+    for (const b of [0, 16, 48, 96, 200]) {
+      const { allocation, heldoutEnergy } = await fitSynthetic(b);
+      expect(allocation.error).toBeLessThanOrEqual(prev * (1 + 1e-9));
+      if (b === 0) expect(allocation.error).toBeCloseTo(heldoutEnergy, -1);
+      prev = allocation.error;
+    }
+  });
+});
+
+describe('projectCoefficients / reconstruct', () => {
+  it('round-trip exactly with a full orthonormal basis and drop energy with a truncated one', () => {
+    const n = 8, T = 20;
+    const Q = randomOrthogonal(n, 3);
+    const basis = Float32Array.from(Q);
+    const { normal } = rng(4);
+    const X = Float32Array.from({ length: T * n }, normal);
+    const mean = Float64Array.from({ length: n }, (_, i) => i * 0.5);
+    const C = projectCoefficients(X, mean, basis, n);
+    const Xh = reconstruct(C, mean, basis, n);
+    for (let i = 0; i < X.length; i++) expect(Xh[i]).toBeCloseTo(X[i], 5);
+    // truncated: keep 3 columns
+    const b3 = new Float32Array(n * 3);
+    for (let i = 0; i < n; i++) for (let j = 0; j < 3; j++) b3[i * 3 + j] = Q[i * n + j];
+    const C3 = projectCoefficients(X, mean, b3, 3);
+    for (let t = 0; t < T; t++) for (let j = 0; j < 3; j++) expect(C3[t * 3 + j]).toBeCloseTo(C[t * n + j], 5);
+    const empty = reconstruct(new Float32Array(0), mean, new Float32Array(0), 0, 2);
+    expect(Array.from(empty.subarray(0, n))).toEqual(Array.from(mean, Math.fround));
+  });
+});
