@@ -8,6 +8,20 @@ import type { CliIO } from './io.js';
 
 type Handler = (opts: Record<string, unknown>, io: CliIO) => Promise<void>;
 
+// Static loaders (not a template import) so bundlers and vitest can see every command.
+const COMMANDS = {
+  calibrate: () => import('./commands/calibrate.js'),
+  inspect: () => import('./commands/inspect.js'),
+  validate: () => import('./commands/validate.js'),
+  encode: () => import('./commands/encode.js'),
+  decode: () => import('./commands/decode.js'),
+  evaluate: () => import('./commands/evaluate.js'),
+  bench: () => import('./commands/bench.js'),
+  capture: () => import('./commands/capture.js'),
+  generate: () => import('./commands/generate.js'),
+  'convert-llama2c': () => import('./commands/convert-llama2c.js'),
+} satisfies Record<string, () => Promise<{ default: Handler }>>;
+
 const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').map((s) => s.trim()).filter(Boolean)];
 
 const deviceOption = () =>
@@ -28,11 +42,10 @@ export function createProgram(io: CliIO): Command {
     .configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) })
     .showHelpAfterError('(run with --help for usage)');
 
-  const run = (verb: string) => async (...args: unknown[]) => {
+  const run = (verb: keyof typeof COMMANDS) => async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
-    const positional = cmd.args;
-    const mod = (await import(`./commands/${verb}.js`)) as { default: Handler };
-    await mod.default({ ...cmd.opts(), _: positional }, io);
+    const mod = await COMMANDS[verb]();
+    await mod.default({ ...cmd.opts(), _: cmd.args }, io);
   };
 
   const sub = (name: string) => program.command(name).exitOverride().configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) });

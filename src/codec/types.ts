@@ -43,7 +43,7 @@ export interface BasisPlan {
   basis: Float32Array;
   /** [r] variance of each stored component on calibration data. */
   variances: Float32Array;
-  /** Contiguous groups covering [0, rank). */
+  /** Groups in component order; 'none' groups (or gaps, in a profile) are dropped components. */
   groups: QuantGroup[];
   /** [r] static range per component (used by 'static' groups; ignored otherwise). */
   lo: Float32Array;

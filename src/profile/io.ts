@@ -145,9 +145,10 @@ export async function readProfile(pathArg: string): Promise<Profile> {
       return toTypedArray(t) as Float32Array;
     };
     if (pe.dim !== pe.layers.length * m.kv_heads * m.head_dim) throw invalid(dir, `plan ${pe.index} has dim ${pe.dim}, expected ${pe.layers.length}×${m.kv_heads}×${m.head_dim}`);
+    // Groups are sorted and disjoint; a gap is components the allocation dropped (coefficient 0).
     let at = 0;
     for (const g of pe.groups) {
-      if (g.start !== at || g.end <= g.start) throw invalid(dir, `plan ${pe.index} groups are not contiguous from 0 at component ${g.start}`);
+      if (g.start < at || g.end <= g.start) throw invalid(dir, `plan ${pe.index} groups overlap or are out of order at component ${g.start}`);
       at = g.end;
     }
     if (at !== pe.rank) throw invalid(dir, `plan ${pe.index} groups end at ${at}, but its rank is ${pe.rank}`);

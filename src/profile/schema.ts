@@ -33,7 +33,7 @@ export const PlanSchema = z
     rank: nonneg.describe('stored components r; trailing dropped components are not stored'),
     budget_bits: nonneg.describe('bit budget per token the allocation was solved for'),
     bits_per_token: nonneg.describe('bits per token the plan actually uses, scales included'),
-    groups: z.array(QuantGroupSchema).describe('contiguous groups covering [0, rank)'),
+    groups: z.array(QuantGroupSchema).describe('stored groups, sorted and disjoint, the last ending at rank; components in no group are dropped (coefficient 0)'),
     tensors: z
       .object({
         mean: z.string(),

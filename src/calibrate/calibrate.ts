@@ -1,0 +1,449 @@
+/**
+ * `kvtc calibrate`: capture → covariance → eigen → held-out error tables → DP → measure → write.
+ *
+ * Memory is bounded by p² per basis (streaming covariance) plus the held-out caches, never by
+ * --tokens. Several target ratios share everything up to the error tables; each gets its own
+ * allocation, measurement and profile.
+ */
+import { basename, join } from 'node:path';
+import { KvtcCodec } from '../codec/codec.js';
+import type { EntropyCoder } from '../codec/blob.js';
+import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
+import { symmetricEigen } from '../codec/eigen.js';
+import { gatherFeatures } from '../codec/features.js';
+import type { BasisPlan, KvKind } from '../codec/types.js';
+import { KvtcError } from '../errors.js';
+import { readTextSources } from '../io/text.js';
+import { loadModel } from '../model/load.js';
+import { ModelRunner } from '../model/runner.js';
+import type { KvCache, ModelSpec } from '../model/types.js';
+import type { Device } from '../onnx/session.js';
+import { DEFAULT_PROFILES_DIR } from '../paths.js';
+import { noProgress, type ProgressFn } from '../progress.js';
+import { sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
+import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION, type Manifest } from '../profile/schema.js';
+import { PRODUCER, VERSION } from '../version.js';
+import { allocate, heldoutCoefficients, prepareAllocation, type AllocationTables } from './allocate.js';
+import { compressSection, HEADER_BYTES, SECTION_BYTES } from '../codec/blob.js';
+import { encodePlanPayload } from '../codec/payload.js';
+import { buildSequences } from './sequences.js';
+
+export type Grouping = 'layer' | 'all' | number;
+
+export interface CalibrateOptions {
+  modelDir: string;
+  data: string[];
+  ratios: number[];
+  tokens: number;
+  heldout: number;
+  sink: number;
+  window: number;
+  grouping: Grouping;
+  chunk: number;
+  seed: number;
+  device: Device;
+  /** Output directory; with several ratios, `-r<ratio>` is appended to each. */
+  out?: string;
+  force: boolean;
+  entropy?: EntropyCoder;
+  onProgress?: ProgressFn;
+  signal?: AbortSignal;
+}
+
+export interface RatioResult {
+  profile: string;
+  profile_id: string;
+  ratio_target: number;
+  /** Measured on held-out caches: compressed tokens only, and the whole blob. */
+  ratio: number;
+  ratio_compressed: number;
+  ratio_blob: number;
+  context_tokens: number;
+  rel_error: { key: number; value: number; key_per_layer: number[]; value_per_layer: number[] };
+  bits_per_token: number;
+  budget_scale: number;
+}
+
+export interface CalibrateResult {
+  model: string;
+  model_dir: string;
+  tokens: number;
+  heldout_tokens: number;
+  sequences: number;
+  seq_len: number;
+  plans: number;
+  profiles: RatioResult[];
+  seconds: Record<string, number>;
+}
+
+export const MIN_RATIO = 1.5;
+export const MAX_RATIO = 64;
+
+/** Layer groups sharing one basis. */
+export function layerGroups(layers: number, grouping: Grouping): number[][] {
+  const k = grouping === 'layer' ? 1 : grouping === 'all' ? layers : grouping;
+  const out: number[][] = [];
+  for (let l = 0; l < layers; l += k) out.push(Array.from({ length: Math.min(k, layers - l) }, (_, i) => l + i));
+  return out;
+}
+
+interface PlanState {
+  kind: KvKind;
+  layers: number[];
+  dim: number;
+  acc: CovarianceAccumulator;
+  kernel: GramKernel;
+  tables?: AllocationTables;
+}
+
+function checkAbort(signal?: AbortSignal): void {
+  if (signal?.aborted) {
+    throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
+  }
+}
+
+/** Relative error ‖x̂−x‖/‖x‖ per layer over tokens [t0, t1), accumulated into sums. */
+function accumulateError(a: KvCache, b: KvCache, t0: number, t1: number, num: Float64Array[], den: Float64Array[]): void {
+  for (const [k, src, dst] of [[0, a.keys, b.keys], [1, a.values, b.values]] as const) {
+    for (let l = 0; l < a.layers; l++) {
+      const x = src[l];
+      const y = dst[l];
+      let n = 0;
+      let d = 0;
+      for (let h = 0; h < a.kvHeads; h++) {
+        const base = h * a.tokens * a.headDim;
+        for (let i = base + t0 * a.headDim; i < base + t1 * a.headDim; i++) {
+          const e = y[i] - x[i];
+          n += e * e;
+          d += x[i] * x[i];
+        }
+      }
+      num[k][l] += n;
+      den[k][l] += d;
+    }
+  }
+}
+
+export interface Measurement {
+  ratioCompressed: number;
+  ratioBlob: number;
+  contextTokens: number;
+  relKey: number[];
+  relValue: number[];
+}
+
+/** Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every blob byte. */
+export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: KvCache[], s: { sink: number; window: number; entropy: EntropyCoder; device: Device }, withError: boolean): Promise<Measurement> {
+  const codec = await KvtcCodec.create(
+    { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, rope: spec.rope, profileId: '0000000000000000', sink: s.sink, window: s.window, entropy: s.entropy },
+    plans,
+    { device: s.device },
+  );
+  let fp16 = 0;
+  let fp16c = 0;
+  let blob = 0;
+  let comp = 0;
+  let tokens = 0;
+  const num = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
+  const den = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
+  try {
+    for (const cache of caches) {
+      const { blob: b, stats } = await codec.encode(cache);
+      fp16 += stats.fp16Bytes;
+      fp16c += stats.fp16BytesCompressed;
+      blob += stats.blobBytes;
+      comp += stats.compressedBytes;
+      tokens += cache.tokens;
+      if (withError) {
+        const { cache: back } = await codec.decode(b);
+        const { sink, n } = codec.split(cache.tokens);
+        accumulateError(cache, back, sink, sink + n, num, den);
+      }
+    }
+  } finally {
+    await codec.release();
+  }
+  const rel = (k: number) => Array.from(num[k], (v, l) => Math.sqrt(v / Math.max(den[k][l], 1e-30)));
+  return { ratioCompressed: fp16c / comp, ratioBlob: fp16 / blob, contextTokens: tokens / caches.length, relKey: rel(0), relValue: rel(1) };
+}
+
+export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
+  const progress = opts.onProgress ?? noProgress;
+  const entropy = opts.entropy ?? 'deflate-huffman';
+  const seconds: Record<string, number> = {};
+  const t0 = performance.now();
+  let mark = t0;
+  const lap = (name: string) => {
+    const now = performance.now();
+    seconds[name] = (seconds[name] ?? 0) + (now - mark) / 1000;
+    mark = now;
+  };
+  for (const r of opts.ratios) {
+    if (!(r >= MIN_RATIO && r <= MAX_RATIO)) {
+      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).`, exitCode: 2 });
+    }
+  }
+
+  progress({ stage: 'loading model' });
+  const model = await loadModel(opts.modelDir, { device: opts.device });
+  const spec = model.spec;
+  const runner = new ModelRunner(model);
+  const outDirs = opts.ratios.map((r) => {
+    const base = opts.out ?? join(DEFAULT_PROFILES_DIR, model.name);
+    return opts.ratios.length === 1 ? base : `${base}-r${r}`;
+  });
+  if (!opts.force) {
+    const { existsSync } = await import('node:fs');
+    for (const d of outDirs) {
+      if (existsSync(d)) throw new KvtcError('OUTPUT_EXISTS', `output ${d} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: d } });
+    }
+  }
+  lap('load');
+
+  progress({ stage: 'reading calibration text' });
+  const texts = await readTextSources(opts.data);
+  const seqLen = Math.min(spec.maxPositions, 512);
+  if (opts.sink + opts.window >= seqLen) {
+    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
+  }
+  // Tokenize documents in order until there is comfortably enough text (×2 leaves room for the shuffle).
+  const need = 2 * (opts.tokens + opts.heldout);
+  const used: typeof texts = [];
+  let have = 0;
+  for (const t of texts) {
+    used.push(t);
+    have += t.text.length / 3; // rough chars-per-token; the exact count comes from the tokenizer below
+    if (have >= need * 1.5) break;
+  }
+  const maxDim = Math.max(...layerGroups(spec.layers, opts.grouping).map((g) => g.length * spec.kvHeads * spec.headDim));
+  const split = buildSequences(
+    used.map((t) => t.text),
+    model.tokenizer,
+    { seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, seed: opts.seed, minFitTokens: Math.max(2 * maxDim, 256), sources: opts.data.join(', ') },
+  );
+  lap('tokenize');
+
+  const groups = layerGroups(spec.layers, opts.grouping);
+  const states: PlanState[] = [];
+  for (const layers of groups) {
+    for (const kind of ['key', 'value'] as KvKind[]) {
+      const dim = layers.length * spec.kvHeads * spec.headDim;
+      // ONNX Runtime's Gemm wins once p is large enough for the call overhead to vanish.
+      const kernel: GramKernel = dim >= 128 ? await OrtGramKernel.create(dim, { device: opts.device }) : new JsGramKernel();
+      states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
+    }
+  }
+
+  // Fit pass: stream sequences through the model, accumulate covariances, drop the caches.
+  const fitTokens = split.fit.length * seqLen;
+  let done = 0;
+  let scratch = new Float32Array(0);
+  for (const ids of split.fit) {
+    checkAbort(opts.signal);
+    let t = performance.now();
+    const { cache } = await runner.prefill(ids, { chunk: opts.chunk });
+    seconds.forward = (seconds.forward ?? 0) + (performance.now() - t) / 1000;
+    t = performance.now();
+    const n = cache.tokens - opts.sink;
+    for (const s of states) {
+      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
+      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, opts.sink, cache.tokens, scratch);
+      await s.acc.add(X, n);
+    }
+    seconds.covariance = (seconds.covariance ?? 0) + (performance.now() - t) / 1000;
+    done += ids.length;
+    progress({ stage: 'capturing calibration KV', done, total: fitTokens, unit: 'tokens' });
+  }
+  mark = performance.now();
+
+  // Held-out pass: keep the caches, for error tables and for measuring real blobs.
+  const heldCaches: KvCache[] = [];
+  done = 0;
+  for (const ids of split.heldout) {
+    checkAbort(opts.signal);
+    heldCaches.push((await runner.prefill(ids, { chunk: opts.chunk })).cache);
+    done += ids.length;
+    progress({ stage: 'capturing held-out KV', done, total: split.heldout.length * seqLen, unit: 'tokens' });
+  }
+  await model.session.release();
+  lap('forward');
+
+  // Bases and measured error tables, shared by every ratio.
+  const plansBase: { state: PlanState; mean: Float64Array; vectors: Float64Array; values: Float64Array }[] = [];
+  for (const [i, s] of states.entries()) {
+    checkAbort(opts.signal);
+    progress({ stage: 'eigendecomposition', done: i, total: states.length, unit: 'bases' });
+    const cov = s.acc.finish();
+    await s.kernel.dispose?.();
+    const t = performance.now();
+    const eig = symmetricEigen(cov.cov, s.dim);
+    seconds.eigen = (seconds.eigen ?? 0) + (performance.now() - t) / 1000;
+    plansBase.push({ state: s, mean: cov.mean, vectors: eig.vectors, values: eig.values });
+  }
+  mark = performance.now();
+  for (const [i, b] of plansBase.entries()) {
+    checkAbort(opts.signal);
+    progress({ stage: 'held-out error tables', done: i, total: plansBase.length, unit: 'bases' });
+    const parts = heldCaches.map((c) => gatherFeatures(c, { kind: b.state.kind, layers: b.state.layers }, spec.rope, opts.sink, c.tokens));
+    const H = parts.reduce((a, p) => a + p.length / b.state.dim, 0);
+    const X = new Float32Array(H * b.state.dim);
+    let at = 0;
+    for (const p of parts) {
+      X.set(p, at);
+      at += p.length;
+    }
+    b.state.tables = prepareAllocation({ kind: b.state.kind, layers: b.state.layers, dim: b.state.dim, mean: b.mean, vectors: b.vectors, values: b.values, heldout: X, heldoutTokens: H });
+  }
+  lap('error_tables');
+
+  const sourcesMeta = used.map((t) => ({ name: basename(t.path), sha256: sha256(t.text), bytes: t.bytes }));
+  const profiles: RatioResult[] = [];
+  const sharedSettings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
+  for (const [ri, ratio] of opts.ratios.entries()) {
+    checkAbort(opts.signal);
+    // The DP budget counts raw bits; DEFLATE and headers move the real ratio. Search the budget
+    // scale so the ratio measured on held-out blobs lands on the target (from above when possible).
+    const plansFor = (scale: number) => plansBase.map((b) => allocate(b.state.tables!, Math.max(0, Math.floor(((16 * b.state.dim) / ratio) * scale))));
+    // Sizing needs no model graphs: the held-out coefficients on the full basis are already in
+    // the tables, so each candidate is quantized, packed and deflated exactly as encode does.
+    const measureAt = (scale: number) => blobSizeRatio(plansFor(scale), plansBase.map((b) => b.state.tables!), heldCaches, spec, opts.sink, opts.window, entropy);
+    let lo = 0.25;
+    let hi = 4;
+    let best = { scale: 1, ratio: measureAt(1) };
+    const better = (r: number) => Math.abs(r - ratio) < Math.abs(best.ratio - ratio);
+    if (best.ratio < ratio) hi = 1;
+    else lo = 1;
+    for (let it = 0; it < 14; it++) {
+      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: 14, unit: 'steps', detail: `measured ${best.ratio.toFixed(2)}x at budget scale ${best.scale.toFixed(3)}` });
+      const mid = (lo + hi) / 2;
+      const r = measureAt(mid);
+      if (better(r)) best = { scale: mid, ratio: r };
+      if (r >= ratio) lo = mid;
+      else hi = mid;
+    }
+    lap('allocation');
+    const plans = plansFor(best.scale);
+    progress({ stage: `measuring ${ratio}x on held-out text` });
+    const m = await measurePlans(spec, plans, heldCaches, sharedSettings, true);
+    lap('measure');
+    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    const fp = model.fingerprint;
+    const draft: ManifestDraft = {
+      format: PROFILE_FORMAT,
+      format_version: PROFILE_FORMAT_VERSION,
+      producer: { name: PRODUCER, version: VERSION },
+      model: {
+        name: model.name,
+        architecture: spec.architecture,
+        family: spec.family,
+        fingerprint: {
+          id: fp.id,
+          config_sha256: fp.configs['config.json'] ?? fp.configs['genai_config.json'] ?? Object.values(fp.configs)[0],
+          onnx_sha256: fp.onnx.sha256,
+        },
+        layers: spec.layers,
+        heads: spec.heads,
+        kv_heads: spec.kvHeads,
+        head_dim: spec.headDim,
+        kv_dtype: spec.kvDtype,
+        rope: {
+          theta: spec.rope.theta,
+          rotary_dim: spec.rope.rotaryDim,
+          layout: spec.rope.layout,
+          ...(spec.rope.scaling
+            ? {
+                scaling: {
+                  type: spec.rope.scaling.type,
+                  factor: spec.rope.scaling.factor,
+                  ...(spec.rope.scaling.lowFreqFactor !== undefined ? { low_freq_factor: spec.rope.scaling.lowFreqFactor } : {}),
+                  ...(spec.rope.scaling.highFreqFactor !== undefined ? { high_freq_factor: spec.rope.scaling.highFreqFactor } : {}),
+                  ...(spec.rope.scaling.originalMaxPositionEmbeddings !== undefined ? { original_max_position_embeddings: spec.rope.scaling.originalMaxPositionEmbeddings } : {}),
+                },
+              }
+            : {}),
+        },
+      },
+      settings: {
+        ratio_target: ratio,
+        sink: opts.sink,
+        window: opts.window,
+        grouping: String(opts.grouping),
+        tokens: opts.tokens,
+        heldout: opts.heldout,
+        chunk: opts.chunk,
+        seed: opts.seed,
+        granule: plansBase[0].state.tables!.granule,
+        entropy,
+      },
+      calibration: {
+        sources: sourcesMeta,
+        tokens_fit: split.fit.length * seqLen,
+        tokens_heldout: split.heldout.length * seqLen,
+        sequences: split.fit.length + split.heldout.length,
+      },
+      measured: {
+        context_tokens: m.contextTokens,
+        ratio_compressed: round(m.ratioCompressed),
+        ratio_blob: round(m.ratioBlob),
+        rel_error: { key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)) },
+      },
+    };
+    checkAbort(opts.signal);
+    progress({ stage: 'writing profile' });
+    const manifest: Manifest = await writeProfile(outDirs[ri], draft, plans, { force: opts.force });
+    lap('write');
+    profiles.push({
+      profile: outDirs[ri],
+      profile_id: manifest.profile_id,
+      ratio_target: ratio,
+      ratio: m.ratioBlob,
+      ratio_compressed: m.ratioCompressed,
+      ratio_blob: m.ratioBlob,
+      context_tokens: m.contextTokens,
+      rel_error: { key: mean(m.relKey), value: mean(m.relValue), key_per_layer: m.relKey, value_per_layer: m.relValue },
+      bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
+      budget_scale: best.scale,
+    });
+  }
+  seconds.total = (performance.now() - t0) / 1000;
+  return {
+    model: model.name,
+    model_dir: model.dir,
+    tokens: split.fit.length * seqLen,
+    heldout_tokens: split.heldout.length * seqLen,
+    sequences: split.fit.length + split.heldout.length,
+    seq_len: seqLen,
+    plans: states.length,
+    profiles,
+    seconds,
+  };
+}
+
+/**
+ * ratio_compressed of the held-out caches under `plans`, from the precomputed coefficients:
+ * the same payload and DEFLATE as encode, plus header and section-table bytes.
+ */
+function blobSizeRatio(plans: BasisPlan[], tables: AllocationTables[], caches: KvCache[], spec: ModelSpec, sink: number, window: number, entropy: EntropyCoder): number {
+  let fp16 = 0;
+  let bytes = 0;
+  let row = 0;
+  const perToken = spec.layers * 2 * spec.kvHeads * spec.headDim * 2;
+  for (const c of caches) {
+    const n = c.tokens - sink - window;
+    const stored = plans.filter((p) => p.rank > 0).length;
+    bytes += HEADER_BYTES + SECTION_BYTES * (1 + stored) + 4;
+    for (const [i, plan] of plans.entries()) {
+      if (plan.rank === 0) continue;
+      const C = heldoutCoefficients(tables[i], row, n, plan.rank);
+      bytes += compressSection('plan', i, encodePlanPayload(C, n, plan), entropy).stored.byteLength;
+    }
+    fp16 += perToken * n;
+    row += c.tokens - sink;
+  }
+  return fp16 / bytes;
+}
+
+/** 6 significant digits: manifests stay readable and reproducible. */
+function round(x: number): number {
+  return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
+}

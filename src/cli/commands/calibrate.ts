@@ -1,0 +1,84 @@
+import { z } from 'zod';
+import { calibrate, MAX_RATIO, MIN_RATIO, type CalibrateResult } from '../../calibrate/calibrate.js';
+import { modelDirFromOption } from '../../model/load.js';
+import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
+import { parseOptions } from '../../validation.js';
+import { fmtSeconds, table } from '../format.js';
+import type { CliIO } from '../io.js';
+import { createProgress } from '../progress.js';
+
+const int = (name: string, min: number) => z.coerce.number({ message: `${name} must be a number` }).int(`${name} must be a whole number`).min(min, `${name} must be at least ${min}`);
+
+const Options = z.object({
+  model: z.string(),
+  data: z.array(z.string()).optional(),
+  ratio: z
+    .array(z.coerce.number({ message: 'must be a number' }).min(MIN_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`).max(MAX_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`))
+    .optional(),
+  tokens: int('--tokens', 256),
+  heldout: int('--heldout', 128),
+  sink: int('--sink', 0),
+  window: int('--window', 0),
+  grouping: z.union([z.enum(['layer', 'all']), z.coerce.number().int().min(1)], { message: 'must be "layer", "all" or a whole number of layers' }),
+  chunk: int('--chunk', 1),
+  seed: z.coerce.number().int(),
+  device: z.enum(['cpu', 'cuda']),
+  out: z.string().optional(),
+  force: z.boolean().default(false),
+  json: z.boolean().default(false),
+});
+
+export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  const opts = parseOptions(Options, raw);
+  const ratios = [...new Set(opts.ratio ?? [20])];
+  const progress = createProgress(io, !opts.json);
+  const controller = new AbortController();
+  const onSigint = () => {
+    controller.abort();
+    io.err('\ninterrupted: stopping before anything is written…');
+  };
+  process.on('SIGINT', onSigint);
+  let result: CalibrateResult;
+  try {
+    result = await calibrate({
+      modelDir: modelDirFromOption(opts.model),
+      data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
+      ratios,
+      tokens: opts.tokens,
+      heldout: opts.heldout,
+      sink: opts.sink,
+      window: opts.window,
+      grouping: opts.grouping,
+      chunk: opts.chunk,
+      seed: opts.seed,
+      device: opts.device,
+      out: opts.out,
+      force: opts.force,
+      onProgress: progress.fn,
+      signal: controller.signal,
+    });
+  } finally {
+    process.off('SIGINT', onSigint);
+    progress.stop();
+  }
+  if (opts.json) {
+    const first = result.profiles[0];
+    io.out(JSON.stringify({ ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles }, null, 2));
+    return;
+  }
+  io.out(`calibrated ${result.model} on ${result.tokens} tokens (${result.heldout_tokens} more held out), ${result.plans} bases, sequences of ${result.seq_len} tokens`);
+  io.out('');
+  io.out(
+    table(
+      ['target', 'ratio (compressed tokens)', 'ratio (whole blob)', 'rel err K', 'rel err V', 'bits/token', 'profile'],
+      result.profiles.map((p) => [`${p.ratio_target}x`, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, p.rel_error.key.toFixed(4), p.rel_error.value.toFixed(4), p.bits_per_token, p.profile]),
+    ),
+  );
+  io.out('');
+  io.out(`Ratios and errors are measured on held-out text (blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included);`);
+  io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers.');
+  const s = result.seconds;
+  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
+  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
+}

@@ -1,0 +1,24 @@
+import { z } from 'zod';
+import { KvtcError } from '../../errors.js';
+import { validateProfile } from '../../profile/validate.js';
+import { parseOptions } from '../../validation.js';
+import type { CliIO } from '../io.js';
+
+const Options = z.object({ _: z.array(z.string()).length(1), model: z.string().optional(), json: z.boolean().default(false) });
+
+export default async function validate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  const opts = parseOptions(Options, raw);
+  const result = await validateProfile(opts._[0], opts.model);
+  if (opts.json) io.out(JSON.stringify(result, null, 2));
+  else {
+    for (const c of result.checks) io.out(`${c.ok ? '✓' : '✗'} ${c.name}: ${c.detail}`);
+    io.out(result.ok ? `${result.profile}: valid` : `${result.profile}: INVALID`);
+  }
+  if (!result.ok) {
+    const failed = result.checks.filter((c) => !c.ok).map((c) => c.name);
+    const mismatch = failed.every((n) => n.startsWith('model'));
+    throw new KvtcError(mismatch ? 'PROFILE_MISMATCH' : 'PROFILE_INVALID', `profile ${result.profile} failed: ${failed.join(', ')}`, {
+      fix: mismatch ? 'Use the profile calibrated for this model, or run `kvtc calibrate --model DIR`.' : 'Re-create the profile with `kvtc calibrate`.',
+    });
+  }
+}
