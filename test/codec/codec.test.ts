@@ -1,0 +1,155 @@
+import { readFileSync } from 'node:fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { KvtcCodec } from '../../src/codec/codec.js';
+import { gatherFeatures } from '../../src/codec/features.js';
+import { projectCoefficients, reconstruct } from '../../src/codec/fit.js';
+import { applyRope } from '../../src/codec/rope.js';
+import { loadModel } from '../../src/model/load.js';
+import { ModelRunner } from '../../src/model/runner.js';
+import type { KvCache } from '../../src/model/types.js';
+import { createSession, ort } from '../../src/onnx/session.js';
+import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
+import { codecFromProfile } from '../../src/profile/codec.js';
+import { readProfile, type Profile } from '../../src/profile/io.js';
+import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
+import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+
+const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
+
+let profile: Profile;
+let codec: KvtcCodec;
+let cache: KvCache; // held-out text: WikiText-2 test, never used for calibration
+
+function relError(a: Float32Array, b: Float32Array): number {
+  let n = 0;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) {
+    n += (a[i] - b[i]) ** 2;
+    d += a[i] ** 2;
+  }
+  return Math.sqrt(n / d);
+}
+
+beforeAll(async () => {
+  profile = await readProfile(PROFILE);
+  codec = await codecFromProfile(profile);
+  const model = await loadModel(DEFAULT_MODEL_DIR);
+  const text = readFileSync(WIKITEXT_TEST, 'utf8').slice(0, 20_000);
+  cache = (await new ModelRunner(model).capture(text, { maxTokens: 512 })).cache;
+});
+
+describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)', () => {
+  it('hits the target ratio on the compressed tokens and reports the whole-blob ratio beside it', async () => {
+    const { stats } = await codec.encode(cache);
+    expect(stats.compressedTokens).toBe(512 - 4 - 128);
+    expect(Math.abs(stats.ratioCompressed / profile.manifest.settings.ratio_target - 1)).toBeLessThan(0.1);
+    expect(stats.ratioBlob).toBeGreaterThan(1);
+    expect(stats.ratioBlob).toBeLessThan(stats.ratioCompressed);
+  });
+
+  it('encode and decode are deterministic: identical blobs, bit-identical decodes', async () => {
+    const a = await codec.encode(cache);
+    const b = await codec.encode(cache);
+    expect(Buffer.from(a.blob).equals(Buffer.from(b.blob))).toBe(true);
+    const x = await codec.decode(a.blob);
+    const y = await codec.decode(a.blob);
+    for (let l = 0; l < cache.layers; l++) {
+      expect(Buffer.from(x.cache.keys[l].buffer).equals(Buffer.from(y.cache.keys[l].buffer))).toBe(true);
+      expect(Buffer.from(x.cache.values[l].buffer).equals(Buffer.from(y.cache.values[l].buffer))).toBe(true);
+    }
+  });
+
+  it('restores sink and window tokens exactly and compressed tokens approximately', async () => {
+    const { blob } = await codec.encode(cache);
+    const { cache: back } = await codec.decode(blob);
+    const { kvHeads, headDim, tokens } = cache;
+    for (let l = 0; l < cache.layers; l++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const base = h * tokens * headDim;
+        for (const [t0, t1] of [[0, 4], [tokens - 128, tokens]]) {
+          expect(back.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(cache.keys[l].subarray(base + t0 * headDim, base + t1 * headDim));
+          expect(back.values[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(cache.values[l].subarray(base + t0 * headDim, base + t1 * headDim));
+        }
+      }
+      const ek = relError(cache.keys[l], back.keys[l]);
+      expect(ek).toBeGreaterThan(0);
+      expect(ek).toBeLessThan(0.3);
+      expect(relError(cache.values[l], back.values[l])).toBeLessThan(0.9);
+    }
+  });
+
+  it('a cache no longer than sink + window is stored raw and restored exactly', async () => {
+    const short: KvCache = { ...cache, tokens: 100, keys: cache.keys.map((k) => slice(k, cache, 100)), values: cache.values.map((v) => slice(v, cache, 100)) };
+    const { blob, stats } = await codec.encode(short);
+    expect(stats.compressedTokens).toBe(0);
+    expect(Number.isNaN(stats.ratioCompressed)).toBe(true);
+    const { cache: back } = await codec.decode(blob);
+    for (let l = 0; l < short.layers; l++) expect(back.keys[l]).toEqual(short.keys[l]);
+  });
+
+  it('corrupt, truncated and foreign blobs fail with clear errors', async () => {
+    const { blob } = await codec.encode(cache);
+    const flipped = blob.slice();
+    flipped[200] ^= 0xff;
+    await expect(codec.decode(flipped, 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('checksum') });
+    await expect(codec.decode(blob.slice(0, blob.length - 10), 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID' });
+    await expect(codec.decode(new TextEncoder().encode('not a blob at all, just some text padding padding padding'), 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('magic') });
+    const other = await KvtcCodec.create({ ...codec.spec, profileId: 'ffffffffffffffff' }, profile.plans);
+    await expect(other.decode(blob, 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_MISMATCH' });
+    await other.release();
+  });
+
+  it('rejects a cache of another shape', async () => {
+    const wrong: KvCache = { ...cache, kvHeads: 2 };
+    await expect(codec.encode(wrong)).rejects.toMatchObject({ code: 'PROFILE_MISMATCH' });
+  });
+});
+
+function slice(a: Float32Array, c: KvCache, n: number): Float32Array {
+  const out = new Float32Array(c.kvHeads * n * c.headDim);
+  for (let h = 0; h < c.kvHeads; h++) out.set(a.subarray(h * c.tokens * c.headDim, (h * c.tokens + n) * c.headDim), h * n * c.headDim);
+  return out;
+}
+
+describe('codec ONNX graphs against the plain TypeScript reference', () => {
+  it('encode graph = un-rotate + (x − μ)·V, decode graph = c·Vᵀ + μ + re-rotate (max abs diff ≤ 1e-4)', async () => {
+    const spec = codec.spec;
+    const n = cache.tokens;
+    const tables = ropeTables(ropeInvFreq(spec.rope), 0, n);
+    for (const plan of profile.plans) {
+      const ctx = { rope: spec.rope, headDim: spec.headDim };
+      const enc = await createSession(buildEncodeGraph(plan, ctx));
+      const dec = await createSession(buildDecodeGraph(plan, ctx));
+      // Reference: features with RoPE removed in TypeScript (float64 angles), then project.
+      const X = gatherFeatures(cache, { kind: plan.kind, layers: plan.layers }, spec.rope, 0, n);
+      const ref = projectCoefficients(X, plan.mean, plan.basis, plan.rank);
+      const raw = new Float32Array(n * plan.dim);
+      const src = plan.kind === 'key' ? cache.keys : cache.values;
+      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) raw.set(src[plan.layers[0]].subarray((h * n + t) * spec.headDim, (h * n + t + 1) * spec.headDim), t * plan.dim + h * spec.headDim);
+      const feeds: Record<string, ort.Tensor> = { x: new ort.Tensor('float32', raw, [n, plan.dim]) };
+      const rot: Record<string, ort.Tensor> = {};
+      if (plan.kind === 'key') {
+        rot.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
+        rot.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
+      }
+      const got = (await enc.run({ ...feeds, ...rot })).coeffs.data as Float32Array;
+      let worst = 0;
+      for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(ref[i] - got[i]));
+      expect(worst).toBeLessThan(1e-4);
+
+      // Decode: reference reconstruction, then RoPE re-applied on the [kvHeads, tokens, headDim] layout.
+      const xr = reconstruct(ref, plan.mean, plan.basis, plan.rank, n);
+      const back = (await dec.run({ coeffs: new ort.Tensor('float32', ref, [n, plan.rank]), ...rot })).x.data as Float32Array;
+      const cacheLayout = new Float32Array(spec.kvHeads * n * spec.headDim);
+      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) cacheLayout.set(xr.subarray(t * plan.dim + h * spec.headDim, t * plan.dim + (h + 1) * spec.headDim), (h * n + t) * spec.headDim);
+      if (plan.kind === 'key') applyRope(cacheLayout, spec.kvHeads, n, spec.headDim, spec.rope, 0);
+      worst = 0;
+      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) for (let d = 0; d < spec.headDim; d++) {
+        worst = Math.max(worst, Math.abs(back[t * plan.dim + h * spec.headDim + d] - cacheLayout[(h * n + t) * spec.headDim + d]));
+      }
+      expect(worst).toBeLessThan(1e-4);
+      await enc.release();
+      await dec.release();
+    }
+  });
+});
