@@ -20,7 +20,7 @@
 import { invariant } from '../errors.js';
 import { halfToFloat } from '../io/fp16.js';
 import {
-  STORED_TYPES, decodeValue, dynamicHalves, encodeValue, fitStaticRange, intLevels, staticSquaredError,
+  STORED_TYPES, affineSquaredError, dynamicHalves, fitStaticRangeFrom, intLevels, rangeCandidates, staticSquaredError,
 } from './quant.js';
 
 export interface ErrorTables {
@@ -46,7 +46,7 @@ export interface ErrorTables {
 export interface ErrorTableOptions {
   granule?: number;
   maxGranules?: number;
-  /** Tokens used to measure dynamic candidates (default 512). */
+  /** Tokens used to measure dynamic candidates (default 256). */
   dynamicTokens?: number;
 }
 
@@ -81,9 +81,10 @@ export function buildErrorTables(C: Float32Array, H: number, p: number, opts: Er
       e0 += v * v;
     }
     none[j] = e0;
+    const cands = rangeCandidates(col);
     for (let ti = 0; ti < 4; ti++) {
       const type = STORED_TYPES[ti];
-      const { lo, hi } = fitStaticRange(col, type);
+      const { lo, hi } = fitStaticRangeFrom(cands, type);
       staticLo[ti * p + j] = lo;
       staticHi[ti * p + j] = hi;
       staticErr[ti * p + j] = staticSquaredError(col, H, lo, hi, type);
@@ -99,7 +100,7 @@ export function buildErrorTables(C: Float32Array, H: number, p: number, opts: Er
       for (let ti = 0; ti < 4; ti++) dynamicErr[dynamicIndex(tables, k, m, ti)] = 0;
     }
   }
-  const hs = Math.min(H, opts.dynamicTokens ?? 512);
+  const hs = Math.min(H, opts.dynamicTokens ?? 256);
   const stride = H / hs;
   const scaleUp = H / hs;
   for (let q = 0; q < hs; q++) {
@@ -123,13 +124,7 @@ export function buildErrorTables(C: Float32Array, H: number, p: number, opts: Er
           const packed = dynamicHalves(mn, mx, type);
           const off = halfToFloat(packed >>> 16);
           const sc = halfToFloat(packed & 0xffff);
-          const levels = intLevels(type);
-          let err = 0;
-          for (let j = s; j < e; j++) {
-            const v = C[row + j];
-            const d = v - Math.fround(decodeValue(encodeValue(v, off, sc, levels), off, sc, levels));
-            err += d * d;
-          }
+          const err = affineSquaredError(C, row + s, row + e, off, sc, intLevels(type));
           dynamicErr[dynamicIndex(tables, k, m, ti)] += err * scaleUp;
         }
       }

@@ -1,8 +1,9 @@
 /**
  * FP8 E4M3FN (OCP / NVIDIA "e4m3fn"): 1 sign bit, 4 exponent bits (bias 7), 3 mantissa bits,
  * no infinities, 0x7F / 0xFF are NaN, largest finite value 448.
- * Decode is a 256-entry table; encode rounds to nearest, ties to even, saturating at ±448,
- * by binary search over the 126 midpoints between consecutive positive codes.
+ * Decode is a 256-entry table; encode rounds to nearest, ties to even, saturating at ±448
+ * (on the float64 bit pattern; a binary search over the table's midpoints is kept as the
+ * reference and the tests check they agree).
  */
 
 export const FP8_MAX = 448;
@@ -28,8 +29,39 @@ const MID: Float64Array = (() => {
   return m;
 })();
 
-/** Magnitude code (0..126) of |u|, round to nearest even, saturating. */
+const F64 = new Float64Array(1);
+const U32 = new Uint32Array(F64.buffer);
+const HI = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0; // little-endian: high word is [1]
+const SMALLEST_NORMAL = 2 ** -6;
+/** (1023 - 7) << 3: re-biases the double exponent (with 3 mantissa bits appended) to e4m3. */
+const REBIAS = (1023 - 7) << 3;
+
+/**
+ * Magnitude code (0..126) of a >= 0, round to nearest even, saturating at 448.
+ * Normal range: round the double's mantissa to 3 bits on its bit pattern (exact RNE, no
+ * double rounding); subnormal range: RNE of a·2^9. Matches the table search fp8MagnitudeCodeTable.
+ */
 export function fp8MagnitudeCode(a: number): number {
+  if (!(a < FP8_MAX)) return a >= FP8_MAX ? 126 : FP8_NAN;
+  if (a < SMALLEST_NORMAL) {
+    const t = a * 512;
+    const f = Math.floor(t);
+    const d = t - f;
+    return d > 0.5 ? f + 1 : d < 0.5 ? f : f + (f & 1);
+  }
+  F64[0] = a;
+  const hi = U32[HI];
+  const lo = U32[1 - HI];
+  let q = hi >>> 17; // exponent (11 bits) and top 3 mantissa bits
+  const round = (hi >>> 16) & 1;
+  const sticky = (hi & 0xffff) | lo;
+  if (round && (sticky !== 0 || (q & 1))) q++;
+  const c = q - REBIAS;
+  return c > 126 ? 126 : c;
+}
+
+/** Reference encoder by binary search over the midpoints of the decode table (tests). */
+export function fp8MagnitudeCodeTable(a: number): number {
   if (!(a < FP8_MAX)) return a >= FP8_MAX ? 126 : FP8_NAN;
   // lower_bound: first c with MID[c] >= a; that count of midpoints below a is the code.
   let lo = 0;

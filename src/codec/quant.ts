@@ -169,16 +169,40 @@ export function dequantizeGroup(
 }
 
 /** Σ (v - q(v))² of values [n] under a static range (float32-rounded lo/hi, as stored). */
-export function staticSquaredError(values: ArrayLike<number>, n: number, lo: number, hi: number, type: StoredType): number {
+export function staticSquaredError(values: Float64Array, n: number, lo: number, hi: number, type: StoredType): number {
   const l = Math.fround(lo);
   const h = Math.fround(hi);
-  const off = staticOffset(l, h, type);
-  const sc = staticScale(l, h, type);
-  const levels = intLevels(type);
+  return affineSquaredError(values, 0, n, staticOffset(l, h, type), staticScale(l, h, type), intLevels(type));
+}
+
+/**
+ * Σ (v - x̂(v))² over values[from, to) for one offset/scale: the quantizer of encodeValue /
+ * decodeValue inlined (the error tables call this ~10⁸ times at p = 1024).
+ */
+export function affineSquaredError(values: Float64Array | Float32Array, from: number, to: number, offset: number, scale: number, levels: number): number {
   let err = 0;
-  for (let i = 0; i < n; i++) {
+  if (scale === 0) {
+    for (let i = from; i < to; i++) {
+      const d = values[i] - Math.fround(offset);
+      err += d * d;
+    }
+    return err;
+  }
+  if (levels > 0) {
+    for (let i = from; i < to; i++) {
+      const v = values[i];
+      let c = Math.round((v - offset) / scale);
+      c = c < 0 ? 0 : c > levels ? levels : c;
+      const d = v - Math.fround(offset + c * scale);
+      err += d * d;
+    }
+    return err;
+  }
+  for (let i = from; i < to; i++) {
     const v = values[i];
-    const d = v - Math.fround(decodeValue(encodeValue(v, off, sc, levels), off, sc, levels));
+    const u = (v - offset) / scale;
+    const q = u < 0 ? -FP8_TO_FLOAT[fp8MagnitudeCode(-u)] : FP8_TO_FLOAT[fp8MagnitudeCode(u)];
+    const d = v - Math.fround(offset + q * scale);
     err += d * d;
   }
   return err;
@@ -192,15 +216,40 @@ export function staticSquaredError(values: ArrayLike<number>, n: number, lo: num
  * tight clip, int8 nearly the full range, fp8's log spacing is different again). Candidates:
  * symmetric ranges about the median at quantiles of |x - median| and asymmetric quantile
  * pairs, then a local ×{0.85..1.15} refinement of the winner. Values are subsampled to
- * ≤ 4096 (strided) to bound cost at p = 1024 components × 4 types.
+ * ≤ 1024 (strided, plus the true min and max so the full range stays a candidate) to bound
+ * cost at p = 1024 components × 4 types; the caller measures the chosen range on all values.
  */
-export function fitStaticRange(values: ArrayLike<number>, type: StoredType): { lo: number; hi: number } {
+export function fitStaticRange(values: Float64Array, type: StoredType): { lo: number; hi: number } {
+  return fitStaticRangeFrom(rangeCandidates(values), type);
+}
+
+/** Subsampled values and candidate clip ranges of one component, shared by all types. */
+export interface RangeCandidates {
+  values: Float64Array;
+  /** [lo0, hi0, lo1, hi1, ...] */
+  ranges: Float64Array;
+}
+
+export function rangeCandidates(values: Float64Array): RangeCandidates {
   const n0 = values.length;
-  if (n0 === 0) return { lo: 0, hi: 0 };
-  const stride = Math.max(1, Math.ceil(n0 / 4096));
-  const n = Math.ceil(n0 / stride);
+  if (n0 === 0) return { values: new Float64Array(0), ranges: new Float64Array(0) };
+  const stride = Math.max(1, Math.ceil(n0 / 1024));
+  const ns = Math.ceil(n0 / stride);
+  // The strided subsample plus the true extremes: tails decide the int8/fp8 optimum.
+  const n = stride > 1 ? ns + 2 : ns;
   const v = new Float64Array(n);
-  for (let i = 0; i < n; i++) v[i] = values[i * stride];
+  for (let i = 0; i < ns; i++) v[i] = values[i * stride];
+  if (stride > 1) {
+    let mn = Infinity;
+    let mx = -Infinity;
+    for (let i = 0; i < n0; i++) {
+      const x = values[i];
+      if (x < mn) mn = x;
+      if (x > mx) mx = x;
+    }
+    v[ns] = mn;
+    v[ns + 1] = mx;
+  }
   const sorted = Float64Array.from(v).sort();
   const q = (f: number): number => sorted[Math.min(n - 1, Math.max(0, Math.round(f * (n - 1))))];
   const med = q(0.5);
@@ -208,25 +257,33 @@ export function fitStaticRange(values: ArrayLike<number>, type: StoredType): { l
   for (let i = 0; i < n; i++) dev[i] = Math.abs(v[i] - med);
   dev.sort();
   const qd = (f: number): number => dev[Math.min(n - 1, Math.max(0, Math.round(f * (n - 1))))];
-  const cands: [number, number][] = [];
+  const ranges: number[] = [];
   for (const f of [1, 0.9999, 0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8]) {
     const a = qd(f);
-    cands.push([med - a, med + a]);
+    ranges.push(med - a, med + a);
   }
-  for (const f of [0, 1e-4, 1e-3, 5e-3, 0.01, 0.02, 0.05, 0.1]) cands.push([q(f), q(1 - f)]);
-  let best = cands[0];
+  for (const f of [0, 1e-4, 1e-3, 5e-3, 0.01, 0.02, 0.05, 0.1]) ranges.push(q(f), q(1 - f));
+  return { values: v, ranges: Float64Array.from(ranges) };
+}
+
+export function fitStaticRangeFrom(c: RangeCandidates, type: StoredType): { lo: number; hi: number } {
+  const v = c.values;
+  const n = v.length;
+  if (n === 0) return { lo: 0, hi: 0 };
+  let bestLo = c.ranges[0];
+  let bestHi = c.ranges[1];
   let bestErr = Infinity;
   const tryRange = (lo: number, hi: number): void => {
     const e = staticSquaredError(v, n, lo, hi, type);
     if (e < bestErr) {
       bestErr = e;
-      best = [lo, hi];
+      bestLo = lo;
+      bestHi = hi;
     }
   };
-  for (const [lo, hi] of cands) tryRange(lo, hi);
-  const [blo, bhi] = best;
-  const mid = (blo + bhi) / 2;
-  const half = (bhi - blo) / 2;
+  for (let i = 0; i < c.ranges.length; i += 2) tryRange(c.ranges[i], c.ranges[i + 1]);
+  const mid = (bestLo + bestHi) / 2;
+  const half = (bestHi - bestLo) / 2;
   for (const s of [0.85, 0.9, 0.95, 1.05, 1.1, 1.15]) tryRange(mid - half * s, mid + half * s);
-  return { lo: Math.fround(best[0]), hi: Math.fround(best[1]) };
+  return { lo: Math.fround(bestLo), hi: Math.fround(bestHi) };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FP8_TO_FLOAT, floatToFp8, fp8ToFloat } from '../../src/codec/fp8.js';
+import { FP8_TO_FLOAT, floatToFp8, fp8MagnitudeCode, fp8MagnitudeCodeTable, fp8ToFloat } from '../../src/codec/fp8.js';
 
 describe('fp8 e4m3fn', () => {
   it('decodes known codes', () => {
@@ -19,6 +19,16 @@ describe('fp8 e4m3fn', () => {
       if (Number.isNaN(v)) expect(floatToFp8(v)).toBe(0x7f);
       else expect(floatToFp8(v)).toBe(c);
     }
+  });
+
+  it('bit-pattern encoder agrees with the table search (midpoints, neighbours, random)', () => {
+    const probes: number[] = [0, 1e-30, 447.99, 448, 449, 1e9, Infinity];
+    for (let c = 0; c < 126; c++) {
+      const m = (FP8_TO_FLOAT[c] + FP8_TO_FLOAT[c + 1]) / 2;
+      probes.push(m, m * (1 + 2 ** -50), m * (1 - 2 ** -50), FP8_TO_FLOAT[c]);
+    }
+    for (let i = 0; i < 20000; i++) probes.push(Math.exp(Math.random() * 20 - 14));
+    for (const a of probes) expect(fp8MagnitudeCode(a)).toBe(fp8MagnitudeCodeTable(a));
   });
 
   it('rounds to nearest, ties to even, and saturates', () => {
