@@ -1,0 +1,345 @@
+/**
+ * `kvtc evaluate`, the core: paired MMLU runs (uncompressed cache vs each codec's
+ * reconstruction of the same cache, same questions) and WikiText-2 perplexity. Returns
+ * per-question records and their summary; never prints (progress goes to a callback).
+ *
+ * Per question: prefill context[0 .. n−1) once; every codec reconstructs that one cache;
+ * the four continuations are scored against the original and against each reconstruction
+ * with the same forward passes (scoring.ts), so differences come from the cache alone.
+ */
+import { readFile } from 'node:fs/promises';
+import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '../codec/baselines.js';
+import type { KvtcCodec } from '../codec/codec.js';
+import { KvtcError } from '../errors.js';
+import type { LoadedModel } from '../model/load.js';
+import type { ModelRunner } from '../model/runner.js';
+import type { KvCache } from '../model/types.js';
+import type { Device } from '../onnx/session.js';
+import { MMLU_DIR, WIKITEXT_TEST } from '../paths.js';
+import { codecFromProfile } from '../profile/codec.js';
+import type { Profile } from '../profile/io.js';
+import type { ProgressFn } from '../progress.js';
+import { loadSubject, type MmluQuestion } from './mmlu.js';
+import { evaluatePerplexity, type PerplexityResult } from './perplexity.js';
+import { buildPrompt, CONTINUATIONS, loadShots } from './prompt.js';
+import { summarize, type EvaluateSummary } from './report.js';
+import { encodeRequest, planScoring, scoreContinuations } from './scoring.js';
+import { argmax } from './stats.js';
+
+export type CodecName = 'kvtc' | 'identity' | BaselineName;
+
+/** `identity` hands the scorer the very cache it was given: the exact no-op control. */
+export const CODEC_NAMES: readonly CodecName[] = ['kvtc', 'identity', ...BASELINE_NAMES];
+export const DEFAULT_BASELINES: readonly CodecName[] = BASELINE_NAMES;
+
+/** kvtc calibrate's defaults: the protection the baselines get when no profile says otherwise. */
+export const DEFAULT_SINK = 4;
+export const DEFAULT_WINDOW = 128;
+/** KIVI's residual length: kivi2 keeps its own recent tokens in fp16 (baselines.ts default). */
+const KIVI_RECENT = 128;
+
+/** What a codec did to one cache, with honest byte counts. */
+export interface Reconstruction {
+  cache: KvCache;
+  /** Tokens of the cache that went through the lossy path (outside the protected ones). */
+  compressedTokens: number;
+  /** Stored bytes for the whole cache / for the compressed tokens only. */
+  bytes: number;
+  compressedBytes: number;
+}
+
+export interface CacheCodec {
+  name: CodecName;
+  /** Protected tokens at each end, kept exactly (or in fp16). */
+  sink: number;
+  recent: number;
+  apply(cache: KvCache): Promise<Reconstruction>;
+  release(): Promise<void>;
+}
+
+/** fp16 bytes of one token's keys and values over all layers. */
+export function fp16BytesPerToken(cache: Pick<KvCache, 'layers' | 'kvHeads' | 'headDim'>): number {
+  return cache.layers * 2 * cache.kvHeads * cache.headDim * 2;
+}
+
+function kvtcAdapter(codec: KvtcCodec): CacheCodec {
+  return {
+    name: 'kvtc',
+    sink: codec.spec.sink,
+    recent: codec.spec.window,
+    async apply(cache) {
+      const { blob, stats } = await codec.encode(cache);
+      const { cache: restored } = await codec.decode(blob);
+      return { cache: restored, compressedTokens: stats.compressedTokens, bytes: stats.blobBytes, compressedBytes: stats.compressedTokens > 0 ? stats.compressedBytes : 0 };
+    },
+    release: () => codec.release(),
+  };
+}
+
+function baselineAdapter(name: BaselineName, sink: number, recent: number | undefined): CacheCodec {
+  const options = { sinkTokens: sink, recentTokens: recent };
+  return {
+    name,
+    sink,
+    recent: recent ?? KIVI_RECENT,
+    async apply(cache) {
+      const r = runBaseline(name, cache, options);
+      const { start, end } = quantizedRange(name, cache.tokens, options);
+      const compressedTokens = end - start;
+      const rawBytes = (cache.tokens - compressedTokens) * fp16BytesPerToken(cache);
+      return { cache: r.cache, compressedTokens, bytes: r.bytes, compressedBytes: compressedTokens > 0 ? r.bytes - rawBytes : 0 };
+    },
+    release: async () => {},
+  };
+}
+
+const identityAdapter: CacheCodec = {
+  name: 'identity',
+  sink: 0,
+  recent: 0,
+  async apply(cache) {
+    const bytes = cache.tokens * fp16BytesPerToken(cache) * (cache.dtype === 'float32' ? 2 : 1);
+    return { cache, compressedTokens: 0, bytes, compressedBytes: 0 };
+  },
+  release: async () => {},
+};
+
+/** A profile made for another model would compress caches it has never seen. */
+export function checkProfileForModel(profile: Profile, model: Pick<LoadedModel, 'name' | 'dir' | 'fingerprint'>): void {
+  const pm = profile.manifest.model;
+  if (pm.fingerprint.id !== model.fingerprint.id) {
+    throw new KvtcError(
+      'PROFILE_MISMATCH',
+      `profile ${profile.dir} was calibrated for model ${pm.name} (fingerprint ${pm.fingerprint.id}), but the model being evaluated is ${model.name} (fingerprint ${model.fingerprint.id}, ${model.dir})`,
+      {
+        fix: `Pass --model with the directory of ${pm.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
+        context: { profile: profile.dir, profile_model: pm.name, profile_fingerprint: pm.fingerprint.id, model: model.dir, model_fingerprint: model.fingerprint.id },
+      },
+    );
+  }
+}
+
+export interface CodecSetup {
+  profile?: Profile;
+  device?: Device;
+}
+
+/**
+ * Builds the codecs in the order asked. The baselines protect the same tokens as the
+ * profile (sink and window), except kivi2, which keeps KIVI's own 128 recent tokens.
+ */
+export async function createCodecs(names: readonly CodecName[], setup: CodecSetup = {}): Promise<CacheCodec[]> {
+  const sink = setup.profile?.manifest.settings.sink ?? DEFAULT_SINK;
+  const window = setup.profile?.manifest.settings.window ?? DEFAULT_WINDOW;
+  const out: CacheCodec[] = [];
+  for (const name of names) {
+    if (name === 'kvtc') {
+      if (!setup.profile) {
+        throw new KvtcError('USAGE', 'the kvtc codec needs a profile', { fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.', exitCode: 2 });
+      }
+      out.push(kvtcAdapter(await codecFromProfile(setup.profile, { device: setup.device })));
+    } else if (name === 'identity') {
+      out.push(identityAdapter);
+    } else {
+      out.push(baselineAdapter(name, sink, name === 'kivi2' ? undefined : window));
+    }
+  }
+  return out;
+}
+
+export interface CodecOutcome {
+  /** Log-likelihood of " A".." D" with this codec's cache. */
+  logLik: number[];
+  pred: number;
+  compressedTokens: number;
+  bytes: number;
+  compressedBytes: number;
+}
+
+export interface QuestionRecord {
+  subject: string;
+  /** Row of the subject's test split (0-based). */
+  index: number;
+  gold: number;
+  /**
+   * Context tokens prefilled for this question after truncation (summed over its contexts:
+   * a truncated prompt may need one per continuation length).
+   */
+  promptTokens: number;
+  /** Tokens cut from the left of the prompt to fit the model. */
+  truncated: number;
+  /** Tokens in the cache(s) that codecs compress: promptTokens − 1 per context (the last token is fed live). */
+  cacheTokens: number;
+  baseline: { logLik: number[]; pred: number };
+  codecs: Record<string, CodecOutcome>;
+}
+
+export interface EvaluateOptions {
+  runner: ModelRunner;
+  subjects: readonly string[];
+  /** Questions per subject (first N of the test split); all when undefined. */
+  limit?: number;
+  shots: number;
+  codecs: readonly CacheCodec[];
+  /** WikiText-2 test tokens for perplexity; 0 skips it. */
+  perplexityTokens: number;
+  seed?: number;
+  mmluDir?: string;
+  wikitextPath?: string;
+  onProgress?: ProgressFn;
+}
+
+export interface EvaluateTiming {
+  seconds: number;
+  mmluSeconds: number;
+  questionsPerSecond: number;
+  prefillSeconds: number;
+  scoringSeconds: number;
+  /** Reconstruction time per codec (encode + decode for kvtc). */
+  codecSeconds: Record<string, number>;
+  perplexitySeconds: number;
+}
+
+export interface EvaluateResult {
+  model: { name: string; dir: string; fingerprint: string; maxPositions: number };
+  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: CodecName; sink: number; recent: number }[]; seed: number; perplexityTokens: number };
+  questions: QuestionRecord[];
+  summary: EvaluateSummary;
+  perplexity?: PerplexityResult;
+  timing: EvaluateTiming;
+}
+
+interface SubjectData {
+  subject: string;
+  questions: MmluQuestion[];
+  shots: MmluQuestion[];
+}
+
+const now = () => performance.now() / 1000;
+
+/** Runs the paired MMLU evaluation (and perplexity) for the given codecs. */
+export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
+  const { runner, codecs, shots } = opts;
+  const model = runner.model;
+  const dir = opts.mmluDir ?? MMLU_DIR;
+  const seed = opts.seed ?? 0;
+  const progress = opts.onProgress ?? (() => {});
+  const t0 = now();
+
+  // Load every subject (and its shots) before the first forward pass, so bad data fails fast.
+  const data: SubjectData[] = [];
+  for (const subject of opts.subjects) {
+    const all = await loadSubject(dir, subject, 'test');
+    data.push({ subject, questions: opts.limit === undefined ? all : all.slice(0, opts.limit), shots: await loadShots(dir, subject, shots) });
+  }
+  const total = data.reduce((s, d) => s + d.questions.length, 0);
+
+  const records: QuestionRecord[] = [];
+  const codecSeconds: Record<string, number> = Object.fromEntries(codecs.map((c) => [c.name, 0]));
+  let prefillSeconds = 0;
+  let scoringSeconds = 0;
+  const tMmlu = now();
+  progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
+  for (const { subject, questions, shots: examples } of data) {
+    for (let index = 0; index < questions.length; index++) {
+      const q = questions[index];
+      const req = encodeRequest(model.tokenizer, buildPrompt(subject, q, examples), CONTINUATIONS, model.spec.maxPositions);
+      const base = new Array<number>(CONTINUATIONS.length);
+      const outcomes: Record<string, CodecOutcome> = {};
+      for (const c of codecs) outcomes[c.name] = { logLik: new Array<number>(CONTINUATIONS.length), pred: 0, compressedTokens: 0, bytes: 0, compressedBytes: 0 };
+      let promptTokens = 0;
+      let cacheTokens = 0;
+      // Usually one context; a truncated prompt may need one per continuation length.
+      for (const group of req.contexts) {
+        const ctx = group.tokens;
+        const conts = group.members.map((i) => req.continuations[i]);
+        const plan = planScoring(ctx[ctx.length - 1], conts);
+        const put = (into: number[], scores: ArrayLike<number>) => group.members.forEach((i, k) => (into[i] = scores[k]));
+        let t = now();
+        const past = ctx.length > 1 ? (await runner.prefill(ctx.slice(0, -1))).cache : null;
+        prefillSeconds += now() - t;
+        t = now();
+        const scores = await scoreContinuations(runner, past, conts, plan);
+        scoringSeconds += now() - t;
+        put(base, scores);
+        promptTokens += ctx.length;
+        cacheTokens += past?.tokens ?? 0;
+        for (const codec of codecs) {
+          const out = outcomes[codec.name];
+          // A one-token context leaves no cache to compress: the codec sees exactly the baseline.
+          if (!past) {
+            put(out.logLik, scores);
+            continue;
+          }
+          t = now();
+          const rec = await codec.apply(past);
+          codecSeconds[codec.name] += now() - t;
+          t = now();
+          put(out.logLik, await scoreContinuations(runner, rec.cache, conts, plan));
+          scoringSeconds += now() - t;
+          out.compressedTokens += rec.compressedTokens;
+          out.bytes += rec.bytes;
+          out.compressedBytes += rec.compressedBytes;
+        }
+      }
+      for (const out of Object.values(outcomes)) out.pred = argmax(out.logLik);
+      records.push({
+        subject,
+        index,
+        gold: q.answer,
+        promptTokens,
+        truncated: Math.max(...req.contexts.map((g) => g.truncated)),
+        cacheTokens,
+        baseline: { logLik: base, pred: argmax(base) },
+        codecs: outcomes,
+      });
+      progress({ stage: 'MMLU', done: records.length, total, unit: 'q', detail: subject.replaceAll('_', ' ') });
+    }
+  }
+  const mmluSeconds = now() - tMmlu;
+
+  let perplexity: PerplexityResult | undefined;
+  const tPpl = now();
+  if (opts.perplexityTokens > 0) {
+    const text = await readWikitext(opts.wikitextPath ?? WIKITEXT_TEST);
+    perplexity = await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress });
+  }
+  const perplexitySeconds = now() - tPpl;
+
+  const codecNames = codecs.map((c) => c.name);
+  return {
+    model: { name: model.name, dir: model.dir, fingerprint: model.fingerprint.id, maxPositions: model.spec.maxPositions },
+    settings: {
+      subjects: [...opts.subjects],
+      limit: opts.limit,
+      shots,
+      codecs: codecs.map((c) => ({ name: c.name, sink: c.sink, recent: c.recent })),
+      seed,
+      perplexityTokens: opts.perplexityTokens,
+    },
+    questions: records,
+    summary: summarize(records, codecNames, { seed, bytesPerToken: fp16BytesPerToken(model.spec) }),
+    perplexity,
+    timing: {
+      seconds: now() - t0,
+      mmluSeconds,
+      questionsPerSecond: total / mmluSeconds,
+      prefillSeconds,
+      scoringSeconds,
+      codecSeconds,
+      perplexitySeconds,
+    },
+  };
+}
+
+async function readWikitext(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (cause) {
+    throw new KvtcError('DATA_INVALID', `WikiText-2 test text not found: ${path}`, {
+      cause,
+      context: { file: path },
+      fix: 'Restore data/wikitext-2/wiki.test.raw from the repository, or pass --perplexity-tokens 0 to skip perplexity.',
+    });
+  }
+}
