@@ -206,10 +206,13 @@ export function notes(result: EvaluateResult): string[] {
     } else if (s.uncompressed_questions > 0) {
       const co = s.compressed_only!;
       out.push(
-        `${c.name}: ${s.uncompressed_questions} of ${o.n} questions were not compressed at all (prompt ≤ ${c.sink} sink + ${c.recent} recent tokens); ` +
+        `${c.name}: ${s.uncompressed_questions} of ${o.n} questions were not compressed at all (prompt too short: ${c.name} keeps ${c.sink} sink + ${c.recent} recent tokens exactly${c.name === 'kivi2' ? ' and quantizes only whole groups of tokens' : ''}); ` +
           `on the ${co.n} compressed questions alone: Δ ${fmtDelta(co)} points, agreement ${pct(co.agreement)}.`,
       );
     }
+  }
+  if (result.model.kvDtype === 'float32' && o.codecs.kvtc) {
+    out.push('kvtc keeps its sink and window tokens in the model\'s own dtype (float32 here), so its whole-cache ratio against fp16 is low on short prompts; "ratio (compr. tokens)" is the codec\'s own ratio.');
   }
   if (o.truncated_questions > 0) {
     out.push(`${o.truncated_questions} of ${o.n} prompts were longer than the model's ${result.model.maxPositions} positions and were truncated from the left (as lm-evaluation-harness does).`);

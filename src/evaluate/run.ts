@@ -201,7 +201,7 @@ export interface EvaluateTiming {
 }
 
 export interface EvaluateResult {
-  model: { name: string; dir: string; fingerprint: string; maxPositions: number };
+  model: { name: string; dir: string; fingerprint: string; maxPositions: number; kvDtype: KvCache['dtype'] };
   settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: CodecName; sink: number; recent: number }[]; seed: number; perplexityTokens: number };
   questions: QuestionRecord[];
   summary: EvaluateSummary;
@@ -308,7 +308,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
 
   const codecNames = codecs.map((c) => c.name);
   return {
-    model: { name: model.name, dir: model.dir, fingerprint: model.fingerprint.id, maxPositions: model.spec.maxPositions },
+    model: { name: model.name, dir: model.dir, fingerprint: model.fingerprint.id, maxPositions: model.spec.maxPositions, kvDtype: model.spec.kvDtype },
     settings: {
       subjects: [...opts.subjects],
       limit: opts.limit,
