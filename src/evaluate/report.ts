@@ -207,7 +207,7 @@ export function notes(result: EvaluateResult): string[] {
       const co = s.compressed_only!;
       out.push(
         `${c.name}: ${s.uncompressed_questions} of ${o.n} questions were not compressed at all (prompt too short: ${c.name} keeps ${c.sink} sink + ${c.recent} recent tokens exactly${c.name === 'kivi2' ? ' and quantizes only whole groups of tokens' : ''}); ` +
-          `on the ${co.n} compressed questions alone: Δ ${fmtDelta(co)} points, agreement ${pct(co.agreement)}.`,
+          `on the ${co.n} compressed question${co.n === 1 ? '' : 's'} alone: Δ ${fmtDelta(co)} points, agreement ${pct(co.agreement)}.`,
       );
     }
   }
