@@ -60,6 +60,7 @@ function jsonResult(r: EvaluateResult, profile: Profile | undefined, extra: Reco
     n: o.n,
     subjects_count: o.subjects,
     shots: r.settings.shots,
+    settings: r.settings,
     baseline: o.baseline,
     compressed: c ? { codec: main, ...c.accuracy } : null,
     delta_points: c?.delta_points ?? null,
