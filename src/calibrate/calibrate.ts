@@ -9,7 +9,6 @@ import { basename, join } from 'node:path';
 import { KvtcCodec } from '../codec/codec.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
-import { symmetricEigen } from '../codec/eigen.js';
 import { gatherFeatures } from '../codec/features.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
@@ -23,7 +22,8 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
 import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION, type Manifest } from '../profile/schema.js';
 import { PRODUCER, VERSION } from '../version.js';
-import { allocate, heldoutCoefficients, prepareAllocation, type AllocationTables } from './allocate.js';
+import { allocate, heldoutCoefficients, type AllocationTables } from './allocate.js';
+import { fitBases } from './fit-pool.js';
 import { compressSection, HEADER_BYTES, SECTION_BYTES } from '../codec/blob.js';
 import { encodePlanPayload } from '../codec/payload.js';
 import { buildSequences } from './sequences.js';
@@ -268,33 +268,29 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   await model.session.release();
   lap('forward');
 
-  // Bases and measured error tables, shared by every ratio.
-  const plansBase: { state: PlanState; mean: Float64Array; vectors: Float64Array; values: Float64Array }[] = [];
-  for (const [i, s] of states.entries()) {
-    checkAbort(opts.signal);
-    progress({ stage: 'eigendecomposition', done: i, total: states.length, unit: 'bases' });
+  // Bases and measured error tables, shared by every ratio (on worker threads when large).
+  const jobs = states.map((s) => {
     const cov = s.acc.finish();
-    await s.kernel.dispose?.();
-    const t = performance.now();
-    const eig = symmetricEigen(cov.cov, s.dim);
-    seconds.eigen = (seconds.eigen ?? 0) + (performance.now() - t) / 1000;
-    plansBase.push({ state: s, mean: cov.mean, vectors: eig.vectors, values: eig.values });
-  }
-  mark = performance.now();
-  for (const [i, b] of plansBase.entries()) {
-    checkAbort(opts.signal);
-    progress({ stage: 'held-out error tables', done: i, total: plansBase.length, unit: 'bases' });
-    const parts = heldCaches.map((c) => gatherFeatures(c, { kind: b.state.kind, layers: b.state.layers }, spec.rope, opts.sink, c.tokens));
-    const H = parts.reduce((a, p) => a + p.length / b.state.dim, 0);
-    const X = new Float32Array(H * b.state.dim);
+    const parts = heldCaches.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, opts.sink, c.tokens));
+    const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
+    const X = new Float32Array(H * s.dim);
     let at = 0;
     for (const p of parts) {
       X.set(p, at);
       at += p.length;
     }
-    b.state.tables = prepareAllocation({ kind: b.state.kind, layers: b.state.layers, dim: b.state.dim, mean: b.mean, vectors: b.vectors, values: b.values, heldout: X, heldoutTokens: H });
-  }
-  lap('error_tables');
+    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H };
+  });
+  for (const s of states) await s.kernel.dispose?.();
+  checkAbort(opts.signal);
+  progress({ stage: 'fitting bases (eigen + held-out error tables)', done: 0, total: jobs.length, unit: 'bases' });
+  const fitted = await fitBases(jobs, { onDone: (d) => progress({ stage: 'fitting bases (eigen + held-out error tables)', done: d, total: jobs.length, unit: 'bases' }) });
+  // Stage times are summed over bases (CPU seconds); the wall time of the stage is fit_wall.
+  seconds.eigen = fitted.reduce((a, f) => a + f.seconds.eigen, 0);
+  seconds.error_tables = fitted.reduce((a, f) => a + f.seconds.tables, 0);
+  const plansBase = states.map((state, i) => ({ state: Object.assign(state, { tables: fitted[i].tables }) }));
+  seconds.fit_wall = (performance.now() - mark) / 1000;
+  mark = performance.now();
 
   const sourcesMeta = used.map((t) => ({ name: basename(t.path), sha256: sha256(t.text), bytes: t.bytes }));
   const profiles: RatioResult[] = [];
@@ -307,19 +303,16 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     // Sizing needs no model graphs: the held-out coefficients on the full basis are already in
     // the tables, so each candidate is quantized, packed and deflated exactly as encode does.
     const measureAt = (scale: number) => blobSizeRatio(plansFor(scale), plansBase.map((b) => b.state.tables!), heldCaches, spec, opts.sink, opts.window, entropy);
-    let lo = 0.25;
-    let hi = 4;
+    // ratio ≈ k / budget, so step scale ← scale · (measured / target)^γ, halving γ when a step
+    // does not improve (bits are integers, so the map is a staircase).
     let best = { scale: 1, ratio: measureAt(1) };
-    const better = (r: number) => Math.abs(r - ratio) < Math.abs(best.ratio - ratio);
-    if (best.ratio < ratio) hi = 1;
-    else lo = 1;
-    for (let it = 0; it < 14; it++) {
-      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: 14, unit: 'steps', detail: `measured ${best.ratio.toFixed(2)}x at budget scale ${best.scale.toFixed(3)}` });
-      const mid = (lo + hi) / 2;
-      const r = measureAt(mid);
-      if (better(r)) best = { scale: mid, ratio: r };
-      if (r >= ratio) lo = mid;
-      else hi = mid;
+    let gamma = 1;
+    for (let it = 0; it < 10 && Math.abs(best.ratio / ratio - 1) > 0.005; it++) {
+      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: 10, unit: 'steps', detail: `measured ${best.ratio.toFixed(2)}x at budget scale ${best.scale.toFixed(3)}` });
+      const scale = Math.min(8, Math.max(0.05, best.scale * (best.ratio / ratio) ** gamma));
+      const r = measureAt(scale);
+      if (Math.abs(r / ratio - 1) < Math.abs(best.ratio / ratio - 1)) best = { scale, ratio: r };
+      else gamma /= 2;
     }
     lap('allocation');
     const plans = plansFor(best.scale);

@@ -1,0 +1,86 @@
+/**
+ * Fits bases in parallel: each basis's eigendecomposition and held-out error tables are
+ * independent, CPU-bound JavaScript, so they run on worker threads (one per core). Small
+ * bases run inline: a worker's start-up would cost more than the work.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { symmetricEigen } from '../codec/eigen.js';
+import type { KvKind } from '../codec/types.js';
+import { prepareAllocation, type AllocationTables } from './allocate.js';
+
+export interface FitJob {
+  kind: KvKind;
+  layers: number[];
+  dim: number;
+  /** [p, p] float64 covariance and [p] mean. */
+  cov: Float64Array;
+  mean: Float64Array;
+  /** Float32Array // [H, p] held-out features. */
+  heldout: Float32Array;
+  heldoutTokens: number;
+}
+
+export interface FitOutput {
+  tables: AllocationTables;
+  seconds: { eigen: number; tables: number };
+}
+
+export function fitBasisTables(job: FitJob): FitOutput {
+  let t = performance.now();
+  const eig = symmetricEigen(job.cov, job.dim);
+  const eigen = (performance.now() - t) / 1000;
+  t = performance.now();
+  const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
+  return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 } };
+}
+
+const INLINE_BELOW_DIM = 128;
+
+/** Runs every job; results in job order. `onDone(i)` reports progress. */
+export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?: (done: number) => void } = {}): Promise<FitOutput[]> {
+  const out: FitOutput[] = new Array(jobs.length);
+  const threads = Math.min(opts.threads ?? availableParallelism(), jobs.length);
+  let done = 0;
+  const finish = (i: number, r: FitOutput) => {
+    out[i] = r;
+    opts.onDone?.(++done);
+  };
+  if (threads <= 1 || jobs.every((j) => j.dim < INLINE_BELOW_DIM)) {
+    for (const [i, j] of jobs.entries()) finish(i, fitBasisTables(j));
+    return out;
+  }
+  // Under tsx/vitest this file is TypeScript: the worker needs the same loader.
+  const isTs = import.meta.url.endsWith('.ts');
+  const url = new URL(isTs ? './fit-worker.ts' : './fit-worker.js', import.meta.url);
+  const spawn = () =>
+    isTs
+      ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`, { eval: true })
+      : new Worker(url);
+  const workers = Array.from({ length: threads }, spawn);
+  let next = 0;
+  try {
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve, reject) => {
+            const take = () => {
+              if (next >= jobs.length) return resolve();
+              const i = next++;
+              const j = jobs[i];
+              w.once('message', (r: FitOutput) => {
+                finish(i, r);
+                take();
+              });
+              w.postMessage(j);
+            };
+            w.once('error', reject);
+            take();
+          }),
+      ),
+    );
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+  return out;
+}

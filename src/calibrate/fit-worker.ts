@@ -1,0 +1,9 @@
+/** Worker thread: eigendecomposition + held-out error tables of one basis (see fit-pool.ts). */
+import { parentPort } from 'node:worker_threads';
+import { fitBasisTables, type FitJob } from './fit-pool.js';
+
+parentPort!.on('message', (job: FitJob) => {
+  const r = fitBasisTables(job);
+  const t = r.tables;
+  parentPort!.postMessage(r, [t.none.buffer, t.staticErr.buffer, t.staticLo.buffer, t.staticHi.buffer, t.dynamicErr.buffer, t.vectors.buffer, t.values.buffer, t.coeffs.buffer, t.mean.buffer] as ArrayBuffer[]);
+});
