@@ -14,7 +14,7 @@ import { ropeInvFreq } from '../model/rope-freqs.js';
 import type { KvCache, RopeSpec } from '../model/types.js';
 import { createSession, ort, type Device } from '../onnx/session.js';
 import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
-import { buildDecodeGraph, buildEncodeGraph, ropeTables } from './graphs.js';
+import { buildDecodeGraph, buildEncodeGraph, ropePairs, ropeTables } from './graphs.js';
 import { RopeTable } from './rope.js';
 import { decodePlanPayload, encodePlanPayload } from './payload.js';
 import type { BasisPlan } from './types.js';
@@ -51,8 +51,32 @@ export interface DecodeStats {
 
 const now = () => performance.now() / 1000;
 
-/** Copies tokens [t0, t0+n) of the plan's layers into X [n, p] (token-major, head-major features). */
-export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array): Float32Array {
+/**
+ * Host RoPE for the CPU path, in float32 exactly as the graphs' Mul/Add/Sub nodes compute it
+ * (each product rounded to float32, then the float32 sum), so both paths give the same bits.
+ * cos/sin: Float32Array // [n, half] from ropeTables. a/b: within-head pair indices.
+ */
+export interface HostRope {
+  cos: Float32Array;
+  sin: Float32Array;
+  half: number;
+  a: Int32Array;
+  b: Int32Array;
+  rest: Int32Array;
+}
+
+function hostRope(rope: RopeSpec, headDim: number, tables: { cos: Float32Array; sin: Float32Array }): HostRope {
+  const idx = ropePairs(rope, headDim);
+  return { cos: tables.cos, sin: tables.sin, half: idx.a.length, a: Int32Array.from(idx.a), b: Int32Array.from(idx.b), rest: Int32Array.from(idx.rest) };
+}
+
+const f = Math.fround;
+
+/**
+ * Copies tokens [t0, t0+n) of the plan's layers into X [n, p] (token-major, head-major features),
+ * un-rotating keys when `rope` is given (token k at table row k).
+ */
+export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array, rope?: HostRope): Float32Array {
   const p = layers.length * kvHeads * headDim;
   const x = out ?? new Float32Array(n * p);
   for (let li = 0; li < layers.length; li++) {
@@ -60,20 +84,55 @@ export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: n
     for (let h = 0; h < kvHeads; h++) {
       const col = (li * kvHeads + h) * headDim;
       let s = (h * tokens + t0) * headDim;
-      for (let t = 0; t < n; t++, s += headDim) x.set(a.subarray(s, s + headDim), t * p + col);
+      if (!rope) {
+        for (let t = 0, d = col; t < n; t++, s += headDim, d += p) for (let k = 0; k < headDim; k++) x[d + k] = a[s + k];
+        continue;
+      }
+      const { cos, sin, half, a: ia, b: ib, rest } = rope;
+      for (let t = 0, d = col; t < n; t++, s += headDim, d += p) {
+        const row = t * half;
+        // undo (rotation by −θ): a' = a·c + b·s, b' = b·c − a·s
+        for (let i = 0; i < half; i++) {
+          const va = a[s + ia[i]];
+          const vb = a[s + ib[i]];
+          const c = cos[row + i];
+          const sn = sin[row + i];
+          x[d + ia[i]] = f(va * c) + f(vb * sn);
+          x[d + ib[i]] = f(vb * c) - f(va * sn);
+        }
+        for (let i = 0; i < rest.length; i++) x[d + rest[i]] = a[s + rest[i]];
+      }
     }
   }
   return x;
 }
 
-export function scatterFeatures(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number): void {
+/** Inverse of gatherFeatures: writes X [n, p] into the cache, re-rotating keys when `rope` is given. */
+export function scatterFeatures(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
   const p = layers.length * kvHeads * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = dst[layers[li]];
     for (let h = 0; h < kvHeads; h++) {
       const col = (li * kvHeads + h) * headDim;
       let d = (h * tokens + t0) * headDim;
-      for (let t = 0; t < n; t++, d += headDim) a.set(x.subarray(t * p + col, t * p + col + headDim), d);
+      if (!rope) {
+        for (let t = 0, s = col; t < n; t++, d += headDim, s += p) for (let k = 0; k < headDim; k++) a[d + k] = x[s + k];
+        continue;
+      }
+      const { cos, sin, half, a: ia, b: ib, rest } = rope;
+      for (let t = 0, s = col; t < n; t++, d += headDim, s += p) {
+        const row = t * half;
+        // apply: a' = a·c − b·s, b' = b·c + a·s
+        for (let i = 0; i < half; i++) {
+          const va = x[s + ia[i]];
+          const vb = x[s + ib[i]];
+          const c = cos[row + i];
+          const sn = sin[row + i];
+          a[d + ia[i]] = f(va * c) - f(vb * sn);
+          a[d + ib[i]] = f(vb * c) + f(va * sn);
+        }
+        for (let i = 0; i < rest.length; i++) a[d + rest[i]] = x[s + rest[i]];
+      }
     }
   }
 }
@@ -130,13 +189,25 @@ export class KvtcCodec {
     private readonly encoders: (ortTypes.InferenceSession | null)[],
     private readonly decoders: (ortTypes.InferenceSession | null)[],
     private readonly invFreq: Float64Array,
+    /** CPU: RoPE runs on the host, fused into gather/scatter (ORT's Gather/Concat chain cost 10x the matmul). */
+    private readonly ropeOnHost: boolean,
   ) {}
+
+  /** Reused gather buffer (encode), grown to the largest n·p seen. */
+  private gatherScratch = new Float32Array(0);
 
   static async create(spec: CodecSpec, plans: BasisPlan[], opts: { device?: Device; threads?: number } = {}): Promise<KvtcCodec> {
     const ctx = { rope: spec.rope, headDim: spec.headDim };
-    const enc = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildEncodeGraph(p, ctx), opts) : null)));
-    const dec = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildDecodeGraph(p, ctx), opts) : null)));
-    return new KvtcCodec(spec, plans, enc, dec, ropeInvFreq(spec.rope));
+    // On the CPU the key graphs are built without their RoPE nodes (the host does it, same bits);
+    // on CUDA the graphs keep RoPE so that all of the matrix work stays on the device.
+    const ropeOnHost = (opts.device ?? 'cpu') === 'cpu';
+    const graphPlan = (p: BasisPlan): BasisPlan => (ropeOnHost && p.kind === 'key' ? { ...p, kind: 'value' } : p);
+    // One intra-op thread per session unless asked: dozens of small sessions with spinning
+    // thread pools fight over the cores (measured 2.6x slower transform on 2 cores).
+    const so = { device: opts.device, threads: opts.threads ?? 1 };
+    const enc = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildEncodeGraph(graphPlan(p), ctx), so) : null)));
+    const dec = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildDecodeGraph(graphPlan(p), ctx), so) : null)));
+    return new KvtcCodec(spec, plans, enc, dec, ropeInvFreq(spec.rope), ropeOnHost);
   }
 
   /** Raw tokens at each end: all of them when the cache is shorter than sink + window. */
@@ -164,17 +235,20 @@ export class KvtcCodec {
     const sec = { gather: 0, transform: 0, quantize: 0, entropy: 0, total: 0 };
     if (n > 0) {
       const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
+      const host = this.ropeOnHost ? hostRope(this.spec.rope, cache.headDim, tables) : undefined;
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
         const session = this.encoders[i];
         if (!session) continue;
         let t = now();
         const src = plan.kind === 'key' ? cache.keys : cache.values;
-        const x = gatherFeatures(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n);
+        if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
+        const x = this.gatherScratch.subarray(0, n * plan.dim);
+        gatherFeatures(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
         sec.gather += now() - t;
         t = now();
         const feeds: Record<string, ortTypes.Tensor> = { x: new ort.Tensor('float32', x, [n, plan.dim]) };
-        if (plan.kind === 'key') {
+        if (plan.kind === 'key' && !host) {
           feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
           feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
         }
@@ -241,6 +315,7 @@ export class KvtcCodec {
     restoreRaw(raw.data, cache, sink, window, header.fp16);
     if (n > 0) {
       const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
+      const host = this.ropeOnHost ? hostRope(this.spec.rope, headDim, tables) : undefined;
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
         let t = now();
@@ -264,7 +339,7 @@ export class KvtcCodec {
           sec.dequantize += now() - t;
           t = now();
           const feeds: Record<string, ortTypes.Tensor> = { coeffs: new ort.Tensor('float32', coeffs, [n, plan.rank]) };
-          if (plan.kind === 'key') {
+          if (plan.kind === 'key' && !host) {
             feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
             feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
           }
@@ -272,7 +347,9 @@ export class KvtcCodec {
           sec.transform += now() - t;
         }
         t = now();
-        scatterFeatures(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n);
+        // The rank-0 path above already re-rotated its keys.
+        const rot = plan.kind === 'key' && session ? host : undefined;
+        scatterFeatures(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
         sec.scatter += now() - t;
       }
     }

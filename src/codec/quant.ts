@@ -287,3 +287,44 @@ export function fitStaticRangeFrom(c: RangeCandidates, type: StoredType): { lo: 
   for (const s of [0.85, 0.9, 0.95, 1.05, 1.1, 1.15]) tryRange(mid - half * s, mid + half * s);
   return { lo: Math.fround(bestLo), hi: Math.fround(bestHi) };
 }
+
+/**
+ * Decoded value of every code of a static component: table[code] = fround(offset + q(code)·scale),
+ * exactly what decodeValue stores into a Float32Array. table: Float32Array // [2^bits] (fp8: 256).
+ * Why a table: decode is one load per coefficient instead of a multiply-add and a branch.
+ */
+export function staticDecodeTable(lo: number, hi: number, type: StoredType, out?: Float32Array): Float32Array {
+  const levels = intLevels(type);
+  const size = levels > 0 ? levels + 1 : 256;
+  const t = out ?? new Float32Array(size);
+  const off = staticOffset(lo, hi, type);
+  const sc = staticScale(lo, hi, type);
+  for (let c = 0; c < size; c++) t[c] = decodeValue(c, off, sc, levels);
+  return t;
+}
+
+/**
+ * Codes of n values src[srcOff + i·stride] of one static component into dst[dstOff ..), with
+ * encodeValue's arithmetic inlined for the int types (the hot loop of encode).
+ */
+export function quantizeStaticRun(src: Float32Array, srcOff: number, stride: number, n: number, lo: number, hi: number, type: StoredType, dst: Uint8Array, dstOff: number): void {
+  const off = staticOffset(lo, hi, type);
+  const sc = staticScale(lo, hi, type);
+  const levels = intLevels(type);
+  if (sc === 0) {
+    dst.fill(0, dstOff, dstOff + n);
+    return;
+  }
+  if (levels === 0) {
+    for (let i = 0; i < n; i++) dst[dstOff + i] = encodeValue(src[srcOff + i * stride], off, sc, 0);
+    return;
+  }
+  for (let i = 0, k = srcOff; i < n; i++, k += stride) {
+    const u = (src[k] - off) / sc;
+    // Math.round(u) for 0 <= u <= levels, ~3x faster in V8: truncate u + 0.5, then undo the one
+    // case where that sum rounds up to the next integer (u = 0.49999999999999994).
+    let c = (u + 0.5) | 0;
+    if (c - u > 0.5) c--;
+    dst[dstOff + i] = u < 0 ? 0 : u > levels ? levels : c;
+  }
+}
