@@ -169,7 +169,7 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
 
 export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
   const progress = opts.onProgress ?? noProgress;
-  const entropy = opts.entropy ?? 'deflate-huffman';
+  const entropy = opts.entropy ?? 'deflate-rle';
   const seconds: Record<string, number> = {};
   const t0 = performance.now();
   let mark = t0;

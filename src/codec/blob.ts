@@ -27,7 +27,13 @@ export const HEADER_BYTES = 48;
 export const SECTION_BYTES = 12;
 
 export type SectionKind = 'raw' | 'plan';
-export type EntropyCoder = 'deflate-huffman' | 'deflate-default' | 'stored';
+export type EntropyCoder = 'deflate-rle' | 'deflate-huffman' | 'deflate-default' | 'stored';
+
+const DEFLATE_OPTIONS: Record<Exclude<EntropyCoder, 'stored'>, { strategy?: number; level: number }> = {
+  'deflate-rle': { strategy: zc.Z_RLE, level: 1 },
+  'deflate-huffman': { strategy: zc.Z_HUFFMAN_ONLY, level: 1 },
+  'deflate-default': { level: 6 },
+};
 
 export interface BlobHeader {
   fp16: boolean;
@@ -56,10 +62,14 @@ export interface EncodedSection {
   rawBytes: number;
 }
 
-/** Entropy-codes one section payload. Huffman-only DEFLATE: see docs/codec.md for the measurement behind the default. */
+/**
+ * Entropy-codes one section payload. The default, DEFLATE with Z_RLE (run-length matches only),
+ * measured as small as level 1-6 LZ77 and as fast as Huffman-only on real payloads: see
+ * docs/codec.md (scripts/entropy-compare.ts).
+ */
 export function compressSection(kind: SectionKind, plan: number, data: Uint8Array, coder: EntropyCoder): EncodedSection {
   if (coder === 'stored' || kind === 'raw' || data.byteLength === 0) return { kind, plan, codec: 0, stored: data, rawBytes: data.byteLength };
-  const z = deflateRawSync(data, coder === 'deflate-huffman' ? { strategy: zc.Z_HUFFMAN_ONLY, level: 1 } : { level: 6 });
+  const z = deflateRawSync(data, DEFLATE_OPTIONS[coder]);
   // Never expand: incompressible payloads are stored.
   if (z.byteLength >= data.byteLength) return { kind, plan, codec: 0, stored: data, rawBytes: data.byteLength };
   return { kind, plan, codec: 1, stored: new Uint8Array(z.buffer, z.byteOffset, z.byteLength), rawBytes: data.byteLength };

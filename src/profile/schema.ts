@@ -102,7 +102,7 @@ export const ManifestSchema = z
         chunk: z.number().int().positive(),
         seed: z.number().int(),
         granule: z.number().int().positive().describe('dynamic groups start and end on multiples of this'),
-        entropy: z.enum(['deflate-huffman', 'deflate-default', 'stored']),
+        entropy: z.enum(['deflate-rle', 'deflate-huffman', 'deflate-default', 'stored']).describe('how plan sections were DEFLATEd (decoders just inflate)'),
       })
       .strict(),
     calibration: z
