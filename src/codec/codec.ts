@@ -138,7 +138,8 @@ export function scatterFeatures(x: Float32Array, dst: Float32Array[], layers: nu
 }
 
 /** Raw-token section: for each layer, keys then values, [kvHeads, sink] then [kvHeads, window] rows of headDim. */
-function rawSection(cache: KvCache, sink: number, window: number, fp16: boolean): Uint8Array {
+/** Raw sink/window tokens, always as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). */
+function rawSection(cache: KvCache, sink: number, window: number): Uint8Array {
   const { layers, kvHeads, headDim, tokens } = cache;
   const rows = layers * 2 * kvHeads * (sink + window);
   const vals = new Float32Array(rows * headDim);
@@ -154,20 +155,17 @@ function rawSection(cache: KvCache, sink: number, window: number, fp16: boolean)
       }
     }
   }
-  if (!fp16) return new Uint8Array(vals.buffer);
   const h = new Uint16Array(vals.length);
   for (let i = 0; i < vals.length; i++) h[i] = floatToHalf(vals[i]);
   return new Uint8Array(h.buffer);
 }
 
-function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number, fp16: boolean): void {
+function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number): void {
   const { layers, kvHeads, headDim, tokens } = cache;
   const count = layers * 2 * kvHeads * (sink + window) * headDim;
   const vals = new Float32Array(count);
-  if (fp16) {
-    const h = new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-    for (let i = 0; i < count; i++) vals[i] = halfToFloat(h[i]);
-  } else vals.set(new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)));
+  const h = new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+  for (let i = 0; i < count; i++) vals[i] = halfToFloat(h[i]);
   let at = 0;
   for (let l = 0; l < layers; l++) {
     for (const arr of [cache.keys[l], cache.values[l]]) {
@@ -231,7 +229,7 @@ export class KvtcCodec {
     const t0 = now();
     const { sink, window, n } = this.split(cache.tokens);
     const fp16 = cache.dtype === 'float16';
-    const sections: EncodedSection[] = [compressSection('raw', 0, rawSection(cache, sink, window, fp16), 'stored')];
+    const sections: EncodedSection[] = [compressSection('raw', 0, rawSection(cache, sink, window), 'stored')];
     const sec = { gather: 0, transform: 0, quantize: 0, entropy: 0, total: 0 };
     if (n > 0) {
       const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
@@ -310,9 +308,9 @@ export class KvtcCodec {
       values: Array.from({ length: layers }, () => new Float32Array(size)),
     };
     const raw = sections.find((s) => s.kind === 'raw');
-    const rawBytes = layers * 2 * kvHeads * (sink + window) * headDim * (header.fp16 ? 2 : 4);
+    const rawBytes = layers * 2 * kvHeads * (sink + window) * headDim * 2;
     if (!raw || raw.data.byteLength !== rawBytes) throw new KvtcError('BLOB_INVALID', `${source}: raw-token section is missing or has the wrong size`, { fix: 'Re-encode the cache.' });
-    restoreRaw(raw.data, cache, sink, window, header.fp16);
+    restoreRaw(raw.data, cache, sink, window);
     if (n > 0) {
       const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
       const host = this.ropeOnHost ? hostRope(this.spec.rope, headDim, tables) : undefined;

@@ -211,9 +211,6 @@ export function notes(result: EvaluateResult): string[] {
       );
     }
   }
-  if (result.model.kvDtype === 'float32' && o.codecs.kvtc) {
-    out.push('kvtc keeps its sink and window tokens in the model\'s own dtype (float32 here), so its whole-cache ratio against fp16 is low on short prompts; "ratio (compr. tokens)" is the codec\'s own ratio.');
-  }
   if (o.truncated_questions > 0) {
     out.push(`${o.truncated_questions} of ${o.n} prompts were longer than the model's ${result.model.maxPositions} positions and were truncated from the left (as lm-evaluation-harness does).`);
   }

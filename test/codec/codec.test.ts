@@ -13,6 +13,7 @@ import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile, type Profile } from '../../src/profile/io.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
 import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 
@@ -59,7 +60,7 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     }
   });
 
-  it('restores sink and window tokens exactly and compressed tokens approximately', async () => {
+  it('restores sink and window tokens as their exact fp16 values and compressed tokens approximately', async () => {
     const { blob } = await codec.encode(cache);
     const { cache: back } = await codec.decode(blob);
     const { kvHeads, headDim, tokens } = cache;
@@ -67,8 +68,8 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
       for (let h = 0; h < kvHeads; h++) {
         const base = h * tokens * headDim;
         for (const [t0, t1] of [[0, 4], [tokens - 128, tokens]]) {
-          expect(back.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(cache.keys[l].subarray(base + t0 * headDim, base + t1 * headDim));
-          expect(back.values[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(cache.values[l].subarray(base + t0 * headDim, base + t1 * headDim));
+          expect(back.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(asFp16(cache.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)));
+          expect(back.values[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(asFp16(cache.values[l].subarray(base + t0 * headDim, base + t1 * headDim)));
         }
       }
       const ek = relError(cache.keys[l], back.keys[l]);
@@ -78,13 +79,13 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     }
   });
 
-  it('a cache no longer than sink + window is stored raw and restored exactly', async () => {
+  it('a cache no longer than sink + window is stored raw (fp16) and restored exactly', async () => {
     const short: KvCache = { ...cache, tokens: 100, keys: cache.keys.map((k) => slice(k, cache, 100)), values: cache.values.map((v) => slice(v, cache, 100)) };
     const { blob, stats } = await codec.encode(short);
     expect(stats.compressedTokens).toBe(0);
     expect(Number.isNaN(stats.ratioCompressed)).toBe(true);
     const { cache: back } = await codec.decode(blob);
-    for (let l = 0; l < short.layers; l++) expect(back.keys[l]).toEqual(short.keys[l]);
+    for (let l = 0; l < short.layers; l++) expect(back.keys[l]).toEqual(asFp16(short.keys[l]));
   });
 
   it('corrupt, truncated and foreign blobs fail with clear errors', async () => {
@@ -104,6 +105,11 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     await expect(codec.encode(wrong)).rejects.toMatchObject({ code: 'PROFILE_MISMATCH' });
   });
 });
+
+/** The values an fp16 copy holds (the raw section stores fp16). */
+function asFp16(a: Float32Array): Float32Array {
+  return halfArrayToFloat(floatArrayToHalf(a));
+}
 
 function slice(a: Float32Array, c: KvCache, n: number): Float32Array {
   const out = new Float32Array(c.kvHeads * n * c.headDim);
