@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""Independent reference decoder for kvtc profiles (format 1) and .kvtc blobs (version 1).
+
+Written from docs/profile-format.md alone (no kvtc source consulted), to check that the
+specification is precise enough to implement in another language.
+
+Usage:
+    python3 scripts/kvtc_reference_decoder.py PROFILE_DIR BLOB OUT.npz
+
+Writes OUT.npz with float32 arrays key_{l} and value_{l}, each [kv_heads, tokens, head_dim],
+plus int64 scalars tokens and start_position and a uint8 scalar float16 (the blob's dtype flag).
+Exits non-zero with a message on stderr when any check fails. Needs only Python 3 and NumPy.
+"""
+
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+
+import numpy as np
+
+MANIFEST_NAME = "kvtc-profile.json"
+FORMAT_VERSION = 1
+BLOB_VERSION = 1
+HEADER_BYTES = 48
+SECTION_ENTRY_BYTES = 12
+TYPE_BITS = {"int2": 2, "int4": 4, "int8": 8, "fp8": 8}
+
+
+class KvtcError(Exception):
+    pass
+
+
+def fail(msg):
+    raise KvtcError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile (§2, §3)
+
+
+def read_safetensors(data):
+    if len(data) < 8:
+        fail("safetensors: file shorter than its 8-byte header length")
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if 8 + n > len(data):
+        fail(f"safetensors: header length {n} runs past the end of the file ({len(data)} bytes)")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"safetensors: header is not valid UTF-8 JSON: {e}")
+    base = 8 + n
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") != "F32":
+            fail(f"safetensors: tensor {name} has dtype {info.get('dtype')}, expected F32")
+        shape = [int(s) for s in info["shape"]]
+        begin, end = (int(v) for v in info["data_offsets"])
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if end - begin != 4 * count or begin < 0 or base + end > len(data):
+            fail(f"safetensors: tensor {name} offsets [{begin}, {end}) do not fit shape {shape} / file size")
+        arr = np.frombuffer(data, dtype="<f4", count=count, offset=base + begin).reshape(shape)
+        tensors[name] = arr.astype(np.float32)
+    return tensors
+
+
+def read_profile(profile_dir):
+    mpath = os.path.join(profile_dir, MANIFEST_NAME)
+    try:
+        with open(mpath, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        fail(f"cannot read manifest {mpath}: {e}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"manifest {mpath} is not valid UTF-8 JSON: {e}")
+    if manifest.get("format") != "kvtc-profile":
+        fail(f"manifest format is {manifest.get('format')!r}, expected 'kvtc-profile'")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        producer = manifest.get("producer", {})
+        fail(
+            f"manifest format_version {version} is not supported (this reader reads {FORMAT_VERSION}); "
+            f"written by {producer.get('name')} {producer.get('version')}"
+        )
+    tinfo = manifest["tensors"]
+    tpath = os.path.join(profile_dir, tinfo["file"])
+    try:
+        with open(tpath, "rb") as f:
+            tdata = f.read()
+    except OSError as e:
+        fail(f"cannot read tensor file {tpath}: {e}")
+    if "bytes" in tinfo and len(tdata) != int(tinfo["bytes"]):
+        fail(f"tensor file {tpath} has {len(tdata)} bytes, manifest says {tinfo['bytes']}")
+    digest = hashlib.sha256(tdata).hexdigest()
+    if digest != tinfo["sha256"].lower():
+        fail(f"tensor file sha256 mismatch: file {digest}, manifest {tinfo['sha256']}")
+    if manifest["profile_id"].lower() != digest[:16]:
+        fail(f"profile_id {manifest['profile_id']} is not the first 16 hex digits of the tensor sha256 {digest}")
+    tensors = read_safetensors(tdata)
+
+    model = manifest["model"]
+    L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
+    plans = []
+    covered = {"key": set(), "value": set()}
+    for pos, plan in enumerate(manifest["plans"]):
+        idx = int(plan["index"])
+        if idx != pos:
+            fail(f"plan at position {pos} has index {idx}")
+        kind = plan["kind"]
+        if kind not in ("key", "value"):
+            fail(f"plan {idx}: kind {kind!r}")
+        layers = [int(l) for l in plan["layers"]]
+        p, r = int(plan["dim"]), int(plan["rank"])
+        if p != len(layers) * H * D:
+            fail(f"plan {idx}: dim {p} != len(layers)·kv_heads·head_dim = {len(layers) * H * D}")
+        for l in layers:
+            if not 0 <= l < L or l in covered[kind]:
+                fail(f"plan {idx}: layer {l} out of range or already covered for {kind}")
+            covered[kind].add(l)
+        names = plan["tensors"]
+        try:
+            mean = tensors[names["mean"]].reshape(-1)
+            basis = tensors[names["basis"]]
+            lo = tensors[names["lo"]].reshape(-1)
+            hi = tensors[names["hi"]].reshape(-1)
+        except KeyError as e:
+            fail(f"plan {idx}: tensor {e} missing from the tensor file")
+        if mean.shape != (p,) or basis.shape != (p, r) or lo.shape != (r,) or hi.shape != (r,):
+            fail(
+                f"plan {idx}: tensor shapes mean {mean.shape}, basis {basis.shape}, lo {lo.shape}, hi {hi.shape} "
+                f"do not match p={p}, r={r}"
+            )
+        groups = []
+        prev_end = 0
+        bits_per_token = 0
+        for g in plan["groups"]:
+            start, end, gtype, mode = int(g["start"]), int(g["end"]), g["type"], g["mode"]
+            if gtype not in TYPE_BITS or mode not in ("static", "dynamic"):
+                fail(f"plan {idx}: group type {gtype!r} / mode {mode!r}")
+            if not (prev_end <= start < end <= r):
+                fail(f"plan {idx}: groups not sorted/disjoint within [0, {r}): {plan['groups']}")
+            prev_end = end
+            groups.append({"start": start, "end": end, "type": gtype, "mode": mode, "bits": TYPE_BITS[gtype]})
+            bits_per_token += (end - start) * TYPE_BITS[gtype] + (32 if mode == "dynamic" else 0)
+        if groups and groups[-1]["end"] != r:
+            fail(f"plan {idx}: last group ends at {groups[-1]['end']}, rank is {r}")
+        if bits_per_token != int(plan["bits_per_token"]):
+            fail(f"plan {idx}: bits_per_token {plan['bits_per_token']} != computed {bits_per_token}")
+        plans.append(
+            {"index": idx, "kind": kind, "layers": layers, "p": p, "r": r, "groups": groups,
+             "mean": mean, "basis": basis, "lo": lo, "hi": hi}
+        )
+    for kind in ("key", "value"):
+        if covered[kind] != set(range(L)):
+            fail(f"plans do not cover every layer for {kind}: {sorted(covered[kind])}")
+    return manifest, plans
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE (§4)
+
+
+def rope_inv_freq(rope):
+    R = int(rope["rotary_dim"])
+    theta = float(rope["theta"])
+    i = np.arange(R // 2, dtype=np.float64)
+    inv = 1.0 / theta ** (2.0 * i / R)
+    sc = rope.get("scaling")
+    if sc:
+        stype = sc.get("type")
+        factor = float(sc["factor"])
+        if stype == "linear":
+            inv = inv / factor
+        elif stype == "llama3":
+            low = float(sc["low_freq_factor"])
+            high = float(sc["high_freq_factor"])
+            orig = float(sc["original_max_position_embeddings"])
+            out = inv.copy()
+            for k in range(len(inv)):
+                wavelen = 2.0 * math.pi / inv[k]
+                if wavelen < orig / high:
+                    continue
+                if wavelen > orig / low:
+                    out[k] = inv[k] / factor
+                else:
+                    s = (orig / wavelen - low) / (high - low)
+                    out[k] = (1.0 - s) * inv[k] / factor + s * inv[k]
+            inv = out
+        else:
+            fail(f"unknown rope scaling type {stype!r}")
+    return inv
+
+
+def apply_rope(x, positions, rope, sign):
+    """x: [n, heads, head_dim] float64, rotated in place by sign·θ at the given positions."""
+    R = int(rope["rotary_dim"])
+    inv = rope_inv_freq(rope)
+    ang = sign * positions.astype(np.float64)[:, None] * inv[None, :]  # [n, R/2]
+    cos = np.cos(ang)[:, None, :]
+    sin = np.sin(ang)[:, None, :]
+    if rope["layout"] == "half":
+        ia = np.arange(R // 2)
+        ib = ia + R // 2
+    elif rope["layout"] == "interleaved":
+        ia = np.arange(R // 2) * 2
+        ib = ia + 1
+    else:
+        fail(f"unknown rope layout {rope['layout']!r}")
+    a = x[:, :, ia].copy()
+    b = x[:, :, ib].copy()
+    x[:, :, ia] = a * cos - b * sin
+    x[:, :, ib] = b * cos + a * sin
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization (§5, §7)
+
+
+def e4m3fn_table():
+    t = np.zeros(256, dtype=np.float64)
+    for code in range(256):
+        sign = -1.0 if code & 0x80 else 1.0
+        e = (code >> 3) & 0xF
+        m = code & 0x7
+        if (code & 0x7F) == 0x7F:
+            t[code] = np.nan
+        elif e == 0:
+            t[code] = sign * (m / 8.0) * 2.0 ** -6
+        else:
+            t[code] = sign * (1.0 + m / 8.0) * 2.0 ** (e - 7)
+    return t.astype(np.float32)
+
+
+E4M3FN = e4m3fn_table()
+
+
+def unpack_codes(buf, count, bits):
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    codes = ((raw[:, None] >> shifts[None, :]) & mask).reshape(-1)
+    return codes[:count]
+
+
+def plan_payload_bytes(plan, n):
+    total = 0
+    for g in plan["groups"]:
+        total += (n * (g["end"] - g["start"]) * g["bits"] + 7) // 8
+    for g in plan["groups"]:
+        if g["mode"] == "dynamic":
+            total += 4 * n
+    return total
+
+
+def decode_coefficients(plan, n, payload):
+    r = plan["r"]
+    c = np.zeros((n, r), dtype=np.float32)
+    pos = 0
+    code_blocks = []
+    for g in plan["groups"]:
+        w = g["end"] - g["start"]
+        nbytes = (n * w * g["bits"] + 7) // 8
+        codes = unpack_codes(payload[pos : pos + nbytes], n * w, g["bits"])
+        code_blocks.append(codes.reshape(w, n).T)  # component-major -> [n, w]
+        pos += nbytes
+    dyn = {}
+    for gi, g in enumerate(plan["groups"]):
+        if g["mode"] == "dynamic":
+            off = np.frombuffer(payload, dtype="<f2", count=n, offset=pos).astype(np.float32)
+            pos += 2 * n
+            sca = np.frombuffer(payload, dtype="<f2", count=n, offset=pos).astype(np.float32)
+            pos += 2 * n
+            dyn[gi] = (off, sca)
+    assert pos == len(payload)
+    for gi, g in enumerate(plan["groups"]):
+        codes = code_blocks[gi]
+        b = g["bits"]
+        if g["type"] == "fp8":
+            if np.any((codes & 0x7F) == 0x7F):
+                fail(f"plan {plan['index']}: fp8 NaN code in the blob")
+            q = E4M3FN[codes]
+        else:
+            q = codes.astype(np.float32)
+        sl = slice(g["start"], g["end"])
+        if g["mode"] == "static":
+            lo = plan["lo"][sl]
+            hi = plan["hi"][sl]
+            if g["type"] == "fp8":
+                offset = ((lo + hi) / np.float32(2)).astype(np.float32)
+                scale = np.where(hi > lo, (hi - lo) / np.float32(2 * 448), np.float32(0)).astype(np.float32)
+            else:
+                offset = lo
+                scale = ((hi - lo) / np.float32((1 << b) - 1)).astype(np.float32)
+            c[:, sl] = offset[None, :] + q * scale[None, :]
+        else:
+            off, sca = dyn[gi]
+            c[:, sl] = off[:, None] + q * sca[:, None]
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Blob (§6, §7, §8)
+
+
+def decode_blob(manifest, plans, blob):
+    model = manifest["model"]
+    L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
+    if len(blob) < HEADER_BYTES + 4:
+        fail(f"blob too short ({len(blob)} bytes) for a header and CRC")
+    if blob[0:4] != b"KVTC":
+        fail(f"bad magic {blob[0:4]!r}, expected b'KVTC'")
+    (version,) = struct.unpack_from("<H", blob, 4)
+    if version != BLOB_VERSION:
+        fail(f"blob version {version} is not supported (this reader reads {BLOB_VERSION})")
+    (stored_crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
+    crc = zlib.crc32(blob[:-4]) & 0xFFFFFFFF
+    if crc != stored_crc:
+        fail(f"CRC-32 checksum mismatch: blob says {stored_crc:08x}, bytes give {crc:08x} (corrupt blob)")
+    (flags,) = struct.unpack_from("<H", blob, 6)
+    pid = blob[8:16]
+    want = bytes.fromhex(manifest["profile_id"])[:8]
+    if pid != want:
+        fail(f"blob was written for profile {pid.hex()}, this profile is {want.hex()}")
+    T, start_pos = struct.unpack_from("<II", blob, 16)
+    layers, kvh, hd, S = struct.unpack_from("<HHHH", blob, 24)
+    sink, window = struct.unpack_from("<II", blob, 32)
+    if (layers, kvh, hd) != (L, H, D):
+        fail(f"blob shape layers={layers} kv_heads={kvh} head_dim={hd} differs from the profile's {L}/{H}/{D}")
+    if sink + window > T:
+        fail(f"sink {sink} + window {window} exceeds tokens {T}")
+    n = T - sink - window
+
+    table_end = HEADER_BYTES + SECTION_ENTRY_BYTES * S
+    if table_end > len(blob) - 4:
+        fail(f"section table ({S} entries) runs past the end of the blob")
+    sections = []
+    pos = table_end
+    for k in range(S):
+        kind, codec, plan_idx, stored, decoded = struct.unpack_from("<BBHII", blob, HEADER_BYTES + SECTION_ENTRY_BYTES * k)
+        if pos + stored > len(blob) - 4:
+            fail(f"section {k}: stored bytes [{pos}, {pos + stored}) run past the CRC at {len(blob) - 4}")
+        sections.append((kind, codec, plan_idx, blob[pos : pos + stored], decoded))
+        pos += stored
+    if pos != len(blob) - 4:
+        fail(f"sections end at byte {pos}, but the CRC starts at {len(blob) - 4}")
+
+    def inflate(k, codec, data, decoded):
+        if codec == 0:
+            out = data
+        elif codec == 1:
+            d = zlib.decompressobj(wbits=-15)
+            try:
+                out = d.decompress(data, decoded + 1)
+            except zlib.error as e:
+                fail(f"section {k}: bad DEFLATE stream: {e}")
+            if not d.eof:
+                fail(f"section {k}: DEFLATE stream does not end within its stored bytes / decoded size")
+            if d.unused_data:
+                fail(f"section {k}: {len(d.unused_data)} stray bytes after the DEFLATE stream")
+        else:
+            fail(f"section {k}: unknown codec {codec}")
+        if len(out) != decoded:
+            fail(f"section {k}: decoded {len(out)} bytes, table says {decoded}")
+        return out
+
+    raw = None
+    plan_payloads = {}
+    for k, (kind, codec, plan_idx, data, decoded) in enumerate(sections):
+        if kind == 0:
+            if raw is not None:
+                fail("more than one raw section")
+            want_raw = L * 2 * H * (sink + window) * D * 2
+            if decoded != want_raw:
+                fail(f"raw section: decoded size {decoded}, expected {want_raw}")
+            raw = inflate(k, codec, data, decoded)
+        elif kind == 1:
+            if plan_idx >= len(plans):
+                fail(f"section {k}: plan index {plan_idx} out of range ({len(plans)} plans)")
+            if plan_idx in plan_payloads:
+                fail(f"section {k}: second section for plan {plan_idx}")
+            want = plan_payload_bytes(plans[plan_idx], n)
+            if decoded != want:
+                fail(f"section {k} (plan {plan_idx}): decoded size {decoded}, expected {want} for n={n}")
+            plan_payloads[plan_idx] = inflate(k, codec, data, decoded)
+        else:
+            fail(f"section {k}: unknown kind {kind}")
+    if raw is None:
+        fail("blob has no raw section")
+
+    keys = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
+    values = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
+    rope = model["rope"]
+    if n > 0:
+        positions = start_pos + sink + np.arange(n, dtype=np.int64)
+        for plan in plans:
+            i, r = plan["index"], plan["r"]
+            if r > 0 and plan_payload_bytes(plan, n) > 0:
+                if i not in plan_payloads:
+                    fail(f"blob has no section for plan {i}")
+                c = decode_coefficients(plan, n, plan_payloads[i])
+            else:
+                # r = 0 (or no stored group): every component dropped, x̂ = μ. A zero-length
+                # section, if present, is accepted.
+                c = np.zeros((n, r), dtype=np.float32)
+            xh = c.astype(np.float64) @ plan["basis"].astype(np.float64).T + plan["mean"].astype(np.float64)[None, :]
+            xh = xh.astype(np.float32).astype(np.float64)  # the spec's X̂ is f32 data
+            nl = len(plan["layers"])
+            xh = xh.reshape(n, nl, H, D)
+            for li, l in enumerate(plan["layers"]):
+                blk = xh[:, li]  # [n, H, D]
+                if plan["kind"] == "key":
+                    blk = apply_rope(blk.copy(), positions, rope, +1.0)
+                dst = keys[l] if plan["kind"] == "key" else values[l]
+                dst[:, sink : T - window, :] = blk.transpose(1, 0, 2).astype(np.float32)
+
+    rawv = np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(L, 2, H, sink + window, D)
+    for l in range(L):
+        for which, dst in ((0, keys[l]), (1, values[l])):
+            dst[:, :sink, :] = rawv[l, which, :, :sink, :]
+            dst[:, T - window :, :] = rawv[l, which, :, sink:, :]
+
+    if flags & 1:
+        # the cache was float16: restore that dtype (values rounded to fp16, stored as f32 here)
+        keys = [k.astype(np.float16).astype(np.float32) for k in keys]
+        values = [v.astype(np.float16).astype(np.float32) for v in values]
+    return {
+        "tokens": T, "start_position": start_pos, "float16": flags & 1, "sink": sink, "window": window,
+        "keys": keys, "values": values,
+    }
+
+
+def main(argv):
+    if len(argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    profile_dir, blob_path, out_path = argv[1:]
+    try:
+        manifest, plans = read_profile(profile_dir)
+        with open(blob_path, "rb") as f:
+            blob = f.read()
+        res = decode_blob(manifest, plans, blob)
+    except KvtcError as e:
+        print(f"kvtc_reference_decoder: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"kvtc_reference_decoder: error: {e}", file=sys.stderr)
+        return 1
+    arrays = {}
+    for l, (k, v) in enumerate(zip(res["keys"], res["values"])):
+        arrays[f"key_{l}"] = np.ascontiguousarray(k, dtype="<f4")
+        arrays[f"value_{l}"] = np.ascontiguousarray(v, dtype="<f4")
+    arrays["tokens"] = np.array(res["tokens"], dtype="<i8")
+    arrays["start_position"] = np.array(res["start_position"], dtype="<i8")
+    arrays["float16"] = np.array(res["float16"], dtype=np.uint8)
+    np.savez(out_path, **arrays)
+    print(
+        f"decoded {res['tokens']} tokens (start_position {res['start_position']}, sink {res['sink']}, "
+        f"window {res['window']}) into {out_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

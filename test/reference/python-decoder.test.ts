@@ -1,0 +1,229 @@
+// Cross-language check of docs/profile-format.md: the blob written by kvtc's TypeScript encoder
+// is decoded by an independent Python + NumPy reader (scripts/kvtc_reference_decoder.py, written
+// from the spec alone) and must match kvtc's own decode.
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { inflateRawSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadModel } from '../../src/model/load.js';
+import { ModelRunner } from '../../src/model/runner.js';
+import type { KvCache } from '../../src/model/types.js';
+import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
+import { codecFromProfile } from '../../src/profile/codec.js';
+import { readProfile } from '../../src/profile/io.js';
+
+const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
+const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../scripts/kvtc_reference_decoder.py');
+const TOLERANCE = 1e-4;
+
+type Codec = Awaited<ReturnType<typeof codecFromProfile>>;
+
+let codec: Codec;
+let cache: KvCache;
+let dir: string;
+
+/** Minimal .npz reader: a zip (stored or deflated members, found through the central directory) of .npy files. */
+function readNpz(buf: Buffer): Map<string, { shape: number[]; data: Float32Array | BigInt64Array | Uint8Array }> {
+  let eocd = -1;
+  for (let i = buf.length - 22; i >= Math.max(0, buf.length - 22 - 65_535); i--) {
+    if (buf.readUInt32LE(i) === 0x06054b50) {
+      eocd = i;
+      break;
+    }
+  }
+  if (eocd < 0) throw new Error('npz: no end-of-central-directory record');
+  const entries = buf.readUInt16LE(eocd + 10);
+  let p = buf.readUInt32LE(eocd + 16);
+  const out = new Map<string, { shape: number[]; data: Float32Array | BigInt64Array | Uint8Array }>();
+  for (let e = 0; e < entries; e++) {
+    if (buf.readUInt32LE(p) !== 0x02014b50) throw new Error('npz: bad central directory entry');
+    const method = buf.readUInt16LE(p + 10);
+    const csize = buf.readUInt32LE(p + 20);
+    const nameLen = buf.readUInt16LE(p + 28);
+    const extraLen = buf.readUInt16LE(p + 30);
+    const commentLen = buf.readUInt16LE(p + 32);
+    const local = buf.readUInt32LE(p + 42);
+    const name = buf.subarray(p + 46, p + 46 + nameLen).toString('utf8');
+    p += 46 + nameLen + extraLen + commentLen;
+    if (csize === 0xffffffff || local === 0xffffffff) throw new Error('npz: zip64 members not supported');
+    const dataStart = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
+    const stored = buf.subarray(dataStart, dataStart + csize);
+    const npy = method === 0 ? stored : method === 8 ? inflateRawSync(stored) : null;
+    if (!npy) throw new Error(`npz: member ${name} uses zip method ${method}`);
+    out.set(name.replace(/\.npy$/, ''), parseNpy(Buffer.from(npy)));
+  }
+  return out;
+}
+
+function parseNpy(b: Buffer): { shape: number[]; data: Float32Array | BigInt64Array | Uint8Array } {
+  if (b.readUInt8(0) !== 0x93 || b.subarray(1, 6).toString('latin1') !== 'NUMPY') throw new Error('npy: bad magic');
+  const major = b.readUInt8(6);
+  const hlen = major === 1 ? b.readUInt16LE(8) : b.readUInt32LE(8);
+  const hstart = major === 1 ? 10 : 12;
+  const header = b.subarray(hstart, hstart + hlen).toString('latin1');
+  const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
+  if (/'fortran_order':\s*True/.test(header)) throw new Error('npy: fortran order');
+  const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1] ?? '';
+  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const count = shape.reduce((a, s) => a * s, 1);
+  const body = b.subarray(hstart + hlen);
+  const copy = new Uint8Array(body); // aligned copy
+  switch (descr) {
+    case '<f4':
+      return { shape, data: new Float32Array(copy.buffer, 0, count) };
+    case '<i8':
+      return { shape, data: new BigInt64Array(copy.buffer, 0, count) };
+    case '|u1':
+      return { shape, data: new Uint8Array(copy.buffer, 0, count) };
+    default:
+      throw new Error(`npy: dtype ${descr}`);
+  }
+}
+
+function runPython(blob: Uint8Array, name: string, profileDir = PROFILE): { status: number | null; stdout: string; stderr: string; npz?: string } {
+  const blobPath = join(dir, `${name}.kvtc`);
+  const npz = join(dir, `${name}.npz`);
+  writeFileSync(blobPath, blob);
+  const r = spawnSync('python3', [SCRIPT, profileDir, blobPath, npz], { encoding: 'utf8' });
+  if (r.error) throw new Error(`could not run python3: ${r.error.message}`);
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, npz };
+}
+
+/** Tokens of [t0, t1) of a [kvHeads, tokens, headDim] tensor, max |a − b|. */
+function maxDiff(a: Float32Array, b: Float32Array, kvHeads: number, tokens: number, headDim: number, t0: number, t1: number): number {
+  let m = 0;
+  for (let h = 0; h < kvHeads; h++) {
+    for (let i = (h * tokens + t0) * headDim; i < (h * tokens + t1) * headDim; i++) {
+      const d = Math.abs(a[i] - b[i]);
+      if (!(d <= m)) m = d; // NaN propagates
+    }
+  }
+  return m;
+}
+
+function sliceTokens(c: KvCache, tokens: number, startPosition: number): KvCache {
+  const cut = (x: Float32Array): Float32Array => {
+    const y = new Float32Array(c.kvHeads * tokens * c.headDim);
+    for (let h = 0; h < c.kvHeads; h++) {
+      y.set(x.subarray(h * c.tokens * c.headDim, (h * c.tokens + tokens) * c.headDim), h * tokens * c.headDim);
+    }
+    return y;
+  };
+  return { ...c, tokens, startPosition, keys: c.keys.map(cut), values: c.values.map(cut) };
+}
+
+async function compare(c: KvCache, name: string, withCodec: Codec = codec, profileDir = PROFILE): Promise<void> {
+  const { blob } = await withCodec.encode(c);
+  const { cache: ts } = await withCodec.decode(blob);
+  const r = runPython(blob, name, profileDir);
+  expect(r.status, `python decoder failed: ${r.stderr}`).toBe(0);
+  const arrays = readNpz(readFileSync(r.npz!));
+  const view = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
+  const sink = view.getUint32(32, true);
+  const window = view.getUint32(36, true);
+  const T = c.tokens;
+  expect(Number((arrays.get('tokens')!.data as BigInt64Array)[0])).toBe(T);
+  expect(Number((arrays.get('start_position')!.data as BigInt64Array)[0])).toBe(c.startPosition);
+  let worstCompressed = 0;
+  let worstRaw = 0;
+  for (let l = 0; l < c.layers; l++) {
+    for (const [kind, tsArr] of [['key', ts.keys[l]], ['value', ts.values[l]]] as const) {
+      const py = arrays.get(`${kind}_${l}`)!;
+      expect(py.shape).toEqual([c.kvHeads, T, c.headDim]);
+      const pyArr = py.data as Float32Array;
+      const compressed = maxDiff(pyArr, tsArr, c.kvHeads, T, c.headDim, sink, T - window);
+      const raw = Math.max(
+        maxDiff(pyArr, tsArr, c.kvHeads, T, c.headDim, 0, sink),
+        maxDiff(pyArr, tsArr, c.kvHeads, T, c.headDim, T - window, T),
+      );
+      worstCompressed = Math.max(worstCompressed, compressed);
+      worstRaw = Math.max(worstRaw, raw);
+      expect(compressed, `${name}: layer ${l} ${kind}s, compressed tokens [${sink}, ${T - window})`).toBeLessThanOrEqual(TOLERANCE);
+      expect(raw, `${name}: layer ${l} ${kind}s, raw (sink/window) tokens`).toBeLessThanOrEqual(TOLERANCE);
+    }
+  }
+  console.log(
+    `[python-decoder] ${name}: T=${T} start=${c.startPosition} sink=${sink} window=${window} blob=${blob.length} B; ` +
+      `max |python − typescript| compressed ${worstCompressed.toExponential(3)}, raw ${worstRaw.toExponential(3)}`,
+  );
+}
+
+beforeAll(async () => {
+  const probe = spawnSync('python3', ['-c', 'import numpy'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) {
+    throw new Error(
+      `the Python reference decoder test needs python3 with NumPy (python3 -c "import numpy" failed: ${probe.error?.message ?? probe.stderr.trim()})`,
+    );
+  }
+  dir = mkdtempSync(join(tmpdir(), 'kvtc-pyref-'));
+  codec = await codecFromProfile(await readProfile(PROFILE));
+  const model = await loadModel(DEFAULT_MODEL_DIR);
+  const text = readFileSync(WIKITEXT_TEST, 'utf8').slice(0, 20_000);
+  cache = (await new ModelRunner(model).capture(text, { maxTokens: 512 })).cache;
+});
+
+afterAll(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('independent Python reference decoder (docs/profile-format.md)', () => {
+  it('decodes a 512-token WikiText-2 blob like kvtc does', async () => {
+    expect(cache.tokens).toBe(512);
+    await compare(cache, 'wikitext-512');
+  });
+
+  it('decodes a blob with start_position > 0 (RoPE positions offset)', async () => {
+    await compare({ ...cache, startPosition: 37 }, 'start-37');
+  });
+
+  it.each([
+    [141, 5, 'few compressed tokens'],
+    [133, 0, 'one compressed token'],
+    [132, 0, 'T = sink + window: no compressed tokens'],
+    [100, 3, 'T < sink + window: every token raw'],
+  ])('decodes a short blob of %i tokens from position %i (%s)', async (tokens, start) => {
+    await compare(sliceTokens(cache, tokens, start), `short-${tokens}`);
+  });
+
+  it('decodes int8/fp8 and dynamic groups (bundled profile with its plans re-grouped)', async () => {
+    // The bundled profile only uses static int2/int4; same tensors, other group layouts.
+    const alt = join(dir, 'alt-profile');
+    cpSync(PROFILE, alt, { recursive: true });
+    const manifestPath = join(alt, 'kvtc-profile.json');
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+    const bits: Record<string, number> = { int2: 2, int4: 4, int8: 8, fp8: 8 };
+    const layouts: [string, string][][] = [
+      [['int8', 'dynamic'], ['fp8', 'static'], ['int2', 'static']],
+      [['fp8', 'dynamic'], ['int4', 'dynamic'], ['int2', 'dynamic']],
+      [['int4', 'static'], ['fp8', 'dynamic'], ['int8', 'static']],
+    ];
+    for (const plan of manifest.plans) {
+      const r: number = plan.rank;
+      const layout = layouts[plan.index % layouts.length];
+      const cuts = [0, Math.max(1, Math.floor(r / 4)), Math.max(2, Math.floor(r / 2)), r];
+      plan.groups = layout.map(([type, mode], g) => ({ start: cuts[g], end: cuts[g + 1], type, mode }));
+      if (plan.index % 2 === 1) plan.groups[1].start += 1; // leave one component dropped
+      plan.bits_per_token = plan.groups.reduce(
+        (a: number, g: { start: number; end: number; type: string; mode: string }) => a + (g.end - g.start) * bits[g.type] + (g.mode === 'dynamic' ? 32 : 0),
+        0,
+      );
+      plan.budget_bits = plan.bits_per_token;
+    }
+    writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+    const altCodec = await codecFromProfile(await readProfile(alt));
+    await compare(cache, 'regrouped-512', altCodec, alt);
+    await compare({ ...sliceTokens(cache, 200, 11) }, 'regrouped-200', altCodec, alt);
+  });
+
+  it('rejects a blob with one flipped byte, naming the checksum', async () => {
+    const { blob } = await codec.encode(cache);
+    const bad = new Uint8Array(blob);
+    bad[Math.floor(bad.length / 2)] ^= 0x10;
+    const r = runPython(bad, 'flipped');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/checksum/i);
+  });
+});
