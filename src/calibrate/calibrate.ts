@@ -22,7 +22,7 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
 import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION, type Manifest } from '../profile/schema.js';
 import { PRODUCER, VERSION } from '../version.js';
-import { allocate, heldoutCoefficients, type AllocationTables } from './allocate.js';
+import { allocate, heldoutCoefficients, type AllocationTables } from '../codec/fit.js';
 import { fitBases } from './fit-pool.js';
 import { compressSection, HEADER_BYTES, SECTION_BYTES } from '../codec/blob.js';
 import { encodePlanPayload } from '../codec/payload.js';

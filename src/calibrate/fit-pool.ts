@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { symmetricEigen } from '../codec/eigen.js';
 import type { KvKind } from '../codec/types.js';
-import { prepareAllocation, type AllocationTables } from './allocate.js';
+import { prepareAllocation, type AllocationTables } from '../codec/fit.js';
 
 export interface FitJob {
   kind: KvKind;

@@ -7,7 +7,7 @@
  */
 import { KvtcError } from '../errors.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
-import { mulberry32 } from '../model/runner.js';
+import { mulberry32 } from '../random.js';
 
 export interface SequenceSplit {
   fit: number[][];

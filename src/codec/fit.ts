@@ -6,7 +6,7 @@
 import { invariant } from '../errors.js';
 import { type Allocation, allocateBits } from './dp.js';
 import { type EigenResult, symmetricEigen } from './eigen.js';
-import { buildErrorTables, type ErrorTableOptions } from './error-tables.js';
+import { buildErrorTables, type ErrorTableOptions, type ErrorTables } from './error-tables.js';
 import { gemmABt } from './gemm.js';
 import { STORED_TYPES } from './quant.js';
 import type { BasisPlan, KvKind } from './types.js';
@@ -46,57 +46,89 @@ export function fitBasisPlanDetailed(opts: FitBasisOptions): FitDetails {
   invariant(opts.mean.length === p, `Error in fitBasisPlan: mean length (${opts.mean.length}) must be dim (${p})`);
   invariant(opts.heldout.length % p === 0 && opts.heldout.length > 0,
     `Error in fitBasisPlan: held-out length (${opts.heldout.length}) must be a positive multiple of dim (${p})`);
-  const H = opts.heldout.length / p;
   let eig = opts.eigen;
   if (!eig) {
     invariant(opts.cov !== undefined, 'Error in fitBasisPlan: pass cov or eigen');
     eig = symmetricEigen(opts.cov, p);
   }
-
-  // C = (X - mean) · V over all p components, float64 then float32 (as the encoder sees it).
-  const Y = new Float64Array(H * p);
+  const tables = prepareAllocation({ ...opts, mean: Float64Array.from(opts.mean), vectors: eig.vectors, values: eig.values, heldoutTokens: opts.heldout.length / p });
+  const { plan, allocation } = allocateDetailed(tables, opts.budgetBits);
   let energy = 0;
-  for (let t = 0; t < H; t++) {
-    for (let i = 0; i < p; i++) {
-      const v = opts.heldout[t * p + i] - opts.mean[i];
-      Y[t * p + i] = v;
-      energy += v * v;
-    }
-  }
-  const C64 = gemmABt(Y, eig.vectorsT, new Float64Array(H * p), H, p, p);
-  const C = Float32Array.from(C64);
+  for (let i = 0; i < tables.none.length; i++) energy += tables.none[i];
+  return { plan, allocation, heldoutEnergy: energy, heldoutTokens: tables.tokens, eigenvalues: eig.values };
+}
 
-  const tables = buildErrorTables(C, H, p, opts);
-  const allocation = allocateBits(tables, opts.budgetBits);
+/**
+ * What every target ratio shares: the held-out features projected on the full eigenbasis and
+ * the measured error tables. Calibration computes it once and runs the DP per budget.
+ */
+export interface AllocationTables extends ErrorTables {
+  kind: KvKind;
+  layers: number[];
+  mean: Float64Array;
+  /** [p, p] row-major, column j = j-th eigenvector (descending eigenvalue). */
+  vectors: Float64Array;
+  values: Float64Array;
+  /** Float32Array // [H, p] held-out coefficients on the full basis (rows in held-out order). */
+  coeffs: Float32Array;
+}
+
+export function prepareAllocation(o: {
+  kind: KvKind;
+  layers: number[];
+  dim: number;
+  mean: Float64Array;
+  vectors: Float64Array;
+  values: Float64Array;
+  /** Float32Array // [H, p] held-out features (keys un-rotated). */
+  heldout: Float32Array;
+  heldoutTokens: number;
+} & ErrorTableOptions): AllocationTables {
+  const p = o.dim;
+  const H = o.heldoutTokens;
+  // C = (X − mean) · V over all p components, float64 then float32 (as the encoder sees it).
+  const Y = new Float64Array(H * p);
+  for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
+  const vT = new Float64Array(p * p);
+  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) vT[j * p + i] = o.vectors[i * p + j];
+  const C = Float32Array.from(gemmABt(Y, vT, new Float64Array(H * p), H, p, p));
+  const tables = buildErrorTables(C, H, p, o);
+  return { ...tables, kind: o.kind, layers: o.layers, mean: o.mean, vectors: o.vectors, values: o.values, coeffs: C };
+}
+
+/** The plan for one budget (bits per token of this basis): DP, then truncation to the stored rank. */
+export function allocate(t: AllocationTables, budgetBits: number): BasisPlan {
+  return allocateDetailed(t, budgetBits).plan;
+}
+
+function allocateDetailed(t: AllocationTables, budgetBits: number): { plan: BasisPlan; allocation: Allocation } {
+  const p = t.dim;
+  const allocation = allocateBits(t, budgetBits);
   const r = allocation.rank;
-
   const basis = new Float32Array(p * r);
-  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = eig.vectors[i * p + j];
+  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = t.vectors[i * p + j];
   const variances = new Float32Array(r);
-  for (let j = 0; j < r; j++) variances[j] = Math.max(0, eig.values[j]);
+  for (let j = 0; j < r; j++) variances[j] = Math.max(0, t.values[j]);
   const lo = new Float32Array(r);
   const hi = new Float32Array(r);
   for (const g of allocation.groups) {
     if (g.type === 'none' || g.mode !== 'static') continue;
     const ti = STORED_TYPES.indexOf(g.type);
     for (let j = g.start; j < g.end; j++) {
-      lo[j] = tables.staticLo[ti * p + j];
-      hi[j] = tables.staticHi[ti * p + j];
+      lo[j] = t.staticLo[ti * p + j];
+      hi[j] = t.staticHi[ti * p + j];
     }
   }
-  const plan: BasisPlan = {
-    kind: opts.kind,
-    layers: [...opts.layers],
-    dim: p,
-    rank: r,
-    mean: Float32Array.from(opts.mean),
-    basis,
-    variances,
-    groups: allocation.groups,
-    lo,
-    hi,
-  };
-  return { plan, allocation, heldoutEnergy: energy, heldoutTokens: H, eigenvalues: eig.values };
+  const plan: BasisPlan = { kind: t.kind, layers: [...t.layers], dim: p, rank: r, mean: Float32Array.from(t.mean), basis, variances, groups: allocation.groups, lo, hi, budgetBits };
+  return { plan, allocation };
+}
+
+/** Rows [r0, r0+n) of the held-out coefficients, first `rank` columns: Float32Array // [n, rank]. */
+export function heldoutCoefficients(t: AllocationTables, r0: number, n: number, rank: number): Float32Array {
+  const p = t.dim;
+  const out = new Float32Array(n * rank);
+  for (let i = 0; i < n; i++) out.set(t.coeffs.subarray((r0 + i) * p, (r0 + i) * p + rank), i * rank);
+  return out;
 }
 
 /**

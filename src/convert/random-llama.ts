@@ -9,6 +9,7 @@ import type { KvDtype, ModelSpec, RopeSpec } from '../model/types.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
 import type { LlamaWeights } from './llama-graph.js';
 import { writeLlamaModelDir, type LlamaDirSpec, type WrittenModelDir } from './model-dir.js';
+import { mulberry32 } from '../random.js';
 
 export interface RandomLlamaOptions {
   /** Output model directory. */
@@ -38,18 +39,6 @@ export interface RandomLlamaOptions {
 export interface RandomLlama extends WrittenModelDir {
   spec: ModelSpec;
   intermediate: number;
-}
-
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Seeded normal(0, std) values (Box-Muller). */

@@ -4,6 +4,9 @@
  * on the same questions. Everything is deterministic given the seed.
  */
 import { invariant } from '../errors.js';
+import { mulberry32 } from '../random.js';
+
+export { mulberry32 };
 
 /** Per-question correctness: 1/true = correct. */
 export type Outcomes = ArrayLike<number | boolean>;
@@ -69,18 +72,6 @@ export function groupAccuracy(parts: readonly Accuracy[]): Accuracy {
   }
   pooledVar /= n - used.length;
   return { n, correct, accuracy: correct / n, stderr: Math.sqrt(pooledVar / n) };
-}
-
-/** mulberry32: a small, fast 32-bit PRNG; uniform in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface PairedDelta {

@@ -14,6 +14,7 @@ import { ort } from '../onnx/session.js';
 import type { ProgressFn } from '../progress.js';
 import { layerName, type LoadedModel } from './load.js';
 import type { KvCache } from './types.js';
+import { mulberry32 } from '../random.js';
 
 export interface ForwardResult {
   logits: Float32Array; // [seq, vocab] (or [1, vocab] with lastLogitsOnly)
@@ -76,18 +77,6 @@ function toFloat32(t: ort.Tensor): Float32Array {
   // ORT hands out Float16Array where the runtime has one (Node >= 24).
   if (ArrayBuffer.isView(d)) return Float32Array.from(d as unknown as ArrayLike<number>);
   throw new KvtcError('INTERNAL', `unexpected ORT tensor data for type ${t.type}`);
-}
-
-/** Deterministic PRNG (mulberry32) so --seed reproduces a sample. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function argmax(a: Float32Array, from = 0, to = a.length): number {
