@@ -162,7 +162,7 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
   const raw = rawFp16(cache);
   const lim = await measureLimits(raw, opts.repeats);
   row('memcpy', 'copy of the raw fp16 cache (TypedArray.set)', lim.memcpy);
-  row('zlib deflate', 'Huffman-only deflateRawSync of the raw fp16 cache, 1 thread', lim.deflate);
+  row('zlib deflate', 'DEFLATE (Z_RLE, as kvtc blobs) of the raw fp16 cache, 1 thread', lim.deflate);
   row('zlib inflate', 'inflateRawSync of that, 1 thread', lim.inflate);
 
   progress({ stage: `${name}: kvtc encode/decode` });
