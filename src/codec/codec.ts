@@ -74,9 +74,11 @@ const f = Math.fround;
 
 /**
  * Copies tokens [t0, t0+n) of the plan's layers into X [n, p] (token-major, head-major features),
- * un-rotating keys when `rope` is given (token k at table row k).
+ * un-rotating keys when `rope` is given (token k at table row k). The hot-path twin of
+ * features.ts's gatherFeatures: float32 arithmetic from the precomputed cos/sin tables, exactly
+ * as the ONNX graph computes it, where features.ts is the float64 reference.
  */
-export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array, rope?: HostRope): Float32Array {
+function gatherRows(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array, rope?: HostRope): Float32Array {
   const p = layers.length * kvHeads * headDim;
   const x = out ?? new Float32Array(n * p);
   for (let li = 0; li < layers.length; li++) {
@@ -107,8 +109,8 @@ export function gatherFeatures(src: Float32Array[], layers: number[], kvHeads: n
   return x;
 }
 
-/** Inverse of gatherFeatures: writes X [n, p] into the cache, re-rotating keys when `rope` is given. */
-export function scatterFeatures(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
+/** Inverse of gatherRows: writes X [n, p] into the cache, re-rotating keys when `rope` is given. */
+function scatterRows(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
   const p = layers.length * kvHeads * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = dst[layers[li]];
@@ -242,7 +244,7 @@ export class KvtcCodec {
         const src = plan.kind === 'key' ? cache.keys : cache.values;
         if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
         const x = this.gatherScratch.subarray(0, n * plan.dim);
-        gatherFeatures(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
+        gatherRows(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
         sec.gather += now() - t;
         t = now();
         const feeds: Record<string, ortTypes.Tensor> = { x: new ort.Tensor('float32', x, [n, plan.dim]) };
@@ -347,7 +349,7 @@ export class KvtcCodec {
         t = now();
         // The rank-0 path above already re-rotated its keys.
         const rot = plan.kind === 'key' && session ? host : undefined;
-        scatterFeatures(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
+        scatterRows(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
         sec.scatter += now() - t;
       }
     }
