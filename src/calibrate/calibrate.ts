@@ -19,8 +19,8 @@ import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
-import { sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
-import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION, type Manifest } from '../profile/schema.js';
+import { isProfileDir, sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
+import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { allocate, heldoutCoefficients, type AllocationTables } from '../codec/fit.js';
 import { fitBases } from './fit-pool.js';
@@ -53,6 +53,10 @@ export interface CalibrateOptions {
 export interface RatioResult {
   profile: string;
   profile_id: string;
+  /** True when the output already held this exact profile (nothing was rewritten). */
+  unchanged: boolean;
+  /** True when an earlier run of the same job (model, data, settings) was replaced. */
+  replaced: boolean;
   ratio_target: number;
   /** Measured on held-out caches: compressed tokens only, and the whole blob. */
   ratio: number;
@@ -195,7 +199,8 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   if (!opts.force) {
     const { existsSync } = await import('node:fs');
     for (const d of outDirs) {
-      if (existsSync(d)) throw new KvtcError('OUTPUT_EXISTS', `output ${d} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: d } });
+      // An existing profile may be re-written identically (checked at write time); anything else is refused now.
+      if (existsSync(d) && !isProfileDir(d)) throw new KvtcError('OUTPUT_EXISTS', `output ${d} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: d } });
     }
   }
   lap('load');
@@ -383,11 +388,13 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     };
     checkAbort(opts.signal);
     progress({ stage: 'writing profile' });
-    const manifest: Manifest = await writeProfile(outDirs[ri], draft, plans, { force: opts.force });
+    const manifest = await writeProfile(outDirs[ri], draft, plans, { force: opts.force });
     lap('write');
     profiles.push({
       profile: outDirs[ri],
       profile_id: manifest.profile_id,
+      unchanged: manifest.unchanged === true,
+      replaced: manifest.replaced === true,
       ratio_target: ratio,
       ratio: m.ratioBlob,
       ratio_compressed: m.ratioCompressed,

@@ -72,12 +72,50 @@ export function manifestText(manifest: Manifest): string {
   return `${JSON.stringify(manifest, null, 2)}\n`;
 }
 
-/** Writes the profile directory atomically; refuses an existing directory unless `force`. */
-export async function writeProfile(dir: string, draft: ManifestDraft, plans: BasisPlan[], opts: { force?: boolean } = {}): Promise<Manifest> {
-  if (existsSync(dir) && !opts.force) {
-    throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: dir } });
-  }
+/** True when `dir` holds a kvtc profile manifest. */
+export function isProfileDir(dir: string): boolean {
+  return existsSync(join(dir, MANIFEST_FILE));
+}
+
+/** Same model, calibration data and settings: a re-run of the same calibration job. */
+function sameJob(a: Manifest, b: Manifest): boolean {
+  return (
+    a.model.fingerprint.id === b.model.fingerprint.id &&
+    JSON.stringify(a.settings) === JSON.stringify(b.settings) &&
+    JSON.stringify(a.calibration.sources) === JSON.stringify(b.calibration.sources)
+  );
+}
+
+/**
+ * Writes the profile directory atomically. An existing directory is replaced only with
+ * `force`, or when it holds a profile of the same job (model, data, settings): re-running a
+ * calibration must work on the committed profile, and a different CPU may change its last
+ * float bits. `unchanged` says the bytes were identical (nothing was written), `replaced`
+ * that an earlier run of the same job was overwritten.
+ */
+export async function writeProfile(dir: string, draft: ManifestDraft, plans: BasisPlan[], opts: { force?: boolean } = {}): Promise<Manifest & { unchanged?: boolean; replaced?: boolean }> {
   const { manifest, tensors } = serializeProfile(draft, plans);
+  let replaced = false;
+  if (existsSync(dir) && !opts.force) {
+    let existing: Manifest | undefined;
+    try {
+      existing = (await readManifest(dir)).manifest;
+    } catch {
+      existing = undefined;
+    }
+    if (!existing || !sameJob(existing, manifest)) {
+      throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already exists${existing ? ' and holds a profile of another model, data or settings' : ''}`, {
+        fix: 'Pass --force to replace it, or choose another --out.',
+        context: { out: dir },
+      });
+    }
+    const same =
+      existsSync(join(dir, TENSORS_FILE)) &&
+      Buffer.from(await readFile(join(dir, TENSORS_FILE))).equals(Buffer.from(tensors)) &&
+      (await readFile(join(dir, MANIFEST_FILE), 'utf8')) === manifestText(manifest);
+    if (same) return { ...manifest, unchanged: true };
+    replaced = true;
+  }
   await writeDirAtomic(
     dir,
     async (tmp) => {
@@ -86,7 +124,7 @@ export async function writeProfile(dir: string, draft: ManifestDraft, plans: Bas
     },
     { replace: true },
   );
-  return manifest;
+  return { ...manifest, replaced };
 }
 
 /** Resolves a profile argument (directory or its manifest path) to the directory. */

@@ -67,6 +67,25 @@ describe('the committed bundled profile', () => {
 });
 
 describe('kvtc calibrate CLI', () => {
+  it('with no arguments on a fresh clone succeeds: the committed profile is re-derived identically and left as it is', async () => {
+    const dir = join(DEFAULT_PROFILES_DIR, 'stories260k');
+    const before = readFileSync(join(dir, 'kvtc-profile.safetensors'));
+    const r = await kvtc('calibrate', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).unchanged).toBe(true);
+    expect(readFileSync(join(dir, 'kvtc-profile.safetensors')).equals(before)).toBe(true);
+  });
+
+  it('refuses to replace an existing, different profile without --force', async () => {
+    const out = join(tempDir(), 'p');
+    expect((await kvtc('calibrate', ...SMALL, '--out', out)).code).toBe(0);
+    const before = readFileSync(join(out, 'kvtc-profile.json'), 'utf8');
+    const r = await kvtc('calibrate', ...SMALL, '--ratio', '8', '--out', out);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('holds a profile of another model, data or settings');
+    expect(readFileSync(join(out, 'kvtc-profile.json'), 'utf8')).toBe(before);
+  });
+
   it('--json prints profile, ratio_target, ratio, rel_error, tokens and a seconds breakdown; validate and inspect accept the result', async () => {
     const out = join(tempDir(), 'p');
     const r = await kvtc('calibrate', ...SMALL, '--out', out, '--json');

@@ -80,5 +80,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   const s = result.seconds;
   const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
   io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  for (const p of result.profiles.filter((x) => x.unchanged)) io.out(`${p.profile} already held this exact profile: left as it was (calibration is reproducible).`);
+  for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration (model, data, settings): replaced.`);
   io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
 }
