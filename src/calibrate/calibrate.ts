@@ -5,27 +5,25 @@
  * --tokens. Several target ratios share everything up to the error tables; each gets its own
  * allocation, measurement and profile.
  */
+import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { KvtcCodec } from '../codec/codec.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
 import { gatherFeatures } from '../codec/features.js';
-import type { BasisPlan, KvKind } from '../codec/types.js';
+import { allocate, type AllocationTables } from '../codec/fit.js';
+import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
 import { readTextSources } from '../io/text.js';
 import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
-import type { KvCache, ModelSpec } from '../model/types.js';
+import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
-import { isProfileDir, sha256, writeProfile, type ManifestDraft } from '../profile/io.js';
-import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
-import { PRODUCER, VERSION } from '../version.js';
-import { allocate, heldoutCoefficients, type AllocationTables } from '../codec/fit.js';
+import { isProfileDir, sha256, writeProfile } from '../profile/io.js';
 import { fitBases } from './fit-pool.js';
-import { compressSection, HEADER_BYTES, SECTION_BYTES } from '../codec/blob.js';
-import { encodePlanPayload } from '../codec/payload.js';
+import { manifestDraft } from './manifest.js';
+import { blobSizeRatio, measurePlans } from './measure.js';
 import { buildSequences } from './sequences.js';
 
 export type Grouping = 'layer' | 'all' | number;
@@ -106,71 +104,6 @@ function checkAbort(signal?: AbortSignal): void {
   }
 }
 
-/** Relative error ‖x̂−x‖/‖x‖ per layer over tokens [t0, t1), accumulated into sums. */
-function accumulateError(a: KvCache, b: KvCache, t0: number, t1: number, num: Float64Array[], den: Float64Array[]): void {
-  for (const [k, src, dst] of [[0, a.keys, b.keys], [1, a.values, b.values]] as const) {
-    for (let l = 0; l < a.layers; l++) {
-      const x = src[l];
-      const y = dst[l];
-      let n = 0;
-      let d = 0;
-      for (let h = 0; h < a.kvHeads; h++) {
-        const base = h * a.tokens * a.headDim;
-        for (let i = base + t0 * a.headDim; i < base + t1 * a.headDim; i++) {
-          const e = y[i] - x[i];
-          n += e * e;
-          d += x[i] * x[i];
-        }
-      }
-      num[k][l] += n;
-      den[k][l] += d;
-    }
-  }
-}
-
-export interface Measurement {
-  ratioCompressed: number;
-  ratioBlob: number;
-  contextTokens: number;
-  relKey: number[];
-  relValue: number[];
-}
-
-/** Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every blob byte. */
-export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: KvCache[], s: { sink: number; window: number; entropy: EntropyCoder; device: Device }, withError: boolean): Promise<Measurement> {
-  const codec = await KvtcCodec.create(
-    { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, rope: spec.rope, profileId: '0000000000000000', sink: s.sink, window: s.window, entropy: s.entropy },
-    plans,
-    { device: s.device },
-  );
-  let fp16 = 0;
-  let fp16c = 0;
-  let blob = 0;
-  let comp = 0;
-  let tokens = 0;
-  const num = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
-  const den = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
-  try {
-    for (const cache of caches) {
-      const { blob: b, stats } = await codec.encode(cache);
-      fp16 += stats.fp16Bytes;
-      fp16c += stats.fp16BytesCompressed;
-      blob += stats.blobBytes;
-      comp += stats.compressedBytes;
-      tokens += cache.tokens;
-      if (withError) {
-        const { cache: back } = await codec.decode(b);
-        const { sink, n } = codec.split(cache.tokens);
-        accumulateError(cache, back, sink, sink + n, num, den);
-      }
-    }
-  } finally {
-    await codec.release();
-  }
-  const rel = (k: number) => Array.from(num[k], (v, l) => Math.sqrt(v / Math.max(den[k][l], 1e-30)));
-  return { ratioCompressed: fp16c / comp, ratioBlob: fp16 / blob, contextTokens: tokens / caches.length, relKey: rel(0), relValue: rel(1) };
-}
-
 export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
   const progress = opts.onProgress ?? noProgress;
   const entropy = opts.entropy ?? 'deflate-rle';
@@ -197,7 +130,6 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     return opts.ratios.length === 1 ? base : `${base}-r${r}`;
   });
   if (!opts.force) {
-    const { existsSync } = await import('node:fs');
     for (const d of outDirs) {
       // An existing profile may be re-written identically (checked at write time); anything else is refused now.
       if (existsSync(d) && !isProfileDir(d)) throw new KvtcError('OUTPUT_EXISTS', `output ${d} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: d } });
@@ -325,67 +257,10 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     const m = await measurePlans(spec, plans, heldCaches, sharedSettings, true);
     lap('measure');
     const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
-    const fp = model.fingerprint;
-    const draft: ManifestDraft = {
-      format: PROFILE_FORMAT,
-      format_version: PROFILE_FORMAT_VERSION,
-      producer: { name: PRODUCER, version: VERSION },
-      model: {
-        name: model.name,
-        architecture: spec.architecture,
-        family: spec.family,
-        fingerprint: {
-          id: fp.id,
-          config_sha256: fp.configs['config.json'] ?? fp.configs['genai_config.json'] ?? Object.values(fp.configs)[0],
-          onnx_sha256: fp.onnx.sha256,
-        },
-        layers: spec.layers,
-        heads: spec.heads,
-        kv_heads: spec.kvHeads,
-        head_dim: spec.headDim,
-        kv_dtype: spec.kvDtype,
-        rope: {
-          theta: spec.rope.theta,
-          rotary_dim: spec.rope.rotaryDim,
-          layout: spec.rope.layout,
-          ...(spec.rope.scaling
-            ? {
-                scaling: {
-                  type: spec.rope.scaling.type,
-                  factor: spec.rope.scaling.factor,
-                  ...(spec.rope.scaling.lowFreqFactor !== undefined ? { low_freq_factor: spec.rope.scaling.lowFreqFactor } : {}),
-                  ...(spec.rope.scaling.highFreqFactor !== undefined ? { high_freq_factor: spec.rope.scaling.highFreqFactor } : {}),
-                  ...(spec.rope.scaling.originalMaxPositionEmbeddings !== undefined ? { original_max_position_embeddings: spec.rope.scaling.originalMaxPositionEmbeddings } : {}),
-                },
-              }
-            : {}),
-        },
-      },
-      settings: {
-        ratio_target: ratio,
-        sink: opts.sink,
-        window: opts.window,
-        grouping: String(opts.grouping),
-        tokens: opts.tokens,
-        heldout: opts.heldout,
-        chunk: opts.chunk,
-        seed: opts.seed,
-        granule: plansBase[0].state.tables!.granule,
-        entropy,
-      },
-      calibration: {
-        sources: sourcesMeta,
-        tokens_fit: split.fit.length * seqLen,
-        tokens_heldout: split.heldout.length * seqLen,
-        sequences: split.fit.length + split.heldout.length,
-      },
-      measured: {
-        context_tokens: m.contextTokens,
-        ratio_compressed: round(m.ratioCompressed),
-        ratio_blob: round(m.ratioBlob),
-        rel_error: { key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)) },
-      },
-    };
+    const draft = manifestDraft({
+      model, ratio, opts, granule: plansBase[0].state.tables!.granule, entropy, sources: sourcesMeta,
+      split: { fit: split.fit.length, heldout: split.heldout.length, seqLen }, m,
+    });
     checkAbort(opts.signal);
     progress({ stage: 'writing profile' });
     const manifest = await writeProfile(outDirs[ri], draft, plans, { force: opts.force });
@@ -417,33 +292,4 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     profiles,
     seconds,
   };
-}
-
-/**
- * ratio_compressed of the held-out caches under `plans`, from the precomputed coefficients:
- * the same payload and DEFLATE as encode, plus header and section-table bytes.
- */
-function blobSizeRatio(plans: BasisPlan[], tables: AllocationTables[], caches: KvCache[], spec: ModelSpec, sink: number, window: number, entropy: EntropyCoder): number {
-  let fp16 = 0;
-  let bytes = 0;
-  let row = 0;
-  const perToken = spec.layers * 2 * spec.kvHeads * spec.headDim * 2;
-  for (const c of caches) {
-    const n = c.tokens - sink - window;
-    const stored = plans.filter((p) => p.rank > 0).length;
-    bytes += HEADER_BYTES + SECTION_BYTES * (1 + stored) + 4;
-    for (const [i, plan] of plans.entries()) {
-      if (plan.rank === 0) continue;
-      const C = heldoutCoefficients(tables[i], row, n, plan.rank);
-      bytes += compressSection('plan', i, encodePlanPayload(C, n, plan), entropy).stored.byteLength;
-    }
-    fp16 += perToken * n;
-    row += c.tokens - sink;
-  }
-  return fp16 / bytes;
-}
-
-/** 6 significant digits: manifests stay readable and reproducible. */
-function round(x: number): number {
-  return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
 }

@@ -1,0 +1,90 @@
+/** The profile manifest a calibration run writes (everything but the parts serializeProfile adds). */
+import type { EntropyCoder } from '../codec/blob.js';
+import type { ModelDescription } from '../model/load.js';
+import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
+import type { ManifestDraft } from '../profile/io.js';
+import { PRODUCER, VERSION } from '../version.js';
+import type { Measurement } from './measure.js';
+
+export interface DraftInputs {
+  model: ModelDescription;
+  ratio: number;
+  opts: { sink: number; window: number; grouping: string | number; tokens: number; heldout: number; chunk: number; seed: number };
+  granule: number;
+  entropy: EntropyCoder;
+  sources: { name: string; sha256: string; bytes: number }[];
+  split: { fit: number; heldout: number; seqLen: number };
+  m: Measurement;
+}
+
+const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+
+/** 6 significant digits: manifests stay readable and reproducible. */
+function round(x: number): number {
+  return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
+}
+
+export function manifestDraft({ model, ratio, opts, granule, entropy, sources, split, m }: DraftInputs): ManifestDraft {
+  const spec = model.spec;
+  const fp = model.fingerprint;
+return {
+    format: PROFILE_FORMAT,
+    format_version: PROFILE_FORMAT_VERSION,
+    producer: { name: PRODUCER, version: VERSION },
+    model: {
+      name: model.name,
+      architecture: spec.architecture,
+      family: spec.family,
+      fingerprint: {
+        id: fp.id,
+        config_sha256: fp.configs['config.json'] ?? fp.configs['genai_config.json'] ?? Object.values(fp.configs)[0],
+        onnx_sha256: fp.onnx.sha256,
+      },
+      layers: spec.layers,
+      heads: spec.heads,
+      kv_heads: spec.kvHeads,
+      head_dim: spec.headDim,
+      kv_dtype: spec.kvDtype,
+      rope: {
+        theta: spec.rope.theta,
+        rotary_dim: spec.rope.rotaryDim,
+        layout: spec.rope.layout,
+        ...(spec.rope.scaling
+          ? {
+              scaling: {
+                type: spec.rope.scaling.type,
+                factor: spec.rope.scaling.factor,
+                ...(spec.rope.scaling.lowFreqFactor !== undefined ? { low_freq_factor: spec.rope.scaling.lowFreqFactor } : {}),
+                ...(spec.rope.scaling.highFreqFactor !== undefined ? { high_freq_factor: spec.rope.scaling.highFreqFactor } : {}),
+                ...(spec.rope.scaling.originalMaxPositionEmbeddings !== undefined ? { original_max_position_embeddings: spec.rope.scaling.originalMaxPositionEmbeddings } : {}),
+              },
+            }
+          : {}),
+      },
+    },
+    settings: {
+      ratio_target: ratio,
+      sink: opts.sink,
+      window: opts.window,
+      grouping: String(opts.grouping),
+      tokens: opts.tokens,
+      heldout: opts.heldout,
+      chunk: opts.chunk,
+      seed: opts.seed,
+      granule,
+      entropy,
+    },
+    calibration: {
+      sources,
+      tokens_fit: split.fit * split.seqLen,
+      tokens_heldout: split.heldout * split.seqLen,
+      sequences: split.fit + split.heldout,
+    },
+    measured: {
+      context_tokens: m.contextTokens,
+      ratio_compressed: round(m.ratioCompressed),
+      ratio_blob: round(m.ratioBlob),
+      rel_error: { key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)) },
+    },
+  };
+}
