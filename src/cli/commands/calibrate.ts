@@ -33,9 +33,12 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   const ratios = [...new Set(opts.ratio ?? [20])];
   const progress = createProgress(io, !opts.json);
   const controller = new AbortController();
+  // First Ctrl-C: stop at the next checkpoint, writing nothing. The handler then removes
+  // itself, so a second Ctrl-C terminates at once (profile writes are atomic either way).
   const onSigint = () => {
     controller.abort();
-    io.err('\ninterrupted: stopping before anything is written…');
+    process.off('SIGINT', onSigint);
+    io.err('\ninterrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
   };
   process.on('SIGINT', onSigint);
   let result: CalibrateResult;
