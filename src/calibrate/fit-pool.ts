@@ -4,7 +4,7 @@
  * bases run inline: a worker's start-up would cost more than the work.
  */
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import { spawnWorker } from '../worker.js';
 import { symmetricEigen } from '../codec/eigen.js';
 import type { KvKind } from '../codec/types.js';
 import { prepareAllocation, type AllocationTables } from '../codec/fit.js';
@@ -50,14 +50,7 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
     for (const [i, j] of jobs.entries()) finish(i, fitBasisTables(j));
     return out;
   }
-  // Under tsx/vitest this file is TypeScript: the worker needs the same loader.
-  const isTs = import.meta.url.endsWith('.ts');
-  const url = new URL(isTs ? './fit-worker.ts' : './fit-worker.js', import.meta.url);
-  const spawn = () =>
-    isTs
-      ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`, { eval: true })
-      : new Worker(url);
-  const workers = Array.from({ length: threads }, spawn);
+  const workers = Array.from({ length: threads }, () => spawnWorker(import.meta.url, './fit-worker'));
   let next = 0;
   try {
     await Promise.all(

@@ -7,15 +7,15 @@
  *           tokens [sink, T−window) → per plan: gather [n, p] → graph → coeffs [n, r]
  *           → quantize + pack → DEFLATE → plan section.
  */
-import type * as ortTypes from 'onnxruntime-node';
 import { KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
 import { ropeInvFreq } from '../model/rope-freqs.js';
 import type { KvCache, RopeSpec } from '../model/types.js';
-import { createSession, ort, type Device } from '../onnx/session.js';
+import type { Device } from '../onnx/session.js';
 import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
 import { buildDecodeGraph, buildEncodeGraph, ropePairs, ropeTables } from './graphs.js';
 import { RopeTable } from './rope.js';
+import { InlineTransform, ThreadedTransform, type Feeds, type TransformRunner } from './transform.js';
 import { decodePlanPayload, encodePlanPayload } from './payload.js';
 import type { BasisPlan } from './types.js';
 
@@ -41,6 +41,7 @@ export interface EncodeStats {
   compressedBytes: number;
   ratioBlob: number;
   ratioCompressed: number;
+  /** Wall time on the calling thread; with transformThread, transform is the time spent waiting for the worker. */
   seconds: { gather: number; transform: number; quantize: number; entropy: number; total: number };
 }
 
@@ -182,32 +183,43 @@ function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: numb
   }
 }
 
+export interface CodecOptions {
+  device?: Device;
+  /** Intra-op threads per ONNX Runtime session (default 1: dozens of small sessions with
+   * spinning thread pools fight over the cores; measured 2.6x slower transform on 2 cores). */
+  threads?: number;
+  /** Run the graphs on a worker thread, overlapping them with the host stages (uses a second
+   * core; worth it for large caches, costs a worker start-up per codec). */
+  transformThread?: boolean;
+}
+
 export class KvtcCodec {
   private constructor(
     readonly spec: CodecSpec,
     readonly plans: BasisPlan[],
-    private readonly encoders: (ortTypes.InferenceSession | null)[],
-    private readonly decoders: (ortTypes.InferenceSession | null)[],
+    private readonly transform: TransformRunner,
     private readonly invFreq: Float64Array,
     /** CPU: RoPE runs on the host, fused into gather/scatter (ORT's Gather/Concat chain cost 10x the matmul). */
     private readonly ropeOnHost: boolean,
+    readonly threaded: boolean,
   ) {}
 
-  /** Reused gather buffer (encode), grown to the largest n·p seen. */
+  /** Reused gather buffer (inline encode), grown to the largest n·p seen. */
   private gatherScratch = new Float32Array(0);
 
-  static async create(spec: CodecSpec, plans: BasisPlan[], opts: { device?: Device; threads?: number } = {}): Promise<KvtcCodec> {
+  static async create(spec: CodecSpec, plans: BasisPlan[], opts: CodecOptions = {}): Promise<KvtcCodec> {
     const ctx = { rope: spec.rope, headDim: spec.headDim };
     // On the CPU the key graphs are built without their RoPE nodes (the host does it, same bits);
     // on CUDA the graphs keep RoPE so that all of the matrix work stays on the device.
     const ropeOnHost = (opts.device ?? 'cpu') === 'cpu';
     const graphPlan = (p: BasisPlan): BasisPlan => (ropeOnHost && p.kind === 'key' ? { ...p, kind: 'value' } : p);
-    // One intra-op thread per session unless asked: dozens of small sessions with spinning
-    // thread pools fight over the cores (measured 2.6x slower transform on 2 cores).
+    const graphs = {
+      encode: plans.map((p) => (p.rank > 0 ? buildEncodeGraph(graphPlan(p), ctx) : null)),
+      decode: plans.map((p) => (p.rank > 0 ? buildDecodeGraph(graphPlan(p), ctx) : null)),
+    };
     const so = { device: opts.device, threads: opts.threads ?? 1 };
-    const enc = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildEncodeGraph(graphPlan(p), ctx), so) : null)));
-    const dec = await Promise.all(plans.map((p) => (p.rank > 0 ? createSession(buildDecodeGraph(graphPlan(p), ctx), so) : null)));
-    return new KvtcCodec(spec, plans, enc, dec, ropeInvFreq(spec.rope), ropeOnHost);
+    const transform = opts.transformThread ? await ThreadedTransform.create(graphs, so) : await InlineTransform.create(graphs, so);
+    return new KvtcCodec(spec, plans, transform, ropeInvFreq(spec.rope), ropeOnHost, opts.transformThread === true);
   }
 
   /** Raw tokens at each end: all of them when the cache is shorter than sink + window. */
@@ -236,26 +248,38 @@ export class KvtcCodec {
     if (n > 0) {
       const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
       const host = this.ropeOnHost ? hostRope(this.spec.rope, cache.headDim, tables) : undefined;
+      // Phase 1 gathers every basis and submits its projection; phase 2 quantizes and deflates
+      // each as its coefficients arrive. Threaded, the projections run while gathering continues.
+      const pending: { i: number; coeffs: Promise<Float32Array> | Float32Array }[] = [];
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
-        const session = this.encoders[i];
-        if (!session) continue;
+        if (plan.rank === 0) continue;
         let t = now();
         const src = plan.kind === 'key' ? cache.keys : cache.values;
-        if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
-        const x = this.gatherScratch.subarray(0, n * plan.dim);
+        let x: Float32Array;
+        if (this.threaded) x = new Float32Array(n * plan.dim);
+        else {
+          if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
+          x = this.gatherScratch.subarray(0, n * plan.dim);
+        }
         gatherRows(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
         sec.gather += now() - t;
         t = now();
-        const feeds: Record<string, ortTypes.Tensor> = { x: new ort.Tensor('float32', x, [n, plan.dim]) };
+        const feeds: Feeds = { x: { data: x, dims: [n, plan.dim] } };
         if (plan.kind === 'key' && !host) {
-          feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
-          feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
+          feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
+          feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
         }
-        const coeffs = (await session.run(feeds)).coeffs.data as Float32Array;
+        const run = this.transform.run('encode', i, feeds);
+        pending.push({ i, coeffs: this.threaded ? run : await run });
+        sec.transform += now() - t;
+      }
+      for (const { i, coeffs: c } of pending) {
+        let t = now();
+        const coeffs = await c;
         sec.transform += now() - t;
         t = now();
-        const payload = encodePlanPayload(coeffs, n, plan);
+        const payload = encodePlanPayload(coeffs, n, this.plans[i]);
         sec.quantize += now() - t;
         t = now();
         sections.push(compressSection('plan', i, payload, this.spec.entropy));
@@ -316,14 +340,19 @@ export class KvtcCodec {
     if (n > 0) {
       const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
       const host = this.ropeOnHost ? hostRope(this.spec.rope, headDim, tables) : undefined;
+      const scatter = (plan: BasisPlan, x: Float32Array, rot: HostRope | undefined) => {
+        const t = now();
+        scatterRows(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
+        sec.scatter += now() - t;
+      };
+      // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
+      // it arrives. Threaded, the reconstructions run while dequantization continues.
+      const pending: { plan: BasisPlan; x: Promise<Float32Array> }[] = [];
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
-        let t = now();
-        let x: Float32Array;
-        const session = this.decoders[i];
-        if (!session) {
-          // Rank 0: every component dropped; the reconstruction is the mean (keys re-rotated per token).
-          x = new Float32Array(n * plan.dim);
+        if (plan.rank === 0) {
+          // Every component dropped: the reconstruction is the mean (keys re-rotated per token).
+          const x = new Float32Array(n * plan.dim);
           for (let k = 0; k < n; k++) x.set(plan.mean, k * plan.dim);
           if (plan.kind === 'key') {
             const rt = new RopeTable(this.spec.rope, headDim);
@@ -332,25 +361,33 @@ export class KvtcCodec {
               for (let off = k * plan.dim; off < (k + 1) * plan.dim; off += headDim) rt.rotate(x, off, x, off, 1);
             }
           }
-        } else {
-          const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
-          if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
-          const coeffs = decodePlanPayload(section.data, n, plan, source);
-          sec.dequantize += now() - t;
-          t = now();
-          const feeds: Record<string, ortTypes.Tensor> = { coeffs: new ort.Tensor('float32', coeffs, [n, plan.rank]) };
-          if (plan.kind === 'key' && !host) {
-            feeds.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
-            feeds.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
-          }
-          x = (await session.run(feeds)).x.data as Float32Array;
-          sec.transform += now() - t;
+          scatter(plan, x, undefined);
+          continue;
         }
+        let t = now();
+        const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
+        if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
+        const coeffs = decodePlanPayload(section.data, n, plan, source);
+        sec.dequantize += now() - t;
         t = now();
-        // The rank-0 path above already re-rotated its keys.
-        const rot = plan.kind === 'key' && session ? host : undefined;
-        scatterRows(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
-        sec.scatter += now() - t;
+        const feeds: Feeds = { coeffs: { data: coeffs, dims: [n, plan.rank] } };
+        if (plan.kind === 'key' && !host) {
+          feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
+          feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+        }
+        const run = this.transform.run('decode', i, feeds);
+        if (this.threaded) pending.push({ plan, x: run });
+        else {
+          const x = await run;
+          sec.transform += now() - t;
+          scatter(plan, x, plan.kind === 'key' ? host : undefined);
+        }
+      }
+      for (const { plan, x: p } of pending) {
+        const t = now();
+        const x = await p;
+        sec.transform += now() - t;
+        scatter(plan, x, plan.kind === 'key' ? host : undefined);
       }
     }
     sec.total = now() - t0;
@@ -358,6 +395,6 @@ export class KvtcCodec {
   }
 
   async release(): Promise<void> {
-    await Promise.all([...this.encoders, ...this.decoders].map((s) => s?.release()));
+    await this.transform.release();
   }
 }

@@ -1,4 +1,4 @@
-import { KvtcCodec } from '../codec/codec.js';
+import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import type { RopeSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
@@ -22,7 +22,7 @@ export function ropeFromManifest(m: Manifest): RopeSpec {
 }
 
 /** The codec a profile describes, with its graphs on the chosen execution provider. */
-export function codecFromProfile(profile: Profile, opts: { device?: Device; threads?: number } = {}): Promise<KvtcCodec> {
+export function codecFromProfile(profile: Profile, opts: CodecOptions = {}): Promise<KvtcCodec> {
   const m = profile.manifest;
   return KvtcCodec.create(
     {

@@ -79,6 +79,23 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     }
   });
 
+  it('running the graphs on a worker thread gives the same bits as running them inline', async () => {
+    const threaded = await codecFromProfile(profile, { transformThread: true });
+    try {
+      const a = await codec.encode(cache);
+      const b = await threaded.encode(cache);
+      expect(Buffer.from(b.blob).equals(Buffer.from(a.blob))).toBe(true);
+      const x = await codec.decode(a.blob);
+      const y = await threaded.decode(a.blob);
+      for (let l = 0; l < cache.layers; l++) {
+        expect(Buffer.from(y.cache.keys[l].buffer).equals(Buffer.from(x.cache.keys[l].buffer))).toBe(true);
+        expect(Buffer.from(y.cache.values[l].buffer).equals(Buffer.from(x.cache.values[l].buffer))).toBe(true);
+      }
+    } finally {
+      await threaded.release();
+    }
+  });
+
   it('a cache no longer than sink + window is stored raw (fp16) and restored exactly', async () => {
     const short: KvCache = { ...cache, tokens: 100, keys: cache.keys.map((k) => slice(k, cache, 100)), values: cache.values.map((v) => slice(v, cache, 100)) };
     const { blob, stats } = await codec.encode(short);

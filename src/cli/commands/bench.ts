@@ -69,7 +69,7 @@ function printModel(b: ModelBench, io: CliIO): void {
   const k = b.codecs.find((c) => c.name === 'kvtc');
   if (k?.ratioCompressed) io.out(`kvtc over its compressed tokens only (sink/window tokens and their bytes left out): ${k.ratioCompressed.toFixed(2)}x`);
   io.out('');
-  io.out(`Restore vs recompute (restore = KvtcCodec.decode of the blob to a full KvCache; recompute = chunked prefill, chunk ${b.chunk}, of the same tokens):`);
+  io.out(`Restore vs recompute (restore = KvtcCodec.decode of the blob to a full KvCache, graphs on a worker thread; recompute = chunked prefill, chunk ${b.chunk}, of the same tokens):`);
   io.out(table(['context', 'fp16 KV', 'blob', 'recompute', 'restore', 'speedup'], b.restore.map((x) => [x.context, fmtBytes(x.fp16Bytes), fmtBytes(x.blobBytes), span(x.recompute), span(x.restore), `${x.speedup.toFixed(1)}x`])));
 }
 

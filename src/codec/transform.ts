@@ -1,0 +1,114 @@
+/**
+ * Runs the codec's encode/decode graphs. Inline: sessions on the calling thread. Threaded:
+ * the sessions live on a worker thread, so the ONNX Runtime matmuls of one basis overlap the
+ * host stages (gather, quantize, dequantize, scatter) of the others — onnxruntime-node runs a
+ * session on the thread that calls it, so this is how a second core gets used. Both produce
+ * the same bits (same graphs, one intra-op thread each).
+ */
+import type { Worker } from 'node:worker_threads';
+import type * as ortTypes from 'onnxruntime-node';
+import { createSession, ort, type Device } from '../onnx/session.js';
+import { spawnWorker } from '../worker.js';
+
+export interface Feed {
+  data: Float32Array;
+  dims: number[];
+}
+export type Feeds = Record<string, Feed>;
+export type Direction = 'encode' | 'decode';
+
+export interface TransformRunner {
+  /** Runs graph `i` of `dir`; resolves to its single output. Feeds' buffers may be transferred. */
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array>;
+  release(): Promise<void>;
+}
+
+export interface GraphSet {
+  encode: (Uint8Array | null)[];
+  decode: (Uint8Array | null)[];
+}
+
+export interface SessionOpts {
+  device?: Device;
+  threads?: number;
+}
+
+/** Creates the sessions of a graph set (null graphs stay null). */
+export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise<Record<Direction, (ortTypes.InferenceSession | null)[]>> {
+  const make = (g: Uint8Array | null) => (g ? createSession(g, so) : null);
+  return { encode: await Promise.all(graphs.encode.map(make)), decode: await Promise.all(graphs.decode.map(make)) };
+}
+
+export async function runSession(session: ortTypes.InferenceSession, feeds: Feeds): Promise<Float32Array> {
+  const t: Record<string, ortTypes.Tensor> = {};
+  for (const [k, f] of Object.entries(feeds)) t[k] = new ort.Tensor('float32', f.data, f.dims);
+  const out = await session.run(t);
+  return out[session.outputNames[0]].data as Float32Array;
+}
+
+export class InlineTransform implements TransformRunner {
+  private constructor(private readonly sessions: Record<Direction, (ortTypes.InferenceSession | null)[]>) {}
+
+  static async create(graphs: GraphSet, so: SessionOpts): Promise<InlineTransform> {
+    return new InlineTransform(await createSessions(graphs, so));
+  }
+
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array> {
+    return runSession(this.sessions[dir][i]!, feeds);
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([...this.sessions.encode, ...this.sessions.decode].map((s) => s?.release()));
+  }
+}
+
+interface Reply {
+  id: number;
+  out?: Float32Array;
+  error?: { message: string; code?: string; fix?: string };
+}
+
+export class ThreadedTransform implements TransformRunner {
+  private nextId = 0;
+  private readonly waiting = new Map<number, { resolve: (a: Float32Array) => void; reject: (e: unknown) => void }>();
+
+  private constructor(private readonly worker: Worker) {
+    worker.on('message', (r: Reply) => {
+      const w = this.waiting.get(r.id);
+      if (!w) return;
+      this.waiting.delete(r.id);
+      if (r.error) w.reject(Object.assign(new Error(r.error.message), r.error));
+      else w.resolve(r.out!);
+    });
+    worker.on('error', (e) => {
+      for (const w of this.waiting.values()) w.reject(e);
+      this.waiting.clear();
+    });
+  }
+
+  static async create(graphs: GraphSet, so: SessionOpts): Promise<ThreadedTransform> {
+    const worker = spawnWorker(import.meta.url, './transform-worker');
+    const t = new ThreadedTransform(worker);
+    await t.call({ type: 'init', graphs, so }, []);
+    return t;
+  }
+
+  private call(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<Float32Array> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.worker.postMessage({ ...msg, id }, transfer);
+    });
+  }
+
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array> {
+    // The main input is transferred (the caller hands it over); shared tables are copied.
+    const main = feeds.x ?? feeds.coeffs;
+    const transfer = main && main.data.byteOffset === 0 && main.data.byteLength === main.data.buffer.byteLength ? [main.data.buffer as ArrayBuffer] : [];
+    return this.call({ type: 'run', dir, i, feeds }, transfer);
+  }
+
+  async release(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
