@@ -159,6 +159,7 @@ export function createProgram(io: CliIO): Command {
     .requiredOption('--out <dir>', 'output model directory')
     .option('--name <name>', 'model name recorded in config.json', 'stories260k')
     .option('--force', 'replace --out', false)
+    .option('--json', 'print the result as JSON', false)
     .action(run('convert-llama2c'));
 
   return program;
