@@ -70,6 +70,8 @@ export interface CalibrateResult {
   model: string;
   model_dir: string;
   tokens: number;
+  /** What --tokens asked for; `tokens` is less when the data ran out (above the minimum). */
+  tokens_requested: number;
   heldout_tokens: number;
   sequences: number;
   seq_len: number;
@@ -285,6 +287,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     model: model.name,
     model_dir: model.dir,
     tokens: split.fit.length * seqLen,
+    tokens_requested: opts.tokens,
     heldout_tokens: split.heldout.length * seqLen,
     sequences: split.fit.length + split.heldout.length,
     seq_len: seqLen,

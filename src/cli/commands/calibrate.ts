@@ -69,6 +69,9 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
     io.out(JSON.stringify({ ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles }, null, 2));
     return;
   }
+  if (result.tokens < result.tokens_requested) {
+    io.err(`warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`);
+  }
   io.out(`calibrated ${result.model} on ${result.tokens} tokens (${result.heldout_tokens} more held out), ${result.plans} bases, sequences of ${result.seq_len} tokens`);
   io.out('');
   io.out(
