@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -19,6 +20,19 @@ function copyWith(edit?: (m: Record<string, any>) => void): string {
     writeFileSync(f, JSON.stringify(m));
   }
   return d;
+}
+
+/** Overwrites element 0 of tensor `name` with `value`, then re-signs the manifest's sha256 so only the content checks can catch it. */
+function corruptTensor(d: string, name: string, value: number): void {
+  const f = join(d, 'kvtc-profile.safetensors');
+  const b = readFileSync(f);
+  const n = Number(b.readBigUInt64LE(0));
+  const h = JSON.parse(b.subarray(8, 8 + n).toString());
+  b.writeFloatLE(value, 8 + n + h[name].data_offsets[0]);
+  writeFileSync(f, b);
+  const m = JSON.parse(readFileSync(join(d, 'kvtc-profile.json'), 'utf8'));
+  m.tensors.sha256 = createHash('sha256').update(b).digest('hex');
+  writeFileSync(join(d, 'kvtc-profile.json'), JSON.stringify(m));
 }
 
 describe('reading profiles', () => {
@@ -79,19 +93,8 @@ describe('kvtc validate', () => {
   });
 
   it('a basis that is not orthonormal fails (exit 1)', async () => {
-    // Re-sign the manifest's hash after corrupting the basis, so only orthonormality can catch it.
     const d = copyWith();
-    const f = join(d, 'kvtc-profile.safetensors');
-    const b = readFileSync(f);
-    const n = Number(b.readBigUInt64LE(0));
-    const h = JSON.parse(b.subarray(8, 8 + n).toString());
-    const [start] = h['plan.0.basis'].data_offsets;
-    b.writeFloatLE(3, 8 + n + start);
-    writeFileSync(f, b);
-    const { createHash } = await import('node:crypto');
-    const m = JSON.parse(readFileSync(join(d, 'kvtc-profile.json'), 'utf8'));
-    m.tensors.sha256 = createHash('sha256').update(b).digest('hex');
-    writeFileSync(join(d, 'kvtc-profile.json'), JSON.stringify(m));
+    corruptTensor(d, 'plan.0.basis', 3);
     const v = await validateProfile(d);
     expect(v.ok).toBe(false);
     expect(v.checks.find((c) => c.name === 'orthonormal bases')?.ok).toBe(false);
@@ -102,16 +105,7 @@ describe('kvtc validate', () => {
 
   it('a NaN in a mean fails the finite-values check', async () => {
     const d = copyWith();
-    const f = join(d, 'kvtc-profile.safetensors');
-    const b = readFileSync(f);
-    const n = Number(b.readBigUInt64LE(0));
-    const h = JSON.parse(b.subarray(8, 8 + n).toString());
-    b.writeFloatLE(Number.NaN, 8 + n + h['plan.3.mean'].data_offsets[0]);
-    writeFileSync(f, b);
-    const { createHash } = await import('node:crypto');
-    const m = JSON.parse(readFileSync(join(d, 'kvtc-profile.json'), 'utf8'));
-    m.tensors.sha256 = createHash('sha256').update(b).digest('hex');
-    writeFileSync(join(d, 'kvtc-profile.json'), JSON.stringify(m));
+    corruptTensor(d, 'plan.3.mean', Number.NaN);
     const v = await validateProfile(d);
     expect(v.checks.find((c) => c.name === 'finite values')).toMatchObject({ ok: false, detail: expect.stringContaining('plan 3 mean[0]') });
   });
