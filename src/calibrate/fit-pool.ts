@@ -5,7 +5,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { spawnWorker } from '../worker.js';
-import { symmetricEigen } from '../codec/eigen.js';
+import { symmetricEigenAsync } from '../codec/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
 import { prepareAllocation, type AllocationTables } from '../codec/fit.js';
 
@@ -26,9 +26,14 @@ export interface FitOutput {
   seconds: { eigen: number; tables: number };
 }
 
-export function fitBasisTables(job: FitJob): FitOutput {
+/**
+ * Eigendecomposition + error tables of one basis. Large bases (p ≥ LARGE_EIGEN_MIN_P) run their
+ * eigen products on ONNX Runtime with `eigenThreads` intra-op threads (0 = all cores; workers
+ * pass 1, the pool already runs one per core).
+ */
+export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number } = {}): Promise<FitOutput> {
   let t = performance.now();
-  const eig = symmetricEigen(job.cov, job.dim);
+  const eig = await symmetricEigenAsync(job.cov, job.dim, { threads: opts.eigenThreads ?? 0 });
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
@@ -47,7 +52,7 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
     opts.onDone?.(++done);
   };
   if (threads <= 1 || jobs.every((j) => j.dim < INLINE_BELOW_DIM)) {
-    for (const [i, j] of jobs.entries()) finish(i, fitBasisTables(j));
+    for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(j));
     return out;
   }
   const workers = Array.from({ length: threads }, () => spawnWorker(import.meta.url, './fit-worker'));

@@ -14,7 +14,7 @@
  * ≤ 8, so the full spectrum is needed for the usual targets anyway.
  */
 import { invariant } from '../errors.js';
-import { transpose } from './gemm.js';
+import { gemmABt, transpose } from './gemm.js';
 
 export interface EigenResult {
   /** [p] eigenvalues, descending. */
@@ -44,18 +44,27 @@ export function symmetricEigen(A: Float64Array, p: number): EigenResult {
     values[j] = d[src];
     vectorsT.set(W.subarray(src * p, src * p + p), j * p);
   }
-  // Fix signs deterministically: the largest-magnitude entry of each vector is positive.
+  fixSigns(vectorsT, p);
+  return { values, vectors: transpose(vectorsT, p, p), vectorsT };
+}
+
+/** Fix signs deterministically: the largest-magnitude entry of each vector (row) is positive. */
+function fixSigns(vectorsT: Float64Array, p: number): void {
   for (let j = 0; j < p; j++) {
     const o = j * p;
     let best = 0;
     for (let k = 1; k < p; k++) if (Math.abs(vectorsT[o + k]) > Math.abs(vectorsT[o + best])) best = k;
     if (vectorsT[o + best] < 0) for (let k = 0; k < p; k++) vectorsT[o + k] = -vectorsT[o + k];
   }
-  return { values, vectors: transpose(vectorsT, p, p), vectorsT };
 }
 
-/** Householder reduction to tridiagonal form; W holds Vᵀ (W[j*n+k] = V[k][j]). */
-function tred2(W: Float64Array, d: Float64Array, e: Float64Array, n: number): void {
+/**
+ * Householder reduction to tridiagonal form (the first half of tred2), without accumulating.
+ * Afterwards: diagonal of T at W[i*n+i]; e[i] = T(i, i-1) for i ≥ 1 (e[0] is scratch);
+ * reflector i (i ≥ 1) is P_i = I - u uᵀ/h with u = W[i*n .. i*n+i) (zero past i-1) and h = d[i]
+ * (h = 0: identity); A = P_{n-1}···P_1 · T · P_1···P_{n-1}.
+ */
+function tridiagonalize(W: Float64Array, d: Float64Array, e: Float64Array, n: number): void {
   for (let j = 0; j < n; j++) d[j] = W[j * n + n - 1];
   for (let i = n - 1; i > 0; i--) {
     let scale = 0;
@@ -110,6 +119,13 @@ function tred2(W: Float64Array, d: Float64Array, e: Float64Array, n: number): vo
     }
     d[i] = h;
   }
+}
+
+/**
+ * Householder reduction + accumulation (tred2). W holds Vᵀ (W[j*n+k] = V[k][j]).
+ */
+function tred2(W: Float64Array, d: Float64Array, e: Float64Array, n: number): void {
+  tridiagonalize(W, d, e, n);
   // Accumulate transformations.
   for (let i = 0; i < n - 1; i++) {
     W[i * n + n - 1] = W[i * n + i];
@@ -234,4 +250,241 @@ function hypot(a: number, b: number): number {
   if (y === 0) return 0;
   const r = x / y;
   return y * Math.sqrt(1 + r * r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large p: reduction without accumulation, divide-and-conquer on T, blocked back-transform.
+// Written as a generator that yields its dense products, so the same code runs with plain-JS
+// products (sync) or ONNX Runtime float64 MatMul (async, eigen-ort.ts).
+
+/** A dense product request: C[m, n] = A[m, k] · B[k, n], row-major float64. */
+export interface MatMulRequest { A: Float64Array; B: Float64Array; m: number; k: number; n: number }
+export type EigenSteps = Generator<MatMulRequest, EigenResult, Float64Array>;
+
+/** Plain-JS C = A·B via the tiled gemmABt. */
+export function jsMatMul({ A, B, m, k, n }: MatMulRequest): Float64Array {
+  return gemmABt(A, transpose(B, k, n), new Float64Array(m * n), m, n, k);
+}
+
+/** Runs the large-p steps with plain-JS products. */
+export function runEigenSteps(steps: EigenSteps, mm: (r: MatMulRequest) => Float64Array = jsMatMul): EigenResult {
+  let r = steps.next(new Float64Array(0));
+  while (!r.done) r = steps.next(mm(r.value));
+  return r.value;
+}
+
+/** From here on symmetricEigen runs eigenSteps (reduction + divide and conquer + back-transform). */
+export const LARGE_EIGEN_MIN_P = 384;
+const DC_LEAF = 32;
+const BACK_BLOCK = 64;
+const EPS = 2 ** -52;
+
+/** Eigendecomposition of the symmetric A [p, p] (p ≥ 2) as steps; same contract as symmetricEigen. */
+export function* eigenSteps(A: Float64Array, p: number): EigenSteps {
+  invariant(A.length === p * p && p >= 2, `Error in symmetricEigen: A length (${A.length}) must be p*p (${p}*${p}), p ≥ 2`);
+  const W = Float64Array.from(A);
+  const h = new Float64Array(p);
+  const e = new Float64Array(p);
+  tridiagonalize(W, h, e, p);
+  e[0] = 0;
+  const diag = new Float64Array(p);
+  for (let i = 0; i < p; i++) diag[i] = W[i * p + i];
+  const { lam, ZT } = yield* dcSteps(diag, e, p);
+  // Z [p, p]: column j = eigenvector j of T (ascending). Back-transform X = P_{n-1}···P_1 Z.
+  const Z = transpose(ZT, p, p);
+  for (let k0 = 1; k0 < p; k0 += BACK_BLOCK) {
+    const k1 = Math.min(p, k0 + BACK_BLOCK);
+    const b = k1 - k0;
+    // Block product P_{k1-1}···P_{k0} = I - V T Vᵀ, V column c = u_{k1-1-c} (rows 0..k1), τ = 1/h.
+    const Vt = new Float64Array(b * k1); // [b, k1] = Vᵀ
+    const tau = new Float64Array(b);
+    for (let c = 0; c < b; c++) {
+      const i = k1 - 1 - c;
+      if (h[i] !== 0) {
+        tau[c] = 1 / h[i];
+        Vt.set(W.subarray(i * p, i * p + i), c * k1);
+      }
+    }
+    // T upper triangular (LAPACK dlarft, forward, columnwise) from the Gram matrix G = VᵀV.
+    const G = gemmABt(Vt, Vt, new Float64Array(b * b), b, b, k1, { upper: true });
+    const T = new Float64Array(b * b);
+    for (let c = 0; c < b; c++) {
+      T[c * b + c] = tau[c];
+      if (tau[c] === 0) continue;
+      for (let r = 0; r < c; r++) {
+        let acc = 0;
+        for (let s = r; s < c; s++) acc += T[r * b + s] * G[s * b + c];
+        T[r * b + c] = -tau[c] * acc;
+      }
+    }
+    // VT = V·T as rows of its transpose: row c of (VT)ᵀ = Σ_{s ≤ c} T[s, c]·Vᵀ[s, :].
+    const VTt = new Float64Array(b * k1);
+    for (let c = 0; c < b; c++) {
+      const o = c * k1;
+      for (let s = 0; s <= c; s++) {
+        const t = T[s * b + c];
+        if (t === 0) continue;
+        const os = s * k1;
+        for (let q = 0; q < k1; q++) VTt[o + q] += t * Vt[os + q];
+      }
+    }
+    const Zs = Z.subarray(0, k1 * p); // rows 0..k1 of Z, contiguous
+    const X = yield { A: Vt, B: Zs, m: b, k: k1, n: p }; // Vᵀ Zs [b, p]
+    const Y = yield { A: transpose(VTt, b, k1), B: X, m: k1, k: b, n: p }; // V T Vᵀ Zs [k1, p]
+    for (let q = 0; q < k1 * p; q++) Zs[q] -= Y[q];
+  }
+  // Descending order, sign rule.
+  const XT = transpose(Z, p, p); // row j = eigenvector of lam[j] (ascending)
+  const values = new Float64Array(p);
+  const vectorsT = new Float64Array(p * p);
+  for (let j = 0; j < p; j++) {
+    const src = p - 1 - j;
+    values[j] = lam[src];
+    vectorsT.set(XT.subarray(src * p, src * p + p), j * p);
+  }
+  fixSigns(vectorsT, p);
+  return { values, vectors: transpose(vectorsT, p, p), vectorsT };
+}
+
+/**
+ * Divide and conquer for the symmetric tridiagonal T (Cuppen; deflation and the
+ * Gu–Eisenstat recomputed ẑ keep the eigenvectors orthogonal). d diagonal, e[i] = T(i, i-1)
+ * for i ≥ 1 (e[0] ignored). Returns ascending values and ZT (row j = eigenvector j).
+ */
+function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generator<MatMulRequest, { lam: Float64Array; ZT: Float64Array }, Float64Array> {
+  if (n <= DC_LEAF) {
+    const W = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) W[i * n + i] = 1;
+    const d = Float64Array.from(d0);
+    const e = Float64Array.from(e0);
+    tql2(W, d, e, n);
+    return { lam: d, ZT: W };
+  }
+  const m = n >> 1;
+  const n2 = n - m;
+  const beta = e0[m];
+  const d1 = d0.slice(0, m);
+  const e1 = e0.slice(0, m);
+  d1[m - 1] -= beta;
+  const d2 = d0.slice(m);
+  const e2 = e0.slice(m);
+  d2[0] -= beta;
+  e2[0] = 0;
+  const A = yield* dcSteps(d1, e1, m);
+  const B = yield* dcSteps(d2, e2, n2);
+  // T = diag(T1, T2) + beta·v vᵀ, v = (e_m-1; e_m); in the eigenbasis: D + rho z zᵀ.
+  const QT = new Float64Array(n * n);
+  for (let j = 0; j < m; j++) QT.set(A.ZT.subarray(j * m, j * m + m), j * n);
+  for (let j = 0; j < n2; j++) QT.set(B.ZT.subarray(j * n2, j * n2 + n2), (m + j) * n + m);
+  const D = new Float64Array(n);
+  const z = new Float64Array(n);
+  for (let j = 0; j < m; j++) { D[j] = A.lam[j]; z[j] = A.ZT[j * m + m - 1] / Math.SQRT2; }
+  for (let j = 0; j < n2; j++) { D[m + j] = B.lam[j]; z[m + j] = B.ZT[j * n2] / Math.SQRT2; }
+  let rho = 2 * beta;
+  const flip = rho < 0;
+  if (flip) {
+    for (let j = 0; j < n; j++) D[j] = -D[j];
+    rho = -rho;
+  }
+  const perm = Array.from({ length: n }, (_, i) => i).sort((a, b) => D[a] - D[b]);
+  let dmax = 0;
+  let zmax = 0;
+  for (let j = 0; j < n; j++) { dmax = Math.max(dmax, Math.abs(D[j])); zmax = Math.max(zmax, Math.abs(z[j])); }
+  const tol = 8 * EPS * Math.max(dmax, rho * zmax);
+  const keep: number[] = [];
+  const defl: number[] = [];
+  let pj = -1;
+  for (const nj of perm) {
+    if (rho * Math.abs(z[nj]) <= tol) { defl.push(nj); continue; }
+    if (pj >= 0) {
+      let s = z[pj];
+      let c = z[nj];
+      const tau = Math.hypot(c, s);
+      const t = D[nj] - D[pj];
+      c /= tau;
+      s = -s / tau;
+      if (Math.abs(t * c * s) <= tol) {
+        // Near-equal D: a Givens rotation zeroes z[pj], which then deflates.
+        z[nj] = tau;
+        z[pj] = 0;
+        const a = pj * n;
+        const b = nj * n;
+        for (let i = 0; i < n; i++) { const x = QT[a + i]; const y = QT[b + i]; QT[a + i] = c * x + s * y; QT[b + i] = c * y - s * x; }
+        const tt = D[pj] * c * c + D[nj] * s * s;
+        D[nj] = D[pj] * s * s + D[nj] * c * c;
+        D[pj] = tt;
+        defl.push(pj);
+        pj = nj;
+        continue;
+      }
+      keep.push(pj);
+    }
+    pj = nj;
+  }
+  if (pj >= 0) keep.push(pj);
+  keep.sort((a, b) => D[a] - D[b]);
+  const k = keep.length;
+  const dl = Float64Array.from(keep, (i) => D[i]);
+  const zl = Float64Array.from(keep, (i) => z[i]);
+  let zn2 = 0;
+  for (let i = 0; i < k; i++) zn2 += zl[i] * zl[i];
+  const Delta = new Float64Array(k * k); // Delta[i*k+j] = dl[j] - lam_i, computed relative to the nearer pole
+  const lamk = new Float64Array(k);
+  const secular = (o: number, tau: number): number => {
+    let s = 1;
+    for (let j = 0; j < k; j++) s += (rho * zl[j] * zl[j]) / ((dl[j] - dl[o]) - tau);
+    return s;
+  };
+  for (let i = 0; i < k; i++) {
+    let o: number;
+    let lo: number;
+    let hi: number;
+    if (i < k - 1) {
+      const gap = dl[i + 1] - dl[i];
+      if (secular(i, gap / 2) >= 0) { o = i; lo = 0; hi = gap / 2; } else { o = i + 1; lo = -gap / 2; hi = 0; }
+    } else { o = i; lo = 0; hi = rho * zn2; }
+    let tau = (lo + hi) / 2;
+    for (let it = 0; it < 200; it++) {
+      let s = 1;
+      let ds = 0;
+      for (let j = 0; j < k; j++) {
+        const del = (dl[j] - dl[o]) - tau;
+        const w = (rho * zl[j] * zl[j]) / del;
+        s += w;
+        ds += w / del;
+      }
+      if (s > 0) hi = tau; else if (s < 0) lo = tau; else break;
+      let nt = tau - s / ds;
+      if (!(nt > lo && nt < hi)) nt = (lo + hi) / 2;
+      if (hi - lo <= 2 * EPS * Math.max(Math.abs(lo), Math.abs(hi)) || nt === tau) break;
+      tau = nt;
+    }
+    lamk[i] = dl[o] + tau;
+    for (let j = 0; j < k; j++) Delta[i * k + j] = (dl[j] - dl[o]) - tau;
+  }
+  // Gu–Eisenstat: ẑ from the computed roots, so the vectors below are orthogonal.
+  const zh = new Float64Array(k);
+  for (let j = 0; j < k; j++) {
+    let w = -Delta[j * k + j] / rho;
+    for (let i = 0; i < k; i++) if (i !== j) w *= -Delta[i * k + j] / (dl[i] - dl[j]);
+    zh[j] = Math.sign(zl[j]) * Math.sqrt(Math.abs(w));
+  }
+  const UT = new Float64Array(k * k);
+  for (let i = 0; i < k; i++) {
+    let s = 0;
+    for (let j = 0; j < k; j++) { const u = zh[j] / Delta[i * k + j]; UT[i * k + j] = u; s += u * u; }
+    s = 1 / Math.sqrt(s);
+    for (let j = 0; j < k; j++) UT[i * k + j] *= s;
+  }
+  const QK = new Float64Array(k * n);
+  keep.forEach((r, i) => QK.set(QT.subarray(r * n, r * n + n), i * n));
+  const VK = k > 0 ? yield { A: UT, B: QK, m: k, k, n } : new Float64Array(0);
+  const all: { v: number; src: Float64Array; off: number }[] = [];
+  for (let i = 0; i < k; i++) all.push({ v: flip ? -lamk[i] : lamk[i], src: VK, off: i * n });
+  for (const r of defl) all.push({ v: flip ? -D[r] : D[r], src: QT, off: r * n });
+  all.sort((a, b) => a.v - b.v);
+  const lam = new Float64Array(n);
+  const ZT = new Float64Array(n * n);
+  all.forEach((x, j) => { lam[j] = x.v; ZT.set(x.src.subarray(x.off, x.off + n), j * n); });
+  return { lam, ZT };
 }

@@ -1,6 +1,8 @@
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 import { describe, expect, it } from 'vitest';
-import { symmetricEigen } from '../../src/codec/eigen.js';
+import { eigenSteps, type EigenResult, LARGE_EIGEN_MIN_P, runEigenSteps, symmetricEigen } from '../../src/codec/eigen.js';
+import { symmetricEigenAsync } from '../../src/codec/eigen-ort.js';
+import { gemmABt } from '../../src/codec/gemm.js';
 import { rng } from './rng.js';
 
 function randomSymmetric(p: number, seed: number, rankDeficient = 0): Float64Array {
@@ -79,5 +81,135 @@ describe('symmetricEigen', () => {
       res = Math.max(res, Math.abs(s - values[0] * vectorsT[i]));
     }
     expect(res).toBeLessThan(1e-9 * values[0]);
+  });
+});
+
+/**
+ * SPD A = Q Λ Qᵀ with Q a product of 8 random Householder reflectors (dense), a decaying
+ * spectrum and clusters: 10 exactly equal eigenvalues and 5 equal to 1e-13 relative.
+ */
+function spdWithClusters(p: number, seed: number): { A: Float64Array; lambda: Float64Array } {
+  const { normal } = rng(seed);
+  const lambda = Float64Array.from({ length: p }, (_, i) => 10 * Math.exp(-i / 40) + 1e-6 * (1 + i / p));
+  for (let i = 50; i < 60; i++) lambda[i] = 0.5;
+  for (let i = 60; i < 65; i++) lambda[i] = 0.3 * (1 + 1e-13 * i);
+  const A = new Float64Array(p * p);
+  for (let i = 0; i < p; i++) A[i * p + i] = lambda[i];
+  const u = new Float64Array(p);
+  const w = new Float64Array(p);
+  for (let r = 0; r < 8; r++) {
+    let n2 = 0;
+    for (let i = 0; i < p; i++) { u[i] = normal(); n2 += u[i] * u[i]; }
+    const inv = 1 / Math.sqrt(n2);
+    for (let i = 0; i < p; i++) u[i] *= inv;
+    // A ← H A H, H = I - 2uuᵀ: A - 2u(Aᵀu)ᵀ... via w = A u, c = uᵀw: A - 2uwᵀ - 2wuᵀ + 4c uuᵀ.
+    let c = 0;
+    for (let i = 0; i < p; i++) {
+      let s = 0;
+      for (let k = 0; k < p; k++) s += A[i * p + k] * u[k];
+      w[i] = s;
+      c += u[i] * s;
+    }
+    for (let i = 0; i < p; i++) for (let k = 0; k < p; k++) A[i * p + k] += -2 * u[i] * w[k] - 2 * w[i] * u[k] + 4 * c * u[i] * u[k];
+  }
+  for (let i = 0; i < p; i++) for (let k = 0; k < i; k++) A[i * p + k] = A[k * p + i] = (A[i * p + k] + A[k * p + i]) / 2;
+  return { A, lambda };
+}
+
+function maxDiff(a: Float64Array, b: Float64Array): number {
+  let m = 0;
+  for (let j = 0; j < a.length; j++) m = Math.max(m, Math.abs(a[j] - b[j]));
+  return m;
+}
+
+/** max|AV − VΛ| / ‖A‖ and max|VᵀV − I|, via the tiled GEMM; also checks order, layout and signs. */
+function largeChecks(A: Float64Array, p: number, r: EigenResult): { res: number; orth: number } {
+  const { values, vectors, vectorsT } = r;
+  for (let j = 1; j < p; j++) expect(values[j]).toBeLessThanOrEqual(values[j - 1]);
+  let layout = 0;
+  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) if (vectors[i * p + j] !== vectorsT[j * p + i]) layout++;
+  expect(layout).toBe(0);
+  let badSigns = 0;
+  for (let j = 0; j < p; j++) {
+    let best = 0;
+    for (let k = 1; k < p; k++) if (Math.abs(vectorsT[j * p + k]) > Math.abs(vectorsT[j * p + best])) best = k;
+    if (!(vectorsT[j * p + best] > 0)) badSigns++;
+  }
+  expect(badSigns).toBe(0);
+  const norm = Math.max(Math.abs(values[0]), Math.abs(values[p - 1]));
+  const AV = gemmABt(A, vectorsT, new Float64Array(p * p), p, p, p); // (A V)[i, j]
+  let res = 0;
+  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) res = Math.max(res, Math.abs(AV[i * p + j] - values[j] * vectors[i * p + j]));
+  const G = gemmABt(vectorsT, vectorsT, new Float64Array(p * p), p, p, p);
+  let orth = 0;
+  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) orth = Math.max(orth, Math.abs(G[i * p + j] - (i === j ? 1 : 0)));
+  return { res: res / norm, orth };
+}
+
+describe('symmetricEigen, large p (reduction + divide and conquer + blocked back-transform)', () => {
+  it('p=512 SPD with clusters: residual, orthogonality, signs, values = the tred2/tql2 path', async () => {
+    const p = 512;
+    const { A, lambda } = spdWithClusters(p, 512);
+    const ref = symmetricEigen(A, p); // p ≥ threshold still runs tred2/tql2 on the sync path
+    const sorted = Float64Array.from(lambda).sort().reverse();
+    for (const r of [await symmetricEigenAsync(A, p), runEigenSteps(eigenSteps(A, p))]) {
+      const { res, orth } = largeChecks(A, p, r);
+      expect(res).toBeLessThan(1e-9);
+      expect(orth).toBeLessThan(1e-10);
+      expect(maxDiff(r.values, ref.values)).toBeLessThanOrEqual(1e-10 * ref.values[0]);
+      expect(maxDiff(r.values, sorted)).toBeLessThanOrEqual(1e-10 * sorted[0]);
+      // exactly-equal cluster: the 10 vectors span the same space as the reference's
+      let proj = 0;
+      for (let a = 0; a < 10; a++) {
+        const ja = sorted.indexOf(0.5) + a;
+        let s = 0;
+        for (let b = 0; b < 10; b++) {
+          const jb = sorted.indexOf(0.5) + b;
+          let d = 0;
+          for (let i = 0; i < p; i++) d += r.vectorsT[ja * p + i] * ref.vectorsT[jb * p + i];
+          s += d * d;
+        }
+        proj = Math.max(proj, Math.abs(s - 1));
+      }
+      expect(proj).toBeLessThan(1e-9);
+    }
+  });
+
+  it('p=1024 SPD with clusters on ONNX Runtime', async () => {
+    const p = 1024;
+    const { A, lambda } = spdWithClusters(p, 1024);
+    const r = await symmetricEigenAsync(A, p);
+    const { res, orth } = largeChecks(A, p, r);
+    expect(res).toBeLessThan(1e-9);
+    expect(orth).toBeLessThan(1e-10);
+    const sorted = Float64Array.from(lambda).sort().reverse();
+    expect(maxDiff(r.values, sorted)).toBeLessThanOrEqual(1e-10 * sorted[0]);
+  }, 30_000);
+
+  it('indefinite, reducible and diagonal input (zero reflectors, negative rank-one ties)', async () => {
+    const p = LARGE_EIGEN_MIN_P + 16;
+    const { normal } = rng(77);
+    const A = new Float64Array(p * p);
+    for (let i = 0; i < p; i++) for (let k = 0; k <= i; k++) A[i * p + k] = A[k * p + i] = normal();
+    // two decoupled blocks
+    for (let i = 0; i < 100; i++) for (let k = 100; k < p; k++) A[i * p + k] = A[k * p + i] = 0;
+    const D = new Float64Array(p * p);
+    for (let i = 0; i < p; i++) D[i * p + i] = [3, -1, 2, 0][i % 4];
+    for (const M of [A, D]) {
+      const r = await symmetricEigenAsync(M, p);
+      const ref = symmetricEigen(M, p);
+      const { res, orth } = largeChecks(M, p, r);
+      expect(res).toBeLessThan(1e-9);
+      expect(orth).toBeLessThan(1e-10);
+      expect(maxDiff(r.values, ref.values)).toBeLessThanOrEqual(1e-10 * Math.abs(ref.values[0]));
+    }
+  });
+
+  it('below the threshold symmetricEigenAsync is symmetricEigen, bit for bit', async () => {
+    const A = randomSymmetric(64, 5);
+    const a = await symmetricEigenAsync(A, 64);
+    const b = symmetricEigen(A, 64);
+    expect(a.values).toEqual(b.values);
+    expect(a.vectors).toEqual(b.vectors);
   });
 });
