@@ -45,13 +45,18 @@ export function symmetricEigen(A: Float64Array, p: number): EigenResult {
   }
   tred2(W, d, e, p);
   tql2(W, d, e, p);
-  // tql2 leaves ascending order; reverse rows for descending.
+  // tql2 leaves ascending order with eigenvectors as rows of W.
+  return descendingResult(d, W, p);
+}
+
+/** EigenResult from ascending eigenvalues and their eigenvectors as rows: descending order, sign rule. */
+function descendingResult(ascValues: Float64Array, ascRows: Float64Array, p: number): EigenResult {
   const values = new Float64Array(p);
   const vectorsT = new Float64Array(p * p);
   for (let j = 0; j < p; j++) {
     const src = p - 1 - j;
-    values[j] = d[src];
-    vectorsT.set(W.subarray(src * p, src * p + p), j * p);
+    values[j] = ascValues[src];
+    vectorsT.set(ascRows.subarray(src * p, src * p + p), j * p);
   }
   fixSigns(vectorsT, p);
   return { values, vectors: transpose(vectorsT, p, p), vectorsT };
@@ -87,16 +92,9 @@ function tridiagonalize(W: Float64Array, d: Float64Array, e: Float64Array, n: nu
         W[i * n + j] = 0;
       }
     } else {
-      for (let k = 0; k < i; k++) {
-        d[k] /= scale;
-        h += d[k] * d[k];
-      }
-      let f = d[i - 1];
-      let g = Math.sqrt(h);
-      if (f > 0) g = -g;
-      e[i] = scale * g;
-      h -= f * g;
-      d[i - 1] = f - g;
+      h = householder(d, e, i, scale);
+      let f: number;
+      let g: number;
       for (let j = 0; j < i; j++) e[j] = 0;
       for (let j = 0; j < i; j++) {
         f = d[j];
@@ -473,17 +471,8 @@ export function* eigenSteps(A: Float64Array, p: number): EigenSteps {
     const Y = yield { A: transpose(VTt, b, k1), B: X, m: k1, k: b, n: p }; // V T Vᵀ Zs [k1, p]
     for (let q = 0; q < k1 * p; q++) Zs[q] -= Y[q];
   }
-  // Descending order, sign rule.
-  const XT = transpose(Z, p, p); // row j = eigenvector of lam[j] (ascending)
-  const values = new Float64Array(p);
-  const vectorsT = new Float64Array(p * p);
-  for (let j = 0; j < p; j++) {
-    const src = p - 1 - j;
-    values[j] = lam[src];
-    vectorsT.set(XT.subarray(src * p, src * p + p), j * p);
-  }
-  fixSigns(vectorsT, p);
-  return { values, vectors: transpose(vectorsT, p, p), vectorsT };
+  // Z's columns are the eigenvectors of lam (ascending).
+  return descendingResult(lam, transpose(Z, p, p), p);
 }
 
 /**
