@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import type { RopeSpec } from '../model/types.js';
@@ -38,4 +39,13 @@ export function codecFromProfile(profile: Profile, opts: CodecOptions = {}): Pro
     profile.plans,
     opts,
   );
+}
+
+/** Caches at least this large (fp16 bytes) amortize the codec's worker-thread start-up. */
+const THREADED_MIN_BYTES = 16 * 1024 * 1024;
+
+/** Whether a cache of `tokens` tokens is worth the transform thread on this machine. */
+export function useTransformThread(profile: Profile, tokens: number): boolean {
+  const m = profile.manifest.model;
+  return availableParallelism() > 1 && tokens * m.layers * 2 * m.kv_heads * m.head_dim * 2 >= THREADED_MIN_BYTES;
 }

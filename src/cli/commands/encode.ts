@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { KvtcError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { readKvCache } from '../../model/kv-io.js';
-import { codecFromProfile } from '../../profile/codec.js';
+import { codecFromProfile, useTransformThread } from '../../profile/codec.js';
 import { readProfile } from '../../profile/io.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds } from '../format.js';
@@ -31,7 +31,7 @@ export default async function encode(raw: Record<string, unknown>, io: CliIO): P
       fix: 'Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with `kvtc calibrate --model DIR`.',
     });
   }
-  const codec = await codecFromProfile(profile, { device: opts.device });
+  const codec = await codecFromProfile(profile, { device: opts.device, transformThread: useTransformThread(profile, cache.tokens) });
   codec.checkCache(cache, opts.kv);
   const { blob, stats } = await codec.encode(cache);
   await codec.release();
