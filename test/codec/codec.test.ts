@@ -54,10 +54,7 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     expect(Buffer.from(a.blob).equals(Buffer.from(b.blob))).toBe(true);
     const x = await codec.decode(a.blob);
     const y = await codec.decode(a.blob);
-    for (let l = 0; l < cache.layers; l++) {
-      expect(Buffer.from(x.cache.keys[l].buffer).equals(Buffer.from(y.cache.keys[l].buffer))).toBe(true);
-      expect(Buffer.from(x.cache.values[l].buffer).equals(Buffer.from(y.cache.values[l].buffer))).toBe(true);
-    }
+    expectBitIdentical(x.cache, y.cache);
   });
 
   it('restores sink and window tokens as their exact fp16 values and compressed tokens approximately', async () => {
@@ -87,10 +84,7 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
       expect(Buffer.from(b.blob).equals(Buffer.from(a.blob))).toBe(true);
       const x = await codec.decode(a.blob);
       const y = await threaded.decode(a.blob);
-      for (let l = 0; l < cache.layers; l++) {
-        expect(Buffer.from(y.cache.keys[l].buffer).equals(Buffer.from(x.cache.keys[l].buffer))).toBe(true);
-        expect(Buffer.from(y.cache.values[l].buffer).equals(Buffer.from(x.cache.values[l].buffer))).toBe(true);
-      }
+      expectBitIdentical(y.cache, x.cache);
     } finally {
       await threaded.release();
     }
@@ -122,6 +116,14 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     await expect(codec.encode(wrong)).rejects.toMatchObject({ code: 'PROFILE_MISMATCH' });
   });
 });
+
+/** Every key and value of two caches, byte for byte. */
+function expectBitIdentical(a: KvCache, b: KvCache): void {
+  for (let l = 0; l < a.layers; l++) {
+    expect(Buffer.from(a.keys[l].buffer).equals(Buffer.from(b.keys[l].buffer))).toBe(true);
+    expect(Buffer.from(a.values[l].buffer).equals(Buffer.from(b.values[l].buffer))).toBe(true);
+  }
+}
 
 /** The values an fp16 copy holds (the raw section stores fp16). */
 function asFp16(a: Float32Array): Float32Array {
