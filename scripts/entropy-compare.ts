@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { deflateRawSync, constants as zc } from 'node:zlib';
 import { gatherFeatures } from '../src/codec/features.js';
 import { projectCoefficients } from '../src/codec/fit.js';
-import { encodePlanPayload } from '../src/codec/payload.js';
+import { encodePlanPayload, toStoredComponentMajor } from '../src/codec/payload.js';
 import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../src/paths.js';
@@ -22,7 +22,7 @@ for (let k = 0; k < 4; k++) {
   for (const plan of profile.plans) {
     const X = gatherFeatures(cache, { kind: plan.kind, layers: plan.layers }, ropeFromManifest(profile.manifest), sink, cache.tokens - window);
     const n = cache.tokens - sink - window;
-    payloads.push(encodePlanPayload(projectCoefficients(X, plan.mean, plan.basis, plan.rank), n, plan));
+    payloads.push(encodePlanPayload(toStoredComponentMajor(projectCoefficients(X, plan.mean, plan.basis, plan.rank), n, plan), n, plan));
   }
 }
 const raw = payloads.reduce((a, p) => a + p.byteLength, 0);

@@ -5,7 +5,7 @@
 import { compressSection, HEADER_BYTES, SECTION_BYTES, type EntropyCoder } from '../codec/blob.js';
 import { KvtcCodec } from '../codec/codec.js';
 import { heldoutCoefficients, type AllocationTables } from '../codec/fit.js';
-import { encodePlanPayload } from '../codec/payload.js';
+import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
 import type { BasisPlan } from '../codec/types.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
@@ -92,7 +92,7 @@ export function blobSizeRatio(plans: BasisPlan[], tables: AllocationTables[], ca
     for (const [i, plan] of plans.entries()) {
       if (plan.rank === 0) continue;
       const C = heldoutCoefficients(tables[i], row, n, plan.rank);
-      bytes += compressSection('plan', i, encodePlanPayload(C, n, plan), entropy).stored.byteLength;
+      bytes += compressSection('plan', i, encodePlanPayload(toStoredComponentMajor(C, n, plan), n, plan), entropy).stored.byteLength;
     }
     fp16 += perToken * n;
     row += c.tokens - sink;

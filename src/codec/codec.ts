@@ -3,9 +3,11 @@
  * (graphs.ts) on the chosen execution provider; quantization, packing and DEFLATE run on
  * the host (payload.ts, blob.ts).
  *
- *   encode: tokens [0, sink) and [T−window, T) → raw section (model dtype);
- *           tokens [sink, T−window) → per plan: gather [n, p] → graph → coeffs [n, r]
- *           → quantize + pack → DEFLATE → plan section.
+ *   encode: tokens [0, sink) and [T−window, T) → raw section (fp16);
+ *           tokens [sink, T−window) → per plan: gather [G, n, hd] → graph → coeffs [k, n]
+ *           (stored components, component-major) → quantize + pack → DEFLATE → plan section.
+ *   decode: the reverse; the decode graph writes [G, n, hd], so values are block copies into
+ *           the cache and keys one RoPE pass.
  */
 import { KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
@@ -14,7 +16,6 @@ import type { KvCache, RopeSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
 import { buildDecodeGraph, buildEncodeGraph, ropePairs, ropeTables } from './graphs.js';
-import { RopeTable } from './rope.js';
 import { InlineTransform, ThreadedTransform, type Feeds, type TransformRunner } from './transform.js';
 import { decodePlanPayload, encodePlanPayload } from './payload.js';
 import type { BasisPlan } from './types.js';
@@ -74,68 +75,75 @@ function hostRope(rope: RopeSpec, headDim: number, tables: { cos: Float32Array; 
 const f = Math.fround;
 
 /**
- * Copies tokens [t0, t0+n) of the plan's layers into X [n, p] (token-major, head-major features),
- * un-rotating keys when `rope` is given (token k at table row k). The hot-path twin of
- * features.ts's gatherFeatures: float32 arithmetic from the precomputed cos/sin tables, exactly
- * as the ONNX graph computes it, where features.ts is the float64 reference.
+ * Rotates n rows of headDim from src[s..] into dst[d..] (may not alias): apply RoPE, or undo it
+ * (rotation by −θ), with row t using cos/sin row t. Pairs (a, b): a' = a·c ∓ b·s, b' = b·c ± a·s.
  */
-function gatherRows(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, out?: Float32Array, rope?: HostRope): Float32Array {
-  const p = layers.length * kvHeads * headDim;
-  const x = out ?? new Float32Array(n * p);
+function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, n: number, headDim: number, rope: HostRope, undo: boolean): void {
+  const { cos, sin, half, a: ia, b: ib, rest } = rope;
+  const halfLayout = rest.length === 0 && ib[0] === half; // rotate_half over the whole head: no index arrays
+  for (let t = 0, row = 0; t < n; t++, s += headDim, d += headDim, row += half) {
+    if (halfLayout && undo) {
+      for (let i = 0; i < half; i++) {
+        const va = src[s + i];
+        const vb = src[s + i + half];
+        const c = cos[row + i];
+        const sn = sin[row + i];
+        dst[d + i] = f(va * c) + f(vb * sn);
+        dst[d + i + half] = f(vb * c) - f(va * sn);
+      }
+    } else if (halfLayout) {
+      for (let i = 0; i < half; i++) {
+        const va = src[s + i];
+        const vb = src[s + i + half];
+        const c = cos[row + i];
+        const sn = sin[row + i];
+        dst[d + i] = f(va * c) - f(vb * sn);
+        dst[d + i + half] = f(vb * c) + f(va * sn);
+      }
+    } else {
+      for (let i = 0; i < half; i++) {
+        const va = src[s + ia[i]];
+        const vb = src[s + ib[i]];
+        const c = cos[row + i];
+        const sn = undo ? -sin[row + i] : sin[row + i];
+        dst[d + ia[i]] = f(va * c) - f(vb * sn);
+        dst[d + ib[i]] = f(vb * c) + f(va * sn);
+      }
+      for (let i = 0; i < rest.length; i++) dst[d + rest[i]] = src[s + rest[i]];
+    }
+  }
+}
+
+/**
+ * Copies tokens [t0, t0+n) of the plan's layers into X [G, n, headDim] (G = layers × KV heads,
+ * the cache's own per-head layout, so each head is one contiguous run), un-rotating keys when
+ * `rope` is given (token k at table row k). The hot-path twin of features.ts's gatherFeatures:
+ * float32 arithmetic from the precomputed cos/sin tables, exactly as the ONNX graph computes
+ * it, where features.ts is the float64 reference.
+ */
+function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, rope?: HostRope): void {
+  const run = n * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = src[layers[li]];
     for (let h = 0; h < kvHeads; h++) {
-      const col = (li * kvHeads + h) * headDim;
-      let s = (h * tokens + t0) * headDim;
-      if (!rope) {
-        for (let t = 0, d = col; t < n; t++, s += headDim, d += p) for (let k = 0; k < headDim; k++) x[d + k] = a[s + k];
-        continue;
-      }
-      const { cos, sin, half, a: ia, b: ib, rest } = rope;
-      for (let t = 0, d = col; t < n; t++, s += headDim, d += p) {
-        const row = t * half;
-        // undo (rotation by −θ): a' = a·c + b·s, b' = b·c − a·s
-        for (let i = 0; i < half; i++) {
-          const va = a[s + ia[i]];
-          const vb = a[s + ib[i]];
-          const c = cos[row + i];
-          const sn = sin[row + i];
-          x[d + ia[i]] = f(va * c) + f(vb * sn);
-          x[d + ib[i]] = f(vb * c) - f(va * sn);
-        }
-        for (let i = 0; i < rest.length; i++) x[d + rest[i]] = a[s + rest[i]];
-      }
+      const s = (h * tokens + t0) * headDim;
+      const d = (li * kvHeads + h) * run;
+      if (rope) rotateRows(a, s, x, d, n, headDim, rope, true);
+      else x.set(a.subarray(s, s + run), d);
     }
   }
-  return x;
 }
 
-/** Inverse of gatherRows: writes X [n, p] into the cache, re-rotating keys when `rope` is given. */
-function scatterRows(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
-  const p = layers.length * kvHeads * headDim;
+/** Inverse of gatherHeads: writes X [G, n, headDim] into the cache, re-rotating keys when `rope` is given. */
+function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
+  const run = n * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = dst[layers[li]];
     for (let h = 0; h < kvHeads; h++) {
-      const col = (li * kvHeads + h) * headDim;
-      let d = (h * tokens + t0) * headDim;
-      if (!rope) {
-        for (let t = 0, s = col; t < n; t++, d += headDim, s += p) for (let k = 0; k < headDim; k++) a[d + k] = x[s + k];
-        continue;
-      }
-      const { cos, sin, half, a: ia, b: ib, rest } = rope;
-      for (let t = 0, s = col; t < n; t++, d += headDim, s += p) {
-        const row = t * half;
-        // apply: a' = a·c − b·s, b' = b·c + a·s
-        for (let i = 0; i < half; i++) {
-          const va = x[s + ia[i]];
-          const vb = x[s + ib[i]];
-          const c = cos[row + i];
-          const sn = sin[row + i];
-          a[d + ia[i]] = f(va * c) - f(vb * sn);
-          a[d + ib[i]] = f(vb * c) + f(va * sn);
-        }
-        for (let i = 0; i < rest.length; i++) a[d + rest[i]] = x[s + rest[i]];
-      }
+      const s = (li * kvHeads + h) * run;
+      const d = (h * tokens + t0) * headDim;
+      if (rope) rotateRows(x, s, a, d, n, headDim, rope, false);
+      else a.set(x.subarray(s, s + run), d);
     }
   }
 }
@@ -262,10 +270,10 @@ export class KvtcCodec {
           if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
           x = this.gatherScratch.subarray(0, n * plan.dim);
         }
-        gatherRows(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
+        gatherHeads(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
         sec.gather += now() - t;
         t = now();
-        const feeds: Feeds = { x: { data: x, dims: [n, plan.dim] } };
+        const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
         if (plan.kind === 'key' && !host) {
           feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
           feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
@@ -339,10 +347,11 @@ export class KvtcCodec {
     restoreRaw(raw.data, cache, sink, window);
     if (n > 0) {
       const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
-      const host = this.ropeOnHost ? hostRope(this.spec.rope, headDim, tables) : undefined;
-      const scatter = (plan: BasisPlan, x: Float32Array, rot: HostRope | undefined) => {
+      const rot = hostRope(this.spec.rope, headDim, tables);
+      const host = this.ropeOnHost ? rot : undefined;
+      const scatter = (plan: BasisPlan, x: Float32Array, r: HostRope | undefined) => {
         const t = now();
-        scatterRows(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, rot);
+        scatterHeads(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, r);
         sec.scatter += now() - t;
       };
       // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
@@ -353,15 +362,11 @@ export class KvtcCodec {
         if (plan.rank === 0) {
           // Every component dropped: the reconstruction is the mean (keys re-rotated per token).
           const x = new Float32Array(n * plan.dim);
-          for (let k = 0; k < n; k++) x.set(plan.mean, k * plan.dim);
-          if (plan.kind === 'key') {
-            const rt = new RopeTable(this.spec.rope, headDim);
-            for (let k = 0; k < n; k++) {
-              rt.at(header.startPosition + sink + k);
-              for (let off = k * plan.dim; off < (k + 1) * plan.dim; off += headDim) rt.rotate(x, off, x, off, 1);
-            }
+          for (let g = 0; g < plan.dim / headDim; g++) {
+            const m = plan.mean.subarray(g * headDim, (g + 1) * headDim);
+            for (let k = 0; k < n; k++) x.set(m, (g * n + k) * headDim);
           }
-          scatter(plan, x, undefined);
+          scatter(plan, x, plan.kind === 'key' ? rot : undefined);
           continue;
         }
         let t = now();
@@ -370,7 +375,7 @@ export class KvtcCodec {
         const coeffs = decodePlanPayload(section.data, n, plan, source);
         sec.dequantize += now() - t;
         t = now();
-        const feeds: Feeds = { coeffs: { data: coeffs, dims: [n, plan.rank] } };
+        const feeds: Feeds = { coeffs: { data: coeffs, dims: [coeffs.length / n, n] } };
         if (plan.kind === 'key' && !host) {
           feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
           feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };

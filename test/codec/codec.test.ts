@@ -14,6 +14,7 @@ import { readProfile, type Profile } from '../../src/profile/io.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
 import { ropeInvFreq } from '../../src/model/rope-freqs.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
+import { storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 
@@ -137,41 +138,51 @@ function slice(a: Float32Array, c: KvCache, n: number): Float32Array {
 }
 
 describe('codec ONNX graphs against the plain TypeScript reference', () => {
-  it('encode graph = un-rotate + (x − μ)·V, decode graph = c·Vᵀ + μ + re-rotate (max abs diff ≤ 1e-4)', async () => {
+  it('encode graph = un-rotate + (x − μ)·Vₛ, decode graph = cᵀ·Vₛᵀ + μ + re-rotate, over the stored components (max abs diff ≤ 1e-4)', async () => {
     const spec = codec.spec;
     const n = cache.tokens;
+    const hd = spec.headDim;
     const tables = ropeTables(ropeInvFreq(spec.rope), 0, n);
     for (const plan of profile.plans) {
-      const ctx = { rope: spec.rope, headDim: spec.headDim };
+      if (plan.rank === 0) continue;
+      const ctx = { rope: spec.rope, headDim: hd };
       const enc = await createSession(buildEncodeGraph(plan, ctx));
       const dec = await createSession(buildDecodeGraph(plan, ctx));
-      // Reference: features with RoPE removed in TypeScript (float64 angles), then project.
+      const G = plan.dim / hd;
+      // Reference: features with RoPE removed in TypeScript (float64 angles), then project on all r
+      // components; the graphs compute only the stored ones, component-major.
       const X = gatherFeatures(cache, { kind: plan.kind, layers: plan.layers }, spec.rope, 0, n);
-      const ref = projectCoefficients(X, plan.mean, plan.basis, plan.rank);
-      const raw = new Float32Array(n * plan.dim);
+      const full = projectCoefficients(X, plan.mean, plan.basis, plan.rank);
+      const ref = toStoredComponentMajor(full, n, plan);
+      const k = ref.length / n;
+      expect(k).toBeGreaterThan(0);
+      // Graph input: the cache's own [G, n, hd] layout (each layer's [kvHeads, tokens, hd], in plan order).
       const src = plan.kind === 'key' ? cache.keys : cache.values;
-      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) raw.set(src[plan.layers[0]].subarray((h * n + t) * spec.headDim, (h * n + t + 1) * spec.headDim), t * plan.dim + h * spec.headDim);
-      const feeds: Record<string, ort.Tensor> = { x: new ort.Tensor('float32', raw, [n, plan.dim]) };
+      const raw = new Float32Array(G * n * hd);
+      plan.layers.forEach((l, li) => raw.set(src[l], li * spec.kvHeads * n * hd));
       const rot: Record<string, ort.Tensor> = {};
       if (plan.kind === 'key') {
         rot.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
         rot.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
       }
-      const got = (await enc.run({ ...feeds, ...rot })).coeffs.data as Float32Array;
+      const got = (await enc.run({ x: new ort.Tensor('float32', raw, [G, n, hd]), ...rot })).coeffs.data as Float32Array;
+      expect(got.length).toBe(k * n);
       let worst = 0;
       for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(ref[i] - got[i]));
       expect(worst).toBeLessThan(1e-4);
 
-      // Decode: reference reconstruction, then RoPE re-applied on the [kvHeads, tokens, headDim] layout.
-      const xr = reconstruct(ref, plan.mean, plan.basis, plan.rank, n);
-      const back = (await dec.run({ coeffs: new ort.Tensor('float32', ref, [n, plan.rank]), ...rot })).x.data as Float32Array;
-      const cacheLayout = new Float32Array(spec.kvHeads * n * spec.headDim);
-      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) cacheLayout.set(xr.subarray(t * plan.dim + h * spec.headDim, t * plan.dim + (h + 1) * spec.headDim), (h * n + t) * spec.headDim);
-      if (plan.kind === 'key') applyRope(cacheLayout, spec.kvHeads, n, spec.headDim, spec.rope, 0);
+      // Decode: reference reconstruction from the stored components only (dropped ones zeroed),
+      // then RoPE re-applied on the [G, tokens, headDim] layout.
+      const stored = storedComponents(plan);
+      const kept = new Float32Array(n * plan.rank);
+      for (let t = 0; t < n; t++) for (const c of stored) kept[t * plan.rank + c] = full[t * plan.rank + c];
+      const xr = reconstruct(kept, plan.mean, plan.basis, plan.rank, n);
+      const back = (await dec.run({ coeffs: new ort.Tensor('float32', ref, [k, n]), ...rot })).x.data as Float32Array;
+      const cacheLayout = new Float32Array(G * n * hd);
+      for (let t = 0; t < n; t++) for (let g = 0; g < G; g++) cacheLayout.set(xr.subarray(t * plan.dim + g * hd, t * plan.dim + (g + 1) * hd), (g * n + t) * hd);
+      if (plan.kind === 'key') applyRope(cacheLayout, G, n, hd, spec.rope, 0);
       worst = 0;
-      for (let t = 0; t < n; t++) for (let h = 0; h < spec.kvHeads; h++) for (let d = 0; d < spec.headDim; d++) {
-        worst = Math.max(worst, Math.abs(back[t * plan.dim + h * spec.headDim + d] - cacheLayout[(h * n + t) * spec.headDim + d]));
-      }
+      for (let i = 0; i < cacheLayout.length; i++) worst = Math.max(worst, Math.abs(back[i] - cacheLayout[i]));
       expect(worst).toBeLessThan(1e-4);
       await enc.release();
       await dec.release();

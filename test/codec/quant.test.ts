@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { halfToFloat } from '../../src/io/fp16.js';
-import { STORED_TYPES, type StoredType, dequantizeGroup, fitStaticRange, intLevels, quantizeGroup, staticSquaredError } from '../../src/codec/quant.js';
+import { STORED_TYPES, type StoredType, dequantizeGroup, fitStaticRange, intLevels, quantizeGroup, staticCode, staticSquaredError } from '../../src/codec/quant.js';
 import type { QuantGroup } from '../../src/codec/types.js';
 import { rng } from './rng.js';
 
@@ -120,5 +120,27 @@ describe('static quantization', () => {
     const { lo, hi } = fitStaticRange(v, 'int8');
     expect(hi).toBeGreaterThan(30);
     expect(staticSquaredError(v, v.length, lo, hi, 'int8')).toBeLessThan(50);
+  });
+});
+
+describe('staticCode (branch-free static int quantizer)', () => {
+  const reference = (x: number, off: number, sc: number, levels: number) => {
+    const u = (x - off) / sc;
+    if (Number.isNaN(u)) return 0;
+    const c = Math.round(u);
+    return c <= 0 ? 0 : c > levels ? levels : c;
+  };
+  it('equals clamp(Math.round((x − off) / sc), 0, levels) on edge cases and random values', () => {
+    const { normal } = rng(5);
+    const edges = [0, 0.49999999999999994, 0.5, 1.5, 2.5, -0.5, -0.49999999999999994, -1e-300, 3, 3.4999, 3.5, 1e12, -1e12, 2 ** 31, -(2 ** 31), Infinity, -Infinity, NaN];
+    for (const levels of [3, 15, 255]) {
+      for (const x of edges) expect(staticCode(x, 0, 1, levels)).toBe(reference(x, 0, 1, levels));
+      for (let i = 0; i < 20000; i++) {
+        const x = normal() * levels;
+        expect(staticCode(x, -levels / 3, 0.7, levels)).toBe(reference(x, -levels / 3, 0.7, levels));
+      }
+      // a zero scale is passed as ∞ and stores code 0
+      for (const x of [1, -1, 0, 1e30, Infinity, -Infinity]) expect(staticCode(x, 0, Infinity, levels)).toBe(0);
+    }
   });
 });

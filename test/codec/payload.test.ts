@@ -1,0 +1,112 @@
+/**
+ * The codec's payload coder works on stored components, component-major [k, n], with fused
+ * loops; quant.ts's quantizeGroup/dequantizeGroup are the plain token-major reference.
+ * Both must give the same codes, bytes and values.
+ */
+import { describe, expect, it } from 'vitest';
+import { packCodes } from '../../src/codec/pack.js';
+import { decodePlanPayload, encodePlanPayload, payloadLength, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
+import { dequantizeGroup, fitStaticRange, quantizeGroup, type StoredType } from '../../src/codec/quant.js';
+import { TYPE_BITS, type BasisPlan, type QuantGroup } from '../../src/codec/types.js';
+import { rng } from './rng.js';
+
+const r = 20;
+
+/** A plan with every stored type, both range modes, and dropped components inside and at the end. */
+function plan(C: Float32Array, n: number): BasisPlan {
+  const groups: QuantGroup[] = [
+    { start: 0, end: 3, type: 'int8', mode: 'dynamic' },
+    { start: 3, end: 5, type: 'fp8', mode: 'static' },
+    { start: 5, end: 7, type: 'none', mode: 'static' },
+    { start: 7, end: 10, type: 'int4', mode: 'static' },
+    { start: 10, end: 13, type: 'fp8', mode: 'dynamic' },
+    { start: 13, end: 14, type: 'none', mode: 'static' },
+    { start: 14, end: 17, type: 'int2', mode: 'static' },
+    { start: 17, end: 19, type: 'int2', mode: 'dynamic' },
+    { start: 19, end: 20, type: 'none', mode: 'static' },
+  ];
+  const lo = new Float32Array(r);
+  const hi = new Float32Array(r);
+  for (const g of groups) {
+    if (g.type === 'none') continue;
+    for (let c = g.start; c < g.end; c++) {
+      const col = Float64Array.from({ length: n }, (_, t) => C[t * r + c]);
+      const f = fitStaticRange(col, g.type as StoredType);
+      lo[c] = f.lo;
+      hi[c] = f.hi;
+    }
+  }
+  return { kind: 'value', layers: [0], dim: r, rank: r, mean: new Float32Array(r), basis: new Float32Array(r * r), variances: new Float32Array(r), groups, lo, hi };
+}
+
+function coefficients(n: number, seed: number): Float32Array {
+  const { normal } = rng(seed);
+  const C = new Float32Array(n * r);
+  for (let t = 0; t < n; t++) for (let j = 0; j < r; j++) C[t * r + j] = (normal() * 30) / (1 + j) + (j === 8 ? 5 : 0);
+  return C;
+}
+
+/** The payload as docs/profile-format.md describes it, built with the token-major reference quantizer. */
+function referencePayload(C: Float32Array, n: number, p: BasisPlan): Uint8Array {
+  const out = new Uint8Array(payloadLength(p, n));
+  let at = 0;
+  const dyn: Uint16Array[] = [];
+  for (const g of p.groups) {
+    if (g.type === 'none') continue;
+    const w = g.end - g.start;
+    const codes = new Uint8Array(n * w);
+    const scales = new Uint16Array(n);
+    const offsets = new Uint16Array(n);
+    quantizeGroup(C, n, r, g, p.lo, p.hi, codes, scales, offsets);
+    const cm = new Uint8Array(n * w);
+    for (let t = 0; t < n; t++) for (let j = 0; j < w; j++) cm[j * n + t] = codes[t * w + j];
+    at += packCodes(cm, TYPE_BITS[g.type], out, at);
+    if (g.mode === 'dynamic') dyn.push(offsets, scales);
+    expect(at).toBeLessThanOrEqual(out.length);
+  }
+  for (const d of dyn) {
+    out.set(new Uint8Array(d.buffer), at);
+    at += d.byteLength;
+  }
+  expect(at).toBe(out.length);
+  return out;
+}
+
+describe('plan payload (component-major stored coefficients)', () => {
+  for (const n of [1, 3, 7, 64, 257]) {
+    it(`n = ${n}: same bytes as the token-major reference quantizer, and decodes to its values`, () => {
+      const C = coefficients(n, 11 + n);
+      const p = plan(C, n);
+      const stored = storedComponents(p);
+      expect(Array.from(stored)).toEqual([0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18]);
+      const cm = toStoredComponentMajor(C, n, p);
+      expect(cm.length).toBe(stored.length * n);
+      const bytes = encodePlanPayload(cm, n, p);
+      expect(Buffer.from(bytes).equals(Buffer.from(referencePayload(C, n, p)))).toBe(true);
+
+      // Decode: the reference dequantizer's values, in the same component-major order.
+      const back = decodePlanPayload(bytes, n, p);
+      const ref = new Float32Array(n * r);
+      let at = 0;
+      for (const g of p.groups) {
+        if (g.type === 'none') continue;
+        const w = g.end - g.start;
+        const codes = new Uint8Array(n * w);
+        const scales = new Uint16Array(n);
+        const offsets = new Uint16Array(n);
+        quantizeGroup(C, n, r, g, p.lo, p.hi, codes, scales, offsets);
+        dequantizeGroup(codes, n, r, g, p.lo, p.hi, scales, offsets, ref);
+        at += w;
+      }
+      expect(at).toBe(stored.length);
+      expect(Buffer.from(back.buffer).equals(Buffer.from(toStoredComponentMajor(ref, n, p).buffer))).toBe(true);
+    });
+  }
+
+  it('a payload of the wrong length is refused with a clear error', () => {
+    const C = coefficients(5, 3);
+    const p = plan(C, 5);
+    const bytes = encodePlanPayload(toStoredComponentMajor(C, 5, p), 5, p);
+    expect(() => decodePlanPayload(bytes.subarray(1), 5, p, 'x.kvtc')).toThrow(/x\.kvtc: a plan section holds/);
+  });
+});
