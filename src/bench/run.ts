@@ -7,6 +7,7 @@
 import { availableParallelism, cpus, loadavg, platform, release, totalmem } from 'node:os';
 import { createRequire } from 'node:module';
 import { BASELINE_NAMES, runBaseline } from '../codec/baselines.js';
+import { storedComponents } from '../codec/payload.js';
 import { readTextSources } from '../io/text.js';
 import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
@@ -73,6 +74,12 @@ export interface ModelBench {
   /** Single-threaded stage breakdowns (seconds). */
   encodeStages: Record<string, Summary>;
   decodeStages: Record<string, Summary>;
+  /**
+   * What decode has to do beyond inflate, for the physical floor: the reconstruction's
+   * floating-point work (2·n·k·p over the plans: n compressed tokens, k stored components,
+   * p features) and the bytes of the cache it writes, next to the blob inflate reads.
+   */
+  decodeWork: { gflop: number; blobBytes: number; outputBytes: number };
   codecs: CodecRow[];
   protection: { sink: number; window: number };
   restore: RestoreRow[];
@@ -201,6 +208,11 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
     codecs.push({ name: b, bytes: r.bytes, ratio: bytes / r.bytes, relError: relativeError(cache, r.cache) });
   }
 
+  const nCompressed = Math.max(0, tokens - sink - window);
+  let flop = 0;
+  for (const p of profile.plans) flop += 2 * nCompressed * storedComponents(p).length * p.dim;
+  const decodeWork = { gflop: flop / 1e9, blobBytes: blob.byteLength, outputBytes: spec.layers * 2 * spec.kvHeads * tokens * spec.headDim * 4 };
+
   const restore: RestoreRow[] = [];
   for (const c of contexts) {
     progress({ stage: `${name}: restore ${c} tokens` });
@@ -222,6 +234,7 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
     throughput,
     encodeStages: summarizeStages(encStages),
     decodeStages: summarizeStages(decStages),
+    decodeWork,
     codecs,
     protection: { sink, window },
     restore,

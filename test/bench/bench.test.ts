@@ -51,6 +51,10 @@ describe('kvtc bench --quick --json', () => {
         expect(t.mbps).toBeGreaterThan(0);
       }
       expect(Object.keys(m.decodeStages)).toEqual(expect.arrayContaining(['inflate', 'dequantize', 'transform', 'scatter', 'total']));
+      // The floor figures: the float32 cache decode writes, the blob inflate reads, the GEMM work.
+      expect(m.decodeWork.outputBytes).toBe(m.shape.layers * 2 * m.shape.kvHeads * m.tokens * m.shape.headDim * 4);
+      expect(m.decodeWork.blobBytes).toBe(m.codecs[0].bytes);
+      expect(m.decodeWork.gflop).toBeGreaterThan(0);
       expect(m.codecs.map((c) => c.name)).toEqual(['kvtc', 'fp16', 'int8', 'int4', 'kivi2']);
       for (const c of m.codecs) {
         expect(Number.isFinite(c.relError.key) && Number.isFinite(c.relError.value)).toBe(true);

@@ -62,6 +62,12 @@ function printModel(b: ModelBench, io: CliIO): void {
   if (d.inflate) {
     const other = (d.dequantize?.median ?? 0) + (d.transform?.median ?? 0) + (d.scatter?.median ?? 0);
     io.out(`  decode stages other than inflate: ${fmtSeconds(other)} = ${(other / d.inflate.median).toFixed(1)}x inflate (${fmtSeconds(d.inflate.median)})`);
+    const w = b.decodeWork;
+    if (d.transform && w.gflop > 0) {
+      const gflops = w.gflop / d.transform.median;
+      const work = w.gflop >= 0.1 ? `${w.gflop.toFixed(2)} GFLOP` : `${(w.gflop * 1e3).toFixed(1)} MFLOP`;
+      io.out(`  inflate reads the ${fmtBytes(w.blobBytes)} blob; the other stages write the ${fmtBytes(w.outputBytes)} float32 cache, and the reconstruction's matrix product alone is ${work} (transform: ${gflops.toFixed(gflops < 10 ? 1 : 0)} GFLOP/s on one thread)`);
+    }
   }
   io.out('');
   io.out(`Ratio and error on the same cache (every codec keeps the first ${b.protection.sink} and last ${b.protection.window} tokens in fp16; ratio = fp16 bytes / stored bytes, kvtc counts its whole blob; rel err = ‖x̂−x‖/‖x‖ over all tokens):`);
