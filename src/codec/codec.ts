@@ -16,8 +16,8 @@ import type { KvCache, RopeSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
 import { buildDecodeGraph, buildEncodeGraph, ropePairs, ropeTables } from './graphs.js';
-import { InlineTransform, ThreadedTransform, type Feeds, type TransformRunner } from './transform.js';
-import { decodePlanPayload, encodePlanPayload } from './payload.js';
+import { InlineTransform, ThreadedTransform, type Feeds, type Outputs, type TransformRunner } from './transform.js';
+import { decodePlanCodes, encodePlanCodes } from './payload.js';
 import type { BasisPlan } from './types.js';
 
 export interface CodecSpec {
@@ -52,6 +52,8 @@ export interface DecodeStats {
 }
 
 const now = () => performance.now() / 1000;
+const NO_CODES = new Uint8Array(0);
+const NO_COEFFS = new Float32Array(0);
 
 /**
  * Host RoPE for the CPU path, in float32 exactly as the graphs' Mul/Add/Sub nodes compute it
@@ -258,7 +260,7 @@ export class KvtcCodec {
       const host = this.ropeOnHost ? hostRope(this.spec.rope, cache.headDim, tables) : undefined;
       // Phase 1 gathers every basis and submits its projection; phase 2 quantizes and deflates
       // each as its coefficients arrive. Threaded, the projections run while gathering continues.
-      const pending: { i: number; coeffs: Promise<Float32Array> | Float32Array }[] = [];
+      const pending: { i: number; out: Promise<Outputs> | Outputs }[] = [];
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
         if (plan.rank === 0) continue;
@@ -279,15 +281,15 @@ export class KvtcCodec {
           feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
         }
         const run = this.transform.run('encode', i, feeds);
-        pending.push({ i, coeffs: this.threaded ? run : await run });
+        pending.push({ i, out: this.threaded ? run : await run });
         sec.transform += now() - t;
       }
-      for (const { i, coeffs: c } of pending) {
+      for (const { i, out: o } of pending) {
         let t = now();
-        const coeffs = await c;
+        const out = await o;
         sec.transform += now() - t;
         t = now();
-        const payload = encodePlanPayload(coeffs, n, this.plans[i]);
+        const payload = encodePlanCodes({ codes: (out.codes as Uint8Array) ?? NO_CODES, coeffs: (out.coeffs as Float32Array) ?? NO_COEFFS }, n, this.plans[i]);
         sec.quantize += now() - t;
         t = now();
         sections.push(compressSection('plan', i, payload, this.spec.entropy));
@@ -356,7 +358,7 @@ export class KvtcCodec {
       };
       // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
       // it arrives. Threaded, the reconstructions run while dequantization continues.
-      const pending: { plan: BasisPlan; x: Promise<Float32Array> }[] = [];
+      const pending: { plan: BasisPlan; x: Promise<Outputs> }[] = [];
       for (let i = 0; i < this.plans.length; i++) {
         const plan = this.plans[i];
         if (plan.rank === 0) {
@@ -372,10 +374,12 @@ export class KvtcCodec {
         let t = now();
         const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
         if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
-        const coeffs = decodePlanPayload(section.data, n, plan, source);
+        const pc = decodePlanCodes(section.data, n, plan, source);
         sec.dequantize += now() - t;
         t = now();
-        const feeds: Feeds = { coeffs: { data: coeffs, dims: [coeffs.length / n, n] } };
+        const feeds: Feeds = {};
+        if (pc.codes.length) feeds.codes = { data: pc.codes, dims: [pc.codes.length / n, n] };
+        if (pc.coeffs.length) feeds.coeffs = { data: pc.coeffs, dims: [pc.coeffs.length / n, n] };
         if (plan.kind === 'key' && !host) {
           feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
           feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
@@ -383,14 +387,14 @@ export class KvtcCodec {
         const run = this.transform.run('decode', i, feeds);
         if (this.threaded) pending.push({ plan, x: run });
         else {
-          const x = await run;
+          const x = (await run).x as Float32Array;
           sec.transform += now() - t;
           scatter(plan, x, plan.kind === 'key' ? host : undefined);
         }
       }
       for (const { plan, x: p } of pending) {
         const t = now();
-        const x = await p;
+        const x = (await p).x as Float32Array;
         sec.transform += now() - t;
         scatter(plan, x, plan.kind === 'key' ? host : undefined);
       }

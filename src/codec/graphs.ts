@@ -5,15 +5,16 @@
  * (G = layers × KV heads of the plan, so a head's n compressed tokens are one contiguous run):
  *
  *   encode:  x [G, n, hd] (keys as the model stores them, RoPE applied), cos/sin [n, R/2]
- *            ─ undo RoPE (keys only) ─ (x − μ) · Vₛ ─▶ coeffs [k, n] (component-major)
- *   decode:  coeffs [k, n], cos/sin [n, R/2] ─ cᵀ · Vₛᵀ + μ ─ redo RoPE (keys only) ─▶ x [G, n, hd]
+ *            ─ undo RoPE (keys only) ─ (x − μ) · Vₛ ─▶ codes [kA, n] of the static int components
+ *            (quantized in the graph) and coeffs [kB, n] of the others (component-major)
+ *   decode:  codes, coeffs, cos/sin ─ dequantize + cᵀ · Vₛᵀ + μ ─ redo RoPE (keys only) ─▶ x [G, n, hd]
  *
  * cos/sin are computed in float64 on the host (angles reach 1e5 rad at long contexts,
  * where float32 angle products lose the phase) and fed as float32 inputs.
  */
 import type { RopeSpec } from '../model/types.js';
 import { GraphBuilder } from '../onnx/builder.js';
-import { storedComponents } from './payload.js';
+import { splitStored } from './payload.js';
 import type { BasisPlan } from './types.js';
 
 export interface RopeIndex {
@@ -90,30 +91,41 @@ export interface GraphContext {
   headDim: number;
 }
 
-/**
- * The basis columns of the stored components (storedComponents order), transposed: [k, p].
- * Dropped components contribute nothing, so the graphs never multiply by them.
- */
-function storedBasisT(plan: BasisPlan): { vt: Float32Array; k: number } {
-  const idx = storedComponents(plan);
+/** Basis columns `idx` transposed and scaled: out[j, i] = basis[i, idx[j]] · scale[j] → [k, p]. */
+function columnsT(plan: BasisPlan, idx: Int32Array, scale?: (j: number) => number): Float32Array {
   const p = plan.dim;
   const r = plan.rank;
-  const k = idx.length;
-  const vt = new Float32Array(k * p);
-  for (let j = 0; j < k; j++) for (let i = 0; i < p; i++) vt[j * p + i] = plan.basis[i * r + idx[j]];
-  return { vt, k };
+  const out = new Float32Array(idx.length * p);
+  for (let j = 0; j < idx.length; j++) {
+    const s = scale ? scale(j) : 1;
+    for (let i = 0; i < p; i++) out[j * p + i] = plan.basis[i * r + idx[j]] * s;
+  }
+  return out;
+}
+
+/** [k, p] (rows over features head-major) → [G, k, hd]: per head, the k rows' hd slice. */
+function perHead(rows: Float32Array, k: number, p: number, hd: number): Float32Array {
+  const G = p / hd;
+  const out = new Float32Array(k * p);
+  for (let h = 0; h < G; h++) for (let j = 0; j < k; j++) out.set(rows.subarray(j * p + h * hd, j * p + (h + 1) * hd), (h * k + j) * hd);
+  return out;
 }
 
 /**
- * encode: x [G, n, hd] ─ (undo RoPE) ─ − μ ─▶ [n, p] ─ Vₛᵀ · xᵀ ─▶ coeffs [k, n]
- * (stored components only, component-major: the order the quantizer reads them in).
+ * encode: x [G, n, hd] ─ (undo RoPE) ─ − μ ─▶ rows [n, p], then per stored component, component-major:
+ *   affine components (static int groups, payload.ts's splitStored):
+ *     codes [kA, n] = Cast⟨uint8⟩(clamp(⌊(Vₐ/s)ᵀ·xᵀ + (½ − o/s)⌋, 0, levels))   — quantized here
+ *   the others (dynamic, static fp8):  coeffs [kB, n] = V_bᵀ · xᵀ               — quantized on the host
+ * (o, s: the component's static offset and scale; s = 0 stores code 0.)
  */
 export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
   const g = new GraphBuilder(`kvtc_encode_${plan.kind}_${plan.layers.join('_')}`);
   const p = plan.dim;
   const hd = ctx.headDim;
   const G = p / hd;
-  const { vt, k } = storedBasisT(plan);
+  const sp = splitStored(plan);
+  const kA = sp.affine.length;
+  const kB = sp.other.length;
   let x = g.input('x', 'float32', [G, 'n', hd]);
   if (plan.kind === 'key') {
     g.input('cos', 'float32', ['n', ctx.rope.rotaryDim / 2]);
@@ -122,29 +134,54 @@ export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   }
   const centred = g.op('Sub', [x, g.constant('mean', plan.mean, [G, 1, hd])]);
   const rows = g.op('Reshape', [g.op('Transpose', [centred], { perm: [1, 0, 2] }), g.i64([-1, p], 'shape')]);
-  const coeffs = g.op('Gemm', [g.constant('basisT', vt, [k, p]), rows], { transB: 1 });
-  g.output(coeffs, 'coeffs', 'float32', [k, 'n']);
-  return g.toModel({ docString: 'kvtc encode: (undo RoPE) → subtract mean → project on the stored PCA components' });
+  if (kA > 0) {
+    const inv = (j: number) => (sp.scale[j] > 0 ? 1 / sp.scale[j] : 0);
+    const bias = Float32Array.from({ length: kA }, (_, j) => 0.5 - sp.offset[j] * inv(j));
+    const u = g.op('Gemm', [g.constant('basisA', columnsT(plan, sp.affine, inv), [kA, p]), rows, g.constant('biasA', bias, [kA, 1])], { transB: 1 });
+    const q = g.op('Max', [g.op('Min', [g.op('Floor', [u]), g.constant('levels', Float32Array.from(sp.levels), [kA, 1])]), g.constant('zero', new Float32Array([0]), [])]);
+    g.output(g.op('Cast', [q], { to: 2 }), 'codes', 'uint8', [kA, 'n']);
+  }
+  if (kB > 0) g.output(g.op('Gemm', [g.constant('basisB', columnsT(plan, sp.other), [kB, p]), rows], { transB: 1 }), 'coeffs', 'float32', [kB, 'n']);
+  return g.toModel({ docString: 'kvtc encode: (undo RoPE) → subtract mean → project on the stored PCA components → quantize the static int ones' });
 }
 
-/** decode: coeffs [k, n] ─ cᵀ · Vₛ per head ─ + μ ─ (redo RoPE) ─▶ x [G, n, hd], the cache's layout. */
+/**
+ * decode: codes [kA, n] (uint8), coeffs [kB, n] ─ codesᵀ·(s·Vₐ)ᵀ + coeffsᵀ·V_bᵀ + (μ + Vₐ·o) per head
+ * ─ (redo RoPE) ─▶ x [G, n, hd], the cache's layout. The static dequantization o + code·s is
+ * folded into the basis and the mean (in float64, rounded once to float32).
+ */
 export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
   const g = new GraphBuilder(`kvtc_decode_${plan.kind}_${plan.layers.join('_')}`);
   const p = plan.dim;
   const hd = ctx.headDim;
   const G = p / hd;
-  const { vt, k } = storedBasisT(plan);
-  // Vₛᵀ [k, p] viewed per head: [k, G, hd] → [G, k, hd].
-  const perHead = new Float32Array(k * p);
-  for (let h = 0; h < G; h++) for (let j = 0; j < k; j++) perHead.set(vt.subarray(j * p + h * hd, j * p + (h + 1) * hd), (h * k + j) * hd);
-  const c = g.input('coeffs', 'float32', [k, 'n']);
-  const rows = g.op('Transpose', [c], { perm: [1, 0] });
-  let x = g.op('Add', [g.op('MatMul', [rows, g.constant('basisT', perHead, [G, k, hd])]), g.constant('mean', plan.mean, [G, 1, hd])]);
+  const sp = splitStored(plan);
+  const kA = sp.affine.length;
+  const kB = sp.other.length;
+  const terms: string[] = [];
+  if (kA > 0) {
+    const codes = g.op('Cast', [g.input('codes', 'uint8', [kA, 'n'])], { to: 1 });
+    const w = perHead(columnsT(plan, sp.affine, (j) => sp.scale[j]), kA, p, hd);
+    terms.push(g.op('MatMul', [g.op('Transpose', [codes], { perm: [1, 0] }), g.constant('basisA', w, [G, kA, hd])]));
+  }
+  if (kB > 0) {
+    const c = g.input('coeffs', 'float32', [kB, 'n']);
+    terms.push(g.op('MatMul', [g.op('Transpose', [c], { perm: [1, 0] }), g.constant('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd])]));
+  }
+  // μ + Σ_affine o_j·v_j, in float64.
+  const mean = Float64Array.from(plan.mean);
+  for (let j = 0; j < kA; j++) {
+    const o = sp.offset[j];
+    if (o === 0) continue;
+    for (let i = 0; i < p; i++) mean[i] += o * plan.basis[i * plan.rank + sp.affine[j]];
+  }
+  const sum = terms.length === 2 ? g.op('Add', terms) : terms[0];
+  let x = g.op('Add', [sum, g.constant('mean', Float32Array.from(mean), [G, 1, hd])]);
   if (plan.kind === 'key') {
     g.input('cos', 'float32', ['n', ctx.rope.rotaryDim / 2]);
     g.input('sin', 'float32', ['n', ctx.rope.rotaryDim / 2]);
     x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
   }
   g.output(x, 'x', 'float32', [G, 'n', hd]);
-  return g.toModel({ docString: 'kvtc decode: reconstruct from the stored PCA coefficients → add mean → (redo RoPE)' });
+  return g.toModel({ docString: 'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)' });
 }

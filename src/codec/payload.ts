@@ -43,88 +43,6 @@ const scratch = (codes: number, tokens: number) => {
   }
 };
 
-/**
- * Quantizes a static group's components (rows row.. of coeffs [k, n]) and bit-packs the codes
- * straight into out at `at`, in one pass; returns the offset after the group. The same codes
- * as quantizeStaticRun (same rounding), the same bytes as packCodes.
- */
-function packStaticGroup(coeffs: Float32Array, row: number, n: number, g: QuantGroup, lo: Float32Array, hi: Float32Array, out: Uint8Array, at: number): number {
-  const type = g.type as StoredType;
-  const bits = TYPE_BITS[type];
-  const levels = intLevels(type);
-  const w = g.end - g.start;
-  if (bits === 8) {
-    for (let j = 0; j < w; j++) quantizeStaticRun(coeffs, (row + j) * n, 1, n, lo[g.start + j], hi[g.start + j], type, out, at + j * n);
-    return at + n * w;
-  }
-  let acc = 0;
-  let nb = 0;
-  for (let j = 0; j < w; j++) {
-    const c = g.start + j;
-    const off = staticOffset(lo[c], hi[c], type);
-    const sc = staticScale(lo[c], hi[c], type);
-    const base = (row + j) * n;
-    const scq = sc === 0 ? Infinity : sc; // a zero scale stores code 0: (x − off) / ∞ = 0
-    let t = 0;
-    // Finish the byte the previous component left open, then whole bytes, then the tail.
-    for (; t < n && nb !== 0; t++) {
-      acc |= staticCode(coeffs[base + t], off, scq, levels) << nb;
-      nb = (nb + bits) & 7;
-      if (nb === 0) {
-        out[at++] = acc;
-        acc = 0;
-      }
-    }
-    if (bits === 2) for (; t + 4 <= n; t += 4) out[at++] = staticCode(coeffs[base + t], off, scq, levels) | (staticCode(coeffs[base + t + 1], off, scq, levels) << 2) | (staticCode(coeffs[base + t + 2], off, scq, levels) << 4) | (staticCode(coeffs[base + t + 3], off, scq, levels) << 6);
-    else for (; t + 2 <= n; t += 2) out[at++] = staticCode(coeffs[base + t], off, scq, levels) | (staticCode(coeffs[base + t + 1], off, scq, levels) << 4);
-    for (; t < n; t++) {
-      acc |= staticCode(coeffs[base + t], off, scq, levels) << nb;
-      nb += bits;
-    }
-  }
-  if (nb > 0) out[at++] = acc;
-  return at;
-}
-
-/**
- * Inverse of packStaticGroup: unpacks and dequantizes a static group into rows row.. of
- * coeffs [k, n] in one pass (one table load per coefficient), whole bytes at a time.
- */
-function unpackStaticGroup(payload: Uint8Array, at: number, n: number, g: QuantGroup, lo: Float32Array, hi: Float32Array, coeffs: Float32Array, row: number): void {
-  const type = g.type as StoredType;
-  const bits = TYPE_BITS[type];
-  const w = g.end - g.start;
-  const mask = (1 << bits) - 1;
-  const per = 8 / bits; // codes per byte
-  for (let j = 0, i = 0; j < w; j++) {
-    // i: index of this component's first code within the group
-    staticDecodeTable(lo[g.start + j], hi[g.start + j], type, lut);
-    const o = (row + j) * n;
-    let t = 0;
-    if (bits === 8) {
-      for (; t < n; t++, i++) coeffs[o + t] = lut[payload[at + i]];
-      continue;
-    }
-    for (; t < n && i % per !== 0; t++, i++) coeffs[o + t] = lut[(payload[at + ((i / per) | 0)] >> ((i % per) * bits)) & mask];
-    if (bits === 2) {
-      for (; t + 4 <= n; t += 4, i += 4) {
-        const b = payload[at + (i >> 2)];
-        coeffs[o + t] = lut[b & 3];
-        coeffs[o + t + 1] = lut[(b >> 2) & 3];
-        coeffs[o + t + 2] = lut[(b >> 4) & 3];
-        coeffs[o + t + 3] = lut[b >> 6];
-      }
-    } else {
-      for (; t + 2 <= n; t += 2, i += 2) {
-        const b = payload[at + (i >> 1)];
-        coeffs[o + t] = lut[b & 15];
-        coeffs[o + t + 1] = lut[b >> 4];
-      }
-    }
-    for (; t < n; t++, i++) coeffs[o + t] = lut[(payload[at + ((i / per) | 0)] >> ((i % per) * bits)) & mask];
-  }
-}
-
 /** Indices of the stored components (groups of a type other than 'none'), in group order. */
 export function storedComponents(plan: Pick<BasisPlan, 'groups'>): Int32Array {
   const idx: number[] = [];
@@ -144,22 +62,73 @@ export function toStoredComponentMajor(C: Float32Array, n: number, plan: BasisPl
   return out;
 }
 
+/** A static int group: its codes are an affine function of the coefficient, offset + code·scale. */
+function affine(g: QuantGroup): boolean {
+  return g.mode === 'static' && g.type !== 'fp8' && g.type !== 'none';
+}
+
 /**
- * coeffs: Float32Array // [k, n], component-major over the plan's stored components
- * (storedComponents order) → payload bytes. Every loop reads one component's run of n
- * coefficients in order; static groups quantize straight into the group's code run.
- * Same codes as quant.ts's quantizeGroup on the token-major layout (tested).
+ * The stored components split by how they are coded: `affine` (static int2/int4/int8 groups,
+ * code = round((c − offset) / scale) clamped, which the ONNX graphs compute and undo themselves)
+ * and `other` (dynamic groups and static fp8, quantized on the host). Each in stored order.
  */
-export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPlan): Uint8Array {
+export interface StoredSplit {
+  affine: Int32Array;
+  other: Int32Array;
+  /** Per affine component: offset, scale and largest code (static ranges of the profile). */
+  offset: Float64Array;
+  scale: Float64Array;
+  levels: Float64Array;
+}
+
+export function splitStored(plan: BasisPlan): StoredSplit {
+  const a: number[] = [];
+  const o: number[] = [];
+  const off: number[] = [];
+  const sc: number[] = [];
+  const lv: number[] = [];
+  for (const g of stored(plan)) {
+    for (let c = g.start; c < g.end; c++) {
+      if (!affine(g)) {
+        o.push(c);
+        continue;
+      }
+      const type = g.type as StoredType;
+      a.push(c);
+      off.push(staticOffset(plan.lo[c], plan.hi[c], type));
+      sc.push(staticScale(plan.lo[c], plan.hi[c], type));
+      lv.push(intLevels(type));
+    }
+  }
+  return { affine: Int32Array.from(a), other: Int32Array.from(o), offset: Float64Array.from(off), scale: Float64Array.from(sc), levels: Float64Array.from(lv) };
+}
+
+/**
+ * A plan's quantized coefficients as the codec hands them around, component-major:
+ * codes [kA, n] of the affine components (splitStored order), coeffs [kB, n] of the others.
+ */
+export interface PlanCodes {
+  codes: Uint8Array;
+  coeffs: Float32Array;
+}
+
+/** PlanCodes → payload bytes: affine groups are bit-packed as they are, the others quantized here. */
+export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan): Uint8Array {
   const out = new Uint8Array(payloadLength(plan, n));
-  const groups = stored(plan);
   const dyn: { offsets: Uint16Array; scales: Uint16Array }[] = [];
   let at = 0;
-  let row = 0; // first coefficient row of the group
-  for (const g of groups) {
+  let ra = 0; // next row of pc.codes
+  let rb = 0; // next row of pc.coeffs
+  for (const g of stored(plan)) {
     const w = g.end - g.start;
-    scratch(n * w, n);
     const type = g.type as StoredType;
+    if (affine(g)) {
+      at += packCodes(pc.codes.subarray(ra * n, (ra + w) * n), TYPE_BITS[type], out, at);
+      ra += w;
+      continue;
+    }
+    scratch(n * w, n);
+    const coeffs = pc.coeffs;
     if (g.mode === 'dynamic') {
       const offsets = new Uint16Array(n);
       const scales = new Uint16Array(n);
@@ -167,7 +136,7 @@ export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPl
       mnF.fill(Infinity, 0, n);
       mxF.fill(-Infinity, 0, n);
       for (let j = 0; j < w; j++) {
-        for (let t = 0, o = (row + j) * n; t < n; t++, o++) {
+        for (let t = 0, o = (rb + j) * n; t < n; t++, o++) {
           const v = coeffs[o];
           if (v < mnF[t]) mnF[t] = v;
           if (v > mxF[t]) mxF[t] = v;
@@ -182,13 +151,14 @@ export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPl
       }
       const levels = intLevels(type);
       for (let j = 0; j < w; j++) {
-        for (let t = 0, o = (row + j) * n, d = j * n; t < n; t++, o++, d++) compMajor[d] = encodeValue(coeffs[o], offF[t], scF[t], levels);
+        for (let t = 0, o = (rb + j) * n, d = j * n; t < n; t++, o++, d++) compMajor[d] = encodeValue(coeffs[o], offF[t], scF[t], levels);
       }
-      at += packCodes(compMajor.subarray(0, n * w), TYPE_BITS[g.type], out, at);
     } else {
-      at = packStaticGroup(coeffs, row, n, g, plan.lo, plan.hi, out, at);
+      // static fp8
+      for (let j = 0; j < w; j++) quantizeStaticRun(coeffs, (rb + j) * n, 1, n, plan.lo[g.start + j], plan.hi[g.start + j], type, compMajor, j * n);
     }
-    row += w;
+    at += packCodes(compMajor.subarray(0, n * w), TYPE_BITS[type], out, at);
+    rb += w;
   }
   for (const d of dyn) {
     out.set(new Uint8Array(d.offsets.buffer), at);
@@ -199,12 +169,8 @@ export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPl
   return out;
 }
 
-/**
- * Inverse of encodePlanPayload → coeffs: Float32Array // [k, n], component-major over the
- * stored components. Static groups: one table load per coefficient, written in order.
- * Bit-identical to quant.ts's dequantizeGroup.
- */
-export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): Float32Array {
+/** Inverse of encodePlanCodes: affine groups are only unpacked; the others are dequantized. */
+export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): PlanCodes {
   const expected = payloadLength(plan, n);
   if (payload.byteLength !== expected) {
     throw new KvtcError('BLOB_INVALID', `${source}: a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, {
@@ -212,27 +178,48 @@ export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPla
     });
   }
   const groups = stored(plan);
-  let k = 0;
-  for (const g of groups) k += g.end - g.start;
-  const coeffs = new Float32Array(k * n);
+  let ka = 0;
+  let kb = 0;
+  for (const g of groups) {
+    if (affine(g)) ka += g.end - g.start;
+    else kb += g.end - g.start;
+  }
+  const codes = new Uint8Array(ka * n);
+  const coeffs = new Float32Array(kb * n);
   // Dynamic offsets/scales live after all code blocks.
   let dynAt = 0;
   for (const g of groups) dynAt += packedLength(n * (g.end - g.start), TYPE_BITS[g.type]);
   let at = 0;
-  let row = 0;
+  let ra = 0;
+  let rb = 0;
   for (const g of groups) {
     const w = g.end - g.start;
     const bits = TYPE_BITS[g.type];
     const type = g.type as StoredType;
-    scratch(n * w, n);
-    if (g.mode === 'static') {
-      unpackStaticGroup(payload, at, n, g, plan.lo, plan.hi, coeffs, row);
+    if (affine(g)) {
+      const dst = codes.subarray(ra * n, (ra + w) * n);
+      if (dst.byteOffset % 4 === 0 || bits === 8) unpackCodes(payload, at, n * w, bits, dst);
+      else {
+        // unaligned row start: unpack word-wise into the scratch buffer, then copy
+        scratch(n * w, n);
+        dst.set(unpackCodes(payload, at, n * w, bits, compMajor).subarray(0, n * w));
+      }
       at += packedLength(n * w, bits);
-      row += w;
+      ra += w;
       continue;
     }
+    scratch(n * w, n);
     unpackCodes(payload, at, n * w, bits, compMajor);
     at += packedLength(n * w, bits);
+    if (g.mode === 'static') {
+      // static fp8: one table load per coefficient
+      for (let j = 0; j < w; j++) {
+        staticDecodeTable(plan.lo[g.start + j], plan.hi[g.start + j], type, lut);
+        for (let t = 0, s = j * n, o = (rb + j) * n; t < n; t++) coeffs[o + t] = lut[compMajor[s + t]];
+      }
+      rb += w;
+      continue;
+    }
     // Little-endian u16 read byte-wise: code blocks can leave dynAt odd.
     for (let t = 0, o = dynAt, s = dynAt + 2 * n; t < n; t++, o += 2, s += 2) {
       offF[t] = halfToFloat(payload[o] | (payload[o + 1] << 8));
@@ -242,11 +229,70 @@ export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPla
     const levels = intLevels(type);
     for (let j = 0; j < w; j++) {
       const s = j * n;
-      const o = (row + j) * n;
+      const o = (rb + j) * n;
       if (levels > 0) for (let t = 0; t < n; t++) coeffs[o + t] = offF[t] + compMajor[s + t] * scF[t];
       else for (let t = 0; t < n; t++) coeffs[o + t] = offF[t] + FP8_TO_FLOAT[compMajor[s + t]] * scF[t];
     }
-    row += w;
+    rb += w;
   }
-  return coeffs;
+  return { codes, coeffs };
+}
+
+/**
+ * Host quantization of all stored components: coeffs [k, n] (storedComponents order,
+ * component-major) → PlanCodes. What the encode graph computes for affine components, in
+ * float64 (quant.ts's staticCode); used where coefficients come from the host (calibration).
+ */
+export function quantizeStored(coeffs: Float32Array, n: number, plan: BasisPlan): PlanCodes {
+  const sp = splitStored(plan);
+  const codes = new Uint8Array(sp.affine.length * n);
+  const other = new Float32Array(sp.other.length * n);
+  let ra = 0;
+  let rb = 0;
+  let row = 0;
+  for (const g of stored(plan)) {
+    for (let c = g.start; c < g.end; c++, row++) {
+      if (!affine(g)) {
+        other.set(coeffs.subarray(row * n, (row + 1) * n), rb * n);
+        rb++;
+        continue;
+      }
+      const sc = sp.scale[ra] === 0 ? Infinity : sp.scale[ra]; // a zero scale stores code 0
+      for (let t = 0, s = row * n, d = ra * n; t < n; t++) codes[d + t] = staticCode(coeffs[s + t], sp.offset[ra], sc, sp.levels[ra]);
+      ra++;
+    }
+  }
+  return { codes, coeffs: other };
+}
+
+/** Inverse of quantizeStored: PlanCodes → coefficients [k, n] in storedComponents order. */
+export function dequantizeStored(pc: PlanCodes, n: number, plan: BasisPlan): Float32Array {
+  const sp = splitStored(plan);
+  const out = new Float32Array((sp.affine.length + sp.other.length) * n);
+  let ra = 0;
+  let rb = 0;
+  let row = 0;
+  for (const g of stored(plan)) {
+    for (let c = g.start; c < g.end; c++, row++) {
+      if (!affine(g)) {
+        out.set(pc.coeffs.subarray(rb * n, (rb + 1) * n), row * n);
+        rb++;
+        continue;
+      }
+      staticDecodeTable(plan.lo[c], plan.hi[c], g.type as StoredType, lut);
+      for (let t = 0, s = ra * n, d = row * n; t < n; t++) out[d + t] = lut[pc.codes[s + t]];
+      ra++;
+    }
+  }
+  return out;
+}
+
+/** coeffs [k, n] (storedComponents order, component-major) → payload bytes, quantizing on the host. */
+export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPlan): Uint8Array {
+  return encodePlanCodes(quantizeStored(coeffs, n, plan), n, plan);
+}
+
+/** Inverse of encodePlanPayload → coeffs [k, n] (storedComponents order). Bit-identical to quant.ts's dequantizeGroup. */
+export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): Float32Array {
+  return dequantizeStored(decodePlanCodes(payload, n, plan, source), n, plan);
 }

@@ -11,13 +11,18 @@ parentPort!.on('message', async (m: Msg) => {
   try {
     if (m.type === 'init') {
       sessions = await createSessions(m.graphs, m.so);
-      parentPort!.postMessage({ id: m.id, out: new Float32Array(0) });
+      parentPort!.postMessage({ id: m.id, out: {} });
       return;
     }
     const out = await runSession(sessions![m.dir][m.i]!, m.feeds);
-    // Copy out of ORT's buffer so it can be transferred whole.
-    const copy = out.byteOffset === 0 && out.byteLength === out.buffer.byteLength ? out : out.slice();
-    parentPort!.postMessage({ id: m.id, out: copy }, [copy.buffer as ArrayBuffer]);
+    // Copy out of ORT's buffers where they are not whole, so each can be transferred.
+    const transfer: ArrayBuffer[] = [];
+    for (const [name, a] of Object.entries(out)) {
+      const whole = a.byteOffset === 0 && a.byteLength === a.buffer.byteLength ? a : a.slice();
+      out[name] = whole;
+      transfer.push(whole.buffer as ArrayBuffer);
+    }
+    parentPort!.postMessage({ id: m.id, out }, transfer);
   } catch (e) {
     const err = e as { message?: string; code?: string; fix?: string };
     parentPort!.postMessage({ id: m.id, error: { message: err.message ?? String(e), code: err.code, fix: err.fix } });

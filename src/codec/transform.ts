@@ -11,15 +11,18 @@ import { createSession, ort, type Device } from '../onnx/session.js';
 import { spawnWorker } from '../worker.js';
 
 export interface Feed {
-  data: Float32Array;
+  /** float32, or uint8 (quantization codes). */
+  data: Float32Array | Uint8Array;
   dims: number[];
 }
 export type Feeds = Record<string, Feed>;
+/** A graph's outputs by name. */
+export type Outputs = Record<string, Float32Array | Uint8Array>;
 export type Direction = 'encode' | 'decode';
 
 export interface TransformRunner {
-  /** Runs graph `i` of `dir`; resolves to its single output. Feeds' buffers may be transferred. */
-  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array>;
+  /** Runs graph `i` of `dir`; resolves to its outputs. Feeds' buffers may be transferred. */
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Outputs>;
   release(): Promise<void>;
 }
 
@@ -39,11 +42,13 @@ export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise
   return { encode: await Promise.all(graphs.encode.map(make)), decode: await Promise.all(graphs.decode.map(make)) };
 }
 
-export async function runSession(session: ortTypes.InferenceSession, feeds: Feeds): Promise<Float32Array> {
+export async function runSession(session: ortTypes.InferenceSession, feeds: Feeds): Promise<Outputs> {
   const t: Record<string, ortTypes.Tensor> = {};
-  for (const [k, f] of Object.entries(feeds)) t[k] = new ort.Tensor('float32', f.data, f.dims);
+  for (const [k, f] of Object.entries(feeds)) t[k] = f.data instanceof Uint8Array ? new ort.Tensor('uint8', f.data, f.dims) : new ort.Tensor('float32', f.data, f.dims);
   const out = await session.run(t);
-  return out[session.outputNames[0]].data as Float32Array;
+  const res: Outputs = {};
+  for (const name of session.outputNames) res[name] = out[name].data as Float32Array | Uint8Array;
+  return res;
 }
 
 export class InlineTransform implements TransformRunner {
@@ -53,7 +58,7 @@ export class InlineTransform implements TransformRunner {
     return new InlineTransform(await createSessions(graphs, so));
   }
 
-  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array> {
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Outputs> {
     return runSession(this.sessions[dir][i]!, feeds);
   }
 
@@ -64,13 +69,13 @@ export class InlineTransform implements TransformRunner {
 
 interface Reply {
   id: number;
-  out?: Float32Array;
+  out?: Outputs;
   error?: { message: string; code?: string; fix?: string };
 }
 
 export class ThreadedTransform implements TransformRunner {
   private nextId = 0;
-  private readonly waiting = new Map<number, { resolve: (a: Float32Array) => void; reject: (e: unknown) => void }>();
+  private readonly waiting = new Map<number, { resolve: (a: Outputs) => void; reject: (e: unknown) => void }>();
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (r: Reply) => {
@@ -93,7 +98,7 @@ export class ThreadedTransform implements TransformRunner {
     return t;
   }
 
-  private call(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<Float32Array> {
+  private call(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<Outputs> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
@@ -101,10 +106,12 @@ export class ThreadedTransform implements TransformRunner {
     });
   }
 
-  run(dir: Direction, i: number, feeds: Feeds): Promise<Float32Array> {
-    // The main input is transferred (the caller hands it over); shared tables are copied.
-    const main = feeds.x ?? feeds.coeffs;
-    const transfer = main && main.data.byteOffset === 0 && main.data.byteLength === main.data.buffer.byteLength ? [main.data.buffer as ArrayBuffer] : [];
+  run(dir: Direction, i: number, feeds: Feeds): Promise<Outputs> {
+    // The inputs are transferred (the caller hands them over); shared RoPE tables are copied.
+    const transfer: ArrayBuffer[] = [];
+    for (const [name, f] of Object.entries(feeds)) {
+      if (name !== 'cos' && name !== 'sin' && f.data.byteOffset === 0 && f.data.byteLength === f.data.buffer.byteLength) transfer.push(f.data.buffer as ArrayBuffer);
+    }
     return this.call({ type: 'run', dir, i, feeds }, transfer);
   }
 

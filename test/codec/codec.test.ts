@@ -7,6 +7,7 @@ import { applyRope } from '../../src/codec/rope.js';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache } from '../../src/model/types.js';
+import type { BasisPlan, QuantGroup } from '../../src/codec/types.js';
 import { createSession, ort } from '../../src/onnx/session.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
@@ -14,7 +15,7 @@ import { readProfile, type Profile } from '../../src/profile/io.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
 import { ropeInvFreq } from '../../src/model/rope-freqs.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
-import { storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
+import { dequantizeStored, quantizeStored, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 
@@ -137,13 +138,50 @@ function slice(a: Float32Array, c: KvCache, n: number): Float32Array {
   return out;
 }
 
+/**
+ * The plan with its components regrouped to cover every coding path of the graphs and the payload:
+ * dynamic int8, static fp8, a dropped component, dynamic fp8, static int2/int4 (the profile's
+ * static ranges are reused).
+ */
+function mixedGroups(plan: BasisPlan): BasisPlan {
+  const spans: [number, QuantGroup['type'], QuantGroup['mode']][] = [[2, 'int8', 'dynamic'], [2, 'fp8', 'static'], [1, 'none', 'static'], [2, 'fp8', 'dynamic'], [2, 'int2', 'static'], [Infinity, 'int4', 'static']];
+  const groups: QuantGroup[] = [];
+  let at = 0;
+  for (const [w, type, mode] of spans) {
+    if (at >= plan.rank) break;
+    const end = Math.min(plan.rank, at + w);
+    groups.push({ start: at, end, type, mode });
+    at = end;
+  }
+  return { ...plan, groups };
+}
+
 describe('codec ONNX graphs against the plain TypeScript reference', () => {
+  it('a codec whose plans mix every group type and mode: inline and threaded give the same bits, and the error stays bounded', async () => {
+    const plans = profile.plans.map(mixedGroups);
+    const inline = await KvtcCodec.create(codec.spec, plans);
+    const threaded = await KvtcCodec.create(codec.spec, plans, { transformThread: true });
+    try {
+      const a = await inline.encode(cache);
+      const b = await threaded.encode(cache);
+      expect(Buffer.from(a.blob).equals(Buffer.from(b.blob))).toBe(true);
+      const x = await inline.decode(a.blob);
+      const y = await threaded.decode(a.blob);
+      expectBitIdentical(x.cache, y.cache);
+      // More bits than the profile's own allocation on the leading components: error well under 1.
+      for (let l = 0; l < cache.layers; l++) expect(relError(cache.values[l], x.cache.values[l])).toBeLessThan(0.6);
+    } finally {
+      await inline.release();
+      await threaded.release();
+    }
+  });
+
   it('encode graph = un-rotate + (x − μ)·Vₛ, decode graph = cᵀ·Vₛᵀ + μ + re-rotate, over the stored components (max abs diff ≤ 1e-4)', async () => {
     const spec = codec.spec;
     const n = cache.tokens;
     const hd = spec.headDim;
     const tables = ropeTables(ropeInvFreq(spec.rope), 0, n);
-    for (const plan of profile.plans) {
+    for (const plan of [...profile.plans, ...profile.plans.map(mixedGroups)]) {
       if (plan.rank === 0) continue;
       const ctx = { rope: spec.rope, headDim: hd };
       const enc = await createSession(buildEncodeGraph(plan, ctx));
@@ -165,19 +203,41 @@ describe('codec ONNX graphs against the plain TypeScript reference', () => {
         rot.cos = new ort.Tensor('float32', tables.cos, [n, tables.cos.length / n]);
         rot.sin = new ort.Tensor('float32', tables.sin, [n, tables.sin.length / n]);
       }
-      const got = (await enc.run({ x: new ort.Tensor('float32', raw, [G, n, hd]), ...rot })).coeffs.data as Float32Array;
-      expect(got.length).toBe(k * n);
+      // Encode: the graph quantizes the static int components itself (codes) and returns the
+      // others as coefficients; compare with the host quantization of the reference coefficients.
+      const out = await enc.run({ x: new ort.Tensor('float32', raw, [G, n, hd]), ...rot });
+      const want = quantizeStored(ref, n, plan);
+      const gotCodes = (out.codes?.data as Uint8Array | undefined) ?? new Uint8Array(0);
+      const gotCoeffs = (out.coeffs?.data as Float32Array | undefined) ?? new Float32Array(0);
+      expect(gotCodes.length).toBe(want.codes.length);
+      expect(gotCoeffs.length).toBe(want.coeffs.length);
+      expect(gotCodes.length + gotCoeffs.length).toBe(k * n);
+      // float32 graph vs float64 reference: a code may differ by one step where the coefficient
+      // sits on a rounding boundary, and rarely.
+      let off = 0;
+      for (let i = 0; i < gotCodes.length; i++) {
+        const d = Math.abs(gotCodes[i] - want.codes[i]);
+        expect(d).toBeLessThanOrEqual(1);
+        off += d;
+      }
+      expect(off).toBeLessThanOrEqual(Math.max(2, gotCodes.length * 1e-3));
       let worst = 0;
-      for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(ref[i] - got[i]));
+      for (let i = 0; i < gotCoeffs.length; i++) worst = Math.max(worst, Math.abs(want.coeffs[i] - gotCoeffs[i]));
       expect(worst).toBeLessThan(1e-4);
 
-      // Decode: reference reconstruction from the stored components only (dropped ones zeroed),
-      // then RoPE re-applied on the [G, tokens, headDim] layout.
+      // Decode: reference reconstruction from the dequantized stored components only (dropped
+      // ones zeroed), then RoPE re-applied on the [G, tokens, headDim] layout.
       const stored = storedComponents(plan);
+      const deq = dequantizeStored(want, n, plan);
       const kept = new Float32Array(n * plan.rank);
-      for (let t = 0; t < n; t++) for (const c of stored) kept[t * plan.rank + c] = full[t * plan.rank + c];
+      stored.forEach((c, j) => {
+        for (let t = 0; t < n; t++) kept[t * plan.rank + c] = deq[j * n + t];
+      });
       const xr = reconstruct(kept, plan.mean, plan.basis, plan.rank, n);
-      const back = (await dec.run({ coeffs: new ort.Tensor('float32', ref, [k, n]), ...rot })).x.data as Float32Array;
+      const feeds: Record<string, ort.Tensor> = { ...rot };
+      if (want.codes.length) feeds.codes = new ort.Tensor('uint8', want.codes, [want.codes.length / n, n]);
+      if (want.coeffs.length) feeds.coeffs = new ort.Tensor('float32', want.coeffs, [want.coeffs.length / n, n]);
+      const back = (await dec.run(feeds)).x.data as Float32Array;
       const cacheLayout = new Float32Array(G * n * hd);
       for (let t = 0; t < n; t++) for (let g = 0; g < G; g++) cacheLayout.set(xr.subarray(t * plan.dim + g * hd, t * plan.dim + (g + 1) * hd), (g * n + t) * hd);
       if (plan.kind === 'key') applyRope(cacheLayout, G, n, hd, spec.rope, 0);

@@ -4,7 +4,7 @@
  * Both must give the same codes, bytes and values.
  */
 import { describe, expect, it } from 'vitest';
-import { packCodes } from '../../src/codec/pack.js';
+import { packCodes, unpackCodes } from '../../src/codec/pack.js';
 import { decodePlanPayload, encodePlanPayload, payloadLength, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
 import { dequantizeGroup, fitStaticRange, quantizeGroup, type StoredType } from '../../src/codec/quant.js';
 import { TYPE_BITS, type BasisPlan, type QuantGroup } from '../../src/codec/types.js';
@@ -108,5 +108,22 @@ describe('plan payload (component-major stored coefficients)', () => {
     const p = plan(C, 5);
     const bytes = encodePlanPayload(toStoredComponentMajor(C, 5, p), 5, p);
     expect(() => decodePlanPayload(bytes.subarray(1), 5, p, 'x.kvtc')).toThrow(/x\.kvtc: a plan section holds/);
+  });
+});
+
+describe('bit packing', () => {
+  it('unpackCodes inverts packCodes for every width, length and output alignment', () => {
+    const { uniform } = rng(9);
+    for (const bits of [2, 4, 8]) {
+      for (let n = 0; n <= 37; n++) {
+        const codes = Uint8Array.from({ length: n }, () => Math.floor(uniform() * (1 << bits)));
+        const packed = new Uint8Array(3 + Math.ceil((n * bits) / 8));
+        packCodes(codes, bits, packed, 3);
+        for (const shift of [0, 1, 2, 3, 4]) {
+          const out = new Uint8Array(n + 8).subarray(shift, shift + n);
+          expect(Array.from(unpackCodes(packed, 3, n, bits, out))).toEqual(Array.from(codes));
+        }
+      }
+    }
   });
 });
