@@ -216,6 +216,8 @@ export class KvtcCodec {
 
   /** Reused gather buffer (inline encode), grown to the largest n·p seen. */
   private gatherScratch = new Float32Array(0);
+  /** Reused codes buffer (inline decode), grown to the largest n·rank seen. */
+  private codesScratch = new Uint8Array(0);
 
   static async create(spec: CodecSpec, plans: BasisPlan[], opts: CodecOptions = {}): Promise<KvtcCodec> {
     const ctx = { rope: spec.rope, headDim: spec.headDim };
@@ -374,7 +376,9 @@ export class KvtcCodec {
         let t = now();
         const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
         if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
-        const pc = decodePlanCodes(section.data, n, plan, source);
+        // Inline, the graph has run before the next plan is decoded: reuse one codes buffer.
+        if (!this.threaded && this.codesScratch.length < n * plan.rank) this.codesScratch = new Uint8Array(n * plan.rank);
+        const pc = decodePlanCodes(section.data, n, plan, source, this.threaded ? undefined : this.codesScratch);
         sec.dequantize += now() - t;
         t = now();
         const feeds: Feeds = {};

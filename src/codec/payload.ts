@@ -169,8 +169,11 @@ export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan): Uint
   return out;
 }
 
-/** Inverse of encodePlanCodes: affine groups are only unpacked; the others are dequantized. */
-export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): PlanCodes {
+/**
+ * Inverse of encodePlanCodes: affine groups are only unpacked; the others are dequantized.
+ * `codesInto`: a buffer to unpack the codes into (every byte is written) instead of a new one.
+ */
+export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>', codesInto?: Uint8Array): PlanCodes {
   const expected = payloadLength(plan, n);
   if (payload.byteLength !== expected) {
     throw new KvtcError('BLOB_INVALID', `${source}: a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, {
@@ -184,7 +187,7 @@ export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan,
     if (affine(g)) ka += g.end - g.start;
     else kb += g.end - g.start;
   }
-  const codes = new Uint8Array(ka * n);
+  const codes = codesInto && codesInto.length >= ka * n ? codesInto.subarray(0, ka * n) : new Uint8Array(ka * n);
   const coeffs = new Float32Array(kb * n);
   // Dynamic offsets/scales live after all code blocks.
   let dynAt = 0;

@@ -58,6 +58,7 @@ function printModel(b: ModelBench, io: CliIO): void {
   const stages = (x: Record<string, Summary>) => Object.entries(x).map(([k, v]) => `${k} ${fmtSeconds(v.median)}`).join(', ');
   io.out(`encode stages (1 thread, medians): ${stages(b.encodeStages)}`);
   io.out(`decode stages (1 thread, medians): ${stages(b.decodeStages)}`);
+  io.out('  (transform = the ONNX graphs: projection, and the (de)quantization of static int groups; quantize / dequantize = host bit-packing and the dynamic and fp8 groups)');
   const d = b.decodeStages;
   if (d.inflate) {
     const other = (d.dequantize?.median ?? 0) + (d.transform?.median ?? 0) + (d.scatter?.median ?? 0);
