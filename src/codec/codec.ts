@@ -214,6 +214,9 @@ export class KvtcCodec {
     readonly threaded: boolean,
   ) {}
 
+  /** Threaded: graph runs queued on the worker beyond the one this thread waits for next. */
+  private static readonly IN_FLIGHT = 2;
+
   /** Reused gather buffer (inline encode), grown to the largest n·p seen. */
   private gatherScratch = new Float32Array(0);
   /** Reused codes buffer (inline decode), grown to the largest n·rank seen. */
@@ -260,33 +263,13 @@ export class KvtcCodec {
     if (n > 0) {
       const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
       const host = this.ropeOnHost ? hostRope(this.spec.rope, cache.headDim, tables) : undefined;
-      // Phase 1 gathers every basis and submits its projection; phase 2 quantizes and deflates
-      // each as its coefficients arrive. Threaded, the projections run while gathering continues.
-      const pending: { i: number; out: Promise<Outputs> | Outputs }[] = [];
-      for (let i = 0; i < this.plans.length; i++) {
-        const plan = this.plans[i];
-        if (plan.rank === 0) continue;
-        let t = now();
-        const src = plan.kind === 'key' ? cache.keys : cache.values;
-        let x: Float32Array;
-        if (this.threaded) x = new Float32Array(n * plan.dim);
-        else {
-          if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
-          x = this.gatherScratch.subarray(0, n * plan.dim);
-        }
-        gatherHeads(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
-        sec.gather += now() - t;
-        t = now();
-        const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
-        if (plan.kind === 'key' && !host) {
-          feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
-          feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
-        }
-        const run = this.transform.run('encode', i, feeds);
-        pending.push({ i, out: this.threaded ? run : await run });
-        sec.transform += now() - t;
-      }
-      for (const { i, out: o } of pending) {
+      // Gather a basis and submit its projection; threaded, up to IN_FLIGHT projections run on the
+      // worker while this thread quantizes and deflates the oldest result and gathers the next
+      // basis (into a buffer the worker handed back). Inline, each result is used at once.
+      const inFlight = this.threaded ? KvtcCodec.IN_FLIGHT : 0;
+      const pending: { i: number; out: Promise<Outputs> }[] = [];
+      const finish = async () => {
+        const { i, out: o } = pending.shift()!;
         let t = now();
         const out = await o;
         sec.transform += now() - t;
@@ -296,7 +279,29 @@ export class KvtcCodec {
         t = now();
         sections.push(compressSection('plan', i, payload, this.spec.entropy));
         sec.entropy += now() - t;
+      };
+      for (let i = 0; i < this.plans.length; i++) {
+        const plan = this.plans[i];
+        if (plan.rank === 0) continue;
+        while (pending.length > inFlight) await finish();
+        const t = now();
+        const src = plan.kind === 'key' ? cache.keys : cache.values;
+        let x: Float32Array;
+        if (this.threaded) x = this.transform.take?.(n * plan.dim) ?? new Float32Array(n * plan.dim);
+        else {
+          if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
+          x = this.gatherScratch.subarray(0, n * plan.dim);
+        }
+        gatherHeads(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
+        sec.gather += now() - t;
+        const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
+        if (plan.kind === 'key' && !host) {
+          feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
+          feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+        }
+        pending.push({ i, out: this.transform.run('encode', i, feeds) });
       }
+      while (pending.length) await finish();
     }
     const blob = assembleBlob(
       { fp16, profileId: this.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },

@@ -22,7 +22,14 @@ parentPort!.on('message', async (m: Msg) => {
       out[name] = whole;
       transfer.push(whole.buffer as ArrayBuffer);
     }
-    parentPort!.postMessage({ id: m.id, out }, transfer);
+    // Hand the float inputs the caller transferred back, for it to reuse.
+    const returned: ArrayBuffer[] = [];
+    for (const [name, f] of Object.entries(m.feeds)) {
+      if (name === 'cos' || name === 'sin' || !(f.data instanceof Float32Array) || f.data.byteOffset !== 0) continue;
+      const b = f.data.buffer as ArrayBuffer;
+      if (b.byteLength === f.data.byteLength && !transfer.includes(b)) returned.push(b);
+    }
+    parentPort!.postMessage({ id: m.id, out, returned }, [...transfer, ...returned]);
   } catch (e) {
     const err = e as { message?: string; code?: string; fix?: string };
     parentPort!.postMessage({ id: m.id, error: { message: err.message ?? String(e), code: err.code, fix: err.fix } });

@@ -23,6 +23,11 @@ export type Direction = 'encode' | 'decode';
 export interface TransformRunner {
   /** Runs graph `i` of `dir`; resolves to its outputs. Feeds' buffers may be transferred. */
   run(dir: Direction, i: number, feeds: Feeds): Promise<Outputs>;
+  /**
+   * A float32 input buffer of `length` elements to hand to run(): threaded, a buffer an earlier
+   * run handed back (no fresh 4 MB allocation and page faults per plan); contents are stale.
+   */
+  take?(length: number): Float32Array;
   release(): Promise<void>;
 }
 
@@ -70,15 +75,21 @@ export class InlineTransform implements TransformRunner {
 interface Reply {
   id: number;
   out?: Outputs;
+  /** The run's transferred input buffers, handed back for reuse. */
+  returned?: ArrayBuffer[];
   error?: { message: string; code?: string; fix?: string };
 }
 
 export class ThreadedTransform implements TransformRunner {
   private nextId = 0;
+  /** Input buffers handed back by the worker; a few cover the runs in flight. */
+  private readonly pool: ArrayBuffer[] = [];
+  private static readonly POOL = 4;
   private readonly waiting = new Map<number, { resolve: (a: Outputs) => void; reject: (e: unknown) => void }>();
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (r: Reply) => {
+      for (const b of r.returned ?? []) if (this.pool.length < ThreadedTransform.POOL) this.pool.push(b);
       const w = this.waiting.get(r.id);
       if (!w) return;
       this.waiting.delete(r.id);
@@ -113,6 +124,11 @@ export class ThreadedTransform implements TransformRunner {
       if (name !== 'cos' && name !== 'sin' && f.data.byteOffset === 0 && f.data.byteLength === f.data.buffer.byteLength) transfer.push(f.data.buffer as ArrayBuffer);
     }
     return this.call({ type: 'run', dir, i, feeds }, transfer);
+  }
+
+  take(length: number): Float32Array {
+    const i = this.pool.findIndex((b) => b.byteLength === length * 4);
+    return i >= 0 ? new Float32Array(this.pool.splice(i, 1)[0]) : new Float32Array(length);
   }
 
   async release(): Promise<void> {
