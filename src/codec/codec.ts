@@ -42,12 +42,17 @@ export interface EncodeStats {
   compressedBytes: number;
   ratioBlob: number;
   ratioCompressed: number;
-  /** Wall time on the calling thread; with transformThread, transform is the time spent waiting for the worker. */
+  /**
+   * Wall time on the calling thread; with transformThread, transform is the time spent waiting for
+   * the worker. transform = the ONNX graphs, which also quantize the static int groups;
+   * quantize = host bit-packing and the dynamic and fp8 groups.
+   */
   seconds: { gather: number; transform: number; quantize: number; entropy: number; total: number };
 }
 
 export interface DecodeStats {
   tokens: number;
+  /** As EncodeStats: transform = the graphs (static dequantization is folded into them); dequantize = host unpacking and the dynamic and fp8 groups. */
   seconds: { inflate: number; dequantize: number; transform: number; scatter: number; total: number };
 }
 

@@ -36,5 +36,5 @@ export default async function decode(raw: Record<string, unknown>, io: CliIO): P
   if (opts.json) return void io.out(JSON.stringify(result, null, 2));
   const s = stats.seconds;
   io.out(`decoded ${stats.tokens} tokens from ${opts.in} (${fmtBytes(blob.byteLength)}) → ${opts.out} (${fmtBytes(bytes)}, ${cache.dtype})`);
-  io.out(`  time: ${fmtSeconds(s.total)} (inflate ${fmtSeconds(s.inflate)}, dequantize ${fmtSeconds(s.dequantize)}, transform ${fmtSeconds(s.transform)}, scatter ${fmtSeconds(s.scatter)}) on ${opts.device}`);
+  io.out(`  time: ${fmtSeconds(s.total)} (inflate ${fmtSeconds(s.inflate)}, host unpack+dequantize ${fmtSeconds(s.dequantize)}, graphs ${fmtSeconds(s.transform)}, scatter ${fmtSeconds(s.scatter)}) on ${opts.device}`);
 }

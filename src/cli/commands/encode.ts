@@ -59,5 +59,5 @@ export default async function encode(raw: Record<string, unknown>, io: CliIO): P
       : `  ratio, compressed tokens:    n/a — the cache (${stats.tokens} tokens) is not longer than sink + window (${profile.manifest.settings.sink} + ${profile.manifest.settings.window}), nothing was compressed`,
   );
   const s = stats.seconds;
-  io.out(`  time: ${fmtSeconds(s.total)} (gather ${fmtSeconds(s.gather)}, transform ${fmtSeconds(s.transform)}, quantize+pack ${fmtSeconds(s.quantize)}, deflate ${fmtSeconds(s.entropy)}) on ${opts.device}`);
+  io.out(`  time: ${fmtSeconds(s.total)} (gather ${fmtSeconds(s.gather)}, graphs ${fmtSeconds(s.transform)}, host quantize+pack ${fmtSeconds(s.quantize)}, deflate ${fmtSeconds(s.entropy)}) on ${opts.device}`);
 }
