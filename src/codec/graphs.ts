@@ -65,9 +65,11 @@ export function ropeTables(invFreq: Float64Array, start: number, n: number): { c
 
 /**
  * Adds RoPE (apply or undo) on x [G, n, headDim] (G = layers × KV heads of the plan, the
- * cache's own layout), with cos/sin [n, R/2] broadcast over G; returns [G, n, headDim].
+ * cache's own layout), with graph inputs cos/sin [n, R/2] broadcast over G; returns [G, n, headDim].
  */
 function ropeNodes(g: GraphBuilder, x: string, idx: RopeIndex, undo: boolean): string {
+  g.input('cos', 'float32', ['n', idx.a.length]);
+  g.input('sin', 'float32', ['n', idx.a.length]);
   const a = g.op('Gather', [x, g.i64(idx.a, 'ia')], { axis: 2 });
   const b = g.op('Gather', [x, g.i64(idx.b, 'ib')], { axis: 2 });
   const axes = g.i64([0], 'axes');
@@ -89,6 +91,13 @@ function ropeNodes(g: GraphBuilder, x: string, idx: RopeIndex, undo: boolean): s
 export interface GraphContext {
   rope: RopeSpec;
   headDim: number;
+}
+
+/** What both graphs of a plan start from: the builder, p, head_dim, G = p / head_dim, the stored split. */
+function graphSetup(dir: 'encode' | 'decode', plan: BasisPlan, ctx: GraphContext) {
+  const sp = splitStored(plan);
+  const g = new GraphBuilder(`kvtc_${dir}_${plan.kind}_${plan.layers.join('_')}`);
+  return { g, p: plan.dim, hd: ctx.headDim, G: plan.dim / ctx.headDim, sp, kA: sp.affine.length, kB: sp.other.length };
 }
 
 /** Basis columns `idx` transposed and scaled: out[j, i] = basis[i, idx[j]] · scale[j] → [k, p]. */
@@ -119,19 +128,9 @@ function perHead(rows: Float32Array, k: number, p: number, hd: number): Float32A
  * (o, s: the component's static offset and scale; s = 0 stores code 0.)
  */
 export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
-  const g = new GraphBuilder(`kvtc_encode_${plan.kind}_${plan.layers.join('_')}`);
-  const p = plan.dim;
-  const hd = ctx.headDim;
-  const G = p / hd;
-  const sp = splitStored(plan);
-  const kA = sp.affine.length;
-  const kB = sp.other.length;
+  const { g, p, hd, G, sp, kA, kB } = graphSetup('encode', plan, ctx);
   let x = g.input('x', 'float32', [G, 'n', hd]);
-  if (plan.kind === 'key') {
-    g.input('cos', 'float32', ['n', ctx.rope.rotaryDim / 2]);
-    g.input('sin', 'float32', ['n', ctx.rope.rotaryDim / 2]);
-    x = ropeNodes(g, x, ropePairs(ctx.rope, hd), true);
-  }
+  if (plan.kind === 'key') x = ropeNodes(g, x, ropePairs(ctx.rope, hd), true);
   const centred = g.op('Sub', [x, g.constant('mean', plan.mean, [G, 1, hd])]);
   const rows = g.op('Reshape', [g.op('Transpose', [centred], { perm: [1, 0, 2] }), g.i64([-1, p], 'shape')]);
   if (kA > 0) {
@@ -151,13 +150,7 @@ export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
  * folded into the basis and the mean (in float64, rounded once to float32).
  */
 export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
-  const g = new GraphBuilder(`kvtc_decode_${plan.kind}_${plan.layers.join('_')}`);
-  const p = plan.dim;
-  const hd = ctx.headDim;
-  const G = p / hd;
-  const sp = splitStored(plan);
-  const kA = sp.affine.length;
-  const kB = sp.other.length;
+  const { g, p, hd, G, sp, kA, kB } = graphSetup('decode', plan, ctx);
   const terms: string[] = [];
   if (kA > 0) {
     const codes = g.op('Cast', [g.input('codes', 'uint8', [kA, 'n'])], { to: 1 });
@@ -177,11 +170,7 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   }
   const sum = terms.length === 2 ? g.op('Add', terms) : terms[0];
   let x = g.op('Add', [sum, g.constant('mean', Float32Array.from(mean), [G, 1, hd])]);
-  if (plan.kind === 'key') {
-    g.input('cos', 'float32', ['n', ctx.rope.rotaryDim / 2]);
-    g.input('sin', 'float32', ['n', ctx.rope.rotaryDim / 2]);
-    x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
-  }
+  if (plan.kind === 'key') x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
   g.output(x, 'x', 'float32', [G, 'n', hd]);
   return g.toModel({ docString: 'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)' });
 }

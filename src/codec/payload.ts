@@ -295,7 +295,7 @@ export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPl
   return encodePlanCodes(quantizeStored(coeffs, n, plan), n, plan);
 }
 
-/** Inverse of encodePlanPayload → coeffs [k, n] (storedComponents order). Bit-identical to quant.ts's dequantizeGroup. */
+/** Inverse of encodePlanPayload → coeffs [k, n] (storedComponents order). Bit-identical to the token-major reference dequantizer (test/codec/quant-reference.ts). */
 export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): Float32Array {
   return dequantizeStored(decodePlanCodes(payload, n, plan, source), n, plan);
 }

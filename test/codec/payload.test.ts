@@ -6,7 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import { packCodes, unpackCodes } from '../../src/codec/pack.js';
 import { decodePlanPayload, encodePlanPayload, payloadLength, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
-import { dequantizeGroup, fitStaticRange, quantizeGroup, type StoredType } from '../../src/codec/quant.js';
+import { fitStaticRange, type StoredType } from '../../src/codec/quant.js';
+import { dequantizeGroup, quantizeGroup } from './quant-reference.js';
 import { TYPE_BITS, type BasisPlan, type QuantGroup } from '../../src/codec/types.js';
 import { rng } from './rng.js';
 
@@ -46,6 +47,15 @@ function coefficients(n: number, seed: number): Float32Array {
   return C;
 }
 
+/** Group g of C [n, r] through the token-major reference quantizer: codes [n, w], fp16 scales/offsets. */
+function referenceCodes(C: Float32Array, n: number, p: BasisPlan, g: QuantGroup) {
+  const codes = new Uint8Array(n * (g.end - g.start));
+  const scales = new Uint16Array(n);
+  const offsets = new Uint16Array(n);
+  quantizeGroup(C, n, r, g, p.lo, p.hi, codes, scales, offsets);
+  return { codes, scales, offsets };
+}
+
 /** The payload as docs/profile-format.md describes it, built with the token-major reference quantizer. */
 function referencePayload(C: Float32Array, n: number, p: BasisPlan): Uint8Array {
   const out = new Uint8Array(payloadLength(p, n));
@@ -54,10 +64,7 @@ function referencePayload(C: Float32Array, n: number, p: BasisPlan): Uint8Array 
   for (const g of p.groups) {
     if (g.type === 'none') continue;
     const w = g.end - g.start;
-    const codes = new Uint8Array(n * w);
-    const scales = new Uint16Array(n);
-    const offsets = new Uint16Array(n);
-    quantizeGroup(C, n, r, g, p.lo, p.hi, codes, scales, offsets);
+    const { codes, scales, offsets } = referenceCodes(C, n, p, g);
     const cm = new Uint8Array(n * w);
     for (let t = 0; t < n; t++) for (let j = 0; j < w; j++) cm[j * n + t] = codes[t * w + j];
     at += packCodes(cm, TYPE_BITS[g.type], out, at);
@@ -90,13 +97,9 @@ describe('plan payload (component-major stored coefficients)', () => {
       let at = 0;
       for (const g of p.groups) {
         if (g.type === 'none') continue;
-        const w = g.end - g.start;
-        const codes = new Uint8Array(n * w);
-        const scales = new Uint16Array(n);
-        const offsets = new Uint16Array(n);
-        quantizeGroup(C, n, r, g, p.lo, p.hi, codes, scales, offsets);
+        const { codes, scales, offsets } = referenceCodes(C, n, p, g);
         dequantizeGroup(codes, n, r, g, p.lo, p.hi, scales, offsets, ref);
-        at += w;
+        at += g.end - g.start;
       }
       expect(at).toBe(stored.length);
       expect(Buffer.from(back.buffer).equals(Buffer.from(toStoredComponentMajor(ref, n, p).buffer))).toBe(true);

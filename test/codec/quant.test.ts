@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { halfToFloat } from '../../src/io/fp16.js';
-import { STORED_TYPES, type StoredType, dequantizeGroup, fitStaticRange, intLevels, quantizeGroup, staticCode, staticSquaredError } from '../../src/codec/quant.js';
+import { STORED_TYPES, type StoredType, fitStaticRange, intLevels, staticCode, staticSquaredError } from '../../src/codec/quant.js';
+import { dequantizeGroup, quantizeGroup } from './quant-reference.js';
 import type { QuantGroup } from '../../src/codec/types.js';
 import { rng } from './rng.js';
 
