@@ -1,11 +1,13 @@
 /**
- * KVTC encode/decode of a whole cache with a profile. The matrix work runs as ONNX graphs
- * (graphs.ts) on the chosen execution provider; quantization, packing and DEFLATE run on
- * the host (payload.ts, blob.ts).
+ * KVTC encode/decode of a whole cache with a profile. The matrix work — and the quantization of
+ * static int groups, which is affine — runs as ONNX graphs (graphs.ts) on the chosen execution
+ * provider; bit-packing, the dynamic and fp8 groups and DEFLATE run on the host (payload.ts,
+ * blob.ts).
  *
  *   encode: tokens [0, sink) and [T−window, T) → raw section (fp16);
- *           tokens [sink, T−window) → per plan: gather [G, n, hd] → graph → coeffs [k, n]
- *           (stored components, component-major) → quantize + pack → DEFLATE → plan section.
+ *           tokens [sink, T−window) → per plan: gather [G, n, hd] → graph → codes [kA, n] and
+ *           coeffs [kB, n] (stored components, component-major) → pack (+ quantize the kB) →
+ *           DEFLATE → plan section.
  *   decode: the reverse; the decode graph writes [G, n, hd], so values are block copies into
  *           the cache and keys one RoPE pass.
  */

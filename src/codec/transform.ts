@@ -89,7 +89,10 @@ export class ThreadedTransform implements TransformRunner {
 
   private constructor(private readonly worker: Worker) {
     worker.on('message', (r: Reply) => {
-      for (const b of r.returned ?? []) if (this.pool.length < ThreadedTransform.POOL) this.pool.push(b);
+      for (const b of r.returned ?? []) {
+        this.pool.push(b);
+        if (this.pool.length > ThreadedTransform.POOL) this.pool.shift(); // keep the most recent
+      }
       const w = this.waiting.get(r.id);
       if (!w) return;
       this.waiting.delete(r.id);
