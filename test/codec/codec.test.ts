@@ -81,12 +81,7 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
   it('running the graphs on a worker thread gives the same bits as running them inline', async () => {
     const threaded = await codecFromProfile(profile, { transformThread: true });
     try {
-      const a = await codec.encode(cache);
-      const b = await threaded.encode(cache);
-      expect(Buffer.from(b.blob).equals(Buffer.from(a.blob))).toBe(true);
-      const x = await codec.decode(a.blob);
-      const y = await threaded.decode(a.blob);
-      expectBitIdentical(y.cache, x.cache);
+      await expectSameBits(codec, threaded);
     } finally {
       await threaded.release();
     }
@@ -127,6 +122,17 @@ function expectBitIdentical(a: KvCache, b: KvCache): void {
   }
 }
 
+/** Inline and threaded codecs give the same blob for `cache` and bit-identical decodes; returns the decode. */
+async function expectSameBits(inline: KvtcCodec, threaded: KvtcCodec): Promise<KvCache> {
+  const a = await inline.encode(cache);
+  const b = await threaded.encode(cache);
+  expect(Buffer.from(b.blob).equals(Buffer.from(a.blob))).toBe(true);
+  const x = await inline.decode(a.blob);
+  const y = await threaded.decode(a.blob);
+  expectBitIdentical(y.cache, x.cache);
+  return x.cache;
+}
+
 /** The values an fp16 copy holds (the raw section stores fp16). */
 function asFp16(a: Float32Array): Float32Array {
   return halfArrayToFloat(floatArrayToHalf(a));
@@ -162,14 +168,9 @@ describe('codec ONNX graphs against the plain TypeScript reference', () => {
     const inline = await KvtcCodec.create(codec.spec, plans);
     const threaded = await KvtcCodec.create(codec.spec, plans, { transformThread: true });
     try {
-      const a = await inline.encode(cache);
-      const b = await threaded.encode(cache);
-      expect(Buffer.from(a.blob).equals(Buffer.from(b.blob))).toBe(true);
-      const x = await inline.decode(a.blob);
-      const y = await threaded.decode(a.blob);
-      expectBitIdentical(x.cache, y.cache);
+      const x = await expectSameBits(inline, threaded);
       // More bits than the profile's own allocation on the leading components: error well under 1.
-      for (let l = 0; l < cache.layers; l++) expect(relError(cache.values[l], x.cache.values[l])).toBeLessThan(0.6);
+      for (let l = 0; l < cache.layers; l++) expect(relError(cache.values[l], x.values[l])).toBeLessThan(0.6);
     } finally {
       await inline.release();
       await threaded.release();
