@@ -20,6 +20,8 @@ export type ErrorCode =
   | 'BLOB_INVALID'
   | 'BLOB_MISMATCH'
   | 'OUTPUT_EXISTS'
+  | 'OUTPUT_UNWRITABLE'
+  | 'IO_ERROR'
   | 'INTERRUPTED'
   | 'THRESHOLD_EXCEEDED'
   | 'INTERNAL';

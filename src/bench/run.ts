@@ -11,12 +11,14 @@ import { storedComponents } from '../codec/payload.js';
 import { readTextSources } from '../io/text.js';
 import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
-import type { KvCache } from '../model/types.js';
+import type { KvCache, ModelSpec } from '../model/types.js';
+import type { KvtcCodec } from '../codec/codec.js';
 import type { Device } from '../onnx/session.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { codecFromProfile } from '../profile/codec.js';
-import { readProfile } from '../profile/io.js';
+import { checkProfileForModel } from '../profile/compat.js';
+import { readProfile, type Profile } from '../profile/io.js';
 import { fp16Bytes, prefixCache, rawFp16, relativeError } from './cache.js';
 import { measureLimits } from './limits.js';
 import { benchCacheDir, ensureGqaModel, ensureProfile, GQA_SHAPE, QUICK_SHAPE, type CalibrationRecord } from './models.js';
@@ -120,13 +122,42 @@ async function textTokens(encode: (s: string) => number[], n: number): Promise<n
 
 async function benchModel(name: string, modelDir: string, profileDir: string, opts: BenchOptions, recomputeRepeats: number): Promise<ModelBench> {
   const progress = opts.onProgress ?? noProgress;
+  // The profile is read and matched to the model before minutes of prefill, not after.
+  const profile = await readProfile(profileDir);
   const model = await loadModel(modelDir, { device: opts.device });
   const spec = model.spec;
-  const runner = new ModelRunner(model);
   const contexts = [...new Set(opts.contexts.map((c) => Math.min(c, spec.maxPositions)))].sort((a, b) => a - b);
   const tokens = Math.min(opts.tokens, spec.maxPositions);
-  const total = Math.max(tokens, ...contexts);
-  const ids = await textTokens((s) => model.tokenizer.encode(s), total);
+  let recompute: { marks: Record<number, number[]>; full: KvCache };
+  try {
+    checkProfileForModel(profile, model, 'the model being benchmarked');
+    const ids = await textTokens((s) => model.tokenizer.encode(s), Math.max(tokens, ...contexts));
+    recompute = await timeRecompute(name, new ModelRunner(model), ids, contexts, recomputeRepeats, progress);
+  } finally {
+    await model.session.release();
+  }
+  const { marks, full } = recompute;
+  const cache = prefixCache(full, tokens);
+  const bytes = fp16Bytes(cache);
+
+  const single = await codecFromProfile(profile, { device: opts.device, threads: 1 });
+  // Every core: the graphs run on a worker thread, overlapped with the host stages (onnxruntime-node
+  // runs a session on its caller's thread; more intra-op threads per session measured 2x slower).
+  const multi = await codecFromProfile(profile, { device: opts.device, threads: 1, transformThread: availableParallelism() > 1 }).catch(async (e) => {
+    await single.release();
+    throw e;
+  });
+  try {
+    return await benchCodec({ name, modelDir, profileDir, opts, profile, spec, tokens, contexts, cache, bytes, full, marks, single, multi, progress });
+  } finally {
+    await single.release();
+    await multi.release();
+  }
+}
+
+/** Recompute: one chunked prefill of all `ids` per repeat, timed at each context's mark. */
+async function timeRecompute(name: string, runner: ModelRunner, ids: number[], contexts: number[], recomputeRepeats: number, progress: ProgressFn): Promise<{ marks: Record<number, number[]>; full: KvCache }> {
+  const total = ids.length;
 
   // Recompute: one chunked prefill of `total` tokens per repeat, timed at each context's mark —
   // the same work as a prefill of exactly that many tokens (causal, same chunks).
@@ -155,15 +186,30 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
       marks[c].push((performance.now() - t) / 1000);
     }
   }
-  await model.session.release();
-  const cache = prefixCache(full!, tokens);
-  const bytes = fp16Bytes(cache);
+  return { marks, full: full! };
+}
 
-  const profile = await readProfile(profileDir);
-  const single = await codecFromProfile(profile, { device: opts.device, threads: 1 });
-  // Every core: the graphs run on a worker thread, overlapped with the host stages (onnxruntime-node
-  // runs a session on its caller's thread; more intra-op threads per session measured 2x slower).
-  const multi = await codecFromProfile(profile, { device: opts.device, threads: 1, transformThread: availableParallelism() > 1 });
+interface CodecBenchInput {
+  name: string;
+  modelDir: string;
+  profileDir: string;
+  opts: BenchOptions;
+  profile: Profile;
+  spec: ModelSpec;
+  tokens: number;
+  contexts: number[];
+  cache: KvCache;
+  bytes: number;
+  full: KvCache;
+  marks: Record<number, number[]>;
+  single: KvtcCodec;
+  multi: KvtcCodec;
+  progress: ProgressFn;
+}
+
+/** Throughput, ratio/error and restore timings of the profile's codec on the captured cache. */
+async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
+  const { name, modelDir, profileDir, opts, profile, spec, tokens, contexts, cache, bytes, full, marks, single, multi, progress } = x;
   const throughput: Throughput[] = [];
   const row = (n: string, what: string, s: Summary) => throughput.push({ name: n, what, seconds: s, mbps: bytes / 1e6 / s.median });
 
@@ -216,14 +262,12 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
   const restore: RestoreRow[] = [];
   for (const c of contexts) {
     progress({ stage: `${name}: restore ${c} tokens` });
-    const prefix = prefixCache(full!, c);
+    const prefix = prefixCache(full, c);
     const b = (await single.encode(prefix)).blob;
     const s = await timeRepeats(opts.repeats, () => multi.decode(b));
     const rc = summarize(marks[c]);
     restore.push({ context: c, fp16Bytes: fp16Bytes(prefix), blobBytes: b.byteLength, recompute: rc, restore: s, speedup: rc.median / s.median });
   }
-  await single.release();
-  await multi.release();
   return {
     name,
     dir: modelDir,

@@ -1,5 +1,6 @@
 import { CommanderError } from 'commander';
 import { KvtcError, isKvtcError } from '../errors.js';
+import { asIoError } from '../io/output.js';
 import { processIO, type CliIO } from './io.js';
 import { createProgram } from './program.js';
 
@@ -26,6 +27,12 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
       if (json) io.out(JSON.stringify({ error: e.toJSON() }, null, 2));
       io.err(formatError(e));
       return e.exitCode;
+    }
+    const ioError = asIoError(e);
+    if (ioError) {
+      if (json) io.out(JSON.stringify({ error: ioError.toJSON() }, null, 2));
+      io.err(formatError(ioError));
+      return ioError.exitCode;
     }
     io.err(`error [INTERNAL]: ${(e as Error)?.stack ?? String(e)}\n  fix: this is a kvtc bug; please report it with the command you ran.`);
     return 70;

@@ -8,6 +8,7 @@
 import type { Worker } from 'node:worker_threads';
 import type * as ortTypes from 'onnxruntime-node';
 import { createSession, ort, type Device } from '../onnx/session.js';
+import { InternalError, KvtcError, type ErrorCode } from '../errors.js';
 import { spawnWorker } from '../worker.js';
 
 export interface Feed {
@@ -87,7 +88,12 @@ export class ThreadedTransform implements TransformRunner {
   private static readonly POOL = 4;
   private readonly waiting = new Map<number, { resolve: (a: Outputs) => void; reject: (e: unknown) => void }>();
 
+  private released = false;
+
   private constructor(private readonly worker: Worker) {
+    // The worker keeps the process alive only while a run is in flight: a command that fails
+    // before release() (or forgets it) still exits instead of hanging on an idle thread.
+    worker.unref();
     worker.on('message', (r: Reply) => {
       for (const b of r.returned ?? []) {
         this.pool.push(b);
@@ -96,25 +102,38 @@ export class ThreadedTransform implements TransformRunner {
       const w = this.waiting.get(r.id);
       if (!w) return;
       this.waiting.delete(r.id);
-      if (r.error) w.reject(Object.assign(new Error(r.error.message), r.error));
+      if (this.waiting.size === 0) this.worker.unref();
+      if (r.error) w.reject(r.error.code ? new KvtcError(r.error.code as ErrorCode, r.error.message, { fix: r.error.fix }) : new InternalError(`transform thread: ${r.error.message}`));
       else w.resolve(r.out!);
     });
-    worker.on('error', (e) => {
+    const failAll = (e: unknown) => {
       for (const w of this.waiting.values()) w.reject(e);
       this.waiting.clear();
+      this.worker.unref();
+    };
+    worker.on('error', failAll);
+    worker.on('exit', (code) => {
+      if (!this.released) failAll(new Error(`the codec's transform thread exited unexpectedly (code ${code})`));
     });
   }
 
   static async create(graphs: GraphSet, so: SessionOpts): Promise<ThreadedTransform> {
     const worker = spawnWorker(import.meta.url, './transform-worker');
     const t = new ThreadedTransform(worker);
-    await t.call({ type: 'init', graphs, so }, []);
+    try {
+      await t.call({ type: 'init', graphs, so }, []);
+    } catch (e) {
+      await t.release();
+      throw e;
+    }
     return t;
   }
 
   private call(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<Outputs> {
     const id = this.nextId++;
+    if (this.released) return Promise.reject(new Error('transform used after release()'));
     return new Promise((resolve, reject) => {
+      if (this.waiting.size === 0) this.worker.ref();
       this.waiting.set(id, { resolve, reject });
       this.worker.postMessage({ ...msg, id }, transfer);
     });
@@ -135,6 +154,10 @@ export class ThreadedTransform implements TransformRunner {
   }
 
   async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    // Runs still in flight belong to a pipeline that already failed: nobody awaits them.
+    this.waiting.clear();
     await this.worker.terminate();
   }
 }

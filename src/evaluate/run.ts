@@ -104,21 +104,6 @@ const identityAdapter: CacheCodec = {
   release: async () => {},
 };
 
-/** A profile made for another model would compress caches it has never seen. */
-export function checkProfileForModel(profile: Profile, model: Pick<LoadedModel, 'name' | 'dir' | 'fingerprint'>): void {
-  const pm = profile.manifest.model;
-  if (pm.fingerprint.id !== model.fingerprint.id) {
-    throw new KvtcError(
-      'PROFILE_MISMATCH',
-      `profile ${profile.dir} was calibrated for model ${pm.name} (fingerprint ${pm.fingerprint.id}), but the model being evaluated is ${model.name} (fingerprint ${model.fingerprint.id}, ${model.dir})`,
-      {
-        fix: `Pass --model with the directory of ${pm.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
-        context: { profile: profile.dir, profile_model: pm.name, profile_fingerprint: pm.fingerprint.id, model: model.dir, model_fingerprint: model.fingerprint.id },
-      },
-    );
-  }
-}
-
 export interface CodecSetup {
   profile?: Profile;
   device?: Device;

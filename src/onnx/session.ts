@@ -5,6 +5,8 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+// Telemetry off before the native binding loads (see privacy.ts).
+import './privacy.js';
 import * as ort from 'onnxruntime-node';
 import { KvtcError } from '../errors.js';
 

@@ -14,6 +14,7 @@ const Options = z.object({
   data: z.array(z.string()).optional(),
   ratio: z
     .array(z.coerce.number({ message: 'must be a number' }).min(MIN_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`).max(MAX_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`))
+    .min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 20 or --ratio 8,16,20`)
     .optional(),
   tokens: int('--tokens', 256),
   heldout: int('--heldout', 128),

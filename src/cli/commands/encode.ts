@@ -1,10 +1,5 @@
-import { existsSync } from 'node:fs';
 import { z } from 'zod';
-import { KvtcError } from '../../errors.js';
-import { writeFileAtomic } from '../../io/atomic.js';
-import { readKvCache } from '../../model/kv-io.js';
-import { codecFromProfile, useTransformThread } from '../../profile/codec.js';
-import { readProfile } from '../../profile/io.js';
+import { encodeFile } from '../../files.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds } from '../format.js';
 import type { CliIO } from '../io.js';
@@ -20,22 +15,7 @@ const Options = z.object({
 
 export default async function encode(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
-  if (existsSync(opts.out) && !opts.force) {
-    throw new KvtcError('OUTPUT_EXISTS', `output ${opts.out} already exists`, { fix: 'Pass --force to overwrite it, or choose another --out.' });
-  }
-  const profile = await readProfile(opts.profile);
-  const { cache, metadata } = await readKvCache(opts.kv);
-  const fp = profile.manifest.model.fingerprint.id;
-  if (metadata.fingerprint && metadata.fingerprint !== fp) {
-    throw new KvtcError('PROFILE_MISMATCH', `${opts.kv} was captured from model ${metadata.model ?? '?'} (fingerprint ${metadata.fingerprint}), but the profile is for ${profile.manifest.model.name} (${fp})`, {
-      fix: 'Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with `kvtc calibrate --model DIR`.',
-    });
-  }
-  const codec = await codecFromProfile(profile, { device: opts.device, transformThread: useTransformThread(profile, cache.tokens) });
-  codec.checkCache(cache, opts.kv);
-  const { blob, stats } = await codec.encode(cache);
-  await codec.release();
-  await writeFileAtomic(opts.out, blob);
+  const { profile, stats } = await encodeFile(opts.kv, { profile: opts.profile, out: opts.out, device: opts.device, force: opts.force });
   const result = {
     out: opts.out,
     profile: profile.dir,

@@ -3,14 +3,16 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { KvtcError, UsageError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
+import { asIoError, checkOutputFile } from '../../io/output.js';
 import { loadModel, modelDirFromOption, type LoadedModel } from '../../model/load.js';
 import { ModelRunner } from '../../model/runner.js';
 import { checkDevice } from '../../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../../paths.js';
+import { checkProfileForModel } from '../../profile/compat.js';
 import { readProfile, type Profile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
 import { CODEC_HEADER, codecRows, notes, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
-import { checkProfileForModel, CODEC_NAMES, createCodecs, DEFAULT_BASELINES, evaluate, type CodecName, type EvaluateResult } from '../../evaluate/run.js';
+import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, evaluate, type CodecName, type EvaluateResult } from '../../evaluate/run.js';
 import { resolveSubjects } from '../../evaluate/subjects.js';
 import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
@@ -121,22 +123,28 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   // Subjects are checked before anything is loaded: a typo costs nothing.
   const subjects = resolveSubjects(opts.subjects ?? 'all');
   if (opts.shots > 5) throw new UsageError(`--shots ${opts.shots}: MMLU's dev split has 5 examples per subject`, 'Use --shots 0 (the harness default) or 5.', { value: opts.shots });
+  // The report path is checked before hours of scoring, not after.
+  if (opts.report) checkOutputFile(opts.report, { force: true, option: '--report' });
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
-  const profile = await findProfile(opts.profile, model);
-  if (profile) checkProfileForModel(profile, model);
+  let profile: Profile | undefined;
   let profileNote: string | undefined;
-  const codecNames: CodecName[] = opts.codec ?? (profile ? ['kvtc', ...DEFAULT_BASELINES] : [...DEFAULT_BASELINES]);
-  if (codecNames.includes('kvtc') && !profile) {
-    throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} at ${join(DEFAULT_PROFILES_DIR, model.name)}`, {
-      fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
-      exitCode: 2,
-    });
-  }
-  if (!profile) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
-  const codecs = await createCodecs(codecNames, { profile, device: opts.device });
+  let codecNames: CodecName[];
+  let codecs: Awaited<ReturnType<typeof createCodecs>> = [];
   const progress = createProgress(io, !opts.json);
   let result: EvaluateResult;
+  // The model's session and every codec (sessions, worker threads) are released on every path.
   try {
+    profile = await findProfile(opts.profile, model);
+    if (profile) checkProfileForModel(profile, model, 'the model being evaluated');
+    codecNames = opts.codec ?? (profile ? ['kvtc', ...DEFAULT_BASELINES] : [...DEFAULT_BASELINES]);
+    if (codecNames.includes('kvtc') && !profile) {
+      throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} at ${join(DEFAULT_PROFILES_DIR, model.name)}`, {
+        fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
+        exitCode: 2,
+      });
+    }
+    if (!profile) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
+    codecs = await createCodecs(codecNames, { profile, device: opts.device });
     result = await evaluate({
       runner: new ModelRunner(model),
       subjects,
@@ -150,6 +158,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   } finally {
     progress.stop();
     await Promise.all(codecs.map((c) => c.release()));
+    await model.session.release();
   }
 
   // --max-drop guards kvtc (or, without it, the first codec asked for).
@@ -174,17 +183,33 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     }
   }
   const json = jsonResult(result, profile, maxDrop ? { max_drop: maxDrop } : {});
-  if (opts.report) {
-    await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profile?.dir }));
-  }
+  // Results reach the user before the report is written: a failing write loses nothing.
+  let reportError: unknown;
+  const report = async () => {
+    try {
+      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profile?.dir }));
+    } catch (e) {
+      reportError = e;
+    }
+  };
   if (opts.json) {
     // One JSON document on stdout either way: on failure the result rides in the error.
-    if (failure) throw new KvtcError(failure.code, failure.message, { exitCode: 3, fix: failure.fix, context: { ...failure.context, result: json } });
+    await report();
+    if (failure) {
+      throw new KvtcError(failure.code, failure.message, { exitCode: 3, fix: failure.fix, context: { ...failure.context, result: json, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) } });
+    }
+    if (reportError) {
+      const e = asIoError(reportError) ?? new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
+      throw new KvtcError(e.code, e.message, { fix: e.fix, context: { ...e.context, result: json } });
+    }
     io.out(JSON.stringify(json, null, 2));
     return;
   }
   printTables(io, result, profile, profileNote);
-  if (opts.report) io.out(`report written to ${opts.report}`);
+  await report();
+  if (reportError && !failure) throw reportError;
+  if (reportError) io.err(`error: the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
+  else if (opts.report) io.out(`report written to ${opts.report}`);
   if (failure) throw failure;
   if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${guarded} drop ${(maxDrop.drop_points as number).toFixed(2)} points)`);
 }
