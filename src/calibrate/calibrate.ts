@@ -20,7 +20,8 @@ import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
-import { isProfileDir, sha256, writeProfile } from '../profile/io.js';
+import { checkOutputDir } from '../io/output.js';
+import { isProfileDir, readManifest, sha256, writeProfile } from '../profile/io.js';
 import { fitBases } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans } from './measure.js';
@@ -83,6 +84,28 @@ export interface CalibrateResult {
 export const MIN_RATIO = 1.5;
 export const MAX_RATIO = 64;
 
+/**
+ * Without --force, an output directory that already holds a kvtc profile of another model (or an
+ * unreadable one) is refused before any work; one of the same model is compared setting by
+ * setting when the new profile is written (a re-run of the same job is allowed). Other files in
+ * the directory (a model's own files) never matter: kvtc writes only its two profile files.
+ */
+async function checkProfileTarget(dir: string, want: { model: string }): Promise<void> {
+  if (!isProfileDir(dir)) return;
+  let model: string | undefined;
+  try {
+    model = (await readManifest(dir)).manifest.model.fingerprint.id;
+  } catch {
+    model = undefined;
+  }
+  if (model !== want.model) {
+    throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already holds a kvtc profile${model ? ` of another model (fingerprint ${model})` : ' that kvtc cannot read'}`, {
+      fix: 'Pass --force to replace its kvtc-profile.json and kvtc-profile.safetensors (nothing else in the directory is touched), or choose another --out.',
+      context: { out: dir },
+    });
+  }
+}
+
 /** Layer groups sharing one basis. */
 export function layerGroups(layers: number, grouping: Grouping): number[][] {
   const k = grouping === 'layer' ? 1 : grouping === 'all' ? layers : grouping;
@@ -131,11 +154,10 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     const base = opts.out ?? join(DEFAULT_PROFILES_DIR, model.name);
     return opts.ratios.length === 1 ? base : `${base}-r${r}`;
   });
-  if (!opts.force) {
-    for (const d of outDirs) {
-      // An existing profile may be re-written identically (checked at write time); anything else is refused now.
-      if (existsSync(d) && !isProfileDir(d)) throw new KvtcError('OUTPUT_EXISTS', `output ${d} already exists`, { fix: 'Pass --force to replace it, or choose another --out.', context: { out: d } });
-    }
+  // Writable, and (without --force) free of another job's profile: checked now, not after the work.
+  for (const d of outDirs) {
+    checkOutputDir(d);
+    if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id });
   }
   lap('load');
 

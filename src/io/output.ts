@@ -3,8 +3,9 @@
  * the nearest existing ancestor must be a writable directory (missing parents are created at
  * write time), no path component may be a file, and the target itself must be of the right kind.
  */
-import { accessSync, constants, statSync, type Stats } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { accessSync, closeSync, constants, openSync, statSync, unlinkSync, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { KvtcError } from '../errors.js';
 
 function stat(path: string): Stats | undefined {
@@ -25,6 +26,22 @@ function unwritable(path: string, why: string, detail?: string): KvtcError {
   });
 }
 
+/**
+ * Creates and removes an empty file in `dir`: the only test that holds for root, read-only
+ * mounts and network filesystems alike (access(2) says yes to root on a read-only sysfs).
+ */
+function probe(path: string, dir: string): void {
+  const file = join(dir, `.kvtc-write-test-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    closeSync(openSync(file, 'wx'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'EROFS' ? 'is on a read-only filesystem' : code === 'EACCES' || code === 'EPERM' ? 'is not writable (permission denied)' : `cannot be written (${code})`;
+    throw unwritable(path, `${dir === path ? 'it' : dir} ${why}`);
+  }
+  unlinkSync(file);
+}
+
 /** The nearest existing ancestor of `path` must be a writable directory. */
 function checkParent(path: string): void {
   let dir = dirname(resolve(path));
@@ -32,12 +49,7 @@ function checkParent(path: string): void {
     const st = stat(dir);
     if (st) {
       if (!st.isDirectory()) throw unwritable(path, `${dir} is a file, not a directory`);
-      try {
-        accessSync(dir, constants.W_OK);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        throw unwritable(path, code === 'EROFS' ? `${dir} is on a read-only filesystem` : `${dir} is not writable (${code})`);
-      }
+      probe(path, dir);
       return;
     }
     const up = dirname(dir);
@@ -75,15 +87,7 @@ export function checkOutputFile(path: string, opts: OutputFileOptions = {}): voi
 export function checkOutputDir(path: string): void {
   const st = stat(path);
   if (st && !st.isDirectory()) throw unwritable(path, 'it is a file, not a directory');
-  if (st) {
-    try {
-      accessSync(path, constants.W_OK);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw unwritable(path, code === 'EROFS' ? 'it is on a read-only filesystem' : `it is not writable (${code})`);
-    }
-    return;
-  }
+  if (st) return probe(path, path);
   checkParent(path);
 }
 
