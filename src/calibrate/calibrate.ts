@@ -5,7 +5,6 @@
  * --tokens. Several target ratios share everything up to the error tables; each gets its own
  * allocation, measurement and profile.
  */
-import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';

@@ -4,10 +4,10 @@
  * the same weights and settings give byte-identical files.
  */
 import { existsSync } from 'node:fs';
-import { cp, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KvtcError } from '../errors.js';
-import { writeDirAtomic, writeFileAtomic } from '../io/atomic.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { checkOutputDir } from '../io/output.js';
 import type { ModelSpec } from '../model/types.js';
 import { buildLlamaGraph, type LlamaGraphSpec, type LlamaWeights } from './llama-graph.js';
 
@@ -102,18 +102,9 @@ export async function writeLlamaModelDir(dir: string, opts: LlamaModelDirOptions
     ['tokenizer_config.json', json(opts.tokenizerConfig)],
     ['onnx/model.onnx', onnx],
   ];
-  await writeDirAtomic(
-    dir,
-    async (tmp) => {
-      for (const [rel, data] of contents) await writeFileAtomic(join(tmp, rel), data);
-      // Provenance files (the sources a directory was converted from) survive --force.
-      const source = join(dir, 'source');
-      if (existsSync(source)) {
-        await mkdir(join(tmp, 'source'), { recursive: true });
-        await cp(source, join(tmp, 'source'), { recursive: true });
-      }
-    },
-    { replace: opts.force },
-  );
+  // Each file is replaced atomically, and only the files a conversion writes: --force into an
+  // existing directory never deletes anything else in it (provenance in source/, the user's files).
+  checkOutputDir(dir);
+  for (const [rel, data] of contents) await writeFileAtomic(join(dir, rel), data);
   return { dir, files: contents.map(([path, data]) => ({ path, bytes: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength })) };
 }

@@ -11,7 +11,6 @@ import { readFile } from 'node:fs/promises';
 import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '../codec/baselines.js';
 import type { KvtcCodec } from '../codec/codec.js';
 import { KvtcError } from '../errors.js';
-import type { LoadedModel } from '../model/load.js';
 import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';

@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { KvtcError } from '../../errors.js';
+import { checkOutputFile } from '../../io/output.js';
 import { readTextFile } from '../../io/text.js';
 import { writeKvCache } from '../../model/kv-io.js';
 import { loadModel, modelDirFromOption } from '../../model/load.js';
@@ -43,9 +42,7 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   checkDevice(opts.device);
   const out = resolve(opts.out);
   // Checked before the model runs so a refused overwrite costs nothing.
-  if (existsSync(out) && !opts.force) {
-    throw new KvtcError('OUTPUT_EXISTS', `${out} already exists.`, { fix: 'Pass --force to overwrite it, or choose another --out.', context: { out } });
-  }
+  checkOutputFile(out, { force: opts.force });
   const { text } = await readTextFile(opts.text);
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
   const progress = createProgress(io, !opts.json);
@@ -54,6 +51,7 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
     r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk: opts.chunk, onProgress: progress.fn });
   } finally {
     progress.stop();
+    await model.session.release();
   }
   const bytes = await writeKvCache(out, r.cache, { model: model.name, fingerprint: model.fingerprint.id });
   const seconds = r.ms / 1000;
