@@ -6,4 +6,6 @@ if (major < 20 || (major === 20 && minor < 15)) {
   process.exit(1);
 }
 const { main } = await import('../dist/cli/main.js');
+const { endQuietlyOnClosedPipe } = await import('../dist/cli/io.js');
+endQuietlyOnClosedPipe();
 process.exitCode = await main(process.argv);

@@ -31,6 +31,8 @@ export interface ErrorDetails {
   context?: Record<string, unknown>;
   cause?: unknown;
   exitCode?: number;
+  /** A result that exists despite the failure (the --max-drop gate): --json prints it beside "error". */
+  result?: Record<string, unknown>;
 }
 
 export class KvtcError extends Error {
@@ -38,6 +40,7 @@ export class KvtcError extends Error {
   readonly fix?: string;
   readonly context?: Record<string, unknown>;
   readonly exitCode: number;
+  readonly result?: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -46,6 +49,7 @@ export class KvtcError extends Error {
     this.fix = details.fix;
     this.context = details.context;
     this.exitCode = details.exitCode ?? (code === 'USAGE' ? 2 : 1);
+    this.result = details.result;
   }
 
   toJSON(): Record<string, unknown> {

@@ -66,6 +66,7 @@ export function createProgram(io: CliIO): Command {
     .option('--out <dir>', 'output directory (default kvtc-profiles/<model>[-r<ratio>])')
     .option('--force', 'replace an existing profile directory', false)
     .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .action(run('calibrate'));
 
   sub('inspect')
@@ -115,6 +116,7 @@ export function createProgram(io: CliIO): Command {
     .option('--seed <n>', 'bootstrap seed', '0')
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .action(run('evaluate'));
 
   sub('bench')
@@ -127,6 +129,7 @@ export function createProgram(io: CliIO): Command {
     .option('--quick', 'small sizes, for a smoke test', false)
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .action(run('bench'));
 
   sub('capture')
@@ -139,6 +142,7 @@ export function createProgram(io: CliIO): Command {
     .addOption(deviceOption())
     .option('--force', 'overwrite --out', false)
     .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .action(run('capture'));
 
   sub('generate')

@@ -6,6 +6,7 @@ import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
+import { printJson } from '../json.js';
 
 const int = (name: string, min: number) => z.coerce.number({ message: `${name} must be a number` }).int(`${name} must be a whole number`).min(min, `${name} must be at least ${min}`);
 
@@ -21,6 +22,7 @@ const Options = z.object({
   quick: z.boolean().default(false),
   device: z.enum(['cpu', 'cuda']),
   json: z.boolean().default(false),
+  quiet: z.boolean().default(false),
 });
 
 const span = (s: Summary, f = fmtSeconds) => `${f(s.median)} (${f(s.min)}–${f(s.max)})`;
@@ -82,7 +84,7 @@ function printModel(b: ModelBench, io: CliIO): void {
 
 export default async function bench(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
-  const progress = createProgress(io, !opts.json);
+  const progress = createProgress(io, { quiet: opts.quiet });
   let result: BenchResult;
   try {
     result = await runBench({
@@ -98,6 +100,6 @@ export default async function bench(raw: Record<string, unknown>, io: CliIO): Pr
   } finally {
     progress.stop();
   }
-  if (opts.json) return void io.out(JSON.stringify(result, null, 2));
+  if (opts.json) return void printJson(io, result);
   printBench(result, io);
 }

@@ -6,6 +6,7 @@ import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
+import { printJson } from '../json.js';
 
 const int = (name: string, min: number) => z.coerce.number({ message: `${name} must be a number` }).int(`${name} must be a whole number`).min(min, `${name} must be at least ${min}`);
 
@@ -27,12 +28,13 @@ const Options = z.object({
   out: z.string().optional(),
   force: z.boolean().default(false),
   json: z.boolean().default(false),
+  quiet: z.boolean().default(false),
 });
 
 export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   const ratios = [...new Set(opts.ratio ?? [20])];
-  const progress = createProgress(io, !opts.json);
+  const progress = createProgress(io, { quiet: opts.quiet });
   const controller = new AbortController();
   // First Ctrl-C: stop at the next checkpoint, writing nothing. The handler then removes
   // itself, so a second Ctrl-C terminates at once (profile writes are atomic either way).
@@ -67,7 +69,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   }
   if (opts.json) {
     const first = result.profiles[0];
-    io.out(JSON.stringify({ ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles }, null, 2));
+    printJson(io, { ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles });
     return;
   }
   if (result.tokens < result.tokens_requested) {

@@ -9,6 +9,7 @@ import { checkDevice } from '../../onnx/session.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
+import { printJson } from '../json.js';
 
 const intString = z.string().regex(/^\d+$/, 'must be a positive integer').transform(Number).refine((n) => n > 0, 'must be a positive integer');
 
@@ -21,6 +22,7 @@ const schema = z.object({
   device: z.enum(['cpu', 'cuda']),
   force: z.boolean(),
   json: z.boolean(),
+  quiet: z.boolean().default(false),
 });
 
 export interface CaptureSummary {
@@ -45,7 +47,7 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   checkOutputFile(out, { force: opts.force });
   const { text } = await readTextFile(opts.text);
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
-  const progress = createProgress(io, !opts.json);
+  const progress = createProgress(io, { quiet: opts.quiet });
   let r;
   try {
     r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk: opts.chunk, onProgress: progress.fn });
@@ -69,7 +71,7 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
     tokensPerSecond: r.cache.tokens / seconds,
   };
   if (opts.json) {
-    io.out(JSON.stringify(s, null, 2));
+    printJson(io, s);
     return;
   }
   io.out(`Captured ${s.tokens} tokens of KV from ${s.model} (${s.layers} layers × ${s.kvHeads} KV heads × head_dim ${s.headDim}, ${s.dtype})`);

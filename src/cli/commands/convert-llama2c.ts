@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { convertLlama2c } from '../../convert/convert-llama2c.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const Options = z.object({
   checkpoint: z.string().min(1),
@@ -17,7 +18,7 @@ export default async function convertLlama2cCommand(raw: Record<string, unknown>
   const r = await convertLlama2c({ checkpoint: opts.checkpoint, tokenizer: opts.tokenizer, out: opts.out, name: opts.name, force: opts.force });
   const s = r.spec;
   if (opts.json) {
-    io.out(JSON.stringify({ out: r.dir, format: r.source.format, parameters: r.parameters, spec: s, files: r.files }, null, 2));
+    printJson(io, { out: r.dir, format: r.source.format, parameters: r.parameters, spec: s, files: r.files });
     return;
   }
   io.out(`Converted ${opts.checkpoint} (llama2.c ${r.source.format}, ${r.parameters.toLocaleString('en-US')} parameters)`);

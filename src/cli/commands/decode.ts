@@ -3,6 +3,7 @@ import { decodeFile } from '../../files.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds } from '../format.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const Options = z.object({
   profile: z.string(),
@@ -17,7 +18,7 @@ export default async function decode(raw: Record<string, unknown>, io: CliIO): P
   const opts = parseOptions(Options, raw);
   const { cache, stats, blobBytes, outBytes: bytes } = await decodeFile(opts.in, { profile: opts.profile, out: opts.out, device: opts.device, force: opts.force });
   const result = { out: opts.out, tokens: stats.tokens, blob_bytes: blobBytes, out_bytes: bytes, seconds: stats.seconds, device: opts.device };
-  if (opts.json) return void io.out(JSON.stringify(result, null, 2));
+  if (opts.json) return void printJson(io, result);
   const s = stats.seconds;
   io.out(`decoded ${stats.tokens} tokens from ${opts.in} (${fmtBytes(blobBytes)}) → ${opts.out} (${fmtBytes(bytes)}, ${cache.dtype})`);
   io.out(`  time: ${fmtSeconds(s.total)} (inflate ${fmtSeconds(s.inflate)}, host unpack+dequantize ${fmtSeconds(s.dequantize)}, graphs ${fmtSeconds(s.transform)}, scatter ${fmtSeconds(s.scatter)}) on ${opts.device}`);

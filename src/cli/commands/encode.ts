@@ -3,6 +3,7 @@ import { encodeFile } from '../../files.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds } from '../format.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const Options = z.object({
   profile: z.string(),
@@ -30,7 +31,7 @@ export default async function encode(raw: Record<string, unknown>, io: CliIO): P
     seconds: stats.seconds,
     device: opts.device,
   };
-  if (opts.json) return void io.out(JSON.stringify(result, null, 2));
+  if (opts.json) return void printJson(io, result);
   io.out(`encoded ${stats.tokens} tokens → ${opts.out} (${fmtBytes(stats.blobBytes)}, from ${fmtBytes(stats.fp16Bytes)} as fp16)`);
   io.out(`  ratio, whole blob:          ${stats.ratioBlob.toFixed(2)}x  (${stats.tokens - stats.compressedTokens} sink/window tokens stored uncompressed)`);
   io.out(

@@ -18,6 +18,7 @@ import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
+import { printJson } from '../json.js';
 
 const int = (what: string) => z.string().regex(/^\d+$/, `must be ${what}`).transform(Number);
 
@@ -42,6 +43,7 @@ const schema = z.object({
   seed: int('a non-negative integer'),
   device: z.enum(['cpu', 'cuda']),
   json: z.boolean(),
+  quiet: z.boolean().default(false),
 });
 
 /** The profile to use: --profile (must exist), else kvtc-profiles/<model> when there is one. */
@@ -130,7 +132,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let profileNote: string | undefined;
   let codecNames: CodecName[];
   let codecs: Awaited<ReturnType<typeof createCodecs>> = [];
-  const progress = createProgress(io, !opts.json);
+  const progress = createProgress(io, { quiet: opts.quiet });
   let result: EvaluateResult;
   // The model's session and every codec (sessions, worker threads) are released on every path.
   try {
@@ -196,13 +198,13 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     // One JSON document on stdout either way: on failure the result rides in the error.
     await report();
     if (failure) {
-      throw new KvtcError(failure.code, failure.message, { exitCode: 3, fix: failure.fix, context: { ...failure.context, result: json, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) } });
+      throw new KvtcError(failure.code, failure.message, { exitCode: 3, fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
     }
     if (reportError) {
       const e = asIoError(reportError) ?? new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
-      throw new KvtcError(e.code, e.message, { fix: e.fix, context: { ...e.context, result: json } });
+      throw new KvtcError(e.code, e.message, { fix: e.fix, context: e.context, result: json });
     }
-    io.out(JSON.stringify(json, null, 2));
+    printJson(io, json);
     return;
   }
   printTables(io, result, profile, profileNote);

@@ -4,6 +4,7 @@ import { ModelRunner } from '../../model/runner.js';
 import { checkDevice } from '../../onnx/session.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const schema = z.object({
   model: z.string().min(1),
@@ -28,7 +29,7 @@ export default async function generate(raw: Record<string, unknown>, io: CliIO):
   const continuation = full.startsWith(prompt) ? full.slice(prompt.length) : model.tokenizer.decode(r.ids);
   const tokensPerSecond = r.ids.length > 1 ? (r.ids.length - 1) / (r.decodeMs / 1000) : undefined;
   if (opts.json) {
-    io.out(JSON.stringify({ model: model.name, prompt: opts.prompt, continuation, promptTokens: promptIds.length, ids: r.ids, stopReason: r.stopReason, prefillMs: r.prefillMs, decodeMs: r.decodeMs, tokensPerSecond }, null, 2));
+    printJson(io, { model: model.name, prompt: opts.prompt, continuation, promptTokens: promptIds.length, ids: r.ids, stopReason: r.stopReason, prefillMs: r.prefillMs, decodeMs: r.decodeMs, tokensPerSecond });
     return;
   }
   io.out(continuation);

@@ -6,6 +6,7 @@ import { MANIFEST_FILE } from '../../profile/schema.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, table } from '../format.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const Options = z.object({ _: z.array(z.string()).length(1), json: z.boolean().default(false) });
 
@@ -28,7 +29,7 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
     };
   });
   if (opts.json) {
-    io.out(JSON.stringify({ profile: dir, bytes, manifest: m, plans: perPlan }, null, 2));
+    printJson(io, { profile: dir, bytes, manifest: m, plans: perPlan });
     return;
   }
   const s = m.settings;

@@ -3,13 +3,14 @@ import { KvtcError } from '../../errors.js';
 import { validateProfile } from '../../profile/validate.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
 
 const Options = z.object({ _: z.array(z.string()).length(1), model: z.string().optional(), json: z.boolean().default(false) });
 
 export default async function validate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   const result = await validateProfile(opts._[0], opts.model);
-  if (opts.json) io.out(JSON.stringify(result, null, 2));
+  if (opts.json) printJson(io, result);
   else {
     for (const c of result.checks) io.out(`${c.ok ? '✓' : '✗'} ${c.name}: ${c.detail}`);
     io.out(result.ok ? `${result.profile}: valid` : `${result.profile}: INVALID`);
