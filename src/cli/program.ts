@@ -3,6 +3,7 @@
  * `commands/<verb>.js`, so `kvtc --help` never loads onnxruntime's native addon.
  */
 import { Command, Option } from 'commander';
+import { DEVICES } from '../onnx/devices.js';
 import { VERSION } from '../version.js';
 import type { CliIO } from './io.js';
 
@@ -26,7 +27,7 @@ const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').ma
 
 const deviceOption = () =>
   new Option('--device <device>', 'ONNX Runtime execution provider: cpu, or cuda (needs the CUDA provider libraries; see README "GPU")')
-    .choices(['cpu', 'cuda'])
+    .choices([...DEVICES])
     .default('cpu');
 
 export function createProgram(io: CliIO): Command {
@@ -40,12 +41,19 @@ export function createProgram(io: CliIO): Command {
     .version(VERSION)
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) })
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText(
+      'after',
+      '\nOutput: results on stdout (tables, or one JSON document with --json); progress and messages on stderr (--quiet for none).\n' +
+        'Exit codes: 0 ok · 1 bad input (a missing or corrupt model, profile, blob or file) · 2 usage (bad options) ·\n' +
+        '            3 accuracy gate failed (evaluate --max-drop) · 70 a kvtc bug · 130 interrupted (Ctrl-C)\n' +
+        'Run `kvtc <command> --help` for its options, their ranges and defaults, and examples.',
+    );
 
   const run = (verb: keyof typeof COMMANDS) => async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
     const mod = await COMMANDS[verb]();
-    await mod.default({ ...cmd.opts(), _: cmd.args }, io);
+    await mod.default({ ...cmd.opts(), _: cmd.args, _command: verb }, io);
   };
 
   const sub = (name: string) => program.command(name).exitOverride().configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) });
@@ -54,25 +62,27 @@ export function createProgram(io: CliIO): Command {
     .description('Fit a KVTC profile for a model: capture KV on calibration text, fit PCA bases, solve the bit allocation, write the profile.\nWith no arguments: the bundled stories260K model on calibration-data/, written to kvtc-profiles/<model>/.')
     .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', 'the bundled stories260K')
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
-    .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens; several share one capture (e.g. --ratio 8,16,20)', collect)
-    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases', '16384')
-    .option('--heldout <n>', 'held-out tokens used to measure errors for the bit allocation and the reported ratio/error', '4096')
-    .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks)', '4')
-    .option('--window <n>', 'most recent tokens kept uncompressed', '128')
+    .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
+    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', '16384')
+    .option('--heldout <n>', 'held-out tokens used to measure errors for the bit allocation and the reported ratio/error (≥ 128)', '4096')
+    .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks; ≥ 0)', '4')
+    .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', '128')
     .option('--grouping <g>', 'which layers share a PCA basis: "layer" (one per layer), a number k (k consecutive layers), or "all"', 'layer')
-    .option('--chunk <n>', 'prefill chunk length (tokens per forward pass)', '256')
-    .option('--seed <n>', 'seed for held-out selection', '0')
+    .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', '256')
+    .option('--seed <n>', 'seed for held-out selection (≥ 0)', '0')
     .addOption(deviceOption())
     .option('--out <dir>', 'output directory (default kvtc-profiles/<model>[-r<ratio>])')
     .option('--force', 'replace an existing profile directory', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc calibrate\n      bundled stories260K on calibration-data/ → kvtc-profiles/stories260k\n  $ kvtc calibrate --model ./llama-onnx --data ./texts --out ./llama-onnx\n      write the profile next to the model\'s config.json\n  $ kvtc calibrate --ratio 8,16,20 --out /tmp/stories\n      several ratios from one capture')
     .action(run('calibrate'));
 
   sub('inspect')
     .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.')
     .argument('<profile>', 'profile directory (or its manifest.json)')
     .option('--json', 'print as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc inspect kvtc-profiles/stories260k\n  $ kvtc inspect kvtc-profiles/stories260k --json | jq .plans')
     .action(run('inspect'));
 
   sub('validate')
@@ -80,6 +90,7 @@ export function createProgram(io: CliIO): Command {
     .argument('<profile>', 'profile directory (or its manifest.json)')
     .option('--model <dir>', 'model directory the profile must match')
     .option('--json', 'print as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc validate kvtc-profiles/stories260k --model models/stories260k\n      exit 0 only if every check holds')
     .action(run('validate'));
 
   sub('encode')
@@ -90,6 +101,7 @@ export function createProgram(io: CliIO): Command {
     .addOption(deviceOption())
     .option('--force', 'overwrite --out', false)
     .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc encode --profile kvtc-profiles/stories260k --kv kv.safetensors --out kv.kvtc')
     .action(run('encode'));
 
   sub('decode')
@@ -100,6 +112,7 @@ export function createProgram(io: CliIO): Command {
     .addOption(deviceOption())
     .option('--force', 'overwrite --out', false)
     .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc decode --profile kvtc-profiles/stories260k --in kv.kvtc --out kv-restored.safetensors')
     .action(run('decode'));
 
   sub('evaluate')
@@ -107,29 +120,31 @@ export function createProgram(io: CliIO): Command {
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
     .option('--model <dir>', 'model directory (default: the one the profile names, else the bundled model)')
     .option('--subjects <list>', 'subjects or groups (stem, humanities, social_sciences, other, all); comma-separated (default: all 57 subjects, 14,042 questions)', collect)
-    .option('--limit <n>', 'questions per subject (default: all)')
+    .option('--limit <n>', 'questions per subject, ≥ 1 (default: all)')
     .option('--shots <k>', 'few-shot examples from the dev split: 0 or 5', '0')
     .option('--codec <list>', 'codecs to compare with the uncompressed run: kvtc, identity (exact no-op control), fp16, int8, int4, kivi2 (default: kvtc when a profile exists, plus fp16, int8, int4, kivi2)', collect)
     .option('--perplexity-tokens <n>', 'WikiText-2 test tokens for perplexity (0 to skip)', '2048')
-    .option('--max-drop <points>', 'exit non-zero (code 3) when kvtc\'s accuracy drop exceeds this many points')
+    .option('--max-drop <points>', 'exit with code 3 when kvtc\'s accuracy drop exceeds this many points (0–100, e.g. 1.0)')
     .option('--report <file>', 'also write a Markdown report')
     .option('--seed <n>', 'bootstrap seed', '0')
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc evaluate --subjects high_school_geography --limit 50\n      the bundled model and profile\n  $ kvtc evaluate --profile ./llama-onnx --model ./llama-onnx --shots 5 --max-drop 1.0 --report mmlu.md\n      gate a profile in CI')
     .action(run('evaluate'));
 
   sub('bench')
     .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.')
     .option('--model <dir>', 'model directory', 'the bundled stories260K')
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
-    .option('--tokens <n>', 'tokens of cache to benchmark codecs on', '4096')
-    .option('--repeats <n>', 'repetitions per measurement (median, min, max reported)', '5')
+    .option('--tokens <n>', 'tokens of cache to benchmark codecs on (≥ 16)', '4096')
+    .option('--repeats <n>', 'repetitions per measurement, 1–1000 (median, min, max reported)', '5')
     .option('--contexts <list>', 'context lengths for restore vs recompute', '1024,2048,4096')
     .option('--quick', 'small sizes, for a smoke test', false)
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc bench\n      bundled model + a random GQA model (about a minute the first time)\n  $ kvtc bench --quick --json')
     .action(run('bench'));
 
   sub('capture')
@@ -143,17 +158,19 @@ export function createProgram(io: CliIO): Command {
     .option('--force', 'overwrite --out', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc capture --text calibration-data/inaugural-1789-Washington.txt --max-tokens 512 --out kv.safetensors')
     .action(run('capture'));
 
   sub('generate')
     .description('Generate a continuation of a prompt (greedy by default), to check a model is alive.')
     .option('--model <dir>', 'model directory', 'the bundled stories260K')
     .requiredOption('--prompt <text>', 'prompt text')
-    .option('--max-new-tokens <n>', 'tokens to generate', '100')
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy', '0')
+    .option('--max-new-tokens <n>', 'tokens to generate (0–100000)', '100')
+    .option('--temperature <t>', 'sampling temperature, 0–100; 0 = greedy', '0')
     .option('--seed <n>', 'sampling seed', '0')
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc generate --prompt "Once upon a time"')
     .action(run('generate'));
 
   sub('convert-llama2c')
@@ -164,6 +181,7 @@ export function createProgram(io: CliIO): Command {
     .option('--name <name>', 'model name recorded in config.json', 'stories260k')
     .option('--force', 'replace --out', false)
     .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc convert-llama2c --checkpoint stories260K.bin --tokenizer tok512.bin --out models/stories260k')
     .action(run('convert-llama2c'));
 
   return program;

@@ -10,8 +10,9 @@ import './privacy.js';
 import * as ort from 'onnxruntime-node';
 import { KvtcError } from '../errors.js';
 
-export type Device = 'cpu' | 'cuda';
-export const DEVICES: readonly Device[] = ['cpu', 'cuda'];
+import { DEVICES, type Device } from './devices.js';
+
+export { DEVICES, type Device };
 
 export const CUDA_INSTALL_FIX =
   'Install the CUDA execution provider for onnxruntime-node: reinstall with ' +

@@ -77,7 +77,7 @@ describe('kvtc evaluate', () => {
     const r = await kvtc('--codec', 'zstd', '--limit', '0');
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--codec .*unknown codec "zstd"; valid: kvtc, identity, fp16, int8, int4, kivi2/);
-    expect(r.stderr).toMatch(/--limit "0": must be a positive integer/);
+    expect(r.stderr).toMatch(/--limit "0": must be a whole number ≥ 1/);
   });
 
   it('a profile made for another model is refused', async () => {

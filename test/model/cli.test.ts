@@ -119,7 +119,7 @@ describe('bad input: non-zero exit, a message naming the problem, no output file
     { name: 'empty text', setup: () => ({ text: text('') }), code: 1, message: /DATA_INVALID.*prompt\.txt: is empty/ },
     { name: 'non-UTF-8 text', setup: () => ({ text: text(Buffer.from([0x48, 0x69, 0x20, 0xff, 0x21])) }), code: 1, message: /DATA_INVALID.*not valid UTF-8 \(byte 0xff at offset 3\)/ },
     { name: 'missing text file', setup: () => ({ text: join(tempDir(), 'none.txt') }), code: 1, message: /DATA_INVALID.*none\.txt: no such file/ },
-    { name: 'bad --max-tokens', setup: () => ({ extra: ['--max-tokens', 'lots'] }), code: 2, message: /--max-tokens "lots": must be a positive integer/ },
+    { name: 'bad --max-tokens', setup: () => ({ extra: ['--max-tokens', 'lots'] }), code: 2, message: /--max-tokens "lots": must be a whole number ≥ 1/ },
     { name: 'too many tokens for the model', setup: () => ({ text: text('word '.repeat(2100)) }), code: 1, message: /DATA_INVALID.*more than the model's 2048 positions[\s\S]*--max-tokens/ },
   ];
   if (!existsSync(cudaProviderPath())) {

@@ -7,20 +7,19 @@ import { fmtBytes, fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
-
-const int = (name: string, min: number) => z.coerce.number({ message: `${name} must be a number` }).int(`${name} must be a whole number`).min(min, `${name} must be at least ${min}`);
+import { wholeNumber, deviceSchema } from '../options.js';
 
 const Options = z.object({
   model: z.string().optional(),
   profile: z.string().optional(),
-  tokens: int('--tokens', 16),
-  repeats: int('--repeats', 1),
+  tokens: wholeNumber(16),
+  repeats: wholeNumber(1, 1000),
   contexts: z
     .string()
     .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean).map(Number))
     .refine((a) => a.length > 0 && a.every((x) => Number.isInteger(x) && x >= 16), 'must be a comma-separated list of whole numbers >= 16'),
   quick: z.boolean().default(false),
-  device: z.enum(['cpu', 'cuda']),
+  device: deviceSchema,
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
 });

@@ -7,24 +7,23 @@ import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
-
-const int = (name: string, min: number) => z.coerce.number({ message: `${name} must be a number` }).int(`${name} must be a whole number`).min(min, `${name} must be at least ${min}`);
+import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const Options = z.object({
   model: z.string(),
   data: z.array(z.string()).optional(),
   ratio: z
-    .array(z.coerce.number({ message: 'must be a number' }).min(MIN_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`).max(MAX_RATIO, `must be between ${MIN_RATIO} and ${MAX_RATIO}`))
+    .array(decimal(MIN_RATIO, MAX_RATIO))
     .min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 20 or --ratio 8,16,20`)
     .optional(),
-  tokens: int('--tokens', 256),
-  heldout: int('--heldout', 128),
-  sink: int('--sink', 0),
-  window: int('--window', 0),
-  grouping: z.union([z.enum(['layer', 'all']), z.coerce.number().int().min(1)], { message: 'must be "layer", "all" or a whole number of layers' }),
-  chunk: int('--chunk', 1),
-  seed: z.coerce.number().int(),
-  device: z.enum(['cpu', 'cuda']),
+  tokens: wholeNumber(256),
+  heldout: wholeNumber(128),
+  sink: wholeNumber(0),
+  window: wholeNumber(0),
+  grouping: z.union([z.enum(['layer', 'all']), wholeNumber(1)], { message: 'must be "layer", "all" or a whole number of layers ≥ 1' }),
+  chunk: wholeNumber(1),
+  seed: wholeNumber(0),
+  device: deviceSchema,
   out: z.string().optional(),
   force: z.boolean().default(false),
   json: z.boolean().default(false),

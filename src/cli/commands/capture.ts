@@ -10,16 +10,15 @@ import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
-
-const intString = z.string().regex(/^\d+$/, 'must be a positive integer').transform(Number).refine((n) => n > 0, 'must be a positive integer');
+import { wholeNumber, deviceSchema } from '../options.js';
 
 const schema = z.object({
   model: z.string().min(1),
   text: z.string().min(1),
   out: z.string().min(1),
-  maxTokens: intString.optional(),
-  chunk: intString,
-  device: z.enum(['cpu', 'cuda']),
+  maxTokens: wholeNumber(1).optional(),
+  chunk: wholeNumber(1),
+  device: deviceSchema,
   force: z.boolean(),
   json: z.boolean(),
   quiet: z.boolean().default(false),

@@ -4,12 +4,13 @@ import { parseOptions } from '../../validation.js';
 import { fmtBytes, fmtSeconds } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
+import { deviceSchema } from '../options.js';
 
 const Options = z.object({
   profile: z.string(),
   kv: z.string(),
   out: z.string(),
-  device: z.enum(['cpu', 'cuda']),
+  device: deviceSchema,
   force: z.boolean().default(false),
   json: z.boolean().default(false),
 });

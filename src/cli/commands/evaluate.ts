@@ -19,15 +19,14 @@ import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
-
-const int = (what: string) => z.string().regex(/^\d+$/, `must be ${what}`).transform(Number);
+import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const schema = z.object({
   profile: z.string().min(1).optional(),
   model: z.string().min(1).optional(),
   subjects: z.array(z.string()).optional(),
-  limit: int('a positive integer').refine((n) => n > 0, 'must be a positive integer').optional(),
-  shots: int('a non-negative integer (0 or 5)'),
+  limit: wholeNumber(1).optional(),
+  shots: wholeNumber(0),
   codec: z
     .array(z.string())
     .optional()
@@ -37,11 +36,11 @@ const schema = z.object({
       }
     })
     .transform((list) => (list ? ([...new Set(list)] as CodecName[]) : undefined)),
-  perplexityTokens: int('a non-negative integer (0 skips perplexity)'),
-  maxDrop: z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of points >= 0, e.g. 1.0').transform(Number).optional(),
+  perplexityTokens: wholeNumber(0),
+  maxDrop: decimal(0, 100).optional(),
   report: z.string().min(1).optional(),
-  seed: int('a non-negative integer'),
-  device: z.enum(['cpu', 'cuda']),
+  seed: wholeNumber(0),
+  device: deviceSchema,
   json: z.boolean(),
   quiet: z.boolean().default(false),
 });

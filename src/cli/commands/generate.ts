@@ -5,14 +5,15 @@ import { checkDevice } from '../../onnx/session.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
+import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const schema = z.object({
   model: z.string().min(1),
   prompt: z.string().min(1, 'must not be empty'),
-  maxNewTokens: z.string().regex(/^\d+$/, 'must be a non-negative integer').transform(Number),
-  temperature: z.string().regex(/^\d+(\.\d+)?$/, 'must be a number >= 0').transform(Number),
-  seed: z.string().regex(/^\d+$/, 'must be a non-negative integer').transform(Number),
-  device: z.enum(['cpu', 'cuda']),
+  maxNewTokens: wholeNumber(0, 100_000),
+  temperature: decimal(0, 100),
+  seed: wholeNumber(0),
+  device: deviceSchema,
   json: z.boolean(),
 });
 
