@@ -6,12 +6,14 @@
  */
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calibrate } from '../calibrate/calibrate.js';
 import { buildRandomLlama } from '../convert/random-llama.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_PROFILES_DIR } from '../paths.js';
 import type { ProgressFn } from '../progress.js';
+import { benchCacheDir, noteCacheEntry } from './bench-cache.js';
+
+export { benchCacheDir };
 
 export interface GqaShape {
   layers: number;
@@ -40,10 +42,6 @@ export interface CalibrationRecord {
 
 const CALIB_RECORD = 'bench-calibration.json';
 
-export function benchCacheDir(): string {
-  return process.env.KVTC_BENCH_CACHE ?? join(tmpdir(), 'kvtc-bench');
-}
-
 export function shapeName(s: GqaShape): string {
   return `gqa-l${s.layers}-h${s.hidden}-q${s.heads}-kv${s.kvHeads}-d${s.headDim}-i${s.intermediate}`;
 }
@@ -52,6 +50,7 @@ export function shapeName(s: GqaShape): string {
 export async function ensureGqaModel(shape: GqaShape, onProgress?: ProgressFn): Promise<string> {
   const dir = join(benchCacheDir(), shapeName(shape), 'model');
   if (existsSync(join(dir, 'config.json'))) return dir;
+  await noteCacheEntry(shapeName(shape));
   onProgress?.({ stage: `building random ${shapeName(shape)} model` });
   await buildRandomLlama({ out: dir, ...shape, seed: 1, force: true, name: shapeName(shape) });
   return dir;
@@ -71,6 +70,7 @@ export async function ensureProfile(modelDir: string, name: string, opts: { expl
     const rec = JSON.parse(await readFile(record, 'utf8')) as CalibrationRecord;
     return { dir, calibration: { ...rec, reused: true } };
   }
+  await noteCacheEntry(name);
   const r = await calibrate({
     modelDir, data: [DEFAULT_CALIBRATION_DIR], ratios: [20], tokens: opts.tokens, heldout: opts.heldout,
     sink: 4, window: 128, grouping: 'layer', chunk: 512, seed: 0, device: 'cpu', out: dir, force: true, onProgress: opts.onProgress,

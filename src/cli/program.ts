@@ -134,17 +134,18 @@ export function createProgram(io: CliIO): Command {
     .action(run('evaluate'));
 
   sub('bench')
-    .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.')
+    .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.\nThe random GQA model and the profiles it builds are kept in $KVTC_BENCH_CACHE (default $TMPDIR/kvtc-bench, ~700 MB) for the next run; --clear-cache removes them.')
     .option('--model <dir>', 'model directory', 'the bundled stories260K')
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
     .option('--tokens <n>', 'tokens of cache to benchmark codecs on (≥ 16)', '4096')
     .option('--repeats <n>', 'repetitions per measurement, 1–1000 (median, min, max reported)', '5')
     .option('--contexts <list>', 'context lengths for restore vs recompute', '1024,2048,4096')
     .option('--quick', 'small sizes, for a smoke test', false)
+    .option('--clear-cache', 'remove the models and profiles the bench built and cached ($KVTC_BENCH_CACHE, default $TMPDIR/kvtc-bench, ~700 MB), then exit', false)
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
-    .addHelpText('after', '\nExamples:\n  $ kvtc bench\n      bundled model + a random GQA model (about a minute the first time)\n  $ kvtc bench --quick --json')
+    .addHelpText('after', '\nExamples:\n  $ kvtc bench\n      bundled model + a random GQA model (about a minute the first time)\n  $ kvtc bench --quick --json\n  $ kvtc bench --clear-cache\n      free the ~700 MB of random models and profiles the bench keeps for reuse')
     .action(run('bench'));
 
   sub('capture')

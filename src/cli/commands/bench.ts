@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { benchCacheInfo, clearBenchCache } from '../../bench/bench-cache.js';
 import { runBench, type BenchResult, type ModelBench } from '../../bench/run.js';
 import type { Summary } from '../../bench/stats.js';
 import { DEFAULT_MODEL_OPTION, modelDirFromOption } from '../../model/load.js';
@@ -19,6 +20,7 @@ const Options = z.object({
     .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean).map(Number))
     .refine((a) => a.length > 0 && a.every((x) => Number.isInteger(x) && x >= 16), 'must be a comma-separated list of whole numbers >= 16'),
   quick: z.boolean().default(false),
+  clearCache: z.boolean().default(false),
   device: deviceSchema,
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
@@ -83,6 +85,13 @@ function printModel(b: ModelBench, io: CliIO): void {
 
 export default async function bench(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
+  if (opts.clearCache) {
+    const c = await clearBenchCache();
+    const result = { cache_dir: c.dir, removed: c.entries, bytes_freed: c.bytes };
+    if (opts.json) return void printJson(io, result);
+    io.out(c.entries.length ? `removed ${c.entries.join(', ')} from ${c.dir} (${fmtBytes(c.bytes)} freed)` : `the bench cache ${c.dir} holds nothing kvtc made: nothing to remove`);
+    return;
+  }
   const progress = createProgress(io, { quiet: opts.quiet });
   let result: BenchResult;
   try {
@@ -99,6 +108,8 @@ export default async function bench(raw: Record<string, unknown>, io: CliIO): Pr
   } finally {
     progress.stop();
   }
-  if (opts.json) return void printJson(io, result);
+  const cache = await benchCacheInfo();
+  if (opts.json) return void printJson(io, { ...result, cache: { dir: cache.dir, entries: cache.entries, bytes: cache.bytes } });
   printBench(result, io);
+  if (cache.entries.length) io.out(`\nbench cache: ${cache.dir} holds ${fmtBytes(cache.bytes)} of built models and profiles, reused by the next run; \`kvtc bench --clear-cache\` removes them.`);
 }
