@@ -229,6 +229,7 @@ export function renderMarkdown(result: EvaluateResult, meta: { profile?: string;
   const lines: string[] = [];
   lines.push(`# kvtc evaluate: ${result.model.name}`, '');
   if (meta.command) lines.push('```', meta.command, '```', '');
+  if (result.partial) lines.push(`> **Partial results**: interrupted after ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions (perplexity not measured).`, '');
   lines.push(
     `- model: \`${result.model.name}\` (fingerprint \`${result.model.fingerprint}\`, ${result.model.maxPositions} positions)`,
     `- profile: ${meta.profile ? `\`${meta.profile}\`` : 'none (kvtc not evaluated)'}`,

@@ -171,6 +171,11 @@ export interface EvaluateOptions {
   mmluDir?: string;
   wikitextPath?: string;
   onProgress?: ProgressFn;
+  /**
+   * Ctrl-C: stop after the question being scored and return what was scored, marked partial
+   * (perplexity is skipped). Aborting before the first question is scored throws INTERRUPTED.
+   */
+  signal?: AbortSignal;
 }
 
 export interface EvaluateTiming {
@@ -191,6 +196,8 @@ export interface EvaluateResult {
   summary: EvaluateSummary;
   perplexity?: PerplexityResult;
   timing: EvaluateTiming;
+  /** Set when the run was interrupted: how many of the planned questions were scored. */
+  partial?: { questionsScored: number; questionsPlanned: number };
 }
 
 interface SubjectData {
@@ -224,8 +231,10 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
   let scoringSeconds = 0;
   const tMmlu = now();
   progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
-  for (const { subject, questions, shots: examples } of data) {
+  const interrupted = () => opts.signal?.aborted === true;
+  scoring: for (const { subject, questions, shots: examples } of data) {
     for (let index = 0; index < questions.length; index++) {
+      if (interrupted()) break scoring;
       const q = questions[index];
       const req = encodeRequest(model.tokenizer, buildPrompt(subject, q, examples), CONTINUATIONS, model.spec.maxPositions);
       const base = new Array<number>(CONTINUATIONS.length);
@@ -281,10 +290,13 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
     }
   }
   const mmluSeconds = now() - tMmlu;
+  if (interrupted() && records.length === 0) {
+    throw new KvtcError('INTERRUPTED', 'interrupted before the first question was scored: nothing to report', { exitCode: 130 });
+  }
 
   let perplexity: PerplexityResult | undefined;
   const tPpl = now();
-  if (opts.perplexityTokens > 0) {
+  if (opts.perplexityTokens > 0 && !interrupted()) {
     const text = await readWikitext(opts.wikitextPath ?? WIKITEXT_TEST);
     perplexity = await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress });
   }
@@ -307,12 +319,13 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
     timing: {
       seconds: now() - t0,
       mmluSeconds,
-      questionsPerSecond: total / mmluSeconds,
+      questionsPerSecond: records.length / mmluSeconds,
       prefillSeconds,
       scoringSeconds,
       codecSeconds,
       perplexitySeconds,
     },
+    ...(records.length < total ? { partial: { questionsScored: records.length, questionsPlanned: total } } : {}),
   };
 }
 

@@ -17,6 +17,7 @@ import { resolveSubjects } from '../../evaluate/subjects.js';
 import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
+import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
@@ -81,6 +82,7 @@ function jsonResult(r: EvaluateResult, profile: Profile | undefined, extra: Reco
     perplexity: r.perplexity ?? null,
     questions_per_second: r.timing.questionsPerSecond,
     timing: r.timing,
+    partial: r.partial ?? null,
     ...extra,
   };
 }
@@ -91,6 +93,7 @@ function printTables(io: CliIO, r: EvaluateResult, profile: Profile | undefined,
   io.out(`kvtc evaluate · ${r.model.name} · ${profile ? `profile ${profile.dir} (${profile.manifest.profile_id})` : 'no profile'}`);
   io.out(`MMLU ${r.settings.shots}-shot · ${o.n} questions · ${o.subjects} subject(s) · lm-evaluation-harness prompt and log-likelihood scoring`);
   if (profileNote) io.out(profileNote);
+  if (r.partial) io.out(`PARTIAL: interrupted after ${r.partial.questionsScored} of ${r.partial.questionsPlanned} questions; the figures below cover only those (perplexity not measured).`);
   io.out('');
   io.out(table(CODEC_HEADER, codecRows(o)));
   io.out('');
@@ -132,6 +135,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let codecNames: CodecName[];
   let codecs: Awaited<ReturnType<typeof createCodecs>> = [];
   const progress = createProgress(io, { quiet: opts.quiet });
+  const interrupt = onInterrupt(io, 'interrupted: stopping after the current question; the questions scored so far will be reported, marked partial… (Ctrl-C again to quit at once)');
   let result: EvaluateResult;
   // The model's session and every codec (sessions, worker threads) are released on every path.
   try {
@@ -155,8 +159,10 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       perplexityTokens: opts.perplexityTokens,
       seed: opts.seed,
       onProgress: progress.fn,
+      signal: interrupt.signal,
     });
   } finally {
+    interrupt.dispose();
     progress.stop();
     await Promise.all(codecs.map((c) => c.release()));
     await model.session.release();
@@ -193,11 +199,18 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       reportError = e;
     }
   };
+  if (result.partial && !failure) {
+    failure = new KvtcError('INTERRUPTED', `interrupted: ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions were scored; the results above are partial`, {
+      exitCode: 130,
+      fix: 'Re-run the command for the full evaluation.',
+      context: { questions_scored: result.partial.questionsScored, questions_planned: result.partial.questionsPlanned },
+    });
+  }
   if (opts.json) {
     // One JSON document on stdout either way: on failure the result rides in the error.
     await report();
     if (failure) {
-      throw new KvtcError(failure.code, failure.message, { exitCode: 3, fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
+      throw new KvtcError(failure.code, failure.message, { exitCode: failure.exitCode, fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
     }
     if (reportError) {
       const e = asIoError(reportError) ?? new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
