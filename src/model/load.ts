@@ -28,7 +28,28 @@ const { onnx } = onnxProto;
 export const DEFAULT_MODEL_OPTION = 'the bundled stories260K';
 
 export function modelDirFromOption(model: string | undefined): string {
-  return model === undefined || model === DEFAULT_MODEL_OPTION ? DEFAULT_MODEL_DIR : resolve(model);
+  if (model === undefined || model === DEFAULT_MODEL_OPTION) return DEFAULT_MODEL_DIR;
+  const dir = resolve(model);
+  // "org/name" that is not a local path: a Hugging Face Hub id. kvtc reads local exports only.
+  if (!existsSync(dir) && /^[\w.-]+\/[\w.-]+$/.test(model) && !model.startsWith('.')) {
+    throw new KvtcError('MODEL_NOT_FOUND', `--model ${model} looks like a Hugging Face Hub id; kvtc reads local model directories and downloads nothing`, {
+      fix:
+        `Get a local ONNX export with KV inputs/outputs first, e.g. \`optimum-cli export onnx --model ${model} --task text-generation-with-past ${model.split('/')[1]}-onnx/\` ` +
+        `(or \`huggingface-cli download onnx-community/${model.split('/')[1]}-ONNX --local-dir ${model.split('/')[1]}-onnx\` where such an export exists), then pass --model ${model.split('/')[1]}-onnx.`,
+      context: { model },
+    });
+  }
+  return dir;
+}
+
+/** Path components that name a layout, not a model ("llama/onnx" is the model "llama"). */
+const GENERIC_DIR_NAMES = new Set(['onnx', 'model', 'models', 'export', 'exported', 'output', 'out', 'onnx-export']);
+
+/** The model's name from its directory: the last component that is not a generic one. */
+export function modelNameFromDir(dir: string): string {
+  let d = resolve(dir);
+  while (GENERIC_DIR_NAMES.has(basename(d).toLowerCase()) && dirname(d) !== d) d = dirname(d);
+  return basename(d) || basename(resolve(dir));
 }
 
 export type ModelFormat = 'optimum' | 'genai';
@@ -419,7 +440,7 @@ async function describe(dirArg: string): Promise<Described> {
   const fingerprint = await fingerprintModel({ configs: [files.config], onnx: files.onnx, externalData: files.externalData });
   return {
     dir,
-    name: basename(dir),
+    name: modelNameFromDir(dir),
     spec: { ...cs, kvDtype },
     files,
     fingerprint,
