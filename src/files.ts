@@ -39,6 +39,28 @@ export async function withCodec<T>(profile: Profile, opts: { device?: Device; tr
   }
 }
 
+export interface CodecRunOptions {
+  device?: Device;
+  /** Use the transform worker thread (default: for large caches on multi-core machines). */
+  transformThread?: boolean;
+}
+
+/** Encodes an in-memory cache with a profile; the codec is created and released here. */
+export async function encodeCache(profile: Profile, cache: KvCache, opts: CodecRunOptions = {}, source = 'the KV cache'): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
+  const transformThread = opts.transformThread ?? useTransformThread(profile, cache.tokens);
+  return withCodec(profile, { device: opts.device, transformThread }, async (codec) => {
+    codec.checkCache(cache, source);
+    return codec.encode(cache);
+  });
+}
+
+/** Decodes an in-memory blob with the profile it was encoded with. */
+export async function decodeBlob(profile: Profile, blob: Uint8Array, opts: CodecRunOptions & { source?: string } = {}): Promise<{ cache: KvCache; stats: DecodeStats }> {
+  const tokens = readBlobHeader(blob, opts.source).tokens;
+  const transformThread = opts.transformThread ?? useTransformThread(profile, tokens);
+  return withCodec(profile, { device: opts.device, transformThread }, (codec) => codec.decode(blob, opts.source));
+}
+
 export interface EncodeFileResult {
   out: string;
   profile: Profile;
@@ -59,11 +81,7 @@ export async function encodeFile(kv: string, opts: FileJobOptions): Promise<Enco
       context: { kv, cache_fingerprint: metadata.fingerprint, profile_fingerprint: fp },
     });
   }
-  const transformThread = opts.transformThread ?? useTransformThread(profile, cache.tokens);
-  const { blob, stats } = await withCodec(profile, { device: opts.device, transformThread }, async (codec) => {
-    codec.checkCache(cache, kv);
-    return codec.encode(cache);
-  });
+  const { blob, stats } = await encodeCache(profile, cache, opts, kv);
   await writeFileAtomic(opts.out, blob);
   return { out: opts.out, profile, cache, blob, stats };
 }
@@ -83,9 +101,7 @@ export async function decodeFile(input: string, opts: FileJobOptions): Promise<D
   if (!existsSync(input)) throw new KvtcError('BLOB_INVALID', `blob ${input} does not exist`, { fix: 'Check the --in path.', context: { in: input } });
   const profile = await readProfile(opts.profile);
   const blob = new Uint8Array(await readFile(input));
-  const tokens = readBlobHeader(blob, input).tokens;
-  const transformThread = opts.transformThread ?? useTransformThread(profile, tokens);
-  const { cache, stats } = await withCodec(profile, { device: opts.device, transformThread }, (codec) => codec.decode(blob, input));
+  const { cache, stats } = await decodeBlob(profile, blob, { ...opts, source: input });
   const m = profile.manifest;
   const outBytes = await writeKvCache(opts.out, cache, { model: m.model.name, fingerprint: m.model.fingerprint.id, extra: { decoded_from: input, profile_id: m.profile_id } });
   return { out: opts.out, profile, cache, blobBytes: blob.byteLength, outBytes, stats };

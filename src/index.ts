@@ -1,0 +1,29 @@
+/**
+ * kvtc as a library: the same functions the CLI calls, typed (docs/api.md). Everything here takes
+ * options and returns results; nothing prints or exits. Errors are KvtcError with a stable `code`,
+ * a `fix` and a `context`. Codecs hold ONNX Runtime sessions (and, for large caches, a worker
+ * thread): the helpers below release them; a codec from codecFromProfile must be release()d.
+ */
+export { VERSION } from './version.js';
+export { KvtcError, type ErrorCode } from './errors.js';
+export type { ProgressEvent, ProgressFn } from './progress.js';
+
+// Profiles
+export { readProfile, readManifest, type Profile } from './profile/io.js';
+export { validateProfile, type Check, type ValidateResult } from './profile/validate.js';
+export { checkProfileForModel } from './profile/compat.js';
+export type { Manifest } from './profile/schema.js';
+
+// Caches and blobs
+export type { KvCache, KvDtype } from './model/types.js';
+export { readKvCache, writeKvCache, serializeKvCache, kvCacheFromSafetensors, type KvFile, type KvFileMeta } from './model/kv-io.js';
+export { readBlobHeader, type BlobHeader } from './codec/blob.js';
+export type { KvtcCodec, EncodeStats, DecodeStats } from './codec/codec.js';
+export { codecFromProfile } from './profile/codec.js';
+export { encodeFile, decodeFile, withCodec, encodeCache, decodeBlob, type FileJobOptions, type EncodeFileResult, type DecodeFileResult, type CodecRunOptions } from './files.js';
+
+// Calibration and models
+export { calibrate, MIN_RATIO, MAX_RATIO, type CalibrateOptions, type CalibrateResult } from './calibrate/calibrate.js';
+export { loadModel, describeModel, type LoadedModel } from './model/load.js';
+export { ModelRunner } from './model/runner.js';
+export type { Device } from './onnx/devices.js';
