@@ -14,7 +14,7 @@ export function formatError(e: KvtcError): string {
 
 /** Runs the CLI; returns the exit code. The only place errors become exit codes. */
 export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
-  const program = createProgram(io);
+  const program = createProgram(io, argv);
   const json = argv.includes('--json');
   const fail = (e: KvtcError): number => {
     if (json) io.out(jsonText(errorDocument(e, e.result)));

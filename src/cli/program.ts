@@ -30,7 +30,8 @@ const deviceOption = () =>
     .choices([...DEVICES])
     .default('cpu');
 
-export function createProgram(io: CliIO): Command {
+/** `argv` (as process.argv) is recorded in reports as the command line that made them. */
+export function createProgram(io: CliIO, argv: readonly string[] = []): Command {
   const program = new Command('kvtc');
   program
     .description(
@@ -53,7 +54,8 @@ export function createProgram(io: CliIO): Command {
   const run = (verb: keyof typeof COMMANDS) => async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
     const mod = await COMMANDS[verb]();
-    await mod.default({ ...cmd.opts(), _: cmd.args, _command: verb }, io);
+    const quoted = argv.slice(2).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`));
+    await mod.default({ ...cmd.opts(), _: cmd.args, _command: verb, _commandLine: ['kvtc', ...quoted].join(' ') }, io);
   };
 
   const sub = (name: string) => program.command(name).exitOverride().configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) });
@@ -124,6 +126,9 @@ export function createProgram(io: CliIO): Command {
     .option('--shots <k>', 'few-shot examples from the dev split: 0 or 5', '0')
     .option('--codec <list>', 'codecs to compare with the uncompressed run: kvtc, identity (exact no-op control), fp16, int8, int4, kivi2 (default: kvtc when a profile exists, plus fp16, int8, int4, kivi2)', collect)
     .option('--perplexity-tokens <n>', 'WikiText-2 test tokens for perplexity (0 to skip)', '2048')
+    .option('--long-context <n>', 'long-context tasks of each kind (RULER-style needle and variable tracking, generated offline; 0 to skip)', '10')
+    .option('--long-context-tokens <n>', 'prompt length of the long-context tasks, ≥ 64 (default: the model\'s context, at most 4096)')
+    .option('--log-samples <file>', 'also write one JSON line per scored question (MMLU and long-context), as lm-evaluation-harness --log_samples does')
     .option('--max-drop <points>', 'exit with code 3 when kvtc\'s accuracy drop exceeds this many points (0–100, e.g. 1.0)')
     .option('--report <file>', 'also write a Markdown report')
     .option('--seed <n>', 'bootstrap seed', '0')

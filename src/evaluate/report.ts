@@ -183,6 +183,9 @@ export function scopeTable(scopes: Record<string, ScopeSummary>, codecs: readonl
   return { header, rows };
 }
 
+/** Below this share of prompt tokens through the codec, evaluate warns that the gate measures the raw cache. */
+export const LOW_COMPRESSED_SHARE = 0.5;
+
 export const PERPLEXITY_HEADER = ['cache', 'perplexity', 'Δ perplexity', 'context tokens compressed'];
 
 export function perplexityRows(result: EvaluateResult): string[][] {
@@ -211,6 +214,19 @@ export function notes(result: EvaluateResult): string[] {
       );
     }
   }
+  // A gate on a mostly raw cache proves little: say so where it happens.
+  const low = result.settings.codecs.filter((c) => {
+    const s = o.codecs[c.name];
+    return s && c.name !== 'identity' && s.uncompressed_questions < o.n && s.compressed_share < LOW_COMPRESSED_SHARE;
+  });
+  if (low.length) {
+    const shares = low.map((c) => `${c.name} ${pct(o.codecs[c.name].compressed_share)}`).join(', ');
+    const lc = result.longContext;
+    out.push(
+      `less than half of the MMLU prompt tokens went through the lossy path (${shares}; the rest are the sink and recent tokens kept exactly), so the MMLU figures mostly measure the uncompressed cache; ` +
+        (lc ? `the long-context tasks compress ${low.map((c) => `${c.name} ${pct(lc.overall.codecs[c.name]?.compressed_share ?? NaN)}`).join(', ')}.` : 'run the long-context tasks (--long-context) or --shots 5 for prompts the codecs actually compress.'),
+    );
+  }
   if (o.truncated_questions > 0) {
     out.push(`${o.truncated_questions} of ${o.n} prompts were longer than the model's ${result.model.maxPositions} positions and were truncated from the left (as lm-evaluation-harness does).`);
   }
@@ -223,7 +239,16 @@ function mdTable(header: string[], rows: string[][]): string {
 }
 
 /** The Markdown report written by --report. */
-export function renderMarkdown(result: EvaluateResult, meta: { profile?: string; command?: string } = {}): string {
+export interface ReportMeta {
+  profile?: string;
+  /** The command line that produced the result. */
+  command?: string;
+  /** kvtc's version and the time of the run (ISO 8601). */
+  version?: string;
+  date?: string;
+}
+
+export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): string {
   const o = result.summary.overall;
   const codecs = result.settings.codecs.map((c) => c.name);
   const lines: string[] = [];
@@ -231,6 +256,7 @@ export function renderMarkdown(result: EvaluateResult, meta: { profile?: string;
   if (meta.command) lines.push('```', meta.command, '```', '');
   if (result.partial) lines.push(`> **Partial results**: interrupted after ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions (perplexity not measured).`, '');
   lines.push(
+    ...(meta.version || meta.date ? [`- kvtc ${meta.version ?? ''}${meta.date ? `, run at ${meta.date}` : ''}`] : []),
     `- model: \`${result.model.name}\` (fingerprint \`${result.model.fingerprint}\`, ${result.model.maxPositions} positions)`,
     `- profile: ${meta.profile ? `\`${meta.profile}\`` : 'none (kvtc not evaluated)'}`,
     `- MMLU: ${o.n} questions in ${o.subjects} subject(s), ${result.settings.shots}-shot${result.settings.limit !== undefined ? `, at most ${result.settings.limit} per subject` : ''}; lm-evaluation-harness prompt and log-likelihood scoring`,
@@ -254,6 +280,17 @@ export function renderMarkdown(result: EvaluateResult, meta: { profile?: string;
   }
   const t = scopeTable(result.summary.subjects, codecs, 'subject');
   lines.push('## Subjects', '', mdTable(t.header, t.rows), '');
+  if (result.longContext) {
+    const lc = result.longContext;
+    lines.push(
+      '## Long-context tasks (RULER-style, generated)',
+      '',
+      `${Object.entries(lc.tasks).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ')} tasks of ${lc.context_tokens.toFixed(0)} tokens on average; 4-way multiple choice scored by log-likelihood, paired as above.`,
+      '',
+      mdTable(CODEC_HEADER, codecRows(lc.overall)),
+      '',
+    );
+  }
   if (result.perplexity) {
     const p = result.perplexity;
     lines.push(
@@ -266,4 +303,25 @@ export function renderMarkdown(result: EvaluateResult, meta: { profile?: string;
     );
   }
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * --log-samples: one JSON object per scored question (MMLU first, then the long-context tasks),
+ * after a header line naming the run — what lm-evaluation-harness's --log_samples gives, paired.
+ */
+export function sampleLines(result: EvaluateResult, meta: { version: string; date: string; command?: string }): string {
+  const header = { kvtc: meta.version, date: meta.date, command: meta.command ?? null, model: result.model, settings: result.settings, partial: result.partial ?? null };
+  const row = (task: string, r: QuestionRecord) => ({
+    task,
+    subject: r.subject,
+    index: r.index,
+    gold: r.gold,
+    prompt_tokens: r.promptTokens,
+    truncated: r.truncated,
+    cache_tokens: r.cacheTokens,
+    baseline: { pred: r.baseline.pred, log_lik: r.baseline.logLik },
+    codecs: Object.fromEntries(Object.entries(r.codecs).map(([k, c]) => [k, { pred: c.pred, log_lik: c.logLik, compressed_tokens: c.compressedTokens, bytes: c.bytes }])),
+  });
+  const rows = [...result.questions.map((r) => row('mmlu', r)), ...(result.longContext?.questions ?? []).map((r) => row('long_context', r))];
+  return [header, ...rows].map((o) => JSON.stringify(o)).join('\n') + '\n';
 }

@@ -21,8 +21,9 @@ import type { ProgressFn } from '../progress.js';
 import { loadSubject, type MmluQuestion } from './mmlu.js';
 import { evaluatePerplexity, type PerplexityResult } from './perplexity.js';
 import { buildPrompt, CONTINUATIONS, loadShots } from './prompt.js';
-import { summarize, type EvaluateSummary } from './report.js';
-import { encodeRequest, planScoring, scoreContinuations } from './scoring.js';
+import { summarize, type EvaluateSummary, type ScopeSummary } from './report.js';
+import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS } from './longcontext.js';
+import { encodeRequest, planScoring, scoreContinuations, type EncodedRequest } from './scoring.js';
 import { argmax } from './stats.js';
 
 export type CodecName = 'kvtc' | 'identity' | BaselineName;
@@ -176,6 +177,17 @@ export interface EvaluateOptions {
    * (perplexity is skipped). Aborting before the first question is scored throws INTERRUPTED.
    */
   signal?: AbortSignal;
+  /** Long-context tasks (RULER-style needle and variable tracking); none when perKind is 0. */
+  longContext?: { perKind: number; contextTokens: number };
+}
+
+export interface LongContextResult {
+  tasks: Record<string, number>;
+  /** Mean prompt tokens per task. */
+  context_tokens: number;
+  overall: ScopeSummary;
+  kinds: Record<string, ScopeSummary>;
+  questions: QuestionRecord[];
 }
 
 export interface EvaluateTiming {
@@ -195,6 +207,7 @@ export interface EvaluateResult {
   questions: QuestionRecord[];
   summary: EvaluateSummary;
   perplexity?: PerplexityResult;
+  longContext?: LongContextResult;
   timing: EvaluateTiming;
   /** Set when the run was interrupted: how many of the planned questions were scored. */
   partial?: { questionsScored: number; questionsPlanned: number };
@@ -207,6 +220,75 @@ interface SubjectData {
 }
 
 const now = () => performance.now() / 1000;
+
+export interface ScoringTiming {
+  prefillSeconds: number;
+  scoringSeconds: number;
+  /** Reconstruction time per codec. */
+  codecSeconds: Record<string, number>;
+}
+
+/**
+ * Scores one multiple-choice request (its continuations) with the uncompressed cache and with
+ * every codec's reconstruction of that same cache; `gold` is the index of the right continuation.
+ */
+export async function scoreRequest(
+  runner: ModelRunner,
+  codecs: readonly CacheCodec[],
+  req: EncodedRequest,
+  id: { subject: string; index: number; gold: number },
+  timing: ScoringTiming,
+): Promise<QuestionRecord> {
+  const n = req.continuations.length;
+  const base = new Array<number>(n);
+  const outcomes: Record<string, CodecOutcome> = {};
+  for (const c of codecs) outcomes[c.name] = { logLik: new Array<number>(n), pred: 0, compressedTokens: 0, bytes: 0, compressedBytes: 0 };
+  let promptTokens = 0;
+  let cacheTokens = 0;
+  // Usually one context; a truncated prompt may need one per continuation length.
+  for (const group of req.contexts) {
+    const ctx = group.tokens;
+    const conts = group.members.map((i) => req.continuations[i]);
+    const plan = planScoring(ctx[ctx.length - 1], conts);
+    const put = (into: number[], scores: ArrayLike<number>) => group.members.forEach((i, k) => (into[i] = scores[k]));
+    let t = now();
+    const past = ctx.length > 1 ? (await runner.prefill(ctx.slice(0, -1))).cache : null;
+    timing.prefillSeconds += now() - t;
+    t = now();
+    const scores = await scoreContinuations(runner, past, conts, plan);
+    timing.scoringSeconds += now() - t;
+    put(base, scores);
+    promptTokens += ctx.length;
+    cacheTokens += past?.tokens ?? 0;
+    for (const codec of codecs) {
+      const out = outcomes[codec.name];
+      // A one-token context leaves no cache to compress: the codec sees exactly the baseline.
+      if (!past) {
+        put(out.logLik, scores);
+        continue;
+      }
+      t = now();
+      const rec = await codec.apply(past);
+      timing.codecSeconds[codec.name] += now() - t;
+      t = now();
+      put(out.logLik, await scoreContinuations(runner, rec.cache, conts, plan));
+      timing.scoringSeconds += now() - t;
+      out.compressedTokens += rec.compressedTokens;
+      out.bytes += rec.bytes;
+      out.compressedBytes += rec.compressedBytes;
+    }
+  }
+  for (const out of Object.values(outcomes)) out.pred = argmax(out.logLik);
+  return {
+    ...id,
+    promptTokens,
+    truncated: Math.max(...req.contexts.map((g) => g.truncated)),
+    cacheTokens,
+    baseline: { logLik: base, pred: argmax(base) },
+    codecs: outcomes,
+  };
+}
+
 
 /** Runs the paired MMLU evaluation (and perplexity) for the given codecs. */
 export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
@@ -226,9 +308,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
   const total = data.reduce((s, d) => s + d.questions.length, 0);
 
   const records: QuestionRecord[] = [];
-  const codecSeconds: Record<string, number> = Object.fromEntries(codecs.map((c) => [c.name, 0]));
-  let prefillSeconds = 0;
-  let scoringSeconds = 0;
+  const timing: ScoringTiming = { prefillSeconds: 0, scoringSeconds: 0, codecSeconds: Object.fromEntries(codecs.map((c) => [c.name, 0])) };
   const tMmlu = now();
   progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
   const interrupted = () => opts.signal?.aborted === true;
@@ -237,61 +317,37 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
       if (interrupted()) break scoring;
       const q = questions[index];
       const req = encodeRequest(model.tokenizer, buildPrompt(subject, q, examples), CONTINUATIONS, model.spec.maxPositions);
-      const base = new Array<number>(CONTINUATIONS.length);
-      const outcomes: Record<string, CodecOutcome> = {};
-      for (const c of codecs) outcomes[c.name] = { logLik: new Array<number>(CONTINUATIONS.length), pred: 0, compressedTokens: 0, bytes: 0, compressedBytes: 0 };
-      let promptTokens = 0;
-      let cacheTokens = 0;
-      // Usually one context; a truncated prompt may need one per continuation length.
-      for (const group of req.contexts) {
-        const ctx = group.tokens;
-        const conts = group.members.map((i) => req.continuations[i]);
-        const plan = planScoring(ctx[ctx.length - 1], conts);
-        const put = (into: number[], scores: ArrayLike<number>) => group.members.forEach((i, k) => (into[i] = scores[k]));
-        let t = now();
-        const past = ctx.length > 1 ? (await runner.prefill(ctx.slice(0, -1))).cache : null;
-        prefillSeconds += now() - t;
-        t = now();
-        const scores = await scoreContinuations(runner, past, conts, plan);
-        scoringSeconds += now() - t;
-        put(base, scores);
-        promptTokens += ctx.length;
-        cacheTokens += past?.tokens ?? 0;
-        for (const codec of codecs) {
-          const out = outcomes[codec.name];
-          // A one-token context leaves no cache to compress: the codec sees exactly the baseline.
-          if (!past) {
-            put(out.logLik, scores);
-            continue;
-          }
-          t = now();
-          const rec = await codec.apply(past);
-          codecSeconds[codec.name] += now() - t;
-          t = now();
-          put(out.logLik, await scoreContinuations(runner, rec.cache, conts, plan));
-          scoringSeconds += now() - t;
-          out.compressedTokens += rec.compressedTokens;
-          out.bytes += rec.bytes;
-          out.compressedBytes += rec.compressedBytes;
-        }
-      }
-      for (const out of Object.values(outcomes)) out.pred = argmax(out.logLik);
-      records.push({
-        subject,
-        index,
-        gold: q.answer,
-        promptTokens,
-        truncated: Math.max(...req.contexts.map((g) => g.truncated)),
-        cacheTokens,
-        baseline: { logLik: base, pred: argmax(base) },
-        codecs: outcomes,
-      });
+      records.push(await scoreRequest(runner, codecs, req, { subject, index, gold: q.answer }, timing));
       progress({ stage: 'MMLU', done: records.length, total, unit: 'q', detail: subject.replaceAll('_', ' ') });
     }
   }
   const mmluSeconds = now() - tMmlu;
   if (interrupted() && records.length === 0) {
     throw new KvtcError('INTERRUPTED', 'interrupted before the first question was scored: nothing to report', { exitCode: 130 });
+  }
+
+  let longContext: LongContextResult | undefined;
+  const bytesPerToken = fp16BytesPerToken(model.spec);
+  if (opts.longContext && opts.longContext.perKind > 0 && !interrupted()) {
+    const filler = fillerSentences(await readWikitext(opts.wikitextPath ?? WIKITEXT_TEST));
+    const tasks = buildLongContextTasks(model.tokenizer, filler, { ...opts.longContext, maxPositions: model.spec.maxPositions, seed });
+    const lc: QuestionRecord[] = [];
+    progress({ stage: 'long-context tasks', done: 0, total: tasks.length, unit: 'tasks' });
+    for (const task of tasks) {
+      if (interrupted()) break;
+      lc.push(await scoreRequest(runner, codecs, task.request, { subject: task.kind, index: task.index, gold: task.gold }, timing));
+      progress({ stage: 'long-context tasks', done: lc.length, total: tasks.length, unit: 'tasks', detail: task.kind.replace('_', ' ') });
+    }
+    if (lc.length > 0) {
+      const s = summarize(lc, codecs.map((c) => c.name), { seed, bytesPerToken });
+      longContext = {
+        tasks: Object.fromEntries(LONG_CONTEXT_KINDS.map((k) => [k, lc.filter((r) => r.subject === k).length])),
+        context_tokens: lc.reduce((a, r) => a + r.promptTokens, 0) / lc.length,
+        overall: s.overall,
+        kinds: s.subjects,
+        questions: lc,
+      };
+    }
   }
 
   let perplexity: PerplexityResult | undefined;
@@ -314,15 +370,16 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
       perplexityTokens: opts.perplexityTokens,
     },
     questions: records,
-    summary: summarize(records, codecNames, { seed, bytesPerToken: fp16BytesPerToken(model.spec) }),
+    summary: summarize(records, codecNames, { seed, bytesPerToken }),
     perplexity,
+    longContext,
     timing: {
       seconds: now() - t0,
       mmluSeconds,
       questionsPerSecond: records.length / mmluSeconds,
-      prefillSeconds,
-      scoringSeconds,
-      codecSeconds,
+      prefillSeconds: timing.prefillSeconds,
+      scoringSeconds: timing.scoringSeconds,
+      codecSeconds: timing.codecSeconds,
       perplexitySeconds,
     },
     ...(records.length < total ? { partial: { questionsScored: records.length, questionsPlanned: total } } : {}),

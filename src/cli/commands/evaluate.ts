@@ -11,16 +11,20 @@ import { DEFAULT_PROFILES_DIR } from '../../paths.js';
 import { checkProfileForModel } from '../../profile/compat.js';
 import { readProfile, type Profile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
-import { CODEC_HEADER, codecRows, notes, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
+import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
 import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, evaluate, type CodecName, type EvaluateResult } from '../../evaluate/run.js';
 import { resolveSubjects } from '../../evaluate/subjects.js';
 import { parseOptions } from '../../validation.js';
+import { VERSION } from '../../version.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
+
+/** Long-context prompts fill the model's context up to this many tokens unless --long-context-tokens says otherwise. */
+const DEFAULT_LONG_CONTEXT_TOKENS = 4096;
 
 const schema = z.object({
   profile: z.string().min(1).optional(),
@@ -38,6 +42,10 @@ const schema = z.object({
     })
     .transform((list) => (list ? ([...new Set(list)] as CodecName[]) : undefined)),
   perplexityTokens: wholeNumber(0),
+  longContext: wholeNumber(0, 10_000),
+  longContextTokens: wholeNumber(64).optional(),
+  logSamples: z.string().min(1).optional(),
+  _commandLine: z.string().optional(),
   maxDrop: decimal(0, 100).optional(),
   report: z.string().min(1).optional(),
   seed: wholeNumber(0),
@@ -80,6 +88,7 @@ function jsonResult(r: EvaluateResult, profile: Profile | undefined, extra: Reco
     groups: r.summary.groups,
     subjects: r.summary.subjects,
     perplexity: r.perplexity ?? null,
+    long_context: r.longContext ? { tasks: r.longContext.tasks, context_tokens: r.longContext.context_tokens, overall: r.longContext.overall, kinds: r.longContext.kinds } : null,
     questions_per_second: r.timing.questionsPerSecond,
     timing: r.timing,
     partial: r.partial ?? null,
@@ -109,6 +118,12 @@ function printTables(io: CliIO, r: EvaluateResult, profile: Profile | undefined,
     io.out('');
     io.out(table(t.header, t.rows));
   }
+  if (r.longContext) {
+    const lc = r.longContext;
+    io.out('');
+    io.out(`Long-context tasks (RULER-style needle and variable tracking, generated): ${Object.entries(lc.tasks).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ')}, ${lc.context_tokens.toFixed(0)} tokens on average`);
+    io.out(table(CODEC_HEADER, codecRows(lc.overall)));
+  }
   if (r.perplexity) {
     const p = r.perplexity;
     io.out('');
@@ -129,6 +144,8 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   if (opts.shots > 5) throw new UsageError(`--shots ${opts.shots}: MMLU's dev split has 5 examples per subject`, 'Use --shots 0 (the harness default) or 5.', { value: opts.shots });
   // The report path is checked before hours of scoring, not after.
   if (opts.report) checkOutputFile(opts.report, { force: true, option: '--report' });
+  if (opts.logSamples) checkOutputFile(opts.logSamples, { force: true, option: '--log-samples' });
+  const startedAt = new Date().toISOString();
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
   let profile: Profile | undefined;
   let profileNote: string | undefined;
@@ -157,6 +174,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       shots: opts.shots,
       codecs,
       perplexityTokens: opts.perplexityTokens,
+      longContext: { perKind: opts.longContext, contextTokens: opts.longContextTokens ?? Math.min(model.spec.maxPositions, DEFAULT_LONG_CONTEXT_TOKENS) },
       seed: opts.seed,
       onProgress: progress.fn,
       signal: interrupt.signal,
@@ -194,7 +212,8 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let reportError: unknown;
   const report = async () => {
     try {
-      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profile?.dir }));
+      if (opts.logSamples) await writeFileAtomic(opts.logSamples, sampleLines(result, { version: VERSION, date: startedAt, command: opts._commandLine }));
+      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profile?.dir, command: opts._commandLine, version: VERSION, date: startedAt }));
     } catch (e) {
       reportError = e;
     }
