@@ -29,6 +29,8 @@ export interface PerplexityScore {
 }
 
 export interface PerplexityResult {
+  /** File name of the text scored (set by evaluate). */
+  source?: string;
   /** Tokens used: windows × window. */
   tokens: number;
   windows: number;

@@ -294,7 +294,7 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
   if (result.perplexity) {
     const p = result.perplexity;
     lines.push(
-      '## Perplexity (WikiText-2 test)',
+      `## Perplexity (${p.source ?? 'WikiText-2 test'})`,
       '',
       `${p.windows} window(s) of up to ${p.window} tokens (${p.tokens} tokens in all): the first ${p.context} tokens of each window are prefilled and their cache compressed, the remaining ${p.scored_tokens} tokens in all are scored against it.`,
       '',

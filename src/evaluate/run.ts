@@ -8,6 +8,8 @@
  * with the same forward passes (scoring.ts), so differences come from the cache alone.
  */
 import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { readTextFile } from '../io/text.js';
 import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '../codec/baselines.js';
 import type { KvtcCodec } from '../codec/codec.js';
 import { KvtcError } from '../errors.js';
@@ -49,7 +51,8 @@ export interface Reconstruction {
 }
 
 export interface CacheCodec {
-  name: CodecName;
+  /** A CodecName, or kvtc@<label> for one profile of a ratio sweep. */
+  name: string;
   /** Protected tokens at each end, kept exactly (or in fp16). */
   sink: number;
   recent: number;
@@ -62,9 +65,9 @@ export function fp16BytesPerToken(cache: Pick<KvCache, 'layers' | 'kvHeads' | 'h
   return cache.layers * 2 * cache.kvHeads * cache.headDim * 2;
 }
 
-function kvtcAdapter(codec: KvtcCodec): CacheCodec {
+function kvtcAdapter(codec: KvtcCodec, name = 'kvtc'): CacheCodec {
   return {
-    name: 'kvtc',
+    name,
     sink: codec.spec.sink,
     recent: codec.spec.window,
     async apply(cache) {
@@ -106,30 +109,58 @@ const identityAdapter: CacheCodec = {
 
 export interface CodecSetup {
   profile?: Profile;
+  /** Several profiles (a ratio sweep): "kvtc" becomes one codec per profile, named by sweepNames. */
+  profiles?: readonly Profile[];
   device?: Device;
 }
+
+/**
+ * Codec names of a sweep's profiles: kvtc@<target ratio>x, with the directory name added where
+ * two profiles share a target. One profile keeps the plain name "kvtc".
+ */
+export function sweepNames(profiles: readonly Profile[]): string[] {
+  if (profiles.length === 1) return ['kvtc'];
+  const label = (p: Profile) => `${p.manifest.settings.ratio_target}x`;
+  const counts = new Map<string, number>();
+  for (const p of profiles) counts.set(label(p), (counts.get(label(p)) ?? 0) + 1);
+  const names = profiles.map((p) => `kvtc@${label(p)}${counts.get(label(p))! > 1 ? `:${basename(p.dir)}` : ''}`);
+  if (new Set(names).size !== names.length) throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.', exitCode: 2 });
+  return names;
+}
+
+export const isKvtcCodec = (name: string) => name === 'kvtc' || name.startsWith('kvtc@');
 
 /**
  * Builds the codecs in the order asked. The baselines protect the same tokens as the
  * profile (sink and window), except kivi2, which keeps KIVI's own 128 recent tokens.
  */
 export async function createCodecs(names: readonly CodecName[], setup: CodecSetup = {}): Promise<CacheCodec[]> {
-  const sink = setup.profile?.manifest.settings.sink ?? DEFAULT_SINK;
-  const window = setup.profile?.manifest.settings.window ?? DEFAULT_WINDOW;
+  const profiles = setup.profiles ?? (setup.profile ? [setup.profile] : []);
+  const first = profiles[0];
+  const sink = first?.manifest.settings.sink ?? DEFAULT_SINK;
+  const window = first?.manifest.settings.window ?? DEFAULT_WINDOW;
   const out: CacheCodec[] = [];
-  for (const name of names) {
+  try {
+    for (const name of names) await add(name);
+  } catch (e) {
+    await Promise.all(out.map((c) => c.release()));
+    throw e;
+  }
+  return out;
+
+  async function add(name: CodecName): Promise<void> {
     if (name === 'kvtc') {
-      if (!setup.profile) {
+      if (!first) {
         throw new KvtcError('USAGE', 'the kvtc codec needs a profile', { fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.', exitCode: 2 });
       }
-      out.push(kvtcAdapter(await codecFromProfile(setup.profile, { device: setup.device })));
+      const labels = sweepNames(profiles);
+      for (const [i, p] of profiles.entries()) out.push(kvtcAdapter(await codecFromProfile(p, { device: setup.device }), labels[i]));
     } else if (name === 'identity') {
       out.push(identityAdapter);
     } else {
       out.push(baselineAdapter(name, sink, name === 'kivi2' ? undefined : window));
     }
   }
-  return out;
 }
 
 export interface CodecOutcome {
@@ -170,7 +201,10 @@ export interface EvaluateOptions {
   perplexityTokens: number;
   seed?: number;
   mmluDir?: string;
+  /** Filler for the long-context tasks, and the perplexity text unless perplexityTextPath is given. */
   wikitextPath?: string;
+  /** Text for the perplexity proxy (default WikiText-2 test). */
+  perplexityTextPath?: string;
   onProgress?: ProgressFn;
   /**
    * Ctrl-C: stop after the question being scored and return what was scored, marked partial
@@ -203,7 +237,7 @@ export interface EvaluateTiming {
 
 export interface EvaluateResult {
   model: { name: string; dir: string; fingerprint: string; maxPositions: number; kvDtype: KvCache['dtype'] };
-  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: CodecName; sink: number; recent: number }[]; seed: number; perplexityTokens: number };
+  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: string; sink: number; recent: number }[]; seed: number; perplexityTokens: number };
   questions: QuestionRecord[];
   summary: EvaluateSummary;
   perplexity?: PerplexityResult;
@@ -353,8 +387,9 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
   let perplexity: PerplexityResult | undefined;
   const tPpl = now();
   if (opts.perplexityTokens > 0 && !interrupted()) {
-    const text = await readWikitext(opts.wikitextPath ?? WIKITEXT_TEST);
-    perplexity = await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress });
+    const source = opts.perplexityTextPath ?? opts.wikitextPath ?? WIKITEXT_TEST;
+    const text = opts.perplexityTextPath ? (await readTextFile(opts.perplexityTextPath)).text : await readWikitext(source);
+    perplexity = { ...(await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress })), source: basename(source) };
   }
   const perplexitySeconds = now() - tPpl;
 

@@ -12,7 +12,8 @@ import { checkProfileForModel } from '../../profile/compat.js';
 import { readProfile, type Profile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
 import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
-import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, evaluate, type CodecName, type EvaluateResult } from '../../evaluate/run.js';
+import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, evaluate, isKvtcCodec, sweepNames, type CodecName, type EvaluateResult } from '../../evaluate/run.js';
+import { renderSweepSvg, sweepRows } from '../../evaluate/sweep.js';
 import { resolveSubjects } from '../../evaluate/subjects.js';
 import { parseOptions } from '../../validation.js';
 import { VERSION } from '../../version.js';
@@ -27,7 +28,8 @@ import { wholeNumber, decimal, deviceSchema } from '../options.js';
 const DEFAULT_LONG_CONTEXT_TOKENS = 4096;
 
 const schema = z.object({
-  profile: z.string().min(1).optional(),
+  profile: z.array(z.string().min(1)).optional(),
+  plot: z.string().min(1).optional(),
   model: z.string().min(1).optional(),
   subjects: z.array(z.string()).optional(),
   limit: wholeNumber(1).optional(),
@@ -42,6 +44,7 @@ const schema = z.object({
     })
     .transform((list) => (list ? ([...new Set(list)] as CodecName[]) : undefined)),
   perplexityTokens: wholeNumber(0),
+  perplexityText: z.string().min(1).optional(),
   longContext: wholeNumber(0, 10_000),
   longContextTokens: wholeNumber(64).optional(),
   logSamples: z.string().min(1).optional(),
@@ -54,21 +57,23 @@ const schema = z.object({
   quiet: z.boolean().default(false),
 });
 
-/** The profile to use: --profile (must exist), else kvtc-profiles/<model> when there is one. */
-async function findProfile(option: string | undefined, model: LoadedModel): Promise<Profile | undefined> {
-  if (option !== undefined) return readProfile(option);
+/** The profiles to use: --profile (each must exist), else kvtc-profiles/<model> when there is one. */
+async function findProfiles(option: string[] | undefined, model: LoadedModel): Promise<Profile[]> {
+  if (option?.length) return Promise.all(option.map((p) => readProfile(p)));
   const dflt = join(DEFAULT_PROFILES_DIR, model.name);
-  return existsSync(join(dflt, MANIFEST_FILE)) ? readProfile(dflt) : undefined;
+  return existsSync(join(dflt, MANIFEST_FILE)) ? [await readProfile(dflt)] : [];
 }
 
-function jsonResult(r: EvaluateResult, profile: Profile | undefined, extra: Record<string, unknown>) {
+function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Record<string, unknown>) {
   const o = r.summary.overall;
   const names = r.settings.codecs.map((c) => c.name);
-  const main = names.includes('kvtc') ? 'kvtc' : names[0];
+  const main = names.find(isKvtcCodec) ?? names[0];
+  const profile = profiles[0];
   const c = main ? o.codecs[main] : undefined;
   return {
     model: r.model,
     profile: profile ? { dir: profile.dir, profile_id: profile.manifest.profile_id, ratio_target: profile.manifest.settings.ratio_target } : null,
+    profiles: profiles.map((p, i) => ({ codec: sweepNames(profiles)[i], dir: p.dir, profile_id: p.manifest.profile_id, ratio_target: p.manifest.settings.ratio_target })),
     n: o.n,
     subjects_count: o.subjects,
     shots: r.settings.shots,
@@ -92,14 +97,16 @@ function jsonResult(r: EvaluateResult, profile: Profile | undefined, extra: Reco
     questions_per_second: r.timing.questionsPerSecond,
     timing: r.timing,
     partial: r.partial ?? null,
+    sweep: sweepRows(r),
     ...extra,
   };
 }
 
-function printTables(io: CliIO, r: EvaluateResult, profile: Profile | undefined, profileNote: string | undefined): void {
+function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[], profileNote: string | undefined): void {
   const o = r.summary.overall;
+  const profile = profiles[0];
   const names = r.settings.codecs.map((c) => c.name);
-  io.out(`kvtc evaluate · ${r.model.name} · ${profile ? `profile ${profile.dir} (${profile.manifest.profile_id})` : 'no profile'}`);
+  io.out(`kvtc evaluate · ${r.model.name} · ${profiles.length > 1 ? `${profiles.length} profiles (${sweepNames(profiles).join(', ')})` : profile ? `profile ${profile.dir} (${profile.manifest.profile_id})` : 'no profile'}`);
   io.out(`MMLU ${r.settings.shots}-shot · ${o.n} questions · ${o.subjects} subject(s) · lm-evaluation-harness prompt and log-likelihood scoring`);
   if (profileNote) io.out(profileNote);
   if (r.partial) io.out(`PARTIAL: interrupted after ${r.partial.questionsScored} of ${r.partial.questionsPlanned} questions; the figures below cover only those (perplexity not measured).`);
@@ -124,10 +131,29 @@ function printTables(io: CliIO, r: EvaluateResult, profile: Profile | undefined,
     io.out(`Long-context tasks (RULER-style needle and variable tracking, generated): ${Object.entries(lc.tasks).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ')}, ${lc.context_tokens.toFixed(0)} tokens on average`);
     io.out(table(CODEC_HEADER, codecRows(lc.overall)));
   }
+  if (profiles.length > 1) {
+    const f = (x: number | null, d = 1) => (x === null || !Number.isFinite(x) ? 'n/a' : `${x > 0 ? '+' : ''}${x.toFixed(d)}`);
+    io.out('');
+    io.out('Ratio sweep (all against the same uncompressed run; ratio measured on these caches):');
+    io.out(
+      table(
+        ['codec', 'ratio (compr. tokens)', 'MMLU Δ [95% CI]', 'agree', 'KL', 'long-context Δ [95% CI]', 'Δ perplexity'],
+        sweepRows(r).map((x) => [
+          x.codec,
+          Number.isFinite(x.ratio_compressed) ? `${x.ratio_compressed.toFixed(2)}x` : 'n/a',
+          `${f(x.delta_points)} [${f(x.delta_ci95[0])}, ${f(x.delta_ci95[1])}]`,
+          `${(100 * x.agreement).toFixed(1)}%`,
+          x.kl.toExponential(2),
+          x.long_context_delta_points === null ? 'n/a' : `${f(x.long_context_delta_points)} [${f(x.long_context_ci95![0])}, ${f(x.long_context_ci95![1])}]`,
+          f(x.perplexity_delta, 3),
+        ]),
+      ),
+    );
+  }
   if (r.perplexity) {
     const p = r.perplexity;
     io.out('');
-    io.out(`Perplexity, WikiText-2 test: ${p.windows} window(s) of ${p.window} tokens; first ${p.context} prefilled and compressed, ${p.scored_tokens} tokens scored in all`);
+    io.out(`Perplexity, ${p.source ?? "WikiText-2 test"}: ${p.windows} window(s) of ${p.window} tokens; first ${p.context} prefilled and compressed, ${p.scored_tokens} tokens scored in all`);
     io.out(table(PERPLEXITY_HEADER, perplexityRows(r)));
   }
   const t = r.timing;
@@ -145,9 +171,10 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   // The report path is checked before hours of scoring, not after.
   if (opts.report) checkOutputFile(opts.report, { force: true, option: '--report' });
   if (opts.logSamples) checkOutputFile(opts.logSamples, { force: true, option: '--log-samples' });
+  if (opts.plot) checkOutputFile(opts.plot, { force: true, option: '--plot' });
   const startedAt = new Date().toISOString();
   const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
-  let profile: Profile | undefined;
+  let profiles: Profile[] = [];
   let profileNote: string | undefined;
   let codecNames: CodecName[];
   let codecs: Awaited<ReturnType<typeof createCodecs>> = [];
@@ -156,17 +183,18 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let result: EvaluateResult;
   // The model's session and every codec (sessions, worker threads) are released on every path.
   try {
-    profile = await findProfile(opts.profile, model);
-    if (profile) checkProfileForModel(profile, model, 'the model being evaluated');
-    codecNames = opts.codec ?? (profile ? ['kvtc', ...DEFAULT_BASELINES] : [...DEFAULT_BASELINES]);
-    if (codecNames.includes('kvtc') && !profile) {
+    profiles = await findProfiles(opts.profile, model);
+    for (const p of profiles) checkProfileForModel(p, model, 'the model being evaluated');
+    sweepNames(profiles); // the same profile twice is a usage error, before any work
+    codecNames = opts.codec ?? (profiles.length ? ['kvtc', ...DEFAULT_BASELINES] : [...DEFAULT_BASELINES]);
+    if (codecNames.includes('kvtc') && !profiles.length) {
       throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} at ${join(DEFAULT_PROFILES_DIR, model.name)}`, {
         fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
         exitCode: 2,
       });
     }
-    if (!profile) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
-    codecs = await createCodecs(codecNames, { profile, device: opts.device });
+    if (!profiles.length) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
+    codecs = await createCodecs(codecNames, { profiles, device: opts.device });
     result = await evaluate({
       runner: new ModelRunner(model),
       subjects,
@@ -174,6 +202,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       shots: opts.shots,
       codecs,
       perplexityTokens: opts.perplexityTokens,
+      perplexityTextPath: opts.perplexityText,
       longContext: { perKind: opts.longContext, contextTokens: opts.longContextTokens ?? Math.min(model.spec.maxPositions, DEFAULT_LONG_CONTEXT_TOKENS) },
       seed: opts.seed,
       onProgress: progress.fn,
@@ -186,34 +215,42 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     await model.session.release();
   }
 
-  // --max-drop guards kvtc (or, without it, the first codec asked for).
-  const guarded = codecNames.includes('kvtc') ? 'kvtc' : codecNames[0];
+  // --max-drop guards kvtc — every profile of a sweep — or, without kvtc, the first codec asked for.
+  const evaluated = result.settings.codecs.map((c) => c.name);
+  const guardedList = evaluated.some(isKvtcCodec) ? evaluated.filter(isKvtcCodec) : evaluated.slice(0, 1);
   let failure: KvtcError | undefined;
   let maxDrop: Record<string, unknown> | undefined;
   if (opts.maxDrop !== undefined) {
-    if (!guarded) throw new UsageError('--max-drop needs a codec to check', 'Pass --codec kvtc (or another codec).');
-    const c = result.summary.overall.codecs[guarded];
-    const drop = -c.delta_points;
-    maxDrop = { codec: guarded, threshold_points: opts.maxDrop, drop_points: drop, passed: !(drop > opts.maxDrop) };
+    if (!guardedList.length) throw new UsageError('--max-drop needs a codec to check', 'Pass --codec kvtc (or another codec).');
+    const checked = guardedList.map((name) => {
+      const c = result.summary.overall.codecs[name];
+      return { codec: name, drop_points: -c.delta_points, passed: !(-c.delta_points > opts.maxDrop!) };
+    });
+    const worst = checked.reduce((a, b) => (b.drop_points > a.drop_points ? b : a));
+    const guarded = worst.codec;
+    const drop = worst.drop_points;
+    maxDrop = { codec: guarded, threshold_points: opts.maxDrop, drop_points: drop, passed: checked.every((c) => c.passed), ...(checked.length > 1 ? { checked } : {}) };
     if (drop > opts.maxDrop) {
+      const c = result.summary.overall.codecs[guarded];
       failure = new KvtcError(
         'THRESHOLD_EXCEEDED',
         `${guarded} loses ${drop.toFixed(2)} accuracy points on ${c.n} questions (uncompressed ${(100 * result.summary.overall.baseline.accuracy).toFixed(1)}%, ${guarded} ${(100 * c.accuracy.accuracy).toFixed(1)}%; 95% CI of the drop [${(-c.delta_ci95[1]).toFixed(1)}, ${(-c.delta_ci95[0]).toFixed(1)}]), more than --max-drop ${opts.maxDrop}`,
         {
           exitCode: 3,
-          fix: guarded === 'kvtc' ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.' : 'Choose a less lossy codec or raise --max-drop.',
+          fix: isKvtcCodec(guarded) ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.' : 'Choose a less lossy codec or raise --max-drop.',
           context: { codec: guarded, drop_points: drop, threshold_points: opts.maxDrop },
         },
       );
     }
   }
-  const json = jsonResult(result, profile, maxDrop ? { max_drop: maxDrop } : {});
+  const json = jsonResult(result, profiles, maxDrop ? { max_drop: maxDrop } : {});
   // Results reach the user before the report is written: a failing write loses nothing.
   let reportError: unknown;
   const report = async () => {
     try {
+      if (opts.plot) await writeFileAtomic(opts.plot, renderSweepSvg(sweepRows(result), { title: `kvtc evaluate · ${result.model.name} · ${result.summary.overall.n} MMLU questions${result.longContext ? ` + ${result.longContext.overall.n} long-context tasks` : ''}`, subtitle: `${opts._commandLine ?? ''} · kvtc ${VERSION} · ${startedAt}` }));
       if (opts.logSamples) await writeFileAtomic(opts.logSamples, sampleLines(result, { version: VERSION, date: startedAt, command: opts._commandLine }));
-      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profile?.dir, command: opts._commandLine, version: VERSION, date: startedAt }));
+      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profiles.map((p) => p.dir).join(', ') || undefined, command: opts._commandLine, version: VERSION, date: startedAt }));
     } catch (e) {
       reportError = e;
     }
@@ -238,11 +275,15 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     printJson(io, json);
     return;
   }
-  printTables(io, result, profile, profileNote);
+  printTables(io, result, profiles, profileNote);
   await report();
   if (reportError && !failure) throw reportError;
   if (reportError) io.err(`error: the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
-  else if (opts.report) io.out(`report written to ${opts.report}`);
+  else {
+    if (opts.report) io.out(`report written to ${opts.report}`);
+    if (opts.plot) io.out(`sweep plot written to ${opts.plot}`);
+    if (opts.logSamples) io.out(`per-question records written to ${opts.logSamples}`);
+  }
   if (failure) throw failure;
-  if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${guarded} drop ${(maxDrop.drop_points as number).toFixed(2)} points)`);
+  if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${guardedList.length > 1 ? 'worst: ' : ''}${String(maxDrop.codec)} drop ${(maxDrop.drop_points as number).toFixed(2)} points)`);
 }
