@@ -56,20 +56,20 @@ interface Panel {
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const fmt = (x: number) => (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 1 ? x.toFixed(1) : Math.abs(x) >= 0.01 ? x.toFixed(2) : x.toExponential(0));
+const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 1 ? x.toFixed(1) : Math.abs(x) >= 0.01 ? x.toFixed(2) : x.toExponential(0));
 
 /** Four panels side by side; x is log2 of the measured compression ratio of the compressed tokens. */
-export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string; subtitle?: string }): string {
+export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string; subtitle?: string; perplexitySource?: string }): string {
   const panels: Panel[] = [
     { title: 'MMLU Δ accuracy (points, 95% CI)', value: (r) => r.delta_points, interval: (r) => r.delta_ci95, zero: 0 },
     { title: 'KL(uncompressed ‖ codec), nats', value: (r) => r.kl, zero: 0 },
     { title: 'agreement with uncompressed', value: (r) => r.agreement, zero: 1 },
     { title: 'long-context Δ accuracy (points, 95% CI)', value: (r) => r.long_context_delta_points, interval: (r) => r.long_context_ci95, zero: 0 },
   ];
-  if (rows.some((r) => r.perplexity_delta !== null)) panels.push({ title: 'Δ perplexity (WikiText-2)', value: (r) => r.perplexity_delta, zero: 0 });
+  if (rows.some((r) => r.perplexity_delta !== null)) panels.push({ title: `Δ perplexity (${meta.perplexitySource ?? 'WikiText-2'})`, value: (r) => r.perplexity_delta, zero: 0 });
   const W = 300;
   const H = 240;
-  const pad = { l: 52, r: 12, t: 28, b: 40 };
+  const pad = { l: 52, r: 40, t: 28, b: 40 };
   const width = W * panels.length;
   const height = H + 56;
   const pts = rows.filter((r) => Number.isFinite(r.ratio_compressed) && r.ratio_compressed > 0);

@@ -62,3 +62,16 @@ describe('long-context tasks', () => {
     }
   });
 });
+
+describe('sweep plot', () => {
+  it('renders every codec of a run as points with intervals, kvtc joined, valid SVG', async () => {
+    const { renderSweepSvg } = await import('../../src/evaluate/sweep.js');
+    const row = (codec: string, ratio: number, d: number) => ({ codec, ratio_compressed: ratio, ratio: ratio / 2, delta_points: d, delta_ci95: [d - 2, d + 2] as [number, number], agreement: 0.9, kl: 0.01, compressed_share: 0.7, perplexity_delta: 0.1, long_context_delta_points: d, long_context_ci95: [d - 1, d + 1] as [number, number] });
+    const svg = renderSweepSvg([row('int8', 1.33, 0), row('kvtc@8x', 7.7, -1), row('kvtc@20x', 18, -3)], { title: 'a <title> & more' });
+    expect(svg.startsWith('<svg')).toBe(true);
+    expect(svg).toContain('a &lt;title&gt; &amp; more');
+    expect(svg.match(/<circle/g)).toHaveLength(3 * 5);
+    expect(svg.match(/<polyline/g)).toHaveLength(5);
+    expect(svg).toContain('kvtc@20x: -3.0 at 18.00x');
+  });
+});

@@ -248,7 +248,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let reportError: unknown;
   const report = async () => {
     try {
-      if (opts.plot) await writeFileAtomic(opts.plot, renderSweepSvg(sweepRows(result), { title: `kvtc evaluate · ${result.model.name} · ${result.summary.overall.n} MMLU questions${result.longContext ? ` + ${result.longContext.overall.n} long-context tasks` : ''}`, subtitle: `${opts._commandLine ?? ''} · kvtc ${VERSION} · ${startedAt}` }));
+      if (opts.plot) await writeFileAtomic(opts.plot, renderSweepSvg(sweepRows(result), { title: `kvtc evaluate · ${result.model.name} · ${result.summary.overall.n} MMLU questions${result.longContext ? ` + ${result.longContext.overall.n} long-context tasks` : ''}`, subtitle: `${opts._commandLine ?? ''} · kvtc ${VERSION} · ${startedAt}`, perplexitySource: result.perplexity?.source }));
       if (opts.logSamples) await writeFileAtomic(opts.logSamples, sampleLines(result, { version: VERSION, date: startedAt, command: opts._commandLine }));
       if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profiles.map((p) => p.dir).join(', ') || undefined, command: opts._commandLine, version: VERSION, date: startedAt }));
     } catch (e) {
