@@ -11,15 +11,15 @@
  *   decode: the reverse; the decode graph writes [G, n, hd], so values are block copies into
  *           the cache and keys one RoPE pass.
  */
-import { KvtcError } from '../errors.js';
+import { invariant, KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
 import { ropeInvFreq } from '../model/rope-freqs.js';
 import type { KvCache, RopeSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
-import { assembleBlob, compressSection, parseBlob, readBlobHeader, type EncodedSection, type EntropyCoder } from './blob.js';
+import { assembleBlob, compressSection, MAX_POSITIONS, MAX_TOKENS, parseBlob, type BlobLayout, type EncodedSection, type EntropyCoder } from './blob.js';
 import { buildDecodeGraph, buildEncodeGraph, ropePairs, ropeTables } from './graphs.js';
 import { InlineTransform, ThreadedTransform, type Feeds, type Outputs, type TransformRunner } from './transform.js';
-import { decodePlanCodes, encodePlanCodes } from './payload.js';
+import { decodePlanCodes, encodePlanCodes, payloadLength } from './payload.js';
 import type { BasisPlan } from './types.js';
 
 export interface CodecSpec {
@@ -157,9 +157,14 @@ function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kv
   }
 }
 
-/** Raw-token section: for each layer, keys then values, [kvHeads, sink] then [kvHeads, window] rows of headDim. */
-/** Raw sink/window tokens, always as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). */
-function rawSection(cache: KvCache, sink: number, window: number): Uint8Array {
+/**
+ * Raw-token section: for each layer, keys then values, [kvHeads, sink] then [kvHeads, window] rows
+ * of headDim, as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). A float32
+ * cache with a raw value fp16 cannot hold (|x| ≥ 65520 rounds to ∞) is stored as float32 instead
+ * (header flag bit 1), losslessly; a float16 cache never holds one (KV_OUT_OF_RANGE: its values
+ * are not what its dtype says). Values must be finite (scanCache checked).
+ */
+function rawSection(cache: KvCache, sink: number, window: number, source: string): { data: Uint8Array; float32: boolean } {
   const { layers, kvHeads, headDim, tokens } = cache;
   const rows = layers * 2 * kvHeads * (sink + window);
   const vals = new Float32Array(rows * headDim);
@@ -176,16 +181,68 @@ function rawSection(cache: KvCache, sink: number, window: number): Uint8Array {
     }
   }
   const h = new Uint16Array(vals.length);
-  for (let i = 0; i < vals.length; i++) h[i] = floatToHalf(vals[i]);
-  return new Uint8Array(h.buffer);
+  let overflow = -1;
+  for (let i = 0; i < vals.length; i++) {
+    const x = floatToHalf(vals[i]);
+    h[i] = x;
+    if ((x & 0x7fff) === 0x7c00 && overflow < 0) overflow = i;
+  }
+  if (overflow < 0) return { data: new Uint8Array(h.buffer), float32: false };
+  if (cache.dtype === 'float32') return { data: new Uint8Array(vals.buffer), float32: true };
+  // Where value `overflow` of the section sits: (layer, key/value, head, row of sink + window).
+  const row = Math.floor(overflow / headDim);
+  const r = row % (sink + window);
+  const head = Math.floor(row / (sink + window)) % kvHeads;
+  const kv = Math.floor(row / ((sink + window) * kvHeads));
+  const layer = Math.floor(kv / 2);
+  const kind = kv % 2 === 0 ? 'key' : 'value';
+  const token = r < sink ? r : tokens - window + (r - sink);
+  throw new KvtcError('KV_OUT_OF_RANGE', `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${overflow % headDim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`, {
+    fix: 'A float16 cache cannot hold this value: pass the cache as float32 (kvtc then stores its raw tokens as float32), or check how the cache was produced.',
+    context: { source, layer, kind, head, token, position: cache.startPosition + token, dim: overflow % headDim, value: vals[overflow], dtype: cache.dtype },
+  });
 }
 
-function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number): void {
+/** Inverse of rawSection. Every value must be finite: an fp16 ∞/NaN (or a float32 one) means a corrupt blob. */
+function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number, float32: boolean, source: string): void {
   const { layers, kvHeads, headDim, tokens } = cache;
   const count = layers * 2 * kvHeads * (sink + window) * headDim;
-  const vals = new Float32Array(count);
-  const h = new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-  for (let i = 0; i < count; i++) vals[i] = halfToFloat(h[i]);
+  const copy = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+  let vals: Float32Array;
+  let bad = -1;
+  if (float32) {
+    vals = new Float32Array(copy);
+    for (let i = 0; i < count; i++) {
+      if (!Number.isFinite(vals[i])) {
+        bad = i;
+        break;
+      }
+    }
+  } else {
+    vals = new Float32Array(count);
+    const h = new Uint16Array(copy);
+    for (let i = 0; i < count; i++) {
+      const x = h[i];
+      if ((x & 0x7c00) === 0x7c00) {
+        bad = i;
+        break;
+      }
+      vals[i] = halfToFloat(x);
+    }
+  }
+  if (bad >= 0) {
+    const row = Math.floor(bad / headDim);
+    const r = row % (sink + window);
+    const head = Math.floor(row / (sink + window)) % kvHeads;
+    const kv = Math.floor(row / ((sink + window) * kvHeads));
+    const token = r < sink ? r : tokens - window + (r - sink);
+    const kind = kv % 2 === 0 ? 'key' : 'value';
+    const layer = Math.floor(kv / 2);
+    throw new KvtcError('BLOB_INVALID', `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${bad % headDim}; no encoder writes one`, {
+      fix: 'The blob is corrupt or was not written by kvtc: re-encode the cache with `kvtc encode`.',
+      context: { blob: source, layer, kind, head, token, dim: bad % headDim },
+    });
+  }
   let at = 0;
   for (let l = 0; l < layers; l++) {
     for (const arr of [cache.keys[l], cache.values[l]]) {
@@ -196,6 +253,31 @@ function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: numb
         arr.set(vals.subarray(at, at + window * headDim), base + (tokens - window) * headDim);
         at += window * headDim;
       }
+    }
+  }
+}
+
+/**
+ * How far a compressed token may stray from what the profile was calibrated on: a token whose
+ * feature vector x (one plan's layers and heads) has ‖x‖₂ > ‖μ‖₂ + OUTLIER_FACTOR · √(Σ variances)
+ * is refused (KV_OUT_OF_RANGE). ‖x − μ‖ ≥ ‖x‖ − ‖μ‖, and RoPE preserves ‖x‖, so the test reads the
+ * cache as stored, the same on every device, and refuses only tokens whose deviation from the
+ * mean is more than 16× the calibration RMS deviation. Measured on stories260K (held-out prose,
+ * source code, JSON, random characters): (‖x‖ − ‖μ‖)/RMS ≤ 3 for every token. Within the bound,
+ * static groups clip to their calibrated range, as the spec says.
+ */
+export const OUTLIER_FACTOR = 16;
+
+/** fp16's largest finite value. */
+const HALF_MAX = 65504;
+
+/** Clamps tokens [t0, t0 + n) of one [kvHeads, tokens, headDim] tensor to ±65504. */
+function saturateHalf(a: Float32Array, kvHeads: number, tokens: number, headDim: number, t0: number, n: number): void {
+  for (let h = 0; h < kvHeads; h++) {
+    for (let i = (h * tokens + t0) * headDim, e = i + n * headDim; i < e; i++) {
+      const v = a[i];
+      if (v > HALF_MAX) a[i] = HALF_MAX;
+      else if (v < -HALF_MAX) a[i] = -HALF_MAX;
     }
   }
 }
@@ -219,7 +301,25 @@ export class KvtcCodec {
     /** CPU: RoPE runs on the host, fused into gather/scatter (ORT's Gather/Concat chain cost 10x the matmul). */
     private readonly ropeOnHost: boolean,
     readonly threaded: boolean,
-  ) {}
+  ) {
+    this.normBound = plans.map((p) => {
+      let v = 0;
+      for (let j = 0; j < p.variances.length; j++) v += p.variances[j];
+      let m = 0;
+      for (let j = 0; j < p.mean.length; j++) m += p.mean[j] * p.mean[j];
+      // A rank-0 plan keeps nothing (x̂ = μ by design); zero calibrated variance gives no scale.
+      return p.rank > 0 && v > 0 ? Math.sqrt(m) + OUTLIER_FACTOR * Math.sqrt(v) : Infinity;
+    });
+    this.layout = {
+      profileId: spec.profileId,
+      layers: spec.layers,
+      kvHeads: spec.kvHeads,
+      headDim: spec.headDim,
+      sink: spec.sink,
+      window: spec.window,
+      planBytes: plans.map((p) => (p.rank > 0 ? (n: number) => payloadLength(p, n) : null)),
+    };
+  }
 
   /** Threaded: graph runs queued on the worker beyond the one this thread waits for next. */
   private static readonly IN_FLIGHT = 2;
@@ -228,6 +328,11 @@ export class KvtcCodec {
   private gatherScratch = new Float32Array(0);
   /** Reused codes buffer (inline decode), grown to the largest n·rank seen. */
   private codesScratch = new Uint8Array(0);
+  /** Per plan: the largest ‖x‖ of a compressed token (OUTLIER_FACTOR); Infinity where unchecked. */
+  private readonly normBound: number[];
+  /** What a blob of this profile must look like (parseBlob). */
+  private readonly layout: BlobLayout;
+
 
   static async create(spec: CodecSpec, plans: BasisPlan[], opts: CodecOptions = {}): Promise<KvtcCodec> {
     const ctx = { rope: spec.rope, headDim: spec.headDim };
@@ -260,12 +365,91 @@ export class KvtcCodec {
     }
   }
 
-  async encode(cache: KvCache): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
-    this.checkCache(cache);
+  /**
+   * The checks on a cache's values before encoding (docs/profile-format.md §6, "Range"): every
+   * value finite (KV_INVALID), and every compressed token within the profile's calibrated range
+   * (OUTLIER_FACTOR; KV_OUT_OF_RANGE). One pass over the cache, float64 sums of squares per token.
+   */
+  private scanCache(cache: KvCache, sink: number, n: number, source: string): void {
+    const { layers, kvHeads, headDim, tokens: T } = cache;
+    const acc = new Float64Array(T);
+    const covered = new Set<string>();
+    const groups: { kind: 'key' | 'value'; layers: number[]; bound: number; plan: number }[] = this.plans.map((p, i) => ({ kind: p.kind, layers: p.layers, bound: this.normBound[i], plan: i }));
+    // (layer, kind) pairs no plan covers are still checked for finite values.
+    for (const p of groups) for (const l of p.layers) covered.add(`${p.kind}${l}`);
+    for (let l = 0; l < layers; l++) for (const kind of ['key', 'value'] as const) if (!covered.has(`${kind}${l}`)) groups.push({ kind, layers: [l], bound: Infinity, plan: -1 });
+    for (const g of groups) {
+      acc.fill(0);
+      for (const l of g.layers) {
+        const a = (g.kind === 'key' ? cache.keys : cache.values)[l];
+        for (let h = 0; h < kvHeads; h++) {
+          for (let t = 0, i = h * T * headDim; t < T; t++) {
+            let s2 = 0;
+            for (let d = 0; d < headDim; d++, i++) s2 += a[i] * a[i];
+            acc[t] += s2;
+          }
+        }
+      }
+      for (let t = 0; t < T; t++) {
+        const s2 = acc[t];
+        // v² of a float32 is finite in float64: a non-finite sum means a non-finite value.
+        if (!Number.isFinite(s2)) {
+          const at = this.locate(cache, g.kind, g.layers, t, (v) => !Number.isFinite(v));
+          throw new KvtcError('KV_INVALID', `${source}: the ${g.kind} of layer ${at.layer}, head ${at.head}, token ${t} (position ${cache.startPosition + t}), dim ${at.dim} is ${at.value}; a KV cache holds finite values`, {
+            fix: 'Check how the cache was produced (a NaN or ∞ in the model\'s KV output usually means an overflow in the model run).',
+            context: { source, kind: g.kind, layer: at.layer, head: at.head, token: t, position: cache.startPosition + t, dim: at.dim, value: String(at.value) },
+          });
+        }
+        if (t >= sink && t < sink + n && Math.sqrt(s2) > g.bound) {
+          const at = this.locate(cache, g.kind, g.layers, t);
+          throw new KvtcError('KV_OUT_OF_RANGE', `${source}: token ${t} (position ${cache.startPosition + t}) is far outside the range the profile was calibrated on: the norm of its ${g.kind}s in layer${g.layers.length > 1 ? 's' : ''} ${g.layers.join(', ')} (plan ${g.plan}) is ${Math.sqrt(s2).toPrecision(4)}, above the profile's bound ${g.bound.toPrecision(4)} (‖mean‖ + ${OUTLIER_FACTOR}× the calibration RMS deviation); its largest value is ${at.value} (layer ${at.layer}, head ${at.head}, dim ${at.dim}). Encoding it would clip it to garbage`, {
+            fix: 'Recalibrate the profile on data representative of this cache (`kvtc calibrate --data ...`), or check the cache: values this far from the calibration data usually mean an overflow or the wrong model.',
+            context: { source, plan: g.plan, kind: g.kind, layers: g.layers, token: t, position: cache.startPosition + t, norm: Math.sqrt(s2), bound: g.bound, layer: at.layer, head: at.head, dim: at.dim, value: at.value },
+          });
+        }
+      }
+    }
+  }
+
+  /** The value of token t in the given layers of one kind that `pick` selects (default: the largest magnitude). */
+  private locate(cache: KvCache, kind: 'key' | 'value', layers: number[], t: number, pick?: (v: number) => boolean): { layer: number; head: number; dim: number; value: number } {
+    const { kvHeads, headDim, tokens: T } = cache;
+    let best = { layer: layers[0], head: 0, dim: 0, value: 0 };
+    for (const l of layers) {
+      const a = (kind === 'key' ? cache.keys : cache.values)[l];
+      for (let h = 0; h < kvHeads; h++) {
+        for (let d = 0; d < headDim; d++) {
+          const v = a[(h * T + t) * headDim + d];
+          if (pick ? pick(v) : Math.abs(v) > Math.abs(best.value)) {
+            best = { layer: l, head: h, dim: d, value: v };
+            if (pick) return best;
+          }
+        }
+      }
+    }
+    return best;
+  }
+
+  async encode(cache: KvCache, source = 'the KV cache'): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
+    this.checkCache(cache, source);
     const t0 = now();
+    if (!(cache.tokens >= 1 && cache.tokens <= MAX_TOKENS && Number.isInteger(cache.tokens))) {
+      throw new KvtcError('KV_INVALID', `${source} has ${cache.tokens} tokens; a kvtc blob holds 1 to ${MAX_TOKENS} (2^24)`, {
+        fix: `Split the cache into pieces of at most ${MAX_TOKENS} tokens (each with its own start position).`,
+        context: { source, tokens: cache.tokens, max_tokens: MAX_TOKENS },
+      });
+    }
+    if (!(Number.isInteger(cache.startPosition) && cache.startPosition >= 0 && cache.startPosition + cache.tokens <= MAX_POSITIONS)) {
+      throw new KvtcError('KV_INVALID', `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens; positions must be integers in [0, 2^32)`, {
+        fix: 'Give the cache its real start position (the absolute position of its first token).',
+        context: { source, start_position: cache.startPosition, tokens: cache.tokens },
+      });
+    }
     const { sink, window, n } = this.split(cache.tokens);
+    this.scanCache(cache, sink, n, source);
     const fp16 = cache.dtype === 'float16';
-    const sections: EncodedSection[] = [compressSection('raw', 0, rawSection(cache, sink, window), 'stored')];
+    const raw = rawSection(cache, sink, window, source);
+    const sections: EncodedSection[] = [compressSection('raw', 0, raw.data, 'stored')];
     const sec = { gather: 0, transform: 0, quantize: 0, entropy: 0, total: 0 };
     if (n > 0) {
       const tables = ropeTables(this.invFreq, cache.startPosition + sink, n);
@@ -281,7 +465,7 @@ export class KvtcCodec {
         const out = await o;
         sec.transform += now() - t;
         t = now();
-        const payload = encodePlanCodes({ codes: (out.codes as Uint8Array) ?? NO_CODES, coeffs: (out.coeffs as Float32Array) ?? NO_COEFFS }, n, this.plans[i]);
+        const payload = encodePlanCodes({ codes: (out.codes as Uint8Array) ?? NO_CODES, coeffs: (out.coeffs as Float32Array) ?? NO_COEFFS }, n, this.plans[i], { plan: i, firstToken: sink, source });
         sec.quantize += now() - t;
         t = now();
         sections.push(compressSection('plan', i, payload, this.spec.entropy));
@@ -311,7 +495,7 @@ export class KvtcCodec {
       while (pending.length) await finish();
     }
     const blob = assembleBlob(
-      { fp16, profileId: this.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },
+      { fp16, rawFloat32: raw.float32, profileId: this.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },
       sections,
     );
     sec.total = now() - t0;
@@ -333,23 +517,16 @@ export class KvtcCodec {
     };
   }
 
+  /**
+   * Decodes a blob of this profile. The blob is untrusted: parseBlob checks every header and table
+   * field against the file and the profile before anything is allocated, and the values decoded
+   * are finite (a non-finite raw value, fp16 scale or offset, or a NaN fp8 code is BLOB_INVALID).
+   */
   async decode(blob: Uint8Array, source = '<blob>'): Promise<{ cache: KvCache; stats: DecodeStats }> {
     const t0 = now();
-    const head = readBlobHeader(blob, source);
-    if (head.profileId !== this.spec.profileId) {
-      throw new KvtcError('BLOB_MISMATCH', `${source} was encoded with profile ${head.profileId}, not with this profile (${this.spec.profileId})`, {
-        fix: 'Decode with the profile the blob was encoded with (its id is in `kvtc inspect`).',
-        context: { blob_profile: head.profileId, profile: this.spec.profileId },
-      });
-    }
-    const { header, sections } = parseBlob(blob, source);
+    const { header, raw, plans: payloads } = parseBlob(blob, this.layout, source);
     const sec = { inflate: now() - t0, dequantize: 0, transform: 0, scatter: 0, total: 0 };
     const { layers, kvHeads, headDim, tokens, sink, window } = header;
-    if (layers !== this.spec.layers || kvHeads !== this.spec.kvHeads || headDim !== this.spec.headDim || sink + window > tokens) {
-      throw new KvtcError('BLOB_INVALID', `${source}: header shape ${layers}×${kvHeads}×${headDim} (${tokens} tokens, ${sink}+${window} raw) does not fit the profile`, {
-        fix: 'The blob is corrupt or was written for another model: re-encode it.',
-      });
-    }
     const n = tokens - sink - window;
     const size = kvHeads * tokens * headDim;
     const cache: KvCache = {
@@ -357,10 +534,7 @@ export class KvtcCodec {
       keys: Array.from({ length: layers }, () => new Float32Array(size)),
       values: Array.from({ length: layers }, () => new Float32Array(size)),
     };
-    const raw = sections.find((s) => s.kind === 'raw');
-    const rawBytes = layers * 2 * kvHeads * (sink + window) * headDim * 2;
-    if (!raw || raw.data.byteLength !== rawBytes) throw new KvtcError('BLOB_INVALID', `${source}: raw-token section is missing or has the wrong size`, { fix: 'Re-encode the cache.' });
-    restoreRaw(raw.data, cache, sink, window);
+    restoreRaw(raw, cache, sink, window, header.rawFloat32, source);
     if (n > 0) {
       const tables = ropeTables(this.invFreq, header.startPosition + sink, n);
       const rot = hostRope(this.spec.rope, headDim, tables);
@@ -386,11 +560,11 @@ export class KvtcCodec {
           continue;
         }
         let t = now();
-        const section = sections.find((s) => s.kind === 'plan' && s.plan === i);
-        if (!section) throw new KvtcError('BLOB_INVALID', `${source}: section for plan ${i} is missing`, { fix: 'Re-encode the cache.' });
+        const payload = payloads.get(i);
+        invariant(payload, `parseBlob returned no section for plan ${i}`);
         // Inline, the graph has run before the next plan is decoded: reuse one codes buffer.
         if (!this.threaded && this.codesScratch.length < n * plan.rank) this.codesScratch = new Uint8Array(n * plan.rank);
-        const pc = decodePlanCodes(section.data, n, plan, source, this.threaded ? undefined : this.codesScratch);
+        const pc = decodePlanCodes(payload, n, plan, source, this.threaded ? undefined : this.codesScratch, { plan: i, firstToken: sink, source });
         sec.dequantize += now() - t;
         t = now();
         const feeds: Feeds = {};
@@ -414,6 +588,9 @@ export class KvtcCodec {
         sec.transform += now() - t;
         scatter(plan, x, plan.kind === 'key' ? host : undefined);
       }
+      // A float16 cache is restored as float16: reconstructions beyond its range saturate at
+      // ±65504 (the nearest value it holds) instead of becoming ∞ when rounded.
+      if (header.fp16) for (const a of [...cache.keys, ...cache.values]) saturateHalf(a, kvHeads, tokens, headDim, sink, n);
     }
     sec.total = now() - t0;
     return { cache, stats: { tokens, seconds: sec } };

@@ -112,8 +112,28 @@ export interface PlanCodes {
   coeffs: Float32Array;
 }
 
-/** PlanCodes → payload bytes: affine groups are bit-packed as they are, the others quantized here. */
-export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan): Uint8Array {
+/**
+ * Where a plan's tokens sit, for the messages of the range checks: the plan's index and the
+ * cache token of compressed token 0 (the sink count).
+ */
+export interface PlanSite {
+  plan: number;
+  firstToken: number;
+  source: string;
+}
+
+const HALF_MAX = 65504;
+
+function planLabel(plan: BasisPlan, site: PlanSite): string {
+  return `${site.plan >= 0 ? `plan ${site.plan}` : 'the plan'} (${plan.kind}s of layer${plan.layers.length > 1 ? 's' : ''} ${plan.layers.join(', ')})`;
+}
+
+/**
+ * PlanCodes → payload bytes: affine groups are bit-packed as they are, the others quantized here.
+ * With `site` (the codec's encode), a dynamic group whose coefficients leave the fp16 range of its
+ * stored offset and scale is refused (KV_OUT_OF_RANGE) instead of being clipped at ±65504.
+ */
+export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan, site?: PlanSite): Uint8Array {
   const out = new Uint8Array(payloadLength(plan, n));
   const dyn: { offsets: Uint16Array; scales: Uint16Array }[] = [];
   let at = 0;
@@ -142,6 +162,7 @@ export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan): Uint
           if (v > mxF[t]) mxF[t] = v;
         }
       }
+      if (site) checkDynamicRange(n, plan, g, site);
       for (let t = 0; t < n; t++) {
         const h = dynamicHalves(mnF[t], mxF[t], type);
         offsets[t] = h >>> 16;
@@ -169,16 +190,45 @@ export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan): Uint
   return out;
 }
 
+/** Encode-side: mnF/mxF of a dynamic group's tokens must fit fp16 (its offset and scale are fp16). */
+function checkDynamicRange(n: number, plan: BasisPlan, g: QuantGroup, site: PlanSite): void {
+  for (let t = 0; t < n; t++) {
+    if (mnF[t] >= -HALF_MAX && mxF[t] <= HALF_MAX) continue;
+    const v = mnF[t] < -HALF_MAX ? mnF[t] : mxF[t];
+    throw new KvtcError('KV_OUT_OF_RANGE', `${site.source}: token ${site.firstToken + t} has a coefficient of ${v} in ${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}; its per-token range is stored as fp16, which holds at most ±65504`, {
+      fix: 'The cache is far outside what the profile was calibrated on: recalibrate the profile on representative data (`kvtc calibrate`), or check the cache.',
+      context: { source: site.source, plan: site.plan, kind: plan.kind, layers: plan.layers, token: site.firstToken + t, value: v, components: [g.start, g.end] },
+    });
+  }
+}
+
+function blobInvalid(source: string, message: string, context: Record<string, unknown>): KvtcError {
+  return new KvtcError('BLOB_INVALID', `${source}: ${message}`, {
+    fix: 'The blob was not encoded with this profile, or it is corrupt: re-encode it.',
+    context: { blob: source, ...context },
+  });
+}
+
+/** Decode-side: fp8 codes 0x7F/0xFF are NaN, never written; one in a blob means it is corrupt. */
+function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGroup, site: PlanSite, plan: BasisPlan): void {
+  for (let i = 0; i < count; i++) {
+    if ((codes[i] & 0x7f) !== 0x7f) continue;
+    const c = g.start + Math.floor(i / n);
+    const t = i % n;
+    throw blobInvalid(site.source, `${planLabel(plan, site)} stores fp8 code 0x${codes[i].toString(16)} (NaN, never written) for component ${c} of token ${site.firstToken + t}`, { plan: site.plan, component: c, token: site.firstToken + t, code: codes[i] });
+  }
+}
+
 /**
  * Inverse of encodePlanCodes: affine groups are only unpacked; the others are dequantized.
+ * Every value it returns is finite: a NaN fp8 code or a non-finite fp16 offset or scale of a
+ * dynamic group is refused (BLOB_INVALID) — named by `site` (plan index, cache token) when given.
  * `codesInto`: a buffer to unpack the codes into (every byte is written) instead of a new one.
  */
-export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>', codesInto?: Uint8Array): PlanCodes {
+export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>', codesInto?: Uint8Array, site: PlanSite = { plan: -1, firstToken: 0, source }): PlanCodes {
   const expected = payloadLength(plan, n);
   if (payload.byteLength !== expected) {
-    throw new KvtcError('BLOB_INVALID', `${source}: a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, {
-      fix: 'The blob was not encoded with this profile, or it is corrupt: re-encode it.',
-    });
+    throw blobInvalid(source, `a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, { plan: site.plan, bytes: payload.byteLength, expected, tokens: n });
   }
   const groups = stored(plan);
   let ka = 0;
@@ -214,6 +264,7 @@ export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan,
     scratch(n * w, n);
     unpackCodes(payload, at, n * w, bits, compMajor);
     at += packedLength(n * w, bits);
+    if (type === 'fp8') checkFp8Codes(compMajor, n * w, n, g, site, plan);
     if (g.mode === 'static') {
       // static fp8: one table load per coefficient
       for (let j = 0; j < w; j++) {
@@ -225,8 +276,16 @@ export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan,
     }
     // Little-endian u16 read byte-wise: code blocks can leave dynAt odd.
     for (let t = 0, o = dynAt, s = dynAt + 2 * n; t < n; t++, o += 2, s += 2) {
-      offF[t] = halfToFloat(payload[o] | (payload[o + 1] << 8));
-      scF[t] = halfToFloat(payload[s] | (payload[s + 1] << 8));
+      const oh = payload[o] | (payload[o + 1] << 8);
+      const sh = payload[s] | (payload[s + 1] << 8);
+      // exponent bits all ones: ±Inf or NaN, which no encoder writes
+      if ((oh & 0x7c00) === 0x7c00 || (sh & 0x7c00) === 0x7c00) {
+        const which = (oh & 0x7c00) === 0x7c00 ? 'offset' : 'scale';
+        const bitsOf = which === 'offset' ? oh : sh;
+        throw blobInvalid(site.source, `${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}: the fp16 ${which} of token ${site.firstToken + t} is ${halfToFloat(bitsOf)} (0x${bitsOf.toString(16).padStart(4, '0')}); a dynamic ${which} must be finite`, { plan: site.plan, components: [g.start, g.end], token: site.firstToken + t, field: which, value: halfToFloat(bitsOf) });
+      }
+      offF[t] = halfToFloat(oh);
+      scF[t] = halfToFloat(sh);
     }
     dynAt += 4 * n;
     const levels = intLevels(type);
