@@ -57,7 +57,7 @@ describe.skipIf(!present)('bundled stories260K (Optimum layout, fp32)', () => {
     const r = await kvtc('capture', '--text', join(DEFAULT_MODEL_DIR, 'config.json'), '--out', out, '--max-tokens', '200', '--chunk', '64', '--json');
     expect(r.code).toBe(0);
     const s = JSON.parse(r.stdout);
-    expect(s).toMatchObject({ model: 'stories260k', layers: 5, kvHeads: 4, headDim: 8, dtype: 'float32' });
+    expect(s).toMatchObject({ model: 'stories260k', layers: 5, kv_heads: 4, head_dim: 8, dtype: 'float32' });
     const { cache } = await readKvCache(out);
     expect(cache.tokens).toBe(200);
     expect(s.bytes).toBeGreaterThan(5 * 2 * 4 * 8 * 4 * s.tokens);
