@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { summarize } from '../../src/bench/stats.js';
 import { prefixCache, relativeError } from '../../src/bench/cache.js';
-import type { BenchResult } from '../../src/bench/run.js';
 import { main } from '../../src/cli/main.js';
 import { memoryIO } from '../../src/cli/io.js';
 import type { KvCache } from '../../src/model/types.js';
@@ -39,33 +38,35 @@ describe('kvtc bench --quick --json', () => {
     // stderr carries only progress lines (plain, since it is not a terminal); stdout the result.
     expect(io.stderr.join('\n')).toMatch(/^(\[kvtc\] [^\n]*(\n|$))*$/);
     expect(code).toBe(0);
-    const r = JSON.parse(io.stdout.join('\n')) as BenchResult;
+    // --json keys are snake_case (the output contract).
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const r = JSON.parse(io.stdout.join('\n')) as any;
     expect(r.machine.cores).toBeGreaterThan(0);
     expect(r.gpu).toMatch(/not measured/);
     expect(r.models.map((m) => m.name)).toHaveLength(2);
-    for (const m of r.models) {
-      const names = m.throughput.map((t) => t.name);
+    for (const m of r.models as any[]) {
+      const names = m.throughput.map((t: { name: string }) => t.name);
       for (const n of ['memcpy', 'zlib deflate', 'zlib inflate', 'kvtc encode', 'kvtc decode']) expect(names).toContain(n);
-      for (const t of m.throughput) {
+      for (const t of m.throughput as { seconds: { min: number; median: number; max: number }; mbps: number }[]) {
         expect(t.seconds.min).toBeLessThanOrEqual(t.seconds.median);
         expect(t.seconds.median).toBeLessThanOrEqual(t.seconds.max);
         expect(t.mbps).toBeGreaterThan(0);
       }
-      expect(Object.keys(m.decodeStages)).toEqual(expect.arrayContaining(['inflate', 'dequantize', 'transform', 'scatter', 'total']));
+      expect(Object.keys(m.decode_stages)).toEqual(expect.arrayContaining(['inflate', 'dequantize', 'transform', 'scatter', 'total']));
       // The floor figures: the float32 cache decode writes, the blob inflate reads, the GEMM work.
-      expect(m.decodeWork.outputBytes).toBe(m.shape.layers * 2 * m.shape.kvHeads * m.tokens * m.shape.headDim * 4);
-      expect(m.decodeWork.blobBytes).toBe(m.codecs[0].bytes);
-      expect(m.decodeWork.gflop).toBeGreaterThan(0);
-      expect(m.codecs.map((c) => c.name)).toEqual(['kvtc', 'fp16', 'int8', 'int4', 'kivi2']);
+      expect(m.decode_work.output_bytes).toBe(m.shape.layers * 2 * m.shape.kv_heads * m.tokens * m.shape.head_dim * 4);
+      expect(m.decode_work.blob_bytes).toBe(m.codecs[0].bytes);
+      expect(m.decode_work.gflop).toBeGreaterThan(0);
+      expect(m.codecs.map((c: { name: string }) => c.name)).toEqual(['kvtc', 'fp16', 'int8', 'int4', 'kivi2']);
       for (const c of m.codecs) {
-        expect(Number.isFinite(c.relError.key) && Number.isFinite(c.relError.value)).toBe(true);
+        expect(Number.isFinite(c.rel_error.key) && Number.isFinite(c.rel_error.value)).toBe(true);
         if (c.name !== 'fp16') expect(c.ratio).toBeGreaterThan(1);
       }
       const kvtc = m.codecs[0];
       // Quantized codecs lose something; fp16 of a float32 cache only rounds.
-      expect(kvtc.relError.key).toBeGreaterThan(0);
-      expect(kvtc.relError.key).toBeLessThan(1);
-      expect(kvtc.ratioCompressed).toBeGreaterThan(kvtc.ratio);
+      expect(kvtc.rel_error.key).toBeGreaterThan(0);
+      expect(kvtc.rel_error.key).toBeLessThan(1);
+      expect(kvtc.ratio_compressed).toBeGreaterThan(kvtc.ratio);
       expect(m.restore.length).toBeGreaterThan(0);
       for (const x of m.restore) {
         expect(x.recompute.median).toBeGreaterThan(0);
