@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -42,31 +43,162 @@ def fail(msg):
 # Profile (§2, §3)
 
 
-def read_safetensors(data):
+MAX_ABS = 1e12  # |mean|, |lo|, |hi| (§3, reader checks)
+ORTHO_TOL = 1e-4  # max |VᵀV − I|
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _int_text(v, what):
+    """A JSON integer in the canonical text (§2.1): decimal; 8 and 8.0 are the same integer."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        fail(f"{what} = {v!r} is not an integer")
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        fail(f"{what} = {v!r} is not an integer")
+    return str(int(v))
+
+
+def _f64_text(v, what):
+    """A JSON real in the canonical text: its IEEE 754 binary64 bits, big-endian, 16 hex digits."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        fail(f"{what} = {v!r} is not a number")
+    try:
+        return struct.pack(">d", float(v)).hex()
+    except OverflowError:
+        fail(f"{what} = {v!r} is out of range")
+
+
+def _word(v, what):
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+        fail(f"{what} = {v!r} is not a name of letters, digits, '_', '.' or '-'")
+    return v
+
+
+def profile_id_text(manifest):
+    """The canonical text profile_id hashes (§2.1)."""
+    model = manifest["model"]
+    rope = model["rope"]
+    settings = manifest["settings"]
+    lines = ["kvtc-profile-id 1", f"tensors.sha256 {manifest['tensors']['sha256']}"]
+    for k in ("layers", "kv_heads", "head_dim"):
+        lines.append(f"model.{k} {_int_text(model[k], 'model.' + k)}")
+    lines.append(f"model.kv_dtype {_word(model['kv_dtype'], 'model.kv_dtype')}")
+    lines.append(f"model.rope.theta {_f64_text(rope['theta'], 'model.rope.theta')}")
+    lines.append(f"model.rope.rotary_dim {_int_text(rope['rotary_dim'], 'model.rope.rotary_dim')}")
+    lines.append(f"model.rope.layout {_word(rope['layout'], 'model.rope.layout')}")
+    sc = rope.get("scaling")
+    if sc is not None:
+        lines.append(f"model.rope.scaling.type {_word(sc['type'], 'model.rope.scaling.type')}")
+        lines.append(f"model.rope.scaling.factor {_f64_text(sc['factor'], 'model.rope.scaling.factor')}")
+        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if k in sc:
+                lines.append(f"model.rope.scaling.{k} {_f64_text(sc[k], 'model.rope.scaling.' + k)}")
+    for k in ("sink", "window"):
+        lines.append(f"settings.{k} {_int_text(settings[k], 'settings.' + k)}")
+    lines.append(f"settings.entropy {_word(settings['entropy'], 'settings.entropy')}")
+    plans = manifest["plans"]
+    lines.append(f"plans {len(plans)}")
+    for i, plan in enumerate(plans):
+        at = f"plans[{i}]"
+        lines.append(f"plan {i} index {_int_text(plan['index'], at + '.index')}")
+        lines.append(f"plan {i} kind {_word(plan['kind'], at + '.kind')}")
+        lines.append(f"plan {i} layers {','.join(_int_text(l, at + '.layers') for l in plan['layers'])}")
+        for k in ("dim", "rank", "budget_bits", "bits_per_token"):
+            lines.append(f"plan {i} {k} {_int_text(plan[k], at + '.' + k)}")
+        lines.append(f"plan {i} groups {len(plan['groups'])}")
+        for g, grp in enumerate(plan["groups"]):
+            lines.append(
+                f"plan {i} group {g} {_int_text(grp['start'], at + '.start')} {_int_text(grp['end'], at + '.end')} "
+                f"{_word(grp['type'], at + '.type')} {_word(grp['mode'], at + '.mode')}"
+            )
+        for role in ("mean", "basis", "variances", "lo", "hi"):
+            lines.append(f"plan {i} tensor {role} {_word(plan['tensors'][role], at + '.tensors.' + role)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def profile_id(manifest):
+    return hashlib.sha256(profile_id_text(manifest).encode("utf-8")).hexdigest()[:16]
+
+
+def read_safetensors(data, wanted):
+    """Strict: exact header length (a multiple of 8), only F32 tensors, exactly the names in
+    `wanted` (name -> shape), data contiguous from offset 0 to the end of the file."""
     if len(data) < 8:
         fail("safetensors: file shorter than its 8-byte header length")
     (n,) = struct.unpack_from("<Q", data, 0)
     if 8 + n > len(data):
         fail(f"safetensors: header length {n} runs past the end of the file ({len(data)} bytes)")
+    if n % 8:
+        fail(f"safetensors: header length {n} is not a multiple of 8")
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         fail(f"safetensors: header is not valid UTF-8 JSON: {e}")
+    if not isinstance(header, dict):
+        fail("safetensors: header is not a JSON object")
     base = 8 + n
+    data_len = len(data) - base
     tensors = {}
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                fail("safetensors: __metadata__ is not an object of strings")
             continue
-        if info.get("dtype") != "F32":
-            fail(f"safetensors: tensor {name} has dtype {info.get('dtype')}, expected F32")
-        shape = [int(s) for s in info["shape"]]
-        begin, end = (int(v) for v in info["data_offsets"])
+        if name not in wanted:
+            fail(f"safetensors: tensor {name} is not used by any plan")
+        if not isinstance(info, dict) or sorted(info) != ["data_offsets", "dtype", "shape"]:
+            fail(f"safetensors: tensor {name}: entry must be exactly dtype, shape, data_offsets")
+        if info["dtype"] != "F32":
+            fail(f"safetensors: tensor {name} has dtype {info['dtype']}, expected F32")
+        shape = info["shape"]
+        offs = info["data_offsets"]
+        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+        if not ints(shape) or not ints(offs) or len(offs) != 2:
+            fail(f"safetensors: tensor {name} has an invalid shape or data_offsets")
+        if shape != list(wanted[name]):
+            fail(f"safetensors: tensor {name} has shape {shape}, the plan declares {list(wanted[name])}")
+        begin, end = offs
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if end - begin != 4 * count or begin < 0 or base + end > len(data):
+        if end - begin != 4 * count or end > data_len:
             fail(f"safetensors: tensor {name} offsets [{begin}, {end}) do not fit shape {shape} / file size")
+        spans.append((begin, end, name))
         arr = np.frombuffer(data, dtype="<f4", count=count, offset=base + begin).reshape(shape)
         tensors[name] = arr.astype(np.float32)
+    for name in wanted:
+        if name not in tensors:
+            fail(f"safetensors: tensor {name} is missing")
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            fail(f"safetensors: tensor {name} starts at {begin}, the previous data ends at {at} (not contiguous)")
+        at = end
+    if at != data_len:
+        fail(f"safetensors: {data_len - at} bytes after the last tensor (trailing bytes or a wrong header length)")
     return tensors
+
+
+def check_rope(model):
+    rope = model["rope"]
+    R, theta = rope["rotary_dim"], rope["theta"]
+    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
+        fail(f"model.rope.theta {theta!r} must be finite and > 0")
+    if R % 2 or R <= 0 or R > model["head_dim"]:
+        fail(f"model.rope.rotary_dim {R} must be even, > 0 and ≤ head_dim {model['head_dim']}")
+    sc = rope.get("scaling")
+    if sc is not None:
+        if not (math.isfinite(sc["factor"]) and sc["factor"] > 0):
+            fail(f"model.rope.scaling.factor {sc['factor']!r} must be finite and > 0")
+        if sc["type"] == "llama3":
+            for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if k not in sc or not (math.isfinite(sc[k]) and sc[k] > 0):
+                    fail(f"model.rope.scaling.{k} must be given, finite and > 0 for llama3 scaling")
+            if not sc["high_freq_factor"] > sc["low_freq_factor"]:
+                fail("model.rope.scaling.high_freq_factor must exceed low_freq_factor")
+        elif sc["type"] != "linear":
+            fail(f"unknown rope scaling type {sc['type']!r}")
+    inv = rope_inv_freq(rope)
+    if not np.all(np.isfinite(inv) & (inv > 0)):
+        fail("model.rope gives an inverse frequency that is not finite and > 0")
 
 
 def read_profile(profile_dir):
@@ -76,10 +208,10 @@ def read_profile(profile_dir):
             manifest = json.loads(f.read().decode("utf-8"))
     except OSError as e:
         fail(f"cannot read manifest {mpath}: {e}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         fail(f"manifest {mpath} is not valid UTF-8 JSON: {e}")
-    if manifest.get("format") != "kvtc-profile":
-        fail(f"manifest format is {manifest.get('format')!r}, expected 'kvtc-profile'")
+    if not isinstance(manifest, dict) or manifest.get("format") != "kvtc-profile":
+        fail(f"manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected 'kvtc-profile'")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         producer = manifest.get("producer", {})
@@ -87,26 +219,43 @@ def read_profile(profile_dir):
             f"manifest format_version {version} is not supported (this reader reads {FORMAT_VERSION}); "
             f"written by {producer.get('name')} {producer.get('version')}"
         )
+    try:
+        return _read_profile(profile_dir, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        fail(f"manifest is malformed: {type(e).__name__}: {e}")
+
+
+def _read_profile(profile_dir, manifest):
+    # The profile id first: it binds every manifest field used below to the tensor file's hash.
+    want_id = profile_id(manifest)
+    if manifest["profile_id"] != want_id:
+        fail(
+            f"profile_id {manifest['profile_id']} does not match the canonical text of the manifest and "
+            f"the tensor file hash (expected {want_id}): the profile was edited"
+        )
     tinfo = manifest["tensors"]
+    if tinfo.get("file") != "kvtc-profile.safetensors":
+        fail(f"tensors.file {tinfo.get('file')!r}, expected 'kvtc-profile.safetensors'")
     tpath = os.path.join(profile_dir, tinfo["file"])
     try:
         with open(tpath, "rb") as f:
             tdata = f.read()
     except OSError as e:
         fail(f"cannot read tensor file {tpath}: {e}")
-    if "bytes" in tinfo and len(tdata) != int(tinfo["bytes"]):
+    if len(tdata) != int(tinfo["bytes"]):
         fail(f"tensor file {tpath} has {len(tdata)} bytes, manifest says {tinfo['bytes']}")
     digest = hashlib.sha256(tdata).hexdigest()
-    if digest != tinfo["sha256"].lower():
+    if digest != tinfo["sha256"]:
         fail(f"tensor file sha256 mismatch: file {digest}, manifest {tinfo['sha256']}")
-    if manifest["profile_id"].lower() != digest[:16]:
-        fail(f"profile_id {manifest['profile_id']} is not the first 16 hex digits of the tensor sha256 {digest}")
-    tensors = read_safetensors(tdata)
 
     model = manifest["model"]
     L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
+    if max(L, H, D) > 0xFFFF or min(L, H, D) < 1:
+        fail(f"model shape {L}/{H}/{D} outside [1, 65535]")
+    check_rope(model)
     plans = []
     covered = {"key": set(), "value": set()}
+    wanted = {}
     for pos, plan in enumerate(manifest["plans"]):
         idx = int(plan["index"])
         if idx != pos:
@@ -118,23 +267,17 @@ def read_profile(profile_dir):
         p, r = int(plan["dim"]), int(plan["rank"])
         if p != len(layers) * H * D:
             fail(f"plan {idx}: dim {p} != len(layers)·kv_heads·head_dim = {len(layers) * H * D}")
+        if not 0 <= r <= p:
+            fail(f"plan {idx}: rank {r} not in [0, dim {p}]")
         for l in layers:
             if not 0 <= l < L or l in covered[kind]:
                 fail(f"plan {idx}: layer {l} out of range or already covered for {kind}")
             covered[kind].add(l)
         names = plan["tensors"]
-        try:
-            mean = tensors[names["mean"]].reshape(-1)
-            basis = tensors[names["basis"]]
-            lo = tensors[names["lo"]].reshape(-1)
-            hi = tensors[names["hi"]].reshape(-1)
-        except KeyError as e:
-            fail(f"plan {idx}: tensor {e} missing from the tensor file")
-        if mean.shape != (p,) or basis.shape != (p, r) or lo.shape != (r,) or hi.shape != (r,):
-            fail(
-                f"plan {idx}: tensor shapes mean {mean.shape}, basis {basis.shape}, lo {lo.shape}, hi {hi.shape} "
-                f"do not match p={p}, r={r}"
-            )
+        for role, shape in (("mean", (p,)), ("basis", (p, r)), ("variances", (r,)), ("lo", (r,)), ("hi", (r,))):
+            if names[role] in wanted:
+                fail(f"plan {idx}: tensor {names[role]} is named twice")
+            wanted[names[role]] = shape
         groups = []
         prev_end = 0
         bits_per_token = 0
@@ -147,17 +290,38 @@ def read_profile(profile_dir):
             prev_end = end
             groups.append({"start": start, "end": end, "type": gtype, "mode": mode, "bits": TYPE_BITS[gtype]})
             bits_per_token += (end - start) * TYPE_BITS[gtype] + (32 if mode == "dynamic" else 0)
-        if groups and groups[-1]["end"] != r:
-            fail(f"plan {idx}: last group ends at {groups[-1]['end']}, rank is {r}")
+        if prev_end != r:
+            fail(f"plan {idx}: last group ends at {prev_end}, rank is {r}")
         if bits_per_token != int(plan["bits_per_token"]):
             fail(f"plan {idx}: bits_per_token {plan['bits_per_token']} != computed {bits_per_token}")
-        plans.append(
-            {"index": idx, "kind": kind, "layers": layers, "p": p, "r": r, "groups": groups,
-             "mean": mean, "basis": basis, "lo": lo, "hi": hi}
-        )
+        if bits_per_token > int(plan["budget_bits"]):
+            fail(f"plan {idx}: bits_per_token {bits_per_token} exceeds budget_bits {plan['budget_bits']}")
+        plans.append({"index": idx, "kind": kind, "layers": layers, "p": p, "r": r, "groups": groups, "names": names})
     for kind in ("key", "value"):
         if covered[kind] != set(range(L)):
             fail(f"plans do not cover every layer for {kind}: {sorted(covered[kind])}")
+
+    tensors = read_safetensors(tdata, wanted)
+    for plan in plans:
+        idx, names = plan["index"], plan["names"]
+        for role in ("mean", "basis", "variances", "lo", "hi"):
+            t = tensors[names[role]]
+            if not np.all(np.isfinite(t)):
+                fail(f"plan {idx}: tensor {names[role]} holds NaN or Inf")
+            if role in ("mean", "lo", "hi") and t.size and np.max(np.abs(t)) > MAX_ABS:
+                fail(f"plan {idx}: tensor {names[role]} holds a value beyond ±{MAX_ABS:g}")
+        plan["mean"] = tensors[names["mean"]].reshape(-1)
+        plan["basis"] = tensors[names["basis"]]
+        plan["lo"] = tensors[names["lo"]].reshape(-1)
+        plan["hi"] = tensors[names["hi"]].reshape(-1)
+        for g in plan["groups"]:
+            sl = slice(g["start"], g["end"])
+            if g["mode"] == "static" and np.any(plan["lo"][sl] > plan["hi"][sl]):
+                fail(f"plan {idx}: a static component has lo > hi")
+        V = plan["basis"].astype(np.float64)
+        err = np.max(np.abs(V.T @ V - np.eye(plan["r"]))) if plan["r"] else 0.0
+        if not err <= ORTHO_TOL:
+            fail(f"plan {idx}: basis is not orthonormal (max |VᵀV − I| = {err:.2e} > {ORTHO_TOL})")
     return manifest, plans
 
 

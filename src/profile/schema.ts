@@ -14,6 +14,8 @@ export const TENSORS_FILE = 'kvtc-profile.safetensors';
 const hex = (n?: number) => z.string().regex(n ? new RegExp(`^[0-9a-f]{${n}}$`) : /^[0-9a-f]+$/);
 const nonneg = z.number().int().nonnegative();
 const finite = z.number().finite();
+/** Tensor names: no spaces or line breaks, so the profile id's canonical text (docs/profile-format.md §2.1) is unambiguous. */
+const tensorName = z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/);
 
 export const QuantGroupSchema = z
   .object({
@@ -36,11 +38,11 @@ export const PlanSchema = z
     groups: z.array(QuantGroupSchema).describe('stored groups, sorted and disjoint, the last ending at rank; components in no group are dropped (coefficient 0)'),
     tensors: z
       .object({
-        mean: z.string(),
-        basis: z.string(),
-        variances: z.string(),
-        lo: z.string(),
-        hi: z.string(),
+        mean: tensorName,
+        basis: tensorName,
+        variances: tensorName,
+        lo: tensorName,
+        hi: tensorName,
       })
       .strict()
       .describe('names of this plan\'s tensors in the safetensors file'),
@@ -70,7 +72,7 @@ export const ManifestSchema = z
     format: z.literal(PROFILE_FORMAT),
     format_version: z.literal(PROFILE_FORMAT_VERSION),
     producer: z.object({ name: z.string(), version: z.string() }).strict(),
-    profile_id: hex(16).describe('first 16 hex digits of sha256 of the tensors file; blobs name the profile by it'),
+    profile_id: hex(16).describe('first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it'),
     model: z
       .object({
         name: z.string(),

@@ -1,13 +1,16 @@
-/** Profile checks behind `kvtc validate`: each returns pass/fail with a reason; nothing throws past readProfile. */
+/**
+ * Profile checks behind `kvtc validate`: every integrity check readProfile runs (io.ts
+ * checkProfile, here collecting every failure instead of stopping at the first, with the exact
+ * orthonormality check), and with a model directory, the profile compared with the model:
+ * fingerprint, shape, KV dtype and each RoPE field. Each returns pass/fail with a reason.
+ */
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
-import { readProfile, type Profile } from './io.js';
+import type { RopeSpec } from '../model/types.js';
+import { checkProfile, PROFILE_LIMITS, type Check } from './io.js';
+import type { Manifest } from './schema.js';
 
-export interface Check {
-  name: string;
-  ok: boolean;
-  detail: string;
-}
+export { orthonormalityError, sampledOrthonormalityError, type Check } from './io.js';
 
 export interface ValidateResult {
   profile: string;
@@ -15,89 +18,72 @@ export interface ValidateResult {
   checks: Check[];
 }
 
-const ORTHO_TOL = 1e-4;
+const show = (v: unknown) => (v === undefined ? 'none' : JSON.stringify(v));
 
-/** max |VᵀV − I| over the r×r Gram matrix of basis [p, r] (float64 sums). */
-export function orthonormalityError(basis: Float32Array, p: number, r: number): number {
-  let worst = 0;
-  for (let a = 0; a < r; a++) {
-    for (let b = a; b < r; b++) {
-      let s = 0;
-      for (let i = 0; i < p; i++) s += basis[i * r + a] * basis[i * r + b];
-      worst = Math.max(worst, Math.abs(s - (a === b ? 1 : 0)));
-    }
+/** The RoPE fields on which the profile and the model differ, as "field: profile X, model Y". */
+export function ropeDifferences(profile: Manifest['model']['rope'], model: RopeSpec): string[] {
+  const diffs: string[] = [];
+  const cmp = (field: string, a: unknown, b: unknown) => {
+    if (a !== b) diffs.push(`${field}: profile ${show(a)}, model ${show(b)}`);
+  };
+  cmp('theta', profile.theta, model.theta);
+  cmp('rotary_dim', profile.rotary_dim, model.rotaryDim);
+  cmp('layout', profile.layout, model.layout);
+  const ps = profile.scaling;
+  const ms = model.scaling;
+  if (!ps || !ms) {
+    if (ps || ms) diffs.push(`scaling: profile ${ps ? ps.type : 'none'}, model ${ms ? ms.type : 'none'}`);
+    return diffs;
   }
-  return worst;
-}
-
-function nonFinite(a: Float32Array): number {
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return i;
-  return -1;
+  cmp('scaling.type', ps.type, ms.type);
+  cmp('scaling.factor', ps.factor, ms.factor);
+  cmp('scaling.low_freq_factor', ps.low_freq_factor, ms.lowFreqFactor);
+  cmp('scaling.high_freq_factor', ps.high_freq_factor, ms.highFreqFactor);
+  cmp('scaling.original_max_position_embeddings', ps.original_max_position_embeddings, ms.originalMaxPositionEmbeddings);
+  return diffs;
 }
 
 export async function validateProfile(path: string, modelDir?: string): Promise<ValidateResult> {
-  const checks: Check[] = [];
-  let profile: Profile;
-  try {
-    profile = await readProfile(path);
-  } catch (e) {
-    if (!isKvtcError(e)) throw e;
-    return { profile: path, ok: false, checks: [{ name: 'schema and tensors', ok: false, detail: `${e.message}${e.fix ? ` (fix: ${e.fix})` : ''}` }] };
-  }
-  checks.push({ name: 'schema', ok: true, detail: `manifest is a valid format-${profile.manifest.format_version} kvtc profile` });
-  checks.push({ name: 'tensor file', ok: true, detail: `sha256 matches, every tensor has the shape its plan declares (${profile.plans.length} plans)` });
-
-  const bad: string[] = [];
-  for (const [i, p] of profile.plans.entries()) {
-    for (const [name, a] of [['mean', p.mean], ['basis', p.basis], ['variances', p.variances], ['lo', p.lo], ['hi', p.hi]] as const) {
-      const at = nonFinite(a);
-      if (at >= 0) bad.push(`plan ${i} ${name}[${at}] = ${a[at]}`);
-    }
-  }
-  checks.push({ name: 'finite values', ok: bad.length === 0, detail: bad.length ? bad.slice(0, 5).join('; ') : 'no NaN or Inf in means, bases, variances or ranges' });
-
-  let worst = 0;
-  let worstPlan = -1;
-  for (const [i, p] of profile.plans.entries()) {
-    const e = orthonormalityError(p.basis, p.dim, p.rank);
-    if (e > worst) [worst, worstPlan] = [e, i];
-  }
-  checks.push({
-    name: 'orthonormal bases',
-    ok: worst <= ORTHO_TOL,
-    detail: `max |VᵀV − I| = ${worst.toExponential(2)}${worstPlan >= 0 ? ` (plan ${worstPlan})` : ''}, tolerance ${ORTHO_TOL}`,
-  });
-
-  const ranges: string[] = [];
-  for (const [i, p] of profile.plans.entries()) {
-    for (const g of p.groups) {
-      if (g.mode !== 'static') continue;
-      for (let j = g.start; j < g.end; j++) if (!(p.lo[j] <= p.hi[j])) ranges.push(`plan ${i} component ${j}: lo ${p.lo[j]} > hi ${p.hi[j]}`);
-    }
-  }
-  checks.push({ name: 'static ranges', ok: ranges.length === 0, detail: ranges.length ? ranges.slice(0, 5).join('; ') : 'lo ≤ hi for every statically quantized component' });
-
-  const budget = profile.manifest.plans.filter((p) => p.bits_per_token > p.budget_bits);
-  checks.push({ name: 'bit budget', ok: budget.length === 0, detail: budget.length ? `plans ${budget.map((p) => p.index).join(', ')} exceed their budget` : 'every plan fits its bit budget' });
-
+  const r = await checkProfile(path, { collect: true, orthoWork: PROFILE_LIMITS.validateOrthoWork });
+  const checks = [...r.checks];
+  const m = r.manifest?.model;
   if (modelDir) {
     try {
       const d = await describeModel(modelDir);
-      const m = profile.manifest.model;
-      const same = d.fingerprint.id === m.fingerprint.id;
-      checks.push({
-        name: 'model',
-        ok: same,
-        detail: same
-          ? `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`
-          : `made for ${m.name} (fingerprint ${m.fingerprint.id}), but ${modelDir} is ${d.name} (fingerprint ${d.fingerprint.id}); calibrate a profile for it with \`kvtc calibrate --model ${modelDir}\``,
-      });
-      const shapeOk = d.spec.layers === m.layers && d.spec.kvHeads === m.kv_heads && d.spec.headDim === m.head_dim;
-      checks.push({ name: 'model shape', ok: shapeOk, detail: `model ${d.spec.layers}×${d.spec.kvHeads}×${d.spec.headDim}, profile ${m.layers}×${m.kv_heads}×${m.head_dim} (layers × KV heads × head dim)` });
+      if (!m) {
+        checks.push({ name: 'model', ok: false, detail: 'not checked: the manifest did not pass the schema' });
+      } else {
+        const same = d.fingerprint.id === m.fingerprint.id;
+        checks.push({
+          name: 'model',
+          ok: same,
+          detail: same
+            ? `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`
+            : `made for ${m.name} (fingerprint ${m.fingerprint.id}), but ${modelDir} is ${d.name} (fingerprint ${d.fingerprint.id}); calibrate a profile for it with \`kvtc calibrate --model ${modelDir}\``,
+        });
+        const s = d.spec;
+        const shapeOk = s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim && s.heads === m.heads;
+        checks.push({
+          name: 'model shape',
+          ok: shapeOk,
+          detail: `model ${s.layers}×${s.heads}×${s.kvHeads}×${s.headDim}, profile ${m.layers}×${m.heads}×${m.kv_heads}×${m.head_dim} (layers × heads × KV heads × head dim)`,
+        });
+        checks.push({
+          name: 'model kv dtype',
+          ok: s.kvDtype === m.kv_dtype,
+          detail: s.kvDtype === m.kv_dtype ? `${m.kv_dtype}, as the model's cache` : `profile ${m.kv_dtype}, but the model's cache is ${s.kvDtype}`,
+        });
+        const diffs = ropeDifferences(m.rope, s.rope);
+        checks.push({
+          name: 'model rope',
+          ok: diffs.length === 0,
+          detail: diffs.length ? `the profile's RoPE differs from the model's (keys would be un-rotated wrongly): ${diffs.join('; ')}` : 'theta, rotary_dim, layout and scaling equal the model\'s',
+        });
+      }
     } catch (e) {
       if (!isKvtcError(e)) throw e;
       checks.push({ name: 'model', ok: false, detail: e.message });
     }
   }
-  return { profile: profile.dir, ok: checks.every((c) => c.ok), checks };
+  return { profile: r.dir, ok: checks.every((c) => c.ok), checks };
 }

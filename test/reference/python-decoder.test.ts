@@ -13,7 +13,8 @@ import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { readProfile } from '../../src/profile/io.js';
+import { computeProfileId, profileIdText, readProfile } from '../../src/profile/io.js';
+import { createHash } from 'node:crypto';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../scripts/kvtc_reference_decoder.py');
@@ -212,10 +213,55 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
       );
       plan.budget_bits = plan.bits_per_token;
     }
+    manifest.profile_id = computeProfileId(manifest); // the groups are fields decoding uses: re-derive the id
     writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
     const altCodec = await codecFromProfile(await readProfile(alt));
     await compare(cache, 'regrouped-512', altCodec, alt);
     await compare({ ...sliceTokens(cache, 200, 11) }, 'regrouped-200', altCodec, alt);
+  });
+
+  it('computes the same canonical profile-id text as kvtc (with and without RoPE scaling, odd reals)', () => {
+    const manifest = JSON.parse(readFileSync(join(PROFILE, 'kvtc-profile.json'), 'utf8'));
+    const variants = [
+      manifest,
+      { ...manifest, model: { ...manifest.model, rope: { theta: 500000.5, rotary_dim: 6, layout: 'interleaved', scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } } } },
+      { ...manifest, model: { ...manifest.model, rope: { theta: 1e-7, rotary_dim: 8, layout: 'half', scaling: { type: 'linear', factor: 0.1 } } } },
+    ];
+    for (const [i, m] of variants.entries()) {
+      const file = join(dir, `id-${i}.json`);
+      writeFileSync(file, JSON.stringify(m));
+      const code = 'import json, sys; sys.path.insert(0, sys.argv[1]); import kvtc_reference_decoder as k; sys.stdout.write(k.profile_id_text(json.load(open(sys.argv[2]))))';
+      const r = spawnSync('python3', ['-c', code, dirname(SCRIPT), file], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toBe(profileIdText(m));
+    }
+    expect(computeProfileId(manifest)).toBe(manifest.profile_id);
+  });
+
+  it('refuses a profile whose decode fields were edited (stale profile id) or whose tensor file has trailing bytes', async () => {
+    const { blob } = await codec.encode(sliceTokens(cache, 160, 0));
+    const edited = join(dir, 'edited-profile');
+    cpSync(PROFILE, edited, { recursive: true });
+    const mf = join(edited, 'kvtc-profile.json');
+    const m = JSON.parse(readFileSync(mf, 'utf8'));
+    writeFileSync(mf, JSON.stringify({ ...m, settings: { ...m.settings, sink: 5 } }));
+    const r1 = runPython(blob, 'edited', edited);
+    expect(r1.status).not.toBe(0);
+    expect(r1.stderr).toMatch(/profile_id/);
+
+    const junk = join(dir, 'junk-profile');
+    cpSync(PROFILE, junk, { recursive: true });
+    const tf = join(junk, 'kvtc-profile.safetensors');
+    const t = Buffer.concat([readFileSync(tf), Buffer.from('junk')]);
+    writeFileSync(tf, t);
+    const mj = JSON.parse(readFileSync(join(junk, 'kvtc-profile.json'), 'utf8'));
+    mj.tensors = { ...mj.tensors, sha256: createHash('sha256').update(t).digest('hex'), bytes: t.length };
+    mj.profile_id = computeProfileId(mj);
+    writeFileSync(join(junk, 'kvtc-profile.json'), JSON.stringify(mj));
+    const r2 = runPython(blob, 'junk', junk);
+    expect(r2.status).not.toBe(0);
+    expect(r2.stderr).toMatch(/trailing/);
+    await expect(readProfile(junk)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringContaining('trailing') });
   });
 
   it('rejects a blob with one flipped byte, naming the checksum', async () => {
