@@ -433,8 +433,8 @@ export class KvtcCodec {
   async encode(cache: KvCache, source = 'the KV cache'): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
     this.checkCache(cache, source);
     const t0 = now();
-    if (!(cache.tokens >= 1 && cache.tokens <= MAX_TOKENS && Number.isInteger(cache.tokens))) {
-      throw new KvtcError('KV_INVALID', `${source} has ${cache.tokens} tokens; a kvtc blob holds 1 to ${MAX_TOKENS} (2^24)`, {
+    if (!(cache.tokens >= 0 && cache.tokens <= MAX_TOKENS && Number.isInteger(cache.tokens))) {
+      throw new KvtcError('KV_INVALID', `${source} has ${cache.tokens} tokens; a kvtc blob holds at most ${MAX_TOKENS} (2^24)`, {
         fix: `Split the cache into pieces of at most ${MAX_TOKENS} tokens (each with its own start position).`,
         context: { source, tokens: cache.tokens, max_tokens: MAX_TOKENS },
       });
