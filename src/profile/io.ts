@@ -698,17 +698,59 @@ function prng(seed: number): () => number {
  */
 export function sampledOrthonormalityError(basis: Float32Array, p: number, r: number, seed = 0): number {
   if (r === 0) return 0;
-  let worst = 0;
+  const rand = prng(0x9e3779b9 ^ seed);
+  const K = 4;
+  const z = Array.from({ length: K }, () => Float64Array.from({ length: r }, () => (rand() < 0.5 ? -1 : 1)));
+  const [z0, z1, z2, z3] = z;
+  // Pass 1 (row by row, contiguous): column norms and y_k = V·z_k.
   const norms = new Float64Array(r);
+  const y = Array.from({ length: K }, () => new Float64Array(p));
   for (let i = 0; i < p; i++) {
     const o = i * r;
-    for (let j = 0; j < r; j++) norms[j] += basis[o + j] * basis[o + j];
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let j = 0; j < r; j++) {
+      const v = basis[o + j];
+      norms[j] += v * v;
+      s0 += v * z0[j];
+      s1 += v * z1[j];
+      s2 += v * z2[j];
+      s3 += v * z3[j];
+    }
+    y[0][i] = s0;
+    y[1][i] = s1;
+    y[2][i] = s2;
+    y[3][i] = s3;
   }
+  // Pass 2: w_k = Vᵀ·y_k = VᵀV·z_k.
+  const w = Array.from({ length: K }, () => new Float64Array(r));
+  const [w0, w1, w2, w3] = w;
+  for (let i = 0; i < p; i++) {
+    const o = i * r;
+    const a0 = y[0][i];
+    const a1 = y[1][i];
+    const a2 = y[2][i];
+    const a3 = y[3][i];
+    for (let j = 0; j < r; j++) {
+      const v = basis[o + j];
+      w0[j] += v * a0;
+      w1[j] += v * a1;
+      w2[j] += v * a2;
+      w3[j] += v * a3;
+    }
+  }
+  let worst = 0;
   for (let j = 0; j < r; j++) {
     const e = Math.abs(norms[j] - 1);
     if (!(e <= worst)) worst = e;
+    // |(VᵀV − I)z|_j ≤ Σ_k |E_jk| ≤ r·tol when every entry is within tol: rescale to entry units.
+    for (let k = 0; k < K; k++) {
+      const d = Math.abs(w[k][j] - z[k][j]) / r;
+      if (!(d <= worst)) worst = d;
+    }
   }
-  const rand = prng(0x9e3779b9 ^ seed);
   if (r > 1) {
     for (let k = 0; k < 64; k++) {
       const a = Math.floor(rand() * r);
@@ -716,28 +758,6 @@ export function sampledOrthonormalityError(basis: Float32Array, p: number, r: nu
       let s = 0;
       for (let i = 0; i < p; i++) s += basis[i * r + a] * basis[i * r + b];
       const e = Math.abs(s);
-      if (!(e <= worst)) worst = e;
-    }
-  }
-  const z = new Float64Array(r);
-  const y = new Float64Array(p);
-  for (let k = 0; k < 4; k++) {
-    for (let j = 0; j < r; j++) z[j] = rand() < 0.5 ? -1 : 1;
-    for (let i = 0; i < p; i++) {
-      let s = 0;
-      const o = i * r;
-      for (let j = 0; j < r; j++) s += basis[o + j] * z[j];
-      y[i] = s;
-    }
-    const w = new Float64Array(r);
-    for (let i = 0; i < p; i++) {
-      const o = i * r;
-      const yi = y[i];
-      for (let j = 0; j < r; j++) w[j] += basis[o + j] * yi;
-    }
-    for (let j = 0; j < r; j++) {
-      // |(Ez)_j| ≤ Σ_k |E_jk| ≤ r·tol when every entry is within tol: rescale to entry units.
-      const e = Math.abs(w[j] - z[j]) / r;
       if (!(e <= worst)) worst = e;
     }
   }
