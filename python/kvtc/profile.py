@@ -1,0 +1,603 @@
+"""Reading a kvtc profile (docs/profile-format.md §1–§3, §5): kvtc-profile.json + kvtc-profile.safetensors.
+
+Profiles are untrusted input: read_profile runs every reader check of the spec before anything
+uses the profile (see read_profile). The profile id is derived in one place: expected_profile_id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ._errors import KvtcError
+from ._quant import INT_LEVELS, TYPE_BITS
+
+MANIFEST_FILE = "kvtc-profile.json"
+TENSORS_FILE = "kvtc-profile.safetensors"
+PROFILE_FORMAT = "kvtc-profile"
+#: The manifest format_version this package reads.
+FORMAT_VERSION = 1
+#: Largest manifest read (kvtc's limit; a real one is a few KiB).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: The tensor file's JSON header is at most this base + this per tensor (kvtc's limits).
+HEADER_BASE_BYTES = 4096
+HEADER_PER_TENSOR_BYTES = 512
+#: |mean|, |lo|, |hi| beyond this mean corruption (KV values are fp16-sized).
+MAX_ABS = 1e12
+#: max |VᵀV − I| of a basis.
+ORTHO_TOLERANCE = 1e-4
+#: The whole Gram matrix is checked when p·r² is at most this; otherwise exact column norms,
+#: sampled pairs and random probes (each implied by the full check).
+FULL_ORTHO_WORK = 2**26
+#: Default bound on the tensor file (bases of a 128-layer, 8-KV-head, 128-dim model are ~1 GiB).
+DEFAULT_MAX_TENSOR_BYTES = 16 * 1024**3
+ENTROPY_CODERS = ("deflate-rle", "deflate-huffman", "deflate-default", "stored")
+TENSOR_ROLES = ("mean", "basis", "variances", "lo", "hi")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Group:
+    """Components [start, end) of a plan, stored as `type` with `mode` ranges (§5)."""
+
+    start: int
+    end: int
+    type: str  # int2 | int4 | int8 | fp8
+    mode: str  # static | dynamic
+
+    @property
+    def bits(self) -> int:
+        return TYPE_BITS[self.type]
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    @property
+    def levels(self) -> int:
+        """Largest int code (2^b - 1); 0 for fp8."""
+        return INT_LEVELS[self.type]
+
+
+@dataclass
+class Plan:
+    """One PCA basis: features of `layers` (in order) of one `kind`, p = dim, r = rank."""
+
+    index: int
+    kind: str  # key | value
+    layers: Tuple[int, ...]
+    dim: int
+    rank: int
+    budget_bits: int
+    bits_per_token: int
+    groups: Tuple[Group, ...]
+    mean: np.ndarray  # float32 [p]
+    basis: np.ndarray  # float32 [p, r]
+    variances: np.ndarray  # float32 [r]
+    lo: np.ndarray  # float32 [r]
+    hi: np.ndarray  # float32 [r]
+    # per-device prepared matrices (codec internals)
+    _cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def payload_bytes(self, n: int) -> int:
+        """Length of this plan's section payload for n compressed tokens (§7)."""
+        total = 0
+        for g in self.groups:
+            total += (n * g.width * g.bits + 7) // 8
+            if g.mode == "dynamic":
+                total += 4 * n
+        return total
+
+
+@dataclass(frozen=True)
+class Rope:
+    theta: float
+    rotary_dim: int
+    layout: str  # half | interleaved
+    scaling: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class Profile:
+    """A checked profile. `manifest` is the parsed kvtc-profile.json, as written."""
+
+    path: str
+    manifest: Dict[str, Any]
+    profile_id: str
+    model_name: str
+    fingerprint: Dict[str, str]
+    layers: int
+    kv_heads: int
+    head_dim: int
+    kv_dtype: str
+    rope: Rope
+    sink: int
+    window: int
+    entropy: str
+    plans: List[Plan]
+
+    @property
+    def blob_id(self) -> bytes:
+        """The 8 bytes a blob names this profile by (header offset 8)."""
+        return blob_profile_id(self.profile_id)
+
+    def split(self, tokens: int) -> Tuple[int, int, int]:
+        """(sink, window, n): the raw counts a blob of `tokens` tokens uses, and the compressed count (§6)."""
+        s = min(self.sink, tokens)
+        w = min(self.window, tokens - s)
+        return s, w, tokens - s - w
+
+
+# ------------------------------------------------------------------------------------------------
+# Profile id: the ONE place that knows how profile_id is derived (§2.1) and how blobs use it (§6).
+
+
+def _f64_hex(v: float) -> str:
+    """A real in the canonical text: its IEEE 754 binary64 bits, big-endian, 16 lowercase hex digits."""
+    return struct.pack(">d", float(v)).hex()
+
+
+def profile_id_text(manifest: Dict[str, Any]) -> str:
+    """The canonical text profile_id hashes (§2.1): one "key value" line per field that decoding
+    uses, plus the tensor file's sha256; integers in decimal, reals as float64 bits in hex.
+    `manifest` must have passed _checked_manifest (types and names are already checked)."""
+    model = manifest["model"]
+    rope = model["rope"]
+    settings = manifest["settings"]
+    lines = ["kvtc-profile-id 1", f"tensors.sha256 {manifest['tensors']['sha256']}"]
+    for k in ("layers", "kv_heads", "head_dim"):
+        lines.append(f"model.{k} {int(model[k])}")
+    lines.append(f"model.kv_dtype {model['kv_dtype']}")
+    lines.append(f"model.rope.theta {_f64_hex(rope['theta'])}")
+    lines.append(f"model.rope.rotary_dim {int(rope['rotary_dim'])}")
+    lines.append(f"model.rope.layout {rope['layout']}")
+    sc = rope.get("scaling")
+    if sc is not None:
+        lines.append(f"model.rope.scaling.type {sc['type']}")
+        lines.append(f"model.rope.scaling.factor {_f64_hex(sc['factor'])}")
+        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if k in sc:
+                lines.append(f"model.rope.scaling.{k} {_f64_hex(sc[k])}")
+    for k in ("sink", "window"):
+        lines.append(f"settings.{k} {int(settings[k])}")
+    lines.append(f"settings.entropy {settings['entropy']}")
+    plans = manifest["plans"]
+    lines.append(f"plans {len(plans)}")
+    for i, plan in enumerate(plans):
+        lines.append(f"plan {i} index {int(plan['index'])}")
+        lines.append(f"plan {i} kind {plan['kind']}")
+        lines.append(f"plan {i} layers {','.join(str(int(l)) for l in plan['layers'])}")
+        for k in ("dim", "rank", "budget_bits", "bits_per_token"):
+            lines.append(f"plan {i} {k} {int(plan[k])}")
+        lines.append(f"plan {i} groups {len(plan['groups'])}")
+        for g, grp in enumerate(plan["groups"]):
+            lines.append(f"plan {i} group {g} {int(grp['start'])} {int(grp['end'])} {grp['type']} {grp['mode']}")
+        for role in TENSOR_ROLES:
+            lines.append(f"plan {i} tensor {role} {plan['tensors'][role]}")
+    return "".join(line + "\n" for line in lines)
+
+
+def expected_profile_id(manifest: Dict[str, Any]) -> str:
+    """The profile_id a manifest must carry: the first 16 hex digits of sha256(profile_id_text)."""
+    return hashlib.sha256(profile_id_text(manifest).encode("utf-8")).hexdigest()[:16]
+
+
+def blob_profile_id(profile_id: str) -> bytes:
+    """The blob header's profile id: the first 8 bytes of the hex-decoded profile_id (§6)."""
+    return bytes.fromhex(profile_id)[:8]
+
+
+def verify_profile_id(manifest: Dict[str, Any], where: str) -> str:
+    """Checks the manifest's profile_id (§2.1); returns it."""
+    pid = manifest.get("profile_id")
+    if not isinstance(pid, str) or not re.fullmatch(r"[0-9a-f]{16}", pid):
+        raise _invalid(where, f"profile_id {json.dumps(pid)} is not 16 lowercase hex digits")
+    want = expected_profile_id(manifest)
+    if pid != want:
+        legacy = pid == manifest["tensors"]["sha256"][:16]
+        raise _invalid(
+            where,
+            f"profile_id {pid} follows the old rule (the tensor file hash alone); profiles now bind the id to the manifest too (expected {want})"
+            if legacy else
+            f"profile_id {pid} does not match the tensor file hash and the manifest fields decoding uses (expected {want}): "
+            "the model shape, RoPE, sink/window/entropy, a plan or tensors.sha256 was edited",
+        )
+    return pid
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _invalid(where: str, message: str, fix: str = "Re-create the profile with `kvtc calibrate` (or restore the two files it wrote).") -> KvtcError:
+    return KvtcError("PROFILE_INVALID", f"profile {where}: {message}", fix, {"profile": where})
+
+
+def _int(v: Any, what: str, where: str, lo: int = 0, hi: int = 2**53) -> int:
+    """A JSON integer (8 and 8.0 are the same integer) in [lo, hi]."""
+    ok = not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer()))
+    if not ok or not lo <= v <= hi:
+        raise _invalid(where, f"{what} is {json.dumps(v)}; expected an integer in [{lo}, {hi}]")
+    return int(v)
+
+
+def _num(v: Any, what: str, where: str, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+        raise _invalid(where, f"{what} is {json.dumps(v)}; expected a finite number{' > 0' if positive else ''}")
+    return float(v)
+
+
+def _obj(v: Any, what: str, where: str) -> Dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _invalid(where, f"{what} is missing or not an object")
+    return v
+
+
+def _choice(v: Any, what: str, where: str, choices) -> str:
+    if v not in choices:
+        raise _invalid(where, f"{what} is {json.dumps(v)}; expected one of {', '.join(choices)}")
+    return v
+
+
+def _name(v: Any, what: str, where: str) -> str:
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+        raise _invalid(where, f"{what} is {json.dumps(v)}; a tensor name is 1–128 letters, digits, '_', '.' or '-'")
+    return v
+
+
+def profile_dir(path) -> str:
+    """A profile argument (the directory, or its kvtc-profile.json) → the directory."""
+    path = os.fspath(path)
+    if os.path.isfile(path) and os.path.basename(path) == MANIFEST_FILE:
+        return os.path.dirname(path) or "."
+    return path
+
+
+def _check_version(manifest: Dict[str, Any], where: str) -> None:
+    if manifest.get("format") != PROFILE_FORMAT:
+        raise _invalid(where, f"{MANIFEST_FILE} is not a kvtc profile (format is {json.dumps(manifest.get('format'))}, expected \"{PROFILE_FORMAT}\")")
+    v = manifest.get("format_version")
+    if v == FORMAT_VERSION and not isinstance(v, bool):
+        return
+    producer = manifest.get("producer") if isinstance(manifest.get("producer"), dict) else {}
+    writer = f"{producer.get('name', 'kvtc')} {producer.get('version', '(unknown version)')}"
+    newer = isinstance(v, (int, float)) and not isinstance(v, bool) and v > FORMAT_VERSION
+    raise KvtcError(
+        "PROFILE_VERSION",
+        f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads version {FORMAT_VERSION}",
+        (f"It was written by {writer}: upgrade the kvtc Python package to a version that reads format {v}."
+         if newer else "Re-calibrate the model with kvtc to write a version-1 profile."),
+        {"profile": where, "format_version": v, "producer": producer},
+    )
+
+
+def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Types and ranges of every manifest field the runtime (and the profile id) uses, normalized
+    (integers as int). Checks the limits, plans, groups, bits and budget (§2, §3 reader checks)."""
+    model = _obj(m.get("model"), "model", where)
+    L = _int(model.get("layers"), "model.layers", where, 1, U16_MAX)
+    H = _int(model.get("kv_heads"), "model.kv_heads", where, 1, U16_MAX)
+    D = _int(model.get("head_dim"), "model.head_dim", where, 1, U16_MAX)
+    kv_dtype = _choice(model.get("kv_dtype"), "model.kv_dtype", where, ("float32", "float16"))
+    r = _obj(model.get("rope"), "model.rope", where)
+    rope: Dict[str, Any] = {
+        "theta": _num(r.get("theta"), "model.rope.theta", where, positive=True),
+        "rotary_dim": _int(r.get("rotary_dim"), "model.rope.rotary_dim", where, 1, U16_MAX),
+        "layout": _choice(r.get("layout"), "model.rope.layout", where, ("half", "interleaved")),
+    }
+    if r.get("scaling") is not None:
+        sc = _obj(r.get("scaling"), "model.rope.scaling", where)
+        scaling: Dict[str, Any] = {
+            "type": _choice(sc.get("type"), "model.rope.scaling.type", where, ("linear", "llama3")),
+            "factor": _num(sc.get("factor"), "model.rope.scaling.factor", where, positive=True),
+        }
+        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if k in sc:
+                scaling[k] = _num(sc[k], f"model.rope.scaling.{k}", where, positive=True)
+            elif scaling["type"] == "llama3":
+                raise _invalid(where, f"model.rope.scaling.{k} is missing; llama3 scaling needs it")
+        if scaling["type"] == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+            raise _invalid(where, f"model.rope.scaling.high_freq_factor {scaling['high_freq_factor']} must be greater than low_freq_factor {scaling['low_freq_factor']}")
+        rope["scaling"] = scaling
+    if rope["rotary_dim"] % 2:
+        raise _invalid(where, f"model.rope.rotary_dim = {rope['rotary_dim']} is odd; RoPE rotates pairs, so it must be even")
+    if rope["rotary_dim"] > D:
+        raise _invalid(where, f"model.rope.rotary_dim = {rope['rotary_dim']} exceeds model.head_dim {D}")
+    st_ = _obj(m.get("settings"), "settings", where)
+    settings = {
+        "sink": _int(st_.get("sink"), "settings.sink", where, 0, U32_MAX),
+        "window": _int(st_.get("window"), "settings.window", where, 0, U32_MAX),
+        "entropy": _choice(st_.get("entropy"), "settings.entropy", where, ENTROPY_CODERS),
+    }
+    t = _obj(m.get("tensors"), "tensors", where)
+    if t.get("file") != TENSORS_FILE:
+        raise _invalid(where, f"tensors.file is {json.dumps(t.get('file'))}; expected \"{TENSORS_FILE}\"")
+    sha = t.get("sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise _invalid(where, f"tensors.sha256 {json.dumps(sha)} is not 64 lowercase hex digits")
+    tensors = {"file": TENSORS_FILE, "sha256": sha, "bytes": _int(t.get("bytes"), "tensors.bytes", where, 0, 2**62)}
+
+    entries = m.get("plans")
+    if not isinstance(entries, list) or not entries:
+        raise _invalid(where, "plans is missing or empty")
+    if len(entries) > U16_MAX + 1:
+        raise _invalid(where, f"{len(entries)} plans; a blob section names at most {U16_MAX + 1}")
+    plans = []
+    covered = set()
+    names: Dict[str, str] = {}
+    for pos, pe in enumerate(entries):
+        at = f"plans[{pos}]"
+        pe = _obj(pe, at, where)
+        idx = _int(pe.get("index"), f"{at}.index", where, 0, U16_MAX)
+        if idx != pos:
+            raise _invalid(where, f"{at}.index is {idx}, but a plan's index must equal its position {pos} (blob sections refer to plans by it)")
+        kind = _choice(pe.get("kind"), f"{at}.kind", where, ("key", "value"))
+        layers = pe.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise _invalid(where, f"{at}.layers is missing or empty")
+        layers = [_int(l, f"{at}.layers[{li}]", where, 0, U16_MAX) for li, l in enumerate(layers)]
+        for li, l in enumerate(layers):
+            if l >= L:
+                raise _invalid(where, f"{at}.layers[{li}] = {l} is not a layer of the model (it has {L}: 0–{L - 1})")
+            if (kind, l) in covered:
+                raise _invalid(where, f"{at}.layers[{li}]: {kind} layer {l} is already covered by another plan")
+            covered.add((kind, l))
+        p = _int(pe.get("dim"), f"{at}.dim", where, 1, 2**40)
+        if p != len(layers) * H * D:
+            raise _invalid(where, f"{at}.dim is {p}, but {len(layers)} layers × {H} KV heads × {D} head dim = {len(layers) * H * D}")
+        rank = _int(pe.get("rank"), f"{at}.rank", where, 0, 2**40)
+        if rank > p:
+            raise _invalid(where, f"{at}.rank {rank} exceeds its dim {p} (a basis has at most p orthonormal columns)")
+        budget = _int(pe.get("budget_bits"), f"{at}.budget_bits", where, 0, 2**53)
+        bpt = _int(pe.get("bits_per_token"), f"{at}.bits_per_token", where, 0, 2**53)
+        groups_in = pe.get("groups")
+        if not isinstance(groups_in, list):
+            raise _invalid(where, f"{at}.groups is missing")
+        groups = []
+        end_at = 0
+        bits = 0
+        for gi, g in enumerate(groups_in):
+            g = _obj(g, f"{at}.groups[{gi}]", where)
+            start = _int(g.get("start"), f"{at}.groups[{gi}].start", where, 0, 2**40)
+            end = _int(g.get("end"), f"{at}.groups[{gi}].end", where, 0, 2**40)
+            gtype = _choice(g.get("type"), f"{at}.groups[{gi}].type", where, tuple(TYPE_BITS))
+            mode = _choice(g.get("mode"), f"{at}.groups[{gi}].mode", where, ("static", "dynamic"))
+            if start < end_at:
+                raise _invalid(where, f"{at}.groups[{gi}] starts at {start}, before the previous group's end {end_at} (groups must be sorted and disjoint)")
+            if end <= start:
+                raise _invalid(where, f"{at}.groups[{gi}] is empty or reversed ([{start}, {end}))")
+            if end > rank:
+                raise _invalid(where, f"{at}.groups[{gi}] ends at {end}, past the rank {rank}")
+            end_at = end
+            groups.append({"start": start, "end": end, "type": gtype, "mode": mode})
+            bits += (end - start) * TYPE_BITS[gtype] + (32 if mode == "dynamic" else 0)
+        if end_at != rank:
+            raise _invalid(where, f"{at}: the last group ends at {end_at}, but the rank is {rank} (the last group must end at the rank)")
+        if bpt != bits:
+            raise _invalid(where, f"{at}.bits_per_token is {bpt}, but its groups use {bits} bits per token")
+        if bits > budget:
+            raise _invalid(where, f"{at} uses {bits} bits per token, over its budget_bits {budget}")
+        tn = _obj(pe.get("tensors"), f"{at}.tensors", where)
+        tnames = {}
+        for role in TENSOR_ROLES:
+            name = _name(tn.get(role), f"{at}.tensors.{role}", where)
+            if name in names:
+                raise _invalid(where, f"{at}.tensors.{role} names tensor {name}, already used as {names[name]}")
+            names[name] = f"{at}.tensors.{role}"
+            tnames[role] = name
+        plans.append({"index": idx, "kind": kind, "layers": layers, "dim": p, "rank": rank, "budget_bits": budget,
+                      "bits_per_token": bpt, "groups": groups, "tensors": tnames})
+    if len(covered) != 2 * L:
+        missing = [f"{k} {l}" for k in ("key", "value") for l in range(L) if (k, l) not in covered]
+        raise _invalid(where, f"plans cover {len(covered)} of the {2 * L} (kind, layer) pairs; missing: {', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+    return {
+        "profile_id": m.get("profile_id"),
+        "model": {"name": m["model"].get("name", ""), "fingerprint": model.get("fingerprint"), "layers": L, "kv_heads": H,
+                  "head_dim": D, "kv_dtype": kv_dtype, "rope": rope},
+        "settings": settings, "plans": plans, "tensors": tensors,
+    }
+
+
+def _read_tensor_file(d: str, m: Dict[str, Any], where: str, max_tensor_bytes: int) -> Dict[str, np.ndarray]:
+    """The tensor file, strictly (§3): size as declared and as the plans imply, sha256, a header
+    length that fits and is a multiple of 8, exactly the plans' tensors (F32, declared shapes,
+    entries of exactly dtype/shape/data_offsets), data contiguous from 0 to the end of the file."""
+    path = os.path.join(d, TENSORS_FILE)
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        raise _invalid(where, f"tensor file {TENSORS_FILE} is missing") from None
+    if not os.path.isfile(path):
+        raise _invalid(where, f"{TENSORS_FILE} is not a regular file")
+    wanted: Dict[str, Tuple[int, ...]] = {}
+    for pe in m["plans"]:
+        p, r = pe["dim"], pe["rank"]
+        shapes = {"mean": (p,), "basis": (p, r), "variances": (r,), "lo": (r,), "hi": (r,)}
+        for role in TENSOR_ROLES:
+            wanted[pe["tensors"][role]] = shapes[role]
+    data_bytes = sum(4 * int(np.prod(s, dtype=np.int64)) for s in wanted.values())
+    max_header = HEADER_BASE_BYTES + HEADER_PER_TENSOR_BYTES * len(wanted)
+    if size != m["tensors"]["bytes"]:
+        raise _invalid(where, f"{TENSORS_FILE} has {size} bytes, but tensors.bytes says {m['tensors']['bytes']}")
+    if size < 8 + data_bytes or size > 8 + max_header + data_bytes:
+        raise _invalid(where, f"{TENSORS_FILE} has {size} bytes, but the plans' tensors take {data_bytes} bytes of data plus a header of at most {max_header}")
+    if size > max_tensor_bytes:
+        raise _invalid(where, f"{TENSORS_FILE} is {size} bytes, more than max_tensor_bytes={max_tensor_bytes}",
+                       "Pass a larger max_tensor_bytes to read_profile if the profile is trusted.")
+    try:
+        with open(path, "rb") as f:
+            buf = f.read(size + 1)
+    except OSError as e:
+        raise _invalid(where, f"cannot read {TENSORS_FILE} ({e.strerror or e})") from None
+    if len(buf) != size:
+        raise _invalid(where, f"{TENSORS_FILE} changed while it was read")
+    digest = hashlib.sha256(buf).hexdigest()
+    if digest != m["tensors"]["sha256"]:
+        raise _invalid(where, f"{TENSORS_FILE} does not match the sha256 in the manifest (modified or corrupt): file {digest}, manifest {m['tensors']['sha256']}")
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    if n > len(buf) - 8 or n > max_header:
+        raise _invalid(where, f"{TENSORS_FILE}: header length {n} does not fit (file {len(buf)} bytes, header at most {max_header})")
+    if n % 8:
+        raise _invalid(where, f"{TENSORS_FILE}: header length {n} is not a multiple of 8 (the header is padded with spaces to one)")
+    try:
+        header = json.loads(buf[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _invalid(where, f"{TENSORS_FILE}: header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _invalid(where, f"{TENSORS_FILE}: header is not a JSON object")
+    data_len = len(buf) - 8 - n
+    spans = []
+    for name, e in header.items():
+        if name == "__metadata__":
+            if not isinstance(e, dict) or not all(isinstance(v, str) for v in e.values()):
+                raise _invalid(where, f"{TENSORS_FILE}: __metadata__ is not an object of strings")
+            continue
+        if name not in wanted:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} is not used by any plan (an extra tensor)")
+        if not isinstance(e, dict) or sorted(e) != ["data_offsets", "dtype", "shape"]:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name}: entry must be exactly {{dtype, shape, data_offsets}}")
+        if e["dtype"] != "F32":
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has dtype {json.dumps(e['dtype'])}, expected F32")
+        shape, offs = e["shape"], e["data_offsets"]
+        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)  # noqa: E731
+        if not ints(shape) or tuple(shape) != wanted[name]:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has shape {json.dumps(shape)}, the plan declares {list(wanted[name])}")
+        if not ints(offs) or len(offs) != 2 or offs[1] < offs[0] or offs[1] > data_len:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer")
+        if offs[1] - offs[0] != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has {offs[1] - offs[0]} bytes, but F32{shape} needs {4 * int(np.prod(shape, dtype=np.int64))}")
+        spans.append((offs[0], offs[1], name))
+    found = {name for _, _, name in spans}
+    for name in wanted:
+        if name not in found:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} is missing")
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} starts at data offset {begin}, but the previous tensor ends at {at} (the data must be contiguous)")
+        at = end
+    if at != data_len:
+        raise _invalid(where, f"{TENSORS_FILE}: {data_len - at} bytes after the last tensor's data (trailing bytes, or a wrong header length)")
+    base = 8 + n
+    return {name: np.frombuffer(buf, dtype="<f4", count=(end - begin) // 4, offset=base + begin).astype(np.float32).reshape(wanted[name])
+            for begin, end, name in spans}
+
+
+def _orthonormality_error(V: np.ndarray, seed: int) -> float:
+    """max |VᵀV − I| (float64) — the whole Gram matrix when p·r² ≤ FULL_ORTHO_WORK; otherwise exact
+    column norms, 64 random off-diagonal entries and 4 random ±1 probes (each implied by the full
+    check, so it never refuses a basis the full check accepts)."""
+    p, r = V.shape
+    if r == 0:
+        return 0.0
+    V = V.astype(np.float64)
+    if p * r * r <= FULL_ORTHO_WORK:
+        worst = 0.0
+        for a in range(0, r, 512):  # blocks of the Gram matrix: bounded scratch
+            G = V[:, a : a + 512].T @ V
+            G[np.arange(G.shape[0]), a + np.arange(G.shape[0])] -= 1.0
+            worst = max(worst, float(np.max(np.abs(G))))
+        return worst
+    rng = np.random.default_rng(0x9E3779B9 ^ seed)
+    worst = float(np.max(np.abs(np.einsum("ij,ij->j", V, V) - 1.0)))
+    if r > 1:
+        a = rng.integers(0, r, 64)
+        b = (a + 1 + rng.integers(0, r - 1, 64)) % r
+        worst = max(worst, float(np.max(np.abs(np.einsum("ij,ij->j", V[:, a], V[:, b])))))
+    for _ in range(4):
+        z = np.where(rng.random(r) < 0.5, -1.0, 1.0)
+        w = V.T @ (V @ z)
+        worst = max(worst, float(np.max(np.abs(w - z))) / r)
+    return worst
+
+
+def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Profile:
+    """Reads and checks a profile directory (or its kvtc-profile.json), as kvtc does, before
+    anything uses it: format and version, every manifest field the runtime uses, the plans'
+    consistency (index, layers, dims, ranks, groups, bits, budget), RoPE, the profile id, a strict
+    parse of the tensor file (size, sha256, header, exactly the plans' tensors, contiguous),
+    finite and bounded values, lo ≤ hi for static components and orthonormal bases.
+
+    Raises KvtcError: PROFILE_INVALID (missing, corrupt, edited or inconsistent files) or
+    PROFILE_VERSION (a format_version other than 1).
+    """
+    d = profile_dir(path)
+    where = d
+    if not os.path.isdir(d):
+        raise KvtcError("PROFILE_INVALID", f"profile {d} does not exist",
+                        "Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).", {"profile": d})
+    mpath = os.path.join(d, MANIFEST_FILE)
+    if not os.path.isfile(mpath):
+        raise _invalid(where, f"no {MANIFEST_FILE} in it", "Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).")
+    try:
+        if os.stat(mpath).st_size > MAX_MANIFEST_BYTES:
+            raise _invalid(where, f"{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise _invalid(where, f"cannot read {MANIFEST_FILE} ({e.strerror or e})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _invalid(where, f"{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _invalid(where, f"{MANIFEST_FILE} is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise _invalid(where, f"{MANIFEST_FILE} is not a JSON object")
+    _check_version(manifest, where)
+    m = _checked_manifest(manifest, where)
+
+    rope = Rope(m["model"]["rope"]["theta"], m["model"]["rope"]["rotary_dim"], m["model"]["rope"]["layout"], m["model"]["rope"].get("scaling"))
+    from ._rope import inv_freq  # local: avoids a cycle at import time
+
+    with np.errstate(all="ignore"):
+        inv = inv_freq(rope)
+    bad = np.nonzero(~(np.isfinite(inv) & (inv > 0)))[0]
+    if bad.size:
+        raise _invalid(where, f"model.rope gives inverse frequency {inv[bad[0]]} for pair {bad[0]}; every one must be finite and > 0")
+    pid = verify_profile_id(m, where)
+
+    tensors = _read_tensor_file(d, m, where, max_tensor_bytes)
+    plans: List[Plan] = []
+    for pe in m["plans"]:
+        idx = pe["index"]
+        t = {role: tensors[pe["tensors"][role]] for role in TENSOR_ROLES}
+        for role in TENSOR_ROLES:
+            a = t[role].reshape(-1)
+            bad = np.nonzero(~np.isfinite(a))[0]
+            if bad.size:
+                raise _invalid(where, f"plan {idx} {role}[{bad[0]}] (tensor {pe['tensors'][role]}) = {a[bad[0]]}")
+            if role in ("mean", "lo", "hi") and a.size and float(np.max(np.abs(a))) > MAX_ABS:
+                raise _invalid(where, f"plan {idx} {role} (tensor {pe['tensors'][role]}) holds a value beyond ±{MAX_ABS:g}")
+        for g in pe["groups"]:
+            if g["mode"] != "static":
+                continue
+            lo, hi = t["lo"][g["start"] : g["end"]], t["hi"][g["start"] : g["end"]]
+            bad = np.nonzero(~(lo <= hi))[0]
+            if bad.size:
+                j = g["start"] + int(bad[0])
+                raise _invalid(where, f"plan {idx} component {j}: lo {t['lo'][j]} > hi {t['hi'][j]}")
+        err = _orthonormality_error(t["basis"], idx)
+        if not err <= ORTHO_TOLERANCE:
+            raise _invalid(where, f"plan {idx} basis (tensor {pe['tensors']['basis']}) is not orthonormal: |VᵀV − I| reaches {err:.2e}, tolerance {ORTHO_TOLERANCE}")
+        plans.append(Plan(
+            index=idx, kind=pe["kind"], layers=tuple(pe["layers"]), dim=pe["dim"], rank=pe["rank"], budget_bits=pe["budget_bits"],
+            bits_per_token=pe["bits_per_token"], groups=tuple(Group(**g) for g in pe["groups"]),
+            mean=t["mean"], basis=t["basis"], variances=t["variances"], lo=t["lo"], hi=t["hi"],
+        ))
+    fp = m["model"]["fingerprint"] if isinstance(m["model"]["fingerprint"], dict) else {}
+    return Profile(
+        path=d, manifest=manifest, profile_id=pid, model_name=str(m["model"]["name"]),
+        fingerprint={str(k): str(v) for k, v in fp.items()}, layers=m["model"]["layers"], kv_heads=m["model"]["kv_heads"],
+        head_dim=m["model"]["head_dim"], kv_dtype=m["model"]["kv_dtype"], rope=rope, sink=m["settings"]["sink"],
+        window=m["settings"]["window"], entropy=m["settings"]["entropy"], plans=plans,
+    )
