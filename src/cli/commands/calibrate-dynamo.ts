@@ -1,0 +1,127 @@
+/**
+ * `kvtc calibrate --target dynamo [--block-tokens N] [--fp8-cast sm89|sm80]`: a profile for
+ * NVIDIA Dynamo's KVTC CUDA kernels (docs/dynamo.md). calibrate.ts hands over with
+ * `dispatchCalibrateTarget`, which also refuses the dynamo-only flags without --target dynamo.
+ */
+import { z } from 'zod';
+import { MAX_RATIO, MIN_RATIO } from '../../calibrate/calibrate.js';
+import { calibrateDynamo, DEFAULT_BLOCK_TOKENS, type CalibrateDynamoResult } from '../../dynamo/calibrate.js';
+import { FP8_PATHS } from '../../dynamo/kernels.js';
+import { LIMITS } from '../../dynamo/schema.js';
+import { UsageError } from '../../errors.js';
+import { modelDirFromOption } from '../../model/load.js';
+import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
+import { parseOptions } from '../../validation.js';
+import { fmtSeconds, table } from '../format.js';
+import type { CliIO } from '../io.js';
+import { printJson } from '../json.js';
+import { decimal, deviceSchema, wholeNumber } from '../options.js';
+import { createProgress } from '../progress.js';
+
+export const TARGETS = ['kvtc', 'dynamo'] as const;
+/** Options only --target dynamo takes (their commander keys). */
+const DYNAMO_ONLY = ['blockTokens', 'fp8Cast'] as const;
+/** kvtc-only options and their defaults: any other value is refused with --target dynamo. */
+const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'layer' };
+
+const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/**
+ * For calibrate.ts: runs the dynamo calibration and returns true for --target dynamo; returns
+ * false for --target kvtc (or none), after refusing dynamo-only flags; refuses other targets.
+ */
+export async function dispatchCalibrateTarget(raw: Record<string, unknown>, io: CliIO): Promise<boolean> {
+  const target = raw.target ?? 'kvtc';
+  if (target === 'dynamo') {
+    await calibrateDynamoCommand(raw, io);
+    return true;
+  }
+  if (target !== 'kvtc') {
+    throw new UsageError(`invalid option:\n  --target ${JSON.stringify(target)}: must be one of: ${TARGETS.join(', ')}`, 'See `kvtc calibrate --help`: kvtc (kvtc\'s own codec, the default) or dynamo (NVIDIA Dynamo\'s KVTC kernels).', { target });
+  }
+  for (const k of DYNAMO_ONLY) {
+    if (raw[k] !== undefined) throw new UsageError(`--${kebab(k)} applies only to --target dynamo`, `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`, { option: `--${kebab(k)}` });
+  }
+  return false;
+}
+
+const Options = z.object({
+  target: z.literal('dynamo'),
+  model: z.string(),
+  data: z.array(z.string()).optional(),
+  ratio: z.array(decimal(MIN_RATIO, MAX_RATIO)).min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 8 or --ratio 4,8,16`).optional(),
+  tokens: wholeNumber(256),
+  heldout: wholeNumber(128),
+  blockTokens: wholeNumber(1, LIMITS.blockTokens).default(DEFAULT_BLOCK_TOKENS),
+  fp8Cast: z.enum(FP8_PATHS as unknown as ['sm89', 'sm80'], { message: `must be one of: ${FP8_PATHS.join(', ')}` }).default('sm89'),
+  chunk: wholeNumber(1),
+  seed: wholeNumber(0),
+  device: deviceSchema,
+  out: z.string().optional(),
+  force: z.boolean().default(false),
+  json: z.boolean().default(false),
+  quiet: z.boolean().default(false),
+});
+
+export default async function calibrateDynamoCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  for (const [k, def] of Object.entries(KVTC_ONLY)) {
+    if (raw[k] !== undefined && String(raw[k]) !== def) {
+      throw new UsageError(`--${k} ${JSON.stringify(raw[k])} does not apply to --target dynamo`, `The Dynamo kernels compress every full block of one layer (no sink or window tokens, one basis per layer and K/V): leave out --${k}.`, { option: `--${k}` });
+    }
+  }
+  const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
+  const ratios = [...new Set(opts.ratio ?? [20])];
+  const progress = createProgress(io, { quiet: opts.quiet });
+  const controller = new AbortController();
+  const onSigint = () => {
+    controller.abort();
+    process.off('SIGINT', onSigint);
+    io.err('\ninterrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
+  };
+  process.on('SIGINT', onSigint);
+  let result: CalibrateDynamoResult;
+  try {
+    result = await calibrateDynamo({
+      modelDir: modelDirFromOption(opts.model),
+      data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
+      ratios,
+      tokens: opts.tokens,
+      heldout: opts.heldout,
+      blockTokens: opts.blockTokens,
+      fp8Path: opts.fp8Cast,
+      chunk: opts.chunk,
+      seed: opts.seed,
+      device: opts.device,
+      out: opts.out,
+      force: opts.force,
+      onProgress: progress.fn,
+      signal: controller.signal,
+    });
+  } finally {
+    process.off('SIGINT', onSigint);
+    progress.stop();
+  }
+  if (opts.json) {
+    printJson(io, { target: 'dynamo', ...result });
+    return;
+  }
+  for (const w of result.warnings) io.err(`warning: ${w}`);
+  io.out(`calibrated ${result.model} for NVIDIA Dynamo's KVTC kernels: blocks of ${result.block_tokens} tokens (${result.layout}, ${result.features} features per row), ${result.bases} bases, FP8 cast ${result.fp8_path}`);
+  io.out(`fit on ${result.blocks_fit} blocks (${result.tokens} tokens), measured on ${result.blocks_heldout} held-out blocks (${result.heldout_tokens} tokens)`);
+  io.out('');
+  io.out(
+    table(
+      ['target', 'ratio (blocks)', `ratio (calls of ${result.profiles[0].blocks_per_call.toFixed(0)} blocks)`, 'rel err K', 'rel err V', 'bytes/block (all layers)', 'profile'],
+      result.profiles.map((p) => [`${p.ratio_target}x`, `${p.ratio_rows.toFixed(2)}x`, `${p.ratio_calls.toFixed(2)}x`, p.rel_error.key.toFixed(4), p.rel_error.value.toFixed(4), p.bytes_per_block, p.profile]),
+    ),
+  );
+  io.out('');
+  io.out('Measured through an emulation of the kernels on held-out text: "blocks" counts codes and per-row IntX min/max, "calls" adds the 40-byte range');
+  io.out('headers of one kvtc_compress call per layer and K/V per sequence. rel err = ‖x̂−x‖/‖x‖ over the blocks, mean over layers; keys keep RoPE.');
+  const s = result.seconds;
+  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
+  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  for (const p of result.profiles.filter((x) => x.unchanged)) io.out(`${p.profile} already held this exact profile: left as it was.`);
+  for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration: replaced.`);
+  io.out(`next: kvtc export --format dynamo ${result.profiles[0].profile} --out DIR`);
+}

@@ -1,0 +1,328 @@
+/**
+ * `kvtc calibrate --target dynamo`: a profile the NVIDIA Dynamo KVTC kernels can run.
+ *
+ * capture (the same text selection, sequences and prefill as src/calibrate) → rows = blocks of
+ * `blockTokens` tokens of one layer's K (as stored, RoPE applied) or V, in the block layout →
+ * streaming float64 covariance per (layer, kind) → eigenbasis → float32 mean and projection →
+ * held-out coefficients through the kernels' arithmetic → error tables with the kernels'
+ * quantizers → DP per target ratio → measured on the held-out caches through the emulated
+ * kernels end to end → kvtc-dynamo.json + kvtc-dynamo.safetensors.
+ *
+ * Ratios are against fp16/bf16 blocks (2 bytes per element), as everywhere in kvtc.
+ */
+import { basename, join } from 'node:path';
+import { MAX_RATIO, MIN_RATIO } from '../calibrate/calibrate.js';
+import { buildSequences } from '../calibrate/sequences.js';
+import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
+import { symmetricEigenAsync } from '../codec/eigen-ort.js';
+import type { KvKind } from '../codec/types.js';
+import { KvtcError } from '../errors.js';
+import { checkOutputDir } from '../io/output.js';
+import { readTextSources } from '../io/text.js';
+import { loadModel } from '../model/load.js';
+import { ModelRunner } from '../model/runner.js';
+import type { KvCache } from '../model/types.js';
+import type { Device } from '../onnx/session.js';
+import { DEFAULT_PROFILES_DIR } from '../paths.js';
+import { noProgress, type ProgressFn } from '../progress.js';
+import { PRODUCER, VERSION } from '../version.js';
+import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
+import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } from './codec.js';
+import { planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
+import type { Fp8Path } from './kernels.js';
+import { isDynamoProfileDir, readDynamoManifest, sha256Hex, writeDynamoProfile } from './profile.js';
+import { DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, LIMITS, type DynamoManifestDraft } from './schema.js';
+import { DEFAULT_INT_BITS, dynamoGranule } from './tables.js';
+
+/** tokens_per_block when none is given: vLLM's default block size, the first of kvbench.rs's 16/32/64. */
+export const DEFAULT_BLOCK_TOKENS = 16;
+
+export interface CalibrateDynamoOptions {
+  modelDir: string;
+  data: string[];
+  ratios: number[];
+  /** Calibration tokens (fit), held-out tokens (allocation and reported error). */
+  tokens: number;
+  heldout: number;
+  blockTokens: number;
+  layout?: BlockLayout;
+  fp8Path?: Fp8Path;
+  intBits?: number[];
+  chunk: number;
+  seed: number;
+  device: Device;
+  /** Output directory; with several ratios `-r<ratio>` is appended. Default kvtc-profiles/<model>-dynamo. */
+  out?: string;
+  force: boolean;
+  onProgress?: ProgressFn;
+  signal?: AbortSignal;
+}
+
+export interface DynamoRatioResult {
+  profile: string;
+  profile_id: string;
+  unchanged: boolean;
+  replaced: boolean;
+  ratio_target: number;
+  /** fp16 bytes of the held-out blocks / their codes + per-row min/max. */
+  ratio_rows: number;
+  /** The same with the range headers of one call per basis per held-out sequence. */
+  ratio_calls: number;
+  blocks_per_call: number;
+  /** Σ over bases of one block's bytes (every layer, K and V). */
+  bytes_per_block: number;
+  rel_error: { key: number; value: number; key_per_layer: number[]; value_per_layer: number[] };
+  /** Ranges per basis (kernel launches per call ≈ 1 + 2 per IntX range). */
+  ranges: number[];
+}
+
+export interface CalibrateDynamoResult {
+  model: string;
+  model_dir: string;
+  block_tokens: number;
+  layout: BlockLayout;
+  features: number;
+  fp8_path: Fp8Path;
+  tokens: number;
+  tokens_requested: number;
+  heldout_tokens: number;
+  blocks_fit: number;
+  blocks_heldout: number;
+  seq_len: number;
+  bases: number;
+  profiles: DynamoRatioResult[];
+  warnings: string[];
+  seconds: Record<string, number>;
+}
+
+function usage(message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
+  return new KvtcError('USAGE', message, { fix, context, exitCode: 2 });
+}
+
+function checkAbort(signal?: AbortSignal): void {
+  if (signal?.aborted) throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
+}
+
+const round6 = (x: number) => (Number.isFinite(x) ? Number(x.toPrecision(6)) : x);
+const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+
+/** Everything the held-out measurement needs, as the kernels' configs. */
+function setupOf(shape: BlockShape & { layers: number }, fp8Path: Fp8Path, bases: DynamoBasis[]): DynamoSetup {
+  return { shape, fp8Path, bases: bases.map((b) => ({ layer: b.layer, kind: b.kind, config: basisConfig(b) })) };
+}
+
+/**
+ * The calibration text and its fit / held-out sequences, as src/calibrate/calibrate.ts selects
+ * them (documents in order until there is comfortably enough text, then its sequence builder
+ * and seeded split); sequences are `seqLen` tokens, a multiple of the block size.
+ */
+export async function selectSequences(
+  tokenizer: Parameters<typeof buildSequences>[1],
+  data: string[],
+  o: { seqLen: number; tokens: number; heldout: number; seed: number; blockTokens: number },
+): Promise<{ split: ReturnType<typeof buildSequences>; used: Awaited<ReturnType<typeof readTextSources>> }> {
+  const texts = await readTextSources(data);
+  const need = 2 * (o.tokens + o.heldout);
+  const used: typeof texts = [];
+  let have = 0;
+  for (const t of texts) {
+    used.push(t);
+    have += t.text.length / 3;
+    if (have >= need * 1.5) break;
+  }
+  const split = buildSequences(used.map((t) => t.text), tokenizer, {
+    seqLen: o.seqLen, fitTokens: o.tokens, heldoutTokens: o.heldout, seed: o.seed, minFitTokens: Math.max(256, 64 * o.blockTokens), sources: data.join(', '),
+  });
+  return { split, used };
+}
+
+/** Sequence length for blocks of B tokens: the model's context (≤ 512), cut to whole blocks. */
+export function sequenceLength(maxPositions: number, blockTokens: number): number {
+  return Math.floor(Math.min(maxPositions, 512) / blockTokens) * blockTokens;
+}
+
+export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<CalibrateDynamoResult> {
+  const progress = opts.onProgress ?? noProgress;
+  const layout = opts.layout ?? 'NHD';
+  const fp8Path = opts.fp8Path ?? 'sm89';
+  const intBits = opts.intBits ?? [...DEFAULT_INT_BITS];
+  const B = opts.blockTokens;
+  const seconds: Record<string, number> = {};
+  const t0 = performance.now();
+  let mark = t0;
+  const lap = (name: string) => {
+    const now = performance.now();
+    seconds[name] = (seconds[name] ?? 0) + (now - mark) / 1000;
+    mark = now;
+  };
+  for (const r of opts.ratios) {
+    if (!(r >= MIN_RATIO && r <= MAX_RATIO)) throw usage(`--ratio ${r} is out of range`, `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO}.`);
+  }
+  if (!(Number.isInteger(B) && B >= 1 && B <= LIMITS.blockTokens)) throw usage(`--block-tokens ${B} is out of range`, `Give Dynamo's tokens_per_block, a whole number between 1 and ${LIMITS.blockTokens} (default ${DEFAULT_BLOCK_TOKENS}).`);
+
+  progress({ stage: 'loading model' });
+  const model = await loadModel(opts.modelDir, { device: opts.device });
+  const spec = model.spec;
+  const shape = { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, blockTokens: B, layout };
+  const p = blockFeatures(shape);
+  const states: { kind: KvKind; layer: number; acc: CovarianceAccumulator; kernel: GramKernel; disposed?: boolean }[] = [];
+  try {
+    if (p > LIMITS.features) {
+      throw usage(`a block of ${B} tokens of this model has ${p} features (${spec.kvHeads} KV heads × ${spec.headDim} × ${B}), more than the ${LIMITS.features} kvtc fits per basis`, 'Use a smaller --block-tokens.', { features: p });
+    }
+    const seqLen = sequenceLength(spec.maxPositions, B);
+    if (seqLen < B) throw usage(`--block-tokens ${B} is longer than the model's context (${spec.maxPositions} tokens)`, `Use --block-tokens ≤ ${Math.min(spec.maxPositions, 512)}.`);
+    const outDirs = opts.ratios.map((r) => {
+      const base = opts.out ?? join(DEFAULT_PROFILES_DIR, `${model.name}-dynamo`);
+      return opts.ratios.length === 1 ? base : `${base}-r${r}`;
+    });
+    for (const d of outDirs) {
+      checkOutputDir(d);
+      if (!opts.force && isDynamoProfileDir(d)) {
+        let fp: string | undefined;
+        try {
+          fp = (await readDynamoManifest(d)).manifest.model.fingerprint;
+        } catch {
+          fp = undefined;
+        }
+        if (fp !== model.fingerprint.id) {
+          throw new KvtcError('OUTPUT_EXISTS', `output ${d} already holds a dynamo profile${fp ? ` of another model (fingerprint ${fp})` : ' that kvtc cannot read'}`, {
+            fix: 'Pass --force to replace it, or choose another --out.',
+            context: { out: d },
+          });
+        }
+      }
+    }
+    lap('load');
+
+    progress({ stage: 'reading calibration text' });
+    const { split, used } = await selectSequences(model.tokenizer, opts.data, { seqLen, tokens: opts.tokens, heldout: opts.heldout, seed: opts.seed, blockTokens: B });
+    lap('tokenize');
+
+    const runner = new ModelRunner(model);
+    const kinds: KvKind[] = ['key', 'value'];
+    for (let l = 0; l < spec.layers; l++) {
+      for (const kind of kinds) {
+        const kernel: GramKernel = p >= 128 ? await OrtGramKernel.create(p, { device: opts.device }) : new JsGramKernel();
+        states.push({ kind, layer: l, kernel, acc: new CovarianceAccumulator(p, kernel) });
+      }
+    }
+    const blocksPerSeq = seqLen / B;
+    let scratch = new Float32Array(0);
+    let done = 0;
+    for (const ids of split.fit) {
+      checkAbort(opts.signal);
+      let t = performance.now();
+      const { cache } = await runner.prefill(ids, { chunk: opts.chunk });
+      seconds.forward = (seconds.forward ?? 0) + (performance.now() - t) / 1000;
+      t = performance.now();
+      const { first, count } = fullBlocks(cache, B);
+      if (scratch.length < count * p) scratch = new Float32Array(count * p);
+      for (const s of states) {
+        const X = gatherBlockRows(cache, s.kind, s.layer, shape, first, count, scratch);
+        await s.acc.add(X, count);
+      }
+      seconds.covariance = (seconds.covariance ?? 0) + (performance.now() - t) / 1000;
+      done += ids.length;
+      progress({ stage: 'capturing calibration KV', done, total: split.fit.length * seqLen, unit: 'tokens' });
+    }
+    mark = performance.now();
+    const held: KvCache[] = [];
+    done = 0;
+    for (const ids of split.heldout) {
+      checkAbort(opts.signal);
+      held.push((await runner.prefill(ids, { chunk: opts.chunk })).cache);
+      done += ids.length;
+      progress({ stage: 'capturing held-out KV', done, total: split.heldout.length * seqLen, unit: 'tokens' });
+    }
+    lap('forward');
+
+    const blocksFit = split.fit.length * blocksPerSeq;
+    const blocksHeld = held.reduce((a, c) => a + fullBlocks(c, B).count, 0);
+    const warnings: string[] = [];
+    if (blocksFit < p) {
+      warnings.push(`${blocksFit} calibration blocks for ${p} features per block: the covariance has rank ≤ ${blocksFit}, so components beyond it are fitted on nothing; give more --tokens (≥ ${p * B}) for a full-rank fit.`);
+    }
+    const tables: DynamoBasisTables[] = [];
+    let eigenSeconds = 0;
+    let tableSeconds = 0;
+    for (const [i, s] of states.entries()) {
+      checkAbort(opts.signal);
+      progress({ stage: 'fitting bases (eigen + held-out error tables)', done: i, total: states.length, unit: 'bases' });
+      const cov = s.acc.finish();
+      s.disposed = true;
+      await s.kernel.dispose?.();
+      let t = performance.now();
+      const eigen = await symmetricEigenAsync(cov.cov, p);
+      eigenSeconds += (performance.now() - t) / 1000;
+      t = performance.now();
+      const rows = new Float32Array(blocksHeld * p);
+      let at = 0;
+      for (const c of held) {
+        const { first, count } = fullBlocks(c, B);
+        gatherBlockRows(c, s.kind, s.layer, shape, first, count, rows.subarray(at * p, (at + count) * p));
+        at += count;
+      }
+      tables.push(prepareDynamoBasis({ kind: s.kind, layer: s.layer, features: p, mean: cov.mean, eigen, heldout: rows, heldoutRows: blocksHeld, fp8Path, intBits }));
+      tableSeconds += (performance.now() - t) / 1000;
+    }
+    seconds.eigen = eigenSeconds;
+    seconds.error_tables = tableSeconds;
+    mark = performance.now();
+
+    const sources = used.map((t) => ({ name: basename(t.path), sha256: sha256Hex(t.text), bytes: t.bytes }));
+    const profiles: DynamoRatioResult[] = [];
+    for (const [ri, ratio] of opts.ratios.entries()) {
+      checkAbort(opts.signal);
+      progress({ stage: `allocating bytes for ${ratio}x` });
+      const budget = Math.floor((2 * p) / ratio);
+      const bases = tables.map((t) => planDynamoBasis(t, budget));
+      lap('allocation');
+      progress({ stage: `measuring ${ratio}x on held-out text through the emulated kernels` });
+      const m: DynamoMeasurement = measureDynamo(setupOf(shape, fp8Path, bases), held);
+      lap('measure');
+      const draft: DynamoManifestDraft = {
+        format: DYNAMO_PROFILE_FORMAT,
+        format_version: DYNAMO_PROFILE_VERSION,
+        producer: { name: PRODUCER, version: VERSION },
+        model: { name: model.name, architecture: spec.architecture, fingerprint: model.fingerprint.id, layers: spec.layers, kv_heads: spec.kvHeads, head_dim: spec.headDim, kv_dtype: spec.kvDtype },
+        block: { tokens_per_block: B, layout, features: p, fp8_path: fp8Path },
+        settings: { ratio_target: ratio, tokens: opts.tokens, heldout: opts.heldout, chunk: opts.chunk, seed: opts.seed, granule: tables[0].tables.granule, int_bits: intBits as (1 | 2 | 4 | 8)[] },
+        calibration: { sources, blocks_fit: blocksFit, blocks_heldout: blocksHeld, sequences: split.fit.length + split.heldout.length, seq_len: seqLen },
+        measured: {
+          blocks_per_call: Math.round(m.blocksPerCall),
+          bytes_per_block: bases.reduce((a, b) => a + b.bytes_per_block, 0),
+          ratio_rows: round6(m.ratioRows),
+          ratio_calls: round6(m.ratioCalls),
+          rel_error: { key: m.relKey.map(round6), value: m.relValue.map(round6), key_mean: round6(mean(m.relKey)), value_mean: round6(mean(m.relValue)) },
+        },
+      };
+      checkAbort(opts.signal);
+      progress({ stage: 'writing dynamo profile' });
+      const manifest = await writeDynamoProfile(outDirs[ri], draft, bases, { force: opts.force });
+      lap('write');
+      profiles.push({
+        profile: outDirs[ri],
+        profile_id: manifest.profile_id,
+        unchanged: manifest.unchanged === true,
+        replaced: manifest.replaced === true,
+        ratio_target: ratio,
+        ratio_rows: m.ratioRows,
+        ratio_calls: m.ratioCalls,
+        blocks_per_call: m.blocksPerCall,
+        bytes_per_block: draft.measured.bytes_per_block,
+        rel_error: { key: mean(m.relKey), value: mean(m.relValue), key_per_layer: m.relKey, value_per_layer: m.relValue },
+        ranges: bases.map((b) => b.ranges.length),
+      });
+    }
+    seconds.total = (performance.now() - t0) / 1000;
+    return {
+      model: model.name, model_dir: model.dir, block_tokens: B, layout, features: p, fp8_path: fp8Path,
+      tokens: split.fit.length * seqLen, tokens_requested: opts.tokens, heldout_tokens: split.heldout.length * seqLen,
+      blocks_fit: blocksFit, blocks_heldout: blocksHeld, seq_len: seqLen, bases: states.length, profiles, warnings, seconds,
+    };
+  } finally {
+    for (const s of states) if (!s.disposed) await s.kernel.dispose?.();
+    await model.session.release();
+  }
+}
