@@ -447,7 +447,8 @@ function checkRope(m: Manifest, fail: Fail): string {
       if (lo !== undefined && hi !== undefined && !(hi > lo)) bad(`model.rope.scaling.high_freq_factor ${hi} must be greater than low_freq_factor ${lo}`);
     }
   }
-  if (ok) {
+  // (Within the shape limit only: rotary_dim/2 frequencies are computed.)
+  if (ok && r.rotary_dim <= PROFILE_LIMITS.maxShape) {
     const inv = ropeInvFreq({
       theta: r.theta,
       rotaryDim: r.rotary_dim,

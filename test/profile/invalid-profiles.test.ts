@@ -57,6 +57,12 @@ const CASES: Case[] = [
   { name: 'overlapping groups', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].start = 2) }), check: 'groups', message: /plans\[0\]\.groups\[1\] starts at 2/ },
   { name: 'a group past the rank', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 11) }), check: 'groups', message: /ends at 11, past the rank 10/ },
   { name: 'groups that stop before the rank', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 9) }), check: 'groups', message: /last group ends at 9, but the rank is 10/ },
+  {
+    name: 'a head_dim and rotary_dim of 2^40 (nothing may be sized by them)',
+    dir: () => make({ manifest: (m) => ((m.model.head_dim = 2 ** 40), (m.model.rope.rotary_dim = 2 ** 40)) }),
+    check: 'limits',
+    message: /model\.head_dim = 1099511627776 exceeds 65535/,
+  },
   { name: 'model.layers beyond the blob header (u16)', dir: () => make({ manifest: (m) => (m.model.layers = 70000) }), check: 'limits', message: /model\.layers = 70000 exceeds 65535/ },
   // --- RoPE
   { name: 'rope.rotary_dim = 7 (odd)', dir: () => make({ manifest: (m) => (m.model.rope.rotary_dim = 7) }), check: 'rope', message: /rotary_dim = 7 is odd/ },
