@@ -387,7 +387,7 @@ function checkPlans(m: Manifest, fail: Fail): string {
   return `${m.plans.length} plans in index order; each of the ${2 * layers} (kind, layer) pairs covered exactly once; dims and ranks consistent`;
 }
 
-/** Groups are sorted, disjoint, within [0, rank) and the last ends at rank; true per plan when so. */
+/** Why a plan's groups are not sorted, disjoint, within [0, rank) and ending at rank; undefined when they are. */
 function groupsValid(pe: PlanEntry): string | undefined {
   let at = 0;
   for (const [g, q] of pe.groups.entries()) {
