@@ -4,12 +4,15 @@
  * provider; bit-packing, the dynamic and fp8 groups and DEFLATE run on the host (payload.ts,
  * blob.ts).
  *
- *   encode: tokens [0, sink) and [T−window, T) → raw section (fp16);
+ *   encode: check the values (finite; compressed tokens within the profile's range, OUTLIER_FACTOR);
+ *           tokens [0, sink) and [T−window, T) → raw section (fp16; float32 when a float32
+ *           cache holds a raw value fp16 cannot);
  *           tokens [sink, T−window) → per plan: gather [G, n, hd] → graph → codes [kA, n] and
  *           coeffs [kB, n] (stored components, component-major) → pack (+ quantize the kB) →
  *           DEFLATE → plan section.
- *   decode: the reverse; the decode graph writes [G, n, hd], so values are block copies into
- *           the cache and keys one RoPE pass.
+ *   decode: parseBlob bounds the untrusted blob before anything is allocated, then the reverse;
+ *           the decode graph writes [G, n, hd], so values are block copies into the cache and
+ *           keys one RoPE pass.
  */
 import { invariant, KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
@@ -87,11 +90,12 @@ const f = Math.fround;
  * Rotates n rows of headDim from src[s..] into dst[d..] (may not alias): apply RoPE, or undo it
  * (rotation by −θ), with row t using cos/sin row t. Pairs (a, b): a' = a·c ∓ b·s, b' = b·c ± a·s.
  */
-function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, n: number, headDim: number, rope: HostRope, undo: boolean): void {
+function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, n: number, headDim: number, rope: HostRope, undo: boolean, norms?: Float64Array): void {
   const { cos, sin, half, a: ia, b: ib, rest } = rope;
   const halfLayout = rest.length === 0 && ib[0] === half; // rotate_half over the whole head: no index arrays
   for (let t = 0, row = 0; t < n; t++, s += headDim, d += headDim, row += half) {
     if (halfLayout && undo) {
+      let q = 0;
       for (let i = 0; i < half; i++) {
         const va = src[s + i];
         const vb = src[s + i + half];
@@ -99,7 +103,9 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
         const sn = sin[row + i];
         dst[d + i] = f(va * c) + f(vb * sn);
         dst[d + i + half] = f(vb * c) - f(va * sn);
+        q += va * va + vb * vb;
       }
+      if (norms) norms[t] += q;
     } else if (halfLayout) {
       for (let i = 0; i < half; i++) {
         const va = src[s + i];
@@ -110,6 +116,7 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
         dst[d + i + half] = f(vb * c) + f(va * sn);
       }
     } else {
+      let q = 0;
       for (let i = 0; i < half; i++) {
         const va = src[s + ia[i]];
         const vb = src[s + ib[i]];
@@ -117,8 +124,14 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
         const sn = undo ? -sin[row + i] : sin[row + i];
         dst[d + ia[i]] = f(va * c) - f(vb * sn);
         dst[d + ib[i]] = f(vb * c) + f(va * sn);
+        q += va * va + vb * vb;
       }
-      for (let i = 0; i < rest.length; i++) dst[d + rest[i]] = src[s + rest[i]];
+      for (let i = 0; i < rest.length; i++) {
+        const v = src[s + rest[i]];
+        dst[d + rest[i]] = v;
+        q += v * v;
+      }
+      if (norms) norms[t] += q;
     }
   }
 }
@@ -130,16 +143,54 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
  * float32 arithmetic from the precomputed cos/sin tables, exactly as the ONNX graph computes
  * it, where features.ts is the float64 reference.
  */
-function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, rope?: HostRope): void {
+function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, rope: HostRope | undefined, norms: Float64Array): void {
   const run = n * headDim;
+  norms.fill(0, 0, n);
   for (let li = 0; li < layers.length; li++) {
     const a = src[layers[li]];
     for (let h = 0; h < kvHeads; h++) {
       const s = (h * tokens + t0) * headDim;
       const d = (li * kvHeads + h) * run;
-      if (rope) rotateRows(a, s, x, d, n, headDim, rope, true);
-      else x.set(a.subarray(s, s + run), d);
+      if (rope) rotateRows(a, s, x, d, n, headDim, rope, true, norms);
+      else {
+        x.set(a.subarray(s, s + run), d);
+        addSquares(a, s, n, headDim, norms);
+      }
     }
+  }
+}
+
+/**
+ * norms[t] += Σ_d a[s + t·headDim + d]² (float64) for n rows of headDim: the range check's sums,
+ * read right after the rows were copied (so from cache). A non-finite value makes its token's sum
+ * non-finite (a float32's square cannot overflow float64), so the check also finds NaN and ∞.
+ * (rotateRows adds the same squares, in its own order, while it un-rotates keys.)
+ */
+function addSquares(a: Float32Array, s: number, n: number, headDim: number, norms: Float64Array): void {
+  if (headDim % 4 === 0) {
+    for (let t = 0, i = s; t < n; t++) {
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (const e = i + headDim; i < e; i += 4) {
+        const x0 = a[i];
+        const x1 = a[i + 1];
+        const x2 = a[i + 2];
+        const x3 = a[i + 3];
+        s0 += x0 * x0;
+        s1 += x1 * x1;
+        s2 += x2 * x2;
+        s3 += x3 * x3;
+      }
+      norms[t] += s0 + s1 + (s2 + s3);
+    }
+    return;
+  }
+  for (let t = 0, i = s; t < n; t++) {
+    let s0 = 0;
+    for (const e = i + headDim; i < e; i++) s0 += a[i] * a[i];
+    norms[t] += s0;
   }
 }
 
@@ -162,7 +213,7 @@ function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kv
  * of headDim, as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). A float32
  * cache with a raw value fp16 cannot hold (|x| ≥ 65520 rounds to ∞) is stored as float32 instead
  * (header flag bit 1), losslessly; a float16 cache never holds one (KV_OUT_OF_RANGE: its values
- * are not what its dtype says). Values must be finite (scanCache checked).
+ * are not what its dtype says). A non-finite value → KV_INVALID.
  */
 function rawSection(cache: KvCache, sink: number, window: number, source: string): { data: Uint8Array; float32: boolean } {
   const { layers, kvHeads, headDim, tokens } = cache;
@@ -185,21 +236,34 @@ function rawSection(cache: KvCache, sink: number, window: number, source: string
   for (let i = 0; i < vals.length; i++) {
     const x = floatToHalf(vals[i]);
     h[i] = x;
-    if ((x & 0x7fff) === 0x7c00 && overflow < 0) overflow = i;
+    if ((x & 0x7c00) === 0x7c00 && overflow < 0) overflow = i;
   }
   if (overflow < 0) return { data: new Uint8Array(h.buffer), float32: false };
+  // fp16 ∞ or NaN: a non-finite input, or a finite one beyond fp16.
+  for (let i = overflow; i < vals.length; i++) if (!Number.isFinite(vals[i])) throw nonFinite(source, cache, rawSite(cache, sink, window, i), vals[i]);
   if (cache.dtype === 'float32') return { data: new Uint8Array(vals.buffer), float32: true };
-  // Where value `overflow` of the section sits: (layer, key/value, head, row of sink + window).
-  const row = Math.floor(overflow / headDim);
-  const r = row % (sink + window);
-  const head = Math.floor(row / (sink + window)) % kvHeads;
-  const kv = Math.floor(row / ((sink + window) * kvHeads));
-  const layer = Math.floor(kv / 2);
-  const kind = kv % 2 === 0 ? 'key' : 'value';
-  const token = r < sink ? r : tokens - window + (r - sink);
+  const { layer, kind, head, token } = rawSite(cache, sink, window, overflow);
   throw new KvtcError('KV_OUT_OF_RANGE', `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${overflow % headDim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`, {
     fix: 'A float16 cache cannot hold this value: pass the cache as float32 (kvtc then stores its raw tokens as float32), or check how the cache was produced.',
     context: { source, layer, kind, head, token, position: cache.startPosition + token, dim: overflow % headDim, value: vals[overflow], dtype: cache.dtype },
+  });
+}
+
+/** Where value i of a raw section sits: layer, key/value, head, cache token, dim. */
+function rawSite(cache: KvCache, sink: number, window: number, i: number): { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number } {
+  const { kvHeads, headDim, tokens } = cache;
+  const row = Math.floor(i / headDim);
+  const r = row % (sink + window);
+  const head = Math.floor(row / (sink + window)) % kvHeads;
+  const kv = Math.floor(row / ((sink + window) * kvHeads));
+  return { layer: Math.floor(kv / 2), kind: kv % 2 === 0 ? 'key' : 'value', head, token: r < sink ? r : tokens - window + (r - sink), dim: i % headDim };
+}
+
+function nonFinite(source: string, cache: KvCache, at: { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number }, value: number): KvtcError {
+  const { layer, kind, head, token, dim } = at;
+  return new KvtcError('KV_INVALID', `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${dim} is ${value}; a KV cache holds finite values`, {
+    fix: "Check how the cache was produced (a NaN or ∞ in the model's KV output usually means an overflow in the model run).",
+    context: { source, kind, layer, head, token, position: cache.startPosition + token, dim, value: String(value) },
   });
 }
 
@@ -231,13 +295,7 @@ function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: numb
     }
   }
   if (bad >= 0) {
-    const row = Math.floor(bad / headDim);
-    const r = row % (sink + window);
-    const head = Math.floor(row / (sink + window)) % kvHeads;
-    const kv = Math.floor(row / ((sink + window) * kvHeads));
-    const token = r < sink ? r : tokens - window + (r - sink);
-    const kind = kv % 2 === 0 ? 'key' : 'value';
-    const layer = Math.floor(kv / 2);
+    const { layer, kind, head, token } = rawSite(cache, sink, window, bad);
     throw new KvtcError('BLOB_INVALID', `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${bad % headDim}; no encoder writes one`, {
       fix: 'The blob is corrupt or was not written by kvtc: re-encode the cache with `kvtc encode`.',
       context: { blob: source, layer, kind, head, token, dim: bad % headDim },
@@ -328,6 +386,8 @@ export class KvtcCodec {
   private gatherScratch = new Float32Array(0);
   /** Reused codes buffer (inline decode), grown to the largest n·rank seen. */
   private codesScratch = new Uint8Array(0);
+  /** Reused per-token squared norms (encode's range check), grown to the largest n seen. */
+  private normScratch = new Float64Array(0);
   /** Per plan: the largest ‖x‖ of a compressed token (OUTLIER_FACTOR); Infinity where unchecked. */
   private readonly normBound: number[];
   /** What a blob of this profile must look like (parseBlob). */
@@ -366,46 +426,47 @@ export class KvtcCodec {
   }
 
   /**
-   * The checks on a cache's values before encoding (docs/profile-format.md §6, "Range"): every
-   * value finite (KV_INVALID), and every compressed token within the profile's calibrated range
-   * (OUTLIER_FACTOR; KV_OUT_OF_RANGE). One pass over the cache, float64 sums of squares per token.
+   * Range check of plan i's compressed tokens after gatherHeads summed their squares (`norms`):
+   * a non-finite value → KV_INVALID; ‖x‖ beyond the plan's bound (OUTLIER_FACTOR) →
+   * KV_OUT_OF_RANGE. docs/profile-format.md §6, "Values and range".
    */
-  private scanCache(cache: KvCache, sink: number, n: number, source: string): void {
-    const { layers, kvHeads, headDim, tokens: T } = cache;
-    const acc = new Float64Array(T);
-    const covered = new Set<string>();
-    const groups: { kind: 'key' | 'value'; layers: number[]; bound: number; plan: number }[] = this.plans.map((p, i) => ({ kind: p.kind, layers: p.layers, bound: this.normBound[i], plan: i }));
-    // (layer, kind) pairs no plan covers are still checked for finite values.
-    for (const p of groups) for (const l of p.layers) covered.add(`${p.kind}${l}`);
-    for (let l = 0; l < layers; l++) for (const kind of ['key', 'value'] as const) if (!covered.has(`${kind}${l}`)) groups.push({ kind, layers: [l], bound: Infinity, plan: -1 });
-    for (const g of groups) {
-      acc.fill(0);
-      for (const l of g.layers) {
-        const a = (g.kind === 'key' ? cache.keys : cache.values)[l];
-        for (let h = 0; h < kvHeads; h++) {
-          for (let t = 0, i = h * T * headDim; t < T; t++) {
-            let s2 = 0;
-            for (let d = 0; d < headDim; d++, i++) s2 += a[i] * a[i];
-            acc[t] += s2;
-          }
-        }
+  private checkPlanTokens(i: number, norms: Float64Array, cache: KvCache, sink: number, n: number, source: string): void {
+    const bound = this.normBound[i];
+    const b2 = bound * bound;
+    for (let k = 0; k < n; k++) {
+      if (norms[k] <= b2) continue; // false for NaN, so non-finite sums fall through
+      const plan = this.plans[i];
+      const t = sink + k;
+      if (!Number.isFinite(norms[k])) {
+        const at = this.locate(cache, plan.kind, plan.layers, t, (v) => !Number.isFinite(v));
+        throw nonFinite(source, cache, { ...at, kind: plan.kind, token: t }, at.value);
       }
-      for (let t = 0; t < T; t++) {
-        const s2 = acc[t];
-        // v² of a float32 is finite in float64: a non-finite sum means a non-finite value.
-        if (!Number.isFinite(s2)) {
-          const at = this.locate(cache, g.kind, g.layers, t, (v) => !Number.isFinite(v));
-          throw new KvtcError('KV_INVALID', `${source}: the ${g.kind} of layer ${at.layer}, head ${at.head}, token ${t} (position ${cache.startPosition + t}), dim ${at.dim} is ${at.value}; a KV cache holds finite values`, {
-            fix: 'Check how the cache was produced (a NaN or ∞ in the model\'s KV output usually means an overflow in the model run).',
-            context: { source, kind: g.kind, layer: at.layer, head: at.head, token: t, position: cache.startPosition + t, dim: at.dim, value: String(at.value) },
-          });
-        }
-        if (t >= sink && t < sink + n && Math.sqrt(s2) > g.bound) {
-          const at = this.locate(cache, g.kind, g.layers, t);
-          throw new KvtcError('KV_OUT_OF_RANGE', `${source}: token ${t} (position ${cache.startPosition + t}) is far outside the range the profile was calibrated on: the norm of its ${g.kind}s in layer${g.layers.length > 1 ? 's' : ''} ${g.layers.join(', ')} (plan ${g.plan}) is ${Math.sqrt(s2).toPrecision(4)}, above the profile's bound ${g.bound.toPrecision(4)} (‖mean‖ + ${OUTLIER_FACTOR}× the calibration RMS deviation); its largest value is ${at.value} (layer ${at.layer}, head ${at.head}, dim ${at.dim}). Encoding it would clip it to garbage`, {
-            fix: 'Recalibrate the profile on data representative of this cache (`kvtc calibrate --data ...`), or check the cache: values this far from the calibration data usually mean an overflow or the wrong model.',
-            context: { source, plan: g.plan, kind: g.kind, layers: g.layers, token: t, position: cache.startPosition + t, norm: Math.sqrt(s2), bound: g.bound, layer: at.layer, head: at.head, dim: at.dim, value: at.value },
-          });
+      const norm = Math.sqrt(norms[k]);
+      const at = this.locate(cache, plan.kind, plan.layers, t);
+      const layers = plan.layers;
+      throw new KvtcError('KV_OUT_OF_RANGE', `${source}: token ${t} (position ${cache.startPosition + t}) is far outside the range the profile was calibrated on: the norm of its ${plan.kind}s in layer${layers.length > 1 ? 's' : ''} ${layers.join(', ')} (plan ${i}) is ${norm.toPrecision(4)}, above the profile's bound ${bound.toPrecision(4)} (‖mean‖ + ${OUTLIER_FACTOR}× the calibration RMS deviation); its largest value is ${at.value} (layer ${at.layer}, head ${at.head}, dim ${at.dim}). Encoding it would clip it to garbage`, {
+        fix: 'Recalibrate the profile on data representative of this cache (`kvtc calibrate --data ...`), or check the cache: values this far from the calibration data usually mean an overflow or the wrong model.',
+        context: { source, plan: i, kind: plan.kind, layers, token: t, position: cache.startPosition + t, norm, bound, layer: at.layer, head: at.head, dim: at.dim, value: at.value },
+      });
+    }
+  }
+
+  /**
+   * Finite check of the compressed tokens no gather reads: layers of rank-0 plans (and any
+   * (layer, kind) no plan covers). Raw tokens are checked as rawSection converts them.
+   */
+  private checkUngathered(cache: KvCache, sink: number, n: number, source: string): void {
+    const gathered = new Set<string>();
+    for (const p of this.plans) if (p.rank > 0) for (const l of p.layers) gathered.add(`${p.kind}${l}`);
+    const { layers, kvHeads, headDim, tokens } = cache;
+    for (let l = 0; l < layers; l++) {
+      for (const kind of ['key', 'value'] as const) {
+        if (gathered.has(`${kind}${l}`)) continue;
+        const a = (kind === 'key' ? cache.keys : cache.values)[l];
+        for (let h = 0; h < kvHeads; h++) {
+          for (let i = (h * tokens + sink) * headDim, e = i + n * headDim; i < e; i++) {
+            if (!Number.isFinite(a[i])) throw nonFinite(source, cache, { layer: l, kind, head: h, token: Math.floor(i / headDim) % tokens, dim: i % headDim }, a[i]);
+          }
         }
       }
     }
@@ -446,7 +507,7 @@ export class KvtcCodec {
       });
     }
     const { sink, window, n } = this.split(cache.tokens);
-    this.scanCache(cache, sink, n, source);
+    this.checkUngathered(cache, sink, n, source);
     const fp16 = cache.dtype === 'float16';
     const raw = rawSection(cache, sink, window, source);
     const sections: EncodedSection[] = [compressSection('raw', 0, raw.data, 'stored')];
@@ -471,28 +532,37 @@ export class KvtcCodec {
         sections.push(compressSection('plan', i, payload, this.spec.entropy));
         sec.entropy += now() - t;
       };
-      for (let i = 0; i < this.plans.length; i++) {
-        const plan = this.plans[i];
-        if (plan.rank === 0) continue;
-        while (pending.length > inFlight) await finish();
-        const t = now();
-        const src = plan.kind === 'key' ? cache.keys : cache.values;
-        let x: Float32Array;
-        if (this.threaded) x = this.transform.take?.(n * plan.dim) ?? new Float32Array(n * plan.dim);
-        else {
-          if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
-          x = this.gatherScratch.subarray(0, n * plan.dim);
+      if (this.normScratch.length < n) this.normScratch = new Float64Array(n);
+      const norms = this.normScratch;
+      try {
+        for (let i = 0; i < this.plans.length; i++) {
+          const plan = this.plans[i];
+          if (plan.rank === 0) continue;
+          while (pending.length > inFlight) await finish();
+          const t = now();
+          const src = plan.kind === 'key' ? cache.keys : cache.values;
+          let x: Float32Array;
+          if (this.threaded) x = this.transform.take?.(n * plan.dim) ?? new Float32Array(n * plan.dim);
+          else {
+            if (this.gatherScratch.length < n * plan.dim) this.gatherScratch = new Float32Array(n * plan.dim);
+            x = this.gatherScratch.subarray(0, n * plan.dim);
+          }
+          gatherHeads(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined, norms);
+          sec.gather += now() - t;
+          this.checkPlanTokens(i, norms, cache, sink, n, source);
+          const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
+          if (plan.kind === 'key' && !host) {
+            feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
+            feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+          }
+          pending.push({ i, out: this.transform.run('encode', i, feeds) });
         }
-        gatherHeads(src, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined);
-        sec.gather += now() - t;
-        const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
-        if (plan.kind === 'key' && !host) {
-          feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
-          feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
-        }
-        pending.push({ i, out: this.transform.run('encode', i, feeds) });
+        while (pending.length) await finish();
+      } catch (e) {
+        // A range error mid-way: let the graph runs already submitted finish before reporting it.
+        await Promise.allSettled(pending.map((p) => p.out));
+        throw e;
       }
-      while (pending.length) await finish();
     }
     const blob = assembleBlob(
       { fp16, rawFloat32: raw.float32, profileId: this.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },

@@ -165,6 +165,22 @@ describe('compressed tokens far outside the calibrated range → KV_OUT_OF_RANGE
   });
 });
 
+describe('a range error mid-encode leaves the codec usable', () => {
+  it('threaded: the graph runs already submitted finish, and the next encode gives the inline bits', async () => {
+    const threaded = await codecFromProfile(profile, { transformThread: true });
+    try {
+      // plan 7 (values of layer 3): plans 0–6 are gathered and submitted before the check fails
+      await expectKvtcError(threaded.encode(withValue(cache, 'value', 3, 0, 90, 0, 1e6)), 'KV_OUT_OF_RANGE', /plan 7/);
+      await expectKvtcError(threaded.encode(withValue(cache, 'key', 4, 0, 90, 0, NaN)), 'KV_INVALID', /layer 4/);
+      const a = await codec.encode(cache);
+      const b = await threaded.encode(cache);
+      expect(Buffer.from(b.blob).equals(Buffer.from(a.blob))).toBe(true);
+    } finally {
+      await threaded.release();
+    }
+  });
+});
+
 describe('token counts and positions', () => {
   it('more than 2^24 tokens → KV_INVALID before any work', async () => {
     const huge: KvCache = { ...cache, tokens: 2 ** 24 + 1, keys: [], values: [] };
