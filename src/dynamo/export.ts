@@ -187,6 +187,9 @@ Kernels: ${d.kernels.repository}, \`${d.kernels.folder}\` — \`${d.kernels.api}
 - Every IntX range is a multiple of 8 / int_bits wide: the kernels' \`kvtc_range_packed_size\` and their packing
   kernel disagree for other widths. Example (layer ${ex.layer} ${ex.kind}): ${ex.pca_components} components, ${ranges}; ${ex.bytes_per_block} bytes per block
   plus 40 bytes per range per \`kvtc_compress\` call.
+- \`kvtc_compress\` writes, and \`kvtc_decompress\` reads, the range headers with host-side copies, so keep the
+  compressed buffer in (pinned) host memory; decompress with the same \`num_blocks\` as the compress call
+  (header sizes and the min/max arrays are per batch) and the same config (the range count comes from it).
 - Measured by kvtc on held-out text through an emulation of these kernels: ${d.measured.ratio_rows}x on the blocks
   (${d.measured.ratio_calls}x with the range headers of calls of ${d.measured.blocks_per_call} blocks), relative error
   ‖x̂−x‖/‖x‖ K ${d.measured.rel_error.key_mean}, V ${d.measured.rel_error.value_mean} (mean over layers).
