@@ -50,7 +50,7 @@ export async function encodeCache(profile: Profile, cache: KvCache, opts: CodecR
   const transformThread = opts.transformThread ?? useTransformThread(profile, cache.tokens);
   return withCodec(profile, { device: opts.device, transformThread }, async (codec) => {
     codec.checkCache(cache, source);
-    return codec.encode(cache);
+    return codec.encode(cache, source);
   });
 }
 
