@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { calibrate } from '../calibrate/calibrate.js';
+import { isKvtcError } from '../errors.js';
+import { readProfile } from '../profile/io.js';
 import { buildRandomLlama } from '../convert/random-llama.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_PROFILES_DIR } from '../paths.js';
 import type { ProgressFn } from '../progress.js';
@@ -67,8 +69,15 @@ export async function ensureProfile(modelDir: string, name: string, opts: { expl
   const dir = join(benchCacheDir(), name, `profile-t${opts.tokens}`);
   const record = join(dir, CALIB_RECORD);
   if (existsSync(join(dir, 'kvtc-profile.json')) && existsSync(record)) {
-    const rec = JSON.parse(await readFile(record, 'utf8')) as CalibrationRecord;
-    return { dir, calibration: { ...rec, reused: true } };
+    // A profile cached by an older kvtc may not pass this one's checks: then it is calibrated again.
+    const usable = await readProfile(dir).then(
+      () => true,
+      (e) => (isKvtcError(e) ? false : Promise.reject(e)),
+    );
+    if (usable) {
+      const rec = JSON.parse(await readFile(record, 'utf8')) as CalibrationRecord;
+      return { dir, calibration: { ...rec, reused: true } };
+    }
   }
   await noteCacheEntry(name);
   const r = await calibrate({

@@ -148,15 +148,24 @@ describe('kvtc calibrate CLI', () => {
     expect(r.stderr).toContain('not valid UTF-8');
   });
 
-  it('refuses an existing output unless --force, leaving it untouched', async () => {
+  it('writes into an existing directory without touching its other files; another model\'s profile there needs --force', async () => {
     const d = tempDir();
     const out = join(d, 'p');
     mkdirSync(out);
     writeFileSync(join(out, 'keep.txt'), 'mine');
     const r = await kvtc('calibrate', ...SMALL, '--out', out);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toContain('--force');
+    expect(r.code, r.stderr).toBe(0);
     expect(readFileSync(join(out, 'keep.txt'), 'utf8')).toBe('mine');
+    // A profile of another model (the fp16 fixture) in the way: refused before any work.
+    const other = join(d, 'other');
+    expect((await kvtc('calibrate', '--model', FIXTURE, ...SMALL, '--out', other)).code).toBe(0);
+    const before = readFileSync(join(other, 'kvtc-profile.json'), 'utf8');
+    const t0 = performance.now();
+    const refused = await kvtc('calibrate', ...SMALL, '--out', other);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/OUTPUT_EXISTS.*another model[\s\S]*--force/);
+    expect(performance.now() - t0).toBeLessThan(3000);
+    expect(readFileSync(join(other, 'kvtc-profile.json'), 'utf8')).toBe(before);
   });
 
   it('a model without KV outputs is refused', async () => {

@@ -95,3 +95,14 @@ describe('closed pipes', () => {
     }
   });
 });
+
+describe('a failed validate --json', () => {
+  it('is one document: the checks, with "error" beside them', async () => {
+    const r = await kvtc('validate', PROFILE, '--model', join(PROFILE, '..', '..', 'test', 'fixtures', 'tiny-llama-fp16'), '--json');
+    expect(r.code).toBe(1);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.error.code).toBe('PROFILE_MISMATCH');
+    expect(doc.ok).toBe(false);
+    expect(doc.checks.some((c: { ok: boolean }) => !c.ok)).toBe(true);
+  });
+});

@@ -10,8 +10,9 @@ const Options = z.object({ _: z.array(z.string()).length(1), model: z.string().o
 export default async function validate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   const result = await validateProfile(opts._[0], opts.model);
-  if (opts.json) printJson(io, result);
-  else {
+  // With --json a failed validation is one document: the result, with "error" beside it (main prints it).
+  if (opts.json && result.ok) printJson(io, result);
+  else if (!opts.json) {
     for (const c of result.checks) io.out(`${c.ok ? '✓' : '✗'} ${c.name}: ${c.detail}`);
     io.out(result.ok ? `${result.profile}: valid` : `${result.profile}: INVALID`);
   }
@@ -20,6 +21,7 @@ export default async function validate(raw: Record<string, unknown>, io: CliIO):
     const mismatch = failed.every((n) => n.startsWith('model'));
     throw new KvtcError(mismatch ? 'PROFILE_MISMATCH' : 'PROFILE_INVALID', `profile ${result.profile} failed: ${failed.join(', ')}`, {
       fix: mismatch ? 'Use the profile calibrated for this model, or run `kvtc calibrate --model DIR`.' : 'Re-create the profile with `kvtc calibrate`.',
+      result: result as unknown as Record<string, unknown>,
     });
   }
 }
