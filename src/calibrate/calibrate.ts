@@ -5,14 +5,13 @@
  * --tokens. Several target ratios share everything up to the error tables; each gets its own
  * allocation, measurement and profile.
  */
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
 import { gatherFeatures } from '../codec/features.js';
 import { allocate, type AllocationTables } from '../codec/fit.js';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
-import { readTextSources } from '../io/text.js';
 import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
@@ -20,11 +19,11 @@ import type { Device } from '../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { checkOutputDir } from '../io/output.js';
-import { isProfileDir, readManifest, sha256, writeProfile } from '../profile/io.js';
+import { isProfileDir, readManifest, writeProfile } from '../profile/io.js';
 import { fitBases } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans } from './measure.js';
-import { buildSequences } from './sequences.js';
+import { readCalibrationTokens, splitSequences, type SkippedFile } from './sequences.js';
 
 export type Grouping = 'layer' | 'all' | number;
 
@@ -46,6 +45,8 @@ export interface CalibrateOptions {
   entropy?: EntropyCoder;
   onProgress?: ProgressFn;
   signal?: AbortSignal;
+  /** A file in a --data directory that is not UTF-8 text is an error instead of skipped (--strict-data). */
+  strictData?: boolean;
 }
 
 export interface RatioResult {
@@ -78,6 +79,8 @@ export interface CalibrateResult {
   plans: number;
   profiles: RatioResult[];
   seconds: Record<string, number>;
+  /** Files in --data directories skipped because they are not UTF-8 text. */
+  skipped_data: SkippedFile[];
 }
 
 export const MIN_RATIO = 1.5;
@@ -161,24 +164,16 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   lap('load');
 
   progress({ stage: 'reading calibration text' });
-  const texts = await readTextSources(opts.data);
+  // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
+  const data = await readCalibrationTokens(opts.data, model.tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, strict: opts.strictData, signal: opts.signal, onProgress: progress });
   const seqLen = Math.min(spec.maxPositions, 512);
   if (opts.sink + opts.window >= seqLen) {
     throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
   }
-  // Tokenize documents in order until there is comfortably enough text (×2 leaves room for the shuffle).
-  const need = 2 * (opts.tokens + opts.heldout);
-  const used: typeof texts = [];
-  let have = 0;
-  for (const t of texts) {
-    used.push(t);
-    have += t.text.length / 3; // rough chars-per-token; the exact count comes from the tokenizer below
-    if (have >= need * 1.5) break;
-  }
   const maxDim = Math.max(...layerGroups(spec.layers, opts.grouping).map((g) => g.length * spec.kvHeads * spec.headDim));
-  const split = buildSequences(
-    used.map((t) => t.text),
-    model.tokenizer,
+  const split = splitSequences(
+    data.tokens,
+    model.tokenizer.bosTokenId,
     { seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, seed: opts.seed, minFitTokens: Math.max(2 * maxDim, 256), sources: opts.data.join(', ') },
   );
   lap('tokenize');
@@ -252,7 +247,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   seconds.fit_wall = (performance.now() - mark) / 1000;
   mark = performance.now();
 
-  const sourcesMeta = used.map((t) => ({ name: basename(t.path), sha256: sha256(t.text), bytes: t.bytes }));
+  const sourcesMeta = data.sources.map((t) => ({ name: t.name, sha256: t.sha256, bytes: t.bytes }));
   const profiles: RatioResult[] = [];
   const sharedSettings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
   for (const [ri, ratio] of opts.ratios.entries()) {
@@ -315,5 +310,6 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     plans: states.length,
     profiles,
     seconds,
+    skipped_data: data.skipped,
   };
 }

@@ -64,6 +64,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .description('Fit a KVTC profile for a model: capture KV on calibration text, fit PCA bases, solve the bit allocation, write the profile.\nWith no arguments: the bundled stories260K model on calibration-data/, written to kvtc-profiles/<model>/.')
     .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', 'the bundled stories260K')
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
+    .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
     .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
     .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', '16384')
     .option('--heldout <n>', 'held-out tokens used to measure errors for the bit allocation and the reported ratio/error (≥ 128)', '4096')

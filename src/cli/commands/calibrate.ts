@@ -26,6 +26,7 @@ const Options = z.object({
   device: deviceSchema,
   out: z.string().optional(),
   force: z.boolean().default(false),
+  strictData: z.boolean().default(false),
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
 });
@@ -59,6 +60,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       device: opts.device,
       out: opts.out,
       force: opts.force,
+      strictData: opts.strictData,
       onProgress: progress.fn,
       signal: controller.signal,
     });
@@ -66,9 +68,10 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
     process.off('SIGINT', onSigint);
     progress.stop();
   }
+  for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
   if (opts.json) {
     const first = result.profiles[0];
-    printJson(io, { ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles });
+    printJson(io, { ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles, skipped_data: result.skipped_data });
     return;
   }
   if (result.tokens < result.tokens_requested) {
