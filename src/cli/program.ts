@@ -16,6 +16,7 @@ const COMMANDS = {
   validate: () => import('./commands/validate.js'),
   encode: () => import('./commands/encode.js'),
   decode: () => import('./commands/decode.js'),
+  export: () => import('./commands/export.js'),
   evaluate: () => import('./commands/evaluate.js'),
   bench: () => import('./commands/bench.js'),
   capture: () => import('./commands/capture.js'),
@@ -74,6 +75,9 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', '256')
     .option('--seed <n>', 'seed for held-out selection (≥ 0)', '0')
     .addOption(deviceOption())
+    .addOption(new Option('--target <target>', 'what the profile is for: kvtc (kvtc\'s own codec) or dynamo (NVIDIA Dynamo\'s KVTC CUDA kernels, docs/dynamo.md; --sink/--window/--grouping do not apply)').choices(['kvtc', 'dynamo']).default('kvtc'))
+    .option('--block-tokens <n>', 'with --target dynamo: tokens per KV block (Dynamo\'s tokens_per_block, one kernel row), 1–1024 (default 16)')
+    .option('--fp8-cast <arch>', 'with --target dynamo: FP8 cast of the serving GPU: sm89 (Ada/Hopper/Blackwell, default) or sm80 (the kernels\' software fallback on Ampere)')
     .option('--out <dir>', 'output directory (default kvtc-profiles/<model>[-r<ratio>])')
     .option('--force', 'replace an existing profile directory', false)
     .option('--json', 'print the result as JSON', false)
@@ -117,6 +121,16 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--json', 'print the result as JSON', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc decode --profile kvtc-profiles/stories260k --in kv.kvtc --out kv-restored.safetensors')
     .action(run('decode'));
+
+  sub('export')
+    .description('Export a profile for another runtime. --format dynamo: the float32 mean/projection tensors (safetensors) and quantization ranges (JSON, KvtcTypeRange fields) that NVIDIA Dynamo\'s KVTC CUDA kernels load, with a loading snippet (docs/dynamo.md).')
+    .argument('<profile>', 'dynamo profile directory (written by `kvtc calibrate --target dynamo`)')
+    .requiredOption('--format <format>', 'export format: dynamo')
+    .requiredOption('--out <dir>', 'output directory (dynamo-kvtc.json, dynamo-kvtc.safetensors, README.md)')
+    .option('--force', 'overwrite those files in --out', false)
+    .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc calibrate --target dynamo --block-tokens 16 --ratio 8 --out /tmp/stories-dynamo\n  $ kvtc export --format dynamo /tmp/stories-dynamo --out /tmp/stories-dynamo-export')
+    .action(run('export'));
 
   sub('evaluate')
     .description('MMLU (lm-evaluation-harness prompt and scoring) with the compressed cache against the uncompressed one on the same questions, paired, plus WikiText-2 perplexity.')

@@ -7,7 +7,7 @@ import { kvtc } from '../model/helpers.js';
 import { runKvtc } from '../helpers/process.js';
 
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
-const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c'];
+const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'export', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c'];
 
 /** Every key of every object in `v`. */
 function keys(v: unknown, out: string[] = []): string[] {

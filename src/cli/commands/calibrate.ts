@@ -32,6 +32,8 @@ const Options = z.object({
 });
 
 export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  // --target dynamo fits the variant NVIDIA Dynamo's KVTC kernels run (calibrate-dynamo.ts).
+  if (await (await import('./calibrate-dynamo.js')).dispatchCalibrateTarget(raw, io)) return;
   const opts = parseOptions(Options, raw);
   const ratios = [...new Set(opts.ratio ?? [20])];
   const progress = createProgress(io, { quiet: opts.quiet });
