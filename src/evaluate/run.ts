@@ -12,6 +12,8 @@ import { basename } from 'node:path';
 import { readTextFile } from '../io/text.js';
 import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '../codec/baselines.js';
 import type { KvtcCodec } from '../codec/codec.js';
+import { dynamoCodec } from '../dynamo/codec.js';
+import type { DynamoProfile } from '../dynamo/profile.js';
 import { KvtcError } from '../errors.js';
 import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
@@ -28,10 +30,10 @@ import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS } from './lo
 import { encodeRequest, planScoring, scoreContinuations, type EncodedRequest } from './scoring.js';
 import { argmax } from './stats.js';
 
-export type CodecName = 'kvtc' | 'identity' | BaselineName;
+export type CodecName = 'kvtc' | 'identity' | 'dynamo' | BaselineName;
 
 /** `identity` hands the scorer the very cache it was given: the exact no-op control. */
-export const CODEC_NAMES: readonly CodecName[] = ['kvtc', 'identity', ...BASELINE_NAMES];
+export const CODEC_NAMES: readonly CodecName[] = ['kvtc', 'identity', 'dynamo', ...BASELINE_NAMES];
 export const DEFAULT_BASELINES: readonly CodecName[] = BASELINE_NAMES;
 
 /** kvtc calibrate's defaults: the protection the baselines get when no profile says otherwise. */
@@ -111,6 +113,8 @@ export interface CodecSetup {
   profile?: Profile;
   /** Several profiles (a ratio sweep): "kvtc" becomes one codec per profile, named by sweepNames. */
   profiles?: readonly Profile[];
+  /** A `kvtc calibrate --target dynamo` profile: the "dynamo" codec runs the emulated Dynamo kernels. */
+  dynamoProfile?: DynamoProfile;
   device?: Device;
 }
 
@@ -155,6 +159,11 @@ export async function createCodecs(names: readonly CodecName[], setup: CodecSetu
       }
       const labels = sweepNames(profiles);
       for (const [i, p] of profiles.entries()) out.push(kvtcAdapter(await codecFromProfile(p, { device: setup.device }), labels[i]));
+    } else if (name === 'dynamo') {
+      if (!setup.dynamoProfile) {
+        throw new KvtcError('USAGE', 'the dynamo codec needs a dynamo profile', { fix: 'Pass --dynamo-profile DIR (written by `kvtc calibrate --target dynamo`), or leave dynamo out of --codec.', exitCode: 2 });
+      }
+      out.push(dynamoCodec(setup.dynamoProfile));
     } else if (name === 'identity') {
       out.push(identityAdapter);
     } else {

@@ -137,6 +137,19 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     expect(fp16 / calls).toBeCloseTo(reported.ratio_calls, 12);
   });
 
+  it('kvtc evaluate --dynamo-profile scores the emulated kernels next to kvtc, paired, with their compressed share', async () => {
+    const { kvtc } = await import('../model/helpers.js');
+    const r = await kvtc('evaluate', '--dynamo-profile', profileDir, '--subjects', 'anatomy', '--limit', '3', '--long-context', '0', '--perplexity-tokens', '0', '--json', '--quiet');
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.settings.codecs.map((c: { name: string }) => c.name)).toEqual(['kvtc', 'dynamo', 'fp16', 'int8', 'int4', 'kivi2']);
+    expect(doc.codecs.dynamo.n).toBe(3);
+    expect(doc.codecs.dynamo.compressed_share).toBeGreaterThan(0.9); // Dynamo protects no sink or window
+    const missing = await kvtc('evaluate', '--codec', 'dynamo', '--subjects', 'anatomy', '--limit', '1', '--quiet');
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--dynamo-profile/);
+  });
+
   it('dynamoCodec (the evaluate/bench adapter) runs the same emulation and counts the kernels\' bytes', async () => {
     const codec = dynamoCodec(await readDynamoProfile(profileDir));
     expect(codec.name).toBe('dynamo');

@@ -8,6 +8,7 @@ import { loadModel, modelDirFromOption, type LoadedModel } from '../../model/loa
 import { ModelRunner } from '../../model/runner.js';
 import { checkDevice } from '../../onnx/session.js';
 import { DEFAULT_PROFILES_DIR } from '../../paths.js';
+import { readDynamoProfile } from '../../dynamo/profile.js';
 import { checkProfileForModel } from '../../profile/compat.js';
 import { readProfile, type Profile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
@@ -30,6 +31,7 @@ const DEFAULT_LONG_CONTEXT_TOKENS = 4096;
 const schema = z.object({
   profile: z.array(z.string().min(1)).optional(),
   plot: z.string().min(1).optional(),
+  dynamoProfile: z.string().min(1).optional(),
   model: z.string().min(1).optional(),
   subjects: z.array(z.string()).optional(),
   limit: wholeNumber(1).optional(),
@@ -186,7 +188,13 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     profiles = await findProfiles(opts.profile, model);
     for (const p of profiles) checkProfileForModel(p, model, 'the model being evaluated');
     sweepNames(profiles); // the same profile twice is a usage error, before any work
-    codecNames = opts.codec ?? (profiles.length ? ['kvtc', ...DEFAULT_BASELINES] : [...DEFAULT_BASELINES]);
+    const dynamo = opts.dynamoProfile ? await readDynamoProfile(opts.dynamoProfile) : undefined;
+    if (dynamo && dynamo.manifest.model.fingerprint !== model.fingerprint.id) {
+      throw new KvtcError('PROFILE_MISMATCH', `dynamo profile ${dynamo.dir} was calibrated for ${dynamo.manifest.model.name} (fingerprint ${dynamo.manifest.model.fingerprint}), but the model being evaluated is ${model.name} (${model.fingerprint.id})`, {
+        fix: `Calibrate one for this model: kvtc calibrate --target dynamo --model ${model.dir}`,
+      });
+    }
+    codecNames = opts.codec ?? [...(profiles.length ? (['kvtc'] as CodecName[]) : []), ...(dynamo ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
     if (codecNames.includes('kvtc') && !profiles.length) {
       throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} at ${join(DEFAULT_PROFILES_DIR, model.name)}`, {
         fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
@@ -194,7 +202,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       });
     }
     if (!profiles.length) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
-    codecs = await createCodecs(codecNames, { profiles, device: opts.device });
+    codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device: opts.device });
     result = await evaluate({
       runner: new ModelRunner(model),
       subjects,
