@@ -37,7 +37,7 @@ return {
       family: spec.family,
       fingerprint: {
         id: fp.id,
-        config_sha256: fp.configs['config.json'] ?? fp.configs['genai_config.json'] ?? Object.values(fp.configs)[0],
+        spec_sha256: fp.specSha256,
         onnx_sha256: fp.onnx.sha256,
       },
       layers: spec.layers,

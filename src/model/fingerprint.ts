@@ -1,23 +1,41 @@
 /**
- * Model fingerprint: identifies the exact model a profile or a KV capture was made from.
- * sha256 of the config file(s) and of the ONNX graph file, plus the external data's size
- * (hashing gigabytes of weights on every load would cost more than it buys).
+ * Model fingerprint: identifies the model a profile or a KV capture was made from by what
+ * determines its KV cache — the architecture fields kvtc reads (canonical JSON, so re-indenting
+ * config.json or a save_pretrained round trip changes nothing), the ONNX graph file, and the
+ * weights beside it (their size and a sampled hash: 32 evenly spaced 64 KiB windows plus the
+ * first and last, because hashing tens of gigabytes on every load would cost more than it buys).
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
+import type { ModelSpec } from './types.js';
+
+/** The fields of a ModelSpec that decide the KV cache kvtc captures and un-rotates. */
+export interface ArchitectureFields {
+  architecture: string;
+  family: string;
+  layers: number;
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  hidden: number;
+  vocab_size: number;
+  kv_dtype: string;
+  rope: { theta: number; rotary_dim: number; layout: string; scaling: Record<string, unknown> | null };
+}
 
 export interface ModelFingerprint {
   /** First 16 hex digits of the combined digest: short enough to print, long enough not to collide. */
   id: string;
-  /** sha256 of everything below, in order. */
+  /** sha256 of the lines below. */
   sha256: string;
-  /** file name → sha256 (config.json / genai_config.json / tokenizer.json ...). */
-  configs: Record<string, string>;
+  /** The architecture fields, and the sha256 of their canonical JSON. */
+  architecture: ArchitectureFields;
+  specSha256: string;
   onnx: { file: string; sha256: string; bytes: number };
-  /** Size in bytes of the external data file beside the graph, if any. */
-  externalDataBytes?: number;
+  /** The external weights file beside the graph, if any: size and sampled sha256. */
+  weights?: { file: string; bytes: number; sampleSha256: string };
 }
 
 export async function sha256File(path: string): Promise<string> {
@@ -26,15 +44,57 @@ export async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-export async function fingerprintModel(files: { configs: string[]; onnx: string; externalData?: string }): Promise<ModelFingerprint> {
-  const configs: Record<string, string> = {};
-  for (const f of files.configs) configs[basename(f)] = await sha256File(f);
-  const onnx = { file: basename(files.onnx), sha256: await sha256File(files.onnx), bytes: (await stat(files.onnx)).size };
-  const externalDataBytes = files.externalData ? (await stat(files.externalData)).size : undefined;
+export function architectureFields(spec: Pick<ModelSpec, 'architecture' | 'family' | 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'hidden' | 'vocabSize' | 'kvDtype' | 'rope'>): ArchitectureFields {
+  const s = spec.rope.scaling;
+  return {
+    architecture: spec.architecture,
+    family: spec.family,
+    layers: spec.layers,
+    heads: spec.heads,
+    kv_heads: spec.kvHeads,
+    head_dim: spec.headDim,
+    hidden: spec.hidden,
+    vocab_size: spec.vocabSize,
+    kv_dtype: spec.kvDtype,
+    rope: {
+      theta: spec.rope.theta,
+      rotary_dim: spec.rope.rotaryDim,
+      layout: spec.rope.layout,
+      scaling: s ? Object.fromEntries(Object.entries(s).filter(([, v]) => v !== undefined).sort(([a], [b]) => a.localeCompare(b))) : null,
+    },
+  };
+}
+
+const WINDOW = 64 * 1024;
+const WINDOWS = 32;
+
+/** sha256 over the file size and 34 windows of it (first, last, 32 evenly spaced). */
+export async function sampledSha256(path: string): Promise<{ bytes: number; sampleSha256: string }> {
+  const bytes = (await stat(path)).size;
+  const h = createHash('sha256').update(`bytes:${bytes}\n`);
+  const f = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(WINDOW);
+    const offsets = new Set<number>([0, Math.max(0, bytes - WINDOW)]);
+    for (let i = 1; i <= WINDOWS; i++) offsets.add(Math.max(0, Math.floor((bytes * i) / (WINDOWS + 1)) - WINDOW / 2));
+    for (const at of [...offsets].sort((a, b) => a - b)) {
+      const { bytesRead } = await f.read(buf, 0, WINDOW, at);
+      h.update(`@${at}\n`).update(buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await f.close();
+  }
+  return { bytes, sampleSha256: h.digest('hex') };
+}
+
+export async function fingerprintModel(input: { spec: Parameters<typeof architectureFields>[0]; onnx: string; externalData?: string }): Promise<ModelFingerprint> {
+  const architecture = architectureFields(input.spec);
+  const specSha256 = createHash('sha256').update(JSON.stringify(architecture)).digest('hex');
+  const onnx = { file: basename(input.onnx), sha256: await sha256File(input.onnx), bytes: (await stat(input.onnx)).size };
+  const weights = input.externalData ? { file: basename(input.externalData), ...(await sampledSha256(input.externalData)) } : undefined;
   const h = createHash('sha256');
-  for (const [name, digest] of Object.entries(configs).sort()) h.update(`${name}:${digest}\n`);
-  h.update(`onnx:${onnx.sha256}\n`);
-  if (externalDataBytes !== undefined) h.update(`external:${externalDataBytes}\n`);
+  h.update(`kvtc-model-fingerprint 2\nspec:${specSha256}\nonnx:${onnx.sha256}\n`);
+  if (weights) h.update(`weights:${weights.bytes}:${weights.sampleSha256}\n`);
   const sha256 = h.digest('hex');
-  return { id: sha256.slice(0, 16), sha256, configs, onnx, ...(externalDataBytes !== undefined ? { externalDataBytes } : {}) };
+  return { id: sha256.slice(0, 16), sha256, architecture, specSha256, onnx, ...(weights ? { weights } : {}) };
 }

@@ -437,7 +437,7 @@ async function describe(dirArg: string): Promise<Described> {
   } else {
     ropeSource = `${basename(files.config)}: theta ${cs.rope.theta}, rotary dim ${cs.rope.rotaryDim}, ${cs.rope.layout}${cs.rope.scaling ? `, ${cs.rope.scaling.type} scaling ×${cs.rope.scaling.factor}` : ''}`;
   }
-  const fingerprint = await fingerprintModel({ configs: [files.config], onnx: files.onnx, externalData: files.externalData });
+  const fingerprint = await fingerprintModel({ spec: { ...cs, kvDtype }, onnx: files.onnx, externalData: files.externalData });
   return {
     dir,
     name: modelNameFromDir(dir),

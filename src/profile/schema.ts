@@ -80,8 +80,8 @@ export const ManifestSchema = z
         family: z.enum(['llama', 'mistral', 'qwen2']),
         fingerprint: z
           .object({
-            id: hex(16),
-            config_sha256: hex(64),
+            id: hex(16).describe('the model fingerprint: architecture fields, ONNX graph and sampled weights (docs/profile-format.md)'),
+            spec_sha256: hex(64).describe('sha256 of the canonical JSON of the architecture fields kvtc reads — not of config.json\'s bytes, so re-saving a config keeps it'),
             onnx_sha256: hex(64),
           })
           .strict(),

@@ -6,6 +6,7 @@
  */
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
+import { profileModelDifferences } from './compat.js';
 import type { RopeSpec } from '../model/types.js';
 import { checkProfile, PROFILE_LIMITS, type Check } from './io.js';
 import type { Manifest } from './schema.js';
@@ -59,7 +60,7 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
           ok: same,
           detail: same
             ? `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`
-            : `made for ${m.name} (fingerprint ${m.fingerprint.id}), but ${modelDir} is ${d.name} (fingerprint ${d.fingerprint.id}); calibrate a profile for it with \`kvtc calibrate --model ${modelDir}\``,
+            : `made for ${m.name} (fingerprint ${m.fingerprint.id}), but ${modelDir} is ${d.name} (fingerprint ${d.fingerprint.id}): ${profileModelDifferences({ model: m } as Manifest, d).join('; ')}; calibrate a profile for it with \`kvtc calibrate --model ${modelDir}\``,
         });
         const s = d.spec;
         const shapeOk = s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim && s.heads === m.heads;

@@ -15,9 +15,9 @@ const tensorSha256 = (path: string) => {
   return createHash('sha256').update(b.subarray(8 + Number(b.readBigUInt64LE(0)))).digest('hex');
 };
 
-const PROFILE_JSON = '5edef79acc8451c6636b0077b8412f92612911e8d66f136ceff53eae964f9669';
+const PROFILE_JSON = 'b2e0038b21cb74daabcc8d0c14fafa9e1eec373e5ffc2b8318b0f231bdde8084'; // fingerprint v2 (spec_sha256) since the model-identity change
 const PROFILE_TENSORS = 'e94ff196c73068d98239d3fdef3131bbc5560e321897d868940850999a23d022';
-const CACHE = '419f573929a3ab71bbcb42efbc017c2e5ed5fc6de9ff8c12740b51ecfa81ff52';
+const CACHE = '077e3ca3f75bfadc977bdcbcd8f3fb75eb8ce5c174b360ac876e3fdc2a025a4a'; // its metadata names the fingerprint
 const DECODED = 'f437d1fb6db935f4412fb859a977635a89ca37e34657c30730e5cc591f1b90d0';
 const BLOB = '4acd8d92606d8384c1fda550133279111ffc5104cb3ed77d341f84e47c2dc682';
 

@@ -39,8 +39,9 @@ describe('onnxruntime-genai fp16 fixture', () => {
     const d = await describeModel(FIXTURE);
     expect(d.fingerprint.id).toMatch(/^[0-9a-f]{16}$/);
     expect(d.fingerprint).toEqual(model.fingerprint);
-    expect(d.fingerprint.externalDataBytes).toBe(2130080);
-    expect(Object.keys(d.fingerprint.configs)).toEqual(['genai_config.json']);
+    expect(d.fingerprint.weights).toMatchObject({ file: 'model.onnx.data', bytes: 2130080 });
+    expect(d.fingerprint.weights!.sampleSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(d.fingerprint.architecture).toMatchObject({ architecture: 'LlamaForCausalLM', layers: 2, kv_heads: 1, head_dim: 16, kv_dtype: 'float16' });
   });
 
   it('captures an fp16 cache with the right shapes, and it round-trips through safetensors', async () => {
