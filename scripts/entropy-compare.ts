@@ -2,8 +2,8 @@
 // Sizes are exact; times are medians of 9 runs in this process (noisy machines: compare ratios).
 import { readFileSync } from 'node:fs';
 import { deflateRawSync, constants as zc } from 'node:zlib';
-import { gatherFeatures } from '../src/codec/features.js';
-import { projectCoefficients } from '../src/codec/fit.js';
+import { gatherFeatures } from '../src/fit/features.js';
+import { projectCoefficients } from '../test/fit/fit-reference.js';
 import { encodePlanPayload, toStoredComponentMajor } from '../src/codec/payload.js';
 import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';

@@ -7,9 +7,9 @@
  */
 import { join } from 'node:path';
 import type { EntropyCoder } from '../codec/blob.js';
-import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
-import { gatherFeatures } from '../codec/features.js';
-import { allocate, type AllocationTables } from '../codec/fit.js';
+import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../fit/covariance.js';
+import { gatherFeatures } from '../fit/features.js';
+import { allocate, type AllocationTables } from '../fit/fit.js';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
 import { loadModel } from '../model/load.js';

@@ -5,9 +5,9 @@
  */
 import { availableParallelism } from 'node:os';
 import { spawnWorker } from '../worker.js';
-import { symmetricEigenAsync } from '../codec/eigen-ort.js';
+import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
-import { prepareAllocation, type AllocationTables } from '../codec/fit.js';
+import { prepareAllocation, type AllocationTables } from '../fit/fit.js';
 
 export interface FitJob {
   kind: KvKind;

@@ -4,7 +4,7 @@
  */
 import { compressSection, HEADER_BYTES, SECTION_BYTES, type EntropyCoder } from '../codec/blob.js';
 import { KvtcCodec } from '../codec/codec.js';
-import { heldoutCoefficients, type AllocationTables } from '../codec/fit.js';
+import { heldoutCoefficients, type AllocationTables } from '../fit/fit.js';
 import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
 import type { BasisPlan } from '../codec/types.js';
 import type { KvCache, ModelSpec } from '../model/types.js';

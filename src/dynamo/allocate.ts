@@ -1,7 +1,7 @@
 /**
  * Exact DP bit allocation over the Dynamo kernels' types, in bytes per row (per block).
  *
- * The same dynamic program as src/codec/dp.ts (components in variance order, f[j][u] = least
+ * The same dynamic program as src/fit/dp.ts (components in variance order, f[j][u] = least
  * measured error of the prefix [0, j) spending exactly u units, ring of rows, back-pointers,
  * backtrack), with the kernels' menu and costs instead of kvtc's:
  *   - drop component j: 0 bytes, error none[j] (the column is left out of the projection);
@@ -9,7 +9,7 @@
  *   - IntX(b) range [k·g, e): width·b/8 bytes of codes + 8 bytes of float32 min and max per row
  *     (kvtc_range_metadata_size), error from the table.
  * Every cost is a whole number of bytes (IntX widths are multiples of 8/b), so the unit is a
- * byte. src/codec/dp.ts does not fit as it is: its per-group overhead is kvtc's 32 bits, it
+ * byte. src/fit/dp.ts does not fit as it is: its per-group overhead is kvtc's 32 bits, it
  * counts 2-bit units, and it offers static int types and scaled fp8 that these kernels lack.
  * The 40-byte range headers are per kernel call, not per row, and are left out of the budget.
  *

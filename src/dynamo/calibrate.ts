@@ -13,8 +13,8 @@
 import { basename, join } from 'node:path';
 import { MAX_RATIO, MIN_RATIO } from '../calibrate/calibrate.js';
 import { buildSequences } from '../calibrate/sequences.js';
-import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../codec/covariance.js';
-import { symmetricEigenAsync } from '../codec/eigen-ort.js';
+import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../fit/covariance.js';
+import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
 import { checkOutputDir } from '../io/output.js';

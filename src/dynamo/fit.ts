@@ -11,7 +11,7 @@
  * components are left out; pca_components is what is stored.
  */
 import { invariant } from '../errors.js';
-import type { EigenResult } from '../codec/eigen.js';
+import type { EigenResult } from '../fit/eigen.js';
 import type { KvKind } from '../codec/types.js';
 import { allocateDynamo, type DynamoAllocation } from './allocate.js';
 import { gatherMeanSubtract, projectRows, rowBytes, type KvtcTypeRange } from './kernels.js';

@@ -29,7 +29,7 @@
 import { KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
 import { FP8_TO_FLOAT, floatToFp8 } from '../codec/fp8.js';
-import { gemmABt } from '../codec/gemm.js';
+import { gemmABt } from '../math/gemm.js';
 
 /** KvtcQuantType (kvtc_kernels.rs): Fp8 = 0, IntX = 1. */
 export type KvtcQuantType = 'Fp8' | 'IntX';

@@ -19,7 +19,7 @@
  *    kernels.ts checkRanges); a last group cut at p that breaks that rule is marked Infinity.
  *    IntX candidates are measured on a strided subsample of ≤ `sampleRows` rows, scaled to H.
  *
- * Why not src/codec/error-tables.ts: its dynamic groups use fp16 offset/scale rounded outward and
+ * Why not src/fit/error-tables.ts: its dynamic groups use fp16 offset/scale rounded outward and
  * its static groups fitted clip ranges — neither exists in these kernels — and its fp8 is scaled.
  */
 import { invariant } from '../errors.js';

@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { KvtcCodec } from '../../src/codec/codec.js';
-import { gatherFeatures } from '../../src/codec/features.js';
-import { projectCoefficients, reconstruct } from '../../src/codec/fit.js';
-import { applyRope } from '../../src/codec/rope.js';
+import { gatherFeatures } from '../../src/fit/features.js';
+import { projectCoefficients, reconstruct } from '../fit/fit-reference.js';
+import { applyRope } from '../rope/rope-reference.js';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache } from '../../src/model/types.js';
@@ -15,7 +15,8 @@ import { readProfile, type Profile } from '../../src/profile/io.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
 import { ropeInvFreq } from '../../src/model/rope-freqs.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
-import { dequantizeStored, quantizeStored, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
+import { quantizeStored, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
+import { dequantizeStored } from './payload-reference.js';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 

@@ -5,8 +5,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { packCodes, unpackCodes } from '../../src/codec/pack.js';
-import { decodePlanPayload, encodePlanPayload, payloadLength, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
-import { fitStaticRange, type StoredType } from '../../src/codec/quant.js';
+import { decodePlanPayload } from './payload-reference.js';
+import { encodePlanPayload, payloadLength, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
+import type { StoredType } from '../../src/codec/quant.js';
+import { fitStaticRange } from '../../src/fit/static-range.js';
 import { dequantizeGroup, quantizeGroup } from './quant-reference.js';
 import { TYPE_BITS, type BasisPlan, type QuantGroup } from '../../src/codec/types.js';
 import { rng } from './rng.js';

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { applyRope, undoRope } from '../../src/codec/rope.js';
+import { applyRope, undoRope } from './rope-reference.js';
 import { ropeInvFreq } from '../../src/model/rope-freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
-import { rng } from './rng.js';
+import { rng } from '../codec/rng.js';
 
 const specs: [string, RopeSpec][] = [
   ['half', { theta: 10000, rotaryDim: 16, layout: 'half' }],

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { allocateBits } from '../../src/codec/dp.js';
-import { type ErrorTables, buildErrorTables, dynamicIndex } from '../../src/codec/error-tables.js';
+import { allocateBits } from '../../src/fit/dp.js';
+import { type ErrorTables, buildErrorTables, dynamicIndex } from '../../src/fit/error-tables.js';
 import { STORED_TYPES } from '../../src/codec/quant.js';
 import { DYNAMIC_OVERHEAD_BITS, TYPE_BITS, planBitsPerToken } from '../../src/codec/types.js';
-import { rng } from './rng.js';
+import { rng } from '../codec/rng.js';
 
 /** Random tables shaped like real ones: dropping costs the most, more bits cost less error. */
 function randomTables(p: number, seed: number): ErrorTables {

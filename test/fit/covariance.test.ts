@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, covarianceTwoPass } from '../../src/codec/covariance.js';
-import { rng } from './rng.js';
+import { CovarianceAccumulator, JsGramKernel, OrtGramKernel } from '../../src/fit/covariance.js';
+import { covarianceTwoPass } from './covariance-reference.js';
+import { rng } from '../codec/rng.js';
 
 function data(tokens: number, p: number, offset: number, seed: number): Float32Array {
   const { normal } = rng(seed);

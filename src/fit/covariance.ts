@@ -12,13 +12,13 @@
  *    accumulated into float64 here. Chunks are centred, so float32 partial sums over 1024
  *    tokens lose ~1e-6 relative, far below sampling noise. 1024-token chunks measured 65
  *    GFLOP/s vs 39 for 512 (the float64 accumulation of the p² result is amortized better).
- * Measured on this 2-core box (p=1024, 16384 tokens), see test/codec/covariance.test.ts and
+ * Measured on this 2-core box (p=1024, 16384 tokens), see test/fit/covariance.test.ts and
  * the report: js ≈ 3.2 GFLOP/s on the upper triangle (≈ 5.3 s per 16k tokens),
  * ort ≈ 65 GFLOP/s (≈ 0.5 s per 16k tokens).
  */
 import type * as ortTypes from 'onnxruntime-node';
 import { invariant } from '../errors.js';
-import { gemmABt } from './gemm.js';
+import { gemmABt } from '../math/gemm.js';
 
 /** Computes G[p, p] = YᵀY (at least the upper triangle j >= i) of a centred chunk Y [tokens, p]. */
 export interface GramKernel {
@@ -166,25 +166,3 @@ export class CovarianceAccumulator {
   }
 }
 
-/** Two-pass float64 reference (tests and small inputs): X [tokens, p]. */
-export function covarianceTwoPass(X: Float32Array, tokens: number, p: number): CovarianceResult {
-  const mean = new Float64Array(p);
-  for (let t = 0; t < tokens; t++) for (let i = 0; i < p; i++) mean[i] += X[t * p + i];
-  for (let i = 0; i < p; i++) mean[i] /= tokens;
-  const cov = new Float64Array(p * p);
-  const y = new Float64Array(p);
-  for (let t = 0; t < tokens; t++) {
-    for (let i = 0; i < p; i++) y[i] = X[t * p + i] - mean[i];
-    for (let i = 0; i < p; i++) {
-      const yi = y[i];
-      for (let j = i; j < p; j++) cov[i * p + j] += yi * y[j];
-    }
-  }
-  for (let i = 0; i < p; i++) {
-    for (let j = i; j < p; j++) {
-      cov[i * p + j] /= tokens;
-      cov[j * p + i] = cov[i * p + j];
-    }
-  }
-  return { mean, cov, count: tokens };
-}

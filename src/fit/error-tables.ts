@@ -22,9 +22,8 @@
  */
 import { invariant } from '../errors.js';
 import { halfToFloat } from '../io/fp16.js';
-import {
-  STORED_TYPES, affineSquaredError, dynamicHalves, fitStaticRangeFrom, intLevels, rangeCandidates, staticSquaredError,
-} from './quant.js';
+import { STORED_TYPES, dynamicHalves, intLevels } from '../codec/quant.js';
+import { affineSquaredError, fitStaticRangeFrom, rangeCandidates, staticSquaredError } from './static-range.js';
 
 export interface ErrorTables {
   /** Components p (columns of C). */

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { CovarianceAccumulator } from '../../src/codec/covariance.js';
-import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from '../../src/codec/fit.js';
+import { CovarianceAccumulator } from '../../src/fit/covariance.js';
+import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from './fit-reference.js';
 import { planBitsPerToken } from '../../src/codec/types.js';
-import { randomOrthogonal, rng } from './rng.js';
+import { randomOrthogonal, rng } from '../codec/rng.js';
 
 const p = 32, trueRank = 6;
 const sigma = [10, 8, 6, 5, 4, 3];

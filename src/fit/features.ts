@@ -7,8 +7,8 @@
  */
 import { invariant } from '../errors.js';
 import type { KvCache, RopeSpec } from '../model/types.js';
-import { RopeTable } from './rope.js';
-import type { KvKind } from './types.js';
+import { RopeTable } from '../rope/rope-table.js';
+import type { KvKind } from '../codec/types.js';
 
 export interface FeatureSelection {
   kind: KvKind;
@@ -20,7 +20,7 @@ export function featureDim(cache: Pick<KvCache, 'kvHeads' | 'headDim'>, layers: 
   return layers.length * cache.kvHeads * cache.headDim;
 }
 
-function check(cache: KvCache, sel: FeatureSelection, t0: number, t1: number, op: string): void {
+export function checkSelection(cache: KvCache, sel: FeatureSelection, t0: number, t1: number, op: string): void {
   invariant(Number.isInteger(t0) && Number.isInteger(t1) && 0 <= t0 && t0 <= t1 && t1 <= cache.tokens,
     `Error in ${op}: token range [${t0}, ${t1}) must lie in [0, ${cache.tokens})`);
   for (const l of sel.layers) {
@@ -36,7 +36,7 @@ export function gatherFeatures(
   cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
   t0 = 0, t1 = cache.tokens, out?: Float32Array,
 ): Float32Array {
-  check(cache, sel, t0, t1, 'gatherFeatures');
+  checkSelection(cache, sel, t0, t1, 'gatherFeatures');
   const { kvHeads, headDim, tokens } = cache;
   const p = featureDim(cache, sel.layers);
   const n = t1 - t0;
@@ -57,31 +57,6 @@ export function gatherFeatures(
     }
   }
   return X;
-}
-
-/** Inverse of gatherFeatures: writes X [t1-t0, p] into the cache (re-applying RoPE to keys). */
-export function scatterFeatures(
-  X: Float32Array, cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
-  t0 = 0, t1 = cache.tokens,
-): void {
-  check(cache, sel, t0, t1, 'scatterFeatures');
-  const { kvHeads, headDim, tokens } = cache;
-  const p = featureDim(cache, sel.layers);
-  invariant(X.length >= (t1 - t0) * p, `Error in scatterFeatures: X length (${X.length}) < tokens*p (${t1 - t0}*${p})`);
-  const table = sel.kind === 'key' ? ropeTable(rope, headDim) : undefined;
-  for (let t = t0; t < t1; t++) {
-    table?.at(cache.startPosition + t);
-    const row = (t - t0) * p;
-    for (let li = 0; li < sel.layers.length; li++) {
-      const dst = sel.kind === 'key' ? cache.keys[sel.layers[li]] : cache.values[sel.layers[li]];
-      for (let h = 0; h < kvHeads; h++) {
-        const so = row + (li * kvHeads + h) * headDim;
-        const dOff = (h * tokens + t) * headDim;
-        if (table) table.rotate(X, so, dst, dOff, 1);
-        else dst.set(X.subarray(so, so + headDim), dOff);
-      }
-    }
-  }
 }
 
 function ropeTable(rope: RopeSpec | undefined, headDim: number): RopeTable {

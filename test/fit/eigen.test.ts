@@ -1,9 +1,10 @@
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 import { describe, expect, it } from 'vitest';
-import { eigenSteps, type EigenResult, LARGE_EIGEN_MIN_P, runEigenSteps, symmetricEigen } from '../../src/codec/eigen.js';
-import { symmetricEigenAsync } from '../../src/codec/eigen-ort.js';
-import { gemmABt } from '../../src/codec/gemm.js';
-import { rng } from './rng.js';
+import { eigenSteps, type EigenResult, LARGE_EIGEN_MIN_P, symmetricEigen } from '../../src/fit/eigen.js';
+import { runEigenSteps } from './eigen-reference.js';
+import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
+import { gemmABt } from '../../src/math/gemm.js';
+import { rng } from '../codec/rng.js';
 
 function randomSymmetric(p: number, seed: number, rankDeficient = 0): Float64Array {
   const { normal } = rng(seed);

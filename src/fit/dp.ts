@@ -13,8 +13,8 @@
  */
 import { invariant } from '../errors.js';
 import { type ErrorTables, dynamicIndex } from './error-tables.js';
-import { STORED_TYPES } from './quant.js';
-import { DYNAMIC_OVERHEAD_BITS, type QuantGroup, TYPE_BITS } from './types.js';
+import { STORED_TYPES } from '../codec/quant.js';
+import { DYNAMIC_OVERHEAD_BITS, type QuantGroup, TYPE_BITS } from '../codec/types.js';
 
 export interface Allocation {
   /** Groups covering [0, rank), trailing 'none' removed; adjacent static groups of one type merged. */

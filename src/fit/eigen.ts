@@ -23,7 +23,7 @@
  * tred2/tql2 at every p.
  */
 import { invariant } from '../errors.js';
-import { gemmABt, transpose } from './gemm.js';
+import { gemmABt, transpose } from '../math/gemm.js';
 
 export interface EigenResult {
   /** [p] eigenvalues, descending. */
@@ -398,18 +398,6 @@ function hypot(a: number, b: number): number {
 /** A dense product request: C[m, n] = A[m, k] · B[k, n], row-major float64. */
 export interface MatMulRequest { A: Float64Array; B: Float64Array; m: number; k: number; n: number }
 export type EigenSteps = Generator<MatMulRequest, EigenResult, Float64Array>;
-
-/** Plain-JS C = A·B via the tiled gemmABt. */
-export function jsMatMul({ A, B, m, k, n }: MatMulRequest): Float64Array {
-  return gemmABt(A, transpose(B, k, n), new Float64Array(m * n), m, n, k);
-}
-
-/** Runs the large-p steps with plain-JS products. */
-export function runEigenSteps(steps: EigenSteps, mm: (r: MatMulRequest) => Float64Array = jsMatMul): EigenResult {
-  let r = steps.next(new Float64Array(0));
-  while (!r.done) r = steps.next(mm(r.value));
-  return r.value;
-}
 
 /** From here on symmetricEigen runs eigenSteps (reduction + divide and conquer + back-transform). */
 export const LARGE_EIGEN_MIN_P = 384;

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { featureDim, gatherFeatures, scatterFeatures } from '../../src/codec/features.js';
-import { applyRope } from '../../src/codec/rope.js';
+import { featureDim, gatherFeatures } from '../../src/fit/features.js';
+import { applyRope } from '../rope/rope-reference.js';
+import { scatterFeatures } from './features-reference.js';
 import type { KvCache, RopeSpec } from '../../src/model/types.js';
-import { rng } from './rng.js';
+import { rng } from '../codec/rng.js';
 
 const rope: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half' };
 
