@@ -16,7 +16,6 @@ import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
-import { DEFAULT_PROFILES_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, readManifest, writeProfile } from '../profile/io.js';
@@ -24,10 +23,13 @@ import { fitBases } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans } from './measure.js';
 import { readCalibrationTokens, splitSequences, type SkippedFile } from './sequences.js';
+import { profileOutDirs } from './outputs.js';
 
 export type Grouping = 'layer' | 'all' | number;
 
 export interface CalibrateOptions {
+  /** The ratios were asked for explicitly (--ratio): the default profile name then carries them (outputs.ts). */
+  ratiosGiven?: boolean;
   modelDir: string;
   data: string[];
   ratios: number[];
@@ -152,10 +154,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   const model = await loadModel(opts.modelDir, { device: opts.device });
   const spec = model.spec;
   const runner = new ModelRunner(model);
-  const outDirs = opts.ratios.map((r) => {
-    const base = opts.out ?? join(DEFAULT_PROFILES_DIR, model.name);
-    return opts.ratios.length === 1 ? base : `${base}-r${r}`;
-  });
+  const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
   // Writable, and (without --force) free of another job's profile: checked now, not after the work.
   for (const d of outDirs) {
     checkOutputDir(d);

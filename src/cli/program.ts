@@ -78,7 +78,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .addOption(new Option('--target <target>', 'what the profile is for: kvtc (kvtc\'s own codec) or dynamo (NVIDIA Dynamo\'s KVTC CUDA kernels, docs/dynamo.md; --sink/--window/--grouping do not apply)').choices(['kvtc', 'dynamo']).default('kvtc'))
     .option('--block-tokens <n>', 'with --target dynamo: tokens per KV block (Dynamo\'s tokens_per_block, one kernel row), 1–1024 (default 16)')
     .option('--fp8-cast <arch>', 'with --target dynamo: FP8 cast of the serving GPU: sm89 (Ada/Hopper/Blackwell, default) or sm80 (the kernels\' software fallback on Ampere)')
-    .option('--out <dir>', 'output directory (default kvtc-profiles/<model>[-r<ratio>])')
+    .option('--out <dir>', 'output directory; may be the model\'s own directory (only kvtc-profile.json and kvtc-profile.safetensors are written). Default: ./kvtc-profiles/<model> in the working directory, ./kvtc-profiles/<model>-r<ratio> for each ratio given with --ratio')
     .option('--force', 'replace an existing profile directory', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)

@@ -23,7 +23,7 @@ import { loadModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
-import { DEFAULT_PROFILES_DIR } from '../paths.js';
+import { profileOutDirs } from '../calibrate/outputs.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
@@ -41,6 +41,8 @@ export interface CalibrateDynamoOptions {
   modelDir: string;
   data: string[];
   ratios: number[];
+  /** The ratios were asked for explicitly (--ratio): the default name then carries them. */
+  ratiosGiven?: boolean;
   /** Calibration tokens (fit), held-out tokens (allocation and reported error). */
   tokens: number;
   heldout: number;
@@ -172,10 +174,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     }
     const seqLen = sequenceLength(spec.maxPositions, B);
     if (seqLen < B) throw usage(`--block-tokens ${B} is longer than the model's context (${spec.maxPositions} tokens)`, `Use --block-tokens ≤ ${Math.min(spec.maxPositions, 512)}.`);
-    const outDirs = opts.ratios.map((r) => {
-      const base = opts.out ?? join(DEFAULT_PROFILES_DIR, `${model.name}-dynamo`);
-      return opts.ratios.length === 1 ? base : `${base}-r${r}`;
-    });
+    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven, suffix: '-dynamo' });
     for (const d of outDirs) {
       checkOutputDir(d);
       if (!opts.force && isDynamoProfileDir(d)) {

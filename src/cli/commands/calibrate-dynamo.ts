@@ -85,6 +85,7 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
       modelDir: modelDirFromOption(opts.model),
       data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
       ratios,
+      ratiosGiven: opts.ratio !== undefined,
       tokens: opts.tokens,
       heldout: opts.heldout,
       blockTokens: opts.blockTokens,

@@ -52,6 +52,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       modelDir: modelDirFromOption(opts.model),
       data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
       ratios,
+      ratiosGiven: opts.ratio !== undefined,
       tokens: opts.tokens,
       heldout: opts.heldout,
       sink: opts.sink,

@@ -7,6 +7,7 @@ import { asIoError, checkOutputFile } from '../../io/output.js';
 import { loadModel, modelDirFromOption, type LoadedModel } from '../../model/load.js';
 import { ModelRunner } from '../../model/runner.js';
 import { checkDevice } from '../../onnx/session.js';
+import { defaultProfileDir } from '../../calibrate/outputs.js';
 import { DEFAULT_PROFILES_DIR } from '../../paths.js';
 import { readDynamoProfile } from '../../dynamo/profile.js';
 import { checkProfileForModel } from '../../profile/compat.js';
@@ -59,11 +60,20 @@ const schema = z.object({
   quiet: z.boolean().default(false),
 });
 
-/** The profiles to use: --profile (each must exist), else kvtc-profiles/<model> when there is one. */
+/**
+ * Where a model's default profile may be: kvtc-profiles/<model> in the working directory (where
+ * calibrate writes it), the model's own directory (kvtc-profile.json beside config.json), then
+ * the profiles shipped with kvtc (the bundled model's).
+ */
+function profileCandidates(model: LoadedModel): string[] {
+  return [...new Set([defaultProfileDir(model.name), model.dir, join(DEFAULT_PROFILES_DIR, model.name)])];
+}
+
+/** The profiles to use: --profile (each must exist), else the first default candidate that holds one. */
 async function findProfiles(option: string[] | undefined, model: LoadedModel): Promise<Profile[]> {
   if (option?.length) return Promise.all(option.map((p) => readProfile(p)));
-  const dflt = join(DEFAULT_PROFILES_DIR, model.name);
-  return existsSync(join(dflt, MANIFEST_FILE)) ? [await readProfile(dflt)] : [];
+  const found = profileCandidates(model).find((d) => existsSync(join(d, MANIFEST_FILE)));
+  return found ? [await readProfile(found)] : [];
 }
 
 function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Record<string, unknown>) {
@@ -196,12 +206,12 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     }
     codecNames = opts.codec ?? [...(profiles.length ? (['kvtc'] as CodecName[]) : []), ...(dynamo ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
     if (codecNames.includes('kvtc') && !profiles.length) {
-      throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} at ${join(DEFAULT_PROFILES_DIR, model.name)}`, {
+      throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`, {
         fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
         exitCode: 2,
       });
     }
-    if (!profiles.length) profileNote = `no profile at ${join(DEFAULT_PROFILES_DIR, model.name)}: kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
+    if (!profiles.length) profileNote = `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
     codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device: opts.device });
     result = await evaluate({
       runner: new ModelRunner(model),
