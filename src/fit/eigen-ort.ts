@@ -6,7 +6,8 @@
  */
 import { GraphBuilder } from '../onnx/builder.js';
 import { createSession, ort } from '../onnx/session.js';
-import { type EigenResult, eigenSteps, LARGE_EIGEN_MIN_P, type MatMulRequest, symmetricEigen } from './eigen.js';
+import { type EigenResult, type MatMulRequest, symmetricEigen } from './eigen.js';
+import { eigenSteps, LARGE_EIGEN_MIN_P } from './eigen-steps.js';
 
 const sessions = new Map<number, Promise<ort.InferenceSession>>();
 

@@ -1,6 +1,7 @@
 import { EigenvalueDecomposition, Matrix } from 'ml-matrix';
 import { describe, expect, it } from 'vitest';
-import { eigenSteps, type EigenResult, LARGE_EIGEN_MIN_P, symmetricEigen } from '../../src/fit/eigen.js';
+import { type EigenResult, symmetricEigen } from '../../src/fit/eigen.js';
+import { eigenSteps, LARGE_EIGEN_MIN_P } from '../../src/fit/eigen-steps.js';
 import { runEigenSteps } from './eigen-reference.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { gemmABt } from '../../src/math/gemm.js';
