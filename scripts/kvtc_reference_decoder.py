@@ -540,7 +540,8 @@ def decode_blob(manifest, plans, blob):
         if kind == 0:
             if raw is not None:
                 fail("more than one raw section")
-            want_raw = L * 2 * H * (sink + window) * D * 2
+            # bit 1 of the flags: the raw section holds float32 values (spec §6, Raw section)
+            want_raw = L * 2 * H * (sink + window) * D * (4 if flags & 2 else 2)
             if decoded != want_raw:
                 fail(f"raw section: decoded size {decoded}, expected {want_raw}")
             raw = inflate(k, codec, data, decoded)
@@ -584,7 +585,7 @@ def decode_blob(manifest, plans, blob):
                 dst = keys[l] if plan["kind"] == "key" else values[l]
                 dst[:, sink : T - window, :] = blk.transpose(1, 0, 2).astype(np.float32)
 
-    rawv = np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(L, 2, H, sink + window, D)
+    rawv = np.frombuffer(raw, dtype="<f4" if flags & 2 else "<f2").astype(np.float32).reshape(L, 2, H, sink + window, D)
     for l in range(L):
         for which, dst in ((0, keys[l]), (1, values[l])):
             dst[:, :sink, :] = rawv[l, which, :, :sink, :]

@@ -176,6 +176,14 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     await compare(cache, 'wikitext-512');
   });
 
+  it('decodes a blob whose raw section is float32 (a sink value beyond fp16, header flag bit 1)', async () => {
+    const big = { ...cache, keys: cache.keys.map((a) => a.slice()), values: cache.values.map((a) => a.slice()) };
+    big.values[0][1] = 1e6; // token 0's value, head 0, dim 1: raw, and beyond fp16
+    const { blob } = await codec.encode(big);
+    expect(new DataView(blob.buffer, blob.byteOffset).getUint16(6, true) & 2).toBe(2);
+    await compare(big, 'raw-float32');
+  });
+
   it('decodes a blob with start_position > 0 (RoPE positions offset)', async () => {
     await compare({ ...cache, startPosition: 37 }, 'start-37');
   });
