@@ -82,9 +82,9 @@ def js_round(u: np.ndarray) -> np.ndarray:
 
 
 def half_bits(x: np.ndarray) -> np.ndarray:
-    """fp16 bit patterns of float64 values, rounded through float32 first (as kvtc does)."""
+    """fp16 bit patterns of float64 values, rounded once to nearest even (as kvtc's floatToHalf)."""
     with np.errstate(over="ignore"):
-        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float16).view(np.uint16)
+        return np.asarray(x, dtype=np.float64).astype(np.float16).view(np.uint16)
 
 
 def half_value(h: np.ndarray) -> np.ndarray:

@@ -1,4 +1,11 @@
-/** IEEE 754 half <-> single conversions on typed arrays (round to nearest even). */
+/**
+ * IEEE 754 half <-> single conversions on typed arrays (round to nearest even).
+ *
+ * floatToHalf takes any JS number (float64) and rounds it once, correctly: it goes through
+ * float32 bits, and where that first rounding landed exactly on a half-way point between two
+ * halves, the side of the float64 input decides (rounding to float32 cannot cross a half-way
+ * point, it can only land on one). NumPy: np.float64(v).astype(np.float16).
+ */
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
@@ -18,13 +25,20 @@ export function floatToHalf(v: number): number {
     let h = mant >>> shift;
     const rem = mant & ((1 << shift) - 1);
     const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (h & 1))) h++;
+    if (rem > half || (rem === half && tieRoundsUp(v, h))) h++;
     return sign | h;
   }
   let h = (e << 10) | (mant >>> 13);
   const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+  if (rem > 0x1000 || (rem === 0x1000 && tieRoundsUp(v, h))) h++;
   return sign | h;
+}
+
+/** At a float32 half-way point: up when the float64 input was past it, down when short of it, else to even. */
+function tieRoundsUp(v: number, h: number): boolean {
+  const a = Math.abs(v);
+  const t = Math.abs(f32[0]);
+  return a === t ? (h & 1) === 1 : a > t;
 }
 
 const HALF_TABLE = (() => {
