@@ -86,10 +86,11 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .action(run('calibrate'));
 
   sub('inspect')
-    .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.')
-    .argument('<profile>', 'profile directory (or its manifest.json)')
+    .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.\nWith --model: what kvtc reads from a model directory — shape, KV dtype and the RoPE it undoes on keys, with where each was read.')
+    .argument('[profile]', 'profile directory (or its manifest.json)')
+    .option('--model <dir>', 'also (or only) show kvtc\'s reading of this model directory')
     .option('--json', 'print as JSON', false)
-    .addHelpText('after', '\nExamples:\n  $ kvtc inspect kvtc-profiles/stories260k\n  $ kvtc inspect kvtc-profiles/stories260k --json | jq .plans')
+    .addHelpText('after', '\nExamples:\n  $ kvtc inspect kvtc-profiles/stories260k\n  $ kvtc inspect kvtc-profiles/stories260k --json | jq .plans\n  $ kvtc inspect --model models/stories260k\n      the RoPE kvtc will undo, to check against your framework')
     .action(run('inspect'));
 
   sub('validate')

@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { describeModel, modelDirFromOption } from '../../model/load.js';
 import { readProfile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
 import { parseOptions } from '../../validation.js';
@@ -8,10 +9,56 @@ import { fmtBytes, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 
-const Options = z.object({ _: z.array(z.string()).length(1), json: z.boolean().default(false) });
+const Options = z
+  .object({ _: z.array(z.string()).max(1), model: z.string().min(1).optional(), json: z.boolean().default(false) })
+  .refine((o) => o._.length === 1 || o.model !== undefined, { message: 'give a profile directory, --model DIR, or both', path: ['_'] });
+
+/** What kvtc reads from a model directory: the facts the codec depends on, RoPE first. */
+async function inspectModel(dir: string, io: CliIO, json: boolean): Promise<Record<string, unknown>> {
+  const d = await describeModel(modelDirFromOption(dir));
+  const s = d.spec;
+  const r = s.rope;
+  const rope = { layers: `0-${s.layers - 1}`, theta: r.theta, rotary_dim: r.rotaryDim, head_dim: s.headDim, layout: r.layout, scaling: r.scaling ?? null, source: d.ropeSource };
+  const out = {
+    model: d.name,
+    dir: d.dir,
+    format: d.files.format,
+    files: { config: d.files.config, onnx: d.files.onnx, external_data: d.files.externalData ?? null },
+    architecture: s.architecture,
+    family: s.family,
+    layers: s.layers,
+    heads: s.heads,
+    kv_heads: s.kvHeads,
+    head_dim: s.headDim,
+    kv_dtype: s.kvDtype,
+    max_positions: s.maxPositions,
+    rope: [rope],
+    fingerprint: d.fingerprint,
+    notes: d.notes,
+  };
+  if (!json) {
+    io.out(`model   ${d.name} (${d.files.format} export, ${d.dir})`);
+    io.out(`        ${s.architecture}: ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads × ${s.headDim}, KV ${s.kvDtype}, ${s.maxPositions} positions; fingerprint ${d.fingerprint.id}`);
+    io.out('RoPE kvtc undoes on keys (and re-applies after decoding):');
+    const pairs = r.layout === 'half' ? `pairs (i, i+${r.rotaryDim / 2})` : 'pairs (2i, 2i+1)';
+    io.out(
+      table(
+        ['layers', 'theta', 'rotary dim', 'layout', 'scaling', 'read from'],
+        [[rope.layers, String(r.theta), `${r.rotaryDim} of ${s.headDim}`, `${r.layout} (${pairs})`, r.scaling ? `${r.scaling.type} ×${r.scaling.factor}` : 'none', d.ropeSource]],
+      ),
+    );
+    for (const n of d.notes) io.out(`note: ${n}`);
+  }
+  return out;
+}
 
 export default async function inspect(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
+  if (opts._.length === 0) {
+    const model = await inspectModel(opts.model!, io, opts.json);
+    if (opts.json) printJson(io, model);
+    return;
+  }
   const { dir, manifest: m, plans } = await readProfile(opts._[0]);
   const bytes = statSync(join(dir, MANIFEST_FILE)).size + m.tensors.bytes;
   const perPlan = m.plans.map((p, i) => {
@@ -29,7 +76,8 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
     };
   });
   if (opts.json) {
-    printJson(io, { profile: dir, bytes, manifest: m, plans: perPlan });
+    const model = opts.model ? await inspectModel(opts.model, io, true) : undefined;
+    printJson(io, { profile: dir, bytes, manifest: m, plans: perPlan, ...(model ? { model_reading: model } : {}) });
     return;
   }
   const s = m.settings;
@@ -57,4 +105,8 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   );
   io.out('');
   io.out('kept rank: principal components stored (the rest are dropped); bits/token include per-token fp16 scale+offset of dynamic groups.');
+  if (opts.model) {
+    io.out('');
+    await inspectModel(opts.model, io, false);
+  }
 }
