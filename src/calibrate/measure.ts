@@ -2,7 +2,7 @@
  * Measurements on held-out caches: the real codec's ratio and error (encode, decode), and a
  * fast sizing of candidate plans from precomputed coefficients for the budget search.
  */
-import { compressSection, HEADER_BYTES, SECTION_BYTES, type EntropyCoder } from '../codec/blob.js';
+import { blobBytes, compressSection, fp16BytesPerToken, type EntropyCoder } from '../codec/blob.js';
 import { KvtcCodec } from '../codec/codec.js';
 import { heldoutCoefficients, type AllocationTables } from '../fit/fit.js';
 import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
@@ -84,16 +84,17 @@ export function blobSizeRatio(plans: BasisPlan[], tables: AllocationTables[], ca
   let fp16 = 0;
   let bytes = 0;
   let row = 0;
-  const perToken = spec.layers * 2 * spec.kvHeads * spec.headDim * 2;
+  const perToken = fp16BytesPerToken(spec);
   for (const c of caches) {
     const n = c.tokens - sink - window;
-    const stored = plans.filter((p) => p.rank > 0).length;
-    bytes += HEADER_BYTES + SECTION_BYTES * (1 + stored) + 4;
+    // The raw section's table entry counts, its payload does not (as EncodeStats.compressedBytes).
+    const sections = [0];
     for (const [i, plan] of plans.entries()) {
       if (plan.rank === 0) continue;
       const C = heldoutCoefficients(tables[i], row, n, plan.rank);
-      bytes += compressSection('plan', i, encodePlanPayload(toStoredComponentMajor(C, n, plan), n, plan), entropy).stored.byteLength;
+      sections.push(compressSection('plan', i, encodePlanPayload(toStoredComponentMajor(C, n, plan), n, plan), entropy).stored.byteLength);
     }
+    bytes += blobBytes(sections);
     fp16 += perToken * n;
     row += c.tokens - sink;
   }

@@ -97,8 +97,7 @@ export function compressSection(kind: SectionKind, plan: number, data: Uint8Arra
 }
 
 export function assembleBlob(h: BlobHeader, sections: EncodedSection[]): Uint8Array {
-  const payload = sections.reduce((a, s) => a + s.stored.byteLength, 0);
-  const total = HEADER_BYTES + SECTION_BYTES * sections.length + payload + 4;
+  const total = blobBytes(sections.map((s) => s.stored.byteLength));
   const out = new Uint8Array(total);
   const dv = new DataView(out.buffer);
   dv.setUint32(0, BLOB_MAGIC, true);
@@ -191,6 +190,24 @@ export interface BlobLayout {
   window: number;
   /** Per plan, in plan order: its section's payload bytes for n compressed tokens, or null for a plan without a section (rank 0). */
   planBytes: (((n: number) => number) | null)[];
+}
+
+/**
+ * Bytes of a blob whose sections have these payload sizes (stored, after entropy coding):
+ * header, section table, payloads, CRC-32.
+ */
+export function blobBytes(payloadBytes: readonly number[]): number {
+  let payload = 0;
+  for (const b of payloadBytes) payload += b;
+  return HEADER_BYTES + SECTION_BYTES * payloadBytes.length + payload + 4;
+}
+
+/**
+ * fp16 bytes of one token of a cache (keys and values of every layer and KV head): the
+ * denominator of every ratio kvtc reports (docs/profile-format.md §6).
+ */
+export function fp16BytesPerToken(shape: { layers: number; kvHeads: number; headDim: number }): number {
+  return shape.layers * 2 * shape.kvHeads * shape.headDim * 2;
 }
 
 /** Bytes of the raw section: layers · 2 · kv_heads · (s + w) · head_dim values of 2 (fp16) or 4 (float32) bytes. */

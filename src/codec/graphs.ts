@@ -89,8 +89,10 @@ function ropeNodes(g: GraphBuilder, x: string, idx: RopeIndex, undo: boolean): s
 }
 
 export interface GraphContext {
-  rope: RopeSpec;
   headDim: number;
+  /** RoPE of the model: key graphs un-rotate (encode) and re-rotate (decode). Absent: the graphs
+   * have no RoPE nodes and the caller rotates keys itself (the CPU path, on the host). */
+  rope?: RopeSpec;
 }
 
 /** What both graphs of a plan start from: the builder, p, head_dim, G = p / head_dim, the stored split. */
@@ -130,7 +132,7 @@ function perHead(rows: Float32Array, k: number, p: number, hd: number): Float32A
 export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
   const { g, p, hd, G, sp, kA, kB } = graphSetup('encode', plan, ctx);
   let x = g.input('x', 'float32', [G, 'n', hd]);
-  if (plan.kind === 'key') x = ropeNodes(g, x, ropePairs(ctx.rope, hd), true);
+  if (plan.kind === 'key' && ctx.rope) x = ropeNodes(g, x, ropePairs(ctx.rope, hd), true);
   const centred = g.op('Sub', [x, g.constant('mean', plan.mean, [G, 1, hd])]);
   const rows = g.op('Reshape', [g.op('Transpose', [centred], { perm: [1, 0, 2] }), g.i64([-1, p], 'shape')]);
   if (kA > 0) {
@@ -170,7 +172,7 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   }
   const sum = terms.length === 2 ? g.op('Add', terms) : terms[0];
   let x = g.op('Add', [sum, g.constant('mean', Float32Array.from(mean), [G, 1, hd])]);
-  if (plan.kind === 'key') x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
+  if (plan.kind === 'key' && ctx.rope) x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
   g.output(x, 'x', 'float32', [G, 'n', hd]);
   return g.toModel({ docString: 'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)' });
 }

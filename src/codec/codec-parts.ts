@@ -1,0 +1,43 @@
+/** What the encode and decode pipelines share from a KvtcCodec (codec.ts builds it once). */
+import type { RopeSpec } from '../model/types.js';
+import type { BlobLayout, EntropyCoder } from './blob.js';
+import type { TransformRunner } from './transform.js';
+import type { BasisPlan } from './types.js';
+
+export interface CodecSpec {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  rope: RopeSpec;
+  profileId: string;
+  sink: number;
+  window: number;
+  entropy: EntropyCoder;
+}
+
+export interface CodecParts {
+  spec: CodecSpec;
+  plans: BasisPlan[];
+  transform: TransformRunner;
+  /** [rotaryDim/2] RoPE inverse frequencies of spec.rope. */
+  invFreq: Float64Array;
+  /** CPU: RoPE runs on the host, fused into gather/scatter (ORT's Gather/Concat chain cost 10x the matmul). */
+  ropeOnHost: boolean;
+  /** The graphs run on a worker thread (ThreadedTransform), overlapping the host stages. */
+  threaded: boolean;
+  /** What a blob of this profile must look like (parseBlob). */
+  layout: BlobLayout;
+  /** Per plan: the largest ‖x‖ of a compressed token (range.ts); Infinity where unchecked. */
+  normBound: number[];
+  /** Buffers reused across calls, grown to the largest size seen. */
+  scratch: { gather: Float32Array; codes: Uint8Array; norms: Float64Array };
+}
+
+/** Raw tokens at each end: all of them when the cache is shorter than sink + window. */
+export function splitTokens(spec: Pick<CodecSpec, 'sink' | 'window'>, tokens: number): { sink: number; window: number; n: number } {
+  const sink = Math.min(spec.sink, tokens);
+  const window = Math.min(spec.window, tokens - sink);
+  return { sink, window, n: tokens - sink - window };
+}
+
+export const now = () => performance.now() / 1000;

@@ -1,0 +1,110 @@
+/**
+ * The decode pipeline: parseBlob bounds the untrusted blob before anything is allocated, the raw
+ * section is restored, and each plan's payload is unpacked and reconstructed by its graph; the
+ * decode graph writes [G, n, hd], so values are block copies into the cache and keys one RoPE pass.
+ */
+import { invariant } from '../errors.js';
+import type { KvCache } from '../model/types.js';
+import { parseBlob } from './blob.js';
+import { type CodecParts, now } from './codec-parts.js';
+import { ropeTables } from './graphs.js';
+import { type HostRope, hostRope, saturateHalf, scatterHeads } from './host-kernels.js';
+import { decodePlanCodes } from './payload.js';
+import { restoreRaw } from './raw-section.js';
+import type { Feeds, Outputs } from './transform.js';
+import type { BasisPlan } from './types.js';
+
+export interface DecodeStats {
+  tokens: number;
+  /** As EncodeStats: transform = the graphs (static dequantization is folded into them); dequantize = host unpacking and the dynamic and fp8 groups. */
+  seconds: { inflate: number; dequantize: number; transform: number; scatter: number; total: number };
+}
+
+/**
+ * Decodes a blob of this profile. The blob is untrusted: parseBlob checks every header and table
+ * field against the file and the profile before anything is allocated, and the values decoded
+ * are finite (a non-finite raw value, fp16 scale or offset, or a NaN fp8 code is BLOB_INVALID).
+ */
+export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string): Promise<{ cache: KvCache; stats: DecodeStats }> {
+  const t0 = now();
+  const { header, raw, plans: payloads } = parseBlob(blob, c.layout, source);
+  const sec = { inflate: now() - t0, dequantize: 0, transform: 0, scatter: 0, total: 0 };
+  const { layers, kvHeads, headDim, tokens, sink, window } = header;
+  const n = tokens - sink - window;
+  const size = kvHeads * tokens * headDim;
+  const cache: KvCache = {
+    layers, kvHeads, headDim, tokens, dtype: header.fp16 ? 'float16' : 'float32', startPosition: header.startPosition,
+    keys: Array.from({ length: layers }, () => new Float32Array(size)),
+    values: Array.from({ length: layers }, () => new Float32Array(size)),
+  };
+  restoreRaw(raw, cache, sink, window, header.rawFloat32, source);
+  if (n > 0) {
+    const tables = ropeTables(c.invFreq, header.startPosition + sink, n);
+    const rot = hostRope(c.spec.rope, headDim, tables);
+    const host = c.ropeOnHost ? rot : undefined;
+    const scatter = (plan: BasisPlan, x: Float32Array, r: HostRope | undefined) => {
+      const t = now();
+      scatterHeads(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, r);
+      sec.scatter += now() - t;
+    };
+    // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
+    // it arrives. Threaded, the reconstructions run while dequantization continues; inline, each
+    // is scattered at once and one codes buffer is reused.
+    const pending: { plan: BasisPlan; x: Promise<Outputs> }[] = [];
+    for (let i = 0; i < c.plans.length; i++) {
+      const plan = c.plans[i];
+      if (plan.rank === 0) {
+        scatter(plan, meanReconstruction(plan, n, headDim), plan.kind === 'key' ? rot : undefined);
+        continue;
+      }
+      let t = now();
+      const payload = payloads.get(i);
+      invariant(payload, `parseBlob returned no section for plan ${i}`);
+      const pc = decodePlanCodes(payload, n, plan, source, codesBuffer(c, n * plan.rank), { plan: i, firstToken: sink, source });
+      sec.dequantize += now() - t;
+      t = now();
+      const feeds: Feeds = {};
+      if (pc.codes.length) feeds.codes = { data: pc.codes, dims: [pc.codes.length / n, n] };
+      if (pc.coeffs.length) feeds.coeffs = { data: pc.coeffs, dims: [pc.coeffs.length / n, n] };
+      if (plan.kind === 'key' && !host) {
+        feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
+        feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+      }
+      const run = c.transform.run('decode', i, feeds);
+      if (c.threaded) pending.push({ plan, x: run });
+      else {
+        const x = (await run).x as Float32Array;
+        sec.transform += now() - t;
+        scatter(plan, x, plan.kind === 'key' ? host : undefined);
+      }
+    }
+    for (const { plan, x: p } of pending) {
+      const t = now();
+      const x = (await p).x as Float32Array;
+      sec.transform += now() - t;
+      scatter(plan, x, plan.kind === 'key' ? host : undefined);
+    }
+    // A float16 cache is restored as float16: reconstructions beyond its range saturate at
+    // ±65504 (the nearest value it holds) instead of becoming ∞ when rounded.
+    if (header.fp16) for (const a of [...cache.keys, ...cache.values]) saturateHalf(a, kvHeads, tokens, headDim, sink, n);
+  }
+  sec.total = now() - t0;
+  return { cache, stats: { tokens, seconds: sec } };
+}
+
+/** A rank-0 plan drops every component: its reconstruction is the mean, X [G, n, headDim] (keys are re-rotated per token by the caller). */
+function meanReconstruction(plan: BasisPlan, n: number, headDim: number): Float32Array {
+  const x = new Float32Array(n * plan.dim);
+  for (let g = 0; g < plan.dim / headDim; g++) {
+    const m = plan.mean.subarray(g * headDim, (g + 1) * headDim);
+    for (let k = 0; k < n; k++) x.set(m, (g * n + k) * headDim);
+  }
+  return x;
+}
+
+/** Inline, the graph has run before the next plan is decoded: one reused codes buffer. Threaded: a fresh one (undefined). */
+function codesBuffer(c: CodecParts, size: number): Uint8Array | undefined {
+  if (c.threaded) return undefined;
+  if (c.scratch.codes.length < size) c.scratch.codes = new Uint8Array(size);
+  return c.scratch.codes;
+}
