@@ -17,6 +17,9 @@ import type { Device } from '../onnx/session.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../paths.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { codecFromProfile } from '../profile/codec.js';
+import { dynamoCodec } from '../dynamo/codec.js';
+import { readDynamoProfile, type DynamoProfile } from '../dynamo/profile.js';
+import { KvtcError } from '../errors.js';
 import { checkProfileForModel } from '../profile/compat.js';
 import { readProfile, type Profile } from '../profile/io.js';
 import { fp16Bytes, prefixCache, rawFp16, relativeError } from './cache.js';
@@ -34,6 +37,8 @@ export interface BenchOptions {
   contexts: number[];
   quick: boolean;
   device: Device;
+  /** A `kvtc calibrate --target dynamo` profile: its model also gets a "dynamo" row (emulated kernels). */
+  dynamoProfile?: string;
   onProgress?: ProgressFn;
 }
 
@@ -51,7 +56,7 @@ export interface CodecRow {
   bytes: number;
   ratio: number;
   relError: { key: number; value: number };
-  /** kvtc only: ratio over the compressed tokens (sink/window tokens and their bytes left out). */
+  /** kvtc (and dynamo): ratio over the compressed tokens (sink/window tokens and their bytes left out). */
   ratioCompressed?: number;
 }
 
@@ -129,8 +134,18 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
   const contexts = [...new Set(opts.contexts.map((c) => Math.min(c, spec.maxPositions)))].sort((a, b) => a - b);
   const tokens = Math.min(opts.tokens, spec.maxPositions);
   let recompute: { marks: Record<number, number[]>; full: KvCache };
+  let dynamo: DynamoProfile | undefined;
   try {
     checkProfileForModel(profile, model, 'the model being benchmarked');
+    if (opts.dynamoProfile) {
+      const d = await readDynamoProfile(opts.dynamoProfile);
+      if (d.manifest.model.fingerprint === model.fingerprint.id) dynamo = d;
+      else if (opts.modelDir) {
+        throw new KvtcError('PROFILE_MISMATCH', `dynamo profile ${d.dir} was calibrated for ${d.manifest.model.name} (fingerprint ${d.manifest.model.fingerprint}), not for ${model.name} (${model.fingerprint.id})`, {
+          fix: `Calibrate one for this model: kvtc calibrate --target dynamo --model ${model.dir}`,
+        });
+      }
+    }
     const ids = await textTokens((s) => model.tokenizer.encode(s), Math.max(tokens, ...contexts));
     recompute = await timeRecompute(name, new ModelRunner(model), ids, contexts, recomputeRepeats, progress);
   } finally {
@@ -148,7 +163,7 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
     throw e;
   });
   try {
-    return await benchCodec({ name, modelDir, profileDir, opts, profile, spec, tokens, contexts, cache, bytes, full, marks, single, multi, progress });
+    return await benchCodec({ name, modelDir, profileDir, opts, profile, spec, tokens, contexts, cache, bytes, full, marks, single, multi, progress, dynamo });
   } finally {
     await single.release();
     await multi.release();
@@ -204,6 +219,8 @@ interface CodecBenchInput {
   marks: Record<number, number[]>;
   single: KvtcCodec;
   multi: KvtcCodec;
+  /** The dynamo profile made for this model, if one was given. */
+  dynamo?: DynamoProfile;
   progress: ProgressFn;
 }
 
@@ -249,6 +266,11 @@ async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
   const sink = profile.manifest.settings.sink;
   const window = profile.manifest.settings.window;
   const codecs: CodecRow[] = [{ name: 'kvtc', bytes: blob.byteLength, ratio: bytes / blob.byteLength, relError: relativeError(cache, decoded), ratioCompressed }];
+  if (x.dynamo) {
+    // NVIDIA Dynamo's KVTC kernels, emulated exactly (src/dynamo): they protect no sink or window.
+    const r = await dynamoCodec(x.dynamo).apply(cache);
+    codecs.push({ name: 'dynamo', bytes: r.bytes, ratio: bytes / r.bytes, relError: relativeError(cache, r.cache), ratioCompressed: r.compressedBytes > 0 ? (r.compressedTokens * (bytes / cache.tokens)) / r.compressedBytes : undefined });
+  }
   for (const b of BASELINE_NAMES) {
     const r = runBaseline(b, cache, { sinkTokens: sink, recentTokens: window });
     codecs.push({ name: b, bytes: r.bytes, ratio: bytes / r.bytes, relError: relativeError(cache, r.cache) });

@@ -165,6 +165,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--repeats <n>', 'repetitions per measurement, 1–1000 (median, min, max reported)', '5')
     .option('--contexts <list>', 'context lengths for restore vs recompute', '1024,2048,4096')
     .option('--quick', 'small sizes, for a smoke test', false)
+    .option('--dynamo-profile <dir>', 'also measure a `kvtc calibrate --target dynamo` profile through the emulated NVIDIA Dynamo KVTC kernels (a "dynamo" row for its model; docs/dynamo.md)')
     .option('--clear-cache', 'remove the models and profiles the bench built and cached ($KVTC_BENCH_CACHE, default $TMPDIR/kvtc-bench, ~700 MB), then exit', false)
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)

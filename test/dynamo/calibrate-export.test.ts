@@ -150,6 +150,17 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     expect(missing.stderr).toMatch(/--dynamo-profile/);
   });
 
+  it('kvtc bench --dynamo-profile adds a measured "dynamo" ratio/error row next to kvtc\'s codec on the same cache', async () => {
+    const { runBench } = await import('../../src/bench/run.js');
+    const r = await runBench({ modelDir: DEFAULT_MODEL_DIR, dynamoProfile: profileDir, tokens: 512, repeats: 1, contexts: [256], quick: true, device: 'cpu' });
+    const rows = r.models[0].codecs;
+    expect(rows.map((c) => c.name)).toEqual(['kvtc', 'dynamo', 'fp16', 'int8', 'int4', 'kivi2']);
+    const d = rows[1];
+    expect(d.ratio).toBeGreaterThan(4);
+    expect(d.relError.key).toBeGreaterThan(0);
+    expect(d.relError.key).toBeLessThan(1);
+  });
+
   it('dynamoCodec (the evaluate/bench adapter) runs the same emulation and counts the kernels\' bytes', async () => {
     const codec = dynamoCodec(await readDynamoProfile(profileDir));
     expect(codec.name).toBe('dynamo');

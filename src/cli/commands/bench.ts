@@ -21,6 +21,7 @@ const Options = z.object({
     .refine((a) => a.length > 0 && a.every((x) => Number.isInteger(x) && x >= 16), 'must be a comma-separated list of whole numbers >= 16'),
   quick: z.boolean().default(false),
   clearCache: z.boolean().default(false),
+  dynamoProfile: z.string().min(1).optional(),
   device: deviceSchema,
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
@@ -75,6 +76,7 @@ function printModel(b: ModelBench, io: CliIO): void {
   }
   io.out('');
   io.out(`Ratio and error on the same cache (every codec keeps the first ${b.protection.sink} and last ${b.protection.window} tokens in fp16; ratio = fp16 bytes / stored bytes, kvtc counts its whole blob; rel err = ‖x̂−x‖/‖x‖ over all tokens):`);
+  if (b.codecs.some((c) => c.name === 'dynamo')) io.out('  (dynamo: NVIDIA Dynamo\'s KVTC kernels, emulated exactly on the CPU; they keep no sink or window and compress every full block, keys with RoPE; docs/dynamo.md)');
   io.out(table(['codec', 'bytes', 'ratio', 'rel err K', 'rel err V'], b.codecs.map((c) => [c.name, fmtBytes(c.bytes), `${c.ratio.toFixed(2)}x`, c.relError.key.toExponential(2), c.relError.value.toExponential(2)])));
   const k = b.codecs.find((c) => c.name === 'kvtc');
   if (k?.ratioCompressed) io.out(`kvtc over its compressed tokens only (sink/window tokens and their bytes left out): ${k.ratioCompressed.toFixed(2)}x`);
@@ -103,6 +105,7 @@ export default async function bench(raw: Record<string, unknown>, io: CliIO): Pr
       contexts: opts.quick ? [256, 512] : opts.contexts,
       quick: opts.quick,
       device: opts.device,
+      dynamoProfile: opts.dynamoProfile,
       onProgress: progress.fn,
     });
   } finally {
