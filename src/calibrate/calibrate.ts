@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import type { EntropyCoder } from '../codec/blob.js';
-import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../fit/covariance.js';
+import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, type AllocationTables } from '../fit/fit.js';
 import type { KvKind } from '../codec/types.js';
@@ -182,8 +182,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   for (const layers of groups) {
     for (const kind of ['key', 'value'] as KvKind[]) {
       const dim = layers.length * spec.kvHeads * spec.headDim;
-      // ONNX Runtime's Gemm wins once p is large enough for the call overhead to vanish.
-      const kernel: GramKernel = dim >= 128 ? await OrtGramKernel.create(dim, { device: opts.device }) : new JsGramKernel();
+      const kernel = await createGramKernel(dim, { device: opts.device });
       states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
     }
   }

@@ -6,6 +6,7 @@
 import { availableParallelism } from 'node:os';
 import { spawnWorker } from '../worker.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
+import { FIT_WORKER_MIN_P } from '../fit/ort-thresholds.js';
 import type { KvKind } from '../codec/types.js';
 import { prepareAllocation, type AllocationTables } from '../fit/fit.js';
 
@@ -40,7 +41,6 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 } };
 }
 
-const INLINE_BELOW_DIM = 128;
 
 /** Runs every job; results in job order. `onDone(i)` reports progress. */
 export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?: (done: number) => void } = {}): Promise<FitOutput[]> {
@@ -51,7 +51,7 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
     out[i] = r;
     opts.onDone?.(++done);
   };
-  if (threads <= 1 || jobs.every((j) => j.dim < INLINE_BELOW_DIM)) {
+  if (threads <= 1 || jobs.every((j) => j.dim < FIT_WORKER_MIN_P)) {
     for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(j));
     return out;
   }

@@ -13,7 +13,7 @@
 import { basename, join } from 'node:path';
 import { MAX_RATIO, MIN_RATIO } from '../calibrate/calibrate.js';
 import { buildSequences } from '../calibrate/sequences.js';
-import { CovarianceAccumulator, JsGramKernel, OrtGramKernel, type GramKernel } from '../fit/covariance.js';
+import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
@@ -202,7 +202,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     const kinds: KvKind[] = ['key', 'value'];
     for (let l = 0; l < spec.layers; l++) {
       for (const kind of kinds) {
-        const kernel: GramKernel = p >= 128 ? await OrtGramKernel.create(p, { device: opts.device }) : new JsGramKernel();
+        const kernel = await createGramKernel(p, { device: opts.device });
         states.push({ kind, layer: l, kernel, acc: new CovarianceAccumulator(p, kernel) });
       }
     }

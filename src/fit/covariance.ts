@@ -19,6 +19,8 @@
 import type * as ortTypes from 'onnxruntime-node';
 import { invariant } from '../errors.js';
 import { gemmABt } from '../math/gemm.js';
+import type { Device } from '../onnx/devices.js';
+import { ORT_GRAM_MIN_P } from './ort-thresholds.js';
 
 /** Computes G[p, p] = YᵀY (at least the upper triangle j >= i) of a centred chunk Y [tokens, p]. */
 export interface GramKernel {
@@ -57,7 +59,7 @@ export class OrtGramKernel implements GramKernel {
     readonly p: number,
   ) {}
 
-  static async create(p: number, opts: { device?: 'cpu' | 'cuda'; threads?: number; maxTokens?: number } = {}): Promise<OrtGramKernel> {
+  static async create(p: number, opts: { device?: Device; threads?: number; maxTokens?: number } = {}): Promise<OrtGramKernel> {
     const { GraphBuilder } = await import('../onnx/builder.js');
     const { createSession, ort } = await import('../onnx/session.js');
     const g = new GraphBuilder('kvtc_gram');
@@ -166,3 +168,7 @@ export class CovarianceAccumulator {
   }
 }
 
+/** The Gram kernel for p features: ONNX Runtime's Gemm from ORT_GRAM_MIN_P on, plain JS below. */
+export async function createGramKernel(p: number, opts: { device?: Device } = {}): Promise<GramKernel> {
+  return p >= ORT_GRAM_MIN_P ? OrtGramKernel.create(p, { device: opts.device }) : new JsGramKernel();
+}

@@ -7,7 +7,8 @@
 import { GraphBuilder } from '../onnx/builder.js';
 import { createSession, ort } from '../onnx/session.js';
 import { type EigenResult, type MatMulRequest, symmetricEigen } from './eigen.js';
-import { eigenSteps, LARGE_EIGEN_MIN_P } from './eigen-steps.js';
+import { eigenSteps } from './eigen-steps.js';
+import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
 
 const sessions = new Map<number, Promise<ort.InferenceSession>>();
 

@@ -7,8 +7,8 @@ import { dcSteps } from './divide-conquer.js';
 import { descendingResult, type EigenSteps } from './eigen.js';
 import { tridiagonalizeBlocked } from './householder.js';
 
-/** From here on symmetricEigen runs eigenSteps (reduction + divide and conquer + back-transform). */
-export const LARGE_EIGEN_MIN_P = 384;
+export { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
+
 const BACK_BLOCK = 64;
 
 /** Eigendecomposition of the symmetric A [p, p] (p ≥ 2) as steps; same contract as symmetricEigen. */

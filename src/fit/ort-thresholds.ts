@@ -1,0 +1,13 @@
+/**
+ * Where calibration's dense linear algebra switches from plain JS to ONNX Runtime: the one home
+ * of these thresholds (measured on a shared 2-core box, docs/benchmarks.md).
+ */
+
+/** From this p on the covariance's Gram products run on ONNX Runtime's Gemm (OrtGramKernel): the call overhead has vanished. */
+export const ORT_GRAM_MIN_P = 128;
+
+/** From this p on the eigendecomposition runs eigenSteps with its dense products on ONNX Runtime (eigen-ort.ts); below, tred2/tql2 in JS. */
+export const LARGE_EIGEN_MIN_P = 384;
+
+/** Below this p every basis fit runs inline (fit-pool.ts): a worker's start-up costs more than the fit. */
+export const FIT_WORKER_MIN_P = 128;
