@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { memoryIO } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
-import { createCodecs, evaluate } from '../../src/evaluate/run.js';
+import { createCodecs } from '../../src/evaluate/codecs.js';
+import { evaluate } from '../../src/evaluate/run.js';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, MMLU_DIR } from '../../src/paths.js';
@@ -76,7 +77,7 @@ describe('kvtc evaluate', () => {
   it('bad option values name the option', async () => {
     const r = await kvtc('--codec', 'zstd', '--limit', '0');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--codec .*unknown codec "zstd"; valid: kvtc, identity, fp16, int8, int4, kivi2/);
+    expect(r.stderr).toMatch(/--codec .*unknown codec "zstd"; valid: kvtc, identity, dynamo, fp16, int8, int4, kivi2/);
     expect(r.stderr).toMatch(/--limit "0": must be a whole number ≥ 1/);
   });
 
