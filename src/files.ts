@@ -12,7 +12,7 @@ import type { DecodeStats, EncodeStats, KvtcCodec } from './codec/codec.js';
 import { KvtcError } from './errors.js';
 import { writeFileAtomic } from './io/atomic.js';
 import { checkOutputFile } from './io/output.js';
-import { readKvCache, writeKvCache } from './model/kv-io.js';
+import { PRE_ROPE, readKvCache, writeKvCache } from './model/kv-io.js';
 import type { KvCache } from './model/types.js';
 import type { Device } from './onnx/session.js';
 import { codecFromProfile, useTransformThread } from './profile/codec.js';
@@ -74,6 +74,12 @@ export async function encodeFile(kv: string, opts: FileJobOptions): Promise<Enco
   checkOutputFile(opts.out, { force: opts.force });
   const profile = await readProfile(opts.profile);
   const { cache, metadata } = await readKvCache(kv);
+  if (metadata.keys === PRE_ROPE) {
+    throw new KvtcError('KV_INVALID', `${kv} was written by \`kvtc capture --pre-rope\`: its keys have RoPE undone, for inspection`, {
+      fix: 'Encode a cache captured without --pre-rope (kvtc undoes RoPE itself).',
+      context: { kv },
+    });
+  }
   const fp = profile.manifest.model.fingerprint.id;
   if (metadata.fingerprint && metadata.fingerprint !== fp) {
     throw new KvtcError('PROFILE_MISMATCH', `${kv} was captured from model ${metadata.model ?? '?'} (fingerprint ${metadata.fingerprint}), but the profile is for ${profile.manifest.model.name} (${fp})`, {

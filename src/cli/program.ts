@@ -182,6 +182,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--chunk <n>', 'prefill chunk length', '256')
     .addOption(deviceOption())
     .option('--force', 'overwrite --out', false)
+    .option('--pre-rope', 'write the keys as the codec sees them: RoPE undone (float32), to check kvtc\'s reading of the model against your framework; such a file is for inspection, kvtc encode refuses it', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc capture --text calibration-data/inaugural-1789-Washington.txt --max-tokens 512 --out kv.safetensors')

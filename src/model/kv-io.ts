@@ -19,6 +19,9 @@ export interface KvFileMeta {
   extra?: Record<string, string>;
 }
 
+/** Metadata `keys` value of a cache written by `kvtc capture --pre-rope` (RoPE undone on keys). */
+export const PRE_ROPE = 'pre-rope';
+
 export const kvTensorName = (layer: number, kind: 'key' | 'value') => `present.${layer}.${kind}`;
 
 /** Serializes a cache; values are stored in `cache.dtype` (F16 rounds to nearest even). */

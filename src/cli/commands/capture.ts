@@ -1,6 +1,9 @@
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { checkOutputFile } from '../../io/output.js';
+import { PRE_ROPE } from '../../model/kv-io.js';
+import type { KvCache, RopeSpec } from '../../model/types.js';
+import { RopeTable } from '../../rope/rope-table.js';
 import { readTextFile } from '../../io/text.js';
 import { writeKvCache } from '../../model/kv-io.js';
 import { loadModel, modelDirFromOption } from '../../model/load.js';
@@ -20,6 +23,7 @@ const schema = z.object({
   chunk: wholeNumber(1),
   device: deviceSchema,
   force: z.boolean(),
+  preRope: z.boolean().default(false),
   json: z.boolean(),
   quiet: z.boolean().default(false),
 });
@@ -38,6 +42,21 @@ export interface CaptureSummary {
   tokensPerSecond: number;
 }
 
+/** keys[l] [kvHeads, tokens, headDim] with RoPE undone at each token's position; values as they are. */
+function undoRopeOnKeys(cache: KvCache, rope: RopeSpec): KvCache {
+  const table = new RopeTable(rope, cache.headDim);
+  const D = cache.headDim;
+  const keys = cache.keys.map((k) => {
+    const out = k.slice();
+    for (let t = 0; t < cache.tokens; t++) {
+      table.at(cache.startPosition + t);
+      for (let h = 0; h < cache.kvHeads; h++) table.rotate(out, (h * cache.tokens + t) * D, out, (h * cache.tokens + t) * D, -1);
+    }
+    return out;
+  });
+  return { ...cache, keys, dtype: 'float32' };
+}
+
 export default async function capture(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
   checkDevice(opts.device);
@@ -54,7 +73,10 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
     progress.stop();
     await model.session.release();
   }
-  const bytes = await writeKvCache(out, r.cache, { model: model.name, fingerprint: model.fingerprint.id });
+  // --pre-rope: the keys as the codec sees them (RoPE undone, float32), to check kvtc's reading
+  // of the model against one's own framework; marked so that encode refuses them.
+  const cache = opts.preRope ? undoRopeOnKeys(r.cache, model.spec.rope) : r.cache;
+  const bytes = await writeKvCache(out, cache, { model: model.name, fingerprint: model.fingerprint.id, ...(opts.preRope ? { extra: { keys: PRE_ROPE } } : {}) });
   const seconds = r.ms / 1000;
   const s: CaptureSummary = {
     model: model.name,
@@ -75,6 +97,6 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   }
   io.out(`Captured ${s.tokens} tokens of KV from ${s.model} (${s.layers} layers × ${s.kvHeads} KV heads × head_dim ${s.headDim}, ${s.dtype})`);
   io.out(`  prefill ${s.seconds.toFixed(2)} s, ${s.tokensPerSecond.toFixed(0)} tokens/s (chunk ${opts.chunk}, ${opts.device})`);
-  io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)`);
+  io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)${opts.preRope ? ', keys with RoPE undone (float32; for inspection, not for kvtc encode)' : ''}`);
   for (const n of model.notes) io.out(`  note: ${n}`);
 }
