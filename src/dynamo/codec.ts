@@ -10,8 +10,9 @@
  * design doc lists an nvcomp DEFLATE pass as future work.
  */
 import { KvtcError } from '../errors.js';
+import { fp16BytesPerToken } from '../codec/blob.js';
 import type { KvCache } from '../model/types.js';
-import type { CacheCodec, Reconstruction } from '../evaluate/run.js';
+import type { CacheCodec, Reconstruction } from '../evaluate/cache-codec.js';
 import { fullBlocks, gatherBlockRows, scatterBlockRows, type BlockShape } from './blocks.js';
 import type { DynamoBasis } from './fit.js';
 import { kvtcCompress, kvtcDecompress, type BlockDtype, type Fp8Path, type KvtcConfigData } from './kernels.js';
@@ -94,7 +95,7 @@ export function applyDynamo(setup: DynamoSetup, cache: KvCache, opts: { dtype?: 
   const compressedTokens = count * s.blockTokens;
   return {
     cache: out,
-    stats: { compressedTokens, blocks: count, compressedBytes, rowBytes: rowBytesSum, fp16BytesCompressed: compressedTokens * L * 2 * s.kvHeads * s.headDim * 2, sq },
+    stats: { compressedTokens, blocks: count, compressedBytes, rowBytes: rowBytesSum, fp16BytesCompressed: compressedTokens * fp16BytesPerToken({ layers: L, kvHeads: s.kvHeads, headDim: s.headDim }), sq },
   };
 }
 

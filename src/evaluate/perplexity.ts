@@ -11,7 +11,7 @@ import { invariant, KvtcError } from '../errors.js';
 import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { ProgressFn } from '../progress.js';
-import type { CacheCodec } from './run.js';
+import type { CacheCodec } from './cache-codec.js';
 import { logSoftmax } from './stats.js';
 
 export interface PerplexityOptions {

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildLongContextTasks, fillerSentences } from '../../src/evaluate/longcontext.js';
-import { createCodecs, evaluate } from '../../src/evaluate/run.js';
+import { createCodecs } from '../../src/evaluate/codecs.js';
+import { evaluate } from '../../src/evaluate/run.js';
 import { sampleLines } from '../../src/evaluate/report.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { evaluatePerplexity } from '../../src/evaluate/perplexity.js';
-import { createCodecs, type CacheCodec } from '../../src/evaluate/run.js';
+import { createCodecs, type CacheCodec } from '../../src/evaluate/codecs.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, PACKAGE_ROOT, WIKITEXT_TEST } from '../../src/paths.js';

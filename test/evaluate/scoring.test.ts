@@ -3,7 +3,8 @@ import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { loadSubject } from '../../src/evaluate/mmlu.js';
 import { buildPrompt, CONTINUATIONS, loadShots } from '../../src/evaluate/prompt.js';
-import { createCodecs, evaluate } from '../../src/evaluate/run.js';
+import { createCodecs } from '../../src/evaluate/codecs.js';
+import { evaluate } from '../../src/evaluate/run.js';
 import { encodeRequest, planScoring, scoreContinuations } from '../../src/evaluate/scoring.js';
 import { DEFAULT_MODEL_DIR, MMLU_DIR } from '../../src/paths.js';
 

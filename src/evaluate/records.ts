@@ -1,0 +1,28 @@
+/** What evaluate records per question: every codec's outcome next to the uncompressed run's. */
+
+export interface CodecOutcome {
+  /** Log-likelihood of " A".." D" with this codec's cache. */
+  logLik: number[];
+  pred: number;
+  compressedTokens: number;
+  bytes: number;
+  compressedBytes: number;
+}
+
+export interface QuestionRecord {
+  subject: string;
+  /** Row of the subject's test split (0-based). */
+  index: number;
+  gold: number;
+  /**
+   * Context tokens prefilled for this question after truncation (summed over its contexts:
+   * a truncated prompt may need one per continuation length).
+   */
+  promptTokens: number;
+  /** Tokens cut from the left of the prompt to fit the model. */
+  truncated: number;
+  /** Tokens in the cache(s) that codecs compress: promptTokens − 1 per context (the last token is fed live). */
+  cacheTokens: number;
+  baseline: { logLik: number[]; pred: number };
+  codecs: Record<string, CodecOutcome>;
+}
