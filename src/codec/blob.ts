@@ -46,7 +46,9 @@ export const MAX_POSITIONS = 2 ** 32;
 export const DEFLATE_MAX_EXPANSION = 1032;
 
 export type SectionKind = 'raw' | 'plan';
-export type EntropyCoder = 'deflate-rle' | 'deflate-huffman' | 'deflate-default' | 'stored';
+/** How plan sections may be entropy-coded (the profile's settings.entropy): the one list. */
+export const ENTROPY_CODERS = ['deflate-rle', 'deflate-huffman', 'deflate-default', 'stored'] as const;
+export type EntropyCoder = (typeof ENTROPY_CODERS)[number];
 
 const DEFLATE_OPTIONS: Record<Exclude<EntropyCoder, 'stored'>, { strategy?: number; level: number }> = {
   'deflate-rle': { strategy: zc.Z_RLE, level: 1 },

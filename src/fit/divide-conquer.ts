@@ -1,5 +1,5 @@
 /** Cuppen's divide and conquer on a symmetric tridiagonal matrix, as steps. Part of eigenSteps (eigen-steps.ts). */
-import type { MatMulRequest } from './eigen.js';
+import type { MatMulRequest } from './eigen-types.js';
 import { tql2 } from './tridiagonal-ql.js';
 
 const DC_LEAF = 32;

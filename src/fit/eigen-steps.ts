@@ -4,7 +4,8 @@
 import { invariant } from '../errors.js';
 import { gemmABt, transpose } from '../math/gemm.js';
 import { dcSteps } from './divide-conquer.js';
-import { descendingResult, type EigenSteps } from './eigen.js';
+import { descendingResult } from './eigen.js';
+import type { EigenSteps } from './eigen-types.js';
 import { tridiagonalizeBlocked } from './householder.js';
 
 export { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';

@@ -30,15 +30,9 @@ import { invariant } from '../errors.js';
 import { transpose } from '../math/gemm.js';
 import { tred2 } from './householder.js';
 import { tql2 } from './tridiagonal-ql.js';
+import type { EigenResult } from './eigen-types.js';
 
-export interface EigenResult {
-  /** [p] eigenvalues, descending. */
-  values: Float64Array;
-  /** [p, p] row-major; column j is the unit eigenvector of values[j]. */
-  vectors: Float64Array;
-  /** [p, p] row-major; row j is the eigenvector of values[j] (= vectorsᵀ, contiguous per vector). */
-  vectorsT: Float64Array;
-}
+export type { EigenResult, EigenSteps, MatMulRequest } from './eigen-types.js';
 
 /** Eigendecomposition of the symmetric A [p, p] (only read, never modified). */
 export function symmetricEigen(A: Float64Array, p: number): EigenResult {
@@ -77,8 +71,3 @@ function fixSigns(vectorsT: Float64Array, p: number): void {
     if (vectorsT[o + best] < 0) for (let k = 0; k < p; k++) vectorsT[o + k] = -vectorsT[o + k];
   }
 }
-
-/** A dense product request: C[m, n] = A[m, k] · B[k, n], row-major float64. */
-/** A dense product request: C[m, n] = A[m, k] · B[k, n], row-major float64. */
-export interface MatMulRequest { A: Float64Array; B: Float64Array; m: number; k: number; n: number }
-export type EigenSteps = Generator<MatMulRequest, EigenResult, Float64Array>;

@@ -3,7 +3,7 @@
  * and tred2 which also accumulates the reflectors) and blocked (tridiagonalizeBlocked, whose
  * panel products are yielded as MatMulRequests). Part of symmetricEigen (eigen.ts).
  */
-import type { MatMulRequest } from './eigen.js';
+import type { MatMulRequest } from './eigen-types.js';
 
 /**
  * Householder reduction to tridiagonal form (the first half of tred2), without accumulating.

@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
-import type { EntropyCoder } from '../codec/blob.js';
+import { fp16BytesPerToken, type EntropyCoder } from '../codec/blob.js';
 import type { RopeSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import type { Manifest } from './schema.js';
@@ -47,5 +47,5 @@ const THREADED_MIN_BYTES = 16 * 1024 * 1024;
 /** Whether a cache of `tokens` tokens is worth the transform thread on this machine. */
 export function useTransformThread(profile: Profile, tokens: number): boolean {
   const m = profile.manifest.model;
-  return availableParallelism() > 1 && tokens * m.layers * 2 * m.kv_heads * m.head_dim * 2 >= THREADED_MIN_BYTES;
+  return availableParallelism() > 1 && tokens * fp16BytesPerToken({ layers: m.layers, kvHeads: m.kv_heads, headDim: m.head_dim }) >= THREADED_MIN_BYTES;
 }

@@ -5,6 +5,7 @@
  * docs/profile-format.md is the human-readable specification.
  */
 import { z } from 'zod';
+import { ENTROPY_CODERS } from '../codec/blob.js';
 
 export const PROFILE_FORMAT = 'kvtc-profile';
 export const PROFILE_FORMAT_VERSION = 1;
@@ -104,7 +105,7 @@ export const ManifestSchema = z
         chunk: z.number().int().positive(),
         seed: z.number().int(),
         granule: z.number().int().positive().describe('dynamic groups start and end on multiples of this'),
-        entropy: z.enum(['deflate-rle', 'deflate-huffman', 'deflate-default', 'stored']).describe('how plan sections were DEFLATEd (decoders just inflate)'),
+        entropy: z.enum(ENTROPY_CODERS).describe('how plan sections were DEFLATEd (decoders just inflate)'),
       })
       .strict(),
     calibration: z
