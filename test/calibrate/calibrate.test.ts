@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { calibrate, type CalibrateResult } from '../../src/calibrate/calibrate.js';
@@ -12,12 +13,15 @@ const SMALL = ['--tokens', '2048', '--heldout', '1024'];
 describe('calibrate on the bundled model', () => {
   let result: CalibrateResult;
   let out: string;
+  let elapsed: number;
   beforeAll(async () => {
     out = join(tempDir('kvtc-cal-'), 'p');
+    const t0 = performance.now();
     result = await calibrate({
       modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8, 16, 20], tokens: 8192, heldout: 2048,
       sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
     });
+    elapsed = (performance.now() - t0) / 1000;
   });
 
   it('writes one profile per ratio from one capture, each within 10% of its target on held-out text', () => {
@@ -39,10 +43,18 @@ describe('calibrate on the bundled model', () => {
     }
   });
 
-  it('reports where the time goes', () => {
-    for (const k of ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write', 'total']) {
-      expect(result.seconds[k]).toBeGreaterThanOrEqual(0);
+  it('reports where the time goes: every stage took time, and the wall-clock stages add up to the total', () => {
+    const s = result.seconds;
+    for (const k of ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'fit_wall', 'allocation', 'measure', 'write', 'total']) {
+      expect(s[k], k).toBeGreaterThan(0);
     }
+    // Disjoint spans of the one calibrate() call: together no more than its total, and nothing large unaccounted.
+    const wall = ['load', 'tokenize', 'forward', 'covariance', 'fit_wall', 'allocation', 'measure', 'write'].reduce((a, k) => a + s[k], 0);
+    expect(wall).toBeLessThanOrEqual(s.total + 1e-6);
+    expect(wall).toBeGreaterThan(0.9 * s.total);
+    expect(s.total).toBeLessThanOrEqual(elapsed + 1e-6);
+    // eigen and error_tables are CPU seconds summed over the bases, run on at most one worker per core.
+    expect(s.eigen + s.error_tables).toBeLessThanOrEqual(s.fit_wall * availableParallelism() + 0.05);
   });
 });
 

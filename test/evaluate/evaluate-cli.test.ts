@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -101,10 +101,17 @@ describe('kvtc evaluate', () => {
     expect(r.stderr).toMatch(/PROFILE_INVALID.*nope does not exist/);
   });
 
-  it('--shots 5 without a dev split is a clear error', async () => {
-    const r = await kvtc('--shots', '6');
+  // --shots 5 with a missing dev split: 'evaluate: bad MMLU data' below (the CLI has no MMLU-dir option).
+  it('--shots 6 is a usage error that says the dev split has 5 examples and suggests 0 or 5', async () => {
+    const r = await kvtc('--shots', '6', '--json');
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--shots 6/);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.error).toMatchObject({ code: 'USAGE', message: "--shots 6: MMLU's dev split has 5 examples per subject", fix: 'Use --shots 0 (the harness default) or 5.' });
+    const plain = await kvtc('--shots', '6');
+    expect(plain.code).toBe(2);
+    expect(plain.stdout).toBe('');
+    expect(plain.stderr).toMatch(/--shots 6: MMLU's dev split has 5 examples per subject/);
+    expect(plain.stderr).toMatch(/--shots 0 \(the harness default\) or 5/);
   });
 
   it('--max-drop: exit 3 when kvtc drops more, 0 when it does not', async () => {
@@ -129,7 +136,7 @@ describe('kvtc evaluate', () => {
     const dir = tempDir();
     const r = await kvtc('--subjects', 'marketing', '--limit', '2', '--codec', 'int8', '--perplexity-tokens', '0', '--report', join(dir, 'r.md'));
     expect(r.code).toBe(0);
-    expect(existsSync(join(dir, 'r.md'))).toBe(true);
+    expect(readdirSync(dir)).toEqual(['r.md']);
     expect(readFileSync(join(dir, 'r.md'), 'utf8')).toMatch(/## Subjects/);
   });
 });

@@ -2,7 +2,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_MODEL_DIR } from '../../src/paths.js';
-import { readProfile, writeProfile, type ManifestDraft } from '../../src/profile/io.js';
+import { orthonormalityError, readProfile, writeProfile, type ManifestDraft } from '../../src/profile/io.js';
+import { planBitsPerToken } from '../../src/codec/types.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { kvtc } from '../model/helpers.js';
 import { copyWith, editTensorDir, MANIFEST, PROFILE, TENSORS, tempDir } from './helpers.js';
@@ -15,10 +16,36 @@ function corruptTensor(d: string, name: string, value: number): void {
 }
 
 describe('reading profiles', () => {
-  it('reads the bundled profile: plans cover every (layer, kind), bases match their manifest shapes', async () => {
+  it('reads the bundled profile: one plan per (layer, kind), each as its manifest entry says, with orthonormal bases', async () => {
     const p = await readProfile(PROFILE);
-    expect(p.plans).toHaveLength(10);
-    for (const plan of p.plans) expect(plan.basis.length).toBe(plan.dim * plan.rank);
+    expect(p.plans.map((q) => `${q.kind}${q.layers.join(',')}`).sort()).toEqual([0, 1, 2, 3, 4].flatMap((l) => [`key${l}`, `value${l}`]).sort());
+    for (const [i, plan] of p.plans.entries()) {
+      const m = p.manifest.plans[i];
+      expect({ kind: plan.kind, layers: plan.layers, dim: plan.dim, rank: plan.rank, groups: plan.groups, budgetBits: plan.budgetBits })
+        .toEqual({ kind: m.kind, layers: m.layers, dim: m.dim, rank: m.rank, groups: m.groups, budgetBits: m.budget_bits });
+      expect(plan.dim).toBe(4 * 8); // one layer × 4 KV heads × head_dim 8
+      expect([plan.mean.length, plan.basis.length, plan.variances.length, plan.lo.length, plan.hi.length]).toEqual([plan.dim, plan.dim * plan.rank, plan.rank, plan.rank, plan.rank]);
+      expect(planBitsPerToken(plan)).toBe(m.bits_per_token);
+      expect(m.bits_per_token).toBeLessThanOrEqual(m.budget_bits);
+      // stored groups in order, without overlap (a gap is a dropped component), the last ending at rank
+      for (const g of plan.groups) expect(g.start).toBeLessThan(g.end);
+      for (let g = 1; g < plan.groups.length; g++) expect(plan.groups[g].start).toBeGreaterThanOrEqual(plan.groups[g - 1].end);
+      expect(plan.groups.at(-1)?.end ?? 0).toBe(plan.rank);
+      expect(orthonormalityError(plan.basis, plan.dim, plan.rank)).toBeLessThan(1e-5);
+      for (let j = 1; j < plan.rank; j++) expect(plan.variances[j]).toBeLessThanOrEqual(plan.variances[j - 1]);
+      for (let j = 0; j < plan.rank; j++) expect(plan.lo[j]).toBeLessThanOrEqual(plan.hi[j]);
+    }
+  });
+
+  it('writing what was read gives back the same tensor bytes and the same plans, value for value', async () => {
+    const p = await readProfile(PROFILE);
+    const { profile_id: _id, tensors: _t, plans: _p, ...draft } = p.manifest;
+    const out = join(tempDir(), 'copy');
+    const written = await writeProfile(out, draft, p.plans);
+    expect(written.profile_id).toBe(p.manifest.profile_id);
+    expect(readFileSync(join(out, TENSORS)).equals(readFileSync(join(PROFILE, TENSORS)))).toBe(true);
+    const back = await readProfile(out);
+    expect(back.plans).toEqual(p.plans);
   });
 
   it('a newer format version names the kvtc version that wrote it and says to upgrade', async () => {
