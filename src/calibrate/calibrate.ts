@@ -6,6 +6,7 @@
  * allocation, measurement and profile.
  */
 import { join } from 'node:path';
+import { BUDGET_SCALE_STEPS, searchBudgetScale } from './budget-scale.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { gatherFeatures } from '../fit/features.js';
@@ -256,17 +257,8 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     // Sizing needs no model graphs: the held-out coefficients on the full basis are already in
     // the tables, so each candidate is quantized, packed and deflated exactly as encode does.
     const measureAt = (scale: number) => blobSizeRatio(plansFor(scale), plansBase.map((b) => b.state.tables!), heldCaches, spec, opts.sink, opts.window, entropy);
-    // ratio ≈ k / budget, so step scale ← scale · (measured / target)^γ, halving γ when a step
-    // does not improve (bits are integers, so the map is a staircase).
-    let best = { scale: 1, ratio: measureAt(1) };
-    let gamma = 1;
-    for (let it = 0; it < 10 && Math.abs(best.ratio / ratio - 1) > 0.005; it++) {
-      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: 10, unit: 'steps', detail: `measured ${best.ratio.toFixed(2)}x at budget scale ${best.scale.toFixed(3)}` });
-      const scale = Math.min(8, Math.max(0.05, best.scale * (best.ratio / ratio) ** gamma));
-      const r = measureAt(scale);
-      if (Math.abs(r / ratio - 1) < Math.abs(best.ratio / ratio - 1)) best = { scale, ratio: r };
-      else gamma /= 2;
-    }
+    const best = searchBudgetScale(measureAt, ratio, (it, b) =>
+      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: BUDGET_SCALE_STEPS, unit: 'steps', detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}` }));
     lap('allocation');
     const plans = plansFor(best.scale);
     progress({ stage: `measuring ${ratio}x on held-out text` });
