@@ -3,6 +3,7 @@
  * `commands/<verb>.js`, so `kvtc --help` never loads onnxruntime's native addon.
  */
 import { Command, Option } from 'commander';
+import { DEFAULT_MODEL_OPTION } from '../model/model-files.js';
 import { DEVICES } from '../onnx/devices.js';
 import { VERSION } from '../version.js';
 import type { CliIO } from './io.js';
@@ -63,7 +64,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
 
   sub('calibrate')
     .description('Fit a KVTC profile for a model: capture KV on calibration text, fit PCA bases, solve the bit allocation, write the profile.\nWith no arguments: the bundled stories260K model on calibration-data/, written to kvtc-profiles/<model>/.')
-    .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', 'the bundled stories260K')
+    .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', DEFAULT_MODEL_OPTION)
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
     .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
     .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
@@ -159,7 +160,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
 
   sub('bench')
     .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.\nThe random GQA model and the profiles it builds are kept in $KVTC_BENCH_CACHE (default $TMPDIR/kvtc-bench, ~700 MB) for the next run; --clear-cache removes them.')
-    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
     .option('--tokens <n>', 'tokens of cache to benchmark codecs on (≥ 16)', '4096')
     .option('--repeats <n>', 'repetitions per measurement, 1–1000 (median, min, max reported)', '5')
@@ -175,7 +176,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
 
   sub('capture')
     .description('Run a model on a text file and save its KV cache as safetensors (present.{i}.key|value).')
-    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
     .requiredOption('--text <file>', 'UTF-8 text file to prefill')
     .requiredOption('--out <file>', 'output .safetensors')
     .option('--max-tokens <n>', 'truncate the prompt to this many tokens')
@@ -190,7 +191,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
 
   sub('generate')
     .description('Generate a continuation of a prompt (greedy by default), to check a model is alive.')
-    .option('--model <dir>', 'model directory', 'the bundled stories260K')
+    .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
     .requiredOption('--prompt <text>', 'prompt text')
     .option('--max-new-tokens <n>', 'tokens to generate (0–100000)', '100')
     .option('--temperature <t>', 'sampling temperature, 0–100; 0 = greedy', '0')
