@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /**
  * Typed errors. The core throws these; only src/cli/main.ts maps them to exit codes.
  * Every error names the problem (message), the offending value (context) and what to

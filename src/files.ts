@@ -1,3 +1,4 @@
+// Tested by test/codec/encode-decode-cli.test.ts and test/acceptance/pinned-bytes.test.ts.
 /**
  * The file-level jobs behind `kvtc encode` and `kvtc decode`: read a profile and a cache (or a
  * blob), run the codec, write the result atomically. The codec — ONNX Runtime sessions and,

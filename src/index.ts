@@ -1,3 +1,4 @@
+// Tested by test/api/package.test.ts.
 /**
  * kvtc as a library: the same functions the CLI calls, typed (docs/api.md). Everything here takes
  * options and returns results; nothing prints or exits. Errors are KvtcError with a stable `code`,

@@ -1,3 +1,4 @@
+// Tested by test/api/package.test.ts.
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 

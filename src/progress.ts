@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /** Progress reporting from the core: a callback, never printing (the CLI draws it). */
 export interface ProgressEvent {
   stage: string;

@@ -1,3 +1,4 @@
+// Tested by test/calibrate/sequences.test.ts.
 /** mulberry32: a small, fast, seeded 32-bit PRNG, uniform in [0, 1); every --seed in kvtc uses it. */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;

@@ -1,3 +1,4 @@
+// Tested by test/model/cli.test.ts (bad option values) and test/cli/contract.test.ts.
 import type { z } from 'zod';
 import { UsageError } from './errors.js';
 

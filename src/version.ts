@@ -1,3 +1,4 @@
+// Tested by test/api/package.test.ts.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from './paths.js';

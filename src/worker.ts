@@ -1,3 +1,4 @@
+// Tested by test/codec/range.test.ts (threaded codec) and test/calibrate/calibrate.test.ts.
 import { Worker } from 'node:worker_threads';
 
 /**

@@ -1,3 +1,4 @@
+// Tested by test/bench/bench.test.ts.
 /** KvCache helpers for the bench: prefixes, byte counts, reconstruction error. */
 import { floatToHalf } from '../io/fp16.js';
 import type { KvCache } from '../model/types.js';

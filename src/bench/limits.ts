@@ -1,3 +1,4 @@
+// Tested by test/bench/bench.test.ts.
 /**
  * The physical limits kvtc's codec speed is measured against, on the same bytes: a memcpy of
  * the raw fp16 cache, and zlib (Z_RLE, the strategy kvtc's blobs use) deflate/inflate of it.

@@ -1,3 +1,4 @@
+// Tested by test/bench/bench.test.ts.
 /**
  * The models the bench runs on: the bundled stories260K with its profile, and a random-weight
  * GQA Llama large enough for the codec and restore-vs-recompute timings to mean something.

@@ -1,3 +1,4 @@
+// Tested by test/bench/bench.test.ts.
 /**
  * `kvtc bench`: for one cache per model, in one run — codec throughput against memcpy and
  * zlib, ratio and error of kvtc and the baseline codecs, restore (decode a blob) versus

@@ -1,3 +1,4 @@
+// Tested by test/bench/bench.test.ts.
 /** Repeated timings: median with min and max, as the bench reports every figure. */
 export interface Summary {
   median: number;

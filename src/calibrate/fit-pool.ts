@@ -1,3 +1,4 @@
+// Tested by test/calibrate/calibrate.test.ts and test/acceptance/pinned-bytes.test.ts.
 /**
  * Fits bases in parallel: each basis's eigendecomposition and held-out error tables are
  * independent, CPU-bound JavaScript, so they run on worker threads (one per core). Small

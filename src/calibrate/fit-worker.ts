@@ -1,3 +1,4 @@
+// Tested by test/calibrate/calibrate.test.ts.
 /** Worker thread: eigendecomposition + held-out error tables of one basis (see fit-pool.ts). */
 import { parentPort } from 'node:worker_threads';
 import { fitBasisTables, type FitJob } from './fit-pool.js';

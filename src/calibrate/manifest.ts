@@ -1,3 +1,4 @@
+// Tested by test/calibrate/calibrate.test.ts and test/acceptance/pinned-bytes.test.ts.
 /** The profile manifest a calibration run writes (everything but the parts serializeProfile adds). */
 import type { EntropyCoder } from '../codec/blob.js';
 import type { ModelDescription } from '../model/load.js';

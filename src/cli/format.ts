@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /** Small formatting helpers for terminal tables. */
 export function fmtBytes(n: number): string {
   if (n < 1024) return `${n} B`;

@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /** What a command may do to the terminal. Injected so tests run commands in-process. */
 export interface CliIO {
   out: (text: string) => void;

@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /**
  * kvtc's JSON output contract (README, "Output contract"): with --json, stdout carries exactly one
  * JSON document per run. Success: the command's result object. Failure: {"error": {code, message,

@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 import { CommanderError } from 'commander';
 import { KvtcError, UsageError, isKvtcError } from '../errors.js';
 import { errorDocument, jsonText } from './json.js';

@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 /**
  * Option value schemas shared by every command, with messages in kvtc's words: each names the
  * valid range (parseOptions adds the option and the bad value). Commander hands values over as

@@ -1,3 +1,4 @@
+// Tested by test/cli/contract.test.ts.
 import ora, { type Ora } from 'ora';
 import type { ProgressEvent, ProgressFn } from '../progress.js';
 import type { CliIO } from './io.js';

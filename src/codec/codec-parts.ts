@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts.
 /** What the encode and decode pipelines share from a KvtcCodec (codec.ts builds it once). */
 import type { RopeSpec } from '../model/types.js';
 import type { BlobLayout, EntropyCoder } from './blob.js';

@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts, test/codec/blob-fuzz.test.ts and test/acceptance/pinned-bytes.test.ts.
 /**
  * The decode pipeline: parseBlob bounds the untrusted blob before anything is allocated, the raw
  * section is restored, and each plan's payload is unpacked and reconstructed by its graph; the

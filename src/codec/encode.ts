@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts, test/codec/range.test.ts and test/acceptance/pinned-bytes.test.ts.
 /**
  * The encode pipeline: check the values (finite; compressed tokens within the profile's range,
  * range.ts); tokens [0, sink) and [T−window, T) → raw section (raw-section.ts); tokens

@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts.
 /**
  * The codec's matrix work as ONNX graphs, so the same path runs on ONNX Runtime's CPU and
  * CUDA providers. One encode and one decode graph per basis plan, over its k stored

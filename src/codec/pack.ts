@@ -1,3 +1,4 @@
+// Tested by test/codec/payload.test.ts.
 /**
  * Bit-packing of quantization codes. codes: Uint8Array of values < 2^bits, one per byte.
  * Packed little-endian within a byte: code k of a byte occupies bits [k*bits, (k+1)*bits).

@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts and test/codec/range.test.ts (threaded codecs).
 /** Worker thread holding a codec's ONNX Runtime sessions (see transform.ts). */
 import { parentPort } from 'node:worker_threads';
 import type * as ortTypes from 'onnxruntime-node';

@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts and test/codec/range.test.ts.
 /**
  * Runs the codec's encode/decode graphs. Inline: sessions on the calling thread. Threaded:
  * the sessions live on a worker thread, so the ONNX Runtime matmuls of one basis overlap the

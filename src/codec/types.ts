@@ -1,3 +1,4 @@
+// Tested by test/codec/payload.test.ts.
 /**
  * Shared codec types. A profile holds one BasisPlan per (layer group, kind).
  *

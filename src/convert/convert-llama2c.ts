@@ -1,3 +1,4 @@
+// Tested by test/convert/stories260k.test.ts.
 /**
  * llama2.c checkpoint + tokenizer.bin → Optimum-layout ONNX model directory
  * (how models/stories260k was made).

@@ -1,3 +1,4 @@
+// Tested by test/convert/random-llama.test.ts.
 /**
  * Builds a Llama decoder as a standard-ops ONNX graph (opset 17) in the Optimum
  * decoder-with-past layout:

@@ -1,3 +1,4 @@
+// Tested by test/convert/llama2c.test.ts.
 /**
  * llama2.c's tokenizer.bin (int32 max_token_length, then per token: float32 score, int32 len,
  * len bytes) → a Hugging Face tokenizer.json equivalent to a slow-converted Llama

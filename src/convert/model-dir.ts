@@ -1,3 +1,4 @@
+// Tested by test/convert/stories260k.test.ts.
 /**
  * Writes an Optimum-layout model directory (config.json, generation_config.json,
  * tokenizer.json, tokenizer_config.json, onnx/model.onnx) atomically and deterministically:

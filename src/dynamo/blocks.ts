@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * KV cache ↔ kernel rows. The Dynamo kernels compress one block pointer per row, reading
  * `features` = kv_heads · head_dim · tokens_per_block contiguous elements (cuda/kvtc_kernels.cu,

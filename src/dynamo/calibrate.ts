@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * `kvtc calibrate --target dynamo`: a profile the NVIDIA Dynamo KVTC kernels can run.
  *

@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * Running a whole KV cache through the emulated Dynamo kernels, the way KVBM would hand them
  * blocks: per (layer, K|V) basis, one kvtc_compress call over the cache's full blocks (rows in

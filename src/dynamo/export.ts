@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * `kvtc export --format dynamo`: a dynamo profile → what NVIDIA Dynamo's KVTC kernels load.
  *

@@ -1,3 +1,4 @@
+// Tested by test/dynamo/allocate.test.ts.
 /**
  * Fitting one basis for the Dynamo kernels: eigenbasis of the block covariance → float32 mean and
  * projection as the kernels will hold them → held-out coefficients exactly as their SGEMM hands

@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * The dynamo profile: a directory with kvtc-dynamo.json (schema.ts DynamoManifestSchema) and
  * kvtc-dynamo.safetensors (per basis, float32: `layers.{l}.{key|value}.mean` [features],

@@ -1,3 +1,4 @@
+// Tested by test/dynamo/calibrate-export.test.ts.
 /**
  * File formats of src/dynamo, validated at read time (both are untrusted input: every number is
  * bounded before anything is allocated from it).

@@ -1,3 +1,4 @@
+// Tested by test/dynamo/allocate.test.ts.
 /**
  * Measured error tables for the Dynamo kernels' quantizers, the input of the bit allocation.
  *

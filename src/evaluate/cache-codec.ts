@@ -1,3 +1,4 @@
+// Tested by test/evaluate/perplexity-proxy.test.ts.
 /** What evaluate asks of a codec: reconstruct a cache with honest byte counts. Types only, so codecs in any folder implement it without an import cycle. */
 import type { KvCache } from '../model/types.js';
 

@@ -1,3 +1,4 @@
+// Tested by test/evaluate/evaluate-cli.test.ts and test/evaluate/scoring.test.ts.
 /**
  * The codecs evaluate compares, behind one interface (CacheCodec): kvtc with a profile (or one
  * profile per ratio of a sweep), the baselines (fp16, int8, int4, KIVI-2), NVIDIA Dynamo's KVTC

@@ -1,3 +1,4 @@
+// Tested by test/evaluate/perplexity-proxy.test.ts.
 /**
  * Perplexity on held-out text (WikiText-2 test) with and without a compressed cache.
  *

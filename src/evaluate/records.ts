@@ -1,3 +1,4 @@
+// Tested by test/evaluate/scoring.test.ts.
 /** What evaluate records per question: every codec's outcome next to the uncompressed run's. */
 
 export interface CodecOutcome {

@@ -1,3 +1,4 @@
+// Tested by test/evaluate/evaluate-cli.test.ts and test/evaluate/longcontext.test.ts.
 /**
  * Renders an evaluate result (summary.ts's numbers) as table rows, notes and a Markdown
  * report. Pure: no I/O.

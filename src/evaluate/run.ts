@@ -1,3 +1,4 @@
+// Tested by test/evaluate/evaluate-cli.test.ts, test/evaluate/scoring.test.ts and test/evaluate/longcontext.test.ts.
 /**
  * `kvtc evaluate`, the core: paired MMLU runs (uncompressed cache vs each codec's
  * reconstruction of the same cache, same questions) and WikiText-2 perplexity. Returns

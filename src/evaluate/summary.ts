@@ -1,3 +1,4 @@
+// Tested by test/evaluate/evaluate-cli.test.ts and test/evaluate/scoring.test.ts.
 /**
  * Turns per-question records into the numbers `kvtc evaluate` reports (per subject, per
  * group, overall). Pure: no I/O. Rendering is report.ts.

@@ -1,3 +1,4 @@
+// Tested by test/evaluate/longcontext.test.ts ("sweep plot").
 /**
  * A ratio sweep: every codec of one evaluate run (kvtc profiles at several ratios, and the
  * baselines) against the same uncompressed run, as rows and as an SVG figure in the manner of the

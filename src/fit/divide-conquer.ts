@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 /** Cuppen's divide and conquer on a symmetric tridiagonal matrix, as steps. Part of eigenSteps (eigen-steps.ts). */
 import type { MatMulRequest } from './eigen-types.js';
 import { tql2 } from './tridiagonal-ql.js';

@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 /**
  * symmetricEigenAsync: the large-p eigensolver (eigen.ts eigenSteps: reduction, divide and
  * conquer, blocked back-transform) with its dense products on an ONNX Runtime float64 MatMul

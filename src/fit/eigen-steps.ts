@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 // Large p: reduction without accumulation, divide-and-conquer on T, blocked back-transform.
 // Written as a generator that yields its dense products, so the same code runs with plain-JS
 // products (test/fit/eigen-reference.ts) or ONNX Runtime float64 MatMul (eigen-ort.ts).

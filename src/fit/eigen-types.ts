@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 /** The contract every eigen algorithm in src/fit/ shares (types only: the algorithm files import it instead of one another). */
 
 export interface EigenResult {

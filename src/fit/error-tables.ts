@@ -1,3 +1,4 @@
+// Tested by test/fit/dp.test.ts.
 /**
  * Measured squared error of every quantization choice on held-out projections.
  *

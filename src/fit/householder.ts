@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 /**
  * Householder reduction of a symmetric matrix to tridiagonal form: unblocked (tridiagonalize,
  * and tred2 which also accumulates the reflectors) and blocked (tridiagonalizeBlocked, whose

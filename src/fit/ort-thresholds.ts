@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts and test/fit/covariance.test.ts.
 /**
  * Where calibration's dense linear algebra switches from plain JS to ONNX Runtime: the one home
  * of these thresholds (measured on a shared 2-core box, docs/benchmarks.md).

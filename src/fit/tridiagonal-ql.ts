@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts.
 /** Implicit-shift QL on a symmetric tridiagonal matrix (tql2 of EISPACK via JAMA). Part of symmetricEigen (eigen.ts). */
 import { invariant } from '../errors.js';
 

@@ -1,3 +1,4 @@
+// Tested by test/profile/profile-io.test.ts and test/codec/encode-decode-cli.test.ts.
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';

@@ -1,3 +1,4 @@
+// Tested by test/codec/encode-decode-cli.test.ts and test/model/cli.test.ts.
 /**
  * Output paths are checked before any work starts, so a long run never ends in "cannot write":
  * the nearest existing ancestor must be a writable directory (missing parents are created at

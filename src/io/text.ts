@@ -1,3 +1,4 @@
+// Tested by test/model/text.test.ts and test/model/text-stream.test.ts.
 /**
  * Reads calibration / prompt text: a file, or a directory of *.txt files (sorted by name).
  * Text must be UTF-8 (checked strictly: a bad byte is reported with its offset), without NUL bytes

@@ -1,3 +1,4 @@
+// Tested by test/fit/eigen.test.ts and test/fit/covariance.test.ts.
 /**
  * Plain-JS dense products on float64, tiled 4x4 in registers with contiguous inner loops
  * (the layout V8 optimizes best). Used where ONNX Runtime is not worth a session.

@@ -1,3 +1,4 @@
+// Tested by test/model/cli.test.ts (bad model directories).
 /** The decoder graph's inputs and outputs: their names (Optimum or genai), the KV dtype and the ids type, checked against the config. */
 import onnxProto from 'onnx-proto';
 import { KvtcError } from '../errors.js';

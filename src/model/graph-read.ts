@@ -1,3 +1,4 @@
+// Tested by test/model/runner.test.ts and test/model/cli.test.ts.
 /** Reading an ONNX graph and its initializers (weights beside the graph included). */
 import { open, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

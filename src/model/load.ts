@@ -1,3 +1,4 @@
+// Tested by test/model/runner.test.ts and test/model/cli.test.ts.
 /**
  * Loads a model directory: finds its files (model-files.ts), reads the graph and checks its
  * inputs and outputs (graph-read.ts, graph-io.ts), recovers RoPE (src/rope/graph-rope.ts), and

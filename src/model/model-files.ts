@@ -1,3 +1,4 @@
+// Tested by test/model/model-dir-option.test.ts and test/model/cli.test.ts.
 /**
  * Finding a model directory's files: the --model option (a phrase for the bundled model, a
  * local path, never a Hub id), the model's name, and its config and ONNX graph for Optimum /

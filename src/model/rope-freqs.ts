@@ -1,3 +1,4 @@
+// Tested by test/rope/rope-table.test.ts.
 import type { RopeSpec } from './types.js';
 
 /**

@@ -1,3 +1,4 @@
+// Tested by test/model/text.test.ts and test/calibrate/sequences.test.ts.
 /**
  * Tokenizer from tokenizer.json (+ tokenizer_config.json) via @huggingface/tokenizers.
  * BOS is added as the tokenizer config says (`add_bos_token`), else as tokenizer.json's

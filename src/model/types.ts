@@ -1,3 +1,4 @@
+// Tested by test/model/kv-io.test.ts.
 /** Normalized description of a decoder-only model, derived from config.json or genai_config.json. */
 
 export type KvDtype = 'float32' | 'float16';

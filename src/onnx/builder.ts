@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts.
 /**
  * A small ONNX graph builder on top of onnx-proto (protobufjs). Used for the bundled model
  * conversion, random-weight test models, and the codec's encode/decode graphs.

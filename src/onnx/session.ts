@@ -1,3 +1,4 @@
+// Tested by test/model/runner.test.ts and test/model/cli.test.ts (DEVICE_UNAVAILABLE).
 /**
  * ONNX Runtime backend: execution-provider selection and session creation. A requested
  * provider that is not installed is a clear error, never a silent CPU fallback.

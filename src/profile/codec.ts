@@ -1,3 +1,4 @@
+// Tested by test/codec/codec.test.ts.
 import { availableParallelism } from 'node:os';
 import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
 import { fp16BytesPerToken, type EntropyCoder } from '../codec/blob.js';

@@ -1,3 +1,4 @@
+// Tested by test/profile/profile-io.test.ts.
 /**
  * Reading and writing profiles: a directory with kvtc-profile.json (manifest, see schema.ts)
  * and kvtc-profile.safetensors (per plan: mean [p], basis [p, r], variances/lo/hi [r], F32).

@@ -1,3 +1,4 @@
+// Tested by test/profile/invalid-profiles.test.ts.
 /**
  * Profile checks behind `kvtc validate`: every integrity check readProfile runs (io.ts
  * checkProfile, here collecting every failure instead of stopping at the first, with the exact

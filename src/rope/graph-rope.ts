@@ -1,3 +1,4 @@
+// Tested by test/model/runner.test.ts and test/model/config.test.ts (genai RoPE from the graph).
 /**
  * RoPE recovered from an ONNX graph. RoPE must be known exactly (keys are un-rotated before
  * PCA). For genai exports the config has no RoPE settings, so they are read from the graph: the
