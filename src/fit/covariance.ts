@@ -10,11 +10,9 @@
  *  - 'js': float64 4x4-register-tiled dot products on the transposed chunk (exact-ish, no deps);
  *  - 'ort': float32 Gemm(transA=1) on ONNX Runtime per chunk of <= 1024 centred tokens,
  *    accumulated into float64 here. Chunks are centred, so float32 partial sums over 1024
- *    tokens lose ~1e-6 relative, far below sampling noise. 1024-token chunks measured 65
- *    GFLOP/s vs 39 for 512 (the float64 accumulation of the p² result is amortized better).
- * Measured on this 2-core box (p=1024, 16384 tokens), see test/fit/covariance.test.ts and
- * the report: js ≈ 3.2 GFLOP/s on the upper triangle (≈ 5.3 s per 16k tokens),
- * ort ≈ 65 GFLOP/s (≈ 0.5 s per 16k tokens).
+ *    tokens lose ~1e-6 relative, far below sampling noise; 1024-token chunks amortize the
+ *    float64 accumulation of the p² result better than 512.
+ * Timings of both kernels: docs/benchmarks.md, "Calibration kernels".
  */
 import type * as ortTypes from 'onnxruntime-node';
 import { invariant } from '../errors.js';

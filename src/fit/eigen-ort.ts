@@ -1,9 +1,9 @@
 // Tested by test/fit/eigen.test.ts.
 /**
- * symmetricEigenAsync: the large-p eigensolver (eigen.ts eigenSteps: reduction, divide and
- * conquer, blocked back-transform) with its dense products on an ONNX Runtime float64 MatMul
- * (25–60 GFLOP/s on CPU vs ~4 for the plain-JS GEMM). Below LARGE_EIGEN_MIN_P it is exactly
- * symmetricEigen.
+ * symmetricEigenAsync: the large-p eigensolver (eigen-steps.ts eigenSteps: reduction, divide
+ * and conquer, blocked back-transform) with its dense products on an ONNX Runtime float64
+ * MatMul (timings: docs/benchmarks.md, "Calibration kernels"). Below LARGE_EIGEN_MIN_P it is
+ * exactly symmetricEigen.
  */
 import { GraphBuilder } from '../onnx/builder.js';
 import { createSession, ort } from '../onnx/session.js';

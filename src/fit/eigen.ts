@@ -7,8 +7,7 @@
  * accumulation, and the QL Givens rotations on pairs of eigenvectors) is a contiguous row.
  * Eigenvectors come out as rows of W and are transposed once at the end.
  *
- * Measured on a shared 2-core box, Node 20: p=32 11 ms, p=256 75 ms, p=1024 3.2 s
- * (tred2 1.8 s + tql2 1.4 s; residual |Av - λv| ≤ 1e-12). ml-matrix's EVD: ~15 s at 1024.
+ * Timings (against ml-matrix's EVD too): docs/benchmarks.md, "Calibration kernels".
  * A truncated (top-k) route was not taken: the DP may keep any component up to
  * k = budget/2 = 8p/ratio (static int2 costs 2 bits), i.e. all p components for ratios
  * ≤ 8, so the full spectrum is needed for the usual targets anyway.
@@ -20,11 +19,8 @@
  * For p ≥ LARGE_EIGEN_MIN_P the calibration path (eigen-ort.ts symmetricEigenAsync) runs
  * eigenSteps instead: blocked Householder reduction without accumulation (panel updates as
  * dense products), divide and conquer on the tridiagonal (deflation + Gu–Eisenstat ẑ), and a
- * compact-WY blocked back-transform, with the dense products on ONNX Runtime float64 MatMul.
- * Same box, same run: p=384 239 → 75 ms, p=512 564 → 175 ms, p=1024 4.36 s → 0.91 s
- * (0.95 s with one ORT thread, as in the calibration workers; 2.2 s with the plain-JS GEMM);
- * residual |AV − VΛ|/‖A‖ ≤ 2.1e-15, |VᵀV − I| ≤ 8e-15. The sync symmetricEigen keeps
- * tred2/tql2 at every p.
+ * compact-WY blocked back-transform, with the dense products on ONNX Runtime float64 MatMul
+ * (eigen-steps.ts). The sync symmetricEigen keeps tred2/tql2 at every p.
  */
 import { invariant } from '../errors.js';
 import { transpose } from '../math/gemm.js';

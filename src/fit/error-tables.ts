@@ -18,8 +18,7 @@
  *    ≤ 0.125 bit/component, so longer groups gain almost nothing. Dynamic errors are measured
  *    on a strided subsample of ≤ `dynamicTokens` held-out tokens and scaled to H.
  *
- * Cost at p = 1024, H = 2048 (2-core box): 2.3 s before the bin walk of the static range
- * search and the incremental dynamic groups, 0.7 s after, with bit-identical tables.
+ * Cost: docs/benchmarks.md, "Calibration kernels".
  */
 import { invariant } from '../errors.js';
 import { halfToFloat } from '../io/fp16.js';
