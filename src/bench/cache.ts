@@ -1,11 +1,12 @@
 // Tested by test/bench/bench.test.ts.
 /** KvCache helpers for the bench: prefixes, byte counts, reconstruction error. */
+import { fp16BytesPerToken } from '../codec/blob.js';
 import { floatToHalf } from '../io/fp16.js';
 import type { KvCache } from '../model/types.js';
 
 /** fp16 bytes of a cache: the unit every ratio and MB/s figure is measured in. */
 export function fp16Bytes(c: Pick<KvCache, 'layers' | 'kvHeads' | 'headDim' | 'tokens'>): number {
-  return c.layers * 2 * c.kvHeads * c.headDim * c.tokens * 2;
+  return fp16BytesPerToken(c) * c.tokens;
 }
 
 /** The cache of the first `tokens` tokens (a causal model's cache of a prefix is a prefix of its cache). */

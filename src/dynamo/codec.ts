@@ -115,7 +115,7 @@ export function dynamoCodec(profile: DynamoProfile, opts: { dtype?: BlockDtype }
     recent: 0,
     async apply(cache: KvCache): Promise<Reconstruction> {
       const { cache: restored, stats } = applyDynamo(setup, cache, opts);
-      const perToken = cache.layers * 2 * cache.kvHeads * cache.headDim * 2;
+      const perToken = fp16BytesPerToken(cache);
       const raw = (cache.tokens - stats.compressedTokens) * perToken;
       return { cache: restored, compressedTokens: stats.compressedTokens, bytes: stats.compressedBytes + raw, compressedBytes: stats.compressedBytes };
     },
