@@ -7,8 +7,9 @@
  * error (the basis is orthonormal, so this equals the squared error in feature space).
  *
  *  - 'none' (dropped): Σ c².
- *  - static (per component, independent): error with the clip range fitted by fitStaticRange
- *    for that type. Static groups have no per-token overhead, so a static group's error and
+ *  - static (per component, independent): error with the static range of that type: the clip
+ *    fitted by the candidate search where it beats min/max out of fold (two folds: the first and
+ *    second half of the rows), else min/max (crossValidatedRange). Static groups have no per-token overhead, so a static group's error and
  *    cost are sums over its components and the DP may start/end them anywhere (granule 1).
  *  - dynamic (per candidate group [s, e)): the group's per-token joint min/max sets the range,
  *    so each candidate is measured on the data. To keep this tractable at p = 1024, start and
@@ -23,7 +24,7 @@
 import { invariant } from '../errors.js';
 import { halfToFloat } from '../io/fp16.js';
 import { STORED_TYPES, dynamicHalves, intLevels } from '../codec/quant.js';
-import { affineSquaredError, fitStaticRangeFrom, rangeCandidates, staticSquaredError } from './static-range.js';
+import { affineSquaredError, crossValidatedRange, rangeCandidates, staticSquaredError } from './static-range.js';
 
 export interface ErrorTables {
   /** Components p (columns of C). */
@@ -41,6 +42,8 @@ export interface ErrorTables {
   /** [4, p] fitted static ranges per type. */
   staticLo: Float32Array;
   staticHi: Float32Array;
+  /** [4, p] 1 where the static range is the tuned clip, 0 where it is min/max (crossValidatedRange). */
+  staticTuned: Uint8Array;
   /** [ceil(p/g), maxGranules, 4] error of group [k·g, min(k·g + m·g, p)); Infinity where not a valid group. */
   dynamicErr: Float64Array;
 }
@@ -74,7 +77,9 @@ export function buildErrorTables(C: Float32Array, H: number, p: number, opts: Er
   const staticErr = new Float64Array(4 * p);
   const staticLo = new Float32Array(4 * p);
   const staticHi = new Float32Array(4 * p);
+  const staticTuned = new Uint8Array(4 * p);
   const col = new Float64Array(H);
+  const half = Math.floor(H / 2);
   for (let j = 0; j < p; j++) {
     let e0 = 0;
     for (let t = 0; t < H; t++) {
@@ -84,18 +89,23 @@ export function buildErrorTables(C: Float32Array, H: number, p: number, opts: Er
     }
     none[j] = e0;
     const cands = rangeCandidates(col);
+    const a = col.subarray(0, half);
+    const b = col.subarray(half, H);
+    const foldA = { cands: rangeCandidates(a), values: a };
+    const foldB = { cands: rangeCandidates(b), values: b };
     for (let ti = 0; ti < 4; ti++) {
       const type = STORED_TYPES[ti];
-      const { lo, hi } = fitStaticRangeFrom(cands, type);
+      const { lo, hi, source } = crossValidatedRange(cands, col, foldA, foldB, type);
       staticLo[ti * p + j] = lo;
       staticHi[ti * p + j] = hi;
+      staticTuned[ti * p + j] = source === 'tuned' ? 1 : 0;
       staticErr[ti * p + j] = staticSquaredError(col, H, lo, hi, type);
     }
   }
 
   const starts = Math.ceil(p / granule);
   const dynamicErr = new Float64Array(starts * maxGranules * 4).fill(Infinity);
-  const tables: ErrorTables = { dim: p, tokens: H, granule, maxGranules, none, staticErr, staticLo, staticHi, dynamicErr };
+  const tables: ErrorTables = { dim: p, tokens: H, granule, maxGranules, none, staticErr, staticLo, staticHi, staticTuned, dynamicErr };
   for (let k = 0; k < starts; k++) {
     for (let m = 1; m <= maxGranules; m++) {
       if (k * granule + (m - 1) * granule >= p) break;

@@ -151,6 +151,63 @@ export function fitStaticRangeFrom(c: RangeCandidates, type: StoredType): { lo: 
   return { lo: Math.fround(bestLo), hi: Math.fround(bestHi) };
 }
 
+/** Where a component's static range came from: the tuned clip search, or the plain min/max. */
+export type RangeSource = 'tuned' | 'minmax';
+
+/** [min, max] of values[0, n), float32-rounded outward so no value is clipped by the rounding. */
+export function minMaxRange(values: Float64Array, n = values.length): { lo: number; hi: number } {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const x = values[i];
+    if (x < lo) lo = x;
+    if (x > hi) hi = x;
+  }
+  if (!(lo <= hi)) return { lo: 0, hi: 0 };
+  let l = Math.fround(lo);
+  let h = Math.fround(hi);
+  if (l > lo) l = nextFloat32Down(l);
+  if (h < hi) h = nextFloat32Up(h);
+  return { lo: l, hi: h };
+}
+
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);
+function nextFloat32Up(x: number): number {
+  if (x === 0) return 1.401298464324817e-45;
+  F32[0] = x;
+  U32[0] += x > 0 ? 1 : -1;
+  return F32[0];
+}
+function nextFloat32Down(x: number): number {
+  return -nextFloat32Up(-x);
+}
+
+/**
+ * The static range of one component and type, chosen on tokens the clip search did not see.
+ * The candidate search (fitStaticRangeFrom) minimizes the error on the values it is given, and
+ * at high rates (int8, fp8: many levels, small rounding error) the clip it finds fits the
+ * tails of those values rather than of the distribution: on unseen text it can lose to plain
+ * min/max. So the search is cross-validated in two folds: tuned on half A and measured on half
+ * B, tuned on B and measured on A, against min/max taken the same way. The tuned range is kept
+ * (refitted on all values) only where it has the smaller out-of-fold error; elsewhere min/max of
+ * all values. `all` are the values, `a` and `b` the two folds (a ∪ b = all, disjoint).
+ */
+export function crossValidatedRange(
+  all: RangeCandidates, allValues: Float64Array, a: { cands: RangeCandidates; values: Float64Array }, b: { cands: RangeCandidates; values: Float64Array }, type: StoredType,
+): { lo: number; hi: number; source: RangeSource } {
+  if (a.values.length === 0 || b.values.length === 0) return { ...fitStaticRangeFrom(all, type), source: 'tuned' };
+  const err = (v: Float64Array, r: { lo: number; hi: number }) => staticSquaredError(v, v.length, r.lo, r.hi, type);
+  const tunedA = fitStaticRangeFrom(a.cands, type);
+  const tunedB = fitStaticRangeFrom(b.cands, type);
+  const mmA = minMaxRange(a.values);
+  const mmB = minMaxRange(b.values);
+  const tuned = err(b.values, tunedA) + err(a.values, tunedB);
+  const minmax = err(b.values, mmA) + err(a.values, mmB);
+  if (tuned < minmax) return { ...fitStaticRangeFrom(all, type), source: 'tuned' };
+  return { ...minMaxRange(allValues), source: 'minmax' };
+}
+
 /** Every finite fp8 value in ascending order (253: ±magnitudes of codes 1..126 and 0). */
 const FP8_SORTED: Float64Array = (() => {
   const a = new Float64Array(253);

@@ -14,7 +14,7 @@ function randomTables(p: number, seed: number): ErrorTables {
   for (let ti = 0; ti < 4; ti++) for (let j = 0; j < p; j++) staticErr[ti * p + j] = none[j] * bitsFactor[ti] * (0.5 + uniform());
   const t: ErrorTables = {
     dim: p, tokens: 1, granule: 1, maxGranules: p, none, staticErr,
-    staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p),
+    staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p), staticTuned: new Uint8Array(4 * p),
     dynamicErr: new Float64Array(p * p * 4).fill(Infinity),
   };
   for (let s = 0; s < p; s++) for (let e = s + 1; e <= p; e++) for (let ti = 0; ti < 4; ti++) {
@@ -135,7 +135,7 @@ describe('allocateBits', () => {
     const big: ErrorTables = {
       dim: p, tokens: 1, granule: g, maxGranules: M,
       none: new Float64Array(p), staticErr: new Float64Array(4 * p),
-      staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p),
+      staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p), staticTuned: new Uint8Array(4 * p),
       dynamicErr: new Float64Array(64 * M * 4),
     };
     for (let j = 0; j < p; j++) {
