@@ -5,7 +5,11 @@
  *   inputs   input_ids [batch, seq] int64, attention_mask [batch, past+seq] int64,
  *            position_ids [batch, seq] int64, past_key_values.{i}.key|value [batch, kvHeads, past, headDim]
  *   outputs  logits [batch, seq, vocab] float32, present.{i}.key|value [batch, kvHeads, past+seq, headDim]
- * Keys are stored with RoPE applied (Hugging Face rotate_half layout), as transformers does.
+ * Keys are stored with RoPE applied, as transformers does: by default spec.rope on every layer
+ * (Hugging Face rotate_half layout); `layerRope` gives each layer its own RoPE or none (NoPE),
+ * in either layout, with an attention factor on cos/sin and longrope's length switch, and
+ * `qkNorm` adds the q/k RMSNorm some families apply before RoPE. This is how the family
+ * fixtures (test/rope/family-fixtures.ts) reproduce Qwen3, Gemma 3, SmolLM3, Phi-3, OLMo 2, ...
  * Compute is float32; with kvDtype 'float16' only the cache inputs/outputs are float16.
  */
 import { KvtcError } from '../errors.js';
@@ -24,6 +28,9 @@ export interface LlamaLayerWeights {
   gateProj: Float32Array; // [intermediate, hidden]
   upProj: Float32Array; // [intermediate, hidden]
   downProj: Float32Array; // [hidden, intermediate]
+  /** q/k RMSNorm weights, required with LlamaGraphOptions.qkNorm: [headDim] for 'head', [heads*headDim] / [kvHeads*headDim] for 'projection'. */
+  qNorm?: Float32Array;
+  kNorm?: Float32Array;
 }
 
 export interface LlamaWeights {
@@ -36,10 +43,40 @@ export interface LlamaWeights {
 
 export type LlamaGraphSpec = Pick<ModelSpec, 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'hidden' | 'vocabSize' | 'kvDtype' | 'rope'>;
 
+/**
+ * RoPE of one layer as the graph applies it (transformers' `apply_rotary_pos_emb` with the
+ * rotary embedding's cos/sin): pair i of the first rotaryDim dims turns by position * invFreq[i].
+ */
+export interface GraphLayerRope {
+  /** Inverse frequency of each rotated pair, length rotaryDim/2; stored float32 like transformers' inv_freq buffer. */
+  invFreq: ArrayLike<number>;
+  rotaryDim: number;
+  /** 'half': pairs (i, i + rotaryDim/2) (rotate_half); 'interleaved': pairs (2i, 2i + 1) (GPT-J). */
+  layout: 'half' | 'interleaved';
+  /** cos and sin are multiplied by this (transformers' `attention_scaling`: yarn, longrope); default 1. */
+  attentionFactor?: number;
+  /**
+   * longrope: `invFreq` (short factors) is used while max(position_ids) + 1 <= above and
+   * `invFreq` here (long factors) beyond, chosen per forward pass as transformers'
+   * `longrope_frequency_update` does.
+   */
+  long?: { invFreq: ArrayLike<number>; above: number };
+}
+
 export interface LlamaGraphOptions {
   rmsNormEps: number;
   /** Graph name and ONNX doc string. */
   name?: string;
+  /** RoPE of each layer (null: the layer applies none). Default: spec.rope on every layer. */
+  layerRope?: (GraphLayerRope | null)[];
+  /**
+   * RMSNorm on q and k before RoPE: 'head' over each head's headDim (Qwen3 `q_norm`/`k_norm` on
+   * the `.view(hidden_shape)` projection, Gemma 3), 'projection' over the whole q_proj / k_proj
+   * output (OLMo 2's `q_norm(q_proj(x))`). Weights come from LlamaLayerWeights.qNorm/kNorm.
+   */
+  qkNorm?: 'head' | 'projection';
+  /** Learned absolute position embeddings [positions, hidden] added to the token embeddings (GPT-2's wpe). */
+  positionEmbeddings?: Float32Array;
 }
 
 const FLOAT = 1;
@@ -55,7 +92,7 @@ function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
-function checkShapes(w: LlamaWeights, s: LlamaGraphSpec): number {
+function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): number {
   const bad = (what: string, got: number, want: number) =>
     new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${what} has ${got} values, expected ${want}`, {
       fix: 'The weights do not match the model spec (hidden, heads, kvHeads, headDim, vocab); check the conversion.',
@@ -72,31 +109,51 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec): number {
       ['qProj', s.heads * s.headDim * s.hidden], ['kProj', s.kvHeads * s.headDim * s.hidden], ['vProj', s.kvHeads * s.headDim * s.hidden],
       ['oProj', s.hidden * s.heads * s.headDim], ['gateProj', inter * s.hidden], ['upProj', inter * s.hidden], ['downProj', inter * s.hidden],
     ];
-    for (const [k, n] of want) if (l[k].length !== n) throw bad(`layers[${i}].${k}`, l[k].length, n);
+    if (o.qkNorm) {
+      want.push(['qNorm', o.qkNorm === 'head' ? s.headDim : s.heads * s.headDim], ['kNorm', o.qkNorm === 'head' ? s.headDim : s.kvHeads * s.headDim]);
+    }
+    for (const [k, n] of want) if (l[k]?.length !== n) throw bad(`layers[${i}].${k}`, l[k]?.length ?? 0, n);
   });
-  const floats = w.embedTokens.length + (w.lmHead?.length ?? 0) + w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array) => m + a.length, 0), 0);
+  if (o.positionEmbeddings && (o.positionEmbeddings.length === 0 || o.positionEmbeddings.length % s.hidden !== 0)) {
+    throw bad('positionEmbeddings', o.positionEmbeddings.length, s.hidden * Math.max(1, Math.round(o.positionEmbeddings.length / s.hidden)));
+  }
+  const floats = w.embedTokens.length + (w.lmHead?.length ?? 0) + (o.positionEmbeddings?.length ?? 0)
+    + w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array | undefined) => m + (a?.length ?? 0), 0), 0);
   if (floats * 4 > 2_000_000_000) {
     throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${(floats * 4 / 1e9).toFixed(2)} GB of weights exceed ONNX's 2 GB protobuf limit (external data is not written)`, {
       fix: 'Build a smaller model (fewer layers, smaller hidden/intermediate/vocab).',
       context: { bytes: floats * 4 },
     });
   }
-  const r = s.rope.rotaryDim;
-  if (s.rope.layout !== 'half') {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `buildLlamaGraph: RoPE layout "${s.rope.layout}" is not built; only "half" (Hugging Face rotate_half)`, {
-      fix: 'Permute the q/k projection rows to the half-split layout (permuteRopeRows) before building the graph.',
-    });
-  }
-  if (!(r > 0 && r <= s.headDim && r % 2 === 0)) throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: rotaryDim ${r} must be even and in (0, headDim=${s.headDim}]`, { fix: 'Fix rope.rotaryDim.' });
+  if (o.layerRope && o.layerRope.length !== s.layers) throw bad('layerRope', o.layerRope.length, s.layers);
+  layerRopes(s, o).forEach((r, i) => {
+    if (!r) return;
+    const at = o.layerRope ? `layerRope[${i}]` : 'rope';
+    const R = r.rotaryDim;
+    if (!(Number.isInteger(R) && R > 0 && R <= s.headDim && R % 2 === 0)) {
+      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.rotaryDim ${R} must be even and in (0, headDim=${s.headDim}]`, { fix: 'Fix the rotary dim.' });
+    }
+    if (r.layout !== 'half' && r.layout !== 'interleaved') {
+      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.layout "${String(r.layout)}" must be "half" or "interleaved"`, { fix: 'Fix the RoPE layout.' });
+    }
+    if (r.invFreq.length !== R / 2) throw bad(`${at}.invFreq`, r.invFreq.length, R / 2);
+    if (r.long && r.long.invFreq.length !== R / 2) throw bad(`${at}.long.invFreq`, r.long.invFreq.length, R / 2);
+  });
   return inter;
+}
+
+/** Each layer's RoPE: options.layerRope, else spec.rope everywhere (kvtc's own frequencies). */
+function layerRopes(s: LlamaGraphSpec, o: LlamaGraphOptions): (GraphLayerRope | null)[] {
+  if (o.layerRope) return o.layerRope;
+  const r: GraphLayerRope = { invFreq: s.rope.rotaryDim > 0 ? ropeInvFreq(s.rope) : [], rotaryDim: s.rope.rotaryDim, layout: s.rope.layout };
+  return Array.from({ length: s.layers }, () => r);
 }
 
 /** ONNX ModelProto bytes of a Llama decoder with KV cache; deterministic for equal inputs. */
 export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opts: LlamaGraphOptions): Uint8Array {
-  const inter = checkShapes(weights, spec);
+  const inter = checkShapes(weights, spec, opts);
   const { hidden: H, heads, kvHeads: KV, headDim: D, vocabSize: V } = spec;
   const rep = heads / KV;
-  const R = spec.rope.rotaryDim;
   const kvType = spec.kvDtype;
   const g = new GraphBuilder(opts.name ?? 'llama', 17);
 
@@ -117,22 +174,65 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   const scalarI64 = (v: number) => g.constant(g.fresh('s'), BigInt64Array.of(BigInt(v)), []);
   const embed = g.constant('model.embed_tokens.weight', weights.embedTokens, [V, H]);
   let x = g.op('Gather', [embed, inputIds], { axis: 0 }); // [B, S, H]
+  const posF = g.op('Cast', [positionIds], { to: FLOAT }); // [B, S]
+  if (opts.positionEmbeddings) {
+    const wpe = g.constant('model.wpe.weight', opts.positionEmbeddings, [opts.positionEmbeddings.length / H, H]);
+    x = g.op('Add', [x, g.op('Gather', [wpe, positionIds], { axis: 0 })]);
+  }
 
-  // RoPE tables from position_ids: cos/sin [B, 1, S, R], pairs (i, i + R/2).
-  const invFreq = g.constant('rope.inv_freq', Float32Array.from(ropeInvFreq(spec.rope)), [R / 2]);
-  const posF = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: FLOAT }), i64([2])]); // [B, S, 1]
-  const freqs = g.op('Mul', [posF, invFreq]); // [B, S, R/2]
-  const angles = g.op('Concat', [freqs, freqs], { axis: -1 }); // [B, S, R]
-  const cos = g.op('Unsqueeze', [g.op('Cos', [angles]), i64([1])]);
-  const sin = g.op('Unsqueeze', [g.op('Sin', [angles]), i64([1])]);
-  const halves = i64([R / 2, R / 2]);
-  const rope = (t: string): string => {
+  // RoPE tables from position_ids, one per distinct layer RoPE (transformers' rotary embedding:
+  // freqs = position * inv_freq in float32, cos/sin times attention_scaling).
+  //   half:        cos/sin [B, 1, S, R] of cat(freqs, freqs), pairs (i, i + R/2)
+  //   interleaved: cos/sin [B, 1, S, R/2, 1], pairs (2i, 2i + 1)
+  const tables = new Map<string, { cos: string; sin: string }>();
+  const posCol = g.op('Unsqueeze', [posF, i64([2])]); // [B, S, 1]
+  const table = (r: GraphLayerRope) => {
+    const key = JSON.stringify([Array.from(r.invFreq), r.rotaryDim, r.layout, r.attentionFactor ?? 1, r.long ? [Array.from(r.long.invFreq), r.long.above] : null]);
+    const hit = tables.get(key);
+    if (hit) return hit;
+    const n = tables.size;
+    const half = r.rotaryDim / 2;
+    let invFreq = g.constant(`rope.${n}.inv_freq`, Float32Array.from(r.invFreq), [half]);
+    if (r.long) {
+      // seq_len = max(position_ids) + 1 > above → long factors (for this forward pass).
+      const long = g.constant(`rope.${n}.long_inv_freq`, Float32Array.from(r.long.invFreq), [half]);
+      const seqLen = g.op('Add', [g.op('ReduceMax', [posF], { keepdims: 0 }), g.scalarF32(1, `rope.${n}.one`)]);
+      invFreq = g.op('Where', [g.op('Greater', [seqLen, g.scalarF32(r.long.above, `rope.${n}.above`)]), long, invFreq]);
+    }
+    const freqs = g.op('Mul', [posCol, invFreq]); // [B, S, R/2]
+    const angles = r.layout === 'half' ? g.op('Concat', [freqs, freqs], { axis: -1 }) : freqs;
+    const axes = r.layout === 'half' ? i64([1]) : i64([1, 4]);
+    let cos = g.op('Cos', [angles]);
+    let sin = g.op('Sin', [angles]);
+    if ((r.attentionFactor ?? 1) !== 1) {
+      const f = g.scalarF32(r.attentionFactor!, `rope.${n}.attention_factor`);
+      cos = g.op('Mul', [cos, f]);
+      sin = g.op('Mul', [sin, f]);
+    }
+    const t = { cos: g.op('Unsqueeze', [cos, axes]), sin: g.op('Unsqueeze', [sin, axes]) };
+    tables.set(key, t);
+    return t;
+  };
+  const rope = (t: string, r: GraphLayerRope | null): string => {
+    if (!r) return t;
+    const R = r.rotaryDim;
+    const { cos, sin } = table(r);
     const rotPart = R === D ? t : g.op('Slice', [t, i64([0]), i64([R]), i64([-1])]);
-    const [a, b] = g.opN('Split', [rotPart, halves], { axis: -1 }, { outputs: 2 });
-    const rotated = g.op('Concat', [g.op('Neg', [b]), a], { axis: -1 });
-    const out = g.op('Add', [g.op('Mul', [rotPart, cos]), g.op('Mul', [rotated, sin])]);
+    let out: string;
+    if (r.layout === 'half') {
+      const [a, b] = g.opN('Split', [rotPart, i64([R / 2, R / 2])], { axis: -1 }, { outputs: 2 });
+      const rotated = g.op('Concat', [g.op('Neg', [b]), a], { axis: -1 });
+      out = g.op('Add', [g.op('Mul', [rotPart, cos]), g.op('Mul', [rotated, sin])]);
+    } else {
+      const pairs = g.op('Reshape', [rotPart, i64([0, 0, 0, R / 2, 2])]); // [B, n, S, R/2, 2]
+      const [a, b] = g.opN('Split', [pairs, i64([1, 1])], { axis: -1 }, { outputs: 2 });
+      const ra = g.op('Sub', [g.op('Mul', [a, cos]), g.op('Mul', [b, sin])]);
+      const rb = g.op('Add', [g.op('Mul', [b, cos]), g.op('Mul', [a, sin])]);
+      out = g.op('Reshape', [g.op('Concat', [ra, rb], { axis: -1 }), i64([0, 0, 0, R])]);
+    }
     return R === D ? out : g.op('Concat', [out, g.op('Slice', [t, i64([R]), i64([D]), i64([-1])])], { axis: -1 });
   };
+  const ropes = layerRopes(spec, opts);
 
   // Mask [B, 1, 1, S, T]: key j visible to query i iff j <= past + i and attention_mask[b, j] = 1.
   const total = g.op('Squeeze', [g.op('Shape', [attentionMask], { start: 1, end: 2 }), i64([0])]);
@@ -159,8 +259,17 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   weights.layers.forEach((lw, l) => {
     const p = `model.layers.${l}`;
     const h = rmsNorm(x, g.constant(`${p}.input_layernorm.weight`, lw.inputNorm, [H]));
-    const q = rope(splitHeads(linear(h, `${p}.self_attn.q_proj.weight.T`, lw.qProj, heads * D, H), heads));
-    const k = rope(splitHeads(linear(h, `${p}.self_attn.k_proj.weight.T`, lw.kProj, KV * D, H), KV));
+    // q/k as the attention module has them before RoPE, with the family's q/k norm.
+    const proj = (kind: 'q' | 'k', w: Float32Array, n: number, norm: Float32Array | undefined) => {
+      let t = linear(h, `${p}.self_attn.${kind}_proj.weight.T`, w, n * D, H);
+      const normW = () => g.constant(`${p}.self_attn.${kind}_norm.weight`, norm!, [norm!.length]);
+      if (opts.qkNorm === 'projection') t = rmsNorm(t, normW());
+      t = splitHeads(t, n);
+      if (opts.qkNorm === 'head') t = rmsNorm(t, normW());
+      return rope(t, ropes[l]);
+    };
+    const q = proj('q', lw.qProj, heads, lw.qNorm);
+    const k = proj('k', lw.kProj, KV, lw.kNorm);
     const v = splitHeads(linear(h, `${p}.self_attn.v_proj.weight.T`, lw.vProj, KV * D, H), KV);
 
     const cache = (t: string, pastName: string, kind: 'key' | 'value') => {

@@ -42,7 +42,7 @@ export interface RandomLlama extends WrittenModelDir {
 }
 
 /** Seeded normal(0, std) values (Box-Muller). */
-function normals(rand: () => number, n: number, std: number): Float32Array {
+export function normals(rand: () => number, n: number, std: number): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i += 2) {
     const r = Math.sqrt(-2 * Math.log(1 - rand())) * std;
@@ -55,6 +55,50 @@ function normals(rand: () => number, n: number, std: number): Float32Array {
 
 function usage(message: string, fix: string, context: Record<string, unknown>): KvtcError {
   return new KvtcError('USAGE', `buildRandomLlama: ${message}`, { fix, context, exitCode: 2 });
+}
+
+export interface RandomWeightShape {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  intermediate: number;
+  vocab: number;
+  /** Standard deviation of the projection and embedding weights. */
+  std: number;
+  untied?: boolean;
+  /** Adds q/k RMSNorm weights (1 + small noise) of this kind (see LlamaGraphOptions.qkNorm). */
+  qkNorm?: 'head' | 'projection';
+}
+
+/** Seeded random Llama weights (norms 1, projections normal(0, std)); same seed, same weights. */
+export function randomLlamaWeights(rand: () => number, s: RandomWeightShape): LlamaWeights {
+  const w = (n: number) => normals(rand, n, s.std);
+  const ones = (n: number) => new Float32Array(n).fill(1);
+  // Norm weights not all 1, so a norm over the wrong dims would show in the keys.
+  const near1 = (n: number) => normals(rand, n, 0.2).map((v) => 1 + v);
+  const qDim = s.heads * s.headDim;
+  const kvDim = s.kvHeads * s.headDim;
+  const weights: LlamaWeights = {
+    embedTokens: w(s.vocab * s.hidden),
+    layers: Array.from({ length: s.layers }, () => ({
+      inputNorm: ones(s.hidden),
+      qProj: w(qDim * s.hidden),
+      kProj: w(kvDim * s.hidden),
+      vProj: w(kvDim * s.hidden),
+      oProj: w(s.hidden * qDim),
+      postAttentionNorm: ones(s.hidden),
+      gateProj: w(s.intermediate * s.hidden),
+      upProj: w(s.intermediate * s.hidden),
+      downProj: w(s.hidden * s.intermediate),
+      ...(s.qkNorm === 'head' ? { qNorm: near1(s.headDim), kNorm: near1(s.headDim) } : {}),
+      ...(s.qkNorm === 'projection' ? { qNorm: near1(qDim), kNorm: near1(kvDim) } : {}),
+    })),
+    finalNorm: ones(s.hidden),
+  };
+  if (s.untied) weights.lmHead = w(s.vocab * s.hidden);
+  return weights;
 }
 
 export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<RandomLlama> {
@@ -73,27 +117,7 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
   if (heads % kvHeads !== 0) throw usage(`heads ${heads} is not a multiple of kvHeads ${kvHeads}`, 'Pick kvHeads dividing heads.', { heads, kvHeads });
   if (vocab < 512) throw usage(`vocab ${vocab} is smaller than the bundled tokenizer's 512 pieces`, 'Use vocab >= 512.', { vocab });
 
-  const rand = mulberry32(opts.seed ?? 0);
-  const w = (n: number) => normals(rand, n, std);
-  const ones = (n: number) => new Float32Array(n).fill(1);
-  const qDim = heads * headDim;
-  const kvDim = kvHeads * headDim;
-  const weights: LlamaWeights = {
-    embedTokens: w(vocab * hidden),
-    layers: Array.from({ length: layers }, () => ({
-      inputNorm: ones(hidden),
-      qProj: w(qDim * hidden),
-      kProj: w(kvDim * hidden),
-      vProj: w(kvDim * hidden),
-      oProj: w(hidden * qDim),
-      postAttentionNorm: ones(hidden),
-      gateProj: w(intermediate * hidden),
-      upProj: w(intermediate * hidden),
-      downProj: w(hidden * intermediate),
-    })),
-    finalNorm: ones(hidden),
-  };
-  if (opts.untied) weights.lmHead = w(vocab * hidden);
+  const weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), { layers, hidden, heads, kvHeads, headDim, intermediate, vocab, std, untied: opts.untied });
 
   const spec: LlamaDirSpec = {
     layers, heads, kvHeads, headDim, hidden, vocabSize: vocab, rope,
