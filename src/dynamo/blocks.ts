@@ -43,42 +43,35 @@ function inBlock(s: BlockShape, t: number, h: number): number {
 }
 
 /**
+ * Walks `count` blocks from cache token `first`: for each (block, token, head), the element
+ * offset of that head's head_dim vector in the cache tensor [kv_heads, tokens, head_dim] and in
+ * the rows [count, features] (block layout order). gather and scatter copy along these pairs.
+ */
+function eachHeadVector(cache: Pick<KvCache, 'tokens'>, s: BlockShape, first: number, count: number, copy: (cacheOff: number, rowOff: number) => void): void {
+  const p = blockFeatures(s);
+  const { kvHeads, headDim } = s;
+  const T = cache.tokens;
+  for (let b = 0; b < count; b++) {
+    for (let t = 0; t < s.blockTokens; t++) {
+      const tok = first + b * s.blockTokens + t;
+      for (let h = 0; h < kvHeads; h++) copy((h * T + tok) * headDim, b * p + inBlock(s, t, h));
+    }
+  }
+}
+
+/**
  * Rows Float32Array // [count, features] of `count` blocks starting at cache token `first`, for one
  * layer and kind, in the block layout's element order. Keys are taken as stored (RoPE applied).
  */
 export function gatherBlockRows(cache: KvCache, kind: KvKind, layer: number, s: BlockShape, first: number, count: number, out?: Float32Array): Float32Array {
-  const p = blockFeatures(s);
-  const X = out ?? new Float32Array(count * p);
+  const X = out ?? new Float32Array(count * blockFeatures(s));
   const src = kind === 'key' ? cache.keys[layer] : cache.values[layer];
-  const { kvHeads, headDim } = s;
-  const T = cache.tokens;
-  for (let b = 0; b < count; b++) {
-    const row = b * p;
-    for (let t = 0; t < s.blockTokens; t++) {
-      const tok = first + b * s.blockTokens + t;
-      for (let h = 0; h < kvHeads; h++) {
-        const so = (h * T + tok) * headDim;
-        X.set(src.subarray(so, so + headDim), row + inBlock(s, t, h));
-      }
-    }
-  }
+  eachHeadVector(cache, s, first, count, (c, r) => X.set(src.subarray(c, c + s.headDim), r));
   return X;
 }
 
 /** Inverse of gatherBlockRows: writes the rows back into the cache's tensors. */
 export function scatterBlockRows(X: Float32Array, cache: KvCache, kind: KvKind, layer: number, s: BlockShape, first: number, count: number): void {
-  const p = blockFeatures(s);
   const dst = kind === 'key' ? cache.keys[layer] : cache.values[layer];
-  const { kvHeads, headDim } = s;
-  const T = cache.tokens;
-  for (let b = 0; b < count; b++) {
-    const row = b * p;
-    for (let t = 0; t < s.blockTokens; t++) {
-      const tok = first + b * s.blockTokens + t;
-      for (let h = 0; h < kvHeads; h++) {
-        const so = row + inBlock(s, t, h);
-        dst.set(X.subarray(so, so + headDim), (h * T + tok) * headDim);
-      }
-    }
-  }
+  eachHeadVector(cache, s, first, count, (c, r) => dst.set(X.subarray(r, r + s.headDim), c));
 }

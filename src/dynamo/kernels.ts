@@ -227,47 +227,45 @@ export function slotsPerByte(intBits: number): number {
 }
 
 /**
- * kvtc_quantize_intx_kernel: row r's codes packed LSB-first, `slots_per_byte` per byte, each row
- * starting on a byte boundary (bytes_per_row = ⌈width / slots⌉), into out[r · bytes_per_row ...].
+ * The packed layout both intx kernels share: row r's codes LSB-first, `slots_per_byte` per byte,
+ * each row starting on a byte boundary (bytes_per_row = ⌈width / slots⌉). Calls `row` once per
+ * row with its range's min and interval and where its bytes start.
  */
-export function quantizeIntx(input: Float32Array, min: Float32Array, max: Float32Array, out: Uint8Array, outOff: number, batch: number, total: number, start: number, width: number, intBits: number): void {
+function eachIntxRow(min: Float32Array, max: Float32Array, batch: number, width: number, intBits: number, row: (r: number, lo: number, interval: number, byteOff: number, layout: IntxLayout) => void): void {
   const slots = slotsPerByte(intBits);
-  const bytesPerRow = Math.ceil(width / slots);
-  const maxQuant = (1 << intBits) - 1;
-  for (let r = 0; r < batch; r++) {
-    const lo = min[r];
-    const interval = intxInterval(lo, max[r]);
+  const layout: IntxLayout = { slots, bytesPerRow: Math.ceil(width / slots), maxQuant: (1 << intBits) - 1, intBits, width };
+  for (let r = 0; r < batch; r++) row(r, min[r], intxInterval(min[r], max[r]), r * layout.bytesPerRow, layout);
+}
+
+interface IntxLayout {
+  slots: number;
+  bytesPerRow: number;
+  maxQuant: number;
+  intBits: number;
+  width: number;
+}
+
+/** kvtc_quantize_intx_kernel: columns [start, start + width) of each row, packed into out[outOff ...]. */
+export function quantizeIntx(input: Float32Array, min: Float32Array, max: Float32Array, out: Uint8Array, outOff: number, batch: number, total: number, start: number, width: number, intBits: number): void {
+  eachIntxRow(min, max, batch, width, intBits, (r, lo, interval, byteOff, { slots, bytesPerRow, maxQuant }) => {
     const src = r * total + start;
     for (let b = 0; b < bytesPerRow; b++) {
       let packed = 0;
-      for (let s = 0; s < slots; s++) {
-        const col = b * slots + s;
-        if (col >= width) break;
-        packed |= intxCode(input[src + col], lo, interval, maxQuant) << (s * intBits);
-      }
-      out[outOff + r * bytesPerRow + b] = packed & 0xff;
+      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++) packed |= intxCode(input[src + col], lo, interval, maxQuant) << (s * intBits);
+      out[outOff + byteOff + b] = packed & 0xff;
     }
-  }
+  });
 }
 
 /** kvtc_dequantize_intx_kernel: the inverse of quantizeIntx into columns [start, start + width). */
 export function dequantizeIntx(packed: Uint8Array, packedOff: number, min: Float32Array, max: Float32Array, out: Float32Array, batch: number, total: number, start: number, width: number, intBits: number): void {
-  const slots = slotsPerByte(intBits);
-  const bytesPerRow = Math.ceil(width / slots);
-  const maxQuant = (1 << intBits) - 1;
-  for (let r = 0; r < batch; r++) {
-    const lo = min[r];
-    const interval = intxInterval(lo, max[r]);
+  eachIntxRow(min, max, batch, width, intBits, (r, lo, interval, byteOff, { slots, bytesPerRow, maxQuant }) => {
     const dst = r * total + start;
     for (let b = 0; b < bytesPerRow; b++) {
-      const byte = packed[packedOff + r * bytesPerRow + b];
-      for (let s = 0; s < slots; s++) {
-        const col = b * slots + s;
-        if (col >= width) break;
-        out[dst + col] = intxValue((byte >>> (s * intBits)) & maxQuant, lo, interval, maxQuant);
-      }
+      const byte = packed[packedOff + byteOff + b];
+      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++) out[dst + col] = intxValue((byte >>> (s * intBits)) & maxQuant, lo, interval, maxQuant);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
