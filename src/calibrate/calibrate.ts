@@ -1,32 +1,46 @@
 /**
- * `kvtc calibrate`: capture → covariance → eigen → held-out error tables → DP → measure → write.
+ * `kvtc calibrate`, as a sequence of named steps:
  *
- * Memory is bounded by p² per basis (streaming covariance) plus the held-out caches, never by
- * --tokens. Several target ratios share everything up to the error tables; each gets its own
- * allocation, measurement and profile.
+ *   openModel → readSplit (fit / tuning / report sequences) → captureFit (covariances of every
+ *   candidate grouping, one forward pass) → captureCaches (tuning, report) → for each candidate
+ *   grouping: fitCandidate (eigen + error tables on the tuning caches) → for each ratio:
+ *   allocateForRatio (DP + budget-scale search, sized and measured on the tuning caches) →
+ *   chooseGrouping (smallest tuning error) → measurePlans on the report caches → write.
+ *
+ * Three disjoint splits of the calibration text, so the numbers a user reads are not tuned on:
+ * the fit split gives the PCA bases; the tuning split the clip ranges (cross-validated within it,
+ * static-range.ts), error tables, the bit allocation, the budget scale and the choice of
+ * grouping; the report split only the ratio and error printed and recorded in the profile.
+ *
+ * Memory is bounded by p² per basis and candidate (streaming covariance) plus the tuning and
+ * report caches, never by --tokens. Several target ratios share everything up to the error
+ * tables; each gets its own allocation, grouping choice, measurement and profile.
  */
-import { join } from 'node:path';
-import { BUDGET_SCALE_STEPS, searchBudgetScale } from './budget-scale.js';
+import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budget-scale.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, type AllocationTables } from '../fit/fit.js';
-import type { KvKind } from '../codec/types.js';
+import { STORED_TYPES } from '../codec/quant.js';
+import type { BasisPlan, KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
-import { loadModel } from '../model/load.js';
+import { loadModel, type LoadedModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
-import type { KvCache } from '../model/types.js';
+import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, readManifest, writeProfile } from '../profile/io.js';
 import { fitBases } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
-import { blobSizeRatio, measurePlans } from './measure.js';
-import { readCalibrationTokens, splitSequences, type SkippedFile } from './sequences.js';
+import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
+import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
 import { profileOutDirs } from './outputs.js';
 
-export type Grouping = 'layer' | 'all' | number;
+/** Layers per basis: one per layer, k consecutive layers, all layers, or chosen by measurement. */
+export type Grouping = 'auto' | 'layer' | 'all' | number;
+/** A grouping that names one layout (what 'auto' chooses among). */
+export type FixedGrouping = Exclude<Grouping, 'auto'>;
 
 export interface CalibrateOptions {
   /** The ratios were asked for explicitly (--ratio): the default profile name then carries them (outputs.ts). */
@@ -34,8 +48,12 @@ export interface CalibrateOptions {
   modelDir: string;
   data: string[];
   ratios: number[];
+  /** Fit tokens (PCA bases). */
   tokens: number;
+  /** Tuning tokens (clip ranges, error tables, bit allocation, budget scale, grouping choice). */
   heldout: number;
+  /** Report tokens (the printed and recorded ratio and error). Default DEFAULT_REPORT_TOKENS. */
+  report?: number;
   sink: number;
   window: number;
   grouping: Grouping;
@@ -52,6 +70,22 @@ export interface CalibrateOptions {
   strictData?: boolean;
 }
 
+export const DEFAULT_REPORT_TOKENS = 4096;
+
+export interface RelError {
+  key: number;
+  value: number;
+  key_per_layer: number[];
+  value_per_layer: number[];
+}
+
+/** One candidate grouping at one ratio, measured on the tuning split (what 'auto' chose by). */
+export interface GroupingCandidate {
+  grouping: string;
+  ratio_compressed: number;
+  rel_error: { key: number; value: number };
+}
+
 export interface RatioResult {
   profile: string;
   profile_id: string;
@@ -60,14 +94,23 @@ export interface RatioResult {
   /** True when an earlier run of the same job (model, data, settings) was replaced. */
   replaced: boolean;
   ratio_target: number;
-  /** Measured on held-out caches: compressed tokens only, and the whole blob. */
+  /** The grouping the profile uses (chosen by measurement when --grouping auto). */
+  grouping: string;
+  /** Measured on the report split (text neither fitting nor tuning saw): compressed tokens only, and the whole blob. */
   ratio: number;
   ratio_compressed: number;
   ratio_blob: number;
   context_tokens: number;
-  rel_error: { key: number; value: number; key_per_layer: number[]; value_per_layer: number[] };
+  /** Report split. */
+  rel_error: RelError;
+  /** The same plans on the tuning split, for comparison (the allocation was solved there). */
+  tuning_rel_error: { key: number; value: number };
   bits_per_token: number;
   budget_scale: number;
+  /** Stored static components whose range is the tuned clip, and those left at min/max (cross-validation, static-range.ts). */
+  clip_ranges: { tuned: number; min_max: number };
+  /** With --grouping auto: every candidate at this ratio, on the tuning split. */
+  grouping_candidates: GroupingCandidate[];
 }
 
 export interface CalibrateResult {
@@ -76,10 +119,15 @@ export interface CalibrateResult {
   tokens: number;
   /** What --tokens asked for; `tokens` is less when the data ran out (above the minimum). */
   tokens_requested: number;
+  /** Tuning tokens (the held-out split the allocation is solved on). */
   heldout_tokens: number;
+  report_tokens: number;
   sequences: number;
   seq_len: number;
   plans: number;
+  /** The groupings fitted ('auto': the candidates; otherwise the one asked for), and those left out for their memory. */
+  groupings: string[];
+  groupings_skipped: { grouping: string; covariance_bytes: number }[];
   profiles: RatioResult[];
   seconds: Record<string, number>;
   /** Files in --data directories skipped because they are not UTF-8 text. */
@@ -88,6 +136,64 @@ export interface CalibrateResult {
 
 export const MIN_RATIO = 1.5;
 export const MAX_RATIO = 64;
+/**
+ * 'auto' fits every candidate grouping in the one fit pass: its cost over a single grouping is
+ * the candidates' covariances (8·p² bytes per basis, Σ p² multiply-adds per token). Candidates
+ * are taken from one layer per basis upwards while their covariances together stay within this.
+ */
+export const AUTO_COVARIANCE_BUDGET_BYTES = 4 * 2 ** 30;
+
+/** Layer groups sharing one basis. */
+export function layerGroups(layers: number, grouping: FixedGrouping): number[][] {
+  const k = grouping === 'layer' ? 1 : grouping === 'all' ? layers : grouping;
+  const out: number[][] = [];
+  for (let l = 0; l < layers; l += k) out.push(Array.from({ length: Math.min(k, layers - l) }, (_, i) => l + i));
+  return out;
+}
+
+/** Bytes of the float64 covariances (keys and values) one grouping accumulates. */
+export function groupingCovarianceBytes(spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: FixedGrouping): number {
+  return layerGroups(spec.layers, grouping).reduce((a, g) => a + 2 * 8 * (g.length * spec.kvHeads * spec.headDim) ** 2, 0);
+}
+
+/**
+ * The groupings to fit: the one asked for, or for 'auto' one layer per basis, then 2, 4, 8, …
+ * consecutive layers, then all layers, while the covariances fit AUTO_COVARIANCE_BUDGET_BYTES
+ * (the paper finds more layers per basis better at high ratios; one layer per basis is always
+ * a candidate).
+ */
+export function groupingCandidates(spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: Grouping, budget = AUTO_COVARIANCE_BUDGET_BYTES): { fit: FixedGrouping[]; skipped: { grouping: string; covariance_bytes: number }[] } {
+  if (grouping !== 'auto') return { fit: [grouping], skipped: [] };
+  const all: FixedGrouping[] = ['layer'];
+  for (let k = 2; k < spec.layers; k *= 2) all.push(k);
+  if (spec.layers > 1) all.push('all');
+  const fit: FixedGrouping[] = [];
+  const skipped: { grouping: string; covariance_bytes: number }[] = [];
+  let used = 0;
+  for (const g of all) {
+    const bytes = groupingCovarianceBytes(spec, g);
+    if (fit.length === 0 || used + bytes <= budget) {
+      fit.push(g);
+      used += bytes;
+    } else skipped.push({ grouping: String(g), covariance_bytes: bytes });
+  }
+  return { fit, skipped };
+}
+
+function checkAbort(signal?: AbortSignal): void {
+  if (signal?.aborted) {
+    throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
+  }
+}
+
+/** Out-of-range ratios are usage errors before any work. */
+export function checkRatios(ratios: number[]): void {
+  for (const r of ratios) {
+    if (!(r >= MIN_RATIO && r <= MAX_RATIO)) {
+      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).`, exitCode: 2 });
+    }
+  }
+}
 
 /**
  * Without --force, an output directory that already holds a kvtc profile of another model (or an
@@ -111,27 +217,177 @@ async function checkProfileTarget(dir: string, want: { model: string }): Promise
   }
 }
 
-/** Layer groups sharing one basis. */
-export function layerGroups(layers: number, grouping: Grouping): number[][] {
-  const k = grouping === 'layer' ? 1 : grouping === 'all' ? layers : grouping;
-  const out: number[][] = [];
-  for (let l = 0; l < layers; l += k) out.push(Array.from({ length: Math.min(k, layers - l) }, (_, i) => l + i));
-  return out;
+/** Step 1: the model, and the output directories checked writable (and free, without --force) before any work. */
+export async function openModel(opts: CalibrateOptions): Promise<{ model: LoadedModel; outDirs: string[] }> {
+  const model = await loadModel(opts.modelDir, { device: opts.device });
+  try {
+    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
+    for (const d of outDirs) {
+      checkOutputDir(d);
+      if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id });
+    }
+    return { model, outDirs };
+  } catch (e) {
+    await model.session.release();
+    throw e;
+  }
 }
 
-interface PlanState {
+/** Step 2: calibration text → fit, tuning and report sequences (disjoint, seeded). */
+export async function readSplit(
+  opts: CalibrateOptions, spec: ModelSpec, tokenizer: LoadedModel['tokenizer'], candidates: FixedGrouping[], progress: ProgressFn,
+): Promise<{ data: CalibrationTokens; split: SequenceSplit; seqLen: number }> {
+  const report = opts.report ?? DEFAULT_REPORT_TOKENS;
+  // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
+  const data = await readCalibrationTokens(opts.data, tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, strict: opts.strictData, signal: opts.signal, onProgress: progress });
+  const seqLen = Math.min(spec.maxPositions, 512);
+  if (opts.sink + opts.window >= seqLen) {
+    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
+  }
+  // Every basis needs at least 2p fit tokens for a full-rank covariance.
+  const maxDim = Math.max(...candidates.flatMap((g) => layerGroups(spec.layers, g).map((l) => l.length * spec.kvHeads * spec.headDim)));
+  const split = splitSequences(data.tokens, tokenizer.bosTokenId, {
+    seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, seed: opts.seed, minFitTokens: Math.max(2 * maxDim, 256), sources: opts.data.join(', '),
+  });
+  return { data, split, seqLen };
+}
+
+/** One basis being accumulated: a (layer group, kind) of one candidate grouping. */
+interface BasisState {
   kind: KvKind;
   layers: number[];
   dim: number;
   acc: CovarianceAccumulator;
   kernel: GramKernel;
-  tables?: AllocationTables;
 }
 
-function checkAbort(signal?: AbortSignal): void {
-  if (signal?.aborted) {
-    throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
+async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Device): Promise<BasisState[]> {
+  const states: BasisState[] = [];
+  for (const layers of layerGroups(spec.layers, grouping)) {
+    for (const kind of ['key', 'value'] as KvKind[]) {
+      const dim = layers.length * spec.kvHeads * spec.headDim;
+      const kernel = await createGramKernel(dim, { device });
+      states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
+    }
   }
+  return states;
+}
+
+/**
+ * Step 3: the fit pass. Streams the fit sequences through the model and adds each cache to the
+ * covariance of every basis of every candidate grouping, dropping the cache at once.
+ */
+export async function captureFit(
+  runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
+  o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; seconds: Record<string, number> },
+): Promise<void> {
+  const total = seqs.reduce((a, s) => a + s.length, 0);
+  let done = 0;
+  let scratch = new Float32Array(0);
+  for (const ids of seqs) {
+    checkAbort(o.signal);
+    let t = performance.now();
+    const { cache } = await runner.prefill(ids, { chunk: o.chunk });
+    o.seconds.forward = (o.seconds.forward ?? 0) + (performance.now() - t) / 1000;
+    t = performance.now();
+    const n = cache.tokens - o.sink;
+    for (const s of bases.flat()) {
+      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
+      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
+      await s.acc.add(X, n);
+    }
+    o.seconds.covariance = (o.seconds.covariance ?? 0) + (performance.now() - t) / 1000;
+    done += ids.length;
+    o.progress({ stage: 'capturing calibration KV', done, total, unit: 'tokens' });
+  }
+}
+
+/** Step 4: caches of held-out sequences, kept (tuning: error tables and sizing; report: the figures). */
+export async function captureCaches(runner: ModelRunner, seqs: number[][], label: string, o: { chunk: number; signal?: AbortSignal; progress: ProgressFn }): Promise<KvCache[]> {
+  const total = seqs.reduce((a, s) => a + s.length, 0);
+  const caches: KvCache[] = [];
+  let done = 0;
+  for (const ids of seqs) {
+    checkAbort(o.signal);
+    caches.push((await runner.prefill(ids, { chunk: o.chunk })).cache);
+    done += ids.length;
+    o.progress({ stage: `capturing ${label} KV`, done, total, unit: 'tokens' });
+  }
+  return caches;
+}
+
+/** Step 5: eigenbases and error tables of one grouping, the tables measured on the tuning caches. */
+export async function fitCandidate(
+  spec: ModelSpec, states: BasisState[], tuning: KvCache[], sink: number, onDone?: (done: number, total: number) => void,
+): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number } }> {
+  const jobs = states.map((s) => {
+    const cov = s.acc.finish();
+    const parts = tuning.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens));
+    const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
+    const X = new Float32Array(H * s.dim);
+    let at = 0;
+    for (const p of parts) {
+      X.set(p, at);
+      at += p.length;
+    }
+    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H };
+  });
+  for (const s of states) await s.kernel.dispose?.();
+  const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
+  return {
+    tables: fitted.map((f) => f.tables),
+    // Summed over bases (CPU seconds); the wall time of the stage is fit_wall.
+    seconds: { eigen: fitted.reduce((a, f) => a + f.seconds.eigen, 0), tables: fitted.reduce((a, f) => a + f.seconds.tables, 0) },
+  };
+}
+
+/**
+ * Step 6: the plans of one grouping for one target ratio. The DP budget counts raw bits;
+ * DEFLATE and headers move the real ratio, so the budget scale is searched until the ratio
+ * measured on the tuning caches lands on the target. Sizing needs no model graphs: the tuning
+ * coefficients on the full basis are in the tables, quantized, packed and deflated as encode does.
+ */
+export function allocateForRatio(
+  tables: AllocationTables[], dims: number[], ratio: number, tuning: KvCache[], spec: ModelSpec, sink: number, window: number, entropy: EntropyCoder,
+  onStep?: (step: number, best: BudgetScale) => void,
+): { plans: BasisPlan[]; scale: BudgetScale } {
+  const plansFor = (scale: number) => tables.map((t, i) => allocate(t, Math.max(0, Math.floor(((16 * dims[i]) / ratio) * scale))));
+  const best = searchBudgetScale((scale) => blobSizeRatio(plansFor(scale), tables, tuning, spec, sink, window, entropy), ratio, onStep);
+  return { plans: plansFor(best.scale), scale: best };
+}
+
+const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+
+/** The figure 'auto' minimizes: the mean of the key and value errors (each the mean over layers). */
+export function groupingScore(m: Pick<Measurement, 'relKey' | 'relValue'>): number {
+  return (mean(m.relKey) + mean(m.relValue)) / 2;
+}
+
+/** Stored static components with a tuned clip range, and with min/max (static-range.ts crossValidatedRange). */
+export function clipRangeCounts(plans: BasisPlan[], tables: AllocationTables[]): { tuned: number; min_max: number } {
+  let tuned = 0;
+  let minMax = 0;
+  for (const [i, plan] of plans.entries()) {
+    const t = tables[i];
+    for (const g of plan.groups) {
+      if (g.type === 'none' || g.mode !== 'static') continue;
+      const ti = STORED_TYPES.indexOf(g.type);
+      for (let j = g.start; j < g.end; j++) {
+        if (t.staticTuned[ti * t.dim + j]) tuned++;
+        else minMax++;
+      }
+    }
+  }
+  return { tuned, min_max: minMax };
+}
+
+interface Chosen {
+  grouping: FixedGrouping;
+  plans: BasisPlan[];
+  scale: BudgetScale;
+  tuning: Measurement;
+  clip: { tuned: number; min_max: number };
+  granule: number;
 }
 
 export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
@@ -145,161 +401,119 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     seconds[name] = (seconds[name] ?? 0) + (now - mark) / 1000;
     mark = now;
   };
-  for (const r of opts.ratios) {
-    if (!(r >= MIN_RATIO && r <= MAX_RATIO)) {
-      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).`, exitCode: 2 });
-    }
-  }
+  checkRatios(opts.ratios);
 
   progress({ stage: 'loading model' });
-  const model = await loadModel(opts.modelDir, { device: opts.device });
+  const { model, outDirs } = await openModel(opts);
   const spec = model.spec;
-  const runner = new ModelRunner(model);
-  const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
-  // Writable, and (without --force) free of another job's profile: checked now, not after the work.
-  for (const d of outDirs) {
-    checkOutputDir(d);
-    if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id });
-  }
   lap('load');
 
-  progress({ stage: 'reading calibration text' });
-  // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
-  const data = await readCalibrationTokens(opts.data, model.tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, strict: opts.strictData, signal: opts.signal, onProgress: progress });
-  const seqLen = Math.min(spec.maxPositions, 512);
-  if (opts.sink + opts.window >= seqLen) {
-    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
-  }
-  const maxDim = Math.max(...layerGroups(spec.layers, opts.grouping).map((g) => g.length * spec.kvHeads * spec.headDim));
-  const split = splitSequences(
-    data.tokens,
-    model.tokenizer.bosTokenId,
-    { seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, seed: opts.seed, minFitTokens: Math.max(2 * maxDim, 256), sources: opts.data.join(', ') },
-  );
-  lap('tokenize');
-
-  const groups = layerGroups(spec.layers, opts.grouping);
-  const states: PlanState[] = [];
-  for (const layers of groups) {
-    for (const kind of ['key', 'value'] as KvKind[]) {
-      const dim = layers.length * spec.kvHeads * spec.headDim;
-      const kernel = await createGramKernel(dim, { device: opts.device });
-      states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
-    }
-  }
-
-  // Fit pass: stream sequences through the model, accumulate covariances, drop the caches.
-  const fitTokens = split.fit.length * seqLen;
-  let done = 0;
-  let scratch = new Float32Array(0);
-  for (const ids of split.fit) {
-    checkAbort(opts.signal);
-    let t = performance.now();
-    const { cache } = await runner.prefill(ids, { chunk: opts.chunk });
-    seconds.forward = (seconds.forward ?? 0) + (performance.now() - t) / 1000;
-    t = performance.now();
-    const n = cache.tokens - opts.sink;
-    for (const s of states) {
-      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
-      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, opts.sink, cache.tokens, scratch);
-      await s.acc.add(X, n);
-    }
-    seconds.covariance = (seconds.covariance ?? 0) + (performance.now() - t) / 1000;
-    done += ids.length;
-    progress({ stage: 'capturing calibration KV', done, total: fitTokens, unit: 'tokens' });
-  }
-  mark = performance.now();
-
-  // Held-out pass: keep the caches, for error tables and for measuring real blobs.
-  const heldCaches: KvCache[] = [];
-  done = 0;
-  for (const ids of split.heldout) {
-    checkAbort(opts.signal);
-    heldCaches.push((await runner.prefill(ids, { chunk: opts.chunk })).cache);
-    done += ids.length;
-    progress({ stage: 'capturing held-out KV', done, total: split.heldout.length * seqLen, unit: 'tokens' });
-  }
-  await model.session.release();
-  lap('forward');
-
-  // Bases and measured error tables, shared by every ratio (on worker threads when large).
-  const jobs = states.map((s) => {
-    const cov = s.acc.finish();
-    const parts = heldCaches.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, opts.sink, c.tokens));
-    const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
-    const X = new Float32Array(H * s.dim);
-    let at = 0;
-    for (const p of parts) {
-      X.set(p, at);
-      at += p.length;
-    }
-    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H };
-  });
-  for (const s of states) await s.kernel.dispose?.();
-  checkAbort(opts.signal);
-  progress({ stage: 'fitting bases (eigen + held-out error tables)', done: 0, total: jobs.length, unit: 'bases' });
-  const fitted = await fitBases(jobs, { onDone: (d) => progress({ stage: 'fitting bases (eigen + held-out error tables)', done: d, total: jobs.length, unit: 'bases' }) });
-  // Stage times are summed over bases (CPU seconds); the wall time of the stage is fit_wall.
-  seconds.eigen = fitted.reduce((a, f) => a + f.seconds.eigen, 0);
-  seconds.error_tables = fitted.reduce((a, f) => a + f.seconds.tables, 0);
-  const plansBase = states.map((state, i) => ({ state: Object.assign(state, { tables: fitted[i].tables }) }));
-  seconds.fit_wall = (performance.now() - mark) / 1000;
-  mark = performance.now();
-
-  const sourcesMeta = data.sources.map((t) => ({ name: t.name, sha256: t.sha256, bytes: t.bytes }));
-  const profiles: RatioResult[] = [];
-  const sharedSettings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
-  for (const [ri, ratio] of opts.ratios.entries()) {
-    checkAbort(opts.signal);
-    // The DP budget counts raw bits; DEFLATE and headers move the real ratio. Search the budget
-    // scale so the ratio measured on held-out blobs lands on the target (from above when possible).
-    const plansFor = (scale: number) => plansBase.map((b) => allocate(b.state.tables!, Math.max(0, Math.floor(((16 * b.state.dim) / ratio) * scale))));
-    // Sizing needs no model graphs: the held-out coefficients on the full basis are already in
-    // the tables, so each candidate is quantized, packed and deflated exactly as encode does.
-    const measureAt = (scale: number) => blobSizeRatio(plansFor(scale), plansBase.map((b) => b.state.tables!), heldCaches, spec, opts.sink, opts.window, entropy);
-    const best = searchBudgetScale(measureAt, ratio, (it, b) =>
-      progress({ stage: `allocating bits for ${ratio}x`, done: it, total: BUDGET_SCALE_STEPS, unit: 'steps', detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}` }));
-    lap('allocation');
-    const plans = plansFor(best.scale);
-    progress({ stage: `measuring ${ratio}x on held-out text` });
-    const m = await measurePlans(spec, plans, heldCaches, sharedSettings, true);
-    lap('measure');
-    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
-    const draft = manifestDraft({
-      model, ratio, opts, granule: plansBase[0].state.tables!.granule, entropy, sources: sourcesMeta,
-      split: { fit: split.fit.length, heldout: split.heldout.length, seqLen }, m,
-    });
-    checkAbort(opts.signal);
-    progress({ stage: 'writing profile' });
-    const manifest = await writeProfile(outDirs[ri], draft, plans, { force: opts.force });
-    lap('write');
-    profiles.push({
-      profile: outDirs[ri],
-      profile_id: manifest.profile_id,
-      unchanged: manifest.unchanged === true,
-      replaced: manifest.replaced === true,
-      ratio_target: ratio,
-      ratio: m.ratioBlob,
-      ratio_compressed: m.ratioCompressed,
-      ratio_blob: m.ratioBlob,
-      context_tokens: m.contextTokens,
-      rel_error: { key: mean(m.relKey), value: mean(m.relValue), key_per_layer: m.relKey, value_per_layer: m.relValue },
-      bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
-      budget_scale: best.scale,
-    });
-  }
-  seconds.total = (performance.now() - t0) / 1000;
-  return {
-    model: model.name,
-    model_dir: model.dir,
-    tokens: split.fit.length * seqLen,
-    tokens_requested: opts.tokens,
-    heldout_tokens: split.heldout.length * seqLen,
-    sequences: split.fit.length + split.heldout.length,
-    seq_len: seqLen,
-    plans: states.length,
-    profiles,
-    seconds,
-    skipped_data: data.skipped,
+  let released = false;
+  const release = async () => {
+    if (!released) await model.session.release();
+    released = true;
   };
+  try {
+    const candidates = groupingCandidates(spec, opts.grouping);
+    progress({ stage: 'reading calibration text' });
+    const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates.fit, progress);
+    lap('tokenize');
+
+    const runner = new ModelRunner(model);
+    const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
+    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk: opts.chunk, signal: opts.signal, progress, seconds });
+    mark = performance.now();
+    const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk: opts.chunk, signal: opts.signal, progress });
+    const report = await captureCaches(runner, split.report, 'report', { chunk: opts.chunk, signal: opts.signal, progress });
+    await release();
+    lap('forward');
+
+    const settings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
+    // Per ratio, the best candidate so far (by tuning-split error) and every candidate's figures.
+    const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
+    const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
+    seconds.fit_wall = 0;
+    for (const [gi, grouping] of candidates.fit.entries()) {
+      checkAbort(opts.signal);
+      const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
+      const stage = `fitting bases${label} (eigen + error tables)`;
+      progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
+      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }));
+      seconds.eigen = (seconds.eigen ?? 0) + fitted.seconds.eigen;
+      seconds.error_tables = (seconds.error_tables ?? 0) + fitted.seconds.tables;
+      seconds.fit_wall += (performance.now() - mark) / 1000;
+      mark = performance.now();
+      const dims = states[gi].map((s) => s.dim);
+      for (const [ri, ratio] of opts.ratios.entries()) {
+        checkAbort(opts.signal);
+        const { plans, scale } = allocateForRatio(fitted.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
+          progress({ stage: `allocating bits for ${ratio}x${label}`, done: it, total: BUDGET_SCALE_STEPS, unit: 'steps', detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}` }));
+        lap('allocation');
+        const m = await measurePlans(spec, plans, tuning, settings, true);
+        lap('measure');
+        tried[ri].push({ grouping: String(grouping), ratio_compressed: m.ratioCompressed, rel_error: { key: mean(m.relKey), value: mean(m.relValue) } });
+        const best = chosen[ri];
+        if (!best || groupingScore(m) < groupingScore(best.tuning)) {
+          chosen[ri] = { grouping, plans, scale, tuning: m, clip: clipRangeCounts(plans, fitted.tables), granule: fitted.tables[0].granule };
+        }
+      }
+    }
+
+    const sourcesMeta = data.sources.map((t) => ({ name: t.name, sha256: t.sha256, bytes: t.bytes }));
+    const profiles: RatioResult[] = [];
+    for (const [ri, ratio] of opts.ratios.entries()) {
+      checkAbort(opts.signal);
+      const c = chosen[ri]!;
+      progress({ stage: `measuring ${ratio}x on report text` });
+      const m = await measurePlans(spec, c.plans, report, settings, true);
+      lap('measure');
+      const draft = manifestDraft({
+        model, ratio, opts: { ...opts, grouping: c.grouping, report: opts.report ?? DEFAULT_REPORT_TOKENS },
+        groupingRequested: String(opts.grouping), candidates: opts.grouping === 'auto' ? tried[ri] : [],
+        granule: c.granule, entropy, sources: sourcesMeta,
+        split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen }, m, tuning: c.tuning,
+      });
+      checkAbort(opts.signal);
+      progress({ stage: 'writing profile' });
+      const manifest = await writeProfile(outDirs[ri], draft, c.plans, { force: opts.force });
+      lap('write');
+      profiles.push({
+        profile: outDirs[ri],
+        profile_id: manifest.profile_id,
+        unchanged: manifest.unchanged === true,
+        replaced: manifest.replaced === true,
+        ratio_target: ratio,
+        grouping: String(c.grouping),
+        ratio: m.ratioBlob,
+        ratio_compressed: m.ratioCompressed,
+        ratio_blob: m.ratioBlob,
+        context_tokens: m.contextTokens,
+        rel_error: { key: mean(m.relKey), value: mean(m.relValue), key_per_layer: m.relKey, value_per_layer: m.relValue },
+        tuning_rel_error: { key: mean(c.tuning.relKey), value: mean(c.tuning.relValue) },
+        bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
+        budget_scale: c.scale.scale,
+        clip_ranges: c.clip,
+        grouping_candidates: opts.grouping === 'auto' ? tried[ri] : [],
+      });
+    }
+    seconds.total = (performance.now() - t0) / 1000;
+    return {
+      model: model.name,
+      model_dir: model.dir,
+      tokens: split.fit.length * seqLen,
+      tokens_requested: opts.tokens,
+      heldout_tokens: split.heldout.length * seqLen,
+      report_tokens: split.report.length * seqLen,
+      sequences: split.fit.length + split.heldout.length + split.report.length,
+      seq_len: seqLen,
+      plans: chosen[0]!.plans.length,
+      groupings: candidates.fit.map(String),
+      groupings_skipped: candidates.skipped,
+      profiles,
+      seconds,
+      skipped_data: data.skipped,
+    };
+  } finally {
+    await release();
+  }
 }

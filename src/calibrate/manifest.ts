@@ -10,12 +10,19 @@ import type { Measurement } from './measure.js';
 export interface DraftInputs {
   model: ModelDescription;
   ratio: number;
-  opts: { sink: number; window: number; grouping: string | number; tokens: number; heldout: number; chunk: number; seed: number };
+  opts: { sink: number; window: number; grouping: string | number; tokens: number; heldout: number; report: number; chunk: number; seed: number };
+  /** What --grouping asked for ('auto', or the grouping itself). */
+  groupingRequested: string;
+  /** With 'auto': every candidate at this ratio on the tuning split. */
+  candidates: { grouping: string; ratio_compressed: number; rel_error: { key: number; value: number } }[];
   granule: number;
   entropy: EntropyCoder;
   sources: { name: string; sha256: string; bytes: number }[];
-  split: { fit: number; heldout: number; seqLen: number };
+  split: { fit: number; heldout: number; report: number; seqLen: number };
+  /** The report split (what the profile's figures are). */
   m: Measurement;
+  /** The same plans on the tuning split. */
+  tuning: Measurement;
 }
 
 const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
@@ -25,7 +32,7 @@ function round(x: number): number {
   return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
 }
 
-export function manifestDraft({ model, ratio, opts, granule, entropy, sources, split, m }: DraftInputs): ManifestDraft {
+export function manifestDraft({ model, ratio, opts, groupingRequested, candidates, granule, entropy, sources, split, m, tuning }: DraftInputs): ManifestDraft {
   const spec = model.spec;
   const fp = model.fingerprint;
 return {
@@ -68,8 +75,10 @@ return {
       sink: opts.sink,
       window: opts.window,
       grouping: String(opts.grouping),
+      grouping_requested: groupingRequested,
       tokens: opts.tokens,
       heldout: opts.heldout,
+      report: opts.report,
       chunk: opts.chunk,
       seed: opts.seed,
       granule,
@@ -79,13 +88,19 @@ return {
       sources,
       tokens_fit: split.fit * split.seqLen,
       tokens_heldout: split.heldout * split.seqLen,
-      sequences: split.fit + split.heldout,
+      tokens_report: split.report * split.seqLen,
+      sequences: split.fit + split.heldout + split.report,
+      ...(candidates.length
+        ? { grouping_candidates: candidates.map((c) => ({ grouping: c.grouping, ratio_compressed: round(c.ratio_compressed), key_mean: round(c.rel_error.key), value_mean: round(c.rel_error.value) })) }
+        : {}),
     },
     measured: {
+      split: 'report',
       context_tokens: m.contextTokens,
       ratio_compressed: round(m.ratioCompressed),
       ratio_blob: round(m.ratioBlob),
       rel_error: { key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)) },
+      tuning_rel_error: { key_mean: round(mean(tuning.relKey)), value_mean: round(mean(tuning.relValue)) },
     },
   };
 }

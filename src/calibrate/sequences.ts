@@ -1,18 +1,20 @@
 /**
- * Calibration text → fixed-length token sequences, split into fit and held-out sets.
+ * Calibration text → fixed-length token sequences, split into fit, tuning (held-out) and report sets.
  *
  * Reading (readCalibrationTokens): files are read in order, each streamed and tokenized in
  * chunks of a few KB (ChunkedEncoder), so the time is linear in the text used and the memory is
  * bounded by the token budget; Ctrl-C (the abort signal) is checked between chunks. Documents are
  * taken whole until they are estimated (3 characters a token) to give 1.5 × the tokens needed,
- * where "needed" is 2 × (fit + held-out) to leave room for the shuffle; no more than
+ * where "needed" is 2 × (fit + tuning + report) to leave room for the shuffle; no more than
  * TOKEN_BUDGET_FACTOR × that is ever tokenized: a (large) document is cut there.
  * In a directory, a file that is not UTF-8 text is skipped and reported (strict: an error).
  *
  * Sequences (splitSequences): the documents' tokens are concatenated (no BOS between them), cut
  * into sequences of `seqLen` tokens, each starting with BOS when the tokenizer has one, so
  * attention sinks behave as in real prompts. The split is a seeded shuffle of whole sequences,
- * so held-out text never overlaps the fit text.
+ * so no text is in two sets: the fit sequences give the PCA bases, the tuning sequences the clip
+ * ranges, error tables and bit allocation, and the report sequences the figures printed and
+ * recorded in the profile, which therefore come from text no fitting step saw.
  */
 import { basename } from 'node:path';
 import { KvtcError } from '../errors.js';
@@ -23,7 +25,10 @@ import { mulberry32 } from '../random.js';
 
 export interface SequenceSplit {
   fit: number[][];
+  /** Tuning sequences: clip ranges, error tables and the bit allocation are measured on them. */
   heldout: number[][];
+  /** Report sequences: the printed and recorded ratio and error; no fitting or tuning step sees them (empty when reportTokens is 0). */
+  report: number[][];
   seqLen: number;
   availableTokens: number;
 }
@@ -176,6 +181,8 @@ export interface SplitOptions {
   seqLen: number;
   fitTokens: number;
   heldoutTokens: number;
+  /** Report tokens (default 0: no report split). */
+  reportTokens?: number;
   seed: number;
   minFitTokens: number;
   /** The data, as the NOT_ENOUGH_TOKENS message names it. */
@@ -196,19 +203,25 @@ export function splitSequences(stream: ArrayLike<number>, bos: number | undefine
     [seqs[i], seqs[j]] = [seqs[j], seqs[i]];
   }
   const nHeld = Math.max(1, Math.ceil(opts.heldoutTokens / opts.seqLen));
+  const nReport = (opts.reportTokens ?? 0) > 0 ? Math.ceil(opts.reportTokens! / opts.seqLen) : 0;
   const nFit = Math.ceil(opts.fitTokens / opts.seqLen);
-  const needMin = nHeld + Math.ceil(opts.minFitTokens / opts.seqLen);
+  const needMin = nHeld + nReport + Math.ceil(opts.minFitTokens / opts.seqLen);
   if (seqs.length < needMin) {
+    const parts = [`${Math.ceil(opts.minFitTokens / opts.seqLen) * opts.seqLen} to fit the PCA bases`, `${nHeld * opts.seqLen} held out for tuning`];
+    if (nReport > 0) parts.push(`${nReport * opts.seqLen} held out for the report`);
     throw new KvtcError(
       'NOT_ENOUGH_TOKENS',
       `the calibration data (${opts.sources}) gives ${stream.length} tokens = ${seqs.length} sequences of ${opts.seqLen}; ` +
-        `the fit needs at least ${needMin * opts.seqLen} tokens (${Math.ceil(opts.minFitTokens / opts.seqLen) * opts.seqLen} to fit the PCA bases + ${nHeld * opts.seqLen} held out)`,
-      { fix: 'Add more text with --data (several files or a directory), or lower --heldout.', context: { available: stream.length, needed: needMin * opts.seqLen } },
+        `the fit needs at least ${needMin * opts.seqLen} tokens (${parts.join(' + ')})`,
+      { fix: `Add more text with --data (several files or a directory), or lower --heldout${nReport > 0 ? ' / --report-tokens' : ''}.`, context: { available: stream.length, needed: needMin * opts.seqLen } },
     );
   }
+  // Tuning first, then report, then fit: with no report split the tuning and fit sequences are
+  // exactly those of a two-way split of the same seed.
   const heldout = seqs.slice(0, nHeld);
-  const fit = seqs.slice(nHeld, nHeld + nFit);
-  return { fit, heldout, seqLen: opts.seqLen, availableTokens: stream.length };
+  const report = seqs.slice(nHeld, nHeld + nReport);
+  const fit = seqs.slice(nHeld + nReport, nHeld + nReport + nFit);
+  return { fit, heldout, report, seqLen: opts.seqLen, availableTokens: stream.length };
 }
 
 /** Whole documents (each tokenized in chunks, concatenated) → sequences and the seeded split. */
@@ -260,6 +273,7 @@ export interface CalibrationTokens {
 export interface ReadCalibrationOptions {
   fitTokens: number;
   heldoutTokens: number;
+  reportTokens?: number;
   /** Make a non-UTF-8 file in a directory an error, as one given directly is (--strict-data). */
   strict?: boolean;
   signal?: AbortSignal;
@@ -283,7 +297,7 @@ const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 export async function readCalibrationTokens(paths: string | string[], tokenizer: ModelTokenizer, opts: ReadCalibrationOptions): Promise<CalibrationTokens> {
   const progress = opts.onProgress ?? noProgress;
   const list = await listTextSources(paths);
-  const need = 2 * (opts.fitTokens + opts.heldoutTokens);
+  const need = 2 * (opts.fitTokens + opts.heldoutTokens + (opts.reportTokens ?? 0));
   const budget = TOKEN_BUDGET_FACTOR * need;
   const tokens: number[] = [];
   const sources: CalibrationSource[] = [];

@@ -99,9 +99,11 @@ export const ManifestSchema = z
         ratio_target: z.number().min(1).max(64),
         sink: nonneg,
         window: nonneg,
-        grouping: z.string().describe('"layer", "all", or a number k of consecutive layers per basis'),
+        grouping: z.string().describe('"layer", "all", or a number k of consecutive layers per basis (the one the plans use)'),
+        grouping_requested: z.string().optional().describe('what --grouping asked for: "auto" (chosen by the tuning-split error among the candidates in calibration.grouping_candidates) or the grouping itself'),
         tokens: z.number().int().positive(),
-        heldout: z.number().int().positive(),
+        heldout: z.number().int().positive().describe('tuning tokens asked for (clip ranges, error tables, bit allocation)'),
+        report: z.number().int().positive().optional().describe('report tokens asked for (the measured figures); absent in profiles written before the report split'),
         chunk: z.number().int().positive(),
         seed: z.number().int(),
         granule: z.number().int().positive().describe('dynamic groups start and end on multiples of this'),
@@ -112,13 +114,19 @@ export const ManifestSchema = z
       .object({
         sources: z.array(z.object({ name: z.string(), sha256: hex(64), bytes: nonneg }).strict()),
         tokens_fit: nonneg,
-        tokens_heldout: nonneg,
+        tokens_heldout: nonneg.describe('tuning tokens: clip ranges (cross-validated), error tables, bit allocation, budget scale, grouping choice'),
+        tokens_report: nonneg.optional().describe('report tokens: text neither the fit nor the tuning saw; the measured section comes from it'),
         sequences: nonneg,
+        grouping_candidates: z
+          .array(z.object({ grouping: z.string(), ratio_compressed: finite, key_mean: finite, value_mean: finite }).strict())
+          .optional()
+          .describe('with --grouping auto: each candidate at this ratio, measured on the tuning split'),
       })
       .strict(),
     plans: z.array(PlanSchema).min(1),
     measured: z
       .object({
+        split: z.literal('report').optional().describe('the split these figures come from: report tokens no fitting or tuning step saw (absent: the tuning split, profiles before the three-way split)'),
         context_tokens: nonneg.describe('tokens of the held-out caches the ratio and error were measured on'),
         ratio_compressed: finite.describe('fp16 bytes of the compressed tokens ÷ their bytes in the blob (sections, scales, headers)'),
         ratio_blob: finite.describe('fp16 bytes of all tokens ÷ bytes of the whole blob, sink and window tokens included'),
@@ -130,6 +138,7 @@ export const ManifestSchema = z
             value_mean: finite,
           })
           .strict(),
+        tuning_rel_error: z.object({ key_mean: finite, value_mean: finite }).strict().optional().describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),
       })
       .strict(),
     tensors: z.object({ file: z.literal(TENSORS_FILE), sha256: hex(64), bytes: nonneg }).strict(),

@@ -18,9 +18,10 @@ const Options = z.object({
     .optional(),
   tokens: wholeNumber(256),
   heldout: wholeNumber(128),
+  reportTokens: wholeNumber(128),
   sink: wholeNumber(0),
   window: wholeNumber(0),
-  grouping: z.union([z.enum(['layer', 'all']), wholeNumber(1)], { message: 'must be "layer", "all" or a whole number of layers ≥ 1' }),
+  grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], { message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1' }),
   chunk: wholeNumber(1),
   seed: wholeNumber(0),
   device: deviceSchema,
@@ -55,6 +56,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       ratiosGiven: opts.ratio !== undefined,
       tokens: opts.tokens,
       heldout: opts.heldout,
+      report: opts.reportTokens,
       sink: opts.sink,
       window: opts.window,
       grouping: opts.grouping,
@@ -74,22 +76,30 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
   if (opts.json) {
     const first = result.profiles[0];
-    printJson(io, { ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model, heldout_tokens: result.heldout_tokens, profiles: result.profiles, skipped_data: result.skipped_data });
+    printJson(io, {
+      ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model,
+      heldout_tokens: result.heldout_tokens, tuning_tokens: result.heldout_tokens, report_tokens: result.report_tokens,
+      groupings: result.groupings, groupings_skipped: result.groupings_skipped, profiles: result.profiles, skipped_data: result.skipped_data,
+    });
     return;
   }
   if (result.tokens < result.tokens_requested) {
     io.err(`warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`);
   }
-  io.out(`calibrated ${result.model} on ${result.tokens} tokens (${result.heldout_tokens} more held out), ${result.plans} bases, sequences of ${result.seq_len} tokens`);
+  io.out(`calibrated ${result.model}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), sequences of ${result.seq_len} tokens`);
+  if (result.groupings.length > 1) {
+    io.out(`grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`);
+  }
   io.out('');
   io.out(
     table(
-      ['target', 'ratio (compressed tokens)', 'ratio (whole blob)', 'rel err K', 'rel err V', 'bits/token', 'profile'],
-      result.profiles.map((p) => [`${p.ratio_target}x`, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, p.rel_error.key.toFixed(4), p.rel_error.value.toFixed(4), p.bits_per_token, p.profile]),
+      ['target', 'grouping', 'ratio (compressed tokens)', 'ratio (whole blob)', 'rel err K', 'rel err V', 'tuning K / V', 'bits/token', 'profile'],
+      result.profiles.map((p) => [`${p.ratio_target}x`, p.grouping, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, p.rel_error.key.toFixed(4), p.rel_error.value.toFixed(4), `${p.tuning_rel_error.key.toFixed(4)} / ${p.tuning_rel_error.value.toFixed(4)}`, p.bits_per_token, p.profile]),
     ),
   );
   io.out('');
-  io.out(`Ratios and errors are measured on held-out text (blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included);`);
+  io.out(`Ratios and errors are measured on the report split: ${result.report_tokens} tokens of calibration text that neither the fit nor the tuning saw`);
+  io.out(`(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`);
   io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers.');
   const s = result.seconds;
   const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
