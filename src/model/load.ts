@@ -17,7 +17,7 @@ import type { ModelTokenizer } from './tokenizer.js';
 import { loadTokenizer } from './tokenizer.js';
 import type { ModelSpec } from './types.js';
 
-export { DEFAULT_MODEL_OPTION, modelDirFromOption, modelNameFromDir, type ModelFiles, type ModelFormat } from './model-files.js';
+export { DEFAULT_MODEL_OPTION, listOnnxFiles, modelDirFromOption, modelNameFromDir, type ModelFiles, type ModelFormat, type OnnxCandidate } from './model-files.js';
 export { layerName, type ModelIONames } from './graph-io.js';
 
 export interface ModelDescription {
@@ -39,7 +39,12 @@ export interface LoadedModel extends ModelDescription {
   device: Device;
 }
 
-export interface LoadOptions {
+export interface DescribeOptions {
+  /** Which ONNX graph of the directory to use (the CLI's --onnx): see resolveOnnxOption. Default: chooseOnnx's rule (model.onnx, unquantized first). */
+  onnx?: string;
+}
+
+export interface LoadOptions extends DescribeOptions {
   device?: Device;
   threads?: number;
 }
@@ -50,10 +55,10 @@ interface Described extends ModelDescription {
   io: ModelIONames;
 }
 
-async function describe(dirArg: string): Promise<Described> {
-  const dir = resolve(dirArg);
+async function describe(location: string, opts: DescribeOptions): Promise<Described> {
   const notes: string[] = [];
-  const files = await findModelFiles(dir, notes);
+  const files = await findModelFiles(resolve(location), notes, opts);
+  const dir = files.dir;
   const rawCfg = await readJson(files.config);
   const norm = files.format === 'genai' ? normalizeGenaiConfig(rawCfg, files.config) : normalizeHfConfig(rawCfg, files.config);
   notes.push(...norm.notes);
@@ -97,15 +102,18 @@ async function describe(dirArg: string): Promise<Described> {
   };
 }
 
-/** Spec, files and fingerprint of a model directory, without starting ONNX Runtime. */
-export async function describeModel(dir: string): Promise<ModelDescription> {
-  const { io: _io, ...d } = await describe(dir);
+/**
+ * Spec, files and fingerprint of a model, without starting ONNX Runtime. `location` is the model
+ * directory or one of its .onnx graphs (as modelDirFromOption returns with --onnx).
+ */
+export async function describeModel(location: string, opts: DescribeOptions = {}): Promise<ModelDescription> {
+  const { io: _io, ...d } = await describe(location, opts);
   return d;
 }
 
-/** Loads a model: spec, tokenizer, ONNX Runtime session. */
-export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
-  const d = await describe(dir);
+/** Loads a model (its directory, or one of its .onnx graphs): spec, tokenizer, ONNX Runtime session. */
+export async function loadModel(location: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const d = await describe(location, { onnx: opts.onnx });
   const tokenizer = await loadTokenizer(d.dir);
   const device = opts.device ?? 'cpu';
   const session = await createSession(d.files.onnx, { device, threads: opts.threads });
