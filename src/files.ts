@@ -17,6 +17,7 @@ import { PRE_ROPE, readKvCache, writeKvCache } from './model/kv-io.js';
 import type { KvCache } from './model/types.js';
 import type { Device } from './onnx/session.js';
 import { codecFromProfile, useTransformThread } from './profile/codec.js';
+import { checkCacheForProfile } from './profile/compat.js';
 import { readProfile, type Profile } from './profile/io.js';
 
 export interface FileJobOptions {
@@ -81,13 +82,7 @@ export async function encodeFile(kv: string, opts: FileJobOptions): Promise<Enco
       context: { kv },
     });
   }
-  const fp = profile.manifest.model.fingerprint.id;
-  if (metadata.fingerprint && metadata.fingerprint !== fp) {
-    throw new KvtcError('PROFILE_MISMATCH', `${kv} was captured from model ${metadata.model ?? '?'} (fingerprint ${metadata.fingerprint}), but the profile is for ${profile.manifest.model.name} (${fp})`, {
-      fix: 'Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with `kvtc calibrate --model DIR`.',
-      context: { kv, cache_fingerprint: metadata.fingerprint, profile_fingerprint: fp },
-    });
-  }
+  checkCacheForProfile(profile, kv, cache, metadata);
   const { blob, stats } = await encodeCache(profile, cache, opts, kv);
   await writeFileAtomic(opts.out, blob);
   return { out: opts.out, profile, cache, blob, stats };

@@ -21,7 +21,7 @@ import { codecFromProfile } from '../profile/codec.js';
 import { dynamoCodec } from '../dynamo/codec.js';
 import { readDynamoProfile, type DynamoProfile } from '../dynamo/profile.js';
 import { KvtcError } from '../errors.js';
-import { checkProfileForModel } from '../profile/compat.js';
+import { checkDynamoProfileForModel, checkProfileForModel, dynamoProfileModelDifferences } from '../profile/compat.js';
 import { readProfile, type Profile } from '../profile/io.js';
 import { fp16Bytes, prefixCache, rawFp16, relativeError } from './cache.js';
 import { measureLimits } from './limits.js';
@@ -140,12 +140,8 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
     checkProfileForModel(profile, model, 'the model being benchmarked');
     if (opts.dynamoProfile) {
       const d = await readDynamoProfile(opts.dynamoProfile);
-      if (d.manifest.model.fingerprint === model.fingerprint.id) dynamo = d;
-      else if (opts.modelDir) {
-        throw new KvtcError('PROFILE_MISMATCH', `dynamo profile ${d.dir} was calibrated for ${d.manifest.model.name} (fingerprint ${d.manifest.model.fingerprint}), not for ${model.name} (${model.fingerprint.id})`, {
-          fix: `Calibrate one for this model: kvtc calibrate --target dynamo --model ${model.dir}`,
-        });
-      }
+      if (!dynamoProfileModelDifferences(d.manifest, model).length) dynamo = d;
+      else if (opts.modelDir) checkDynamoProfileForModel(d, model, 'the model being benchmarked');
     }
     const ids = await textTokens((s) => model.tokenizer.encode(s), Math.max(tokens, ...contexts));
     recompute = await timeRecompute(name, new ModelRunner(model), ids, contexts, recomputeRepeats, progress);

@@ -1,11 +1,13 @@
 /**
- * Profile-versus-model compatibility: the one check encode, evaluate, bench and validate share.
+ * Profile-versus-model compatibility: the one check encode, evaluate, bench and validate share
+ * (kvtc profiles, dynamo profiles, and captured caches that record their model).
  * A profile made for another model would compress caches it has never seen. A mismatch names
  * what differs: an architecture field kvtc reads, or the ONNX graph / its weights.
  */
 import { KvtcError } from '../errors.js';
 import { architectureFields, type ModelFingerprint } from '../model/fingerprint.js';
-import type { ModelSpec } from '../model/types.js';
+import type { DynamoManifest } from '../dynamo/schema.js';
+import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Profile } from './io.js';
 import type { Manifest } from './schema.js';
 
@@ -65,18 +67,105 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
   return out;
 }
 
-/** Throws PROFILE_MISMATCH unless `profile` was calibrated for `model`. */
-export function checkProfileForModel(profile: Profile, model: ModelIdentity, role = 'the model being used'): void {
-  const pm = profile.manifest.model;
+/** The model a profile records it was made for: kvtc's manifest keeps a fingerprint object, the dynamo manifest its id. */
+interface RecordedModel {
+  name: string;
+  id: string;
+}
+
+/** A profile made for another model: the message every command prints, the fix and the differences. */
+export interface ProfileModelMismatch {
+  message: string;
+  fix: string;
+  differences: string[];
+}
+
+function mismatch(profileDir: string, recorded: RecordedModel, model: ModelIdentity, differences: string[], role: string, fix?: string): ProfileModelMismatch {
+  return {
+    message: `profile ${profileDir} was calibrated for model ${recorded.name} (fingerprint ${recorded.id}), but ${role} is ${model.name} (fingerprint ${model.fingerprint.id}, ${model.dir}): ${differences.join('; ')}`,
+    fix: fix ?? `Pass --model with the directory of ${recorded.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
+    differences,
+  };
+}
+
+function mismatchError(profileDir: string, recorded: RecordedModel, model: ModelIdentity, m: ProfileModelMismatch, extra: Record<string, unknown> = {}): KvtcError {
+  return new KvtcError('PROFILE_MISMATCH', m.message, {
+    fix: m.fix,
+    context: { profile: profileDir, profile_model: recorded.name, profile_fingerprint: recorded.id, model: model.dir, model_fingerprint: model.fingerprint.id, differences: m.differences, ...extra },
+  });
+}
+
+/** Why `profile` does not fit `model` (validate prints it as a failed check), or undefined when it does. */
+export function profileModelMismatch(profile: Pick<Profile, 'dir' | 'manifest'>, model: ModelIdentity, role = 'the model being used'): ProfileModelMismatch | undefined {
   const diff = profileModelDifferences(profile.manifest, model);
-  if (diff.length) {
-    throw new KvtcError(
-      'PROFILE_MISMATCH',
-      `profile ${profile.dir} was calibrated for model ${pm.name} (fingerprint ${pm.fingerprint.id}), but ${role} is ${model.name} (fingerprint ${model.fingerprint.id}, ${model.dir}): ${diff.join('; ')}`,
-      {
-        fix: `Pass --model with the directory of ${pm.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
-        context: { profile: profile.dir, profile_model: pm.name, profile_fingerprint: pm.fingerprint.id, model: model.dir, model_fingerprint: model.fingerprint.id, differences: diff },
-      },
-    );
+  if (!diff.length) return undefined;
+  const pm = profile.manifest.model;
+  return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role);
+}
+
+/** Throws PROFILE_MISMATCH unless `profile` was calibrated for `model`. */
+export function checkProfileForModel(profile: Pick<Profile, 'dir' | 'manifest'>, model: ModelIdentity, role = 'the model being used'): void {
+  const m = profileModelMismatch(profile, model, role);
+  if (m) {
+    const pm = profile.manifest.model;
+    throw mismatchError(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, m);
   }
+}
+
+/** What differs between the model a dynamo profile was made for and `model` (empty: nothing). */
+export function dynamoProfileModelDifferences(manifest: Pick<DynamoManifest, 'model'>, model: ModelIdentity): string[] {
+  const pm = manifest.model;
+  if (pm.fingerprint === model.fingerprint.id) return [];
+  const out: string[] = [];
+  if (model.spec) {
+    const s = model.spec;
+    const fields: [string, unknown, unknown][] = [
+      ['architecture', pm.architecture, s.architecture],
+      ['layers', pm.layers, s.layers],
+      ['kv_heads', pm.kv_heads, s.kvHeads],
+      ['head_dim', pm.head_dim, s.headDim],
+      ['kv_dtype', pm.kv_dtype, s.kvDtype],
+    ];
+    for (const [k, want, have] of fields) if (String(want) !== String(have)) out.push(`${k} is ${String(want)} in the profile, ${String(have)} in the model`);
+  }
+  // The dynamo manifest keeps only the fingerprint id, so past the shape nothing says which part differs.
+  if (!out.length) out.push('the fingerprint differs (same shape: another export, other weights or another RoPE)');
+  return out;
+}
+
+/** Throws PROFILE_MISMATCH unless the dynamo profile was calibrated for `model`. */
+export function checkDynamoProfileForModel(profile: { dir: string; manifest: Pick<DynamoManifest, 'model'> }, model: ModelIdentity, role = 'the model being used'): void {
+  const diff = dynamoProfileModelDifferences(profile.manifest, model);
+  if (!diff.length) return;
+  const recorded = { name: profile.manifest.model.name, id: profile.manifest.model.fingerprint };
+  throw mismatchError(profile.dir, recorded, model, mismatch(profile.dir, recorded, model, diff, role, `Calibrate a dynamo profile for this model: kvtc calibrate --target dynamo --model ${model.dir}`));
+}
+
+/**
+ * Throws PROFILE_MISMATCH when the KV cache in file `kv` records (kvtc capture's metadata) that
+ * another model produced it. A cache without a recorded fingerprint is left to the codec's shape
+ * checks: caches from other tools are welcome.
+ */
+export function checkCacheForProfile(
+  profile: Pick<Profile, 'dir' | 'manifest'>,
+  kv: string,
+  cache: Pick<KvCache, 'layers' | 'kvHeads' | 'headDim' | 'dtype'>,
+  recorded: { model?: string; fingerprint?: string },
+): void {
+  const pm = profile.manifest.model;
+  if (!recorded.fingerprint || recorded.fingerprint === pm.fingerprint.id) return;
+  const model: ModelIdentity = { name: recorded.model ?? 'an unnamed model', dir: kv, fingerprint: { id: recorded.fingerprint } };
+  const out: string[] = [];
+  const fields: [string, unknown, unknown][] = [
+    ['layers', pm.layers, cache.layers],
+    ['kv_heads', pm.kv_heads, cache.kvHeads],
+    ['head_dim', pm.head_dim, cache.headDim],
+    ['kv_dtype', pm.kv_dtype, cache.dtype],
+  ];
+  for (const [k, want, have] of fields) if (String(want) !== String(have)) out.push(`${k} is ${String(want)} in the profile, ${String(have)} in the model`);
+  // A capture records only the fingerprint id: the same shape from another model says no more.
+  if (!out.length) out.push('the fingerprint differs (same cache shape: another model, export or RoPE)');
+  const recordedModel = { name: pm.name, id: pm.fingerprint.id };
+  const m = mismatch(profile.dir, recordedModel, model, out, `the model that captured the cache`, `Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with \`kvtc calibrate --model DIR\`.`);
+  throw mismatchError(profile.dir, recordedModel, model, m, { kv, cache_fingerprint: recorded.fingerprint });
 }

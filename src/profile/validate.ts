@@ -7,7 +7,7 @@
  */
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
-import { profileModelDifferences } from './compat.js';
+import { profileModelMismatch } from './compat.js';
 import type { RopeSpec } from '../model/types.js';
 import { checkProfile, PROFILE_LIMITS, type Check } from './io.js';
 import type { Manifest } from './schema.js';
@@ -55,13 +55,11 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
       if (!m) {
         checks.push({ name: 'model', ok: false, detail: 'not checked: the manifest did not pass the schema' });
       } else {
-        const same = d.fingerprint.id === m.fingerprint.id;
+        const mismatch = profileModelMismatch({ dir: r.dir, manifest: { model: m } as Manifest }, d, 'the model being checked');
         checks.push({
           name: 'model',
-          ok: same,
-          detail: same
-            ? `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`
-            : `made for ${m.name} (fingerprint ${m.fingerprint.id}), but ${modelDir} is ${d.name} (fingerprint ${d.fingerprint.id}): ${profileModelDifferences({ model: m } as Manifest, d).join('; ')}; calibrate a profile for it with \`kvtc calibrate --model ${modelDir}\``,
+          ok: !mismatch,
+          detail: mismatch ? `${mismatch.message}; ${mismatch.fix}` : `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`,
         });
         const s = d.spec;
         const shapeOk = s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim && s.heads === m.heads;

@@ -10,7 +10,7 @@ import { checkDevice } from '../../onnx/session.js';
 import { defaultProfileDir } from '../../calibrate/outputs.js';
 import { DEFAULT_PROFILES_DIR } from '../../paths.js';
 import { readDynamoProfile } from '../../dynamo/profile.js';
-import { checkProfileForModel } from '../../profile/compat.js';
+import { checkDynamoProfileForModel, checkProfileForModel } from '../../profile/compat.js';
 import { readProfile, type Profile } from '../../profile/io.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
 import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
@@ -200,11 +200,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     for (const p of profiles) checkProfileForModel(p, model, 'the model being evaluated');
     sweepNames(profiles); // the same profile twice is a usage error, before any work
     const dynamo = opts.dynamoProfile ? await readDynamoProfile(opts.dynamoProfile) : undefined;
-    if (dynamo && dynamo.manifest.model.fingerprint !== model.fingerprint.id) {
-      throw new KvtcError('PROFILE_MISMATCH', `dynamo profile ${dynamo.dir} was calibrated for ${dynamo.manifest.model.name} (fingerprint ${dynamo.manifest.model.fingerprint}), but the model being evaluated is ${model.name} (${model.fingerprint.id})`, {
-        fix: `Calibrate one for this model: kvtc calibrate --target dynamo --model ${model.dir}`,
-      });
-    }
+    if (dynamo) checkDynamoProfileForModel(dynamo, model, 'the model being evaluated');
     codecNames = opts.codec ?? [...(profiles.length ? (['kvtc'] as CodecName[]) : []), ...(dynamo ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
     if (codecNames.includes('kvtc') && !profiles.length) {
       throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`, {
