@@ -9,6 +9,8 @@ export type ErrorCode =
   | 'MODEL_NOT_FOUND'
   | 'MODEL_INVALID'
   | 'UNSUPPORTED_ARCHITECTURE'
+  /** The captured keys contradict the RoPE kvtc read from the model's config (src/rope/data-check.ts). */
+  | 'ROPE_MISMATCH'
   | 'TOKENIZER_MISSING'
   | 'DEVICE_UNAVAILABLE'
   | 'DATA_INVALID'

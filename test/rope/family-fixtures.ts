@@ -251,7 +251,8 @@ export const graphRope = (r: RefLayerRope | null): GraphLayerRope | null =>
   r && { invFreq: r.invFreq, rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor, ...(r.long ? { long: r.long } : {}) };
 
 /** Writes the fixture model directory `out` for one family and config style; deterministic in the seed. */
-export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out: string, seed = 1, std = 0.1): Promise<FamilyFixture> {
+export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out: string, opts: { seed?: number; std?: number; kvDtype?: 'float32' | 'float16' } = {}): Promise<FamilyFixture> {
+  const { seed = 1, std = 0.1, kvDtype = 'float32' } = opts;
   const config = def.config[style];
   const ropes = transformersLayerRopes(config);
   const rand = mulberry32(seed);
@@ -259,7 +260,7 @@ export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out
   const weights = randomLlamaWeights(rand, { layers, hidden, heads, kvHeads, headDim, intermediate: INTER, vocab: VOCAB, std, qkNorm: def.qkNorm });
   const positionEmbeddings = def.absolutePositions ? normals(rand, 256 * hidden, std) : undefined;
   const onnx = buildLlamaGraph(weights, {
-    layers, heads, kvHeads, headDim, hidden, vocabSize: VOCAB, kvDtype: 'float32',
+    layers, heads, kvHeads, headDim, hidden, vocabSize: VOCAB, kvDtype,
     rope: { theta: 10000, rotaryDim: headDim, layout: 'half' }, // unused: layerRope is given
   }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings });
   await mkdir(join(out, 'onnx'), { recursive: true });
