@@ -1,0 +1,80 @@
+/**
+ * `kvtc inspect PROFILE`: the summary a person reads before committing a profile, checked
+ * against the profile's own manifest and tensors. kvtc's reading of a model (--model) and the
+ * JSON contract: test/cli/contract.test.ts.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { fmtBytes } from '../../../src/cli/format.js';
+import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from '../../../src/paths.js';
+import { readProfile } from '../../../src/profile/io.js';
+import { kvtc } from '../../model/helpers.js';
+
+const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
+const manifest = () => JSON.parse(readFileSync(join(PROFILE, 'kvtc-profile.json'), 'utf8'));
+
+describe('kvtc inspect PROFILE', () => {
+  it('heads the summary with id, format, producer, size, model, settings, calibration and what was measured', async () => {
+    const m = manifest();
+    const r = await kvtc('inspect', PROFILE);
+    expect(r.code, r.stderr).toBe(0);
+    const [head, model, settings, calibration, measured] = r.stdout.split('\n');
+    const bytes = statSync(join(PROFILE, 'kvtc-profile.json')).size + m.tensors.bytes;
+    expect(head).toBe(`profile ${PROFILE}  (id ${m.profile_id}, format v${m.format_version}, kvtc ${m.producer.version}, ${fmtBytes(bytes)})`);
+    expect(model).toBe(`model   stories260k: LlamaForCausalLM, 5 layers, 8 heads / 4 KV heads × 8, KV float32, RoPE θ=10000 (half), fingerprint ${m.model.fingerprint.id}`);
+    expect(settings).toBe(`settings  target ${m.settings.ratio_target}x, sink 4, window 128, grouping ${m.settings.grouping}, ${m.settings.entropy}, granule ${m.settings.granule}`);
+    expect(calibration).toMatch(new RegExp(`^calibration  ${m.calibration.tokens_fit} tokens fit \\+ ${m.calibration.tokens_heldout} held out, from ${m.calibration.sources.length} file\\(s\\): inaugural-1789-Washington\\.txt, `));
+    expect(measured).toBe(
+      `measured on held-out ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${m.measured.rel_error.key_mean}, V ${m.measured.rel_error.value_mean}`,
+    );
+  });
+
+  it('has one table row per plan: rank, bits, budget and the measured error of its layer, and groups as the manifest stores them', async () => {
+    const m = manifest();
+    const r = await kvtc('inspect', PROFILE);
+    const lines = r.stdout.split('\n');
+    const header = lines.findIndex((l) => l.startsWith('plan  kind'));
+    expect(lines[header]).toMatch(/^plan +kind +layers +p +kept rank +bits\/token +budget +rel err +groups \(width×type\)$/);
+    const rows = lines.slice(header + 2, header + 2 + m.plans.length).map((l) => l.trim().split(/\s{2,}/));
+    expect(lines[header + 2 + m.plans.length]).toBe('');
+    for (const [i, p] of m.plans.entries()) {
+      const [plan, kind, layers, dim, rank, bits, budget, err, groups] = rows[i];
+      expect({ plan, kind, layers, dim, rank, bits, budget }).toEqual({
+        plan: String(p.index), kind: p.kind, layers: p.layers.join(','), dim: String(p.dim), rank: String(p.rank), bits: String(p.bits_per_token), budget: String(p.budget_bits),
+      });
+      expect(err).toBe(String((p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value)[p.layers[0]]));
+      const widths = groups.split(' ').map((g) => Number(/^(\d+)×(int2|int4|int8|fp8)(\(dyn\))?$/.exec(g)?.[1]));
+      // Stored components: the basis may keep a component no group stores (a gap), so at most the rank.
+      expect(widths.reduce((a, w) => a + w, 0)).toBe(p.groups.reduce((a: number, g: { start: number; end: number }) => a + g.end - g.start, 0));
+      expect(widths.reduce((a, w) => a + w, 0)).toBeLessThanOrEqual(p.rank);
+    }
+    expect(r.stdout).toMatch(/\nkept rank: principal components stored \(the rest are dropped\)/);
+  });
+
+  it('--json: the manifest, the size, and per plan the variance the kept components carry', async () => {
+    const r = await kvtc('inspect', PROFILE, '--json');
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    const p = await readProfile(PROFILE);
+    expect(j.manifest).toEqual(manifest());
+    expect(j.bytes).toBe(statSync(join(PROFILE, 'kvtc-profile.json')).size + p.manifest.tensors.bytes);
+    expect(j.plans).toHaveLength(p.plans.length);
+    for (const [i, plan] of p.plans.entries()) {
+      expect(j.plans[i].variance_kept).toBeCloseTo(plan.variances.reduce((a, v) => a + v, 0), 6);
+      expect(j.plans[i].groups).toBe(p.manifest.plans[i].groups.map((g) => `${g.end - g.start}×${g.type}${g.mode === 'dynamic' ? '(dyn)' : ''}`).join(' '));
+    }
+    expect(j.model_reading).toBeUndefined();
+  });
+
+  it('with --model also prints kvtc\'s reading of the model after the profile; with neither it is a usage error', async () => {
+    const r = await kvtc('inspect', PROFILE, '--model', DEFAULT_MODEL_DIR);
+    expect(r.code).toBe(0);
+    const at = r.stdout.indexOf('RoPE kvtc undoes on keys');
+    expect(at).toBeGreaterThan(r.stdout.indexOf('kept rank:'));
+    expect(r.stdout.slice(0, at)).toMatch(/\nmodel {3}stories260k \(optimum export, .*models\/stories260k\)\n/);
+    const none = await kvtc('inspect', '--json');
+    expect(none.code).toBe(2);
+    expect(JSON.parse(none.stdout).error.message).toMatch(/arguments \[\]: give a profile directory, --model DIR, or both/);
+  });
+});
