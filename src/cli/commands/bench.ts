@@ -116,3 +116,4 @@ export default async function bench(raw: Record<string, unknown>, io: CliIO): Pr
   printBench(result, io);
   if (cache.entries.length) io.out(`\nbench cache: ${cache.dir} holds ${fmtBytes(cache.bytes)} of built models and profiles, reused by the next run; \`kvtc bench --clear-cache\` removes them.`);
 }
+// Tested by test/bench/bench.test.ts (--quick --json), test/bench/bench-cache.test.ts (--clear-cache), test/cli/safety.test.ts and test/cli/dynamo-profile-mismatch.test.ts (another model's profile) and test/cli/program.test.ts (option errors).

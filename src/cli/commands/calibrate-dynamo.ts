@@ -126,3 +126,4 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
   for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration: replaced.`);
   io.out(`next: kvtc export --format dynamo ${result.profiles[0].profile} --out DIR`);
 }
+// Tested by test/dynamo/calibrate-export.test.ts.

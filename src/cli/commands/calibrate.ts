@@ -108,3 +108,4 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration (model, data, settings): replaced.`);
   io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
 }
+// Tested by test/calibrate/calibrate.test.ts, test/calibrate/data.test.ts, test/cli/contract.test.ts and test/cli/program.test.ts (option errors).

@@ -100,3 +100,4 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)${opts.preRope ? ', keys with RoPE undone (float32; for inspection, not for kvtc encode)' : ''}`);
   for (const n of model.notes) io.out(`  note: ${n}`);
 }
+// Tested by test/model/cli.test.ts and test/cli/capture-pre-rope.test.ts.

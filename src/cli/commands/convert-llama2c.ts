@@ -27,3 +27,4 @@ export default async function convertLlama2cCommand(raw: Record<string, unknown>
   io.out(`Wrote ${r.dir}:`);
   for (const f of r.files) io.out(`  ${f.path.padEnd(24)} ${f.bytes.toLocaleString('en-US').padStart(12)} bytes`);
 }
+// Tested by test/convert/stories260k.test.ts ("convert-llama2c").

@@ -24,3 +24,4 @@ export default async function decode(raw: Record<string, unknown>, io: CliIO): P
   io.out(`decoded ${stats.tokens} tokens from ${opts.in} (${fmtBytes(blobBytes)}) → ${opts.out} (${fmtBytes(bytes)}, ${cache.dtype})`);
   io.out(`  time: ${fmtSeconds(s.total)} (inflate ${fmtSeconds(s.inflate)}, host unpack+dequantize ${fmtSeconds(s.dequantize)}, graphs ${fmtSeconds(s.transform)}, scatter ${fmtSeconds(s.scatter)}) on ${opts.device}`);
 }
+// Tested by test/codec/encode-decode-cli.test.ts.

@@ -302,3 +302,4 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   if (failure) throw failure;
   if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${guardedList.length > 1 ? 'worst: ' : ''}${String(maxDrop.codec)} drop ${(maxDrop.drop_points as number).toFixed(2)} points)`);
 }
+// Tested by test/evaluate/evaluate-cli.test.ts, test/profile/compat.test.ts, test/dynamo/calibrate-export.test.ts (--dynamo-profile), test/cli/dynamo-profile-mismatch.test.ts and test/cli/interrupt.test.ts.

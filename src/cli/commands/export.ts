@@ -28,3 +28,4 @@ export default async function exportCommand(raw: Record<string, unknown>, io: Cl
   for (const f of r.files) io.out(`  ${f}`);
   io.out(`loading: see ${r.files[2]}`);
 }
+// Tested by test/dynamo/calibrate-export.test.ts.

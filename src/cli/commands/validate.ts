@@ -25,3 +25,4 @@ export default async function validate(raw: Record<string, unknown>, io: CliIO):
     });
   }
 }
+// Tested by test/profile/profile-io.test.ts, test/profile/invalid-profiles.test.ts, test/profile/compat.test.ts and test/cli/contract.test.ts.
