@@ -73,6 +73,27 @@ export function checkGraphIO(g: Graph, names: Omit<ModelIONames, 'idsType'>, cs:
       context: { file: onnxPath, missing },
     });
   }
+  // Every input must be one kvtc feeds: ORT would otherwise stop at the first forward pass with
+  // an error that names neither kvtc's inputs nor a way out.
+  const fed = new Set([names.inputIds, names.attentionMask, names.positionIds, names.useCacheBranch].filter((n): n is string => n !== undefined));
+  for (let l = 0; l < cs.layers; l++) fed.add(layerName(names.pastKey, l)).add(layerName(names.pastValue, l));
+  const init = new Set((g.initializer ?? []).map((t) => t.name ?? ''));
+  const unknown = [...inputs.keys()].filter((n) => !fed.has(n) && !init.has(n));
+  if (unknown.length) {
+    throw modelInvalid(
+      `${onnxPath} has input${unknown.length > 1 ? 's' : ''} kvtc does not feed: ${unknown.slice(0, 6).join(', ')}${unknown.length > 6 ? ` and ${unknown.length - 6} more` : ''} (kvtc feeds ${[...fed].filter((n) => !/past/.test(n)).join(', ')} and ${cs.layers} layers of past key/value).`,
+      { file: onnxPath, inputs: unknown },
+      unknown.some((n) => /past|present|key|value/i.test(n))
+        ? `The graph has more KV inputs than the config's ${cs.layers} layers, or names them differently; check that config.json belongs to this graph.`
+        : 'Use the text decoder graph of the export (for a multimodal model, the decoder that takes input_ids; with --onnx, pick model.onnx or decoder_model_merged.onnx), or re-export it with `optimum-cli export onnx --task text-generation-with-past`.',
+    );
+  }
+  if (names.useCacheBranch) {
+    const t = inputs.get(names.useCacheBranch)!.type?.tensorType?.elemType;
+    if (t !== onnx.TensorProto.DataType.BOOL) {
+      throw modelInvalid(`${onnxPath}: input ${names.useCacheBranch} has element type ${t}; Optimum's merged decoders declare it bool [1].`, { file: onnxPath, elemType: t }, 'Re-export the merged decoder with optimum, or export a single decoder with past (`optimum-cli export onnx --task text-generation-with-past`).');
+    }
+  }
   const pk = inputs.get(layerName(names.pastKey, 0))!.type?.tensorType;
   const kvDtype = elemDtype(pk?.elemType);
   if (!kvDtype) {

@@ -65,3 +65,54 @@ export async function readInitializer(t: TensorProto, onnxPath: string): Promise
   return out;
 }
 
+
+/** Every node of the graph, those inside If / Loop / Scan bodies included. */
+export function allNodes(g: Graph): onnxProto.onnx.INodeProto[] {
+  const out: onnxProto.onnx.INodeProto[] = [];
+  const walk = (x: Graph) => {
+    for (const n of x.node ?? []) {
+      out.push(n);
+      for (const a of n.attribute ?? []) {
+        if (a.g) walk(a.g);
+        for (const sg of a.graphs ?? []) walk(sg);
+      }
+    }
+  };
+  walk(g);
+  return out;
+}
+
+/**
+ * The decoder computation of a graph, for readers that look at its nodes (RoPE recovery): the
+ * graph itself, or for Optimum's merged decoder (its only node an If on `use_cache_branch`,
+ * optimum's `merge_decoders`) the with-past branch (then_branch), with the outer graph's
+ * inputs, outputs and initializers, which the branch reads from the enclosing scope.
+ */
+export function decoderBody(g: Graph, useCacheBranch: string | undefined): Graph {
+  const nodes = g.node ?? [];
+  if (!useCacheBranch || nodes.length !== 1 || nodes[0].opType !== 'If' || nodes[0].input?.[0] !== useCacheBranch) return g;
+  const then = (nodes[0].attribute ?? []).find((a) => a.name === 'then_branch')?.g;
+  if (!then) return g;
+  return { ...then, input: g.input, output: g.output, initializer: [...(g.initializer ?? []), ...(then.initializer ?? [])] };
+}
+
+/**
+ * Weight-quantized operators, with what each holds (ONNX Runtime docs/ContribOperators.md and the
+ * ONNX operator list), so a loaded model can say its KV cache comes from quantized weights.
+ */
+const QUANTIZED_OPS: Record<string, string> = {
+  MatMulNBits: 'block-quantized 2/4/8-bit weights (com.microsoft MatMulNBits)',
+  MatMulBnb4: '4-bit bitsandbytes weights (com.microsoft MatMulBnb4)',
+  GatherBlockQuantized: 'block-quantized embeddings (com.microsoft GatherBlockQuantized)',
+  MatMulInteger: 'int8 weights with activations quantized at run time (DynamicQuantizeLinear + MatMulInteger)',
+  DynamicQuantizeMatMul: 'int8 weights with activations quantized at run time (com.microsoft DynamicQuantizeMatMul)',
+  QLinearMatMul: 'int8 weights and activations (QLinearMatMul)',
+  DequantizeLinear: 'weights stored quantized and dequantized in the graph (DequantizeLinear)',
+};
+
+/** "MatMulNBits ×15 (block-quantized ...)" for each weight-quantized operator the graph uses. */
+export function quantizedOps(g: Graph): string[] {
+  const counts = new Map<string, number>();
+  for (const n of allNodes(g)) if (n.opType && QUANTIZED_OPS[n.opType]) counts.set(n.opType, (counts.get(n.opType) ?? 0) + 1);
+  return [...counts].map(([op, c]) => `${op} ×${c}: ${QUANTIZED_OPS[op]}`);
+}

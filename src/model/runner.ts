@@ -191,7 +191,11 @@ export class ModelRunner {
     const feeds: Feeds = { [io.inputIds]: this.ids(ids, [1, seq]) };
     if (io.attentionMask) feeds[io.attentionMask] = this.ids(new Array<number>(pastLen + seq).fill(1), [1, pastLen + seq]);
     if (io.positionIds) feeds[io.positionIds] = this.ids(Array.from({ length: seq }, (_, i) => start + i), [1, seq]);
-    if (io.useCacheBranch) feeds[io.useCacheBranch] = new ort.Tensor('bool', new Uint8Array([past ? 1 : 0]), [1]);
+    // Optimum's merged decoder (decoder_model_merged.onnx) runs its no-past branch when
+    // use_cache_branch is false, which ignores the past inputs (fed empty), and its with-past
+    // branch when true; so false exactly when there is no past to extend, as optimum's
+    // ORTModelForCausalLM and transformers.js feed it.
+    if (io.useCacheBranch) feeds[io.useCacheBranch] = new ort.Tensor('bool', new Uint8Array([pastLen > 0 ? 1 : 0]), [1]);
     const pastT = past ? this.pastTensors(past) : undefined;
     for (let l = 0; l < layers; l++) {
       feeds[layerName(io.pastKey, l)] = pastT ? pastT[2 * l] : this.emptyPast;
