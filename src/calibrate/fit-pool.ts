@@ -6,8 +6,10 @@
  */
 import { availableParallelism } from 'node:os';
 import { spawnWorker } from '../worker.js';
+import { invariant } from '../errors.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
-import { FIT_WORKER_MIN_P } from '../fit/ort-thresholds.js';
+import { randomizedEigenAsync } from '../fit/eigen-randomized.js';
+import { FIT_WORKER_MIN_P, RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import type { KvKind } from '../codec/types.js';
 import { prepareAllocation, type AllocationTables } from '../fit/fit.js';
 
@@ -21,25 +23,45 @@ export interface FitJob {
   /** Float32Array // [H, p] held-out features. */
   heldout: Float32Array;
   heldoutTokens: number;
+  /**
+   * Components the plans may store at most (e.g. rankForBudget at the largest budget the
+   * ratio search may try). Where maxRank < dim and dim ≥ RANDOMIZED_EIGEN_MIN_P the basis is
+   * the top-maxRank eigenvectors from the randomized solver and the tables hold maxRank
+   * components (tables.dim = maxRank, tables.features = dim); otherwise (absent, ≥ dim, or a
+   * small basis) the full dense eigenbasis, exactly as without it.
+   */
+  maxRank?: number;
 }
 
 export interface FitOutput {
   tables: AllocationTables;
   seconds: { eigen: number; tables: number };
+  /** Which eigensolver fitted the basis. */
+  solver: 'dense' | 'randomized';
+}
+
+/** Whether `job` is fitted by the truncated randomized solver (see FitJob.maxRank). */
+export function usesRandomizedEigen(job: Pick<FitJob, 'dim' | 'maxRank'>): boolean {
+  return job.maxRank !== undefined && job.maxRank < job.dim && job.dim >= RANDOMIZED_EIGEN_MIN_P;
 }
 
 /**
- * Eigendecomposition + error tables of one basis. Large bases (p ≥ LARGE_EIGEN_MIN_P) run their
- * eigen products on ONNX Runtime with `eigenThreads` intra-op threads (0 = all cores; workers
- * pass 1, the pool already runs one per core).
+ * Eigendecomposition (dense, or truncated randomized: FitJob.maxRank) + error tables of one
+ * basis. Large bases (p ≥ LARGE_EIGEN_MIN_P) run their eigen products on ONNX Runtime with
+ * `eigenThreads` intra-op threads (0 = all cores; workers pass 1, the pool already runs one per core).
  */
 export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number } = {}): Promise<FitOutput> {
+  const threads = opts.eigenThreads ?? 0;
+  const randomized = usesRandomizedEigen(job);
+  if (job.maxRank !== undefined) {
+    invariant(Number.isInteger(job.maxRank) && job.maxRank >= 1, `Error in fitBasisTables: maxRank (${job.maxRank}) must be an integer >= 1`);
+  }
   let t = performance.now();
-  const eig = await symmetricEigenAsync(job.cov, job.dim, { threads: opts.eigenThreads ?? 0 });
+  const eig = randomized ? await randomizedEigenAsync(job.cov, job.dim, job.maxRank!, { threads }) : await symmetricEigenAsync(job.cov, job.dim, { threads });
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
-  return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 } };
+  return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver: randomized ? 'randomized' : 'dense' };
 }
 
 

@@ -45,8 +45,12 @@ async function ortMatMul(session: ort.InferenceSession, { A, B, m, k, n }: MatMu
  */
 export async function symmetricEigenAsync(A: Float64Array, p: number, opts: { threads?: number } = {}): Promise<EigenResult> {
   if (p < LARGE_EIGEN_MIN_P) return symmetricEigen(A, p);
-  const session = await matMulSession(opts.threads ?? 0);
-  const steps = eigenSteps(A, p);
+  return runStepsOnOrt(eigenSteps(A, p), opts.threads ?? 0);
+}
+
+/** Runs a generator of dense products (eigen-types.ts MatMulRequest) with every product on ONNX Runtime. */
+export async function runStepsOnOrt<T>(steps: Generator<MatMulRequest, T, Float64Array>, threads: number): Promise<T> {
+  const session = await matMulSession(threads);
   let r = steps.next(new Float64Array(0));
   while (!r.done) r = steps.next(await ortMatMul(session, r.value));
   return r.value;

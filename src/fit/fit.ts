@@ -1,50 +1,78 @@
 /**
- * Fits BasisPlans from an eigenbasis: projection of the held-out features, measured error
- * tables (prepareAllocation, shared by every target ratio), DP bit allocation, and truncation
+ * Fits BasisPlans from an eigenbasis (full, or its top k components): projection of the
+ * held-out features, measured error tables (prepareAllocation, shared by every target ratio), DP bit allocation, and truncation
  * of the basis to the rank the allocation actually stores (allocate).
  */
 import { type Allocation, allocateBits } from './dp.js';
 import { buildErrorTables, type ErrorTableOptions, type ErrorTables } from './error-tables.js';
+import { invariant } from '../errors.js';
 import { gemmABt } from '../math/gemm.js';
 import { STORED_TYPES } from '../codec/quant.js';
-import type { BasisPlan, KvKind } from '../codec/types.js';
+import { type BasisPlan, type KvKind, TYPE_BITS } from '../codec/types.js';
 
 /**
- * What every target ratio shares: the held-out features projected on the full eigenbasis and
- * the measured error tables. Calibration computes it once and runs the DP per budget.
+ * What every target ratio shares: the held-out features projected on the eigenbasis and the
+ * measured error tables. Calibration computes it once and runs the DP per budget.
+ *
+ * Two sizes: `features` p (the mean, the basis rows, the budget 16p/ratio) and `dim` k, the
+ * components the tables cover (columns of coeffs, the error tables, the DP). k = p for a full
+ * eigenbasis; k < p for a truncated one (eigen-randomized.ts), whose plans store at most k.
  */
 export interface AllocationTables extends ErrorTables {
   kind: KvKind;
   layers: number[];
+  /** Features p. */
+  features: number;
+  /** [p] float64 mean. */
   mean: Float64Array;
-  /** [p, p] row-major, column j = j-th eigenvector (descending eigenvalue). */
+  /** [p, k] row-major, column j = j-th eigenvector (descending eigenvalue). */
   vectors: Float64Array;
+  /** [k] eigenvalues, descending. */
   values: Float64Array;
-  /** Float32Array // [H, p] held-out coefficients on the full basis (rows in held-out order). */
+  /** Float32Array // [H, k] held-out coefficients on the k components (rows in held-out order). */
   coeffs: Float32Array;
+  /**
+   * Σ over the held-out tokens of the squared error outside the k components (what every plan
+   * loses on top of the DP's error); 0 when k = p.
+   */
+  residual: number;
 }
 
 export function prepareAllocation(o: {
   kind: KvKind;
   layers: number[];
+  /** Features p. */
   dim: number;
   mean: Float64Array;
+  /** [p, k] row-major: the top-k eigenvectors as columns (k = values.length; k = p for the full basis). */
   vectors: Float64Array;
+  /** [k] eigenvalues, descending. */
   values: Float64Array;
   /** Float32Array // [H, p] held-out features (keys un-rotated). */
   heldout: Float32Array;
   heldoutTokens: number;
 } & ErrorTableOptions): AllocationTables {
   const p = o.dim;
+  const k = o.values.length;
   const H = o.heldoutTokens;
-  // C = (X − mean) · V over all p components, float64 then float32 (as the encoder sees it).
+  invariant(k >= 1 && k <= p && o.vectors.length === p * k,
+    `Error in prepareAllocation: vectors length (${o.vectors.length}) must be p*k (${p}*${k}, k = values length, 1 ≤ k ≤ p)`);
+  // C = (X − mean) · V over the k components, float64 then float32 (as the encoder sees it).
   const Y = new Float64Array(H * p);
   for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
-  const vT = new Float64Array(p * p);
-  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) vT[j * p + i] = o.vectors[i * p + j];
-  const C = Float32Array.from(gemmABt(Y, vT, new Float64Array(H * p), H, p, p));
-  const tables = buildErrorTables(C, H, p, o);
-  return { ...tables, kind: o.kind, layers: o.layers, mean: o.mean, vectors: o.vectors, values: o.values, coeffs: C };
+  const vT = new Float64Array(k * p);
+  for (let i = 0; i < p; i++) for (let j = 0; j < k; j++) vT[j * p + i] = o.vectors[i * k + j];
+  const C64 = gemmABt(Y, vT, new Float64Array(H * k), H, k, p);
+  const C = Float32Array.from(C64);
+  // Energy outside span(V): ‖Y‖² − ‖C‖² (V orthonormal), clamped against rounding.
+  let residual = 0;
+  if (k < p) {
+    for (let i = 0; i < Y.length; i++) residual += Y[i] * Y[i];
+    for (let i = 0; i < C64.length; i++) residual -= C64[i] * C64[i];
+    residual = Math.max(0, residual);
+  }
+  const tables = buildErrorTables(C, H, k, o);
+  return { ...tables, kind: o.kind, layers: o.layers, features: p, mean: o.mean, vectors: o.vectors, values: o.values, coeffs: C, residual };
 }
 
 /** The plan for one budget (bits per token of this basis): DP, then truncation to the stored rank. */
@@ -52,12 +80,15 @@ export function allocate(t: AllocationTables, budgetBits: number): BasisPlan {
   return allocateDetailed(t, budgetBits).plan;
 }
 
+/** allocate, with the DP's allocation; `allocation.error` includes the tables' residual (energy outside the k components). */
 export function allocateDetailed(t: AllocationTables, budgetBits: number): { plan: BasisPlan; allocation: Allocation } {
-  const p = t.dim;
+  const p = t.features;
+  const k = t.dim;
   const allocation = allocateBits(t, budgetBits);
+  if (t.residual > 0) allocation.error += t.residual;
   const r = allocation.rank;
   const basis = new Float32Array(p * r);
-  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = t.vectors[i * p + j];
+  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = t.vectors[i * k + j];
   const variances = new Float32Array(r);
   for (let j = 0; j < r; j++) variances[j] = Math.max(0, t.values[j]);
   const lo = new Float32Array(r);
@@ -66,19 +97,28 @@ export function allocateDetailed(t: AllocationTables, budgetBits: number): { pla
     if (g.type === 'none' || g.mode !== 'static') continue;
     const ti = STORED_TYPES.indexOf(g.type);
     for (let j = g.start; j < g.end; j++) {
-      lo[j] = t.staticLo[ti * p + j];
-      hi[j] = t.staticHi[ti * p + j];
+      lo[j] = t.staticLo[ti * k + j];
+      hi[j] = t.staticHi[ti * k + j];
     }
   }
   const plan: BasisPlan = { kind: t.kind, layers: [...t.layers], dim: p, rank: r, mean: Float32Array.from(t.mean), basis, variances, groups: allocation.groups, lo, hi, budgetBits };
   return { plan, allocation };
 }
 
-/** Rows [r0, r0+n) of the held-out coefficients, first `rank` columns: Float32Array // [n, rank]. */
+/** Rows [r0, r0+n) of the held-out coefficients, first `rank` (≤ t.dim) columns: Float32Array // [n, rank]. */
 export function heldoutCoefficients(t: AllocationTables, r0: number, n: number, rank: number): Float32Array {
-  const p = t.dim;
+  const k = t.dim;
+  invariant(rank <= k, `Error in heldoutCoefficients: rank (${rank}) exceeds the tables' components (${k})`);
   const out = new Float32Array(n * rank);
-  for (let i = 0; i < n; i++) out.set(t.coeffs.subarray((r0 + i) * p, (r0 + i) * p + rank), i * rank);
+  for (let i = 0; i < n; i++) out.set(t.coeffs.subarray((r0 + i) * k, (r0 + i) * k + rank), i * rank);
   return out;
 }
 
+/**
+ * The most components a plan of `budgetBits` can store (the cheapest stored type, static int2,
+ * costs TYPE_BITS.int2 per component), capped at p: a FitJob.maxRank that loses nothing at that budget.
+ */
+export function rankForBudget(p: number, budgetBits: number): number {
+  const cheapest = Math.min(...STORED_TYPES.map((t) => TYPE_BITS[t]));
+  return Math.min(p, Math.max(1, Math.floor(budgetBits / cheapest)));
+}

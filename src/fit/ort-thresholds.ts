@@ -10,5 +10,11 @@ export const ORT_GRAM_MIN_P = 128;
 /** From this p on the eigendecomposition runs eigenSteps with its dense products on ONNX Runtime (eigen-ort.ts); below, tred2/tql2 in JS. */
 export const LARGE_EIGEN_MIN_P = 384;
 
+/**
+ * From this p on a basis whose plans store at most k < p components (FitJob.maxRank) is fitted
+ * by the truncated randomized solver (eigen-randomized.ts) instead of the dense eigensolve.
+ */
+export const RANDOMIZED_EIGEN_MIN_P = 512;
+
 /** Below this p every basis fit runs inline (fit-pool.ts): a worker's start-up costs more than the fit. */
 export const FIT_WORKER_MIN_P = 128;

@@ -1,0 +1,227 @@
+/**
+ * Truncated symmetric eigendecomposition by randomized subspace iteration (Halko, Martinsson &
+ * Tropp 2011, "Finding structure with randomness", Algorithms 4.4 and 5.3): the top-k
+ * eigenpairs of a symmetric positive semidefinite A [p, p] (a covariance) without a dense
+ * eigensolve. The paper kvtc follows fits its PCA the same way ("randomized SVD with a target
+ * rank r < p", arXiv 2511.01815, §3): the DP never stores more than k = 8p/ratio components
+ * (static int2 is the cheapest stored type), so at high ratios most of the spectrum is unused.
+ *
+ *  1. Ω [p, l] Gaussian (mulberry32 + Box–Muller, seeded), l = k + oversample.
+ *  2. Y = A·Ω; then q times: Q = orth(Y), Y = A·Q. The intermediate orth is one shifted
+ *     Cholesky-QR pass: it only has to keep the basis well conditioned, not orthonormal.
+ *  3. Q = orth(Y) with shifted Cholesky-QR repeated until QᵀQ = I to ORTH_TOL (shifted
+ *     CholeskyQR3, Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa 2020): stable for any
+ *     condition number below 1/u; rows it finds numerically dependent (A of rank < l) are
+ *     replaced by fresh Gaussian rows, which only add Ritz values ≈ 0.
+ *  4. Rayleigh–Ritz: T = QᵀAQ [l, l], T = U·Θ·Uᵀ (symmetricEigen, or eigenSteps for large l),
+ *     V = Q·U[:, :k]; Ritz values Θ are the Rayleigh quotients of the returned vectors.
+ *
+ * Everything is held transposed (Qᵀ [l, p], one basis vector per contiguous row). The dense
+ * products are yielded as MatMulRequests, like eigen-steps.ts, so the same code runs with
+ * plain-JS products (randomizedEigen) or ONNX Runtime float64 MatMul (randomizedEigenAsync).
+ * Timings against the dense solvers: docs/benchmarks.md, "Calibration kernels".
+ */
+import { invariant } from '../errors.js';
+import { gemmABt, transpose } from '../math/gemm.js';
+import { mulberry32 } from '../random.js';
+import { symmetricEigen } from './eigen.js';
+import { runStepsOnOrt } from './eigen-ort.js';
+import { eigenSteps } from './eigen-steps.js';
+import type { MatMulRequest } from './eigen-types.js';
+import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
+
+/** The top-k eigenpairs of a symmetric A [p, p]. */
+export interface TruncatedEigen {
+  /** [k] eigenvalues (Ritz values), descending. */
+  values: Float64Array;
+  /** [p, k] row-major; column j is the unit eigenvector of values[j]. */
+  vectors: Float64Array;
+  /** [k, p] row-major; row j is the eigenvector of values[j]. */
+  vectorsT: Float64Array;
+}
+
+export interface RandomizedEigenOptions {
+  /** Extra columns beyond k (default max(10, ceil(k/10))). */
+  oversample?: number;
+  /** Power (subspace) iterations q (default 2). */
+  powerIterations?: number;
+  /** Seed of the Gaussian test matrix (default RANDOMIZED_EIGEN_SEED). */
+  seed?: number;
+}
+
+/** Fixed default seed, so calibration is deterministic without a --seed. */
+export const RANDOMIZED_EIGEN_SEED = 0x6b767463; // 'kvtc'
+export const DEFAULT_POWER_ITERATIONS = 2;
+export function defaultOversample(k: number): number {
+  return Math.max(10, Math.ceil(k / 10));
+}
+
+const EPS = 2 ** -52;
+/** max |QᵀQ − I| accepted as orthonormal. */
+const ORTH_TOL = 1e-13;
+/** A Cholesky pivot below this (on a Gram whose diagonal is ≤ ~1) marks a dependent row. */
+const DEPENDENT_PIVOT = 1e-10;
+const MAX_ORTH_PASSES = 8;
+
+type Steps<T> = Generator<MatMulRequest, T, Float64Array>;
+
+/** The top-k eigenpairs of the symmetric PSD A [p, p] (1 ≤ k ≤ p) as steps. */
+export function* randomizedEigenSteps(A: Float64Array, p: number, k: number, opts: RandomizedEigenOptions = {}): Steps<TruncatedEigen> {
+  invariant(A.length === p * p, `Error in randomizedEigen: A length (${A.length}) must be p*p (${p}*${p})`);
+  invariant(Number.isInteger(k) && k >= 1 && k <= p, `Error in randomizedEigen: k (${k}) must be an integer in [1, p=${p}]`);
+  const q = opts.powerIterations ?? DEFAULT_POWER_ITERATIONS;
+  const l = Math.min(p, k + (opts.oversample ?? defaultOversample(k)));
+  const normal = gaussian(opts.seed ?? RANDOMIZED_EIGEN_SEED);
+  if (l === p) {
+    // No room to truncate: the dense decomposition, cut to k.
+    const e = p >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(A, p) : symmetricEigen(A, p);
+    return truncate(e.values, e.vectorsT, p, k);
+  }
+  const omegaT = new Float64Array(l * p);
+  for (let i = 0; i < omegaT.length; i++) omegaT[i] = normal();
+  // Yᵀ = Ωᵀ·A = (A·Ω)ᵀ, A symmetric.
+  let Yt = yield { A: omegaT, B: A, m: l, k: p, n: p };
+  for (let it = 0; it < q; it++) {
+    const Qt = yield* orthonormalizeRows(Yt, l, p, normal, false);
+    Yt = yield { A: Qt, B: A, m: l, k: p, n: p };
+  }
+  const Qt = yield* orthonormalizeRows(Yt, l, p, normal, true);
+  const Zt = yield { A: Qt, B: A, m: l, k: p, n: p }; // QᵀA [l, p]
+  const T = yield { A: Zt, B: transpose(Qt, l, p), m: l, k: p, n: l }; // QᵀAQ [l, l]
+  for (let i = 0; i < l; i++) for (let j = i + 1; j < l; j++) T[i * l + j] = T[j * l + i] = (T[i * l + j] + T[j * l + i]) / 2;
+  const ritz = l >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(T, l) : symmetricEigen(T, l);
+  // Vᵀ = U[:, :k]ᵀ·Qᵀ [k, p]; rows of ritz.vectorsT are the columns of U.
+  const Vt = yield { A: ritz.vectorsT.slice(0, k * l), B: Qt, m: k, k: l, n: p };
+  return truncate(ritz.values, Vt, p, k);
+}
+
+/** randomizedEigenSteps with plain-JS products (tests, small p). */
+export function randomizedEigen(A: Float64Array, p: number, k: number, opts: RandomizedEigenOptions = {}): TruncatedEigen {
+  const steps = randomizedEigenSteps(A, p, k, opts);
+  let r = steps.next(new Float64Array(0));
+  while (!r.done) r = steps.next(jsMatMul(r.value));
+  return r.value;
+}
+
+/**
+ * randomizedEigenSteps with its products on ONNX Runtime float64 MatMul for p ≥ LARGE_EIGEN_MIN_P
+ * (plain JS below). `threads`: ORT intra-op threads (0 = all cores; 1 in calibration workers).
+ */
+export async function randomizedEigenAsync(A: Float64Array, p: number, k: number, opts: RandomizedEigenOptions & { threads?: number } = {}): Promise<TruncatedEigen> {
+  if (p < LARGE_EIGEN_MIN_P) return randomizedEigen(A, p, k, opts);
+  return runStepsOnOrt(randomizedEigenSteps(A, p, k, opts), opts.threads ?? 0);
+}
+
+function jsMatMul({ A, B, m, k, n }: MatMulRequest): Float64Array {
+  return gemmABt(A, transpose(B, k, n), new Float64Array(m * n), m, n, k);
+}
+
+/**
+ * Rows of Xt [l, p] → an orthonormal basis of their span (rows), by shifted Cholesky-QR:
+ * G = X·Xᵀ + s·I = L·Lᵀ, X ← L⁻¹·X. `full` repeats unshifted passes until X·Xᵀ = I to ORTH_TOL;
+ * otherwise one shifted pass (a well-conditioned basis of the same span is enough).
+ */
+function* orthonormalizeRows(Xt: Float64Array, l: number, p: number, normal: () => number, full: boolean): Steps<Float64Array> {
+  let X = Xt;
+  let fresh = true; // X not yet through a pass: shift, and skip the orthogonality test
+  for (let pass = 0; pass < MAX_ORTH_PASSES; pass++) {
+    const G = yield { A: X, B: transpose(X, l, p), m: l, k: p, n: l };
+    if (!fresh && offOrthogonality(G, l) <= ORTH_TOL) return X;
+    let trace = 0;
+    for (let i = 0; i < l; i++) trace += G[i * l + i];
+    // Shift of Fukaya et al. (2020) §3 with ‖X‖₂² ≤ trace: the shifted pass makes X well conditioned.
+    const shift = fresh ? 11 * (p * l + l * (l + 1)) * EPS * trace : 0;
+    const { L, dependent } = cholesky(G, l, shift, fresh ? 0 : DEPENDENT_PIVOT);
+    if (dependent.length > 0) {
+      // Rows (numerically) in the span of earlier ones: replace them with fresh unit Gaussian rows.
+      X = Float64Array.from(X);
+      for (const j of dependent) randomUnitRow(X, j, p, normal);
+      fresh = true;
+      continue;
+    }
+    X = yield { A: invertLower(L, l), B: X, m: l, k: l, n: p };
+    if (!full) return X;
+    fresh = false;
+  }
+  invariant(false, `Error in randomizedEigen: rows not orthonormal after ${MAX_ORTH_PASSES} Cholesky-QR passes (l=${l}, p=${p})`);
+}
+
+/**
+ * Lower-triangular L [l, l] with L·Lᵀ = G + shift·I. Pivots ≤ `dependentPivot` mark dependent
+ * rows: listed, and their row of L set to the unit row so the rest still factors.
+ */
+function cholesky(G: Float64Array, l: number, shift: number, dependentPivot: number): { L: Float64Array; dependent: number[] } {
+  const L = new Float64Array(l * l);
+  const dependent: number[] = [];
+  for (let i = 0; i < l; i++) {
+    const ri = i * l;
+    for (let j = 0; j <= i; j++) {
+      const rj = j * l;
+      let s = G[ri + j] + (i === j ? shift : 0);
+      for (let c = 0; c < j; c++) s -= L[ri + c] * L[rj + c];
+      if (j < i) L[ri + j] = s / L[rj + j];
+      else if (s > dependentPivot) L[ri + i] = Math.sqrt(s);
+      else {
+        dependent.push(i);
+        L.fill(0, ri, ri + i);
+        L[ri + i] = 1;
+      }
+    }
+  }
+  return { L, dependent };
+}
+
+/** L⁻¹ of a lower-triangular L [l, l] (row-major), by columns of the identity. */
+function invertLower(L: Float64Array, l: number): Float64Array {
+  const M = new Float64Array(l * l);
+  for (let i = 0; i < l; i++) {
+    const ri = i * l;
+    const inv = 1 / L[ri + i];
+    M[ri + i] = inv;
+    // Row i of M: M[i, j] = −(Σ_{c=j}^{i-1} L[i, c]·M[c, j]) / L[i, i] for j < i.
+    for (let c = 0; c < i; c++) {
+      const lic = L[ri + c];
+      if (lic === 0) continue;
+      const rc = c * l;
+      for (let j = 0; j <= c; j++) M[ri + j] -= lic * M[rc + j];
+    }
+    for (let j = 0; j < i; j++) M[ri + j] *= inv;
+  }
+  return M;
+}
+
+function offOrthogonality(G: Float64Array, l: number): number {
+  let worst = 0;
+  for (let i = 0; i < l; i++) for (let j = 0; j < l; j++) worst = Math.max(worst, Math.abs(G[i * l + j] - (i === j ? 1 : 0)));
+  return worst;
+}
+
+function randomUnitRow(X: Float64Array, j: number, p: number, normal: () => number): void {
+  let s = 0;
+  for (let i = 0; i < p; i++) {
+    const v = normal();
+    X[j * p + i] = v;
+    s += v * v;
+  }
+  const inv = 1 / Math.sqrt(s);
+  for (let i = 0; i < p; i++) X[j * p + i] *= inv;
+}
+
+/** Standard normal draws from mulberry32 (Box–Muller). */
+function gaussian(seed: number): () => number {
+  const u = mulberry32(seed);
+  return () => Math.sqrt(-2 * Math.log(Math.max(u(), 1e-300))) * Math.cos(2 * Math.PI * u());
+}
+
+/** The first k of descending values / vector rows Vt [≥k, p], with eigen.ts's sign rule (largest-magnitude entry positive). */
+function truncate(values: Float64Array, Vt: Float64Array, p: number, k: number): TruncatedEigen {
+  const vectorsT = Vt.slice(0, k * p);
+  for (let j = 0; j < k; j++) {
+    const o = j * p;
+    let best = 0;
+    for (let i = 1; i < p; i++) if (Math.abs(vectorsT[o + i]) > Math.abs(vectorsT[o + best])) best = i;
+    if (vectorsT[o + best] < 0) for (let i = 0; i < p; i++) vectorsT[o + i] = -vectorsT[o + i];
+  }
+  return { values: values.slice(0, k), vectors: transpose(vectorsT, k, p), vectorsT };
+}
+// Tested by test/fit/eigen-randomized.test.ts.
