@@ -2,6 +2,7 @@
 /** The profile manifest a calibration run writes (everything but the parts serializeProfile adds). */
 import type { EntropyCoder } from '../codec/blob.js';
 import type { ModelDescription } from '../model/load.js';
+import { manifestRopeV1 } from '../profile/rope.js';
 import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
 import type { ManifestDraft } from '../profile/io.js';
 import { PRODUCER, VERSION } from '../version.js';
@@ -53,22 +54,7 @@ return {
       kv_heads: spec.kvHeads,
       head_dim: spec.headDim,
       kv_dtype: spec.kvDtype,
-      rope: {
-        theta: spec.rope.theta,
-        rotary_dim: spec.rope.rotaryDim,
-        layout: spec.rope.layout,
-        ...(spec.rope.scaling
-          ? {
-              scaling: {
-                type: spec.rope.scaling.type,
-                factor: spec.rope.scaling.factor,
-                ...(spec.rope.scaling.lowFreqFactor !== undefined ? { low_freq_factor: spec.rope.scaling.lowFreqFactor } : {}),
-                ...(spec.rope.scaling.highFreqFactor !== undefined ? { high_freq_factor: spec.rope.scaling.highFreqFactor } : {}),
-                ...(spec.rope.scaling.originalMaxPositionEmbeddings !== undefined ? { original_max_position_embeddings: spec.rope.scaling.originalMaxPositionEmbeddings } : {}),
-              },
-            }
-          : {}),
-      },
+      rope: manifestRopeV1(spec.rope),
     },
     settings: {
       ratio_target: ratio,

@@ -1,6 +1,7 @@
 // Tested by test/codec/codec.test.ts.
 /** What the encode and decode pipelines share from a KvtcCodec (codec.ts builds it once). */
-import type { RopeSpec } from '../model/types.js';
+import type { PlanRope } from '../rope/codec-rope.js';
+import type { ModelRope } from '../rope/types.js';
 import type { BlobLayout, EntropyCoder } from './blob.js';
 import type { TransformRunner } from './transform.js';
 import type { BasisPlan } from './types.js';
@@ -9,7 +10,8 @@ export interface CodecSpec {
   layers: number;
   kvHeads: number;
   headDim: number;
-  rope: RopeSpec;
+  /** RoPE of each layer (index = layer; null: none). */
+  rope: ModelRope;
   profileId: string;
   sink: number;
   window: number;
@@ -20,8 +22,8 @@ export interface CodecParts {
   spec: CodecSpec;
   plans: BasisPlan[];
   transform: TransformRunner;
-  /** [rotaryDim/2] RoPE inverse frequencies of spec.rope. */
-  invFreq: Float64Array;
+  /** Per plan: its layers' RoPE segments and distinct descriptions (src/rope/codec-rope.ts planRope). */
+  planRopes: PlanRope[];
   /** CPU: RoPE runs on the host, fused into gather/scatter (ORT's Gather/Concat chain cost 10x the matmul). */
   ropeOnHost: boolean;
   /** The graphs run on a worker thread (ThreadedTransform), overlapping the host stages. */

@@ -5,9 +5,9 @@
  * blob.ts). The pipelines are encode.ts and decode.ts; this class builds what they share once.
  */
 import { KvtcError } from '../errors.js';
-import { ropeInvFreq } from '../model/rope-freqs.js';
 import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
+import { planRope } from '../rope/codec-rope.js';
 import { type CodecParts, type CodecSpec, splitTokens } from './codec-parts.js';
 import { decodeBlob, type DecodeStats } from './decode.js';
 import { encodeCache, type EncodeStats } from './encode.js';
@@ -48,6 +48,9 @@ export class KvtcCodec {
   }
 
   static async create(spec: CodecSpec, plans: BasisPlan[], opts: CodecOptions = {}): Promise<KvtcCodec> {
+    if (spec.rope.length !== spec.layers) {
+      throw new KvtcError('PROFILE_INVALID', `the codec has RoPE for ${spec.rope.length} layers but ${spec.layers} layers`, { fix: 'Give one RoPE description (or none) per layer.' });
+    }
     // On the CPU the key graphs are built without their RoPE nodes (the host does it, same bits);
     // on CUDA the graphs keep RoPE so that all of the matrix work stays on the device.
     const ropeOnHost = (opts.device ?? 'cpu') === 'cpu';
@@ -62,7 +65,7 @@ export class KvtcCodec {
       spec,
       plans,
       transform,
-      invFreq: ropeInvFreq(spec.rope),
+      planRopes: plans.map((p) => planRope(spec.rope, p.layers)),
       ropeOnHost,
       threaded: opts.transformThread === true,
       layout: {

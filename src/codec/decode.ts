@@ -8,8 +8,8 @@ import { invariant } from '../errors.js';
 import type { KvCache } from '../model/types.js';
 import { parseBlob } from './blob.js';
 import { type CodecParts, now } from './codec-parts.js';
-import { ropeTables } from './graphs.js';
-import { type HostRope, hostRope, saturateHalf, scatterHeads } from './host-kernels.js';
+import { cacheTables, type CacheTables, type PlanRope, tableInputNames } from '../rope/codec-rope.js';
+import { hostRope, type PlanHostRope, saturateHalf, scatterHeads } from './host-kernels.js';
 import { decodePlanCodes } from './payload.js';
 import { restoreRaw } from './raw-section.js';
 import type { Feeds, Outputs } from './transform.js';
@@ -40,10 +40,19 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
   };
   restoreRaw(raw, cache, sink, window, header.rawFloat32, source);
   if (n > 0) {
-    const tables = ropeTables(c.invFreq, header.startPosition + sink, n);
-    const rot = hostRope(c.spec.rope, headDim, tables);
-    const host = c.ropeOnHost ? rot : undefined;
-    const scatter = (plan: BasisPlan, x: Float32Array, r: HostRope | undefined) => {
+    // apply tables of each distinct layer RoPE for tokens [sink, sink + n), as the encoder's
+    const memo = new Map<string, CacheTables>();
+    const seqLen = header.startPosition + tokens;
+    const tablesOf = (i: number) => (c.plans[i].kind === 'key' ? cacheTables(c.planRopes[i].ropes, header.startPosition + sink, n, seqLen, memo) : []);
+    const hostOf = (pr: PlanRope, plan: BasisPlan, tables: CacheTables[]): PlanHostRope => {
+      if (!tables.length) return undefined;
+      const byTable = tables.map((t) => hostRope(t.rope, headDim, t.apply));
+      return plan.layers.map((_, li) => {
+        const seg = pr.segments.find((sg) => li >= sg.li0 && li < sg.li1)!;
+        return seg.table < 0 ? undefined : byTable[seg.table];
+      });
+    };
+    const scatter = (plan: BasisPlan, x: Float32Array, r: PlanHostRope) => {
       const t = now();
       scatterHeads(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, r);
       sec.scatter += now() - t;
@@ -51,13 +60,16 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
     // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
     // it arrives. Threaded, the reconstructions run while dequantization continues; inline, each
     // is scattered at once and one codes buffer is reused.
-    const pending: { plan: BasisPlan; x: Promise<Outputs> }[] = [];
+    const pending: { plan: BasisPlan; x: Promise<Outputs>; host: PlanHostRope }[] = [];
     for (let i = 0; i < c.plans.length; i++) {
       const plan = c.plans[i];
+      const tables = tablesOf(i);
       if (plan.rank === 0) {
-        scatter(plan, meanReconstruction(plan, n, headDim), plan.kind === 'key' ? rot : undefined);
+        // no graph: the mean is re-rotated on the host whatever the device
+        scatter(plan, meanReconstruction(plan, n, headDim), hostOf(c.planRopes[i], plan, tables));
         continue;
       }
+      const host = c.ropeOnHost ? hostOf(c.planRopes[i], plan, tables) : undefined;
       let t = now();
       const payload = payloads.get(i);
       invariant(payload, `parseBlob returned no section for plan ${i}`);
@@ -67,23 +79,26 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
       const feeds: Feeds = {};
       if (pc.codes.length) feeds.codes = { data: pc.codes, dims: [pc.codes.length / n, n] };
       if (pc.coeffs.length) feeds.coeffs = { data: pc.coeffs, dims: [pc.coeffs.length / n, n] };
-      if (plan.kind === 'key' && !host) {
-        feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
-        feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+      if (!c.ropeOnHost) {
+        tables.forEach((tb, j) => {
+          const names = tableInputNames(c.planRopes[i], j);
+          feeds[names.cos] = { data: tb.apply.cos, dims: [n, tb.apply.cos.length / n] };
+          feeds[names.sin] = { data: tb.apply.sin, dims: [n, tb.apply.sin.length / n] };
+        });
       }
       const run = c.transform.run('decode', i, feeds);
-      if (c.threaded) pending.push({ plan, x: run });
+      if (c.threaded) pending.push({ plan, x: run, host });
       else {
         const x = (await run).x as Float32Array;
         sec.transform += now() - t;
-        scatter(plan, x, plan.kind === 'key' ? host : undefined);
+        scatter(plan, x, host);
       }
     }
-    for (const { plan, x: p } of pending) {
+    for (const { plan, x: p, host } of pending) {
       const t = now();
       const x = (await p).x as Float32Array;
       sec.transform += now() - t;
-      scatter(plan, x, plan.kind === 'key' ? host : undefined);
+      scatter(plan, x, host);
     }
     // A float16 cache is restored as float16: reconstructions beyond its range saturate at
     // ±65504 (the nearest value it holds) instead of becoming ∞ when rounded.

@@ -9,8 +9,8 @@ import { KvtcError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
 import { assembleBlob, compressSection, fp16BytesPerToken, MAX_POSITIONS, MAX_TOKENS, type EncodedSection } from './blob.js';
 import { type CodecParts, now, splitTokens } from './codec-parts.js';
-import { ropeTables } from './graphs.js';
-import { gatherHeads, hostRope } from './host-kernels.js';
+import { cacheTables, type CacheTables, tableInputNames } from '../rope/codec-rope.js';
+import { gatherHeads, hostRope, type PlanHostRope } from './host-kernels.js';
 import { encodePlanCodes } from './payload.js';
 import { checkPlanTokens, checkUngathered } from './range.js';
 import { rawSection } from './raw-section.js';
@@ -96,8 +96,9 @@ export async function encodeCache(c: CodecParts, cache: KvCache, source: string)
  * handed back). Inline (IN_FLIGHT = 0), each result is used at once and one gather buffer is reused.
  */
 async function encodePlans(c: CodecParts, cache: KvCache, sink: number, n: number, sections: EncodedSection[], sec: EncodeStats['seconds'], source: string): Promise<void> {
-  const tables = ropeTables(c.invFreq, cache.startPosition + sink, n);
-  const host = c.ropeOnHost ? hostRope(c.spec.rope, cache.headDim, tables) : undefined;
+  // cos/sin of each distinct layer RoPE for tokens [sink, sink + n), shared by the plans using it
+  const memo = new Map<string, CacheTables>();
+  const seqLen = cache.startPosition + cache.tokens;
   const inFlight = c.threaded ? IN_FLIGHT : 0;
   const pending: { i: number; out: Promise<Outputs> }[] = [];
   const finish = async () => {
@@ -121,13 +122,26 @@ async function encodePlans(c: CodecParts, cache: KvCache, sink: number, n: numbe
       while (pending.length > inFlight) await finish();
       const t = now();
       const x = gatherBuffer(c, n * plan.dim);
-      gatherHeads(plan.kind === 'key' ? cache.keys : cache.values, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, plan.kind === 'key' ? host : undefined, norms);
+      const pr = c.planRopes[i];
+      const tables = plan.kind === 'key' ? cacheTables(pr.ropes, cache.startPosition + sink, n, seqLen, memo) : [];
+      let host: PlanHostRope;
+      if (c.ropeOnHost && tables.length) {
+        const byTable = tables.map((t) => hostRope(t.rope, cache.headDim, t.undo));
+        host = plan.layers.map((_, li) => {
+          const seg = pr.segments.find((sg) => li >= sg.li0 && li < sg.li1)!;
+          return seg.table < 0 ? undefined : byTable[seg.table];
+        });
+      }
+      gatherHeads(plan.kind === 'key' ? cache.keys : cache.values, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, host, norms);
       sec.gather += now() - t;
       checkPlanTokens(plan, i, c.normBound[i], norms, cache, sink, n, source);
       const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
-      if (plan.kind === 'key' && !host) {
-        feeds.cos = { data: tables.cos, dims: [n, tables.cos.length / n] };
-        feeds.sin = { data: tables.sin, dims: [n, tables.sin.length / n] };
+      if (!c.ropeOnHost) {
+        tables.forEach((t, j) => {
+          const names = tableInputNames(pr, j);
+          feeds[names.cos] = { data: t.undo.cos, dims: [n, t.undo.cos.length / n] };
+          feeds[names.sin] = { data: t.undo.sin, dims: [n, t.undo.sin.length / n] };
+        });
       }
       pending.push({ i, out: c.transform.run('encode', i, feeds) });
     }

@@ -5,7 +5,8 @@
  * components (dropped components are never multiplied), in the cache's own per-head layout
  * (G = layers × KV heads of the plan, so a head's n compressed tokens are one contiguous run):
  *
- *   encode:  x [G, n, hd] (keys as the model stores them, RoPE applied), cos/sin [n, R/2]
+ *   encode:  x [G, n, hd] (keys as the model stores them, RoPE applied), cos/sin [n, R/2] (one
+ *            pair per distinct RoPE among the plan's layers: src/rope/codec-rope.ts)
  *            ─ undo RoPE (keys only) ─ (x − μ) · Vₛ ─▶ codes [kA, n] of the static int components
  *            (quantized in the graph) and coeffs [kB, n] of the others (component-major)
  *   decode:  codes, coeffs, cos/sin ─ dequantize + cᵀ · Vₛᵀ + μ ─ redo RoPE (keys only) ─▶ x [G, n, hd]
@@ -13,87 +14,27 @@
  * cos/sin are computed in float64 on the host (angles reach 1e5 rad at long contexts,
  * where float32 angle products lose the phase) and fed as float32 inputs.
  */
-import type { RopeSpec } from '../model/types.js';
 import { GraphBuilder } from '../onnx/builder.js';
+import { planRope, ropeNodes } from '../rope/codec-rope.js';
+import type { ModelRope } from '../rope/types.js';
 import { splitStored } from './payload.js';
 import type { BasisPlan } from './types.js';
 
-export interface RopeIndex {
-  /** Within-head indices of the first and second element of each rotated pair, and the untouched rest. */
-  a: number[];
-  b: number[];
-  rest: number[];
-  /** Gather indices that put [a, b, rest] back into head order. */
-  inverse: number[];
-}
-
-export function ropePairs(rope: RopeSpec, headDim: number): RopeIndex {
-  const half = rope.rotaryDim / 2;
-  const a: number[] = [];
-  const b: number[] = [];
-  for (let i = 0; i < half; i++) {
-    if (rope.layout === 'half') {
-      a.push(i);
-      b.push(i + half);
-    } else {
-      a.push(2 * i);
-      b.push(2 * i + 1);
-    }
-  }
-  const rest: number[] = [];
-  for (let d = rope.rotaryDim; d < headDim; d++) rest.push(d);
-  const order = [...a, ...b, ...rest];
-  const inverse = new Array<number>(headDim);
-  order.forEach((d, k) => (inverse[d] = k));
-  return { a, b, rest, inverse };
-}
-
-/** cos/sin tables [n, rotaryDim/2] (float32) for absolute positions start..start+n-1, computed in float64. */
-export function ropeTables(invFreq: Float64Array, start: number, n: number): { cos: Float32Array; sin: Float32Array } {
-  const h = invFreq.length;
-  const cos = new Float32Array(n * h);
-  const sin = new Float32Array(n * h);
-  for (let t = 0; t < n; t++) {
-    const pos = start + t;
-    for (let i = 0; i < h; i++) {
-      const ang = pos * invFreq[i];
-      cos[t * h + i] = Math.cos(ang);
-      sin[t * h + i] = Math.sin(ang);
-    }
-  }
-  return { cos, sin };
-}
-
-/**
- * Adds RoPE (apply or undo) on x [G, n, headDim] (G = layers × KV heads of the plan, the
- * cache's own layout), with graph inputs cos/sin [n, R/2] broadcast over G; returns [G, n, headDim].
- */
-function ropeNodes(g: GraphBuilder, x: string, idx: RopeIndex, undo: boolean): string {
-  g.input('cos', 'float32', ['n', idx.a.length]);
-  g.input('sin', 'float32', ['n', idx.a.length]);
-  const a = g.op('Gather', [x, g.i64(idx.a, 'ia')], { axis: 2 });
-  const b = g.op('Gather', [x, g.i64(idx.b, 'ib')], { axis: 2 });
-  const axes = g.i64([0], 'axes');
-  const c = g.op('Unsqueeze', ['cos', axes]);
-  const s = g.op('Unsqueeze', ['sin', axes]);
-  // apply: a' = a·c − b·s, b' = b·c + a·s;  undo: the rotation by −θ.
-  const ac = g.op('Mul', [a, c]);
-  const bs = g.op('Mul', [b, s]);
-  const bc = g.op('Mul', [b, c]);
-  const as = g.op('Mul', [a, s]);
-  const a2 = g.op(undo ? 'Add' : 'Sub', [ac, bs]);
-  const b2 = g.op(undo ? 'Sub' : 'Add', [bc, as]);
-  const parts = [a2, b2];
-  if (idx.rest.length) parts.push(g.op('Gather', [x, g.i64(idx.rest, 'irest')], { axis: 2 }));
-  const cat = g.op('Concat', parts, { axis: 2 });
-  return g.op('Gather', [cat, g.i64(idx.inverse, 'iinv')], { axis: 2 });
-}
+export { ropePairs, ropeTables, type RopeIndex } from '../rope/codec-rope.js';
 
 export interface GraphContext {
   headDim: number;
-  /** RoPE of the model: key graphs un-rotate (encode) and re-rotate (decode). Absent: the graphs
-   * have no RoPE nodes and the caller rotates keys itself (the CPU path, on the host). */
-  rope?: RopeSpec;
+  /** RoPE of each layer of the model: key graphs un-rotate (encode) and re-rotate (decode) each
+   * layer of the plan with its own (src/rope/codec-rope.ts). Absent: the graphs have no RoPE
+   * nodes and the caller rotates keys itself (the CPU path, on the host). */
+  rope?: ModelRope;
+}
+
+/** x with the plan's RoPE applied or undone (keys with ctx.rope only). */
+function keyRope(g: GraphBuilder, x: string, plan: BasisPlan, ctx: GraphContext, undo: boolean): string {
+  if (plan.kind !== 'key' || !ctx.rope) return x;
+  const kvHeads = plan.dim / ctx.headDim / plan.layers.length;
+  return ropeNodes(g, x, planRope(ctx.rope, plan.layers), kvHeads, ctx.headDim, undo);
 }
 
 /** What both graphs of a plan start from: the builder, p, head_dim, G = p / head_dim, the stored split. */
@@ -133,7 +74,7 @@ function perHead(rows: Float32Array, k: number, p: number, hd: number): Float32A
 export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array {
   const { g, p, hd, G, sp, kA, kB } = graphSetup('encode', plan, ctx);
   let x = g.input('x', 'float32', [G, 'n', hd]);
-  if (plan.kind === 'key' && ctx.rope) x = ropeNodes(g, x, ropePairs(ctx.rope, hd), true);
+  x = keyRope(g, x, plan, ctx, true);
   const centred = g.op('Sub', [x, g.constant('mean', plan.mean, [G, 1, hd])]);
   const rows = g.op('Reshape', [g.op('Transpose', [centred], { perm: [1, 0, 2] }), g.i64([-1, p], 'shape')]);
   if (kA > 0) {
@@ -173,7 +114,7 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   }
   const sum = terms.length === 2 ? g.op('Add', terms) : terms[0];
   let x = g.op('Add', [sum, g.constant('mean', Float32Array.from(mean), [G, 1, hd])]);
-  if (plan.kind === 'key' && ctx.rope) x = ropeNodes(g, x, ropePairs(ctx.rope, hd), false);
+  x = keyRope(g, x, plan, ctx, false);
   g.output(x, 'x', 'float32', [G, 'n', hd]);
   return g.toModel({ docString: 'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)' });
 }

@@ -3,8 +3,8 @@
  * range check), scatter back (keys re-rotated), and fp16 saturation of a decoded float16 cache.
  * On the CPU, RoPE runs here instead of in the graphs, with the same float32 bits.
  */
-import type { RopeSpec } from '../model/types.js';
-import { ropePairs } from './graphs.js';
+import { ropePairs } from '../rope/codec-rope.js';
+import type { RopeSpec } from '../rope/types.js';
 
 /**
  * Host RoPE for the CPU path, in float32 exactly as the graphs' Mul/Add/Sub nodes compute it
@@ -18,11 +18,28 @@ export interface HostRope {
   a: Int32Array;
   b: Int32Array;
   rest: Int32Array;
+  /**
+   * Undo tables of a layer with an attention factor f hold cos/f, sin/f: the squares of the
+   * rotated pairs are scaled by 1/f² (this) so the range check sums the un-rotated key's. Absent: 1.
+   */
+  pairSquareScale?: number;
 }
 
+/** `tables`: src/rope/codec-rope.ts cacheTables' undo tables (gather) or apply tables (scatter). */
 export function hostRope(rope: RopeSpec, headDim: number, tables: { cos: Float32Array; sin: Float32Array }): HostRope {
   const idx = ropePairs(rope, headDim);
-  return { cos: tables.cos, sin: tables.sin, half: idx.a.length, a: Int32Array.from(idx.a), b: Int32Array.from(idx.b), rest: Int32Array.from(idx.rest) };
+  const f = rope.attentionFactor ?? 1;
+  return {
+    cos: tables.cos, sin: tables.sin, half: idx.a.length, a: Int32Array.from(idx.a), b: Int32Array.from(idx.b), rest: Int32Array.from(idx.rest),
+    ...(f !== 1 ? { pairSquareScale: 1 / (f * f) } : {}),
+  };
+}
+
+/** The RoPE of layer li of a plan: one HostRope for all of its layers, or one per layer (undefined: none). */
+export type PlanHostRope = HostRope | readonly (HostRope | undefined)[] | undefined;
+
+function layerRope(rope: PlanHostRope, li: number): HostRope | undefined {
+  return Array.isArray(rope) ? rope[li] : (rope as HostRope | undefined);
 }
 
 const f = Math.fround;
@@ -33,7 +50,8 @@ const f = Math.fround;
  */
 function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, n: number, headDim: number, rope: HostRope, undo: boolean, norms?: Float64Array): void {
   const { cos, sin, half, a: ia, b: ib, rest } = rope;
-  const halfLayout = rest.length === 0 && ib[0] === half; // rotate_half over the whole head: no index arrays
+  const ps = rope.pairSquareScale ?? 1;
+  const halfLayout = ps === 1 && rest.length === 0 && ib[0] === half; // rotate_half over the whole head: no index arrays
   for (let t = 0, row = 0; t < n; t++, s += headDim, d += headDim, row += half) {
     if (halfLayout && undo) {
       let q = 0;
@@ -67,6 +85,7 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
         dst[d + ib[i]] = f(vb * c) + f(va * sn);
         q += va * va + vb * vb;
       }
+      if (ps !== 1) q *= ps;
       for (let i = 0; i < rest.length; i++) {
         const v = src[s + rest[i]];
         dst[d + rest[i]] = v;
@@ -80,15 +99,16 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
 /**
  * Copies tokens [t0, t0+n) of the plan's layers into X [G, n, headDim] (G = layers × KV heads,
  * the cache's own per-head layout, so each head is one contiguous run), un-rotating keys when
- * `rope` is given (token k at table row k). The hot-path twin of features.ts's gatherFeatures:
+ * a RoPE is given (token k at table row k): one for every layer, or one per layer of the plan. The hot-path twin of features.ts's gatherFeatures:
  * float32 arithmetic from the precomputed cos/sin tables, exactly as the ONNX graph computes
  * it, where features.ts is the float64 reference.
  */
-export function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, rope: HostRope | undefined, norms: Float64Array): void {
+export function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, planRope: PlanHostRope, norms: Float64Array): void {
   const run = n * headDim;
   norms.fill(0, 0, n);
   for (let li = 0; li < layers.length; li++) {
     const a = src[layers[li]];
+    const rope = layerRope(planRope, li);
     for (let h = 0; h < kvHeads; h++) {
       const s = (h * tokens + t0) * headDim;
       const d = (li * kvHeads + h) * run;
@@ -136,10 +156,11 @@ function addSquares(a: Float32Array, s: number, n: number, headDim: number, norm
 }
 
 /** Inverse of gatherHeads: writes X [G, n, headDim] into the cache, re-rotating keys when `rope` is given. */
-export function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, rope?: HostRope): void {
+export function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, planRope?: PlanHostRope): void {
   const run = n * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = dst[layers[li]];
+    const rope = layerRope(planRope, li);
     for (let h = 0; h < kvHeads; h++) {
       const s = (li * kvHeads + h) * run;
       const d = (h * tokens + t0) * headDim;

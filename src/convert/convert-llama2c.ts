@@ -6,6 +6,7 @@
 import { readLlama2cCheckpoint, toHfLlamaWeights, type Llama2cConfig } from './llama2c.js';
 import { BOS_ID, EOS_ID, hfTokenizerConfig, hfTokenizerJson, readLlama2cTokenizer } from './llama2c-tokenizer.js';
 import { checkOutput, writeLlamaModelDir, type LlamaDirSpec, type WrittenModelDir } from './model-dir.js';
+import { uniformModelRope } from '../rope/types.js';
 
 /** llama2.c's run.c hard-codes these. */
 export const LLAMA2C_RMS_NORM_EPS = 1e-5;
@@ -35,7 +36,7 @@ export function llama2cSpec(c: Llama2cConfig): LlamaDirSpec {
     hidden: c.dim,
     vocabSize: c.vocabSize,
     kvDtype: 'float32',
-    rope: { theta: LLAMA2C_ROPE_THETA, rotaryDim: headDim, layout: 'half' },
+    rope: uniformModelRope({ theta: LLAMA2C_ROPE_THETA, rotaryDim: headDim, layout: 'half' }, c.layers),
     maxPositions: c.seqLen,
     bosTokenId: BOS_ID,
     eosTokenId: EOS_ID,

@@ -14,7 +14,7 @@
  */
 import { KvtcError } from '../errors.js';
 import { GraphBuilder } from '../onnx/builder.js';
-import { ropeInvFreq } from '../model/rope-freqs.js';
+import { ropeInvFreq } from '../rope/freqs.js';
 import type { ModelSpec } from '../model/types.js';
 
 /** One decoder layer, PyTorch nn.Linear layout [out, in], row-major float32. */
@@ -145,8 +145,10 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
 /** Each layer's RoPE: options.layerRope, else spec.rope everywhere (kvtc's own frequencies). */
 function layerRopes(s: LlamaGraphSpec, o: LlamaGraphOptions): (GraphLayerRope | null)[] {
   if (o.layerRope) return o.layerRope;
-  const r: GraphLayerRope = { invFreq: s.rope.rotaryDim > 0 ? ropeInvFreq(s.rope) : [], rotaryDim: s.rope.rotaryDim, layout: s.rope.layout };
-  return Array.from({ length: s.layers }, () => r);
+  return Array.from({ length: s.layers }, (_, l) => {
+    const r = s.rope[l];
+    return r ? { invFreq: r.rotaryDim > 0 ? ropeInvFreq(r) : [], rotaryDim: r.rotaryDim, layout: r.layout } : null;
+  });
 }
 
 /** ONNX ModelProto bytes of a Llama decoder with KV cache; deterministic for equal inputs. */

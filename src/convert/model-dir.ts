@@ -10,6 +10,8 @@ import { KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { checkOutputDir } from '../io/output.js';
 import type { ModelSpec } from '../model/types.js';
+import { legacyExpressible } from '../rope/describe.js';
+import { uniformRope } from '../rope/types.js';
 import { buildLlamaGraph, type LlamaGraphSpec, type LlamaWeights } from './llama-graph.js';
 
 export type LlamaDirSpec = LlamaGraphSpec & Pick<ModelSpec, 'maxPositions' | 'bosTokenId' | 'eosTokenId'>;
@@ -34,12 +36,19 @@ export interface WrittenModelDir {
 
 /** Hugging Face LlamaConfig fields for the spec. */
 export function llamaConfigJson(spec: LlamaDirSpec, opts: { intermediate: number; rmsNormEps: number; tied: boolean; name: string }): Record<string, unknown> {
-  const s = spec.rope.scaling;
+  // A Llama config.json says one RoPE for every layer (default, linear or llama3).
+  const r = uniformRope(spec.rope);
+  if (!r || !legacyExpressible(r)) {
+    throw new KvtcError('MODEL_INVALID', 'llamaConfigJson: a LlamaConfig has one RoPE (default, linear or llama3) for all layers; this spec gives its layers different or other RoPE', {
+      fix: 'Write the config.json of such a model as its own family does.',
+    });
+  }
+  const s = r.scaling;
   const ropeScaling = !s
     ? null
     : s.type === 'linear'
       ? { rope_type: 'linear', factor: s.factor }
-      : {
+      : s.type === 'llama3' && {
         rope_type: 'llama3',
         factor: s.factor,
         low_freq_factor: s.lowFreqFactor ?? 1,
@@ -64,11 +73,11 @@ export function llamaConfigJson(spec: LlamaDirSpec, opts: { intermediate: number
     num_attention_heads: spec.heads,
     num_hidden_layers: spec.layers,
     num_key_value_heads: spec.kvHeads,
-    ...(spec.rope.rotaryDim !== spec.headDim ? { partial_rotary_factor: spec.rope.rotaryDim / spec.headDim } : {}),
+    ...(r.rotaryDim !== spec.headDim ? { partial_rotary_factor: r.rotaryDim / spec.headDim } : {}),
     pretraining_tp: 1,
     rms_norm_eps: opts.rmsNormEps,
     rope_scaling: ropeScaling,
-    rope_theta: spec.rope.theta,
+    rope_theta: r.theta,
     tie_word_embeddings: opts.tied,
     // Weights are float32; a float16 KV cache is visible in the ONNX input/output types.
     torch_dtype: 'float32',

@@ -10,6 +10,7 @@ import { DEFAULT_MODEL_DIR } from '../paths.js';
 import type { LlamaWeights } from './llama-graph.js';
 import { writeLlamaModelDir, type LlamaDirSpec, type WrittenModelDir } from './model-dir.js';
 import { mulberry32 } from '../random.js';
+import { uniformModelRope } from '../rope/types.js';
 
 export interface RandomLlamaOptions {
   /** Output model directory. */
@@ -120,7 +121,7 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
   const weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), { layers, hidden, heads, kvHeads, headDim, intermediate, vocab, std, untied: opts.untied });
 
   const spec: LlamaDirSpec = {
-    layers, heads, kvHeads, headDim, hidden, vocabSize: vocab, rope,
+    layers, heads, kvHeads, headDim, hidden, vocabSize: vocab, rope: uniformModelRope(rope, layers),
     kvDtype: opts.kvDtype ?? 'float32',
     maxPositions: opts.maxPositions ?? 2048,
     bosTokenId: 1,

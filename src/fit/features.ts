@@ -3,11 +3,13 @@
  *
  * X: Float32Array // [t1 - t0, p] token-major, p = layers.length * kvHeads * headDim,
  * feature index (li * kvHeads + h) * headDim + d. Keys are un-rotated while gathering
- * (position of token t = cache.startPosition + t) and re-rotated while scattering.
+ * (position of token t = cache.startPosition + t), each layer with its own RoPE (a layer
+ * without RoPE is copied as it is).
  */
 import { invariant } from '../errors.js';
-import type { KvCache, RopeSpec } from '../model/types.js';
-import { RopeTable } from '../rope/rope-table.js';
+import type { KvCache } from '../model/types.js';
+import { layerTables, type RopeTable } from '../rope/rope-table.js';
+import type { ModelRope, RopeSpec } from '../rope/types.js';
 import type { KvKind } from '../codec/types.js';
 
 export interface FeatureSelection {
@@ -30,10 +32,11 @@ export function checkSelection(cache: KvCache, sel: FeatureSelection, t0: number
 
 /**
  * Copies tokens [t0, t1) of `sel` into X [t1-t0, p] (allocated unless `out` is given).
- * `rope` is required for keys and ignored for values.
+ * `rope` — each layer's (ModelSpec.rope), or one RopeSpec for every layer — is required for
+ * keys and ignored for values.
  */
 export function gatherFeatures(
-  cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
+  cache: KvCache, sel: FeatureSelection, rope: ModelRope | RopeSpec | undefined,
   t0 = 0, t1 = cache.tokens, out?: Float32Array,
 ): Float32Array {
   checkSelection(cache, sel, t0, t1, 'gatherFeatures');
@@ -42,12 +45,12 @@ export function gatherFeatures(
   const n = t1 - t0;
   const X = out ?? new Float32Array(n * p);
   invariant(X.length >= n * p, `Error in gatherFeatures: out length (${X.length}) < tokens*p (${n}*${p})`);
-  const table = sel.kind === 'key' ? ropeTable(rope, headDim) : undefined;
+  const tables = sel.kind === 'key' ? ropeTables(rope, cache, sel.layers) : undefined;
   for (let t = t0; t < t1; t++) {
-    table?.at(cache.startPosition + t);
     const row = (t - t0) * p;
     for (let li = 0; li < sel.layers.length; li++) {
       const src = sel.kind === 'key' ? cache.keys[sel.layers[li]] : cache.values[sel.layers[li]];
+      const table = tables?.[li]?.at(cache.startPosition + t);
       for (let h = 0; h < kvHeads; h++) {
         const so = (h * tokens + t) * headDim;
         const dOff = row + (li * kvHeads + h) * headDim;
@@ -59,7 +62,11 @@ export function gatherFeatures(
   return X;
 }
 
-function ropeTable(rope: RopeSpec | undefined, headDim: number): RopeTable {
+/** The RopeTable of each selected layer (null: no RoPE on that layer). */
+function ropeTables(rope: ModelRope | RopeSpec | undefined, cache: KvCache, layers: number[]): (RopeTable | null)[] {
   invariant(rope !== undefined, 'Error in features: keys need a RopeSpec to un-rotate');
-  return new RopeTable(rope, headDim);
+  const perLayer: ModelRope = Array.isArray(rope) ? rope : Array.from({ length: cache.layers }, () => rope as RopeSpec);
+  invariant(perLayer.length === cache.layers, `Error in features: RoPE for ${perLayer.length} layers, the cache has ${cache.layers}`);
+  const all = layerTables(perLayer, cache.headDim, cache.startPosition + cache.tokens);
+  return layers.map((l) => all[l]);
 }

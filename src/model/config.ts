@@ -4,6 +4,7 @@
  * comes from the graph's cos/sin caches (both in load.ts).
  */
 import { KvtcError } from '../errors.js';
+import { uniformModelRope } from '../rope/types.js';
 import type { ModelSpec, RopeScaling, RopeSpec } from './types.js';
 
 export type Family = ModelSpec['family'];
@@ -124,7 +125,8 @@ export function normalizeHfConfig(cfg: Json, file = 'config.json'): NormalizedCo
     throw invalid(file, `partial_rotary_factor ${factor} gives rotary dim ${rotaryDim} for head_dim ${headDim}; it must be even and in (0, head_dim]`);
   }
   const scaling = ropeScaling(cfg, file);
-  const rope: RopeSpec = { theta, rotaryDim, layout: ropeLayout(cfg, file), ...(scaling ? { scaling } : {}) };
+  const layerRope: RopeSpec = { theta, rotaryDim, layout: ropeLayout(cfg, file), ...(scaling ? { scaling } : {}) };
+  const rope = uniformModelRope(layerRope, layers);
   if (typeof cfg.sliding_window === 'number' && cfg.use_sliding_window !== false) {
     notes.push(`sliding_window ${cfg.sliding_window}: the cache keeps every token; attention beyond the window is the ONNX graph's business`);
   }
@@ -163,7 +165,7 @@ export function normalizeGenaiConfig(cfg: Json, file = 'genai_config.json'): Nor
       headDim,
       hidden,
       vocabSize: posInt(model, 'vocab_size', file),
-      rope: { theta: 10000, rotaryDim: headDim, layout: 'half' },
+      rope: uniformModelRope({ theta: 10000, rotaryDim: headDim, layout: 'half' }, posInt(decoder, 'num_hidden_layers', file)),
       maxPositions: posInt(model, 'context_length', file, 2048),
       bosTokenId: optionalId(model.bos_token_id),
       eosTokenId: optionalId(model.eos_token_id),

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
+import { ropeFields, type RopeFields } from '../rope/describe.js';
 import type { ModelSpec } from './types.js';
 
 /** The fields of a ModelSpec that decide the KV cache kvtc captures and un-rotates. */
@@ -22,7 +23,11 @@ export interface ArchitectureFields {
   hidden: number;
   vocab_size: number;
   kv_dtype: string;
-  rope: { theta: number; rotary_dim: number; layout: string; scaling: Record<string, unknown> | null };
+  /**
+   * Every layer with the same RoPE of a kind fingerprints of kvtc ≤ 0.x described: that one
+   * description (so existing fingerprints are unchanged); otherwise { per_layer } (src/rope/describe.ts).
+   */
+  rope: RopeFields;
 }
 
 export interface ModelFingerprint {
@@ -45,7 +50,6 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 export function architectureFields(spec: Pick<ModelSpec, 'architecture' | 'family' | 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'hidden' | 'vocabSize' | 'kvDtype' | 'rope'>): ArchitectureFields {
-  const s = spec.rope.scaling;
   return {
     architecture: spec.architecture,
     family: spec.family,
@@ -56,12 +60,7 @@ export function architectureFields(spec: Pick<ModelSpec, 'architecture' | 'famil
     hidden: spec.hidden,
     vocab_size: spec.vocabSize,
     kv_dtype: spec.kvDtype,
-    rope: {
-      theta: spec.rope.theta,
-      rotary_dim: spec.rope.rotaryDim,
-      layout: spec.rope.layout,
-      scaling: s ? Object.fromEntries(Object.entries(s).filter(([, v]) => v !== undefined).sort(([a], [b]) => a.localeCompare(b))) : null,
-    },
+    rope: ropeFields(spec.rope),
   };
 }
 

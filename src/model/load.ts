@@ -5,13 +5,13 @@
  * produces a normalized ModelSpec, the ONNX session, the tokenizer and a fingerprint.
  */
 import { existsSync } from 'node:fs';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { createSession, ort, type Device } from '../onnx/session.js';
-import { ropeFromGraph } from '../rope/graph-rope.js';
+import { resolveModelRope, ropeFromGraph } from '../rope/graph-rope.js';
 import { normalizeGenaiConfig, normalizeHfConfig } from './config.js';
 import { fingerprintModel, type ModelFingerprint } from './fingerprint.js';
 import { checkGraphIO, ioNames, layerName, type ModelIONames } from './graph-io.js';
-import { decodeGraph, decoderBody, externalLocation, quantizedOps } from './graph-read.js';
+import { decodeGraph, externalLocation } from './graph-read.js';
 import { findModelFiles, modelInvalid, modelNameFromDir, readJson, type ModelFiles } from './model-files.js';
 import type { ModelTokenizer } from './tokenizer.js';
 import { loadTokenizer } from './tokenizer.js';
@@ -74,27 +74,13 @@ async function describe(location: string, opts: DescribeOptions): Promise<Descri
   if (locations.size) files.externalData = join(dirname(files.onnx), [...locations][0]);
   const names = ioNames(files.format === 'genai' ? rawCfg : undefined, new Set((g.input ?? []).map((v) => v.name ?? '')));
   const { kvDtype, idsType } = checkGraphIO(g, names, cs, files.onnx);
-  const graphName = relative(dir, files.onnx).startsWith('..') ? files.onnx : relative(dir, files.onnx);
-  if (names.useCacheBranch) notes.push(`${graphName} is an Optimum merged decoder: kvtc feeds ${names.useCacheBranch} false on the first pass (no past) and true once there is a past`);
-  const quantized = quantizedOps(g);
-  if (quantized.length) notes.push(`${graphName} has quantized weights (${quantized.join('; ')}): its KV cache differs from the float model's, so calibrate on the graph you serve (a profile is tied to it by the fingerprint)`);
-  // RoPE recovery reads the decoder's nodes: a merged decoder keeps them in its with-past branch.
-  const body = decoderBody(g, names.useCacheBranch);
 
-  let ropeSource: string;
-  const fromGraph = await ropeFromGraph(body, files.onnx, cs.headDim, cs.rope);
-  if (fromGraph) {
-    if (files.format === 'optimum' && (fromGraph.rope.layout !== cs.rope.layout || Math.abs(fromGraph.rope.theta - cs.rope.theta) > 1e-6 * cs.rope.theta)) {
-      notes.push(`config.json says RoPE theta ${cs.rope.theta} (${cs.rope.layout}) but the graph computes theta ${fromGraph.rope.theta} (${fromGraph.rope.layout}): using the graph's`);
-    }
-    cs = { ...cs, rope: fromGraph.rope, maxPositions: Math.min(cs.maxPositions, fromGraph.maxPositions) };
-    ropeSource = fromGraph.source;
-  } else if (files.format === 'genai') {
-    notes.push('no RotaryEmbedding/GroupQueryAttention node with a cos/sin cache in the graph: assuming RoPE theta 10000, half-split');
-    ropeSource = 'assumed (graph has no rotary cache to read)';
-  } else {
-    ropeSource = `${basename(files.config)}: theta ${cs.rope.theta}, rotary dim ${cs.rope.rotaryDim}, ${cs.rope.layout}${cs.rope.scaling ? `, ${cs.rope.scaling.type} scaling ×${cs.rope.scaling.factor}` : ''}`;
-  }
+  // RoPE per layer: the config's, or the graph's rotary cache where it has one (src/rope/graph-rope.ts).
+  const base = cs.rope.find((r) => r !== null);
+  const fromGraph = base ? await ropeFromGraph(g, files.onnx, cs.headDim, base) : undefined;
+  const resolved = resolveModelRope(cs.rope, fromGraph, { format: files.format, configFile: files.config, onnxPath: files.onnx, notes });
+  cs = { ...cs, rope: resolved.rope, maxPositions: fromGraph ? Math.min(cs.maxPositions, fromGraph.maxPositions) : cs.maxPositions };
+  const ropeSource = resolved.source;
   const fingerprint = await fingerprintModel({ spec: { ...cs, kvDtype }, onnx: files.onnx, externalData: files.externalData });
   return {
     dir,

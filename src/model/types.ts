@@ -3,31 +3,21 @@
 
 export type KvDtype = 'float32' | 'float16';
 
-export interface RopeScaling {
-  /** 'llama3' frequency-dependent scaling, or 'linear' position interpolation. */
-  type: 'llama3' | 'linear';
-  factor: number;
-  lowFreqFactor?: number;
-  highFreqFactor?: number;
-  originalMaxPositionEmbeddings?: number;
-}
+// RoPE descriptions live in src/rope (one per layer); re-exported for the model's users.
+export type { LayerRope, ModelRope, RopeLayout, RopeScaling, RopeSpec } from '../rope/types.js';
+import type { LayerRope } from '../rope/types.js';
 
-export interface RopeSpec {
-  theta: number;
-  /** Number of leading dims of each head that are rotated (== headDim unless partial rotary). */
-  rotaryDim: number;
-  /**
-   * 'half': Hugging Face rotate_half, pairs (i, i + rotaryDim/2).
-   * 'interleaved': GPT-J / llama2.c, pairs (2i, 2i+1).
-   */
-  layout: 'half' | 'interleaved';
-  scaling?: RopeScaling;
-}
+/** Model families kvtc reads, by transformers model_type (config.ts maps architectures to them). */
+export const FAMILIES = [
+  'llama', 'mistral', 'qwen2', 'qwen3', 'qwen3_moe', 'mixtral', 'gemma2', 'gemma3_text',
+  'phi3', 'smollm3', 'olmo2', 'granite', 'gpt_neox', 'gpt2',
+] as const;
+export type Family = (typeof FAMILIES)[number];
 
 export interface ModelSpec {
   /** e.g. LlamaForCausalLM */
   architecture: string;
-  family: 'llama' | 'mistral' | 'qwen2';
+  family: Family;
   layers: number;
   heads: number;
   kvHeads: number;
@@ -35,7 +25,8 @@ export interface ModelSpec {
   hidden: number;
   vocabSize: number;
   kvDtype: KvDtype;
-  rope: RopeSpec;
+  /** RoPE of each layer (index = layer; null: the layer applies none), from src/rope/from-config.ts. */
+  rope: LayerRope[];
   maxPositions: number;
   bosTokenId?: number;
   eosTokenId?: number;

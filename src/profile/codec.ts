@@ -2,26 +2,12 @@
 import { availableParallelism } from 'node:os';
 import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
 import { fp16BytesPerToken, type EntropyCoder } from '../codec/blob.js';
-import type { RopeSpec } from '../model/types.js';
+import { ropeFromManifest } from './rope.js';
 import type { Device } from '../onnx/session.js';
 import type { Manifest } from './schema.js';
 import type { Profile } from './io.js';
 
-export function ropeFromManifest(m: Manifest): RopeSpec {
-  const r = m.model.rope;
-  return {
-    theta: r.theta,
-    rotaryDim: r.rotary_dim,
-    layout: r.layout,
-    scaling: r.scaling && {
-      type: r.scaling.type,
-      factor: r.scaling.factor,
-      lowFreqFactor: r.scaling.low_freq_factor,
-      highFreqFactor: r.scaling.high_freq_factor,
-      originalMaxPositionEmbeddings: r.scaling.original_max_position_embeddings,
-    },
-  };
-}
+export { ropeFromManifest } from './rope.js';
 
 /** The codec a profile describes, with its graphs on the chosen execution provider. */
 export function codecFromProfile(profile: Profile, opts: CodecOptions = {}): Promise<KvtcCodec> {

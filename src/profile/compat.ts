@@ -8,7 +8,9 @@ import { KvtcError } from '../errors.js';
 import { architectureFields, type ModelFingerprint } from '../model/fingerprint.js';
 import type { DynamoManifest } from '../dynamo/schema.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
+import { ropeFields, type RopeFields } from '../rope/describe.js';
 import type { Profile } from './io.js';
+import { ropeFromManifest } from './rope.js';
 import type { Manifest } from './schema.js';
 
 export interface ModelIdentity {
@@ -16,6 +18,21 @@ export interface ModelIdentity {
   dir: string;
   fingerprint: Pick<ModelFingerprint, 'id'> & Partial<Pick<ModelFingerprint, 'specSha256' | 'onnx'>>;
   spec?: ModelSpec;
+}
+
+/**
+ * RoPE as compared field by field: rope.theta, rope.rotary_dim, rope.layout, rope.scaling for one
+ * description shared by all layers (snake_case scaling keys, sorted); the per-layer groups as JSON otherwise.
+ */
+function ropeCompareFields(r: RopeFields): Record<string, unknown> {
+  if (!('theta' in r)) return { 'rope (per layer)': JSON.stringify(r.per_layer) };
+  const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  return {
+    'rope.theta': r.theta,
+    'rope.rotary_dim': r.rotary_dim,
+    'rope.layout': r.layout,
+    'rope.scaling': r.scaling ? JSON.stringify(Object.fromEntries(Object.entries(r.scaling).map(([k, v]) => [snake(k), v] as const).sort(([x], [y]) => x.localeCompare(y)))) : 'none',
+  };
 }
 
 /** What differs between the model a profile was made for and `model`, in words (empty: nothing). */
@@ -33,10 +50,7 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
       kv_heads: pm.kv_heads,
       head_dim: pm.head_dim,
       kv_dtype: pm.kv_dtype,
-      'rope.theta': pm.rope.theta,
-      'rope.rotary_dim': pm.rope.rotary_dim,
-      'rope.layout': pm.rope.layout,
-      'rope.scaling': pm.rope.scaling ? JSON.stringify(Object.fromEntries(Object.entries(pm.rope.scaling).sort(([x], [y]) => x.localeCompare(y)))) : 'none',
+      ...ropeCompareFields(ropeFields(ropeFromManifest(manifest))),
     };
     const have: Record<string, unknown> = {
       architecture: a.architecture,
@@ -46,18 +60,7 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
       kv_heads: a.kv_heads,
       head_dim: a.head_dim,
       kv_dtype: a.kv_dtype,
-      'rope.theta': a.rope.theta,
-      'rope.rotary_dim': a.rope.rotary_dim,
-      'rope.layout': a.rope.layout,
-      'rope.scaling': a.rope.scaling
-        ? JSON.stringify(
-            Object.fromEntries(
-              Object.entries(a.rope.scaling)
-                .map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v] as const)
-                .sort(([x], [y]) => x.localeCompare(y)),
-            ),
-          )
-        : 'none',
+      ...ropeCompareFields(a.rope),
     };
     for (const k of Object.keys(want)) if (String(want[k]) !== String(have[k])) out.push(`${k} is ${String(want[k])} in the profile, ${String(have[k])} in the model`);
     if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');

@@ -20,7 +20,7 @@ import { KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { f32, serializeSafetensors, type TensorEntry } from '../io/safetensors.js';
 import { planBitsPerToken, type BasisPlan } from '../codec/types.js';
-import { ropeInvFreq } from '../model/rope-freqs.js';
+import { ropeInvFreq } from '../rope/freqs.js';
 import { formatZodIssues } from '../validation.js';
 import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, TENSORS_FILE, type Manifest, type PlanEntry } from './schema.js';
 
@@ -454,7 +454,13 @@ function checkRope(m: Manifest, fail: Fail): string {
       theta: r.theta,
       rotaryDim: r.rotary_dim,
       layout: r.layout,
-      scaling: s && { type: s.type, factor: s.factor, lowFreqFactor: s.low_freq_factor, highFreqFactor: s.high_freq_factor, originalMaxPositionEmbeddings: s.original_max_position_embeddings },
+      ...(s
+        ? {
+            scaling: s.type === 'linear'
+              ? { type: 'linear' as const, factor: s.factor }
+              : { type: 'llama3' as const, factor: s.factor, lowFreqFactor: s.low_freq_factor!, highFreqFactor: s.high_freq_factor!, originalMaxPositionEmbeddings: s.original_max_position_embeddings! },
+          }
+        : {}),
     });
     const at = inv.findIndex((v) => !(Number.isFinite(v) && v > 0));
     if (at >= 0) fail(`model.rope gives inverse frequency ${inv[at]} for pair ${at}; every one must be finite and > 0`);

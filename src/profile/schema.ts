@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { ENTROPY_CODERS } from '../codec/blob.js';
+import { FAMILIES } from '../model/types.js';
 
 export const PROFILE_FORMAT = 'kvtc-profile';
 export const PROFILE_FORMAT_VERSION = 1;
@@ -78,7 +79,7 @@ export const ManifestSchema = z
       .object({
         name: z.string(),
         architecture: z.string(),
-        family: z.enum(['llama', 'mistral', 'qwen2']),
+        family: z.enum(FAMILIES),
         fingerprint: z
           .object({
             id: hex(16).describe('the model fingerprint: architecture fields, ONNX graph and sampled weights (docs/profile-format.md)'),

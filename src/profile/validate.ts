@@ -8,7 +8,7 @@
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
 import { profileModelMismatch } from './compat.js';
-import type { RopeSpec } from '../model/types.js';
+import { ropeDifferences, ropeFromManifest } from './rope.js';
 import { checkProfile, PROFILE_LIMITS, type Check } from './io.js';
 import type { Manifest } from './schema.js';
 
@@ -20,30 +20,7 @@ export interface ValidateResult {
   checks: Check[];
 }
 
-const show = (v: unknown) => (v === undefined ? 'none' : JSON.stringify(v));
-
-/** The RoPE fields on which the profile and the model differ, as "field: profile X, model Y". */
-export function ropeDifferences(profile: Manifest['model']['rope'], model: RopeSpec): string[] {
-  const diffs: string[] = [];
-  const cmp = (field: string, a: unknown, b: unknown) => {
-    if (a !== b) diffs.push(`${field}: profile ${show(a)}, model ${show(b)}`);
-  };
-  cmp('theta', profile.theta, model.theta);
-  cmp('rotary_dim', profile.rotary_dim, model.rotaryDim);
-  cmp('layout', profile.layout, model.layout);
-  const ps = profile.scaling;
-  const ms = model.scaling;
-  if (!ps || !ms) {
-    if (ps || ms) diffs.push(`scaling: profile ${ps ? ps.type : 'none'}, model ${ms ? ms.type : 'none'}`);
-    return diffs;
-  }
-  cmp('scaling.type', ps.type, ms.type);
-  cmp('scaling.factor', ps.factor, ms.factor);
-  cmp('scaling.low_freq_factor', ps.low_freq_factor, ms.lowFreqFactor);
-  cmp('scaling.high_freq_factor', ps.high_freq_factor, ms.highFreqFactor);
-  cmp('scaling.original_max_position_embeddings', ps.original_max_position_embeddings, ms.originalMaxPositionEmbeddings);
-  return diffs;
-}
+export { ropeDifferences } from './rope.js';
 
 export async function validateProfile(path: string, modelDir?: string): Promise<ValidateResult> {
   const r = await checkProfile(path, { collect: true, orthoWork: PROFILE_LIMITS.validateOrthoWork });
@@ -73,7 +50,7 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
           ok: s.kvDtype === m.kv_dtype,
           detail: s.kvDtype === m.kv_dtype ? `${m.kv_dtype}, as the model's cache` : `profile ${m.kv_dtype}, but the model's cache is ${s.kvDtype}`,
         });
-        const diffs = ropeDifferences(m.rope, s.rope);
+        const diffs = ropeDifferences(ropeFromManifest({ model: m } as Manifest), s.rope);
         checks.push({
           name: 'model rope',
           ok: diffs.length === 0,

@@ -8,10 +8,10 @@
  */
 import { basename } from 'node:path';
 import { KvtcError } from '../errors.js';
-import { ropeInvFreq } from '../model/rope-freqs.js';
+import { ropeInvFreq } from './freqs.js';
 import { type Graph, readInitializer } from '../model/graph-read.js';
 import { modelInvalid } from '../model/model-files.js';
-import type { RopeSpec } from '../model/types.js';
+import { type LayerRope, layerRanges, ropeGroups, ropeKey, type RopeSpec } from './types.js';
 
 interface RotaryNode {
   op: string;
@@ -138,3 +138,39 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
   };
 }
 
+
+/**
+ * Each layer's RoPE once the graph has been read: the graph's cos/sin cache (`fromGraph`), where
+ * there is one, replaces the config's RoPE on every layer that has RoPE — a graph with one rotary
+ * cache rotates all of its layers alike, so a config whose rotated layers differ is refused.
+ * `source` says where the RoPE was read, for inspect.
+ */
+export function resolveModelRope(
+  config: LayerRope[], fromGraph: GraphRope | undefined, o: { format: 'optimum' | 'genai'; configFile: string; onnxPath: string; notes: string[] },
+): { rope: LayerRope[]; source: string } {
+  const rotated = config.filter((r): r is RopeSpec => r !== null);
+  if (fromGraph) {
+    if (rotated.some((r) => ropeKey(r) !== ropeKey(rotated[0]))) {
+      throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${o.onnxPath}: the graph has one rotary cos/sin cache for all layers, but ${basename(o.configFile)} gives its layers different RoPE`, {
+        fix: 'Export the model with one rotary cache per RoPE (or without com.microsoft rotary nodes), or fix the config.',
+        context: { file: o.onnxPath },
+      });
+    }
+    const c = rotated[0];
+    if (o.format === 'optimum' && c && (fromGraph.rope.layout !== c.layout || Math.abs(fromGraph.rope.theta - c.theta) > 1e-6 * c.theta)) {
+      o.notes.push(`config.json says RoPE theta ${c.theta} (${c.layout}) but the graph computes theta ${fromGraph.rope.theta} (${fromGraph.rope.layout}): using the graph's`);
+    }
+    return { rope: config.map((r) => (r ? fromGraph.rope : null)), source: fromGraph.source };
+  }
+  if (o.format === 'genai') {
+    o.notes.push('no RotaryEmbedding/GroupQueryAttention node with a cos/sin cache in the graph: assuming RoPE theta 10000, half-split');
+    return { rope: config, source: 'assumed (graph has no rotary cache to read)' };
+  }
+  const groups = ropeGroups(config);
+  const words = groups.map((g) => {
+    const r = g.rope;
+    const what = r ? `theta ${r.theta}, rotary dim ${r.rotaryDim}, ${r.layout}${r.scaling ? `, ${r.scaling.type} scaling${'factor' in r.scaling ? ` ×${r.scaling.factor}` : ''}` : ''}${(r.attentionFactor ?? 1) !== 1 ? `, attention factor ${r.attentionFactor}` : ''}` : 'no RoPE';
+    return groups.length > 1 ? `layers ${layerRanges(g.layers)}: ${what}` : what;
+  });
+  return { rope: config, source: `${basename(o.configFile)}: ${words.join('; ')}` };
+}

@@ -13,7 +13,7 @@ import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../sr
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile, type Profile } from '../../src/profile/io.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
-import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { ropeInvFreq } from '../../src/rope/freqs.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
 import { quantizeStored, storedComponents, toStoredComponentMajor } from '../../src/codec/payload.js';
 import { dequantizeStored } from './payload-reference.js';
@@ -182,7 +182,7 @@ describe('codec ONNX graphs against the plain TypeScript reference', () => {
     const spec = codec.spec;
     const n = cache.tokens;
     const hd = spec.headDim;
-    const tables = ropeTables(ropeInvFreq(spec.rope), 0, n);
+    const tables = ropeTables(ropeInvFreq(spec.rope[0]!), 0, n);
     for (const plan of [...profile.plans, ...profile.plans.map(mixedGroups)]) {
       if (plan.rank === 0) continue;
       const ctx = { rope: spec.rope, headDim: hd };
@@ -242,7 +242,7 @@ describe('codec ONNX graphs against the plain TypeScript reference', () => {
       const back = (await dec.run(feeds)).x.data as Float32Array;
       const cacheLayout = new Float32Array(G * n * hd);
       for (let t = 0; t < n; t++) for (let g = 0; g < G; g++) cacheLayout.set(xr.subarray(t * plan.dim + g * hd, t * plan.dim + (g + 1) * hd), (g * n + t) * hd);
-      if (plan.kind === 'key') applyRope(cacheLayout, G, n, hd, spec.rope, 0);
+      if (plan.kind === 'key') applyRope(cacheLayout, G, n, hd, spec.rope[0]!, 0);
       worst = 0;
       for (let i = 0; i < cacheLayout.length; i++) worst = Math.max(worst, Math.abs(back[i] - cacheLayout[i]));
       expect(worst).toBeLessThan(1e-4);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ropeTables } from '../../src/codec/graphs.js';
 import { gatherHeads, hostRope, saturateHalf, scatterHeads } from '../../src/codec/host-kernels.js';
-import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
 
 const kvHeads = 2, headDim = 8, tokens = 12, t0 = 3, n = 6;

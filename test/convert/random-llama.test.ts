@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildRandomLlama, type RandomLlamaOptions } from '../../src/convert/random-llama.js';
 import { KvtcError } from '../../src/errors.js';
 import { normalizeHfConfig } from '../../src/model/config.js';
-import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
 import { createSession } from '../../src/onnx/session.js';
 import { emptyPast, logitsAt, maxAbsDiff, step, type CacheShape } from './run-llama.js';
@@ -64,7 +64,7 @@ describe('buildRandomLlama', () => {
     for (const p of [1, 37, 300]) {
       const kp = await at(p);
       for (let h = 0; h < m.spec.kvHeads; h++) {
-        const want = rotate(k0.subarray(h * D, (h + 1) * D), p, m.spec.rope);
+        const want = rotate(k0.subarray(h * D, (h + 1) * D), p, m.spec.rope[0]!);
         expect(maxAbsDiff(kp.subarray(h * D, (h + 1) * D), want)).toBeLessThan(2e-5);
       }
     }

@@ -48,7 +48,8 @@ describe('normalizeHfConfig', () => {
     it(c.name, () => {
       const { spec, notes } = normalizeHfConfig(JSON.parse(JSON.stringify(c.cfg)), 'config.json');
       expect(spec).toMatchObject(c.expect);
-      if (c.rope) expect(spec.rope).toMatchObject(c.rope);
+      if (c.rope) for (const r of spec.rope) expect(r).toMatchObject(c.rope);
+      expect(spec.rope).toHaveLength(spec.layers);
       if (c.notes) expect(notes.join('\n')).toMatch(c.notes);
     });
   }

@@ -1,4 +1,4 @@
-import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { KvCache, RopeSpec } from '../../src/model/types.js';
 
 /** Layer-0 key of (head, token) with RoPE undone per `rope`: Float64Array // [headDim] */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { applyRope, undoRope } from './rope-reference.js';
-import { ropeInvFreq } from '../../src/model/rope-freqs.js';
+import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
 import { rng } from '../codec/rng.js';
 

@@ -2,8 +2,9 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { checkOutputFile } from '../../io/output.js';
 import { PRE_ROPE } from '../../model/kv-io.js';
-import type { KvCache, RopeSpec } from '../../model/types.js';
-import { RopeTable } from '../../rope/rope-table.js';
+import type { KvCache } from '../../model/types.js';
+import { layerTables } from '../../rope/rope-table.js';
+import type { ModelRope } from '../../rope/types.js';
 import { readTextFile } from '../../io/text.js';
 import { writeKvCache } from '../../model/kv-io.js';
 import { loadModel, modelDirFromOption } from '../../model/load.js';
@@ -42,12 +43,17 @@ export interface CaptureSummary {
   tokensPerSecond: number;
 }
 
-/** keys[l] [kvHeads, tokens, headDim] with RoPE undone at each token's position; values as they are. */
-function undoRopeOnKeys(cache: KvCache, rope: RopeSpec): KvCache {
-  const table = new RopeTable(rope, cache.headDim);
+/**
+ * keys[l] [kvHeads, tokens, headDim] with layer l's RoPE undone at each token's position (cos/sin
+ * and the attention factor; layers without RoPE as they are); values as they are.
+ */
+export function undoRopeOnKeys(cache: KvCache, rope: ModelRope): KvCache {
+  const tables = layerTables(rope, cache.headDim, cache.startPosition + cache.tokens);
   const D = cache.headDim;
-  const keys = cache.keys.map((k) => {
+  const keys = cache.keys.map((k, l) => {
     const out = k.slice();
+    const table = tables[l];
+    if (!table) return out;
     for (let t = 0; t < cache.tokens; t++) {
       table.at(cache.startPosition + t);
       for (let h = 0; h < cache.kvHeads; h++) table.rotate(out, (h * cache.tokens + t) * D, out, (h * cache.tokens + t) * D, -1);

@@ -1,29 +1,38 @@
 import { statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { z } from 'zod';
 import { describeModel, modelDirFromOption } from '../../model/load.js';
 import { readProfile } from '../../profile/io.js';
-import { MANIFEST_FILE } from '../../profile/schema.js';
+import { layerRopeJson, layerRopeWords, scalingWords } from '../../rope/describe.js';
+import { ropeRuns } from '../../rope/types.js';
+import { ropeFromManifest } from '../../profile/codec.js';
+import { type Manifest, MANIFEST_FILE } from '../../profile/schema.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 
 const Options = z
-  .object({ _: z.array(z.string()).max(1), model: z.string().min(1).optional(), json: z.boolean().default(false) })
-  .refine((o) => o._.length === 1 || o.model !== undefined, { message: 'give a profile directory, --model DIR, or both', path: ['_'] });
+  .object({ _: z.array(z.string()).max(1), model: z.string().min(1).optional(), onnx: z.string().min(1).optional(), json: z.boolean().default(false) })
+  .refine((o) => o._.length === 1 || o.model !== undefined, { message: 'give a profile directory, --model DIR, or both', path: ['_'] })
+  .refine((o) => o.onnx === undefined || o.model !== undefined, { message: 'needs --model: it names a graph of the model directory', path: ['onnx'] });
 
 /** What kvtc reads from a model directory: the facts the codec depends on, RoPE first. */
-async function inspectModel(dir: string, io: CliIO, json: boolean): Promise<Record<string, unknown>> {
-  const d = await describeModel(modelDirFromOption(dir));
+async function inspectModel(dir: string, io: CliIO, json: boolean, onnx?: string): Promise<Record<string, unknown>> {
+  const d = await describeModel(modelDirFromOption(dir, onnx));
   const s = d.spec;
-  const r = s.rope;
-  const rope = { layers: `0-${s.layers - 1}`, theta: r.theta, rotary_dim: r.rotaryDim, head_dim: s.headDim, layout: r.layout, scaling: r.scaling ?? null, source: d.ropeSource };
+  // runs of consecutive layers sharing one description (a NoPE layer every 4th shows as its own rows)
+  const runs = ropeRuns(s.rope);
+  const rope = runs.map((u) => ({
+    layers: u.first === u.last ? String(u.first) : `${u.first}-${u.last}`,
+    ...(u.rope ? { ...layerRopeJson(u.rope), head_dim: s.headDim } : { none: true, theta: null, rotary_dim: 0, head_dim: s.headDim, layout: null, scaling: null, attention_factor: null }),
+    source: d.ropeSource,
+  }));
   const out = {
     model: d.name,
     dir: d.dir,
     format: d.files.format,
-    files: { config: d.files.config, onnx: d.files.onnx, external_data: d.files.externalData ?? null },
+    files: { config: d.files.config, onnx: d.files.onnx, onnx_choice: d.files.choice, external_data: d.files.externalData ?? null },
     architecture: s.architecture,
     family: s.family,
     layers: s.layers,
@@ -32,30 +41,48 @@ async function inspectModel(dir: string, io: CliIO, json: boolean): Promise<Reco
     head_dim: s.headDim,
     kv_dtype: s.kvDtype,
     max_positions: s.maxPositions,
-    rope: [rope],
+    rope,
     fingerprint: d.fingerprint,
     notes: d.notes,
   };
   if (!json) {
     io.out(`model   ${d.name} (${d.files.format} export, ${d.dir})`);
+    io.out(`graph   ${relative(d.dir, d.files.onnx).startsWith('..') ? d.files.onnx : relative(d.dir, d.files.onnx)} (${{ option: 'chosen with --onnx', default: 'chosen by default; --onnx FILE runs another graph of the directory', genai_config: 'named by genai_config.json' }[d.files.choice]})`);
     io.out(`        ${s.architecture}: ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads × ${s.headDim}, KV ${s.kvDtype}, ${s.maxPositions} positions; fingerprint ${d.fingerprint.id}`);
-    io.out('RoPE kvtc undoes on keys (and re-applies after decoding):');
-    const pairs = r.layout === 'half' ? `pairs (i, i+${r.rotaryDim / 2})` : 'pairs (2i, 2i+1)';
+    io.out('RoPE kvtc undoes on keys (and re-applies after decoding), per layer:');
     io.out(
       table(
-        ['layers', 'theta', 'rotary dim', 'layout', 'scaling', 'read from'],
-        [[rope.layers, String(r.theta), `${r.rotaryDim} of ${s.headDim}`, `${r.layout} (${pairs})`, r.scaling ? `${r.scaling.type} ×${r.scaling.factor}` : 'none', d.ropeSource]],
+        ['layers', 'theta', 'rotary dim', 'layout', 'scaling', 'attention factor'],
+        runs.map((u) => {
+          const layers = u.first === u.last ? String(u.first) : `${u.first}-${u.last}`;
+          const r = u.rope;
+          if (!r) return [layers, '-', `0 of ${s.headDim}`, '-', '-', '-'];
+          const pairs = r.layout === 'half' ? `pairs (i, i+${r.rotaryDim / 2})` : 'pairs (2i, 2i+1)';
+          return [layers, String(r.theta), `${r.rotaryDim} of ${s.headDim}`, `${r.layout} (${pairs})`, scalingWords(r.scaling), String(r.attentionFactor ?? 1)];
+        }),
       ),
     );
+    if (runs.some((u) => !u.rope)) io.out('(layers with "-": no RoPE on their keys, nothing to undo)');
+    io.out(`read from: ${d.ropeSource}`);
     for (const n of d.notes) io.out(`note: ${n}`);
   }
   return out;
 }
 
+/** The profile's RoPE in a few words (one description for all layers, or how many). */
+function profileRopeWords(m: Manifest): string {
+  const rope = ropeFromManifest(m);
+  const runs = ropeRuns(rope);
+  const u = runs[0].rope;
+  if (runs.length === 1 && u) return `θ=${u.theta} (${u.layout}${u.scaling ? `, ${scalingWords(u.scaling)}` : ''}${(u.attentionFactor ?? 1) !== 1 ? `, attention factor ${u.attentionFactor}` : ''})`;
+  if (runs.length === 1) return layerRopeWords(u, m.model.head_dim);
+  return `per layer (${runs.map((u) => `${u.first === u.last ? u.first : `${u.first}-${u.last}`}: ${u.rope ? `θ=${u.rope.theta}` : 'none'}`).join(', ')})`;
+}
+
 export default async function inspect(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   if (opts._.length === 0) {
-    const model = await inspectModel(opts.model!, io, opts.json);
+    const model = await inspectModel(opts.model!, io, opts.json, opts.onnx);
     if (opts.json) printJson(io, model);
     return;
   }
@@ -76,13 +103,13 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
     };
   });
   if (opts.json) {
-    const model = opts.model ? await inspectModel(opts.model, io, true) : undefined;
+    const model = opts.model ? await inspectModel(opts.model, io, true, opts.onnx) : undefined;
     printJson(io, { profile: dir, bytes, manifest: m, plans: perPlan, ...(model ? { model_reading: model } : {}) });
     return;
   }
   const s = m.settings;
   io.out(`profile ${dir}  (id ${m.profile_id}, format v${m.format_version}, ${m.producer.name} ${m.producer.version}, ${fmtBytes(bytes)})`);
-  io.out(`model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE θ=${m.model.rope.theta} (${m.model.rope.layout}${m.model.rope.scaling ? `, ${m.model.rope.scaling.type} ×${m.model.rope.scaling.factor}` : ''}), fingerprint ${m.model.fingerprint.id}`);
+  io.out(`model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}`);
   io.out(`settings  target ${s.ratio_target}x, sink ${s.sink}, window ${s.window}, grouping ${s.grouping}, ${s.entropy}, granule ${s.granule}`);
   io.out(`calibration  ${m.calibration.tokens_fit} tokens fit + ${m.calibration.tokens_heldout} held out, from ${m.calibration.sources.length} file(s): ${m.calibration.sources.slice(0, 3).map((x) => x.name).join(', ')}${m.calibration.sources.length > 3 ? ', …' : ''}`);
   io.out(`measured on held-out ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${m.measured.rel_error.key_mean}, V ${m.measured.rel_error.value_mean}`);
@@ -107,6 +134,6 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   io.out('kept rank: principal components stored (the rest are dropped); bits/token include per-token fp16 scale+offset of dynamic groups.');
   if (opts.model) {
     io.out('');
-    await inspectModel(opts.model, io, false);
+    await inspectModel(opts.model, io, false, opts.onnx);
   }
 }
