@@ -32,6 +32,13 @@ const deviceOption = () =>
     .choices([...DEVICES])
     .default('cpu');
 
+const onnxOption = () =>
+  new Option(
+    '--onnx <file>',
+    'which ONNX graph of the model directory to run: a file relative to it or its onnx/ folder (model_fp16.onnx, onnx/model_q4.onnx, decoder_model_merged.onnx) or a transformers.js dtype (fp32, fp16, q4, q4f16, quantized). ' +
+      'Default: the unquantized model.onnx (or decoder_model_merged.onnx), then fp16; several quantized variants and no float one is an error listing them',
+  );
+
 /** `argv` (as process.argv) is recorded in reports as the command line that made them. */
 export function createProgram(io: CliIO, argv: readonly string[] = []): Command {
   const program = new Command('kvtc');
@@ -65,6 +72,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
   sub('calibrate')
     .description('Fit a KVTC profile for a model: capture KV on calibration text, fit PCA bases, solve the bit allocation, write the profile.\nWith no arguments: the bundled stories260K model on calibration-data/, written to kvtc-profiles/<model>/.')
     .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', DEFAULT_MODEL_OPTION)
+    .addOption(onnxOption())
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
     .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
     .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
@@ -91,6 +99,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.\nWith --model: what kvtc reads from a model directory — shape, KV dtype and the RoPE it undoes on keys, with where each was read.')
     .argument('[profile]', 'profile directory (or its manifest.json)')
     .option('--model <dir>', 'also (or only) show kvtc\'s reading of this model directory')
+    .addOption(onnxOption())
     .option('--json', 'print as JSON', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc inspect kvtc-profiles/stories260k\n  $ kvtc inspect kvtc-profiles/stories260k --json | jq .plans\n  $ kvtc inspect --model models/stories260k\n      the RoPE kvtc will undo, to check against your framework')
     .action(run('inspect'));
@@ -99,6 +108,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .description('Check a profile: schema, tensor shapes, finite values, orthonormal bases; with --model, that it was made for that model. Exit 0 only if all hold.')
     .argument('<profile>', 'profile directory (or its manifest.json)')
     .option('--model <dir>', 'model directory the profile must match')
+    .addOption(onnxOption())
     .option('--json', 'print as JSON', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc validate kvtc-profiles/stories260k --model models/stories260k\n      exit 0 only if every check holds')
     .action(run('validate'));
@@ -139,6 +149,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .description('MMLU (lm-evaluation-harness prompt and scoring) with the compressed cache against the uncompressed one on the same questions, paired, plus WikiText-2 perplexity.')
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile); several (repeat or comma-separate) make a ratio sweep sharing one uncompressed run', collect)
     .option('--model <dir>', 'model directory (default: the one the profile names, else the bundled model)')
+    .addOption(onnxOption())
     .option('--dynamo-profile <dir>', 'also evaluate a `kvtc calibrate --target dynamo` profile through the emulated NVIDIA Dynamo KVTC kernels (codec "dynamo"; docs/dynamo.md)')
     .option('--subjects <list>', 'subjects or groups (stem, humanities, social_sciences, other, all); comma-separated (default: all 57 subjects, 14,042 questions)', collect)
     .option('--limit <n>', 'questions per subject, ≥ 1 (default: all)')
@@ -162,6 +173,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
   sub('bench')
     .description('Measure encode/decode speed, ratio and error against baselines and physical limits (memcpy, zlib), and restore-vs-recompute time.\nThe random GQA model and the profiles it builds are kept in $KVTC_BENCH_CACHE (default $TMPDIR/kvtc-bench, ~700 MB) for the next run; --clear-cache removes them.')
     .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
+    .addOption(onnxOption())
     .option('--profile <dir>', 'profile directory (default: the bundled model\'s profile)')
     .option('--tokens <n>', 'tokens of cache to benchmark codecs on (≥ 16)', '4096')
     .option('--repeats <n>', 'repetitions per measurement, 1–1000 (median, min, max reported)', '5')
@@ -178,6 +190,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
   sub('capture')
     .description('Run a model on a text file and save its KV cache as safetensors (present.{i}.key|value).')
     .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
+    .addOption(onnxOption())
     .requiredOption('--text <file>', 'UTF-8 text file to prefill')
     .requiredOption('--out <file>', 'output .safetensors')
     .option('--max-tokens <n>', 'truncate the prompt to this many tokens')
@@ -193,6 +206,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
   sub('generate')
     .description('Generate a continuation of a prompt (greedy by default), to check a model is alive.')
     .option('--model <dir>', 'model directory', DEFAULT_MODEL_OPTION)
+    .addOption(onnxOption())
     .requiredOption('--prompt <text>', 'prompt text')
     .option('--max-new-tokens <n>', 'tokens to generate (0–100000)', '100')
     .option('--temperature <t>', 'sampling temperature, 0–100; 0 = greedy', '0')

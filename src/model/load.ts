@@ -5,13 +5,13 @@
  * produces a normalized ModelSpec, the ONNX session, the tokenizer and a fingerprint.
  */
 import { existsSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { createSession, ort, type Device } from '../onnx/session.js';
 import { resolveModelRope, ropeFromGraph } from '../rope/graph-rope.js';
 import { normalizeGenaiConfig, normalizeHfConfig } from './config.js';
 import { fingerprintModel, type ModelFingerprint } from './fingerprint.js';
 import { checkGraphIO, ioNames, layerName, type ModelIONames } from './graph-io.js';
-import { decodeGraph, externalLocation } from './graph-read.js';
+import { decodeGraph, decoderBody, externalLocation, quantizedOps } from './graph-read.js';
 import { findModelFiles, modelInvalid, modelNameFromDir, readJson, type ModelFiles } from './model-files.js';
 import type { ModelTokenizer } from './tokenizer.js';
 import { loadTokenizer } from './tokenizer.js';
@@ -74,10 +74,16 @@ async function describe(location: string, opts: DescribeOptions): Promise<Descri
   if (locations.size) files.externalData = join(dirname(files.onnx), [...locations][0]);
   const names = ioNames(files.format === 'genai' ? rawCfg : undefined, new Set((g.input ?? []).map((v) => v.name ?? '')));
   const { kvDtype, idsType } = checkGraphIO(g, names, cs, files.onnx);
+  const graphName = relative(dir, files.onnx).startsWith('..') ? files.onnx : relative(dir, files.onnx);
+  if (names.useCacheBranch) notes.push(`${graphName} is an Optimum merged decoder: kvtc feeds ${names.useCacheBranch} false on the first pass (no past) and true once there is a past`);
+  const quantized = quantizedOps(g);
+  if (quantized.length) notes.push(`${graphName} has quantized weights (${quantized.join('; ')}): its KV cache differs from the float model's, so calibrate on the graph you serve (a profile is tied to it by the fingerprint)`);
+  // RoPE recovery reads the decoder's nodes: a merged decoder keeps them in its with-past branch.
+  const body = decoderBody(g, names.useCacheBranch);
 
   // RoPE per layer: the config's, or the graph's rotary cache where it has one (src/rope/graph-rope.ts).
   const base = cs.rope.find((r) => r !== null);
-  const fromGraph = base ? await ropeFromGraph(g, files.onnx, cs.headDim, base) : undefined;
+  const fromGraph = base ? await ropeFromGraph(body, files.onnx, cs.headDim, base) : undefined;
   const resolved = resolveModelRope(cs.rope, fromGraph, { format: files.format, configFile: files.config, onnxPath: files.onnx, notes });
   cs = { ...cs, rope: resolved.rope, maxPositions: fromGraph ? Math.min(cs.maxPositions, fromGraph.maxPositions) : cs.maxPositions };
   const ropeSource = resolved.source;

@@ -12,6 +12,7 @@ import { wholeNumber, deviceSchema } from '../options.js';
 
 const Options = z.object({
   model: z.string().optional(),
+  onnx: z.string().min(1).optional(),
   profile: z.string().optional(),
   tokens: wholeNumber(16),
   repeats: wholeNumber(1, 1000),
@@ -98,7 +99,7 @@ export default async function bench(raw: Record<string, unknown>, io: CliIO): Pr
   let result: BenchResult;
   try {
     result = await runBench({
-      modelDir: opts.model === undefined || opts.model === DEFAULT_MODEL_OPTION ? undefined : modelDirFromOption(opts.model),
+      modelDir: (opts.model === undefined || opts.model === DEFAULT_MODEL_OPTION) && opts.onnx === undefined ? undefined : modelDirFromOption(opts.model, opts.onnx),
       profile: opts.profile,
       tokens: opts.quick ? Math.min(opts.tokens, 512) : opts.tokens,
       repeats: opts.quick ? Math.min(opts.repeats, 2) : opts.repeats,

@@ -48,6 +48,7 @@ export async function dispatchCalibrateTarget(raw: Record<string, unknown>, io: 
 const Options = z.object({
   target: z.literal('dynamo'),
   model: z.string(),
+  onnx: z.string().min(1).optional(),
   data: z.array(z.string()).optional(),
   ratio: z.array(decimal(MIN_RATIO, MAX_RATIO)).min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 8 or --ratio 4,8,16`).optional(),
   tokens: wholeNumber(256),
@@ -82,7 +83,7 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
   let result: CalibrateDynamoResult;
   try {
     result = await calibrateDynamo({
-      modelDir: modelDirFromOption(opts.model),
+      modelDir: modelDirFromOption(opts.model, opts.onnx),
       data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
       ratios,
       ratiosGiven: opts.ratio !== undefined,

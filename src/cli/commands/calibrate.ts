@@ -11,6 +11,7 @@ import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const Options = z.object({
   model: z.string(),
+  onnx: z.string().min(1).optional(),
   data: z.array(z.string()).optional(),
   ratio: z
     .array(decimal(MIN_RATIO, MAX_RATIO))
@@ -50,7 +51,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   let result: CalibrateResult;
   try {
     result = await calibrate({
-      modelDir: modelDirFromOption(opts.model),
+      modelDir: modelDirFromOption(opts.model, opts.onnx),
       data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
       ratios,
       ratiosGiven: opts.ratio !== undefined,

@@ -18,6 +18,7 @@ import { wholeNumber, deviceSchema } from '../options.js';
 
 const schema = z.object({
   model: z.string().min(1),
+  onnx: z.string().min(1).optional(),
   text: z.string().min(1),
   out: z.string().min(1),
   maxTokens: wholeNumber(1).optional(),
@@ -70,7 +71,7 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   // Checked before the model runs so a refused overwrite costs nothing.
   checkOutputFile(out, { force: opts.force });
   const { text } = await readTextFile(opts.text);
-  const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
+  const model = await loadModel(modelDirFromOption(opts.model, opts.onnx), { device: opts.device });
   const progress = createProgress(io, { quiet: opts.quiet });
   let r;
   try {

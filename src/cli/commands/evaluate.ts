@@ -35,6 +35,7 @@ const schema = z.object({
   plot: z.string().min(1).optional(),
   dynamoProfile: z.string().min(1).optional(),
   model: z.string().min(1).optional(),
+  onnx: z.string().min(1).optional(),
   subjects: z.array(z.string()).optional(),
   limit: wholeNumber(1).optional(),
   shots: wholeNumber(0),
@@ -186,7 +187,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   if (opts.logSamples) checkOutputFile(opts.logSamples, { force: true, option: '--log-samples' });
   if (opts.plot) checkOutputFile(opts.plot, { force: true, option: '--plot' });
   const startedAt = new Date().toISOString();
-  const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
+  const model = await loadModel(modelDirFromOption(opts.model, opts.onnx), { device: opts.device });
   let profiles: Profile[] = [];
   let profileNote: string | undefined;
   let codecNames: CodecName[];

@@ -9,6 +9,7 @@ import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const schema = z.object({
   model: z.string().min(1),
+  onnx: z.string().min(1).optional(),
   prompt: z.string().min(1, 'must not be empty'),
   maxNewTokens: wholeNumber(0, 100_000),
   temperature: decimal(0, 100),
@@ -20,7 +21,7 @@ const schema = z.object({
 export default async function generate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
   checkDevice(opts.device);
-  const model = await loadModel(modelDirFromOption(opts.model), { device: opts.device });
+  const model = await loadModel(modelDirFromOption(opts.model, opts.onnx), { device: opts.device });
   const runner = new ModelRunner(model);
   const promptIds = model.tokenizer.encode(opts.prompt);
   const r = await runner.generate(promptIds, { maxNewTokens: opts.maxNewTokens, temperature: opts.temperature, seed: opts.seed });

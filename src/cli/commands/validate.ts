@@ -1,15 +1,18 @@
 import { z } from 'zod';
 import { KvtcError } from '../../errors.js';
+import { modelDirFromOption } from '../../model/model-files.js';
 import { validateProfile } from '../../profile/validate.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 
-const Options = z.object({ _: z.array(z.string()).length(1), model: z.string().optional(), json: z.boolean().default(false) });
+const Options = z
+  .object({ _: z.array(z.string()).length(1), model: z.string().optional(), onnx: z.string().min(1).optional(), json: z.boolean().default(false) })
+  .refine((o) => o.onnx === undefined || o.model !== undefined, { message: 'needs --model: it names a graph of the model directory', path: ['onnx'] });
 
 export default async function validate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
-  const result = await validateProfile(opts._[0], opts.model);
+  const result = await validateProfile(opts._[0], opts.onnx === undefined ? opts.model : modelDirFromOption(opts.model, opts.onnx));
   // With --json a failed validation is one document: the result, with "error" beside it (main prints it).
   if (opts.json && result.ok) printJson(io, result);
   else if (!opts.json) {
