@@ -35,6 +35,11 @@ function ropeCompareFields(r: RopeFields): Record<string, unknown> {
   };
 }
 
+/** "field is X in the profile, Y in the model" for each field where `profile` and `model` differ (compared as text). */
+function fieldDifferences(profile: Record<string, unknown>, model: Record<string, unknown>): string[] {
+  return Object.keys(profile).flatMap((k) => (String(profile[k]) === String(model[k]) ? [] : [`${k} is ${String(profile[k])} in the profile, ${String(model[k])} in the model`]));
+}
+
 /** What differs between the model a profile was made for and `model`, in words (empty: nothing). */
 export function profileModelDifferences(manifest: Manifest, model: ModelIdentity): string[] {
   const pm = manifest.model;
@@ -62,7 +67,7 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
       kv_dtype: a.kv_dtype,
       ...ropeCompareFields(a.rope),
     };
-    for (const k of Object.keys(want)) if (String(want[k]) !== String(have[k])) out.push(`${k} is ${String(want[k])} in the profile, ${String(have[k])} in the model`);
+    out.push(...fieldDifferences(want, have));
     if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
   }
   if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) out.push('the ONNX graph differs (same architecture: another export or other weights)');
@@ -119,18 +124,13 @@ export function checkProfileForModel(profile: Pick<Profile, 'dir' | 'manifest'>,
 export function dynamoProfileModelDifferences(manifest: Pick<DynamoManifest, 'model'>, model: ModelIdentity): string[] {
   const pm = manifest.model;
   if (pm.fingerprint === model.fingerprint.id) return [];
-  const out: string[] = [];
-  if (model.spec) {
-    const s = model.spec;
-    const fields: [string, unknown, unknown][] = [
-      ['architecture', pm.architecture, s.architecture],
-      ['layers', pm.layers, s.layers],
-      ['kv_heads', pm.kv_heads, s.kvHeads],
-      ['head_dim', pm.head_dim, s.headDim],
-      ['kv_dtype', pm.kv_dtype, s.kvDtype],
-    ];
-    for (const [k, want, have] of fields) if (String(want) !== String(have)) out.push(`${k} is ${String(want)} in the profile, ${String(have)} in the model`);
-  }
+  const s = model.spec;
+  const out = s
+    ? fieldDifferences(
+        { architecture: pm.architecture, layers: pm.layers, kv_heads: pm.kv_heads, head_dim: pm.head_dim, kv_dtype: pm.kv_dtype },
+        { architecture: s.architecture, layers: s.layers, kv_heads: s.kvHeads, head_dim: s.headDim, kv_dtype: s.kvDtype },
+      )
+    : [];
   // The dynamo manifest keeps only the fingerprint id, so past the shape nothing says which part differs.
   if (!out.length) out.push('the fingerprint differs (same shape: another export, other weights or another RoPE)');
   return out;
@@ -158,14 +158,10 @@ export function checkCacheForProfile(
   const pm = profile.manifest.model;
   if (!recorded.fingerprint || recorded.fingerprint === pm.fingerprint.id) return;
   const model: ModelIdentity = { name: recorded.model ?? 'an unnamed model', dir: kv, fingerprint: { id: recorded.fingerprint } };
-  const out: string[] = [];
-  const fields: [string, unknown, unknown][] = [
-    ['layers', pm.layers, cache.layers],
-    ['kv_heads', pm.kv_heads, cache.kvHeads],
-    ['head_dim', pm.head_dim, cache.headDim],
-    ['kv_dtype', pm.kv_dtype, cache.dtype],
-  ];
-  for (const [k, want, have] of fields) if (String(want) !== String(have)) out.push(`${k} is ${String(want)} in the profile, ${String(have)} in the model`);
+  const out = fieldDifferences(
+    { layers: pm.layers, kv_heads: pm.kv_heads, head_dim: pm.head_dim, kv_dtype: pm.kv_dtype },
+    { layers: cache.layers, kv_heads: cache.kvHeads, head_dim: cache.headDim, kv_dtype: cache.dtype },
+  );
   // A capture records only the fingerprint id: the same shape from another model says no more.
   if (!out.length) out.push('the fingerprint differs (same cache shape: another model, export or RoPE)');
   const recordedModel = { name: pm.name, id: pm.fingerprint.id };

@@ -2,6 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
 import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from './fit-reference.js';
 import { planBitsPerToken } from '../../src/codec/types.js';
+import { symmetricEigen } from '../../src/fit/eigen.js';
+import { randomizedEigen } from '../../src/fit/eigen-randomized.js';
+import { allocateDetailed, heldoutCoefficients, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
+import { gemmABt } from '../../src/math/gemm.js';
 import { randomOrthogonal, rng } from '../codec/rng.js';
 
 const p = 32, trueRank = 6;
@@ -89,6 +93,84 @@ describe('fitBasisPlan on a random rotation of a rank-6 source', () => {
       if (b === 0) expect(allocation.error).toBeCloseTo(heldoutEnergy, -1);
       prev = allocation.error;
     }
+  });
+});
+
+describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () => {
+  const p = 128;
+  const H = 512;
+  // Key-like samples: four outlier directions, then a slow power law, randomly mixed, with a mean.
+  const { normal } = rng(11);
+  const M = new Float64Array(p * p);
+  for (let j = 0; j < p; j++) {
+    const s = Math.sqrt(((j < 4 ? 20 : 1) * (j + 1) ** -1.2) / p);
+    for (let i = 0; i < p; i++) M[i * p + j] = s * normal();
+  }
+  const samples = (T: number) => {
+    const X = gemmABt(Float64Array.from({ length: T * p }, normal), M, new Float64Array(T * p), T, p, p);
+    return Float32Array.from(X, (v, i) => v + 0.05 * (i % p));
+  };
+  const calib = samples(2048);
+  const heldout = samples(H);
+  const ratio = 20;
+  const budget = Math.floor((16 * p) / ratio);
+  const k = rankForBudget(p, Math.floor(1.5 * budget)); // room for a budget scale up to 1.5
+
+  async function tables() {
+    const acc = new CovarianceAccumulator(p);
+    await acc.add(calib, 2048);
+    const { mean, cov } = acc.finish();
+    const o = { kind: 'key' as const, layers: [0], dim: p, mean, heldout, heldoutTokens: H };
+    const d = symmetricEigen(cov, p);
+    const r = randomizedEigen(cov, p, k);
+    return { dense: prepareAllocation({ ...o, vectors: d.vectors, values: d.values }), truncated: prepareAllocation({ ...o, vectors: r.vectors, values: r.values }) };
+  }
+
+  it('separates features (p) from components (k) and accounts for the energy outside the k', async () => {
+    const { dense, truncated } = await tables();
+    expect(k).toBe(76);
+    expect([dense.features, dense.dim, dense.residual]).toEqual([p, p, 0]);
+    expect([truncated.features, truncated.dim]).toEqual([p, k]);
+    expect(truncated.vectors.length).toBe(p * k);
+    expect(truncated.coeffs.length).toBe(H * k);
+    expect(truncated.none.length).toBe(k);
+    expect(truncated.staticErr.length).toBe(4 * k);
+    expect(truncated.mean.length).toBe(p);
+    // The residual is the held-out energy past the k components: the dense tail's, to 1%.
+    let tail = 0;
+    for (let j = k; j < p; j++) tail += dense.none[j];
+    expect(truncated.residual).toBeGreaterThan(0);
+    expect(Math.abs(truncated.residual / tail - 1)).toBeLessThan(0.01);
+  });
+
+  it(`at ratio ${ratio} the plan stores ≤ k components and its DP error is the dense fit's within 0.1%`, async () => {
+    const { dense, truncated } = await tables();
+    const a = allocateDetailed(dense, budget);
+    const b = allocateDetailed(truncated, budget);
+    expect(b.plan.rank).toBeGreaterThan(0);
+    expect(b.plan.rank).toBeLessThanOrEqual(k);
+    expect(b.plan.dim).toBe(p);
+    expect(b.plan.basis.length).toBe(p * b.plan.rank);
+    expect(planBitsPerToken(b.plan)).toBeLessThanOrEqual(budget);
+    expect(Math.abs(b.allocation.error / a.allocation.error - 1)).toBeLessThan(1e-3);
+    // allocation.error = DP error over the k components + the residual past them.
+    let stored = 0;
+    for (let j = 0; j < truncated.dim; j++) stored += truncated.none[j];
+    expect(b.allocation.error).toBeLessThan(stored + truncated.residual);
+    // heldoutCoefficients reads the [H, k] coefficients: the held-out features on the plan's basis.
+    const r = b.plan.rank;
+    const want = projectCoefficients(heldout, truncated.mean, b.plan.basis, r);
+    const got = heldoutCoefficients(truncated, 0, H, r);
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    expect(worst).toBeLessThan(1e-4);
+    expect(() => heldoutCoefficients(truncated, 0, 1, k + 1)).toThrow(/rank \(77\) exceeds the tables' components \(76\)/);
+  });
+
+  it('rankForBudget: int2 (2 bits) is the cheapest stored component, capped at p', () => {
+    expect(rankForBudget(1024, Math.floor((16 * 1024) / 20))).toBe(409);
+    expect(rankForBudget(64, 16 * 64)).toBe(64);
+    expect(rankForBudget(64, 0)).toBe(1);
   });
 });
 

@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { fitBases, fitBasisTables, type FitJob, usesRandomizedEigen } from '../../src/calibrate/fit-pool.js';
+import { CovarianceAccumulator } from '../../src/fit/covariance.js';
+import { allocateDetailed, rankForBudget } from '../../src/fit/fit.js';
+import { RANDOMIZED_EIGEN_MIN_P } from '../../src/fit/ort-thresholds.js';
+import { gemmABt } from '../../src/math/gemm.js';
+import { rng } from '../codec/rng.js';
+
+const p = RANDOMIZED_EIGEN_MIN_P;
+const H = 256;
+
+/** A basis job from key-like samples (outliers, then a power law, randomly mixed). */
+async function job(seed: number, maxRank?: number): Promise<FitJob> {
+  const { normal } = rng(seed);
+  const M = new Float64Array(p * p);
+  for (let j = 0; j < p; j++) {
+    const s = Math.sqrt(((j < 4 ? 20 : 1) * (j + 1) ** -1.2) / p);
+    for (let i = 0; i < p; i++) M[i * p + j] = s * normal();
+  }
+  const T = 1024 + H;
+  const X = Float32Array.from(gemmABt(Float64Array.from({ length: T * p }, normal), M, new Float64Array(T * p), T, p, p));
+  const acc = new CovarianceAccumulator(p);
+  await acc.add(X.subarray(0, 1024 * p), 1024);
+  const { mean, cov } = acc.finish();
+  return { kind: 'value', layers: [seed], dim: p, cov, mean, heldout: X.slice(1024 * p), heldoutTokens: H, maxRank };
+}
+
+describe('fitBases with FitJob.maxRank', () => {
+  it('chooses the solver from maxRank and p', () => {
+    expect(usesRandomizedEigen({ dim: p })).toBe(false);
+    expect(usesRandomizedEigen({ dim: p, maxRank: p })).toBe(false);
+    expect(usesRandomizedEigen({ dim: p, maxRank: p - 1 })).toBe(true);
+    expect(usesRandomizedEigen({ dim: p - 1, maxRank: 8 })).toBe(false);
+  });
+
+  it('worker threads return the truncated tables of the randomized fit, identical to an inline fit', async () => {
+    const k = rankForBudget(p, Math.floor((1.5 * 16 * p) / 20)); // ratio 20, budget scale up to 1.5
+    const jobs = [await job(1, k), await job(2)];
+    const inline = await fitBasisTables(jobs[0], { eigenThreads: 1 });
+    const pooled = await fitBases(jobs, { threads: 2 });
+    const [t, full] = pooled.map((o) => o.tables);
+    expect(pooled.map((o) => o.solver)).toEqual(['randomized', 'dense']);
+    expect([t.features, t.dim, t.vectors.length, t.values.length, t.coeffs.length, t.staticErr.length]).toEqual([p, k, p * k, k, H * k, 4 * k]);
+    expect([full.features, full.dim, full.residual]).toEqual([p, p, 0]);
+    expect(t.residual).toBeGreaterThan(0);
+    // Transferred intact: the worker's tables are the inline fit's, byte for byte.
+    for (const key of ['vectors', 'values', 'coeffs', 'none', 'staticErr', 'staticLo', 'staticHi', 'dynamicErr'] as const) {
+      expect(Buffer.from(t[key].buffer).equals(Buffer.from(inline.tables[key].buffer)), key).toBe(true);
+    }
+    expect(t.residual).toBe(inline.tables.residual);
+    const plan = allocateDetailed(t, Math.floor((16 * p) / 20)).plan;
+    expect(plan.dim).toBe(p);
+    expect(plan.rank).toBeLessThanOrEqual(k);
+    expect(plan.basis.length).toBe(p * plan.rank);
+  }, 120_000);
+
+  it('rejects a maxRank that is not a positive integer', async () => {
+    const j = await job(3, 0);
+    await expect(fitBasisTables(j)).rejects.toThrow(/maxRank \(0\) must be an integer >= 1/);
+  });
+});
