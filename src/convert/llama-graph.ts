@@ -5,8 +5,8 @@
  *   inputs   input_ids [batch, seq] int64, attention_mask [batch, past+seq] int64,
  *            position_ids [batch, seq] int64, past_key_values.{i}.key|value [batch, kvHeads, past, headDim]
  *   outputs  logits [batch, seq, vocab] float32, present.{i}.key|value [batch, kvHeads, past+seq, headDim]
- * Keys are stored with RoPE applied, as transformers does: by default spec.rope on every layer
- * (Hugging Face rotate_half layout); `layerRope` gives each layer its own RoPE or none (NoPE),
+ * Keys are stored with RoPE applied, as transformers does: by default spec.rope (one RoPE or
+ * none per layer, kvtc's reading of a config); `layerRope` gives each layer explicit frequencies,
  * in either layout, with an attention factor on cos/sin and longrope's length switch, and
  * `qkNorm` adds the q/k RMSNorm some families apply before RoPE. This is how the family
  * fixtures (test/rope/family-fixtures.ts) reproduce Qwen3, Gemma 3, SmolLM3, Phi-3, OLMo 2, ...
@@ -15,6 +15,7 @@
 import { KvtcError } from '../errors.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { ropeInvFreq } from '../rope/freqs.js';
+import type { LayerRope } from '../rope/types.js';
 import type { ModelSpec } from '../model/types.js';
 
 /** One decoder layer, PyTorch nn.Linear layout [out, in], row-major float32. */
@@ -126,6 +127,7 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
     });
   }
   if (o.layerRope && o.layerRope.length !== s.layers) throw bad('layerRope', o.layerRope.length, s.layers);
+  if (!o.layerRope && s.rope.length !== s.layers) throw bad('rope (one per layer)', s.rope.length, s.layers);
   layerRopes(s, o).forEach((r, i) => {
     if (!r) return;
     const at = o.layerRope ? `layerRope[${i}]` : 'rope';
@@ -142,13 +144,18 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
   return inter;
 }
 
-/** Each layer's RoPE: options.layerRope, else spec.rope everywhere (kvtc's own frequencies). */
+/** Each layer's RoPE: options.layerRope, else spec.rope with kvtc's own frequencies (src/rope/freqs.ts). */
 function layerRopes(s: LlamaGraphSpec, o: LlamaGraphOptions): (GraphLayerRope | null)[] {
   if (o.layerRope) return o.layerRope;
-  return Array.from({ length: s.layers }, (_, l) => {
-    const r = s.rope[l];
-    return r ? { invFreq: r.rotaryDim > 0 ? ropeInvFreq(r) : [], rotaryDim: r.rotaryDim, layout: r.layout } : null;
-  });
+  const one = (r: LayerRope): GraphLayerRope | null => {
+    if (!r) return null;
+    const ok = Number.isInteger(r.rotaryDim) && r.rotaryDim > 0 && r.rotaryDim % 2 === 0;
+    const sc = r.scaling;
+    // longrope: short factors up to original_max_position_embeddings, long beyond (switched per forward pass).
+    const long = ok && sc?.type === 'longrope' ? { invFreq: ropeInvFreq(r, sc.originalMaxPositionEmbeddings + 1), above: sc.originalMaxPositionEmbeddings } : undefined;
+    return { invFreq: ok ? ropeInvFreq(r, 0) : [], rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor ?? 1, ...(long ? { long } : {}) };
+  };
+  return Array.from({ length: s.layers }, (_, l) => one(s.rope[l] ?? null));
 }
 
 /** ONNX ModelProto bytes of a Llama decoder with KV cache; deterministic for equal inputs. */

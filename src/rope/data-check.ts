@@ -14,11 +14,14 @@
  * than the config, or when layer 0's keys do not agree at all. Costs a few milliseconds: at most
  * MAX_PAIRS token pairs per layer, no model run.
  *
- * It takes a small per-layer description (CheckRope), not the RoPE types of src/rope, so any
- * reading of a config can be checked.
+ * It works on a small per-layer description (CheckRope), so any reading of a config can be
+ * checked; checkModelRope is the call for kvtc's own reading (ModelRope, src/rope/types.ts), as
+ * capture and calibrate make it.
  */
 import { KvtcError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
+import { ropeInvFreq } from './freqs.js';
+import type { LayerRope, ModelRope } from './types.js';
 
 /** One layer's RoPE as kvtc will undo it. */
 export interface CheckRope {
@@ -350,4 +353,20 @@ export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
 /** The check on a captured KvCache (cache.keys in its native layout). */
 export function checkCacheRope(cache: KvCache, ids: ArrayLike<number>, layers: (CheckRope | null)[], opts: Pick<RopeCheckInput, 'absolutePositions' | 'seqLen'> = {}): RopeCheckReport {
   return checkRopeFromData({ keys: cache.keys, kvHeads: cache.kvHeads, headDim: cache.headDim, tokens: cache.tokens, startPosition: cache.startPosition, ids, layers, ...opts });
+}
+
+/** kvtc's reading of one layer as the check's description; seqLen: startPosition + tokens of the cache (longrope). */
+export function checkRopeOf(r: LayerRope, seqLen: number): CheckRope | null {
+  if (!r) return null;
+  return { invFreq: ropeInvFreq(r, seqLen), rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor ?? 1, theta: r.theta, ...(r.scaling ? { scaling: r.scaling.type } : {}) };
+}
+
+/**
+ * The check of kvtc's RoPE reading `rope` against a captured cache and its token ids: throws
+ * ROPE_MISMATCH when the keys contradict it. A model without RoPE on any layer is taken to
+ * have learned absolute positions (GPT-2), so its first-layer keys are not required to agree.
+ */
+export function checkModelRope(cache: KvCache, ids: ArrayLike<number>, rope: ModelRope): RopeCheckReport {
+  const seqLen = cache.startPosition + cache.tokens;
+  return checkCacheRope(cache, ids, rope.map((r) => checkRopeOf(r, seqLen)), { absolutePositions: rope.every((r) => r === null) });
 }

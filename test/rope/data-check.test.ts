@@ -15,7 +15,8 @@ import { loadTokenizer } from '../../src/model/tokenizer.js';
 import { createSession } from '../../src/onnx/session.js';
 import { DEFAULT_MODEL_DIR, WIKITEXT_TEST } from '../../src/paths.js';
 import { mulberry32 } from '../../src/random.js';
-import { checkRopeFromData, MIN_PAIRS, type CheckRope, type RopeCheckInput } from '../../src/rope/data-check.js';
+import { checkModelRope, checkRopeFromData, MIN_PAIRS, type CheckRope, type RopeCheckInput } from '../../src/rope/data-check.js';
+import { uniformModelRope, type RopeSpec } from '../../src/rope/types.js';
 import { emptyPast, step, type CacheShape } from '../convert/run-llama.js';
 import { buildFamilyFixture, family, FAMILIES, type FamilyDef } from './family-fixtures.js';
 import { transformersLayerRopes, type RefLayerRope } from './transformers-reference.js';
@@ -150,6 +151,24 @@ describe('RoPE data check', () => {
     const e = mismatch({ ...(await capture(def)), layers: readAs({ ...cfg, rope_local_base_freq: cfg.rope_theta }) });
     expect(e.context?.layer).toBe(0);
     expect(e.message).toMatch(/layer 0: (rope_theta|per-layer RoPE)/);
+  });
+
+  it("checkModelRope checks kvtc's own per-layer reading (RopeSpec, scaling, NoPE)", async () => {
+    const def = family('llama-llama3');
+    const data = await capture(def);
+    const cache = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, tokens: TOKENS, dtype: 'float32' as const, keys: data.keys, values: data.keys, startPosition: 0 };
+    const llama3: RopeSpec = { theta: 500000, rotaryDim: 16, layout: 'half', scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } };
+    expect(checkModelRope(cache, IDS, uniformModelRope(llama3, 2)).layers[0].score).toBeLessThan(1e-9);
+    expect(() => checkModelRope(cache, IDS, uniformModelRope({ ...llama3, theta: 5000000 }, 2))).toThrow(/ROPE_MISMATCH|layer 0/);
+    const e = (() => {
+      try {
+        checkModelRope(cache, IDS, [llama3, null]);
+      } catch (err) {
+        return err as KvtcError;
+      }
+    })();
+    expect(e?.code).toBe('ROPE_MISMATCH');
+    expect(e?.message).toMatch(/layer 1 is read as having no RoPE/);
   });
 
   it('reports checked: false, not a verdict, without enough repeated tokens', async () => {

@@ -3,7 +3,9 @@ import { z } from 'zod';
 import { checkOutputFile } from '../../io/output.js';
 import { PRE_ROPE } from '../../model/kv-io.js';
 import type { KvCache } from '../../model/types.js';
+import { ropeSafeChunk } from '../../rope/freqs.js';
 import { layerTables } from '../../rope/rope-table.js';
+import { checkModelRope } from '../../rope/data-check.js';
 import type { ModelRope } from '../../rope/types.js';
 import { readTextFile } from '../../io/text.js';
 import { writeKvCache } from '../../model/kv-io.js';
@@ -75,11 +77,16 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   const progress = createProgress(io, { quiet: opts.quiet });
   let r;
   try {
-    r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk: opts.chunk, onProgress: progress.fn });
+    // longrope: one forward pass, so every key has the factor set of the whole cache (src/rope/freqs.ts)
+    const chunk = ropeSafeChunk(model.spec.rope, opts.chunk);
+    if (chunk !== opts.chunk) model.notes.push(`longrope model: the text is prefilled in one pass (not --chunk ${opts.chunk}) so that every key is rotated with one factor set`);
+    r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk, onProgress: progress.fn });
   } finally {
     progress.stop();
     await model.session.release();
   }
+  // The RoPE kvtc read from the config must fit the captured keys (ROPE_MISMATCH otherwise).
+  const ropeCheck = checkModelRope(r.cache, r.ids, model.spec.rope);
   // --pre-rope: the keys as the codec sees them (RoPE undone, float32), to check kvtc's reading
   // of the model against one's own framework; marked so that encode refuses them.
   const cache = opts.preRope ? undoRopeOnKeys(r.cache, model.spec.rope) : r.cache;
@@ -106,5 +113,6 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   io.out(`  prefill ${s.seconds.toFixed(2)} s, ${s.tokensPerSecond.toFixed(0)} tokens/s (chunk ${opts.chunk}, ${opts.device})`);
   io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)${opts.preRope ? ', keys with RoPE undone (float32; for inspection, not for kvtc encode)' : ''}`);
   for (const n of model.notes) io.out(`  note: ${n}`);
+  if (!ropeCheck.checked) io.out(`  note: RoPE check against the keys skipped: ${ropeCheck.reason}`);
 }
 // Tested by test/model/cli.test.ts and test/cli/capture-pre-rope.test.ts.
