@@ -12,7 +12,7 @@ import { normalizeGenaiConfig, normalizeHfConfig } from './config.js';
 import { fingerprintModel, type ModelFingerprint } from './fingerprint.js';
 import { checkGraphIO, ioNames, layerName, type ModelIONames } from './graph-io.js';
 import { decodeGraph, decoderBody, externalLocation, quantizedOps } from './graph-read.js';
-import { findModelFiles, modelInvalid, modelNameFromDir, readJson, type ModelFiles } from './model-files.js';
+import { findModelFiles, modelInvalid, modelNameFor, readJson, type ModelFiles } from './model-files.js';
 import type { ModelTokenizer } from './tokenizer.js';
 import { loadTokenizer } from './tokenizer.js';
 import type { ModelSpec } from './types.js';
@@ -90,7 +90,7 @@ async function describe(location: string, opts: DescribeOptions): Promise<Descri
   const fingerprint = await fingerprintModel({ spec: { ...cs, kvDtype }, onnx: files.onnx, externalData: files.externalData });
   return {
     dir,
-    name: modelNameFromDir(dir),
+    name: modelNameFor(dir, files.onnx),
     spec: { ...cs, kvDtype },
     files,
     fingerprint,

@@ -45,6 +45,19 @@ export function modelNameFromDir(dir: string): string {
   return basename(d) || basename(resolve(dir));
 }
 
+/**
+ * The name of a model as run from one of its graphs: the directory's name, with the variant of a
+ * transformers.js-style file name appended (`qwen3-0.6b` + onnx/model_q4.onnx → `qwen3-0.6b-q4`),
+ * so that the default profile directory (kvtc-profiles/<name>), the bench cache and evaluate's
+ * default profile keep each quantization apart. model.onnx, decoder_model_merged.onnx and
+ * names kvtc does not know keep the directory's name.
+ */
+export function modelNameFor(dir: string, onnxPath: string): string {
+  const name = modelNameFromDir(dir);
+  const c = classify(dirname(onnxPath), basename(onnxPath));
+  const variant = c.base !== undefined && c.precision > 0 ? c.variant.replace(/[^\w.-]+/g, '-') : '';
+  return variant ? `${name}-${variant}` : name;
+}
 
 export type ModelFormat = 'optimum' | 'genai';
 

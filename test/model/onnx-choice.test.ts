@@ -7,7 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { KvtcError } from '../../src/errors.js';
-import { findModelFiles, listOnnxFiles, modelDirFromOption, resolveOnnxOption } from '../../src/model/model-files.js';
+import { findModelFiles, listOnnxFiles, modelDirFromOption, modelNameFor, resolveOnnxOption } from '../../src/model/model-files.js';
 import { tempDir } from './helpers.js';
 
 /** A model directory with config.json and the given files (paths relative to it). */
@@ -178,6 +178,15 @@ describe('--onnx', () => {
     expect((await findModelFiles(join(dir, 'onnx/model_int8.onnx'))).dir).toBe(dir);
     // a missing model directory is reported as such, not as a missing graph
     expect(thrown(() => modelDirFromOption(join(dir, 'nope'), 'model.onnx')).message).toMatch(/^model directory .*nope does not exist\.$/);
+  });
+
+  it('the model name carries the variant of the graph run (default profile directories and caches keep quantizations apart)', () => {
+    expect(modelNameFor(dir, join(dir, 'onnx/model.onnx'))).toBe('my-model');
+    expect(modelNameFor(dir, join(dir, 'onnx/model_q4.onnx'))).toBe('my-model-q4');
+    expect(modelNameFor(dir, join(dir, 'onnx/model_fp16.onnx'))).toBe('my-model-fp16');
+    expect(modelNameFor(dir, join(dir, 'onnx/decoder_model_merged.onnx'))).toBe('my-model');
+    expect(modelNameFor(dir, join(dir, 'onnx/decoder_model_merged_quantized.onnx'))).toBe('my-model-quantized');
+    expect(modelNameFor(dir, join(dir, 'onnx/sub/x.onnx'))).toBe('my-model');
   });
 
   it('a graph outside any export directory is refused: kvtc needs its config', async () => {

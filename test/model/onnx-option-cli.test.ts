@@ -51,6 +51,9 @@ describe('kvtc inspect --model DIR [--onnx]', () => {
     expect(r.code).toBe(0);
     const j = JSON.parse(r.stdout);
     expect(j.files).toMatchObject({ onnx: join(tjs, 'onnx', 'model_q4.onnx'), onnx_choice: 'option' });
+    // the name carries the variant, so default profile directories and caches keep quantizations apart
+    expect(byDefault.model).toBe('tjs-model');
+    expect(j.model).toBe('tjs-model-q4');
     expect(j.fingerprint.id).not.toBe(byDefault.fingerprint.id);
     expect(j.fingerprint.onnx.file).toBe('model_q4.onnx');
     expect(j.notes.join('\n')).toContain('onnx/model_q4.onnx has quantized weights (MatMulNBits ×35');
@@ -113,6 +116,7 @@ describe('every command that runs a model takes the graph chosen', () => {
     const other = await kvtc('validate', prof, '--model', tjs);
     expect(other.code).toBe(1);
     expect(other.stdout).toMatch(/✗ model: .*the ONNX graph differs/);
+    expect(JSON.parse(c.stdout).model).toBe('tjs-model-q4');
     const e = await kvtc('evaluate', '--model', tjs, '--onnx', 'q4', '--profile', prof, '--subjects', 'high_school_geography', '--limit', '2', '--perplexity-tokens', '0', '--long-context', '0', '--codec', 'kvtc', '--json', '--quiet');
     expect(e.code).toBe(0);
     const j = JSON.parse(e.stdout);
