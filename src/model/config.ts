@@ -4,16 +4,33 @@
  * comes from the graph's cos/sin caches (both in load.ts).
  */
 import { KvtcError } from '../errors.js';
+import { ropeFromConfig } from '../rope/from-config.js';
 import { uniformModelRope } from '../rope/types.js';
-import type { ModelSpec, RopeScaling, RopeSpec } from './types.js';
+import type { Family, ModelSpec } from './types.js';
 
-export type Family = ModelSpec['family'];
-export const SUPPORTED_FAMILIES: readonly Family[] = ['llama', 'mistral', 'qwen2'];
+export type { Family } from './types.js';
+
+/**
+ * The decoder architectures kvtc reads (architectures[0] → family = transformers model_type).
+ * Their KV caches have the same shape; what differs is the RoPE on the keys (src/rope/from-config.ts).
+ */
 const ARCHITECTURES: Record<string, Family> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'mistral',
   Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
+  Qwen3MoeForCausalLM: 'qwen3_moe',
+  MixtralForCausalLM: 'mixtral',
+  Gemma2ForCausalLM: 'gemma2',
+  Gemma3ForCausalLM: 'gemma3_text',
+  Phi3ForCausalLM: 'phi3',
+  SmolLM3ForCausalLM: 'smollm3',
+  Olmo2ForCausalLM: 'olmo2',
+  GraniteForCausalLM: 'granite',
+  GPTNeoXForCausalLM: 'gpt_neox',
+  GPT2LMHeadModel: 'gpt2',
 };
+export const SUPPORTED_FAMILIES: readonly Family[] = [...new Set(Object.values(ARCHITECTURES))];
 
 /** A ModelSpec before the ONNX graph is read: no kvDtype yet. */
 export type ConfigSpec = Omit<ModelSpec, 'kvDtype'>;
@@ -46,17 +63,50 @@ function optionalId(v: unknown): number | undefined {
 
 function unsupported(what: string, file: string): KvtcError {
   return new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: unsupported architecture ${what}. kvtc supports ${Object.keys(ARCHITECTURES).join(', ')} (model_type ${SUPPORTED_FAMILIES.join(', ')}).`, {
-    fix: 'Use a Llama-, Mistral- or Qwen2-family decoder exported with KV cache outputs (present.N.key/value).',
+    fix: 'Use a decoder of one of these families exported with KV cache outputs (present.N.key/value).',
     context: { file, architecture: what },
   });
 }
 
+/**
+ * Attention variants whose cache is not keys and values with RoPE kvtc can undo, refused with why:
+ * DeepSeek-V2/V3 multi-head latent attention (modeling_deepseek_v3.py: the cache holds the
+ * kv_lora_rank latent plus a shared decoupled RoPE key, not per-head keys), Llama 4 (chunked
+ * attention layers with RoPE mixed with global NoPE layers, RoPE as complex multiplication with
+ * its own frequencies, and a temperature-scaled query on NoPE layers).
+ */
+function refuseVariants(cfg: Json, file: string): void {
+  const type = typeof cfg.model_type === 'string' ? cfg.model_type : '';
+  const arch = Array.isArray(cfg.architectures) && typeof cfg.architectures[0] === 'string' ? (cfg.architectures[0] as string) : '';
+  if (/^deepseek_v[23]$/.test(type) || /^DeepseekV[23]/.test(arch) || cfg.kv_lora_rank !== undefined) {
+    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch || type || 'this model'} uses multi-head latent attention (kv_lora_rank ${JSON.stringify(cfg.kv_lora_rank)}): its cache is a compressed latent and one shared decoupled-RoPE key per token, not per-head keys and values; kvtc's transform coding of per-head K/V does not apply to it.`, {
+      fix: 'Compress a decoder with standard (GQA/MQA/MHA) attention; MLA caches are not supported.',
+      context: { file, architecture: arch || type },
+    });
+  }
+  if (/^llama4/.test(type) || /^Llama4/.test(arch)) {
+    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch || type} mixes chunked-attention layers (RoPE, attention_chunk_size ${JSON.stringify(cfg.attention_chunk_size ?? (cfg.text_config as Json | undefined)?.attention_chunk_size)}) with global NoPE layers whose queries are temperature-scaled, with its own RoPE implementation; kvtc does not read that layout yet and will not guess it.`, {
+      fix: 'Use a Llama 3.x (or another supported family) model; Llama 4 is not supported.',
+      context: { file, architecture: arch || type },
+    });
+  }
+}
+
 /** Family from architectures[0], else model_type; throws UNSUPPORTED_ARCHITECTURE. */
 export function familyOf(cfg: Json, file: string): { family: Family; architecture: string } {
+  refuseVariants(cfg, file);
   const arch = Array.isArray(cfg.architectures) && typeof cfg.architectures[0] === 'string' ? (cfg.architectures[0] as string) : undefined;
   if (arch !== undefined) {
     const family = ARCHITECTURES[arch];
-    if (!family) throw unsupported(`"${arch}"`, file);
+    if (!family) {
+      if (arch === 'Gemma3ForConditionalGeneration') {
+        throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch} is the multimodal Gemma 3; kvtc reads its text decoder as Gemma3ForCausalLM (model_type gemma3_text).`, {
+          fix: 'Export the text model (Gemma3ForCausalLM) with KV cache outputs and point --model at it.',
+          context: { file, architecture: arch },
+        });
+      }
+      throw unsupported(`"${arch}"`, file);
+    }
     return { family, architecture: arch };
   }
   const type = typeof cfg.model_type === 'string' ? cfg.model_type : undefined;
@@ -65,70 +115,27 @@ export function familyOf(cfg: Json, file: string): { family: Family; architectur
   return { family, architecture: Object.keys(ARCHITECTURES).find((a) => ARCHITECTURES[a] === family)! };
 }
 
-/**
- * rope_scaling (transformers <= 4.x) or rope_parameters (transformers 5): llama3 and linear
- * are exact position-independent maps; dynamic/yarn/longrope change with length or scale
- * attention, which kvtc's un-rotation does not model, so they are refused.
- */
-function ropeScaling(cfg: Json, file: string): RopeScaling | undefined {
-  const raw = (cfg.rope_scaling ?? cfg.rope_parameters) as Json | null | undefined;
-  if (!raw || typeof raw !== 'object') return undefined;
-  const type = (raw.rope_type ?? raw.type) as string | undefined;
-  if (type === undefined || type === 'default') return undefined;
-  const factor = Number(raw.factor);
-  if (!(factor > 0)) throw invalid(file, `rope scaling "${type}" needs a positive "factor", got ${JSON.stringify(raw.factor)}`);
-  if (type === 'linear') return { type: 'linear', factor };
-  if (type === 'llama3') {
-    return {
-      type: 'llama3',
-      factor,
-      lowFreqFactor: Number(raw.low_freq_factor ?? 1),
-      highFreqFactor: Number(raw.high_freq_factor ?? 4),
-      originalMaxPositionEmbeddings: Number(raw.original_max_position_embeddings ?? 8192),
-    };
-  }
-  throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: rope scaling type "${type}" is not supported; kvtc supports default, linear and llama3.`, {
-    fix: 'kvtc must undo RoPE exactly; use a model whose rope_scaling is linear or llama3 (or none).',
-    context: { file, ropeScaling: type },
-  });
-}
-
-/**
- * RoPE layout: Hugging Face LlamaForCausalLM uses rotate_half ('half'); a converter that keeps
- * llama2.c's interleaved pairs records it as `"rope_interleaved": true` (or `"rope_layout"`).
- */
-function ropeLayout(cfg: Json, file: string): RopeSpec['layout'] {
-  if (cfg.rope_layout === 'half' || cfg.rope_layout === 'interleaved') return cfg.rope_layout;
-  if (cfg.rope_layout !== undefined) throw invalid(file, `"rope_layout" must be "half" or "interleaved", got ${JSON.stringify(cfg.rope_layout)}`);
-  return cfg.rope_interleaved === true ? 'interleaved' : 'half';
-}
-
 /** config.json (Optimum / transformers.js export). */
 export function normalizeHfConfig(cfg: Json, file = 'config.json'): NormalizedConfig {
   const notes: string[] = [];
   const { family, architecture } = familyOf(cfg, file);
-  const hidden = posInt(cfg, 'hidden_size', file);
-  const heads = posInt(cfg, 'num_attention_heads', file);
+  // GPT-2 (configuration_gpt2.py) names its sizes n_embd, n_head, n_layer, n_positions.
+  const k = family === 'gpt2'
+    ? { hidden: 'n_embd', heads: 'n_head', layers: 'n_layer', positions: 'n_positions' }
+    : { hidden: 'hidden_size', heads: 'num_attention_heads', layers: 'num_hidden_layers', positions: 'max_position_embeddings' };
+  const hidden = posInt(cfg, k.hidden, file);
+  const heads = posInt(cfg, k.heads, file);
+  // GPT-NeoX and GPT-2 are multi-head: no num_key_value_heads
   const kvHeads = posInt(cfg, 'num_key_value_heads', file, heads);
   if (heads % kvHeads !== 0) throw invalid(file, `num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`);
+  // explicit head_dim (Qwen3, Gemma: not hidden / heads), else hidden / heads
   const headDim = posInt(cfg, 'head_dim', file, cfg.head_dim == null ? hidden / heads : undefined);
-  const layers = posInt(cfg, 'num_hidden_layers', file);
+  const layers = posInt(cfg, k.layers, file);
   const vocabSize = posInt(cfg, 'vocab_size', file);
-  const maxPositions = posInt(cfg, 'max_position_embeddings', file, 2048);
-  const params = (cfg.rope_parameters ?? {}) as Json;
-  const theta = Number(cfg.rope_theta ?? params.rope_theta ?? 10000);
-  if (!(theta > 0)) throw invalid(file, `"rope_theta" must be positive, got ${JSON.stringify(cfg.rope_theta)}`);
-  if (cfg.rope_theta === undefined && params.rope_theta === undefined) notes.push('rope_theta not set: using 10000');
-  const factor = Number(cfg.partial_rotary_factor ?? params.partial_rotary_factor ?? 1);
-  const rotaryDim = Math.floor(headDim * factor);
-  if (!(rotaryDim > 0 && rotaryDim <= headDim && rotaryDim % 2 === 0)) {
-    throw invalid(file, `partial_rotary_factor ${factor} gives rotary dim ${rotaryDim} for head_dim ${headDim}; it must be even and in (0, head_dim]`);
-  }
-  const scaling = ropeScaling(cfg, file);
-  const layerRope: RopeSpec = { theta, rotaryDim, layout: ropeLayout(cfg, file), ...(scaling ? { scaling } : {}) };
-  const rope = uniformModelRope(layerRope, layers);
+  const maxPositions = posInt(cfg, k.positions, file, 2048);
+  const rope = ropeFromConfig(cfg, { family, layers, headDim, maxPositions, file, notes });
   if (typeof cfg.sliding_window === 'number' && cfg.use_sliding_window !== false) {
-    notes.push(`sliding_window ${cfg.sliding_window}: the cache keeps every token; attention beyond the window is the ONNX graph's business`);
+    notes.push(`sliding_window ${cfg.sliding_window}: the cache must keep every token (an export whose sliding layers keep only the window is refused by its cache shapes); attention beyond the window is the ONNX graph's business`);
   }
   return {
     spec: {
@@ -149,7 +156,7 @@ export function normalizeGenaiConfig(cfg: Json, file = 'genai_config.json'): Nor
   const decoder = model?.decoder as Json | undefined;
   if (!model || !decoder) throw invalid(file, 'missing "model.decoder" section');
   const type = typeof model.type === 'string' ? model.type : undefined;
-  const family = SUPPORTED_FAMILIES.find((f) => f === type);
+  const family = (['llama', 'mistral', 'qwen2'] as const).find((f) => f === type);
   if (!family) throw unsupported(`genai model type "${type}"`, file);
   const heads = posInt(decoder, 'num_attention_heads', file);
   const kvHeads = posInt(decoder, 'num_key_value_heads', file, heads);

@@ -102,3 +102,20 @@ function yarn(inv: Float64Array, s: Extract<RopeScaling, { type: 'yarn' }>, thet
   }
   return inv;
 }
+
+/** The shortest original context among the model's longrope layers (undefined: no longrope layer). */
+export function longropeThreshold(rope: readonly (RopeSpec | null)[]): number | undefined {
+  let t: number | undefined;
+  for (const r of rope) if (r?.scaling?.type === 'longrope') t = Math.min(t ?? Infinity, r.scaling.originalMaxPositionEmbeddings);
+  return t;
+}
+
+/**
+ * The prefill chunk to capture a cache with: `chunk`, except for longrope models, whose graphs
+ * pick the factor set per forward pass (max(position_ids) + 1), so a chunked prefill past the
+ * original context would rotate early chunks with the short factors and later ones with the long:
+ * there the whole text goes in one pass, as the codec reads the cache (longropeUsesLong).
+ */
+export function ropeSafeChunk(rope: readonly (RopeSpec | null)[], chunk: number): number {
+  return longropeThreshold(rope) === undefined ? chunk : Number.MAX_SAFE_INTEGER;
+}

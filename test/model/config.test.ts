@@ -55,9 +55,9 @@ describe('normalizeHfConfig', () => {
   }
 
   const errors: { name: string; cfg: Record<string, unknown>; code: string; message: RegExp }[] = [
-    { name: 'gpt2 is unsupported', cfg: { architectures: ['GPT2LMHeadModel'], model_type: 'gpt2', n_embd: 64 }, code: 'UNSUPPORTED_ARCHITECTURE', message: /GPT2LMHeadModel.*supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM/ },
+    { name: 'falcon is unsupported', cfg: { architectures: ['FalconForCausalLM'], model_type: 'falcon', hidden_size: 64 }, code: 'UNSUPPORTED_ARCHITECTURE', message: /FalconForCausalLM.*supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/ },
     { name: 'no architecture at all', cfg: { hidden_size: 8 }, code: 'UNSUPPORTED_ARCHITECTURE', message: /neither "architectures" nor "model_type"/ },
-    { name: 'yarn scaling refused', cfg: { ...llama, rope_scaling: { rope_type: 'yarn', factor: 4 } }, code: 'UNSUPPORTED_ARCHITECTURE', message: /rope scaling type "yarn"/ },
+    { name: 'dynamic NTK scaling refused, saying why', cfg: { ...llama, rope_scaling: { rope_type: 'dynamic', factor: 4 } }, code: 'UNSUPPORTED_ARCHITECTURE', message: /"dynamic" \(dynamic NTK\) is not supported.*length of each forward pass/ },
     { name: 'heads not a multiple of kv heads', cfg: { ...llama, num_key_value_heads: 3 }, code: 'MODEL_INVALID', message: /not a multiple/ },
     { name: 'missing hidden_size', cfg: { ...llama, hidden_size: undefined }, code: 'MODEL_INVALID', message: /"hidden_size" must be a positive integer/ },
   ];
