@@ -274,6 +274,6 @@ function applyNoRope(rope: LayerRope[], cfg: Json, ctx: RopeConfigContext): Laye
     use = Array.from({ length: ctx.layers }, (_, i) => ((i + 1) % interval !== 0 ? 1 : 0));
   }
   const none = use.flatMap((u, i) => (u ? [] : [i]));
-  if (none.length) ctx.notes.push(`layers ${none.join(', ')} apply no RoPE (no_rope_layers): their keys are taken as they are`);
+  if (none.length) ctx.notes.push(`${none.length > 1 ? 'layers' : 'layer'} ${none.join(', ')} ${none.length > 1 ? 'apply' : 'applies'} no RoPE (no_rope_layers): their keys are taken as they are`);
   return rope.map((r, i) => (use[i] ? r : null));
 }

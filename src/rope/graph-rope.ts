@@ -170,7 +170,7 @@ export function resolveModelRope(
   const words = groups.map((g) => {
     const r = g.rope;
     const what = r ? `theta ${r.theta}, rotary dim ${r.rotaryDim}, ${r.layout}${r.scaling ? `, ${r.scaling.type} scaling${'factor' in r.scaling ? ` ×${r.scaling.factor}` : ''}` : ''}${(r.attentionFactor ?? 1) !== 1 ? `, attention factor ${r.attentionFactor}` : ''}` : 'no RoPE';
-    return groups.length > 1 ? `layers ${layerRanges(g.layers)}: ${what}` : what;
+    return groups.length > 1 ? `layer${g.layers.length > 1 ? 's' : ''} ${layerRanges(g.layers)}: ${what}` : what;
   });
   return { rope: config, source: `${basename(o.configFile)}: ${words.join('; ')}` };
 }
