@@ -93,8 +93,9 @@ function qwen3Moe(): FamilyDef {
     num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32, decoder_sparse_step: 1, norm_topk_prob: true,
     mlp_only_layers: [], sliding_window: null, use_sliding_window: false, router_aux_loss_coef: 0.001,
   });
-  // YaRN as Qwen3 model cards set it for long context (factor = max / original).
-  return { name: 'qwen3_moe-yarn', ...s, qkNorm: 'head', config: twoStyles(base, 1000000, { rope_type: 'yarn', factor: 4.0, original_max_position_embeddings: 64 }) };
+  // YaRN as Qwen3 model cards set it for long context, with a factor (2) that is not
+  // max / original (256 / 64): transformers 5 uses the factor.
+  return { name: 'qwen3_moe-yarn', ...s, qkNorm: 'head', config: twoStyles(base, 1000000, { rope_type: 'yarn', factor: 2.0, original_max_position_embeddings: 64 }) };
 }
 
 function gemma2(): FamilyDef {

@@ -82,13 +82,11 @@ function computeRope(p: Json, cfg: Json, dim: number, layout: 'half' | 'interlea
       return { invFreq: f32(inv), rotaryDim: dim, layout, attentionFactor: 1 };
     }
     case 'yarn': { // _compute_yarn_parameters
-      let factor = p.factor as number | undefined;
-      let orig = maxPos;
-      if (p.original_max_position_embeddings !== undefined) {
-        orig = num(p.original_max_position_embeddings, 'original_max_position_embeddings');
-        factor = maxPos / orig;
-      }
-      const f = num(factor, 'factor');
+      // transformers 5: original_max_position_embeddings from the dict (standardized from the
+      // top level, else max_position_embeddings); factor from the dict, max / original only when
+      // absent ("if factor is None"; some 4.x releases always took the ratio).
+      const orig = num(p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos, 'original_max_position_embeddings');
+      const f = num(p.factor ?? maxPos / orig, 'factor');
       const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
       let attentionFactor = p.attention_factor as number | undefined;
       if (attentionFactor === undefined || attentionFactor === null) {
@@ -116,14 +114,10 @@ function computeRope(p: Json, cfg: Json, dim: number, layout: 'half' | 'interlea
       return { invFreq: f32(inv), rotaryDim: dim, layout, attentionFactor };
     }
     case 'longrope': { // _compute_longrope_parameters + longrope_frequency_update
-      const origTop = cfg.original_max_position_embeddings as number | undefined;
-      let factor = p.factor as number | undefined;
-      let orig = maxPos;
-      if (origTop) {
-        orig = origTop;
-        factor = maxPos / origTop;
-      }
-      const f = num(factor, 'factor');
+      // transformers 5: original_max_position_embeddings in the dict (Phi-3 keeps it top level;
+      // standardize_rope_params moves it in), factor from the dict or max / original when absent.
+      const orig = num(p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos, 'original_max_position_embeddings');
+      const f = num(p.factor ?? maxPos / orig, 'factor');
       let attentionFactor = p.attention_factor as number | undefined;
       if (attentionFactor === undefined || attentionFactor === null) attentionFactor = f <= 1 ? 1 : Math.sqrt(1 + Math.log(f) / Math.log(orig));
       const pos = posFreqs(base, dim);
