@@ -6,8 +6,13 @@
 // four outliers, then a power law λ_j ∝ (j+1)^-1.2. Accuracy columns: the largest relative
 // error of the k Ritz values against the dense eigenvalues, the variance the k vectors capture
 // over the dense top-k variance, and the worst 1 − ‖V_rᵀ v_j‖² over the top k/2 dense vectors.
+// A second table times the whole per-basis fit (fit-pool.ts fitBasisTables: eigen, projection
+// and error tables) on H held-out tokens drawn from the same covariance, with and without maxRank.
+import { fitBasisTables } from '../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync, runStepsOnOrt } from '../src/fit/eigen-ort.js';
 import { randomizedEigenAsync, type RandomizedEigenOptions } from '../src/fit/eigen-randomized.js';
+import type { MatMulRequest } from '../src/fit/eigen-types.js';
+import { RANDOMIZED_EIGEN_MIN_P } from '../src/fit/ort-thresholds.js';
 import { mulberry32 } from '../src/random.js';
 
 const args = process.argv.slice(2);
@@ -21,6 +26,7 @@ const flag = (name: string, dflt: number) => {
 const threads = flag('--threads', 1);
 const reps = flag('--reps', 3);
 const q = flag('--q', -1);
+const H = flag('--heldout', 1024);
 const sizes = args.length > 0 ? args.map(Number) : [512, 1024, 2048];
 
 export async function keyLikeCovariance(p: number, seed: number, threads: number): Promise<Float64Array> {
@@ -33,10 +39,27 @@ export async function keyLikeCovariance(p: number, seed: number, threads: number
     const s = Math.sqrt(lam / p);
     for (let i = 0; i < p; i++) M[i * p + j] = Mt[j * p + i] = s * normal();
   }
-  function* product() {
+  function* product(): Generator<MatMulRequest, Float64Array, Float64Array> {
     return yield { A: M, B: Mt, m: p, k: p, n: p };
   }
   return runStepsOnOrt(product(), threads);
+}
+
+/** H samples with covariance ≈ A's generator: Z·Mᵀ, Z standard normal (same M as keyLikeCovariance(p, seed)). */
+async function heldoutSamples(p: number, seed: number, H: number, threads: number): Promise<Float32Array> {
+  const u = mulberry32(seed);
+  const normal = () => Math.sqrt(-2 * Math.log(Math.max(u(), 1e-300))) * Math.cos(2 * Math.PI * u());
+  const Mt = new Float64Array(p * p);
+  for (let j = 0; j < p; j++) {
+    const s = Math.sqrt(((j < 4 ? 20 : 1) * (j + 1) ** -1.2) / p);
+    for (let i = 0; i < p; i++) Mt[j * p + i] = s * normal();
+  }
+  const u2 = mulberry32(seed + 1);
+  const Z = Float64Array.from({ length: H * p }, () => Math.sqrt(-2 * Math.log(Math.max(u2(), 1e-300))) * Math.cos(2 * Math.PI * u2()));
+  function* product(): Generator<MatMulRequest, Float64Array, Float64Array> {
+    return yield { A: Z, B: Mt, m: H, k: p, n: p };
+  }
+  return Float32Array.from(await runStepsOnOrt(product(), threads));
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -86,4 +109,26 @@ for (const p of sizes) {
   const ms = times.map(median);
   const f = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(0)} ms`);
   console.log(`| ${p} | ${f(ms[0])} | ${f(ms[1])} | ${(ms[0] / ms[1]).toFixed(1)}x | ${f(ms[2])} | ${(ms[0] / ms[2]).toFixed(1)}x | ${acc.join('; ')} |`);
+}
+
+console.log(`\nper-basis fit (fitBasisTables: eigen + projection + error tables), ${H} held-out tokens, medians of ${reps}`);
+console.log('| p | dense, all p components | maxRank = 0.4p | maxRank = 0.1p |');
+console.log('|---|---|---|---|');
+for (const p of sizes) {
+  const cov = await keyLikeCovariance(p, p, threads);
+  const heldout = await heldoutSamples(p, p, H, threads);
+  const job = { kind: 'key' as const, layers: [0], dim: p, cov, mean: new Float64Array(p), heldout, heldoutTokens: H };
+  const ranks = [undefined, Math.round(0.4 * p), Math.round(0.1 * p)];
+  const runs: { eigen: number; tables: number }[][] = ranks.map(() => []);
+  for (const maxRank of ranks) await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads }); // warm-up
+  for (let r = 0; r < reps; r++) {
+    for (const [i, maxRank] of ranks.entries()) runs[i].push((await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads })).seconds);
+  }
+  const cell = (xs: { eigen: number; tables: number }[]) => {
+    const e = median(xs.map((x) => x.eigen));
+    const t = median(xs.map((x) => x.tables));
+    return `${(e + t).toFixed(2)} s (eigen ${e.toFixed(2)} + tables ${t.toFixed(2)})`;
+  };
+  const note = p < RANDOMIZED_EIGEN_MIN_P ? ' (below RANDOMIZED_EIGEN_MIN_P: maxRank is ignored)' : '';
+  console.log(`| ${p}${note} | ${runs.map(cell).join(' | ')} |`);
 }

@@ -131,7 +131,7 @@ function* orthonormalizeRows(Xt: Float64Array, l: number, p: number, normal: () 
     for (let i = 0; i < l; i++) trace += G[i * l + i];
     // Shift of Fukaya et al. (2020) §3 with ‖X‖₂² ≤ trace: the shifted pass makes X well conditioned.
     const shift = fresh ? 11 * (p * l + l * (l + 1)) * EPS * trace : 0;
-    const { L, dependent } = cholesky(G, l, shift, fresh ? 0 : DEPENDENT_PIVOT);
+    const { L, dependent } = yield* choleskyBlocked(G, l, shift, fresh ? 0 : DEPENDENT_PIVOT);
     if (dependent.length > 0) {
       // Rows (numerically) in the span of earlier ones: replace them with fresh unit Gaussian rows.
       X = Float64Array.from(X);
@@ -139,33 +139,95 @@ function* orthonormalizeRows(Xt: Float64Array, l: number, p: number, normal: () 
       fresh = true;
       continue;
     }
-    X = yield { A: invertLower(L, l), B: X, m: l, k: l, n: p };
+    X = yield* solveLowerRows(L, X, l, p);
     if (!full) return X;
     fresh = false;
   }
   invariant(false, `Error in randomizedEigen: rows not orthonormal after ${MAX_ORTH_PASSES} Cholesky-QR passes (l=${l}, p=${p})`);
 }
 
+/** Block size of the blocked Cholesky factorization and triangular solve. */
+const NB = 128;
+
 /**
- * Lower-triangular L [l, l] with L·Lᵀ = G + shift·I. Pivots ≤ `dependentPivot` mark dependent
- * rows: listed, and their row of L set to the unit row so the rest still factors.
+ * Lower-triangular L [l, l] with L·Lᵀ = G + shift·I, blocked (left-looking, LAPACK dpotrf's
+ * order) so that the O(l³) work is yielded as products. Pivots ≤ `dependentPivot` mark dependent
+ * rows: listed, and factored as removed (unit diagonal, zero elsewhere in their row and column)
+ * so the other rows still factor exactly.
  */
-function cholesky(G: Float64Array, l: number, shift: number, dependentPivot: number): { L: Float64Array; dependent: number[] } {
+function* choleskyBlocked(G: Float64Array, l: number, shift: number, dependentPivot: number): Steps<{ L: Float64Array; dependent: number[] }> {
   const L = new Float64Array(l * l);
   const dependent: number[] = [];
-  for (let i = 0; i < l; i++) {
-    const ri = i * l;
-    for (let j = 0; j <= i; j++) {
-      const rj = j * l;
-      let s = G[ri + j] + (i === j ? shift : 0);
+  for (let j0 = 0; j0 < l; j0 += NB) {
+    const j1 = Math.min(l, j0 + NB);
+    const b = j1 - j0;
+    const below = l - j1;
+    // S = G[J, J] + shift·I − L[J, :j0]·L[J, :j0]ᵀ
+    const S = block(G, l, j0, j1, j0, j1);
+    for (let i = 0; i < b; i++) S[i * b + i] += shift;
+    const LJt = j0 > 0 ? transpose(block(L, l, j0, j1, 0, j0), b, j0) : undefined; // [j0, b]
+    if (LJt) subtract(S, yield { A: block(L, l, j0, j1, 0, j0), B: LJt, m: b, k: j0, n: b });
+    const { L: Ljj, dependent: dep } = choleskySmall(S, b, dependentPivot);
+    for (const i of dep) dependent.push(j0 + i);
+    for (let i = 0; i < b; i++) L.set(Ljj.subarray(i * b, i * b + i + 1), (j0 + i) * l + j0);
+    if (below === 0) continue;
+    // L[J⁺, J] = (G[J⁺, J] − L[J⁺, :j0]·L[J, :j0]ᵀ)·L[J, J]⁻ᵀ, J⁺ = rows after the block.
+    const W = block(G, l, j1, l, j0, j1);
+    if (LJt) subtract(W, yield { A: block(L, l, j1, l, 0, j0), B: LJt, m: below, k: j0, n: b });
+    for (const i of dep) for (let r = 0; r < below; r++) W[r * b + i] = 0;
+    const Lbelow = yield { A: W, B: transpose(invertLower(Ljj, b), b, b), m: below, k: b, n: b };
+    for (let r = 0; r < below; r++) L.set(Lbelow.subarray(r * b, r * b + b), (j1 + r) * l + j0);
+  }
+  return { L, dependent };
+}
+
+/** Q = L⁻¹·X for lower-triangular L [l, l] and X [l, p], by block forward substitution. */
+function* solveLowerRows(L: Float64Array, X: Float64Array, l: number, p: number): Steps<Float64Array> {
+  const Q = new Float64Array(l * p);
+  for (let j0 = 0; j0 < l; j0 += NB) {
+    const j1 = Math.min(l, j0 + NB);
+    const b = j1 - j0;
+    const R = X.slice(j0 * p, j1 * p);
+    if (j0 > 0) subtract(R, yield { A: block(L, l, j0, j1, 0, j0), B: Q.slice(0, j0 * p), m: b, k: j0, n: p });
+    Q.set(yield { A: invertLower(block(L, l, j0, j1, j0, j1), b), B: R, m: b, k: b, n: p }, j0 * p);
+  }
+  return Q;
+}
+
+/** Rows [r0, r1) × columns [c0, c1) of the row-major M [·, cols], as a new [r1−r0, c1−c0] array. */
+function block(M: Float64Array, cols: number, r0: number, r1: number, c0: number, c1: number): Float64Array {
+  const w = c1 - c0;
+  const out = new Float64Array((r1 - r0) * w);
+  for (let r = r0; r < r1; r++) out.set(M.subarray(r * cols + c0, r * cols + c1), (r - r0) * w);
+  return out;
+}
+
+function subtract(X: Float64Array, Y: Float64Array): void {
+  for (let i = 0; i < X.length; i++) X[i] -= Y[i];
+}
+
+/** Unblocked Cholesky of S [b, b] (lower L), dependent rows factored as removed (see choleskyBlocked). */
+function choleskySmall(S: Float64Array, b: number, dependentPivot: number): { L: Float64Array; dependent: number[] } {
+  const L = new Float64Array(b * b);
+  const dependent: number[] = [];
+  const removed = new Uint8Array(b);
+  for (let i = 0; i < b; i++) {
+    const ri = i * b;
+    for (let j = 0; j < i; j++) {
+      if (removed[j]) continue;
+      const rj = j * b;
+      let s = S[ri + j];
       for (let c = 0; c < j; c++) s -= L[ri + c] * L[rj + c];
-      if (j < i) L[ri + j] = s / L[rj + j];
-      else if (s > dependentPivot) L[ri + i] = Math.sqrt(s);
-      else {
-        dependent.push(i);
-        L.fill(0, ri, ri + i);
-        L[ri + i] = 1;
-      }
+      L[ri + j] = s / L[rj + j];
+    }
+    let d = S[ri + i];
+    for (let c = 0; c < i; c++) d -= L[ri + c] * L[ri + c];
+    if (d > dependentPivot) L[ri + i] = Math.sqrt(d);
+    else {
+      dependent.push(i);
+      removed[i] = 1;
+      L.fill(0, ri, ri + i);
+      L[ri + i] = 1;
     }
   }
   return { L, dependent };

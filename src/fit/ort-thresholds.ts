@@ -12,9 +12,12 @@ export const LARGE_EIGEN_MIN_P = 384;
 
 /**
  * From this p on a basis whose plans store at most k < p components (FitJob.maxRank) is fitted
- * by the truncated randomized solver (eigen-randomized.ts) instead of the dense eigensolve.
+ * by the truncated randomized solver (eigen-randomized.ts) instead of the dense eigensolve:
+ * measured side by side (scripts/eigen-randomized-bench.ts), randomized wins from p = 384 at
+ * both k = 0.4p (2.0x) and k = 0.1p (18x); at p = 256 it is even at k = 0.4p (1.1x). It equals
+ * LARGE_EIGEN_MIN_P, where its products move to ONNX Runtime too.
  */
-export const RANDOMIZED_EIGEN_MIN_P = 512;
+export const RANDOMIZED_EIGEN_MIN_P = 384;
 
 /** Below this p every basis fit runs inline (fit-pool.ts): a worker's start-up costs more than the fit. */
 export const FIT_WORKER_MIN_P = 128;

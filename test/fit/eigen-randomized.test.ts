@@ -87,6 +87,16 @@ describe('randomizedEigen against the dense symmetricEigen', () => {
     });
   }
 
+  it('several Cholesky-QR blocks (p = 320, k = 128: sketch of 141 rows) match the dense top of the spectrum', () => {
+    const q = 320;
+    const B = keyLikeCovariance(q, 4);
+    const d = symmetricEigen(B, q);
+    const r = randomizedEigen(B, q, 128);
+    for (let j = 0; j < 4; j++) expect(Math.abs(r.values[j] / d.values[j] - 1)).toBeLessThan(1e-10);
+    for (let j = 0; j < 64; j++) expect(Math.abs(r.values[j] / d.values[j] - 1)).toBeLessThan(1e-2);
+    expect(maxOffOrthonormal(r, q, 128)).toBeLessThan(1e-12);
+  });
+
   it('more power iterations converge on the dense result', () => {
     const k = 32;
     const err = (q: number) => {
@@ -120,19 +130,19 @@ describe('randomizedEigen against the dense symmetricEigen', () => {
 });
 
 describe('randomizedEigen on degenerate covariances', () => {
-  it('rank below k + oversample (fewer tokens than the sketch): exact top values, zeros after, orthonormal', () => {
-    const p = 96;
-    const rank = 20;
-    const { normal } = rng(5);
-    const B = Float64Array.from({ length: p * rank }, normal); // [p, rank]
-    const A = gemmABt(B, B, new Float64Array(p * p), p, p, rank);
-    const dense = symmetricEigen(A, p);
-    const k = 30; // sketch l = 40 > rank
-    const r = randomizedEigen(A, p, k);
-    for (let j = 0; j < rank; j++) expect(Math.abs(r.values[j] / dense.values[j] - 1)).toBeLessThan(1e-10);
-    for (let j = rank; j < k; j++) expect(Math.abs(r.values[j])).toBeLessThan(1e-10 * dense.values[0]);
-    expect(maxOffOrthonormal(r, p, k)).toBeLessThan(1e-12);
-  });
+  // l = k + oversample: 40 (one Cholesky block) and 165 (two blocks, dependent rows in both).
+  for (const [p, rank, k] of [[96, 20, 30], [320, 100, 150]]) {
+    it(`rank ${rank} below the sketch (fewer tokens than k + oversample, p=${p}, k=${k}): exact top values, zeros after, orthonormal`, () => {
+      const { normal } = rng(5);
+      const B = Float64Array.from({ length: p * rank }, normal); // [p, rank]
+      const A = gemmABt(B, B, new Float64Array(p * p), p, p, rank);
+      const dense = symmetricEigen(A, p);
+      const r = randomizedEigen(A, p, k);
+      for (let j = 0; j < rank; j++) expect(Math.abs(r.values[j] / dense.values[j] - 1)).toBeLessThan(1e-10);
+      for (let j = rank; j < k; j++) expect(Math.abs(r.values[j])).toBeLessThan(1e-10 * dense.values[0]);
+      expect(maxOffOrthonormal(r, p, k)).toBeLessThan(1e-12);
+    });
+  }
 
   it('a zero covariance (constant features) gives zero values and an orthonormal basis', () => {
     const p = 64;
