@@ -20,7 +20,7 @@ import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budge
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { gatherFeatures } from '../fit/features.js';
-import { allocate, type AllocationTables } from '../fit/fit.js';
+import { allocate, rankForBudget, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
@@ -70,11 +70,19 @@ export interface CalibrateOptions {
   strictData?: boolean;
 }
 
-export const DEFAULT_REPORT_TOKENS = 4096;
+/**
+ * 8192 report tokens: with 4096 the reported 2x key error of stories260K moved by ±4% from seed
+ * to seed; with 8192 it was within 2% of the error on corpus files calibration never read
+ * (docs/codec.md, "Three splits").
+ */
+export const DEFAULT_REPORT_TOKENS = 8192;
 
 export interface RelError {
   key: number;
   value: number;
+  /** 95% bootstrap intervals over the report sequences (measure.ts), when there are enough of them. */
+  key_ci95?: [number, number];
+  value_ci95?: [number, number];
   key_per_layer: number[];
   value_per_layer: number[];
 }
@@ -128,6 +136,8 @@ export interface CalibrateResult {
   /** The groupings fitted ('auto': the candidates; otherwise the one asked for), and those left out for their memory. */
   groupings: string[];
   groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
+  randomized_bases: number;
   profiles: RatioResult[];
   seconds: Record<string, number>;
   /** Files in --data directories skipped because they are not UTF-8 text. */
@@ -316,10 +326,25 @@ export async function captureCaches(runner: ModelRunner, seqs: number[][], label
   return caches;
 }
 
+/**
+ * Headroom of the truncated fit over the budget at scale 1: the budget-scale search rarely
+ * leaves [0.8, 1.25], and beyond 1.5 the DP still spends the extra bits on the kept components.
+ */
+export const TRUNCATION_HEADROOM = 1.5;
+
+/**
+ * The most components any plan of a p-feature basis may store for these ratios: what a
+ * truncated (randomized) fit keeps for large p (fit-pool.ts; the dense solver below
+ * RANDOMIZED_EIGEN_MIN_P ignores it).
+ */
+export function maxRankFor(p: number, ratios: number[]): number {
+  return rankForBudget(p, Math.ceil(((16 * p) / Math.min(...ratios)) * TRUNCATION_HEADROOM));
+}
+
 /** Step 5: eigenbases and error tables of one grouping, the tables measured on the tuning caches. */
 export async function fitCandidate(
-  spec: ModelSpec, states: BasisState[], tuning: KvCache[], sink: number, onDone?: (done: number, total: number) => void,
-): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number } }> {
+  spec: ModelSpec, states: BasisState[], tuning: KvCache[], sink: number, ratios: number[], onDone?: (done: number, total: number) => void,
+): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number }> {
   const jobs = states.map((s) => {
     const cov = s.acc.finish();
     const parts = tuning.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens));
@@ -330,7 +355,7 @@ export async function fitCandidate(
       X.set(p, at);
       at += p.length;
     }
-    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H };
+    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank: maxRankFor(s.dim, ratios) };
   });
   for (const s of states) await s.kernel.dispose?.();
   const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
@@ -338,6 +363,7 @@ export async function fitCandidate(
     tables: fitted.map((f) => f.tables),
     // Summed over bases (CPU seconds); the wall time of the stage is fit_wall.
     seconds: { eigen: fitted.reduce((a, f) => a + f.seconds.eigen, 0), tables: fitted.reduce((a, f) => a + f.seconds.tables, 0) },
+    randomized: fitted.filter((f) => f.solver === 'randomized').length,
   };
 }
 
@@ -433,14 +459,16 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
     const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
     seconds.fit_wall = 0;
+    let randomized = 0;
     for (const [gi, grouping] of candidates.fit.entries()) {
       checkAbort(opts.signal);
       const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
       const stage = `fitting bases${label} (eigen + error tables)`;
       progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
-      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }));
+      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }));
       seconds.eigen = (seconds.eigen ?? 0) + fitted.seconds.eigen;
       seconds.error_tables = (seconds.error_tables ?? 0) + fitted.seconds.tables;
+      randomized += fitted.randomized;
       seconds.fit_wall += (performance.now() - mark) / 1000;
       mark = performance.now();
       const dims = states[gi].map((s) => s.dim);
@@ -488,7 +516,11 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
         ratio_compressed: m.ratioCompressed,
         ratio_blob: m.ratioBlob,
         context_tokens: m.contextTokens,
-        rel_error: { key: mean(m.relKey), value: mean(m.relValue), key_per_layer: m.relKey, value_per_layer: m.relValue },
+        rel_error: {
+          key: mean(m.relKey), value: mean(m.relValue),
+          ...(m.relKeyCi95 ? { key_ci95: m.relKeyCi95 } : {}), ...(m.relValueCi95 ? { value_ci95: m.relValueCi95 } : {}),
+          key_per_layer: m.relKey, value_per_layer: m.relValue,
+        },
         tuning_rel_error: { key: mean(c.tuning.relKey), value: mean(c.tuning.relValue) },
         bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
         budget_scale: c.scale.scale,
@@ -509,6 +541,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
       plans: chosen[0]!.plans.length,
       groupings: candidates.fit.map(String),
       groupings_skipped: candidates.skipped,
+      randomized_bases: randomized,
       profiles,
       seconds,
       skipped_data: data.skipped,

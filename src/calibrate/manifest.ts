@@ -2,7 +2,7 @@
 /** The profile manifest a calibration run writes (everything but the parts serializeProfile adds). */
 import type { EntropyCoder } from '../codec/blob.js';
 import type { ModelDescription } from '../model/load.js';
-import { manifestRopeV1 } from '../profile/rope.js';
+import { manifestRope } from '../profile/rope.js';
 import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
 import type { ManifestDraft } from '../profile/io.js';
 import { PRODUCER, VERSION } from '../version.js';
@@ -54,7 +54,7 @@ return {
       kv_heads: spec.kvHeads,
       head_dim: spec.headDim,
       kv_dtype: spec.kvDtype,
-      rope: manifestRopeV1(spec.rope),
+      rope: manifestRope(spec.rope),
     },
     settings: {
       ratio_target: ratio,
@@ -85,7 +85,11 @@ return {
       context_tokens: m.contextTokens,
       ratio_compressed: round(m.ratioCompressed),
       ratio_blob: round(m.ratioBlob),
-      rel_error: { key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)) },
+      rel_error: {
+        key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)),
+        ...(m.relKeyCi95 ? { key_mean_ci95: m.relKeyCi95.map(round) as [number, number] } : {}),
+        ...(m.relValueCi95 ? { value_mean_ci95: m.relValueCi95.map(round) as [number, number] } : {}),
+      },
       tuning_rel_error: { key_mean: round(mean(tuning.relKey)), value_mean: round(mean(tuning.relValue)) },
     },
   };

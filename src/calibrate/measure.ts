@@ -10,6 +10,7 @@ import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
 import type { BasisPlan } from '../codec/types.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
+import { mulberry32 } from '../random.js';
 
 /** Relative error ‖x̂−x‖/‖x‖ per layer over tokens [t0, t1), accumulated into sums. */
 function accumulateError(a: KvCache, b: KvCache, t0: number, t1: number, num: Float64Array[], den: Float64Array[]): void {
@@ -39,6 +40,50 @@ export interface Measurement {
   contextTokens: number;
   relKey: number[];
   relValue: number[];
+  /**
+   * 95% intervals of the mean-over-layers key and value errors: a seeded bootstrap over the
+   * measured sequences (sequences, not tokens, are the independent units). Absent without
+   * errors, or with fewer than BOOTSTRAP_MIN_SEQUENCES sequences.
+   */
+  relKeyCi95?: [number, number];
+  relValueCi95?: [number, number];
+}
+
+export const BOOTSTRAP_RESAMPLES = 1000;
+export const BOOTSTRAP_MIN_SEQUENCES = 4;
+
+/** Mean over layers of sqrt(Σnum/Σden), the sums over the chosen sequences. */
+function meanRel(num: Float64Array[], den: Float64Array[], pick: ArrayLike<number>, L: number, scratch: Float64Array): number {
+  scratch.fill(0);
+  for (let i = 0; i < pick.length; i++) {
+    const q = pick[i];
+    for (let l = 0; l < L; l++) {
+      scratch[l] += num[q][l];
+      scratch[L + l] += den[q][l];
+    }
+  }
+  let s = 0;
+  for (let l = 0; l < L; l++) s += Math.sqrt(scratch[l] / Math.max(scratch[L + l], 1e-30));
+  return s / L;
+}
+
+/**
+ * Percentile bootstrap over sequences of the mean-over-layers relative error. perSeq[kind][q]
+ * are the per-layer sums of sequence q. Seeded (mulberry32(0)): the same caches give the same interval.
+ */
+export function bootstrapRelError(num: Float64Array[], den: Float64Array[], L: number, resamples = BOOTSTRAP_RESAMPLES): [number, number] | undefined {
+  const n = num.length;
+  if (n < BOOTSTRAP_MIN_SEQUENCES) return undefined;
+  const rand = mulberry32(0);
+  const pick = new Uint32Array(n);
+  const scratch = new Float64Array(2 * L);
+  const stats = new Float64Array(resamples);
+  for (let b = 0; b < resamples; b++) {
+    for (let i = 0; i < n; i++) pick[i] = Math.floor(rand() * n);
+    stats[b] = meanRel(num, den, pick, L, scratch);
+  }
+  stats.sort();
+  return [stats[Math.floor(0.025 * (resamples - 1))], stats[Math.ceil(0.975 * (resamples - 1))]];
 }
 
 /** Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every blob byte. */
@@ -55,6 +100,9 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
   let tokens = 0;
   const num = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
   const den = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
+  // Per sequence, for the bootstrap: [kind][sequence] per-layer sums.
+  const seqNum: Float64Array[][] = [[], []];
+  const seqDen: Float64Array[][] = [[], []];
   try {
     for (const cache of caches) {
       const { blob: b, stats } = await codec.encode(cache);
@@ -66,14 +114,30 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
       if (withError) {
         const { cache: back } = await codec.decode(b);
         const { sink, n } = codec.split(cache.tokens);
-        accumulateError(cache, back, sink, sink + n, num, den);
+        const qn = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
+        const qd = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
+        accumulateError(cache, back, sink, sink + n, qn, qd);
+        for (let k = 0; k < 2; k++) {
+          for (let l = 0; l < spec.layers; l++) {
+            num[k][l] += qn[k][l];
+            den[k][l] += qd[k][l];
+          }
+          seqNum[k].push(qn[k]);
+          seqDen[k].push(qd[k]);
+        }
       }
     }
   } finally {
     await codec.release();
   }
   const rel = (k: number) => Array.from(num[k], (v, l) => Math.sqrt(v / Math.max(den[k][l], 1e-30)));
-  return { ratioCompressed: fp16c / comp, ratioBlob: fp16 / blob, contextTokens: tokens / caches.length, relKey: rel(0), relValue: rel(1) };
+  const ci = (k: number) => (withError ? bootstrapRelError(seqNum[k], seqDen[k], spec.layers) : undefined);
+  const relKeyCi95 = ci(0);
+  const relValueCi95 = ci(1);
+  return {
+    ratioCompressed: fp16c / comp, ratioBlob: fp16 / blob, contextTokens: tokens / caches.length, relKey: rel(0), relValue: rel(1),
+    ...(relKeyCi95 ? { relKeyCi95 } : {}), ...(relValueCi95 ? { relValueCi95 } : {}),
+  };
 }
 
 

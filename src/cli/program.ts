@@ -78,7 +78,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
     .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', '16384')
     .option('--heldout <n>', 'tuning tokens, held out from the fit: clip ranges, error tables, the bit allocation and the grouping choice are measured on them (≥ 128)', '4096')
-    .option('--report-tokens <n>', 'report tokens, held out from fit and tuning: the printed and recorded ratio and error come from them (≥ 128)', '4096')
+    .option('--report-tokens <n>', 'report tokens, held out from fit and tuning: the printed and recorded ratio and error come from them, with 95% intervals over their sequences (≥ 128)', '8192')
     .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks; ≥ 0)', '4')
     .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', '128')
     .option('--grouping <g>', 'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"', 'auto')

@@ -1,5 +1,6 @@
 /**
- * The profile manifest (kvtc-profile.json), format version 1. This zod schema is the single
+ * The profile manifest (kvtc-profile.json), format version 2 (version 1 still read: its
+ * `model.rope` is one RoPE object for every layer, version 2's a list of per-layer groups). This zod schema is the single
  * source of truth: it validates every manifest kvtc reads, and `schema/kvtc-profile.schema.json`
  * is generated from it (test/profile/schema.test.ts keeps the two identical).
  * docs/profile-format.md is the human-readable specification.
@@ -9,7 +10,12 @@ import { ENTROPY_CODERS } from '../codec/blob.js';
 import { FAMILIES } from '../model/types.js';
 
 export const PROFILE_FORMAT = 'kvtc-profile';
-export const PROFILE_FORMAT_VERSION = 1;
+/** The version kvtc writes. */
+export const PROFILE_FORMAT_VERSION = 2;
+/** The versions kvtc reads. */
+export const PROFILE_FORMAT_VERSIONS = [1, 2] as const;
+/** The tensor file's layout version (its metadata `format_version`): unchanged by manifest v2. */
+export const TENSORS_FORMAT_VERSION = 1;
 export const MANIFEST_FILE = 'kvtc-profile.json';
 export const TENSORS_FILE = 'kvtc-profile.safetensors';
 
@@ -51,6 +57,7 @@ export const PlanSchema = z
   })
   .strict();
 
+/** Format v1's `model.rope`: one RoPE for every layer (default, linear or llama3). */
 export const RopeSchema = z
   .object({
     theta: z.number().positive(),
@@ -69,10 +76,40 @@ export const RopeSchema = z
   })
   .strict();
 
+const positive = z.number().positive();
+/** Format v2: a frequency rule with every field it needs (docs/profile-format.md §4). */
+export const RopeScalingSchemaV2 = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('linear'), factor: positive }).strict(),
+  z.object({ type: z.literal('llama3'), factor: positive, low_freq_factor: positive, high_freq_factor: positive, original_max_position_embeddings: positive }).strict(),
+  z.object({ type: z.literal('yarn'), factor: positive, original_max_position_embeddings: positive, beta_fast: positive, beta_slow: positive, truncate: z.boolean() }).strict(),
+  z
+    .object({ type: z.literal('longrope'), short_factor: z.array(positive), long_factor: z.array(positive), original_max_position_embeddings: positive })
+    .strict()
+    .describe('short_factor up to original_max_position_embeddings cache positions (start_position + tokens), long_factor beyond'),
+]);
+
+/** Format v2: the layers sharing one RoPE, or applying none. */
+export const RopeGroupSchema = z.union([
+  z
+    .object({
+      layers: z.array(nonneg).min(1).describe('the layers with this RoPE, ascending'),
+      theta: positive,
+      rotary_dim: z.number().int().positive(),
+      layout: z.enum(['half', 'interleaved']),
+      scaling: RopeScalingSchemaV2.optional(),
+      attention_factor: positive.optional().describe('cos and sin are multiplied by it (transformers attention_scaling); absent: 1'),
+    })
+    .strict(),
+  z.object({ layers: z.array(nonneg).min(1), none: z.literal(true).describe('these layers apply no RoPE: keys are taken as they are') }).strict(),
+]);
+
+/** model.rope: v1 one object; v2 the per-layer groups, together naming every layer once. */
+export const ModelRopeSchema = z.union([RopeSchema, z.array(RopeGroupSchema).min(1)]);
+
 export const ManifestSchema = z
   .object({
     format: z.literal(PROFILE_FORMAT),
-    format_version: z.literal(PROFILE_FORMAT_VERSION),
+    format_version: z.union([z.literal(1), z.literal(2)]).describe('2 (written); 1 still read'),
     producer: z.object({ name: z.string(), version: z.string() }).strict(),
     profile_id: hex(16).describe('first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it'),
     model: z
@@ -92,7 +129,7 @@ export const ManifestSchema = z
         kv_heads: z.number().int().positive(),
         head_dim: z.number().int().positive(),
         kv_dtype: z.enum(['float32', 'float16']),
-        rope: RopeSchema,
+        rope: ModelRopeSchema.describe('v1: one RoPE object for every layer; v2: [{ layers, theta, rotary_dim, layout, scaling?, attention_factor? } | { layers, none: true }]'),
       })
       .strict(),
     settings: z
@@ -137,6 +174,8 @@ export const ManifestSchema = z
             value: z.array(finite),
             key_mean: finite,
             value_mean: finite,
+            key_mean_ci95: z.tuple([finite, finite]).optional().describe('95% bootstrap interval of key_mean over the measured sequences'),
+            value_mean_ci95: z.tuple([finite, finite]).optional(),
           })
           .strict(),
         tuning_rel_error: z.object({ key_mean: finite, value_mean: finite }).strict().optional().describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),

@@ -8,7 +8,7 @@ import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from
 import { readProfile } from '../../src/profile/io.js';
 import { FIXTURE, kvtc, tempDir } from '../model/helpers.js';
 
-const SMALL = ['--tokens', '2048', '--heldout', '1024'];
+const SMALL = ['--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer'];
 
 describe('calibrate on the bundled model', () => {
   let result: CalibrateResult;
@@ -18,7 +18,7 @@ describe('calibrate on the bundled model', () => {
     out = join(tempDir('kvtc-cal-'), 'p');
     const t0 = performance.now();
     result = await calibrate({
-      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8, 16, 20], tokens: 8192, heldout: 2048,
+      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8, 16, 20], tokens: 8192, heldout: 2048, report: 2048,
       sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
     });
     elapsed = (performance.now() - t0) / 1000;
@@ -119,7 +119,7 @@ describe('kvtc calibrate CLI', () => {
 
   it('works on the third-party onnxruntime-genai fp16 export', async () => {
     const out = join(tempDir(), 'p');
-    const r = await kvtc('calibrate', '--model', FIXTURE, '--data', join(DEFAULT_CALIBRATION_DIR, 'inaugural-1789-Washington.txt'), '--tokens', '1024', '--heldout', '512', '--out', out, '--json');
+    const r = await kvtc('calibrate', '--model', FIXTURE, '--data', join(DEFAULT_CALIBRATION_DIR, 'inaugural-1789-Washington.txt'), '--tokens', '1024', '--heldout', '512', '--report-tokens', '512', '--grouping', 'layer', '--out', out, '--json');
     expect(r.code, r.stderr).toBe(0);
     const p = await readProfile(out);
     expect(p.manifest.model.kv_dtype).toBe('float16');

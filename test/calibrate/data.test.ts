@@ -86,13 +86,13 @@ describe('a --data directory with files that are not UTF-8 text', () => {
 
   it('kvtc calibrate lists the skipped files (stderr warnings, skipped_data in --json); --strict-data fails', async () => {
     const out = join(root, 'profile');
-    const r = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--out', out, '--json');
+    const r = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer', '--out', out, '--json');
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.skipped_data.map((s: { kind: string }) => s.kind)).toEqual(['binary', 'latin1', 'windows-1252']);
     expect(r.stderr).toMatch(/warning: skipped .*0-archive\.txt: is binary, not text.*\n\s+fix: Remove it/);
     expect(r.stderr).toMatch(/warning: skipped .*1-french\.txt: .*Latin-1.*\n\s+fix: .*iconv -f latin1/);
-    const strict = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--out', join(root, 'p2'), '--strict-data', '--json');
+    const strict = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer', '--out', join(root, 'p2'), '--strict-data', '--json');
     expect(strict.code).toBe(1);
     expect(JSON.parse(strict.stdout).error).toMatchObject({ code: 'DATA_INVALID', message: expect.stringMatching(/0-archive\.txt: is binary, not text/) });
   });

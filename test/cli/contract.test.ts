@@ -82,12 +82,12 @@ describe('closed pipes', () => {
     const { tmpdir } = await import('node:os');
     const dir = mkdtempSync(join(tmpdir(), 'kvtc-contract-'));
     try {
-      const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--out', join(dir, 'p')]);
+      const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', join(dir, 'p')]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toMatch(/^\[kvtc\] loading model/m);
       expect(r.stderr).toMatch(/^\[kvtc\] capturing calibration KV \d+\/\d+ tokens/m);
       expect(r.stdout).not.toContain('[kvtc]');
-      const q = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--out', join(dir, 'p'), '--quiet']);
+      const q = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', join(dir, 'p'), '--quiet']);
       expect(q.code, q.stderr).toBe(0);
       expect(q.stderr).toBe('');
     } finally {

@@ -134,7 +134,7 @@ describe('calibrating into the model directory', () => {
       );
     const before = snapshot();
     for (let i = 0; i < 2; i++) {
-      const r = await kvtc('calibrate', '--model', model, '--out', model, '--force', '--tokens', '512', '--heldout', '256');
+      const r = await kvtc('calibrate', '--model', model, '--out', model, '--force', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer');
       expect(r.code, r.stderr).toBe(0);
     }
     expect(snapshot()).toEqual(before);

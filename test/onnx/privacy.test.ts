@@ -48,7 +48,7 @@ describe('ONNX Runtime telemetry is off', () => {
   it('kvtc calibrate (sessions on the main thread and ORT graphs for fitting) leaves nothing under HOME or TMPDIR', async () => {
     const { env, dir } = freshEnv('calibrate');
     const out = join(dir, 'profile');
-    const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--out', out, '--json'], { env, deadlineMs: 120_000 });
+    const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', out, '--json'], { env, deadlineMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
     expect(files(dir).sort()).toEqual(['profile/kvtc-profile.json', 'profile/kvtc-profile.safetensors']);
   });

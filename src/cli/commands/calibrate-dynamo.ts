@@ -22,7 +22,7 @@ export const TARGETS = ['kvtc', 'dynamo'] as const;
 /** Options only --target dynamo takes (their commander keys). */
 const DYNAMO_ONLY = ['blockTokens', 'fp8Cast'] as const;
 /** kvtc-only options and their defaults: any other value is refused with --target dynamo. */
-const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'layer' };
+const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'auto', reportTokens: '8192' };
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 

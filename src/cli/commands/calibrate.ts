@@ -33,6 +33,11 @@ const Options = z.object({
   quiet: z.boolean().default(false),
 });
 
+/** 0.0773 [0.0765, 0.0781] */
+function withCi(x: number, ci?: [number, number]): string {
+  return ci ? `${x.toFixed(4)} [${ci[0].toFixed(4)}, ${ci[1].toFixed(4)}]` : x.toFixed(4);
+}
+
 export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   // --target dynamo fits the variant NVIDIA Dynamo's KVTC kernels run (calibrate-dynamo.ts).
   if (await (await import('./calibrate-dynamo.js')).dispatchCalibrateTarget(raw, io)) return;
@@ -91,17 +96,21 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   if (result.groupings.length > 1) {
     io.out(`grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`);
   }
+  if (result.randomized_bases > 0) {
+    io.out(`${result.randomized_bases} large bases were fitted by the truncated randomized eigensolver (the top components any plan at these ratios can store; docs/codec.md)`);
+  }
   io.out('');
   io.out(
     table(
       ['target', 'grouping', 'ratio (compressed tokens)', 'ratio (whole blob)', 'rel err K', 'rel err V', 'tuning K / V', 'bits/token', 'profile'],
-      result.profiles.map((p) => [`${p.ratio_target}x`, p.grouping, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, p.rel_error.key.toFixed(4), p.rel_error.value.toFixed(4), `${p.tuning_rel_error.key.toFixed(4)} / ${p.tuning_rel_error.value.toFixed(4)}`, p.bits_per_token, p.profile]),
+      result.profiles.map((p) => [`${p.ratio_target}x`, p.grouping, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, withCi(p.rel_error.key, p.rel_error.key_ci95), withCi(p.rel_error.value, p.rel_error.value_ci95), `${p.tuning_rel_error.key.toFixed(4)} / ${p.tuning_rel_error.value.toFixed(4)}`, p.bits_per_token, p.profile]),
     ),
   );
   io.out('');
   io.out(`Ratios and errors are measured on the report split: ${result.report_tokens} tokens of calibration text that neither the fit nor the tuning saw`);
   io.out(`(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`);
-  io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers.');
+  io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers,');
+  io.out('[95% interval] from a bootstrap over the report sequences (it measures the sampling of the report text, not a shift to other kinds of text).');
   const s = result.seconds;
   const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
   io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);

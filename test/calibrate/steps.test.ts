@@ -1,0 +1,140 @@
+// The named steps of calibrate() (src/calibrate/calibrate.ts) and the three-way split, on the bundled model.
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import {
+  AUTO_COVARIANCE_BUDGET_BYTES, calibrate, checkRatios, groupingCandidates, groupingCovarianceBytes, layerGroups, maxRankFor, type CalibrateResult,
+} from '../../src/calibrate/calibrate.js';
+import { readCalibrationTokens, splitSequences } from '../../src/calibrate/sequences.js';
+import { loadModel } from '../../src/model/load.js';
+import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
+import { readProfile } from '../../src/profile/io.js';
+import { tempDir } from '../model/helpers.js';
+
+const LLAMA_8B = { layers: 32, kvHeads: 8, headDim: 128 };
+const STORIES = { layers: 5, kvHeads: 4, headDim: 8 };
+
+describe('groupingCandidates', () => {
+  it("'auto' tries one layer per basis, then 2, 4, … layers, then all; a fixed grouping is itself", () => {
+    expect(groupingCandidates(STORIES, 'auto').fit).toEqual(['layer', 2, 4, 'all']);
+    expect(groupingCandidates({ ...STORIES, layers: 1 }, 'auto').fit).toEqual(['layer']);
+    expect(groupingCandidates({ ...STORIES, layers: 16 }, 'auto').fit).toEqual(['layer', 2, 4, 8, 'all']);
+    expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
+    expect(groupingCandidates(LLAMA_8B, 'all')).toEqual({ fit: ['all'], skipped: [] });
+  });
+
+  it('leaves out candidates whose covariances exceed the stated budget, and says how much they need', () => {
+    // Llama 3 8B: p = 1024 per layer; all layers p = 32768 would need 2 × 8 × 32768² bytes = 16 GiB.
+    expect(groupingCovarianceBytes(LLAMA_8B, 'all')).toBe(2 * 8 * 32768 ** 2);
+    const c = groupingCandidates(LLAMA_8B, 'auto');
+    const used = c.fit.reduce((a, g) => a + groupingCovarianceBytes(LLAMA_8B, g), 0);
+    expect(used).toBeLessThanOrEqual(AUTO_COVARIANCE_BUDGET_BYTES);
+    expect(c.fit[0]).toBe('layer');
+    expect(c.skipped.map((s) => s.grouping)).toContain('all');
+    expect(c.skipped.find((s) => s.grouping === 'all')!.covariance_bytes).toBe(2 * 8 * 32768 ** 2);
+    // One layer per basis is always fitted, whatever the budget.
+    expect(groupingCandidates(LLAMA_8B, 'auto', 1).fit).toEqual(['layer']);
+  });
+
+  it('layerGroups covers every layer once, in order', () => {
+    for (const g of ['layer', 2, 3, 'all'] as const) {
+      expect(layerGroups(5, g).flat()).toEqual([0, 1, 2, 3, 4]);
+    }
+    expect(layerGroups(5, 2)).toEqual([[0, 1], [2, 3], [4]]);
+  });
+});
+
+describe('checkRatios and maxRankFor', () => {
+  it('refuses ratios out of range as usage errors', () => {
+    expect(() => checkRatios([1.2])).toThrow(/out of range/);
+    expect(() => checkRatios([20, 65])).toThrow(expect.objectContaining({ code: 'USAGE', exitCode: 2, fix: expect.stringMatching(/between 1.5 and 64/) }));
+    expect(() => checkRatios([Number.NaN])).toThrow();
+    expect(() => checkRatios([2, 20])).not.toThrow();
+  });
+
+  it('keeps as many components as static int2 at 1.5× the smallest ratio\'s budget can store, capped at p', () => {
+    // p = 4096 at 20x: budget 3276.8 bits, × 1.5 = 4916 bits, int2 → 2458 components.
+    expect(maxRankFor(4096, [20])).toBe(2458);
+    expect(maxRankFor(4096, [20, 8])).toBe(4096);
+    // p = 32 at 20x (the smallest ratio decides): 25.6 × 1.5 → 39 bits → 19 components.
+    expect(maxRankFor(32, [64, 20])).toBe(19);
+  });
+});
+
+describe('the three-way split', () => {
+  it('gives fit, tuning and report sequences that share no sequence, and the two-way split when there is no report', async () => {
+    const model = await loadModel(DEFAULT_MODEL_DIR);
+    try {
+      const d = await readCalibrationTokens([DEFAULT_CALIBRATION_DIR], model.tokenizer, { fitTokens: 8192, heldoutTokens: 2048, reportTokens: 4096 });
+      const opts = { seqLen: 512, fitTokens: 8192, heldoutTokens: 2048, seed: 3, minFitTokens: 256, sources: 'x' };
+      const s = splitSequences(d.tokens, model.tokenizer.bosTokenId, { ...opts, reportTokens: 4096 });
+      expect([s.fit.length, s.heldout.length, s.report.length]).toEqual([16, 4, 8]);
+      const key = (q: number[]) => q.join(',');
+      const sets = [s.fit, s.heldout, s.report].map((x) => new Set(x.map(key)));
+      expect(sets[0].size + sets[1].size + sets[2].size).toBe(28);
+      for (const q of s.report) {
+        expect(sets[0].has(key(q))).toBe(false);
+        expect(sets[1].has(key(q))).toBe(false);
+      }
+      for (const q of s.heldout) expect(sets[0].has(key(q))).toBe(false);
+      // Without a report split, fit and tuning are those of the two-way split of the same seed (Dynamo's calibration uses it).
+      const two = splitSequences(d.tokens, model.tokenizer.bosTokenId, opts);
+      expect(two.report).toEqual([]);
+      expect(two.heldout).toEqual(s.heldout);
+      // Too little text names the report split in what it needs.
+      expect(() => splitSequences(d.tokens.slice(0, 6000), model.tokenizer.bosTokenId, { ...opts, reportTokens: 4096 })).toThrow(/held out for the report/);
+    } finally {
+      await model.session.release();
+    }
+  });
+});
+
+describe('calibrate --grouping auto on the bundled model', () => {
+  let result: CalibrateResult;
+  let out: string;
+  beforeAll(async () => {
+    out = join(tempDir('kvtc-auto-'), 'p');
+    result = await calibrate({
+      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [4, 20], ratiosGiven: true, tokens: 4096, heldout: 2048, report: 2048,
+      sink: 4, window: 128, grouping: 'auto', chunk: 256, seed: 0, device: 'cpu', out, force: false,
+    });
+  }, 120_000);
+
+  it('fits every candidate and keeps, per ratio, the one with the smallest tuning-split error', () => {
+    expect(result.groupings).toEqual(['layer', '2', '4', 'all']);
+    for (const p of result.profiles) {
+      expect(p.grouping_candidates.map((c) => c.grouping)).toEqual(result.groupings);
+      const score = (c: { rel_error: { key: number; value: number } }) => (c.rel_error.key + c.rel_error.value) / 2;
+      const best = [...p.grouping_candidates].sort((a, b) => score(a) - score(b))[0];
+      expect(p.grouping).toBe(best.grouping);
+      const chosen = p.grouping_candidates.find((c) => c.grouping === p.grouping)!;
+      // The candidate's tuning figures are the chosen profile's tuning figures.
+      expect(chosen.rel_error.key).toBeCloseTo(p.tuning_rel_error.key, 12);
+      // Every candidate lands on the target on the tuning split (the budget-scale search).
+      for (const c of p.grouping_candidates) expect(Math.abs(c.ratio_compressed / p.ratio_target - 1)).toBeLessThan(0.05);
+    }
+  });
+
+  it('reports on the report split, with a 95% interval around the figure, and records where every figure came from', async () => {
+    expect(result.report_tokens).toBe(2048);
+    expect(result.heldout_tokens).toBe(2048);
+    for (const p of result.profiles) {
+      for (const [x, ci] of [[p.rel_error.key, p.rel_error.key_ci95], [p.rel_error.value, p.rel_error.value_ci95]] as const) {
+        expect(ci).toBeDefined();
+        expect(ci![0]).toBeLessThanOrEqual(x);
+        expect(ci![1]).toBeGreaterThanOrEqual(x);
+        expect(ci![1]).toBeGreaterThan(ci![0]);
+      }
+      expect(p.clip_ranges.tuned + p.clip_ranges.min_max).toBeGreaterThan(0);
+      const m = (await readProfile(p.profile)).manifest;
+      expect(m.measured.split).toBe('report');
+      expect(m.calibration.tokens_report).toBe(2048);
+      expect(m.settings.grouping).toBe(p.grouping);
+      expect(m.settings.grouping_requested).toBe('auto');
+      expect(m.settings.report).toBe(2048);
+      expect(m.calibration.grouping_candidates!.map((c) => c.grouping)).toEqual(result.groupings);
+      expect(m.measured.rel_error.key_mean).toBeCloseTo(p.rel_error.key, 5);
+      expect(m.measured.rel_error.key_mean_ci95![0]).toBeLessThanOrEqual(m.measured.rel_error.key_mean);
+      expect(m.measured.tuning_rel_error!.value_mean).toBeCloseTo(p.tuning_rel_error.value, 5);
+    }
+  });
+});
