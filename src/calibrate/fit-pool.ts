@@ -8,7 +8,8 @@ import { availableParallelism } from 'node:os';
 import { spawnWorker } from '../worker.js';
 import { invariant } from '../errors.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
-import { randomizedEigenAsync } from '../fit/eigen-randomized.js';
+import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen-randomized.js';
+import { transpose } from '../math/gemm.js';
 import { FIT_WORKER_MIN_P, RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import type { KvKind } from '../codec/types.js';
 import { prepareAllocation, type AllocationTables } from '../fit/fit.js';
@@ -24,11 +25,12 @@ export interface FitJob {
   heldout: Float32Array;
   heldoutTokens: number;
   /**
-   * Components the plans may store at most (e.g. rankForBudget at the largest budget the
-   * ratio search may try). Where maxRank < dim and dim ≥ RANDOMIZED_EIGEN_MIN_P the basis is
-   * the top-maxRank eigenvectors from the randomized solver and the tables hold maxRank
-   * components (tables.dim = maxRank, tables.features = dim); otherwise (absent, ≥ dim, or a
-   * small basis) the full dense eigenbasis, exactly as without it.
+   * Components the plans may store at most (fit.ts rankForBudget / maxRankForRatios: the
+   * largest budget the ratio search may try). Where maxRank < dim and dim ≥
+   * RANDOMIZED_EIGEN_MIN_P the tables hold only the top maxRank components (tables.dim =
+   * maxRank, tables.features = dim), from the randomized solver when maxRank ≤
+   * RANDOMIZED_MAX_RANK_FRACTION·dim, else from the dense one cut to maxRank. Otherwise (absent,
+   * ≥ dim, or a small basis) the full dense eigenbasis, exactly as without it.
    */
   maxRank?: number;
 }
@@ -36,32 +38,39 @@ export interface FitJob {
 export interface FitOutput {
   tables: AllocationTables;
   seconds: { eigen: number; tables: number };
-  /** Which eigensolver fitted the basis. */
-  solver: 'dense' | 'randomized';
+  /** How the basis was fitted: the full dense eigenbasis, or its top tables.dim components from the randomized or the dense solver. */
+  solver: 'dense' | 'randomized' | 'dense-truncated';
 }
 
-/** Whether `job` is fitted by the truncated randomized solver (see FitJob.maxRank). */
-export function usesRandomizedEigen(job: Pick<FitJob, 'dim' | 'maxRank'>): boolean {
-  return job.maxRank !== undefined && job.maxRank < job.dim && job.dim >= RANDOMIZED_EIGEN_MIN_P;
+/** How fitBasisTables fits `job` (see FitJob.maxRank). */
+export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank'>): FitOutput['solver'] {
+  if (job.maxRank === undefined || job.maxRank >= job.dim || job.dim < RANDOMIZED_EIGEN_MIN_P) return 'dense';
+  return job.maxRank <= RANDOMIZED_MAX_RANK_FRACTION * job.dim ? 'randomized' : 'dense-truncated';
 }
 
 /**
- * Eigendecomposition (dense, or truncated randomized: FitJob.maxRank) + error tables of one
- * basis. Large bases (p ≥ LARGE_EIGEN_MIN_P) run their eigen products on ONNX Runtime with
- * `eigenThreads` intra-op threads (0 = all cores; workers pass 1, the pool already runs one per core).
+ * Eigendecomposition (dense, or truncated: FitJob.maxRank) + error tables of one basis. Large
+ * bases (p ≥ LARGE_EIGEN_MIN_P) run their eigen products on ONNX Runtime with `eigenThreads`
+ * intra-op threads (0 = all cores; workers pass 1, the pool already runs one per core).
  */
 export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number } = {}): Promise<FitOutput> {
   const threads = opts.eigenThreads ?? 0;
-  const randomized = usesRandomizedEigen(job);
   if (job.maxRank !== undefined) {
     invariant(Number.isInteger(job.maxRank) && job.maxRank >= 1, `Error in fitBasisTables: maxRank (${job.maxRank}) must be an integer >= 1`);
   }
+  const solver = fitSolver(job);
   let t = performance.now();
-  const eig = randomized ? await randomizedEigenAsync(job.cov, job.dim, job.maxRank!, { threads }) : await symmetricEigenAsync(job.cov, job.dim, { threads });
+  let eig: { values: Float64Array; vectors: Float64Array };
+  if (solver === 'randomized') eig = await randomizedEigenAsync(job.cov, job.dim, job.maxRank!, { threads });
+  else {
+    const full = await symmetricEigenAsync(job.cov, job.dim, { threads });
+    const k = solver === 'dense' ? job.dim : job.maxRank!;
+    eig = k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
+  }
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
-  return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver: randomized ? 'randomized' : 'dense' };
+  return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver };
 }
 
 

@@ -122,3 +122,17 @@ export function rankForBudget(p: number, budgetBits: number): number {
   const cheapest = Math.min(...STORED_TYPES.map((t) => TYPE_BITS[t]));
   return Math.min(p, Math.max(1, Math.floor(budgetBits / cheapest)));
 }
+
+/**
+ * Headroom of maxRankForRatios over the budget at scale 1: calibrate's budget-scale search
+ * raises the budget where DEFLATE shrinks the payload (docs/codec.md: to ~1.33x on p = 512).
+ */
+export const MAX_RANK_SCALE_MARGIN = 2;
+
+/**
+ * FitJob.maxRank for a basis of p features that is allocated at every ratio in `ratios`: the
+ * components the largest of their budgets (16p / min ratio, times `scaleMargin`) can store.
+ */
+export function maxRankForRatios(p: number, ratios: number[], scaleMargin = MAX_RANK_SCALE_MARGIN): number {
+  return rankForBudget(p, Math.floor(((16 * p) / Math.min(...ratios)) * scaleMargin));
+}

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { fitBases, fitBasisTables, type FitJob, usesRandomizedEigen } from '../../src/calibrate/fit-pool.js';
+import { fitBases, fitBasisTables, type FitJob, fitSolver } from '../../src/calibrate/fit-pool.js';
+import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
 import { allocateDetailed, rankForBudget } from '../../src/fit/fit.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../../src/fit/ort-thresholds.js';
@@ -27,10 +28,12 @@ async function job(seed: number, maxRank?: number): Promise<FitJob> {
 
 describe('fitBases with FitJob.maxRank', () => {
   it('chooses the solver from maxRank and p', () => {
-    expect(usesRandomizedEigen({ dim: p })).toBe(false);
-    expect(usesRandomizedEigen({ dim: p, maxRank: p })).toBe(false);
-    expect(usesRandomizedEigen({ dim: p, maxRank: p - 1 })).toBe(true);
-    expect(usesRandomizedEigen({ dim: p - 1, maxRank: 8 })).toBe(false);
+    expect(fitSolver({ dim: p })).toBe('dense');
+    expect(fitSolver({ dim: p, maxRank: p })).toBe('dense');
+    expect(fitSolver({ dim: p, maxRank: p + 5 })).toBe('dense');
+    expect(fitSolver({ dim: p, maxRank: Math.floor(0.6 * p) })).toBe('randomized');
+    expect(fitSolver({ dim: p, maxRank: Math.floor(0.6 * p) + 1 })).toBe('dense-truncated');
+    expect(fitSolver({ dim: p - 1, maxRank: 8 })).toBe('dense');
   });
 
   it('worker threads return the truncated tables of the randomized fit, identical to an inline fit', async () => {
@@ -53,6 +56,17 @@ describe('fitBases with FitJob.maxRank', () => {
     expect(plan.rank).toBeLessThanOrEqual(k);
     expect(plan.basis.length).toBe(p * plan.rank);
   }, 120_000);
+
+  it('above 0.6p the dense decomposition is cut to maxRank', async () => {
+    const k = p - 10;
+    const j = await job(4, k);
+    const out = await fitBasisTables(j);
+    expect(out.solver).toBe('dense-truncated');
+    expect([out.tables.features, out.tables.dim]).toEqual([p, k]);
+    const d = await symmetricEigenAsync(j.cov, p); // the same solver, so the same bits
+    expect(Array.from(out.tables.values)).toEqual(Array.from(d.values.subarray(0, k)));
+    for (let i = 0; i < p; i++) for (let c = 0; c < k; c++) if (out.tables.vectors[i * k + c] !== d.vectors[i * p + c]) expect.unreachable(`vectors[${i}, ${c}]`);
+  });
 
   it('rejects a maxRank that is not a positive integer', async () => {
     const j = await job(3, 0);

@@ -4,7 +4,7 @@ import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from './fit-re
 import { planBitsPerToken } from '../../src/codec/types.js';
 import { symmetricEigen } from '../../src/fit/eigen.js';
 import { randomizedEigen } from '../../src/fit/eigen-randomized.js';
-import { allocateDetailed, heldoutCoefficients, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
+import { allocateDetailed, heldoutCoefficients, maxRankForRatios, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { randomOrthogonal, rng } from '../codec/rng.js';
 
@@ -171,6 +171,10 @@ describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () =>
     expect(rankForBudget(1024, Math.floor((16 * 1024) / 20))).toBe(409);
     expect(rankForBudget(64, 16 * 64)).toBe(64);
     expect(rankForBudget(64, 0)).toBe(1);
+    // The smallest ratio's budget at twice the scale-1 bits: 16·1024/20·2 = 1638 bits → 819 components.
+    expect(maxRankForRatios(1024, [64, 20, 40])).toBe(819);
+    expect(maxRankForRatios(1024, [80], 1)).toBe(102);
+    expect(maxRankForRatios(1024, [8, 20])).toBe(1024);
   });
 });
 
