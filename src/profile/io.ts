@@ -20,9 +20,9 @@ import { KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { f32, serializeSafetensors, type TensorEntry } from '../io/safetensors.js';
 import { planBitsPerToken, type BasisPlan } from '../codec/types.js';
-import { ropeInvFreq } from '../rope/freqs.js';
 import { formatZodIssues } from '../validation.js';
-import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, TENSORS_FILE, type Manifest, type PlanEntry } from './schema.js';
+import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, PROFILE_FORMAT_VERSIONS, TENSORS_FILE, TENSORS_FORMAT_VERSION, type Manifest, type PlanEntry } from './schema.js';
+import { checkManifestRope, ropeIdLines } from './rope.js';
 
 export interface Profile {
   dir: string;
@@ -88,15 +88,7 @@ export function profileIdText(m: ProfileIdFields): string {
   const L: string[] = ['kvtc-profile-id 1', `tensors.sha256 ${m.tensors.sha256}`];
   const md = m.model;
   L.push(`model.layers ${md.layers}`, `model.kv_heads ${md.kv_heads}`, `model.head_dim ${md.head_dim}`, `model.kv_dtype ${md.kv_dtype}`);
-  const r = md.rope;
-  L.push(`model.rope.theta ${f64Hex(r.theta)}`, `model.rope.rotary_dim ${r.rotary_dim}`, `model.rope.layout ${r.layout}`);
-  if (r.scaling) {
-    const s = r.scaling;
-    L.push(`model.rope.scaling.type ${s.type}`, `model.rope.scaling.factor ${f64Hex(s.factor)}`);
-    for (const k of ['low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'] as const) {
-      if (s[k] !== undefined) L.push(`model.rope.scaling.${k} ${f64Hex(s[k])}`);
-    }
-  }
+  L.push(...ropeIdLines(m, f64Hex));
   L.push(`settings.sink ${m.settings.sink}`, `settings.window ${m.settings.window}`, `settings.entropy ${m.settings.entropy}`);
   L.push(`plans ${m.plans.length}`);
   for (const [i, p] of m.plans.entries()) {
@@ -144,7 +136,7 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
       tensors: names,
     };
   });
-  const tensors = serializeSafetensors(entries, { producer: draft.producer.name, format_version: String(PROFILE_FORMAT_VERSION) });
+  const tensors = serializeSafetensors(entries, { producer: draft.producer.name, format_version: String(TENSORS_FORMAT_VERSION) });
   const digest = sha256(tensors);
   const manifest: Manifest = {
     ...draft,
@@ -258,13 +250,13 @@ export async function readManifest(pathArg: string): Promise<{ dir: string; mani
   }
   const r = raw as { format?: unknown; format_version?: unknown; producer?: { version?: unknown } };
   if (r?.format !== PROFILE_FORMAT) throw invalid(dir, `${MANIFEST_FILE} is not a kvtc profile (format is ${JSON.stringify(r?.format)}, expected "${PROFILE_FORMAT}")`);
-  if (r.format_version !== PROFILE_FORMAT_VERSION) {
+  if (!(PROFILE_FORMAT_VERSIONS as readonly unknown[]).includes(r.format_version)) {
     const v = r.format_version;
     const newer = typeof v === 'number' && v > PROFILE_FORMAT_VERSION;
-    throw new KvtcError('PROFILE_VERSION', `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads version ${PROFILE_FORMAT_VERSION}`, {
+    throw new KvtcError('PROFILE_VERSION', `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads versions ${PROFILE_FORMAT_VERSIONS.join(' and ')}`, {
       fix: newer
         ? `It was written by kvtc ${String(r.producer?.version ?? 'newer')}: upgrade kvtc to that version or later to read it.`
-        : 'Re-calibrate the model with this kvtc to write a version-1 profile.',
+        : `Re-calibrate the model with this kvtc to write a version-${PROFILE_FORMAT_VERSION} profile.`,
       context: { profile: dir, format_version: v },
     });
   }
@@ -426,46 +418,7 @@ function checkBudget(m: Manifest, fail: Fail): string {
 }
 
 function checkRope(m: Manifest, fail: Fail): string {
-  const r = m.model.rope;
-  const hd = m.model.head_dim;
-  let ok = true;
-  const bad = (msg: string) => {
-    ok = false;
-    fail(msg);
-  };
-  if (!(Number.isFinite(r.theta) && r.theta > 0)) bad(`model.rope.theta = ${r.theta} must be a finite number > 0`);
-  if (r.rotary_dim % 2 !== 0) bad(`model.rope.rotary_dim = ${r.rotary_dim} is odd; RoPE rotates pairs, so it must be even`);
-  if (r.rotary_dim > hd) bad(`model.rope.rotary_dim = ${r.rotary_dim} exceeds model.head_dim ${hd}`);
-  const s = r.scaling;
-  if (s) {
-    if (!(Number.isFinite(s.factor) && s.factor > 0)) bad(`model.rope.scaling.factor = ${s.factor} must be a finite number > 0`);
-    if (s.type === 'llama3') {
-      const { low_freq_factor: lo, high_freq_factor: hi, original_max_position_embeddings: orig } = s;
-      for (const [k, v] of [['low_freq_factor', lo], ['high_freq_factor', hi], ['original_max_position_embeddings', orig]] as const) {
-        if (v === undefined) bad(`model.rope.scaling.${k} is missing; llama3 scaling needs it`);
-        else if (!(Number.isFinite(v) && v > 0)) bad(`model.rope.scaling.${k} = ${v} must be a finite number > 0`);
-      }
-      if (lo !== undefined && hi !== undefined && !(hi > lo)) bad(`model.rope.scaling.high_freq_factor ${hi} must be greater than low_freq_factor ${lo}`);
-    }
-  }
-  // (Within the shape limit only: rotary_dim/2 frequencies are computed.)
-  if (ok && r.rotary_dim <= PROFILE_LIMITS.maxShape) {
-    const inv = ropeInvFreq({
-      theta: r.theta,
-      rotaryDim: r.rotary_dim,
-      layout: r.layout,
-      ...(s
-        ? {
-            scaling: s.type === 'linear'
-              ? { type: 'linear' as const, factor: s.factor }
-              : { type: 'llama3' as const, factor: s.factor, lowFreqFactor: s.low_freq_factor!, highFreqFactor: s.high_freq_factor!, originalMaxPositionEmbeddings: s.original_max_position_embeddings! },
-          }
-        : {}),
-    });
-    const at = inv.findIndex((v) => !(Number.isFinite(v) && v > 0));
-    if (at >= 0) fail(`model.rope gives inverse frequency ${inv[at]} for pair ${at}; every one must be finite and > 0`);
-  }
-  return `theta ${r.theta}, rotary_dim ${r.rotary_dim} (even, ≤ head_dim ${hd}), ${r.layout} layout${s ? `, ${s.type} scaling ×${s.factor}` : ''}`;
+  return checkManifestRope(m, fail, PROFILE_LIMITS.maxShape);
 }
 
 function checkProfileId(m: Manifest, fail: Fail): string {

@@ -202,7 +202,8 @@ const CASES: Case[] = [
   { name: 'one basis entry set to 3', dir: () => make({ tensors: (t) => editTensor(t, 'plan.4.basis', (v) => (v[0] = 3)) }), check: 'orthonormal bases', message: /plan 4 basis/ },
   { name: 'a static range with lo > hi', dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.lo', (v) => (v[1] = 1e6)) }), check: 'static ranges', message: /plan 0 component 1: lo 1000000 > hi/ },
   // --- the manifest itself
-  { name: 'format_version 2', dir: () => make({ manifest: (m) => (m.format_version = 2), sign: false }), check: 'schema', message: /format version 2/, code: 'PROFILE_VERSION' },
+  { name: 'format_version 3', dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 3), sign: false }), check: 'schema', message: /format version 3/, code: 'PROFILE_VERSION' },
+  { name: 'format_version 2 with v1\'s one RoPE object', dir: () => make({ manifest: (m) => (m.format_version = 2) }), check: 'rope', message: /model\.rope is one RoPE object \(format 1\)/ },
   { name: 'a manifest with a duplicated key (the last one wins, as in every JSON reader)', dir: () => make({ raw: (s) => s.replace('"sink": 4,', '"sink": 4, "sink": 5,') }), check: 'profile id', message: /does not match/ },
 ];
 

@@ -50,10 +50,10 @@ describe('reading profiles', () => {
 
   it('a newer format version names the kvtc version that wrote it and says to upgrade', async () => {
     const d = copyWith((m) => {
-      m.format_version = 2;
+      (m as { format_version: number }).format_version = 3;
       m.producer.version = '0.9.0';
     });
-    await expect(readProfile(d)).rejects.toMatchObject({ code: 'PROFILE_VERSION', message: expect.stringContaining('this kvtc reads version 1'), fix: expect.stringContaining('kvtc 0.9.0') });
+    await expect(readProfile(d)).rejects.toMatchObject({ code: 'PROFILE_VERSION', message: expect.stringContaining('this kvtc reads versions 1 and 2'), fix: expect.stringContaining('kvtc 0.9.0') });
   });
 
   it('an older format version says to re-calibrate', async () => {
