@@ -125,9 +125,11 @@ export function rankForBudget(p: number, budgetBits: number): number {
 
 /**
  * Headroom of maxRankForRatios over the budget at scale 1: calibrate's budget-scale search
- * raises the budget where DEFLATE shrinks the payload (docs/codec.md: to ~1.33x on p = 512).
+ * raises the budget where DEFLATE shrinks the payload (docs/codec.md: payloads at 0.75 of the
+ * packed codes on p = 512, a scale of ~1.33). Should the search go further, the DP spends the
+ * extra bits on the k components it has (plan.rank === tables.dim < tables.features shows it).
  */
-export const MAX_RANK_SCALE_MARGIN = 2;
+export const MAX_RANK_SCALE_MARGIN = 1.5;
 
 /**
  * FitJob.maxRank for a basis of p features that is allocated at every ratio in `ratios`: the

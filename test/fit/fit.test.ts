@@ -171,8 +171,8 @@ describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () =>
     expect(rankForBudget(1024, Math.floor((16 * 1024) / 20))).toBe(409);
     expect(rankForBudget(64, 16 * 64)).toBe(64);
     expect(rankForBudget(64, 0)).toBe(1);
-    // The smallest ratio's budget at twice the scale-1 bits: 16·1024/20·2 = 1638 bits → 819 components.
-    expect(maxRankForRatios(1024, [64, 20, 40])).toBe(819);
+    // The smallest ratio's budget at 1.5 times the scale-1 bits: 16·1024/20·1.5 = 1228 bits → 614 components.
+    expect(maxRankForRatios(1024, [64, 20, 40])).toBe(614);
     expect(maxRankForRatios(1024, [80], 1)).toBe(102);
     expect(maxRankForRatios(1024, [8, 20])).toBe(1024);
   });
