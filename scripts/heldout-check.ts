@@ -168,7 +168,7 @@ export interface CheckRow {
   /** reported ÷ unseen − 1 (negative: kvtc reported a smaller error than unseen text shows). */
   key_bias: number;
   value_bias: number;
-  /** The same profile on the addresses from 1949 on, and reported ÷ that − 1. */
+  /** The same profile on the addresses from 1949 on, and reported ÷ that − 1 (NaN with later: false). */
   later: Figures;
   later_key_bias: number;
   later_value_bias: number;
@@ -176,11 +176,11 @@ export interface CheckRow {
   single_type: { type: string; mode: string; key: number; value: number; ratio: number }[];
 }
 
-export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; out: string; checkTokens?: number; tokens?: number }): Promise<{ calibration: CalibrateResult; rows: CheckRow[] }> {
+export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; out: string; checkTokens?: number; tokens?: number; later?: boolean }): Promise<{ calibration: CalibrateResult; rows: CheckRow[] }> {
   const ratios = o.ratios ?? [2, 8, 20];
   const parts = corpusParts();
   const calibration = await calibrate({
-    modelDir: DEFAULT_MODEL_DIR, data: parts.a, ratios, ratiosGiven: true, tokens: o.tokens ?? 16384, heldout: 4096, report: 4096,
+    modelDir: DEFAULT_MODEL_DIR, data: parts.a, ratios, ratiosGiven: true, tokens: o.tokens ?? 16384, heldout: 4096,
     sink: SINK, window: WINDOW, grouping: o.grouping ?? 'auto', chunk: 256, seed: 0, device: 'cpu', out: o.out, force: true,
   });
   const model = await loadModel(DEFAULT_MODEL_DIR);
@@ -198,7 +198,7 @@ export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; 
     const read = new Set((await readProfile(calibration.profiles[0].profile)).manifest.calibration.sources.map((x) => x.name));
     const unread = parts.a.filter((f) => !read.has(basename(f)));
     const unseen = await prefill(unread, (o.checkTokens ?? 24576) - 512, 1);
-    const later = await prefill(parts.b, (o.checkTokens ?? 24576) - 512, 1);
+    const later = o.later === false ? [] : await prefill(parts.b, (o.checkTokens ?? 24576) - 512, 1);
     // The single-type bases: a PCA of the part of part A calibration read, fitted here.
     const partA = await prefill(parts.a.filter((f) => read.has(basename(f))), 16384 - 512, 2);
     // Single types are compared on the first 16 unseen sequences (8192 tokens) to keep this quick.
@@ -212,7 +212,7 @@ export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; 
       let laterFigures: Figures;
       try {
         figures = await measure(codec, unseen);
-        laterFigures = await measure(codec, later);
+        laterFigures = later.length ? await measure(codec, later) : { key: Number.NaN, value: Number.NaN, ratio: Number.NaN };
       } finally {
         await codec.release();
       }
