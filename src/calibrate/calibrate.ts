@@ -20,7 +20,7 @@ import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budge
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { gatherFeatures } from '../fit/features.js';
-import { allocate, rankForBudget, type AllocationTables } from '../fit/fit.js';
+import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
@@ -326,21 +326,6 @@ export async function captureCaches(runner: ModelRunner, seqs: number[][], label
   return caches;
 }
 
-/**
- * Headroom of the truncated fit over the budget at scale 1: the budget-scale search rarely
- * leaves [0.8, 1.25], and beyond 1.5 the DP still spends the extra bits on the kept components.
- */
-export const TRUNCATION_HEADROOM = 1.5;
-
-/**
- * The most components any plan of a p-feature basis may store for these ratios: what a
- * truncated (randomized) fit keeps for large p (fit-pool.ts; the dense solver below
- * RANDOMIZED_EIGEN_MIN_P ignores it).
- */
-export function maxRankFor(p: number, ratios: number[]): number {
-  return rankForBudget(p, Math.ceil(((16 * p) / Math.min(...ratios)) * TRUNCATION_HEADROOM));
-}
-
 /** Step 5: eigenbases and error tables of one grouping, the tables measured on the tuning caches. */
 export async function fitCandidate(
   spec: ModelSpec, states: BasisState[], tuning: KvCache[], sink: number, ratios: number[], onDone?: (done: number, total: number) => void,
@@ -355,7 +340,7 @@ export async function fitCandidate(
       X.set(p, at);
       at += p.length;
     }
-    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank: maxRankFor(s.dim, ratios) };
+    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank: maxRankForRatios(s.dim, ratios) };
   });
   for (const s of states) await s.kernel.dispose?.();
   const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });

@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
-  AUTO_COVARIANCE_BUDGET_BYTES, calibrate, checkRatios, groupingCandidates, groupingCovarianceBytes, layerGroups, maxRankFor, type CalibrateResult,
+  AUTO_COVARIANCE_BUDGET_BYTES, calibrate, checkRatios, groupingCandidates, groupingCovarianceBytes, layerGroups, type CalibrateResult,
 } from '../../src/calibrate/calibrate.js';
 import { readCalibrationTokens, splitSequences } from '../../src/calibrate/sequences.js';
 import { loadModel } from '../../src/model/load.js';
@@ -43,20 +43,12 @@ describe('groupingCandidates', () => {
   });
 });
 
-describe('checkRatios and maxRankFor', () => {
+describe('checkRatios', () => {
   it('refuses ratios out of range as usage errors', () => {
     expect(() => checkRatios([1.2])).toThrow(/out of range/);
     expect(() => checkRatios([20, 65])).toThrow(expect.objectContaining({ code: 'USAGE', exitCode: 2, fix: expect.stringMatching(/between 1.5 and 64/) }));
     expect(() => checkRatios([Number.NaN])).toThrow();
     expect(() => checkRatios([2, 20])).not.toThrow();
-  });
-
-  it('keeps as many components as static int2 at 1.5× the smallest ratio\'s budget can store, capped at p', () => {
-    // p = 4096 at 20x: budget 3276.8 bits, × 1.5 = 4916 bits, int2 → 2458 components.
-    expect(maxRankFor(4096, [20])).toBe(2458);
-    expect(maxRankFor(4096, [20, 8])).toBe(4096);
-    // p = 32 at 20x (the smallest ratio decides): 25.6 × 1.5 → 39 bits → 19 components.
-    expect(maxRankFor(32, [64, 20])).toBe(19);
   });
 });
 
