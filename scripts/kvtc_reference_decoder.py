@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference decoder for kvtc profiles (format 1) and .kvtc blobs (version 1).
+"""Independent reference decoder for kvtc profiles (formats 1 and 2) and .kvtc blobs (version 1).
 
 Written from docs/profile-format.md alone (no kvtc source consulted), to check that the
 specification is precise enough to implement in another language.
@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 MANIFEST_NAME = "kvtc-profile.json"
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)
 BLOB_VERSION = 1
 HEADER_BYTES = 48
 SECTION_ENTRY_BYTES = 12
@@ -82,16 +82,45 @@ def profile_id_text(manifest):
     for k in ("layers", "kv_heads", "head_dim"):
         lines.append(f"model.{k} {_int_text(model[k], 'model.' + k)}")
     lines.append(f"model.kv_dtype {_word(model['kv_dtype'], 'model.kv_dtype')}")
-    lines.append(f"model.rope.theta {_f64_text(rope['theta'], 'model.rope.theta')}")
-    lines.append(f"model.rope.rotary_dim {_int_text(rope['rotary_dim'], 'model.rope.rotary_dim')}")
-    lines.append(f"model.rope.layout {_word(rope['layout'], 'model.rope.layout')}")
-    sc = rope.get("scaling")
-    if sc is not None:
-        lines.append(f"model.rope.scaling.type {_word(sc['type'], 'model.rope.scaling.type')}")
-        lines.append(f"model.rope.scaling.factor {_f64_text(sc['factor'], 'model.rope.scaling.factor')}")
-        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if k in sc:
-                lines.append(f"model.rope.scaling.{k} {_f64_text(sc[k], 'model.rope.scaling.' + k)}")
+    one = rope if isinstance(rope, dict) else None
+    if isinstance(rope, list) and len(rope) == 1 and not rope[0].get("none") and float(rope[0].get("attention_factor", 1)) == 1 \
+            and (rope[0].get("scaling") is None or rope[0]["scaling"]["type"] in ("linear", "llama3")):
+        one = rope[0]
+    if one is not None:
+        lines.append(f"model.rope.theta {_f64_text(one['theta'], 'model.rope.theta')}")
+        lines.append(f"model.rope.rotary_dim {_int_text(one['rotary_dim'], 'model.rope.rotary_dim')}")
+        lines.append(f"model.rope.layout {_word(one['layout'], 'model.rope.layout')}")
+        sc = one.get("scaling")
+        if sc is not None:
+            lines.append(f"model.rope.scaling.type {_word(sc['type'], 'model.rope.scaling.type')}")
+            lines.append(f"model.rope.scaling.factor {_f64_text(sc['factor'], 'model.rope.scaling.factor')}")
+            for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if k in sc:
+                    lines.append(f"model.rope.scaling.{k} {_f64_text(sc[k], 'model.rope.scaling.' + k)}")
+    else:
+        lines.append(f"model.rope.groups {len(rope)}")
+        for j, g in enumerate(rope):
+            p = f"model.rope.{j}"
+            lines.append(f"{p}.layers {','.join(_int_text(l, p + '.layers') for l in g['layers'])}")
+            if g.get("none") is True:
+                lines.append(f"{p}.none")
+                continue
+            lines.append(f"{p}.theta {_f64_text(g['theta'], p + '.theta')}")
+            lines.append(f"{p}.rotary_dim {_int_text(g['rotary_dim'], p + '.rotary_dim')}")
+            lines.append(f"{p}.layout {_word(g['layout'], p + '.layout')}")
+            lines.append(f"{p}.attention_factor {_f64_text(g.get('attention_factor', 1.0), p + '.attention_factor')}")
+            sc = g.get("scaling")
+            if sc is None:
+                continue
+            lines.append(f"{p}.scaling.type {_word(sc['type'], p + '.scaling.type')}")
+            for k in sorted(k for k in sc if k != "type"):
+                v = sc[k]
+                if isinstance(v, bool):
+                    lines.append(f"{p}.scaling.{k} {1 if v else 0}")
+                elif isinstance(v, list):
+                    lines.append(f"{p}.scaling.{k} {','.join(_f64_text(x, p + '.scaling.' + k) for x in v)}")
+                else:
+                    lines.append(f"{p}.scaling.{k} {_f64_text(v, p + '.scaling.' + k)}")
     for k in ("sink", "window"):
         lines.append(f"settings.{k} {_int_text(settings[k], 'settings.' + k)}")
     lines.append(f"settings.entropy {_word(settings['entropy'], 'settings.entropy')}")
@@ -177,16 +206,26 @@ def read_safetensors(data, wanted):
     return tensors
 
 
-def check_rope(model):
-    rope = model["rope"]
+def check_rope(model, version):
+    if (version == 1) != isinstance(model["rope"], dict):
+        fail(f"model.rope has the wrong form for format {version} (1: one object, 2: a list of groups)")
+    for rope in {json.dumps(r, sort_keys=True): r for r in layer_ropes(model) if r is not None}.values():
+        check_one_rope(rope, model["head_dim"])
+
+
+def check_one_rope(rope, head_dim):
     R, theta = rope["rotary_dim"], rope["theta"]
     if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
         fail(f"model.rope.theta {theta!r} must be finite and > 0")
-    if R % 2 or R <= 0 or R > model["head_dim"]:
-        fail(f"model.rope.rotary_dim {R} must be even, > 0 and ≤ head_dim {model['head_dim']}")
+    if R % 2 or R <= 0 or R > head_dim:
+        fail(f"model.rope.rotary_dim {R} must be even, > 0 and ≤ head_dim {head_dim}")
+    af = rope.get("attention_factor", 1.0)
+    if not (isinstance(af, (int, float)) and math.isfinite(af) and af > 0):
+        fail(f"model.rope.attention_factor {af!r} must be finite and > 0")
     sc = rope.get("scaling")
+    lens = [0]
     if sc is not None:
-        if not (math.isfinite(sc["factor"]) and sc["factor"] > 0):
+        if sc["type"] != "longrope" and not (math.isfinite(sc["factor"]) and sc["factor"] > 0):
             fail(f"model.rope.scaling.factor {sc['factor']!r} must be finite and > 0")
         if sc["type"] == "llama3":
             for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
@@ -194,11 +233,23 @@ def check_rope(model):
                     fail(f"model.rope.scaling.{k} must be given, finite and > 0 for llama3 scaling")
             if not sc["high_freq_factor"] > sc["low_freq_factor"]:
                 fail("model.rope.scaling.high_freq_factor must exceed low_freq_factor")
+        elif sc["type"] == "yarn":
+            for k in ("original_max_position_embeddings", "beta_fast", "beta_slow"):
+                if not (math.isfinite(sc[k]) and sc[k] > 0):
+                    fail(f"model.rope.scaling.{k} must be finite and > 0 for yarn scaling")
+            if not isinstance(sc.get("truncate"), bool):
+                fail("model.rope.scaling.truncate must be true or false")
+        elif sc["type"] == "longrope":
+            for k in ("short_factor", "long_factor"):
+                if len(sc[k]) != R // 2:
+                    fail(f"model.rope.scaling.{k} must hold {R // 2} factors")
+            lens = [0, sc["original_max_position_embeddings"] + 1]
         elif sc["type"] != "linear":
             fail(f"unknown rope scaling type {sc['type']!r}")
-    inv = rope_inv_freq(rope)
-    if not np.all(np.isfinite(inv) & (inv > 0)):
-        fail("model.rope gives an inverse frequency that is not finite and > 0")
+    for n in lens:
+        inv = rope_inv_freq(rope, n)
+        if not np.all(np.isfinite(inv) & (inv > 0)):
+            fail("model.rope gives an inverse frequency that is not finite and > 0")
 
 
 def read_profile(profile_dir):
@@ -213,10 +264,10 @@ def read_profile(profile_dir):
     if not isinstance(manifest, dict) or manifest.get("format") != "kvtc-profile":
         fail(f"manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected 'kvtc-profile'")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS or isinstance(version, bool):
         producer = manifest.get("producer", {})
         fail(
-            f"manifest format_version {version} is not supported (this reader reads {FORMAT_VERSION}); "
+            f"manifest format_version {version} is not supported (this reader reads {FORMAT_VERSIONS}); "
             f"written by {producer.get('name')} {producer.get('version')}"
         )
     try:
@@ -252,7 +303,7 @@ def _read_profile(profile_dir, manifest):
     L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
     if max(L, H, D) > 0xFFFF or min(L, H, D) < 1:
         fail(f"model shape {L}/{H}/{D} outside [1, 65535]")
-    check_rope(model)
+    check_rope(model, manifest["format_version"])
     plans = []
     covered = {"key": set(), "value": set()}
     wanted = {}
@@ -329,7 +380,8 @@ def _read_profile(profile_dir, manifest):
 # RoPE (§4)
 
 
-def rope_inv_freq(rope):
+def rope_inv_freq(rope, seq_len=0):
+    """§4.1; seq_len = start_position + tokens (longrope's factor set)."""
     R = int(rope["rotary_dim"])
     theta = float(rope["theta"])
     i = np.arange(R // 2, dtype=np.float64)
@@ -337,7 +389,22 @@ def rope_inv_freq(rope):
     sc = rope.get("scaling")
     if sc:
         stype = sc.get("type")
+        if stype == "longrope":
+            ext = sc["long_factor"] if seq_len > sc["original_max_position_embeddings"] else sc["short_factor"]
+            return 1.0 / (np.asarray(ext, dtype=np.float64) * theta ** (2.0 * i / R))
         factor = float(sc["factor"])
+        if stype == "yarn":
+            orig = float(sc["original_max_position_embeddings"])
+            dim = lambda rot: R * math.log(orig / (rot * 2.0 * math.pi)) / (2.0 * math.log(theta))  # noqa: E731
+            low, high = dim(float(sc["beta_fast"])), dim(float(sc["beta_slow"]))
+            if sc["truncate"]:
+                low, high = math.floor(low), math.ceil(high)
+            low, high = max(low, 0), min(high, R - 1)
+            if low == high:
+                high += 0.001
+            ramp = np.clip((i - low) / (high - low), 0.0, 1.0)
+            e = 1.0 - ramp
+            return (inv / factor) * (1.0 - e) + inv * e
         if stype == "linear":
             inv = inv / factor
         elif stype == "llama3":
@@ -360,10 +427,12 @@ def rope_inv_freq(rope):
     return inv
 
 
-def apply_rope(x, positions, rope, sign):
-    """x: [n, heads, head_dim] float64, rotated in place by sign·θ at the given positions."""
+def apply_rope(x, positions, rope, sign, seq_len=0):
+    """x: [n, heads, head_dim] float64, rotated in place by sign·θ at the given positions, then
+    multiplied by the attention factor (sign +1) or divided by it (sign −1), §4.1."""
     R = int(rope["rotary_dim"])
-    inv = rope_inv_freq(rope)
+    inv = rope_inv_freq(rope, seq_len)
+    f = float(rope.get("attention_factor", 1.0)) ** sign
     ang = sign * positions.astype(np.float64)[:, None] * inv[None, :]  # [n, R/2]
     cos = np.cos(ang)[:, None, :]
     sin = np.sin(ang)[:, None, :]
@@ -377,9 +446,28 @@ def apply_rope(x, positions, rope, sign):
         fail(f"unknown rope layout {rope['layout']!r}")
     a = x[:, :, ia].copy()
     b = x[:, :, ib].copy()
-    x[:, :, ia] = a * cos - b * sin
-    x[:, :, ib] = b * cos + a * sin
+    x[:, :, ia] = (a * cos - b * sin) * f
+    x[:, :, ib] = (b * cos + a * sin) * f
     return x
+
+
+def layer_ropes(model):
+    """Each layer's RoPE description (None: no RoPE): format 1's one object, or format 2's groups."""
+    rope = model["rope"]
+    L = model["layers"]
+    if isinstance(rope, dict):
+        return [rope] * L
+    out = [None] * L
+    seen = set()
+    for j, g in enumerate(rope):
+        for l in g["layers"]:
+            if not (isinstance(l, int) and 0 <= l < L) or l in seen:
+                fail(f"model.rope[{j}].layers: layer {l!r} is out of range or named twice")
+            seen.add(l)
+            out[l] = None if g.get("none") is True else g
+    if len(seen) != L:
+        fail(f"model.rope names {len(seen)} of the {L} layers")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +649,7 @@ def decode_blob(manifest, plans, blob):
 
     keys = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
     values = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
-    rope = model["rope"]
+    ropes = layer_ropes(model)
     if n > 0:
         positions = start_pos + sink + np.arange(n, dtype=np.int64)
         for plan in plans:
@@ -580,8 +668,8 @@ def decode_blob(manifest, plans, blob):
             xh = xh.reshape(n, nl, H, D)
             for li, l in enumerate(plan["layers"]):
                 blk = xh[:, li]  # [n, H, D]
-                if plan["kind"] == "key":
-                    blk = apply_rope(blk.copy(), positions, rope, +1.0)
+                if plan["kind"] == "key" and ropes[l] is not None:
+                    blk = apply_rope(blk.copy(), positions, ropes[l], +1.0, start_pos + T)
                 dst = keys[l] if plan["kind"] == "key" else values[l]
                 dst[:, sink : T - window, :] = blk.transpose(1, 0, 2).astype(np.float32)
 

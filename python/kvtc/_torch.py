@@ -76,8 +76,12 @@ def _rotate(torch, x, cos, sin, ia, ib, undo: bool):
 
 
 def _tables(torch, profile, start: int, n: int, dev):
-    cos, sin = _rope.tables(_rope.inv_freq(profile.rope), start, n)
-    ia, ib = _rope.pairs(profile.rope, profile.head_dim)
+    r = profile.rope
+    if r is None or r.attention_factor != 1.0 or (r.scaling or {}).get("type") == "longrope":
+        raise KvtcError("UNSUPPORTED_ARCHITECTURE", "the torch path of this package reads profiles whose layers share one RoPE without an attention factor or longrope; this profile's RoPE is per layer (format 2)",
+                        "Decode or encode it with device='cpu' (NumPy), which un-rotates each layer with its own RoPE.", {"profile": profile.path})
+    cos, sin = _rope.tables(_rope.inv_freq(r), start, n)
+    ia, ib = _rope.pairs(r, profile.head_dim)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
     return t(cos.astype(np.float32)), t(sin.astype(np.float32)), t(ia), t(ib)
 

@@ -421,7 +421,13 @@ def scan_cache(profile: Profile, layers, s: int, n: int, start: int, source: str
         which = 0 if plan.kind == "key" else 1
         s2 = None
         for l in plan.layers:
-            part = sumsq(layers[l][which])
+            r = profile.layer_ropes[l] if plan.kind == "key" and profile.layer_ropes else None
+            if r is not None and r.attention_factor != 1.0:
+                # the un-rotated key's norm: the rotated dims divided by the attention factor (§4.1)
+                a = layers[l][which]
+                part = sumsq(a[..., : r.rotary_dim]) / (r.attention_factor ** 2) + sumsq(a[..., r.rotary_dim :])
+            else:
+                part = sumsq(layers[l][which])
             s2 = part if s2 is None else s2 + part
         if s2 is None or s2.size == 0:
             continue
@@ -518,9 +524,7 @@ def decode(profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int
             dst[:, :s, :] = rawv[l, which, :, :s, :]
             dst[:, T - w :, :] = rawv[l, which, :, s:, :]
     if n > 0:
-        cos, sin = _rope.tables(_rope.inv_freq(profile.rope), h.start_position + s, n)
-        cos32, sin32 = cos.astype(np.float32), sin.astype(np.float32)
-        ia, ib = _rope.pairs(profile.rope, D)
+        rt = _rope.layer_tables(profile.layer_ropes, D, h.start_position + s, n, h.start_position + T)
         for plan in profile.plans:
             nl = len(plan.layers)
             if plan.rank > 0:
@@ -530,8 +534,12 @@ def decode(profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int
                 X = np.broadcast_to(plan.mean.astype(np.float64), (n, plan.dim))
             blk = X.astype(np.float32).reshape(n, nl, H, D).transpose(1, 2, 0, 3)  # [nl, H, n, D]
             if plan.kind == "key":
-                # float32 with float32 cos/sin tables, as kvtc's decoder: closer agreement than float64
-                blk = _rope.rotate32(blk, cos32, sin32, ia, ib)
+                # each layer with its own RoPE; float32 with float32 cos/sin tables, as kvtc's decoder
+                blk = blk.copy()
+                for li, l in enumerate(plan.layers):
+                    t = rt[l]
+                    if t is not None:
+                        blk[li] = _rope.rotate32(blk[li], t[0], t[1], t[4], t[5])
             if h.float16:  # restored as float16: saturate at ±65504 (the nearest value it holds), never ∞
                 blk = np.clip(blk, -q.HALF_MAX, q.HALF_MAX)
             dst = keys if plan.kind == "key" else values
@@ -575,16 +583,18 @@ def encode(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], start_positio
     sections = [(KIND_RAW, CODEC_STORED, 0, raw, len(raw))]
     if n > 0:
         H, D = profile.kv_heads, profile.head_dim
-        cos, sin = _rope.tables(_rope.inv_freq(profile.rope), start + s, n)
-        cos32, sin32 = cos.astype(np.float32), sin.astype(np.float32)
-        ia, ib = _rope.pairs(profile.rope, D)
+        rt = _rope.layer_tables(profile.layer_ropes, D, start + s, n, start + T)
         for plan in profile.plans:
             if plan.rank == 0:
                 continue
             src = [layers_np[l][0 if plan.kind == "key" else 1] for l in plan.layers]
             X = np.stack([a[:, s : T - w, :] for a in src]).astype(np.float32).reshape(len(plan.layers) * H, n, D)
             if plan.kind == "key":
-                X = _rope.unrotate32(X, cos32, sin32, ia, ib)
+                X = X.copy()
+                for li, l in enumerate(plan.layers):
+                    t = rt[l]
+                    if t is not None:
+                        X[li * H : (li + 1) * H] = _rope.unrotate32(X[li * H : (li + 1) * H], t[2], t[3], t[4], t[5])
             d = X - plan.mean.reshape(-1, 1, D)  # float32, as the graph's Sub
             rows = np.ascontiguousarray(d.transpose(1, 0, 2)).reshape(n, plan.dim).astype(np.float64)
             pr = prepared(plan)

@@ -23,8 +23,9 @@ from ._quant import INT_LEVELS, TYPE_BITS
 MANIFEST_FILE = "kvtc-profile.json"
 TENSORS_FILE = "kvtc-profile.safetensors"
 PROFILE_FORMAT = "kvtc-profile"
-#: The manifest format_version this package reads.
-FORMAT_VERSION = 1
+#: The manifest format_version kvtc writes; this package reads FORMAT_VERSIONS.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 #: Largest manifest read (kvtc's limit; a real one is a few KiB).
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 #: The tensor file's JSON header is at most this base + this per tensor (kvtc's limits).
@@ -101,10 +102,17 @@ class Plan:
 
 @dataclass(frozen=True)
 class Rope:
+    """One layer's RoPE (§4.1). scaling: None or the manifest's scaling dict (linear, llama3, yarn,
+    longrope); attention_factor: cos and sin are multiplied by it."""
+
     theta: float
     rotary_dim: int
     layout: str  # half | interleaved
     scaling: Optional[Dict[str, Any]] = None
+    attention_factor: float = 1.0
+
+    def key(self) -> str:
+        return json.dumps([self.theta, self.rotary_dim, self.layout, self.attention_factor, self.scaling], sort_keys=True)
 
 
 @dataclass
@@ -120,11 +128,14 @@ class Profile:
     kv_heads: int
     head_dim: int
     kv_dtype: str
-    rope: Rope
+    #: The RoPE every layer shares, or None when the layers differ (or have none): see layer_ropes.
+    rope: Optional[Rope]
     sink: int
     window: int
     entropy: str
     plans: List[Plan]
+    #: Each layer's RoPE (None: the layer applies none), §4.1.
+    layer_ropes: List[Optional[Rope]] = field(default_factory=list)
 
     @property
     def blob_id(self) -> bytes:
@@ -147,6 +158,59 @@ def _f64_hex(v: float) -> str:
     return struct.pack(">d", float(v)).hex()
 
 
+def _v1_expressible(rope) -> Optional[Dict[str, Any]]:
+    """The one description format 1 could say (one group over every layer, default/linear/llama3,
+    attention factor 1), or None."""
+    if isinstance(rope, dict):
+        return rope
+    if len(rope) != 1 or rope[0].get("none") or float(rope[0].get("attention_factor", 1)) != 1:
+        return None
+    sc = rope[0].get("scaling")
+    return rope[0] if sc is None or sc["type"] in ("linear", "llama3") else None
+
+
+def _rope_id_lines(rope) -> List[str]:
+    """§2.1's lines for model.rope: format 1's for RoPE format 1 could say, else one block per group."""
+    lines: List[str] = []
+    one = _v1_expressible(rope)
+    if one is not None:
+        lines.append(f"model.rope.theta {_f64_hex(one['theta'])}")
+        lines.append(f"model.rope.rotary_dim {int(one['rotary_dim'])}")
+        lines.append(f"model.rope.layout {one['layout']}")
+        sc = one.get("scaling")
+        if sc is not None:
+            lines.append(f"model.rope.scaling.type {sc['type']}")
+            lines.append(f"model.rope.scaling.factor {_f64_hex(sc['factor'])}")
+            for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                if k in sc:
+                    lines.append(f"model.rope.scaling.{k} {_f64_hex(sc[k])}")
+        return lines
+    lines.append(f"model.rope.groups {len(rope)}")
+    for j, g in enumerate(rope):
+        p = f"model.rope.{j}"
+        lines.append(f"{p}.layers {','.join(str(int(l)) for l in g['layers'])}")
+        if g.get("none"):
+            lines.append(f"{p}.none")
+            continue
+        lines.append(f"{p}.theta {_f64_hex(g['theta'])}")
+        lines.append(f"{p}.rotary_dim {int(g['rotary_dim'])}")
+        lines.append(f"{p}.layout {g['layout']}")
+        lines.append(f"{p}.attention_factor {_f64_hex(g.get('attention_factor', 1.0))}")
+        sc = g.get("scaling")
+        if sc is None:
+            continue
+        lines.append(f"{p}.scaling.type {sc['type']}")
+        for k in sorted(k for k in sc if k != "type"):
+            v = sc[k]
+            if isinstance(v, bool):
+                lines.append(f"{p}.scaling.{k} {1 if v else 0}")
+            elif isinstance(v, list):
+                lines.append(f"{p}.scaling.{k} {','.join(_f64_hex(x) for x in v)}")
+            else:
+                lines.append(f"{p}.scaling.{k} {_f64_hex(v)}")
+    return lines
+
+
 def profile_id_text(manifest: Dict[str, Any]) -> str:
     """The canonical text profile_id hashes (§2.1): one "key value" line per field that decoding
     uses, plus the tensor file's sha256; integers in decimal, reals as float64 bits in hex.
@@ -158,16 +222,7 @@ def profile_id_text(manifest: Dict[str, Any]) -> str:
     for k in ("layers", "kv_heads", "head_dim"):
         lines.append(f"model.{k} {int(model[k])}")
     lines.append(f"model.kv_dtype {model['kv_dtype']}")
-    lines.append(f"model.rope.theta {_f64_hex(rope['theta'])}")
-    lines.append(f"model.rope.rotary_dim {int(rope['rotary_dim'])}")
-    lines.append(f"model.rope.layout {rope['layout']}")
-    sc = rope.get("scaling")
-    if sc is not None:
-        lines.append(f"model.rope.scaling.type {sc['type']}")
-        lines.append(f"model.rope.scaling.factor {_f64_hex(sc['factor'])}")
-        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if k in sc:
-                lines.append(f"model.rope.scaling.{k} {_f64_hex(sc[k])}")
+    lines.extend(_rope_id_lines(rope))
     for k in ("sink", "window"):
         lines.append(f"settings.{k} {int(settings[k])}")
     lines.append(f"settings.entropy {settings['entropy']}")
@@ -266,18 +321,107 @@ def _check_version(manifest: Dict[str, Any], where: str) -> None:
     if manifest.get("format") != PROFILE_FORMAT:
         raise _invalid(where, f"{MANIFEST_FILE} is not a kvtc profile (format is {json.dumps(manifest.get('format'))}, expected \"{PROFILE_FORMAT}\")")
     v = manifest.get("format_version")
-    if v == FORMAT_VERSION and not isinstance(v, bool):
+    if v in FORMAT_VERSIONS and not isinstance(v, bool):
         return
     producer = manifest.get("producer") if isinstance(manifest.get("producer"), dict) else {}
     writer = f"{producer.get('name', 'kvtc')} {producer.get('version', '(unknown version)')}"
     newer = isinstance(v, (int, float)) and not isinstance(v, bool) and v > FORMAT_VERSION
     raise KvtcError(
         "PROFILE_VERSION",
-        f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads version {FORMAT_VERSION}",
+        f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads versions {' and '.join(map(str, FORMAT_VERSIONS))}",
         (f"It was written by {writer}: upgrade the kvtc Python package to a version that reads format {v}."
-         if newer else "Re-calibrate the model with kvtc to write a version-1 profile."),
+         if newer else f"Re-calibrate the model with kvtc to write a version-{FORMAT_VERSION} profile."),
         {"profile": where, "format_version": v, "producer": producer},
     )
+
+
+def _checked_description(r: Dict[str, Any], at: str, D: int, where: str, v2: bool) -> Dict[str, Any]:
+    """One RoPE description (§4.1), normalized; format 1 allows only linear/llama3 scaling."""
+    rope: Dict[str, Any] = {
+        "theta": _num(r.get("theta"), f"{at}.theta", where, positive=True),
+        "rotary_dim": _int(r.get("rotary_dim"), f"{at}.rotary_dim", where, 1, U16_MAX),
+        "layout": _choice(r.get("layout"), f"{at}.layout", where, ("half", "interleaved")),
+    }
+    if rope["rotary_dim"] % 2:
+        raise _invalid(where, f"{at}.rotary_dim = {rope['rotary_dim']} is odd; RoPE rotates pairs, so it must be even")
+    if rope["rotary_dim"] > D:
+        raise _invalid(where, f"{at}.rotary_dim = {rope['rotary_dim']} exceeds model.head_dim {D}")
+    if v2 and r.get("attention_factor") is not None:
+        rope["attention_factor"] = _num(r.get("attention_factor"), f"{at}.attention_factor", where, positive=True)
+    if r.get("scaling") is None:
+        return rope
+    sc = _obj(r.get("scaling"), f"{at}.scaling", where)
+    kind = _choice(sc.get("type"), f"{at}.scaling.type", where, ("linear", "llama3", "yarn", "longrope") if v2 else ("linear", "llama3"))
+    scaling: Dict[str, Any] = {"type": kind}
+    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+            "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow"), "longrope": ("original_max_position_embeddings",)}[kind]
+    for k in need:
+        if k not in sc:
+            raise _invalid(where, f"{at}.scaling.{k} is missing; {kind} scaling needs it")
+        scaling[k] = _num(sc[k], f"{at}.scaling.{k}", where, positive=True)
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise _invalid(where, f"{at}.scaling.high_freq_factor {scaling['high_freq_factor']} must be greater than low_freq_factor {scaling['low_freq_factor']}")
+    if kind == "yarn":
+        if not isinstance(sc.get("truncate"), bool):
+            raise _invalid(where, f"{at}.scaling.truncate must be true or false")
+        scaling["truncate"] = sc["truncate"]
+    if kind == "longrope":
+        for k in ("short_factor", "long_factor"):
+            v = sc.get(k)
+            if not isinstance(v, list) or len(v) != rope["rotary_dim"] // 2:
+                raise _invalid(where, f"{at}.scaling.{k} must hold {rope['rotary_dim'] // 2} factors (rotary_dim {rope['rotary_dim']})")
+            scaling[k] = [_num(x, f"{at}.scaling.{k}", where, positive=True) for x in v]
+    rope["scaling"] = scaling
+    return rope
+
+
+def _checked_rope(r: Any, version: Any, L: int, D: int, where: str):
+    """model.rope (§4.1): format 1's one object, or format 2's groups naming every layer once."""
+    if version == 1:
+        if not isinstance(r, dict):
+            raise _invalid(where, "model.rope is a list of groups, which is format 2; a format 1 manifest has one RoPE object")
+        return _checked_description(r, "model.rope", D, where, False)
+    if not isinstance(r, list) or not r:
+        raise _invalid(where, "model.rope is one RoPE object (format 1); a format 2 manifest lists the RoPE of each layer as groups")
+    seen: Dict[int, int] = {}
+    groups = []
+    for j, g in enumerate(r):
+        at = f"model.rope[{j}]"
+        g = _obj(g, at, where)
+        layers = g.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise _invalid(where, f"{at}.layers must list at least one layer")
+        ls = [_int(l, f"{at}.layers", where, 0, L - 1) for l in layers]
+        for a, b in zip(ls, ls[1:]):
+            if b <= a:
+                raise _invalid(where, f"{at}.layers must be ascending ({a} then {b})")
+        for l in ls:
+            if l in seen:
+                raise _invalid(where, f"{at}.layers names layer {l}, which model.rope[{seen[l]}] names too")
+            seen[l] = j
+        if g.get("none") is True:
+            groups.append({"layers": ls, "none": True})
+        else:
+            groups.append({"layers": ls, **_checked_description(g, at, D, where, True)})
+    missing = [l for l in range(L) if l not in seen]
+    if missing:
+        raise _invalid(where, f"model.rope names no RoPE (or none) for layer {missing[0]}; every layer needs one")
+    return groups
+
+
+def layer_ropes(rope, L: int) -> List[Optional[Rope]]:
+    """Each layer's Rope from a checked model.rope (format 1 or 2)."""
+    def mk(d):
+        return Rope(d["theta"], d["rotary_dim"], d["layout"], d.get("scaling"), float(d.get("attention_factor", 1.0)))
+    if isinstance(rope, dict):
+        one = mk(rope)
+        return [one] * L
+    out: List[Optional[Rope]] = [None] * L
+    for g in rope:
+        r = None if g.get("none") else mk(g)
+        for l in g["layers"]:
+            out[l] = r
+    return out
 
 
 def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -288,30 +432,7 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
     H = _int(model.get("kv_heads"), "model.kv_heads", where, 1, U16_MAX)
     D = _int(model.get("head_dim"), "model.head_dim", where, 1, U16_MAX)
     kv_dtype = _choice(model.get("kv_dtype"), "model.kv_dtype", where, ("float32", "float16"))
-    r = _obj(model.get("rope"), "model.rope", where)
-    rope: Dict[str, Any] = {
-        "theta": _num(r.get("theta"), "model.rope.theta", where, positive=True),
-        "rotary_dim": _int(r.get("rotary_dim"), "model.rope.rotary_dim", where, 1, U16_MAX),
-        "layout": _choice(r.get("layout"), "model.rope.layout", where, ("half", "interleaved")),
-    }
-    if r.get("scaling") is not None:
-        sc = _obj(r.get("scaling"), "model.rope.scaling", where)
-        scaling: Dict[str, Any] = {
-            "type": _choice(sc.get("type"), "model.rope.scaling.type", where, ("linear", "llama3")),
-            "factor": _num(sc.get("factor"), "model.rope.scaling.factor", where, positive=True),
-        }
-        for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if k in sc:
-                scaling[k] = _num(sc[k], f"model.rope.scaling.{k}", where, positive=True)
-            elif scaling["type"] == "llama3":
-                raise _invalid(where, f"model.rope.scaling.{k} is missing; llama3 scaling needs it")
-        if scaling["type"] == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
-            raise _invalid(where, f"model.rope.scaling.high_freq_factor {scaling['high_freq_factor']} must be greater than low_freq_factor {scaling['low_freq_factor']}")
-        rope["scaling"] = scaling
-    if rope["rotary_dim"] % 2:
-        raise _invalid(where, f"model.rope.rotary_dim = {rope['rotary_dim']} is odd; RoPE rotates pairs, so it must be even")
-    if rope["rotary_dim"] > D:
-        raise _invalid(where, f"model.rope.rotary_dim = {rope['rotary_dim']} exceeds model.head_dim {D}")
+    rope = _checked_rope(model.get("rope"), m.get("format_version"), L, D, where)
     st_ = _obj(m.get("settings"), "settings", where)
     settings = {
         "sink": _int(st_.get("sink"), "settings.sink", where, 0, U32_MAX),
@@ -556,14 +677,19 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
     _check_version(manifest, where)
     m = _checked_manifest(manifest, where)
 
-    rope = Rope(m["model"]["rope"]["theta"], m["model"]["rope"]["rotary_dim"], m["model"]["rope"]["layout"], m["model"]["rope"].get("scaling"))
+    ropes = layer_ropes(m["model"]["rope"], m["model"]["layers"])
     from ._rope import inv_freq  # local: avoids a cycle at import time
 
-    with np.errstate(all="ignore"):
-        inv = inv_freq(rope)
-    bad = np.nonzero(~(np.isfinite(inv) & (inv > 0)))[0]
-    if bad.size:
-        raise _invalid(where, f"model.rope gives inverse frequency {inv[bad[0]]} for pair {bad[0]}; every one must be finite and > 0")
+    for r in {x.key(): x for x in ropes if x is not None}.values():
+        sc = r.scaling or {}
+        lens = [0, int(sc["original_max_position_embeddings"]) + 1] if sc.get("type") == "longrope" else [0]
+        for n in lens:
+            with np.errstate(all="ignore"):
+                inv = inv_freq(r, n)
+            bad = np.nonzero(~(np.isfinite(inv) & (inv > 0)))[0]
+            if bad.size:
+                raise _invalid(where, f"model.rope gives inverse frequency {inv[bad[0]]} for pair {bad[0]}; every one must be finite and > 0")
+    shared = ropes[0] if ropes and all(x is not None and ropes[0] is not None and x.key() == ropes[0].key() for x in ropes) else None
     pid = verify_profile_id(m, where)
 
     tensors = _read_tensor_file(d, m, where, max_tensor_bytes)
@@ -598,6 +724,6 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
     return Profile(
         path=d, manifest=manifest, profile_id=pid, model_name=str(m["model"]["name"]),
         fingerprint={str(k): str(v) for k, v in fp.items()}, layers=m["model"]["layers"], kv_heads=m["model"]["kv_heads"],
-        head_dim=m["model"]["head_dim"], kv_dtype=m["model"]["kv_dtype"], rope=rope, sink=m["settings"]["sink"],
-        window=m["settings"]["window"], entropy=m["settings"]["entropy"], plans=plans,
+        head_dim=m["model"]["head_dim"], kv_dtype=m["model"]["kv_dtype"], rope=shared, sink=m["settings"]["sink"],
+        window=m["settings"]["window"], entropy=m["settings"]["entropy"], plans=plans, layer_ropes=ropes,
     )
