@@ -36,6 +36,7 @@ import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
 import { profileOutDirs } from './outputs.js';
+import { stageTimer, type StageTimer } from './stage-times.js';
 
 /** Layers per basis: one per layer, k consecutive layers, all layers, or chosen by measurement. */
 export type Grouping = 'auto' | 'layer' | 'all' | number;
@@ -289,7 +290,7 @@ async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Dev
  */
 export async function captureFit(
   runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
-  o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; seconds: Record<string, number> },
+  o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
 ): Promise<void> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
   let done = 0;
@@ -298,7 +299,7 @@ export async function captureFit(
     checkAbort(o.signal);
     let t = performance.now();
     const { cache } = await runner.prefill(ids, { chunk: o.chunk });
-    o.seconds.forward = (o.seconds.forward ?? 0) + (performance.now() - t) / 1000;
+    o.timer.add('forward', (performance.now() - t) / 1000);
     t = performance.now();
     const n = cache.tokens - o.sink;
     for (const s of bases.flat()) {
@@ -306,7 +307,7 @@ export async function captureFit(
       const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
       await s.acc.add(X, n);
     }
-    o.seconds.covariance = (o.seconds.covariance ?? 0) + (performance.now() - t) / 1000;
+    o.timer.add('covariance', (performance.now() - t) / 1000);
     done += ids.length;
     o.progress({ stage: 'capturing calibration KV', done, total, unit: 'tokens' });
   }
@@ -404,14 +405,8 @@ interface Chosen {
 export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
   const progress = opts.onProgress ?? noProgress;
   const entropy = opts.entropy ?? 'deflate-rle';
-  const seconds: Record<string, number> = {};
-  const t0 = performance.now();
-  let mark = t0;
-  const lap = (name: string) => {
-    const now = performance.now();
-    seconds[name] = (seconds[name] ?? 0) + (now - mark) / 1000;
-    mark = now;
-  };
+  const timer = stageTimer();
+  const { seconds, lap } = timer;
   checkRatios(opts.ratios);
 
   progress({ stage: 'loading model' });
@@ -432,8 +427,8 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
 
     const runner = new ModelRunner(model);
     const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
-    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk: opts.chunk, signal: opts.signal, progress, seconds });
-    mark = performance.now();
+    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk: opts.chunk, signal: opts.signal, progress, timer });
+    timer.restart();
     const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk: opts.chunk, signal: opts.signal, progress });
     const report = await captureCaches(runner, split.report, 'report', { chunk: opts.chunk, signal: opts.signal, progress });
     await release();
@@ -443,7 +438,6 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     // Per ratio, the best candidate so far (by tuning-split error) and every candidate's figures.
     const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
     const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
-    seconds.fit_wall = 0;
     let randomized = 0;
     for (const [gi, grouping] of candidates.fit.entries()) {
       checkAbort(opts.signal);
@@ -451,11 +445,10 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
       const stage = `fitting bases${label} (eigen + error tables)`;
       progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
       const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }));
-      seconds.eigen = (seconds.eigen ?? 0) + fitted.seconds.eigen;
-      seconds.error_tables = (seconds.error_tables ?? 0) + fitted.seconds.tables;
+      timer.add('eigen', fitted.seconds.eigen);
+      timer.add('error_tables', fitted.seconds.tables);
       randomized += fitted.randomized;
-      seconds.fit_wall += (performance.now() - mark) / 1000;
-      mark = performance.now();
+      timer.lap('fit_wall');
       const dims = states[gi].map((s) => s.dim);
       for (const [ri, ratio] of opts.ratios.entries()) {
         checkAbort(opts.signal);
@@ -513,7 +506,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
         grouping_candidates: opts.grouping === 'auto' ? tried[ri] : [],
       });
     }
-    seconds.total = (performance.now() - t0) / 1000;
+    seconds.total = timer.total();
     return {
       model: model.name,
       model_dir: model.dir,

@@ -12,7 +12,8 @@
  * Ratios are against fp16/bf16 blocks (2 bytes per element), as everywhere in kvtc.
  */
 import { basename, join } from 'node:path';
-import { MAX_RATIO, MIN_RATIO } from '../calibrate/calibrate.js';
+import { checkRatios } from '../calibrate/calibrate.js';
+import { stageTimer } from '../calibrate/stage-times.js';
 import { buildSequences } from '../calibrate/sequences.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
@@ -150,17 +151,9 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
   const fp8Path = opts.fp8Path ?? 'sm89';
   const intBits = opts.intBits ?? [...DEFAULT_INT_BITS];
   const B = opts.blockTokens;
-  const seconds: Record<string, number> = {};
-  const t0 = performance.now();
-  let mark = t0;
-  const lap = (name: string) => {
-    const now = performance.now();
-    seconds[name] = (seconds[name] ?? 0) + (now - mark) / 1000;
-    mark = now;
-  };
-  for (const r of opts.ratios) {
-    if (!(r >= MIN_RATIO && r <= MAX_RATIO)) throw usage(`--ratio ${r} is out of range`, `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO}.`);
-  }
+  const timer = stageTimer();
+  const { seconds, lap } = timer;
+  checkRatios(opts.ratios);
   if (!(Number.isInteger(B) && B >= 1 && B <= LIMITS.blockTokens)) throw usage(`--block-tokens ${B} is out of range`, `Give Dynamo's tokens_per_block, a whole number between 1 and ${LIMITS.blockTokens} (default ${DEFAULT_BLOCK_TOKENS}).`);
 
   progress({ stage: 'loading model' });
@@ -214,7 +207,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
       checkAbort(opts.signal);
       let t = performance.now();
       const { cache } = await runner.prefill(ids, { chunk: opts.chunk });
-      seconds.forward = (seconds.forward ?? 0) + (performance.now() - t) / 1000;
+      timer.add('forward', (performance.now() - t) / 1000);
       t = performance.now();
       const { first, count } = fullBlocks(cache, B);
       if (scratch.length < count * p) scratch = new Float32Array(count * p);
@@ -222,11 +215,11 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
         const X = gatherBlockRows(cache, s.kind, s.layer, shape, first, count, scratch);
         await s.acc.add(X, count);
       }
-      seconds.covariance = (seconds.covariance ?? 0) + (performance.now() - t) / 1000;
+      timer.add('covariance', (performance.now() - t) / 1000);
       done += ids.length;
       progress({ stage: 'capturing calibration KV', done, total: split.fit.length * seqLen, unit: 'tokens' });
     }
-    mark = performance.now();
+    timer.restart();
     const held: KvCache[] = [];
     done = 0;
     for (const ids of split.heldout) {
@@ -268,7 +261,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     }
     seconds.eigen = eigenSeconds;
     seconds.error_tables = tableSeconds;
-    mark = performance.now();
+    timer.restart();
 
     const sources = used.map((t) => ({ name: basename(t.path), sha256: sha256Hex(t.text), bytes: t.bytes }));
     const profiles: DynamoRatioResult[] = [];
@@ -315,7 +308,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
         ranges: bases.map((b) => b.ranges.length),
       });
     }
-    seconds.total = (performance.now() - t0) / 1000;
+    seconds.total = timer.total();
     return {
       model: model.name, model_dir: model.dir, block_tokens: B, layout, features: p, fp8_path: fp8Path,
       tokens: split.fit.length * seqLen, tokens_requested: opts.tokens, heldout_tokens: split.heldout.length * seqLen,

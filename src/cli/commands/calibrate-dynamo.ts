@@ -16,6 +16,7 @@ import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 import { decimal, deviceSchema, wholeNumber } from '../options.js';
+import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 
 export const TARGETS = ['kvtc', 'dynamo'] as const;
@@ -73,13 +74,9 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
   const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
   const ratios = [...new Set(opts.ratio ?? [20])];
   const progress = createProgress(io, { quiet: opts.quiet });
-  const controller = new AbortController();
-  const onSigint = () => {
-    controller.abort();
-    process.off('SIGINT', onSigint);
-    io.err('\ninterrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
-  };
-  process.on('SIGINT', onSigint);
+  // First Ctrl-C: stop at the next checkpoint, writing nothing (profile writes are atomic either
+  // way); a second one quits at once.
+  const interrupt = onInterrupt(io, 'interrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
   let result: CalibrateDynamoResult;
   try {
     result = await calibrateDynamo({
@@ -97,10 +94,10 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
       out: opts.out,
       force: opts.force,
       onProgress: progress.fn,
-      signal: controller.signal,
+      signal: interrupt.signal,
     });
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
     progress.stop();
   }
   if (opts.json) {

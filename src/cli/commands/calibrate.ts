@@ -5,6 +5,7 @@ import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
 import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
+import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
@@ -44,15 +45,9 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   const opts = parseOptions(Options, raw);
   const ratios = [...new Set(opts.ratio ?? [20])];
   const progress = createProgress(io, { quiet: opts.quiet });
-  const controller = new AbortController();
-  // First Ctrl-C: stop at the next checkpoint, writing nothing. The handler then removes
-  // itself, so a second Ctrl-C terminates at once (profile writes are atomic either way).
-  const onSigint = () => {
-    controller.abort();
-    process.off('SIGINT', onSigint);
-    io.err('\ninterrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
-  };
-  process.on('SIGINT', onSigint);
+  // First Ctrl-C: stop at the next checkpoint, writing nothing (profile writes are atomic either
+  // way); a second one quits at once.
+  const interrupt = onInterrupt(io, 'interrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
   let result: CalibrateResult;
   try {
     result = await calibrate({
@@ -73,10 +68,10 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       force: opts.force,
       strictData: opts.strictData,
       onProgress: progress.fn,
-      signal: controller.signal,
+      signal: interrupt.signal,
     });
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
     progress.stop();
   }
   for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
