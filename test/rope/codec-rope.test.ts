@@ -99,7 +99,14 @@ describe('per-layer RoPE in one plan', () => {
       return seg.table < 0 ? undefined : byTable[seg.table];
     });
     const x = new Float32Array(T * plan.dim);
-    gatherHeads(cache.keys, layers, KV, HD, T, 0, T, x, host, new Float64Array(T));
+    const norms = new Float64Array(T);
+    gatherHeads(cache.keys, layers, KV, HD, T, 0, T, x, host, norms);
+    // the range check's sums are the un-rotated keys' squares (÷ f² on layer 2's rotated dims)
+    for (let t = 0; t < T; t++) {
+      let want = 0;
+      for (let l = 0; l < L; l++) for (let h = 0; h < KV; h++) for (let d = 0; d < HD; d++) want += pre[l][(h * T + t) * HD + d] ** 2;
+      expect(Math.abs(norms[t] - want)).toBeLessThan(1e-5 * want);
+    }
     // host [G, n, hd] equals the pre-RoPE keys
     layers.forEach((l, li) => expect(maxAbs(x.subarray(li * KV * T * HD, (li + 1) * KV * T * HD), pre[l])).toBeLessThan(1e-5));
 

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { applyRope, undoRope } from './rope-reference.js';
+import { layerTables, RopeTable } from '../../src/rope/rope-table.js';
 import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
 import { rng } from '../codec/rng.js';
@@ -75,5 +76,37 @@ describe('RoPE', () => {
 
   it('rejects a rotaryDim that does not fit the head', () => {
     expect(() => applyRope(new Float32Array(8), 1, 1, 8, { theta: 1e4, rotaryDim: 10, layout: 'half' }, 0)).toThrow(/rotaryDim/);
+  });
+});
+
+describe('RopeTable with an attention factor, and one table per distinct layer RoPE', () => {
+  it('apply multiplies cos and sin by the factor, undo divides (transformers attention_scaling)', () => {
+    const rope: RopeSpec = { theta: 10000, rotaryDim: 4, layout: 'half', attentionFactor: 1.5 };
+    const x = Float32Array.from([1, 2, 3, 4, 5, 6]);
+    const t = new RopeTable(rope, 6).at(3);
+    const y = new Float32Array(6);
+    t.rotate(x, 0, y, 0, 1);
+    const inv = ropeInvFreq(rope);
+    // pairs (0, 2), (1, 3); dims 4, 5 pass through unscaled
+    for (const i of [0, 1]) {
+      const c = Math.cos(3 * inv[i]) * 1.5;
+      const s = Math.sin(3 * inv[i]) * 1.5;
+      expect(y[i]).toBeCloseTo(x[i] * c - x[i + 2] * s, 5);
+      expect(y[i + 2]).toBeCloseTo(x[i + 2] * c + x[i] * s, 5);
+    }
+    expect([y[4], y[5]]).toEqual([5, 6]);
+    const z = new Float32Array(6);
+    t.rotate(y, 0, z, 0, -1);
+    for (let i = 0; i < 6; i++) expect(z[i]).toBeCloseTo(x[i], 5);
+  });
+
+  it('layerTables shares a table between layers with the same RoPE and gives null to layers without', () => {
+    const a: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half' };
+    const b: RopeSpec = { theta: 500000, rotaryDim: 8, layout: 'interleaved' };
+    const t = layerTables([a, null, b, a], 8, 100);
+    expect(t[1]).toBeNull();
+    expect(t[0]).toBe(t[3]);
+    expect(t[0]).not.toBe(t[2]);
+    expect(t[2]!.rope).toBe(b);
   });
 });
