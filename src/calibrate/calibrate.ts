@@ -264,7 +264,7 @@ export async function readSplit(
 }
 
 /** One basis being accumulated: a (layer group, kind) of one candidate grouping. */
-interface BasisState {
+export interface BasisState {
   kind: KvKind;
   layers: number[];
   dim: number;
@@ -272,7 +272,7 @@ interface BasisState {
   kernel: GramKernel;
 }
 
-async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Device): Promise<BasisState[]> {
+export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Device): Promise<BasisState[]> {
   const states: BasisState[] = [];
   for (const layers of layerGroups(spec.layers, grouping)) {
     for (const kind of ['key', 'value'] as KvKind[]) {

@@ -130,3 +130,53 @@ describe('calibrate --grouping auto on the bundled model', () => {
     }
   });
 });
+
+describe('the steps one by one, on the bundled model', () => {
+  it('openModel → readSplit → captureFit → captureCaches → fitCandidate → allocateForRatio, each doing what it says', async () => {
+    const { openModel, readSplit, basisStates, captureFit, captureCaches, fitCandidate, allocateForRatio } = await import('../../src/calibrate/calibrate.js');
+    const { stageTimer } = await import('../../src/calibrate/stage-times.js');
+    const { ModelRunner } = await import('../../src/model/runner.js');
+    const { blobSizeRatio } = await import('../../src/calibrate/measure.js');
+    const { planBitsPerToken } = await import('../../src/codec/types.js');
+    const opts = {
+      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 2048, heldout: 1024, report: 1024,
+      sink: 4, window: 128, grouping: 2 as const, chunk: 256, seed: 0, device: 'cpu' as const, out: join(tempDir('kvtc-steps-'), 'p'), force: false,
+    };
+    const { model } = await openModel(opts);
+    try {
+      const spec = model.spec;
+      const { split, seqLen } = await readSplit(opts, spec, model.tokenizer, [2], () => {});
+      expect(seqLen).toBe(512);
+      expect([split.fit.length, split.heldout.length, split.report.length]).toEqual([4, 2, 2]);
+      const runner = new ModelRunner(model);
+      const states = await basisStates(spec, 2, 'cpu');
+      // Layers [0,1], [2,3], [4]; keys and values.
+      expect(states.map((s) => `${s.kind}:${s.layers.join(',')}:${s.dim}`)).toEqual(['key:0,1:64', 'value:0,1:64', 'key:2,3:64', 'value:2,3:64', 'key:4:32', 'value:4:32']);
+      const timer = stageTimer();
+      let last = 0;
+      await captureFit(runner, spec, split.fit, [states], { sink: 4, chunk: 256, progress: (e) => { last = e.done ?? last; }, timer });
+      // Every fit token but the sink went into every covariance, and the progress counted the tokens.
+      for (const s of states) expect(s.acc.count).toBe(4 * (512 - 4));
+      expect(last).toBe(4 * 512);
+      expect(timer.seconds.forward).toBeGreaterThan(0);
+      expect(timer.seconds.covariance).toBeGreaterThan(0);
+      const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk: 256, progress: () => {} });
+      expect(tuning.map((c) => c.tokens)).toEqual([512, 512]);
+      const fitted = await fitCandidate(spec, states, tuning, 4, [8]);
+      expect(fitted.tables).toHaveLength(6);
+      for (const [i, t] of fitted.tables.entries()) {
+        expect(t.tokens).toBe(2 * (512 - 4));
+        expect(t.dim).toBe(states[i].dim);
+        expect(t.kind).toBe(states[i].kind);
+      }
+      const dims = states.map((s) => s.dim);
+      const { plans, scale } = allocateForRatio(fitted.tables, dims, 8, tuning, spec, 4, 128, 'deflate-rle');
+      // The search lands on the target on the tuning caches, and every plan keeps to its scaled budget.
+      expect(Math.abs(scale.ratio / 8 - 1)).toBeLessThan(0.02);
+      expect(blobSizeRatio(plans, fitted.tables, tuning, spec, 4, 128, 'deflate-rle')).toBeCloseTo(scale.ratio, 12);
+      for (const [i, p] of plans.entries()) expect(planBitsPerToken(p)).toBeLessThanOrEqual(Math.floor(((16 * dims[i]) / 8) * scale.scale));
+    } finally {
+      await model.session.release();
+    }
+  }, 120_000);
+});
