@@ -1,4 +1,4 @@
-// Tested by test/calibrate/calibrate.test.ts and test/acceptance/pinned-bytes.test.ts.
+// Tested by test/calibrate/measure.test.ts (bootstrap), test/calibrate/calibrate.test.ts and test/acceptance/pinned-bytes.test.ts.
 /**
  * Measurements on held-out caches: the real codec's ratio and error (encode, decode), and a
  * fast sizing of candidate plans from precomputed coefficients for the budget search.

@@ -32,3 +32,50 @@ describe('static-range search', () => {
     expect(staticSquaredError(v, v.length, lo, hi, 'int8')).toBeLessThan(50);
   });
 });
+
+describe('crossValidatedRange and minMaxRange', async () => {
+  const { crossValidatedRange, minMaxRange, rangeCandidates } = await import('../../src/fit/static-range.js');
+  const { mulberry32 } = await import('../../src/random.js');
+  const sample = (n: number, seed: number, tail: number) => {
+    const r = mulberry32(seed);
+    // Gaussian body (Box–Muller) with rare large outliers.
+    return Float64Array.from({ length: n }, () => {
+      const g = Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+      return r() < tail ? g * 20 : g;
+    });
+  };
+  const choose = (v: Float64Array, type: 'int2' | 'int4' | 'int8' | 'fp8') => {
+    const h = v.length / 2;
+    const a = v.subarray(0, h);
+    const b = v.subarray(h);
+    return crossValidatedRange(rangeCandidates(v), v, { cands: rangeCandidates(a), values: a }, { cands: rangeCandidates(b), values: b }, type);
+  };
+
+  it('minMaxRange covers every value after float32 rounding', () => {
+    const v = Float64Array.from([0.1, -0.30000000000000004, 1 / 3, 7.1]);
+    const { lo, hi } = minMaxRange(v);
+    expect(lo).toBe(Math.fround(lo));
+    expect(hi).toBe(Math.fround(hi));
+    expect(lo).toBeLessThanOrEqual(-0.30000000000000004);
+    expect(hi).toBeGreaterThanOrEqual(7.1);
+    expect(minMaxRange(new Float64Array(0))).toEqual({ lo: 0, hi: 0 });
+  });
+
+  it('keeps the tuned clip where it wins out of fold (int2 on heavy tails) and min/max where it does not', () => {
+    const v = sample(4000, 1, 0.01);
+    const int2 = choose(v, 'int2');
+    expect(int2.source).toBe('tuned');
+    // The tuned int2 clip is much narrower than the data's range.
+    expect(int2.hi - int2.lo).toBeLessThan(0.5 * (Math.max(...v) - Math.min(...v)));
+    // A min/max choice is exactly the values' min/max range.
+    for (const type of ['int2', 'int4', 'int8', 'fp8'] as const) {
+      const c = choose(v, type);
+      const mm = minMaxRange(v);
+      if (c.source === 'minmax') expect([c.lo, c.hi]).toEqual([mm.lo, mm.hi]);
+    }
+    // Uniform data with no tails: min/max is the right clip for int8, and cross-validation keeps it.
+    const r = mulberry32(5);
+    const u = Float64Array.from({ length: 4000 }, () => r() * 2 - 1);
+    expect(choose(u, 'int8').source).toBe('minmax');
+  });
+});
