@@ -7,9 +7,11 @@
 // error of the k Ritz values against the dense eigenvalues, the variance the k vectors capture
 // over the dense top-k variance, and the worst 1 − ‖V_rᵀ v_j‖² over the top k/2 dense vectors.
 // A second table times the whole per-basis fit (fit-pool.ts fitBasisTables: eigen, projection
-// and error tables) on H held-out tokens drawn from the same covariance, with and without maxRank.
+// and error tables) on H held-out tokens drawn from the same covariance, with and without maxRank,
+// and the relative change of the DP's held-out error (residual included) against the dense fit.
 import { fitBasisTables } from '../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync, runStepsOnOrt } from '../src/fit/eigen-ort.js';
+import { type AllocationTables, allocateDetailed } from '../src/fit/fit.js';
 import { randomizedEigenAsync, type RandomizedEigenOptions } from '../src/fit/eigen-randomized.js';
 import type { MatMulRequest } from '../src/fit/eigen-types.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../src/fit/ort-thresholds.js';
@@ -112,15 +114,22 @@ for (const p of sizes) {
 }
 
 console.log(`\nper-basis fit (fitBasisTables: eigen + projection + error tables), ${H} held-out tokens, medians of ${reps}`);
-console.log('| p | dense, all p components | maxRank = 0.4p | maxRank = 0.1p |');
-console.log('|---|---|---|---|');
+console.log('| p | dense, all p components | maxRank = 0.4p | maxRank = 0.1p | DP error vs dense: 0.4p at 30x; 0.1p at 120x |');
+console.log('|---|---|---|---|---|');
 for (const p of sizes) {
   const cov = await keyLikeCovariance(p, p, threads);
   const heldout = await heldoutSamples(p, p, H, threads);
   const job = { kind: 'key' as const, layers: [0], dim: p, cov, mean: new Float64Array(p), heldout, heldoutTokens: H };
   const ranks = [undefined, Math.round(0.4 * p), Math.round(0.1 * p)];
   const runs: { eigen: number; tables: number }[][] = ranks.map(() => []);
-  for (const maxRank of ranks) await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads }); // warm-up
+  const tables: AllocationTables[] = []; // warm-up
+  for (const maxRank of ranks) tables.push((await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads })).tables);
+  // maxRankForRatios(p, [30]) = 0.4p and maxRankForRatios(p, [120]) = 0.1p: the ratios these maxRanks serve.
+  const dp = ([30, 120] as const).map((ratio, i) => {
+    const budget = Math.floor((16 * p) / ratio);
+    const d = allocateDetailed(tables[0], budget).allocation.error;
+    return `${(allocateDetailed(tables[i + 1], budget).allocation.error / d - 1).toExponential(1)}`;
+  });
   for (let r = 0; r < reps; r++) {
     for (const [i, maxRank] of ranks.entries()) runs[i].push((await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads })).seconds);
   }
@@ -130,5 +139,5 @@ for (const p of sizes) {
     return `${(e + t).toFixed(2)} s (eigen ${e.toFixed(2)} + tables ${t.toFixed(2)})`;
   };
   const note = p < RANDOMIZED_EIGEN_MIN_P ? ' (below RANDOMIZED_EIGEN_MIN_P: maxRank is ignored)' : '';
-  console.log(`| ${p}${note} | ${runs.map(cell).join(' | ')} |`);
+  console.log(`| ${p}${note} | ${runs.map(cell).join(' | ')} | ${dp.join('; ')} |`);
 }
