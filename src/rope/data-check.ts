@@ -75,8 +75,8 @@ export interface RopeCheckReport {
 
 /** Token pairs sampled for layer 0 (the exact test). */
 export const MAX_PAIRS = 256;
-/** Deeper layers (the relative test): fewer pairs and heads; a wrong reading is far off there. */
-const DEEP_PAIRS = 96;
+/** Deeper layers (the relative test): at most DEEP_HEADS heads and DEEP_WORK (pair, head) samples. */
+const DEEP_WORK = 384;
 const DEEP_HEADS = 4;
 /** Fewer same-token pairs than this: too little evidence, the check reports checked: false. */
 export const MIN_PAIRS = 8;
@@ -306,15 +306,17 @@ export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
   }
   const pairs = sameTokenPairs(inp.ids, inp.tokens, inp.startPosition);
   const ps = pairSet(pairs);
-  const step = Math.max(1, pairs.length / DEEP_PAIRS);
-  const deep = pairSet(Array.from({ length: Math.min(DEEP_PAIRS, pairs.length) }, (_, i) => pairs[Math.floor(i * step)]));
+  const deepHeads = Math.min(DEEP_HEADS, inp.kvHeads);
+  const deepPairs = Math.min(pairs.length, Math.ceil(DEEP_WORK / deepHeads));
+  const step = pairs.length / deepPairs;
+  const deep = pairSet(Array.from({ length: deepPairs }, (_, i) => pairs[Math.floor(i * step)]));
   if (pairs.length < MIN_PAIRS) {
     return { checked: false, reason: `only ${pairs.length} pairs of repeated tokens (need ${MIN_PAIRS}); give a longer text`, pairs: pairs.length, layers: [] };
   }
   const report: RopeCheckReport = { checked: true, pairs: pairs.length, layers: [] };
   for (let l = 0; l < layers.length; l++) {
     const exact = l === 0 && !inp.absolutePositions;
-    const [set, heads] = exact ? [ps, inp.kvHeads] : [deep, Math.min(DEEP_HEADS, inp.kvHeads)];
+    const [set, heads] = exact ? [ps, inp.kvHeads] : [deep, deepHeads];
     const perPair = layers[l] ? new Float64Array(layers[l]!.rotaryDim / 2) : undefined;
     const s0 = score(keys[l], inp, layers[l], set, heads, perPair);
     if (exact && s0 <= EXACT) {

@@ -1,5 +1,5 @@
 // calibrate → encode → decode on family fixtures whose layers share one RoPE, part 1
-// (test/rope/family-codec.ts; families-codec-3 has per-layer, yarn, longrope and NoPE).
+// (test/rope/family-codec.ts; families-codec-3 and -4 have per-layer, NoPE, yarn and longrope).
 import { family } from './family-fixtures.js';
 import { codecRoundTrips } from './family-codec.js';
 

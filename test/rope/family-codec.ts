@@ -1,6 +1,6 @@
 /**
  * calibrate → capture → encode → decode on one family fixture (transformers 5.x config form),
- * shared by test/rope/families-codec-{1,2,3}.test.ts (split so each file stays well under 30 s): the
+ * shared by test/rope/families-codec-{1,2,3,4}.test.ts (split so each file stays well under 30 s): the
  * profile is fitted on keys un-rotated per layer as kvtc reads the family, and a captured cache
  * round-trips through the codec with a bounded, nonzero error.
  */

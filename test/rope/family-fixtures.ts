@@ -109,7 +109,7 @@ function gemma2(): FamilyDef {
 }
 
 function gemma3(): FamilyDef {
-  const s = shape({ headDim: 32, layers: 6 });
+  const s = shape({ headDim: 32, layers: 6, kvHeads: 1 }); // one KV head, as Gemma 3 1B
   const base = (st: ConfigStyle) => ({
     ...common(s, st, 'Gemma3ForCausalLM', 'gemma3_text'), head_dim: s.headDim, hidden_activation: 'gelu_pytorch_tanh', query_pre_attn_scalar: 32,
     sliding_window: 32, final_logit_softcapping: null, attn_logit_softcapping: null, attention_bias: false,
