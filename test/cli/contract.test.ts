@@ -113,7 +113,7 @@ describe('inspect --model', () => {
     const r = await kvtc('inspect', '--model', DEFAULT_MODEL_DIR);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/LlamaForCausalLM: 5 layers, 8 heads \/ 4 KV heads × 8, KV float32/);
-    expect(r.stdout).toMatch(/0-4\s+10000\s+8 of 8\s+half \(pairs \(i, i\+4\)\)\s+none\s+config\.json/);
+    expect(r.stdout).toMatch(/0-4\s+10000\s+8 of 8\s+half \(pairs \(i, i\+4\)\)\s+none\s+1\n[\s\S]*read from: config\.json/);
     const j = JSON.parse((await kvtc('inspect', PROFILE, '--model', DEFAULT_MODEL_DIR, '--json')).stdout);
     expect(j.model_reading.rope).toEqual([expect.objectContaining({ layers: '0-4', theta: 10000, rotary_dim: 8, layout: 'half', scaling: null })]);
     expect(j.model_reading.fingerprint.id).toBe(j.manifest.model.fingerprint.id);
