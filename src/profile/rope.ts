@@ -1,4 +1,4 @@
-// Tested by test/profile/profile-io.test.ts and test/profile/invalid-profiles.test.ts.
+// Tested by test/profile/rope-v2.test.ts, test/rope/model-rope.test.ts and test/profile/invalid-profiles.test.ts.
 /**
  * The profile's RoPE (manifest `model.rope`) to and from each layer's RoPE (src/rope): what the
  * manifest records, what encode/decode un-rotate with, and how a profile's RoPE differs from a
