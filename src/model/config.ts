@@ -135,7 +135,7 @@ export function normalizeHfConfig(cfg: Json, file = 'config.json'): NormalizedCo
   const maxPositions = posInt(cfg, k.positions, file, 2048);
   const rope = ropeFromConfig(cfg, { family, layers, headDim, maxPositions, file, notes });
   if (typeof cfg.sliding_window === 'number' && cfg.use_sliding_window !== false) {
-    notes.push(`sliding_window ${cfg.sliding_window}: the cache must keep every token (an export whose sliding layers keep only the window is refused by its cache shapes); attention beyond the window is the ONNX graph's business`);
+    notes.push(`sliding_window ${cfg.sliding_window}: kvtc expects every layer's cache to keep every token (an export whose sliding layers keep only the last ${cfg.sliding_window} is not supported); attention beyond the window is the ONNX graph's business`);
   }
   return {
     spec: {
