@@ -8,6 +8,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildLlamaGraph } from '../../src/convert/llama-graph.js';
+import { normalizeHfConfig } from '../../src/model/config.js';
 import { createSession } from '../../src/onnx/session.js';
 import { emptyPast, step, type CacheShape } from '../convert/run-llama.js';
 import { buildFamilyFixture, FAMILIES, type ConfigStyle, type FamilyFixture } from './family-fixtures.js';
@@ -104,5 +106,21 @@ describe('family fixtures', () => {
       else expect(e).toBeLessThan(1e-5);
     }
     await session.release();
+  });
+
+  it.each(FAMILIES.map((d) => [d.name, d] as const))("%s: the converter's default RoPE (kvtc's reading of config.json) builds the same keys", async (name, def) => {
+    const fx = await buildFamilyFixture(def, '5.x', join(tmp, `conv-${name}`));
+    const { spec } = normalizeHfConfig(fx.config);
+    const onnx = buildLlamaGraph(fx.weights, { ...spec, kvDtype: 'float32' }, { rmsNormEps: 1e-6, qkNorm: def.qkNorm, positionEmbeddings: fx.positionEmbeddings });
+    const [a, b] = await Promise.all([createSession(join(fx.dir, 'onnx', 'model.onnx')), createSession(onnx)]);
+    const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
+    // A prompt past longrope's switch (64) and lone tokens on both sides of it.
+    const ids = Array.from({ length: 100 }, (_, i) => 3 + ((i * 7) % 50));
+    for (const [tokens, positions] of [[ids, undefined], [[42], [[10]]], [[42], [[150]]]] as const) {
+      const ra = await step(a, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
+      const rb = await step(b, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
+      for (let l = 0; l < def.layers; l++) expect(relativeError(rb.presentF32[2 * l], ra.presentF32[2 * l]), `layer ${l}`).toBeLessThan(1e-5);
+    }
+    await Promise.all([a.release(), b.release()]);
   });
 });
