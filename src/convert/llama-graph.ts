@@ -78,6 +78,12 @@ export interface LlamaGraphOptions {
   qkNorm?: 'head' | 'projection';
   /** Learned absolute position embeddings [positions, hidden] added to the token embeddings (GPT-2's wpe). */
   positionEmbeddings?: Float32Array;
+  /**
+   * Per layer, a window W: present.{l}.key/value hold only the last W tokens, as some exports of
+   * sliding-window layers (Gemma 2/3) cache them; null or absent: every token. Attention inside
+   * the pass still sees every cached and new token; this only shapes the cache outputs.
+   */
+  cacheWindow?: (number | null)[];
 }
 
 const FLOAT = 1;
@@ -127,6 +133,9 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
     });
   }
   if (o.layerRope && o.layerRope.length !== s.layers) throw bad('layerRope', o.layerRope.length, s.layers);
+  if (o.cacheWindow && (o.cacheWindow.length !== s.layers || o.cacheWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))) {
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: cacheWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.cacheWindow)}`, { fix: 'Fix cacheWindow.' });
+  }
   if (!o.layerRope && s.rope.length !== s.layers) throw bad('rope (one per layer)', s.rope.length, s.layers);
   layerRopes(s, o).forEach((r, i) => {
     if (!r) return;
@@ -281,11 +290,13 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     const k = proj('k', lw.kProj, KV, lw.kNorm);
     const v = splitHeads(linear(h, `${p}.self_attn.v_proj.weight.T`, lw.vProj, KV * D, H), KV);
 
+    const window = opts.cacheWindow?.[l];
     const cache = (t: string, pastName: string, kind: 'key' | 'value') => {
       const name = `present.${l}.${kind}`;
       const stored = kvType === 'float16' ? g.op('Cast', [t], { to: FLOAT16 }) : t;
-      g.op('Concat', [pastName, stored], { axis: 2 }, { names: [name] });
-      return kvType === 'float16' ? g.op('Cast', [name], { to: FLOAT }) : name; // [B, KV, T, D]
+      const all = window ? g.op('Concat', [pastName, stored], { axis: 2 }) : g.op('Concat', [pastName, stored], { axis: 2 }, { names: [name] });
+      if (window) g.op('Slice', [all, i64([-window]), i64([Number.MAX_SAFE_INTEGER]), i64([2])], {}, { names: [name] });
+      return kvType === 'float16' ? g.op('Cast', [all], { to: FLOAT }) : all; // [B, KV, T, D]
     };
     const kAll = cache(k, past[l].key, 'key');
     const vAll = cache(v, past[l].value, 'value');

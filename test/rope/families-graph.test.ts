@@ -123,4 +123,24 @@ describe('family fixtures', () => {
     }
     await Promise.all([a.release(), b.release()]);
   });
+
+  it('a sliding layer can cache only its window (present holds the last W tokens, as some Gemma exports do)', async () => {
+    const def = FAMILIES.find((d) => d.name === 'gemma2')!;
+    const full = await buildFamilyFixture(def, '5.x', join(tmp, 'win-full'));
+    const win = await buildFamilyFixture(def, '5.x', join(tmp, 'win-16'), { cacheWindow: [16, null] });
+    const [a, b] = await Promise.all([createSession(join(full.dir, 'onnx', 'model.onnx')), createSession(join(win.dir, 'onnx', 'model.onnx'))]);
+    const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
+    const ids = Array.from({ length: 40 }, (_, i) => 3 + i);
+    const ra = await step(a, shape, [ids], emptyPast(shape));
+    const rb = await step(b, shape, [ids], emptyPast(shape));
+    expect(rb.present['past_key_values.0.key'].dims).toEqual([1, def.kvHeads, 16, def.headDim]);
+    expect(rb.present['past_key_values.1.key'].dims).toEqual([1, def.kvHeads, 40, def.headDim]);
+    const D = def.headDim;
+    for (let h = 0; h < def.kvHeads; h++) {
+      const want = ra.presentF32[0].subarray((h * 40 + 24) * D, (h * 40 + 40) * D);
+      expect(Array.from(rb.presentF32[0].subarray(h * 16 * D, (h + 1) * 16 * D))).toEqual(Array.from(want));
+    }
+    expect(rb.logits).toEqual(ra.logits); // attention inside the pass is unchanged
+    await Promise.all([a.release(), b.release()]);
+  });
 });

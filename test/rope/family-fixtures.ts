@@ -252,7 +252,7 @@ export const graphRope = (r: RefLayerRope | null): GraphLayerRope | null =>
   r && { invFreq: r.invFreq, rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor, ...(r.long ? { long: r.long } : {}) };
 
 /** Writes the fixture model directory `out` for one family and config style; deterministic in the seed. */
-export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out: string, opts: { seed?: number; std?: number; kvDtype?: 'float32' | 'float16' } = {}): Promise<FamilyFixture> {
+export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out: string, opts: { seed?: number; std?: number; kvDtype?: 'float32' | 'float16'; cacheWindow?: (number | null)[] } = {}): Promise<FamilyFixture> {
   const { seed = 1, std = 0.1, kvDtype = 'float32' } = opts;
   const config = def.config[style];
   const ropes = transformersLayerRopes(config);
@@ -263,7 +263,7 @@ export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out
   const onnx = buildLlamaGraph(weights, {
     layers, heads, kvHeads, headDim, hidden, vocabSize: VOCAB, kvDtype,
     rope: { theta: 10000, rotaryDim: headDim, layout: 'half' }, // unused: layerRope is given
-  }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings });
+  }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings, cacheWindow: opts.cacheWindow });
   await mkdir(join(out, 'onnx'), { recursive: true });
   await writeFile(join(out, 'onnx', 'model.onnx'), onnx);
   await writeFile(join(out, 'config.json'), `${JSON.stringify({ _name_or_path: `kvtc-test/${def.name}`, ...config }, null, 2)}\n`);
