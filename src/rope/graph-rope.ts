@@ -84,6 +84,10 @@ export interface GraphRope {
 }
 
 export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number, base: RopeSpec): Promise<GraphRope | undefined> {
+  // The cache is fitted with a plain or linear/llama3 rule; yarn/longrope and attention factors
+  // are not what com.microsoft rotary caches hold, so they are not candidates.
+  const sc = base.scaling;
+  base = { theta: base.theta, rotaryDim: base.rotaryDim, layout: base.layout, ...(sc && (sc.type === 'linear' || sc.type === 'llama3') ? { scaling: sc } : {}) };
   const nodes = rotaryNodes(g);
   if (nodes.length === 0) return undefined;
   const first = nodes[0];
