@@ -11,8 +11,10 @@
  * unrelated), scores a few plausible misreadings the same way (theta ×/÷ 10 and 100, the other
  * layout, another rotary dim, no RoPE / RoPE on a layer read as NoPE, scaling ignored, another
  * layer's RoPE), and stops with ROPE_MISMATCH when the data fits a misreading clearly better
- * than the config, or when layer 0's keys do not agree at all. Costs a few milliseconds: at most
- * MAX_PAIRS token pairs per layer, no model run.
+ * than the config, or when layer 0's keys do not agree at all. No model run, and the work does
+ * not grow with the cache: MAX_PAIRS token pairs on layer 0, ~DEEP_WORK (pair, head) samples on
+ * each deeper layer, ~15 readings each; 0.6 s for 32 layers × 8 KV heads × head_dim 128 on a
+ * busy 2-core machine, milliseconds on the test fixtures.
  *
  * It works on a small per-layer description (CheckRope), so any reading of a config can be
  * checked; checkModelRope is the call for kvtc's own reading (ModelRope, src/rope/types.ts), as
