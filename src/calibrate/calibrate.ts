@@ -36,6 +36,7 @@ import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
 import { profileOutDirs } from './outputs.js';
+import { ropeSafeChunk } from '../rope/freqs.js';
 import { stageTimer, type StageTimer } from './stage-times.js';
 
 /** Layers per basis: one per layer, k consecutive layers, all layers, or chosen by measurement. */
@@ -426,11 +427,13 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     lap('tokenize');
 
     const runner = new ModelRunner(model);
+    // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
+    const chunk = ropeSafeChunk(spec.rope, opts.chunk);
     const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
-    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk: opts.chunk, signal: opts.signal, progress, timer });
+    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
-    const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk: opts.chunk, signal: opts.signal, progress });
-    const report = await captureCaches(runner, split.report, 'report', { chunk: opts.chunk, signal: opts.signal, progress });
+    const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
+    const report = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress });
     await release();
     lap('forward');
 

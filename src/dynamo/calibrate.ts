@@ -14,6 +14,7 @@
 import { basename, join } from 'node:path';
 import { checkRatios } from '../calibrate/calibrate.js';
 import { stageTimer } from '../calibrate/stage-times.js';
+import { ropeSafeChunk } from '../rope/freqs.js';
 import { buildSequences } from '../calibrate/sequences.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
@@ -206,7 +207,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     for (const ids of split.fit) {
       checkAbort(opts.signal);
       let t = performance.now();
-      const { cache } = await runner.prefill(ids, { chunk: opts.chunk });
+      const { cache } = await runner.prefill(ids, { chunk: ropeSafeChunk(model.spec.rope, opts.chunk) });
       timer.add('forward', (performance.now() - t) / 1000);
       t = performance.now();
       const { first, count } = fullBlocks(cache, B);
@@ -224,7 +225,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     done = 0;
     for (const ids of split.heldout) {
       checkAbort(opts.signal);
-      held.push((await runner.prefill(ids, { chunk: opts.chunk })).cache);
+      held.push((await runner.prefill(ids, { chunk: ropeSafeChunk(model.spec.rope, opts.chunk) })).cache);
       done += ids.length;
       progress({ stage: 'capturing held-out KV', done, total: split.heldout.length * seqLen, unit: 'tokens' });
     }
