@@ -171,6 +171,25 @@ describe('RoPE data check', () => {
     expect(e?.message).toMatch(/layer 1 is read as having no RoPE/);
   });
 
+  it('catches a longrope cache grown past the switch in several passes (short and long factors mixed)', async () => {
+    const def = family('phi3-longrope');
+    const fx = await buildFamilyFixture(def, '5.x', join(tmp, 'phi3-chunked'));
+    const session = await createSession(join(fx.dir, 'onnx', 'model.onnx'));
+    const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
+    let r = await step(session, shape, [IDS.slice(0, 32)], emptyPast(shape));
+    for (let t = 32; t < TOKENS; t += 32) r = await step(session, shape, [IDS.slice(t, t + 32)], r.present);
+    await session.release();
+    const data = { keys: [0, 1].map((l) => r.presentF32[2 * l]), kvHeads: def.kvHeads, headDim: def.headDim, tokens: TOKENS, startPosition: 0, ids: IDS };
+    // kvtc's reading of a 160-token cache: long factors everywhere (one prefill would have used them).
+    const asOnePrefill = readAs(def.config['5.x']).map((c) => c && { ...c, invFreq: c.long!.invFreq, long: undefined });
+    const e = mismatch({ ...data, layers: asOnePrefill });
+    expect(e.context?.layer).toBe(0);
+    expect(e.message).toMatch(/suspect RoPE scaling/);
+    // Told which pass each token came from, the check agrees with the cache.
+    const perPass = readAs(def.config['5.x']);
+    expect(checkRopeFromData({ ...data, layers: perPass, seqLen: (t) => Math.min(TOKENS, (Math.floor(t / 32) + 1) * 32) }).layers[0].score).toBeLessThan(1e-9);
+  });
+
   it('reports checked: false, not a verdict, without enough repeated tokens', async () => {
     const def = family('granite');
     const data = await capture(def);
