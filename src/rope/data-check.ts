@@ -303,9 +303,12 @@ function firstDisagreeing(perPair: Float64Array): number {
  */
 export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
   const { keys, layers } = inp;
-  if (layers.length !== keys.length) {
-    throw new KvtcError('INTERNAL', `checkRopeFromData: ${layers.length} layer RoPEs for ${keys.length} cached layers`, { fix: 'This is a kvtc bug: please report it with the command you ran.' });
-  }
+  const bug = (what: string) => new KvtcError('INTERNAL', `checkRopeFromData: ${what}`, { fix: 'This is a kvtc bug: please report it with the command you ran.' });
+  if (layers.length !== keys.length) throw bug(`${layers.length} layer RoPEs for ${keys.length} cached layers`);
+  if (inp.ids.length !== inp.tokens) throw bug(`${inp.ids.length} token ids for ${inp.tokens} cached tokens`);
+  keys.forEach((k, l) => {
+    if (k.length !== inp.kvHeads * inp.tokens * inp.headDim) throw bug(`layer ${l} keys have ${k.length} values, not kvHeads*tokens*headDim = ${inp.kvHeads * inp.tokens * inp.headDim}`);
+  });
   const pairs = sameTokenPairs(inp.ids, inp.tokens, inp.startPosition);
   const ps = pairSet(pairs);
   const deepHeads = Math.min(DEEP_HEADS, inp.kvHeads);

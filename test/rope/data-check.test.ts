@@ -198,5 +198,8 @@ describe('RoPE data check', () => {
     const r = checkRopeFromData({ ...data, ids: few, layers: readAs(def.config['5.x']) });
     expect(r.checked).toBe(false);
     expect(r.reason).toMatch(/repeated tokens/);
+    // Inputs that do not describe the cache are kvtc bugs, not verdicts.
+    expect(() => checkRopeFromData({ ...data, ids: IDS.slice(1), layers: readAs(def.config['5.x']) })).toThrow(/159 token ids for 160 cached tokens/);
+    expect(() => checkRopeFromData({ ...data, layers: readAs(def.config['5.x']).slice(1) })).toThrow(/1 layer RoPEs for 2 cached layers/);
   });
 });
