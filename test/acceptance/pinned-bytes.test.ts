@@ -15,11 +15,16 @@ const tensorSha256 = (path: string) => {
   return createHash('sha256').update(b.subarray(8 + Number(b.readBigUInt64LE(0)))).digest('hex');
 };
 
-const PROFILE_JSON = 'b2e0038b21cb74daabcc8d0c14fafa9e1eec373e5ffc2b8318b0f231bdde8084'; // fingerprint v2 (spec_sha256) since the model-identity change
-const PROFILE_TENSORS = 'e94ff196c73068d98239d3fdef3131bbc5560e321897d868940850999a23d022';
-const CACHE = '077e3ca3f75bfadc977bdcbcd8f3fb75eb8ce5c174b360ac876e3fdc2a025a4a'; // its metadata names the fingerprint
-const DECODED = 'f437d1fb6db935f4412fb859a977635a89ca37e34657c30730e5cc591f1b90d0';
-const BLOB = '4acd8d92606d8384c1fda550133279111ffc5104cb3ed77d341f84e47c2dc682';
+// Re-pinned with the three-way split, --grouping auto and profile format 2 (issue 15, issue 12).
+// These hashes come from ONNX Runtime forward passes, whose float results depend on the CPU's
+// kernels (MLAS picks AVX2/AVX-512 code paths): on another CPU the captured cache can differ in
+// its last bits (CACHE 077e3ca3… on the machine of the previous pin, f625b13d… here, from the
+// same code), and the profile and blob with it. Re-pin on the machine CI runs on.
+const PROFILE_JSON = '02a2c6423e059b5a00a6e7b0b97968122d032b752a2348ebb0a03b8a2f99fee4';
+const PROFILE_TENSORS = 'a161ae5842dc779967f2a1905806a58f127262b7a1b50d529e228a67e9f78bdf';
+const CACHE = 'f625b13dda0f14658a821f44d2adfbb259c54a159f7299e455ef2399a1e48e28'; // its metadata names the fingerprint
+const DECODED = 'c040494f0716db41449aab2f1bf6eddaac28fc7e88c8b719cb5da5f007c68e4c';
+const BLOB = 'f3d560810ed772227cd1d145e75b2d0f63f1d01da7a12d96bcab33815330b7d3';
 
 describe('pinned bytes', () => {
   it('calibrate re-derives the committed stories260k profile byte for byte', async () => {
