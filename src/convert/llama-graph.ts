@@ -192,53 +192,55 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   const scalarI64 = (v: number) => g.constant(g.fresh('s'), BigInt64Array.of(BigInt(v)), []);
   const embed = g.constant('model.embed_tokens.weight', weights.embedTokens, [V, H]);
   let x = g.op('Gather', [embed, inputIds], { axis: 0 }); // [B, S, H]
-  const posF = g.op('Cast', [positionIds], { to: FLOAT }); // [B, S]
   if (opts.positionEmbeddings) {
     const wpe = g.constant('model.wpe.weight', opts.positionEmbeddings, [opts.positionEmbeddings.length / H, H]);
     x = g.op('Add', [x, g.op('Gather', [wpe, positionIds], { axis: 0 })]);
   }
 
-  // RoPE tables from position_ids, one per distinct layer RoPE (transformers' rotary embedding:
-  // freqs = position * inv_freq in float32, cos/sin times attention_scaling).
+  // RoPE tables from position_ids, one per distinct layer RoPE, built here in layer order
+  // (transformers' rotary embedding: freqs = position * inv_freq in float32, cos/sin times
+  // attention_scaling). The first table's nodes and names are those the single-RoPE builder
+  // always wrote, so converted models stay byte-identical.
   //   half:        cos/sin [B, 1, S, R] of cat(freqs, freqs), pairs (i, i + R/2)
   //   interleaved: cos/sin [B, 1, S, R/2, 1], pairs (2i, 2i + 1)
-  const tables = new Map<string, { cos: string; sin: string }>();
-  const posCol = g.op('Unsqueeze', [posF, i64([2])]); // [B, S, 1]
-  const table = (r: GraphLayerRope) => {
-    const key = JSON.stringify([Array.from(r.invFreq), r.rotaryDim, r.layout, r.attentionFactor ?? 1, r.long ? [Array.from(r.long.invFreq), r.long.above] : null]);
-    const hit = tables.get(key);
-    if (hit) return hit;
+  interface Table { cos: string; sin: string; halves?: string }
+  const ropes = layerRopes(spec, opts);
+  const tables = new Map<string, Table>();
+  const key = (r: GraphLayerRope) => JSON.stringify([Array.from(r.invFreq, Math.fround), r.rotaryDim, r.layout, r.attentionFactor ?? 1, r.long ? [Array.from(r.long.invFreq, Math.fround), r.long.above] : null]);
+  let posF: string | undefined; // [B, S, 1]
+  for (const r of ropes) {
+    if (!r || tables.has(key(r))) continue;
     const n = tables.size;
     const half = r.rotaryDim / 2;
-    let invFreq = g.constant(`rope.${n}.inv_freq`, Float32Array.from(r.invFreq), [half]);
+    let invFreq = g.constant(n === 0 ? 'rope.inv_freq' : `rope.${n}.inv_freq`, Float32Array.from(r.invFreq), [half]);
+    posF ??= g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: FLOAT }), i64([2])]);
     if (r.long) {
       // seq_len = max(position_ids) + 1 > above → long factors (for this forward pass).
       const long = g.constant(`rope.${n}.long_inv_freq`, Float32Array.from(r.long.invFreq), [half]);
       const seqLen = g.op('Add', [g.op('ReduceMax', [posF], { keepdims: 0 }), g.scalarF32(1, `rope.${n}.one`)]);
       invFreq = g.op('Where', [g.op('Greater', [seqLen, g.scalarF32(r.long.above, `rope.${n}.above`)]), long, invFreq]);
     }
-    const freqs = g.op('Mul', [posCol, invFreq]); // [B, S, R/2]
-    const angles = r.layout === 'half' ? g.op('Concat', [freqs, freqs], { axis: -1 }) : freqs;
-    const axes = r.layout === 'half' ? i64([1]) : i64([1, 4]);
-    let cos = g.op('Cos', [angles]);
-    let sin = g.op('Sin', [angles]);
-    if ((r.attentionFactor ?? 1) !== 1) {
-      const f = g.scalarF32(r.attentionFactor!, `rope.${n}.attention_factor`);
-      cos = g.op('Mul', [cos, f]);
-      sin = g.op('Mul', [sin, f]);
+    const freqs = g.op('Mul', [posF, invFreq]); // [B, S, R/2]
+    const scaled = (t: string) => ((r.attentionFactor ?? 1) === 1 ? t : g.op('Mul', [t, g.scalarF32(r.attentionFactor!, `rope.${n}.attention_factor`)]));
+    if (r.layout === 'half') {
+      const angles = g.op('Concat', [freqs, freqs], { axis: -1 }); // [B, S, R]
+      const cos = g.op('Unsqueeze', [scaled(g.op('Cos', [angles])), i64([1])]);
+      const sin = g.op('Unsqueeze', [scaled(g.op('Sin', [angles])), i64([1])]);
+      tables.set(key(r), { cos, sin, halves: i64([half, half]) });
+    } else {
+      const cos = g.op('Unsqueeze', [scaled(g.op('Cos', [freqs])), i64([1, 4])]);
+      const sin = g.op('Unsqueeze', [scaled(g.op('Sin', [freqs])), i64([1, 4])]);
+      tables.set(key(r), { cos, sin });
     }
-    const t = { cos: g.op('Unsqueeze', [cos, axes]), sin: g.op('Unsqueeze', [sin, axes]) };
-    tables.set(key, t);
-    return t;
-  };
+  }
   const rope = (t: string, r: GraphLayerRope | null): string => {
     if (!r) return t;
     const R = r.rotaryDim;
-    const { cos, sin } = table(r);
+    const { cos, sin, halves } = tables.get(key(r))!;
     const rotPart = R === D ? t : g.op('Slice', [t, i64([0]), i64([R]), i64([-1])]);
     let out: string;
     if (r.layout === 'half') {
-      const [a, b] = g.opN('Split', [rotPart, i64([R / 2, R / 2])], { axis: -1 }, { outputs: 2 });
+      const [a, b] = g.opN('Split', [rotPart, halves!], { axis: -1 }, { outputs: 2 });
       const rotated = g.op('Concat', [g.op('Neg', [b]), a], { axis: -1 });
       out = g.op('Add', [g.op('Mul', [rotPart, cos]), g.op('Mul', [rotated, sin])]);
     } else {
@@ -250,7 +252,6 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     }
     return R === D ? out : g.op('Concat', [out, g.op('Slice', [t, i64([R]), i64([D]), i64([-1])])], { axis: -1 });
   };
-  const ropes = layerRopes(spec, opts);
 
   // Mask [B, 1, 1, S, T]: key j visible to query i iff j <= past + i and attention_mask[b, j] = 1.
   const total = g.op('Squeeze', [g.op('Shape', [attentionMask], { start: 1, end: 2 }), i64([0])]);
