@@ -12,7 +12,9 @@
  *  3. Q = orth(Y) with shifted Cholesky-QR repeated until QᵀQ = I to ORTH_TOL (shifted
  *     CholeskyQR3, Fukaya, Kannan, Nakatsukasa, Yamamoto & Yanagisawa 2020): stable for any
  *     condition number below 1/u; rows it finds numerically dependent (A of rank < l) are
- *     replaced by fresh Gaussian rows, which only add Ritz values ≈ 0.
+ *     replaced by fresh Gaussian rows, which only add Ritz values ≈ 0. The Cholesky
+ *     factorization and the triangular solve are blocked, so their O(l³) and O(l²p) work is
+ *     products too.
  *  4. Rayleigh–Ritz: T = QᵀAQ [l, l], T = U·Θ·Uᵀ (symmetricEigen, or eigenSteps for large l),
  *     V = Q·U[:, :k]; Ritz values Θ are the Rayleigh quotients of the returned vectors.
  *
