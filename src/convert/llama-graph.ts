@@ -84,6 +84,8 @@ export interface LlamaGraphOptions {
    * the pass still sees every cached and new token; this only shapes the cache outputs.
    */
   cacheWindow?: (number | null)[];
+  /** One fused q/k/v projection (Phi-3's qkv_proj) instead of three; the same keys and values. */
+  fusedQkv?: boolean;
 }
 
 const FLOAT = 1;
@@ -91,6 +93,17 @@ const FLOAT16 = 10;
 const BOOL = 9;
 /** torch.finfo(float32).min, what transformers puts in masked attention scores. */
 const F32_MIN = -3.4028234663852886e38;
+
+/** nn.Linear weights stacked by output rows: [a; b; c]. */
+function concatRows(...ws: Float32Array[]): Float32Array {
+  const out = new Float32Array(ws.reduce((n, w) => n + w.length, 0));
+  let o = 0;
+  for (const w of ws) {
+    out.set(w, o);
+    o += w.length;
+  }
+  return out;
+}
 
 /** [rows, cols] → [cols, rows]: nn.Linear [out, in] to MatMul's [in, out]. */
 function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
@@ -278,9 +291,13 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   weights.layers.forEach((lw, l) => {
     const p = `model.layers.${l}`;
     const h = rmsNorm(x, g.constant(`${p}.input_layernorm.weight`, lw.inputNorm, [H]));
+    // Phi-3's qkv_proj: one [q; k; v] projection, split as modeling_phi3.py slices it.
+    const fused = opts.fusedQkv
+      ? g.opN('Split', [linear(h, `${p}.self_attn.qkv_proj.weight.T`, concatRows(lw.qProj, lw.kProj, lw.vProj), (heads + 2 * KV) * D, H), i64([heads * D, KV * D, KV * D])], { axis: -1 }, { outputs: 3 })
+      : undefined;
     // q/k as the attention module has them before RoPE, with the family's q/k norm.
     const proj = (kind: 'q' | 'k', w: Float32Array, n: number, norm: Float32Array | undefined) => {
-      let t = linear(h, `${p}.self_attn.${kind}_proj.weight.T`, w, n * D, H);
+      let t = fused ? fused[kind === 'q' ? 0 : 1] : linear(h, `${p}.self_attn.${kind}_proj.weight.T`, w, n * D, H);
       const normW = () => g.constant(`${p}.self_attn.${kind}_norm.weight`, norm!, [norm!.length]);
       if (opts.qkNorm === 'projection') t = rmsNorm(t, normW());
       t = splitHeads(t, n);
@@ -289,7 +306,7 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     };
     const q = proj('q', lw.qProj, heads, lw.qNorm);
     const k = proj('k', lw.kProj, KV, lw.kNorm);
-    const v = splitHeads(linear(h, `${p}.self_attn.v_proj.weight.T`, lw.vProj, KV * D, H), KV);
+    const v = splitHeads(fused ? fused[2] : linear(h, `${p}.self_attn.v_proj.weight.T`, lw.vProj, KV * D, H), KV);
 
     const window = opts.cacheWindow?.[l];
     const cache = (t: string, pastName: string, kind: 'key' | 'value') => {

@@ -114,6 +114,10 @@ describe('family fixtures', () => {
     const onnx = buildLlamaGraph(fx.weights, { ...spec, kvDtype: 'float32' }, { rmsNormEps: 1e-6, qkNorm: def.qkNorm, positionEmbeddings: fx.positionEmbeddings });
     const [a, b] = await Promise.all([createSession(join(fx.dir, 'onnx', 'model.onnx')), createSession(onnx)]);
     const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
+    // Phi-3's fixture projects q/k/v in one fused MatMul; the converted graph in three.
+    const fusedIn = async (bytes: Uint8Array) => Buffer.from(bytes).includes('qkv_proj.weight.T');
+    expect(await fusedIn(await readFile(join(fx.dir, 'onnx', 'model.onnx')))).toBe(def.fusedQkv === true);
+    expect(await fusedIn(onnx)).toBe(false);
     // A prompt past longrope's switch (64) and lone tokens on both sides of it.
     const ids = Array.from({ length: 100 }, (_, i) => 3 + ((i * 7) % 50));
     for (const [tokens, positions] of [[ids, undefined], [[42], [[10]]], [[42], [[150]]]] as const) {

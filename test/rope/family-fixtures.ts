@@ -14,7 +14,7 @@
  *                      q_proj(x) (k: num_key_value_heads * head_dim), then view, then RoPE
  *   GPT-2              modeling_gpt2.py: learned wpe added to the token embeddings, no RoPE
  * What does not change the cache's RoPE is kept Llama-shaped: the MLP is dense for the MoE
- * families, norms are RMSNorm, Phi-3's fused qkv_proj is three projections, Gemma's embedding
+ * families, norms are RMSNorm (Phi-3's qkv_proj is one fused MatMul, as exported), Gemma's embedding
  * scale, soft-capping and Granite's multipliers are not applied. The config still says what
  * the family's config says, because that is what kvtc reads.
  */
@@ -39,6 +39,8 @@ export interface FamilyDef {
   headDim: number;
   qkNorm?: 'head' | 'projection';
   absolutePositions?: boolean;
+  /** One qkv_proj MatMul, split into q, k, v (Phi-3). */
+  fusedQkv?: boolean;
   /** config.json as transformers 4.x and 5.x write it (5.x omitted: same as 4.x). */
   config: Record<ConfigStyle, Json>;
 }
@@ -139,7 +141,7 @@ function phi3(): FamilyDef {
     attention_dropout: 0, sliding_window: 262144, pad_token_id: 0, ...(st === '4.x' ? { partial_rotary_factor: 0.75 } : {}),
   });
   return {
-    name: 'phi3-longrope', ...s,
+    name: 'phi3-longrope', ...s, fusedQkv: true,
     config: {
       '4.x': { ...base('4.x'), rope_theta: 10000, rope_scaling: { type: 'longrope', short_factor: short, long_factor: long } },
       '5.x': { ...base('5.x'), rope_parameters: { rope_type: 'longrope', rope_theta: 10000, partial_rotary_factor: 0.75, short_factor: short, long_factor: long } },
@@ -263,7 +265,7 @@ export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out
   const onnx = buildLlamaGraph(weights, {
     layers, heads, kvHeads, headDim, hidden, vocabSize: VOCAB, kvDtype,
     rope: { theta: 10000, rotaryDim: headDim, layout: 'half' }, // unused: layerRope is given
-  }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings, cacheWindow: opts.cacheWindow });
+  }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings, cacheWindow: opts.cacheWindow, fusedQkv: def.fusedQkv });
   await mkdir(join(out, 'onnx'), { recursive: true });
   await writeFile(join(out, 'onnx', 'model.onnx'), onnx);
   await writeFile(join(out, 'config.json'), `${JSON.stringify({ _name_or_path: `kvtc-test/${def.name}`, ...config }, null, 2)}\n`);
