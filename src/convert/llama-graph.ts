@@ -1,4 +1,4 @@
-// Tested by test/convert/random-llama.test.ts.
+// Tested by test/convert/random-llama.test.ts, test/convert/stories260k.test.ts (byte for byte) and test/rope/families-graph.test.ts (per-layer RoPE, q/k norms, fused qkv, cache windows).
 /**
  * Builds a Llama decoder as a standard-ops ONNX graph (opset 17) in the Optimum
  * decoder-with-past layout:
