@@ -10,7 +10,7 @@ import { KvtcCodec } from '../../src/codec/codec.js';
 import { packedLength } from '../../src/codec/pack.js';
 import { TYPE_BITS } from '../../src/codec/types.js';
 import type { KvCache } from '../../src/model/types.js';
-import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
+import { fileURLToPath } from 'node:url';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile, type Profile } from '../../src/profile/io.js';
 import { allFinite, captureCache, explode, expectKvtcError, field, implode, mixedGroups, prefix, sameCache, setField, storeAll, withCrc, type Exploded } from './blob-tools.js';
@@ -25,7 +25,8 @@ let mixedBlob: Uint8Array;
 let ref: KvCache;
 
 beforeAll(async () => {
-  profile = await readProfile(`${DEFAULT_PROFILES_DIR}/stories260k`);
+  // The per-layer profile (10 plans) whose sections and layers the expected messages name.
+  profile = await readProfile(fileURLToPath(new URL('../fixtures/profile-v1', import.meta.url)));
   codec = await codecFromProfile(profile);
   mixed = await KvtcCodec.create(codec.spec, profile.plans.map(mixedGroups));
   cache = await captureCache(300);

@@ -13,7 +13,7 @@ import { encodePlanCodes, payloadLength } from '../../src/codec/payload.js';
 import type { BasisPlan } from '../../src/codec/types.js';
 import { floatToHalf, halfToFloat } from '../../src/io/fp16.js';
 import type { KvCache } from '../../src/model/types.js';
-import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
+import { fileURLToPath } from 'node:url';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile, type Profile } from '../../src/profile/io.js';
 import { allFinite, at, captureCache, cloneCache, expectKvtcError, explode, field } from './blob-tools.js';
@@ -24,7 +24,8 @@ let cache: KvCache; // float32, 300 tokens: raw [0, 4) and [172, 300), compresse
 let ref: KvCache; // decode of the unmodified cache
 
 beforeAll(async () => {
-  profile = await readProfile(`${DEFAULT_PROFILES_DIR}/stories260k`);
+  // The per-layer profile (10 plans) whose sections and layers the expected messages name.
+  profile = await readProfile(fileURLToPath(new URL('../fixtures/profile-v1', import.meta.url)));
   codec = await codecFromProfile(profile);
   cache = await captureCache(300);
   ref = (await codec.decode((await codec.encode(cache)).blob)).cache;

@@ -45,11 +45,13 @@ afterAll(async () => {
 });
 
 describe('perplexity proxy on the bundled model', () => {
-  it("in domain (its own stories): kvtc at 20x costs perplexity, and little", async () => {
+  it('in domain (its own stories): kvtc at 20x moves perplexity by less than 0.5%', async () => {
+    // This model barely uses distant context (docs/evaluation.md): in domain the proxy cannot
+    // resolve kvtc's cost; it only bounds it. (With one basis per layer it read +0.003 at 8192
+    // tokens; with the committed all-layer profile, 0.000 ± 0.002 across 4x–20x.)
     const r = await evaluatePerplexity(new ModelRunner(model), readFileSync(STORIES, 'utf8'), codecs, { tokens: 4096 });
     const d = r.codecs.kvtc.perplexity - r.baseline.perplexity;
-    expect(d).toBeGreaterThanOrEqual(0);
-    expect(d / r.baseline.perplexity).toBeLessThan(0.01);
+    expect(Math.abs(d) / r.baseline.perplexity).toBeLessThan(0.005);
   });
 
   it('out of domain (WikiText-2): kvtc lowers perplexity, and so does removing the distant values outright', async () => {

@@ -102,13 +102,13 @@ describe('bad input: non-zero exit, a message naming the problem, no output file
       name: 'unsupported architecture',
       setup: () => {
         const m = tempDir();
-        writeFileSync(join(m, 'config.json'), JSON.stringify({ architectures: ['GPT2LMHeadModel'], model_type: 'gpt2' }));
+        writeFileSync(join(m, 'config.json'), JSON.stringify({ architectures: ['BertForMaskedLM'], model_type: 'bert' }));
         mkdirSync(join(m, 'onnx'));
         writeFileSync(join(m, 'onnx', 'model.onnx'), 'x');
         return { model: m };
       },
       code: 1,
-      message: /UNSUPPORTED_ARCHITECTURE.*GPT2LMHeadModel.*LlamaForCausalLM/,
+      message: /UNSUPPORTED_ARCHITECTURE.*BertForMaskedLM.*LlamaForCausalLM/,
     },
     {
       name: 'a graph without present.* KV outputs',

@@ -3,12 +3,17 @@ import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { KvCache } from '../../src/model/types.js';
-import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { computeProfileId } from '../../src/profile/io.js';
 import { rng } from '../codec/rng.js';
 
-export const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
+/**
+ * The profile the surgery tests cut into: the per-layer format-1 profile committed before format 2
+ * (test/fixtures/profile-v1/ORIGIN.md; its plan indices, ranks and bits are what the expected
+ * messages name). The committed kvtc-profiles/stories260k now has one basis over all layers.
+ */
+export const PROFILE = fileURLToPath(new URL('../fixtures/profile-v1', import.meta.url));
 export const MANIFEST = 'kvtc-profile.json';
 export const TENSORS = 'kvtc-profile.safetensors';
 

@@ -216,6 +216,9 @@ async function writeTestProfile(
   const { profile_id: _id, tensors: _t, plans: _p, ...rest } = base;
   const draft: ManifestDraft = {
     ...rest,
+    // These synthetic profiles give one RoPE for every layer, in format 1's form (format 2's
+    // per-layer groups have their own test, rope-v2.test.ts); readers take both.
+    format_version: 1,
     model: { ...base.model, name: o.name, layers: o.layers, heads: 2 * o.kvHeads, kv_heads: o.kvHeads, head_dim: o.headDim, rope: manifestRope(o.rope) },
     settings: { ...base.settings, sink: o.sink, window: o.window, entropy: o.entropy },
     measured: { ...base.measured, rel_error: { key: Array(o.layers).fill(0.1), value: Array(o.layers).fill(0.1), key_mean: 0.1, value_mean: 0.1 } },
@@ -586,7 +589,7 @@ beforeAll(async () => {
   const renamed = badProfile('renamed', (m) => {
     m.profile_id = '0123456789abcdef';
   });
-  const nanPlans = bundled.plans.map((p, i) => (i === 3 ? { ...p, mean: Float32Array.from(p.mean, (v, k) => (k === 5 ? NaN : v)) } : p));
+  const nanPlans = bundled.plans.map((p, i) => (i === 1 ? { ...p, mean: Float32Array.from(p.mean, (v, k) => (k === 5 ? NaN : v)) } : p));
   const nanDir = await writeTestProfile(join(bad, 'nan'), bundled.manifest, { name: 'nan', layers: 5, kvHeads: 4, headDim: 8, rope: { theta: 10000, rotaryDim: 8, layout: 'half' }, sink: 4, window: 128, entropy: 'deflate-rle' }, nanPlans);
 
   const errors = [
@@ -756,7 +759,7 @@ describe.skipIf(!HAVE_PYTHON)('Python runtime (python/, package kvtc) against th
     expect(err('version').fix).toMatch(/kvtc 9\.0\.0/);
     expectError('hash', 'PROFILE_INVALID', /sha256/);
     expectError('profile-id', 'PROFILE_INVALID', /profile_id/);
-    expectError('nan-tensor', 'PROFILE_INVALID', /plan 3 mean\[5\] \(tensor plan\.3\.mean\) = nan/);
+    expectError('nan-tensor', 'PROFILE_INVALID', /plan 1 mean\[5\] \(tensor plan\.1\.mean\) = nan/);
     expectError('missing', 'PROFILE_INVALID', /does not exist/);
     expectError('flipped', 'BLOB_INVALID', /checksum/);
     expectError('truncated', 'BLOB_INVALID', /checksum|runs past/);

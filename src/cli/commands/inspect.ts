@@ -79,6 +79,14 @@ function profileRopeWords(m: Manifest): string {
   return `per layer (${runs.map((u) => `${u.first === u.last ? u.first : `${u.first}-${u.last}`}: ${u.rope ? `θ=${u.rope.theta}` : 'none'}`).join(', ')})`;
 }
 
+/** The measured error of a plan's layer, or "x (mean)" over its layers. */
+export function planError(m: { measured: { rel_error: { key: number[]; value: number[] } } }, p: { kind: string; layers: number[] }): string {
+  const per = p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value;
+  if (p.layers.length === 1) return String(per[p.layers[0]]);
+  const mean = p.layers.reduce((a, l) => a + per[l], 0) / p.layers.length;
+  return `${Number(mean.toPrecision(6))} (mean)`;
+}
+
 export default async function inspect(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   if (opts._.length === 0) {
@@ -110,9 +118,14 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   const s = m.settings;
   io.out(`profile ${dir}  (id ${m.profile_id}, format v${m.format_version}, ${m.producer.name} ${m.producer.version}, ${fmtBytes(bytes)})`);
   io.out(`model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}`);
-  io.out(`settings  target ${s.ratio_target}x, sink ${s.sink}, window ${s.window}, grouping ${s.grouping}, ${s.entropy}, granule ${s.granule}`);
-  io.out(`calibration  ${m.calibration.tokens_fit} tokens fit + ${m.calibration.tokens_heldout} held out, from ${m.calibration.sources.length} file(s): ${m.calibration.sources.slice(0, 3).map((x) => x.name).join(', ')}${m.calibration.sources.length > 3 ? ', …' : ''}`);
-  io.out(`measured on held-out ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${m.measured.rel_error.key_mean}, V ${m.measured.rel_error.value_mean}`);
+  const chosen = s.grouping_requested === 'auto' ? ` (chosen by --grouping auto among ${(m.calibration.grouping_candidates ?? []).map((c) => c.grouping).join(', ')})` : '';
+  io.out(`settings  target ${s.ratio_target}x, sink ${s.sink}, window ${s.window}, grouping ${s.grouping}${chosen}, ${s.entropy}, granule ${s.granule}`);
+  const report = m.calibration.tokens_report !== undefined ? ` + ${m.calibration.tokens_report} report` : '';
+  io.out(`calibration  ${m.calibration.tokens_fit} tokens fit + ${m.calibration.tokens_heldout} ${report ? 'tuning' : 'held out'}${report}, from ${m.calibration.sources.length} file(s): ${m.calibration.sources.slice(0, 3).map((x) => x.name).join(', ')}${m.calibration.sources.length > 3 ? ', …' : ''}`);
+  const e = m.measured.rel_error;
+  const ci = (c?: [number, number]) => (c ? ` [${c[0]}, ${c[1]}]` : '');
+  const where = m.measured.split === 'report' ? 'the report split (text neither the fit nor the tuning saw)' : 'held-out text';
+  io.out(`measured on ${where}, ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${e.key_mean}${ci(e.key_mean_ci95)}, V ${e.value_mean}${ci(e.value_mean_ci95)}`);
   io.out('');
   io.out(
     table(
@@ -125,13 +138,14 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
         p.rank,
         p.bits_per_token,
         p.budget_bits,
-        p.layers.length === 1 ? String((p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value)[p.layers[0]]) : '-',
+        planError(m, p),
         p.groups,
       ]),
     ),
   );
   io.out('');
-  io.out('kept rank: principal components stored (the rest are dropped); bits/token include per-token fp16 scale+offset of dynamic groups.');
+  io.out('kept rank: the last principal component stored (the rest are dropped; groups may skip one); bits/token include per-token fp16 scale+offset of dynamic groups;');
+  io.out('rel err: of the plan\'s layer, or the mean over its layers.');
   if (opts.model) {
     io.out('');
     await inspectModel(opts.model, io, false, opts.onnx);

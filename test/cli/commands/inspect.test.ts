@@ -23,10 +23,12 @@ describe('kvtc inspect PROFILE', () => {
     const bytes = statSync(join(PROFILE, 'kvtc-profile.json')).size + m.tensors.bytes;
     expect(head).toBe(`profile ${PROFILE}  (id ${m.profile_id}, format v${m.format_version}, kvtc ${m.producer.version}, ${fmtBytes(bytes)})`);
     expect(model).toBe(`model   stories260k: LlamaForCausalLM, 5 layers, 8 heads / 4 KV heads × 8, KV float32, RoPE θ=10000 (half), fingerprint ${m.model.fingerprint.id}`);
-    expect(settings).toBe(`settings  target ${m.settings.ratio_target}x, sink 4, window 128, grouping ${m.settings.grouping}, ${m.settings.entropy}, granule ${m.settings.granule}`);
-    expect(calibration).toMatch(new RegExp(`^calibration  ${m.calibration.tokens_fit} tokens fit \\+ ${m.calibration.tokens_heldout} held out, from ${m.calibration.sources.length} file\\(s\\): inaugural-1789-Washington\\.txt, `));
+    expect(settings).toBe(`settings  target ${m.settings.ratio_target}x, sink 4, window 128, grouping ${m.settings.grouping} (chosen by --grouping auto among layer, 2, 4, all), ${m.settings.entropy}, granule ${m.settings.granule}`);
+    expect(calibration).toMatch(new RegExp(`^calibration  ${m.calibration.tokens_fit} tokens fit \\+ ${m.calibration.tokens_heldout} tuning \\+ ${m.calibration.tokens_report} report, from ${m.calibration.sources.length} file\\(s\\): inaugural-1789-Washington\\.txt, `));
+    const e = m.measured.rel_error;
     expect(measured).toBe(
-      `measured on held-out ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${m.measured.rel_error.key_mean}, V ${m.measured.rel_error.value_mean}`,
+      `measured on the report split (text neither the fit nor the tuning saw), ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); ` +
+        `rel. error K ${e.key_mean} [${e.key_mean_ci95[0]}, ${e.key_mean_ci95[1]}], V ${e.value_mean} [${e.value_mean_ci95[0]}, ${e.value_mean_ci95[1]}]`,
     );
   });
 
@@ -43,13 +45,16 @@ describe('kvtc inspect PROFILE', () => {
       expect({ plan, kind, layers, dim, rank, bits, budget }).toEqual({
         plan: String(p.index), kind: p.kind, layers: p.layers.join(','), dim: String(p.dim), rank: String(p.rank), bits: String(p.bits_per_token), budget: String(p.budget_bits),
       });
-      expect(err).toBe(String((p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value)[p.layers[0]]));
+      const per = (p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value) as number[];
+      expect(err).toBe(p.layers.length === 1 ? String(per[p.layers[0]]) : `${Number((p.layers.reduce((a: number, l: number) => a + per[l], 0) / p.layers.length).toPrecision(6))} (mean)`);
       const widths = groups.split(' ').map((g) => Number(/^(\d+)×(int2|int4|int8|fp8)(\(dyn\))?$/.exec(g)?.[1]));
       // Stored components: the basis may keep a component no group stores (a gap), so at most the rank.
       expect(widths.reduce((a, w) => a + w, 0)).toBe(p.groups.reduce((a: number, g: { start: number; end: number }) => a + g.end - g.start, 0));
       expect(widths.reduce((a, w) => a + w, 0)).toBeLessThanOrEqual(p.rank);
     }
-    expect(r.stdout).toMatch(/\nkept rank: principal components stored \(the rest are dropped\)/);
+    expect(r.stdout).toMatch(/\nkept rank: the last principal component stored/);
+    expect(r.stdout).toMatch(/measured on the report split/);
+    expect(r.stdout).toMatch(/grouping all \(chosen by --grouping auto among layer, 2, 4, all\)/);
   });
 
   it('--json: the manifest, the size, and per plan the variance the kept components carry', async () => {
