@@ -37,6 +37,7 @@ import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
 import { profileOutDirs } from './outputs.js';
 import { ropeSafeChunk } from '../rope/freqs.js';
+import { checkModelRope, type RopeCheckReport } from '../rope/data-check.js';
 import { stageTimer, type StageTimer } from './stage-times.js';
 
 /** Layers per basis: one per layer, k consecutive layers, all layers, or chosen by measurement. */
@@ -140,6 +141,8 @@ export interface CalibrateResult {
   groupings_skipped: { grouping: string; covariance_bytes: number }[];
   /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
   randomized_bases: number;
+  /** The RoPE-from-data check (src/rope/data-check.ts) on the fit caches: it passed, or did not run (reason). */
+  rope_check: { checked: boolean; pairs: number; reason?: string };
   profiles: RatioResult[];
   seconds: Record<string, number>;
   /** Files in --data directories skipped because they are not UTF-8 text. */
@@ -287,20 +290,25 @@ export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, devi
 
 /**
  * Step 3: the fit pass. Streams the fit sequences through the model and adds each cache to the
- * covariance of every basis of every candidate grouping, dropping the cache at once.
+ * covariance of every basis of every candidate grouping, dropping the cache at once; checks
+ * kvtc's reading of the model's RoPE against the first caches (ROPE_MISMATCH).
  */
 export async function captureFit(
   runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
   o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
-): Promise<void> {
+): Promise<RopeCheckReport> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
   let done = 0;
   let scratch = new Float32Array(0);
+  let rope: RopeCheckReport | undefined;
   for (const ids of seqs) {
     checkAbort(o.signal);
     let t = performance.now();
     const { cache } = await runner.prefill(ids, { chunk: o.chunk });
     o.timer.add('forward', (performance.now() - t) / 1000);
+    // The RoPE kvtc read from the config must fit the keys (ROPE_MISMATCH, naming the suspect
+    // setting, before any fitting); checked on the first sequences with enough repeated tokens.
+    if (!rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
     t = performance.now();
     const n = cache.tokens - o.sink;
     for (const s of bases.flat()) {
@@ -312,6 +320,7 @@ export async function captureFit(
     done += ids.length;
     o.progress({ stage: 'capturing calibration KV', done, total, unit: 'tokens' });
   }
+  return rope ?? { checked: false, reason: 'no fit sequences', pairs: 0, layers: [] };
 }
 
 /** Step 4: caches of held-out sequences, kept (tuning: error tables and sizing; report: the figures). */
@@ -430,7 +439,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
     const chunk = ropeSafeChunk(spec.rope, opts.chunk);
     const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
-    await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
+    const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
     const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
     const report = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress });
@@ -523,6 +532,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
       groupings: candidates.fit.map(String),
       groupings_skipped: candidates.skipped,
       randomized_bases: randomized,
+      rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
       profiles,
       seconds,
       skipped_data: data.skipped,

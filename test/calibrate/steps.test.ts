@@ -154,7 +154,10 @@ describe('the steps one by one, on the bundled model', () => {
       expect(states.map((s) => `${s.kind}:${s.layers.join(',')}:${s.dim}`)).toEqual(['key:0,1:64', 'value:0,1:64', 'key:2,3:64', 'value:2,3:64', 'key:4:32', 'value:4:32']);
       const timer = stageTimer();
       let last = 0;
-      await captureFit(runner, spec, split.fit, [states], { sink: 4, chunk: 256, progress: (e) => { last = e.done ?? last; }, timer });
+      const rope = await captureFit(runner, spec, split.fit, [states], { sink: 4, chunk: 256, progress: (e) => { last = e.done ?? last; }, timer });
+      // The RoPE read from the config was checked against the keys, and fits them.
+      expect(rope.checked).toBe(true);
+      expect(rope.pairs).toBeGreaterThan(0);
       // Every fit token but the sink went into every covariance, and the progress counted the tokens.
       for (const s of states) expect(s.acc.count).toBe(4 * (512 - 4));
       expect(last).toBe(4 * 512);
@@ -179,4 +182,20 @@ describe('the steps one by one, on the bundled model', () => {
       await model.session.release();
     }
   }, 120_000);
+});
+
+describe('calibrate checks the RoPE it read against the keys', () => {
+  it('a config whose rope_theta contradicts the graph is refused with ROPE_MISMATCH naming theta, and nothing is written', async () => {
+    const { cpSync, existsSync, readFileSync, writeFileSync } = await import('node:fs');
+    const dir = join(tempDir('kvtc-badrope-'), 'model');
+    cpSync(DEFAULT_MODEL_DIR, dir, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_theta: 10 * (cfg.rope_theta ?? 10000) }));
+    const out = join(tempDir('kvtc-badrope-'), 'p');
+    await expect(calibrate({
+      modelDir: dir, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 1024, heldout: 512, report: 512,
+      sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
+    })).rejects.toMatchObject({ code: 'ROPE_MISMATCH', message: expect.stringMatching(/theta/) });
+    expect(existsSync(out)).toBe(false);
+  }, 60_000);
 });

@@ -91,6 +91,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   if (result.groupings.length > 1) {
     io.out(`grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`);
   }
+  if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
   if (result.randomized_bases > 0) {
     io.out(`${result.randomized_bases} large bases were fitted by the truncated randomized eigensolver (the top components any plan at these ratios can store; docs/codec.md)`);
   }
