@@ -8,9 +8,10 @@
  * Eigenvectors come out as rows of W and are transposed once at the end.
  *
  * Timings (against ml-matrix's EVD too): docs/benchmarks.md, "Calibration kernels".
- * A truncated (top-k) route was not taken: the DP may keep any component up to
- * k = budget/2 = 8p/ratio (static int2 costs 2 bits), i.e. all p components for ratios
- * ≤ 8, so the full spectrum is needed for the usual targets anyway.
+ * The DP never keeps more than k = budget/2 = 8p/ratio components (static int2 costs 2 bits):
+ * at ratios ≤ 8 that is all p, and the full spectrum is needed; at high ratios and large p
+ * calibrate fits only the top k with the truncated randomized solver (eigen-randomized.ts,
+ * FitJob.maxRank in src/calibrate/fit-pool.ts).
  *
  * The algorithms live one per file: householder.ts (reduction to tridiagonal form, plain and
  * blocked), tridiagonal-ql.ts (implicit QL), divide-conquer.ts (Cuppen's divide and conquer)

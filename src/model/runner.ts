@@ -219,7 +219,14 @@ export class ModelRunner {
     for (let l = 0; l < layers; l++) {
       const k = out[layerName(io.presentKey, l)];
       const v = out[layerName(io.presentValue, l)];
-      invariant(Number(k.dims[2]) === tokens, `forward: ${layerName(io.presentKey, l)} has ${k.dims[2]} tokens, expected past ${pastLen} + ${seq}`);
+      if (Number(k.dims[2]) !== tokens || Number(v.dims[2]) !== tokens) {
+        // A graph that caches only a window on some layers (sliding-window exports of Gemma 2/3,
+        // Mistral): kvtc's cache format and codec assume every layer holds every token.
+        throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `the ONNX graph returns ${k.dims[2]} tokens for ${layerName(io.presentKey, l)} after ${pastLen} + ${seq} tokens: this export caches only a window on some layers (sliding-window attention), and kvtc's cache format needs every layer to hold every token`, {
+          fix: 'Export the model with a full cache on every layer (for transformers / Optimum exports, a static or full-length cache rather than a sliding-window cache), or keep prompts within the sliding window.',
+          context: { layer: l, returned: Number(k.dims[2]), expected: tokens },
+        });
+      }
       keys.push(toFloat32(k));
       values.push(toFloat32(v));
       tensors.push(k, v);

@@ -146,5 +146,10 @@ describe('family fixtures', () => {
     }
     expect(rb.logits).toEqual(ra.logits); // attention inside the pass is unchanged
     await Promise.all([a.release(), b.release()]);
+    // kvtc refuses such a cache with a typed error naming the layer, not an internal one (exit 70).
+    const { kvtc } = await import('../model/helpers.js');
+    const r = await kvtc('capture', '--model', win.dir, '--text', 'calibration-data/inaugural-1789-Washington.txt', '--max-tokens', '64', '--out', join(tmp, 'win.safetensors'));
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/UNSUPPORTED_ARCHITECTURE.*caches only a window/);
   });
 });
