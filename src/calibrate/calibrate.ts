@@ -16,6 +16,7 @@
  * report caches, never by --tokens. Several target ratios share everything up to the error
  * tables; each gets its own allocation, grouping choice, measurement and profile.
  */
+import { totalmem } from 'node:os';
 import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budget-scale.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
@@ -177,8 +178,21 @@ export function groupingCovarianceBytes(spec: Pick<ModelSpec, 'layers' | 'kvHead
  * (the paper finds more layers per basis better at high ratios; one layer per basis is always
  * a candidate).
  */
-export function groupingCandidates(spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: Grouping, budget = AUTO_COVARIANCE_BUDGET_BYTES): { fit: FixedGrouping[]; skipped: { grouping: string; covariance_bytes: number }[] } {
-  if (grouping !== 'auto') return { fit: [grouping], skipped: [] };
+export function groupingCandidates(
+  spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: Grouping, budget = AUTO_COVARIANCE_BUDGET_BYTES, memoryLimit = totalmem() / 2,
+): { fit: FixedGrouping[]; skipped: { grouping: string; covariance_bytes: number }[] } {
+  if (grouping !== 'auto') {
+    // An explicit grouping is fitted as asked, unless its covariances cannot fit in memory at all.
+    const bytes = groupingCovarianceBytes(spec, grouping);
+    if (bytes > memoryLimit) {
+      const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+      throw new KvtcError('USAGE', `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).map((g) => g.length * spec.kvHeads * spec.headDim))} features per basis), more than half of this machine's ${gib(totalmem())}`, {
+        fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
+        exitCode: 2,
+      });
+    }
+    return { fit: [grouping], skipped: [] };
+  }
   const all: FixedGrouping[] = ['layer'];
   for (let k = 2; k < spec.layers; k *= 2) all.push(k);
   if (spec.layers > 1) all.push('all');

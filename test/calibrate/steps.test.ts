@@ -19,7 +19,9 @@ describe('groupingCandidates', () => {
     expect(groupingCandidates({ ...STORIES, layers: 1 }, 'auto').fit).toEqual(['layer']);
     expect(groupingCandidates({ ...STORIES, layers: 16 }, 'auto').fit).toEqual(['layer', 2, 4, 8, 'all']);
     expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
-    expect(groupingCandidates(LLAMA_8B, 'all')).toEqual({ fit: ['all'], skipped: [] });
+    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [] });
+    // An explicit grouping whose covariances cannot fit in memory is a usage error naming the size.
+    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toThrow(expect.objectContaining({ code: 'USAGE', exitCode: 2, message: expect.stringMatching(/--grouping all needs 16\.0 GiB .*p = 32768/) }));
   });
 
   it('leaves out candidates whose covariances exceed the stated budget, and says how much they need', () => {
