@@ -1,4 +1,4 @@
-// Tested by test/model/runner.test.ts and test/model/cli.test.ts (DEVICE_UNAVAILABLE).
+// Tested by test/onnx/session.test.ts, test/model/runner.test.ts and test/model/cli.test.ts (DEVICE_UNAVAILABLE).
 /**
  * ONNX Runtime backend: execution-provider selection and session creation. A requested
  * provider that is not installed is a clear error, never a silent CPU fallback.
@@ -71,8 +71,12 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
       throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime could not start the CUDA provider: ${msg}`, { fix: CUDA_INSTALL_FIX, cause: e });
     }
     const where = typeof model === 'string' ? model : '<in-memory graph>';
+    // An operator this ONNX Runtime build has no kernel for is not a corrupt file: say which.
+    const op = /No Op registered for (\S+) with domain_version of (\d+)|Could not find an implementation for (\S+)/.exec(msg);
     throw new KvtcError('MODEL_INVALID', `ONNX Runtime cannot load ${where}: ${msg.split('\n')[0]}`, {
-      fix: 'The ONNX file is corrupt or incomplete (check external data files beside it); re-export the model.',
+      fix: op
+        ? `ONNX Runtime ${ort.env.versions?.common ?? ''} (${device} provider) has no kernel for the operator ${op[1] ?? op[3]}${op[2] ? ` at opset ${op[2]}` : ''}: re-export the model with standard operators (or another opset), or run it where that operator is supported.`
+        : 'The ONNX file is corrupt or incomplete (check external data files beside it); re-export the model.',
       context: { model: where },
       cause: e,
     });
