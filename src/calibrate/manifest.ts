@@ -7,6 +7,7 @@ import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
 import type { ManifestDraft } from '../profile/io.js';
 import { PRODUCER, VERSION } from '../version.js';
 import type { Measurement } from './measure.js';
+import { onnxFileOf } from '../profile/compat.js';
 
 export interface DraftInputs {
   model: ModelDescription;
@@ -49,6 +50,7 @@ return {
         spec_sha256: fp.specSha256,
         onnx_sha256: fp.onnx.sha256,
       },
+      onnx_file: onnxFileOf(model.files),
       layers: spec.layers,
       heads: spec.heads,
       kv_heads: spec.kvHeads,

@@ -4,6 +4,7 @@
  * A profile made for another model would compress caches it has never seen. A mismatch names
  * what differs: an architecture field kvtc reads, or the ONNX graph / its weights.
  */
+import { relative, sep } from 'node:path';
 import { KvtcError } from '../errors.js';
 import { architectureFields, type ModelFingerprint } from '../model/fingerprint.js';
 import type { DynamoManifest } from '../dynamo/schema.js';
@@ -18,6 +19,21 @@ export interface ModelIdentity {
   dir: string;
   fingerprint: Pick<ModelFingerprint, 'id'> & Partial<Pick<ModelFingerprint, 'specSha256' | 'onnx'>>;
   spec?: ModelSpec;
+  /** The model directory and the graph file in use (ModelDescription.files), to name the graph a profile wants. */
+  files?: { dir: string; onnx: string };
+}
+
+/** The graph file relative to the model directory, as a profile records it (manifest model.onnx_file). */
+export function onnxFileOf(files: { dir: string; onnx: string }): string {
+  return relative(files.dir, files.onnx).split(sep).join('/');
+}
+
+/** The graph the profile was calibrated on, when it says so and the model runs another one. */
+function otherGraph(manifest: Manifest, model: ModelIdentity): { recorded: string; here: string } | undefined {
+  const recorded = manifest.model.onnx_file;
+  if (!recorded || !model.files) return undefined;
+  const here = onnxFileOf(model.files);
+  return recorded === here ? undefined : { recorded, here };
 }
 
 /**
@@ -70,7 +86,10 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
     out.push(...fieldDifferences(want, have));
     if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
   }
-  if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) out.push('the ONNX graph differs (same architecture: another export or other weights)');
+  if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) {
+    const g = otherGraph(manifest, model);
+    out.push(g ? `the ONNX graph differs: the profile was calibrated on ${g.recorded}, this is ${g.here}` : 'the ONNX graph differs (same architecture: another export or other weights)');
+  }
   if (!out.length) out.push('the weights beside the graph differ (same architecture and graph)');
   return out;
 }
@@ -108,7 +127,9 @@ export function profileModelMismatch(profile: Pick<Profile, 'dir' | 'manifest'>,
   const diff = profileModelDifferences(profile.manifest, model);
   if (!diff.length) return undefined;
   const pm = profile.manifest.model;
-  return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role);
+  const g = otherGraph(profile.manifest, model);
+  const fix = g ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
+  return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role, fix);
 }
 
 /** Throws PROFILE_MISMATCH unless `profile` was calibrated for `model`. */

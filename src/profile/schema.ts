@@ -124,6 +124,7 @@ export const ManifestSchema = z
             onnx_sha256: hex(64),
           })
           .strict(),
+        onnx_file: z.string().optional().describe('the graph file calibrated on, relative to the model directory (what --onnx names); informational, not part of profile_id'),
         layers: z.number().int().positive(),
         heads: z.number().int().positive(),
         kv_heads: z.number().int().positive(),

@@ -115,7 +115,8 @@ describe('every command that runs a model takes the graph chosen', () => {
     expect((await kvtc('validate', prof, '--model', tjs, '--onnx', 'q4')).code).toBe(0);
     const other = await kvtc('validate', prof, '--model', tjs);
     expect(other.code).toBe(1);
-    expect(other.stdout).toMatch(/✗ model: .*the ONNX graph differs/);
+    expect(other.stdout).toMatch(/✗ model: .*the ONNX graph differs: the profile was calibrated on onnx\/model_q4\.onnx, this is onnx\/model\.onnx/);
+    expect(other.stdout + other.stderr).toMatch(/--onnx onnx\/model_q4\.onnx/);
     expect(JSON.parse(c.stdout).model).toBe('tjs-model-q4');
     const e = await kvtc('evaluate', '--model', tjs, '--onnx', 'q4', '--profile', prof, '--subjects', 'high_school_geography', '--limit', '2', '--perplexity-tokens', '0', '--long-context', '0', '--codec', 'kvtc', '--json', '--quiet');
     expect(e.code).toBe(0);
