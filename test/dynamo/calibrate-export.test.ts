@@ -253,6 +253,8 @@ describe('dynamo calibration of the bundled model, export, and the exported file
       await rejects(exportCommand({ _: [], format: 'dynamo', out: join(root, 'y') }, io), 'USAGE');
       await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', blockTokens: '0', out: join(root, 'z') }, io), 'USAGE', /--block-tokens "0"/);
       await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', sink: '0', out: join(root, 'z') }, io), 'USAGE', /--sink "0" does not apply/);
+      // Options are named as the user typed them (kebab-case), and kvtc-only defaults pass (commander fills them in).
+      await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', reportTokens: '512', out: join(root, 'z') }, io), 'USAGE', /--report-tokens "512" does not apply/);
       await rejects(dispatchCalibrateTarget({ target: 'tensorrt' }, io), 'USAGE', /must be one of: kvtc, dynamo/);
       await rejects(dispatchCalibrateTarget({ blockTokens: '16' }, io), 'USAGE', /--block-tokens applies only to --target dynamo/);
       expect(await dispatchCalibrateTarget({ target: 'kvtc' }, io)).toBe(false);

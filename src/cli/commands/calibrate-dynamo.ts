@@ -68,7 +68,8 @@ const Options = z.object({
 export default async function calibrateDynamoCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   for (const [k, def] of Object.entries(KVTC_ONLY)) {
     if (raw[k] !== undefined && String(raw[k]) !== def) {
-      throw new UsageError(`--${k} ${JSON.stringify(raw[k])} does not apply to --target dynamo`, `The Dynamo kernels compress every full block of one layer (no sink or window tokens, one basis per layer and K/V): leave out --${k}.`, { option: `--${k}` });
+      const flag = `--${kebab(k)}`;
+      throw new UsageError(`${flag} ${JSON.stringify(raw[k])} does not apply to --target dynamo`, `The Dynamo kernels compress every full block of one layer (no sink or window tokens, one basis per layer and K/V, measured on held-out blocks): leave out ${flag}.`, { option: flag });
     }
   }
   const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
