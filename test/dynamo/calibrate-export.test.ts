@@ -279,3 +279,14 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     });
   });
 });
+
+describe('kvtc calibrate --target dynamo from the command line', () => {
+  it('runs with commander\'s defaults for the kvtc-only options (grouping auto, report tokens) filled in', async () => {
+    const { kvtc, tempDir } = await import('../model/helpers.js');
+    const out = join(tempDir('kvtc-dyn-cli-'), 'p');
+    const r = await kvtc('calibrate', '--target', 'dynamo', '--tokens', '2048', '--heldout', '512', '--out', out, '--json', '--quiet');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).target).toBe('dynamo');
+    expect(existsSync(out)).toBe(true);
+  }, 120_000);
+});
