@@ -127,8 +127,10 @@ export function profileModelMismatch(profile: Pick<Profile, 'dir' | 'manifest'>,
   const diff = profileModelDifferences(profile.manifest, model);
   if (!diff.length) return undefined;
   const pm = profile.manifest.model;
+  // Only when the graph is all that differs (same architecture) is another --onnx the fix.
   const g = otherGraph(profile.manifest, model);
-  const fix = g ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
+  const graphOnly = g !== undefined && diff.length === 1 && diff[0].includes(`calibrated on ${g.recorded}`);
+  const fix = graphOnly ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
   return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role, fix);
 }
 
