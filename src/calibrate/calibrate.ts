@@ -426,7 +426,8 @@ interface Chosen {
   granule: number;
 }
 
-export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult> {
+export async function calibrate(options: CalibrateOptions): Promise<CalibrateResult> {
+  const opts = { ...options, report: options.report ?? DEFAULT_REPORT_TOKENS };
   const progress = opts.onProgress ?? noProgress;
   const entropy = opts.entropy ?? 'deflate-rle';
   const timer = stageTimer();
@@ -500,7 +501,7 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
       const m = await measurePlans(spec, c.plans, report, settings, true);
       lap('measure');
       const draft = manifestDraft({
-        model, ratio, opts: { ...opts, grouping: c.grouping, report: opts.report ?? DEFAULT_REPORT_TOKENS },
+        model, ratio, opts: { ...opts, grouping: c.grouping },
         groupingRequested: String(opts.grouping), candidates: opts.grouping === 'auto' ? tried[ri] : [],
         granule: c.granule, entropy, sources: sourcesMeta,
         split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen }, m, tuning: c.tuning,

@@ -68,7 +68,7 @@ function meanRel(num: Float64Array[], den: Float64Array[], pick: ArrayLike<numbe
 }
 
 /**
- * Percentile bootstrap over sequences of the mean-over-layers relative error. perSeq[kind][q]
+ * Percentile bootstrap over sequences of the mean-over-layers relative error. num[q], den[q]
  * are the per-layer sums of sequence q. Seeded (mulberry32(0)): the same caches give the same interval.
  */
 export function bootstrapRelError(num: Float64Array[], den: Float64Array[], L: number, resamples = BOOTSTRAP_RESAMPLES): [number, number] | undefined {
@@ -98,9 +98,7 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
   let blob = 0;
   let comp = 0;
   let tokens = 0;
-  const num = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
-  const den = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
-  // Per sequence, for the bootstrap: [kind][sequence] per-layer sums.
+  // Per sequence (the bootstrap's units): [kind][sequence] per-layer sums.
   const seqNum: Float64Array[][] = [[], []];
   const seqDen: Float64Array[][] = [[], []];
   try {
@@ -118,10 +116,6 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
         const qd = [new Float64Array(spec.layers), new Float64Array(spec.layers)];
         accumulateError(cache, back, sink, sink + n, qn, qd);
         for (let k = 0; k < 2; k++) {
-          for (let l = 0; l < spec.layers; l++) {
-            num[k][l] += qn[k][l];
-            den[k][l] += qd[k][l];
-          }
           seqNum[k].push(qn[k]);
           seqDen[k].push(qd[k]);
         }
@@ -130,7 +124,12 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
   } finally {
     await codec.release();
   }
-  const rel = (k: number) => Array.from(num[k], (v, l) => Math.sqrt(v / Math.max(den[k][l], 1e-30)));
+  const sum = (parts: Float64Array[]) => parts.reduce((a, x) => a.map((v, l) => v + x[l]), new Float64Array(spec.layers));
+  const rel = (k: number) => {
+    const num = sum(seqNum[k]);
+    const den = sum(seqDen[k]);
+    return Array.from(num, (v, l) => Math.sqrt(v / Math.max(den[l], 1e-30)));
+  };
   const ci = (k: number) => (withError ? bootstrapRelError(seqNum[k], seqDen[k], spec.layers) : undefined);
   const relKeyCi95 = ci(0);
   const relValueCi95 = ci(1);

@@ -28,10 +28,13 @@ export function onnxFileOf(files: { dir: string; onnx: string }): string {
   return relative(files.dir, files.onnx).split(sep).join('/');
 }
 
-/** The graph the profile was calibrated on, when it says so and the model runs another one. */
-function otherGraph(manifest: Manifest, model: ModelIdentity): { recorded: string; here: string } | undefined {
+/**
+ * Same architecture, another ONNX graph file than the one the profile records (a transformers.js
+ * repo's model_q4.onnx beside model.onnx): the one mismatch another --onnx fixes.
+ */
+function otherGraphFile(manifest: Manifest, model: ModelIdentity): { recorded: string; here: string } | undefined {
   const recorded = manifest.model.onnx_file;
-  if (!recorded || !model.files) return undefined;
+  if (!recorded || !model.files || !model.fingerprint.onnx || model.fingerprint.onnx.sha256 === manifest.model.fingerprint.onnx_sha256) return undefined;
   const here = onnxFileOf(model.files);
   return recorded === here ? undefined : { recorded, here };
 }
@@ -56,38 +59,43 @@ function fieldDifferences(profile: Record<string, unknown>, model: Record<string
   return Object.keys(profile).flatMap((k) => (String(profile[k]) === String(model[k]) ? [] : [`${k} is ${String(profile[k])} in the profile, ${String(model[k])} in the model`]));
 }
 
+/** The architecture fields (and the spec hash) that differ between a profile's model and `model`, in words. */
+function architectureDifferences(manifest: Manifest, model: ModelIdentity): string[] {
+  const pm = manifest.model;
+  if (pm.fingerprint.id === model.fingerprint.id || !model.spec) return [];
+  const a = architectureFields(model.spec);
+  const want: Record<string, unknown> = {
+    architecture: pm.architecture,
+    family: pm.family,
+    layers: pm.layers,
+    heads: pm.heads,
+    kv_heads: pm.kv_heads,
+    head_dim: pm.head_dim,
+    kv_dtype: pm.kv_dtype,
+    ...ropeCompareFields(ropeFields(ropeFromManifest(manifest))),
+  };
+  const have: Record<string, unknown> = {
+    architecture: a.architecture,
+    family: a.family,
+    layers: a.layers,
+    heads: a.heads,
+    kv_heads: a.kv_heads,
+    head_dim: a.head_dim,
+    kv_dtype: a.kv_dtype,
+    ...ropeCompareFields(a.rope),
+  };
+  const out = fieldDifferences(want, have);
+  if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
+  return out;
+}
+
 /** What differs between the model a profile was made for and `model`, in words (empty: nothing). */
 export function profileModelDifferences(manifest: Manifest, model: ModelIdentity): string[] {
   const pm = manifest.model;
   if (pm.fingerprint.id === model.fingerprint.id) return [];
-  const out: string[] = [];
-  if (model.spec) {
-    const a = architectureFields(model.spec);
-    const want: Record<string, unknown> = {
-      architecture: pm.architecture,
-      family: pm.family,
-      layers: pm.layers,
-      heads: pm.heads,
-      kv_heads: pm.kv_heads,
-      head_dim: pm.head_dim,
-      kv_dtype: pm.kv_dtype,
-      ...ropeCompareFields(ropeFields(ropeFromManifest(manifest))),
-    };
-    const have: Record<string, unknown> = {
-      architecture: a.architecture,
-      family: a.family,
-      layers: a.layers,
-      heads: a.heads,
-      kv_heads: a.kv_heads,
-      head_dim: a.head_dim,
-      kv_dtype: a.kv_dtype,
-      ...ropeCompareFields(a.rope),
-    };
-    out.push(...fieldDifferences(want, have));
-    if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
-  }
+  const out = architectureDifferences(manifest, model);
   if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) {
-    const g = otherGraph(manifest, model);
+    const g = otherGraphFile(manifest, model);
     out.push(g ? `the ONNX graph differs: the profile was calibrated on ${g.recorded}, this is ${g.here}` : 'the ONNX graph differs (same architecture: another export or other weights)');
   }
   if (!out.length) out.push('the weights beside the graph differ (same architecture and graph)');
@@ -127,10 +135,9 @@ export function profileModelMismatch(profile: Pick<Profile, 'dir' | 'manifest'>,
   const diff = profileModelDifferences(profile.manifest, model);
   if (!diff.length) return undefined;
   const pm = profile.manifest.model;
-  // Only when the graph is all that differs (same architecture) is another --onnx the fix.
-  const g = otherGraph(profile.manifest, model);
-  const graphOnly = g !== undefined && diff.length === 1 && diff[0].includes(`calibrated on ${g.recorded}`);
-  const fix = graphOnly ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
+  // Only when the graph file is all that differs (no architecture field) is another --onnx the fix.
+  const g = architectureDifferences(profile.manifest, model).length ? undefined : otherGraphFile(profile.manifest, model);
+  const fix = g ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
   return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role, fix);
 }
 

@@ -1,9 +1,15 @@
 // The named steps of calibrate() (src/calibrate/calibrate.ts) and the three-way split, on the bundled model.
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import {
-  AUTO_COVARIANCE_BUDGET_BYTES, calibrate, checkRatios, groupingCandidates, groupingCovarianceBytes, layerGroups, type CalibrateResult,
+  AUTO_COVARIANCE_BUDGET_BYTES, allocateForRatio, basisStates, calibrate, captureCaches, captureFit, checkRatios, fitCandidate, groupingCandidates,
+  groupingCovarianceBytes, layerGroups, openModel, readSplit, type CalibrateResult,
 } from '../../src/calibrate/calibrate.js';
+import { blobSizeRatio } from '../../src/calibrate/measure.js';
+import { stageTimer } from '../../src/calibrate/stage-times.js';
+import { planBitsPerToken } from '../../src/codec/types.js';
+import { ModelRunner } from '../../src/model/runner.js';
 import { readCalibrationTokens, splitSequences } from '../../src/calibrate/sequences.js';
 import { loadModel } from '../../src/model/load.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
@@ -135,11 +141,6 @@ describe('calibrate --grouping auto on the bundled model', () => {
 
 describe('the steps one by one, on the bundled model', () => {
   it('openModel → readSplit → captureFit → captureCaches → fitCandidate → allocateForRatio, each doing what it says', async () => {
-    const { openModel, readSplit, basisStates, captureFit, captureCaches, fitCandidate, allocateForRatio } = await import('../../src/calibrate/calibrate.js');
-    const { stageTimer } = await import('../../src/calibrate/stage-times.js');
-    const { ModelRunner } = await import('../../src/model/runner.js');
-    const { blobSizeRatio } = await import('../../src/calibrate/measure.js');
-    const { planBitsPerToken } = await import('../../src/codec/types.js');
     const opts = {
       modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 2048, heldout: 1024, report: 1024,
       sink: 4, window: 128, grouping: 2 as const, chunk: 256, seed: 0, device: 'cpu' as const, out: join(tempDir('kvtc-steps-'), 'p'), force: false,
@@ -188,7 +189,6 @@ describe('the steps one by one, on the bundled model', () => {
 
 describe('calibrate checks the RoPE it read against the keys', () => {
   it('a config whose rope_theta contradicts the graph is refused with ROPE_MISMATCH naming theta, and nothing is written', async () => {
-    const { cpSync, existsSync, readFileSync, writeFileSync } = await import('node:fs');
     const dir = join(tempDir('kvtc-badrope-'), 'model');
     cpSync(DEFAULT_MODEL_DIR, dir, { recursive: true });
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));

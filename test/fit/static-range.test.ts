@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { STORED_TYPES } from '../../src/codec/quant.js';
-import { fitStaticRange, staticSquaredError } from '../../src/fit/static-range.js';
+import { crossValidatedRange, fitStaticRange, minMaxRange, rangeCandidates, staticSquaredError } from '../../src/fit/static-range.js';
+import { mulberry32 } from '../../src/random.js';
 import { rng } from '../codec/rng.js';
 
 describe('static-range search', () => {
@@ -33,9 +34,7 @@ describe('static-range search', () => {
   });
 });
 
-describe('crossValidatedRange and minMaxRange', async () => {
-  const { crossValidatedRange, minMaxRange, rangeCandidates } = await import('../../src/fit/static-range.js');
-  const { mulberry32 } = await import('../../src/random.js');
+describe('crossValidatedRange and minMaxRange', () => {
   const sample = (n: number, seed: number, tail: number) => {
     const r = mulberry32(seed);
     // Gaussian body (Box–Muller) with rare large outliers.
