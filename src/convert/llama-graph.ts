@@ -1,4 +1,4 @@
-// Tested by test/convert/random-llama.test.ts, test/convert/stories260k.test.ts (byte for byte) and test/rope/families-graph.test.ts (per-layer RoPE, q/k norms, fused qkv, cache windows).
+// Tested by test/convert/random-llama.test.ts, test/convert/stories260k.test.ts (byte for byte), test/rope/families-graph.test.ts (per-layer RoPE, q/k norms, fused qkv, cache windows) and test/convert/gguf-gemma3.test.ts (the Gemma options).
 /**
  * Builds a Llama decoder as a standard-ops ONNX graph (opset 17) in the Optimum
  * decoder-with-past layout:
@@ -10,6 +10,8 @@
  * in either layout, with an attention factor on cos/sin and longrope's length switch, and
  * `qkNorm` adds the q/k RMSNorm some families apply before RoPE. This is how the family
  * fixtures (test/rope/family-fixtures.ts) reproduce Qwen3, Gemma 3, SmolLM3, Phi-3, OLMo 2, ...
+ * The Gemma options (embedScale, normPlusOne, sandwichNorms, attentionScale, hiddenAct
+ * 'gelu_tanh', attentionWindow) make the full Gemma 3 text decoder that convert-gguf writes.
  * Compute is float32; with kvDtype 'float16' only the cache inputs/outputs are float16.
  */
 import { KvtcError } from '../errors.js';
@@ -32,6 +34,9 @@ export interface LlamaLayerWeights {
   /** q/k RMSNorm weights, required with LlamaGraphOptions.qkNorm: [headDim] for 'head', [heads*headDim] / [kvHeads*headDim] for 'projection'. */
   qNorm?: Float32Array;
   kNorm?: Float32Array;
+  /** Gemma's sandwich norms (LlamaGraphOptions.sandwichNorms): before and after the MLP, [hidden] each. */
+  preFeedforwardNorm?: Float32Array;
+  postFeedforwardNorm?: Float32Array;
 }
 
 export interface LlamaWeights {
@@ -86,6 +91,31 @@ export interface LlamaGraphOptions {
   cacheWindow?: (number | null)[];
   /** One fused q/k/v projection (Phi-3's qkv_proj) instead of three; the same keys and values. */
   fusedQkv?: boolean;
+  // Gemma 3 text (transformers models/gemma3/modeling_gemma3.py); each defaults to Llama's behaviour.
+  /**
+   * Token embeddings are multiplied by this (Gemma3TextScaledWordEmbedding: hidden_size**0.5 as
+   * a tensor cast to the embedding's dtype, so float32 here); a tied lm_head still uses the
+   * unscaled embedding matrix.
+   */
+  embedScale?: number;
+  /** Every RMSNorm (layer, q/k and final) computes x·(1 + w) with w as stored (Gemma3RMSNorm), not x·w. */
+  normPlusOne?: boolean;
+  /**
+   * Gemma 2/3's four norms per layer: x += post_attention_layernorm(attn(input_layernorm(x))),
+   * then x += post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))); the weights'
+   * postAttentionNorm is then the norm of the attention output, not the pre-MLP norm.
+   */
+  sandwichNorms?: boolean;
+  /** Attention scores are scaled by this instead of headDim^-0.5 (Gemma: query_pre_attn_scalar**-0.5). */
+  attentionScale?: number;
+  /** MLP activation on gate_proj: 'silu' (default, SwiGLU) or 'gelu_tanh' (Gemma's gelu_pytorch_tanh). */
+  hiddenAct?: 'silu' | 'gelu_tanh';
+  /**
+   * Per layer, a sliding attention window W: query i sees key j iff i - W < j <= i
+   * (transformers' sliding_window_overlay), null or absent: all earlier keys. Unlike cacheWindow
+   * this masks attention only; the cache keeps every token.
+   */
+  attentionWindow?: (number | null)[];
 }
 
 const FLOAT = 1;
@@ -132,6 +162,7 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
     if (o.qkNorm) {
       want.push(['qNorm', o.qkNorm === 'head' ? s.headDim : s.heads * s.headDim], ['kNorm', o.qkNorm === 'head' ? s.headDim : s.kvHeads * s.headDim]);
     }
+    if (o.sandwichNorms) want.push(['preFeedforwardNorm', s.hidden], ['postFeedforwardNorm', s.hidden]);
     for (const [k, n] of want) if (l[k]?.length !== n) throw bad(`layers[${i}].${k}`, l[k]?.length ?? 0, n);
   });
   if (o.positionEmbeddings && (o.positionEmbeddings.length === 0 || o.positionEmbeddings.length % s.hidden !== 0)) {
@@ -148,6 +179,15 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
   if (o.layerRope && o.layerRope.length !== s.layers) throw bad('layerRope', o.layerRope.length, s.layers);
   if (o.cacheWindow && (o.cacheWindow.length !== s.layers || o.cacheWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))) {
     throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: cacheWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.cacheWindow)}`, { fix: 'Fix cacheWindow.' });
+  }
+  if (o.attentionWindow && (o.attentionWindow.length !== s.layers || o.attentionWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))) {
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: attentionWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.attentionWindow)}`, { fix: 'Fix attentionWindow.' });
+  }
+  for (const [k, v] of [['embedScale', o.embedScale], ['attentionScale', o.attentionScale]] as const) {
+    if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${k} must be a positive number, got ${v}`, { fix: `Fix ${k}.` });
+  }
+  if (o.hiddenAct !== undefined && o.hiddenAct !== 'silu' && o.hiddenAct !== 'gelu_tanh') {
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: hiddenAct "${String(o.hiddenAct)}" must be "silu" or "gelu_tanh"`, { fix: 'Fix hiddenAct.' });
   }
   if (!o.layerRope && s.rope.length !== s.layers) throw bad('rope (one per layer)', s.rope.length, s.layers);
   layerRopes(s, o).forEach((r, i) => {
@@ -205,6 +245,7 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   const scalarI64 = (v: number) => g.constant(g.fresh('s'), BigInt64Array.of(BigInt(v)), []);
   const embed = g.constant('model.embed_tokens.weight', weights.embedTokens, [V, H]);
   let x = g.op('Gather', [embed, inputIds], { axis: 0 }); // [B, S, H]
+  if (opts.embedScale !== undefined) x = g.op('Mul', [x, g.scalarF32(Math.fround(opts.embedScale), 'embed_scale')]);
   if (opts.positionEmbeddings) {
     const wpe = g.constant('model.wpe.weight', opts.positionEmbeddings, [opts.positionEmbeddings.length / H, H]);
     x = g.op('Add', [x, g.op('Gather', [wpe, positionIds], { axis: 0 })]);
@@ -277,15 +318,35 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   const padding = g.op('Unsqueeze', [g.op('Cast', [attentionMask], { to: BOOL }), i64([1, 2, 3])]); // [B, 1, 1, 1, T]
   const allowed = g.op('And', [causal, padding]);
   const masked = g.scalarF32(F32_MIN, 'mask_min');
+  // Sliding-window layers: also i - j < W (masking_utils' sliding_window_overlay: kv_idx > q_idx - W).
+  const windowed = new Map<number, string>();
+  const layerAllowed = (l: number): string => {
+    const w = opts.attentionWindow?.[l];
+    if (!w) return allowed;
+    if (!windowed.has(w)) {
+      const dist = g.op('Sub', [g.op('Unsqueeze', [rows, i64([1])]), g.op('Unsqueeze', [cols, i64([0])])]); // [S, T] = i - j
+      windowed.set(w, g.op('And', [allowed, g.op('Less', [dist, scalarI64(w)])]));
+    }
+    return windowed.get(w)!;
+  };
 
   const eps = g.scalarF32(opts.rmsNormEps, 'rms_eps');
+  let normOne: string | undefined;
   const rmsNorm = (t: string, w: string) => {
     const ms = g.op('ReduceMean', [g.op('Mul', [t, t])], { axes: [-1], keepdims: 1 });
-    return g.op('Mul', [g.op('Div', [t, g.op('Sqrt', [g.op('Add', [ms, eps])])]), w]);
+    // Gemma3RMSNorm: (1 + w) in float32; the stored w is transformers' parameter, ORT folds the Add.
+    const scaleW = opts.normPlusOne ? g.op('Add', [w, (normOne ??= g.scalarF32(1, 'norm_one'))]) : w;
+    return g.op('Mul', [g.op('Div', [t, g.op('Sqrt', [g.op('Add', [ms, eps])])]), scaleW]);
   };
   const linear = (t: string, name: string, w: Float32Array, out: number, inp: number) =>
     g.op('MatMul', [t, g.constant(name, transpose(w, out, inp), [inp, out])]);
-  const scale = g.scalarF32(1 / Math.sqrt(D), 'attn_scale');
+  const scale = g.scalarF32(opts.attentionScale ?? 1 / Math.sqrt(D), 'attn_scale');
+  // gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); opset 17 has no Gelu.
+  const geluTanh = (t: string) => {
+    const c = Math.sqrt(2 / Math.PI);
+    const inner = g.op('Mul', [t, g.op('Add', [g.scalarF32(c, 'gelu_c'), g.op('Mul', [g.op('Mul', [t, t]), g.scalarF32(c * 0.044715, 'gelu_c3')])])]);
+    return g.op('Mul', [g.op('Mul', [t, g.scalarF32(0.5, 'gelu_half')]), g.op('Add', [g.scalarF32(1, 'gelu_one'), g.op('Tanh', [inner])])]);
+  };
   const splitHeads = (t: string, n: number) => g.op('Transpose', [g.op('Reshape', [t, i64([0, 0, n, D])])], { perm: [0, 2, 1, 3] }); // [B, n, S, D]
 
   weights.layers.forEach((lw, l) => {
@@ -322,17 +383,20 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     // GQA without copying: query heads grouped as [B, KV, rep, S, D] against keys [B, KV, 1, T, D].
     const q5 = g.op('Reshape', [g.op('Mul', [q, scale]), i64([0, KV, rep, -1, D])]);
     const kT = g.op('Transpose', [g.op('Unsqueeze', [kAll, i64([2])])], { perm: [0, 1, 2, 4, 3] }); // [B, KV, 1, D, T]
-    const scores = g.op('Where', [allowed, g.op('MatMul', [q5, kT]), masked]); // [B, KV, rep, S, T]
+    const scores = g.op('Where', [layerAllowed(l), g.op('MatMul', [q5, kT]), masked]); // [B, KV, rep, S, T]
     const probs = g.op('Softmax', [scores], { axis: -1 });
     const ctx = g.op('MatMul', [probs, g.op('Unsqueeze', [vAll, i64([2])])]); // [B, KV, rep, S, D]
     const merged = g.op('Reshape', [g.op('Transpose', [ctx], { perm: [0, 3, 1, 2, 4] }), i64([0, 0, heads * D])]); // [B, S, heads*D]
-    x = g.op('Add', [x, linear(merged, `${p}.self_attn.o_proj.weight.T`, lw.oProj, H, heads * D)]);
+    const attnOut = linear(merged, `${p}.self_attn.o_proj.weight.T`, lw.oProj, H, heads * D);
+    const postAttnNorm = () => g.constant(`${p}.post_attention_layernorm.weight`, lw.postAttentionNorm, [H]);
+    x = g.op('Add', [x, opts.sandwichNorms ? rmsNorm(attnOut, postAttnNorm()) : attnOut]);
 
-    const h2 = rmsNorm(x, g.constant(`${p}.post_attention_layernorm.weight`, lw.postAttentionNorm, [H]));
+    const h2 = opts.sandwichNorms ? rmsNorm(x, g.constant(`${p}.pre_feedforward_layernorm.weight`, lw.preFeedforwardNorm!, [H])) : rmsNorm(x, postAttnNorm());
     const gate = linear(h2, `${p}.mlp.gate_proj.weight.T`, lw.gateProj, inter, H);
     const up = linear(h2, `${p}.mlp.up_proj.weight.T`, lw.upProj, inter, H);
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    x = g.op('Add', [x, linear(act, `${p}.mlp.down_proj.weight.T`, lw.downProj, H, inter)]);
+    const act = g.op('Mul', [opts.hiddenAct === 'gelu_tanh' ? geluTanh(gate) : g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    const mlpOut = linear(act, `${p}.mlp.down_proj.weight.T`, lw.downProj, H, inter);
+    x = g.op('Add', [x, opts.sandwichNorms ? rmsNorm(mlpOut, g.constant(`${p}.post_feedforward_layernorm.weight`, lw.postFeedforwardNorm!, [H])) : mlpOut]);
   });
 
   const hf = rmsNorm(x, g.constant('model.norm.weight', weights.finalNorm, [H]));
