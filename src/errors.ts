@@ -16,6 +16,10 @@ export type ErrorCode =
   | 'DATA_INVALID'
   | 'NOT_ENOUGH_TOKENS'
   | 'SAFETENSORS_INVALID'
+  /** A GGUF file that is malformed, truncated, or lacks metadata/tensors a converter needs (src/gguf/). */
+  | 'GGUF_INVALID'
+  /** A well-formed GGUF kvtc cannot read: v1 or big-endian files, nested arrays, tensor types without a dequantizer. */
+  | 'GGUF_UNSUPPORTED'
   | 'KV_INVALID'
   | 'KV_OUT_OF_RANGE'
   | 'PROFILE_INVALID'
