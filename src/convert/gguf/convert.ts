@@ -1,0 +1,69 @@
+// Tested by test/convert/gguf-llama.test.ts (synthetic GGUFs, refusals) and test/gguf/smollm2.test.ts (SmolLM2-135M against transformers).
+/**
+ * GGUF → Optimum-layout model directory: picks the family converter by `general.architecture`
+ * and writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json and
+ * onnx/model.onnx (llama-graph.ts) atomically, file by file, as convert-llama2c does.
+ */
+import { join } from 'node:path';
+import { KvtcError } from '../../errors.js';
+import { writeFileAtomic } from '../../io/atomic.js';
+import { checkOutputDir } from '../../io/output.js';
+import { buildLlamaGraph } from '../llama-graph.js';
+import { checkOutput, type WrittenModelDir } from '../model-dir.js';
+import type { ConvertedFamily, FamilyConverter, GgufModel } from './family.js';
+import { llamaFamily } from './llama.js';
+
+/** Every family, in the order `kvtc convert-gguf --help` lists them. */
+export const GGUF_FAMILIES: readonly FamilyConverter[] = [llamaFamily];
+
+export const SUPPORTED_GGUF_ARCHITECTURES: readonly string[] = GGUF_FAMILIES.flatMap((f) => f.architectures);
+
+export function familyFor(g: Pick<GgufModel, 'architecture' | 'path'>): FamilyConverter {
+  const f = GGUF_FAMILIES.find((x) => x.architectures.includes(g.architecture));
+  if (!f) {
+    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: GGUF architecture "${g.architecture}" is not supported; kvtc converts: ${SUPPORTED_GGUF_ARCHITECTURES.join(', ')}`, {
+      fix: 'Convert a model of a supported architecture, or export this one to ONNX with Optimum (optimum-cli export onnx) and pass its directory as --model.',
+      context: { file: g.path, architecture: g.architecture, supported: SUPPORTED_GGUF_ARCHITECTURES },
+    });
+  }
+  return f;
+}
+
+export interface ConvertGgufModelOptions {
+  out: string;
+  /** config.json `_name_or_path` and graph name; default `general.name` or the file name. */
+  name: string;
+  force?: boolean;
+}
+
+export interface ConvertGgufResult extends WrittenModelDir {
+  architecture: string;
+  converted: Omit<ConvertedFamily, 'weights' | 'tokenizerJson'>;
+}
+
+const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
+
+/** Converts an opened GGUF and writes the model directory. */
+export async function convertGgufModel(g: GgufModel, opts: ConvertGgufModelOptions): Promise<ConvertGgufResult> {
+  checkOutput(opts.out, opts.force);
+  const family = familyFor(g);
+  const c = await family.convert(g, { name: opts.name });
+  const onnx = buildLlamaGraph(c.weights, c.spec, { ...c.graph, name: c.graph.name ?? opts.name });
+  const contents: [string, string | Uint8Array][] = [
+    ['config.json', json(c.config)],
+    ['generation_config.json', json(c.generationConfig)],
+    ['tokenizer.json', json(c.tokenizerJson)],
+    ['tokenizer_config.json', json(c.tokenizerConfig)],
+    ['onnx/model.onnx', onnx],
+  ];
+  // Only the files a conversion writes are replaced: --force never deletes anything else in --out.
+  checkOutputDir(opts.out);
+  for (const [rel, data] of contents) await writeFileAtomic(join(opts.out, rel), data);
+  const { weights: _w, tokenizerJson: _t, ...converted } = c;
+  return {
+    dir: opts.out,
+    files: contents.map(([path, data]) => ({ path, bytes: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength })),
+    architecture: g.architecture,
+    converted,
+  };
+}
