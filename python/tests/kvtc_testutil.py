@@ -136,3 +136,87 @@ def relative_errors(decoded, original, s: int, w: int) -> np.ndarray:
         T = ko.shape[1]
         out.append([float(np.linalg.norm((d - o)[:, s : T - w]) / np.linalg.norm(o[:, s : T - w])) for d, o in ((kd, ko), (vd, vo))])
     return np.array(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# An independent RoPE (written from Hugging Face transformers' rope functions, not from kvtc._rope)
+
+
+def hf_inv_freq(desc: Dict[str, Any], seq_len: int) -> np.ndarray:
+    """inv_freq [R/2] of one manifest RoPE description, as transformers' ROPE_INIT_FUNCTIONS compute it."""
+    base, R = float(desc["theta"]), int(desc["rotary_dim"])
+    pos_freqs = base ** (np.arange(0, R, 2, dtype=np.float64) / R)
+    inv = 1.0 / pos_freqs
+    sc = desc.get("scaling")
+    if not sc:
+        return inv
+    if sc["type"] == "linear":
+        return inv / sc["factor"]
+    if sc["type"] == "llama3":
+        factor, low, high, orig = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"], sc["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        out = np.where(wavelen > orig / low, inv / factor, inv)
+        smooth = (orig / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < orig / high) & ~(wavelen > orig / low)
+        return np.where(medium, smoothed, out)
+    if sc["type"] == "yarn":
+        factor, orig = sc["factor"], sc["original_max_position_embeddings"]
+
+        def corr(rot):
+            return (R * np.log(orig / (rot * 2 * np.pi))) / (2 * np.log(base))
+
+        low, high = corr(sc["beta_fast"]), corr(sc["beta_slow"])
+        if sc["truncate"]:
+            low, high = np.floor(low), np.ceil(high)
+        low, high = max(low, 0), min(high, R - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(R // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        return (inv / factor) * (1 - extrapolation) + inv * extrapolation
+    if sc["type"] == "longrope":
+        ext = np.array(sc["long_factor"] if seq_len > sc["original_max_position_embeddings"] else sc["short_factor"], dtype=np.float64)
+        return 1.0 / (ext * pos_freqs)
+    raise ValueError(sc["type"])
+
+
+def unrotate_ref(x: np.ndarray, desc: Optional[Dict[str, Any]], start: int, seq_len: int) -> np.ndarray:
+    """Keys x [H, n, D] (float64) at positions start.. with RoPE `desc` undone (None: unchanged)."""
+    if desc is None or desc.get("none"):
+        return x
+    R = int(desc["rotary_dim"])
+    ang = (start + np.arange(x.shape[1], dtype=np.float64))[:, None] * hf_inv_freq(desc, seq_len)[None, :]
+    f = float(desc.get("attention_factor", 1.0))
+    cos, sin = np.cos(ang) / f, np.sin(ang) / f
+    i = np.arange(R // 2)
+    ia, ib = (i, i + R // 2) if desc["layout"] == "half" else (2 * i, 2 * i + 1)
+    out = x.copy()
+    a, b = x[..., ia], x[..., ib]
+    out[..., ia] = a * cos + b * sin
+    out[..., ib] = b * cos - a * sin
+    return out
+
+
+def layer_descs(manifest: Dict[str, Any]) -> list:
+    """Each layer's RoPE description from a manifest's model.rope (format 1 or 2)."""
+    rope, L = manifest["model"]["rope"], manifest["model"]["layers"]
+    if isinstance(rope, dict):
+        return [rope] * L
+    out: list = [None] * L
+    for g in rope:
+        for l in g["layers"]:
+            out[l] = g
+    return out
+
+
+def plan_features(plan, layers, descs, start: int, s: int, n: int, seq_len: int) -> np.ndarray:
+    """The plan's features of the compressed tokens, float64 [n, p] (layer, head, dim order), keys
+    un-rotated with the independent RoPE."""
+    rows = []
+    for l in plan.layers:
+        a = np.asarray(layers[l][0 if plan.kind == "key" else 1], dtype=np.float64)[:, s : s + n]
+        if plan.kind == "key":
+            a = unrotate_ref(a, descs[l], start + s, seq_len)
+        rows.append(a)
+    return np.stack(rows).transpose(2, 0, 1, 3).reshape(n, plan.dim)
