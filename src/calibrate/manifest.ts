@@ -57,6 +57,8 @@ return {
       head_dim: spec.headDim,
       kv_dtype: spec.kvDtype,
       rope: manifestRope(spec.rope),
+      // The bound encode and decode check positions against (outside profile_id: it decides what decodes, never how).
+      max_positions: spec.maxPositions,
     },
     settings: {
       ratio_target: ratio,

@@ -39,6 +39,12 @@ export const MAX_TOKENS = 2 ** 24;
 /** start_position + T must not exceed this: every token's absolute position fits a u32. */
 export const MAX_POSITIONS = 2 ** 32;
 /**
+ * The model's context bound for a profile that does not record model.max_positions (written
+ * before kvtc recorded it): generous — 16M positions, beyond every released model's context —
+ * yet far below the u32 header field, so a corrupt start_position near 2^32 is still refused.
+ */
+export const DEFAULT_MAX_POSITIONS = 2 ** 24;
+/**
  * DEFLATE's largest possible expansion: a 1-bit length-258 code and a 1-bit distance code make
  * 258 bytes from 2 bits. A section declaring more decoded bytes than this × its stored bytes
  * cannot be a valid stream, so it is refused before inflating.
@@ -192,6 +198,10 @@ export interface BlobLayout {
   window: number;
   /** Per plan, in plan order: its section's payload bytes for n compressed tokens, or null for a plan without a section (rank 0). */
   planBytes: (((n: number) => number) | null)[];
+  /** start_position + T may not exceed this: the model's context (the profile's model.max_positions); absent: DEFAULT_MAX_POSITIONS. */
+  maxPositions?: number;
+  /** Whether maxPositions is the profile's own (model.max_positions) or DEFAULT_MAX_POSITIONS. */
+  maxPositionsRecorded?: boolean;
 }
 
 /**
@@ -249,6 +259,16 @@ export function parseBlob(buf: Uint8Array, layout: BlobLayout, source = '<blob>'
   }
   const { sectionCount, ...header } = head;
   const { tokens: T } = header;
+  const maxPositions = layout.maxPositions ?? DEFAULT_MAX_POSITIONS;
+  if (header.startPosition + T > maxPositions) {
+    const last = header.startPosition + T - 1;
+    throw new KvtcError('BLOB_INVALID', `${source}: header start_position ${header.startPosition} + ${T} tokens puts its last token at position ${last}, but the model has ${maxPositions} positions (0–${maxPositions - 1}${layout.maxPositionsRecorded ? ', the profile\'s model.max_positions' : ', the bound for a profile that does not record model.max_positions'})`, {
+      fix: layout.maxPositionsRecorded
+        ? 'kvtc never encodes such a blob with this profile: the blob is corrupt or its start_position was edited; re-encode the cache with `kvtc encode`.'
+        : 'The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model\'s own bound, model.max_positions.)',
+      context: { blob: source, start_position: header.startPosition, tokens: T, max_positions: maxPositions },
+    });
+  }
   for (const [field, got, want] of [['layers', header.layers, layout.layers], ['kv_heads', header.kvHeads, layout.kvHeads], ['head_dim', header.headDim, layout.headDim]] as const) {
     if (got !== want) throw corrupt(`header ${field} is ${got}, but the profile's model has ${want}`, source, { field, value: got, profile: want });
   }

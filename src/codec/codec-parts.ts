@@ -16,6 +16,8 @@ export interface CodecSpec {
   sink: number;
   window: number;
   entropy: EntropyCoder;
+  /** The model's context: encode and decode refuse start_position + tokens beyond it (absent: blob.ts DEFAULT_MAX_POSITIONS). */
+  maxPositions?: number;
 }
 
 export interface CodecParts {

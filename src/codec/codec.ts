@@ -8,6 +8,7 @@ import { KvtcError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { planRope } from '../rope/codec-rope.js';
+import { DEFAULT_MAX_POSITIONS } from './blob.js';
 import { type CodecParts, type CodecSpec, splitTokens } from './codec-parts.js';
 import { decodeBlob, type DecodeStats } from './decode.js';
 import { encodeCache, type EncodeStats } from './encode.js';
@@ -76,6 +77,8 @@ export class KvtcCodec {
         sink: spec.sink,
         window: spec.window,
         planBytes: plans.map((p) => (p.rank > 0 ? (n: number) => payloadLength(p, n) : null)),
+        maxPositions: spec.maxPositions ?? DEFAULT_MAX_POSITIONS,
+        maxPositionsRecorded: spec.maxPositions !== undefined,
       },
       normBound: plans.map(planNormBound),
       scratch: { gather: new Float32Array(0), codes: new Uint8Array(0), norms: new Float64Array(0) },

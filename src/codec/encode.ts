@@ -7,8 +7,8 @@
  */
 import { KvtcError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
-import { assembleBlob, compressSection, fp16BytesPerToken, MAX_POSITIONS, MAX_TOKENS, type EncodedSection } from './blob.js';
-import { type CodecParts, now, splitTokens } from './codec-parts.js';
+import { assembleBlob, compressSection, DEFAULT_MAX_POSITIONS, fp16BytesPerToken, MAX_POSITIONS, MAX_TOKENS, type EncodedSection } from './blob.js';
+import { type CodecParts, type CodecSpec, now, splitTokens } from './codec-parts.js';
 import { cacheTables, type CacheTables, tableInputNames } from '../rope/codec-rope.js';
 import { gatherHeads, hostRope, type PlanHostRope } from './host-kernels.js';
 import { encodePlanCodes } from './payload.js';
@@ -40,8 +40,8 @@ const IN_FLIGHT = 2;
 const NO_CODES = new Uint8Array(0);
 const NO_COEFFS = new Float32Array(0);
 
-/** Refuses token counts and positions a blob cannot hold. */
-function checkExtent(cache: KvCache, source: string): void {
+/** Refuses token counts and positions a blob cannot hold, and positions beyond the model's context. */
+function checkExtent(cache: KvCache, source: string, spec: CodecSpec): void {
   if (!(cache.tokens >= 0 && cache.tokens <= MAX_TOKENS && Number.isInteger(cache.tokens))) {
     throw new KvtcError('KV_INVALID', `${source} has ${cache.tokens} tokens; a kvtc blob holds at most ${MAX_TOKENS} (2^24)`, {
       fix: `Split the cache into pieces of at most ${MAX_TOKENS} tokens (each with its own start position).`,
@@ -54,12 +54,22 @@ function checkExtent(cache: KvCache, source: string): void {
       context: { source, start_position: cache.startPosition, tokens: cache.tokens },
     });
   }
+  // Decoders refuse a blob past the model's context (blob.ts parseBlob): never write one.
+  const max = spec.maxPositions ?? DEFAULT_MAX_POSITIONS;
+  if (cache.startPosition + cache.tokens > max) {
+    throw new KvtcError('KV_INVALID', `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens, so its last token is at position ${cache.startPosition + cache.tokens - 1}, but the model has ${max} positions (0–${max - 1}${spec.maxPositions === undefined ? ', the bound for a profile that does not record model.max_positions' : ', the profile\'s model.max_positions'})`, {
+      fix: spec.maxPositions === undefined
+        ? 'Give the cache its real start position (the absolute position of its first token); re-calibrating records the model\'s own bound.'
+        : 'Give the cache its real start position (the absolute position of its first token): no cache of this model reaches past its context.',
+      context: { source, start_position: cache.startPosition, tokens: cache.tokens, max_positions: max },
+    });
+  }
 }
 
 /** Encodes a cache whose shape the caller has checked against the profile. */
 export async function encodeCache(c: CodecParts, cache: KvCache, source: string): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
   const t0 = now();
-  checkExtent(cache, source);
+  checkExtent(cache, source, c.spec);
   const { sink, window, n } = splitTokens(c.spec, cache.tokens);
   checkUngathered(c.plans, cache, sink, n, source);
   const raw = rawSection(cache, sink, window, source);

@@ -22,6 +22,7 @@ export function codecFromProfile(profile: Profile, opts: CodecOptions = {}): Pro
       sink: m.settings.sink,
       window: m.settings.window,
       entropy: m.settings.entropy as EntropyCoder,
+      ...(m.model.max_positions !== undefined ? { maxPositions: m.model.max_positions } : {}),
     },
     profile.plans,
     opts,

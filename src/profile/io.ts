@@ -23,6 +23,7 @@ import { planBitsPerToken, type BasisPlan } from '../codec/types.js';
 import { formatZodIssues } from '../validation.js';
 import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, PROFILE_FORMAT_VERSIONS, TENSORS_FILE, TENSORS_FORMAT_VERSION, type Manifest, type PlanEntry } from './schema.js';
 import { checkManifestRope, ropeIdLines } from './rope.js';
+import { decodeUtf8Strict, findDuplicateKey } from './strict-json.js';
 
 export interface Profile {
   dir: string;
@@ -240,13 +241,29 @@ export async function readManifest(pathArg: string): Promise<{ dir: string; mani
   if (!existsSync(dir)) throw new KvtcError('PROFILE_INVALID', `profile ${dir} does not exist`, { fix: 'Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).', context: { profile: dir } });
   if (!existsSync(file)) throw invalid(dir, `no ${MANIFEST_FILE} in it`, 'Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).');
   let raw: unknown;
+  let bytes: Buffer;
   try {
     const st = await stat(file);
     if (!st.isFile()) throw new Error('not a regular file');
     if (st.size > PROFILE_LIMITS.maxManifestBytes) throw new Error(`${st.size} bytes, more than the ${PROFILE_LIMITS.maxManifestBytes} a manifest may have`);
-    raw = JSON.parse(await readFile(file, 'utf8'));
+    bytes = await readFile(file);
+  } catch (e) {
+    throw invalid(dir, `${MANIFEST_FILE} cannot be read (${(e as Error).message})`);
+  }
+  // Strict UTF-8 and unique keys: what Node's 'utf8' decoding and JSON.parse silently repair
+  // (U+FFFD, last key wins) would let two readers see two different manifests in one file.
+  const decoded = decodeUtf8Strict(bytes);
+  if ('badOffset' in decoded) {
+    throw invalid(dir, `${MANIFEST_FILE} is not valid UTF-8 (byte 0x${(bytes[decoded.badOffset] ?? 0).toString(16).padStart(2, '0')} at offset ${decoded.badOffset})`, `${RECALIBRATE} A manifest is UTF-8 JSON: an editor that saved it in another encoding corrupted it.`);
+  }
+  try {
+    raw = JSON.parse(decoded.text);
   } catch (e) {
     throw invalid(dir, `${MANIFEST_FILE} is not valid JSON (${(e as Error).message})`);
+  }
+  const dup = findDuplicateKey(decoded.text);
+  if (dup) {
+    throw invalid(dir, `${MANIFEST_FILE} has the key ${dup.path} twice (the second at byte offset ${dup.offset}); JSON readers disagree on which one counts`, `${RECALIBRATE} If it was edited by hand, keep one of the two.`);
   }
   const r = raw as { format?: unknown; format_version?: unknown; producer?: { version?: unknown } };
   if (r?.format !== PROFILE_FORMAT) throw invalid(dir, `${MANIFEST_FILE} is not a kvtc profile (format is ${JSON.stringify(r?.format)}, expected "${PROFILE_FORMAT}")`);
@@ -415,6 +432,26 @@ function checkBudget(m: Manifest, fail: Fail): string {
     if (bits > pe.budget_bits) fail(`plans[${pos}] uses ${bits} bits per token, over its budget_bits ${pe.budget_bits}`);
   }
   return 'every plan fits its bit budget';
+}
+
+/**
+ * The informational fields against each other and the model (their ranges are the schema's,
+ * schema.ts FIGURE_LIMITS): what kvtc writes always passes; a hand edit or a foreign writer may not.
+ */
+function checkFigures(m: Manifest, fail: Fail): string {
+  const { layers, heads, kv_heads: kvh } = m.model;
+  if (heads % kvh !== 0) fail(`model.heads ${heads} is not a multiple of model.kv_heads ${kvh} (each KV head serves heads / kv_heads query heads)`);
+  const r = m.measured.rel_error;
+  for (const k of ['key', 'value'] as const) {
+    if (r[k].length !== layers) fail(`measured.rel_error.${k} has ${r[k].length} entries; the model has ${layers} layers (one figure per layer)`);
+    const ci = r[`${k}_mean_ci95`];
+    if (ci && !(ci[0] <= ci[1])) fail(`measured.rel_error.${k}_mean_ci95 is [${ci[0]}, ${ci[1]}]: its low end is above its high end`);
+  }
+  const raw = m.settings.sink + m.settings.window;
+  if (m.measured.context_tokens <= raw) {
+    fail(`measured.context_tokens ${m.measured.context_tokens} leaves no compressed token after sink ${m.settings.sink} + window ${m.settings.window} (calibrate measures on contexts longer than that)`);
+  }
+  return `${layers} per-layer errors of each kind, intervals ordered, heads a multiple of KV heads, measured contexts longer than sink + window`;
 }
 
 function checkRope(m: Manifest, fail: Fail): string {
@@ -785,6 +822,7 @@ export async function checkProfile(pathArg: string, opts: CheckOptions = {}): Pr
   c.run('bits per token', (fail) => checkBits(manifest, fail));
   c.run('bit budget', (fail) => checkBudget(manifest, fail));
   c.run('rope', (fail) => checkRope(manifest, fail));
+  c.run('figures', (fail) => checkFigures(manifest, fail));
   c.run('profile id', (fail) => checkProfileId(manifest, fail));
   let tensors: Map<string, Float32Array> | undefined;
   if (limitsOk && plansOk) {

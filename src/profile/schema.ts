@@ -21,7 +21,43 @@ export const TENSORS_FILE = 'kvtc-profile.safetensors';
 
 const hex = (n?: number) => z.string().regex(n ? new RegExp(`^[0-9a-f]{${n}}$`) : /^[0-9a-f]+$/);
 const nonneg = z.number().int().nonnegative();
-const finite = z.number().finite();
+/** A count that cannot be 0 (zod's .int() also keeps it a safe integer, below 2^53). */
+const count = z.number().int().min(1);
+/** A free-form label (names, versions): not empty, and bounded so no reader has to hold a huge one. */
+const label = z.string().min(1).max(1024);
+
+/**
+ * Bounds of the informational figures (docs/profile-format.md §2.2): decoding never reads them,
+ * but a reader must not show a user impossible values, so the schema refuses what kvtc cannot
+ * produce.
+ */
+export const FIGURE_LIMITS = {
+  /**
+   * ‖K̂ − K‖ / ‖K‖. Dropping every component reconstructs the mean, whose error ‖K − μ‖/‖K‖ is at
+   * most 1 on the data μ was fitted on (a variance never exceeds the second moment) and about 1
+   * on other text; the allocation never does worse than dropping on the tuning split, so kvtc's
+   * figures sit at or below ~1 (0.08 keys, 0.41 values for the bundled profile at 20x). One layer
+   * of a basis shared by several, or the report split, can exceed 1 (quantization noise spread
+   * into a layer whose cache is small), so the bound leaves two orders of magnitude of head-room:
+   * an error a hundred times the signal is no codec's output.
+   */
+  maxRelError: 100,
+  /**
+   * Compression ratios: the largest target (settings.ratio_target ≤ 64) times DEFLATE's largest
+   * expansion (1032:1, blob.ts DEFLATE_MAX_EXPANSION). An allocation solved for 16·p/64 bits per
+   * token cannot be entropy-coded smaller than that.
+   */
+  maxRatio: 64 * 1032,
+  /** model.max_positions: every position fits the blob header's u32. */
+  maxPositions: 2 ** 32,
+} as const;
+
+/** A relative error figure: finite, in [0, FIGURE_LIMITS.maxRelError]. */
+const relError = z.number().min(0).max(FIGURE_LIMITS.maxRelError);
+/** A compression ratio figure: finite, in (0, FIGURE_LIMITS.maxRatio]. */
+const ratio = z.number().positive().max(FIGURE_LIMITS.maxRatio);
+/** settings.grouping: "layer", "all", or k consecutive layers per basis (k ≤ 65535, the most layers a blob holds). */
+const grouping = z.string().regex(/^(layer|all|[1-9][0-9]{0,4})$/);
 /** Tensor names: no spaces or line breaks, so the profile id's canonical text (docs/profile-format.md §2.1) is unambiguous. */
 const tensorName = z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/);
 
@@ -110,12 +146,12 @@ export const ManifestSchema = z
   .object({
     format: z.literal(PROFILE_FORMAT),
     format_version: z.union([z.literal(1), z.literal(2)]).describe('2 (written); 1 still read'),
-    producer: z.object({ name: z.string(), version: z.string() }).strict(),
+    producer: z.object({ name: label, version: label }).strict(),
     profile_id: hex(16).describe('first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it'),
     model: z
       .object({
-        name: z.string(),
-        architecture: z.string(),
+        name: label,
+        architecture: label,
         family: z.enum(FAMILIES),
         fingerprint: z
           .object({
@@ -124,13 +160,20 @@ export const ManifestSchema = z
             onnx_sha256: hex(64),
           })
           .strict(),
-        onnx_file: z.string().optional().describe('the graph file calibrated on, relative to the model directory (what --onnx names); informational, not part of profile_id'),
+        onnx_file: z.string().min(1).max(4096).optional().describe('the graph file calibrated on, relative to the model directory (what --onnx names); informational, not part of profile_id'),
         layers: z.number().int().positive(),
-        heads: z.number().int().positive(),
+        heads: z.number().int().positive().max(0xffff).describe('query heads; a multiple of kv_heads'),
         kv_heads: z.number().int().positive(),
         head_dim: z.number().int().positive(),
         kv_dtype: z.enum(['float32', 'float16']),
         rope: ModelRopeSchema.describe('v1: one RoPE object for every layer; v2: [{ layers, theta, rotary_dim, layout, scaling?, attention_factor? } | { layers, none: true }]'),
+        max_positions: z
+          .number()
+          .int()
+          .positive()
+          .max(FIGURE_LIMITS.maxPositions)
+          .optional()
+          .describe('the model\'s context (max_position_embeddings): encode and decode refuse a cache whose start_position + tokens exceeds it; absent (profiles before it was recorded): 2^24. Not part of profile_id: it bounds what decodes, never how'),
       })
       .strict(),
     settings: z
@@ -138,8 +181,8 @@ export const ManifestSchema = z
         ratio_target: z.number().min(1).max(64),
         sink: nonneg,
         window: nonneg,
-        grouping: z.string().describe('"layer", "all", or a number k of consecutive layers per basis (the one the plans use)'),
-        grouping_requested: z.string().optional().describe('what --grouping asked for: "auto" (chosen by the tuning-split error among the candidates in calibration.grouping_candidates) or the grouping itself'),
+        grouping: grouping.describe('"layer", "all", or a number k of consecutive layers per basis (the one the plans use)'),
+        grouping_requested: z.union([z.literal('auto'), grouping]).optional().describe('what --grouping asked for: "auto" (chosen by the tuning-split error among the candidates in calibration.grouping_candidates) or the grouping itself'),
         tokens: z.number().int().positive(),
         heldout: z.number().int().positive().describe('tuning tokens asked for (clip ranges, error tables, bit allocation)'),
         report: z.number().int().positive().optional().describe('report tokens asked for (the measured figures); absent in profiles written before the report split'),
@@ -151,13 +194,14 @@ export const ManifestSchema = z
       .strict(),
     calibration: z
       .object({
-        sources: z.array(z.object({ name: z.string(), sha256: hex(64), bytes: nonneg }).strict()),
-        tokens_fit: nonneg,
-        tokens_heldout: nonneg.describe('tuning tokens: clip ranges (cross-validated), error tables, bit allocation, budget scale, grouping choice'),
-        tokens_report: nonneg.optional().describe('report tokens: text neither the fit nor the tuning saw; the measured section comes from it'),
-        sequences: nonneg,
+        sources: z.array(z.object({ name: label, sha256: hex(64), bytes: count.describe('an empty file gives no text: calibrate refuses it') }).strict()).min(1),
+        tokens_fit: count,
+        tokens_heldout: count.describe('tuning tokens: clip ranges (cross-validated), error tables, bit allocation, budget scale, grouping choice'),
+        tokens_report: count.optional().describe('report tokens: text neither the fit nor the tuning saw; the measured section comes from it'),
+        sequences: count,
         grouping_candidates: z
-          .array(z.object({ grouping: z.string(), ratio_compressed: finite, key_mean: finite, value_mean: finite }).strict())
+          .array(z.object({ grouping, ratio_compressed: ratio, key_mean: relError, value_mean: relError }).strict())
+          .min(1)
           .optional()
           .describe('with --grouping auto: each candidate at this ratio, measured on the tuning split'),
       })
@@ -166,23 +210,23 @@ export const ManifestSchema = z
     measured: z
       .object({
         split: z.literal('report').optional().describe('the split these figures come from: report tokens no fitting or tuning step saw (absent: the tuning split, profiles before the three-way split)'),
-        context_tokens: nonneg.describe('tokens of the held-out caches the ratio and error were measured on'),
-        ratio_compressed: finite.describe('fp16 bytes of the compressed tokens ÷ their bytes in the blob (sections, scales, headers)'),
-        ratio_blob: finite.describe('fp16 bytes of all tokens ÷ bytes of the whole blob, sink and window tokens included'),
+        context_tokens: count.describe('tokens of the held-out caches the ratio and error were measured on'),
+        ratio_compressed: ratio.describe('fp16 bytes of the compressed tokens ÷ their bytes in the blob (sections, scales, headers)'),
+        ratio_blob: ratio.describe('fp16 bytes of all tokens ÷ bytes of the whole blob, sink and window tokens included'),
         rel_error: z
           .object({
-            key: z.array(finite).describe('per layer ‖K̂−K‖/‖K‖ over compressed tokens'),
-            value: z.array(finite),
-            key_mean: finite,
-            value_mean: finite,
-            key_mean_ci95: z.tuple([finite, finite]).optional().describe('95% bootstrap interval of key_mean over the measured sequences'),
-            value_mean_ci95: z.tuple([finite, finite]).optional(),
+            key: z.array(relError).min(1).describe('per layer ‖K̂−K‖/‖K‖ over compressed tokens (one per model layer)'),
+            value: z.array(relError).min(1),
+            key_mean: relError,
+            value_mean: relError,
+            key_mean_ci95: z.tuple([relError, relError]).optional().describe('95% bootstrap interval of key_mean over the measured sequences'),
+            value_mean_ci95: z.tuple([relError, relError]).optional(),
           })
           .strict(),
-        tuning_rel_error: z.object({ key_mean: finite, value_mean: finite }).strict().optional().describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),
+        tuning_rel_error: z.object({ key_mean: relError, value_mean: relError }).strict().optional().describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),
       })
       .strict(),
-    tensors: z.object({ file: z.literal(TENSORS_FILE), sha256: hex(64), bytes: nonneg }).strict(),
+    tensors: z.object({ file: z.literal(TENSORS_FILE), sha256: hex(64), bytes: z.number().int().min(8).describe('a safetensors file starts with its 8-byte header length') }).strict(),
   })
   .strict();
 

@@ -5,6 +5,7 @@
  * orthonormality check), and with a model directory, the profile compared with the model:
  * fingerprint, shape, KV dtype and each RoPE field. Each returns pass/fail with a reason.
  */
+import { DEFAULT_MAX_POSITIONS } from '../codec/blob.js';
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
 import { profileModelMismatch } from './compat.js';
@@ -55,6 +56,18 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
           name: 'model rope',
           ok: diffs.length === 0,
           detail: diffs.length ? `the profile's RoPE differs from the model's (keys would be un-rotated wrongly): ${diffs.join('; ')}` : 'theta, rotary_dim, layout and scaling equal the model\'s',
+        });
+        // Not in the fingerprint (a config may raise max_position_embeddings): compared here, so a stale bound shows.
+        const mp = m.max_positions;
+        checks.push({
+          name: 'model positions',
+          ok: mp === undefined || mp === s.maxPositions,
+          detail:
+            mp === undefined
+              ? `not recorded (a profile written before model.max_positions): encode and decode bound positions at ${DEFAULT_MAX_POSITIONS} (2^24); the model has ${s.maxPositions}`
+              : mp === s.maxPositions
+                ? `${mp}, as the model's`
+                : `profile ${mp}, but the model has ${s.maxPositions} positions: encode and decode refuse positions past ${mp}; re-calibrate to record the model's`,
         });
       }
     } catch (e) {

@@ -286,7 +286,8 @@ function validDecodeFieldEdits(): Mutation[] {
     ['sink 0', (m) => (m.settings.sink = 0)],
     ['window 64', (m) => (m.settings.window = 64)],
     ['window 0 and sink 0', (m) => ((m.settings.window = 0), (m.settings.sink = 0))],
-    ['sink 1000 (every token raw)', (m) => (m.settings.sink = 1000)],
+    // (the measured contexts must still have compressed tokens: the 'figures' check)
+    ['sink 1000 (every token raw)', (m) => ((m.settings.sink = 1000), (m.measured.context_tokens = 2048))],
     ['entropy stored', (m) => (m.settings.entropy = 'stored')],
     ['entropy deflate-huffman', (m) => (m.settings.entropy = 'deflate-huffman')],
     ['theta 500000', (m) => (m.model.rope.theta = 500000)],

@@ -204,8 +204,53 @@ const CASES: Case[] = [
   // --- the manifest itself
   { name: 'format_version 3', dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 3), sign: false }), check: 'schema', message: /format version 3/, code: 'PROFILE_VERSION' },
   { name: 'format_version 2 with v1\'s one RoPE object', dir: () => make({ manifest: (m) => (m.format_version = 2) }), check: 'rope', message: /model\.rope is one RoPE object \(format 1\)/ },
-  { name: 'a manifest with a duplicated key (the last one wins, as in every JSON reader)', dir: () => make({ raw: (s) => s.replace('"sink": 4,', '"sink": 4, "sink": 5,') }), check: 'profile id', message: /does not match/ },
+  // Duplicate keys: JSON.parse keeps the last, Python's json too, other readers the first: refused by path and offset.
+  { name: 'a manifest with a duplicated key', dir: () => make({ raw: (s) => s.replace('"sink": 4,', '"sink": 4, "sink": 5,') }), check: 'schema', message: /the key settings\.sink twice \(the second at byte offset \d+\)/ },
+  { name: 'a duplicated key with the same value, deep in an array', dir: () => make({ raw: (s) => s.replace('"bytes": 8619', '"bytes": 8619, "bytes": 8619') }), check: 'schema', message: /the key calibration\.sources\[0\]\.bytes twice/ },
+  { name: 'a duplicated key spelled with an escape', dir: () => make({ raw: (s) => s.replace('"window": 128,', '"window": 128, "win\\u0064ow": 128,') }), check: 'schema', message: /the key settings\.window twice/ },
+  { name: 'invalid UTF-8 in a manifest string', dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0x73, 0xc3, 0x28, 0x22]))), check: 'schema', message: /not valid UTF-8 \(byte 0xc3 at offset \d+\)/ },
+  { name: 'a UTF-16 surrogate encoded in UTF-8 (CESU)', dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0xed, 0xa0, 0x80, 0x22]))), check: 'schema', message: /not valid UTF-8 \(byte 0xed/ },
+  // --- informational figures: ranges (schema) and consistency (figures); kvtc never writes these
+  ...(
+    [
+      ['a negative ratio_compressed', (m) => (m.measured.ratio_compressed = -19.4), /measured\.ratio_compressed/],
+      ['ratio_blob 0', (m) => (m.measured.ratio_blob = 0), /measured\.ratio_blob/],
+      ['ratio_compressed 1e308', (m) => (m.measured.ratio_compressed = 1e308), /measured\.ratio_compressed/],
+      ['context_tokens 0', (m) => (m.measured.context_tokens = 0), /measured\.context_tokens/],
+      ['a per-layer relative error of 2^53', (m) => (m.measured.rel_error.key[2] = 2 ** 53), /measured\.rel_error\.key\.2/],
+      ['key_mean 1e308', (m) => (m.measured.rel_error.key_mean = 1e308), /measured\.rel_error\.key_mean/],
+      ['a negative value_mean', (m) => (m.measured.rel_error.value_mean = -0.5), /measured\.rel_error\.value_mean/],
+      ['a relative error "NaN" (a string)', (m) => (m.measured.rel_error.value[0] = 'NaN'), /measured\.rel_error\.value\.0/],
+      ['sources[].bytes 0', (m) => (m.calibration.sources[3].bytes = 0), /calibration\.sources\.3\.bytes/],
+      ['no sources', (m) => (m.calibration.sources = []), /calibration\.sources/],
+      ['tokens_fit 0', (m) => (m.calibration.tokens_fit = 0), /calibration\.tokens_fit/],
+      ['sequences 0', (m) => (m.calibration.sequences = 0), /calibration\.sequences/],
+      ['an empty producer version', (m) => (m.producer.version = ''), /producer\.version/],
+      ['grouping "fast"', (m) => (m.settings.grouping = 'fast'), /settings\.grouping/],
+      ['model.max_positions 0', (m) => (m.model.max_positions = 0), /model\.max_positions/],
+      ['model.max_positions 2^32 + 1', (m) => (m.model.max_positions = 2 ** 32 + 1), /model\.max_positions/],
+    ] as [string, (m: Json) => void, RegExp][]
+  ).map(([name, edit, message]): Case => ({ name: `informational: ${name}`, dir: () => make({ manifest: edit }), check: 'schema', message })),
+  // Not re-signed: re-signing would restore tensors.bytes (which profile_id does not cover).
+  { name: 'informational: tensors.bytes 2^53', dir: () => make({ manifest: (m) => (m.tensors.bytes = 2 ** 53), sign: false }), check: 'schema', message: /tensors\.bytes/ },
+  { name: 'per-layer errors for 4 of 5 layers', dir: () => make({ manifest: (m) => m.measured.rel_error.value.pop() }), check: 'figures', message: /measured\.rel_error\.value has 4 entries; the model has 5 layers/ },
+  { name: 'heads not a multiple of kv_heads', dir: () => make({ manifest: (m) => (m.model.heads = 6) }), check: 'figures', message: /model\.heads 6 is not a multiple of model\.kv_heads 4/ },
+  { name: 'a reversed confidence interval', dir: () => make({ manifest: (m) => (m.measured.rel_error.key_mean_ci95 = [0.2, 0.1]) }), check: 'figures', message: /key_mean_ci95 is \[0\.2, 0\.1\]/ },
+  { name: 'measured contexts no longer than sink + window', dir: () => make({ manifest: (m) => (m.measured.context_tokens = 132) }), check: 'figures', message: /context_tokens 132 leaves no compressed token after sink 4 \+ window 128/ },
 ];
+
+/** Applies `edit` to the bytes of the manifest in `dir`. */
+function withBytes(dir: string, edit: (b: Buffer) => Buffer): string {
+  const f = join(dir, 'kvtc-profile.json');
+  writeFileSync(f, edit(readFileSync(f)));
+  return dir;
+}
+
+function replaceBytes(b: Buffer, what: string, by: Buffer): Buffer {
+  const at = b.indexOf(what);
+  if (at < 0) throw new Error(`${what} not in the manifest`);
+  return Buffer.concat([b.subarray(0, at), by, b.subarray(at + Buffer.byteLength(what))]);
+}
 
 describe('invalid profiles: readProfile refuses each, validate fails the named check', () => {
   it.each(CASES.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
@@ -269,8 +314,8 @@ describe('validate --model compares the profile with the model (RoPE field by fi
     const v = await validateProfile(PROFILE, DEFAULT_MODEL_DIR);
     expect(v.checks.filter((c) => !c.ok)).toEqual([]);
     expect(v.checks.map((c) => c.name)).toEqual([
-      'schema', 'limits', 'plans', 'groups', 'bits per token', 'bit budget', 'rope', 'profile id', 'tensor file', 'finite values', 'static ranges', 'orthonormal bases',
-      'model', 'model shape', 'model kv dtype', 'model rope',
+      'schema', 'limits', 'plans', 'groups', 'bits per token', 'bit budget', 'rope', 'figures', 'profile id', 'tensor file', 'finite values', 'static ranges', 'orthonormal bases',
+      'model', 'model shape', 'model kv dtype', 'model rope', 'model positions',
     ]);
   });
 });
