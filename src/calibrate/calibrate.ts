@@ -32,6 +32,7 @@ import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, readManifest, writeProfile } from '../profile/io.js';
+import type { Equivalence } from '../profile/equivalence.js';
 import { fitBases } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
@@ -101,10 +102,14 @@ export interface GroupingCandidate {
 export interface RatioResult {
   profile: string;
   profile_id: string;
-  /** True when the output already held this exact profile (nothing was rewritten). */
+  /** True when the output already held this profile, identical or equivalent within tolerance (nothing was rewritten; profile_id is the kept one's). */
   unchanged: boolean;
+  /** Set when the kept profile differs from this run's within tolerance (another CPU's last float bits; src/profile/equivalence.ts). */
+  equivalent?: Equivalence;
   /** True when an earlier run of the same job (model, data, settings) was replaced. */
   replaced: boolean;
+  /** Why it was replaced: the first difference beyond tolerance. */
+  difference?: string;
   ratio_target: number;
   /** The grouping the profile uses (chosen by measurement when --grouping auto). */
   grouping: string;
@@ -514,7 +519,9 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
         profile: outDirs[ri],
         profile_id: manifest.profile_id,
         unchanged: manifest.unchanged === true,
+        ...(manifest.equivalent ? { equivalent: manifest.equivalent } : {}),
         replaced: manifest.replaced === true,
+        ...(manifest.difference ? { difference: manifest.difference } : {}),
         ratio_target: ratio,
         grouping: String(c.grouping),
         ratio: m.ratioBlob,

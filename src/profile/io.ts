@@ -23,6 +23,7 @@ import { planBitsPerToken, type BasisPlan } from '../codec/types.js';
 import { formatZodIssues } from '../validation.js';
 import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, PROFILE_FORMAT_VERSIONS, TENSORS_FILE, TENSORS_FORMAT_VERSION, type Manifest, type PlanEntry } from './schema.js';
 import { checkManifestRope, ropeIdLines } from './rope.js';
+import { compareProfiles, type Equivalence } from './equivalence.js';
 import { decodeUtf8Strict, findDuplicateKey } from './strict-json.js';
 
 export interface Profile {
@@ -171,23 +172,36 @@ function sameJob(a: Manifest, b: Manifest): boolean {
   );
 }
 
+/** What writeProfile did: `unchanged` (nothing written; `equivalent` when the bytes differed within tolerance), or `replaced` (with the `difference` that made it). */
+export interface WriteOutcome {
+  unchanged?: boolean;
+  /** The existing profile of the same job was kept: it equals the new one within tolerance (equivalence.ts). */
+  equivalent?: Equivalence;
+  replaced?: boolean;
+  /** Why an earlier run of the same job was replaced: the first difference beyond tolerance. */
+  difference?: string;
+}
+
 /**
  * Writes the profile's two files into `dir` (created if missing) — kvtc-profile.safetensors
  * first, kvtc-profile.json last, each to a temporary name in `dir` and renamed — and touches
  * nothing else there: `dir` may be the model's own directory. Existing profile files are
  * replaced only with `force`, or when they hold a profile of the same job (model, data,
- * settings): re-running a calibration must work on the committed profile, and a different CPU
- * may change its last float bits. Other files in `dir` never matter. `unchanged` says the bytes
- * were identical (nothing was written), `replaced` that an earlier run of the same job was
- * overwritten.
+ * settings): re-running a calibration must work on the committed profile. Other files in `dir`
+ * never matter. A profile of the same job that is identical (`unchanged`) or equivalent within
+ * tolerance (`unchanged` + `equivalent`: another CPU's ONNX Runtime kernels move the last float
+ * bits, equivalence.ts) is left untouched and returned as it is on disk, so re-running a
+ * committed calibration on any machine leaves it as committed; one that differs beyond that is
+ * overwritten (`replaced`, with the `difference`).
  */
-export async function writeProfile(dir: string, draft: ManifestDraft, plans: BasisPlan[], opts: { force?: boolean } = {}): Promise<Manifest & { unchanged?: boolean; replaced?: boolean }> {
+export async function writeProfile(dir: string, draft: ManifestDraft, plans: BasisPlan[], opts: { force?: boolean } = {}): Promise<Manifest & WriteOutcome> {
   const { manifest, tensors } = serializeProfile(draft, plans);
   const manifestPath = join(dir, MANIFEST_FILE);
   const tensorsPath = join(dir, TENSORS_FILE);
   const hasManifest = existsSync(manifestPath);
   const hasTensors = existsSync(tensorsPath);
   let replaced = false;
+  let difference: string | undefined;
   if ((hasManifest || hasTensors) && !opts.force) {
     let existing: Manifest | undefined;
     if (hasManifest) {
@@ -213,13 +227,25 @@ export async function writeProfile(dir: string, draft: ManifestDraft, plans: Bas
       Buffer.from(await readFile(tensorsPath)).equals(Buffer.from(tensors)) &&
       (await readFile(manifestPath, 'utf8')) === manifestText(manifest);
     if (same) return { ...manifest, unchanged: true };
+    // The whole existing profile, every reader check run: one that fails them is replaced.
+    let kept: Profile | undefined;
+    try {
+      kept = await readProfile(dir);
+    } catch (e) {
+      difference = `the existing profile fails its checks (${(e as Error).message})`;
+    }
+    if (kept) {
+      const c = compareProfiles(kept, { manifest, plans });
+      if (c.equivalent) return { ...kept.manifest, unchanged: true, equivalent: c.detail };
+      difference = c.difference;
+    }
     replaced = true;
   }
   // Tensors first, manifest last: a reader never sees a new manifest over old tensors, and an
   // interrupted write leaves a profile whose hash check fails rather than a mixed one.
   await writeFileAtomic(tensorsPath, tensors);
   await writeFileAtomic(manifestPath, manifestText(manifest));
-  return { ...manifest, replaced };
+  return { ...manifest, replaced, ...(difference ? { difference } : {}) };
 }
 
 /** Resolves a profile argument (directory or its manifest path) to the directory. */

@@ -110,8 +110,13 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   const s = result.seconds;
   const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
   io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
-  for (const p of result.profiles.filter((x) => x.unchanged)) io.out(`${p.profile} already held this exact profile: left as it was (calibration is reproducible).`);
-  for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration (model, data, settings): replaced.`);
+  for (const p of result.profiles.filter((x) => x.unchanged)) {
+    const e = p.equivalent;
+    io.out(e
+      ? `${p.profile}: kept the existing profile ${p.profile_id}: equivalent within tolerance ${e.tolerance} (same plans; tensors differ by at most ${e.tensors_max_rel_diff.toExponential(1)}, figures by ${e.figures_max_rel_diff.toExponential(1)} relative${e.sign_flips ? `, ${e.sign_flips} basis columns negated` : ''}: another CPU's float rounding), so it was not rewritten.`
+      : `${p.profile} already held this exact profile: left as it was (calibration is reproducible on the same machine).`);
+  }
+  for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration (model, data, settings): replaced${p.difference ? ` (${p.difference})` : ''}.`);
   io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
 }
 // Tested by test/calibrate/calibrate.test.ts, test/calibrate/data.test.ts, test/cli/contract.test.ts and test/cli/program.test.ts (option errors).
