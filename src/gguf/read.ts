@@ -145,8 +145,8 @@ function parse(c: Cursor): GgufFile {
   if (version !== 2 && version !== 3) throw ggufUnsupported(path, `has GGUF version ${version}; kvtc reads versions 2 and 3`, 'Re-create the GGUF with a llama.cpp release that writes version 3, or update kvtc.', { version });
 
   // Each tensor info takes at least 4+8 (an empty name and n_dims) + 4+8 bytes; each key at least 8+4+1.
-  const nTensors = c.count('tensor count', Math.min(GGUF_LIMITS.tensors, Math.floor(c.remaining() / 24)), 'the file can hold');
-  const nKeys = c.count('metadata key count', Math.min(GGUF_LIMITS.keys, Math.floor(c.remaining() / 13)), 'the file can hold');
+  const nTensors = c.count('tensor count', Math.min(GGUF_LIMITS.tensors, Math.floor(c.remaining() / 24)), 'the rest of the file can hold (truncated?)');
+  const nKeys = c.count('metadata key count', Math.min(GGUF_LIMITS.keys, Math.floor(c.remaining() / 13)), 'the rest of the file can hold (truncated?)');
 
   const metadata = new Map<string, GgufEntry>();
   for (let i = 0; i < nKeys; i++) {

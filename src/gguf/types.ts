@@ -31,7 +31,10 @@ export interface GgmlTypeInfo {
   typeSize: number;
 }
 
-/** Every ggml type id the format defines (ggml.h, GGML_QUANT_SIZES); ids 4, 5, 31-33, 36-38 are retired. */
+/**
+ * Every ggml type id the format defines (ggml.h, GGML_QUANT_SIZES); ids 4, 5, 31-33, 36-38 are retired.
+ * Q8_1 is ggml's 36-byte block (gguf-py's table says 40, from an older layout; no GGUF stores Q8_1).
+ */
 export const GGML_TYPES: readonly GgmlTypeInfo[] = [
   [0, 'F32', 1, 4], [1, 'F16', 1, 2], [2, 'Q4_0', 32, 18], [3, 'Q4_1', 32, 20], [6, 'Q5_0', 32, 22],
   [7, 'Q5_1', 32, 24], [8, 'Q8_0', 32, 34], [9, 'Q8_1', 32, 36], [10, 'Q2_K', 256, 84], [11, 'Q3_K', 256, 110],
@@ -40,6 +43,7 @@ export const GGML_TYPES: readonly GgmlTypeInfo[] = [
   [20, 'IQ4_NL', 32, 18], [21, 'IQ3_S', 256, 110], [22, 'IQ2_S', 256, 82], [23, 'IQ4_XS', 256, 136],
   [24, 'I8', 1, 1], [25, 'I16', 1, 2], [26, 'I32', 1, 4], [27, 'I64', 1, 8], [28, 'F64', 1, 8],
   [29, 'IQ1_M', 256, 56], [30, 'BF16', 1, 2], [34, 'TQ1_0', 256, 54], [35, 'TQ2_0', 256, 66], [39, 'MXFP4', 32, 17],
+  [40, 'NVFP4', 64, 36], [41, 'Q1_0', 128, 18],
 ].map(([id, name, blockSize, typeSize]) => ({ id, name, blockSize, typeSize }) as GgmlTypeInfo);
 
 const BY_ID = new Map(GGML_TYPES.map((t) => [t.id, t]));
