@@ -7,13 +7,14 @@
  * inserted/removed/changed). Every mutated blob must either be refused with a typed KvtcError
  * (BLOB_INVALID or BLOB_MISMATCH, with a fix) or decode:
  *   - "exact" mutations (everything except the two below) to exactly the unmutated blob's cache;
- *   - mutations that make a different valid blob — a CRC-valid edit of start_position or of flag
- *     bit 0 (float16), or of section payload bytes — to finite values of the header's shape.
+ *   - mutations that make a different valid blob — a CRC-valid edit of start_position (within
+ *     the model's context, the profile's model.max_positions; past it the blob is refused) or of
+ *     flag bit 0 (float16), or of section payload bytes — to finite values of the header's shape.
  * Nothing else may escape (no RangeError, no TypeError), and no mutation may allocate
  * unboundedly (ArrayBuffer memory is sampled after each decode).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HEADER_BYTES, SECTION_BYTES } from '../../src/codec/blob.js';
+import { DEFAULT_MAX_POSITIONS, HEADER_BYTES, SECTION_BYTES } from '../../src/codec/blob.js';
 import { KvtcCodec } from '../../src/codec/codec.js';
 import { isKvtcError } from '../../src/errors.js';
 import type { KvCache } from '../../src/model/types.js';
@@ -24,6 +25,8 @@ import { allFinite, at, captureCache, cloneCache, explode, implode, mixedGroups,
 import { rng } from './rng.js';
 
 const MUTATIONS = 1600;
+/** The committed profile's model.max_positions (stories260K's max_position_embeddings). */
+const STORIES_POSITIONS = 512;
 const SEED = 0x6b767463; // "kvtc"
 
 interface Base {
@@ -155,6 +158,15 @@ const mutators: Record<string, (r: Rand, b: Uint8Array) => Mutation> = {
     const out = r.uniform() < 0.5 ? new Uint8Array([...b.subarray(0, p), ...Uint8Array.from({ length: k }, () => int(r, 256)), ...b.subarray(p)]) : new Uint8Array([...b.subarray(0, p), ...b.subarray(Math.min(p + k, b.length - 4))]);
     return { blob: withCrc(out), exact: true, what: `payload bytes inserted/removed at ${p} (CRC fixed)` };
   },
+  startPositionNearBoundCrc(r, b) {
+    // start_position near the model's context (the profile's model.max_positions, 512), near the
+    // bound for profiles that record none (2^24) and near the u32 limit: refused past the model's
+    // context, another valid blob within it.
+    const T = new DataView(b.buffer, b.byteOffset).getUint32(16, true);
+    const k = int(r, 8);
+    const v = pick(r, [STORIES_POSITIONS - T - k, STORIES_POSITIONS - T + 1 + k, 2 ** 24 - T + k, 2 ** 32 - 1 - k, 2 ** 32 - T - k, 4.29e9 + k]);
+    return { blob: setField(b, 20, 4, v), exact: false, what: `start_position → ${v} (CRC fixed)` };
+  },
   payloadEditCrc(r, b) {
     // Edit decoded payload bytes (sections stored, so edits reach the codes, fp16 scales and raw values).
     const e = storeAll(explode(b));
@@ -215,5 +227,53 @@ describe('blob fuzzing: every mutated blob is refused with a typed error or deco
     for (const n of names) expect(tally[n]?.refused, n).toBeGreaterThan(0);
     expect(tally.payloadEditCrc.other).toBeGreaterThan(0);
     expect(tally.headerFieldCrc.refused + tally.headerByteCrc.refused).toBeGreaterThan(100);
+    // Positions within the model's context decode; past it they are refused.
+    expect(tally.startPositionNearBoundCrc.same + tally.startPositionNearBoundCrc.other).toBeGreaterThan(0);
+  });
+});
+
+describe('positions past the model\'s context (issue 22: a CRC-valid start_position of 4.29e9 decoded)', () => {
+  it('the committed profile records the model\'s 512 positions', () => {
+    expect(codec.spec.maxPositions).toBe(STORIES_POSITIONS);
+  });
+
+  it('decode refuses start_position + tokens past model.max_positions with BLOB_INVALID naming the position and the bound; up to it, decodes', async () => {
+    const base = bases[0];
+    const T = base.ref.tokens;
+    for (const start of [STORIES_POSITIONS - T + 1, STORIES_POSITIONS, 2 ** 24, 2 ** 32 - T, 4.29e9]) {
+      const blob = setField(base.blob, 20, 4, start);
+      await expect(base.codec.decode(blob, 'far.kvtc')).rejects.toMatchObject({
+        code: 'BLOB_INVALID',
+        message: expect.stringContaining(`far.kvtc: header start_position ${start} + ${T} tokens puts its last token at position ${start + T - 1}, but the model has 512 positions (0–511, the profile's model.max_positions)`),
+        fix: expect.stringContaining('re-encode'),
+        context: expect.objectContaining({ start_position: start, tokens: T, max_positions: STORIES_POSITIONS }),
+      });
+    }
+    // Past 2^32 no profile matters: the header check (positions are u32) refuses it first.
+    await expect(base.codec.decode(setField(base.blob, 20, 4, 2 ** 32 - 1), 'far.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining(`start_position 4294967295 + ${T} tokens runs past position 2^32 − 1`) });
+    const { cache } = await base.codec.decode(setField(base.blob, 20, 4, STORIES_POSITIONS - T), 'edge.kvtc');
+    expect(cache.startPosition).toBe(STORIES_POSITIONS - T);
+    expect(allFinite(cache)).toBe(true);
+  });
+
+  it('encode refuses a cache reaching past model.max_positions (KV_INVALID); a profile without the field bounds at 2^24', async () => {
+    const cache = prefix(bases[0].ref, 40);
+    await expect(codec.encode({ ...cache, startPosition: STORIES_POSITIONS - 39 })).rejects.toMatchObject({
+      code: 'KV_INVALID',
+      message: expect.stringContaining('starts at position 473 with 40 tokens, so its last token is at position 512, but the model has 512 positions'),
+    });
+    const atEdge = await codec.encode({ ...cache, startPosition: STORIES_POSITIONS - 40 });
+    expect((await codec.decode(atEdge.blob)).cache.startPosition).toBe(STORIES_POSITIONS - 40);
+    // Without a recorded bound (profiles before model.max_positions): DEFAULT_MAX_POSITIONS.
+    const { maxPositions: _, ...spec } = codec.spec;
+    const old = await KvtcCodec.create(spec, codec.plans);
+    try {
+      const far = await old.encode({ ...cache, startPosition: DEFAULT_MAX_POSITIONS - 40 });
+      expect((await old.decode(far.blob)).cache.startPosition).toBe(DEFAULT_MAX_POSITIONS - 40);
+      await expect(old.encode({ ...cache, startPosition: DEFAULT_MAX_POSITIONS - 39 })).rejects.toMatchObject({ code: 'KV_INVALID', message: expect.stringContaining('does not record model.max_positions') });
+      await expect(old.decode(setField(far.blob, 20, 4, DEFAULT_MAX_POSITIONS - 39))).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining(`the model has ${DEFAULT_MAX_POSITIONS} positions`) });
+    } finally {
+      await old.release();
+    }
   });
 });

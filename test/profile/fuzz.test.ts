@@ -239,8 +239,74 @@ function textMutations(): Mutation[] {
     ['CRLF line endings', t.replace(/\n/g, '\r\n')],
     ['minified', JSON.stringify(base.manifest)],
   ];
-  // Formatting and duplicate keys with the same value change nothing: 'same' is allowed for all.
-  return cases.map(([d, text]) => ({ desc: `text: ${d}`, manifest: text, tensors: base.tensors, allow: 'same' as const }));
+  // Formatting changes nothing: 'same' is allowed; a duplicated key (JSON readers disagree on which counts) and bytes that are not UTF-8 are refused.
+  return cases.map(([d, text]) => ({ desc: `text: ${d}`, manifest: text, tensors: base.tensors, allow: /duplicated|invalid UTF-8/.test(d) ? ('refused' as const) : ('same' as const) }));
+}
+
+/**
+ * Issue 22's tighter reader, seeded: in a random manifest string, bytes that are not UTF-8; a
+ * random key of a random object repeated (same or another value); each informational number set
+ * to a value kvtc cannot produce. Each must be refused — except 0 for a relative error, a value
+ * kvtc can write (a lossless layer), which may decode as the committed profile does.
+ */
+function strictnessMutations(seed: number): Mutation[] {
+  const { uniform } = rng(seed);
+  const int = (n: number) => Math.floor(uniform() * n);
+  const out: Mutation[] = [];
+  const text = Buffer.from(baseText);
+  // Invalid UTF-8: a lone continuation, an overlong form, a surrogate, past U+10FFFF, 0xff, a cut sequence.
+  const bad = [[0x80], [0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xff], [0xe2, 0x82], [0xf8, 0x88, 0x80, 0x80, 0x80]];
+  const strings = [...baseText.matchAll(/: "([^"\\]+)"/g)].map((m) => Buffer.byteLength(baseText.slice(0, m.index! + 3)));
+  for (let k = 0; k < 24; k++) {
+    const at = strings[int(strings.length)] + int(3);
+    const seq = Buffer.from(bad[k % bad.length]);
+    out.push({ desc: `strict: bytes ${seq.toString('hex')} inside a manifest string at byte ${at}`, manifest: Buffer.concat([text.subarray(0, at), seq, text.subarray(at)]), tensors: base.tensors, allow: 'refused' });
+  }
+  // Duplicate keys: repeat a random member of a random object, before or after itself.
+  const objects = paths(base.manifest).filter((p) => {
+    const v = getAt(base.manifest, p);
+    return v && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length > 0;
+  });
+  for (let k = 0; k < 24; k++) {
+    const p = objects[int(objects.length)];
+    const keys = Object.keys(getAt(base.manifest, p));
+    const key = keys[int(keys.length)];
+    const m = structuredClone(base.manifest);
+    const obj = getAt(m, p);
+    const value = k % 2 ? obj[key] : 12345;
+    // A marker key, renamed in the text to `key`: JSON.stringify cannot write a duplicate itself.
+    const rebuilt: Json = {};
+    const before = uniform() < 0.5;
+    for (const name of keys) {
+      if (name === key && before) rebuilt['__DUP__'] = value;
+      rebuilt[name] = obj[name];
+      if (name === key && !before) rebuilt['__DUP__'] = value;
+    }
+    if (p.length) setAt(m, p, rebuilt);
+    const t = JSON.stringify(p.length ? m : rebuilt, null, 2).replace('"__DUP__"', JSON.stringify(key));
+    out.push({ desc: `strict: key ${[...p, key].join('.')} repeated ${before ? 'before' : 'after'} itself (${k % 2 ? 'same' : 'another'} value)`, manifest: t, tensors: base.tensors, allow: 'refused' });
+  }
+  // Informational numbers: every numeric leaf of measured and calibration, and settings' and the model's informational ones.
+  const informational = paths(base.manifest).filter(
+    (p) =>
+      typeof getAt(base.manifest, p) === 'number' &&
+      (p[0] === 'measured' || p[0] === 'calibration' || (p[0] === 'settings' && ['ratio_target', 'tokens', 'heldout', 'report', 'chunk', 'granule'].includes(String(p[1]))) || (p[0] === 'model' && p[1] === 'heads')),
+  );
+  const values: [string, string][] = [['negative', '-1'], ['0', '0'], ['2^53', '9007199254740992'], ['1e308', '1e308'], ['"NaN" (a string)', '"NaN"'], ['-0.5', '-0.5']];
+  for (let k = 0; k < 60; k++) {
+    const p = informational[int(informational.length)];
+    const [name, raw] = values[int(values.length)];
+    const m = structuredClone(base.manifest);
+    setAt(m, p, '__RAW__');
+    const relError = p[0] === 'measured' && !['context_tokens', 'ratio_compressed', 'ratio_blob'].includes(String(p[1]));
+    out.push({
+      desc: `strict: ${p.join('.')} = ${name}`,
+      manifest: JSON.stringify(m, null, 2).replace('"__RAW__"', raw),
+      tensors: base.tensors,
+      allow: relError && raw === '0' ? 'same' : 'refused',
+    });
+  }
+  return out;
 }
 
 /** Targeted edits of every field decoding uses, id not re-derived: each must be refused. */
@@ -506,6 +572,15 @@ describe('profile fuzzing (seeded, in-process)', () => {
     for (const mu of muts) await run(mu, 'manifest');
     expect(tally.manifest.refused).toBeGreaterThan(40);
     expect(tally.manifest.same).toBeGreaterThan(10);
+  });
+
+  it('strict UTF-8, unique keys and informational ranges (issue 22): invalid bytes, repeated keys and impossible figures all refused', async () => {
+    const muts = strictnessMutations(2200);
+    for (const mu of muts) {
+      const outcome = await run(mu, 'strictness');
+      if (mu.allow === 'refused') expect(outcome, mu.desc).toBe('refused');
+    }
+    expect(tally.strictness.refused).toBeGreaterThan(100);
   });
 
   it('edits of the fields decoding uses, id not re-derived: all refused', async () => {
