@@ -5,7 +5,7 @@
  * missing or of the wrong type; pass a fallback to make a key optional.
  */
 import { ggufInvalid } from './errors.js';
-import type { GgufEntry, GgufTensorInfo, GgufValue } from './types.js';
+import type { GgufEntry, GgufScalar, GgufTensorInfo, GgufValue, GgufValueType } from './types.js';
 
 const NEEDS_FIX = 'The GGUF lacks metadata kvtc needs for this model: re-create it with a current llama.cpp convert_hf_to_gguf.py.';
 
@@ -93,6 +93,13 @@ export class GgufFile {
     if (e.type !== 'ARRAY' || !NUMERIC.has(e.itemType ?? '')) throw this.wrongType(key, e, 'an array of numbers');
     const v = e.value as number[] | bigint[];
     return typeof v[0] === 'bigint' ? (v as bigint[]).map((x) => this.safe(key, x)) : (v as number[]);
+  }
+
+  /** Any array with its item type (GGUF arrays are homogeneous; 64-bit items are bigint). */
+  getArray(key: string): { itemType: GgufValueType; values: readonly GgufScalar[] } {
+    const e = this.entry(key, 'an array');
+    if (e.type !== 'ARRAY' || !e.itemType) throw this.wrongType(key, e, 'an array');
+    return { itemType: e.itemType, values: e.value as GgufScalar[] };
   }
 
   private safe(key: string, v: number | bigint): number {

@@ -7,6 +7,7 @@
  *   file.version, file.alignment, file.dataStart, file.fileSize
  *   file.get(key) / file.has(key)             raw metadata value (64-bit ints as bigint, arrays as arrays)
  *   file.getString / getNumber / getInteger / getBool / getStringArray / getNumberArray (key, fallback?)
+ *   file.getArray(key)                        any array: { itemType, values }
  *                                             typed: GGUF_INVALID naming the key when missing (and no
  *                                             fallback) or of another type
  *   file.tensors                              GgufTensorInfo[] in header order: name, ne, shape, type, byteSize…
@@ -193,7 +194,7 @@ function parse(c: Cursor): GgufFile {
   const tensors: GgufTensorInfo[] = raw.map(({ name, ne, typeId, offset }) => {
     const type = ggmlTypeById(typeId);
     if (!type) {
-      throw ggufInvalid(path, `tensor "${name}" has ggml type id ${typeId}, which is not a ggml type (known: ${GGML_TYPES.map((t) => `${t.id} ${t.name}`).join(', ')})`, { tensor: name, type: typeId });
+      throw ggufInvalid(path, `tensor "${name}" has ggml type id ${typeId}, which is not a ggml type (known: ${GGML_TYPES.map((t) => `${t.id} ${t.name}`).join(', ')}; kvtc dequantizes ${DEQUANT_TYPES.join(', ')})`, { tensor: name, type: typeId });
     }
     let elements = 1;
     for (const d of ne) elements *= d;

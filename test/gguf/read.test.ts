@@ -76,6 +76,8 @@ describe('openGguf + readTensor round trips', () => {
     expect(f.getNumberArray('heads')).toEqual([4, 4, 8]);
     expect(f.getNumberArray('big')).toEqual([1, 2]);
     expect(f.get('flags')).toEqual([true, false]);
+    expect(f.getArray('big')).toEqual({ itemType: 'UINT64', values: [1n, 2n] });
+    expect(f.getArray('tokenizer.ggml.tokens').values).toHaveLength(3000);
     expect(f.getNumberArray('none')).toEqual([]);
     // fallbacks apply to missing keys only
     expect(f.getNumber('llama.rope.freq_base', 10000)).toBe(10000);
@@ -96,6 +98,7 @@ describe('openGguf + readTensor round trips', () => {
       [() => f.getStringArray('list'), /"list" is ARRAY of INT32, expected an array of strings/],
       [() => f.getNumberArray('a'), /expected an array of numbers/],
       [() => f.getBool('a'), /expected a bool/],
+      [() => f.getArray('n'), /"n" is FLOAT32, expected an array/],
       [() => f.tensor('output.weight'), /tensor "output.weight" is not in the file/],
     ];
     for (const [fn, re] of cases) {
@@ -179,7 +182,7 @@ describe('refusals', () => {
     ['n_dims 5', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[0].nDimsAt, 5, 4); }, 'GGUF_INVALID', /tensor "a" has 5 dimensions; ggml allows at most 4/],
     ['huge dim', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].dimsAt[0], 2n ** 62n); }, 'GGUF_INVALID', /tensor "b" has dimension 0 of 4611686018427387904, impossible/],
     ['negative dim', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].dimsAt[0], 2n ** 64n - 1n); }, 'GGUF_INVALID', /dimension 0 of -1/],
-    ['unknown ggml type', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].typeAt, 77, 4); }, 'GGUF_INVALID', /tensor "b" has ggml type id 77, which is not a ggml type \(known: 0 F32, 1 F16/],
+    ['unknown ggml type', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].typeAt, 77, 4); }, 'GGUF_INVALID', /tensor "b" has ggml type id 77, which is not a ggml type \(known: 0 F32, 1 F16.*; kvtc dequantizes F32, F16, BF16/],
     ['row not whole blocks', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[0].dimsAt[0], 16); }, 'GGUF_INVALID', /rows of 16 elements, not a multiple of its block of 32/],
     ['misaligned offset', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].offsetAt, 100); }, 'GGUF_INVALID', /data offset 100, not a multiple of the alignment 32/],
     ['huge offset', () => { const { bytes, layout } = layoutOf(); return put(bytes, layout.tensors[1].offsetAt, 2n ** 63n); }, 'GGUF_INVALID', /runs past the end/],
