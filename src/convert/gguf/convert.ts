@@ -4,17 +4,20 @@
  * and writes config.json, generation_config.json, tokenizer.json, tokenizer_config.json and
  * onnx/model.onnx (llama-graph.ts) atomically, file by file, as convert-llama2c does.
  */
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { KvtcError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { checkOutputDir } from '../../io/output.js';
+import { DEQUANT_TYPES, openGguf, readTensor, type GgufFile } from '../../gguf/read.js';
+import { ggufUnsupported } from '../../gguf/errors.js';
 import { buildLlamaGraph } from '../llama-graph.js';
 import { checkOutput, type WrittenModelDir } from '../model-dir.js';
 import type { ConvertedFamily, FamilyConverter, GgufModel } from './family.js';
 import { llamaFamily } from './llama.js';
+import { gemma3Family } from './gemma3.js';
 
 /** Every family, in the order `kvtc convert-gguf --help` lists them. */
-export const GGUF_FAMILIES: readonly FamilyConverter[] = [llamaFamily];
+export const GGUF_FAMILIES: readonly FamilyConverter[] = [llamaFamily, gemma3Family];
 
 export const SUPPORTED_GGUF_ARCHITECTURES: readonly string[] = GGUF_FAMILIES.flatMap((f) => f.architectures);
 
@@ -66,4 +69,42 @@ export async function convertGgufModel(g: GgufModel, opts: ConvertGgufModelOptio
     architecture: g.architecture,
     converted,
   };
+}
+
+/** The reader's file as the families read it. */
+export function ggufModel(file: GgufFile): GgufModel {
+  return {
+    path: file.path,
+    architecture: file.getString('general.architecture'),
+    meta: (key) => file.get(key),
+    tensors: new Map(file.tensors.map((t) => [t.name, { dims: t.ne, type: t.type.name }])),
+    read: (name) => readTensor(file, name),
+  };
+}
+
+/** Every tensor type is checked before any is read: a model is refused in a second, not after minutes of dequantizing. */
+function checkTensorTypes(file: GgufFile): void {
+  const bad = file.tensors.filter((t) => !(DEQUANT_TYPES as readonly string[]).includes(t.type.name));
+  if (bad.length > 0) {
+    const types = [...new Set(bad.map((t) => t.type.name))];
+    throw ggufUnsupported(file.path, `tensor ${bad[0].name} is ${bad[0].type.name}${bad.length > 1 ? ` (and ${bad.length - 1} more tensors of ${types.join(', ')})` : ''}, which kvtc cannot dequantize; supported: ${DEQUANT_TYPES.join(', ')}`, 'Re-quantize the model to one of those types (llama-quantize, e.g. Q8_0 or Q4_K_M), or convert the original Hugging Face checkpoint.', { tensor: bad[0].name, types });
+  }
+}
+
+export interface ConvertGgufOptions {
+  file: string;
+  out: string;
+  /** Default: the file name without .gguf. */
+  name?: string;
+  force?: boolean;
+}
+
+/** `kvtc convert-gguf`: opens and checks the GGUF, converts it, writes the model directory. */
+export async function convertGguf(opts: ConvertGgufOptions): Promise<ConvertGgufResult> {
+  checkOutput(opts.out, opts.force);
+  const file = await openGguf(opts.file);
+  const g = ggufModel(file);
+  familyFor(g);
+  checkTensorTypes(file);
+  return convertGgufModel(g, { out: opts.out, name: opts.name ?? basename(opts.file).replace(/\.gguf$/i, ''), force: opts.force });
 }
