@@ -128,7 +128,8 @@ describe('allocateBits', () => {
     }
   });
 
-  it('runs p=1024 at ratio 4 quickly', () => {
+  // Its speed is a benchmark (scripts/test-timings-bench.ts, docs/benchmarks.md), not a test bound.
+  it('p=1024 at ratio 4: returns a valid allocation whose reported error and bits are those of its groups', () => {
     const t = randomTables(64, 9);
     // widen to 1024 components with the default granule layout
     const p = 1024, g = 16, M = 16;
@@ -147,10 +148,17 @@ describe('allocateBits', () => {
       for (let j = k * g; j < Math.min(p, (k + m) * g); j++) s += big.staticErr[ti * p + j];
       big.dynamicErr[dynamicIndex(big, k, m, ti)] = k + m > 64 ? Infinity : s * 0.7;
     }
-    const t0 = performance.now();
     const a = allocateBits(big, Math.floor((16 * p) / 4));
-    const ms = performance.now() - t0;
     expect(a.bits).toBeLessThanOrEqual(4096);
-    expect(ms).toBeLessThan(5000);
+    expect(a.bits).toBe(planBitsPerToken(a));
+    expect(a.rank).toBeGreaterThan(0);
+    expect(a.groups.at(-1)!.end).toBe(a.rank);
+    for (const [i, g] of a.groups.entries()) {
+      expect(g.start).toBe(i === 0 ? 0 : a.groups[i - 1].end);
+      if (g.mode === 'dynamic') expect(g.start % 16).toBe(0);
+    }
+    expect(a.error).toBeCloseTo(planError(big, a.groups), 6);
+    // Dropping everything is one of the choices it beat.
+    expect(a.error).toBeLessThan(big.none.reduce((x, y) => x + y, 0));
   });
 });

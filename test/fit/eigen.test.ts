@@ -70,11 +70,10 @@ describe('symmetricEigen', () => {
     }
   });
 
-  it('p=256 in well under a second', () => {
+  // Its speed is a benchmark (scripts/test-timings-bench.ts, docs/benchmarks.md "Calibration kernels"), not a test bound.
+  it('p=256: returns the top eigenpair to a residual of 1e-9', () => {
     const A = randomSymmetric(256, 9);
-    const t0 = performance.now();
     const { values, vectorsT } = symmetricEigen(A, 256);
-    expect(performance.now() - t0).toBeLessThan(3000);
     // spot check the top pair
     let res = 0;
     for (let i = 0; i < 256; i++) {

@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BasisPlan } from '../../src/codec/types.js';
-import { orthonormalityError, PROFILE_LIMITS, readProfile, sampledOrthonormalityError, writeProfile, type ManifestDraft } from '../../src/profile/io.js';
+import { checkProfile, orthonormalityError, PROFILE_LIMITS, readProfile, sampledOrthonormalityError, writeProfile, type ManifestDraft } from '../../src/profile/io.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { randomOrthogonal } from '../codec/rng.js';
 import { committed, tempDir } from './helpers.js';
@@ -78,19 +78,24 @@ describe('a profile with bases too large for readProfile\'s full check (p = r = 
       };
     });
     const { profile_id: _i, tensors: _t, plans: _p, ...draft } = m;
-    const d: ManifestDraft = { ...draft, model: { ...draft.model, layers: 1, kv_heads: 4, head_dim: 64, rope: { theta: 10000, rotary_dim: 64, layout: 'half' } } };
+    // One layer: its per-layer figures are one each (the reader checks them against model.layers).
+    const rel = draft.measured.rel_error;
+    const measured = { ...draft.measured, rel_error: { ...rel, key: [rel.key_mean], value: [rel.value_mean] } };
+    const d: ManifestDraft = { ...draft, measured, model: { ...draft.model, layers: 1, kv_heads: 4, head_dim: 64, rope: { theta: 10000, rotary_dim: 64, layout: 'half' } } };
     const dir = join(tempDir(), 'big');
     await writeProfile(dir, d, plans);
     return dir;
   }
 
-  it('is read (the sampled check) and validated (the full check) when orthonormal', async () => {
+  it('is read (the sampled check, O(p·r)) and validated (the full check) when orthonormal', async () => {
     expect(256 ** 3).toBeGreaterThan(PROFILE_LIMITS.fullOrthoWork);
     const dir = await write();
-    const t0 = performance.now();
     const p = await readProfile(dir);
-    expect(performance.now() - t0).toBeLessThan(2000);
     expect(p.plans[0].rank).toBe(256);
+    // readProfile's bound takes the cheap path for this basis (what keeps reading fast; timed in scripts/test-timings-bench.ts).
+    const bases = (await checkProfile(dir, { collect: true })).checks.find((c) => c.name === 'orthonormal bases')!;
+    expect(bases.ok).toBe(true);
+    expect(bases.detail).toMatch(/\((\d+) of \1 plans checked by exact column norms, sampled pairs and random probes\)/);
     const v = await validateProfile(dir);
     expect(v.ok, JSON.stringify(v.checks)).toBe(true);
   });
