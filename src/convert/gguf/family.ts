@@ -6,9 +6,9 @@
  * writes it for the family, tokenizer files, generation config).
  *
  * Families read metadata through the accessors below, so every missing or mistyped key is the
- * same typed MODEL_INVALID error naming the key and the file.
+ * same typed GGUF_INVALID error naming the key and the file.
  */
-import { KvtcError } from '../../errors.js';
+import { ggufInvalid } from '../../gguf/errors.js';
 import type { LlamaGraphOptions, LlamaWeights } from '../llama-graph.js';
 import type { LlamaDirSpec } from '../model-dir.js';
 
@@ -66,8 +66,8 @@ export interface FamilyConverter {
   convert(gguf: GgufModel, opts: FamilyOptions): Promise<ConvertedFamily>;
 }
 
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  new KvtcError('MODEL_INVALID', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
+// Malformed or inconsistent metadata and tensors are GGUF_INVALID, as the reader's own errors.
+const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
 
 const describe = (v: GgufValue | undefined) => (v === undefined ? 'absent' : Array.isArray(v) ? `an array of ${v.length}` : `${typeof v} ${String(v).slice(0, 40)}`);
 

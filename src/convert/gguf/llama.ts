@@ -13,6 +13,7 @@
  * applies half-split RoPE, which is what the config.json it writes says.
  */
 import { KvtcError } from '../../errors.js';
+import { ggufInvalid } from '../../gguf/errors.js';
 import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import { uniformModelRope } from '../../rope/types.js';
 import type { LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
@@ -71,10 +72,19 @@ export interface LlamaHyper {
   rope: RopeSpec;
 }
 
+/** The shortest decimal that is the same float32: GGUF stores 1e-5 as 9.99999974e-6, config.json says 1e-5. */
+export function shortestFloat32(v: number): number {
+  const f = Math.fround(v);
+  for (let p = 1; p <= 9; p++) {
+    const d = Number(f.toPrecision(p));
+    if (Math.fround(d) === f) return d;
+  }
+  return f;
+}
+
 const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
   new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  new KvtcError('MODEL_INVALID', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
+const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
 
 /** Hyper-parameters from `<arch>.*` metadata, checked against each other before any tensor is read. */
 export function llamaHyper(g: GgufModel): LlamaHyper {
@@ -93,16 +103,17 @@ export function llamaHyper(g: GgufModel): LlamaHyper {
   const embd = g.tensors.get('token_embd.weight');
   const vocabSize = metaCount(g, `${a}.vocab_size`, embd?.dims[1]);
   const contextLength = metaCount(g, `${a}.context_length`);
-  const rmsNormEps = metaNumber(g, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5;
+  const rmsNormEps = shortestFloat32(metaNumber(g, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5);
   if (!(rmsNormEps > 0 && rmsNormEps < 1)) throw invalid(g, `layer_norm_rms_epsilon ${rmsNormEps} is not in (0, 1)`, 'The GGUF metadata is corrupt.');
-  const theta = metaNumber(g, `${a}.rope.freq_base`) ?? 10000;
+  const theta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base`) ?? 10000);
   if (!(theta > 1)) throw invalid(g, `rope.freq_base ${theta} is not above 1`, 'The GGUF metadata is corrupt.');
   const rotaryDim = metaCount(g, `${a}.rope.dimension_count`, headDim);
   if (rotaryDim > headDim || rotaryDim % 2 !== 0) throw invalid(g, `rope.dimension_count ${rotaryDim} must be even and at most head_dim ${headDim}`, 'The GGUF metadata is inconsistent.');
   // transformers' GGUF loader maps rope.scaling.{type,factor} to rope_scaling (linear); yarn and
   // Llama 3.1's per-frequency factors (the rope_freqs tensor) describe RoPE kvtc does not rebuild here.
   const scalingType = metaString(g, `${a}.rope.scaling.type`) ?? 'none';
-  const factor = metaNumber(g, `${a}.rope.scaling.factor`);
+  const rawFactor = metaNumber(g, `${a}.rope.scaling.factor`);
+  const factor = rawFactor === undefined ? undefined : shortestFloat32(rawFactor);
   let rope: RopeSpec = { theta, rotaryDim, layout: 'half' };
   if (scalingType === 'linear' && factor !== undefined && factor !== 1) {
     if (!(factor > 0)) throw invalid(g, `rope.scaling.factor ${factor} is not positive`, 'The GGUF metadata is corrupt.');

@@ -11,6 +11,7 @@
  *   - the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's llama-vocab.cpp regexes).
  */
 import { KvtcError } from '../../errors.js';
+import { ggufInvalid } from '../../gguf/errors.js';
 import { metaNumber, metaNumbers, metaString, metaStrings, type GgufModel } from './family.js';
 
 /** GPT-2's bytes_to_unicode: each byte → a printable character (byte-level BPE's alphabet). */
@@ -63,8 +64,7 @@ export interface GgufTokenizer {
   description: string;
 }
 
-const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  new KvtcError('TOKENIZER_MISSING', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
+const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
 
 /** Builds the tokenizer files from a GGUF whose tokenizer.ggml.model is "gpt2"; refuses other models. */
 export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: number; vocabSize: number }): GgufTokenizer {
