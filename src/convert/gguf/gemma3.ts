@@ -28,7 +28,6 @@ import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import type { LlamaGraphOptions, LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
 import type { LlamaDirSpec } from '../model-dir.js';
 import { countParameters, metaCount, metaNumber, metaString, readWeight, type ConvertedFamily, type FamilyConverter, type GgufModel } from './family.js';
-import { shortestFloat32 } from './llama.js';
 import { spmTokenizerFromGguf } from './tokenizer-spm.js';
 
 /** GGUF tensor of each layer → what it is in transformers' Gemma3DecoderLayer. */
@@ -69,6 +68,16 @@ export interface Gemma3Hyper {
   globalRope: RopeSpec;
   localRope: RopeSpec;
   queryPreAttnScalar: number;
+}
+
+/** The shortest decimal that is the same float32: GGUF stores 1e-6 as 9.99999997e-7, config.json says 1e-6. */
+function shortestFloat32(v: number): number {
+  const f = Math.fround(v);
+  for (let p = 1; p <= 9; p++) {
+    const d = Number(f.toPrecision(p));
+    if (Math.fround(d) === f) return d;
+  }
+  return f;
 }
 
 const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
