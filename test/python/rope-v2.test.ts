@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readKvCache, writeKvCache } from '../../src/model/kv-io.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile } from '../../src/profile/io.js';
@@ -14,7 +14,10 @@ import type { LayerRope, RopeSpec } from '../../src/rope/types.js';
 import { resign, syntheticCache, tempDir, writeFiles, type Json } from '../profile/helpers.js';
 
 const PY = process.env.KVTC_TEST_PYTHON ?? 'python3';
-const HAVE_PYTHON = spawnSync(PY, ['-c', 'import numpy'], { encoding: 'utf8' }).status === 0;
+const probe = spawnSync(PY, ['-c', 'import numpy'], { encoding: 'utf8' });
+const HAVE_PYTHON = !probe.error && probe.status === 0;
+// A missing python3 or NumPy is a set-up error: the suite fails saying what to install, never skips.
+const MISSING_PYTHON = `the Python runtime tests need ${PY} with NumPy (${probe.error?.message ?? probe.stderr?.trim()}); install the test dependencies with \`${PY} -m pip install -r python/requirements-test.txt\` or set KVTC_TEST_PYTHON to a Python that has them`;
 const PKG = join(import.meta.dirname, '..', '..', 'python');
 const V1 = join(import.meta.dirname, '..', 'fixtures', 'profile-v1');
 
@@ -64,7 +67,10 @@ function py(job: Json): Json {
   return JSON.parse(r.stdout);
 }
 
-describe.skipIf(!HAVE_PYTHON)('Python runtime: profile format 2, RoPE per layer', () => {
+describe('Python runtime: profile format 2, RoPE per layer', () => {
+  beforeAll(() => {
+    if (!HAVE_PYTHON) throw new Error(MISSING_PYTHON);
+  });
   it('reads format 1 (the fixture) with one RoPE on every layer', () => {
     const j = py({ profile: V1 });
     expect(j.id).toBe('b61faa184a576db6');
