@@ -252,14 +252,31 @@ def check_one_rope(rope, head_dim):
             fail("model.rope gives an inverse frequency that is not finite and > 0")
 
 
+DEFAULT_MAX_POSITIONS = 2**24  # §6: the bound when model.max_positions is absent
+
+
+def _unique_keys(pairs):
+    # §2: a key twice in one object is an error (readers disagree on which one counts).
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"the key {k!r} appears twice in one object")
+        obj[k] = v
+    return obj
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_profile(profile_dir):
     mpath = os.path.join(profile_dir, MANIFEST_NAME)
     try:
         with open(mpath, "rb") as f:
-            manifest = json.loads(f.read().decode("utf-8"))
+            manifest = json.loads(f.read().decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except OSError as e:
         fail(f"cannot read manifest {mpath}: {e}")
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         fail(f"manifest {mpath} is not valid UTF-8 JSON: {e}")
     if not isinstance(manifest, dict) or manifest.get("format") != "kvtc-profile":
         fail(f"manifest format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected 'kvtc-profile'")
@@ -587,6 +604,9 @@ def decode_blob(manifest, plans, blob):
         fail(f"blob shape layers={layers} kv_heads={kvh} head_dim={hd} differs from the profile's {L}/{H}/{D}")
     if sink + window > T:
         fail(f"sink {sink} + window {window} exceeds tokens {T}")
+    max_pos = model.get("max_positions", DEFAULT_MAX_POSITIONS)
+    if start_pos + T > max_pos:
+        fail(f"start_position {start_pos} + {T} tokens runs past the model's {max_pos} positions (model.max_positions)")
     n = T - sink - window
 
     table_end = HEADER_BYTES + SECTION_ENTRY_BYTES * S

@@ -123,7 +123,7 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
 
 
 def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
-    from .blob import CODEC_STORED, KIND_PLAN, KIND_RAW, MAX_POSITIONS, assemble, compress
+    from .blob import CODEC_STORED, KIND_PLAN, KIND_RAW, MAX_POSITIONS, assemble, check_positions, compress
     from .codec import check_cache, payload_from, prepared, raw_section, scan_cache
 
     def convert(x, what):
@@ -139,6 +139,7 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
     layers_t, fp16, T = check_cache(profile, layers_kv, convert)
     if start + T > MAX_POSITIONS:
         raise KvtcError("KV_INVALID", f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)")
+    check_positions(start, T, profile.max_positions, profile.max_positions_recorded, "the cache", encoding=True)
     s, w, n = profile.split(T)
     with torch.no_grad():
         scan_cache(profile, layers_t, s, n, start,

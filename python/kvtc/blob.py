@@ -29,6 +29,9 @@ KNOWN_FLAGS = FLAG_FP16 | FLAG_RAW_F32
 MAX_TOKENS = 2**24
 #: start_position + tokens must not exceed this (every position fits a u32).
 MAX_POSITIONS = 2**32
+#: The model's context for a profile that does not record model.max_positions: 16M positions,
+#: beyond every released model's context, yet far below 2^32 (kvtc's DEFAULT_MAX_POSITIONS).
+DEFAULT_MAX_POSITIONS = 2**24
 
 _DEFLATE = {
     "deflate-rle": dict(level=1, strategy=zlib.Z_RLE),
@@ -80,6 +83,34 @@ class Section:
     offset: int  # of the stored bytes in the blob
     stored_bytes: int
     decoded_bytes: int
+
+
+def check_positions(start: int, tokens: int, max_positions: int, recorded: bool, source: str, *, encoding: bool = False) -> None:
+    """Refuses positions past the model's context (§6): start + tokens ≤ max_positions (the profile's
+    model.max_positions when `recorded`, else DEFAULT_MAX_POSITIONS). Decoding: BLOB_INVALID (kvtc
+    never encodes such a blob); encoding: KV_INVALID (no cache of the model reaches past it)."""
+    if start + tokens <= max_positions:
+        return
+    whose = "the profile's model.max_positions" if recorded else "the bound for a profile that does not record model.max_positions"
+    ctx = {"start_position": start, "tokens": tokens, "max_positions": max_positions}
+    if encoding:
+        raise KvtcError(
+            "KV_INVALID",
+            f"{source} starts at position {start} with {tokens} tokens, so its last token is at position {start + tokens - 1}, "
+            f"but the model has {max_positions} positions (0–{max_positions - 1}, {whose})",
+            "Give the cache its real start position (the absolute position of its first token)"
+            + (": no cache of this model reaches past its context." if recorded else "; re-calibrating records the model's own bound."),
+            {"source": source, **ctx},
+        )
+    raise KvtcError(
+        "BLOB_INVALID",
+        f"{source}: header start_position {start} + {tokens} tokens puts its last token at position {start + tokens - 1}, "
+        f"but the model has {max_positions} positions (0–{max_positions - 1}, {whose})",
+        "kvtc never encodes such a blob with this profile: the blob is corrupt or its start_position was edited; re-encode the cache with `kvtc encode`."
+        if recorded else
+        "The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model's own bound, model.max_positions.)",
+        {"blob": source, **ctx},
+    )
 
 
 def _corrupt(source: str, message: str, context=None) -> KvtcError:

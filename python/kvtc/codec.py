@@ -30,6 +30,7 @@ from .blob import (
     as_buffer,
     assemble,
     check_crc,
+    check_positions,
     compress,
     inflate,
     parse_sections,
@@ -71,6 +72,7 @@ def _parse(profile: Profile, blob, max_output_bytes: int, source: str) -> BlobPa
             "Decode with the profile the blob was encoded with (its id is in `kvtc inspect`).",
             {"blob": source, "blob_profile": h.profile_id, "profile": profile.profile_id},
         )
+    check_positions(h.start_position, h.tokens, profile.max_positions, profile.max_positions_recorded, source)
     for field, got, want in (("layers", h.layers, profile.layers), ("kv_heads", h.kv_heads, profile.kv_heads), ("head_dim", h.head_dim, profile.head_dim)):
         if got != want:
             raise KvtcError("BLOB_INVALID", f"{source}: header {field} is {got}, but the profile's model has {want}",
@@ -577,6 +579,7 @@ def encode(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], start_positio
     if start + T > MAX_POSITIONS:
         raise KvtcError("KV_INVALID", f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)",
                         "Give the cache its real start position (the absolute position of its first token).", {"start_position": start, "tokens": T})
+    check_positions(start, T, profile.max_positions, profile.max_positions_recorded, "the cache", encoding=True)
     s, w, n = profile.split(T)
     scan_cache(profile, layers_np, s, n, start)
     raw, raw_f32 = raw_section(layers_np, s, w)

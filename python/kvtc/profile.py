@@ -19,6 +19,7 @@ import numpy as np
 
 from ._errors import KvtcError
 from ._quant import INT_LEVELS, TYPE_BITS
+from ._strict_json import StrictJsonError, loads_strict
 
 MANIFEST_FILE = "kvtc-profile.json"
 TENSORS_FILE = "kvtc-profile.safetensors"
@@ -45,6 +46,18 @@ TENSOR_ROLES = ("mean", "basis", "variances", "lo", "hi")
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
+#: Bounds of the informational figures (src/profile/schema.ts FIGURE_LIMITS, docs/profile-format.md
+#: §2.2): relative errors in [0, MAX_REL_ERROR] (dropping every component gives ~1; two orders of
+#: magnitude of head-room), ratios in (0, MAX_RATIO] (the largest target, 64, times DEFLATE's
+#: largest expansion, 1032).
+MAX_REL_ERROR = 100.0
+MAX_RATIO = 64 * 1032
+#: model.max_positions is at most this (positions are u32 in a blob).
+MAX_POSITIONS_FIELD = 2**32
+#: The position bound of a profile that does not record model.max_positions (written before it was).
+DEFAULT_MAX_POSITIONS = 2**24
+SAFE_INT = 2**53 - 1
+GROUPING_RE = re.compile(r"layer|all|[1-9][0-9]{0,4}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,10 @@ class Profile:
     plans: List[Plan]
     #: Each layer's RoPE (None: the layer applies none), §4.1.
     layer_ropes: List[Optional[Rope]] = field(default_factory=list)
+    #: The model's context: encode and decode refuse start_position + tokens beyond it (§6).
+    max_positions: int = DEFAULT_MAX_POSITIONS
+    #: Whether max_positions is the profile's model.max_positions (else DEFAULT_MAX_POSITIONS).
+    max_positions_recorded: bool = False
 
     @property
     def blob_id(self) -> bytes:
@@ -528,6 +545,110 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
     }
 
 
+def _label(v: Any, what: str, where: str, most: int = 1024) -> str:
+    if not isinstance(v, str) or not 1 <= len(v) <= most:
+        raise _invalid(where, f"{what} is {json.dumps(v)}; expected a string of 1 to {most} characters")
+    return v
+
+
+def _figure(v: Any, what: str, where: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    """An informational number: finite, in [lo, hi] (or (lo, hi] when lo_open)."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        raise _invalid(where, f"{what} is {json.dumps(v)}; expected a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> Optional[int]:
+    """The fields decoding does not use, range-checked as kvtc's schema does (§2.2): kvtc never
+    writes values outside these ranges, so a manifest holding one was edited or corrupted. Returns
+    model.max_positions, or None when the profile does not record it."""
+    prod = _obj(m.get("producer"), "producer", where)
+    _label(prod.get("name"), "producer.name", where)
+    _label(prod.get("version"), "producer.version", where)
+    model = m["model"]
+    _label(model.get("name"), "model.name", where)
+    _label(model.get("architecture"), "model.architecture", where)
+    if "onnx_file" in model:
+        _label(model.get("onnx_file"), "model.onnx_file", where, 4096)
+    heads = _int(model.get("heads"), "model.heads", where, 1, U16_MAX)
+    kvh = c["model"]["kv_heads"]
+    if heads % kvh:
+        raise _invalid(where, f"model.heads {heads} is not a multiple of model.kv_heads {kvh} (each KV head serves heads / kv_heads query heads)")
+    max_positions = None
+    if "max_positions" in model:
+        max_positions = _int(model.get("max_positions"), "model.max_positions", where, 1, MAX_POSITIONS_FIELD)
+    st = m["settings"]
+    _figure(st.get("ratio_target"), "settings.ratio_target", where, 1, 64)
+    for k in ("tokens", "heldout", "chunk", "granule"):
+        _int(st.get(k), f"settings.{k}", where, 1, SAFE_INT)
+    if "report" in st:
+        _int(st.get("report"), "settings.report", where, 1, SAFE_INT)
+    _int(st.get("seed"), "settings.seed", where, -SAFE_INT, SAFE_INT)
+    for k in ("grouping", "grouping_requested"):
+        if k == "grouping_requested" and k not in st:
+            continue
+        g = st.get(k)
+        if not isinstance(g, str) or not (GROUPING_RE.fullmatch(g) or (k == "grouping_requested" and g == "auto")):
+            also = ' (or "auto")' if k == "grouping_requested" else ""
+            raise _invalid(where, f'settings.{k} is {json.dumps(g)}; expected "layer", "all" or a number of layers{also}')
+    cal = _obj(m.get("calibration"), "calibration", where)
+    sources = cal.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise _invalid(where, "calibration.sources must list at least one source (calibrate reads at least one text)")
+    for i, src in enumerate(sources):
+        src = _obj(src, f"calibration.sources[{i}]", where)
+        _label(src.get("name"), f"calibration.sources[{i}].name", where)
+        if not isinstance(src.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", src["sha256"]):
+            raise _invalid(where, f"calibration.sources[{i}].sha256 {json.dumps(src.get('sha256'))} is not 64 lowercase hex digits")
+        _int(src.get("bytes"), f"calibration.sources[{i}].bytes", where, 1, SAFE_INT)
+    for k in ("tokens_fit", "tokens_heldout", "sequences") + (("tokens_report",) if "tokens_report" in cal else ()):
+        _int(cal.get(k), f"calibration.{k}", where, 1, SAFE_INT)
+    if "grouping_candidates" in cal:
+        cands = cal.get("grouping_candidates")
+        if not isinstance(cands, list) or not cands:
+            raise _invalid(where, "calibration.grouping_candidates, when present, lists at least one candidate")
+        for i, cd in enumerate(cands):
+            cd = _obj(cd, f"calibration.grouping_candidates[{i}]", where)
+            if not isinstance(cd.get("grouping"), str) or not GROUPING_RE.fullmatch(cd["grouping"]):
+                raise _invalid(where, f"calibration.grouping_candidates[{i}].grouping is {json.dumps(cd.get('grouping'))}")
+            _figure(cd.get("ratio_compressed"), f"calibration.grouping_candidates[{i}].ratio_compressed", where, 0, MAX_RATIO, lo_open=True)
+            for k in ("key_mean", "value_mean"):
+                _figure(cd.get(k), f"calibration.grouping_candidates[{i}].{k}", where, 0, MAX_REL_ERROR)
+    me = _obj(m.get("measured"), "measured", where)
+    if "split" in me and me["split"] != "report":
+        raise _invalid(where, f"measured.split is {json.dumps(me['split'])}; expected \"report\" (or absent)")
+    ctx = _int(me.get("context_tokens"), "measured.context_tokens", where, 1, SAFE_INT)
+    sink, window = c["settings"]["sink"], c["settings"]["window"]
+    if ctx <= sink + window:
+        raise _invalid(where, f"measured.context_tokens {ctx} leaves no compressed token after sink {sink} + window {window} (calibrate measures on contexts longer than that)")
+    for k in ("ratio_compressed", "ratio_blob"):
+        _figure(me.get(k), f"measured.{k}", where, 0, MAX_RATIO, lo_open=True)
+    rel = _obj(me.get("rel_error"), "measured.rel_error", where)
+    L = c["model"]["layers"]
+    for kind in ("key", "value"):
+        per = rel.get(kind)
+        if not isinstance(per, list) or len(per) != L:
+            raise _invalid(where, f"measured.rel_error.{kind} must hold one figure per layer ({L}); it holds {len(per) if isinstance(per, list) else json.dumps(per)}")
+        for i, v in enumerate(per):
+            _figure(v, f"measured.rel_error.{kind}[{i}]", where, 0, MAX_REL_ERROR)
+        _figure(rel.get(f"{kind}_mean"), f"measured.rel_error.{kind}_mean", where, 0, MAX_REL_ERROR)
+        ci = rel.get(f"{kind}_mean_ci95")
+        if ci is not None or f"{kind}_mean_ci95" in rel:
+            if not isinstance(ci, list) or len(ci) != 2:
+                raise _invalid(where, f"measured.rel_error.{kind}_mean_ci95 is {json.dumps(ci)}; expected [low, high]")
+            lo, hi = (_figure(x, f"measured.rel_error.{kind}_mean_ci95", where, 0, MAX_REL_ERROR) for x in ci)
+            if not lo <= hi:
+                raise _invalid(where, f"measured.rel_error.{kind}_mean_ci95 is [{ci[0]}, {ci[1]}]: its low end is above its high end")
+    if "tuning_rel_error" in me:
+        tu = _obj(me.get("tuning_rel_error"), "measured.tuning_rel_error", where)
+        for k in ("key_mean", "value_mean"):
+            _figure(tu.get(k), f"measured.tuning_rel_error.{k}", where, 0, MAX_REL_ERROR)
+    if c["tensors"]["bytes"] < 8:
+        raise _invalid(where, f"tensors.bytes is {c['tensors']['bytes']}; a safetensors file has at least 8 bytes")
+    return max_positions
+
+
 def _read_tensor_file(d: str, m: Dict[str, Any], where: str, max_tensor_bytes: int) -> Dict[str, np.ndarray]:
     """The tensor file, strictly (§3): size as declared and as the plans imply, sha256, a header
     length that fits and is a multiple of 8, exactly the plans' tensors (F32, declared shapes,
@@ -669,13 +790,14 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
     if len(raw) > MAX_MANIFEST_BYTES:
         raise _invalid(where, f"{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _invalid(where, f"{MANIFEST_FILE} is not valid UTF-8 JSON ({e})") from None
+        manifest = loads_strict(raw)
+    except StrictJsonError as e:
+        raise _invalid(where, f"{MANIFEST_FILE} {e}") from None
     if not isinstance(manifest, dict):
         raise _invalid(where, f"{MANIFEST_FILE} is not a JSON object")
     _check_version(manifest, where)
     m = _checked_manifest(manifest, where)
+    max_positions = _checked_informational(manifest, m, where)
 
     ropes = layer_ropes(m["model"]["rope"], m["model"]["layers"])
     from ._rope import inv_freq  # local: avoids a cycle at import time
@@ -726,4 +848,6 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
         fingerprint={str(k): str(v) for k, v in fp.items()}, layers=m["model"]["layers"], kv_heads=m["model"]["kv_heads"],
         head_dim=m["model"]["head_dim"], kv_dtype=m["model"]["kv_dtype"], rope=shared, sink=m["settings"]["sink"],
         window=m["settings"]["window"], entropy=m["settings"]["entropy"], plans=plans, layer_ropes=ropes,
+        max_positions=max_positions if max_positions is not None else DEFAULT_MAX_POSITIONS,
+        max_positions_recorded=max_positions is not None,
     )

@@ -551,8 +551,12 @@ beforeAll(async () => {
   new DataView(huge.buffer).setUint32(16, 0xffffffff, true); // tokens = 2^32 − 1, CRC recomputed
   writeFileSync(join(bad, 'huge-tokens.kvtc'), withCrc(huge));
   const many = stories.nodeBlob.slice();
-  new DataView(many.buffer).setUint32(16, 2 ** 24, true); // tokens = 2^24: allowed, but the sections cannot hold them
+  // one token fewer than encoded: within the model's context, but the plan sections hold another count
+  new DataView(many.buffer).setUint32(16, new DataView(many.buffer).getUint32(16, true) - 1, true);
   writeFileSync(join(bad, 'many-tokens.kvtc'), withCrc(many));
+  const far = stories.nodeBlob.slice();
+  new DataView(far.buffer).setUint32(20, 4.29e9, true); // start_position 4.29e9: past the model's 512 positions (issue 22)
+  writeFileSync(join(bad, 'far-position.kvtc'), withCrc(far));
   const patched = (name: string, edit: (b: Uint8Array, dv: DataView) => void) => {
     const b = stories.nodeBlob.slice();
     edit(b, new DataView(b.buffer));
@@ -603,6 +607,7 @@ beforeAll(async () => {
     { name: 'truncated', op: 'decode', profile: BUNDLED, blob: join(bad, 'truncated.kvtc') },
     { name: 'huge-tokens', op: 'decode', profile: BUNDLED, blob: join(bad, 'huge-tokens.kvtc') },
     { name: 'many-tokens', op: 'decode', profile: BUNDLED, blob: join(bad, 'many-tokens.kvtc') },
+    { name: 'far-position', op: 'decode', profile: BUNDLED, blob: join(bad, 'far-position.kvtc') },
     { name: 'huge-section', op: 'decode', profile: BUNDLED, blob: join(bad, 'huge-section.kvtc') },
     { name: 'flags', op: 'decode', profile: BUNDLED, blob: join(bad, 'flags.kvtc') },
     { name: 'reserved', op: 'decode', profile: BUNDLED, blob: join(bad, 'reserved.kvtc') },
@@ -766,6 +771,7 @@ describe('Python runtime (python/, package kvtc) against the Node codec', () => 
     expectError('truncated', 'BLOB_INVALID', /checksum|runs past/);
     expectError('huge-tokens', 'BLOB_INVALID', /4294967295 tokens; a kvtc blob holds at most 16777216/);
     expectError('many-tokens', 'BLOB_INVALID', /section 1 \(plan 0's section\) declares \d+ decoded bytes; this profile needs \d+/);
+    expectError('far-position', 'BLOB_INVALID', /header start_position 4290000000 \+ \d+ tokens puts its last token at position \d+, but the model has 512 positions \(0–511, the profile's model\.max_positions\)/);
     expectError('flags', 'BLOB_INVALID', /flags 0x0004 set unknown bits/);
     expectError('reserved', 'BLOB_INVALID', /reserved header byte 44/);
     expectError('sink', 'BLOB_INVALID', /sink 3 and window 128/);

@@ -6,7 +6,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { inflateRawSync } from 'node:zlib';
+import { crc32, inflateRawSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
@@ -185,7 +185,8 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
   });
 
   it('decodes a blob with start_position > 0 (RoPE positions offset)', async () => {
-    await compare({ ...cache, startPosition: 37 }, 'start-37');
+    // 470 tokens from 37: within the model's 512 positions (model.max_positions; encode refuses more)
+    await compare(sliceTokens(cache, 470, 37), 'start-37');
   });
 
   it.each([
@@ -270,6 +271,26 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     expect(r2.status).not.toBe(0);
     expect(r2.stderr).toMatch(/trailing/);
     await expect(readProfile(junk)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringContaining('trailing') });
+  });
+
+  it('refuses, as kvtc does, a manifest with a repeated key and a blob past the model\'s positions (issue 22)', async () => {
+    const { blob } = await codec.encode(sliceTokens(cache, 160, 0));
+    const dup = join(dir, 'dup-profile');
+    cpSync(PROFILE, dup, { recursive: true });
+    const mf = join(dup, 'kvtc-profile.json');
+    writeFileSync(mf, readFileSync(mf, 'utf8').replace('"window": 128,', '"window": 128, "window": 128,'));
+    const r1 = runPython(blob, 'dup', dup);
+    expect(r1.status).not.toBe(0);
+    expect(r1.stderr).toMatch(/'window' appears twice/);
+    await expect(readProfile(dup)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringContaining('settings.window twice') });
+    const far = new Uint8Array(blob);
+    const dv = new DataView(far.buffer, far.byteOffset, far.byteLength);
+    dv.setUint32(20, 4.29e9, true);
+    dv.setUint32(far.length - 4, crc32(far.subarray(0, far.length - 4)) >>> 0, true);
+    const r2 = runPython(far, 'far');
+    expect(r2.status).not.toBe(0);
+    expect(r2.stderr).toMatch(/start_position 4290000000 \+ 160 tokens runs past the model's 512 positions/);
+    await expect(codec.decode(far)).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('the model has 512 positions') });
   });
 
   it('rejects a blob with one flipped byte, naming the checksum', async () => {
