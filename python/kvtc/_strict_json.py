@@ -1,4 +1,4 @@
-"""A manifest, strictly (docs/profile-format.md §2): UTF-8 without malformed bytes, JSON without
+"""A manifest, strictly (docs/profile-format.md §2.3): UTF-8 without malformed bytes, JSON without
 NaN/Infinity literals, and no key twice in one object (readers disagree on which one counts: Python's
 json and JavaScript's JSON.parse keep the last, others the first). Mirrors src/profile/strict-json.ts;
 the scan is linear in the text and keeps one frame per open bracket.

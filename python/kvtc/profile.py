@@ -47,7 +47,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 U16_MAX = 0xFFFF
 U32_MAX = 0xFFFFFFFF
 #: Bounds of the informational figures (src/profile/schema.ts FIGURE_LIMITS, docs/profile-format.md
-#: §2.2): relative errors in [0, MAX_REL_ERROR] (dropping every component gives ~1; two orders of
+#: §2.3): relative errors in [0, MAX_REL_ERROR] (dropping every component gives ~1; two orders of
 #: magnitude of head-room), ratios in (0, MAX_RATIO] (the largest target, 64, times DEFLATE's
 #: largest expansion, 1032).
 MAX_REL_ERROR = 100.0
@@ -560,7 +560,7 @@ def _figure(v: Any, what: str, where: str, lo: float, hi: float, lo_open: bool =
 
 
 def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> Optional[int]:
-    """The fields decoding does not use, range-checked as kvtc's schema does (§2.2): kvtc never
+    """The fields decoding does not use, range-checked as kvtc's schema does (§2.3): kvtc never
     writes values outside these ranges, so a manifest holding one was edited or corrupted. Returns
     model.max_positions, or None when the profile does not record it."""
     prod = _obj(m.get("producer"), "producer", where)

@@ -1,5 +1,5 @@
 """Issue 22's tighter readers in the Python runtime, with the same refusals and bounds as kvtc
-(src/profile/strict-json.ts, schema.ts FIGURE_LIMITS, codec/blob.ts; docs/profile-format.md §2.2, §6):
+(src/profile/strict-json.ts, schema.ts FIGURE_LIMITS, codec/blob.ts; docs/profile-format.md §2.3, §6):
 manifests must be strict UTF-8 JSON without a repeated key, informational figures within what
 kvtc can produce, and blobs and caches within the model's context (model.max_positions, or 2^24
 for a profile that does not record it).

@@ -27,7 +27,7 @@ const count = z.number().int().min(1);
 const label = z.string().min(1).max(1024);
 
 /**
- * Bounds of the informational figures (docs/profile-format.md §2.2): decoding never reads them,
+ * Bounds of the informational figures (docs/profile-format.md §2.3): decoding never reads them,
  * but a reader must not show a user impossible values, so the schema refuses what kvtc cannot
  * produce.
  */

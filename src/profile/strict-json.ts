@@ -1,7 +1,7 @@
 // Tested by test/profile/strict-json.test.ts.
 /**
  * The two things JSON.parse lets through that a manifest must not have (docs/profile-format.md
- * §2): bytes that are not UTF-8 (Node's 'utf8' decoding silently turns them into U+FFFD) and a
+ * §2.3): bytes that are not UTF-8 (Node's 'utf8' decoding silently turns them into U+FFFD) and a
  * key repeated in one object (JSON.parse silently keeps the last, so two readers could see two
  * different manifests in one file). Both scans are linear in the text and allocate at most one
  * frame per open bracket; the text is bounded by the caller (PROFILE_LIMITS.maxManifestBytes).
