@@ -242,14 +242,15 @@ PER_LAYER_ROPE = [
 
 
 @pytest.mark.parametrize("start", [0, 1000], ids=["start-0", "start-1000"])
-@pytest.mark.parametrize("tokens", [256, 150], ids=["longrope-long", "longrope-short"])
+@pytest.mark.parametrize("tokens", [256, 150], ids=["T256", "T150"])  # from position 0: longrope's long and short factors (switch at 200)
 def test_per_layer_rope_round_trips_within_the_bounds(tmp_path, cache_f32, start, tokens):
     """Format 2's per-layer RoPE: encode un-rotates and decode re-rotates each layer's keys as
     transformers' formulas say (checked through coefficients computed with kvtc_testutil's RoPE).
     Dynamic groups only, so every coefficient has a bound however far the re-rotated keys are
     from the calibration."""
     d = copy_profile(tmp_path / "p")
-    edit_manifest(d, lambda m: m["model"].update(rope=PER_LAYER_ROPE))
+    # a context of 4096 (max_positions bounds what decodes, not how: not in the profile id) for the caches at 1000
+    edit_manifest(d, lambda m: m["model"].update(rope=PER_LAYER_ROPE, max_positions=4096))
     regroup(d, {0: (53, [(0, 20, "int8", "dynamic"), (20, 53, "int4", "dynamic")]), 1: (57, [(0, 57, "int4", "dynamic")])})
     edit_manifest(d, lambda m: None, fix_id=True)
     p = kvtc.read_profile(d)
