@@ -15,7 +15,7 @@ import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { VERSION } from '../../src/version.js';
 import { kvtc, tempDir } from '../model/helpers.js';
 
-const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'export', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c'];
+const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'export', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c', 'convert-gguf', 'fetch-model'];
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
 
 /** Parses `args` with a fresh program; returns what it printed and the CommanderError it threw, if any. */
@@ -37,7 +37,7 @@ describe('kvtc --help', () => {
   it('lists every command with the first line of its description, and only those', async () => {
     const r = await parse('--help');
     expect(r.error?.exitCode).toBe(0);
-    const listed = [...r.stdout.matchAll(/^ {2}([a-z][\w-]*)(?: \[options\]| \[profile\]| <profile>)*\s{2,}\S/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+    const listed = [...r.stdout.matchAll(/^ {2}([a-z][\w-]*)(?: \[options\]| \[\w+\]| <\w+>)*\s{2,}\S/gm)].map((m) => m[1]).filter((c) => c !== 'help');
     expect(listed.sort()).toEqual([...COMMANDS].sort());
     const program = createProgram(memoryIO());
     expect(program.commands.map((c) => c.name()).sort()).toEqual([...COMMANDS].sort());
