@@ -1,27 +1,28 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { calibrate, type CalibrateResult } from '../../src/calibrate/calibrate.js';
+import { ModelRunner } from '../../src/model/runner.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
-import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from '../../src/paths.js';
+import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, PACKAGE_ROOT } from '../../src/paths.js';
+import { PROFILE_TOLERANCE } from '../../src/profile/equivalence.js';
 import { readProfile } from '../../src/profile/io.js';
+import { rng } from '../codec/rng.js';
 import { FIXTURE, kvtc, tempDir } from '../model/helpers.js';
+import { editTensorDir } from '../profile/helpers.js';
 
 const SMALL = ['--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer'];
 
 describe('calibrate on the bundled model', () => {
   let result: CalibrateResult;
   let out: string;
-  let elapsed: number;
   beforeAll(async () => {
     out = join(tempDir('kvtc-cal-'), 'p');
-    const t0 = performance.now();
     result = await calibrate({
       modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8, 16, 20], tokens: 8192, heldout: 2048, report: 2048,
       sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
     });
-    elapsed = (performance.now() - t0) / 1000;
   });
 
   it('writes one profile per ratio from one capture, each within 10% of its target on held-out text', () => {
@@ -43,49 +44,118 @@ describe('calibrate on the bundled model', () => {
     }
   });
 
-  it('reports where the time goes: every stage took time, and the wall-clock stages add up to the total', () => {
+  it('reports where the time goes: every stage is recorded, and the wall-clock stages are disjoint spans of the total', () => {
+    // Structure only (the timer's arithmetic is tested with a fake clock in stage-times.test.ts):
+    // no bound here depends on how fast this machine is.
     const s = result.seconds;
     for (const k of ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'fit_wall', 'allocation', 'measure', 'write', 'total']) {
       expect(s[k], k).toBeGreaterThan(0);
     }
-    // Disjoint spans of the one calibrate() call: together no more than its total, and nothing large unaccounted.
     const wall = ['load', 'tokenize', 'forward', 'covariance', 'fit_wall', 'allocation', 'measure', 'write'].reduce((a, k) => a + s[k], 0);
     expect(wall).toBeLessThanOrEqual(s.total + 1e-6);
-    expect(wall).toBeGreaterThan(0.9 * s.total);
-    expect(s.total).toBeLessThanOrEqual(elapsed + 1e-6);
     // eigen and error_tables are CPU seconds summed over the bases, run on at most one worker per core.
     expect(s.eigen + s.error_tables).toBeLessThanOrEqual(s.fit_wall * availableParallelism() + 0.05);
   });
 });
 
+/** The committed profile's two files. */
+const committedBytes = () => ({
+  json: readFileSync(join(DEFAULT_PROFILES_DIR, 'stories260k', 'kvtc-profile.json')),
+  tensors: readFileSync(join(DEFAULT_PROFILES_DIR, 'stories260k', 'kvtc-profile.safetensors')),
+});
+/** A working directory holding a copy of the committed profile where the no-argument calibrate writes it (kvtc-profiles/stories260k). */
+function cloneWithProfile(): { cwd: string; dir: string } {
+  const cwd = tempDir('kvtc-clone-');
+  const dir = join(cwd, 'kvtc-profiles', 'stories260k');
+  cpSync(join(DEFAULT_PROFILES_DIR, 'stories260k'), dir, { recursive: true });
+  // A clone has its node_modules: from source, worker threads load tsx from the working directory (src/worker.ts).
+  symlinkSync(join(PACKAGE_ROOT, 'node_modules'), join(cwd, 'node_modules'));
+  return { cwd, dir };
+}
+const sameBytes = (dir: string, b: ReturnType<typeof committedBytes>) =>
+  readFileSync(join(dir, 'kvtc-profile.json')).equals(b.json) && readFileSync(join(dir, 'kvtc-profile.safetensors')).equals(b.tensors);
+
+/** Runs the CLI with `cwd` as the working directory (the default --out is kvtc-profiles/<model> under it). */
+async function kvtcIn(cwd: string, ...args: string[]) {
+  const here = process.cwd();
+  process.chdir(cwd);
+  try {
+    return await kvtc(...args);
+  } finally {
+    process.chdir(here);
+  }
+}
+
+/**
+ * Multiplies every captured KV value by (1 + ε·u), u uniform in [−1, 1), seeded: another CPU's
+ * ONNX Runtime kernels move the forward pass's last bits (~1e-6 relative); this simulates one.
+ */
+function perturbCaptures(eps: number, seed = 1) {
+  const { uniform } = rng(seed);
+  const prefill = ModelRunner.prototype.prefill;
+  return vi.spyOn(ModelRunner.prototype, 'prefill').mockImplementation(async function (this: ModelRunner, ...args: Parameters<ModelRunner['prefill']>) {
+    const r = await prefill.apply(this, args);
+    for (const a of [...r.cache.keys, ...r.cache.values]) for (let i = 0; i < a.length; i++) a[i] = Math.fround(a[i] * (1 + eps * (2 * uniform() - 1)));
+    return r;
+  });
+}
+
+// The committed profile is never written by these tests: each works on a copy in a temporary clone
+// layout, so a run on any CPU leaves the checkout as it was.
 describe('the committed bundled profile', () => {
-  it('is reproduced by re-running `kvtc calibrate` with the same seed and data', async () => {
-    const out = join(tempDir('kvtc-repro-'), 'p');
-    const r = await kvtc('calibrate', '--out', out, '--json');
-    expect(r.code).toBe(0);
-    const committed = await readProfile(join(DEFAULT_PROFILES_DIR, 'stories260k'));
-    const fresh = await readProfile(out);
-    const strip = (m: typeof committed.manifest) => ({ ...m, measured: undefined, tensors: undefined, profile_id: undefined });
-    expect(strip(fresh.manifest)).toEqual(strip(committed.manifest));
-    expect(fresh.manifest.measured.ratio_compressed).toBeCloseTo(committed.manifest.measured.ratio_compressed, 3);
-    for (const [i, p] of committed.plans.entries()) {
-      const q = fresh.plans[i];
-      expect(q.groups).toEqual(p.groups);
-      // Float sums may differ in the last bits across CPUs; bases agree up to sign-free tolerance.
-      for (let j = 0; j < p.mean.length; j++) expect(Math.abs(q.mean[j] - p.mean[j])).toBeLessThan(1e-5);
-      for (let j = 0; j < p.basis.length; j++) expect(Math.abs(Math.abs(q.basis[j]) - Math.abs(p.basis[j]))).toBeLessThan(1e-4);
+  it('the no-argument `kvtc calibrate` on a fresh clone leaves kvtc-profiles/stories260k byte for byte (identical on this CPU, or equivalent within tolerance on another)', async () => {
+    const before = committedBytes();
+    const { cwd, dir } = cloneWithProfile();
+    const r = await kvtcIn(cwd, 'calibrate', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(realpathSync(j.profile)).toBe(realpathSync(dir));
+    expect(j.unchanged).toBe(true);
+    expect(j.replaced).toBe(false);
+    expect(j.profile_id).toBe(JSON.parse(before.json.toString()).profile_id);
+    // On the CPU the profile was committed on the bytes are identical; elsewhere the floats agree within tolerance.
+    if (j.equivalent) expect(Math.max(j.equivalent.tensors_max_rel_diff, j.equivalent.figures_max_rel_diff)).toBeLessThanOrEqual(PROFILE_TOLERANCE);
+    expect(sameBytes(dir, before)).toBe(true);
+  });
+
+  it('a capture perturbed by 1e-6 relative (another CPU, simulated) re-derives an equivalent profile: the copy is kept byte for byte and the CLI says why', async () => {
+    const before = committedBytes();
+    const { cwd, dir } = cloneWithProfile();
+    const spy = perturbCaptures(1e-6);
+    let r: Awaited<ReturnType<typeof kvtc>>;
+    let perturbed: number;
+    try {
+      r = await kvtcIn(cwd, 'calibrate');
+    } finally {
+      perturbed = spy.mock.calls.length;
+      spy.mockRestore();
     }
+    expect(r.code, r.stderr).toBe(0);
+    expect(perturbed).toBeGreaterThan(0);
+    const id = JSON.parse(before.json.toString()).profile_id;
+    const m = r.stdout.match(new RegExp(`kept the existing profile ${id}: equivalent within tolerance 0\\.001 \\(same plans; tensors differ by at most (\\S+), figures by (\\S+) relative`));
+    expect(m, r.stdout).not.toBeNull();
+    // The perturbation moved the floats (not identical), within the tolerance.
+    expect(Number(m![1])).toBeGreaterThan(0);
+    expect(Number(m![1])).toBeLessThanOrEqual(PROFILE_TOLERANCE);
+    expect(Number(m![2])).toBeLessThanOrEqual(PROFILE_TOLERANCE);
+    expect(sameBytes(dir, before)).toBe(true);
   });
 });
 
 describe('kvtc calibrate CLI', () => {
-  it('with no arguments on a fresh clone succeeds: the committed profile is re-derived identically and left as it is', async () => {
-    const dir = join(DEFAULT_PROFILES_DIR, 'stories260k');
-    const before = readFileSync(join(dir, 'kvtc-profile.safetensors'));
-    const r = await kvtc('calibrate', '--json');
+  it('is reproducible on one machine: two runs write identical bytes; a profile of the same job that really differs is replaced, saying how', async () => {
+    const a = join(tempDir(), 'p');
+    const b = join(tempDir(), 'p');
+    expect((await kvtc('calibrate', ...SMALL, '--out', a)).code).toBe(0);
+    expect((await kvtc('calibrate', ...SMALL, '--out', b)).code).toBe(0);
+    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors']) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
+    // 1% on one mean entry of plan 0 (re-signed, so it reads as a valid profile): beyond tolerance.
+    editTensorDir(a, 'plan.0.mean', (v) => (v[3] += 0.01 * v.reduce((x, y) => Math.max(x, Math.abs(y)), 0)));
+    const r = await kvtc('calibrate', ...SMALL, '--out', a);
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout).unchanged).toBe(true);
-    expect(readFileSync(join(dir, 'kvtc-profile.safetensors')).equals(before)).toBe(true);
+    expect(r.stdout).toMatch(/held an earlier run of this same calibration \(model, data, settings\): replaced \(plan 0 mean differs by 1\.00e-2 \(tolerance 0\.001\)\)\./);
+    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors']) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
   });
 
   it('refuses to replace an existing, different profile without --force', async () => {
@@ -172,11 +242,17 @@ describe('kvtc calibrate CLI', () => {
     const other = join(d, 'other');
     expect((await kvtc('calibrate', '--model', FIXTURE, ...SMALL, '--out', other)).code).toBe(0);
     const before = readFileSync(join(other, 'kvtc-profile.json'), 'utf8');
-    const t0 = performance.now();
-    const refused = await kvtc('calibrate', ...SMALL, '--out', other);
+    // Refused before any work: no forward pass runs.
+    const forward = vi.spyOn(ModelRunner.prototype, 'prefill');
+    let refused: Awaited<ReturnType<typeof kvtc>>;
+    try {
+      refused = await kvtc('calibrate', ...SMALL, '--out', other);
+      expect(forward).not.toHaveBeenCalled();
+    } finally {
+      forward.mockRestore();
+    }
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/OUTPUT_EXISTS.*another model[\s\S]*--force/);
-    expect(performance.now() - t0).toBeLessThan(3000);
     expect(readFileSync(join(other, 'kvtc-profile.json'), 'utf8')).toBe(before);
   });
 

@@ -109,12 +109,12 @@ describe('ordinary failures are typed errors, not kvtc bugs', () => {
 
   it("--ratio '' and --ratio , are usage errors before any work", async () => {
     for (const v of ['', ',']) {
-      const t0 = performance.now();
       const out = join(dir, `ratio-${v.length}`);
       const r = await kvtc('calibrate', '--ratio', v, '--out', out);
       expect(r.code).toBe(2);
       expect(r.stderr).toContain('--ratio');
-      expect(performance.now() - t0).toBeLessThan(2000);
+      // Before any work: the first stage (loading the model) never started.
+      expect(r.stderr).not.toContain('loading model');
       expect(existsSync(out)).toBe(false);
     }
   });
