@@ -285,9 +285,9 @@ async function downloadGguf(s: FetchSource, python: string, cache: string, dest:
   }
 }
 
-/** Fetches (or verifies the cached copy of) a model from FETCH_SOURCES into the cache. */
-export async function fetchModel(id: string, opts: FetchOptions = {}): Promise<FetchResult> {
-  const s = fetchSource(id);
+/** Fetches (or verifies the cached copy of) a model of FETCH_SOURCES (by id) into the cache; tests pass their own entry. */
+export async function fetchModel(model: string | FetchSource, opts: FetchOptions = {}): Promise<FetchResult> {
+  const s = typeof model === 'string' ? fetchSource(model) : model;
   const progress = opts.onProgress ?? noProgress;
   const cache = opts.cache ?? kvtcCacheDir();
   const python = opts.python ?? 'python3';
