@@ -10,7 +10,8 @@ transformers, torch and gguf are a check, not a kvtc dependency; run it where th
         --out test/fixtures/gguf-reference/smollm2-135m.json
 
 Recorded (float32 weights and compute, eager attention, batch 1, no padding):
-  - ids of each prompt and of a long mixed text (English, code, digits, unicode, emoji, whitespace runs);
+  - ids of each prompt and of a long mixed text (English, code, digits, unicode, emoji, whitespace runs),
+    and of that text with the same vocabulary under Llama 3's pre-tokenizer (tokenizer.ggml.pre = llama-bpe);
   - per prompt, the top-20 logits (ids and values) at every position;
   - the full-vocabulary logits at the last position of the first prompt (4 decimals);
   - a greedy continuation of the first prompt with each step's top-1 margin over the runner-up.
@@ -98,6 +99,14 @@ def main():
                     seq.append(int(t2.indices[0]))
                 greedy = {"prompt": 0, "steps": steps, "text": tok.decode([s["id"] for s in steps])}
 
+    # The same vocabulary under Llama 3's split (tokenizer.ggml.pre = llama-bpe), through transformers'
+    # own GGUF tokenizer builder: checks kvtc's reading of that pre-tokenizer on real merges.
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    arch, tokenizer_dict, _ = get_gguf_tokenizer(args.gguf)
+    llama_bpe, _ = convert_gguf_tokenizer(arch, dict(tokenizer_dict, pre_tokenizer_type="llama-bpe"))
+    llama_bpe_ids = llama_bpe.encode(LONG_TEXT, add_special_tokens=False).ids
+
     out = {
         "about": "transformers' reading of the GGUF (scripts/gguf-reference.py): token ids and float32 logits the converted ONNX model is checked against",
         "gguf": {"file": name, "sha256": sha256(args.gguf)},
@@ -108,7 +117,7 @@ def main():
             "gguf": __import__("gguf").__version__ if hasattr(__import__("gguf"), "__version__") else _dist_version("gguf"),
         },
         "settings": {"dtype": "float32", "attn_implementation": "eager", "top_k": TOP_K, "add_special_tokens": True},
-        "long_text": {"text": LONG_TEXT, "ids": ids_of(LONG_TEXT)},
+        "long_text": {"text": LONG_TEXT, "ids": ids_of(LONG_TEXT), "ids_pre_llama_bpe": llama_bpe_ids},
         "prompts": prompts,
         "last_logits": {"prompt": 0, "position": len(prompts[0]["ids"]) - 1, "values": full_last},
         "greedy": greedy,
