@@ -200,6 +200,13 @@ describe('convert-gguf refusals', () => {
     expect(freqs.message).toMatch(/rope_freqs/);
   });
 
+  it('a model too big for one ONNX file, from its metadata alone', async () => {
+    // The metadata claims 100,000 layers and there are no tensors: the refusal comes first.
+    const e = await refusal({ edit: (meta, t) => { meta.set('llama.block_count', m.u32(100_000)); t.length = 0; } });
+    expect(e.code).toBe('GGUF_UNSUPPORTED');
+    expect(e.message).toMatch(/GB as float32, more than one ONNX file holds/);
+  });
+
   it('a tensor type without a dequantizer, before reading any weight', async () => {
     // IQ2_XXS: one 256-element block of 66 bytes; the type check comes before the tensor-name check.
     const e = await refusal({ edit: (_, t) => { t.push({ name: 'blk.0.ffn_extra.weight', ne: [256], type: 'IQ2_XXS', data: new Uint8Array(66) }); } });

@@ -137,6 +137,23 @@ function checkTensorNames(g: GgufModel, h: LlamaHyper): void {
   }
 }
 
+/**
+ * The graph holds float32 weights inline and protobuf caps a file at 2 GB (llama-graph.ts): a
+ * bigger model is refused from its metadata, before gigabytes of weights are dequantized.
+ */
+function checkSize(g: GgufModel, h: LlamaHyper): void {
+  const q = h.heads * h.headDim;
+  const kv = h.kvHeads * h.headDim;
+  const perLayer = 2 * h.hidden + 2 * h.hidden * q + 2 * h.hidden * kv + 3 * h.hidden * h.intermediate;
+  const floats = h.vocabSize * h.hidden * (g.tensors.has('output.weight') ? 2 : 1) + h.hidden + h.layers * perLayer;
+  if (floats * 4 > 2_000_000_000) {
+    throw new KvtcError('GGUF_UNSUPPORTED', `${g.path}: ${(floats / 1e9).toFixed(2)}B parameters are ${(floats * 4 / 1e9).toFixed(1)} GB as float32, more than one ONNX file holds (2 GB); kvtc's GGUF import handles models up to about 500M parameters`, {
+      fix: 'Export the model with Optimum (optimum-cli export onnx writes external weight data) and pass that directory as --model.',
+      context: { file: g.path, parameters: floats },
+    });
+  }
+}
+
 async function readLayer(g: GgufModel, h: LlamaHyper, l: number): Promise<LlamaLayerWeights> {
   const { hidden: H, heads, kvHeads: KV, headDim: D, intermediate: I } = h;
   const w = (t: string, shape: number[]) => readWeight(g, `blk.${l}.${t}.weight`, shape);
@@ -156,6 +173,7 @@ async function readLayer(g: GgufModel, h: LlamaHyper, l: number): Promise<LlamaL
 export async function convertLlamaGguf(g: GgufModel, opts: { name: string }): Promise<ConvertedFamily> {
   const h = llamaHyper(g);
   checkTensorNames(g, h);
+  checkSize(g, h);
   // The tokenizer first: a GGUF kvtc cannot tokenize is refused before reading any weight.
   const tok = bpeTokenizerFromGguf(g, { modelMaxLength: h.contextLength, vocabSize: h.vocabSize });
   const layers: LlamaLayerWeights[] = [];
