@@ -17,6 +17,12 @@ const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
 const LARGE_TOKENS = 27_000;
 let dir: string;
 let small: KvCache;
+/**
+ * The committed profile with model.max_positions raised past LARGE_TOKENS: stories260K has 512
+ * positions, too few for a cache large enough to start the transform thread. max_positions only
+ * bounds where a blob may sit (it is outside profile_id), so the copy still reads and decodes.
+ */
+let LONG_PROFILE: string;
 
 /** `cache` repeated along the token axis to `tokens` tokens (real values, real distribution). */
 function tile(cache: KvCache, tokens: number, kvHeads = cache.kvHeads): KvCache {
@@ -42,6 +48,12 @@ beforeAll(async () => {
   const r = await kvtc('capture', '--text', join(dir, 'text.txt'), '--max-tokens', '500', '--out', kv);
   expect(r.code, r.stderr).toBe(0);
   small = (await readKvCache(kv)).cache;
+  LONG_PROFILE = join(dir, 'long-profile');
+  cpSync(PROFILE, LONG_PROFILE, { recursive: true });
+  const manifestPath = join(LONG_PROFILE, 'kvtc-profile.json');
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  manifest.model.max_positions = 65_536;
+  writeFileSync(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -50,12 +62,12 @@ describe('commands exit promptly after an error (no thread left alive)', () => {
     const kv = join(dir, 'large.safetensors');
     await writeKvCache(kv, tile(small, LARGE_TOKENS));
     const blob = join(dir, 'large.kvtc');
-    const e = await kvtc('encode', '--profile', PROFILE, '--kv', kv, '--out', blob);
+    const e = await kvtc('encode', '--profile', LONG_PROFILE, '--kv', kv, '--out', blob);
     expect(e.code, e.stderr).toBe(0);
     const bytes = readFileSync(blob);
     bytes[bytes.length >> 1] ^= 0xff;
     writeFileSync(blob, bytes);
-    const r = await runKvtc(['decode', '--profile', PROFILE, '--in', blob, '--out', join(dir, 'never.safetensors')], { deadlineMs: 30_000 });
+    const r = await runKvtc(['decode', '--profile', LONG_PROFILE, '--in', blob, '--out', join(dir, 'never.safetensors')], { deadlineMs: 30_000 });
     expect(r.hung).toBe(false);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('BLOB_INVALID');

@@ -190,8 +190,14 @@ describe('token counts and positions', () => {
 
   it('start_position + tokens past 2^32 → KV_INVALID', async () => {
     await expectKvtcError(codec.encode({ ...cache, startPosition: 2 ** 32 - 299 }), 'KV_INVALID', /starts at position 4294966997 with 300 tokens/);
-    const last = await codec.encode({ ...cache, startPosition: 2 ** 32 - 300 });
-    expect(field(last.blob, 'start_position')).toBe(2 ** 32 - 300);
+    // Below 2^32 the model's own bound decides (2^24 for a profile without model.max_positions).
+    await expectKvtcError(codec.encode({ ...cache, startPosition: 2 ** 32 - 300 }), 'KV_INVALID', /the model has 16777216 positions/);
+  });
+
+  it('the last position the model has encodes and decodes; one past it is refused', async () => {
+    await expectKvtcError(codec.encode({ ...cache, startPosition: 2 ** 24 - 299 }), 'KV_INVALID', /last token is at position 16777216/);
+    const last = await codec.encode({ ...cache, startPosition: 2 ** 24 - 300 });
+    expect(field(last.blob, 'start_position')).toBe(2 ** 24 - 300);
     expect(allFinite((await codec.decode(last.blob)).cache)).toBe(true);
   });
 });
