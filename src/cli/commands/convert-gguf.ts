@@ -4,6 +4,7 @@ import { convertGguf } from '../../convert/gguf/convert.js';
 import { parseOptions } from '../../validation.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
+import { createProgress } from '../progress.js';
 
 const Options = z.object({
   _: z.array(z.string()).length(1, 'give one GGUF file: kvtc convert-gguf FILE --out DIR'),
@@ -11,13 +12,20 @@ const Options = z.object({
   name: z.string().min(1).optional(),
   force: z.boolean().default(false),
   json: z.boolean().default(false),
+  quiet: z.boolean().default(false),
 });
 
 export default async function convertGgufCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
   const file = opts._[0];
   const t0 = Date.now();
-  const r = await convertGguf({ file, out: resolve(opts.out), name: opts.name, force: opts.force });
+  const progress = createProgress(io, { quiet: opts.quiet || opts.json });
+  let r;
+  try {
+    r = await convertGguf({ file, out: resolve(opts.out), name: opts.name, force: opts.force, onProgress: progress.fn });
+  } finally {
+    progress.stop();
+  }
   const seconds = (Date.now() - t0) / 1000;
   const c = r.converted;
   const s = c.spec;

@@ -12,6 +12,7 @@ import { DEQUANT_TYPES, openGguf, readTensor, type GgufFile } from '../../gguf/r
 import { ggufUnsupported } from '../../gguf/errors.js';
 import { buildLlamaGraph } from '../llama-graph.js';
 import { checkOutput, type WrittenModelDir } from '../model-dir.js';
+import { noProgress, type ProgressFn } from '../../progress.js';
 import type { ConvertedFamily, FamilyConverter, GgufModel } from './family.js';
 import { llamaFamily } from './llama.js';
 import { gemma3Family } from './gemma3.js';
@@ -37,6 +38,8 @@ export interface ConvertGgufModelOptions {
   /** config.json `_name_or_path` and graph name; default `general.name` or the file name. */
   name: string;
   force?: boolean;
+  /** Stages: dequantize (tensors done/total), graph, write (files done/total). */
+  onProgress?: ProgressFn;
 }
 
 export interface ConvertGgufResult extends WrittenModelDir {
@@ -50,7 +53,20 @@ const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 export async function convertGgufModel(g: GgufModel, opts: ConvertGgufModelOptions): Promise<ConvertGgufResult> {
   checkOutput(opts.out, opts.force);
   const family = familyFor(g);
-  const c = await family.convert(g, { name: opts.name });
+  const progress = opts.onProgress ?? noProgress;
+  // Dequantizing is most of a conversion's time: count tensors as the family reads them.
+  let read = 0;
+  const counted: GgufModel = {
+    ...g,
+    read: async (name) => {
+      progress({ stage: 'dequantize', done: read, total: g.tensors.size, unit: 'tensors', detail: name });
+      const t = await g.read(name);
+      read++;
+      return t;
+    },
+  };
+  const c = await family.convert(counted, { name: opts.name });
+  progress({ stage: 'graph', detail: 'building the ONNX graph' });
   const onnx = buildLlamaGraph(c.weights, c.spec, { ...c.graph, name: c.graph.name ?? opts.name });
   const contents: [string, string | Uint8Array][] = [
     ['config.json', json(c.config)],
@@ -61,7 +77,10 @@ export async function convertGgufModel(g: GgufModel, opts: ConvertGgufModelOptio
   ];
   // Only the files a conversion writes are replaced: --force never deletes anything else in --out.
   checkOutputDir(opts.out);
-  for (const [rel, data] of contents) await writeFileAtomic(join(opts.out, rel), data);
+  for (const [i, [rel, data]] of contents.entries()) {
+    progress({ stage: 'write', done: i, total: contents.length, unit: 'files', detail: rel });
+    await writeFileAtomic(join(opts.out, rel), data);
+  }
   const { weights: _w, tokenizerJson: _t, ...converted } = c;
   return {
     dir: opts.out,
@@ -97,6 +116,7 @@ export interface ConvertGgufOptions {
   /** Default: the file name without .gguf. */
   name?: string;
   force?: boolean;
+  onProgress?: ProgressFn;
 }
 
 /** `kvtc convert-gguf`: opens and checks the GGUF, converts it, writes the model directory. */
@@ -106,5 +126,5 @@ export async function convertGguf(opts: ConvertGgufOptions): Promise<ConvertGguf
   const g = ggufModel(file);
   familyFor(g);
   checkTensorTypes(file);
-  return convertGgufModel(g, { out: opts.out, name: opts.name ?? basename(opts.file).replace(/\.gguf$/i, ''), force: opts.force });
+  return convertGgufModel(g, { out: opts.out, name: opts.name ?? basename(opts.file).replace(/\.gguf$/i, ''), force: opts.force, onProgress: opts.onProgress });
 }
