@@ -1,6 +1,7 @@
 // Tested by test/cli/contract.test.ts.
 /**
- * Typed errors. The core throws these; only src/cli/main.ts maps them to exit codes.
+ * Typed errors. The core throws these and never chooses an exit code: the code says what went
+ * wrong, and only the CLI's table (src/cli/exit-codes.ts) turns a code into an exit code.
  * Every error names the problem (message), the offending value (context) and what to
  * do instead (fix).
  */
@@ -40,6 +41,7 @@ export interface ErrorDetails {
   fix?: string;
   context?: Record<string, unknown>;
   cause?: unknown;
+  /** @deprecated Ignored, and removed once no caller passes it: the CLI's table (src/cli/exit-codes.ts) picks exit codes from `code`. */
   exitCode?: number;
   /** A result that exists despite the failure (the --max-drop gate): --json prints it beside "error". */
   result?: Record<string, unknown>;
@@ -49,7 +51,6 @@ export class KvtcError extends Error {
   readonly code: ErrorCode;
   readonly fix?: string;
   readonly context?: Record<string, unknown>;
-  readonly exitCode: number;
   readonly result?: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
@@ -58,7 +59,6 @@ export class KvtcError extends Error {
     this.code = code;
     this.fix = details.fix;
     this.context = details.context;
-    this.exitCode = details.exitCode ?? (code === 'USAGE' ? 2 : 1);
     this.result = details.result;
   }
 
@@ -67,12 +67,25 @@ export class KvtcError extends Error {
   }
 }
 
-/** Bad command-line options (exit code 2). */
+/** Bad options, from the command line or a library call: an unknown value, a value out of range. */
 export class UsageError extends KvtcError {
   constructor(message: string, fix?: string, context?: Record<string, unknown>) {
-    super('USAGE', message, { fix, context, exitCode: 2 });
+    super('USAGE', message, { fix, context });
     this.name = 'UsageError';
   }
+}
+
+/** The user stopped the work (Ctrl-C, an aborted signal); the message says what was kept. */
+export class InterruptedError extends KvtcError {
+  constructor(message: string, fix?: string, context?: Record<string, unknown>) {
+    super('INTERRUPTED', message, { fix, context });
+    this.name = 'InterruptedError';
+  }
+}
+
+/** Calibration (either target) stopped before writing anything: one message wherever it stops. */
+export function calibrationInterrupted(): InterruptedError {
+  return new InterruptedError('calibration interrupted; nothing was written', 'Re-run the command to calibrate.');
 }
 
 /** A bug in kvtc, not in the user's input. */

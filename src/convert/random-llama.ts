@@ -55,7 +55,7 @@ export function normals(rand: () => number, n: number, std: number): Float32Arra
 }
 
 function usage(message: string, fix: string, context: Record<string, unknown>): KvtcError {
-  return new KvtcError('USAGE', `buildRandomLlama: ${message}`, { fix, context, exitCode: 2 });
+  return new KvtcError('USAGE', `buildRandomLlama: ${message}`, { fix, context });
 }
 
 export interface RandomWeightShape {

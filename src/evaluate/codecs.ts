@@ -13,7 +13,7 @@ import type { DynamoProfile } from '../dynamo/profile.js';
 import { KvtcError } from '../errors.js';
 import type { Device } from '../onnx/session.js';
 import { codecFromProfile } from '../profile/codec.js';
-import type { Profile } from '../profile/io.js';
+import type { Profile } from '../profile/read.js';
 import type { CacheCodec } from './cache-codec.js';
 
 export type { CacheCodec, Reconstruction } from './cache-codec.js';
@@ -91,7 +91,7 @@ export function sweepNames(profiles: readonly Profile[]): string[] {
   const counts = new Map<string, number>();
   for (const p of profiles) counts.set(label(p), (counts.get(label(p)) ?? 0) + 1);
   const names = profiles.map((p) => `kvtc@${label(p)}${counts.get(label(p))! > 1 ? `:${basename(p.dir)}` : ''}`);
-  if (new Set(names).size !== names.length) throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.', exitCode: 2 });
+  if (new Set(names).size !== names.length) throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.' });
   return names;
 }
 
@@ -118,13 +118,13 @@ export async function createCodecs(names: readonly CodecName[], setup: CodecSetu
   async function add(name: CodecName): Promise<void> {
     if (name === 'kvtc') {
       if (!first) {
-        throw new KvtcError('USAGE', 'the kvtc codec needs a profile', { fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.', exitCode: 2 });
+        throw new KvtcError('USAGE', 'the kvtc codec needs a profile', { fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.' });
       }
       const labels = sweepNames(profiles);
       for (const [i, p] of profiles.entries()) out.push(kvtcAdapter(await codecFromProfile(p, { device: setup.device }), labels[i]));
     } else if (name === 'dynamo') {
       if (!setup.dynamoProfile) {
-        throw new KvtcError('USAGE', 'the dynamo codec needs a dynamo profile', { fix: 'Pass --dynamo-profile DIR (written by `kvtc calibrate --target dynamo`), or leave dynamo out of --codec.', exitCode: 2 });
+        throw new KvtcError('USAGE', 'the dynamo codec needs a dynamo profile', { fix: 'Pass --dynamo-profile DIR (written by `kvtc calibrate --target dynamo`), or leave dynamo out of --codec.' });
       }
       out.push(dynamoCodec(setup.dynamoProfile));
     } else if (name === 'identity') {

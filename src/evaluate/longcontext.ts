@@ -94,7 +94,7 @@ function varName(rand: () => number, used: Set<string>): string {
  */
 export function buildLongContextTasks(tok: ModelTokenizer, filler: readonly string[], opts: LongContextOptions): LongContextTask[] {
   const budget = Math.min(opts.contextTokens, opts.maxPositions - 8);
-  if (budget < 64) throw new KvtcError('USAGE', `--long-context-tokens ${opts.contextTokens}: long-context prompts need at least 64 tokens`, { fix: 'Use --long-context-tokens 64 or more (or --long-context 0 to skip).', exitCode: 2 });
+  if (budget < 64) throw new KvtcError('USAGE', `--long-context-tokens ${opts.contextTokens}: long-context prompts need at least 64 tokens`, { fix: 'Use --long-context-tokens 64 or more (or --long-context 0 to skip).' });
   const rand = mulberry32(opts.seed ^ 0x1c7a5);
   const tasks: LongContextTask[] = [];
   for (const kind of LONG_CONTEXT_KINDS) {

@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { readTextFile } from '../io/text.js';
 import { fp16BytesPerToken } from '../codec/blob.js';
-import { KvtcError } from '../errors.js';
+import { InterruptedError, KvtcError } from '../errors.js';
 import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import { MMLU_DIR, WIKITEXT_TEST } from '../paths.js';
@@ -194,7 +194,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
   }
   const mmluSeconds = now() - tMmlu;
   if (interrupted() && records.length === 0) {
-    throw new KvtcError('INTERRUPTED', 'interrupted before the first question was scored: nothing to report', { exitCode: 130 });
+    throw new InterruptedError('interrupted before the first question was scored: nothing to report');
   }
 
   let longContext: LongContextResult | undefined;

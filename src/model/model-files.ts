@@ -198,7 +198,6 @@ export function chooseOnnx(dir: string, cands: OnnxCandidate[], notes: string[])
     throw new KvtcError('USAGE', `${dir} holds several ONNX graphs and none is the obvious one to run: ${listing(decoders.length ? quantized : pool)}.`, {
       fix: onnxFix(dir, pool),
       context: { dir, candidates: pool.map((c) => c.rel) },
-      exitCode: 2,
     });
   }
   if (cands.length > 1) {
@@ -224,7 +223,6 @@ export function resolveOnnxOption(dir: string, onnxOpt: string): string {
       throw new KvtcError('USAGE', `--onnx ${onnxOpt} is an external weights file, not an ONNX graph.`, {
         fix: `Pass the .onnx graph that keeps its weights there (it sits beside it), e.g. --onnx ${basename(found).replace(/(\.onnx)?[._]?data$/i, '.onnx')}.`,
         context: { onnx: onnxOpt, file: found },
-        exitCode: 2,
       });
     }
     return found;

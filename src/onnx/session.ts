@@ -35,7 +35,7 @@ export function cudaProviderPath(): string {
 /** Throws DEVICE_UNAVAILABLE unless `device` can run here. */
 export function checkDevice(device: string): asserts device is Device {
   if (!DEVICES.includes(device as Device)) {
-    throw new KvtcError('USAGE', `Unsupported device "${device}". Should be one of: ${DEVICES.join(', ')}.`, { exitCode: 2 });
+    throw new KvtcError('USAGE', `Unsupported device "${device}". Should be one of: ${DEVICES.join(', ')}.`);
   }
   if (device === 'cuda') {
     if (process.platform !== 'linux' || !existsSync(cudaProviderPath())) {

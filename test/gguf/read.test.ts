@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { exitCodeFor } from '../../src/cli/exit-codes.js';
 import { isKvtcError, type KvtcError } from '../../src/errors.js';
 import { DEQUANT_TYPES, openGguf, readTensor, readTensorBytes } from '../../src/gguf/read.js';
 import { m, tensorBytes, writeGguf, type GgufSpec, type TensorSpec } from './write-gguf.js';
@@ -33,7 +34,7 @@ async function refusal(p: Promise<unknown> | (() => unknown)): Promise<KvtcError
   } catch (e) {
     if (!isKvtcError(e)) throw e;
     expect(e.fix).toBeTruthy();
-    expect(e.exitCode).toBe(1);
+    expect(exitCodeFor(e)).toBe(1);
     return e;
   }
   throw new Error('expected a refusal');

@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { exitCodeFor } from '../../src/cli/exit-codes.js';
 import { KvtcError } from '../../src/errors.js';
 import { findModelFiles, listOnnxFiles, modelDirFromOption, modelNameFor, resolveOnnxOption } from '../../src/model/model-files.js';
 import { tempDir } from './helpers.js';
@@ -71,7 +72,7 @@ describe('the default graph of a model directory', () => {
     const dir = modelDir(['onnx/model_q4.onnx', 'onnx/model_quantized.onnx', 'onnx/model_q4f16.onnx']);
     const e = await rejected(findModelFiles(dir));
     expect(e.code).toBe('USAGE');
-    expect(e.exitCode).toBe(2);
+    expect(exitCodeFor(e)).toBe(2);
     expect(e.message).toContain('holds several ONNX graphs and none is the obvious one to run: onnx/model_q4.onnx (4-bit quantized weights), onnx/model_q4f16.onnx (4-bit quantized weights, fp16 activations), onnx/model_quantized.onnx (8-bit quantized weights)');
     expect(e.fix).toMatch(/^Pass --onnx with one of the graphs in .*: onnx\/model_q4\.onnx, onnx\/model_q4f16\.onnx, onnx\/model_quantized\.onnx/);
     expect(e.context).toMatchObject({ candidates: ['onnx/model_q4.onnx', 'onnx/model_q4f16.onnx', 'onnx/model_quantized.onnx'] });

@@ -11,7 +11,7 @@ import { defaultProfileDir } from '../../calibrate/outputs.js';
 import { DEFAULT_PROFILES_DIR } from '../../paths.js';
 import { readDynamoProfile } from '../../dynamo/profile.js';
 import { checkDynamoProfileForModel, checkProfileForModel } from '../../profile/compat.js';
-import { readProfile, type Profile } from '../../profile/io.js';
+import { readProfile, type Profile } from '../../profile/read.js';
 import { MANIFEST_FILE } from '../../profile/schema.js';
 import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
 import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, isKvtcCodec, sweepNames, type CodecName } from '../../evaluate/codecs.js';
@@ -206,7 +206,6 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     if (codecNames.includes('kvtc') && !profiles.length) {
       throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`, {
         fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
-        exitCode: 2,
       });
     }
     if (!profiles.length) profileNote = `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
@@ -252,7 +251,6 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
         'THRESHOLD_EXCEEDED',
         `${guarded} loses ${drop.toFixed(2)} accuracy points on ${c.n} questions (uncompressed ${(100 * result.summary.overall.baseline.accuracy).toFixed(1)}%, ${guarded} ${(100 * c.accuracy.accuracy).toFixed(1)}%; 95% CI of the drop [${(-c.delta_ci95[1]).toFixed(1)}, ${(-c.delta_ci95[0]).toFixed(1)}]), more than --max-drop ${opts.maxDrop}`,
         {
-          exitCode: 3,
           fix: isKvtcCodec(guarded) ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.' : 'Choose a less lossy codec or raise --max-drop.',
           context: { codec: guarded, drop_points: drop, threshold_points: opts.maxDrop },
         },
@@ -273,7 +271,6 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   };
   if (result.partial && !failure) {
     failure = new KvtcError('INTERRUPTED', `interrupted: ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions were scored; the results above are partial`, {
-      exitCode: 130,
       fix: 'Re-run the command for the full evaluation.',
       context: { questions_scored: result.partial.questionsScored, questions_planned: result.partial.questionsPlanned },
     });
@@ -282,7 +279,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     // One JSON document on stdout either way: on failure the result rides in the error.
     await report();
     if (failure) {
-      throw new KvtcError(failure.code, failure.message, { exitCode: failure.exitCode, fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
+      throw new KvtcError(failure.code, failure.message, { fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
     }
     if (reportError) {
       const e = asIoError(reportError) ?? new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);

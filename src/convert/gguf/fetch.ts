@@ -95,7 +95,6 @@ export function fetchSource(id: string): FetchSource {
     throw new KvtcError('USAGE', `unknown model "${id}"; kvtc fetch-model knows: ${FETCH_SOURCES.map((x) => x.id).join(', ')}`, {
       fix: 'Pass one of those names, or convert a GGUF you have with kvtc convert-gguf FILE --out DIR.',
       context: { model: id, known: FETCH_SOURCES.map((x) => x.id) },
-      exitCode: 2,
     });
   }
   return s;
