@@ -9,7 +9,7 @@ import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../src/paths.js';
 import { ropeFromManifest } from '../src/profile/codec.js';
-import { readProfile } from '../src/profile/io.js';
+import { readProfile } from '../src/profile/read.js';
 
 const profile = await readProfile(process.argv[2] ?? `${DEFAULT_PROFILES_DIR}/stories260k`);
 const model = await loadModel(process.argv[3] ?? DEFAULT_MODEL_DIR);

@@ -29,7 +29,7 @@ import { ModelRunner } from '../src/model/runner.js';
 import type { KvCache, ModelSpec } from '../src/model/types.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../src/paths.js';
 import { codecFromProfile } from '../src/profile/codec.js';
-import { readProfile } from '../src/profile/io.js';
+import { readProfile } from '../src/profile/read.js';
 
 const SINK = 4;
 const WINDOW = 128;

@@ -13,7 +13,8 @@ import { symmetricEigen } from '../src/fit/eigen.js';
 import { dynamicIndex, type ErrorTables } from '../src/fit/error-tables.js';
 import { loadTokenizer } from '../src/model/tokenizer.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from '../src/paths.js';
-import { readProfile, writeProfile, type ManifestDraft } from '../src/profile/io.js';
+import { readProfile } from '../src/profile/read.js';
+import { writeProfile, type ManifestDraft } from '../src/profile/write.js';
 import { mulberry32 } from '../src/random.js';
 
 const args = process.argv.slice(2);

@@ -18,7 +18,7 @@ import type { KvCache } from './model/types.js';
 import type { Device } from './onnx/session.js';
 import { codecFromProfile, useTransformThread } from './profile/codec.js';
 import { checkCacheForProfile } from './profile/compat.js';
-import { readProfile, type Profile } from './profile/io.js';
+import { readProfile, type Profile } from './profile/read.js';
 
 export interface FileJobOptions {
   /** Profile directory (or its kvtc-profile.json). */

@@ -10,7 +10,7 @@ export { KvtcError, type ErrorCode } from './errors.js';
 export type { ProgressEvent, ProgressFn } from './progress.js';
 
 // Profiles
-export { readProfile, readManifest, type Profile } from './profile/io.js';
+export { readProfile, readManifest, type Profile } from './profile/read.js';
 export { validateProfile, type Check, type ValidateResult } from './profile/validate.js';
 export { checkProfileForModel } from './profile/compat.js';
 export type { Manifest } from './profile/schema.js';

@@ -10,7 +10,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { calibrate } from '../calibrate/calibrate.js';
 import { isKvtcError } from '../errors.js';
-import { readProfile } from '../profile/io.js';
+import { readProfile } from '../profile/read.js';
 import { buildRandomLlama } from '../convert/random-llama.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_PROFILES_DIR } from '../paths.js';
 import type { ProgressFn } from '../progress.js';

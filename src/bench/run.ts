@@ -22,7 +22,7 @@ import { dynamoCodec } from '../dynamo/codec.js';
 import { readDynamoProfile, type DynamoProfile } from '../dynamo/profile.js';
 import { KvtcError } from '../errors.js';
 import { checkDynamoProfileForModel, checkProfileForModel, dynamoProfileModelDifferences } from '../profile/compat.js';
-import { readProfile, type Profile } from '../profile/io.js';
+import { readProfile, type Profile } from '../profile/read.js';
 import { fp16Bytes, prefixCache, rawFp16, relativeError } from './cache.js';
 import { measureLimits } from './limits.js';
 import { benchCacheDir, ensureGqaModel, ensureProfile, GQA_SHAPE, QUICK_SHAPE, type CalibrationRecord } from './models.js';

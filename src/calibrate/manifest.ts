@@ -4,7 +4,7 @@ import type { EntropyCoder } from '../codec/blob.js';
 import type { ModelDescription } from '../model/load.js';
 import { manifestRope } from '../profile/rope.js';
 import { PROFILE_FORMAT, PROFILE_FORMAT_VERSION } from '../profile/schema.js';
-import type { ManifestDraft } from '../profile/io.js';
+import type { ManifestDraft } from '../profile/write.js';
 import { PRODUCER, VERSION } from '../version.js';
 import type { Measurement } from './measure.js';
 import { onnxFileOf } from '../profile/compat.js';

@@ -10,7 +10,7 @@ import { architectureFields, type ModelFingerprint } from '../model/fingerprint.
 import type { DynamoManifest } from '../dynamo/schema.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import { ropeFields, type RopeFields } from '../rope/describe.js';
-import type { Profile } from './io.js';
+import type { Profile } from './read.js';
 import { ropeFromManifest } from './rope.js';
 import type { Manifest } from './schema.js';
 

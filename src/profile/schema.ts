@@ -241,3 +241,12 @@ export function manifestJsonSchema(): Record<string, unknown> {
     title: `kvtc profile manifest, format version ${PROFILE_FORMAT_VERSION}`,
   };
 }
+
+/** The five tensors each plan names in the tensor file, in the order the profile id lists them. */
+export const TENSOR_ROLES = ['mean', 'basis', 'variances', 'lo', 'hi'] as const;
+export type TensorRole = (typeof TENSOR_ROLES)[number];
+
+/** The tensor names kvtc writes for plan `i` (a reader takes whatever names the manifest gives). */
+export function planTensorNames(i: number): Record<TensorRole, string> {
+  return { mean: `plan.${i}.mean`, basis: `plan.${i}.basis`, variances: `plan.${i}.variances`, lo: `plan.${i}.lo`, hi: `plan.${i}.hi` };
+}

@@ -10,10 +10,13 @@ import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
 import { profileModelMismatch } from './compat.js';
 import { ropeDifferences, ropeFromManifest } from './rope.js';
-import { checkProfile, PROFILE_LIMITS, type Check } from './io.js';
+import { checkProfile } from './read.js';
+import { PROFILE_LIMITS } from './limits.js';
+import { type Check } from './checks.js';
 import type { Manifest } from './schema.js';
 
-export { orthonormalityError, sampledOrthonormalityError, type Check } from './io.js';
+export { orthonormalityError, sampledOrthonormalityError } from './orthonormality.js';
+export { type Check } from './checks.js';
 
 export interface ValidateResult {
   profile: string;

@@ -19,7 +19,7 @@ import { readKvCache } from '../../src/model/kv-io.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { ropeFromManifest } from '../../src/profile/codec.js';
-import { readProfile, type Profile } from '../../src/profile/io.js';
+import { readProfile, type Profile } from '../../src/profile/read.js';
 import { dequantizeStored } from '../codec/payload-reference.js';
 import { reconstruct } from '../fit/fit-reference.js';
 import { kvtc, tempDir } from '../model/helpers.js';

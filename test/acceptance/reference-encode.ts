@@ -12,7 +12,7 @@ import { encodePlanCodes, splitStored } from '../../src/codec/payload.js';
 import { rawSection } from '../../src/codec/raw-section.js';
 import type { KvCache } from '../../src/model/types.js';
 import { ropeFromManifest } from '../../src/profile/codec.js';
-import type { Profile } from '../../src/profile/io.js';
+import type { Profile } from '../../src/profile/read.js';
 import { cacheTables, planRope, type CacheTables } from '../../src/rope/codec-rope.js';
 
 const f = Math.fround;

@@ -7,7 +7,7 @@ import { ModelRunner } from '../../src/model/runner.js';
 import { GraphBuilder } from '../../src/onnx/builder.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, PACKAGE_ROOT } from '../../src/paths.js';
 import { PROFILE_TOLERANCE } from '../../src/profile/equivalence.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { rng } from '../codec/rng.js';
 import { FIXTURE, kvtc, tempDir } from '../model/helpers.js';
 import { editTensorDir } from '../profile/helpers.js';

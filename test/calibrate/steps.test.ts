@@ -13,7 +13,7 @@ import { ModelRunner } from '../../src/model/runner.js';
 import { readCalibrationTokens, splitSequences } from '../../src/calibrate/sequences.js';
 import { loadModel } from '../../src/model/load.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { tempDir } from '../model/helpers.js';
 
 const LLAMA_8B = { layers: 32, kvHeads: 8, headDim: 128 };

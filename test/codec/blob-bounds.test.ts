@@ -12,7 +12,7 @@ import { TYPE_BITS } from '../../src/codec/types.js';
 import type { KvCache } from '../../src/model/types.js';
 import { fileURLToPath } from 'node:url';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { readProfile, type Profile } from '../../src/profile/io.js';
+import { readProfile, type Profile } from '../../src/profile/read.js';
 import { allFinite, captureCache, explode, expectKvtcError, field, implode, mixedGroups, prefix, sameCache, setField, storeAll, withCrc, type Exploded } from './blob-tools.js';
 
 let profile: Profile;

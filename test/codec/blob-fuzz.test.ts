@@ -20,7 +20,7 @@ import { isKvtcError } from '../../src/errors.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { allFinite, at, captureCache, cloneCache, explode, implode, mixedGroups, prefix, sameCache, setField, storeAll, withCrc } from './blob-tools.js';
 import { rng } from './rng.js';
 

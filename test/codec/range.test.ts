@@ -15,7 +15,7 @@ import { floatToHalf, halfToFloat } from '../../src/io/fp16.js';
 import type { KvCache } from '../../src/model/types.js';
 import { fileURLToPath } from 'node:url';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { readProfile, type Profile } from '../../src/profile/io.js';
+import { readProfile, type Profile } from '../../src/profile/read.js';
 import { allFinite, at, captureCache, cloneCache, expectKvtcError, explode, field } from './blob-tools.js';
 
 let profile: Profile;

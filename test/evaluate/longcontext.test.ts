@@ -7,7 +7,7 @@ import { sampleLines } from '../../src/evaluate/report.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { join } from 'node:path';
 
 let model: LoadedModel;

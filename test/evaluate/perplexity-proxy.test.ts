@@ -12,7 +12,7 @@ import { createCodecs, type CacheCodec } from '../../src/evaluate/codecs.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, PACKAGE_ROOT, WIKITEXT_TEST } from '../../src/paths.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 
 const STORIES = join(PACKAGE_ROOT, 'data', 'stories260k-generated', 'stories.txt');
 let model: LoadedModel;

@@ -27,7 +27,7 @@ import { decodeBlob, encodeCache } from '../../src/files.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_CALIBRATION_DIR } from '../../src/paths.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { tempDir } from '../model/helpers.js';
 
 /**

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { KvCache } from '../../src/model/types.js';
-import { computeProfileId } from '../../src/profile/io.js';
+import { computeProfileId } from '../../src/profile/id.js';
 import { rng } from '../codec/rng.js';
 
 /**

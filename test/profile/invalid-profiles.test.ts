@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { KvtcError } from '../../src/errors.js';
 import { DEFAULT_MODEL_DIR } from '../../src/paths.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { kvtc } from '../model/helpers.js';
 import { buildTensorFile, committed, copyWith, editTensor, type Json, parseTensorFile, PROFILE, resign, TENSORS, tempDir, writeFiles } from './helpers.js';

@@ -4,7 +4,10 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BasisPlan } from '../../src/codec/types.js';
-import { checkProfile, orthonormalityError, PROFILE_LIMITS, readProfile, sampledOrthonormalityError, writeProfile, type ManifestDraft } from '../../src/profile/io.js';
+import { checkProfile, readProfile } from '../../src/profile/read.js';
+import { orthonormalityError, sampledOrthonormalityError } from '../../src/profile/orthonormality.js';
+import { PROFILE_LIMITS } from '../../src/profile/limits.js';
+import { writeProfile, type ManifestDraft } from '../../src/profile/write.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { randomOrthogonal } from '../codec/rng.js';
 import { committed, tempDir } from './helpers.js';

@@ -3,7 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { computeProfileId, profileIdText, readProfile } from '../../src/profile/io.js';
+import { computeProfileId, profileIdText } from '../../src/profile/id.js';
+import { readProfile } from '../../src/profile/read.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { manifestRope, ropeFromManifest } from '../../src/profile/rope.js';
 import type { LayerRope, RopeSpec } from '../../src/rope/types.js';

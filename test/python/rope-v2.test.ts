@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { readKvCache, writeKvCache } from '../../src/model/kv-io.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { readProfile } from '../../src/profile/io.js';
+import { readProfile } from '../../src/profile/read.js';
 import { manifestRope } from '../../src/profile/rope.js';
 import type { LayerRope, RopeSpec } from '../../src/rope/types.js';
 import { resign, syntheticCache, tempDir, writeFiles, type Json } from '../profile/helpers.js';

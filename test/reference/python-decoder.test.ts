@@ -13,7 +13,8 @@ import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
-import { computeProfileId, profileIdText, readProfile } from '../../src/profile/io.js';
+import { computeProfileId, profileIdText } from '../../src/profile/id.js';
+import { readProfile } from '../../src/profile/read.js';
 import { createHash } from 'node:crypto';
 
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;

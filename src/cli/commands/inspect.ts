@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { z } from 'zod';
 import { describeModel, modelDirFromOption } from '../../model/load.js';
-import { readProfile } from '../../profile/io.js';
+import { readProfile } from '../../profile/read.js';
 import { layerRopeJson, layerRopeWords, scalingWords } from '../../rope/describe.js';
 import { ropeRuns } from '../../rope/types.js';
 import { ropeFromManifest } from '../../profile/codec.js';

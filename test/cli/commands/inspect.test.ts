@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fmtBytes } from '../../../src/cli/format.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from '../../../src/paths.js';
-import { readProfile } from '../../../src/profile/io.js';
+import { readProfile } from '../../../src/profile/read.js';
 import { kvtc } from '../../model/helpers.js';
 
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
