@@ -31,11 +31,11 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
 import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } from './codec.js';
-import { planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
+import { DEFAULT_INT_BITS, planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
 import type { Fp8Path } from './kernels.js';
-import { isDynamoProfileDir, readDynamoManifest, sha256Hex, writeDynamoProfile } from './profile.js';
+import { isDynamoProfileDir, readDynamoManifest, writeDynamoProfile } from './profile.js';
+import { sha256 as sha256Hex } from '../io/hash.js';
 import { DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, LIMITS, type DynamoManifestDraft } from './schema.js';
-import { DEFAULT_INT_BITS, dynamoGranule } from './tables.js';
 
 /** tokens_per_block when none is given: vLLM's default block size, the first of kvbench.rs's 16/32/64. */
 export const DEFAULT_BLOCK_TOKENS = 16;

@@ -1,69 +1,124 @@
 /**
- * Exact dynamic-programming bit allocation over the measured error tables.
+ * Exact dynamic-programming bit allocation over measured error tables, for any target.
  *
- * Components are in variance order. A plan partitions [0, p) into contiguous groups, each
- * 'none' (0 bits), static (width·bits) or dynamic (width·bits + 32); minimize Σ error subject
- * to Σ bits per token <= budget. f[j][b] = least error of the prefix [0, j) spending exactly
- * b bits; transitions: one component none/static (j-1 -> j), or a dynamic candidate group
- * (start, j) from the tables. All costs are even, so b counts 2-bit units. Exact over the
+ * Components are in variance order. A plan partitions [0, p) into contiguous runs, each dropped
+ * (0 bits), static (width·bits, no per-group overhead) or dynamic (width·bits + the group's
+ * range overhead); minimize Σ error subject to Σ bits per row <= budget. f[j][u] = least error
+ * of the prefix [0, j) spending exactly u cost units; transitions: one component dropped or
+ * static (j-1 -> j), or a dynamic candidate group (start, j) from the tables. Exact over the
  * tables' candidate set (static anywhere, dynamic on the granule grid).
  *
- * Memory: f is a ring of (maxWidth + 1) rows × (budget/2 + 1) float64; back-pointers are one
+ * A target is its type set and its cost unit (CostModel):
+ *   - kvtc (allocateBits): static and dynamic int2/int4/int8/fp8, a dynamic group carries fp16
+ *     offset and scale (32 bits), every cost is even so the unit is 2 bits;
+ *   - Dynamo's kernels (src/dynamo/fit.ts): static = unscaled FP8 only, dynamic = IntX ranges
+ *     with float32 min and max (64 bits), every cost a whole byte so the unit is 8 bits.
+ *
+ * Memory: f is a ring of (maxWidth + 1) rows × (budget units + 1) float64; back-pointers are one
  * Uint16 per (component, budget unit): p=1024 at ratio 2 is 4.2M entries (8 MB).
  */
 import { invariant } from '../errors.js';
-import { type ErrorTables, dynamicIndex } from './error-tables.js';
+import type { ErrorTables } from './error-tables.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import { DYNAMIC_OVERHEAD_BITS, type QuantGroup, TYPE_BITS } from '../codec/types.js';
 
-export interface Allocation {
-  /** Groups covering [0, rank), trailing 'none' removed; adjacent static groups of one type merged. */
-  groups: QuantGroup[];
-  /** Stored components (last kept component + 1). */
-  rank: number;
-  /** Σ measured squared error over the held-out tokens (dropped components included). */
+/** What a target's choices cost, in bits per row; each cost must be a whole number of units. */
+export interface CostModel {
+  /** Bits per budget unit (the DP counts units: the larger, the smaller its tables). */
+  unitBits: number;
+  /** [S] bits per component of each static type. */
+  staticBits: readonly number[];
+  /** [D] bits per component of each dynamic type. */
+  dynamicBits: readonly number[];
+  /** Bits per row that one dynamic group adds for its range. */
+  dynamicOverheadBits: number;
+}
+
+/** The measured errors the DP reads (MeasuredTables of error-tables.ts, or hand-made in tests). */
+export interface AllocationInput {
+  dim: number;
+  granule: number;
+  maxGranules: number;
+  /** [p] error of dropping component j. */
+  none: Float64Array;
+  /** [S, p] error of component j with static type s. */
+  staticErr: Float64Array;
+  /** [ceil(p/g), maxGranules, D] error of group [k·g, min(k·g + m·g, p)) with dynamic type d; Infinity where not a valid group. */
+  dynamicErr: Float64Array;
+}
+
+/** One run of the plan: [start, end) dropped, or with `type` indexing staticBits / dynamicBits. */
+export interface AllocationRun {
+  start: number;
+  end: number;
+  mode: 'none' | 'static' | 'dynamic';
+  type: number;
+}
+
+export interface RunAllocation {
+  /** Runs tiling [0, p) in order; adjacent dropped runs and adjacent static runs of one type merged. */
+  runs: AllocationRun[];
+  /** Σ measured squared error over the held-out rows (dropped components included). */
   error: number;
-  /** Bits per token of the plan (<= budget). */
+  /** Bits per row of the plan (<= budget). */
   bits: number;
 }
 
-// Back-pointer codes: opt (low 4 bits) 0 = none, 1..4 = static STORED_TYPES[opt-1],
-// 5..8 = dynamic STORED_TYPES[opt-5]; high bits = m (dynamic width in granules).
-const OPT_NONE = 0;
+export function runBits(cost: CostModel, r: AllocationRun): number {
+  const w = r.end - r.start;
+  if (r.mode === 'static') return w * cost.staticBits[r.type];
+  if (r.mode === 'dynamic') return w * cost.dynamicBits[r.type] + cost.dynamicOverheadBits;
+  return 0;
+}
 
-export function allocateBits(tables: ErrorTables, budgetBits: number): Allocation {
-  const p = tables.dim;
-  const g = tables.granule;
-  const M = tables.maxGranules;
-  invariant(Number.isFinite(budgetBits) && budgetBits >= 0, `Error in allocateBits: budget (${budgetBits}) must be a finite number >= 0`);
-  const B = Math.floor(budgetBits / 2);
+function units(cost: CostModel, bits: number, what: string): number {
+  const u = bits / cost.unitBits;
+  invariant(Number.isInteger(u), `Error in allocate: ${what} (${bits} bits) is not a whole number of ${cost.unitBits}-bit units`);
+  return u;
+}
+
+/** Least-error runs within `budgetBits` per row (the DP above). */
+export function allocateRuns(t: AllocationInput, cost: CostModel, budgetBits: number): RunAllocation {
+  const p = t.dim;
+  const g = t.granule;
+  const M = t.maxGranules;
+  const S = cost.staticBits.length;
+  const D = cost.dynamicBits.length;
+  invariant(Number.isFinite(budgetBits) && budgetBits >= 0, `Error in allocate: budget (${budgetBits}) must be a finite number >= 0`);
+  invariant(t.staticErr.length >= S * p && t.dynamicErr.length >= Math.ceil(p / g) * M * D, `Error in allocate: tables (${t.staticErr.length}, ${t.dynamicErr.length}) do not hold ${S} static and ${D} dynamic types for p = ${p}`);
+  // Back-pointer codes: low `optBits` bits 0 = none, 1..S = static type, S+1..S+D = dynamic type;
+  // the bits above = m (dynamic width in granules).
+  const optBits = Math.max(1, Math.ceil(Math.log2(S + D + 1)));
+  const optMask = (1 << optBits) - 1;
+  invariant(M < 2 ** (16 - optBits), `Error in allocate: ${M} granules per group do not fit a 16-bit back-pointer`);
+  const B = Math.floor(budgetBits / cost.unitBits);
   const stride = B + 1;
   const ring = Math.min(p, M * g) + 1;
-  invariant(p * stride < 2 ** 31, `Error in allocateBits: p·budget (${p}·${B}) too large for one DP`);
+  invariant(p * stride < 2 ** 31, `Error in allocate: p·budget (${p}·${B}) too large for one DP`);
   const f = new Float64Array(ring * stride).fill(Infinity);
   const back = new Uint16Array((p + 1) * stride);
   f[0] = 0;
-  const staticUnits = STORED_TYPES.map((t) => TYPE_BITS[t] / 2);
+  const staticUnits = cost.staticBits.map((b) => units(cost, b, 'a static component'));
 
   for (let i = 0; i < p; i++) {
     const cur = (i % ring) * stride;
     const nxt = ((i + 1) % ring) * stride;
     const bnx = (i + 1) * stride;
     // Dropped component.
-    const en = tables.none[i];
+    const en = t.none[i];
     for (let b = 0; b <= B; b++) {
       const v = f[cur + b] + en;
       if (v < f[nxt + b]) {
         f[nxt + b] = v;
-        back[bnx + b] = OPT_NONE;
+        back[bnx + b] = 0;
       }
     }
     // Static component.
-    for (let ti = 0; ti < 4; ti++) {
-      const cu = staticUnits[ti];
-      const es = tables.staticErr[ti * p + i];
+    for (let s = 0; s < S; s++) {
+      const cu = staticUnits[s];
+      const es = t.staticErr[s * p + i];
       if (!(es < Infinity)) continue;
-      const opt = 1 + ti;
+      const opt = 1 + s;
       for (let b = 0; b + cu <= B; b++) {
         const v = f[cur + b] + es;
         if (v < f[nxt + b + cu]) {
@@ -81,11 +136,11 @@ export function allocateBits(tables: ErrorTables, budgetBits: number): Allocatio
         const width = e - i;
         const row = (e % ring) * stride;
         const brow = e * stride;
-        for (let ti = 0; ti < 4; ti++) {
-          const ed = tables.dynamicErr[dynamicIndex(tables, k, m, ti)];
+        for (let d = 0; d < D; d++) {
+          const ed = t.dynamicErr[(k * M + (m - 1)) * D + d];
           if (!(ed < Infinity)) continue;
-          const cu = (width * TYPE_BITS[STORED_TYPES[ti]] + DYNAMIC_OVERHEAD_BITS) / 2;
-          const code = (m << 4) | (5 + ti);
+          const cu = units(cost, width * cost.dynamicBits[d] + cost.dynamicOverheadBits, 'a dynamic group');
+          const code = (m << optBits) | (1 + S + d);
           for (let b = 0; b + cu <= B; b++) {
             const v = f[cur + b] + ed;
             if (v < f[row + b + cu]) {
@@ -104,43 +159,74 @@ export function allocateBits(tables: ErrorTables, budgetBits: number): Allocatio
   let bestB = 0;
   for (let b = 1; b <= B; b++) if (f[last + b] < f[last + bestB]) bestB = b;
   const error = f[last + bestB];
-  invariant(error < Infinity, 'Error in allocateBits: no feasible plan (all-drop should always be feasible)');
+  invariant(error < Infinity, 'Error in allocate: no feasible plan (dropping everything is always feasible)');
 
-  // Backtrack into per-run groups (reverse order).
-  const rev: QuantGroup[] = [];
+  // Backtrack into per-component or per-group runs (reverse order).
+  const rev: AllocationRun[] = [];
   let j = p;
   let b = bestB;
   while (j > 0) {
     const code = back[j * stride + b];
-    const opt = code & 15;
-    if (opt === OPT_NONE) {
-      rev.push({ start: j - 1, end: j, type: 'none', mode: 'static' });
+    const opt = code & optMask;
+    if (opt === 0) {
+      rev.push({ start: j - 1, end: j, mode: 'none', type: -1 });
       j -= 1;
-    } else if (opt <= 4) {
-      rev.push({ start: j - 1, end: j, type: STORED_TYPES[opt - 1], mode: 'static' });
+    } else if (opt <= S) {
+      rev.push({ start: j - 1, end: j, mode: 'static', type: opt - 1 });
       b -= staticUnits[opt - 1];
       j -= 1;
     } else {
-      const m = code >>> 4;
+      const m = code >>> optBits;
       const start = (Math.ceil(j / g) - m) * g;
-      const type = STORED_TYPES[opt - 5];
-      rev.push({ start, end: j, type, mode: 'dynamic' });
-      b -= ((j - start) * TYPE_BITS[type] + DYNAMIC_OVERHEAD_BITS) / 2;
+      const run: AllocationRun = { start, end: j, mode: 'dynamic', type: opt - 1 - S };
+      rev.push(run);
+      b -= runBits(cost, run) / cost.unitBits;
       j = start;
     }
   }
-  invariant(b === 0, `Error in allocateBits: backtrack ended with ${b} units left (DP bookkeeping bug)`);
+  invariant(b === 0, `Error in allocate: backtrack ended with ${b} units left (DP bookkeeping bug)`);
 
-  const groups: QuantGroup[] = [];
+  const runs: AllocationRun[] = [];
   for (let q = rev.length - 1; q >= 0; q--) {
-    const gr = rev[q];
-    const prev = groups[groups.length - 1];
-    if (prev && gr.mode === 'static' && prev.mode === 'static' && prev.type === gr.type && prev.end === gr.start) prev.end = gr.end;
-    else groups.push({ ...gr });
+    const r = rev[q];
+    const prev = runs[runs.length - 1];
+    if (prev && r.mode !== 'dynamic' && prev.mode === r.mode && prev.type === r.type && prev.end === r.start) prev.end = r.end;
+    else runs.push({ ...r });
   }
+  let bits = 0;
+  for (const r of runs) bits += runBits(cost, r);
+  return { runs, error, bits };
+}
+
+/** kvtc's menu: STORED_TYPES static or dynamic, fp16 offset/scale per dynamic group, 2-bit units. */
+export const KVTC_COSTS: CostModel = {
+  unitBits: 2,
+  staticBits: STORED_TYPES.map((t) => TYPE_BITS[t]),
+  dynamicBits: STORED_TYPES.map((t) => TYPE_BITS[t]),
+  dynamicOverheadBits: DYNAMIC_OVERHEAD_BITS,
+};
+
+export interface Allocation {
+  /** Groups covering [0, rank), trailing 'none' removed; adjacent static groups of one type merged. */
+  groups: QuantGroup[];
+  /** Stored components (last kept component + 1). */
+  rank: number;
+  /** Σ measured squared error over the held-out tokens (dropped components included). */
+  error: number;
+  /** Bits per token of the plan (<= budget). */
+  bits: number;
+}
+
+/** kvtc's allocation: the DP with KVTC_COSTS over buildErrorTables' tables, as QuantGroups. */
+export function allocateBits(tables: ErrorTables, budgetBits: number): Allocation {
+  const a = allocateRuns(tables, KVTC_COSTS, budgetBits);
+  const groups: QuantGroup[] = a.runs.map((r) => ({
+    start: r.start,
+    end: r.end,
+    type: r.mode === 'none' ? 'none' : STORED_TYPES[r.type],
+    mode: r.mode === 'dynamic' ? 'dynamic' : 'static',
+  }));
   while (groups.length > 0 && groups[groups.length - 1].type === 'none') groups.pop();
   const rank = groups.length > 0 ? groups[groups.length - 1].end : 0;
-  let bits = 0;
-  for (const gr of groups) if (gr.type !== 'none') bits += (gr.end - gr.start) * TYPE_BITS[gr.type] + (gr.mode === 'dynamic' ? DYNAMIC_OVERHEAD_BITS : 0);
-  return { groups, rank, error, bits };
+  return { groups, rank, error: a.error, bits: a.bits };
 }

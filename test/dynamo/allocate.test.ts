@@ -3,10 +3,11 @@
  * the error tables against a direct run of the emulated quantizers on the chosen ranges.
  */
 import { describe, expect, it } from 'vitest';
-import { allocateDynamo, groupBytes, type DynamoGroup } from '../../src/dynamo/allocate.js';
-import { planFromAllocation, type DynamoBasisTables } from '../../src/dynamo/fit.js';
+import {
+  allocateDynamo, buildDynamoTables, groupBytes, intxIndex, planFromAllocation,
+  type DynamoBasisTables, type DynamoGroup, type DynamoTables,
+} from '../../src/dynamo/fit.js';
 import { dequantizeRanges, quantizeRanges } from '../../src/dynamo/kernels.js';
-import { buildDynamoTables, intxIndex, type DynamoTables } from '../../src/dynamo/tables.js';
 import { mulberry32 } from '../../src/random.js';
 
 /** Random tables on a granule grid (invalid widths Infinity, as the real builder marks them). */
@@ -16,7 +17,7 @@ function randomTables(p: number, granule: number, seed: number, intBits = [2, 4,
   const maxGranules = starts;
   const none = Float64Array.from({ length: p }, (_, j) => (10 + rand() * 5) * 0.7 ** j);
   const fp8 = Float64Array.from(none, (v) => v * (0.01 + 0.05 * rand()));
-  const t: DynamoTables = { dim: p, rows: 1, granule, maxGranules, intBits, none, fp8, intx: new Float64Array(starts * maxGranules * intBits.length).fill(Infinity) };
+  const t: DynamoTables = { dim: p, tokens: 1, granule, maxGranules, intBits, none, staticErr: fp8, dynamicErr: new Float64Array(starts * maxGranules * intBits.length).fill(Infinity) };
   for (let k = 0; k < starts; k++) {
     for (let m = 1; m <= maxGranules; m++) {
       const s = k * granule;
@@ -26,7 +27,7 @@ function randomTables(p: number, granule: number, seed: number, intBits = [2, 4,
       for (let j = s; j < e; j++) energy += none[j];
       intBits.forEach((b, bi) => {
         if ((e - s) % (8 / b) !== 0) return;
-        t.intx[intxIndex(t, k, m, bi)] = energy * (0.3 + 0.4 * rand()) * 4 ** -b * (1 + (e - s) / 8);
+        t.dynamicErr[intxIndex(t, k, m, bi)] = energy * (0.3 + 0.4 * rand()) * 4 ** -b * (1 + (e - s) / 8);
       });
     }
   }
@@ -40,12 +41,12 @@ function bruteForce(t: DynamoTables, budget: number): number {
   const go = (j: number, left: number): number => {
     if (j === p) return 0;
     let best = t.none[j] + go(j + 1, left);
-    if (left >= 1) best = Math.min(best, t.fp8[j] + go(j + 1, left - 1));
+    if (left >= 1) best = Math.min(best, t.staticErr[j] + go(j + 1, left - 1));
     if (j % g === 0) {
       for (let m = 1; m <= t.maxGranules && j + (m - 1) * g < p; m++) {
         const e = Math.min(p, j + m * g);
         t.intBits.forEach((b, bi) => {
-          const err = t.intx[intxIndex(t, j / g, m, bi)];
+          const err = t.dynamicErr[intxIndex(t, j / g, m, bi)];
           const cost = ((e - j) * b) / 8 + 8;
           if (err < Infinity && cost <= left) best = Math.min(best, err + go(e, left - cost));
         });
@@ -60,8 +61,8 @@ function planError(t: DynamoTables, groups: DynamoGroup[]): number {
   let e = 0;
   for (const g of groups) {
     if (g.type === 'none') for (let j = g.start; j < g.end; j++) e += t.none[j];
-    else if (g.type === 'fp8') for (let j = g.start; j < g.end; j++) e += t.fp8[j];
-    else e += t.intx[intxIndex(t, g.start / t.granule, Math.ceil((g.end - g.start) / t.granule), t.intBits.indexOf(g.bits))];
+    else if (g.type === 'fp8') for (let j = g.start; j < g.end; j++) e += t.staticErr[j];
+    else e += t.dynamicErr[intxIndex(t, g.start / t.granule, Math.ceil((g.end - g.start) / t.granule), t.intBits.indexOf(g.bits))];
   }
   return e;
 }
