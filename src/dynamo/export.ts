@@ -23,7 +23,8 @@ import { formatZodIssues } from '../validation.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { basisConfig, type DynamoSetup } from './codec.js';
 import { checkRanges, rowBytes, type KvtcTypeRange } from './kernels.js';
-import { basisTensorNames, checkOrthonormal, expectedTensorBytes, getF32, readBoundedJson, readDynamoProfile, readTensorsFile, sha256Hex } from './profile.js';
+import { basisTensorNames, checkProjection, expectedTensorBytes, getF32, readBoundedJson, readDynamoProfile, readTensorsFile } from './profile.js';
+import { sha256 as sha256Hex } from '../io/hash.js';
 import {
   DYNAMO_EXPORT_FORMAT, DYNAMO_EXPORT_VERSION, DynamoExportSchema, EXPORT_CONFIG_FILE, EXPORT_README_FILE, EXPORT_TENSORS_FILE,
   type DynamoExport,
@@ -153,7 +154,7 @@ export async function loadDynamoExport(dir: string, expect: { tokensPerBlock?: n
   const bases = doc.configs.map((c) => {
     const mean = getF32(st, c.mean, [c.features], (m) => fail(m));
     const projection = getF32(st, c.projection, [c.features, c.pca_components], (m) => fail(m));
-    checkOrthonormal(projection, c.features, c.pca_components, (m) => fail(`config ${c.layer} ${c.kind}: ${m}`));
+    checkProjection(projection, c.features, c.pca_components, (m) => fail(`config ${c.layer} ${c.kind}: ${m}`));
     return { layer: c.layer, kind: c.kind, config: basisConfig({ mean, projection, features: c.features, pca_components: c.pca_components, ranges: c.ranges as KvtcTypeRange[] }) };
   });
   return {

@@ -7,14 +7,16 @@
  * file size and sha256, shapes, finite values, orthonormal projection columns — so a profile
  * that reads is one the emulated (and the real) kernels can run.
  */
-import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { KvtcError } from '../errors.js';
-import { writeFileAtomic } from '../io/atomic.js';
+import { sha256 } from '../io/hash.js';
 import { f32, parseSafetensors, serializeSafetensors, toTypedArray, type SafetensorsFile, type TensorEntry } from '../io/safetensors.js';
 import { formatZodIssues } from '../validation.js';
+import { checkOrthonormal } from '../profile/orthonormality.js';
+import { PROFILE_LIMITS } from '../profile/limits.js';
+import { writeProfileFiles } from '../profile/write.js';
 import type { KvKind } from '../codec/types.js';
 import type { DynamoBasis } from './fit.js';
 import { checkRanges, rowBytes, type KvtcTypeRange } from './kernels.js';
@@ -29,9 +31,14 @@ export interface DynamoProfile {
   bases: DynamoBasis[];
 }
 
-export function sha256Hex(data: Uint8Array | string): string {
-  return createHash('sha256').update(data).digest('hex');
-}
+/**
+ * max |VᵀV − I| a projection may have. Looser than a kvtc profile's 1e-4 (PROFILE_LIMITS.orthoTolerance)
+ * on purpose: it is the bound Dynamo profiles have been read with since their format version 1
+ * (tightening it would refuse profiles that read today), and the kernels quantize every
+ * coefficient to FP8 E4M3 or IntX, whose rounding (2^-4 relative for E4M3) dwarfs a 1e-3
+ * departure from orthonormality, while kvtc's own codec keeps up to 16-bit coefficients.
+ */
+export const DYNAMO_ORTHO_TOLERANCE = 1e-3;
 
 export function basisTensorNames(layer: number, kind: KvKind) {
   const p = `layers.${layer}.${kind}`;
@@ -59,7 +66,7 @@ export function serializeDynamoProfile(draft: DynamoManifestDraft, bases: Dynamo
     };
   });
   const tensors = serializeSafetensors(entries, { producer: draft.producer.name, format: DYNAMO_PROFILE_FORMAT });
-  const digest = sha256Hex(tensors);
+  const digest = sha256(tensors);
   const manifest: DynamoManifest = { ...draft, profile_id: digest.slice(0, 16), bases: baseEntries, tensors: { file: DYNAMO_TENSORS_FILE, sha256: digest, bytes: tensors.byteLength } };
   const parsed = DynamoManifestSchema.safeParse(manifest);
   if (!parsed.success) throw new KvtcError('INTERNAL', `kvtc produced a dynamo manifest that fails its own schema:\n${formatZodIssues(parsed.error)}`);
@@ -67,46 +74,30 @@ export function serializeDynamoProfile(draft: DynamoManifestDraft, bases: Dynamo
   return { manifest, tensors };
 }
 
-export const manifestJson = (m: unknown) => `${JSON.stringify(m, null, 2)}\n`;
-
 export function isDynamoProfileDir(dir: string): boolean {
   return existsSync(join(dir, DYNAMO_MANIFEST_FILE));
 }
 
-function sameJob(a: DynamoManifest, b: DynamoManifest): boolean {
-  return a.model.fingerprint === b.model.fingerprint && JSON.stringify(a.block) === JSON.stringify(b.block) &&
-    JSON.stringify(a.settings) === JSON.stringify(b.settings) && JSON.stringify(a.calibration.sources) === JSON.stringify(b.calibration.sources);
-}
-
 /**
- * Writes the two files (tensors first, then the manifest that names their sha256), each
- * atomically; nothing else in the directory is touched. An existing dynamo profile is replaced
- * only with `force` or when it is a run of the same job (model, block, settings, data).
+ * Writes the two files with the profile writer's same-job policy (src/profile/write.ts
+ * writeProfileFiles: tensors first, then the manifest that names their sha256, each atomically;
+ * nothing else in the directory is touched). An existing dynamo profile is replaced only with
+ * `force` or when it is a run of the same job (model, block, settings, data); an identical one
+ * is left as it is (`unchanged`).
  */
 export async function writeDynamoProfile(dir: string, draft: DynamoManifestDraft, bases: DynamoBasis[], opts: { force?: boolean } = {}): Promise<DynamoManifest & { unchanged?: boolean; replaced?: boolean }> {
   const { manifest, tensors } = serializeDynamoProfile(draft, bases);
-  const mf = join(dir, DYNAMO_MANIFEST_FILE);
-  const tf = join(dir, DYNAMO_TENSORS_FILE);
-  let replaced = false;
-  if (!opts.force && (existsSync(mf) || existsSync(tf))) {
-    let existing: DynamoManifest | undefined;
-    try {
-      existing = (await readDynamoManifest(dir)).manifest;
-    } catch {
-      existing = undefined;
-    }
-    if (!existing || !sameJob(existing, manifest)) {
-      throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already holds a dynamo profile${existing ? ' of another model, block size, data or settings' : ' that kvtc cannot read'}`, {
-        fix: 'Pass --force to replace its kvtc-dynamo.json and kvtc-dynamo.safetensors (nothing else in the directory is touched), or choose another --out.',
-        context: { out: dir },
-      });
-    }
-    if (existsSync(tf) && Buffer.from(await readFile(tf)).equals(Buffer.from(tensors)) && (await readFile(mf, 'utf8')) === manifestJson(manifest)) return { ...manifest, unchanged: true };
-    replaced = true;
-  }
-  await writeFileAtomic(tf, tensors);
-  await writeFileAtomic(mf, manifestJson(manifest));
-  return { ...manifest, replaced };
+  const out = await writeProfileFiles(
+    dir,
+    { manifestFile: DYNAMO_MANIFEST_FILE, tensorsFile: DYNAMO_TENSORS_FILE, manifest, tensors },
+    {
+      job: (m) => [m.model.fingerprint, m.block, m.settings, m.calibration.sources],
+      readManifest: async (d) => (await readDynamoManifest(d)).manifest,
+      describe: (existing) => `a dynamo profile${existing ? ' of another model, block size, data or settings' : ' that kvtc cannot read'}`,
+    },
+    opts.force,
+  );
+  return out.unchanged ? { ...manifest, unchanged: true } : { ...manifest, replaced: out.replaced };
 }
 
 /** Resolves a profile argument (directory or its manifest) to the directory. */
@@ -199,7 +190,7 @@ export async function readTensorsFile(file: string, ref: { sha256: string; bytes
   if (size !== ref.bytes) throw fail(`${basename(file)} is ${size} bytes, the manifest says ${ref.bytes} (truncated or replaced?)`);
   if (size > maxBytes) throw fail(`${basename(file)} is ${size} bytes, more than its tensors can take (${maxBytes})`);
   const buf = new Uint8Array(await readFile(file));
-  if (sha256Hex(buf) !== ref.sha256) throw fail(`${basename(file)} does not match the sha256 in the manifest (modified or corrupt)`);
+  if (sha256(buf) !== ref.sha256) throw fail(`${basename(file)} does not match the sha256 in the manifest (modified or corrupt)`);
   try {
     return parseSafetensors(buf, file);
   } catch (e) {
@@ -219,20 +210,13 @@ export function getF32(st: SafetensorsFile, name: string, shape: number[], fail:
 
 /**
  * The projection's columns must be orthonormal: the kernels decode with the same matrix
- * transposed, so anything else reconstructs a distorted block. Checks up to 48 columns
- * (all pairs among them, float64), so large bases stay cheap to read.
+ * transposed, so anything else reconstructs a distorted block. The profile reader's check
+ * (src/profile/orthonormality.ts: the full Gram matrix up to its work bound, the sampled O(p·r)
+ * check above it) at DYNAMO_ORTHO_TOLERANCE; `seed` picks the sampled pairs and probes.
  */
-export function checkOrthonormal(P: Float32Array, features: number, k: number, fail: (m: string) => KvtcError, tol = 1e-3): void {
-  const n = Math.min(k, 48);
-  const cols = Array.from({ length: n }, (_, i) => (n === k ? i : Math.floor((i * (k - 1)) / (n - 1 || 1))));
-  for (let a = 0; a < n; a++) {
-    for (let b = a; b < n; b++) {
-      let s = 0;
-      for (let f = 0; f < features; f++) s += P[f * k + cols[a]] * P[f * k + cols[b]];
-      const want = a === b ? 1 : 0;
-      if (Math.abs(s - want) > tol) throw fail(`projection columns ${cols[a]} and ${cols[b]} have dot product ${s.toFixed(6)}, expected ${want} (columns must be orthonormal)`);
-    }
-  }
+export function checkProjection(P: Float32Array, features: number, k: number, fail: (m: string) => KvtcError, seed = 0): void {
+  const o = checkOrthonormal(P, features, k, { tolerance: DYNAMO_ORTHO_TOLERANCE, fullWork: PROFILE_LIMITS.fullOrthoWork, seed });
+  if (!o.ok) throw fail(`projection columns are not orthonormal: |VᵀV − I| reaches ${o.error.toExponential(2)}${o.sampled ? ' (sampled)' : ''}, tolerance ${DYNAMO_ORTHO_TOLERANCE}`);
 }
 
 /** Reads and checks a whole dynamo profile. */
@@ -243,7 +227,7 @@ export async function readDynamoProfile(pathArg: string): Promise<DynamoProfile>
   const bases = manifest.bases.map((e): DynamoBasis => {
     const mean = getF32(st, e.tensors.mean, [e.features], fail);
     const projection = getF32(st, e.tensors.projection, [e.features, e.pca_components], fail);
-    checkOrthonormal(projection, e.features, e.pca_components, (m) => fail(`basis ${e.index} (layer ${e.layer} ${e.kind}): ${m}`));
+    checkProjection(projection, e.features, e.pca_components, (m) => fail(`basis ${e.index} (layer ${e.layer} ${e.kind}): ${m}`), e.index);
     return {
       kind: e.kind, layer: e.layer, features: e.features, pca_components: e.pca_components, mean, projection,
       ranges: e.ranges.map((r) => ({ ...r })), variances: getF32(st, e.tensors.variances, [e.pca_components], fail),

@@ -117,7 +117,7 @@ export interface Orthonormality {
  * The one orthonormality check: the full Gram matrix when p·r² ≤ fullWork, the sampled check
  * otherwise (seeded, so a profile is accepted or refused the same way on every read). Each
  * target passes its own tolerance: profiles 1e-4 (PROFILE_LIMITS.orthoTolerance), Dynamo
- * profiles 1e-3 (src/dynamo/schema.ts LIMITS.orthoTolerance, where the reason is given).
+ * profiles 1e-3 (src/dynamo/profile.ts DYNAMO_ORTHO_TOLERANCE, where the reason is given).
  */
 export function checkOrthonormal(basis: Float32Array, p: number, r: number, opts: { tolerance: number; fullWork: number; seed?: number }): Orthonormality {
   const sampled = p * r * r > opts.fullWork;

@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BasisPlan } from '../../src/codec/types.js';
 import { checkProfile, readProfile } from '../../src/profile/read.js';
-import { orthonormalityError, sampledOrthonormalityError } from '../../src/profile/orthonormality.js';
+import { checkOrthonormal, orthonormalityError, sampledOrthonormalityError } from '../../src/profile/orthonormality.js';
+import { mulberry32 } from '../../src/random.js';
+import { checkProjection, DYNAMO_ORTHO_TOLERANCE } from '../../src/dynamo/profile.js';
 import { PROFILE_LIMITS } from '../../src/profile/limits.js';
 import { writeProfile, type ManifestDraft } from '../../src/profile/write.js';
 import { validateProfile } from '../../src/profile/validate.js';
@@ -13,10 +15,43 @@ import { randomOrthogonal } from '../codec/rng.js';
 import { committed, tempDir } from './helpers.js';
 
 const TOL = PROFILE_LIMITS.orthoTolerance;
+/** The first three draws (×2³²) of the generator io.ts kept privately before the split, seeded 0x9e3779b9: integer arithmetic, the same on every CPU. */
+const PINNED_DRAWS = [1541420728, 454851044, 2900350524];
 
 function orthogonal(n: number, seed: number): Float32Array {
   return Float32Array.from(randomOrthogonal(n, seed));
 }
+
+describe('checkOrthonormal: one check, each target\'s tolerance', () => {
+  const n = 32;
+  const V = orthogonal(n, 3);
+  // Column norms off by 5e-4: inside Dynamo's 1e-3, outside a profile's 1e-4.
+  const W = Float32Array.from(V);
+  for (let i = 0; i < n; i++) W[i * n + 5] *= Math.sqrt(1 + 5e-4);
+
+  it('takes the full Gram matrix up to fullWork and the sampled check above it, at the tolerance it is given', () => {
+    expect(checkOrthonormal(V, n, n, { tolerance: TOL, fullWork: n ** 3 })).toMatchObject({ ok: true, sampled: false });
+    const full = checkOrthonormal(W, n, n, { tolerance: TOL, fullWork: n ** 3 });
+    expect(full).toMatchObject({ ok: false, sampled: false });
+    expect(full.error).toBeCloseTo(orthonormalityError(W, n, n), 12);
+    const sampled = checkOrthonormal(W, n, n, { tolerance: TOL, fullWork: n ** 3 - 1, seed: 2 });
+    expect(sampled).toMatchObject({ ok: false, sampled: true, error: sampledOrthonormalityError(W, n, n, 2) });
+    expect(checkOrthonormal(W, n, n, { tolerance: DYNAMO_ORTHO_TOLERANCE, fullWork: n ** 3 }).ok).toBe(true);
+  });
+
+  it('the Dynamo projection check accepts within 1e-3 and refuses a column scaled by 1.01', () => {
+    const fail = (m: string) => new Error(m);
+    expect(() => checkProjection(W, n, n, fail)).not.toThrow();
+    const X = Float32Array.from(V);
+    for (let i = 0; i < n; i++) X[i * n + 7] *= 1.01;
+    expect(() => checkProjection(X, n, n, fail)).toThrow(/projection columns are not orthonormal: \|VᵀV − I\| reaches 2\.01e-2, tolerance 0\.001/);
+  });
+
+  it('the sampled check draws from src/random.ts mulberry32 (the sequence its private copy gave: pinned first draws)', () => {
+    const rand = mulberry32(0x9e3779b9);
+    expect([rand(), rand(), rand()].map((x) => Math.floor(x * 2 ** 32))).toEqual(PINNED_DRAWS);
+  });
+});
 
 describe('sampledOrthonormalityError', () => {
   const n = 96;
