@@ -6,7 +6,8 @@
  * thread): the helpers below release them; a codec from codecFromProfile must be release()d.
  */
 export { VERSION } from './version.js';
-export { KvtcError, type ErrorCode } from './errors.js';
+export { KvtcError, UsageError, InterruptedError, InternalError, type ErrorCode } from './errors.js';
+export { CALIBRATE_DEFAULTS, EVALUATE_DEFAULTS } from './defaults.js';
 export type { ProgressEvent, ProgressFn } from './progress.js';
 
 // Profiles
@@ -28,3 +29,10 @@ export { calibrate, MIN_RATIO, MAX_RATIO, type CalibrateOptions, type CalibrateR
 export { loadModel, describeModel, type LoadedModel } from './model/load.js';
 export { ModelRunner } from './model/runner.js';
 export type { Device } from './onnx/devices.js';
+
+// Evaluation: what `kvtc evaluate` does (profile discovery, codec choice, the --max-drop gate), without printing
+export { evaluate, checkEvaluateOptions, type EvaluateModelOptions, type ModelEvaluation } from './evaluate/evaluate.js';
+export { checkMaxDrop, maxDropError, guardedCodecs, type MaxDropVerdict, type MaxDropCheck } from './evaluate/gate.js';
+export { profileCandidates, findProfiles } from './evaluate/profiles.js';
+export { CODEC_NAMES, defaultCodecNames, type CodecName } from './evaluate/codecs.js';
+export type { EvaluateResult } from './evaluate/run.js';

@@ -3,6 +3,8 @@
  * `commands/<verb>.js`, so `kvtc --help` never loads onnxruntime's native addon.
  */
 import { Command, Option } from 'commander';
+import { CALIBRATE_DEFAULTS as CAL, EVALUATE_DEFAULTS as EVAL } from '../defaults.js';
+import { UsageError } from '../errors.js';
 import { DEFAULT_MODEL_OPTION } from '../model/model-files.js';
 import { DEVICES } from '../onnx/devices.js';
 import { VERSION } from '../version.js';
@@ -13,6 +15,7 @@ type Handler = (opts: Record<string, unknown>, io: CliIO) => Promise<void>;
 // Static loaders (not a template import) so bundlers and vitest can see every command.
 const COMMANDS = {
   calibrate: () => import('./commands/calibrate.js'),
+  'calibrate-dynamo': () => import('./commands/calibrate-dynamo.js'),
   inspect: () => import('./commands/inspect.js'),
   validate: () => import('./commands/validate.js'),
   encode: () => import('./commands/encode.js'),
@@ -41,6 +44,23 @@ const onnxOption = () =>
       'Default: the unquantized model.onnx (or decoder_model_merged.onnx), then fp16; several quantized variants and no float one is an error listing them',
   );
 
+/**
+ * Options with a former name: `--heldout` is `--tuning-tokens` (users' scripts keep working).
+ * The old one given beside a different new one is refused.
+ */
+export function resolveAliases(cmd: Command): Record<string, unknown> {
+  const opts = { ...cmd.opts() };
+  if (opts.heldout !== undefined) {
+    if (cmd.getOptionValueSource('tuningTokens') === 'cli' && opts.tuningTokens !== opts.heldout) {
+      throw new UsageError(`--heldout ${String(opts.heldout)} and --tuning-tokens ${String(opts.tuningTokens)} disagree`, '--heldout is the former name of --tuning-tokens: give one of them.', { heldout: opts.heldout, tuning_tokens: opts.tuningTokens });
+    }
+    opts.tuningTokens = opts.heldout;
+  }
+  // Until the calibrate commands read tuningTokens (issue 23), they read the resolved value here.
+  if (opts.tuningTokens !== undefined) opts.heldout = opts.tuningTokens;
+  return opts;
+}
+
 /** `argv` (as process.argv) is recorded in reports as the command line that made them. */
 export function createProgram(io: CliIO, argv: readonly string[] = []): Command {
   const program = new Command('kvtc');
@@ -62,11 +82,13 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
         'Run `kvtc <command> --help` for its options, their ranges and defaults, and examples.',
     );
 
-  const run = (verb: keyof typeof COMMANDS) => async (...args: unknown[]) => {
+  // `target` picks another command module from the options (calibrate --target dynamo); the
+  // verb stays the one the user typed, as errors name it.
+  const run = (verb: keyof typeof COMMANDS, target?: (opts: Record<string, unknown>) => keyof typeof COMMANDS) => async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
-    const mod = await COMMANDS[verb]();
+    const mod = await COMMANDS[target?.(cmd.opts()) ?? verb]();
     const quoted = argv.slice(2).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`));
-    await mod.default({ ...cmd.opts(), _: cmd.args, _command: verb, _commandLine: ['kvtc', ...quoted].join(' ') }, io);
+    await mod.default({ ...resolveAliases(cmd), _: cmd.args, _command: verb, _commandLine: ['kvtc', ...quoted].join(' ') }, io);
   };
 
   const sub = (name: string) => program.command(name).exitOverride().configureOutput({ writeOut: (s) => io.out(s.replace(/\n$/, '')), writeErr: (s) => io.err(s.replace(/\n$/, '')) });
@@ -77,25 +99,26 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .addOption(onnxOption())
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
     .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
-    .option('--ratio <x>', 'target compression ratio(s) of the compressed tokens, 1.5–64 (default 20); several share one capture: --ratio 8,16,20', collect)
-    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', '16384')
-    .option('--heldout <n>', 'tuning tokens, held out from the fit: clip ranges, error tables, the bit allocation and the grouping choice are measured on them (≥ 128)', '4096')
-    .option('--report-tokens <n>', 'report tokens, held out from fit and tuning: the printed and recorded ratio and error come from them, with 95% intervals over their sequences (≥ 128)', '8192')
-    .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks; ≥ 0)', '4')
-    .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', '128')
-    .option('--grouping <g>', 'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"', 'auto')
-    .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', '256')
-    .option('--seed <n>', 'seed for held-out selection (≥ 0)', '0')
+    .option('--ratio <x>', `target compression ratio(s) of the compressed tokens, 1.5–64 (default ${CAL.ratio}); several share one capture: --ratio 8,16,20`, collect)
+    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', String(CAL.tokens))
+    .option('--tuning-tokens <n>', 'tuning tokens, held out from the fit: clip ranges, error tables, the bit allocation and the grouping choice are measured on them (≥ 128)', String(CAL.tuningTokens))
+    .option('--heldout <n>', 'the same as --tuning-tokens (its former name, kept for existing scripts)')
+    .option('--report-tokens <n>', 'report tokens, held out from fit and tuning: the printed and recorded ratio and error come from them, with 95% intervals over their sequences (≥ 128)', String(CAL.reportTokens))
+    .option('--sink <n>', 'leading tokens kept uncompressed (attention sinks; ≥ 0)', String(CAL.sink))
+    .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', String(CAL.window))
+    .option('--grouping <g>', 'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"', CAL.grouping)
+    .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', String(CAL.chunk))
+    .option('--seed <n>', 'seed for held-out selection (≥ 0)', String(CAL.seed))
     .addOption(deviceOption())
     .addOption(new Option('--target <target>', 'what the profile is for: kvtc (kvtc\'s own codec) or dynamo (NVIDIA Dynamo\'s KVTC CUDA kernels, docs/dynamo.md; --sink/--window/--grouping do not apply)').choices(['kvtc', 'dynamo']).default('kvtc'))
-    .option('--block-tokens <n>', 'with --target dynamo: tokens per KV block (Dynamo\'s tokens_per_block, one kernel row), 1–1024 (default 16)')
-    .option('--fp8-cast <arch>', 'with --target dynamo: FP8 cast of the serving GPU: sm89 (Ada/Hopper/Blackwell, default) or sm80 (the kernels\' software fallback on Ampere)')
+    .option('--block-tokens <n>', `with --target dynamo: tokens per KV block (Dynamo's tokens_per_block, one kernel row), 1–1024 (default ${CAL.blockTokens})`)
+    .option('--fp8-cast <arch>', `with --target dynamo: FP8 cast of the serving GPU: sm89 (Ada/Hopper/Blackwell) or sm80 (the kernels' software fallback on Ampere); default ${CAL.fp8Cast}`)
     .option('--out <dir>', 'output directory; may be the model\'s own directory (only kvtc-profile.json and kvtc-profile.safetensors are written). Default: ./kvtc-profiles/<model> in the working directory, ./kvtc-profiles/<model>-r<ratio> for each ratio given with --ratio')
     .option('--force', 'replace an existing profile directory', false)
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .addHelpText('after', '\nExamples:\n  $ kvtc calibrate\n      bundled stories260K on calibration-data/ → kvtc-profiles/stories260k\n  $ kvtc calibrate --model ./llama-onnx --data ./texts --out ./llama-onnx\n      write the profile next to the model\'s config.json\n  $ kvtc calibrate --ratio 8,16,20 --out /tmp/stories\n      several ratios from one capture')
-    .action(run('calibrate'));
+    .action(run('calibrate', (o) => (o.target === 'dynamo' ? 'calibrate-dynamo' : 'calibrate')));
 
   sub('inspect')
     .description('Summarize a profile: model, settings, per-layer kept rank and bits, measured ratio and error, size.\nWith --model: what kvtc reads from a model directory — shape, KV dtype and the RoPE it undoes on keys, with where each was read.')
@@ -155,17 +178,17 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--dynamo-profile <dir>', 'also evaluate a `kvtc calibrate --target dynamo` profile through the emulated NVIDIA Dynamo KVTC kernels (codec "dynamo"; docs/dynamo.md)')
     .option('--subjects <list>', 'subjects or groups (stem, humanities, social_sciences, other, all); comma-separated (default: all 57 subjects, 14,042 questions)', collect)
     .option('--limit <n>', 'questions per subject, ≥ 1 (default: all)')
-    .option('--shots <k>', 'few-shot examples from the dev split: 0 or 5', '0')
+    .option('--shots <k>', 'few-shot examples from the dev split: 0 or 5', String(EVAL.shots))
     .option('--codec <list>', 'codecs to compare with the uncompressed run: kvtc, identity (exact no-op control), dynamo (needs --dynamo-profile), fp16, int8, int4, kivi2 (default: kvtc when a profile exists, plus fp16, int8, int4, kivi2)', collect)
-    .option('--perplexity-tokens <n>', 'tokens of text for perplexity (0 to skip)', '2048')
+    .option('--perplexity-tokens <n>', 'tokens of text for perplexity (0 to skip)', String(EVAL.perplexityTokens))
     .option('--perplexity-text <file>', 'UTF-8 text for perplexity (default WikiText-2 test; for the bundled model data/stories260k-generated/stories.txt is in-domain, see docs/evaluation.md)')
-    .option('--long-context <n>', 'long-context tasks of each kind (RULER-style needle and variable tracking, generated offline; 0 to skip)', '10')
-    .option('--long-context-tokens <n>', 'prompt length of the long-context tasks, ≥ 64 (default: the model\'s context, at most 4096)')
+    .option('--long-context <n>', 'long-context tasks of each kind (RULER-style needle and variable tracking, generated offline; 0 to skip)', String(EVAL.longContext))
+    .option('--long-context-tokens <n>', `prompt length of the long-context tasks, ≥ 64 (default: the model's context, at most ${EVAL.longContextTokens})`)
     .option('--log-samples <file>', 'also write one JSON line per scored question (MMLU and long-context), as lm-evaluation-harness --log_samples does')
     .option('--max-drop <points>', 'exit with code 3 when kvtc\'s accuracy drop exceeds this many points (0–100, e.g. 1.0)')
     .option('--report <file>', 'also write a Markdown report')
     .option('--plot <file.svg>', 'also write an SVG of accuracy Δ (95% CI), KL, agreement, long-context Δ and perplexity Δ against the measured compression ratio, every codec of the run')
-    .option('--seed <n>', 'bootstrap seed', '0')
+    .option('--seed <n>', 'bootstrap seed', String(EVAL.seed))
     .addOption(deviceOption())
     .option('--json', 'print the result as JSON', false)
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)

@@ -104,7 +104,7 @@ export type DynamoCacheCodec = Omit<CacheCodec, 'name'> & { name: 'dynamo' };
 
 /**
  * A CacheCodec-style adapter for `kvtc evaluate` / `kvtc bench`: apply(cache) runs the emulated
- * kernels. No tokens are protected (sink 0, recent 0): Dynamo compresses every full block; only
+ * kernels. No tokens are protected (sink 0, window 0): Dynamo compresses every full block; only
  * the partial last block stays uncompressed. `bytes` counts those raw tokens as fp16.
  */
 export function dynamoCodec(profile: DynamoProfile, opts: { dtype?: BlockDtype } = {}): DynamoCacheCodec {
@@ -112,7 +112,7 @@ export function dynamoCodec(profile: DynamoProfile, opts: { dtype?: BlockDtype }
   return {
     name: 'dynamo',
     sink: 0,
-    recent: 0,
+    window: 0,
     async apply(cache: KvCache): Promise<Reconstruction> {
       const { cache: restored, stats } = applyDynamo(setup, cache, opts);
       const perToken = fp16BytesPerToken(cache);

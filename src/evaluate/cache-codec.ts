@@ -15,9 +15,9 @@ export interface Reconstruction {
 export interface CacheCodec {
   /** A CodecName, or kvtc@<label> for one profile of a ratio sweep. */
   name: string;
-  /** Protected tokens at each end, kept exactly (or in fp16). */
+  /** Protected tokens at each end, kept exactly (or in fp16): the leading sink and the most recent `window` (a profile's settings.window). */
   sink: number;
-  recent: number;
+  window: number;
   apply(cache: KvCache): Promise<Reconstruction>;
   release(): Promise<void>;
 }

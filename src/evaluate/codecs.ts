@@ -10,7 +10,8 @@ import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '
 import type { KvtcCodec } from '../codec/codec.js';
 import { dynamoCodec } from '../dynamo/codec.js';
 import type { DynamoProfile } from '../dynamo/profile.js';
-import { KvtcError } from '../errors.js';
+import { CALIBRATE_DEFAULTS } from '../defaults.js';
+import { KvtcError, UsageError } from '../errors.js';
 import type { Device } from '../onnx/session.js';
 import { codecFromProfile } from '../profile/codec.js';
 import type { Profile } from '../profile/read.js';
@@ -24,17 +25,17 @@ export type CodecName = 'kvtc' | 'identity' | 'dynamo' | BaselineName;
 export const CODEC_NAMES: readonly CodecName[] = ['kvtc', 'identity', 'dynamo', ...BASELINE_NAMES];
 export const DEFAULT_BASELINES: readonly CodecName[] = BASELINE_NAMES;
 
-/** kvtc calibrate's defaults: the protection the baselines get when no profile says otherwise. */
-export const DEFAULT_SINK = 4;
-export const DEFAULT_WINDOW = 128;
-/** KIVI's residual length: kivi2 keeps its own recent tokens in fp16 (baselines.ts default). */
-const KIVI_RECENT = 128;
+/** kvtc calibrate's defaults (src/defaults.ts): the protection the baselines get when no profile says otherwise. */
+export const DEFAULT_SINK = CALIBRATE_DEFAULTS.sink;
+export const DEFAULT_WINDOW = CALIBRATE_DEFAULTS.window;
+/** KIVI's residual length: kivi2 keeps its own most recent tokens in fp16 (baselines.ts default). */
+const KIVI_WINDOW = 128;
 
 function kvtcAdapter(codec: KvtcCodec, name = 'kvtc'): CacheCodec {
   return {
     name,
     sink: codec.spec.sink,
-    recent: codec.spec.window,
+    window: codec.spec.window,
     async apply(cache) {
       const { blob, stats } = await codec.encode(cache);
       const { cache: restored } = await codec.decode(blob);
@@ -44,12 +45,12 @@ function kvtcAdapter(codec: KvtcCodec, name = 'kvtc'): CacheCodec {
   };
 }
 
-function baselineAdapter(name: BaselineName, sink: number, recent: number | undefined): CacheCodec {
-  const options = { sinkTokens: sink, recentTokens: recent };
+function baselineAdapter(name: BaselineName, sink: number, window: number | undefined): CacheCodec {
+  const options = { sinkTokens: sink, recentTokens: window };
   return {
     name,
     sink,
-    recent: recent ?? KIVI_RECENT,
+    window: window ?? KIVI_WINDOW,
     async apply(cache) {
       const r = runBaseline(name, cache, options);
       const { start, end } = quantizedRange(name, cache.tokens, options);
@@ -64,7 +65,7 @@ function baselineAdapter(name: BaselineName, sink: number, recent: number | unde
 const identityAdapter: CacheCodec = {
   name: 'identity',
   sink: 0,
-  recent: 0,
+  window: 0,
   async apply(cache) {
     const bytes = cache.tokens * fp16BytesPerToken(cache) * (cache.dtype === 'float32' ? 2 : 1);
     return { cache, compressedTokens: 0, bytes, compressedBytes: 0 };
@@ -96,6 +97,21 @@ export function sweepNames(profiles: readonly Profile[]): string[] {
 }
 
 export const isKvtcCodec = (name: string) => name === 'kvtc' || name.startsWith('kvtc@');
+
+/** Throws USAGE naming the valid codecs unless every name is one. */
+export function checkCodecNames(names: readonly string[]): asserts names is readonly CodecName[] {
+  for (const n of names) {
+    if (!(CODEC_NAMES as readonly string[]).includes(n)) throw new UsageError(`unknown codec "${n}"; valid: ${CODEC_NAMES.join(', ')}`, `Pass codecs from: ${CODEC_NAMES.join(', ')}.`, { codec: n });
+  }
+}
+
+/**
+ * The codecs an evaluation compares when none are named: kvtc when there is a profile, dynamo
+ * when there is a Dynamo profile, then the baselines (fp16, int8, int4, kivi2).
+ */
+export function defaultCodecNames(has: { profile: boolean; dynamoProfile: boolean }): CodecName[] {
+  return [...(has.profile ? (['kvtc'] as CodecName[]) : []), ...(has.dynamoProfile ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
+}
 
 /**
  * Builds the codecs in the order asked. The baselines protect the same tokens as the

@@ -9,6 +9,14 @@ import type { EvaluateResult } from './run.js';
 import type { PairedComparison, ScopeSummary } from './summary.js';
 
 const num = (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
+/**
+ * The run's settings as --json and --log-samples write them. The protected window keeps the key
+ * `recent` there, the name those outputs have always used (scripts read it); in code it is `window`.
+ */
+export function settingsRecord(settings: EvaluateResult['settings']): Omit<EvaluateResult['settings'], 'codecs'> & { codecs: { name: string; sink: number; recent: number }[] } {
+  return { ...settings, codecs: settings.codecs.map((c) => ({ name: c.name, sink: c.sink, recent: c.window })) };
+}
+
 export const fmtAcc = (a: Accuracy) => `${num(100 * a.accuracy, 1)} ± ${num(100 * a.stderr, 1)}`;
 const signed = (x: number, digits = 1) => (Number.isFinite(x) ? `${x > 0 ? '+' : ''}${x.toFixed(digits)}` : 'n/a');
 export const fmtDelta = (c: PairedComparison) => `${signed(c.delta_points)} [${signed(c.delta_ci95[0])}, ${signed(c.delta_ci95[1])}]`;
@@ -60,11 +68,11 @@ export function notes(result: EvaluateResult): string[] {
     const s = o.codecs[c.name];
     if (!s || c.name === 'identity' || c.name === 'fp16') continue;
     if (s.uncompressed_questions === o.n) {
-      out.push(`${c.name}: NO question was compressed — every prompt fits in the ${c.sink} sink + ${c.recent} recent tokens it keeps exactly; its accuracy here says nothing about the codec.`);
+      out.push(`${c.name}: NO question was compressed — every prompt fits in the ${c.sink} sink + ${c.window} recent tokens it keeps exactly; its accuracy here says nothing about the codec.`);
     } else if (s.uncompressed_questions > 0) {
       const co = s.compressed_only!;
       out.push(
-        `${c.name}: ${s.uncompressed_questions} of ${o.n} questions were not compressed at all (prompt too short: ${c.name} keeps ${c.sink} sink + ${c.recent} recent tokens exactly${c.name === 'kivi2' ? ' and quantizes only whole groups of tokens' : ''}); ` +
+        `${c.name}: ${s.uncompressed_questions} of ${o.n} questions were not compressed at all (prompt too short: ${c.name} keeps ${c.sink} sink + ${c.window} recent tokens exactly${c.name === 'kivi2' ? ' and quantizes only whole groups of tokens' : ''}); ` +
           `on the ${co.n} compressed question${co.n === 1 ? '' : 's'} alone: Δ ${fmtDelta(co)} points, agreement ${pct(co.agreement)}.`,
       );
     }
@@ -115,7 +123,7 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
     `- model: \`${result.model.name}\` (fingerprint \`${result.model.fingerprint}\`, ${result.model.maxPositions} positions)`,
     `- profile: ${meta.profile ? `\`${meta.profile}\`` : 'none (kvtc not evaluated)'}`,
     `- MMLU: ${o.n} questions in ${o.subjects} subject(s), ${result.settings.shots}-shot${result.settings.limit !== undefined ? `, at most ${result.settings.limit} per subject` : ''}; lm-evaluation-harness prompt and log-likelihood scoring`,
-    `- protected tokens: ${result.settings.codecs.map((c) => `${c.name} ${c.sink} sink + ${c.recent} recent`).join('; ')}`,
+    `- protected tokens: ${result.settings.codecs.map((c) => `${c.name} ${c.sink} sink + ${c.window} recent`).join('; ')}`,
     `- bootstrap seed ${result.settings.seed}; speed ${result.timing.questionsPerSecond.toFixed(1)} questions/s`,
     '',
     '## Overall (micro-averaged)',
@@ -165,7 +173,7 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
  * after a header line naming the run — what lm-evaluation-harness's --log_samples gives, paired.
  */
 export function sampleLines(result: EvaluateResult, meta: { version: string; date: string; command?: string }): string {
-  const header = { kvtc: meta.version, date: meta.date, command: meta.command ?? null, model: result.model, settings: result.settings, partial: result.partial ?? null };
+  const header = { kvtc: meta.version, date: meta.date, command: meta.command ?? null, model: result.model, settings: settingsRecord(result.settings), partial: result.partial ?? null };
   const row = (task: string, r: QuestionRecord) => ({
     task,
     subject: r.subject,

@@ -1,6 +1,7 @@
 // Tested by test/evaluate/evaluate-cli.test.ts, test/evaluate/scoring.test.ts and test/evaluate/longcontext.test.ts.
 /**
- * `kvtc evaluate`, the core: paired MMLU runs (uncompressed cache vs each codec's
+ * `kvtc evaluate`'s scoring loop, for a loaded model and built codecs (evaluate.ts loads and
+ * builds them for the library call and the CLI): paired MMLU runs (uncompressed cache vs each codec's
  * reconstruction of the same cache, same questions) and WikiText-2 perplexity. Returns
  * per-question records and their summary; never prints (progress goes to a callback).
  *
@@ -74,7 +75,7 @@ export interface EvaluateTiming {
 
 export interface EvaluateResult {
   model: { name: string; dir: string; fingerprint: string; maxPositions: number; kvDtype: KvCache['dtype'] };
-  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: string; sink: number; recent: number }[]; seed: number; perplexityTokens: number };
+  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: string; sink: number; window: number }[]; seed: number; perplexityTokens: number };
   questions: QuestionRecord[];
   summary: EvaluateSummary;
   perplexity?: PerplexityResult;
@@ -162,7 +163,7 @@ export async function scoreRequest(
 
 
 /** Runs the paired MMLU evaluation (and perplexity) for the given codecs. */
-export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
+export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResult> {
   const { runner, codecs, shots } = opts;
   const model = runner.model;
   const dir = opts.mmluDir ?? MMLU_DIR;
@@ -237,7 +238,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
       subjects: [...opts.subjects],
       limit: opts.limit,
       shots,
-      codecs: codecs.map((c) => ({ name: c.name, sink: c.sink, recent: c.recent })),
+      codecs: codecs.map((c) => ({ name: c.name, sink: c.sink, window: c.window })),
       seed,
       perplexityTokens: opts.perplexityTokens,
     },

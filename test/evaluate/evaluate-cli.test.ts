@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { memoryIO } from '../../src/cli/io.js';
 import { main } from '../../src/cli/main.js';
 import { createCodecs } from '../../src/evaluate/codecs.js';
-import { evaluate } from '../../src/evaluate/run.js';
+import { runEvaluation } from '../../src/evaluate/run.js';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, MMLU_DIR } from '../../src/paths.js';
@@ -151,7 +151,7 @@ describe('evaluate: bad MMLU data fails before the first forward pass', () => {
     return dir;
   }
   const run = async (dir: string, subjects: string[], shots = 0) =>
-    evaluate({ runner: new ModelRunner(await loadModel(DEFAULT_MODEL_DIR)), subjects, limit: 2, shots, codecs: await createCodecs(['int8']), perplexityTokens: 0, mmluDir: dir });
+    runEvaluation({ runner: new ModelRunner(await loadModel(DEFAULT_MODEL_DIR)), subjects, limit: 2, shots, codecs: await createCodecs(['int8']), perplexityTokens: 0, mmluDir: dir });
 
   it('--shots 5 without a dev split names the missing file and suggests --shots 0', async () => {
     const dir = mmluDir();

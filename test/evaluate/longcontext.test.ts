@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildLongContextTasks, fillerSentences } from '../../src/evaluate/longcontext.js';
 import { createCodecs } from '../../src/evaluate/codecs.js';
-import { evaluate } from '../../src/evaluate/run.js';
+import { runEvaluation } from '../../src/evaluate/run.js';
 import { sampleLines } from '../../src/evaluate/report.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
@@ -46,7 +46,7 @@ describe('long-context tasks', () => {
     const profile = await readProfile(join(DEFAULT_PROFILES_DIR, 'stories260k'));
     const codecs = await createCodecs(['identity', 'kvtc'], { profile });
     try {
-      const r = await evaluate({ runner: new ModelRunner(model), subjects: ['anatomy'], limit: 2, shots: 0, codecs, perplexityTokens: 0, longContext: { perKind: 3, contextTokens: 512 } });
+      const r = await runEvaluation({ runner: new ModelRunner(model), subjects: ['anatomy'], limit: 2, shots: 0, codecs, perplexityTokens: 0, longContext: { perKind: 3, contextTokens: 512 } });
       const lc = r.longContext!;
       expect(lc.tasks).toEqual({ needle: 3, variable_tracking: 3 });
       expect(lc.overall.n).toBe(6);

@@ -22,7 +22,7 @@ let codecs: CacheCodec[];
 const dropDistantValues: CacheCodec = {
   name: 'identity',
   sink: 4,
-  recent: 128,
+  window: 128,
   async apply(cache) {
     const T = cache.tokens;
     const values = cache.values.map((a) => {

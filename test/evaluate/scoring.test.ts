@@ -4,7 +4,7 @@ import { ModelRunner } from '../../src/model/runner.js';
 import { loadSubject } from '../../src/evaluate/mmlu.js';
 import { buildPrompt, CONTINUATIONS, loadShots } from '../../src/evaluate/prompt.js';
 import { createCodecs } from '../../src/evaluate/codecs.js';
-import { evaluate } from '../../src/evaluate/run.js';
+import { runEvaluation } from '../../src/evaluate/run.js';
 import { encodeRequest, planScoring, scoreContinuations } from '../../src/evaluate/scoring.js';
 import { DEFAULT_MODEL_DIR, MMLU_DIR } from '../../src/paths.js';
 
@@ -111,7 +111,7 @@ describe('MMLU scoring through a KV cache', () => {
 describe('identity and fp16 codecs on the bundled model', () => {
   it('identity: delta 0, agreement 1, KL 0 and the same log-likelihoods, exactly', async () => {
     const codecs = await createCodecs(['identity', 'fp16']);
-    const r = await evaluate({ runner, subjects: ['high_school_geography'], limit: 12, shots: 0, codecs, perplexityTokens: 0 });
+    const r = await runEvaluation({ runner, subjects: ['high_school_geography'], limit: 12, shots: 0, codecs, perplexityTokens: 0 });
     const o = r.summary.overall;
     expect(o.n).toBe(12);
     const id = o.codecs.identity;
@@ -129,7 +129,7 @@ describe('identity and fp16 codecs on the bundled model', () => {
 
   it('counts prompts too short to compress, and never credits the codec with them', async () => {
     const codecs = await createCodecs(['int4']);
-    const r = await evaluate({ runner, subjects: ['high_school_geography'], limit: 30, shots: 0, codecs, perplexityTokens: 0 });
+    const r = await runEvaluation({ runner, subjects: ['high_school_geography'], limit: 30, shots: 0, codecs, perplexityTokens: 0 });
     const c = r.summary.overall.codecs.int4;
     const short = r.questions.filter((q) => q.cacheTokens <= 4 + 128);
     expect(c.uncompressed_questions).toBe(short.length);
@@ -143,7 +143,7 @@ describe('identity and fp16 codecs on the bundled model', () => {
 describe('perplexity', () => {
   it('identity matches the uncompressed cache exactly; a lossy codec differs', async () => {
     const codecs = await createCodecs(['identity', 'int4']);
-    const r = await evaluate({ runner, subjects: ['high_school_geography'], limit: 1, shots: 0, codecs, perplexityTokens: 1024 });
+    const r = await runEvaluation({ runner, subjects: ['high_school_geography'], limit: 1, shots: 0, codecs, perplexityTokens: 1024 });
     const p = r.perplexity!;
     expect(p).toMatchObject({ windows: 2, window: 512, context: 384, scored_tokens: 256 });
     expect(p.codecs.identity.perplexity).toBe(p.baseline.perplexity);

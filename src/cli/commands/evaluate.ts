@@ -1,23 +1,13 @@
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { z } from 'zod';
-import { KvtcError, UsageError } from '../../errors.js';
+import { KvtcError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { asIoError, checkOutputFile } from '../../io/output.js';
-import { loadModel, modelDirFromOption, type LoadedModel } from '../../model/load.js';
-import { ModelRunner } from '../../model/runner.js';
-import { checkDevice } from '../../onnx/session.js';
-import { defaultProfileDir } from '../../calibrate/outputs.js';
-import { DEFAULT_PROFILES_DIR } from '../../paths.js';
-import { readDynamoProfile } from '../../dynamo/profile.js';
-import { checkDynamoProfileForModel, checkProfileForModel } from '../../profile/compat.js';
-import { readProfile, type Profile } from '../../profile/read.js';
-import { MANIFEST_FILE } from '../../profile/schema.js';
-import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable } from '../../evaluate/report.js';
-import { CODEC_NAMES, createCodecs, DEFAULT_BASELINES, isKvtcCodec, sweepNames, type CodecName } from '../../evaluate/codecs.js';
-import { evaluate, type EvaluateResult } from '../../evaluate/run.js';
+import type { Profile } from '../../profile/read.js';
+import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable, settingsRecord } from '../../evaluate/report.js';
+import { CODEC_NAMES, isKvtcCodec, sweepNames, type CodecName } from '../../evaluate/codecs.js';
+import { checkEvaluateOptions, evaluate, type ModelEvaluation } from '../../evaluate/evaluate.js';
+import type { EvaluateResult } from '../../evaluate/run.js';
 import { renderSweepSvg, sweepRows } from '../../evaluate/sweep.js';
-import { resolveSubjects } from '../../evaluate/subjects.js';
 import { parseOptions } from '../../validation.js';
 import { VERSION } from '../../version.js';
 import { fmtSeconds, table } from '../format.js';
@@ -26,9 +16,6 @@ import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
-
-/** Long-context prompts fill the model's context up to this many tokens unless --long-context-tokens says otherwise. */
-const DEFAULT_LONG_CONTEXT_TOKENS = 4096;
 
 const schema = z.object({
   profile: z.array(z.string().min(1)).optional(),
@@ -62,22 +49,6 @@ const schema = z.object({
   quiet: z.boolean().default(false),
 });
 
-/**
- * Where a model's default profile may be: kvtc-profiles/<model> in the working directory (where
- * calibrate writes it), the model's own directory (kvtc-profile.json beside config.json), then
- * the profiles shipped with kvtc (the bundled model's).
- */
-function profileCandidates(model: LoadedModel): string[] {
-  return [...new Set([defaultProfileDir(model.name), model.dir, join(DEFAULT_PROFILES_DIR, model.name)])];
-}
-
-/** The profiles to use: --profile (each must exist), else the first default candidate that holds one. */
-async function findProfiles(option: string[] | undefined, model: LoadedModel): Promise<Profile[]> {
-  if (option?.length) return Promise.all(option.map((p) => readProfile(p)));
-  const found = profileCandidates(model).find((d) => existsSync(join(d, MANIFEST_FILE)));
-  return found ? [await readProfile(found)] : [];
-}
-
 function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Record<string, unknown>) {
   const o = r.summary.overall;
   const names = r.settings.codecs.map((c) => c.name);
@@ -91,7 +62,7 @@ function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Reco
     n: o.n,
     subjects_count: o.subjects,
     shots: r.settings.shots,
-    settings: r.settings,
+    settings: settingsRecord(r.settings),
     baseline: o.baseline,
     compressed: c ? { codec: main, ...c.accuracy } : null,
     delta_points: c?.delta_points ?? null,
@@ -103,7 +74,8 @@ function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Reco
     compressed_share: c?.compressed_share ?? null,
     uncompressed_questions: c?.uncompressed_questions ?? null,
     truncated_questions: o.truncated_questions,
-    codecs: Object.fromEntries(r.settings.codecs.map((s) => [s.name, { sink: s.sink, recent: s.recent, ...o.codecs[s.name] }])),
+    // The key `recent` is --json's name for the protected window (settingsRecord).
+    codecs: Object.fromEntries(r.settings.codecs.map((s) => [s.name, { sink: s.sink, recent: s.window, ...o.codecs[s.name] }])),
     groups: r.summary.groups,
     subjects: r.summary.subjects,
     perplexity: r.perplexity ?? null,
@@ -178,85 +150,41 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
 
 export default async function evaluateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
-  checkDevice(opts.device);
-  // Subjects are checked before anything is loaded: a typo costs nothing.
-  const subjects = resolveSubjects(opts.subjects ?? 'all');
-  if (opts.shots > 5) throw new UsageError(`--shots ${opts.shots}: MMLU's dev split has 5 examples per subject`, 'Use --shots 0 (the harness default) or 5.', { value: opts.shots });
+  // Subjects, shots and device are checked before anything is loaded: a typo costs nothing.
+  checkEvaluateOptions({ device: opts.device, subjects: opts.subjects, shots: opts.shots });
   // The report path is checked before hours of scoring, not after.
   if (opts.report) checkOutputFile(opts.report, { force: true, option: '--report' });
   if (opts.logSamples) checkOutputFile(opts.logSamples, { force: true, option: '--log-samples' });
   if (opts.plot) checkOutputFile(opts.plot, { force: true, option: '--plot' });
   const startedAt = new Date().toISOString();
-  const model = await loadModel(modelDirFromOption(opts.model, opts.onnx), { device: opts.device });
-  let profiles: Profile[] = [];
-  let profileNote: string | undefined;
-  let codecNames: CodecName[];
-  let codecs: Awaited<ReturnType<typeof createCodecs>> = [];
   const progress = createProgress(io, { quiet: opts.quiet });
   const interrupt = onInterrupt(io, 'interrupted: stopping after the current question; the questions scored so far will be reported, marked partial… (Ctrl-C again to quit at once)');
-  let result: EvaluateResult;
-  // The model's session and every codec (sessions, worker threads) are released on every path.
+  let evaluation: ModelEvaluation;
   try {
-    profiles = await findProfiles(opts.profile, model);
-    for (const p of profiles) checkProfileForModel(p, model, 'the model being evaluated');
-    sweepNames(profiles); // the same profile twice is a usage error, before any work
-    const dynamo = opts.dynamoProfile ? await readDynamoProfile(opts.dynamoProfile) : undefined;
-    if (dynamo) checkDynamoProfileForModel(dynamo, model, 'the model being evaluated');
-    codecNames = opts.codec ?? [...(profiles.length ? (['kvtc'] as CodecName[]) : []), ...(dynamo ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
-    if (codecNames.includes('kvtc') && !profiles.length) {
-      throw new KvtcError('USAGE', `--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`, {
-        fix: `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
-      });
-    }
-    if (!profiles.length) profileNote = `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
-    codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device: opts.device });
-    result = await evaluate({
-      runner: new ModelRunner(model),
-      subjects,
+    evaluation = await evaluate({
+      model: opts.model,
+      onnx: opts.onnx,
+      profiles: opts.profile,
+      dynamoProfile: opts.dynamoProfile,
+      subjects: opts.subjects,
       limit: opts.limit,
       shots: opts.shots,
-      codecs,
+      codecs: opts.codec,
       perplexityTokens: opts.perplexityTokens,
-      perplexityTextPath: opts.perplexityText,
-      longContext: { perKind: opts.longContext, contextTokens: opts.longContextTokens ?? Math.min(model.spec.maxPositions, DEFAULT_LONG_CONTEXT_TOKENS) },
+      perplexityText: opts.perplexityText,
+      longContext: opts.longContext,
+      longContextTokens: opts.longContextTokens,
       seed: opts.seed,
+      device: opts.device,
+      maxDrop: opts.maxDrop,
       onProgress: progress.fn,
       signal: interrupt.signal,
     });
   } finally {
     interrupt.dispose();
     progress.stop();
-    await Promise.all(codecs.map((c) => c.release()));
-    await model.session.release();
   }
-
-  // --max-drop guards kvtc — every profile of a sweep — or, without kvtc, the first codec asked for.
-  const evaluated = result.settings.codecs.map((c) => c.name);
-  const guardedList = evaluated.some(isKvtcCodec) ? evaluated.filter(isKvtcCodec) : evaluated.slice(0, 1);
-  let failure: KvtcError | undefined;
-  let maxDrop: Record<string, unknown> | undefined;
-  if (opts.maxDrop !== undefined) {
-    if (!guardedList.length) throw new UsageError('--max-drop needs a codec to check', 'Pass --codec kvtc (or another codec).');
-    const checked = guardedList.map((name) => {
-      const c = result.summary.overall.codecs[name];
-      return { codec: name, drop_points: -c.delta_points, passed: !(-c.delta_points > opts.maxDrop!) };
-    });
-    const worst = checked.reduce((a, b) => (b.drop_points > a.drop_points ? b : a));
-    const guarded = worst.codec;
-    const drop = worst.drop_points;
-    maxDrop = { codec: guarded, threshold_points: opts.maxDrop, drop_points: drop, passed: checked.every((c) => c.passed), ...(checked.length > 1 ? { checked } : {}) };
-    if (drop > opts.maxDrop) {
-      const c = result.summary.overall.codecs[guarded];
-      failure = new KvtcError(
-        'THRESHOLD_EXCEEDED',
-        `${guarded} loses ${drop.toFixed(2)} accuracy points on ${c.n} questions (uncompressed ${(100 * result.summary.overall.baseline.accuracy).toFixed(1)}%, ${guarded} ${(100 * c.accuracy.accuracy).toFixed(1)}%; 95% CI of the drop [${(-c.delta_ci95[1]).toFixed(1)}, ${(-c.delta_ci95[0]).toFixed(1)}]), more than --max-drop ${opts.maxDrop}`,
-        {
-          fix: isKvtcCodec(guarded) ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.' : 'Choose a less lossy codec or raise --max-drop.',
-          context: { codec: guarded, drop_points: drop, threshold_points: opts.maxDrop },
-        },
-      );
-    }
-  }
+  const { result, profiles, profileNote, maxDrop, failure } = evaluation;
   const json = jsonResult(result, profiles, maxDrop ? { max_drop: maxDrop } : {});
   // Results reach the user before the report is written: a failing write loses nothing.
   let reportError: unknown;
@@ -269,12 +197,6 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       reportError = e;
     }
   };
-  if (result.partial && !failure) {
-    failure = new KvtcError('INTERRUPTED', `interrupted: ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions were scored; the results above are partial`, {
-      fix: 'Re-run the command for the full evaluation.',
-      context: { questions_scored: result.partial.questionsScored, questions_planned: result.partial.questionsPlanned },
-    });
-  }
   if (opts.json) {
     // One JSON document on stdout either way: on failure the result rides in the error.
     await report();
@@ -298,6 +220,6 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     if (opts.logSamples) io.out(`per-question records written to ${opts.logSamples}`);
   }
   if (failure) throw failure;
-  if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${guardedList.length > 1 ? 'worst: ' : ''}${String(maxDrop.codec)} drop ${(maxDrop.drop_points as number).toFixed(2)} points)`);
+  if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${maxDrop.checked ? 'worst: ' : ''}${maxDrop.codec} drop ${maxDrop.drop_points.toFixed(2)} points)`);
 }
 // Tested by test/evaluate/evaluate-cli.test.ts, test/profile/compat.test.ts, test/dynamo/calibrate-export.test.ts (--dynamo-profile), test/cli/dynamo-profile-mismatch.test.ts and test/cli/interrupt.test.ts.
