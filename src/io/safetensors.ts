@@ -1,10 +1,12 @@
+// Tested by test/io/safetensors.test.ts (strict mode also by test/profile/invalid-profiles.test.ts and fuzz.test.ts).
 /**
  * safetensors reader and writer (https://github.com/huggingface/safetensors format):
  * 8-byte little-endian header length N, N bytes of UTF-8 JSON header
  * `{name: {dtype, shape, data_offsets: [begin, end]}, __metadata__?: {string: string}}`,
  * then the data buffer; offsets are relative to the start of the data buffer.
  * Writing is strict (sorted names, contiguous data, header padded with spaces to a multiple
- * of 8, `format: pt`); reading is lenient (any order, any padding) but checks every offset.
+ * of 8, `format: pt`); reading is lenient (any order, any padding) but checks every offset and
+ * size, or strict (scanSafetensors' `strict`) for files kvtc specifies, as profiles.
  */
 import { readFile } from 'node:fs/promises';
 import { KvtcError } from '../errors.js';
@@ -37,47 +39,133 @@ function bad(message: string, source: string): KvtcError {
   });
 }
 
-/** Parses a safetensors buffer. `source` names the file in error messages. */
-export function parseSafetensors(buf: Uint8Array, source = '<buffer>'): SafetensorsFile {
-  if (buf.byteLength < 8) throw bad(`only ${buf.byteLength} bytes, shorter than the 8-byte header length`, source);
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const n = Number(dv.getBigUint64(0, true));
-  if (n > MAX_HEADER || 8 + n > buf.byteLength) {
-    throw bad(`header length ${n} does not fit in a file of ${buf.byteLength} bytes`, source);
+/** What strict mode adds, for files whose writer kvtc specifies (profiles, docs/profile-format.md §3). */
+export interface StrictOptions {
+  /** The most header bytes the caller's tensors can need (bounded before anything is parsed). */
+  maxHeaderBytes: number;
+  /** The only dtypes allowed (default: any safetensors dtype). */
+  dtypes?: readonly SafetensorsDtype[];
+}
+
+export interface ScanResult extends SafetensorsFile {
+  /** False when some tensor entry was reported as a problem (the header itself parsed). */
+  sound: boolean;
+}
+
+const isSafeCount = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+
+/**
+ * The one safetensors parser: every reader calls it, lenient or strict. Both modes check the
+ * header length against the file (and a bound), the header as UTF-8 JSON, each tensor's dtype,
+ * shape, offsets within the data buffer and byte size = element count × dtype size (overflow
+ * checked). Strict mode also requires a header length that is a multiple of 8, entries of exactly
+ * {dtype, shape, data_offsets}, `__metadata__` a map of strings, only `strict.dtypes`, and data
+ * contiguous from offset 0 to the end of the file (sorted by offset, no gap, overlap or trailing
+ * byte). Each problem goes to `problem`, which may throw (the first stops the parse) or collect
+ * (`kvtc validate` lists them all); returns undefined when the header itself cannot be read.
+ */
+export function scanSafetensors(buf: Uint8Array, problem: (message: string) => void, strict?: StrictOptions): ScanResult | undefined {
+  if (buf.byteLength < 8) {
+    problem(`only ${buf.byteLength} bytes, shorter than the 8-byte header length`);
+    return undefined;
   }
-  let header: Record<string, unknown>;
+  const maxHeader = strict ? strict.maxHeaderBytes : MAX_HEADER;
+  const n64 = new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true);
+  if (n64 > BigInt(buf.byteLength - 8) || n64 > BigInt(maxHeader)) {
+    problem(`header length ${n64} does not fit (file ${buf.byteLength} bytes, header at most ${maxHeader})`);
+    return undefined;
+  }
+  const n = Number(n64);
+  if (strict && n % 8 !== 0) {
+    problem(`header length ${n} is not a multiple of 8 (the header is padded with spaces to one)`);
+    return undefined;
+  }
+  let header: unknown;
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(8, 8 + n)));
   } catch (e) {
-    throw bad(`header is not valid UTF-8 JSON (${(e as Error).message})`, source);
+    problem(`header is not valid UTF-8 JSON (${(e as Error).message}); is the header length ${n} right?`);
+    return undefined;
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw bad('header is not a JSON object', source);
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    problem('header is not a JSON object');
+    return undefined;
+  }
   const data = buf.subarray(8 + n);
+  const dataLen = data.byteLength;
   const tensors = new Map<string, TensorEntry>();
+  const spans = new Map<string, [number, number]>();
   let metadata: Record<string, string> = {};
-  for (const [name, raw] of Object.entries(header)) {
+  let sound = true;
+  const broken = (message: string) => {
+    sound = false;
+    problem(message);
+  };
+  const allowed = strict?.dtypes ?? (Object.keys(DTYPE_BYTES) as SafetensorsDtype[]);
+  for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (raw && typeof raw === 'object') {
-        metadata = Object.fromEntries(Object.entries(raw as Record<string, unknown>).map(([k, v]) => [k, String(v)]));
-      }
+      const isMap = typeof raw === 'object' && raw !== null && !Array.isArray(raw);
+      if (strict && !(isMap && Object.values(raw).every((v) => typeof v === 'string'))) broken('__metadata__ is not an object of strings');
+      else if (isMap) metadata = Object.fromEntries(Object.entries(raw as Record<string, unknown>).map(([k, v]) => [k, String(v)]));
       continue;
     }
-    const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof e?.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) throw bad(`tensor "${name}" has unknown dtype ${JSON.stringify(e?.dtype)}`, source);
-    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) throw bad(`tensor "${name}" has invalid shape`, source);
-    if (!Array.isArray(e.data_offsets) || e.data_offsets.length !== 2) throw bad(`tensor "${name}" has invalid data_offsets`, source);
-    const [b, end] = e.data_offsets as number[];
+    const e = raw as Record<string, unknown> | null;
+    if (typeof e !== 'object' || e === null || Array.isArray(e) || (strict && Object.keys(e).sort().join(',') !== 'data_offsets,dtype,shape')) {
+      broken(`tensor ${name}: entry must be exactly {dtype, shape, data_offsets}`);
+      continue;
+    }
+    const known = typeof e.dtype === 'string' && e.dtype in DTYPE_BYTES;
+    if (!known || !allowed.includes(e.dtype as SafetensorsDtype)) {
+      broken(`tensor ${name} has ${known || strict ? '' : 'unknown '}dtype ${JSON.stringify(e.dtype)}, expected ${allowed.join(' or ')}`);
+      if (!known) continue;
+    }
     const dtype = e.dtype as SafetensorsDtype;
-    const count = (e.shape as number[]).reduce((a, d) => a * d, 1);
-    if (!(Number.isInteger(b) && Number.isInteger(end) && b >= 0 && end >= b && end <= data.byteLength)) {
-      throw bad(`tensor "${name}" data_offsets [${b}, ${end}] fall outside the ${data.byteLength}-byte data buffer (truncated file?)`, source);
+    const shape = e.shape;
+    const offs = e.data_offsets;
+    if (!Array.isArray(shape) || !shape.every(isSafeCount)) {
+      broken(`tensor ${name} has an invalid shape ${JSON.stringify(shape)}`);
+      continue;
     }
-    if (end - b !== count * DTYPE_BYTES[dtype]) {
-      throw bad(`tensor "${name}" has ${end - b} bytes but shape [${e.shape}] of ${dtype} needs ${count * DTYPE_BYTES[dtype]}`, source);
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isSafeCount) || offs[1] < offs[0] || offs[1] > dataLen) {
+      broken(`tensor ${name} has data_offsets ${JSON.stringify(offs)} outside the ${dataLen}-byte data buffer`);
+      continue;
     }
-    tensors.set(name, { dtype, shape: e.shape as number[], data: data.subarray(b, end) });
+    // Saturating: a product past 2^53 cannot equal any real byte count, so it is refused below.
+    let elems = 1;
+    for (const d of shape as number[]) elems = Math.min(elems * d, Number.MAX_SAFE_INTEGER);
+    const need = Math.min(DTYPE_BYTES[dtype] * elems, Number.MAX_SAFE_INTEGER);
+    if (offs[1] - offs[0] !== need) {
+      broken(`tensor ${name} has ${offs[1] - offs[0]} bytes, but ${dtype}${JSON.stringify(shape)} needs ${need}`);
+      continue;
+    }
+    tensors.set(name, { dtype, shape: shape as number[], data: data.subarray(offs[0], offs[1]) });
+    spans.set(name, [offs[0], offs[1]]);
   }
-  return { tensors, metadata };
+  if (strict) {
+    // Contiguous from 0 to the end of the file: no gaps, overlaps or trailing bytes.
+    const sorted = [...spans.entries()].sort((a, b) => a[1][0] - b[1][0] || a[1][1] - b[1][1]);
+    let at = 0;
+    for (const [name, [begin, end]] of sorted) {
+      if (begin !== at) {
+        broken(`tensor ${name} starts at data offset ${begin}, but the previous tensor ends at ${at} (the data must be contiguous)`);
+        break;
+      }
+      at = end;
+    }
+    if (sound && at !== dataLen) broken(`${dataLen - at} bytes after the last tensor's data (trailing bytes, or a wrong header length)`);
+  }
+  return { tensors, metadata, sound };
+}
+
+/**
+ * Parses a safetensors buffer, throwing SAFETENSORS_INVALID at the first problem. `source` names
+ * the file in error messages; `strict` as scanSafetensors.
+ */
+export function parseSafetensors(buf: Uint8Array, source = '<buffer>', strict?: StrictOptions): SafetensorsFile {
+  const r = scanSafetensors(buf, (m) => {
+    throw bad(m, source);
+  }, strict)!;
+  return { tensors: r.tensors, metadata: r.metadata };
 }
 
 export async function readSafetensors(path: string): Promise<SafetensorsFile> {

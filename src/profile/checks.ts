@@ -8,6 +8,7 @@
 import { stat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256 } from '../io/hash.js';
+import { scanSafetensors, toTypedArray } from '../io/safetensors.js';
 import { planBitsPerToken } from '../codec/types.js';
 import { profileInvalid as invalid } from './errors.js';
 import { computeProfileId } from './id.js';
@@ -77,8 +78,6 @@ export class Checker {
     this.checks.push({ name, ok: problems.length === 0, detail: problems.length ? `${shown}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}` : okDetail });
   }
 }
-
-const isSafeCount = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 
 export function checkLimits(m: Manifest, fail: Fail): string {
   const L = PROFILE_LIMITS;
@@ -210,12 +209,6 @@ function declaredDataBytes(m: Manifest): number {
   return n;
 }
 
-interface ParsedTensor {
-  shape: number[];
-  begin: number;
-  end: number;
-}
-
 /**
  * The tensor file, strictly: size as declared and as the plans imply, sha256, a header length
  * that fits, a JSON header of exactly the plans' tensors (F32, declared shapes), data contiguous
@@ -255,76 +248,16 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
   const digest = sha256(buf);
   if (digest !== m.tensors.sha256) fail(`${m.tensors.file} does not match the sha256 in the manifest (modified or corrupt): file ${digest}, manifest ${m.tensors.sha256}`);
 
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const n64 = dv.getBigUint64(0, true);
-  if (n64 > BigInt(buf.byteLength - 8) || n64 > BigInt(maxHeader)) {
-    fail(`${m.tensors.file}: header length ${n64} does not fit (file ${buf.byteLength} bytes, header at most ${maxHeader})`);
-    return { detail: '' };
-  }
-  const n = Number(n64);
-  if (n % 8 !== 0) {
-    fail(`${m.tensors.file}: header length ${n} is not a multiple of 8 (the header is padded with spaces to one)`);
-    return { detail: '' };
-  }
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(8, 8 + n)));
-  } catch (e) {
-    fail(`${m.tensors.file}: header is not valid UTF-8 JSON (${(e as Error).message}); is the header length ${n} right?`);
-    return { detail: '' };
-  }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
-    fail(`${m.tensors.file}: header is not a JSON object`);
-    return { detail: '' };
-  }
-  const dataStart = 8 + n;
-  const dataLen = buf.byteLength - dataStart;
-  const entries = new Map<string, ParsedTensor>();
+  // The one safetensors parser, strict: header length bounded by the plans, a multiple of 8,
+  // entries of exactly {dtype, shape, data_offsets}, F32 only, contiguous data, no trailing bytes.
   let sound = true;
   const broken = (msg: string) => {
     sound = false;
     fail(`${m.tensors.file}: ${msg}`);
   };
-  for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
-    if (name === '__metadata__') {
-      if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || !Object.values(raw).every((v) => typeof v === 'string')) broken('__metadata__ is not an object of strings');
-      continue;
-    }
-    const e = raw as Record<string, unknown> | null;
-    if (typeof e !== 'object' || e === null || Array.isArray(e) || Object.keys(e).sort().join(',') !== 'data_offsets,dtype,shape') {
-      broken(`tensor ${name}: entry must be exactly {dtype, shape, data_offsets}`);
-      continue;
-    }
-    if (e.dtype !== 'F32') broken(`tensor ${name} has dtype ${JSON.stringify(e.dtype)}, expected F32`);
-    const shape = e.shape;
-    const offs = e.data_offsets;
-    if (!Array.isArray(shape) || !shape.every(isSafeCount)) {
-      broken(`tensor ${name} has an invalid shape ${JSON.stringify(shape)}`);
-      continue;
-    }
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isSafeCount) || offs[1] < offs[0] || offs[1] > dataLen) {
-      broken(`tensor ${name} has data_offsets ${JSON.stringify(offs)} outside the ${dataLen}-byte data buffer`);
-      continue;
-    }
-    let elems = 1;
-    for (const d of shape as number[]) elems = Math.min(elems * d, Number.MAX_SAFE_INTEGER);
-    if (offs[1] - offs[0] !== 4 * elems) {
-      broken(`tensor ${name} has ${offs[1] - offs[0]} bytes, but F32${JSON.stringify(shape)} needs ${4 * elems}`);
-      continue;
-    }
-    entries.set(name, { shape: shape as number[], begin: offs[0], end: offs[1] });
-  }
-  // Contiguous from 0 to the end of the file: no gaps, overlaps or trailing bytes.
-  const spans = [...entries.entries()].sort((a, b) => a[1].begin - b[1].begin || a[1].end - b[1].end);
-  let at = 0;
-  for (const [name, t] of spans) {
-    if (t.begin !== at) {
-      broken(`tensor ${name} starts at data offset ${t.begin}, but the previous tensor ends at ${at} (the data must be contiguous)`);
-      break;
-    }
-    at = t.end;
-  }
-  if (sound && at !== dataLen) broken(`${dataLen - at} bytes after the last tensor's data (trailing bytes, or a wrong header length)`);
+  const parsed = scanSafetensors(buf, broken, { maxHeaderBytes: maxHeader, dtypes: ['F32'] });
+  if (!parsed) return { detail: '' };
+  const entries = parsed.tensors;
   // Exactly the plans' tensors, with their declared shapes.
   const wanted = new Map<string, number[]>();
   for (const pe of m.plans) {
@@ -339,11 +272,7 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
   for (const name of entries.keys()) if (!wanted.has(name)) broken(`tensor ${name} is not used by any plan (an extra tensor)`);
   if (!sound) return { detail: '' };
   const tensors = new Map<string, Float32Array>();
-  for (const [name, t] of entries) {
-    const copy = new Uint8Array(t.end - t.begin);
-    copy.set(buf.subarray(dataStart + t.begin, dataStart + t.end));
-    tensors.set(name, new Float32Array(copy.buffer));
-  }
+  for (const [name, t] of entries) tensors.set(name, toTypedArray(t) as Float32Array);
   return { detail: `${buf.byteLength} bytes as declared, sha256 matches, exactly the plans' ${entries.size} F32 tensors with their declared shapes, contiguous, no trailing bytes`, tensors };
 }
 

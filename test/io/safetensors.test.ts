@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { f32, parseSafetensors, serializeSafetensors, toTypedArray, type TensorEntry } from '../../src/io/safetensors.js';
+import { f32, parseSafetensors, scanSafetensors, serializeSafetensors, toTypedArray, type TensorEntry } from '../../src/io/safetensors.js';
 
 function header(bytes: Uint8Array): { n: number; json: string } {
   const n = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
@@ -77,5 +77,43 @@ describe('safetensors reader (lenient, but checks every offset)', () => {
       expect((e as { code: string }).code).toBe('SAFETENSORS_INVALID');
       expect((e as Error).message).toContain('f.safetensors');
     }
+  });
+});
+
+/** handMade with the header padded with spaces to a multiple of 8, as kvtc's writer pads it. */
+const padded = (json: string, data: Uint8Array) => handMade(json + ' '.repeat((8 - (new TextEncoder().encode(json).length % 8)) % 8), data);
+const STRICT = { maxHeaderBytes: 4096, dtypes: ['F32'] as const };
+const two = new Uint8Array(Float32Array.of(7, 8).buffer);
+
+describe('safetensors reader, strict mode (files kvtc specifies: profiles)', () => {
+  it('accepts what the writer writes, and gives the same tensors as lenient mode', () => {
+    const file = serializeSafetensors({ a: f32(Float32Array.of(1, 2), [2]), b: f32(Float32Array.of(3), [1]) });
+    const strict = parseSafetensors(file, 'f', STRICT);
+    expect(strict).toEqual(parseSafetensors(file, 'f'));
+    expect(Array.from(toTypedArray(strict.tensors.get('b')!) as Float32Array)).toEqual([3]);
+  });
+
+  it.each([
+    ['a header length not a multiple of 8', handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two), /header length 54 is not a multiple of 8/],
+    ['a header longer than the caller allows', padded(`{"__metadata__":{"x":"${'y'.repeat(5000)}"}}`, new Uint8Array(0)), /header length \d+ does not fit \(file \d+ bytes, header at most 4096\)/],
+    ['an entry with an extra field', padded('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}', two), /tensor a: entry must be exactly \{dtype, shape, data_offsets\}/],
+    ['metadata that is not all strings', padded('{"__metadata__":{"n":3},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two), /__metadata__ is not an object of strings/],
+    ['a dtype outside the allowed ones', padded('{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}', two), /tensor a has dtype "I32", expected F32/],
+    ['a gap between tensors', padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', two), /tensor a starts at data offset 4, but the previous tensor ends at 0 \(the data must be contiguous\)/],
+    ['trailing bytes', padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', two), /4 bytes after the last tensor's data/],
+    ['a shape whose element count overflows', padded('{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}', two), /has 8 bytes, but F32\[4294967296,4294967296\] needs 9007199254740991/],
+  ])('refuses %s (lenient mode reads what it can)', (_name, bytes, message) => {
+    expect(() => parseSafetensors(bytes, 'f.safetensors', STRICT)).toThrow(message);
+    if (!/overflows/.test(_name)) expect(() => parseSafetensors(bytes, 'f.safetensors')).not.toThrow();
+  });
+
+  it('collecting: every entry problem is reported, and the sound entries are returned', () => {
+    const file = padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[3],"data_offsets":[4,8]},"c":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}', two);
+    const problems: string[] = [];
+    const r = scanSafetensors(file, (m) => problems.push(m), STRICT)!;
+    expect(r.sound).toBe(false);
+    expect(problems).toEqual(['tensor b has 4 bytes, but F32[3] needs 12', 'tensor c has dtype "U8", expected F32']);
+    // c is kept (its dtype is a real one, so its size is known) and a then c fill the data exactly.
+    expect([...r.tensors.keys()]).toEqual(['a', 'c']);
   });
 });
