@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { KvtcError } from '../errors.js';
+import { KvtcError, UsageError } from '../errors.js';
 import type { KvDtype, ModelSpec, RopeSpec } from '../model/types.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
 import type { LlamaWeights } from './llama-graph.js';
@@ -55,7 +55,7 @@ export function normals(rand: () => number, n: number, std: number): Float32Arra
 }
 
 function usage(message: string, fix: string, context: Record<string, unknown>): KvtcError {
-  return new KvtcError('USAGE', `buildRandomLlama: ${message}`, { fix, context });
+  return new UsageError(`buildRandomLlama: ${message}`, fix, context);
 }
 
 export interface RandomWeightShape {
