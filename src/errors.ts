@@ -96,6 +96,11 @@ export class InternalError extends KvtcError {
   }
 }
 
+/** An error about one input file: the message starts with the file, and the context names it. */
+export function fileError(code: ErrorCode, file: string, message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
+  return new KvtcError(code, `${file}: ${message}`, { fix, context: { file, ...context } });
+}
+
 export function isKvtcError(e: unknown): e is KvtcError {
   return e instanceof KvtcError;
 }

@@ -5,7 +5,7 @@
  * (sentencepiece BPE with byte fallback, legacy normalizer), plus tokenizer_config.json.
  */
 import { readFile } from 'node:fs/promises';
-import { KvtcError } from '../errors.js';
+import { fileError, KvtcError } from '../errors.js';
 
 export interface Llama2cVocab {
   maxTokenLength: number;
@@ -20,10 +20,7 @@ export const EOS_ID = 2;
 const SPACE = '\u2581';
 
 function invalid(source: string, message: string, context: Record<string, unknown> = {}): KvtcError {
-  return new KvtcError('TOKENIZER_MISSING', `${source}: ${message}`, {
-    fix: 'Pass the tokenizer.bin written by llama2.c tokenizer.py (the one matching the checkpoint) with --tokenizer.',
-    context: { file: source, ...context },
-  });
+  return fileError('TOKENIZER_MISSING', source, message, 'Pass the tokenizer.bin written by llama2.c tokenizer.py (the one matching the checkpoint) with --tokenizer.', context);
 }
 
 /** llama2.c stores the pieces with '▁' as ' ' and BOS/EOS as "\n<s>\n" / "\n</s>\n"; undo both. */

@@ -8,7 +8,7 @@
  * to *interleaved* pairs of q/k rows; `toHfLlamaWeights` permutes them to Hugging Face layout.
  */
 import { readFile } from 'node:fs/promises';
-import { KvtcError } from '../errors.js';
+import { fileError, KvtcError } from '../errors.js';
 import type { LlamaWeights } from './llama-graph.js';
 
 export const LLAMA2C_V1_MAGIC = 0x616b3432;
@@ -50,10 +50,7 @@ export interface Llama2cCheckpoint {
 }
 
 function invalid(source: string, message: string, context: Record<string, unknown> = {}): KvtcError {
-  return new KvtcError('MODEL_INVALID', `${source}: ${message}`, {
-    fix: 'Pass a float32 llama2.c checkpoint (legacy or version 1 export of llama2.c export.py); re-download it if it is truncated.',
-    context: { file: source, ...context },
-  });
+  return fileError('MODEL_INVALID', source, message, 'Pass a float32 llama2.c checkpoint (legacy or version 1 export of llama2.c export.py); re-download it if it is truncated.', context);
 }
 
 function checkHeader(c: Omit<Llama2cConfig, 'format' | 'sharedClassifier'>, source: string): void {

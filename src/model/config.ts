@@ -3,7 +3,7 @@
  * the fields of a ModelSpec. kvDtype comes from the ONNX session, and for genai exports RoPE
  * comes from the graph's cos/sin caches (both in load.ts).
  */
-import { KvtcError } from '../errors.js';
+import { fileError, KvtcError } from '../errors.js';
 import { ropeFromConfig } from '../rope/from-config.js';
 import { uniformModelRope } from '../rope/types.js';
 import type { Family, ModelSpec } from './types.js';
@@ -44,7 +44,7 @@ export interface NormalizedConfig {
 type Json = Record<string, unknown>;
 
 function invalid(file: string, message: string, fix = 'Re-export the model, or fix the config file.'): KvtcError {
-  return new KvtcError('MODEL_INVALID', `${file}: ${message}`, { fix, context: { file } });
+  return fileError('MODEL_INVALID', file, message, fix);
 }
 
 function posInt(cfg: Json, key: string, file: string, fallback?: number): number {

@@ -4,7 +4,7 @@
  *   __metadata__: format, producer, model, fingerprint, tokens, start_position, layers, kv_heads, head_dim, dtype
  * Reading validates names, shapes, dtypes and that every value is finite.
  */
-import { KvtcError } from '../errors.js';
+import { fileError, KvtcError } from '../errors.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../io/fp16.js';
 import { bytesOf, parseSafetensors, readSafetensors, serializeSafetensors, toTypedArray, type SafetensorsFile, type TensorEntry } from '../io/safetensors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -62,10 +62,7 @@ export interface KvFile {
 }
 
 function invalid(source: string, message: string, context: Record<string, unknown> = {}): KvtcError {
-  return new KvtcError('KV_INVALID', `${source}: ${message}`, {
-    fix: 'Re-create the file with `kvtc capture` (or `kvtc decode`).',
-    context: { file: source, ...context },
-  });
+  return fileError('KV_INVALID', source, message, 'Re-create the file with `kvtc capture` (or `kvtc decode`).', context);
 }
 
 /** Validates and converts a parsed safetensors file into a KvCache. */

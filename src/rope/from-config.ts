@@ -14,7 +14,7 @@
  * kvtc must undo RoPE exactly, so what it cannot recompute is refused, saying why: dynamic NTK
  * (theta rescaled by each forward pass's length), rope types it does not know.
  */
-import { KvtcError } from '../errors.js';
+import { fileError, KvtcError } from '../errors.js';
 import type { Family } from '../model/types.js';
 import { type LayerRope, type RopeLayout, type RopeScaling, type RopeSpec } from './types.js';
 
@@ -32,7 +32,7 @@ export interface RopeConfigContext {
 }
 
 function invalid(file: string, message: string, fix = 'Fix the config file (or re-export the model).'): KvtcError {
-  return new KvtcError('MODEL_INVALID', `${file}: ${message}`, { fix, context: { file } });
+  return fileError('MODEL_INVALID', file, message, fix);
 }
 
 function refuse(file: string, message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
