@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from . import _safetensors
 from ._errors import KvtcError
 from ._quant import INT_LEVELS, TYPE_BITS
 from ._strict_json import StrictJsonError, loads_strict
@@ -685,53 +686,11 @@ def _read_tensor_file(d: str, m: Dict[str, Any], where: str, max_tensor_bytes: i
     digest = hashlib.sha256(buf).hexdigest()
     if digest != m["tensors"]["sha256"]:
         raise _invalid(where, f"{TENSORS_FILE} does not match the sha256 in the manifest (modified or corrupt): file {digest}, manifest {m['tensors']['sha256']}")
-    (n,) = struct.unpack_from("<Q", buf, 0)
-    if n > len(buf) - 8 or n > max_header:
-        raise _invalid(where, f"{TENSORS_FILE}: header length {n} does not fit (file {len(buf)} bytes, header at most {max_header})")
-    if n % 8:
-        raise _invalid(where, f"{TENSORS_FILE}: header length {n} is not a multiple of 8 (the header is padded with spaces to one)")
-    try:
-        header = json.loads(buf[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _invalid(where, f"{TENSORS_FILE}: header is not valid UTF-8 JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise _invalid(where, f"{TENSORS_FILE}: header is not a JSON object")
-    data_len = len(buf) - 8 - n
-    spans = []
-    for name, e in header.items():
-        if name == "__metadata__":
-            if not isinstance(e, dict) or not all(isinstance(v, str) for v in e.values()):
-                raise _invalid(where, f"{TENSORS_FILE}: __metadata__ is not an object of strings")
-            continue
-        if name not in wanted:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} is not used by any plan (an extra tensor)")
-        if not isinstance(e, dict) or sorted(e) != ["data_offsets", "dtype", "shape"]:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name}: entry must be exactly {{dtype, shape, data_offsets}}")
-        if e["dtype"] != "F32":
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has dtype {json.dumps(e['dtype'])}, expected F32")
-        shape, offs = e["shape"], e["data_offsets"]
-        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)  # noqa: E731
-        if not ints(shape) or tuple(shape) != wanted[name]:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has shape {json.dumps(shape)}, the plan declares {list(wanted[name])}")
-        if not ints(offs) or len(offs) != 2 or offs[1] < offs[0] or offs[1] > data_len:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer")
-        if offs[1] - offs[0] != 4 * int(np.prod(shape, dtype=np.int64)):
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} has {offs[1] - offs[0]} bytes, but F32{shape} needs {4 * int(np.prod(shape, dtype=np.int64))}")
-        spans.append((offs[0], offs[1], name))
-    found = {name for _, _, name in spans}
-    for name in wanted:
-        if name not in found:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} is missing")
-    at = 0
-    for begin, end, name in sorted(spans):
-        if begin != at:
-            raise _invalid(where, f"{TENSORS_FILE}: tensor {name} starts at data offset {begin}, but the previous tensor ends at {at} (the data must be contiguous)")
-        at = end
-    if at != data_len:
-        raise _invalid(where, f"{TENSORS_FILE}: {data_len - at} bytes after the last tensor's data (trailing bytes, or a wrong header length)")
-    base = 8 + n
-    return {name: np.frombuffer(buf, dtype="<f4", count=(end - begin) // 4, offset=base + begin).astype(np.float32).reshape(wanted[name])
-            for begin, end, name in spans}
+    # The one safetensors parser, strict: bounded header length, a multiple of 8, exactly the plans'
+    # tensors (F32, declared shapes, entries of exactly dtype/shape/data_offsets), contiguous data.
+    strict = _safetensors.Strict(max_header_bytes=max_header, dtypes=("F32",), tensors=wanted)
+    tensors, _ = _safetensors.parse(buf, TENSORS_FILE, strict, error=lambda msg: _invalid(where, f"{TENSORS_FILE}: {msg}"))
+    return {name: _safetensors.array(buf, t).astype(np.float32) for name, t in tensors.items()}
 
 
 def _orthonormality_error(V: np.ndarray, seed: int) -> float:
