@@ -215,7 +215,8 @@ export function groupingCandidates(
   return { fit, skipped };
 }
 
-function checkAbort(signal?: AbortSignal): void {
+/** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
+export function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) {
     throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
   }
@@ -230,36 +231,66 @@ export function checkRatios(ratios: number[]): void {
   }
 }
 
+/** The profile a calibration target writes, as openModel checks its output directories. */
+export interface ProfileOutput {
+  /** As OUTPUT_EXISTS names it: "kvtc profile", "dynamo profile". */
+  label: string;
+  /** Appended to the default directory name (outputs.ts): '' for kvtc, '-dynamo'. */
+  suffix?: string;
+  /** Whether dir holds a profile of this target. */
+  holds(dir: string): boolean;
+  /** The model fingerprint recorded in dir's profile (rejects when it cannot be read). */
+  fingerprint(dir: string): Promise<string>;
+  /** The fix OUTPUT_EXISTS suggests. */
+  fix: string;
+}
+
+export const KVTC_OUTPUT: ProfileOutput = {
+  label: 'kvtc profile',
+  holds: isProfileDir,
+  fingerprint: async (dir) => (await readManifest(dir)).manifest.model.fingerprint.id,
+  fix: 'Pass --force to replace its kvtc-profile.json and kvtc-profile.safetensors (nothing else in the directory is touched), or choose another --out.',
+};
+
 /**
- * Without --force, an output directory that already holds a kvtc profile of another model (or an
+ * Without --force, an output directory that already holds a profile of another model (or an
  * unreadable one) is refused before any work; one of the same model is compared setting by
  * setting when the new profile is written (a re-run of the same job is allowed). Other files in
  * the directory (a model's own files) never matter: kvtc writes only its two profile files.
  */
-async function checkProfileTarget(dir: string, want: { model: string }): Promise<void> {
-  if (!isProfileDir(dir)) return;
+async function checkProfileTarget(dir: string, want: { model: string }, output: ProfileOutput): Promise<void> {
+  if (!output.holds(dir)) return;
   let model: string | undefined;
   try {
-    model = (await readManifest(dir)).manifest.model.fingerprint.id;
+    model = await output.fingerprint(dir);
   } catch {
     model = undefined;
   }
   if (model !== want.model) {
-    throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already holds a kvtc profile${model ? ` of another model (fingerprint ${model})` : ' that kvtc cannot read'}`, {
-      fix: 'Pass --force to replace its kvtc-profile.json and kvtc-profile.safetensors (nothing else in the directory is touched), or choose another --out.',
+    throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already holds a ${output.label}${model ? ` of another model (fingerprint ${model})` : ' that kvtc cannot read'}`, {
+      fix: output.fix,
       context: { out: dir },
     });
   }
 }
 
-/** Step 1: the model, and the output directories checked writable (and free, without --force) before any work. */
-export async function openModel(opts: CalibrateOptions): Promise<{ model: LoadedModel; outDirs: string[] }> {
+/** What openModel reads of a target's options. */
+export type OpenModelOptions = Pick<CalibrateOptions, 'modelDir' | 'device' | 'out' | 'ratios' | 'ratiosGiven' | 'force'>;
+
+/**
+ * Step 1: the model, and the output directories checked writable (and free, without --force)
+ * before any work. `checkModel` lets a target refuse the model first (Dynamo: its block size).
+ */
+export async function openModel(
+  opts: OpenModelOptions, output: ProfileOutput = KVTC_OUTPUT, checkModel?: (model: LoadedModel) => void,
+): Promise<{ model: LoadedModel; outDirs: string[] }> {
   const model = await loadModel(opts.modelDir, { device: opts.device });
   try {
-    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
+    checkModel?.(model);
+    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven, suffix: output.suffix });
     for (const d of outDirs) {
       checkOutputDir(d);
-      if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id });
+      if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id }, output);
     }
     return { model, outDirs };
   } catch (e) {
@@ -268,22 +299,36 @@ export async function openModel(opts: CalibrateOptions): Promise<{ model: Loaded
   }
 }
 
+/** What readSequences reads of a target's options. */
+export type ReadSequencesOptions = Pick<CalibrateOptions, 'data' | 'tokens' | 'heldout' | 'report' | 'seed' | 'strictData' | 'signal'>;
+
+/**
+ * Calibration text → sequences of `seqLen` tokens split into fit, tuning and report sets
+ * (disjoint, seeded), for any target; `report` 0 gives no report split.
+ */
+export async function readSequences(
+  opts: ReadSequencesOptions, tokenizer: LoadedModel['tokenizer'], o: { seqLen: number; minFitTokens: number }, progress: ProgressFn,
+): Promise<{ data: CalibrationTokens; split: SequenceSplit }> {
+  const report = opts.report ?? DEFAULT_REPORT_TOKENS;
+  // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
+  const data = await readCalibrationTokens(opts.data, tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, strict: opts.strictData, signal: opts.signal, onProgress: progress });
+  const split = splitSequences(data.tokens, tokenizer.bosTokenId, {
+    seqLen: o.seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, seed: opts.seed, minFitTokens: o.minFitTokens, sources: opts.data.join(', '),
+  });
+  return { data, split };
+}
+
 /** Step 2: calibration text → fit, tuning and report sequences (disjoint, seeded). */
 export async function readSplit(
   opts: CalibrateOptions, spec: ModelSpec, tokenizer: LoadedModel['tokenizer'], candidates: FixedGrouping[], progress: ProgressFn,
 ): Promise<{ data: CalibrationTokens; split: SequenceSplit; seqLen: number }> {
-  const report = opts.report ?? DEFAULT_REPORT_TOKENS;
-  // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
-  const data = await readCalibrationTokens(opts.data, tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, strict: opts.strictData, signal: opts.signal, onProgress: progress });
   const seqLen = Math.min(spec.maxPositions, 512);
   if (opts.sink + opts.window >= seqLen) {
     throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
   }
   // Every basis needs at least 2p fit tokens for a full-rank covariance.
   const maxDim = Math.max(...candidates.flatMap((g) => layerGroups(spec.layers, g).map((l) => l.length * spec.kvHeads * spec.headDim)));
-  const split = splitSequences(data.tokens, tokenizer.bosTokenId, {
-    seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, seed: opts.seed, minFitTokens: Math.max(2 * maxDim, 256), sources: opts.data.join(', '),
-  });
+  const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
   return { data, split, seqLen };
 }
 
@@ -309,37 +354,49 @@ export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, devi
 }
 
 /**
- * Step 3: the fit pass. Streams the fit sequences through the model and adds each cache to the
- * covariance of every basis of every candidate grouping, dropping the cache at once; checks
- * kvtc's reading of the model's RoPE against the first caches (ROPE_MISMATCH).
+ * The fit pass of any target: streams the fit sequences through the model and hands each cache
+ * to `accumulate` (timed as covariance), dropping it at once; checks for an abort between them.
  */
-export async function captureFit(
-  runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
-  o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
-): Promise<RopeCheckReport> {
+export async function streamFit(
+  runner: ModelRunner, seqs: number[][], o: { chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
+  accumulate: (cache: KvCache, ids: number[]) => Promise<void>,
+): Promise<void> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
   let done = 0;
-  let scratch = new Float32Array(0);
-  let rope: RopeCheckReport | undefined;
   for (const ids of seqs) {
     checkAbort(o.signal);
     let t = performance.now();
     const { cache } = await runner.prefill(ids, { chunk: o.chunk });
     o.timer.add('forward', (performance.now() - t) / 1000);
+    t = performance.now();
+    await accumulate(cache, ids);
+    o.timer.add('covariance', (performance.now() - t) / 1000);
+    done += ids.length;
+    o.progress({ stage: 'capturing calibration KV', done, total, unit: 'tokens' });
+  }
+}
+
+/**
+ * Step 3: the fit pass. Adds each fit cache to the covariance of every basis of every candidate
+ * grouping; checks kvtc's reading of the model's RoPE against the first caches (ROPE_MISMATCH).
+ */
+export async function captureFit(
+  runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
+  o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
+): Promise<RopeCheckReport> {
+  let scratch = new Float32Array(0);
+  let rope: RopeCheckReport | undefined;
+  await streamFit(runner, seqs, o, async (cache, ids) => {
     // The RoPE kvtc read from the config must fit the keys (ROPE_MISMATCH, naming the suspect
     // setting, before any fitting); checked on the first sequences with enough repeated tokens.
     if (!rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
-    t = performance.now();
     const n = cache.tokens - o.sink;
     for (const s of bases.flat()) {
       if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
       const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
       await s.acc.add(X, n);
     }
-    o.timer.add('covariance', (performance.now() - t) / 1000);
-    done += ids.length;
-    o.progress({ stage: 'capturing calibration KV', done, total, unit: 'tokens' });
-  }
+  });
   return rope ?? { checked: false, reason: 'no fit sequences', pairs: 0, layers: [] };
 }
 

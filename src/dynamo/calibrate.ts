@@ -2,6 +2,8 @@
 /**
  * `kvtc calibrate --target dynamo`: a profile the NVIDIA Dynamo KVTC kernels can run.
  *
+ * The steps are calibrate's (src/calibrate/calibrate.ts: openModel, readSequences, streamFit,
+ * captureCaches, checkAbort); what this target adds is its rows, tables, costs and measurement:
  * capture (the same text selection, sequences and prefill as src/calibrate) → rows = blocks of
  * `blockTokens` tokens of one layer's K (as stored, RoPE applied) or V, in the block layout →
  * streaming float64 covariance per (layer, kind) → eigenbasis → float32 mean and projection →
@@ -11,22 +13,17 @@
  *
  * Ratios are against fp16/bf16 blocks (2 bytes per element), as everywhere in kvtc.
  */
-import { basename, join } from 'node:path';
-import { checkRatios } from '../calibrate/calibrate.js';
+import { captureCaches, checkAbort, checkRatios, openModel, readSequences, streamFit, type ProfileOutput } from '../calibrate/calibrate.js';
+import type { CalibrationTokens, SequenceSplit, SkippedFile } from '../calibrate/sequences.js';
 import { stageTimer } from '../calibrate/stage-times.js';
 import { ropeSafeChunk } from '../rope/freqs.js';
-import { buildSequences } from '../calibrate/sequences.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
-import { checkOutputDir } from '../io/output.js';
-import { readTextSources } from '../io/text.js';
-import { loadModel } from '../model/load.js';
+import type { LoadedModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
-import type { KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
-import { profileOutDirs } from '../calibrate/outputs.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
@@ -34,7 +31,6 @@ import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } 
 import { DEFAULT_INT_BITS, planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
 import type { Fp8Path } from './kernels.js';
 import { isDynamoProfileDir, readDynamoManifest, writeDynamoProfile } from './profile.js';
-import { sha256 as sha256Hex } from '../io/hash.js';
 import { DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, LIMITS, type DynamoManifestDraft } from './schema.js';
 
 /** tokens_per_block when none is given: vLLM's default block size, the first of kvbench.rs's 16/32/64. */
@@ -59,6 +55,8 @@ export interface CalibrateDynamoOptions {
   /** Output directory; with several ratios `-r<ratio>` is appended. Default kvtc-profiles/<model>-dynamo. */
   out?: string;
   force: boolean;
+  /** A file in a --data directory that is not UTF-8 text is an error instead of skipped (--strict-data). */
+  strictData?: boolean;
   onProgress?: ProgressFn;
   signal?: AbortSignal;
 }
@@ -98,15 +96,22 @@ export interface CalibrateDynamoResult {
   profiles: DynamoRatioResult[];
   warnings: string[];
   seconds: Record<string, number>;
+  /** Files in --data directories skipped because they are not UTF-8 text. */
+  skipped_data: SkippedFile[];
 }
 
 function usage(message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
   return new KvtcError('USAGE', message, { fix, context, exitCode: 2 });
 }
 
-function checkAbort(signal?: AbortSignal): void {
-  if (signal?.aborted) throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
-}
+/** The profile this target writes, for openModel's checks of --out. */
+export const DYNAMO_OUTPUT: ProfileOutput = {
+  label: 'dynamo profile',
+  suffix: '-dynamo',
+  holds: isDynamoProfileDir,
+  fingerprint: async (dir) => (await readDynamoManifest(dir)).manifest.model.fingerprint,
+  fix: 'Pass --force to replace it, or choose another --out.',
+};
 
 const round6 = (x: number) => (Number.isFinite(x) ? Number(x.toPrecision(6)) : x);
 const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
@@ -117,28 +122,20 @@ function setupOf(shape: BlockShape & { layers: number }, fp8Path: Fp8Path, bases
 }
 
 /**
- * The calibration text and its fit / held-out sequences, as src/calibrate/calibrate.ts selects
- * them (documents in order until there is comfortably enough text, then its sequence builder
- * and seeded split); sequences are `seqLen` tokens, a multiple of the block size.
+ * The calibration text and its fit / held-out sequences, read and split by calibrate's
+ * readSequences with no report split; sequences are `seqLen` tokens, a multiple of the block size.
  */
 export async function selectSequences(
-  tokenizer: Parameters<typeof buildSequences>[1],
+  tokenizer: LoadedModel['tokenizer'],
   data: string[],
-  o: { seqLen: number; tokens: number; heldout: number; seed: number; blockTokens: number },
-): Promise<{ split: ReturnType<typeof buildSequences>; used: Awaited<ReturnType<typeof readTextSources>> }> {
-  const texts = await readTextSources(data);
-  const need = 2 * (o.tokens + o.heldout);
-  const used: typeof texts = [];
-  let have = 0;
-  for (const t of texts) {
-    used.push(t);
-    have += t.text.length / 3;
-    if (have >= need * 1.5) break;
-  }
-  const split = buildSequences(used.map((t) => t.text), tokenizer, {
-    seqLen: o.seqLen, fitTokens: o.tokens, heldoutTokens: o.heldout, seed: o.seed, minFitTokens: Math.max(256, 64 * o.blockTokens), sources: data.join(', '),
-  });
-  return { split, used };
+  o: { seqLen: number; tokens: number; heldout: number; seed: number; blockTokens: number; strictData?: boolean; signal?: AbortSignal },
+  progress: ProgressFn = noProgress,
+): Promise<{ split: SequenceSplit; data: CalibrationTokens }> {
+  const { split, data: read } = await readSequences(
+    { data, tokens: o.tokens, heldout: o.heldout, report: 0, seed: o.seed, strictData: o.strictData, signal: o.signal },
+    tokenizer, { seqLen: o.seqLen, minFitTokens: Math.max(256, 64 * o.blockTokens) }, progress,
+  );
+  return { split, data: read };
 }
 
 /** Sequence length for blocks of B tokens: the model's context (≤ 512), cut to whole blocks. */
@@ -158,42 +155,30 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
   if (!(Number.isInteger(B) && B >= 1 && B <= LIMITS.blockTokens)) throw usage(`--block-tokens ${B} is out of range`, `Give Dynamo's tokens_per_block, a whole number between 1 and ${LIMITS.blockTokens} (default ${DEFAULT_BLOCK_TOKENS}).`);
 
   progress({ stage: 'loading model' });
-  const model = await loadModel(opts.modelDir, { device: opts.device });
+  // The block size is checked against the model before the outputs are (openModel's hook).
+  const { model, outDirs } = await openModel(opts, DYNAMO_OUTPUT, (m) => {
+    const p = blockFeatures({ kvHeads: m.spec.kvHeads, headDim: m.spec.headDim, blockTokens: B });
+    if (p > LIMITS.features) {
+      throw usage(`a block of ${B} tokens of this model has ${p} features (${m.spec.kvHeads} KV heads × ${m.spec.headDim} × ${B}), more than the ${LIMITS.features} kvtc fits per basis`, 'Use a smaller --block-tokens.', { features: p });
+    }
+    if (sequenceLength(m.spec.maxPositions, B) < B) throw usage(`--block-tokens ${B} is longer than the model's context (${m.spec.maxPositions} tokens)`, `Use --block-tokens ≤ ${Math.min(m.spec.maxPositions, 512)}.`);
+  });
   const spec = model.spec;
   const shape = { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, blockTokens: B, layout };
   const p = blockFeatures(shape);
+  const seqLen = sequenceLength(spec.maxPositions, B);
   const states: { kind: KvKind; layer: number; acc: CovarianceAccumulator; kernel: GramKernel; disposed?: boolean }[] = [];
   try {
-    if (p > LIMITS.features) {
-      throw usage(`a block of ${B} tokens of this model has ${p} features (${spec.kvHeads} KV heads × ${spec.headDim} × ${B}), more than the ${LIMITS.features} kvtc fits per basis`, 'Use a smaller --block-tokens.', { features: p });
-    }
-    const seqLen = sequenceLength(spec.maxPositions, B);
-    if (seqLen < B) throw usage(`--block-tokens ${B} is longer than the model's context (${spec.maxPositions} tokens)`, `Use --block-tokens ≤ ${Math.min(spec.maxPositions, 512)}.`);
-    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven, suffix: '-dynamo' });
-    for (const d of outDirs) {
-      checkOutputDir(d);
-      if (!opts.force && isDynamoProfileDir(d)) {
-        let fp: string | undefined;
-        try {
-          fp = (await readDynamoManifest(d)).manifest.model.fingerprint;
-        } catch {
-          fp = undefined;
-        }
-        if (fp !== model.fingerprint.id) {
-          throw new KvtcError('OUTPUT_EXISTS', `output ${d} already holds a dynamo profile${fp ? ` of another model (fingerprint ${fp})` : ' that kvtc cannot read'}`, {
-            fix: 'Pass --force to replace it, or choose another --out.',
-            context: { out: d },
-          });
-        }
-      }
-    }
     lap('load');
 
     progress({ stage: 'reading calibration text' });
-    const { split, used } = await selectSequences(model.tokenizer, opts.data, { seqLen, tokens: opts.tokens, heldout: opts.heldout, seed: opts.seed, blockTokens: B });
+    const { split, data } = await selectSequences(model.tokenizer, opts.data, {
+      seqLen, tokens: opts.tokens, heldout: opts.heldout, seed: opts.seed, blockTokens: B, strictData: opts.strictData, signal: opts.signal,
+    }, progress);
     lap('tokenize');
 
     const runner = new ModelRunner(model);
+    const chunk = ropeSafeChunk(spec.rope, opts.chunk);
     const kinds: KvKind[] = ['key', 'value'];
     for (let l = 0; l < spec.layers; l++) {
       for (const kind of kinds) {
@@ -203,32 +188,17 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     }
     const blocksPerSeq = seqLen / B;
     let scratch = new Float32Array(0);
-    let done = 0;
-    for (const ids of split.fit) {
-      checkAbort(opts.signal);
-      let t = performance.now();
-      const { cache } = await runner.prefill(ids, { chunk: ropeSafeChunk(model.spec.rope, opts.chunk) });
-      timer.add('forward', (performance.now() - t) / 1000);
-      t = performance.now();
+    // Rows are whole blocks of the cache as stored (RoPE kept, no sink): the kernels' rows.
+    await streamFit(runner, split.fit, { chunk, signal: opts.signal, progress, timer }, async (cache) => {
       const { first, count } = fullBlocks(cache, B);
       if (scratch.length < count * p) scratch = new Float32Array(count * p);
       for (const s of states) {
         const X = gatherBlockRows(cache, s.kind, s.layer, shape, first, count, scratch);
         await s.acc.add(X, count);
       }
-      timer.add('covariance', (performance.now() - t) / 1000);
-      done += ids.length;
-      progress({ stage: 'capturing calibration KV', done, total: split.fit.length * seqLen, unit: 'tokens' });
-    }
+    });
     timer.restart();
-    const held: KvCache[] = [];
-    done = 0;
-    for (const ids of split.heldout) {
-      checkAbort(opts.signal);
-      held.push((await runner.prefill(ids, { chunk: ropeSafeChunk(model.spec.rope, opts.chunk) })).cache);
-      done += ids.length;
-      progress({ stage: 'capturing held-out KV', done, total: split.heldout.length * seqLen, unit: 'tokens' });
-    }
+    const held = await captureCaches(runner, split.heldout, 'held-out', { chunk, signal: opts.signal, progress });
     lap('forward');
 
     const blocksFit = split.fit.length * blocksPerSeq;
@@ -264,7 +234,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     seconds.error_tables = tableSeconds;
     timer.restart();
 
-    const sources = used.map((t) => ({ name: basename(t.path), sha256: sha256Hex(t.text), bytes: t.bytes }));
+    const sources = data.sources.map((t) => ({ name: t.name, sha256: t.sha256, bytes: t.bytes }));
     const profiles: DynamoRatioResult[] = [];
     for (const [ri, ratio] of opts.ratios.entries()) {
       checkAbort(opts.signal);
@@ -313,7 +283,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     return {
       model: model.name, model_dir: model.dir, block_tokens: B, layout, features: p, fp8_path: fp8Path,
       tokens: split.fit.length * seqLen, tokens_requested: opts.tokens, heldout_tokens: split.heldout.length * seqLen,
-      blocks_fit: blocksFit, blocks_heldout: blocksHeld, seq_len: seqLen, bases: states.length, profiles, warnings, seconds,
+      blocks_fit: blocksFit, blocks_heldout: blocksHeld, seq_len: seqLen, bases: states.length, profiles, warnings, seconds, skipped_data: data.skipped,
     };
   } finally {
     for (const s of states) if (!s.disposed) await s.kernel.dispose?.();

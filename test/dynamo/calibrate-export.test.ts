@@ -7,7 +7,8 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import calibrateDynamoCommand, { dispatchCalibrateTarget } from '../../src/cli/commands/calibrate-dynamo.js';
+import calibrateCommand from '../../src/cli/commands/calibrate.js';
+import calibrateDynamoCommand from '../../src/cli/commands/calibrate-dynamo.js';
 import exportCommand from '../../src/cli/commands/export.js';
 import { memoryIO } from '../../src/cli/io.js';
 import { fullBlocks, gatherBlockRows } from '../../src/dynamo/blocks.js';
@@ -255,9 +256,19 @@ describe('dynamo calibration of the bundled model, export, and the exported file
       await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', sink: '0', out: join(root, 'z') }, io), 'USAGE', /--sink "0" does not apply/);
       // Options are named as the user typed them (kebab-case), and kvtc-only defaults pass (commander fills them in).
       await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', reportTokens: '512', out: join(root, 'z') }, io), 'USAGE', /--report-tokens "512" does not apply/);
-      await rejects(dispatchCalibrateTarget({ target: 'tensorrt' }, io), 'USAGE', /must be one of: kvtc, dynamo/);
-      await rejects(dispatchCalibrateTarget({ blockTokens: '16' }, io), 'USAGE', /--block-tokens applies only to --target dynamo/);
-      expect(await dispatchCalibrateTarget({ target: 'kvtc' }, io)).toBe(false);
+      // The kvtc target refuses the dynamo-only flags; the CLI declaration routes --target dynamo
+      // to the dynamo command (only it knows --block-tokens "0" is out of range).
+      await rejects(calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', blockTokens: '16', out: join(root, 'z') }, io), 'USAGE', /--block-tokens applies only to --target dynamo/);
+      await rejects(calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', fp8Cast: 'sm80', out: join(root, 'z') }, io), 'USAGE', /--fp8-cast applies only to --target dynamo/);
+      const routed = await kvtc('calibrate', '--target', 'dynamo', '--block-tokens', '0', '--out', join(root, 'z'), '--json');
+      expect(routed.code).toBe(2);
+      expect(JSON.parse(routed.stdout).error.message).toMatch(/--block-tokens "0"/);
+      const kvtcTarget = await kvtc('calibrate', '--block-tokens', '16', '--out', join(root, 'z'), '--json');
+      expect(kvtcTarget.code).toBe(2);
+      expect(JSON.parse(kvtcTarget.stdout).error.message).toMatch(/--block-tokens applies only to --target dynamo/);
+      const other = await kvtc('calibrate', '--target', 'tensorrt', '--json');
+      expect(other.code).toBe(2);
+      expect(JSON.parse(other.stdout).error.message).toMatch(/Allowed choices are kvtc, dynamo/);
       expect(existsSync(join(root, 'z'))).toBe(false);
     });
 

@@ -1,7 +1,7 @@
 /**
  * `kvtc calibrate --target dynamo [--block-tokens N] [--fp8-cast sm89|sm80]`: a profile for
- * NVIDIA Dynamo's KVTC CUDA kernels (docs/dynamo.md). calibrate.ts hands over with
- * `dispatchCalibrateTarget`, which also refuses the dynamo-only flags without --target dynamo.
+ * NVIDIA Dynamo's KVTC CUDA kernels (docs/dynamo.md). program.ts routes `--target dynamo` here;
+ * calibrate.ts (the kvtc target) refuses the dynamo-only flags.
  */
 import { z } from 'zod';
 import { MAX_RATIO, MIN_RATIO } from '../../calibrate/calibrate.js';
@@ -16,35 +16,12 @@ import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 import { decimal, deviceSchema, wholeNumber } from '../options.js';
-import { onInterrupt } from '../interrupt.js';
-import { createProgress } from '../progress.js';
+import { withProgressAndInterrupt } from './calibrate.js';
 
-export const TARGETS = ['kvtc', 'dynamo'] as const;
-/** Options only --target dynamo takes (their commander keys). */
-const DYNAMO_ONLY = ['blockTokens', 'fp8Cast'] as const;
 /** kvtc-only options and their defaults: any other value is refused with --target dynamo. */
 const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'auto', reportTokens: '8192' };
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-
-/**
- * For calibrate.ts: runs the dynamo calibration and returns true for --target dynamo; returns
- * false for --target kvtc (or none), after refusing dynamo-only flags; refuses other targets.
- */
-export async function dispatchCalibrateTarget(raw: Record<string, unknown>, io: CliIO): Promise<boolean> {
-  const target = raw.target ?? 'kvtc';
-  if (target === 'dynamo') {
-    await calibrateDynamoCommand(raw, io);
-    return true;
-  }
-  if (target !== 'kvtc') {
-    throw new UsageError(`invalid option:\n  --target ${JSON.stringify(target)}: must be one of: ${TARGETS.join(', ')}`, 'See `kvtc calibrate --help`: kvtc (kvtc\'s own codec, the default) or dynamo (NVIDIA Dynamo\'s KVTC kernels).', { target });
-  }
-  for (const k of DYNAMO_ONLY) {
-    if (raw[k] !== undefined) throw new UsageError(`--${kebab(k)} applies only to --target dynamo`, `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`, { option: `--${kebab(k)}` });
-  }
-  return false;
-}
 
 const Options = z.object({
   target: z.literal('dynamo'),
@@ -61,6 +38,7 @@ const Options = z.object({
   device: deviceSchema,
   out: z.string().optional(),
   force: z.boolean().default(false),
+  strictData: z.boolean().default(false),
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
 });
@@ -74,13 +52,8 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
   }
   const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
   const ratios = [...new Set(opts.ratio ?? [20])];
-  const progress = createProgress(io, { quiet: opts.quiet });
-  // First Ctrl-C: stop at the next checkpoint, writing nothing (profile writes are atomic either
-  // way); a second one quits at once.
-  const interrupt = onInterrupt(io, 'interrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
-  let result: CalibrateDynamoResult;
-  try {
-    result = await calibrateDynamo({
+  const result: CalibrateDynamoResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
+    calibrateDynamo({
       modelDir: modelDirFromOption(opts.model, opts.onnx),
       data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
       ratios,
@@ -94,13 +67,11 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
       device: opts.device,
       out: opts.out,
       force: opts.force,
-      onProgress: progress.fn,
-      signal: interrupt.signal,
-    });
-  } finally {
-    interrupt.dispose();
-    progress.stop();
-  }
+      strictData: opts.strictData,
+      onProgress,
+      signal,
+    }));
+  for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
   if (opts.json) {
     printJson(io, { target: 'dynamo', ...result });
     return;

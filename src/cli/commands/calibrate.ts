@@ -5,12 +5,16 @@ import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
 import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
+import { UsageError } from '../../errors.js';
+import type { ProgressFn } from '../../progress.js';
 import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
 const Options = z.object({
+  // program.ts hands --target dynamo to calibrate-dynamo.ts; this command is the kvtc target.
+  target: z.enum(['kvtc']).optional(),
   model: z.string(),
   onnx: z.string().min(1).optional(),
   data: z.array(z.string()).optional(),
@@ -39,41 +43,54 @@ function withCi(x: number, ci?: [number, number]): string {
   return ci ? `${x.toFixed(4)} [${ci[0].toFixed(4)}, ${ci[1].toFixed(4)}]` : x.toFixed(4);
 }
 
-export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
-  // --target dynamo fits the variant NVIDIA Dynamo's KVTC kernels run (calibrate-dynamo.ts).
-  if (await (await import('./calibrate-dynamo.js')).dispatchCalibrateTarget(raw, io)) return;
-  const opts = parseOptions(Options, raw);
-  const ratios = [...new Set(opts.ratio ?? [20])];
-  const progress = createProgress(io, { quiet: opts.quiet });
-  // First Ctrl-C: stop at the next checkpoint, writing nothing (profile writes are atomic either
-  // way); a second one quits at once.
+/** Options only --target dynamo takes (their commander keys; calibrate-dynamo.ts). */
+const DYNAMO_ONLY = ['blockTokens', 'fp8Cast'] as const;
+
+const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/**
+ * Runs a calibration of either target with the CLI's progress on stderr and its Ctrl-C handling:
+ * the first Ctrl-C stops at the next checkpoint, writing nothing (profile writes are atomic
+ * either way); a second one quits at once.
+ */
+export async function withProgressAndInterrupt<T>(io: CliIO, quiet: boolean, run: (onProgress: ProgressFn, signal: AbortSignal) => Promise<T>): Promise<T> {
+  const progress = createProgress(io, { quiet });
   const interrupt = onInterrupt(io, 'interrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
-  let result: CalibrateResult;
   try {
-    result = await calibrate({
-      modelDir: modelDirFromOption(opts.model, opts.onnx),
-      data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
-      ratios,
-      ratiosGiven: opts.ratio !== undefined,
-      tokens: opts.tokens,
-      heldout: opts.heldout,
-      report: opts.reportTokens,
-      sink: opts.sink,
-      window: opts.window,
-      grouping: opts.grouping,
-      chunk: opts.chunk,
-      seed: opts.seed,
-      device: opts.device,
-      out: opts.out,
-      force: opts.force,
-      strictData: opts.strictData,
-      onProgress: progress.fn,
-      signal: interrupt.signal,
-    });
+    return await run(progress.fn, interrupt.signal);
   } finally {
     interrupt.dispose();
     progress.stop();
   }
+}
+
+export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  for (const k of DYNAMO_ONLY) {
+    if (raw[k] !== undefined) throw new UsageError(`--${kebab(k)} applies only to --target dynamo`, `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`, { option: `--${kebab(k)}` });
+  }
+  const opts = parseOptions(Options, raw);
+  const ratios = [...new Set(opts.ratio ?? [20])];
+  const result: CalibrateResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
+    calibrate({
+        modelDir: modelDirFromOption(opts.model, opts.onnx),
+        data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
+        ratios,
+        ratiosGiven: opts.ratio !== undefined,
+        tokens: opts.tokens,
+        heldout: opts.heldout,
+        report: opts.reportTokens,
+        sink: opts.sink,
+        window: opts.window,
+        grouping: opts.grouping,
+        chunk: opts.chunk,
+        seed: opts.seed,
+        device: opts.device,
+        out: opts.out,
+        force: opts.force,
+        strictData: opts.strictData,
+        onProgress,
+        signal,
+    }));
   for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
   if (opts.json) {
     const first = result.profiles[0];
