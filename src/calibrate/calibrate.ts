@@ -24,7 +24,7 @@ import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
-import { KvtcError } from '../errors.js';
+import { KvtcError, calibrationInterrupted } from '../errors.js';
 import { loadModel, type LoadedModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
@@ -217,9 +217,7 @@ export function groupingCandidates(
 
 /** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
 export function checkAbort(signal?: AbortSignal): void {
-  if (signal?.aborted) {
-    throw new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
-  }
+  if (signal?.aborted) throw calibrationInterrupted();
 }
 
 /** Out-of-range ratios are usage errors before any work. */
