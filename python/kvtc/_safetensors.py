@@ -1,7 +1,7 @@
 """safetensors reading and writing (NumPy), strict about every size before it is used.
 
 The one safetensors parser of the Python runtime (kvfile.py and profile.py call ``parse``;
-profiles with ``strict``). Tested by python/tests/test_safetensors.py and test_profile.py.
+profiles with ``strict``). Tested by python/tests/test_safetensors.py, test_safetensors_strict.py and test_profile.py.
 
 Format: u64 little-endian header length N, N bytes of UTF-8 JSON
 ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}``, then the data
