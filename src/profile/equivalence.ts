@@ -5,7 +5,7 @@
  * products for p ≥ 128, the codec that measures the figures), whose CPU kernels give different
  * last bits on different CPUs (AVX2, AVX-512, Arm). The same job on another machine therefore
  * re-derives the same plans with floats that differ in their last digits and a new profile id;
- * writeProfile (io.ts) keeps the existing files when the two are equivalent here, so re-running
+ * writeProfile (write.ts) keeps the existing files when the two are equivalent here, so re-running
  * a committed calibration never rewrites it (docs/profile-format.md, "Reproducibility").
  *
  * Equivalent means: every manifest field is identical except profile_id, tensors (the hash) and
@@ -99,7 +99,7 @@ function tensorDiff(a: Float32Array, b: Float32Array, scale: number): number {
 
 /**
  * Compares two profiles of the same job (see the file comment). `existing` is the profile on disk,
- * `fresh` the one just calibrated; the manifests are the serialized ones (io.ts serializeProfile).
+ * `fresh` the one just calibrated; the manifests are the serialized ones (write.ts serializeProfile).
  */
 export function compareProfiles(existing: ComparedProfile, fresh: ComparedProfile, tol = PROFILE_TOLERANCE): Comparison {
   const worst = { figure: 0 };

@@ -1,6 +1,6 @@
 // Tested by test/profile/invalid-profiles.test.ts.
 /**
- * Profile checks behind `kvtc validate`: every integrity check readProfile runs (io.ts
+ * Profile checks behind `kvtc validate`: every integrity check readProfile runs (read.ts
  * checkProfile, here collecting every failure instead of stopping at the first, with the exact
  * orthonormality check), and with a model directory, the profile compared with the model:
  * fingerprint, shape, KV dtype and each RoPE field. Each returns pass/fail with a reason.

@@ -15,7 +15,7 @@ import { randomOrthogonal } from '../codec/rng.js';
 import { committed, tempDir } from './helpers.js';
 
 const TOL = PROFILE_LIMITS.orthoTolerance;
-/** The first three draws (×2³²) of the generator io.ts kept privately before the split, seeded 0x9e3779b9: integer arithmetic, the same on every CPU. */
+/** The first three draws (×2³²) of the generator src/profile/io.ts kept privately before it was split, seeded 0x9e3779b9: integer arithmetic, the same on every CPU. */
 const PINNED_DRAWS = [1541420728, 454851044, 2900350524];
 
 function orthogonal(n: number, seed: number): Float32Array {
