@@ -9,38 +9,23 @@ import { calibrateDynamo, DEFAULT_BLOCK_TOKENS, type CalibrateDynamoResult } fro
 import { FP8_PATHS } from '../../dynamo/kernels.js';
 import { LIMITS } from '../../dynamo/schema.js';
 import { UsageError } from '../../errors.js';
-import { modelDirFromOption } from '../../model/load.js';
-import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
 import { parseOptions } from '../../validation.js';
-import { fmtSeconds, table } from '../format.js';
+import { table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
-import { decimal, deviceSchema, wholeNumber } from '../options.js';
-import { withProgressAndInterrupt } from './calibrate.js';
+import { decimal, wholeNumber } from '../options.js';
+import { printStageTimes, SharedOptions, sharedOptions, warnSkipped, withProgressAndInterrupt } from './calibrate.js';
 
 /** kvtc-only options and their defaults: any other value is refused with --target dynamo. */
 const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'auto', reportTokens: '8192' };
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
-const Options = z.object({
+const Options = SharedOptions.extend({
   target: z.literal('dynamo'),
-  model: z.string(),
-  onnx: z.string().min(1).optional(),
-  data: z.array(z.string()).optional(),
   ratio: z.array(decimal(MIN_RATIO, MAX_RATIO)).min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 8 or --ratio 4,8,16`).optional(),
-  tokens: wholeNumber(256),
-  heldout: wholeNumber(128),
   blockTokens: wholeNumber(1, LIMITS.blockTokens).default(DEFAULT_BLOCK_TOKENS),
   fp8Cast: z.enum(FP8_PATHS as unknown as ['sm89', 'sm80'], { message: `must be one of: ${FP8_PATHS.join(', ')}` }).default('sm89'),
-  chunk: wholeNumber(1),
-  seed: wholeNumber(0),
-  device: deviceSchema,
-  out: z.string().optional(),
-  force: z.boolean().default(false),
-  strictData: z.boolean().default(false),
-  json: z.boolean().default(false),
-  quiet: z.boolean().default(false),
 });
 
 export default async function calibrateDynamoCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
@@ -51,27 +36,9 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
     }
   }
   const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
-  const ratios = [...new Set(opts.ratio ?? [20])];
   const result: CalibrateDynamoResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
-    calibrateDynamo({
-      modelDir: modelDirFromOption(opts.model, opts.onnx),
-      data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
-      ratios,
-      ratiosGiven: opts.ratio !== undefined,
-      tokens: opts.tokens,
-      heldout: opts.heldout,
-      blockTokens: opts.blockTokens,
-      fp8Path: opts.fp8Cast,
-      chunk: opts.chunk,
-      seed: opts.seed,
-      device: opts.device,
-      out: opts.out,
-      force: opts.force,
-      strictData: opts.strictData,
-      onProgress,
-      signal,
-    }));
-  for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
+    calibrateDynamo({ ...sharedOptions(opts), blockTokens: opts.blockTokens, fp8Path: opts.fp8Cast, onProgress, signal }));
+  warnSkipped(io, result.skipped_data);
   if (opts.json) {
     printJson(io, { target: 'dynamo', ...result });
     return;
@@ -89,9 +56,7 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
   io.out('');
   io.out('Measured through an emulation of the kernels on held-out text: "blocks" counts codes and per-row IntX min/max, "calls" adds the 40-byte range');
   io.out('headers of one kvtc_compress call per layer and K/V per sequence. rel err = ‖x̂−x‖/‖x‖ over the blocks, mean over layers; keys keep RoPE.');
-  const s = result.seconds;
-  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
-  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  printStageTimes(io, result.seconds);
   for (const p of result.profiles.filter((x) => x.unchanged)) io.out(`${p.profile} already held this exact profile: left as it was.`);
   for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration: replaced.`);
   io.out(`next: kvtc export --format dynamo ${result.profiles[0].profile} --out DIR`);

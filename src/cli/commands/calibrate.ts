@@ -7,27 +7,19 @@ import { fmtSeconds, table } from '../format.js';
 import type { CliIO } from '../io.js';
 import { UsageError } from '../../errors.js';
 import type { ProgressFn } from '../../progress.js';
+import type { SkippedFile } from '../../calibrate/sequences.js';
 import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
 
-const Options = z.object({
-  // program.ts hands --target dynamo to calibrate-dynamo.ts; this command is the kvtc target.
-  target: z.enum(['kvtc']).optional(),
+/** The options of both calibration targets (calibrate-dynamo.ts extends it too). */
+export const SharedOptions = z.object({
   model: z.string(),
   onnx: z.string().min(1).optional(),
   data: z.array(z.string()).optional(),
-  ratio: z
-    .array(decimal(MIN_RATIO, MAX_RATIO))
-    .min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 20 or --ratio 8,16,20`)
-    .optional(),
   tokens: wholeNumber(256),
   heldout: wholeNumber(128),
-  reportTokens: wholeNumber(128),
-  sink: wholeNumber(0),
-  window: wholeNumber(0),
-  grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], { message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1' }),
   chunk: wholeNumber(1),
   seed: wholeNumber(0),
   device: deviceSchema,
@@ -36,6 +28,19 @@ const Options = z.object({
   strictData: z.boolean().default(false),
   json: z.boolean().default(false),
   quiet: z.boolean().default(false),
+});
+
+const Options = SharedOptions.extend({
+  // program.ts hands --target dynamo to calibrate-dynamo.ts; this command is the kvtc target.
+  target: z.enum(['kvtc']).optional(),
+  ratio: z
+    .array(decimal(MIN_RATIO, MAX_RATIO))
+    .min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 20 or --ratio 8,16,20`)
+    .optional(),
+  reportTokens: wholeNumber(128),
+  sink: wholeNumber(0),
+  window: wholeNumber(0),
+  grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], { message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1' }),
 });
 
 /** 0.0773 [0.0765, 0.0781] */
@@ -64,34 +69,42 @@ export async function withProgressAndInterrupt<T>(io: CliIO, quiet: boolean, run
   }
 }
 
+/** The parsed options both targets take, as the core's options. */
+export function sharedOptions(opts: z.infer<typeof SharedOptions> & { ratio?: number[] }) {
+  return {
+    modelDir: modelDirFromOption(opts.model, opts.onnx),
+    data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
+    ratios: [...new Set(opts.ratio ?? [20])],
+    ratiosGiven: opts.ratio !== undefined,
+    tokens: opts.tokens,
+    heldout: opts.heldout,
+    chunk: opts.chunk,
+    seed: opts.seed,
+    device: opts.device,
+    out: opts.out,
+    force: opts.force,
+    strictData: opts.strictData,
+  };
+}
+
+export function warnSkipped(io: CliIO, skipped: readonly SkippedFile[]): void {
+  for (const s of skipped) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
+}
+
+/** The stage times line, in pipeline order. */
+export function printStageTimes(io: CliIO, s: Record<string, number>): void {
+  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
+  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+}
+
 export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   for (const k of DYNAMO_ONLY) {
     if (raw[k] !== undefined) throw new UsageError(`--${kebab(k)} applies only to --target dynamo`, `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`, { option: `--${kebab(k)}` });
   }
   const opts = parseOptions(Options, raw);
-  const ratios = [...new Set(opts.ratio ?? [20])];
   const result: CalibrateResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
-    calibrate({
-        modelDir: modelDirFromOption(opts.model, opts.onnx),
-        data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
-        ratios,
-        ratiosGiven: opts.ratio !== undefined,
-        tokens: opts.tokens,
-        heldout: opts.heldout,
-        report: opts.reportTokens,
-        sink: opts.sink,
-        window: opts.window,
-        grouping: opts.grouping,
-        chunk: opts.chunk,
-        seed: opts.seed,
-        device: opts.device,
-        out: opts.out,
-        force: opts.force,
-        strictData: opts.strictData,
-        onProgress,
-        signal,
-    }));
-  for (const s of result.skipped_data) io.err(`warning: skipped ${s.message} (--strict-data makes this an error)\n  fix: ${s.fix}`);
+    calibrate({ ...sharedOptions(opts), report: opts.reportTokens, sink: opts.sink, window: opts.window, grouping: opts.grouping, onProgress, signal }));
+  warnSkipped(io, result.skipped_data);
   if (opts.json) {
     const first = result.profiles[0];
     printJson(io, {
@@ -124,9 +137,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   io.out(`(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`);
   io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers,');
   io.out('[95% interval] from a bootstrap over the report sequences (it measures the sampling of the report text, not a shift to other kinds of text).');
-  const s = result.seconds;
-  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
-  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  printStageTimes(io, result.seconds);
   for (const p of result.profiles.filter((x) => x.unchanged)) {
     const e = p.equivalent;
     io.out(e
