@@ -41,8 +41,6 @@ export interface ErrorDetails {
   fix?: string;
   context?: Record<string, unknown>;
   cause?: unknown;
-  /** @deprecated Ignored, and removed once no caller passes it: the CLI's table (src/cli/exit-codes.ts) picks exit codes from `code`. */
-  exitCode?: number;
   /** A result that exists despite the failure (the --max-drop gate): --json prints it beside "error". */
   result?: Record<string, unknown>;
 }

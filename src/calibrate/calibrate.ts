@@ -24,6 +24,7 @@ import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
+import { CALIBRATE_DEFAULTS } from '../defaults.js';
 import { KvtcError, calibrationInterrupted } from '../errors.js';
 import { loadModel, type LoadedModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
@@ -76,12 +77,8 @@ export interface CalibrateOptions {
   strictData?: boolean;
 }
 
-/**
- * 8192 report tokens: with 4096 the reported 2x key error of stories260K moved by ±4% from seed
- * to seed; with 8192 it was within 2% of the error on corpus files calibration never read
- * (docs/codec.md, "Three splits").
- */
-export const DEFAULT_REPORT_TOKENS = 8192;
+/** Report tokens when none are asked for: src/defaults.ts says why 8192. */
+export const DEFAULT_REPORT_TOKENS = CALIBRATE_DEFAULTS.reportTokens;
 
 export interface RelError {
   key: number;
@@ -115,7 +112,6 @@ export interface RatioResult {
   /** The grouping the profile uses (chosen by measurement when --grouping auto). */
   grouping: string;
   /** Measured on the report split (text neither fitting nor tuning saw): compressed tokens only, and the whole blob. */
-  ratio: number;
   ratio_compressed: number;
   ratio_blob: number;
   context_tokens: number;
@@ -194,7 +190,6 @@ export function groupingCandidates(
       const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
       throw new KvtcError('USAGE', `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).map((g) => g.length * spec.kvHeads * spec.headDim))} features per basis), more than half of this machine's ${gib(totalmem())}`, {
         fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
-        exitCode: 2,
       });
     }
     return { fit: [grouping], skipped: [] };
@@ -224,7 +219,7 @@ export function checkAbort(signal?: AbortSignal): void {
 export function checkRatios(ratios: number[]): void {
   for (const r of ratios) {
     if (!(r >= MIN_RATIO && r <= MAX_RATIO)) {
-      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).`, exitCode: 2 });
+      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).` });
     }
   }
 }
@@ -322,7 +317,7 @@ export async function readSplit(
 ): Promise<{ data: CalibrationTokens; split: SequenceSplit; seqLen: number }> {
   const seqLen = Math.min(spec.maxPositions, 512);
   if (opts.sink + opts.window >= seqLen) {
-    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.`, exitCode: 2 });
+    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.` });
   }
   // Every basis needs at least 2p fit tokens for a full-rank covariance.
   const maxDim = Math.max(...candidates.flatMap((g) => layerGroups(spec.layers, g).map((l) => l.length * spec.kvHeads * spec.headDim)));
@@ -580,7 +575,6 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
         ...(manifest.difference ? { difference: manifest.difference } : {}),
         ratio_target: ratio,
         grouping: String(c.grouping),
-        ratio: m.ratioBlob,
         ratio_compressed: m.ratioCompressed,
         ratio_blob: m.ratioBlob,
         context_tokens: m.contextTokens,

@@ -17,7 +17,7 @@
  * recorded in the profile, which therefore come from text no fitting step saw.
  */
 import { basename } from 'node:path';
-import { KvtcError } from '../errors.js';
+import { calibrationInterrupted, KvtcError } from '../errors.js';
 import { listTextSources, NotUtf8Error, TextFileReader, type NotUtf8Kind } from '../io/text.js';
 import type { ModelTokenizer } from '../model/tokenizer.js';
 import { noProgress, type ProgressFn } from '../progress.js';
@@ -281,9 +281,7 @@ export interface ReadCalibrationOptions {
   chunkChars?: number;
 }
 
-function interrupted(): KvtcError {
-  return new KvtcError('INTERRUPTED', 'calibration interrupted; nothing was written', { fix: 'Re-run the command to calibrate.', exitCode: 130 });
-}
+const interrupted = calibrationInterrupted;
 
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 

@@ -46,7 +46,7 @@ const onnxOption = () =>
 
 /**
  * Options with a former name: `--heldout` is `--tuning-tokens` (users' scripts keep working).
- * The old one given beside a different new one is refused.
+ * Commands see the new name only; the old one given beside a different new one is refused.
  */
 export function resolveAliases(cmd: Command): Record<string, unknown> {
   const opts = { ...cmd.opts() };
@@ -56,8 +56,7 @@ export function resolveAliases(cmd: Command): Record<string, unknown> {
     }
     opts.tuningTokens = opts.heldout;
   }
-  // Until the calibrate commands read tuningTokens (issue 23), they read the resolved value here.
-  if (opts.tuningTokens !== undefined) opts.heldout = opts.tuningTokens;
+  delete opts.heldout;
   return opts;
 }
 

@@ -20,7 +20,8 @@ import { ropeSafeChunk } from '../rope/freqs.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
-import { KvtcError } from '../errors.js';
+import { CALIBRATE_DEFAULTS } from '../defaults.js';
+import { KvtcError, UsageError } from '../errors.js';
 import type { LoadedModel } from '../model/load.js';
 import { ModelRunner } from '../model/runner.js';
 import type { Device } from '../onnx/session.js';
@@ -34,7 +35,7 @@ import { isDynamoProfileDir, readDynamoManifest, writeDynamoProfile } from './pr
 import { DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, LIMITS, type DynamoManifestDraft } from './schema.js';
 
 /** tokens_per_block when none is given: vLLM's default block size, the first of kvbench.rs's 16/32/64. */
-export const DEFAULT_BLOCK_TOKENS = 16;
+export const DEFAULT_BLOCK_TOKENS = CALIBRATE_DEFAULTS.blockTokens;
 
 export interface CalibrateDynamoOptions {
   modelDir: string;
@@ -101,7 +102,7 @@ export interface CalibrateDynamoResult {
 }
 
 function usage(message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
-  return new KvtcError('USAGE', message, { fix, context, exitCode: 2 });
+  return new UsageError(message, fix, context);
 }
 
 /** The profile this target writes, for openModel's checks of --out. */
@@ -146,7 +147,7 @@ export function sequenceLength(maxPositions: number, blockTokens: number): numbe
 export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<CalibrateDynamoResult> {
   const progress = opts.onProgress ?? noProgress;
   const layout = opts.layout ?? 'NHD';
-  const fp8Path = opts.fp8Path ?? 'sm89';
+  const fp8Path = opts.fp8Path ?? CALIBRATE_DEFAULTS.fp8Cast;
   const intBits = opts.intBits ?? [...DEFAULT_INT_BITS];
   const B = opts.blockTokens;
   const timer = stageTimer();

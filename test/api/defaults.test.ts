@@ -47,7 +47,9 @@ describe('--tuning-tokens and its former name --heldout', () => {
     [['--heldout', '1024'], '1024'],
     [['--heldout', '512', '--tuning-tokens', '512'], '512'],
   ])('%j → tuning tokens %s', (args, want) => {
-    expect(parsed('calibrate', args).tuningTokens).toBe(want);
+    const o = parsed('calibrate', args);
+    expect(o.tuningTokens).toBe(want);
+    expect(o).not.toHaveProperty('heldout'); // commands see one name
   });
 
   it('the two names with different values are a usage error naming both', () => {

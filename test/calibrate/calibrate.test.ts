@@ -176,6 +176,11 @@ describe('kvtc calibrate CLI', () => {
     expect(j.profile).toBe(out);
     expect(j.ratio_target).toBe(20);
     expect(j.ratio).toBeGreaterThan(1);
+    // `ratio` is --json's older name for the whole-blob ratio, kept beside ratio_blob; tuning tokens are printed once, as tuning_tokens (SMALL passes them as --heldout, the former name).
+    expect(j.ratio).toBe(j.ratio_blob);
+    expect(j.profiles[0].ratio).toBe(j.profiles[0].ratio_blob);
+    expect(j.tuning_tokens).toBeGreaterThanOrEqual(1024);
+    expect(j).not.toHaveProperty('heldout_tokens');
     expect(j.rel_error.key).toBeGreaterThan(0);
     expect(j.rel_error.value).toBeGreaterThan(0);
     expect(j.tokens).toBeGreaterThanOrEqual(2048);

@@ -219,7 +219,7 @@ describe('reading calibration text', () => {
       });
       // A budget far above the file: without the signal this would tokenize all 4 MB.
       const p = readCalibrationTokens([file], tokenizer, { fitTokens: 10_000_000, heldoutTokens: 4096, signal: controller.signal });
-      await expect(p).rejects.toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
+      await expect(p).rejects.toMatchObject({ code: 'INTERRUPTED', message: 'calibration interrupted; nothing was written' });
       expect(controller.signal.aborted).toBe(true);
       // After the abort only the chunk in progress finishes (at most its 64-character tail context is encoded); no new chunk starts.
       const after = calls.filter((c) => c.afterAbort);

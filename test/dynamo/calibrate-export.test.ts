@@ -53,7 +53,7 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     exportDir = join(root, 'export');
     const io = memoryIO();
     await calibrateDynamoCommand({
-      target: 'dynamo', model: 'the bundled stories260K', ratio: ['8'], tokens: String(SETTINGS.tokens), heldout: String(SETTINGS.heldout),
+      target: 'dynamo', model: 'the bundled stories260K', ratio: ['8'], tokens: String(SETTINGS.tokens), tuningTokens: String(SETTINGS.heldout),
       blockTokens: String(B), chunk: '256', seed: '0', device: 'cpu', out: profileDir, json: true, quiet: true,
     }, io);
     const out = JSON.parse(io.stdout.join('\n'));

@@ -8,6 +8,7 @@ import { MAX_RATIO, MIN_RATIO } from '../../calibrate/calibrate.js';
 import { calibrateDynamo, DEFAULT_BLOCK_TOKENS, type CalibrateDynamoResult } from '../../dynamo/calibrate.js';
 import { FP8_PATHS } from '../../dynamo/kernels.js';
 import { LIMITS } from '../../dynamo/schema.js';
+import { CALIBRATE_DEFAULTS as CAL } from '../../defaults.js';
 import { UsageError } from '../../errors.js';
 import { parseOptions } from '../../validation.js';
 import { table } from '../format.js';
@@ -17,7 +18,7 @@ import { decimal, wholeNumber } from '../options.js';
 import { printStageTimes, SharedOptions, sharedOptions, warnSkipped, withProgressAndInterrupt } from './calibrate.js';
 
 /** kvtc-only options and their defaults: any other value is refused with --target dynamo. */
-const KVTC_ONLY: Record<string, string> = { sink: '4', window: '128', grouping: 'auto', reportTokens: '8192' };
+const KVTC_ONLY: Record<string, string> = { sink: String(CAL.sink), window: String(CAL.window), grouping: CAL.grouping, reportTokens: String(CAL.reportTokens) };
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
@@ -25,7 +26,7 @@ const Options = SharedOptions.extend({
   target: z.literal('dynamo'),
   ratio: z.array(decimal(MIN_RATIO, MAX_RATIO)).min(1, `needs at least one ratio between ${MIN_RATIO} and ${MAX_RATIO}, e.g. --ratio 8 or --ratio 4,8,16`).optional(),
   blockTokens: wholeNumber(1, LIMITS.blockTokens).default(DEFAULT_BLOCK_TOKENS),
-  fp8Cast: z.enum(FP8_PATHS as unknown as ['sm89', 'sm80'], { message: `must be one of: ${FP8_PATHS.join(', ')}` }).default('sm89'),
+  fp8Cast: z.enum(FP8_PATHS as unknown as ['sm89', 'sm80'], { message: `must be one of: ${FP8_PATHS.join(', ')}` }).default(CAL.fp8Cast),
 });
 
 export default async function calibrateDynamoCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
@@ -35,7 +36,7 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
       throw new UsageError(`${flag} ${JSON.stringify(raw[k])} does not apply to --target dynamo`, `The Dynamo kernels compress every full block of one layer (no sink or window tokens, one basis per layer and K/V, measured on held-out blocks): leave out ${flag}.`, { option: flag });
     }
   }
-  const opts = parseOptions(Options, { tokens: '16384', heldout: '4096', chunk: '256', seed: '0', device: 'cpu', ...raw });
+  const opts = parseOptions(Options, { tokens: String(CAL.tokens), tuningTokens: String(CAL.tuningTokens), chunk: String(CAL.chunk), seed: String(CAL.seed), device: 'cpu', ...raw });
   const result: CalibrateDynamoResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
     calibrateDynamo({ ...sharedOptions(opts), blockTokens: opts.blockTokens, fp8Path: opts.fp8Cast, onProgress, signal }));
   warnSkipped(io, result.skipped_data);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { calibrate, MAX_RATIO, MIN_RATIO, type CalibrateResult } from '../../calibrate/calibrate.js';
 import { modelDirFromOption } from '../../model/load.js';
+import { CALIBRATE_DEFAULTS } from '../../defaults.js';
 import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
 import { parseOptions } from '../../validation.js';
 import { fmtSeconds, table } from '../format.js';
@@ -19,7 +20,7 @@ export const SharedOptions = z.object({
   onnx: z.string().min(1).optional(),
   data: z.array(z.string()).optional(),
   tokens: wholeNumber(256),
-  heldout: wholeNumber(128),
+  tuningTokens: wholeNumber(128),
   chunk: wholeNumber(1),
   seed: wholeNumber(0),
   device: deviceSchema,
@@ -69,15 +70,18 @@ export async function withProgressAndInterrupt<T>(io: CliIO, quiet: boolean, run
   }
 }
 
+/** --json has always printed the whole-blob ratio as `ratio` too (scripts read it); the result carries it once, as ratio_blob. */
+const withRatioKey = <P extends { ratio_blob: number }>(p: P) => ({ ...p, ratio: p.ratio_blob });
+
 /** The parsed options both targets take, as the core's options. */
 export function sharedOptions(opts: z.infer<typeof SharedOptions> & { ratio?: number[] }) {
   return {
     modelDir: modelDirFromOption(opts.model, opts.onnx),
     data: opts.data?.length ? opts.data : [DEFAULT_CALIBRATION_DIR],
-    ratios: [...new Set(opts.ratio ?? [20])],
+    ratios: [...new Set(opts.ratio ?? [CALIBRATE_DEFAULTS.ratio])],
     ratiosGiven: opts.ratio !== undefined,
     tokens: opts.tokens,
-    heldout: opts.heldout,
+    heldout: opts.tuningTokens,
     chunk: opts.chunk,
     seed: opts.seed,
     device: opts.device,
@@ -108,9 +112,9 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   if (opts.json) {
     const first = result.profiles[0];
     printJson(io, {
-      ...first, rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model,
-      heldout_tokens: result.heldout_tokens, tuning_tokens: result.heldout_tokens, report_tokens: result.report_tokens,
-      groupings: result.groupings, groupings_skipped: result.groupings_skipped, profiles: result.profiles, skipped_data: result.skipped_data,
+      ...withRatioKey(first), rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model,
+      tuning_tokens: result.heldout_tokens, report_tokens: result.report_tokens,
+      groupings: result.groupings, groupings_skipped: result.groupings_skipped, profiles: result.profiles.map(withRatioKey), skipped_data: result.skipped_data,
     });
     return;
   }
