@@ -20,7 +20,6 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { codecFromProfile } from '../profile/codec.js';
 import { dynamoCodec } from '../dynamo/codec.js';
 import { readDynamoProfile, type DynamoProfile } from '../dynamo/profile.js';
-import { KvtcError } from '../errors.js';
 import { checkDynamoProfileForModel, checkProfileForModel, dynamoProfileModelDifferences } from '../profile/compat.js';
 import { readProfile, type Profile } from '../profile/read.js';
 import { fp16Bytes, prefixCache, rawFp16, relativeError } from './cache.js';

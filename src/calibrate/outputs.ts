@@ -5,7 +5,7 @@
  * always in the name (`<base>-r8`), so `--ratio 8` cannot land on the default 20x profile; only the
  * default ratio with no --ratio, or a single ratio with an explicit --out, is written to `<base>`.
  */
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 
 export const PROFILES_FOLDER = 'kvtc-profiles';
 

@@ -206,7 +206,7 @@ export function serializeSafetensors(tensors: Map<string, TensorEntry> | Record<
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
     offset += t.data.byteLength;
   }
-  let json = JSON.stringify(header);
+  const json = JSON.stringify(header);
   const enc = new TextEncoder();
   let hb = enc.encode(json);
   const pad = (8 - (hb.byteLength % 8)) % 8;

@@ -3,8 +3,6 @@ import { availableParallelism } from 'node:os';
 import { KvtcCodec, type CodecOptions } from '../codec/codec.js';
 import { fp16BytesPerToken, type EntropyCoder } from '../codec/blob.js';
 import { ropeFromManifest } from './rope.js';
-import type { Device } from '../onnx/session.js';
-import type { Manifest } from './schema.js';
 import type { Profile } from './read.js';
 
 export { ropeFromManifest } from './rope.js';

@@ -7,7 +7,7 @@
 import { KvtcError } from '../errors.js';
 import { ropeInvFreq } from '../rope/freqs.js';
 import { layerRopeJson } from '../rope/describe.js';
-import { type LayerRope, layerRanges, type ModelRope, ropeGroups, ropeKey, type RopeScaling, type RopeSpec, uniformModelRope, uniformRope } from '../rope/types.js';
+import { type LayerRope, layerRanges, type ModelRope, ropeGroups, ropeKey, type RopeScaling, type RopeSpec, uniformModelRope } from '../rope/types.js';
 import type { Manifest } from './schema.js';
 
 type ManifestRope = Manifest['model']['rope'];

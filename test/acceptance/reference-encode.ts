@@ -30,9 +30,15 @@ export function mlasGemmABt(A: Float32Array, B: Float32Array, M: number, N: numb
   let strideN = 128;
   let strideK = 128;
   if (N >= K) {
-    while (strideK / 2 >= K) (strideN *= 2), (strideK /= 2);
+    while (strideK / 2 >= K) {
+      strideN *= 2;
+      strideK /= 2;
+    }
   } else {
-    while (strideN > 16 && strideN / 2 >= N) (strideK *= 2), (strideN /= 2);
+    while (strideN > 16 && strideN / 2 >= N) {
+      strideK *= 2;
+      strideN /= 2;
+    }
   }
   const C = new Float32Array(M * N);
   for (let m = 0; m < M; m++) {

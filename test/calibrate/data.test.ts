@@ -105,7 +105,12 @@ describe('Ctrl-C while calibration text is tokenized', () => {
     const big = join(root, 'big.txt');
     const para = readdirSync(DEFAULT_CALIBRATION_DIR).filter((x) => x.startsWith('inaugural-')).map((n) => Buffer.from(`${readFileSync(join(DEFAULT_CALIBRATION_DIR, n), 'utf8')}\n\n`));
     const parts: Buffer[] = [];
-    for (let n = 0; n < 4_000_000; ) for (const p of para) (parts.push(p), (n += p.length));
+    for (let n = 0; n < 4_000_000; ) {
+      for (const p of para) {
+        parts.push(p);
+        n += p.length;
+      }
+    }
     writeFileSync(big, Buffer.concat(parts));
     // --tokens far above the file: unless interrupted, it would tokenize all 4 MB.
     const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/kvtc-entry.ts', 'calibrate', '--data', big, '--tokens', '5000000', '--out', join(root, 'p3'), '--json'], { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } });

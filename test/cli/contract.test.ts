@@ -12,7 +12,10 @@ const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'expor
 /** Every key of every object in `v`. */
 function keys(v: unknown, out: string[] = []): string[] {
   if (Array.isArray(v)) v.forEach((x) => keys(x, out));
-  else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) out.push(k), keys(x, out);
+  else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
+    out.push(k);
+    keys(x, out);
+  }
   return out;
 }
 

@@ -11,7 +11,7 @@ import { DEFAULT_MODEL_DIR } from '../../src/paths.js';
 import { readProfile } from '../../src/profile/read.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { kvtc } from '../model/helpers.js';
-import { buildTensorFile, committed, copyWith, editTensor, type Json, parseTensorFile, PROFILE, resign, TENSORS, tempDir, writeFiles } from './helpers.js';
+import { buildTensorFile, committed, editTensor, type Json, parseTensorFile, PROFILE, resign, TENSORS, tempDir, writeFiles } from './helpers.js';
 
 /** A profile from the committed one: `manifest` edits the manifest, `tensors` the tensor bytes; re-signed unless `sign` is false. */
 function make(opts: { manifest?: (m: Json) => void; tensors?: (t: Buffer) => Buffer; sign?: boolean; raw?: (text: string) => string }): string {

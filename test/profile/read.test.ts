@@ -8,7 +8,7 @@ import { writeProfile } from '../../src/profile/write.js';
 import { planBitsPerToken } from '../../src/codec/types.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { kvtc } from '../model/helpers.js';
-import { copyWith, editTensorDir, MANIFEST, PROFILE, TENSORS, tempDir } from './helpers.js';
+import { copyWith, editTensorDir, PROFILE, TENSORS, tempDir } from './helpers.js';
 
 /** Overwrites element 0 of tensor `name` with `value` and re-signs sha256, bytes and profile id, so only the content checks can catch it. */
 function corruptTensor(d: string, name: string, value: number): void {
