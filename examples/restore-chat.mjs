@@ -30,7 +30,11 @@ const { values: args } = parseArgs({
 const turns = Number(args.turns);
 const replyTokens = Number(args['reply-tokens']);
 const repeats = Number(args.repeats);
-for (const [k, v] of [['--turns', turns], ['--reply-tokens', replyTokens], ['--repeats', repeats]]) {
+for (const [k, v] of [
+  ['--turns', turns],
+  ['--reply-tokens', replyTokens],
+  ['--repeats', repeats],
+]) {
   if (!Number.isInteger(v) || v < 1) {
     console.error(`error: ${k} must be a whole number ≥ 1`);
     process.exit(2);
@@ -75,7 +79,9 @@ try {
   const tok = model.tokenizer;
   let conversation = []; // token ids of everything said so far (messages and replies)
   let blobPath;
-  console.log(`restore-chat on ${model.name} with profile ${profile.dir} (${profile.manifest.settings.ratio_target}x target), blobs in ${dir}`);
+  console.log(
+    `restore-chat on ${model.name} with profile ${profile.dir} (${profile.manifest.settings.ratio_target}x target), blobs in ${dir}`,
+  );
   for (let t = 0; t < Math.min(turns, MESSAGES.length); t++) {
     const message = tok.encode(MESSAGES[t], { addBos: t === 0 });
     const prompt = [...conversation, ...message];
@@ -111,7 +117,10 @@ try {
       }
       const reply = await greedy(runner, restored.lastLogits, restored.cache, replyTokens);
       const at = reply.ids.findIndex((id, i) => id !== refReply.ids[i]);
-      const match = at < 0 ? `reply matches the uncompressed run (${reply.ids.length} tokens)` : `reply diverges from the uncompressed run at token ${at + 1} of ${reply.ids.length}`;
+      const match =
+        at < 0
+          ? `reply matches the uncompressed run (${reply.ids.length} tokens)`
+          : `reply diverges from the uncompressed run at token ${at + 1} of ${reply.ids.length}`;
       line += `, restore TTFT ${ms(median(restore))} (${(median(recompute) / median(restore)).toFixed(2)}x; blob ${kb(blobBytes)} on disk); ${match}`;
     }
     console.log(line);
@@ -122,7 +131,9 @@ try {
     const { blob, stats } = await codec.encode(full.cache);
     blobPath = join(dir, `turn-${t + 1}.kvtc`);
     writeFileSync(blobPath, blob);
-    console.log(`  saved ${full.cache.tokens} tokens of cache: ${kb(blob.byteLength)} on disk vs ${kb(stats.fp16Bytes)} as fp16 (${stats.ratioBlob.toFixed(2)}x whole blob, ${stats.compressedTokens} tokens compressed)`);
+    console.log(
+      `  saved ${full.cache.tokens} tokens of cache: ${kb(blob.byteLength)} on disk vs ${kb(stats.fp16Bytes)} as fp16 (${stats.ratioBlob.toFixed(2)}x whole blob, ${stats.compressedTokens} tokens compressed)`,
+    );
   }
 } finally {
   await codec?.release();

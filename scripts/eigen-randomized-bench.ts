@@ -67,7 +67,9 @@ async function heldoutSamples(p: number, seed: number, H: number, threads: numbe
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 console.log(`threads ${threads}, medians of ${reps}`);
-console.log('| p | dense | k = 0.4p randomized | speed-up | k = 0.1p randomized | speed-up | accuracy (0.4p; 0.1p): max rel Ritz error, captured variance, worst top-k/2 residual |');
+console.log(
+  '| p | dense | k = 0.4p randomized | speed-up | k = 0.1p randomized | speed-up | accuracy (0.4p; 0.1p): max rel Ritz error, captured variance, worst top-k/2 residual |',
+);
 console.log('|---|---|---|---|---|---|---|');
 for (const p of sizes) {
   const A = await keyLikeCovariance(p, p, threads);
@@ -110,7 +112,9 @@ for (const p of sizes) {
   });
   const ms = times.map(median);
   const f = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(0)} ms`);
-  console.log(`| ${p} | ${f(ms[0])} | ${f(ms[1])} | ${(ms[0] / ms[1]).toFixed(1)}x | ${f(ms[2])} | ${(ms[0] / ms[2]).toFixed(1)}x | ${acc.join('; ')} |`);
+  console.log(
+    `| ${p} | ${f(ms[0])} | ${f(ms[1])} | ${(ms[0] / ms[1]).toFixed(1)}x | ${f(ms[2])} | ${(ms[0] / ms[2]).toFixed(1)}x | ${acc.join('; ')} |`,
+  );
 }
 
 console.log(`\nper-basis fit (fitBasisTables: eigen + projection + error tables), ${H} held-out tokens, medians of ${reps}`);
@@ -131,7 +135,8 @@ for (const p of sizes) {
     return `${(allocateDetailed(tables[i + 1], budget).allocation.error / d - 1).toExponential(1)}`;
   });
   for (let r = 0; r < reps; r++) {
-    for (const [i, maxRank] of ranks.entries()) runs[i].push((await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads })).seconds);
+    for (const [i, maxRank] of ranks.entries())
+      runs[i].push((await fitBasisTables({ ...job, maxRank }, { eigenThreads: threads })).seconds);
   }
   const cell = (xs: { eigen: number; tables: number }[]) => {
     const e = median(xs.map((x) => x.eigen));

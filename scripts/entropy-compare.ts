@@ -20,7 +20,13 @@ for (let k = 0; k < 4; k++) {
   const { cache } = await runner.capture(text.slice(k * 6000, k * 6000 + 20000), { maxTokens: 512 });
   const { sink, window } = profile.manifest.settings;
   for (const plan of profile.plans) {
-    const X = gatherFeatures(cache, { kind: plan.kind, layers: plan.layers }, ropeFromManifest(profile.manifest), sink, cache.tokens - window);
+    const X = gatherFeatures(
+      cache,
+      { kind: plan.kind, layers: plan.layers },
+      ropeFromManifest(profile.manifest),
+      sink,
+      cache.tokens - window,
+    );
     const n = cache.tokens - sink - window;
     payloads.push(encodePlanPayload(toStoredComponentMajor(projectCoefficients(X, plan.mean, plan.basis, plan.rank), n, plan), n, plan));
   }

@@ -11,7 +11,9 @@ import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';
 import { DEFAULT_MODEL_DIR } from '../src/paths.js';
 
-const { values } = parseArgs({ options: { out: { type: 'string', default: 'data/stories260k-generated/stories.txt' }, chars: { type: 'string', default: '40000' } } });
+const { values } = parseArgs({
+  options: { out: { type: 'string', default: 'data/stories260k-generated/stories.txt' }, chars: { type: 'string', default: '40000' } },
+});
 const model = await loadModel(DEFAULT_MODEL_DIR);
 try {
   const runner = new ModelRunner(model);

@@ -37,9 +37,14 @@ const WINDOW = 128;
 /** Part A (≤ 1945) and part B (≥ 1949) of the bundled inaugural addresses. */
 export function corpusParts(dir = DEFAULT_CALIBRATION_DIR): { a: string[]; b: string[] } {
   // Dates are in the file names (inaugural-YYYY-Name.txt).
-  const files = readdirSync(dir).filter((f) => /^inaugural-\d{4}-.*\.txt$/.test(f)).sort();
+  const files = readdirSync(dir)
+    .filter((f) => /^inaugural-\d{4}-.*\.txt$/.test(f))
+    .sort();
   const year = (f: string) => Number(f.slice(10, 14));
-  return { a: files.filter((f) => year(f) <= 1945).map((f) => join(dir, f)), b: files.filter((f) => year(f) >= 1949).map((f) => join(dir, f)) };
+  return {
+    a: files.filter((f) => year(f) <= 1945).map((f) => join(dir, f)),
+    b: files.filter((f) => year(f) >= 1949).map((f) => join(dir, f)),
+  };
 }
 
 /** Per-layer ‖x̂−x‖² and ‖x‖² over tokens [t0, t1) of every layer, keys (0) and values (1), added into sums. */
@@ -87,7 +92,11 @@ async function measure(codec: KvtcCodec, caches: KvCache[]): Promise<Figures> {
 }
 
 /** PCA of one plan's features on the part-A caches, with ml-matrix (descending eigenvalues). */
-function pca(caches: KvCache[], spec: ModelSpec, plan: Pick<BasisPlan, 'kind' | 'layers' | 'dim'>): { mean: Float64Array; vectors: Matrix; coeffs: Float64Array[] } {
+function pca(
+  caches: KvCache[],
+  spec: ModelSpec,
+  plan: Pick<BasisPlan, 'kind' | 'layers' | 'dim'>,
+): { mean: Float64Array; vectors: Matrix; coeffs: Float64Array[] } {
   const p = plan.dim;
   const feats = caches.map((c) => gatherFeatures(c, { kind: plan.kind, layers: plan.layers }, spec.rope, SINK, c.tokens));
   const n = feats.reduce((a, f) => a + f.length / p, 0);
@@ -107,7 +116,10 @@ function pca(caches: KvCache[], spec: ModelSpec, plan: Pick<BasisPlan, 'kind' | 
   }
   const cov = new Matrix(Array.from({ length: p }, (_, i) => Array.from(acc.subarray(i * p, i * p + p))));
   const evd = new EigenvalueDecomposition(cov, { assumeSymmetric: true });
-  const order = evd.realEigenvalues.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).map((x) => x[1]);
+  const order = evd.realEigenvalues
+    .map((v, i) => [v, i])
+    .sort((a, b) => b[0] - a[0])
+    .map((x) => x[1]);
   const V = evd.eigenvectorMatrix;
   const vectors = Matrix.zeros(p, p);
   for (let j = 0; j < p; j++) for (let i = 0; i < p; i++) vectors.set(i, j, V.get(i, order[j]));
@@ -131,7 +143,13 @@ function pca(caches: KvCache[], spec: ModelSpec, plan: Pick<BasisPlan, 'kind' | 
 }
 
 /** "The first r components in one type": static (min/max of part A) or one dynamic group. */
-function singleTypePlan(basis: ReturnType<typeof pca>, like: BasisPlan, type: Exclude<QuantType, 'none'>, mode: 'static' | 'dynamic', bits: number): BasisPlan | null {
+function singleTypePlan(
+  basis: ReturnType<typeof pca>,
+  like: BasisPlan,
+  type: Exclude<QuantType, 'none'>,
+  mode: 'static' | 'dynamic',
+  bits: number,
+): BasisPlan | null {
   const p = like.dim;
   const r = Math.min(p, Math.floor((bits - (mode === 'dynamic' ? DYNAMIC_OVERHEAD_BITS : 0)) / TYPE_BITS[type]));
   if (r < 1) return null;
@@ -153,7 +171,18 @@ function singleTypePlan(basis: ReturnType<typeof pca>, like: BasisPlan, type: Ex
     hi[j] = mx;
     variances[j] = v / basis.coeffs[j].length;
   }
-  return { kind: like.kind, layers: like.layers, dim: p, rank: r, mean: Float32Array.from(basis.mean), basis: B, variances, groups: [{ start: 0, end: r, type, mode }], lo, hi };
+  return {
+    kind: like.kind,
+    layers: like.layers,
+    dim: p,
+    rank: r,
+    mean: Float32Array.from(basis.mean),
+    basis: B,
+    variances,
+    groups: [{ start: 0, end: r, type, mode }],
+    lo,
+    hi,
+  };
 }
 
 export interface CheckRow {
@@ -176,19 +205,45 @@ export interface CheckRow {
   single_type: { type: string; mode: string; key: number; value: number; ratio: number }[];
 }
 
-export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; out: string; checkTokens?: number; tokens?: number; later?: boolean }): Promise<{ calibration: CalibrateResult; rows: CheckRow[] }> {
+export async function heldoutCheck(o: {
+  ratios?: number[];
+  grouping?: Grouping;
+  out: string;
+  checkTokens?: number;
+  tokens?: number;
+  later?: boolean;
+}): Promise<{ calibration: CalibrateResult; rows: CheckRow[] }> {
   const ratios = o.ratios ?? [2, 8, 20];
   const parts = corpusParts();
   const calibration = await calibrate({
-    modelDir: DEFAULT_MODEL_DIR, data: parts.a, ratios, ratiosGiven: true, tokens: o.tokens ?? 16384, heldout: 4096,
-    sink: SINK, window: WINDOW, grouping: o.grouping ?? 'auto', chunk: 256, seed: 0, device: 'cpu', out: o.out, force: true,
+    modelDir: DEFAULT_MODEL_DIR,
+    data: parts.a,
+    ratios,
+    ratiosGiven: true,
+    tokens: o.tokens ?? 16384,
+    heldout: 4096,
+    sink: SINK,
+    window: WINDOW,
+    grouping: o.grouping ?? 'auto',
+    chunk: 256,
+    seed: 0,
+    device: 'cpu',
+    out: o.out,
+    force: true,
   });
   const model = await loadModel(DEFAULT_MODEL_DIR);
   const spec = model.spec;
   const runner = new ModelRunner(model);
   const prefill = async (files: string[], tokens: number, seed: number) => {
     const d = await readCalibrationTokens(files, model.tokenizer, { fitTokens: tokens, heldoutTokens: 512 });
-    const s = splitSequences(d.tokens, model.tokenizer.bosTokenId, { seqLen: 512, fitTokens: tokens, heldoutTokens: 512, seed, minFitTokens: 256, sources: 'x' });
+    const s = splitSequences(d.tokens, model.tokenizer.bosTokenId, {
+      seqLen: 512,
+      fitTokens: tokens,
+      heldoutTokens: 512,
+      seed,
+      minFitTokens: 256,
+      sources: 'x',
+    });
     const out: KvCache[] = [];
     for (const ids of [...s.heldout, ...s.fit]) out.push((await runner.prefill(ids, { chunk: 256 })).cache);
     return out;
@@ -200,7 +255,11 @@ export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; 
     const unseen = await prefill(unread, (o.checkTokens ?? 24576) - 512, 1);
     const later = o.later === false ? [] : await prefill(parts.b, (o.checkTokens ?? 24576) - 512, 1);
     // The single-type bases: a PCA of the part of part A calibration read, fitted here.
-    const partA = await prefill(parts.a.filter((f) => read.has(basename(f))), 16384 - 512, 2);
+    const partA = await prefill(
+      parts.a.filter((f) => read.has(basename(f))),
+      16384 - 512,
+      2,
+    );
     // Single types are compared on the first 16 unseen sequences (8192 tokens) to keep this quick.
     const unseenSingle = unseen.slice(0, 16);
     rows = [];
@@ -223,13 +282,35 @@ export async function heldoutCheck(o: { ratios?: number[]; grouping?: Grouping; 
           for (const plan of profile.plans) {
             const key = `${plan.kind}:${plan.layers.join(',')}`;
             if (!bases.has(key)) bases.set(key, pca(partA, spec, plan));
-            const bits = plan.groups.reduce((a, g) => a + (g.type === 'none' ? 0 : (g.end - g.start) * TYPE_BITS[g.type] + (g.mode === 'dynamic' ? DYNAMIC_OVERHEAD_BITS : 0)), 0);
+            const bits = plan.groups.reduce(
+              (a, g) =>
+                a + (g.type === 'none' ? 0 : (g.end - g.start) * TYPE_BITS[g.type] + (g.mode === 'dynamic' ? DYNAMIC_OVERHEAD_BITS : 0)),
+              0,
+            );
             const s = singleTypePlan(bases.get(key)!, plan, type, mode, bits);
             if (s) plans.push(s);
-            else plans.push({ ...plan, rank: 0, basis: new Float32Array(0), variances: new Float32Array(0), lo: new Float32Array(0), hi: new Float32Array(0), groups: [] });
+            else
+              plans.push({
+                ...plan,
+                rank: 0,
+                basis: new Float32Array(0),
+                variances: new Float32Array(0),
+                lo: new Float32Array(0),
+                hi: new Float32Array(0),
+                groups: [],
+              });
           }
           const c = await KvtcCodec.create(
-            { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, rope: spec.rope, profileId: '0000000000000000', sink: SINK, window: WINDOW, entropy: profile.manifest.settings.entropy },
+            {
+              layers: spec.layers,
+              kvHeads: spec.kvHeads,
+              headDim: spec.headDim,
+              rope: spec.rope,
+              profileId: '0000000000000000',
+              sink: SINK,
+              window: WINDOW,
+              entropy: profile.manifest.settings.entropy,
+            },
             plans,
           );
           try {
@@ -271,16 +352,25 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const { tmpdir } = await import('node:os');
   const dir = mkdtempSync(join(tmpdir(), 'kvtc-heldout-check-'));
   try {
-    const { rows } = await heldoutCheck({ ratios, checkTokens: Number(arg('--check-tokens') ?? 24576), grouping: /^\d+$/.test(grouping as string) ? Number(grouping) : grouping, out: join(dir, 'p') });
+    const { rows } = await heldoutCheck({
+      ratios,
+      checkTokens: Number(arg('--check-tokens') ?? 24576),
+      grouping: /^\d+$/.test(grouping as string) ? Number(grouping) : grouping,
+      out: join(dir, 'p'),
+    });
     if (process.argv.includes('--json')) console.log(JSON.stringify(rows, null, 2));
     else {
       const f = (x: Figures) => `${x.key.toFixed(5)} / ${x.value.toFixed(5)} (${x.ratio.toFixed(2)}x)`;
       const pct = (a: number, b: number) => `${(100 * a).toFixed(1)}% / ${(100 * b).toFixed(1)}%`;
-      console.log('| target | grouping | reported K / V (ratio) | unseen part-A files K / V (ratio) | reported vs unseen | addresses 1949– K / V | reported vs 1949– | best single type on unseen: V (K, ratio) |');
+      console.log(
+        '| target | grouping | reported K / V (ratio) | unseen part-A files K / V (ratio) | reported vs unseen | addresses 1949– K / V | reported vs 1949– | best single type on unseen: V (K, ratio) |',
+      );
       console.log('|---|---|---|---|---|---|---|---|');
       for (const r of rows) {
         const b = r.single_type[0];
-        console.log(`| ${r.ratio_target}x | ${r.grouping} | ${f(r.reported)} | ${f(r.unseen)} | ${pct(r.key_bias, r.value_bias)} | ${f(r.later)} | ${pct(r.later_key_bias, r.later_value_bias)} | ${b.type} ${b.mode}: ${b.value.toFixed(4)} (${b.key.toFixed(4)}, ${b.ratio.toFixed(2)}x) |`);
+        console.log(
+          `| ${r.ratio_target}x | ${r.grouping} | ${f(r.reported)} | ${f(r.unseen)} | ${pct(r.key_bias, r.value_bias)} | ${f(r.later)} | ${pct(r.later_key_bias, r.later_value_bias)} | ${b.type} ${b.mode}: ${b.value.toFixed(4)} (${b.key.toFixed(4)}, ${b.ratio.toFixed(2)}x) |`,
+        );
       }
     }
   } finally {

@@ -35,12 +35,24 @@ for (const [name, src] of Object.entries(PROFILES)) {
   mkdirSync(join(OUT, name), { recursive: true });
   for (const f of FILES) copyFileSync(join(src, f), join(OUT, name, f));
 }
-kvtc('capture', '--text', join(ROOT, 'calibration-data', 'inaugural-1789-Washington.txt'), '--max-tokens', '256', '--out', 'cache-f32.safetensors', '--quiet');
+kvtc(
+  'capture',
+  '--text',
+  join(ROOT, 'calibration-data', 'inaugural-1789-Washington.txt'),
+  '--max-tokens',
+  '256',
+  '--out',
+  'cache-f32.safetensors',
+  '--quiet',
+);
 
 // The bundled model's KV is float32; a float16 cache of the same values (rounded to nearest even,
 // as a float16 model would store them) covers the blob's float16 flag and fp16 decode.
 const { cache, metadata } = parseKvCache(readFileSync(join(OUT, 'cache-f32.safetensors')), 'cache-f32.safetensors');
-writeFileSync(join(OUT, 'cache-f16.safetensors'), serializeKvCache({ ...cache, dtype: 'float16' }, { model: metadata.model, fingerprint: metadata.fingerprint }));
+writeFileSync(
+  join(OUT, 'cache-f16.safetensors'),
+  serializeKvCache({ ...cache, dtype: 'float16' }, { model: metadata.model, fingerprint: metadata.fingerprint }),
+);
 
 for (const [blob, profile, kv] of CASES) {
   kvtc('encode', '--profile', profile, '--kv', kv, '--out', `${blob}.kvtc`);

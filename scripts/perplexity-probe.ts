@@ -19,7 +19,10 @@ const SINK = 4;
 const WINDOW = 128;
 const model = await loadModel(DEFAULT_MODEL_DIR);
 const runner = new ModelRunner(model);
-const texts = { 'WikiText-2 test': readFileSync(WIKITEXT_TEST, 'utf8'), "the model's own stories": readFileSync(`${PACKAGE_ROOT}/data/stories260k-generated/stories.txt`, 'utf8') };
+const texts = {
+  'WikiText-2 test': readFileSync(WIKITEXT_TEST, 'utf8'),
+  "the model's own stories": readFileSync(`${PACKAGE_ROOT}/data/stories260k-generated/stories.txt`, 'utf8'),
+};
 
 /** A copy of `cache` with f applied to every middle (compressible) value entry. */
 function middleValues(cache: KvCache, f: (x: number) => number): KvCache {
@@ -27,7 +30,8 @@ function middleValues(cache: KvCache, f: (x: number) => number): KvCache {
   const D = cache.headDim;
   const values = cache.values.map((a) => {
     const b = a.slice();
-    for (let h = 0; h < cache.kvHeads; h++) for (let t = SINK; t < T - WINDOW; t++) for (let i = 0; i < D; i++) b[(h * T + t) * D + i] = f(b[(h * T + t) * D + i]);
+    for (let h = 0; h < cache.kvHeads; h++)
+      for (let t = SINK; t < T - WINDOW; t++) for (let i = 0; i < D; i++) b[(h * T + t) * D + i] = f(b[(h * T + t) * D + i]);
     return b;
   });
   return { ...cache, values };
@@ -61,7 +65,11 @@ try {
       for (const [k, c] of Object.entries(variants)) sums[k] = (sums[k] ?? 0) + (await nll(c));
       scored += targets.length;
     }
-    console.log(`${name}: ${Object.entries(sums).map(([k, s]) => `${k} ppl ${Math.exp(s / scored).toFixed(2)}`).join(' · ')} (${scored} tokens scored)`);
+    console.log(
+      `${name}: ${Object.entries(sums)
+        .map(([k, s]) => `${k} ppl ${Math.exp(s / scored).toFixed(2)}`)
+        .join(' · ')} (${scored} tokens scored)`,
+    );
   }
 } finally {
   await model.session.release();

@@ -38,11 +38,12 @@ async function time(fn: () => unknown | Promise<unknown>): Promise<string> {
 function randomSymmetric(p: number): Float64Array {
   const B = Float64Array.from({ length: p * p }, normal);
   const A = new Float64Array(p * p);
-  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) {
-    let s = 0;
-    for (let q = 0; q < p; q++) s += B[i * p + q] * B[j * p + q];
-    A[i * p + j] = s;
-  }
+  for (let i = 0; i < p; i++)
+    for (let j = 0; j < p; j++) {
+      let s = 0;
+      for (let q = 0; q < p; q++) s += B[i * p + q] * B[j * p + q];
+      A[i * p + j] = s;
+    }
   return A;
 }
 
@@ -52,9 +53,15 @@ function bigTables(): ErrorTables {
   const g = 16;
   const M = 16;
   const t: ErrorTables = {
-    dim: p, tokens: 1, granule: g, maxGranules: M,
-    none: new Float64Array(p), staticErr: new Float64Array(4 * p),
-    staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p), staticTuned: new Uint8Array(4 * p),
+    dim: p,
+    tokens: 1,
+    granule: g,
+    maxGranules: M,
+    none: new Float64Array(p),
+    staticErr: new Float64Array(4 * p),
+    staticLo: new Float32Array(4 * p),
+    staticHi: new Float32Array(4 * p),
+    staticTuned: new Uint8Array(4 * p),
     dynamicErr: new Float64Array(64 * M * 4),
   };
   const factor = [0.3, 0.05, 0.002, 0.004];
@@ -62,11 +69,13 @@ function bigTables(): ErrorTables {
     t.none[j] = (10 + 10 * rand()) / (1 + j / 16);
     for (let ti = 0; ti < 4; ti++) t.staticErr[ti * p + j] = t.none[j] * factor[ti] * (0.5 + rand());
   }
-  for (let k = 0; k < 64; k++) for (let m = 1; m <= M; m++) for (let ti = 0; ti < 4; ti++) {
-    let s = 0;
-    for (let j = k * g; j < Math.min(p, (k + m) * g); j++) s += t.staticErr[ti * p + j];
-    t.dynamicErr[dynamicIndex(t, k, m, ti)] = k + m > 64 ? Infinity : s * 0.7;
-  }
+  for (let k = 0; k < 64; k++)
+    for (let m = 1; m <= M; m++)
+      for (let ti = 0; ti < 4; ti++) {
+        let s = 0;
+        for (let j = k * g; j < Math.min(p, (k + m) * g); j++) s += t.staticErr[ti * p + j];
+        t.dynamicErr[dynamicIndex(t, k, m, ti)] = k + m > 64 ? Infinity : s * 0.7;
+      }
   return t;
 }
 
@@ -75,13 +84,22 @@ async function bigProfile(): Promise<string> {
   const p = 256;
   const committed = await readProfile(join(DEFAULT_PROFILES_DIR, 'stories260k'));
   const plans: BasisPlan[] = (['key', 'value'] as const).map((kind) => ({
-    kind, layers: [0], dim: p, rank: p, mean: new Float32Array(p), basis: Float32Array.from(symmetricEigen(randomSymmetric(p), p).vectors),
-    variances: new Float32Array(p).fill(1), lo: new Float32Array(p).fill(-1), hi: new Float32Array(p).fill(1), groups: [{ start: 0, end: p, type: 'int2', mode: 'static' }],
+    kind,
+    layers: [0],
+    dim: p,
+    rank: p,
+    mean: new Float32Array(p),
+    basis: Float32Array.from(symmetricEigen(randomSymmetric(p), p).vectors),
+    variances: new Float32Array(p).fill(1),
+    lo: new Float32Array(p).fill(-1),
+    hi: new Float32Array(p).fill(1),
+    groups: [{ start: 0, end: p, type: 'int2', mode: 'static' }],
   }));
   const { profile_id: _i, tensors: _t, plans: _p, ...draft } = committed.manifest;
   const rel = draft.measured.rel_error;
   const d: ManifestDraft = {
-    ...draft, measured: { ...draft.measured, rel_error: { ...rel, key: [rel.key_mean], value: [rel.value_mean] } },
+    ...draft,
+    measured: { ...draft.measured, rel_error: { ...rel, key: [rel.key_mean], value: [rel.value_mean] } },
     model: { ...draft.model, layers: 1, kv_heads: 4, head_dim: 64, rope: [{ layers: [0], theta: 10000, rotary_dim: 64, layout: 'half' }] },
   };
   const dir = join(mkdtempSync(join(tmpdir(), 'kvtc-timings-')), 'big');
@@ -103,16 +121,27 @@ rows.push(['symmetricEigen, p = 256 (test/fit/eigen.test.ts)', await time(() => 
 const tables = bigTables();
 rows.push(['allocateBits, p = 1024 at ratio 4 (test/fit/dp.test.ts)', await time(() => allocateBits(tables, (16 * 1024) / 4)), '5 s']);
 const big = await bigProfile();
-rows.push(['readProfile, two p = r = 256 bases, sampled orthonormality (test/profile/orthonormality.test.ts)', await time(() => readProfile(big)), '2 s']);
+rows.push([
+  'readProfile, two p = r = 256 bases, sampled orthonormality (test/profile/orthonormality.test.ts)',
+  await time(() => readProfile(big)),
+  '2 s',
+]);
 const tokenizer = await loadTokenizer(DEFAULT_MODEL_DIR);
 const text = bigText();
-rows.push(['readCalibrationTokens, 4 MB file, budget of 16384 + 4096 tokens (test/calibrate/sequences.test.ts)', await time(() => readCalibrationTokens([text], tokenizer, { fitTokens: 16384, heldoutTokens: 4096 })), '5 s']);
+rows.push([
+  'readCalibrationTokens, 4 MB file, budget of 16384 + 4096 tokens (test/calibrate/sequences.test.ts)',
+  await time(() => readCalibrationTokens([text], tokenizer, { fitTokens: 16384, heldoutTokens: 4096 })),
+  '5 s',
+]);
 rows.push([
   'readCalibrationTokens, abort after the first chunk → INTERRUPTED (sequences.test.ts, data.test.ts)',
   await time(async () => {
     const ac = new AbortController();
     let chunks = 0;
-    const t = { ...tokenizer, encode: (s: string, o?: { addBos?: boolean }) => (s.length > 128 && ++chunks === 1 && ac.abort(), tokenizer.encode(s, o)) };
+    const t = {
+      ...tokenizer,
+      encode: (s: string, o?: { addBos?: boolean }) => (s.length > 128 && ++chunks === 1 && ac.abort(), tokenizer.encode(s, o)),
+    };
     await readCalibrationTokens([text], t, { fitTokens: 10_000_000, heldoutTokens: 4096, signal: ac.signal }).catch(() => undefined);
   }),
   '1 s (from the signal)',

@@ -48,4 +48,3 @@ export const EVALUATE_DEFAULTS = {
   /** Bootstrap seed. */
   seed: 0,
 } as const;
-

@@ -32,7 +32,11 @@ export interface FileJobOptions {
 }
 
 /** Runs `fn` with the profile's codec and releases the codec whatever happens. */
-export async function withCodec<T>(profile: Profile, opts: { device?: Device; transformThread: boolean }, fn: (codec: KvtcCodec) => Promise<T>): Promise<T> {
+export async function withCodec<T>(
+  profile: Profile,
+  opts: { device?: Device; transformThread: boolean },
+  fn: (codec: KvtcCodec) => Promise<T>,
+): Promise<T> {
   const codec = await codecFromProfile(profile, opts);
   try {
     return await fn(codec);
@@ -48,7 +52,12 @@ export interface CodecRunOptions {
 }
 
 /** Encodes an in-memory cache with a profile; the codec is created and released here. */
-export async function encodeCache(profile: Profile, cache: KvCache, opts: CodecRunOptions = {}, source = 'the KV cache'): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
+export async function encodeCache(
+  profile: Profile,
+  cache: KvCache,
+  opts: CodecRunOptions = {},
+  source = 'the KV cache',
+): Promise<{ blob: Uint8Array; stats: EncodeStats }> {
   const transformThread = opts.transformThread ?? useTransformThread(profile, cache.tokens);
   return withCodec(profile, { device: opts.device, transformThread }, async (codec) => {
     codec.checkCache(cache, source);
@@ -57,7 +66,11 @@ export async function encodeCache(profile: Profile, cache: KvCache, opts: CodecR
 }
 
 /** Decodes an in-memory blob with the profile it was encoded with. */
-export async function decodeBlob(profile: Profile, blob: Uint8Array, opts: CodecRunOptions & { source?: string } = {}): Promise<{ cache: KvCache; stats: DecodeStats }> {
+export async function decodeBlob(
+  profile: Profile,
+  blob: Uint8Array,
+  opts: CodecRunOptions & { source?: string } = {},
+): Promise<{ cache: KvCache; stats: DecodeStats }> {
   const tokens = readBlobHeader(blob, opts.source).tokens;
   const transformThread = opts.transformThread ?? useTransformThread(profile, tokens);
   return withCodec(profile, { device: opts.device, transformThread }, (codec) => codec.decode(blob, opts.source));
@@ -100,11 +113,16 @@ export interface DecodeFileResult {
 /** Decodes the blob file `input` into a safetensors KV cache at `out`. */
 export async function decodeFile(input: string, opts: FileJobOptions): Promise<DecodeFileResult> {
   checkOutputFile(opts.out, { force: opts.force });
-  if (!existsSync(input)) throw new KvtcError('BLOB_INVALID', `blob ${input} does not exist`, { fix: 'Check the --in path.', context: { in: input } });
+  if (!existsSync(input))
+    throw new KvtcError('BLOB_INVALID', `blob ${input} does not exist`, { fix: 'Check the --in path.', context: { in: input } });
   const profile = await readProfile(opts.profile);
   const blob = new Uint8Array(await readFile(input));
   const { cache, stats } = await decodeBlob(profile, blob, { ...opts, source: input });
   const m = profile.manifest;
-  const outBytes = await writeKvCache(opts.out, cache, { model: m.model.name, fingerprint: m.model.fingerprint.id, extra: { decoded_from: input, profile_id: m.profile_id } });
+  const outBytes = await writeKvCache(opts.out, cache, {
+    model: m.model.name,
+    fingerprint: m.model.fingerprint.id,
+    extra: { decoded_from: input, profile_id: m.profile_id },
+  });
   return { out: opts.out, profile, cache, blobBytes: blob.byteLength, outBytes, stats };
 }

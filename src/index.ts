@@ -22,7 +22,17 @@ export { readKvCache, writeKvCache, serializeKvCache, kvCacheFromSafetensors, ty
 export { readBlobHeader, type BlobHeader } from './codec/blob.js';
 export type { KvtcCodec, EncodeStats, DecodeStats } from './codec/codec.js';
 export { codecFromProfile } from './profile/codec.js';
-export { encodeFile, decodeFile, withCodec, encodeCache, decodeBlob, type FileJobOptions, type EncodeFileResult, type DecodeFileResult, type CodecRunOptions } from './files.js';
+export {
+  encodeFile,
+  decodeFile,
+  withCodec,
+  encodeCache,
+  decodeBlob,
+  type FileJobOptions,
+  type EncodeFileResult,
+  type DecodeFileResult,
+  type CodecRunOptions,
+} from './files.js';
 
 // Calibration and models
 export { calibrate, MIN_RATIO, MAX_RATIO, type CalibrateOptions, type CalibrateResult } from './calibrate/calibrate.js';

@@ -40,5 +40,9 @@ export function parseOptions<S extends z.ZodType>(schema: S, opts: unknown): z.i
     return `${flag}${value !== undefined ? ` ${JSON.stringify(value)}` : ''}: ${issueMessage(i)}`;
   });
   const command = typeof raw._command === 'string' ? raw._command : '<command>';
-  throw new UsageError(`invalid option${lines.length > 1 ? 's' : ''}:\n  ${lines.join('\n  ')}`, `See \`kvtc ${command} --help\` for the valid values, defaults and examples.`, { options: lines });
+  throw new UsageError(
+    `invalid option${lines.length > 1 ? 's' : ''}:\n  ${lines.join('\n  ')}`,
+    `See \`kvtc ${command} --help\` for the valid values, defaults and examples.`,
+    { options: lines },
+  );
 }

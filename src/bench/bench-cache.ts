@@ -18,7 +18,11 @@ export function benchCacheDir(): string {
 async function entries(): Promise<string[]> {
   const file = join(benchCacheDir(), INDEX);
   if (!existsSync(file)) return [];
-  return [...new Set((await readFile(file, 'utf8')).split('\n').filter((n) => n && !n.includes('/') && !n.includes('\\') && n !== '.' && n !== '..'))];
+  return [
+    ...new Set(
+      (await readFile(file, 'utf8')).split('\n').filter((n) => n && !n.includes('/') && !n.includes('\\') && n !== '.' && n !== '..'),
+    ),
+  ];
 }
 
 /** Records that kvtc created `<cache>/<name>` (call before writing into it). */

@@ -14,7 +14,8 @@ export function prefixCache(c: KvCache, tokens: number): KvCache {
   if (tokens === c.tokens) return c;
   const cut = (a: Float32Array) => {
     const out = new Float32Array(c.kvHeads * tokens * c.headDim);
-    for (let h = 0; h < c.kvHeads; h++) out.set(a.subarray(h * c.tokens * c.headDim, (h * c.tokens + tokens) * c.headDim), h * tokens * c.headDim);
+    for (let h = 0; h < c.kvHeads; h++)
+      out.set(a.subarray(h * c.tokens * c.headDim, (h * c.tokens + tokens) * c.headDim), h * tokens * c.headDim);
     return out;
   };
   return { ...c, tokens, keys: c.keys.map(cut), values: c.values.map(cut) };

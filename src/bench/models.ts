@@ -63,7 +63,11 @@ export async function ensureGqaModel(shape: GqaShape, onProgress?: ProgressFn): 
  * A profile for `modelDir`: `explicit` if given, else a committed one under kvtc-profiles/<name>,
  * else one calibrated now (ratio 20, a few thousand tokens) into the bench cache.
  */
-export async function ensureProfile(modelDir: string, name: string, opts: { explicit?: string; tokens: number; heldout: number; onProgress?: ProgressFn }): Promise<{ dir: string; calibration?: CalibrationRecord }> {
+export async function ensureProfile(
+  modelDir: string,
+  name: string,
+  opts: { explicit?: string; tokens: number; heldout: number; onProgress?: ProgressFn },
+): Promise<{ dir: string; calibration?: CalibrationRecord }> {
   if (opts.explicit) return { dir: opts.explicit };
   const committed = join(DEFAULT_PROFILES_DIR, name);
   if (existsSync(join(committed, 'kvtc-profile.json'))) return { dir: committed };
@@ -82,10 +86,29 @@ export async function ensureProfile(modelDir: string, name: string, opts: { expl
   }
   await noteCacheEntry(name);
   const r = await calibrate({
-    modelDir, data: [DEFAULT_CALIBRATION_DIR], ratios: [20], tokens: opts.tokens, heldout: opts.heldout,
-    sink: 4, window: 128, grouping: 'layer', chunk: 512, seed: 0, device: 'cpu', out: dir, force: true, onProgress: opts.onProgress,
+    modelDir,
+    data: [DEFAULT_CALIBRATION_DIR],
+    ratios: [20],
+    tokens: opts.tokens,
+    heldout: opts.heldout,
+    sink: 4,
+    window: 128,
+    grouping: 'layer',
+    chunk: 512,
+    seed: 0,
+    device: 'cpu',
+    out: dir,
+    force: true,
+    onProgress: opts.onProgress,
   });
-  const rec: CalibrationRecord = { model: r.model, tokens: r.tokens, heldoutTokens: r.heldout_tokens, seconds: r.seconds, at: new Date().toISOString(), reused: false };
+  const rec: CalibrationRecord = {
+    model: r.model,
+    tokens: r.tokens,
+    heldoutTokens: r.heldout_tokens,
+    seconds: r.seconds,
+    at: new Date().toISOString(),
+    reused: false,
+  };
   await writeFile(record, `${JSON.stringify(rec, null, 2)}\n`);
   return { dir, calibration: rec };
 }

@@ -125,7 +125,13 @@ async function textTokens(encode: (s: string) => number[], n: number): Promise<n
   return ids.slice(0, n);
 }
 
-async function benchModel(name: string, modelDir: string, profileDir: string, opts: BenchOptions, recomputeRepeats: number): Promise<ModelBench> {
+async function benchModel(
+  name: string,
+  modelDir: string,
+  profileDir: string,
+  opts: BenchOptions,
+  recomputeRepeats: number,
+): Promise<ModelBench> {
   const progress = opts.onProgress ?? noProgress;
   // The profile is read and matched to the model before minutes of prefill, not after.
   const profile = await readProfile(profileDir);
@@ -154,12 +160,31 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
   const single = await codecFromProfile(profile, { device: opts.device, threads: 1 });
   // Every core: the graphs run on a worker thread, overlapped with the host stages (onnxruntime-node
   // runs a session on its caller's thread; more intra-op threads per session measured 2x slower).
-  const multi = await codecFromProfile(profile, { device: opts.device, threads: 1, transformThread: availableParallelism() > 1 }).catch(async (e) => {
-    await single.release();
-    throw e;
-  });
+  const multi = await codecFromProfile(profile, { device: opts.device, threads: 1, transformThread: availableParallelism() > 1 }).catch(
+    async (e) => {
+      await single.release();
+      throw e;
+    },
+  );
   try {
-    return await benchCodec({ name, modelDir, profileDir, opts, profile, spec, tokens, contexts, cache, bytes, full, marks, single, multi, progress, dynamo });
+    return await benchCodec({
+      name,
+      modelDir,
+      profileDir,
+      opts,
+      profile,
+      spec,
+      tokens,
+      contexts,
+      cache,
+      bytes,
+      full,
+      marks,
+      single,
+      multi,
+      progress,
+      dynamo,
+    });
   } finally {
     await single.release();
     await multi.release();
@@ -167,7 +192,14 @@ async function benchModel(name: string, modelDir: string, profileDir: string, op
 }
 
 /** Recompute: one chunked prefill of all `ids` per repeat, timed at each context's mark. */
-async function timeRecompute(name: string, runner: ModelRunner, ids: number[], contexts: number[], recomputeRepeats: number, progress: ProgressFn): Promise<{ marks: Record<number, number[]>; full: KvCache }> {
+async function timeRecompute(
+  name: string,
+  runner: ModelRunner,
+  ids: number[],
+  contexts: number[],
+  recomputeRepeats: number,
+  progress: ProgressFn,
+): Promise<{ marks: Record<number, number[]>; full: KvCache }> {
   const total = ids.length;
 
   // Recompute: one chunked prefill of `total` tokens per repeat, timed at each context's mark —
@@ -239,11 +271,15 @@ async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
   const ratioCompressed = first.stats.ratioCompressed;
   const encStages: Record<string, number>[] = [];
   const decStages: Record<string, number>[] = [];
-  const enc1 = await timeRepeats(opts.repeats, async () => {
-    const r = await single.encode(cache);
-    blob = r.blob;
-    encStages.push({ ...r.stats.seconds });
-  }, 0);
+  const enc1 = await timeRepeats(
+    opts.repeats,
+    async () => {
+      const r = await single.encode(cache);
+      blob = r.blob;
+      encStages.push({ ...r.stats.seconds });
+    },
+    0,
+  );
   let decoded: KvCache = cache;
   const dec1 = await timeRepeats(opts.repeats, async () => {
     const r = await single.decode(blob);
@@ -261,11 +297,19 @@ async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
   progress({ stage: `${name}: baselines` });
   const sink = profile.manifest.settings.sink;
   const window = profile.manifest.settings.window;
-  const codecs: CodecRow[] = [{ name: 'kvtc', bytes: blob.byteLength, ratio: bytes / blob.byteLength, relError: relativeError(cache, decoded), ratioCompressed }];
+  const codecs: CodecRow[] = [
+    { name: 'kvtc', bytes: blob.byteLength, ratio: bytes / blob.byteLength, relError: relativeError(cache, decoded), ratioCompressed },
+  ];
   if (x.dynamo) {
     // NVIDIA Dynamo's KVTC kernels, emulated exactly (src/dynamo): they protect no sink or window.
     const r = await dynamoCodec(x.dynamo).apply(cache);
-    codecs.push({ name: 'dynamo', bytes: r.bytes, ratio: bytes / r.bytes, relError: relativeError(cache, r.cache), ratioCompressed: r.compressedBytes > 0 ? (r.compressedTokens * (bytes / cache.tokens)) / r.compressedBytes : undefined });
+    codecs.push({
+      name: 'dynamo',
+      bytes: r.bytes,
+      ratio: bytes / r.bytes,
+      relError: relativeError(cache, r.cache),
+      ratioCompressed: r.compressedBytes > 0 ? (r.compressedTokens * (bytes / cache.tokens)) / r.compressedBytes : undefined,
+    });
   }
   for (const b of BASELINE_NAMES) {
     const r = runBaseline(b, cache, { sinkTokens: sink, recentTokens: window });
@@ -275,7 +319,11 @@ async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
   const nCompressed = Math.max(0, tokens - sink - window);
   let flop = 0;
   for (const p of profile.plans) flop += 2 * nCompressed * storedComponents(p).length * p.dim;
-  const decodeWork = { gflop: flop / 1e9, blobBytes: blob.byteLength, outputBytes: spec.layers * 2 * spec.kvHeads * tokens * spec.headDim * 4 };
+  const decodeWork = {
+    gflop: flop / 1e9,
+    blobBytes: blob.byteLength,
+    outputBytes: spec.layers * 2 * spec.kvHeads * tokens * spec.headDim * 4,
+  };
 
   const restore: RestoreRow[] = [];
   for (const c of contexts) {
@@ -284,13 +332,27 @@ async function benchCodec(x: CodecBenchInput): Promise<ModelBench> {
     const b = (await single.encode(prefix)).blob;
     const s = await timeRepeats(opts.repeats, () => multi.decode(b));
     const rc = summarize(marks[c]);
-    restore.push({ context: c, fp16Bytes: fp16Bytes(prefix), blobBytes: b.byteLength, recompute: rc, restore: s, speedup: rc.median / s.median });
+    restore.push({
+      context: c,
+      fp16Bytes: fp16Bytes(prefix),
+      blobBytes: b.byteLength,
+      recompute: rc,
+      restore: s,
+      speedup: rc.median / s.median,
+    });
   }
   return {
     name,
     dir: modelDir,
     profile: profileDir,
-    shape: { layers: spec.layers, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim, kvDtype: spec.kvDtype, maxPositions: spec.maxPositions },
+    shape: {
+      layers: spec.layers,
+      heads: spec.heads,
+      kvHeads: spec.kvHeads,
+      headDim: spec.headDim,
+      kvDtype: spec.kvDtype,
+      maxPositions: spec.maxPositions,
+    },
     tokens,
     fp16Bytes: bytes,
     throughput,
@@ -314,16 +376,30 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
   const calHeldout = 512;
   if (opts.modelDir) {
     const model = await loadModel(opts.modelDir);
-    const { dir, calibration: cal } = await ensureProfile(opts.modelDir, model.name, { explicit: opts.profile, tokens: calTokens, heldout: calHeldout, onProgress: progress });
+    const { dir, calibration: cal } = await ensureProfile(opts.modelDir, model.name, {
+      explicit: opts.profile,
+      tokens: calTokens,
+      heldout: calHeldout,
+      onProgress: progress,
+    });
     await model.session.release();
     calibration = cal;
     models.push(await benchModel(model.name, opts.modelDir, dir, opts, recomputeRepeats));
   } else {
-    const small = await ensureProfile(DEFAULT_MODEL_DIR, 'stories260k', { explicit: opts.profile, tokens: calTokens, heldout: calHeldout, onProgress: progress });
+    const small = await ensureProfile(DEFAULT_MODEL_DIR, 'stories260k', {
+      explicit: opts.profile,
+      tokens: calTokens,
+      heldout: calHeldout,
+      onProgress: progress,
+    });
     models.push(await benchModel('stories260k', DEFAULT_MODEL_DIR, small.dir, opts, recomputeRepeats));
     const shape = opts.quick ? QUICK_SHAPE : GQA_SHAPE;
     const dir = await ensureGqaModel(shape, progress);
-    const big = await ensureProfile(dir, `gqa-${shape.layers}x${shape.kvHeads}x${shape.headDim}`, { tokens: calTokens, heldout: calHeldout, onProgress: progress });
+    const big = await ensureProfile(dir, `gqa-${shape.layers}x${shape.kvHeads}x${shape.headDim}`, {
+      tokens: calTokens,
+      heldout: calHeldout,
+      onProgress: progress,
+    });
     calibration = big.calibration ? { ...big.calibration, model: `random GQA ${shape.layers}L h${shape.hidden}` } : small.calibration;
     models.push(await benchModel(`random GQA ${shape.layers}L h${shape.hidden}`, dir, big.dir, opts, recomputeRepeats));
   }
@@ -338,8 +414,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchResult> {
       onnxruntime: `onnxruntime-node ${ortVersion()}`,
       loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
     },
-    settings: { tokens: opts.tokens, repeats: opts.repeats, recomputeRepeats, contexts: opts.contexts, quick: opts.quick, device: opts.device },
-    gpu: opts.device === 'cuda' ? 'measured with --device cuda' : 'not measured: this run used the CPU execution provider (no GPU figures are reported)',
+    settings: {
+      tokens: opts.tokens,
+      repeats: opts.repeats,
+      recomputeRepeats,
+      contexts: opts.contexts,
+      quick: opts.quick,
+      device: opts.device,
+    },
+    gpu:
+      opts.device === 'cuda'
+        ? 'measured with --device cuda'
+        : 'not measured: this run used the CPU execution provider (no GPU figures are reported)',
     models,
     calibration,
     seconds: (performance.now() - t0) / 1000,

@@ -181,16 +181,23 @@ export function groupingCovarianceBytes(spec: Pick<ModelSpec, 'layers' | 'kvHead
  * a candidate).
  */
 export function groupingCandidates(
-  spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: Grouping, budget = AUTO_COVARIANCE_BUDGET_BYTES, memoryLimit = totalmem() / 2,
+  spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>,
+  grouping: Grouping,
+  budget = AUTO_COVARIANCE_BUDGET_BYTES,
+  memoryLimit = totalmem() / 2,
 ): { fit: FixedGrouping[]; skipped: { grouping: string; covariance_bytes: number }[] } {
   if (grouping !== 'auto') {
     // An explicit grouping is fitted as asked, unless its covariances cannot fit in memory at all.
     const bytes = groupingCovarianceBytes(spec, grouping);
     if (bytes > memoryLimit) {
       const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
-      throw new KvtcError('USAGE', `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).map((g) => g.length * spec.kvHeads * spec.headDim))} features per basis), more than half of this machine's ${gib(totalmem())}`, {
-        fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
-      });
+      throw new KvtcError(
+        'USAGE',
+        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).map((g) => g.length * spec.kvHeads * spec.headDim))} features per basis), more than half of this machine's ${gib(totalmem())}`,
+        {
+          fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
+        },
+      );
     }
     return { fit: [grouping], skipped: [] };
   }
@@ -219,7 +226,9 @@ export function checkAbort(signal?: AbortSignal): void {
 export function checkRatios(ratios: number[]): void {
   for (const r of ratios) {
     if (!(r >= MIN_RATIO && r <= MAX_RATIO)) {
-      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, { fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).` });
+      throw new KvtcError('USAGE', `--ratio ${r} is out of range`, {
+        fix: `Give a target compression ratio between ${MIN_RATIO} and ${MAX_RATIO} (the paper's operating point is 20).`,
+      });
     }
   }
 }
@@ -260,10 +269,14 @@ async function checkProfileTarget(dir: string, want: { model: string }, output: 
     model = undefined;
   }
   if (model !== want.model) {
-    throw new KvtcError('OUTPUT_EXISTS', `output ${dir} already holds a ${output.label}${model ? ` of another model (fingerprint ${model})` : ' that kvtc cannot read'}`, {
-      fix: output.fix,
-      context: { out: dir },
-    });
+    throw new KvtcError(
+      'OUTPUT_EXISTS',
+      `output ${dir} already holds a ${output.label}${model ? ` of another model (fingerprint ${model})` : ' that kvtc cannot read'}`,
+      {
+        fix: output.fix,
+        context: { out: dir },
+      },
+    );
   }
 }
 
@@ -275,12 +288,20 @@ export type OpenModelOptions = Pick<CalibrateOptions, 'modelDir' | 'device' | 'o
  * before any work. `checkModel` lets a target refuse the model first (Dynamo: its block size).
  */
 export async function openModel(
-  opts: OpenModelOptions, output: ProfileOutput = KVTC_OUTPUT, checkModel?: (model: LoadedModel) => void,
+  opts: OpenModelOptions,
+  output: ProfileOutput = KVTC_OUTPUT,
+  checkModel?: (model: LoadedModel) => void,
 ): Promise<{ model: LoadedModel; outDirs: string[] }> {
   const model = await loadModel(opts.modelDir, { device: opts.device });
   try {
     checkModel?.(model);
-    const outDirs = profileOutDirs({ out: opts.out, modelName: model.name, ratios: opts.ratios, ratiosGiven: opts.ratiosGiven, suffix: output.suffix });
+    const outDirs = profileOutDirs({
+      out: opts.out,
+      modelName: model.name,
+      ratios: opts.ratios,
+      ratiosGiven: opts.ratiosGiven,
+      suffix: output.suffix,
+    });
     for (const d of outDirs) {
       checkOutputDir(d);
       if (!opts.force) await checkProfileTarget(d, { model: model.fingerprint.id }, output);
@@ -300,24 +321,48 @@ export type ReadSequencesOptions = Pick<CalibrateOptions, 'data' | 'tokens' | 'h
  * (disjoint, seeded), for any target; `report` 0 gives no report split.
  */
 export async function readSequences(
-  opts: ReadSequencesOptions, tokenizer: LoadedModel['tokenizer'], o: { seqLen: number; minFitTokens: number }, progress: ProgressFn,
+  opts: ReadSequencesOptions,
+  tokenizer: LoadedModel['tokenizer'],
+  o: { seqLen: number; minFitTokens: number },
+  progress: ProgressFn,
 ): Promise<{ data: CalibrationTokens; split: SequenceSplit }> {
   const report = opts.report ?? DEFAULT_REPORT_TOKENS;
   // Streamed and tokenized in chunks, only as far as needed (see sequences.ts).
-  const data = await readCalibrationTokens(opts.data, tokenizer, { fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, strict: opts.strictData, signal: opts.signal, onProgress: progress });
+  const data = await readCalibrationTokens(opts.data, tokenizer, {
+    fitTokens: opts.tokens,
+    heldoutTokens: opts.heldout,
+    reportTokens: report,
+    strict: opts.strictData,
+    signal: opts.signal,
+    onProgress: progress,
+  });
   const split = splitSequences(data.tokens, tokenizer.bosTokenId, {
-    seqLen: o.seqLen, fitTokens: opts.tokens, heldoutTokens: opts.heldout, reportTokens: report, seed: opts.seed, minFitTokens: o.minFitTokens, sources: opts.data.join(', '),
+    seqLen: o.seqLen,
+    fitTokens: opts.tokens,
+    heldoutTokens: opts.heldout,
+    reportTokens: report,
+    seed: opts.seed,
+    minFitTokens: o.minFitTokens,
+    sources: opts.data.join(', '),
   });
   return { data, split };
 }
 
 /** Step 2: calibration text → fit, tuning and report sequences (disjoint, seeded). */
 export async function readSplit(
-  opts: CalibrateOptions, spec: ModelSpec, tokenizer: LoadedModel['tokenizer'], candidates: FixedGrouping[], progress: ProgressFn,
+  opts: CalibrateOptions,
+  spec: ModelSpec,
+  tokenizer: LoadedModel['tokenizer'],
+  candidates: FixedGrouping[],
+  progress: ProgressFn,
 ): Promise<{ data: CalibrationTokens; split: SequenceSplit; seqLen: number }> {
   const seqLen = Math.min(spec.maxPositions, 512);
   if (opts.sink + opts.window >= seqLen) {
-    throw new KvtcError('USAGE', `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`, { fix: `Keep sink + window below ${seqLen}.` });
+    throw new KvtcError(
+      'USAGE',
+      `--sink ${opts.sink} + --window ${opts.window} leave no compressed tokens in the ${seqLen}-token held-out sequences`,
+      { fix: `Keep sink + window below ${seqLen}.` },
+    );
   }
   // Every basis needs at least 2p fit tokens for a full-rank covariance.
   const maxDim = Math.max(...candidates.flatMap((g) => layerGroups(spec.layers, g).map((l) => l.length * spec.kvHeads * spec.headDim)));
@@ -351,7 +396,9 @@ export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, devi
  * to `accumulate` (timed as covariance), dropping it at once; checks for an abort between them.
  */
 export async function streamFit(
-  runner: ModelRunner, seqs: number[][], o: { chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
+  runner: ModelRunner,
+  seqs: number[][],
+  o: { chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
   accumulate: (cache: KvCache, ids: number[]) => Promise<void>,
 ): Promise<void> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
@@ -374,7 +421,10 @@ export async function streamFit(
  * grouping; checks kvtc's reading of the model's RoPE against the first caches (ROPE_MISMATCH).
  */
 export async function captureFit(
-  runner: ModelRunner, spec: ModelSpec, seqs: number[][], bases: BasisState[][],
+  runner: ModelRunner,
+  spec: ModelSpec,
+  seqs: number[][],
+  bases: BasisState[][],
   o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
 ): Promise<RopeCheckReport> {
   let scratch = new Float32Array(0);
@@ -394,7 +444,12 @@ export async function captureFit(
 }
 
 /** Step 4: caches of held-out sequences, kept (tuning: error tables and sizing; report: the figures). */
-export async function captureCaches(runner: ModelRunner, seqs: number[][], label: string, o: { chunk: number; signal?: AbortSignal; progress: ProgressFn }): Promise<KvCache[]> {
+export async function captureCaches(
+  runner: ModelRunner,
+  seqs: number[][],
+  label: string,
+  o: { chunk: number; signal?: AbortSignal; progress: ProgressFn },
+): Promise<KvCache[]> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
   const caches: KvCache[] = [];
   let done = 0;
@@ -409,7 +464,12 @@ export async function captureCaches(runner: ModelRunner, seqs: number[][], label
 
 /** Step 5: eigenbases and error tables of one grouping, the tables measured on the tuning caches. */
 export async function fitCandidate(
-  spec: ModelSpec, states: BasisState[], tuning: KvCache[], sink: number, ratios: number[], onDone?: (done: number, total: number) => void,
+  spec: ModelSpec,
+  states: BasisState[],
+  tuning: KvCache[],
+  sink: number,
+  ratios: number[],
+  onDone?: (done: number, total: number) => void,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number }> {
   const jobs = states.map((s) => {
     const cov = s.acc.finish();
@@ -421,7 +481,16 @@ export async function fitCandidate(
       X.set(p, at);
       at += p.length;
     }
-    return { kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank: maxRankForRatios(s.dim, ratios) };
+    return {
+      kind: s.kind,
+      layers: s.layers,
+      dim: s.dim,
+      cov: cov.cov,
+      mean: cov.mean,
+      heldout: X,
+      heldoutTokens: H,
+      maxRank: maxRankForRatios(s.dim, ratios),
+    };
   });
   for (const s of states) await s.kernel.dispose?.();
   const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
@@ -440,7 +509,14 @@ export async function fitCandidate(
  * coefficients on the full basis are in the tables, quantized, packed and deflated as encode does.
  */
 export function allocateForRatio(
-  tables: AllocationTables[], dims: number[], ratio: number, tuning: KvCache[], spec: ModelSpec, sink: number, window: number, entropy: EntropyCoder,
+  tables: AllocationTables[],
+  dims: number[],
+  ratio: number,
+  tuning: KvCache[],
+  spec: ModelSpec,
+  sink: number,
+  window: number,
+  entropy: EntropyCoder,
   onStep?: (step: number, best: BudgetScale) => void,
 ): { plans: BasisPlan[]; scale: BudgetScale } {
   const plansFor = (scale: number) => tables.map((t, i) => allocate(t, Math.max(0, Math.floor(((16 * dims[i]) / ratio) * scale))));
@@ -527,7 +603,9 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
       const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
       const stage = `fitting bases${label} (eigen + error tables)`;
       progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
-      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }));
+      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) =>
+        progress({ stage, done: d, total: n, unit: 'bases' }),
+      );
       timer.add('eigen', fitted.seconds.eigen);
       timer.add('error_tables', fitted.seconds.tables);
       randomized += fitted.randomized;
@@ -536,14 +614,32 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
       for (const [ri, ratio] of opts.ratios.entries()) {
         checkAbort(opts.signal);
         const { plans, scale } = allocateForRatio(fitted.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
-          progress({ stage: `allocating bits for ${ratio}x${label}`, done: it, total: BUDGET_SCALE_STEPS, unit: 'steps', detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}` }));
+          progress({
+            stage: `allocating bits for ${ratio}x${label}`,
+            done: it,
+            total: BUDGET_SCALE_STEPS,
+            unit: 'steps',
+            detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}`,
+          }),
+        );
         lap('allocation');
         const m = await measurePlans(spec, plans, tuning, settings, true);
         lap('measure');
-        tried[ri].push({ grouping: String(grouping), ratio_compressed: m.ratioCompressed, rel_error: { key: mean(m.relKey), value: mean(m.relValue) } });
+        tried[ri].push({
+          grouping: String(grouping),
+          ratio_compressed: m.ratioCompressed,
+          rel_error: { key: mean(m.relKey), value: mean(m.relValue) },
+        });
         const best = chosen[ri];
         if (!best || groupingScore(m) < groupingScore(best.tuning)) {
-          chosen[ri] = { grouping, plans, scale, tuning: m, clip: clipRangeCounts(plans, fitted.tables), granule: fitted.tables[0].granule };
+          chosen[ri] = {
+            grouping,
+            plans,
+            scale,
+            tuning: m,
+            clip: clipRangeCounts(plans, fitted.tables),
+            granule: fitted.tables[0].granule,
+          };
         }
       }
     }
@@ -557,10 +653,17 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
       const m = await measurePlans(spec, c.plans, report, settings, true);
       lap('measure');
       const draft = manifestDraft({
-        model, ratio, opts: { ...opts, grouping: c.grouping },
-        groupingRequested: String(opts.grouping), candidates: opts.grouping === 'auto' ? tried[ri] : [],
-        granule: c.granule, entropy, sources: sourcesMeta,
-        split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen }, m, tuning: c.tuning,
+        model,
+        ratio,
+        opts: { ...opts, grouping: c.grouping },
+        groupingRequested: String(opts.grouping),
+        candidates: opts.grouping === 'auto' ? tried[ri] : [],
+        granule: c.granule,
+        entropy,
+        sources: sourcesMeta,
+        split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen },
+        m,
+        tuning: c.tuning,
       });
       checkAbort(opts.signal);
       progress({ stage: 'writing profile' });
@@ -579,9 +682,12 @@ export async function calibrate(options: CalibrateOptions): Promise<CalibrateRes
         ratio_blob: m.ratioBlob,
         context_tokens: m.contextTokens,
         rel_error: {
-          key: mean(m.relKey), value: mean(m.relValue),
-          ...(m.relKeyCi95 ? { key_ci95: m.relKeyCi95 } : {}), ...(m.relValueCi95 ? { value_ci95: m.relValueCi95 } : {}),
-          key_per_layer: m.relKey, value_per_layer: m.relValue,
+          key: mean(m.relKey),
+          value: mean(m.relValue),
+          ...(m.relKeyCi95 ? { key_ci95: m.relKeyCi95 } : {}),
+          ...(m.relValueCi95 ? { value_ci95: m.relValueCi95 } : {}),
+          key_per_layer: m.relKey,
+          value_per_layer: m.relValue,
         },
         tuning_rel_error: { key: mean(c.tuning.relKey), value: mean(c.tuning.relValue) },
         bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),

@@ -56,7 +56,10 @@ export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank'>): FitOutput['solv
 export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number } = {}): Promise<FitOutput> {
   const threads = opts.eigenThreads ?? 0;
   if (job.maxRank !== undefined) {
-    invariant(Number.isInteger(job.maxRank) && job.maxRank >= 1, `Error in fitBasisTables: maxRank (${job.maxRank}) must be an integer >= 1`);
+    invariant(
+      Number.isInteger(job.maxRank) && job.maxRank >= 1,
+      `Error in fitBasisTables: maxRank (${job.maxRank}) must be an integer >= 1`,
+    );
   }
   const solver = fitSolver(job);
   let t = performance.now();
@@ -65,14 +68,14 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   else {
     const full = await symmetricEigenAsync(job.cov, job.dim, { threads });
     const k = solver === 'dense' ? job.dim : job.maxRank!;
-    eig = k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
+    eig =
+      k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
   }
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
   return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver };
 }
-
 
 /** Runs every job; results in job order. `onDone(i)` reports progress. */
 export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?: (done: number) => void } = {}): Promise<FitOutput[]> {

@@ -12,7 +12,16 @@ import { onnxFileOf } from '../profile/compat.js';
 export interface DraftInputs {
   model: ModelDescription;
   ratio: number;
-  opts: { sink: number; window: number; grouping: string | number; tokens: number; heldout: number; report: number; chunk: number; seed: number };
+  opts: {
+    sink: number;
+    window: number;
+    grouping: string | number;
+    tokens: number;
+    heldout: number;
+    report: number;
+    chunk: number;
+    seed: number;
+  };
   /** What --grouping asked for ('auto', or the grouping itself). */
   groupingRequested: string;
   /** With 'auto': every candidate at this ratio on the tuning split. */
@@ -34,10 +43,22 @@ function round(x: number): number {
   return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
 }
 
-export function manifestDraft({ model, ratio, opts, groupingRequested, candidates, granule, entropy, sources, split, m, tuning }: DraftInputs): ManifestDraft {
+export function manifestDraft({
+  model,
+  ratio,
+  opts,
+  groupingRequested,
+  candidates,
+  granule,
+  entropy,
+  sources,
+  split,
+  m,
+  tuning,
+}: DraftInputs): ManifestDraft {
   const spec = model.spec;
   const fp = model.fingerprint;
-return {
+  return {
     format: PROFILE_FORMAT,
     format_version: PROFILE_FORMAT_VERSION,
     producer: { name: PRODUCER, version: VERSION },
@@ -81,7 +102,14 @@ return {
       tokens_report: split.report * split.seqLen,
       sequences: split.fit + split.heldout + split.report,
       ...(candidates.length
-        ? { grouping_candidates: candidates.map((c) => ({ grouping: c.grouping, ratio_compressed: round(c.ratio_compressed), key_mean: round(c.rel_error.key), value_mean: round(c.rel_error.value) })) }
+        ? {
+            grouping_candidates: candidates.map((c) => ({
+              grouping: c.grouping,
+              ratio_compressed: round(c.ratio_compressed),
+              key_mean: round(c.rel_error.key),
+              value_mean: round(c.rel_error.value),
+            })),
+          }
         : {}),
     },
     measured: {
@@ -90,7 +118,10 @@ return {
       ratio_compressed: round(m.ratioCompressed),
       ratio_blob: round(m.ratioBlob),
       rel_error: {
-        key: m.relKey.map(round), value: m.relValue.map(round), key_mean: round(mean(m.relKey)), value_mean: round(mean(m.relValue)),
+        key: m.relKey.map(round),
+        value: m.relValue.map(round),
+        key_mean: round(mean(m.relKey)),
+        value_mean: round(mean(m.relValue)),
         ...(m.relKeyCi95 ? { key_mean_ci95: m.relKeyCi95.map(round) as [number, number] } : {}),
         ...(m.relValueCi95 ? { value_mean_ci95: m.relValueCi95.map(round) as [number, number] } : {}),
       },

@@ -14,7 +14,10 @@ import { mulberry32 } from '../random.js';
 
 /** Relative error ‖x̂−x‖/‖x‖ per layer over tokens [t0, t1), accumulated into sums. */
 function accumulateError(a: KvCache, b: KvCache, t0: number, t1: number, num: Float64Array[], den: Float64Array[]): void {
-  for (const [k, src, dst] of [[0, a.keys, b.keys], [1, a.values, b.values]] as const) {
+  for (const [k, src, dst] of [
+    [0, a.keys, b.keys],
+    [1, a.values, b.values],
+  ] as const) {
     for (let l = 0; l < a.layers; l++) {
       const x = src[l];
       const y = dst[l];
@@ -71,7 +74,12 @@ function meanRel(num: Float64Array[], den: Float64Array[], pick: ArrayLike<numbe
  * Percentile bootstrap over sequences of the mean-over-layers relative error. num[q], den[q]
  * are the per-layer sums of sequence q. Seeded (mulberry32(0)): the same caches give the same interval.
  */
-export function bootstrapRelError(num: Float64Array[], den: Float64Array[], L: number, resamples = BOOTSTRAP_RESAMPLES): [number, number] | undefined {
+export function bootstrapRelError(
+  num: Float64Array[],
+  den: Float64Array[],
+  L: number,
+  resamples = BOOTSTRAP_RESAMPLES,
+): [number, number] | undefined {
   const n = num.length;
   if (n < BOOTSTRAP_MIN_SEQUENCES) return undefined;
   const rand = mulberry32(0);
@@ -87,9 +95,24 @@ export function bootstrapRelError(num: Float64Array[], den: Float64Array[], L: n
 }
 
 /** Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every blob byte. */
-export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: KvCache[], s: { sink: number; window: number; entropy: EntropyCoder; device: Device }, withError: boolean): Promise<Measurement> {
+export async function measurePlans(
+  spec: ModelSpec,
+  plans: BasisPlan[],
+  caches: KvCache[],
+  s: { sink: number; window: number; entropy: EntropyCoder; device: Device },
+  withError: boolean,
+): Promise<Measurement> {
   const codec = await KvtcCodec.create(
-    { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, rope: spec.rope, profileId: '0000000000000000', sink: s.sink, window: s.window, entropy: s.entropy },
+    {
+      layers: spec.layers,
+      kvHeads: spec.kvHeads,
+      headDim: spec.headDim,
+      rope: spec.rope,
+      profileId: '0000000000000000',
+      sink: s.sink,
+      window: s.window,
+      entropy: s.entropy,
+    },
     plans,
     { device: s.device },
   );
@@ -134,17 +157,29 @@ export async function measurePlans(spec: ModelSpec, plans: BasisPlan[], caches: 
   const relKeyCi95 = ci(0);
   const relValueCi95 = ci(1);
   return {
-    ratioCompressed: fp16c / comp, ratioBlob: fp16 / blob, contextTokens: tokens / caches.length, relKey: rel(0), relValue: rel(1),
-    ...(relKeyCi95 ? { relKeyCi95 } : {}), ...(relValueCi95 ? { relValueCi95 } : {}),
+    ratioCompressed: fp16c / comp,
+    ratioBlob: fp16 / blob,
+    contextTokens: tokens / caches.length,
+    relKey: rel(0),
+    relValue: rel(1),
+    ...(relKeyCi95 ? { relKeyCi95 } : {}),
+    ...(relValueCi95 ? { relValueCi95 } : {}),
   };
 }
-
 
 /**
  * ratio_compressed of the held-out caches under `plans`, from the precomputed coefficients:
  * the same payload and DEFLATE as encode, plus header and section-table bytes.
  */
-export function blobSizeRatio(plans: BasisPlan[], tables: AllocationTables[], caches: KvCache[], spec: ModelSpec, sink: number, window: number, entropy: EntropyCoder): number {
+export function blobSizeRatio(
+  plans: BasisPlan[],
+  tables: AllocationTables[],
+  caches: KvCache[],
+  spec: ModelSpec,
+  sink: number,
+  window: number,
+  entropy: EntropyCoder,
+): number {
   let fp16 = 0;
   let bytes = 0;
   let row = 0;

@@ -48,7 +48,19 @@ function startsWith(a: number[], prefix: number[]): boolean {
 
 /** JavaScript's \s, by char code. */
 function isSpace(c: number): boolean {
-  return (c >= 9 && c <= 13) || c === 32 || c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff;
+  return (
+    (c >= 9 && c <= 13) ||
+    c === 32 ||
+    c === 0xa0 ||
+    c === 0x1680 ||
+    (c >= 0x2000 && c <= 0x200a) ||
+    c === 0x2028 ||
+    c === 0x2029 ||
+    c === 0x202f ||
+    c === 0x205f ||
+    c === 0x3000 ||
+    c === 0xfeff
+  );
 }
 
 function commonPrefix(a: number[], b: number[]): number {
@@ -135,7 +147,7 @@ export class ChunkedEncoder {
     const line: number[] = [];
     const space: number[] = [];
     // Line and paragraph breaks: whole whitespace runs holding a newline, with text on both sides.
-    for (let k = b.indexOf('\n', lo - 1); k >= 0 && k <= maxChunk && para.length < MAX_CUT_CHECKS; ) {
+    for (let k = b.indexOf('\n', lo - 1); k >= 0 && k <= maxChunk && para.length < MAX_CUT_CHECKS;) {
       let i = k;
       while (i > 0 && isSpace(b.charCodeAt(i - 1))) i--;
       let j = k + 1;
@@ -151,7 +163,11 @@ export class ChunkedEncoder {
       k = b.indexOf('\n', j);
     }
     // Word breaks: a single space between two non-spaces (the cut goes before it).
-    for (let k = b.indexOf(' ', lo); k >= 0 && k <= maxChunk && para.length + line.length + space.length < MAX_CUT_CHECKS; k = b.indexOf(' ', k + 1)) {
+    for (
+      let k = b.indexOf(' ', lo);
+      k >= 0 && k <= maxChunk && para.length + line.length + space.length < MAX_CUT_CHECKS;
+      k = b.indexOf(' ', k + 1)
+    ) {
       if (k + 1 < b.length && !isSpace(b.charCodeAt(k - 1)) && !isSpace(b.charCodeAt(k + 1))) space.push(k);
     }
     const candidates = [...para, ...line, ...space];
@@ -207,13 +223,19 @@ export function splitSequences(stream: ArrayLike<number>, bos: number | undefine
   const nFit = Math.ceil(opts.fitTokens / opts.seqLen);
   const needMin = nHeld + nReport + Math.ceil(opts.minFitTokens / opts.seqLen);
   if (seqs.length < needMin) {
-    const parts = [`${Math.ceil(opts.minFitTokens / opts.seqLen) * opts.seqLen} to fit the PCA bases`, `${nHeld * opts.seqLen} held out for tuning`];
+    const parts = [
+      `${Math.ceil(opts.minFitTokens / opts.seqLen) * opts.seqLen} to fit the PCA bases`,
+      `${nHeld * opts.seqLen} held out for tuning`,
+    ];
     if (nReport > 0) parts.push(`${nReport * opts.seqLen} held out for the report`);
     throw new KvtcError(
       'NOT_ENOUGH_TOKENS',
       `the calibration data (${opts.sources}) gives ${stream.length} tokens = ${seqs.length} sequences of ${opts.seqLen}; ` +
         `the fit needs at least ${needMin * opts.seqLen} tokens (${parts.join(' + ')})`,
-      { fix: `Add more text with --data (several files or a directory), or lower --heldout${nReport > 0 ? ' / --report-tokens' : ''}.`, context: { available: stream.length, needed: needMin * opts.seqLen } },
+      {
+        fix: `Add more text with --data (several files or a directory), or lower --heldout${nReport > 0 ? ' / --report-tokens' : ''}.`,
+        context: { available: stream.length, needed: needMin * opts.seqLen },
+      },
     );
   }
   // Tuning first, then report, then fit: with no report split the tuning and fit sequences are
@@ -292,7 +314,11 @@ const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
  * (with `strict`, an error). Empty files are errors either way. Between chunks the event loop
  * runs and `signal` is checked: an abort rejects with INTERRUPTED (exit code 130).
  */
-export async function readCalibrationTokens(paths: string | string[], tokenizer: ModelTokenizer, opts: ReadCalibrationOptions): Promise<CalibrationTokens> {
+export async function readCalibrationTokens(
+  paths: string | string[],
+  tokenizer: ModelTokenizer,
+  opts: ReadCalibrationOptions,
+): Promise<CalibrationTokens> {
   const progress = opts.onProgress ?? noProgress;
   const list = await listTextSources(paths);
   const need = 2 * (opts.fitTokens + opts.heldoutTokens + (opts.reportTokens ?? 0));
@@ -342,7 +368,10 @@ export async function readCalibrationTokens(paths: string | string[], tokenizer:
       if (!(e instanceof NotUtf8Error) || src.dir === undefined) throw e;
       tokens.length = start;
       if (opts.strict) {
-        throw new KvtcError('DATA_INVALID', e.message, { fix: `${e.fix} (--strict-data makes this an error; without it such files are skipped.)`, context: e.context });
+        throw new KvtcError('DATA_INVALID', e.message, {
+          fix: `${e.fix} (--strict-data makes this an error; without it such files are skipped.)`,
+          context: e.context,
+        });
       }
       skipped.push({ file: src.path, kind: e.notUtf8.kind, message: e.message, fix: e.fix ?? '' });
       continue;
@@ -350,14 +379,21 @@ export async function readCalibrationTokens(paths: string | string[], tokenizer:
       await reader.close();
     }
     const info = reader.info();
-    sources.push({ path: src.path, name: basename(src.path), sha256: info.sha256, bytes: info.bytes, tokens: tokens.length - start, whole: !full });
+    sources.push({
+      path: src.path,
+      name: basename(src.path),
+      sha256: info.sha256,
+      bytes: info.bytes,
+      tokens: tokens.length - start,
+      whole: !full,
+    });
     have += info.chars / 3;
     if (full || have >= need * 1.5) break;
   }
   if (tokens.length > budget) tokens.length = budget;
   if (sources.length === 0) {
     throw new KvtcError('DATA_INVALID', `no UTF-8 text in the calibration data: ${skipped.map((s) => s.message).join('; ')}`, {
-      fix: 'Point --data at UTF-8 text files (or a directory of them); see each file\'s problem above.',
+      fix: "Point --data at UTF-8 text files (or a directory of them); see each file's problem above.",
       context: { skipped: skipped.map((s) => ({ file: s.file, kind: s.kind })) },
     });
   }

@@ -18,6 +18,9 @@ export function table(header: string[], rows: (string | number)[][]): string {
   const cells = [header, ...rows.map((r) => r.map(String))];
   const widths = header.map((_, c) => Math.max(...cells.map((r) => (r[c] ?? '').length)));
   const line = (r: string[], isHeader = false) =>
-    r.map((v, c) => (!isHeader && /^[-+]?[\d.,]+(e[-+]?\d+)?[%x]?$/i.test(v) ? v.padStart(widths[c]) : v.padEnd(widths[c]))).join('  ').trimEnd();
+    r
+      .map((v, c) => (!isHeader && /^[-+]?[\d.,]+(e[-+]?\d+)?[%x]?$/i.test(v) ? v.padStart(widths[c]) : v.padEnd(widths[c])))
+      .join('  ')
+      .trimEnd();
   return [line(cells[0], true), widths.map((w) => '─'.repeat(w)).join('  '), ...cells.slice(1).map((r) => line(r))].join('\n');
 }

@@ -9,7 +9,11 @@
 import type { KvtcError } from '../errors.js';
 import type { CliIO } from './io.js';
 
-const snake = (k: string) => k.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/([A-Z])([A-Z][a-z])/g, '$1_$2').toLowerCase();
+const snake = (k: string) =>
+  k
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/([A-Z])([A-Z][a-z])/g, '$1_$2')
+    .toLowerCase();
 
 /** Deep copy with every object key in snake_case. */
 export function snakeKeys(v: unknown): unknown {

@@ -30,7 +30,16 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     if (e instanceof CommanderError) {
       // --help and --version exit 0; commander already printed the usage problem on stderr.
       if (e.exitCode === 0) return EXIT_OK;
-      if (json) io.out(jsonText(errorDocument(new UsageError(e.message.replace(/^error: /, ''), 'Run `kvtc <command> --help` for the options, their ranges and examples.', { commander_code: e.code }))));
+      if (json)
+        io.out(
+          jsonText(
+            errorDocument(
+              new UsageError(e.message.replace(/^error: /, ''), 'Run `kvtc <command> --help` for the options, their ranges and examples.', {
+                commander_code: e.code,
+              }),
+            ),
+          ),
+        );
       return EXIT_USAGE;
     }
     if (isKvtcError(e)) return fail(e);

@@ -97,7 +97,8 @@ export interface EncodedSection {
  * docs/codec.md (scripts/entropy-compare.ts).
  */
 export function compressSection(kind: SectionKind, plan: number, data: Uint8Array, coder: EntropyCoder): EncodedSection {
-  if (coder === 'stored' || kind === 'raw' || data.byteLength === 0) return { kind, plan, codec: 0, stored: data, rawBytes: data.byteLength };
+  if (coder === 'stored' || kind === 'raw' || data.byteLength === 0)
+    return { kind, plan, codec: 0, stored: data, rawBytes: data.byteLength };
   const z = deflateRawSync(data, DEFLATE_OPTIONS[coder]);
   // Never expand: incompressible payloads are stored.
   if (z.byteLength >= data.byteLength) return { kind, plan, codec: 0, stored: data, rawBytes: data.byteLength };
@@ -150,7 +151,8 @@ function corrupt(message: string, source: string, context: Record<string, unknow
  * no profile (T ≤ MAX_TOKENS, s + w ≤ T, start_position + T ≤ 2³²).
  */
 export function readBlobHeader(buf: Uint8Array, source = '<blob>'): BlobHeader & { rawFloat32: boolean; sectionCount: number } {
-  if (buf.byteLength < HEADER_BYTES + 4) throw corrupt(`only ${buf.byteLength} bytes; a kvtc blob has at least ${HEADER_BYTES + 4}`, source, { bytes: buf.byteLength });
+  if (buf.byteLength < HEADER_BYTES + 4)
+    throw corrupt(`only ${buf.byteLength} bytes; a kvtc blob has at least ${HEADER_BYTES + 4}`, source, { bytes: buf.byteLength });
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   if (dv.getUint32(0, true) !== BLOB_MAGIC) throw corrupt('does not start with the "KVTC" magic: not a kvtc blob', source);
   const version = dv.getUint16(4, true);
@@ -161,8 +163,18 @@ export function readBlobHeader(buf: Uint8Array, source = '<blob>'): BlobHeader &
     });
   }
   const flags = dv.getUint16(6, true);
-  if (flags & ~KNOWN_FLAGS) throw corrupt(`header flags 0x${flags.toString(16).padStart(4, '0')} set unknown bits (known: bit 0 float16 cache, bit 1 float32 raw tokens)`, source, { flags });
-  if ((flags & FLAG_FP16) && (flags & FLAG_RAW_F32)) throw corrupt('header flags say both "float16 cache" (bit 0) and "raw tokens stored as float32" (bit 1); a float16 cache never needs float32 raw tokens', source, { flags });
+  if (flags & ~KNOWN_FLAGS)
+    throw corrupt(
+      `header flags 0x${flags.toString(16).padStart(4, '0')} set unknown bits (known: bit 0 float16 cache, bit 1 float32 raw tokens)`,
+      source,
+      { flags },
+    );
+  if (flags & FLAG_FP16 && flags & FLAG_RAW_F32)
+    throw corrupt(
+      'header flags say both "float16 cache" (bit 0) and "raw tokens stored as float32" (bit 1); a float16 cache never needs float32 raw tokens',
+      source,
+      { flags },
+    );
   for (let i = 40; i < HEADER_BYTES; i++) {
     if (buf[i] !== 0) throw corrupt(`reserved header byte ${i} is ${buf[i]}, must be 0`, source, { offset: i, value: buf[i] });
   }
@@ -179,10 +191,22 @@ export function readBlobHeader(buf: Uint8Array, source = '<blob>'): BlobHeader &
     sink: dv.getUint32(32, true),
     window: dv.getUint32(36, true),
   };
-  if (h.tokens > MAX_TOKENS) throw corrupt(`header says ${h.tokens} tokens; a kvtc blob holds at most ${MAX_TOKENS} (2^24)`, source, { tokens: h.tokens, max_tokens: MAX_TOKENS });
-  if (h.sink + h.window > h.tokens) throw corrupt(`header says sink ${h.sink} + window ${h.window} raw tokens, more than its ${h.tokens} tokens`, source, { tokens: h.tokens, sink: h.sink, window: h.window });
+  if (h.tokens > MAX_TOKENS)
+    throw corrupt(`header says ${h.tokens} tokens; a kvtc blob holds at most ${MAX_TOKENS} (2^24)`, source, {
+      tokens: h.tokens,
+      max_tokens: MAX_TOKENS,
+    });
+  if (h.sink + h.window > h.tokens)
+    throw corrupt(`header says sink ${h.sink} + window ${h.window} raw tokens, more than its ${h.tokens} tokens`, source, {
+      tokens: h.tokens,
+      sink: h.sink,
+      window: h.window,
+    });
   if (h.startPosition + h.tokens > MAX_POSITIONS) {
-    throw corrupt(`header start_position ${h.startPosition} + ${h.tokens} tokens runs past position 2^32 − 1`, source, { start_position: h.startPosition, tokens: h.tokens });
+    throw corrupt(`header start_position ${h.startPosition} + ${h.tokens} tokens runs past position 2^32 − 1`, source, {
+      start_position: h.startPosition,
+      tokens: h.tokens,
+    });
   }
   return h;
 }
@@ -250,42 +274,68 @@ export function parseBlob(buf: Uint8Array, layout: BlobLayout, source = '<blob>'
   const head = readBlobHeader(buf, source);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const end = buf.byteLength - 4;
-  if (crc32(buf.subarray(0, end)) >>> 0 !== dv.getUint32(end, true)) throw corrupt('checksum mismatch (the file was truncated or modified)', source);
+  if (crc32(buf.subarray(0, end)) >>> 0 !== dv.getUint32(end, true))
+    throw corrupt('checksum mismatch (the file was truncated or modified)', source);
   if (head.profileId !== layout.profileId) {
-    throw new KvtcError('BLOB_MISMATCH', `${source} was encoded with profile ${head.profileId}, not with this profile (${layout.profileId})`, {
-      fix: 'Decode with the profile the blob was encoded with (its id is in `kvtc inspect`).',
-      context: { blob: source, blob_profile: head.profileId, profile: layout.profileId },
-    });
+    throw new KvtcError(
+      'BLOB_MISMATCH',
+      `${source} was encoded with profile ${head.profileId}, not with this profile (${layout.profileId})`,
+      {
+        fix: 'Decode with the profile the blob was encoded with (its id is in `kvtc inspect`).',
+        context: { blob: source, blob_profile: head.profileId, profile: layout.profileId },
+      },
+    );
   }
   const { sectionCount, ...header } = head;
   const { tokens: T } = header;
   const maxPositions = layout.maxPositions ?? DEFAULT_MAX_POSITIONS;
   if (header.startPosition + T > maxPositions) {
     const last = header.startPosition + T - 1;
-    throw new KvtcError('BLOB_INVALID', `${source}: header start_position ${header.startPosition} + ${T} tokens puts its last token at position ${last}, but the model has ${maxPositions} positions (0–${maxPositions - 1}${layout.maxPositionsRecorded ? ', the profile\'s model.max_positions' : ', the bound for a profile that does not record model.max_positions'})`, {
-      fix: layout.maxPositionsRecorded
-        ? 'kvtc never encodes such a blob with this profile: the blob is corrupt or its start_position was edited; re-encode the cache with `kvtc encode`.'
-        : 'The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model\'s own bound, model.max_positions.)',
-      context: { blob: source, start_position: header.startPosition, tokens: T, max_positions: maxPositions },
-    });
+    throw new KvtcError(
+      'BLOB_INVALID',
+      `${source}: header start_position ${header.startPosition} + ${T} tokens puts its last token at position ${last}, but the model has ${maxPositions} positions (0–${maxPositions - 1}${layout.maxPositionsRecorded ? ", the profile's model.max_positions" : ', the bound for a profile that does not record model.max_positions'})`,
+      {
+        fix: layout.maxPositionsRecorded
+          ? 'kvtc never encodes such a blob with this profile: the blob is corrupt or its start_position was edited; re-encode the cache with `kvtc encode`.'
+          : "The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model's own bound, model.max_positions.)",
+        context: { blob: source, start_position: header.startPosition, tokens: T, max_positions: maxPositions },
+      },
+    );
   }
-  for (const [field, got, want] of [['layers', header.layers, layout.layers], ['kv_heads', header.kvHeads, layout.kvHeads], ['head_dim', header.headDim, layout.headDim]] as const) {
-    if (got !== want) throw corrupt(`header ${field} is ${got}, but the profile's model has ${want}`, source, { field, value: got, profile: want });
+  for (const [field, got, want] of [
+    ['layers', header.layers, layout.layers],
+    ['kv_heads', header.kvHeads, layout.kvHeads],
+    ['head_dim', header.headDim, layout.headDim],
+  ] as const) {
+    if (got !== want)
+      throw corrupt(`header ${field} is ${got}, but the profile's model has ${want}`, source, { field, value: got, profile: want });
   }
   const s = Math.min(layout.sink, T);
   const w = Math.min(layout.window, T - s);
   if (header.sink !== s || header.window !== w) {
-    throw corrupt(`header says sink ${header.sink} and window ${header.window} for ${T} tokens; the profile (sink ${layout.sink}, window ${layout.window}) gives ${s} and ${w}`, source, { tokens: T, sink: header.sink, window: header.window });
+    throw corrupt(
+      `header says sink ${header.sink} and window ${header.window} for ${T} tokens; the profile (sink ${layout.sink}, window ${layout.window}) gives ${s} and ${w}`,
+      source,
+      { tokens: T, sink: header.sink, window: header.window },
+    );
   }
   const n = T - s - w;
   // The sections a blob of this profile has, in order: the raw one, then one per plan with a section when n > 0.
   const expected: { kind: SectionKind; plan: number; bytes: number }[] = [{ kind: 'raw', plan: 0, bytes: rawSectionBytes(header) }];
   if (n > 0) layout.planBytes.forEach((f, i) => f && expected.push({ kind: 'plan', plan: i, bytes: f(n) }));
   if (sectionCount !== expected.length) {
-    throw corrupt(`header says ${sectionCount} sections; with ${n} compressed tokens this profile's blob has ${expected.length} (one raw section${n > 0 ? ` and one per plan with rank > 0` : ', no plan sections when no token is compressed'})`, source, { sections: sectionCount, expected: expected.length, compressed_tokens: n });
+    throw corrupt(
+      `header says ${sectionCount} sections; with ${n} compressed tokens this profile's blob has ${expected.length} (one raw section${n > 0 ? ` and one per plan with rank > 0` : ', no plan sections when no token is compressed'})`,
+      source,
+      { sections: sectionCount, expected: expected.length, compressed_tokens: n },
+    );
   }
   const tableEnd = HEADER_BYTES + SECTION_BYTES * sectionCount;
-  if (tableEnd > end) throw corrupt(`section table (${sectionCount} entries) runs past the end of the file`, source, { sections: sectionCount, bytes: buf.byteLength });
+  if (tableEnd > end)
+    throw corrupt(`section table (${sectionCount} entries) runs past the end of the file`, source, {
+      sections: sectionCount,
+      bytes: buf.byteLength,
+    });
   const table: { codec: number; stored: number; rawBytes: number }[] = [];
   let payload = 0;
   for (let i = 0; i < sectionCount; i++) {
@@ -302,20 +352,37 @@ export function parseBlob(buf: Uint8Array, layout: BlobLayout, source = '<blob>'
     if (codec > 1) throw corrupt(`section ${i} has unknown codec ${codec} (0 stored, 1 raw DEFLATE)`, source, ctx);
     const kind: SectionKind = kindCode === 0 ? 'raw' : 'plan';
     if (kind !== want.kind || plan !== want.plan) {
-      throw corrupt(`section ${i} is a ${kind} section${kind === 'plan' ? ` for plan ${plan}` : ` (plan index ${plan})`}; section ${i} must be ${what}${want.kind === 'raw' ? ' with plan index 0' : ''} (one raw section, then one per plan with rank > 0, in plan order)`, source, ctx);
+      throw corrupt(
+        `section ${i} is a ${kind} section${kind === 'plan' ? ` for plan ${plan}` : ` (plan index ${plan})`}; section ${i} must be ${what}${want.kind === 'raw' ? ' with plan index 0' : ''} (one raw section, then one per plan with rank > 0, in plan order)`,
+        source,
+        ctx,
+      );
     }
     if (rawBytes !== want.bytes) {
-      throw corrupt(`section ${i} (${what}) declares ${rawBytes} decoded bytes; ${want.kind === 'raw' ? `${s + w} raw tokens of this shape are` : `the plan needs`} ${want.bytes}${want.kind === 'plan' ? ` for ${n} compressed tokens` : ''}`, source, { ...ctx, expected_bytes: want.bytes });
+      throw corrupt(
+        `section ${i} (${what}) declares ${rawBytes} decoded bytes; ${want.kind === 'raw' ? `${s + w} raw tokens of this shape are` : `the plan needs`} ${want.bytes}${want.kind === 'plan' ? ` for ${n} compressed tokens` : ''}`,
+        source,
+        { ...ctx, expected_bytes: want.bytes },
+      );
     }
-    if (codec === 0 && stored !== rawBytes) throw corrupt(`section ${i} (${what}) is stored uncompressed in ${stored} bytes but declares ${rawBytes} decoded bytes`, source, ctx);
+    if (codec === 0 && stored !== rawBytes)
+      throw corrupt(`section ${i} (${what}) is stored uncompressed in ${stored} bytes but declares ${rawBytes} decoded bytes`, source, ctx);
     if (codec === 1 && rawBytes > DEFLATE_MAX_EXPANSION * stored) {
-      throw corrupt(`section ${i} (${what}) declares ${rawBytes} decoded bytes from ${stored} DEFLATE bytes; DEFLATE expands at most ${DEFLATE_MAX_EXPANSION}:1`, source, ctx);
+      throw corrupt(
+        `section ${i} (${what}) declares ${rawBytes} decoded bytes from ${stored} DEFLATE bytes; DEFLATE expands at most ${DEFLATE_MAX_EXPANSION}:1`,
+        source,
+        ctx,
+      );
     }
     payload += stored;
     table.push({ codec, stored, rawBytes });
   }
   if (tableEnd + payload !== end) {
-    throw corrupt(`the section table declares ${payload} stored bytes, but ${end - tableEnd} lie between the table and the checksum`, source, { stored_bytes: payload, available: end - tableEnd });
+    throw corrupt(
+      `the section table declares ${payload} stored bytes, but ${end - tableEnd} lie between the table and the checksum`,
+      source,
+      { stored_bytes: payload, available: end - tableEnd },
+    );
   }
   let at = tableEnd;
   const sections: BlobSection[] = [];
@@ -330,9 +397,17 @@ export function parseBlob(buf: Uint8Array, layout: BlobLayout, source = '<blob>'
         const z = inflateRawSync(slice, { maxOutputLength: Math.max(1, rawBytes) });
         data = new Uint8Array(z.buffer, z.byteOffset, z.byteLength);
       } catch (e) {
-        throw corrupt(`section ${i} does not inflate to its declared ${rawBytes} bytes (${(e as Error).message})`, source, { section: i, decoded_bytes: rawBytes });
+        throw corrupt(`section ${i} does not inflate to its declared ${rawBytes} bytes (${(e as Error).message})`, source, {
+          section: i,
+          decoded_bytes: rawBytes,
+        });
       }
-      if (data.byteLength !== rawBytes) throw corrupt(`section ${i} inflates to ${data.byteLength} bytes, the table says ${rawBytes}`, source, { section: i, decoded_bytes: rawBytes, inflated: data.byteLength });
+      if (data.byteLength !== rawBytes)
+        throw corrupt(`section ${i} inflates to ${data.byteLength} bytes, the table says ${rawBytes}`, source, {
+          section: i,
+          decoded_bytes: rawBytes,
+          inflated: data.byteLength,
+        });
     }
     sections.push({ kind: expected[i].kind, plan: expected[i].plan, data });
   }

@@ -50,7 +50,9 @@ export class KvtcCodec {
 
   static async create(spec: CodecSpec, plans: BasisPlan[], opts: CodecOptions = {}): Promise<KvtcCodec> {
     if (spec.rope.length !== spec.layers) {
-      throw new KvtcError('PROFILE_INVALID', `the codec has RoPE for ${spec.rope.length} layers but ${spec.layers} layers`, { fix: 'Give one RoPE description (or none) per layer.' });
+      throw new KvtcError('PROFILE_INVALID', `the codec has RoPE for ${spec.rope.length} layers but ${spec.layers} layers`, {
+        fix: 'Give one RoPE description (or none) per layer.',
+      });
     }
     // On the CPU the key graphs are built without their RoPE nodes (the host does it, same bits);
     // on CUDA the graphs keep RoPE so that all of the matrix work stays on the device.
@@ -93,9 +95,13 @@ export class KvtcCodec {
   checkCache(cache: KvCache, source = 'the KV cache'): void {
     const s = this.parts.spec;
     if (cache.layers !== s.layers || cache.kvHeads !== s.kvHeads || cache.headDim !== s.headDim) {
-      throw new KvtcError('PROFILE_MISMATCH', `${source} has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim} head dim, but the profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`, {
-        fix: 'Use the profile calibrated for the model that produced this cache (`kvtc inspect` shows which model a profile is for).',
-      });
+      throw new KvtcError(
+        'PROFILE_MISMATCH',
+        `${source} has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim} head dim, but the profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`,
+        {
+          fix: 'Use the profile calibrated for the model that produced this cache (`kvtc inspect` shows which model a profile is for).',
+        },
+      );
     }
   }
 

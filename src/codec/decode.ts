@@ -34,7 +34,12 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
   const n = tokens - sink - window;
   const size = kvHeads * tokens * headDim;
   const cache: KvCache = {
-    layers, kvHeads, headDim, tokens, dtype: header.fp16 ? 'float16' : 'float32', startPosition: header.startPosition,
+    layers,
+    kvHeads,
+    headDim,
+    tokens,
+    dtype: header.fp16 ? 'float16' : 'float32',
+    startPosition: header.startPosition,
     keys: Array.from({ length: layers }, () => new Float32Array(size)),
     values: Array.from({ length: layers }, () => new Float32Array(size)),
   };
@@ -43,7 +48,8 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
     // apply tables of each distinct layer RoPE for tokens [sink, sink + n), as the encoder's
     const memo = new Map<string, CacheTables>();
     const seqLen = header.startPosition + tokens;
-    const tablesOf = (i: number) => (c.plans[i].kind === 'key' ? cacheTables(c.planRopes[i].ropes, header.startPosition + sink, n, seqLen, memo) : []);
+    const tablesOf = (i: number) =>
+      c.plans[i].kind === 'key' ? cacheTables(c.planRopes[i].ropes, header.startPosition + sink, n, seqLen, memo) : [];
     const hostOf = (pr: PlanRope, plan: BasisPlan, tables: CacheTables[]): PlanHostRope => {
       if (!tables.length) return undefined;
       const byTable = tables.map((t) => hostRope(t.rope, headDim, t.apply));

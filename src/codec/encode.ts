@@ -7,7 +7,15 @@
  */
 import { KvtcError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
-import { assembleBlob, compressSection, DEFAULT_MAX_POSITIONS, fp16BytesPerToken, MAX_POSITIONS, MAX_TOKENS, type EncodedSection } from './blob.js';
+import {
+  assembleBlob,
+  compressSection,
+  DEFAULT_MAX_POSITIONS,
+  fp16BytesPerToken,
+  MAX_POSITIONS,
+  MAX_TOKENS,
+  type EncodedSection,
+} from './blob.js';
 import { type CodecParts, type CodecSpec, now, splitTokens } from './codec-parts.js';
 import { cacheTables, type CacheTables, tableInputNames } from '../rope/codec-rope.js';
 import { gatherHeads, hostRope, type PlanHostRope } from './host-kernels.js';
@@ -49,20 +57,29 @@ function checkExtent(cache: KvCache, source: string, spec: CodecSpec): void {
     });
   }
   if (!(Number.isInteger(cache.startPosition) && cache.startPosition >= 0 && cache.startPosition + cache.tokens <= MAX_POSITIONS)) {
-    throw new KvtcError('KV_INVALID', `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens; positions must be integers in [0, 2^32)`, {
-      fix: 'Give the cache its real start position (the absolute position of its first token).',
-      context: { source, start_position: cache.startPosition, tokens: cache.tokens },
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens; positions must be integers in [0, 2^32)`,
+      {
+        fix: 'Give the cache its real start position (the absolute position of its first token).',
+        context: { source, start_position: cache.startPosition, tokens: cache.tokens },
+      },
+    );
   }
   // Decoders refuse a blob past the model's context (blob.ts parseBlob): never write one.
   const max = spec.maxPositions ?? DEFAULT_MAX_POSITIONS;
   if (cache.startPosition + cache.tokens > max) {
-    throw new KvtcError('KV_INVALID', `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens, so its last token is at position ${cache.startPosition + cache.tokens - 1}, but the model has ${max} positions (0–${max - 1}${spec.maxPositions === undefined ? ', the bound for a profile that does not record model.max_positions' : ', the profile\'s model.max_positions'})`, {
-      fix: spec.maxPositions === undefined
-        ? 'Give the cache its real start position (the absolute position of its first token); re-calibrating records the model\'s own bound.'
-        : 'Give the cache its real start position (the absolute position of its first token): no cache of this model reaches past its context.',
-      context: { source, start_position: cache.startPosition, tokens: cache.tokens, max_positions: max },
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${source} starts at position ${cache.startPosition} with ${cache.tokens} tokens, so its last token is at position ${cache.startPosition + cache.tokens - 1}, but the model has ${max} positions (0–${max - 1}${spec.maxPositions === undefined ? ', the bound for a profile that does not record model.max_positions' : ", the profile's model.max_positions"})`,
+      {
+        fix:
+          spec.maxPositions === undefined
+            ? "Give the cache its real start position (the absolute position of its first token); re-calibrating records the model's own bound."
+            : 'Give the cache its real start position (the absolute position of its first token): no cache of this model reaches past its context.',
+        context: { source, start_position: cache.startPosition, tokens: cache.tokens, max_positions: max },
+      },
+    );
   }
 }
 
@@ -77,7 +94,18 @@ export async function encodeCache(c: CodecParts, cache: KvCache, source: string)
   const sec = { gather: 0, transform: 0, quantize: 0, entropy: 0, total: 0 };
   if (n > 0) await encodePlans(c, cache, sink, n, sections, sec, source);
   const blob = assembleBlob(
-    { fp16: cache.dtype === 'float16', rawFloat32: raw.float32, profileId: c.spec.profileId, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },
+    {
+      fp16: cache.dtype === 'float16',
+      rawFloat32: raw.float32,
+      profileId: c.spec.profileId,
+      tokens: cache.tokens,
+      startPosition: cache.startPosition,
+      layers: cache.layers,
+      kvHeads: cache.kvHeads,
+      headDim: cache.headDim,
+      sink,
+      window,
+    },
     sections,
   );
   sec.total = now() - t0;
@@ -105,7 +133,15 @@ export async function encodeCache(c: CodecParts, cache: KvCache, source: string)
  * quantizes and deflates the oldest result and gathers the next basis (into a buffer the worker
  * handed back). Inline (IN_FLIGHT = 0), each result is used at once and one gather buffer is reused.
  */
-async function encodePlans(c: CodecParts, cache: KvCache, sink: number, n: number, sections: EncodedSection[], sec: EncodeStats['seconds'], source: string): Promise<void> {
+async function encodePlans(
+  c: CodecParts,
+  cache: KvCache,
+  sink: number,
+  n: number,
+  sections: EncodedSection[],
+  sec: EncodeStats['seconds'],
+  source: string,
+): Promise<void> {
   // cos/sin of each distinct layer RoPE for tokens [sink, sink + n), shared by the plans using it
   const memo = new Map<string, CacheTables>();
   const seqLen = cache.startPosition + cache.tokens;
@@ -117,7 +153,12 @@ async function encodePlans(c: CodecParts, cache: KvCache, sink: number, n: numbe
     const out = await o;
     sec.transform += now() - t;
     t = now();
-    const payload = encodePlanCodes({ codes: (out.codes as Uint8Array) ?? NO_CODES, coeffs: (out.coeffs as Float32Array) ?? NO_COEFFS }, n, c.plans[i], { plan: i, firstToken: sink, source });
+    const payload = encodePlanCodes(
+      { codes: (out.codes as Uint8Array) ?? NO_CODES, coeffs: (out.coeffs as Float32Array) ?? NO_COEFFS },
+      n,
+      c.plans[i],
+      { plan: i, firstToken: sink, source },
+    );
     sec.quantize += now() - t;
     t = now();
     sections.push(compressSection('plan', i, payload, c.spec.entropy));
@@ -142,7 +183,18 @@ async function encodePlans(c: CodecParts, cache: KvCache, sink: number, n: numbe
           return seg.table < 0 ? undefined : byTable[seg.table];
         });
       }
-      gatherHeads(plan.kind === 'key' ? cache.keys : cache.values, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, host, norms);
+      gatherHeads(
+        plan.kind === 'key' ? cache.keys : cache.values,
+        plan.layers,
+        cache.kvHeads,
+        cache.headDim,
+        cache.tokens,
+        sink,
+        n,
+        x,
+        host,
+        norms,
+      );
       sec.gather += now() - t;
       checkPlanTokens(plan, i, c.normBound[i], norms, cache, sink, n, source);
       const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };

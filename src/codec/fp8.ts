@@ -55,7 +55,7 @@ export function fp8MagnitudeCode(a: number): number {
   let q = hi >>> 17; // exponent (11 bits) and top 3 mantissa bits
   const round = (hi >>> 16) & 1;
   const sticky = (hi & 0xffff) | lo;
-  if (round && (sticky !== 0 || (q & 1))) q++;
+  if (round && (sticky !== 0 || q & 1)) q++;
   const c = q - REBIAS;
   return c > 126 ? 126 : c;
 }

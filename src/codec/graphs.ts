@@ -80,12 +80,20 @@ export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   if (kA > 0) {
     const inv = (j: number) => (sp.scale[j] > 0 ? 1 / sp.scale[j] : 0);
     const bias = Float32Array.from({ length: kA }, (_, j) => 0.5 - sp.offset[j] * inv(j));
-    const u = g.op('Gemm', [g.constant('basisA', columnsT(plan, sp.affine, inv), [kA, p]), rows, g.constant('biasA', bias, [kA, 1])], { transB: 1 });
-    const q = g.op('Max', [g.op('Min', [g.op('Floor', [u]), g.constant('levels', Float32Array.from(sp.levels), [kA, 1])]), g.constant('zero', new Float32Array([0]), [])]);
+    const u = g.op('Gemm', [g.constant('basisA', columnsT(plan, sp.affine, inv), [kA, p]), rows, g.constant('biasA', bias, [kA, 1])], {
+      transB: 1,
+    });
+    const q = g.op('Max', [
+      g.op('Min', [g.op('Floor', [u]), g.constant('levels', Float32Array.from(sp.levels), [kA, 1])]),
+      g.constant('zero', new Float32Array([0]), []),
+    ]);
     g.output(g.op('Cast', [q], { to: 2 }), 'codes', 'uint8', [kA, 'n']);
   }
-  if (kB > 0) g.output(g.op('Gemm', [g.constant('basisB', columnsT(plan, sp.other), [kB, p]), rows], { transB: 1 }), 'coeffs', 'float32', [kB, 'n']);
-  return g.toModel({ docString: 'kvtc encode: (undo RoPE) → subtract mean → project on the stored PCA components → quantize the static int ones' });
+  if (kB > 0)
+    g.output(g.op('Gemm', [g.constant('basisB', columnsT(plan, sp.other), [kB, p]), rows], { transB: 1 }), 'coeffs', 'float32', [kB, 'n']);
+  return g.toModel({
+    docString: 'kvtc encode: (undo RoPE) → subtract mean → project on the stored PCA components → quantize the static int ones',
+  });
 }
 
 /**
@@ -98,12 +106,22 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   const terms: string[] = [];
   if (kA > 0) {
     const codes = g.op('Cast', [g.input('codes', 'uint8', [kA, 'n'])], { to: 1 });
-    const w = perHead(columnsT(plan, sp.affine, (j) => sp.scale[j]), kA, p, hd);
+    const w = perHead(
+      columnsT(plan, sp.affine, (j) => sp.scale[j]),
+      kA,
+      p,
+      hd,
+    );
     terms.push(g.op('MatMul', [g.op('Transpose', [codes], { perm: [1, 0] }), g.constant('basisA', w, [G, kA, hd])]));
   }
   if (kB > 0) {
     const c = g.input('coeffs', 'float32', [kB, 'n']);
-    terms.push(g.op('MatMul', [g.op('Transpose', [c], { perm: [1, 0] }), g.constant('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd])]));
+    terms.push(
+      g.op('MatMul', [
+        g.op('Transpose', [c], { perm: [1, 0] }),
+        g.constant('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd]),
+      ]),
+    );
   }
   // μ + Σ_affine o_j·v_j, in float64.
   const mean = Float64Array.from(plan.mean);
@@ -116,5 +134,8 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   let x = g.op('Add', [sum, g.constant('mean', Float32Array.from(mean), [G, 1, hd])]);
   x = keyRope(g, x, plan, ctx, false);
   g.output(x, 'x', 'float32', [G, 'n', hd]);
-  return g.toModel({ docString: 'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)' });
+  return g.toModel({
+    docString:
+      'kvtc decode: dequantize (static groups folded into the basis) → reconstruct from the stored PCA components → add mean → (redo RoPE)',
+  });
 }

@@ -30,7 +30,12 @@ export function hostRope(rope: RopeSpec, headDim: number, tables: { cos: Float32
   const idx = ropePairs(rope, headDim);
   const f = rope.attentionFactor ?? 1;
   return {
-    cos: tables.cos, sin: tables.sin, half: idx.a.length, a: Int32Array.from(idx.a), b: Int32Array.from(idx.b), rest: Int32Array.from(idx.rest),
+    cos: tables.cos,
+    sin: tables.sin,
+    half: idx.a.length,
+    a: Int32Array.from(idx.a),
+    b: Int32Array.from(idx.b),
+    rest: Int32Array.from(idx.rest),
     ...(f !== 1 ? { pairSquareScale: 1 / (f * f) } : {}),
   };
 }
@@ -48,7 +53,17 @@ const f = Math.fround;
  * Rotates n rows of headDim from src[s..] into dst[d..] (may not alias): apply RoPE, or undo it
  * (rotation by −θ), with row t using cos/sin row t. Pairs (a, b): a' = a·c ∓ b·s, b' = b·c ± a·s.
  */
-function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, n: number, headDim: number, rope: HostRope, undo: boolean, norms?: Float64Array): void {
+function rotateRows(
+  src: Float32Array,
+  s: number,
+  dst: Float32Array,
+  d: number,
+  n: number,
+  headDim: number,
+  rope: HostRope,
+  undo: boolean,
+  norms?: Float64Array,
+): void {
   const { cos, sin, half, a: ia, b: ib, rest } = rope;
   const ps = rope.pairSquareScale ?? 1;
   const halfLayout = ps === 1 && rest.length === 0 && ib[0] === half; // rotate_half over the whole head: no index arrays
@@ -103,7 +118,18 @@ function rotateRows(src: Float32Array, s: number, dst: Float32Array, d: number, 
  * float32 arithmetic from the precomputed cos/sin tables, exactly as the ONNX graph computes
  * it, where features.ts is the float64 reference.
  */
-export function gatherHeads(src: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, x: Float32Array, planRope: PlanHostRope, norms: Float64Array): void {
+export function gatherHeads(
+  src: Float32Array[],
+  layers: number[],
+  kvHeads: number,
+  headDim: number,
+  tokens: number,
+  t0: number,
+  n: number,
+  x: Float32Array,
+  planRope: PlanHostRope,
+  norms: Float64Array,
+): void {
   const run = n * headDim;
   norms.fill(0, 0, n);
   for (let li = 0; li < layers.length; li++) {
@@ -156,7 +182,17 @@ function addSquares(a: Float32Array, s: number, n: number, headDim: number, norm
 }
 
 /** Inverse of gatherHeads: writes X [G, n, headDim] into the cache, re-rotating keys when `rope` is given. */
-export function scatterHeads(x: Float32Array, dst: Float32Array[], layers: number[], kvHeads: number, headDim: number, tokens: number, t0: number, n: number, planRope?: PlanHostRope): void {
+export function scatterHeads(
+  x: Float32Array,
+  dst: Float32Array[],
+  layers: number[],
+  kvHeads: number,
+  headDim: number,
+  tokens: number,
+  t0: number,
+  n: number,
+  planRope?: PlanHostRope,
+): void {
   const run = n * headDim;
   for (let li = 0; li < layers.length; li++) {
     const a = dst[layers[li]];

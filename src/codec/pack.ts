@@ -10,7 +10,12 @@ export function packedLength(n: number, bits: number): number {
   return Math.ceil((n * bits) / 8);
 }
 
-export function packCodes(codes: Uint8Array, bits: number, out: Uint8Array = new Uint8Array(packedLength(codes.length, bits)), outOffset = 0): number {
+export function packCodes(
+  codes: Uint8Array,
+  bits: number,
+  out: Uint8Array = new Uint8Array(packedLength(codes.length, bits)),
+  outOffset = 0,
+): number {
   const n = codes.length;
   if (bits === 8) {
     out.set(codes, outOffset);
@@ -41,7 +46,10 @@ export function packCodes(codes: Uint8Array, bits: number, out: Uint8Array = new
 }
 
 /** UNPACK2[b]: the four 2-bit codes of byte b as four bytes of a little-endian uint32; UNPACK4: two nibbles as a uint16. */
-const UNPACK2 = Uint32Array.from({ length: 256 }, (_, b) => ((b & 3) | (((b >> 2) & 3) << 8) | (((b >> 4) & 3) << 16) | ((b >> 6) << 24)) >>> 0);
+const UNPACK2 = Uint32Array.from(
+  { length: 256 },
+  (_, b) => ((b & 3) | (((b >> 2) & 3) << 8) | (((b >> 4) & 3) << 16) | ((b >> 6) << 24)) >>> 0,
+);
 const UNPACK4 = Uint16Array.from({ length: 256 }, (_, b) => (b & 15) | ((b >> 4) << 8));
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 

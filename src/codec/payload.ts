@@ -10,7 +10,17 @@ import { KvtcError } from '../errors.js';
 import { packCodes, packedLength, unpackCodes } from './pack.js';
 import { FP8_TO_FLOAT } from './fp8.js';
 import { halfToFloat } from '../io/fp16.js';
-import { dynamicHalves, encodeValue, intLevels, quantizeStaticRun, staticCode, staticDecodeTable, staticOffset, staticScale, type StoredType } from './quant.js';
+import {
+  dynamicHalves,
+  encodeValue,
+  intLevels,
+  quantizeStaticRun,
+  staticCode,
+  staticDecodeTable,
+  staticOffset,
+  staticScale,
+  type StoredType,
+} from './quant.js';
 import { TYPE_BITS, type BasisPlan, type QuantGroup } from './types.js';
 
 function stored(plan: Pick<BasisPlan, 'groups'>): QuantGroup[] {
@@ -100,7 +110,13 @@ export function splitStored(plan: BasisPlan): StoredSplit {
       lv.push(intLevels(type));
     }
   }
-  return { affine: Int32Array.from(a), other: Int32Array.from(o), offset: Float64Array.from(off), scale: Float64Array.from(sc), levels: Float64Array.from(lv) };
+  return {
+    affine: Int32Array.from(a),
+    other: Int32Array.from(o),
+    offset: Float64Array.from(off),
+    scale: Float64Array.from(sc),
+    levels: Float64Array.from(lv),
+  };
 }
 
 /**
@@ -176,7 +192,8 @@ export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan, site?
       }
     } else {
       // static fp8
-      for (let j = 0; j < w; j++) quantizeStaticRun(coeffs, (rb + j) * n, 1, n, plan.lo[g.start + j], plan.hi[g.start + j], type, compMajor, j * n);
+      for (let j = 0; j < w; j++)
+        quantizeStaticRun(coeffs, (rb + j) * n, 1, n, plan.lo[g.start + j], plan.hi[g.start + j], type, compMajor, j * n);
     }
     at += packCodes(compMajor.subarray(0, n * w), TYPE_BITS[type], out, at);
     rb += w;
@@ -195,10 +212,22 @@ function checkDynamicRange(n: number, plan: BasisPlan, g: QuantGroup, site: Plan
   for (let t = 0; t < n; t++) {
     if (mnF[t] >= -HALF_MAX && mxF[t] <= HALF_MAX) continue;
     const v = mnF[t] < -HALF_MAX ? mnF[t] : mxF[t];
-    throw new KvtcError('KV_OUT_OF_RANGE', `${site.source}: token ${site.firstToken + t} has a coefficient of ${v} in ${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}; its per-token range is stored as fp16, which holds at most ±65504`, {
-      fix: 'The cache is far outside what the profile was calibrated on: recalibrate the profile on representative data (`kvtc calibrate`), or check the cache.',
-      context: { source: site.source, plan: site.plan, kind: plan.kind, layers: plan.layers, token: site.firstToken + t, value: v, components: [g.start, g.end] },
-    });
+    throw new KvtcError(
+      'KV_OUT_OF_RANGE',
+      `${site.source}: token ${site.firstToken + t} has a coefficient of ${v} in ${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}; its per-token range is stored as fp16, which holds at most ±65504`,
+      {
+        fix: 'The cache is far outside what the profile was calibrated on: recalibrate the profile on representative data (`kvtc calibrate`), or check the cache.',
+        context: {
+          source: site.source,
+          plan: site.plan,
+          kind: plan.kind,
+          layers: plan.layers,
+          token: site.firstToken + t,
+          value: v,
+          components: [g.start, g.end],
+        },
+      },
+    );
   }
 }
 
@@ -215,7 +244,11 @@ function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGrou
     if ((codes[i] & 0x7f) !== 0x7f) continue;
     const c = g.start + Math.floor(i / n);
     const t = i % n;
-    throw blobInvalid(site.source, `${planLabel(plan, site)} stores fp8 code 0x${codes[i].toString(16)} (NaN, never written) for component ${c} of token ${site.firstToken + t}`, { plan: site.plan, component: c, token: site.firstToken + t, code: codes[i] });
+    throw blobInvalid(
+      site.source,
+      `${planLabel(plan, site)} stores fp8 code 0x${codes[i].toString(16)} (NaN, never written) for component ${c} of token ${site.firstToken + t}`,
+      { plan: site.plan, component: c, token: site.firstToken + t, code: codes[i] },
+    );
   }
 }
 
@@ -225,10 +258,22 @@ function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGrou
  * dynamic group is refused (BLOB_INVALID) — named by `site` (plan index, cache token) when given.
  * `codesInto`: a buffer to unpack the codes into (every byte is written) instead of a new one.
  */
-export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>', codesInto?: Uint8Array, site: PlanSite = { plan: -1, firstToken: 0, source }): PlanCodes {
+export function decodePlanCodes(
+  payload: Uint8Array,
+  n: number,
+  plan: BasisPlan,
+  source = '<blob>',
+  codesInto?: Uint8Array,
+  site: PlanSite = { plan: -1, firstToken: 0, source },
+): PlanCodes {
   const expected = payloadLength(plan, n);
   if (payload.byteLength !== expected) {
-    throw blobInvalid(source, `a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, { plan: site.plan, bytes: payload.byteLength, expected, tokens: n });
+    throw blobInvalid(source, `a plan section holds ${payload.byteLength} bytes, the profile's plan needs ${expected} for ${n} tokens`, {
+      plan: site.plan,
+      bytes: payload.byteLength,
+      expected,
+      tokens: n,
+    });
   }
   const groups = stored(plan);
   let ka = 0;
@@ -282,7 +327,11 @@ export function decodePlanCodes(payload: Uint8Array, n: number, plan: BasisPlan,
       if ((oh & 0x7c00) === 0x7c00 || (sh & 0x7c00) === 0x7c00) {
         const which = (oh & 0x7c00) === 0x7c00 ? 'offset' : 'scale';
         const bitsOf = which === 'offset' ? oh : sh;
-        throw blobInvalid(site.source, `${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}: the fp16 ${which} of token ${site.firstToken + t} is ${halfToFloat(bitsOf)} (0x${bitsOf.toString(16).padStart(4, '0')}); a dynamic ${which} must be finite`, { plan: site.plan, components: [g.start, g.end], token: site.firstToken + t, field: which, value: halfToFloat(bitsOf) });
+        throw blobInvalid(
+          site.source,
+          `${planLabel(plan, site)}, dynamic group ${g.start}–${g.end - 1}: the fp16 ${which} of token ${site.firstToken + t} is ${halfToFloat(bitsOf)} (0x${bitsOf.toString(16).padStart(4, '0')}); a dynamic ${which} must be finite`,
+          { plan: site.plan, components: [g.start, g.end], token: site.firstToken + t, field: which, value: halfToFloat(bitsOf) },
+        );
       }
       offF[t] = halfToFloat(oh);
       scF[t] = halfToFloat(sh);
@@ -331,4 +380,3 @@ export function quantizeStored(coeffs: Float32Array, n: number, plan: BasisPlan)
 export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPlan): Uint8Array {
   return encodePlanCodes(quantizeStored(coeffs, n, plan), n, plan);
 }
-

@@ -124,7 +124,17 @@ export function staticCode(x: number, off: number, sc: number, levels: number): 
   return q + (d & (d >> 31)); // min(q, levels)
 }
 
-export function quantizeStaticRun(src: Float32Array, srcOff: number, stride: number, n: number, lo: number, hi: number, type: StoredType, dst: Uint8Array, dstOff: number): void {
+export function quantizeStaticRun(
+  src: Float32Array,
+  srcOff: number,
+  stride: number,
+  n: number,
+  lo: number,
+  hi: number,
+  type: StoredType,
+  dst: Uint8Array,
+  dstOff: number,
+): void {
   const off = staticOffset(lo, hi, type);
   const sc = staticScale(lo, hi, type);
   const levels = intLevels(type);

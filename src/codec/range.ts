@@ -34,7 +34,16 @@ export function planNormBound(p: BasisPlan): number {
  * a non-finite value → KV_INVALID; ‖x‖ beyond the plan's bound (OUTLIER_FACTOR) →
  * KV_OUT_OF_RANGE.
  */
-export function checkPlanTokens(plan: BasisPlan, i: number, bound: number, norms: Float64Array, cache: KvCache, sink: number, n: number, source: string): void {
+export function checkPlanTokens(
+  plan: BasisPlan,
+  i: number,
+  bound: number,
+  norms: Float64Array,
+  cache: KvCache,
+  sink: number,
+  n: number,
+  source: string,
+): void {
   const b2 = bound * bound;
   for (let k = 0; k < n; k++) {
     if (norms[k] <= b2) continue; // false for NaN, so non-finite sums fall through
@@ -46,10 +55,27 @@ export function checkPlanTokens(plan: BasisPlan, i: number, bound: number, norms
     const norm = Math.sqrt(norms[k]);
     const at = locate(cache, plan.kind, plan.layers, t);
     const layers = plan.layers;
-    throw new KvtcError('KV_OUT_OF_RANGE', `${source}: token ${t} (position ${cache.startPosition + t}) is far outside the range the profile was calibrated on: the norm of its ${plan.kind}s in layer${layers.length > 1 ? 's' : ''} ${layers.join(', ')} (plan ${i}) is ${norm.toPrecision(4)}, above the profile's bound ${bound.toPrecision(4)} (‖mean‖ + ${OUTLIER_FACTOR}× the calibration RMS deviation); its largest value is ${at.value} (layer ${at.layer}, head ${at.head}, dim ${at.dim}). Encoding it would clip it to garbage`, {
-      fix: 'Recalibrate the profile on data representative of this cache (`kvtc calibrate --data ...`), or check the cache: values this far from the calibration data usually mean an overflow or the wrong model.',
-      context: { source, plan: i, kind: plan.kind, layers, token: t, position: cache.startPosition + t, norm, bound, layer: at.layer, head: at.head, dim: at.dim, value: at.value },
-    });
+    throw new KvtcError(
+      'KV_OUT_OF_RANGE',
+      `${source}: token ${t} (position ${cache.startPosition + t}) is far outside the range the profile was calibrated on: the norm of its ${plan.kind}s in layer${layers.length > 1 ? 's' : ''} ${layers.join(', ')} (plan ${i}) is ${norm.toPrecision(4)}, above the profile's bound ${bound.toPrecision(4)} (‖mean‖ + ${OUTLIER_FACTOR}× the calibration RMS deviation); its largest value is ${at.value} (layer ${at.layer}, head ${at.head}, dim ${at.dim}). Encoding it would clip it to garbage`,
+      {
+        fix: 'Recalibrate the profile on data representative of this cache (`kvtc calibrate --data ...`), or check the cache: values this far from the calibration data usually mean an overflow or the wrong model.',
+        context: {
+          source,
+          plan: i,
+          kind: plan.kind,
+          layers,
+          token: t,
+          position: cache.startPosition + t,
+          norm,
+          bound,
+          layer: at.layer,
+          head: at.head,
+          dim: at.dim,
+          value: at.value,
+        },
+      },
+    );
   }
 }
 
@@ -67,7 +93,8 @@ export function checkUngathered(plans: BasisPlan[], cache: KvCache, sink: number
       const a = (kind === 'key' ? cache.keys : cache.values)[l];
       for (let h = 0; h < kvHeads; h++) {
         for (let i = (h * tokens + sink) * headDim, e = i + n * headDim; i < e; i++) {
-          if (!Number.isFinite(a[i])) throw nonFinite(source, cache, { layer: l, kind, head: h, token: Math.floor(i / headDim) % tokens, dim: i % headDim }, a[i]);
+          if (!Number.isFinite(a[i]))
+            throw nonFinite(source, cache, { layer: l, kind, head: h, token: Math.floor(i / headDim) % tokens, dim: i % headDim }, a[i]);
         }
       }
     }
@@ -75,7 +102,13 @@ export function checkUngathered(plans: BasisPlan[], cache: KvCache, sink: number
 }
 
 /** The value of token t in the given layers of one kind that `pick` selects (default: the largest magnitude). */
-function locate(cache: KvCache, kind: 'key' | 'value', layers: number[], t: number, pick?: (v: number) => boolean): { layer: number; head: number; dim: number; value: number } {
+function locate(
+  cache: KvCache,
+  kind: 'key' | 'value',
+  layers: number[],
+  t: number,
+  pick?: (v: number) => boolean,
+): { layer: number; head: number; dim: number; value: number } {
   const { kvHeads, headDim, tokens: T } = cache;
   let best = { layer: layers[0], head: 0, dim: 0, value: 0 };
   for (const l of layers) {

@@ -35,31 +35,66 @@ export function rawSection(cache: KvCache, sink: number, window: number, source:
   }
   if (overflow < 0) return { data: new Uint8Array(h.buffer), float32: false };
   // fp16 ∞ or NaN: a non-finite input, or a finite one beyond fp16.
-  for (let i = overflow; i < vals.length; i++) if (!Number.isFinite(vals[i])) throw nonFinite(source, cache, rawSite(cache, sink, window, i), vals[i]);
+  for (let i = overflow; i < vals.length; i++)
+    if (!Number.isFinite(vals[i])) throw nonFinite(source, cache, rawSite(cache, sink, window, i), vals[i]);
   if (cache.dtype === 'float32') return { data: new Uint8Array(vals.buffer), float32: true };
   const { layer, kind, head, token } = rawSite(cache, sink, window, overflow);
-  throw new KvtcError('KV_OUT_OF_RANGE', `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${overflow % headDim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`, {
-    fix: 'A float16 cache cannot hold this value: pass the cache as float32 (kvtc then stores its raw tokens as float32), or check how the cache was produced.',
-    context: { source, layer, kind, head, token, position: cache.startPosition + token, dim: overflow % headDim, value: vals[overflow], dtype: cache.dtype },
-  });
+  throw new KvtcError(
+    'KV_OUT_OF_RANGE',
+    `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${overflow % headDim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`,
+    {
+      fix: 'A float16 cache cannot hold this value: pass the cache as float32 (kvtc then stores its raw tokens as float32), or check how the cache was produced.',
+      context: {
+        source,
+        layer,
+        kind,
+        head,
+        token,
+        position: cache.startPosition + token,
+        dim: overflow % headDim,
+        value: vals[overflow],
+        dtype: cache.dtype,
+      },
+    },
+  );
 }
 
 /** Where value i of a raw section sits: layer, key/value, head, cache token, dim. */
-function rawSite(cache: KvCache, sink: number, window: number, i: number): { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number } {
+function rawSite(
+  cache: KvCache,
+  sink: number,
+  window: number,
+  i: number,
+): { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number } {
   const { kvHeads, headDim, tokens } = cache;
   const row = Math.floor(i / headDim);
   const r = row % (sink + window);
   const head = Math.floor(row / (sink + window)) % kvHeads;
   const kv = Math.floor(row / ((sink + window) * kvHeads));
-  return { layer: Math.floor(kv / 2), kind: kv % 2 === 0 ? 'key' : 'value', head, token: r < sink ? r : tokens - window + (r - sink), dim: i % headDim };
+  return {
+    layer: Math.floor(kv / 2),
+    kind: kv % 2 === 0 ? 'key' : 'value',
+    head,
+    token: r < sink ? r : tokens - window + (r - sink),
+    dim: i % headDim,
+  };
 }
 
-export function nonFinite(source: string, cache: KvCache, at: { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number }, value: number): KvtcError {
+export function nonFinite(
+  source: string,
+  cache: KvCache,
+  at: { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number },
+  value: number,
+): KvtcError {
   const { layer, kind, head, token, dim } = at;
-  return new KvtcError('KV_INVALID', `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${dim} is ${value}; a KV cache holds finite values`, {
-    fix: "Check how the cache was produced (a NaN or ∞ in the model's KV output usually means an overflow in the model run).",
-    context: { source, kind, layer, head, token, position: cache.startPosition + token, dim, value: String(value) },
-  });
+  return new KvtcError(
+    'KV_INVALID',
+    `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${dim} is ${value}; a KV cache holds finite values`,
+    {
+      fix: "Check how the cache was produced (a NaN or ∞ in the model's KV output usually means an overflow in the model run).",
+      context: { source, kind, layer, head, token, position: cache.startPosition + token, dim, value: String(value) },
+    },
+  );
 }
 
 /** Inverse of rawSection. Every value must be finite: an fp16 ∞/NaN (or a float32 one) means a corrupt blob. */
@@ -91,10 +126,14 @@ export function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, windo
   }
   if (bad >= 0) {
     const { layer, kind, head, token } = rawSite(cache, sink, window, bad);
-    throw new KvtcError('BLOB_INVALID', `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${bad % headDim}; no encoder writes one`, {
-      fix: 'The blob is corrupt or was not written by kvtc: re-encode the cache with `kvtc encode`.',
-      context: { blob: source, layer, kind, head, token, dim: bad % headDim },
-    });
+    throw new KvtcError(
+      'BLOB_INVALID',
+      `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${bad % headDim}; no encoder writes one`,
+      {
+        fix: 'The blob is corrupt or was not written by kvtc: re-encode the cache with `kvtc encode`.',
+        context: { blob: source, layer, kind, head, token, dim: bad % headDim },
+      },
+    );
   }
   let at = 0;
   for (let l = 0; l < layers; l++) {

@@ -6,7 +6,8 @@ import { createSessions, runSession, type Direction, type Feeds, type GraphSet, 
 
 let sessions: Record<Direction, (ortTypes.InferenceSession | null)[]> | undefined;
 
-type Msg = { id: number; type: 'init'; graphs: GraphSet; so: SessionOpts } | { id: number; type: 'run'; dir: Direction; i: number; feeds: Feeds };
+type Msg =
+  { id: number; type: 'init'; graphs: GraphSet; so: SessionOpts } | { id: number; type: 'run'; dir: Direction; i: number; feeds: Feeds };
 
 parentPort!.on('message', async (m: Msg) => {
   try {

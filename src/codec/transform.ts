@@ -51,7 +51,8 @@ export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise
 
 export async function runSession(session: ortTypes.InferenceSession, feeds: Feeds): Promise<Outputs> {
   const t: Record<string, ortTypes.Tensor> = {};
-  for (const [k, f] of Object.entries(feeds)) t[k] = f.data instanceof Uint8Array ? new ort.Tensor('uint8', f.data, f.dims) : new ort.Tensor('float32', f.data, f.dims);
+  for (const [k, f] of Object.entries(feeds))
+    t[k] = f.data instanceof Uint8Array ? new ort.Tensor('uint8', f.data, f.dims) : new ort.Tensor('float32', f.data, f.dims);
   const out = await session.run(t);
   const res: Outputs = {};
   for (const name of session.outputNames) res[name] = out[name].data as Float32Array | Uint8Array;
@@ -104,7 +105,12 @@ export class ThreadedTransform implements TransformRunner {
       if (!w) return;
       this.waiting.delete(r.id);
       if (this.waiting.size === 0) this.worker.unref();
-      if (r.error) w.reject(r.error.code ? new KvtcError(r.error.code as ErrorCode, r.error.message, { fix: r.error.fix }) : new InternalError(`transform thread: ${r.error.message}`));
+      if (r.error)
+        w.reject(
+          r.error.code
+            ? new KvtcError(r.error.code as ErrorCode, r.error.message, { fix: r.error.fix })
+            : new InternalError(`transform thread: ${r.error.message}`),
+        );
       else w.resolve(r.out!);
     });
     const failAll = (e: unknown) => {
@@ -144,7 +150,8 @@ export class ThreadedTransform implements TransformRunner {
     // The inputs are transferred (the caller hands them over); shared RoPE tables are copied.
     const transfer: ArrayBuffer[] = [];
     for (const [name, f] of Object.entries(feeds)) {
-      if (name !== 'cos' && name !== 'sin' && f.data.byteOffset === 0 && f.data.byteLength === f.data.buffer.byteLength) transfer.push(f.data.buffer as ArrayBuffer);
+      if (name !== 'cos' && name !== 'sin' && f.data.byteOffset === 0 && f.data.byteLength === f.data.buffer.byteLength)
+        transfer.push(f.data.buffer as ArrayBuffer);
     }
     return this.call({ type: 'run', dir, i, feeds }, transfer);
   }

@@ -59,7 +59,9 @@ export async function convertLlama2c(opts: ConvertLlama2cOptions): Promise<Conve
     force: opts.force,
   });
   const parameters =
-    weights.embedTokens.length + weights.finalNorm.length + (weights.lmHead?.length ?? 0) +
+    weights.embedTokens.length +
+    weights.finalNorm.length +
+    (weights.lmHead?.length ?? 0) +
     weights.layers.reduce((n, l) => n + Object.values(l).reduce((m, a: Float32Array) => m + a.length, 0), 0);
   return { ...written, source: ckpt.config, spec, parameters };
 }

@@ -148,46 +148,86 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
       fix: 'The weights do not match the model spec (hidden, heads, kvHeads, headDim, vocab); check the conversion.',
       context: { what, got, want },
     });
-  if (s.heads % s.kvHeads !== 0) throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: heads ${s.heads} is not a multiple of kvHeads ${s.kvHeads}`, { fix: 'Use a kvHeads that divides heads.' });
+  if (s.heads % s.kvHeads !== 0)
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: heads ${s.heads} is not a multiple of kvHeads ${s.kvHeads}`, {
+      fix: 'Use a kvHeads that divides heads.',
+    });
   if (w.layers.length !== s.layers) throw bad('layers', w.layers.length, s.layers);
   if (w.embedTokens.length !== s.vocabSize * s.hidden) throw bad('embedTokens', w.embedTokens.length, s.vocabSize * s.hidden);
   if (w.lmHead && w.lmHead.length !== s.vocabSize * s.hidden) throw bad('lmHead', w.lmHead.length, s.vocabSize * s.hidden);
   const inter = w.layers[0].gateProj.length / s.hidden;
   w.layers.forEach((l, i) => {
     const want: [keyof LlamaLayerWeights, number][] = [
-      ['inputNorm', s.hidden], ['postAttentionNorm', s.hidden],
-      ['qProj', s.heads * s.headDim * s.hidden], ['kProj', s.kvHeads * s.headDim * s.hidden], ['vProj', s.kvHeads * s.headDim * s.hidden],
-      ['oProj', s.hidden * s.heads * s.headDim], ['gateProj', inter * s.hidden], ['upProj', inter * s.hidden], ['downProj', inter * s.hidden],
+      ['inputNorm', s.hidden],
+      ['postAttentionNorm', s.hidden],
+      ['qProj', s.heads * s.headDim * s.hidden],
+      ['kProj', s.kvHeads * s.headDim * s.hidden],
+      ['vProj', s.kvHeads * s.headDim * s.hidden],
+      ['oProj', s.hidden * s.heads * s.headDim],
+      ['gateProj', inter * s.hidden],
+      ['upProj', inter * s.hidden],
+      ['downProj', inter * s.hidden],
     ];
     if (o.qkNorm) {
-      want.push(['qNorm', o.qkNorm === 'head' ? s.headDim : s.heads * s.headDim], ['kNorm', o.qkNorm === 'head' ? s.headDim : s.kvHeads * s.headDim]);
+      want.push(
+        ['qNorm', o.qkNorm === 'head' ? s.headDim : s.heads * s.headDim],
+        ['kNorm', o.qkNorm === 'head' ? s.headDim : s.kvHeads * s.headDim],
+      );
     }
     if (o.sandwichNorms) want.push(['preFeedforwardNorm', s.hidden], ['postFeedforwardNorm', s.hidden]);
     for (const [k, n] of want) if (l[k]?.length !== n) throw bad(`layers[${i}].${k}`, l[k]?.length ?? 0, n);
   });
   if (o.positionEmbeddings && (o.positionEmbeddings.length === 0 || o.positionEmbeddings.length % s.hidden !== 0)) {
-    throw bad('positionEmbeddings', o.positionEmbeddings.length, s.hidden * Math.max(1, Math.round(o.positionEmbeddings.length / s.hidden)));
+    throw bad(
+      'positionEmbeddings',
+      o.positionEmbeddings.length,
+      s.hidden * Math.max(1, Math.round(o.positionEmbeddings.length / s.hidden)),
+    );
   }
-  const floats = w.embedTokens.length + (w.lmHead?.length ?? 0) + (o.positionEmbeddings?.length ?? 0)
-    + w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array | undefined) => m + (a?.length ?? 0), 0), 0);
+  const floats =
+    w.embedTokens.length +
+    (w.lmHead?.length ?? 0) +
+    (o.positionEmbeddings?.length ?? 0) +
+    w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array | undefined) => m + (a?.length ?? 0), 0), 0);
   if (floats * 4 > 2_000_000_000) {
-    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${(floats * 4 / 1e9).toFixed(2)} GB of weights exceed ONNX's 2 GB protobuf limit (external data is not written)`, {
-      fix: 'Build a smaller model (fewer layers, smaller hidden/intermediate/vocab).',
-      context: { bytes: floats * 4 },
-    });
+    throw new KvtcError(
+      'MODEL_INVALID',
+      `buildLlamaGraph: ${((floats * 4) / 1e9).toFixed(2)} GB of weights exceed ONNX's 2 GB protobuf limit (external data is not written)`,
+      {
+        fix: 'Build a smaller model (fewer layers, smaller hidden/intermediate/vocab).',
+        context: { bytes: floats * 4 },
+      },
+    );
   }
   if (o.layerRope && o.layerRope.length !== s.layers) throw bad('layerRope', o.layerRope.length, s.layers);
   if (o.cacheWindow && (o.cacheWindow.length !== s.layers || o.cacheWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))) {
-    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: cacheWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.cacheWindow)}`, { fix: 'Fix cacheWindow.' });
+    throw new KvtcError(
+      'MODEL_INVALID',
+      `buildLlamaGraph: cacheWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.cacheWindow)}`,
+      { fix: 'Fix cacheWindow.' },
+    );
   }
-  if (o.attentionWindow && (o.attentionWindow.length !== s.layers || o.attentionWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))) {
-    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: attentionWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.attentionWindow)}`, { fix: 'Fix attentionWindow.' });
+  if (
+    o.attentionWindow &&
+    (o.attentionWindow.length !== s.layers || o.attentionWindow.some((w) => w !== null && !(Number.isInteger(w) && w > 0)))
+  ) {
+    throw new KvtcError(
+      'MODEL_INVALID',
+      `buildLlamaGraph: attentionWindow must give each of the ${s.layers} layers a positive window or null, got ${JSON.stringify(o.attentionWindow)}`,
+      { fix: 'Fix attentionWindow.' },
+    );
   }
-  for (const [k, v] of [['embedScale', o.embedScale], ['attentionScale', o.attentionScale]] as const) {
-    if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${k} must be a positive number, got ${v}`, { fix: `Fix ${k}.` });
+  for (const [k, v] of [
+    ['embedScale', o.embedScale],
+    ['attentionScale', o.attentionScale],
+  ] as const) {
+    if (v !== undefined && !(Number.isFinite(v) && v > 0))
+      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${k} must be a positive number, got ${v}`, { fix: `Fix ${k}.` });
   }
   if (o.hiddenAct !== undefined && o.hiddenAct !== 'silu' && o.hiddenAct !== 'gelu_tanh') {
-    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: hiddenAct "${String(o.hiddenAct)}" must be "silu" or "gelu_tanh"`, { fix: 'Fix hiddenAct.' });
+    throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: hiddenAct "${String(o.hiddenAct)}" must be "silu" or "gelu_tanh"`, {
+      fix: 'Fix hiddenAct.',
+    });
   }
   if (!o.layerRope && s.rope.length !== s.layers) throw bad('rope (one per layer)', s.rope.length, s.layers);
   layerRopes(s, o).forEach((r, i) => {
@@ -195,10 +235,14 @@ function checkShapes(w: LlamaWeights, s: LlamaGraphSpec, o: LlamaGraphOptions): 
     const at = o.layerRope ? `layerRope[${i}]` : 'rope';
     const R = r.rotaryDim;
     if (!(Number.isInteger(R) && R > 0 && R <= s.headDim && R % 2 === 0)) {
-      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.rotaryDim ${R} must be even and in (0, headDim=${s.headDim}]`, { fix: 'Fix the rotary dim.' });
+      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.rotaryDim ${R} must be even and in (0, headDim=${s.headDim}]`, {
+        fix: 'Fix the rotary dim.',
+      });
     }
     if (r.layout !== 'half' && r.layout !== 'interleaved') {
-      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.layout "${String(r.layout)}" must be "half" or "interleaved"`, { fix: 'Fix the RoPE layout.' });
+      throw new KvtcError('MODEL_INVALID', `buildLlamaGraph: ${at}.layout "${String(r.layout)}" must be "half" or "interleaved"`, {
+        fix: 'Fix the RoPE layout.',
+      });
     }
     if (r.invFreq.length !== R / 2) throw bad(`${at}.invFreq`, r.invFreq.length, R / 2);
     if (r.long && r.long.invFreq.length !== R / 2) throw bad(`${at}.long.invFreq`, r.long.invFreq.length, R / 2);
@@ -214,8 +258,17 @@ function layerRopes(s: LlamaGraphSpec, o: LlamaGraphOptions): (GraphLayerRope | 
     const ok = Number.isInteger(r.rotaryDim) && r.rotaryDim > 0 && r.rotaryDim % 2 === 0;
     const sc = r.scaling;
     // longrope: short factors up to original_max_position_embeddings, long beyond (switched per forward pass).
-    const long = ok && sc?.type === 'longrope' ? { invFreq: ropeInvFreq(r, sc.originalMaxPositionEmbeddings + 1), above: sc.originalMaxPositionEmbeddings } : undefined;
-    return { invFreq: ok ? ropeInvFreq(r, 0) : [], rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor ?? 1, ...(long ? { long } : {}) };
+    const long =
+      ok && sc?.type === 'longrope'
+        ? { invFreq: ropeInvFreq(r, sc.originalMaxPositionEmbeddings + 1), above: sc.originalMaxPositionEmbeddings }
+        : undefined;
+    return {
+      invFreq: ok ? ropeInvFreq(r, 0) : [],
+      rotaryDim: r.rotaryDim,
+      layout: r.layout,
+      attentionFactor: r.attentionFactor ?? 1,
+      ...(long ? { long } : {}),
+    };
   };
   return Array.from({ length: s.layers }, (_, l) => one(s.rope[l] ?? null));
 }
@@ -238,7 +291,8 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   // Outputs in Optimum's order (logits first); their nodes are added below under these names.
   g.output('logits', 'logits', 'float32', ['batch_size', 'sequence_length', V]);
   for (let l = 0; l < spec.layers; l++) {
-    for (const kind of ['key', 'value']) g.output(`present.${l}.${kind}`, `present.${l}.${kind}`, kvType, ['batch_size', KV, 'total_sequence_length', D]);
+    for (const kind of ['key', 'value'])
+      g.output(`present.${l}.${kind}`, `present.${l}.${kind}`, kvType, ['batch_size', KV, 'total_sequence_length', D]);
   }
 
   const i64 = (v: number[]) => g.i64(v);
@@ -257,10 +311,21 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   // always wrote, so converted models stay byte-identical.
   //   half:        cos/sin [B, 1, S, R] of cat(freqs, freqs), pairs (i, i + R/2)
   //   interleaved: cos/sin [B, 1, S, R/2, 1], pairs (2i, 2i + 1)
-  interface Table { cos: string; sin: string; halves?: string }
+  interface Table {
+    cos: string;
+    sin: string;
+    halves?: string;
+  }
   const ropes = layerRopes(spec, opts);
   const tables = new Map<string, Table>();
-  const key = (r: GraphLayerRope) => JSON.stringify([Array.from(r.invFreq, Math.fround), r.rotaryDim, r.layout, r.attentionFactor ?? 1, r.long ? [Array.from(r.long.invFreq, Math.fround), r.long.above] : null]);
+  const key = (r: GraphLayerRope) =>
+    JSON.stringify([
+      Array.from(r.invFreq, Math.fround),
+      r.rotaryDim,
+      r.layout,
+      r.attentionFactor ?? 1,
+      r.long ? [Array.from(r.long.invFreq, Math.fround), r.long.above] : null,
+    ]);
   let posF: string | undefined; // [B, S, 1]
   for (const r of ropes) {
     if (!r || tables.has(key(r))) continue;
@@ -275,7 +340,8 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
       invFreq = g.op('Where', [g.op('Greater', [seqLen, g.scalarF32(r.long.above, `rope.${n}.above`)]), long, invFreq]);
     }
     const freqs = g.op('Mul', [posF, invFreq]); // [B, S, R/2]
-    const scaled = (t: string) => ((r.attentionFactor ?? 1) === 1 ? t : g.op('Mul', [t, g.scalarF32(r.attentionFactor!, `rope.${n}.attention_factor`)]));
+    const scaled = (t: string) =>
+      (r.attentionFactor ?? 1) === 1 ? t : g.op('Mul', [t, g.scalarF32(r.attentionFactor!, `rope.${n}.attention_factor`)]);
     if (r.layout === 'half') {
       const angles = g.op('Concat', [freqs, freqs], { axis: -1 }); // [B, S, R]
       const cos = g.op('Unsqueeze', [scaled(g.op('Cos', [angles])), i64([1])]);
@@ -344,7 +410,10 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
   // gelu_pytorch_tanh: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); opset 17 has no Gelu.
   const geluTanh = (t: string) => {
     const c = Math.sqrt(2 / Math.PI);
-    const inner = g.op('Mul', [t, g.op('Add', [g.scalarF32(c, 'gelu_c'), g.op('Mul', [g.op('Mul', [t, t]), g.scalarF32(c * 0.044715, 'gelu_c3')])])]);
+    const inner = g.op('Mul', [
+      t,
+      g.op('Add', [g.scalarF32(c, 'gelu_c'), g.op('Mul', [g.op('Mul', [t, t]), g.scalarF32(c * 0.044715, 'gelu_c3')])]),
+    ]);
     return g.op('Mul', [g.op('Mul', [t, g.scalarF32(0.5, 'gelu_half')]), g.op('Add', [g.scalarF32(1, 'gelu_one'), g.op('Tanh', [inner])])]);
   };
   const splitHeads = (t: string, n: number) => g.op('Transpose', [g.op('Reshape', [t, i64([0, 0, n, D])])], { perm: [0, 2, 1, 3] }); // [B, n, S, D]
@@ -354,7 +423,15 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     const h = rmsNorm(x, g.constant(`${p}.input_layernorm.weight`, lw.inputNorm, [H]));
     // Phi-3's qkv_proj: one [q; k; v] projection, split as modeling_phi3.py slices it.
     const fused = opts.fusedQkv
-      ? g.opN('Split', [linear(h, `${p}.self_attn.qkv_proj.weight.T`, concatRows(lw.qProj, lw.kProj, lw.vProj), (heads + 2 * KV) * D, H), i64([heads * D, KV * D, KV * D])], { axis: -1 }, { outputs: 3 })
+      ? g.opN(
+          'Split',
+          [
+            linear(h, `${p}.self_attn.qkv_proj.weight.T`, concatRows(lw.qProj, lw.kProj, lw.vProj), (heads + 2 * KV) * D, H),
+            i64([heads * D, KV * D, KV * D]),
+          ],
+          { axis: -1 },
+          { outputs: 3 },
+        )
       : undefined;
     // q/k as the attention module has them before RoPE, with the family's q/k norm.
     const proj = (kind: 'q' | 'k', w: Float32Array, n: number, norm: Float32Array | undefined) => {
@@ -373,7 +450,9 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     const cache = (t: string, pastName: string, kind: 'key' | 'value') => {
       const name = `present.${l}.${kind}`;
       const stored = kvType === 'float16' ? g.op('Cast', [t], { to: FLOAT16 }) : t;
-      const all = window ? g.op('Concat', [pastName, stored], { axis: 2 }) : g.op('Concat', [pastName, stored], { axis: 2 }, { names: [name] });
+      const all = window
+        ? g.op('Concat', [pastName, stored], { axis: 2 })
+        : g.op('Concat', [pastName, stored], { axis: 2 }, { names: [name] });
       if (window) g.op('Slice', [all, i64([-window]), i64([Number.MAX_SAFE_INTEGER]), i64([2])], {}, { names: [name] });
       return kvType === 'float16' ? g.op('Cast', [all], { to: FLOAT }) : all; // [B, KV, T, D]
     };
@@ -391,17 +470,24 @@ export function buildLlamaGraph(weights: LlamaWeights, spec: LlamaGraphSpec, opt
     const postAttnNorm = () => g.constant(`${p}.post_attention_layernorm.weight`, lw.postAttentionNorm, [H]);
     x = g.op('Add', [x, opts.sandwichNorms ? rmsNorm(attnOut, postAttnNorm()) : attnOut]);
 
-    const h2 = opts.sandwichNorms ? rmsNorm(x, g.constant(`${p}.pre_feedforward_layernorm.weight`, lw.preFeedforwardNorm!, [H])) : rmsNorm(x, postAttnNorm());
+    const h2 = opts.sandwichNorms
+      ? rmsNorm(x, g.constant(`${p}.pre_feedforward_layernorm.weight`, lw.preFeedforwardNorm!, [H]))
+      : rmsNorm(x, postAttnNorm());
     const gate = linear(h2, `${p}.mlp.gate_proj.weight.T`, lw.gateProj, inter, H);
     const up = linear(h2, `${p}.mlp.up_proj.weight.T`, lw.upProj, inter, H);
     const act = g.op('Mul', [opts.hiddenAct === 'gelu_tanh' ? geluTanh(gate) : g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
     const mlpOut = linear(act, `${p}.mlp.down_proj.weight.T`, lw.downProj, H, inter);
-    x = g.op('Add', [x, opts.sandwichNorms ? rmsNorm(mlpOut, g.constant(`${p}.post_feedforward_layernorm.weight`, lw.postFeedforwardNorm!, [H])) : mlpOut]);
+    x = g.op('Add', [
+      x,
+      opts.sandwichNorms ? rmsNorm(mlpOut, g.constant(`${p}.post_feedforward_layernorm.weight`, lw.postFeedforwardNorm!, [H])) : mlpOut,
+    ]);
   });
 
   const hf = rmsNorm(x, g.constant('model.norm.weight', weights.finalNorm, [H]));
   // Tied head: the transpose of the embedding is folded by ONNX Runtime at load, stored once.
-  const head = weights.lmHead ? g.constant('lm_head.weight.T', transpose(weights.lmHead, V, H), [H, V]) : g.op('Transpose', [embed], { perm: [1, 0] });
+  const head = weights.lmHead
+    ? g.constant('lm_head.weight.T', transpose(weights.lmHead, V, H), [H, V])
+    : g.op('Transpose', [embed], { perm: [1, 0] });
   g.op('MatMul', [hf, head], {}, { names: ['logits'] });
   return g.toModel({ producer: 'kvtc', docString: `${opts.name ?? 'llama'}: Llama decoder with KV cache (kvtc convert)` });
 }

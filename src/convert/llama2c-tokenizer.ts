@@ -20,7 +20,13 @@ export const EOS_ID = 2;
 const SPACE = '\u2581';
 
 function invalid(source: string, message: string, context: Record<string, unknown> = {}): KvtcError {
-  return fileError('TOKENIZER_MISSING', source, message, 'Pass the tokenizer.bin written by llama2.c tokenizer.py (the one matching the checkpoint) with --tokenizer.', context);
+  return fileError(
+    'TOKENIZER_MISSING',
+    source,
+    message,
+    'Pass the tokenizer.bin written by llama2.c tokenizer.py (the one matching the checkpoint) with --tokenizer.',
+    context,
+  );
 }
 
 /** llama2.c stores the pieces with '▁' as ' ' and BOS/EOS as "\n<s>\n" / "\n</s>\n"; undo both. */
@@ -34,7 +40,8 @@ export function parseLlama2cTokenizer(bytes: Uint8Array, source = 'tokenizer.bin
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (bytes.byteLength < 4) throw invalid(source, `file is ${bytes.byteLength} bytes; too short for a tokenizer.bin`);
   const maxTokenLength = view.getInt32(0, true);
-  if (maxTokenLength <= 0 || maxTokenLength > 4096) throw invalid(source, `max_token_length ${maxTokenLength} is not plausible; this is not a llama2.c tokenizer.bin`);
+  if (maxTokenLength <= 0 || maxTokenLength > 4096)
+    throw invalid(source, `max_token_length ${maxTokenLength} is not plausible; this is not a llama2.c tokenizer.bin`);
   const decoder = new TextDecoder('utf-8', { fatal: true });
   const pieces: string[] = [];
   const scores: number[] = [];
@@ -45,7 +52,10 @@ export function parseLlama2cTokenizer(bytes: Uint8Array, source = 'tokenizer.bin
     const len = view.getInt32(off + 4, true);
     off += 8;
     if (len < 0 || len > maxTokenLength || off + len > bytes.byteLength || !Number.isFinite(score)) {
-      throw invalid(source, `token ${pieces.length} at byte ${off - 8} has length ${len} and score ${score}; the file is truncated or corrupt`);
+      throw invalid(
+        source,
+        `token ${pieces.length} at byte ${off - 8} has length ${len} and score ${score}; the file is truncated or corrupt`,
+      );
     }
     let raw: string;
     try {
@@ -58,9 +68,20 @@ export function parseLlama2cTokenizer(bytes: Uint8Array, source = 'tokenizer.bin
     scores.push(score);
   }
   if (expectedVocab !== undefined && (pieces.length !== expectedVocab || off !== bytes.byteLength)) {
-    throw invalid(source, `holds ${pieces.length} tokens${off !== bytes.byteLength ? ' and trailing data' : ''}, the checkpoint expects vocab_size ${expectedVocab}`, { tokens: pieces.length, expectedVocab });
+    throw invalid(
+      source,
+      `holds ${pieces.length} tokens${off !== bytes.byteLength ? ' and trailing data' : ''}, the checkpoint expects vocab_size ${expectedVocab}`,
+      { tokens: pieces.length, expectedVocab },
+    );
   }
-  if (pieces.length < 259 || pieces[UNK_ID] !== '<unk>' || pieces[BOS_ID] !== '<s>' || pieces[EOS_ID] !== '</s>' || pieces[3] !== '<0x00>' || pieces[258] !== '<0xFF>') {
+  if (
+    pieces.length < 259 ||
+    pieces[UNK_ID] !== '<unk>' ||
+    pieces[BOS_ID] !== '<s>' ||
+    pieces[EOS_ID] !== '</s>' ||
+    pieces[3] !== '<0x00>' ||
+    pieces[258] !== '<0xFF>'
+  ) {
     throw invalid(source, 'expected a Llama sentencepiece vocabulary (<unk>, <s>, </s>, then the 256 byte tokens <0x00>..<0xFF>)');
   }
   if (new Set(pieces).size !== pieces.length) throw invalid(source, 'holds duplicate pieces');
@@ -104,7 +125,15 @@ export function sentencePieceMerges(vocab: Llama2cVocab): [string, string][] {
   return merges.map((m) => [m.l, m.r]);
 }
 
-const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+const special = (id: number, content: string) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
 
 /** tokenizer.json, shaped like transformers' LlamaConverter output (legacy normalizer). */
 export function hfTokenizerJson(vocab: Llama2cVocab): Record<string, unknown> {

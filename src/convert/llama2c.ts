@@ -50,16 +50,24 @@ export interface Llama2cCheckpoint {
 }
 
 function invalid(source: string, message: string, context: Record<string, unknown> = {}): KvtcError {
-  return fileError('MODEL_INVALID', source, message, 'Pass a float32 llama2.c checkpoint (legacy or version 1 export of llama2.c export.py); re-download it if it is truncated.', context);
+  return fileError(
+    'MODEL_INVALID',
+    source,
+    message,
+    'Pass a float32 llama2.c checkpoint (legacy or version 1 export of llama2.c export.py); re-download it if it is truncated.',
+    context,
+  );
 }
 
 function checkHeader(c: Omit<Llama2cConfig, 'format' | 'sharedClassifier'>, source: string): void {
   const fields = Object.entries(c);
   for (const [k, v] of fields) {
-    if (!Number.isInteger(v) || v <= 0 || v > 1 << 20) throw invalid(source, `header field ${k} = ${v} is not a plausible size; this is not a llama2.c checkpoint`, { header: c });
+    if (!Number.isInteger(v) || v <= 0 || v > 1 << 20)
+      throw invalid(source, `header field ${k} = ${v} is not a plausible size; this is not a llama2.c checkpoint`, { header: c });
   }
   const headSize = c.dim / c.heads;
-  if (!Number.isInteger(headSize) || headSize % 2 !== 0) throw invalid(source, `dim ${c.dim} / n_heads ${c.heads} must be an even integer head size`, { header: c });
+  if (!Number.isInteger(headSize) || headSize % 2 !== 0)
+    throw invalid(source, `dim ${c.dim} / n_heads ${c.heads} must be an even integer head size`, { header: c });
   if (c.heads % c.kvHeads !== 0) throw invalid(source, `n_heads ${c.heads} is not a multiple of n_kv_heads ${c.kvHeads}`, { header: c });
 }
 
@@ -82,7 +90,11 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, source = 'checkpoint')
     if (bytes.byteLength < V1_HEADER_BYTES) throw invalid(source, `file is ${bytes.byteLength} bytes, shorter than the 256-byte v1 header`);
     const version = view.getInt32(4, true);
     if (version !== 1) {
-      throw invalid(source, `llama2.c checkpoint version ${version} is not supported (only float32 version 1 and legacy; version 2 is int8-quantized)`, { version });
+      throw invalid(
+        source,
+        `llama2.c checkpoint version ${version} is not supported (only float32 version 1 and legacy; version 2 is int8-quantized)`,
+        { version },
+      );
     }
     const [dim, hiddenDim, layers, heads, kvHeads, vocabSize, seqLen] = ints(8);
     const shared = bytes[36];
@@ -102,10 +114,14 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, source = 'checkpoint')
   const clsFloats = config.sharedClassifier ? 0 : config.vocabSize * config.dim;
   const expected = offset + 4 * (bodyFloats(config) + freqFloats + clsFloats);
   if (bytes.byteLength !== expected) {
-    throw invalid(source, `${config.format} checkpoint with header ${JSON.stringify(sizes)} should be ${expected} bytes, but the file is ${bytes.byteLength} bytes (${bytes.byteLength < expected ? 'truncated' : 'trailing data'})`, {
-      expectedBytes: expected,
-      actualBytes: bytes.byteLength,
-    });
+    throw invalid(
+      source,
+      `${config.format} checkpoint with header ${JSON.stringify(sizes)} should be ${expected} bytes, but the file is ${bytes.byteLength} bytes (${bytes.byteLength < expected ? 'truncated' : 'trailing data'})`,
+      {
+        expectedBytes: expected,
+        actualBytes: bytes.byteLength,
+      },
+    );
   }
 
   // Copy out of the file buffer: Float32Array needs 4-byte alignment, and callers may keep slices.
@@ -145,9 +161,21 @@ export function parseLlama2cCheckpoint(bytes: Uint8Array, source = 'checkpoint')
   }
   const wcls = config.sharedClassifier ? undefined : take(V * dim);
   const layers = Array.from({ length: L }, (_, l) => ({
-    rmsAtt: rmsAtt[l], wq: wq[l], wk: wk[l], wv: wv[l], wo: wo[l], rmsFfn: rmsFfn![l], w1: w1[l], w2: w2[l], w3: w3[l],
+    rmsAtt: rmsAtt[l],
+    wq: wq[l],
+    wk: wk[l],
+    wv: wv[l],
+    wo: wo[l],
+    rmsFfn: rmsFfn![l],
+    w1: w1[l],
+    w2: w2[l],
+    w3: w3[l],
   }));
-  for (const [name, arr] of [['token_embedding', tokenEmbedding], ['rms_final', rmsFinal!], ['wq[0]', wq[0]]] as const) {
+  for (const [name, arr] of [
+    ['token_embedding', tokenEmbedding],
+    ['rms_final', rmsFinal!],
+    ['wq[0]', wq[0]],
+  ] as const) {
     if (!arr.every(Number.isFinite)) throw invalid(source, `${name} holds NaN or infinite values; the file is corrupt`);
   }
   return { config, tokenEmbedding, layers, rmsFinal: rmsFinal!, wcls };

@@ -35,13 +35,20 @@ export interface WrittenModelDir {
 }
 
 /** Hugging Face LlamaConfig fields for the spec. */
-export function llamaConfigJson(spec: LlamaDirSpec, opts: { intermediate: number; rmsNormEps: number; tied: boolean; name: string }): Record<string, unknown> {
+export function llamaConfigJson(
+  spec: LlamaDirSpec,
+  opts: { intermediate: number; rmsNormEps: number; tied: boolean; name: string },
+): Record<string, unknown> {
   // A Llama config.json says one RoPE for every layer (default, linear or llama3).
   const r = uniformRope(spec.rope);
   if (!r || !legacyExpressible(r)) {
-    throw new KvtcError('MODEL_INVALID', 'llamaConfigJson: a LlamaConfig has one RoPE (default, linear or llama3) for all layers; this spec gives its layers different or other RoPE', {
-      fix: 'Write the config.json of such a model as its own family does.',
-    });
+    throw new KvtcError(
+      'MODEL_INVALID',
+      'llamaConfigJson: a LlamaConfig has one RoPE (default, linear or llama3) for all layers; this spec gives its layers different or other RoPE',
+      {
+        fix: 'Write the config.json of such a model as its own family does.',
+      },
+    );
   }
   const s = r.scaling;
   const ropeScaling = !s
@@ -49,12 +56,12 @@ export function llamaConfigJson(spec: LlamaDirSpec, opts: { intermediate: number
     : s.type === 'linear'
       ? { rope_type: 'linear', factor: s.factor }
       : s.type === 'llama3' && {
-        rope_type: 'llama3',
-        factor: s.factor,
-        low_freq_factor: s.lowFreqFactor ?? 1,
-        high_freq_factor: s.highFreqFactor ?? 4,
-        original_max_position_embeddings: s.originalMaxPositionEmbeddings ?? 8192,
-      };
+          rope_type: 'llama3',
+          factor: s.factor,
+          low_freq_factor: s.lowFreqFactor ?? 1,
+          high_freq_factor: s.highFreqFactor ?? 4,
+          original_max_position_embeddings: s.originalMaxPositionEmbeddings ?? 8192,
+        };
   return {
     _name_or_path: opts.name,
     architectures: ['LlamaForCausalLM'],
@@ -116,5 +123,8 @@ export async function writeLlamaModelDir(dir: string, opts: LlamaModelDirOptions
   // existing directory never deletes anything else in it (provenance in source/, the user's files).
   checkOutputDir(dir);
   for (const [rel, data] of contents) await writeFileAtomic(join(dir, rel), data);
-  return { dir, files: contents.map(([path, data]) => ({ path, bytes: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength })) };
+  return {
+    dir,
+    files: contents.map(([path, data]) => ({ path, bytes: typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength })),
+  };
 }

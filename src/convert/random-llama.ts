@@ -115,13 +115,30 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
   for (const [k, v] of Object.entries({ layers, hidden, heads, kvHeads, headDim, intermediate, vocab })) {
     if (!Number.isInteger(v) || v <= 0) throw usage(`${k} must be a positive integer, got ${v}`, `Pass an integer ${k}.`, { [k]: v });
   }
-  if (heads % kvHeads !== 0) throw usage(`heads ${heads} is not a multiple of kvHeads ${kvHeads}`, 'Pick kvHeads dividing heads.', { heads, kvHeads });
+  if (heads % kvHeads !== 0)
+    throw usage(`heads ${heads} is not a multiple of kvHeads ${kvHeads}`, 'Pick kvHeads dividing heads.', { heads, kvHeads });
   if (vocab < 512) throw usage(`vocab ${vocab} is smaller than the bundled tokenizer's 512 pieces`, 'Use vocab >= 512.', { vocab });
 
-  const weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), { layers, hidden, heads, kvHeads, headDim, intermediate, vocab, std, untied: opts.untied });
+  const weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), {
+    layers,
+    hidden,
+    heads,
+    kvHeads,
+    headDim,
+    intermediate,
+    vocab,
+    std,
+    untied: opts.untied,
+  });
 
   const spec: LlamaDirSpec = {
-    layers, heads, kvHeads, headDim, hidden, vocabSize: vocab, rope: uniformModelRope(rope, layers),
+    layers,
+    heads,
+    kvHeads,
+    headDim,
+    hidden,
+    vocabSize: vocab,
+    rope: uniformModelRope(rope, layers),
     kvDtype: opts.kvDtype ?? 'float32',
     maxPositions: opts.maxPositions ?? 2048,
     bosTokenId: 1,
@@ -133,14 +150,26 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
     tokenizerJson = JSON.parse(await readFile(join(DEFAULT_MODEL_DIR, 'tokenizer.json'), 'utf8'));
     tokenizerConfig = JSON.parse(await readFile(join(DEFAULT_MODEL_DIR, 'tokenizer_config.json'), 'utf8'));
   } catch (e) {
-    throw new KvtcError('TOKENIZER_MISSING', `buildRandomLlama: cannot read the bundled tokenizer in ${DEFAULT_MODEL_DIR}: ${(e as Error).message}`, {
-      fix: 'Restore models/stories260k/ (see models/stories260k/source/SOURCE.md to regenerate it).',
-      cause: e,
-    });
+    throw new KvtcError(
+      'TOKENIZER_MISSING',
+      `buildRandomLlama: cannot read the bundled tokenizer in ${DEFAULT_MODEL_DIR}: ${(e as Error).message}`,
+      {
+        fix: 'Restore models/stories260k/ (see models/stories260k/source/SOURCE.md to regenerate it).',
+        cause: e,
+      },
+    );
   }
   tokenizerConfig = { ...tokenizerConfig, model_max_length: spec.maxPositions };
   const name = opts.name ?? `random-llama-l${layers}-h${hidden}-q${heads}-kv${kvHeads}-d${headDim}`;
-  const written = await writeLlamaModelDir(opts.out, { weights, spec, rmsNormEps: opts.rmsNormEps ?? 1e-5, tokenizerJson, tokenizerConfig, name, force: opts.force });
+  const written = await writeLlamaModelDir(opts.out, {
+    weights,
+    spec,
+    rmsNormEps: opts.rmsNormEps ?? 1e-5,
+    tokenizerJson,
+    tokenizerConfig,
+    name,
+    force: opts.force,
+  });
   return {
     ...written,
     intermediate,

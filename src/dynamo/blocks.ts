@@ -47,7 +47,13 @@ function inBlock(s: BlockShape, t: number, h: number): number {
  * offset of that head's head_dim vector in the cache tensor [kv_heads, tokens, head_dim] and in
  * the rows [count, features] (block layout order). gather and scatter copy along these pairs.
  */
-function eachHeadVector(cache: Pick<KvCache, 'tokens'>, s: BlockShape, first: number, count: number, copy: (cacheOff: number, rowOff: number) => void): void {
+function eachHeadVector(
+  cache: Pick<KvCache, 'tokens'>,
+  s: BlockShape,
+  first: number,
+  count: number,
+  copy: (cacheOff: number, rowOff: number) => void,
+): void {
   const p = blockFeatures(s);
   const { kvHeads, headDim } = s;
   const T = cache.tokens;
@@ -63,7 +69,15 @@ function eachHeadVector(cache: Pick<KvCache, 'tokens'>, s: BlockShape, first: nu
  * Rows Float32Array // [count, features] of `count` blocks starting at cache token `first`, for one
  * layer and kind, in the block layout's element order. Keys are taken as stored (RoPE applied).
  */
-export function gatherBlockRows(cache: KvCache, kind: KvKind, layer: number, s: BlockShape, first: number, count: number, out?: Float32Array): Float32Array {
+export function gatherBlockRows(
+  cache: KvCache,
+  kind: KvKind,
+  layer: number,
+  s: BlockShape,
+  first: number,
+  count: number,
+  out?: Float32Array,
+): Float32Array {
   const X = out ?? new Float32Array(count * blockFeatures(s));
   const src = kind === 'key' ? cache.keys[layer] : cache.values[layer];
   eachHeadVector(cache, s, first, count, (c, r) => X.set(src.subarray(c, c + s.headDim), r));
@@ -71,7 +85,15 @@ export function gatherBlockRows(cache: KvCache, kind: KvKind, layer: number, s: 
 }
 
 /** Inverse of gatherBlockRows: writes the rows back into the cache's tensors. */
-export function scatterBlockRows(X: Float32Array, cache: KvCache, kind: KvKind, layer: number, s: BlockShape, first: number, count: number): void {
+export function scatterBlockRows(
+  X: Float32Array,
+  cache: KvCache,
+  kind: KvKind,
+  layer: number,
+  s: BlockShape,
+  first: number,
+  count: number,
+): void {
   const dst = kind === 'key' ? cache.keys[layer] : cache.values[layer];
   eachHeadVector(cache, s, first, count, (c, r) => dst.set(X.subarray(r, r + s.headDim), c));
 }

@@ -134,7 +134,9 @@ export async function selectSequences(
 ): Promise<{ split: SequenceSplit; data: CalibrationTokens }> {
   const { split, data: read } = await readSequences(
     { data, tokens: o.tokens, heldout: o.heldout, report: 0, seed: o.seed, strictData: o.strictData, signal: o.signal },
-    tokenizer, { seqLen: o.seqLen, minFitTokens: Math.max(256, 64 * o.blockTokens) }, progress,
+    tokenizer,
+    { seqLen: o.seqLen, minFitTokens: Math.max(256, 64 * o.blockTokens) },
+    progress,
   );
   return { split, data: read };
 }
@@ -153,16 +155,28 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
   const timer = stageTimer();
   const { seconds, lap } = timer;
   checkRatios(opts.ratios);
-  if (!(Number.isInteger(B) && B >= 1 && B <= LIMITS.blockTokens)) throw usage(`--block-tokens ${B} is out of range`, `Give Dynamo's tokens_per_block, a whole number between 1 and ${LIMITS.blockTokens} (default ${DEFAULT_BLOCK_TOKENS}).`);
+  if (!(Number.isInteger(B) && B >= 1 && B <= LIMITS.blockTokens))
+    throw usage(
+      `--block-tokens ${B} is out of range`,
+      `Give Dynamo's tokens_per_block, a whole number between 1 and ${LIMITS.blockTokens} (default ${DEFAULT_BLOCK_TOKENS}).`,
+    );
 
   progress({ stage: 'loading model' });
   // The block size is checked against the model before the outputs are (openModel's hook).
   const { model, outDirs } = await openModel(opts, DYNAMO_OUTPUT, (m) => {
     const p = blockFeatures({ kvHeads: m.spec.kvHeads, headDim: m.spec.headDim, blockTokens: B });
     if (p > LIMITS.features) {
-      throw usage(`a block of ${B} tokens of this model has ${p} features (${m.spec.kvHeads} KV heads × ${m.spec.headDim} × ${B}), more than the ${LIMITS.features} kvtc fits per basis`, 'Use a smaller --block-tokens.', { features: p });
+      throw usage(
+        `a block of ${B} tokens of this model has ${p} features (${m.spec.kvHeads} KV heads × ${m.spec.headDim} × ${B}), more than the ${LIMITS.features} kvtc fits per basis`,
+        'Use a smaller --block-tokens.',
+        { features: p },
+      );
     }
-    if (sequenceLength(m.spec.maxPositions, B) < B) throw usage(`--block-tokens ${B} is longer than the model's context (${m.spec.maxPositions} tokens)`, `Use --block-tokens ≤ ${Math.min(m.spec.maxPositions, 512)}.`);
+    if (sequenceLength(m.spec.maxPositions, B) < B)
+      throw usage(
+        `--block-tokens ${B} is longer than the model's context (${m.spec.maxPositions} tokens)`,
+        `Use --block-tokens ≤ ${Math.min(m.spec.maxPositions, 512)}.`,
+      );
   });
   const spec = model.spec;
   const shape = { layers: spec.layers, kvHeads: spec.kvHeads, headDim: spec.headDim, blockTokens: B, layout };
@@ -173,9 +187,20 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     lap('load');
 
     progress({ stage: 'reading calibration text' });
-    const { split, data } = await selectSequences(model.tokenizer, opts.data, {
-      seqLen, tokens: opts.tokens, heldout: opts.heldout, seed: opts.seed, blockTokens: B, strictData: opts.strictData, signal: opts.signal,
-    }, progress);
+    const { split, data } = await selectSequences(
+      model.tokenizer,
+      opts.data,
+      {
+        seqLen,
+        tokens: opts.tokens,
+        heldout: opts.heldout,
+        seed: opts.seed,
+        blockTokens: B,
+        strictData: opts.strictData,
+        signal: opts.signal,
+      },
+      progress,
+    );
     lap('tokenize');
 
     const runner = new ModelRunner(model);
@@ -206,7 +231,9 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     const blocksHeld = held.reduce((a, c) => a + fullBlocks(c, B).count, 0);
     const warnings: string[] = [];
     if (blocksFit < p) {
-      warnings.push(`${blocksFit} calibration blocks for ${p} features per block: the covariance has rank ≤ ${blocksFit}, so components beyond it are fitted on nothing; give more --tokens (≥ ${p * B}) for a full-rank fit.`);
+      warnings.push(
+        `${blocksFit} calibration blocks for ${p} features per block: the covariance has rank ≤ ${blocksFit}, so components beyond it are fitted on nothing; give more --tokens (≥ ${p * B}) for a full-rank fit.`,
+      );
     }
     const tables: DynamoBasisTables[] = [];
     let eigenSeconds = 0;
@@ -228,7 +255,19 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
         gatherBlockRows(c, s.kind, s.layer, shape, first, count, rows.subarray(at * p, (at + count) * p));
         at += count;
       }
-      tables.push(prepareDynamoBasis({ kind: s.kind, layer: s.layer, features: p, mean: cov.mean, eigen, heldout: rows, heldoutRows: blocksHeld, fp8Path, intBits }));
+      tables.push(
+        prepareDynamoBasis({
+          kind: s.kind,
+          layer: s.layer,
+          features: p,
+          mean: cov.mean,
+          eigen,
+          heldout: rows,
+          heldoutRows: blocksHeld,
+          fp8Path,
+          intBits,
+        }),
+      );
       tableSeconds += (performance.now() - t) / 1000;
     }
     seconds.eigen = eigenSeconds;
@@ -250,16 +289,43 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
         format: DYNAMO_PROFILE_FORMAT,
         format_version: DYNAMO_PROFILE_VERSION,
         producer: { name: PRODUCER, version: VERSION },
-        model: { name: model.name, architecture: spec.architecture, fingerprint: model.fingerprint.id, layers: spec.layers, kv_heads: spec.kvHeads, head_dim: spec.headDim, kv_dtype: spec.kvDtype },
+        model: {
+          name: model.name,
+          architecture: spec.architecture,
+          fingerprint: model.fingerprint.id,
+          layers: spec.layers,
+          kv_heads: spec.kvHeads,
+          head_dim: spec.headDim,
+          kv_dtype: spec.kvDtype,
+        },
         block: { tokens_per_block: B, layout, features: p, fp8_path: fp8Path },
-        settings: { ratio_target: ratio, tokens: opts.tokens, heldout: opts.heldout, chunk: opts.chunk, seed: opts.seed, granule: tables[0].tables.granule, int_bits: intBits as (1 | 2 | 4 | 8)[] },
-        calibration: { sources, blocks_fit: blocksFit, blocks_heldout: blocksHeld, sequences: split.fit.length + split.heldout.length, seq_len: seqLen },
+        settings: {
+          ratio_target: ratio,
+          tokens: opts.tokens,
+          heldout: opts.heldout,
+          chunk: opts.chunk,
+          seed: opts.seed,
+          granule: tables[0].tables.granule,
+          int_bits: intBits as (1 | 2 | 4 | 8)[],
+        },
+        calibration: {
+          sources,
+          blocks_fit: blocksFit,
+          blocks_heldout: blocksHeld,
+          sequences: split.fit.length + split.heldout.length,
+          seq_len: seqLen,
+        },
         measured: {
           blocks_per_call: Math.round(m.blocksPerCall),
           bytes_per_block: bases.reduce((a, b) => a + b.bytes_per_block, 0),
           ratio_rows: round6(m.ratioRows),
           ratio_calls: round6(m.ratioCalls),
-          rel_error: { key: m.relKey.map(round6), value: m.relValue.map(round6), key_mean: round6(mean(m.relKey)), value_mean: round6(mean(m.relValue)) },
+          rel_error: {
+            key: m.relKey.map(round6),
+            value: m.relValue.map(round6),
+            key_mean: round6(mean(m.relKey)),
+            value_mean: round6(mean(m.relValue)),
+          },
         },
       };
       checkAbort(opts.signal);
@@ -282,9 +348,23 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     }
     seconds.total = timer.total();
     return {
-      model: model.name, model_dir: model.dir, block_tokens: B, layout, features: p, fp8_path: fp8Path,
-      tokens: split.fit.length * seqLen, tokens_requested: opts.tokens, heldout_tokens: split.heldout.length * seqLen,
-      blocks_fit: blocksFit, blocks_heldout: blocksHeld, seq_len: seqLen, bases: states.length, profiles, warnings, seconds, skipped_data: data.skipped,
+      model: model.name,
+      model_dir: model.dir,
+      block_tokens: B,
+      layout,
+      features: p,
+      fp8_path: fp8Path,
+      tokens: split.fit.length * seqLen,
+      tokens_requested: opts.tokens,
+      heldout_tokens: split.heldout.length * seqLen,
+      blocks_fit: blocksFit,
+      blocks_heldout: blocksHeld,
+      seq_len: seqLen,
+      bases: states.length,
+      profiles,
+      warnings,
+      seconds,
+      skipped_data: data.skipped,
     };
   } finally {
     for (const s of states) if (!s.disposed) await s.kernel.dispose?.();

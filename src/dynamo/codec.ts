@@ -33,7 +33,13 @@ export interface DynamoSetup {
 export function setupFromProfile(profile: DynamoProfile): DynamoSetup {
   const m = profile.manifest;
   return {
-    shape: { layers: m.model.layers, kvHeads: m.model.kv_heads, headDim: m.model.head_dim, blockTokens: m.block.tokens_per_block, layout: m.block.layout },
+    shape: {
+      layers: m.model.layers,
+      kvHeads: m.model.kv_heads,
+      headDim: m.model.head_dim,
+      blockTokens: m.block.tokens_per_block,
+      layout: m.block.layout,
+    },
     fp8Path: m.block.fp8_path,
     bases: profile.bases.map((b) => ({ layer: b.layer, kind: b.kind, config: basisConfig(b) })),
   };
@@ -55,19 +61,31 @@ export interface DynamoApplyStats {
 
 function checkCache(cache: KvCache, s: DynamoSetup['shape']): void {
   if (cache.layers !== s.layers || cache.kvHeads !== s.kvHeads || cache.headDim !== s.headDim) {
-    throw new KvtcError('PROFILE_MISMATCH', `the cache has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim}; the dynamo profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`, {
-      fix: 'Use the dynamo profile calibrated for this model.',
-      context: { cache: [cache.layers, cache.kvHeads, cache.headDim], profile: [s.layers, s.kvHeads, s.headDim] },
-    });
+    throw new KvtcError(
+      'PROFILE_MISMATCH',
+      `the cache has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim}; the dynamo profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`,
+      {
+        fix: 'Use the dynamo profile calibrated for this model.',
+        context: { cache: [cache.layers, cache.kvHeads, cache.headDim], profile: [s.layers, s.kvHeads, s.headDim] },
+      },
+    );
   }
 }
 
 /** Compresses and restores one cache; returns the restored copy and the byte counts. */
-export function applyDynamo(setup: DynamoSetup, cache: KvCache, opts: { dtype?: BlockDtype } = {}): { cache: KvCache; stats: DynamoApplyStats } {
+export function applyDynamo(
+  setup: DynamoSetup,
+  cache: KvCache,
+  opts: { dtype?: BlockDtype } = {},
+): { cache: KvCache; stats: DynamoApplyStats } {
   const s = setup.shape;
   checkCache(cache, s);
   const dtype: BlockDtype = opts.dtype ?? (cache.dtype === 'float16' ? 'f16' : 'f32');
-  const out: KvCache = { ...cache, keys: cache.keys.map((k) => Float32Array.from(k)), values: cache.values.map((v) => Float32Array.from(v)) };
+  const out: KvCache = {
+    ...cache,
+    keys: cache.keys.map((k) => Float32Array.from(k)),
+    values: cache.values.map((v) => Float32Array.from(v)),
+  };
   const { first, count } = fullBlocks(cache, s.blockTokens);
   const L = cache.layers;
   const sq = { key: { err: new Float64Array(L), ref: new Float64Array(L) }, value: { err: new Float64Array(L), ref: new Float64Array(L) } };
@@ -96,7 +114,14 @@ export function applyDynamo(setup: DynamoSetup, cache: KvCache, opts: { dtype?: 
   const compressedTokens = count * s.blockTokens;
   return {
     cache: out,
-    stats: { compressedTokens, blocks: count, compressedBytes, rowBytes: rowBytesSum, fp16BytesCompressed: compressedTokens * fp16BytesPerToken({ layers: L, kvHeads: s.kvHeads, headDim: s.headDim }), sq },
+    stats: {
+      compressedTokens,
+      blocks: count,
+      compressedBytes,
+      rowBytes: rowBytesSum,
+      fp16BytesCompressed: compressedTokens * fp16BytesPerToken({ layers: L, kvHeads: s.kvHeads, headDim: s.headDim }),
+      sq,
+    },
   };
 }
 
@@ -117,7 +142,12 @@ export function dynamoCodec(profile: DynamoProfile, opts: { dtype?: BlockDtype }
       const { cache: restored, stats } = applyDynamo(setup, cache, opts);
       const perToken = fp16BytesPerToken(cache);
       const raw = (cache.tokens - stats.compressedTokens) * perToken;
-      return { cache: restored, compressedTokens: stats.compressedTokens, bytes: stats.compressedBytes + raw, compressedBytes: stats.compressedBytes };
+      return {
+        cache: restored,
+        compressedTokens: stats.compressedTokens,
+        bytes: stats.compressedBytes + raw,
+        compressedBytes: stats.compressedBytes,
+      };
     },
     release: async () => {},
   };
@@ -156,5 +186,12 @@ export function measureDynamo(setup: DynamoSetup, caches: KvCache[]): DynamoMeas
     blocks += stats.blocks;
   }
   const rel = (k: 'key' | 'value') => Array.from(num[k], (v, l) => Math.sqrt(v / Math.max(den[k][l], 1e-30)));
-  return { blocks, blocksPerCall: caches.length ? blocks / caches.length : 0, ratioRows: fp16 / rows, ratioCalls: fp16 / calls, relKey: rel('key'), relValue: rel('value') };
+  return {
+    blocks,
+    blocksPerCall: caches.length ? blocks / caches.length : 0,
+    ratioRows: fp16 / rows,
+    ratioCalls: fp16 / calls,
+    relKey: rel('key'),
+    relValue: rel('value'),
+  };
 }

@@ -35,8 +35,17 @@ import type { KvKind } from '../codec/types.js';
 import { allocateRuns, type CostModel } from '../fit/dp.js';
 import { buildTables, tableIndex, type MeasuredTables } from '../fit/error-tables.js';
 import {
-  fp8Decode, fp8Encoder, gatherMeanSubtract, intxCode, intxInterval, intxValue, projectRows, rowBytes, slotsPerByte,
-  type Fp8Path, type KvtcTypeRange,
+  fp8Decode,
+  fp8Encoder,
+  gatherMeanSubtract,
+  intxCode,
+  intxInterval,
+  intxValue,
+  projectRows,
+  rowBytes,
+  slotsPerByte,
+  type Fp8Path,
+  type KvtcTypeRange,
 } from './kernels.js';
 
 export const DEFAULT_INT_BITS: readonly number[] = [2, 4, 8];
@@ -132,10 +141,14 @@ export function allocateDynamo(t: DynamoTables, budgetBytes: number): DynamoAllo
   const p = t.dim;
   const cells = (p + 1) * (Math.floor(budgetBytes) + 1);
   if (cells > MAX_CELLS) {
-    throw new KvtcError('USAGE', `the bit allocation for ${p} features at ${Math.floor(budgetBytes)} bytes per block needs ${(cells * 2 / 2 ** 20).toFixed(0)} MB of back-pointers`, {
-      fix: 'Use a higher --ratio or a smaller --block-tokens (fewer features per kernel row).',
-      context: { features: p, budget_bytes: Math.floor(budgetBytes) },
-    });
+    throw new KvtcError(
+      'USAGE',
+      `the bit allocation for ${p} features at ${Math.floor(budgetBytes)} bytes per block needs ${((cells * 2) / 2 ** 20).toFixed(0)} MB of back-pointers`,
+      {
+        fix: 'Use a higher --ratio or a smaller --block-tokens (fewer features per kernel row).',
+        context: { features: p, budget_bytes: Math.floor(budgetBytes) },
+      },
+    );
   }
   const cost = dynamoCosts(t.intBits);
   const a = allocateRuns(t, cost, budgetBytes * 8);
@@ -188,19 +201,23 @@ export interface DynamoBasis {
   bytes_per_block: number;
 }
 
-export function prepareDynamoBasis(o: {
-  kind: KvKind;
-  layer: number;
-  features: number;
-  mean: Float64Array;
-  eigen: EigenResult;
-  /** Float32Array // [H, p] held-out block rows. */
-  heldout: Float32Array;
-  heldoutRows: number;
-} & DynamoTableOptions): DynamoBasisTables {
+export function prepareDynamoBasis(
+  o: {
+    kind: KvKind;
+    layer: number;
+    features: number;
+    mean: Float64Array;
+    eigen: EigenResult;
+    /** Float32Array // [H, p] held-out block rows. */
+    heldout: Float32Array;
+    heldoutRows: number;
+  } & DynamoTableOptions,
+): DynamoBasisTables {
   const p = o.features;
-  invariant(o.mean.length === p && o.eigen.vectors.length === p * p && o.heldout.length >= o.heldoutRows * p,
-    `Error in prepareDynamoBasis: shapes do not match p = ${p}`);
+  invariant(
+    o.mean.length === p && o.eigen.vectors.length === p * p && o.heldout.length >= o.heldoutRows * p,
+    `Error in prepareDynamoBasis: shapes do not match p = ${p}`,
+  );
   const mean = Float32Array.from(o.mean);
   const vectors = Float32Array.from(o.eigen.vectors);
   // The kernels' own path: f32 subtraction of the f32 mean, SGEMM with the f32 projection.
@@ -239,5 +256,16 @@ export function planFromAllocation(t: DynamoBasisTables, a: DynamoAllocation, bu
   const projection = new Float32Array(p * k);
   for (let f = 0; f < p; f++) for (let c = 0; c < k; c++) projection[f * k + c] = t.vectors[f * p + cols[c]];
   const variances = Float32Array.from(cols, (j) => Math.max(0, t.values[j]));
-  return { kind: t.kind, layer: t.layer, features: p, pca_components: k, mean: t.mean, projection, ranges, variances, budget_bytes: Math.floor(budgetBytes), bytes_per_block: rowBytes(ranges) };
+  return {
+    kind: t.kind,
+    layer: t.layer,
+    features: p,
+    pca_components: k,
+    mean: t.mean,
+    projection,
+    ranges,
+    variances,
+    budget_bytes: Math.floor(budgetBytes),
+    bytes_per_block: rowBytes(ranges),
+  };
 }

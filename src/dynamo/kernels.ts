@@ -203,7 +203,13 @@ export function intxValue(q: number, min: number, interval: number, maxQuant: nu
  * [batch, total] input, starting from FLT_MAX / −FLT_MAX with `<` / `>` (NaN never wins).
  * The kernel's tree reduction order cannot change a min or a max.
  */
-export function minmaxReduce(input: Float32Array, batch: number, total: number, start: number, width: number): { min: Float32Array; max: Float32Array } {
+export function minmaxReduce(
+  input: Float32Array,
+  batch: number,
+  total: number,
+  start: number,
+  width: number,
+): { min: Float32Array; max: Float32Array } {
   const min = new Float32Array(batch);
   const max = new Float32Array(batch);
   for (let r = 0; r < batch; r++) {
@@ -231,7 +237,14 @@ export function slotsPerByte(intBits: number): number {
  * each row starting on a byte boundary (bytes_per_row = ⌈width / slots⌉). Calls `row` once per
  * row with its range's min and interval and where its bytes start.
  */
-function eachIntxRow(min: Float32Array, max: Float32Array, batch: number, width: number, intBits: number, row: (r: number, lo: number, interval: number, byteOff: number, layout: IntxLayout) => void): void {
+function eachIntxRow(
+  min: Float32Array,
+  max: Float32Array,
+  batch: number,
+  width: number,
+  intBits: number,
+  row: (r: number, lo: number, interval: number, byteOff: number, layout: IntxLayout) => void,
+): void {
   const slots = slotsPerByte(intBits);
   const layout: IntxLayout = { slots, bytesPerRow: Math.ceil(width / slots), maxQuant: (1 << intBits) - 1, intBits, width };
   for (let r = 0; r < batch; r++) row(r, min[r], intxInterval(min[r], max[r]), r * layout.bytesPerRow, layout);
@@ -246,24 +259,48 @@ interface IntxLayout {
 }
 
 /** kvtc_quantize_intx_kernel: columns [start, start + width) of each row, packed into out[outOff ...]. */
-export function quantizeIntx(input: Float32Array, min: Float32Array, max: Float32Array, out: Uint8Array, outOff: number, batch: number, total: number, start: number, width: number, intBits: number): void {
+export function quantizeIntx(
+  input: Float32Array,
+  min: Float32Array,
+  max: Float32Array,
+  out: Uint8Array,
+  outOff: number,
+  batch: number,
+  total: number,
+  start: number,
+  width: number,
+  intBits: number,
+): void {
   eachIntxRow(min, max, batch, width, intBits, (r, lo, interval, byteOff, { slots, bytesPerRow, maxQuant }) => {
     const src = r * total + start;
     for (let b = 0; b < bytesPerRow; b++) {
       let packed = 0;
-      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++) packed |= intxCode(input[src + col], lo, interval, maxQuant) << (s * intBits);
+      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++)
+        packed |= intxCode(input[src + col], lo, interval, maxQuant) << (s * intBits);
       out[outOff + byteOff + b] = packed & 0xff;
     }
   });
 }
 
 /** kvtc_dequantize_intx_kernel: the inverse of quantizeIntx into columns [start, start + width). */
-export function dequantizeIntx(packed: Uint8Array, packedOff: number, min: Float32Array, max: Float32Array, out: Float32Array, batch: number, total: number, start: number, width: number, intBits: number): void {
+export function dequantizeIntx(
+  packed: Uint8Array,
+  packedOff: number,
+  min: Float32Array,
+  max: Float32Array,
+  out: Float32Array,
+  batch: number,
+  total: number,
+  start: number,
+  width: number,
+  intBits: number,
+): void {
   eachIntxRow(min, max, batch, width, intBits, (r, lo, interval, byteOff, { slots, bytesPerRow, maxQuant }) => {
     const dst = r * total + start;
     for (let b = 0; b < bytesPerRow; b++) {
       const byte = packed[packedOff + byteOff + b];
-      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++) out[dst + col] = intxValue((byte >>> (s * intBits)) & maxQuant, lo, interval, maxQuant);
+      for (let s = 0, col = b * slots; s < slots && col < width; s++, col++)
+        out[dst + col] = intxValue((byte >>> (s * intBits)) & maxQuant, lo, interval, maxQuant);
     }
   });
 }
@@ -312,22 +349,28 @@ export function checkRanges(ranges: readonly KvtcTypeRange[], pcaComponents: num
   let at = 0;
   for (const [i, r] of ranges.entries()) {
     const ctx = { range: i, ...r };
-    if (r.start_idx !== at) throw invalidConfig(`${where}: range ${i} starts at ${r.start_idx}, expected ${at} (ranges must be contiguous from 0)`, ctx);
+    if (r.start_idx !== at)
+      throw invalidConfig(`${where}: range ${i} starts at ${r.start_idx}, expected ${at} (ranges must be contiguous from 0)`, ctx);
     if (!(r.end_idx > r.start_idx)) throw invalidConfig(`${where}: range ${i} [${r.start_idx}, ${r.end_idx}) is empty`, ctx);
     if (r.quant_type === 'Fp8') {
       if (r.int_bits !== 0) throw invalidConfig(`${where}: fp8 range ${i} has int_bits ${r.int_bits}, expected 0`, ctx);
     } else if (r.quant_type === 'IntX') {
-      if (![1, 2, 4, 8].includes(r.int_bits)) throw invalidConfig(`${where}: IntX range ${i} has int_bits ${r.int_bits}; the kernels take 1, 2, 4 or 8`, ctx);
+      if (![1, 2, 4, 8].includes(r.int_bits))
+        throw invalidConfig(`${where}: IntX range ${i} has int_bits ${r.int_bits}; the kernels take 1, 2, 4 or 8`, ctx);
       const slots = slotsPerByte(r.int_bits);
       if ((r.end_idx - r.start_idx) % slots !== 0) {
-        throw invalidConfig(`${where}: IntX(${r.int_bits}) range ${i} is ${r.end_idx - r.start_idx} components wide, not a multiple of ${slots}; the kernels' packed-size helper and their packing kernel disagree for such widths (the buffer overruns)`, ctx);
+        throw invalidConfig(
+          `${where}: IntX(${r.int_bits}) range ${i} is ${r.end_idx - r.start_idx} components wide, not a multiple of ${slots}; the kernels' packed-size helper and their packing kernel disagree for such widths (the buffer overruns)`,
+          ctx,
+        );
       }
     } else {
       throw invalidConfig(`${where}: range ${i} has quant_type ${JSON.stringify((r as { quant_type: unknown }).quant_type)}`, ctx);
     }
     at = r.end_idx;
   }
-  if (at !== pcaComponents) throw invalidConfig(`${where}: ranges cover [0, ${at}), but pca_components is ${pcaComponents}`, { pca_components: pcaComponents });
+  if (at !== pcaComponents)
+    throw invalidConfig(`${where}: ranges cover [0, ${at}), but pca_components is ${pcaComponents}`, { pca_components: pcaComponents });
 }
 
 /** Checks the shapes of a config (the kernels check nothing: a wrong size reads out of bounds). */
@@ -338,7 +381,9 @@ export function checkConfig(c: KvtcConfigData, where = 'configuration'): void {
   }
   if (c.mean.length !== c.features) throw invalidConfig(`${where}: mean has ${c.mean.length} values, features is ${c.features}`);
   if (c.projection.length !== c.features * c.pca_components) {
-    throw invalidConfig(`${where}: projection has ${c.projection.length} values, expected features × pca_components = ${c.features} × ${c.pca_components}`);
+    throw invalidConfig(
+      `${where}: projection has ${c.projection.length} values, expected features × pca_components = ${c.features} × ${c.pca_components}`,
+    );
   }
   checkRanges(c.ranges, c.pca_components, where);
 }
@@ -348,7 +393,13 @@ export function checkConfig(c: KvtcConfigData, where = 'configuration'): void {
  * then for IntX the batch float32 minima, the batch float32 maxima and the packed codes, for
  * fp8 the codes (row-major [batch, width]). `input` is the [batch, total] float32 projection.
  */
-export function quantizeRanges(input: Float32Array, ranges: readonly KvtcTypeRange[], batch: number, total: number, fp8Path: Fp8Path = 'sm89'): Uint8Array {
+export function quantizeRanges(
+  input: Float32Array,
+  ranges: readonly KvtcTypeRange[],
+  batch: number,
+  total: number,
+  fp8Path: Fp8Path = 'sm89',
+): Uint8Array {
   const out = new Uint8Array(compressedSize(ranges, batch));
   const dv = new DataView(out.buffer);
   const enc = fp8Encoder(fp8Path);
@@ -358,7 +409,9 @@ export function quantizeRanges(input: Float32Array, ranges: readonly KvtcTypeRan
     const packed = rangePackedSize(r, batch);
     const meta = rangeMetadataSize(r, batch);
     if (r.quant_type === 'IntX' && packed !== batch * Math.ceil(width / slotsPerByte(r.int_bits))) {
-      throw invalidConfig(`IntX(${r.int_bits}) range [${r.start_idx}, ${r.end_idx}) has a width the kernels cannot pack without overrunning (see checkRanges)`);
+      throw invalidConfig(
+        `IntX(${r.int_bits}) range [${r.start_idx}, ${r.end_idx}) has a width the kernels cannot pack without overrunning (see checkRanges)`,
+      );
     }
     dv.setInt32(offset, QUANT_TYPE_CODE[r.quant_type], true);
     dv.setInt32(offset + 4, r.int_bits, true);
@@ -415,14 +468,32 @@ export function dequantizeRanges(buf: Uint8Array, ranges: readonly KvtcTypeRange
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   let offset = 0;
   for (const [i, r] of ranges.entries()) {
-    if (offset + RANGE_HEADER_BYTES > buf.byteLength) throw badBuffer(`ends at byte ${buf.byteLength}, inside the header of range ${i}`, { range: i, bytes: buf.byteLength });
+    if (offset + RANGE_HEADER_BYTES > buf.byteLength)
+      throw badBuffer(`ends at byte ${buf.byteLength}, inside the header of range ${i}`, { range: i, bytes: buf.byteLength });
     const h = readRangeHeader(dv, offset);
-    const want = { quant_type: QUANT_TYPE_CODE[r.quant_type], int_bits: r.int_bits, start_idx: r.start_idx, end_idx: r.end_idx, packed_data_bytes: rangePackedSize(r, batch), metadata_bytes: rangeMetadataSize(r, batch) };
+    const want = {
+      quant_type: QUANT_TYPE_CODE[r.quant_type],
+      int_bits: r.int_bits,
+      start_idx: r.start_idx,
+      end_idx: r.end_idx,
+      packed_data_bytes: rangePackedSize(r, batch),
+      metadata_bytes: rangeMetadataSize(r, batch),
+    };
     for (const k of Object.keys(want) as (keyof RangeHeader)[]) {
-      if (h[k] !== want[k]) throw badBuffer(`range ${i} header has ${k} = ${h[k]}, the configuration (for ${batch} blocks) gives ${want[k]}`, { range: i, field: k, got: h[k], expected: want[k] });
+      if (h[k] !== want[k])
+        throw badBuffer(`range ${i} header has ${k} = ${h[k]}, the configuration (for ${batch} blocks) gives ${want[k]}`, {
+          range: i,
+          field: k,
+          got: h[k],
+          expected: want[k],
+        });
     }
     offset += RANGE_HEADER_BYTES;
-    if (offset + h.metadata_bytes + h.packed_data_bytes > buf.byteLength) throw badBuffer(`range ${i} needs ${h.metadata_bytes + h.packed_data_bytes} bytes after its header; the buffer ends first (truncated?)`, { range: i });
+    if (offset + h.metadata_bytes + h.packed_data_bytes > buf.byteLength)
+      throw badBuffer(
+        `range ${i} needs ${h.metadata_bytes + h.packed_data_bytes} bytes after its header; the buffer ends first (truncated?)`,
+        { range: i },
+      );
     const width = r.end_idx - r.start_idx;
     if (r.quant_type === 'Fp8') {
       for (let row = 0; row < batch; row++) {
@@ -440,7 +511,11 @@ export function dequantizeRanges(buf: Uint8Array, ranges: readonly KvtcTypeRange
     }
     offset += h.metadata_bytes + h.packed_data_bytes;
   }
-  if (offset !== buf.byteLength) throw badBuffer(`${buf.byteLength - offset} bytes follow the last range (another configuration or block count?)`, { bytes: buf.byteLength, used: offset });
+  if (offset !== buf.byteLength)
+    throw badBuffer(`${buf.byteLength - offset} bytes follow the last range (another configuration or block count?)`, {
+      bytes: buf.byteLength,
+      used: offset,
+    });
   return out;
 }
 
@@ -449,7 +524,14 @@ export function readRangeHeader(dv: DataView, offset: number): RangeHeader {
     const v = dv.getBigUint64(offset + o, true);
     return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
   };
-  return { quant_type: dv.getInt32(offset, true), int_bits: dv.getInt32(offset + 4, true), start_idx: u64(8), end_idx: u64(16), packed_data_bytes: u64(24), metadata_bytes: u64(32) };
+  return {
+    quant_type: dv.getInt32(offset, true),
+    int_bits: dv.getInt32(offset + 4, true),
+    start_idx: u64(8),
+    end_idx: u64(16),
+    packed_data_bytes: u64(24),
+    metadata_bytes: u64(32),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,7 +565,13 @@ export function gatherMeanSubtract(rows: Float32Array, mean: Float32Array, numBl
  * (row-major; cuBLAS sees column-major [pca, features] · [features, batch], both OP_N).
  * Emulated as float64 sums rounded to float32 (see the module note).
  */
-export function projectRows(centered: Float32Array, projection: Float32Array, numBlocks: number, features: number, k: number): Float32Array {
+export function projectRows(
+  centered: Float32Array,
+  projection: Float32Array,
+  numBlocks: number,
+  features: number,
+  k: number,
+): Float32Array {
   const A = Float64Array.from(centered.subarray(0, numBlocks * features));
   const Bt = new Float64Array(k * features); // projectionᵀ [k, features]
   for (let f = 0; f < features; f++) for (let c = 0; c < k; c++) Bt[c * features + f] = projection[f * k + c];
@@ -501,7 +589,13 @@ export function reconstructRows(pca: Float32Array, projection: Float32Array, num
 }
 
 /** kvtc_mean_add_scatter_kernel: block_b[f] = T(reconstructed[b, f] + mean[f]) (float32 add). */
-export function meanAddScatter(reconstructed: Float32Array, mean: Float32Array, numBlocks: number, features: number, dtype: BlockDtype): Float32Array {
+export function meanAddScatter(
+  reconstructed: Float32Array,
+  mean: Float32Array,
+  numBlocks: number,
+  features: number,
+  dtype: BlockDtype,
+): Float32Array {
   const out = new Float32Array(numBlocks * features);
   for (let b = 0; b < numBlocks; b++) {
     const o = b * features;
@@ -518,7 +612,11 @@ export function meanAddScatter(reconstructed: Float32Array, mean: Float32Array, 
 export function kvtcCompress(rows: Float32Array, config: KvtcConfigData, numBlocks: number, fp8Path: Fp8Path = 'sm89'): Uint8Array {
   checkConfig(config);
   if (!(Number.isInteger(numBlocks) && numBlocks >= 0) || rows.length < numBlocks * config.features) {
-    throw new KvtcError('KV_INVALID', `kvtc_compress: ${rows.length} values do not hold ${numBlocks} blocks of ${config.features} features`, { fix: 'Pass whole blocks of features = kv_heads · head_dim · tokens_per_block values each.' });
+    throw new KvtcError(
+      'KV_INVALID',
+      `kvtc_compress: ${rows.length} values do not hold ${numBlocks} blocks of ${config.features} features`,
+      { fix: 'Pass whole blocks of features = kv_heads · head_dim · tokens_per_block values each.' },
+    );
   }
   if (numBlocks === 0) return new Uint8Array(0); // kvtc_compress returns Ok(0) for no blocks
   const centered = gatherMeanSubtract(rows, config.mean, numBlocks, config.features);

@@ -21,8 +21,14 @@ import type { KvKind } from '../codec/types.js';
 import type { DynamoBasis } from './fit.js';
 import { checkRanges, rowBytes, type KvtcTypeRange } from './kernels.js';
 import {
-  DYNAMO_MANIFEST_FILE, DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, DYNAMO_TENSORS_FILE, DynamoManifestSchema, LIMITS,
-  type DynamoManifest, type DynamoManifestDraft,
+  DYNAMO_MANIFEST_FILE,
+  DYNAMO_PROFILE_FORMAT,
+  DYNAMO_PROFILE_VERSION,
+  DYNAMO_TENSORS_FILE,
+  DynamoManifestSchema,
+  LIMITS,
+  type DynamoManifest,
+  type DynamoManifestDraft,
 } from './schema.js';
 
 export interface DynamoProfile {
@@ -53,7 +59,10 @@ function invalid(dir: string, message: string, context: Record<string, unknown> 
 }
 
 /** Builds the manifest and the tensors file (deterministic for the same inputs). */
-export function serializeDynamoProfile(draft: DynamoManifestDraft, bases: DynamoBasis[]): { manifest: DynamoManifest; tensors: Uint8Array } {
+export function serializeDynamoProfile(
+  draft: DynamoManifestDraft,
+  bases: DynamoBasis[],
+): { manifest: DynamoManifest; tensors: Uint8Array } {
   const entries = new Map<string, TensorEntry>();
   const baseEntries = bases.map((b, index) => {
     const names = basisTensorNames(b.layer, b.kind);
@@ -61,15 +70,28 @@ export function serializeDynamoProfile(draft: DynamoManifestDraft, bases: Dynamo
     entries.set(names.projection, f32(b.projection, [b.features, b.pca_components]));
     entries.set(names.variances, f32(b.variances, [b.pca_components]));
     return {
-      index, kind: b.kind, layer: b.layer, features: b.features, pca_components: b.pca_components,
-      budget_bytes: b.budget_bytes, bytes_per_block: b.bytes_per_block, ranges: b.ranges.map((r) => ({ ...r })) as DynamoManifest['bases'][number]['ranges'], tensors: names,
+      index,
+      kind: b.kind,
+      layer: b.layer,
+      features: b.features,
+      pca_components: b.pca_components,
+      budget_bytes: b.budget_bytes,
+      bytes_per_block: b.bytes_per_block,
+      ranges: b.ranges.map((r) => ({ ...r })) as DynamoManifest['bases'][number]['ranges'],
+      tensors: names,
     };
   });
   const tensors = serializeSafetensors(entries, { producer: draft.producer.name, format: DYNAMO_PROFILE_FORMAT });
   const digest = sha256(tensors);
-  const manifest: DynamoManifest = { ...draft, profile_id: digest.slice(0, 16), bases: baseEntries, tensors: { file: DYNAMO_TENSORS_FILE, sha256: digest, bytes: tensors.byteLength } };
+  const manifest: DynamoManifest = {
+    ...draft,
+    profile_id: digest.slice(0, 16),
+    bases: baseEntries,
+    tensors: { file: DYNAMO_TENSORS_FILE, sha256: digest, bytes: tensors.byteLength },
+  };
   const parsed = DynamoManifestSchema.safeParse(manifest);
-  if (!parsed.success) throw new KvtcError('INTERNAL', `kvtc produced a dynamo manifest that fails its own schema:\n${formatZodIssues(parsed.error)}`);
+  if (!parsed.success)
+    throw new KvtcError('INTERNAL', `kvtc produced a dynamo manifest that fails its own schema:\n${formatZodIssues(parsed.error)}`);
   checkManifest('(new profile)', parsed.data);
   return { manifest, tensors };
 }
@@ -85,7 +107,12 @@ export function isDynamoProfileDir(dir: string): boolean {
  * `force` or when it is a run of the same job (model, block, settings, data); an identical one
  * is left as it is (`unchanged`).
  */
-export async function writeDynamoProfile(dir: string, draft: DynamoManifestDraft, bases: DynamoBasis[], opts: { force?: boolean } = {}): Promise<DynamoManifest & { unchanged?: boolean; replaced?: boolean }> {
+export async function writeDynamoProfile(
+  dir: string,
+  draft: DynamoManifestDraft,
+  bases: DynamoBasis[],
+  opts: { force?: boolean } = {},
+): Promise<DynamoManifest & { unchanged?: boolean; replaced?: boolean }> {
   const { manifest, tensors } = serializeDynamoProfile(draft, bases);
   const out = await writeProfileFiles(
     dir,
@@ -126,8 +153,13 @@ export async function readBoundedJson(file: string, fail: (m: string) => KvtcErr
 function checkManifest(dir: string, m: DynamoManifest): void {
   const b = m.block;
   const want = m.model.kv_heads * m.model.head_dim * b.tokens_per_block;
-  if (b.features !== want) throw invalid(dir, `block.features is ${b.features}, but kv_heads × head_dim × tokens_per_block = ${m.model.kv_heads} × ${m.model.head_dim} × ${b.tokens_per_block} = ${want}`);
-  if (m.bases.length !== 2 * m.model.layers) throw invalid(dir, `${m.bases.length} bases for ${m.model.layers} layers (one per layer for keys and one for values expected)`);
+  if (b.features !== want)
+    throw invalid(
+      dir,
+      `block.features is ${b.features}, but kv_heads × head_dim × tokens_per_block = ${m.model.kv_heads} × ${m.model.head_dim} × ${b.tokens_per_block} = ${want}`,
+    );
+  if (m.bases.length !== 2 * m.model.layers)
+    throw invalid(dir, `${m.bases.length} bases for ${m.model.layers} layers (one per layer for keys and one for values expected)`);
   const seen = new Set<string>();
   for (const [i, e] of m.bases.entries()) {
     const where = `basis ${i} (layer ${e.layer} ${e.kind})`;
@@ -136,39 +168,67 @@ function checkManifest(dir: string, m: DynamoManifest): void {
     const key = `${e.layer}:${e.kind}`;
     if (seen.has(key)) throw invalid(dir, `${where} is listed twice`);
     seen.add(key);
-    if (e.features !== b.features) throw invalid(dir, `${where} has ${e.features} features; a block of ${b.tokens_per_block} tokens has ${b.features}`);
+    if (e.features !== b.features)
+      throw invalid(dir, `${where} has ${e.features} features; a block of ${b.tokens_per_block} tokens has ${b.features}`);
     if (e.pca_components > e.features) throw invalid(dir, `${where} has pca_components ${e.pca_components} > features ${e.features}`);
     try {
       checkRanges(e.ranges as KvtcTypeRange[], e.pca_components, where);
     } catch (err) {
       throw invalid(dir, (err as Error).message);
     }
-    if (rowBytes(e.ranges as KvtcTypeRange[]) !== e.bytes_per_block) throw invalid(dir, `${where}: bytes_per_block ${e.bytes_per_block} does not match its ranges (${rowBytes(e.ranges as KvtcTypeRange[])})`);
+    if (rowBytes(e.ranges as KvtcTypeRange[]) !== e.bytes_per_block)
+      throw invalid(
+        dir,
+        `${where}: bytes_per_block ${e.bytes_per_block} does not match its ranges (${rowBytes(e.ranges as KvtcTypeRange[])})`,
+      );
   }
 }
 
 /** Reads and validates the manifest only. */
 export async function readDynamoManifest(pathArg: string): Promise<{ dir: string; manifest: DynamoManifest }> {
   const dir = dynamoProfileDir(pathArg);
-  if (!existsSync(dir)) throw new KvtcError('PROFILE_INVALID', `dynamo profile ${dir} does not exist`, { fix: 'Pass a directory written by `kvtc calibrate --target dynamo`.', context: { profile: dir } });
+  if (!existsSync(dir))
+    throw new KvtcError('PROFILE_INVALID', `dynamo profile ${dir} does not exist`, {
+      fix: 'Pass a directory written by `kvtc calibrate --target dynamo`.',
+      context: { profile: dir },
+    });
   const file = join(dir, DYNAMO_MANIFEST_FILE);
   if (!existsSync(file)) {
     if (existsSync(join(dir, 'kvtc-profile.json'))) {
-      throw new KvtcError('PROFILE_INVALID', `${dir} is a kvtc profile (for kvtc's own codec), not a dynamo profile: Dynamo's kernels cannot run its un-rotated keys, static ranges and fp16-scaled groups`, {
-        fix: 'Calibrate one for the Dynamo kernels with `kvtc calibrate --target dynamo --model MODEL --out DIR`, then export that.',
-        context: { profile: dir },
-      });
+      throw new KvtcError(
+        'PROFILE_INVALID',
+        `${dir} is a kvtc profile (for kvtc's own codec), not a dynamo profile: Dynamo's kernels cannot run its un-rotated keys, static ranges and fp16-scaled groups`,
+        {
+          fix: 'Calibrate one for the Dynamo kernels with `kvtc calibrate --target dynamo --model MODEL --out DIR`, then export that.',
+          context: { profile: dir },
+        },
+      );
     }
     throw invalid(dir, `no ${DYNAMO_MANIFEST_FILE} in it`);
   }
-  const raw = (await readBoundedJson(file, (m) => invalid(dir, m))) as { format?: unknown; format_version?: unknown; producer?: { version?: unknown } };
-  if (raw?.format !== DYNAMO_PROFILE_FORMAT) throw invalid(dir, `${DYNAMO_MANIFEST_FILE} is not a dynamo profile (format is ${JSON.stringify(raw?.format)}, expected "${DYNAMO_PROFILE_FORMAT}")`);
+  const raw = (await readBoundedJson(file, (m) => invalid(dir, m))) as {
+    format?: unknown;
+    format_version?: unknown;
+    producer?: { version?: unknown };
+  };
+  if (raw?.format !== DYNAMO_PROFILE_FORMAT)
+    throw invalid(
+      dir,
+      `${DYNAMO_MANIFEST_FILE} is not a dynamo profile (format is ${JSON.stringify(raw?.format)}, expected "${DYNAMO_PROFILE_FORMAT}")`,
+    );
   if (raw.format_version !== DYNAMO_PROFILE_VERSION) {
     const v = raw.format_version;
-    throw new KvtcError('PROFILE_VERSION', `dynamo profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads version ${DYNAMO_PROFILE_VERSION}`, {
-      fix: typeof v === 'number' && v > DYNAMO_PROFILE_VERSION ? `It was written by kvtc ${String(raw.producer?.version ?? 'newer')}: upgrade kvtc to read it.` : 'Re-calibrate with this kvtc (`kvtc calibrate --target dynamo`).',
-      context: { profile: dir, format_version: v },
-    });
+    throw new KvtcError(
+      'PROFILE_VERSION',
+      `dynamo profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads version ${DYNAMO_PROFILE_VERSION}`,
+      {
+        fix:
+          typeof v === 'number' && v > DYNAMO_PROFILE_VERSION
+            ? `It was written by kvtc ${String(raw.producer?.version ?? 'newer')}: upgrade kvtc to read it.`
+            : 'Re-calibrate with this kvtc (`kvtc calibrate --target dynamo`).',
+        context: { profile: dir, format_version: v },
+      },
+    );
   }
   const parsed = DynamoManifestSchema.safeParse(raw);
   if (!parsed.success) throw invalid(dir, `${DYNAMO_MANIFEST_FILE} does not match the schema:\n${formatZodIssues(parsed.error)}`);
@@ -184,7 +244,12 @@ export function expectedTensorBytes(bases: readonly { features: number; pca_comp
 }
 
 /** Reads a tensors file whose size and sha256 a validated manifest gives (bounded before reading). */
-export async function readTensorsFile(file: string, ref: { sha256: string; bytes: number }, maxBytes: number, fail: (m: string) => KvtcError): Promise<SafetensorsFile> {
+export async function readTensorsFile(
+  file: string,
+  ref: { sha256: string; bytes: number },
+  maxBytes: number,
+  fail: (m: string) => KvtcError,
+): Promise<SafetensorsFile> {
   if (!existsSync(file)) throw fail(`tensor file ${basename(file)} is missing`);
   const size = statSync(file).size;
   if (size !== ref.bytes) throw fail(`${basename(file)} is ${size} bytes, the manifest says ${ref.bytes} (truncated or replaced?)`);
@@ -202,7 +267,8 @@ export async function readTensorsFile(file: string, ref: { sha256: string; bytes
 export function getF32(st: SafetensorsFile, name: string, shape: number[], fail: (m: string) => KvtcError): Float32Array {
   const t = st.tensors.get(name);
   if (!t) throw fail(`tensor ${name} is missing`);
-  if (t.dtype !== 'F32' || t.shape.join(',') !== shape.join(',')) throw fail(`tensor ${name} is ${t.dtype}[${t.shape}], expected F32[${shape}]`);
+  if (t.dtype !== 'F32' || t.shape.join(',') !== shape.join(','))
+    throw fail(`tensor ${name} is ${t.dtype}[${t.shape}], expected F32[${shape}]`);
   const a = toTypedArray(t) as Float32Array;
   for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) throw fail(`tensor ${name} has a non-finite value at ${i}`);
   return a;
@@ -216,22 +282,37 @@ export function getF32(st: SafetensorsFile, name: string, shape: number[], fail:
  */
 export function checkProjection(P: Float32Array, features: number, k: number, fail: (m: string) => KvtcError, seed = 0): void {
   const o = checkOrthonormal(P, features, k, { tolerance: DYNAMO_ORTHO_TOLERANCE, fullWork: PROFILE_LIMITS.fullOrthoWork, seed });
-  if (!o.ok) throw fail(`projection columns are not orthonormal: |VᵀV − I| reaches ${o.error.toExponential(2)}${o.sampled ? ' (sampled)' : ''}, tolerance ${DYNAMO_ORTHO_TOLERANCE}`);
+  if (!o.ok)
+    throw fail(
+      `projection columns are not orthonormal: |VᵀV − I| reaches ${o.error.toExponential(2)}${o.sampled ? ' (sampled)' : ''}, tolerance ${DYNAMO_ORTHO_TOLERANCE}`,
+    );
 }
 
 /** Reads and checks a whole dynamo profile. */
 export async function readDynamoProfile(pathArg: string): Promise<DynamoProfile> {
   const { dir, manifest } = await readDynamoManifest(pathArg);
   const fail = (m: string) => invalid(dir, m);
-  const st = await readTensorsFile(join(dir, manifest.tensors.file), manifest.tensors, expectedTensorBytes(manifest.bases, true) + 2 ** 20, fail);
+  const st = await readTensorsFile(
+    join(dir, manifest.tensors.file),
+    manifest.tensors,
+    expectedTensorBytes(manifest.bases, true) + 2 ** 20,
+    fail,
+  );
   const bases = manifest.bases.map((e): DynamoBasis => {
     const mean = getF32(st, e.tensors.mean, [e.features], fail);
     const projection = getF32(st, e.tensors.projection, [e.features, e.pca_components], fail);
     checkProjection(projection, e.features, e.pca_components, (m) => fail(`basis ${e.index} (layer ${e.layer} ${e.kind}): ${m}`), e.index);
     return {
-      kind: e.kind, layer: e.layer, features: e.features, pca_components: e.pca_components, mean, projection,
-      ranges: e.ranges.map((r) => ({ ...r })), variances: getF32(st, e.tensors.variances, [e.pca_components], fail),
-      budget_bytes: e.budget_bytes, bytes_per_block: e.bytes_per_block,
+      kind: e.kind,
+      layer: e.layer,
+      features: e.features,
+      pca_components: e.pca_components,
+      mean,
+      projection,
+      ranges: e.ranges.map((r) => ({ ...r })),
+      variances: getF32(st, e.tensors.variances, [e.pca_components], fail),
+      budget_bytes: e.budget_bytes,
+      bytes_per_block: e.bytes_per_block,
     };
   });
   return { dir, manifest, bases };

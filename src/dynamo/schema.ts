@@ -60,9 +60,13 @@ const KindSchema = z.enum(['key', 'value']);
 const BlockSchema = z
   .object({
     tokens_per_block: int(1, LIMITS.blockTokens),
-    layout: z.enum(BLOCK_LAYOUTS as unknown as ['NHD', 'HND']).describe('element order inside a block: NHD = [tokens, heads, head_dim], HND = [heads, tokens, head_dim]'),
+    layout: z
+      .enum(BLOCK_LAYOUTS as unknown as ['NHD', 'HND'])
+      .describe('element order inside a block: NHD = [tokens, heads, head_dim], HND = [heads, tokens, head_dim]'),
     features: int(1, LIMITS.features).describe('kv_heads · head_dim · tokens_per_block'),
-    fp8_path: z.enum(FP8_PATHS as unknown as ['sm89', 'sm80']).describe('FP8 cast the allocation was measured with: sm89 = __nv_cvt_float_to_fp8 (SM89+), sm80 = the kernels\' software fallback'),
+    fp8_path: z
+      .enum(FP8_PATHS as unknown as ['sm89', 'sm80'])
+      .describe("FP8 cast the allocation was measured with: sm89 = __nv_cvt_float_to_fp8 (SM89+), sm80 = the kernels' software fallback"),
   })
   .strict();
 
@@ -119,7 +123,10 @@ export const DynamoManifestSchema = z
         chunk: int(1, 2 ** 20),
         seed: int(0, 2 ** 40),
         granule: int(1, LIMITS.features),
-        int_bits: z.array(z.union([z.literal(1), z.literal(2), z.literal(4), z.literal(8)])).min(1).max(4),
+        int_bits: z
+          .array(z.union([z.literal(1), z.literal(2), z.literal(4), z.literal(8)]))
+          .min(1)
+          .max(4),
       })
       .strict(),
     calibration: z
@@ -140,7 +147,10 @@ export const DynamoManifestSchema = z
         rel_error: RelErrorSchema,
       })
       .strict(),
-    bases: z.array(BasisEntrySchema).min(2).max(2 * LIMITS.layers),
+    bases: z
+      .array(BasisEntrySchema)
+      .min(2)
+      .max(2 * LIMITS.layers),
     tensors: TensorsRefSchema,
   })
   .strict();
@@ -182,7 +192,10 @@ export const DynamoExportSchema = z
     head_dim: int(1, LIMITS.headDim),
     features: int(1, LIMITS.features),
     tensors: TensorsRefSchema,
-    configs: z.array(ExportConfigSchema).min(2).max(2 * LIMITS.layers),
+    configs: z
+      .array(ExportConfigSchema)
+      .min(2)
+      .max(2 * LIMITS.layers),
     measured: z
       .object({
         ratio_rows: finite,

@@ -39,7 +39,12 @@ function kvtcAdapter(codec: KvtcCodec, name = 'kvtc'): CacheCodec {
     async apply(cache) {
       const { blob, stats } = await codec.encode(cache);
       const { cache: restored } = await codec.decode(blob);
-      return { cache: restored, compressedTokens: stats.compressedTokens, bytes: stats.blobBytes, compressedBytes: stats.compressedTokens > 0 ? stats.compressedBytes : 0 };
+      return {
+        cache: restored,
+        compressedTokens: stats.compressedTokens,
+        bytes: stats.blobBytes,
+        compressedBytes: stats.compressedTokens > 0 ? stats.compressedBytes : 0,
+      };
     },
     release: () => codec.release(),
   };
@@ -92,7 +97,8 @@ export function sweepNames(profiles: readonly Profile[]): string[] {
   const counts = new Map<string, number>();
   for (const p of profiles) counts.set(label(p), (counts.get(label(p)) ?? 0) + 1);
   const names = profiles.map((p) => `kvtc@${label(p)}${counts.get(label(p))! > 1 ? `:${basename(p.dir)}` : ''}`);
-  if (new Set(names).size !== names.length) throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.' });
+  if (new Set(names).size !== names.length)
+    throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.' });
   return names;
 }
 
@@ -101,7 +107,10 @@ export const isKvtcCodec = (name: string) => name === 'kvtc' || name.startsWith(
 /** Throws USAGE naming the valid codecs unless every name is one. */
 export function checkCodecNames(names: readonly string[]): asserts names is readonly CodecName[] {
   for (const n of names) {
-    if (!(CODEC_NAMES as readonly string[]).includes(n)) throw new UsageError(`unknown codec "${n}"; valid: ${CODEC_NAMES.join(', ')}`, `Pass codecs from: ${CODEC_NAMES.join(', ')}.`, { codec: n });
+    if (!(CODEC_NAMES as readonly string[]).includes(n))
+      throw new UsageError(`unknown codec "${n}"; valid: ${CODEC_NAMES.join(', ')}`, `Pass codecs from: ${CODEC_NAMES.join(', ')}.`, {
+        codec: n,
+      });
   }
 }
 
@@ -110,7 +119,11 @@ export function checkCodecNames(names: readonly string[]): asserts names is read
  * when there is a Dynamo profile, then the baselines (fp16, int8, int4, kivi2).
  */
 export function defaultCodecNames(has: { profile: boolean; dynamoProfile: boolean }): CodecName[] {
-  return [...(has.profile ? (['kvtc'] as CodecName[]) : []), ...(has.dynamoProfile ? (['dynamo'] as CodecName[]) : []), ...DEFAULT_BASELINES];
+  return [
+    ...(has.profile ? (['kvtc'] as CodecName[]) : []),
+    ...(has.dynamoProfile ? (['dynamo'] as CodecName[]) : []),
+    ...DEFAULT_BASELINES,
+  ];
 }
 
 /**
@@ -134,13 +147,17 @@ export async function createCodecs(names: readonly CodecName[], setup: CodecSetu
   async function add(name: CodecName): Promise<void> {
     if (name === 'kvtc') {
       if (!first) {
-        throw new KvtcError('USAGE', 'the kvtc codec needs a profile', { fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.' });
+        throw new KvtcError('USAGE', 'the kvtc codec needs a profile', {
+          fix: 'Pass --profile DIR (written by `kvtc calibrate`), or leave kvtc out of --codec.',
+        });
       }
       const labels = sweepNames(profiles);
       for (const [i, p] of profiles.entries()) out.push(kvtcAdapter(await codecFromProfile(p, { device: setup.device }), labels[i]));
     } else if (name === 'dynamo') {
       if (!setup.dynamoProfile) {
-        throw new KvtcError('USAGE', 'the dynamo codec needs a dynamo profile', { fix: 'Pass --dynamo-profile DIR (written by `kvtc calibrate --target dynamo`), or leave dynamo out of --codec.' });
+        throw new KvtcError('USAGE', 'the dynamo codec needs a dynamo profile', {
+          fix: 'Pass --dynamo-profile DIR (written by `kvtc calibrate --target dynamo`), or leave dynamo out of --codec.',
+        });
       }
       out.push(dynamoCodec(setup.dynamoProfile));
     } else if (name === 'identity') {

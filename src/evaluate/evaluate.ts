@@ -71,11 +71,16 @@ export interface ModelEvaluation {
 }
 
 /** Checks that need nothing loaded (a typo costs nothing); returns the resolved subjects. */
-export function checkEvaluateOptions(options: Pick<EvaluateModelOptions, 'device' | 'subjects' | 'shots' | 'codecs'>): { subjects: string[] } {
+export function checkEvaluateOptions(options: Pick<EvaluateModelOptions, 'device' | 'subjects' | 'shots' | 'codecs'>): {
+  subjects: string[];
+} {
   checkDevice(options.device ?? 'cpu');
   const subjects = resolveSubjects(options.subjects ?? 'all');
   const shots = options.shots ?? EVALUATE_DEFAULTS.shots;
-  if (shots > 5) throw new UsageError(`--shots ${shots}: MMLU's dev split has 5 examples per subject`, 'Use --shots 0 (the harness default) or 5.', { value: shots });
+  if (shots > 5)
+    throw new UsageError(`--shots ${shots}: MMLU's dev split has 5 examples per subject`, 'Use --shots 0 (the harness default) or 5.', {
+      value: shots,
+    });
   if (options.codecs) checkCodecNames(options.codecs);
   return { subjects };
 }
@@ -93,11 +98,18 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
     sweepNames(profiles); // the same profile twice is a usage error, before any work
     const dynamo = options.dynamoProfile ? await readDynamoProfile(options.dynamoProfile) : undefined;
     if (dynamo) checkDynamoProfileForModel(dynamo, model, 'the model being evaluated');
-    const codecNames = options.codecs ? [...new Set(options.codecs)] : defaultCodecNames({ profile: profiles.length > 0, dynamoProfile: dynamo !== undefined });
+    const codecNames = options.codecs
+      ? [...new Set(options.codecs)]
+      : defaultCodecNames({ profile: profiles.length > 0, dynamoProfile: dynamo !== undefined });
     if (codecNames.includes('kvtc') && !profiles.length) {
-      throw new UsageError(`--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`, `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`);
+      throw new UsageError(
+        `--codec kvtc needs a profile, and there is none for ${model.name} (looked in ${profileCandidates(model).join(', ')})`,
+        `Calibrate one with \`kvtc calibrate --model ${model.dir}\`, or pass --profile DIR.`,
+      );
     }
-    const profileNote = profiles.length ? undefined : `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
+    const profileNote = profiles.length
+      ? undefined
+      : `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
     codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device });
     const result = await runEvaluation({
       runner: new ModelRunner(model),
@@ -107,7 +119,10 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
       codecs,
       perplexityTokens: options.perplexityTokens ?? EVALUATE_DEFAULTS.perplexityTokens,
       perplexityTextPath: options.perplexityText,
-      longContext: { perKind: options.longContext ?? EVALUATE_DEFAULTS.longContext, contextTokens: longContextTokens(model, options.longContextTokens) },
+      longContext: {
+        perKind: options.longContext ?? EVALUATE_DEFAULTS.longContext,
+        contextTokens: longContextTokens(model, options.longContextTokens),
+      },
       seed: options.seed ?? EVALUATE_DEFAULTS.seed,
       onProgress: options.onProgress,
       signal: options.signal,
@@ -128,8 +143,12 @@ function longContextTokens(model: LoadedModel, asked: number | undefined): numbe
 function partialError(result: EvaluateResult): KvtcError | undefined {
   if (!result.partial) return undefined;
   const { questionsScored, questionsPlanned } = result.partial;
-  return new InterruptedError(`interrupted: ${questionsScored} of ${questionsPlanned} questions were scored; the results above are partial`, 'Re-run the command for the full evaluation.', {
-    questions_scored: questionsScored,
-    questions_planned: questionsPlanned,
-  });
+  return new InterruptedError(
+    `interrupted: ${questionsScored} of ${questionsPlanned} questions were scored; the results above are partial`,
+    'Re-run the command for the full evaluation.',
+    {
+      questions_scored: questionsScored,
+      questions_planned: questionsPlanned,
+    },
+  );
 }

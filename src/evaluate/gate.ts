@@ -40,7 +40,13 @@ export function checkMaxDrop(result: EvaluateResult, maxDrop: number): MaxDropVe
     return { codec: name, drop_points: -c.delta_points, passed: !(-c.delta_points > maxDrop) };
   });
   const worst = checked.reduce((a, b) => (b.drop_points > a.drop_points ? b : a));
-  return { codec: worst.codec, threshold_points: maxDrop, drop_points: worst.drop_points, passed: checked.every((c) => c.passed), ...(checked.length > 1 ? { checked } : {}) };
+  return {
+    codec: worst.codec,
+    threshold_points: maxDrop,
+    drop_points: worst.drop_points,
+    passed: checked.every((c) => c.passed),
+    ...(checked.length > 1 ? { checked } : {}),
+  };
 }
 
 /** THRESHOLD_EXCEEDED naming the worst codec, its drop and its interval; undefined when the gate passed. */
@@ -52,7 +58,9 @@ export function maxDropError(result: EvaluateResult, verdict: MaxDropVerdict): K
     'THRESHOLD_EXCEEDED',
     `${codec} loses ${drop.toFixed(2)} accuracy points on ${c.n} questions (uncompressed ${(100 * result.summary.overall.baseline.accuracy).toFixed(1)}%, ${codec} ${(100 * c.accuracy.accuracy).toFixed(1)}%; 95% CI of the drop [${(-c.delta_ci95[1]).toFixed(1)}, ${(-c.delta_ci95[0]).toFixed(1)}]), more than --max-drop ${threshold}`,
     {
-      fix: isKvtcCodec(codec) ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.' : 'Choose a less lossy codec or raise --max-drop.',
+      fix: isKvtcCodec(codec)
+        ? 'Calibrate a profile with a lower --ratio (or more calibration --tokens), then evaluate again.'
+        : 'Choose a less lossy codec or raise --max-drop.',
       context: { codec, drop_points: drop, threshold_points: threshold },
     },
   );

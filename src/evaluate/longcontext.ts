@@ -50,7 +50,10 @@ export function fillerSentences(text: string): string[] {
     if (!l || l.startsWith('=')) continue;
     for (const s of l.split(/(?<=\.) /)) if (s.length > 20) out.push(s);
   }
-  if (out.length < 50) throw new KvtcError('DATA_INVALID', 'the filler text for the long-context tasks has fewer than 50 sentences', { fix: 'Restore data/wikitext-2/wiki.test.raw from the repository.' });
+  if (out.length < 50)
+    throw new KvtcError('DATA_INVALID', 'the filler text for the long-context tasks has fewer than 50 sentences', {
+      fix: 'Restore data/wikitext-2/wiki.test.raw from the repository.',
+    });
   return out;
 }
 
@@ -59,7 +62,12 @@ function number4(rand: () => number): number {
 }
 
 /** Three distinct distractor numbers whose continuation has the same token count as the answer's. */
-function candidates(tok: ModelTokenizer, answer: number, rand: () => number, include: number[] = []): { continuations: string[]; gold: number } {
+function candidates(
+  tok: ModelTokenizer,
+  answer: number,
+  rand: () => number,
+  include: number[] = [],
+): { continuations: string[]; gold: number } {
   const len = (n: number) => tok.encode(` ${n}.`, { addBos: false }).length;
   const want = len(answer);
   const picked = new Set<number>([answer]);
@@ -94,7 +102,10 @@ function varName(rand: () => number, used: Set<string>): string {
  */
 export function buildLongContextTasks(tok: ModelTokenizer, filler: readonly string[], opts: LongContextOptions): LongContextTask[] {
   const budget = Math.min(opts.contextTokens, opts.maxPositions - 8);
-  if (budget < 64) throw new KvtcError('USAGE', `--long-context-tokens ${opts.contextTokens}: long-context prompts need at least 64 tokens`, { fix: 'Use --long-context-tokens 64 or more (or --long-context 0 to skip).' });
+  if (budget < 64)
+    throw new KvtcError('USAGE', `--long-context-tokens ${opts.contextTokens}: long-context prompts need at least 64 tokens`, {
+      fix: 'Use --long-context-tokens 64 or more (or --long-context 0 to skip).',
+    });
   const rand = mulberry32(opts.seed ^ 0x1c7a5);
   const tasks: LongContextTask[] = [];
   for (const kind of LONG_CONTEXT_KINDS) {
@@ -131,7 +142,7 @@ export function buildLongContextTasks(tok: ModelTokenizer, filler: readonly stri
       const body: string[] = [];
       let have = fixed;
       // Sentences that would overflow are skipped (a shorter one may still fit), within reason.
-      for (let misses = 0; have < budget && misses < 200; ) {
+      for (let misses = 0; have < budget && misses < 200;) {
         const s = filler[at++ % filler.length];
         const n = tok.encode(` ${s}`, { addBos: false }).length;
         if (have + n > budget) {

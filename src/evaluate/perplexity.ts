@@ -61,7 +61,12 @@ function sumNll(logits: Float32Array, targets: readonly number[], vocab: number)
   return s;
 }
 
-export async function evaluatePerplexity(runner: ModelRunner, text: string, codecs: readonly CacheCodec[], opts: PerplexityOptions): Promise<PerplexityResult> {
+export async function evaluatePerplexity(
+  runner: ModelRunner,
+  text: string,
+  codecs: readonly CacheCodec[],
+  opts: PerplexityOptions,
+): Promise<PerplexityResult> {
   const { maxPositions, vocabSize } = runner.spec;
   const fraction = opts.contextFraction ?? 0.75;
   invariant(fraction > 0 && fraction < 1, `evaluatePerplexity: contextFraction must be in (0, 1), got ${fraction}`);
@@ -104,6 +109,8 @@ export async function evaluatePerplexity(runner: ModelRunner, text: string, code
     context,
     scored_tokens: scored,
     baseline: result(baseNll),
-    codecs: Object.fromEntries(codecs.map((c) => [c.name, { ...result(nll[c.name]), compressed_share: compressed[c.name] / (windows * context) }])),
+    codecs: Object.fromEntries(
+      codecs.map((c) => [c.name, { ...result(nll[c.name]), compressed_share: compressed[c.name] / (windows * context) }]),
+    ),
   };
 }

@@ -45,7 +45,11 @@ export function formatExample(q: Pick<MmluQuestion, 'question' | 'choices' | 'an
 }
 
 /** The full context for `question`, with `shots` worked examples (already chosen) before it. */
-export function buildPrompt(subject: string, question: Pick<MmluQuestion, 'question' | 'choices'>, shots: readonly MmluQuestion[] = []): string {
+export function buildPrompt(
+  subject: string,
+  question: Pick<MmluQuestion, 'question' | 'choices'>,
+  shots: readonly MmluQuestion[] = [],
+): string {
   return description(subject) + shots.map(formatExample).join('') + formatQuestion(question);
 }
 

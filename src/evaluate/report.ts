@@ -13,7 +13,9 @@ const num = (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digit
  * The run's settings as --json and --log-samples write them. The protected window keeps the key
  * `recent` there, the name those outputs have always used (scripts read it); in code it is `window`.
  */
-export function settingsRecord(settings: EvaluateResult['settings']): Omit<EvaluateResult['settings'], 'codecs'> & { codecs: { name: string; sink: number; recent: number }[] } {
+export function settingsRecord(
+  settings: EvaluateResult['settings'],
+): Omit<EvaluateResult['settings'], 'codecs'> & { codecs: { name: string; sink: number; recent: number }[] } {
   return { ...settings, codecs: settings.codecs.map((c) => ({ name: c.name, sink: c.sink, recent: c.window })) };
 }
 
@@ -23,19 +25,43 @@ export const fmtDelta = (c: PairedComparison) => `${signed(c.delta_points)} [${s
 const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a');
 const pct = (x: number) => `${num(100 * x, 1)}%`;
 
-export const CODEC_HEADER = ['codec', 'accuracy % ± se', 'Δ points [95% CI]', 'agree', 'KL (nats)', 'ratio', 'ratio (compr. tokens)', 'tokens compressed', 'q. not compressed'];
+export const CODEC_HEADER = [
+  'codec',
+  'accuracy % ± se',
+  'Δ points [95% CI]',
+  'agree',
+  'KL (nats)',
+  'ratio',
+  'ratio (compr. tokens)',
+  'tokens compressed',
+  'q. not compressed',
+];
 
 /** One row for the uncompressed run, then one per codec. */
 export function codecRows(scope: ScopeSummary): string[][] {
   const rows: string[][] = [['uncompressed', fmtAcc(scope.baseline), '—', '—', '—', '1.00x', '—', '0.0%', '—']];
   for (const [name, c] of Object.entries(scope.codecs)) {
-    rows.push([name, fmtAcc(c.accuracy), fmtDelta(c), pct(c.agreement), c.kl.toExponential(2), ratio(c.ratio), ratio(c.ratio_compressed), pct(c.compressed_share), `${c.uncompressed_questions}/${scope.n}`]);
+    rows.push([
+      name,
+      fmtAcc(c.accuracy),
+      fmtDelta(c),
+      pct(c.agreement),
+      c.kl.toExponential(2),
+      ratio(c.ratio),
+      ratio(c.ratio_compressed),
+      pct(c.compressed_share),
+      `${c.uncompressed_questions}/${scope.n}`,
+    ]);
   }
   return rows;
 }
 
 /** Per-scope rows (subjects or groups): n, uncompressed accuracy, each codec's accuracy and Δ. */
-export function scopeTable(scopes: Record<string, ScopeSummary>, codecs: readonly string[], label: string): { header: string[]; rows: string[][] } {
+export function scopeTable(
+  scopes: Record<string, ScopeSummary>,
+  codecs: readonly string[],
+  label: string,
+): { header: string[]; rows: string[][] } {
   const header = [label, 'n', 'uncompressed', ...codecs.flatMap((c) => [c, `Δ ${c}`])];
   const rows = Object.entries(scopes).map(([name, s]) => [
     name,
@@ -56,7 +82,12 @@ export function perplexityRows(result: EvaluateResult): string[][] {
   if (!p) return [];
   return [
     ['uncompressed', num(p.baseline.perplexity, 3), '—', '0.0%'],
-    ...Object.entries(p.codecs).map(([name, c]) => [name, num(c.perplexity, 3), signed(c.perplexity - p.baseline.perplexity, 3), pct(c.compressed_share)]),
+    ...Object.entries(p.codecs).map(([name, c]) => [
+      name,
+      num(c.perplexity, 3),
+      signed(c.perplexity - p.baseline.perplexity, 3),
+      pct(c.compressed_share),
+    ]),
   ];
 }
 
@@ -68,7 +99,9 @@ export function notes(result: EvaluateResult): string[] {
     const s = o.codecs[c.name];
     if (!s || c.name === 'identity' || c.name === 'fp16') continue;
     if (s.uncompressed_questions === o.n) {
-      out.push(`${c.name}: NO question was compressed — every prompt fits in the ${c.sink} sink + ${c.window} recent tokens it keeps exactly; its accuracy here says nothing about the codec.`);
+      out.push(
+        `${c.name}: NO question was compressed — every prompt fits in the ${c.sink} sink + ${c.window} recent tokens it keeps exactly; its accuracy here says nothing about the codec.`,
+      );
     } else if (s.uncompressed_questions > 0) {
       const co = s.compressed_only!;
       out.push(
@@ -87,18 +120,26 @@ export function notes(result: EvaluateResult): string[] {
     const lc = result.longContext;
     out.push(
       `less than half of the MMLU prompt tokens went through the lossy path (${shares}; the rest are the sink and recent tokens kept exactly), so the MMLU figures mostly measure the uncompressed cache; ` +
-        (lc ? `the long-context tasks compress ${low.map((c) => `${c.name} ${pct(lc.overall.codecs[c.name]?.compressed_share ?? NaN)}`).join(', ')}.` : 'run the long-context tasks (--long-context) or --shots 5 for prompts the codecs actually compress.'),
+        (lc
+          ? `the long-context tasks compress ${low.map((c) => `${c.name} ${pct(lc.overall.codecs[c.name]?.compressed_share ?? NaN)}`).join(', ')}.`
+          : 'run the long-context tasks (--long-context) or --shots 5 for prompts the codecs actually compress.'),
     );
   }
   if (o.truncated_questions > 0) {
-    out.push(`${o.truncated_questions} of ${o.n} prompts were longer than the model's ${result.model.maxPositions} positions and were truncated from the left (as lm-evaluation-harness does).`);
+    out.push(
+      `${o.truncated_questions} of ${o.n} prompts were longer than the model's ${result.model.maxPositions} positions and were truncated from the left (as lm-evaluation-harness does).`,
+    );
   }
   return out;
 }
 
 function mdTable(header: string[], rows: string[][]): string {
   const esc = (s: string) => s.replaceAll('|', '\\|');
-  return [`| ${header.map(esc).join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)].join('\n');
+  return [
+    `| ${header.map(esc).join(' | ')} |`,
+    `|${header.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`),
+  ].join('\n');
 }
 
 /** The Markdown report written by --report. */
@@ -117,7 +158,11 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
   const lines: string[] = [];
   lines.push(`# kvtc evaluate: ${result.model.name}`, '');
   if (meta.command) lines.push('```', meta.command, '```', '');
-  if (result.partial) lines.push(`> **Partial results**: interrupted after ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions (perplexity not measured).`, '');
+  if (result.partial)
+    lines.push(
+      `> **Partial results**: interrupted after ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions (perplexity not measured).`,
+      '',
+    );
   lines.push(
     ...(meta.version || meta.date ? [`- kvtc ${meta.version ?? ''}${meta.date ? `, run at ${meta.date}` : ''}`] : []),
     `- model: \`${result.model.name}\` (fingerprint \`${result.model.fingerprint}\`, ${result.model.maxPositions} positions)`,
@@ -148,7 +193,11 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
     lines.push(
       '## Long-context tasks (RULER-style, generated)',
       '',
-      `${Object.entries(lc.tasks).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ')} tasks of ${lc.context_tokens.toFixed(0)} tokens on average; 4-way multiple choice scored by log-likelihood, paired as above.`,
+      `${Object.entries(lc.tasks)
+        .map(([k, n]) => `${n} ${k.replace('_', ' ')}`)
+        .join(
+          ', ',
+        )} tasks of ${lc.context_tokens.toFixed(0)} tokens on average; 4-way multiple choice scored by log-likelihood, paired as above.`,
       '',
       mdTable(CODEC_HEADER, codecRows(lc.overall)),
       '',
@@ -173,7 +222,14 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
  * after a header line naming the run — what lm-evaluation-harness's --log_samples gives, paired.
  */
 export function sampleLines(result: EvaluateResult, meta: { version: string; date: string; command?: string }): string {
-  const header = { kvtc: meta.version, date: meta.date, command: meta.command ?? null, model: result.model, settings: settingsRecord(result.settings), partial: result.partial ?? null };
+  const header = {
+    kvtc: meta.version,
+    date: meta.date,
+    command: meta.command ?? null,
+    model: result.model,
+    settings: settingsRecord(result.settings),
+    partial: result.partial ?? null,
+  };
   const row = (task: string, r: QuestionRecord) => ({
     task,
     subject: r.subject,
@@ -183,8 +239,16 @@ export function sampleLines(result: EvaluateResult, meta: { version: string; dat
     truncated: r.truncated,
     cache_tokens: r.cacheTokens,
     baseline: { pred: r.baseline.pred, log_lik: r.baseline.logLik },
-    codecs: Object.fromEntries(Object.entries(r.codecs).map(([k, c]) => [k, { pred: c.pred, log_lik: c.logLik, compressed_tokens: c.compressedTokens, bytes: c.bytes }])),
+    codecs: Object.fromEntries(
+      Object.entries(r.codecs).map(([k, c]) => [
+        k,
+        { pred: c.pred, log_lik: c.logLik, compressed_tokens: c.compressedTokens, bytes: c.bytes },
+      ]),
+    ),
   });
-  const rows = [...result.questions.map((r) => row('mmlu', r)), ...(result.longContext?.questions ?? []).map((r) => row('long_context', r))];
+  const rows = [
+    ...result.questions.map((r) => row('mmlu', r)),
+    ...(result.longContext?.questions ?? []).map((r) => row('long_context', r)),
+  ];
   return [header, ...rows].map((o) => JSON.stringify(o)).join('\n') + '\n';
 }

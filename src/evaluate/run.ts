@@ -75,7 +75,14 @@ export interface EvaluateTiming {
 
 export interface EvaluateResult {
   model: { name: string; dir: string; fingerprint: string; maxPositions: number; kvDtype: KvCache['dtype'] };
-  settings: { subjects: string[]; limit?: number; shots: number; codecs: { name: string; sink: number; window: number }[]; seed: number; perplexityTokens: number };
+  settings: {
+    subjects: string[];
+    limit?: number;
+    shots: number;
+    codecs: { name: string; sink: number; window: number }[];
+    seed: number;
+    perplexityTokens: number;
+  };
   questions: QuestionRecord[];
   summary: EvaluateSummary;
   perplexity?: PerplexityResult;
@@ -161,7 +168,6 @@ export async function scoreRequest(
   };
 }
 
-
 /** Runs the paired MMLU evaluation (and perplexity) for the given codecs. */
 export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResult> {
   const { runner, codecs, shots } = opts;
@@ -175,7 +181,11 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
   const data: SubjectData[] = [];
   for (const subject of opts.subjects) {
     const all = await loadSubject(dir, subject, 'test');
-    data.push({ subject, questions: opts.limit === undefined ? all : all.slice(0, opts.limit), shots: await loadShots(dir, subject, shots) });
+    data.push({
+      subject,
+      questions: opts.limit === undefined ? all : all.slice(0, opts.limit),
+      shots: await loadShots(dir, subject, shots),
+    });
   }
   const total = data.reduce((s, d) => s + d.questions.length, 0);
 
@@ -211,7 +221,11 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
       progress({ stage: 'long-context tasks', done: lc.length, total: tasks.length, unit: 'tasks', detail: task.kind.replace('_', ' ') });
     }
     if (lc.length > 0) {
-      const s = summarize(lc, codecs.map((c) => c.name), { seed, bytesPerToken });
+      const s = summarize(
+        lc,
+        codecs.map((c) => c.name),
+        { seed, bytesPerToken },
+      );
       longContext = {
         tasks: Object.fromEntries(LONG_CONTEXT_KINDS.map((k) => [k, lc.filter((r) => r.subject === k).length])),
         context_tokens: lc.reduce((a, r) => a + r.promptTokens, 0) / lc.length,
@@ -227,13 +241,22 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
   if (opts.perplexityTokens > 0 && !interrupted()) {
     const source = opts.perplexityTextPath ?? opts.wikitextPath ?? WIKITEXT_TEST;
     const text = opts.perplexityTextPath ? (await readTextFile(opts.perplexityTextPath)).text : await readWikitext(source);
-    perplexity = { ...(await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress })), source: basename(source) };
+    perplexity = {
+      ...(await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress })),
+      source: basename(source),
+    };
   }
   const perplexitySeconds = now() - tPpl;
 
   const codecNames = codecs.map((c) => c.name);
   return {
-    model: { name: model.name, dir: model.dir, fingerprint: model.fingerprint.id, maxPositions: model.spec.maxPositions, kvDtype: model.spec.kvDtype },
+    model: {
+      name: model.name,
+      dir: model.dir,
+      fingerprint: model.fingerprint.id,
+      maxPositions: model.spec.maxPositions,
+      kvDtype: model.spec.kvDtype,
+    },
     settings: {
       subjects: [...opts.subjects],
       limit: opts.limit,

@@ -44,7 +44,12 @@ export interface EncodedRequest {
  * Tokenizes a context and its continuations the harness way. BOS is added as the model's
  * tokenizer config says.
  */
-export function encodeRequest(tokenizer: ModelTokenizer, context: string, continuations: readonly string[], maxPositions: number): EncodedRequest {
+export function encodeRequest(
+  tokenizer: ModelTokenizer,
+  context: string,
+  continuations: readonly string[],
+  maxPositions: number,
+): EncodedRequest {
   const ctx = tokenizer.encode(context);
   const conts = continuations.map((c) => {
     const whole = tokenizer.encode(context + c);
@@ -110,12 +115,20 @@ export function planScoring(lastToken: number, continuations: readonly number[][
  * context without its last token, or null when the context is one token) and the plan's
  * inputs. Returns Float64Array // [continuations].
  */
-export async function scoreContinuations(runner: ModelRunner, past: KvCache | null, continuations: readonly number[][], plan: ScoringPlan): Promise<Float64Array> {
+export async function scoreContinuations(
+  runner: ModelRunner,
+  past: KvCache | null,
+  continuations: readonly number[][],
+  plan: ScoringPlan,
+): Promise<Float64Array> {
   const vocab = runner.spec.vocabSize;
   const logits: Float32Array[] = [];
   for (const input of plan.inputs) {
     const r = await runner.forward(input, past, past ? {} : { startPosition: 0 });
-    invariant(r.logits.length === input.length * vocab, `Error in scoreContinuations: logits have ${r.logits.length} values, expected [${input.length}, ${vocab}]`);
+    invariant(
+      r.logits.length === input.length * vocab,
+      `Error in scoreContinuations: logits have ${r.logits.length} values, expected [${input.length}, ${vocab}]`,
+    );
     logits.push(r.logits);
   }
   // Rows shared by several continuations (the first row, always) are normalized once.

@@ -134,7 +134,8 @@ function summarizeScope(recs: readonly QuestionRecord[], codecs: readonly string
       compressed_tokens: cTokens,
       compressed_share: cTokens / promptTokens,
       uncompressed_questions: recs.length - touched.length,
-      compressed_only: touched.length > 0 ? paired(touched, name, accuracy(touched.map((r) => correct(r.codecs[name].pred, r.gold))), opts) : null,
+      compressed_only:
+        touched.length > 0 ? paired(touched, name, accuracy(touched.map((r) => correct(r.codecs[name].pred, r.gold))), opts) : null,
     };
   }
   return out;
@@ -144,7 +145,12 @@ export function summarize(records: readonly QuestionRecord[], codecs: readonly s
   const summary: EvaluateSummary = { overall: summarizeScope(records, codecs, opts), groups: {}, subjects: {} };
   if (records.length === 0) return summary;
   const subjects = [...new Set(records.map((r) => r.subject))];
-  for (const s of subjects) summary.subjects[s] = summarizeScope(records.filter((r) => r.subject === s), codecs, opts);
+  for (const s of subjects)
+    summary.subjects[s] = summarizeScope(
+      records.filter((r) => r.subject === s),
+      codecs,
+      opts,
+    );
   for (const g of MMLU_GROUPS) {
     const recs = records.filter((r) => groupOf(r.subject) === g);
     if (recs.length > 0) summary.groups[g] = summarizeScope(recs, codecs, opts);

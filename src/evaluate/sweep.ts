@@ -57,7 +57,16 @@ interface Panel {
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-const fmt = (x: number) => (x === 0 ? '0' : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 1 ? x.toFixed(1) : Math.abs(x) >= 0.01 ? x.toFixed(2) : x.toExponential(0));
+const fmt = (x: number) =>
+  x === 0
+    ? '0'
+    : Math.abs(x) >= 100
+      ? x.toFixed(0)
+      : Math.abs(x) >= 1
+        ? x.toFixed(1)
+        : Math.abs(x) >= 0.01
+          ? x.toFixed(2)
+          : x.toExponential(0);
 
 /** Four panels side by side; x is log2 of the measured compression ratio of the compressed tokens. */
 export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string; subtitle?: string; perplexitySource?: string }): string {
@@ -65,9 +74,15 @@ export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string;
     { title: 'MMLU Δ accuracy (points, 95% CI)', value: (r) => r.delta_points, interval: (r) => r.delta_ci95, zero: 0 },
     { title: 'KL(uncompressed ‖ codec), nats', value: (r) => r.kl, zero: 0 },
     { title: 'agreement with uncompressed', value: (r) => r.agreement, zero: 1 },
-    { title: 'long-context Δ accuracy (points, 95% CI)', value: (r) => r.long_context_delta_points, interval: (r) => r.long_context_ci95, zero: 0 },
+    {
+      title: 'long-context Δ accuracy (points, 95% CI)',
+      value: (r) => r.long_context_delta_points,
+      interval: (r) => r.long_context_ci95,
+      zero: 0,
+    },
   ];
-  if (rows.some((r) => r.perplexity_delta !== null)) panels.push({ title: `Δ perplexity (${meta.perplexitySource ?? 'WikiText-2'})`, value: (r) => r.perplexity_delta, zero: 0 });
+  if (rows.some((r) => r.perplexity_delta !== null))
+    panels.push({ title: `Δ perplexity (${meta.perplexitySource ?? 'WikiText-2'})`, value: (r) => r.perplexity_delta, zero: 0 });
   const W = 300;
   const H = 240;
   const pad = { l: 52, r: 40, t: 28, b: 40 };
@@ -77,7 +92,9 @@ export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string;
   const xs = pts.map((r) => Math.log2(r.ratio_compressed));
   const [x0, x1] = xs.length ? [Math.min(...xs) - 0.3, Math.max(...xs) + 0.3] : [0, 1];
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
+  );
   out.push(`<rect width="100%" height="100%" fill="white"/>`);
   out.push(`<text x="8" y="18" font-size="14" font-weight="bold">${esc(meta.title)}</text>`);
   if (meta.subtitle) out.push(`<text x="8" y="36" fill="#444">${esc(meta.subtitle)}</text>`);
@@ -102,7 +119,9 @@ export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string;
     const Y = (y: number) => oy + pad.t + (1 - (y - y0) / (y1 - y0)) * (H - pad.t - pad.b);
     out.push(`<g>`);
     out.push(`<text x="${ox + pad.l}" y="${oy + 14}" font-weight="bold">${esc(p.title)}</text>`);
-    out.push(`<rect x="${ox + pad.l}" y="${oy + pad.t}" width="${W - pad.l - pad.r}" height="${H - pad.t - pad.b}" fill="none" stroke="#999"/>`);
+    out.push(
+      `<rect x="${ox + pad.l}" y="${oy + pad.t}" width="${W - pad.l - pad.r}" height="${H - pad.t - pad.b}" fill="none" stroke="#999"/>`,
+    );
     for (let k = 0; k <= 4; k++) {
       const y = y0 + ((y1 - y0) * k) / 4;
       out.push(`<text x="${ox + pad.l - 4}" y="${Y(y) + 4}" text-anchor="end" fill="#444">${fmt(y)}</text>`);
@@ -111,18 +130,32 @@ export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string;
       out.push(`<line x1="${X(e)}" x2="${X(e)}" y1="${oy + H - pad.b}" y2="${oy + H - pad.b + 4}" stroke="#444"/>`);
       out.push(`<text x="${X(e)}" y="${oy + H - pad.b + 16}" text-anchor="middle" fill="#444">${2 ** e}x</text>`);
     }
-    out.push(`<text x="${ox + pad.l + (W - pad.l - pad.r) / 2}" y="${oy + H - 6}" text-anchor="middle" fill="#444">compression ratio (compressed tokens, log scale)</text>`);
-    if (p.zero !== undefined && p.zero >= y0 && p.zero <= y1) out.push(`<line x1="${ox + pad.l}" x2="${ox + W - pad.r}" y1="${Y(p.zero)}" y2="${Y(p.zero)}" stroke="#bbb" stroke-dasharray="4 3"/>`);
-    const kvtc = pts.filter((r) => r.codec.startsWith('kvtc')).map((r) => [r, p.value(r)] as const).filter(([, v]) => v !== null && Number.isFinite(v));
-    if (kvtc.length > 1) out.push(`<polyline fill="none" stroke="#1f6fb4" stroke-width="1.5" points="${kvtc.map(([r, v]) => `${X(Math.log2(r.ratio_compressed))},${Y(v!)}`).join(' ')}"/>`);
+    out.push(
+      `<text x="${ox + pad.l + (W - pad.l - pad.r) / 2}" y="${oy + H - 6}" text-anchor="middle" fill="#444">compression ratio (compressed tokens, log scale)</text>`,
+    );
+    if (p.zero !== undefined && p.zero >= y0 && p.zero <= y1)
+      out.push(
+        `<line x1="${ox + pad.l}" x2="${ox + W - pad.r}" y1="${Y(p.zero)}" y2="${Y(p.zero)}" stroke="#bbb" stroke-dasharray="4 3"/>`,
+      );
+    const kvtc = pts
+      .filter((r) => r.codec.startsWith('kvtc'))
+      .map((r) => [r, p.value(r)] as const)
+      .filter(([, v]) => v !== null && Number.isFinite(v));
+    if (kvtc.length > 1)
+      out.push(
+        `<polyline fill="none" stroke="#1f6fb4" stroke-width="1.5" points="${kvtc.map(([r, v]) => `${X(Math.log2(r.ratio_compressed))},${Y(v!)}`).join(' ')}"/>`,
+      );
     for (const r of pts) {
       const v = p.value(r);
       if (v === null || !Number.isFinite(v)) continue;
       const x = X(Math.log2(r.ratio_compressed));
       const color = r.codec.startsWith('kvtc') ? '#1f6fb4' : '#d95f02';
       const ci = p.interval?.(r);
-      if (ci && ci.every(Number.isFinite)) out.push(`<line x1="${x}" x2="${x}" y1="${Y(ci[0])}" y2="${Y(ci[1])}" stroke="${color}" stroke-width="1"/>`);
-      out.push(`<circle cx="${x}" cy="${Y(v)}" r="3.5" fill="${color}"><title>${esc(`${r.codec}: ${fmt(v)} at ${r.ratio_compressed.toFixed(2)}x`)}</title></circle>`);
+      if (ci && ci.every(Number.isFinite))
+        out.push(`<line x1="${x}" x2="${x}" y1="${Y(ci[0])}" y2="${Y(ci[1])}" stroke="${color}" stroke-width="1"/>`);
+      out.push(
+        `<circle cx="${x}" cy="${Y(v)}" r="3.5" fill="${color}"><title>${esc(`${r.codec}: ${fmt(v)} at ${r.ratio_compressed.toFixed(2)}x`)}</title></circle>`,
+      );
       out.push(`<text x="${x + 5}" y="${Y(v) - 5}" fill="${color}" font-size="9">${esc(r.codec)}</text>`);
     }
     out.push(`</g>`);

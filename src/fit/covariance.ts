@@ -101,7 +101,10 @@ export class CovarianceAccumulator {
   private readonly kernel: GramKernel;
   private chunk: Float32Array;
 
-  constructor(readonly p: number, kernel: GramKernel = new JsGramKernel()) {
+  constructor(
+    readonly p: number,
+    kernel: GramKernel = new JsGramKernel(),
+  ) {
     invariant(Number.isInteger(p) && p > 0, `Error in CovarianceAccumulator: p (${p}) must be a positive integer`);
     this.s1 = new Float64Array(p);
     this.s2 = new Float64Array(p * p);

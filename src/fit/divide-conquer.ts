@@ -11,7 +11,11 @@ const EPS = 2 ** -52;
  * Gu–Eisenstat recomputed ẑ keep the eigenvectors orthogonal). d diagonal, e[i] = T(i, i-1)
  * for i ≥ 1 (e[0] ignored). Returns ascending values and ZT (row j = eigenvector j).
  */
-export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generator<MatMulRequest, { lam: Float64Array; ZT: Float64Array }, Float64Array> {
+export function* dcSteps(
+  d0: Float64Array,
+  e0: Float64Array,
+  n: number,
+): Generator<MatMulRequest, { lam: Float64Array; ZT: Float64Array }, Float64Array> {
   if (n <= DC_LEAF) {
     const W = new Float64Array(n * n);
     for (let i = 0; i < n; i++) W[i * n + i] = 1;
@@ -38,8 +42,14 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
   for (let j = 0; j < n2; j++) QT.set(B.ZT.subarray(j * n2, j * n2 + n2), (m + j) * n + m);
   const D = new Float64Array(n);
   const z = new Float64Array(n);
-  for (let j = 0; j < m; j++) { D[j] = A.lam[j]; z[j] = A.ZT[j * m + m - 1] / Math.SQRT2; }
-  for (let j = 0; j < n2; j++) { D[m + j] = B.lam[j]; z[m + j] = B.ZT[j * n2] / Math.SQRT2; }
+  for (let j = 0; j < m; j++) {
+    D[j] = A.lam[j];
+    z[j] = A.ZT[j * m + m - 1] / Math.SQRT2;
+  }
+  for (let j = 0; j < n2; j++) {
+    D[m + j] = B.lam[j];
+    z[m + j] = B.ZT[j * n2] / Math.SQRT2;
+  }
   let rho = 2 * beta;
   const flip = rho < 0;
   if (flip) {
@@ -49,13 +59,19 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
   const perm = Array.from({ length: n }, (_, i) => i).sort((a, b) => D[a] - D[b]);
   let dmax = 0;
   let zmax = 0;
-  for (let j = 0; j < n; j++) { dmax = Math.max(dmax, Math.abs(D[j])); zmax = Math.max(zmax, Math.abs(z[j])); }
+  for (let j = 0; j < n; j++) {
+    dmax = Math.max(dmax, Math.abs(D[j]));
+    zmax = Math.max(zmax, Math.abs(z[j]));
+  }
   const tol = 8 * EPS * Math.max(dmax, rho * zmax);
   const keep: number[] = [];
   const defl: number[] = [];
   let pj = -1;
   for (const nj of perm) {
-    if (rho * Math.abs(z[nj]) <= tol) { defl.push(nj); continue; }
+    if (rho * Math.abs(z[nj]) <= tol) {
+      defl.push(nj);
+      continue;
+    }
     if (pj >= 0) {
       let s = z[pj];
       let c = z[nj];
@@ -69,7 +85,12 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
         z[pj] = 0;
         const a = pj * n;
         const b = nj * n;
-        for (let i = 0; i < n; i++) { const x = QT[a + i]; const y = QT[b + i]; QT[a + i] = c * x + s * y; QT[b + i] = c * y - s * x; }
+        for (let i = 0; i < n; i++) {
+          const x = QT[a + i];
+          const y = QT[b + i];
+          QT[a + i] = c * x + s * y;
+          QT[b + i] = c * y - s * x;
+        }
         const tt = D[pj] * c * c + D[nj] * s * s;
         D[nj] = D[pj] * s * s + D[nj] * c * c;
         D[pj] = tt;
@@ -92,7 +113,7 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
   const lamk = new Float64Array(k);
   const secular = (o: number, tau: number): number => {
     let s = 1;
-    for (let j = 0; j < k; j++) s += (rho * zl[j] * zl[j]) / ((dl[j] - dl[o]) - tau);
+    for (let j = 0; j < k; j++) s += (rho * zl[j] * zl[j]) / (dl[j] - dl[o] - tau);
     return s;
   };
   for (let i = 0; i < k; i++) {
@@ -101,26 +122,40 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
     let hi: number;
     if (i < k - 1) {
       const gap = dl[i + 1] - dl[i];
-      if (secular(i, gap / 2) >= 0) { o = i; lo = 0; hi = gap / 2; } else { o = i + 1; lo = -gap / 2; hi = 0; }
-    } else { o = i; lo = 0; hi = rho * zn2; }
+      if (secular(i, gap / 2) >= 0) {
+        o = i;
+        lo = 0;
+        hi = gap / 2;
+      } else {
+        o = i + 1;
+        lo = -gap / 2;
+        hi = 0;
+      }
+    } else {
+      o = i;
+      lo = 0;
+      hi = rho * zn2;
+    }
     let tau = (lo + hi) / 2;
     for (let it = 0; it < 200; it++) {
       let s = 1;
       let ds = 0;
       for (let j = 0; j < k; j++) {
-        const del = (dl[j] - dl[o]) - tau;
+        const del = dl[j] - dl[o] - tau;
         const w = (rho * zl[j] * zl[j]) / del;
         s += w;
         ds += w / del;
       }
-      if (s > 0) hi = tau; else if (s < 0) lo = tau; else break;
+      if (s > 0) hi = tau;
+      else if (s < 0) lo = tau;
+      else break;
       let nt = tau - s / ds;
       if (!(nt > lo && nt < hi)) nt = (lo + hi) / 2;
       if (hi - lo <= 2 * EPS * Math.max(Math.abs(lo), Math.abs(hi)) || nt === tau) break;
       tau = nt;
     }
     lamk[i] = dl[o] + tau;
-    for (let j = 0; j < k; j++) Delta[i * k + j] = (dl[j] - dl[o]) - tau;
+    for (let j = 0; j < k; j++) Delta[i * k + j] = dl[j] - dl[o] - tau;
   }
   // Gu–Eisenstat: ẑ from the computed roots, so the vectors below are orthogonal.
   const zh = new Float64Array(k);
@@ -132,7 +167,11 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
   const UT = new Float64Array(k * k);
   for (let i = 0; i < k; i++) {
     let s = 0;
-    for (let j = 0; j < k; j++) { const u = zh[j] / Delta[i * k + j]; UT[i * k + j] = u; s += u * u; }
+    for (let j = 0; j < k; j++) {
+      const u = zh[j] / Delta[i * k + j];
+      UT[i * k + j] = u;
+      s += u * u;
+    }
     s = 1 / Math.sqrt(s);
     for (let j = 0; j < k; j++) UT[i * k + j] *= s;
   }
@@ -145,6 +184,9 @@ export function* dcSteps(d0: Float64Array, e0: Float64Array, n: number): Generat
   all.sort((a, b) => a.v - b.v);
   const lam = new Float64Array(n);
   const ZT = new Float64Array(n * n);
-  all.forEach((x, j) => { lam[j] = x.v; ZT.set(x.src.subarray(x.off, x.off + n), j * n); });
+  all.forEach((x, j) => {
+    lam[j] = x.v;
+    ZT.set(x.src.subarray(x.off, x.off + n), j * n);
+  });
   return { lam, ZT };
 }

@@ -85,7 +85,10 @@ export function allocateRuns(t: AllocationInput, cost: CostModel, budgetBits: nu
   const S = cost.staticBits.length;
   const D = cost.dynamicBits.length;
   invariant(Number.isFinite(budgetBits) && budgetBits >= 0, `Error in allocate: budget (${budgetBits}) must be a finite number >= 0`);
-  invariant(t.staticErr.length >= S * p && t.dynamicErr.length >= Math.ceil(p / g) * M * D, `Error in allocate: tables (${t.staticErr.length}, ${t.dynamicErr.length}) do not hold ${S} static and ${D} dynamic types for p = ${p}`);
+  invariant(
+    t.staticErr.length >= S * p && t.dynamicErr.length >= Math.ceil(p / g) * M * D,
+    `Error in allocate: tables (${t.staticErr.length}, ${t.dynamicErr.length}) do not hold ${S} static and ${D} dynamic types for p = ${p}`,
+  );
   // Back-pointer codes: low `optBits` bits 0 = none, 1..S = static type, S+1..S+D = dynamic type;
   // the bits above = m (dynamic width in granules).
   const optBits = Math.max(1, Math.ceil(Math.log2(S + D + 1)));

@@ -117,7 +117,12 @@ export function randomizedEigen(A: Float64Array, p: number, k: number, opts: Ran
  * randomizedEigenSteps with its products on ONNX Runtime float64 MatMul for p ≥ LARGE_EIGEN_MIN_P
  * (plain JS below). `threads`: ORT intra-op threads (0 = all cores; 1 in calibration workers).
  */
-export async function randomizedEigenAsync(A: Float64Array, p: number, k: number, opts: RandomizedEigenOptions & { threads?: number } = {}): Promise<TruncatedEigen> {
+export async function randomizedEigenAsync(
+  A: Float64Array,
+  p: number,
+  k: number,
+  opts: RandomizedEigenOptions & { threads?: number } = {},
+): Promise<TruncatedEigen> {
   if (p < LARGE_EIGEN_MIN_P) return randomizedEigen(A, p, k, opts);
   return runStepsOnOrt(randomizedEigenSteps(A, p, k, opts), opts.threads ?? 0);
 }
@@ -165,7 +170,12 @@ const NB = 128;
  * rows: listed, and factored as removed (unit diagonal, zero elsewhere in their row and column)
  * so the other rows still factor exactly.
  */
-function* choleskyBlocked(G: Float64Array, l: number, shift: number, dependentPivot: number): Steps<{ L: Float64Array; dependent: number[] }> {
+function* choleskyBlocked(
+  G: Float64Array,
+  l: number,
+  shift: number,
+  dependentPivot: number,
+): Steps<{ L: Float64Array; dependent: number[] }> {
   const L = new Float64Array(l * l);
   const dependent: number[] = [];
   for (let j0 = 0; j0 < l; j0 += NB) {

@@ -11,6 +11,12 @@ export interface EigenResult {
 }
 
 /** A dense product request: C[m, n] = A[m, k] · B[k, n], row-major float64. */
-export interface MatMulRequest { A: Float64Array; B: Float64Array; m: number; k: number; n: number }
+export interface MatMulRequest {
+  A: Float64Array;
+  B: Float64Array;
+  m: number;
+  k: number;
+  n: number;
+}
 /** An eigen algorithm as a generator: it yields the dense products it needs and returns the result. */
 export type EigenSteps = Generator<MatMulRequest, EigenResult, Float64Array>;

@@ -23,8 +23,10 @@ export function featureDim(cache: Pick<KvCache, 'kvHeads' | 'headDim'>, layers: 
 }
 
 export function checkSelection(cache: KvCache, sel: FeatureSelection, t0: number, t1: number, op: string): void {
-  invariant(Number.isInteger(t0) && Number.isInteger(t1) && 0 <= t0 && t0 <= t1 && t1 <= cache.tokens,
-    `Error in ${op}: token range [${t0}, ${t1}) must lie in [0, ${cache.tokens})`);
+  invariant(
+    Number.isInteger(t0) && Number.isInteger(t1) && 0 <= t0 && t0 <= t1 && t1 <= cache.tokens,
+    `Error in ${op}: token range [${t0}, ${t1}) must lie in [0, ${cache.tokens})`,
+  );
   for (const l of sel.layers) {
     invariant(Number.isInteger(l) && l >= 0 && l < cache.layers, `Error in ${op}: layer ${l} out of range [0, ${cache.layers})`);
   }
@@ -36,8 +38,12 @@ export function checkSelection(cache: KvCache, sel: FeatureSelection, t0: number
  * keys and ignored for values.
  */
 export function gatherFeatures(
-  cache: KvCache, sel: FeatureSelection, rope: ModelRope | RopeSpec | undefined,
-  t0 = 0, t1 = cache.tokens, out?: Float32Array,
+  cache: KvCache,
+  sel: FeatureSelection,
+  rope: ModelRope | RopeSpec | undefined,
+  t0 = 0,
+  t1 = cache.tokens,
+  out?: Float32Array,
 ): Float32Array {
   checkSelection(cache, sel, t0, t1, 'gatherFeatures');
   const { kvHeads, headDim, tokens } = cache;

@@ -38,25 +38,29 @@ export interface AllocationTables extends ErrorTables {
   residual: number;
 }
 
-export function prepareAllocation(o: {
-  kind: KvKind;
-  layers: number[];
-  /** Features p. */
-  dim: number;
-  mean: Float64Array;
-  /** [p, k] row-major: the top-k eigenvectors as columns (k = values.length; k = p for the full basis). */
-  vectors: Float64Array;
-  /** [k] eigenvalues, descending. */
-  values: Float64Array;
-  /** Float32Array // [H, p] held-out features (keys un-rotated). */
-  heldout: Float32Array;
-  heldoutTokens: number;
-} & ErrorTableOptions): AllocationTables {
+export function prepareAllocation(
+  o: {
+    kind: KvKind;
+    layers: number[];
+    /** Features p. */
+    dim: number;
+    mean: Float64Array;
+    /** [p, k] row-major: the top-k eigenvectors as columns (k = values.length; k = p for the full basis). */
+    vectors: Float64Array;
+    /** [k] eigenvalues, descending. */
+    values: Float64Array;
+    /** Float32Array // [H, p] held-out features (keys un-rotated). */
+    heldout: Float32Array;
+    heldoutTokens: number;
+  } & ErrorTableOptions,
+): AllocationTables {
   const p = o.dim;
   const k = o.values.length;
   const H = o.heldoutTokens;
-  invariant(k >= 1 && k <= p && o.vectors.length === p * k,
-    `Error in prepareAllocation: vectors length (${o.vectors.length}) must be p*k (${p}*${k}, k = values length, 1 ≤ k ≤ p)`);
+  invariant(
+    k >= 1 && k <= p && o.vectors.length === p * k,
+    `Error in prepareAllocation: vectors length (${o.vectors.length}) must be p*k (${p}*${k}, k = values length, 1 ≤ k ≤ p)`,
+  );
   // C = (X − mean) · V over the k components, float64 then float32 (as the encoder sees it).
   const Y = new Float64Array(H * p);
   for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
@@ -72,7 +76,17 @@ export function prepareAllocation(o: {
     residual = Math.max(0, residual);
   }
   const tables = buildErrorTables(C, H, k, o);
-  return { ...tables, kind: o.kind, layers: o.layers, features: p, mean: o.mean, vectors: o.vectors, values: o.values, coeffs: C, residual };
+  return {
+    ...tables,
+    kind: o.kind,
+    layers: o.layers,
+    features: p,
+    mean: o.mean,
+    vectors: o.vectors,
+    values: o.values,
+    coeffs: C,
+    residual,
+  };
 }
 
 /** The plan for one budget (bits per token of this basis): DP, then truncation to the stored rank. */
@@ -101,7 +115,19 @@ export function allocateDetailed(t: AllocationTables, budgetBits: number): { pla
       hi[j] = t.staticHi[ti * k + j];
     }
   }
-  const plan: BasisPlan = { kind: t.kind, layers: [...t.layers], dim: p, rank: r, mean: Float32Array.from(t.mean), basis, variances, groups: allocation.groups, lo, hi, budgetBits };
+  const plan: BasisPlan = {
+    kind: t.kind,
+    layers: [...t.layers],
+    dim: p,
+    rank: r,
+    mean: Float32Array.from(t.mean),
+    basis,
+    variances,
+    groups: allocation.groups,
+    lo,
+    hi,
+    budgetBits,
+  };
   return { plan, allocation };
 }
 

@@ -71,7 +71,12 @@ const PANEL = 32;
  * trailing update A -= U Qᵀ + Q Uᵀ is one dense product. The last ≤ 2·PANEL columns use the
  * unblocked tridiagonalize. Same outputs as tridiagonalize, up to rounding.
  */
-export function* tridiagonalizeBlocked(W: Float64Array, hOut: Float64Array, e: Float64Array, n: number): Generator<MatMulRequest, void, Float64Array> {
+export function* tridiagonalizeBlocked(
+  W: Float64Array,
+  hOut: Float64Array,
+  e: Float64Array,
+  n: number,
+): Generator<MatMulRequest, void, Float64Array> {
   const nb = PANEL;
   const U = new Float64Array(nb * n);
   const Q = new Float64Array(nb * n);
@@ -222,4 +227,3 @@ export function tred2(W: Float64Array, d: Float64Array, e: Float64Array, n: numb
   W[(n - 1) * n + n - 1] = 1;
   e[0] = 0;
 }
-

@@ -18,7 +18,15 @@ export function staticSquaredError(values: Float64Array, n: number, lo: number, 
  * Σ (v - x̂(v))² over values[from, to) for one offset/scale: the quantizer of encodeValue /
  * decodeValue inlined (the error tables call this ~10⁸ times at p = 1024).
  */
-export function affineSquaredError(values: Float64Array | Float32Array, from: number, to: number, offset: number, scale: number, levels: number, acc = 0): number {
+export function affineSquaredError(
+  values: Float64Array | Float32Array,
+  from: number,
+  to: number,
+  offset: number,
+  scale: number,
+  levels: number,
+  acc = 0,
+): number {
   // `acc` continues a running sum: affineSquaredError(v, a, c, ...) is bit-identical to
   // affineSquaredError(v, b, c, ..., affineSquaredError(v, a, b, ...)).
   let err = acc;
@@ -194,7 +202,11 @@ function nextFloat32Down(x: number): number {
  * all values. `all` are the values, `a` and `b` the two folds (a ∪ b = all, disjoint).
  */
 export function crossValidatedRange(
-  all: RangeCandidates, allValues: Float64Array, a: { cands: RangeCandidates; values: Float64Array }, b: { cands: RangeCandidates; values: Float64Array }, type: StoredType,
+  all: RangeCandidates,
+  allValues: Float64Array,
+  a: { cands: RangeCandidates; values: Float64Array },
+  b: { cands: RangeCandidates; values: Float64Array },
+  type: StoredType,
 ): { lo: number; hi: number; source: RangeSource } {
   if (a.values.length === 0 || b.values.length === 0) return { ...fitStaticRangeFrom(all, type), source: 'tuned' };
   const err = (v: Float64Array, r: { lo: number; hi: number }) => staticSquaredError(v, v.length, r.lo, r.hi, type);

@@ -32,7 +32,9 @@ export class Cursor {
   /** Makes `n` bytes at `pos` available in the window; `what` names the field for the truncation error. */
   private ensure(n: number, what: string): number {
     if (n > this.fileSize - this.pos) {
-      throw ggufInvalid(this.path, `truncated: ${what} needs ${n} bytes at offset ${this.pos}, but the file ends at ${this.fileSize}`, { offset: this.pos });
+      throw ggufInvalid(this.path, `truncated: ${what} needs ${n} bytes at offset ${this.pos}, but the file ends at ${this.fileSize}`, {
+        offset: this.pos,
+      });
     }
     if (this.pos + n > this.winEnd || this.pos < this.winStart) {
       const len = Math.min(Math.max(n, WINDOW), this.fileSize - this.pos);
@@ -40,7 +42,8 @@ export class Cursor {
       let got = 0;
       while (got < len) {
         const r = readSync(this.fd, this.buf, got, len - got, this.pos + got);
-        if (r === 0) throw ggufInvalid(this.path, `the file ended at ${this.pos + got} while reading ${what} (it shrank while being read?)`);
+        if (r === 0)
+          throw ggufInvalid(this.path, `the file ended at ${this.pos + got} while reading ${what} (it shrank while being read?)`);
         got += r;
       }
       this.winStart = this.pos;
@@ -96,13 +99,18 @@ export class Cursor {
   count(what: string, max: number, why: string): number {
     const at = this.pos;
     const v = this.u64(what);
-    if (v > BigInt(max)) throw ggufInvalid(this.path, `${what} is ${v} at offset ${at}, more than ${why} (${max})`, { offset: at, value: v.toString() });
+    if (v > BigInt(max))
+      throw ggufInvalid(this.path, `${what} is ${v} at offset ${at}, more than ${why} (${max})`, { offset: at, value: v.toString() });
     return Number(v);
   }
 
   /** A GGUF string: u64 byte length, then UTF-8 bytes (no terminator), at most `maxBytes`. */
   string(what: string, maxBytes: number): string {
-    const len = this.count(`length of ${what}`, Math.min(maxBytes, this.remaining() - 8), maxBytes < this.remaining() - 8 ? 'the longest string kvtc reads' : 'the bytes left in the file');
+    const len = this.count(
+      `length of ${what}`,
+      Math.min(maxBytes, this.remaining() - 8),
+      maxBytes < this.remaining() - 8 ? 'the longest string kvtc reads' : 'the bytes left in the file',
+    );
     const at = this.ensure(len, what);
     const s = this.buf.toString('utf8', at, at + len);
     // toString replaces bad UTF-8 with U+FFFD; only then pay for a strict decode, since U+FFFD is also a legal character.

@@ -75,7 +75,8 @@ export class GgufFile {
   /** A numeric value that must be a whole number (counts, sizes). */
   getInteger(key: string, fallback?: number): number {
     const v = this.getNumber(key, fallback);
-    if (!Number.isInteger(v)) throw ggufInvalid(this.path, `metadata key "${key}" is ${v}, expected a whole number`, { key, value: v }, NEEDS_FIX);
+    if (!Number.isInteger(v))
+      throw ggufInvalid(this.path, `metadata key "${key}" is ${v}, expected a whole number`, { key, value: v }, NEEDS_FIX);
     return v;
   }
 
@@ -105,7 +106,12 @@ export class GgufFile {
   private safe(key: string, v: number | bigint): number {
     if (typeof v === 'number') return v;
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw ggufInvalid(this.path, `metadata key "${key}" is ${v}, beyond the integers kvtc can hold exactly (2^53)`, { key, value: v.toString() }, NEEDS_FIX);
+      throw ggufInvalid(
+        this.path,
+        `metadata key "${key}" is ${v}, beyond the integers kvtc can hold exactly (2^53)`,
+        { key, value: v.toString() },
+        NEEDS_FIX,
+      );
     }
     return Number(v);
   }
@@ -117,7 +123,13 @@ export class GgufFile {
   /** The tensor's info; GGUF_INVALID naming it when the file has no such tensor. */
   tensor(name: string): GgufTensorInfo {
     const t = this.byName.get(name);
-    if (!t) throw ggufInvalid(this.path, `tensor "${name}" is not in the file (it has ${this.tensors.length} tensors)`, { tensor: name }, NEEDS_FIX);
+    if (!t)
+      throw ggufInvalid(
+        this.path,
+        `tensor "${name}" is not in the file (it has ${this.tensors.length} tensors)`,
+        { tensor: name },
+        NEEDS_FIX,
+      );
     return t;
   }
 }

@@ -203,9 +203,20 @@ function q6_K(src: Uint8Array, blocks: number, dst: Float32Array): void {
 
 /** Element-wise types take element counts; block types take block counts. */
 const DEQUANT: Record<string, Dequant> = {
-  F32: f32, F16: f16, BF16: bf16, F64: f64,
-  Q4_0: q4_0, Q4_1: q4_1, Q5_0: q5_0, Q5_1: q5_1, Q8_0: q8_0,
-  Q2_K: q2_K, Q3_K: q3_K, Q4_K: q4_K, Q5_K: q5_K, Q6_K: q6_K,
+  F32: f32,
+  F16: f16,
+  BF16: bf16,
+  F64: f64,
+  Q4_0: q4_0,
+  Q4_1: q4_1,
+  Q5_0: q5_0,
+  Q5_1: q5_1,
+  Q8_0: q8_0,
+  Q2_K: q2_K,
+  Q3_K: q3_K,
+  Q4_K: q4_K,
+  Q5_K: q5_K,
+  Q6_K: q6_K,
 };
 
 /** Names of the ggml types kvtc dequantizes, for error messages. */
@@ -225,7 +236,9 @@ export function dequantize(type: GgmlTypeInfo, src: Uint8Array, elements: number
   if (!fn) throw new Error(`dequantize: no dequantizer for ggml type ${type.name}`);
   const blocks = elements / type.blockSize;
   if (!Number.isInteger(blocks) || src.byteLength !== blocks * type.typeSize || dst.length < elements) {
-    throw new Error(`dequantize: ${type.name} of ${elements} elements needs ${blocks * type.typeSize} bytes and ${elements} outputs, got ${src.byteLength} and ${dst.length}`);
+    throw new Error(
+      `dequantize: ${type.name} of ${elements} elements needs ${blocks * type.typeSize} bytes and ${elements} outputs, got ${src.byteLength} and ${dst.length}`,
+    );
   }
   fn(src, blocks, dst);
   return dst;

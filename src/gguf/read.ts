@@ -38,7 +38,16 @@ import { Cursor } from './cursor.js';
 import { ggufInvalid, ggufUnsupported } from './errors.js';
 import { GgufFile } from './file.js';
 import { canDequantize, dequantize, DEQUANT_TYPES } from './quants.js';
-import { GGML_MAX_DIMS, GGUF_VALUE_TYPES, ggmlTypeById, GGML_TYPES, type GgufEntry, type GgufTensorInfo, type GgufValue, type GgufValueType } from './types.js';
+import {
+  GGML_MAX_DIMS,
+  GGUF_VALUE_TYPES,
+  ggmlTypeById,
+  GGML_TYPES,
+  type GgufEntry,
+  type GgufTensorInfo,
+  type GgufValue,
+  type GgufValueType,
+} from './types.js';
 
 export { GgufFile } from './file.js';
 export { DEQUANT_TYPES, dequantize } from './quants.js';
@@ -58,32 +67,60 @@ export const GGUF_LIMITS = {
 const DEFAULT_ALIGNMENT = 32;
 /** Smallest on-disk size of one array item of each type: bounds an array's count by the bytes left. */
 const ITEM_BYTES: Record<GgufValueType, number> = {
-  UINT8: 1, INT8: 1, UINT16: 2, INT16: 2, UINT32: 4, INT32: 4, FLOAT32: 4, BOOL: 1, STRING: 8, ARRAY: 12, UINT64: 8, INT64: 8, FLOAT64: 8,
+  UINT8: 1,
+  INT8: 1,
+  UINT16: 2,
+  INT16: 2,
+  UINT32: 4,
+  INT32: 4,
+  FLOAT32: 4,
+  BOOL: 1,
+  STRING: 8,
+  ARRAY: 12,
+  UINT64: 8,
+  INT64: 8,
+  FLOAT64: 8,
 };
 
-const RECREATE = 'Re-create the GGUF with a current llama.cpp (convert_hf_to_gguf.py, llama-quantize), or convert the original Hugging Face checkpoint instead.';
+const RECREATE =
+  'Re-create the GGUF with a current llama.cpp (convert_hf_to_gguf.py, llama-quantize), or convert the original Hugging Face checkpoint instead.';
 
 function valueType(c: Cursor, what: string): GgufValueType {
   const at = c.pos;
   const id = c.u32(`type of ${what}`);
   const t = GGUF_VALUE_TYPES[id];
-  if (t === undefined) throw ggufInvalid(c.path, `${what} has value type ${id} at offset ${at}, not a GGUF type (0-${GGUF_VALUE_TYPES.length - 1})`, { offset: at, type: id });
+  if (t === undefined)
+    throw ggufInvalid(c.path, `${what} has value type ${id} at offset ${at}, not a GGUF type (0-${GGUF_VALUE_TYPES.length - 1})`, {
+      offset: at,
+      type: id,
+    });
   return t;
 }
 
 function scalar(c: Cursor, t: Exclude<GgufValueType, 'ARRAY'>, what: string): number | bigint | boolean | string {
   switch (t) {
-    case 'UINT8': return c.u8(what);
-    case 'INT8': return c.i8(what);
-    case 'UINT16': return c.u16(what);
-    case 'INT16': return c.i16(what);
-    case 'UINT32': return c.u32(what);
-    case 'INT32': return c.i32(what);
-    case 'FLOAT32': return c.f32(what);
-    case 'FLOAT64': return c.f64(what);
-    case 'UINT64': return c.u64(what);
-    case 'INT64': return c.i64(what);
-    case 'STRING': return c.string(what, GGUF_LIMITS.stringBytes);
+    case 'UINT8':
+      return c.u8(what);
+    case 'INT8':
+      return c.i8(what);
+    case 'UINT16':
+      return c.u16(what);
+    case 'INT16':
+      return c.i16(what);
+    case 'UINT32':
+      return c.u32(what);
+    case 'INT32':
+      return c.i32(what);
+    case 'FLOAT32':
+      return c.f32(what);
+    case 'FLOAT64':
+      return c.f64(what);
+    case 'UINT64':
+      return c.u64(what);
+    case 'INT64':
+      return c.i64(what);
+    case 'STRING':
+      return c.string(what, GGUF_LIMITS.stringBytes);
     case 'BOOL': {
       const at = c.pos;
       const b = c.u8(what);
@@ -102,7 +139,11 @@ function entry(c: Cursor, key: string): GgufEntry {
     throw ggufUnsupported(c.path, `${what} is an array of arrays, which kvtc does not read`, RECREATE, { key });
   }
   const max = Math.min(GGUF_LIMITS.arrayItems, Math.floor((c.remaining() - 8) / ITEM_BYTES[itemType]));
-  const n = c.count(`item count of ${what}`, Math.max(0, max), max < GGUF_LIMITS.arrayItems ? 'the bytes left in the file hold' : 'the longest array kvtc reads');
+  const n = c.count(
+    `item count of ${what}`,
+    Math.max(0, max),
+    max < GGUF_LIMITS.arrayItems ? 'the bytes left in the file hold' : 'the longest array kvtc reads',
+  );
   const items: (number | bigint | boolean | string)[] = [];
   for (let i = 0; i < n; i++) items.push(scalar(c, itemType, what));
   return { type, itemType, value: items as GgufValue };
@@ -135,19 +176,41 @@ function parse(c: Cursor): GgufFile {
   if (c.fileSize < 24) throw ggufInvalid(path, `only ${c.fileSize} bytes: a GGUF header takes at least 24`);
   const magic = c.u32('magic');
   if (magic !== MAGIC) {
-    throw ggufInvalid(path, `does not start with the GGUF magic (found 0x${magic.toString(16).padStart(8, '0')}): not a GGUF file`, { magic });
+    throw ggufInvalid(path, `does not start with the GGUF magic (found 0x${magic.toString(16).padStart(8, '0')}): not a GGUF file`, {
+      magic,
+    });
   }
   const version = c.u32('version');
-  const swapped = ((version & 0xff) << 24 | (version & 0xff00) << 8 | (version >>> 8) & 0xff00 | version >>> 24) >>> 0;
+  const swapped = (((version & 0xff) << 24) | ((version & 0xff00) << 8) | ((version >>> 8) & 0xff00) | (version >>> 24)) >>> 0;
   if (version > 0xffff && swapped >= 1 && swapped <= 3) {
-    throw ggufUnsupported(path, `is a big-endian GGUF (version ${swapped} byte-swapped); kvtc reads little-endian GGUF only`, 'Use the little-endian GGUF of this model (the usual one; big-endian files are made for s390x).', { version: swapped });
+    throw ggufUnsupported(
+      path,
+      `is a big-endian GGUF (version ${swapped} byte-swapped); kvtc reads little-endian GGUF only`,
+      'Use the little-endian GGUF of this model (the usual one; big-endian files are made for s390x).',
+      { version: swapped },
+    );
   }
-  if (version === 1) throw ggufUnsupported(path, 'is GGUF version 1 (the 2023 draft format); kvtc reads versions 2 and 3', RECREATE, { version });
-  if (version !== 2 && version !== 3) throw ggufUnsupported(path, `has GGUF version ${version}; kvtc reads versions 2 and 3`, 'Re-create the GGUF with a llama.cpp release that writes version 3, or update kvtc.', { version });
+  if (version === 1)
+    throw ggufUnsupported(path, 'is GGUF version 1 (the 2023 draft format); kvtc reads versions 2 and 3', RECREATE, { version });
+  if (version !== 2 && version !== 3)
+    throw ggufUnsupported(
+      path,
+      `has GGUF version ${version}; kvtc reads versions 2 and 3`,
+      'Re-create the GGUF with a llama.cpp release that writes version 3, or update kvtc.',
+      { version },
+    );
 
   // Each tensor info takes at least 4+8 (an empty name and n_dims) + 4+8 bytes; each key at least 8+4+1.
-  const nTensors = c.count('tensor count', Math.min(GGUF_LIMITS.tensors, Math.floor(c.remaining() / 24)), 'the rest of the file can hold (truncated?)');
-  const nKeys = c.count('metadata key count', Math.min(GGUF_LIMITS.keys, Math.floor(c.remaining() / 13)), 'the rest of the file can hold (truncated?)');
+  const nTensors = c.count(
+    'tensor count',
+    Math.min(GGUF_LIMITS.tensors, Math.floor(c.remaining() / 24)),
+    'the rest of the file can hold (truncated?)',
+  );
+  const nKeys = c.count(
+    'metadata key count',
+    Math.min(GGUF_LIMITS.keys, Math.floor(c.remaining() / 13)),
+    'the rest of the file can hold (truncated?)',
+  );
 
   const metadata = new Map<string, GgufEntry>();
   for (let i = 0; i < nKeys; i++) {
@@ -161,7 +224,11 @@ function parse(c: Cursor): GgufFile {
   if (al) {
     const v = al.value;
     if (al.type !== 'UINT32' || typeof v !== 'number' || v === 0 || (v & (v - 1)) !== 0 || v > GGUF_LIMITS.alignment) {
-      throw ggufInvalid(path, `general.alignment is ${al.type} ${String(v)}; it must be a UINT32 power of two up to ${GGUF_LIMITS.alignment}`, { alignment: String(v) });
+      throw ggufInvalid(
+        path,
+        `general.alignment is ${al.type} ${String(v)}; it must be a UINT32 power of two up to ${GGUF_LIMITS.alignment}`,
+        { alignment: String(v) },
+      );
     }
     alignment = v;
   }
@@ -174,12 +241,20 @@ function parse(c: Cursor): GgufFile {
     if (names.has(name)) throw ggufInvalid(path, `tensor "${name}" appears twice`, { tensor: name });
     names.add(name);
     const nDims = c.u32(`n_dims of tensor "${name}"`);
-    if (nDims > GGML_MAX_DIMS) throw ggufInvalid(path, `tensor "${name}" has ${nDims} dimensions; ggml allows at most ${GGML_MAX_DIMS}`, { tensor: name, n_dims: nDims });
+    if (nDims > GGML_MAX_DIMS)
+      throw ggufInvalid(path, `tensor "${name}" has ${nDims} dimensions; ggml allows at most ${GGML_MAX_DIMS}`, {
+        tensor: name,
+        n_dims: nDims,
+      });
     const ne: number[] = [];
     for (let d = 0; d < nDims; d++) {
       const v = c.i64(`dimension ${d} of tensor "${name}"`);
       // A dimension beyond 8 elements per byte of the file cannot be backed by data (IQ1_S, the densest type, packs ~5).
-      if (v < 0n || v > BigInt(c.fileSize) * 8n) throw ggufInvalid(path, `tensor "${name}" has dimension ${d} of ${v}, impossible in a file of ${c.fileSize} bytes`, { tensor: name, dim: v.toString() });
+      if (v < 0n || v > BigInt(c.fileSize) * 8n)
+        throw ggufInvalid(path, `tensor "${name}" has dimension ${d} of ${v}, impossible in a file of ${c.fileSize} bytes`, {
+          tensor: name,
+          dim: v.toString(),
+        });
       ne.push(Number(v));
     }
     const typeId = c.u32(`type of tensor "${name}"`);
@@ -188,25 +263,44 @@ function parse(c: Cursor): GgufFile {
   }
 
   const dataStart = Math.ceil(c.pos / alignment) * alignment;
-  if (dataStart > c.fileSize) throw ggufInvalid(path, `the data section would start at ${dataStart}, past the end of the ${c.fileSize}-byte file (truncated?)`);
+  if (dataStart > c.fileSize)
+    throw ggufInvalid(path, `the data section would start at ${dataStart}, past the end of the ${c.fileSize}-byte file (truncated?)`);
   const dataBytes = c.fileSize - dataStart;
 
   const tensors: GgufTensorInfo[] = raw.map(({ name, ne, typeId, offset }) => {
     const type = ggmlTypeById(typeId);
     if (!type) {
-      throw ggufInvalid(path, `tensor "${name}" has ggml type id ${typeId}, which is not a ggml type (known: ${GGML_TYPES.map((t) => `${t.id} ${t.name}`).join(', ')}; kvtc dequantizes ${DEQUANT_TYPES.join(', ')})`, { tensor: name, type: typeId });
+      throw ggufInvalid(
+        path,
+        `tensor "${name}" has ggml type id ${typeId}, which is not a ggml type (known: ${GGML_TYPES.map((t) => `${t.id} ${t.name}`).join(', ')}; kvtc dequantizes ${DEQUANT_TYPES.join(', ')})`,
+        { tensor: name, type: typeId },
+      );
     }
     let elements = 1;
     for (const d of ne) elements *= d;
-    if (!Number.isSafeInteger(elements)) throw ggufInvalid(path, `tensor "${name}" of shape [${ne}] has more elements than any file holds`, { tensor: name });
+    if (!Number.isSafeInteger(elements))
+      throw ggufInvalid(path, `tensor "${name}" of shape [${ne}] has more elements than any file holds`, { tensor: name });
     if (ne.length > 0 && ne[0] % type.blockSize !== 0) {
-      throw ggufInvalid(path, `tensor "${name}" is ${type.name} with rows of ${ne[0]} elements, not a multiple of its block of ${type.blockSize}`, { tensor: name, ne0: ne[0] });
+      throw ggufInvalid(
+        path,
+        `tensor "${name}" is ${type.name} with rows of ${ne[0]} elements, not a multiple of its block of ${type.blockSize}`,
+        { tensor: name, ne0: ne[0] },
+      );
     }
-    if (ne.length === 0 && type.blockSize !== 1) throw ggufInvalid(path, `tensor "${name}" is a ${type.name} scalar; block types need a row of ${type.blockSize}`, { tensor: name });
+    if (ne.length === 0 && type.blockSize !== 1)
+      throw ggufInvalid(path, `tensor "${name}" is a ${type.name} scalar; block types need a row of ${type.blockSize}`, { tensor: name });
     const byteSize = (elements / type.blockSize) * type.typeSize;
-    if (offset % BigInt(alignment) !== 0n) throw ggufInvalid(path, `tensor "${name}" starts at data offset ${offset}, not a multiple of the alignment ${alignment}`, { tensor: name, offset: offset.toString() });
+    if (offset % BigInt(alignment) !== 0n)
+      throw ggufInvalid(path, `tensor "${name}" starts at data offset ${offset}, not a multiple of the alignment ${alignment}`, {
+        tensor: name,
+        offset: offset.toString(),
+      });
     if (offset > BigInt(dataBytes) || byteSize > dataBytes - Number(offset)) {
-      throw ggufInvalid(path, `tensor "${name}" (${type.name} [${ne}], ${byteSize} bytes at data offset ${offset}) runs past the end of the file's ${dataBytes}-byte data section (truncated?)`, { tensor: name, offset: offset.toString(), bytes: byteSize });
+      throw ggufInvalid(
+        path,
+        `tensor "${name}" (${type.name} [${ne}], ${byteSize} bytes at data offset ${offset}) runs past the end of the file's ${dataBytes}-byte data section (truncated?)`,
+        { tensor: name, offset: offset.toString(), bytes: byteSize },
+      );
     }
     const off = Number(offset);
     return { name, ne, shape: [...ne].reverse(), type, offset: off, fileOffset: dataStart + off, byteSize, elements };
@@ -217,7 +311,11 @@ function parse(c: Cursor): GgufFile {
     const p = sorted[i - 1];
     const t = sorted[i];
     if (p.offset + p.byteSize > t.offset) {
-      throw ggufInvalid(path, `tensors "${p.name}" (bytes ${p.offset}-${p.offset + p.byteSize}) and "${t.name}" (from ${t.offset}) overlap in the data section`, { tensors: [p.name, t.name] });
+      throw ggufInvalid(
+        path,
+        `tensors "${p.name}" (bytes ${p.offset}-${p.offset + p.byteSize}) and "${t.name}" (from ${t.offset}) overlap in the data section`,
+        { tensors: [p.name, t.name] },
+      );
     }
   }
   return new GgufFile(path, version, c.fileSize, alignment, dataStart, metadata, tensors);
@@ -230,12 +328,28 @@ export async function readTensorBytes(file: GgufFile, name: string): Promise<Uin
   try {
     fh = await open(file.path, 'r');
   } catch (e) {
-    throw new KvtcError('IO_ERROR', `cannot reopen GGUF ${file.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { fix: 'Check that the file still exists and is readable.', context: { file: file.path }, cause: e });
+    throw new KvtcError('IO_ERROR', `cannot reopen GGUF ${file.path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+      fix: 'Check that the file still exists and is readable.',
+      context: { file: file.path },
+      cause: e,
+    });
   }
   try {
     const size = (await fh.stat()).size;
-    if (size !== file.fileSize) throw ggufInvalid(file.path, `changed size since it was opened (${file.fileSize} → ${size} bytes)`, {}, 'Do not modify the GGUF while kvtc reads it; run the command again.');
-    if (t.byteSize > bufferConstants.MAX_LENGTH) throw ggufUnsupported(file.path, `tensor "${name}" has ${t.byteSize} bytes, more than one Node buffer holds`, 'Use a smaller model.', { tensor: name });
+    if (size !== file.fileSize)
+      throw ggufInvalid(
+        file.path,
+        `changed size since it was opened (${file.fileSize} → ${size} bytes)`,
+        {},
+        'Do not modify the GGUF while kvtc reads it; run the command again.',
+      );
+    if (t.byteSize > bufferConstants.MAX_LENGTH)
+      throw ggufUnsupported(
+        file.path,
+        `tensor "${name}" has ${t.byteSize} bytes, more than one Node buffer holds`,
+        'Use a smaller model.',
+        { tensor: name },
+      );
     const buf = Buffer.allocUnsafe(t.byteSize);
     let got = 0;
     while (got < t.byteSize) {
@@ -256,10 +370,20 @@ export async function readTensorBytes(file: GgufFile, name: string): Promise<Uin
 export async function readTensor(file: GgufFile, name: string): Promise<Float32Array> {
   const t = file.tensor(name);
   if (!canDequantize(t.type)) {
-    throw ggufUnsupported(file.path, `tensor "${name}" is ${t.type.name} (ggml type ${t.type.id}), which kvtc cannot dequantize; supported: ${DEQUANT_TYPES.join(', ')}`, `Re-quantize the model to one of those types (llama-quantize, e.g. Q8_0 or Q4_K_M), or convert the original Hugging Face checkpoint.`, { tensor: name, type: t.type.name });
+    throw ggufUnsupported(
+      file.path,
+      `tensor "${name}" is ${t.type.name} (ggml type ${t.type.id}), which kvtc cannot dequantize; supported: ${DEQUANT_TYPES.join(', ')}`,
+      `Re-quantize the model to one of those types (llama-quantize, e.g. Q8_0 or Q4_K_M), or convert the original Hugging Face checkpoint.`,
+      { tensor: name, type: t.type.name },
+    );
   }
   if (t.elements * 4 > bufferConstants.MAX_LENGTH) {
-    throw ggufUnsupported(file.path, `tensor "${name}" has ${t.elements} elements, too many to hold as float32 in one array`, 'Use a smaller model.', { tensor: name });
+    throw ggufUnsupported(
+      file.path,
+      `tensor "${name}" has ${t.elements} elements, too many to hold as float32 in one array`,
+      'Use a smaller model.',
+      { tensor: name },
+    );
   }
   return dequantize(t.type, await readTensorBytes(file, name), t.elements);
 }

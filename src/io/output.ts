@@ -37,7 +37,12 @@ function probe(path: string, dir: string): void {
     closeSync(openSync(file, 'wx'));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'EROFS' ? 'is on a read-only filesystem' : code === 'EACCES' || code === 'EPERM' ? 'is not writable (permission denied)' : `cannot be written (${code})`;
+    const why =
+      code === 'EROFS'
+        ? 'is on a read-only filesystem'
+        : code === 'EACCES' || code === 'EPERM'
+          ? 'is not writable (permission denied)'
+          : `cannot be written (${code})`;
     throw unwritable(path, `${dir === path ? 'it' : dir} ${why}`);
   }
   unlinkSync(file);
@@ -72,7 +77,10 @@ export function checkOutputFile(path: string, opts: OutputFileOptions = {}): voi
   const st = stat(path);
   if (st?.isDirectory()) throw unwritable(path, 'it is a directory', `${option} names a directory; give a file path`);
   if (st && !opts.force) {
-    throw new KvtcError('OUTPUT_EXISTS', `output ${path} already exists`, { fix: `Pass --force to overwrite it, or choose another ${option}.`, context: { out: path } });
+    throw new KvtcError('OUTPUT_EXISTS', `output ${path} already exists`, {
+      fix: `Pass --force to overwrite it, or choose another ${option}.`,
+      context: { out: path },
+    });
   }
   checkParent(path);
   if (st) {
@@ -92,7 +100,23 @@ export function checkOutputDir(path: string): void {
   checkParent(path);
 }
 
-const FS_CODES = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOSPC', 'EDQUOT', 'ENOTDIR', 'EISDIR', 'EEXIST', 'EMFILE', 'ENFILE', 'EIO', 'ENAMETOOLONG', 'ELOOP', 'EBUSY', 'EXDEV']);
+const FS_CODES = new Set([
+  'EACCES',
+  'EPERM',
+  'EROFS',
+  'ENOSPC',
+  'EDQUOT',
+  'ENOTDIR',
+  'EISDIR',
+  'EEXIST',
+  'EMFILE',
+  'ENFILE',
+  'EIO',
+  'ENAMETOOLONG',
+  'ELOOP',
+  'EBUSY',
+  'EXDEV',
+]);
 
 /**
  * An operating-system file error (disk full, permissions, read-only filesystem...) is the user's
@@ -111,9 +135,13 @@ export function asIoError(e: unknown): KvtcError | undefined {
     ENOTDIR: 'a component of the path is not a directory',
     EISDIR: 'it is a directory',
   };
-  return new KvtcError('IO_ERROR', `${err.syscall ?? 'file operation'} ${path ?? ''} failed: ${what[err.code] ?? err.code}`.replace(/\s+/g, ' '), {
-    fix: 'Check the path, its permissions and the free space, then run the command again (nothing was left half-written).',
-    context: { path, errno: err.code },
-    cause: e,
-  });
+  return new KvtcError(
+    'IO_ERROR',
+    `${err.syscall ?? 'file operation'} ${path ?? ''} failed: ${what[err.code] ?? err.code}`.replace(/\s+/g, ' '),
+    {
+      fix: 'Check the path, its permissions and the free space, then run the command again (nothing was left half-written).',
+      context: { path, errno: err.code },
+      cause: e,
+    },
+  );
 }

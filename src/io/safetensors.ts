@@ -15,7 +15,19 @@ import { writeFileAtomic } from './atomic.js';
 export type SafetensorsDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'U16' | 'U32' | 'U64' | 'BOOL';
 
 export const DTYPE_BYTES: Record<SafetensorsDtype, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, U16: 2, U32: 4, U64: 8, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  U16: 2,
+  U32: 4,
+  U64: 8,
+  BOOL: 1,
 };
 
 export interface TensorEntry {
@@ -72,7 +84,11 @@ export function scanSafetensors(buf: Uint8Array, problem: (message: string) => v
   const maxHeader = strict ? strict.maxHeaderBytes : MAX_HEADER;
   const n64 = new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true);
   if (n64 > BigInt(buf.byteLength - 8) || n64 > BigInt(maxHeader)) {
-    problem(strict ? `header length ${n64} does not fit (file ${buf.byteLength} bytes, header at most ${maxHeader})` : `header length ${n64} does not fit in a file of ${buf.byteLength} bytes`);
+    problem(
+      strict
+        ? `header length ${n64} does not fit (file ${buf.byteLength} bytes, header at most ${maxHeader})`
+        : `header length ${n64} does not fit in a file of ${buf.byteLength} bytes`,
+    );
     return undefined;
   }
   const n = Number(n64);
@@ -120,7 +136,11 @@ export function scanSafetensors(buf: Uint8Array, problem: (message: string) => v
     const dtypeRaw = isEntry ? e.dtype : undefined;
     const known = typeof dtypeRaw === 'string' && dtypeRaw in DTYPE_BYTES;
     if (!known || !allowed.includes(dtypeRaw as SafetensorsDtype)) {
-      broken(strict ? `tensor ${name} has dtype ${JSON.stringify(dtypeRaw)}, expected ${allowed.join(' or ')}` : `tensor "${name}" has unknown dtype ${JSON.stringify(dtypeRaw)}`);
+      broken(
+        strict
+          ? `tensor ${name} has dtype ${JSON.stringify(dtypeRaw)}, expected ${allowed.join(' or ')}`
+          : `tensor "${name}" has unknown dtype ${JSON.stringify(dtypeRaw)}`,
+      );
       if (!known) continue;
     }
     const dtype = dtypeRaw as SafetensorsDtype;
@@ -146,7 +166,11 @@ export function scanSafetensors(buf: Uint8Array, problem: (message: string) => v
     for (const d of shape as number[]) elems = Math.min(elems * d, Number.MAX_SAFE_INTEGER);
     const need = Math.min(DTYPE_BYTES[dtype] * elems, Number.MAX_SAFE_INTEGER);
     if (offs[1] - offs[0] !== need) {
-      broken(strict ? `tensor ${name} has ${offs[1] - offs[0]} bytes, but ${dtype}${JSON.stringify(shape)} needs ${need}` : `tensor "${name}" has ${offs[1] - offs[0]} bytes but shape [${shape}] of ${dtype} needs ${need}`);
+      broken(
+        strict
+          ? `tensor ${name} has ${offs[1] - offs[0]} bytes, but ${dtype}${JSON.stringify(shape)} needs ${need}`
+          : `tensor "${name}" has ${offs[1] - offs[0]} bytes but shape [${shape}] of ${dtype} needs ${need}`,
+      );
       continue;
     }
     tensors.set(name, { dtype, shape: shape as number[], data: data.subarray(offs[0], offs[1]) });
@@ -173,9 +197,13 @@ export function scanSafetensors(buf: Uint8Array, problem: (message: string) => v
  * the file in error messages; `strict` as scanSafetensors.
  */
 export function parseSafetensors(buf: Uint8Array, source = '<buffer>', strict?: StrictOptions): SafetensorsFile {
-  const r = scanSafetensors(buf, (m) => {
-    throw bad(m, source);
-  }, strict)!;
+  const r = scanSafetensors(
+    buf,
+    (m) => {
+      throw bad(m, source);
+    },
+    strict,
+  )!;
   return { tensors: r.tensors, metadata: r.metadata };
 }
 
@@ -194,14 +222,22 @@ export async function readSafetensors(path: string): Promise<SafetensorsFile> {
 }
 
 /** Serializes tensors (sorted by name) with `format: pt` metadata. */
-export function serializeSafetensors(tensors: Map<string, TensorEntry> | Record<string, TensorEntry>, metadata: Record<string, string> = {}): Uint8Array {
-  const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+export function serializeSafetensors(
+  tensors: Map<string, TensorEntry> | Record<string, TensorEntry>,
+  metadata: Record<string, string> = {},
+): Uint8Array {
+  const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort(([a], [b]) =>
+    a < b ? -1 : a > b ? 1 : 0,
+  );
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
   let offset = 0;
   for (const [name, t] of entries) {
     const count = t.shape.reduce((a, d) => a * d, 1);
     if (t.data.byteLength !== count * DTYPE_BYTES[t.dtype]) {
-      throw new KvtcError('SAFETENSORS_INVALID', `tensor "${name}": ${t.data.byteLength} bytes do not match shape [${t.shape}] of ${t.dtype}`);
+      throw new KvtcError(
+        'SAFETENSORS_INVALID',
+        `tensor "${name}": ${t.data.byteLength} bytes do not match shape [${t.shape}] of ${t.dtype}`,
+      );
     }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
     offset += t.data.byteLength;
@@ -222,7 +258,11 @@ export function serializeSafetensors(tensors: Map<string, TensorEntry> | Record<
   return out;
 }
 
-export async function writeSafetensors(path: string, tensors: Map<string, TensorEntry> | Record<string, TensorEntry>, metadata: Record<string, string> = {}): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: Map<string, TensorEntry> | Record<string, TensorEntry>,
+  metadata: Record<string, string> = {},
+): Promise<void> {
   await writeFileAtomic(path, serializeSafetensors(tensors, metadata));
 }
 
@@ -237,16 +277,27 @@ export function f32(data: Float32Array, shape: number[]): TensorEntry {
 }
 
 /** Copies the entry's bytes into a fresh, aligned typed array of its dtype (F16 stays as Uint16 bits). */
-export function toTypedArray(t: TensorEntry): Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array | Int8Array {
+export function toTypedArray(
+  t: TensorEntry,
+): Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array | Int8Array {
   const copy = new Uint8Array(t.data.byteLength);
   copy.set(t.data);
   switch (t.dtype) {
-    case 'F32': return new Float32Array(copy.buffer);
-    case 'F64': return new Float64Array(copy.buffer);
-    case 'F16': case 'BF16': case 'U16': return new Uint16Array(copy.buffer);
-    case 'I32': return new Int32Array(copy.buffer);
-    case 'I64': return new BigInt64Array(copy.buffer);
-    case 'I8': return new Int8Array(copy.buffer);
-    default: return copy;
+    case 'F32':
+      return new Float32Array(copy.buffer);
+    case 'F64':
+      return new Float64Array(copy.buffer);
+    case 'F16':
+    case 'BF16':
+    case 'U16':
+      return new Uint16Array(copy.buffer);
+    case 'I32':
+      return new Int32Array(copy.buffer);
+    case 'I64':
+      return new BigInt64Array(copy.buffer);
+    case 'I8':
+      return new Int8Array(copy.buffer);
+    default:
+      return copy;
   }
 }

@@ -90,7 +90,12 @@ export function describeNotUtf8(path: string, sample: Uint8Array, offset: number
   const byteAt = (at: number) => (at < n ? ` (byte 0x${sample[at].toString(16).padStart(2, '0')} at offset ${at})` : ` (at offset ${at})`);
   const removeFix = 'Remove it from the calibration data, or point --data at the text files (a .txt file or a directory of them).';
   if (n >= 2 && ((sample[0] === 0xff && sample[1] === 0xfe) || (sample[0] === 0xfe && sample[1] === 0xff))) {
-    return { kind: 'utf-16', offset, problem: 'is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8', fix: iconvFix(path, 'utf-16', '') };
+    return {
+      kind: 'utf-16',
+      offset,
+      problem: 'is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8',
+      fix: iconvFix(path, 'utf-16', ''),
+    };
   }
   let nul = 0;
   let nulOdd = 0;
@@ -114,16 +119,26 @@ export function describeNotUtf8(path: string, sample: Uint8Array, offset: number
   if (nul > 0 || nulAtOffset) {
     // UTF-16 without a BOM: mostly-ASCII text puts a NUL in every other byte.
     if (nul > 0 && nul >= n / 4 && (nulOdd >= 0.95 * nul || nul - nulOdd >= 0.95 * nul)) {
-      return { kind: 'utf-16', offset, problem: `is UTF-16 text (${nulOdd >= 0.95 * nul ? 'little' : 'big'}-endian, no byte-order mark), not UTF-8`, fix: iconvFix(path, nulOdd >= 0.95 * nul ? 'utf-16le' : 'utf-16be', '') };
+      return {
+        kind: 'utf-16',
+        offset,
+        problem: `is UTF-16 text (${nulOdd >= 0.95 * nul ? 'little' : 'big'}-endian, no byte-order mark), not UTF-8`,
+        fix: iconvFix(path, nulOdd >= 0.95 * nul ? 'utf-16le' : 'utf-16be', ''),
+      };
     }
     return { kind: 'binary', offset, problem: `is binary, not text (a NUL byte at offset ${firstNul})`, fix: removeFix };
   }
   if (ctrl > 0.05 * n) {
-    return { kind: 'binary', offset, problem: `is binary, not text (${Math.round((100 * ctrl) / n)}% of its first ${n} bytes are control bytes)`, fix: removeFix };
+    return {
+      kind: 'binary',
+      offset,
+      problem: `is binary, not text (${Math.round((100 * ctrl) / n)}% of its first ${n} bytes are control bytes)`,
+      fix: removeFix,
+    };
   }
   let valid = 0;
   let invalid = 0;
-  for (let i = 0; i < n; ) {
+  for (let i = 0; i < n;) {
     if (sample[i] < 0x80) {
       i++;
       continue;
@@ -148,9 +163,19 @@ export function describeNotUtf8(path: string, sample: Uint8Array, offset: number
     };
   }
   if (c1 > 0) {
-    return { kind: 'windows-1252', offset, problem: `${head}; it reads as Windows-1252 text (${high} bytes above 0x7f, some in 0x80–0x9f: curly quotes, dashes)`, fix: iconvFix(path, 'windows-1252', ' (if it is in another 8-bit encoding, name that after -f)') };
+    return {
+      kind: 'windows-1252',
+      offset,
+      problem: `${head}; it reads as Windows-1252 text (${high} bytes above 0x7f, some in 0x80–0x9f: curly quotes, dashes)`,
+      fix: iconvFix(path, 'windows-1252', ' (if it is in another 8-bit encoding, name that after -f)'),
+    };
   }
-  return { kind: 'latin1', offset, problem: `${head}; it reads as Latin-1 text (${high} byte${high === 1 ? '' : 's'} above 0x7f)`, fix: iconvFix(path, 'latin1', ' (if it is in another 8-bit encoding, name that after -f)') };
+  return {
+    kind: 'latin1',
+    offset,
+    problem: `${head}; it reads as Latin-1 text (${high} byte${high === 1 ? '' : 's'} above 0x7f)`,
+    fix: iconvFix(path, 'latin1', ' (if it is in another 8-bit encoding, name that after -f)'),
+  };
 }
 
 function dataInvalid(path: string, message: string, fix: string, context: Record<string, unknown> = {}): KvtcError {
@@ -168,7 +193,10 @@ export class NotUtf8Error extends KvtcError {
     readonly path: string,
     readonly notUtf8: NotUtf8,
   ) {
-    super('DATA_INVALID', `${path}: ${notUtf8.problem}`, { fix: notUtf8.fix, context: { file: path, offset: notUtf8.offset, kind: notUtf8.kind } });
+    super('DATA_INVALID', `${path}: ${notUtf8.problem}`, {
+      fix: notUtf8.fix,
+      context: { file: path, offset: notUtf8.offset, kind: notUtf8.kind },
+    });
   }
 }
 

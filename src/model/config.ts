@@ -62,10 +62,14 @@ function optionalId(v: unknown): number | undefined {
 }
 
 function unsupported(what: string, file: string): KvtcError {
-  return new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: unsupported architecture ${what}. kvtc supports ${Object.keys(ARCHITECTURES).join(', ')} (model_type ${SUPPORTED_FAMILIES.join(', ')}).`, {
-    fix: 'Use a decoder of one of these families exported with KV cache outputs (present.N.key/value).',
-    context: { file, architecture: what },
-  });
+  return new KvtcError(
+    'UNSUPPORTED_ARCHITECTURE',
+    `${file}: unsupported architecture ${what}. kvtc supports ${Object.keys(ARCHITECTURES).join(', ')} (model_type ${SUPPORTED_FAMILIES.join(', ')}).`,
+    {
+      fix: 'Use a decoder of one of these families exported with KV cache outputs (present.N.key/value).',
+      context: { file, architecture: what },
+    },
+  );
 }
 
 /**
@@ -79,16 +83,24 @@ function refuseVariants(cfg: Json, file: string): void {
   const type = typeof cfg.model_type === 'string' ? cfg.model_type : '';
   const arch = Array.isArray(cfg.architectures) && typeof cfg.architectures[0] === 'string' ? (cfg.architectures[0] as string) : '';
   if (/^deepseek_v[23]$/.test(type) || /^DeepseekV[23]/.test(arch) || cfg.kv_lora_rank !== undefined) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch || type || 'this model'} uses multi-head latent attention (kv_lora_rank ${JSON.stringify(cfg.kv_lora_rank)}): its cache is a compressed latent and one shared decoupled-RoPE key per token, not per-head keys and values; kvtc's transform coding of per-head K/V does not apply to it.`, {
-      fix: 'Compress a decoder with standard (GQA/MQA/MHA) attention; MLA caches are not supported.',
-      context: { file, architecture: arch || type },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${file}: ${arch || type || 'this model'} uses multi-head latent attention (kv_lora_rank ${JSON.stringify(cfg.kv_lora_rank)}): its cache is a compressed latent and one shared decoupled-RoPE key per token, not per-head keys and values; kvtc's transform coding of per-head K/V does not apply to it.`,
+      {
+        fix: 'Compress a decoder with standard (GQA/MQA/MHA) attention; MLA caches are not supported.',
+        context: { file, architecture: arch || type },
+      },
+    );
   }
   if (/^llama4/.test(type) || /^Llama4/.test(arch)) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch || type} mixes chunked-attention layers (RoPE, attention_chunk_size ${JSON.stringify(cfg.attention_chunk_size ?? (cfg.text_config as Json | undefined)?.attention_chunk_size)}) with global NoPE layers whose queries are temperature-scaled, with its own RoPE implementation; kvtc does not read that layout yet and will not guess it.`, {
-      fix: 'Use a Llama 3.x (or another supported family) model; Llama 4 is not supported.',
-      context: { file, architecture: arch || type },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${file}: ${arch || type} mixes chunked-attention layers (RoPE, attention_chunk_size ${JSON.stringify(cfg.attention_chunk_size ?? (cfg.text_config as Json | undefined)?.attention_chunk_size)}) with global NoPE layers whose queries are temperature-scaled, with its own RoPE implementation; kvtc does not read that layout yet and will not guess it.`,
+      {
+        fix: 'Use a Llama 3.x (or another supported family) model; Llama 4 is not supported.',
+        context: { file, architecture: arch || type },
+      },
+    );
   }
 }
 
@@ -100,10 +112,14 @@ export function familyOf(cfg: Json, file: string): { family: Family; architectur
     const family = ARCHITECTURES[arch];
     if (!family) {
       if (arch === 'Gemma3ForConditionalGeneration') {
-        throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${file}: ${arch} is the multimodal Gemma 3; kvtc reads its text decoder as Gemma3ForCausalLM (model_type gemma3_text).`, {
-          fix: 'Export the text model (Gemma3ForCausalLM) with KV cache outputs and point --model at it.',
-          context: { file, architecture: arch },
-        });
+        throw new KvtcError(
+          'UNSUPPORTED_ARCHITECTURE',
+          `${file}: ${arch} is the multimodal Gemma 3; kvtc reads its text decoder as Gemma3ForCausalLM (model_type gemma3_text).`,
+          {
+            fix: 'Export the text model (Gemma3ForCausalLM) with KV cache outputs and point --model at it.',
+            context: { file, architecture: arch },
+          },
+        );
       }
       throw unsupported(`"${arch}"`, file);
     }
@@ -111,7 +127,8 @@ export function familyOf(cfg: Json, file: string): { family: Family; architectur
   }
   const type = typeof cfg.model_type === 'string' ? cfg.model_type : undefined;
   const family = SUPPORTED_FAMILIES.find((f) => f === type);
-  if (!family) throw unsupported(type === undefined ? '(config has neither "architectures" nor "model_type")' : `model_type "${type}"`, file);
+  if (!family)
+    throw unsupported(type === undefined ? '(config has neither "architectures" nor "model_type")' : `model_type "${type}"`, file);
   return { family, architecture: Object.keys(ARCHITECTURES).find((a) => ARCHITECTURES[a] === family)! };
 }
 
@@ -120,9 +137,10 @@ export function normalizeHfConfig(cfg: Json, file = 'config.json'): NormalizedCo
   const notes: string[] = [];
   const { family, architecture } = familyOf(cfg, file);
   // GPT-2 (configuration_gpt2.py) names its sizes n_embd, n_head, n_layer, n_positions.
-  const k = family === 'gpt2'
-    ? { hidden: 'n_embd', heads: 'n_head', layers: 'n_layer', positions: 'n_positions' }
-    : { hidden: 'hidden_size', heads: 'num_attention_heads', layers: 'num_hidden_layers', positions: 'max_position_embeddings' };
+  const k =
+    family === 'gpt2'
+      ? { hidden: 'n_embd', heads: 'n_head', layers: 'n_layer', positions: 'n_positions' }
+      : { hidden: 'hidden_size', heads: 'num_attention_heads', layers: 'num_hidden_layers', positions: 'max_position_embeddings' };
   const hidden = posInt(cfg, k.hidden, file);
   const heads = posInt(cfg, k.heads, file);
   // GPT-NeoX and GPT-2 are multi-head: no num_key_value_heads
@@ -135,11 +153,22 @@ export function normalizeHfConfig(cfg: Json, file = 'config.json'): NormalizedCo
   const maxPositions = posInt(cfg, k.positions, file, 2048);
   const rope = ropeFromConfig(cfg, { family, layers, headDim, maxPositions, file, notes });
   if (typeof cfg.sliding_window === 'number' && cfg.use_sliding_window !== false) {
-    notes.push(`sliding_window ${cfg.sliding_window}: kvtc expects every layer's cache to keep every token (an export whose sliding layers keep only the last ${cfg.sliding_window} is not supported); attention beyond the window is the ONNX graph's business`);
+    notes.push(
+      `sliding_window ${cfg.sliding_window}: kvtc expects every layer's cache to keep every token (an export whose sliding layers keep only the last ${cfg.sliding_window} is not supported); attention beyond the window is the ONNX graph's business`,
+    );
   }
   return {
     spec: {
-      architecture, family, layers, heads, kvHeads, headDim, hidden, vocabSize, rope, maxPositions,
+      architecture,
+      family,
+      layers,
+      heads,
+      kvHeads,
+      headDim,
+      hidden,
+      vocabSize,
+      rope,
+      maxPositions,
       bosTokenId: optionalId(cfg.bos_token_id),
       eosTokenId: optionalId(cfg.eos_token_id),
     },

@@ -49,7 +49,12 @@ export async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-export function architectureFields(spec: Pick<ModelSpec, 'architecture' | 'family' | 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'hidden' | 'vocabSize' | 'kvDtype' | 'rope'>): ArchitectureFields {
+export function architectureFields(
+  spec: Pick<
+    ModelSpec,
+    'architecture' | 'family' | 'layers' | 'heads' | 'kvHeads' | 'headDim' | 'hidden' | 'vocabSize' | 'kvDtype' | 'rope'
+  >,
+): ArchitectureFields {
   return {
     architecture: spec.architecture,
     family: spec.family,
@@ -86,7 +91,11 @@ export async function sampledSha256(path: string): Promise<{ bytes: number; samp
   return { bytes, sampleSha256: h.digest('hex') };
 }
 
-export async function fingerprintModel(input: { spec: Parameters<typeof architectureFields>[0]; onnx: string; externalData?: string }): Promise<ModelFingerprint> {
+export async function fingerprintModel(input: {
+  spec: Parameters<typeof architectureFields>[0];
+  onnx: string;
+  externalData?: string;
+}): Promise<ModelFingerprint> {
   const architecture = architectureFields(input.spec);
   const specSha256 = createHash('sha256').update(JSON.stringify(architecture)).digest('hex');
   const onnx = { file: basename(input.onnx), sha256: await sha256File(input.onnx), bytes: (await stat(input.onnx)).size };

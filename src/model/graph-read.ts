@@ -27,7 +27,6 @@ export async function decodeGraph(path: string): Promise<onnxProto.onnx.ModelPro
   }
 }
 
-
 export function externalLocation(t: TensorProto): { location: string; offset: number; length?: number } | undefined {
   if (t.dataLocation !== onnx.TensorProto.DataLocation.EXTERNAL) return undefined;
   const kv = Object.fromEntries((t.externalData ?? []).map((e) => [e.key, e.value]));
@@ -64,7 +63,6 @@ export async function readInitializer(t: TensorProto, onnxPath: string): Promise
   for (let i = 0; i < count; i++) out[i] = width === 2 ? halfToFloat(dv.getUint16(2 * i, true)) : dv.getFloat32(4 * i, true);
   return out;
 }
-
 
 /** Every node of the graph, those inside If / Loop / Scan bodies included. */
 export function allNodes(g: Graph): onnxProto.onnx.INodeProto[] {

@@ -6,7 +6,15 @@
  */
 import { fileError, KvtcError } from '../errors.js';
 import { floatArrayToHalf, halfArrayToFloat } from '../io/fp16.js';
-import { bytesOf, parseSafetensors, readSafetensors, serializeSafetensors, toTypedArray, type SafetensorsFile, type TensorEntry } from '../io/safetensors.js';
+import {
+  bytesOf,
+  parseSafetensors,
+  readSafetensors,
+  serializeSafetensors,
+  toTypedArray,
+  type SafetensorsFile,
+  type TensorEntry,
+} from '../io/safetensors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { KvCache, KvDtype } from './types.js';
 
@@ -75,7 +83,8 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
   if (first.shape.length !== 4 || first.shape[0] !== 1) {
     throw invalid(source, `${kvTensorName(0, 'key')} has shape [${first.shape}]; expected [1, kv_heads, tokens, head_dim]`);
   }
-  if (first.dtype !== 'F16' && first.dtype !== 'F32') throw invalid(source, `${kvTensorName(0, 'key')} is ${first.dtype}; expected F16 or F32`);
+  if (first.dtype !== 'F16' && first.dtype !== 'F32')
+    throw invalid(source, `${kvTensorName(0, 'key')} is ${first.dtype}; expected F16 or F32`);
   const [, kvHeads, tokens, headDim] = first.shape;
   const dtype: KvDtype = first.dtype === 'F16' ? 'float16' : 'float32';
   const keys: Float32Array[] = [];
@@ -93,7 +102,10 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
         if (!Number.isFinite(a[i])) {
           const h = Math.floor(i / (tokens * headDim));
           const tok = Math.floor(i / headDim) % tokens;
-          throw invalid(source, `${name} has a non-finite value (${a[i]}) at index ${i} (head ${h}, token ${tok}, dim ${i % headDim})`, { tensor: name, index: i });
+          throw invalid(source, `${name} has a non-finite value (${a[i]}) at index ${i} (head ${h}, token ${tok}, dim ${i % headDim})`, {
+            tensor: name,
+            index: i,
+          });
         }
       }
       (kind === 'key' ? keys : values).push(a);
@@ -103,7 +115,8 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
   const declared = metadata.layers === undefined ? undefined : Number(metadata.layers);
   if (declared !== undefined && declared !== layers) throw invalid(source, `metadata says ${declared} layers but the file has ${layers}`);
   const startPosition = metadata.start_position === undefined ? 0 : Number(metadata.start_position);
-  if (!Number.isInteger(startPosition) || startPosition < 0) throw invalid(source, `metadata start_position "${metadata.start_position}" is not a non-negative integer`);
+  if (!Number.isInteger(startPosition) || startPosition < 0)
+    throw invalid(source, `metadata start_position "${metadata.start_position}" is not a non-negative integer`);
   return { cache: { layers, kvHeads, headDim, tokens, dtype, keys, values, startPosition }, metadata };
 }
 

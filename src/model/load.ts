@@ -17,7 +17,15 @@ import type { ModelTokenizer } from './tokenizer.js';
 import { loadTokenizer } from './tokenizer.js';
 import type { ModelSpec } from './types.js';
 
-export { DEFAULT_MODEL_OPTION, listOnnxFiles, modelDirFromOption, modelNameFromDir, type ModelFiles, type ModelFormat, type OnnxCandidate } from './model-files.js';
+export {
+  DEFAULT_MODEL_OPTION,
+  listOnnxFiles,
+  modelDirFromOption,
+  modelNameFromDir,
+  type ModelFiles,
+  type ModelFormat,
+  type OnnxCandidate,
+} from './model-files.js';
 export { layerName, type ModelIONames } from './graph-io.js';
 
 export interface ModelDescription {
@@ -49,8 +57,6 @@ export interface LoadOptions extends DescribeOptions {
   threads?: number;
 }
 
-
-
 interface Described extends ModelDescription {
   io: ModelIONames;
 }
@@ -65,19 +71,34 @@ async function describe(location: string, opts: DescribeOptions): Promise<Descri
   let cs = norm.spec;
   const model = await decodeGraph(files.onnx);
   const g = model.graph!;
-  const locations = new Set((g.initializer ?? []).map(externalLocation).filter((x) => x !== undefined).map((x) => x.location));
+  const locations = new Set(
+    (g.initializer ?? [])
+      .map(externalLocation)
+      .filter((x) => x !== undefined)
+      .map((x) => x.location),
+  );
   for (const loc of locations) {
     if (!existsSync(join(dirname(files.onnx), loc))) {
-      throw modelInvalid(`${files.onnx} keeps its weights in ${loc}, which is missing.`, { file: files.onnx, externalData: loc }, `Copy ${loc} beside ${basename(files.onnx)}.`);
+      throw modelInvalid(
+        `${files.onnx} keeps its weights in ${loc}, which is missing.`,
+        { file: files.onnx, externalData: loc },
+        `Copy ${loc} beside ${basename(files.onnx)}.`,
+      );
     }
   }
   if (locations.size) files.externalData = join(dirname(files.onnx), [...locations][0]);
   const names = ioNames(files.format === 'genai' ? rawCfg : undefined, new Set((g.input ?? []).map((v) => v.name ?? '')));
   const { kvDtype, idsType } = checkGraphIO(g, names, cs, files.onnx);
   const graphName = relative(dir, files.onnx).startsWith('..') ? files.onnx : relative(dir, files.onnx);
-  if (names.useCacheBranch) notes.push(`${graphName} is an Optimum merged decoder: kvtc feeds ${names.useCacheBranch} false on the first pass (no past) and true once there is a past`);
+  if (names.useCacheBranch)
+    notes.push(
+      `${graphName} is an Optimum merged decoder: kvtc feeds ${names.useCacheBranch} false on the first pass (no past) and true once there is a past`,
+    );
   const quantized = quantizedOps(g);
-  if (quantized.length) notes.push(`${graphName} has quantized weights (${quantized.join('; ')}): its KV cache differs from the float model's, so calibrate on the graph you serve (a profile is tied to it by the fingerprint)`);
+  if (quantized.length)
+    notes.push(
+      `${graphName} has quantized weights (${quantized.join('; ')}): its KV cache differs from the float model's, so calibrate on the graph you serve (a profile is tied to it by the fingerprint)`,
+    );
   // RoPE recovery reads the decoder's nodes: a merged decoder keeps them in its with-past branch.
   const body = decoderBody(g, names.useCacheBranch);
 
@@ -119,10 +140,14 @@ export async function loadModel(location: string, opts: LoadOptions = {}): Promi
   const meta = session.inputMetadata.find((m) => m.name === layerName(d.io.pastKey, 0));
   const sessionDtype = meta?.isTensor ? meta.type : undefined;
   if (sessionDtype !== d.spec.kvDtype) {
-    throw modelInvalid(`${d.files.onnx}: ONNX Runtime reports past key type ${sessionDtype}, the graph declares ${d.spec.kvDtype}.`, { file: d.files.onnx });
+    throw modelInvalid(`${d.files.onnx}: ONNX Runtime reports past key type ${sessionDtype}, the graph declares ${d.spec.kvDtype}.`, {
+      file: d.files.onnx,
+    });
   }
   if (tokenizer.bosTokenId !== undefined && d.spec.bosTokenId !== undefined && tokenizer.bosTokenId !== d.spec.bosTokenId) {
-    d.notes.push(`the config's bos_token_id ${d.spec.bosTokenId} differs from the tokenizer's BOS ${tokenizer.bosTokenId}: prompts use the tokenizer's`);
+    d.notes.push(
+      `the config's bos_token_id ${d.spec.bosTokenId} differs from the tokenizer's BOS ${tokenizer.bosTokenId}: prompts use the tokenizer's`,
+    );
   }
   return { ...d, session, tokenizer, device };
 }

@@ -21,16 +21,21 @@ export const DEFAULT_MODEL_OPTION = 'the bundled stories260K';
  * directory. A missing --onnx file is reported here, with the graphs the directory holds.
  */
 export function modelDirFromOption(model: string | undefined, onnx?: string): string {
-  if (model === undefined || model === DEFAULT_MODEL_OPTION) return onnx === undefined ? DEFAULT_MODEL_DIR : resolveOnnxOption(DEFAULT_MODEL_DIR, onnx);
+  if (model === undefined || model === DEFAULT_MODEL_OPTION)
+    return onnx === undefined ? DEFAULT_MODEL_DIR : resolveOnnxOption(DEFAULT_MODEL_DIR, onnx);
   const dir = resolve(model);
   // "org/name" that is not a local path: a Hugging Face Hub id. kvtc reads local exports only.
   if (!existsSync(dir) && /^[\w.-]+\/[\w.-]+$/.test(model) && !model.startsWith('.')) {
-    throw new KvtcError('MODEL_NOT_FOUND', `--model ${model} looks like a Hugging Face Hub id; kvtc reads local model directories and downloads nothing`, {
-      fix:
-        `Get a local ONNX export with KV inputs/outputs first, e.g. \`optimum-cli export onnx --model ${model} --task text-generation-with-past ${model.split('/')[1]}-onnx/\` ` +
-        `(or \`huggingface-cli download onnx-community/${model.split('/')[1]}-ONNX --local-dir ${model.split('/')[1]}-onnx\` where such an export exists), then pass --model ${model.split('/')[1]}-onnx.`,
-      context: { model },
-    });
+    throw new KvtcError(
+      'MODEL_NOT_FOUND',
+      `--model ${model} looks like a Hugging Face Hub id; kvtc reads local model directories and downloads nothing`,
+      {
+        fix:
+          `Get a local ONNX export with KV inputs/outputs first, e.g. \`optimum-cli export onnx --model ${model} --task text-generation-with-past ${model.split('/')[1]}-onnx/\` ` +
+          `(or \`huggingface-cli download onnx-community/${model.split('/')[1]}-ONNX --local-dir ${model.split('/')[1]}-onnx\` where such an export exists), then pass --model ${model.split('/')[1]}-onnx.`,
+        context: { model },
+      },
+    );
   }
   return onnx === undefined ? dir : resolveOnnxOption(isFile(dir) ? dirname(dir) : dir, onnx);
 }
@@ -74,7 +79,6 @@ export interface ModelFiles {
   externalData?: string;
 }
 
-
 export function modelInvalid(message: string, context: Record<string, unknown>, fix = 'Re-export the model.'): KvtcError {
   return new KvtcError('MODEL_INVALID', message, { fix, context });
 }
@@ -88,8 +92,6 @@ export async function readJson(path: string): Promise<Record<string, unknown>> {
     throw modelInvalid(`${path} is not a valid JSON object: ${(e as Error).message}`, { file: path });
   }
 }
-
-
 
 function missingDir(dir: string): KvtcError {
   return new KvtcError('MODEL_NOT_FOUND', `model directory ${dir} does not exist${existsSync(dir) ? ' (it is a file)' : ''}.`, {
@@ -163,7 +165,9 @@ export function listOnnxFiles(dir: string): OnnxCandidate[] {
   for (const sub of ['onnx', '']) {
     const d = join(dir, sub);
     if (!isDir(d)) continue;
-    const names = readdirSync(d).filter((f) => f.endsWith('.onnx') && isFile(join(d, f))).sort();
+    const names = readdirSync(d)
+      .filter((f) => f.endsWith('.onnx') && isFile(join(d, f)))
+      .sort();
     for (const n of names) out.push(classify(dir, sub ? `${sub}/${n}` : n));
   }
   return out;
@@ -189,22 +193,33 @@ function onnxFix(dir: string, cands: OnnxCandidate[]): string {
 export function chooseOnnx(dir: string, cands: OnnxCandidate[], notes: string[]): OnnxCandidate {
   const decoders = cands.filter((c) => c.base !== undefined);
   const pool = decoders.length ? decoders : cands;
-  const sorted = [...pool].sort((a, b) => a.precision - b.precision || DECODER_RANK[a.base ?? ''] - DECODER_RANK[b.base ?? ''] || cands.indexOf(a) - cands.indexOf(b));
+  const sorted = [...pool].sort(
+    (a, b) => a.precision - b.precision || DECODER_RANK[a.base ?? ''] - DECODER_RANK[b.base ?? ''] || cands.indexOf(a) - cands.indexOf(b),
+  );
   const best = sorted[0];
   // Ambiguous: several quantizations and nothing unquantized or fp16, or several graphs none of which is a decoder-with-KV.
   const quantized = decoders.filter((c) => c.precision === 2);
   const ambiguous = decoders.length ? best.precision === 2 && quantized.some((c) => c.variant !== best.variant) : pool.length > 1;
   if (ambiguous) {
-    throw new KvtcError('USAGE', `${dir} holds several ONNX graphs and none is the obvious one to run: ${listing(decoders.length ? quantized : pool)}.`, {
-      fix: onnxFix(dir, pool),
-      context: { dir, candidates: pool.map((c) => c.rel) },
-    });
+    throw new KvtcError(
+      'USAGE',
+      `${dir} holds several ONNX graphs and none is the obvious one to run: ${listing(decoders.length ? quantized : pool)}.`,
+      {
+        fix: onnxFix(dir, pool),
+        context: { dir, candidates: pool.map((c) => c.rel) },
+      },
+    );
   }
   if (cands.length > 1) {
     const others = cands.filter((c) => c !== best).map((c) => c.rel);
-    notes.push(`using ${best.rel} (${best.label}${best.precision > 0 && pool.length > 1 ? ', the highest precision present' : ''}) of ${cands.length} ONNX graphs; also present: ${others.join(', ')}. Pass --onnx <file> (e.g. --onnx ${others[0]}) to run another; a profile is tied to the graph it was calibrated on`);
+    notes.push(
+      `using ${best.rel} (${best.label}${best.precision > 0 && pool.length > 1 ? ', the highest precision present' : ''}) of ${cands.length} ONNX graphs; also present: ${others.join(', ')}. Pass --onnx <file> (e.g. --onnx ${others[0]}) to run another; a profile is tied to the graph it was calibrated on`,
+    );
   }
-  if (!best.base) notes.push(`${best.rel} is not named like a decoder exported with its KV cache (model.onnx, decoder_model_merged.onnx); using it as the only graph present`);
+  if (!best.base)
+    notes.push(
+      `${best.rel} is not named like a decoder exported with its KV cache (model.onnx, decoder_model_merged.onnx); using it as the only graph present`,
+    );
   return best;
 }
 
@@ -233,17 +248,25 @@ export function resolveOnnxOption(dir: string, onnxOpt: string): string {
     const byDtype = cands.filter((c) => c.base && c.variant === variant).sort((a, b) => DECODER_RANK[a.base!] - DECODER_RANK[b.base!]);
     if (byDtype.length) return byDtype[0].path;
   }
-  throw new KvtcError('MODEL_NOT_FOUND', `--onnx ${onnxOpt}: ${dir_ ? `${dir_} is a directory, not an ONNX file` : `no such file in ${dir}${isDir(join(dir, 'onnx')) ? ` or ${join(dir, 'onnx')}` : ''}`}${cands.length ? `; the model directory holds ${listing(cands)}` : ''}.`, {
-    fix: onnxFix(dir, cands),
-    context: { dir, onnx: onnxOpt, candidates: cands.map((c) => c.rel) },
-  });
+  throw new KvtcError(
+    'MODEL_NOT_FOUND',
+    `--onnx ${onnxOpt}: ${dir_ ? `${dir_} is a directory, not an ONNX file` : `no such file in ${dir}${isDir(join(dir, 'onnx')) ? ` or ${join(dir, 'onnx')}` : ''}`}${cands.length ? `; the model directory holds ${listing(cands)}` : ''}.`,
+    {
+      fix: onnxFix(dir, cands),
+      context: { dir, onnx: onnxOpt, candidates: cands.map((c) => c.rel) },
+    },
+  );
 }
 
 /** The directory of the model a graph belongs to: the graph's folder, or the one above an onnx/ folder, whichever holds the config. */
 function modelDirOfGraph(onnxPath: string): string {
   const here = dirname(onnxPath);
   for (const d of [here, dirname(here)]) if (existsSync(join(d, 'config.json')) || existsSync(join(d, 'genai_config.json'))) return d;
-  throw modelInvalid(`${onnxPath}: neither its folder nor the one above holds config.json or genai_config.json.`, { file: onnxPath }, 'Keep the ONNX graph inside its export directory (beside config.json, or in its onnx/ folder), and pass --model with that directory.');
+  throw modelInvalid(
+    `${onnxPath}: neither its folder nor the one above holds config.json or genai_config.json.`,
+    { file: onnxPath },
+    'Keep the ONNX graph inside its export directory (beside config.json, or in its onnx/ folder), and pass --model with that directory.',
+  );
 }
 
 export interface FindOptions {
@@ -278,27 +301,43 @@ export async function findModelFiles(location: string, notes: string[] = [], opt
     const decoder = (cfg.model as { decoder?: { filename?: unknown } } | undefined)?.decoder;
     const file = typeof decoder?.filename === 'string' ? decoder.filename : 'model.onnx';
     if (chosen) {
-      if (resolve(chosen) !== resolve(dir, file)) notes.push(`using ${rel(chosen)} (--onnx) instead of ${file}, the decoder genai_config.json names`);
+      if (resolve(chosen) !== resolve(dir, file))
+        notes.push(`using ${rel(chosen)} (--onnx) instead of ${file}, the decoder genai_config.json names`);
       return { format: 'genai', dir, config: genai, onnx: chosen, choice };
     }
     const onnxPath = join(dir, file);
-    if (!existsSync(onnxPath)) throw modelInvalid(`${genai} names ${file}, which is missing from ${dir}.`, { dir, file }, 'Copy the whole export directory, including the .onnx and .onnx.data files, or pass --onnx with the decoder graph.');
+    if (!existsSync(onnxPath))
+      throw modelInvalid(
+        `${genai} names ${file}, which is missing from ${dir}.`,
+        { dir, file },
+        'Copy the whole export directory, including the .onnx and .onnx.data files, or pass --onnx with the decoder graph.',
+      );
     return { format: 'genai', dir, config: genai, onnx: onnxPath, choice: 'genai_config' };
   }
   const config = join(dir, 'config.json');
   if (!existsSync(config)) {
-    throw modelInvalid(`${dir} has neither config.json nor genai_config.json.`, { dir }, 'Point --model at an Optimum / transformers.js export (config.json, onnx/model.onnx) or an onnxruntime-genai export (genai_config.json, model.onnx).');
+    throw modelInvalid(
+      `${dir} has neither config.json nor genai_config.json.`,
+      { dir },
+      'Point --model at an Optimum / transformers.js export (config.json, onnx/model.onnx) or an onnxruntime-genai export (genai_config.json, model.onnx).',
+    );
   }
   if (chosen) {
     const c = classify(dir, rel(chosen));
     if (c.base === undefined && /^decoder_model(_|$)/.test(basename(chosen, '.onnx'))) {
-      notes.push(`${rel(chosen)} is Optimum's decoder without past; kvtc needs the graph with past_key_values inputs (decoder_model_merged.onnx or decoder_with_past_model.onnx)`);
+      notes.push(
+        `${rel(chosen)} is Optimum's decoder without past; kvtc needs the graph with past_key_values inputs (decoder_model_merged.onnx or decoder_with_past_model.onnx)`,
+      );
     }
     return { format: 'optimum', dir, config, onnx: chosen, choice };
   }
   const cands = listOnnxFiles(dir);
   if (!cands.length) {
-    throw modelInvalid(`${dir} has config.json but no ONNX graph (looked for onnx/*.onnx and *.onnx).`, { dir }, 'Export the model to ONNX (e.g. `optimum-cli export onnx --task text-generation-with-past`) into this directory.');
+    throw modelInvalid(
+      `${dir} has config.json but no ONNX graph (looked for onnx/*.onnx and *.onnx).`,
+      { dir },
+      'Export the model to ONNX (e.g. `optimum-cli export onnx --task text-generation-with-past`) into this directory.',
+    );
   }
   choice = 'default';
   const pick = chooseOnnx(dir, cands, notes);

@@ -95,9 +95,10 @@ export class ModelRunner {
     this.model = model;
     this.dtype = model.spec.kvDtype;
     const { kvHeads, headDim } = model.spec;
-    this.emptyPast = this.dtype === 'float16'
-      ? new ort.Tensor('float16', new Uint16Array(0), [1, kvHeads, 0, headDim])
-      : new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
+    this.emptyPast =
+      this.dtype === 'float16'
+        ? new ort.Tensor('float16', new Uint16Array(0), [1, kvHeads, 0, headDim])
+        : new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
   }
 
   get spec() {
@@ -121,15 +122,22 @@ export class ModelRunner {
     if (known) return known;
     const { layers, kvHeads, headDim } = this.spec;
     if (past.layers !== layers || past.kvHeads !== kvHeads || past.headDim !== headDim) {
-      throw new KvtcError('KV_INVALID', `KV cache shape (layers ${past.layers}, kv_heads ${past.kvHeads}, head_dim ${past.headDim}) does not match the model (${layers}, ${kvHeads}, ${headDim}).`, {
-        fix: 'Use a cache captured from this model.',
-        context: { cache: { layers: past.layers, kvHeads: past.kvHeads, headDim: past.headDim }, model: { layers, kvHeads, headDim } },
-      });
+      throw new KvtcError(
+        'KV_INVALID',
+        `KV cache shape (layers ${past.layers}, kv_heads ${past.kvHeads}, head_dim ${past.headDim}) does not match the model (${layers}, ${kvHeads}, ${headDim}).`,
+        {
+          fix: 'Use a cache captured from this model.',
+          context: { cache: { layers: past.layers, kvHeads: past.kvHeads, headDim: past.headDim }, model: { layers, kvHeads, headDim } },
+        },
+      );
     }
     const size = kvHeads * past.tokens * headDim;
     const out: ort.Tensor[] = [];
     for (let l = 0; l < layers; l++) {
-      invariant(past.keys[l].length === size && past.values[l].length === size, `forward: past layer ${l} has ${past.keys[l].length}/${past.values[l].length} values, expected [${kvHeads}, ${past.tokens}, ${headDim}] = ${size}`);
+      invariant(
+        past.keys[l].length === size && past.values[l].length === size,
+        `forward: past layer ${l} has ${past.keys[l].length}/${past.values[l].length} values, expected [${kvHeads}, ${past.tokens}, ${headDim}] = ${size}`,
+      );
       out.push(this.kvTensor(past.keys[l], past.tokens), this.kvTensor(past.values[l], past.tokens));
     }
     ortTensors.set(past, out);
@@ -181,7 +189,7 @@ export class ModelRunner {
     const { layers, vocabSize } = this.spec;
     const io = this.model.io;
     const pastLen = past?.tokens ?? 0;
-    const start = past ? past.startPosition + past.tokens : opts.startPosition ?? 0;
+    const start = past ? past.startPosition + past.tokens : (opts.startPosition ?? 0);
     if (start + seq > this.spec.maxPositions) {
       throw new KvtcError('DATA_INVALID', `positions up to ${start + seq} exceed the model's ${this.spec.maxPositions} positions.`, {
         fix: `Use at most ${this.spec.maxPositions} tokens (e.g. --max-tokens).`,
@@ -190,7 +198,11 @@ export class ModelRunner {
     }
     const feeds: Feeds = { [io.inputIds]: this.ids(ids, [1, seq]) };
     if (io.attentionMask) feeds[io.attentionMask] = this.ids(new Array<number>(pastLen + seq).fill(1), [1, pastLen + seq]);
-    if (io.positionIds) feeds[io.positionIds] = this.ids(Array.from({ length: seq }, (_, i) => start + i), [1, seq]);
+    if (io.positionIds)
+      feeds[io.positionIds] = this.ids(
+        Array.from({ length: seq }, (_, i) => start + i),
+        [1, seq],
+      );
     // Optimum's merged decoder (decoder_model_merged.onnx) runs its no-past branch when
     // use_cache_branch is false, which ignores the past inputs (fed empty), and its with-past
     // branch when true; so false exactly when there is no past to extend, as optimum's
@@ -208,7 +220,12 @@ export class ModelRunner {
     if (opts.lastLogitsOnly || rows !== seq) {
       const raw = logitsT.data as Float32Array | Uint16Array;
       const last = raw.subarray((rows - 1) * vocabSize, rows * vocabSize);
-      logits = last instanceof Uint16Array ? halfArrayToFloat(last) : last instanceof Float32Array ? last : Float32Array.from(last as ArrayLike<number>);
+      logits =
+        last instanceof Uint16Array
+          ? halfArrayToFloat(last)
+          : last instanceof Float32Array
+            ? last
+            : Float32Array.from(last as ArrayLike<number>);
     } else {
       logits = toFloat32(logitsT);
     }
@@ -222,10 +239,14 @@ export class ModelRunner {
       if (Number(k.dims[2]) !== tokens || Number(v.dims[2]) !== tokens) {
         // A graph that caches only a window on some layers (sliding-window exports of Gemma 2/3,
         // Mistral): kvtc's cache format and codec assume every layer holds every token.
-        throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `the ONNX graph returns ${k.dims[2]} tokens for ${layerName(io.presentKey, l)} after ${pastLen} + ${seq} tokens: this export caches only a window on some layers (sliding-window attention), and kvtc's cache format needs every layer to hold every token`, {
-          fix: 'Export the model with a full cache on every layer (for transformers / Optimum exports, a static or full-length cache rather than a sliding-window cache), or keep prompts within the sliding window.',
-          context: { layer: l, returned: Number(k.dims[2]), expected: tokens },
-        });
+        throw new KvtcError(
+          'UNSUPPORTED_ARCHITECTURE',
+          `the ONNX graph returns ${k.dims[2]} tokens for ${layerName(io.presentKey, l)} after ${pastLen} + ${seq} tokens: this export caches only a window on some layers (sliding-window attention), and kvtc's cache format needs every layer to hold every token`,
+          {
+            fix: 'Export the model with a full cache on every layer (for transformers / Optimum exports, a static or full-length cache rather than a sliding-window cache), or keep prompts within the sliding window.',
+            context: { layer: l, returned: Number(k.dims[2]), expected: tokens },
+          },
+        );
       }
       keys.push(toFloat32(k));
       values.push(toFloat32(v));

@@ -42,7 +42,7 @@ export async function loadTokenizer(dir: string): Promise<ModelTokenizer> {
   const tjPath = join(dir, 'tokenizer.json');
   if (!existsSync(tjPath)) {
     throw new KvtcError('TOKENIZER_MISSING', `${dir} has no tokenizer.json.`, {
-      fix: 'Put the model\'s tokenizer.json (and tokenizer_config.json) in the model directory; Optimum and onnxruntime-genai exports both write it.',
+      fix: "Put the model's tokenizer.json (and tokenizer_config.json) in the model directory; Optimum and onnxruntime-genai exports both write it.",
       context: { dir },
     });
   }

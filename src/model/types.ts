@@ -9,8 +9,20 @@ import type { LayerRope } from '../rope/types.js';
 
 /** Model families kvtc reads, by transformers model_type (config.ts maps architectures to them). */
 export const FAMILIES = [
-  'llama', 'mistral', 'qwen2', 'qwen3', 'qwen3_moe', 'mixtral', 'gemma2', 'gemma3_text',
-  'phi3', 'smollm3', 'olmo2', 'granite', 'gpt_neox', 'gpt2',
+  'llama',
+  'mistral',
+  'qwen2',
+  'qwen3',
+  'qwen3_moe',
+  'mixtral',
+  'gemma2',
+  'gemma3_text',
+  'phi3',
+  'smollm3',
+  'olmo2',
+  'granite',
+  'gpt_neox',
+  'gpt2',
 ] as const;
 export type Family = (typeof FAMILIES)[number];
 

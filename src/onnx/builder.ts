@@ -26,7 +26,8 @@ const DTYPE: Record<OnnxDtype, number> = {
   bool: onnx.TensorProto.DataType.BOOL,
 };
 
-export type AttrValue = number | string | number[] | string[] | { float: number } | { floats: number[] } | { tensor: onnxProto.onnx.ITensorProto };
+export type AttrValue =
+  number | string | number[] | string[] | { float: number } | { floats: number[] } | { tensor: onnxProto.onnx.ITensorProto };
 
 export type TensorData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint16Array | Uint8Array | Int8Array;
 
@@ -50,7 +51,8 @@ function attribute(name: string, v: AttrValue): onnxProto.onnx.IAttributeProto {
   }
   if (typeof v === 'string') return { name, type: T.STRING, s: new TextEncoder().encode(v) };
   if (Array.isArray(v)) {
-    if (v.length > 0 && typeof v[0] === 'string') return { name, type: T.STRINGS, strings: (v as string[]).map((s) => new TextEncoder().encode(s)) };
+    if (v.length > 0 && typeof v[0] === 'string')
+      return { name, type: T.STRINGS, strings: (v as string[]).map((s) => new TextEncoder().encode(s)) };
     return { name, type: T.INTS, ints: v as number[] };
   }
   if ('float' in v) return { name, type: T.FLOAT, f: v.float };
@@ -61,12 +63,19 @@ function attribute(name: string, v: AttrValue): onnxProto.onnx.IAttributeProto {
 export function tensorProto(name: string, data: TensorData, dims: number[], dtype?: OnnxDtype): onnxProto.onnx.ITensorProto {
   const dt: OnnxDtype =
     dtype ??
-    (data instanceof Float32Array ? 'float32'
-      : data instanceof Float64Array ? 'float64'
-        : data instanceof BigInt64Array ? 'int64'
-          : data instanceof Int32Array ? 'int32'
-            : data instanceof Uint16Array ? 'float16'
-              : data instanceof Int8Array ? 'int8' : 'uint8');
+    (data instanceof Float32Array
+      ? 'float32'
+      : data instanceof Float64Array
+        ? 'float64'
+        : data instanceof BigInt64Array
+          ? 'int64'
+          : data instanceof Int32Array
+            ? 'int32'
+            : data instanceof Uint16Array
+              ? 'float16'
+              : data instanceof Int8Array
+                ? 'int8'
+                : 'uint8');
   const raw = new Uint8Array(data.byteLength);
   raw.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   return { name, dims, dataType: DTYPE[dt], rawData: raw };
@@ -81,7 +90,10 @@ export class GraphBuilder {
   private counter = 0;
   private readonly domains = new Map<string, number>([['', 17]]);
 
-  constructor(readonly name: string, opset = 17) {
+  constructor(
+    readonly name: string,
+    opset = 17,
+  ) {
     this.domains.set('', opset);
   }
 
@@ -127,11 +139,21 @@ export class GraphBuilder {
   }
 
   /** Adds a node; returns its single output, or all outputs when `outputs` > 1. */
-  op(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, opts: { outputs?: number; domain?: string; names?: string[] } = {}): string {
+  op(
+    opType: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { outputs?: number; domain?: string; names?: string[] } = {},
+  ): string {
     return this.opN(opType, inputs, attrs, { ...opts, outputs: 1 })[0];
   }
 
-  opN(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, opts: { outputs?: number; domain?: string; names?: string[] } = {}): string[] {
+  opN(
+    opType: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { outputs?: number; domain?: string; names?: string[] } = {},
+  ): string[] {
     const count = opts.names?.length ?? opts.outputs ?? 1;
     const outs = opts.names ?? Array.from({ length: count }, () => this.fresh(opType.toLowerCase()));
     for (const o of outs) this.used.add(o);

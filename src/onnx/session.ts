@@ -39,10 +39,14 @@ export function checkDevice(device: string): asserts device is Device {
   }
   if (device === 'cuda') {
     if (process.platform !== 'linux' || !existsSync(cudaProviderPath())) {
-      throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime's CUDA execution provider is not installed (${cudaProviderPath()} is missing).`, {
-        fix: CUDA_INSTALL_FIX,
-        context: { device, expected: cudaProviderPath() },
-      });
+      throw new KvtcError(
+        'DEVICE_UNAVAILABLE',
+        `--device cuda: ONNX Runtime's CUDA execution provider is not installed (${cudaProviderPath()} is missing).`,
+        {
+          fix: CUDA_INSTALL_FIX,
+          context: { device, expected: cudaProviderPath() },
+        },
+      );
     }
   }
 }
@@ -68,7 +72,10 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
   } catch (e) {
     const msg = (e as Error).message ?? String(e);
     if (device === 'cuda' && /cuda|provider/i.test(msg)) {
-      throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime could not start the CUDA provider: ${msg}`, { fix: CUDA_INSTALL_FIX, cause: e });
+      throw new KvtcError('DEVICE_UNAVAILABLE', `--device cuda: ONNX Runtime could not start the CUDA provider: ${msg}`, {
+        fix: CUDA_INSTALL_FIX,
+        cause: e,
+      });
     }
     const where = typeof model === 'string' ? model : '<in-memory graph>';
     // An operator this ONNX Runtime build has no kernel for is not a corrupt file: say which.

@@ -17,7 +17,6 @@ import { checkOrthonormal } from './orthonormality.js';
 import { checkManifestRope } from './rope.js';
 import { TENSOR_ROLES, type Manifest, type PlanEntry, type TensorRole } from './schema.js';
 
-
 /** One check's outcome, as `kvtc validate` lists it. */
 export interface Check {
   name: string;
@@ -75,7 +74,11 @@ export class Checker {
 
   private record(name: string, problems: string[], okDetail: string): void {
     const shown = problems.slice(0, 5).join('; ');
-    this.checks.push({ name, ok: problems.length === 0, detail: problems.length ? `${shown}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}` : okDetail });
+    this.checks.push({
+      name,
+      ok: problems.length === 0,
+      detail: problems.length ? `${shown}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}` : okDetail,
+    });
   }
 }
 
@@ -97,7 +100,8 @@ export function checkPlans(m: Manifest, fail: Fail): string {
   let listed = 0;
   for (const [pos, pe] of m.plans.entries()) {
     const at = `plans[${pos}]`;
-    if (pe.index !== pos) fail(`${at}.index is ${pe.index}, but a plan's index must equal its position ${pos} (blob sections refer to plans by it)`);
+    if (pe.index !== pos)
+      fail(`${at}.index is ${pe.index}, but a plan's index must equal its position ${pos} (blob sections refer to plans by it)`);
     for (const [li, l] of pe.layers.entries()) {
       listed++;
       if (l >= layers) {
@@ -123,7 +127,10 @@ export function checkPlans(m: Manifest, fail: Fail): string {
     for (const kind of ['key', 'value']) {
       for (let l = 0; l < layers && missing.length < 6; l++) if (!covered.has(`${kind}:${l}`)) missing.push(`${kind} ${l}`);
     }
-    if (missing.length) fail(`plans cover ${covered.size} of the ${2 * layers} (kind, layer) pairs; missing: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
+    if (missing.length)
+      fail(
+        `plans cover ${covered.size} of the ${2 * layers} (kind, layer) pairs; missing: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`,
+      );
   }
   return `${m.plans.length} plans in index order; each of the ${2 * layers} (kind, layer) pairs covered exactly once; dims and ranks consistent`;
 }
@@ -132,7 +139,8 @@ export function checkPlans(m: Manifest, fail: Fail): string {
 function groupsValid(pe: PlanEntry): string | undefined {
   let at = 0;
   for (const [g, q] of pe.groups.entries()) {
-    if (q.start < at) return `groups[${g}] starts at ${q.start}, before the previous group's end ${at} (groups must be sorted and disjoint)`;
+    if (q.start < at)
+      return `groups[${g}] starts at ${q.start}, before the previous group's end ${at} (groups must be sorted and disjoint)`;
     if (q.end <= q.start) return `groups[${g}] is empty or reversed ([${q.start}, ${q.end}))`;
     if (q.end > pe.rank) return `groups[${g}] ends at ${q.end}, past the rank ${pe.rank}`;
     at = q.end;
@@ -146,7 +154,7 @@ export function checkGroups(m: Manifest, fail: Fail): string {
     const why = groupsValid(pe);
     if (why) fail(`plans[${pos}].${why}`);
   }
-  return 'every plan\'s groups are sorted, disjoint, within its rank, and the last ends at the rank';
+  return "every plan's groups are sorted, disjoint, within its rank, and the last ends at the rank";
 }
 
 export function checkBits(m: Manifest, fail: Fail): string {
@@ -154,7 +162,7 @@ export function checkBits(m: Manifest, fail: Fail): string {
     const bits = planBitsPerToken(pe);
     if (pe.bits_per_token !== bits) fail(`plans[${pos}].bits_per_token is ${pe.bits_per_token}, but its groups use ${bits} bits per token`);
   }
-  return 'every plan\'s bits_per_token equals what its groups use (scales included)';
+  return "every plan's bits_per_token equals what its groups use (scales included)";
 }
 
 export function checkBudget(m: Manifest, fail: Fail): string {
@@ -171,16 +179,20 @@ export function checkBudget(m: Manifest, fail: Fail): string {
  */
 export function checkFigures(m: Manifest, fail: Fail): string {
   const { layers, heads, kv_heads: kvh } = m.model;
-  if (heads % kvh !== 0) fail(`model.heads ${heads} is not a multiple of model.kv_heads ${kvh} (each KV head serves heads / kv_heads query heads)`);
+  if (heads % kvh !== 0)
+    fail(`model.heads ${heads} is not a multiple of model.kv_heads ${kvh} (each KV head serves heads / kv_heads query heads)`);
   const r = m.measured.rel_error;
   for (const k of ['key', 'value'] as const) {
-    if (r[k].length !== layers) fail(`measured.rel_error.${k} has ${r[k].length} entries; the model has ${layers} layers (one figure per layer)`);
+    if (r[k].length !== layers)
+      fail(`measured.rel_error.${k} has ${r[k].length} entries; the model has ${layers} layers (one figure per layer)`);
     const ci = r[`${k}_mean_ci95`];
     if (ci && !(ci[0] <= ci[1])) fail(`measured.rel_error.${k}_mean_ci95 is [${ci[0]}, ${ci[1]}]: its low end is above its high end`);
   }
   const raw = m.settings.sink + m.settings.window;
   if (m.measured.context_tokens <= raw) {
-    fail(`measured.context_tokens ${m.measured.context_tokens} leaves no compressed token after sink ${m.settings.sink} + window ${m.settings.window} (calibrate measures on contexts longer than that)`);
+    fail(
+      `measured.context_tokens ${m.measured.context_tokens} leaves no compressed token after sink ${m.settings.sink} + window ${m.settings.window} (calibrate measures on contexts longer than that)`,
+    );
   }
   return `${layers} per-layer errors of each kind, intervals ordered, heads a multiple of KV heads, measured contexts longer than sink + window`;
 }
@@ -214,7 +226,11 @@ function declaredDataBytes(m: Manifest): number {
  * that fits, a JSON header of exactly the plans' tensors (F32, declared shapes), data contiguous
  * from offset 0 to the end of the file. Returns the tensors by name when the structure is sound.
  */
-export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Promise<{ detail: string; tensors?: Map<string, Float32Array> }> {
+export async function checkTensorFile(
+  dir: string,
+  m: Manifest,
+  fail: Fail,
+): Promise<{ detail: string; tensors?: Map<string, Float32Array> }> {
   const L = PROFILE_LIMITS;
   const file = join(dir, m.tensors.file);
   let st;
@@ -236,7 +252,9 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
     return { detail: '' };
   }
   if (st.size < 8 + dataBytes || st.size > 8 + maxHeader + dataBytes) {
-    fail(`${m.tensors.file} has ${st.size} bytes, but the plans' tensors take ${dataBytes} bytes of data plus a header of at most ${maxHeader}`);
+    fail(
+      `${m.tensors.file} has ${st.size} bytes, but the plans' tensors take ${dataBytes} bytes of data plus a header of at most ${maxHeader}`,
+    );
     return { detail: '' };
   }
   const raw = await readFile(file);
@@ -246,7 +264,8 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
     return { detail: '' };
   }
   const digest = sha256(buf);
-  if (digest !== m.tensors.sha256) fail(`${m.tensors.file} does not match the sha256 in the manifest (modified or corrupt): file ${digest}, manifest ${m.tensors.sha256}`);
+  if (digest !== m.tensors.sha256)
+    fail(`${m.tensors.file} does not match the sha256 in the manifest (modified or corrupt): file ${digest}, manifest ${m.tensors.sha256}`);
 
   // The one safetensors parser, strict: header length bounded by the plans, a multiple of 8,
   // entries of exactly {dtype, shape, data_offsets}, F32 only, contiguous data, no trailing bytes.
@@ -261,7 +280,13 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
   // Exactly the plans' tensors, with their declared shapes.
   const wanted = new Map<string, number[]>();
   for (const pe of m.plans) {
-    const shapes: Record<TensorRole, number[]> = { mean: [pe.dim], basis: [pe.dim, pe.rank], variances: [pe.rank], lo: [pe.rank], hi: [pe.rank] };
+    const shapes: Record<TensorRole, number[]> = {
+      mean: [pe.dim],
+      basis: [pe.dim, pe.rank],
+      variances: [pe.rank],
+      lo: [pe.rank],
+      hi: [pe.rank],
+    };
     for (const role of TENSOR_ROLES) wanted.set(pe.tensors[role], shapes[role]);
   }
   for (const [name, shape] of wanted) {
@@ -273,7 +298,10 @@ export async function checkTensorFile(dir: string, m: Manifest, fail: Fail): Pro
   if (!sound) return { detail: '' };
   const tensors = new Map<string, Float32Array>();
   for (const [name, t] of entries) tensors.set(name, toTypedArray(t) as Float32Array);
-  return { detail: `${buf.byteLength} bytes as declared, sha256 matches, exactly the plans' ${entries.size} F32 tensors with their declared shapes, contiguous, no trailing bytes`, tensors };
+  return {
+    detail: `${buf.byteLength} bytes as declared, sha256 matches, exactly the plans' ${entries.size} F32 tensors with their declared shapes, contiguous, no trailing bytes`,
+    tensors,
+  };
 }
 
 export function checkValues(m: Manifest, tensors: Map<string, Float32Array>, fail: Fail): string {
@@ -330,7 +358,10 @@ export function checkBases(m: Manifest, tensors: Map<string, Float32Array>, work
     const o = checkOrthonormal(basis, p, r, { tolerance: tol, fullWork: work, seed: pos });
     const e = o.error;
     if (o.sampled) sampled++;
-    if (!o.ok) fail(`plan ${pos} basis (tensor ${pe.tensors.basis}) is not orthonormal: |VᵀV − I| reaches ${e.toExponential(2)}${o.sampled ? ' (sampled)' : ''}, tolerance ${tol}`);
+    if (!o.ok)
+      fail(
+        `plan ${pos} basis (tensor ${pe.tensors.basis}) is not orthonormal: |VᵀV − I| reaches ${e.toExponential(2)}${o.sampled ? ' (sampled)' : ''}, tolerance ${tol}`,
+      );
     if (!(e <= worst)) [worst, worstPlan] = [e, pos];
   }
   const how = sampled ? ` (${sampled} of ${m.plans.length} plans checked by exact column norms, sampled pairs and random probes)` : '';

@@ -33,5 +33,8 @@ const THREADED_MIN_BYTES = 16 * 1024 * 1024;
 /** Whether a cache of `tokens` tokens is worth the transform thread on this machine. */
 export function useTransformThread(profile: Profile, tokens: number): boolean {
   const m = profile.manifest.model;
-  return availableParallelism() > 1 && tokens * fp16BytesPerToken({ layers: m.layers, kvHeads: m.kv_heads, headDim: m.head_dim }) >= THREADED_MIN_BYTES;
+  return (
+    availableParallelism() > 1 &&
+    tokens * fp16BytesPerToken({ layers: m.layers, kvHeads: m.kv_heads, headDim: m.head_dim }) >= THREADED_MIN_BYTES
+  );
 }

@@ -34,7 +34,8 @@ export function onnxFileOf(files: { dir: string; onnx: string }): string {
  */
 function otherGraphFile(manifest: Manifest, model: ModelIdentity): { recorded: string; here: string } | undefined {
   const recorded = manifest.model.onnx_file;
-  if (!recorded || !model.files || !model.fingerprint.onnx || model.fingerprint.onnx.sha256 === manifest.model.fingerprint.onnx_sha256) return undefined;
+  if (!recorded || !model.files || !model.fingerprint.onnx || model.fingerprint.onnx.sha256 === manifest.model.fingerprint.onnx_sha256)
+    return undefined;
   const here = onnxFileOf(model.files);
   return recorded === here ? undefined : { recorded, here };
 }
@@ -50,13 +51,23 @@ function ropeCompareFields(r: RopeFields): Record<string, unknown> {
     'rope.theta': r.theta,
     'rope.rotary_dim': r.rotary_dim,
     'rope.layout': r.layout,
-    'rope.scaling': r.scaling ? JSON.stringify(Object.fromEntries(Object.entries(r.scaling).map(([k, v]) => [snake(k), v] as const).sort(([x], [y]) => x.localeCompare(y)))) : 'none',
+    'rope.scaling': r.scaling
+      ? JSON.stringify(
+          Object.fromEntries(
+            Object.entries(r.scaling)
+              .map(([k, v]) => [snake(k), v] as const)
+              .sort(([x], [y]) => x.localeCompare(y)),
+          ),
+        )
+      : 'none',
   };
 }
 
 /** "field is X in the profile, Y in the model" for each field where `profile` and `model` differ (compared as text). */
 function fieldDifferences(profile: Record<string, unknown>, model: Record<string, unknown>): string[] {
-  return Object.keys(profile).flatMap((k) => (String(profile[k]) === String(model[k]) ? [] : [`${k} is ${String(profile[k])} in the profile, ${String(model[k])} in the model`]));
+  return Object.keys(profile).flatMap((k) =>
+    String(profile[k]) === String(model[k]) ? [] : [`${k} is ${String(profile[k])} in the profile, ${String(model[k])} in the model`],
+  );
 }
 
 /** The architecture fields (and the spec hash) that differ between a profile's model and `model`, in words. */
@@ -85,7 +96,8 @@ function architectureDifferences(manifest: Manifest, model: ModelIdentity): stri
     ...ropeCompareFields(a.rope),
   };
   const out = fieldDifferences(want, have);
-  if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256) out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
+  if (!out.length && model.fingerprint.specSha256 && model.fingerprint.specSha256 !== pm.fingerprint.spec_sha256)
+    out.push('an architecture field the profile does not list (hidden size or vocabulary) differs');
   return out;
 }
 
@@ -96,7 +108,11 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
   const out = architectureDifferences(manifest, model);
   if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) {
     const g = otherGraphFile(manifest, model);
-    out.push(g ? `the ONNX graph differs: the profile was calibrated on ${g.recorded}, this is ${g.here}` : 'the ONNX graph differs (same architecture: another export or other weights)');
+    out.push(
+      g
+        ? `the ONNX graph differs: the profile was calibrated on ${g.recorded}, this is ${g.here}`
+        : 'the ONNX graph differs (same architecture: another export or other weights)',
+    );
   }
   if (!out.length) out.push('the weights beside the graph differ (same architecture and graph)');
   return out;
@@ -115,34 +131,67 @@ export interface ProfileModelMismatch {
   differences: string[];
 }
 
-function mismatch(profileDir: string, recorded: RecordedModel, model: ModelIdentity, differences: string[], role: string, fix?: string): ProfileModelMismatch {
+function mismatch(
+  profileDir: string,
+  recorded: RecordedModel,
+  model: ModelIdentity,
+  differences: string[],
+  role: string,
+  fix?: string,
+): ProfileModelMismatch {
   return {
     message: `profile ${profileDir} was calibrated for model ${recorded.name} (fingerprint ${recorded.id}), but ${role} is ${model.name} (fingerprint ${model.fingerprint.id}, ${model.dir}): ${differences.join('; ')}`,
-    fix: fix ?? `Pass --model with the directory of ${recorded.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
+    fix:
+      fix ??
+      `Pass --model with the directory of ${recorded.name} the profile was made for, or calibrate a profile for this model: kvtc calibrate --model ${model.dir}`,
     differences,
   };
 }
 
-function mismatchError(profileDir: string, recorded: RecordedModel, model: ModelIdentity, m: ProfileModelMismatch, extra: Record<string, unknown> = {}): KvtcError {
+function mismatchError(
+  profileDir: string,
+  recorded: RecordedModel,
+  model: ModelIdentity,
+  m: ProfileModelMismatch,
+  extra: Record<string, unknown> = {},
+): KvtcError {
   return new KvtcError('PROFILE_MISMATCH', m.message, {
     fix: m.fix,
-    context: { profile: profileDir, profile_model: recorded.name, profile_fingerprint: recorded.id, model: model.dir, model_fingerprint: model.fingerprint.id, differences: m.differences, ...extra },
+    context: {
+      profile: profileDir,
+      profile_model: recorded.name,
+      profile_fingerprint: recorded.id,
+      model: model.dir,
+      model_fingerprint: model.fingerprint.id,
+      differences: m.differences,
+      ...extra,
+    },
   });
 }
 
 /** Why `profile` does not fit `model` (validate prints it as a failed check), or undefined when it does. */
-export function profileModelMismatch(profile: Pick<Profile, 'dir' | 'manifest'>, model: ModelIdentity, role = 'the model being used'): ProfileModelMismatch | undefined {
+export function profileModelMismatch(
+  profile: Pick<Profile, 'dir' | 'manifest'>,
+  model: ModelIdentity,
+  role = 'the model being used',
+): ProfileModelMismatch | undefined {
   const diff = profileModelDifferences(profile.manifest, model);
   if (!diff.length) return undefined;
   const pm = profile.manifest.model;
   // Only when the graph file is all that differs (no architecture field) is another --onnx the fix.
   const g = architectureDifferences(profile.manifest, model).length ? undefined : otherGraphFile(profile.manifest, model);
-  const fix = g ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}` : undefined;
+  const fix = g
+    ? `Pass --onnx ${g.recorded} to run the graph the profile was calibrated on, or calibrate one for ${g.here}: kvtc calibrate --model ${model.dir} --onnx ${g.here}`
+    : undefined;
   return mismatch(profile.dir, { name: pm.name, id: pm.fingerprint.id }, model, diff, role, fix);
 }
 
 /** Throws PROFILE_MISMATCH unless `profile` was calibrated for `model`. */
-export function checkProfileForModel(profile: Pick<Profile, 'dir' | 'manifest'>, model: ModelIdentity, role = 'the model being used'): void {
+export function checkProfileForModel(
+  profile: Pick<Profile, 'dir' | 'manifest'>,
+  model: ModelIdentity,
+  role = 'the model being used',
+): void {
   const m = profileModelMismatch(profile, model, role);
   if (m) {
     const pm = profile.manifest.model;
@@ -167,11 +216,27 @@ export function dynamoProfileModelDifferences(manifest: Pick<DynamoManifest, 'mo
 }
 
 /** Throws PROFILE_MISMATCH unless the dynamo profile was calibrated for `model`. */
-export function checkDynamoProfileForModel(profile: { dir: string; manifest: Pick<DynamoManifest, 'model'> }, model: ModelIdentity, role = 'the model being used'): void {
+export function checkDynamoProfileForModel(
+  profile: { dir: string; manifest: Pick<DynamoManifest, 'model'> },
+  model: ModelIdentity,
+  role = 'the model being used',
+): void {
   const diff = dynamoProfileModelDifferences(profile.manifest, model);
   if (!diff.length) return;
   const recorded = { name: profile.manifest.model.name, id: profile.manifest.model.fingerprint };
-  throw mismatchError(profile.dir, recorded, model, mismatch(profile.dir, recorded, model, diff, role, `Calibrate a dynamo profile for this model: kvtc calibrate --target dynamo --model ${model.dir}`));
+  throw mismatchError(
+    profile.dir,
+    recorded,
+    model,
+    mismatch(
+      profile.dir,
+      recorded,
+      model,
+      diff,
+      role,
+      `Calibrate a dynamo profile for this model: kvtc calibrate --target dynamo --model ${model.dir}`,
+    ),
+  );
 }
 
 /**
@@ -195,6 +260,13 @@ export function checkCacheForProfile(
   // A capture records only the fingerprint id: the same shape from another model says no more.
   if (!out.length) out.push('the fingerprint differs (same cache shape: another model, export or RoPE)');
   const recordedModel = { name: pm.name, id: pm.fingerprint.id };
-  const m = mismatch(profile.dir, recordedModel, model, out, `the model that captured the cache`, `Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with \`kvtc calibrate --model DIR\`.`);
+  const m = mismatch(
+    profile.dir,
+    recordedModel,
+    model,
+    out,
+    `the model that captured the cache`,
+    `Encode with the profile calibrated for the model that produced this cache, or calibrate one for it with \`kvtc calibrate --model DIR\`.`,
+  );
   throw mismatchError(profile.dir, recordedModel, model, m, { kv, cache_fingerprint: recorded.fingerprint });
 }

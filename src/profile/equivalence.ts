@@ -70,8 +70,12 @@ function compareJson(a: unknown, b: unknown, path: string, figure: boolean, wors
     return undefined;
   }
   if (a && b && typeof a === 'object' && typeof b === 'object') {
-    const ka = Object.keys(a).filter((k) => (a as Record<string, unknown>)[k] !== undefined).sort();
-    const kb = Object.keys(b).filter((k) => (b as Record<string, unknown>)[k] !== undefined).sort();
+    const ka = Object.keys(a)
+      .filter((k) => (a as Record<string, unknown>)[k] !== undefined)
+      .sort();
+    const kb = Object.keys(b)
+      .filter((k) => (b as Record<string, unknown>)[k] !== undefined)
+      .sort();
     if (ka.join('\n') !== kb.join('\n')) return `${path || 'the manifest'} has fields ${kb.join(', ')}, had ${ka.join(', ')}`;
     for (const k of ka) {
       if (!path && DERIVED.has(k)) continue;
@@ -105,13 +109,22 @@ export function compareProfiles(existing: ComparedProfile, fresh: ComparedProfil
   const worst = { figure: 0 };
   const d = compareJson(existing.manifest, fresh.manifest, '', false, worst, tol);
   if (d) return { equivalent: false, difference: d };
-  if (existing.plans.length !== fresh.plans.length) return { equivalent: false, difference: `${fresh.plans.length} plans, had ${existing.plans.length}` };
+  if (existing.plans.length !== fresh.plans.length)
+    return { equivalent: false, difference: `${fresh.plans.length} plans, had ${existing.plans.length}` };
   let tensors = 0;
   let flips = 0;
   for (const [i, a] of existing.plans.entries()) {
     const b = fresh.plans[i];
     const { dim: p, rank: r } = a;
-    if (b.dim !== p || b.rank !== r || b.mean.length !== p || b.basis.length !== p * r || b.lo.length !== r || b.hi.length !== r || b.variances.length !== r) {
+    if (
+      b.dim !== p ||
+      b.rank !== r ||
+      b.mean.length !== p ||
+      b.basis.length !== p * r ||
+      b.lo.length !== r ||
+      b.hi.length !== r ||
+      b.variances.length !== r
+    ) {
       return { equivalent: false, difference: `plan ${i} has other tensor shapes` };
     }
     // Columns that came back negated are compared negated, and so are their static ranges ([lo, hi] → [−hi, −lo]).
@@ -140,9 +153,13 @@ export function compareProfiles(existing: ComparedProfile, fresh: ComparedProfil
     ];
     for (const [name, diff] of parts) {
       // NaN (a corrupt tensor) is never equivalent.
-      if (!(diff <= tol)) return { equivalent: false, difference: `plan ${i} ${name} differs by ${diff.toExponential(2)} (tolerance ${tol})` };
+      if (!(diff <= tol))
+        return { equivalent: false, difference: `plan ${i} ${name} differs by ${diff.toExponential(2)} (tolerance ${tol})` };
       tensors = Math.max(tensors, diff);
     }
   }
-  return { equivalent: true, detail: { tolerance: tol, tensors_max_rel_diff: tensors, figures_max_rel_diff: worst.figure, sign_flips: flips } };
+  return {
+    equivalent: true,
+    detail: { tolerance: tol, tensors_max_rel_diff: tensors, figures_max_rel_diff: worst.figure, sign_flips: flips },
+  };
 }

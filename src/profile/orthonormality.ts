@@ -28,7 +28,6 @@ export function orthonormalityError(basis: Float32Array, p: number, r: number): 
   return worst;
 }
 
-
 /**
  * The cheap orthonormality check, O(p·r): every column's norm exactly, 64 random off-diagonal
  * Gram entries, and 4 random ±1 probes z with |(VᵀV − I)z| ≤ r·tol per entry — each test is
@@ -119,7 +118,12 @@ export interface Orthonormality {
  * target passes its own tolerance: profiles 1e-4 (PROFILE_LIMITS.orthoTolerance), Dynamo
  * profiles 1e-3 (src/dynamo/profile.ts DYNAMO_ORTHO_TOLERANCE, where the reason is given).
  */
-export function checkOrthonormal(basis: Float32Array, p: number, r: number, opts: { tolerance: number; fullWork: number; seed?: number }): Orthonormality {
+export function checkOrthonormal(
+  basis: Float32Array,
+  p: number,
+  r: number,
+  opts: { tolerance: number; fullWork: number; seed?: number },
+): Orthonormality {
   const sampled = p * r * r > opts.fullWork;
   const error = sampled ? sampledOrthonormalityError(basis, p, r, opts.seed ?? 0) : orthonormalityError(basis, p, r);
   return { error, sampled, ok: error <= opts.tolerance };

@@ -19,7 +19,20 @@ import { KvtcError } from '../errors.js';
 import type { BasisPlan } from '../codec/types.js';
 import { formatZodIssues } from '../validation.js';
 import {
-  checkBases, checkBits, checkBudget, checkFigures, checkGroups, checkLimits, checkPlans, checkProfileId, checkRanges, checkRope, checkTensorFile, checkValues, Checker, type Check,
+  checkBases,
+  checkBits,
+  checkBudget,
+  checkFigures,
+  checkGroups,
+  checkLimits,
+  checkPlans,
+  checkProfileId,
+  checkRanges,
+  checkRope,
+  checkTensorFile,
+  checkValues,
+  Checker,
+  type Check,
 } from './checks.js';
 import { profileInvalid as invalid, RECALIBRATE } from './errors.js';
 import { PROFILE_LIMITS } from './limits.js';
@@ -42,14 +55,24 @@ export function profileDir(path: string): string {
 export async function readManifest(pathArg: string): Promise<{ dir: string; manifest: Manifest }> {
   const dir = profileDir(pathArg);
   const file = join(dir, MANIFEST_FILE);
-  if (!existsSync(dir)) throw new KvtcError('PROFILE_INVALID', `profile ${dir} does not exist`, { fix: 'Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).', context: { profile: dir } });
-  if (!existsSync(file)) throw invalid(dir, `no ${MANIFEST_FILE} in it`, 'Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).');
+  if (!existsSync(dir))
+    throw new KvtcError('PROFILE_INVALID', `profile ${dir} does not exist`, {
+      fix: 'Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).',
+      context: { profile: dir },
+    });
+  if (!existsSync(file))
+    throw invalid(
+      dir,
+      `no ${MANIFEST_FILE} in it`,
+      'Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).',
+    );
   let raw: unknown;
   let bytes: Buffer;
   try {
     const st = await stat(file);
     if (!st.isFile()) throw new Error('not a regular file');
-    if (st.size > PROFILE_LIMITS.maxManifestBytes) throw new Error(`${st.size} bytes, more than the ${PROFILE_LIMITS.maxManifestBytes} a manifest may have`);
+    if (st.size > PROFILE_LIMITS.maxManifestBytes)
+      throw new Error(`${st.size} bytes, more than the ${PROFILE_LIMITS.maxManifestBytes} a manifest may have`);
     bytes = await readFile(file);
   } catch (e) {
     throw invalid(dir, `${MANIFEST_FILE} cannot be read (${(e as Error).message})`);
@@ -58,7 +81,11 @@ export async function readManifest(pathArg: string): Promise<{ dir: string; mani
   // (U+FFFD, last key wins) would let two readers see two different manifests in one file.
   const decoded = decodeUtf8Strict(bytes);
   if ('badOffset' in decoded) {
-    throw invalid(dir, `${MANIFEST_FILE} is not valid UTF-8 (byte 0x${(bytes[decoded.badOffset] ?? 0).toString(16).padStart(2, '0')} at offset ${decoded.badOffset})`, `${RECALIBRATE} A manifest is UTF-8 JSON: an editor that saved it in another encoding corrupted it.`);
+    throw invalid(
+      dir,
+      `${MANIFEST_FILE} is not valid UTF-8 (byte 0x${(bytes[decoded.badOffset] ?? 0).toString(16).padStart(2, '0')} at offset ${decoded.badOffset})`,
+      `${RECALIBRATE} A manifest is UTF-8 JSON: an editor that saved it in another encoding corrupted it.`,
+    );
   }
   try {
     raw = JSON.parse(decoded.text);
@@ -67,25 +94,33 @@ export async function readManifest(pathArg: string): Promise<{ dir: string; mani
   }
   const dup = findDuplicateKey(decoded.text);
   if (dup) {
-    throw invalid(dir, `${MANIFEST_FILE} has the key ${dup.path} twice (the second at byte offset ${dup.offset}); JSON readers disagree on which one counts`, `${RECALIBRATE} If it was edited by hand, keep one of the two.`);
+    throw invalid(
+      dir,
+      `${MANIFEST_FILE} has the key ${dup.path} twice (the second at byte offset ${dup.offset}); JSON readers disagree on which one counts`,
+      `${RECALIBRATE} If it was edited by hand, keep one of the two.`,
+    );
   }
   const r = raw as { format?: unknown; format_version?: unknown; producer?: { version?: unknown } };
-  if (r?.format !== PROFILE_FORMAT) throw invalid(dir, `${MANIFEST_FILE} is not a kvtc profile (format is ${JSON.stringify(r?.format)}, expected "${PROFILE_FORMAT}")`);
+  if (r?.format !== PROFILE_FORMAT)
+    throw invalid(dir, `${MANIFEST_FILE} is not a kvtc profile (format is ${JSON.stringify(r?.format)}, expected "${PROFILE_FORMAT}")`);
   if (!(PROFILE_FORMAT_VERSIONS as readonly unknown[]).includes(r.format_version)) {
     const v = r.format_version;
     const newer = typeof v === 'number' && v > PROFILE_FORMAT_VERSION;
-    throw new KvtcError('PROFILE_VERSION', `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads versions ${PROFILE_FORMAT_VERSIONS.join(' and ')}`, {
-      fix: newer
-        ? `It was written by kvtc ${String(r.producer?.version ?? 'newer')}: upgrade kvtc to that version or later to read it.`
-        : `Re-calibrate the model with this kvtc to write a version-${PROFILE_FORMAT_VERSION} profile.`,
-      context: { profile: dir, format_version: v },
-    });
+    throw new KvtcError(
+      'PROFILE_VERSION',
+      `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads versions ${PROFILE_FORMAT_VERSIONS.join(' and ')}`,
+      {
+        fix: newer
+          ? `It was written by kvtc ${String(r.producer?.version ?? 'newer')}: upgrade kvtc to that version or later to read it.`
+          : `Re-calibrate the model with this kvtc to write a version-${PROFILE_FORMAT_VERSION} profile.`,
+        context: { profile: dir, format_version: v },
+      },
+    );
   }
   const parsed = ManifestSchema.safeParse(raw);
   if (!parsed.success) throw invalid(dir, `${MANIFEST_FILE} does not match the schema:\n${formatZodIssues(parsed.error)}`);
   return { dir, manifest: parsed.data };
 }
-
 
 export interface CheckOptions {
   /** Stop at the first problem and throw it (readProfile) instead of collecting every check (validate). */
@@ -134,7 +169,7 @@ export async function checkProfile(pathArg: string, opts: CheckOptions = {}): Pr
       tensors = r.tensors;
       return r.detail;
     });
-  } else c.skip('tensor file', 'the manifest\'s plans or limits are inconsistent');
+  } else c.skip('tensor file', "the manifest's plans or limits are inconsistent");
   const valueChecks = ['finite values', 'static ranges', 'orthonormal bases'];
   if (!tensors) {
     for (const name of valueChecks) c.skip(name, 'the tensor file did not pass its checks');
@@ -146,21 +181,19 @@ export async function checkProfile(pathArg: string, opts: CheckOptions = {}): Pr
   if (finiteOk) c.run('orthonormal bases', (fail) => checkBases(manifest, t, opts.orthoWork ?? PROFILE_LIMITS.fullOrthoWork, fail));
   else c.skip('orthonormal bases', 'the bases hold values that are not finite');
   if (!c.checks.every((x) => x.ok)) return { dir, checks: c.checks, manifest };
-  const plans = manifest.plans.map(
-    (pe): BasisPlan => ({
-      kind: pe.kind,
-      layers: [...pe.layers],
-      dim: pe.dim,
-      rank: pe.rank,
-      mean: t.get(pe.tensors.mean)!,
-      basis: t.get(pe.tensors.basis)!,
-      variances: t.get(pe.tensors.variances)!,
-      lo: t.get(pe.tensors.lo)!,
-      hi: t.get(pe.tensors.hi)!,
-      groups: pe.groups.map((g) => ({ ...g })),
-      budgetBits: pe.budget_bits,
-    }),
-  );
+  const plans = manifest.plans.map((pe): BasisPlan => ({
+    kind: pe.kind,
+    layers: [...pe.layers],
+    dim: pe.dim,
+    rank: pe.rank,
+    mean: t.get(pe.tensors.mean)!,
+    basis: t.get(pe.tensors.basis)!,
+    variances: t.get(pe.tensors.variances)!,
+    lo: t.get(pe.tensors.lo)!,
+    hi: t.get(pe.tensors.hi)!,
+    groups: pe.groups.map((g) => ({ ...g })),
+    budgetBits: pe.budget_bits,
+  }));
   return { dir, checks: c.checks, manifest, profile: { dir, manifest, plans } };
 }
 

@@ -7,7 +7,16 @@
 import { KvtcError } from '../errors.js';
 import { ropeInvFreq } from '../rope/freqs.js';
 import { layerRopeJson } from '../rope/describe.js';
-import { type LayerRope, layerRanges, type ModelRope, ropeGroups, ropeKey, type RopeScaling, type RopeSpec, uniformModelRope } from '../rope/types.js';
+import {
+  type LayerRope,
+  layerRanges,
+  type ModelRope,
+  ropeGroups,
+  ropeKey,
+  type RopeScaling,
+  type RopeSpec,
+  uniformModelRope,
+} from '../rope/types.js';
 import type { Manifest } from './schema.js';
 
 type ManifestRope = Manifest['model']['rope'];
@@ -22,13 +31,33 @@ function fromScalingJson(s: Record<string, unknown>): RopeScaling {
       return { type: 'linear', factor: n('factor') };
     case 'llama3':
       // v1 manifests may omit the llama3 fields: kvtc has always taken transformers' defaults
-      return { type: 'llama3', factor: n('factor'), lowFreqFactor: n('low_freq_factor') ?? 1, highFreqFactor: n('high_freq_factor') ?? 4, originalMaxPositionEmbeddings: n('original_max_position_embeddings') ?? 8192 };
+      return {
+        type: 'llama3',
+        factor: n('factor'),
+        lowFreqFactor: n('low_freq_factor') ?? 1,
+        highFreqFactor: n('high_freq_factor') ?? 4,
+        originalMaxPositionEmbeddings: n('original_max_position_embeddings') ?? 8192,
+      };
     case 'yarn':
-      return { type: 'yarn', factor: n('factor'), originalMaxPositionEmbeddings: n('original_max_position_embeddings'), betaFast: n('beta_fast'), betaSlow: n('beta_slow'), truncate: s.truncate === true };
+      return {
+        type: 'yarn',
+        factor: n('factor'),
+        originalMaxPositionEmbeddings: n('original_max_position_embeddings'),
+        betaFast: n('beta_fast'),
+        betaSlow: n('beta_slow'),
+        truncate: s.truncate === true,
+      };
     case 'longrope':
-      return { type: 'longrope', shortFactor: [...(s.short_factor as number[])], longFactor: [...(s.long_factor as number[])], originalMaxPositionEmbeddings: n('original_max_position_embeddings') };
+      return {
+        type: 'longrope',
+        shortFactor: [...(s.short_factor as number[])],
+        longFactor: [...(s.long_factor as number[])],
+        originalMaxPositionEmbeddings: n('original_max_position_embeddings'),
+      };
     default:
-      throw new KvtcError('PROFILE_INVALID', `model.rope scaling type ${JSON.stringify(s.type)} is unknown`, { fix: 'Re-calibrate the model with kvtc.' });
+      throw new KvtcError('PROFILE_INVALID', `model.rope scaling type ${JSON.stringify(s.type)} is unknown`, {
+        fix: 'Re-calibrate the model with kvtc.',
+      });
   }
 }
 
@@ -36,7 +65,9 @@ function fromScalingJson(s: Record<string, unknown>): RopeScaling {
 function groupRope(g: RopeGroup): LayerRope {
   if ('none' in g) return null;
   return {
-    theta: g.theta, rotaryDim: g.rotary_dim, layout: g.layout,
+    theta: g.theta,
+    rotaryDim: g.rotary_dim,
+    layout: g.layout,
     ...(g.scaling ? { scaling: fromScalingJson(g.scaling) } : {}),
     ...(g.attention_factor !== undefined && g.attention_factor !== 1 ? { attentionFactor: g.attention_factor } : {}),
   };
@@ -50,7 +81,10 @@ export function ropeFromManifest(m: Pick<Manifest, 'model'>): LayerRope[] {
   const r = m.model.rope;
   if (!Array.isArray(r)) {
     const s = r.scaling;
-    return uniformModelRope({ theta: r.theta, rotaryDim: r.rotary_dim, layout: r.layout, ...(s ? { scaling: fromScalingJson(s) } : {}) }, m.model.layers);
+    return uniformModelRope(
+      { theta: r.theta, rotaryDim: r.rotary_dim, layout: r.layout, ...(s ? { scaling: fromScalingJson(s) } : {}) },
+      m.model.layers,
+    );
   }
   const out: (LayerRope | undefined)[] = Array.from({ length: m.model.layers }, () => undefined);
   for (const g of r) {
@@ -59,7 +93,9 @@ export function ropeFromManifest(m: Pick<Manifest, 'model'>): LayerRope[] {
   }
   const missing = out.findIndex((x) => x === undefined);
   if (missing >= 0) {
-    throw new KvtcError('PROFILE_INVALID', `model.rope names no RoPE (or none) for layer ${missing}`, { fix: 'Re-calibrate the model with kvtc: every layer needs its RoPE in the manifest.' });
+    throw new KvtcError('PROFILE_INVALID', `model.rope names no RoPE (or none) for layer ${missing}`, {
+      fix: 'Re-calibrate the model with kvtc: every layer needs its RoPE in the manifest.',
+    });
   }
   return out as LayerRope[];
 }
@@ -70,7 +106,10 @@ export function manifestRope(rope: ModelRope): RopeGroup[] {
     if (!g.rope) return { layers: g.layers, none: true as const };
     const j = layerRopeJson(g.rope);
     return {
-      layers: g.layers, theta: j.theta, rotary_dim: j.rotary_dim, layout: j.layout,
+      layers: g.layers,
+      theta: j.theta,
+      rotary_dim: j.rotary_dim,
+      layout: j.layout,
       ...(j.scaling ? { scaling: j.scaling as RopeGroup extends { scaling?: infer S } ? S : never } : {}),
       ...(j.attention_factor !== 1 ? { attention_factor: j.attention_factor } : {}),
     } as RopeGroup;
@@ -86,7 +125,14 @@ export function manifestRope(rope: ModelRope): RopeGroup[] {
 export function ropeIdLines(m: { model: Pick<Manifest['model'], 'rope'> }, f64Hex: (x: number) => string): string[] {
   const L: string[] = [];
   const r = m.model.rope;
-  const v1 = !Array.isArray(r) ? r : r.length === 1 && !('none' in r[0]) && (r[0].attention_factor ?? 1) === 1 && (!r[0].scaling || r[0].scaling.type === 'linear' || r[0].scaling.type === 'llama3') ? r[0] : undefined;
+  const v1 = !Array.isArray(r)
+    ? r
+    : r.length === 1 &&
+        !('none' in r[0]) &&
+        (r[0].attention_factor ?? 1) === 1 &&
+        (!r[0].scaling || r[0].scaling.type === 'linear' || r[0].scaling.type === 'llama3')
+      ? r[0]
+      : undefined;
   if (v1) {
     L.push(`model.rope.theta ${f64Hex(v1.theta)}`, `model.rope.rotary_dim ${v1.rotary_dim}`, `model.rope.layout ${v1.layout}`);
     const s = v1.scaling as Record<string, number | string | undefined> | undefined;
@@ -107,11 +153,18 @@ export function ropeIdLines(m: { model: Pick<Manifest['model'], 'rope'> }, f64He
       L.push(`${p}.none`);
       return;
     }
-    L.push(`${p}.theta ${f64Hex(g.theta)}`, `${p}.rotary_dim ${g.rotary_dim}`, `${p}.layout ${g.layout}`, `${p}.attention_factor ${f64Hex(g.attention_factor ?? 1)}`);
+    L.push(
+      `${p}.theta ${f64Hex(g.theta)}`,
+      `${p}.rotary_dim ${g.rotary_dim}`,
+      `${p}.layout ${g.layout}`,
+      `${p}.attention_factor ${f64Hex(g.attention_factor ?? 1)}`,
+    );
     const s = g.scaling;
     if (!s) return;
     L.push(`${p}.scaling.type ${s.type}`);
-    for (const [k, v] of Object.entries(s).filter(([k]) => k !== 'type').sort(([a], [b]) => a.localeCompare(b))) {
+    for (const [k, v] of Object.entries(s)
+      .filter(([k]) => k !== 'type')
+      .sort(([a], [b]) => a.localeCompare(b))) {
       if (typeof v === 'boolean') L.push(`${p}.scaling.${k} ${v ? 1 : 0}`);
       else if (Array.isArray(v)) L.push(`${p}.scaling.${k} ${v.map((x) => f64Hex(x as number)).join(',')}`);
       else L.push(`${p}.scaling.${k} ${f64Hex(v as number)}`);
@@ -177,35 +230,43 @@ export function checkManifestRope(m: Manifest, fail: (msg: string) => void, maxS
   };
   const v2 = Array.isArray(r);
   if (m.format_version === 1 && v2) bad('model.rope is a list of groups, which is format 2; a format 1 manifest has one RoPE object');
-  if (m.format_version === 2 && !v2) bad('model.rope is one RoPE object (format 1); a format 2 manifest lists the RoPE of each layer as groups');
+  if (m.format_version === 2 && !v2)
+    bad('model.rope is one RoPE object (format 1); a format 2 manifest lists the RoPE of each layer as groups');
   /** Checks one description at `at` ("model.rope" or "model.rope[j]"); returns it as kvtc's RopeSpec when valid. */
-  const one = (at: string, g: { theta: number; rotary_dim: number; layout: string; scaling?: Record<string, unknown>; attention_factor?: number }): RopeSpec | undefined => {
+  const one = (
+    at: string,
+    g: { theta: number; rotary_dim: number; layout: string; scaling?: Record<string, unknown>; attention_factor?: number },
+  ): RopeSpec | undefined => {
     const before = ok;
     ok = true;
     if (!(Number.isFinite(g.theta) && g.theta > 0)) bad(`${at}.theta = ${g.theta} must be a finite number > 0`);
     if (g.rotary_dim % 2 !== 0) bad(`${at}.rotary_dim = ${g.rotary_dim} is odd; RoPE rotates pairs, so it must be even`);
     if (g.rotary_dim > hd) bad(`${at}.rotary_dim = ${g.rotary_dim} exceeds model.head_dim ${hd}`);
-    if (g.attention_factor !== undefined && !(Number.isFinite(g.attention_factor) && g.attention_factor > 0)) bad(`${at}.attention_factor = ${g.attention_factor} must be a finite number > 0`);
+    if (g.attention_factor !== undefined && !(Number.isFinite(g.attention_factor) && g.attention_factor > 0))
+      bad(`${at}.attention_factor = ${g.attention_factor} must be a finite number > 0`);
     const s = g.scaling as Record<string, number | boolean | number[] | string | undefined> | undefined;
     if (s) {
       const need = (k: string) => {
         const v = s[k];
         if (v === undefined) bad(`${at}.scaling.${k} is missing; ${String(s.type)} scaling needs it`);
-        else if (!(typeof v === 'number' && Number.isFinite(v) && v > 0)) bad(`${at}.scaling.${k} = ${String(v)} must be a finite number > 0`);
+        else if (!(typeof v === 'number' && Number.isFinite(v) && v > 0))
+          bad(`${at}.scaling.${k} = ${String(v)} must be a finite number > 0`);
       };
       if (s.type !== 'longrope') need('factor');
       if (s.type === 'llama3') {
         for (const k of ['low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings']) need(k);
         const lo = s.low_freq_factor as number | undefined;
         const hi = s.high_freq_factor as number | undefined;
-        if (lo !== undefined && hi !== undefined && !(hi > lo)) bad(`${at}.scaling.high_freq_factor ${hi} must be greater than low_freq_factor ${lo}`);
+        if (lo !== undefined && hi !== undefined && !(hi > lo))
+          bad(`${at}.scaling.high_freq_factor ${hi} must be greater than low_freq_factor ${lo}`);
       }
       if (s.type === 'yarn') for (const k of ['original_max_position_embeddings', 'beta_fast', 'beta_slow']) need(k);
       if (s.type === 'longrope') {
         need('original_max_position_embeddings');
         for (const k of ['short_factor', 'long_factor']) {
           const v = s[k] as number[];
-          if (v.length !== g.rotary_dim / 2) bad(`${at}.scaling.${k} has ${v.length} factors; rotary_dim ${g.rotary_dim} needs ${g.rotary_dim / 2}`);
+          if (v.length !== g.rotary_dim / 2)
+            bad(`${at}.scaling.${k} has ${v.length} factors; rotary_dim ${g.rotary_dim} needs ${g.rotary_dim / 2}`);
           else if (!v.every((x) => Number.isFinite(x) && x > 0)) bad(`${at}.scaling.${k} holds a factor that is not a finite number > 0`);
         }
       }
@@ -213,7 +274,12 @@ export function checkManifestRope(m: Manifest, fail: (msg: string) => void, maxS
     let spec: RopeSpec | undefined;
     // (Within the shape limit only: rotary_dim/2 frequencies are computed.)
     if (ok && g.rotary_dim <= maxShape) {
-      spec = { theta: g.theta, rotaryDim: g.rotary_dim, layout: g.layout as RopeSpec['layout'], ...(s ? { scaling: fromScalingJson(s as Record<string, unknown>) } : {}) };
+      spec = {
+        theta: g.theta,
+        rotaryDim: g.rotary_dim,
+        layout: g.layout as RopeSpec['layout'],
+        ...(s ? { scaling: fromScalingJson(s as Record<string, unknown>) } : {}),
+      };
       const lens = spec.scaling?.type === 'longrope' ? [0, spec.scaling.originalMaxPositionEmbeddings + 1] : [0];
       for (const n of lens) {
         const inv = ropeInvFreq(spec, n);

@@ -66,7 +66,9 @@ export const QuantGroupSchema = z
     start: nonneg.describe('first component (inclusive), in variance order'),
     end: nonneg.describe('last component (exclusive)'),
     type: z.enum(['int2', 'int4', 'int8', 'fp8']).describe('storage type of every component in the group'),
-    mode: z.enum(['static', 'dynamic']).describe('static: per-component range from the profile; dynamic: per-token fp16 offset and scale in the blob'),
+    mode: z
+      .enum(['static', 'dynamic'])
+      .describe('static: per-component range from the profile; dynamic: per-token fp16 offset and scale in the blob'),
   })
   .strict();
 
@@ -79,7 +81,9 @@ export const PlanSchema = z
     rank: nonneg.describe('stored components r; trailing dropped components are not stored'),
     budget_bits: nonneg.describe('bit budget per token the allocation was solved for'),
     bits_per_token: nonneg.describe('bits per token the plan actually uses, scales included'),
-    groups: z.array(QuantGroupSchema).describe('stored groups, sorted and disjoint, the last ending at rank; components in no group are dropped (coefficient 0)'),
+    groups: z
+      .array(QuantGroupSchema)
+      .describe('stored groups, sorted and disjoint, the last ending at rank; components in no group are dropped (coefficient 0)'),
     tensors: z
       .object({
         mean: tensorName,
@@ -89,7 +93,7 @@ export const PlanSchema = z
         hi: tensorName,
       })
       .strict()
-      .describe('names of this plan\'s tensors in the safetensors file'),
+      .describe("names of this plan's tensors in the safetensors file"),
   })
   .strict();
 
@@ -116,10 +120,32 @@ const positive = z.number().positive();
 /** Format v2: a frequency rule with every field it needs (docs/profile-format.md §4). */
 export const RopeScalingSchemaV2 = z.discriminatedUnion('type', [
   z.object({ type: z.literal('linear'), factor: positive }).strict(),
-  z.object({ type: z.literal('llama3'), factor: positive, low_freq_factor: positive, high_freq_factor: positive, original_max_position_embeddings: positive }).strict(),
-  z.object({ type: z.literal('yarn'), factor: positive, original_max_position_embeddings: positive, beta_fast: positive, beta_slow: positive, truncate: z.boolean() }).strict(),
   z
-    .object({ type: z.literal('longrope'), short_factor: z.array(positive), long_factor: z.array(positive), original_max_position_embeddings: positive })
+    .object({
+      type: z.literal('llama3'),
+      factor: positive,
+      low_freq_factor: positive,
+      high_freq_factor: positive,
+      original_max_position_embeddings: positive,
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('yarn'),
+      factor: positive,
+      original_max_position_embeddings: positive,
+      beta_fast: positive,
+      beta_slow: positive,
+      truncate: z.boolean(),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('longrope'),
+      short_factor: z.array(positive),
+      long_factor: z.array(positive),
+      original_max_position_embeddings: positive,
+    })
     .strict()
     .describe('short_factor up to original_max_position_embeddings cache positions (start_position + tokens), long_factor beyond'),
 ]);
@@ -136,7 +162,9 @@ export const RopeGroupSchema = z.union([
       attention_factor: positive.optional().describe('cos and sin are multiplied by it (transformers attention_scaling); absent: 1'),
     })
     .strict(),
-  z.object({ layers: z.array(nonneg).min(1), none: z.literal(true).describe('these layers apply no RoPE: keys are taken as they are') }).strict(),
+  z
+    .object({ layers: z.array(nonneg).min(1), none: z.literal(true).describe('these layers apply no RoPE: keys are taken as they are') })
+    .strict(),
 ]);
 
 /** model.rope: v1 one object; v2 the per-layer groups, together naming every layer once. */
@@ -147,7 +175,9 @@ export const ManifestSchema = z
     format: z.literal(PROFILE_FORMAT),
     format_version: z.union([z.literal(1), z.literal(2)]).describe('2 (written); 1 still read'),
     producer: z.object({ name: label, version: label }).strict(),
-    profile_id: hex(16).describe('first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it'),
+    profile_id: hex(16).describe(
+      'first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it',
+    ),
     model: z
       .object({
         name: label,
@@ -156,24 +186,37 @@ export const ManifestSchema = z
         fingerprint: z
           .object({
             id: hex(16).describe('the model fingerprint: architecture fields, ONNX graph and sampled weights (docs/profile-format.md)'),
-            spec_sha256: hex(64).describe('sha256 of the canonical JSON of the architecture fields kvtc reads — not of config.json\'s bytes, so re-saving a config keeps it'),
+            spec_sha256: hex(64).describe(
+              "sha256 of the canonical JSON of the architecture fields kvtc reads — not of config.json's bytes, so re-saving a config keeps it",
+            ),
             onnx_sha256: hex(64),
           })
           .strict(),
-        onnx_file: z.string().min(1).max(4096).optional().describe('the graph file calibrated on, relative to the model directory (what --onnx names); informational, not part of profile_id'),
+        onnx_file: z
+          .string()
+          .min(1)
+          .max(4096)
+          .optional()
+          .describe(
+            'the graph file calibrated on, relative to the model directory (what --onnx names); informational, not part of profile_id',
+          ),
         layers: z.number().int().positive(),
         heads: z.number().int().positive().max(0xffff).describe('query heads; a multiple of kv_heads'),
         kv_heads: z.number().int().positive(),
         head_dim: z.number().int().positive(),
         kv_dtype: z.enum(['float32', 'float16']),
-        rope: ModelRopeSchema.describe('v1: one RoPE object for every layer; v2: [{ layers, theta, rotary_dim, layout, scaling?, attention_factor? } | { layers, none: true }]'),
+        rope: ModelRopeSchema.describe(
+          'v1: one RoPE object for every layer; v2: [{ layers, theta, rotary_dim, layout, scaling?, attention_factor? } | { layers, none: true }]',
+        ),
         max_positions: z
           .number()
           .int()
           .positive()
           .max(FIGURE_LIMITS.maxPositions)
           .optional()
-          .describe('the model\'s context (max_position_embeddings): encode and decode refuse a cache whose start_position + tokens exceeds it; absent (profiles before it was recorded): 2^24. Not part of profile_id: it bounds what decodes, never how'),
+          .describe(
+            "the model's context (max_position_embeddings): encode and decode refuse a cache whose start_position + tokens exceeds it; absent (profiles before it was recorded): 2^24. Not part of profile_id: it bounds what decodes, never how",
+          ),
       })
       .strict(),
     settings: z
@@ -182,10 +225,20 @@ export const ManifestSchema = z
         sink: nonneg,
         window: nonneg,
         grouping: grouping.describe('"layer", "all", or a number k of consecutive layers per basis (the one the plans use)'),
-        grouping_requested: z.union([z.literal('auto'), grouping]).optional().describe('what --grouping asked for: "auto" (chosen by the tuning-split error among the candidates in calibration.grouping_candidates) or the grouping itself'),
+        grouping_requested: z
+          .union([z.literal('auto'), grouping])
+          .optional()
+          .describe(
+            'what --grouping asked for: "auto" (chosen by the tuning-split error among the candidates in calibration.grouping_candidates) or the grouping itself',
+          ),
         tokens: z.number().int().positive(),
         heldout: z.number().int().positive().describe('tuning tokens asked for (clip ranges, error tables, bit allocation)'),
-        report: z.number().int().positive().optional().describe('report tokens asked for (the measured figures); absent in profiles written before the report split'),
+        report: z
+          .number()
+          .int()
+          .positive()
+          .optional()
+          .describe('report tokens asked for (the measured figures); absent in profiles written before the report split'),
         chunk: z.number().int().positive(),
         seed: z.number().int(),
         granule: z.number().int().positive().describe('dynamic groups start and end on multiples of this'),
@@ -194,10 +247,18 @@ export const ManifestSchema = z
       .strict(),
     calibration: z
       .object({
-        sources: z.array(z.object({ name: label, sha256: hex(64), bytes: count.describe('an empty file gives no text: calibrate refuses it') }).strict()).min(1),
+        sources: z
+          .array(
+            z.object({ name: label, sha256: hex(64), bytes: count.describe('an empty file gives no text: calibrate refuses it') }).strict(),
+          )
+          .min(1),
         tokens_fit: count,
-        tokens_heldout: count.describe('tuning tokens: clip ranges (cross-validated), error tables, bit allocation, budget scale, grouping choice'),
-        tokens_report: count.optional().describe('report tokens: text neither the fit nor the tuning saw; the measured section comes from it'),
+        tokens_heldout: count.describe(
+          'tuning tokens: clip ranges (cross-validated), error tables, bit allocation, budget scale, grouping choice',
+        ),
+        tokens_report: count
+          .optional()
+          .describe('report tokens: text neither the fit nor the tuning saw; the measured section comes from it'),
         sequences: count,
         grouping_candidates: z
           .array(z.object({ grouping, ratio_compressed: ratio, key_mean: relError, value_mean: relError }).strict())
@@ -209,7 +270,12 @@ export const ManifestSchema = z
     plans: z.array(PlanSchema).min(1),
     measured: z
       .object({
-        split: z.literal('report').optional().describe('the split these figures come from: report tokens no fitting or tuning step saw (absent: the tuning split, profiles before the three-way split)'),
+        split: z
+          .literal('report')
+          .optional()
+          .describe(
+            'the split these figures come from: report tokens no fitting or tuning step saw (absent: the tuning split, profiles before the three-way split)',
+          ),
         context_tokens: count.describe('tokens of the held-out caches the ratio and error were measured on'),
         ratio_compressed: ratio.describe('fp16 bytes of the compressed tokens ÷ their bytes in the blob (sections, scales, headers)'),
         ratio_blob: ratio.describe('fp16 bytes of all tokens ÷ bytes of the whole blob, sink and window tokens included'),
@@ -219,14 +285,27 @@ export const ManifestSchema = z
             value: z.array(relError).min(1),
             key_mean: relError,
             value_mean: relError,
-            key_mean_ci95: z.tuple([relError, relError]).optional().describe('95% bootstrap interval of key_mean over the measured sequences'),
+            key_mean_ci95: z
+              .tuple([relError, relError])
+              .optional()
+              .describe('95% bootstrap interval of key_mean over the measured sequences'),
             value_mean_ci95: z.tuple([relError, relError]).optional(),
           })
           .strict(),
-        tuning_rel_error: z.object({ key_mean: relError, value_mean: relError }).strict().optional().describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),
+        tuning_rel_error: z
+          .object({ key_mean: relError, value_mean: relError })
+          .strict()
+          .optional()
+          .describe('the same plans on the tuning split (the allocation was solved there; compare with rel_error)'),
       })
       .strict(),
-    tensors: z.object({ file: z.literal(TENSORS_FILE), sha256: hex(64), bytes: z.number().int().min(8).describe('a safetensors file starts with its 8-byte header length') }).strict(),
+    tensors: z
+      .object({
+        file: z.literal(TENSORS_FILE),
+        sha256: hex(64),
+        bytes: z.number().int().min(8).describe('a safetensors file starts with its 8-byte header length'),
+      })
+      .strict(),
   })
   .strict();
 

@@ -52,13 +52,18 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
         checks.push({
           name: 'model kv dtype',
           ok: s.kvDtype === m.kv_dtype,
-          detail: s.kvDtype === m.kv_dtype ? `${m.kv_dtype}, as the model's cache` : `profile ${m.kv_dtype}, but the model's cache is ${s.kvDtype}`,
+          detail:
+            s.kvDtype === m.kv_dtype
+              ? `${m.kv_dtype}, as the model's cache`
+              : `profile ${m.kv_dtype}, but the model's cache is ${s.kvDtype}`,
         });
         const diffs = ropeDifferences(ropeFromManifest({ model: m } as Manifest), s.rope);
         checks.push({
           name: 'model rope',
           ok: diffs.length === 0,
-          detail: diffs.length ? `the profile's RoPE differs from the model's (keys would be un-rotated wrongly): ${diffs.join('; ')}` : 'theta, rotary_dim, layout and scaling equal the model\'s',
+          detail: diffs.length
+            ? `the profile's RoPE differs from the model's (keys would be un-rotated wrongly): ${diffs.join('; ')}`
+            : "theta, rotary_dim, layout and scaling equal the model's",
         });
         // Not in the fingerprint (a config may raise max_position_embeddings): compared here, so a stale bound shows.
         const mp = m.max_positions;

@@ -40,7 +40,9 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
       rank: plan.rank,
       budget_bits: plan.budgetBits ?? bits,
       bits_per_token: bits,
-      groups: plan.groups.filter((g) => g.type !== 'none').map((g) => ({ start: g.start, end: g.end, type: g.type as 'int2', mode: g.mode })),
+      groups: plan.groups
+        .filter((g) => g.type !== 'none')
+        .map((g) => ({ start: g.start, end: g.end, type: g.type as 'int2', mode: g.mode })),
       tensors: names,
     };
   });
@@ -103,7 +105,12 @@ export type FilesOutcome<K> = { unchanged: true; kept?: K } | { unchanged?: unde
  * the same job: re-running a calibration must work on the committed profile. A same-job profile
  * whose bytes are identical is left untouched (`unchanged`).
  */
-export async function writeProfileFiles<M, K = never>(dir: string, files: ProfileFiles<M>, policy: SameJobPolicy<M, K>, force = false): Promise<FilesOutcome<K>> {
+export async function writeProfileFiles<M, K = never>(
+  dir: string,
+  files: ProfileFiles<M>,
+  policy: SameJobPolicy<M, K>,
+  force = false,
+): Promise<FilesOutcome<K>> {
   const manifestPath = join(dir, files.manifestFile);
   const tensorsPath = join(dir, files.tensorsFile);
   const hasManifest = existsSync(manifestPath);
@@ -126,7 +133,10 @@ export async function writeProfileFiles<M, K = never>(dir: string, files: Profil
         context: { out: dir },
       });
     }
-    const same = hasTensors && Buffer.from(await readFile(tensorsPath)).equals(Buffer.from(files.tensors)) && (await readFile(manifestPath, 'utf8')) === text;
+    const same =
+      hasTensors &&
+      Buffer.from(await readFile(tensorsPath)).equals(Buffer.from(files.tensors)) &&
+      (await readFile(manifestPath, 'utf8')) === text;
     if (same) return { unchanged: true };
     if (policy.differs) {
       const d = await policy.differs();
@@ -160,7 +170,12 @@ export interface WriteOutcome {
  * committed calibration on any machine leaves it as committed; one that differs beyond that is
  * overwritten (`replaced`, with the `difference`).
  */
-export async function writeProfile(dir: string, draft: ManifestDraft, plans: BasisPlan[], opts: { force?: boolean } = {}): Promise<Manifest & WriteOutcome> {
+export async function writeProfile(
+  dir: string,
+  draft: ManifestDraft,
+  plans: BasisPlan[],
+  opts: { force?: boolean } = {},
+): Promise<Manifest & WriteOutcome> {
   const { manifest, tensors } = serializeProfile(draft, plans);
   const out = await writeProfileFiles<Manifest, { profile: Profile; equivalent: Equivalence }>(
     dir,
@@ -188,6 +203,7 @@ export async function writeProfile(dir: string, draft: ManifestDraft, plans: Bas
     },
     opts.force,
   );
-  if (out.unchanged) return out.kept ? { ...out.kept.profile.manifest, unchanged: true, equivalent: out.kept.equivalent } : { ...manifest, unchanged: true };
+  if (out.unchanged)
+    return out.kept ? { ...out.kept.profile.manifest, unchanged: true, equivalent: out.kept.equivalent } : { ...manifest, unchanged: true };
   return { ...manifest, replaced: out.replaced, ...(out.difference ? { difference: out.difference } : {}) };
 }

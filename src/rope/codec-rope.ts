@@ -125,7 +125,13 @@ export interface CacheTables {
  * `seqLen` = startPosition + tokens of the whole cache (longrope's factor choice). Memoized per
  * description key over the call.
  */
-export function cacheTables(ropes: readonly RopeSpec[], positionStart: number, n: number, seqLen: number, memo = new Map<string, CacheTables>()): CacheTables[] {
+export function cacheTables(
+  ropes: readonly RopeSpec[],
+  positionStart: number,
+  n: number,
+  seqLen: number,
+  memo = new Map<string, CacheTables>(),
+): CacheTables[] {
   return ropes.map((r) => {
     const k = ropeKey(r);
     const hit = memo.get(k);
@@ -144,7 +150,15 @@ export function cacheTables(ropes: readonly RopeSpec[], positionStart: number, n
  * RoPE (apply or undo) on the rows of x [rows, n, headDim] for one description, with graph
  * inputs cos/sin [n, R/2] broadcast over the rows; returns [rows, n, headDim].
  */
-function ropeRows(g: GraphBuilder, x: string, idx: RopeIndex, undo: boolean, names: { cos: string; sin: string }, tag: string, declare = true): string {
+function ropeRows(
+  g: GraphBuilder,
+  x: string,
+  idx: RopeIndex,
+  undo: boolean,
+  names: { cos: string; sin: string },
+  tag: string,
+  declare = true,
+): string {
   if (declare) {
     g.input(names.cos, 'float32', ['n', idx.a.length]);
     g.input(names.sin, 'float32', ['n', idx.a.length]);

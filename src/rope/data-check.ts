@@ -154,7 +154,14 @@ function pairSet(pairs: [number, number][]): PairSet {
  * (x cos a + y sin a, y cos a − x sin a); dims past rotaryDim as they are). perPair, when
  * given, receives the same ratio for each rotated pair i.
  */
-function score(keys: Float32Array, inp: RopeCheckInput, rope: CheckRope | null, ps: PairSet, kvHeads: number, perPair?: Float64Array): number {
+function score(
+  keys: Float32Array,
+  inp: RopeCheckInput,
+  rope: CheckRope | null,
+  ps: PairSet,
+  kvHeads: number,
+  perPair?: Float64Array,
+): number {
   const { headDim: D, tokens, startPosition } = inp;
   const R = rope ? rope.rotaryDim : 0;
   const half = R / 2;
@@ -187,8 +194,14 @@ function score(keys: Float32Array, inp: RopeCheckInput, rope: CheckRope | null, 
       for (let i = 0; i < half; i++) {
         const a = interleaved ? 2 * i : i;
         const b = interleaved ? 2 * i + 1 : i + half;
-        const cp = cos[tp + i], sp = sin[tp + i], cq = cos[tq + i], sq = sin[tq + i];
-        const xp = keys[op + a], yp = keys[op + b], xq = keys[oq + a], yq = keys[oq + b];
+        const cp = cos[tp + i],
+          sp = sin[tp + i],
+          cq = cos[tq + i],
+          sq = sin[tq + i];
+        const xp = keys[op + a],
+          yp = keys[op + b],
+          xq = keys[oq + a],
+          yq = keys[oq + b];
         const d0 = xp * cp + yp * sp - (xq * cq + yq * sq);
         const d1 = yp * cp - xp * sp - (yq * cq - xq * sq);
         const n = d0 * d0 + d1 * d1;
@@ -218,7 +231,8 @@ const ropeKey = (r: CheckRope | null) => (r ? JSON.stringify([Array.from(r.invFr
 function alternatives(layers: (CheckRope | null)[], l: number, headDim: number): Alternative[] {
   const r = layers[l];
   const out: Alternative[] = [];
-  const perLayer = 'Check the per-layer RoPE kvtc read (kvtc inspect --model DIR): layer_types / sliding_window_pattern, rope_local_base_freq, rope_parameters per layer type.';
+  const perLayer =
+    'Check the per-layer RoPE kvtc read (kvtc inspect --model DIR): layer_types / sliding_window_pattern, rope_local_base_freq, rope_parameters per layer type.';
   const others = new Map<string, { layer: number; rope: CheckRope | null }>();
   layers.forEach((o, k) => {
     if (k !== l && ropeKey(o) !== ropeKey(r) && !others.has(ropeKey(o))) others.set(ropeKey(o), { layer: k, rope: o });
@@ -226,30 +240,53 @@ function alternatives(layers: (CheckRope | null)[], l: number, headDim: number):
   if (!r) {
     const rotated = [...others.values()].filter((o) => o.rope);
     for (const o of rotated) {
-      out.push({ what: `the RoPE of layer ${o.layer} (${describe(o.rope)})`, setting: `layer ${l} is read as having no RoPE (NoPE), but its keys are rotated`, fix: 'Check no_rope_layers / no_rope_layer_interval (SmolLM3: 1 marks a layer WITH RoPE) and the model type kvtc detected.', rope: o.rope });
+      out.push({
+        what: `the RoPE of layer ${o.layer} (${describe(o.rope)})`,
+        setting: `layer ${l} is read as having no RoPE (NoPE), but its keys are rotated`,
+        fix: 'Check no_rope_layers / no_rope_layer_interval (SmolLM3: 1 marks a layer WITH RoPE) and the model type kvtc detected.',
+        rope: o.rope,
+      });
     }
     if (rotated.length === 0) {
-      out.push({ what: `RoPE theta 10000 on every dim (${describe({ invFreq: plainInvFreq(10000, headDim), rotaryDim: headDim, layout: 'half' })})`, setting: `layer ${l} is read as having no RoPE, but its keys are rotated`, fix: 'The config says the model has no rotary embedding, but the graph applies one; check architectures/model_type in config.json.', rope: { invFreq: plainInvFreq(10000, headDim), rotaryDim: headDim, layout: 'half', theta: 10000 } });
+      out.push({
+        what: `RoPE theta 10000 on every dim (${describe({ invFreq: plainInvFreq(10000, headDim), rotaryDim: headDim, layout: 'half' })})`,
+        setting: `layer ${l} is read as having no RoPE, but its keys are rotated`,
+        fix: 'The config says the model has no rotary embedding, but the graph applies one; check architectures/model_type in config.json.',
+        rope: { invFreq: plainInvFreq(10000, headDim), rotaryDim: headDim, layout: 'half', theta: 10000 },
+      });
     }
     return out;
   }
   const theta = r.theta ?? impliedTheta(r);
   const R = r.rotaryDim;
-  out.push({ what: 'no RoPE on this layer', setting: `layer ${l} is read as rotated (${describe(r)}), but its keys carry no RoPE (a NoPE layer)`, fix: 'Check no_rope_layers / no_rope_layer_interval (SmolLM3: 0 marks a NoPE layer) or the layer types.', rope: null });
+  out.push({
+    what: 'no RoPE on this layer',
+    setting: `layer ${l} is read as rotated (${describe(r)}), but its keys carry no RoPE (a NoPE layer)`,
+    fix: 'Check no_rope_layers / no_rope_layer_interval (SmolLM3: 0 marks a NoPE layer) or the layer types.',
+    rope: null,
+  });
   for (const c of [10, 0.1, 100, 0.01]) {
     const scale = (inv: ArrayLike<number>) => Float64Array.from(inv, (v, i) => v * c ** (-(2 * i) / R));
     out.push({
       what: `theta ${(theta * c).toPrecision(4)} (${c >= 1 ? '×' : '÷'}${c >= 1 ? c : 1 / c})`,
       setting: `rope_theta: the keys fit theta ≈ ${(theta * c).toPrecision(4)}, not ${theta.toPrecision(4)}`,
       fix: 'Fix rope_theta (or rope_parameters.rope_theta / rope_local_base_freq) in config.json to the value the model was exported with.',
-      rope: { ...r, invFreq: scale(r.invFreq), theta: theta * c, ...(r.long ? { long: { ...r.long, invFreq: scale(r.long.invFreq) } } : {}) },
+      rope: {
+        ...r,
+        invFreq: scale(r.invFreq),
+        theta: theta * c,
+        ...(r.long ? { long: { ...r.long, invFreq: scale(r.long.invFreq) } } : {}),
+      },
     });
   }
   const other = r.layout === 'half' ? 'interleaved' : 'half';
   out.push({
     what: `the ${other} layout`,
     setting: `RoPE layout: the keys are rotated in ${other === 'half' ? 'half-split pairs (i, i + d/2), Hugging Face rotate_half' : 'interleaved pairs (2i, 2i + 1), GPT-J / llama2.c'}, not ${r.layout}`,
-    fix: other === 'half' ? 'Remove "rope_interleaved": true / set "rope_layout": "half" in config.json.' : 'Set "rope_layout": "interleaved" in config.json (the q/k rows were not permuted to rotate_half).',
+    fix:
+      other === 'half'
+        ? 'Remove "rope_interleaved": true / set "rope_layout": "half" in config.json.'
+        : 'Set "rope_layout": "interleaved" in config.json (the q/k rows were not permuted to rotate_half).',
     rope: { ...r, layout: other },
   });
   const dims = R < headDim ? [headDim] : [headDim / 2, headDim / 4];
@@ -267,7 +304,7 @@ function alternatives(layers: (CheckRope | null)[], l: number, headDim: number):
       out.push({
         what: `linear scaling factor ${f}`,
         setting: `RoPE scaling: the keys fit linear scaling (factor ${f}), which the config reading lacks`,
-        fix: 'Add the model\'s rope_scaling (transformers 5: rope_parameters, per layer type where it has several) to config.json.',
+        fix: "Add the model's rope_scaling (transformers 5: rope_parameters, per layer type where it has several) to config.json.",
         rope: { ...r, invFreq: Float64Array.from(r.invFreq, (v) => v / f), scaling: `linear ×${f}` },
       });
     }
@@ -281,7 +318,12 @@ function alternatives(layers: (CheckRope | null)[], l: number, headDim: number):
     });
   }
   for (const o of others.values()) {
-    out.push({ what: `the RoPE of layer ${o.layer} (${describe(o.rope)})`, setting: `per-layer RoPE: layer ${l}'s keys fit the RoPE of layer ${o.layer}, not ${describe(r)}`, fix: perLayer, rope: o.rope });
+    out.push({
+      what: `the RoPE of layer ${o.layer} (${describe(o.rope)})`,
+      setting: `per-layer RoPE: layer ${l}'s keys fit the RoPE of layer ${o.layer}, not ${describe(r)}`,
+      fix: perLayer,
+      rope: o.rope,
+    });
   }
   return out;
 }
@@ -303,11 +345,13 @@ function firstDisagreeing(perPair: Float64Array): number {
  */
 export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
   const { keys, layers } = inp;
-  const bug = (what: string) => new KvtcError('INTERNAL', `checkRopeFromData: ${what}`, { fix: 'This is a kvtc bug: please report it with the command you ran.' });
+  const bug = (what: string) =>
+    new KvtcError('INTERNAL', `checkRopeFromData: ${what}`, { fix: 'This is a kvtc bug: please report it with the command you ran.' });
   if (layers.length !== keys.length) throw bug(`${layers.length} layer RoPEs for ${keys.length} cached layers`);
   if (inp.ids.length !== inp.tokens) throw bug(`${inp.ids.length} token ids for ${inp.tokens} cached tokens`);
   keys.forEach((k, l) => {
-    if (k.length !== inp.kvHeads * inp.tokens * inp.headDim) throw bug(`layer ${l} keys have ${k.length} values, not kvHeads*tokens*headDim = ${inp.kvHeads * inp.tokens * inp.headDim}`);
+    if (k.length !== inp.kvHeads * inp.tokens * inp.headDim)
+      throw bug(`layer ${l} keys have ${k.length} values, not kvHeads*tokens*headDim = ${inp.kvHeads * inp.tokens * inp.headDim}`);
   });
   const pairs = sameTokenPairs(inp.ids, inp.tokens, inp.startPosition);
   const ps = pairSet(pairs);
@@ -316,7 +360,12 @@ export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
   const step = pairs.length / deepPairs;
   const deep = pairSet(Array.from({ length: deepPairs }, (_, i) => pairs[Math.floor(i * step)]));
   if (pairs.length < MIN_PAIRS) {
-    return { checked: false, reason: `only ${pairs.length} pairs of repeated tokens (need ${MIN_PAIRS}); give a longer text`, pairs: pairs.length, layers: [] };
+    return {
+      checked: false,
+      reason: `only ${pairs.length} pairs of repeated tokens (need ${MIN_PAIRS}); give a longer text`,
+      pairs: pairs.length,
+      layers: [],
+    };
   }
   const report: RopeCheckReport = { checked: true, pairs: pairs.length, layers: [] };
   for (let l = 0; l < layers.length; l++) {
@@ -334,38 +383,74 @@ export function checkRopeFromData(inp: RopeCheckInput): RopeCheckReport {
       if (!best || s < best.score) best = { ...a, score: s };
     }
     report.layers.push({ layer: l, score: s0, ...(best ? { best: { what: best.what, score: best.score } } : {}) });
-    const context = { layer: l, config: describe(layers[l]), score: s0, pairs: set.pairs.length, ...(best ? { bestFit: best.what, bestScore: best.score } : {}) };
+    const context = {
+      layer: l,
+      config: describe(layers[l]),
+      score: s0,
+      pairs: set.pairs.length,
+      ...(best ? { bestFit: best.what, bestScore: best.score } : {}),
+    };
     // Layer 0 is exact: a misreading is named only when it explains the keys exactly.
     if (best && (exact ? best.score <= EXACT : best.score < RATIO * s0 && s0 - best.score > MARGIN)) {
-      throw new KvtcError('ROPE_MISMATCH', `RoPE check failed on layer ${l}: ${best.setting}. The same token's keys at different positions, with RoPE undone as kvtc read the config (${describe(layers[l])}), differ by ${s0.toFixed(3)} (0 = identical, 1 = unrelated); with ${best.what} they differ by ${best.score.toFixed(3)}.`, {
-        fix: `${best.fix} kvtc must undo RoPE exactly, or the compression silently degrades.`,
-        context,
-      });
+      throw new KvtcError(
+        'ROPE_MISMATCH',
+        `RoPE check failed on layer ${l}: ${best.setting}. The same token's keys at different positions, with RoPE undone as kvtc read the config (${describe(layers[l])}), differ by ${s0.toFixed(3)} (0 = identical, 1 = unrelated); with ${best.what} they differ by ${best.score.toFixed(3)}.`,
+        {
+          fix: `${best.fix} kvtc must undo RoPE exactly, or the compression silently degrades.`,
+          context,
+        },
+      );
     }
     if (exact) {
       const first = perPair ? firstDisagreeing(perPair) : -1;
-      const suspect = first > 0
-        ? `RoPE scaling: the high-frequency pairs agree but the low-frequency ones do not (pairs ${first} and beyond of ${perPair!.length}; rope_scaling / rope_parameters: rope_type, factor, original_max_position_embeddings, or a rope_theta other than ×/÷ 10 and 100)`
-        : 'theta, layout, rotary dim, scaling or the per-layer RoPE';
+      const suspect =
+        first > 0
+          ? `RoPE scaling: the high-frequency pairs agree but the low-frequency ones do not (pairs ${first} and beyond of ${perPair!.length}; rope_scaling / rope_parameters: rope_type, factor, original_max_position_embeddings, or a rope_theta other than ×/÷ 10 and 100)`
+          : 'theta, layout, rotary dim, scaling or the per-layer RoPE';
       const closest = best ? ` The closest reading tried, ${best.what}, leaves ${best.score.toFixed(3)}.` : '';
-      throw new KvtcError('ROPE_MISMATCH', `RoPE check failed on layer 0: the same token's first-layer keys at different positions should be identical once RoPE is undone, but differ by ${s0.toFixed(3)} (0 = identical, 1 = unrelated) with kvtc's reading of the config (${describe(layers[0])}); suspect ${suspect}.${closest}`, {
-        fix: 'Compare `kvtc inspect --model DIR` with the model\'s config.json and its transformers modeling file, and fix the RoPE settings in config.json; `kvtc capture --pre-rope` writes the keys as kvtc un-rotates them.',
-        context,
-      });
+      throw new KvtcError(
+        'ROPE_MISMATCH',
+        `RoPE check failed on layer 0: the same token's first-layer keys at different positions should be identical once RoPE is undone, but differ by ${s0.toFixed(3)} (0 = identical, 1 = unrelated) with kvtc's reading of the config (${describe(layers[0])}); suspect ${suspect}.${closest}`,
+        {
+          fix: "Compare `kvtc inspect --model DIR` with the model's config.json and its transformers modeling file, and fix the RoPE settings in config.json; `kvtc capture --pre-rope` writes the keys as kvtc un-rotates them.",
+          context,
+        },
+      );
     }
   }
   return report;
 }
 
 /** The check on a captured KvCache (cache.keys in its native layout). */
-export function checkCacheRope(cache: KvCache, ids: ArrayLike<number>, layers: (CheckRope | null)[], opts: Pick<RopeCheckInput, 'absolutePositions' | 'seqLen'> = {}): RopeCheckReport {
-  return checkRopeFromData({ keys: cache.keys, kvHeads: cache.kvHeads, headDim: cache.headDim, tokens: cache.tokens, startPosition: cache.startPosition, ids, layers, ...opts });
+export function checkCacheRope(
+  cache: KvCache,
+  ids: ArrayLike<number>,
+  layers: (CheckRope | null)[],
+  opts: Pick<RopeCheckInput, 'absolutePositions' | 'seqLen'> = {},
+): RopeCheckReport {
+  return checkRopeFromData({
+    keys: cache.keys,
+    kvHeads: cache.kvHeads,
+    headDim: cache.headDim,
+    tokens: cache.tokens,
+    startPosition: cache.startPosition,
+    ids,
+    layers,
+    ...opts,
+  });
 }
 
 /** kvtc's reading of one layer as the check's description; seqLen: startPosition + tokens of the cache (longrope). */
 export function checkRopeOf(r: LayerRope, seqLen: number): CheckRope | null {
   if (!r) return null;
-  return { invFreq: ropeInvFreq(r, seqLen), rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor ?? 1, theta: r.theta, ...(r.scaling ? { scaling: r.scaling.type } : {}) };
+  return {
+    invFreq: ropeInvFreq(r, seqLen),
+    rotaryDim: r.rotaryDim,
+    layout: r.layout,
+    attentionFactor: r.attentionFactor ?? 1,
+    theta: r.theta,
+    ...(r.scaling ? { scaling: r.scaling.type } : {}),
+  };
 }
 
 /**
@@ -375,5 +460,10 @@ export function checkRopeOf(r: LayerRope, seqLen: number): CheckRope | null {
  */
 export function checkModelRope(cache: KvCache, ids: ArrayLike<number>, rope: ModelRope): RopeCheckReport {
   const seqLen = cache.startPosition + cache.tokens;
-  return checkCacheRope(cache, ids, rope.map((r) => checkRopeOf(r, seqLen)), { absolutePositions: rope.every((r) => r === null) });
+  return checkCacheRope(
+    cache,
+    ids,
+    rope.map((r) => checkRopeOf(r, seqLen)),
+    { absolutePositions: rope.every((r) => r === null) },
+  );
 }

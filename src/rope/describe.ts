@@ -19,16 +19,40 @@ export function scalingJson(s: RopeScaling): Record<string, unknown> {
     case 'linear':
       return { type: 'linear', factor: s.factor };
     case 'llama3':
-      return { type: 'llama3', factor: s.factor, low_freq_factor: s.lowFreqFactor, high_freq_factor: s.highFreqFactor, original_max_position_embeddings: s.originalMaxPositionEmbeddings };
+      return {
+        type: 'llama3',
+        factor: s.factor,
+        low_freq_factor: s.lowFreqFactor,
+        high_freq_factor: s.highFreqFactor,
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+      };
     case 'yarn':
-      return { type: 'yarn', factor: s.factor, original_max_position_embeddings: s.originalMaxPositionEmbeddings, beta_fast: s.betaFast, beta_slow: s.betaSlow, truncate: s.truncate };
+      return {
+        type: 'yarn',
+        factor: s.factor,
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+        beta_fast: s.betaFast,
+        beta_slow: s.betaSlow,
+        truncate: s.truncate,
+      };
     case 'longrope':
-      return { type: 'longrope', short_factor: [...s.shortFactor], long_factor: [...s.longFactor], original_max_position_embeddings: s.originalMaxPositionEmbeddings };
+      return {
+        type: 'longrope',
+        short_factor: [...s.shortFactor],
+        long_factor: [...s.longFactor],
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+      };
   }
 }
 
 export function layerRopeJson(r: RopeSpec): LayerRopeJson {
-  return { theta: r.theta, rotary_dim: r.rotaryDim, layout: r.layout, scaling: r.scaling ? scalingJson(r.scaling) : null, attention_factor: r.attentionFactor ?? 1 };
+  return {
+    theta: r.theta,
+    rotary_dim: r.rotaryDim,
+    layout: r.layout,
+    scaling: r.scaling ? scalingJson(r.scaling) : null,
+    attention_factor: r.attentionFactor ?? 1,
+  };
 }
 
 /** Distinct descriptions with their layers as ranges ("0-4, 6"); rope null: no RoPE on those layers. */
@@ -64,7 +88,13 @@ export function ropeFields(rope: ModelRope): RopeFields {
       rotary_dim: u.rotaryDim,
       layout: u.layout,
       // camelCase keys, sorted: the form fingerprints always hashed
-      scaling: s ? Object.fromEntries(Object.entries(s).filter(([, v]) => v !== undefined).sort(([a], [b]) => a.localeCompare(b))) : null,
+      scaling: s
+        ? Object.fromEntries(
+            Object.entries(s)
+              .filter(([, v]) => v !== undefined)
+              .sort(([a], [b]) => a.localeCompare(b)),
+          )
+        : null,
     };
   }
   return { per_layer: ropeGroupsJson(rope) };

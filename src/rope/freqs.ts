@@ -52,7 +52,10 @@ export function ropeInvFreq(rope: RopeSpec, seqLen?: number): Float64Array {
     case 'yarn':
       return yarn(inv, s, rope.theta, d);
     case 'longrope': {
-      invariant(seqLen !== undefined && Number.isInteger(seqLen) && seqLen >= 0, 'Error in ropeInvFreq: longrope needs the cache length (startPosition + tokens)');
+      invariant(
+        seqLen !== undefined && Number.isInteger(seqLen) && seqLen >= 0,
+        'Error in ropeInvFreq: longrope needs the cache length (startPosition + tokens)',
+      );
       const ext = longropeUsesLong(s, seqLen) ? s.longFactor : s.shortFactor;
       invariant(ext.length === half, `Error in ropeInvFreq: longrope factors have ${ext.length} entries, rotary dim ${d} needs ${half}`);
       for (let i = 0; i < half; i++) inv[i] = 1 / (ext[i] * rope.theta ** ((2 * i) / d));

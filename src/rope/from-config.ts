@@ -43,7 +43,8 @@ const isObj = (v: unknown): v is Json => typeof v === 'object' && v !== null && 
 
 function positive(p: Json, key: string, file: string, where: string): number {
   const v = p[key];
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw invalid(file, `${where}.${key} must be a positive number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+    throw invalid(file, `${where}.${key} must be a positive number, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -57,7 +58,8 @@ function optionalPositive(p: Json, key: string, file: string, where: string): nu
  */
 export function ropeLayout(cfg: Json, file: string): RopeLayout {
   if (cfg.rope_layout === 'half' || cfg.rope_layout === 'interleaved') return cfg.rope_layout;
-  if (cfg.rope_layout !== undefined) throw invalid(file, `"rope_layout" must be "half" or "interleaved", got ${JSON.stringify(cfg.rope_layout)}`);
+  if (cfg.rope_layout !== undefined)
+    throw invalid(file, `"rope_layout" must be "half" or "interleaved", got ${JSON.stringify(cfg.rope_layout)}`);
   return cfg.rope_interleaved === true ? 'interleaved' : 'half';
 }
 
@@ -82,20 +84,32 @@ export function layerRopeFromParams(p: Json, cfg: Json, ctx: RopeConfigContext, 
     type = 'longrope';
   }
   if (type === 'dynamic') {
-    throw refuse(file, `${where}: rope type "dynamic" (dynamic NTK) is not supported: transformers' \`_compute_dynamic_ntk_parameters\` rescales theta by the length of each forward pass, so the rotation of a cached key depends on how long the pass that wrote it was, which a KV cache does not record; kvtc must undo RoPE exactly.`,
-      'Use the model without dynamic rope scaling (rope_scaling null, or linear/llama3/yarn), or a checkpoint trained for its context length.', { ropeType: type });
+    throw refuse(
+      file,
+      `${where}: rope type "dynamic" (dynamic NTK) is not supported: transformers' \`_compute_dynamic_ntk_parameters\` rescales theta by the length of each forward pass, so the rotation of a cached key depends on how long the pass that wrote it was, which a KV cache does not record; kvtc must undo RoPE exactly.`,
+      'Use the model without dynamic rope scaling (rope_scaling null, or linear/llama3/yarn), or a checkpoint trained for its context length.',
+      { ropeType: type },
+    );
   }
   if (!EXACT_TYPES.includes(type)) {
-    throw refuse(file, `${where}: rope type "${type}" is not supported; kvtc recomputes ${EXACT_TYPES.join(', ')} exactly and must undo RoPE exactly.`,
-      'Use a model whose RoPE is one of those (see `kvtc inspect --model DIR` for what kvtc reads).', { ropeType: type });
+    throw refuse(
+      file,
+      `${where}: rope type "${type}" is not supported; kvtc recomputes ${EXACT_TYPES.join(', ')} exactly and must undo RoPE exactly.`,
+      'Use a model whose RoPE is one of those (see `kvtc inspect --model DIR` for what kvtc reads).',
+      { ropeType: type },
+    );
   }
   const theta = positive(p, 'rope_theta', file, where);
   const partial = p.partial_rotary_factor ?? 1;
-  if (typeof partial !== 'number' || !(partial > 0 && partial <= 1)) throw invalid(file, `${where}.partial_rotary_factor must be in (0, 1], got ${JSON.stringify(partial)}`);
+  if (typeof partial !== 'number' || !(partial > 0 && partial <= 1))
+    throw invalid(file, `${where}.partial_rotary_factor must be in (0, 1], got ${JSON.stringify(partial)}`);
   // _compute_default_rope_parameters: dim = int(head_dim * partial_rotary_factor)
   const rotaryDim = Math.floor(headDim * partial);
   if (!(rotaryDim > 0 && rotaryDim % 2 === 0)) {
-    throw invalid(file, `${where}: partial_rotary_factor ${partial} gives rotary dim ${rotaryDim} for head_dim ${headDim}; it must be even and in (0, head_dim]`);
+    throw invalid(
+      file,
+      `${where}: partial_rotary_factor ${partial} gives rotary dim ${rotaryDim} for head_dim ${headDim}; it must be even and in (0, head_dim]`,
+    );
   }
   const layout = ropeLayout(cfg, file);
   const base: RopeSpec = { theta, rotaryDim, layout };
@@ -114,28 +128,45 @@ export function layerRopeFromParams(p: Json, cfg: Json, ctx: RopeConfigContext, 
         highFreqFactor: optionalPositive(p, 'high_freq_factor', file, where) ?? 4,
         originalMaxPositionEmbeddings: optionalPositive(p, 'original_max_position_embeddings', file, where) ?? 8192,
       };
-      if (!(s.highFreqFactor > s.lowFreqFactor)) throw invalid(file, `${where}: llama3 high_freq_factor ${s.highFreqFactor} must be greater than low_freq_factor ${s.lowFreqFactor}`);
+      if (!(s.highFreqFactor > s.lowFreqFactor))
+        throw invalid(
+          file,
+          `${where}: llama3 high_freq_factor ${s.highFreqFactor} must be greater than low_freq_factor ${s.lowFreqFactor}`,
+        );
       return { ...base, scaling: s };
     }
     case 'yarn': {
       // _compute_yarn_parameters (transformers 5): original_max_position_embeddings from the dict
       // (the 4.x top-level key, or max_position_embeddings, where absent); factor from the dict,
       // or max / original where absent.
-      const orig = optionalPositive(p, 'original_max_position_embeddings', file, where) ?? optionalPositive(cfg, 'original_max_position_embeddings', file, 'config') ?? maxPositions;
+      const orig =
+        optionalPositive(p, 'original_max_position_embeddings', file, where) ??
+        optionalPositive(cfg, 'original_max_position_embeddings', file, 'config') ??
+        maxPositions;
       const given = optionalPositive(p, 'factor', file, where);
       const factor = given ?? maxPositions / orig;
       if (given !== undefined && p.original_max_position_embeddings !== undefined && Math.abs(given - maxPositions / orig) > 1e-9 * given) {
-        notes.push(`${where}: yarn factor ${given} is not max_position_embeddings / original_max_position_embeddings (${maxPositions} / ${orig}); kvtc uses the factor, as transformers 5 does (some 4.x releases used the ratio)`);
+        notes.push(
+          `${where}: yarn factor ${given} is not max_position_embeddings / original_max_position_embeddings (${maxPositions} / ${orig}); kvtc uses the factor, as transformers 5 does (some 4.x releases used the ratio)`,
+        );
       }
       const mscale = optionalPositive(p, 'mscale', file, where);
       const mscaleAll = optionalPositive(p, 'mscale_all_dim', file, where);
-      const attentionFactor = optionalPositive(p, 'attention_factor', file, where)
-        ?? (mscale && mscaleAll ? getMscale(factor, mscale) / getMscale(factor, mscaleAll) : getMscale(factor));
+      const attentionFactor =
+        optionalPositive(p, 'attention_factor', file, where) ??
+        (mscale && mscaleAll ? getMscale(factor, mscale) / getMscale(factor, mscaleAll) : getMscale(factor));
       const truncate = p.truncate ?? true;
       if (typeof truncate !== 'boolean') throw invalid(file, `${where}.truncate must be true or false, got ${JSON.stringify(truncate)}`);
       return {
         ...base,
-        scaling: { type: 'yarn', factor, originalMaxPositionEmbeddings: orig, betaFast: (p.beta_fast as number) || 32, betaSlow: (p.beta_slow as number) || 1, truncate },
+        scaling: {
+          type: 'yarn',
+          factor,
+          originalMaxPositionEmbeddings: orig,
+          betaFast: (p.beta_fast as number) || 32,
+          betaSlow: (p.beta_slow as number) || 1,
+          truncate,
+        },
         ...(attentionFactor !== 1 ? { attentionFactor } : {}),
       };
     }
@@ -143,7 +174,10 @@ export function layerRopeFromParams(p: Json, cfg: Json, ctx: RopeConfigContext, 
       const factors = (key: string) => {
         const v = p[key];
         if (!Array.isArray(v) || v.length !== half || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && x > 0)) {
-          throw invalid(file, `${where}.${key} must be ${half} positive numbers (one per rotated pair of rotary dim ${rotaryDim}), got ${Array.isArray(v) ? `${v.length} entries` : JSON.stringify(v)}`);
+          throw invalid(
+            file,
+            `${where}.${key} must be ${half} positive numbers (one per rotated pair of rotary dim ${rotaryDim}), got ${Array.isArray(v) ? `${v.length} entries` : JSON.stringify(v)}`,
+          );
         }
         return v as number[];
       };
@@ -153,11 +187,19 @@ export function layerRopeFromParams(p: Json, cfg: Json, ctx: RopeConfigContext, 
       const orig = optionalPositive(p, 'original_max_position_embeddings', file, where) ?? topOrig ?? maxPositions;
       const given = optionalPositive(p, 'factor', file, where);
       const factor = given ?? maxPositions / orig;
-      const attentionFactor = optionalPositive(p, 'attention_factor', file, where) ?? (factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig)));
-      notes.push(`${where}: longrope — keys are un-rotated with the short factors when the cache (start position + tokens) is at most ${orig} positions long and with the long factors beyond, as one prefill of the whole cache rotates them; a cache grown past ${orig} by generation after a shorter prefill mixes both and cannot be undone exactly`);
+      const attentionFactor =
+        optionalPositive(p, 'attention_factor', file, where) ?? (factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig)));
+      notes.push(
+        `${where}: longrope — keys are un-rotated with the short factors when the cache (start position + tokens) is at most ${orig} positions long and with the long factors beyond, as one prefill of the whole cache rotates them; a cache grown past ${orig} by generation after a shorter prefill mixes both and cannot be undone exactly`,
+      );
       return {
         ...base,
-        scaling: { type: 'longrope', shortFactor: factors('short_factor'), longFactor: factors('long_factor'), originalMaxPositionEmbeddings: orig },
+        scaling: {
+          type: 'longrope',
+          shortFactor: factors('short_factor'),
+          longFactor: factors('long_factor'),
+          originalMaxPositionEmbeddings: orig,
+        },
         ...(attentionFactor !== 1 ? { attentionFactor } : {}),
       };
     }
@@ -169,12 +211,14 @@ export function layerRopeFromParams(p: Json, cfg: Json, ctx: RopeConfigContext, 
 function layerTypes(cfg: Json, ctx: RopeConfigContext, defaultPattern?: number): string[] | undefined {
   const lt = cfg.layer_types;
   if (Array.isArray(lt)) {
-    if (lt.length !== ctx.layers || !lt.every((t) => typeof t === 'string')) throw invalid(ctx.file, `"layer_types" must name the type of each of the ${ctx.layers} layers, got ${JSON.stringify(lt)}`);
+    if (lt.length !== ctx.layers || !lt.every((t) => typeof t === 'string'))
+      throw invalid(ctx.file, `"layer_types" must name the type of each of the ${ctx.layers} layers, got ${JSON.stringify(lt)}`);
     return lt as string[];
   }
   const pattern = cfg.sliding_window_pattern ?? defaultPattern;
   if (pattern === undefined) return undefined;
-  if (typeof pattern !== 'number' || !Number.isInteger(pattern) || pattern <= 0) throw invalid(ctx.file, `"sliding_window_pattern" must be a positive integer, got ${JSON.stringify(pattern)}`);
+  if (typeof pattern !== 'number' || !Number.isInteger(pattern) || pattern <= 0)
+    throw invalid(ctx.file, `"sliding_window_pattern" must be a positive integer, got ${JSON.stringify(pattern)}`);
   return Array.from({ length: ctx.layers }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
 }
 
@@ -207,8 +251,9 @@ export function ropeFromConfig(cfg: Json, ctx: RopeConfigContext): LayerRope[] {
     } else {
       // 4.x (configuration_gemma3.py): rope_theta (default 1e6) with rope_scaling on global layers,
       // rope_local_base_freq (default 1e4) with default RoPE on sliding ones
-      if (cfg.rope_theta === undefined) notes.push('rope_theta not set: using Gemma 3\'s default 1000000 on full-attention layers');
-      if (cfg.rope_local_base_freq === undefined) notes.push('rope_local_base_freq not set: using Gemma 3\'s default 10000 on sliding layers');
+      if (cfg.rope_theta === undefined) notes.push("rope_theta not set: using Gemma 3's default 1000000 on full-attention layers");
+      if (cfg.rope_local_base_freq === undefined)
+        notes.push("rope_local_base_freq not set: using Gemma 3's default 10000 on sliding layers");
       dicts = {
         full_attention: v5 ? { rope_type: 'default', rope_theta: 1e6, ...rp } : params4x(cfg, cfg.rope_theta ?? 1e6),
         sliding_attention: { rope_type: 'default', rope_theta: cfg.rope_local_base_freq ?? 1e4 },
@@ -235,7 +280,8 @@ export function ropeFromConfig(cfg: Json, ctx: RopeConfigContext): LayerRope[] {
       return applyNoRope(out, cfg, ctx);
     }
     one = { ...rp };
-    if (family === 'phi3' && one.partial_rotary_factor === undefined && cfg.partial_rotary_factor !== undefined) one.partial_rotary_factor = cfg.partial_rotary_factor;
+    if (family === 'phi3' && one.partial_rotary_factor === undefined && cfg.partial_rotary_factor !== undefined)
+      one.partial_rotary_factor = cfg.partial_rotary_factor;
     if (one.rope_theta === undefined) {
       one.rope_theta = cfg.rope_theta ?? 10000;
       if (cfg.rope_theta === undefined) notes.push('rope_theta not set: using 10000');
@@ -245,7 +291,8 @@ export function ropeFromConfig(cfg: Json, ctx: RopeConfigContext): LayerRope[] {
     const theta = cfg.rope_theta ?? cfg.rotary_emb_base ?? 10000;
     if (cfg.rope_theta === undefined && cfg.rotary_emb_base === undefined) notes.push('rotary_emb_base not set: using 10000');
     const pct = cfg.partial_rotary_factor ?? cfg.rotary_pct ?? 0.25;
-    if (cfg.partial_rotary_factor === undefined && cfg.rotary_pct === undefined) notes.push('rotary_pct not set: using GPT-NeoX\'s default 0.25');
+    if (cfg.partial_rotary_factor === undefined && cfg.rotary_pct === undefined)
+      notes.push("rotary_pct not set: using GPT-NeoX's default 0.25");
     one = params4x(cfg, theta, { partial_rotary_factor: pct });
   } else {
     const theta = cfg.rope_theta ?? 10000;
@@ -253,7 +300,11 @@ export function ropeFromConfig(cfg: Json, ctx: RopeConfigContext): LayerRope[] {
     one = params4x(cfg, theta, cfg.partial_rotary_factor !== undefined ? { partial_rotary_factor: cfg.partial_rotary_factor } : {});
   }
   const r = layerRopeFromParams(one, cfg, ctx, v5 ? 'rope_parameters' : 'rope');
-  return applyNoRope(Array.from({ length: layers }, () => r), cfg, ctx);
+  return applyNoRope(
+    Array.from({ length: layers }, () => r),
+    cfg,
+    ctx,
+  );
 }
 
 /**
@@ -266,14 +317,19 @@ function applyNoRope(rope: LayerRope[], cfg: Json, ctx: RopeConfigContext): Laye
   let use: number[];
   if (Array.isArray(cfg.no_rope_layers) && cfg.no_rope_layers.length) {
     const v = cfg.no_rope_layers;
-    if (v.length !== ctx.layers || !v.every((x) => x === 0 || x === 1)) throw invalid(ctx.file, `"no_rope_layers" must be 0 or 1 for each of the ${ctx.layers} layers, got ${JSON.stringify(v)}`);
+    if (v.length !== ctx.layers || !v.every((x) => x === 0 || x === 1))
+      throw invalid(ctx.file, `"no_rope_layers" must be 0 or 1 for each of the ${ctx.layers} layers, got ${JSON.stringify(v)}`);
     use = v as number[];
   } else {
     const interval = cfg.no_rope_layer_interval ?? 4;
-    if (typeof interval !== 'number' || !Number.isInteger(interval) || interval <= 0) throw invalid(ctx.file, `"no_rope_layer_interval" must be a positive integer, got ${JSON.stringify(interval)}`);
+    if (typeof interval !== 'number' || !Number.isInteger(interval) || interval <= 0)
+      throw invalid(ctx.file, `"no_rope_layer_interval" must be a positive integer, got ${JSON.stringify(interval)}`);
     use = Array.from({ length: ctx.layers }, (_, i) => ((i + 1) % interval !== 0 ? 1 : 0));
   }
   const none = use.flatMap((u, i) => (u ? [] : [i]));
-  if (none.length) ctx.notes.push(`${none.length > 1 ? 'layers' : 'layer'} ${none.join(', ')} ${none.length > 1 ? 'apply' : 'applies'} no RoPE (no_rope_layers): their keys are taken as they are`);
+  if (none.length)
+    ctx.notes.push(
+      `${none.length > 1 ? 'layers' : 'layer'} ${none.join(', ')} ${none.length > 1 ? 'apply' : 'applies'} no RoPE (no_rope_layers): their keys are taken as they are`,
+    );
   return rope.map((r, i) => (use[i] ? r : null));
 }

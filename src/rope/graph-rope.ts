@@ -29,7 +29,13 @@ function rotaryNodes(g: Graph): RotaryNode[] {
     const attr = (name: string) => Number(n.attribute?.find((a) => a.name === name)?.i ?? 0);
     const inputs = n.input ?? [];
     if (n.opType === 'RotaryEmbedding' && inputs.length >= 4) {
-      out.push({ op: 'RotaryEmbedding', interleaved: attr('interleaved') === 1, rotaryDim: attr('rotary_embedding_dim'), cos: inputs[2], sin: inputs[3] });
+      out.push({
+        op: 'RotaryEmbedding',
+        interleaved: attr('interleaved') === 1,
+        rotaryDim: attr('rotary_embedding_dim'),
+        cos: inputs[2],
+        sin: inputs[3],
+      });
     } else if (n.opType === 'GroupQueryAttention' && attr('do_rotary') === 1 && inputs.length >= 9) {
       out.push({ op: 'GroupQueryAttention', interleaved: attr('rotary_interleaved') === 1, rotaryDim: 0, cos: inputs[7], sin: inputs[8] });
     }
@@ -87,7 +93,12 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
   // The cache is fitted with a plain or linear/llama3 rule; yarn/longrope and attention factors
   // are not what com.microsoft rotary caches hold, so they are not candidates.
   const sc = base.scaling;
-  base = { theta: base.theta, rotaryDim: base.rotaryDim, layout: base.layout, ...(sc && (sc.type === 'linear' || sc.type === 'llama3') ? { scaling: sc } : {}) };
+  base = {
+    theta: base.theta,
+    rotaryDim: base.rotaryDim,
+    layout: base.layout,
+    ...(sc && (sc.type === 'linear' || sc.type === 'llama3') ? { scaling: sc } : {}),
+  };
   const nodes = rotaryNodes(g);
   if (nodes.length === 0) return undefined;
   const first = nodes[0];
@@ -98,13 +109,17 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
   const cosT = init.get(first.cos);
   const sinT = init.get(first.sin);
   if (!cosT || !sinT || (cosT.dims ?? []).length !== 2) {
-    throw modelInvalid(`${onnxPath}: ${first.op} reads ${first.cos}/${first.sin}, which are not 2-D initializers; cannot determine RoPE`, { file: onnxPath });
+    throw modelInvalid(`${onnxPath}: ${first.op} reads ${first.cos}/${first.sin}, which are not 2-D initializers; cannot determine RoPE`, {
+      file: onnxPath,
+    });
   }
   const rows = Number(cosT.dims![0]);
   const half = Number(cosT.dims![1]);
   const rotaryDim = first.rotaryDim || 2 * half;
   if (rotaryDim !== 2 * half || rotaryDim > headDim) {
-    throw modelInvalid(`${onnxPath}: cos cache [${rows}, ${half}] does not match rotary dim ${rotaryDim} (head dim ${headDim})`, { file: onnxPath });
+    throw modelInvalid(`${onnxPath}: cos cache [${rows}, ${half}] does not match rotary dim ${rotaryDim} (head dim ${headDim})`, {
+      file: onnxPath,
+    });
   }
   const [cos, sin] = await Promise.all([readInitializer(cosT, onnxPath), readInitializer(sinT, onnxPath)]);
   const inv = fitInvFreq(cos, sin, rows, half);
@@ -130,10 +145,14 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
     if (err <= tol) break;
   }
   if (!best || best.err > tol) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${onnxPath}: the rotary cos/sin cache is not plain RoPE with any theta (best fit theta ${fitted.toPrecision(6)}, max error ${best?.err.toExponential(2)}).`, {
-      fix: 'kvtc must undo RoPE exactly; models with dynamic/yarn/longrope scaling are not supported.',
-      context: { file: onnxPath, theta: fitted },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${onnxPath}: the rotary cos/sin cache is not plain RoPE with any theta (best fit theta ${fitted.toPrecision(6)}, max error ${best?.err.toExponential(2)}).`,
+      {
+        fix: 'kvtc must undo RoPE exactly; models with dynamic/yarn/longrope scaling are not supported.',
+        context: { file: onnxPath, theta: fitted },
+      },
+    );
   }
   return {
     rope: best.rope,
@@ -142,7 +161,6 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
   };
 }
 
-
 /**
  * Each layer's RoPE once the graph has been read: the graph's cos/sin cache (`fromGraph`), where
  * there is one, replaces the config's RoPE on every layer that has RoPE — a graph with one rotary
@@ -150,19 +168,27 @@ export async function ropeFromGraph(g: Graph, onnxPath: string, headDim: number,
  * `source` says where the RoPE was read, for inspect.
  */
 export function resolveModelRope(
-  config: LayerRope[], fromGraph: GraphRope | undefined, o: { format: 'optimum' | 'genai'; configFile: string; onnxPath: string; notes: string[] },
+  config: LayerRope[],
+  fromGraph: GraphRope | undefined,
+  o: { format: 'optimum' | 'genai'; configFile: string; onnxPath: string; notes: string[] },
 ): { rope: LayerRope[]; source: string } {
   const rotated = config.filter((r): r is RopeSpec => r !== null);
   if (fromGraph) {
     if (rotated.some((r) => ropeKey(r) !== ropeKey(rotated[0]))) {
-      throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${o.onnxPath}: the graph has one rotary cos/sin cache for all layers, but ${basename(o.configFile)} gives its layers different RoPE`, {
-        fix: 'Export the model with one rotary cache per RoPE (or without com.microsoft rotary nodes), or fix the config.',
-        context: { file: o.onnxPath },
-      });
+      throw new KvtcError(
+        'UNSUPPORTED_ARCHITECTURE',
+        `${o.onnxPath}: the graph has one rotary cos/sin cache for all layers, but ${basename(o.configFile)} gives its layers different RoPE`,
+        {
+          fix: 'Export the model with one rotary cache per RoPE (or without com.microsoft rotary nodes), or fix the config.',
+          context: { file: o.onnxPath },
+        },
+      );
     }
     const c = rotated[0];
     if (o.format === 'optimum' && c && (fromGraph.rope.layout !== c.layout || Math.abs(fromGraph.rope.theta - c.theta) > 1e-6 * c.theta)) {
-      o.notes.push(`config.json says RoPE theta ${c.theta} (${c.layout}) but the graph computes theta ${fromGraph.rope.theta} (${fromGraph.rope.layout}): using the graph's`);
+      o.notes.push(
+        `config.json says RoPE theta ${c.theta} (${c.layout}) but the graph computes theta ${fromGraph.rope.theta} (${fromGraph.rope.layout}): using the graph's`,
+      );
     }
     return { rope: config.map((r) => (r ? fromGraph.rope : null)), source: fromGraph.source };
   }
@@ -173,7 +199,9 @@ export function resolveModelRope(
   const groups = ropeGroups(config);
   const words = groups.map((g) => {
     const r = g.rope;
-    const what = r ? `theta ${r.theta}, rotary dim ${r.rotaryDim}, ${r.layout}${r.scaling ? `, ${r.scaling.type} scaling${'factor' in r.scaling ? ` ×${r.scaling.factor}` : ''}` : ''}${(r.attentionFactor ?? 1) !== 1 ? `, attention factor ${r.attentionFactor}` : ''}` : 'no RoPE';
+    const what = r
+      ? `theta ${r.theta}, rotary dim ${r.rotaryDim}, ${r.layout}${r.scaling ? `, ${r.scaling.type} scaling${'factor' in r.scaling ? ` ×${r.scaling.factor}` : ''}` : ''}${(r.attentionFactor ?? 1) !== 1 ? `, attention factor ${r.attentionFactor}` : ''}`
+      : 'no RoPE';
     return groups.length > 1 ? `layer${g.layers.length > 1 ? 's' : ''} ${layerRanges(g.layers)}: ${what}` : what;
   });
   return { rope: config, source: `${basename(o.configFile)}: ${words.join('; ')}` };

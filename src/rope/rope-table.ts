@@ -23,9 +23,15 @@ export class RopeTable {
   private position = Number.NaN;
 
   /** `seqLen`: startPosition + tokens of the cache (longrope chooses its factors by it). */
-  constructor(readonly rope: RopeSpec, readonly headDim: number, seqLen?: number) {
-    invariant(rope.rotaryDim % 2 === 0 && rope.rotaryDim > 0 && rope.rotaryDim <= headDim,
-      `Error in RopeTable: rotaryDim (${rope.rotaryDim}) must be even and in (0, headDim=${headDim}]`);
+  constructor(
+    readonly rope: RopeSpec,
+    readonly headDim: number,
+    seqLen?: number,
+  ) {
+    invariant(
+      rope.rotaryDim % 2 === 0 && rope.rotaryDim > 0 && rope.rotaryDim <= headDim,
+      `Error in RopeTable: rotaryDim (${rope.rotaryDim}) must be even and in (0, headDim=${headDim}]`,
+    );
     this.invFreq = ropeInvFreq(rope, seqLen);
     this.half = rope.rotaryDim / 2;
     this.cos = new Float64Array(this.half);

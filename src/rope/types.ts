@@ -110,7 +110,7 @@ export function ropeRuns(rope: ModelRope): { first: number; last: number; rope: 
 /** "0-3, 5, 7-9": layer indices as compact ranges. */
 export function layerRanges(layers: readonly number[]): string {
   const parts: string[] = [];
-  for (let i = 0; i < layers.length; ) {
+  for (let i = 0; i < layers.length;) {
     let j = i;
     while (j + 1 < layers.length && layers[j + 1] === layers[j] + 1) j++;
     parts.push(j > i ? `${layers[i]}-${layers[j]}` : String(layers[i]));

@@ -12,7 +12,7 @@ describe('calibrated on part of the inaugural addresses, checked on addresses ca
     ({ rows } = await heldoutCheck({ ratios: [2, 8, 20], out: join(tempDir('kvtc-heldout-'), 'p'), checkTokens: 16384, later: false }));
   }, 300_000);
 
-  it('reports errors no more than 5% below the unseen text\'s, at 2x, 8x and 20x', () => {
+  it("reports errors no more than 5% below the unseen text's, at 2x, 8x and 20x", () => {
     expect(rows.map((r) => r.ratio_target)).toEqual([2, 8, 20]);
     for (const r of rows) {
       expect(r.reported.key, `${r.ratio_target}x keys`).toBeGreaterThanOrEqual(0.95 * r.unseen.key);

@@ -52,7 +52,12 @@ beforeAll(async () => {
   cache = (await readKvCache(FIXTURE)).cache;
   const m = profile.manifest;
   layout = {
-    profileId: m.profile_id, layers: m.model.layers, kvHeads: m.model.kv_heads, headDim: m.model.head_dim, sink: m.settings.sink, window: m.settings.window,
+    profileId: m.profile_id,
+    layers: m.model.layers,
+    kvHeads: m.model.kv_heads,
+    headDim: m.model.head_dim,
+    sink: m.settings.sink,
+    window: m.settings.window,
     planBytes: profile.plans.map((p) => (p.rank > 0 ? (n: number) => payloadLength(p, n) : null)),
   };
   reference = referenceEncode(profile, cache);
@@ -112,14 +117,18 @@ describe('kvtc encode and decode (ONNX Runtime) against the reference, within st
     const d2 = codeDifferences(got, want);
     const lines = d2.map((x, i) => `plan ${i}: ${x.differ} of ${x.codes} codes differ`);
     // On x86 MLAS (where the reference's summation order comes from) this is 0 and the blobs are identical.
-    console.log(`[pinned-bytes] kvtc encode vs reference on this CPU: ${lines.join('; ')}; blob ${Buffer.from(blob).equals(Buffer.from(reference)) ? 'identical' : 'differs'}`);
+    console.log(
+      `[pinned-bytes] kvtc encode vs reference on this CPU: ${lines.join('; ')}; blob ${Buffer.from(blob).equals(Buffer.from(reference)) ? 'identical' : 'differs'}`,
+    );
   });
 
-  it('another valid summation order (float64, rounded once: what another CPU\'s kernels may do) stays within the same tolerance', () => {
+  it("another valid summation order (float64, rounded once: what another CPU's kernels may do) stays within the same tolerance", () => {
     const other = parseBlob(referenceEncode(profile, cache, 'float64'), layout, 'float64 order');
     const d = codeDifferences(other, parseBlob(reference, layout, 'reference'));
     // Measured: 0 codes differ for this cache (a last-bit difference rarely crosses a quantization boundary).
-    console.log(`[pinned-bytes] float64 summation vs MLAS order: ${d.map((x, i) => `plan ${i}: ${x.differ} of ${x.codes} codes differ`).join('; ')}`);
+    console.log(
+      `[pinned-bytes] float64 summation vs MLAS order: ${d.map((x, i) => `plan ${i}: ${x.differ} of ${x.codes} codes differ`).join('; ')}`,
+    );
   });
 
   it(`kvtc decode of the pinned blob: raw tokens exact; compressed tokens within ${DECODE_REL_TOLERANCE}·max|x| of a float64 reconstruction, and near the committed cache`, async () => {
@@ -144,7 +153,9 @@ describe('kvtc encode and decode (ONNX Runtime) against the reference, within st
       const X = reconstruct(c, plan.mean, plan.basis, plan.rank, n);
       for (const [li, layer] of plan.layers.entries()) {
         const ref = new Float32Array(cache.kvHeads * n * hd);
-        for (let h = 0; h < cache.kvHeads; h++) for (let t = 0; t < n; t++) for (let e = 0; e < hd; e++) ref[(h * n + t) * hd + e] = X[t * plan.dim + (li * cache.kvHeads + h) * hd + e];
+        for (let h = 0; h < cache.kvHeads; h++)
+          for (let t = 0; t < n; t++)
+            for (let e = 0; e < hd; e++) ref[(h * n + t) * hd + e] = X[t * plan.dim + (li * cache.kvHeads + h) * hd + e];
         if (plan.kind === 'key') applyRope(ref, cache.kvHeads, n, hd, rope[layer]!, cache.startPosition + sink);
         const got = (plan.kind === 'key' ? restored.keys : restored.values)[layer];
         const orig = (plan.kind === 'key' ? cache.keys : cache.values)[layer];
@@ -175,7 +186,9 @@ describe('kvtc encode and decode (ONNX Runtime) against the reference, within st
     // The decoded error against the committed cache: what the profile measured on report text, with margin.
     const rel = { key: Math.sqrt(err.key.num / err.key.den), value: Math.sqrt(err.value.num / err.value.den) };
     const measured = profile.manifest.measured.rel_error;
-    console.log(`[pinned-bytes] decoded relative error vs the committed cache: key ${rel.key.toFixed(4)}, value ${rel.value.toFixed(4)} (profile's report split: ${measured.key_mean}, ${measured.value_mean})`);
+    console.log(
+      `[pinned-bytes] decoded relative error vs the committed cache: key ${rel.key.toFixed(4)}, value ${rel.value.toFixed(4)} (profile's report split: ${measured.key_mean}, ${measured.value_mean})`,
+    );
     expect(rel.key).toBeLessThan(1.5 * measured.key_mean);
     expect(rel.value).toBeLessThan(1.5 * measured.value_mean);
   });

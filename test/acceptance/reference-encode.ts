@@ -88,11 +88,18 @@ function columnsT(plan: BasisPlan, idx: Int32Array, scale?: (j: number) => numbe
  * x − μ (float32 Sub, per head), then codes [kA, n] = uint8(clamp(⌊(Vₐ/s)ᵀ·rowsᵀ + (½ − o/s)⌋, 0,
  * levels)) and coeffs [kB, n] = V_bᵀ·rowsᵀ.
  */
-export function referenceEncodeGraph(plan: BasisPlan, x: Float32Array, n: number, hd: number, order: SumOrder = 'mlas'): { codes: Uint8Array; coeffs: Float32Array } {
+export function referenceEncodeGraph(
+  plan: BasisPlan,
+  x: Float32Array,
+  n: number,
+  hd: number,
+  order: SumOrder = 'mlas',
+): { codes: Uint8Array; coeffs: Float32Array } {
   const p = plan.dim;
   const G = p / hd;
   const rows = new Float32Array(n * p);
-  for (let g = 0; g < G; g++) for (let t = 0; t < n; t++) for (let d = 0; d < hd; d++) rows[t * p + g * hd + d] = f(x[(g * n + t) * hd + d] - plan.mean[g * hd + d]);
+  for (let g = 0; g < G; g++)
+    for (let t = 0; t < n; t++) for (let d = 0; d < hd; d++) rows[t * p + g * hd + d] = f(x[(g * n + t) * hd + d] - plan.mean[g * hd + d]);
   const sp = splitStored(plan);
   const kA = sp.affine.length;
   const kB = sp.other.length;
@@ -102,7 +109,8 @@ export function referenceEncodeGraph(plan: BasisPlan, x: Float32Array, n: number
     const bias = Float32Array.from({ length: kA }, (_, j) => 0.5 - sp.offset[j] * inv(j));
     const u = gemmABt(order)(columnsT(plan, sp.affine, inv), rows, kA, n, p, bias);
     codes = new Uint8Array(kA * n);
-    for (let j = 0; j < kA; j++) for (let t = 0; t < n; t++) codes[j * n + t] = Math.max(0, Math.min(Math.floor(u[j * n + t]), f(sp.levels[j])));
+    for (let j = 0; j < kA; j++)
+      for (let t = 0; t < n; t++) codes[j * n + t] = Math.max(0, Math.min(Math.floor(u[j * n + t]), f(sp.levels[j])));
   }
   const coeffs = kB > 0 ? gemmABt(order)(columnsT(plan, sp.other), rows, kB, n, p) : new Float32Array(0);
   return { codes, coeffs };
@@ -124,7 +132,8 @@ export function referenceEncode(profile: Profile, cache: KvCache, order: SumOrde
   for (const [i, plan] of profile.plans.entries()) {
     if (plan.rank === 0 || n === 0) continue;
     const pr = planRope(rope, plan.layers);
-    const tables = plan.kind === 'key' ? cacheTables(pr.ropes, cache.startPosition + sink, n, cache.startPosition + cache.tokens, memo) : [];
+    const tables =
+      plan.kind === 'key' ? cacheTables(pr.ropes, cache.startPosition + sink, n, cache.startPosition + cache.tokens, memo) : [];
     let host: PlanHostRope;
     if (tables.length) {
       const byTable = tables.map((t) => hostRope(t.rope, cache.headDim, t.undo));
@@ -134,12 +143,38 @@ export function referenceEncode(profile: Profile, cache: KvCache, order: SumOrde
       });
     }
     const x = new Float32Array(n * plan.dim);
-    gatherHeads(plan.kind === 'key' ? cache.keys : cache.values, plan.layers, cache.kvHeads, cache.headDim, cache.tokens, sink, n, x, host, norms);
-    const payload = encodePlanCodes(referenceEncodeGraph(plan, x, n, cache.headDim, order), n, plan, { plan: i, firstToken: sink, source: 'reference' });
+    gatherHeads(
+      plan.kind === 'key' ? cache.keys : cache.values,
+      plan.layers,
+      cache.kvHeads,
+      cache.headDim,
+      cache.tokens,
+      sink,
+      n,
+      x,
+      host,
+      norms,
+    );
+    const payload = encodePlanCodes(referenceEncodeGraph(plan, x, n, cache.headDim, order), n, plan, {
+      plan: i,
+      firstToken: sink,
+      source: 'reference',
+    });
     sections.push(compressSection('plan', i, payload, m.settings.entropy as EntropyCoder));
   }
   return assembleBlob(
-    { fp16: cache.dtype === 'float16', rawFloat32: raw.float32, profileId: m.profile_id, tokens: cache.tokens, startPosition: cache.startPosition, layers: cache.layers, kvHeads: cache.kvHeads, headDim: cache.headDim, sink, window },
+    {
+      fp16: cache.dtype === 'float16',
+      rawFloat32: raw.float32,
+      profileId: m.profile_id,
+      tokens: cache.tokens,
+      startPosition: cache.startPosition,
+      layers: cache.layers,
+      kvHeads: cache.kvHeads,
+      headDim: cache.headDim,
+      sink,
+      window,
+    },
     sections,
   );
 }

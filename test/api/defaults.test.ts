@@ -15,7 +15,7 @@ function parsed(name: string, args: string[]): Record<string, unknown> {
 }
 
 describe('defaults', () => {
-  it('kvtc calibrate declares the module\'s defaults', () => {
+  it("kvtc calibrate declares the module's defaults", () => {
     const o = parsed('calibrate', []);
     expect(o).toMatchObject({
       tokens: String(CALIBRATE_DEFAULTS.tokens),
@@ -34,8 +34,13 @@ describe('defaults', () => {
     expect(help).toContain(`(default ${CALIBRATE_DEFAULTS.blockTokens})`);
   });
 
-  it('kvtc evaluate declares the module\'s defaults; the baselines protect calibrate\'s sink and window', () => {
-    expect(parsed('evaluate', [])).toMatchObject({ shots: String(EVALUATE_DEFAULTS.shots), perplexityTokens: String(EVALUATE_DEFAULTS.perplexityTokens), longContext: String(EVALUATE_DEFAULTS.longContext), seed: String(EVALUATE_DEFAULTS.seed) });
+  it("kvtc evaluate declares the module's defaults; the baselines protect calibrate's sink and window", () => {
+    expect(parsed('evaluate', [])).toMatchObject({
+      shots: String(EVALUATE_DEFAULTS.shots),
+      perplexityTokens: String(EVALUATE_DEFAULTS.perplexityTokens),
+      longContext: String(EVALUATE_DEFAULTS.longContext),
+      seed: String(EVALUATE_DEFAULTS.seed),
+    });
     expect(command('evaluate').helpInformation().replace(/\s+/g, ' ')).toContain(`at most ${EVALUATE_DEFAULTS.longContextTokens})`);
     expect([DEFAULT_SINK, DEFAULT_WINDOW]).toEqual([CALIBRATE_DEFAULTS.sink, CALIBRATE_DEFAULTS.window]);
   });
@@ -53,7 +58,9 @@ describe('--tuning-tokens and its former name --heldout', () => {
   });
 
   it('the two names with different values are a usage error naming both', () => {
-    expect(() => parsed('calibrate', ['--heldout', '512', '--tuning-tokens', '1024'])).toThrow(expect.objectContaining({ code: 'USAGE', message: '--heldout 512 and --tuning-tokens 1024 disagree' }));
+    expect(() => parsed('calibrate', ['--heldout', '512', '--tuning-tokens', '1024'])).toThrow(
+      expect.objectContaining({ code: 'USAGE', message: '--heldout 512 and --tuning-tokens 1024 disagree' }),
+    );
   });
 
   it('the help shows --tuning-tokens with its default and --heldout as its former name', () => {

@@ -19,7 +19,10 @@ let project: string;
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'kvtc-package-'));
   const env = { ...process.env, ONNXRUNTIME_NODE_INSTALL: 'skip', npm_config_loglevel: 'error' };
-  const tgz = execFileSync('npm', ['pack', REPO, '--silent', '--pack-destination', root], { cwd: root, env, encoding: 'utf8' }).trim().split('\n').pop()!;
+  const tgz = execFileSync('npm', ['pack', REPO, '--silent', '--pack-destination', root], { cwd: root, env, encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .pop()!;
   project = join(root, 'consumer');
   mkdirSync(project);
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', type: 'module', private: true }));
@@ -34,7 +37,9 @@ describe('the packed package', () => {
   it('imports in a fresh project and round-trips a cache bit-identically to kvtc encode/decode', async () => {
     const kv = join(root, 'kv.safetensors');
     expect((await kvtc('encode', '--profile', PROFILE, '--kv', kv, '--out', join(root, 'cli.kvtc'))).code).toBe(0);
-    expect((await kvtc('decode', '--profile', PROFILE, '--in', join(root, 'cli.kvtc'), '--out', join(root, 'cli.safetensors'))).code).toBe(0);
+    expect((await kvtc('decode', '--profile', PROFILE, '--in', join(root, 'cli.kvtc'), '--out', join(root, 'cli.safetensors'))).code).toBe(
+      0,
+    );
     const script = `
       import { VERSION, readProfile, readKvCache, encodeCache, decodeBlob, readBlobHeader, encodeFile, decodeFile, KvtcError } from 'kvtc';
       import { writeFileSync } from 'node:fs';

@@ -15,7 +15,16 @@ describe('bench helpers', () => {
   });
 
   it('prefixCache keeps the first tokens of every head; relativeError is 0 on itself', () => {
-    const c: KvCache = { layers: 1, kvHeads: 2, headDim: 2, tokens: 3, dtype: 'float32', startPosition: 0, keys: [Float32Array.from({ length: 12 }, (_, i) => i)], values: [Float32Array.from({ length: 12 }, (_, i) => -i)] };
+    const c: KvCache = {
+      layers: 1,
+      kvHeads: 2,
+      headDim: 2,
+      tokens: 3,
+      dtype: 'float32',
+      startPosition: 0,
+      keys: [Float32Array.from({ length: 12 }, (_, i) => i)],
+      values: [Float32Array.from({ length: 12 }, (_, i) => -i)],
+    };
     const p = prefixCache(c, 2);
     expect(Array.from(p.keys[0])).toEqual([0, 1, 2, 3, 6, 7, 8, 9]);
     expect(relativeError(c, c)).toEqual({ key: 0, value: 0 });

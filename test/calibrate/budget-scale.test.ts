@@ -15,7 +15,11 @@ describe('searchBudgetScale', () => {
   });
 
   it('lands within tolerance on a smooth ratio ≈ k / budget map, from either side', () => {
-    for (const [k, target] of [[25, 20], [14, 20], [20, 8]]) {
+    for (const [k, target] of [
+      [25, 20],
+      [14, 20],
+      [20, 8],
+    ]) {
       const m = counted((s) => k / s ** 0.9); // DEFLATE makes the ratio a little less than inversely proportional
       const best = searchBudgetScale(m.measureAt, target);
       expect(Math.abs(best.ratio / target - 1)).toBeLessThanOrEqual(BUDGET_SCALE_TOLERANCE);
@@ -46,7 +50,11 @@ describe('searchBudgetScale', () => {
 
   it('reports each step before measuring it, with the best so far', () => {
     const steps: [number, number][] = [];
-    searchBudgetScale((s) => 30 / s, 20, (it, b) => steps.push([it, b.ratio]));
+    searchBudgetScale(
+      (s) => 30 / s,
+      20,
+      (it, b) => steps.push([it, b.ratio]),
+    );
     expect(steps[0]).toEqual([0, 30]);
     expect(steps.map(([i]) => i)).toEqual(steps.map((_, i) => i));
   });

@@ -20,8 +20,20 @@ describe('calibrate on the bundled model', () => {
   beforeAll(async () => {
     out = join(tempDir('kvtc-cal-'), 'p');
     result = await calibrate({
-      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8, 16, 20], tokens: 8192, heldout: 2048, report: 2048,
-      sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
+      modelDir: DEFAULT_MODEL_DIR,
+      data: [DEFAULT_CALIBRATION_DIR],
+      ratios: [8, 16, 20],
+      tokens: 8192,
+      heldout: 2048,
+      report: 2048,
+      sink: 4,
+      window: 128,
+      grouping: 'layer',
+      chunk: 256,
+      seed: 0,
+      device: 'cpu',
+      out,
+      force: false,
     });
   });
 
@@ -48,7 +60,19 @@ describe('calibrate on the bundled model', () => {
     // Structure only (the timer's arithmetic is tested with a fake clock in stage-times.test.ts):
     // no bound here depends on how fast this machine is.
     const s = result.seconds;
-    for (const k of ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'fit_wall', 'allocation', 'measure', 'write', 'total']) {
+    for (const k of [
+      'load',
+      'tokenize',
+      'forward',
+      'covariance',
+      'eigen',
+      'error_tables',
+      'fit_wall',
+      'allocation',
+      'measure',
+      'write',
+      'total',
+    ]) {
       expect(s[k], k).toBeGreaterThan(0);
     }
     const wall = ['load', 'tokenize', 'forward', 'covariance', 'fit_wall', 'allocation', 'measure', 'write'].reduce((a, k) => a + s[k], 0);
@@ -93,9 +117,13 @@ async function kvtcIn(cwd: string, ...args: string[]) {
 function perturbCaptures(eps: number, seed = 1) {
   const { uniform } = rng(seed);
   const prefill = ModelRunner.prototype.prefill;
-  return vi.spyOn(ModelRunner.prototype, 'prefill').mockImplementation(async function (this: ModelRunner, ...args: Parameters<ModelRunner['prefill']>) {
+  return vi.spyOn(ModelRunner.prototype, 'prefill').mockImplementation(async function (
+    this: ModelRunner,
+    ...args: Parameters<ModelRunner['prefill']>
+  ) {
     const r = await prefill.apply(this, args);
-    for (const a of [...r.cache.keys, ...r.cache.values]) for (let i = 0; i < a.length; i++) a[i] = Math.fround(a[i] * (1 + eps * (2 * uniform() - 1)));
+    for (const a of [...r.cache.keys, ...r.cache.values])
+      for (let i = 0; i < a.length; i++) a[i] = Math.fround(a[i] * (1 + eps * (2 * uniform() - 1)));
     return r;
   });
 }
@@ -114,7 +142,8 @@ describe('the committed bundled profile', () => {
     expect(j.replaced).toBe(false);
     expect(j.profile_id).toBe(JSON.parse(before.json.toString()).profile_id);
     // On the CPU the profile was committed on the bytes are identical; elsewhere the floats agree within tolerance.
-    if (j.equivalent) expect(Math.max(j.equivalent.tensors_max_rel_diff, j.equivalent.figures_max_rel_diff)).toBeLessThanOrEqual(PROFILE_TOLERANCE);
+    if (j.equivalent)
+      expect(Math.max(j.equivalent.tensors_max_rel_diff, j.equivalent.figures_max_rel_diff)).toBeLessThanOrEqual(PROFILE_TOLERANCE);
     expect(sameBytes(dir, before)).toBe(true);
   });
 
@@ -133,7 +162,11 @@ describe('the committed bundled profile', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(perturbed).toBeGreaterThan(0);
     const id = JSON.parse(before.json.toString()).profile_id;
-    const m = r.stdout.match(new RegExp(`kept the existing profile ${id}: equivalent within tolerance 0\\.001 \\(same plans; tensors differ by at most (\\S+), figures by (\\S+) relative`));
+    const m = r.stdout.match(
+      new RegExp(
+        `kept the existing profile ${id}: equivalent within tolerance 0\\.001 \\(same plans; tensors differ by at most (\\S+), figures by (\\S+) relative`,
+      ),
+    );
     expect(m, r.stdout).not.toBeNull();
     // The perturbation moved the floats (not identical), within the tolerance.
     expect(Number(m![1])).toBeGreaterThan(0);
@@ -149,13 +182,17 @@ describe('kvtc calibrate CLI', () => {
     const b = join(tempDir(), 'p');
     expect((await kvtc('calibrate', ...SMALL, '--out', a)).code).toBe(0);
     expect((await kvtc('calibrate', ...SMALL, '--out', b)).code).toBe(0);
-    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors']) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
+    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors'])
+      expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
     // 1% on one mean entry of plan 0 (re-signed, so it reads as a valid profile): beyond tolerance.
     editTensorDir(a, 'plan.0.mean', (v) => (v[3] += 0.01 * v.reduce((x, y) => Math.max(x, Math.abs(y)), 0)));
     const r = await kvtc('calibrate', ...SMALL, '--out', a);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/held an earlier run of this same calibration \(model, data, settings\): replaced \(plan 0 mean differs by 1\.00e-2 \(tolerance 0\.001\)\)\./);
-    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors']) expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
+    expect(r.stdout).toMatch(
+      /held an earlier run of this same calibration \(model, data, settings\): replaced \(plan 0 mean differs by 1\.00e-2 \(tolerance 0\.001\)\)\./,
+    );
+    for (const f of ['kvtc-profile.json', 'kvtc-profile.safetensors'])
+      expect(readFileSync(join(a, f)).equals(readFileSync(join(b, f))), f).toBe(true);
   });
 
   it('refuses to replace an existing, different profile without --force', async () => {
@@ -194,7 +231,24 @@ describe('kvtc calibrate CLI', () => {
 
   it('works on the third-party onnxruntime-genai fp16 export', async () => {
     const out = join(tempDir(), 'p');
-    const r = await kvtc('calibrate', '--model', FIXTURE, '--data', join(DEFAULT_CALIBRATION_DIR, 'inaugural-1789-Washington.txt'), '--tokens', '1024', '--heldout', '512', '--report-tokens', '512', '--grouping', 'layer', '--out', out, '--json');
+    const r = await kvtc(
+      'calibrate',
+      '--model',
+      FIXTURE,
+      '--data',
+      join(DEFAULT_CALIBRATION_DIR, 'inaugural-1789-Washington.txt'),
+      '--tokens',
+      '1024',
+      '--heldout',
+      '512',
+      '--report-tokens',
+      '512',
+      '--grouping',
+      'layer',
+      '--out',
+      out,
+      '--json',
+    );
     expect(r.code, r.stderr).toBe(0);
     const p = await readProfile(out);
     expect(p.manifest.model.kv_dtype).toBe('float16');
@@ -235,7 +289,7 @@ describe('kvtc calibrate CLI', () => {
     expect(r.stderr).toContain('not valid UTF-8');
   });
 
-  it('writes into an existing directory without touching its other files; another model\'s profile there needs --force', async () => {
+  it("writes into an existing directory without touching its other files; another model's profile there needs --force", async () => {
     const d = tempDir();
     const out = join(d, 'p');
     mkdirSync(out);
@@ -268,7 +322,8 @@ describe('kvtc calibrate CLI', () => {
     const ids = g.input('input_ids', 'int64', ['b', 's']);
     g.output(g.op('Cast', [ids], { to: 1 }), 'logits', 'float32', ['b', 's']);
     writeFileSync(join(d, 'onnx', 'model.onnx'), g.toModel());
-    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) writeFileSync(join(d, f), readFileSync(join(DEFAULT_MODEL_DIR, f)));
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json'])
+      writeFileSync(join(d, f), readFileSync(join(DEFAULT_MODEL_DIR, f)));
     const r = await kvtc('calibrate', '--model', d, ...SMALL, '--out', join(d, 'p'));
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/present|past_key_values/);
@@ -280,9 +335,23 @@ describe('kvtc calibrate CLI', () => {
     const ac = new AbortController();
     await expect(
       calibrate({
-        modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [20], tokens: 4096, heldout: 1024, sink: 4, window: 128,
-        grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false, signal: ac.signal,
-        onProgress: (e) => { if (e.stage.startsWith('capturing')) ac.abort(); },
+        modelDir: DEFAULT_MODEL_DIR,
+        data: [DEFAULT_CALIBRATION_DIR],
+        ratios: [20],
+        tokens: 4096,
+        heldout: 1024,
+        sink: 4,
+        window: 128,
+        grouping: 'layer',
+        chunk: 256,
+        seed: 0,
+        device: 'cpu',
+        out,
+        force: false,
+        signal: ac.signal,
+        onProgress: (e) => {
+          if (e.stage.startsWith('capturing')) ac.abort();
+        },
       }),
     ).rejects.toMatchObject({ code: 'INTERRUPTED' });
     expect(existsSync(out)).toBe(false);

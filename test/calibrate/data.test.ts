@@ -15,7 +15,13 @@ let root: string;
 /** A directory: the bad files first (by name), then eight real documents. */
 let mixed: string;
 const latin1 = Buffer.from('Le café est très chaud; la crème brûlée aussi.\n'.repeat(50), 'latin1');
-const cp1252 = Buffer.concat([Buffer.from('He said '), Buffer.from([0x93]), Buffer.from('hello'), Buffer.from([0x94, 0x20, 0x97]), Buffer.from(' and left.\n')]);
+const cp1252 = Buffer.concat([
+  Buffer.from('He said '),
+  Buffer.from([0x93]),
+  Buffer.from('hello'),
+  Buffer.from([0x94, 0x20, 0x97]),
+  Buffer.from(' and left.\n'),
+]);
 const gz = gzipSync(Buffer.from('compressed, not text '.repeat(400)));
 
 beforeAll(async () => {
@@ -26,7 +32,11 @@ beforeAll(async () => {
   writeFileSync(join(mixed, '0-archive.txt'), gz);
   writeFileSync(join(mixed, '1-french.txt'), latin1);
   writeFileSync(join(mixed, '2-quotes.txt'), cp1252);
-  for (const n of readdirSync(DEFAULT_CALIBRATION_DIR).filter((x) => x.startsWith('inaugural-')).sort().slice(0, 8)) copyFileSync(join(DEFAULT_CALIBRATION_DIR, n), join(mixed, n));
+  for (const n of readdirSync(DEFAULT_CALIBRATION_DIR)
+    .filter((x) => x.startsWith('inaugural-'))
+    .sort()
+    .slice(0, 8))
+    copyFileSync(join(DEFAULT_CALIBRATION_DIR, n), join(mixed, n));
 });
 
 describe('a --data directory with files that are not UTF-8 text', () => {
@@ -62,12 +72,16 @@ describe('a --data directory with files that are not UTF-8 text', () => {
   });
 
   it('a file given directly that is not UTF-8 stays an error', async () => {
-    await expect(readCalibrationTokens([join(mixed, '1-french.txt')], tok, { fitTokens: 2048, heldoutTokens: 1024 })).rejects.toMatchObject({
-      code: 'DATA_INVALID',
-      message: expect.stringMatching(/reads as Latin-1 text/),
-      fix: expect.stringMatching(/iconv -f latin1/),
-    });
-    await expect(readCalibrationTokens([join(mixed, '0-archive.txt')], tok, { fitTokens: 2048, heldoutTokens: 1024 })).rejects.toMatchObject({
+    await expect(readCalibrationTokens([join(mixed, '1-french.txt')], tok, { fitTokens: 2048, heldoutTokens: 1024 })).rejects.toMatchObject(
+      {
+        code: 'DATA_INVALID',
+        message: expect.stringMatching(/reads as Latin-1 text/),
+        fix: expect.stringMatching(/iconv -f latin1/),
+      },
+    );
+    await expect(
+      readCalibrationTokens([join(mixed, '0-archive.txt')], tok, { fitTokens: 2048, heldoutTokens: 1024 }),
+    ).rejects.toMatchObject({
       code: 'DATA_INVALID',
       message: expect.stringMatching(/is binary, not text/),
     });
@@ -86,15 +100,49 @@ describe('a --data directory with files that are not UTF-8 text', () => {
 
   it('kvtc calibrate lists the skipped files (stderr warnings, skipped_data in --json); --strict-data fails', async () => {
     const out = join(root, 'profile');
-    const r = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer', '--out', out, '--json');
+    const r = await kvtc(
+      'calibrate',
+      '--data',
+      mixed,
+      '--tokens',
+      '2048',
+      '--heldout',
+      '1024',
+      '--report-tokens',
+      '1024',
+      '--grouping',
+      'layer',
+      '--out',
+      out,
+      '--json',
+    );
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.skipped_data.map((s: { kind: string }) => s.kind)).toEqual(['binary', 'latin1', 'windows-1252']);
     expect(r.stderr).toMatch(/warning: skipped .*0-archive\.txt: is binary, not text.*\n\s+fix: Remove it/);
     expect(r.stderr).toMatch(/warning: skipped .*1-french\.txt: .*Latin-1.*\n\s+fix: .*iconv -f latin1/);
-    const strict = await kvtc('calibrate', '--data', mixed, '--tokens', '2048', '--heldout', '1024', '--report-tokens', '1024', '--grouping', 'layer', '--out', join(root, 'p2'), '--strict-data', '--json');
+    const strict = await kvtc(
+      'calibrate',
+      '--data',
+      mixed,
+      '--tokens',
+      '2048',
+      '--heldout',
+      '1024',
+      '--report-tokens',
+      '1024',
+      '--grouping',
+      'layer',
+      '--out',
+      join(root, 'p2'),
+      '--strict-data',
+      '--json',
+    );
     expect(strict.code).toBe(1);
-    expect(JSON.parse(strict.stdout).error).toMatchObject({ code: 'DATA_INVALID', message: expect.stringMatching(/0-archive\.txt: is binary, not text/) });
+    expect(JSON.parse(strict.stdout).error).toMatchObject({
+      code: 'DATA_INVALID',
+      message: expect.stringMatching(/0-archive\.txt: is binary, not text/),
+    });
   });
 });
 
@@ -103,9 +151,11 @@ describe('Ctrl-C while calibration text is tokenized', () => {
     // The checkpoint granularity (no chunk after the abort) is tested in-process in sequences.test.ts;
     // here the real signal path. No time bound: a hang is caught by the SIGKILL guard below.
     const big = join(root, 'big.txt');
-    const para = readdirSync(DEFAULT_CALIBRATION_DIR).filter((x) => x.startsWith('inaugural-')).map((n) => Buffer.from(`${readFileSync(join(DEFAULT_CALIBRATION_DIR, n), 'utf8')}\n\n`));
+    const para = readdirSync(DEFAULT_CALIBRATION_DIR)
+      .filter((x) => x.startsWith('inaugural-'))
+      .map((n) => Buffer.from(`${readFileSync(join(DEFAULT_CALIBRATION_DIR, n), 'utf8')}\n\n`));
     const parts: Buffer[] = [];
-    for (let n = 0; n < 4_000_000; ) {
+    for (let n = 0; n < 4_000_000;) {
       for (const p of para) {
         parts.push(p);
         n += p.length;
@@ -113,7 +163,23 @@ describe('Ctrl-C while calibration text is tokenized', () => {
     }
     writeFileSync(big, Buffer.concat(parts));
     // --tokens far above the file: unless interrupted, it would tokenize all 4 MB.
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/kvtc-entry.ts', 'calibrate', '--data', big, '--tokens', '5000000', '--out', join(root, 'p3'), '--json'], { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'test/helpers/kvtc-entry.ts',
+        'calibrate',
+        '--data',
+        big,
+        '--tokens',
+        '5000000',
+        '--out',
+        join(root, 'p3'),
+        '--json',
+      ],
+      { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } },
+    );
     let stdout = '';
     let stderr = '';
     let sent = false;

@@ -43,7 +43,14 @@ describe('fitBases with FitJob.maxRank', () => {
     const pooled = await fitBases(jobs, { threads: 2 });
     const [t, full] = pooled.map((o) => o.tables);
     expect(pooled.map((o) => o.solver)).toEqual(['randomized', 'dense']);
-    expect([t.features, t.dim, t.vectors.length, t.values.length, t.coeffs.length, t.staticErr.length]).toEqual([p, k, p * k, k, H * k, 4 * k]);
+    expect([t.features, t.dim, t.vectors.length, t.values.length, t.coeffs.length, t.staticErr.length]).toEqual([
+      p,
+      k,
+      p * k,
+      k,
+      H * k,
+      4 * k,
+    ]);
     expect([full.features, full.dim, full.residual]).toEqual([p, p, 0]);
     expect(t.residual).toBeGreaterThan(0);
     // Transferred intact: the worker's tables are the inline fit's, byte for byte.
@@ -65,7 +72,8 @@ describe('fitBases with FitJob.maxRank', () => {
     expect([out.tables.features, out.tables.dim]).toEqual([p, k]);
     const d = await symmetricEigenAsync(j.cov, p); // the same solver, so the same bits
     expect(Array.from(out.tables.values)).toEqual(Array.from(d.values.subarray(0, k)));
-    for (let i = 0; i < p; i++) for (let c = 0; c < k; c++) if (out.tables.vectors[i * k + c] !== d.vectors[i * p + c]) expect.unreachable(`vectors[${i}, ${c}]`);
+    for (let i = 0; i < p; i++)
+      for (let c = 0; c < k; c++) if (out.tables.vectors[i * k + c] !== d.vectors[i * p + c]) expect.unreachable(`vectors[${i}, ${c}]`);
   });
 
   it('rejects a maxRank that is not a positive integer', async () => {

@@ -28,7 +28,10 @@ describe('bootstrapRelError', () => {
     const large = sequences(128, 5, 0.1, 0.4, 1);
     const a = bootstrapRelError(small.num, small.den, 5)!;
     const b = bootstrapRelError(large.num, large.den, 5)!;
-    for (const [ci, s] of [[a, small], [b, large]] as const) {
+    for (const [ci, s] of [
+      [a, small],
+      [b, large],
+    ] as const) {
       const x = pooled(s.num, s.den, 5);
       expect(ci[0]).toBeLessThanOrEqual(x);
       expect(ci[1]).toBeGreaterThanOrEqual(x);

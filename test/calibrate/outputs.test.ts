@@ -3,13 +3,16 @@ import { defaultProfileDir, profileOutDirs } from '../../src/calibrate/outputs.j
 
 describe('profile output names', () => {
   const cwd = '/work/here';
-  it('default: kvtc-profiles/<model> in the working directory, not in kvtc\'s install', () => {
+  it("default: kvtc-profiles/<model> in the working directory, not in kvtc's install", () => {
     expect(defaultProfileDir('llama', cwd)).toBe('/work/here/kvtc-profiles/llama');
     expect(profileOutDirs({ modelName: 'llama', ratios: [20], cwd })).toEqual(['/work/here/kvtc-profiles/llama']);
   });
   it('one rule for one ratio and several: an asked ratio is in the name, so --ratio 8 never lands on the default profile', () => {
     expect(profileOutDirs({ modelName: 'llama', ratios: [8], ratiosGiven: true, cwd })).toEqual(['/work/here/kvtc-profiles/llama-r8']);
-    expect(profileOutDirs({ modelName: 'llama', ratios: [8, 16], ratiosGiven: true, cwd })).toEqual(['/work/here/kvtc-profiles/llama-r8', '/work/here/kvtc-profiles/llama-r16']);
+    expect(profileOutDirs({ modelName: 'llama', ratios: [8, 16], ratiosGiven: true, cwd })).toEqual([
+      '/work/here/kvtc-profiles/llama-r8',
+      '/work/here/kvtc-profiles/llama-r16',
+    ]);
   });
   it('an explicit --out is used as given for one ratio, suffixed for several', () => {
     expect(profileOutDirs({ out: '/m/llama', modelName: 'x', ratios: [8], ratiosGiven: true })).toEqual(['/m/llama']);

@@ -3,7 +3,13 @@ import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ChunkedEncoder, encodeChunked, readCalibrationTokens, splitSequences, TOKEN_BUDGET_FACTOR } from '../../src/calibrate/sequences.js';
+import {
+  ChunkedEncoder,
+  encodeChunked,
+  readCalibrationTokens,
+  splitSequences,
+  TOKEN_BUDGET_FACTOR,
+} from '../../src/calibrate/sequences.js';
 import { readTextSources } from '../../src/io/text.js';
 import { loadTokenizer, type ModelTokenizer } from '../../src/model/tokenizer.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
@@ -35,7 +41,10 @@ beforeAll(async () => {
   stories = await loadTokenizer(DEFAULT_MODEL_DIR);
 });
 
-const WORDS = 'the a of and to in that it was he for on are with as his they be at one have this from or had by word but what some we can out other were all there when up use your how said an each she which do their time if will way about many then them write would like so these her long make thing see him two has look more day could go come did number sound no most people my over know water than call first who may down side been now find'.split(' ');
+const WORDS =
+  'the a of and to in that it was he for on are with as his they be at one have this from or had by word but what some we can out other were all there when up use your how said an each she which do their time if will way about many then them write would like so these her long make thing see him two has look more day could go come did number sound no most people my over know water than call first who may down side been now find'.split(
+    ' ',
+  );
 
 /** Deterministic English-like text: words, punctuation, lines and paragraphs, about `chars` long. */
 function generatedText(chars: number, seed = 1): string {
@@ -78,11 +87,25 @@ function byteLevelTokenizerDir(): string {
   writeFileSync(
     join(dir, 'tokenizer.json'),
     JSON.stringify({
-      version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null,
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: [],
+      normalizer: null,
       pre_tokenizer: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
       post_processor: null,
       decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-      model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, vocab, merges },
+      model: {
+        type: 'BPE',
+        dropout: null,
+        unk_token: null,
+        continuing_subword_prefix: '',
+        end_of_word_suffix: '',
+        fuse_unk: false,
+        byte_fallback: false,
+        vocab,
+        merges,
+      },
     }),
   );
   return dir;
@@ -105,7 +128,10 @@ async function oldStream(fit: number, held: number): Promise<number[]> {
 describe('chunked tokenization', () => {
   it('gives exactly the tokens of a whole-document encode on the bundled calibration text', () => {
     // Every fourth document (the first fourteen are checked through the default stream below) and tinyshakespeare's start.
-    const names = readdirSync(DEFAULT_CALIBRATION_DIR).filter((n) => n.endsWith('.txt')).sort().filter((n, i) => i % 4 === 3 || n.startsWith('tiny'));
+    const names = readdirSync(DEFAULT_CALIBRATION_DIR)
+      .filter((n) => n.endsWith('.txt'))
+      .sort()
+      .filter((n, i) => i % 4 === 3 || n.startsWith('tiny'));
     for (const n of names) {
       let text = readFileSync(join(DEFAULT_CALIBRATION_DIR, n), 'utf8');
       if (text.length > 60_000) text = text.slice(0, 60_000);
@@ -115,7 +141,20 @@ describe('chunked tokenization', () => {
 
   it('is exact on awkward text: CRLF, tabs, runs of blank lines and spaces, emoji and CJK, a long line with no newline, "<s>"', () => {
     const rand = mulberry32(7);
-    const bits = ['Hello world. ', '\r\n', '\n\n\n', '  \n \n', '\t', '😀', '日本語のテキスト', 'naïve café ', '<s>', '    ', 'x'.repeat(300), '\n'];
+    const bits = [
+      'Hello world. ',
+      '\r\n',
+      '\n\n\n',
+      '  \n \n',
+      '\t',
+      '😀',
+      '日本語のテキスト',
+      'naïve café ',
+      '<s>',
+      '    ',
+      'x'.repeat(300),
+      '\n',
+    ];
     let text = '';
     while (text.length < 60_000) text += bits[Math.floor(rand() * bits.length)];
     text += 'word '.repeat(8000); // 40 000 characters without a newline
@@ -128,7 +167,7 @@ describe('chunked tokenization', () => {
     const e = new ChunkedEncoder(stories);
     const got: number[] = [];
     const rand = mulberry32(5);
-    for (let at = 0; at < text.length; ) {
+    for (let at = 0; at < text.length;) {
       const n = 1 + Math.floor(rand() * 3000);
       e.push(text.slice(at, at + n));
       at += n;
@@ -148,7 +187,7 @@ describe('chunked tokenization', () => {
     expect(encodeChunked(text, gpt2)).toEqual(gpt2.encode(text));
   });
 
-  it('hides a tokenizer\'s start-of-text behaviour at the cuts (a marker a text starts with)', () => {
+  it("hides a tokenizer's start-of-text behaviour at the cuts (a marker a text starts with)", () => {
     // A fake tokenizer: one id per UTF-16 unit, after a start marker every text gets.
     const fake: ModelTokenizer = { addsBos: false, encode: (t) => [-1, ...Array.from(t, (c) => c.charCodeAt(0))], decode: () => '' };
     const text = generatedText(30_000, 9);
@@ -156,7 +195,11 @@ describe('chunked tokenization', () => {
   });
 
   it('still loses no text when no cut checks out (a tokenizer that marks the last token of every text)', () => {
-    const fake: ModelTokenizer = { addsBos: false, encode: (t) => Array.from(t, (c, i) => c.charCodeAt(0) + (i === t.length - 1 ? 1e6 : 0)), decode: () => '' };
+    const fake: ModelTokenizer = {
+      addsBos: false,
+      encode: (t) => Array.from(t, (c, i) => c.charCodeAt(0) + (i === t.length - 1 ? 1e6 : 0)),
+      decode: () => '',
+    };
     const text = generatedText(30_000, 11);
     const ids = encodeChunked(text, fake);
     const plain = ids.map((id) => id % 1e6);
@@ -173,11 +216,23 @@ describe('reading calibration text', () => {
     const old = await oldStream(16384, 4096);
     expect(d.tokens.length).toBe(old.length);
     expect(d.tokens).toEqual(old);
-    expect(d.sources.map((s) => s.name)).toEqual(readdirSync(DEFAULT_CALIBRATION_DIR).filter((n) => n.endsWith('.txt')).sort().slice(0, d.sources.length));
+    expect(d.sources.map((s) => s.name)).toEqual(
+      readdirSync(DEFAULT_CALIBRATION_DIR)
+        .filter((n) => n.endsWith('.txt'))
+        .sort()
+        .slice(0, d.sources.length),
+    );
     expect(d.skipped).toEqual([]);
     // The manifest's source hashes are the files' text hashes.
     for (const s of d.sources) expect(s.sha256).toBe(createHash('sha256').update(readFileSync(s.path, 'utf8')).digest('hex'));
-    const split = splitSequences(d.tokens, stories.bosTokenId, { seqLen: 512, fitTokens: 16384, heldoutTokens: 4096, seed: 0, minFitTokens: 256, sources: 'x' });
+    const split = splitSequences(d.tokens, stories.bosTokenId, {
+      seqLen: 512,
+      fitTokens: 16384,
+      heldoutTokens: 4096,
+      seed: 0,
+      minFitTokens: 256,
+      sources: 'x',
+    });
     expect(split.fit.length).toBe(32);
     expect(split.heldout.length).toBe(8);
   });

@@ -3,8 +3,20 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import {
-  AUTO_COVARIANCE_BUDGET_BYTES, allocateForRatio, basisStates, calibrate, captureCaches, captureFit, checkRatios, fitCandidate, groupingCandidates,
-  groupingCovarianceBytes, layerGroups, openModel, readSplit, type CalibrateResult,
+  AUTO_COVARIANCE_BUDGET_BYTES,
+  allocateForRatio,
+  basisStates,
+  calibrate,
+  captureCaches,
+  captureFit,
+  checkRatios,
+  fitCandidate,
+  groupingCandidates,
+  groupingCovarianceBytes,
+  layerGroups,
+  openModel,
+  readSplit,
+  type CalibrateResult,
 } from '../../src/calibrate/calibrate.js';
 import { blobSizeRatio } from '../../src/calibrate/measure.js';
 import { stageTimer } from '../../src/calibrate/stage-times.js';
@@ -27,7 +39,9 @@ describe('groupingCandidates', () => {
     expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
     expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [] });
     // An explicit grouping whose covariances cannot fit in memory is a usage error naming the size.
-    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toThrow(expect.objectContaining({ code: 'USAGE', message: expect.stringMatching(/--grouping all needs 16\.0 GiB .*p = 32768/) }));
+    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toThrow(
+      expect.objectContaining({ code: 'USAGE', message: expect.stringMatching(/--grouping all needs 16\.0 GiB .*p = 32768/) }),
+    );
   });
 
   it('leaves out candidates whose covariances exceed the stated budget, and says how much they need', () => {
@@ -54,7 +68,9 @@ describe('groupingCandidates', () => {
 describe('checkRatios', () => {
   it('refuses ratios out of range as usage errors', () => {
     expect(() => checkRatios([1.2])).toThrow(/out of range/);
-    expect(() => checkRatios([20, 65])).toThrow(expect.objectContaining({ code: 'USAGE', fix: expect.stringMatching(/between 1.5 and 64/) }));
+    expect(() => checkRatios([20, 65])).toThrow(
+      expect.objectContaining({ code: 'USAGE', fix: expect.stringMatching(/between 1.5 and 64/) }),
+    );
     expect(() => checkRatios([Number.NaN])).toThrow();
     expect(() => checkRatios([2, 20])).not.toThrow();
   });
@@ -64,7 +80,11 @@ describe('the three-way split', () => {
   it('gives fit, tuning and report sequences that share no sequence, and the two-way split when there is no report', async () => {
     const model = await loadModel(DEFAULT_MODEL_DIR);
     try {
-      const d = await readCalibrationTokens([DEFAULT_CALIBRATION_DIR], model.tokenizer, { fitTokens: 8192, heldoutTokens: 2048, reportTokens: 4096 });
+      const d = await readCalibrationTokens([DEFAULT_CALIBRATION_DIR], model.tokenizer, {
+        fitTokens: 8192,
+        heldoutTokens: 2048,
+        reportTokens: 4096,
+      });
       const opts = { seqLen: 512, fitTokens: 8192, heldoutTokens: 2048, seed: 3, minFitTokens: 256, sources: 'x' };
       const s = splitSequences(d.tokens, model.tokenizer.bosTokenId, { ...opts, reportTokens: 4096 });
       expect([s.fit.length, s.heldout.length, s.report.length]).toEqual([16, 4, 8]);
@@ -81,7 +101,9 @@ describe('the three-way split', () => {
       expect(two.report).toEqual([]);
       expect(two.heldout).toEqual(s.heldout);
       // Too little text names the report split in what it needs.
-      expect(() => splitSequences(d.tokens.slice(0, 6000), model.tokenizer.bosTokenId, { ...opts, reportTokens: 4096 })).toThrow(/held out for the report/);
+      expect(() => splitSequences(d.tokens.slice(0, 6000), model.tokenizer.bosTokenId, { ...opts, reportTokens: 4096 })).toThrow(
+        /held out for the report/,
+      );
     } finally {
       await model.session.release();
     }
@@ -94,8 +116,21 @@ describe('calibrate --grouping auto on the bundled model', () => {
   beforeAll(async () => {
     out = join(tempDir('kvtc-auto-'), 'p');
     result = await calibrate({
-      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [4, 20], ratiosGiven: true, tokens: 4096, heldout: 2048, report: 2048,
-      sink: 4, window: 128, grouping: 'auto', chunk: 256, seed: 0, device: 'cpu', out, force: false,
+      modelDir: DEFAULT_MODEL_DIR,
+      data: [DEFAULT_CALIBRATION_DIR],
+      ratios: [4, 20],
+      ratiosGiven: true,
+      tokens: 4096,
+      heldout: 2048,
+      report: 2048,
+      sink: 4,
+      window: 128,
+      grouping: 'auto',
+      chunk: 256,
+      seed: 0,
+      device: 'cpu',
+      out,
+      force: false,
     });
   }, 120_000);
 
@@ -118,7 +153,10 @@ describe('calibrate --grouping auto on the bundled model', () => {
     expect(result.report_tokens).toBe(2048);
     expect(result.heldout_tokens).toBe(2048);
     for (const p of result.profiles) {
-      for (const [x, ci] of [[p.rel_error.key, p.rel_error.key_ci95], [p.rel_error.value, p.rel_error.value_ci95]] as const) {
+      for (const [x, ci] of [
+        [p.rel_error.key, p.rel_error.key_ci95],
+        [p.rel_error.value, p.rel_error.value_ci95],
+      ] as const) {
         expect(ci).toBeDefined();
         expect(ci![0]).toBeLessThanOrEqual(x);
         expect(ci![1]).toBeGreaterThanOrEqual(x);
@@ -142,8 +180,20 @@ describe('calibrate --grouping auto on the bundled model', () => {
 describe('the steps one by one, on the bundled model', () => {
   it('openModel → readSplit → captureFit → captureCaches → fitCandidate → allocateForRatio, each doing what it says', async () => {
     const opts = {
-      modelDir: DEFAULT_MODEL_DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 2048, heldout: 1024, report: 1024,
-      sink: 4, window: 128, grouping: 2 as const, chunk: 256, seed: 0, device: 'cpu' as const, out: join(tempDir('kvtc-steps-'), 'p'), force: false,
+      modelDir: DEFAULT_MODEL_DIR,
+      data: [DEFAULT_CALIBRATION_DIR],
+      ratios: [8],
+      tokens: 2048,
+      heldout: 1024,
+      report: 1024,
+      sink: 4,
+      window: 128,
+      grouping: 2 as const,
+      chunk: 256,
+      seed: 0,
+      device: 'cpu' as const,
+      out: join(tempDir('kvtc-steps-'), 'p'),
+      force: false,
     };
     const { model } = await openModel(opts);
     try {
@@ -154,10 +204,24 @@ describe('the steps one by one, on the bundled model', () => {
       const runner = new ModelRunner(model);
       const states = await basisStates(spec, 2, 'cpu');
       // Layers [0,1], [2,3], [4]; keys and values.
-      expect(states.map((s) => `${s.kind}:${s.layers.join(',')}:${s.dim}`)).toEqual(['key:0,1:64', 'value:0,1:64', 'key:2,3:64', 'value:2,3:64', 'key:4:32', 'value:4:32']);
+      expect(states.map((s) => `${s.kind}:${s.layers.join(',')}:${s.dim}`)).toEqual([
+        'key:0,1:64',
+        'value:0,1:64',
+        'key:2,3:64',
+        'value:2,3:64',
+        'key:4:32',
+        'value:4:32',
+      ]);
       const timer = stageTimer();
       let last = 0;
-      const rope = await captureFit(runner, spec, split.fit, [states], { sink: 4, chunk: 256, progress: (e) => { last = e.done ?? last; }, timer });
+      const rope = await captureFit(runner, spec, split.fit, [states], {
+        sink: 4,
+        chunk: 256,
+        progress: (e) => {
+          last = e.done ?? last;
+        },
+        timer,
+      });
       // The RoPE read from the config was checked against the keys, and fits them.
       expect(rope.checked).toBe(true);
       expect(rope.pairs).toBeGreaterThan(0);
@@ -194,10 +258,24 @@ describe('calibrate checks the RoPE it read against the keys', () => {
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, rope_theta: 10 * (cfg.rope_theta ?? 10000) }));
     const out = join(tempDir('kvtc-badrope-'), 'p');
-    await expect(calibrate({
-      modelDir: dir, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 1024, heldout: 512, report: 512,
-      sink: 4, window: 128, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
-    })).rejects.toMatchObject({ code: 'ROPE_MISMATCH', message: expect.stringMatching(/theta/) });
+    await expect(
+      calibrate({
+        modelDir: dir,
+        data: [DEFAULT_CALIBRATION_DIR],
+        ratios: [8],
+        tokens: 1024,
+        heldout: 512,
+        report: 512,
+        sink: 4,
+        window: 128,
+        grouping: 'layer',
+        chunk: 256,
+        seed: 0,
+        device: 'cpu',
+        out,
+        force: false,
+      }),
+    ).rejects.toMatchObject({ code: 'ROPE_MISMATCH', message: expect.stringMatching(/theta/) });
     expect(existsSync(out)).toBe(false);
   }, 60_000);
 });

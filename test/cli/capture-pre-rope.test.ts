@@ -32,14 +32,31 @@ function unrotateHalf(k: Float32Array, heads: number, tokens: number, dim: numbe
 }
 
 describe('kvtc capture --pre-rope', () => {
-  for (const [name, model, theta] of [['the bundled fp32 Llama', DEFAULT_MODEL_DIR, 10000], ['the genai fp16 export', FIXTURE, 10000]] as const) {
+  for (const [name, model, theta] of [
+    ['the bundled fp32 Llama', DEFAULT_MODEL_DIR, 10000],
+    ['the genai fp16 export', FIXTURE, 10000],
+  ] as const) {
     it(`agrees with an independent un-rotation to 1e-5 relative on every layer (${name})`, async () => {
       const d = tempDir('kvtc-prerope-');
       writeFileSync(join(d, 't.txt'), readFileSync(WIKITEXT_TEST, 'utf8').slice(0, 4000));
       const plain = join(d, 'kv.safetensors');
       const pre = join(d, 'pre.safetensors');
-      expect((await kvtc('capture', '--model', model, '--text', join(d, 't.txt'), '--max-tokens', '200', '--out', plain, '--quiet')).code).toBe(0);
-      const r = await kvtc('capture', '--model', model, '--text', join(d, 't.txt'), '--max-tokens', '200', '--out', pre, '--pre-rope', '--quiet');
+      expect(
+        (await kvtc('capture', '--model', model, '--text', join(d, 't.txt'), '--max-tokens', '200', '--out', plain, '--quiet')).code,
+      ).toBe(0);
+      const r = await kvtc(
+        'capture',
+        '--model',
+        model,
+        '--text',
+        join(d, 't.txt'),
+        '--max-tokens',
+        '200',
+        '--out',
+        pre,
+        '--pre-rope',
+        '--quiet',
+      );
       expect(r.code, r.stderr).toBe(0);
       const a = (await readKvCache(plain)).cache;
       const { cache: b, metadata } = await readKvCache(pre);

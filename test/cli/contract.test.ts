@@ -7,15 +7,28 @@ import { kvtc } from '../model/helpers.js';
 import { runKvtc } from '../helpers/process.js';
 
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
-const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'export', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c'];
+const COMMANDS = [
+  'calibrate',
+  'inspect',
+  'validate',
+  'encode',
+  'decode',
+  'export',
+  'evaluate',
+  'bench',
+  'capture',
+  'generate',
+  'convert-llama2c',
+];
 
 /** Every key of every object in `v`. */
 function keys(v: unknown, out: string[] = []): string[] {
   if (Array.isArray(v)) v.forEach((x) => keys(x, out));
-  else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
-    out.push(k);
-    keys(x, out);
-  }
+  else if (v && typeof v === 'object')
+    for (const [k, x] of Object.entries(v)) {
+      out.push(k);
+      keys(x, out);
+    }
   return out;
 }
 
@@ -29,7 +42,10 @@ describe('--json covers usage errors', () => {
   });
 
   it('an invalid choice (--device gpu) and a bad value are JSON errors too', async () => {
-    for (const args of [['encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'], ['calibrate', '--tokens', 'many']]) {
+    for (const args of [
+      ['encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'],
+      ['calibrate', '--tokens', 'many'],
+    ]) {
       const r = await kvtc(...args, '--json');
       expect(r.code).toBe(2);
       expect(JSON.parse(r.stdout).error.code).toBe('USAGE');
@@ -71,7 +87,11 @@ describe('closed pipes', () => {
     const { spawn } = await import('node:child_process');
     const { REPO } = await import('../helpers/process.js');
     const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const sh = spawn('bash', ['-c', `node --import tsx test/helpers/kvtc-entry.ts inspect ${PROFILE} | head -1 >/dev/null; echo "\${PIPESTATUS[0]}" >&2`], { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
+      const sh = spawn(
+        'bash',
+        ['-c', `node --import tsx test/helpers/kvtc-entry.ts inspect ${PROFILE} | head -1 >/dev/null; echo "\${PIPESTATUS[0]}" >&2`],
+        { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } },
+      );
       let stderr = '';
       sh.stderr.on('data', (d) => (stderr += d));
       sh.on('close', (code) => resolve({ code, stderr }));
@@ -85,12 +105,37 @@ describe('closed pipes', () => {
     const { tmpdir } = await import('node:os');
     const dir = mkdtempSync(join(tmpdir(), 'kvtc-contract-'));
     try {
-      const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', join(dir, 'p')]);
+      const r = await runKvtc([
+        'calibrate',
+        '--tokens',
+        '512',
+        '--heldout',
+        '256',
+        '--report-tokens',
+        '256',
+        '--grouping',
+        'layer',
+        '--out',
+        join(dir, 'p'),
+      ]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toMatch(/^\[kvtc\] loading model/m);
       expect(r.stderr).toMatch(/^\[kvtc\] capturing calibration KV \d+\/\d+ tokens/m);
       expect(r.stdout).not.toContain('[kvtc]');
-      const q = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', join(dir, 'p'), '--quiet']);
+      const q = await runKvtc([
+        'calibrate',
+        '--tokens',
+        '512',
+        '--heldout',
+        '256',
+        '--report-tokens',
+        '256',
+        '--grouping',
+        'layer',
+        '--out',
+        join(dir, 'p'),
+        '--quiet',
+      ]);
       expect(q.code, q.stderr).toBe(0);
       expect(q.stderr).toBe('');
     } finally {
@@ -118,7 +163,9 @@ describe('inspect --model', () => {
     expect(r.stdout).toMatch(/LlamaForCausalLM: 5 layers, 8 heads \/ 4 KV heads × 8, KV float32/);
     expect(r.stdout).toMatch(/0-4\s+10000\s+8 of 8\s+half \(pairs \(i, i\+4\)\)\s+none\s+1\n[\s\S]*read from: config\.json/);
     const j = JSON.parse((await kvtc('inspect', PROFILE, '--model', DEFAULT_MODEL_DIR, '--json')).stdout);
-    expect(j.model_reading.rope).toEqual([expect.objectContaining({ layers: '0-4', theta: 10000, rotary_dim: 8, layout: 'half', scaling: null })]);
+    expect(j.model_reading.rope).toEqual([
+      expect.objectContaining({ layers: '0-4', theta: 10000, rotary_dim: 8, layout: 'half', scaling: null }),
+    ]);
     expect(j.model_reading.fingerprint.id).toBe(j.manifest.model.fingerprint.id);
     expect((await kvtc('inspect')).code).toBe(2);
   });

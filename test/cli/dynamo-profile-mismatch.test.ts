@@ -18,7 +18,19 @@ const DIFFERENCES = [
 
 beforeAll(async () => {
   tiny = join(tempDir('kvtc-dynamo-mismatch-'), 'tiny-dynamo');
-  await calibrateDynamo({ modelDir: FIXTURE, data: [DEFAULT_CALIBRATION_DIR], ratios: [4], tokens: 512, heldout: 256, blockTokens: 4, chunk: 256, seed: 0, device: 'cpu', out: tiny, force: false });
+  await calibrateDynamo({
+    modelDir: FIXTURE,
+    data: [DEFAULT_CALIBRATION_DIR],
+    ratios: [4],
+    tokens: 512,
+    heldout: 256,
+    blockTokens: 4,
+    chunk: 256,
+    seed: 0,
+    device: 'cpu',
+    out: tiny,
+    force: false,
+  });
 }, 120_000);
 
 describe('a dynamo profile of another model', () => {
@@ -30,7 +42,11 @@ describe('a dynamo profile of another model', () => {
     expect(r.code, r.stderr).toBe(1);
     const e = JSON.parse(r.stdout).error;
     expect(e.code).toBe('PROFILE_MISMATCH');
-    expect(e.message).toMatch(new RegExp(`^profile ${tiny} was calibrated for model tiny-llama-fp16 \\(fingerprint [0-9a-f]{16}\\), but ${role} is stories260k \\(fingerprint 9699b3e4089e0884, \\S+stories260k\\): layers is 2`));
+    expect(e.message).toMatch(
+      new RegExp(
+        `^profile ${tiny} was calibrated for model tiny-llama-fp16 \\(fingerprint [0-9a-f]{16}\\), but ${role} is stories260k \\(fingerprint 9699b3e4089e0884, \\S+stories260k\\): layers is 2`,
+      ),
+    );
     expect(e.context.differences).toEqual(DIFFERENCES);
     expect(e.fix).toMatch(/^Calibrate a dynamo profile for this model: kvtc calibrate --target dynamo --model \S+stories260k$/);
   });

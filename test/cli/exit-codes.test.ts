@@ -4,7 +4,15 @@ import { describe, expect, it } from 'vitest';
 import { EXIT_CODES, exitCodeFor } from '../../src/cli/exit-codes.js';
 import { main } from '../../src/cli/main.js';
 import { memoryIO } from '../../src/cli/io.js';
-import { calibrationInterrupted, fileError, InternalError, InterruptedError, KvtcError, UsageError, type ErrorCode } from '../../src/errors.js';
+import {
+  calibrationInterrupted,
+  fileError,
+  InternalError,
+  InterruptedError,
+  KvtcError,
+  UsageError,
+  type ErrorCode,
+} from '../../src/errors.js';
 
 const README = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
 
@@ -31,20 +39,31 @@ describe('exit codes', () => {
 
   it('one "calibration interrupted" error for both targets', () => {
     const e = calibrationInterrupted();
-    expect(e).toMatchObject({ code: 'INTERRUPTED', message: 'calibration interrupted; nothing was written', fix: 'Re-run the command to calibrate.' });
+    expect(e).toMatchObject({
+      code: 'INTERRUPTED',
+      message: 'calibration interrupted; nothing was written',
+      fix: 'Re-run the command to calibrate.',
+    });
     expect(e.toJSON()).toEqual({ code: 'INTERRUPTED', message: e.message, fix: e.fix, context: undefined });
   });
 
   it('fileError: the message starts with the file, the context names it beside the rest', () => {
     const e = fileError('KV_INVALID', 'kv.safetensors', 'no layers', 'Re-create it.', { layers: 0 });
-    expect(e.toJSON()).toEqual({ code: 'KV_INVALID', message: 'kv.safetensors: no layers', fix: 'Re-create it.', context: { file: 'kv.safetensors', layers: 0 } });
+    expect(e.toJSON()).toEqual({
+      code: 'KV_INVALID',
+      message: 'kv.safetensors: no layers',
+      fix: 'Re-create it.',
+      context: { file: 'kv.safetensors', layers: 0 },
+    });
     expect(exitCodeFor(e)).toBe(1);
   });
 
-  it('main() returns the table\'s code for a thrown error', async () => {
+  it("main() returns the table's code for a thrown error", async () => {
     const io = memoryIO();
     expect(await main(['node', 'kvtc', 'inspect', '/nonexistent/profile', '--json'], io)).toBe(EXIT_CODES.PROFILE_INVALID);
     expect(JSON.parse(io.stdout.join('\n')).error.code).toBe('PROFILE_INVALID');
-    expect(await main(['node', 'kvtc', 'encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'], memoryIO())).toBe(EXIT_CODES.USAGE);
+    expect(await main(['node', 'kvtc', 'encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'], memoryIO())).toBe(
+      EXIT_CODES.USAGE,
+    );
   });
 });

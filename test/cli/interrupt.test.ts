@@ -11,7 +11,10 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 /** Starts kvtc, sends SIGINT once stderr matches `when` (plus `delayMs`), returns how it ended. */
 function interrupt(args: string[], when: RegExp, delayMs: number) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/kvtc-entry.ts', ...args], { cwd: REPO, env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
+  const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/kvtc-entry.ts', ...args], {
+    cwd: REPO,
+    env: { ...process.env, TSX_DISABLE_CACHE: '1' },
+  });
   let stdout = '';
   let stderr = '';
   let sent = false;
@@ -37,7 +40,11 @@ describe('Ctrl-C', () => {
   // stops partway, at a question boundary, and keeps what it scored.
   it('evaluate: exits 130, printing and keeping the questions already scored, marked partial', async () => {
     const report = join(root, 'report.md');
-    const r = await interrupt(['evaluate', '--subjects', 'stem', '--codec', 'int8', '--perplexity-tokens', '0', '--report', report, '--json'], /MMLU 0\/\d+/, 1500);
+    const r = await interrupt(
+      ['evaluate', '--subjects', 'stem', '--codec', 'int8', '--perplexity-tokens', '0', '--report', report, '--json'],
+      /MMLU 0\/\d+/,
+      1500,
+    );
     expect(r.code, r.stderr).toBe(130);
     const doc = JSON.parse(r.stdout);
     expect(doc.error.code).toBe('INTERRUPTED');

@@ -15,7 +15,21 @@ import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { VERSION } from '../../src/version.js';
 import { kvtc, tempDir } from '../model/helpers.js';
 
-const COMMANDS = ['calibrate', 'inspect', 'validate', 'encode', 'decode', 'export', 'evaluate', 'bench', 'capture', 'generate', 'convert-llama2c', 'convert-gguf', 'fetch-model'];
+const COMMANDS = [
+  'calibrate',
+  'inspect',
+  'validate',
+  'encode',
+  'decode',
+  'export',
+  'evaluate',
+  'bench',
+  'capture',
+  'generate',
+  'convert-llama2c',
+  'convert-gguf',
+  'fetch-model',
+];
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
 
 /** Parses `args` with a fresh program; returns what it printed and the CommanderError it threw, if any. */
@@ -37,17 +51,23 @@ describe('kvtc --help', () => {
   it('lists every command with the first line of its description, and only those', async () => {
     const r = await parse('--help');
     expect(r.error?.exitCode).toBe(0);
-    const listed = [...r.stdout.matchAll(/^ {2}([a-z][\w-]*)(?: \[options\]| \[\w+\]| <\w+>)*\s{2,}\S/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+    const listed = [...r.stdout.matchAll(/^ {2}([a-z][\w-]*)(?: \[options\]| \[\w+\]| <\w+>)*\s{2,}\S/gm)]
+      .map((m) => m[1])
+      .filter((c) => c !== 'help');
     expect(listed.sort()).toEqual([...COMMANDS].sort());
     const program = createProgram(memoryIO());
     expect(program.commands.map((c) => c.name()).sort()).toEqual([...COMMANDS].sort());
     for (const c of program.commands) expect(r.flat, c.name()).toContain(c.description().split('\n')[0].replace(/\s+/g, ' ').slice(0, 60));
-    expect(r.flat).toContain('Typical flow: kvtc calibrate --model DIR → kvtc validate PROFILE --model DIR → kvtc evaluate --profile PROFILE');
+    expect(r.flat).toContain(
+      'Typical flow: kvtc calibrate --model DIR → kvtc validate PROFILE --model DIR → kvtc evaluate --profile PROFILE',
+    );
   });
 
   it('gives the exit-code table and says where results and progress go', async () => {
     const { flat } = await parse('--help');
-    expect(flat).toContain('Exit codes: 0 ok · 1 bad input (a missing or corrupt model, profile, blob or file) · 2 usage (bad options) · 3 accuracy gate failed (evaluate --max-drop) · 70 a kvtc bug · 130 interrupted (Ctrl-C)');
+    expect(flat).toContain(
+      'Exit codes: 0 ok · 1 bad input (a missing or corrupt model, profile, blob or file) · 2 usage (bad options) · 3 accuracy gate failed (evaluate --max-drop) · 70 a kvtc bug · 130 interrupted (Ctrl-C)',
+    );
     expect(flat).toMatch(/results on stdout .*progress and messages on stderr \(--quiet for none\)/);
   });
 
@@ -91,14 +111,38 @@ describe('exit codes', () => {
     expect((await kvtc('no-such-command')).code).toBe(2);
     // A failure that is not a KvtcError is a bug: the terminal throws while the command prints.
     const stderr: string[] = [];
-    const broken: CliIO = { out: () => { throw new TypeError('terminal gone'); }, err: (t) => void stderr.push(t), interactive: false };
+    const broken: CliIO = {
+      out: () => {
+        throw new TypeError('terminal gone');
+      },
+      err: (t) => void stderr.push(t),
+      interactive: false,
+    };
     expect(await main(['node', 'kvtc', 'inspect', PROFILE], broken)).toBe(70);
-    expect(stderr.join('\n')).toMatch(/^error \[INTERNAL\]: TypeError: terminal gone\n\s+at [\s\S]*fix: this is a kvtc bug; please report it/);
+    expect(stderr.join('\n')).toMatch(
+      /^error \[INTERNAL\]: TypeError: terminal gone\n\s+at [\s\S]*fix: this is a kvtc bug; please report it/,
+    );
   });
 
   it('3: the accuracy gate, named in the JSON error (evaluate --max-drop)', async () => {
     // Full behaviour in test/evaluate/evaluate-cli.test.ts; here only that 3 is what main returns for it.
-    const r = await kvtc('evaluate', '--subjects', 'world_religions', '--limit', '3', '--codec', 'kvtc', '--perplexity-tokens', '0', '--long-context', '0', '--max-drop', '1', '--json', '--quiet');
+    const r = await kvtc(
+      'evaluate',
+      '--subjects',
+      'world_religions',
+      '--limit',
+      '3',
+      '--codec',
+      'kvtc',
+      '--perplexity-tokens',
+      '0',
+      '--long-context',
+      '0',
+      '--max-drop',
+      '1',
+      '--json',
+      '--quiet',
+    );
     expect(r.code).toBe(3);
     expect(JSON.parse(r.stdout).error.code).toBe('THRESHOLD_EXCEEDED');
   });
@@ -109,7 +153,10 @@ describe('option errors: exit 2, naming the option, the value and what is valid'
     [['calibrate', '--tokens', 'many'], /--tokens "many": must be a whole number ≥ 256/],
     [['calibrate', '--ratio', '100'], /--ratio .*100.*1\.5.*64/],
     [['calibrate', '--target', 'tensorrt'], /argument 'tensorrt' is invalid\. Allowed choices are kvtc, dynamo/],
-    [['encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'], /argument 'gpu' is invalid\. Allowed choices are cpu, cuda/],
+    [
+      ['encode', '--device', 'gpu', '--profile', 'p', '--kv', 'k', '--out', 'o'],
+      /argument 'gpu' is invalid\. Allowed choices are cpu, cuda/,
+    ],
     [['encode', '--profile', 'p', '--out', 'o'], /required option '--kv <file>' not specified/],
     [['generate', '--prompt', 'x', '--temperature', '101'], /--temperature "101": must be a number between 0 and 100/],
     [['generate', '--prompt', 'x', '--max-new-tokens', '1.5'], /--max-new-tokens "1\.5": must be a whole number between 0 and 100000/],
@@ -128,7 +175,7 @@ describe('option errors: exit 2, naming the option, the value and what is valid'
     expect(r.stdout).toBe('');
   });
 
-  it('a zod-checked error names the command in its fix; commander\'s errors point at --help', async () => {
+  it("a zod-checked error names the command in its fix; commander's errors point at --help", async () => {
     const z = await kvtc('bench', '--repeats', '0');
     expect(z.stderr).toMatch(/error \[USAGE\]: invalid option:\n {2}--repeats "0"[\s\S]*fix: See `kvtc bench --help` for the valid values/);
     const c = await kvtc('inspect', '--bogus');
@@ -140,10 +187,27 @@ describe('the command line recorded in reports', () => {
   it('is argv after the script, with arguments the shell would split quoted', async () => {
     const dir = tempDir();
     const samples = join(dir, "log it's.jsonl");
-    const args = ['evaluate', '--subjects', 'marketing', '--limit', '1', '--codec', 'int8', '--perplexity-tokens', '0', '--long-context', '0', '--log-samples', samples, '--quiet'];
+    const args = [
+      'evaluate',
+      '--subjects',
+      'marketing',
+      '--limit',
+      '1',
+      '--codec',
+      'int8',
+      '--perplexity-tokens',
+      '0',
+      '--long-context',
+      '0',
+      '--log-samples',
+      samples,
+      '--quiet',
+    ];
     const r = await kvtc(...args);
     expect(r.code, r.stderr).toBe(0);
     const header = JSON.parse(readFileSync(samples, 'utf8').split('\n')[0]);
-    expect(header.command).toBe(`kvtc evaluate --subjects marketing --limit 1 --codec int8 --perplexity-tokens 0 --long-context 0 --log-samples '${dir}/log it'\\''s.jsonl' --quiet`);
+    expect(header.command).toBe(
+      `kvtc evaluate --subjects marketing --limit 1 --codec int8 --perplexity-tokens 0 --long-context 0 --log-samples '${dir}/log it'\\''s.jsonl' --quiet`,
+    );
   });
 });

@@ -67,7 +67,9 @@ describe('commands exit promptly after an error (no thread left alive)', () => {
     const bytes = readFileSync(blob);
     bytes[bytes.length >> 1] ^= 0xff;
     writeFileSync(blob, bytes);
-    const r = await runKvtc(['decode', '--profile', LONG_PROFILE, '--in', blob, '--out', join(dir, 'never.safetensors')], { deadlineMs: 30_000 });
+    const r = await runKvtc(['decode', '--profile', LONG_PROFILE, '--in', blob, '--out', join(dir, 'never.safetensors')], {
+      deadlineMs: 30_000,
+    });
     expect(r.hung).toBe(false);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('BLOB_INVALID');
@@ -147,7 +149,22 @@ describe('calibrating into the model directory', () => {
       );
     const before = snapshot();
     for (let i = 0; i < 2; i++) {
-      const r = await kvtc('calibrate', '--model', model, '--out', model, '--force', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer');
+      const r = await kvtc(
+        'calibrate',
+        '--model',
+        model,
+        '--out',
+        model,
+        '--force',
+        '--tokens',
+        '512',
+        '--heldout',
+        '256',
+        '--report-tokens',
+        '256',
+        '--grouping',
+        'layer',
+      );
       expect(r.code, r.stderr).toBe(0);
     }
     expect(snapshot()).toEqual(before);

@@ -13,7 +13,21 @@ import type { KvCache } from '../../src/model/types.js';
 import { fileURLToPath } from 'node:url';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
-import { allFinite, captureCache, explode, expectKvtcError, field, implode, mixedGroups, prefix, sameCache, setField, storeAll, withCrc, type Exploded } from './blob-tools.js';
+import {
+  allFinite,
+  captureCache,
+  explode,
+  expectKvtcError,
+  field,
+  implode,
+  mixedGroups,
+  prefix,
+  sameCache,
+  setField,
+  storeAll,
+  withCrc,
+  type Exploded,
+} from './blob-tools.js';
 
 let profile: Profile;
 let codec: KvtcCodec;
@@ -70,43 +84,190 @@ describe('untrusted blobs: each rule refuses a checksum-valid blob that breaks i
     ['flags float16 and float32 raw tokens together', () => setField(blob, 6, 2, 3), 'BLOB_INVALID', /both/],
     ['a reserved byte that is not 0', () => setField(blob, 44, 1, 1), 'BLOB_INVALID', /reserved header byte 44 is 1/],
     ['another profile id', () => setField(blob, 8, 4, 0xdeadbeef), 'BLOB_MISMATCH', /encoded with profile/],
-    ['tokens = 1e7 (the sections hold 168 compressed tokens)', () => setField(blob, 16, 4, 1e7), 'BLOB_INVALID', /plan 0's section\) declares \d+ decoded bytes; the plan needs \d+ for 9999868 compressed tokens/],
+    [
+      'tokens = 1e7 (the sections hold 168 compressed tokens)',
+      () => setField(blob, 16, 4, 1e7),
+      'BLOB_INVALID',
+      /plan 0's section\) declares \d+ decoded bytes; the plan needs \d+ for 9999868 compressed tokens/,
+    ],
     ['tokens = 1.26e9', () => setField(blob, 16, 4, 1.26e9), 'BLOB_INVALID', /1260000000 tokens; a kvtc blob holds at most 16777216/],
     ['tokens = 2^24 + 1', () => setField(blob, 16, 4, 2 ** 24 + 1), 'BLOB_INVALID', /16777217 tokens; a kvtc blob holds at most 16777216/],
-    ['tokens = 301', () => setField(blob, 16, 4, 301), 'BLOB_INVALID', /declares \d+ decoded bytes; the plan needs \d+ for 169 compressed tokens/],
-    ['tokens = 0', () => setField(setField(setField(blob, 16, 4, 0), 32, 4, 0), 36, 4, 0), 'BLOB_INVALID', /header says 11 sections; with 0 compressed tokens this profile's blob has 1/],
-    ['start_position + tokens past 2^32', () => setField(blob, 20, 4, 2 ** 32 - 100), 'BLOB_INVALID', /start_position 4294967196 \+ 300 tokens runs past position 2\^32/],
+    [
+      'tokens = 301',
+      () => setField(blob, 16, 4, 301),
+      'BLOB_INVALID',
+      /declares \d+ decoded bytes; the plan needs \d+ for 169 compressed tokens/,
+    ],
+    [
+      'tokens = 0',
+      () => setField(setField(setField(blob, 16, 4, 0), 32, 4, 0), 36, 4, 0),
+      'BLOB_INVALID',
+      /header says 11 sections; with 0 compressed tokens this profile's blob has 1/,
+    ],
+    [
+      'start_position + tokens past 2^32',
+      () => setField(blob, 20, 4, 2 ** 32 - 100),
+      'BLOB_INVALID',
+      /start_position 4294967196 \+ 300 tokens runs past position 2\^32/,
+    ],
     ['layers differ from the profile', () => setField(blob, 24, 2, 6), 'BLOB_INVALID', /header layers is 6, but the profile's model has 5/],
-    ['kv_heads differ from the profile', () => setField(blob, 26, 2, 2), 'BLOB_INVALID', /header kv_heads is 2, but the profile's model has 4/],
-    ['head_dim differs from the profile', () => setField(blob, 28, 2, 16), 'BLOB_INVALID', /header head_dim is 16, but the profile's model has 8/],
-    ['sink inconsistent with the profile', () => setField(blob, 32, 4, 3), 'BLOB_INVALID', /sink 3 and window 128 for 300 tokens; the profile \(sink 4, window 128\) gives 4 and 128/],
+    [
+      'kv_heads differ from the profile',
+      () => setField(blob, 26, 2, 2),
+      'BLOB_INVALID',
+      /header kv_heads is 2, but the profile's model has 4/,
+    ],
+    [
+      'head_dim differs from the profile',
+      () => setField(blob, 28, 2, 16),
+      'BLOB_INVALID',
+      /header head_dim is 16, but the profile's model has 8/,
+    ],
+    [
+      'sink inconsistent with the profile',
+      () => setField(blob, 32, 4, 3),
+      'BLOB_INVALID',
+      /sink 3 and window 128 for 300 tokens; the profile \(sink 4, window 128\) gives 4 and 128/,
+    ],
     ['window inconsistent with the profile', () => setField(blob, 36, 4, 0), 'BLOB_INVALID', /sink 4 and window 0 for 300 tokens/],
-    ['sink + window more than the tokens', () => setField(blob, 32, 4, 200), 'BLOB_INVALID', /sink 200 \+ window 128 raw tokens, more than its 300 tokens/],
-    ['section count 0', () => setField(blob, 30, 2, 0), 'BLOB_INVALID', /header says 0 sections; with 168 compressed tokens this profile's blob has 11/],
-    ['a second raw section', () => edit(blob, (e) => e.entries.splice(1, 0, { ...e.entries[0] })), 'BLOB_INVALID', /12 sections; .* has 11/],
+    [
+      'sink + window more than the tokens',
+      () => setField(blob, 32, 4, 200),
+      'BLOB_INVALID',
+      /sink 200 \+ window 128 raw tokens, more than its 300 tokens/,
+    ],
+    [
+      'section count 0',
+      () => setField(blob, 30, 2, 0),
+      'BLOB_INVALID',
+      /header says 0 sections; with 168 compressed tokens this profile's blob has 11/,
+    ],
+    [
+      'a second raw section',
+      () => edit(blob, (e) => e.entries.splice(1, 0, { ...e.entries[0] })),
+      'BLOB_INVALID',
+      /12 sections; .* has 11/,
+    ],
     ['an extra plan section', () => edit(blob, (e) => e.entries.push({ ...e.entries[10] })), 'BLOB_INVALID', /12 sections; .* has 11/],
     ['a missing plan section', () => edit(blob, (e) => e.entries.pop()), 'BLOB_INVALID', /10 sections; .* has 11/],
-    ['plan sections when no token is compressed', () => edit(short, (e) => e.entries.push(explode(blob).entries[1])), 'BLOB_INVALID', /2 sections; with 0 compressed tokens this profile's blob has 1 .*no plan sections/],
-    ['no raw section (a plan section first)', () => edit(blob, (e) => (e.entries[0] = { ...e.entries[1] })), 'BLOB_INVALID', /section 0 is a plan section for plan 0; section 0 must be the raw section/],
-    ['a raw section in a plan section\'s place', () => edit(blob, (e) => (e.entries[10] = { ...e.entries[0] })), 'BLOB_INVALID', /section 10 is a raw section .*must be plan 9's section/],
-    ['plan sections out of order', () => edit(blob, (e) => ([e.entries[1], e.entries[2]] = [e.entries[2], e.entries[1]])), 'BLOB_INVALID', /section 1 is a plan section for plan 1; section 1 must be plan 0's section/],
-    ['a plan index past the profile\'s plans', () => edit(blob, (e) => (e.entries[10].plan = 10)), 'BLOB_INVALID', /section 10 is a plan section for plan 10/],
-    ['a raw section with a plan index', () => edit(blob, (e) => (e.entries[0].plan = 5)), 'BLOB_INVALID', /raw section \(plan index 5\).*with plan index 0/],
+    [
+      'plan sections when no token is compressed',
+      () => edit(short, (e) => e.entries.push(explode(blob).entries[1])),
+      'BLOB_INVALID',
+      /2 sections; with 0 compressed tokens this profile's blob has 1 .*no plan sections/,
+    ],
+    [
+      'no raw section (a plan section first)',
+      () => edit(blob, (e) => (e.entries[0] = { ...e.entries[1] })),
+      'BLOB_INVALID',
+      /section 0 is a plan section for plan 0; section 0 must be the raw section/,
+    ],
+    [
+      "a raw section in a plan section's place",
+      () => edit(blob, (e) => (e.entries[10] = { ...e.entries[0] })),
+      'BLOB_INVALID',
+      /section 10 is a raw section .*must be plan 9's section/,
+    ],
+    [
+      'plan sections out of order',
+      () => edit(blob, (e) => ([e.entries[1], e.entries[2]] = [e.entries[2], e.entries[1]])),
+      'BLOB_INVALID',
+      /section 1 is a plan section for plan 1; section 1 must be plan 0's section/,
+    ],
+    [
+      "a plan index past the profile's plans",
+      () => edit(blob, (e) => (e.entries[10].plan = 10)),
+      'BLOB_INVALID',
+      /section 10 is a plan section for plan 10/,
+    ],
+    [
+      'a raw section with a plan index',
+      () => edit(blob, (e) => (e.entries[0].plan = 5)),
+      'BLOB_INVALID',
+      /raw section \(plan index 5\).*with plan index 0/,
+    ],
     ['an unknown section kind', () => edit(blob, (e) => (e.entries[1].kind = 2)), 'BLOB_INVALID', /section 1 has unknown kind 2/],
     ['an unknown codec', () => edit(blob, (e) => (e.entries[1].codec = 7)), 'BLOB_INVALID', /section 1 has unknown codec 7/],
-    ['a raw section declaring the wrong decoded size', () => edit(blob, (e) => (e.entries[0].decoded += 2)), 'BLOB_INVALID', /section 0 \(the raw section\) declares 84482 decoded bytes; 132 raw tokens of this shape are 84480/],
-    ['a stored raw section shorter than it declares', () => edit(blob, (e) => (e.entries[0].stored = e.entries[0].stored.slice(2))), 'BLOB_INVALID', /stored uncompressed in 84478 bytes but declares 84480/],
-    ['a plan section declaring the wrong decoded size', () => edit(blob, (e) => (e.entries[3].decoded += 1)), 'BLOB_INVALID', /section 3 \(plan 2's section\) declares \d+ decoded bytes; the plan needs/],
-    ['a DEFLATE section declaring more than 1032:1', () => edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(new Uint8Array(84480)).subarray(0, 60) })), 'BLOB_INVALID', /declares 84480 decoded bytes from 60 DEFLATE bytes; DEFLATE expands at most 1032:1/],
-    ['a DEFLATE bomb: the stream inflates past its declared size', () => edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(new Uint8Array(16 << 20)) })), 'BLOB_INVALID', /section 0 does not inflate to its declared 84480 bytes/],
-    ['a DEFLATE stream that inflates short', () => edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(noise(1000)) })), 'BLOB_INVALID', /inflates to 1000 bytes, the table says 84480/],
-    ['a DEFLATE section that is not DEFLATE', () => edit(blob, (e) => (e.entries[1] = { ...e.entries[1], codec: 1, stored: new Uint8Array(e.entries[1].stored.length).fill(0xff) })), 'BLOB_INVALID', /section 1 does not inflate/],
-    ['bytes between the last section and the checksum', () => withCrc(new Uint8Array([...blob.subarray(0, blob.length - 4), 1, 2, 3, 0, 0, 0, 0])), 'BLOB_INVALID', /declares \d+ stored bytes, but \d+ lie between/],
-    ['a truncated blob with its checksum recomputed', () => withCrc(blob.slice(0, 2000)), 'BLOB_INVALID', /declares \d+ stored bytes, but \d+ lie between/],
-    ['a table running past the end of the file', () => withCrc(setField(blob, 30, 2, 11).slice(0, 100)), 'BLOB_INVALID', /section table \(11 entries\) runs past the end/],
-    ['a flipped byte (checksum not recomputed)', () => Object.assign(blob.slice(), { [300]: blob[300] ^ 0x10 }), 'BLOB_INVALID', /checksum mismatch/],
-    ['an infinite raw value (fp16 0x7c00)', () => edit(blob, (e) => e.entries[0].stored.set([0x00, 0x7c], 0)), 'BLOB_INVALID', /raw section stores a non-finite key for layer 0, head 0, token 0, dim 0/],
-    ['a NaN raw value in a window token', () => edit(blob, (e) => e.entries[0].stored.set([0x00, 0x7e], 2 * 8 * (4 + 5))), 'BLOB_INVALID', /non-finite key for layer 0, head 0, token 177, dim 0/],
+    [
+      'a raw section declaring the wrong decoded size',
+      () => edit(blob, (e) => (e.entries[0].decoded += 2)),
+      'BLOB_INVALID',
+      /section 0 \(the raw section\) declares 84482 decoded bytes; 132 raw tokens of this shape are 84480/,
+    ],
+    [
+      'a stored raw section shorter than it declares',
+      () => edit(blob, (e) => (e.entries[0].stored = e.entries[0].stored.slice(2))),
+      'BLOB_INVALID',
+      /stored uncompressed in 84478 bytes but declares 84480/,
+    ],
+    [
+      'a plan section declaring the wrong decoded size',
+      () => edit(blob, (e) => (e.entries[3].decoded += 1)),
+      'BLOB_INVALID',
+      /section 3 \(plan 2's section\) declares \d+ decoded bytes; the plan needs/,
+    ],
+    [
+      'a DEFLATE section declaring more than 1032:1',
+      () =>
+        edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(new Uint8Array(84480)).subarray(0, 60) })),
+      'BLOB_INVALID',
+      /declares 84480 decoded bytes from 60 DEFLATE bytes; DEFLATE expands at most 1032:1/,
+    ],
+    [
+      'a DEFLATE bomb: the stream inflates past its declared size',
+      () => edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(new Uint8Array(16 << 20)) })),
+      'BLOB_INVALID',
+      /section 0 does not inflate to its declared 84480 bytes/,
+    ],
+    [
+      'a DEFLATE stream that inflates short',
+      () => edit(blob, (e) => (e.entries[0] = { ...e.entries[0], codec: 1, stored: deflateRawSync(noise(1000)) })),
+      'BLOB_INVALID',
+      /inflates to 1000 bytes, the table says 84480/,
+    ],
+    [
+      'a DEFLATE section that is not DEFLATE',
+      () =>
+        edit(blob, (e) => (e.entries[1] = { ...e.entries[1], codec: 1, stored: new Uint8Array(e.entries[1].stored.length).fill(0xff) })),
+      'BLOB_INVALID',
+      /section 1 does not inflate/,
+    ],
+    [
+      'bytes between the last section and the checksum',
+      () => withCrc(new Uint8Array([...blob.subarray(0, blob.length - 4), 1, 2, 3, 0, 0, 0, 0])),
+      'BLOB_INVALID',
+      /declares \d+ stored bytes, but \d+ lie between/,
+    ],
+    [
+      'a truncated blob with its checksum recomputed',
+      () => withCrc(blob.slice(0, 2000)),
+      'BLOB_INVALID',
+      /declares \d+ stored bytes, but \d+ lie between/,
+    ],
+    [
+      'a table running past the end of the file',
+      () => withCrc(setField(blob, 30, 2, 11).slice(0, 100)),
+      'BLOB_INVALID',
+      /section table \(11 entries\) runs past the end/,
+    ],
+    [
+      'a flipped byte (checksum not recomputed)',
+      () => Object.assign(blob.slice(), { [300]: blob[300] ^ 0x10 }),
+      'BLOB_INVALID',
+      /checksum mismatch/,
+    ],
+    [
+      'an infinite raw value (fp16 0x7c00)',
+      () => edit(blob, (e) => e.entries[0].stored.set([0x00, 0x7c], 0)),
+      'BLOB_INVALID',
+      /raw section stores a non-finite key for layer 0, head 0, token 0, dim 0/,
+    ],
+    [
+      'a NaN raw value in a window token',
+      () => edit(blob, (e) => e.entries[0].stored.set([0x00, 0x7e], 2 * 8 * (4 + 5))),
+      'BLOB_INVALID',
+      /non-finite key for layer 0, head 0, token 177, dim 0/,
+    ],
   ];
   it.each(cases)('%s', async (_name, make, code, message) => {
     const before = process.memoryUsage().arrayBuffers;
@@ -116,7 +277,10 @@ describe('untrusted blobs: each rule refuses a checksum-valid blob that breaks i
   });
 
   it('the error names the field and value in its context too', async () => {
-    await expect(codec.decode(setField(blob, 24, 2, 6), 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', context: { blob: 'x.kvtc', field: 'layers', value: 6, profile: 5 } });
+    await expect(codec.decode(setField(blob, 24, 2, 6), 'x.kvtc')).rejects.toMatchObject({
+      code: 'BLOB_INVALID',
+      context: { blob: 'x.kvtc', field: 'layers', value: 6, profile: 5 },
+    });
   });
 });
 
@@ -130,10 +294,22 @@ describe('untrusted blobs: dynamic and fp8 groups decode to finite values only',
     });
   type Case = [name: string, make: () => Uint8Array, message: RegExp];
   const cases: Case[] = [
-    ['an infinite dynamic scale', planPayload((p, o) => p.set([0x00, 0x7c], o.dynScales + 2 * 7)), /plan 0 \(keys of layer 0\), dynamic group 0–1: the fp16 scale of token 11 is Infinity \(0x7c00\)/],
+    [
+      'an infinite dynamic scale',
+      planPayload((p, o) => p.set([0x00, 0x7c], o.dynScales + 2 * 7)),
+      /plan 0 \(keys of layer 0\), dynamic group 0–1: the fp16 scale of token 11 is Infinity \(0x7c00\)/,
+    ],
     ['a NaN dynamic scale', planPayload((p, o) => p.set([0x01, 0xfe], o.dynScales)), /the fp16 scale of token 4 is NaN/],
-    ['an infinite dynamic offset', planPayload((p, o) => p.set([0x00, 0xfc], o.dynOffsets + 2 * 3)), /the fp16 offset of token 7 is -Infinity/],
-    ['an fp8 code 0x7f (NaN)', planPayload((p, o) => (p[o.fp8Static + 5] = 0x7f)), /stores fp8 code 0x7f \(NaN, never written\) for component 2 of token 9/],
+    [
+      'an infinite dynamic offset',
+      planPayload((p, o) => p.set([0x00, 0xfc], o.dynOffsets + 2 * 3)),
+      /the fp16 offset of token 7 is -Infinity/,
+    ],
+    [
+      'an fp8 code 0x7f (NaN)',
+      planPayload((p, o) => (p[o.fp8Static + 5] = 0x7f)),
+      /stores fp8 code 0x7f \(NaN, never written\) for component 2 of token 9/,
+    ],
     ['an fp8 code 0xff (NaN)', planPayload((p, o) => (p[o.fp8Static + n + 1] = 0xff)), /fp8 code 0xff .* component 3 of token 5/],
   ];
   it.each(cases)('%s → BLOB_INVALID', async (_name, make, message) => {
@@ -167,7 +343,10 @@ describe('untrusted blobs: what a reader must accept', () => {
   });
 
   it('every section as DEFLATE (either codec is valid for any section) decodes to the same cache', async () => {
-    const z = edit(blob, (e) => (e.entries = e.entries.map((s) => (s.codec === 0 ? { ...s, codec: 1, stored: deflateRawSync(s.stored) } : s))));
+    const z = edit(
+      blob,
+      (e) => (e.entries = e.entries.map((s) => (s.codec === 0 ? { ...s, codec: 1, stored: deflateRawSync(s.stored) } : s))),
+    );
     expect(explode(z).entries.every((s) => s.codec === 1)).toBe(true);
     expect(sameCache((await codec.decode(z)).cache, ref)).toBe(true);
   });

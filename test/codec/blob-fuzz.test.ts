@@ -21,7 +21,20 @@ import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
 import { codecFromProfile } from '../../src/profile/codec.js';
 import { readProfile } from '../../src/profile/read.js';
-import { allFinite, at, captureCache, cloneCache, explode, implode, mixedGroups, prefix, sameCache, setField, storeAll, withCrc } from './blob-tools.js';
+import {
+  allFinite,
+  at,
+  captureCache,
+  cloneCache,
+  explode,
+  implode,
+  mixedGroups,
+  prefix,
+  sameCache,
+  setField,
+  storeAll,
+  withCrc,
+} from './blob-tools.js';
 import { rng } from './rng.js';
 
 const MUTATIONS = 1600;
@@ -75,7 +88,23 @@ const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
 
 /** Values worth trying in a field that holds `cur`. */
 function interesting(r: Rand, cur: number, max: number): number {
-  const c = [0, 1, cur - 1, cur + 1, cur * 2, cur >>> 1, cur + 4, max, max - 1, 2 ** 24, 2 ** 24 + 1, 1e7, 1.26e9, 0x7fffffff, int(r, max + 1)];
+  const c = [
+    0,
+    1,
+    cur - 1,
+    cur + 1,
+    cur * 2,
+    cur >>> 1,
+    cur + 4,
+    max,
+    max - 1,
+    2 ** 24,
+    2 ** 24 + 1,
+    1e7,
+    1.26e9,
+    0x7fffffff,
+    int(r, max + 1),
+  ];
   return Math.min(max, Math.max(0, Math.round(pick(r, c))));
 }
 
@@ -112,7 +141,22 @@ const mutators: Record<string, (r: Rand, b: Uint8Array) => Mutation> = {
     return { blob: out, exact: true, what: `${junk.length} junk bytes appended` };
   },
   headerFieldCrc(r, b) {
-    const fields: [string, number, 1 | 2 | 4][] = [['version', 4, 2], ['flags', 6, 2], ['profile', 8, 4], ['profile+4', 12, 4], ['tokens', 16, 4], ['start_position', 20, 4], ['layers', 24, 2], ['kv_heads', 26, 2], ['head_dim', 28, 2], ['sections', 30, 2], ['sink', 32, 4], ['window', 36, 4], ['reserved', 40, 4], ['reserved+4', 44, 4]];
+    const fields: [string, number, 1 | 2 | 4][] = [
+      ['version', 4, 2],
+      ['flags', 6, 2],
+      ['profile', 8, 4],
+      ['profile+4', 12, 4],
+      ['tokens', 16, 4],
+      ['start_position', 20, 4],
+      ['layers', 24, 2],
+      ['kv_heads', 26, 2],
+      ['head_dim', 28, 2],
+      ['sections', 30, 2],
+      ['sink', 32, 4],
+      ['window', 36, 4],
+      ['reserved', 40, 4],
+      ['reserved+4', 44, 4],
+    ];
     const [name, off, size] = pick(r, fields);
     const dv = new DataView(b.buffer, b.byteOffset);
     const cur = size === 2 ? dv.getUint16(off, true) : dv.getUint32(off, true);
@@ -155,7 +199,10 @@ const mutators: Record<string, (r: Rand, b: Uint8Array) => Mutation> = {
     const start = tableEnd(b);
     const p = start + int(r, b.length - 4 - start + 1);
     const k = 1 + int(r, 16);
-    const out = r.uniform() < 0.5 ? new Uint8Array([...b.subarray(0, p), ...Uint8Array.from({ length: k }, () => int(r, 256)), ...b.subarray(p)]) : new Uint8Array([...b.subarray(0, p), ...b.subarray(Math.min(p + k, b.length - 4))]);
+    const out =
+      r.uniform() < 0.5
+        ? new Uint8Array([...b.subarray(0, p), ...Uint8Array.from({ length: k }, () => int(r, 256)), ...b.subarray(p)])
+        : new Uint8Array([...b.subarray(0, p), ...b.subarray(Math.min(p + k, b.length - 4))]);
     return { blob: withCrc(out), exact: true, what: `payload bytes inserted/removed at ${p} (CRC fixed)` };
   },
   startPositionNearBoundCrc(r, b) {
@@ -164,7 +211,14 @@ const mutators: Record<string, (r: Rand, b: Uint8Array) => Mutation> = {
     // context, another valid blob within it.
     const T = new DataView(b.buffer, b.byteOffset).getUint32(16, true);
     const k = int(r, 8);
-    const v = pick(r, [STORIES_POSITIONS - T - k, STORIES_POSITIONS - T + 1 + k, 2 ** 24 - T + k, 2 ** 32 - 1 - k, 2 ** 32 - T - k, 4.29e9 + k]);
+    const v = pick(r, [
+      STORIES_POSITIONS - T - k,
+      STORIES_POSITIONS - T + 1 + k,
+      2 ** 24 - T + k,
+      2 ** 32 - 1 - k,
+      2 ** 32 - T - k,
+      4.29e9 + k,
+    ]);
     return { blob: setField(b, 20, 4, v), exact: false, what: `start_position → ${v} (CRC fixed)` };
   },
   payloadEditCrc(r, b) {
@@ -232,8 +286,8 @@ describe('blob fuzzing: every mutated blob is refused with a typed error or deco
   });
 });
 
-describe('positions past the model\'s context (issue 22: a CRC-valid start_position of 4.29e9 decoded)', () => {
-  it('the committed profile records the model\'s 512 positions', () => {
+describe("positions past the model's context (issue 22: a CRC-valid start_position of 4.29e9 decoded)", () => {
+  it("the committed profile records the model's 512 positions", () => {
     expect(codec.spec.maxPositions).toBe(STORIES_POSITIONS);
   });
 
@@ -244,13 +298,18 @@ describe('positions past the model\'s context (issue 22: a CRC-valid start_posit
       const blob = setField(base.blob, 20, 4, start);
       await expect(base.codec.decode(blob, 'far.kvtc')).rejects.toMatchObject({
         code: 'BLOB_INVALID',
-        message: expect.stringContaining(`far.kvtc: header start_position ${start} + ${T} tokens puts its last token at position ${start + T - 1}, but the model has 512 positions (0–511, the profile's model.max_positions)`),
+        message: expect.stringContaining(
+          `far.kvtc: header start_position ${start} + ${T} tokens puts its last token at position ${start + T - 1}, but the model has 512 positions (0–511, the profile's model.max_positions)`,
+        ),
         fix: expect.stringContaining('re-encode'),
         context: expect.objectContaining({ start_position: start, tokens: T, max_positions: STORIES_POSITIONS }),
       });
     }
     // Past 2^32 no profile matters: the header check (positions are u32) refuses it first.
-    await expect(base.codec.decode(setField(base.blob, 20, 4, 2 ** 32 - 1), 'far.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining(`start_position 4294967295 + ${T} tokens runs past position 2^32 − 1`) });
+    await expect(base.codec.decode(setField(base.blob, 20, 4, 2 ** 32 - 1), 'far.kvtc')).rejects.toMatchObject({
+      code: 'BLOB_INVALID',
+      message: expect.stringContaining(`start_position 4294967295 + ${T} tokens runs past position 2^32 − 1`),
+    });
     const { cache } = await base.codec.decode(setField(base.blob, 20, 4, STORIES_POSITIONS - T), 'edge.kvtc');
     expect(cache.startPosition).toBe(STORIES_POSITIONS - T);
     expect(allFinite(cache)).toBe(true);
@@ -260,7 +319,9 @@ describe('positions past the model\'s context (issue 22: a CRC-valid start_posit
     const cache = prefix(bases[0].ref, 40);
     await expect(codec.encode({ ...cache, startPosition: STORIES_POSITIONS - 39 })).rejects.toMatchObject({
       code: 'KV_INVALID',
-      message: expect.stringContaining('starts at position 473 with 40 tokens, so its last token is at position 512, but the model has 512 positions'),
+      message: expect.stringContaining(
+        'starts at position 473 with 40 tokens, so its last token is at position 512, but the model has 512 positions',
+      ),
     });
     const atEdge = await codec.encode({ ...cache, startPosition: STORIES_POSITIONS - 40 });
     expect((await codec.decode(atEdge.blob)).cache.startPosition).toBe(STORIES_POSITIONS - 40);
@@ -270,8 +331,14 @@ describe('positions past the model\'s context (issue 22: a CRC-valid start_posit
     try {
       const far = await old.encode({ ...cache, startPosition: DEFAULT_MAX_POSITIONS - 40 });
       expect((await old.decode(far.blob)).cache.startPosition).toBe(DEFAULT_MAX_POSITIONS - 40);
-      await expect(old.encode({ ...cache, startPosition: DEFAULT_MAX_POSITIONS - 39 })).rejects.toMatchObject({ code: 'KV_INVALID', message: expect.stringContaining('does not record model.max_positions') });
-      await expect(old.decode(setField(far.blob, 20, 4, DEFAULT_MAX_POSITIONS - 39))).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining(`the model has ${DEFAULT_MAX_POSITIONS} positions`) });
+      await expect(old.encode({ ...cache, startPosition: DEFAULT_MAX_POSITIONS - 39 })).rejects.toMatchObject({
+        code: 'KV_INVALID',
+        message: expect.stringContaining('does not record model.max_positions'),
+      });
+      await expect(old.decode(setField(far.blob, 20, 4, DEFAULT_MAX_POSITIONS - 39))).rejects.toMatchObject({
+        code: 'BLOB_INVALID',
+        message: expect.stringContaining(`the model has ${DEFAULT_MAX_POSITIONS} positions`),
+      });
     } finally {
       await old.release();
     }

@@ -39,7 +39,13 @@ export function explode(blob: Uint8Array): Exploded {
   for (let i = 0; i < count; i++) {
     const t = HEADER_BYTES + SECTION_BYTES * i;
     const stored = dv.getUint32(t + 4, true);
-    entries.push({ kind: dv.getUint8(t), codec: dv.getUint8(t + 1), plan: dv.getUint16(t + 2, true), stored: blob.slice(at, at + stored), decoded: dv.getUint32(t + 8, true) });
+    entries.push({
+      kind: dv.getUint8(t),
+      codec: dv.getUint8(t + 1),
+      plan: dv.getUint16(t + 2, true),
+      stored: blob.slice(at, at + stored),
+      decoded: dv.getUint32(t + 8, true),
+    });
     at += stored;
   }
   return { header: blob.slice(0, HEADER_BYTES), entries };
@@ -137,7 +143,13 @@ export const at = (c: KvCache, head: number, token: number, dim: number) => (hea
  * static fp8, a dropped component, dynamic fp8, then static int4 (the profile's static ranges reused).
  */
 export function mixedGroups(plan: BasisPlan): BasisPlan {
-  const spans: [number, QuantGroup['type'], QuantGroup['mode']][] = [[2, 'int8', 'dynamic'], [2, 'fp8', 'static'], [1, 'none', 'static'], [2, 'fp8', 'dynamic'], [Infinity, 'int4', 'static']];
+  const spans: [number, QuantGroup['type'], QuantGroup['mode']][] = [
+    [2, 'int8', 'dynamic'],
+    [2, 'fp8', 'static'],
+    [1, 'none', 'static'],
+    [2, 'fp8', 'dynamic'],
+    [Infinity, 'int4', 'static'],
+  ];
   const groups: QuantGroup[] = [];
   let s = 0;
   for (const [w, type, mode] of spans) {
@@ -151,10 +163,28 @@ export function mixedGroups(plan: BasisPlan): BasisPlan {
 
 /** Every key and value of two caches, bit for bit, and their metadata. */
 export function sameCache(a: KvCache, b: KvCache): boolean {
-  if (a.tokens !== b.tokens || a.layers !== b.layers || a.kvHeads !== b.kvHeads || a.headDim !== b.headDim || a.dtype !== b.dtype || a.startPosition !== b.startPosition) return false;
+  if (
+    a.tokens !== b.tokens ||
+    a.layers !== b.layers ||
+    a.kvHeads !== b.kvHeads ||
+    a.headDim !== b.headDim ||
+    a.dtype !== b.dtype ||
+    a.startPosition !== b.startPosition
+  )
+    return false;
   for (let l = 0; l < a.layers; l++) {
-    if (!Buffer.from(a.keys[l].buffer, a.keys[l].byteOffset, a.keys[l].byteLength).equals(Buffer.from(b.keys[l].buffer, b.keys[l].byteOffset, b.keys[l].byteLength))) return false;
-    if (!Buffer.from(a.values[l].buffer, a.values[l].byteOffset, a.values[l].byteLength).equals(Buffer.from(b.values[l].buffer, b.values[l].byteOffset, b.values[l].byteLength))) return false;
+    if (
+      !Buffer.from(a.keys[l].buffer, a.keys[l].byteOffset, a.keys[l].byteLength).equals(
+        Buffer.from(b.keys[l].buffer, b.keys[l].byteOffset, b.keys[l].byteLength),
+      )
+    )
+      return false;
+    if (
+      !Buffer.from(a.values[l].buffer, a.values[l].byteOffset, a.values[l].byteLength).equals(
+        Buffer.from(b.values[l].buffer, b.values[l].byteOffset, b.values[l].byteLength),
+      )
+    )
+      return false;
   }
   return true;
 }

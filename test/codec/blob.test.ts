@@ -1,10 +1,29 @@
 import { describe, expect, it } from 'vitest';
 import {
-  assembleBlob, blobBytes, compressSection, ENTROPY_CODERS, fp16BytesPerToken, HEADER_BYTES, parseBlob, rawSectionBytes, readBlobHeader, SECTION_BYTES,
+  assembleBlob,
+  blobBytes,
+  compressSection,
+  ENTROPY_CODERS,
+  fp16BytesPerToken,
+  HEADER_BYTES,
+  parseBlob,
+  rawSectionBytes,
+  readBlobHeader,
+  SECTION_BYTES,
   type BlobHeader,
 } from '../../src/codec/blob.js';
 
-const header: BlobHeader = { fp16: false, profileId: '0123456789abcdef', tokens: 10, startPosition: 7, layers: 2, kvHeads: 1, headDim: 4, sink: 2, window: 3 };
+const header: BlobHeader = {
+  fp16: false,
+  profileId: '0123456789abcdef',
+  tokens: 10,
+  startPosition: 7,
+  layers: 2,
+  kvHeads: 1,
+  headDim: 4,
+  sink: 2,
+  window: 3,
+};
 
 describe('blob sizes', () => {
   it('blobBytes = header + one table entry per section + payloads + CRC, and assembleBlob writes exactly that', () => {
@@ -33,14 +52,27 @@ describe('sections and the header', () => {
       const s = compressSection('plan', 1, data, coder);
       expect(s.stored.byteLength).toBeLessThanOrEqual(data.byteLength);
       expect(s.codec === 0).toBe(coder === 'stored');
-      const blob = assembleBlob(header, [compressSection('raw', 0, new Uint8Array(rawSectionBytes({ ...header, rawFloat32: false })), 'stored'), s]);
-      const parsed = parseBlob(blob, { profileId: header.profileId, layers: 2, kvHeads: 1, headDim: 4, sink: 2, window: 3, planBytes: [null, () => data.byteLength] });
+      const blob = assembleBlob(header, [
+        compressSection('raw', 0, new Uint8Array(rawSectionBytes({ ...header, rawFloat32: false })), 'stored'),
+        s,
+      ]);
+      const parsed = parseBlob(blob, {
+        profileId: header.profileId,
+        layers: 2,
+        kvHeads: 1,
+        headDim: 4,
+        sink: 2,
+        window: 3,
+        planBytes: [null, () => data.byteLength],
+      });
       expect(parsed.plans.get(1)).toEqual(data);
     }
   });
 
   it('readBlobHeader reads back what assembleBlob wrote', () => {
-    const blob = assembleBlob({ ...header, fp16: true }, [compressSection('raw', 0, new Uint8Array(rawSectionBytes({ ...header, rawFloat32: false })), 'stored')]);
+    const blob = assembleBlob({ ...header, fp16: true }, [
+      compressSection('raw', 0, new Uint8Array(rawSectionBytes({ ...header, rawFloat32: false })), 'stored'),
+    ]);
     expect(readBlobHeader(blob)).toMatchObject({ ...header, fp16: true, rawFloat32: false, sectionCount: 1 });
   });
 });

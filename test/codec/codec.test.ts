@@ -67,9 +67,16 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     for (let l = 0; l < cache.layers; l++) {
       for (let h = 0; h < kvHeads; h++) {
         const base = h * tokens * headDim;
-        for (const [t0, t1] of [[0, 4], [tokens - 128, tokens]]) {
-          expect(back.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(asFp16(cache.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)));
-          expect(back.values[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(asFp16(cache.values[l].subarray(base + t0 * headDim, base + t1 * headDim)));
+        for (const [t0, t1] of [
+          [0, 4],
+          [tokens - 128, tokens],
+        ]) {
+          expect(back.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(
+            asFp16(cache.keys[l].subarray(base + t0 * headDim, base + t1 * headDim)),
+          );
+          expect(back.values[l].subarray(base + t0 * headDim, base + t1 * headDim)).toEqual(
+            asFp16(cache.values[l].subarray(base + t0 * headDim, base + t1 * headDim)),
+          );
         }
       }
       const ek = relError(cache.keys[l], back.keys[l]);
@@ -89,7 +96,12 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
   });
 
   it('a cache no longer than sink + window is stored raw (fp16) and restored exactly', async () => {
-    const short: KvCache = { ...cache, tokens: 100, keys: cache.keys.map((k) => slice(k, cache, 100)), values: cache.values.map((v) => slice(v, cache, 100)) };
+    const short: KvCache = {
+      ...cache,
+      tokens: 100,
+      keys: cache.keys.map((k) => slice(k, cache, 100)),
+      values: cache.values.map((v) => slice(v, cache, 100)),
+    };
     const { blob, stats } = await codec.encode(short);
     expect(stats.compressedTokens).toBe(0);
     expect(Number.isNaN(stats.ratioCompressed)).toBe(true);
@@ -101,9 +113,14 @@ describe('KvtcCodec on stories260K (bundled profile, held-out WikiText-2 text)',
     const { blob } = await codec.encode(cache);
     const flipped = blob.slice();
     flipped[200] ^= 0xff;
-    await expect(codec.decode(flipped, 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('checksum') });
+    await expect(codec.decode(flipped, 'x.kvtc')).rejects.toMatchObject({
+      code: 'BLOB_INVALID',
+      message: expect.stringContaining('checksum'),
+    });
     await expect(codec.decode(blob.slice(0, blob.length - 10), 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID' });
-    await expect(codec.decode(new TextEncoder().encode('not a blob at all, just some text padding padding padding'), 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('magic') });
+    await expect(
+      codec.decode(new TextEncoder().encode('not a blob at all, just some text padding padding padding'), 'x.kvtc'),
+    ).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('magic') });
     const other = await KvtcCodec.create({ ...codec.spec, profileId: 'ffffffffffffffff' }, profile.plans);
     await expect(other.decode(blob, 'x.kvtc')).rejects.toMatchObject({ code: 'BLOB_MISMATCH' });
     await other.release();
@@ -151,7 +168,14 @@ function slice(a: Float32Array, c: KvCache, n: number): Float32Array {
  * static ranges are reused).
  */
 function mixedGroups(plan: BasisPlan): BasisPlan {
-  const spans: [number, QuantGroup['type'], QuantGroup['mode']][] = [[2, 'int8', 'dynamic'], [2, 'fp8', 'static'], [1, 'none', 'static'], [2, 'fp8', 'dynamic'], [2, 'int2', 'static'], [Infinity, 'int4', 'static']];
+  const spans: [number, QuantGroup['type'], QuantGroup['mode']][] = [
+    [2, 'int8', 'dynamic'],
+    [2, 'fp8', 'static'],
+    [1, 'none', 'static'],
+    [2, 'fp8', 'dynamic'],
+    [2, 'int2', 'static'],
+    [Infinity, 'int4', 'static'],
+  ];
   const groups: QuantGroup[] = [];
   let at = 0;
   for (const [w, type, mode] of spans) {
@@ -241,7 +265,8 @@ describe('codec ONNX graphs against the plain TypeScript reference', () => {
       if (want.coeffs.length) feeds.coeffs = new ort.Tensor('float32', want.coeffs, [want.coeffs.length / n, n]);
       const back = (await dec.run(feeds)).x.data as Float32Array;
       const cacheLayout = new Float32Array(G * n * hd);
-      for (let t = 0; t < n; t++) for (let g = 0; g < G; g++) cacheLayout.set(xr.subarray(t * plan.dim + g * hd, t * plan.dim + (g + 1) * hd), (g * n + t) * hd);
+      for (let t = 0; t < n; t++)
+        for (let g = 0; g < G; g++) cacheLayout.set(xr.subarray(t * plan.dim + g * hd, t * plan.dim + (g + 1) * hd), (g * n + t) * hd);
       if (plan.kind === 'key') applyRope(cacheLayout, G, n, hd, spec.rope[0]!, 0);
       worst = 0;
       for (let i = 0; i < cacheLayout.length; i++) worst = Math.max(worst, Math.abs(back[i] - cacheLayout[i]));

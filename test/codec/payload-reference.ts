@@ -34,4 +34,3 @@ export function dequantizeStored(pc: PlanCodes, n: number, plan: BasisPlan): Flo
 export function decodePlanPayload(payload: Uint8Array, n: number, plan: BasisPlan, source = '<blob>'): Float32Array {
   return dequantizeStored(decodePlanCodes(payload, n, plan, source), n, plan);
 }
-

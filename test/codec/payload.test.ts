@@ -39,7 +39,18 @@ function plan(C: Float32Array, n: number): BasisPlan {
       hi[c] = f.hi;
     }
   }
-  return { kind: 'value', layers: [0], dim: r, rank: r, mean: new Float32Array(r), basis: new Float32Array(r * r), variances: new Float32Array(r), groups, lo, hi };
+  return {
+    kind: 'value',
+    layers: [0],
+    dim: r,
+    rank: r,
+    mean: new Float32Array(r),
+    basis: new Float32Array(r * r),
+    variances: new Float32Array(r),
+    groups,
+    lo,
+    hi,
+  };
 }
 
 function coefficients(n: number, seed: number): Float32Array {

@@ -12,7 +12,10 @@ function checkGroup(op: string, C: Float32Array, tokens: number, r: number, g: Q
   invariant(g.type !== 'none', `Error in ${op}: group [${g.start}, ${g.end}) has type 'none' (nothing to store)`);
   invariant(0 <= g.start && g.start < g.end && g.end <= r, `Error in ${op}: group [${g.start}, ${g.end}) outside [0, ${r})`);
   invariant(C.length >= tokens * r, `Error in ${op}: coefficient length (${C.length}) < tokens*r (${tokens}*${r})`);
-  invariant(codes.length >= tokens * (g.end - g.start), `Error in ${op}: codes length (${codes.length}) < tokens*width (${tokens}*${g.end - g.start})`);
+  invariant(
+    codes.length >= tokens * (g.end - g.start),
+    `Error in ${op}: codes length (${codes.length}) < tokens*width (${tokens}*${g.end - g.start})`,
+  );
   return g.type;
 }
 
@@ -22,15 +25,24 @@ function checkGroup(op: string, C: Float32Array, tokens: number, r: number, g: Q
  * lo/hi: Float32Array // [r] static ranges (read by static groups only).
  */
 export function quantizeGroup(
-  C: Float32Array, tokens: number, r: number, g: QuantGroup, lo: Float32Array, hi: Float32Array,
-  codes: Uint8Array, scales?: Uint16Array, offsets?: Uint16Array,
+  C: Float32Array,
+  tokens: number,
+  r: number,
+  g: QuantGroup,
+  lo: Float32Array,
+  hi: Float32Array,
+  codes: Uint8Array,
+  scales?: Uint16Array,
+  offsets?: Uint16Array,
 ): void {
   const type = checkGroup('quantizeGroup', C, tokens, r, g, codes);
   const w = g.end - g.start;
   const levels = intLevels(type);
   if (g.mode === 'dynamic') {
-    invariant(scales !== undefined && offsets !== undefined && scales.length >= tokens && offsets.length >= tokens,
-      `Error in quantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets of length >= ${tokens}`);
+    invariant(
+      scales !== undefined && offsets !== undefined && scales.length >= tokens && offsets.length >= tokens,
+      `Error in quantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets of length >= ${tokens}`,
+    );
     for (let t = 0; t < tokens; t++) {
       const row = t * r + g.start;
       let mn = Infinity;
@@ -62,14 +74,24 @@ export function quantizeGroup(
 
 /** Inverse of quantizeGroup: writes group g's columns of out: Float32Array // [tokens, r]. */
 export function dequantizeGroup(
-  codes: Uint8Array, tokens: number, r: number, g: QuantGroup, lo: Float32Array, hi: Float32Array,
-  scales: Uint16Array | undefined, offsets: Uint16Array | undefined, out: Float32Array,
+  codes: Uint8Array,
+  tokens: number,
+  r: number,
+  g: QuantGroup,
+  lo: Float32Array,
+  hi: Float32Array,
+  scales: Uint16Array | undefined,
+  offsets: Uint16Array | undefined,
+  out: Float32Array,
 ): void {
   const type = checkGroup('dequantizeGroup', out, tokens, r, g, codes);
   const w = g.end - g.start;
   const levels = intLevels(type);
   if (g.mode === 'dynamic') {
-    invariant(scales !== undefined && offsets !== undefined, `Error in dequantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets`);
+    invariant(
+      scales !== undefined && offsets !== undefined,
+      `Error in dequantizeGroup: dynamic group [${g.start}, ${g.end}) needs scales and offsets`,
+    );
     for (let t = 0; t < tokens; t++) {
       const off = halfToFloat(offsets[t]);
       const sc = halfToFloat(scales[t]);

@@ -5,11 +5,12 @@ import { dequantizeGroup, quantizeGroup } from './quant-reference.js';
 import type { QuantGroup } from '../../src/codec/types.js';
 import { rng } from './rng.js';
 
-const tokens = 200, r = 12;
+const tokens = 200,
+  r = 12;
 function coeffs(seed: number): Float32Array {
   const { normal } = rng(seed);
   const C = new Float32Array(tokens * r);
-  for (let t = 0; t < tokens; t++) for (let j = 0; j < r; j++) C[t * r + j] = normal() * 10 / (1 + j) + (j === 3 ? 40 : 0);
+  for (let t = 0; t < tokens; t++) for (let j = 0; j < r; j++) C[t * r + j] = (normal() * 10) / (1 + j) + (j === 3 ? 40 : 0);
   return C;
 }
 
@@ -67,7 +68,9 @@ describe('dynamic quantization', () => {
 
   it('error falls as bits rise', () => {
     const C = coeffs(3);
-    const errs = (['int2', 'int4', 'int8'] as StoredType[]).map((type) => mse(C, roundTrip(C, { start: 0, end: r, type, mode: 'dynamic' }).out, { start: 0, end: r, type, mode: 'dynamic' }));
+    const errs = (['int2', 'int4', 'int8'] as StoredType[]).map((type) =>
+      mse(C, roundTrip(C, { start: 0, end: r, type, mode: 'dynamic' }).out, { start: 0, end: r, type, mode: 'dynamic' }),
+    );
     expect(errs[1]).toBeLessThan(errs[0] / 10);
     expect(errs[2]).toBeLessThan(errs[1] / 100);
   });
@@ -94,7 +97,6 @@ describe('static quantization', () => {
       expect(Math.abs(clipped - out[i])).toBeLessThanOrEqual(step / 2 + 1e-5);
     }
   });
-
 });
 
 describe('staticCode (branch-free static int quantizer)', () => {
@@ -106,7 +108,26 @@ describe('staticCode (branch-free static int quantizer)', () => {
   };
   it('equals clamp(Math.round((x − off) / sc), 0, levels) on edge cases and random values', () => {
     const { normal } = rng(5);
-    const edges = [0, 0.49999999999999994, 0.5, 1.5, 2.5, -0.5, -0.49999999999999994, -1e-300, 3, 3.4999, 3.5, 1e12, -1e12, 2 ** 31, -(2 ** 31), Infinity, -Infinity, NaN];
+    const edges = [
+      0,
+      0.49999999999999994,
+      0.5,
+      1.5,
+      2.5,
+      -0.5,
+      -0.49999999999999994,
+      -1e-300,
+      3,
+      3.4999,
+      3.5,
+      1e12,
+      -1e12,
+      2 ** 31,
+      -(2 ** 31),
+      Infinity,
+      -Infinity,
+      NaN,
+    ];
     for (const levels of [3, 15, 255]) {
       for (const x of edges) expect(staticCode(x, 0, 1, levels)).toBe(reference(x, 0, 1, levels));
       for (let i = 0; i < 20000; i++) {

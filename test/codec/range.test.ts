@@ -59,32 +59,35 @@ describe('raw (sink and window) tokens', () => {
     ['a window key of 65520 (rounds to fp16 ∞)', 'key', 0, 0, 200, 0, 65520],
     ['a sink value of 3e38', 'value', 1, 2, 3, 5, 3e38],
   ];
-  it.each(overflow)('float32 cache, %s: raw tokens stored as float32 (flag bit 1), restored exactly', async (_w, kind, layer, head, token, dim, value) => {
-    const c = withValue(cache, kind, layer, head, token, dim, value);
-    const { blob } = await codec.encode(c);
-    expect(field(blob, 'flags')).toBe(2);
-    expect(explode(blob).entries[0].decoded).toBe(5 * 2 * 4 * 132 * 8 * 4);
-    const back = (await codec.decode(blob)).cache;
-    expect(back.dtype).toBe('float32');
-    for (let l = 0; l < 5; l++) {
-      for (const k of ['keys', 'values'] as const) {
-        for (let h = 0; h < 4; h++) {
-          for (let t = 0; t < 300; t++) {
-            const i = at(c, h, t, 0);
-            const got = back[k][l].subarray(i, i + 8);
-            // raw tokens: the float32 values themselves; compressed tokens: as without the outlier
-            const want = t < 4 || t >= 172 ? c[k][l].subarray(i, i + 8) : ref[k][l].subarray(i, i + 8);
-            expect(Array.from(got)).toEqual(Array.from(want));
+  it.each(overflow)(
+    'float32 cache, %s: raw tokens stored as float32 (flag bit 1), restored exactly',
+    async (_w, kind, layer, head, token, dim, value) => {
+      const c = withValue(cache, kind, layer, head, token, dim, value);
+      const { blob } = await codec.encode(c);
+      expect(field(blob, 'flags')).toBe(2);
+      expect(explode(blob).entries[0].decoded).toBe(5 * 2 * 4 * 132 * 8 * 4);
+      const back = (await codec.decode(blob)).cache;
+      expect(back.dtype).toBe('float32');
+      for (let l = 0; l < 5; l++) {
+        for (const k of ['keys', 'values'] as const) {
+          for (let h = 0; h < 4; h++) {
+            for (let t = 0; t < 300; t++) {
+              const i = at(c, h, t, 0);
+              const got = back[k][l].subarray(i, i + 8);
+              // raw tokens: the float32 values themselves; compressed tokens: as without the outlier
+              const want = t < 4 || t >= 172 ? c[k][l].subarray(i, i + 8) : ref[k][l].subarray(i, i + 8);
+              expect(Array.from(got)).toEqual(Array.from(want));
+            }
           }
         }
       }
-    }
-  });
+    },
+  );
 
   it.each([
-    ['65504, fp16\'s largest value', 65504, 65504],
+    ["65504, fp16's largest value", 65504, 65504],
     ['65519.99 (rounds to 65504)', 65519.99, 65504],
-    ['1e-9 (an fp16 zero; relative error 1 below fp16\'s normal range, absolute ≤ 2^-25)', 1e-9, 0],
+    ["1e-9 (an fp16 zero; relative error 1 below fp16's normal range, absolute ≤ 2^-25)", 1e-9, 0],
   ])('a raw value of %s stays in the fp16 raw section', async (_n, v, want) => {
     const { blob } = await codec.encode(withValue(cache, 'key', 1, 1, 2, 2, v));
     expect(field(blob, 'flags')).toBe(0);
@@ -96,8 +99,14 @@ describe('raw (sink and window) tokens', () => {
     for (const a of [...c16.keys, ...c16.values]) for (let i = 0; i < a.length; i++) a[i] = fp16(a[i]);
     expect(field((await codec.encode(c16)).blob, 'flags')).toBe(1);
     const bad = withValue(c16, 'value', 1, 2, 299, 7, 1e5);
-    await expectKvtcError(codec.encode(bad, 'kv.safetensors'), 'KV_OUT_OF_RANGE', /kv\.safetensors: the value of layer 1, head 2, token 299 \(position 299\), dim 7 is 100000, beyond fp16's ±65504, but the cache says its dtype is float16/);
-    await expect(codec.encode(bad)).rejects.toMatchObject({ context: { layer: 1, kind: 'value', head: 2, token: 299, dim: 7, value: 1e5 } });
+    await expectKvtcError(
+      codec.encode(bad, 'kv.safetensors'),
+      'KV_OUT_OF_RANGE',
+      /kv\.safetensors: the value of layer 1, head 2, token 299 \(position 299\), dim 7 is 100000, beyond fp16's ±65504, but the cache says its dtype is float16/,
+    );
+    await expect(codec.encode(bad)).rejects.toMatchObject({
+      context: { layer: 1, kind: 'value', head: 2, token: 299, dim: 7, value: 1e5 },
+    });
   });
 });
 
@@ -105,8 +114,26 @@ describe('non-finite values anywhere → KV_INVALID naming the value', () => {
   type Case = [where: string, kind: Kind, layer: number, head: number, token: number, dim: number, value: number, message: RegExp];
   const cases: Case[] = [
     ['NaN in a sink key', 'key', 0, 0, 1, 4, NaN, /the key of layer 0, head 0, token 1 \(position 1\), dim 4 is NaN/],
-    ['+∞ in a window value', 'value', 3, 1, 250, 0, Infinity, /the value of layer 3, head 1, token 250 \(position 250\), dim 0 is Infinity/],
-    ['−∞ in a compressed key', 'key', 4, 3, 100, 6, -Infinity, /the key of layer 4, head 3, token 100 \(position 100\), dim 6 is -Infinity/],
+    [
+      '+∞ in a window value',
+      'value',
+      3,
+      1,
+      250,
+      0,
+      Infinity,
+      /the value of layer 3, head 1, token 250 \(position 250\), dim 0 is Infinity/,
+    ],
+    [
+      '−∞ in a compressed key',
+      'key',
+      4,
+      3,
+      100,
+      6,
+      -Infinity,
+      /the key of layer 4, head 3, token 100 \(position 100\), dim 6 is -Infinity/,
+    ],
     ['NaN in a compressed value', 'value', 2, 0, 4, 1, NaN, /the value of layer 2, head 0, token 4 \(position 4\), dim 1 is NaN/],
   ];
   it.each(cases)('%s', async (_w, kind, layer, head, token, dim, value, message) => {
@@ -124,8 +151,17 @@ describe('compressed tokens far outside the calibrated range → KV_OUT_OF_RANGE
   ];
   it.each(cases)('%s', async (_w, kind, layer, head, token, dim, value, plan) => {
     const c = withValue(cache, kind, layer, head, token, dim, value);
-    await expectKvtcError(codec.encode(c, 'kv.safetensors'), 'KV_OUT_OF_RANGE', new RegExp(`kv\\.safetensors: token ${token} \\(position ${token}\\) is far outside the range the profile was calibrated on: .* ${kind}s in layer ${layer} \\(plan ${plan}\\).*largest value is ${String(Math.fround(value)).replace(/[.+]/g, '\\$&')} \\(layer ${layer}, head ${head}, dim ${dim}\\)`));
-    await expect(codec.encode(c)).rejects.toMatchObject({ fix: expect.stringMatching(/[Rr]ecalibrate the profile on data representative/), context: { plan, kind, token, layer, head, dim, value: Math.fround(value) } });
+    await expectKvtcError(
+      codec.encode(c, 'kv.safetensors'),
+      'KV_OUT_OF_RANGE',
+      new RegExp(
+        `kv\\.safetensors: token ${token} \\(position ${token}\\) is far outside the range the profile was calibrated on: .* ${kind}s in layer ${layer} \\(plan ${plan}\\).*largest value is ${String(Math.fround(value)).replace(/[.+]/g, '\\$&')} \\(layer ${layer}, head ${head}, dim ${dim}\\)`,
+      ),
+    );
+    await expect(codec.encode(c)).rejects.toMatchObject({
+      fix: expect.stringMatching(/[Rr]ecalibrate the profile on data representative/),
+      context: { plan, kind, token, layer, head, dim, value: Math.fround(value) },
+    });
   });
 
   it('the bound is ‖μ‖ + 16 × the calibration RMS deviation: just inside encodes (clipped to the static range), just outside is refused', async () => {
@@ -151,9 +187,20 @@ describe('compressed tokens far outside the calibrated range → KV_OUT_OF_RANGE
     await expectKvtcError(codec.encode(scaled(1.01)), 'KV_OUT_OF_RANGE', /token 60 .* values in layer 2 \(plan 5\)/);
   });
 
-  it('a dynamic group whose coefficients leave fp16 → KV_OUT_OF_RANGE (the codec checks; calibration\'s host path does not)', () => {
+  it("a dynamic group whose coefficients leave fp16 → KV_OUT_OF_RANGE (the codec checks; calibration's host path does not)", () => {
     const n = 3;
-    const plan: BasisPlan = { kind: 'value', layers: [1], dim: 2, rank: 2, mean: new Float32Array(2), basis: new Float32Array(4), variances: new Float32Array(2), groups: [{ start: 0, end: 2, type: 'int8', mode: 'dynamic' }], lo: new Float32Array(2), hi: new Float32Array(2) };
+    const plan: BasisPlan = {
+      kind: 'value',
+      layers: [1],
+      dim: 2,
+      rank: 2,
+      mean: new Float32Array(2),
+      basis: new Float32Array(4),
+      variances: new Float32Array(2),
+      groups: [{ start: 0, end: 2, type: 'int8', mode: 'dynamic' }],
+      lo: new Float32Array(2),
+      hi: new Float32Array(2),
+    };
     const coeffs = Float32Array.from([1, 2, 3, 4, 1e5, 6]);
     expect(encodePlanCodes({ codes: new Uint8Array(0), coeffs }, n, plan).length).toBe(payloadLength(plan, n));
     let err: unknown;
@@ -162,7 +209,11 @@ describe('compressed tokens far outside the calibrated range → KV_OUT_OF_RANGE
     } catch (e) {
       err = e;
     }
-    expect(err).toMatchObject({ code: 'KV_OUT_OF_RANGE', message: expect.stringMatching(/kv: token 5 has a coefficient of 100000 in plan 3 \(values of layer 1\), dynamic group 0–1; .* fp16/), fix: expect.stringMatching(/recalibrate/) });
+    expect(err).toMatchObject({
+      code: 'KV_OUT_OF_RANGE',
+      message: expect.stringMatching(/kv: token 5 has a coefficient of 100000 in plan 3 \(values of layer 1\), dynamic group 0–1; .* fp16/),
+      fix: expect.stringMatching(/recalibrate/),
+    });
   });
 });
 
@@ -189,7 +240,11 @@ describe('token counts and positions', () => {
   });
 
   it('start_position + tokens past 2^32 → KV_INVALID', async () => {
-    await expectKvtcError(codec.encode({ ...cache, startPosition: 2 ** 32 - 299 }), 'KV_INVALID', /starts at position 4294966997 with 300 tokens/);
+    await expectKvtcError(
+      codec.encode({ ...cache, startPosition: 2 ** 32 - 299 }),
+      'KV_INVALID',
+      /starts at position 4294966997 with 300 tokens/,
+    );
     // Below 2^32 the model's own bound decides (2^24 for a profile without model.max_positions).
     await expectKvtcError(codec.encode({ ...cache, startPosition: 2 ** 32 - 300 }), 'KV_INVALID', /the model has 16777216 positions/);
   });

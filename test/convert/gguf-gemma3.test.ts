@@ -30,7 +30,14 @@ const SHAPE: CacheShape = { layers: S.layers, kvHeads: S.kvHeads, headDim: S.hea
 /** Gemma-style SentencePiece vocabulary: controls, a user-defined newline, a space-only token (llama.cpp spelling), byte tokens, merged pieces. */
 function tinyVocab(): { tokens: string[]; types: number[] } {
   const entries: [string, number][] = [
-    ['<pad>', 3], ['<eos>', 3], ['<bos>', 3], ['<unk>', 3], ['<mask>', 3], ['<start_of_turn>', 3], ['\n', 4], ['  ', 4],
+    ['<pad>', 3],
+    ['<eos>', 3],
+    ['<bos>', 3],
+    ['<unk>', 3],
+    ['<mask>', 3],
+    ['<start_of_turn>', 3],
+    ['\n', 4],
+    ['  ', 4],
     ...Array.from({ length: 256 }, (_, b) => [`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, 6] as [string, number]),
     ...['▁', 't', 'h', 'e', 'c', 'a', '▁t', 'he', 'at', '▁c', '▁the', '▁cat'].map((t) => [t, 1] as [string, number]),
   ];
@@ -40,7 +47,10 @@ function tinyVocab(): { tokens: string[]; types: number[] } {
 interface Gemma3Weights {
   embed: Float32Array; // [vocab, hidden]
   finalNorm: Float32Array; // HF parameter w (the norm computes x·(1 + w))
-  layers: Record<'inputNorm' | 'postAttnNorm' | 'preFfNorm' | 'postFfNorm' | 'qNorm' | 'kNorm' | 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down', Float32Array>[];
+  layers: Record<
+    'inputNorm' | 'postAttnNorm' | 'preFfNorm' | 'postFfNorm' | 'qNorm' | 'kNorm' | 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down',
+    Float32Array
+  >[];
 }
 
 function randomWeights(vocab: number, seed: number): Gemma3Weights {
@@ -51,9 +61,19 @@ function randomWeights(vocab: number, seed: number): Gemma3Weights {
     embed: rnd(vocab * H, 0.5),
     finalNorm: rnd(H, 0.5),
     layers: Array.from({ length: S.layers }, () => ({
-      inputNorm: rnd(H, 0.5), postAttnNorm: rnd(H, 0.5), preFfNorm: rnd(H, 0.5), postFfNorm: rnd(H, 0.5), qNorm: rnd(D, 0.5), kNorm: rnd(D, 0.5),
-      q: rnd(heads * D * H, 0.3), k: rnd(KV * D * H, 0.3), v: rnd(KV * D * H, 0.3), o: rnd(H * heads * D, 0.3),
-      gate: rnd(I * H, 0.3), up: rnd(I * H, 0.3), down: rnd(H * I, 0.3),
+      inputNorm: rnd(H, 0.5),
+      postAttnNorm: rnd(H, 0.5),
+      preFfNorm: rnd(H, 0.5),
+      postFfNorm: rnd(H, 0.5),
+      qNorm: rnd(D, 0.5),
+      kNorm: rnd(D, 0.5),
+      q: rnd(heads * D * H, 0.3),
+      k: rnd(KV * D * H, 0.3),
+      v: rnd(KV * D * H, 0.3),
+      o: rnd(H * heads * D, 0.3),
+      gate: rnd(I * H, 0.3),
+      up: rnd(I * H, 0.3),
+      down: rnd(H * I, 0.3),
     })),
   };
 }
@@ -81,7 +101,13 @@ function gemma3Gguf(w: Gemma3Weights, edit?: (meta: Map<string, Meta>, tensors: 
     ['tokenizer.ggml.model', m.str('llama')],
     ['tokenizer.ggml.pre', m.str('default')],
     ['tokenizer.ggml.tokens', m.arr('STRING', tokens)],
-    ['tokenizer.ggml.scores', m.arr('FLOAT32', tokens.map((_, i) => -i))],
+    [
+      'tokenizer.ggml.scores',
+      m.arr(
+        'FLOAT32',
+        tokens.map((_, i) => -i),
+      ),
+    ],
     ['tokenizer.ggml.token_type', m.arr('INT32', types)],
     ['tokenizer.ggml.bos_token_id', m.u32(2)],
     ['tokenizer.ggml.eos_token_id', m.u32(1)],
@@ -93,7 +119,12 @@ function gemma3Gguf(w: Gemma3Weights, edit?: (meta: Map<string, Meta>, tensors: 
   ]);
   const V = tokens.length;
   const { hidden: H, heads, kvHeads: KV, headDim: D, intermediate: I } = S;
-  const t = (name: string, torchShape: number[], data: Float32Array): TensorSpec => ({ name, ne: [...torchShape].reverse(), type: 'F32', data: f32(data) });
+  const t = (name: string, torchShape: number[], data: Float32Array): TensorSpec => ({
+    name,
+    ne: [...torchShape].reverse(),
+    type: 'F32',
+    data: f32(data),
+  });
   const tensors: TensorSpec[] = [t('token_embd.weight', [V, H], w.embed), t('output_norm.weight', [H], plusOne(w.finalNorm))];
   w.layers.forEach((l, i) => {
     const p = `blk.${i}`;
@@ -124,11 +155,12 @@ function gemma3Gguf(w: Gemma3Weights, edit?: (meta: Map<string, Meta>, tensors: 
 function referenceForward(w: Gemma3Weights, ids: number[], window = S.window): { logits: Float64Array[]; keys: Float64Array[][] } {
   const { hidden: H, heads, kvHeads: KV, headDim: D, intermediate: I } = S;
   const V = w.embed.length / H;
-  const matvec = (m: Float32Array, x: Float64Array, rows: number, cols: number) => Float64Array.from({ length: rows }, (_, r) => {
-    let s = 0;
-    for (let c = 0; c < cols; c++) s += m[r * cols + c] * x[c];
-    return s;
-  });
+  const matvec = (m: Float32Array, x: Float64Array, rows: number, cols: number) =>
+    Float64Array.from({ length: rows }, (_, r) => {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += m[r * cols + c] * x[c];
+      return s;
+    });
   const rms = (x: Float64Array, wt: Float32Array) => {
     const ms = x.reduce((a, v) => a + v * v, 0) / x.length;
     return x.map((v, i) => (v / Math.sqrt(ms + S.eps)) * (1 + wt[i]));
@@ -168,13 +200,23 @@ function referenceForward(w: Gemma3Weights, ids: number[], window = S.window): {
         const mx = Math.max(...scores);
         const e = scores.map((s) => Math.exp(s - mx));
         const z = e.reduce((a, b) => a + b, 0);
-        visible.forEach((t, n) => { for (let d = 0; d < D; d++) ctx[j * D + d] += (e[n] / z) * vCache[l][t][kv + d]; });
+        visible.forEach((t, n) => {
+          for (let d = 0; d < D; d++) ctx[j * D + d] += (e[n] / z) * vCache[l][t][kv + d];
+        });
       }
       x = x.map((xv, i) => xv + rms(matvec(L.o, ctx, H, heads * D), L.postAttnNorm)[i]);
       const h2 = rms(x, L.preFfNorm);
       const g = matvec(L.gate, h2, I, H);
       const u = matvec(L.up, h2, I, H);
-      const mlp = rms(matvec(L.down, g.map((gv, i) => gelu(gv) * u[i]), H, I), L.postFfNorm);
+      const mlp = rms(
+        matvec(
+          L.down,
+          g.map((gv, i) => gelu(gv) * u[i]),
+          H,
+          I,
+        ),
+        L.postFfNorm,
+      );
       x = x.map((xv, i) => xv + mlp[i]);
     });
     logits.push(matvec(w.embed, rms(x, w.finalNorm), V, H)); // tied, unscaled
@@ -247,7 +289,12 @@ describe('convert-gguf on a synthetic Gemma 3 GGUF', () => {
     const full = await step(session, SHAPE, [ids], emptyPast(SHAPE));
     let past = emptyPast(SHAPE);
     const rows: Float32Array[] = [];
-    for (const [a, b] of [[0, 3], [3, 4], [4, 9], [9, ids.length]]) {
+    for (const [a, b] of [
+      [0, 3],
+      [3, 4],
+      [4, 9],
+      [9, ids.length],
+    ]) {
       const r = await step(session, SHAPE, [ids.slice(a, b)], past);
       for (let t = 0; t < b - a; t++) rows.push(logitsAt(r, b - a, 0, t));
       past = r.present;
@@ -259,12 +306,37 @@ describe('convert-gguf on a synthetic Gemma 3 GGUF', () => {
   it('writes config.json as transformers writes Gemma3ForCausalLM, and kvtc reads its per-layer RoPE back', async () => {
     const cfg = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
     expect(cfg).toMatchObject({
-      architectures: ['Gemma3ForCausalLM'], model_type: 'gemma3_text', head_dim: 16, hidden_size: 24, num_attention_heads: 2, num_key_value_heads: 1,
-      num_hidden_layers: 6, intermediate_size: 40, hidden_activation: 'gelu_pytorch_tanh', query_pre_attn_scalar: 16, sliding_window: 4,
-      rope_theta: 1000000, rope_local_base_freq: 10000, rope_scaling: null, rms_norm_eps: 1e-6, final_logit_softcapping: null,
-      attn_logit_softcapping: null, tie_word_embeddings: true, bos_token_id: 2, eos_token_id: 1, pad_token_id: 0, vocab_size: tinyVocab().tokens.length,
+      architectures: ['Gemma3ForCausalLM'],
+      model_type: 'gemma3_text',
+      head_dim: 16,
+      hidden_size: 24,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+      num_hidden_layers: 6,
+      intermediate_size: 40,
+      hidden_activation: 'gelu_pytorch_tanh',
+      query_pre_attn_scalar: 16,
+      sliding_window: 4,
+      rope_theta: 1000000,
+      rope_local_base_freq: 10000,
+      rope_scaling: null,
+      rms_norm_eps: 1e-6,
+      final_logit_softcapping: null,
+      attn_logit_softcapping: null,
+      tie_word_embeddings: true,
+      bos_token_id: 2,
+      eos_token_id: 1,
+      pad_token_id: 0,
+      vocab_size: tinyVocab().tokens.length,
     });
-    expect(cfg.layer_types).toEqual(['sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'full_attention']);
+    expect(cfg.layer_types).toEqual([
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'full_attention',
+    ]);
     const nc = normalizeHfConfig(cfg).spec;
     expect(nc.rope.map((r) => r?.theta)).toEqual([1e4, 1e4, 1e4, 1e4, 1e4, 1e6]);
     expect(nc.rope.every((r) => r?.layout === 'half' && r.rotaryDim === 16 && !r.scaling)).toBe(true);
@@ -282,7 +354,16 @@ describe('convert-gguf on a synthetic Gemma 3 GGUF', () => {
     expect(tok.encode('a\n<start_of_turn>the')).toEqual([2, id('a'), id('\n'), id('<start_of_turn>'), id('t'), id('he')]);
     expect(tok.decode(tok.encode(' the cat\n'), { skipSpecial: true })).toBe(' the cat\n');
     const tc = JSON.parse(await readFile(join(dir, 'tokenizer_config.json'), 'utf8'));
-    expect(tc).toMatchObject({ add_bos_token: true, add_eos_token: false, bos_token: '<bos>', eos_token: '<eos>', unk_token: '<unk>', pad_token: '<pad>', mask_token: '<mask>', tokenizer_class: 'GemmaTokenizer' });
+    expect(tc).toMatchObject({
+      add_bos_token: true,
+      add_eos_token: false,
+      bos_token: '<bos>',
+      eos_token: '<eos>',
+      unk_token: '<unk>',
+      pad_token: '<pad>',
+      mask_token: '<mask>',
+      tokenizer_class: 'GemmaTokenizer',
+    });
     const tj = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8'));
     expect(tj.model.vocab['▁▁']).toBe(id('  '));
     expect(tj.added_tokens.filter((a: { special: boolean }) => !a.special).map((a: { content: string }) => a.content)).toEqual(['\n']);
@@ -290,14 +371,20 @@ describe('convert-gguf on a synthetic Gemma 3 GGUF', () => {
 });
 
 describe('SentencePiece merges as transformers rebuilds them', () => {
-  it('rank merges by the merged token\'s position, longer left part first, every split into two vocabulary tokens', () => {
+  it("rank merges by the merged token's position, longer left part first, every split into two vocabulary tokens", () => {
     const tokens = ['a', 'b', 'c', 'bc', 'ab', 'abc', 'x😀', 'x', '😀'];
     const vocab = new Map(tokens.map((t, i) => [t, i]));
     // generate_merges(vocab, {t: -index}): sorted by (score, len(l), len(r)) descending.
-    expect(generateMerges(tokens, vocab, (t) => -vocab.get(t)!)).toEqual([['b', 'c'], ['a', 'b'], ['ab', 'c'], ['a', 'bc'], ['x', '😀']]);
+    expect(generateMerges(tokens, vocab, (t) => -vocab.get(t)!)).toEqual([
+      ['b', 'c'],
+      ['a', 'b'],
+      ['ab', 'c'],
+      ['a', 'bc'],
+      ['x', '😀'],
+    ]);
   });
 
-  it('respells tokens of spaces only, as Python\'s str.strip() sees whitespace', () => {
+  it("respells tokens of spaces only, as Python's str.strip() sees whitespace", () => {
     expect(respellSpaces('   ')).toBe('▁▁▁');
     expect(respellSpaces(' \t')).toBe('▁▁');
     expect(respellSpaces('\t\t')).toBe('\t\t');
@@ -314,11 +401,17 @@ describe('convert-gguf Gemma 3 refusals', () => {
   });
 
   it('a missing post-feedforward norm, named', async () => {
-    const e = await refusal((_, t) => void t.splice(t.findIndex((x) => x.name === 'blk.2.post_ffw_norm.weight'), 1));
+    const e = await refusal(
+      (_, t) =>
+        void t.splice(
+          t.findIndex((x) => x.name === 'blk.2.post_ffw_norm.weight'),
+          1,
+        ),
+    );
     expect(e.message).toMatch(/tensor blk\.2\.post_ffw_norm\.weight is missing/);
   });
 
-  it('a missing head_dim (Gemma\'s is not hidden / heads)', async () => {
+  it("a missing head_dim (Gemma's is not hidden / heads)", async () => {
     const e = await refusal((meta) => meta.delete('gemma3.attention.key_length'));
     expect(e.message).toMatch(/gemma3\.attention\.key_length is missing/);
   });
@@ -327,7 +420,10 @@ describe('convert-gguf Gemma 3 refusals', () => {
     const cap = await refusal((meta) => meta.set('gemma3.final_logit_softcapping', m.f32(30)));
     expect(cap.code).toBe('UNSUPPORTED_ARCHITECTURE');
     expect(cap.message).toMatch(/final_logit_softcapping is set/);
-    const yarn = await refusal((meta) => { meta.set('gemma3.rope.scaling.type', m.str('yarn')); meta.set('gemma3.rope.scaling.factor', m.f32(8)); });
+    const yarn = await refusal((meta) => {
+      meta.set('gemma3.rope.scaling.type', m.str('yarn'));
+      meta.set('gemma3.rope.scaling.factor', m.f32(8));
+    });
     expect(yarn.message).toMatch(/RoPE scaling "yarn" is not supported for Gemma 3/);
   });
 

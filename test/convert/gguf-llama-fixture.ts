@@ -46,7 +46,8 @@ export function llamaGguf(opts: FixtureOptions = {}): LlamaGgufFixture {
   const weights = randomLlamaWeights(mulberry32(opts.seed ?? 7), { ...s, vocab, std: 0.3, untied: opts.untied });
   // Norm weights away from 1, so swapping attn_norm and ffn_norm would show.
   const rand = mulberry32(99);
-  for (const l of weights.layers) for (const n of [l.inputNorm, l.postAttentionNorm]) for (let i = 0; i < n.length; i++) n[i] = 0.5 + rand();
+  for (const l of weights.layers)
+    for (const n of [l.inputNorm, l.postAttentionNorm]) for (let i = 0; i < n.length; i++) n[i] = 0.5 + rand();
   for (let i = 0; i < weights.finalNorm.length; i++) weights.finalNorm[i] = 0.5 + rand();
 
   const meta = new Map<string, Meta>([
@@ -72,9 +73,17 @@ export function llamaGguf(opts: FixtureOptions = {}): LlamaGgufFixture {
     ['tokenizer.ggml.unknown_token_id', m.u32(0)],
     ['tokenizer.ggml.padding_token_id', m.u32(2)],
     ['tokenizer.ggml.add_bos_token', m.bool(false)],
-    ['tokenizer.chat_template', m.str("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}{% endfor %}")],
+    [
+      'tokenizer.chat_template',
+      m.str("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}{% endfor %}"),
+    ],
   ]);
-  const t = (name: string, torchShape: number[], data: Float32Array): TensorSpec => ({ name, ne: [...torchShape].reverse(), type: 'F32', data: f32(data) });
+  const t = (name: string, torchShape: number[], data: Float32Array): TensorSpec => ({
+    name,
+    ne: [...torchShape].reverse(),
+    type: 'F32',
+    data: f32(data),
+  });
   const { hidden: H, heads, kvHeads: KV, headDim: D, intermediate: I } = s;
   const tensors: TensorSpec[] = [t('token_embd.weight', [vocab, H], weights.embedTokens)];
   weights.layers.forEach((l, i) => {

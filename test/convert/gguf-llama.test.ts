@@ -48,10 +48,15 @@ async function refusal(opts: FixtureOptions): Promise<KvtcError> {
   return e as KvtcError;
 }
 
-const dropTensor = (name: string) => (_: Map<string, Meta>, t: TensorSpec[]) => { t.splice(t.findIndex((x) => x.name === name), 1); };
+const dropTensor = (name: string) => (_: Map<string, Meta>, t: TensorSpec[]) => {
+  t.splice(
+    t.findIndex((x) => x.name === name),
+    1,
+  );
+};
 
 describe('q/k row permutation', () => {
-  it('unpermuteRopeRows undoes llama.cpp\'s permute and moves GGUF row 2i+j of a head to HF row j*d/2+i', () => {
+  it("unpermuteRopeRows undoes llama.cpp's permute and moves GGUF row 2i+j of a head to HF row j*d/2+i", () => {
     const heads = 3;
     const d = 8;
     const cols = 2;
@@ -70,11 +75,31 @@ describe('convert-gguf on a synthetic llama GGUF', () => {
       const out = join(tmp, `conv-${untied}`);
       const r = await convertGguf({ file: f.path, out, name: 'tiny' });
       expect(r.architecture).toBe('llama');
-      expect(r.converted.spec).toMatchObject({ layers: 2, hidden: 32, heads: 4, kvHeads: 2, headDim: 8, vocabSize: f.vocab, maxPositions: 256, bosTokenId: 1, eosTokenId: 2 });
+      expect(r.converted.spec).toMatchObject({
+        layers: 2,
+        hidden: 32,
+        heads: 4,
+        kvHeads: 2,
+        headDim: 8,
+        vocabSize: f.vocab,
+        maxPositions: 256,
+        bosTokenId: 1,
+        eosTokenId: 2,
+      });
       const ref = join(tmp, `ref-${untied}`);
       await writeLlamaModelDir(ref, {
         weights: f.weights,
-        spec: { layers: SHAPE.layers, heads: SHAPE.heads, kvHeads: SHAPE.kvHeads, headDim: SHAPE.headDim, hidden: SHAPE.hidden, vocabSize: f.vocab, kvDtype: 'float32', rope: uniformModelRope({ theta: 500000, rotaryDim: SHAPE.headDim, layout: 'half' }, SHAPE.layers), maxPositions: 256 },
+        spec: {
+          layers: SHAPE.layers,
+          heads: SHAPE.heads,
+          kvHeads: SHAPE.kvHeads,
+          headDim: SHAPE.headDim,
+          hidden: SHAPE.hidden,
+          vocabSize: f.vocab,
+          kvDtype: 'float32',
+          rope: uniformModelRope({ theta: 500000, rotaryDim: SHAPE.headDim, layout: 'half' }, SHAPE.layers),
+          maxPositions: 256,
+        },
         rmsNormEps: 1e-5,
         tokenizerJson: {},
         tokenizerConfig: {},
@@ -99,11 +124,29 @@ describe('convert-gguf on a synthetic llama GGUF', () => {
       }
       const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
       expect(config).toMatchObject({
-        architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2,
-        num_attention_heads: 4, num_key_value_heads: 2, head_dim: 8, rope_theta: 500000, rms_norm_eps: 1e-5,
-        max_position_embeddings: 256, vocab_size: f.vocab, tie_word_embeddings: !untied, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2,
+        architectures: ['LlamaForCausalLM'],
+        model_type: 'llama',
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rope_theta: 500000,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 256,
+        vocab_size: f.vocab,
+        tie_word_embeddings: !untied,
+        bos_token_id: 1,
+        eos_token_id: 2,
+        pad_token_id: 2,
       });
-      expect(JSON.parse(await readFile(join(out, 'generation_config.json'), 'utf8'))).toEqual({ _from_model_config: true, bos_token_id: 1, eos_token_id: 2, pad_token_id: 2 });
+      expect(JSON.parse(await readFile(join(out, 'generation_config.json'), 'utf8'))).toEqual({
+        _from_model_config: true,
+        bos_token_id: 1,
+        eos_token_id: 2,
+        pad_token_id: 2,
+      });
     }
   });
 
@@ -113,7 +156,15 @@ describe('convert-gguf on a synthetic llama GGUF', () => {
     await convertGguf({ file: f.path, out });
     const tok = await loadTokenizer(out);
     const cfg = JSON.parse(await readFile(join(out, 'tokenizer_config.json'), 'utf8'));
-    expect(cfg).toMatchObject({ add_bos_token: false, bos_token: '<|im_start|>', eos_token: '<|im_end|>', unk_token: '<|endoftext|>', pad_token: '<|im_end|>', model_max_length: 256, tokenizer_class: 'GPT2Tokenizer' });
+    expect(cfg).toMatchObject({
+      add_bos_token: false,
+      bos_token: '<|im_start|>',
+      eos_token: '<|im_end|>',
+      unk_token: '<|endoftext|>',
+      pad_token: '<|im_end|>',
+      model_max_length: 256,
+      tokenizer_class: 'GPT2Tokenizer',
+    });
     expect(cfg.chat_template).toContain('<|im_start|>');
     expect(tok.addsBos).toBe(false);
     expect(tok.bosTokenId).toBe(1);
@@ -193,7 +244,12 @@ describe('convert-gguf refusals', () => {
   });
 
   it('RoPE it does not rebuild (yarn, Llama 3.1 rope_freqs)', async () => {
-    const yarn = await refusal({ edit: (meta) => { meta.set('llama.rope.scaling.type', m.str('yarn')); meta.set('llama.rope.scaling.factor', m.f32(4)); } });
+    const yarn = await refusal({
+      edit: (meta) => {
+        meta.set('llama.rope.scaling.type', m.str('yarn'));
+        meta.set('llama.rope.scaling.factor', m.f32(4));
+      },
+    });
     expect(yarn.code).toBe('UNSUPPORTED_ARCHITECTURE');
     expect(yarn.message).toMatch(/RoPE scaling "yarn"/);
     const freqs = await refusal({ edit: (_, t) => t.push({ name: 'rope_freqs.weight', ne: [4], type: 'F32', data: new Uint8Array(16) }) });
@@ -202,14 +258,23 @@ describe('convert-gguf refusals', () => {
 
   it('a model too big for one ONNX file, from its metadata alone', async () => {
     // The metadata claims 100,000 layers and there are no tensors: the refusal comes first.
-    const e = await refusal({ edit: (meta, t) => { meta.set('llama.block_count', m.u32(100_000)); t.length = 0; } });
+    const e = await refusal({
+      edit: (meta, t) => {
+        meta.set('llama.block_count', m.u32(100_000));
+        t.length = 0;
+      },
+    });
     expect(e.code).toBe('GGUF_UNSUPPORTED');
     expect(e.message).toMatch(/GB as float32, more than one ONNX file holds/);
   });
 
   it('a tensor type without a dequantizer, before reading any weight', async () => {
     // IQ2_XXS: one 256-element block of 66 bytes; the type check comes before the tensor-name check.
-    const e = await refusal({ edit: (_, t) => { t.push({ name: 'blk.0.ffn_extra.weight', ne: [256], type: 'IQ2_XXS', data: new Uint8Array(66) }); } });
+    const e = await refusal({
+      edit: (_, t) => {
+        t.push({ name: 'blk.0.ffn_extra.weight', ne: [256], type: 'IQ2_XXS', data: new Uint8Array(66) });
+      },
+    });
     expect(e.code).toBe('GGUF_UNSUPPORTED');
     expect(e.message).toMatch(/IQ2_XXS.*kvtc cannot dequantize/);
   });

@@ -21,7 +21,15 @@ function toLegacy(ck: Llama2cCheckpoint, unshared?: Float32Array): Uint8Array {
   const header = Int32Array.of(c.dim, c.hiddenDim, c.layers, c.heads, c.kvHeads, unshared ? -c.vocabSize : c.vocabSize, c.seqLen);
   const parts: Float32Array[] = [ck.tokenEmbedding];
   const each = (k: keyof Llama2cCheckpoint['layers'][0]) => ck.layers.forEach((l) => parts.push(l[k]));
-  each('rmsAtt'); each('wq'); each('wk'); each('wv'); each('wo'); each('rmsFfn'); each('w1'); each('w2'); each('w3');
+  each('rmsAtt');
+  each('wq');
+  each('wk');
+  each('wv');
+  each('wo');
+  each('rmsFfn');
+  each('w1');
+  each('w2');
+  each('w3');
   parts.push(ck.rmsFinal, new Float32Array(c.seqLen * (c.dim / c.heads)));
   if (unshared) parts.push(unshared);
   const out = new Uint8Array(28 + parts.reduce((n, p) => n + p.byteLength, 0));
@@ -51,7 +59,17 @@ describe('llama2.c checkpoint reader', () => {
   const v1 = parseLlama2cCheckpoint(v1Bytes, 'checkpoint_v1.bin');
 
   it('reads the v1 header of stories260K', () => {
-    expect(v1.config).toEqual({ dim: 64, hiddenDim: 172, layers: 5, heads: 8, kvHeads: 4, vocabSize: 512, seqLen: 512, sharedClassifier: true, format: 'v1' });
+    expect(v1.config).toEqual({
+      dim: 64,
+      hiddenDim: 172,
+      layers: 5,
+      heads: 8,
+      kvHeads: 4,
+      vocabSize: 512,
+      seqLen: 512,
+      sharedClassifier: true,
+      format: 'v1',
+    });
     expect(v1.wcls).toBeUndefined();
     expect(v1.layers[0].wk.length).toBe(32 * 64);
     // RMSNorm gains of a trained model sit around 1, nothing like the embedding's scale.
@@ -94,10 +112,12 @@ describe('llama2.c checkpoint reader', () => {
     const hs = 8;
     const x = Float32Array.from({ length: 2 * hs * 3 }, (_, i) => Math.sin(i));
     const p = permuteRopeRows(x, 2, 2 * hs, 3);
-    for (let h = 0; h < 2; h++) for (let i = 0; i < hs / 2; i++) for (let c = 0; c < 3; c++) {
-      expect(p[(h * hs + i) * 3 + c]).toBe(x[(h * hs + 2 * i) * 3 + c]);
-      expect(p[(h * hs + hs / 2 + i) * 3 + c]).toBe(x[(h * hs + 2 * i + 1) * 3 + c]);
-    }
+    for (let h = 0; h < 2; h++)
+      for (let i = 0; i < hs / 2; i++)
+        for (let c = 0; c < 3; c++) {
+          expect(p[(h * hs + i) * 3 + c]).toBe(x[(h * hs + 2 * i) * 3 + c]);
+          expect(p[(h * hs + hs / 2 + i) * 3 + c]).toBe(x[(h * hs + 2 * i + 1) * 3 + c]);
+        }
   });
 });
 
@@ -132,6 +152,10 @@ describe('llama2.c tokenizer.bin → tokenizer.json', () => {
   it('refuses truncated or mismatched tokenizer.bin with TOKENIZER_MISSING', () => {
     expectKvtcError(() => parseLlama2cTokenizer(tokBytes.subarray(0, 3000), 't.bin', 512), 'TOKENIZER_MISSING', /truncated|corrupt|holds/);
     expectKvtcError(() => parseLlama2cTokenizer(tokBytes, 't.bin', 32000), 'TOKENIZER_MISSING', /vocab_size 32000/);
-    expectKvtcError(() => parseLlama2cTokenizer(new Uint8Array(v1Bytes.subarray(0, 5000)), 't.bin'), 'TOKENIZER_MISSING', /not plausible|corrupt|truncated/);
+    expectKvtcError(
+      () => parseLlama2cTokenizer(new Uint8Array(v1Bytes.subarray(0, 5000)), 't.bin'),
+      'TOKENIZER_MISSING',
+      /not plausible|corrupt|truncated/,
+    );
   });
 });

@@ -41,35 +41,48 @@ function rotate(x: Float32Array, p: number, rope: RopeSpec): Float64Array {
 describe('buildRandomLlama', () => {
   it.each([
     ['gqa-llama3', { heads: 4, kvHeads: 2, headDim: 16, hidden: 48, rope: { scaling: LLAMA3 } }],
-    ['mqa-partial-linear', { heads: 6, kvHeads: 1, headDim: 32, hidden: 96, layers: 3, rope: { rotaryDim: 16, theta: 500000, scaling: { type: 'linear', factor: 4 } } }],
+    [
+      'mqa-partial-linear',
+      {
+        heads: 6,
+        kvHeads: 1,
+        headDim: 32,
+        hidden: 96,
+        layers: 3,
+        rope: { rotaryDim: 16, theta: 500000, scaling: { type: 'linear', factor: 4 } },
+      },
+    ],
     ['mha-untied', { heads: 2, kvHeads: 2, headDim: 128, hidden: 64, layers: 1, untied: true }],
-  ] as [string, Omit<RandomLlamaOptions, 'out'>][])('%s: config parses, cached == full, keys carry RoPE of position_ids', async (name, o) => {
-    const { m, session, shape } = await build(name, o);
-    const cfg = normalizeHfConfig(JSON.parse(await readFile(join(m.dir, 'config.json'), 'utf8')));
-    expect({ ...cfg.spec, kvDtype: m.spec.kvDtype }).toEqual(m.spec);
+  ] as [string, Omit<RandomLlamaOptions, 'out'>][])(
+    '%s: config parses, cached == full, keys carry RoPE of position_ids',
+    async (name, o) => {
+      const { m, session, shape } = await build(name, o);
+      const cfg = normalizeHfConfig(JSON.parse(await readFile(join(m.dir, 'config.json'), 'utf8')));
+      expect({ ...cfg.spec, kvDtype: m.spec.kvDtype }).toEqual(m.spec);
 
-    const full = await step(session, shape, [IDS], emptyPast(shape));
-    const scale = Math.max(...Array.from(full.logits, Math.abs));
-    expect(scale).toBeGreaterThan(0.05);
-    const pre = await step(session, shape, [IDS.slice(0, 9)], emptyPast(shape));
-    const mid = await step(session, shape, [IDS.slice(9, 15)], pre.present);
-    const last = await step(session, shape, [IDS.slice(15)], mid.present);
-    expect(maxAbsDiff(logitsAt(last, 1, 0, 0), logitsAt(full, IDS.length, 0, IDS.length - 1))).toBeLessThan(1e-5 * Math.max(1, scale));
-    last.presentF32.forEach((kv, i) => expect(maxAbsDiff(kv, full.presentF32[i])).toBeLessThan(1e-5));
+      const full = await step(session, shape, [IDS], emptyPast(shape));
+      const scale = Math.max(...Array.from(full.logits, Math.abs));
+      expect(scale).toBeGreaterThan(0.05);
+      const pre = await step(session, shape, [IDS.slice(0, 9)], emptyPast(shape));
+      const mid = await step(session, shape, [IDS.slice(9, 15)], pre.present);
+      const last = await step(session, shape, [IDS.slice(15)], mid.present);
+      expect(maxAbsDiff(logitsAt(last, 1, 0, 0), logitsAt(full, IDS.length, 0, IDS.length - 1))).toBeLessThan(1e-5 * Math.max(1, scale));
+      last.presentF32.forEach((kv, i) => expect(maxAbsDiff(kv, full.presentF32[i])).toBeLessThan(1e-5));
 
-    // Layer 0's key of a lone token depends only on the token: at position p it is R(p)·k(0).
-    const D = m.spec.headDim;
-    const at = async (p: number) => (await step(session, shape, [[42]], emptyPast(shape), { positions: [[p]] })).presentF32[0];
-    const k0 = await at(0);
-    for (const p of [1, 37, 300]) {
-      const kp = await at(p);
-      for (let h = 0; h < m.spec.kvHeads; h++) {
-        const want = rotate(k0.subarray(h * D, (h + 1) * D), p, m.spec.rope[0]!);
-        expect(maxAbsDiff(kp.subarray(h * D, (h + 1) * D), want)).toBeLessThan(2e-5);
+      // Layer 0's key of a lone token depends only on the token: at position p it is R(p)·k(0).
+      const D = m.spec.headDim;
+      const at = async (p: number) => (await step(session, shape, [[42]], emptyPast(shape), { positions: [[p]] })).presentF32[0];
+      const k0 = await at(0);
+      for (const p of [1, 37, 300]) {
+        const kp = await at(p);
+        for (let h = 0; h < m.spec.kvHeads; h++) {
+          const want = rotate(k0.subarray(h * D, (h + 1) * D), p, m.spec.rope[0]!);
+          expect(maxAbsDiff(kp.subarray(h * D, (h + 1) * D), want)).toBeLessThan(2e-5);
+        }
       }
-    }
-    await session.release();
-  });
+      await session.release();
+    },
+  );
 
   it('float16 KV: cache tensors are float16 and logits track the float32 model', async () => {
     const o = { heads: 4, kvHeads: 2, headDim: 16, hidden: 48, seed: 7, rope: { scaling: LLAMA3 } };

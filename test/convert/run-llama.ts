@@ -35,7 +35,13 @@ const i64 = (rows: number[][]) => new ort.Tensor('int64', BigInt64Array.from(row
  * One forward pass. ids/positions: [batch][seq]; mask: [batch][past+seq] (default all ones);
  * positions default to past..past+seq-1.
  */
-export async function step(session: ort.InferenceSession, s: CacheShape, ids: number[][], past: Past, opts: { mask?: number[][]; positions?: number[][] } = {}): Promise<StepResult> {
+export async function step(
+  session: ort.InferenceSession,
+  s: CacheShape,
+  ids: number[][],
+  past: Past,
+  opts: { mask?: number[][]; positions?: number[][] } = {},
+): Promise<StepResult> {
   const pastLen = past['past_key_values.0.key'].dims[2];
   const seq = ids[0].length;
   const mask = opts.mask ?? ids.map(() => Array.from({ length: pastLen + seq }, () => 1));

@@ -36,7 +36,13 @@ afterAll(async () => {
 
 describe('bundled stories260K ONNX model', () => {
   it('has the Optimum decoder-with-past interface', () => {
-    expect(session.inputNames.slice(0, 5)).toEqual(['input_ids', 'attention_mask', 'position_ids', 'past_key_values.0.key', 'past_key_values.0.value']);
+    expect(session.inputNames.slice(0, 5)).toEqual([
+      'input_ids',
+      'attention_mask',
+      'position_ids',
+      'past_key_values.0.key',
+      'past_key_values.0.value',
+    ]);
     expect(session.outputNames.slice(0, 3)).toEqual(['logits', 'present.0.key', 'present.0.value']);
     expect(session.outputNames).toHaveLength(11);
   });
@@ -63,7 +69,11 @@ describe('bundled stories260K ONNX model', () => {
     let past = emptyPast(SHAPE);
     let chunked: Awaited<ReturnType<typeof step>> | undefined;
     const logits: Float32Array[] = [];
-    for (const [a, b] of [[0, 7], [7, 11], [11, ids.length]]) {
+    for (const [a, b] of [
+      [0, 7],
+      [7, 11],
+      [11, ids.length],
+    ]) {
       chunked = await step(session, SHAPE, [ids.slice(a, b)], past);
       for (let t = 0; t < b - a; t++) logits.push(logitsAt(chunked, b - a, 0, t));
       past = chunked.present;
@@ -112,7 +122,12 @@ describe('bundled stories260K ONNX model', () => {
 describe('convert-llama2c', () => {
   it('regenerates the shipped directory byte for byte', async () => {
     const out = join(tmp, 'regen');
-    const r = await convertLlama2c({ checkpoint: join(SOURCE, 'checkpoint_v1.bin'), tokenizer: join(SOURCE, 'tokenizer.bin'), out, name: 'stories260k' });
+    const r = await convertLlama2c({
+      checkpoint: join(SOURCE, 'checkpoint_v1.bin'),
+      tokenizer: join(SOURCE, 'tokenizer.bin'),
+      out,
+      name: 'stories260k',
+    });
     expect(r.parameters).toBe(260_032);
     for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'onnx/model.onnx']) {
       expect(Buffer.compare(await readFile(join(out, f)), await readFile(join(DEFAULT_MODEL_DIR, f))), f).toBe(0);
@@ -122,7 +137,13 @@ describe('convert-llama2c', () => {
   // The command module directly: vitest cannot follow program.ts's variable dynamic import.
   it('the command prints what it wrote, refuses an existing --out, and --force keeps source/', async () => {
     const out = join(tmp, 'cli');
-    const opts = { checkpoint: join(SOURCE, 'checkpoint_v1.bin'), tokenizer: join(SOURCE, 'tokenizer.bin'), out, name: 'stories260k', force: false };
+    const opts = {
+      checkpoint: join(SOURCE, 'checkpoint_v1.bin'),
+      tokenizer: join(SOURCE, 'tokenizer.bin'),
+      out,
+      name: 'stories260k',
+      force: false,
+    };
     const io = memoryIO();
     await convertCommand(opts, io);
     expect(io.stdout.join('\n')).toMatch(/onnx\/model\.onnx\s+1,0\d\d,\d\d\d bytes/);
@@ -133,13 +154,17 @@ describe('convert-llama2c', () => {
     await convertLlama2c({ ...opts, out: join(out, 'source'), force: true });
     await convertCommand({ ...opts, force: true }, memoryIO());
     expect(await readdir(join(out, 'source'))).toContain('config.json');
-    expect(Buffer.compare(await readFile(join(out, 'onnx', 'model.onnx')), await readFile(join(DEFAULT_MODEL_DIR, 'onnx', 'model.onnx')))).toBe(0);
+    expect(
+      Buffer.compare(await readFile(join(out, 'onnx', 'model.onnx')), await readFile(join(DEFAULT_MODEL_DIR, 'onnx', 'model.onnx'))),
+    ).toBe(0);
   });
 
   it('a corrupt checkpoint is a MODEL_INVALID error with a fix, and nothing is written', async () => {
     const bad = join(tmp, 'bad.bin');
     await writeFile(bad, (await readFile(join(SOURCE, 'checkpoint_v1.bin'))).subarray(0, 500_000));
-    const err = await convertLlama2c({ checkpoint: bad, tokenizer: join(SOURCE, 'tokenizer.bin'), out: join(tmp, 'never') }).catch((e: unknown) => e);
+    const err = await convertLlama2c({ checkpoint: bad, tokenizer: join(SOURCE, 'tokenizer.bin'), out: join(tmp, 'never') }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(KvtcError);
     expect((err as KvtcError).code).toBe('MODEL_INVALID');
     expect((err as KvtcError).message).toMatch(/truncated/);

@@ -4,8 +4,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
-  allocateDynamo, buildDynamoTables, groupBytes, intxIndex, planFromAllocation,
-  type DynamoBasisTables, type DynamoGroup, type DynamoTables,
+  allocateDynamo,
+  buildDynamoTables,
+  groupBytes,
+  intxIndex,
+  planFromAllocation,
+  type DynamoBasisTables,
+  type DynamoGroup,
+  type DynamoTables,
 } from '../../src/dynamo/fit.js';
 import { dequantizeRanges, quantizeRanges } from '../../src/dynamo/kernels.js';
 import { mulberry32 } from '../../src/random.js';
@@ -17,7 +23,16 @@ function randomTables(p: number, granule: number, seed: number, intBits = [2, 4,
   const maxGranules = starts;
   const none = Float64Array.from({ length: p }, (_, j) => (10 + rand() * 5) * 0.7 ** j);
   const fp8 = Float64Array.from(none, (v) => v * (0.01 + 0.05 * rand()));
-  const t: DynamoTables = { dim: p, tokens: 1, granule, maxGranules, intBits, none, staticErr: fp8, dynamicErr: new Float64Array(starts * maxGranules * intBits.length).fill(Infinity) };
+  const t: DynamoTables = {
+    dim: p,
+    tokens: 1,
+    granule,
+    maxGranules,
+    intBits,
+    none,
+    staticErr: fp8,
+    dynamicErr: new Float64Array(starts * maxGranules * intBits.length).fill(Infinity),
+  };
   for (let k = 0; k < starts; k++) {
     for (let m = 1; m <= maxGranules; m++) {
       const s = k * granule;
@@ -107,7 +122,15 @@ describe('error tables and the plan they produce', () => {
     const tables = buildDynamoTables(C, H, p, { sampleRows: H });
     const eye = new Float32Array(p * p);
     for (let i = 0; i < p; i++) eye[i * p + i] = 1;
-    const basis: DynamoBasisTables = { kind: 'value', layer: 0, features: p, mean: new Float32Array(p), vectors: eye, values: new Float64Array(p).fill(1), tables };
+    const basis: DynamoBasisTables = {
+      kind: 'value',
+      layer: 0,
+      features: p,
+      mean: new Float32Array(p),
+      vectors: eye,
+      values: new Float64Array(p).fill(1),
+      tables,
+    };
     for (const budget of [6, 12, 20, 32]) {
       const a = allocateDynamo(tables, budget);
       const plan = planFromAllocation(basis, a, budget);
@@ -115,7 +138,8 @@ describe('error tables and the plan they produce', () => {
       // permute the coefficients into the plan's column order, run the kernels' quantizers
       const k = plan.pca_components;
       const Y = new Float32Array(H * k);
-      for (let r = 0; r < H; r++) for (let c = 0; c < k; c++) Y[r * k + c] = C.subarray(r * p, r * p + p).reduce((s, v, f) => s + v * plan.projection[f * k + c], 0);
+      for (let r = 0; r < H; r++)
+        for (let c = 0; c < k; c++) Y[r * k + c] = C.subarray(r * p, r * p + p).reduce((s, v, f) => s + v * plan.projection[f * k + c], 0);
       const back = dequantizeRanges(quantizeRanges(Y, plan.ranges, H, k), plan.ranges, H, k);
       let err = 0;
       for (let r = 0; r < H; r++) {

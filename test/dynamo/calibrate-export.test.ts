@@ -44,7 +44,12 @@ describe('dynamo calibration of the bundled model, export, and the exported file
   let root: string;
   let profileDir: string;
   let exportDir: string;
-  let reported: { ratio_rows: number; ratio_calls: number; rel_error: { key_per_layer: number[]; value_per_layer: number[] }; bytes_per_block: number };
+  let reported: {
+    ratio_rows: number;
+    ratio_calls: number;
+    rel_error: { key_per_layer: number[]; value_per_layer: number[] };
+    bytes_per_block: number;
+  };
   let held: KvCache[];
 
   beforeAll(async () => {
@@ -52,10 +57,23 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     profileDir = join(root, 'profile');
     exportDir = join(root, 'export');
     const io = memoryIO();
-    await calibrateDynamoCommand({
-      target: 'dynamo', model: 'the bundled stories260K', ratio: ['8'], tokens: String(SETTINGS.tokens), tuningTokens: String(SETTINGS.heldout),
-      blockTokens: String(B), chunk: '256', seed: '0', device: 'cpu', out: profileDir, json: true, quiet: true,
-    }, io);
+    await calibrateDynamoCommand(
+      {
+        target: 'dynamo',
+        model: 'the bundled stories260K',
+        ratio: ['8'],
+        tokens: String(SETTINGS.tokens),
+        tuningTokens: String(SETTINGS.heldout),
+        blockTokens: String(B),
+        chunk: '256',
+        seed: '0',
+        device: 'cpu',
+        out: profileDir,
+        json: true,
+        quiet: true,
+      },
+      io,
+    );
     const out = JSON.parse(io.stdout.join('\n'));
     expect(out.target).toBe('dynamo');
     expect(out.block_tokens).toBe(B);
@@ -63,7 +81,11 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     // the held-out caches the calibration measured on: same text selection, split and prefill
     const model = await loadModel(DEFAULT_MODEL_DIR);
     try {
-      const { split } = await selectSequences(model.tokenizer, [DEFAULT_CALIBRATION_DIR], { seqLen: sequenceLength(model.spec.maxPositions, B), ...SETTINGS, blockTokens: B });
+      const { split } = await selectSequences(model.tokenizer, [DEFAULT_CALIBRATION_DIR], {
+        seqLen: sequenceLength(model.spec.maxPositions, B),
+        ...SETTINGS,
+        blockTokens: B,
+      });
       const runner = new ModelRunner(model);
       held = [];
       for (const ids of split.heldout) held.push((await runner.prefill(ids, { chunk: 256 })).cache);
@@ -140,7 +162,21 @@ describe('dynamo calibration of the bundled model, export, and the exported file
 
   it('kvtc evaluate --dynamo-profile scores the emulated kernels next to kvtc, paired, with their compressed share', async () => {
     const { kvtc } = await import('../model/helpers.js');
-    const r = await kvtc('evaluate', '--dynamo-profile', profileDir, '--subjects', 'anatomy', '--limit', '3', '--long-context', '0', '--perplexity-tokens', '0', '--json', '--quiet');
+    const r = await kvtc(
+      'evaluate',
+      '--dynamo-profile',
+      profileDir,
+      '--subjects',
+      'anatomy',
+      '--limit',
+      '3',
+      '--long-context',
+      '0',
+      '--perplexity-tokens',
+      '0',
+      '--json',
+      '--quiet',
+    );
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.settings.codecs.map((c: { name: string }) => c.name)).toEqual(['kvtc', 'dynamo', 'fp16', 'int8', 'int4', 'kivi2']);
@@ -153,7 +189,15 @@ describe('dynamo calibration of the bundled model, export, and the exported file
 
   it('kvtc bench --dynamo-profile adds a measured "dynamo" ratio/error row next to kvtc\'s codec on the same cache', async () => {
     const { runBench } = await import('../../src/bench/run.js');
-    const r = await runBench({ modelDir: DEFAULT_MODEL_DIR, dynamoProfile: profileDir, tokens: 512, repeats: 1, contexts: [256], quick: true, device: 'cpu' });
+    const r = await runBench({
+      modelDir: DEFAULT_MODEL_DIR,
+      dynamoProfile: profileDir,
+      tokens: 512,
+      repeats: 1,
+      contexts: [256],
+      quick: true,
+      device: 'cpu',
+    });
     const rows = r.models[0].codecs;
     expect(rows.map((c) => c.name)).toEqual(['kvtc', 'dynamo', 'fp16', 'int8', 'int4', 'kivi2']);
     const d = rows[1];
@@ -162,7 +206,7 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     expect(d.relError.key).toBeLessThan(1);
   });
 
-  it('dynamoCodec (the evaluate/bench adapter) runs the same emulation and counts the kernels\' bytes', async () => {
+  it("dynamoCodec (the evaluate/bench adapter) runs the same emulation and counts the kernels' bytes", async () => {
     const codec = dynamoCodec(await readDynamoProfile(profileDir));
     expect(codec.name).toBe('dynamo');
     // a cache with a partial last block (2 tokens short of whole blocks): those 2 tokens stay exact
@@ -174,7 +218,7 @@ describe('dynamo calibration of the bundled model, export, and the exported file
     };
     const partial: KvCache = { ...held[0], tokens: T0 - 2, keys: held[0].keys.map(cut), values: held[0].values.map(cut) };
     const rec = await codec.apply(partial);
-    expect(rec.compressedTokens).toBe(Math.floor((partial.tokens) / B) * B);
+    expect(rec.compressedTokens).toBe(Math.floor(partial.tokens / B) * B);
     const tail = partial.tokens - rec.compressedTokens;
     expect(tail).toBe(2);
     const T = partial.tokens;
@@ -250,16 +294,40 @@ describe('dynamo calibration of the bundled model, export, and the exported file
 
     it('CLI options: --format, --block-tokens, kvtc-only flags, --target', async () => {
       const io = memoryIO();
-      await rejects(exportCommand({ _: [profileDir], format: 'onnx', out: join(root, 'y'), _command: 'export' }, io), 'USAGE', /--format "onnx": must be one of: dynamo/);
+      await rejects(
+        exportCommand({ _: [profileDir], format: 'onnx', out: join(root, 'y'), _command: 'export' }, io),
+        'USAGE',
+        /--format "onnx": must be one of: dynamo/,
+      );
       await rejects(exportCommand({ _: [], format: 'dynamo', out: join(root, 'y') }, io), 'USAGE');
-      await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', blockTokens: '0', out: join(root, 'z') }, io), 'USAGE', /--block-tokens "0"/);
-      await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', sink: '0', out: join(root, 'z') }, io), 'USAGE', /--sink "0" does not apply/);
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', blockTokens: '0', out: join(root, 'z') }, io),
+        'USAGE',
+        /--block-tokens "0"/,
+      );
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', sink: '0', out: join(root, 'z') }, io),
+        'USAGE',
+        /--sink "0" does not apply/,
+      );
       // Options are named as the user typed them (kebab-case), and kvtc-only defaults pass (commander fills them in).
-      await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', reportTokens: '512', out: join(root, 'z') }, io), 'USAGE', /--report-tokens "512" does not apply/);
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', reportTokens: '512', out: join(root, 'z') }, io),
+        'USAGE',
+        /--report-tokens "512" does not apply/,
+      );
       // The kvtc target refuses the dynamo-only flags; the CLI declaration routes --target dynamo
       // to the dynamo command (only it knows --block-tokens "0" is out of range).
-      await rejects(calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', blockTokens: '16', out: join(root, 'z') }, io), 'USAGE', /--block-tokens applies only to --target dynamo/);
-      await rejects(calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', fp8Cast: 'sm80', out: join(root, 'z') }, io), 'USAGE', /--fp8-cast applies only to --target dynamo/);
+      await rejects(
+        calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', blockTokens: '16', out: join(root, 'z') }, io),
+        'USAGE',
+        /--block-tokens applies only to --target dynamo/,
+      );
+      await rejects(
+        calibrateCommand({ target: 'kvtc', model: 'the bundled stories260K', fp8Cast: 'sm80', out: join(root, 'z') }, io),
+        'USAGE',
+        /--fp8-cast applies only to --target dynamo/,
+      );
       const routed = await kvtc('calibrate', '--target', 'dynamo', '--block-tokens', '0', '--out', join(root, 'z'), '--json');
       expect(routed.code).toBe(2);
       expect(JSON.parse(routed.stdout).error.message).toMatch(/--block-tokens "0"/);
@@ -284,15 +352,19 @@ describe('dynamo calibration of the bundled model, export, and the exported file
       expect(JSON.parse(g.stdout).error.message).toMatch(/must be one of: dynamo/);
     });
 
-    it('a block longer than the model\'s context', async () => {
+    it("a block longer than the model's context", async () => {
       const io = memoryIO();
-      await rejects(calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', blockTokens: '1024', out: join(root, 'w') }, io), 'USAGE', /longer than the model's context/);
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', blockTokens: '1024', out: join(root, 'w') }, io),
+        'USAGE',
+        /longer than the model's context/,
+      );
     });
   });
 });
 
 describe('kvtc calibrate --target dynamo from the command line', () => {
-  it('runs with commander\'s defaults for the kvtc-only options (grouping auto, report tokens) filled in', async () => {
+  it("runs with commander's defaults for the kvtc-only options (grouping auto, report tokens) filled in", async () => {
     const { kvtc, tempDir } = await import('../model/helpers.js');
     const out = join(tempDir('kvtc-dyn-cli-'), 'p');
     const r = await kvtc('calibrate', '--target', 'dynamo', '--tokens', '2048', '--heldout', '512', '--out', out, '--json', '--quiet');

@@ -7,8 +7,20 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
-  castToDtype, compressedSize, dequantizeRanges, fp8Decode, fp8EncodeSm80, fp8EncodeSm89, kvtcCompress, kvtcDecompress, minmaxReduce,
-  quantizeRanges, RANGE_HEADER_BYTES, rowBytes, type KvtcConfigData, type KvtcTypeRange,
+  castToDtype,
+  compressedSize,
+  dequantizeRanges,
+  fp8Decode,
+  fp8EncodeSm80,
+  fp8EncodeSm89,
+  kvtcCompress,
+  kvtcDecompress,
+  minmaxReduce,
+  quantizeRanges,
+  RANGE_HEADER_BYTES,
+  rowBytes,
+  type KvtcConfigData,
+  type KvtcTypeRange,
 } from '../../src/dynamo/kernels.js';
 import { isKvtcError } from '../../src/errors.js';
 import { mulberry32 } from '../../src/random.js';
@@ -121,7 +133,33 @@ function gramSchmidtProjection(features: number, k: number, gen: (i: number, j: 
 
 function randomProbes(n: number, seed: number): number[] {
   const rand = mulberry32(seed);
-  const out = [0, -0, 448, -448, 449, 464, 465, 480, 1e6, -1e6, Infinity, -Infinity, 240, 247.9, 248, 248.1, 255, 256, 300, 447, 2 ** -6, 2 ** -9, 2 ** -10, 1.5 * 2 ** -10, 0.9 * 2 ** -9];
+  const out = [
+    0,
+    -0,
+    448,
+    -448,
+    449,
+    464,
+    465,
+    480,
+    1e6,
+    -1e6,
+    Infinity,
+    -Infinity,
+    240,
+    247.9,
+    248,
+    248.1,
+    255,
+    256,
+    300,
+    447,
+    2 ** -6,
+    2 ** -9,
+    2 ** -10,
+    1.5 * 2 ** -10,
+    0.9 * 2 ** -9,
+  ];
   for (let c = 0; c < 126; c++) {
     const a = refFp8Value(c);
     const b = refFp8Value(c + 1);
@@ -214,8 +252,38 @@ describe('IntX as the kernels do it', () => {
 
   it('minmax_reduce_correctness (kvtc_roundtrip.rs): their three rows', () => {
     const data = Float32Array.from([
-      1, 3, -5, 7, 10, 2, -1, 0, 4, 6, 8, -3, 9, -2, 5, -4,
-      0, 200, -100, 50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, -50, 100,
+      1,
+      3,
+      -5,
+      7,
+      10,
+      2,
+      -1,
+      0,
+      4,
+      6,
+      8,
+      -3,
+      9,
+      -2,
+      5,
+      -4,
+      0,
+      200,
+      -100,
+      50,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      7,
+      8,
+      9,
+      10,
+      -50,
+      100,
       ...Array(16).fill(42),
     ]);
     const { min, max } = minmaxReduce(data, 3, 16, 0, 16);
@@ -269,8 +337,17 @@ describe('sizes and the self-describing buffer', () => {
 
   it('a truncated or foreign buffer is a typed error (the kernels would read it blindly)', () => {
     const ranges: KvtcTypeRange[] = [{ start_idx: 0, end_idx: 8, quant_type: 'IntX', int_bits: 4 }];
-    const buf = quantizeRanges(new Float32Array(16).map((_, i) => i), ranges, 2, 8);
-    for (const [b, n] of [[buf.subarray(0, buf.length - 1), 2], [buf, 3], [buf, 1]] as const) {
+    const buf = quantizeRanges(
+      new Float32Array(16).map((_, i) => i),
+      ranges,
+      2,
+      8,
+    );
+    for (const [b, n] of [
+      [buf.subarray(0, buf.length - 1), 2],
+      [buf, 3],
+      [buf, 1],
+    ] as const) {
       try {
         dequantizeRanges(b, ranges, n, 8);
         expect.unreachable();
@@ -294,7 +371,10 @@ describe('whole pipeline (kvtc_compress → kvtc_decompress)', () => {
       return Math.sin(x * 0.37) * 8 + Math.cos(x * 1.1) * 3 + mean[idx % features];
     });
     const config: KvtcConfigData = {
-      mean, projection, features, pca_components: k,
+      mean,
+      projection,
+      features,
+      pca_components: k,
       ranges: [
         { start_idx: 0, end_idx: 8, quant_type: 'Fp8', int_bits: 0 },
         { start_idx: 8, end_idx: 16, quant_type: 'IntX', int_bits: 4 },
@@ -315,7 +395,13 @@ describe('whole pipeline (kvtc_compress → kvtc_decompress)', () => {
     const eye = new Float32Array(features * features);
     for (let i = 0; i < features; i++) eye[i * features + i] = 1;
     const rows = Float32Array.from({ length: 4 * features }, (_, i) => Math.sin(i * 1.7) * 5);
-    const id: KvtcConfigData = { mean: new Float32Array(features), projection: eye, features, pca_components: features, ranges: [{ start_idx: 0, end_idx: features, quant_type: 'Fp8', int_bits: 0 }] };
+    const id: KvtcConfigData = {
+      mean: new Float32Array(features),
+      projection: eye,
+      features,
+      pca_components: features,
+      ranges: [{ start_idx: 0, end_idx: features, quant_type: 'Fp8', int_bits: 0 }],
+    };
     const back = kvtcDecompress(kvtcCompress(rows, id, 4), id, 4);
     for (let i = 0; i < rows.length; i++) {
       if (rows[i] === 0) expect(Math.abs(back[i])).toBeLessThan(0.5);
@@ -325,14 +411,26 @@ describe('whole pipeline (kvtc_compress → kvtc_decompress)', () => {
     const P = gramSchmidtProjection(features, 8, (i, j) => Math.sin((i * 137 + j * 31 + 17) * 0.618));
     const mean = Float32Array.from({ length: features }, (_, t) => Math.cos(t * 0.3) * 2);
     const x = Float32Array.from({ length: 4 * features }, (_, i) => Math.sin(i * 0.97) * 3 + mean[i % features]);
-    const orth: KvtcConfigData = { mean, projection: P, features, pca_components: 8, ranges: [{ start_idx: 0, end_idx: 8, quant_type: 'IntX', int_bits: 8 }] };
+    const orth: KvtcConfigData = {
+      mean,
+      projection: P,
+      features,
+      pca_components: 8,
+      ranges: [{ start_idx: 0, end_idx: 8, quant_type: 'IntX', int_bits: 8 }],
+    };
     const got = kvtcDecompress(kvtcCompress(x, orth, 4), orth, 4);
     const ideal = refPipeline(x, { ...orth, ranges: [{ start_idx: 0, end_idx: 8, quant_type: 'Fp8', int_bits: 0 }] }, 4);
     for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - ideal[i])).toBeLessThan(1);
   });
 
   it('no blocks: kvtc_compress returns nothing', () => {
-    const c: KvtcConfigData = { mean: new Float32Array(8), projection: new Float32Array(64).map((_, i) => (i % 9 === 0 ? 1 : 0)), features: 8, pca_components: 8, ranges: [{ start_idx: 0, end_idx: 8, quant_type: 'Fp8', int_bits: 0 }] };
+    const c: KvtcConfigData = {
+      mean: new Float32Array(8),
+      projection: new Float32Array(64).map((_, i) => (i % 9 === 0 ? 1 : 0)),
+      features: 8,
+      pca_components: 8,
+      ranges: [{ start_idx: 0, end_idx: 8, quant_type: 'Fp8', int_bits: 0 }],
+    };
     expect(kvtcCompress(new Float32Array(0), c, 0).byteLength).toBe(0);
   });
 

@@ -9,8 +9,15 @@ import { checkEvaluateOptions, checkMaxDrop, CODEC_NAMES, defaultCodecNames, eva
 import { DEFAULT_MODEL_DIR } from '../../src/paths.js';
 
 describe('evaluate (library)', () => {
-  it('finds the model\'s profile, gates kvtc, and agrees with kvtc evaluate --json', async () => {
-    const options = { subjects: 'world_religions', limit: 3, codecs: ['kvtc', 'int8'] as const, perplexityTokens: 0, longContext: 0, maxDrop: 1 };
+  it("finds the model's profile, gates kvtc, and agrees with kvtc evaluate --json", async () => {
+    const options = {
+      subjects: 'world_religions',
+      limit: 3,
+      codecs: ['kvtc', 'int8'] as const,
+      perplexityTokens: 0,
+      longContext: 0,
+      maxDrop: 1,
+    };
     const ev = await evaluate(options);
     const { result, profiles, maxDrop, failure } = ev;
     // Default discovery: the first candidate that holds a profile, as the CLI would pick.
@@ -21,13 +28,39 @@ describe('evaluate (library)', () => {
     expect(result.summary.overall.n).toBe(3);
     // The gate guards kvtc only, and its verdict is the drop of the summary.
     const kvtc = result.summary.overall.codecs.kvtc;
-    expect(maxDrop).toMatchObject({ codec: 'kvtc', threshold_points: 1, drop_points: -kvtc.delta_points, passed: !(-kvtc.delta_points > 1) });
+    expect(maxDrop).toMatchObject({
+      codec: 'kvtc',
+      threshold_points: 1,
+      drop_points: -kvtc.delta_points,
+      passed: !(-kvtc.delta_points > 1),
+    });
     expect(failure?.code).toBe(maxDrop!.passed ? undefined : 'THRESHOLD_EXCEEDED');
     expect(checkMaxDrop(result, maxDrop!.drop_points).passed).toBe(true);
 
     // The CLI is a printer over the same call: same questions, same accuracies, same verdict.
     const io = memoryIO();
-    const code = await main(['node', 'kvtc', 'evaluate', '--subjects', 'world_religions', '--limit', '3', '--codec', 'kvtc,int8', '--perplexity-tokens', '0', '--long-context', '0', '--max-drop', '1', '--json', '--quiet'], io);
+    const code = await main(
+      [
+        'node',
+        'kvtc',
+        'evaluate',
+        '--subjects',
+        'world_religions',
+        '--limit',
+        '3',
+        '--codec',
+        'kvtc,int8',
+        '--perplexity-tokens',
+        '0',
+        '--long-context',
+        '0',
+        '--max-drop',
+        '1',
+        '--json',
+        '--quiet',
+      ],
+      io,
+    );
     expect(code).toBe(maxDrop!.passed ? 0 : 3);
     const doc = JSON.parse(io.stdout.join('\n'));
     expect(doc.profile.dir).toBe(profiles[0].dir);
@@ -39,7 +72,9 @@ describe('evaluate (library)', () => {
   });
 
   it('stops before the first question when the signal is already aborted (INTERRUPTED, nothing to report)', async () => {
-    await expect(evaluate({ subjects: 'anatomy', limit: 1, codecs: ['int8'], perplexityTokens: 0, longContext: 0, signal: AbortSignal.abort() })).rejects.toMatchObject({
+    await expect(
+      evaluate({ subjects: 'anatomy', limit: 1, codecs: ['int8'], perplexityTokens: 0, longContext: 0, signal: AbortSignal.abort() }),
+    ).rejects.toMatchObject({
       code: 'INTERRUPTED',
       message: 'interrupted before the first question was scored: nothing to report',
     });
@@ -52,7 +87,9 @@ describe('evaluate (library)', () => {
       [{ codecs: ['zip'] }, /unknown codec "zip"; valid: kvtc, identity, dynamo, fp16, int8, int4, kivi2/],
       [{ subjects: 'astronomyy' }, /astronomy/],
     ] as const) {
-      expect(() => checkEvaluateOptions(opts as never)).toThrow(expect.objectContaining({ code: 'USAGE', message: expect.stringMatching(message) }));
+      expect(() => checkEvaluateOptions(opts as never)).toThrow(
+        expect.objectContaining({ code: 'USAGE', message: expect.stringMatching(message) }),
+      );
       await expect(evaluate({ ...(opts as object), model: '/nonexistent/model' })).rejects.toMatchObject({ code: 'USAGE' });
     }
     expect(CODEC_NAMES).toContain('kivi2');

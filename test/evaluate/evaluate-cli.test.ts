@@ -22,7 +22,19 @@ async function kvtc(...args: string[]) {
 describe('kvtc evaluate', () => {
   it('--json has the acceptance fields, per codec and per subject', async () => {
     const report = join(tempDir(), 'sub', 'report.md');
-    const r = await kvtc('--profile', PROFILE, '--subjects', 'high_school_geography', '--limit', '5', '--perplexity-tokens', '512', '--report', report, '--json');
+    const r = await kvtc(
+      '--profile',
+      PROFILE,
+      '--subjects',
+      'high_school_geography',
+      '--limit',
+      '5',
+      '--perplexity-tokens',
+      '512',
+      '--report',
+      report,
+      '--json',
+    );
     // stderr carries only progress lines (plain, since it is not a terminal); stdout the result.
     expect(r.stderr).toMatch(/^(\[kvtc\] [^\n]*(\n|$))*$/);
     expect(r.code).toBe(0);
@@ -106,7 +118,11 @@ describe('kvtc evaluate', () => {
     const r = await kvtc('--shots', '6', '--json');
     expect(r.code).toBe(2);
     const doc = JSON.parse(r.stdout);
-    expect(doc.error).toMatchObject({ code: 'USAGE', message: "--shots 6: MMLU's dev split has 5 examples per subject", fix: 'Use --shots 0 (the harness default) or 5.' });
+    expect(doc.error).toMatchObject({
+      code: 'USAGE',
+      message: "--shots 6: MMLU's dev split has 5 examples per subject",
+      fix: 'Use --shots 0 (the harness default) or 5.',
+    });
     const plain = await kvtc('--shots', '6');
     expect(plain.code).toBe(2);
     expect(plain.stdout).toBe('');
@@ -126,7 +142,11 @@ describe('kvtc evaluate', () => {
     expect(doc).toMatchObject({ n: 3, max_drop: { codec: 'kvtc', passed: false } });
     expect(doc.delta_points).toBeCloseTo(-100 / 3, 10);
     const ok = JSON.parse((await kvtc(...args, '--max-drop', '40', '--json')).stdout);
-    expect(Object.keys(doc).filter((k) => k !== 'error').sort()).toEqual(Object.keys(ok).sort());
+    expect(
+      Object.keys(doc)
+        .filter((k) => k !== 'error')
+        .sort(),
+    ).toEqual(Object.keys(ok).sort());
     const pass = await kvtc(...args, '--max-drop', '40');
     expect(pass.code).toBe(0);
     expect(pass.stdout).toMatch(/--max-drop 40: passed \(kvtc drop 33\.33 points\)/);
@@ -134,7 +154,18 @@ describe('kvtc evaluate', () => {
 
   it('the report is written atomically (no temp files left behind)', async () => {
     const dir = tempDir();
-    const r = await kvtc('--subjects', 'marketing', '--limit', '2', '--codec', 'int8', '--perplexity-tokens', '0', '--report', join(dir, 'r.md'));
+    const r = await kvtc(
+      '--subjects',
+      'marketing',
+      '--limit',
+      '2',
+      '--codec',
+      'int8',
+      '--perplexity-tokens',
+      '0',
+      '--report',
+      join(dir, 'r.md'),
+    );
     expect(r.code).toBe(0);
     expect(readdirSync(dir)).toEqual(['r.md']);
     expect(readFileSync(join(dir, 'r.md'), 'utf8')).toMatch(/## Subjects/);
@@ -151,7 +182,15 @@ describe('evaluate: bad MMLU data fails before the first forward pass', () => {
     return dir;
   }
   const run = async (dir: string, subjects: string[], shots = 0) =>
-    runEvaluation({ runner: new ModelRunner(await loadModel(DEFAULT_MODEL_DIR)), subjects, limit: 2, shots, codecs: await createCodecs(['int8']), perplexityTokens: 0, mmluDir: dir });
+    runEvaluation({
+      runner: new ModelRunner(await loadModel(DEFAULT_MODEL_DIR)),
+      subjects,
+      limit: 2,
+      shots,
+      codecs: await createCodecs(['int8']),
+      perplexityTokens: 0,
+      mmluDir: dir,
+    });
 
   it('--shots 5 without a dev split names the missing file and suggests --shots 0', async () => {
     const dir = mmluDir();
@@ -164,7 +203,9 @@ describe('evaluate: bad MMLU data fails before the first forward pass', () => {
   });
 
   it('a malformed CSV row reports the file and line', async () => {
-    const dir = mmluDir({ 'sociology_test.csv': 'question,choice0,choice1,choice2,choice3,answer\nQ1,a,b,c,d,0\nQ2 has, a comma,a,b,c,d,1\n' });
+    const dir = mmluDir({
+      'sociology_test.csv': 'question,choice0,choice1,choice2,choice3,answer\nQ1,a,b,c,d,0\nQ2 has, a comma,a,b,c,d,1\n',
+    });
     await expect(run(dir, ['marketing', 'sociology'])).rejects.toMatchObject({
       code: 'DATA_INVALID',
       message: expect.stringMatching(/sociology_test\.csv:3: expected 6 columns .*found 7/),

@@ -6,7 +6,10 @@ import type { EvaluateResult } from '../../src/evaluate/run.js';
 /** A finished run with these codecs and their accuracy deltas (points), on 10 questions, baseline 50%. */
 function run(deltas: Record<string, number>): EvaluateResult {
   const codecs = Object.fromEntries(
-    Object.entries(deltas).map(([name, d]) => [name, { n: 10, delta_points: d, delta_ci95: [d - 5, d + 5], accuracy: { accuracy: 0.5 + d / 100 } }]),
+    Object.entries(deltas).map(([name, d]) => [
+      name,
+      { n: 10, delta_points: d, delta_ci95: [d - 5, d + 5], accuracy: { accuracy: 0.5 + d / 100 } },
+    ]),
   );
   return {
     settings: { codecs: Object.keys(deltas).map((name) => ({ name, sink: 4, window: 128 })) },
@@ -32,7 +35,9 @@ describe('the accuracy gate', () => {
     expect(v.passed).toBe(false);
     const e = maxDropError(r, v)!;
     expect(e).toMatchObject({ code: 'THRESHOLD_EXCEEDED', context: { codec: 'kvtc', drop_points: 2.5, threshold_points: 2 } });
-    expect(e.message).toBe('kvtc loses 2.50 accuracy points on 10 questions (uncompressed 50.0%, kvtc 47.5%; 95% CI of the drop [-2.5, 7.5]), more than --max-drop 2');
+    expect(e.message).toBe(
+      'kvtc loses 2.50 accuracy points on 10 questions (uncompressed 50.0%, kvtc 47.5%; 95% CI of the drop [-2.5, 7.5]), more than --max-drop 2',
+    );
     expect(e.fix).toMatch(/lower --ratio/);
   });
 
@@ -51,6 +56,8 @@ describe('the accuracy gate', () => {
   });
 
   it('no codec to guard is a usage error', () => {
-    expect(() => checkMaxDrop(run({}), 1)).toThrow(expect.objectContaining({ code: 'USAGE', message: '--max-drop needs a codec to check' }));
+    expect(() => checkMaxDrop(run({}), 1)).toThrow(
+      expect.objectContaining({ code: 'USAGE', message: '--max-drop needs a codec to check' }),
+    );
   });
 });

@@ -46,17 +46,35 @@ describe('long-context tasks', () => {
     const profile = await readProfile(join(DEFAULT_PROFILES_DIR, 'stories260k'));
     const codecs = await createCodecs(['identity', 'kvtc'], { profile });
     try {
-      const r = await runEvaluation({ runner: new ModelRunner(model), subjects: ['anatomy'], limit: 2, shots: 0, codecs, perplexityTokens: 0, longContext: { perKind: 3, contextTokens: 512 } });
+      const r = await runEvaluation({
+        runner: new ModelRunner(model),
+        subjects: ['anatomy'],
+        limit: 2,
+        shots: 0,
+        codecs,
+        perplexityTokens: 0,
+        longContext: { perKind: 3, contextTokens: 512 },
+      });
       const lc = r.longContext!;
       expect(lc.tasks).toEqual({ needle: 3, variable_tracking: 3 });
       expect(lc.overall.n).toBe(6);
       expect(lc.overall.codecs.identity.delta_points).toBe(0);
       expect(lc.overall.codecs.identity.kl).toBe(0);
       expect(lc.overall.codecs.kvtc.compressed_share).toBeGreaterThan(0.5);
-      const lines = sampleLines(r, { version: 'test', date: 'now' }).trim().split('\n').map((l) => JSON.parse(l));
+      const lines = sampleLines(r, { version: 'test', date: 'now' })
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       expect(lines).toHaveLength(1 + 2 + 6);
       expect(lines[0]).toMatchObject({ kvtc: 'test', date: 'now' });
-      expect(lines.filter((l) => l.task === 'long_context').map((l) => l.subject)).toEqual(['needle', 'needle', 'needle', 'variable_tracking', 'variable_tracking', 'variable_tracking']);
+      expect(lines.filter((l) => l.task === 'long_context').map((l) => l.subject)).toEqual([
+        'needle',
+        'needle',
+        'needle',
+        'variable_tracking',
+        'variable_tracking',
+        'variable_tracking',
+      ]);
       expect(lines[1].codecs.kvtc.log_lik).toHaveLength(4);
     } finally {
       await Promise.all(codecs.map((c) => c.release()));
@@ -67,7 +85,19 @@ describe('long-context tasks', () => {
 describe('sweep plot', () => {
   it('renders every codec of a run as points with intervals, kvtc joined, valid SVG', async () => {
     const { renderSweepSvg } = await import('../../src/evaluate/sweep.js');
-    const row = (codec: string, ratio: number, d: number) => ({ codec, ratio_compressed: ratio, ratio: ratio / 2, delta_points: d, delta_ci95: [d - 2, d + 2] as [number, number], agreement: 0.9, kl: 0.01, compressed_share: 0.7, perplexity_delta: 0.1, long_context_delta_points: d, long_context_ci95: [d - 1, d + 1] as [number, number] });
+    const row = (codec: string, ratio: number, d: number) => ({
+      codec,
+      ratio_compressed: ratio,
+      ratio: ratio / 2,
+      delta_points: d,
+      delta_ci95: [d - 2, d + 2] as [number, number],
+      agreement: 0.9,
+      kl: 0.01,
+      compressed_share: 0.7,
+      perplexity_delta: 0.1,
+      long_context_delta_points: d,
+      long_context_ci95: [d - 1, d + 1] as [number, number],
+    });
     const svg = renderSweepSvg([row('int8', 1.33, 0), row('kvtc@8x', 7.7, -1), row('kvtc@20x', 18, -3)], { title: 'a <title> & more' });
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg).toContain('a &lt;title&gt; &amp; more');

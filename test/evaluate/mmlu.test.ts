@@ -11,9 +11,30 @@ const fields = (text: string) => parseCsv(text).map((r) => r.fields);
 
 describe('parseCsv (RFC 4180)', () => {
   it.each([
-    ['plain fields', 'a,b,c\n1,2,3\n', [['a', 'b', 'c'], ['1', '2', '3']]],
-    ['no trailing newline', 'a,b\n1,2', [['a', 'b'], ['1', '2']]],
-    ['CRLF records', 'a,b\r\n1,2\r\n', [['a', 'b'], ['1', '2']]],
+    [
+      'plain fields',
+      'a,b,c\n1,2,3\n',
+      [
+        ['a', 'b', 'c'],
+        ['1', '2', '3'],
+      ],
+    ],
+    [
+      'no trailing newline',
+      'a,b\n1,2',
+      [
+        ['a', 'b'],
+        ['1', '2'],
+      ],
+    ],
+    [
+      'CRLF records',
+      'a,b\r\n1,2\r\n',
+      [
+        ['a', 'b'],
+        ['1', '2'],
+      ],
+    ],
     ['comma inside quotes', '"x, y",z\n', [['x, y', 'z']]],
     ['doubled quotes', '"say ""hi""",b\n', [['say "hi"', 'b']]],
     ['newline inside quotes', '"line1\nline2",b\n', [['line1\nline2', 'b']]],

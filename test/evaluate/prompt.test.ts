@@ -41,7 +41,9 @@ describe('MMLU prompt (lm-evaluation-harness format)', () => {
         'B. we create and negotiate our roles through interaction with others\nC. social roles are not fixed or stable but fluid and pluralistic\n' +
         'D. roles have to be learned to suppress unconscious motivations\nAnswer:',
     );
-    expect(buildPrompt('x', { question: ' q ', choices: [' a', 'b ', 'c', 'd'] })).toBe(`${description('x')}q\nA.  a\nB. b \nC. c\nD. d\nAnswer:`);
+    expect(buildPrompt('x', { question: ' q ', choices: [' a', 'b ', 'c', 'd'] })).toBe(
+      `${description('x')}q\nA.  a\nB. b \nC. c\nD. d\nAnswer:`,
+    );
     expect(pythonStrip('\ufeffq\u001f')).toBe('\ufeffq');
   });
 
@@ -58,6 +60,8 @@ describe('MMLU prompt (lm-evaluation-harness format)', () => {
   it('needs the dev split for shots', async () => {
     await expect(loadShots('/nonexistent-kvtc-mmlu', 'anatomy', 5)).rejects.toMatchObject({ code: 'DATA_INVALID' });
     await expect(loadShots('/nonexistent-kvtc-mmlu', 'anatomy', 0)).resolves.toEqual([]);
-    await expect(loadShots(MMLU_DIR, 'anatomy', 6)).rejects.toThrowError(/--shots 6 needs 6 dev examples for "anatomy", the dev split has 5/);
+    await expect(loadShots(MMLU_DIR, 'anatomy', 6)).rejects.toThrowError(
+      /--shots 6 needs 6 dev examples for "anatomy", the dev split has 5/,
+    );
   });
 });

@@ -135,7 +135,8 @@ describe('identity and fp16 codecs on the bundled model', () => {
     expect(c.uncompressed_questions).toBe(short.length);
     expect(c.compressed_only?.n).toBe(30 - short.length);
     for (const q of short) expect(q.codecs.int4.compressedTokens).toBe(0);
-    const expectedShare = r.questions.reduce((s, q) => s + Math.max(0, q.cacheTokens - 132), 0) / r.questions.reduce((s, q) => s + q.promptTokens, 0);
+    const expectedShare =
+      r.questions.reduce((s, q) => s + Math.max(0, q.cacheTokens - 132), 0) / r.questions.reduce((s, q) => s + q.promptTokens, 0);
     expect(c.compressed_share).toBeCloseTo(expectedShare, 12);
   });
 });

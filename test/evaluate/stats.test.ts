@@ -44,7 +44,12 @@ describe('accuracy and standard error (harness mean_stderr)', () => {
     const pooledVar = (9 * a.stderr ** 2 * 10 + 29 * b.stderr ** 2 * 30) / (40 - 2);
     expect(g.stderr).toBeCloseTo(Math.sqrt(pooledVar / 40), 15);
     // pooled var of the two subtasks' own samples: (9·s_a² + 29·s_b²) / 38
-    expect(g.stderr ** 2 * 40).toBeCloseTo((9 * sampleStd(Array.from({ length: 10 }, (_, i) => +(i < 5))) ** 2 + 29 * sampleStd(Array.from({ length: 30 }, (_, i) => +(i < 27))) ** 2) / 38, 12);
+    expect(g.stderr ** 2 * 40).toBeCloseTo(
+      (9 * sampleStd(Array.from({ length: 10 }, (_, i) => +(i < 5))) ** 2 +
+        29 * sampleStd(Array.from({ length: 30 }, (_, i) => +(i < 27))) ** 2) /
+        38,
+      12,
+    );
   });
 });
 
@@ -80,7 +85,9 @@ describe('pairedBootstrapDelta', () => {
   it('is deterministic given the seed', () => {
     const [a, b] = pairedRuns(300, 5, 0.5, 0.2, 0.1);
     expect(pairedBootstrapDelta(a, b, { seed: 42, resamples: 500 })).toEqual(pairedBootstrapDelta(a, b, { seed: 42, resamples: 500 }));
-    expect(pairedBootstrapDelta(a, b, { seed: 43, resamples: 500 }).lo).not.toBe(pairedBootstrapDelta(a, b, { seed: 42, resamples: 500 }).lo);
+    expect(pairedBootstrapDelta(a, b, { seed: 43, resamples: 500 }).lo).not.toBe(
+      pairedBootstrapDelta(a, b, { seed: 42, resamples: 500 }).lo,
+    );
   });
 
   it('rejects runs of different lengths', () => {
@@ -109,7 +116,12 @@ describe('answer distributions', () => {
   it('KL of identical distributions is 0, and invariant to a shift of the log-likelihoods', () => {
     const ll = [-2.3, -0.7, -5.1, -1.2];
     expect(klDivergence(ll, ll)).toBe(0);
-    expect(klDivergence(ll, ll.map((v) => v - 17))).toBeCloseTo(0, 12);
+    expect(
+      klDivergence(
+        ll,
+        ll.map((v) => v - 17),
+      ),
+    ).toBeCloseTo(0, 12);
   });
 
   it('KL matches the closed form', () => {

@@ -23,4 +23,3 @@ export function covarianceTwoPass(X: Float32Array, tokens: number, p: number): C
   }
   return { mean, cov, count: tokens };
 }
-

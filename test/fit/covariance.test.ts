@@ -22,7 +22,8 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 describe('CovarianceAccumulator', () => {
   it('equals a two-pass float64 computation across uneven chunks (js kernel)', async () => {
-    const p = 37, tokens = 1000;
+    const p = 37,
+      tokens = 1000;
     const X = data(tokens, p, 1000, 1);
     const acc = new CovarianceAccumulator(p, new JsGramKernel());
     let t = 0;
@@ -39,7 +40,8 @@ describe('CovarianceAccumulator', () => {
   });
 
   it('ONNX Runtime float32 Gram matches to float32 accuracy', async () => {
-    const p = 64, tokens = 2500;
+    const p = 64,
+      tokens = 2500;
     const X = data(tokens, p, 500, 2);
     const kernel = await OrtGramKernel.create(p, { maxTokens: 512 });
     const acc = new CovarianceAccumulator(p, kernel);

@@ -13,15 +13,24 @@ function randomTables(p: number, seed: number): ErrorTables {
   const bitsFactor = [0.3, 0.05, 0.002, 0.004];
   for (let ti = 0; ti < 4; ti++) for (let j = 0; j < p; j++) staticErr[ti * p + j] = none[j] * bitsFactor[ti] * (0.5 + uniform());
   const t: ErrorTables = {
-    dim: p, tokens: 1, granule: 1, maxGranules: p, none, staticErr,
-    staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p), staticTuned: new Uint8Array(4 * p),
+    dim: p,
+    tokens: 1,
+    granule: 1,
+    maxGranules: p,
+    none,
+    staticErr,
+    staticLo: new Float32Array(4 * p),
+    staticHi: new Float32Array(4 * p),
+    staticTuned: new Uint8Array(4 * p),
     dynamicErr: new Float64Array(p * p * 4).fill(Infinity),
   };
-  for (let s = 0; s < p; s++) for (let e = s + 1; e <= p; e++) for (let ti = 0; ti < 4; ti++) {
-    let sum = 0;
-    for (let j = s; j < e; j++) sum += none[j];
-    t.dynamicErr[dynamicIndex(t, s, e - s, ti)] = sum * bitsFactor[ti] * 0.4 * (0.5 + uniform()) * (1 + 0.2 * (e - s));
-  }
+  for (let s = 0; s < p; s++)
+    for (let e = s + 1; e <= p; e++)
+      for (let ti = 0; ti < 4; ti++) {
+        let sum = 0;
+        for (let j = s; j < e; j++) sum += none[j];
+        t.dynamicErr[dynamicIndex(t, s, e - s, ti)] = sum * bitsFactor[ti] * 0.4 * (0.5 + uniform()) * (1 + 0.2 * (e - s));
+      }
   return t;
 }
 
@@ -113,18 +122,20 @@ describe('allocateBits', () => {
 
   it('respects the granule grid for dynamic groups on measured tables', () => {
     const { normal } = rng(3);
-    const H = 300, p = 40;
+    const H = 300,
+      p = 40;
     const C = new Float32Array(H * p);
-    for (let i = 0; i < C.length; i++) C[i] = normal() * 5 / (1 + (i % p));
+    for (let i = 0; i < C.length; i++) C[i] = (normal() * 5) / (1 + (i % p));
     const t = buildErrorTables(C, H, p, { granule: 4, maxGranules: 3 });
     for (const budget of [40, 120, 300]) {
       const a = allocateBits(t, budget);
       expect(a.bits).toBeLessThanOrEqual(budget);
-      for (const g of a.groups) if (g.mode === 'dynamic' && g.type !== 'none') {
-        expect(g.start % 4).toBe(0);
-        expect(g.end % 4 === 0 || g.end === p).toBe(true);
-        expect(g.end - g.start).toBeLessThanOrEqual(12);
-      }
+      for (const g of a.groups)
+        if (g.mode === 'dynamic' && g.type !== 'none') {
+          expect(g.start % 4).toBe(0);
+          expect(g.end % 4 === 0 || g.end === p).toBe(true);
+          expect(g.end - g.start).toBeLessThanOrEqual(12);
+        }
     }
   });
 
@@ -132,22 +143,32 @@ describe('allocateBits', () => {
   it('p=1024 at ratio 4: returns a valid allocation whose reported error and bits are those of its groups', () => {
     const t = randomTables(64, 9);
     // widen to 1024 components with the default granule layout
-    const p = 1024, g = 16, M = 16;
+    const p = 1024,
+      g = 16,
+      M = 16;
     const big: ErrorTables = {
-      dim: p, tokens: 1, granule: g, maxGranules: M,
-      none: new Float64Array(p), staticErr: new Float64Array(4 * p),
-      staticLo: new Float32Array(4 * p), staticHi: new Float32Array(4 * p), staticTuned: new Uint8Array(4 * p),
+      dim: p,
+      tokens: 1,
+      granule: g,
+      maxGranules: M,
+      none: new Float64Array(p),
+      staticErr: new Float64Array(4 * p),
+      staticLo: new Float32Array(4 * p),
+      staticHi: new Float32Array(4 * p),
+      staticTuned: new Uint8Array(4 * p),
       dynamicErr: new Float64Array(64 * M * 4),
     };
     for (let j = 0; j < p; j++) {
       big.none[j] = t.none[j % 64] / (1 + j / 64);
       for (let ti = 0; ti < 4; ti++) big.staticErr[ti * p + j] = t.staticErr[ti * 64 + (j % 64)] / (1 + j / 64);
     }
-    for (let k = 0; k < 64; k++) for (let m = 1; m <= M; m++) for (let ti = 0; ti < 4; ti++) {
-      let s = 0;
-      for (let j = k * g; j < Math.min(p, (k + m) * g); j++) s += big.staticErr[ti * p + j];
-      big.dynamicErr[dynamicIndex(big, k, m, ti)] = k + m > 64 ? Infinity : s * 0.7;
-    }
+    for (let k = 0; k < 64; k++)
+      for (let m = 1; m <= M; m++)
+        for (let ti = 0; ti < 4; ti++) {
+          let s = 0;
+          for (let j = k * g; j < Math.min(p, (k + m) * g); j++) s += big.staticErr[ti * p + j];
+          big.dynamicErr[dynamicIndex(big, k, m, ti)] = k + m > 64 ? Infinity : s * 0.7;
+        }
     const a = allocateBits(big, Math.floor((16 * p) / 4));
     expect(a.bits).toBeLessThanOrEqual(4096);
     expect(a.bits).toBe(planBitsPerToken(a));

@@ -32,11 +32,12 @@ function inSpan(r: TruncatedEigen, v: Float64Array, p: number, k: number): numbe
 
 function maxOffOrthonormal(r: TruncatedEigen, p: number, k: number): number {
   let worst = 0;
-  for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) {
-    let d = 0;
-    for (let i = 0; i < p; i++) d += r.vectors[i * k + a] * r.vectors[i * k + b];
-    worst = Math.max(worst, Math.abs(d - (a === b ? 1 : 0)));
-  }
+  for (let a = 0; a < k; a++)
+    for (let b = 0; b < k; b++) {
+      let d = 0;
+      for (let i = 0; i < p; i++) d += r.vectors[i * k + a] * r.vectors[i * k + b];
+      worst = Math.max(worst, Math.abs(d - (a === b ? 1 : 0)));
+    }
   return worst;
 }
 
@@ -45,7 +46,8 @@ describe('randomizedEigen against the dense symmetricEigen', () => {
   const A = keyLikeCovariance(p, 1);
   const dense = symmetricEigen(A, p);
 
-  for (const k of [64, 16]) { // 0.4p and 0.1p
+  for (const k of [64, 16]) {
+    // 0.4p and 0.1p
     it(`top ${k} of ${p}: values, subspace, orthonormal columns, sign rule`, () => {
       const r = randomizedEigen(A, p, k);
       expect(r.values.length).toBe(k);
@@ -131,7 +133,10 @@ describe('randomizedEigen against the dense symmetricEigen', () => {
 
 describe('randomizedEigen on degenerate covariances', () => {
   // l = k + oversample: 40 (one Cholesky block) and 165 (two blocks, dependent rows in both).
-  for (const [p, rank, k] of [[96, 20, 30], [320, 100, 150]]) {
+  for (const [p, rank, k] of [
+    [96, 20, 30],
+    [320, 100, 150],
+  ]) {
     it(`rank ${rank} below the sketch (fewer tokens than k + oversample, p=${p}, k=${k}): exact top values, zeros after, orthonormal`, () => {
       const { normal } = rng(5);
       const B = Float64Array.from({ length: p * rank }, normal); // [p, rank]
@@ -168,7 +173,8 @@ describe('randomizedEigenAsync', () => {
     const ort = await randomizedEigenAsync(A, p, k, { threads: 1 });
     for (let j = 0; j < k; j++) expect(Math.abs(ort.values[j] / js.values[j] - 1)).toBeLessThan(1e-9);
     // Same vectors up to rounding (eigenvalues are distinct at this spectrum's top).
-    for (let j = 0; j < 8; j++) for (let i = 0; i < p; i++) expect(Math.abs(ort.vectorsT[j * p + i] - js.vectorsT[j * p + i])).toBeLessThan(1e-8);
+    for (let j = 0; j < 8; j++)
+      for (let i = 0; i < p; i++) expect(Math.abs(ort.vectorsT[j * p + i] - js.vectorsT[j * p + i])).toBeLessThan(1e-8);
     expect(maxOffOrthonormal(ort, p, k)).toBeLessThan(1e-12);
   });
 });

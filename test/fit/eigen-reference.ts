@@ -14,4 +14,3 @@ export function runEigenSteps(steps: EigenSteps, mm: (r: MatMulRequest) => Float
   while (!r.done) r = steps.next(mm(r.value));
   return r.value;
 }
-

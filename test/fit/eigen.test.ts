@@ -12,11 +12,12 @@ function randomSymmetric(p: number, seed: number, rankDeficient = 0): Float64Arr
   const k = p - rankDeficient;
   const B = Float64Array.from({ length: p * k }, normal);
   const A = new Float64Array(p * p);
-  for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) {
-    let s = 0;
-    for (let q = 0; q < k; q++) s += B[i * k + q] * B[j * k + q];
-    A[i * p + j] = s;
-  }
+  for (let i = 0; i < p; i++)
+    for (let j = 0; j < p; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) s += B[i * k + q] * B[j * k + q];
+      A[i * p + j] = s;
+    }
   return A;
 }
 
@@ -100,7 +101,10 @@ function spdWithClusters(p: number, seed: number): { A: Float64Array; lambda: Fl
   const w = new Float64Array(p);
   for (let r = 0; r < 8; r++) {
     let n2 = 0;
-    for (let i = 0; i < p; i++) { u[i] = normal(); n2 += u[i] * u[i]; }
+    for (let i = 0; i < p; i++) {
+      u[i] = normal();
+      n2 += u[i] * u[i];
+    }
     const inv = 1 / Math.sqrt(n2);
     for (let i = 0; i < p; i++) u[i] *= inv;
     // A ← H A H, H = I - 2uuᵀ: A - 2u(Aᵀu)ᵀ... via w = A u, c = uᵀw: A - 2uwᵀ - 2wuᵀ + 4c uuᵀ.

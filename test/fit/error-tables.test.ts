@@ -86,13 +86,13 @@ describe('allocateRuns', () => {
     const rand = mulberry32(seed);
     const starts = Math.ceil(p / g);
     const none = Float64Array.from({ length: p }, (_, j) => (5 + rand() * 5) * 0.75 ** j);
-    const staticErr = Float64Array.from({ length: S * p }, (_, i) => none[i % p] * (0.05 + 0.3 * rand()) / (1 + Math.floor(i / p)));
+    const staticErr = Float64Array.from({ length: S * p }, (_, i) => (none[i % p] * (0.05 + 0.3 * rand())) / (1 + Math.floor(i / p)));
     const dynamicErr = new Float64Array(starts * starts * D).fill(Infinity);
     for (let k = 0; k < starts; k++) {
       for (let m = 1; m <= starts && k * g + (m - 1) * g < p; m++) {
         let energy = 0;
         for (let j = k * g; j < Math.min(p, (k + m) * g); j++) energy += none[j];
-        for (let d = 0; d < D; d++) dynamicErr[tableIndex(starts, D, k, m, d)] = energy * (0.02 + 0.2 * rand()) / (1 + d);
+        for (let d = 0; d < D; d++) dynamicErr[tableIndex(starts, D, k, m, d)] = (energy * (0.02 + 0.2 * rand())) / (1 + d);
       }
     }
     return { dim: p, granule: g, maxGranules: starts, none, staticErr, dynamicErr };
@@ -106,7 +106,8 @@ describe('allocateRuns', () => {
     const go = (j: number, left: number): number => {
       if (j === p) return 0;
       let best = t.none[j] + go(j + 1, left);
-      for (let s = 0; s < S; s++) if (cost.staticBits[s] <= left) best = Math.min(best, t.staticErr[s * p + j] + go(j + 1, left - cost.staticBits[s]));
+      for (let s = 0; s < S; s++)
+        if (cost.staticBits[s] <= left) best = Math.min(best, t.staticErr[s * p + j] + go(j + 1, left - cost.staticBits[s]));
       if (j % t.granule === 0) {
         for (let m = 1; m <= t.maxGranules && j + (m - 1) * t.granule < p; m++) {
           const e = Math.min(p, j + m * t.granule);
@@ -145,6 +146,8 @@ describe('allocateRuns', () => {
 
   it('refuses a cost model whose costs are not whole units (a target bug, not user input)', () => {
     const t = randomInput(4, 2, 1, 1, 3);
-    expect(() => allocateRuns(t, { unitBits: 8, staticBits: [4], dynamicBits: [8], dynamicOverheadBits: 64 }, 64)).toThrow(/not a whole number of 8-bit units/);
+    expect(() => allocateRuns(t, { unitBits: 8, staticBits: [4], dynamicBits: [8], dynamicOverheadBits: 64 }, 64)).toThrow(
+      /not a whole number of 8-bit units/,
+    );
   });
 });

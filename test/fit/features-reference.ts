@@ -6,8 +6,12 @@ import { RopeTable } from '../../src/rope/rope-table.js';
 
 /** Inverse of gatherFeatures: writes X [t1-t0, p] into the cache (re-applying RoPE to keys). */
 export function scatterFeatures(
-  X: Float32Array, cache: KvCache, sel: FeatureSelection, rope: RopeSpec | undefined,
-  t0 = 0, t1 = cache.tokens,
+  X: Float32Array,
+  cache: KvCache,
+  sel: FeatureSelection,
+  rope: RopeSpec | undefined,
+  t0 = 0,
+  t1 = cache.tokens,
 ): void {
   checkSelection(cache, sel, t0, t1, 'scatterFeatures');
   const { kvHeads, headDim, tokens } = cache;
@@ -29,4 +33,3 @@ export function scatterFeatures(
     }
   }
 }
-

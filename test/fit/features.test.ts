@@ -8,7 +8,10 @@ import { rng } from '../codec/rng.js';
 const rope: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half' };
 
 function makeCache(): { cache: KvCache; rawKeys: Float32Array[] } {
-  const layers = 3, kvHeads = 2, headDim = 8, tokens = 10;
+  const layers = 3,
+    kvHeads = 2,
+    headDim = 8,
+    tokens = 10;
   const { normal } = rng(5);
   const rawKeys: Float32Array[] = [];
   const keys: Float32Array[] = [];
@@ -30,18 +33,23 @@ describe('features', () => {
     const p = featureDim(cache, sel.layers);
     expect(p).toBe(32);
     expect(X.length).toBe(4 * p);
-    for (let t = 3; t < 7; t++) for (let li = 0; li < 2; li++) for (let h = 0; h < 2; h++) for (let d = 0; d < 8; d++) {
-      expect(X[(t - 3) * p + (li * 2 + h) * 8 + d]).toBe(cache.values[sel.layers[li]][(h * 10 + t) * 8 + d]);
-    }
+    for (let t = 3; t < 7; t++)
+      for (let li = 0; li < 2; li++)
+        for (let h = 0; h < 2; h++)
+          for (let d = 0; d < 8; d++) {
+            expect(X[(t - 3) * p + (li * 2 + h) * 8 + d]).toBe(cache.values[sel.layers[li]][(h * 10 + t) * 8 + d]);
+          }
   });
 
   it('un-rotates keys while gathering and re-rotates them while scattering', () => {
     const { cache, rawKeys } = makeCache();
     const sel = { kind: 'key' as const, layers: [1] };
     const X = gatherFeatures(cache, sel, rope, 0, 10);
-    for (let t = 0; t < 10; t++) for (let h = 0; h < 2; h++) for (let d = 0; d < 8; d++) {
-      expect(X[t * 16 + h * 8 + d]).toBeCloseTo(rawKeys[1][(h * 10 + t) * 8 + d], 5);
-    }
+    for (let t = 0; t < 10; t++)
+      for (let h = 0; h < 2; h++)
+        for (let d = 0; d < 8; d++) {
+          expect(X[t * 16 + h * 8 + d]).toBeCloseTo(rawKeys[1][(h * 10 + t) * 8 + d], 5);
+        }
     const before = Float32Array.from(cache.keys[1]);
     cache.keys[1].fill(0);
     scatterFeatures(X, cache, sel, rope, 0, 10);

@@ -40,14 +40,22 @@ export function fitBasisPlan(opts: FitBasisOptions): BasisPlan {
 export function fitBasisPlanDetailed(opts: FitBasisOptions): FitDetails {
   const p = opts.dim;
   invariant(opts.mean.length === p, `Error in fitBasisPlan: mean length (${opts.mean.length}) must be dim (${p})`);
-  invariant(opts.heldout.length % p === 0 && opts.heldout.length > 0,
-    `Error in fitBasisPlan: held-out length (${opts.heldout.length}) must be a positive multiple of dim (${p})`);
+  invariant(
+    opts.heldout.length % p === 0 && opts.heldout.length > 0,
+    `Error in fitBasisPlan: held-out length (${opts.heldout.length}) must be a positive multiple of dim (${p})`,
+  );
   let eig = opts.eigen;
   if (!eig) {
     invariant(opts.cov !== undefined, 'Error in fitBasisPlan: pass cov or eigen');
     eig = symmetricEigen(opts.cov, p);
   }
-  const tables = prepareAllocation({ ...opts, mean: Float64Array.from(opts.mean), vectors: eig.vectors, values: eig.values, heldoutTokens: opts.heldout.length / p });
+  const tables = prepareAllocation({
+    ...opts,
+    mean: Float64Array.from(opts.mean),
+    vectors: eig.vectors,
+    values: eig.values,
+    heldoutTokens: opts.heldout.length / p,
+  });
   const { plan, allocation } = allocateDetailed(tables, opts.budgetBits);
   let energy = 0;
   for (let i = 0; i < tables.none.length; i++) energy += tables.none[i];
@@ -84,11 +92,18 @@ export function projectCoefficients(X: Float32Array, mean: ArrayLike<number>, ba
  * `tokens` is needed only when r = 0 (everything dropped: X̂ = mean).
  */
 export function reconstruct(
-  C: Float32Array, mean: ArrayLike<number>, basis: Float32Array, r: number, tokens = r > 0 ? C.length / r : 0,
+  C: Float32Array,
+  mean: ArrayLike<number>,
+  basis: Float32Array,
+  r: number,
+  tokens = r > 0 ? C.length / r : 0,
 ): Float32Array {
   const p = mean.length;
   invariant(basis.length === p * r, `Error in reconstruct: basis length (${basis.length}) must be p*r (${p}*${r})`);
-  invariant(Number.isInteger(tokens) && C.length === tokens * r, `Error in reconstruct: C length (${C.length}) must be tokens*r (${tokens}*${r})`);
+  invariant(
+    Number.isInteger(tokens) && C.length === tokens * r,
+    `Error in reconstruct: C length (${C.length}) must be tokens*r (${tokens}*${r})`,
+  );
   const T = tokens;
   const X = new Float32Array(T * p);
   for (let t = 0; t < T; t++) {
@@ -101,4 +116,3 @@ export function reconstruct(
   }
   return X;
 }
-

@@ -8,7 +8,8 @@ import { allocateDetailed, heldoutCoefficients, maxRankForRatios, prepareAllocat
 import { gemmABt } from '../../src/math/gemm.js';
 import { randomOrthogonal, rng } from '../codec/rng.js';
 
-const p = 32, trueRank = 6;
+const p = 32,
+  trueRank = 6;
 const sigma = [10, 8, 6, 5, 4, 3];
 
 function synth(tokens: number, Q: Float64Array, seed: number, noise = 1e-3): Float32Array {
@@ -73,11 +74,12 @@ describe('fitBasisPlan on a random rotation of a rank-6 source', () => {
     expect(plan.variances.length).toBe(r);
     expect(plan.mean.length).toBe(p);
     expect(plan.mean[5]).toBeCloseTo(2.5, 0);
-    for (let a = 0; a < r; a++) for (let b = 0; b < r; b++) {
-      let d = 0;
-      for (let i = 0; i < p; i++) d += plan.basis[i * r + a] * plan.basis[i * r + b];
-      expect(d).toBeCloseTo(a === b ? 1 : 0, 5);
-    }
+    for (let a = 0; a < r; a++)
+      for (let b = 0; b < r; b++) {
+        let d = 0;
+        for (let i = 0; i < p; i++) d += plan.basis[i * r + a] * plan.basis[i * r + b];
+        expect(d).toBeCloseTo(a === b ? 1 : 0, 5);
+      }
     for (let j = 1; j < r; j++) expect(plan.variances[j]).toBeLessThanOrEqual(plan.variances[j - 1]);
     for (const g of plan.groups) {
       if (g.type === 'none' || g.mode !== 'static') continue;
@@ -123,7 +125,10 @@ describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () =>
     const o = { kind: 'key' as const, layers: [0], dim: p, mean, heldout, heldoutTokens: H };
     const d = symmetricEigen(cov, p);
     const r = randomizedEigen(cov, p, k);
-    return { dense: prepareAllocation({ ...o, vectors: d.vectors, values: d.values }), truncated: prepareAllocation({ ...o, vectors: r.vectors, values: r.values }) };
+    return {
+      dense: prepareAllocation({ ...o, vectors: d.vectors, values: d.values }),
+      truncated: prepareAllocation({ ...o, vectors: r.vectors, values: r.values }),
+    };
   }
 
   it('separates features (p) from components (k) and accounts for the energy outside the k', async () => {
@@ -180,7 +185,8 @@ describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () =>
 
 describe('projectCoefficients / reconstruct', () => {
   it('round-trip exactly with a full orthonormal basis and drop energy with a truncated one', () => {
-    const n = 8, T = 20;
+    const n = 8,
+      T = 20;
     const Q = randomOrthogonal(n, 3);
     const basis = Float32Array.from(Q);
     const { normal } = rng(4);

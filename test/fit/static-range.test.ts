@@ -9,8 +9,12 @@ describe('static-range search', () => {
     const { normal } = rng(7);
     // heavy-ish tails: Student-t-like mixture
     const v = Float64Array.from({ length: 1000 }, () => normal() * (Math.abs(normal()) > 2.5 ? 6 : 1)); // <= 1024: fitted on all values
-    let mn = Infinity, mx = -Infinity;
-    for (const x of v) { mn = Math.min(mn, x); mx = Math.max(mx, x); }
+    let mn = Infinity,
+      mx = -Infinity;
+    for (const x of v) {
+      mn = Math.min(mn, x);
+      mx = Math.max(mx, x);
+    }
     const errs: Record<string, number> = {};
     for (const type of STORED_TYPES) {
       const { lo, hi } = fitStaticRange(v, type);
@@ -47,7 +51,13 @@ describe('crossValidatedRange and minMaxRange', () => {
     const h = v.length / 2;
     const a = v.subarray(0, h);
     const b = v.subarray(h);
-    return crossValidatedRange(rangeCandidates(v), v, { cands: rangeCandidates(a), values: a }, { cands: rangeCandidates(b), values: b }, type);
+    return crossValidatedRange(
+      rangeCandidates(v),
+      v,
+      { cands: rangeCandidates(a), values: a },
+      { cands: rangeCandidates(b), values: b },
+      type,
+    );
   };
 
   it('minMaxRange covers every value after float32 rounding', () => {

@@ -48,13 +48,39 @@ const bases: Base[] = [
         ['general.architecture', m.str('llama')],
         ['llama.block_count', m.u32(2)],
         ['llama.attention.layer_norm_rms_epsilon', m.f32(1e-5)],
-        ['tokenizer.ggml.tokens', m.arr('STRING', Array.from({ length: 40 }, (_, i) => `t${i}`))],
-        ['tokenizer.ggml.scores', m.arr('FLOAT32', Array.from({ length: 40 }, (_, i) => -i))],
-        ['tokenizer.ggml.token_type', m.arr('INT32', Array.from({ length: 40 }, () => 1))],
+        [
+          'tokenizer.ggml.tokens',
+          m.arr(
+            'STRING',
+            Array.from({ length: 40 }, (_, i) => `t${i}`),
+          ),
+        ],
+        [
+          'tokenizer.ggml.scores',
+          m.arr(
+            'FLOAT32',
+            Array.from({ length: 40 }, (_, i) => -i),
+          ),
+        ],
+        [
+          'tokenizer.ggml.token_type',
+          m.arr(
+            'INT32',
+            Array.from({ length: 40 }, () => 1),
+          ),
+        ],
         ['tokenizer.ggml.add_bos_token', m.bool(true)],
         ['general.size', m.u64(123n)],
       ],
-      tensors: [t('norm', 'F32', [8]), t('emb', 'F16', [4, 2]), t('q8', 'Q8_0', [32, 2]), t('q4k', 'Q4_K', [256]), t('q6k', 'Q6_K', [256]), t('q41', 'Q4_1', [32]), t('q50', 'Q5_0', [32, 2])],
+      tensors: [
+        t('norm', 'F32', [8]),
+        t('emb', 'F16', [4, 2]),
+        t('q8', 'Q8_0', [32, 2]),
+        t('q4k', 'Q4_K', [256]),
+        t('q6k', 'Q6_K', [256]),
+        t('q41', 'Q4_1', [32]),
+        t('q50', 'Q5_0', [32, 2]),
+      ],
     }),
   },
   {
@@ -62,8 +88,15 @@ const bases: Base[] = [
     ...writeGguf({
       version: 2,
       alignment: 64,
-      metadata: [['general.architecture', m.str('gemma3')], ['gemma3.attention.sliding_window', m.u32(512)]],
-      tensors: [t('bf', 'BF16', [16]), { name: 'iq', type: 'IQ2_XXS', ne: [256], data: new Uint8Array(66).fill(7) }, t('q3k', 'Q3_K', [256, 2])],
+      metadata: [
+        ['general.architecture', m.str('gemma3')],
+        ['gemma3.attention.sliding_window', m.u32(512)],
+      ],
+      tensors: [
+        t('bf', 'BF16', [16]),
+        { name: 'iq', type: 'IQ2_XXS', ne: [256], data: new Uint8Array(66).fill(7) },
+        t('q3k', 'Q3_K', [256, 2]),
+      ],
     }),
   },
 ];
@@ -73,7 +106,23 @@ const int = (r: Rand, n: number) => Math.floor(r.uniform() * n);
 const pick = <T>(r: Rand, xs: readonly T[]): T => xs[int(r, xs.length)];
 
 function interesting(r: Rand, cur: bigint, size: number): bigint {
-  const c = [0n, 1n, cur - 1n, cur + 1n, cur * 2n, cur + 32n, 2n ** 31n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n, BigInt(size), BigInt(size) - 1n, BigInt(int(r, size * 2))];
+  const c = [
+    0n,
+    1n,
+    cur - 1n,
+    cur + 1n,
+    cur * 2n,
+    cur + 32n,
+    2n ** 31n,
+    2n ** 32n - 1n,
+    2n ** 32n,
+    2n ** 53n,
+    2n ** 63n,
+    2n ** 64n - 1n,
+    BigInt(size),
+    BigInt(size) - 1n,
+    BigInt(int(r, size * 2)),
+  ];
   const v = pick(r, c);
   return v < 0n ? 0n : v % 2n ** 64n;
 }
@@ -98,7 +147,8 @@ const mutators: Record<string, (r: Rand, base: Base) => { bytes: Uint8Array; wha
   byteEdits(r, { bytes, layout }) {
     const out = bytes.slice();
     const k = 1 + int(r, 4);
-    for (let i = 0; i < k; i++) out[r.uniform() < 0.8 ? int(r, layout.dataStart) : int(r, out.length)] = pick(r, [0, 0xff, 0x7f, 0x80, int(r, 256)]);
+    for (let i = 0; i < k; i++)
+      out[r.uniform() < 0.8 ? int(r, layout.dataStart) : int(r, out.length)] = pick(r, [0, 0xff, 0x7f, 0x80, int(r, 256)]);
     return { bytes: out, what: `${k} byte edits` };
   },
   truncate(r, { bytes }) {
@@ -121,7 +171,11 @@ const mutators: Record<string, (r: Rand, base: Base) => { bytes: Uint8Array; wha
   },
   lengths(r, { bytes, layout }) {
     const out = bytes.slice();
-    const fields = [...layout.keys.map((k) => k.lengthAt), ...layout.tensors.map((x) => x.nameLengthAt), ...layout.keys.flatMap((k) => (k.arrayCountAt === undefined ? [] : [k.arrayCountAt]))];
+    const fields = [
+      ...layout.keys.map((k) => k.lengthAt),
+      ...layout.tensors.map((x) => x.nameLengthAt),
+      ...layout.keys.flatMap((k) => (k.arrayCountAt === undefined ? [] : [k.arrayCountAt])),
+    ];
     const at = pick(r, fields);
     const v = interesting(r, getU64(out, at), out.length);
     setU64(out, at, v);
@@ -162,7 +216,17 @@ const mutators: Record<string, (r: Rand, base: Base) => { bytes: Uint8Array; wha
     const x = pick(r, layout.tensors);
     const cur = getU64(out, x.offsetAt);
     const other = getU64(out, pick(r, layout.tensors).offsetAt);
-    const v = pick(r, [other, other + 32n, cur + 1n, cur + 16n, cur + 64n, BigInt(out.length), 2n ** 63n, 2n ** 64n - 1n, interesting(r, cur, out.length)]);
+    const v = pick(r, [
+      other,
+      other + 32n,
+      cur + 1n,
+      cur + 16n,
+      cur + 64n,
+      BigInt(out.length),
+      2n ** 63n,
+      2n ** 64n - 1n,
+      interesting(r, cur, out.length),
+    ]);
     setU64(out, x.offsetAt, v);
     return { bytes: out, what: `offset of "${x.name}" ${cur} → ${v}` };
   },
@@ -210,7 +274,8 @@ describe('GGUF fuzzing: every mutated file is refused with a typed error or read
       for (const info of file?.tensors ?? []) {
         try {
           const x = await readTensor(file!, info.name);
-          if (x.length !== info.elements) throw new Error(`${label}: tensor "${info.name}" read ${x.length} floats, expected ${info.elements}`);
+          if (x.length !== info.elements)
+            throw new Error(`${label}: tensor "${info.name}" read ${x.length} floats, expected ${info.elements}`);
           tensorsRead++;
         } catch (e) {
           check(e, `${label} (reading "${info.name}")`, path);

@@ -85,7 +85,7 @@ function logSumExp(row: Float32Array): number {
 }
 
 describe('Gemma 3 270M converted from GGUF, against transformers', () => {
-  it('tokenizes the prompts and a long mixed text (code, unicode, emoji, whitespace runs, tabs, control tokens) to transformers\' ids', () => {
+  it("tokenizes the prompts and a long mixed text (code, unicode, emoji, whitespace runs, tabs, control tokens) to transformers' ids", () => {
     expect(model.tokenizer.encode(ref.long_text.text)).toEqual(ref.long_text.ids);
     expect(ref.long_text.ids.length).toBeGreaterThan(400);
     for (const p of ref.prompts) expect(model.tokenizer.encode(p.text), p.text.slice(0, 40)).toEqual(p.ids);
@@ -101,47 +101,70 @@ describe('Gemma 3 270M converted from GGUF, against transformers', () => {
     expect(cfg.sliding_window).toBe(ref.config.sliding_window);
   });
 
-  it(`gives transformers' logits within ${LOGIT_TOL} (top-k and log-sum-exp, past the sliding window too) and its top-1 wherever the margin is clear`, { timeout: 600_000 }, async () => {
-    // The reference shows the window decides the later positions: lifting it moves logits far beyond the tolerance.
-    expect(ref.window_effect.max_abs_logit_change_without_window).toBeGreaterThan(100 * LOGIT_TOL);
-    let maxDiff = 0;
-    let maxLse = 0;
-    let positions = 0;
-    let pastWindow = 0;
-    let agree = 0;
-    for (const [pi, p] of ref.prompts.entries()) {
-      let past: KvCache | null = null;
-      for (let a = 0; a < p.ids.length; a += CHUNK) {
-        const b = Math.min(p.ids.length, a + CHUNK);
-        const { logits, present } = await runner.forward(p.ids.slice(a, b), past);
-        past = present;
-        expect(logits.length).toBe((b - a) * V);
-        for (let pos = a; pos < b; pos++) {
-          const row = logits.subarray((pos - a) * V, (pos - a + 1) * V);
-          p.top_ids[pos].forEach((id, k) => { maxDiff = Math.max(maxDiff, Math.abs(row[id] - p.top_logits[pos][k])); });
-          maxLse = Math.max(maxLse, Math.abs(logSumExp(row) - p.logsumexp[pos]));
-          positions++;
-          if (pos >= WINDOW) pastWindow++;
-          const top1 = argmax(row);
-          if (top1 === p.top_ids[pos][0]) agree++;
-          else expect(p.top_logits[pos][0] - p.top_logits[pos][1], `prompt ${pi} position ${pos}: top-1 ${top1}, transformers ${p.top_ids[pos][0]}`).toBeLessThanOrEqual(2 * LOGIT_TOL);
+  it(
+    `gives transformers' logits within ${LOGIT_TOL} (top-k and log-sum-exp, past the sliding window too) and its top-1 wherever the margin is clear`,
+    { timeout: 600_000 },
+    async () => {
+      // The reference shows the window decides the later positions: lifting it moves logits far beyond the tolerance.
+      expect(ref.window_effect.max_abs_logit_change_without_window).toBeGreaterThan(100 * LOGIT_TOL);
+      let maxDiff = 0;
+      let maxLse = 0;
+      let positions = 0;
+      let pastWindow = 0;
+      let agree = 0;
+      for (const [pi, p] of ref.prompts.entries()) {
+        let past: KvCache | null = null;
+        for (let a = 0; a < p.ids.length; a += CHUNK) {
+          const b = Math.min(p.ids.length, a + CHUNK);
+          const { logits, present } = await runner.forward(p.ids.slice(a, b), past);
+          past = present;
+          expect(logits.length).toBe((b - a) * V);
+          for (let pos = a; pos < b; pos++) {
+            const row = logits.subarray((pos - a) * V, (pos - a + 1) * V);
+            p.top_ids[pos].forEach((id, k) => {
+              maxDiff = Math.max(maxDiff, Math.abs(row[id] - p.top_logits[pos][k]));
+            });
+            maxLse = Math.max(maxLse, Math.abs(logSumExp(row) - p.logsumexp[pos]));
+            positions++;
+            if (pos >= WINDOW) pastWindow++;
+            const top1 = argmax(row);
+            if (top1 === p.top_ids[pos][0]) agree++;
+            else
+              expect(
+                p.top_logits[pos][0] - p.top_logits[pos][1],
+                `prompt ${pi} position ${pos}: top-1 ${top1}, transformers ${p.top_ids[pos][0]}`,
+              ).toBeLessThanOrEqual(2 * LOGIT_TOL);
+          }
         }
+        // Every layer's cache keeps every token, sliding ones included.
+        expect(past!.tokens).toBe(p.ids.length);
+        for (let l = 0; l < past!.layers; l++) expect(past!.keys[l].length).toBe(p.ids.length * 256);
       }
-      // Every layer's cache keeps every token, sliding ones included.
-      expect(past!.tokens).toBe(p.ids.length);
-      for (let l = 0; l < past!.layers; l++) expect(past!.keys[l].length).toBe(p.ids.length * 256);
-    }
-    expect(maxDiff).toBeLessThan(LOGIT_TOL);
-    expect(maxLse).toBeLessThan(LOGIT_TOL);
-    expect(pastWindow).toBeGreaterThan(100);
-    expect(agree / positions).toBeGreaterThan(0.98);
-    console.log(`Gemma 3 270M vs transformers: max |Δlogit| ${maxDiff.toExponential(2)} (top-k), max |Δlogsumexp| ${maxLse.toExponential(2)}, top-1 ${agree}/${positions} (${pastWindow} positions past the window)`);
-  });
+      expect(maxDiff).toBeLessThan(LOGIT_TOL);
+      expect(maxLse).toBeLessThan(LOGIT_TOL);
+      expect(pastWindow).toBeGreaterThan(100);
+      expect(agree / positions).toBeGreaterThan(0.98);
+      console.log(
+        `Gemma 3 270M vs transformers: max |Δlogit| ${maxDiff.toExponential(2)} (top-k), max |Δlogsumexp| ${maxLse.toExponential(2)}, top-1 ${agree}/${positions} (${pastWindow} positions past the window)`,
+      );
+    },
+  );
 
   it('kvtc generate continues the first prompt greedily as transformers does', { timeout: 300_000 }, async () => {
     const io = memoryIO();
     const g = ref.greedy;
-    await generateCommand({ model: DIR, prompt: ref.prompts[g.prompt].text, maxNewTokens: String(g.steps.length), temperature: '0', seed: '0', device: 'cpu', json: true }, io);
+    await generateCommand(
+      {
+        model: DIR,
+        prompt: ref.prompts[g.prompt].text,
+        maxNewTokens: String(g.steps.length),
+        temperature: '0',
+        seed: '0',
+        device: 'cpu',
+        json: true,
+      },
+      io,
+    );
     const r = JSON.parse(io.stdout.join('\n'));
     // Equal ids up to the first step transformers itself calls within the tolerance; free after it.
     const clear = g.steps.findIndex((s) => s.margin <= 2 * LOGIT_TOL);

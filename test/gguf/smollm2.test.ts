@@ -77,16 +77,19 @@ const argmax = (a: ArrayLike<number>) => {
 };
 
 describe('SmolLM2-135M converted from GGUF, against transformers', () => {
-  it('tokenizes the prompts and a long mixed text (code, digits, unicode, emoji, whitespace runs) to transformers\' ids', () => {
+  it("tokenizes the prompts and a long mixed text (code, digits, unicode, emoji, whitespace runs) to transformers' ids", () => {
     expect(model.tokenizer.encode(ref.long_text.text)).toEqual(ref.long_text.ids);
     expect(ref.long_text.ids.length).toBeGreaterThan(300);
     for (const p of ref.prompts) expect(model.tokenizer.encode(p.text), p.text).toEqual(p.ids);
     expect(model.tokenizer.decode(ref.long_text.ids, { skipSpecial: false })).toBe(ref.long_text.text);
   });
 
-  it('reads Llama 3\'s pre-tokenizer (llama-bpe) as transformers does, on the same real vocabulary and merges', async () => {
+  it("reads Llama 3's pre-tokenizer (llama-bpe) as transformers does, on the same real vocabulary and merges", async () => {
     const g = ggufModel(await openGguf(join(DIR, 'source', fetchSource('smollm2').gguf)));
-    const t = bpeTokenizerFromGguf({ ...g, meta: (k) => (k === 'tokenizer.ggml.pre' ? 'llama-bpe' : g.meta(k)) }, { modelMaxLength: 8192, vocabSize: V });
+    const t = bpeTokenizerFromGguf(
+      { ...g, meta: (k) => (k === 'tokenizer.ggml.pre' ? 'llama-bpe' : g.meta(k)) },
+      { modelMaxLength: 8192, vocabSize: V },
+    );
     const ids = new Tokenizer(t.tokenizerJson, t.tokenizerConfig).encode(ref.long_text.text, { add_special_tokens: false }).ids;
     expect(ids).toEqual(ref.long_text.ids_pre_llama_bpe);
     // Llama 3's split gives other ids on this text than SmolLM's own, so this is not the check above again.
@@ -102,11 +105,17 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
       expect(logits.length).toBe(p.ids.length * V);
       for (let pos = 0; pos < p.ids.length; pos++) {
         const row = logits.subarray(pos * V, (pos + 1) * V);
-        p.top_ids[pos].forEach((id, k) => { maxDiff = Math.max(maxDiff, Math.abs(row[id] - p.top_logits[pos][k])); });
+        p.top_ids[pos].forEach((id, k) => {
+          maxDiff = Math.max(maxDiff, Math.abs(row[id] - p.top_logits[pos][k]));
+        });
         positions++;
         const top1 = argmax(row);
         if (top1 === p.top_ids[pos][0]) agree++;
-        else expect(p.top_logits[pos][0] - p.top_logits[pos][1], `prompt ${pi} position ${pos}: top-1 ${top1}, transformers ${p.top_ids[pos][0]}`).toBeLessThanOrEqual(2 * LOGIT_TOL);
+        else
+          expect(
+            p.top_logits[pos][0] - p.top_logits[pos][1],
+            `prompt ${pi} position ${pos}: top-1 ${top1}, transformers ${p.top_ids[pos][0]}`,
+          ).toBeLessThanOrEqual(2 * LOGIT_TOL);
       }
       if (pi === ref.last_logits.prompt) {
         const row = logits.subarray(ref.last_logits.position * V, (ref.last_logits.position + 1) * V);
@@ -123,7 +132,18 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
   it('kvtc generate continues the first prompt greedily as transformers does ("Paris")', { timeout: 300_000 }, async () => {
     const io = memoryIO();
     const g = ref.greedy;
-    await generateCommand({ model: DIR, prompt: ref.prompts[g.prompt].text, maxNewTokens: String(g.steps.length), temperature: '0', seed: '0', device: 'cpu', json: true }, io);
+    await generateCommand(
+      {
+        model: DIR,
+        prompt: ref.prompts[g.prompt].text,
+        maxNewTokens: String(g.steps.length),
+        temperature: '0',
+        seed: '0',
+        device: 'cpu',
+        json: true,
+      },
+      io,
+    );
     const r = JSON.parse(io.stdout.join('\n'));
     // Equal ids up to the first step transformers itself calls within the tolerance; free after it.
     const clear = g.steps.findIndex((s) => s.margin <= 2 * LOGIT_TOL);
@@ -135,8 +155,20 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
   it('round-trips a captured cache through a small calibrated profile (capture → calibrate → encode → decode)', async () => {
     const out = join(tempDir('kvtc-smollm2-'), 'profile');
     const cal = await calibrate({
-      modelDir: DIR, data: [DEFAULT_CALIBRATION_DIR], ratios: [8], tokens: 1024, heldout: 256, report: 256,
-      sink: 4, window: 16, grouping: 'layer', chunk: 256, seed: 0, device: 'cpu', out, force: false,
+      modelDir: DIR,
+      data: [DEFAULT_CALIBRATION_DIR],
+      ratios: [8],
+      tokens: 1024,
+      heldout: 256,
+      report: 256,
+      sink: 4,
+      window: 16,
+      grouping: 'layer',
+      chunk: 256,
+      seed: 0,
+      device: 'cpu',
+      out,
+      force: false,
     });
     const p = cal.profiles[0];
     expect(Math.abs(p.ratio_compressed / 8 - 1)).toBeLessThan(0.15);
@@ -175,6 +207,8 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
     expect(stats.compressedTokens).toBe(cache.tokens - 4 - 16);
     expect(stats.ratioCompressed).toBeGreaterThan(8 * 0.7);
     expect(blob.length).toBe(stats.blobBytes);
-    console.log(`SmolLM2 round trip at ${stats.ratioCompressed.toFixed(1)}x: rel. error K ${relK.toFixed(3)} V ${relV.toFixed(3)} (report split K ${p.rel_error.key.toFixed(3)} V ${p.rel_error.value.toFixed(3)})`);
+    console.log(
+      `SmolLM2 round trip at ${stats.ratioCompressed.toFixed(1)}x: rel. error K ${relK.toFixed(3)} V ${relV.toFixed(3)} (report split K ${p.rel_error.key.toFixed(3)} V ${p.rel_error.value.toFixed(3)})`,
+    );
   }, 600_000);
 });

@@ -26,7 +26,11 @@ export const m = {
   i64: (value: bigint): Meta => ({ type: 'INT64', value }),
   bool: (value: boolean): Meta => ({ type: 'BOOL', value }),
   str: (value: string): Meta => ({ type: 'STRING', value }),
-  arr: (itemType: Exclude<GgufValueType, 'ARRAY'>, value: (number | bigint | boolean | string)[]): Meta => ({ type: 'ARRAY', itemType, value }),
+  arr: (itemType: Exclude<GgufValueType, 'ARRAY'>, value: (number | bigint | boolean | string)[]): Meta => ({
+    type: 'ARRAY',
+    itemType,
+    value,
+  }),
 };
 
 export interface TensorSpec {
@@ -70,8 +74,14 @@ class Bytes {
     const n = { u8: 1, i8: 1, u16: 2, i16: 2, u32: 4, i32: 4, f32: 4, f64: 8 }[kind];
     const dv = new DataView(new ArrayBuffer(n));
     ({
-      u8: () => dv.setUint8(0, v), i8: () => dv.setInt8(0, v), u16: () => dv.setUint16(0, v, true), i16: () => dv.setInt16(0, v, true),
-      u32: () => dv.setUint32(0, v, true), i32: () => dv.setInt32(0, v, true), f32: () => dv.setFloat32(0, v, true), f64: () => dv.setFloat64(0, v, true),
+      u8: () => dv.setUint8(0, v),
+      i8: () => dv.setInt8(0, v),
+      u16: () => dv.setUint16(0, v, true),
+      i16: () => dv.setInt16(0, v, true),
+      u32: () => dv.setUint32(0, v, true),
+      i32: () => dv.setInt32(0, v, true),
+      f32: () => dv.setFloat32(0, v, true),
+      f64: () => dv.setFloat64(0, v, true),
     })[kind]();
     return this.push(new Uint8Array(dv.buffer));
   }
@@ -100,11 +110,23 @@ class Bytes {
 
 function scalar(w: Bytes, t: Exclude<GgufValueType, 'ARRAY'>, v: number | bigint | boolean | string): void {
   switch (t) {
-    case 'STRING': w.str(v as string); break;
-    case 'BOOL': w.num('u8', v ? 1 : 0); break;
-    case 'UINT64': w.big(false, v as bigint); break;
-    case 'INT64': w.big(true, v as bigint); break;
-    default: w.num(({ UINT8: 'u8', INT8: 'i8', UINT16: 'u16', INT16: 'i16', UINT32: 'u32', INT32: 'i32', FLOAT32: 'f32', FLOAT64: 'f64' } as const)[t], v as number);
+    case 'STRING':
+      w.str(v as string);
+      break;
+    case 'BOOL':
+      w.num('u8', v ? 1 : 0);
+      break;
+    case 'UINT64':
+      w.big(false, v as bigint);
+      break;
+    case 'INT64':
+      w.big(true, v as bigint);
+      break;
+    default:
+      w.num(
+        ({ UINT8: 'u8', INT8: 'i8', UINT16: 'u16', INT16: 'i16', UINT32: 'u32', INT32: 'i32', FLOAT32: 'f32', FLOAT64: 'f64' } as const)[t],
+        v as number,
+      );
   }
 }
 

@@ -18,9 +18,17 @@ export interface ProcessResult {
  * Runs a TypeScript entry point (through tsx) as a child process and waits for it to exit by
  * itself; after `deadlineMs` it is killed and reported as hung.
  */
-export function runTs(entry: string, args: string[], opts: { env?: NodeJS.ProcessEnv; deadlineMs?: number; cwd?: string } = {}): Promise<ProcessResult> {
+export function runTs(
+  entry: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; deadlineMs?: number; cwd?: string } = {},
+): Promise<ProcessResult> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, ['--import', 'tsx', entry, ...args], { cwd: opts.cwd ?? REPO, env: { TSX_DISABLE_CACHE: '1', ...(opts.env ?? process.env) }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', entry, ...args], {
+    cwd: opts.cwd ?? REPO,
+    env: { TSX_DISABLE_CACHE: '1', ...(opts.env ?? process.env) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -39,4 +47,5 @@ export function runTs(entry: string, args: string[], opts: { env?: NodeJS.Proces
 }
 
 /** The kvtc CLI as a child process. */
-export const runKvtc = (args: string[], opts: { env?: NodeJS.ProcessEnv; deadlineMs?: number; cwd?: string } = {}) => runTs(join(REPO, 'test', 'helpers', 'kvtc-entry.ts'), args, opts);
+export const runKvtc = (args: string[], opts: { env?: NodeJS.ProcessEnv; deadlineMs?: number; cwd?: string } = {}) =>
+  runTs(join(REPO, 'test', 'helpers', 'kvtc-entry.ts'), args, opts);

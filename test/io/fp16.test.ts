@@ -34,7 +34,7 @@ describe('floatToHalf', () => {
 
   it('equals the exhaustive nearest-even reference on ties, near-ties and random values', () => {
     let seed = 12345;
-    const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
     const cases: number[] = [0, -0, 1, -1, 65504, -65504, 6.1e-5, 5.96e-8, 2 ** -24, 3 * 2 ** -26];
     for (let i = 0; i < 300; i++) {
       const h = 1 + Math.floor(rand() * 0x7bfe);

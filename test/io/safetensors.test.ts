@@ -18,7 +18,10 @@ function handMade(json: string, data: Uint8Array): Uint8Array {
 
 describe('safetensors writer (strict)', () => {
   it('writes sorted names, contiguous data, a space-padded 8-aligned header and format: pt', () => {
-    const bytes = serializeSafetensors({ 'b.weight': f32(Float32Array.of(1, 2, 3), [3]), 'a.bias': f32(Float32Array.of(4), [1]) }, { model: 'x' });
+    const bytes = serializeSafetensors(
+      { 'b.weight': f32(Float32Array.of(1, 2, 3), [3]), 'a.bias': f32(Float32Array.of(4), [1]) },
+      { model: 'x' },
+    );
     const { n, json } = header(bytes);
     expect(n % 8).toBe(0);
     expect(json).toMatch(/ *$/);
@@ -56,7 +59,10 @@ describe('safetensors writer (strict)', () => {
 describe('safetensors reader (lenient, but checks every offset)', () => {
   it('accepts unsorted entries, no padding, no metadata, and non-string metadata values', () => {
     const data = new Uint8Array(Float32Array.of(7, 8).buffer);
-    const file = handMade('{"z":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"n":3}}', data);
+    const file = handMade(
+      '{"z":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"n":3}}',
+      data,
+    );
     const r = parseSafetensors(file);
     expect(Array.from(toTypedArray(r.tensors.get('z')!) as Float32Array)).toEqual([8]);
     expect(r.metadata).toEqual({ n: '3' });
@@ -67,7 +73,11 @@ describe('safetensors reader (lenient, but checks every offset)', () => {
     ['header length past the end', handMade('{}', new Uint8Array(0)).map((b, i) => (i === 0 ? 200 : b)), /does not fit/],
     ['header not JSON', handMade('{nope', new Uint8Array(0)), /not valid UTF-8 JSON/],
     ['unknown dtype', handMade('{"x":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}', new Uint8Array(1)), /unknown dtype/],
-    ['offsets past the data (truncated)', handMade('{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', new Uint8Array(8)), /outside the 8-byte data buffer/],
+    [
+      'offsets past the data (truncated)',
+      handMade('{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', new Uint8Array(8)),
+      /outside the 8-byte data buffer/,
+    ],
     ['size not matching shape', handMade('{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}', new Uint8Array(8)), /needs 12/],
   ])('%s: SAFETENSORS_INVALID naming the problem', (_name, bytes, message) => {
     expect(() => parseSafetensors(bytes as Uint8Array, 'f.safetensors')).toThrow(message);
@@ -94,21 +104,52 @@ describe('safetensors reader, strict mode (files kvtc specifies: profiles)', () 
   });
 
   it.each([
-    ['a header length not a multiple of 8', handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two), /header length 54 is not a multiple of 8/],
-    ['a header longer than the caller allows', padded(`{"__metadata__":{"x":"${'y'.repeat(5000)}"}}`, new Uint8Array(0)), /header length \d+ does not fit \(file \d+ bytes, header at most 4096\)/],
-    ['an entry with an extra field', padded('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}', two), /tensor a: entry must be exactly \{dtype, shape, data_offsets\}/],
-    ['metadata that is not all strings', padded('{"__metadata__":{"n":3},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two), /__metadata__ is not an object of strings/],
-    ['a dtype outside the allowed ones', padded('{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}', two), /tensor a has dtype "I32", expected F32/],
-    ['a gap between tensors', padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', two), /tensor a starts at data offset 4, but the previous tensor ends at 0 \(the data must be contiguous\)/],
+    [
+      'a header length not a multiple of 8',
+      handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two),
+      /header length 54 is not a multiple of 8/,
+    ],
+    [
+      'a header longer than the caller allows',
+      padded(`{"__metadata__":{"x":"${'y'.repeat(5000)}"}}`, new Uint8Array(0)),
+      /header length \d+ does not fit \(file \d+ bytes, header at most 4096\)/,
+    ],
+    [
+      'an entry with an extra field',
+      padded('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}', two),
+      /tensor a: entry must be exactly \{dtype, shape, data_offsets\}/,
+    ],
+    [
+      'metadata that is not all strings',
+      padded('{"__metadata__":{"n":3},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', two),
+      /__metadata__ is not an object of strings/,
+    ],
+    [
+      'a dtype outside the allowed ones',
+      padded('{"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}', two),
+      /tensor a has dtype "I32", expected F32/,
+    ],
+    [
+      'a gap between tensors',
+      padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', two),
+      /tensor a starts at data offset 4, but the previous tensor ends at 0 \(the data must be contiguous\)/,
+    ],
     ['trailing bytes', padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', two), /4 bytes after the last tensor's data/],
-    ['a shape whose element count overflows', padded('{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}', two), /has 8 bytes, but F32\[4294967296,4294967296\] needs 9007199254740991/],
+    [
+      'a shape whose element count overflows',
+      padded('{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}', two),
+      /has 8 bytes, but F32\[4294967296,4294967296\] needs 9007199254740991/,
+    ],
   ])('refuses %s (lenient mode reads what it can)', (_name, bytes, message) => {
     expect(() => parseSafetensors(bytes, 'f.safetensors', STRICT)).toThrow(message);
     if (!/overflows/.test(_name)) expect(() => parseSafetensors(bytes, 'f.safetensors')).not.toThrow();
   });
 
   it('collecting: every entry problem is reported, and the sound entries are returned', () => {
-    const file = padded('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[3],"data_offsets":[4,8]},"c":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}', two);
+    const file = padded(
+      '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[3],"data_offsets":[4,8]},"c":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}',
+      two,
+    );
     const problems: string[] = [];
     const r = scanSafetensors(file, (m) => problems.push(m), STRICT)!;
     expect(r.sound).toBe(false);

@@ -15,7 +15,17 @@ const text = (content: string | Buffer) => {
 describe('kvtc capture / generate on the genai fp16 fixture', () => {
   it('capture writes an fp16 safetensors cache and prints the numbers', async () => {
     const out = join(tempDir(), 'kv.safetensors');
-    const r = await kvtc('capture', '--model', FIXTURE, '--text', text('Once upon a time, there was a little girl. '.repeat(20)), '--out', out, '--chunk', '64');
+    const r = await kvtc(
+      'capture',
+      '--model',
+      FIXTURE,
+      '--text',
+      text('Once upon a time, there was a little girl. '.repeat(20)),
+      '--out',
+      out,
+      '--chunk',
+      '64',
+    );
     // stderr carries only progress lines (plain, since it is not a terminal); stdout the result.
     expect(r.stderr).toMatch(/^(\[kvtc\] [^\n]*(\n|$))*$/);
     expect(r.code).toBe(0);
@@ -39,7 +49,18 @@ describe('kvtc capture / generate on the genai fp16 fixture', () => {
 
   it('capture --max-tokens truncates', async () => {
     const out = join(tempDir(), 'kv.safetensors');
-    const r = await kvtc('capture', '--model', FIXTURE, '--text', text('one two three four five six seven eight nine ten'), '--out', out, '--max-tokens', '5', '--json');
+    const r = await kvtc(
+      'capture',
+      '--model',
+      FIXTURE,
+      '--text',
+      text('one two three four five six seven eight nine ten'),
+      '--out',
+      out,
+      '--max-tokens',
+      '5',
+      '--json',
+    );
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).tokens).toBe(5);
   });
@@ -66,8 +87,18 @@ describe('kvtc capture / generate on the genai fp16 fixture', () => {
 describe('bad input: non-zero exit, a message naming the problem, no output file', () => {
   const good = text('Once upon a time');
   const cases: { name: string; setup: () => { model?: string; text?: string; extra?: string[] }; code: number; message: RegExp }[] = [
-    { name: 'missing model directory', setup: () => ({ model: join(tempDir(), 'nope') }), code: 1, message: /MODEL_NOT_FOUND.*nope does not exist/ },
-    { name: 'directory without a config', setup: () => ({ model: tempDir() }), code: 1, message: /MODEL_INVALID.*neither config\.json nor genai_config\.json/ },
+    {
+      name: 'missing model directory',
+      setup: () => ({ model: join(tempDir(), 'nope') }),
+      code: 1,
+      message: /MODEL_NOT_FOUND.*nope does not exist/,
+    },
+    {
+      name: 'directory without a config',
+      setup: () => ({ model: tempDir() }),
+      code: 1,
+      message: /MODEL_INVALID.*neither config\.json nor genai_config\.json/,
+    },
     {
       name: 'missing tokenizer',
       setup: () => {
@@ -114,7 +145,16 @@ describe('bad input: non-zero exit, a message naming the problem, no output file
       name: 'a graph without present.* KV outputs',
       setup: () => {
         const m = tempDir();
-        writeFileSync(join(m, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], hidden_size: 8, num_attention_heads: 2, num_hidden_layers: 1, vocab_size: 4 }));
+        writeFileSync(
+          join(m, 'config.json'),
+          JSON.stringify({
+            architectures: ['LlamaForCausalLM'],
+            hidden_size: 8,
+            num_attention_heads: 2,
+            num_hidden_layers: 1,
+            vocab_size: 4,
+          }),
+        );
         const g = new GraphBuilder('no-kv');
         const ids = g.input('input_ids', 'int64', ['batch', 'seq']);
         const emb = g.constant('embed', new Float32Array(16), [4, 4]);
@@ -127,13 +167,38 @@ describe('bad input: non-zero exit, a message naming the problem, no output file
       message: /MODEL_INVALID.*lacks KV cache inputs\/outputs: present\.0\.key[\s\S]*text-generation-with-past/,
     },
     { name: 'empty text', setup: () => ({ text: text('') }), code: 1, message: /DATA_INVALID.*prompt\.txt: is empty/ },
-    { name: 'non-UTF-8 text', setup: () => ({ text: text(Buffer.from([0x48, 0x69, 0x20, 0xff, 0x21])) }), code: 1, message: /DATA_INVALID.*not valid UTF-8 \(byte 0xff at offset 3\)/ },
-    { name: 'missing text file', setup: () => ({ text: join(tempDir(), 'none.txt') }), code: 1, message: /DATA_INVALID.*none\.txt: no such file/ },
-    { name: 'bad --max-tokens', setup: () => ({ extra: ['--max-tokens', 'lots'] }), code: 2, message: /--max-tokens "lots": must be a whole number ≥ 1/ },
-    { name: 'too many tokens for the model', setup: () => ({ text: text('word '.repeat(2100)) }), code: 1, message: /DATA_INVALID.*more than the model's 2048 positions[\s\S]*--max-tokens/ },
+    {
+      name: 'non-UTF-8 text',
+      setup: () => ({ text: text(Buffer.from([0x48, 0x69, 0x20, 0xff, 0x21])) }),
+      code: 1,
+      message: /DATA_INVALID.*not valid UTF-8 \(byte 0xff at offset 3\)/,
+    },
+    {
+      name: 'missing text file',
+      setup: () => ({ text: join(tempDir(), 'none.txt') }),
+      code: 1,
+      message: /DATA_INVALID.*none\.txt: no such file/,
+    },
+    {
+      name: 'bad --max-tokens',
+      setup: () => ({ extra: ['--max-tokens', 'lots'] }),
+      code: 2,
+      message: /--max-tokens "lots": must be a whole number ≥ 1/,
+    },
+    {
+      name: 'too many tokens for the model',
+      setup: () => ({ text: text('word '.repeat(2100)) }),
+      code: 1,
+      message: /DATA_INVALID.*more than the model's 2048 positions[\s\S]*--max-tokens/,
+    },
   ];
   if (!existsSync(cudaProviderPath())) {
-    cases.push({ name: '--device cuda without the CUDA provider', setup: () => ({ extra: ['--device', 'cuda'] }), code: 1, message: /DEVICE_UNAVAILABLE[\s\S]*ONNXRUNTIME_NODE_INSTALL=cuda12/ });
+    cases.push({
+      name: '--device cuda without the CUDA provider',
+      setup: () => ({ extra: ['--device', 'cuda'] }),
+      code: 1,
+      message: /DEVICE_UNAVAILABLE[\s\S]*ONNXRUNTIME_NODE_INSTALL=cuda12/,
+    });
   }
   for (const c of cases) {
     it(c.name, async () => {

@@ -22,7 +22,8 @@ function storiesCopy(edit?: (text: string) => string): string {
   return dir;
 }
 
-const reshape = (edit: (cfg: Record<string, unknown>) => Record<string, unknown>, indent?: number) => (text: string) => JSON.stringify(edit(JSON.parse(text)), null, indent);
+const reshape = (edit: (cfg: Record<string, unknown>) => Record<string, unknown>, indent?: number) => (text: string) =>
+  JSON.stringify(edit(JSON.parse(text)), null, indent);
 
 /** XORs one byte of `file` at `at`. */
 function flipByte(file: string, at: number): void {
@@ -37,7 +38,9 @@ describe('model fingerprint', () => {
     const d = await describeModel(DEFAULT_MODEL_DIR);
     const manifest = JSON.parse(readFileSync(join(DEFAULT_PROFILES_DIR, 'stories260k', 'kvtc-profile.json'), 'utf8'));
     expect(d.fingerprint.id).toBe('9699b3e4089e0884');
-    expect({ id: d.fingerprint.id, spec_sha256: d.fingerprint.specSha256, onnx_sha256: d.fingerprint.onnx.sha256 }).toEqual(manifest.model.fingerprint);
+    expect({ id: d.fingerprint.id, spec_sha256: d.fingerprint.specSha256, onnx_sha256: d.fingerprint.onnx.sha256 }).toEqual(
+      manifest.model.fingerprint,
+    );
   });
 
   it('version 2 fields: id and sha256 from the spec, graph and weights lines; the spec hash is of the canonical architecture JSON', async () => {
@@ -53,7 +56,15 @@ describe('model fingerprint', () => {
     expect(fp.id).toMatch(/^[0-9a-f]{16}$/);
     // The genai fixture (genai_config.json): the architecture kvtc reads, with the KV dtype the graph declares.
     expect(fp.architecture).toEqual({
-      architecture: 'LlamaForCausalLM', family: 'llama', layers: 2, heads: 1, kv_heads: 1, head_dim: 16, hidden: 16, vocab_size: 32000, kv_dtype: 'float16',
+      architecture: 'LlamaForCausalLM',
+      family: 'llama',
+      layers: 2,
+      heads: 1,
+      kv_heads: 1,
+      head_dim: 16,
+      hidden: 16,
+      vocab_size: 32000,
+      kv_dtype: 'float16',
       rope: { theta: 10000, rotary_dim: 16, layout: 'half', scaling: null },
     });
     // A graph without external weights has no weights line and no weights field.
@@ -66,7 +77,9 @@ describe('model fingerprint', () => {
     const base = (await describeModel(DEFAULT_MODEL_DIR)).fingerprint;
     const resaved = storiesCopy(reshape((cfg) => Object.fromEntries(Object.entries(cfg).reverse()), 4));
     const oneLine = storiesCopy(reshape((cfg) => cfg));
-    const unread = storiesCopy(reshape((cfg) => ({ ...cfg, transformers_version: '4.99.0', torch_dtype: 'bfloat16', _name_or_path: 'elsewhere/stories' })));
+    const unread = storiesCopy(
+      reshape((cfg) => ({ ...cfg, transformers_version: '4.99.0', torch_dtype: 'bfloat16', _name_or_path: 'elsewhere/stories' })),
+    );
     for (const dir of [resaved, oneLine, unread]) {
       const fp = (await describeModel(dir)).fingerprint;
       expect(fp.id, dir).toBe(base.id);
@@ -84,7 +97,11 @@ describe('model fingerprint', () => {
     // RoPE scaling is part of it, and the order of its keys in config.json is not.
     const llama3 = { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 128 };
     const scaled = (await describeModel(storiesCopy(reshape((cfg) => ({ ...cfg, rope_scaling: llama3 }))))).fingerprint;
-    const reordered = (await describeModel(storiesCopy(reshape((cfg) => ({ ...cfg, rope_scaling: Object.fromEntries(Object.entries(llama3).reverse()) }), 2)))).fingerprint;
+    const reordered = (
+      await describeModel(
+        storiesCopy(reshape((cfg) => ({ ...cfg, rope_scaling: Object.fromEntries(Object.entries(llama3).reverse()) }), 2)),
+      )
+    ).fingerprint;
     expect(scaled.id).not.toBe(base.id);
     expect(reordered.id).toBe(scaled.id);
   });

@@ -127,7 +127,10 @@ export function quantizeMatMulNBits(bytes: Uint8Array, opts: NBitsOptions = {}):
     const q = quantizeBlocks4(floatsOf(w), K, N, blockSize, opts.symmetric ?? false);
     const base = w.name!;
     const inputs = [node.input![0], `${base}_Q4`, `${base}_scales`];
-    m.graph!.initializer.push(tensorProto(`${base}_Q4`, q.B, [N, q.kBlocks, q.blob], 'uint8'), tensorProto(`${base}_scales`, q.scales, [N * q.kBlocks]));
+    m.graph!.initializer.push(
+      tensorProto(`${base}_Q4`, q.B, [N, q.kBlocks, q.blob], 'uint8'),
+      tensorProto(`${base}_scales`, q.scales, [N * q.kBlocks]),
+    );
     if (!opts.symmetric) {
       inputs.push(`${base}_zero_points`);
       m.graph!.initializer.push(tensorProto(`${base}_zero_points`, q.zeroPoints, [q.zeroPoints.length], 'uint8'));
@@ -169,15 +172,26 @@ export function quantizeMatMulInt8(bytes: Uint8Array): { bytes: Uint8Array; rewr
       scale[n] = Math.fround(amax / 127 || 1);
     }
     const q = new Int8Array(K * N);
-    for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) q[k * N + n] = Math.max(-127, Math.min(127, Math.round(f[k * N + n] / scale[n])));
+    for (let k = 0; k < K; k++)
+      for (let n = 0; n < N; n++) q[k * N + n] = Math.max(-127, Math.min(127, Math.round(f[k * N + n] / scale[n])));
     const b = w.name!;
-    g.initializer.push(tensorProto(`${b}_quantized`, q, [K, N], 'int8'), tensorProto(`${b}_zero_point`, new Int8Array(N), [N], 'int8'), tensorProto(`${b}_scale`, scale, [N]));
+    g.initializer.push(
+      tensorProto(`${b}_quantized`, q, [K, N], 'int8'),
+      tensorProto(`${b}_zero_point`, new Int8Array(N), [N], 'int8'),
+      tensorProto(`${b}_scale`, scale, [N]),
+    );
     const x = node.input![0];
     const y = node.output![0];
     const p = `${node.name ?? y}_int8`;
     nodes.push(
       { opType: 'DynamicQuantizeLinear', domain: '', name: `${p}_dql`, input: [x], output: [`${p}_xq`, `${p}_xs`, `${p}_xzp`] },
-      { opType: 'MatMulInteger', domain: '', name: `${p}_mmi`, input: [`${p}_xq`, `${b}_quantized`, `${p}_xzp`, `${b}_zero_point`], output: [`${p}_acc`] },
+      {
+        opType: 'MatMulInteger',
+        domain: '',
+        name: `${p}_mmi`,
+        input: [`${p}_xq`, `${b}_quantized`, `${p}_xzp`, `${b}_zero_point`],
+        output: [`${p}_acc`],
+      },
       { opType: 'Cast', domain: '', name: `${p}_cast`, input: [`${p}_acc`], output: [`${p}_accf`], attribute: [attrInt('to', FLOAT)] },
       { opType: 'Mul', domain: '', name: `${p}_scale`, input: [`${p}_xs`, `${b}_scale`], output: [`${p}_s`] },
       { opType: 'Mul', domain: '', name: `${p}_out`, input: [`${p}_accf`, `${p}_s`], output: [y] },
@@ -207,9 +221,25 @@ export function mergeDecoder(bytes: Uint8Array): Uint8Array {
     const pre: Node[] = [];
     const rename = (n: string) => (noPast && pasts.has(n) ? `no_past/${n}` : n);
     if (noPast) {
-      const c = (cname: string, v: number): Node => ({ opType: 'Constant', domain: '', name: cname, input: [], output: [cname], attribute: [{ name: 'value', type: onnx.AttributeProto.AttributeType.TENSOR, t: tensorProto('', BigInt64Array.of(BigInt(v)), [1]) }] });
+      const c = (cname: string, v: number): Node => ({
+        opType: 'Constant',
+        domain: '',
+        name: cname,
+        input: [],
+        output: [cname],
+        attribute: [
+          { name: 'value', type: onnx.AttributeProto.AttributeType.TENSOR, t: tensorProto('', BigInt64Array.of(BigInt(v)), [1]) },
+        ],
+      });
       pre.push(c('no_past/zero', 0), c('no_past/axis', 2));
-      for (const p of pasts) pre.push({ opType: 'Slice', domain: '', name: `no_past/${p}.slice`, input: [p, 'no_past/zero', 'no_past/zero', 'no_past/axis'], output: [`no_past/${p}`] });
+      for (const p of pasts)
+        pre.push({
+          opType: 'Slice',
+          domain: '',
+          name: `no_past/${p}.slice`,
+          input: [p, 'no_past/zero', 'no_past/zero', 'no_past/axis'],
+          output: [`no_past/${p}`],
+        });
     }
     const nodes = (g.node ?? []).map((n) => ({ ...n, input: (n.input ?? []).map(rename) }));
     return { name, node: [...pre, ...nodes], output: g.output };
@@ -225,7 +255,10 @@ export function mergeDecoder(bytes: Uint8Array): Uint8Array {
       { name: 'else_branch', type: onnx.AttributeProto.AttributeType.GRAPH, g: branch('no_past', true) },
     ],
   };
-  g.input.push({ name: 'use_cache_branch', type: { tensorType: { elemType: onnx.TensorProto.DataType.BOOL, shape: { dim: [{ dimValue: 1 }] } } } });
+  g.input.push({
+    name: 'use_cache_branch',
+    type: { tensorType: { elemType: onnx.TensorProto.DataType.BOOL, shape: { dim: [{ dimValue: 1 }] } } },
+  });
   g.node = [ifNode];
   return onnx.ModelProto.encode(m).finish();
 }

@@ -15,7 +15,16 @@ function randomCache(dtype: KvDtype, layers = 3, kvHeads = 2, tokens = 5, headDi
     // fp16 caches hold fp16-representable values, as the model produced them
     return dtype === 'float16' ? a.map((v) => halfToFloat(floatToHalf(v))) : a;
   };
-  return { layers, kvHeads, headDim, tokens, dtype, startPosition: 7, keys: Array.from({ length: layers }, mk), values: Array.from({ length: layers }, mk) };
+  return {
+    layers,
+    kvHeads,
+    headDim,
+    tokens,
+    dtype,
+    startPosition: 7,
+    keys: Array.from({ length: layers }, mk),
+    values: Array.from({ length: layers }, mk),
+  };
 }
 
 describe('kv-io', () => {
@@ -25,7 +34,18 @@ describe('kv-io', () => {
     const bytes = await writeKvCache(p, c, { model: 'm', fingerprint: 'abc' });
     const { cache, metadata } = await readKvCache(p);
     expect(cache).toEqual(c);
-    expect(metadata).toMatchObject({ producer: 'kvtc', model: 'm', fingerprint: 'abc', tokens: '5', start_position: '7', layers: '3', kv_heads: '2', head_dim: '4', dtype, format: 'pt' });
+    expect(metadata).toMatchObject({
+      producer: 'kvtc',
+      model: 'm',
+      fingerprint: 'abc',
+      tokens: '5',
+      start_position: '7',
+      layers: '3',
+      kv_heads: '2',
+      head_dim: '4',
+      dtype,
+      format: 'pt',
+    });
     const f = parseSafetensors(serializeKvCache(c));
     expect(f.tensors.get('present.2.value')).toMatchObject({ dtype: dtype === 'float16' ? 'F16' : 'F32', shape: [1, 2, 5, 4] });
     // data: layers * 2 tensors * elements * bytes per element, plus a header
@@ -35,7 +55,9 @@ describe('kv-io', () => {
   it.each([NaN, Infinity])('rejects %s, naming the tensor and index', (bad) => {
     const c = randomCache('float32');
     c.values[1][13] = bad;
-    expect(() => parseKvCache(serializeKvCache(c), 'kv.safetensors')).toThrow(/kv\.safetensors: present\.1\.value has a non-finite value \((NaN|Infinity)\) at index 13 \(head 0, token 3, dim 1\)/);
+    expect(() => parseKvCache(serializeKvCache(c), 'kv.safetensors')).toThrow(
+      /kv\.safetensors: present\.1\.value has a non-finite value \((NaN|Infinity)\) at index 13 \(head 0, token 3, dim 1\)/,
+    );
   });
 
   it('rejects mismatched shapes and missing values', () => {

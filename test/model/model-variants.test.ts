@@ -24,7 +24,8 @@ import { tempDir } from './helpers.js';
 
 const { onnx } = onnxProto;
 
-const TEXT = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball.';
+const TEXT =
+  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball.';
 
 /** A copy of stories260K with the given graphs in onnx/ (the float one dropped unless listed). */
 function variantDir(name: string, graphs: Record<string, Uint8Array>): string {
@@ -79,7 +80,11 @@ function cacheDiff(a: KvCache, b: KvCache): number {
   expect(b.tokens).toBe(a.tokens);
   let m = 0;
   for (let l = 0; l < a.layers; l++) {
-    for (const [x, y] of [[a.keys[l], b.keys[l]], [a.values[l], b.values[l]]]) for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
+    for (const [x, y] of [
+      [a.keys[l], b.keys[l]],
+      [a.values[l], b.values[l]],
+    ])
+      for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i] - y[i]));
   }
   return m;
 }
@@ -100,7 +105,10 @@ describe('Optimum merged decoder (decoder_model_merged.onnx, use_cache_branch)',
   let merged: LoadedModel;
   const branch: number[] = [];
   beforeAll(async () => {
-    dir = variantDir('stories-merged', { 'decoder_model_merged.onnx': mergeDecoder(floatGraph), 'decoder_with_past_model.onnx': floatGraph });
+    dir = variantDir('stories-merged', {
+      'decoder_model_merged.onnx': mergeDecoder(floatGraph),
+      'decoder_with_past_model.onnx': floatGraph,
+    });
     merged = await loadModel(dir);
     // Records what the runner feeds, then runs the real session.
     const session = merged.session;
@@ -114,7 +122,9 @@ describe('Optimum merged decoder (decoder_model_merged.onnx, use_cache_branch)',
   it('is chosen over the with-past half and said to be a merged decoder', () => {
     expect(merged.files.onnx).toBe(join(dir, 'onnx', 'decoder_model_merged.onnx'));
     expect(merged.io.useCacheBranch).toBe('use_cache_branch');
-    expect(merged.notes).toContain('onnx/decoder_model_merged.onnx is an Optimum merged decoder: kvtc feeds use_cache_branch false on the first pass (no past) and true once there is a past');
+    expect(merged.notes).toContain(
+      'onnx/decoder_model_merged.onnx is an Optimum merged decoder: kvtc feeds use_cache_branch false on the first pass (no past) and true once there is a past',
+    );
     expect(merged.spec).toMatchObject({ layers: 5, kvHeads: 4, headDim: 8, kvDtype: 'float32' });
   });
 
@@ -155,11 +165,17 @@ describe('weight-quantized graphs on the CPU provider', () => {
   it('MatMulNBits (4 bits, block 32, zero points): loads, says so, equals its dequantized float graph and stays near the float model', async () => {
     const q = quantizeMatMulNBits(floatGraph, { blockSize: 32 });
     expect(q.rewritten).toBe(5 * 7); // q, k, v, o, gate, up, down per layer; the tied lm_head is a Transpose of the embedding
-    const dir = variantDir('stories-q4', { 'model.onnx': floatGraph, 'model_q4.onnx': q.bytes, 'model_q4_ref.onnx': dequantizedReference(floatGraph, false) });
+    const dir = variantDir('stories-q4', {
+      'model.onnx': floatGraph,
+      'model_q4.onnx': q.bytes,
+      'model_q4_ref.onnx': dequantizedReference(floatGraph, false),
+    });
     const m = await loadModel(dir, { onnx: 'q4' });
     try {
       expect(m.files.onnx).toBe(join(dir, 'onnx', 'model_q4.onnx'));
-      expect(m.notes.join('\n')).toMatch(/onnx\/model_q4\.onnx has quantized weights \(MatMulNBits ×35: block-quantized 2\/4\/8-bit weights \(com\.microsoft MatMulNBits\)\)/);
+      expect(m.notes.join('\n')).toMatch(
+        /onnx\/model_q4\.onnx has quantized weights \(MatMulNBits ×35: block-quantized 2\/4\/8-bit weights \(com\.microsoft MatMulNBits\)\)/,
+      );
       expect(m.fingerprint.id).not.toBe(float.fingerprint.id);
       const runner = new ModelRunner(m);
       const logits = (await runner.forward(ids, null)).logits;
@@ -181,12 +197,21 @@ describe('weight-quantized graphs on the CPU provider', () => {
   });
 
   it('MatMulNBits symmetric (no zero_points input) equals its dequantized float graph', async () => {
-    const dir = variantDir('stories-q4sym', { 'model_q4.onnx': quantizeMatMulNBits(floatGraph, { symmetric: true }).bytes, 'model_q4_ref.onnx': dequantizedReference(floatGraph, true) });
+    const dir = variantDir('stories-q4sym', {
+      'model_q4.onnx': quantizeMatMulNBits(floatGraph, { symmetric: true }).bytes,
+      'model_q4_ref.onnx': dequantizedReference(floatGraph, true),
+    });
     const q = await loadModel(dir, { onnx: 'model_q4.onnx' });
     const ref = await loadModel(dir, { onnx: 'onnx/model_q4_ref.onnx' });
-    const s = logitStats((await new ModelRunner(ref).forward(ids, null)).logits, (await new ModelRunner(q).forward(ids, null)).logits, q.spec.vocabSize);
+    const s = logitStats(
+      (await new ModelRunner(ref).forward(ids, null)).logits,
+      (await new ModelRunner(q).forward(ids, null)).logits,
+      q.spec.vocabSize,
+    );
     expect(s.maxAbs).toBeLessThanOrEqual(1e-4 * s.maxRef);
-    expect(logitStats(floatLogits, (await new ModelRunner(q).forward(ids, null)).logits, q.spec.vocabSize).agree).toBeGreaterThanOrEqual(0.85);
+    expect(logitStats(floatLogits, (await new ModelRunner(q).forward(ids, null)).logits, q.spec.vocabSize).agree).toBeGreaterThanOrEqual(
+      0.85,
+    );
     await q.session.release();
     await ref.session.release();
   });

@@ -51,7 +51,16 @@ async function rejected(p: Promise<unknown>): Promise<KvtcError> {
 }
 
 // A transformers.js repository (onnx-community/*-ONNX) as it is downloaded.
-const TRANSFORMERS_JS = ['onnx/model.onnx', 'onnx/model_bnb4.onnx', 'onnx/model_fp16.onnx', 'onnx/model_int8.onnx', 'onnx/model_q4.onnx', 'onnx/model_q4f16.onnx', 'onnx/model_quantized.onnx', 'onnx/model_uint8.onnx'];
+const TRANSFORMERS_JS = [
+  'onnx/model.onnx',
+  'onnx/model_bnb4.onnx',
+  'onnx/model_fp16.onnx',
+  'onnx/model_int8.onnx',
+  'onnx/model_q4.onnx',
+  'onnx/model_q4f16.onnx',
+  'onnx/model_quantized.onnx',
+  'onnx/model_uint8.onnx',
+];
 
 describe('the default graph of a model directory', () => {
   it('transformers.js layout: the unquantized onnx/model.onnx, not the first name alphabetically (model_bnb4), with a note naming the others and --onnx', async () => {
@@ -59,7 +68,9 @@ describe('the default graph of a model directory', () => {
     expect(r.rel).toBe('onnx/model.onnx');
     expect(r.choice).toBe('default');
     expect(r.notes).toHaveLength(1);
-    expect(r.notes[0]).toMatch(/^using onnx\/model\.onnx \(unquantized\) of 8 ONNX graphs; also present: onnx\/model_bnb4\.onnx, onnx\/model_fp16\.onnx, .*onnx\/model_uint8\.onnx\. Pass --onnx <file>/);
+    expect(r.notes[0]).toMatch(
+      /^using onnx\/model\.onnx \(unquantized\) of 8 ONNX graphs; also present: onnx\/model_bnb4\.onnx, onnx\/model_fp16\.onnx, .*onnx\/model_uint8\.onnx\. Pass --onnx <file>/,
+    );
   });
 
   it('no unquantized graph: fp16 before the quantized variants, said so', async () => {
@@ -73,8 +84,12 @@ describe('the default graph of a model directory', () => {
     const e = await rejected(findModelFiles(dir));
     expect(e.code).toBe('USAGE');
     expect(exitCodeFor(e)).toBe(2);
-    expect(e.message).toContain('holds several ONNX graphs and none is the obvious one to run: onnx/model_q4.onnx (4-bit quantized weights), onnx/model_q4f16.onnx (4-bit quantized weights, fp16 activations), onnx/model_quantized.onnx (8-bit quantized weights)');
-    expect(e.fix).toMatch(/^Pass --onnx with one of the graphs in .*: onnx\/model_q4\.onnx, onnx\/model_q4f16\.onnx, onnx\/model_quantized\.onnx/);
+    expect(e.message).toContain(
+      'holds several ONNX graphs and none is the obvious one to run: onnx/model_q4.onnx (4-bit quantized weights), onnx/model_q4f16.onnx (4-bit quantized weights, fp16 activations), onnx/model_quantized.onnx (8-bit quantized weights)',
+    );
+    expect(e.fix).toMatch(
+      /^Pass --onnx with one of the graphs in .*: onnx\/model_q4\.onnx, onnx\/model_q4f16\.onnx, onnx\/model_quantized\.onnx/,
+    );
     expect(e.context).toMatchObject({ candidates: ['onnx/model_q4.onnx', 'onnx/model_q4f16.onnx', 'onnx/model_quantized.onnx'] });
   });
 
@@ -87,13 +102,19 @@ describe('the default graph of a model directory', () => {
   it('older Optimum export: the merged decoder, before the with-past half and never decoder_model.onnx (no past inputs)', async () => {
     const r = await pick(['decoder_model.onnx', 'decoder_model_merged.onnx', 'decoder_with_past_model.onnx']);
     expect(r.rel).toBe('decoder_model_merged.onnx');
-    expect(r.notes[0]).toMatch(/^using decoder_model_merged\.onnx \(unquantized\) of 3 ONNX graphs; also present: decoder_model\.onnx, decoder_with_past_model\.onnx/);
+    expect(r.notes[0]).toMatch(
+      /^using decoder_model_merged\.onnx \(unquantized\) of 3 ONNX graphs; also present: decoder_model\.onnx, decoder_with_past_model\.onnx/,
+    );
     expect((await pick(['decoder_model.onnx', 'decoder_with_past_model.onnx'])).rel).toBe('decoder_with_past_model.onnx');
   });
 
   it('a merged decoder beside its quantized copy (decoder_model_merged_quantized.onnx): the float one', async () => {
-    expect((await pick(['onnx/decoder_model_merged_quantized.onnx', 'onnx/decoder_model_merged.onnx'])).rel).toBe('onnx/decoder_model_merged.onnx');
-    expect((await pick(['onnx/decoder_model_merged_fp16.onnx', 'onnx/decoder_model_merged_quantized.onnx'])).rel).toBe('onnx/decoder_model_merged_fp16.onnx');
+    expect((await pick(['onnx/decoder_model_merged_quantized.onnx', 'onnx/decoder_model_merged.onnx'])).rel).toBe(
+      'onnx/decoder_model_merged.onnx',
+    );
+    expect((await pick(['onnx/decoder_model_merged_fp16.onnx', 'onnx/decoder_model_merged_quantized.onnx'])).rel).toBe(
+      'onnx/decoder_model_merged_fp16.onnx',
+    );
   });
 
   it('model.onnx before decoder_model_merged.onnx; onnx/ before the directory itself (Optimum root export beside a transformers.js copy)', async () => {
@@ -103,13 +124,17 @@ describe('the default graph of a model directory', () => {
   });
 
   it('multimodal transformers.js export: the text decoder, not the vision encoder or the embedding graph', async () => {
-    expect((await pick(['onnx/embed_tokens.onnx', 'onnx/vision_encoder.onnx', 'onnx/decoder_model_merged.onnx'])).rel).toBe('onnx/decoder_model_merged.onnx');
+    expect((await pick(['onnx/embed_tokens.onnx', 'onnx/vision_encoder.onnx', 'onnx/decoder_model_merged.onnx'])).rel).toBe(
+      'onnx/decoder_model_merged.onnx',
+    );
   });
 
   it('one graph with another name is used (said so); two such graphs are a usage error', async () => {
     const r = await pick(['llama.onnx']);
     expect(r.rel).toBe('llama.onnx');
-    expect(r.notes).toEqual(['llama.onnx is not named like a decoder exported with its KV cache (model.onnx, decoder_model_merged.onnx); using it as the only graph present']);
+    expect(r.notes).toEqual([
+      'llama.onnx is not named like a decoder exported with its KV cache (model.onnx, decoder_model_merged.onnx); using it as the only graph present',
+    ]);
     const e = await rejected(findModelFiles(modelDir(['a.onnx', 'b.onnx'])));
     expect(e.code).toBe('USAGE');
     expect(e.message).toContain('a.onnx (not a decoder-with-KV file name), b.onnx (not a decoder-with-KV file name)');
@@ -122,7 +147,13 @@ describe('the default graph of a model directory', () => {
   });
 
   it('lists .onnx files only (external weights and other files are not graphs)', () => {
-    const dir = modelDir(['onnx/model.onnx', 'onnx/model.onnx_data', 'onnx/model_fp16.onnx', 'onnx/model_fp16.onnx_data', 'tokenizer.json']);
+    const dir = modelDir([
+      'onnx/model.onnx',
+      'onnx/model.onnx_data',
+      'onnx/model_fp16.onnx',
+      'onnx/model_fp16.onnx_data',
+      'tokenizer.json',
+    ]);
     expect(listOnnxFiles(dir).map((c) => [c.rel, c.base, c.variant, c.precision])).toEqual([
       ['onnx/model.onnx', 'model', '', 0],
       ['onnx/model_fp16.onnx', 'model', 'fp16', 1],

@@ -34,7 +34,10 @@ beforeAll(() => {
   merged = variantDir('merged-model', { 'decoder_model_merged.onnx': mergeDecoder(f), 'decoder_with_past_model.onnx': f });
   quantizedOnly = variantDir('quantized-model', { 'model_q4.onnx': q4, 'model_quantized.onnx': q8 });
   textFile = join(tempDir(), 'story.txt');
-  writeFileSync(textFile, 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. '.repeat(6));
+  writeFileSync(
+    textFile,
+    'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. '.repeat(6),
+  );
 });
 
 describe('kvtc inspect --model DIR [--onnx]', () => {
@@ -42,10 +45,12 @@ describe('kvtc inspect --model DIR [--onnx]', () => {
     const r = await kvtc('inspect', '--model', tjs);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('graph   onnx/model.onnx (chosen by default; --onnx FILE runs another graph of the directory)');
-    expect(r.stdout).toContain('note: using onnx/model.onnx (unquantized) of 3 ONNX graphs; also present: onnx/model_q4.onnx, onnx/model_quantized.onnx. Pass --onnx <file> (e.g. --onnx onnx/model_q4.onnx) to run another');
+    expect(r.stdout).toContain(
+      'note: using onnx/model.onnx (unquantized) of 3 ONNX graphs; also present: onnx/model_q4.onnx, onnx/model_quantized.onnx. Pass --onnx <file> (e.g. --onnx onnx/model_q4.onnx) to run another',
+    );
   });
 
-  it('--onnx takes a file name or a dtype; the reading (fingerprint, notes) is that graph\'s', async () => {
+  it("--onnx takes a file name or a dtype; the reading (fingerprint, notes) is that graph's", async () => {
     const byDefault = JSON.parse((await kvtc('inspect', '--model', tjs, '--json')).stdout);
     const r = await kvtc('inspect', '--model', tjs, '--onnx', 'model_q4.onnx', '--json');
     expect(r.code).toBe(0);
@@ -58,34 +63,48 @@ describe('kvtc inspect --model DIR [--onnx]', () => {
     expect(j.fingerprint.onnx.file).toBe('model_q4.onnx');
     expect(j.notes.join('\n')).toContain('onnx/model_q4.onnx has quantized weights (MatMulNBits ×35');
     expect(JSON.parse((await kvtc('inspect', '--model', tjs, '--onnx', 'q4', '--json')).stdout).fingerprint.id).toBe(j.fingerprint.id);
-    expect(JSON.parse((await kvtc('inspect', '--model', join(tjs, 'onnx', 'model_q4.onnx'), '--json')).stdout).fingerprint.id).toBe(j.fingerprint.id);
+    expect(JSON.parse((await kvtc('inspect', '--model', join(tjs, 'onnx', 'model_q4.onnx'), '--json')).stdout).fingerprint.id).toBe(
+      j.fingerprint.id,
+    );
   });
 
   it('a merged decoder is read as one', async () => {
     const r = await kvtc('inspect', '--model', merged);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('graph   onnx/decoder_model_merged.onnx (chosen by default');
-    expect(r.stdout).toContain('note: onnx/decoder_model_merged.onnx is an Optimum merged decoder: kvtc feeds use_cache_branch false on the first pass');
+    expect(r.stdout).toContain(
+      'note: onnx/decoder_model_merged.onnx is an Optimum merged decoder: kvtc feeds use_cache_branch false on the first pass',
+    );
   });
 
   it('bad input: a missing --onnx file (exit 1, the graphs listed), --onnx without --model (exit 2), quantized variants only (exit 2, choose)', async () => {
     const missing = await kvtc('inspect', '--model', tjs, '--onnx', 'model_fp16.onnx');
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain(`error [MODEL_NOT_FOUND]: --onnx model_fp16.onnx: no such file in ${tjs} or ${join(tjs, 'onnx')}; the model directory holds onnx/model.onnx (unquantized), onnx/model_q4.onnx (4-bit quantized weights), onnx/model_quantized.onnx (8-bit quantized weights).`);
-    expect(missing.stderr).toMatch(/fix: Pass --onnx with one of the graphs in .*: onnx\/model\.onnx, onnx\/model_q4\.onnx, onnx\/model_quantized\.onnx/);
+    expect(missing.stderr).toContain(
+      `error [MODEL_NOT_FOUND]: --onnx model_fp16.onnx: no such file in ${tjs} or ${join(tjs, 'onnx')}; the model directory holds onnx/model.onnx (unquantized), onnx/model_q4.onnx (4-bit quantized weights), onnx/model_quantized.onnx (8-bit quantized weights).`,
+    );
+    expect(missing.stderr).toMatch(
+      /fix: Pass --onnx with one of the graphs in .*: onnx\/model\.onnx, onnx\/model_q4\.onnx, onnx\/model_quantized\.onnx/,
+    );
     const noModel = await kvtc('inspect', '--onnx', 'q4');
     expect(noModel.code).toBe(2);
     expect(noModel.stderr).toContain('--onnx "q4": needs --model: it names a graph of the model directory');
     const ambiguous = await kvtc('generate', '--model', quantizedOnly, '--prompt', 'Once');
     expect(ambiguous.code).toBe(2);
-    expect(ambiguous.stderr).toContain(`error [USAGE]: ${quantizedOnly} holds several ONNX graphs and none is the obvious one to run: onnx/model_q4.onnx (4-bit quantized weights), onnx/model_quantized.onnx (8-bit quantized weights).`);
-    expect((await kvtc('generate', '--model', quantizedOnly, '--onnx', 'quantized', '--prompt', 'Once', '--max-new-tokens', '2')).code).toBe(0);
+    expect(ambiguous.stderr).toContain(
+      `error [USAGE]: ${quantizedOnly} holds several ONNX graphs and none is the obvious one to run: onnx/model_q4.onnx (4-bit quantized weights), onnx/model_quantized.onnx (8-bit quantized weights).`,
+    );
+    expect(
+      (await kvtc('generate', '--model', quantizedOnly, '--onnx', 'quantized', '--prompt', 'Once', '--max-new-tokens', '2')).code,
+    ).toBe(0);
   });
 });
 
 describe('every command that runs a model takes the graph chosen', () => {
-  it('generate: the merged decoder and the q4 graph tell the bundled model\'s story', async () => {
-    const want = JSON.parse((await kvtc('generate', '--prompt', 'Once upon a time', '--max-new-tokens', '16', '--json')).stdout).continuation;
+  it("generate: the merged decoder and the q4 graph tell the bundled model's story", async () => {
+    const want = JSON.parse(
+      (await kvtc('generate', '--prompt', 'Once upon a time', '--max-new-tokens', '16', '--json')).stdout,
+    ).continuation;
     expect(want).toMatch(/^, there was a little girl named Lily/);
     const m = await kvtc('generate', '--model', merged, '--prompt', 'Once upon a time', '--max-new-tokens', '16', '--json');
     expect(m.code).toBe(0);
@@ -109,16 +128,58 @@ describe('every command that runs a model takes the graph chosen', () => {
 
   it('calibrate → validate → evaluate on the q4 graph; the profile is tied to that graph', async () => {
     const prof = join(tempDir(), 'q4-profile');
-    const c = await kvtc('calibrate', '--model', tjs, '--onnx', 'q4', '--tokens', '256', '--heldout', '128', '--report-tokens', '128', '--grouping', 'all', '--ratio', '8', '--out', prof, '--json', '--quiet');
+    const c = await kvtc(
+      'calibrate',
+      '--model',
+      tjs,
+      '--onnx',
+      'q4',
+      '--tokens',
+      '256',
+      '--heldout',
+      '128',
+      '--report-tokens',
+      '128',
+      '--grouping',
+      'all',
+      '--ratio',
+      '8',
+      '--out',
+      prof,
+      '--json',
+      '--quiet',
+    );
     expect(c.stderr).toBe('');
     expect(c.code).toBe(0);
     expect((await kvtc('validate', prof, '--model', tjs, '--onnx', 'q4')).code).toBe(0);
     const other = await kvtc('validate', prof, '--model', tjs);
     expect(other.code).toBe(1);
-    expect(other.stdout).toMatch(/✗ model: .*the ONNX graph differs: the profile was calibrated on onnx\/model_q4\.onnx, this is onnx\/model\.onnx/);
+    expect(other.stdout).toMatch(
+      /✗ model: .*the ONNX graph differs: the profile was calibrated on onnx\/model_q4\.onnx, this is onnx\/model\.onnx/,
+    );
     expect(other.stdout + other.stderr).toMatch(/--onnx onnx\/model_q4\.onnx/);
     expect(JSON.parse(c.stdout).model).toBe('tjs-model-q4');
-    const e = await kvtc('evaluate', '--model', tjs, '--onnx', 'q4', '--profile', prof, '--subjects', 'high_school_geography', '--limit', '2', '--perplexity-tokens', '0', '--long-context', '0', '--codec', 'kvtc', '--json', '--quiet');
+    const e = await kvtc(
+      'evaluate',
+      '--model',
+      tjs,
+      '--onnx',
+      'q4',
+      '--profile',
+      prof,
+      '--subjects',
+      'high_school_geography',
+      '--limit',
+      '2',
+      '--perplexity-tokens',
+      '0',
+      '--long-context',
+      '0',
+      '--codec',
+      'kvtc',
+      '--json',
+      '--quiet',
+    );
     expect(e.code).toBe(0);
     const j = JSON.parse(e.stdout);
     expect(j.n).toBe(2);
@@ -126,7 +187,23 @@ describe('every command that runs a model takes the graph chosen', () => {
   });
 
   it('evaluate runs the merged decoder', async () => {
-    const e = await kvtc('evaluate', '--model', merged, '--subjects', 'high_school_geography', '--limit', '2', '--perplexity-tokens', '0', '--long-context', '0', '--codec', 'int8', '--json', '--quiet');
+    const e = await kvtc(
+      'evaluate',
+      '--model',
+      merged,
+      '--subjects',
+      'high_school_geography',
+      '--limit',
+      '2',
+      '--perplexity-tokens',
+      '0',
+      '--long-context',
+      '0',
+      '--codec',
+      'int8',
+      '--json',
+      '--quiet',
+    );
     expect(e.stderr).toBe('');
     expect(e.code).toBe(0);
     expect(JSON.parse(e.stdout).n).toBe(2);

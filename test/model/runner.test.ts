@@ -24,12 +24,24 @@ describe('onnxruntime-genai fp16 fixture', () => {
     runner = new ModelRunner(model);
   });
 
-  it('normalizes the spec; RoPE comes from the graph\'s cos/sin cache', () => {
+  it("normalizes the spec; RoPE comes from the graph's cos/sin cache", () => {
     expect(model.files.format).toBe('genai');
     expect(model.files.externalData).toMatch(/model\.onnx\.data$/);
     expect(model.spec).toMatchObject({
-      architecture: 'LlamaForCausalLM', family: 'llama', layers: 2, heads: 1, kvHeads: 1, headDim: 16, hidden: 16, vocabSize: 32000,
-      kvDtype: 'float16', maxPositions: 2048, rope: [{ theta: 10000, rotaryDim: 16, layout: 'half' }, { theta: 10000, rotaryDim: 16, layout: 'half' }],
+      architecture: 'LlamaForCausalLM',
+      family: 'llama',
+      layers: 2,
+      heads: 1,
+      kvHeads: 1,
+      headDim: 16,
+      hidden: 16,
+      vocabSize: 32000,
+      kvDtype: 'float16',
+      maxPositions: 2048,
+      rope: [
+        { theta: 10000, rotaryDim: 16, layout: 'half' },
+        { theta: 10000, rotaryDim: 16, layout: 'half' },
+      ],
     });
     expect(model.ropeSource).toMatch(/RotaryEmbedding\(half-split\) cos\/sin cache \[2048, 8\].*theta .* → 10000/);
     expect(model.tokenizer.encode('Once upon a time')).toEqual([1, 9038, 2501, 263, 931]);
@@ -41,7 +53,13 @@ describe('onnxruntime-genai fp16 fixture', () => {
     expect(d.fingerprint).toEqual(model.fingerprint);
     expect(d.fingerprint.weights).toMatchObject({ file: 'model.onnx.data', bytes: 2130080 });
     expect(d.fingerprint.weights!.sampleSha256).toMatch(/^[0-9a-f]{64}$/);
-    expect(d.fingerprint.architecture).toMatchObject({ architecture: 'LlamaForCausalLM', layers: 2, kv_heads: 1, head_dim: 16, kv_dtype: 'float16' });
+    expect(d.fingerprint.architecture).toMatchObject({
+      architecture: 'LlamaForCausalLM',
+      layers: 2,
+      kv_heads: 1,
+      head_dim: 16,
+      kv_dtype: 'float16',
+    });
   });
 
   it('captures an fp16 cache with the right shapes, and it round-trips through safetensors', async () => {

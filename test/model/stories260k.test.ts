@@ -20,12 +20,25 @@ describe.skipIf(!present)('bundled stories260K (Optimum layout, fp32)', () => {
 
   it('loads with the documented shape', () => {
     expect(model.files.format).toBe('optimum');
-    expect(model.spec).toMatchObject({ family: 'llama', layers: 5, heads: 8, kvHeads: 4, headDim: 8, hidden: 64, vocabSize: 512, kvDtype: 'float32', rope: Array(5).fill(expect.objectContaining({ theta: 10000, rotaryDim: 8 })) });
+    expect(model.spec).toMatchObject({
+      family: 'llama',
+      layers: 5,
+      heads: 8,
+      kvHeads: 4,
+      headDim: 8,
+      hidden: 64,
+      vocabSize: 512,
+      kvDtype: 'float32',
+      rope: Array(5).fill(expect.objectContaining({ theta: 10000, rotaryDim: 8 })),
+    });
   });
 
   it('RoPE layout and theta in the spec are what the graph applies', async () => {
     const ids = model.tokenizer.encode('the cat and the dog and the bird saw the sun');
-    const the = ids.map((t, i) => [t, i]).filter(([t]) => t === ids[1]).map(([, i]) => i);
+    const the = ids
+      .map((t, i) => [t, i])
+      .filter(([t]) => t === ids[1])
+      .map(([, i]) => i);
     expect(the.length).toBeGreaterThan(2);
     const { cache } = await runner.capture(ids);
     expect(ropeConsistency(cache, model.spec.rope[0]!, the[0], the.at(-1)!)).toBeLessThan(1e-4);
@@ -54,7 +67,18 @@ describe.skipIf(!present)('bundled stories260K (Optimum layout, fp32)', () => {
 
   it('capture on the default model writes an F32 cache', async () => {
     const out = join(tempDir(), 'kv.safetensors');
-    const r = await kvtc('capture', '--text', join(DEFAULT_MODEL_DIR, 'config.json'), '--out', out, '--max-tokens', '200', '--chunk', '64', '--json');
+    const r = await kvtc(
+      'capture',
+      '--text',
+      join(DEFAULT_MODEL_DIR, 'config.json'),
+      '--out',
+      out,
+      '--max-tokens',
+      '200',
+      '--chunk',
+      '64',
+      '--json',
+    );
     expect(r.code).toBe(0);
     const s = JSON.parse(r.stdout);
     expect(s).toMatchObject({ model: 'stories260k', layers: 5, kv_heads: 4, head_dim: 8, dtype: 'float32' });

@@ -15,7 +15,10 @@ describe('text input', () => {
   it('reports the offset of the first bad byte', async () => {
     const p = join(dir, 'latin1.txt');
     writeFileSync(p, Buffer.from([0x61, 0x62, 0xe9, 0x74, 0xe9])); // "abété" in Latin-1
-    await expect(readTextFile(p)).rejects.toMatchObject({ code: 'DATA_INVALID', message: expect.stringMatching(/latin1\.txt: is not valid UTF-8 \(byte 0xe9 at offset 2\)/) });
+    await expect(readTextFile(p)).rejects.toMatchObject({
+      code: 'DATA_INVALID',
+      message: expect.stringMatching(/latin1\.txt: is not valid UTF-8 \(byte 0xe9 at offset 2\)/),
+    });
   });
   it.each([
     [[0x61], -1],
@@ -42,6 +45,9 @@ describe('text input', () => {
     expect((await readTextSources(d)).map((f) => f.text)).toEqual(['first', 'second']);
   });
   it('names a missing path', async () => {
-    await expect(readTextSources(join(dir, 'nope'))).rejects.toMatchObject({ code: 'DATA_INVALID', message: expect.stringMatching(/nope: no such file/) });
+    await expect(readTextSources(join(dir, 'nope'))).rejects.toMatchObject({
+      code: 'DATA_INVALID',
+      message: expect.stringMatching(/nope: no such file/),
+    });
   });
 });

@@ -25,7 +25,22 @@ describe('ONNX Runtime telemetry is off', () => {
     delete env.ORT_DISABLE_TELEMETRY;
     // ONNX Runtime suppresses its telemetry by itself under CI: remove those markers, so these
     // tests see what a user's machine does (the control below proves it).
-    for (const k of ['CI', 'CONTINUOUS_INTEGRATION', 'GITHUB_ACTIONS', 'TF_BUILD', 'BUILD_ID', 'BUILD_NUMBER', 'JENKINS_URL', 'GITLAB_CI', 'TRAVIS', 'CIRCLECI', 'BUILDKITE', 'TEAMCITY_VERSION', 'CODEBUILD_BUILD_ID']) delete env[k];
+    for (const k of [
+      'CI',
+      'CONTINUOUS_INTEGRATION',
+      'GITHUB_ACTIONS',
+      'TF_BUILD',
+      'BUILD_ID',
+      'BUILD_NUMBER',
+      'JENKINS_URL',
+      'GITLAB_CI',
+      'TRAVIS',
+      'CIRCLECI',
+      'BUILDKITE',
+      'TEAMCITY_VERSION',
+      'CODEBUILD_BUILD_ID',
+    ])
+      delete env[k];
     return { home, tmp, env, dir: join(root, name) };
   }
 
@@ -48,7 +63,10 @@ describe('ONNX Runtime telemetry is off', () => {
   it('kvtc calibrate (sessions on the main thread and ORT graphs for fitting) leaves nothing under HOME or TMPDIR', async () => {
     const { env, dir } = freshEnv('calibrate');
     const out = join(dir, 'profile');
-    const r = await runKvtc(['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', out, '--json'], { env, deadlineMs: 120_000 });
+    const r = await runKvtc(
+      ['calibrate', '--tokens', '512', '--heldout', '256', '--report-tokens', '256', '--grouping', 'layer', '--out', out, '--json'],
+      { env, deadlineMs: 120_000 },
+    );
     expect(r.code, r.stderr).toBe(0);
     expect(files(dir).sort()).toEqual(['profile/kvtc-profile.json', 'profile/kvtc-profile.safetensors']);
   });
@@ -71,7 +89,10 @@ describe('ONNX Runtime telemetry is off', () => {
     const { env, dir } = freshEnv('user');
     const script = join(dir, 'env.mts');
     const { writeFileSync } = await import('node:fs');
-    writeFileSync(script, `await import(${JSON.stringify(join(REPO, 'src/onnx/privacy.ts'))});\nconsole.log(process.env.ORT_DISABLE_TELEMETRY);\n`);
+    writeFileSync(
+      script,
+      `await import(${JSON.stringify(join(REPO, 'src/onnx/privacy.ts'))});\nconsole.log(process.env.ORT_DISABLE_TELEMETRY);\n`,
+    );
     expect((await runTs(script, [], { env: { ...env, ORT_DISABLE_TELEMETRY: '0' } })).stdout.trim()).toBe('0');
     expect((await runTs(script, [], { env })).stdout.trim()).toBe('1');
   });

@@ -14,10 +14,13 @@ describe('createSession on a graph ONNX Runtime cannot load', () => {
     });
   });
 
-  it('calls a graph that breaks an operator\'s schema corrupt or incomplete', async () => {
+  it("calls a graph that breaks an operator's schema corrupt or incomplete", async () => {
     const g = new GraphBuilder('bad-topk');
     const x = g.input('x', 'float32', [2]);
     g.output(g.op('TopK', [x]), 'y', 'float32', [2]);
-    await expect(createSession(g.toModel())).rejects.toMatchObject({ code: 'MODEL_INVALID', fix: expect.stringMatching(/corrupt or incomplete/) });
+    await expect(createSession(g.toModel())).rejects.toMatchObject({
+      code: 'MODEL_INVALID',
+      fix: expect.stringMatching(/corrupt or incomplete/),
+    });
   });
 });

@@ -21,12 +21,21 @@ async function setup() {
   const p = await readProfile(dir);
   const { profile_id: _id, tensors: _t, plans: _p, ...draft } = p.manifest;
   const bytes = { manifest: readFileSync(join(dir, MANIFEST)), tensors: readFileSync(join(dir, TENSORS)) };
-  const untouched = () => readFileSync(join(dir, MANIFEST)).equals(bytes.manifest) && readFileSync(join(dir, TENSORS)).equals(bytes.tensors);
+  const untouched = () =>
+    readFileSync(join(dir, MANIFEST)).equals(bytes.manifest) && readFileSync(join(dir, TENSORS)).equals(bytes.tensors);
   return { dir, manifest: p.manifest, draft: structuredClone(draft) as ManifestDraft, plans: p.plans.map(clonePlan), untouched };
 }
 
 function clonePlan(p: BasisPlan): BasisPlan {
-  return { ...p, groups: p.groups.map((g) => ({ ...g })), mean: p.mean.slice(), basis: p.basis.slice(), variances: p.variances.slice(), lo: p.lo.slice(), hi: p.hi.slice() };
+  return {
+    ...p,
+    groups: p.groups.map((g) => ({ ...g })),
+    mean: p.mean.slice(),
+    basis: p.basis.slice(),
+    variances: p.variances.slice(),
+    lo: p.lo.slice(),
+    hi: p.hi.slice(),
+  };
 }
 
 const maxAbs = (x: Float32Array) => x.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
@@ -89,10 +98,26 @@ describe('writeProfile over a profile of the same calibration job', () => {
 
   // Each a real change: written, and the reason names the field.
   const changes: [string, (d: ManifestDraft, p: BasisPlan[]) => void, RegExp][] = [
-    ['one mean entry 10x the tolerance away', (_d, p) => (p[0].mean[7] += 10 * PROFILE_TOLERANCE * maxAbs(p[0].mean)), /^plan 0 mean differs by 1\.00e-2 \(tolerance 0\.001\)$/],
-    ['a group boundary moved by one component', (_d, p) => ((p[0].groups[0].end -= 1), (p[0].groups[1].start -= 1)), /^plans\[0\]\.bits_per_token is 132, was 134$/],
-    ['one figure beyond tolerance', (d) => (d.measured.ratio_compressed *= 1.01), /^measured\.ratio_compressed is .* \(relative difference 9\.90e-3 > 0\.001\)$/],
-    ['a measured count (exact even among the figures)', (d) => (d.measured.context_tokens += 1), /^measured\.context_tokens is 513, was 512$/],
+    [
+      'one mean entry 10x the tolerance away',
+      (_d, p) => (p[0].mean[7] += 10 * PROFILE_TOLERANCE * maxAbs(p[0].mean)),
+      /^plan 0 mean differs by 1\.00e-2 \(tolerance 0\.001\)$/,
+    ],
+    [
+      'a group boundary moved by one component',
+      (_d, p) => ((p[0].groups[0].end -= 1), (p[0].groups[1].start -= 1)),
+      /^plans\[0\]\.bits_per_token is 132, was 134$/,
+    ],
+    [
+      'one figure beyond tolerance',
+      (d) => (d.measured.ratio_compressed *= 1.01),
+      /^measured\.ratio_compressed is .* \(relative difference 9\.90e-3 > 0\.001\)$/,
+    ],
+    [
+      'a measured count (exact even among the figures)',
+      (d) => (d.measured.context_tokens += 1),
+      /^measured\.context_tokens is 513, was 512$/,
+    ],
     ['the producer version', (d) => (d.producer.version = '0.1.1'), /^producer\.version is "0\.1\.1", was "0\.1\.0"$/],
   ];
   it.each(changes)('%s: replaced, with the difference', async (_name, change, reason) => {
@@ -104,7 +129,9 @@ describe('writeProfile over a profile of the same calibration job', () => {
     expect(w.difference).toMatch(reason);
     expect(s.untouched()).toBe(false);
     // What is on disk now is the new profile (its id changes only where a field decoding uses did).
-    expect((await readProfile(s.dir)).manifest).toEqual(Object.fromEntries(Object.entries(w).filter(([k]) => k !== 'replaced' && k !== 'difference')));
+    expect((await readProfile(s.dir)).manifest).toEqual(
+      Object.fromEntries(Object.entries(w).filter(([k]) => k !== 'replaced' && k !== 'difference')),
+    );
   });
 
   it('an existing profile that fails its checks is replaced, saying so', async () => {
@@ -124,9 +151,15 @@ describe('compareProfiles', () => {
     const p = await readProfile(COMMITTED);
     const nan = p.plans.map(clonePlan);
     nan[1].variances[5] = Number.NaN;
-    expect(compareProfiles(p, { manifest: p.manifest, plans: nan })).toEqual({ equivalent: false, difference: 'plan 1 variances differs by NaN (tolerance 0.001)' });
+    expect(compareProfiles(p, { manifest: p.manifest, plans: nan })).toEqual({
+      equivalent: false,
+      difference: 'plan 1 variances differs by NaN (tolerance 0.001)',
+    });
     const m = structuredClone(p.manifest) as Manifest;
     delete m.measured.tuning_rel_error;
-    expect(compareProfiles(p, { manifest: m, plans: p.plans })).toMatchObject({ equivalent: false, difference: expect.stringMatching(/^measured has fields/) });
+    expect(compareProfiles(p, { manifest: m, plans: p.plans })).toMatchObject({
+      equivalent: false,
+      difference: expect.stringMatching(/^measured has fields/),
+    });
   });
 });

@@ -16,7 +16,17 @@ import { profileIdText } from '../../src/profile/id.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { rng } from '../codec/rng.js';
-import { buildTensorFile, committed, editTensor, type Json, parseTensorFile, resign, syntheticCache, tempDir, writeFiles } from './helpers.js';
+import {
+  buildTensorFile,
+  committed,
+  editTensor,
+  type Json,
+  parseTensorFile,
+  resign,
+  syntheticCache,
+  tempDir,
+  writeFiles,
+} from './helpers.js';
 
 type Outcome = 'refused' | 'same' | 'finite';
 
@@ -96,7 +106,8 @@ async function run(mu: Mutation, group: string): Promise<Outcome> {
   tally[group] ??= { refused: 0, same: 0, finite: 0 };
   tally[group][outcome]++;
   // KVTC_FUZZ_LOG=1 lists every mutation with its outcome (and the refusal's first line).
-  if (process.env.KVTC_FUZZ_LOG) console.log(`[fuzz] ${outcome}: ${mu.desc}${error ? ` — ${(error as Error).message.split('\n')[0].slice(0, 160)}` : ''}`);
+  if (process.env.KVTC_FUZZ_LOG)
+    console.log(`[fuzz] ${outcome}: ${mu.desc}${error ? ` — ${(error as Error).message.split('\n')[0].slice(0, 160)}` : ''}`);
   return outcome;
 }
 
@@ -151,8 +162,17 @@ function mutateAt(m: Json, p: Path, uniform: () => number): { desc: string; raw?
   }
   if (typeof v === 'number') {
     const ops: [string, () => Json][] = [
-      ['+1', () => v + 1], ['-1', () => v - 1], ['×2', () => v * 2], ['0', () => 0], ['negated', () => -v], ['+0.5', () => v + 0.5],
-      ['1e9', () => 1e9], ['as string', () => String(v)], ['null', () => null], ['true', () => true], ['[]', () => [v]],
+      ['+1', () => v + 1],
+      ['-1', () => v - 1],
+      ['×2', () => v * 2],
+      ['0', () => 0],
+      ['negated', () => -v],
+      ['+0.5', () => v + 0.5],
+      ['1e9', () => 1e9],
+      ['as string', () => String(v)],
+      ['null', () => null],
+      ['true', () => true],
+      ['[]', () => [v]],
     ];
     if (uniform() < 0.15) {
       const raw = pick(RAW);
@@ -167,7 +187,12 @@ function mutateAt(m: Json, p: Path, uniform: () => number): { desc: string; raw?
     const key = String(p[p.length - 1]);
     const alts = (ENUMS[key] ?? []).filter((x) => x !== v);
     const ops: [string, () => Json][] = [
-      ['""', () => ''], ['+x', () => `${v}x`], ['upper', () => v.toUpperCase()], ['5', () => 5], ['null', () => null], ['first char flipped', () => (v ? String.fromCharCode(v.charCodeAt(0) ^ 1) + v.slice(1) : 'a')],
+      ['""', () => ''],
+      ['+x', () => `${v}x`],
+      ['upper', () => v.toUpperCase()],
+      ['5', () => 5],
+      ['null', () => null],
+      ['first char flipped', () => (v ? String.fromCharCode(v.charCodeAt(0) ^ 1) + v.slice(1) : 'a')],
     ];
     if (alts.length) ops.push(['other enum value', () => pick(alts)], ['other enum value', () => pick(alts)]);
     const [d, f] = pick(ops);
@@ -177,8 +202,13 @@ function mutateAt(m: Json, p: Path, uniform: () => number): { desc: string; raw?
   }
   if (Array.isArray(v)) {
     const ops: [string, () => Json][] = [
-      ['drop last', () => v.slice(0, -1)], ['duplicate first', () => (v.length ? [v[0], ...v] : [0])], ['reversed', () => [...v].reverse()],
-      ['emptied', () => []], ['append 0', () => [...v, 0]], ['as object', () => ({})], ['swap first two', () => (v.length > 1 ? [v[1], v[0], ...v.slice(2)] : v)],
+      ['drop last', () => v.slice(0, -1)],
+      ['duplicate first', () => (v.length ? [v[0], ...v] : [0])],
+      ['reversed', () => [...v].reverse()],
+      ['emptied', () => []],
+      ['append 0', () => [...v, 0]],
+      ['as object', () => ({})],
+      ['swap first two', () => (v.length > 1 ? [v[1], v[0], ...v.slice(2)] : v)],
     ];
     const [d, f] = pick(ops);
     if (p.length === 0) return { desc: 'noop' };
@@ -241,7 +271,12 @@ function textMutations(): Mutation[] {
     ['minified', JSON.stringify(base.manifest)],
   ];
   // Formatting changes nothing: 'same' is allowed; a duplicated key (JSON readers disagree on which counts) and bytes that are not UTF-8 are refused.
-  return cases.map(([d, text]) => ({ desc: `text: ${d}`, manifest: text, tensors: base.tensors, allow: /duplicated|invalid UTF-8/.test(d) ? ('refused' as const) : ('same' as const) }));
+  return cases.map(([d, text]) => ({
+    desc: `text: ${d}`,
+    manifest: text,
+    tensors: base.tensors,
+    allow: /duplicated|invalid UTF-8/.test(d) ? ('refused' as const) : ('same' as const),
+  }));
 }
 
 /**
@@ -256,12 +291,26 @@ function strictnessMutations(seed: number): Mutation[] {
   const out: Mutation[] = [];
   const text = Buffer.from(baseText);
   // Invalid UTF-8: a lone continuation, an overlong form, a surrogate, past U+10FFFF, 0xff, a cut sequence.
-  const bad = [[0x80], [0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xff], [0xe2, 0x82], [0xf8, 0x88, 0x80, 0x80, 0x80]];
+  const bad = [
+    [0x80],
+    [0xc0, 0xaf],
+    [0xe0, 0x80, 0xaf],
+    [0xed, 0xa0, 0x80],
+    [0xf4, 0x90, 0x80, 0x80],
+    [0xff],
+    [0xe2, 0x82],
+    [0xf8, 0x88, 0x80, 0x80, 0x80],
+  ];
   const strings = [...baseText.matchAll(/: "([^"\\]+)"/g)].map((m) => Buffer.byteLength(baseText.slice(0, m.index! + 3)));
   for (let k = 0; k < 24; k++) {
     const at = strings[int(strings.length)] + int(3);
     const seq = Buffer.from(bad[k % bad.length]);
-    out.push({ desc: `strict: bytes ${seq.toString('hex')} inside a manifest string at byte ${at}`, manifest: Buffer.concat([text.subarray(0, at), seq, text.subarray(at)]), tensors: base.tensors, allow: 'refused' });
+    out.push({
+      desc: `strict: bytes ${seq.toString('hex')} inside a manifest string at byte ${at}`,
+      manifest: Buffer.concat([text.subarray(0, at), seq, text.subarray(at)]),
+      tensors: base.tensors,
+      allow: 'refused',
+    });
   }
   // Duplicate keys: repeat a random member of a random object, before or after itself.
   const objects = paths(base.manifest).filter((p) => {
@@ -285,15 +334,30 @@ function strictnessMutations(seed: number): Mutation[] {
     }
     if (p.length) setAt(m, p, rebuilt);
     const t = JSON.stringify(p.length ? m : rebuilt, null, 2).replace('"__DUP__"', JSON.stringify(key));
-    out.push({ desc: `strict: key ${[...p, key].join('.')} repeated ${before ? 'before' : 'after'} itself (${k % 2 ? 'same' : 'another'} value)`, manifest: t, tensors: base.tensors, allow: 'refused' });
+    out.push({
+      desc: `strict: key ${[...p, key].join('.')} repeated ${before ? 'before' : 'after'} itself (${k % 2 ? 'same' : 'another'} value)`,
+      manifest: t,
+      tensors: base.tensors,
+      allow: 'refused',
+    });
   }
   // Informational numbers: every numeric leaf of measured and calibration, and settings' and the model's informational ones.
   const informational = paths(base.manifest).filter(
     (p) =>
       typeof getAt(base.manifest, p) === 'number' &&
-      (p[0] === 'measured' || p[0] === 'calibration' || (p[0] === 'settings' && ['ratio_target', 'tokens', 'heldout', 'report', 'chunk', 'granule'].includes(String(p[1]))) || (p[0] === 'model' && p[1] === 'heads')),
+      (p[0] === 'measured' ||
+        p[0] === 'calibration' ||
+        (p[0] === 'settings' && ['ratio_target', 'tokens', 'heldout', 'report', 'chunk', 'granule'].includes(String(p[1]))) ||
+        (p[0] === 'model' && p[1] === 'heads')),
   );
-  const values: [string, string][] = [['negative', '-1'], ['0', '0'], ['2^53', '9007199254740992'], ['1e308', '1e308'], ['"NaN" (a string)', '"NaN"'], ['-0.5', '-0.5']];
+  const values: [string, string][] = [
+    ['negative', '-1'],
+    ['0', '0'],
+    ['2^53', '9007199254740992'],
+    ['1e308', '1e308'],
+    ['"NaN" (a string)', '"NaN"'],
+    ['-0.5', '-0.5'],
+  ];
   for (let k = 0; k < 60; k++) {
     const p = informational[int(informational.length)];
     const [name, raw] = values[int(values.length)];
@@ -325,13 +389,22 @@ function decodeFieldMutations(): Mutation[] {
     ['entropy stored', (m) => (m.settings.entropy = 'stored')],
     ['kv_dtype float16', (m) => (m.model.kv_dtype = 'float16')],
     ['plans 0 and 1 swapped', (m) => ([m.plans[0], m.plans[1]] = [m.plans[1], m.plans[0]])],
-    ['plans 0 and 2 swapped and renumbered', (m) => (([m.plans[0], m.plans[2]] = [m.plans[2], m.plans[0]]), (m.plans[0].index = 0), (m.plans[2].index = 2))],
+    [
+      'plans 0 and 2 swapped and renumbered',
+      (m) => (([m.plans[0], m.plans[2]] = [m.plans[2], m.plans[0]]), (m.plans[0].index = 0), (m.plans[2].index = 2)),
+    ],
     ['tensor names of plans 1 and 3 swapped', (m) => ([m.plans[1].tensors, m.plans[3].tensors] = [m.plans[3].tensors, m.plans[1].tensors])],
     ['plans[1].index 0', (m) => (m.plans[1].index = 0)],
     ['bits_per_token +1', (m) => (m.plans[0].bits_per_token += 1)],
     ['budget_bits +1', (m) => (m.plans[0].budget_bits += 1)],
-    ['group type int2 → int4 with bits fixed', (m) => ((m.plans[3].groups[0].type = 'int4'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 52))],
-    ['group mode dynamic with bits fixed', (m) => ((m.plans[3].groups[0].mode = 'dynamic'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 58))],
+    [
+      'group type int2 → int4 with bits fixed',
+      (m) => ((m.plans[3].groups[0].type = 'int4'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 52)),
+    ],
+    [
+      'group mode dynamic with bits fixed',
+      (m) => ((m.plans[3].groups[0].mode = 'dynamic'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 58)),
+    ],
     ['tensors.bytes +1', (m) => (m.tensors.bytes += 1)],
     ['tensors.sha256 changed', (m) => (m.tensors.sha256 = `0${m.tensors.sha256.slice(1)}`)],
     ['profile_id changed', (m) => (m.profile_id = '0123456789abcdef')],
@@ -361,14 +434,43 @@ function validDecodeFieldEdits(): Mutation[] {
     ['layout interleaved', (m) => (m.model.rope.layout = 'interleaved')],
     ['rotary_dim 2 (partial rotary)', (m) => (m.model.rope.rotary_dim = 2)],
     ['linear scaling ×4', (m) => (m.model.rope.scaling = { type: 'linear', factor: 4 })],
-    ['llama3 scaling', (m) => (m.model.rope.scaling = { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 })],
+    [
+      'llama3 scaling',
+      (m) =>
+        (m.model.rope.scaling = {
+          type: 'llama3',
+          factor: 8,
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 64,
+        }),
+    ],
     ['kv_dtype float16', (m) => (m.model.kv_dtype = 'float16')],
     ['budget_bits +1', (m) => (m.plans[0].budget_bits += 1)],
-    ['plans 0 and 2 swapped and renumbered', (m) => (([m.plans[0], m.plans[2]] = [m.plans[2], m.plans[0]]), (m.plans[0].index = 0), (m.plans[2].index = 2))],
-    ['tensor names of plans 3 and 5 swapped (same shapes)', (m) => ([m.plans[3].tensors, m.plans[5].tensors] = [m.plans[5].tensors, m.plans[3].tensors])],
-    ['group int2 → fp8 static, bits fixed', (m) => ((m.plans[3].groups[0].type = 'fp8'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 104))],
-    ['group int2 → int8 dynamic, bits fixed', (m) => ((m.plans[3].groups[0].type = 'int8'), (m.plans[3].groups[0].mode = 'dynamic'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 136))],
-    ['first group dropped (a gap), bits fixed', (m) => ((m.plans[0].groups = m.plans[0].groups.slice(1)), (m.plans[0].bits_per_token = 14))],
+    [
+      'plans 0 and 2 swapped and renumbered',
+      (m) => (([m.plans[0], m.plans[2]] = [m.plans[2], m.plans[0]]), (m.plans[0].index = 0), (m.plans[2].index = 2)),
+    ],
+    [
+      'tensor names of plans 3 and 5 swapped (same shapes)',
+      (m) => ([m.plans[3].tensors, m.plans[5].tensors] = [m.plans[5].tensors, m.plans[3].tensors]),
+    ],
+    [
+      'group int2 → fp8 static, bits fixed',
+      (m) => ((m.plans[3].groups[0].type = 'fp8'), (m.plans[3].bits_per_token = m.plans[3].budget_bits = 104)),
+    ],
+    [
+      'group int2 → int8 dynamic, bits fixed',
+      (m) => (
+        (m.plans[3].groups[0].type = 'int8'),
+        (m.plans[3].groups[0].mode = 'dynamic'),
+        (m.plans[3].bits_per_token = m.plans[3].budget_bits = 136)
+      ),
+    ],
+    [
+      'first group dropped (a gap), bits fixed',
+      (m) => ((m.plans[0].groups = m.plans[0].groups.slice(1)), (m.plans[0].bits_per_token = 14)),
+    ],
   ];
   return edits.map(([d, f]) => {
     const m = structuredClone(base.manifest);
@@ -589,7 +691,10 @@ describe('profile fuzzing (seeded, in-process)', () => {
   });
 
   it('edits of the fields decoding uses, id re-derived: refused, or a well-formed profile that decodes to finite values', async () => {
-    const within = (p: Path) => p[0] === 'plans' || (p[0] === 'model' && ['layers', 'kv_heads', 'head_dim', 'kv_dtype', 'rope'].includes(String(p[1]))) || (p[0] === 'settings' && ['sink', 'window', 'entropy'].includes(String(p[1])));
+    const within = (p: Path) =>
+      p[0] === 'plans' ||
+      (p[0] === 'model' && ['layers', 'kv_heads', 'head_dim', 'kv_dtype', 'rope'].includes(String(p[1]))) ||
+      (p[0] === 'settings' && ['sink', 'window', 'entropy'].includes(String(p[1])));
     for (let i = 0; i < 70; i++) await run(manifestMutation(5000 + i, { resign: true, within }), 'resigned manifest');
     expect(tally['resigned manifest'].refused).toBeGreaterThan(20);
     for (const mu of validDecodeFieldEdits()) expect(await run(mu, 'valid decode-field edits'), mu.desc).toBe('finite');

@@ -28,7 +28,10 @@ export function committed(): { manifest: Json; tensors: Buffer } {
 /** Writes a profile directory from a manifest (object or raw text) and tensor bytes. */
 export function writeFiles(dir: string, manifest: Json | string | Buffer, tensors: Uint8Array): string {
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, MANIFEST), typeof manifest === 'string' || Buffer.isBuffer(manifest) ? manifest : JSON.stringify(manifest, null, 2));
+  writeFileSync(
+    join(dir, MANIFEST),
+    typeof manifest === 'string' || Buffer.isBuffer(manifest) ? manifest : JSON.stringify(manifest, null, 2),
+  );
   writeFileSync(join(dir, TENSORS), tensors);
   return dir;
 }

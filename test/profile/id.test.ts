@@ -19,7 +19,11 @@ describe('profile id', () => {
 
   it('covers what decoding uses (sink, a group, the tensor hash) and not the informational fields', () => {
     const base = computeProfileId(manifest());
-    const edits: ((m: any) => void)[] = [(m) => (m.settings.sink += 1), (m) => (m.plans[0].groups[0].end -= 1), (m) => (m.tensors.sha256 = '0'.repeat(64))];
+    const edits: ((m: any) => void)[] = [
+      (m) => (m.settings.sink += 1),
+      (m) => (m.plans[0].groups[0].end -= 1),
+      (m) => (m.tensors.sha256 = '0'.repeat(64)),
+    ];
     for (const edit of edits) {
       const m = manifest();
       edit(m);

@@ -11,10 +11,26 @@ import { DEFAULT_MODEL_DIR } from '../../src/paths.js';
 import { readProfile } from '../../src/profile/read.js';
 import { validateProfile } from '../../src/profile/validate.js';
 import { kvtc } from '../model/helpers.js';
-import { buildTensorFile, committed, editTensor, type Json, parseTensorFile, PROFILE, resign, TENSORS, tempDir, writeFiles } from './helpers.js';
+import {
+  buildTensorFile,
+  committed,
+  editTensor,
+  type Json,
+  parseTensorFile,
+  PROFILE,
+  resign,
+  TENSORS,
+  tempDir,
+  writeFiles,
+} from './helpers.js';
 
 /** A profile from the committed one: `manifest` edits the manifest, `tensors` the tensor bytes; re-signed unless `sign` is false. */
-function make(opts: { manifest?: (m: Json) => void; tensors?: (t: Buffer) => Buffer; sign?: boolean; raw?: (text: string) => string }): string {
+function make(opts: {
+  manifest?: (m: Json) => void;
+  tensors?: (t: Buffer) => Buffer;
+  sign?: boolean;
+  raw?: (text: string) => string;
+}): string {
   const c = committed();
   const m = structuredClone(c.manifest);
   opts.manifest?.(m);
@@ -41,35 +57,110 @@ interface Case {
 
 const CASES: Case[] = [
   // --- the plans
-  { name: 'plans[0].layers = [7] (an out-of-range layer)', dir: () => make({ manifest: (m) => (m.plans[0].layers = [7]) }), check: 'plans', message: /plans\[0\]\.layers\[0\] = 7 is not a layer of the model/ },
-  { name: 'a layer covered twice for one kind', dir: () => make({ manifest: (m) => (m.plans[2].layers = [0]) }), check: 'plans', message: /key layer 0 is already covered/ },
-  { name: 'plans[1].index = 0 (index ≠ position)', dir: () => make({ manifest: (m) => (m.plans[1].index = 0) }), check: 'plans', message: /plans\[1\]\.index is 0/ },
+  {
+    name: 'plans[0].layers = [7] (an out-of-range layer)',
+    dir: () => make({ manifest: (m) => (m.plans[0].layers = [7]) }),
+    check: 'plans',
+    message: /plans\[0\]\.layers\[0\] = 7 is not a layer of the model/,
+  },
+  {
+    name: 'a layer covered twice for one kind',
+    dir: () => make({ manifest: (m) => (m.plans[2].layers = [0]) }),
+    check: 'plans',
+    message: /key layer 0 is already covered/,
+  },
+  {
+    name: 'plans[1].index = 0 (index ≠ position)',
+    dir: () => make({ manifest: (m) => (m.plans[1].index = 0) }),
+    check: 'plans',
+    message: /plans\[1\]\.index is 0/,
+  },
   {
     name: 'plans 0 and 1 swapped (their indexes now ≠ positions)',
     dir: () => make({ manifest: (m) => ([m.plans[0], m.plans[1]] = [m.plans[1], m.plans[0]]) }),
     check: 'plans',
     message: /plans\[0\]\.index is 1/,
   },
-  { name: 'a plan dim that is not len(layers)·kv_heads·head_dim', dir: () => make({ manifest: (m) => (m.plans[3].dim = 64) }), check: 'plans', message: /plans\[3\]\.dim is 64/ },
-  { name: 'rank > dim', dir: () => make({ manifest: (m) => (m.plans[0].rank = 33) }), check: 'plans', message: /rank 33 exceeds its dim 32/ },
-  { name: 'bits_per_token not what the groups use', dir: () => make({ manifest: (m) => (m.plans[0].bits_per_token += 1) }), check: 'bits per token', message: /plans\[0\]\.bits_per_token is 27, but its groups use 26/ },
-  { name: 'bits over the budget', dir: () => make({ manifest: (m) => (m.plans[4].budget_bits = 20) }), check: 'bit budget', message: /plans\[4\] uses 26 bits per token, over its budget_bits 20/ },
-  { name: 'overlapping groups', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].start = 2) }), check: 'groups', message: /plans\[0\]\.groups\[1\] starts at 2/ },
-  { name: 'a group past the rank', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 11) }), check: 'groups', message: /ends at 11, past the rank 10/ },
-  { name: 'groups that stop before the rank', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 9) }), check: 'groups', message: /last group ends at 9, but the rank is 10/ },
+  {
+    name: 'a plan dim that is not len(layers)·kv_heads·head_dim',
+    dir: () => make({ manifest: (m) => (m.plans[3].dim = 64) }),
+    check: 'plans',
+    message: /plans\[3\]\.dim is 64/,
+  },
+  {
+    name: 'rank > dim',
+    dir: () => make({ manifest: (m) => (m.plans[0].rank = 33) }),
+    check: 'plans',
+    message: /rank 33 exceeds its dim 32/,
+  },
+  {
+    name: 'bits_per_token not what the groups use',
+    dir: () => make({ manifest: (m) => (m.plans[0].bits_per_token += 1) }),
+    check: 'bits per token',
+    message: /plans\[0\]\.bits_per_token is 27, but its groups use 26/,
+  },
+  {
+    name: 'bits over the budget',
+    dir: () => make({ manifest: (m) => (m.plans[4].budget_bits = 20) }),
+    check: 'bit budget',
+    message: /plans\[4\] uses 26 bits per token, over its budget_bits 20/,
+  },
+  {
+    name: 'overlapping groups',
+    dir: () => make({ manifest: (m) => (m.plans[0].groups[1].start = 2) }),
+    check: 'groups',
+    message: /plans\[0\]\.groups\[1\] starts at 2/,
+  },
+  {
+    name: 'a group past the rank',
+    dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 11) }),
+    check: 'groups',
+    message: /ends at 11, past the rank 10/,
+  },
+  {
+    name: 'groups that stop before the rank',
+    dir: () => make({ manifest: (m) => (m.plans[0].groups[1].end = 9) }),
+    check: 'groups',
+    message: /last group ends at 9, but the rank is 10/,
+  },
   {
     name: 'a head_dim and rotary_dim of 2^40 (nothing may be sized by them)',
     dir: () => make({ manifest: (m) => ((m.model.head_dim = 2 ** 40), (m.model.rope.rotary_dim = 2 ** 40)) }),
     check: 'limits',
     message: /model\.head_dim = 1099511627776 exceeds 65535/,
   },
-  { name: 'model.layers beyond the blob header (u16)', dir: () => make({ manifest: (m) => (m.model.layers = 70000) }), check: 'limits', message: /model\.layers = 70000 exceeds 65535/ },
+  {
+    name: 'model.layers beyond the blob header (u16)',
+    dir: () => make({ manifest: (m) => (m.model.layers = 70000) }),
+    check: 'limits',
+    message: /model\.layers = 70000 exceeds 65535/,
+  },
   // --- RoPE
-  { name: 'rope.rotary_dim = 7 (odd)', dir: () => make({ manifest: (m) => (m.model.rope.rotary_dim = 7) }), check: 'rope', message: /rotary_dim = 7 is odd/ },
-  { name: 'rope.rotary_dim = 16 (> head_dim)', dir: () => make({ manifest: (m) => (m.model.rope.rotary_dim = 16) }), check: 'rope', message: /rotary_dim = 16 exceeds model\.head_dim 8/ },
+  {
+    name: 'rope.rotary_dim = 7 (odd)',
+    dir: () => make({ manifest: (m) => (m.model.rope.rotary_dim = 7) }),
+    check: 'rope',
+    message: /rotary_dim = 7 is odd/,
+  },
+  {
+    name: 'rope.rotary_dim = 16 (> head_dim)',
+    dir: () => make({ manifest: (m) => (m.model.rope.rotary_dim = 16) }),
+    check: 'rope',
+    message: /rotary_dim = 16 exceeds model\.head_dim 8/,
+  },
   {
     name: 'llama3 scaling with high_freq_factor = low_freq_factor (a division by zero)',
-    dir: () => make({ manifest: (m) => (m.model.rope.scaling = { type: 'llama3', factor: 8, low_freq_factor: 2, high_freq_factor: 2, original_max_position_embeddings: 8192 }) }),
+    dir: () =>
+      make({
+        manifest: (m) =>
+          (m.model.rope.scaling = {
+            type: 'llama3',
+            factor: 8,
+            low_freq_factor: 2,
+            high_freq_factor: 2,
+            original_max_position_embeddings: 8192,
+          }),
+      }),
     check: 'rope',
     message: /high_freq_factor 2 must be greater than low_freq_factor 2/,
   },
@@ -80,8 +171,18 @@ const CASES: Case[] = [
     message: /original_max_position_embeddings is missing/,
   },
   // --- the profile id
-  { name: 'settings.sink edited, profile id not re-derived', dir: () => make({ manifest: (m) => (m.settings.sink = 5), sign: false }), check: 'profile id', message: /does not match .* \(expected [0-9a-f]{16}\)/ },
-  { name: 'a profile_id that matches nothing', dir: () => make({ manifest: (m) => (m.profile_id = '0123456789abcdef'), sign: false }), check: 'profile id', message: /profile_id 0123456789abcdef does not match/ },
+  {
+    name: 'settings.sink edited, profile id not re-derived',
+    dir: () => make({ manifest: (m) => (m.settings.sink = 5), sign: false }),
+    check: 'profile id',
+    message: /does not match .* \(expected [0-9a-f]{16}\)/,
+  },
+  {
+    name: 'a profile_id that matches nothing',
+    dir: () => make({ manifest: (m) => (m.profile_id = '0123456789abcdef'), sign: false }),
+    check: 'profile id',
+    message: /profile_id 0123456789abcdef does not match/,
+  },
   {
     name: 'an id by the old rule (the tensor hash alone)',
     dir: () => make({ manifest: (m) => (m.profile_id = m.tensors.sha256.slice(0, 16)), sign: false }),
@@ -102,11 +203,35 @@ const CASES: Case[] = [
     check: 'profile id',
     message: /does not match/,
   },
-  { name: 'settings.entropy edited, id not re-derived', dir: () => make({ manifest: (m) => (m.settings.entropy = 'stored'), sign: false }), check: 'profile id', message: /does not match/ },
-  { name: 'a group type edited (bits kept consistent), id not re-derived', dir: () => make({ manifest: (m) => (m.plans[0].groups[1].type = 'int4', m.plans[0].bits_per_token = m.plans[0].budget_bits = 40), sign: false }), check: 'profile id', message: /does not match/ },
-  { name: 'a tensor name with a space (it would break the profile id\'s canonical text)', dir: () => make({ manifest: (m) => (m.plans[0].tensors.mean = 'plan 0 mean') }), check: 'schema', message: /plans\.0\.tensors\.mean/ },
+  {
+    name: 'settings.entropy edited, id not re-derived',
+    dir: () => make({ manifest: (m) => (m.settings.entropy = 'stored'), sign: false }),
+    check: 'profile id',
+    message: /does not match/,
+  },
+  {
+    name: 'a group type edited (bits kept consistent), id not re-derived',
+    dir: () =>
+      make({
+        manifest: (m) => ((m.plans[0].groups[1].type = 'int4'), (m.plans[0].bits_per_token = m.plans[0].budget_bits = 40)),
+        sign: false,
+      }),
+    check: 'profile id',
+    message: /does not match/,
+  },
+  {
+    name: "a tensor name with a space (it would break the profile id's canonical text)",
+    dir: () => make({ manifest: (m) => (m.plans[0].tensors.mean = 'plan 0 mean') }),
+    check: 'schema',
+    message: /plans\.0\.tensors\.mean/,
+  },
   // --- the tensor file
-  { name: 'tensors.bytes wrong', dir: () => make({ manifest: (m) => (m.tensors.bytes += 1), sign: false }), check: 'tensor file', message: /has 21760 bytes, but tensors\.bytes says 21761/ },
+  {
+    name: 'tensors.bytes wrong',
+    dir: () => make({ manifest: (m) => (m.tensors.bytes += 1), sign: false }),
+    check: 'tensor file',
+    message: /has 21760 bytes, but tensors\.bytes says 21761/,
+  },
   {
     name: 'tensor file edited, sha256 not updated',
     dir: () => {
@@ -121,11 +246,29 @@ const CASES: Case[] = [
   },
   {
     name: 'an extra tensor in the safetensors file',
-    dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h.zzz_extra = { dtype: 'F32', shape: [1], data_offsets: [parseTensorFile(t).data.length, parseTensorFile(t).data.length + 4] }), (d) => Buffer.concat([d, Buffer.alloc(4)])) }),
+    dir: () =>
+      make({
+        tensors: (t) =>
+          rewriteHeader(
+            t,
+            (h) =>
+              (h.zzz_extra = {
+                dtype: 'F32',
+                shape: [1],
+                data_offsets: [parseTensorFile(t).data.length, parseTensorFile(t).data.length + 4],
+              }),
+            (d) => Buffer.concat([d, Buffer.alloc(4)]),
+          ),
+      }),
     check: 'tensor file',
     message: /tensor zzz_extra is not used by any plan/,
   },
-  { name: 'trailing junk after the tensor data', dir: () => make({ tensors: (t) => Buffer.concat([t, Buffer.from('junk')]) }), check: 'tensor file', message: /4 bytes after the last tensor's data/ },
+  {
+    name: 'trailing junk after the tensor data',
+    dir: () => make({ tensors: (t) => Buffer.concat([t, Buffer.from('junk')]) }),
+    check: 'tensor file',
+    message: /4 bytes after the last tensor's data/,
+  },
   {
     name: 'a missing tensor',
     dir: () =>
@@ -135,7 +278,8 @@ const CASES: Case[] = [
           const f = parseTensorFile(t);
           const [b, e] = f.header['plan.9.variances'].data_offsets;
           delete f.header['plan.9.variances'];
-          for (const v of Object.values(f.header) as Json[]) if (v.data_offsets && v.data_offsets[0] >= e) v.data_offsets = [v.data_offsets[0] - (e - b), v.data_offsets[1] - (e - b)];
+          for (const v of Object.values(f.header) as Json[])
+            if (v.data_offsets && v.data_offsets[0] >= e) v.data_offsets = [v.data_offsets[0] - (e - b), v.data_offsets[1] - (e - b)];
           return buildTensorFile(f.header, Buffer.concat([f.data.subarray(0, b), f.data.subarray(e)]));
         },
       }),
@@ -185,8 +329,18 @@ const CASES: Case[] = [
     check: 'tensor file',
     message: /header length 4611686018427387904 does not fit/,
   },
-  { name: 'an F16 tensor', dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h['plan.0.hi'].dtype = 'F16')) }), check: 'tensor file', message: /plan\.0\.hi has dtype "F16"/ },
-  { name: 'a tensor whose shape differs from its plan', dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h['plan.0.mean'].shape = [16, 2])) }), check: 'tensor file', message: /plan\.0\.mean has shape \[16,2\], the plan declares \[32\]/ },
+  {
+    name: 'an F16 tensor',
+    dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h['plan.0.hi'].dtype = 'F16')) }),
+    check: 'tensor file',
+    message: /plan\.0\.hi has dtype "F16"/,
+  },
+  {
+    name: 'a tensor whose shape differs from its plan',
+    dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h['plan.0.mean'].shape = [16, 2])) }),
+    check: 'tensor file',
+    message: /plan\.0\.mean has shape \[16,2\], the plan declares \[32\]/,
+  },
   {
     name: 'two tensors sharing bytes (an overlap, and a gap at the end)',
     dir: () => make({ tensors: (t) => rewriteHeader(t, (h) => (h['plan.0.hi'].data_offsets = [...h['plan.0.lo'].data_offsets])) }),
@@ -194,22 +348,93 @@ const CASES: Case[] = [
     message: /data must be contiguous/,
   },
   // --- the values (tensor bytes edited, everything re-signed)
-  { name: 'a NaN mean', dir: () => make({ tensors: (t) => editTensor(t, 'plan.3.mean', (v) => (v[0] = Number.NaN)) }), check: 'finite values', message: /plan 3 mean\[0\] \(tensor plan\.3\.mean\) = NaN/ },
-  { name: 'an Inf in a basis', dir: () => make({ tensors: (t) => editTensor(t, 'plan.1.basis', (v) => (v[5] = Number.POSITIVE_INFINITY)) }), check: 'finite values', message: /plan 1 basis\[5\].* = Infinity/ },
-  { name: 'a huge mean (1e30)', dir: () => make({ tensors: (t) => editTensor(t, 'plan.2.mean', (v) => (v[3] = 1e30)) }), check: 'finite values', message: /plan 2 mean\[3\].*beyond ±1e\+12/ },
-  { name: 'an Inf static range', dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.hi', (v) => (v[0] = Number.POSITIVE_INFINITY)) }), check: 'finite values', message: /plan 0 hi\[0\]/ },
-  { name: 'a scaled (non-orthonormal) basis', dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.basis', (v) => v.forEach((x, i) => (v[i] = x * 1.01))) }), check: 'orthonormal bases', message: /plan 0 basis .* is not orthonormal/ },
-  { name: 'one basis entry set to 3', dir: () => make({ tensors: (t) => editTensor(t, 'plan.4.basis', (v) => (v[0] = 3)) }), check: 'orthonormal bases', message: /plan 4 basis/ },
-  { name: 'a static range with lo > hi', dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.lo', (v) => (v[1] = 1e6)) }), check: 'static ranges', message: /plan 0 component 1: lo 1000000 > hi/ },
+  {
+    name: 'a NaN mean',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.3.mean', (v) => (v[0] = Number.NaN)) }),
+    check: 'finite values',
+    message: /plan 3 mean\[0\] \(tensor plan\.3\.mean\) = NaN/,
+  },
+  {
+    name: 'an Inf in a basis',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.1.basis', (v) => (v[5] = Number.POSITIVE_INFINITY)) }),
+    check: 'finite values',
+    message: /plan 1 basis\[5\].* = Infinity/,
+  },
+  {
+    name: 'a huge mean (1e30)',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.2.mean', (v) => (v[3] = 1e30)) }),
+    check: 'finite values',
+    message: /plan 2 mean\[3\].*beyond ±1e\+12/,
+  },
+  {
+    name: 'an Inf static range',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.hi', (v) => (v[0] = Number.POSITIVE_INFINITY)) }),
+    check: 'finite values',
+    message: /plan 0 hi\[0\]/,
+  },
+  {
+    name: 'a scaled (non-orthonormal) basis',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.basis', (v) => v.forEach((x, i) => (v[i] = x * 1.01))) }),
+    check: 'orthonormal bases',
+    message: /plan 0 basis .* is not orthonormal/,
+  },
+  {
+    name: 'one basis entry set to 3',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.4.basis', (v) => (v[0] = 3)) }),
+    check: 'orthonormal bases',
+    message: /plan 4 basis/,
+  },
+  {
+    name: 'a static range with lo > hi',
+    dir: () => make({ tensors: (t) => editTensor(t, 'plan.0.lo', (v) => (v[1] = 1e6)) }),
+    check: 'static ranges',
+    message: /plan 0 component 1: lo 1000000 > hi/,
+  },
   // --- the manifest itself
-  { name: 'format_version 3', dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 3), sign: false }), check: 'schema', message: /format version 3/, code: 'PROFILE_VERSION' },
-  { name: 'format_version 2 with v1\'s one RoPE object', dir: () => make({ manifest: (m) => (m.format_version = 2) }), check: 'rope', message: /model\.rope is one RoPE object \(format 1\)/ },
+  {
+    name: 'format_version 3',
+    dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 3), sign: false }),
+    check: 'schema',
+    message: /format version 3/,
+    code: 'PROFILE_VERSION',
+  },
+  {
+    name: "format_version 2 with v1's one RoPE object",
+    dir: () => make({ manifest: (m) => (m.format_version = 2) }),
+    check: 'rope',
+    message: /model\.rope is one RoPE object \(format 1\)/,
+  },
   // Duplicate keys: JSON.parse keeps the last, Python's json too, other readers the first: refused by path and offset.
-  { name: 'a manifest with a duplicated key', dir: () => make({ raw: (s) => s.replace('"sink": 4,', '"sink": 4, "sink": 5,') }), check: 'schema', message: /the key settings\.sink twice \(the second at byte offset \d+\)/ },
-  { name: 'a duplicated key with the same value, deep in an array', dir: () => make({ raw: (s) => s.replace('"bytes": 8619', '"bytes": 8619, "bytes": 8619') }), check: 'schema', message: /the key calibration\.sources\[0\]\.bytes twice/ },
-  { name: 'a duplicated key spelled with an escape', dir: () => make({ raw: (s) => s.replace('"window": 128,', '"window": 128, "win\\u0064ow": 128,') }), check: 'schema', message: /the key settings\.window twice/ },
-  { name: 'invalid UTF-8 in a manifest string', dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0x73, 0xc3, 0x28, 0x22]))), check: 'schema', message: /not valid UTF-8 \(byte 0xc3 at offset \d+\)/ },
-  { name: 'a UTF-16 surrogate encoded in UTF-8 (CESU)', dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0xed, 0xa0, 0x80, 0x22]))), check: 'schema', message: /not valid UTF-8 \(byte 0xed/ },
+  {
+    name: 'a manifest with a duplicated key',
+    dir: () => make({ raw: (s) => s.replace('"sink": 4,', '"sink": 4, "sink": 5,') }),
+    check: 'schema',
+    message: /the key settings\.sink twice \(the second at byte offset \d+\)/,
+  },
+  {
+    name: 'a duplicated key with the same value, deep in an array',
+    dir: () => make({ raw: (s) => s.replace('"bytes": 8619', '"bytes": 8619, "bytes": 8619') }),
+    check: 'schema',
+    message: /the key calibration\.sources\[0\]\.bytes twice/,
+  },
+  {
+    name: 'a duplicated key spelled with an escape',
+    dir: () => make({ raw: (s) => s.replace('"window": 128,', '"window": 128, "win\\u0064ow": 128,') }),
+    check: 'schema',
+    message: /the key settings\.window twice/,
+  },
+  {
+    name: 'invalid UTF-8 in a manifest string',
+    dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0x73, 0xc3, 0x28, 0x22]))),
+    check: 'schema',
+    message: /not valid UTF-8 \(byte 0xc3 at offset \d+\)/,
+  },
+  {
+    name: 'a UTF-16 surrogate encoded in UTF-8 (CESU)',
+    dir: () => withBytes(make({}), (b) => replaceBytes(b, '"stories260k"', Buffer.from([0x22, 0xed, 0xa0, 0x80, 0x22]))),
+    check: 'schema',
+    message: /not valid UTF-8 \(byte 0xed/,
+  },
   // --- informational figures: ranges (schema) and consistency (figures); kvtc never writes these
   ...(
     [
@@ -230,13 +455,43 @@ const CASES: Case[] = [
       ['model.max_positions 0', (m) => (m.model.max_positions = 0), /model\.max_positions/],
       ['model.max_positions 2^32 + 1', (m) => (m.model.max_positions = 2 ** 32 + 1), /model\.max_positions/],
     ] as [string, (m: Json) => void, RegExp][]
-  ).map(([name, edit, message]): Case => ({ name: `informational: ${name}`, dir: () => make({ manifest: edit }), check: 'schema', message })),
+  ).map(([name, edit, message]): Case => ({
+    name: `informational: ${name}`,
+    dir: () => make({ manifest: edit }),
+    check: 'schema',
+    message,
+  })),
   // Not re-signed: re-signing would restore tensors.bytes (which profile_id does not cover).
-  { name: 'informational: tensors.bytes 2^53', dir: () => make({ manifest: (m) => (m.tensors.bytes = 2 ** 53), sign: false }), check: 'schema', message: /tensors\.bytes/ },
-  { name: 'per-layer errors for 4 of 5 layers', dir: () => make({ manifest: (m) => m.measured.rel_error.value.pop() }), check: 'figures', message: /measured\.rel_error\.value has 4 entries; the model has 5 layers/ },
-  { name: 'heads not a multiple of kv_heads', dir: () => make({ manifest: (m) => (m.model.heads = 6) }), check: 'figures', message: /model\.heads 6 is not a multiple of model\.kv_heads 4/ },
-  { name: 'a reversed confidence interval', dir: () => make({ manifest: (m) => (m.measured.rel_error.key_mean_ci95 = [0.2, 0.1]) }), check: 'figures', message: /key_mean_ci95 is \[0\.2, 0\.1\]/ },
-  { name: 'measured contexts no longer than sink + window', dir: () => make({ manifest: (m) => (m.measured.context_tokens = 132) }), check: 'figures', message: /context_tokens 132 leaves no compressed token after sink 4 \+ window 128/ },
+  {
+    name: 'informational: tensors.bytes 2^53',
+    dir: () => make({ manifest: (m) => (m.tensors.bytes = 2 ** 53), sign: false }),
+    check: 'schema',
+    message: /tensors\.bytes/,
+  },
+  {
+    name: 'per-layer errors for 4 of 5 layers',
+    dir: () => make({ manifest: (m) => m.measured.rel_error.value.pop() }),
+    check: 'figures',
+    message: /measured\.rel_error\.value has 4 entries; the model has 5 layers/,
+  },
+  {
+    name: 'heads not a multiple of kv_heads',
+    dir: () => make({ manifest: (m) => (m.model.heads = 6) }),
+    check: 'figures',
+    message: /model\.heads 6 is not a multiple of model\.kv_heads 4/,
+  },
+  {
+    name: 'a reversed confidence interval',
+    dir: () => make({ manifest: (m) => (m.measured.rel_error.key_mean_ci95 = [0.2, 0.1]) }),
+    check: 'figures',
+    message: /key_mean_ci95 is \[0\.2, 0\.1\]/,
+  },
+  {
+    name: 'measured contexts no longer than sink + window',
+    dir: () => make({ manifest: (m) => (m.measured.context_tokens = 132) }),
+    check: 'figures',
+    message: /context_tokens 132 leaves no compressed token after sink 4 \+ window 128/,
+  },
 ];
 
 /** Applies `edit` to the bytes of the manifest in `dir`. */
@@ -272,7 +527,10 @@ describe('invalid profiles: readProfile refuses each, validate fails the named c
   });
 
   it('validate lists every failed check at once, not just the first', async () => {
-    const dir = make({ manifest: (m) => ((m.plans[0].layers = [7]), (m.model.rope.rotary_dim = 7)), tensors: (t) => editTensor(t, 'plan.3.mean', (v) => (v[0] = Number.NaN)) });
+    const dir = make({
+      manifest: (m) => ((m.plans[0].layers = [7]), (m.model.rope.rotary_dim = 7)),
+      tensors: (t) => editTensor(t, 'plan.3.mean', (v) => (v[0] = Number.NaN)),
+    });
     const v = await validateProfile(dir);
     const failed = v.checks.filter((c) => !c.ok).map((c) => c.name);
     expect(failed).toEqual(expect.arrayContaining(['plans', 'rope']));
@@ -287,20 +545,28 @@ describe('invalid profiles: readProfile refuses each, validate fails the named c
 describe('validate --model compares the profile with the model (RoPE field by field, shape, KV dtype)', () => {
   const rows: [string, (m: Json) => void, string, RegExp][] = [
     ['rope theta', (m) => (m.model.rope.theta = 20000), 'model rope', /theta: profile 20000, model 10000/],
-    ['rope rotary_dim (even, ≤ head_dim: valid on its own)', (m) => (m.model.rope.rotary_dim = 6), 'model rope', /rotary_dim: profile 6, model 8/],
+    [
+      'rope rotary_dim (even, ≤ head_dim: valid on its own)',
+      (m) => (m.model.rope.rotary_dim = 6),
+      'model rope',
+      /rotary_dim: profile 6, model 8/,
+    ],
     ['rope layout', (m) => (m.model.rope.layout = 'interleaved'), 'model rope', /layout: profile "interleaved", model "half"/],
     ['rope scaling', (m) => (m.model.rope.scaling = { type: 'linear', factor: 2 }), 'model rope', /scaling: profile linear, model none/],
     ['kv dtype', (m) => (m.model.kv_dtype = 'float16'), 'model kv dtype', /profile float16, but the model's cache is float32/],
     ['heads', (m) => (m.model.heads = 4), 'model shape', /model 5×8×4×8, profile 5×4×4×8/],
   ];
-  it.each(rows)('%s differing from the model fails the check (re-signed, so the profile alone is valid)', async (_n, edit, name, detail) => {
-    const dir = make({ manifest: edit });
-    expect((await validateProfile(dir)).ok, 'valid without --model').toBe(true);
-    const v = await validateProfile(dir, DEFAULT_MODEL_DIR);
-    expect(v.ok).toBe(false);
-    expect(v.checks.find((c) => c.name === name)).toMatchObject({ ok: false, detail: expect.stringMatching(detail) });
-    expect(v.checks.filter((c) => !c.ok).map((c) => c.name)).toEqual([name]);
-  });
+  it.each(rows)(
+    '%s differing from the model fails the check (re-signed, so the profile alone is valid)',
+    async (_n, edit, name, detail) => {
+      const dir = make({ manifest: edit });
+      expect((await validateProfile(dir)).ok, 'valid without --model').toBe(true);
+      const v = await validateProfile(dir, DEFAULT_MODEL_DIR);
+      expect(v.ok).toBe(false);
+      expect(v.checks.find((c) => c.name === name)).toMatchObject({ ok: false, detail: expect.stringMatching(detail) });
+      expect(v.checks.filter((c) => !c.ok).map((c) => c.name)).toEqual([name]);
+    },
+  );
 
   it('the CLI exits 1 with PROFILE_MISMATCH naming the check', async () => {
     const dir = make({ manifest: (m) => (m.model.rope.theta = 500000) });
@@ -314,8 +580,24 @@ describe('validate --model compares the profile with the model (RoPE field by fi
     const v = await validateProfile(PROFILE, DEFAULT_MODEL_DIR);
     expect(v.checks.filter((c) => !c.ok)).toEqual([]);
     expect(v.checks.map((c) => c.name)).toEqual([
-      'schema', 'limits', 'plans', 'groups', 'bits per token', 'bit budget', 'rope', 'figures', 'profile id', 'tensor file', 'finite values', 'static ranges', 'orthonormal bases',
-      'model', 'model shape', 'model kv dtype', 'model rope', 'model positions',
+      'schema',
+      'limits',
+      'plans',
+      'groups',
+      'bits per token',
+      'bit budget',
+      'rope',
+      'figures',
+      'profile id',
+      'tensor file',
+      'finite values',
+      'static ranges',
+      'orthonormal bases',
+      'model',
+      'model shape',
+      'model kv dtype',
+      'model rope',
+      'model positions',
     ]);
   });
 });

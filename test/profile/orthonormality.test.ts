@@ -22,7 +22,7 @@ function orthogonal(n: number, seed: number): Float32Array {
   return Float32Array.from(randomOrthogonal(n, seed));
 }
 
-describe('checkOrthonormal: one check, each target\'s tolerance', () => {
+describe("checkOrthonormal: one check, each target's tolerance", () => {
   const n = 32;
   const V = orthogonal(n, 3);
   // Column norms off by 5e-4: inside Dynamo's 1e-3, outside a profile's 1e-4.
@@ -44,7 +44,9 @@ describe('checkOrthonormal: one check, each target\'s tolerance', () => {
     expect(() => checkProjection(W, n, n, fail)).not.toThrow();
     const X = Float32Array.from(V);
     for (let i = 0; i < n; i++) X[i * n + 7] *= 1.01;
-    expect(() => checkProjection(X, n, n, fail)).toThrow(/projection columns are not orthonormal: \|VᵀV − I\| reaches 2\.01e-2, tolerance 0\.001/);
+    expect(() => checkProjection(X, n, n, fail)).toThrow(
+      /projection columns are not orthonormal: \|VᵀV − I\| reaches 2\.01e-2, tolerance 0\.001/,
+    );
   });
 
   it('the sampled check draws from src/random.ts mulberry32 (the sequence its private copy gave: pinned first draws)', () => {
@@ -64,21 +66,37 @@ describe('sampledOrthonormalityError', () => {
 
   it.each([
     ['scaled by 1.001', (v: Float32Array) => v.forEach((x, i) => (v[i] = x * 1.001))],
-    ['one column scaled by 1.01', (v: Float32Array) => { for (let i = 0; i < n; i++) v[i * n + 5] *= 1.01; }],
-    ['a column duplicated', (v: Float32Array) => { for (let i = 0; i < n; i++) v[i * n + 7] = v[i * n + 8]; }],
-    ['column 1 sheared towards column 0, renormalized', (v: Float32Array) => {
-      let s = 0;
-      for (let i = 0; i < n; i++) s += (v[i * n + 1] += 0.05 * v[i * n]) ** 2;
-      for (let i = 0; i < n; i++) v[i * n + 1] /= Math.sqrt(s);
-    }],
-    ['every column nudged into its neighbour, renormalized', (v: Float32Array) => {
-      const w = Float32Array.from(v);
-      for (let j = 0; j < n; j++) {
+    [
+      'one column scaled by 1.01',
+      (v: Float32Array) => {
+        for (let i = 0; i < n; i++) v[i * n + 5] *= 1.01;
+      },
+    ],
+    [
+      'a column duplicated',
+      (v: Float32Array) => {
+        for (let i = 0; i < n; i++) v[i * n + 7] = v[i * n + 8];
+      },
+    ],
+    [
+      'column 1 sheared towards column 0, renormalized',
+      (v: Float32Array) => {
         let s = 0;
-        for (let i = 0; i < n; i++) s += (v[i * n + j] = w[i * n + j] + 0.01 * w[i * n + ((j + 1) % n)]) ** 2;
-        for (let i = 0; i < n; i++) v[i * n + j] /= Math.sqrt(s);
-      }
-    }],
+        for (let i = 0; i < n; i++) s += (v[i * n + 1] += 0.05 * v[i * n]) ** 2;
+        for (let i = 0; i < n; i++) v[i * n + 1] /= Math.sqrt(s);
+      },
+    ],
+    [
+      'every column nudged into its neighbour, renormalized',
+      (v: Float32Array) => {
+        const w = Float32Array.from(v);
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let i = 0; i < n; i++) s += (v[i * n + j] = w[i * n + j] + 0.01 * w[i * n + ((j + 1) % n)]) ** 2;
+          for (let i = 0; i < n; i++) v[i * n + j] /= Math.sqrt(s);
+        }
+      },
+    ],
   ])('catches a basis %s (as does the full check)', (_name, edit) => {
     const W = Float32Array.from(V);
     edit(W);
@@ -103,7 +121,7 @@ describe('sampledOrthonormalityError', () => {
   });
 });
 
-describe('a profile with bases too large for readProfile\'s full check (p = r = 256)', () => {
+describe("a profile with bases too large for readProfile's full check (p = r = 256)", () => {
   async function write(edit?: (basis: Float32Array) => void): Promise<string> {
     const m = committed().manifest;
     const p = 256;
@@ -111,15 +129,27 @@ describe('a profile with bases too large for readProfile\'s full check (p = r = 
       const basis = orthogonal(p, 10 + k);
       if (k === 0 && edit) edit(basis);
       return {
-        kind, layers: [0], dim: p, rank: p, mean: new Float32Array(p), basis, variances: new Float32Array(p).fill(1),
-        lo: new Float32Array(p).fill(-1), hi: new Float32Array(p).fill(1), groups: [{ start: 0, end: p, type: 'int2', mode: 'static' }],
+        kind,
+        layers: [0],
+        dim: p,
+        rank: p,
+        mean: new Float32Array(p),
+        basis,
+        variances: new Float32Array(p).fill(1),
+        lo: new Float32Array(p).fill(-1),
+        hi: new Float32Array(p).fill(1),
+        groups: [{ start: 0, end: p, type: 'int2', mode: 'static' }],
       };
     });
     const { profile_id: _i, tensors: _t, plans: _p, ...draft } = m;
     // One layer: its per-layer figures are one each (the reader checks them against model.layers).
     const rel = draft.measured.rel_error;
     const measured = { ...draft.measured, rel_error: { ...rel, key: [rel.key_mean], value: [rel.value_mean] } };
-    const d: ManifestDraft = { ...draft, measured, model: { ...draft.model, layers: 1, kv_heads: 4, head_dim: 64, rope: { theta: 10000, rotary_dim: 64, layout: 'half' } } };
+    const d: ManifestDraft = {
+      ...draft,
+      measured,
+      model: { ...draft.model, layers: 1, kv_heads: 4, head_dim: 64, rope: { theta: 10000, rotary_dim: 64, layout: 'half' } },
+    };
     const dir = join(tempDir(), 'big');
     await writeProfile(dir, d, plans);
     return dir;
@@ -142,8 +172,14 @@ describe('a profile with bases too large for readProfile\'s full check (p = r = 
     const dir = await write((b) => {
       for (let i = 0; i < 256; i++) b[i * 256 + 17] *= 1.002;
     });
-    await expect(readProfile(dir)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringMatching(/plan 0 basis .* not orthonormal: .* \(sampled\)/) });
+    await expect(readProfile(dir)).rejects.toMatchObject({
+      code: 'PROFILE_INVALID',
+      message: expect.stringMatching(/plan 0 basis .* not orthonormal: .* \(sampled\)/),
+    });
     const v = await validateProfile(dir);
-    expect(v.checks.find((c) => c.name === 'orthonormal bases')).toMatchObject({ ok: false, detail: expect.stringMatching(/plan 0 basis/) });
+    expect(v.checks.find((c) => c.name === 'orthonormal bases')).toMatchObject({
+      ok: false,
+      detail: expect.stringMatching(/plan 0 basis/),
+    });
   });
 });

@@ -20,13 +20,27 @@ function corruptTensor(d: string, name: string, value: number): void {
 describe('reading profiles', () => {
   it('reads the bundled profile: one plan per (layer, kind), each as its manifest entry says, with orthonormal bases', async () => {
     const p = await readProfile(PROFILE);
-    expect(p.plans.map((q) => `${q.kind}${q.layers.join(',')}`).sort()).toEqual([0, 1, 2, 3, 4].flatMap((l) => [`key${l}`, `value${l}`]).sort());
+    expect(p.plans.map((q) => `${q.kind}${q.layers.join(',')}`).sort()).toEqual(
+      [0, 1, 2, 3, 4].flatMap((l) => [`key${l}`, `value${l}`]).sort(),
+    );
     for (const [i, plan] of p.plans.entries()) {
       const m = p.manifest.plans[i];
-      expect({ kind: plan.kind, layers: plan.layers, dim: plan.dim, rank: plan.rank, groups: plan.groups, budgetBits: plan.budgetBits })
-        .toEqual({ kind: m.kind, layers: m.layers, dim: m.dim, rank: m.rank, groups: m.groups, budgetBits: m.budget_bits });
+      expect({
+        kind: plan.kind,
+        layers: plan.layers,
+        dim: plan.dim,
+        rank: plan.rank,
+        groups: plan.groups,
+        budgetBits: plan.budgetBits,
+      }).toEqual({ kind: m.kind, layers: m.layers, dim: m.dim, rank: m.rank, groups: m.groups, budgetBits: m.budget_bits });
       expect(plan.dim).toBe(4 * 8); // one layer × 4 KV heads × head_dim 8
-      expect([plan.mean.length, plan.basis.length, plan.variances.length, plan.lo.length, plan.hi.length]).toEqual([plan.dim, plan.dim * plan.rank, plan.rank, plan.rank, plan.rank]);
+      expect([plan.mean.length, plan.basis.length, plan.variances.length, plan.lo.length, plan.hi.length]).toEqual([
+        plan.dim,
+        plan.dim * plan.rank,
+        plan.rank,
+        plan.rank,
+        plan.rank,
+      ]);
       expect(planBitsPerToken(plan)).toBe(m.bits_per_token);
       expect(m.bits_per_token).toBeLessThanOrEqual(m.budget_bits);
       // stored groups in order, without overlap (a gap is a dropped component), the last ending at rank
@@ -55,11 +69,18 @@ describe('reading profiles', () => {
       (m as { format_version: number }).format_version = 3;
       m.producer.version = '0.9.0';
     });
-    await expect(readProfile(d)).rejects.toMatchObject({ code: 'PROFILE_VERSION', message: expect.stringContaining('this kvtc reads versions 1 and 2'), fix: expect.stringContaining('kvtc 0.9.0') });
+    await expect(readProfile(d)).rejects.toMatchObject({
+      code: 'PROFILE_VERSION',
+      message: expect.stringContaining('this kvtc reads versions 1 and 2'),
+      fix: expect.stringContaining('kvtc 0.9.0'),
+    });
   });
 
   it('an older format version says to re-calibrate', async () => {
-    await expect(readProfile(copyWith((m) => (m.format_version = 0)))).rejects.toMatchObject({ code: 'PROFILE_VERSION', fix: expect.stringContaining('Re-calibrate') });
+    await expect(readProfile(copyWith((m) => (m.format_version = 0)))).rejects.toMatchObject({
+      code: 'PROFILE_VERSION',
+      fix: expect.stringContaining('Re-calibrate'),
+    });
   });
 
   it('schema violations are listed as path: message', async () => {
@@ -86,7 +107,9 @@ describe('reading profiles', () => {
     const d = copyWith();
     writeFileSync(join(d, 'kvtc-profile.json'), '{ truncated');
     await expect(readProfile(d)).rejects.toMatchObject({ message: expect.stringContaining('not valid JSON') });
-    await expect(readProfile(copyWith((m) => (m.format = 'something-else')))).rejects.toMatchObject({ message: expect.stringContaining('not a kvtc profile') });
+    await expect(readProfile(copyWith((m) => (m.format = 'something-else')))).rejects.toMatchObject({
+      message: expect.stringContaining('not a kvtc profile'),
+    });
     await expect(readProfile('/nonexistent/profile')).rejects.toMatchObject({ message: expect.stringContaining('does not exist') });
   });
 });
@@ -97,7 +120,9 @@ describe('kvtc validate', () => {
     expect(r.code).toBe(0);
     const j = JSON.parse(r.stdout);
     expect(j.ok).toBe(true);
-    expect(j.checks.map((c: { name: string }) => c.name)).toEqual(expect.arrayContaining(['schema', 'finite values', 'orthonormal bases', 'bit budget', 'model']));
+    expect(j.checks.map((c: { name: string }) => c.name)).toEqual(
+      expect.arrayContaining(['schema', 'finite values', 'orthonormal bases', 'bit budget', 'model']),
+    );
   });
 
   it('a basis that is not orthonormal fails (exit 1)', async () => {
@@ -115,6 +140,9 @@ describe('kvtc validate', () => {
     const d = copyWith();
     corruptTensor(d, 'plan.3.mean', Number.NaN);
     const v = await validateProfile(d);
-    expect(v.checks.find((c) => c.name === 'finite values')).toMatchObject({ ok: false, detail: expect.stringContaining('plan 3 mean[0]') });
+    expect(v.checks.find((c) => c.name === 'finite values')).toMatchObject({
+      ok: false,
+      detail: expect.stringContaining('plan 3 mean[0]'),
+    });
   });
 });

@@ -11,18 +11,35 @@ import type { LayerRope, RopeSpec } from '../../src/rope/types.js';
 import { resign, syntheticCache, tempDir, writeFiles, type Json } from './helpers.js';
 
 const V1 = join(import.meta.dirname, '..', 'fixtures', 'profile-v1');
-const v1 = () => ({ manifest: JSON.parse(readFileSync(join(V1, 'kvtc-profile.json'), 'utf8')) as Json, tensors: readFileSync(join(V1, 'kvtc-profile.safetensors')) });
+const v1 = () => ({
+  manifest: JSON.parse(readFileSync(join(V1, 'kvtc-profile.json'), 'utf8')) as Json,
+  tensors: readFileSync(join(V1, 'kvtc-profile.safetensors')),
+});
 
 const A: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half' };
-const Y: RopeSpec = { theta: 500000, rotaryDim: 4, layout: 'interleaved', attentionFactor: 1.2, scaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 64, betaFast: 32, betaSlow: 1, truncate: true } };
-const LR: RopeSpec = { theta: 10000, rotaryDim: 6, layout: 'half', attentionFactor: 1.1, scaling: { type: 'longrope', shortFactor: [1, 1.5, 2], longFactor: [1, 4, 16], originalMaxPositionEmbeddings: 100 } };
+const Y: RopeSpec = {
+  theta: 500000,
+  rotaryDim: 4,
+  layout: 'interleaved',
+  attentionFactor: 1.2,
+  scaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 64, betaFast: 32, betaSlow: 1, truncate: true },
+};
+const LR: RopeSpec = {
+  theta: 10000,
+  rotaryDim: 6,
+  layout: 'half',
+  attentionFactor: 1.1,
+  scaling: { type: 'longrope', shortFactor: [1, 1.5, 2], longFactor: [1, 4, 16], originalMaxPositionEmbeddings: 100 },
+};
 const PER_LAYER: LayerRope[] = [A, null, Y, A, LR];
 
 /** The v1 fixture rewritten as format 2 with `rope` per layer, re-signed. */
 function v2Dir(rope: LayerRope[] | Json[], edit?: (m: Json) => void): string {
   const { manifest, tensors } = v1();
   manifest.format_version = 2;
-  manifest.model.rope = (rope as unknown[]).every((r) => r === null || 'rotaryDim' in (r as object)) ? manifestRope(rope as LayerRope[]) : rope;
+  manifest.model.rope = (rope as unknown[]).every((r) => r === null || 'rotaryDim' in (r as object))
+    ? manifestRope(rope as LayerRope[])
+    : rope;
   edit?.(manifest);
   return writeFiles(join(tempDir(), 'p'), resign(manifest, tensors), tensors);
 }
@@ -42,14 +59,28 @@ describe('profile format 2: RoPE per layer', () => {
     expect(p.manifest.profile_id).toBe('b61faa184a576db6');
   });
 
-  it('groups round-trip each layer\'s RoPE (NoPE, yarn with attention factor, longrope) and the id covers every field', async () => {
+  it("groups round-trip each layer's RoPE (NoPE, yarn with attention factor, longrope) and the id covers every field", async () => {
     const d = v2Dir(PER_LAYER);
     const p = await readProfile(d);
     expect(p.manifest.model.rope).toEqual([
       { layers: [0, 3], theta: 10000, rotary_dim: 8, layout: 'half' },
       { layers: [1], none: true },
-      { layers: [2], theta: 500000, rotary_dim: 4, layout: 'interleaved', scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 64, beta_fast: 32, beta_slow: 1, truncate: true }, attention_factor: 1.2 },
-      { layers: [4], theta: 10000, rotary_dim: 6, layout: 'half', scaling: { type: 'longrope', short_factor: [1, 1.5, 2], long_factor: [1, 4, 16], original_max_position_embeddings: 100 }, attention_factor: 1.1 },
+      {
+        layers: [2],
+        theta: 500000,
+        rotary_dim: 4,
+        layout: 'interleaved',
+        scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 64, beta_fast: 32, beta_slow: 1, truncate: true },
+        attention_factor: 1.2,
+      },
+      {
+        layers: [4],
+        theta: 10000,
+        rotary_dim: 6,
+        layout: 'half',
+        scaling: { type: 'longrope', short_factor: [1, 1.5, 2], long_factor: [1, 4, 16], original_max_position_embeddings: 100 },
+        attention_factor: 1.1,
+      },
     ]);
     expect(ropeFromManifest(p.manifest)).toEqual(PER_LAYER);
     const text = profileIdText(p.manifest);
@@ -81,7 +112,8 @@ describe('profile format 2: RoPE per layer', () => {
     const codec = await codecFromProfile(p);
     try {
       expect(codec.spec.rope).toEqual(PER_LAYER);
-      for (const tokens of [60, 156]) { // longrope layer: short factors up to 100 positions, long beyond
+      for (const tokens of [60, 156]) {
+        // longrope layer: short factors up to 100 positions, long beyond
         const cache = syntheticCache(tokens, 7);
         const { blob } = await codec.encode(cache);
         const { cache: out } = await codec.decode(blob);
@@ -96,13 +128,24 @@ describe('profile format 2: RoPE per layer', () => {
   });
 
   it.each([
-    ['a layer in two groups', (m: Json) => (m.model.rope[1].layers = [1, 3]), /model\.rope\[1\]\.layers names layer 3, which model\.rope\[0\] names too/],
+    [
+      'a layer in two groups',
+      (m: Json) => (m.model.rope[1].layers = [1, 3]),
+      /model\.rope\[1\]\.layers names layer 3, which model\.rope\[0\] names too/,
+    ],
     ['a layer in no group', (m: Json) => (m.model.rope[0].layers = [0]), /model\.rope names no RoPE \(or none\) for layer 3/],
     ['a layer the model does not have', (m: Json) => (m.model.rope[1].layers = [1, 9]), /names layer 9; the model has 5/],
-    ['longrope factors of the wrong count', (m: Json) => (m.model.rope[3].scaling.short_factor = [1, 2]), /scaling\.short_factor has 2 factors; rotary_dim 6 needs 3/],
+    [
+      'longrope factors of the wrong count',
+      (m: Json) => (m.model.rope[3].scaling.short_factor = [1, 2]),
+      /scaling\.short_factor has 2 factors; rotary_dim 6 needs 3/,
+    ],
     ['a non-positive attention factor', (m: Json) => (m.model.rope[2].attention_factor = 0), /attention_factor/],
     ['format 1 with groups', (m: Json) => (m.format_version = 1), /model\.rope is a list of groups, which is format 2/],
   ])('refused: %s', async (_name, edit, message) => {
-    await expect(readProfile(v2Dir(PER_LAYER, edit))).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringMatching(message) });
+    await expect(readProfile(v2Dir(PER_LAYER, edit))).rejects.toMatchObject({
+      code: 'PROFILE_INVALID',
+      message: expect.stringMatching(message),
+    });
   });
 });

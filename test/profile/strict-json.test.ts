@@ -37,7 +37,9 @@ describe('firstInvalidUtf8', () => {
     const edge = [0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff];
     let invalid = 0;
     for (let k = 0; k < 20000; k++) {
-      const b = Uint8Array.from({ length: 1 + Math.floor(uniform() * 8) }, () => (uniform() < 0.7 ? edge[Math.floor(uniform() * edge.length)] : Math.floor(uniform() * 256)));
+      const b = Uint8Array.from({ length: 1 + Math.floor(uniform() * 8) }, () =>
+        uniform() < 0.7 ? edge[Math.floor(uniform() * edge.length)] : Math.floor(uniform() * 256),
+      );
       const at = firstInvalidUtf8(b);
       expect(at === -1, Buffer.from(b).toString('hex')).toBe(valid(b));
       if (at >= 0) {

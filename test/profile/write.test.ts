@@ -6,7 +6,6 @@ import { readProfile } from '../../src/profile/read.js';
 import { writeProfile, type ManifestDraft } from '../../src/profile/write.js';
 import { MANIFEST, PROFILE, TENSORS, tempDir } from './helpers.js';
 
-
 /** The committed profile as writeProfile's inputs. */
 async function committedInputs() {
   const p = await readProfile(PROFILE);
@@ -60,13 +59,22 @@ describe('writeProfile: output safety (a profile directory may be the model dire
     await writeProfile(out, draft, plans);
     expect((await writeProfile(out, draft, plans)).unchanged).toBe(true);
     const other = { ...draft, settings: { ...draft.settings, seed: 1 } };
-    await expect(writeProfile(out, other, plans)).rejects.toMatchObject({ code: 'OUTPUT_EXISTS', message: expect.stringContaining('holds a profile of another model, data or settings') });
+    await expect(writeProfile(out, other, plans)).rejects.toMatchObject({
+      code: 'OUTPUT_EXISTS',
+      message: expect.stringContaining('holds a profile of another model, data or settings'),
+    });
     writeFileSync(join(out, MANIFEST), '{ not json');
-    await expect(writeProfile(out, draft, plans)).rejects.toMatchObject({ code: 'OUTPUT_EXISTS', message: expect.stringContaining('cannot read') });
+    await expect(writeProfile(out, draft, plans)).rejects.toMatchObject({
+      code: 'OUTPUT_EXISTS',
+      message: expect.stringContaining('cannot read'),
+    });
     const lone = join(tempDir(), 'lone');
     mkdirSync(lone);
     writeFileSync(join(lone, TENSORS), 'x');
-    await expect(writeProfile(lone, draft, plans)).rejects.toMatchObject({ code: 'OUTPUT_EXISTS', message: expect.stringContaining(`a ${TENSORS} without its ${MANIFEST}`) });
+    await expect(writeProfile(lone, draft, plans)).rejects.toMatchObject({
+      code: 'OUTPUT_EXISTS',
+      message: expect.stringContaining(`a ${TENSORS} without its ${MANIFEST}`),
+    });
     expect(readFileSync(join(lone, TENSORS), 'utf8')).toBe('x');
     await writeProfile(lone, draft, plans, { force: true });
     expect((await readProfile(lone)).plans).toHaveLength(10);

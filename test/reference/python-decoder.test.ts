@@ -69,7 +69,11 @@ function parseNpy(b: Buffer): { shape: number[]; data: Float32Array | BigInt64Ar
   const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
   if (/'fortran_order':\s*True/.test(header)) throw new Error('npy: fortran order');
   const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1] ?? '';
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  const shape = shapeText
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+    .map(Number);
   const count = shape.reduce((a, s) => a * s, 1);
   const body = b.subarray(hstart + hlen);
   const copy = new Uint8Array(body); // aligned copy
@@ -85,7 +89,11 @@ function parseNpy(b: Buffer): { shape: number[]; data: Float32Array | BigInt64Ar
   }
 }
 
-function runPython(blob: Uint8Array, name: string, profileDir = PROFILE): { status: number | null; stdout: string; stderr: string; npz?: string } {
+function runPython(
+  blob: Uint8Array,
+  name: string,
+  profileDir = PROFILE,
+): { status: number | null; stdout: string; stderr: string; npz?: string } {
   const blobPath = join(dir, `${name}.kvtc`);
   const npz = join(dir, `${name}.npz`);
   writeFileSync(blobPath, blob);
@@ -132,7 +140,10 @@ async function compare(c: KvCache, name: string, withCodec: Codec = codec, profi
   let worstCompressed = 0;
   let worstRaw = 0;
   for (let l = 0; l < c.layers; l++) {
-    for (const [kind, tsArr] of [['key', ts.keys[l]], ['value', ts.values[l]]] as const) {
+    for (const [kind, tsArr] of [
+      ['key', ts.keys[l]],
+      ['value', ts.values[l]],
+    ] as const) {
       const py = arrays.get(`${kind}_${l}`)!;
       expect(py.shape).toEqual([c.kvHeads, T, c.headDim]);
       const pyArr = py.data as Float32Array;
@@ -207,9 +218,21 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
     const bits: Record<string, number> = { int2: 2, int4: 4, int8: 8, fp8: 8 };
     const layouts: [string, string][][] = [
-      [['int8', 'dynamic'], ['fp8', 'static'], ['int2', 'static']],
-      [['fp8', 'dynamic'], ['int4', 'dynamic'], ['int2', 'dynamic']],
-      [['int4', 'static'], ['fp8', 'dynamic'], ['int8', 'static']],
+      [
+        ['int8', 'dynamic'],
+        ['fp8', 'static'],
+        ['int2', 'static'],
+      ],
+      [
+        ['fp8', 'dynamic'],
+        ['int4', 'dynamic'],
+        ['int2', 'dynamic'],
+      ],
+      [
+        ['int4', 'static'],
+        ['fp8', 'dynamic'],
+        ['int8', 'static'],
+      ],
     ];
     for (const plan of manifest.plans) {
       const r: number = plan.rank;
@@ -218,7 +241,8 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
       plan.groups = layout.map(([type, mode], g) => ({ start: cuts[g], end: cuts[g + 1], type, mode }));
       if (plan.index % 2 === 1) plan.groups[1].start += 1; // leave one component dropped
       plan.bits_per_token = plan.groups.reduce(
-        (a: number, g: { start: number; end: number; type: string; mode: string }) => a + (g.end - g.start) * bits[g.type] + (g.mode === 'dynamic' ? 32 : 0),
+        (a: number, g: { start: number; end: number; type: string; mode: string }) =>
+          a + (g.end - g.start) * bits[g.type] + (g.mode === 'dynamic' ? 32 : 0),
         0,
       );
       plan.budget_bits = plan.bits_per_token;
@@ -234,13 +258,28 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     const manifest = JSON.parse(readFileSync(join(PROFILE, 'kvtc-profile.json'), 'utf8'));
     const variants = [
       manifest,
-      { ...manifest, model: { ...manifest.model, rope: { theta: 500000.5, rotary_dim: 6, layout: 'interleaved', scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } } } },
-      { ...manifest, model: { ...manifest.model, rope: { theta: 1e-7, rotary_dim: 8, layout: 'half', scaling: { type: 'linear', factor: 0.1 } } } },
+      {
+        ...manifest,
+        model: {
+          ...manifest.model,
+          rope: {
+            theta: 500000.5,
+            rotary_dim: 6,
+            layout: 'interleaved',
+            scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+          },
+        },
+      },
+      {
+        ...manifest,
+        model: { ...manifest.model, rope: { theta: 1e-7, rotary_dim: 8, layout: 'half', scaling: { type: 'linear', factor: 0.1 } } },
+      },
     ];
     for (const [i, m] of variants.entries()) {
       const file = join(dir, `id-${i}.json`);
       writeFileSync(file, JSON.stringify(m));
-      const code = 'import json, sys; sys.path.insert(0, sys.argv[1]); import kvtc_reference_decoder as k; sys.stdout.write(k.profile_id_text(json.load(open(sys.argv[2]))))';
+      const code =
+        'import json, sys; sys.path.insert(0, sys.argv[1]); import kvtc_reference_decoder as k; sys.stdout.write(k.profile_id_text(json.load(open(sys.argv[2]))))';
       const r = spawnSync('python3', ['-c', code, dirname(SCRIPT), file], { encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toBe(profileIdText(m));
@@ -274,7 +313,7 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     await expect(readProfile(junk)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringContaining('trailing') });
   });
 
-  it('refuses, as kvtc does, a manifest with a repeated key and a blob past the model\'s positions (issue 22)', async () => {
+  it("refuses, as kvtc does, a manifest with a repeated key and a blob past the model's positions (issue 22)", async () => {
     const { blob } = await codec.encode(sliceTokens(cache, 160, 0));
     const dup = join(dir, 'dup-profile');
     cpSync(PROFILE, dup, { recursive: true });
@@ -283,7 +322,10 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     const r1 = runPython(blob, 'dup', dup);
     expect(r1.status).not.toBe(0);
     expect(r1.stderr).toMatch(/'window' appears twice/);
-    await expect(readProfile(dup)).rejects.toMatchObject({ code: 'PROFILE_INVALID', message: expect.stringContaining('settings.window twice') });
+    await expect(readProfile(dup)).rejects.toMatchObject({
+      code: 'PROFILE_INVALID',
+      message: expect.stringContaining('settings.window twice'),
+    });
     const far = new Uint8Array(blob);
     const dv = new DataView(far.buffer, far.byteOffset, far.byteLength);
     dv.setUint32(20, 4.29e9, true);
@@ -291,7 +333,10 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
     const r2 = runPython(far, 'far');
     expect(r2.status).not.toBe(0);
     expect(r2.stderr).toMatch(/start_position 4290000000 \+ 160 tokens runs past the model's 512 positions/);
-    await expect(codec.decode(far)).rejects.toMatchObject({ code: 'BLOB_INVALID', message: expect.stringContaining('the model has 512 positions') });
+    await expect(codec.decode(far)).rejects.toMatchObject({
+      code: 'BLOB_INVALID',
+      message: expect.stringContaining('the model has 512 positions'),
+    });
   });
 
   it('rejects a blob with one flipped byte, naming the checksum', async () => {

@@ -14,9 +14,19 @@ import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { LayerRope, RopeSpec } from '../../src/rope/types.js';
 import { rng } from '../codec/rng.js';
 
-const L = 4, KV = 2, HD = 8, T = 37, START = 11;
+const L = 4,
+  KV = 2,
+  HD = 8,
+  T = 37,
+  START = 11;
 const A: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half' };
-const B: RopeSpec = { theta: 500000, rotaryDim: 4, layout: 'interleaved', attentionFactor: 1.25, scaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 16, betaFast: 32, betaSlow: 1, truncate: true } };
+const B: RopeSpec = {
+  theta: 500000,
+  rotaryDim: 4,
+  layout: 'interleaved',
+  attentionFactor: 1.25,
+  scaling: { type: 'yarn', factor: 4, originalMaxPositionEmbeddings: 16, betaFast: 32, betaSlow: 1, truncate: true },
+};
 // layers 0 and 3 share A, layer 1 has no RoPE, layer 2 has B
 const ROPE: LayerRope[] = [A, null, B, A];
 
@@ -43,10 +53,11 @@ function makeCache(): { cache: KvCache; pre: Float32Array[] } {
   const keys = pre.map((p, l) => {
     const r = ROPE[l];
     const k = new Float32Array(p.length);
-    for (let h = 0; h < KV; h++) for (let t = 0; t < T; t++) {
-      const o = (h * T + t) * HD;
-      k.set(r ? rotateRef(p.subarray(o, o + HD), r, START + t) : p.subarray(o, o + HD), o);
-    }
+    for (let h = 0; h < KV; h++)
+      for (let t = 0; t < T; t++) {
+        const o = (h * T + t) * HD;
+        k.set(r ? rotateRef(p.subarray(o, o + HD), r, START + t) : p.subarray(o, o + HD), o);
+      }
     return k;
   });
   const values = pre.map((p) => p.map((v) => v * 0.5));
@@ -58,8 +69,16 @@ function identityPlan(layers: number[]): BasisPlan {
   const basis = new Float32Array(p * p);
   for (let i = 0; i < p; i++) basis[i * p + i] = 1;
   return {
-    kind: 'key', layers, dim: p, rank: p, mean: new Float32Array(p), basis, variances: new Float32Array(p).fill(1),
-    groups: [{ start: 0, end: p, type: 'int8', mode: 'dynamic' }], lo: new Float32Array(p), hi: new Float32Array(p),
+    kind: 'key',
+    layers,
+    dim: p,
+    rank: p,
+    mean: new Float32Array(p),
+    basis,
+    variances: new Float32Array(p).fill(1),
+    groups: [{ start: 0, end: p, type: 'int8', mode: 'dynamic' }],
+    lo: new Float32Array(p),
+    hi: new Float32Array(p),
   };
 }
 
@@ -77,18 +96,25 @@ describe('per-layer RoPE in one plan', () => {
 
   it('planRope splits the plan into runs of layers and one table per distinct RoPE', () => {
     expect(pr.ropes).toEqual([A, B]);
-    expect(pr.segments.map((s) => [s.li0, s.li1, s.table])).toEqual([[0, 1, 0], [1, 2, -1], [2, 3, 1], [3, 4, 0]]);
+    expect(pr.segments.map((s) => [s.li0, s.li1, s.table])).toEqual([
+      [0, 1, 0],
+      [1, 2, -1],
+      [2, 3, 1],
+      [3, 4, 0],
+    ]);
     expect(tableInputNames(pr, 1)).toEqual({ cos: 'cos_1', sin: 'sin_1' });
     expect(tableInputNames(planRope([A, A], [0, 1]), 0)).toEqual({ cos: 'cos', sin: 'sin' });
   });
 
   it('calibration features un-rotate each layer with its own RoPE (pre-RoPE keys back, ≤ 1e-5)', () => {
     const X = gatherFeatures(cache, { kind: 'key', layers }, ROPE);
-    for (let li = 0; li < L; li++) for (let h = 0; h < KV; h++) for (let t = 0; t < T; t++) {
-      const got = X.subarray(t * plan.dim + (li * KV + h) * HD, t * plan.dim + (li * KV + h + 1) * HD);
-      const want = pre[li].subarray((h * T + t) * HD, (h * T + t + 1) * HD);
-      expect(maxAbs(got, want)).toBeLessThan(1e-5);
-    }
+    for (let li = 0; li < L; li++)
+      for (let h = 0; h < KV; h++)
+        for (let t = 0; t < T; t++) {
+          const got = X.subarray(t * plan.dim + (li * KV + h) * HD, t * plan.dim + (li * KV + h + 1) * HD);
+          const want = pre[li].subarray((h * T + t) * HD, (h * T + t + 1) * HD);
+          expect(maxAbs(got, want)).toBeLessThan(1e-5);
+        }
   });
 
   it('host kernels and the ONNX graphs give the same un-rotated keys, and decode re-rotates them', async () => {
@@ -122,9 +148,11 @@ describe('per-layer RoPE in one plan', () => {
     const coeffs = (await enc.run(feeds)).coeffs.data as Float32Array; // [p, n], identity basis
     await enc.release();
     // the graph's float32 products and sums are the host's: the same bits
-    for (let g = 0; g < L * KV; g++) for (let t = 0; t < T; t++) for (let d = 0; d < HD; d++) {
-      expect(coeffs[(g * HD + d) * T + t]).toBe(x[(g * T + t) * HD + d]);
-    }
+    for (let g = 0; g < L * KV; g++)
+      for (let t = 0; t < T; t++)
+        for (let d = 0; d < HD; d++) {
+          expect(coeffs[(g * HD + d) * T + t]).toBe(x[(g * T + t) * HD + d]);
+        }
 
     const dfeeds: Record<string, ort.Tensor> = { coeffs: new ort.Tensor('float32', coeffs, [plan.dim, T]) };
     tables.forEach((t, j) => {
@@ -156,7 +184,8 @@ describe('per-layer RoPE in one plan', () => {
       const { blob } = await codec.encode(cache);
       const { cache: out } = await codec.decode(blob);
       for (let l = 0; l < L; l++) {
-        let num = 0, den = 0;
+        let num = 0,
+          den = 0;
         for (let i = 0; i < cache.keys[l].length; i++) {
           num += (out.keys[l][i] - cache.keys[l][i]) ** 2;
           den += cache.keys[l][i] ** 2;
@@ -169,6 +198,11 @@ describe('per-layer RoPE in one plan', () => {
   });
 
   it('refuses RoPE for a different number of layers', async () => {
-    await expect(KvtcCodec.create({ layers: L, kvHeads: KV, headDim: HD, rope: [A], profileId: '0123456789abcdef', sink: 0, window: 0, entropy: 'stored' }, [plan])).rejects.toThrow(/RoPE for 1 layers but 4 layers/);
+    await expect(
+      KvtcCodec.create(
+        { layers: L, kvHeads: KV, headDim: HD, rope: [A], profileId: '0123456789abcdef', sink: 0, window: 0, entropy: 'stored' },
+        [plan],
+      ),
+    ).rejects.toThrow(/RoPE for 1 layers but 4 layers/);
   });
 });

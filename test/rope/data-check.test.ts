@@ -33,7 +33,14 @@ const IDS = (() => {
   return [1, ...Array.from({ length: TOKENS - 1 }, () => 3 + Math.floor(r() * 40))];
 })();
 
-const asCheck = (r: RefLayerRope | null): CheckRope | null => r && { invFreq: r.invFreq, rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor, ...(r.long ? { long: r.long } : {}) };
+const asCheck = (r: RefLayerRope | null): CheckRope | null =>
+  r && {
+    invFreq: r.invFreq,
+    rotaryDim: r.rotaryDim,
+    layout: r.layout,
+    attentionFactor: r.attentionFactor,
+    ...(r.long ? { long: r.long } : {}),
+  };
 
 /** Keys [kvHeads, tokens, headDim] per layer of one forward pass over IDS. */
 async function capture(def: FamilyDef, kvDtype: 'float32' | 'float16' = 'float32'): Promise<Omit<RopeCheckInput, 'layers'>> {
@@ -44,7 +51,11 @@ async function capture(def: FamilyDef, kvDtype: 'float32' | 'float16' = 'float32
   await session.release();
   return {
     keys: Array.from({ length: def.layers }, (_, l) => r.presentF32[2 * l]),
-    kvHeads: def.kvHeads, headDim: def.headDim, tokens: TOKENS, startPosition: 0, ids: IDS,
+    kvHeads: def.kvHeads,
+    headDim: def.headDim,
+    tokens: TOKENS,
+    startPosition: 0,
+    ids: IDS,
     ...(def.absolutePositions ? { absolutePositions: true } : {}),
   };
 }
@@ -90,7 +101,14 @@ describe('RoPE data check', () => {
     const shape: CacheShape = { layers: 5, kvHeads: 4, headDim: 8, kvDtype: 'float32' };
     const r = await step(session, shape, [ids], emptyPast(shape));
     await session.release();
-    const data = { keys: [0, 1, 2, 3, 4].map((l) => r.presentF32[2 * l]), kvHeads: 4, headDim: 8, tokens: ids.length, startPosition: 0, ids };
+    const data = {
+      keys: [0, 1, 2, 3, 4].map((l) => r.presentF32[2 * l]),
+      kvHeads: 4,
+      headDim: 8,
+      tokens: ids.length,
+      startPosition: 0,
+      ids,
+    };
     const report = checkRopeFromData({ ...data, layers: readAs(cfg) });
     expect(report.layers[0].score).toBeLessThan(1e-9);
     const e = mismatch({ ...data, layers: readAs({ ...cfg, rope_theta: 100000 }) });
@@ -102,7 +120,10 @@ describe('RoPE data check', () => {
       const def = family(name);
       const cfg = def.config['5.x'];
       const params = cfg.rope_parameters as Json;
-      const e = mismatch({ ...(await capture(def)), layers: readAs({ ...cfg, rope_parameters: { ...params, rope_theta: (params.rope_theta as number) * 10 } }) });
+      const e = mismatch({
+        ...(await capture(def)),
+        layers: readAs({ ...cfg, rope_parameters: { ...params, rope_theta: (params.rope_theta as number) * 10 } }),
+      });
       expect(e.message, name).toMatch(/layer 0: rope_theta: the keys fit theta/);
       expect(e.fix).toMatch(/rope_theta/);
     }
@@ -156,8 +177,22 @@ describe('RoPE data check', () => {
   it("checkModelRope checks kvtc's own per-layer reading (RopeSpec, scaling, NoPE)", async () => {
     const def = family('llama-llama3');
     const data = await capture(def);
-    const cache = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, tokens: TOKENS, dtype: 'float32' as const, keys: data.keys, values: data.keys, startPosition: 0 };
-    const llama3: RopeSpec = { theta: 500000, rotaryDim: 16, layout: 'half', scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } };
+    const cache = {
+      layers: def.layers,
+      kvHeads: def.kvHeads,
+      headDim: def.headDim,
+      tokens: TOKENS,
+      dtype: 'float32' as const,
+      keys: data.keys,
+      values: data.keys,
+      startPosition: 0,
+    };
+    const llama3: RopeSpec = {
+      theta: 500000,
+      rotaryDim: 16,
+      layout: 'half',
+      scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    };
     expect(checkModelRope(cache, IDS, uniformModelRope(llama3, 2)).layers[0].score).toBeLessThan(1e-9);
     expect(() => checkModelRope(cache, IDS, uniformModelRope({ ...llama3, theta: 5000000 }, 2))).toThrow(/ROPE_MISMATCH|layer 0/);
     const e = (() => {
@@ -179,7 +214,14 @@ describe('RoPE data check', () => {
     let r = await step(session, shape, [IDS.slice(0, 32)], emptyPast(shape));
     for (let t = 32; t < TOKENS; t += 32) r = await step(session, shape, [IDS.slice(t, t + 32)], r.present);
     await session.release();
-    const data = { keys: [0, 1].map((l) => r.presentF32[2 * l]), kvHeads: def.kvHeads, headDim: def.headDim, tokens: TOKENS, startPosition: 0, ids: IDS };
+    const data = {
+      keys: [0, 1].map((l) => r.presentF32[2 * l]),
+      kvHeads: def.kvHeads,
+      headDim: def.headDim,
+      tokens: TOKENS,
+      startPosition: 0,
+      ids: IDS,
+    };
     // kvtc's reading of a 160-token cache: long factors everywhere (one prefill would have used them).
     const asOnePrefill = readAs(def.config['5.x']).map((c) => c && { ...c, invFreq: c.long!.invFreq, long: undefined });
     const e = mismatch({ ...data, layers: asOnePrefill });
@@ -187,7 +229,9 @@ describe('RoPE data check', () => {
     expect(e.message).toMatch(/suspect RoPE scaling/);
     // Told which pass each token came from, the check agrees with the cache.
     const perPass = readAs(def.config['5.x']);
-    expect(checkRopeFromData({ ...data, layers: perPass, seqLen: (t) => Math.min(TOKENS, (Math.floor(t / 32) + 1) * 32) }).layers[0].score).toBeLessThan(1e-9);
+    expect(
+      checkRopeFromData({ ...data, layers: perPass, seqLen: (t) => Math.min(TOKENS, (Math.floor(t / 32) + 1) * 32) }).layers[0].score,
+    ).toBeLessThan(1e-9);
   });
 
   it('reports checked: false, not a verdict, without enough repeated tokens', async () => {
@@ -199,7 +243,9 @@ describe('RoPE data check', () => {
     expect(r.checked).toBe(false);
     expect(r.reason).toMatch(/repeated tokens/);
     // Inputs that do not describe the cache are kvtc bugs, not verdicts.
-    expect(() => checkRopeFromData({ ...data, ids: IDS.slice(1), layers: readAs(def.config['5.x']) })).toThrow(/159 token ids for 160 cached tokens/);
+    expect(() => checkRopeFromData({ ...data, ids: IDS.slice(1), layers: readAs(def.config['5.x']) })).toThrow(
+      /159 token ids for 160 cached tokens/,
+    );
     expect(() => checkRopeFromData({ ...data, layers: readAs(def.config['5.x']).slice(1) })).toThrow(/1 layer RoPEs for 2 cached layers/);
   });
 });

@@ -51,29 +51,42 @@ describe('kvtc capture --pre-rope on each model family', () => {
 });
 
 describe('kvtc capture --pre-rope on float16 caches', () => {
-  it.each(['gemma3', 'phi3-longrope', 'smollm3'])('%s: the fp16 keys un-rotate as the reference does, and the RoPE check passes on fp16 rounding', async (name) => {
-    const def = family(name);
-    const fx = await buildFamilyFixture(def, '5.x', join(dir, `${name}-f16`), { kvDtype: 'float16' });
-    const plain = join(dir, `${name}-f16.safetensors`);
-    const pre = join(dir, `${name}-f16-pre.safetensors`);
-    expect((await capture(fx.dir, plain)).code).toBe(0);
-    const b = await capture(fx.dir, pre, '--pre-rope');
-    expect(b.code, b.stderr).toBe(0);
-    const k = (await readKvCache(plain)).cache;
-    expect(k.dtype).toBe('float16');
-    const p = (await readKvCache(pre)).cache;
-    for (let l = 0; l < def.layers; l++) {
-      const want = referenceUnrotate(k.keys[l], k.kvHeads, k.tokens, k.headDim, fx.ropes[l], k.startPosition);
-      expect(relativeError(p.keys[l], want), `layer ${l}`).toBeLessThan(1e-5);
-    }
-  });
+  it.each(['gemma3', 'phi3-longrope', 'smollm3'])(
+    '%s: the fp16 keys un-rotate as the reference does, and the RoPE check passes on fp16 rounding',
+    async (name) => {
+      const def = family(name);
+      const fx = await buildFamilyFixture(def, '5.x', join(dir, `${name}-f16`), { kvDtype: 'float16' });
+      const plain = join(dir, `${name}-f16.safetensors`);
+      const pre = join(dir, `${name}-f16-pre.safetensors`);
+      expect((await capture(fx.dir, plain)).code).toBe(0);
+      const b = await capture(fx.dir, pre, '--pre-rope');
+      expect(b.code, b.stderr).toBe(0);
+      const k = (await readKvCache(plain)).cache;
+      expect(k.dtype).toBe('float16');
+      const p = (await readKvCache(pre)).cache;
+      for (let l = 0; l < def.layers; l++) {
+        const want = referenceUnrotate(k.keys[l], k.kvHeads, k.tokens, k.headDim, fx.ropes[l], k.startPosition);
+        expect(relativeError(p.keys[l], want), `layer ${l}`).toBeLessThan(1e-5);
+      }
+    },
+  );
 });
 
 describe('kvtc capture refuses a config that contradicts the graph', () => {
   const wrong: [string, string, (c: Record<string, unknown>) => Record<string, unknown>, RegExp][] = [
     ['theta ×10', 'mixtral', (c) => ({ ...c, rope_theta: 1e7 }), /ROPE_MISMATCH.*layer 0: rope_theta/],
-    ['layout swapped', 'llama-interleaved-linear', ({ rope_interleaved: _, ...c }) => c, /ROPE_MISMATCH.*RoPE layout: the keys are rotated in interleaved pairs/],
-    ['a NoPE layer read as rotated', 'smollm3', (c) => ({ ...c, no_rope_layers: [1, 1, 1, 1] }), /ROPE_MISMATCH.*layer 3 is read as rotated/],
+    [
+      'layout swapped',
+      'llama-interleaved-linear',
+      ({ rope_interleaved: _, ...c }) => c,
+      /ROPE_MISMATCH.*RoPE layout: the keys are rotated in interleaved pairs/,
+    ],
+    [
+      'a NoPE layer read as rotated',
+      'smollm3',
+      (c) => ({ ...c, no_rope_layers: [1, 1, 1, 1] }),
+      /ROPE_MISMATCH.*layer 3 is read as rotated/,
+    ],
     ['scaling ignored', 'llama-llama3', (c) => ({ ...c, rope_scaling: null }), /ROPE_MISMATCH.*layer 0.*suspect RoPE scaling/],
   ];
   it.each(wrong)('%s (%s): exit 1, ROPE_MISMATCH naming the setting, nothing written', async (_what, name, edit, re) => {

@@ -108,31 +108,46 @@ describe('family fixtures', () => {
     await session.release();
   });
 
-  it.each(FAMILIES.map((d) => [d.name, d] as const))("%s: the converter's default RoPE (kvtc's reading of config.json) builds the same keys", async (name, def) => {
-    const fx = await buildFamilyFixture(def, '5.x', join(tmp, `conv-${name}`));
-    const { spec } = normalizeHfConfig(fx.config);
-    const onnx = buildLlamaGraph(fx.weights, { ...spec, kvDtype: 'float32' }, { rmsNormEps: 1e-6, qkNorm: def.qkNorm, positionEmbeddings: fx.positionEmbeddings });
-    const [a, b] = await Promise.all([createSession(join(fx.dir, 'onnx', 'model.onnx')), createSession(onnx)]);
-    const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
-    // Phi-3's fixture projects q/k/v in one fused MatMul; the converted graph in three.
-    const fusedIn = async (bytes: Uint8Array) => Buffer.from(bytes).includes('qkv_proj.weight.T');
-    expect(await fusedIn(await readFile(join(fx.dir, 'onnx', 'model.onnx')))).toBe(def.fusedQkv === true);
-    expect(await fusedIn(onnx)).toBe(false);
-    // A prompt past longrope's switch (64) and lone tokens on both sides of it.
-    const ids = Array.from({ length: 100 }, (_, i) => 3 + ((i * 7) % 50));
-    for (const [tokens, positions] of [[ids, undefined], [[42], [[10]]], [[42], [[150]]]] as const) {
-      const ra = await step(a, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
-      const rb = await step(b, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
-      for (let l = 0; l < def.layers; l++) expect(relativeError(rb.presentF32[2 * l], ra.presentF32[2 * l]), `layer ${l}`).toBeLessThan(1e-5);
-    }
-    await Promise.all([a.release(), b.release()]);
-  });
+  it.each(FAMILIES.map((d) => [d.name, d] as const))(
+    "%s: the converter's default RoPE (kvtc's reading of config.json) builds the same keys",
+    async (name, def) => {
+      const fx = await buildFamilyFixture(def, '5.x', join(tmp, `conv-${name}`));
+      const { spec } = normalizeHfConfig(fx.config);
+      const onnx = buildLlamaGraph(
+        fx.weights,
+        { ...spec, kvDtype: 'float32' },
+        { rmsNormEps: 1e-6, qkNorm: def.qkNorm, positionEmbeddings: fx.positionEmbeddings },
+      );
+      const [a, b] = await Promise.all([createSession(join(fx.dir, 'onnx', 'model.onnx')), createSession(onnx)]);
+      const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
+      // Phi-3's fixture projects q/k/v in one fused MatMul; the converted graph in three.
+      const fusedIn = async (bytes: Uint8Array) => Buffer.from(bytes).includes('qkv_proj.weight.T');
+      expect(await fusedIn(await readFile(join(fx.dir, 'onnx', 'model.onnx')))).toBe(def.fusedQkv === true);
+      expect(await fusedIn(onnx)).toBe(false);
+      // A prompt past longrope's switch (64) and lone tokens on both sides of it.
+      const ids = Array.from({ length: 100 }, (_, i) => 3 + ((i * 7) % 50));
+      for (const [tokens, positions] of [
+        [ids, undefined],
+        [[42], [[10]]],
+        [[42], [[150]]],
+      ] as const) {
+        const ra = await step(a, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
+        const rb = await step(b, shape, [tokens as number[]], emptyPast(shape), positions ? { positions: positions as number[][] } : {});
+        for (let l = 0; l < def.layers; l++)
+          expect(relativeError(rb.presentF32[2 * l], ra.presentF32[2 * l]), `layer ${l}`).toBeLessThan(1e-5);
+      }
+      await Promise.all([a.release(), b.release()]);
+    },
+  );
 
   it('a sliding layer can cache only its window (present holds the last W tokens, as some Gemma exports do)', async () => {
     const def = FAMILIES.find((d) => d.name === 'gemma2')!;
     const full = await buildFamilyFixture(def, '5.x', join(tmp, 'win-full'));
     const win = await buildFamilyFixture(def, '5.x', join(tmp, 'win-16'), { cacheWindow: [16, null] });
-    const [a, b] = await Promise.all([createSession(join(full.dir, 'onnx', 'model.onnx')), createSession(join(win.dir, 'onnx', 'model.onnx'))]);
+    const [a, b] = await Promise.all([
+      createSession(join(full.dir, 'onnx', 'model.onnx')),
+      createSession(join(win.dir, 'onnx', 'model.onnx')),
+    ]);
     const shape: CacheShape = { layers: def.layers, kvHeads: def.kvHeads, headDim: def.headDim, kvDtype: 'float32' };
     const ids = Array.from({ length: 40 }, (_, i) => 3 + i);
     const ra = await step(a, shape, [ids], emptyPast(shape));
@@ -148,7 +163,17 @@ describe('family fixtures', () => {
     await Promise.all([a.release(), b.release()]);
     // kvtc refuses such a cache with a typed error naming the layer, not an internal one (exit 70).
     const { kvtc } = await import('../model/helpers.js');
-    const r = await kvtc('capture', '--model', win.dir, '--text', 'calibration-data/inaugural-1789-Washington.txt', '--max-tokens', '64', '--out', join(tmp, 'win.safetensors'));
+    const r = await kvtc(
+      'capture',
+      '--model',
+      win.dir,
+      '--text',
+      'calibration-data/inaugural-1789-Washington.txt',
+      '--max-tokens',
+      '64',
+      '--out',
+      join(tmp, 'win.safetensors'),
+    );
     expect(r.code, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/UNSUPPORTED_ARCHITECTURE.*caches only a window/);
   });

@@ -22,7 +22,24 @@ export function codecRoundTrips(defs: FamilyDef[]): void {
       writeFileSync(text, readFileSync(WIKITEXT_TEST, 'utf8').slice(20_000, 26_000));
       const fx = await buildFamilyFixture(def, '5.x', join(dir, name));
       const profile = join(dir, 'profile');
-      const c = await kvtc('calibrate', '--model', fx.dir, '--tokens', '256', '--heldout', '128', '--report-tokens', '128', '--ratio', '8', '--grouping', 'layer', '--out', profile, '--json');
+      const c = await kvtc(
+        'calibrate',
+        '--model',
+        fx.dir,
+        '--tokens',
+        '256',
+        '--heldout',
+        '128',
+        '--report-tokens',
+        '128',
+        '--ratio',
+        '8',
+        '--grouping',
+        'layer',
+        '--out',
+        profile,
+        '--json',
+      );
       expect(c.code, c.stderr).toBe(0);
       const kv = join(dir, 'kv.safetensors');
       const cap = await kvtc('capture', '--model', fx.dir, '--text', text, '--max-tokens', String(TOKENS), '--out', kv, '--quiet');

@@ -49,7 +49,13 @@ const VOCAB = 512;
 const INTER = 128;
 
 /** Fields every transformers config.json of these families carries. */
-function common(d: Pick<FamilyDef, 'layers' | 'hidden' | 'heads' | 'kvHeads'>, style: ConfigStyle, arch: string, type: string, maxPos = 256): Json {
+function common(
+  d: Pick<FamilyDef, 'layers' | 'hidden' | 'heads' | 'kvHeads'>,
+  style: ConfigStyle,
+  arch: string,
+  type: string,
+  maxPos = 256,
+): Json {
   return {
     architectures: [arch],
     model_type: type,
@@ -82,8 +88,14 @@ const shape = (o: Partial<FamilyDef> = {}) => ({ layers: 3, hidden: 64, heads: 4
 function qwen3(): FamilyDef {
   const s = shape({ headDim: 32 }); // explicit head_dim != hidden / heads, as in Qwen3
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'Qwen3ForCausalLM', 'qwen3'), head_dim: s.headDim, attention_bias: false, hidden_act: 'silu',
-    max_window_layers: s.layers, sliding_window: null, use_sliding_window: false, attention_dropout: 0,
+    ...common(s, st, 'Qwen3ForCausalLM', 'qwen3'),
+    head_dim: s.headDim,
+    attention_bias: false,
+    hidden_act: 'silu',
+    max_window_layers: s.layers,
+    sliding_window: null,
+    use_sliding_window: false,
+    attention_dropout: 0,
   });
   return { name: 'qwen3', ...s, qkNorm: 'head', config: twoStyles(base, 1000000, null) };
 }
@@ -91,20 +103,42 @@ function qwen3(): FamilyDef {
 function qwen3Moe(): FamilyDef {
   const s = shape({ headDim: 32, layers: 2 });
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'Qwen3MoeForCausalLM', 'qwen3_moe'), head_dim: s.headDim, attention_bias: false, hidden_act: 'silu',
-    num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32, decoder_sparse_step: 1, norm_topk_prob: true,
-    mlp_only_layers: [], sliding_window: null, use_sliding_window: false, router_aux_loss_coef: 0.001,
+    ...common(s, st, 'Qwen3MoeForCausalLM', 'qwen3_moe'),
+    head_dim: s.headDim,
+    attention_bias: false,
+    hidden_act: 'silu',
+    num_experts: 4,
+    num_experts_per_tok: 2,
+    moe_intermediate_size: 32,
+    decoder_sparse_step: 1,
+    norm_topk_prob: true,
+    mlp_only_layers: [],
+    sliding_window: null,
+    use_sliding_window: false,
+    router_aux_loss_coef: 0.001,
   });
   // YaRN as Qwen3 model cards set it for long context, with a factor (2) that is not
   // max / original (256 / 64): transformers 5 uses the factor.
-  return { name: 'qwen3_moe-yarn', ...s, qkNorm: 'head', config: twoStyles(base, 1000000, { rope_type: 'yarn', factor: 2.0, original_max_position_embeddings: 64 }) };
+  return {
+    name: 'qwen3_moe-yarn',
+    ...s,
+    qkNorm: 'head',
+    config: twoStyles(base, 1000000, { rope_type: 'yarn', factor: 2.0, original_max_position_embeddings: 64 }),
+  };
 }
 
 function gemma2(): FamilyDef {
   const s = shape({ headDim: 32, layers: 2 });
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'Gemma2ForCausalLM', 'gemma2'), head_dim: s.headDim, hidden_activation: 'gelu_pytorch_tanh', query_pre_attn_scalar: 32,
-    sliding_window: 32, final_logit_softcapping: 30.0, attn_logit_softcapping: 50.0, attention_bias: false, cache_implementation: 'hybrid',
+    ...common(s, st, 'Gemma2ForCausalLM', 'gemma2'),
+    head_dim: s.headDim,
+    hidden_activation: 'gelu_pytorch_tanh',
+    query_pre_attn_scalar: 32,
+    sliding_window: 32,
+    final_logit_softcapping: 30.0,
+    attn_logit_softcapping: 50.0,
+    attention_bias: false,
+    cache_implementation: 'hybrid',
     ...(st === '5.x' ? { layer_types: ['sliding_attention', 'full_attention'] } : {}),
   });
   return { name: 'gemma2', ...s, config: twoStyles(base, 10000, null) };
@@ -113,18 +147,36 @@ function gemma2(): FamilyDef {
 function gemma3(): FamilyDef {
   const s = shape({ headDim: 32, layers: 6, kvHeads: 1 }); // one KV head, as Gemma 3 1B
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'Gemma3ForCausalLM', 'gemma3_text'), head_dim: s.headDim, hidden_activation: 'gelu_pytorch_tanh', query_pre_attn_scalar: 32,
-    sliding_window: 32, final_logit_softcapping: null, attn_logit_softcapping: null, attention_bias: false,
+    ...common(s, st, 'Gemma3ForCausalLM', 'gemma3_text'),
+    head_dim: s.headDim,
+    hidden_activation: 'gelu_pytorch_tanh',
+    query_pre_attn_scalar: 32,
+    sliding_window: 32,
+    final_logit_softcapping: null,
+    attn_logit_softcapping: null,
+    attention_bias: false,
   });
   const layerTypes = Array.from({ length: s.layers }, (_, i) => ((i + 1) % 3 ? 'sliding_attention' : 'full_attention'));
   return {
-    name: 'gemma3', ...s, qkNorm: 'head',
+    name: 'gemma3',
+    ...s,
+    qkNorm: 'head',
     config: {
       // 4.x: the global base and scaling at top level, the local base apart, the pattern as a period.
-      '4.x': { ...base('4.x'), rope_theta: 1000000, rope_local_base_freq: 10000, rope_scaling: { rope_type: 'linear', factor: 8.0 }, sliding_window_pattern: 3 },
+      '4.x': {
+        ...base('4.x'),
+        rope_theta: 1000000,
+        rope_local_base_freq: 10000,
+        rope_scaling: { rope_type: 'linear', factor: 8.0 },
+        sliding_window_pattern: 3,
+      },
       '5.x': {
-        ...base('5.x'), layer_types: layerTypes,
-        rope_parameters: { full_attention: { rope_type: 'linear', factor: 8.0, rope_theta: 1000000 }, sliding_attention: { rope_type: 'default', rope_theta: 10000 } },
+        ...base('5.x'),
+        layer_types: layerTypes,
+        rope_parameters: {
+          full_attention: { rope_type: 'linear', factor: 8.0, rope_theta: 1000000 },
+          sliding_attention: { rope_type: 'default', rope_theta: 10000 },
+        },
       },
     },
   };
@@ -137,14 +189,26 @@ function phi3(): FamilyDef {
   const short = Array.from({ length: pairs }, (_, i) => 1 + 0.05 * i);
   const long = Array.from({ length: pairs }, (_, i) => 1 + 1.5 * i * i);
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'Phi3ForCausalLM', 'phi3'), original_max_position_embeddings: 64, hidden_act: 'silu', resid_pdrop: 0, embd_pdrop: 0,
-    attention_dropout: 0, sliding_window: 262144, pad_token_id: 0, ...(st === '4.x' ? { partial_rotary_factor: 0.75 } : {}),
+    ...common(s, st, 'Phi3ForCausalLM', 'phi3'),
+    original_max_position_embeddings: 64,
+    hidden_act: 'silu',
+    resid_pdrop: 0,
+    embd_pdrop: 0,
+    attention_dropout: 0,
+    sliding_window: 262144,
+    pad_token_id: 0,
+    ...(st === '4.x' ? { partial_rotary_factor: 0.75 } : {}),
   });
   return {
-    name: 'phi3-longrope', ...s, fusedQkv: true,
+    name: 'phi3-longrope',
+    ...s,
+    fusedQkv: true,
     config: {
       '4.x': { ...base('4.x'), rope_theta: 10000, rope_scaling: { type: 'longrope', short_factor: short, long_factor: long } },
-      '5.x': { ...base('5.x'), rope_parameters: { rope_type: 'longrope', rope_theta: 10000, partial_rotary_factor: 0.75, short_factor: short, long_factor: long } },
+      '5.x': {
+        ...base('5.x'),
+        rope_parameters: { rope_type: 'longrope', rope_theta: 10000, partial_rotary_factor: 0.75, short_factor: short, long_factor: long },
+      },
     },
   };
 }
@@ -152,8 +216,15 @@ function phi3(): FamilyDef {
 function smollm3(): FamilyDef {
   const s = shape({ layers: 4 });
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'SmolLM3ForCausalLM', 'smollm3'), hidden_act: 'silu', no_rope_layers: [1, 1, 1, 0], no_rope_layer_interval: 4,
-    use_sliding_window: false, sliding_window: null, attention_bias: false, mlp_bias: false, pad_token_id: 0,
+    ...common(s, st, 'SmolLM3ForCausalLM', 'smollm3'),
+    hidden_act: 'silu',
+    no_rope_layers: [1, 1, 1, 0],
+    no_rope_layer_interval: 4,
+    use_sliding_window: false,
+    sliding_window: null,
+    attention_bias: false,
+    mlp_bias: false,
+    pad_token_id: 0,
     layer_types: ['full_attention', 'full_attention', 'full_attention', 'full_attention'],
   });
   return { name: 'smollm3', ...s, config: twoStyles(base, 2000000, null) };
@@ -161,15 +232,26 @@ function smollm3(): FamilyDef {
 
 function olmo2(): FamilyDef {
   const s = shape({ layers: 2 });
-  const base = (st: ConfigStyle) => ({ ...common(s, st, 'Olmo2ForCausalLM', 'olmo2'), hidden_act: 'silu', attention_bias: false, pad_token_id: 0 });
+  const base = (st: ConfigStyle) => ({
+    ...common(s, st, 'Olmo2ForCausalLM', 'olmo2'),
+    hidden_act: 'silu',
+    attention_bias: false,
+    pad_token_id: 0,
+  });
   return { name: 'olmo2', ...s, qkNorm: 'projection', config: twoStyles(base, 500000, null) };
 }
 
 function granite(): FamilyDef {
   const s = shape({ layers: 2 });
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'GraniteForCausalLM', 'granite'), hidden_act: 'silu', attention_multiplier: 0.015625, embedding_multiplier: 12.0,
-    residual_multiplier: 0.22, logits_scaling: 8.0, attention_bias: false, mlp_bias: false,
+    ...common(s, st, 'GraniteForCausalLM', 'granite'),
+    hidden_act: 'silu',
+    attention_multiplier: 0.015625,
+    embedding_multiplier: 12.0,
+    residual_multiplier: 0.22,
+    logits_scaling: 8.0,
+    attention_bias: false,
+    mlp_bias: false,
   });
   return { name: 'granite', ...s, config: twoStyles(base, 10000, null) };
 }
@@ -177,8 +259,13 @@ function granite(): FamilyDef {
 function mixtral(): FamilyDef {
   const s = shape({ layers: 2 });
   const base = (st: ConfigStyle) => ({
-    ...common(s, st, 'MixtralForCausalLM', 'mixtral'), hidden_act: 'silu', num_local_experts: 4, num_experts_per_tok: 2,
-    router_aux_loss_coef: 0.02, sliding_window: null, output_router_logits: false,
+    ...common(s, st, 'MixtralForCausalLM', 'mixtral'),
+    hidden_act: 'silu',
+    num_local_experts: 4,
+    num_experts_per_tok: 2,
+    router_aux_loss_coef: 0.02,
+    sliding_window: null,
+    output_router_logits: false,
   });
   return { name: 'mixtral', ...s, config: twoStyles(base, 1000000, null) };
 }
@@ -187,15 +274,22 @@ function gptNeox(): FamilyDef {
   const s = shape({ layers: 2, kvHeads: 4 }); // multi-head: no num_key_value_heads in the config
   const base = (st: ConfigStyle) => {
     const c: Json = {
-      ...common(s, st, 'GPTNeoXForCausalLM', 'gpt_neox'), hidden_act: 'gelu', layer_norm_eps: 1e-5, use_parallel_residual: true,
-      attention_bias: true, attention_dropout: 0, hidden_dropout: 0, tie_word_embeddings: false,
+      ...common(s, st, 'GPTNeoXForCausalLM', 'gpt_neox'),
+      hidden_act: 'gelu',
+      layer_norm_eps: 1e-5,
+      use_parallel_residual: true,
+      attention_bias: true,
+      attention_dropout: 0,
+      hidden_dropout: 0,
+      tie_word_embeddings: false,
     };
     delete c.num_key_value_heads;
     delete c.rms_norm_eps;
     return c;
   };
   return {
-    name: 'gpt_neox', ...s,
+    name: 'gpt_neox',
+    ...s,
     config: {
       '4.x': { ...base('4.x'), rotary_pct: 0.25, rotary_emb_base: 10000 },
       '5.x': { ...base('5.x'), rope_parameters: { rope_type: 'default', rope_theta: 10000, partial_rotary_factor: 0.25 } },
@@ -206,9 +300,21 @@ function gptNeox(): FamilyDef {
 function gpt2(): FamilyDef {
   const s = shape({ layers: 2, kvHeads: 4 });
   const c = (st: ConfigStyle): Json => ({
-    architectures: ['GPT2LMHeadModel'], model_type: 'gpt2', activation_function: 'gelu_new', bos_token_id: 1, eos_token_id: 2,
-    n_embd: s.hidden, n_head: s.heads, n_layer: s.layers, n_positions: 256, n_ctx: 256, n_inner: null, layer_norm_epsilon: 1e-5,
-    vocab_size: VOCAB, use_cache: true, tie_word_embeddings: true,
+    architectures: ['GPT2LMHeadModel'],
+    model_type: 'gpt2',
+    activation_function: 'gelu_new',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    n_embd: s.hidden,
+    n_head: s.heads,
+    n_layer: s.layers,
+    n_positions: 256,
+    n_ctx: 256,
+    n_inner: null,
+    layer_norm_epsilon: 1e-5,
+    vocab_size: VOCAB,
+    use_cache: true,
+    tie_word_embeddings: true,
     ...(st === '4.x' ? { torch_dtype: 'float32', transformers_version: '4.56.1' } : { dtype: 'float32', transformers_version: '5.0.0' }),
   });
   return { name: 'gpt2', ...s, absolutePositions: true, config: { '4.x': c('4.x'), '5.x': c('5.x') } };
@@ -216,21 +322,53 @@ function gpt2(): FamilyDef {
 
 function llama3Scaled(): FamilyDef {
   const s = shape({ layers: 2 });
-  const base = (st: ConfigStyle) => ({ ...common(s, st, 'LlamaForCausalLM', 'llama'), head_dim: s.headDim, hidden_act: 'silu', attention_bias: false, mlp_bias: false });
+  const base = (st: ConfigStyle) => ({
+    ...common(s, st, 'LlamaForCausalLM', 'llama'),
+    head_dim: s.headDim,
+    hidden_act: 'silu',
+    attention_bias: false,
+    mlp_bias: false,
+  });
   return {
-    name: 'llama-llama3', ...s,
-    config: twoStyles(base, 500000, { rope_type: 'llama3', factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 }),
+    name: 'llama-llama3',
+    ...s,
+    config: twoStyles(base, 500000, {
+      rope_type: 'llama3',
+      factor: 8.0,
+      low_freq_factor: 1.0,
+      high_freq_factor: 4.0,
+      original_max_position_embeddings: 64,
+    }),
   };
 }
 
 function llamaInterleaved(): FamilyDef {
   // kvtc's converter convention for llama2.c checkpoints: GPT-J pairs (2i, 2i + 1).
   const s = shape({ layers: 2 });
-  const base = (st: ConfigStyle) => ({ ...common(s, st, 'LlamaForCausalLM', 'llama'), head_dim: s.headDim, hidden_act: 'silu', rope_interleaved: true });
+  const base = (st: ConfigStyle) => ({
+    ...common(s, st, 'LlamaForCausalLM', 'llama'),
+    head_dim: s.headDim,
+    hidden_act: 'silu',
+    rope_interleaved: true,
+  });
   return { name: 'llama-interleaved-linear', ...s, config: twoStyles(base, 10000, { rope_type: 'linear', factor: 4.0 }) };
 }
 
-export const FAMILIES: FamilyDef[] = [qwen3(), qwen3Moe(), gemma2(), gemma3(), phi3(), smollm3(), olmo2(), granite(), mixtral(), gptNeox(), gpt2(), llama3Scaled(), llamaInterleaved()];
+export const FAMILIES: FamilyDef[] = [
+  qwen3(),
+  qwen3Moe(),
+  gemma2(),
+  gemma3(),
+  phi3(),
+  smollm3(),
+  olmo2(),
+  granite(),
+  mixtral(),
+  gptNeox(),
+  gpt2(),
+  llama3Scaled(),
+  llamaInterleaved(),
+];
 
 export const family = (name: string): FamilyDef => {
   const f = FAMILIES.find((x) => x.name === name);
@@ -251,21 +389,60 @@ export interface FamilyFixture {
 
 /** RoPE of a layer for the graph builder (the reference's values, float32 inv_freq). */
 export const graphRope = (r: RefLayerRope | null): GraphLayerRope | null =>
-  r && { invFreq: r.invFreq, rotaryDim: r.rotaryDim, layout: r.layout, attentionFactor: r.attentionFactor, ...(r.long ? { long: r.long } : {}) };
+  r && {
+    invFreq: r.invFreq,
+    rotaryDim: r.rotaryDim,
+    layout: r.layout,
+    attentionFactor: r.attentionFactor,
+    ...(r.long ? { long: r.long } : {}),
+  };
 
 /** Writes the fixture model directory `out` for one family and config style; deterministic in the seed. */
-export async function buildFamilyFixture(def: FamilyDef, style: ConfigStyle, out: string, opts: { seed?: number; std?: number; kvDtype?: 'float32' | 'float16'; cacheWindow?: (number | null)[] } = {}): Promise<FamilyFixture> {
+export async function buildFamilyFixture(
+  def: FamilyDef,
+  style: ConfigStyle,
+  out: string,
+  opts: { seed?: number; std?: number; kvDtype?: 'float32' | 'float16'; cacheWindow?: (number | null)[] } = {},
+): Promise<FamilyFixture> {
   const { seed = 1, std = 0.1, kvDtype = 'float32' } = opts;
   const config = def.config[style];
   const ropes = transformersLayerRopes(config);
   const rand = mulberry32(seed);
   const { layers, hidden, heads, kvHeads, headDim } = def;
-  const weights = randomLlamaWeights(rand, { layers, hidden, heads, kvHeads, headDim, intermediate: INTER, vocab: VOCAB, std, qkNorm: def.qkNorm });
+  const weights = randomLlamaWeights(rand, {
+    layers,
+    hidden,
+    heads,
+    kvHeads,
+    headDim,
+    intermediate: INTER,
+    vocab: VOCAB,
+    std,
+    qkNorm: def.qkNorm,
+  });
   const positionEmbeddings = def.absolutePositions ? normals(rand, 256 * hidden, std) : undefined;
-  const onnx = buildLlamaGraph(weights, {
-    layers, heads, kvHeads, headDim, hidden, vocabSize: VOCAB, kvDtype,
-    rope: { theta: 10000, rotaryDim: headDim, layout: 'half' }, // unused: layerRope is given
-  }, { rmsNormEps: 1e-6, name: `${def.name}-${style}`, layerRope: ropes.map(graphRope), qkNorm: def.qkNorm, positionEmbeddings, cacheWindow: opts.cacheWindow, fusedQkv: def.fusedQkv });
+  const onnx = buildLlamaGraph(
+    weights,
+    {
+      layers,
+      heads,
+      kvHeads,
+      headDim,
+      hidden,
+      vocabSize: VOCAB,
+      kvDtype,
+      rope: { theta: 10000, rotaryDim: headDim, layout: 'half' }, // unused: layerRope is given
+    },
+    {
+      rmsNormEps: 1e-6,
+      name: `${def.name}-${style}`,
+      layerRope: ropes.map(graphRope),
+      qkNorm: def.qkNorm,
+      positionEmbeddings,
+      cacheWindow: opts.cacheWindow,
+      fusedQkv: def.fusedQkv,
+    },
+  );
   await mkdir(join(out, 'onnx'), { recursive: true });
   await writeFile(join(out, 'onnx', 'model.onnx'), onnx);
   await writeFile(join(out, 'config.json'), `${JSON.stringify({ _name_or_path: `kvtc-test/${def.name}`, ...config }, null, 2)}\n`);

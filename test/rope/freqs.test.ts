@@ -20,20 +20,36 @@ describe('RoPE inverse frequencies (transformers modeling_rope_utils.py)', () =>
   });
 
   it('linear (_compute_linear_scaling_rope_parameters): default / factor', () => {
-    close(ropeInvFreq({ theta: 10000, rotaryDim: 8, layout: 'half', scaling: { type: 'linear', factor: 8 } }), [1 / 8, 0.1 / 8, 0.01 / 8, 0.001 / 8]);
+    close(ropeInvFreq({ theta: 10000, rotaryDim: 8, layout: 'half', scaling: { type: 'linear', factor: 8 } }), [
+      1 / 8,
+      0.1 / 8,
+      0.01 / 8,
+      0.001 / 8,
+    ]);
   });
 
   it('llama3 (_compute_llama3_parameters): long wavelengths / factor, short kept, smooth between', () => {
-    const factor = 8, low = 1, high = 4, old = 8192, base = 500000, dim = 128;
+    const factor = 8,
+      low = 1,
+      high = 4,
+      old = 8192,
+      base = 500000,
+      dim = 128;
     const want = defaultInv(base, dim).map((f) => {
       const wavelen = (2 * Math.PI) / f;
-      const lowWavelen = old / low, highWavelen = old / high;
+      const lowWavelen = old / low,
+        highWavelen = old / high;
       const llama = wavelen > lowWavelen ? f / factor : f; // torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
       const smooth = (old / wavelen - low) / (high - low);
       const medium = !(wavelen < highWavelen) && !(wavelen > lowWavelen);
       return medium ? ((1 - smooth) * llama) / factor + smooth * llama : llama;
     });
-    const got = ropeInvFreq({ theta: base, rotaryDim: dim, layout: 'half', scaling: { type: 'llama3', factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: old } });
+    const got = ropeInvFreq({
+      theta: base,
+      rotaryDim: dim,
+      layout: 'half',
+      scaling: { type: 'llama3', factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: old },
+    });
     close(got, want, 1e-12);
     // the highest frequency is untouched, the lowest divided by 8
     expect(got[0]).toBe(1);
@@ -43,7 +59,15 @@ describe('RoPE inverse frequencies (transformers modeling_rope_utils.py)', () =>
 
   describe('yarn (_compute_yarn_parameters)', () => {
     /** find_correction_range + linear_ramp_factor + the blend, as transformers writes them. */
-    function yarnRef(base: number, dim: number, factor: number, orig: number, betaFast: number, betaSlow: number, truncate: boolean): number[] {
+    function yarnRef(
+      base: number,
+      dim: number,
+      factor: number,
+      orig: number,
+      betaFast: number,
+      betaSlow: number,
+      truncate: boolean,
+    ): number[] {
       const findCorrectionDim = (rot: number) => (dim * Math.log(orig / (rot * 2 * Math.PI))) / (2 * Math.log(base));
       let low = findCorrectionDim(betaFast);
       let high = findCorrectionDim(betaSlow);
@@ -61,9 +85,20 @@ describe('RoPE inverse frequencies (transformers modeling_rope_utils.py)', () =>
         return (1 / (factor * pos)) * (1 - extrapolationFactor) + (1 / pos) * extrapolationFactor;
       });
     }
-    const spec = (o: Partial<{ factor: number; orig: number; fast: number; slow: number; truncate: boolean; theta: number; dim: number }>): RopeSpec => ({
-      theta: o.theta ?? 10000, rotaryDim: o.dim ?? 8, layout: 'half',
-      scaling: { type: 'yarn', factor: o.factor ?? 4, originalMaxPositionEmbeddings: o.orig ?? 16, betaFast: o.fast ?? 32, betaSlow: o.slow ?? 1, truncate: o.truncate ?? true },
+    const spec = (
+      o: Partial<{ factor: number; orig: number; fast: number; slow: number; truncate: boolean; theta: number; dim: number }>,
+    ): RopeSpec => ({
+      theta: o.theta ?? 10000,
+      rotaryDim: o.dim ?? 8,
+      layout: 'half',
+      scaling: {
+        type: 'yarn',
+        factor: o.factor ?? 4,
+        originalMaxPositionEmbeddings: o.orig ?? 16,
+        betaFast: o.fast ?? 32,
+        betaSlow: o.slow ?? 1,
+        truncate: o.truncate ?? true,
+      },
     });
 
     it('anchor (d 8, theta 1e4, original 16, β 32/1, ×4): correction range [0, 1] → pair 0 extrapolated, pairs 1-3 interpolated', () => {
@@ -81,7 +116,11 @@ describe('RoPE inverse frequencies (transformers modeling_rope_utils.py)', () =>
       it(name, () => {
         const s = spec(o);
         const y = s.scaling as Extract<NonNullable<RopeSpec['scaling']>, { type: 'yarn' }>;
-        close(ropeInvFreq(s), yarnRef(s.theta, s.rotaryDim, y.factor, y.originalMaxPositionEmbeddings, y.betaFast, y.betaSlow, y.truncate), 1e-12);
+        close(
+          ropeInvFreq(s),
+          yarnRef(s.theta, s.rotaryDim, y.factor, y.originalMaxPositionEmbeddings, y.betaFast, y.betaSlow, y.truncate),
+          1e-12,
+        );
       });
     }
   });
@@ -89,7 +128,12 @@ describe('RoPE inverse frequencies (transformers modeling_rope_utils.py)', () =>
   describe('longrope (_compute_longrope_parameters, longrope_frequency_update)', () => {
     const short = [1, 1.1, 1.3, 2];
     const long = [1, 3, 9, 27];
-    const s: RopeSpec = { theta: 10000, rotaryDim: 8, layout: 'half', scaling: { type: 'longrope', shortFactor: short, longFactor: long, originalMaxPositionEmbeddings: 64 } };
+    const s: RopeSpec = {
+      theta: 10000,
+      rotaryDim: 8,
+      layout: 'half',
+      scaling: { type: 'longrope', shortFactor: short, longFactor: long, originalMaxPositionEmbeddings: 64 },
+    };
     it('inv_freq = 1 / (ext · theta^(2i/d)); short factors up to original_max_position_embeddings, long beyond', () => {
       const ref = (ext: number[]) => ext.map((e, i) => 1 / (e * 10000 ** ((2 * i) / 8)));
       close(ropeInvFreq(s, 64), ref(short));

@@ -10,7 +10,15 @@ const specs: [string, RopeSpec][] = [
   ['interleaved', { theta: 10000, rotaryDim: 16, layout: 'interleaved' }],
   ['half partial', { theta: 500000, rotaryDim: 8, layout: 'half' }],
   ['interleaved partial', { theta: 10000, rotaryDim: 4, layout: 'interleaved' }],
-  ['llama3', { theta: 500000, rotaryDim: 16, layout: 'half', scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } }],
+  [
+    'llama3',
+    {
+      theta: 500000,
+      rotaryDim: 16,
+      layout: 'half',
+      scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    },
+  ],
   ['linear', { theta: 10000, rotaryDim: 16, layout: 'interleaved', scaling: { type: 'linear', factor: 4 } }],
 ];
 
@@ -20,7 +28,9 @@ function randomKeys(n: number, seed: number): Float32Array {
 }
 
 describe('RoPE', () => {
-  const kvHeads = 3, tokens = 40, headDim = 16;
+  const kvHeads = 3,
+    tokens = 40,
+    headDim = 16;
   for (const [name, rope] of specs) {
     it(`undo ∘ apply is the identity (${name})`, () => {
       const x = randomKeys(kvHeads * tokens * headDim, 1);

@@ -65,7 +65,8 @@ function computeRope(p: Json, cfg: Json, dim: number, layout: 'half' | 'interlea
       return { invFreq: f32(plain()), rotaryDim: dim, layout, attentionFactor: 1 };
     case 'linear': // _compute_linear_scaling_rope_parameters: inv_freq /= factor
       return { invFreq: f32(plain().map((v) => v / num(p.factor, 'factor'))), rotaryDim: dim, layout, attentionFactor: 1 };
-    case 'llama3': { // _compute_llama3_parameters
+    case 'llama3': {
+      // _compute_llama3_parameters
       const factor = num(p.factor, 'factor');
       const low = num(p.low_freq_factor, 'low_freq_factor');
       const high = num(p.high_freq_factor, 'high_freq_factor');
@@ -77,15 +78,19 @@ function computeRope(p: Json, cfg: Json, dim: number, layout: 'half' | 'interlea
         const llama = wavelen > lowWavelen ? f / factor : f;
         const smooth = (old / wavelen - low) / (high - low);
         const medium = !(wavelen < highWavelen) && !(wavelen > lowWavelen);
-        return medium ? (1 - smooth) * llama / factor + smooth * llama : llama;
+        return medium ? ((1 - smooth) * llama) / factor + smooth * llama : llama;
       });
       return { invFreq: f32(inv), rotaryDim: dim, layout, attentionFactor: 1 };
     }
-    case 'yarn': { // _compute_yarn_parameters
+    case 'yarn': {
+      // _compute_yarn_parameters
       // transformers 5: original_max_position_embeddings from the dict (standardized from the
       // top level, else max_position_embeddings); factor from the dict, max / original only when
       // absent ("if factor is None"; some 4.x releases always took the ratio).
-      const orig = num(p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos, 'original_max_position_embeddings');
+      const orig = num(
+        p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos,
+        'original_max_position_embeddings',
+      );
       const f = num(p.factor ?? maxPos / orig, 'factor');
       const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
       let attentionFactor = p.attention_factor as number | undefined;
@@ -113,19 +118,30 @@ function computeRope(p: Json, cfg: Json, dim: number, layout: 'half' | 'interlea
       });
       return { invFreq: f32(inv), rotaryDim: dim, layout, attentionFactor };
     }
-    case 'longrope': { // _compute_longrope_parameters + longrope_frequency_update
+    case 'longrope': {
+      // _compute_longrope_parameters + longrope_frequency_update
       // transformers 5: original_max_position_embeddings in the dict (Phi-3 keeps it top level;
       // standardize_rope_params moves it in), factor from the dict or max / original when absent.
-      const orig = num(p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos, 'original_max_position_embeddings');
+      const orig = num(
+        p.original_max_position_embeddings ?? cfg.original_max_position_embeddings ?? maxPos,
+        'original_max_position_embeddings',
+      );
       const f = num(p.factor ?? maxPos / orig, 'factor');
       let attentionFactor = p.attention_factor as number | undefined;
-      if (attentionFactor === undefined || attentionFactor === null) attentionFactor = f <= 1 ? 1 : Math.sqrt(1 + Math.log(f) / Math.log(orig));
+      if (attentionFactor === undefined || attentionFactor === null)
+        attentionFactor = f <= 1 ? 1 : Math.sqrt(1 + Math.log(f) / Math.log(orig));
       const pos = posFreqs(base, dim);
       const withFactors = (ext: unknown) => {
         if (!Array.isArray(ext) || ext.length !== dim / 2) throw new Error(`reference: longrope factors must have ${dim / 2} entries`);
         return f32(pos.map((d, i) => 1 / (Math.fround(ext[i] as number) * d)));
       };
-      return { invFreq: withFactors(p.short_factor), rotaryDim: dim, layout, attentionFactor, long: { invFreq: withFactors(p.long_factor), above: orig } };
+      return {
+        invFreq: withFactors(p.short_factor),
+        rotaryDim: dim,
+        layout,
+        attentionFactor,
+        long: { invFreq: withFactors(p.long_factor), above: orig },
+      };
     }
     default:
       throw new Error(`reference: rope_type ${type} is not modelled`);
@@ -139,7 +155,7 @@ export function transformersLayerRopes(cfg: Json): (RefLayerRope | null)[] {
   if (type === 'gpt2') return Array.from({ length: layers }, () => null);
   const hidden = num(cfg.hidden_size, 'hidden_size');
   const heads = num(cfg.num_attention_heads, 'num_attention_heads');
-  const headDim = type === 'phi3' ? hidden / heads : ((cfg.head_dim as number | undefined) || hidden / heads);
+  const headDim = type === 'phi3' ? hidden / heads : (cfg.head_dim as number | undefined) || hidden / heads;
   const layout = cfg.rope_interleaved === true ? 'interleaved' : 'half';
 
   let layerTypes = cfg.layer_types as string[] | undefined;
@@ -156,13 +172,17 @@ export function transformersLayerRopes(cfg: Json): (RefLayerRope | null)[] {
     // path; "type" is the old name of "rope_type").
     const scaling = (cfg.rope_scaling as Json | null) ?? {};
     const ropeType = scaling.rope_type ?? scaling.type ?? 'default';
-    if (type === 'gpt_neox') return { rope_theta: cfg.rotary_emb_base ?? 10000, partial_rotary_factor: cfg.rotary_pct ?? 0.25, ...scaling, rope_type: ropeType };
-    if (type === 'gemma3_text' && layerTypes![l] === 'sliding_attention') return { rope_type: 'default', rope_theta: cfg.rope_local_base_freq };
+    if (type === 'gpt_neox')
+      return { rope_theta: cfg.rotary_emb_base ?? 10000, partial_rotary_factor: cfg.rotary_pct ?? 0.25, ...scaling, rope_type: ropeType };
+    if (type === 'gemma3_text' && layerTypes![l] === 'sliding_attention')
+      return { rope_type: 'default', rope_theta: cfg.rope_local_base_freq };
     return { rope_theta: cfg.rope_theta, ...scaling, rope_type: ropeType };
   };
-  const noRope = type === 'smollm3'
-    ? ((cfg.no_rope_layers as number[] | undefined) ?? Array.from({ length: layers }, (_, i) => Number((i + 1) % ((cfg.no_rope_layer_interval as number) ?? 4) !== 0)))
-    : undefined;
+  const noRope =
+    type === 'smollm3'
+      ? ((cfg.no_rope_layers as number[] | undefined) ??
+        Array.from({ length: layers }, (_, i) => Number((i + 1) % ((cfg.no_rope_layer_interval as number) ?? 4) !== 0)))
+      : undefined;
   return Array.from({ length: layers }, (_, l) => {
     if (noRope && !noRope[l]) return null;
     const p = paramsOf(l);
@@ -179,8 +199,13 @@ export function transformersLayerRopes(cfg: Json): (RefLayerRope | null)[] {
  * divided by the attention factor. Float64Array // [kvHeads, tokens, headDim].
  */
 export function referenceUnrotate(
-  keys: Float32Array, kvHeads: number, tokens: number, headDim: number, rope: RefLayerRope | null,
-  start = 0, seqLen: (t: number) => number = () => start + tokens,
+  keys: Float32Array,
+  kvHeads: number,
+  tokens: number,
+  headDim: number,
+  rope: RefLayerRope | null,
+  start = 0,
+  seqLen: (t: number) => number = () => start + tokens,
 ): Float64Array {
   const out = Float64Array.from(keys);
   if (!rope) return out;

@@ -41,7 +41,9 @@ const Options = SharedOptions.extend({
   reportTokens: wholeNumber(128),
   sink: wholeNumber(0),
   window: wholeNumber(0),
-  grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], { message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1' }),
+  grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], {
+    message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1',
+  }),
 });
 
 /** 0.0773 [0.0765, 0.0781] */
@@ -59,7 +61,11 @@ const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
  * the first Ctrl-C stops at the next checkpoint, writing nothing (profile writes are atomic
  * either way); a second one quits at once.
  */
-export async function withProgressAndInterrupt<T>(io: CliIO, quiet: boolean, run: (onProgress: ProgressFn, signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withProgressAndInterrupt<T>(
+  io: CliIO,
+  quiet: boolean,
+  run: (onProgress: ProgressFn, signal: AbortSignal) => Promise<T>,
+): Promise<T> {
   const progress = createProgress(io, { quiet });
   const interrupt = onInterrupt(io, 'interrupted: stopping before anything is written… (Ctrl-C again to quit at once)');
   try {
@@ -98,57 +104,125 @@ export function warnSkipped(io: CliIO, skipped: readonly SkippedFile[]): void {
 /** The stage times line, in pipeline order. */
 export function printStageTimes(io: CliIO, s: Record<string, number>): void {
   const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
-  io.out(`time: ${fmtSeconds(s.total)} — ${order.filter((k) => s[k] !== undefined).map((k) => `${k} ${fmtSeconds(s[k])}`).join(', ')}`);
+  io.out(
+    `time: ${fmtSeconds(s.total)} — ${order
+      .filter((k) => s[k] !== undefined)
+      .map((k) => `${k} ${fmtSeconds(s[k])}`)
+      .join(', ')}`,
+  );
 }
 
 export default async function calibrateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   for (const k of DYNAMO_ONLY) {
-    if (raw[k] !== undefined) throw new UsageError(`--${kebab(k)} applies only to --target dynamo`, `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`, { option: `--${kebab(k)}` });
+    if (raw[k] !== undefined)
+      throw new UsageError(
+        `--${kebab(k)} applies only to --target dynamo`,
+        `Add --target dynamo to calibrate for NVIDIA Dynamo's KVTC kernels, or leave out --${kebab(k)}.`,
+        { option: `--${kebab(k)}` },
+      );
   }
   const opts = parseOptions(Options, raw);
   const result: CalibrateResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
-    calibrate({ ...sharedOptions(opts), report: opts.reportTokens, sink: opts.sink, window: opts.window, grouping: opts.grouping, onProgress, signal }));
+    calibrate({
+      ...sharedOptions(opts),
+      report: opts.reportTokens,
+      sink: opts.sink,
+      window: opts.window,
+      grouping: opts.grouping,
+      onProgress,
+      signal,
+    }),
+  );
   warnSkipped(io, result.skipped_data);
   if (opts.json) {
     const first = result.profiles[0];
     printJson(io, {
-      ...withRatioKey(first), rel_error: { key: first.rel_error.key, value: first.rel_error.value }, tokens: result.tokens, seconds: result.seconds, model: result.model,
-      tuning_tokens: result.heldout_tokens, report_tokens: result.report_tokens,
-      groupings: result.groupings, groupings_skipped: result.groupings_skipped, profiles: result.profiles.map(withRatioKey), skipped_data: result.skipped_data,
+      ...withRatioKey(first),
+      rel_error: { key: first.rel_error.key, value: first.rel_error.value },
+      tokens: result.tokens,
+      seconds: result.seconds,
+      model: result.model,
+      tuning_tokens: result.heldout_tokens,
+      report_tokens: result.report_tokens,
+      groupings: result.groupings,
+      groupings_skipped: result.groupings_skipped,
+      profiles: result.profiles.map(withRatioKey),
+      skipped_data: result.skipped_data,
     });
     return;
   }
   if (result.tokens < result.tokens_requested) {
-    io.err(`warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`);
+    io.err(
+      `warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`,
+    );
   }
-  io.out(`calibrated ${result.model}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), sequences of ${result.seq_len} tokens`);
+  io.out(
+    `calibrated ${result.model}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), sequences of ${result.seq_len} tokens`,
+  );
   if (result.groupings.length > 1) {
-    io.out(`grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`);
+    io.out(
+      `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`,
+    );
   }
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
   if (result.randomized_bases > 0) {
-    io.out(`${result.randomized_bases} large bases were fitted by the truncated randomized eigensolver (the top components any plan at these ratios can store; docs/codec.md)`);
+    io.out(
+      `${result.randomized_bases} large bases were fitted by the truncated randomized eigensolver (the top components any plan at these ratios can store; docs/codec.md)`,
+    );
   }
   io.out('');
   io.out(
     table(
-      ['target', 'grouping', 'ratio (compressed tokens)', 'ratio (whole blob)', 'rel err K', 'rel err V', 'tuning K / V', 'bits/token', 'profile'],
-      result.profiles.map((p) => [`${p.ratio_target}x`, p.grouping, `${p.ratio_compressed.toFixed(2)}x`, `${p.ratio_blob.toFixed(2)}x`, withCi(p.rel_error.key, p.rel_error.key_ci95), withCi(p.rel_error.value, p.rel_error.value_ci95), `${p.tuning_rel_error.key.toFixed(4)} / ${p.tuning_rel_error.value.toFixed(4)}`, p.bits_per_token, p.profile]),
+      [
+        'target',
+        'grouping',
+        'ratio (compressed tokens)',
+        'ratio (whole blob)',
+        'rel err K',
+        'rel err V',
+        'tuning K / V',
+        'bits/token',
+        'profile',
+      ],
+      result.profiles.map((p) => [
+        `${p.ratio_target}x`,
+        p.grouping,
+        `${p.ratio_compressed.toFixed(2)}x`,
+        `${p.ratio_blob.toFixed(2)}x`,
+        withCi(p.rel_error.key, p.rel_error.key_ci95),
+        withCi(p.rel_error.value, p.rel_error.value_ci95),
+        `${p.tuning_rel_error.key.toFixed(4)} / ${p.tuning_rel_error.value.toFixed(4)}`,
+        p.bits_per_token,
+        p.profile,
+      ]),
     ),
   );
   io.out('');
-  io.out(`Ratios and errors are measured on the report split: ${result.report_tokens} tokens of calibration text that neither the fit nor the tuning saw`);
-  io.out(`(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`);
-  io.out('"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers,');
-  io.out('[95% interval] from a bootstrap over the report sequences (it measures the sampling of the report text, not a shift to other kinds of text).');
+  io.out(
+    `Ratios and errors are measured on the report split: ${result.report_tokens} tokens of calibration text that neither the fit nor the tuning saw`,
+  );
+  io.out(
+    `(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`,
+  );
+  io.out(
+    '"whole blob" also counts the sink and window tokens kept uncompressed. rel err = ‖x̂−x‖/‖x‖ over compressed tokens, mean over layers,',
+  );
+  io.out(
+    '[95% interval] from a bootstrap over the report sequences (it measures the sampling of the report text, not a shift to other kinds of text).',
+  );
   printStageTimes(io, result.seconds);
   for (const p of result.profiles.filter((x) => x.unchanged)) {
     const e = p.equivalent;
-    io.out(e
-      ? `${p.profile}: kept the existing profile ${p.profile_id}: equivalent within tolerance ${e.tolerance} (same plans; tensors differ by at most ${e.tensors_max_rel_diff.toExponential(1)}, figures by ${e.figures_max_rel_diff.toExponential(1)} relative${e.sign_flips ? `, ${e.sign_flips} basis columns negated` : ''}: another CPU's float rounding), so it was not rewritten.`
-      : `${p.profile} already held this exact profile: left as it was (calibration is reproducible on the same machine).`);
+    io.out(
+      e
+        ? `${p.profile}: kept the existing profile ${p.profile_id}: equivalent within tolerance ${e.tolerance} (same plans; tensors differ by at most ${e.tensors_max_rel_diff.toExponential(1)}, figures by ${e.figures_max_rel_diff.toExponential(1)} relative${e.sign_flips ? `, ${e.sign_flips} basis columns negated` : ''}: another CPU's float rounding), so it was not rewritten.`
+        : `${p.profile} already held this exact profile: left as it was (calibration is reproducible on the same machine).`,
+    );
   }
-  for (const p of result.profiles.filter((x) => x.replaced)) io.out(`${p.profile} held an earlier run of this same calibration (model, data, settings): replaced${p.difference ? ` (${p.difference})` : ''}.`);
+  for (const p of result.profiles.filter((x) => x.replaced))
+    io.out(
+      `${p.profile} held an earlier run of this same calibration (model, data, settings): replaced${p.difference ? ` (${p.difference})` : ''}.`,
+    );
   io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
 }
 // Tested by test/calibrate/calibrate.test.ts, test/calibrate/data.test.ts, test/cli/contract.test.ts and test/cli/program.test.ts (option errors).

@@ -79,7 +79,10 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   try {
     // longrope: one forward pass, so every key has the factor set of the whole cache (src/rope/freqs.ts)
     const chunk = ropeSafeChunk(model.spec.rope, opts.chunk);
-    if (chunk !== opts.chunk) model.notes.push(`longrope model: the text is prefilled in one pass (not --chunk ${opts.chunk}) so that every key is rotated with one factor set`);
+    if (chunk !== opts.chunk)
+      model.notes.push(
+        `longrope model: the text is prefilled in one pass (not --chunk ${opts.chunk}) so that every key is rotated with one factor set`,
+      );
     r = await new ModelRunner(model).capture(text, { maxTokens: opts.maxTokens, chunk, onProgress: progress.fn });
   } finally {
     progress.stop();
@@ -90,7 +93,11 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
   // --pre-rope: the keys as the codec sees them (RoPE undone, float32), to check kvtc's reading
   // of the model against one's own framework; marked so that encode refuses them.
   const cache = opts.preRope ? undoRopeOnKeys(r.cache, model.spec.rope) : r.cache;
-  const bytes = await writeKvCache(out, cache, { model: model.name, fingerprint: model.fingerprint.id, ...(opts.preRope ? { extra: { keys: PRE_ROPE } } : {}) });
+  const bytes = await writeKvCache(out, cache, {
+    model: model.name,
+    fingerprint: model.fingerprint.id,
+    ...(opts.preRope ? { extra: { keys: PRE_ROPE } } : {}),
+  });
   const seconds = r.ms / 1000;
   const s: CaptureSummary = {
     model: model.name,
@@ -109,9 +116,13 @@ export default async function capture(raw: Record<string, unknown>, io: CliIO): 
     printJson(io, s);
     return;
   }
-  io.out(`Captured ${s.tokens} tokens of KV from ${s.model} (${s.layers} layers × ${s.kvHeads} KV heads × head_dim ${s.headDim}, ${s.dtype})`);
+  io.out(
+    `Captured ${s.tokens} tokens of KV from ${s.model} (${s.layers} layers × ${s.kvHeads} KV heads × head_dim ${s.headDim}, ${s.dtype})`,
+  );
   io.out(`  prefill ${s.seconds.toFixed(2)} s, ${s.tokensPerSecond.toFixed(0)} tokens/s (chunk ${opts.chunk}, ${opts.device})`);
-  io.out(`Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)${opts.preRope ? ', keys with RoPE undone (float32; for inspection, not for kvtc encode)' : ''}`);
+  io.out(
+    `Wrote ${s.out} (${s.bytes.toLocaleString('en-US')} bytes)${opts.preRope ? ', keys with RoPE undone (float32; for inspection, not for kvtc encode)' : ''}`,
+  );
   for (const n of model.notes) io.out(`  note: ${n}`);
   if (!ropeCheck.checked) io.out(`  note: RoPE check against the keys skipped: ${ropeCheck.reason}`);
 }

@@ -30,11 +30,25 @@ export default async function convertGgufCommand(raw: Record<string, unknown>, i
   const c = r.converted;
   const s = c.spec;
   if (opts.json) {
-    printJson(io, { out: r.dir, architecture: r.architecture, model_type: c.modelType, parameters: c.parameters, spec: s, config: c.config, notes: c.notes, files: r.files, seconds });
+    printJson(io, {
+      out: r.dir,
+      architecture: r.architecture,
+      model_type: c.modelType,
+      parameters: c.parameters,
+      spec: s,
+      config: c.config,
+      notes: c.notes,
+      files: r.files,
+      seconds,
+    });
     return;
   }
-  io.out(`Converted ${file} (GGUF ${r.architecture} → ${String((c.config.architectures as string[] | undefined)?.[0] ?? c.modelType)}, ${c.parameters.toLocaleString('en-US')} parameters, ${seconds.toFixed(1)} s)`);
-  io.out(`  ${s.layers} layers, hidden ${s.hidden}, ${s.heads} heads / ${s.kvHeads} KV heads, head_dim ${s.headDim}, vocab ${s.vocabSize}, ${s.maxPositions} positions`);
+  io.out(
+    `Converted ${file} (GGUF ${r.architecture} → ${String((c.config.architectures as string[] | undefined)?.[0] ?? c.modelType)}, ${c.parameters.toLocaleString('en-US')} parameters, ${seconds.toFixed(1)} s)`,
+  );
+  io.out(
+    `  ${s.layers} layers, hidden ${s.hidden}, ${s.heads} heads / ${s.kvHeads} KV heads, head_dim ${s.headDim}, vocab ${s.vocabSize}, ${s.maxPositions} positions`,
+  );
   for (const n of c.notes) io.out(`  ${n}`);
   io.out(`Wrote ${r.dir}:`);
   for (const f of r.files) io.out(`  ${f.path.padEnd(24)} ${f.bytes.toLocaleString('en-US').padStart(14)} bytes`);

@@ -34,12 +34,16 @@ export default async function encode(raw: Record<string, unknown>, io: CliIO): P
   };
   if (opts.json) return void printJson(io, result);
   io.out(`encoded ${stats.tokens} tokens → ${opts.out} (${fmtBytes(stats.blobBytes)}, from ${fmtBytes(stats.fp16Bytes)} as fp16)`);
-  io.out(`  ratio, whole blob:          ${stats.ratioBlob.toFixed(2)}x  (${stats.tokens - stats.compressedTokens} sink/window tokens stored uncompressed)`);
+  io.out(
+    `  ratio, whole blob:          ${stats.ratioBlob.toFixed(2)}x  (${stats.tokens - stats.compressedTokens} sink/window tokens stored uncompressed)`,
+  );
   io.out(
     stats.compressedTokens > 0
       ? `  ratio, compressed tokens:    ${stats.ratioCompressed.toFixed(2)}x  (${stats.compressedTokens} tokens, headers and scales included)`
       : `  ratio, compressed tokens:    n/a — the cache (${stats.tokens} tokens) is not longer than sink + window (${profile.manifest.settings.sink} + ${profile.manifest.settings.window}), nothing was compressed`,
   );
   const s = stats.seconds;
-  io.out(`  time: ${fmtSeconds(s.total)} (gather ${fmtSeconds(s.gather)}, graphs ${fmtSeconds(s.transform)}, host quantize+pack ${fmtSeconds(s.quantize)}, deflate ${fmtSeconds(s.entropy)}) on ${opts.device}`);
+  io.out(
+    `  time: ${fmtSeconds(s.total)} (gather ${fmtSeconds(s.gather)}, graphs ${fmtSeconds(s.transform)}, host quantize+pack ${fmtSeconds(s.quantize)}, deflate ${fmtSeconds(s.entropy)}) on ${opts.device}`,
+  );
 }

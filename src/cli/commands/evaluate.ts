@@ -3,7 +3,17 @@ import { KvtcError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { asIoError, checkOutputFile } from '../../io/output.js';
 import type { Profile } from '../../profile/read.js';
-import { CODEC_HEADER, codecRows, notes, sampleLines, PERPLEXITY_HEADER, perplexityRows, renderMarkdown, scopeTable, settingsRecord } from '../../evaluate/report.js';
+import {
+  CODEC_HEADER,
+  codecRows,
+  notes,
+  sampleLines,
+  PERPLEXITY_HEADER,
+  perplexityRows,
+  renderMarkdown,
+  scopeTable,
+  settingsRecord,
+} from '../../evaluate/report.js';
 import { CODEC_NAMES, isKvtcCodec, sweepNames, type CodecName } from '../../evaluate/codecs.js';
 import { checkEvaluateOptions, evaluate, type ModelEvaluation } from '../../evaluate/evaluate.js';
 import type { EvaluateResult } from '../../evaluate/run.js';
@@ -31,7 +41,8 @@ const schema = z.object({
     .optional()
     .superRefine((list, ctx) => {
       for (const c of list ?? []) {
-        if (!(CODEC_NAMES as readonly string[]).includes(c)) ctx.addIssue({ code: 'custom', message: `unknown codec "${c}"; valid: ${CODEC_NAMES.join(', ')}` });
+        if (!(CODEC_NAMES as readonly string[]).includes(c))
+          ctx.addIssue({ code: 'custom', message: `unknown codec "${c}"; valid: ${CODEC_NAMES.join(', ')}` });
       }
     })
     .transform((list) => (list ? ([...new Set(list)] as CodecName[]) : undefined)),
@@ -57,8 +68,15 @@ function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Reco
   const c = main ? o.codecs[main] : undefined;
   return {
     model: r.model,
-    profile: profile ? { dir: profile.dir, profile_id: profile.manifest.profile_id, ratio_target: profile.manifest.settings.ratio_target } : null,
-    profiles: profiles.map((p, i) => ({ codec: sweepNames(profiles)[i], dir: p.dir, profile_id: p.manifest.profile_id, ratio_target: p.manifest.settings.ratio_target })),
+    profile: profile
+      ? { dir: profile.dir, profile_id: profile.manifest.profile_id, ratio_target: profile.manifest.settings.ratio_target }
+      : null,
+    profiles: profiles.map((p, i) => ({
+      codec: sweepNames(profiles)[i],
+      dir: p.dir,
+      profile_id: p.manifest.profile_id,
+      ratio_target: p.manifest.settings.ratio_target,
+    })),
     n: o.n,
     subjects_count: o.subjects,
     shots: r.settings.shots,
@@ -79,7 +97,14 @@ function jsonResult(r: EvaluateResult, profiles: readonly Profile[], extra: Reco
     groups: r.summary.groups,
     subjects: r.summary.subjects,
     perplexity: r.perplexity ?? null,
-    long_context: r.longContext ? { tasks: r.longContext.tasks, context_tokens: r.longContext.context_tokens, overall: r.longContext.overall, kinds: r.longContext.kinds } : null,
+    long_context: r.longContext
+      ? {
+          tasks: r.longContext.tasks,
+          context_tokens: r.longContext.context_tokens,
+          overall: r.longContext.overall,
+          kinds: r.longContext.kinds,
+        }
+      : null,
     questions_per_second: r.timing.questionsPerSecond,
     timing: r.timing,
     partial: r.partial ?? null,
@@ -92,14 +117,23 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
   const o = r.summary.overall;
   const profile = profiles[0];
   const names = r.settings.codecs.map((c) => c.name);
-  io.out(`kvtc evaluate · ${r.model.name} · ${profiles.length > 1 ? `${profiles.length} profiles (${sweepNames(profiles).join(', ')})` : profile ? `profile ${profile.dir} (${profile.manifest.profile_id})` : 'no profile'}`);
-  io.out(`MMLU ${r.settings.shots}-shot · ${o.n} questions · ${o.subjects} subject(s) · lm-evaluation-harness prompt and log-likelihood scoring`);
+  io.out(
+    `kvtc evaluate · ${r.model.name} · ${profiles.length > 1 ? `${profiles.length} profiles (${sweepNames(profiles).join(', ')})` : profile ? `profile ${profile.dir} (${profile.manifest.profile_id})` : 'no profile'}`,
+  );
+  io.out(
+    `MMLU ${r.settings.shots}-shot · ${o.n} questions · ${o.subjects} subject(s) · lm-evaluation-harness prompt and log-likelihood scoring`,
+  );
   if (profileNote) io.out(profileNote);
-  if (r.partial) io.out(`PARTIAL: interrupted after ${r.partial.questionsScored} of ${r.partial.questionsPlanned} questions; the figures below cover only those (perplexity not measured).`);
+  if (r.partial)
+    io.out(
+      `PARTIAL: interrupted after ${r.partial.questionsScored} of ${r.partial.questionsPlanned} questions; the figures below cover only those (perplexity not measured).`,
+    );
   io.out('');
   io.out(table(CODEC_HEADER, codecRows(o)));
   io.out('');
-  io.out('Δ: codec − uncompressed accuracy on the same questions, paired bootstrap 95% CI. ratio: fp16 bytes of the cache ÷ stored bytes (protected tokens included).');
+  io.out(
+    'Δ: codec − uncompressed accuracy on the same questions, paired bootstrap 95% CI. ratio: fp16 bytes of the cache ÷ stored bytes (protected tokens included).',
+  );
   for (const n of notes(r)) io.out(`note: ${n}`);
   if (Object.keys(r.summary.groups).length > 1) {
     const t = scopeTable(r.summary.groups, names, 'group');
@@ -114,7 +148,11 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
   if (r.longContext) {
     const lc = r.longContext;
     io.out('');
-    io.out(`Long-context tasks (RULER-style needle and variable tracking, generated): ${Object.entries(lc.tasks).map(([k, n]) => `${n} ${k.replace('_', ' ')}`).join(', ')}, ${lc.context_tokens.toFixed(0)} tokens on average`);
+    io.out(
+      `Long-context tasks (RULER-style needle and variable tracking, generated): ${Object.entries(lc.tasks)
+        .map(([k, n]) => `${n} ${k.replace('_', ' ')}`)
+        .join(', ')}, ${lc.context_tokens.toFixed(0)} tokens on average`,
+    );
     io.out(table(CODEC_HEADER, codecRows(lc.overall)));
   }
   if (profiles.length > 1) {
@@ -130,7 +168,9 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
           `${f(x.delta_points)} [${f(x.delta_ci95[0])}, ${f(x.delta_ci95[1])}]`,
           `${(100 * x.agreement).toFixed(1)}%`,
           x.kl.toExponential(2),
-          x.long_context_delta_points === null ? 'n/a' : `${f(x.long_context_delta_points)} [${f(x.long_context_ci95![0])}, ${f(x.long_context_ci95![1])}]`,
+          x.long_context_delta_points === null
+            ? 'n/a'
+            : `${f(x.long_context_delta_points)} [${f(x.long_context_ci95![0])}, ${f(x.long_context_ci95![1])}]`,
           f(x.perplexity_delta, 3),
         ]),
       ),
@@ -139,13 +179,19 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
   if (r.perplexity) {
     const p = r.perplexity;
     io.out('');
-    io.out(`Perplexity, ${p.source ?? "WikiText-2 test"}: ${p.windows} window(s) of ${p.window} tokens; first ${p.context} prefilled and compressed, ${p.scored_tokens} tokens scored in all`);
+    io.out(
+      `Perplexity, ${p.source ?? 'WikiText-2 test'}: ${p.windows} window(s) of ${p.window} tokens; first ${p.context} prefilled and compressed, ${p.scored_tokens} tokens scored in all`,
+    );
     io.out(table(PERPLEXITY_HEADER, perplexityRows(r)));
   }
   const t = r.timing;
-  const codecTimes = Object.entries(t.codecSeconds).map(([k, v]) => `${k} ${fmtSeconds(v)}`).join(', ');
+  const codecTimes = Object.entries(t.codecSeconds)
+    .map(([k, v]) => `${k} ${fmtSeconds(v)}`)
+    .join(', ');
   io.out('');
-  io.out(`${o.n} questions in ${fmtSeconds(t.mmluSeconds)}: ${t.questionsPerSecond.toFixed(1)} questions/s (prefill ${fmtSeconds(t.prefillSeconds)}, scoring ${fmtSeconds(t.scoringSeconds)}${codecTimes ? `, codecs: ${codecTimes}` : ''})`);
+  io.out(
+    `${o.n} questions in ${fmtSeconds(t.mmluSeconds)}: ${t.questionsPerSecond.toFixed(1)} questions/s (prefill ${fmtSeconds(t.prefillSeconds)}, scoring ${fmtSeconds(t.scoringSeconds)}${codecTimes ? `, codecs: ${codecTimes}` : ''})`,
+  );
 }
 
 export default async function evaluateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
@@ -158,7 +204,10 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   if (opts.plot) checkOutputFile(opts.plot, { force: true, option: '--plot' });
   const startedAt = new Date().toISOString();
   const progress = createProgress(io, { quiet: opts.quiet });
-  const interrupt = onInterrupt(io, 'interrupted: stopping after the current question; the questions scored so far will be reported, marked partial… (Ctrl-C again to quit at once)');
+  const interrupt = onInterrupt(
+    io,
+    'interrupted: stopping after the current question; the questions scored so far will be reported, marked partial… (Ctrl-C again to quit at once)',
+  );
   let evaluation: ModelEvaluation;
   try {
     evaluation = await evaluate({
@@ -190,9 +239,27 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   let reportError: unknown;
   const report = async () => {
     try {
-      if (opts.plot) await writeFileAtomic(opts.plot, renderSweepSvg(sweepRows(result), { title: `kvtc evaluate · ${result.model.name} · ${result.summary.overall.n} MMLU questions${result.longContext ? ` + ${result.longContext.overall.n} long-context tasks` : ''}`, subtitle: `${opts._commandLine ?? ''} · kvtc ${VERSION} · ${startedAt}`, perplexitySource: result.perplexity?.source }));
-      if (opts.logSamples) await writeFileAtomic(opts.logSamples, sampleLines(result, { version: VERSION, date: startedAt, command: opts._commandLine }));
-      if (opts.report) await writeFileAtomic(opts.report, renderMarkdown(result, { profile: profiles.map((p) => p.dir).join(', ') || undefined, command: opts._commandLine, version: VERSION, date: startedAt }));
+      if (opts.plot)
+        await writeFileAtomic(
+          opts.plot,
+          renderSweepSvg(sweepRows(result), {
+            title: `kvtc evaluate · ${result.model.name} · ${result.summary.overall.n} MMLU questions${result.longContext ? ` + ${result.longContext.overall.n} long-context tasks` : ''}`,
+            subtitle: `${opts._commandLine ?? ''} · kvtc ${VERSION} · ${startedAt}`,
+            perplexitySource: result.perplexity?.source,
+          }),
+        );
+      if (opts.logSamples)
+        await writeFileAtomic(opts.logSamples, sampleLines(result, { version: VERSION, date: startedAt, command: opts._commandLine }));
+      if (opts.report)
+        await writeFileAtomic(
+          opts.report,
+          renderMarkdown(result, {
+            profile: profiles.map((p) => p.dir).join(', ') || undefined,
+            command: opts._commandLine,
+            version: VERSION,
+            date: startedAt,
+          }),
+        );
     } catch (e) {
       reportError = e;
     }
@@ -201,10 +268,16 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     // One JSON document on stdout either way: on failure the result rides in the error.
     await report();
     if (failure) {
-      throw new KvtcError(failure.code, failure.message, { fix: failure.fix, context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) }, result: json });
+      throw new KvtcError(failure.code, failure.message, {
+        fix: failure.fix,
+        context: { ...failure.context, ...(reportError ? { report_error: String((reportError as Error).message) } : {}) },
+        result: json,
+      });
     }
     if (reportError) {
-      const e = asIoError(reportError) ?? new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
+      const e =
+        asIoError(reportError) ??
+        new KvtcError('IO_ERROR', `the report could not be written to ${opts.report}: ${(reportError as Error).message}`);
       throw new KvtcError(e.code, e.message, { fix: e.fix, context: e.context, result: json });
     }
     printJson(io, json);
@@ -220,6 +293,9 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
     if (opts.logSamples) io.out(`per-question records written to ${opts.logSamples}`);
   }
   if (failure) throw failure;
-  if (maxDrop) io.out(`--max-drop ${opts.maxDrop}: passed (${maxDrop.checked ? 'worst: ' : ''}${maxDrop.codec} drop ${maxDrop.drop_points.toFixed(2)} points)`);
+  if (maxDrop)
+    io.out(
+      `--max-drop ${opts.maxDrop}: passed (${maxDrop.checked ? 'worst: ' : ''}${maxDrop.codec} drop ${maxDrop.drop_points.toFixed(2)} points)`,
+    );
 }
 // Tested by test/evaluate/evaluate-cli.test.ts, test/profile/compat.test.ts, test/dynamo/calibrate-export.test.ts (--dynamo-profile), test/cli/dynamo-profile-mismatch.test.ts and test/cli/interrupt.test.ts.

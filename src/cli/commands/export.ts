@@ -24,7 +24,9 @@ export default async function exportCommand(raw: Record<string, unknown>, io: Cl
   const r = await exportDynamo(opts._[0], opts.out, { force: opts.force });
   if (opts.json) return void printJson(io, { format: opts.format, ...r });
   io.out(`exported dynamo profile ${r.profile} (id ${r.profile_id}) for NVIDIA Dynamo's KVTC kernels → ${r.out}`);
-  io.out(`  ${r.configs} KvtcConfigs (one per layer for K and for V), blocks of ${r.tokens_per_block} tokens = ${r.features} features per row, tensors ${fmtBytes(r.tensor_bytes)}`);
+  io.out(
+    `  ${r.configs} KvtcConfigs (one per layer for K and for V), blocks of ${r.tokens_per_block} tokens = ${r.features} features per row, tensors ${fmtBytes(r.tensor_bytes)}`,
+  );
   for (const f of r.files) io.out(`  ${f}`);
   io.out(`loading: see ${r.files[2]}`);
 }

@@ -21,19 +21,36 @@ export default async function fetchModelCommand(raw: Record<string, unknown>, io
   const t0 = Date.now();
   let r;
   try {
-    r = await fetchModel(opts._[0], { cache: opts.cache ? resolve(opts.cache) : undefined, python: opts.python, force: opts.force, onProgress: progress.fn });
+    r = await fetchModel(opts._[0], {
+      cache: opts.cache ? resolve(opts.cache) : undefined,
+      python: opts.python,
+      force: opts.force,
+      onProgress: progress.fn,
+    });
   } finally {
     progress.stop();
   }
   const seconds = (Date.now() - t0) / 1000;
   if (opts.json) {
-    printJson(io, { model: r.source.id, dir: r.dir, gguf: r.gguf, cached: r.cached, downloaded: r.downloaded, converted: r.converted, licence: r.source.licence, files: r.files, seconds });
+    printJson(io, {
+      model: r.source.id,
+      dir: r.dir,
+      gguf: r.gguf,
+      cached: r.cached,
+      downloaded: r.downloaded,
+      converted: r.converted,
+      licence: r.source.licence,
+      files: r.files,
+      seconds,
+    });
     return;
   }
   io.err(r.source.licence);
-  io.err(r.cached
-    ? `${r.source.id}: the cached model verified (every file's sha256), nothing to do (${seconds.toFixed(1)} s)`
-    : `${r.source.id}: ${r.downloaded ? 'downloaded, ' : ''}verified and converted in ${seconds.toFixed(1)} s`);
+  io.err(
+    r.cached
+      ? `${r.source.id}: the cached model verified (every file's sha256), nothing to do (${seconds.toFixed(1)} s)`
+      : `${r.source.id}: ${r.downloaded ? 'downloaded, ' : ''}verified and converted in ${seconds.toFixed(1)} s`,
+  );
   // stdout: the folder alone, so scripts can do --model "$(kvtc fetch-model smollm2)".
   io.out(r.dir);
 }

@@ -31,7 +31,17 @@ export default async function generate(raw: Record<string, unknown>, io: CliIO):
   const continuation = full.startsWith(prompt) ? full.slice(prompt.length) : model.tokenizer.decode(r.ids);
   const tokensPerSecond = r.ids.length > 1 ? (r.ids.length - 1) / (r.decodeMs / 1000) : undefined;
   if (opts.json) {
-    printJson(io, { model: model.name, prompt: opts.prompt, continuation, promptTokens: promptIds.length, ids: r.ids, stopReason: r.stopReason, prefillMs: r.prefillMs, decodeMs: r.decodeMs, tokensPerSecond });
+    printJson(io, {
+      model: model.name,
+      prompt: opts.prompt,
+      continuation,
+      promptTokens: promptIds.length,
+      ids: r.ids,
+      stopReason: r.stopReason,
+      prefillMs: r.prefillMs,
+      decodeMs: r.decodeMs,
+      tokensPerSecond,
+    });
     return;
   }
   io.out(continuation);

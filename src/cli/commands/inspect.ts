@@ -13,9 +13,17 @@ import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 
 const Options = z
-  .object({ _: z.array(z.string()).max(1), model: z.string().min(1).optional(), onnx: z.string().min(1).optional(), json: z.boolean().default(false) })
+  .object({
+    _: z.array(z.string()).max(1),
+    model: z.string().min(1).optional(),
+    onnx: z.string().min(1).optional(),
+    json: z.boolean().default(false),
+  })
   .refine((o) => o._.length === 1 || o.model !== undefined, { message: 'give a profile directory, --model DIR, or both', path: ['_'] })
-  .refine((o) => o.onnx === undefined || o.model !== undefined, { message: 'needs --model: it names a graph of the model directory', path: ['onnx'] });
+  .refine((o) => o.onnx === undefined || o.model !== undefined, {
+    message: 'needs --model: it names a graph of the model directory',
+    path: ['onnx'],
+  });
 
 /** What kvtc reads from a model directory: the facts the codec depends on, RoPE first. */
 async function inspectModel(dir: string, io: CliIO, json: boolean, onnx?: string): Promise<Record<string, unknown>> {
@@ -25,7 +33,9 @@ async function inspectModel(dir: string, io: CliIO, json: boolean, onnx?: string
   const runs = ropeRuns(s.rope);
   const rope = runs.map((u) => ({
     layers: u.first === u.last ? String(u.first) : `${u.first}-${u.last}`,
-    ...(u.rope ? { ...layerRopeJson(u.rope), head_dim: s.headDim } : { none: true, theta: null, rotary_dim: 0, head_dim: s.headDim, layout: null, scaling: null, attention_factor: null }),
+    ...(u.rope
+      ? { ...layerRopeJson(u.rope), head_dim: s.headDim }
+      : { none: true, theta: null, rotary_dim: 0, head_dim: s.headDim, layout: null, scaling: null, attention_factor: null }),
     source: d.ropeSource,
   }));
   const out = {
@@ -47,8 +57,12 @@ async function inspectModel(dir: string, io: CliIO, json: boolean, onnx?: string
   };
   if (!json) {
     io.out(`model   ${d.name} (${d.files.format} export, ${d.dir})`);
-    io.out(`graph   ${relative(d.dir, d.files.onnx).startsWith('..') ? d.files.onnx : relative(d.dir, d.files.onnx)} (${{ option: 'chosen with --onnx', default: 'chosen by default; --onnx FILE runs another graph of the directory', genai_config: 'named by genai_config.json' }[d.files.choice]})`);
-    io.out(`        ${s.architecture}: ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads × ${s.headDim}, KV ${s.kvDtype}, ${s.maxPositions} positions; fingerprint ${d.fingerprint.id}`);
+    io.out(
+      `graph   ${relative(d.dir, d.files.onnx).startsWith('..') ? d.files.onnx : relative(d.dir, d.files.onnx)} (${{ option: 'chosen with --onnx', default: 'chosen by default; --onnx FILE runs another graph of the directory', genai_config: 'named by genai_config.json' }[d.files.choice]})`,
+    );
+    io.out(
+      `        ${s.architecture}: ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads × ${s.headDim}, KV ${s.kvDtype}, ${s.maxPositions} positions; fingerprint ${d.fingerprint.id}`,
+    );
     io.out('RoPE kvtc undoes on keys (and re-applies after decoding), per layer:');
     io.out(
       table(
@@ -58,7 +72,14 @@ async function inspectModel(dir: string, io: CliIO, json: boolean, onnx?: string
           const r = u.rope;
           if (!r) return [layers, '-', `0 of ${s.headDim}`, '-', '-', '-'];
           const pairs = r.layout === 'half' ? `pairs (i, i+${r.rotaryDim / 2})` : 'pairs (2i, 2i+1)';
-          return [layers, String(r.theta), `${r.rotaryDim} of ${s.headDim}`, `${r.layout} (${pairs})`, scalingWords(r.scaling), String(r.attentionFactor ?? 1)];
+          return [
+            layers,
+            String(r.theta),
+            `${r.rotaryDim} of ${s.headDim}`,
+            `${r.layout} (${pairs})`,
+            scalingWords(r.scaling),
+            String(r.attentionFactor ?? 1),
+          ];
         }),
       ),
     );
@@ -74,13 +95,17 @@ function profileRopeWords(m: Manifest): string {
   const rope = ropeFromManifest(m);
   const runs = ropeRuns(rope);
   const u = runs[0].rope;
-  if (runs.length === 1 && u) return `θ=${u.theta} (${u.layout}${u.scaling ? `, ${scalingWords(u.scaling)}` : ''}${(u.attentionFactor ?? 1) !== 1 ? `, attention factor ${u.attentionFactor}` : ''})`;
+  if (runs.length === 1 && u)
+    return `θ=${u.theta} (${u.layout}${u.scaling ? `, ${scalingWords(u.scaling)}` : ''}${(u.attentionFactor ?? 1) !== 1 ? `, attention factor ${u.attentionFactor}` : ''})`;
   if (runs.length === 1) return layerRopeWords(u, m.model.head_dim);
   return `per layer (${runs.map((u) => `${u.first === u.last ? u.first : `${u.first}-${u.last}`}: ${u.rope ? `θ=${u.rope.theta}` : 'none'}`).join(', ')})`;
 }
 
 /** The measured error of a plan's layer, or "x (mean)" over its layers. */
-export function planError(m: { measured: { rel_error: { key: number[]; value: number[] } } }, p: { kind: string; layers: number[] }): string {
+export function planError(
+  m: { measured: { rel_error: { key: number[]; value: number[] } } },
+  p: { kind: string; layers: number[] },
+): string {
   const per = p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value;
   if (p.layers.length === 1) return String(per[p.layers[0]]);
   const mean = p.layers.reduce((a, l) => a + per[l], 0) / p.layers.length;
@@ -117,35 +142,41 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   }
   const s = m.settings;
   io.out(`profile ${dir}  (id ${m.profile_id}, format v${m.format_version}, ${m.producer.name} ${m.producer.version}, ${fmtBytes(bytes)})`);
-  io.out(`model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}`);
-  const chosen = s.grouping_requested === 'auto' ? ` (chosen by --grouping auto among ${(m.calibration.grouping_candidates ?? []).map((c) => c.grouping).join(', ')})` : '';
-  io.out(`settings  target ${s.ratio_target}x, sink ${s.sink}, window ${s.window}, grouping ${s.grouping}${chosen}, ${s.entropy}, granule ${s.granule}`);
+  io.out(
+    `model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}`,
+  );
+  const chosen =
+    s.grouping_requested === 'auto'
+      ? ` (chosen by --grouping auto among ${(m.calibration.grouping_candidates ?? []).map((c) => c.grouping).join(', ')})`
+      : '';
+  io.out(
+    `settings  target ${s.ratio_target}x, sink ${s.sink}, window ${s.window}, grouping ${s.grouping}${chosen}, ${s.entropy}, granule ${s.granule}`,
+  );
   const report = m.calibration.tokens_report !== undefined ? ` + ${m.calibration.tokens_report} report` : '';
-  io.out(`calibration  ${m.calibration.tokens_fit} tokens fit + ${m.calibration.tokens_heldout} ${report ? 'tuning' : 'held out'}${report}, from ${m.calibration.sources.length} file(s): ${m.calibration.sources.slice(0, 3).map((x) => x.name).join(', ')}${m.calibration.sources.length > 3 ? ', …' : ''}`);
+  io.out(
+    `calibration  ${m.calibration.tokens_fit} tokens fit + ${m.calibration.tokens_heldout} ${report ? 'tuning' : 'held out'}${report}, from ${m.calibration.sources.length} file(s): ${m.calibration.sources
+      .slice(0, 3)
+      .map((x) => x.name)
+      .join(', ')}${m.calibration.sources.length > 3 ? ', …' : ''}`,
+  );
   const e = m.measured.rel_error;
   const ci = (c?: [number, number]) => (c ? ` [${c[0]}, ${c[1]}]` : '');
   const where = m.measured.split === 'report' ? 'the report split (text neither the fit nor the tuning saw)' : 'held-out text';
-  io.out(`measured on ${where}, ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${e.key_mean}${ci(e.key_mean_ci95)}, V ${e.value_mean}${ci(e.value_mean_ci95)}`);
+  io.out(
+    `measured on ${where}, ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); rel. error K ${e.key_mean}${ci(e.key_mean_ci95)}, V ${e.value_mean}${ci(e.value_mean_ci95)}`,
+  );
   io.out('');
   io.out(
     table(
       ['plan', 'kind', 'layers', 'p', 'kept rank', 'bits/token', 'budget', 'rel err', 'groups (width×type)'],
-      perPlan.map((p) => [
-        p.plan,
-        p.kind,
-        p.layers.join(','),
-        p.dim,
-        p.rank,
-        p.bits_per_token,
-        p.budget_bits,
-        planError(m, p),
-        p.groups,
-      ]),
+      perPlan.map((p) => [p.plan, p.kind, p.layers.join(','), p.dim, p.rank, p.bits_per_token, p.budget_bits, planError(m, p), p.groups]),
     ),
   );
   io.out('');
-  io.out('kept rank: the last principal component stored (the rest are dropped; groups may skip one); bits/token include per-token fp16 scale+offset of dynamic groups;');
-  io.out('rel err: of the plan\'s layer, or the mean over its layers.');
+  io.out(
+    'kept rank: the last principal component stored (the rest are dropped; groups may skip one); bits/token include per-token fp16 scale+offset of dynamic groups;',
+  );
+  io.out("rel err: of the plan's layer, or the mean over its layers.");
   if (opts.model) {
     io.out('');
     await inspectModel(opts.model, io, false, opts.onnx);

@@ -7,8 +7,16 @@ import type { CliIO } from '../io.js';
 import { printJson } from '../json.js';
 
 const Options = z
-  .object({ _: z.array(z.string()).length(1), model: z.string().optional(), onnx: z.string().min(1).optional(), json: z.boolean().default(false) })
-  .refine((o) => o.onnx === undefined || o.model !== undefined, { message: 'needs --model: it names a graph of the model directory', path: ['onnx'] });
+  .object({
+    _: z.array(z.string()).length(1),
+    model: z.string().optional(),
+    onnx: z.string().min(1).optional(),
+    json: z.boolean().default(false),
+  })
+  .refine((o) => o.onnx === undefined || o.model !== undefined, {
+    message: 'needs --model: it names a graph of the model directory',
+    path: ['onnx'],
+  });
 
 export default async function validate(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(Options, raw);
@@ -23,7 +31,9 @@ export default async function validate(raw: Record<string, unknown>, io: CliIO):
     const failed = result.checks.filter((c) => !c.ok).map((c) => c.name);
     const mismatch = failed.every((n) => n.startsWith('model'));
     throw new KvtcError(mismatch ? 'PROFILE_MISMATCH' : 'PROFILE_INVALID', `profile ${result.profile} failed: ${failed.join(', ')}`, {
-      fix: mismatch ? 'Use the profile calibrated for this model, or run `kvtc calibrate --model DIR`.' : 'Re-create the profile with `kvtc calibrate`.',
+      fix: mismatch
+        ? 'Use the profile calibrated for this model, or run `kvtc calibrate --model DIR`.'
+        : 'Re-create the profile with `kvtc calibrate`.',
       result: result as unknown as Record<string, unknown>,
     });
   }

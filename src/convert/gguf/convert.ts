@@ -25,10 +25,14 @@ export const SUPPORTED_GGUF_ARCHITECTURES: readonly string[] = GGUF_FAMILIES.fla
 export function familyFor(g: Pick<GgufModel, 'architecture' | 'path'>): FamilyConverter {
   const f = GGUF_FAMILIES.find((x) => x.architectures.includes(g.architecture));
   if (!f) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: GGUF architecture "${g.architecture}" is not supported; kvtc converts: ${SUPPORTED_GGUF_ARCHITECTURES.join(', ')}`, {
-      fix: 'Convert a model of a supported architecture, or export this one to ONNX with Optimum (optimum-cli export onnx) and pass its directory as --model.',
-      context: { file: g.path, architecture: g.architecture, supported: SUPPORTED_GGUF_ARCHITECTURES },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${g.path}: GGUF architecture "${g.architecture}" is not supported; kvtc converts: ${SUPPORTED_GGUF_ARCHITECTURES.join(', ')}`,
+      {
+        fix: 'Convert a model of a supported architecture, or export this one to ONNX with Optimum (optimum-cli export onnx) and pass its directory as --model.',
+        context: { file: g.path, architecture: g.architecture, supported: SUPPORTED_GGUF_ARCHITECTURES },
+      },
+    );
   }
   return f;
 }
@@ -106,7 +110,12 @@ function checkTensorTypes(file: GgufFile): void {
   const bad = file.tensors.filter((t) => !(DEQUANT_TYPES as readonly string[]).includes(t.type.name));
   if (bad.length > 0) {
     const types = [...new Set(bad.map((t) => t.type.name))];
-    throw ggufUnsupported(file.path, `tensor ${bad[0].name} is ${bad[0].type.name}${bad.length > 1 ? ` (and ${bad.length - 1} more tensors of ${types.join(', ')})` : ''}, which kvtc cannot dequantize; supported: ${DEQUANT_TYPES.join(', ')}`, 'Re-quantize the model to one of those types (llama-quantize, e.g. Q8_0 or Q4_K_M), or convert the original Hugging Face checkpoint.', { tensor: bad[0].name, types });
+    throw ggufUnsupported(
+      file.path,
+      `tensor ${bad[0].name} is ${bad[0].type.name}${bad.length > 1 ? ` (and ${bad.length - 1} more tensors of ${types.join(', ')})` : ''}, which kvtc cannot dequantize; supported: ${DEQUANT_TYPES.join(', ')}`,
+      'Re-quantize the model to one of those types (llama-quantize, e.g. Q8_0 or Q4_K_M), or convert the original Hugging Face checkpoint.',
+      { tensor: bad[0].name, types },
+    );
   }
 }
 
@@ -126,5 +135,10 @@ export async function convertGguf(opts: ConvertGgufOptions): Promise<ConvertGguf
   const g = ggufModel(file);
   familyFor(g);
   checkTensorTypes(file);
-  return convertGgufModel(g, { out: opts.out, name: opts.name ?? basename(opts.file).replace(/\.gguf$/i, ''), force: opts.force, onProgress: opts.onProgress });
+  return convertGgufModel(g, {
+    out: opts.out,
+    name: opts.name ?? basename(opts.file).replace(/\.gguf$/i, ''),
+    force: opts.force,
+    onProgress: opts.onProgress,
+  });
 }

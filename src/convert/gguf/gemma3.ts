@@ -27,7 +27,16 @@ import { ggufInvalid } from '../../gguf/errors.js';
 import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import type { LlamaGraphOptions, LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
 import type { LlamaDirSpec } from '../model-dir.js';
-import { countParameters, metaCount, metaNumber, metaString, readWeight, type ConvertedFamily, type FamilyConverter, type GgufModel } from './family.js';
+import {
+  countParameters,
+  metaCount,
+  metaNumber,
+  metaString,
+  readWeight,
+  type ConvertedFamily,
+  type FamilyConverter,
+  type GgufModel,
+} from './family.js';
 import { spmTokenizerFromGguf } from './tokenizer-spm.js';
 
 /** GGUF tensor of each layer → what it is in transformers' Gemma3DecoderLayer. */
@@ -82,7 +91,8 @@ function shortestFloat32(v: number): number {
 
 const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
   new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
+const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
+  ggufInvalid(g.path, message, context, fix);
 const CORRUPT = 'The GGUF metadata is corrupt or inconsistent; re-create it with llama.cpp convert_hf_to_gguf.py.';
 
 /** Which layers slide: `gemma3.attention.sliding_window_pattern` (a period, or one bool per layer, true = sliding) when present, else every 6th layer is global. */
@@ -90,7 +100,8 @@ function layerTypes(g: GgufModel, layers: number): Gemma3Hyper['layerTypes'] {
   const key = 'gemma3.attention.sliding_window_pattern';
   const raw = g.meta(key);
   if (Array.isArray(raw)) {
-    if (raw.length !== layers || !raw.every((b) => typeof b === 'boolean')) throw invalid(g, `${key} must hold one boolean per layer (${layers}), got ${raw.length} values`, CORRUPT, { key });
+    if (raw.length !== layers || !raw.every((b) => typeof b === 'boolean'))
+      throw invalid(g, `${key} must hold one boolean per layer (${layers}), got ${raw.length} values`, CORRUPT, { key });
     return raw.map((b) => (b ? 'sliding_attention' : 'full_attention'));
   }
   const period = raw === undefined ? GEMMA3_SLIDING_PATTERN : metaCount(g, key);
@@ -108,7 +119,12 @@ export function gemma3Hyper(g: GgufModel): Gemma3Hyper {
   // Gemma's head_dim is not hidden / heads (270M: 256 vs 160): the GGUF must say it.
   const headDim = metaCount(g, `${a}.attention.key_length`);
   const valueLength = metaCount(g, `${a}.attention.value_length`, headDim);
-  if (valueLength !== headDim) throw unsupported(g, `key_length ${headDim} differs from value_length ${valueLength}`, 'kvtc converts Gemma 3 models whose keys and values have one head_dim.');
+  if (valueLength !== headDim)
+    throw unsupported(
+      g,
+      `key_length ${headDim} differs from value_length ${valueLength}`,
+      'kvtc converts Gemma 3 models whose keys and values have one head_dim.',
+    );
   if (heads % kvHeads !== 0) throw invalid(g, `head_count ${heads} is not a multiple of head_count_kv ${kvHeads}`, CORRUPT);
   if (headDim % 2 !== 0) throw invalid(g, `head_dim ${headDim} is odd; RoPE needs pairs`, CORRUPT);
   const embd = g.tensors.get('token_embd.weight');
@@ -119,9 +135,15 @@ export function gemma3Hyper(g: GgufModel): Gemma3Hyper {
   const slidingWindow = metaCount(g, `${a}.attention.sliding_window`);
   const theta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base`) ?? 1e6);
   const localTheta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base_swa`) ?? GEMMA3_LOCAL_ROPE_BASE);
-  if (!(theta > 1) || !(localTheta > 1)) throw invalid(g, `rope.freq_base ${theta} / rope.freq_base_swa ${localTheta} must be above 1`, CORRUPT);
+  if (!(theta > 1) || !(localTheta > 1))
+    throw invalid(g, `rope.freq_base ${theta} / rope.freq_base_swa ${localTheta} must be above 1`, CORRUPT);
   const rotaryDim = metaCount(g, `${a}.rope.dimension_count`, headDim);
-  if (rotaryDim !== headDim) throw unsupported(g, `rope.dimension_count ${rotaryDim} differs from head_dim ${headDim} (partial rotary)`, 'Gemma 3 rotates whole heads; this GGUF is not a Gemma 3 kvtc knows.');
+  if (rotaryDim !== headDim)
+    throw unsupported(
+      g,
+      `rope.dimension_count ${rotaryDim} differs from head_dim ${headDim} (partial rotary)`,
+      'Gemma 3 rotates whole heads; this GGUF is not a Gemma 3 kvtc knows.',
+    );
   // Gemma 3 4B+ scale global layers' RoPE linearly (factor 8); local layers are never scaled.
   const scalingType = metaString(g, `${a}.rope.scaling.type`) ?? 'none';
   const rawFactor = metaNumber(g, `${a}.rope.scaling.factor`);
@@ -131,16 +153,39 @@ export function gemma3Hyper(g: GgufModel): Gemma3Hyper {
     if (!(factor > 0)) throw invalid(g, `rope.scaling.factor ${factor} is not positive`, CORRUPT);
     globalRope = { ...globalRope, scaling: { type: 'linear', factor } };
   } else if (scalingType !== 'none' && scalingType !== 'linear') {
-    throw unsupported(g, `RoPE scaling "${scalingType}" is not supported for Gemma 3 GGUF import (supported: none, linear)`, 'Export the model from its Hugging Face checkpoint with Optimum instead.', { scaling: scalingType });
+    throw unsupported(
+      g,
+      `RoPE scaling "${scalingType}" is not supported for Gemma 3 GGUF import (supported: none, linear)`,
+      'Export the model from its Hugging Face checkpoint with Optimum instead.',
+      { scaling: scalingType },
+    );
   }
   for (const k of ['final_logit_softcapping', 'attn_logit_softcapping']) {
-    if (g.meta(`${a}.${k}`) !== undefined) throw unsupported(g, `${a}.${k} is set; Gemma 3 has no soft-capping and kvtc's graph applies none`, 'Export the model with Optimum instead.', { key: `${a}.${k}` });
+    if (g.meta(`${a}.${k}`) !== undefined)
+      throw unsupported(
+        g,
+        `${a}.${k} is set; Gemma 3 has no soft-capping and kvtc's graph applies none`,
+        'Export the model with Optimum instead.',
+        { key: `${a}.${k}` },
+      );
   }
   // llama.cpp scales Gemma 3 27B (62 layers) queries by (hidden / heads)^-0.5, the rest by head_dim^-0.5 (query_pre_attn_scalar 168 vs 256 in the original configs).
   const queryPreAttnScalar = layers === 62 ? hidden / heads : headDim;
   return {
-    layers, hidden, intermediate, heads, kvHeads, headDim, vocabSize, contextLength, rmsNormEps, slidingWindow,
-    layerTypes: layerTypes(g, layers), globalRope, localRope: { theta: localTheta, rotaryDim, layout: 'half' }, queryPreAttnScalar,
+    layers,
+    hidden,
+    intermediate,
+    heads,
+    kvHeads,
+    headDim,
+    vocabSize,
+    contextLength,
+    rmsNormEps,
+    slidingWindow,
+    layerTypes: layerTypes(g, layers),
+    globalRope,
+    localRope: { theta: localTheta, rotaryDim, layout: 'half' },
+    queryPreAttnScalar,
   };
 }
 
@@ -150,7 +195,12 @@ function checkTensorNames(g: GgufModel, h: Gemma3Hyper): void {
   for (let l = 0; l < h.layers; l++) for (const t of Object.keys(LAYER_TENSORS)) known.add(`blk.${l}.${t}.weight`);
   const extra = [...g.tensors.keys()].filter((n) => !known.has(n));
   if (extra.length > 0) {
-    throw unsupported(g, `tensors a Gemma 3 text model does not have: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ` and ${extra.length - 5} more` : ''} (a vision tower, biases, or a block_count that does not match)`, 'kvtc converts the Gemma 3 text decoder; convert the text-only GGUF, or export other models with Optimum.', { tensors: extra.slice(0, 20) });
+    throw unsupported(
+      g,
+      `tensors a Gemma 3 text model does not have: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ` and ${extra.length - 5} more` : ''} (a vision tower, biases, or a block_count that does not match)`,
+      'kvtc converts the Gemma 3 text decoder; convert the text-only GGUF, or export other models with Optimum.',
+      { tensors: extra.slice(0, 20) },
+    );
   }
 }
 
@@ -183,7 +233,10 @@ async function readLayer(g: GgufModel, h: Gemma3Hyper, l: number): Promise<Llama
 }
 
 /** config.json as transformers writes Gemma3ForCausalLM (4.x keys, which 5.x reads as rope_parameters per layer type). */
-export function gemma3ConfigJson(h: Gemma3Hyper, opts: { name: string; tied: boolean; bos?: number; eos?: number; pad?: number }): Record<string, unknown> {
+export function gemma3ConfigJson(
+  h: Gemma3Hyper,
+  opts: { name: string; tied: boolean; bos?: number; eos?: number; pad?: number },
+): Record<string, unknown> {
   const s = h.globalRope.scaling;
   return {
     _name_or_path: opts.name,
@@ -263,7 +316,13 @@ export async function convertGemma3Gguf(g: GgufModel, opts: { name: string }): P
     bosTokenId: tok.bosTokenId,
     eosTokenId: tok.eosTokenId,
   };
-  const config = gemma3ConfigJson(h, { name: opts.name, tied: !weights.lmHead, bos: tok.bosTokenId, eos: tok.eosTokenId, pad: tok.padTokenId });
+  const config = gemma3ConfigJson(h, {
+    name: opts.name,
+    tied: !weights.lmHead,
+    bos: tok.bosTokenId,
+    eos: tok.eosTokenId,
+    pad: tok.padTokenId,
+  });
   const generationConfig: Record<string, unknown> = {
     _from_model_config: true,
     ...(tok.bosTokenId !== undefined ? { bos_token_id: tok.bosTokenId } : {}),
@@ -285,7 +344,7 @@ export async function convertGemma3Gguf(g: GgufModel, opts: { name: string }): P
     parameters: countParameters(weights),
     notes: [
       `global attention on layers ${globals.join(', ')} (RoPE base ${h.globalRope.theta}${h.globalRope.scaling ? `, linear scaling ${(h.globalRope.scaling as { factor: number }).factor}` : ''}); the others attend to the last ${h.slidingWindow} tokens (RoPE base ${h.localRope.theta}), masked in the graph: every layer's cache keeps every token`,
-      'norm weights stored by llama.cpp as 1 + w: w restored (as transformers\' GGUF loader does) and the graph computes x·(1 + w)',
+      "norm weights stored by llama.cpp as 1 + w: w restored (as transformers' GGUF loader does) and the graph computes x·(1 + w)",
       `weights dequantized to float32${weights.lmHead ? '' : '; output tied to token_embd (unscaled; inputs are scaled by √hidden)'}`,
       `tokenizer: ${tok.description}`,
       'Gemma is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms): they apply to the converted model too',

@@ -18,13 +18,26 @@ import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import { uniformModelRope } from '../../rope/types.js';
 import type { LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
 import { llamaConfigJson, type LlamaDirSpec } from '../model-dir.js';
-import { countParameters, metaCount, metaNumber, metaString, readWeight, type ConvertedFamily, type FamilyConverter, type GgufModel } from './family.js';
+import {
+  countParameters,
+  metaCount,
+  metaNumber,
+  metaString,
+  readWeight,
+  type ConvertedFamily,
+  type FamilyConverter,
+  type GgufModel,
+} from './family.js';
 import { bpeTokenizerFromGguf } from './tokenizer-bpe.js';
 
 /** Hugging Face rows of one projection from llama.cpp's permuted rows (transformers' reverse_permute_weights). */
 export function unpermuteRopeRows(w: Float32Array, nHead: number, headDim: number, cols: number): Float32Array {
   if (w.length !== nHead * headDim * cols || headDim % 2 !== 0) {
-    throw new KvtcError('MODEL_INVALID', `unpermuteRopeRows: ${w.length} values are not ${nHead} heads x ${headDim} rows x ${cols} columns with an even head_dim`, { fix: 'The q/k projection does not match the metadata.' });
+    throw new KvtcError(
+      'MODEL_INVALID',
+      `unpermuteRopeRows: ${w.length} values are not ${nHead} heads x ${headDim} rows x ${cols} columns with an even head_dim`,
+      { fix: 'The q/k projection does not match the metadata.' },
+    );
   }
   const out = new Float32Array(w.length);
   const half = headDim / 2;
@@ -84,7 +97,8 @@ export function shortestFloat32(v: number): number {
 
 const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
   new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
+const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
+  ggufInvalid(g.path, message, context, fix);
 
 /** Hyper-parameters from `<arch>.*` metadata, checked against each other before any tensor is read. */
 export function llamaHyper(g: GgufModel): LlamaHyper {
@@ -96,19 +110,31 @@ export function llamaHyper(g: GgufModel): LlamaHyper {
   const kvHeads = metaCount(g, `${a}.attention.head_count_kv`, heads);
   const keyLength = metaCount(g, `${a}.attention.key_length`, Math.floor(hidden / heads));
   const valueLength = metaCount(g, `${a}.attention.value_length`, keyLength);
-  if (keyLength !== valueLength) throw unsupported(g, `key_length ${keyLength} differs from value_length ${valueLength}`, 'kvtc converts Llama models whose keys and values have one head_dim.');
+  if (keyLength !== valueLength)
+    throw unsupported(
+      g,
+      `key_length ${keyLength} differs from value_length ${valueLength}`,
+      'kvtc converts Llama models whose keys and values have one head_dim.',
+    );
   const headDim = keyLength;
-  if (heads % kvHeads !== 0) throw invalid(g, `head_count ${heads} is not a multiple of head_count_kv ${kvHeads}`, 'The GGUF metadata is inconsistent.');
+  if (heads % kvHeads !== 0)
+    throw invalid(g, `head_count ${heads} is not a multiple of head_count_kv ${kvHeads}`, 'The GGUF metadata is inconsistent.');
   if (headDim % 2 !== 0) throw invalid(g, `head_dim ${headDim} is odd; RoPE needs pairs`, 'The GGUF metadata is inconsistent.');
   const embd = g.tensors.get('token_embd.weight');
   const vocabSize = metaCount(g, `${a}.vocab_size`, embd?.dims[1]);
   const contextLength = metaCount(g, `${a}.context_length`);
   const rmsNormEps = shortestFloat32(metaNumber(g, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5);
-  if (!(rmsNormEps > 0 && rmsNormEps < 1)) throw invalid(g, `layer_norm_rms_epsilon ${rmsNormEps} is not in (0, 1)`, 'The GGUF metadata is corrupt.');
+  if (!(rmsNormEps > 0 && rmsNormEps < 1))
+    throw invalid(g, `layer_norm_rms_epsilon ${rmsNormEps} is not in (0, 1)`, 'The GGUF metadata is corrupt.');
   const theta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base`) ?? 10000);
   if (!(theta > 1)) throw invalid(g, `rope.freq_base ${theta} is not above 1`, 'The GGUF metadata is corrupt.');
   const rotaryDim = metaCount(g, `${a}.rope.dimension_count`, headDim);
-  if (rotaryDim > headDim || rotaryDim % 2 !== 0) throw invalid(g, `rope.dimension_count ${rotaryDim} must be even and at most head_dim ${headDim}`, 'The GGUF metadata is inconsistent.');
+  if (rotaryDim > headDim || rotaryDim % 2 !== 0)
+    throw invalid(
+      g,
+      `rope.dimension_count ${rotaryDim} must be even and at most head_dim ${headDim}`,
+      'The GGUF metadata is inconsistent.',
+    );
   // transformers' GGUF loader maps rope.scaling.{type,factor} to rope_scaling (linear); yarn and
   // Llama 3.1's per-frequency factors (the rope_freqs tensor) describe RoPE kvtc does not rebuild here.
   const scalingType = metaString(g, `${a}.rope.scaling.type`) ?? 'none';
@@ -119,10 +145,19 @@ export function llamaHyper(g: GgufModel): LlamaHyper {
     if (!(factor > 0)) throw invalid(g, `rope.scaling.factor ${factor} is not positive`, 'The GGUF metadata is corrupt.');
     rope = { ...rope, scaling: { type: 'linear', factor } };
   } else if (scalingType !== 'none' && scalingType !== 'linear') {
-    throw unsupported(g, `RoPE scaling "${scalingType}" is not supported for GGUF import (supported: none, linear)`, 'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads yarn from a config.json.', { scaling: scalingType });
+    throw unsupported(
+      g,
+      `RoPE scaling "${scalingType}" is not supported for GGUF import (supported: none, linear)`,
+      'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads yarn from a config.json.',
+      { scaling: scalingType },
+    );
   }
   if (g.tensors.has('rope_freqs.weight')) {
-    throw unsupported(g, 'the rope_freqs tensor (Llama 3.1-style per-frequency RoPE factors) is not supported for GGUF import', 'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads llama3 rope_scaling from a config.json.');
+    throw unsupported(
+      g,
+      'the rope_freqs tensor (Llama 3.1-style per-frequency RoPE factors) is not supported for GGUF import',
+      'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads llama3 rope_scaling from a config.json.',
+    );
   }
   return { layers, hidden, intermediate, heads, kvHeads, headDim, vocabSize, contextLength, rmsNormEps, rope };
 }
@@ -133,7 +168,12 @@ function checkTensorNames(g: GgufModel, h: LlamaHyper): void {
   for (let l = 0; l < h.layers; l++) for (const t of LAYER_TENSORS) known.add(`blk.${l}.${t}.weight`);
   const extra = [...g.tensors.keys()].filter((n) => !known.has(n));
   if (extra.length > 0) {
-    throw unsupported(g, `tensors a Llama model does not have: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ` and ${extra.length - 5} more` : ''} (biases, experts or a block_count that does not match)`, 'kvtc converts plain Llama GGUFs (no biases, no mixture of experts); export other models with Optimum.', { tensors: extra.slice(0, 20) });
+    throw unsupported(
+      g,
+      `tensors a Llama model does not have: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ` and ${extra.length - 5} more` : ''} (biases, experts or a block_count that does not match)`,
+      'kvtc converts plain Llama GGUFs (no biases, no mixture of experts); export other models with Optimum.',
+      { tensors: extra.slice(0, 20) },
+    );
   }
 }
 
@@ -147,10 +187,14 @@ function checkSize(g: GgufModel, h: LlamaHyper): void {
   const perLayer = 2 * h.hidden + 2 * h.hidden * q + 2 * h.hidden * kv + 3 * h.hidden * h.intermediate;
   const floats = h.vocabSize * h.hidden * (g.tensors.has('output.weight') ? 2 : 1) + h.hidden + h.layers * perLayer;
   if (floats * 4 > 2_000_000_000) {
-    throw new KvtcError('GGUF_UNSUPPORTED', `${g.path}: ${(floats / 1e9).toFixed(2)}B parameters are ${(floats * 4 / 1e9).toFixed(1)} GB as float32, more than one ONNX file holds (2 GB); kvtc's GGUF import handles models up to about 500M parameters`, {
-      fix: 'Export the model with Optimum (optimum-cli export onnx writes external weight data) and pass that directory as --model.',
-      context: { file: g.path, parameters: floats },
-    });
+    throw new KvtcError(
+      'GGUF_UNSUPPORTED',
+      `${g.path}: ${(floats / 1e9).toFixed(2)}B parameters are ${((floats * 4) / 1e9).toFixed(1)} GB as float32, more than one ONNX file holds (2 GB); kvtc's GGUF import handles models up to about 500M parameters`,
+      {
+        fix: 'Export the model with Optimum (optimum-cli export onnx writes external weight data) and pass that directory as --model.',
+        context: { file: g.path, parameters: floats },
+      },
+    );
   }
 }
 
@@ -220,7 +264,7 @@ export async function convertLlamaGguf(g: GgufModel, opts: { name: string }): Pr
     tokenizerConfig: tok.tokenizerConfig,
     parameters: countParameters(weights),
     notes: [
-      'attn_q/attn_k rows un-permuted from llama.cpp\'s interleaved RoPE to Hugging Face rotate_half (as transformers\' GGUF loader does)',
+      "attn_q/attn_k rows un-permuted from llama.cpp's interleaved RoPE to Hugging Face rotate_half (as transformers' GGUF loader does)",
       `weights dequantized to float32${weights.lmHead ? '' : '; output tied to token_embd'}`,
       `tokenizer: ${tok.description}`,
     ],

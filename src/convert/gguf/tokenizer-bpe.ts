@@ -28,7 +28,8 @@ export function bytesToUnicode(): string[] {
 }
 
 /** llama.cpp LLAMA_VOCAB_PRE_TYPE_LLAMA3 (and transformers' _LLAMA3_SPLIT). */
-const LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const LLAMA3_SPLIT =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 const byteLevel = (useRegex: boolean) => ({ type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: useRegex });
 
@@ -42,10 +43,15 @@ const PRE_TOKENIZERS: Record<string, () => Record<string, unknown>> = {
   default: () => byteLevel(true),
   gpt2: () => byteLevel(true),
   smollm: () => ({ type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, byteLevel(true)] }),
-  ...Object.fromEntries(['llama3', 'llama-v3', 'llama-bpe', 'smaug-bpe'].map((k) => [k, () => ({
-    type: 'Sequence',
-    pretokenizers: [{ type: 'Split', pattern: { Regex: LLAMA3_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)],
-  })])),
+  ...Object.fromEntries(
+    ['llama3', 'llama-v3', 'llama-bpe', 'smaug-bpe'].map((k) => [
+      k,
+      () => ({
+        type: 'Sequence',
+        pretokenizers: [{ type: 'Split', pattern: { Regex: LLAMA3_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)],
+      }),
+    ]),
+  ),
 };
 
 export const SUPPORTED_BPE_PRE_TOKENIZERS = Object.keys(PRE_TOKENIZERS);
@@ -64,38 +70,67 @@ export interface GgufTokenizer {
   description: string;
 }
 
-const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
+const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
+  ggufInvalid(g.path, message, context, fix);
 
 /** Builds the tokenizer files from a GGUF whose tokenizer.ggml.model is "gpt2"; refuses other models. */
 export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: number; vocabSize: number }): GgufTokenizer {
   const model = metaString(g, 'tokenizer.ggml.model');
   if (model !== 'gpt2') {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: tokenizer model ${model === undefined ? '(tokenizer.ggml.model absent)' : `"${model}"`} is not supported for the ${g.architecture} architecture; kvtc builds byte-level BPE ("gpt2") tokenizers from a GGUF here`, {
-      fix: 'Convert a GGUF whose tokenizer is byte-level BPE, or export the model with Optimum (it writes tokenizer.json).',
-      context: { file: g.path, tokenizer: model ?? null, supported: ['gpt2'] },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${g.path}: tokenizer model ${model === undefined ? '(tokenizer.ggml.model absent)' : `"${model}"`} is not supported for the ${g.architecture} architecture; kvtc builds byte-level BPE ("gpt2") tokenizers from a GGUF here`,
+      {
+        fix: 'Convert a GGUF whose tokenizer is byte-level BPE, or export the model with Optimum (it writes tokenizer.json).',
+        context: { file: g.path, tokenizer: model ?? null, supported: ['gpt2'] },
+      },
+    );
   }
   const pre = metaString(g, 'tokenizer.ggml.pre') ?? 'default';
   const preTokenizer = PRE_TOKENIZERS[pre];
   if (!preTokenizer) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: pre-tokenizer "${pre}" (tokenizer.ggml.pre) is not supported; kvtc knows: ${SUPPORTED_BPE_PRE_TOKENIZERS.join(', ')}`, {
-      fix: 'Its split rule would change the token ids; export the model with Optimum (it writes tokenizer.json) instead.',
-      context: { file: g.path, pre, supported: SUPPORTED_BPE_PRE_TOKENIZERS },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${g.path}: pre-tokenizer "${pre}" (tokenizer.ggml.pre) is not supported; kvtc knows: ${SUPPORTED_BPE_PRE_TOKENIZERS.join(', ')}`,
+      {
+        fix: 'Its split rule would change the token ids; export the model with Optimum (it writes tokenizer.json) instead.',
+        context: { file: g.path, pre, supported: SUPPORTED_BPE_PRE_TOKENIZERS },
+      },
+    );
   }
   const tokens = metaStrings(g, 'tokenizer.ggml.tokens');
-  if (!tokens || tokens.length === 0) throw tokenizerError(g, 'tokenizer.ggml.tokens is missing or empty', 'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.');
+  if (!tokens || tokens.length === 0)
+    throw tokenizerError(
+      g,
+      'tokenizer.ggml.tokens is missing or empty',
+      'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.',
+    );
   if (tokens.length > MAX_VOCAB || tokens.length > opts.vocabSize) {
-    throw tokenizerError(g, `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`, 'The GGUF is inconsistent or corrupt.', { tokens: tokens.length, vocabSize: opts.vocabSize });
+    throw tokenizerError(
+      g,
+      `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`,
+      'The GGUF is inconsistent or corrupt.',
+      { tokens: tokens.length, vocabSize: opts.vocabSize },
+    );
   }
   const merges = metaStrings(g, 'tokenizer.ggml.merges');
-  if (!merges) throw tokenizerError(g, 'tokenizer.ggml.merges is missing: a byte-level BPE needs its merges', 'Re-create the GGUF with llama.cpp convert_hf_to_gguf.py.');
+  if (!merges)
+    throw tokenizerError(
+      g,
+      'tokenizer.ggml.merges is missing: a byte-level BPE needs its merges',
+      'Re-create the GGUF with llama.cpp convert_hf_to_gguf.py.',
+    );
   const types = metaNumbers(g, 'tokenizer.ggml.token_type');
-  if (types && types.length !== tokens.length) throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
+  if (types && types.length !== tokens.length)
+    throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
   const id = (key: string) => {
     const v = metaNumber(g, `tokenizer.ggml.${key}`);
     if (v === undefined) return undefined;
-    if (!Number.isInteger(v) || v < 0 || v >= tokens.length) throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', { key, value: v });
+    if (!Number.isInteger(v) || v < 0 || v >= tokens.length)
+      throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', {
+        key,
+        value: v,
+      });
     return v;
   };
   const bos = id('bos_token_id');
@@ -117,7 +152,10 @@ export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
   });
   const mergePairs = merges.map((m, i) => {
     const parts = m.split(' ');
-    if (parts.length !== 2 || !parts[0] || !parts[1]) throw tokenizerError(g, `merge ${i} "${m.slice(0, 40)}" is not two tokens separated by one space`, 'The GGUF is corrupt.', { merge: i });
+    if (parts.length !== 2 || !parts[0] || !parts[1])
+      throw tokenizerError(g, `merge ${i} "${m.slice(0, 40)}" is not two tokens separated by one space`, 'The GGUF is corrupt.', {
+        merge: i,
+      });
     return parts;
   });
 
@@ -125,8 +163,10 @@ export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
   tokens.forEach((t, i) => {
     const type = types?.[i];
     // CONTROL tokens outside the byte alphabet are llama.cpp mislabels transformers skips too.
-    if (type === 3 && inAlphabet(t)) added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
-    else if (type === 4 && vocab.has(t)) added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
+    if (type === 3 && inAlphabet(t))
+      added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+    else if (type === 4 && vocab.has(t))
+      added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
   });
 
   const specials: Record<string, { id: string; ids: number[]; tokens: string[] }> = {};

@@ -32,9 +32,8 @@ export const SPM_GEMMA_ARCHITECTURES = ['gemma', 'gemma2', 'gemma3'] as const;
 
 /** Python's str.isspace() characters (str.strip() with no argument removes these). */
 const PY_SPACE = new Set([
-  0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680,
-  0x2000, 0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a,
-  0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
+  0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006,
+  0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
 ]);
 
 /** gemma_tokenizer's respelling: `"▁" * len(t) if " " in t and not t.strip() else t` (len in code points). */
@@ -50,8 +49,19 @@ export function respellSpaces(t: string): string {
  * len(right)) descending. `vocab` maps a token to its (last) id, as a Python dict built from the
  * list does; tokens are visited in first-occurrence order, which only decides exact ties.
  */
-export function generateMerges(tokens: readonly string[], vocab: ReadonlyMap<string, number>, score: (token: string) => number): [string, string][] {
-  interface M { l: string; r: string; s: number; ll: number; lr: number; order: number }
+export function generateMerges(
+  tokens: readonly string[],
+  vocab: ReadonlyMap<string, number>,
+  score: (token: string) => number,
+): [string, string][] {
+  interface M {
+    l: string;
+    r: string;
+    s: number;
+    ll: number;
+    lr: number;
+    order: number;
+  }
   const all: M[] = [];
   const seen = new Set<string>();
   for (const t of tokens) {
@@ -78,37 +88,69 @@ export function generateMerges(tokens: readonly string[], vocab: ReadonlyMap<str
   return all.map((m) => [m.l, m.r]);
 }
 
-const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) => ggufInvalid(g.path, message, context, fix);
+const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
+  ggufInvalid(g.path, message, context, fix);
 
-const addedToken = (id: number, content: string, special: boolean) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special });
+const addedToken = (id: number, content: string, special: boolean) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special,
+});
 
 /** Builds the tokenizer files from a Gemma GGUF whose tokenizer.ggml.model is "llama" (SentencePiece); refuses others. */
 export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: number; vocabSize: number }): GgufTokenizer {
   const model = metaString(g, 'tokenizer.ggml.model');
   if (model !== 'llama' || !(SPM_GEMMA_ARCHITECTURES as readonly string[]).includes(g.architecture)) {
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: tokenizer model ${model === undefined ? '(tokenizer.ggml.model absent)' : `"${model}"`} is not supported for the ${g.architecture} architecture; kvtc builds SentencePiece ("llama") tokenizers of ${SPM_GEMMA_ARCHITECTURES.join(', ')} GGUFs here`, {
-      fix: 'Convert a Gemma GGUF with its SentencePiece vocabulary, or export the model with Optimum (it writes tokenizer.json).',
-      context: { file: g.path, tokenizer: model ?? null, architecture: g.architecture },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${g.path}: tokenizer model ${model === undefined ? '(tokenizer.ggml.model absent)' : `"${model}"`} is not supported for the ${g.architecture} architecture; kvtc builds SentencePiece ("llama") tokenizers of ${SPM_GEMMA_ARCHITECTURES.join(', ')} GGUFs here`,
+      {
+        fix: 'Convert a Gemma GGUF with its SentencePiece vocabulary, or export the model with Optimum (it writes tokenizer.json).',
+        context: { file: g.path, tokenizer: model ?? null, architecture: g.architecture },
+      },
+    );
   }
   const tokens = metaStrings(g, 'tokenizer.ggml.tokens');
-  if (!tokens || tokens.length === 0) throw tokenizerError(g, 'tokenizer.ggml.tokens is missing or empty', 'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.');
+  if (!tokens || tokens.length === 0)
+    throw tokenizerError(
+      g,
+      'tokenizer.ggml.tokens is missing or empty',
+      'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.',
+    );
   if (tokens.length > MAX_VOCAB || tokens.length > opts.vocabSize) {
-    throw tokenizerError(g, `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`, 'The GGUF is inconsistent or corrupt.', { tokens: tokens.length, vocabSize: opts.vocabSize });
+    throw tokenizerError(
+      g,
+      `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`,
+      'The GGUF is inconsistent or corrupt.',
+      { tokens: tokens.length, vocabSize: opts.vocabSize },
+    );
   }
   const types = metaNumbers(g, 'tokenizer.ggml.token_type');
-  if (types && types.length !== tokens.length) throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
+  if (types && types.length !== tokens.length)
+    throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
   if (metaStrings(g, 'tokenizer.ggml.merges')) {
     // gemma_tokenizer would take file merges as they are; no Gemma GGUF has them, and rebuilding them is what kvtc checked.
-    throw new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: a SentencePiece vocabulary with tokenizer.ggml.merges is not supported (Gemma GGUFs carry none)`, {
-      fix: 'Export the model with Optimum (it writes tokenizer.json) instead.',
-      context: { file: g.path },
-    });
+    throw new KvtcError(
+      'UNSUPPORTED_ARCHITECTURE',
+      `${g.path}: a SentencePiece vocabulary with tokenizer.ggml.merges is not supported (Gemma GGUFs carry none)`,
+      {
+        fix: 'Export the model with Optimum (it writes tokenizer.json) instead.',
+        context: { file: g.path },
+      },
+    );
   }
   const id = (key: string) => {
     const v = metaNumber(g, `tokenizer.ggml.${key}`);
     if (v === undefined) return undefined;
-    if (!Number.isInteger(v) || v < 0 || v >= tokens.length) throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', { key, value: v });
+    if (!Number.isInteger(v) || v < 0 || v >= tokens.length)
+      throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', {
+        key,
+        value: v,
+      });
     return v;
   };
   const bos = id('bos_token_id');
@@ -122,7 +164,8 @@ export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
   const unkToken = unk !== undefined ? tokens[unk] : '<unk>';
 
   const spelled = tokens.map((t, i) => {
-    if (t.length > MAX_TOKEN_CHARS) throw tokenizerError(g, `token ${i} is ${t.length} characters long`, 'The GGUF is corrupt.', { token: i });
+    if (t.length > MAX_TOKEN_CHARS)
+      throw tokenizerError(g, `token ${i} is ${t.length} characters long`, 'The GGUF is corrupt.', { token: i });
     return respellSpaces(t);
   });
   // Later duplicates win, as in transformers' dict comprehension.
@@ -147,7 +190,11 @@ export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
   const sp = (i: number, typeId: number) => ({ SpecialToken: { id: tokens[i], type_id: typeId } });
   if (withBos) specials[tokens[bos]] = { id: tokens[bos], ids: [bos], tokens: [tokens[bos]] };
   if (withEos) specials[tokens[eos]] = { id: tokens[eos], ids: [eos], tokens: [tokens[eos]] };
-  for (const [part, typeId, into] of [['A', 0, single], ['A', 0, pair], ['B', 1, pair]] as const) {
+  for (const [part, typeId, into] of [
+    ['A', 0, single],
+    ['A', 0, pair],
+    ['B', 1, pair],
+  ] as const) {
     if (withBos) into.push(sp(bos, typeId));
     into.push({ Sequence: { id: part, type_id: typeId } });
     if (withEos) into.push(sp(eos, typeId));
@@ -161,7 +208,10 @@ export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
     normalizer: { type: 'Replace', pattern: { String: ' ' }, content: SPACE },
     pre_tokenizer: { type: 'Split', pattern: { String: ' ' }, behavior: 'MergedWithPrevious', invert: false },
     post_processor: { type: 'TemplateProcessing', single, pair, special_tokens: specials },
-    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: SPACE }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }] },
+    decoder: {
+      type: 'Sequence',
+      decoders: [{ type: 'Replace', pattern: { String: SPACE }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }],
+    },
     model: {
       type: 'BPE',
       dropout: null,

@@ -63,7 +63,14 @@ describe('kvtc bench on a user model with its profile', () => {
 
   it('throughput rows: the limits (memcpy, zlib) beside kvtc, each median within its min–max', () => {
     const t = rows('operation');
-    expect(t.map((r) => r[0])).toEqual(['memcpy', 'zlib deflate', 'zlib inflate', 'kvtc encode', 'kvtc decode', ...t.slice(5).map((r) => r[0])]);
+    expect(t.map((r) => r[0])).toEqual([
+      'memcpy',
+      'zlib deflate',
+      'zlib inflate',
+      'kvtc encode',
+      'kvtc decode',
+      ...t.slice(5).map((r) => r[0]),
+    ]);
     for (const [name, span, mbps] of t) {
       expect(span, name).toMatch(/^[\d.]+ (µs|ms|s) \([\d.]+ (µs|ms|s)–[\d.]+ (µs|ms|s)\)$/);
       expect(Number(mbps), name).toBeGreaterThan(0);
@@ -78,7 +85,9 @@ describe('kvtc bench on a user model with its profile', () => {
       expect(Number(ratio.replace('x', '')), name).toBeCloseTo((320 * 1024) / bytes(stored), 1);
     }
     expect(c.find((r) => r[0] === 'fp16')![2]).toBe('1.00x');
-    const kvtcCompressed = Number(/kvtc over its compressed tokens only \(sink\/window tokens and their bytes left out\): ([\d.]+)x/.exec(out)?.[1]);
+    const kvtcCompressed = Number(
+      /kvtc over its compressed tokens only \(sink\/window tokens and their bytes left out\): ([\d.]+)x/.exec(out)?.[1],
+    );
     expect(kvtcCompressed).toBeGreaterThan(Number(c[0][2].replace('x', '')));
     // The blob restored at 512 tokens is the one the ratio table measured.
     const r = rows('context');
@@ -86,7 +95,10 @@ describe('kvtc bench on a user model with its profile', () => {
     expect(r[1][2]).toBe(c[0][1]);
     for (const [ctx, fp16, , recompute, restore, speedup] of r) {
       expect(bytes(fp16), ctx).toBe(Number(ctx) * 640);
-      const median = (s: string) => { const [n, u] = s.split(' '); return Number(n) * { µs: 1e-6, ms: 1e-3, s: 1 }[u as 's']!; };
+      const median = (s: string) => {
+        const [n, u] = s.split(' ');
+        return Number(n) * { µs: 1e-6, ms: 1e-3, s: 1 }[u as 's']!;
+      };
       // Within the rounding of the printed medians (3 significant digits) and speedup.
       expect(Math.abs(Number(speedup.replace('x', '')) / (median(recompute) / median(restore)) - 1), ctx).toBeLessThan(0.03);
     }
@@ -105,4 +117,3 @@ describe('kvtc bench --clear-cache', () => {
     expect(r.stdout).toBe(`the bench cache ${cacheDir} holds nothing kvtc made: nothing to remove`);
   });
 });
-

@@ -14,7 +14,8 @@ import { FIXTURE, kvtc, tempDir } from '../../model/helpers.js';
 
 const PROFILE = join(DEFAULT_PROFILES_DIR, 'stories260k');
 /** profile P was calibrated for model M (fingerprint F), but ROLE is N (fingerprint G, WHERE): DIFFERENCES */
-const SHAPE = /^profile (?<profile>\S+) was calibrated for model stories260k \(fingerprint 9699b3e4089e0884\), but (?<role>.+?) is (?<name>\S+) \(fingerprint (?<id>[0-9a-f]{16}), (?<where>[^)]+)\): (?<differences>.+)$/;
+const SHAPE =
+  /^profile (?<profile>\S+) was calibrated for model stories260k \(fingerprint 9699b3e4089e0884\), but (?<role>.+?) is (?<name>\S+) \(fingerprint (?<id>[0-9a-f]{16}), (?<where>[^)]+)\): (?<differences>.+)$/;
 
 let dir: string;
 let stories: string;
@@ -25,7 +26,10 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'text.txt'), 'Once upon a time there was a little robot who loved to read books about the sea.');
   stories = join(dir, 'stories.safetensors');
   tiny = join(dir, 'tiny.safetensors');
-  for (const [model, out] of [[undefined, stories], [FIXTURE, tiny]] as const) {
+  for (const [model, out] of [
+    [undefined, stories],
+    [FIXTURE, tiny],
+  ] as const) {
     const r = await kvtc('capture', ...(model ? ['--model', model] : []), '--text', join(dir, 'text.txt'), '--out', out);
     expect(r.code, r.stderr).toBe(0);
   }
@@ -71,10 +75,12 @@ describe('kvtc encode with a cache from another model', () => {
     await writeKvCache(forged, cache, { model: 'stories260k-finetuned', fingerprint: '0123456789abcdef' });
     const e = await kvtc('encode', '--profile', PROFILE, '--kv', forged, '--out', join(dir, 'f.kvtc'));
     expect(e.code).toBe(1);
-    expect(e.stderr).toMatch(/PROFILE_MISMATCH\]: profile \S+ was calibrated for model stories260k \(fingerprint 9699b3e4089e0884\), but the model that captured the cache is stories260k-finetuned \(fingerprint 0123456789abcdef, \S+forged\.safetensors\): the fingerprint differs \(same cache shape: another model, export or RoPE\)/);
+    expect(e.stderr).toMatch(
+      /PROFILE_MISMATCH\]: profile \S+ was calibrated for model stories260k \(fingerprint 9699b3e4089e0884\), but the model that captured the cache is stories260k-finetuned \(fingerprint 0123456789abcdef, \S+forged\.safetensors\): the fingerprint differs \(same cache shape: another model, export or RoPE\)/,
+    );
   });
 
-  it('a cache that records no model (another tool wrote it) is encoded; the bundled model\'s own cache too', async () => {
+  it("a cache that records no model (another tool wrote it) is encoded; the bundled model's own cache too", async () => {
     const { cache } = await readKvCache(stories);
     const anonymous = join(dir, 'anonymous.safetensors');
     await writeKvCache(anonymous, cache, {});
@@ -89,7 +95,9 @@ describe('kvtc encode with a cache from another model', () => {
     const r = await kvtc('encode', '--profile', PROFILE, '--kv', stories, '--out', join(dir, 'short.kvtc'));
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^encoded \d+ tokens → \S+short\.kvtc \([\d.]+ (B|KiB|MiB), from [\d.]+ (B|KiB|MiB) as fp16\)/);
-    expect(r.stdout).toMatch(/ratio, compressed tokens: +n\/a — the cache \(\d+ tokens\) is not longer than sink \+ window \(4 \+ 128\), nothing was compressed/);
+    expect(r.stdout).toMatch(
+      /ratio, compressed tokens: +n\/a — the cache \(\d+ tokens\) is not longer than sink \+ window \(4 \+ 128\), nothing was compressed/,
+    );
     expect(r.stdout).toMatch(/time: .* on cpu$/m);
   });
 });

@@ -20,7 +20,17 @@ describe('kvtc generate', () => {
     expect(r.stdout).toBe(', there was a little');
     expect(r.stderr).toMatch(/^\(5 new tokens, stop: length, \d+ tokens\/s\)$/);
     const j = await gen('--max-new-tokens', '5');
-    expect(Object.keys(j).sort()).toEqual(['continuation', 'decode_ms', 'ids', 'model', 'prefill_ms', 'prompt', 'prompt_tokens', 'stop_reason', 'tokens_per_second']);
+    expect(Object.keys(j).sort()).toEqual([
+      'continuation',
+      'decode_ms',
+      'ids',
+      'model',
+      'prefill_ms',
+      'prompt',
+      'prompt_tokens',
+      'stop_reason',
+      'tokens_per_second',
+    ]);
     expect(j).toMatchObject({ model: 'stories260k', prompt: 'Once upon a time', continuation: r.stdout, stop_reason: 'length' });
     expect(j.ids).toHaveLength(5);
     expect(j.prefill_ms).toBeGreaterThan(0);
@@ -39,7 +49,7 @@ describe('kvtc generate', () => {
     expect(a.ids).not.toEqual(g1.ids);
   });
 
-  it('stops at the model\'s context: prompt and generated tokens fill its 512 positions, the last one sampled from position 511', async () => {
+  it("stops at the model's context: prompt and generated tokens fill its 512 positions, the last one sampled from position 511", async () => {
     const r = await kvtc('generate', '--prompt', 'Once upon a time, '.repeat(90), '--max-new-tokens', '100000', '--json');
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);

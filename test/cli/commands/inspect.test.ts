@@ -21,10 +21,20 @@ describe('kvtc inspect PROFILE', () => {
     expect(r.code, r.stderr).toBe(0);
     const [head, model, settings, calibration, measured] = r.stdout.split('\n');
     const bytes = statSync(join(PROFILE, 'kvtc-profile.json')).size + m.tensors.bytes;
-    expect(head).toBe(`profile ${PROFILE}  (id ${m.profile_id}, format v${m.format_version}, kvtc ${m.producer.version}, ${fmtBytes(bytes)})`);
-    expect(model).toBe(`model   stories260k: LlamaForCausalLM, 5 layers, 8 heads / 4 KV heads × 8, KV float32, RoPE θ=10000 (half), fingerprint ${m.model.fingerprint.id}`);
-    expect(settings).toBe(`settings  target ${m.settings.ratio_target}x, sink 4, window 128, grouping ${m.settings.grouping} (chosen by --grouping auto among layer, 2, 4, all), ${m.settings.entropy}, granule ${m.settings.granule}`);
-    expect(calibration).toMatch(new RegExp(`^calibration  ${m.calibration.tokens_fit} tokens fit \\+ ${m.calibration.tokens_heldout} tuning \\+ ${m.calibration.tokens_report} report, from ${m.calibration.sources.length} file\\(s\\): inaugural-1789-Washington\\.txt, `));
+    expect(head).toBe(
+      `profile ${PROFILE}  (id ${m.profile_id}, format v${m.format_version}, kvtc ${m.producer.version}, ${fmtBytes(bytes)})`,
+    );
+    expect(model).toBe(
+      `model   stories260k: LlamaForCausalLM, 5 layers, 8 heads / 4 KV heads × 8, KV float32, RoPE θ=10000 (half), fingerprint ${m.model.fingerprint.id}`,
+    );
+    expect(settings).toBe(
+      `settings  target ${m.settings.ratio_target}x, sink 4, window 128, grouping ${m.settings.grouping} (chosen by --grouping auto among layer, 2, 4, all), ${m.settings.entropy}, granule ${m.settings.granule}`,
+    );
+    expect(calibration).toMatch(
+      new RegExp(
+        `^calibration  ${m.calibration.tokens_fit} tokens fit \\+ ${m.calibration.tokens_heldout} tuning \\+ ${m.calibration.tokens_report} report, from ${m.calibration.sources.length} file\\(s\\): inaugural-1789-Washington\\.txt, `,
+      ),
+    );
     const e = m.measured.rel_error;
     expect(measured).toBe(
       `measured on the report split (text neither the fit nor the tuning saw), ${m.measured.context_tokens}-token contexts: ${m.measured.ratio_compressed}x on compressed tokens, ${m.measured.ratio_blob}x whole blob (sink+window raw); ` +
@@ -43,13 +53,25 @@ describe('kvtc inspect PROFILE', () => {
     for (const [i, p] of m.plans.entries()) {
       const [plan, kind, layers, dim, rank, bits, budget, err, groups] = rows[i];
       expect({ plan, kind, layers, dim, rank, bits, budget }).toEqual({
-        plan: String(p.index), kind: p.kind, layers: p.layers.join(','), dim: String(p.dim), rank: String(p.rank), bits: String(p.bits_per_token), budget: String(p.budget_bits),
+        plan: String(p.index),
+        kind: p.kind,
+        layers: p.layers.join(','),
+        dim: String(p.dim),
+        rank: String(p.rank),
+        bits: String(p.bits_per_token),
+        budget: String(p.budget_bits),
       });
       const per = (p.kind === 'key' ? m.measured.rel_error.key : m.measured.rel_error.value) as number[];
-      expect(err).toBe(p.layers.length === 1 ? String(per[p.layers[0]]) : `${Number((p.layers.reduce((a: number, l: number) => a + per[l], 0) / p.layers.length).toPrecision(6))} (mean)`);
+      expect(err).toBe(
+        p.layers.length === 1
+          ? String(per[p.layers[0]])
+          : `${Number((p.layers.reduce((a: number, l: number) => a + per[l], 0) / p.layers.length).toPrecision(6))} (mean)`,
+      );
       const widths = groups.split(' ').map((g) => Number(/^(\d+)×(int2|int4|int8|fp8)(\(dyn\))?$/.exec(g)?.[1]));
       // Stored components: the basis may keep a component no group stores (a gap), so at most the rank.
-      expect(widths.reduce((a, w) => a + w, 0)).toBe(p.groups.reduce((a: number, g: { start: number; end: number }) => a + g.end - g.start, 0));
+      expect(widths.reduce((a, w) => a + w, 0)).toBe(
+        p.groups.reduce((a: number, g: { start: number; end: number }) => a + g.end - g.start, 0),
+      );
       expect(widths.reduce((a, w) => a + w, 0)).toBeLessThanOrEqual(p.rank);
     }
     expect(r.stdout).toMatch(/\nkept rank: the last principal component stored/);
@@ -66,13 +88,18 @@ describe('kvtc inspect PROFILE', () => {
     expect(j.bytes).toBe(statSync(join(PROFILE, 'kvtc-profile.json')).size + p.manifest.tensors.bytes);
     expect(j.plans).toHaveLength(p.plans.length);
     for (const [i, plan] of p.plans.entries()) {
-      expect(j.plans[i].variance_kept).toBeCloseTo(plan.variances.reduce((a, v) => a + v, 0), 6);
-      expect(j.plans[i].groups).toBe(p.manifest.plans[i].groups.map((g) => `${g.end - g.start}×${g.type}${g.mode === 'dynamic' ? '(dyn)' : ''}`).join(' '));
+      expect(j.plans[i].variance_kept).toBeCloseTo(
+        plan.variances.reduce((a, v) => a + v, 0),
+        6,
+      );
+      expect(j.plans[i].groups).toBe(
+        p.manifest.plans[i].groups.map((g) => `${g.end - g.start}×${g.type}${g.mode === 'dynamic' ? '(dyn)' : ''}`).join(' '),
+      );
     }
     expect(j.model_reading).toBeUndefined();
   });
 
-  it('with --model also prints kvtc\'s reading of the model after the profile; with neither it is a usage error', async () => {
+  it("with --model also prints kvtc's reading of the model after the profile; with neither it is a usage error", async () => {
     const r = await kvtc('inspect', PROFILE, '--model', DEFAULT_MODEL_DIR);
     expect(r.code).toBe(0);
     const at = r.stdout.indexOf('RoPE kvtc undoes on keys');
