@@ -11,6 +11,7 @@ NaN). For the types gguf-py can quantize, extra blocks quantize Gaussian data, a
 Run (needs numpy and gguf; not a kvtc dependency):
     python scripts/gguf-quant-fixtures.py            # writes test/fixtures/gguf/quants.json
 """
+
 import base64
 import json
 import sys
@@ -18,7 +19,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 
 SEED = 20240619
@@ -26,8 +28,16 @@ OUT = Path(__file__).resolve().parent.parent / "test" / "fixtures" / "gguf" / "q
 
 # Byte offsets of the fp16 scale/min fields inside one block (ggml-common.h).
 HALF_FIELDS = {
-    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "Q4_0": [0],
+    "Q4_1": [0, 2],
+    "Q5_0": [0],
+    "Q5_1": [0, 2],
+    "Q8_0": [0],
+    "Q2_K": [80, 82],
+    "Q3_K": [108],
+    "Q4_K": [0, 2],
+    "Q5_K": [0, 2],
+    "Q6_K": [208],
 }
 BLOCKS = {"F16": 64, "BF16": 64, "F32": 32}
 QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"}

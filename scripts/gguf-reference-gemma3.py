@@ -19,6 +19,7 @@ Recorded (float32 weights and compute, eager attention, batch 1, no padding):
     when the window is lifted, measured here);
   - a greedy continuation of the first prompt with each step's top-1 margin over the runner-up.
 """
+
 import argparse
 import hashlib
 import json
@@ -49,10 +50,10 @@ MIXED = (
     "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\nParis.<end_of_turn>\n"
     "Unicode: café, naïve, Straße, Ελληνικά, русский текст, עברית, العربية, हिन्दी, 日本語のテキスト, 中文字符, 한국어.\n"
     "Emoji: 😀🎉👍🏽 and 🇫🇷; math: ∑ᵢ xᵢ² ≤ ∞, √2 ≈ 1.41421356; symbols: © ® ™ § ¶ † ‡ • … ‰ ′ ″.\n"
-    "URLs https://example.com/path?q=1&r=2#frag and emails someone@example.org; JSON {\"a\": [1, 2.5e-3, null]}.\n"
+    'URLs https://example.com/path?q=1&r=2#frag and emails someone@example.org; JSON {"a": [1, 2.5e-3, null]}.\n'
     "Repeated: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa bbbbbbbbbbbb !!!!!!!!!! ........ ---------- ==========\n"
     "Mixed\r\nline endings\rand a form\x0cfeed, a control \x07 bell, zero-width\u200bjoiner, NBSP\u00a0here.\n"
-    "<bos> inside text, <eos>, <pad>, <unk>, <mask>, [multimodal], <unused0> and <b>html</b> <div class=\"x\">.\n"
+    '<bos> inside text, <eos>, <pad>, <unk>, <mask>, [multimodal], <unused0> and <b>html</b> <div class="x">.\n'
     "Numbers 0 1 12 123 1234 12345 123456 3.14159 -42 +7 1e10 0x1F 0b1010 ½ ¾ ① Ⅻ.\n"
     "   \t \n\t\t\tindented with tabs\n" + "End of the mixed text, with a final space "
 )
@@ -146,8 +147,25 @@ def main():
             "torch": torch.__version__,
             "gguf": _dist_version("gguf"),
         },
-        "settings": {"dtype": "float32", "attn_implementation": "eager", "top_k": TOP_K, "top_k_long": TOP_K_LONG, "add_special_tokens": True},
-        "config": {k: getattr(cfg, k, None) for k in ("sliding_window", "layer_types", "query_pre_attn_scalar", "rope_parameters", "hidden_activation", "final_logit_softcapping", "attn_logit_softcapping")},
+        "settings": {
+            "dtype": "float32",
+            "attn_implementation": "eager",
+            "top_k": TOP_K,
+            "top_k_long": TOP_K_LONG,
+            "add_special_tokens": True,
+        },
+        "config": {
+            k: getattr(cfg, k, None)
+            for k in (
+                "sliding_window",
+                "layer_types",
+                "query_pre_attn_scalar",
+                "rope_parameters",
+                "hidden_activation",
+                "final_logit_softcapping",
+                "attn_logit_softcapping",
+            )
+        },
         "long_text": {"text": MIXED, "ids": ids_of(MIXED)},
         "prompts": prompts,
         "window_effect": window_effect,
@@ -159,8 +177,11 @@ def main():
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"), default=str)
         f.write("\n")
     os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes); long prompt {len(prompts[-1]['ids'])} tokens; "
-          f"window effect {window_effect}; greedy: {greedy['text']!r}", file=sys.stderr)
+    print(
+        f"wrote {args.out} ({os.path.getsize(args.out)} bytes); long prompt {len(prompts[-1]['ids'])} tokens; "
+        f"window effect {window_effect}; greedy: {greedy['text']!r}",
+        file=sys.stderr,
+    )
 
 
 def _dist_version(name):

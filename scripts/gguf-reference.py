@@ -16,6 +16,7 @@ Recorded (float32 weights and compute, eager attention, batch 1, no padding):
   - the full-vocabulary logits at the last position of the first prompt (4 decimals);
   - a greedy continuation of the first prompt with each step's top-1 margin over the runner-up.
 """
+
 import argparse
 import hashlib
 import json
@@ -82,12 +83,14 @@ def main():
             ids = ids_of(text)
             logits = model(torch.tensor([ids])).logits[0].float()  # [seq, vocab]
             top = torch.topk(logits, TOP_K, dim=-1)
-            prompts.append({
-                "text": text,
-                "ids": ids,
-                "top_ids": top.indices.tolist(),
-                "top_logits": [[round(v, 5) for v in row] for row in top.values.tolist()],
-            })
+            prompts.append(
+                {
+                    "text": text,
+                    "ids": ids,
+                    "top_ids": top.indices.tolist(),
+                    "top_logits": [[round(v, 5) for v in row] for row in top.values.tolist()],
+                }
+            )
             if i == 0:
                 full_last = [round(v, 4) for v in logits[-1].tolist()]
                 seq = list(ids)

@@ -83,8 +83,13 @@ def profile_id_text(manifest):
         lines.append(f"model.{k} {_int_text(model[k], 'model.' + k)}")
     lines.append(f"model.kv_dtype {_word(model['kv_dtype'], 'model.kv_dtype')}")
     one = rope if isinstance(rope, dict) else None
-    if isinstance(rope, list) and len(rope) == 1 and not rope[0].get("none") and float(rope[0].get("attention_factor", 1)) == 1 \
-            and (rope[0].get("scaling") is None or rope[0]["scaling"]["type"] in ("linear", "llama3")):
+    if (
+        isinstance(rope, list)
+        and len(rope) == 1
+        and not rope[0].get("none")
+        and float(rope[0].get("attention_factor", 1)) == 1
+        and (rope[0].get("scaling") is None or rope[0]["scaling"]["type"] in ("linear", "llama3"))
+    ):
         one = rope[0]
     if one is not None:
         lines.append(f"model.rope.theta {_f64_text(one['theta'], 'model.rope.theta')}")
@@ -181,7 +186,10 @@ def read_safetensors(data, wanted):
             fail(f"safetensors: tensor {name} has dtype {info['dtype']}, expected F32")
         shape = info["shape"]
         offs = info["data_offsets"]
-        ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+
+        def ints(xs):
+            return isinstance(xs, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in xs)
+
         if not ints(shape) or not ints(offs) or len(offs) != 2:
             fail(f"safetensors: tensor {name} has an invalid shape or data_offsets")
         if shape != list(wanted[name]):
@@ -500,7 +508,7 @@ def e4m3fn_table():
         if (code & 0x7F) == 0x7F:
             t[code] = np.nan
         elif e == 0:
-            t[code] = sign * (m / 8.0) * 2.0 ** -6
+            t[code] = sign * (m / 8.0) * 2.0**-6
         else:
             t[code] = sign * (1.0 + m / 8.0) * 2.0 ** (e - 7)
     return t.astype(np.float32)
@@ -704,8 +712,13 @@ def decode_blob(manifest, plans, blob):
         keys = [k.astype(np.float16).astype(np.float32) for k in keys]
         values = [v.astype(np.float16).astype(np.float32) for v in values]
     return {
-        "tokens": T, "start_position": start_pos, "float16": flags & 1, "sink": sink, "window": window,
-        "keys": keys, "values": values,
+        "tokens": T,
+        "start_position": start_pos,
+        "float16": flags & 1,
+        "sink": sink,
+        "window": window,
+        "keys": keys,
+        "values": values,
     }
 
 

@@ -38,8 +38,20 @@ DTYPES = {
     "U8": ("u1", 1),
     "BOOL": ("u1", 1),
 }
-_KIND_TO_DTYPE = {("f", 8): "F64", ("f", 4): "F32", ("f", 2): "F16", ("i", 8): "I64", ("i", 4): "I32", ("i", 2): "I16",
-                  ("i", 1): "I8", ("u", 8): "U64", ("u", 4): "U32", ("u", 2): "U16", ("u", 1): "U8", ("b", 1): "BOOL"}
+_KIND_TO_DTYPE = {
+    ("f", 8): "F64",
+    ("f", 4): "F32",
+    ("f", 2): "F16",
+    ("i", 8): "I64",
+    ("i", 4): "I32",
+    ("i", 2): "I16",
+    ("i", 1): "I8",
+    ("u", 8): "U64",
+    ("u", 4): "U32",
+    ("u", 2): "U16",
+    ("u", 1): "U8",
+    ("b", 1): "BOOL",
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,9 @@ class Strict:
     tensors: Optional[Mapping[str, Tuple[int, ...]]] = None
 
 
-def parse(buf, source: str = "<buffer>", strict: Optional[Strict] = None,
-          error: Optional[Callable[[str], Exception]] = None) -> Tuple[Dict[str, TensorInfo], Dict[str, str]]:
+def parse(
+    buf, source: str = "<buffer>", strict: Optional[Strict] = None, error: Optional[Callable[[str], Exception]] = None
+) -> Tuple[Dict[str, TensorInfo], Dict[str, str]]:
     """The one safetensors parser in Python: every reader calls it, lenient or strict.
 
     Both modes check the header length against the file (and a bound), the header as UTF-8 JSON,
@@ -94,8 +107,11 @@ def parse(buf, source: str = "<buffer>", strict: Optional[Strict] = None,
     max_header = strict.max_header_bytes if strict else MAX_HEADER_BYTES
     (n,) = struct.unpack_from("<Q", buf, 0)
     if n > size - 8 or n > max_header:
-        raise fail(f"header length {n} does not fit (file {size} bytes, header at most {max_header})" if strict
-                   else f"header length {n} does not fit in a file of {size} bytes")
+        raise fail(
+            f"header length {n} does not fit (file {size} bytes, header at most {max_header})"
+            if strict
+            else f"header length {n} does not fit in a file of {size} bytes"
+        )
     if strict and n % 8:
         raise fail(f"header length {n} is not a multiple of 8 (the header is padded with spaces to one)")
     try:
@@ -126,27 +142,39 @@ def parse(buf, source: str = "<buffer>", strict: Optional[Strict] = None,
             raise fail(f"tensor {name}: entry must be exactly {{dtype, shape, data_offsets}}")
         dtype = e.get("dtype") if isinstance(e, dict) else None
         if dtype not in allowed:
-            raise fail(f"tensor {name} has dtype {json.dumps(dtype)}, expected {' or '.join(allowed)}" if strict
-                       else f'tensor "{name}" has unknown dtype {json.dumps(dtype)}')
+            raise fail(
+                f"tensor {name} has dtype {json.dumps(dtype)}, expected {' or '.join(allowed)}"
+                if strict
+                else f'tensor "{name}" has unknown dtype {json.dumps(dtype)}'
+            )
         shape, offs = e.get("shape"), e.get("data_offsets")
         if not _counts(shape) or (wanted is not None and tuple(shape) != tuple(wanted[name])):
             if wanted is not None:
                 raise fail(f"tensor {name} has shape {json.dumps(shape)}, the plan declares {list(wanted[name])}")
             raise fail(f"tensor {name} has an invalid shape {json.dumps(shape)}" if strict else f'tensor "{name}" has an invalid shape')
         if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs) or (strict and not _counts(offs)):
-            raise fail(f"tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer" if strict
-                       else f'tensor "{name}" has invalid data_offsets')
+            raise fail(
+                f"tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer"
+                if strict
+                else f'tensor "{name}" has invalid data_offsets'
+            )
         b, end = offs
         if not 0 <= b <= end <= data_len:
-            raise fail(f"tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer" if strict
-                       else f'tensor "{name}" data_offsets [{b}, {end}] fall outside the {data_len}-byte data buffer (truncated file?)')
+            raise fail(
+                f"tensor {name} has data_offsets {json.dumps(offs)} outside the {data_len}-byte data buffer"
+                if strict
+                else f'tensor "{name}" data_offsets [{b}, {end}] fall outside the {data_len}-byte data buffer (truncated file?)'
+            )
         count = 1
         for d in shape:  # Python ints do not overflow: a huge product simply cannot match
             count *= d
         need = count * DTYPES[dtype][1]
         if end - b != need:
-            raise fail(f"tensor {name} has {end - b} bytes, but {dtype}{shape} needs {need}" if strict
-                       else f'tensor "{name}" has {end - b} bytes but shape {shape} of {dtype} needs {need}')
+            raise fail(
+                f"tensor {name} has {end - b} bytes, but {dtype}{shape} needs {need}"
+                if strict
+                else f'tensor "{name}" has {end - b} bytes but shape {shape} of {dtype} needs {need}'
+            )
         tensors[name] = TensorInfo(dtype, tuple(shape), base + b, end - b)
     if wanted is not None:
         for name in wanted:
@@ -156,7 +184,9 @@ def parse(buf, source: str = "<buffer>", strict: Optional[Strict] = None,
         at = 0
         for begin, end, name in sorted((t.begin - base, t.begin - base + t.nbytes, name) for name, t in tensors.items()):
             if begin != at:
-                raise fail(f"tensor {name} starts at data offset {begin}, but the previous tensor ends at {at} (the data must be contiguous)")
+                raise fail(
+                    f"tensor {name} starts at data offset {begin}, but the previous tensor ends at {at} (the data must be contiguous)"
+                )
             at = end
         if at != data_len:
             raise fail(f"{data_len - at} bytes after the last tensor's data (trailing bytes, or a wrong header length)")
@@ -183,7 +213,11 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str,
         a = np.ascontiguousarray(tensors[name])
         dtype = _KIND_TO_DTYPE.get((a.dtype.kind, a.dtype.itemsize))
         if dtype is None:
-            raise KvtcError("SAFETENSORS_INVALID", f'tensor "{name}" has dtype {a.dtype}, which safetensors cannot hold', "Cast it to float16 or float32.")
+            raise KvtcError(
+                "SAFETENSORS_INVALID",
+                f'tensor "{name}" has dtype {a.dtype}, which safetensors cannot hold',
+                "Cast it to float16 or float32.",
+            )
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
         data = a.tobytes()
         header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
@@ -192,4 +226,3 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str,
     hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     hb += b" " * ((8 - len(hb) % 8) % 8)
     return b"".join([struct.pack("<Q", len(hb)), hb, *parts])
-

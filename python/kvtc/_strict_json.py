@@ -96,6 +96,7 @@ def loads_strict(raw: bytes) -> Any:
         raise StrictJsonError(f"is not valid JSON ({e})", 0) from None
     dup = find_duplicate_key(text)
     if dup is not None:
-        raise StrictJsonError(f"has the key {dup[0]} twice (the second at byte offset {dup[1]}); JSON readers disagree on which one counts", dup[1])
+        raise StrictJsonError(
+            f"has the key {dup[0]} twice (the second at byte offset {dup[1]}); JSON readers disagree on which one counts", dup[1]
+        )
     return value
-

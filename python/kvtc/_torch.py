@@ -32,20 +32,36 @@ def resolve(device: Any):
     """(torch module, torch.device) for "cuda", "cuda:N" or a torch.device; a clear error otherwise."""
     name = str(device)
     if not (name == "cuda" or name.startswith("cuda:")):
-        raise KvtcError("USAGE", f"device {name!r} is not supported; use \"cpu\" (NumPy) or \"cuda\" / \"cuda:N\" (PyTorch)",
-                        "Pass device=\"cpu\" or device=\"cuda\".", {"device": name})
+        raise KvtcError(
+            "USAGE",
+            f'device {name!r} is not supported; use "cpu" (NumPy) or "cuda" / "cuda:N" (PyTorch)',
+            'Pass device="cpu" or device="cuda".',
+            {"device": name},
+        )
     try:
         import torch  # noqa: PLC0415 - optional dependency, imported lazily
     except ImportError:
-        raise KvtcError("DEVICE_UNAVAILABLE", f"device={name!r} needs PyTorch, which is not installed",
-                        "Install a CUDA build of PyTorch (pip install torch), or use device=\"cpu\".", {"device": name}) from None
+        raise KvtcError(
+            "DEVICE_UNAVAILABLE",
+            f"device={name!r} needs PyTorch, which is not installed",
+            'Install a CUDA build of PyTorch (pip install torch), or use device="cpu".',
+            {"device": name},
+        ) from None
     if not torch.cuda.is_available():
-        raise KvtcError("DEVICE_UNAVAILABLE", f"device={name!r}: PyTorch {torch.__version__} sees no CUDA device",
-                        "Run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use device=\"cpu\".", {"device": name})
+        raise KvtcError(
+            "DEVICE_UNAVAILABLE",
+            f"device={name!r}: PyTorch {torch.__version__} sees no CUDA device",
+            'Run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use device="cpu".',
+            {"device": name},
+        )
     dev = torch.device(name)
     if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise KvtcError("DEVICE_UNAVAILABLE", f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible",
-                        "Pass an existing device index.", {"device": name})
+        raise KvtcError(
+            "DEVICE_UNAVAILABLE",
+            f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+            "Pass an existing device index.",
+            {"device": name},
+        )
     return torch, dev
 
 
@@ -78,8 +94,12 @@ def _rotate(torch, x, cos, sin, ia, ib, undo: bool):
 def _tables(torch, profile, start: int, n: int, dev):
     r = profile.rope
     if r is None or r.attention_factor != 1.0 or (r.scaling or {}).get("type") == "longrope":
-        raise KvtcError("UNSUPPORTED_ARCHITECTURE", "the torch path of this package reads profiles whose layers share one RoPE without an attention factor or longrope; this profile's RoPE is per layer (format 2)",
-                        "Decode or encode it with device='cpu' (NumPy), which un-rotates each layer with its own RoPE.", {"profile": profile.path})
+        raise KvtcError(
+            "UNSUPPORTED_ARCHITECTURE",
+            "the torch path of this package reads profiles whose layers share one RoPE without an attention factor or longrope; this profile's RoPE is per layer (format 2)",
+            "Decode or encode it with device='cpu' (NumPy), which un-rotates each layer with its own RoPE.",
+            {"profile": profile.path},
+        )
     cos, sin = _rope.tables(_rope.inv_freq(r), start, n)
     ia, ib = _rope.pairs(r, profile.head_dim)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
@@ -142,9 +162,15 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
     check_positions(start, T, profile.max_positions, profile.max_positions_recorded, "the cache", encoding=True)
     s, w, n = profile.split(T)
     with torch.no_grad():
-        scan_cache(profile, layers_t, s, n, start,
-                   sumsq=lambda a: (a.to(torch.float64) ** 2).sum(dim=(0, 2)).cpu().numpy(),
-                   token=lambda a, t: a[:, t, :].float().cpu().numpy())
+        scan_cache(
+            profile,
+            layers_t,
+            s,
+            n,
+            start,
+            sumsq=lambda a: (a.to(torch.float64) ** 2).sum(dim=(0, 2)).cpu().numpy(),
+            token=lambda a, t: a[:, t, :].float().cpu().numpy(),
+        )
     # raw rows to the host; float32 → fp16 there (NumPy), exactly as the CPU path
     host_rows = [tuple(torch.cat([a[:, :s], a[:, T - w :]], dim=1).float().cpu().numpy() for a in pair) for pair in layers_t]
     raw, raw_f32 = raw_section(host_rows, s + w, 0)
@@ -176,6 +202,15 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
                 codec, stored = compress(KIND_PLAN, payload, coder)
                 sections.append((KIND_PLAN, codec, plan.index, stored, len(payload)))
     return assemble(
-        float16=fp16, raw_float32=raw_f32, profile_id=profile.blob_id, tokens=T, start_position=start, layers=profile.layers,
-        kv_heads=profile.kv_heads, head_dim=profile.head_dim, sink=s, window=w, sections=sections,
+        float16=fp16,
+        raw_float32=raw_f32,
+        profile_id=profile.blob_id,
+        tokens=T,
+        start_position=start,
+        layers=profile.layers,
+        kv_heads=profile.kv_heads,
+        head_dim=profile.head_dim,
+        sink=s,
+        window=w,
+        sections=sections,
     )

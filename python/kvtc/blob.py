@@ -107,8 +107,8 @@ def check_positions(start: int, tokens: int, max_positions: int, recorded: bool,
         f"{source}: header start_position {start} + {tokens} tokens puts its last token at position {start + tokens - 1}, "
         f"but the model has {max_positions} positions (0–{max_positions - 1}, {whose})",
         "kvtc never encodes such a blob with this profile: the blob is corrupt or its start_position was edited; re-encode the cache with `kvtc encode`."
-        if recorded else
-        "The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model's own bound, model.max_positions.)",
+        if recorded
+        else "The blob is corrupt or its start_position was edited: re-encode the cache with `kvtc encode`. (Re-calibrating records the model's own bound, model.max_positions.)",
         {"blob": source, **ctx},
     )
 
@@ -127,7 +127,9 @@ def as_buffer(data) -> memoryview:
     try:
         mv = memoryview(data)
     except TypeError:
-        raise KvtcError("BLOB_INVALID", f"a blob must be bytes-like, not {type(data).__name__}", "Pass the blob's bytes (e.g. open(path, 'rb').read()).") from None
+        raise KvtcError(
+            "BLOB_INVALID", f"a blob must be bytes-like, not {type(data).__name__}", "Pass the blob's bytes (e.g. open(path, 'rb').read())."
+        ) from None
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B") if mv.c_contiguous else memoryview(mv.tobytes())
     return mv
@@ -151,9 +153,15 @@ def read_blob_header(data, source: str = "<blob>") -> BlobHeader:
             {"blob": source, "version": version},
         )
     if flags & ~KNOWN_FLAGS:
-        raise _corrupt(source, f"header flags 0x{flags:04x} set unknown bits (known: bit 0 float16 cache, bit 1 float32 raw tokens)", {"flags": flags})
+        raise _corrupt(
+            source, f"header flags 0x{flags:04x} set unknown bits (known: bit 0 float16 cache, bit 1 float32 raw tokens)", {"flags": flags}
+        )
     if (flags & FLAG_FP16) and (flags & FLAG_RAW_F32):
-        raise _corrupt(source, 'header flags say both "float16 cache" (bit 0) and "raw tokens stored as float32" (bit 1); a float16 cache never needs float32 raw tokens', {"flags": flags})
+        raise _corrupt(
+            source,
+            'header flags say both "float16 cache" (bit 0) and "raw tokens stored as float32" (bit 1); a float16 cache never needs float32 raw tokens',
+            {"flags": flags},
+        )
     for i in range(40, HEADER_BYTES):
         if buf[i] != 0:
             raise _corrupt(source, f"reserved header byte {i} is {buf[i]}, must be 0", {"offset": i, "value": buf[i]})
@@ -164,9 +172,17 @@ def read_blob_header(data, source: str = "<blob>") -> BlobHeader:
     if tokens > MAX_TOKENS:
         raise _corrupt(source, f"header says {tokens} tokens; a kvtc blob holds at most {MAX_TOKENS} (2^24)", {"tokens": tokens})
     if sink + window > tokens:
-        raise _corrupt(source, f"header says sink {sink} + window {window} raw tokens, more than its {tokens} tokens", {"tokens": tokens, "sink": sink, "window": window})
+        raise _corrupt(
+            source,
+            f"header says sink {sink} + window {window} raw tokens, more than its {tokens} tokens",
+            {"tokens": tokens, "sink": sink, "window": window},
+        )
     if start + tokens > MAX_POSITIONS:
-        raise _corrupt(source, f"header start_position {start} + {tokens} tokens runs past position 2^32 − 1", {"start_position": start, "tokens": tokens})
+        raise _corrupt(
+            source,
+            f"header start_position {start} + {tokens} tokens runs past position 2^32 − 1",
+            {"start_position": start, "tokens": tokens},
+        )
     return BlobHeader(version, flags, pid, tokens, start, layers, kvh, hd, count, sink, window)
 
 
@@ -187,9 +203,12 @@ def parse_sections(data, header: BlobHeader, expected: Sequence[Tuple[int, int, 
     end = len(buf) - 4
     if header.section_count != len(expected):
         n = header.compressed_tokens
-        raise _corrupt(source, f"header says {header.section_count} sections; with {n} compressed tokens this profile's blob has {len(expected)} "
-                       f"(one raw section{' and one per plan with rank > 0' if n > 0 else ', no plan sections when no token is compressed'})",
-                       {"sections": header.section_count, "expected": len(expected)})
+        raise _corrupt(
+            source,
+            f"header says {header.section_count} sections; with {n} compressed tokens this profile's blob has {len(expected)} "
+            f"(one raw section{' and one per plan with rank > 0' if n > 0 else ', no plan sections when no token is compressed'})",
+            {"sections": header.section_count, "expected": len(expected)},
+        )
     table_end = HEADER_BYTES + SECTION_BYTES * header.section_count
     if table_end > end:
         raise _corrupt(source, f"section table ({header.section_count} entries) runs past the end of the file")
@@ -204,19 +223,36 @@ def parse_sections(data, header: BlobHeader, expected: Sequence[Tuple[int, int, 
         if codec > 1:
             raise _corrupt(source, f"section {i} has unknown codec {codec} (0 stored, 1 raw DEFLATE)", ctx)
         if kind != want_kind or plan != want_plan:
-            raise _corrupt(source, f"section {i} is a {'raw' if kind == KIND_RAW else 'plan'} section for plan index {plan}; section {i} must be {what}"
-                           f"{' with plan index 0' if want_kind == KIND_RAW else ''} (one raw section, then one per plan with rank > 0, in plan order)", ctx)
+            raise _corrupt(
+                source,
+                f"section {i} is a {'raw' if kind == KIND_RAW else 'plan'} section for plan index {plan}; section {i} must be {what}"
+                f"{' with plan index 0' if want_kind == KIND_RAW else ''} (one raw section, then one per plan with rank > 0, in plan order)",
+                ctx,
+            )
         if decoded != want_bytes:
-            raise _corrupt(source, f"section {i} ({what}) declares {decoded} decoded bytes; this profile needs {want_bytes}", {**ctx, "expected_bytes": want_bytes})
+            raise _corrupt(
+                source,
+                f"section {i} ({what}) declares {decoded} decoded bytes; this profile needs {want_bytes}",
+                {**ctx, "expected_bytes": want_bytes},
+            )
         if codec == CODEC_STORED and stored != decoded:
-            raise _corrupt(source, f"section {i} ({what}) is stored uncompressed in {stored} bytes but declares {decoded} decoded bytes", ctx)
+            raise _corrupt(
+                source, f"section {i} ({what}) is stored uncompressed in {stored} bytes but declares {decoded} decoded bytes", ctx
+            )
         if codec == CODEC_DEFLATE and decoded > DEFLATE_MAX_RATIO * stored:
-            raise _corrupt(source, f"section {i} ({what}) declares {decoded} decoded bytes from {stored} DEFLATE bytes; DEFLATE expands at most {DEFLATE_MAX_RATIO}:1", ctx)
+            raise _corrupt(
+                source,
+                f"section {i} ({what}) declares {decoded} decoded bytes from {stored} DEFLATE bytes; DEFLATE expands at most {DEFLATE_MAX_RATIO}:1",
+                ctx,
+            )
         out.append(Section(kind, codec, plan, at, stored, decoded))
         at += stored
     if at != end:
-        raise _corrupt(source, f"the section table declares {at - table_end} stored bytes, but {end - table_end} lie between the table and the checksum",
-                       {"stored_bytes": at - table_end, "available": end - table_end})
+        raise _corrupt(
+            source,
+            f"the section table declares {at - table_end} stored bytes, but {end - table_end} lie between the table and the checksum",
+            {"stored_bytes": at - table_end, "available": end - table_end},
+        )
     return out
 
 
@@ -253,8 +289,18 @@ def compress(kind: int, payload: bytes, entropy: str) -> Tuple[int, bytes]:
 
 
 def assemble(
-    *, float16: bool, raw_float32: bool = False, profile_id: bytes, tokens: int, start_position: int, layers: int, kv_heads: int,
-    head_dim: int, sink: int, window: int, sections: Sequence[Tuple[int, int, int, bytes, int]],
+    *,
+    float16: bool,
+    raw_float32: bool = False,
+    profile_id: bytes,
+    tokens: int,
+    start_position: int,
+    layers: int,
+    kv_heads: int,
+    head_dim: int,
+    sink: int,
+    window: int,
+    sections: Sequence[Tuple[int, int, int, bytes, int]],
 ) -> bytes:
     """Header + table + sections + CRC. sections: (kind, codec, plan, stored bytes, decoded length)."""
     head = bytearray(HEADER_BYTES)

@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--profile", required=True, help="profile directory (or its kvtc-profile.json)")
     e.add_argument("--kv", required=True, metavar="IN.safetensors", help="the cache (present.{i}.key|value)")
     e.add_argument("--out", required=True, metavar="BLOB", help="where to write the blob")
-    e.add_argument("--entropy", choices=["deflate-rle", "deflate-huffman", "deflate-default", "stored"], help="override the profile's DEFLATE setting")
+    e.add_argument(
+        "--entropy", choices=["deflate-rle", "deflate-huffman", "deflate-default", "stored"], help="override the profile's DEFLATE setting"
+    )
     e.add_argument("--device", default="cpu", help='"cpu" (NumPy, default) or "cuda[:N]" (PyTorch)')
     e.add_argument("--force", action="store_true", help="replace an existing output file")
     e.add_argument("--json", action="store_true", help="print one JSON document")
@@ -59,10 +61,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_out(path: str, force: bool) -> None:
     if os.path.exists(path) and not force:
-        raise KvtcError("OUTPUT_EXISTS", f"output {path} already exists", "Pass --force to replace it, or choose another --out.", {"out": path})
+        raise KvtcError(
+            "OUTPUT_EXISTS", f"output {path} already exists", "Pass --force to replace it, or choose another --out.", {"out": path}
+        )
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise KvtcError("OUTPUT_UNWRITABLE", f"cannot write {path}: directory {parent} does not exist", "Create the directory or choose another --out.", {"out": path})
+        raise KvtcError(
+            "OUTPUT_UNWRITABLE",
+            f"cannot write {path}: directory {parent} does not exist",
+            "Create the directory or choose another --out.",
+            {"out": path},
+        )
 
 
 def _read(path: str, code: str) -> bytes:
@@ -89,8 +98,16 @@ def _decode(a) -> Dict[str, Any]:
         meta["fingerprint"] = profile.fingerprint["id"]
     data = serialize_kv_safetensors(layers, header.start_position, dtype=header.dtype, metadata=meta)
     write_atomic(a.out, data, force=True)
-    return {"out": a.out, "tokens": header.tokens, "start_position": header.start_position, "dtype": header.dtype,
-            "blob_bytes": len(blob), "out_bytes": len(data), "seconds": {"total": time.perf_counter() - t0}, "device": str(a.device)}
+    return {
+        "out": a.out,
+        "tokens": header.tokens,
+        "start_position": header.start_position,
+        "dtype": header.dtype,
+        "blob_bytes": len(blob),
+        "out_bytes": len(data),
+        "seconds": {"total": time.perf_counter() - t0},
+        "device": str(a.device),
+    }
 
 
 def _encode(a) -> Dict[str, Any]:
@@ -112,25 +129,48 @@ def _encode(a) -> Dict[str, Any]:
     T = kv.tokens
     s, w, n = profile.split(T)
     per_token = profile.layers * 2 * profile.kv_heads * profile.head_dim * 2
-    return {"out": a.out, "tokens": T, "compressed_tokens": n, "start_position": kv.start_position, "dtype": kv.dtype,
-            "blob_bytes": len(blob), "fp16_bytes": per_token * T, "ratio_blob": per_token * T / len(blob),
-            "seconds": {"total": time.perf_counter() - t0}, "device": str(a.device)}
+    return {
+        "out": a.out,
+        "tokens": T,
+        "compressed_tokens": n,
+        "start_position": kv.start_position,
+        "dtype": kv.dtype,
+        "blob_bytes": len(blob),
+        "fp16_bytes": per_token * T,
+        "ratio_blob": per_token * T / len(blob),
+        "seconds": {"total": time.perf_counter() - t0},
+        "device": str(a.device),
+    }
 
 
 def _header(a) -> Dict[str, Any]:
     blob = _read(a.input, "BLOB_INVALID")
     h = read_blob_header(blob, a.input)
-    return {"version": h.version, "dtype": h.dtype, "profile_id": h.profile_id, "tokens": h.tokens, "start_position": h.start_position,
-            "layers": h.layers, "kv_heads": h.kv_heads, "head_dim": h.head_dim, "sections": h.section_count, "sink": h.sink,
-            "window": h.window, "compressed_tokens": h.compressed_tokens, "bytes": len(blob)}
+    return {
+        "version": h.version,
+        "dtype": h.dtype,
+        "profile_id": h.profile_id,
+        "tokens": h.tokens,
+        "start_position": h.start_position,
+        "layers": h.layers,
+        "kv_heads": h.kv_heads,
+        "head_dim": h.head_dim,
+        "sections": h.section_count,
+        "sink": h.sink,
+        "window": h.window,
+        "compressed_tokens": h.compressed_tokens,
+        "bytes": len(blob),
+    }
 
 
 def _human(command: str, r: Dict[str, Any]) -> str:
     if command == "decode":
         return f"decoded {r['tokens']} tokens ({r['blob_bytes']} B blob) → {r['out']} ({r['out_bytes']} B, {r['dtype']}) in {r['seconds']['total']:.3f} s on {r['device']}"
     if command == "encode":
-        return (f"encoded {r['tokens']} tokens ({r['compressed_tokens']} compressed) → {r['out']} ({r['blob_bytes']} B, "
-                f"ratio, whole blob: {r['ratio_blob']:.2f}x) in {r['seconds']['total']:.3f} s on {r['device']}")
+        return (
+            f"encoded {r['tokens']} tokens ({r['compressed_tokens']} compressed) → {r['out']} ({r['blob_bytes']} B, "
+            f"ratio, whole blob: {r['ratio_blob']:.2f}x) in {r['seconds']['total']:.3f} s on {r['device']}"
+        )
     return "\n".join(f"{k}: {v}" for k, v in r.items())
 
 
@@ -162,7 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         bug = KvtcError("INTERNAL", str(e) or type(e).__name__, "This is a kvtc bug: please report it with the command you ran.")
         if want_json:
             out.write(json.dumps({"error": bug.to_dict()}) + "\n")
-        sys.stderr.write(f"error [INTERNAL]: {traceback.format_exc()}  fix: this is a kvtc bug; please report it with the command you ran.\n")
+        sys.stderr.write(
+            f"error [INTERNAL]: {traceback.format_exc()}  fix: this is a kvtc bug; please report it with the command you ran.\n"
+        )
         return 70
 
 

@@ -73,10 +73,18 @@ def _parse(profile: Profile, blob, max_output_bytes: int, source: str) -> BlobPa
             {"blob": source, "blob_profile": h.profile_id, "profile": profile.profile_id},
         )
     check_positions(h.start_position, h.tokens, profile.max_positions, profile.max_positions_recorded, source)
-    for field, got, want in (("layers", h.layers, profile.layers), ("kv_heads", h.kv_heads, profile.kv_heads), ("head_dim", h.head_dim, profile.head_dim)):
+    for field, got, want in (
+        ("layers", h.layers, profile.layers),
+        ("kv_heads", h.kv_heads, profile.kv_heads),
+        ("head_dim", h.head_dim, profile.head_dim),
+    ):
         if got != want:
-            raise KvtcError("BLOB_INVALID", f"{source}: header {field} is {got}, but the profile's model has {want}",
-                            "The blob is corrupt or was written for another model: re-encode it.", {"blob": source, "field": field, "value": got, "profile": want})
+            raise KvtcError(
+                "BLOB_INVALID",
+                f"{source}: header {field} is {got}, but the profile's model has {want}",
+                "The blob is corrupt or was written for another model: re-encode it.",
+                {"blob": source, "field": field, "value": got, "profile": want},
+            )
     T = h.tokens
     s, w, n = profile.split(T)
     if (h.sink, h.window) != (s, w):
@@ -105,7 +113,9 @@ def _parse(profile: Profile, blob, max_output_bytes: int, source: str) -> BlobPa
 
 
 def _bad(source: str, message: str) -> KvtcError:
-    return KvtcError("BLOB_INVALID", f"{source}: {message}", "The blob is corrupt or was not encoded with this profile: re-encode it.", {"blob": source})
+    return KvtcError(
+        "BLOB_INVALID", f"{source}: {message}", "The blob is corrupt or was not encoded with this profile: re-encode it.", {"blob": source}
+    )
 
 
 def raw_values(parts: BlobParts, L: int, H: int, D: int, source: str) -> np.ndarray:
@@ -125,7 +135,10 @@ def raw_values(parts: BlobParts, L: int, H: int, D: int, source: str) -> np.ndar
         kvl, head = divmod(kv, H)
         layer, which = divmod(kvl, 2)
         token = r if r < s else parts.header.tokens - w + (r - s)
-        raise _bad(source, f"the raw section stores a non-finite {'key' if which == 0 else 'value'} for layer {layer}, head {head}, token {token}, dim {dim}; no encoder writes one")
+        raise _bad(
+            source,
+            f"the raw section stores a non-finite {'key' if which == 0 else 'value'} for layer {layer}, head {head}, token {token}, dim {dim}; no encoder writes one",
+        )
     return v.reshape(L, 2, H, s + w, D)
 
 
@@ -157,7 +170,10 @@ def payload_codes(plan: Plan, n: int, payload: bytes, source: str = "<blob>") ->
         codes = q.unpack(payload, at, count, g.bits).reshape(g.width, n)
         if g.type == "fp8" and np.any(q.is_fp8_nan(codes)):
             j, t = (int(i[0]) for i in np.nonzero(q.is_fp8_nan(codes)))
-            raise _bad(source, f"plan {plan.index} stores fp8 code 0x{int(codes[j, t]):02x} (NaN, never written) for component {g.start + j} of compressed token {t}")
+            raise _bad(
+                source,
+                f"plan {plan.index} stores fp8 code 0x{int(codes[j, t]):02x} (NaN, never written) for component {g.start + j} of compressed token {t}",
+            )
         at += q.packed_length(count, g.bits)
         out.append(GroupCodes(g.start, g.end, g.type, g.mode, codes))
     for gc in out:
@@ -168,8 +184,11 @@ def payload_codes(plan: Plan, n: int, payload: bytes, source: str = "<blob>") ->
             for which, bits in (("offset", gc.offsets), ("scale", gc.scales)):
                 bad = np.nonzero((bits & 0x7C00) == 0x7C00)[0]  # exponent all ones: ±inf or NaN
                 if bad.size:
-                    raise _bad(source, f"plan {plan.index}, dynamic group {gc.start}–{gc.end - 1}: the fp16 {which} of compressed token {int(bad[0])} "
-                               f"is 0x{int(bits[bad[0]]):04x} (not finite); a dynamic {which} must be finite")
+                    raise _bad(
+                        source,
+                        f"plan {plan.index}, dynamic group {gc.start}–{gc.end - 1}: the fp16 {which} of compressed token {int(bad[0])} "
+                        f"is 0x{int(bits[bad[0]]):04x} (not finite); a dynamic {which} must be finite",
+                    )
     return out
 
 
@@ -281,7 +300,9 @@ def kvtc_sgemm(rows64: np.ndarray, w32: np.ndarray, bias32: Optional[np.ndarray]
     return res
 
 
-def payload_from(plan: Plan, n: int, codes_affine: np.ndarray, coeffs_other: np.ndarray, source: str = "the KV cache", first_token: int = 0) -> bytes:
+def payload_from(
+    plan: Plan, n: int, codes_affine: np.ndarray, coeffs_other: np.ndarray, source: str = "the KV cache", first_token: int = 0
+) -> bytes:
     """Section payload from the static-int codes [n, kA] (uint8) and the other coefficients [n, kB]
     (float32), quantizing the latter here (dynamic groups and static fp8)."""
     parts: List[bytes] = []
@@ -337,8 +358,11 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
         return t.cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
-    raise KvtcError("KV_INVALID", f"{what} is a {type(x).__name__}; expected a NumPy array (or a torch tensor)",
-                    "Pass per layer (K, V) arrays of shape [kv_heads, tokens, head_dim].")
+    raise KvtcError(
+        "KV_INVALID",
+        f"{what} is a {type(x).__name__}; expected a NumPy array (or a torch tensor)",
+        "Pass per layer (K, V) arrays of shape [kv_heads, tokens, head_dim].",
+    )
 
 
 def check_cache(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], convert=_to_numpy):
@@ -351,10 +375,16 @@ def check_cache(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], convert=
     try:
         n_layers = len(layers_kv)
     except TypeError:
-        raise KvtcError("KV_INVALID", "layers_kv is not a sequence of (K, V) pairs", "Pass a list with one (K, V) pair per layer.") from None
+        raise KvtcError(
+            "KV_INVALID", "layers_kv is not a sequence of (K, V) pairs", "Pass a list with one (K, V) pair per layer."
+        ) from None
     if n_layers != L:
-        raise KvtcError("PROFILE_MISMATCH", f"the KV cache has {n_layers} layers, but the profile is for {L}",
-                        "Use the profile calibrated for the model that produced this cache.", {"layers": n_layers, "profile_layers": L})
+        raise KvtcError(
+            "PROFILE_MISMATCH",
+            f"the KV cache has {n_layers} layers, but the profile is for {L}",
+            "Use the profile calibrated for the model that produced this cache.",
+            {"layers": n_layers, "profile_layers": L},
+        )
     out = []
     dtype = None
     tokens = None
@@ -377,18 +407,29 @@ def check_cache(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], convert=
                 )
             dt = str(a.dtype).replace("torch.", "")
             if dt not in ("float16", "float32"):
-                raise KvtcError("KV_INVALID", f"layer {l} {kind}s are {dt}; a kvtc blob holds float16 or float32 caches",
-                                "Cast the cache to float16 or float32 first.", {"layer": l, "dtype": dt})
+                raise KvtcError(
+                    "KV_INVALID",
+                    f"layer {l} {kind}s are {dt}; a kvtc blob holds float16 or float32 caches",
+                    "Cast the cache to float16 or float32 first.",
+                    {"layer": l, "dtype": dt},
+                )
             if dtype is None:
                 dtype, tokens = dt, shape[1]
             if dt != dtype or shape[1] != tokens:
-                raise KvtcError("KV_INVALID", f"layer {l} {kind}s are {dt}[{', '.join(map(str, shape))}], layer 0 keys are {dtype} with {tokens} tokens",
-                                "Every K and V must have the same dtype and token count.")
+                raise KvtcError(
+                    "KV_INVALID",
+                    f"layer {l} {kind}s are {dt}[{', '.join(map(str, shape))}], layer 0 keys are {dtype} with {tokens} tokens",
+                    "Every K and V must have the same dtype and token count.",
+                )
             conv.append(a)
         out.append(tuple(conv))
     if tokens is None or tokens > MAX_TOKENS:
-        raise KvtcError("KV_INVALID", f"the cache has {tokens} tokens; a kvtc blob holds at most {MAX_TOKENS} (2^24)",
-                        f"Split the cache into pieces of at most {MAX_TOKENS} tokens (each with its own start position).", {"tokens": tokens})
+        raise KvtcError(
+            "KV_INVALID",
+            f"the cache has {tokens} tokens; a kvtc blob holds at most {MAX_TOKENS} (2^24)",
+            f"Split the cache into pieces of at most {MAX_TOKENS} tokens (each with its own start position).",
+            {"tokens": tokens},
+        )
     return out, dtype == "float16", tokens
 
 
@@ -413,8 +454,9 @@ def _token_numpy(a, t: int) -> np.ndarray:
     return np.asarray(a[:, t, :])
 
 
-def scan_cache(profile: Profile, layers, s: int, n: int, start: int, source: str = "the KV cache",
-               sumsq=_sumsq_numpy, token=_token_numpy) -> None:
+def scan_cache(
+    profile: Profile, layers, s: int, n: int, start: int, source: str = "the KV cache", sumsq=_sumsq_numpy, token=_token_numpy
+) -> None:
     """The checks on a cache's values before encoding: every value finite (KV_INVALID), and every
     compressed token within its plans' calibrated range (OUTLIER_FACTOR; KV_OUT_OF_RANGE). The norm
     of a token's keys is RoPE-invariant, so the cache is read as stored. sumsq(a) → float64 NumPy
@@ -427,7 +469,7 @@ def scan_cache(profile: Profile, layers, s: int, n: int, start: int, source: str
             if r is not None and r.attention_factor != 1.0:
                 # the un-rotated key's norm: the rotated dims divided by the attention factor (§4.1)
                 a = layers[l][which]
-                part = sumsq(a[..., : r.rotary_dim]) / (r.attention_factor ** 2) + sumsq(a[..., r.rotary_dim :])
+                part = sumsq(a[..., : r.rotary_dim]) / (r.attention_factor**2) + sumsq(a[..., r.rotary_dim :])
             else:
                 part = sumsq(layers[l][which])
             s2 = part if s2 is None else s2 + part
@@ -445,9 +487,12 @@ def scan_cache(profile: Profile, layers, s: int, n: int, start: int, source: str
         vals = np.stack([token(layers[l][which], t) for l in plan.layers]).astype(np.float32)  # [nl, H, D]
         if bad[t]:
             li, h, d = (int(i[0]) for i in np.nonzero(~np.isfinite(vals)))
-            raise KvtcError("KV_INVALID", f"{source}: the {plan.kind} of layer {plan.layers[li]}, head {h}, token {t} (position {start + t}), dim {d} is {vals[li, h, d]}; a KV cache holds finite values",
-                            "Check how the cache was produced (a NaN or ∞ in the model's KV output usually means an overflow in the model run).",
-                            {"source": source, "kind": plan.kind, "layer": plan.layers[li], "head": h, "token": t, "position": start + t, "dim": d})
+            raise KvtcError(
+                "KV_INVALID",
+                f"{source}: the {plan.kind} of layer {plan.layers[li]}, head {h}, token {t} (position {start + t}), dim {d} is {vals[li, h, d]}; a KV cache holds finite values",
+                "Check how the cache was produced (a NaN or ∞ in the model's KV output usually means an overflow in the model run).",
+                {"source": source, "kind": plan.kind, "layer": plan.layers[li], "head": h, "token": t, "position": start + t, "dim": d},
+            )
         li, h, d = np.unravel_index(int(np.argmax(np.abs(vals))), vals.shape)
         norm = float(math.sqrt(s2[t]))
         raise KvtcError(
@@ -462,7 +507,11 @@ def scan_cache(profile: Profile, layers, s: int, n: int, start: int, source: str
 
 def _start_position(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < MAX_POSITIONS:
-        raise KvtcError("KV_INVALID", f"start_position {v!r} is not an integer in [0, 2^32)", "Pass the absolute position of token 0 (0 for a cache from the start of a prompt).")
+        raise KvtcError(
+            "KV_INVALID",
+            f"start_position {v!r} is not an integer in [0, 2^32)",
+            "Pass the absolute position of token 0 (0 for a cache from the start of a prompt).",
+        )
     return int(v)
 
 
@@ -499,7 +548,9 @@ def _is_cpu(device: Any) -> bool:
     return device is None or (isinstance(device, str) and device == "cpu")
 
 
-def decode(profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, source: str = "<blob>") -> Layers:
+def decode(
+    profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, source: str = "<blob>"
+) -> Layers:
     """Decodes a blob: per layer (K, V), each [kv_heads, tokens, head_dim], float16 when the cache
     was float16 (blob flag bit 0), else float32.
 
@@ -552,8 +603,15 @@ def decode(profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int
     return list(zip(keys, values))
 
 
-def encode(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], start_position: int = 0, *, entropy: Optional[str] = None,
-           device: Any = "cpu", bit_exact: bool = False) -> bytes:
+def encode(
+    profile: Profile,
+    layers_kv: Sequence[Tuple[Any, Any]],
+    start_position: int = 0,
+    *,
+    entropy: Optional[str] = None,
+    device: Any = "cpu",
+    bit_exact: bool = False,
+) -> bytes:
     """Encodes a KV cache into a blob that kvtc (Node) and this package decode.
 
     layers_kv: per layer (K, V), each [kv_heads, tokens, head_dim] (a leading batch dim of 1 is
@@ -577,8 +635,12 @@ def encode(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], start_positio
         return _torch.encode(profile, layers_kv, start, coder, torch, dev)
     layers_np, fp16, T = check_cache(profile, layers_kv)
     if start + T > MAX_POSITIONS:
-        raise KvtcError("KV_INVALID", f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)",
-                        "Give the cache its real start position (the absolute position of its first token).", {"start_position": start, "tokens": T})
+        raise KvtcError(
+            "KV_INVALID",
+            f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)",
+            "Give the cache its real start position (the absolute position of its first token).",
+            {"start_position": start, "tokens": T},
+        )
     check_positions(start, T, profile.max_positions, profile.max_positions_recorded, "the cache", encoding=True)
     s, w, n = profile.split(T)
     scan_cache(profile, layers_np, s, n, start)
@@ -615,12 +677,23 @@ def encode(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], start_positio
             codec, stored = compress(KIND_PLAN, payload, coder)
             sections.append((KIND_PLAN, codec, plan.index, stored, len(payload)))
     return assemble(
-        float16=fp16, raw_float32=raw_f32, profile_id=profile.blob_id, tokens=T, start_position=start, layers=profile.layers,
-        kv_heads=profile.kv_heads, head_dim=profile.head_dim, sink=s, window=w, sections=sections,
+        float16=fp16,
+        raw_float32=raw_f32,
+        profile_id=profile.blob_id,
+        tokens=T,
+        start_position=start,
+        layers=profile.layers,
+        kv_heads=profile.kv_heads,
+        head_dim=profile.head_dim,
+        sink=s,
+        window=w,
+        sections=sections,
     )
 
 
-def plan_codes(profile: Profile, blob, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, source: str = "<blob>") -> Dict[int, List[GroupCodes]]:
+def plan_codes(
+    profile: Profile, blob, *, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, source: str = "<blob>"
+) -> Dict[int, List[GroupCodes]]:
     """Debugging: the integer codes stored in a blob, per plan index → its groups (GroupCodes:
     codes [width, n] uint8, component-major, and fp16 offset/scale bits of dynamic groups).
     The blob is checked exactly as decode checks it."""

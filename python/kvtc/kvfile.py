@@ -46,7 +46,12 @@ def tensor_name(layer: int, kind: str) -> str:
 
 
 def _invalid(source: str, message: str, context: Optional[Dict[str, Any]] = None) -> KvtcError:
-    return KvtcError("KV_INVALID", f"{source}: {message}", "Re-create the file with `kvtc capture` (or `kvtc decode`).", {"file": source, **(context or {})})
+    return KvtcError(
+        "KV_INVALID",
+        f"{source}: {message}",
+        "Re-create the file with `kvtc capture` (or `kvtc decode`).",
+        {"file": source, **(context or {})},
+    )
 
 
 def parse_kv_safetensors(data, source: str = "<buffer>") -> KvFile:
@@ -79,7 +84,9 @@ def parse_kv_safetensors(data, source: str = "<buffer>") -> KvFile:
             bad = ~np.isfinite(a)
             if bad.any():
                 h, tok, d = (int(i[0]) for i in np.nonzero(bad))
-                raise _invalid(source, f"{name} has a non-finite value ({a[h, tok, d]}) at head {h}, token {tok}, dim {d}", {"tensor": name})
+                raise _invalid(
+                    source, f"{name} has a non-finite value ({a[h, tok, d]}) at head {h}, token {tok}, dim {d}", {"tensor": name}
+                )
             pair.append(a)
         layers.append(tuple(pair))
     if tensor_name(L, "value") in tensors:
@@ -103,8 +110,14 @@ def read_kv_safetensors(path) -> KvFile:
     return parse_kv_safetensors(data, path)
 
 
-def serialize_kv_safetensors(layers_kv: Sequence[Tuple[Any, Any]], start_position: int = 0, *, dtype: Optional[str] = None,
-                             metadata: Optional[Mapping[str, str]] = None, producer: str = "kvtc-python") -> bytes:
+def serialize_kv_safetensors(
+    layers_kv: Sequence[Tuple[Any, Any]],
+    start_position: int = 0,
+    *,
+    dtype: Optional[str] = None,
+    metadata: Optional[Mapping[str, str]] = None,
+    producer: str = "kvtc-python",
+) -> bytes:
     """Per layer (K, V) [kv_heads, tokens, head_dim] → safetensors bytes in kvtc's layout.
 
     dtype: "float16" or "float32" (default: the arrays' own dtype). metadata: extra string
@@ -118,28 +131,48 @@ def serialize_kv_safetensors(layers_kv: Sequence[Tuple[Any, Any]], start_positio
             if a.ndim == 4 and a.shape[0] == 1:
                 a = a[0]
             if a.ndim != 3 or (shape is not None and a.shape != shape):
-                raise KvtcError("KV_INVALID", f"layer {l} {kind}s have shape {list(a.shape)}; expected [kv_heads, tokens, head_dim] like layer 0 keys")
+                raise KvtcError(
+                    "KV_INVALID", f"layer {l} {kind}s have shape {list(a.shape)}; expected [kv_heads, tokens, head_dim] like layer 0 keys"
+                )
             shape = a.shape
             dt = dtype or str(a.dtype)
             if dt not in ("float16", "float32"):
-                raise KvtcError("KV_INVALID", f"layer {l} {kind}s are {dt}; kvtc's layout holds float16 or float32", "Pass dtype=\"float16\" or \"float32\".")
+                raise KvtcError(
+                    "KV_INVALID",
+                    f"layer {l} {kind}s are {dt}; kvtc's layout holds float16 or float32",
+                    'Pass dtype="float16" or "float32".',
+                )
             dtype = dt
             tensors[tensor_name(l, kind)] = a.astype(np.float16 if dt == "float16" else np.float32)[None]
     if shape is None:
         raise KvtcError("KV_INVALID", "the cache has no layers")
     meta: Dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({
-        "producer": producer, "tokens": str(shape[1]), "start_position": str(int(start_position)), "layers": str(len(layers_kv)),
-        "kv_heads": str(shape[0]), "head_dim": str(shape[2]), "dtype": str(dtype),
-    })
+    meta.update(
+        {
+            "producer": producer,
+            "tokens": str(shape[1]),
+            "start_position": str(int(start_position)),
+            "layers": str(len(layers_kv)),
+            "kv_heads": str(shape[0]),
+            "head_dim": str(shape[2]),
+            "dtype": str(dtype),
+        }
+    )
     for k in ("model", "fingerprint"):  # kvtc writes these last
         if k in meta:
             meta[k] = meta.pop(k)
     return st.serialize(tensors, meta)
 
 
-def write_kv_safetensors(path, layers_kv: Sequence[Tuple[Any, Any]], start_position: int = 0, *, dtype: Optional[str] = None,
-                         metadata: Optional[Mapping[str, str]] = None, force: bool = True) -> int:
+def write_kv_safetensors(
+    path,
+    layers_kv: Sequence[Tuple[Any, Any]],
+    start_position: int = 0,
+    *,
+    dtype: Optional[str] = None,
+    metadata: Optional[Mapping[str, str]] = None,
+    force: bool = True,
+) -> int:
     """Writes a KV cache safetensors file atomically (a temporary name, then a rename); returns its size."""
     data = serialize_kv_safetensors(layers_kv, start_position, dtype=dtype, metadata=metadata)
     write_atomic(os.fspath(path), data, force=force)
@@ -148,7 +181,9 @@ def write_kv_safetensors(path, layers_kv: Sequence[Tuple[Any, Any]], start_posit
 
 def write_atomic(path: str, data: bytes, *, force: bool = True) -> None:
     if not force and os.path.exists(path):
-        raise KvtcError("OUTPUT_EXISTS", f"output {path} already exists", "Pass --force to replace it, or choose another --out.", {"out": path})
+        raise KvtcError(
+            "OUTPUT_EXISTS", f"output {path} already exists", "Pass --force to replace it, or choose another --out.", {"out": path}
+        )
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -159,4 +194,9 @@ def write_atomic(path: str, data: bytes, *, force: bool = True) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise KvtcError("OUTPUT_UNWRITABLE", f"cannot write {path}: {e.strerror or e}", "Check that the directory exists and is writable.", {"out": path}) from None
+        raise KvtcError(
+            "OUTPUT_UNWRITABLE",
+            f"cannot write {path}: {e.strerror or e}",
+            "Check that the directory exists and is writable.",
+            {"out": path},
+        ) from None

@@ -281,8 +281,8 @@ def verify_profile_id(manifest: Dict[str, Any], where: str) -> str:
         raise _invalid(
             where,
             f"profile_id {pid} follows the old rule (the tensor file hash alone); profiles now bind the id to the manifest too (expected {want})"
-            if legacy else
-            f"profile_id {pid} does not match the tensor file hash and the manifest fields decoding uses (expected {want}): "
+            if legacy
+            else f"profile_id {pid} does not match the tensor file hash and the manifest fields decoding uses (expected {want}): "
             "the model shape, RoPE, sink/window/entropy, a plan or tensors.sha256 was edited",
         )
     return pid
@@ -291,7 +291,9 @@ def verify_profile_id(manifest: Dict[str, Any], where: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _invalid(where: str, message: str, fix: str = "Re-create the profile with `kvtc calibrate` (or restore the two files it wrote).") -> KvtcError:
+def _invalid(
+    where: str, message: str, fix: str = "Re-create the profile with `kvtc calibrate` (or restore the two files it wrote)."
+) -> KvtcError:
     return KvtcError("PROFILE_INVALID", f"profile {where}: {message}", fix, {"profile": where})
 
 
@@ -337,7 +339,9 @@ def profile_dir(path) -> str:
 
 def _check_version(manifest: Dict[str, Any], where: str) -> None:
     if manifest.get("format") != PROFILE_FORMAT:
-        raise _invalid(where, f"{MANIFEST_FILE} is not a kvtc profile (format is {json.dumps(manifest.get('format'))}, expected \"{PROFILE_FORMAT}\")")
+        raise _invalid(
+            where, f'{MANIFEST_FILE} is not a kvtc profile (format is {json.dumps(manifest.get("format"))}, expected "{PROFILE_FORMAT}")'
+        )
     v = manifest.get("format_version")
     if v in FORMAT_VERSIONS and not isinstance(v, bool):
         return
@@ -347,8 +351,11 @@ def _check_version(manifest: Dict[str, Any], where: str) -> None:
     raise KvtcError(
         "PROFILE_VERSION",
         f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads versions {' and '.join(map(str, FORMAT_VERSIONS))}",
-        (f"It was written by {writer}: upgrade the kvtc Python package to a version that reads format {v}."
-         if newer else f"Re-calibrate the model with kvtc to write a version-{FORMAT_VERSION} profile."),
+        (
+            f"It was written by {writer}: upgrade the kvtc Python package to a version that reads format {v}."
+            if newer
+            else f"Re-calibrate the model with kvtc to write a version-{FORMAT_VERSION} profile."
+        ),
         {"profile": where, "format_version": v, "producer": producer},
     )
 
@@ -371,14 +378,21 @@ def _checked_description(r: Dict[str, Any], at: str, D: int, where: str, v2: boo
     sc = _obj(r.get("scaling"), f"{at}.scaling", where)
     kind = _choice(sc.get("type"), f"{at}.scaling.type", where, ("linear", "llama3", "yarn", "longrope") if v2 else ("linear", "llama3"))
     scaling: Dict[str, Any] = {"type": kind}
-    need = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-            "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow"), "longrope": ("original_max_position_embeddings",)}[kind]
+    need = {
+        "linear": ("factor",),
+        "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+        "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow"),
+        "longrope": ("original_max_position_embeddings",),
+    }[kind]
     for k in need:
         if k not in sc:
             raise _invalid(where, f"{at}.scaling.{k} is missing; {kind} scaling needs it")
         scaling[k] = _num(sc[k], f"{at}.scaling.{k}", where, positive=True)
     if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
-        raise _invalid(where, f"{at}.scaling.high_freq_factor {scaling['high_freq_factor']} must be greater than low_freq_factor {scaling['low_freq_factor']}")
+        raise _invalid(
+            where,
+            f"{at}.scaling.high_freq_factor {scaling['high_freq_factor']} must be greater than low_freq_factor {scaling['low_freq_factor']}",
+        )
     if kind == "yarn":
         if not isinstance(sc.get("truncate"), bool):
             raise _invalid(where, f"{at}.scaling.truncate must be true or false")
@@ -429,8 +443,10 @@ def _checked_rope(r: Any, version: Any, L: int, D: int, where: str):
 
 def layer_ropes(rope, L: int) -> List[Optional[Rope]]:
     """Each layer's Rope from a checked model.rope (format 1 or 2)."""
+
     def mk(d):
         return Rope(d["theta"], d["rotary_dim"], d["layout"], d.get("scaling"), float(d.get("attention_factor", 1.0)))
+
     if isinstance(rope, dict):
         one = mk(rope)
         return [one] * L
@@ -459,7 +475,7 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
     }
     t = _obj(m.get("tensors"), "tensors", where)
     if t.get("file") != TENSORS_FILE:
-        raise _invalid(where, f"tensors.file is {json.dumps(t.get('file'))}; expected \"{TENSORS_FILE}\"")
+        raise _invalid(where, f'tensors.file is {json.dumps(t.get("file"))}; expected "{TENSORS_FILE}"')
     sha = t.get("sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise _invalid(where, f"tensors.sha256 {json.dumps(sha)} is not 64 lowercase hex digits")
@@ -478,7 +494,9 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
         pe = _obj(pe, at, where)
         idx = _int(pe.get("index"), f"{at}.index", where, 0, U16_MAX)
         if idx != pos:
-            raise _invalid(where, f"{at}.index is {idx}, but a plan's index must equal its position {pos} (blob sections refer to plans by it)")
+            raise _invalid(
+                where, f"{at}.index is {idx}, but a plan's index must equal its position {pos} (blob sections refer to plans by it)"
+            )
         kind = _choice(pe.get("kind"), f"{at}.kind", where, ("key", "value"))
         layers = pe.get("layers")
         if not isinstance(layers, list) or not layers:
@@ -511,7 +529,10 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
             gtype = _choice(g.get("type"), f"{at}.groups[{gi}].type", where, tuple(TYPE_BITS))
             mode = _choice(g.get("mode"), f"{at}.groups[{gi}].mode", where, ("static", "dynamic"))
             if start < end_at:
-                raise _invalid(where, f"{at}.groups[{gi}] starts at {start}, before the previous group's end {end_at} (groups must be sorted and disjoint)")
+                raise _invalid(
+                    where,
+                    f"{at}.groups[{gi}] starts at {start}, before the previous group's end {end_at} (groups must be sorted and disjoint)",
+                )
             if end <= start:
                 raise _invalid(where, f"{at}.groups[{gi}] is empty or reversed ([{start}, {end}))")
             if end > rank:
@@ -533,16 +554,39 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
                 raise _invalid(where, f"{at}.tensors.{role} names tensor {name}, already used as {names[name]}")
             names[name] = f"{at}.tensors.{role}"
             tnames[role] = name
-        plans.append({"index": idx, "kind": kind, "layers": layers, "dim": p, "rank": rank, "budget_bits": budget,
-                      "bits_per_token": bpt, "groups": groups, "tensors": tnames})
+        plans.append(
+            {
+                "index": idx,
+                "kind": kind,
+                "layers": layers,
+                "dim": p,
+                "rank": rank,
+                "budget_bits": budget,
+                "bits_per_token": bpt,
+                "groups": groups,
+                "tensors": tnames,
+            }
+        )
     if len(covered) != 2 * L:
         missing = [f"{k} {l}" for k in ("key", "value") for l in range(L) if (k, l) not in covered]
-        raise _invalid(where, f"plans cover {len(covered)} of the {2 * L} (kind, layer) pairs; missing: {', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}")
+        raise _invalid(
+            where,
+            f"plans cover {len(covered)} of the {2 * L} (kind, layer) pairs; missing: {', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}",
+        )
     return {
         "profile_id": m.get("profile_id"),
-        "model": {"name": m["model"].get("name", ""), "fingerprint": model.get("fingerprint"), "layers": L, "kv_heads": H,
-                  "head_dim": D, "kv_dtype": kv_dtype, "rope": rope},
-        "settings": settings, "plans": plans, "tensors": tensors,
+        "model": {
+            "name": m["model"].get("name", ""),
+            "fingerprint": model.get("fingerprint"),
+            "layers": L,
+            "kv_heads": H,
+            "head_dim": D,
+            "kv_dtype": kv_dtype,
+            "rope": rope,
+        },
+        "settings": settings,
+        "plans": plans,
+        "tensors": tensors,
     }
 
 
@@ -575,7 +619,9 @@ def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> 
     heads = _int(model.get("heads"), "model.heads", where, 1, U16_MAX)
     kvh = c["model"]["kv_heads"]
     if heads % kvh:
-        raise _invalid(where, f"model.heads {heads} is not a multiple of model.kv_heads {kvh} (each KV head serves heads / kv_heads query heads)")
+        raise _invalid(
+            where, f"model.heads {heads} is not a multiple of model.kv_heads {kvh} (each KV head serves heads / kv_heads query heads)"
+        )
     max_positions = None
     if "max_positions" in model:
         max_positions = _int(model.get("max_positions"), "model.max_positions", where, 1, MAX_POSITIONS_FIELD)
@@ -618,11 +664,14 @@ def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> 
                 _figure(cd.get(k), f"calibration.grouping_candidates[{i}].{k}", where, 0, MAX_REL_ERROR)
     me = _obj(m.get("measured"), "measured", where)
     if "split" in me and me["split"] != "report":
-        raise _invalid(where, f"measured.split is {json.dumps(me['split'])}; expected \"report\" (or absent)")
+        raise _invalid(where, f'measured.split is {json.dumps(me["split"])}; expected "report" (or absent)')
     ctx = _int(me.get("context_tokens"), "measured.context_tokens", where, 1, SAFE_INT)
     sink, window = c["settings"]["sink"], c["settings"]["window"]
     if ctx <= sink + window:
-        raise _invalid(where, f"measured.context_tokens {ctx} leaves no compressed token after sink {sink} + window {window} (calibrate measures on contexts longer than that)")
+        raise _invalid(
+            where,
+            f"measured.context_tokens {ctx} leaves no compressed token after sink {sink} + window {window} (calibrate measures on contexts longer than that)",
+        )
     for k in ("ratio_compressed", "ratio_blob"):
         _figure(me.get(k), f"measured.{k}", where, 0, MAX_RATIO, lo_open=True)
     rel = _obj(me.get("rel_error"), "measured.rel_error", where)
@@ -630,7 +679,10 @@ def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> 
     for kind in ("key", "value"):
         per = rel.get(kind)
         if not isinstance(per, list) or len(per) != L:
-            raise _invalid(where, f"measured.rel_error.{kind} must hold one figure per layer ({L}); it holds {len(per) if isinstance(per, list) else json.dumps(per)}")
+            raise _invalid(
+                where,
+                f"measured.rel_error.{kind} must hold one figure per layer ({L}); it holds {len(per) if isinstance(per, list) else json.dumps(per)}",
+            )
         for i, v in enumerate(per):
             _figure(v, f"measured.rel_error.{kind}[{i}]", where, 0, MAX_REL_ERROR)
         _figure(rel.get(f"{kind}_mean"), f"measured.rel_error.{kind}_mean", where, 0, MAX_REL_ERROR)
@@ -672,10 +724,16 @@ def _read_tensor_file(d: str, m: Dict[str, Any], where: str, max_tensor_bytes: i
     if size != m["tensors"]["bytes"]:
         raise _invalid(where, f"{TENSORS_FILE} has {size} bytes, but tensors.bytes says {m['tensors']['bytes']}")
     if size < 8 + data_bytes or size > 8 + max_header + data_bytes:
-        raise _invalid(where, f"{TENSORS_FILE} has {size} bytes, but the plans' tensors take {data_bytes} bytes of data plus a header of at most {max_header}")
+        raise _invalid(
+            where,
+            f"{TENSORS_FILE} has {size} bytes, but the plans' tensors take {data_bytes} bytes of data plus a header of at most {max_header}",
+        )
     if size > max_tensor_bytes:
-        raise _invalid(where, f"{TENSORS_FILE} is {size} bytes, more than max_tensor_bytes={max_tensor_bytes}",
-                       "Pass a larger max_tensor_bytes to read_profile if the profile is trusted.")
+        raise _invalid(
+            where,
+            f"{TENSORS_FILE} is {size} bytes, more than max_tensor_bytes={max_tensor_bytes}",
+            "Pass a larger max_tensor_bytes to read_profile if the profile is trusted.",
+        )
     try:
         with open(path, "rb") as f:
             buf = f.read(size + 1)
@@ -685,7 +743,10 @@ def _read_tensor_file(d: str, m: Dict[str, Any], where: str, max_tensor_bytes: i
         raise _invalid(where, f"{TENSORS_FILE} changed while it was read")
     digest = hashlib.sha256(buf).hexdigest()
     if digest != m["tensors"]["sha256"]:
-        raise _invalid(where, f"{TENSORS_FILE} does not match the sha256 in the manifest (modified or corrupt): file {digest}, manifest {m['tensors']['sha256']}")
+        raise _invalid(
+            where,
+            f"{TENSORS_FILE} does not match the sha256 in the manifest (modified or corrupt): file {digest}, manifest {m['tensors']['sha256']}",
+        )
     # The one safetensors parser, strict: bounded header length, a multiple of 8, exactly the plans'
     # tensors (F32, declared shapes, entries of exactly dtype/shape/data_offsets), contiguous data.
     strict = _safetensors.Strict(max_header_bytes=max_header, dtypes=("F32",), tensors=wanted)
@@ -734,11 +795,19 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
     d = profile_dir(path)
     where = d
     if not os.path.isdir(d):
-        raise KvtcError("PROFILE_INVALID", f"profile {d} does not exist",
-                        "Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).", {"profile": d})
+        raise KvtcError(
+            "PROFILE_INVALID",
+            f"profile {d} does not exist",
+            "Pass a profile directory written by `kvtc calibrate` (e.g. kvtc-profiles/stories260k).",
+            {"profile": d},
+        )
     mpath = os.path.join(d, MANIFEST_FILE)
     if not os.path.isfile(mpath):
-        raise _invalid(where, f"no {MANIFEST_FILE} in it", "Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).")
+        raise _invalid(
+            where,
+            f"no {MANIFEST_FILE} in it",
+            "Pass the directory `kvtc calibrate` wrote (it holds kvtc-profile.json and kvtc-profile.safetensors).",
+        )
     try:
         if os.stat(mpath).st_size > MAX_MANIFEST_BYTES:
             raise _invalid(where, f"{MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")
@@ -769,7 +838,9 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
                 inv = inv_freq(r, n)
             bad = np.nonzero(~(np.isfinite(inv) & (inv > 0)))[0]
             if bad.size:
-                raise _invalid(where, f"model.rope gives inverse frequency {inv[bad[0]]} for pair {bad[0]}; every one must be finite and > 0")
+                raise _invalid(
+                    where, f"model.rope gives inverse frequency {inv[bad[0]]} for pair {bad[0]}; every one must be finite and > 0"
+                )
     shared = ropes[0] if ropes and all(x is not None and ropes[0] is not None and x.key() == ropes[0].key() for x in ropes) else None
     pid = verify_profile_id(m, where)
 
@@ -795,18 +866,44 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
                 raise _invalid(where, f"plan {idx} component {j}: lo {t['lo'][j]} > hi {t['hi'][j]}")
         err = _orthonormality_error(t["basis"], idx)
         if not err <= ORTHO_TOLERANCE:
-            raise _invalid(where, f"plan {idx} basis (tensor {pe['tensors']['basis']}) is not orthonormal: |VᵀV − I| reaches {err:.2e}, tolerance {ORTHO_TOLERANCE}")
-        plans.append(Plan(
-            index=idx, kind=pe["kind"], layers=tuple(pe["layers"]), dim=pe["dim"], rank=pe["rank"], budget_bits=pe["budget_bits"],
-            bits_per_token=pe["bits_per_token"], groups=tuple(Group(**g) for g in pe["groups"]),
-            mean=t["mean"], basis=t["basis"], variances=t["variances"], lo=t["lo"], hi=t["hi"],
-        ))
+            raise _invalid(
+                where,
+                f"plan {idx} basis (tensor {pe['tensors']['basis']}) is not orthonormal: |VᵀV − I| reaches {err:.2e}, tolerance {ORTHO_TOLERANCE}",
+            )
+        plans.append(
+            Plan(
+                index=idx,
+                kind=pe["kind"],
+                layers=tuple(pe["layers"]),
+                dim=pe["dim"],
+                rank=pe["rank"],
+                budget_bits=pe["budget_bits"],
+                bits_per_token=pe["bits_per_token"],
+                groups=tuple(Group(**g) for g in pe["groups"]),
+                mean=t["mean"],
+                basis=t["basis"],
+                variances=t["variances"],
+                lo=t["lo"],
+                hi=t["hi"],
+            )
+        )
     fp = m["model"]["fingerprint"] if isinstance(m["model"]["fingerprint"], dict) else {}
     return Profile(
-        path=d, manifest=manifest, profile_id=pid, model_name=str(m["model"]["name"]),
-        fingerprint={str(k): str(v) for k, v in fp.items()}, layers=m["model"]["layers"], kv_heads=m["model"]["kv_heads"],
-        head_dim=m["model"]["head_dim"], kv_dtype=m["model"]["kv_dtype"], rope=shared, sink=m["settings"]["sink"],
-        window=m["settings"]["window"], entropy=m["settings"]["entropy"], plans=plans, layer_ropes=ropes,
+        path=d,
+        manifest=manifest,
+        profile_id=pid,
+        model_name=str(m["model"]["name"]),
+        fingerprint={str(k): str(v) for k, v in fp.items()},
+        layers=m["model"]["layers"],
+        kv_heads=m["model"]["kv_heads"],
+        head_dim=m["model"]["head_dim"],
+        kv_dtype=m["model"]["kv_dtype"],
+        rope=shared,
+        sink=m["settings"]["sink"],
+        window=m["settings"]["window"],
+        entropy=m["settings"]["entropy"],
+        plans=plans,
+        layer_ropes=ropes,
         max_positions=max_positions if max_positions is not None else DEFAULT_MAX_POSITIONS,
         max_positions_recorded=max_positions is not None,
     )

@@ -26,14 +26,15 @@ try:
 except ImportError as e:  # the policy: a missing test dependency fails the run and names the fix
     raise ImportError(f"the kvtc Python tests need NumPy ({e}); install the test dependencies: {INSTALL}") from None
 
-import pytest  # noqa: E402
-
 import kvtc  # noqa: E402
+import pytest  # noqa: E402
 
 _PACKAGE = _HERE.parent / "kvtc"
 if pathlib.Path(kvtc.__file__).resolve().parent != _PACKAGE:
-    raise ImportError(f"kvtc was imported from {kvtc.__file__}, not from this checkout ({_PACKAGE}); "
-                      "run pytest with python/pyproject.toml's settings (python3 -m pytest python/tests) or uninstall that copy")
+    raise ImportError(
+        f"kvtc was imported from {kvtc.__file__}, not from this checkout ({_PACKAGE}); "
+        "run pytest with python/pyproject.toml's settings (python3 -m pytest python/tests) or uninstall that copy"
+    )
 
 from kvtc_testutil import FIXTURES, read_blob  # noqa: E402
 

@@ -14,9 +14,8 @@ import shutil
 import struct
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import numpy as np
-
 import kvtc
+import numpy as np
 from kvtc import _safetensors
 from kvtc.profile import MANIFEST_FILE, TENSORS_FILE, expected_profile_id
 

@@ -8,10 +8,9 @@ under test is the one that refuses; the section table is rebuilt with kvtc.blob.
 import struct
 import zlib
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc import blob as kb
 from kvtc.codec import payload_codes
 from kvtc_testutil import FIXTURES, copy_profile, read_blob, regroup
@@ -43,8 +42,18 @@ def sections_of(data: bytes):
 
 def rebuilt(data: bytes, sections, **header) -> bytes:
     h = kvtc.read_blob_header(data)
-    fields = dict(float16=h.float16, raw_float32=h.raw_float32, profile_id=bytes.fromhex(h.profile_id), tokens=h.tokens,
-                  start_position=h.start_position, layers=h.layers, kv_heads=h.kv_heads, head_dim=h.head_dim, sink=h.sink, window=h.window)
+    fields = dict(
+        float16=h.float16,
+        raw_float32=h.raw_float32,
+        profile_id=bytes.fromhex(h.profile_id),
+        tokens=h.tokens,
+        start_position=h.start_position,
+        layers=h.layers,
+        kv_heads=h.kv_heads,
+        head_dim=h.head_dim,
+        sink=h.sink,
+        window=h.window,
+    )
     fields.update(header)
     return kb.assemble(sections=[tuple(s) for s in sections], **fields)
 
@@ -83,8 +92,9 @@ def test_sections_of_the_node_blob_match_the_profile(profile_v2, blob_v2):
     assert rebuilt(blob_v2, secs) == blob_v2
 
 
-@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview, lambda b: np.frombuffer(b, dtype=np.uint8)],
-                         ids=["bytes", "bytearray", "memoryview", "numpy"])
+@pytest.mark.parametrize(
+    "wrap", [bytes, bytearray, memoryview, lambda b: np.frombuffer(b, dtype=np.uint8)], ids=["bytes", "bytearray", "memoryview", "numpy"]
+)
 def test_any_bytes_like_blob_decodes(profile_v2, blob_v2, wrap):
     ref = kvtc.decode(profile_v2, blob_v2)
     got = kvtc.decode(profile_v2, wrap(blob_v2))
@@ -113,7 +123,11 @@ HEADER_REFUSALS = [
     ("both-flags", lambda b: patched(b, 6, "<H", 3, reseal=False), 'both "float16 cache" (bit 0) and "raw tokens stored as float32"'),
     ("reserved-byte", lambda b: patched(b, 45, "<B", 7, reseal=False), "reserved header byte 45 is 7, must be 0"),
     ("tokens-over-2^24", lambda b: patched(b, 16, "<I", 2**24 + 1, reseal=False), "a kvtc blob holds at most 16777216"),
-    ("sink-window-over-tokens", lambda b: patched(b, 36, "<I", 300, reseal=False), "sink 4 + window 300 raw tokens, more than its 256 tokens"),
+    (
+        "sink-window-over-tokens",
+        lambda b: patched(b, 36, "<I", 300, reseal=False),
+        "sink 4 + window 300 raw tokens, more than its 256 tokens",
+    ),
     ("positions-past-2^32", lambda b: patched(b, 20, "<I", 2**32 - 100, reseal=False), "runs past position 2^32 − 1"),
 ]
 
@@ -150,7 +164,10 @@ def test_truncated_blob_fails_its_checksum(profile_v2, blob_v2):
 
 def test_blob_of_another_profile(profile_v1, blob_v2):
     e = refused(profile_v1, blob_v2, "BLOB_MISMATCH")
-    assert f"was encoded with profile {kvtc.read_blob_header(blob_v2).profile_id}, not with this profile ({profile_v1.blob_id.hex()})" in e.message
+    assert (
+        f"was encoded with profile {kvtc.read_blob_header(blob_v2).profile_id}, not with this profile ({profile_v1.blob_id.hex()})"
+        in e.message
+    )
 
 
 @pytest.mark.parametrize("offset,field", [(24, "layers"), (26, "kv_heads"), (28, "head_dim")])
@@ -186,14 +203,30 @@ def test_section_table_past_the_end(profile_v2, blob_v2):
 TABLE = kb.HEADER_BYTES
 
 
-@pytest.mark.parametrize("name,mutate,words", [
-    ("unknown-kind", lambda s: s[1].__setitem__(0, 2), "section 1 has unknown kind 2 (0 raw tokens, 1 plan)"),
-    ("unknown-codec", lambda s: s[1].__setitem__(1, 2), "section 1 has unknown codec 2 (0 stored, 1 raw DEFLATE)"),
-    ("raw-not-first", lambda s: s.insert(0, s.pop(1)), "section 0 is a plan section for plan index 0; section 0 must be the raw section with plan index 0"),
-    ("plans-out-of-order", lambda s: s.insert(1, s.pop(2)), "section 1 is a plan section for plan index 1; section 1 must be plan 0's section"),
-    ("decoded-bytes", lambda s: s[1].__setitem__(4, s[1][4] + 1), "section 1 (plan 0's section) declares"),
-    ("raw-decoded-bytes", lambda s: s[0].__setitem__(4, len(s[0][3]) - 2) or s[0].__setitem__(3, s[0][3][:-2]), "section 0 (the raw section) declares 84478 decoded bytes; this profile needs 84480"),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,mutate,words",
+    [
+        ("unknown-kind", lambda s: s[1].__setitem__(0, 2), "section 1 has unknown kind 2 (0 raw tokens, 1 plan)"),
+        ("unknown-codec", lambda s: s[1].__setitem__(1, 2), "section 1 has unknown codec 2 (0 stored, 1 raw DEFLATE)"),
+        (
+            "raw-not-first",
+            lambda s: s.insert(0, s.pop(1)),
+            "section 0 is a plan section for plan index 0; section 0 must be the raw section with plan index 0",
+        ),
+        (
+            "plans-out-of-order",
+            lambda s: s.insert(1, s.pop(2)),
+            "section 1 is a plan section for plan index 1; section 1 must be plan 0's section",
+        ),
+        ("decoded-bytes", lambda s: s[1].__setitem__(4, s[1][4] + 1), "section 1 (plan 0's section) declares"),
+        (
+            "raw-decoded-bytes",
+            lambda s: s[0].__setitem__(4, len(s[0][3]) - 2) or s[0].__setitem__(3, s[0][3][:-2]),
+            "section 0 (the raw section) declares 84478 decoded bytes; this profile needs 84480",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_section_table_refusal(profile_v2, blob_v2, name, mutate, words):
     secs = sections_of(blob_v2)
     mutate(secs)

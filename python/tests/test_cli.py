@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc import cli
 from kvtc_testutil import FIXTURES, PYTHON_DIR, max_abs_diff
 
@@ -119,20 +118,43 @@ def _tampered_cache(tmp_path):
     return str(p)
 
 
-@pytest.mark.parametrize("args,code,words", [
-    (["decode", "--profile", "{tmp}/none", "--in", BLOB, "--out", "{tmp}/o"], "PROFILE_INVALID", "does not exist"),
-    (["decode", "--profile", P2, "--in", "{tmp}/none.kvtc", "--out", "{tmp}/o"], "BLOB_INVALID", "blob {tmp}/none.kvtc does not exist"),
-    (["decode", "--profile", P2, "--in", CACHE, "--out", "{tmp}/o"], "BLOB_INVALID", 'does not start with the "KVTC" magic'),
-    (["decode", "--profile", P2, "--in", BLOB, "--out", "{tmp}/no/o"], "OUTPUT_UNWRITABLE", "directory {tmp}/no does not exist"),
-    (["encode", "--profile", P2, "--kv", "{tmp}/none.safetensors", "--out", "{tmp}/o"], "SAFETENSORS_INVALID", "cannot read {tmp}/none.safetensors"),
-    (["encode", "--profile", P2, "--kv", BLOB, "--out", "{tmp}/o"], "SAFETENSORS_INVALID", "does not fit in a file"),
-    (["encode", "--profile", P2, "--kv", "{other}", "--out", "{tmp}/o"], "PROFILE_MISMATCH", "was captured from model other-model (fingerprint 0123456789abcdef)"),
-    (["header", "--in", "{tmp}/none.kvtc"], "BLOB_INVALID", "cannot read {tmp}/none.kvtc"),
-    (["header", "--in", CACHE], "BLOB_INVALID", 'does not start with the "KVTC" magic'),
-    (["encode", "--profile", P2, "--kv", CACHE, "--out", "{tmp}/o", "--entropy", "zstd"], "USAGE", "invalid choice: 'zstd'"),
-    (["decode", "--profile", P2, "--in", BLOB, "--out", "{tmp}/o", "--device", "tpu"], "USAGE", "device 'tpu' is not supported"),
-], ids=["profile-missing", "blob-missing", "not-a-blob", "out-dir-missing", "kv-missing", "kv-not-safetensors", "kv-of-another-model",
-        "header-missing", "header-not-a-blob", "bad-entropy", "bad-device"])
+@pytest.mark.parametrize(
+    "args,code,words",
+    [
+        (["decode", "--profile", "{tmp}/none", "--in", BLOB, "--out", "{tmp}/o"], "PROFILE_INVALID", "does not exist"),
+        (["decode", "--profile", P2, "--in", "{tmp}/none.kvtc", "--out", "{tmp}/o"], "BLOB_INVALID", "blob {tmp}/none.kvtc does not exist"),
+        (["decode", "--profile", P2, "--in", CACHE, "--out", "{tmp}/o"], "BLOB_INVALID", 'does not start with the "KVTC" magic'),
+        (["decode", "--profile", P2, "--in", BLOB, "--out", "{tmp}/no/o"], "OUTPUT_UNWRITABLE", "directory {tmp}/no does not exist"),
+        (
+            ["encode", "--profile", P2, "--kv", "{tmp}/none.safetensors", "--out", "{tmp}/o"],
+            "SAFETENSORS_INVALID",
+            "cannot read {tmp}/none.safetensors",
+        ),
+        (["encode", "--profile", P2, "--kv", BLOB, "--out", "{tmp}/o"], "SAFETENSORS_INVALID", "does not fit in a file"),
+        (
+            ["encode", "--profile", P2, "--kv", "{other}", "--out", "{tmp}/o"],
+            "PROFILE_MISMATCH",
+            "was captured from model other-model (fingerprint 0123456789abcdef)",
+        ),
+        (["header", "--in", "{tmp}/none.kvtc"], "BLOB_INVALID", "cannot read {tmp}/none.kvtc"),
+        (["header", "--in", CACHE], "BLOB_INVALID", 'does not start with the "KVTC" magic'),
+        (["encode", "--profile", P2, "--kv", CACHE, "--out", "{tmp}/o", "--entropy", "zstd"], "USAGE", "invalid choice: 'zstd'"),
+        (["decode", "--profile", P2, "--in", BLOB, "--out", "{tmp}/o", "--device", "tpu"], "USAGE", "device 'tpu' is not supported"),
+    ],
+    ids=[
+        "profile-missing",
+        "blob-missing",
+        "not-a-blob",
+        "out-dir-missing",
+        "kv-missing",
+        "kv-not-safetensors",
+        "kv-of-another-model",
+        "header-missing",
+        "header-not-a-blob",
+        "bad-entropy",
+        "bad-device",
+    ],
+)
 def test_refusal(capsys, tmp_path, args, code, words):
     sub = {"{tmp}": str(tmp_path), "{other}": _tampered_cache(tmp_path) if "{other}" in args else ""}
     args = [a.replace("{tmp}", sub["{tmp}"]).replace("{other}", sub["{other}"]) for a in args]
@@ -179,7 +201,9 @@ def test_interrupt_exits_130(capsys, tmp_path, monkeypatch):
 
 def test_encode_entropy_override_and_float16(capsys, tmp_path):
     out = tmp_path / "f16.kvtc"
-    code, text, _ = call(capsys, "encode", "--profile", P2, "--kv", str(FIXTURES / "cache-f16.safetensors"), "--out", str(out), "--entropy", "stored")
+    code, text, _ = call(
+        capsys, "encode", "--profile", P2, "--kv", str(FIXTURES / "cache-f16.safetensors"), "--out", str(out), "--entropy", "stored"
+    )
     assert code == 0 and "encoded 256 tokens (124 compressed)" in text
     assert kvtc.read_blob_header(out.read_bytes()).dtype == "float16"
     stored = out.stat().st_size

@@ -14,10 +14,9 @@ What is compared how (NumPy's BLAS and ONNX Runtime give different last bits on 
   yarn, longrope).
 """
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc import _quant as q
 from kvtc import blob as kb
 from kvtc.debug import plan_codes
@@ -46,8 +45,12 @@ MAX_CODE_MISMATCH = 1e-3
 
 def _node(case):
     name, prof, cache = case
-    return (kvtc.read_profile(FIXTURES / prof), read_blob(name), kvtc.read_kv_safetensors(FIXTURES / f"{name}.decoded.safetensors"),
-            kvtc.read_kv_safetensors(FIXTURES / f"{cache}.safetensors"))
+    return (
+        kvtc.read_profile(FIXTURES / prof),
+        read_blob(name),
+        kvtc.read_kv_safetensors(FIXTURES / f"{name}.decoded.safetensors"),
+        kvtc.read_kv_safetensors(FIXTURES / f"{cache}.safetensors"),
+    )
 
 
 @pytest.fixture(scope="module", params=NODE_CASES, ids=[c[0] for c in NODE_CASES])
@@ -182,7 +185,9 @@ def _bounds_hold(profile, manifest, layers, blob, start=0, min_checked=0.5):
                     bound = (mx - mn + ulp) / g.levels * (1 + 2**-9) / 2
                 ok = err <= bound + eps[:, g.start : g.end]
                 checked += cg.size
-            assert ok.all(), f"plan {plan.index} group {g.start}-{g.end} {g.type}/{g.mode}: error {float(np.max(err - bound))} over its bound"
+            assert ok.all(), (
+                f"plan {plan.index} group {g.start}-{g.end} {g.type}/{g.mode}: error {float(np.max(err - bound))} over its bound"
+            )
         assert checked >= min_checked * n * plan.rank  # most values lie in the calibrated range
 
 
@@ -193,8 +198,18 @@ def test_committed_profiles_round_trip_within_the_quantizer_bounds(cache_f32):
 
 
 EVERY_GROUP = {
-    0: (53, [(0, 4, "int8", "static"), (4, 10, "int8", "dynamic"), (10, 16, "fp8", "static"), (16, 24, "fp8", "dynamic"),
-             (24, 34, "int4", "dynamic"), (34, 44, "int2", "dynamic"), (44, 53, "int4", "static")]),
+    0: (
+        53,
+        [
+            (0, 4, "int8", "static"),
+            (4, 10, "int8", "dynamic"),
+            (10, 16, "fp8", "static"),
+            (16, 24, "fp8", "dynamic"),
+            (24, 34, "int4", "dynamic"),
+            (34, 44, "int2", "dynamic"),
+            (44, 53, "int4", "static"),
+        ],
+    ),
     1: (0, []),
 }
 
@@ -232,12 +247,33 @@ def test_entropy_coders_store_the_same_codes(every_group_profile, cache_f32):
 PER_LAYER_ROPE = [
     {"layers": [0], "theta": 10000, "rotary_dim": 8, "layout": "half"},
     {"layers": [1], "none": True},
-    {"layers": [2], "theta": 10000, "rotary_dim": 4, "layout": "interleaved", "attention_factor": 1.25,
-     "scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1, "truncate": True}},
-    {"layers": [3], "theta": 500000, "rotary_dim": 8, "layout": "half",
-     "scaling": {"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 64}},
-    {"layers": [4], "theta": 10000, "rotary_dim": 8, "layout": "half",
-     "scaling": {"type": "longrope", "original_max_position_embeddings": 200, "short_factor": [1, 1.5, 2, 4], "long_factor": [1, 2, 4, 8]}},
+    {
+        "layers": [2],
+        "theta": 10000,
+        "rotary_dim": 4,
+        "layout": "interleaved",
+        "attention_factor": 1.25,
+        "scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1, "truncate": True},
+    },
+    {
+        "layers": [3],
+        "theta": 500000,
+        "rotary_dim": 8,
+        "layout": "half",
+        "scaling": {"type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4, "original_max_position_embeddings": 64},
+    },
+    {
+        "layers": [4],
+        "theta": 10000,
+        "rotary_dim": 8,
+        "layout": "half",
+        "scaling": {
+            "type": "longrope",
+            "original_max_position_embeddings": 200,
+            "short_factor": [1, 1.5, 2, 4],
+            "long_factor": [1, 2, 4, 8],
+        },
+    },
 ]
 
 
@@ -372,10 +408,15 @@ def test_dynamic_coefficient_beyond_fp16(tmp_path, cache_f32):
     assert "token 70 has a coefficient of" in e.message and "dynamic group 0–52; its per-token range is stored as fp16" in e.message
 
 
-@pytest.mark.parametrize("start,words", [(-1, "start_position -1 is not an integer in [0, 2^32)"),
-                                         (True, "start_position True is not an integer"),
-                                         (2**32, "start_position 4294967296 is not an integer"),
-                                         (1.0, "start_position 1.0 is not an integer")])
+@pytest.mark.parametrize(
+    "start,words",
+    [
+        (-1, "start_position -1 is not an integer in [0, 2^32)"),
+        (True, "start_position True is not an integer"),
+        (2**32, "start_position 4294967296 is not an integer"),
+        (1.0, "start_position 1.0 is not an integer"),
+    ],
+)
 def test_bad_start_position(profile_v2, cache_f32, start, words):
     assert words in _refused(profile_v2, cache_f32.layers, "KV_INVALID", start).message
 
@@ -395,9 +436,14 @@ def test_unknown_entropy_coder(profile_v2, cache_f32):
     assert e.value.code == "USAGE" and "entropy 'zstd' is not one of deflate-rle" in e.value.message
 
 
-@pytest.mark.parametrize("layers,words", [(5, "layers_kv is not a sequence of (K, V) pairs"),
-                                          ([(1, 2, 3)] * 5, "layer 0 is not a (K, V) pair"),
-                                          ([("a", "b")] * 5, "layer 0 keys is a str; expected a NumPy array")])
+@pytest.mark.parametrize(
+    "layers,words",
+    [
+        (5, "layers_kv is not a sequence of (K, V) pairs"),
+        ([(1, 2, 3)] * 5, "layer 0 is not a (K, V) pair"),
+        ([("a", "b")] * 5, "layer 0 keys is a str; expected a NumPy array"),
+    ],
+)
 def test_malformed_layers(profile_v2, layers, words):
     assert words in _refused(profile_v2, layers, "KV_INVALID").message
 

@@ -32,8 +32,16 @@ def test_wheel_holds_every_module_and_runs(tmp_path):
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
     assert "Requires-Dist: numpy>=1.21" in meta and "Requires-Python: >=3.9" in meta
     env = {**os.environ, "PYTHONPATH": str(wheel), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
-    r = subprocess.run([sys.executable, "-c", "import kvtc, sys; print(kvtc.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "import kvtc, sys; print(kvtc.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stdout.startswith(str(wheel)), r.stderr
-    r = subprocess.run([sys.executable, "-m", "kvtc", "header", "--in", str(FIXTURES / "v2-f32.kvtc"), "--json"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "kvtc", "header", "--in", str(FIXTURES / "v2-f32.kvtc"), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and '"tokens": 256' in r.stdout, r.stderr

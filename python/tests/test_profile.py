@@ -12,10 +12,9 @@ import os
 import re
 import struct
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc.profile import MANIFEST_FILE, MAX_MANIFEST_BYTES, TENSORS_FILE, expected_profile_id, profile_id_text
 from kvtc_testutil import (
     FIXTURES,
@@ -29,7 +28,6 @@ from kvtc_testutil import (
     write_tensor_bytes,
     write_tensors,
 )
-
 
 # ------------------------------------------------------------------------------------------------
 # What a good profile reads as
@@ -47,7 +45,8 @@ def test_format_2_profile_reads_as_its_manifest_says(profile_v2):
     assert p.rope is not None and (p.rope.theta, p.rope.rotary_dim, p.rope.layout) == (10000.0, 8, "half")
     assert p.layer_ropes == [p.rope] * 5
     assert [(pl.kind, pl.layers, pl.dim, pl.rank) for pl in p.plans] == [
-        (pe["kind"], tuple(pe["layers"]), pe["dim"], pe["rank"]) for pe in m["plans"]]
+        (pe["kind"], tuple(pe["layers"]), pe["dim"], pe["rank"]) for pe in m["plans"]
+    ]
     t = load_tensors(FIXTURES / "profile-v2")
     for pl, pe in zip(p.plans, m["plans"]):
         assert pl.basis.dtype == np.float32 and pl.basis.shape == (pl.dim, pl.rank)
@@ -90,6 +89,7 @@ def test_profile_id_text_is_the_canonical_text_of_spec_2_1():
 
 def test_edits_that_decoding_ignores_keep_the_profile_readable(tmp_path):
     d = copy_profile(tmp_path / "p")
+
     # (within the ranges the reader checks informational fields against: test_reader_bounds.py)
     def edit(m):
         m["calibration"]["sources"][0]["name"] = "edited.txt"
@@ -129,7 +129,9 @@ def test_manifest_larger_than_the_limit(tmp_path):
     assert "larger than" in _refused(d).message
 
 
-@pytest.mark.parametrize("raw", [b"\xff\xfe{}", b'{"format": ', b"[" * 100000 + b"]" * 100000], ids=["not-utf8", "truncated-json", "deep-nesting"])
+@pytest.mark.parametrize(
+    "raw", [b"\xff\xfe{}", b'{"format": ', b"[" * 100000 + b"]" * 100000], ids=["not-utf8", "truncated-json", "deep-nesting"]
+)
 def test_manifest_not_utf8_json(tmp_path, raw):
     d = copy_profile(tmp_path / "p")
     (d / MANIFEST_FILE).write_bytes(raw)
@@ -188,6 +190,7 @@ def test_other_format_versions_say_recalibrate(tmp_path, version):
 
 def _set(path, value):
     """An edit setting manifest[path...] = value (a missing value deletes the key)."""
+
     def edit(m):
         *head, last = path
         o = m
@@ -197,6 +200,7 @@ def _set(path, value):
             del o[last]
         else:
             o[last] = value
+
     return edit
 
 
@@ -219,30 +223,57 @@ MANIFEST_REFUSALS = [
     ("rope-layer-out-of-range", _set(GROUP + ("layers",), [0, 1, 2, 3, 5]), "model.rope[0].layers is 5; expected an integer in [0, 4]"),
     ("rope-layers-descending", _set(GROUP + ("layers",), [0, 2, 1, 3, 4]), "model.rope[0].layers must be ascending (2 then 1)"),
     ("rope-layer-missing", _set(GROUP + ("layers",), [0, 1, 2, 3]), "model.rope names no RoPE (or none) for layer 4"),
-    ("rope-layer-twice", _set(("model", "rope"), [{**V1_ROPE, "layers": [0, 1, 2]}, {**V1_ROPE, "layers": [2, 3, 4]}]),
-     "model.rope[1].layers names layer 2, which model.rope[0] names too"),
+    (
+        "rope-layer-twice",
+        _set(("model", "rope"), [{**V1_ROPE, "layers": [0, 1, 2]}, {**V1_ROPE, "layers": [2, 3, 4]}]),
+        "model.rope[1].layers names layer 2, which model.rope[0] names too",
+    ),
     ("theta-zero", _set(GROUP + ("theta",), 0), "model.rope[0].theta is 0; expected a finite number > 0"),
-    ("theta-string", _set(GROUP + ("theta",), "1e4"), "model.rope[0].theta is \"1e4\""),
+    ("theta-string", _set(GROUP + ("theta",), "1e4"), 'model.rope[0].theta is "1e4"'),
     ("rotary-odd", _set(GROUP + ("rotary_dim",), 7), "rotary_dim = 7 is odd"),
     ("rotary-over-head-dim", _set(GROUP + ("rotary_dim",), 10), "rotary_dim = 10 exceeds model.head_dim 8"),
     ("layout", _set(GROUP + ("layout",), "pairs"), 'model.rope[0].layout is "pairs"'),
     ("attention-factor", _set(GROUP + ("attention_factor",), -1), "model.rope[0].attention_factor is -1"),
     ("scaling-not-object", _set(GROUP + ("scaling",), 2), "model.rope[0].scaling is missing or not an object"),
     ("scaling-type", _set(GROUP + ("scaling",), {"type": "ntk", "factor": 2}), 'model.rope[0].scaling.type is "ntk"'),
-    ("scaling-factor-missing", _set(GROUP + ("scaling",), {"type": "linear"}), "model.rope[0].scaling.factor is missing; linear scaling needs it"),
+    (
+        "scaling-factor-missing",
+        _set(GROUP + ("scaling",), {"type": "linear"}),
+        "model.rope[0].scaling.factor is missing; linear scaling needs it",
+    ),
     ("scaling-factor-negative", _set(GROUP + ("scaling",), {"type": "linear", "factor": -2}), "model.rope[0].scaling.factor is -2"),
-    ("llama3-frequencies", _set(GROUP + ("scaling",), {"type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1,
-                                                         "original_max_position_embeddings": 8192}),
-     "high_freq_factor 1.0 must be greater than low_freq_factor 4.0"),
-    ("yarn-truncate", _set(GROUP + ("scaling",), {"type": "yarn", "factor": 4, "original_max_position_embeddings": 4096,
-                                                   "beta_fast": 32, "beta_slow": 1, "truncate": "yes"}),
-     "model.rope[0].scaling.truncate must be true or false"),
-    ("longrope-factors", _set(GROUP + ("scaling",), {"type": "longrope", "original_max_position_embeddings": 4096,
-                                                      "short_factor": [1, 1, 1, 1], "long_factor": [1, 1]}),
-     "model.rope[0].scaling.long_factor must hold 4 factors (rotary_dim 8)"),
-    ("longrope-factor-value", _set(GROUP + ("scaling",), {"type": "longrope", "original_max_position_embeddings": 4096,
-                                                           "short_factor": [1, 1, 0, 1], "long_factor": [1, 1, 1, 1]}),
-     "model.rope[0].scaling.short_factor is 0"),
+    (
+        "llama3-frequencies",
+        _set(
+            GROUP + ("scaling",),
+            {"type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1, "original_max_position_embeddings": 8192},
+        ),
+        "high_freq_factor 1.0 must be greater than low_freq_factor 4.0",
+    ),
+    (
+        "yarn-truncate",
+        _set(
+            GROUP + ("scaling",),
+            {"type": "yarn", "factor": 4, "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1, "truncate": "yes"},
+        ),
+        "model.rope[0].scaling.truncate must be true or false",
+    ),
+    (
+        "longrope-factors",
+        _set(
+            GROUP + ("scaling",),
+            {"type": "longrope", "original_max_position_embeddings": 4096, "short_factor": [1, 1, 1, 1], "long_factor": [1, 1]},
+        ),
+        "model.rope[0].scaling.long_factor must hold 4 factors (rotary_dim 8)",
+    ),
+    (
+        "longrope-factor-value",
+        _set(
+            GROUP + ("scaling",),
+            {"type": "longrope", "original_max_position_embeddings": 4096, "short_factor": [1, 1, 0, 1], "long_factor": [1, 1, 1, 1]},
+        ),
+        "model.rope[0].scaling.short_factor is 0",
+    ),
     ("sink-negative", _set(("settings", "sink"), -1), "settings.sink is -1"),
     ("window-huge", _set(("settings", "window"), 2**32), "settings.window is 4294967296"),
     ("entropy", _set(("settings", "entropy"), "zstd"), 'settings.entropy is "zstd"; expected one of deflate-rle'),
@@ -256,8 +287,16 @@ MANIFEST_REFUSALS = [
     ("plan-index", _set(("plans", 0, "index"), 1), "plans[0].index is 1, but a plan's index must equal its position 0"),
     ("plan-kind", _set(("plans", 0, "kind"), "query"), 'plans[0].kind is "query"'),
     ("plan-layers-empty", _set(("plans", 0, "layers"), []), "plans[0].layers is missing or empty"),
-    ("plan-layer-not-in-model", _set(("plans", 0, "layers"), [0, 1, 2, 3, 5]), "plans[0].layers[4] = 5 is not a layer of the model (it has 5: 0–4)"),
-    ("plan-layer-twice", _set(("plans", 0, "layers"), [0, 1, 2, 3, 3]), "plans[0].layers[4]: key layer 3 is already covered by another plan"),
+    (
+        "plan-layer-not-in-model",
+        _set(("plans", 0, "layers"), [0, 1, 2, 3, 5]),
+        "plans[0].layers[4] = 5 is not a layer of the model (it has 5: 0–4)",
+    ),
+    (
+        "plan-layer-twice",
+        _set(("plans", 0, "layers"), [0, 1, 2, 3, 3]),
+        "plans[0].layers[4]: key layer 3 is already covered by another plan",
+    ),
     ("plan-dim", _set(("plans", 0, "dim"), 128), "plans[0].dim is 128, but 5 layers × 4 KV heads × 8 head dim = 160"),
     ("plan-rank-over-dim", _set(("plans", 0, "rank"), 161), "plans[0].rank 161 exceeds its dim 160"),
     ("plan-budget", _set(("plans", 0, "budget_bits"), -1), "plans[0].budget_bits is -1"),
@@ -276,7 +315,11 @@ MANIFEST_REFUSALS = [
     ("tensor-name-reused", _set(("plans", 1, "tensors", "mean"), None), None),  # filled in below
     ("tensors-missing", _set(("plans", 0, "tensors"), _DELETE), "plans[0].tensors is missing or not an object"),
     ("profile-id-format", _set(("profile_id",), "XYZ"), 'profile_id "XYZ" is not 16 lowercase hex digits'),
-    ("profile-id-wrong", _set(("profile_id",), "0123456789abcdef"), "profile_id 0123456789abcdef does not match the tensor file hash and the manifest fields"),
+    (
+        "profile-id-wrong",
+        _set(("profile_id",), "0123456789abcdef"),
+        "profile_id 0123456789abcdef does not match the tensor file hash and the manifest fields",
+    ),
 ]
 
 
@@ -285,7 +328,10 @@ def _reuse_name(m):
 
 
 MANIFEST_REFUSALS[[r[0] for r in MANIFEST_REFUSALS].index("tensor-name-reused")] = (
-    "tensor-name-reused", _reuse_name, "plans[1].tensors.mean names tensor")
+    "tensor-name-reused",
+    _reuse_name,
+    "plans[1].tensors.mean names tensor",
+)
 
 
 @pytest.mark.parametrize("name,edit,words", MANIFEST_REFUSALS, ids=[r[0] for r in MANIFEST_REFUSALS])
@@ -322,12 +368,18 @@ def test_profile_id_of_the_old_rule_is_named_as_such(tmp_path):
     assert "follows the old rule (the tensor file hash alone)" in _refused(d).message
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m["settings"].update(sink=5),
-    lambda m: m["model"]["rope"][0].update(theta=500000),
-    lambda m: m["plans"][0]["groups"][0].update(type="int8", mode="static") or m["plans"][0].update(bits_per_token=190, budget_bits=1000),
-    lambda m: m["tensors"].update(sha256="0" * 64),
-], ids=["sink", "rope-theta", "plan-group", "tensor-hash"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["settings"].update(sink=5),
+        lambda m: m["model"]["rope"][0].update(theta=500000),
+        lambda m: (
+            m["plans"][0]["groups"][0].update(type="int8", mode="static") or m["plans"][0].update(bits_per_token=190, budget_bits=1000)
+        ),
+        lambda m: m["tensors"].update(sha256="0" * 64),
+    ],
+    ids=["sink", "rope-theta", "plan-group", "tensor-hash"],
+)
 def test_an_edit_to_what_decoding_uses_breaks_the_profile_id(tmp_path, edit):
     d = copy_profile(tmp_path / "p")
     edit_manifest(d, edit)
@@ -421,13 +473,21 @@ def test_header_not_an_object(tmp_path):
 
 TENSOR_REFUSALS = [
     ("metadata-not-strings", lambda h: h.update(__metadata__={"format": 1}), "__metadata__ is not an object of strings"),
-    ("extra-tensor", lambda h: h.update(extra={"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}), "tensor extra is not used by any plan"),
+    (
+        "extra-tensor",
+        lambda h: h.update(extra={"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}),
+        "tensor extra is not used by any plan",
+    ),
     ("extra-entry-key", lambda h: h[_first(h)].update(note="x"), "entry must be exactly {dtype, shape, data_offsets}"),
     ("dtype", lambda h: h[_first(h)].update(dtype="F16"), 'has dtype "F16", expected F32'),
     ("shape", lambda h: h[_first(h)].update(shape=[1, 2]), "the plan declares"),
     ("offsets-outside", lambda h: h[_last(h)].update(data_offsets=[h[_last(h)]["data_offsets"][0], 10**9]), "outside the"),
     ("offsets-reversed", lambda h: h[_first(h)].update(data_offsets=[8, 4]), "outside the"),
-    ("bytes-vs-shape", lambda h: h[_last(h)].update(data_offsets=[h[_last(h)]["data_offsets"][0] + 4, h[_last(h)]["data_offsets"][1]]), "bytes, but F32"),
+    (
+        "bytes-vs-shape",
+        lambda h: h[_last(h)].update(data_offsets=[h[_last(h)]["data_offsets"][0] + 4, h[_last(h)]["data_offsets"][1]]),
+        "bytes, but F32",
+    ),
     ("missing-tensor", lambda h: h.pop(_last(h)), "is missing"),
 ]
 

@@ -16,7 +16,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from kvtc import KvtcError, decode, encode
 from kvtc._strict_json import find_duplicate_key
 from kvtc.blob import DEFAULT_MAX_POSITIONS, read_blob_header
@@ -159,17 +158,49 @@ INFORMATIONAL = [
     ("a negative ratio_compressed", lambda m: m["measured"].__setitem__("ratio_compressed", -19.4), r"measured\.ratio_compressed"),
     ("ratio_blob 0", lambda m: m["measured"].__setitem__("ratio_blob", 0), r"measured\.ratio_blob"),
     ("ratio_compressed 1e308", lambda m: m["measured"].__setitem__("ratio_compressed", 1e308), r"measured\.ratio_compressed"),
-    ("ratio_compressed past the bound", lambda m: m["measured"].__setitem__("ratio_compressed", MAX_RATIO * 1.001), r"measured\.ratio_compressed"),
+    (
+        "ratio_compressed past the bound",
+        lambda m: m["measured"].__setitem__("ratio_compressed", MAX_RATIO * 1.001),
+        r"measured\.ratio_compressed",
+    ),
     ("context_tokens 0", lambda m: m["measured"].__setitem__("context_tokens", 0), r"measured\.context_tokens"),
-    ("a per-layer relative error of 2^53", lambda m: m["measured"]["rel_error"]["key"].__setitem__(2, 2**53), r"measured\.rel_error\.key\[2\]"),
-    ("a relative error past the bound", lambda m: m["measured"]["rel_error"]["key"].__setitem__(1, MAX_REL_ERROR * 1.001), r"measured\.rel_error\.key\[1\]"),
+    (
+        "a per-layer relative error of 2^53",
+        lambda m: m["measured"]["rel_error"]["key"].__setitem__(2, 2**53),
+        r"measured\.rel_error\.key\[2\]",
+    ),
+    (
+        "a relative error past the bound",
+        lambda m: m["measured"]["rel_error"]["key"].__setitem__(1, MAX_REL_ERROR * 1.001),
+        r"measured\.rel_error\.key\[1\]",
+    ),
     ("key_mean 1e308", lambda m: m["measured"]["rel_error"].__setitem__("key_mean", 1e308), r"measured\.rel_error\.key_mean"),
     ("a negative value_mean", lambda m: m["measured"]["rel_error"].__setitem__("value_mean", -0.5), r"measured\.rel_error\.value_mean"),
-    ('a relative error "NaN" (a string)', lambda m: m["measured"]["rel_error"]["value"].__setitem__(0, "NaN"), r"measured\.rel_error\.value\[0\]"),
-    ("a reversed confidence interval", lambda m: m["measured"]["rel_error"].__setitem__("key_mean_ci95", [0.2, 0.1]), r"key_mean_ci95 is \[0\.2, 0\.1\]"),
-    ("per-layer errors for 4 of 5 layers", lambda m: m["measured"]["rel_error"]["value"].pop(), r"measured\.rel_error\.value must hold one figure per layer \(5\)"),
-    ("tuning key_mean -1", lambda m: m["measured"]["tuning_rel_error"].__setitem__("key_mean", -1), r"measured\.tuning_rel_error\.key_mean"),
-    ("a candidate's ratio 0", lambda m: m["calibration"]["grouping_candidates"][0].__setitem__("ratio_compressed", 0), r"grouping_candidates\[0\]\.ratio_compressed"),
+    (
+        'a relative error "NaN" (a string)',
+        lambda m: m["measured"]["rel_error"]["value"].__setitem__(0, "NaN"),
+        r"measured\.rel_error\.value\[0\]",
+    ),
+    (
+        "a reversed confidence interval",
+        lambda m: m["measured"]["rel_error"].__setitem__("key_mean_ci95", [0.2, 0.1]),
+        r"key_mean_ci95 is \[0\.2, 0\.1\]",
+    ),
+    (
+        "per-layer errors for 4 of 5 layers",
+        lambda m: m["measured"]["rel_error"]["value"].pop(),
+        r"measured\.rel_error\.value must hold one figure per layer \(5\)",
+    ),
+    (
+        "tuning key_mean -1",
+        lambda m: m["measured"]["tuning_rel_error"].__setitem__("key_mean", -1),
+        r"measured\.tuning_rel_error\.key_mean",
+    ),
+    (
+        "a candidate's ratio 0",
+        lambda m: m["calibration"]["grouping_candidates"][0].__setitem__("ratio_compressed", 0),
+        r"grouping_candidates\[0\]\.ratio_compressed",
+    ),
     ("sources[].bytes 0", lambda m: m["calibration"]["sources"][3].__setitem__("bytes", 0), r"calibration\.sources\[3\]\.bytes"),
     ("no sources", lambda m: m["calibration"].__setitem__("sources", []), r"calibration\.sources"),
     ("tokens_fit 0", lambda m: m["calibration"].__setitem__("tokens_fit", 0), r"calibration\.tokens_fit"),
@@ -177,10 +208,18 @@ INFORMATIONAL = [
     ("an empty producer version", lambda m: m["producer"].__setitem__("version", ""), r"producer\.version"),
     ('grouping "fast"', lambda m: m["settings"].__setitem__("grouping", "fast"), r"settings\.grouping"),
     ("ratio_target 0", lambda m: m["settings"].__setitem__("ratio_target", 0), r"settings\.ratio_target"),
-    ("heads not a multiple of kv_heads", lambda m: m["model"].__setitem__("heads", 6), r"model\.heads 6 is not a multiple of model\.kv_heads 4"),
+    (
+        "heads not a multiple of kv_heads",
+        lambda m: m["model"].__setitem__("heads", 6),
+        r"model\.heads 6 is not a multiple of model\.kv_heads 4",
+    ),
     ("model.max_positions 0", lambda m: m["model"].__setitem__("max_positions", 0), r"model\.max_positions"),
     ("model.max_positions 2^32 + 1", lambda m: m["model"].__setitem__("max_positions", 2**32 + 1), r"model\.max_positions"),
-    ("measured contexts no longer than sink + window", lambda m: m["measured"].__setitem__("context_tokens", 132), r"context_tokens 132 leaves no compressed token after sink 4 \+ window 128"),
+    (
+        "measured contexts no longer than sink + window",
+        lambda m: m["measured"].__setitem__("context_tokens", 132),
+        r"context_tokens 132 leaves no compressed token after sink 4 \+ window 128",
+    ),
 ]
 
 
@@ -205,7 +244,10 @@ def test_figures_at_the_edges_of_the_bounds_are_accepted(tmp_path):
 
 def _cache(profile, tokens, seed=3):
     g = np.random.default_rng(seed)
-    return [tuple(g.standard_normal((profile.kv_heads, tokens, profile.head_dim)).astype(np.float32) for _ in range(2)) for _ in range(profile.layers)]
+    return [
+        tuple(g.standard_normal((profile.kv_heads, tokens, profile.head_dim)).astype(np.float32) for _ in range(2))
+        for _ in range(profile.layers)
+    ]
 
 
 def _set_start(blob: bytes, start: int) -> bytes:
@@ -224,8 +266,10 @@ def test_decode_refuses_positions_past_model_max_positions():
             decode(p, _set_start(blob, start), source="far.kvtc")
         e = ei.value
         assert e.code == "BLOB_INVALID"
-        assert (f"far.kvtc: header start_position {start} + {T} tokens puts its last token at position {start + T - 1}, "
-                "but the model has 512 positions (0–511, the profile's model.max_positions)") in str(e)
+        assert (
+            f"far.kvtc: header start_position {start} + {T} tokens puts its last token at position {start + T - 1}, "
+            "but the model has 512 positions (0–511, the profile's model.max_positions)"
+        ) in str(e)
         assert "re-encode" in e.fix
         assert e.context["max_positions"] == 512
     # Past 2^32 the header check refuses first, without the profile.

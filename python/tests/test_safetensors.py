@@ -5,10 +5,9 @@ import json
 import os
 import struct
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc import _safetensors as st
 from kvtc.kvfile import parse_kv_safetensors, serialize_kv_safetensors, write_kv_safetensors
 from kvtc_testutil import FIXTURES, raw_tensor_file
@@ -36,8 +35,10 @@ def test_parse_checks_every_offset_and_size():
     assert not a.flags.writeable and a.dtype == np.dtype("<f4")
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
-                                   np.int64, np.uint64, np.bool_])
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.bool_],
+)
 def test_serialize_round_trips_every_dtype(dtype):
     rng = np.random.default_rng(0)
     a = (rng.standard_normal((3, 5)) * 10).astype(dtype)
@@ -84,7 +85,11 @@ PARSE_REFUSALS = [
     ("shape", raw_tensor_file(_entry(shape=[-2]), b"\0" * 8), 'tensor "t" has an invalid shape'),
     ("shape-bool", raw_tensor_file(_entry(shape=[True]), b"\0" * 8), 'tensor "t" has an invalid shape'),
     ("offsets-type", raw_tensor_file(_entry(data_offsets=[0]), b"\0" * 8), 'tensor "t" has invalid data_offsets'),
-    ("offsets-outside", raw_tensor_file(_entry(data_offsets=[0, 16]), b"\0" * 8), "data_offsets [0, 16] fall outside the 8-byte data buffer"),
+    (
+        "offsets-outside",
+        raw_tensor_file(_entry(data_offsets=[0, 16]), b"\0" * 8),
+        "data_offsets [0, 16] fall outside the 8-byte data buffer",
+    ),
     ("offsets-reversed", raw_tensor_file(_entry(data_offsets=[8, 0]), b"\0" * 8), "data_offsets [8, 0] fall outside"),
     ("size-vs-shape", raw_tensor_file(_entry(shape=[3]), b"\0" * 8), 'tensor "t" has 8 bytes but shape [3] of F32 needs 12'),
 ]
@@ -141,13 +146,16 @@ def test_kv_write_into_a_missing_directory(cache_f32, tmp_path):
     assert e.value.code == "OUTPUT_UNWRITABLE"
 
 
-@pytest.mark.parametrize("layers,dtype,words", [
-    ([], None, "the cache has no layers"),
-    ([(np.zeros((4, 2)), np.zeros((4, 2)))], None, "layer 0 keys have shape [4, 2]"),
-    ([(np.zeros((4, 2, 8), np.float32), np.zeros((4, 3, 8), np.float32))], None, "layer 0 values have shape [4, 3, 8]"),
-    ([(np.zeros((4, 2, 8), np.int32),) * 2], None, "layer 0 keys are int32"),
-    ([(np.zeros((4, 2, 8), np.float32),) * 2], "bfloat16", "layer 0 keys are bfloat16"),
-])
+@pytest.mark.parametrize(
+    "layers,dtype,words",
+    [
+        ([], None, "the cache has no layers"),
+        ([(np.zeros((4, 2)), np.zeros((4, 2)))], None, "layer 0 keys have shape [4, 2]"),
+        ([(np.zeros((4, 2, 8), np.float32), np.zeros((4, 3, 8), np.float32))], None, "layer 0 values have shape [4, 3, 8]"),
+        ([(np.zeros((4, 2, 8), np.int32),) * 2], None, "layer 0 keys are int32"),
+        ([(np.zeros((4, 2, 8), np.float32),) * 2], "bfloat16", "layer 0 keys are bfloat16"),
+    ],
+)
 def test_kv_serialize_refusals(layers, dtype, words):
     with pytest.raises(kvtc.KvtcError) as e:
         serialize_kv_safetensors(layers, dtype=dtype)
@@ -161,16 +169,35 @@ def _kv(tensors, meta=None):
 Z = np.zeros((1, 2, 3, 4), np.float32)
 KV_REFUSALS = [
     ("no-layers", {"other": Z}, None, "no tensor named present.0.key"),
-    ("rank", {"present.0.key": Z[0], "present.0.value": Z[0]}, None, "present.0.key has shape [2, 3, 4]; expected [1, kv_heads, tokens, head_dim]"),
+    (
+        "rank",
+        {"present.0.key": Z[0], "present.0.value": Z[0]},
+        None,
+        "present.0.key has shape [2, 3, 4]; expected [1, kv_heads, tokens, head_dim]",
+    ),
     ("dtype", {"present.0.key": Z.astype(np.int32), "present.0.value": Z}, None, "present.0.key is I32; expected F16 or F32"),
     ("value-missing", {"present.0.key": Z}, None, "missing present.0.value"),
     ("mixed-dtype", {"present.0.key": Z, "present.0.value": Z.astype(np.float16)}, None, "present.0.value is F16 but present.0.key is F32"),
-    ("mixed-shape", {"present.0.key": Z, "present.0.value": Z[:, :1]}, None, "present.0.value has shape [1, 1, 3, 4], expected [1, 2, 3, 4]"),
-    ("non-finite", {"present.0.key": Z, "present.0.value": np.where(np.arange(24).reshape(Z.shape) == 13, np.inf, Z).astype(np.float32)}, None,
-     "present.0.value has a non-finite value (inf) at head 1, token 0, dim 1"),
+    (
+        "mixed-shape",
+        {"present.0.key": Z, "present.0.value": Z[:, :1]},
+        None,
+        "present.0.value has shape [1, 1, 3, 4], expected [1, 2, 3, 4]",
+    ),
+    (
+        "non-finite",
+        {"present.0.key": Z, "present.0.value": np.where(np.arange(24).reshape(Z.shape) == 13, np.inf, Z).astype(np.float32)},
+        None,
+        "present.0.value has a non-finite value (inf) at head 1, token 0, dim 1",
+    ),
     ("orphan-value", {"present.0.key": Z, "present.0.value": Z, "present.1.value": Z}, None, "present.1.value has no matching key"),
     ("layers-metadata", {"present.0.key": Z, "present.0.value": Z}, {"layers": "2"}, "metadata says 2 layers but the file has 1"),
-    ("start-position", {"present.0.key": Z, "present.0.value": Z}, {"start_position": "-3"}, 'metadata start_position "-3" is not a non-negative integer'),
+    (
+        "start-position",
+        {"present.0.key": Z, "present.0.value": Z},
+        {"start_position": "-3"},
+        'metadata start_position "-3" is not a non-negative integer',
+    ),
     ("start-position-huge", {"present.0.key": Z, "present.0.value": Z}, {"start_position": str(2**32)}, "is not a non-negative integer"),
 ]
 

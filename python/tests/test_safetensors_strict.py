@@ -3,10 +3,9 @@ with: what lenient mode accepts but a file kvtc specifies must not hold, with th
 
 import struct
 
+import kvtc
 import numpy as np
 import pytest
-
-import kvtc
 from kvtc import _safetensors as st
 from kvtc_testutil import raw_tensor_file
 
@@ -31,7 +30,11 @@ STRICT_REFUSALS = [
     ("extra-entry-key", raw_tensor_file({"a": _e(0, 8, note=1)}, TWO), "tensor a: entry must be exactly {dtype, shape, data_offsets}"),
     ("metadata-not-strings", raw_tensor_file({"__metadata__": {"n": 3}, "a": _e(0, 8)}, TWO), "__metadata__ is not an object of strings"),
     ("dtype-not-allowed", raw_tensor_file({"a": {**_e(0, 8), "dtype": "I32"}}, TWO), 'tensor a has dtype "I32", expected F32'),
-    ("gap", raw_tensor_file({"a": _e(4, 8)}, TWO), "tensor a starts at data offset 4, but the previous tensor ends at 0 (the data must be contiguous)"),
+    (
+        "gap",
+        raw_tensor_file({"a": _e(4, 8)}, TWO),
+        "tensor a starts at data offset 4, but the previous tensor ends at 0 (the data must be contiguous)",
+    ),
     ("trailing-bytes", raw_tensor_file({"a": _e(0, 4)}, TWO), "4 bytes after the last tensor's data"),
 ]
 

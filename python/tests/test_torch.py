@@ -7,10 +7,8 @@ importable, and the device="cuda" ones only where torch sees a CUDA device. What
 
 import sys
 
-import numpy as np
-import pytest
-
 import kvtc
+import pytest
 from kvtc_testutil import FIXTURES, max_abs_diff
 
 try:
@@ -19,8 +17,10 @@ except ImportError:
     torch = None
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is an optional extra (pip install 'kvtc[torch]'); not importable here")
-needs_cuda = pytest.mark.skipif(torch is None or not torch.cuda.is_available(),
-                                reason="the device='cuda' path needs torch (an optional extra) with a CUDA device; none here")
+needs_cuda = pytest.mark.skipif(
+    torch is None or not torch.cuda.is_available(),
+    reason="the device='cuda' path needs torch (an optional extra) with a CUDA device; none here",
+)
 
 
 @pytest.mark.parametrize("call", ["encode", "decode"])
@@ -87,8 +87,13 @@ def test_cuda_refuses_per_layer_rope(tmp_path, blob_v2):
     from kvtc_testutil import copy_profile, edit_manifest
 
     d = copy_profile(tmp_path / "p")
-    edit_manifest(d, lambda m: m["model"].update(rope=[{"layers": [0, 1, 2, 3], "theta": 10000, "rotary_dim": 8, "layout": "half"},
-                                                       {"layers": [4], "none": True}]), fix_id=True)
+    edit_manifest(
+        d,
+        lambda m: m["model"].update(
+            rope=[{"layers": [0, 1, 2, 3], "theta": 10000, "rotary_dim": 8, "layout": "half"}, {"layers": [4], "none": True}]
+        ),
+        fix_id=True,
+    )
     p = kvtc.read_profile(d)
     with pytest.raises(kvtc.KvtcError) as e:
         kvtc.encode(p, kvtc.read_kv_safetensors(FIXTURES / "cache-f32.safetensors").layers, device="cuda")

@@ -15,9 +15,8 @@ import json
 import sys
 import time
 
-import numpy as np
-
 import kvtc
+import numpy as np
 from kvtc import _safetensors, debug
 
 
@@ -59,8 +58,15 @@ def run_case(c, profiles):
         f.write(exact_blob)
     return {
         "prefix": c["prefix"],
-        "header": {"tokens": h.tokens, "start_position": h.start_position, "sink": h.sink, "window": h.window,
-                   "dtype": h.dtype, "profile_id": h.profile_id, "sections": h.section_count},
+        "header": {
+            "tokens": h.tokens,
+            "start_position": h.start_position,
+            "sink": h.sink,
+            "window": h.window,
+            "dtype": h.dtype,
+            "profile_id": h.profile_id,
+            "sections": h.section_count,
+        },
         "seconds": {"decode": t_decode, "encode": t_encode, "encode_bit_exact": t_exact},
     }
 
