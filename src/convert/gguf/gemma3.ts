@@ -22,8 +22,6 @@
  * What the GGUF does not say (the local base, the pattern, query_pre_attn_scalar), llama.cpp
  * hard-codes for gemma3 (src/llama-model.cpp); the same values are written to config.json.
  */
-import { KvtcError } from '../../errors.js';
-import { ggufInvalid } from '../../gguf/errors.js';
 import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import type { LlamaGraphOptions, LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
 import type { LlamaDirSpec } from '../model-dir.js';
@@ -31,12 +29,12 @@ import {
   countParameters,
   metaCount,
   metaNumber,
-  metaString,
   readWeight,
   type ConvertedFamily,
   type FamilyConverter,
   type GgufModel,
 } from './family.js';
+import { baseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
 import { spmTokenizerFromGguf } from './tokenizer-spm.js';
 
 /** GGUF tensor of each layer → what it is in transformers' Gemma3DecoderLayer. */
@@ -79,22 +77,6 @@ export interface Gemma3Hyper {
   queryPreAttnScalar: number;
 }
 
-/** The shortest decimal that is the same float32: GGUF stores 1e-6 as 9.99999997e-7, config.json says 1e-6. */
-function shortestFloat32(v: number): number {
-  const f = Math.fround(v);
-  for (let p = 1; p <= 9; p++) {
-    const d = Number(f.toPrecision(p));
-    if (Math.fround(d) === f) return d;
-  }
-  return f;
-}
-
-const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  ggufInvalid(g.path, message, context, fix);
-const CORRUPT = 'The GGUF metadata is corrupt or inconsistent; re-create it with llama.cpp convert_hf_to_gguf.py.';
-
 /** Which layers slide: `gemma3.attention.sliding_window_pattern` (a period, or one bool per layer, true = sliding) when present, else every 6th layer is global. */
 function layerTypes(g: GgufModel, layers: number): Gemma3Hyper['layerTypes'] {
   const key = 'gemma3.attention.sliding_window_pattern';
@@ -111,27 +93,11 @@ function layerTypes(g: GgufModel, layers: number): Gemma3Hyper['layerTypes'] {
 /** Hyper-parameters from `gemma3.*` metadata, checked before any tensor is read. */
 export function gemma3Hyper(g: GgufModel): Gemma3Hyper {
   const a = 'gemma3';
-  const layers = metaCount(g, `${a}.block_count`);
-  const hidden = metaCount(g, `${a}.embedding_length`);
-  const intermediate = metaCount(g, `${a}.feed_forward_length`);
-  const heads = metaCount(g, `${a}.attention.head_count`);
-  const kvHeads = metaCount(g, `${a}.attention.head_count_kv`, heads);
   // Gemma's head_dim is not hidden / heads (270M: 256 vs 160): the GGUF must say it.
-  const headDim = metaCount(g, `${a}.attention.key_length`);
-  const valueLength = metaCount(g, `${a}.attention.value_length`, headDim);
-  if (valueLength !== headDim)
-    throw unsupported(
-      g,
-      `key_length ${headDim} differs from value_length ${valueLength}`,
-      'kvtc converts Gemma 3 models whose keys and values have one head_dim.',
-    );
-  if (heads % kvHeads !== 0) throw invalid(g, `head_count ${heads} is not a multiple of head_count_kv ${kvHeads}`, CORRUPT);
-  if (headDim % 2 !== 0) throw invalid(g, `head_dim ${headDim} is odd; RoPE needs pairs`, CORRUPT);
-  const embd = g.tensors.get('token_embd.weight');
-  const vocabSize = metaCount(g, `${a}.vocab_size`, embd?.dims[1]);
-  const contextLength = metaCount(g, `${a}.context_length`);
-  const rmsNormEps = shortestFloat32(metaNumber(g, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-6);
-  if (!(rmsNormEps > 0 && rmsNormEps < 1)) throw invalid(g, `layer_norm_rms_epsilon ${rmsNormEps} is not in (0, 1)`, CORRUPT);
+  const { layers, hidden, intermediate, heads, kvHeads, headDim, vocabSize, contextLength, rmsNormEps } = baseHyper(g, a, {
+    family: 'Gemma 3',
+    epsDefault: 1e-6,
+  });
   const slidingWindow = metaCount(g, `${a}.attention.sliding_window`);
   const theta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base`) ?? 1e6);
   const localTheta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base_swa`) ?? GEMMA3_LOCAL_ROPE_BASE);
@@ -145,21 +111,15 @@ export function gemma3Hyper(g: GgufModel): Gemma3Hyper {
       'Gemma 3 rotates whole heads; this GGUF is not a Gemma 3 kvtc knows.',
     );
   // Gemma 3 4B+ scale global layers' RoPE linearly (factor 8); local layers are never scaled.
-  const scalingType = metaString(g, `${a}.rope.scaling.type`) ?? 'none';
-  const rawFactor = metaNumber(g, `${a}.rope.scaling.factor`);
-  const factor = rawFactor === undefined ? undefined : shortestFloat32(rawFactor);
-  let globalRope: RopeSpec = { theta, rotaryDim, layout: 'half' };
-  if (scalingType === 'linear' && factor !== undefined && factor !== 1) {
-    if (!(factor > 0)) throw invalid(g, `rope.scaling.factor ${factor} is not positive`, CORRUPT);
-    globalRope = { ...globalRope, scaling: { type: 'linear', factor } };
-  } else if (scalingType !== 'none' && scalingType !== 'linear') {
-    throw unsupported(
-      g,
-      `RoPE scaling "${scalingType}" is not supported for Gemma 3 GGUF import (supported: none, linear)`,
-      'Export the model from its Hugging Face checkpoint with Optimum instead.',
-      { scaling: scalingType },
-    );
-  }
+  const globalRope = linearRopeScaling(
+    g,
+    a,
+    { theta, rotaryDim, layout: 'half' },
+    {
+      family: 'Gemma 3',
+      fix: 'Export the model from its Hugging Face checkpoint with Optimum instead.',
+    },
+  );
   for (const k of ['final_logit_softcapping', 'attn_logit_softcapping']) {
     if (g.meta(`${a}.${k}`) !== undefined)
       throw unsupported(

@@ -13,7 +13,6 @@
  * applies half-split RoPE, which is what the config.json it writes says.
  */
 import { KvtcError } from '../../errors.js';
-import { ggufInvalid } from '../../gguf/errors.js';
 import type { LayerRope, RopeSpec } from '../../rope/types.js';
 import { uniformModelRope } from '../../rope/types.js';
 import type { LlamaLayerWeights, LlamaWeights } from '../llama-graph.js';
@@ -22,12 +21,12 @@ import {
   countParameters,
   metaCount,
   metaNumber,
-  metaString,
   readWeight,
   type ConvertedFamily,
   type FamilyConverter,
   type GgufModel,
 } from './family.js';
+import { baseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
 import { bpeTokenizerFromGguf } from './tokenizer-bpe.js';
 
 /** Hugging Face rows of one projection from llama.cpp's permuted rows (transformers' reverse_permute_weights). */
@@ -85,73 +84,30 @@ export interface LlamaHyper {
   rope: RopeSpec;
 }
 
-/** The shortest decimal that is the same float32: GGUF stores 1e-5 as 9.99999974e-6, config.json says 1e-5. */
-export function shortestFloat32(v: number): number {
-  const f = Math.fround(v);
-  for (let p = 1; p <= 9; p++) {
-    const d = Number(f.toPrecision(p));
-    if (Math.fround(d) === f) return d;
-  }
-  return f;
-}
-
-const unsupported = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  new KvtcError('UNSUPPORTED_ARCHITECTURE', `${g.path}: ${message}`, { fix, context: { file: g.path, ...context } });
-const invalid = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  ggufInvalid(g.path, message, context, fix);
-
 /** Hyper-parameters from `<arch>.*` metadata, checked against each other before any tensor is read. */
 export function llamaHyper(g: GgufModel): LlamaHyper {
   const a = g.architecture;
-  const layers = metaCount(g, `${a}.block_count`);
-  const hidden = metaCount(g, `${a}.embedding_length`);
-  const intermediate = metaCount(g, `${a}.feed_forward_length`);
-  const heads = metaCount(g, `${a}.attention.head_count`);
-  const kvHeads = metaCount(g, `${a}.attention.head_count_kv`, heads);
-  const keyLength = metaCount(g, `${a}.attention.key_length`, Math.floor(hidden / heads));
-  const valueLength = metaCount(g, `${a}.attention.value_length`, keyLength);
-  if (keyLength !== valueLength)
-    throw unsupported(
-      g,
-      `key_length ${keyLength} differs from value_length ${valueLength}`,
-      'kvtc converts Llama models whose keys and values have one head_dim.',
-    );
-  const headDim = keyLength;
-  if (heads % kvHeads !== 0)
-    throw invalid(g, `head_count ${heads} is not a multiple of head_count_kv ${kvHeads}`, 'The GGUF metadata is inconsistent.');
-  if (headDim % 2 !== 0) throw invalid(g, `head_dim ${headDim} is odd; RoPE needs pairs`, 'The GGUF metadata is inconsistent.');
-  const embd = g.tensors.get('token_embd.weight');
-  const vocabSize = metaCount(g, `${a}.vocab_size`, embd?.dims[1]);
-  const contextLength = metaCount(g, `${a}.context_length`);
-  const rmsNormEps = shortestFloat32(metaNumber(g, `${a}.attention.layer_norm_rms_epsilon`) ?? 1e-5);
-  if (!(rmsNormEps > 0 && rmsNormEps < 1))
-    throw invalid(g, `layer_norm_rms_epsilon ${rmsNormEps} is not in (0, 1)`, 'The GGUF metadata is corrupt.');
+  const { layers, hidden, intermediate, heads, kvHeads, headDim, vocabSize, contextLength, rmsNormEps } = baseHyper(g, a, {
+    family: 'Llama',
+    epsDefault: 1e-5,
+    headDim: (hidden, heads) => Math.floor(hidden / heads),
+  });
   const theta = shortestFloat32(metaNumber(g, `${a}.rope.freq_base`) ?? 10000);
-  if (!(theta > 1)) throw invalid(g, `rope.freq_base ${theta} is not above 1`, 'The GGUF metadata is corrupt.');
+  if (!(theta > 1)) throw invalid(g, `rope.freq_base ${theta} is not above 1`, CORRUPT);
   const rotaryDim = metaCount(g, `${a}.rope.dimension_count`, headDim);
   if (rotaryDim > headDim || rotaryDim % 2 !== 0)
-    throw invalid(
-      g,
-      `rope.dimension_count ${rotaryDim} must be even and at most head_dim ${headDim}`,
-      'The GGUF metadata is inconsistent.',
-    );
+    throw invalid(g, `rope.dimension_count ${rotaryDim} must be even and at most head_dim ${headDim}`, CORRUPT);
   // transformers' GGUF loader maps rope.scaling.{type,factor} to rope_scaling (linear); yarn and
   // Llama 3.1's per-frequency factors (the rope_freqs tensor) describe RoPE kvtc does not rebuild here.
-  const scalingType = metaString(g, `${a}.rope.scaling.type`) ?? 'none';
-  const rawFactor = metaNumber(g, `${a}.rope.scaling.factor`);
-  const factor = rawFactor === undefined ? undefined : shortestFloat32(rawFactor);
-  let rope: RopeSpec = { theta, rotaryDim, layout: 'half' };
-  if (scalingType === 'linear' && factor !== undefined && factor !== 1) {
-    if (!(factor > 0)) throw invalid(g, `rope.scaling.factor ${factor} is not positive`, 'The GGUF metadata is corrupt.');
-    rope = { ...rope, scaling: { type: 'linear', factor } };
-  } else if (scalingType !== 'none' && scalingType !== 'linear') {
-    throw unsupported(
-      g,
-      `RoPE scaling "${scalingType}" is not supported for GGUF import (supported: none, linear)`,
-      'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads yarn from a config.json.',
-      { scaling: scalingType },
-    );
-  }
+  const rope = linearRopeScaling(
+    g,
+    a,
+    { theta, rotaryDim, layout: 'half' },
+    {
+      family: 'Llama',
+      fix: 'Export the model from its Hugging Face checkpoint with Optimum instead; kvtc reads yarn from a config.json.',
+    },
+  );
   if (g.tensors.has('rope_freqs.weight')) {
     throw unsupported(
       g,
