@@ -34,7 +34,7 @@ import {
   type FamilyConverter,
   type GgufModel,
 } from './family.js';
-import { baseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
+import { baseHyper, type BaseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
 import { spmTokenizerFromGguf } from './tokenizer-spm.js';
 
 /** GGUF tensor of each layer → what it is in transformers' Gemma3DecoderLayer. */
@@ -59,16 +59,7 @@ export const GEMMA3_SLIDING_PATTERN = 6;
 /** Gemma3TextConfig.rope_local_base_freq default, llama.cpp's rope_freq_base_train_swa for gemma3. */
 export const GEMMA3_LOCAL_ROPE_BASE = 10000;
 
-export interface Gemma3Hyper {
-  layers: number;
-  hidden: number;
-  intermediate: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  contextLength: number;
-  rmsNormEps: number;
+export interface Gemma3Hyper extends BaseHyper {
   slidingWindow: number;
   /** Per layer: 'sliding_attention' or 'full_attention' (config.json layer_types). */
   layerTypes: ('sliding_attention' | 'full_attention')[];

@@ -26,7 +26,7 @@ import {
   type FamilyConverter,
   type GgufModel,
 } from './family.js';
-import { baseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
+import { baseHyper, type BaseHyper, CORRUPT, invalid, linearRopeScaling, shortestFloat32, unsupported } from './hyper.js';
 import { bpeTokenizerFromGguf } from './tokenizer-bpe.js';
 
 /** Hugging Face rows of one projection from llama.cpp's permuted rows (transformers' reverse_permute_weights). */
@@ -71,16 +71,7 @@ export function permuteRopeRows(w: Float32Array, nHead: number, headDim: number,
 
 const LAYER_TENSORS = ['attn_q', 'attn_k', 'attn_v', 'attn_output', 'ffn_gate', 'ffn_up', 'ffn_down', 'attn_norm', 'ffn_norm'] as const;
 
-export interface LlamaHyper {
-  layers: number;
-  hidden: number;
-  intermediate: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  contextLength: number;
-  rmsNormEps: number;
+export interface LlamaHyper extends BaseHyper {
   rope: RopeSpec;
 }
 

@@ -11,8 +11,8 @@
  *   - the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's llama-vocab.cpp regexes).
  */
 import { KvtcError } from '../../errors.js';
-import { ggufInvalid } from '../../gguf/errors.js';
-import { metaNumber, metaNumbers, metaString, metaStrings, type GgufModel } from './family.js';
+import { metaString, metaStrings, type GgufModel } from './family.js';
+import { readVocabulary, tokenizerError } from './vocabulary.js';
 
 /** GPT-2's bytes_to_unicode: each byte → a printable character (byte-level BPE's alphabet). */
 export function bytesToUnicode(): string[] {
@@ -56,8 +56,6 @@ const PRE_TOKENIZERS: Record<string, () => Record<string, unknown>> = {
 
 export const SUPPORTED_BPE_PRE_TOKENIZERS = Object.keys(PRE_TOKENIZERS);
 
-/** Bounds on untrusted metadata before anything is built from it. */
-const MAX_VOCAB = 1 << 21;
 const MAX_TOKEN_CHARS = 4096;
 
 export interface GgufTokenizer {
@@ -69,9 +67,6 @@ export interface GgufTokenizer {
   /** One line for the CLI: model, pre-tokenizer, vocabulary size. */
   description: string;
 }
-
-const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  ggufInvalid(g.path, message, context, fix);
 
 /** Builds the tokenizer files from a GGUF whose tokenizer.ggml.model is "gpt2"; refuses other models. */
 export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: number; vocabSize: number }): GgufTokenizer {
@@ -98,21 +93,7 @@ export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
       },
     );
   }
-  const tokens = metaStrings(g, 'tokenizer.ggml.tokens');
-  if (!tokens || tokens.length === 0)
-    throw tokenizerError(
-      g,
-      'tokenizer.ggml.tokens is missing or empty',
-      'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.',
-    );
-  if (tokens.length > MAX_VOCAB || tokens.length > opts.vocabSize) {
-    throw tokenizerError(
-      g,
-      `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`,
-      'The GGUF is inconsistent or corrupt.',
-      { tokens: tokens.length, vocabSize: opts.vocabSize },
-    );
-  }
+  const { tokens, types, bos, eos, unk, pad } = readVocabulary(g, opts.vocabSize);
   const merges = metaStrings(g, 'tokenizer.ggml.merges');
   if (!merges)
     throw tokenizerError(
@@ -120,23 +101,6 @@ export function bpeTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
       'tokenizer.ggml.merges is missing: a byte-level BPE needs its merges',
       'Re-create the GGUF with llama.cpp convert_hf_to_gguf.py.',
     );
-  const types = metaNumbers(g, 'tokenizer.ggml.token_type');
-  if (types && types.length !== tokens.length)
-    throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
-  const id = (key: string) => {
-    const v = metaNumber(g, `tokenizer.ggml.${key}`);
-    if (v === undefined) return undefined;
-    if (!Number.isInteger(v) || v < 0 || v >= tokens.length)
-      throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', {
-        key,
-        value: v,
-      });
-    return v;
-  };
-  const bos = id('bos_token_id');
-  const eos = id('eos_token_id');
-  const unk = id('unknown_token_id');
-  const pad = id('padding_token_id');
   const addBos = g.meta('tokenizer.ggml.add_bos_token');
   const addEos = g.meta('tokenizer.ggml.add_eos_token');
 

@@ -16,12 +16,10 @@
  *   - BOS (and EOS) from tokenizer.ggml.add_bos_token / add_eos_token (update_post_processor).
  */
 import { KvtcError } from '../../errors.js';
-import { ggufInvalid } from '../../gguf/errors.js';
-import { metaNumber, metaNumbers, metaString, metaStrings, type GgufModel } from './family.js';
+import { metaString, metaStrings, type GgufModel } from './family.js';
+import { readVocabulary, tokenizerError } from './vocabulary.js';
 import type { GgufTokenizer } from './tokenizer-bpe.js';
 
-/** Bounds on untrusted metadata before anything is built from it. */
-const MAX_VOCAB = 1 << 21;
 /** SentencePiece pieces are short (Gemma's longest is 31 characters); merges are quadratic in length. */
 const MAX_TOKEN_CHARS = 1024;
 const SPACE = '\u2581';
@@ -88,9 +86,6 @@ export function generateMerges(
   return all.map((m) => [m.l, m.r]);
 }
 
-const tokenizerError = (g: GgufModel, message: string, fix: string, context: Record<string, unknown> = {}) =>
-  ggufInvalid(g.path, message, context, fix);
-
 const addedToken = (id: number, content: string, special: boolean) => ({
   id,
   content,
@@ -114,24 +109,7 @@ export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
       },
     );
   }
-  const tokens = metaStrings(g, 'tokenizer.ggml.tokens');
-  if (!tokens || tokens.length === 0)
-    throw tokenizerError(
-      g,
-      'tokenizer.ggml.tokens is missing or empty',
-      'The GGUF carries no vocabulary; re-create it with llama.cpp convert_hf_to_gguf.py.',
-    );
-  if (tokens.length > MAX_VOCAB || tokens.length > opts.vocabSize) {
-    throw tokenizerError(
-      g,
-      `${tokens.length} tokens, more than the model's ${opts.vocabSize} embedding rows`,
-      'The GGUF is inconsistent or corrupt.',
-      { tokens: tokens.length, vocabSize: opts.vocabSize },
-    );
-  }
-  const types = metaNumbers(g, 'tokenizer.ggml.token_type');
-  if (types && types.length !== tokens.length)
-    throw tokenizerError(g, `tokenizer.ggml.token_type has ${types.length} entries for ${tokens.length} tokens`, 'The GGUF is corrupt.');
+  const { tokens, types, bos, eos, unk, pad } = readVocabulary(g, opts.vocabSize);
   if (metaStrings(g, 'tokenizer.ggml.merges')) {
     // gemma_tokenizer would take file merges as they are; no Gemma GGUF has them, and rebuilding them is what kvtc checked.
     throw new KvtcError(
@@ -143,20 +121,6 @@ export function spmTokenizerFromGguf(g: GgufModel, opts: { modelMaxLength: numbe
       },
     );
   }
-  const id = (key: string) => {
-    const v = metaNumber(g, `tokenizer.ggml.${key}`);
-    if (v === undefined) return undefined;
-    if (!Number.isInteger(v) || v < 0 || v >= tokens.length)
-      throw tokenizerError(g, `tokenizer.ggml.${key} = ${v} is not a token id (0..${tokens.length - 1})`, 'The GGUF is corrupt.', {
-        key,
-        value: v,
-      });
-    return v;
-  };
-  const bos = id('bos_token_id');
-  const eos = id('eos_token_id');
-  const unk = id('unknown_token_id');
-  const pad = id('padding_token_id');
   // A SentencePiece vocabulary without the flag gets BOS, as llama.cpp and transformers do.
   const addBos = g.meta('tokenizer.ggml.add_bos_token') ?? true;
   const addEos = g.meta('tokenizer.ggml.add_eos_token') ?? false;
