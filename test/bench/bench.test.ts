@@ -48,7 +48,6 @@ describe('kvtc bench --quick --json', () => {
     expect(io.stderr.join('\n')).toMatch(/^(\[kvtc\] [^\n]*(\n|$))*$/);
     expect(code).toBe(0);
     // --json keys are snake_case (the output contract).
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
     const r = JSON.parse(io.stdout.join('\n')) as any;
     expect(r.machine.cores).toBeGreaterThan(0);
     expect(r.gpu).toMatch(/not measured/);
