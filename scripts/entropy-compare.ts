@@ -8,7 +8,7 @@ import { encodePlanPayload, toStoredComponentMajor } from '../src/codec/payload.
 import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../src/paths.js';
-import { ropeFromManifest } from '../src/profile/codec.js';
+import { ropeFromManifest } from '../src/profile/codec-from-profile.js';
 import { readProfile } from '../src/profile/read.js';
 
 const profile = await readProfile(process.argv[2] ?? `${DEFAULT_PROFILES_DIR}/stories260k`);

@@ -28,7 +28,7 @@ import { loadModel } from '../src/model/load.js';
 import { ModelRunner } from '../src/model/runner.js';
 import type { KvCache, ModelSpec } from '../src/model/types.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../src/paths.js';
-import { codecFromProfile } from '../src/profile/codec.js';
+import { codecFromProfile } from '../src/profile/codec-from-profile.js';
 import { readProfile } from '../src/profile/read.js';
 
 const SINK = 4;

@@ -5,7 +5,7 @@
  * changes once. The reasons for each value are in docs/codec.md and docs/evaluation.md.
  */
 
-/** `kvtc calibrate` (src/calibrate/calibrate.ts) and its Dynamo target (src/dynamo/calibrate.ts). */
+/** `kvtc calibrate` (src/calibrate/calibrate.ts) and its Dynamo target (src/dynamo/calibrate-dynamo.ts). */
 export const CALIBRATE_DEFAULTS = {
   /** Target compression ratio of the compressed tokens: the paper's operating point. */
   ratio: 20,

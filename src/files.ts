@@ -16,7 +16,7 @@ import { checkOutputFile } from './io/output.js';
 import { PRE_ROPE, readKvCache, writeKvCache } from './model/kv-io.js';
 import type { KvCache } from './model/types.js';
 import type { Device } from './onnx/session.js';
-import { codecFromProfile, useTransformThread } from './profile/codec.js';
+import { codecFromProfile, useTransformThread } from './profile/codec-from-profile.js';
 import { checkCacheForProfile } from './profile/compat.js';
 import { readProfile, type Profile } from './profile/read.js';
 

@@ -21,7 +21,7 @@ export type { KvCache, KvDtype } from './model/types.js';
 export { readKvCache, writeKvCache, serializeKvCache, kvCacheFromSafetensors, type KvFile, type KvFileMeta } from './model/kv-io.js';
 export { readBlobHeader, type BlobHeader } from './codec/blob.js';
 export type { KvtcCodec, EncodeStats, DecodeStats } from './codec/codec.js';
-export { codecFromProfile } from './profile/codec.js';
+export { codecFromProfile } from './profile/codec-from-profile.js';
 export {
   encodeFile,
   decodeFile,

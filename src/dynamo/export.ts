@@ -21,7 +21,7 @@ import { checkOutputDir } from '../io/output.js';
 import { f32, serializeSafetensors, type TensorEntry } from '../io/safetensors.js';
 import { formatZodIssues } from '../validation.js';
 import { PRODUCER, VERSION } from '../version.js';
-import { basisConfig, type DynamoSetup } from './codec.js';
+import { basisConfig, type DynamoSetup } from './dynamo-codec.js';
 import { checkRanges, rowBytes, type KvtcTypeRange } from './kernels.js';
 import {
   basisTensorNames,

@@ -8,12 +8,12 @@ import { basename } from 'node:path';
 import { fp16BytesPerToken } from '../codec/blob.js';
 import { BASELINE_NAMES, quantizedRange, runBaseline, type BaselineName } from '../codec/baselines.js';
 import type { KvtcCodec } from '../codec/codec.js';
-import { dynamoCodec } from '../dynamo/codec.js';
+import { dynamoCodec } from '../dynamo/dynamo-codec.js';
 import type { DynamoProfile } from '../dynamo/profile.js';
 import { CALIBRATE_DEFAULTS } from '../defaults.js';
 import { KvtcError, UsageError } from '../errors.js';
 import type { Device } from '../onnx/session.js';
-import { codecFromProfile } from '../profile/codec.js';
+import { codecFromProfile } from '../profile/codec-from-profile.js';
 import type { Profile } from '../profile/read.js';
 import type { CacheCodec } from './cache-codec.js';
 

@@ -18,7 +18,7 @@ import { floatToHalf, halfToFloat } from '../../src/io/fp16.js';
 import { readKvCache } from '../../src/model/kv-io.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
-import { ropeFromManifest } from '../../src/profile/codec.js';
+import { ropeFromManifest } from '../../src/profile/codec-from-profile.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { dequantizeStored } from '../codec/payload-reference.js';
 import { reconstruct } from '../fit/fit-reference.js';

@@ -11,7 +11,7 @@ import { gatherHeads, hostRope, type PlanHostRope } from '../../src/codec/host-k
 import { encodePlanCodes, splitStored } from '../../src/codec/payload.js';
 import { rawSection } from '../../src/codec/raw-section.js';
 import type { KvCache } from '../../src/model/types.js';
-import { ropeFromManifest } from '../../src/profile/codec.js';
+import { ropeFromManifest } from '../../src/profile/codec-from-profile.js';
 import type { Profile } from '../../src/profile/read.js';
 import { cacheTables, planRope, type CacheTables } from '../../src/rope/codec-rope.js';
 

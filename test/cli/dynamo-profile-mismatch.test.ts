@@ -4,7 +4,7 @@
  */
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { calibrateDynamo } from '../../src/dynamo/calibrate.js';
+import { calibrateDynamo } from '../../src/dynamo/calibrate-dynamo.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
 import { FIXTURE, kvtc, tempDir } from '../model/helpers.js';
 

@@ -11,7 +11,7 @@ import { packedLength } from '../../src/codec/pack.js';
 import { TYPE_BITS } from '../../src/codec/types.js';
 import type { KvCache } from '../../src/model/types.js';
 import { fileURLToPath } from 'node:url';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import {
   allFinite,

@@ -19,7 +19,7 @@ import { KvtcCodec } from '../../src/codec/codec.js';
 import { isKvtcError } from '../../src/errors.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_PROFILES_DIR } from '../../src/paths.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile } from '../../src/profile/read.js';
 import {
   allFinite,

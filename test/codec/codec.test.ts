@@ -10,7 +10,7 @@ import type { KvCache } from '../../src/model/types.js';
 import type { BasisPlan, QuantGroup } from '../../src/codec/types.js';
 import { createSession, ort } from '../../src/onnx/session.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { buildDecodeGraph, buildEncodeGraph, ropeTables } from '../../src/codec/graphs.js';
 import { ropeInvFreq } from '../../src/rope/freqs.js';

@@ -14,7 +14,7 @@ import type { BasisPlan } from '../../src/codec/types.js';
 import { floatToHalf, halfToFloat } from '../../src/io/fp16.js';
 import type { KvCache } from '../../src/model/types.js';
 import { fileURLToPath } from 'node:url';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { allFinite, at, captureCache, cloneCache, expectKvtcError, explode, field } from './blob-tools.js';
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KvtcCodec } from '../../src/codec/codec.js';
 import { KvtcError } from '../../src/errors.js';
 import type { KvCache } from '../../src/model/types.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { profileIdText } from '../../src/profile/id.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { validateProfile } from '../../src/profile/validate.js';

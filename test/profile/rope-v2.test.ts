@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { computeProfileId, profileIdText } from '../../src/profile/id.js';
 import { readProfile } from '../../src/profile/read.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { manifestRope, ropeFromManifest } from '../../src/profile/rope.js';
 import type { LayerRope, RopeSpec } from '../../src/rope/types.js';
 import { resign, syntheticCache, tempDir, writeFiles, type Json } from './helpers.js';

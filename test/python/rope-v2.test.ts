@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { readKvCache, writeKvCache } from '../../src/model/kv-io.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile } from '../../src/profile/read.js';
 import { manifestRope } from '../../src/profile/rope.js';
 import type { LayerRope, RopeSpec } from '../../src/rope/types.js';

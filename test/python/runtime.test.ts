@@ -34,7 +34,7 @@ import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache, RopeSpec } from '../../src/model/types.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { readProfile, type Profile } from '../../src/profile/read.js';
 import { writeProfile, type ManifestDraft } from '../../src/profile/write.js';
 import type { Manifest } from '../../src/profile/schema.js';

@@ -12,7 +12,7 @@ import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
 import type { KvCache } from '../../src/model/types.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR, WIKITEXT_TEST } from '../../src/paths.js';
-import { codecFromProfile } from '../../src/profile/codec.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
 import { computeProfileId, profileIdText } from '../../src/profile/id.js';
 import { readProfile } from '../../src/profile/read.js';
 import { createHash } from 'node:crypto';

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { MAX_RATIO, MIN_RATIO } from '../../calibrate/calibrate.js';
-import { calibrateDynamo, DEFAULT_BLOCK_TOKENS, type CalibrateDynamoResult } from '../../dynamo/calibrate.js';
+import { calibrateDynamo, DEFAULT_BLOCK_TOKENS, type CalibrateDynamoResult } from '../../dynamo/calibrate-dynamo.js';
 import { FP8_PATHS } from '../../dynamo/kernels.js';
 import { LIMITS } from '../../dynamo/schema.js';
 import { CALIBRATE_DEFAULTS as CAL } from '../../defaults.js';

@@ -5,7 +5,7 @@ import { describeModel, modelDirFromOption } from '../../model/load.js';
 import { readProfile } from '../../profile/read.js';
 import { layerRopeJson, layerRopeWords, scalingWords } from '../../rope/describe.js';
 import { ropeRuns } from '../../rope/types.js';
-import { ropeFromManifest } from '../../profile/codec.js';
+import { ropeFromManifest } from '../../profile/codec-from-profile.js';
 import { type Manifest, MANIFEST_FILE } from '../../profile/schema.js';
 import { parseOptions } from '../../validation.js';
 import { fmtBytes, table } from '../format.js';

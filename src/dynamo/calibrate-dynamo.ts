@@ -28,7 +28,7 @@ import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
-import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } from './codec.js';
+import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } from './dynamo-codec.js';
 import { DEFAULT_INT_BITS, planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
 import type { Fp8Path } from './kernels.js';
 import { isDynamoProfileDir, readDynamoManifest, writeDynamoProfile } from './profile.js';
