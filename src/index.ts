@@ -35,7 +35,15 @@ export {
 } from './files.js';
 
 // Calibration and models
-export { calibrate, MIN_RATIO, MAX_RATIO, type CalibrateOptions, type CalibrateResult } from './calibrate/calibrate.js';
+export {
+  calibrate,
+  withCalibrateDefaults,
+  MIN_RATIO,
+  MAX_RATIO,
+  type CalibrateInput,
+  type CalibrateOptions,
+  type CalibrateResult,
+} from './calibrate/calibrate.js';
 export { loadModel, describeModel, type LoadedModel } from './model/load.js';
 export { ModelRunner } from './model/runner.js';
 export type { Device } from './onnx/devices.js';

@@ -558,8 +558,31 @@ interface Chosen {
   granule: number;
 }
 
-export async function calibrate(options: CalibrateOptions): Promise<CalibrateResult> {
-  const opts = { ...options, report: options.report ?? DEFAULT_REPORT_TOKENS };
+/** What the library's calibrate() needs: the model and the data; every other option defaults to src/defaults.ts. */
+export type CalibrateInput = Pick<CalibrateOptions, 'modelDir' | 'data'> & Partial<Omit<CalibrateOptions, 'modelDir' | 'data'>>;
+
+/** The options calibrate() runs with: `input`'s, and CALIBRATE_DEFAULTS (CPU, no --force) for what it leaves out or sets undefined. */
+export function withCalibrateDefaults(input: CalibrateInput): CalibrateOptions & { report: number } {
+  const d = CALIBRATE_DEFAULTS;
+  const given = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)) as CalibrateInput;
+  return {
+    ratios: [d.ratio],
+    tokens: d.tokens,
+    heldout: d.tuningTokens,
+    report: d.reportTokens,
+    sink: d.sink,
+    window: d.window,
+    grouping: d.grouping,
+    chunk: d.chunk,
+    seed: d.seed,
+    device: 'cpu',
+    force: false,
+    ...given,
+  };
+}
+
+export async function calibrate(options: CalibrateInput): Promise<CalibrateResult> {
+  const opts = withCalibrateDefaults(options);
   const progress = opts.onProgress ?? noProgress;
   const entropy = opts.entropy ?? 'deflate-rle';
   const timer = stageTimer();

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { memoryIO } from '../../src/cli/io.js';
 import { createProgram, resolveAliases } from '../../src/cli/program.js';
 import { DEFAULT_SINK, DEFAULT_WINDOW } from '../../src/evaluate/codecs.js';
-import { CALIBRATE_DEFAULTS, EVALUATE_DEFAULTS } from '../../src/index.js';
+import { CALIBRATE_DEFAULTS, EVALUATE_DEFAULTS, withCalibrateDefaults } from '../../src/index.js';
 
 const command = (name: string): Command => createProgram(memoryIO()).commands.find((c) => c.name() === name)!;
 /** The options a command would hand its action for these arguments (commander parses; no action runs). */
@@ -67,5 +67,24 @@ describe('--tuning-tokens and its former name --heldout', () => {
     const help = command('calibrate').helpInformation().replace(/\s+/g, ' ');
     expect(help).toMatch(/--tuning-tokens <n> tuning tokens, held out from the fit.*\(default: "4096"\)/);
     expect(help).toContain('--heldout <n> the same as --tuning-tokens (its former name, kept for existing scripts)');
+  });
+
+  it('the library calibrate() needs only the model and the data; what it leaves out or sets undefined takes the module defaults', () => {
+    const o = withCalibrateDefaults({ modelDir: 'm', data: ['d.txt'], seed: undefined, window: 64 });
+    expect(o).toEqual({
+      modelDir: 'm',
+      data: ['d.txt'],
+      ratios: [CALIBRATE_DEFAULTS.ratio],
+      tokens: CALIBRATE_DEFAULTS.tokens,
+      heldout: CALIBRATE_DEFAULTS.tuningTokens,
+      report: CALIBRATE_DEFAULTS.reportTokens,
+      sink: CALIBRATE_DEFAULTS.sink,
+      window: 64,
+      grouping: CALIBRATE_DEFAULTS.grouping,
+      chunk: CALIBRATE_DEFAULTS.chunk,
+      seed: CALIBRATE_DEFAULTS.seed,
+      device: 'cpu',
+      force: false,
+    });
   });
 });
