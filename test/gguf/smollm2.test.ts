@@ -16,8 +16,6 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { calibrate } from '../../src/calibrate/calibrate.js';
-import generateCommand from '../../src/cli/commands/generate.js';
-import { memoryIO } from '../../src/cli/io.js';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { ggufModel } from '../../src/convert/gguf/convert.js';
 import { FETCH_MARKER, fetchedModelDir, fetchSource, kvtcCacheDir } from '../../src/convert/gguf/fetch.js';
@@ -29,6 +27,7 @@ import { ModelRunner } from '../../src/model/runner.js';
 import { DEFAULT_CALIBRATION_DIR } from '../../src/paths.js';
 import { readProfile } from '../../src/profile/read.js';
 import { tempDir } from '../model/helpers.js';
+import { compareTopK, expectGreedyAsReference } from './reference-check.js';
 
 /**
  * Max |kvtc − transformers| on a logit. Measured on x86-64 (AVX2, ONNX Runtime CPU) against
@@ -70,12 +69,6 @@ afterAll(async () => {
   await model?.session.release();
 });
 
-const argmax = (a: ArrayLike<number>) => {
-  let b = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[b]) b = i;
-  return b;
-};
-
 describe('SmolLM2-135M converted from GGUF, against transformers', () => {
   it("tokenizes the prompts and a long mixed text (code, digits, unicode, emoji, whitespace runs) to transformers' ids", () => {
     expect(model.tokenizer.encode(ref.long_text.text)).toEqual(ref.long_text.ids);
@@ -105,17 +98,10 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
       expect(logits.length).toBe(p.ids.length * V);
       for (let pos = 0; pos < p.ids.length; pos++) {
         const row = logits.subarray(pos * V, (pos + 1) * V);
-        p.top_ids[pos].forEach((id, k) => {
-          maxDiff = Math.max(maxDiff, Math.abs(row[id] - p.top_logits[pos][k]));
-        });
+        const c = compareTopK(row, p.top_ids[pos], p.top_logits[pos], LOGIT_TOL, `prompt ${pi} position ${pos}`);
+        maxDiff = Math.max(maxDiff, c.maxDiff);
         positions++;
-        const top1 = argmax(row);
-        if (top1 === p.top_ids[pos][0]) agree++;
-        else
-          expect(
-            p.top_logits[pos][0] - p.top_logits[pos][1],
-            `prompt ${pi} position ${pos}: top-1 ${top1}, transformers ${p.top_ids[pos][0]}`,
-          ).toBeLessThanOrEqual(2 * LOGIT_TOL);
+        if (c.agree) agree++;
       }
       if (pi === ref.last_logits.prompt) {
         const row = logits.subarray(ref.last_logits.position * V, (ref.last_logits.position + 1) * V);
@@ -130,26 +116,8 @@ describe('SmolLM2-135M converted from GGUF, against transformers', () => {
   });
 
   it('kvtc generate continues the first prompt greedily as transformers does ("Paris")', { timeout: 300_000 }, async () => {
-    const io = memoryIO();
-    const g = ref.greedy;
-    await generateCommand(
-      {
-        model: DIR,
-        prompt: ref.prompts[g.prompt].text,
-        maxNewTokens: String(g.steps.length),
-        temperature: '0',
-        seed: '0',
-        device: 'cpu',
-        json: true,
-      },
-      io,
-    );
-    const r = JSON.parse(io.stdout.join('\n'));
-    // Equal ids up to the first step transformers itself calls within the tolerance; free after it.
-    const clear = g.steps.findIndex((s) => s.margin <= 2 * LOGIT_TOL);
-    const n = clear === -1 ? g.steps.length : clear + 1;
-    expect(r.ids.slice(0, n)).toEqual(g.steps.slice(0, n).map((s) => s.id));
-    expect(r.continuation).toMatch(/^ Paris\b/);
+    const continuation = await expectGreedyAsReference(DIR, ref.prompts[ref.greedy.prompt].text, ref.greedy, LOGIT_TOL);
+    expect(continuation).toMatch(/^ Paris\b/);
   });
 
   it('round-trips a captured cache through a small calibrated profile (capture → calibrate → encode → decode)', async () => {
