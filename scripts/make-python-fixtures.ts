@@ -6,11 +6,16 @@
 // The capture and the codec's projection run on ONNX Runtime, whose float results differ in the
 // last bits between CPUs, so a rerun on another machine can change the cache, blobs and decodes
 // slightly: the suite compares them with tolerances, never by hash.
+// `profile-v2-rope` is profile-v2 with a RoPE per layer (format 2: half, NoPE, interleaved partial
+// yarn with an attention factor, llama3, longrope; the tensors unchanged, the id recomputed), so that
+// the torch path is checked on Node blobs of a profile whose layers differ (both longrope factor sets:
+// 256 tokens use the long one, the 150-token float16 cache the short one).
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseKvCache, serializeKvCache } from '../src/model/kv-io.js';
+import { computeProfileId } from '../src/profile/id.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = join(ROOT, 'python', 'tests', 'fixtures');
@@ -22,6 +27,35 @@ const CASES: [string, string, string][] = [
   ['v2-f32', 'profile-v2', 'cache-f32.safetensors'],
   ['v2-f16', 'profile-v2', 'cache-f16.safetensors'],
   ['v1-f32', 'profile-v1', 'cache-f32.safetensors'],
+  ['v2rope-f32', 'profile-v2-rope', 'cache-f32.safetensors'],
+  ['v2rope-f16-150', 'profile-v2-rope', 'cache-f16-150.safetensors'],
+];
+/** Must equal python/tests/test_codec.py's PER_LAYER_ROPE (test_torch.py checks the profile against it). */
+const PER_LAYER_ROPE = [
+  { layers: [0], theta: 10000, rotary_dim: 8, layout: 'half' },
+  { layers: [1], none: true },
+  {
+    layers: [2],
+    theta: 10000,
+    rotary_dim: 4,
+    layout: 'interleaved',
+    attention_factor: 1.25,
+    scaling: { type: 'yarn', factor: 4, original_max_position_embeddings: 64, beta_fast: 32, beta_slow: 1, truncate: true },
+  },
+  {
+    layers: [3],
+    theta: 500000,
+    rotary_dim: 8,
+    layout: 'half',
+    scaling: { type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+  },
+  {
+    layers: [4],
+    theta: 10000,
+    rotary_dim: 8,
+    layout: 'half',
+    scaling: { type: 'longrope', original_max_position_embeddings: 200, short_factor: [1, 1.5, 2, 4], long_factor: [1, 2, 4, 8] },
+  },
 ];
 
 // Paths are relative to OUT (the CLI runs there) so that no machine's path lands in a file's metadata.
@@ -34,6 +68,16 @@ for (const [name, src] of Object.entries(PROFILES)) {
   rmSync(join(OUT, name), { recursive: true, force: true });
   mkdirSync(join(OUT, name), { recursive: true });
   for (const f of FILES) copyFileSync(join(src, f), join(OUT, name, f));
+}
+{
+  const dir = join(OUT, 'profile-v2-rope');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(join(OUT, 'profile-v2', 'kvtc-profile.safetensors'), join(dir, 'kvtc-profile.safetensors'));
+  const m = JSON.parse(readFileSync(join(OUT, 'profile-v2', 'kvtc-profile.json'), 'utf8'));
+  m.model.rope = PER_LAYER_ROPE;
+  m.profile_id = computeProfileId(m);
+  writeFileSync(join(dir, 'kvtc-profile.json'), JSON.stringify(m, null, 2) + '\n');
 }
 kvtc(
   'capture',
@@ -52,6 +96,21 @@ const { cache, metadata } = parseKvCache(readFileSync(join(OUT, 'cache-f32.safet
 writeFileSync(
   join(OUT, 'cache-f16.safetensors'),
   serializeKvCache({ ...cache, dtype: 'float16' }, { model: metadata.model, fingerprint: metadata.fingerprint }),
+);
+// The first 150 tokens as float16: for the per-layer profile, a cache short enough for longrope's short factors.
+const first = (a: Float32Array[]) =>
+  a.map((x) => {
+    const out = new Float32Array(cache.kvHeads * 150 * cache.headDim);
+    for (let h = 0; h < cache.kvHeads; h++)
+      out.set(x.subarray(h * cache.tokens * cache.headDim, (h * cache.tokens + 150) * cache.headDim), h * 150 * cache.headDim);
+    return out;
+  });
+writeFileSync(
+  join(OUT, 'cache-f16-150.safetensors'),
+  serializeKvCache(
+    { ...cache, dtype: 'float16', tokens: 150, keys: first(cache.keys), values: first(cache.values) },
+    { model: metadata.model, fingerprint: metadata.fingerprint },
+  ),
 );
 
 for (const [blob, profile, kv] of CASES) {

@@ -1,109 +1,164 @@
-"""The optional PyTorch path: ``decode(..., device="cuda")`` and ``encode(..., device="cuda")``.
+"""The PyTorch path: ``decode``/``encode`` with ``device="cuda"``, ``"cuda:N"``, ``"torch:cpu"`` or a
+``torch.device``. It reads every profile this package reads (format 1, format 2's per-layer RoPE:
+NoPE layers, partial rotary, both layouts, attention factor, linear / llama3 / yarn / longrope).
 
-UNTESTED: this module was written without PyTorch or a GPU on the machine that wrote it (the
-package's tests run the NumPy path only). It follows the NumPy path step for step; run
-``python/README.md``'s "Checking the CUDA path" snippet on a CUDA machine before relying on it.
+Devices: the string ``"cpu"`` (the default) is the NumPy path; every other device is this module.
+``"torch:cpu"`` and ``torch.device("cpu")`` run this module on PyTorch's CPU backend: the same code
+as on CUDA, for tests and for callers who want torch tensors without a GPU. ``"torch:cuda[:N]"`` is
+``"cuda[:N]"``.
 
 What runs where:
 - decode: the blob is parsed, inflated and dequantized to coefficients on the host (NumPy, the
-  same code as the CPU path); the reconstruction ĉ·Vᵀ + μ, RoPE and the scatter into the cache
-  run on the device in float32. Returns torch tensors on the device (float16 or float32).
-- encode: gather, RoPE removal, mean subtraction, projection and the static int quantization run
-  on the device in float32; the codes and the other coefficients come back to the host, where
-  the dynamic / fp8 quantization, bit-packing and DEFLATE run (NumPy, as on the CPU path).
-  float32 matrix products on a GPU sum in another order than kvtc's CPU encoder, so a code may
-  differ by one step where a coefficient sits on a rounding boundary (as kvtc's own CUDA
-  path does); blobs still decode everywhere.
-Matrix products are float32: if TF32 was enabled globally (torch.backends.cuda.matmul.allow_tf32),
-they lose precision. torch is imported only when a non-CPU device is asked for.
+  same functions as the NumPy path: codec.raw_values, payload_codes, coefficients); per plan, one
+  float32 product ĉ·Vᵀ + μ over all its layers and tokens, RoPE per group of layers sharing a
+  description (tables built once per decode, NoPE layers skipped), and the scatter into one
+  [layers, heads, tokens, dim] tensor run on the device. Returns per layer (K, V) torch tensors
+  on the device (float16 or float32; views of one K and one V tensor).
+- encode: gather, RoPE removal (per group of layers, the un-rotate tables cos/f, sin/f), mean
+  subtraction, the projection and the static int quantization run on the device in float32, one
+  product per plan; the codes and the other coefficients come back to the host, where the dynamic
+  / fp8 quantization, bit-packing and DEFLATE run (NumPy, as on the NumPy path). float32 products
+  sum in another order than the NumPy path's float64 ones, so a code may differ by one step where a
+  coefficient sits on a rounding boundary (≤ 1e-3 of codes in the tests, as kvtc's own CUDA path);
+  blobs decode everywhere.
+
+Tested (python/tests/test_torch.py): on torch's CPU backend, decode of every committed profile's
+blobs (Node-made and NumPy-made) against the NumPy path, torch encode → NumPy decode, and codes
+against NumPy's encode; on CUDA, the same comparisons run only where a CUDA device is visible
+(they skip elsewhere), and scripts/bench-torch-decode.py times decode against a device copy.
+Matrix products are float32: with TF32 enabled globally (torch.backends.cuda.matmul.allow_tf32)
+they lose precision. torch is imported only when a torch device is asked for.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from . import _rope
 from ._errors import KvtcError
 
+_HOW = 'use "cpu" (NumPy), "torch:cpu" (PyTorch on the CPU), "cuda" / "cuda:N" (PyTorch on a GPU) or a torch.device'
+
+
+def _device_name(device: Any) -> str:
+    name = str(device)
+    return name[len("torch:") :] if name.startswith("torch:") else name
+
 
 def resolve(device: Any):
-    """(torch module, torch.device) for "cuda", "cuda:N" or a torch.device; a clear error otherwise."""
-    name = str(device)
-    if not (name == "cuda" or name.startswith("cuda:")):
-        raise KvtcError(
-            "USAGE",
-            f'device {name!r} is not supported; use "cpu" (NumPy) or "cuda" / "cuda:N" (PyTorch)',
-            'Pass device="cpu" or device="cuda".',
-            {"device": name},
-        )
+    """(torch module, torch.device) for "torch:cpu", "cuda", "cuda:N", "torch:cuda[:N]" or a
+    torch.device of type cpu or cuda; a KvtcError naming the fix otherwise."""
+    name = _device_name(device)
+    if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
+        raise KvtcError("USAGE", f"device {str(device)!r} is not supported; {_HOW}", 'Pass device="cpu" or device="cuda".', {"device": str(device)})
     try:
         import torch  # noqa: PLC0415 - optional dependency, imported lazily
     except ImportError:
         raise KvtcError(
             "DEVICE_UNAVAILABLE",
-            f"device={name!r} needs PyTorch, which is not installed",
-            'Install a CUDA build of PyTorch (pip install torch), or use device="cpu".',
-            {"device": name},
+            f"device={str(device)!r} needs PyTorch, which is not installed",
+            "Install PyTorch (pip install torch, or pip install 'kvtc[torch]'; a CUDA build for a GPU), or use device=\"cpu\" (NumPy).",
+            {"device": str(device)},
         ) from None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise KvtcError("USAGE", f"device {str(device)!r} is not a torch device; {_HOW}", 'Pass device="cuda" or "cuda:0".', {"device": str(device)}) from None
+    if dev.type == "cpu":
+        return torch, dev
     if not torch.cuda.is_available():
         raise KvtcError(
             "DEVICE_UNAVAILABLE",
-            f"device={name!r}: PyTorch {torch.__version__} sees no CUDA device",
-            'Run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use device="cpu".',
-            {"device": name},
+            f"device={str(device)!r}: PyTorch {torch.__version__} sees no CUDA device",
+            'Run on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use device="cpu" (NumPy) or "torch:cpu".',
+            {"device": str(device)},
         )
-    dev = torch.device(name)
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise KvtcError(
             "DEVICE_UNAVAILABLE",
-            f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+            f"device={str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) are visible",
             "Pass an existing device index.",
-            {"device": name},
+            {"device": str(device)},
         )
     return torch, dev
 
 
-def _plan_tensors(torch, plan, dev):
+def _t(torch, a: np.ndarray, dev):
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+
+def _plan_tensors(torch, plan, dev) -> Dict[str, Any]:
+    """The plan's basis and mean on the device, uploaded once per (plan, device)."""
     key = ("torch", str(dev))
     got = plan._cache.get(key)
     if got is None:
-        got = {
-            "basis": torch.from_numpy(np.ascontiguousarray(plan.basis)).to(dev),
-            "mean": torch.from_numpy(np.ascontiguousarray(plan.mean)).to(dev),
-        }
+        got = {"basis": _t(torch, plan.basis, dev), "mean": _t(torch, plan.mean, dev)}
         plan._cache[key] = got
     return got
 
 
-def _rotate(torch, x, cos, sin, ia, ib, undo: bool):
-    """RoPE on float32 x [..., n, D] with float32 cos/sin [n, R/2]; separate multiplies and adds."""
-    out = x.clone()
+class _RopeGroups:
+    """Per plan of keys: its layers grouped by RoPE description, each group's tables on the device.
+
+    _rope.layer_tables builds one set of float32 tables per distinct description (the NumPy path's
+    tables, bit for bit); each is uploaded once here and shared by every plan that uses it."""
+
+    def __init__(self, torch, profile, start: int, n: int, seq_len: int, dev):
+        self.torch = torch
+        self.per_layer = _rope.layer_tables(profile.layer_ropes, profile.head_dim, start, n, seq_len)
+        self.dev = dev
+        self._uploaded: Dict[int, Tuple[Any, ...]] = {}
+
+    def groups(self, layers: List[int], undo: bool):
+        """[(positions in `layers` as a device index tensor, cos [n, R/2], sin, ia, ib)] for the
+        layers that have RoPE; NoPE layers are left out."""
+        by: Dict[int, List[int]] = {}
+        for li, l in enumerate(layers):
+            t = self.per_layer[l]
+            if t is not None:
+                by.setdefault(id(t), []).append(li)
+        out = []
+        for li_list in by.values():
+            t = self.per_layer[layers[li_list[0]]]
+            if id(t) not in self._uploaded:
+                self._uploaded[id(t)] = tuple(_t(self.torch, a, self.dev) for a in t)
+            ca, sa, cu, su, ia, ib = self._uploaded[id(t)]
+            sel = None if len(li_list) == len(layers) else self.torch.tensor(li_list, dtype=self.torch.long, device=self.dev)
+            out.append((sel, cu, su, ia, ib) if undo else (sel, ca, sa, ia, ib))
+        return out
+
+
+def _rotate(x, cos, sin, ia, ib, undo: bool):
+    """RoPE on float32 x [..., n, D] (in place) with float32 cos/sin [n, R/2]: separate multiplies
+    and adds (each product rounded to float32, then the sum), as the NumPy path's rotate32."""
     a = x[..., ia]
     b = x[..., ib]
     if undo:
-        out[..., ia] = a * cos + b * sin
-        out[..., ib] = b * cos - a * sin
+        x[..., ia] = a * cos + b * sin
+        x[..., ib] = b * cos - a * sin
     else:
-        out[..., ia] = a * cos - b * sin
-        out[..., ib] = b * cos + a * sin
-    return out
+        x[..., ia] = a * cos - b * sin
+        x[..., ib] = b * cos + a * sin
+    return x
 
 
-def _tables(torch, profile, start: int, n: int, dev):
-    r = profile.rope
-    if r is None or r.attention_factor != 1.0 or (r.scaling or {}).get("type") == "longrope":
-        raise KvtcError(
-            "UNSUPPORTED_ARCHITECTURE",
-            "the torch path of this package reads profiles whose layers share one RoPE without an attention factor or longrope; this profile's RoPE is per layer (format 2)",
-            "Decode or encode it with device='cpu' (NumPy), which un-rotates each layer with its own RoPE.",
-            {"profile": profile.path},
-        )
-    cos, sin = _rope.tables(_rope.inv_freq(r), start, n)
-    ia, ib = _rope.pairs(r, profile.head_dim)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    return t(cos.astype(np.float32)), t(sin.astype(np.float32)), t(ia), t(ib)
+def _rope_plan(torch, rg: _RopeGroups, blk, layers: List[int], undo: bool):
+    """Applies (undo=False) or removes each layer's RoPE on blk [nl, H, n, D], per group of layers."""
+    for sel, cos, sin, ia, ib in rg.groups(layers, undo):
+        if sel is None:
+            _rotate(blk, cos, sin, ia, ib, undo)
+        else:
+            blk[sel] = _rotate(blk[sel], cos, sin, ia, ib, undo)
+    return blk
+
+
+def _layer_index(torch, layers: List[int], dev):
+    """A slice when the plan's layers are consecutive (a view), else an index tensor."""
+    if layers == list(range(layers[0], layers[0] + len(layers))):
+        return slice(layers[0], layers[0] + len(layers))
+    return torch.tensor(layers, dtype=torch.long, device=dev)
 
 
 def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any, Any]]:
@@ -111,35 +166,34 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
 
     h, s, w, n = parts.header, parts.sink, parts.window, parts.n
     L, H, D, T = profile.layers, profile.kv_heads, profile.head_dim, h.tokens
-    keys = [torch.empty((H, T, D), dtype=torch.float32, device=dev) for _ in range(L)]
-    values = [torch.empty((H, T, D), dtype=torch.float32, device=dev) for _ in range(L)]
-    rawv = torch.from_numpy(raw_values(parts, L, H, D, source)).to(dev)
-    for l in range(L):
-        for which, dst in ((0, keys[l]), (1, values[l])):
-            dst[:, :s, :] = rawv[l, which, :, :s, :]
-            dst[:, T - w :, :] = rawv[l, which, :, s:, :]
+    rawv = torch.from_numpy(raw_values(parts, L, H, D, source)).to(dev)  # [L, 2, H, s + w, D]
+    K = torch.empty((L, H, T, D), dtype=torch.float32, device=dev)
+    V = torch.empty((L, H, T, D), dtype=torch.float32, device=dev)
+    for which, dst in ((0, K), (1, V)):
+        dst[:, :, :s, :] = rawv[:, which, :, :s, :]
+        dst[:, :, T - w :, :] = rawv[:, which, :, s:, :]
+    del rawv
     if n > 0:
-        cos, sin, ia, ib = _tables(torch, profile, h.start_position + s, n, dev)
+        rg = _RopeGroups(torch, profile, h.start_position + s, n, h.start_position + T, dev)
         with torch.no_grad():
             for plan in profile.plans:
                 pt = _plan_tensors(torch, plan, dev)
                 nl = len(plan.layers)
                 if plan.rank > 0:
-                    C = torch.from_numpy(coefficients(plan, n, payload_codes(plan, n, parts.payloads[plan.index], source))).to(dev)
-                    X = C @ pt["basis"].T + pt["mean"]
+                    C = _t(torch, coefficients(plan, n, payload_codes(plan, n, parts.payloads[plan.index], source)), dev)
+                    X = torch.addmm(pt["mean"], C, pt["basis"].T)  # [n, p]: ĉ·Vᵀ + μ
                 else:
                     X = pt["mean"].expand(n, plan.dim)
                 blk = X.reshape(n, nl, H, D).permute(1, 2, 0, 3)  # [nl, H, n, D]
                 if plan.kind == "key":
-                    blk = _rotate(torch, blk, cos, sin, ia, ib, undo=False)
-                if h.float16:  # saturate at ±65504, as the CPU path
+                    blk = _rope_plan(torch, rg, blk.contiguous(), plan.layers, undo=False)
+                if h.float16:  # restored as float16: saturate at ±65504, never ∞ (as the NumPy path)
                     blk = blk.clamp(-65504.0, 65504.0)
-                dst = keys if plan.kind == "key" else values
-                for li, l in enumerate(plan.layers):
-                    dst[l][:, s : T - w, :] = blk[li]
+                dst = K if plan.kind == "key" else V
+                dst[_layer_index(torch, plan.layers, dev), :, s : T - w, :] = blk
     if h.float16:
-        return [(k.half(), v.half()) for k, v in zip(keys, values)]
-    return list(zip(keys, values))
+        K, V = K.half(), V.half()
+    return [(K[l], V[l]) for l in range(L)]
 
 
 def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
@@ -150,7 +204,11 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x))
         if not isinstance(x, torch.Tensor):
-            raise KvtcError("KV_INVALID", f"{what} is a {type(x).__name__}; expected a torch tensor or a NumPy array")
+            raise KvtcError(
+                "KV_INVALID",
+                f"{what} is a {type(x).__name__}; expected a torch tensor or a NumPy array",
+                "Pass per layer (K, V) tensors of shape [kv_heads, tokens, head_dim].",
+            )
         x = x.detach()
         if x.dtype == torch.bfloat16:
             x = x.float()  # the blob records float16 or float32 only
@@ -158,7 +216,12 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
 
     layers_t, fp16, T = check_cache(profile, layers_kv, convert)
     if start + T > MAX_POSITIONS:
-        raise KvtcError("KV_INVALID", f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)")
+        raise KvtcError(
+            "KV_INVALID",
+            f"the cache starts at position {start} with {T} tokens; positions must be integers in [0, 2^32)",
+            "Give the cache its real start position (the absolute position of its first token).",
+            {"start_position": start, "tokens": T},
+        )
     check_positions(start, T, profile.max_positions, profile.max_positions_recorded, "the cache", encoding=True)
     s, w, n = profile.split(T)
     with torch.no_grad():
@@ -171,13 +234,13 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
             sumsq=lambda a: (a.to(torch.float64) ** 2).sum(dim=(0, 2)).cpu().numpy(),
             token=lambda a, t: a[:, t, :].float().cpu().numpy(),
         )
-    # raw rows to the host; float32 → fp16 there (NumPy), exactly as the CPU path
+    # raw rows to the host; float32 → fp16 there (NumPy), exactly as the NumPy path
     host_rows = [tuple(torch.cat([a[:, :s], a[:, T - w :]], dim=1).float().cpu().numpy() for a in pair) for pair in layers_t]
     raw, raw_f32 = raw_section(host_rows, s + w, 0)
     sections = [(KIND_RAW, CODEC_STORED, 0, raw, len(raw))]
     if n > 0:
         H, D = profile.kv_heads, profile.head_dim
-        cos, sin, ia, ib = _tables(torch, profile, start + s, n, dev)
+        rg = _RopeGroups(torch, profile, start + s, n, start + T, dev)
         with torch.no_grad():
             for plan in profile.plans:
                 if plan.rank == 0:
@@ -185,19 +248,24 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
                 pt = _plan_tensors(torch, plan, dev)
                 pr = prepared(plan)
                 src = [layers_t[l][0 if plan.kind == "key" else 1] for l in plan.layers]
-                X = torch.stack([a[:, s : T - w, :].to(dev, torch.float32) for a in src]).reshape(len(plan.layers) * H, n, D)
+                X = torch.stack([a[:, s : T - w, :].to(dev, torch.float32) for a in src])  # [nl, H, n, D]
                 if plan.kind == "key":
-                    X = _rotate(torch, X, cos, sin, ia, ib, undo=True)
-                rows = (X - pt["mean"].reshape(-1, 1, D)).permute(1, 0, 2).reshape(n, plan.dim)
+                    X = _rope_plan(torch, rg, X, plan.layers, undo=True)
+                X = X.reshape(len(plan.layers) * H, n, D) - pt["mean"].reshape(-1, 1, D)  # float32, as the graph's Sub
+                rows = X.permute(1, 0, 2).reshape(n, plan.dim)
                 codes_a = np.zeros((n, 0), dtype=np.uint8)
                 coeffs_b = np.zeros((n, 0), dtype=np.float32)
                 if pr.affine.size:
-                    wa = torch.from_numpy(pr.w_affine).to(dev)
-                    u = rows @ wa + torch.from_numpy(pr.bias).to(dev)
-                    lv = torch.from_numpy(pr.levels).to(dev)
-                    codes_a = torch.minimum(torch.floor(u), lv).clamp_min(0).to(torch.uint8).cpu().numpy()
+                    et = plan._cache.setdefault(("torch-encode", str(dev)), {})
+                    if not et:
+                        et.update(wa=_t(torch, pr.w_affine, dev), bias=_t(torch, pr.bias, dev), levels=_t(torch, pr.levels, dev))
+                    u = rows @ et["wa"] + et["bias"]  # the product rounded to float32, then the bias: as the NumPy path
+                    codes_a = torch.minimum(torch.floor(u), et["levels"]).clamp_min(0).to(torch.uint8).cpu().numpy()
                 if pr.other.size:
-                    coeffs_b = (rows @ torch.from_numpy(pr.v_other).to(dev)).cpu().numpy()
+                    vo = plan._cache.get(("torch-other", str(dev)))
+                    if vo is None:
+                        vo = plan._cache[("torch-other", str(dev))] = _t(torch, pr.v_other, dev)
+                    coeffs_b = (rows @ vo).cpu().numpy()
                 payload = payload_from(plan, n, codes_a, coeffs_b, first_token=s)
                 codec, stored = compress(KIND_PLAN, payload, coder)
                 sections.append((KIND_PLAN, codec, plan.index, stored, len(payload)))
