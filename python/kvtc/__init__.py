@@ -1,6 +1,6 @@
 """kvtc: the Python runtime of KV Cache Transform Coding.
 
-Reads kvtc profiles (kvtc-profile.json + kvtc-profile.safetensors, format version 1) and
+Reads kvtc profiles (kvtc-profile.json + kvtc-profile.safetensors, format versions 1–3) and
 decodes / encodes ``.kvtc`` blobs (version 1) as docs/profile-format.md specifies, with NumPy
 (and optionally PyTorch on CUDA)::
 
@@ -16,7 +16,7 @@ from ._errors import KvtcError
 from .blob import BlobHeader, read_blob_header
 from .codec import DEFAULT_MAX_OUTPUT_BYTES, decode, encode
 from .kvfile import KvFile, parse_kv_safetensors, read_kv_safetensors, serialize_kv_safetensors, write_kv_safetensors
-from .profile import FORMAT_VERSION, Group, Plan, Profile, Rope, read_profile
+from .profile import FORMAT_VERSION, Group, Plan, Profile, Rope, Shard, read_profile
 
 __version__ = "0.1.0"
 #: The blob container version this package reads and writes.
@@ -33,6 +33,7 @@ __all__ = [
     "Plan",
     "Profile",
     "Rope",
+    "Shard",
     "__version__",
     "decode",
     "encode",

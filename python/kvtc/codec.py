@@ -1,6 +1,8 @@
 """Decoding and encoding whole KV caches (docs/profile-format.md §4–§8).
 
-decode: blob → per layer (K, V), each [kv_heads, tokens, head_dim] in the cache's dtype.
+decode: blob → per layer (K, V), K [kv_heads, tokens, head_dim] and V [kv_heads, tokens,
+        value_head_dim] (value_head_dim = head_dim unless a format-3 profile says otherwise), in
+        the cache's dtype.
 encode: per layer (K, V) → blob, written the way kvtc's Node encoder writes it, so that the
         Node decoder reads it and, for the deflate-rle / deflate-huffman / stored coders, the
         bytes are normally identical (see python/README.md, "Bit-identical blobs").
@@ -94,8 +96,8 @@ def _parse(profile: Profile, blob, max_output_bytes: int, source: str) -> BlobPa
             "The blob is corrupt or was not encoded with this profile: re-encode it.",
             {"blob": source, "tokens": T, "sink": h.sink, "window": h.window},
         )
-    L, H, D = profile.layers, profile.kv_heads, profile.head_dim
-    out_bytes = 2 * L * H * T * D * (2 if h.float16 else 4)
+    L, H, D, Dv = profile.layers, profile.kv_heads, profile.head_dim, profile.dims("value")
+    out_bytes = L * H * T * (D + Dv) * (2 if h.float16 else 4)
     if out_bytes > max_output_bytes:
         raise KvtcError(
             "BLOB_INVALID",
@@ -103,7 +105,7 @@ def _parse(profile: Profile, blob, max_output_bytes: int, source: str) -> BlobPa
             "Pass a larger max_output_bytes if the blob is trusted.",
             {"blob": source, "tokens": T, "output_bytes": out_bytes},
         )
-    expected = [(KIND_RAW, 0, L * 2 * H * (s + w) * D * (4 if h.raw_float32 else 2))]
+    expected = [(KIND_RAW, 0, L * H * (s + w) * (D + Dv) * (4 if h.raw_float32 else 2))]
     if n > 0:
         expected += [(KIND_PLAN, p.index, p.payload_bytes(n)) for p in profile.plans if p.rank > 0]
     sections = parse_sections(buf, h, expected, source)
@@ -119,7 +121,15 @@ def _bad(source: str, message: str) -> KvtcError:
 
 
 def raw_values(parts: BlobParts, L: int, H: int, D: int, source: str) -> np.ndarray:
-    """The raw section as float32 [L, 2 (key, value), H, s + w, D]; every value must be finite."""
+    """The raw section as float32 [L, 2 (key, value), H, s + w, D] (keys and values of one width D;
+    see raw_kv for profiles whose values are wider or narrower); every value must be finite."""
+    keys, values = raw_kv(parts, L, H, D, D, source)
+    return np.stack([keys, values], axis=1)
+
+
+def raw_kv(parts: BlobParts, L: int, H: int, D: int, Dv: int, source: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The raw section as float32 keys [L, H, s + w, D] and values [L, H, s + w, Dv] (§6: for each
+    layer its keys, then its values, each head's sink rows then window rows); every value finite."""
     s, w = parts.sink, parts.window
     if parts.header.raw_float32:
         v = np.frombuffer(parts.raw, dtype="<f4").astype(np.float32)
@@ -128,18 +138,20 @@ def raw_values(parts: BlobParts, L: int, H: int, D: int, source: str) -> np.ndar
         bits = np.frombuffer(parts.raw, dtype="<u2")
         bad = np.nonzero((bits & 0x7C00) == 0x7C00)[0]
         v = bits.view("<f2").astype(np.float32)
+    per_k, per_v = H * (s + w) * D, H * (s + w) * Dv
     if bad.size:
         i = int(bad[0])
-        row, dim = divmod(i, D)
-        kv, r = divmod(row, s + w)
-        kvl, head = divmod(kv, H)
-        layer, which = divmod(kvl, 2)
+        layer, at = divmod(i, per_k + per_v)
+        which, at = (0, at) if at < per_k else (1, at - per_k)
+        row, dim = divmod(at, D if which == 0 else Dv)
+        head, r = divmod(row, s + w)
         token = r if r < s else parts.header.tokens - w + (r - s)
         raise _bad(
             source,
             f"the raw section stores a non-finite {'key' if which == 0 else 'value'} for layer {layer}, head {head}, token {token}, dim {dim}; no encoder writes one",
         )
-    return v.reshape(L, 2, H, s + w, D)
+    per_layer = v.reshape(L, per_k + per_v)
+    return per_layer[:, :per_k].reshape(L, H, s + w, D), per_layer[:, per_k:].reshape(L, H, s + w, Dv)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,10 +380,10 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
 def check_cache(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], convert=_to_numpy):
     """Validates per layer (K, V) → (list of (K, V) in `convert`'s array type, float16 flag, tokens).
 
-    Each K/V is [kv_heads, tokens, head_dim] (or [1, kv_heads, tokens, head_dim]), float16 or
-    float32 (all the same dtype), finite.
+    Each K is [kv_heads, tokens, head_dim] and each V [kv_heads, tokens, value_head_dim] (or with a
+    leading batch dim of 1), float16 or float32 (all the same dtype), finite.
     """
-    L, H, D = profile.layers, profile.kv_heads, profile.head_dim
+    L, H = profile.layers, profile.kv_heads
     try:
         n_layers = len(layers_kv)
     except TypeError:
@@ -398,11 +410,14 @@ def check_cache(profile: Profile, layers_kv: Sequence[Tuple[Any, Any]], convert=
             if len(shape) == 4 and shape[0] == 1:
                 a = a[0]
                 shape = shape[1:]
+            D = profile.dims(kind)
+            dname = "head_dim" if kind == "key" else "value_head_dim"
             if len(shape) != 3 or shape[0] != H or shape[2] != D:
                 raise KvtcError(
                     "PROFILE_MISMATCH",
-                    f"layer {l} {kind}s have shape {list(shape)}; the profile is for [kv_heads={H}, tokens, head_dim={D}]",
-                    "Use the profile calibrated for the model that produced this cache (shape [kv_heads, tokens, head_dim] per layer).",
+                    f"layer {l} {kind}s have shape {list(shape)}; the profile is for [kv_heads={H}, tokens, {dname}={D}]",
+                    "Use the profile calibrated for the model (and rank) that produced this cache: keys [kv_heads, tokens, head_dim] and "
+                    "values [kv_heads, tokens, value_head_dim] per layer.",
                     {"layer": l, "kind": kind, "shape": list(shape)},
                 )
             dt = str(a.dtype).replace("torch.", "")
@@ -529,10 +544,10 @@ def raw_section(layers_np, s: int, w: int) -> Tuple[bytes, bool]:
     a float16 cache never holds such a value."""
     rows = []
     for k, v in layers_np:
-        for a in (k, v):
+        for a in (k, v):  # keys and values may differ in width (value_head_dim): flattened, in order
             T = a.shape[1]
-            rows.append(np.concatenate([a[:, :s, :], a[:, T - w :, :]], axis=1).astype(np.float32))
-    vals = np.stack(rows)
+            rows.append(np.concatenate([a[:, :s, :], a[:, T - w :, :]], axis=1).astype(np.float32).reshape(-1))
+    vals = np.concatenate(rows)
     with np.errstate(over="ignore"):
         half = vals.astype("<f2")
     if np.all(np.isfinite(half)):
@@ -551,7 +566,8 @@ def _is_cpu(device: Any) -> bool:
 def decode(
     profile: Profile, blob, *, device: Any = "cpu", max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, source: str = "<blob>"
 ) -> Layers:
-    """Decodes a blob: per layer (K, V), each [kv_heads, tokens, head_dim], float16 when the cache
+    """Decodes a blob: per layer (K, V), K [kv_heads, tokens, head_dim] and V [kv_heads, tokens,
+    value_head_dim] (profile.value_head_dim, = head_dim but in format 3 profiles), float16 when the cache
     was float16 (blob flag bit 0), else float32.
 
     device: "cpu" (NumPy arrays, reconstruction in float64) or "cuda" / "cuda:N" / a torch.device
@@ -568,14 +584,14 @@ def decode(
         return _torch.decode(profile, _parse(profile, blob, max_output_bytes, source), torch, dev, source)
     parts = _parse(profile, blob, max_output_bytes, source)
     h, s, w, n = parts.header, parts.sink, parts.window, parts.n
-    L, H, D, T = profile.layers, profile.kv_heads, profile.head_dim, h.tokens
+    L, H, D, Dv, T = profile.layers, profile.kv_heads, profile.head_dim, profile.dims("value"), h.tokens
     keys = [np.empty((H, T, D), dtype=np.float32) for _ in range(L)]
-    values = [np.empty((H, T, D), dtype=np.float32) for _ in range(L)]
-    rawv = raw_values(parts, L, H, D, source)
+    values = [np.empty((H, T, Dv), dtype=np.float32) for _ in range(L)]
+    rawk, rawv = raw_kv(parts, L, H, D, Dv, source)
     for l in range(L):
-        for which, dst in ((0, keys[l]), (1, values[l])):
-            dst[:, :s, :] = rawv[l, which, :, :s, :]
-            dst[:, T - w :, :] = rawv[l, which, :, s:, :]
+        for src, dst in ((rawk[l], keys[l]), (rawv[l], values[l])):
+            dst[:, :s, :] = src[:, :s, :]
+            dst[:, T - w :, :] = src[:, s:, :]
     if n > 0:
         rt = _rope.layer_tables(profile.layer_ropes, D, h.start_position + s, n, h.start_position + T)
         for plan in profile.plans:
@@ -585,7 +601,7 @@ def decode(
                 X = C.astype(np.float64) @ plan.basis.astype(np.float64).T + plan.mean.astype(np.float64)
             else:
                 X = np.broadcast_to(plan.mean.astype(np.float64), (n, plan.dim))
-            blk = X.astype(np.float32).reshape(n, nl, H, D).transpose(1, 2, 0, 3)  # [nl, H, n, D]
+            blk = X.astype(np.float32).reshape(n, nl, H, profile.dims(plan.kind)).transpose(1, 2, 0, 3)  # [nl, H, n, D or Dv]
             if plan.kind == "key":
                 # each layer with its own RoPE; float32 with float32 cos/sin tables, as kvtc's decoder
                 blk = blk.copy()
@@ -614,8 +630,9 @@ def encode(
 ) -> bytes:
     """Encodes a KV cache into a blob that kvtc (Node) and this package decode.
 
-    layers_kv: per layer (K, V), each [kv_heads, tokens, head_dim] (a leading batch dim of 1 is
-    accepted), float16 or float32 NumPy arrays or torch tensors, with RoPE applied as the model
+    layers_kv: per layer (K, V), K [kv_heads, tokens, head_dim] and V [kv_heads, tokens,
+    value_head_dim] (a leading batch dim of 1 is accepted; profile layer l is the model's layer
+    profile.cache_layers[l]), float16 or float32 NumPy arrays or torch tensors, with RoPE applied as the model
     stores them. start_position: the absolute position of token 0. entropy: override the
     profile's DEFLATE setting (``settings.entropy``). device: as for decode.
 
@@ -647,11 +664,12 @@ def encode(
     raw, raw_f32 = raw_section(layers_np, s, w)
     sections = [(KIND_RAW, CODEC_STORED, 0, raw, len(raw))]
     if n > 0:
-        H, D = profile.kv_heads, profile.head_dim
-        rt = _rope.layer_tables(profile.layer_ropes, D, start + s, n, start + T)
+        H = profile.kv_heads
+        rt = _rope.layer_tables(profile.layer_ropes, profile.head_dim, start + s, n, start + T)
         for plan in profile.plans:
             if plan.rank == 0:
                 continue
+            D = profile.dims(plan.kind)
             src = [layers_np[l][0 if plan.kind == "key" else 1] for l in plan.layers]
             X = np.stack([a[:, s : T - w, :] for a in src]).astype(np.float32).reshape(len(plan.layers) * H, n, D)
             if plan.kind == "key":

@@ -1,8 +1,13 @@
 """KV caches as safetensors, in kvtc's layout (the one `kvtc capture` / `kvtc decode` write):
 
-    present.{i}.key, present.{i}.value: [1, kv_heads, tokens, head_dim], F16 or F32
-    __metadata__: format "pt", producer, tokens, start_position, layers, kv_heads, head_dim, dtype, ...
+    present.{i}.key: [1, kv_heads, tokens, head_dim], F16 or F32
+    present.{i}.value: [1, kv_heads, tokens, value_head_dim] (value_head_dim = head_dim but for
+                       MLA latents and other format-3 geometries), the keys' dtype
+    __metadata__: format "pt", producer, tokens, start_position, layers, kv_heads, head_dim,
+                  [value_head_dim,] dtype, ...
 
+i counts the cache's layers from 0, or, with layer_ids (e.g. a profile's cache_layers), is the
+model's layer index of each, as a KV dump names them (docs/kv-dumps.md §3).
 Reading checks names, shapes, dtypes and that every value is finite.
 """
 
@@ -21,7 +26,8 @@ from ._errors import KvtcError
 
 @dataclass
 class KvFile:
-    """A cache read from safetensors: per layer (K, V) [kv_heads, tokens, head_dim] in the file's dtype."""
+    """A cache read from safetensors: per layer (K, V), K [kv_heads, tokens, head_dim] and V
+    [kv_heads, tokens, value_head_dim], in the file's dtype."""
 
     layers: List[Tuple[np.ndarray, np.ndarray]]
     start_position: int
@@ -40,6 +46,10 @@ class KvFile:
     def head_dim(self) -> int:
         return int(self.layers[0][0].shape[2])
 
+    @property
+    def value_head_dim(self) -> int:
+        return int(self.layers[0][1].shape[2])
+
 
 def tensor_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
@@ -54,32 +64,65 @@ def _invalid(source: str, message: str, context: Optional[Dict[str, Any]] = None
     )
 
 
-def parse_kv_safetensors(data, source: str = "<buffer>") -> KvFile:
-    """A KV cache from safetensors bytes."""
+def _layer_ids(layer_ids: Optional[Sequence[int]]) -> Optional[List[int]]:
+    if layer_ids is None:
+        return None
+    ids = [int(i) for i in layer_ids]
+    if not ids or any(i < 0 for i in ids) or any(b <= a for a, b in zip(ids, ids[1:])):
+        raise KvtcError(
+            "USAGE",
+            f"layer_ids {ids} must be non-negative and strictly increasing (a profile's cache_layers)",
+            "Pass profile.cache_layers, or nothing for files whose layers count from 0.",
+        )
+    return ids
+
+
+def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[Sequence[int]] = None) -> KvFile:
+    """A KV cache from safetensors bytes. layer_ids: the tensor index of each layer to read (e.g. a
+    profile's cache_layers, for files named by model layer); default: every present.{i} from 0."""
     buf = memoryview(data)
     tensors, metadata = st.parse(buf, source)
-    L = 0
-    while tensor_name(L, "key") in tensors:
-        L += 1
-    if L == 0:
-        raise _invalid(source, f"no tensor named {tensor_name(0, 'key')}; expected present.{{i}}.key|value")
-    first = tensors[tensor_name(0, "key")]
+    ids = _layer_ids(layer_ids)
+    if ids is None:
+        ids = []
+        while tensor_name(len(ids), "key") in tensors:
+            ids.append(len(ids))
+        if not ids:
+            named = sorted(int(m.group(1)) for m in (re.fullmatch(r"present\.([0-9]{1,9})\.key", k) for k in tensors) if m)
+            hint = f" (it has present.{named[0]}.key: a file named by model layer; pass layer_ids)" if named else ""
+            raise _invalid(source, f"no tensor named {tensor_name(0, 'key')}; expected present.{{i}}.key|value{hint}")
+    L = len(ids)
+    k0 = tensor_name(ids[0], "key")
+    first = tensors.get(k0)
+    if first is None:
+        raise _invalid(source, f"missing {k0} (layer_ids names layer {ids[0]})")
     if len(first.shape) != 4 or first.shape[0] != 1:
-        raise _invalid(source, f"{tensor_name(0, 'key')} has shape {list(first.shape)}; expected [1, kv_heads, tokens, head_dim]")
+        raise _invalid(source, f"{k0} has shape {list(first.shape)}; expected [1, kv_heads, tokens, head_dim]")
     if first.dtype not in ("F16", "F32"):
-        raise _invalid(source, f"{tensor_name(0, 'key')} is {first.dtype}; expected F16 or F32")
+        raise _invalid(source, f"{k0} is {first.dtype}; expected F16 or F32")
+    v0 = tensors.get(tensor_name(ids[0], "value"))
+    vshape = None
+    if v0 is not None:
+        if len(v0.shape) != 4 or tuple(v0.shape[:3]) != tuple(first.shape[:3]):
+            raise _invalid(
+                source,
+                f"{tensor_name(ids[0], 'value')} has shape {list(v0.shape)}, expected {list(first.shape)} "
+                "(values may differ from keys only in their last dim, value_head_dim)",
+            )
+        vshape = v0.shape
     layers = []
-    for l in range(L):
+    for l in ids:
         pair = []
         for kind in ("key", "value"):
             name = tensor_name(l, kind)
             t = tensors.get(name)
             if t is None:
-                raise _invalid(source, f"missing {name} (found {tensor_name(l, 'key')})")
+                raise _invalid(source, f"missing {name} (found {tensor_name(l, 'key')})" if kind == "value" else f"missing {name}")
             if t.dtype != first.dtype:
-                raise _invalid(source, f"{name} is {t.dtype} but {tensor_name(0, 'key')} is {first.dtype}")
-            if t.shape != first.shape:
-                raise _invalid(source, f"{name} has shape {list(t.shape)}, expected {list(first.shape)}")
+                raise _invalid(source, f"{name} is {t.dtype} but {k0} is {first.dtype}")
+            want = first.shape if kind == "key" else vshape
+            if t.shape != want:
+                raise _invalid(source, f"{name} has shape {list(t.shape)}, expected {list(want)}")
             a = st.array(buf, t)[0].astype(np.float16 if t.dtype == "F16" else np.float32)
             bad = ~np.isfinite(a)
             if bad.any():
@@ -89,9 +132,9 @@ def parse_kv_safetensors(data, source: str = "<buffer>") -> KvFile:
                 )
             pair.append(a)
         layers.append(tuple(pair))
-    if tensor_name(L, "value") in tensors:
+    if layer_ids is None and tensor_name(L, "value") in tensors:
         raise _invalid(source, f"{tensor_name(L, 'value')} has no matching key")
-    if "layers" in metadata and metadata["layers"] != str(L):
+    if layer_ids is None and "layers" in metadata and metadata["layers"] != str(L):
         raise _invalid(source, f"metadata says {metadata['layers']} layers but the file has {L}")
     sp = metadata.get("start_position", "0")
     if not re.fullmatch(r"[0-9]+", sp) or int(sp) > 0xFFFFFFFF:
@@ -99,15 +142,16 @@ def parse_kv_safetensors(data, source: str = "<buffer>") -> KvFile:
     return KvFile(layers, int(sp), "float16" if first.dtype == "F16" else "float32", metadata)
 
 
-def read_kv_safetensors(path) -> KvFile:
-    """Reads a KV cache safetensors file (kvtc capture / kvtc decode output)."""
+def read_kv_safetensors(path, *, layer_ids: Optional[Sequence[int]] = None) -> KvFile:
+    """Reads a KV cache safetensors file (kvtc capture / kvtc decode output; a KV dump's sequence
+    file with layer_ids=profile.cache_layers)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise KvtcError("SAFETENSORS_INVALID", f"cannot read {path}: {e.strerror or e}", "Check the path.", {"file": path}) from None
-    return parse_kv_safetensors(data, path)
+    return parse_kv_safetensors(data, path, layer_ids=layer_ids)
 
 
 def serialize_kv_safetensors(
@@ -117,24 +161,43 @@ def serialize_kv_safetensors(
     dtype: Optional[str] = None,
     metadata: Optional[Mapping[str, str]] = None,
     producer: str = "kvtc-python",
+    layer_ids: Optional[Sequence[int]] = None,
 ) -> bytes:
-    """Per layer (K, V) [kv_heads, tokens, head_dim] → safetensors bytes in kvtc's layout.
+    """Per layer (K, V) → safetensors bytes in kvtc's layout: K [kv_heads, tokens, head_dim], V
+    [kv_heads, tokens, value_head_dim].
 
     dtype: "float16" or "float32" (default: the arrays' own dtype). metadata: extra string
     entries (model, fingerprint, ...), written before the standard ones, as kvtc does.
+    layer_ids: the tensor index of each layer (default 0, 1, …; a profile's cache_layers names them
+    by model layer, as a KV dump does).
     """
+    ids = _layer_ids(layer_ids)
+    if ids is not None and len(ids) != len(layers_kv):
+        raise KvtcError("USAGE", f"layer_ids names {len(ids)} layers but the cache has {len(layers_kv)}", "Pass one id per layer.")
     tensors: Dict[str, np.ndarray] = {}
     shape = None
+    shapes: Dict[str, Tuple[int, ...]] = {}
     for l, (k, v) in enumerate(layers_kv):
         for kind, a in (("key", k), ("value", v)):
             a = np.asarray(a)
             if a.ndim == 4 and a.shape[0] == 1:
                 a = a[0]
-            if a.ndim != 3 or (shape is not None and a.shape != shape):
+            ref = shapes.get(kind)
+            if a.ndim != 3 or (ref is not None and a.shape != ref) or (shape is not None and a.shape[:2] != shape[:2]):
                 raise KvtcError(
-                    "KV_INVALID", f"layer {l} {kind}s have shape {list(a.shape)}; expected [kv_heads, tokens, head_dim] like layer 0 keys"
+                    "KV_INVALID",
+                    f"layer {l} {kind}s have shape {list(a.shape)}; expected [kv_heads, tokens, {'head_dim' if kind == 'key' else 'value_head_dim'}] like layer 0 {kind}s"
+                    + (
+                        f" ({list(ref)})"
+                        if ref is not None
+                        else f" and the same kv_heads and tokens as its keys ({list(shape[:2])})"
+                        if shape
+                        else ""
+                    ),
                 )
-            shape = a.shape
+            shapes.setdefault(kind, a.shape)
+            if shape is None:
+                shape = a.shape
             dt = dtype or str(a.dtype)
             if dt not in ("float16", "float32"):
                 raise KvtcError(
@@ -143,7 +206,7 @@ def serialize_kv_safetensors(
                     'Pass dtype="float16" or "float32".',
                 )
             dtype = dt
-            tensors[tensor_name(l, kind)] = a.astype(np.float16 if dt == "float16" else np.float32)[None]
+            tensors[tensor_name(ids[l] if ids is not None else l, kind)] = a.astype(np.float16 if dt == "float16" else np.float32)[None]
     if shape is None:
         raise KvtcError("KV_INVALID", "the cache has no layers")
     meta: Dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -155,6 +218,7 @@ def serialize_kv_safetensors(
             "layers": str(len(layers_kv)),
             "kv_heads": str(shape[0]),
             "head_dim": str(shape[2]),
+            **({"value_head_dim": str(shapes["value"][2])} if shapes["value"][2] != shape[2] else {}),
             "dtype": str(dtype),
         }
     )
@@ -172,9 +236,10 @@ def write_kv_safetensors(
     dtype: Optional[str] = None,
     metadata: Optional[Mapping[str, str]] = None,
     force: bool = True,
+    layer_ids: Optional[Sequence[int]] = None,
 ) -> int:
     """Writes a KV cache safetensors file atomically (a temporary name, then a rename); returns its size."""
-    data = serialize_kv_safetensors(layers_kv, start_position, dtype=dtype, metadata=metadata)
+    data = serialize_kv_safetensors(layers_kv, start_position, dtype=dtype, metadata=metadata, layer_ids=layer_ids)
     write_atomic(os.fspath(path), data, force=force)
     return len(data)
 

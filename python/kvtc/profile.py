@@ -25,9 +25,15 @@ from ._strict_json import StrictJsonError, loads_strict
 MANIFEST_FILE = "kvtc-profile.json"
 TENSORS_FILE = "kvtc-profile.safetensors"
 PROFILE_FORMAT = "kvtc-profile"
-#: The manifest format_version kvtc writes; this package reads FORMAT_VERSIONS.
+#: The manifest format_version kvtc writes when no format-3 field is needed; this package reads
+#: FORMAT_VERSIONS (format 3 adds value_head_dim, the MLA latent cache, cache layers and shards).
 FORMAT_VERSION = 2
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
+#: The model fields only format 3 carries (docs/profile-format.md); `shard` is top-level.
+V3_MODEL_FIELDS = ("value_head_dim", "cache", "model_layers", "cache_layers")
+CACHE_LAYOUTS = ("gqa", "mla-latent")
+#: model.family in format 3: any transformers model_type label.
+FAMILY_RE = re.compile(r"[a-z0-9_]{1,64}")
 #: Largest manifest read (kvtc's limit; a real one is a few KiB).
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 #: The tensor file's JSON header is at most this base + this per tensor (kvtc's limits).
@@ -129,9 +135,26 @@ class Rope:
         return json.dumps([self.theta, self.rotary_dim, self.layout, self.attention_factor, self.scaling], sort_keys=True)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The part of a model a profile covers (format 3 `shard`): this tensor-parallel rank's KV heads
+    (`kv_heads`: the model's KV head index of each profile head, in cache order) of this pipeline
+    stage's layers (Profile.cache_layers)."""
+
+    tp_rank: int
+    tp_size: int
+    pp_rank: int
+    pp_size: int
+    kv_heads: Tuple[int, ...]
+
+
 @dataclass
 class Profile:
-    """A checked profile. `manifest` is the parsed kvtc-profile.json, as written."""
+    """A checked profile. `manifest` is the parsed kvtc-profile.json, as written.
+
+    Geometry: keys of a layer are [kv_heads, tokens, head_dim], values [kv_heads, tokens,
+    value_head_dim] (equal to head_dim unless format 3 says otherwise). Profile layer l is the
+    model's layer cache_layers[l] (identity unless format 3 records model.cache_layers)."""
 
     path: str
     manifest: Dict[str, Any]
@@ -154,11 +177,78 @@ class Profile:
     max_positions: int = DEFAULT_MAX_POSITIONS
     #: Whether max_positions is the profile's model.max_positions (else DEFAULT_MAX_POSITIONS).
     max_positions_recorded: bool = False
+    #: The manifest's format_version (1, 2 or 3).
+    format_version: int = FORMAT_VERSION
+    #: Width of each value head (model.value_head_dim; None given → head_dim).
+    value_head_dim: Optional[int] = None
+    #: "gqa" (per-head keys and values) or "mla-latent" (keys: the RoPE'd k_rot; values: the
+    #: compressed latent c_kv; kv_heads 1), docs/kv-dumps.md §2.1.
+    cache: str = "gqa"
+    #: The model's decoder layers (model.model_layers; None given → layers).
+    model_layers: Optional[int] = None
+    #: The model layer index of each profile layer (model.cache_layers; None given → 0..layers-1).
+    cache_layers: Optional[Tuple[int, ...]] = None
+    #: The tensor/pipeline-parallel rank this profile is for; None: the whole model.
+    shard: Optional[Shard] = None
+
+    def __post_init__(self) -> None:
+        if self.value_head_dim is None:
+            self.value_head_dim = self.head_dim
+        if self.model_layers is None:
+            self.model_layers = self.layers
+        if self.cache_layers is None:
+            self.cache_layers = tuple(range(self.layers))
 
     @property
     def blob_id(self) -> bytes:
         """The 8 bytes a blob names this profile by (header offset 8)."""
         return blob_profile_id(self.profile_id)
+
+    def dims(self, kind: str) -> int:
+        """The head width of `kind` ("key": head_dim, "value": value_head_dim)."""
+        return self.head_dim if kind == "key" else int(self.value_head_dim)  # type: ignore[arg-type]
+
+    def check_shard(
+        self, *, tp_rank: int = 0, tp_size: int = 1, pp_rank: int = 0, pp_size: int = 1, kv_heads=None, cache_layers=None
+    ) -> None:
+        """Refuses (PROFILE_MISMATCH) when this profile is not the one for the given serving rank: a
+        whole-model profile serves only tp_size = pp_size = 1; a shard's profile only its own rank.
+        kv_heads / cache_layers, when given, are the model's KV head indices and layer indices the
+        rank holds, compared with the profile's (a rank whose engine cuts differently is refused too)."""
+        sh = self.shard
+        have = (sh.tp_rank, sh.tp_size, sh.pp_rank, sh.pp_size) if sh else (0, 1, 0, 1)
+        want = (int(tp_rank), int(tp_size), int(pp_rank), int(pp_size))
+        what = f"tp rank {have[0]} of {have[1]}, pp rank {have[2]} of {have[3]}" if sh else "the whole model (no shard)"
+        ctx = {"profile": self.path, "profile_shard": list(have), "rank": list(want)}
+        if have != want:
+            raise KvtcError(
+                "PROFILE_MISMATCH",
+                f"profile {self.path} is for {what}, but this rank is tp rank {want[0]} of {want[1]}, pp rank {want[2]} of {want[3]}",
+                "Load the profile calibrated for this rank (`kvtc calibrate --kv DIR` writes one per rank under tp_<t>_pp_<p>/).",
+                ctx,
+            )
+        heads = tuple(sh.kv_heads) if sh else None
+        if kv_heads is not None and heads is not None and tuple(int(h) for h in kv_heads) != heads:
+            raise KvtcError(
+                "PROFILE_MISMATCH",
+                f"profile {self.path} covers the model's KV heads {list(heads)}, but this rank holds {[int(h) for h in kv_heads]}",
+                "The engine splits KV heads differently from the profile's calibration: calibrate with the engine's split.",
+                {**ctx, "profile_kv_heads": list(heads)},
+            )
+        if kv_heads is not None and heads is None and len(kv_heads) != self.kv_heads:
+            raise KvtcError(
+                "PROFILE_MISMATCH",
+                f"profile {self.path} covers all {self.kv_heads} KV heads, but this rank holds {len(kv_heads)}",
+                "Load the profile calibrated for this rank.",
+                ctx,
+            )
+        if cache_layers is not None and tuple(int(l) for l in cache_layers) != tuple(self.cache_layers or ()):
+            raise KvtcError(
+                "PROFILE_MISMATCH",
+                f"profile {self.path} covers the model's layers {list(self.cache_layers or ())}, but this rank holds {[int(l) for l in cache_layers]}",
+                "Load the profile calibrated for this pipeline stage (its model.cache_layers name the layers it covers).",
+                {**ctx, "profile_cache_layers": list(self.cache_layers or ())},
+            )
 
     def split(self, tokens: int) -> Tuple[int, int, int]:
         """(sink, window, n): the raw counts a blob of `tokens` tokens uses, and the compressed count (§6)."""
@@ -240,6 +330,19 @@ def profile_id_text(manifest: Dict[str, Any]) -> str:
     for k in ("layers", "kv_heads", "head_dim"):
         lines.append(f"model.{k} {int(model[k])}")
     lines.append(f"model.kv_dtype {model['kv_dtype']}")
+    # format 3's fields, each only when present (so format 1 and 2 ids are unchanged)
+    if "value_head_dim" in model:
+        lines.append(f"model.value_head_dim {int(model['value_head_dim'])}")
+    if "cache" in model:
+        lines.append(f"model.cache {model['cache']}")
+    if "model_layers" in model:
+        lines.append(f"model.model_layers {int(model['model_layers'])}")
+    if "cache_layers" in model:
+        lines.append(f"model.cache_layers {','.join(str(int(l)) for l in model['cache_layers'])}")
+    shard = manifest.get("shard")
+    if shard is not None:
+        lines.append(f"shard {int(shard['tp_rank'])} {int(shard['tp_size'])} {int(shard['pp_rank'])} {int(shard['pp_size'])}")
+        lines.append(f"shard.kv_heads {','.join(str(int(h)) for h in shard['kv_heads'])}")
     lines.extend(_rope_id_lines(rope))
     for k in ("sink", "window"):
         lines.append(f"settings.{k} {int(settings[k])}")
@@ -347,10 +450,11 @@ def _check_version(manifest: Dict[str, Any], where: str) -> None:
         return
     producer = manifest.get("producer") if isinstance(manifest.get("producer"), dict) else {}
     writer = f"{producer.get('name', 'kvtc')} {producer.get('version', '(unknown version)')}"
-    newer = isinstance(v, (int, float)) and not isinstance(v, bool) and v > FORMAT_VERSION
+    newer = isinstance(v, (int, float)) and not isinstance(v, bool) and v > max(FORMAT_VERSIONS)
+    known = ", ".join(map(str, FORMAT_VERSIONS[:-1])) + f" and {FORMAT_VERSIONS[-1]}"
     raise KvtcError(
         "PROFILE_VERSION",
-        f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads versions {' and '.join(map(str, FORMAT_VERSIONS))}",
+        f"profile {where} has format version {json.dumps(v)}; this kvtc Python package reads versions {known}",
         (
             f"It was written by {writer}: upgrade the kvtc Python package to a version that reads format {v}."
             if newer
@@ -466,6 +570,8 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
     H = _int(model.get("kv_heads"), "model.kv_heads", where, 1, U16_MAX)
     D = _int(model.get("head_dim"), "model.head_dim", where, 1, U16_MAX)
     kv_dtype = _choice(model.get("kv_dtype"), "model.kv_dtype", where, ("float32", "float16"))
+    v3 = _checked_v3(m, model, L, H, D, where)
+    Dv = v3.get("value_head_dim", D)
     rope = _checked_rope(model.get("rope"), m.get("format_version"), L, D, where)
     st_ = _obj(m.get("settings"), "settings", where)
     settings = {
@@ -509,8 +615,9 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
                 raise _invalid(where, f"{at}.layers[{li}]: {kind} layer {l} is already covered by another plan")
             covered.add((kind, l))
         p = _int(pe.get("dim"), f"{at}.dim", where, 1, 2**40)
-        if p != len(layers) * H * D:
-            raise _invalid(where, f"{at}.dim is {p}, but {len(layers)} layers × {H} KV heads × {D} head dim = {len(layers) * H * D}")
+        width, wname = (D, "head dim") if kind == "key" else (Dv, "value head dim")
+        if p != len(layers) * H * width:
+            raise _invalid(where, f"{at}.dim is {p}, but {len(layers)} layers × {H} KV heads × {width} {wname} = {len(layers) * H * width}")
         rank = _int(pe.get("rank"), f"{at}.rank", where, 0, 2**40)
         if rank > p:
             raise _invalid(where, f"{at}.rank {rank} exceeds its dim {p} (a basis has at most p orthonormal columns)")
@@ -583,11 +690,79 @@ def _checked_manifest(m: Dict[str, Any], where: str) -> Dict[str, Any]:
             "head_dim": D,
             "kv_dtype": kv_dtype,
             "rope": rope,
+            **{k: v for k, v in v3.items() if k != "shard"},
         },
+        **({"shard": v3["shard"]} if "shard" in v3 else {}),
         "settings": settings,
         "plans": plans,
         "tensors": tensors,
     }
+
+
+def _checked_v3(m: Dict[str, Any], model: Dict[str, Any], L: int, H: int, D: int, where: str) -> Dict[str, Any]:
+    """Format 3's geometry fields, normalized; only the ones present (each goes into profile_id only
+    when present). model.value_head_dim, model.cache ("mla-latent" ⇒ kv_heads 1), model.model_layers
+    with model.cache_layers (strictly increasing, one per profile layer, each < model_layers) and the
+    top-level shard (ranks < sizes, one model KV head index per profile head, distinct)."""
+    version = m.get("format_version")
+    present = [f"model.{k}" for k in V3_MODEL_FIELDS if k in model] + (["shard"] if "shard" in m else [])
+    if version != 3:
+        if present:
+            raise _invalid(
+                where,
+                f"{present[0]} is a format 3 field, but format_version is {json.dumps(version)}",
+                "Set format_version to 3 (kvtc writes 3 whenever it records this field), or re-create the profile with `kvtc calibrate`.",
+            )
+        return {}
+    out: Dict[str, Any] = {}
+    if "value_head_dim" in model:
+        out["value_head_dim"] = _int(model["value_head_dim"], "model.value_head_dim", where, 1, U16_MAX)
+    if "cache" in model:
+        out["cache"] = _choice(model["cache"], "model.cache", where, CACHE_LAYOUTS)
+        if out["cache"] == "mla-latent" and H != 1:
+            raise _invalid(
+                where,
+                f"model.cache is mla-latent but model.kv_heads is {H}; an MLA latent cache has one head per layer (k_rot and c_kv)",
+            )
+    if ("model_layers" in model) != ("cache_layers" in model):
+        one, other = ("model_layers", "cache_layers") if "model_layers" in model else ("cache_layers", "model_layers")
+        raise _invalid(where, f"model.{one} is present without model.{other}; a profile records both or neither")
+    if "model_layers" in model:
+        ML = _int(model["model_layers"], "model.model_layers", where, L, U16_MAX)
+        cl = model["cache_layers"]
+        if not isinstance(cl, list) or len(cl) != L:
+            got = f"{len(cl)} entries" if isinstance(cl, list) else json.dumps(cl)
+            raise _invalid(where, f"model.cache_layers must hold one model layer per profile layer (model.layers = {L}); it holds {got}")
+        layers = [_int(x, f"model.cache_layers[{i}]", where, 0, ML - 1) for i, x in enumerate(cl)]
+        for i in range(1, L):
+            if layers[i] <= layers[i - 1]:
+                raise _invalid(
+                    where, f"model.cache_layers must be strictly increasing: [{i - 1}] = {layers[i - 1]} then [{i}] = {layers[i]}"
+                )
+        out["model_layers"] = ML
+        out["cache_layers"] = layers
+    if "shard" in m:
+        sh = _obj(m["shard"], "shard", where)
+        norm: Dict[str, Any] = {}
+        for dim in ("tp", "pp"):
+            size = _int(sh.get(f"{dim}_size"), f"shard.{dim}_size", where, 1, U16_MAX)
+            rank = _int(sh.get(f"{dim}_rank"), f"shard.{dim}_rank", where, 0, U16_MAX)
+            if rank >= size:
+                raise _invalid(where, f"shard.{dim}_rank {rank} is not a rank of shard.{dim}_size {size} (ranks are 0–{size - 1})")
+            norm[f"{dim}_rank"], norm[f"{dim}_size"] = rank, size
+        kh = sh.get("kv_heads")
+        if not isinstance(kh, list) or len(kh) != H:
+            got = f"{len(kh)} entries" if isinstance(kh, list) else json.dumps(kh)
+            raise _invalid(
+                where, f"shard.kv_heads must name the model's KV head of each profile head (model.kv_heads = {H}); it holds {got}"
+            )
+        heads = [_int(x, f"shard.kv_heads[{i}]", where, 0, U16_MAX) for i, x in enumerate(kh)]
+        if len(set(heads)) != len(heads):
+            dup = next(h for h in heads if heads.count(h) > 1)
+            raise _invalid(where, f"shard.kv_heads names the model's KV head {dup} twice; a rank holds each head once")
+        norm["kv_heads"] = heads
+        out["shard"] = {k: norm[k] for k in ("tp_rank", "tp_size", "pp_rank", "pp_size", "kv_heads")}
+    return out
 
 
 def _label(v: Any, what: str, where: str, most: int = 1024) -> str:
@@ -604,6 +779,25 @@ def _figure(v: Any, what: str, where: str, lo: float, hi: float, lo_open: bool =
     return float(v)
 
 
+def _checked_v3_labels(model: Dict[str, Any], where: str) -> None:
+    """Format 3's model.family (any transformers model_type) and fingerprint (kv-dump: no ONNX graph)."""
+    fam = model.get("family")
+    if not isinstance(fam, str) or not FAMILY_RE.fullmatch(fam):
+        raise _invalid(where, f"model.family is {json.dumps(fam)}; expected a model type label of 1–64 characters a–z, 0–9 or '_'")
+    fp = _obj(model.get("fingerprint"), "model.fingerprint", where)
+    for k, n in (("id", 16), ("spec_sha256", 64)) + ((("onnx_sha256", 64),) if "onnx_sha256" in fp else ()):
+        v = fp.get(k)
+        if not isinstance(v, str) or not re.fullmatch(f"[0-9a-f]{{{n}}}", v):
+            raise _invalid(where, f"model.fingerprint.{k} is {json.dumps(v)}; expected {n} lowercase hex digits")
+    if "source" in fp and fp["source"] != "kv-dump":
+        raise _invalid(where, f'model.fingerprint.source is {json.dumps(fp["source"])}; expected "kv-dump" (or absent)')
+    if "onnx_sha256" not in fp and fp.get("source") != "kv-dump":
+        raise _invalid(
+            where,
+            'model.fingerprint.onnx_sha256 is missing; only a profile calibrated from a KV dump (fingerprint.source "kv-dump") has none',
+        )
+
+
 def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> Optional[int]:
     """The fields decoding does not use, range-checked as kvtc's schema does (§2.3): kvtc never
     writes values outside these ranges, so a manifest holding one was edited or corrupted. Returns
@@ -618,7 +812,10 @@ def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> 
         _label(model.get("onnx_file"), "model.onnx_file", where, 4096)
     heads = _int(model.get("heads"), "model.heads", where, 1, U16_MAX)
     kvh = c["model"]["kv_heads"]
-    if heads % kvh:
+    if m.get("format_version") == 3:
+        _checked_v3_labels(model, where)
+    # a shard's kv_heads is its rank's share, which need not divide the model's query heads
+    if heads % kvh and "shard" not in c:
         raise _invalid(
             where, f"model.heads {heads} is not a multiple of model.kv_heads {kvh} (each KV head serves heads / kv_heads query heads)"
         )
@@ -790,7 +987,7 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
     finite and bounded values, lo ≤ hi for static components and orthonormal bases.
 
     Raises KvtcError: PROFILE_INVALID (missing, corrupt, edited or inconsistent files) or
-    PROFILE_VERSION (a format_version other than 1).
+    PROFILE_VERSION (a format_version other than 1, 2 or 3).
     """
     d = profile_dir(path)
     where = d
@@ -906,4 +1103,10 @@ def read_profile(path, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> P
         layer_ropes=ropes,
         max_positions=max_positions if max_positions is not None else DEFAULT_MAX_POSITIONS,
         max_positions_recorded=max_positions is not None,
+        format_version=int(manifest["format_version"]),
+        value_head_dim=m["model"].get("value_head_dim", m["model"]["head_dim"]),
+        cache=m["model"].get("cache", "gqa"),
+        model_layers=m["model"].get("model_layers", m["model"]["layers"]),
+        cache_layers=tuple(m["model"].get("cache_layers", range(m["model"]["layers"]))),
+        shard=Shard(**{**m["shard"], "kv_heads": tuple(m["shard"]["kv_heads"])}) if "shard" in m else None,
     )

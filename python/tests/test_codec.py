@@ -361,7 +361,7 @@ def test_wrong_layer_count(profile_v2, cache_f32):
 
 def test_wrong_head_shape(profile_v2, cache_f32):
     e = _refused(profile_v2, _layers(cache_f32, lambda l: l[1].__setitem__(1, l[1][1][:3])), "PROFILE_MISMATCH")
-    assert "layer 1 values have shape [3, 256, 8]; the profile is for [kv_heads=4, tokens, head_dim=8]" in e.message
+    assert "layer 1 values have shape [3, 256, 8]; the profile is for [kv_heads=4, tokens, value_head_dim=8]" in e.message
 
 
 def test_unsupported_dtype(profile_v2, cache_f32):

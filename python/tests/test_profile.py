@@ -169,11 +169,11 @@ def test_not_a_kvtc_profile(tmp_path):
 
 def test_newer_format_version_names_the_writer_and_says_upgrade(tmp_path):
     d = copy_profile(tmp_path / "p")
-    edit_manifest(d, lambda m: m.update(format_version=3, producer={"name": "kvtc", "version": "9.9.9"}))
+    edit_manifest(d, lambda m: m.update(format_version=4, producer={"name": "kvtc", "version": "9.9.9"}))
     e = _refused(d, "PROFILE_VERSION")
-    assert "format version 3" in e.message and "reads versions 1 and 2" in e.message
+    assert "format version 4" in e.message and "reads versions 1, 2 and 3" in e.message
     assert "kvtc 9.9.9" in e.fix and "upgrade" in e.fix
-    assert e.context["format_version"] == 3
+    assert e.context["format_version"] == 4
 
 
 @pytest.mark.parametrize("version", [0, "2", True, None, 1.5])
