@@ -1,0 +1,474 @@
+"""KV dumps from a transformers causal LM: ``python -m kvtc capture`` (docs/kv-dumps.md).
+
+Runs the model on calibration text, one sequence per forward pass (a prefill from position 0),
+and writes the dump layout `kvtc calibrate --kv DIR` reads: ``kvtc-dump.json`` and one
+``seq-NNNNNN.safetensors`` per sequence with ``present.{l}.key|value``, ``positions`` and
+``input_ids``.
+
+How the tensors are taken: the capture hands the model a ``DynamicCache`` built from its config
+(the cache the model would build itself) whose ``update`` is wrapped. Every attention layer
+passes the keys and values it just computed for all tokens of the pass to ``cache.update``,
+after RoPE, before any cache layer keeps or drops anything, so
+
+- sliding-window layers are captured whole: their cache layer keeps only the last
+  ``sliding_window - 1`` tokens, but the arguments of ``update`` hold every token;
+- MLA models (DeepSeek-V2/V3 in transformers 5) cache the latent: ``update(c_kv, k_rot)`` with
+  ``c_kv`` after ``kv_a_layernorm`` and ``k_rot`` after RoPE, as attention uses it. The dump's key
+  is ``k_rot`` and its value ``c_kv`` (docs/kv-dumps.md §2.1);
+- hybrid models' linear-attention / state-space layers never call ``update`` (they keep conv and
+  recurrent states): they have no KV cache and are left out of the files.
+
+The layers that call ``update`` must be exactly the cache layers the config names
+(``model_facts``), or the capture stops: a family whose attention caches something else is
+refused rather than dumped wrong.
+
+RoPE facts come from the model's own rotary module(s) (``inv_freq`` buffers, ``attention_scaling``,
+``rope_type``; Gemma 3's per-layer-type ``{type}_inv_freq``), turned into the description of
+docs/profile-format.md §4.1 and checked against the buffer with the runtime's own §4.1 code before
+anything is written. ``model_facts(config)`` builds them from a config alone (no weights), for
+writers of dumps from elsewhere (kvtc.sglang).
+
+torch and transformers are an optional extra: ``pip install 'kvtc[capture]'``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _rope
+from ._errors import KvtcError
+
+INSTALL = "pip install 'kvtc[capture]' (torch and transformers)"
+PRODUCER_NAME = "kvtc-python-capture"
+MANIFEST = "kvtc-dump.json"
+
+#: Cache layer types (transformers' get_layer_types_and_kwargs) that hold per-token keys and values.
+_KV_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "hybrid", "hybrid_sliding")
+#: Cache layer types without per-token KV (conv / recurrent state, or another layer's cache).
+_STATE_TYPES = ("linear_attention", "conv", "mamba", "dummy", "moe", "mlp")
+#: MLA families whose attention caches (c_kv, k_rot) and the layout of the k_rot it caches:
+#: DeepSeek-V2 rotates complex pairs (2i, 2i+1) in place (interleaved); DeepSeek-V3's
+#: apply_rotary_pos_emb_interleave (rope_interleave) reads pairs (2i, 2i+1) but writes the rotated
+#: evens then odds, i.e. pairs (i, i + R/2) in the cached tensor; without rope_interleave it is
+#: rotate_half. Either way V3's cached k_rot is "half".
+_MLA_LAYOUT = {"deepseek_v2": "interleaved", "deepseek_v3": "half"}
+_FAMILY_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+#: kvtc refuses a dump whose inv_freq differs from its description by more than this (docs/kv-dumps.md §2).
+INV_FREQ_RTOL = 1e-6
+
+
+def _unsupported(message: str, fix: str, **context) -> KvtcError:
+    return KvtcError("UNSUPPORTED_ARCHITECTURE", message, fix, context)
+
+
+def _require():
+    """torch and transformers, or a KvtcError naming the install command."""
+    try:
+        import torch  # noqa: PLC0415 - optional extra, imported lazily
+        import transformers  # noqa: PLC0415
+    except ImportError as e:
+        raise KvtcError(
+            "DEVICE_UNAVAILABLE",
+            f"kvtc capture runs a transformers model, but {e.name or 'torch/transformers'} is not installed",
+            f"Install the capture extra: {INSTALL}.",
+            {"missing": e.name},
+        ) from None
+    return torch, transformers
+
+
+# ---------------------------------------------------------------------------------------------
+# Model facts (the manifest's `model` section), from a config or a loaded model, without weights
+
+
+def _text_config(cfg):
+    get = getattr(cfg, "get_text_config", None)
+    return get(decoder=True) if callable(get) else cfg
+
+
+def _layer_count(cfg) -> int:
+    n = getattr(cfg, "num_hidden_layers", None)
+    if not isinstance(n, int) or n <= 0:
+        raise _unsupported(
+            f"the config of model type {getattr(cfg, 'model_type', '?')} has no num_hidden_layers",
+            "kvtc capture needs a decoder-only causal LM config.",
+        )
+    return n
+
+
+def _layer_kinds(cfg, n: int) -> List[str]:
+    """Each layer's kind as the config names it: layer_types, else layers_block_type, else full/sliding."""
+    for key in ("layer_types", "layers_block_type"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(x, str) for x in v):
+            return list(v)
+    sliding = getattr(cfg, "sliding_window", None) is not None and getattr(cfg, "use_sliding_window", True) is not False
+    return ["sliding_attention" if sliding else "full_attention"] * n
+
+
+def _cache_types(cfg, kinds: List[str]) -> List[str]:
+    """transformers' own per-layer cache types (what DynamicCache(config=...) builds)."""
+    try:
+        from transformers.cache_utils import get_layer_types_and_kwargs  # noqa: PLC0415
+
+        types, _ = get_layer_types_and_kwargs(cfg)
+        return list(types)
+    except ImportError:  # older transformers: the config's kinds
+        return list(kinds)
+
+
+def _base_class(cfg):
+    """The causal LM class transformers maps this config to (for its modeling module)."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    try:
+        return AutoModelForCausalLM._model_mapping[type(cfg)]
+    except (KeyError, AttributeError):
+        raise _unsupported(
+            f"transformers has no causal LM for model type {getattr(cfg, 'model_type', '?')} (config class {type(cfg).__name__})",
+            "kvtc capture runs AutoModelForCausalLM models; use a decoder-only LM.",
+            model_type=getattr(cfg, "model_type", None),
+        ) from None
+
+
+def _rotary_class(module):
+    """The text RotaryEmbedding class a modeling module defines (vision/audio ones left out)."""
+    import torch  # noqa: PLC0415
+
+    found = [
+        v
+        for k, v in vars(module).items()
+        if isinstance(v, type)
+        and issubclass(v, torch.nn.Module)
+        and k.endswith("RotaryEmbedding")
+        and v.__module__ == module.__name__
+        and not any(w in k for w in ("Vision", "Audio", "DiT", "Talker", "Encoder"))
+    ]
+    if len(found) > 1:
+        text = [v for v in found if "Text" in v.__name__]
+        found = text if len(text) == 1 else found
+    return found[0] if len(found) == 1 else None
+
+
+def _layout(family: str, module) -> str:
+    """Which pairs the model's apply_rotary_pos_emb rotates in the tensor it caches."""
+    if family in _MLA_LAYOUT:
+        return _MLA_LAYOUT[family]
+    # Read the module's source text: apply_rotary_pos_emb may be wrapped (use_kernel_forward_from_hub)
+    try:
+        src = inspect.getsource(module)
+    except (OSError, TypeError):
+        src = ""
+
+    def function(name: str) -> str:
+        m = re.search(rf"^def {name}\(.*?(?=^(?:def |class |@)|\Z)", src, re.S | re.M)
+        body = m.group(0) if m else ""
+        body = re.sub(r'""".*?"""', "", body, flags=re.S)  # docstrings mention other layouts
+        return re.sub(r"\s+", "", re.sub(r"#[^\n]*", "", body))
+
+    # Hugging Face rotate_half: cat((-x2, x1)) with x1, x2 the two halves: pairs (i, i + R/2)
+    half = "x1=x[...,:x.shape[-1]//2]x2=x[...,x.shape[-1]//2:]returntorch.cat((-x2,x1),dim=-1)" in function("rotate_half")
+    code = function("apply_rotary_pos_emb")
+    uses = "rotate_half(k" in code and not any(w in code for w in ("interleave", "0::2", "view_as_complex", "rotate_every_two"))
+    if half and uses:
+        return "half"
+    raise _unsupported(
+        f"model type {family}: kvtc capture does not recognise how {module.__name__} applies RoPE "
+        "(it knows Hugging Face's rotate_half and DeepSeek's MLA rotations), so it cannot say which dimensions are paired",
+        "Use a family whose attention uses transformers' rotate_half (Llama, Qwen, Gemma, Phi-3, SmolLM3, …) or DeepSeek-V2/V3.",
+        model_type=family,
+    )
+
+
+def _refuse_rope_type(family: str, where: str, rope_type: str, params: Dict[str, Any]):
+    if rope_type in ("mrope", "3d", "mrope_interleaved") or "mrope_section" in params or params.get("mrope_interleaved"):
+        raise _unsupported(
+            f"model type {family}, {where}: multimodal RoPE (mRoPE: rotations by several position axes) is not supported; "
+            "kvtc undoes RoPE by one position per token",
+            "Capture a text-only model (kvtc records and undoes 1-D RoPE only).",
+            model_type=family,
+            rope_type=rope_type,
+        )
+    if rope_type == "dynamic":
+        raise _unsupported(
+            f"model type {family}, {where}: rope type \"dynamic\" (dynamic NTK) rescales theta by the length of each forward "
+            "pass, so a cached key's rotation depends on a length the cache does not record; kvtc must undo RoPE exactly",
+            "Use the model without dynamic rope scaling (linear, llama3, yarn or longrope are exact), or a checkpoint trained for its context.",
+            model_type=family,
+            rope_type=rope_type,
+        )
+    if rope_type not in ("default", "linear", "llama3", "yarn", "longrope"):
+        raise _unsupported(
+            f"model type {family}, {where}: rope type {rope_type!r} is not supported; kvtc recomputes default, linear, llama3, "
+            "yarn and longrope exactly",
+            "Use a model whose RoPE is one of those.",
+            model_type=family,
+            rope_type=rope_type,
+        )
+
+
+def _num(v) -> float:
+    return float(v.item() if hasattr(v, "item") else v)
+
+
+def _scaling(rope_type: str, p: Dict[str, Any], cfg, rotary_dim: int) -> Optional[Dict[str, Any]]:
+    """The §4.1 scaling dict from the layer's rope parameters, with transformers' defaults."""
+    maxpos = getattr(cfg, "max_position_embeddings", None)
+    if rope_type == "default":
+        return None
+    if rope_type == "linear":
+        return {"type": "linear", "factor": _num(p["factor"])}
+    if rope_type == "llama3":
+        return {
+            "type": "llama3",
+            "factor": _num(p["factor"]),
+            "low_freq_factor": _num(p.get("low_freq_factor", 1.0)),
+            "high_freq_factor": _num(p.get("high_freq_factor", 4.0)),
+            "original_max_position_embeddings": _num(p.get("original_max_position_embeddings", 8192)),
+        }
+    if rope_type == "yarn":
+        orig = p.get("original_max_position_embeddings") or getattr(cfg, "original_max_position_embeddings", None) or maxpos
+        factor = p.get("factor") or (maxpos / orig)
+        return {
+            "type": "yarn",
+            "factor": _num(factor),
+            "original_max_position_embeddings": _num(orig),
+            "beta_fast": _num(p.get("beta_fast") or 32),
+            "beta_slow": _num(p.get("beta_slow") or 1),
+            "truncate": bool(p.get("truncate", True)),
+        }
+    # longrope
+    orig = p.get("original_max_position_embeddings") or getattr(cfg, "original_max_position_embeddings", None) or maxpos
+    return {
+        "type": "longrope",
+        "short_factor": [_num(x) for x in p["short_factor"]],
+        "long_factor": [_num(x) for x in p["long_factor"]],
+        "original_max_position_embeddings": _num(orig),
+    }
+
+
+def _rope_params(cfg, layer_type: Optional[str]) -> Dict[str, Any]:
+    rp = getattr(cfg, "rope_parameters", None)
+    if rp is None:
+        rp = {}
+    if layer_type is not None and isinstance(rp.get(layer_type), dict):
+        return dict(rp[layer_type])
+    return dict(rp)
+
+
+def _check_description(desc: Dict[str, Any], inv: np.ndarray, where: str, family: str) -> None:
+    """The description must reproduce the module's buffer (as kvtc checks a dump), or we write nothing."""
+    r = SimpleNamespace(theta=desc["theta"], rotary_dim=desc["rotary_dim"], scaling=desc.get("scaling"))
+    sc = desc.get("scaling")
+    seq = int(sc["original_max_position_embeddings"]) if sc and sc["type"] == "longrope" else None
+    want = _rope.inv_freq(r, seq)
+    rel = float(np.max(np.abs(want - inv) / np.abs(want))) if len(want) else 0.0
+    if not rel <= INV_FREQ_RTOL:
+        raise _unsupported(
+            f"model type {family}, {where}: the rotary module's inv_freq differs from kvtc's description "
+            f"{json.dumps({k: v for k, v in desc.items() if k != 'inv_freq'})} by {rel:.3g} relative (kvtc allows {INV_FREQ_RTOL})",
+            "The model computes its RoPE frequencies in a way kvtc does not describe; please report the model.",
+            model_type=family,
+            max_rel_diff=rel,
+        )
+
+
+def _rope_entry(cfg, rot, layer_type: Optional[str], layout: str, head_dim: int, family: str, where: str) -> Optional[Dict[str, Any]]:
+    """One layer's RoPE (docs/kv-dumps.md §2): description + the module's own inv_freq."""
+    typed = layer_type is not None and hasattr(rot, f"{layer_type}_inv_freq")
+    if typed:
+        inv_t = getattr(rot, f"{layer_type}_inv_freq")
+        factor = getattr(rot, f"{layer_type}_attention_scaling", 1.0)
+        rope_types = getattr(rot, "rope_type", {})
+        rope_type = rope_types.get(layer_type, "default") if isinstance(rope_types, dict) else str(rope_types)
+        params = _rope_params(cfg, layer_type)
+    else:
+        if isinstance(getattr(rot, "rope_type", None), dict):  # typed module without this layer type: no RoPE there
+            return None
+        inv_t = getattr(rot, "original_inv_freq", None)
+        inv_t = getattr(rot, "inv_freq") if inv_t is None else inv_t
+        factor = getattr(rot, "attention_scaling", 1.0)
+        rope_type = str(getattr(rot, "rope_type", "default"))
+        params = _rope_params(cfg, layer_type)
+    _refuse_rope_type(family, where, rope_type, params)
+    inv = inv_t.detach().to("cpu").double().numpy().reshape(-1)
+    if inv.size == 0 or not np.all(np.isfinite(inv)) or not np.all(inv > 0):
+        raise _unsupported(f"model type {family}, {where}: the rotary module's inv_freq is empty or not positive", "Please report the model.")
+    rotary_dim = 2 * inv.size
+    if rotary_dim > head_dim:
+        raise _unsupported(
+            f"model type {family}, {where}: the rotary module rotates {rotary_dim} dims but heads are {head_dim} wide",
+            "Please report the model.",
+        )
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
+    if theta is None:
+        raise _unsupported(f"model type {family}, {where}: the config names no rope_theta", "Please report the model.")
+    desc: Dict[str, Any] = {"theta": _num(theta), "rotary_dim": rotary_dim, "layout": layout}
+    f = _num(factor)
+    if f != 1.0:
+        desc["attention_factor"] = f
+    sc = _scaling(rope_type, params, cfg, rotary_dim)
+    if sc is not None:
+        desc["scaling"] = sc
+    _check_description(desc, inv, where, family)
+    desc["inv_freq"] = [float(x) for x in inv]
+    return desc
+
+
+def _decoder(model):
+    dec = model
+    get = getattr(model, "get_decoder", None)
+    if callable(get):
+        try:
+            dec = get()
+        except (AttributeError, ValueError, NotImplementedError):
+            dec = getattr(model, "model", model)
+    elif hasattr(model, "model"):
+        dec = model.model
+    return dec
+
+
+def _rotary_per_layer(cfg, n: int, model=None) -> Tuple[List[Any], Any]:
+    """The rotary module each layer uses, and the modeling module (for the layout)."""
+    if model is not None:
+        module = sys.modules[type(model).__module__]
+        dec = _decoder(model)
+        shared = getattr(dec, "rotary_emb", None)
+        layers = getattr(dec, "layers", None)
+        out = []
+        for i in range(n):
+            attn = getattr(layers[i], "self_attn", None) if layers is not None and i < len(layers) else None
+            own = getattr(attn, "rotary_emb", None) if attn is not None else None
+            out.append(own if own is not None else shared)
+        dmod = sys.modules.get(type(dec).__module__)
+        return out, (dmod if dmod is not None and hasattr(dmod, "apply_rotary_pos_emb") else module)
+    cls = _base_class(cfg)
+    module = sys.modules[cls.__module__]
+    rcls = _rotary_class(module)
+    if rcls is None:
+        return [None] * n, module
+    try:
+        rot = rcls(cfg)
+    except TypeError:
+        rot = rcls(config=cfg)
+    return [rot] * n, module
+
+
+def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "float32") -> Dict[str, Any]:
+    """The ``model`` section of a dump manifest (docs/kv-dumps.md §2) for a transformers config or model.
+
+    From a config alone (``transformers.AutoConfig`` object, no weights): the family's rotary module
+    is built from the config on the CPU. From a loaded model: its own rotary module(s). Either way
+    each layer's RoPE is recorded as its §4.1 description plus the module's ``inv_freq``, checked to
+    agree within ``INV_FREQ_RTOL``. ``dtype`` is the dtype of the tensors the dump's files will hold.
+
+    Raises KvtcError (UNSUPPORTED_ARCHITECTURE) for what a dump cannot describe: mRoPE, dynamic NTK,
+    unknown rope types or RoPE code, MLA families other than DeepSeek-V2/V3, unknown cache layer types.
+    """
+    _require()
+    import torch  # noqa: PLC0415
+
+    model = config_or_model if isinstance(config_or_model, torch.nn.Module) else None
+    full_cfg = model.config if model is not None else config_or_model
+    cfg = _text_config(full_cfg)
+    if hasattr(cfg, "standardize_rope_params"):
+        try:
+            cfg.standardize_rope_params()
+        except Exception:  # noqa: BLE001 - configs without RoPE (or odd ones) keep their fields
+            pass
+    family = str(getattr(cfg, "model_type", "") or "")
+    if not _FAMILY_RE.match(family):
+        raise _unsupported(f"model type {family!r} is not a transformers model_type label", "Use a transformers model.")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise KvtcError("USAGE", f"dtype {dtype!r}: dumps hold float32, float16 or bfloat16", "Pass one of those.")
+    n = _layer_count(cfg)
+    kinds = _layer_kinds(cfg, n)
+    ctypes = _cache_types(cfg, kinds)
+    if len(ctypes) != n:
+        raise _unsupported(f"model type {family}: {len(ctypes)} cache layer types for {n} layers", "Please report the model.")
+    unknown = sorted({t for t in ctypes if t not in _KV_TYPES and t not in _STATE_TYPES})
+    if unknown:
+        raise _unsupported(
+            f"model type {family}: cache layer type(s) {', '.join(unknown)} are not supported (kvtc dumps per-token keys "
+            f"and values of {', '.join(_KV_TYPES)} layers)",
+            "Use a model whose attention layers keep plain key/value caches.",
+            model_type=family,
+            layer_types=unknown,
+        )
+    cache_layers = [i for i, t in enumerate(ctypes) if t in _KV_TYPES]
+    if not cache_layers:
+        raise _unsupported(f"model type {family}: no layer keeps a KV cache", "Nothing to capture: use a model with attention layers.")
+    heads = int(getattr(cfg, "num_attention_heads"))
+    mla = getattr(cfg, "kv_lora_rank", None) is not None and getattr(cfg, "qk_rope_head_dim", None) is not None
+    if mla and family not in _MLA_LAYOUT:
+        raise _unsupported(
+            f"model type {family} has multi-head latent attention, which kvtc capture handles for {', '.join(sorted(_MLA_LAYOUT))} only",
+            "Capture a DeepSeek-V2/V3 (or Kimi K2) model, or convert your engine's latent cache into the dump layout (docs/kv-dumps.md §2.1).",
+            model_type=family,
+        )
+    if mla:
+        kv_heads, head_dim, value_dim = 1, int(cfg.qk_rope_head_dim), int(cfg.kv_lora_rank)
+    else:
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or (cfg.hidden_size // heads))
+        value_dim = head_dim
+    maxpos = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(maxpos, int) or maxpos <= 0:
+        raise _unsupported(f"model type {family}: the config has no max_position_embeddings", "Please report the model.")
+    if family.endswith("_vl") or "mrope" in json.dumps(getattr(cfg, "rope_parameters", None) or {}, default=str):
+        raise _unsupported(
+            f"model type {family} uses multimodal RoPE (mRoPE), which kvtc cannot undo by one position per token",
+            "Capture a text-only model.",
+            model_type=family,
+        )
+    rots, module = _rotary_per_layer(cfg, n, model)
+    no_rope = getattr(cfg, "no_rope_layers", None)
+    layout = None
+    rope: List[Optional[Dict[str, Any]]] = []
+    for i in range(n):
+        if i not in cache_layers or rots[i] is None or (isinstance(no_rope, (list, tuple)) and len(no_rope) == n and not no_rope[i]):
+            rope.append(None)
+            continue
+        if model is not None:  # the attention module's own switch (SmolLM3's use_rope) has the last word
+            attn = getattr(_decoder(model).layers[i], "self_attn", None)
+            if getattr(attn, "use_rope", True) is False:
+                rope.append(None)
+                continue
+        layout = layout or _layout(family, module)
+        rope.append(_rope_entry(cfg, rots[i], kinds[i] if kinds[i] in _KV_TYPES else None, layout, head_dim, family, f"layer {i} ({kinds[i]})"))
+    archs = getattr(full_cfg, "architectures", None)
+    arch = archs[0] if isinstance(archs, (list, tuple)) and archs else (type(model).__name__ if model is not None else _base_class(cfg).__name__)
+    facts: Dict[str, Any] = {
+        "name": name or str(getattr(full_cfg, "_name_or_path", "") or family),
+        "family": family,
+        "architecture": str(arch),
+        "layers": n,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+    }
+    if mla or value_dim != head_dim:
+        facts["value_head_dim"] = value_dim
+    facts.update(
+        {
+            "dtype": dtype,
+            "max_positions": maxpos,
+            "cache": "mla-latent" if mla else "gqa",
+            "layer_kinds": kinds,
+            "cache_layers": cache_layers,
+            "rope": rope,
+        }
+    )
+    return facts
