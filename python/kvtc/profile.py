@@ -368,6 +368,12 @@ def expected_profile_id(manifest: Dict[str, Any]) -> str:
     return hashlib.sha256(profile_id_text(manifest).encode("utf-8")).hexdigest()[:16]
 
 
+def kv_dump_fingerprint_id(spec_sha256: str) -> str:
+    """The model fingerprint id of a profile calibrated from a KV dump (fingerprint.source "kv-dump"):
+    the first 16 hex digits of sha256("kv-dump:" + spec_sha256 + "\n")."""
+    return hashlib.sha256(f"kv-dump:{spec_sha256}\n".encode("utf-8")).hexdigest()[:16]
+
+
 def blob_profile_id(profile_id: str) -> bytes:
     """The blob header's profile id: the first 8 bytes of the hex-decoded profile_id (§6)."""
     return bytes.fromhex(profile_id)[:8]
@@ -705,7 +711,12 @@ def _checked_v3(m: Dict[str, Any], model: Dict[str, Any], L: int, H: int, D: int
     with model.cache_layers (strictly increasing, one per profile layer, each < model_layers) and the
     top-level shard (ranks < sizes, one model KV head index per profile head, distinct)."""
     version = m.get("format_version")
-    present = [f"model.{k}" for k in V3_MODEL_FIELDS if k in model] + (["shard"] if "shard" in m else [])
+    fp = model.get("fingerprint")
+    present = (
+        [f"model.{k}" for k in V3_MODEL_FIELDS if k in model]
+        + (["shard"] if "shard" in m else [])
+        + (["model.fingerprint.source"] if isinstance(fp, dict) and "source" in fp else [])
+    )
     if version != 3:
         if present:
             raise _invalid(
@@ -714,6 +725,12 @@ def _checked_v3(m: Dict[str, Any], model: Dict[str, Any], L: int, H: int, D: int
                 "Set format_version to 3 (kvtc writes 3 whenever it records this field), or re-create the profile with `kvtc calibrate`.",
             )
         return {}
+    if not present:
+        raise _invalid(
+            where,
+            "format_version is 3, but the manifest has none of format 3's fields (model.value_head_dim, model.cache, model.model_layers, "
+            "model.cache_layers, shard, model.fingerprint.source); kvtc writes such a profile as format 2",
+        )
     out: Dict[str, Any] = {}
     if "value_head_dim" in model:
         out["value_head_dim"] = _int(model["value_head_dim"], "model.value_head_dim", where, 1, U16_MAX)
@@ -779,8 +796,10 @@ def _figure(v: Any, what: str, where: str, lo: float, hi: float, lo_open: bool =
     return float(v)
 
 
-def _checked_v3_labels(model: Dict[str, Any], where: str) -> None:
-    """Format 3's model.family (any transformers model_type) and fingerprint (kv-dump: no ONNX graph)."""
+def _checked_labels(model: Dict[str, Any], version: Any, where: str) -> None:
+    """model.family (a transformers model_type label; format 1–2 name one of kvtc's families, which
+    kvtc checks: this package, which loads no model, only checks the label) and model.fingerprint
+    (its hex digests; format 3's kv-dump source: no ONNX graph, id derived from spec_sha256)."""
     fam = model.get("family")
     if not isinstance(fam, str) or not FAMILY_RE.fullmatch(fam):
         raise _invalid(where, f"model.family is {json.dumps(fam)}; expected a model type label of 1–64 characters a–z, 0–9 or '_'")
@@ -791,6 +810,18 @@ def _checked_v3_labels(model: Dict[str, Any], where: str) -> None:
             raise _invalid(where, f"model.fingerprint.{k} is {json.dumps(v)}; expected {n} lowercase hex digits")
     if "source" in fp and fp["source"] != "kv-dump":
         raise _invalid(where, f'model.fingerprint.source is {json.dumps(fp["source"])}; expected "kv-dump" (or absent)')
+    if fp.get("source") == "kv-dump":
+        if "onnx_sha256" in fp:
+            raise _invalid(
+                where,
+                "model.fingerprint.onnx_sha256 is present, but fingerprint.source is kv-dump: a profile calibrated from a KV dump has no ONNX graph",
+            )
+        want = kv_dump_fingerprint_id(fp["spec_sha256"])
+        if fp["id"] != want:
+            raise _invalid(
+                where,
+                f'model.fingerprint.id {fp["id"]} is not the id of a kv-dump fingerprint with this spec_sha256 (expected {want}: sha256("kv-dump:" + spec_sha256 + "\\n"))',
+            )
     if "onnx_sha256" not in fp and fp.get("source") != "kv-dump":
         raise _invalid(
             where,
@@ -812,8 +843,7 @@ def _checked_informational(m: Dict[str, Any], c: Dict[str, Any], where: str) -> 
         _label(model.get("onnx_file"), "model.onnx_file", where, 4096)
     heads = _int(model.get("heads"), "model.heads", where, 1, U16_MAX)
     kvh = c["model"]["kv_heads"]
-    if m.get("format_version") == 3:
-        _checked_v3_labels(model, where)
+    _checked_labels(model, m.get("format_version"), where)
     # a shard's kv_heads is its rank's share, which need not divide the model's query heads
     if heads % kvh and "shard" not in c:
         raise _invalid(
