@@ -15,6 +15,7 @@ import { computeProfileId } from './id.js';
 import { PROFILE_LIMITS } from './limits.js';
 import { checkOrthonormal } from './orthonormality.js';
 import { checkManifestRope } from './rope.js';
+import { checkManifestFormat, manifestValueDim } from './format3.js';
 import { TENSOR_ROLES, type Manifest, type PlanEntry, type TensorRole } from './schema.js';
 
 /** One check's outcome, as `kvtc validate` lists it. */
@@ -93,8 +94,14 @@ export function checkLimits(m: Manifest, fail: Fail): string {
   return `model ${m.model.layers} layers × ${m.model.kv_heads} KV heads × ${m.model.head_dim} head dim, sink ${m.settings.sink}, window ${m.settings.window}: within the blob header's limits`;
 }
 
+/** Fields whose meaning depends on format_version, and format 3's fields against each other (format3.ts). */
+export function checkFormat(m: Manifest, fail: Fail): string {
+  return checkManifestFormat(m, fail);
+}
+
 export function checkPlans(m: Manifest, fail: Fail): string {
-  const { layers, kv_heads: kvh, head_dim: hd } = m.model;
+  const { layers, kv_heads: kvh, head_dim: kd } = m.model;
+  const vd = manifestValueDim(m.model);
   const covered = new Set<string>();
   const names = new Map<string, string>();
   let listed = 0;
@@ -112,8 +119,11 @@ export function checkPlans(m: Manifest, fail: Fail): string {
       if (covered.has(key)) fail(`${at}.layers[${li}]: ${pe.kind} layer ${l} is already covered by another plan`);
       covered.add(key);
     }
+    // Key plans hold key features (head_dim per head), value plans value features (value_head_dim).
+    const hd = pe.kind === 'key' ? kd : vd;
+    const dimName = pe.kind === 'key' || m.model.value_head_dim === undefined ? 'head dim' : 'value head dim';
     const want = pe.layers.length * kvh * hd;
-    if (pe.dim !== want) fail(`${at}.dim is ${pe.dim}, but ${pe.layers.length} layers × ${kvh} KV heads × ${hd} head dim = ${want}`);
+    if (pe.dim !== want) fail(`${at}.dim is ${pe.dim}, but ${pe.layers.length} layers × ${kvh} KV heads × ${hd} ${dimName} = ${want}`);
     if (pe.rank > pe.dim) fail(`${at}.rank ${pe.rank} exceeds its dim ${pe.dim} (a basis has at most p orthonormal columns)`);
     for (const role of TENSOR_ROLES) {
       const name = pe.tensors[role];

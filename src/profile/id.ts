@@ -10,7 +10,11 @@ import { TENSOR_ROLES, type Manifest, type PlanEntry } from './schema.js';
 
 /** The manifest fields the profile id covers (everything decoding uses, plus the tensor file hash). */
 export interface ProfileIdFields {
-  model: Pick<Manifest['model'], 'layers' | 'kv_heads' | 'head_dim' | 'kv_dtype' | 'rope'>;
+  model: Pick<
+    Manifest['model'],
+    'layers' | 'kv_heads' | 'head_dim' | 'kv_dtype' | 'rope' | 'value_head_dim' | 'cache' | 'model_layers' | 'cache_layers'
+  >;
+  shard?: Manifest['shard'];
   settings: Pick<Manifest['settings'], 'sink' | 'window' | 'entropy'>;
   plans: PlanEntry[];
   tensors: Pick<Manifest['tensors'], 'sha256'>;
@@ -31,6 +35,13 @@ export function profileIdText(m: ProfileIdFields): string {
   const L: string[] = ['kvtc-profile-id 1', `tensors.sha256 ${m.tensors.sha256}`];
   const md = m.model;
   L.push(`model.layers ${md.layers}`, `model.kv_heads ${md.kv_heads}`, `model.head_dim ${md.head_dim}`, `model.kv_dtype ${md.kv_dtype}`);
+  // Format 3's fields, each only when present: a format-2 profile's text (and id) is unchanged.
+  if (md.value_head_dim !== undefined) L.push(`model.value_head_dim ${md.value_head_dim}`);
+  if (md.cache !== undefined) L.push(`model.cache ${md.cache}`);
+  if (md.model_layers !== undefined) L.push(`model.model_layers ${md.model_layers}`);
+  if (md.cache_layers !== undefined) L.push(`model.cache_layers ${md.cache_layers.join(',')}`);
+  const sh = m.shard;
+  if (sh !== undefined) L.push(`shard ${sh.tp_rank} ${sh.tp_size} ${sh.pp_rank} ${sh.pp_size}`, `shard.kv_heads ${sh.kv_heads.join(',')}`);
   L.push(...ropeIdLines(m, f64Hex));
   L.push(`settings.sink ${m.settings.sink}`, `settings.window ${m.settings.window}`, `settings.entropy ${m.settings.entropy}`);
   L.push(`plans ${m.plans.length}`);

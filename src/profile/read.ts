@@ -23,6 +23,7 @@ import {
   checkBits,
   checkBudget,
   checkFigures,
+  checkFormat,
   checkGroups,
   checkLimits,
   checkPlans,
@@ -36,7 +37,15 @@ import {
 } from './checks.js';
 import { profileInvalid as invalid, RECALIBRATE } from './errors.js';
 import { PROFILE_LIMITS } from './limits.js';
-import { MANIFEST_FILE, ManifestSchema, PROFILE_FORMAT, PROFILE_FORMAT_VERSION, PROFILE_FORMAT_VERSIONS, type Manifest } from './schema.js';
+import {
+  MANIFEST_FILE,
+  ManifestSchema,
+  PROFILE_FORMAT,
+  PROFILE_FORMAT_VERSION,
+  PROFILE_FORMAT_VERSION_3,
+  PROFILE_FORMAT_VERSIONS,
+  type Manifest,
+} from './schema.js';
 import { decodeUtf8Strict, findDuplicateKey } from './strict-json.js';
 
 export interface Profile {
@@ -105,10 +114,10 @@ export async function readManifest(pathArg: string): Promise<{ dir: string; mani
     throw invalid(dir, `${MANIFEST_FILE} is not a kvtc profile (format is ${JSON.stringify(r?.format)}, expected "${PROFILE_FORMAT}")`);
   if (!(PROFILE_FORMAT_VERSIONS as readonly unknown[]).includes(r.format_version)) {
     const v = r.format_version;
-    const newer = typeof v === 'number' && v > PROFILE_FORMAT_VERSION;
+    const newer = typeof v === 'number' && v > PROFILE_FORMAT_VERSION_3;
     throw new KvtcError(
       'PROFILE_VERSION',
-      `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads versions ${PROFILE_FORMAT_VERSIONS.join(' and ')}`,
+      `profile ${dir} has format version ${JSON.stringify(v)}; this kvtc reads versions ${PROFILE_FORMAT_VERSIONS.join(', ')}`,
       {
         fix: newer
           ? `It was written by kvtc ${String(r.producer?.version ?? 'newer')}: upgrade kvtc to that version or later to read it.`
@@ -155,7 +164,8 @@ export async function checkProfile(pathArg: string, opts: CheckOptions = {}): Pr
   const c = new Checker(dir, collect);
   c.checks.push({ name: 'schema', ok: true, detail: `manifest is a valid format-${manifest.format_version} kvtc profile` });
   const limitsOk = c.run('limits', (fail) => checkLimits(manifest, fail));
-  const plansOk = c.run('plans', (fail) => checkPlans(manifest, fail));
+  const formatOk = c.run('format', (fail) => checkFormat(manifest, fail));
+  const plansOk = c.run('plans', (fail) => checkPlans(manifest, fail)) && formatOk;
   c.run('groups', (fail) => checkGroups(manifest, fail));
   c.run('bits per token', (fail) => checkBits(manifest, fail));
   c.run('bit budget', (fail) => checkBudget(manifest, fail));
@@ -169,7 +179,7 @@ export async function checkProfile(pathArg: string, opts: CheckOptions = {}): Pr
       tensors = r.tensors;
       return r.detail;
     });
-  } else c.skip('tensor file', "the manifest's plans or limits are inconsistent");
+  } else c.skip('tensor file', "the manifest's plans, limits or format-3 fields are inconsistent");
   const valueChecks = ['finite values', 'static ranges', 'orthonormal bases'];
   if (!tensors) {
     for (const name of valueChecks) c.skip(name, 'the tensor file did not pass its checks');

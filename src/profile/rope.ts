@@ -230,8 +230,8 @@ export function checkManifestRope(m: Manifest, fail: (msg: string) => void, maxS
   };
   const v2 = Array.isArray(r);
   if (m.format_version === 1 && v2) bad('model.rope is a list of groups, which is format 2; a format 1 manifest has one RoPE object');
-  if (m.format_version === 2 && !v2)
-    bad('model.rope is one RoPE object (format 1); a format 2 manifest lists the RoPE of each layer as groups');
+  if (m.format_version >= 2 && !v2)
+    bad(`model.rope is one RoPE object (format 1); a format ${m.format_version} manifest lists the RoPE of each layer as groups`);
   /** Checks one description at `at` ("model.rope" or "model.rope[j]"); returns it as kvtc's RopeSpec when valid. */
   const one = (
     at: string,

@@ -1,19 +1,23 @@
 /**
- * The profile manifest (kvtc-profile.json), format version 2 (version 1 still read: its
- * `model.rope` is one RoPE object for every layer, version 2's a list of per-layer groups). This zod schema is the single
+ * The profile manifest (kvtc-profile.json), format version 2, or 3 when the profile uses a field
+ * version 2 lacks (value heads of another width, an MLA latent cache, a subset of the model's
+ * layers, a shard, a KV-dump fingerprint: docs/profile-format.md §11). Version 1 is still read: its
+ * `model.rope` is one RoPE object for every layer, version 2's a list of per-layer groups. This zod schema is the single
  * source of truth: it validates every manifest kvtc reads, and `schema/kvtc-profile.schema.json`
  * is generated from it (test/profile/schema.test.ts keeps the two identical).
  * docs/profile-format.md is the human-readable specification.
  */
 import { z } from 'zod';
 import { ENTROPY_CODERS } from '../codec/blob.js';
-import { FAMILIES } from '../model/types.js';
+import { CACHE_LAYOUTS } from '../model/types.js';
 
 export const PROFILE_FORMAT = 'kvtc-profile';
-/** The version kvtc writes. */
+/** The version kvtc writes for a profile without format-3 fields (write.ts profileFormatVersion). */
 export const PROFILE_FORMAT_VERSION = 2;
+/** The version kvtc writes when a profile has any format-3 field (FORMAT3_FIELDS). */
+export const PROFILE_FORMAT_VERSION_3 = 3;
 /** The versions kvtc reads. */
-export const PROFILE_FORMAT_VERSIONS = [1, 2] as const;
+export const PROFILE_FORMAT_VERSIONS = [1, 2, 3] as const;
 /** The tensor file's layout version (its metadata `format_version`): unchanged by manifest v2. */
 export const TENSORS_FORMAT_VERSION = 1;
 export const MANIFEST_FILE = 'kvtc-profile.json';
@@ -60,6 +64,11 @@ const ratio = z.number().positive().max(FIGURE_LIMITS.maxRatio);
 const grouping = z.string().regex(/^(layer|all|[1-9][0-9]{0,4})$/);
 /** Tensor names: no spaces or line breaks, so the profile id's canonical text (docs/profile-format.md §2.1) is unambiguous. */
 const tensorName = z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/);
+/**
+ * model.family: a transformers model_type. Format 1–2 hold one of kvtc's FAMILIES (checks.ts
+ * checkFormat); format 3 any such label (a profile calibrated from a KV dump of any model).
+ */
+export const FAMILY_LABEL = /^[a-z0-9_]{1,64}$/;
 
 export const QuantGroupSchema = z
   .object({
@@ -77,7 +86,11 @@ export const PlanSchema = z
     index: nonneg,
     kind: z.enum(['key', 'value']),
     layers: z.array(nonneg).min(1).describe('layers whose features are concatenated, in order'),
-    dim: z.number().int().positive().describe('p = len(layers) * kv_heads * head_dim'),
+    dim: z
+      .number()
+      .int()
+      .positive()
+      .describe('p = len(layers) * kv_heads * head_dim (key plans) or len(layers) * kv_heads * value_head_dim (value plans)'),
     rank: nonneg.describe('stored components r; trailing dropped components are not stored'),
     budget_bits: nonneg.describe('bit budget per token the allocation was solved for'),
     bits_per_token: nonneg.describe('bits per token the plan actually uses, scales included'),
@@ -173,7 +186,9 @@ export const ModelRopeSchema = z.union([RopeSchema, z.array(RopeGroupSchema).min
 export const ManifestSchema = z
   .object({
     format: z.literal(PROFILE_FORMAT),
-    format_version: z.union([z.literal(1), z.literal(2)]).describe('2 (written); 1 still read'),
+    format_version: z
+      .union([z.literal(1), z.literal(2), z.literal(3)])
+      .describe('2 (written), 3 (written exactly when a format-3 field is present); 1 still read'),
     producer: z.object({ name: label, version: label }).strict(),
     profile_id: hex(16).describe(
       'first 16 hex digits of the sha256 of the canonical text of the tensor file sha256 and every manifest field decoding uses (docs/profile-format.md §2.1); blobs name the profile by it',
@@ -182,14 +197,23 @@ export const ManifestSchema = z
       .object({
         name: label,
         architecture: label,
-        family: z.enum(FAMILIES),
+        family: z
+          .string()
+          .regex(FAMILY_LABEL)
+          .describe("transformers model_type; format 1-2: one of kvtc's families (llama, qwen2, …), format 3: any [a-z0-9_]{1,64}"),
         fingerprint: z
           .object({
-            id: hex(16).describe('the model fingerprint: architecture fields, ONNX graph and sampled weights (docs/profile-format.md)'),
-            spec_sha256: hex(64).describe(
-              "sha256 of the canonical JSON of the architecture fields kvtc reads — not of config.json's bytes, so re-saving a config keeps it",
+            id: hex(16).describe(
+              'the model fingerprint: architecture fields, ONNX graph and sampled weights (docs/profile-format.md); source kv-dump: first 16 hex of sha256("kv-dump:" + spec_sha256 + "\\n")',
             ),
-            onnx_sha256: hex(64),
+            spec_sha256: hex(64).describe(
+              "sha256 of the canonical JSON of the architecture fields kvtc reads — not of config.json's bytes, so re-saving a config keeps it; source kv-dump: of the dump manifest's model object without name",
+            ),
+            onnx_sha256: hex(64).optional().describe('the ONNX graph; absent exactly when source is kv-dump (format 3)'),
+            source: z
+              .literal('kv-dump')
+              .optional()
+              .describe('format 3: the profile was calibrated from a KV dump (docs/kv-dumps.md), not from an ONNX model; absent: an ONNX model'),
           })
           .strict(),
         onnx_file: z
@@ -203,8 +227,33 @@ export const ManifestSchema = z
         layers: z.number().int().positive(),
         heads: z.number().int().positive().max(0xffff).describe('query heads; a multiple of kv_heads'),
         kv_heads: z.number().int().positive(),
-        head_dim: z.number().int().positive(),
+        head_dim: z.number().int().positive().describe('width of each key head'),
         kv_dtype: z.enum(['float32', 'float16']),
+        value_head_dim: z
+          .number()
+          .int()
+          .positive()
+          .optional()
+          .describe('format 3: width of each value head; absent: head_dim'),
+        cache: z
+          .enum(CACHE_LAYOUTS)
+          .optional()
+          .describe(
+            'format 3: gqa (per-head keys and values) or mla-latent (kv_heads 1, key = the RoPE key k_rot, value = the latent c_kv); absent: gqa',
+          ),
+        model_layers: z
+          .number()
+          .int()
+          .positive()
+          .optional()
+          .describe("format 3, with cache_layers: the model's decoder layers, all of them"),
+        cache_layers: z
+          .array(nonneg)
+          .min(1)
+          .optional()
+          .describe(
+            'format 3, with model_layers: the model layer of each profile layer, strictly increasing, one per profile layer; absent: identity',
+          ),
         rope: ModelRopeSchema.describe(
           'v1: one RoPE object for every layer; v2: [{ layers, theta, rotary_dim, layout, scaling?, attention_factor? } | { layers, none: true }]',
         ),
@@ -219,6 +268,17 @@ export const ManifestSchema = z
           ),
       })
       .strict(),
+    shard: z
+      .object({
+        tp_rank: nonneg,
+        tp_size: count,
+        pp_rank: nonneg,
+        pp_size: count,
+        kv_heads: z.array(nonneg).min(1).describe("the model's KV head index of each profile head, in cache order (length = model.kv_heads)"),
+      })
+      .strict()
+      .optional()
+      .describe("format 3: this profile is one tensor/pipeline-parallel rank's share of the model's cache"),
     settings: z
       .object({
         ratio_target: z.number().min(1).max(64),
@@ -310,6 +370,30 @@ export const ManifestSchema = z
   .strict();
 
 export type Manifest = z.infer<typeof ManifestSchema>;
+
+/** The manifest fields whose presence makes a profile format 3 (docs/profile-format.md §11). */
+export const FORMAT3_FIELDS = [
+  'model.value_head_dim',
+  'model.cache',
+  'model.model_layers',
+  'model.cache_layers',
+  'shard',
+  'model.fingerprint.source',
+] as const;
+
+/** The format-3 fields `m` has (empty: it can be written as format 2). */
+export function format3FieldsOf(m: { model: Partial<Manifest['model']>; shard?: unknown }): string[] {
+  const md = m.model;
+  const has: Record<(typeof FORMAT3_FIELDS)[number], boolean> = {
+    'model.value_head_dim': md.value_head_dim !== undefined,
+    'model.cache': md.cache !== undefined,
+    'model.model_layers': md.model_layers !== undefined,
+    'model.cache_layers': md.cache_layers !== undefined,
+    shard: m.shard !== undefined,
+    'model.fingerprint.source': md.fingerprint?.source !== undefined,
+  };
+  return FORMAT3_FIELDS.filter((f) => has[f]);
+}
 export type PlanEntry = z.infer<typeof PlanSchema>;
 
 /** The JSON Schema committed at schema/kvtc-profile.schema.json. */
@@ -317,7 +401,7 @@ export function manifestJsonSchema(): Record<string, unknown> {
   return {
     ...(z.toJSONSchema(ManifestSchema) as Record<string, unknown>),
     $id: 'https://github.com/kvtc/kvtc/schema/kvtc-profile.schema.json',
-    title: `kvtc profile manifest, format version ${PROFILE_FORMAT_VERSION}`,
+    title: `kvtc profile manifest, format versions ${PROFILE_FORMAT_VERSION} and ${PROFILE_FORMAT_VERSION_3}`,
   };
 }
 

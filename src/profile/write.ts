@@ -14,6 +14,7 @@ import { f32, serializeSafetensors, type TensorEntry } from '../io/safetensors.j
 import { planBitsPerToken, type BasisPlan } from '../codec/types.js';
 import { formatZodIssues } from '../validation.js';
 import { computeProfileId } from './id.js';
+import { checkManifestFormat, profileFormatVersion } from './format3.js';
 import { compareProfiles, type Equivalence } from './equivalence.js';
 import { readProfile, readManifest, type Profile } from './read.js';
 import { MANIFEST_FILE, ManifestSchema, planTensorNames, TENSORS_FILE, TENSORS_FORMAT_VERSION, type Manifest } from './schema.js';
@@ -50,6 +51,8 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
   const digest = sha256(tensors);
   const manifest: Manifest = {
     ...draft,
+    // Format 3 exactly when a format-3 field is present: every other profile keeps format 2's bytes and id.
+    format_version: profileFormatVersion(draft),
     profile_id: '',
     plans: planEntries,
     tensors: { file: TENSORS_FILE, sha256: digest, bytes: tensors.byteLength },
@@ -59,6 +62,9 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
   if (!parsed.success) {
     throw new KvtcError('INTERNAL', `kvtc produced a manifest that fails its own schema:\n${formatZodIssues(parsed.error)}`);
   }
+  const problems: string[] = [];
+  checkManifestFormat(manifest, (msg) => problems.push(msg));
+  if (problems.length) throw new KvtcError('INTERNAL', `kvtc produced a manifest whose format-3 fields are inconsistent: ${problems.join('; ')}`);
   return { manifest, tensors };
 }
 

@@ -392,10 +392,10 @@ const CASES: Case[] = [
   },
   // --- the manifest itself
   {
-    name: 'format_version 3',
-    dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 3), sign: false }),
+    name: 'format_version 4',
+    dir: () => make({ manifest: (m) => ((m as { format_version: number }).format_version = 4), sign: false }),
     check: 'schema',
-    message: /format version 3/,
+    message: /format version 4/,
     code: 'PROFILE_VERSION',
   },
   {
@@ -582,6 +582,7 @@ describe('validate --model compares the profile with the model (RoPE field by fi
     expect(v.checks.map((c) => c.name)).toEqual([
       'schema',
       'limits',
+      'format',
       'plans',
       'groups',
       'bits per token',

@@ -66,12 +66,12 @@ describe('reading profiles', () => {
 
   it('a newer format version names the kvtc version that wrote it and says to upgrade', async () => {
     const d = copyWith((m) => {
-      (m as { format_version: number }).format_version = 3;
+      (m as { format_version: number }).format_version = 4;
       m.producer.version = '0.9.0';
     });
     await expect(readProfile(d)).rejects.toMatchObject({
       code: 'PROFILE_VERSION',
-      message: expect.stringContaining('this kvtc reads versions 1 and 2'),
+      message: expect.stringContaining('this kvtc reads versions 1, 2, 3'),
       fix: expect.stringContaining('kvtc 0.9.0'),
     });
   });
