@@ -1,6 +1,6 @@
 // Tested by test/profile/format3.test.ts.
 /**
- * Profile format 3 (docs/profile-format.md §11): the manifest fields format 2 lacks — value heads
+ * Profile format 3 (docs/profile-format.md §2.4): the manifest fields format 2 lacks — value heads
  * of another width, an MLA latent cache, a subset of the model's layers, one rank's shard, a
  * fingerprint of a KV dump — to and from ModelSpec, and the reader's check of their consistency.
  * kvtc writes format 3 exactly when one of them is present, so every other profile keeps format
@@ -85,7 +85,7 @@ function list(xs: string[]): string {
 
 /**
  * The reader's check of the fields whose meaning depends on the format version and of format 3's
- * fields against each other (docs/profile-format.md §11.3). Each failure names the field.
+ * fields against each other (docs/profile-format.md §2.4). Each failure names the field.
  */
 export function checkManifestFormat(m: Manifest, fail: (msg: string) => void): string {
   const md = m.model;

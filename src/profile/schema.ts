@@ -1,7 +1,7 @@
 /**
  * The profile manifest (kvtc-profile.json), format version 2, or 3 when the profile uses a field
  * version 2 lacks (value heads of another width, an MLA latent cache, a subset of the model's
- * layers, a shard, a KV-dump fingerprint: docs/profile-format.md §11). Version 1 is still read: its
+ * layers, a shard, a KV-dump fingerprint: docs/profile-format.md §2.4). Version 1 is still read: its
  * `model.rope` is one RoPE object for every layer, version 2's a list of per-layer groups. This zod schema is the single
  * source of truth: it validates every manifest kvtc reads, and `schema/kvtc-profile.schema.json`
  * is generated from it (test/profile/schema.test.ts keeps the two identical).
@@ -371,7 +371,7 @@ export const ManifestSchema = z
 
 export type Manifest = z.infer<typeof ManifestSchema>;
 
-/** The manifest fields whose presence makes a profile format 3 (docs/profile-format.md §11). */
+/** The manifest fields whose presence makes a profile format 3 (docs/profile-format.md §2.4). */
 export const FORMAT3_FIELDS = [
   'model.value_head_dim',
   'model.cache',
