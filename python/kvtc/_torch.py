@@ -52,7 +52,9 @@ def resolve(device: Any):
     torch.device of type cpu or cuda; a KvtcError naming the fix otherwise."""
     name = _device_name(device)
     if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
-        raise KvtcError("USAGE", f"device {str(device)!r} is not supported; {_HOW}", 'Pass device="cpu" or device="cuda".', {"device": str(device)})
+        raise KvtcError(
+            "USAGE", f"device {str(device)!r} is not supported; {_HOW}", 'Pass device="cpu" or device="cuda".', {"device": str(device)}
+        )
     try:
         import torch  # noqa: PLC0415 - optional dependency, imported lazily
     except ImportError:
@@ -65,7 +67,9 @@ def resolve(device: Any):
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise KvtcError("USAGE", f"device {str(device)!r} is not a torch device; {_HOW}", 'Pass device="cuda" or "cuda:0".', {"device": str(device)}) from None
+        raise KvtcError(
+            "USAGE", f"device {str(device)!r} is not a torch device; {_HOW}", 'Pass device="cuda" or "cuda:0".', {"device": str(device)}
+        ) from None
     if dev.type == "cpu":
         return torch, dev
     if not torch.cuda.is_available():
