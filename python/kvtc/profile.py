@@ -204,6 +204,11 @@ class Profile:
         """The 8 bytes a blob names this profile by (header offset 8)."""
         return blob_profile_id(self.profile_id)
 
+    @property
+    def fp16_bytes_per_token(self) -> int:
+        """Bytes of one token of the cache in fp16, every layer's keys and values (§9's ratio basis)."""
+        return self.layers * self.kv_heads * (self.head_dim + int(self.value_head_dim)) * 2  # type: ignore[arg-type]
+
     def dims(self, kind: str) -> int:
         """The head width of `kind` ("key": head_dim, "value": value_head_dim)."""
         return self.head_dim if kind == "key" else int(self.value_head_dim)  # type: ignore[arg-type]

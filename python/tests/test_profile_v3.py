@@ -155,6 +155,7 @@ def test_mla_latent_round_trip(mla, dtype):
     assert profile.model_layers == 3 and profile.cache_layers == (0, 1, 2) and profile.shard is None
     assert profile.fingerprint["source"] == "kv-dump" and "onnx_sha256" not in profile.fingerprint
     assert [p.dim for p in profile.plans] == [8, 8, 8, 24, 24, 24]
+    assert profile.fp16_bytes_per_token == 3 * 1 * (8 + 24) * 2
 
 
 def test_mla_static_int8_keys_within_half_a_step(mla):
