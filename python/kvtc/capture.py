@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import re
 import secrets
-import shutil
 import struct
 import sys
 import time
@@ -472,3 +470,447 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
         }
     )
     return facts
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a dump directory (atomically)
+
+_SEQ_RE = re.compile(r"^seq-\d{6,}\.safetensors$")
+_ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def _tensor_bytes(t) -> Tuple[str, List[int], bytes]:
+    """(safetensors dtype, shape, little-endian bytes) of a CPU torch tensor."""
+    import torch  # noqa: PLC0415
+
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, as int16
+        a, dt = t.view(torch.int16).numpy().astype("<i2", copy=False), "BF16"
+    elif t.dtype == torch.float16:
+        a, dt = t.numpy().astype("<f2", copy=False), "F16"
+    elif t.dtype == torch.float32:
+        a, dt = t.numpy().astype("<f4", copy=False), "F32"
+    elif t.dtype == torch.int64:
+        a, dt = t.numpy().astype("<i8", copy=False), "I64"
+    else:
+        raise KvtcError("KV_INVALID", f"tensor of dtype {t.dtype}: dumps hold float32, float16 or bfloat16", "Pass --dtype.")
+    return dt, list(t.shape), a.tobytes()
+
+
+def serialize_sequence(tensors: Dict[str, Any], metadata: Dict[str, str]) -> bytes:
+    """A sequence file (docs/kv-dumps.md §3) as kvtc writes safetensors: names sorted, data
+    contiguous in that order, header padded with spaces to a multiple of 8, ``format: pt``."""
+    header: Dict[str, Any] = {"__metadata__": {"format": "pt", **metadata}}
+    parts = []
+    at = 0
+    for name in sorted(tensors):
+        dt, shape, data = _tensor_bytes(tensors[name])
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [at, at + len(data)]}
+        parts.append(data)
+        at += len(data)
+    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    return b"".join([struct.pack("<Q", len(hb)), hb, *parts])
+
+
+class DumpDir:
+    """A dump written into a temporary sibling directory and renamed into place at the end.
+
+    An existing non-empty ``out`` is refused unless ``force``; even then only a directory holding
+    nothing but a dump (kvtc-dump.json and seq-*.safetensors) is replaced, and only those files are
+    deleted: kvtc never deletes files it did not write.
+    """
+
+    def __init__(self, out: str, force: bool = False):
+        self.out = os.path.abspath(out)
+        parent = os.path.dirname(self.out)
+        if not os.path.isdir(parent):
+            raise KvtcError(
+                "OUTPUT_UNWRITABLE", f"cannot write {out}: directory {parent} does not exist", "Create it or choose another --out.", {"out": out}
+            )
+        self.replace = False
+        if os.path.lexists(self.out):
+            if not os.path.isdir(self.out) or os.path.islink(self.out):
+                raise KvtcError("OUTPUT_EXISTS", f"output {out} exists and is not a directory", "Choose another --out.", {"out": out})
+            entries = sorted(os.listdir(self.out))
+            if entries:
+                if not force:
+                    raise KvtcError(
+                        "OUTPUT_EXISTS",
+                        f"output directory {out} is not empty",
+                        "Pass --force to replace a dump kvtc wrote there, or choose another --out.",
+                        {"out": out},
+                    )
+                foreign = [e for e in entries if e != MANIFEST and not _SEQ_RE.match(e)]
+                if foreign or MANIFEST not in entries:
+                    what = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "") if foreign else f"no {MANIFEST}"
+                    raise KvtcError(
+                        "OUTPUT_EXISTS",
+                        f"output directory {out} is not a kvtc dump ({what}); --force replaces only dumps kvtc wrote",
+                        "Choose another --out (kvtc never deletes files it did not write).",
+                        {"out": out, "foreign": foreign[:20]},
+                    )
+                self.replace = True
+        self.tmp = os.path.join(parent, f".{os.path.basename(self.out)}.kvtc-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        os.mkdir(self.tmp)
+        self.files: List[str] = []
+        self.bytes = 0
+
+    def write(self, name: str, data: bytes) -> None:
+        with open(os.path.join(self.tmp, name), "wb") as f:
+            f.write(data)
+        self.files.append(name)
+        self.bytes += len(data)
+
+    def commit(self) -> None:
+        old = None
+        if os.path.isdir(self.out) and not self.replace:
+            os.rmdir(self.out)  # empty: rename cannot replace a directory
+        elif self.replace:
+            old = f"{self.tmp}-old"
+            os.rename(self.out, old)
+        os.rename(self.tmp, self.out)
+        if old:
+            for e in os.listdir(old):
+                if e == MANIFEST or _SEQ_RE.match(e):
+                    os.unlink(os.path.join(old, e))
+            try:
+                os.rmdir(old)
+            except OSError:
+                pass
+
+    def abort(self) -> None:
+        for name in self.files:
+            try:
+                os.unlink(os.path.join(self.tmp, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.tmp)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Capturing
+
+
+def _forward_kwargs(model, cache) -> Dict[str, Any]:
+    params = inspect.signature(model.forward).parameters
+    kw: Dict[str, Any] = {"use_cache": True}
+    kw["cache" if "cache" in params else "past_key_values"] = cache
+    if "logits_to_keep" in params:  # only the cache is wanted: skip the vocabulary projection of all tokens
+        kw["logits_to_keep"] = 1
+    return kw
+
+
+def capture_sequence(model, input_ids, facts: Dict[str, Any]) -> Dict[int, Tuple[Any, Any]]:
+    """One prefill of ``input_ids`` (1-D) from position 0; returns {model layer: (key, value)} on the
+    CPU, [1, kv_heads, tokens, head_dim|value_head_dim], as docs/kv-dumps.md lays them out."""
+    import torch  # noqa: PLC0415
+    from transformers import DynamicCache  # noqa: PLC0415
+
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1).to(model.device)
+    T = ids.shape[1]
+    got: Dict[int, Tuple[Any, Any]] = {}
+    cache = DynamicCache(config=model.config)
+    update = cache.update
+
+    def recording_update(key_states, value_states, layer_idx, *args, **kwargs):
+        # The states this pass computed for every token, before a sliding-window layer drops any.
+        if layer_idx in got:
+            raise _unsupported(
+                f"layer {layer_idx} updated the cache twice in one pass; kvtc capture expects one update per attention layer",
+                "Please report the model.",
+                layer=layer_idx,
+            )
+        got[layer_idx] = (key_states.detach().to("cpu", copy=True), value_states.detach().to("cpu", copy=True))
+        return update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    cache.update = recording_update
+    with torch.inference_mode():
+        model(input_ids=ids, **_forward_kwargs(model, cache))
+    want = facts["cache_layers"]
+    if sorted(got) != want:
+        raise _unsupported(
+            f"model type {facts['family']}: the layers that cached keys and values ({sorted(got)}) are not the cache layers "
+            f"its config names ({want})",
+            "The family caches in a way kvtc capture does not know; please report the model.",
+            cached=sorted(got),
+            expected=want,
+        )
+    mla = facts["cache"] == "mla-latent"
+    H, D = facts["kv_heads"], facts["head_dim"]
+    Dv = facts.get("value_head_dim", D)
+    out = {}
+    for l in want:
+        k, v = got[l]
+        if mla:  # MLA attention calls update(c_kv, k_rot): the dump's key is k_rot, its value c_kv
+            k, v = v, k
+        for what, t, d in (("key", k, D), ("value", v, Dv)):
+            if tuple(t.shape) != (1, H, T, d):
+                raise _unsupported(
+                    f"model type {facts['family']}, layer {l}: the cached {what} has shape {list(t.shape)}, expected {[1, H, T, d]}",
+                    "The family's cache holds something other than per-head keys and values; please report the model.",
+                    layer=l,
+                )
+            if not bool(torch.isfinite(t).all()):
+                raise KvtcError(
+                    "KV_INVALID",
+                    f"layer {l}: the captured {what} holds non-finite values (NaN or ±inf)",
+                    "Capture in a wider dtype (--dtype float32 or bfloat16): float16 overflows in some models.",
+                    {"layer": l, "kind": what},
+                )
+        out[l] = (k, v)
+    return out
+
+
+def _dtype_name(t) -> str:
+    import torch  # noqa: PLC0415
+
+    names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    if t not in names:
+        raise KvtcError("USAGE", f"the model runs in {t}; dumps hold float32, float16 or bfloat16", "Load it with --dtype float32, float16 or bfloat16.")
+    return names[t]
+
+
+def capture(
+    model,
+    sequences: Iterable[Sequence[int]],
+    out: str,
+    *,
+    name: Optional[str] = None,
+    force: bool = False,
+    total_tokens: Optional[int] = None,
+    progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """Captures each token sequence (one prefill each, from position 0) and writes the dump at ``out``.
+
+    ``progress`` (optional) gets {sequence, tokens, total_tokens, seconds} after each sequence.
+    Returns a summary: out, sequences, tokens, bytes, seconds, tokens_per_second, model facts.
+    """
+    _require()
+    import torch  # noqa: PLC0415
+
+    model.eval()
+    dtype = _dtype_name(next(model.parameters()).dtype)
+    facts = model_facts(model, name=name, dtype=dtype)
+    dump = DumpDir(out, force)
+    t0 = time.perf_counter()
+    entries = []
+    done = 0
+    try:
+        for i, ids in enumerate(sequences):
+            ids = [int(x) for x in ids]
+            T = len(ids)
+            if T < 1:
+                continue
+            if T > facts["max_positions"]:
+                raise KvtcError(
+                    "USAGE",
+                    f"sequence {i} has {T} tokens, more than the model's context ({facts['max_positions']})",
+                    "Use a shorter --seq-len.",
+                )
+            kv = capture_sequence(model, ids, facts)
+            tensors: Dict[str, Any] = {}
+            for l, (k, v) in kv.items():
+                if k.dtype != v.dtype or _dtype_name(k.dtype) != dtype:
+                    raise _unsupported(
+                        f"layer {l}: cached tensors are {k.dtype}/{v.dtype} while the model runs in {dtype}",
+                        "Load the model in one dtype (--dtype).",
+                    )
+                tensors[f"present.{l}.key"] = k
+                tensors[f"present.{l}.value"] = v
+            tensors["positions"] = torch.arange(T, dtype=torch.int64)
+            tensors["input_ids"] = torch.tensor(ids, dtype=torch.int64)
+            file = f"seq-{len(entries):06d}.safetensors"
+            dump.write(file, serialize_sequence(tensors, {"tokens": str(T), "start_position": "0"}))
+            entries.append({"file": file, "tokens": T, "start_position": 0})
+            done += T
+            if progress:
+                progress({"sequence": len(entries), "tokens": done, "total_tokens": total_tokens, "seconds": time.perf_counter() - t0})
+        if not entries:
+            raise KvtcError("NOT_ENOUGH_TOKENS", "no tokens to capture", "Pass --data files with text in them.")
+        manifest = {
+            "format": "kvtc-kv-dump",
+            "format_version": 1,
+            "producer": {"name": PRODUCER_NAME, "version": _version()},
+            "model": facts,
+            "sequences": entries,
+        }
+        dump.write(MANIFEST, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+        dump.commit()
+    except BaseException:
+        dump.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    return {
+        "out": out,
+        "sequences": len(entries),
+        "tokens": done,
+        "bytes": dump.bytes,
+        "seconds": seconds,
+        "tokens_per_second": done / seconds if seconds > 0 else None,
+        "model": {k: facts[k] for k in ("name", "family", "layers", "kv_heads", "head_dim", "dtype", "cache", "cache_layers")}
+        | ({"value_head_dim": facts["value_head_dim"]} if "value_head_dim" in facts else {}),
+    }
+
+
+def _version() -> str:
+    from . import __version__  # noqa: PLC0415
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# Text → token sequences, and loading a model (the CLI's parts)
+
+#: Text is tokenized in pieces of about this many characters (split at a newline), so a huge file
+#: is never tokenized at once and reading stops once enough tokens are in hand.
+_CHUNK_CHARS = 1 << 20
+
+
+def _texts(path: str) -> Iterator[str]:
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise KvtcError("DATA_INVALID", f"cannot read --data {path}: {e.strerror or e}", "Check the path.", {"file": path}) from None
+    with f:
+        jsonl = path.endswith(".jsonl")
+        buf: List[str] = []
+        size = 0
+        try:
+            for n, line in enumerate(f, 1):
+                if jsonl:
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError as e:
+                        raise KvtcError(
+                            "DATA_INVALID", f"{path}:{n}: not a JSON line ({e})", 'Each line of a .jsonl file is {"text": "..."}.', {"file": path}
+                        ) from None
+                    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                        raise KvtcError("DATA_INVALID", f'{path}:{n}: no "text" string', 'Each line of a .jsonl file is {"text": "..."}.', {"file": path})
+                    yield rec["text"]
+                    continue
+                buf.append(line)
+                size += len(line)
+                if size >= _CHUNK_CHARS:
+                    yield "".join(buf)
+                    buf, size = [], 0
+        except UnicodeDecodeError as e:
+            raise KvtcError("DATA_INVALID", f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", "Pass UTF-8 text files.", {"file": path}) from None
+        if buf:
+            yield "".join(buf)
+
+
+def token_sequences(
+    tokenizer, files: Sequence[str], *, seq_len: int, tokens: int, max_sequences: Optional[int] = None
+) -> Iterator[List[int]]:
+    """Sequences of at most ``seq_len`` token ids, ``tokens`` in all: each starts with the
+    tokenizer's BOS (when it adds one) and continues the text of one file; a file's last piece
+    is kept when it holds at least 2 tokens. Files are read lazily, in order."""
+    probe = tokenizer("a").input_ids
+    bos = tokenizer.bos_token_id
+    lead = [bos] if bos is not None and probe and probe[0] == bos else []
+    if seq_len <= len(lead):
+        raise KvtcError("USAGE", f"--seq-len {seq_len} leaves no room for text", "Pass a larger --seq-len.")
+    left, count = tokens, 0
+    for path in files:
+        pending: List[int] = []
+        for text in _texts(path):
+            pending.extend(tokenizer(text, add_special_tokens=False).input_ids)
+            while len(pending) >= seq_len - len(lead):
+                take = min(seq_len - len(lead), left - len(lead))
+                if take < 1:
+                    return
+                seq, pending = lead + pending[:take], pending[take:]
+                yield seq
+                left -= len(seq)
+                count += 1
+                if left <= len(lead) or (max_sequences is not None and count >= max_sequences):
+                    return
+        take = min(len(pending), left - len(lead))
+        if take >= 2:
+            yield lead + pending[:take]
+            left -= len(lead) + take
+            count += 1
+            if left <= len(lead) or (max_sequences is not None and count >= max_sequences):
+                return
+
+
+def _torch_dtype(name: str, on_gpu: bool, config):
+    import torch  # noqa: PLC0415
+
+    if name == "auto":
+        if not on_gpu:
+            return torch.float32  # CPUs: float32 (bfloat16 matmuls are slow or emulated there)
+        d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        d = getattr(torch, d, None) if isinstance(d, str) else d
+        return d if d in (torch.float16, torch.bfloat16, torch.float32) else torch.bfloat16
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_model(model_id: str, *, dtype: str = "auto", device: str = "auto", device_map: Optional[str] = None):
+    """(model, tokenizer, placement) for a transformers model directory or hub id.
+
+    Placement: ``device_map`` "auto" spreads the model over every GPU (needs accelerate); device
+    "auto" does that when accelerate is installed and there is more than one GPU, uses the one GPU
+    when there is one, and the CPU otherwise. The config is checked (model_facts) before any weight
+    is loaded, so an unsupported model is refused without reading gigabytes.
+    """
+    torch, transformers = _require()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        raise KvtcError(
+            "MODEL_NOT_FOUND",
+            f"cannot load the config of model {model_id}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            "Pass a transformers model directory (config.json, weights, tokenizer) or a hub id you can download.",
+            {"model": model_id},
+        ) from None
+    model_facts(config, name=model_id)  # refuses what a dump cannot describe, before the weights load
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        import accelerate  # noqa: F401, PLC0415
+
+        have_accelerate = True
+    except ImportError:
+        have_accelerate = False
+    kw: Dict[str, Any] = {}
+    if device_map is not None or (device == "auto" and gpus > 1 and have_accelerate):
+        if not have_accelerate:
+            raise KvtcError("DEVICE_UNAVAILABLE", "--device-map auto needs accelerate, which is not installed", "pip install accelerate")
+        kw["device_map"] = device_map or "auto"
+        place, on_gpu = f"device_map={kw['device_map']}", gpus > 0
+    else:
+        place = ("cuda" if gpus else "cpu") if device == "auto" else device
+        on_gpu = place.startswith("cuda")
+        if on_gpu and not gpus:
+            raise KvtcError("DEVICE_UNAVAILABLE", f"--device {device}: torch sees no CUDA device", "Use --device cpu, or a machine with a GPU.")
+    kw["dtype"] = _torch_dtype(dtype, on_gpu, config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+    except (OSError, ValueError, TypeError) as e:
+        raise KvtcError(
+            "TOKENIZER_MISSING",
+            f"cannot load the tokenizer of {model_id}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            "The model directory needs its tokenizer files (tokenizer.json / tokenizer_config.json).",
+            {"model": model_id},
+        ) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_id, **kw)
+    except (OSError, ValueError) as e:
+        raise KvtcError(
+            "MODEL_INVALID",
+            f"cannot load model {model_id}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            "Check that the directory holds the model's weights, or pass a hub id.",
+            {"model": model_id},
+        ) from None
+    if "device_map" not in kw:
+        model.to(place)
+    model.eval()
+    return model, tokenizer, place
