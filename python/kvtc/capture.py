@@ -201,7 +201,7 @@ def _refuse_rope_type(family: str, where: str, rope_type: str, params: Dict[str,
         )
     if rope_type == "dynamic":
         raise _unsupported(
-            f"model type {family}, {where}: rope type \"dynamic\" (dynamic NTK) rescales theta by the length of each forward "
+            f'model type {family}, {where}: rope type "dynamic" (dynamic NTK) rescales theta by the length of each forward '
             "pass, so a cached key's rotation depends on a length the cache does not record; kvtc must undo RoPE exactly",
             "Use the model without dynamic rope scaling (linear, llama3, yarn or longrope are exact), or a checkpoint trained for its context.",
             model_type=family,
@@ -303,7 +303,9 @@ def _rope_entry(cfg, rot, layer_type: Optional[str], layout: str, head_dim: int,
     _refuse_rope_type(family, where, rope_type, params)
     inv = inv_t.detach().to("cpu").double().numpy().reshape(-1)
     if inv.size == 0 or not np.all(np.isfinite(inv)) or not np.all(inv > 0):
-        raise _unsupported(f"model type {family}, {where}: the rotary module's inv_freq is empty or not positive", "Please report the model.")
+        raise _unsupported(
+            f"model type {family}, {where}: the rotary module's inv_freq is empty or not positive", "Please report the model."
+        )
     rotary_dim = 2 * inv.size
     if rotary_dim > head_dim:
         raise _unsupported(
@@ -445,9 +447,15 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
                 rope.append(None)
                 continue
         layout = layout or _layout(family, module)
-        rope.append(_rope_entry(cfg, rots[i], kinds[i] if kinds[i] in _KV_TYPES else None, layout, head_dim, family, f"layer {i} ({kinds[i]})"))
+        rope.append(
+            _rope_entry(cfg, rots[i], kinds[i] if kinds[i] in _KV_TYPES else None, layout, head_dim, family, f"layer {i} ({kinds[i]})")
+        )
     archs = getattr(full_cfg, "architectures", None)
-    arch = archs[0] if isinstance(archs, (list, tuple)) and archs else (type(model).__name__ if model is not None else _base_class(cfg).__name__)
+    arch = (
+        archs[0]
+        if isinstance(archs, (list, tuple)) and archs
+        else (type(model).__name__ if model is not None else _base_class(cfg).__name__)
+    )
     facts: Dict[str, Any] = {
         "name": name or str(getattr(full_cfg, "_name_or_path", "") or family),
         "family": family,
@@ -526,7 +534,10 @@ class DumpDir:
         parent = os.path.dirname(self.out)
         if not os.path.isdir(parent):
             raise KvtcError(
-                "OUTPUT_UNWRITABLE", f"cannot write {out}: directory {parent} does not exist", "Create it or choose another --out.", {"out": out}
+                "OUTPUT_UNWRITABLE",
+                f"cannot write {out}: directory {parent} does not exist",
+                "Create it or choose another --out.",
+                {"out": out},
             )
         self.replace = False
         if os.path.lexists(self.out):
@@ -670,7 +681,9 @@ def _dtype_name(t) -> str:
 
     names = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
     if t not in names:
-        raise KvtcError("USAGE", f"the model runs in {t}; dumps hold float32, float16 or bfloat16", "Load it with --dtype float32, float16 or bfloat16.")
+        raise KvtcError(
+            "USAGE", f"the model runs in {t}; dumps hold float32, float16 or bfloat16", "Load it with --dtype float32, float16 or bfloat16."
+        )
     return names[t]
 
 
@@ -788,10 +801,18 @@ def _texts(path: str) -> Iterator[str]:
                         rec = json.loads(line)
                     except ValueError as e:
                         raise KvtcError(
-                            "DATA_INVALID", f"{path}:{n}: not a JSON line ({e})", 'Each line of a .jsonl file is {"text": "..."}.', {"file": path}
+                            "DATA_INVALID",
+                            f"{path}:{n}: not a JSON line ({e})",
+                            'Each line of a .jsonl file is {"text": "..."}.',
+                            {"file": path},
                         ) from None
                     if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                        raise KvtcError("DATA_INVALID", f'{path}:{n}: no "text" string', 'Each line of a .jsonl file is {"text": "..."}.', {"file": path})
+                        raise KvtcError(
+                            "DATA_INVALID",
+                            f'{path}:{n}: no "text" string',
+                            'Each line of a .jsonl file is {"text": "..."}.',
+                            {"file": path},
+                        )
                     yield rec["text"]
                     continue
                 buf.append(line)
@@ -800,7 +821,9 @@ def _texts(path: str) -> Iterator[str]:
                     yield "".join(buf)
                     buf, size = [], 0
         except UnicodeDecodeError as e:
-            raise KvtcError("DATA_INVALID", f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", "Pass UTF-8 text files.", {"file": path}) from None
+            raise KvtcError(
+                "DATA_INVALID", f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", "Pass UTF-8 text files.", {"file": path}
+            ) from None
         if buf:
             yield "".join(buf)
 
@@ -890,7 +913,9 @@ def load_model(model_id: str, *, dtype: str = "auto", device: str = "auto", devi
         place = ("cuda" if gpus else "cpu") if device == "auto" else device
         on_gpu = place.startswith("cuda")
         if on_gpu and not gpus:
-            raise KvtcError("DEVICE_UNAVAILABLE", f"--device {device}: torch sees no CUDA device", "Use --device cpu, or a machine with a GPU.")
+            raise KvtcError(
+                "DEVICE_UNAVAILABLE", f"--device {device}: torch sees no CUDA device", "Use --device cpu, or a machine with a GPU."
+            )
     kw["dtype"] = _torch_dtype(dtype, on_gpu, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
