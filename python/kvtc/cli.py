@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional
 
-from . import __version__
+from . import __version__, sglang
 from ._errors import KvtcError
 from .blob import read_blob_header
 from .codec import decode, encode
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("header", help="print a blob's header")
     h.add_argument("--in", dest="input", required=True, metavar="BLOB")
     h.add_argument("--json", action="store_true", help="print one JSON document")
+
+    sglang.add_subcommand(sub)
     return p
 
 
@@ -171,6 +173,8 @@ def _human(command: str, r: Dict[str, Any]) -> str:
             f"encoded {r['tokens']} tokens ({r['compressed_tokens']} compressed) → {r['out']} ({r['blob_bytes']} B, "
             f"ratio, whole blob: {r['ratio_blob']:.2f}x) in {r['seconds']['total']:.3f} s on {r['device']}"
         )
+    if command == "convert-sglang":
+        return sglang.human(r)
     return "\n".join(f"{k}: {v}" for k, v in r.items())
 
 
@@ -187,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         args = _parser().parse_args(argv)
-        result = {"decode": _decode, "encode": _encode, "header": _header}[args.command](args)
+        result = {"decode": _decode, "encode": _encode, "header": _header, "convert-sglang": sglang.run}[args.command](args)
         out.write((json.dumps(result) if args.json else _human(args.command, result)) + "\n")
         return 0
     except KvtcError as e:
