@@ -3,7 +3,7 @@
 hybrid), built from small configs, nothing downloaded.
 
 - ONNX: the same random Llama / Qwen3 exported with torch.onnx; the KV `kvtc capture` (Node, ONNX
-  Runtime) writes for a prompt equals the cache transformers keeps for it.
+  Runtime) writes for a prompt equals the Python capture's (kvtc.capture, transformers) of it.
 - Feed-back: a cache put back into the transformers model gives the next tokens' logits of the
   uncompressed run, and a wrong cache does not (so the closeness checked below has teeth).
 
@@ -27,7 +27,7 @@ REPO = PYTHON_DIR.parent
 KVTC_JS = REPO / "bin" / "kvtc.js"
 INSTALL = "python3 -m pip install torch transformers onnx"
 
-#: `kvtc capture` (ORT, float32) against transformers (torch, float32) on the same ids: per layer
+#: `kvtc capture` (ORT, float32) against the Python capture (torch, float32) of the same ids: per layer
 #: and kind, max |Δ| / max |x|. Measured ≤ 6e-7 (Llama, Qwen3; 300 tokens in 3 chunks); float32
 #: reassociation between the two runtimes is the whole difference.
 ONNX_REL_TOL = 1e-5
@@ -84,8 +84,11 @@ def test_kvtc_capture_of_the_onnx_export_equals_transformers(tm, tmp_path, famil
     out = tmp_path / "kv.safetensors"
     node_kvtc("capture", "--model", str(d), "--text", "prompt.txt", "--out", str(out), "--chunk", "128", "--json", cwd=tmp_path)
     cap = kvtc.read_kv_safetensors(out)
-    cache, _ = tm.prefill(model, ids)
-    ref = tm.cache_kv(model, cache)
+    # The Python capture (python/kvtc/capture.py) of the same model on the same ids.
+    from kvtc import capture
+
+    capture.capture(model, [ids], str(tmp_path / "dump"), name=family)
+    ref = read_dump_sequence(tmp_path / "dump" / "seq-000000.safetensors", range(model.config.num_hidden_layers))
     assert cap.start_position == 0 and len(cap.layers) == len(ref) == model.config.num_hidden_layers
     for l, ((k, v), (rk, rv)) in enumerate(zip(cap.layers, ref)):
         for kind, a, b in (("key", k, rk), ("value", v, rv)):
@@ -115,3 +118,64 @@ def test_a_cache_fed_back_reproduces_the_run_and_a_wrong_one_does_not(tm, family
     assert np.max(np.abs(same - full)) <= SELF_LOGIT_ATOL
     wrong = tm.feed_back(model, cache, tm.cache_kv(model, tm.prefill(model, other)[0]), nxt)
     assert tm.logit_gap(wrong, full)[1] >= WRONG_CACHE_MIN_KL
+
+
+# ------------------------------------------------------------------------------------------------
+# The chain: Python capture → kvtc calibrate --kv → encode → decode → fed back into the model
+
+#: Calibration: 5 sequences of 128 tokens (the fit, tuning and report sets need 256 + 128 + 128),
+#: and one held-out prompt of 160 tokens that is encoded, decoded and fed back.
+CAL_SEQUENCES, CAL_LEN, PROMPT_LEN, NEXT = 5, 128, 160, 4
+#: --sink 4 --window 16: 140 of the prompt's 160 tokens go through the codec.
+SINK, WINDOW = 4, 16
+RATIO = "4"
+
+
+def read_dump_sequence(path: pathlib.Path, cache_layers) -> list:
+    """[(key, value)] [kv_heads, tokens, dim] float32 of one dump sequence file, per cache layer."""
+    from kvtc import _safetensors
+
+    buf = path.read_bytes()
+    infos, _ = _safetensors.parse(buf)
+    return [tuple(_safetensors.array(buf, infos[f"present.{l}.{k}"])[0].astype(np.float32) for k in ("key", "value")) for l in cache_layers]
+
+
+def calibrate_kv(dump: pathlib.Path, out: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+    return node_kvtc(
+        "calibrate", "--kv", str(dump), "--out", str(out), "--ratio", RATIO,
+        "--tokens", "256", "--tuning-tokens", "128", "--report-tokens", "128",
+        "--sink", str(SINK), "--window", str(WINDOW), "--json", "--quiet", *extra,
+        cwd=out.parent,
+    )  # fmt: skip
+
+
+class Chain:
+    """One family's model, its calibration dump, and its held-out prompt captured the same way."""
+
+    def __init__(self, tm, family: str, tmp: pathlib.Path):
+        from kvtc import capture
+
+        self.tm, self.family, self.tmp = tm, family, tmp
+        self.model = tm.build(family)
+        self.layers = tm.cache_layers(self.model)
+        self.dump = tmp / "dump"
+        capture.capture(self.model, [prompt(CAL_LEN, seed=10 + s) for s in range(CAL_SEQUENCES)], str(self.dump), name=family)
+        self.ids, self.next = prompt(PROMPT_LEN, seed=1), prompt(NEXT, seed=4)
+        capture.capture(self.model, [self.ids], str(tmp / "prompt"), name=family)
+        self.kv = read_dump_sequence(tmp / "prompt" / "seq-000000.safetensors", self.layers)
+        self.cache, _ = tm.prefill(self.model, self.ids)
+        self.reference = tm.feed_back(self.model, self.cache, self.kv, self.next)
+
+    def gap(self, decoded) -> tuple:
+        return self.tm.logit_gap(self.tm.feed_back(self.model, self.cache, decoded, self.next), self.reference)
+
+
+def rel_err(decoded, original) -> np.ndarray:
+    """‖x̂ − x‖ / ‖x‖ over the compressed tokens, per layer and kind: [layers, 2]."""
+    s, e = SINK, PROMPT_LEN - WINDOW
+    return np.array(
+        [
+            [float(np.linalg.norm((np.float64(d) - o)[:, s:e]) / np.linalg.norm(np.float64(o)[:, s:e])) for d, o in zip(dl, ol)]
+            for dl, ol in zip(decoded, original)
+        ]
+    )
