@@ -166,17 +166,16 @@ def _layer_index(torch, layers: List[int], dev):
 
 
 def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any, Any]]:
-    from .codec import coefficients, payload_codes, raw_values
+    from .codec import coefficients, payload_codes, raw_kv
 
     h, s, w, n = parts.header, parts.sink, parts.window, parts.n
-    L, H, D, T = profile.layers, profile.kv_heads, profile.head_dim, h.tokens
-    rawv = torch.from_numpy(raw_values(parts, L, H, D, source)).to(dev)  # [L, 2, H, s + w, D]
+    L, H, D, Dv, T = profile.layers, profile.kv_heads, profile.head_dim, profile.dims("value"), h.tokens
     K = torch.empty((L, H, T, D), dtype=torch.float32, device=dev)
-    V = torch.empty((L, H, T, D), dtype=torch.float32, device=dev)
-    for which, dst in ((0, K), (1, V)):
-        dst[:, :, :s, :] = rawv[:, which, :, :s, :]
-        dst[:, :, T - w :, :] = rawv[:, which, :, s:, :]
-    del rawv
+    V = torch.empty((L, H, T, Dv), dtype=torch.float32, device=dev)
+    for raw, dst in zip(raw_kv(parts, L, H, D, Dv, source), (K, V)):  # [L, H, s + w, D or Dv] each
+        raw = torch.from_numpy(raw).to(dev)
+        dst[:, :, :s, :] = raw[:, :, :s, :]
+        dst[:, :, T - w :, :] = raw[:, :, s:, :]
     if n > 0:
         rg = _RopeGroups(torch, profile, h.start_position + s, n, h.start_position + T, dev)
         with torch.no_grad():
@@ -188,7 +187,7 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
                     X = torch.addmm(pt["mean"], C, pt["basis"].T)  # [n, p]: ĉ·Vᵀ + μ
                 else:
                     X = pt["mean"].expand(n, plan.dim)
-                blk = X.reshape(n, nl, H, D).permute(1, 2, 0, 3)  # [nl, H, n, D]
+                blk = X.reshape(n, nl, H, profile.dims(plan.kind)).permute(1, 2, 0, 3)  # [nl, H, n, D or Dv]
                 if plan.kind == "key":
                     blk = _rope_plan(torch, rg, blk.contiguous(), plan.layers, undo=False)
                 if h.float16:  # restored as float16: saturate at ±65504, never ∞ (as the NumPy path)
@@ -211,7 +210,7 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
             raise KvtcError(
                 "KV_INVALID",
                 f"{what} is a {type(x).__name__}; expected a torch tensor or a NumPy array",
-                "Pass per layer (K, V) tensors of shape [kv_heads, tokens, head_dim].",
+                "Pass per layer (K, V) tensors: K [kv_heads, tokens, head_dim], V [kv_heads, tokens, value_head_dim].",
             )
         x = x.detach()
         if x.dtype == torch.bfloat16:
@@ -243,7 +242,7 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
     raw, raw_f32 = raw_section(host_rows, s + w, 0)
     sections = [(KIND_RAW, CODEC_STORED, 0, raw, len(raw))]
     if n > 0:
-        H, D = profile.kv_heads, profile.head_dim
+        H = profile.kv_heads
         rg = _RopeGroups(torch, profile, start + s, n, start + T, dev)
         with torch.no_grad():
             for plan in profile.plans:
@@ -251,6 +250,7 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
                     continue
                 pt = _plan_tensors(torch, plan, dev)
                 pr = prepared(plan)
+                D = profile.dims(plan.kind)
                 src = [layers_t[l][0 if plan.kind == "key" else 1] for l in plan.layers]
                 X = torch.stack([a[:, s : T - w, :].to(dev, torch.float32) for a in src])  # [nl, H, n, D]
                 if plan.kind == "key":

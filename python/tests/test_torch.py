@@ -291,6 +291,83 @@ def test_torch_encode_refuses_what_numpy_refuses(tt, profile_v2, cache_f32):
 
 
 # ------------------------------------------------------------------------------------------------
+# Format 3: values of their own width (MLA latent: key = k_rot, value = c_kv), a layer subset and a
+# shard, with profiles from profile_v3_builder (H3's independent builder of the spec)
+
+V3_CASES = {
+    "mla-latent": dict(
+        geo=dict(L=3, H=1, D=8, Dv=24),
+        rope=[{"layers": [0, 1, 2], "theta": 10000.0, "rotary_dim": 8, "layout": "half"}],
+        kw=dict(heads=16, kv_heads=1, head_dim=8, value_head_dim=24, model_extra={"cache": "mla-latent"}),
+    ),
+    "subset-shard": dict(
+        geo=dict(L=3, H=2, D=16, Dv=12),
+        rope=[{"layers": [0, 2], "theta": 500000.0, "rotary_dim": 8, "layout": "interleaved"}, {"layers": [1], "none": True}],
+        kw=dict(
+            heads=8,
+            kv_heads=2,
+            head_dim=16,
+            value_head_dim=12,
+            model_extra={"model_layers": 6, "cache_layers": [1, 3, 4]},
+            shard={"tp_rank": 1, "tp_size": 2, "pp_rank": 0, "pp_size": 1, "kv_heads": [2, 3]},
+            family="qwen3_next",
+            kv_dump=False,
+        ),
+    ),
+}
+V3_GROUPS = {"key": [(1.0, "int8", "static")], "value": [(0.5, "int8", "static"), (1.0, "int4", "dynamic")]}
+
+
+@pytest.fixture(scope="module", params=sorted(V3_CASES))
+def v3(request, tmp_path_factory):
+    """(profile, manifest, the 48-token cache it was calibrated on, from position 0 — a cache of
+    the builder's is in distribution only for the profile fitted on it)."""
+    from profile_v3_builder import build
+    from profile_v3_builder import synthetic_cache as v3_cache
+
+    c = V3_CASES[request.param]
+    g = c["geo"]
+    rng = np.random.default_rng(23)
+    calib = v3_cache(rng, g["L"], g["H"], g["D"], g["Dv"], 48, c["rope"], 0)
+    d = tmp_path_factory.mktemp(request.param) / "p"
+    m = build(d, [calib], rope=c["rope"], groups=V3_GROUPS, **c["kw"])
+    return kvtc.read_profile(d), m, calib
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_format_3_decodes_alike_with_values_of_their_own_width(tt, v3, dtype):
+    p, _, cache = v3
+    assert p.value_head_dim != p.head_dim
+    layers = [(k.astype(dtype), v.astype(dtype)) for k, v in cache]
+    blob = kvtc.encode(p, layers)
+    got = kvtc.decode(p, blob, device="torch:cpu")
+    assert tuple(got[0][0].shape) == (p.kv_heads, 48, p.head_dim) and tuple(got[0][1].shape) == (p.kv_heads, 48, p.value_head_dim)
+    _close(got, kvtc.decode(p, blob), dtype == "float16", f"format 3 {dtype}")
+
+
+def test_format_3_torch_encode_gives_numpys_codes(tt, v3):
+    p, _, cache = v3
+    mine = kvtc.encode(p, [(tt.from_numpy(k), tt.from_numpy(v)) for k, v in cache], device="torch:cpu")
+    ref = kvtc.encode(p, cache)
+    assert kvtc.read_blob_header(mine) == kvtc.read_blob_header(ref)
+    diff, total = _code_mismatch(p, mine, ref)
+    assert total > 0 and diff <= MAX_CODE_MISMATCH * total
+    s, w, _ = p.split(48)
+    for (k, v), (k0, v0) in zip(kvtc.decode(p, mine), cache):  # the round trip keeps most of the cache
+        for x, x0 in ((k, k0), (v, v0)):
+            part, part0 = x[:, s : 48 - w].astype(np.float64), x0[:, s : 48 - w].astype(np.float64)
+            assert np.linalg.norm(part - part0) / np.linalg.norm(part0) < 0.05
+
+
+def test_format_3_torch_refuses_values_of_the_key_width(tt, v3):
+    p, _, cache = v3
+    bad = [(tt.from_numpy(k), tt.from_numpy(k.copy())) for k, _ in cache]
+    with pytest.raises(kvtc.KvtcError) as e:
+        kvtc.encode(p, bad, device="torch:cpu")
+    assert e.value.code == "PROFILE_MISMATCH" and "value_head_dim" in e.value.message
+
+
+# ------------------------------------------------------------------------------------------------
 # Devices and errors
 
 
