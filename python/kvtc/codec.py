@@ -7,8 +7,9 @@ encode: per layer (K, V) → blob, written the way kvtc's Node encoder writes it
         Node decoder reads it and, for the deflate-rle / deflate-huffman / stored coders, the
         bytes are normally identical (see python/README.md, "Bit-identical blobs").
 
-The CPU path is NumPy. ``device="cuda"`` (or ``"cuda:N"``) moves the matrix work to PyTorch;
-see kvtc._torch.
+The CPU path is NumPy (``device="cpu"``). ``device="cuda"`` / ``"cuda:N"`` moves the matrix work
+to PyTorch on a GPU, ``"torch:cpu"`` (or ``torch.device("cpu")``) runs that same torch code on the
+CPU; see kvtc._torch.
 """
 
 from __future__ import annotations
@@ -570,8 +571,9 @@ def decode(
     value_head_dim] (profile.value_head_dim, = head_dim but in format 3 profiles), float16 when the cache
     was float16 (blob flag bit 0), else float32.
 
-    device: "cpu" (NumPy arrays, reconstruction in float64) or "cuda" / "cuda:N" / a torch.device
-    (torch tensors on that device, reconstruction in float32; see kvtc._torch).
+    device: "cpu" (NumPy arrays, reconstruction in float64), or a torch device — "cuda" / "cuda:N",
+    "torch:cpu", or a torch.device — (torch tensors on that device, reconstruction in float32; see
+    kvtc._torch).
     max_output_bytes: the most the output may take; a blob claiming more is refused before
     anything is allocated (blobs are untrusted input).
     Raises KvtcError: BLOB_INVALID (corrupt, truncated, inconsistent), BLOB_MISMATCH (another
