@@ -6,7 +6,7 @@
     __metadata__: format "pt", producer, tokens, start_position, layers, kv_heads, head_dim,
                   [value_head_dim,] dtype, ...
 
-i counts the cache's layers from 0, or, with layer_ids (e.g. a profile's cache_layers), is the
+BF16 files (KV dumps of bf16 models) are read as float32, exactly. i counts the cache's layers from 0, or, with layer_ids (e.g. a profile's cache_layers), is the
 model's layer index of each, as a KV dump names them (docs/kv-dumps.md §3).
 Reading checks names, shapes, dtypes and that every value is finite.
 """
@@ -98,8 +98,8 @@ def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[
         raise _invalid(source, f"missing {k0} (layer_ids names layer {ids[0]})")
     if len(first.shape) != 4 or first.shape[0] != 1:
         raise _invalid(source, f"{k0} has shape {list(first.shape)}; expected [1, kv_heads, tokens, head_dim]")
-    if first.dtype not in ("F16", "F32"):
-        raise _invalid(source, f"{k0} is {first.dtype}; expected F16 or F32")
+    if first.dtype not in ("F16", "F32", "BF16"):
+        raise _invalid(source, f"{k0} is {first.dtype}; expected F16, F32 or BF16")
     v0 = tensors.get(tensor_name(ids[0], "value"))
     vshape = None
     if v0 is not None:
@@ -123,7 +123,7 @@ def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[
             want = first.shape if kind == "key" else vshape
             if t.shape != want:
                 raise _invalid(source, f"{name} has shape {list(t.shape)}, expected {list(want)}")
-            a = st.array(buf, t)[0].astype(np.float16 if t.dtype == "F16" else np.float32)
+            a = _as_float(st.array(buf, t)[0], t.dtype)
             bad = ~np.isfinite(a)
             if bad.any():
                 h, tok, d = (int(i[0]) for i in np.nonzero(bad))
@@ -139,7 +139,14 @@ def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[
     sp = metadata.get("start_position", "0")
     if not re.fullmatch(r"[0-9]+", sp) or int(sp) > 0xFFFFFFFF:
         raise _invalid(source, f'metadata start_position "{sp}" is not a non-negative integer')
+    # BF16 (a float32 with its low 16 bits dropped) reads exactly as float32, as kvtc reads it
     return KvFile(layers, int(sp), "float16" if first.dtype == "F16" else "float32", metadata)
+
+
+def _as_float(a: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float16 if dtype == "F16" else np.float32)
 
 
 def read_kv_safetensors(path, *, layer_ids: Optional[Sequence[int]] = None) -> KvFile:
