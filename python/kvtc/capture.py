@@ -64,6 +64,7 @@ _STATE_TYPES = ("linear_attention", "conv", "mamba", "dummy", "moe", "mlp")
 #: rotate_half. Either way V3's cached k_rot is "half".
 _MLA_LAYOUT = {"deepseek_v2": "interleaved", "deepseek_v3": "half"}
 _FAMILY_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+_MROPE_FAMILY = re.compile(r"(_vl|_omni|4v)(_|$)")
 #: kvtc refuses a dump whose inv_freq differs from its description by more than this (docs/kv-dumps.md §2).
 INV_FREQ_RTOL = 1e-6
 
@@ -393,6 +394,15 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
         raise _unsupported(f"model type {family!r} is not a transformers model_type label", "Use a transformers model.")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise KvtcError("USAGE", f"dtype {dtype!r}: dumps hold float32, float16 or bfloat16", "Pass one of those.")
+    # Multimodal RoPE (Qwen2-VL style: rotations by temporal/height/width positions): the VL and
+    # omni families, or any rope parameters naming mrope_section / mrope_interleaved.
+    if _MROPE_FAMILY.search(family) or "mrope" in json.dumps(getattr(cfg, "rope_parameters", None) or {}, default=str):
+        raise _unsupported(
+            f"model type {family} uses multimodal RoPE (mRoPE: rotations by several position axes), which kvtc cannot undo "
+            "by one position per token",
+            "Capture a text-only model (kvtc records and undoes 1-D RoPE only).",
+            model_type=family,
+        )
     n = _layer_count(cfg)
     kinds = _layer_kinds(cfg, n)
     ctypes = _cache_types(cfg, kinds)
@@ -427,12 +437,6 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
     maxpos = getattr(cfg, "max_position_embeddings", None)
     if not isinstance(maxpos, int) or maxpos <= 0:
         raise _unsupported(f"model type {family}: the config has no max_position_embeddings", "Please report the model.")
-    if family.endswith("_vl") or "mrope" in json.dumps(getattr(cfg, "rope_parameters", None) or {}, default=str):
-        raise _unsupported(
-            f"model type {family} uses multimodal RoPE (mRoPE), which kvtc cannot undo by one position per token",
-            "Capture a text-only model.",
-            model_type=family,
-        )
     rots, module = _rotary_per_layer(cfg, n, model)
     no_rope = getattr(cfg, "no_rope_layers", None)
     layout = None
@@ -939,3 +943,74 @@ def load_model(model_id: str, *, dtype: str = "auto", device: str = "auto", devi
         model.to(place)
     model.eval()
     return model, tokenizer, place
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m kvtc capture (cli.py registers it)
+
+
+def add_subcommand(sub) -> None:
+    c = sub.add_parser(
+        "capture",
+        help="run a transformers model on text and write a KV dump (docs/kv-dumps.md) for `kvtc calibrate --kv`",
+        description="Needs the capture extra: " + INSTALL + ".",
+    )
+    c.add_argument("--model", required=True, metavar="DIR_OR_ID", help="transformers model directory or hub id")
+    c.add_argument("--data", required=True, nargs="+", metavar="FILE", help="calibration text: UTF-8 files, or .jsonl with a text field")
+    c.add_argument("--out", required=True, metavar="DIR", help="the dump directory to write (must not exist or be empty; see --force)")
+    c.add_argument("--tokens", type=int, default=65536, metavar="N", help="tokens to capture in all (default 65536)")
+    c.add_argument("--seq-len", type=int, default=2048, metavar="L", help="tokens per sequence, BOS included (default 2048)")
+    c.add_argument("--max-sequences", type=int, metavar="N", help="stop after this many sequences")
+    c.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="model dtype (auto: float32 on CPU, the checkpoint's on GPU)",
+    )
+    c.add_argument(
+        "--device", default="auto", help='"auto" (default: every GPU with accelerate, one GPU, else CPU), "cpu", "cuda" or "cuda:N"'
+    )
+    c.add_argument("--device-map", choices=["auto"], help="spread the model over every GPU (needs accelerate)")
+    c.add_argument("--force", action="store_true", help="replace an existing dump kvtc wrote at --out (never other files)")
+    c.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _stderr_progress(total: int):
+    def report(p: Dict[str, Any]) -> None:
+        rate = p["tokens"] / p["seconds"] if p["seconds"] > 0 else 0.0
+        eta = (total - p["tokens"]) / rate if rate > 0 and total > p["tokens"] else 0.0
+        sys.stderr.write(f"captured sequence {p['sequence']}: {p['tokens']}/{total} tokens, {rate:.0f} tokens/s, ETA {eta:.0f} s\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def run(a) -> Dict[str, Any]:
+    for flag, v in (("--tokens", a.tokens), ("--seq-len", a.seq_len), ("--max-sequences", a.max_sequences)):
+        if v is not None and v < 1:
+            raise KvtcError("USAGE", f"{flag} must be at least 1, got {v}", f"Pass a positive {flag}.")
+    for path in a.data:
+        if not os.path.isfile(path):
+            raise KvtcError("DATA_INVALID", f"--data {path} does not exist", "Check the path.", {"file": path})
+    DumpDir(a.out, a.force).abort()  # refuse a bad --out before loading the model (creates and removes its temp dir)
+    t0 = time.perf_counter()
+    model, tokenizer, place = load_model(a.model, dtype=a.dtype, device=a.device, device_map=a.device_map)
+    load_s = time.perf_counter() - t0
+    maxpos = getattr(_text_config(model.config), "max_position_embeddings", None)
+    if isinstance(maxpos, int) and a.seq_len > maxpos:
+        raise KvtcError("USAGE", f"--seq-len {a.seq_len} exceeds the model's context ({maxpos})", f"Pass --seq-len {maxpos} or less.")
+    seqs = token_sequences(tokenizer, a.data, seq_len=a.seq_len, tokens=a.tokens, max_sequences=a.max_sequences)
+    sys.stderr.write(f"capturing up to {a.tokens} tokens of {a.model} on {place} ({_dtype_name(next(model.parameters()).dtype)})\n")
+    r = capture(model, seqs, a.out, name=a.model, force=a.force, total_tokens=a.tokens, progress=_stderr_progress(a.tokens))
+    r["device"] = place
+    r["seconds"] = {"load": load_s, "capture": r["seconds"], "total": time.perf_counter() - t0}
+    return r
+
+
+def human(r: Dict[str, Any]) -> str:
+    m = r["model"]
+    return (
+        f"captured {r['sequences']} sequences, {r['tokens']} tokens of {m['name']} ({m['family']}, {len(m['cache_layers'])} cache layers, "
+        f"{m['cache']}, {m['dtype']}) → {r['out']} ({r['bytes']} B) in {r['seconds']['capture']:.1f} s "
+        f"({r['tokens_per_second']:.0f} tokens/s) on {r['device']}"
+    )

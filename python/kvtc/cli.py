@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Dict, List, Optional
 
 from . import __version__, sglang
+from . import capture as _capture_cmd
 from ._errors import KvtcError
 from .blob import read_blob_header
 from .codec import decode, encode
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"kvtc (Python) {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _capture_cmd.add_subcommand(sub)
 
     d = sub.add_parser("decode", help="blob → KV cache safetensors (the same tensors as `kvtc decode`)")
     d.add_argument("--profile", required=True, help="profile directory (or its kvtc-profile.json)")
@@ -166,6 +168,8 @@ def _header(a) -> Dict[str, Any]:
 
 
 def _human(command: str, r: Dict[str, Any]) -> str:
+    if command == "capture":
+        return _capture_cmd.human(r)
     if command == "decode":
         return f"decoded {r['tokens']} tokens ({r['blob_bytes']} B blob) → {r['out']} ({r['out_bytes']} B, {r['dtype']}) in {r['seconds']['total']:.3f} s on {r['device']}"
     if command == "encode":
@@ -191,7 +195,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         args = _parser().parse_args(argv)
-        result = {"decode": _decode, "encode": _encode, "header": _header, "convert-sglang": sglang.run}[args.command](args)
+        result = {"decode": _decode, "encode": _encode, "header": _header, "capture": _capture_cmd.run, "convert-sglang": sglang.run}[
+            args.command
+        ](args)
         out.write((json.dumps(result) if args.json else _human(args.command, result)) + "\n")
         return 0
     except KvtcError as e:
