@@ -32,7 +32,7 @@ import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { checkOutputDir } from '../io/output.js';
-import { isProfileDir, writeProfile } from '../profile/write.js';
+import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
 import { fitBases } from './fit-pool.js';
@@ -169,9 +169,16 @@ export function layerGroups(layers: number, grouping: FixedGrouping): number[][]
   return out;
 }
 
+type FeatureGeometry = Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'> & { valueDim?: number };
+
+/** Features per token of a basis over `layers` layers: kv heads × head_dim for keys, × value_head_dim for values (MLA latents differ). */
+export function featureDim(spec: FeatureGeometry, kind: KvKind, layers: number): number {
+  return layers * spec.kvHeads * (kind === 'value' ? (spec.valueDim ?? spec.headDim) : spec.headDim);
+}
+
 /** Bytes of the float64 covariances (keys and values) one grouping accumulates. */
-export function groupingCovarianceBytes(spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>, grouping: FixedGrouping): number {
-  return layerGroups(spec.layers, grouping).reduce((a, g) => a + 2 * 8 * (g.length * spec.kvHeads * spec.headDim) ** 2, 0);
+export function groupingCovarianceBytes(spec: FeatureGeometry, grouping: FixedGrouping): number {
+  return layerGroups(spec.layers, grouping).reduce((a, g) => a + 8 * (featureDim(spec, 'key', g.length) ** 2 + featureDim(spec, 'value', g.length) ** 2), 0);
 }
 
 /**
@@ -181,7 +188,7 @@ export function groupingCovarianceBytes(spec: Pick<ModelSpec, 'layers' | 'kvHead
  * a candidate).
  */
 export function groupingCandidates(
-  spec: Pick<ModelSpec, 'layers' | 'kvHeads' | 'headDim'>,
+  spec: FeatureGeometry,
   grouping: Grouping,
   budget = AUTO_COVARIANCE_BUDGET_BYTES,
   memoryLimit = totalmem() / 2,
@@ -193,7 +200,7 @@ export function groupingCandidates(
       const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
       throw new KvtcError(
         'USAGE',
-        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).map((g) => g.length * spec.kvHeads * spec.headDim))} features per basis), more than half of this machine's ${gib(totalmem())}`,
+        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
         {
           fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
         },
@@ -260,7 +267,7 @@ export const KVTC_OUTPUT: ProfileOutput = {
  * setting when the new profile is written (a re-run of the same job is allowed). Other files in
  * the directory (a model's own files) never matter: kvtc writes only its two profile files.
  */
-async function checkProfileTarget(dir: string, want: { model: string }, output: ProfileOutput): Promise<void> {
+export async function checkProfileTarget(dir: string, want: { model: string }, output: ProfileOutput): Promise<void> {
   if (!output.holds(dir)) return;
   let model: string | undefined;
   try {
@@ -348,6 +355,13 @@ export async function readSequences(
   return { data, split };
 }
 
+/** The widest basis of the candidate groupings (every basis needs at least 2p fit tokens for a full-rank covariance). */
+export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[]): number {
+  return Math.max(
+    ...candidates.flatMap((g) => layerGroups(spec.layers, g).flatMap((l) => [featureDim(spec, 'key', l.length), featureDim(spec, 'value', l.length)])),
+  );
+}
+
 /** Step 2: calibration text → fit, tuning and report sequences (disjoint, seeded). */
 export async function readSplit(
   opts: CalibrateOptions,
@@ -365,7 +379,7 @@ export async function readSplit(
     );
   }
   // Every basis needs at least 2p fit tokens for a full-rank covariance.
-  const maxDim = Math.max(...candidates.flatMap((g) => layerGroups(spec.layers, g).map((l) => l.length * spec.kvHeads * spec.headDim)));
+  const maxDim = maxFeatureDim(spec, candidates);
   const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
   return { data, split, seqLen };
 }
@@ -383,7 +397,7 @@ export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, devi
   const states: BasisState[] = [];
   for (const layers of layerGroups(spec.layers, grouping)) {
     for (const kind of ['key', 'value'] as KvKind[]) {
-      const dim = layers.length * spec.kvHeads * spec.headDim;
+      const dim = featureDim(spec, kind, layers.length);
       const kernel = await createGramKernel(dim, { device });
       states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
     }
@@ -416,6 +430,44 @@ export async function streamFit(
   }
 }
 
+/** Hands each fit cache (and its token ids, when known) to `visit`, one at a time: a model run or a KV dump. */
+export type CacheStream = (visit: (cache: KvCache, ids?: ArrayLike<number>) => Promise<void>) => Promise<void>;
+
+/**
+ * Step 3, for any source of caches: adds each fit cache to the covariance of every basis of every
+ * candidate grouping; checks the RoPE of `spec` against the first caches that come with token ids
+ * and enough repeated tokens (ROPE_MISMATCH). Without ids the check does not run (reason given).
+ */
+export async function accumulateFit(
+  spec: ModelSpec,
+  stream: CacheStream,
+  bases: BasisState[][],
+  o: { sink: number },
+): Promise<RopeCheckReport> {
+  let scratch = new Float32Array(0);
+  let rope: RopeCheckReport | undefined;
+  let withoutIds = 0;
+  await stream(async (cache, ids) => {
+    // The RoPE kvtc read must fit the keys (ROPE_MISMATCH, naming the suspect setting, before any
+    // fitting); checked on the first sequences with enough repeated tokens.
+    if (ids === undefined) withoutIds++;
+    else if (!rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
+    const n = cache.tokens - o.sink;
+    for (const s of bases.flat()) {
+      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
+      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
+      await s.acc.add(X, n);
+    }
+  });
+  if (rope) return rope;
+  return {
+    checked: false,
+    reason: withoutIds > 0 ? 'the fit sequences carry no input_ids (the check needs repeated tokens); RoPE rests on the inv_freq check' : 'no fit sequences',
+    pairs: 0,
+    layers: [],
+  };
+}
+
 /**
  * Step 3: the fit pass. Adds each fit cache to the covariance of every basis of every candidate
  * grouping; checks kvtc's reading of the model's RoPE against the first caches (ROPE_MISMATCH).
@@ -427,20 +479,7 @@ export async function captureFit(
   bases: BasisState[][],
   o: { sink: number; chunk: number; signal?: AbortSignal; progress: ProgressFn; timer: StageTimer },
 ): Promise<RopeCheckReport> {
-  let scratch = new Float32Array(0);
-  let rope: RopeCheckReport | undefined;
-  await streamFit(runner, seqs, o, async (cache, ids) => {
-    // The RoPE kvtc read from the config must fit the keys (ROPE_MISMATCH, naming the suspect
-    // setting, before any fitting); checked on the first sequences with enough repeated tokens.
-    if (!rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
-    const n = cache.tokens - o.sink;
-    for (const s of bases.flat()) {
-      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
-      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
-      await s.acc.add(X, n);
-    }
-  });
-  return rope ?? { checked: false, reason: 'no fit sequences', pairs: 0, layers: [] };
+  return accumulateFit(spec, (visit) => streamFit(runner, seqs, o, visit), bases, o);
 }
 
 /** Step 4: caches of held-out sequences, kept (tuning: error tables and sizing; report: the figures). */
@@ -581,6 +620,137 @@ export function withCalibrateDefaults(input: CalibrateInput): CalibrateOptions &
   };
 }
 
+/** What fitAndWrite needs besides the caches: how each ratio's manifest is drafted from the chosen plans. */
+export interface FitAndWriteInput {
+  opts: CalibrateOptions & { report: number };
+  spec: ModelSpec;
+  candidates: { fit: FixedGrouping[] };
+  states: BasisState[][];
+  tuning: KvCache[];
+  report: KvCache[];
+  outDirs: string[];
+  entropy: EntropyCoder;
+  progress: ProgressFn;
+  timer: StageTimer;
+  /** The manifest of ratio `ratio`'s profile (everything but what writeProfile adds). */
+  draft: (d: {
+    ratio: number;
+    grouping: FixedGrouping;
+    candidates: GroupingCandidate[];
+    granule: number;
+    m: Measurement;
+    tuning: Measurement;
+  }) => ManifestDraft;
+}
+
+/**
+ * Steps 5-7 of every source of caches (a model run, a KV dump): per candidate grouping, the bases
+ * and error tables, per ratio the allocation and its measurement on the tuning caches, the
+ * grouping with the smallest tuning error, then the report-split figures and the profile written.
+ */
+export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: RatioResult[]; plans: number; randomized: number }> {
+  const { opts, spec, candidates, states, tuning, report, outDirs, entropy, progress, timer } = x;
+  const { lap } = timer;
+  const settings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
+  // Per ratio, the best candidate so far (by tuning-split error) and every candidate's figures.
+  const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
+  const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
+  let randomized = 0;
+  for (const [gi, grouping] of candidates.fit.entries()) {
+    checkAbort(opts.signal);
+    const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
+    const stage = `fitting bases${label} (eigen + error tables)`;
+    progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
+    const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) =>
+      progress({ stage, done: d, total: n, unit: 'bases' }),
+    );
+    timer.add('eigen', fitted.seconds.eigen);
+    timer.add('error_tables', fitted.seconds.tables);
+    randomized += fitted.randomized;
+    timer.lap('fit_wall');
+    const dims = states[gi].map((s) => s.dim);
+    for (const [ri, ratio] of opts.ratios.entries()) {
+      checkAbort(opts.signal);
+      const { plans, scale } = allocateForRatio(fitted.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
+        progress({
+          stage: `allocating bits for ${ratio}x${label}`,
+          done: it,
+          total: BUDGET_SCALE_STEPS,
+          unit: 'steps',
+          detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}`,
+        }),
+      );
+      lap('allocation');
+      const m = await measurePlans(spec, plans, tuning, settings, true);
+      lap('measure');
+      tried[ri].push({
+        grouping: String(grouping),
+        ratio_compressed: m.ratioCompressed,
+        rel_error: { key: mean(m.relKey), value: mean(m.relValue) },
+      });
+      const best = chosen[ri];
+      if (!best || groupingScore(m) < groupingScore(best.tuning)) {
+        chosen[ri] = {
+          grouping,
+          plans,
+          scale,
+          tuning: m,
+          clip: clipRangeCounts(plans, fitted.tables),
+          granule: fitted.tables[0].granule,
+        };
+      }
+    }
+  }
+
+  const profiles: RatioResult[] = [];
+  for (const [ri, ratio] of opts.ratios.entries()) {
+    checkAbort(opts.signal);
+    const c = chosen[ri]!;
+    progress({ stage: `measuring ${ratio}x on report text` });
+    const m = await measurePlans(spec, c.plans, report, settings, true);
+    lap('measure');
+    const draft = x.draft({
+      ratio,
+      grouping: c.grouping,
+      candidates: opts.grouping === 'auto' ? tried[ri] : [],
+      granule: c.granule,
+      m,
+      tuning: c.tuning,
+    });
+    checkAbort(opts.signal);
+    progress({ stage: 'writing profile' });
+    const manifest = await writeProfile(outDirs[ri], draft, c.plans, { force: opts.force });
+    lap('write');
+    profiles.push({
+      profile: outDirs[ri],
+      profile_id: manifest.profile_id,
+      unchanged: manifest.unchanged === true,
+      ...(manifest.equivalent ? { equivalent: manifest.equivalent } : {}),
+      replaced: manifest.replaced === true,
+      ...(manifest.difference ? { difference: manifest.difference } : {}),
+      ratio_target: ratio,
+      grouping: String(c.grouping),
+      ratio_compressed: m.ratioCompressed,
+      ratio_blob: m.ratioBlob,
+      context_tokens: m.contextTokens,
+      rel_error: {
+        key: mean(m.relKey),
+        value: mean(m.relValue),
+        ...(m.relKeyCi95 ? { key_ci95: m.relKeyCi95 } : {}),
+        ...(m.relValueCi95 ? { value_ci95: m.relValueCi95 } : {}),
+        key_per_layer: m.relKey,
+        value_per_layer: m.relValue,
+      },
+      tuning_rel_error: { key: mean(c.tuning.relKey), value: mean(c.tuning.relValue) },
+      bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
+      budget_scale: c.scale.scale,
+      clip_ranges: c.clip,
+      grouping_candidates: opts.grouping === 'auto' ? tried[ri] : [],
+    });
+  }
+  return { profiles, plans: chosen[0]!.plans.length, randomized };
+}
+
 export async function calibrate(options: CalibrateInput): Promise<CalibrateResult> {
   const opts = withCalibrateDefaults(options);
   const progress = opts.onProgress ?? noProgress;
@@ -616,109 +786,33 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     await release();
     lap('forward');
 
-    const settings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
-    // Per ratio, the best candidate so far (by tuning-split error) and every candidate's figures.
-    const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
-    const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
-    let randomized = 0;
-    for (const [gi, grouping] of candidates.fit.entries()) {
-      checkAbort(opts.signal);
-      const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
-      const stage = `fitting bases${label} (eigen + error tables)`;
-      progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
-      const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) =>
-        progress({ stage, done: d, total: n, unit: 'bases' }),
-      );
-      timer.add('eigen', fitted.seconds.eigen);
-      timer.add('error_tables', fitted.seconds.tables);
-      randomized += fitted.randomized;
-      timer.lap('fit_wall');
-      const dims = states[gi].map((s) => s.dim);
-      for (const [ri, ratio] of opts.ratios.entries()) {
-        checkAbort(opts.signal);
-        const { plans, scale } = allocateForRatio(fitted.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
-          progress({
-            stage: `allocating bits for ${ratio}x${label}`,
-            done: it,
-            total: BUDGET_SCALE_STEPS,
-            unit: 'steps',
-            detail: `measured ${b.ratio.toFixed(2)}x at budget scale ${b.scale.toFixed(3)}`,
-          }),
-        );
-        lap('allocation');
-        const m = await measurePlans(spec, plans, tuning, settings, true);
-        lap('measure');
-        tried[ri].push({
-          grouping: String(grouping),
-          ratio_compressed: m.ratioCompressed,
-          rel_error: { key: mean(m.relKey), value: mean(m.relValue) },
-        });
-        const best = chosen[ri];
-        if (!best || groupingScore(m) < groupingScore(best.tuning)) {
-          chosen[ri] = {
-            grouping,
-            plans,
-            scale,
-            tuning: m,
-            clip: clipRangeCounts(plans, fitted.tables),
-            granule: fitted.tables[0].granule,
-          };
-        }
-      }
-    }
-
     const sourcesMeta = data.sources.map((t) => ({ name: t.name, sha256: t.sha256, bytes: t.bytes }));
-    const profiles: RatioResult[] = [];
-    for (const [ri, ratio] of opts.ratios.entries()) {
-      checkAbort(opts.signal);
-      const c = chosen[ri]!;
-      progress({ stage: `measuring ${ratio}x on report text` });
-      const m = await measurePlans(spec, c.plans, report, settings, true);
-      lap('measure');
-      const draft = manifestDraft({
-        model,
-        ratio,
-        opts: { ...opts, grouping: c.grouping },
-        groupingRequested: String(opts.grouping),
-        candidates: opts.grouping === 'auto' ? tried[ri] : [],
-        granule: c.granule,
-        entropy,
-        sources: sourcesMeta,
-        split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen },
-        m,
-        tuning: c.tuning,
-      });
-      checkAbort(opts.signal);
-      progress({ stage: 'writing profile' });
-      const manifest = await writeProfile(outDirs[ri], draft, c.plans, { force: opts.force });
-      lap('write');
-      profiles.push({
-        profile: outDirs[ri],
-        profile_id: manifest.profile_id,
-        unchanged: manifest.unchanged === true,
-        ...(manifest.equivalent ? { equivalent: manifest.equivalent } : {}),
-        replaced: manifest.replaced === true,
-        ...(manifest.difference ? { difference: manifest.difference } : {}),
-        ratio_target: ratio,
-        grouping: String(c.grouping),
-        ratio_compressed: m.ratioCompressed,
-        ratio_blob: m.ratioBlob,
-        context_tokens: m.contextTokens,
-        rel_error: {
-          key: mean(m.relKey),
-          value: mean(m.relValue),
-          ...(m.relKeyCi95 ? { key_ci95: m.relKeyCi95 } : {}),
-          ...(m.relValueCi95 ? { value_ci95: m.relValueCi95 } : {}),
-          key_per_layer: m.relKey,
-          value_per_layer: m.relValue,
-        },
-        tuning_rel_error: { key: mean(c.tuning.relKey), value: mean(c.tuning.relValue) },
-        bits_per_token: manifest.plans.reduce((a, p) => a + p.bits_per_token, 0),
-        budget_scale: c.scale.scale,
-        clip_ranges: c.clip,
-        grouping_candidates: opts.grouping === 'auto' ? tried[ri] : [],
-      });
-    }
+    const written = await fitAndWrite({
+      opts,
+      spec,
+      candidates,
+      states,
+      tuning,
+      report,
+      outDirs,
+      entropy,
+      progress,
+      timer,
+      draft: (d) =>
+        manifestDraft({
+          model,
+          ratio: d.ratio,
+          opts: { ...opts, grouping: d.grouping },
+          groupingRequested: String(opts.grouping),
+          candidates: d.candidates,
+          granule: d.granule,
+          entropy,
+          sources: sourcesMeta,
+          split: { fit: split.fit.length, heldout: split.heldout.length, report: split.report.length, seqLen },
+          m: d.m,
+          tuning: d.tuning,
+        }),
+    });
     seconds.total = timer.total();
     return {
       model: model.name,
@@ -729,12 +823,12 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       report_tokens: split.report.length * seqLen,
       sequences: split.fit.length + split.heldout.length + split.report.length,
       seq_len: seqLen,
-      plans: chosen[0]!.plans.length,
+      plans: written.plans,
       groupings: candidates.fit.map(String),
       groupings_skipped: candidates.skipped,
-      randomized_bases: randomized,
+      randomized_bases: written.randomized,
       rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
-      profiles,
+      profiles: written.profiles,
       seconds,
       skipped_data: data.skipped,
     };

@@ -8,9 +8,39 @@ import type { ManifestDraft } from '../profile/write.js';
 import { PRODUCER, VERSION } from '../version.js';
 import type { Measurement } from './measure.js';
 import { onnxFileOf } from '../profile/compat.js';
+import type { DumpModel } from './kv-dump.js';
+import { format3ModelFields, shardManifest } from '../profile/format3.js';
+
+/**
+ * The manifest's model section (and shard) for a KV dump's model (format 3, docs/profile-format.md
+ * §2.4): the fingerprint of the dump's model description (no ONNX graph); value_head_dim, cache,
+ * model_layers/cache_layers and shard only where they say something.
+ */
+export function dumpModelSection(d: DumpModel): Pick<ManifestDraft, 'model' | 'shard'> {
+  const spec = d.spec;
+  return {
+    model: {
+      name: d.name,
+      architecture: spec.architecture,
+      family: spec.family,
+      fingerprint: { id: d.fingerprint.id, spec_sha256: d.fingerprint.specSha256, source: 'kv-dump' },
+      layers: spec.layers,
+      heads: spec.heads,
+      kv_heads: spec.kvHeads,
+      head_dim: spec.headDim,
+      kv_dtype: spec.kvDtype,
+      ...format3ModelFields(spec),
+      rope: manifestRope(spec.rope),
+      max_positions: spec.maxPositions,
+    },
+    ...(spec.shard ? { shard: shardManifest(spec.shard) } : {}),
+  };
+}
 
 export interface DraftInputs {
-  model: ModelDescription;
+  /** The ONNX model calibrated on; or `dump`, the KV dump's model. */
+  model?: ModelDescription;
+  dump?: DumpModel;
   ratio: number;
   opts: {
     sink: number;
@@ -30,6 +60,8 @@ export interface DraftInputs {
   entropy: EntropyCoder;
   sources: { name: string; sha256: string; bytes: number }[];
   split: { fit: number; heldout: number; report: number; seqLen: number };
+  /** Tokens of each split when its sequences differ in length (a KV dump's); default: sequences × seqLen. */
+  tokens?: { fit: number; heldout: number; report: number };
   /** The report split (what the profile's figures are). */
   m: Measurement;
   /** The same plans on the tuning split. */
@@ -43,26 +75,11 @@ function round(x: number): number {
   return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
 }
 
-export function manifestDraft({
-  model,
-  ratio,
-  opts,
-  groupingRequested,
-  candidates,
-  granule,
-  entropy,
-  sources,
-  split,
-  m,
-  tuning,
-}: DraftInputs): ManifestDraft {
+/** The model section of a profile calibrated on an ONNX model. */
+function onnxModelSection(model: ModelDescription): ManifestDraft['model'] {
   const spec = model.spec;
   const fp = model.fingerprint;
   return {
-    format: PROFILE_FORMAT,
-    format_version: PROFILE_FORMAT_VERSION,
-    producer: { name: PRODUCER, version: VERSION },
-    model: {
       name: model.name,
       architecture: spec.architecture,
       family: spec.family,
@@ -80,7 +97,30 @@ export function manifestDraft({
       rope: manifestRope(spec.rope),
       // The bound encode and decode check positions against (outside profile_id: it decides what decodes, never how).
       max_positions: spec.maxPositions,
-    },
+  };
+}
+
+export function manifestDraft({
+  model,
+  dump,
+  ratio,
+  opts,
+  groupingRequested,
+  candidates,
+  granule,
+  entropy,
+  sources,
+  split,
+  tokens,
+  m,
+  tuning,
+}: DraftInputs): ManifestDraft {
+  return {
+    format: PROFILE_FORMAT,
+    // serializeProfile makes it 3 when a format-3 field is present (a dump's fingerprint always is).
+    format_version: PROFILE_FORMAT_VERSION,
+    producer: { name: PRODUCER, version: VERSION },
+    ...(dump ? dumpModelSection(dump) : { model: onnxModelSection(model!) }),
     settings: {
       ratio_target: ratio,
       sink: opts.sink,
@@ -97,9 +137,9 @@ export function manifestDraft({
     },
     calibration: {
       sources,
-      tokens_fit: split.fit * split.seqLen,
-      tokens_heldout: split.heldout * split.seqLen,
-      tokens_report: split.report * split.seqLen,
+      tokens_fit: tokens?.fit ?? split.fit * split.seqLen,
+      tokens_heldout: tokens?.heldout ?? split.heldout * split.seqLen,
+      tokens_report: tokens?.report ?? split.report * split.seqLen,
       sequences: split.fit + split.heldout + split.report,
       ...(candidates.length
         ? {

@@ -67,6 +67,22 @@ export function resolveAliases(cmd: Command): Record<string, unknown> {
     opts.tuningTokens = opts.heldout;
   }
   delete opts.heldout;
+  // calibrate --kv reads caches instead of running a model: the model and text options would be ignored.
+  if (opts.kv !== undefined) {
+    if (opts.target === 'dynamo')
+      throw new UsageError('--kv calibrates the kvtc target only', 'Leave out --target dynamo to calibrate a kvtc profile from the dump.', { option: '--kv' });
+    const clash = ['model', 'onnx', 'data', 'strictData'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
+    if (clash.length) {
+      const flags = clash.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ');
+      throw new UsageError(
+        `--kv cannot be combined with ${flags}: a KV dump replaces the model run and the calibration text`,
+        'Calibrate from the dump alone (`kvtc calibrate --kv DIR`: the dump names its model), or from a model and text without --kv.',
+        { options: ['--kv', ...clash.map((k) => `--${k}`)] },
+      );
+    }
+  } else if (opts.shards !== undefined) {
+    throw new UsageError('--shards applies only to --kv', 'Cut a whole-model KV dump per rank with `kvtc calibrate --kv DIR --shards tp=2,pp=2`.', { option: '--shards' });
+  }
   return opts;
 }
 
@@ -115,6 +131,14 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--model <dir>', 'model directory (Optimum / transformers.js export or onnxruntime-genai export)', DEFAULT_MODEL_OPTION)
     .addOption(onnxOption())
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
+    .option(
+      '--kv <dir>',
+      'calibrate from a KV dump instead of running a model (docs/kv-dumps.md): a directory with kvtc-dump.json and seq-*.safetensors (python -m kvtc capture / convert-sglang), or one tp_<t>_pp_<p>/ dump per rank (a profile per rank); not with --model/--onnx/--data',
+    )
+    .option(
+      '--shards <tp=T,pp=P>',
+      "with --kv on a whole-model dump: cut it as a serving engine shards the model (pipeline stages by vLLM's get_pp_indices, KV heads split over tensor ranks) and write one profile per rank under OUT/tp_<t>_pp_<p>/ with OUT/kvtc-shards.json",
+    )
     .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
     .option(
       '--ratio <x>',
@@ -168,7 +192,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('-q, --quiet', 'no progress on stderr (results and errors are still printed)', false)
     .addHelpText(
       'after',
-      "\nExamples:\n  $ kvtc calibrate\n      bundled stories260K on calibration-data/ → kvtc-profiles/stories260k\n  $ kvtc calibrate --model ./llama-onnx --data ./texts --out ./llama-onnx\n      write the profile next to the model's config.json\n  $ kvtc calibrate --ratio 8,16,20 --out /tmp/stories\n      several ratios from one capture",
+      "\nExamples:\n  $ kvtc calibrate\n      bundled stories260K on calibration-data/ → kvtc-profiles/stories260k\n  $ kvtc calibrate --model ./llama-onnx --data ./texts --out ./llama-onnx\n      write the profile next to the model's config.json\n  $ kvtc calibrate --ratio 8,16,20 --out /tmp/stories\n      several ratios from one capture\n  $ kvtc calibrate --kv ./llama-dump --out ./llama-kvtc\n      from KV caches captured on GPUs (python -m kvtc capture); the dump's sequences are split into fit, tuning and report sets by --seed\n  $ kvtc calibrate --kv ./llama-dump --shards tp=2,pp=2 --out ./llama-kvtc\n      one profile per rank, each encoding and decoding its own shard (./llama-kvtc/tp_0_pp_0, …, kvtc-shards.json)",
     )
     .action(run('calibrate', (o) => (o.target === 'dynamo' ? 'calibrate-dynamo' : 'calibrate')));
 

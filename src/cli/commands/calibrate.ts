@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import { calibrate, MAX_RATIO, MIN_RATIO, type CalibrateResult } from '../../calibrate/calibrate.js';
+import { calibrateKv, type KvCalibrateResult } from '../../calibrate/calibrate-kv.js';
+import { parseShards } from '../../calibrate/kv-shards.js';
 import { modelDirFromOption } from '../../model/load.js';
 import { CALIBRATE_DEFAULTS } from '../../defaults.js';
 import { DEFAULT_CALIBRATION_DIR } from '../../paths.js';
@@ -44,6 +46,8 @@ const Options = SharedOptions.extend({
   grouping: z.union([z.enum(['auto', 'layer', 'all']), wholeNumber(1)], {
     message: 'must be "auto", "layer", "all" or a whole number of layers ≥ 1',
   }),
+  kv: z.string().min(1).optional(),
+  shards: z.string().optional(),
 });
 
 /** 0.0773 [0.0765, 0.0781] */
@@ -103,7 +107,7 @@ export function warnSkipped(io: CliIO, skipped: readonly SkippedFile[]): void {
 
 /** The stage times line, in pipeline order. */
 export function printStageTimes(io: CliIO, s: Record<string, number>): void {
-  const order = ['load', 'tokenize', 'forward', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
+  const order = ['load', 'tokenize', 'forward', 'read', 'covariance', 'eigen', 'error_tables', 'allocation', 'measure', 'write'];
   io.out(
     `time: ${fmtSeconds(s.total)} — ${order
       .filter((k) => s[k] !== undefined)
@@ -122,6 +126,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       );
   }
   const opts = parseOptions(Options, raw);
+  if (opts.kv !== undefined) return calibrateKvCommand(opts, io);
   const result: CalibrateResult = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
     calibrate({
       ...sharedOptions(opts),
@@ -134,7 +139,13 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
     }),
   );
   warnSkipped(io, result.skipped_data);
-  if (opts.json) {
+  printCalibrateResult(io, result, opts.json);
+}
+
+/** Prints a calibration's result: one JSON document, or the summary, table and notes. */
+function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateResult, json: boolean): void {
+  const kv = 'kv_dir' in result ? result : undefined;
+  if (json) {
     const first = result.profiles[0];
     printJson(io, {
       ...withRatioKey(first),
@@ -148,17 +159,22 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       groupings_skipped: result.groupings_skipped,
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
+      ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
     });
     return;
   }
   if (result.tokens < result.tokens_requested) {
     io.err(
-      `warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`,
+      kv
+        ? `warning: the dump gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; dump more sequences for a better fit.`
+        : `warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`,
     );
   }
   io.out(
-    `calibrated ${result.model}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), sequences of ${result.seq_len} tokens`,
+    `calibrated ${result.model}${kv ? ` from the KV dump ${kv.kv_dir}` : ''}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), ${kv ? `${result.sequences} sequences (split by --seed)` : `sequences of ${result.seq_len} tokens`}`,
   );
+  if (kv && kv.ranks.length > 1)
+    io.out(`${kv.ranks.length} ranks, one profile each: ${kv.ranks.map((r) => `${r.rank} (layers ${r.layers.join(',')}; KV heads ${r.kv_heads.join(',')})`).join(', ')}`);
   if (result.groupings.length > 1) {
     io.out(
       `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`,
@@ -174,6 +190,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   io.out(
     table(
       [
+        ...(kv && kv.ranks.length > 1 ? ['rank'] : []),
         'target',
         'grouping',
         'ratio (compressed tokens)',
@@ -184,7 +201,8 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
         'bits/token',
         'profile',
       ],
-      result.profiles.map((p) => [
+      result.profiles.map((p, i) => [
+        ...(kv && kv.ranks.length > 1 ? [kv.ranks[Math.floor(i / (result.profiles.length / kv.ranks.length))].rank ?? ''] : []),
         `${p.ratio_target}x`,
         p.grouping,
         `${p.ratio_compressed.toFixed(2)}x`,
@@ -199,7 +217,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
   );
   io.out('');
   io.out(
-    `Ratios and errors are measured on the report split: ${result.report_tokens} tokens of calibration text that neither the fit nor the tuning saw`,
+    `Ratios and errors are measured on the report split: ${result.report_tokens} tokens of ${kv ? 'dumped KV' : 'calibration text'} that neither the fit nor the tuning saw`,
   );
   io.out(
     `(blobs of ${result.profiles[0].context_tokens.toFixed(0)}-token contexts, headers and scales included); "tuning" is the same profile on the tuning split the allocation was solved on.`,
@@ -223,6 +241,34 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
     io.out(
       `${p.profile} held an earlier run of this same calibration (model, data, settings): replaced${p.difference ? ` (${p.difference})` : ''}.`,
     );
+  for (const f of kv?.shards_index ?? []) io.out(`wrote ${f}: each rank's profile id, layers and KV heads`);
   io.out(`next: kvtc validate ${result.profiles[0].profile} && kvtc inspect ${result.profiles[0].profile}`);
+}
+
+/** calibrate --kv: the same options, the caches from a KV dump (src/calibrate/calibrate-kv.ts). */
+async function calibrateKvCommand(opts: z.infer<typeof Options>, io: CliIO): Promise<void> {
+  const shards = opts.shards !== undefined ? parseShards(opts.shards) : undefined;
+  const result = await withProgressAndInterrupt(io, opts.quiet, (onProgress, signal) =>
+    calibrateKv({
+      kv: opts.kv!,
+      ...(shards ? { shards } : {}),
+      ratios: [...new Set(opts.ratio ?? [CALIBRATE_DEFAULTS.ratio])],
+      ratiosGiven: opts.ratio !== undefined,
+      tokens: opts.tokens,
+      heldout: opts.tuningTokens,
+      report: opts.reportTokens,
+      sink: opts.sink,
+      window: opts.window,
+      grouping: opts.grouping,
+      chunk: opts.chunk,
+      seed: opts.seed,
+      device: opts.device,
+      out: opts.out,
+      force: opts.force,
+      onProgress,
+      signal,
+    }),
+  );
+  printCalibrateResult(io, result, opts.json);
 }
 // Tested by test/calibrate/calibrate.test.ts, test/calibrate/data.test.ts, test/cli/contract.test.ts and test/cli/program.test.ts (option errors).

@@ -1,0 +1,358 @@
+// Tested by test/calibrate/kv-dump.test.ts and test/calibrate/kv-dump-shards.test.ts.
+/**
+ * `kvtc calibrate --kv DIR`: calibration from KV dumps (docs/kv-dumps.md) instead of an ONNX run.
+ * The caches come from the dump's files; everything after them — covariances, bases, error
+ * tables, bit allocation, grouping choice, measurement, the profile — is calibrate's pipeline
+ * (calibrate.ts fitAndWrite), once per rank of a sharded dump.
+ *
+ *   openDumpRanks (manifests, RoPE vs inv_freq, ranks) → every listed file present → per rank:
+ *   splitDumpSequences (seeded) → read tuning + report caches (checked, kept) → stream the fit
+ *   sequences one at a time into the covariances (RoPE data check when input_ids are present) →
+ *   fitAndWrite → (sharded) OUT/kvtc-shards.json
+ *
+ * Fit files are read once, while streaming: each is checked as it is read, and a bad one stops
+ * calibration before anything is written.
+ */
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { KvtcError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { checkOutputDir } from '../io/output.js';
+import type { KvCache } from '../model/types.js';
+import { noProgress, type ProgressFn } from '../progress.js';
+import { mulberry32 } from '../random.js';
+import {
+  accumulateFit,
+  basisStates,
+  checkAbort,
+  checkProfileTarget,
+  checkRatios,
+  fitAndWrite,
+  groupingCandidates,
+  KVTC_OUTPUT,
+  maxFeatureDim,
+  withCalibrateDefaults,
+  type CalibrateOptions,
+  type CalibrateResult,
+  type RatioResult,
+} from './calibrate.js';
+import { maxSequenceFileBytes, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
+import { openDumpRanks, type DumpRank, type ShardRequest } from './kv-shards.js';
+import { manifestDraft } from './manifest.js';
+import { profileOutDirs } from './outputs.js';
+import { stageTimer, type StageTimer } from './stage-times.js';
+
+/** The index of a sharded calibration, beside the per-rank profile directories. */
+export const SHARDS_INDEX = 'kvtc-shards.json';
+
+export type KvCalibrateInput = { kv: string; shards?: ShardRequest } & Partial<Omit<CalibrateOptions, 'modelDir' | 'data'>>;
+
+export interface DumpSplit {
+  fit: DumpSequence[];
+  tuning: DumpSequence[];
+  report: DumpSequence[];
+}
+
+const tokensOf = (s: readonly DumpSequence[]) => s.reduce((a, x) => a + x.tokens, 0);
+
+/**
+ * The dump's sequences split into fit, tuning and report sets: a seeded shuffle (mulberry32, as
+ * the text split), then tuning sequences until `heldoutTokens`, report sequences until
+ * `reportTokens` (none for 0), fit sequences until `fitTokens`, each in shuffled order. Tuning
+ * and report take only sequences longer than sink + window (others have no compressed tokens to
+ * measure); the fit only sequences longer than the sink. Too few fit tokens: NOT_ENOUGH_TOKENS.
+ */
+export function splitDumpSequences(
+  sequences: readonly DumpSequence[],
+  o: { seed: number; fitTokens: number; heldoutTokens: number; reportTokens: number; sink: number; window: number; minFitTokens: number; source: string },
+): DumpSplit {
+  const order = sequences.map((_, i) => i);
+  const rand = mulberry32(o.seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  const used = new Set<number>();
+  const take = (want: number, min: number, atLeastOne: boolean) => {
+    const out: DumpSequence[] = [];
+    let have = 0;
+    for (const i of order) {
+      if (have >= want && !(atLeastOne && out.length === 0)) break;
+      if (used.has(i) || sequences[i].tokens <= min) continue;
+      used.add(i);
+      out.push(sequences[i]);
+      have += sequences[i].tokens;
+    }
+    return out;
+  };
+  const measured = o.sink + o.window;
+  const tuning = take(o.heldoutTokens, measured, true);
+  const report = o.reportTokens > 0 ? take(o.reportTokens, measured, true) : [];
+  const fit = take(o.fitTokens, o.sink, false);
+  const fitTokens = tokensOf(fit);
+  if (tuning.length === 0 || (o.reportTokens > 0 && report.length === 0) || fitTokens < o.minFitTokens) {
+    const long = sequences.filter((s) => s.tokens > measured).length;
+    throw new KvtcError(
+      'NOT_ENOUGH_TOKENS',
+      `the dump ${o.source} has ${sequences.length} sequences (${tokensOf(sequences)} tokens, ${long} longer than sink + window = ${measured}); ` +
+        `after ${tuning.length} tuning and ${report.length} report sequences, ${fitTokens} tokens are left to fit, and the fit needs at least ${o.minFitTokens}` +
+        (tuning.length === 0 || (o.reportTokens > 0 && report.length === 0) ? ` (tuning and report need sequences longer than ${measured} tokens)` : ''),
+      {
+        fix: 'Dump more (or longer) sequences, or lower --tuning-tokens / --report-tokens (or --sink / --window).',
+        context: { sequences: sequences.length, fit_tokens: fitTokens, needed: o.minFitTokens },
+      },
+    );
+  }
+  return { fit, tuning, report };
+}
+
+/** Every file a dump lists is present, and no larger than what the manifest says it holds (before anything is read). */
+export async function checkDumpFiles(dump: KvDump): Promise<void> {
+  for (const s of dump.sequences) {
+    const path = join(dump.dir, s.file);
+    let size: number;
+    try {
+      size = (await stat(path)).size;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new KvtcError('KV_INVALID', `${path}: ${code === 'ENOENT' ? `missing: ${dump.manifestPath} lists it as sequences[${s.index}]` : `cannot be read (${code})`}`, {
+        fix: 'Copy the whole dump directory (every file its kvtc-dump.json lists), or re-create the dump.',
+        context: { file: path, sequence: s.index },
+      });
+    }
+    const max = maxSequenceFileBytes(dump, s);
+    if (size > max) {
+      throw new KvtcError('KV_INVALID', `${path}: ${size} bytes, more than the ${max} that sequences[${s.index}] (${s.tokens} tokens) can take: not the file the manifest describes`, {
+        fix: 'Re-create the dump, or fix the manifest entry of this file.',
+        context: { file: path, sequence: s.index },
+      });
+    }
+  }
+}
+
+/** One rank's calibration, as the result and the index report it. */
+export interface RankResult {
+  /** tp_<t>_pp_<p>; absent for a whole-model dump. */
+  rank?: string;
+  /** The model layers of this rank's profile and the model's KV head of each of its heads. */
+  layers: number[];
+  kv_heads: number[];
+  fingerprint: string;
+  tokens: number;
+  heldout_tokens: number;
+  report_tokens: number;
+  split: { fit: string[]; tuning: string[]; report: string[] };
+  rope_check: CalibrateResult['rope_check'];
+  profiles: RatioResult[];
+}
+
+export interface KvCalibrateResult extends CalibrateResult {
+  kv_dir: string;
+  ranks: RankResult[];
+  /** The kvtc-shards.json written (one per ratio) for a sharded dump. */
+  shards_index: string[];
+}
+
+/** A model name usable as a directory name (a hub id "org/model" gives "model"). */
+function dirName(name: string): string {
+  const last = name.split(/[\\/]/).filter(Boolean).pop() ?? '';
+  const clean = last.replace(/[^A-Za-z0-9_.-]/g, '-').replace(/^\.+/, '');
+  return clean || 'kv-dump';
+}
+
+async function readCaches(rank: DumpRank, seqs: DumpSequence[], label: string, o: { signal?: AbortSignal; progress: ProgressFn }): Promise<DumpCache[]> {
+  const total = tokensOf(seqs);
+  const out: DumpCache[] = [];
+  let done = 0;
+  for (const s of seqs) {
+    checkAbort(o.signal);
+    out.push(await rank.read(s));
+    done += s.tokens;
+    o.progress({ stage: `reading ${label} KV${rank.label ? ` (${rank.label})` : ''}`, done, total, unit: 'tokens' });
+  }
+  return out;
+}
+
+async function calibrateRank(
+  rank: DumpRank,
+  opts: ReturnType<typeof withCalibrateDefaults>,
+  outDirs: string[],
+  o: { progress: ProgressFn; timer: StageTimer; entropy: NonNullable<CalibrateOptions['entropy']>; source: string },
+): Promise<RankResult & { plans: number; randomized: number; groupings: string[]; groupings_skipped: { grouping: string; covariance_bytes: number }[] }> {
+  const { progress, timer } = o;
+  const spec = rank.model.spec;
+  const candidates = groupingCandidates(spec, opts.grouping);
+  const split = splitDumpSequences(rank.sequences, {
+    seed: opts.seed,
+    fitTokens: opts.tokens,
+    heldoutTokens: opts.heldout,
+    reportTokens: opts.report,
+    sink: opts.sink,
+    window: opts.window,
+    minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates.fit), 256),
+    source: o.source,
+  });
+  timer.restart();
+  const tuningRead = await readCaches(rank, split.tuning, 'tuning', { signal: opts.signal, progress });
+  const reportRead = await readCaches(rank, split.report, 'report', { signal: opts.signal, progress });
+  timer.lap('read');
+  const tuning: KvCache[] = tuningRead.map((c) => c.cache);
+  const report: KvCache[] = reportRead.map((c) => c.cache);
+  const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
+  const total = tokensOf(split.fit);
+  const fitSources: DumpCache['source'][] = [];
+  const ropeCheck = await accumulateFit(
+    spec,
+    async (visit) => {
+      let done = 0;
+      for (const s of split.fit) {
+        checkAbort(opts.signal);
+        let t = performance.now();
+        const c = await rank.read(s);
+        fitSources.push(c.source);
+        timer.add('read', (performance.now() - t) / 1000);
+        t = performance.now();
+        await visit(c.cache, c.ids);
+        timer.add('covariance', (performance.now() - t) / 1000);
+        done += s.tokens;
+        progress({ stage: `reading fit KV${rank.label ? ` (${rank.label})` : ''}`, done, total, unit: 'tokens' });
+      }
+    },
+    states,
+    { sink: opts.sink },
+  );
+  timer.restart();
+  // Which file went where: the calibration sources, each named by its split (the seed is in settings).
+  const sources = [
+    ...fitSources.map((s) => ({ ...s, name: `fit:${s.name}` })),
+    ...tuningRead.map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
+    ...reportRead.map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
+  ];
+  const written = await fitAndWrite({
+    opts,
+    spec,
+    candidates,
+    states,
+    tuning,
+    report,
+    outDirs,
+    entropy: o.entropy,
+    progress,
+    timer,
+    draft: (d) =>
+      manifestDraft({
+        dump: rank.model,
+        ratio: d.ratio,
+        // chunk has no meaning without a model run; recorded as given.
+        opts: { ...opts, grouping: d.grouping },
+        groupingRequested: String(opts.grouping),
+        candidates: d.candidates,
+        granule: d.granule,
+        entropy: o.entropy,
+        sources,
+        split: { fit: split.fit.length, heldout: split.tuning.length, report: split.report.length, seqLen: 1 },
+        tokens: { fit: tokensOf(split.fit), heldout: tokensOf(split.tuning), report: tokensOf(split.report) },
+        m: d.m,
+        tuning: d.tuning,
+      }),
+  });
+  const shard = spec.shard;
+  return {
+    ...(rank.label ? { rank: rank.label } : {}),
+    layers: rank.model.cacheLayers,
+    kv_heads: shard ? [...shard.kvHeads] : Array.from({ length: spec.kvHeads }, (_, h) => h),
+    fingerprint: rank.model.fingerprint.id,
+    tokens: tokensOf(split.fit),
+    heldout_tokens: tokensOf(split.tuning),
+    report_tokens: tokensOf(split.report),
+    split: { fit: split.fit.map((s) => s.file), tuning: split.tuning.map((s) => s.file), report: split.report.map((s) => s.file) },
+    rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
+    profiles: written.profiles,
+    plans: written.plans,
+    randomized: written.randomized,
+    groupings: candidates.fit.map(String),
+    groupings_skipped: candidates.skipped,
+  };
+}
+
+/**
+ * Calibrates from the KV dump in `input.kv` (a whole-model dump, a directory of tp_<t>_pp_<p>/
+ * rank dumps, or a whole-model dump cut by `input.shards`): one profile per ratio, per rank.
+ * Other options as calibrate()'s (CALIBRATE_DEFAULTS for those left out).
+ */
+export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateResult> {
+  const opts = withCalibrateDefaults({ ...input, modelDir: input.kv, data: [] });
+  const progress = opts.onProgress ?? noProgress;
+  const entropy = opts.entropy ?? 'deflate-rle';
+  const timer = stageTimer();
+  checkRatios(opts.ratios);
+  progress({ stage: 'reading the KV dump' });
+  const ranks = await openDumpRanks(input.kv, input.shards);
+  // Every listed file present before any work (each dump directory once, however it is cut).
+  for (const d of new Set(ranks.map((r) => r.dump))) await checkDumpFiles(d);
+  const sharded = ranks.length > 1 || ranks[0].label !== undefined;
+  const first = ranks[0].model;
+  const base = profileOutDirs({ out: opts.out, modelName: dirName(first.name), ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
+  const rankDirs = ranks.map((r) => base.map((b) => (sharded ? join(b, r.label!) : b)));
+  for (const [i, r] of ranks.entries()) {
+    for (const d of rankDirs[i]) {
+      checkOutputDir(d);
+      if (!opts.force) await checkProfileTarget(d, { model: r.model.fingerprint.id }, KVTC_OUTPUT);
+    }
+  }
+  timer.lap('load');
+  const results: Awaited<ReturnType<typeof calibrateRank>>[] = [];
+  for (const [i, r] of ranks.entries()) {
+    checkAbort(opts.signal);
+    results.push(await calibrateRank(r, opts, rankDirs[i], { progress, timer, entropy, source: r.dump.dir }));
+  }
+  const index: string[] = [];
+  if (sharded) {
+    for (const [ri, b] of base.entries()) {
+      const shard0 = ranks[0].model.spec.shard!;
+      const doc = {
+        format: 'kvtc-shards',
+        format_version: 1,
+        model: { name: first.name, fingerprint: first.fingerprint.id },
+        ratio_target: opts.ratios[ri],
+        tp_size: shard0.tpSize,
+        pp_size: shard0.ppSize,
+        ranks: ranks.map((r, i) => ({
+          tp_rank: r.model.spec.shard!.tpRank,
+          pp_rank: r.model.spec.shard!.ppRank,
+          profile: r.label!,
+          profile_id: results[i].profiles[ri].profile_id,
+          layers: results[i].layers,
+          kv_heads: results[i].kv_heads,
+        })),
+      };
+      const path = join(b, SHARDS_INDEX);
+      await writeFileAtomic(path, `${JSON.stringify(doc, null, 2)}\n`);
+      index.push(path);
+    }
+  }
+  const seconds = timer.seconds;
+  seconds.total = timer.total();
+  const r0 = results[0];
+  return {
+    model: first.name,
+    model_dir: input.kv,
+    kv_dir: input.kv,
+    tokens: r0.tokens,
+    tokens_requested: opts.tokens,
+    heldout_tokens: r0.heldout_tokens,
+    report_tokens: r0.report_tokens,
+    sequences: r0.split.fit.length + r0.split.tuning.length + r0.split.report.length,
+    seq_len: 0,
+    plans: r0.plans,
+    groupings: r0.groupings,
+    groupings_skipped: r0.groupings_skipped,
+    randomized_bases: results.reduce((a, r) => a + r.randomized, 0),
+    rope_check: r0.rope_check,
+    profiles: results.flatMap((r) => r.profiles),
+    seconds,
+    skipped_data: [],
+    ranks: results.map(({ plans: _p, randomized: _r, groupings: _g, groupings_skipped: _s, ...r }) => r),
+    shards_index: index,
+  };
+}
