@@ -217,6 +217,8 @@ export interface BlobLayout {
   layers: number;
   kvHeads: number;
   headDim: number;
+  /** Width of each value head (profile model.value_head_dim; absent: headDim). Not in the header: the profile gives it. */
+  valueDim?: number;
   /** The profile's sink and window settings (the header holds min(sink, T) and min(window, T − s)). */
   sink: number;
   window: number;
@@ -240,15 +242,22 @@ export function blobBytes(payloadBytes: readonly number[]): number {
 
 /**
  * fp16 bytes of one token of a cache (keys and values of every layer and KV head): the
- * denominator of every ratio kvtc reports (docs/profile-format.md §6).
+ * denominator of every ratio kvtc reports (docs/profile-format.md §9; values of valueDim each when
+ * it differs from headDim, §2.4).
  */
-export function fp16BytesPerToken(shape: { layers: number; kvHeads: number; headDim: number }): number {
-  return shape.layers * 2 * shape.kvHeads * shape.headDim * 2;
+export function fp16BytesPerToken(shape: { layers: number; kvHeads: number; headDim: number; valueDim?: number }): number {
+  return shape.layers * shape.kvHeads * (shape.headDim + (shape.valueDim ?? shape.headDim)) * 2;
 }
 
-/** Bytes of the raw section: layers · 2 · kv_heads · (s + w) · head_dim values of 2 (fp16) or 4 (float32) bytes. */
-export function rawSectionBytes(h: Pick<BlobHeader, 'layers' | 'kvHeads' | 'headDim' | 'sink' | 'window' | 'rawFloat32'>): number {
-  return h.layers * 2 * h.kvHeads * (h.sink + h.window) * h.headDim * (h.rawFloat32 ? 4 : 2);
+/**
+ * Bytes of the raw section: layers · kv_heads · (s + w) · (head_dim + value_head_dim) values of 2
+ * (fp16) or 4 (float32) bytes; `valueDim` is the profile's (absent: headDim).
+ */
+export function rawSectionBytes(
+  h: Pick<BlobHeader, 'layers' | 'kvHeads' | 'headDim' | 'sink' | 'window' | 'rawFloat32'>,
+  valueDim = h.headDim,
+): number {
+  return h.layers * h.kvHeads * (h.sink + h.window) * (h.headDim + valueDim) * (h.rawFloat32 ? 4 : 2);
 }
 
 export interface ParsedBlob {
@@ -321,7 +330,9 @@ export function parseBlob(buf: Uint8Array, layout: BlobLayout, source = '<blob>'
   }
   const n = T - s - w;
   // The sections a blob of this profile has, in order: the raw one, then one per plan with a section when n > 0.
-  const expected: { kind: SectionKind; plan: number; bytes: number }[] = [{ kind: 'raw', plan: 0, bytes: rawSectionBytes(header) }];
+  const expected: { kind: SectionKind; plan: number; bytes: number }[] = [
+    { kind: 'raw', plan: 0, bytes: rawSectionBytes(header, layout.valueDim) },
+  ];
   if (n > 0) layout.planBytes.forEach((f, i) => f && expected.push({ kind: 'plan', plan: i, bytes: f(n) }));
   if (sectionCount !== expected.length) {
     throw corrupt(

@@ -1,5 +1,6 @@
 // Tested by test/codec/codec.test.ts.
 /** What the encode and decode pipelines share from a KvtcCodec (codec.ts builds it once). */
+import { valueDimOf, type ShardSpec } from '../model/types.js';
 import type { PlanRope } from '../rope/codec-rope.js';
 import type { ModelRope } from '../rope/types.js';
 import type { BlobLayout, EntropyCoder } from './blob.js';
@@ -9,7 +10,16 @@ import type { BasisPlan } from './types.js';
 export interface CodecSpec {
   layers: number;
   kvHeads: number;
+  /** Width of each key head. */
   headDim: number;
+  /** Width of each value head (profile model.value_head_dim); absent: headDim. */
+  valueDim?: number;
+  /**
+   * Informational (the codec indexes the layers and heads of this profile's cache): the model
+   * layer of each cache layer (profile model.cache_layers) and the rank's shard (profile shard).
+   */
+  cacheLayers?: number[];
+  shard?: ShardSpec;
   /** RoPE of each layer (index = layer; null: none). */
   rope: ModelRope;
   profileId: string;
@@ -43,6 +53,11 @@ export function splitTokens(spec: Pick<CodecSpec, 'sink' | 'window'>, tokens: nu
   const sink = Math.min(spec.sink, tokens);
   const window = Math.min(spec.window, tokens - sink);
   return { sink, window, n: tokens - sink - window };
+}
+
+/** The width of one row of a plan's features: keys headDim, values valueDim (absent: headDim). */
+export function planHeadDim(spec: Pick<CodecSpec, 'headDim' | 'valueDim'>, plan: Pick<BasisPlan, 'kind'>): number {
+  return plan.kind === 'key' ? spec.headDim : valueDimOf(spec);
 }
 
 export const now = () => performance.now() / 1000;

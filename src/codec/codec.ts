@@ -5,11 +5,11 @@
  * blob.ts). The pipelines are encode.ts and decode.ts; this class builds what they share once.
  */
 import { KvtcError } from '../errors.js';
-import type { KvCache } from '../model/types.js';
+import { valueDimOf, type KvCache } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { planRope } from '../rope/codec-rope.js';
 import { DEFAULT_MAX_POSITIONS } from './blob.js';
-import { type CodecParts, type CodecSpec, splitTokens } from './codec-parts.js';
+import { type CodecParts, type CodecSpec, planHeadDim, splitTokens } from './codec-parts.js';
 import { decodeBlob, type DecodeStats } from './decode.js';
 import { encodeCache, type EncodeStats } from './encode.js';
 import { buildDecodeGraph, buildEncodeGraph } from './graphs.js';
@@ -57,10 +57,11 @@ export class KvtcCodec {
     // On the CPU the key graphs are built without their RoPE nodes (the host does it, same bits);
     // on CUDA the graphs keep RoPE so that all of the matrix work stays on the device.
     const ropeOnHost = (opts.device ?? 'cpu') === 'cpu';
-    const ctx = { headDim: spec.headDim, rope: ropeOnHost ? undefined : spec.rope };
+    // Each plan's rows are heads of its kind's width: keys headDim, values valueDim.
+    const ctx = (p: BasisPlan) => ({ headDim: planHeadDim(spec, p), rope: ropeOnHost ? undefined : spec.rope });
     const graphs = {
-      encode: plans.map((p) => (p.rank > 0 ? buildEncodeGraph(p, ctx) : null)),
-      decode: plans.map((p) => (p.rank > 0 ? buildDecodeGraph(p, ctx) : null)),
+      encode: plans.map((p) => (p.rank > 0 ? buildEncodeGraph(p, ctx(p)) : null)),
+      decode: plans.map((p) => (p.rank > 0 ? buildDecodeGraph(p, ctx(p)) : null)),
     };
     const so = { device: opts.device, threads: opts.threads ?? 1 };
     const transform = opts.transformThread ? await ThreadedTransform.create(graphs, so) : await InlineTransform.create(graphs, so);
@@ -76,6 +77,7 @@ export class KvtcCodec {
         layers: spec.layers,
         kvHeads: spec.kvHeads,
         headDim: spec.headDim,
+        ...(spec.valueDim !== undefined ? { valueDim: spec.valueDim } : {}),
         sink: spec.sink,
         window: spec.window,
         planBytes: plans.map((p) => (p.rank > 0 ? (n: number) => payloadLength(p, n) : null)),
@@ -94,10 +96,13 @@ export class KvtcCodec {
 
   checkCache(cache: KvCache, source = 'the KV cache'): void {
     const s = this.parts.spec;
-    if (cache.layers !== s.layers || cache.kvHeads !== s.kvHeads || cache.headDim !== s.headDim) {
+    const cv = valueDimOf(cache);
+    const sv = valueDimOf(s);
+    if (cache.layers !== s.layers || cache.kvHeads !== s.kvHeads || cache.headDim !== s.headDim || cv !== sv) {
+      const dims = (hd: number, vd: number) => (hd === vd && cv === sv ? `${hd} head dim` : `${hd} key / ${vd} value head dim`);
       throw new KvtcError(
         'PROFILE_MISMATCH',
-        `${source} has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${cache.headDim} head dim, but the profile is for ${s.layers} × ${s.kvHeads} × ${s.headDim}`,
+        `${source} has ${cache.layers} layers × ${cache.kvHeads} KV heads × ${dims(cache.headDim, cv)}, but the profile is for ${s.layers} × ${s.kvHeads} × ${dims(s.headDim, sv)}`,
         {
           fix: 'Use the profile calibrated for the model that produced this cache (`kvtc inspect` shows which model a profile is for).',
         },

@@ -5,9 +5,9 @@
  * decode graph writes [G, n, hd], so values are block copies into the cache and keys one RoPE pass.
  */
 import { invariant } from '../errors.js';
-import type { KvCache } from '../model/types.js';
+import { valueDimOf, type KvCache } from '../model/types.js';
 import { parseBlob } from './blob.js';
-import { type CodecParts, now } from './codec-parts.js';
+import { type CodecParts, now, planHeadDim } from './codec-parts.js';
 import { cacheTables, type CacheTables, type PlanRope, tableInputNames } from '../rope/codec-rope.js';
 import { hostRope, type PlanHostRope, saturateHalf, scatterHeads } from './host-kernels.js';
 import { decodePlanCodes } from './payload.js';
@@ -32,16 +32,18 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
   const sec = { inflate: now() - t0, dequantize: 0, transform: 0, scatter: 0, total: 0 };
   const { layers, kvHeads, headDim, tokens, sink, window } = header;
   const n = tokens - sink - window;
-  const size = kvHeads * tokens * headDim;
+  // Values are [kvHeads, tokens, valueDim]: the profile's width (the header holds only the key width).
+  const valueDim = valueDimOf(c.spec);
   const cache: KvCache = {
     layers,
     kvHeads,
     headDim,
+    ...(c.spec.valueDim !== undefined ? { valueDim } : {}),
     tokens,
     dtype: header.fp16 ? 'float16' : 'float32',
     startPosition: header.startPosition,
-    keys: Array.from({ length: layers }, () => new Float32Array(size)),
-    values: Array.from({ length: layers }, () => new Float32Array(size)),
+    keys: Array.from({ length: layers }, () => new Float32Array(kvHeads * tokens * headDim)),
+    values: Array.from({ length: layers }, () => new Float32Array(kvHeads * tokens * valueDim)),
   };
   restoreRaw(raw, cache, sink, window, header.rawFloat32, source);
   if (n > 0) {
@@ -60,7 +62,8 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
     };
     const scatter = (plan: BasisPlan, x: Float32Array, r: PlanHostRope) => {
       const t = now();
-      scatterHeads(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, headDim, tokens, sink, n, r);
+      const hd = planHeadDim(c.spec, plan);
+      scatterHeads(x, plan.kind === 'key' ? cache.keys : cache.values, plan.layers, kvHeads, hd, tokens, sink, n, r);
       sec.scatter += now() - t;
     };
     // Phase 1 dequantizes every basis and submits its reconstruction; phase 2 scatters each as
@@ -72,7 +75,7 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
       const tables = tablesOf(i);
       if (plan.rank === 0) {
         // no graph: the mean is re-rotated on the host whatever the device
-        scatter(plan, meanReconstruction(plan, n, headDim), hostOf(c.planRopes[i], plan, tables));
+        scatter(plan, meanReconstruction(plan, n, planHeadDim(c.spec, plan)), hostOf(c.planRopes[i], plan, tables));
         continue;
       }
       const host = c.ropeOnHost ? hostOf(c.planRopes[i], plan, tables) : undefined;
@@ -108,7 +111,10 @@ export async function decodeBlob(c: CodecParts, blob: Uint8Array, source: string
     }
     // A float16 cache is restored as float16: reconstructions beyond its range saturate at
     // ±65504 (the nearest value it holds) instead of becoming ∞ when rounded.
-    if (header.fp16) for (const a of [...cache.keys, ...cache.values]) saturateHalf(a, kvHeads, tokens, headDim, sink, n);
+    if (header.fp16) {
+      for (const a of cache.keys) saturateHalf(a, kvHeads, tokens, headDim, sink, n);
+      for (const a of cache.values) saturateHalf(a, kvHeads, tokens, valueDim, sink, n);
+    }
   }
   sec.total = now() - t0;
   return { cache, stats: { tokens, seconds: sec } };

@@ -16,7 +16,7 @@ import {
   MAX_TOKENS,
   type EncodedSection,
 } from './blob.js';
-import { type CodecParts, type CodecSpec, now, splitTokens } from './codec-parts.js';
+import { type CodecParts, type CodecSpec, now, planHeadDim, splitTokens } from './codec-parts.js';
 import { cacheTables, type CacheTables, tableInputNames } from '../rope/codec-rope.js';
 import { gatherHeads, hostRope, type PlanHostRope } from './host-kernels.js';
 import { encodePlanCodes } from './payload.js';
@@ -173,6 +173,7 @@ async function encodePlans(
       while (pending.length > inFlight) await finish();
       const t = now();
       const x = gatherBuffer(c, n * plan.dim);
+      const hd = planHeadDim(c.spec, plan); // keys headDim, values valueDim
       const pr = c.planRopes[i];
       const tables = plan.kind === 'key' ? cacheTables(pr.ropes, cache.startPosition + sink, n, seqLen, memo) : [];
       let host: PlanHostRope;
@@ -183,21 +184,10 @@ async function encodePlans(
           return seg.table < 0 ? undefined : byTable[seg.table];
         });
       }
-      gatherHeads(
-        plan.kind === 'key' ? cache.keys : cache.values,
-        plan.layers,
-        cache.kvHeads,
-        cache.headDim,
-        cache.tokens,
-        sink,
-        n,
-        x,
-        host,
-        norms,
-      );
+      gatherHeads(plan.kind === 'key' ? cache.keys : cache.values, plan.layers, cache.kvHeads, hd, cache.tokens, sink, n, x, host, norms);
       sec.gather += now() - t;
       checkPlanTokens(plan, i, c.normBound[i], norms, cache, sink, n, source);
-      const feeds: Feeds = { x: { data: x, dims: [plan.dim / cache.headDim, n, cache.headDim] } };
+      const feeds: Feeds = { x: { data: x, dims: [plan.dim / hd, n, hd] } };
       if (!c.ropeOnHost) {
         tables.forEach((t, j) => {
           const names = tableInputNames(pr, j);

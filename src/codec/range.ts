@@ -4,7 +4,7 @@
  * raw-section.ts converts them.
  */
 import { KvtcError } from '../errors.js';
-import type { KvCache } from '../model/types.js';
+import { valueDimOf, type KvCache } from '../model/types.js';
 import { nonFinite } from './raw-section.js';
 import type { BasisPlan } from './types.js';
 
@@ -86,10 +86,11 @@ export function checkPlanTokens(
 export function checkUngathered(plans: BasisPlan[], cache: KvCache, sink: number, n: number, source: string): void {
   const gathered = new Set<string>();
   for (const p of plans) if (p.rank > 0) for (const l of p.layers) gathered.add(`${p.kind}${l}`);
-  const { layers, kvHeads, headDim, tokens } = cache;
+  const { layers, kvHeads, tokens } = cache;
   for (let l = 0; l < layers; l++) {
     for (const kind of ['key', 'value'] as const) {
       if (gathered.has(`${kind}${l}`)) continue;
+      const headDim = kind === 'key' ? cache.headDim : valueDimOf(cache);
       const a = (kind === 'key' ? cache.keys : cache.values)[l];
       for (let h = 0; h < kvHeads; h++) {
         for (let i = (h * tokens + sink) * headDim, e = i + n * headDim; i < e; i++) {
@@ -109,7 +110,8 @@ function locate(
   t: number,
   pick?: (v: number) => boolean,
 ): { layer: number; head: number; dim: number; value: number } {
-  const { kvHeads, headDim, tokens: T } = cache;
+  const { kvHeads, tokens: T } = cache;
+  const headDim = kind === 'key' ? cache.headDim : valueDimOf(cache);
   let best = { layer: layers[0], head: 0, dim: 0, value: 0 };
   for (const l of layers) {
     const a = (kind === 'key' ? cache.keys : cache.values)[l];

@@ -1,22 +1,28 @@
 /** The raw-token section of a blob: the sink and window tokens, stored uncompressed. */
 import { KvtcError } from '../errors.js';
 import { floatToHalf, halfToFloat } from '../io/fp16.js';
-import type { KvCache } from '../model/types.js';
+import { valueDimOf, type KvCache } from '../model/types.js';
+
+/** Values per row of keys and of values (they differ when the cache's valueDim does, profile format 3). */
+function rowDims(cache: KvCache): [number, number] {
+  return [cache.headDim, valueDimOf(cache)];
+}
 
 /**
  * Raw-token section: for each layer, keys then values, [kvHeads, sink] then [kvHeads, window] rows
- * of headDim, as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). A float32
+ * of headDim (keys) or valueDim (values), as fp16: the ratio is defined against fp16 (docs/profile-format.md §6). A float32
  * cache with a raw value fp16 cannot hold (|x| ≥ 65520 rounds to ∞) is stored as float32 instead
  * (header flag bit 1), losslessly; a float16 cache never holds one (KV_OUT_OF_RANGE: its values
  * are not what its dtype says). A non-finite value → KV_INVALID.
  */
 export function rawSection(cache: KvCache, sink: number, window: number, source: string): { data: Uint8Array; float32: boolean } {
-  const { layers, kvHeads, headDim, tokens } = cache;
-  const rows = layers * 2 * kvHeads * (sink + window);
-  const vals = new Float32Array(rows * headDim);
+  const { layers, kvHeads, tokens } = cache;
+  const dims = rowDims(cache);
+  const vals = new Float32Array(layers * kvHeads * (sink + window) * (dims[0] + dims[1]));
   let at = 0;
   for (let l = 0; l < layers; l++) {
-    for (const arr of [cache.keys[l], cache.values[l]]) {
+    for (const [kv, arr] of [cache.keys[l], cache.values[l]].entries()) {
+      const headDim = dims[kv];
       for (let h = 0; h < kvHeads; h++) {
         const base = h * tokens * headDim;
         vals.set(arr.subarray(base, base + sink * headDim), at);
@@ -38,10 +44,10 @@ export function rawSection(cache: KvCache, sink: number, window: number, source:
   for (let i = overflow; i < vals.length; i++)
     if (!Number.isFinite(vals[i])) throw nonFinite(source, cache, rawSite(cache, sink, window, i), vals[i]);
   if (cache.dtype === 'float32') return { data: new Uint8Array(vals.buffer), float32: true };
-  const { layer, kind, head, token } = rawSite(cache, sink, window, overflow);
+  const { layer, kind, head, token, dim } = rawSite(cache, sink, window, overflow);
   throw new KvtcError(
     'KV_OUT_OF_RANGE',
-    `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${overflow % headDim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`,
+    `${source}: the ${kind} of layer ${layer}, head ${head}, token ${token} (position ${cache.startPosition + token}), dim ${dim} is ${vals[overflow]}, beyond fp16's ±65504, but the cache says its dtype is float16`,
     {
       fix: 'A float16 cache cannot hold this value: pass the cache as float32 (kvtc then stores its raw tokens as float32), or check how the cache was produced.',
       context: {
@@ -51,7 +57,7 @@ export function rawSection(cache: KvCache, sink: number, window: number, source:
         head,
         token,
         position: cache.startPosition + token,
-        dim: overflow % headDim,
+        dim,
         value: vals[overflow],
         dtype: cache.dtype,
       },
@@ -66,17 +72,23 @@ function rawSite(
   window: number,
   i: number,
 ): { layer: number; kind: 'key' | 'value'; head: number; token: number; dim: number } {
-  const { kvHeads, headDim, tokens } = cache;
-  const row = Math.floor(i / headDim);
+  const { kvHeads, tokens } = cache;
+  const [kd, vd] = rowDims(cache);
+  const rows = kvHeads * (sink + window);
+  // Each layer holds its key rows of kd values, then its value rows of vd.
+  const layer = Math.floor(i / (rows * (kd + vd)));
+  let at = i - layer * rows * (kd + vd);
+  const isKey = at < rows * kd;
+  if (!isKey) at -= rows * kd;
+  const headDim = isKey ? kd : vd;
+  const row = Math.floor(at / headDim);
   const r = row % (sink + window);
-  const head = Math.floor(row / (sink + window)) % kvHeads;
-  const kv = Math.floor(row / ((sink + window) * kvHeads));
   return {
-    layer: Math.floor(kv / 2),
-    kind: kv % 2 === 0 ? 'key' : 'value',
-    head,
+    layer,
+    kind: isKey ? 'key' : 'value',
+    head: Math.floor(row / (sink + window)),
     token: r < sink ? r : tokens - window + (r - sink),
-    dim: i % headDim,
+    dim: at % headDim,
   };
 }
 
@@ -99,8 +111,9 @@ export function nonFinite(
 
 /** Inverse of rawSection. Every value must be finite: an fp16 ∞/NaN (or a float32 one) means a corrupt blob. */
 export function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, window: number, float32: boolean, source: string): void {
-  const { layers, kvHeads, headDim, tokens } = cache;
-  const count = layers * 2 * kvHeads * (sink + window) * headDim;
+  const { layers, kvHeads, tokens } = cache;
+  const dims = rowDims(cache);
+  const count = layers * kvHeads * (sink + window) * (dims[0] + dims[1]);
   const copy = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
   let vals: Float32Array;
   let bad = -1;
@@ -125,19 +138,20 @@ export function restoreRaw(data: Uint8Array, cache: KvCache, sink: number, windo
     }
   }
   if (bad >= 0) {
-    const { layer, kind, head, token } = rawSite(cache, sink, window, bad);
+    const { layer, kind, head, token, dim } = rawSite(cache, sink, window, bad);
     throw new KvtcError(
       'BLOB_INVALID',
-      `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${bad % headDim}; no encoder writes one`,
+      `${source}: the raw section stores a non-finite ${kind} for layer ${layer}, head ${head}, token ${token}, dim ${dim}; no encoder writes one`,
       {
         fix: 'The blob is corrupt or was not written by kvtc: re-encode the cache with `kvtc encode`.',
-        context: { blob: source, layer, kind, head, token, dim: bad % headDim },
+        context: { blob: source, layer, kind, head, token, dim },
       },
     );
   }
   let at = 0;
   for (let l = 0; l < layers; l++) {
-    for (const arr of [cache.keys[l], cache.values[l]]) {
+    for (const [kv, arr] of [cache.keys[l], cache.values[l]].entries()) {
+      const headDim = dims[kv];
       for (let h = 0; h < kvHeads; h++) {
         const base = h * tokens * headDim;
         arr.set(vals.subarray(at, at + sink * headDim), base);

@@ -1,13 +1,14 @@
 /**
  * Gathers a basis plan's features from a KvCache (and scatters them back).
  *
- * X: Float32Array // [t1 - t0, p] token-major, p = layers.length * kvHeads * headDim,
- * feature index (li * kvHeads + h) * headDim + d. Keys are un-rotated while gathering
+ * X: Float32Array // [t1 - t0, p] token-major, p = layers.length * kvHeads * hd,
+ * feature index (li * kvHeads + h) * hd + d, hd = headDim for keys, valueDim (absent: headDim)
+ * for values (MLA latents: the RoPE key and the latent differ in width). Keys are un-rotated while gathering
  * (position of token t = cache.startPosition + t), each layer with its own RoPE (a layer
  * without RoPE is copied as it is).
  */
 import { invariant } from '../errors.js';
-import type { KvCache } from '../model/types.js';
+import { valueDimOf, type KvCache } from '../model/types.js';
 import { layerTables, type RopeTable } from '../rope/rope-table.js';
 import type { ModelRope, RopeSpec } from '../rope/types.js';
 import type { KvKind } from '../codec/types.js';
@@ -18,8 +19,14 @@ export interface FeatureSelection {
   layers: number[];
 }
 
-export function featureDim(cache: Pick<KvCache, 'kvHeads' | 'headDim'>, layers: number[]): number {
-  return layers.length * cache.kvHeads * cache.headDim;
+/** Width of one head of `kind`: headDim for keys, valueDim (absent: headDim) for values. */
+export function kindHeadDim(cache: Pick<KvCache, 'headDim' | 'valueDim'>, kind: KvKind): number {
+  return kind === 'key' ? cache.headDim : valueDimOf(cache);
+}
+
+/** Features per token of a selection: layers × kvHeads × the width of `kind`'s heads (default key). */
+export function featureDim(cache: Pick<KvCache, 'kvHeads' | 'headDim' | 'valueDim'>, layers: number[], kind: KvKind = 'key'): number {
+  return layers.length * cache.kvHeads * kindHeadDim(cache, kind);
 }
 
 export function checkSelection(cache: KvCache, sel: FeatureSelection, t0: number, t1: number, op: string): void {
@@ -46,8 +53,9 @@ export function gatherFeatures(
   out?: Float32Array,
 ): Float32Array {
   checkSelection(cache, sel, t0, t1, 'gatherFeatures');
-  const { kvHeads, headDim, tokens } = cache;
-  const p = featureDim(cache, sel.layers);
+  const { kvHeads, tokens } = cache;
+  const headDim = kindHeadDim(cache, sel.kind);
+  const p = featureDim(cache, sel.layers, sel.kind);
   const n = t1 - t0;
   const X = out ?? new Float32Array(n * p);
   invariant(X.length >= n * p, `Error in gatherFeatures: out length (${X.length}) < tokens*p (${n}*${p})`);

@@ -1,7 +1,11 @@
 /**
  * KV cache <-> safetensors, in the layout ONNX Runtime and transformers use:
- *   present.{i}.key, present.{i}.value: [1, kv_heads, tokens, head_dim], F16 or F32 (the model's dtype)
- *   __metadata__: format, producer, model, fingerprint, tokens, start_position, layers, kv_heads, head_dim, dtype
+ *   present.{i}.key: [1, kv_heads, tokens, head_dim], present.{i}.value: [1, kv_heads, tokens, value_head_dim]
+ *   (value_head_dim = head_dim but for MLA latents and other caches whose values have another
+ *   width), F16 or F32 (the model's dtype); BF16 is read too, as float32 (exact: a bf16 is a
+ *   float32 with its low 16 bits zero), and such a cache's dtype is float32.
+ *   __metadata__: format, producer, model, fingerprint, tokens, start_position, layers, kv_heads,
+ *   head_dim, value_head_dim (only when it differs from head_dim), dtype
  * Reading validates names, shapes, dtypes and that every value is finite.
  */
 import { fileError, KvtcError } from '../errors.js';
@@ -16,7 +20,7 @@ import {
   type TensorEntry,
 } from '../io/safetensors.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import type { KvCache, KvDtype } from './types.js';
+import { valueDimOf, type KvCache, type KvDtype } from './types.js';
 
 export interface KvFileMeta {
   /** Model name (directory name). */
@@ -34,13 +38,17 @@ export const kvTensorName = (layer: number, kind: 'key' | 'value') => `present.$
 
 /** Serializes a cache; values are stored in `cache.dtype` (F16 rounds to nearest even). */
 export function serializeKvCache(cache: KvCache, meta: KvFileMeta = {}): Uint8Array {
-  const shape = [1, cache.kvHeads, cache.tokens, cache.headDim];
+  const valueDim = valueDimOf(cache);
   const tensors = new Map<string, TensorEntry>();
-  const entry = (a: Float32Array): TensorEntry =>
-    cache.dtype === 'float16' ? { dtype: 'F16', shape, data: bytesOf(floatArrayToHalf(a)) } : { dtype: 'F32', shape, data: bytesOf(a) };
+  const entry = (a: Float32Array, dim: number): TensorEntry => {
+    const shape = [1, cache.kvHeads, cache.tokens, dim];
+    return cache.dtype === 'float16'
+      ? { dtype: 'F16', shape, data: bytesOf(floatArrayToHalf(a)) }
+      : { dtype: 'F32', shape, data: bytesOf(a) };
+  };
   for (let l = 0; l < cache.layers; l++) {
-    tensors.set(kvTensorName(l, 'key'), entry(cache.keys[l]));
-    tensors.set(kvTensorName(l, 'value'), entry(cache.values[l]));
+    tensors.set(kvTensorName(l, 'key'), entry(cache.keys[l], cache.headDim));
+    tensors.set(kvTensorName(l, 'value'), entry(cache.values[l], valueDim));
   }
   const metadata: Record<string, string> = {
     ...meta.extra,
@@ -50,6 +58,7 @@ export function serializeKvCache(cache: KvCache, meta: KvFileMeta = {}): Uint8Ar
     layers: String(cache.layers),
     kv_heads: String(cache.kvHeads),
     head_dim: String(cache.headDim),
+    ...(valueDim !== cache.headDim ? { value_head_dim: String(valueDim) } : {}),
     dtype: cache.dtype,
   };
   if (meta.model !== undefined) metadata.model = meta.model;
@@ -83,9 +92,20 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
   if (first.shape.length !== 4 || first.shape[0] !== 1) {
     throw invalid(source, `${kvTensorName(0, 'key')} has shape [${first.shape}]; expected [1, kv_heads, tokens, head_dim]`);
   }
-  if (first.dtype !== 'F16' && first.dtype !== 'F32')
-    throw invalid(source, `${kvTensorName(0, 'key')} is ${first.dtype}; expected F16 or F32`);
+  if (first.dtype !== 'F16' && first.dtype !== 'F32' && first.dtype !== 'BF16')
+    throw invalid(source, `${kvTensorName(0, 'key')} is ${first.dtype}; expected F16, F32 or BF16`);
   const [, kvHeads, tokens, headDim] = first.shape;
+  // Values may be narrower or wider than keys (MLA latents): their shape is present.0.value's.
+  const firstValue = tensors.get(kvTensorName(0, 'value'));
+  if (!firstValue) throw invalid(source, `missing ${kvTensorName(0, 'value')} (found ${kvTensorName(0, 'key')})`);
+  const valueShape = [1, kvHeads, tokens, firstValue.shape[3]];
+  if (firstValue.shape.length !== 4 || firstValue.shape.slice(0, 3).join() !== valueShape.slice(0, 3).join() || !(firstValue.shape[3] >= 1))
+    throw invalid(
+      source,
+      `${kvTensorName(0, 'value')} has shape [${firstValue.shape}]; expected [1, ${kvHeads}, ${tokens}, value_head_dim] (the keys' heads and tokens)`,
+    );
+  const valueDim = firstValue.shape[3];
+  // BF16 (a float32 with its low half dropped) reads exactly as float32; only F16 stays float16.
   const dtype: KvDtype = first.dtype === 'F16' ? 'float16' : 'float32';
   const keys: Float32Array[] = [];
   const values: Float32Array[] = [];
@@ -95,14 +115,17 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
       const t = tensors.get(name);
       if (!t) throw invalid(source, `missing ${name} (found ${kvTensorName(l, 'key')})`);
       if (t.dtype !== first.dtype) throw invalid(source, `${name} is ${t.dtype} but ${kvTensorName(0, 'key')} is ${first.dtype}`);
-      if (t.shape.join() !== first.shape.join()) throw invalid(source, `${name} has shape [${t.shape}], expected [${first.shape}]`);
+      const want = kind === 'key' ? first.shape : valueShape;
+      if (t.shape.join() !== want.join()) throw invalid(source, `${name} has shape [${t.shape}], expected [${want}]`);
+      const hd = kind === 'key' ? headDim : valueDim;
       const raw = toTypedArray(t);
-      const a = raw instanceof Uint16Array ? halfArrayToFloat(raw) : (raw as Float32Array);
+      const a =
+        t.dtype === 'BF16' ? bf16ToFloat(raw as Uint16Array) : raw instanceof Uint16Array ? halfArrayToFloat(raw) : (raw as Float32Array);
       for (let i = 0; i < a.length; i++) {
         if (!Number.isFinite(a[i])) {
-          const h = Math.floor(i / (tokens * headDim));
-          const tok = Math.floor(i / headDim) % tokens;
-          throw invalid(source, `${name} has a non-finite value (${a[i]}) at index ${i} (head ${h}, token ${tok}, dim ${i % headDim})`, {
+          const h = Math.floor(i / (tokens * hd));
+          const tok = Math.floor(i / hd) % tokens;
+          throw invalid(source, `${name} has a non-finite value (${a[i]}) at index ${i} (head ${h}, token ${tok}, dim ${i % hd})`, {
             tensor: name,
             index: i,
           });
@@ -117,7 +140,20 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
   const startPosition = metadata.start_position === undefined ? 0 : Number(metadata.start_position);
   if (!Number.isInteger(startPosition) || startPosition < 0)
     throw invalid(source, `metadata start_position "${metadata.start_position}" is not a non-negative integer`);
-  return { cache: { layers, kvHeads, headDim, tokens, dtype, keys, values, startPosition }, metadata };
+  const declaredValueDim = metadata.value_head_dim === undefined ? undefined : Number(metadata.value_head_dim);
+  if (declaredValueDim !== undefined && declaredValueDim !== valueDim)
+    throw invalid(source, `metadata says value_head_dim ${metadata.value_head_dim} but the value tensors have ${valueDim}`);
+  return {
+    cache: { layers, kvHeads, headDim, ...(valueDim !== headDim ? { valueDim } : {}), tokens, dtype, keys, values, startPosition },
+    metadata,
+  };
+}
+
+/** bfloat16 bits → float32 (exact: the bits are a float32's high half). */
+function bf16ToFloat(h: Uint16Array): Float32Array {
+  const u = new Uint32Array(h.length);
+  for (let i = 0; i < h.length; i++) u[i] = h[i] << 16;
+  return new Float32Array(u.buffer);
 }
 
 export async function readKvCache(path: string): Promise<KvFile> {

@@ -106,6 +106,11 @@ export function profileModelDifferences(manifest: Manifest, model: ModelIdentity
   const pm = manifest.model;
   if (pm.fingerprint.id === model.fingerprint.id) return [];
   const out = architectureDifferences(manifest, model);
+  if (pm.fingerprint.source === 'kv-dump') {
+    // No graph to compare: a dump's fingerprint hashes the dump manifest's model description.
+    out.push('the profile was calibrated from a KV dump (fingerprint source kv-dump), whose fingerprint no ONNX model has');
+    return out;
+  }
   if (!out.length && model.fingerprint.onnx && model.fingerprint.onnx.sha256 !== pm.fingerprint.onnx_sha256) {
     const g = otherGraphFile(manifest, model);
     out.push(
@@ -247,15 +252,27 @@ export function checkDynamoProfileForModel(
 export function checkCacheForProfile(
   profile: Pick<Profile, 'dir' | 'manifest'>,
   kv: string,
-  cache: Pick<KvCache, 'layers' | 'kvHeads' | 'headDim' | 'dtype'>,
+  cache: Pick<KvCache, 'layers' | 'kvHeads' | 'headDim' | 'valueDim' | 'dtype'>,
   recorded: { model?: string; fingerprint?: string },
 ): void {
   const pm = profile.manifest.model;
   if (!recorded.fingerprint || recorded.fingerprint === pm.fingerprint.id) return;
   const model: ModelIdentity = { name: recorded.model ?? 'an unnamed model', dir: kv, fingerprint: { id: recorded.fingerprint } };
   const out = fieldDifferences(
-    { layers: pm.layers, kv_heads: pm.kv_heads, head_dim: pm.head_dim, kv_dtype: pm.kv_dtype },
-    { layers: cache.layers, kv_heads: cache.kvHeads, head_dim: cache.headDim, kv_dtype: cache.dtype },
+    {
+      layers: pm.layers,
+      kv_heads: pm.kv_heads,
+      head_dim: pm.head_dim,
+      value_head_dim: pm.value_head_dim ?? pm.head_dim,
+      kv_dtype: pm.kv_dtype,
+    },
+    {
+      layers: cache.layers,
+      kv_heads: cache.kvHeads,
+      head_dim: cache.headDim,
+      value_head_dim: cache.valueDim ?? cache.headDim,
+      kv_dtype: cache.dtype,
+    },
   );
   // A capture records only the fingerprint id: the same shape from another model says no more.
   if (!out.length) out.push('the fingerprint differs (same cache shape: another model, export or RoPE)');

@@ -24,7 +24,9 @@ export interface Format3ModelFields {
  * value_head_dim only when it differs from head_dim, cache only when not gqa, model_layers and
  * cache_layers only when the cache is not every model layer in order.
  */
-export function format3ModelFields(spec: Pick<ModelSpec, 'layers' | 'headDim' | 'valueDim' | 'cacheLayout' | 'modelLayers' | 'cacheLayers'>): Format3ModelFields {
+export function format3ModelFields(
+  spec: Pick<ModelSpec, 'layers' | 'headDim' | 'valueDim' | 'cacheLayout' | 'modelLayers' | 'cacheLayers'>,
+): Format3ModelFields {
   const out: Format3ModelFields = {};
   if (spec.valueDim !== undefined && spec.valueDim !== spec.headDim) out.value_head_dim = spec.valueDim;
   if (spec.cacheLayout !== undefined && spec.cacheLayout !== 'gqa') out.cache = spec.cacheLayout;
@@ -92,23 +94,33 @@ export function checkManifestFormat(m: Manifest, fail: (msg: string) => void): s
   const v = m.format_version;
   const present = format3FieldsOf(m);
   if (v < 3 && present.length)
-    fail(`format_version is ${v}, but ${list(present)} ${present.length > 1 ? 'are' : 'is'} format 3: a manifest with them has format_version 3`);
+    fail(
+      `format_version is ${v}, but ${list(present)} ${present.length > 1 ? 'are' : 'is'} format 3: a manifest with them has format_version 3`,
+    );
   if (v === 3 && !present.length)
     fail(
       `format_version is 3, but the manifest has none of format 3's fields (model.value_head_dim, model.cache, model.model_layers, model.cache_layers, shard, model.fingerprint.source): kvtc writes such a profile as format 2`,
     );
   if (v < 3 && !(FAMILIES as readonly string[]).includes(md.family))
-    fail(`model.family ${JSON.stringify(md.family)} is not one of format ${v}'s families (${FAMILIES.join(', ')}); other labels are format 3`);
+    fail(
+      `model.family ${JSON.stringify(md.family)} is not one of format ${v}'s families (${FAMILIES.join(', ')}); other labels are format 3`,
+    );
 
   const fp = md.fingerprint;
   if (fp.source === 'kv-dump') {
     if (fp.onnx_sha256 !== undefined)
-      fail('model.fingerprint.onnx_sha256 is present, but fingerprint.source is kv-dump: a profile calibrated from a KV dump has no ONNX graph');
+      fail(
+        'model.fingerprint.onnx_sha256 is present, but fingerprint.source is kv-dump: a profile calibrated from a KV dump has no ONNX graph',
+      );
     const want = kvDumpFingerprintId(fp.spec_sha256);
     if (fp.id !== want)
-      fail(`model.fingerprint.id ${fp.id} is not the id of a kv-dump fingerprint with this spec_sha256 (expected ${want}: sha256("kv-dump:" + spec_sha256 + "\\n"))`);
+      fail(
+        `model.fingerprint.id ${fp.id} is not the id of a kv-dump fingerprint with this spec_sha256 (expected ${want}: sha256("kv-dump:" + spec_sha256 + "\\n"))`,
+      );
   } else if (fp.onnx_sha256 === undefined) {
-    fail('model.fingerprint.onnx_sha256 is missing: only a profile calibrated from a KV dump (fingerprint.source "kv-dump", format 3) has none');
+    fail(
+      'model.fingerprint.onnx_sha256 is missing: only a profile calibrated from a KV dump (fingerprint.source "kv-dump", format 3) has none',
+    );
   }
 
   const max = PROFILE_LIMITS.maxShape;
@@ -120,7 +132,9 @@ export function checkManifestFormat(m: Manifest, fail: (msg: string) => void): s
   const hasML = md.model_layers !== undefined;
   const cl = md.cache_layers;
   if (hasML !== (cl !== undefined))
-    fail(`model.${hasML ? 'model_layers' : 'cache_layers'} is present without model.${hasML ? 'cache_layers' : 'model_layers'}: the two go together`);
+    fail(
+      `model.${hasML ? 'model_layers' : 'cache_layers'} is present without model.${hasML ? 'cache_layers' : 'model_layers'}: the two go together`,
+    );
   if (hasML && md.model_layers! > max) fail(`model.model_layers = ${md.model_layers} exceeds ${max}`);
   if (cl) {
     if (cl.length !== md.layers)
@@ -131,7 +145,9 @@ export function checkManifestFormat(m: Manifest, fail: (msg: string) => void): s
         break;
       }
       if (hasML && cl[i] >= md.model_layers!) {
-        fail(`model.cache_layers[${i}] = ${cl[i]} is not a layer of the model (model.model_layers is ${md.model_layers}: 0–${md.model_layers! - 1})`);
+        fail(
+          `model.cache_layers[${i}] = ${cl[i]} is not a layer of the model (model.model_layers is ${md.model_layers}: 0–${md.model_layers! - 1})`,
+        );
         break;
       }
     }
@@ -143,7 +159,9 @@ export function checkManifestFormat(m: Manifest, fail: (msg: string) => void): s
     if (s.pp_rank >= s.pp_size) fail(`shard.pp_rank ${s.pp_rank} is not below shard.pp_size ${s.pp_size}`);
     if (s.tp_size > max || s.pp_size > max) fail(`shard.tp_size ${s.tp_size} or shard.pp_size ${s.pp_size} exceeds ${max}`);
     if (s.kv_heads.length !== md.kv_heads)
-      fail(`shard.kv_heads has ${s.kv_heads.length} entries, but model.kv_heads is ${md.kv_heads} (the model's head index of each profile head)`);
+      fail(
+        `shard.kv_heads has ${s.kv_heads.length} entries, but model.kv_heads is ${md.kv_heads} (the model's head index of each profile head)`,
+      );
     const seen = new Set<number>();
     for (const [i, h] of s.kv_heads.entries()) {
       if (h > max) {

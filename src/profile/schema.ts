@@ -213,7 +213,9 @@ export const ManifestSchema = z
             source: z
               .literal('kv-dump')
               .optional()
-              .describe('format 3: the profile was calibrated from a KV dump (docs/kv-dumps.md), not from an ONNX model; absent: an ONNX model'),
+              .describe(
+                'format 3: the profile was calibrated from a KV dump (docs/kv-dumps.md), not from an ONNX model; absent: an ONNX model',
+              ),
           })
           .strict(),
         onnx_file: z
@@ -229,12 +231,7 @@ export const ManifestSchema = z
         kv_heads: z.number().int().positive(),
         head_dim: z.number().int().positive().describe('width of each key head'),
         kv_dtype: z.enum(['float32', 'float16']),
-        value_head_dim: z
-          .number()
-          .int()
-          .positive()
-          .optional()
-          .describe('format 3: width of each value head; absent: head_dim'),
+        value_head_dim: z.number().int().positive().optional().describe('format 3: width of each value head; absent: head_dim'),
         cache: z
           .enum(CACHE_LAYOUTS)
           .optional()
@@ -274,7 +271,10 @@ export const ManifestSchema = z
         tp_size: count,
         pp_rank: nonneg,
         pp_size: count,
-        kv_heads: z.array(nonneg).min(1).describe("the model's KV head index of each profile head, in cache order (length = model.kv_heads)"),
+        kv_heads: z
+          .array(nonneg)
+          .min(1)
+          .describe("the model's KV head index of each profile head, in cache order (length = model.kv_heads)"),
       })
       .strict()
       .optional()

@@ -9,6 +9,8 @@ import { DEFAULT_MAX_POSITIONS } from '../codec/blob.js';
 import { isKvtcError } from '../errors.js';
 import { describeModel } from '../model/load.js';
 import { profileModelMismatch } from './compat.js';
+import { manifestValueDim } from './format3.js';
+import { valueDimOf } from '../model/types.js';
 import { ropeDifferences, ropeFromManifest } from './rope.js';
 import { checkProfile } from './read.js';
 import { PROFILE_LIMITS } from './limits.js';
@@ -43,11 +45,16 @@ export async function validateProfile(path: string, modelDir?: string): Promise<
           detail: mismatch ? `${mismatch.message}; ${mismatch.fix}` : `made for this model (${d.name}, fingerprint ${d.fingerprint.id})`,
         });
         const s = d.spec;
-        const shapeOk = s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim && s.heads === m.heads;
+        const sv = valueDimOf(s);
+        const mv = manifestValueDim(m);
+        const shapeOk = s.layers === m.layers && s.kvHeads === m.kv_heads && s.headDim === m.head_dim && sv === mv && s.heads === m.heads;
+        const vd = sv !== s.headDim || mv !== m.head_dim;
         checks.push({
           name: 'model shape',
           ok: shapeOk,
-          detail: `model ${s.layers}×${s.heads}×${s.kvHeads}×${s.headDim}, profile ${m.layers}×${m.heads}×${m.kv_heads}×${m.head_dim} (layers × heads × KV heads × head dim)`,
+          detail: vd
+            ? `model ${s.layers}×${s.heads}×${s.kvHeads}×${s.headDim}/${sv}, profile ${m.layers}×${m.heads}×${m.kv_heads}×${m.head_dim}/${mv} (layers × heads × KV heads × key/value head dim)`
+            : `model ${s.layers}×${s.heads}×${s.kvHeads}×${s.headDim}, profile ${m.layers}×${m.heads}×${m.kv_heads}×${m.head_dim} (layers × heads × KV heads × head dim)`,
         });
         checks.push({
           name: 'model kv dtype',

@@ -64,7 +64,8 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
   }
   const problems: string[] = [];
   checkManifestFormat(manifest, (msg) => problems.push(msg));
-  if (problems.length) throw new KvtcError('INTERNAL', `kvtc produced a manifest whose format-3 fields are inconsistent: ${problems.join('; ')}`);
+  if (problems.length)
+    throw new KvtcError('INTERNAL', `kvtc produced a manifest whose format-3 fields are inconsistent: ${problems.join('; ')}`);
   return { manifest, tensors };
 }
 
