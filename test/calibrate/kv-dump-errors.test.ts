@@ -1,0 +1,269 @@
+import { readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { openKvDump, readDumpSequence } from '../../src/calibrate/kv-dump.js';
+import { parseShards } from '../../src/calibrate/kv-shards.js';
+import { exitCodeFor } from '../../src/cli/exit-codes.js';
+import { KvtcError } from '../../src/errors.js';
+import type { KvCache } from '../../src/model/types.js';
+import { rng } from '../codec/rng.js';
+import { kvtc, tempDir } from '../model/helpers.js';
+import { dumpManifest, i64, seqFileName, sequenceFile, writeDump, type DumpModelInfo, type DumpSeq } from './kv-dump-helpers.js';
+import { parseSafetensors, serializeSafetensors } from '../../src/io/safetensors.js';
+
+const MODEL: DumpModelInfo = {
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  headDim: 8,
+  maxPositions: 4096,
+  rope: [
+    { theta: 10000, rotaryDim: 8, layout: 'half' },
+    { theta: 10000, rotaryDim: 8, layout: 'half' },
+  ],
+};
+
+function seq(tokens: number, start: number, seed: number): DumpSeq {
+  const { normal } = rng(seed);
+  const a = () => Float32Array.from({ length: 2 * tokens * 8 }, normal);
+  const cache: KvCache = { layers: 2, kvHeads: 2, headDim: 8, tokens, dtype: 'float32', keys: [a(), a()], values: [a(), a()], startPosition: start };
+  // No input_ids: random keys are no model's, so the RoPE data check must not run on them.
+  return { cache };
+}
+
+/** A small valid dump: 6 sequences of 300 tokens. */
+function makeDump(): { dir: string; seqs: DumpSeq[] } {
+  const dir = join(tempDir('kvtc-kvdump-bad-'), 'dump');
+  const seqs = Array.from({ length: 6 }, (_, i) => seq(300, i === 5 ? 100 : 0, i + 1));
+  writeDump(dir, MODEL, seqs);
+  return { dir, seqs };
+}
+
+function editManifest(dir: string, edit: (m: Record<string, any>) => void): void {
+  const p = join(dir, 'kvtc-dump.json');
+  const m = JSON.parse(readFileSync(p, 'utf8'));
+  edit(m);
+  writeFileSync(p, JSON.stringify(m));
+}
+
+/** Rewrites one sequence file with its tensors edited. */
+function editFile(dir: string, i: number, edit: (t: Map<string, any>, meta: Record<string, string>) => void): void {
+  const p = join(dir, seqFileName(i));
+  const f = parseSafetensors(new Uint8Array(readFileSync(p)));
+  const tensors = new Map([...f.tensors].map(([k, v]) => [k, { ...v, data: v.data.slice() }]));
+  const meta = { ...f.metadata };
+  edit(tensors, meta);
+  writeFileSync(p, serializeSafetensors(tensors, meta));
+}
+
+async function failure(f: () => Promise<unknown>): Promise<KvtcError> {
+  try {
+    await f();
+  } catch (e) {
+    if (e instanceof KvtcError) return e;
+    throw e;
+  }
+  throw new Error('expected a KvtcError');
+}
+
+async function readAll(dir: string): Promise<void> {
+  const d = await openKvDump(dir);
+  for (const s of d.sequences) await readDumpSequence(d, s);
+}
+
+const CAL = ['--ratio', '8', '--tokens', '512', '--tuning-tokens', '256', '--report-tokens', '256', '--sink', '4', '--window', '16', '--grouping', 'layer', '--quiet'];
+
+describe('bad KV dumps: each a named error with its exit code', () => {
+  it('the valid dump reads', async () => {
+    const { dir } = makeDump();
+    await readAll(dir);
+  });
+
+  const cases: { name: string; make: (dir: string) => void; code: string; message: RegExp }[] = [
+    { name: 'a missing sequence file', make: (d) => rmSync(join(d, seqFileName(2))), code: 'KV_INVALID', message: /seq-000002\.safetensors: missing: .*sequences\[2\]/ },
+    {
+      name: 'a tensor of the wrong shape',
+      make: (d) => editFile(d, 1, (t) => t.set('present.1.value', { dtype: 'F32', shape: [1, 2, 300, 4], data: new Uint8Array(2 * 300 * 4 * 4) })),
+      code: 'KV_INVALID',
+      message: /seq-000001\.safetensors: tensor present\.1\.value: shape \[1, 2, 300, 4\], expected \[1, 2, 300, 8\]/,
+    },
+    {
+      name: 'a NaN',
+      make: (d) =>
+        editFile(d, 3, (t) => {
+          const e = t.get('present.0.key');
+          new DataView(e.data.buffer, e.data.byteOffset).setFloat32(4 * (8 * 300 + 8 * 5 + 2), NaN, true);
+        }),
+      code: 'KV_INVALID',
+      message: /seq-000003\.safetensors: tensor present\.0\.key: value NaN at head 1, token 5, dim 2/,
+    },
+    {
+      name: 'positions with a gap',
+      make: (d) => editFile(d, 0, (t) => t.set('positions', i64(Array.from({ length: 300 }, (_, i) => (i < 100 ? i : i + 1))))),
+      code: 'KV_INVALID',
+      message: /seq-000000\.safetensors: tensor positions: token 100 is at position 101, expected 100/,
+    },
+    {
+      name: 'positions that do not start at start_position',
+      make: (d) => editManifest(d, (m) => (m.sequences[5].start_position = 0)),
+      code: 'KV_INVALID',
+      message: /seq-000005\.safetensors: tensor positions: token 0 is at position 100, expected 0/,
+    },
+    {
+      name: 'an inv_freq kvtc does not compute from the description',
+      make: (d) => editManifest(d, (m) => (m.model.rope[1].inv_freq[2] *= 1.001)),
+      code: 'ROPE_MISMATCH',
+      message: /model\.rope\[1\] \(model layer 1\) describes RoPE whose inverse frequency 2/,
+    },
+    {
+      name: 'a theta that does not give the inv_freq',
+      make: (d) => editManifest(d, (m) => (m.model.rope[0].theta = 500000)),
+      code: 'ROPE_MISMATCH',
+      message: /model layer 0/,
+    },
+    { name: 'an unknown field', make: (d) => editManifest(d, (m) => (m.model.rope_thta = 1)), code: 'KV_INVALID', message: /kvtc-dump\.json: model: unknown field rope_thta/ },
+    {
+      name: 'a repeated key',
+      make: (d) => writeFileSync(join(d, 'kvtc-dump.json'), readFileSync(join(d, 'kvtc-dump.json'), 'utf8').replace('"format": "kvtc-kv-dump",', '"format": "kvtc-kv-dump", "format": "kvtc-kv-dump",')),
+      code: 'KV_INVALID',
+      message: /repeats the key format/,
+    },
+    {
+      name: 'a truncated safetensors file',
+      make: (d) => truncateSync(join(d, seqFileName(4)), statSync(join(d, seqFileName(4))).size - 100),
+      code: 'SAFETENSORS_INVALID',
+      message: /seq-000004\.safetensors: tensor "[a-z_.0-9]+" data_offsets .* fall outside/,
+    },
+    {
+      name: 'an extra tensor',
+      make: (d) => editFile(d, 2, (t) => t.set('present.7.key', { dtype: 'F32', shape: [1], data: new Uint8Array(4) })),
+      code: 'KV_INVALID',
+      message: /seq-000002\.safetensors: unexpected tensor present\.7\.key/,
+    },
+    {
+      name: 'the wrong dtype',
+      make: (d) => editManifest(d, (m) => (m.model.dtype = 'float16')),
+      code: 'KV_INVALID',
+      message: /tensor present\.0\.key: dtype F32, but model\.dtype float16 needs F16/,
+    },
+    {
+      name: 'a token count the file does not have',
+      make: (d) => editManifest(d, (m) => (m.sequences[0].tokens = 299)),
+      code: 'KV_INVALID',
+      message: /seq-000000\.safetensors: tensor present\.0\.key: shape \[1, 2, 300, 8\], expected \[1, 2, 299, 8\]/,
+    },
+    {
+      name: 'file metadata that disagrees with the manifest',
+      make: (d) => editFile(d, 5, (_t, meta) => (meta.start_position = '0')),
+      code: 'KV_INVALID',
+      message: /seq-000005\.safetensors: __metadata__ start_position is "0", but kvtc-dump\.json says 100/,
+    },
+    {
+      name: 'input_ids that are not I64',
+      make: (d) => editFile(d, 1, (t) => t.set('input_ids', { dtype: 'I32', shape: [300], data: new Uint8Array(1200) })),
+      code: 'KV_INVALID',
+      message: /seq-000001\.safetensors: tensor input_ids: dtype I32, expected I64/,
+    },
+    {
+      name: 'a file name with a path',
+      make: (d) => editManifest(d, (m) => (m.sequences[0].file = '../x.safetensors')),
+      code: 'KV_INVALID',
+      message: /sequences\[0\]\.file: must be a file name in the dump directory/,
+    },
+    {
+      name: 'a sequence past max_positions',
+      make: (d) => editManifest(d, (m) => (m.model.max_positions = 350)),
+      code: 'KV_INVALID',
+      message: /sequences\[5\] \(seq-000005\.safetensors\) ends at position 400, past model\.max_positions 350/,
+    },
+  ];
+
+  for (const c of cases) {
+    it(`${c.name}: ${c.code}, exit 1`, async () => {
+      const { dir } = makeDump();
+      c.make(dir);
+      const e = await failure(() => readAll(dir));
+      expect(e.code).toBe(c.code);
+      expect(e.message).toMatch(c.message);
+      expect(e.fix).toBeTruthy();
+      expect(exitCodeFor(e)).toBe(1);
+    });
+  }
+
+  it('through the CLI: a missing file stops calibration before anything is written (exit 1)', async () => {
+    const { dir } = makeDump();
+    rmSync(join(dir, seqFileName(4)));
+    const out = join(tempDir('kvtc-kvdump-out-'), 'p');
+    const r = await kvtc('calibrate', '--kv', dir, '--out', out, ...CAL);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/seq-000004\.safetensors: missing/);
+    expect(r.stderr).toMatch(/Copy the whole dump directory/);
+  });
+
+  it('through the CLI: an Infinity stops calibration with nothing written (exit 1)', async () => {
+    const { dir } = makeDump();
+    for (let i = 0; i < 6; i++)
+      editFile(dir, i, (t) => {
+        const e = t.get('present.1.value');
+        new DataView(e.data.buffer, e.data.byteOffset).setFloat32(0, Infinity, true);
+      });
+    const out = join(tempDir('kvtc-kvdump-out-'), 'p');
+    const r = await kvtc('calibrate', '--kv', dir, '--out', out, ...CAL);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/tensor present\.1\.value: value Infinity at head 0, token 0, dim 0/);
+    expect(() => statSync(out)).toThrow();
+  });
+
+  it('the valid dump calibrates through the CLI (exit 0); without input_ids the RoPE data check says why it did not run', async () => {
+    const { dir } = makeDump();
+    const out = join(tempDir('kvtc-kvdump-out-'), 'p');
+    const r = await kvtc('calibrate', '--kv', dir, '--out', out, ...CAL, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.ranks[0].split.tuning.length).toBe(1);
+    expect(j.ranks[0].split.report.length).toBe(1);
+    expect(j.ranks[0].split.fit.length).toBe(2);
+    expect(j.rope_check.checked).toBe(false);
+    expect(j.rope_check.reason).toMatch(/no input_ids/);
+  });
+
+  it('usage errors exit 2: --kv with --model or --data, --shards without --kv or malformed', async () => {
+    const { dir } = makeDump();
+    let r = await kvtc('calibrate', '--kv', dir, '--model', dir, '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--kv cannot be combined with --model/);
+    r = await kvtc('calibrate', '--kv', dir, '--data', dir, '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--kv cannot be combined with --data/);
+    r = await kvtc('calibrate', '--shards', 'tp=2', '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--shards applies only to --kv/);
+    r = await kvtc('calibrate', '--kv', dir, '--shards', 'tp=2,dp=2', '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--shards "tp=2,dp=2" is not of the form tp=T,pp=P/);
+    r = await kvtc('calibrate', '--kv', dir, '--shards', 'tp=3', '--quiet');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/tp=3 does not divide the model's 2 KV heads/);
+    expect(parseShards('pp=3')).toEqual({ tp: 1, pp: 3 });
+  });
+
+  it('a directory without a dump, and too few tokens, are input errors (exit 1)', async () => {
+    const empty = tempDir('kvtc-kvdump-empty-');
+    let r = await kvtc('calibrate', '--kv', empty, '--quiet');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/holds neither kvtc-dump\.json nor tp_<t>_pp_<p>\/ rank dumps/);
+    const { dir } = makeDump();
+    r = await kvtc('calibrate', '--kv', dir, ...CAL.filter((x) => x !== '--quiet'), '--tuning-tokens', '1500', '--quiet');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/NOT_ENOUGH_TOKENS|left to fit/);
+  });
+
+  it('the manifest the helper writes is what docs/kv-dumps.md §2 lists', () => {
+    const m = dumpManifest(MODEL, [seq(10, 0, 1)]);
+    expect(Object.keys(m).sort()).toEqual(['format', 'format_version', 'model', 'producer', 'sequences']);
+    expect(Object.keys(m.model as object).sort()).toEqual(
+      ['architecture', 'cache', 'cache_layers', 'dtype', 'family', 'head_dim', 'heads', 'kv_heads', 'layer_kinds', 'layers', 'max_positions', 'name', 'rope'].sort(),
+    );
+    expect(sequenceFile(seq(10, 0, 1), [0, 1]).byteLength).toBeGreaterThan(0);
+  });
+});
