@@ -315,13 +315,17 @@ def map_layers(worker: _Worker, model_layers: int, pp_size: int, partition: Opti
 # ---------------------------------------------------------------- loading
 
 
-def _load(torch, path: str):
-    """One fork file: a tensor, memory-mapped where the file format allows it. No arbitrary unpickling."""
+def _load(torch, path: str, mmap: bool = False):
+    """One fork file: a tensor (memory-mapped if asked and the file format allows it). No arbitrary unpickling.
+
+    The first pass maps the files to read their shapes without their data; the second reads each
+    file whole, which is faster than faulting the mapping in page by page.
+    """
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError as e:
-            if "mmap" not in str(e) and "zip" not in str(e):
+            if not mmap or ("mmap" not in str(e) and "zip" not in str(e)):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) torch.save format
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; each becomes a KvtcError naming it
@@ -340,6 +344,14 @@ def _load(torch, path: str):
             file=path,
         )
     return obj
+
+
+def _nonfinite(torch, t):
+    """Where t is NaN or ±inf, from the exponent bits: all ones. (torch.isfinite on bfloat16 is ~50x slower.)"""
+    if t.dtype == torch.float32:
+        return (t.view(torch.int32) & 0x7F800000) == 0x7F800000
+    mask = 0x7F80 if t.dtype == torch.bfloat16 else 0x7C00  # float16
+    return (t.view(torch.int16) & mask) == mask
 
 
 def _dtype_name(torch, t) -> Optional[str]:
@@ -383,7 +395,7 @@ def _convert_request(
         for j in worker.file_layers:
             for kind in ("K", "V"):
                 path = req.files[kind][(c, j)]
-                t = _load(torch, path)
+                t = _load(torch, path, mmap=True)
                 want_dim = geo.head_dim if kind == "K" else geo.value_head_dim
                 dt = _dtype_name(torch, t)
                 if dt is None:
@@ -460,8 +472,9 @@ def _convert_request(
                 for c, n in zip(chunks, chunk_tokens):
                     path = req.files[kind][(c, j)]
                     t = _load(torch, path)
-                    if not bool(torch.isfinite(t).all()):
-                        bad = int((~torch.isfinite(t)).nonzero()[0][0])
+                    nonfinite = _nonfinite(torch, t)
+                    if bool(nonfinite.any()):
+                        bad = int(nonfinite.nonzero()[0][0])
                         raise _err(
                             "KV_INVALID",
                             f"{path} holds a non-finite value (NaN or infinity) at token {bad} of the chunk",
@@ -471,7 +484,7 @@ def _convert_request(
                     rows = t.transpose(0, 1).contiguous().view(torch.uint8).numpy()  # [heads, n, dim] as bytes
                     for h in range(heads):
                         f.seek(base + (h * T + t0) * dim * esize)
-                        f.write(rows[h].tobytes())
+                        f.write(rows[h])  # a C-contiguous [n, dim·bytes] block: no copy
                     t0 += n
                     del t, rows
     return T, total

@@ -346,3 +346,16 @@ def test_human_output(tmp_path, dump, model_dir):
     rc, stdout, stderr = convert_cli(dump, "--config", model_dir[0], "--out", tmp_path / "o", "--quiet")
     assert rc == 0 and stderr == ""
     assert stdout.startswith("converted 2 requests (20 tokens, bfloat16) from 2 × 2 workers (tp × pp) → ")
+
+
+def test_nonfinite_check_agrees_with_torch_isfinite():
+    """The exponent-bit test the converter uses instead of torch.isfinite: every 16-bit pattern, and float32 samples."""
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    for dt in (torch.bfloat16, torch.float16):
+        x = every.view(dt)
+        assert torch.equal(sglang._nonfinite(torch, x), ~torch.isfinite(x)), dt
+    g = torch.Generator().manual_seed(1)
+    bits32 = torch.randint(-(2**31), 2**31, (200_000,), generator=g, dtype=torch.int64).to(torch.int32)
+    specials = torch.tensor([0x7F800000, -0x800000, 0x7FC00000, 0x7F7FFFFF, 0x00000001], dtype=torch.int32)
+    x = torch.cat([bits32, specials]).view(torch.float32)
+    assert torch.equal(sglang._nonfinite(torch, x), ~torch.isfinite(x))
