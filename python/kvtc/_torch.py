@@ -104,65 +104,76 @@ def _plan_tensors(torch, plan, dev) -> Dict[str, Any]:
 
 
 class _RopeGroups:
-    """Per plan of keys: its layers grouped by RoPE description, each group's tables on the device.
+    """Per plan of keys: runs of consecutive layers sharing a RoPE description, each with its tables
+    on the device.
 
     _rope.layer_tables builds one set of float32 tables per distinct description (the NumPy path's
     tables, bit for bit); each is uploaded once here and shared by every plan that uses it."""
 
     def __init__(self, torch, profile, start: int, n: int, seq_len: int, dev):
         self.torch = torch
+        self.ropes = profile.layer_ropes
         self.per_layer = _rope.layer_tables(profile.layer_ropes, profile.head_dim, start, n, seq_len)
         self.dev = dev
         self._uploaded: Dict[int, Tuple[Any, ...]] = {}
 
-    def groups(self, layers: List[int], undo: bool):
-        """[(positions in `layers` as a device index tensor, cos [n, R/2], sin, ia, ib)] for the
-        layers that have RoPE; NoPE layers are left out."""
-        by: Dict[int, List[int]] = {}
+    def runs(self, layers: List[int], undo: bool):
+        """[(slice of positions in `layers`, cos [n, R/2], sin, layout, R)] for the layers that have
+        RoPE (NoPE layers are left out); undo gives the un-rotate tables (cos/f, sin/f)."""
+        out: List[List[Any]] = []
         for li, l in enumerate(layers):
             t = self.per_layer[l]
-            if t is not None:
-                by.setdefault(id(t), []).append(li)
-        out = []
-        for li_list in by.values():
-            t = self.per_layer[layers[li_list[0]]]
+            if t is None:
+                continue
+            if out and out[-1][0] is t and out[-1][1] == li:
+                out[-1][1] = li + 1
+                continue
+            out.append([t, li + 1, li, self.ropes[l]])
+        res = []
+        for t, stop, first, r in out:
             if id(t) not in self._uploaded:
-                self._uploaded[id(t)] = tuple(_t(self.torch, a, self.dev) for a in t)
-            ca, sa, cu, su, ia, ib = self._uploaded[id(t)]
-            sel = None if len(li_list) == len(layers) else self.torch.tensor(li_list, dtype=self.torch.long, device=self.dev)
-            out.append((sel, cu, su, ia, ib) if undo else (sel, ca, sa, ia, ib))
-        return out
+                self._uploaded[id(t)] = tuple(_t(self.torch, a, self.dev) for a in t[:4])
+            ca, sa, cu, su = self._uploaded[id(t)]
+            res.append((slice(first, stop), cu if undo else ca, su if undo else sa, r.layout, r.rotary_dim))
+        return res
 
 
-def _rotate(x, cos, sin, ia, ib, undo: bool):
-    """RoPE on float32 x [..., n, D] (in place) with float32 cos/sin [n, R/2]: separate multiplies
-    and adds (each product rounded to float32, then the sum), as the NumPy path's rotate32."""
-    a = x[..., ia]
-    b = x[..., ib]
-    if undo:
-        x[..., ia] = a * cos + b * sin
-        x[..., ib] = b * cos - a * sin
+def _rotate(x, cos, sin, layout: str, R: int, undo: bool) -> None:
+    """RoPE on float32 x [..., n, D] in place (x may be a strided view) with float32 cos/sin
+    [n, R/2]: pairs (i, i + R/2) for "half", (2i, 2i + 1) for "interleaved", taken as views (no
+    gather); separate multiplies and adds (each product rounded to float32, then the sum), as the
+    NumPy path's rotate32 / unrotate32."""
+    h = R // 2
+    if layout == "half":
+        a, b = x[..., :h], x[..., h:R]
     else:
-        x[..., ia] = a * cos - b * sin
-        x[..., ib] = b * cos + a * sin
-    return x
+        pairs = x[..., :R].unflatten(-1, (h, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+    if undo:
+        na, nb = a * cos + b * sin, b * cos - a * sin
+    else:
+        na, nb = a * cos - b * sin, b * cos + a * sin
+    a.copy_(na)
+    b.copy_(nb)
 
 
-def _rope_plan(torch, rg: _RopeGroups, blk, layers: List[int], undo: bool):
-    """Applies (undo=False) or removes each layer's RoPE on blk [nl, H, n, D], per group of layers."""
-    for sel, cos, sin, ia, ib in rg.groups(layers, undo):
-        if sel is None:
-            _rotate(blk, cos, sin, ia, ib, undo)
-        else:
-            blk[sel] = _rotate(blk[sel], cos, sin, ia, ib, undo)
-    return blk
+def _rope_plan(rg: _RopeGroups, blk, layers: List[int], undo: bool) -> None:
+    """Applies (undo=False) or removes each layer's RoPE on blk [nl, H, n, D] in place, one run of
+    consecutive layers with the same description at a time (Gemma 3's plans of local and global
+    layers: two or three runs)."""
+    for sl, cos, sin, layout, R in rg.runs(layers, undo):
+        _rotate(blk[sl], cos, sin, layout, R, undo)
 
 
-def _layer_index(torch, layers: List[int], dev):
-    """A slice when the plan's layers are consecutive (a view), else an index tensor."""
+def _scatter(dst, blk, layers, s: int, e: int) -> None:
+    """dst[layers, :, s:e, :] = blk [nl, H, e - s, D] (converted to dst's dtype): one copy when the
+    plan's layers are consecutive, else one per layer (views either way, no index tensors)."""
+    layers = list(layers)
     if layers == list(range(layers[0], layers[0] + len(layers))):
-        return slice(layers[0], layers[0] + len(layers))
-    return torch.tensor(layers, dtype=torch.long, device=dev)
+        dst[layers[0] : layers[0] + len(layers), :, s:e, :] = blk
+    else:
+        for li, l in enumerate(layers):
+            dst[l, :, s:e, :] = blk[li]
 
 
 def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any, Any]]:
@@ -170,9 +181,10 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
 
     h, s, w, n = parts.header, parts.sink, parts.window, parts.n
     L, H, D, Dv, T = profile.layers, profile.kv_heads, profile.head_dim, profile.dims("value"), h.tokens
-    K = torch.empty((L, H, T, D), dtype=torch.float32, device=dev)
-    V = torch.empty((L, H, T, Dv), dtype=torch.float32, device=dev)
-    for raw, dst in zip(raw_kv(parts, L, H, D, Dv, source), (K, V)):  # [L, H, s + w, D or Dv] each
+    out_dtype = torch.float16 if h.float16 else torch.float32  # written once, converted on the way in
+    K = torch.empty((L, H, T, D), dtype=out_dtype, device=dev)
+    V = torch.empty((L, H, T, Dv), dtype=out_dtype, device=dev)
+    for raw, dst in zip(raw_kv(parts, L, H, D, Dv, source), (K, V)):  # [L, H, s + w, D or Dv] each; fp16 values when float16
         raw = torch.from_numpy(raw).to(dev)
         dst[:, :, :s, :] = raw[:, :, :s, :]
         dst[:, :, T - w :, :] = raw[:, :, s:, :]
@@ -186,16 +198,13 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
                     C = _t(torch, coefficients(plan, n, payload_codes(plan, n, parts.payloads[plan.index], source)), dev)
                     X = torch.addmm(pt["mean"], C, pt["basis"].T)  # [n, p]: ĉ·Vᵀ + μ
                 else:
-                    X = pt["mean"].expand(n, plan.dim)
-                blk = X.reshape(n, nl, H, profile.dims(plan.kind)).permute(1, 2, 0, 3)  # [nl, H, n, D or Dv]
+                    X = pt["mean"].expand(n, plan.dim).clone()
+                blk = X.reshape(n, nl, H, profile.dims(plan.kind)).permute(1, 2, 0, 3)  # [nl, H, n, D or Dv], a view of X
                 if plan.kind == "key":
-                    blk = _rope_plan(torch, rg, blk.contiguous(), plan.layers, undo=False)
+                    _rope_plan(rg, blk, plan.layers, undo=False)
                 if h.float16:  # restored as float16: saturate at ±65504, never ∞ (as the NumPy path)
-                    blk = blk.clamp(-65504.0, 65504.0)
-                dst = K if plan.kind == "key" else V
-                dst[_layer_index(torch, plan.layers, dev), :, s : T - w, :] = blk
-    if h.float16:
-        K, V = K.half(), V.half()
+                    blk.clamp_(-65504.0, 65504.0)
+                _scatter(K if plan.kind == "key" else V, blk, plan.layers, s, T - w)
     return [(K[l], V[l]) for l in range(L)]
 
 
@@ -254,7 +263,7 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
                 src = [layers_t[l][0 if plan.kind == "key" else 1] for l in plan.layers]
                 X = torch.stack([a[:, s : T - w, :].to(dev, torch.float32) for a in src])  # [nl, H, n, D]
                 if plan.kind == "key":
-                    X = _rope_plan(torch, rg, X, plan.layers, undo=True)
+                    _rope_plan(rg, X, plan.layers, undo=True)
                 X = X.reshape(len(plan.layers) * H, n, D) - pt["mean"].reshape(-1, 1, D)  # float32, as the graph's Sub
                 rows = X.permute(1, 0, 2).reshape(n, plan.dim)
                 codes_a = np.zeros((n, 0), dtype=np.uint8)

@@ -267,6 +267,20 @@ def test_rank_zero_plans_decode_to_the_mean(tt, tmp_path, cache_f32):
     _close(kvtc.decode(p, blob, device="torch:cpu"), kvtc.decode(p, blob), False, "rank 0 keys")
 
 
+def test_plans_of_non_consecutive_layers_scatter_per_layer(tt):
+    """A plan's layers need not be consecutive (the spec allows any set): _scatter writes each to its
+    own layer, converting to the cache's dtype."""
+    from kvtc._torch import _scatter
+
+    blk = tt.arange(2 * 3 * 4 * 5, dtype=tt.float32).reshape(2, 3, 4, 5)
+    for layers in ([1, 3], [2, 3]):
+        dst = tt.zeros((5, 3, 9, 5), dtype=tt.float16)
+        _scatter(dst, blk, layers, 2, 6)
+        for li, l in enumerate(layers):
+            assert tt.equal(dst[l, :, 2:6], blk[li].half())
+        assert float(dst.float().abs().sum()) == float(blk.abs().sum())  # nothing else written
+
+
 def test_bfloat16_and_float16_tensors_encode_on_torch(tt, profile_v2, cache_f32):
     bf = [(tt.from_numpy(k.copy()).bfloat16(), tt.from_numpy(v.copy()).bfloat16()) for k, v in cache_f32.layers]
     blob = kvtc.encode(profile_v2, bf, device="torch:cpu")
