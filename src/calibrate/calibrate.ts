@@ -447,11 +447,14 @@ export async function accumulateFit(
   let scratch = new Float32Array(0);
   let rope: RopeCheckReport | undefined;
   let withoutIds = 0;
+  // The check's exact test needs the model's first layer (its keys depend on the token alone):
+  // a later pipeline stage, or a hybrid model's first cache layer deeper in, cannot be checked.
+  const first = spec.cacheLayers?.[0] ?? 0;
   await stream(async (cache, ids) => {
     // The RoPE kvtc read must fit the keys (ROPE_MISMATCH, naming the suspect setting, before any
     // fitting); checked on the first sequences with enough repeated tokens.
     if (ids === undefined) withoutIds++;
-    else if (!rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
+    else if (first === 0 && !rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
     const n = cache.tokens - o.sink;
     for (const s of bases.flat()) {
       if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
@@ -462,7 +465,12 @@ export async function accumulateFit(
   if (rope) return rope;
   return {
     checked: false,
-    reason: withoutIds > 0 ? 'the fit sequences carry no input_ids (the check needs repeated tokens); RoPE rests on the inv_freq check' : 'no fit sequences',
+    reason:
+      withoutIds > 0
+        ? 'the fit sequences carry no input_ids (the check needs repeated tokens); RoPE rests on the inv_freq check'
+        : first !== 0
+          ? `the first cache layer is model layer ${first}, and the check needs the model's first layer; RoPE rests on the inv_freq check`
+          : 'no fit sequences',
     pairs: 0,
     layers: [],
   };

@@ -263,5 +263,8 @@ export async function openDumpRanks(dir: string, shards?: ShardRequest): Promise
       });
     }
   }
-  return rankDirs.map((r) => wholeRank(seen.get(r)!));
+  // Stage by stage, tensor ranks in order within each (as --shards cuts them).
+  const ordered: DumpRank[] = [];
+  for (let p = 0; p < P; p++) for (let t = 0; t < T; t++) ordered.push(wholeRank(seen.get(`tp_${t}_pp_${p}`)!));
+  return ordered;
 }
