@@ -44,6 +44,8 @@ export interface CacheShape {
   layers: number;
   kvHeads: number;
   headDim: number;
+  /** Width of each value head; absent: headDim. */
+  valueDim?: number;
   tokens: number;
 }
 
@@ -74,35 +76,32 @@ export function quantizedRange(name: BaselineName, tokens: number, options: Base
 
 /** Storage bytes of `name` for a cache of this shape (the formula the codecs report). */
 export function baselineBytes(name: BaselineName, shape: CacheShape, options: BaselineOptions = {}): number {
-  const { layers, kvHeads: H, headDim: D, tokens } = shape;
+  const { layers, kvHeads: H, tokens } = shape;
   const { start, end } = quantizedRange(name, tokens, options);
   const q = end - start;
   const fp16Tokens = tokens - q;
-  const fp16Bytes = fp16Tokens * H * D * 2;
-  let perKind: { key: number; value: number };
-  switch (name) {
-    case 'fp16':
-      perKind = { key: fp16Bytes, value: fp16Bytes };
-      break;
-    case 'int8':
-    case 'int4': {
-      const bits = name === 'int8' ? 8 : 4;
-      // Codes of one (layer, kind) are packed as one bit stream; fp16 scale + offset per token and head.
-      const b = Math.ceil((q * H * D * bits) / 8) + q * H * 4 + fp16Bytes;
-      perKind = { key: b, value: b };
-      break;
+  // One (layer, kind) of heads D wide (keys headDim, values valueDim).
+  const kindBytes = (kind: 'key' | 'value', D: number): number => {
+    const fp16Bytes = fp16Tokens * H * D * 2;
+    switch (name) {
+      case 'fp16':
+        return fp16Bytes;
+      case 'int8':
+      case 'int4': {
+        const bits = name === 'int8' ? 8 : 4;
+        // Codes of one (layer, kind) are packed as one bit stream; fp16 scale + offset per token and head.
+        return Math.ceil((q * H * D * bits) / 8) + q * H * 4 + fp16Bytes;
+      }
+      case 'kivi2': {
+        const g = options.groupSize ?? KIVI_DEFAULT_GROUP;
+        const codes = Math.ceil((q * H * D * 2) / 8);
+        // Keys: one scale + zero per (token group, head, channel). Values: per (token, head, channel group).
+        const scales = kind === 'key' ? (q / g) * H * D * 4 : q * H * Math.ceil(D / Math.min(g, D)) * 4;
+        return codes + scales + fp16Bytes;
+      }
     }
-    case 'kivi2': {
-      const g = options.groupSize ?? KIVI_DEFAULT_GROUP;
-      const codes = Math.ceil((q * H * D * 2) / 8);
-      // Keys: one scale + zero per (token group, head, channel). Values: per (token, head, channel group).
-      const keyScales = (q / g) * H * D * 4;
-      const valueScales = q * H * Math.ceil(D / Math.min(g, D)) * 4;
-      perKind = { key: codes + keyScales + fp16Bytes, value: codes + valueScales + fp16Bytes };
-      break;
-    }
-  }
-  return layers * (perKind.key + perKind.value);
+  };
+  return layers * (kindBytes('key', shape.headDim) + kindBytes('value', shape.valueDim ?? shape.headDim));
 }
 
 /**
@@ -178,12 +177,13 @@ function kiviValues(x: Tensor, H: number, T: number, D: number, start: number, e
 /** Run one baseline codec on `cache`. */
 export function runBaseline(name: BaselineName, cache: KvCache, options: BaselineOptions = {}): BaselineResult {
   const { kvHeads: H, tokens: T, headDim: D } = cache;
+  const DV = cache.valueDim ?? D;
   const g = options.groupSize ?? KIVI_DEFAULT_GROUP;
   invariant(Number.isInteger(g) && g >= 1, `Error in baseline ${name}: groupSize must be a positive integer, got ${g}`);
   for (let l = 0; l < cache.layers; l++) {
     invariant(
-      cache.keys[l].length === H * T * D && cache.values[l].length === H * T * D,
-      `Error in baseline ${name}: layer ${l} keys/values have ${cache.keys[l].length}/${cache.values[l].length} values, expected [${H}, ${T}, ${D}]`,
+      cache.keys[l].length === H * T * D && cache.values[l].length === H * T * DV,
+      `Error in baseline ${name}: layer ${l} keys/values have ${cache.keys[l].length}/${cache.values[l].length} values, expected [${H}, ${T}, ${D}] / [${H}, ${T}, ${DV}]`,
     );
   }
   const { start, end } = quantizedRange(name, T, options);
@@ -196,12 +196,13 @@ export function runBaseline(name: BaselineName, cache: KvCache, options: Baselin
     case 'int8':
     case 'int4': {
       const bits = name === 'int8' ? 8 : 4;
-      encodeKeys = encodeValues = (x) => perTokenQuant(x, H, T, D, start, end, bits);
+      encodeKeys = (x) => perTokenQuant(x, H, T, D, start, end, bits);
+      encodeValues = (x) => perTokenQuant(x, H, T, DV, start, end, bits);
       break;
     }
     case 'kivi2':
       encodeKeys = (x) => kiviKeys(x, H, T, D, start, end, g);
-      encodeValues = (x) => kiviValues(x, H, T, D, start, end, g);
+      encodeValues = (x) => kiviValues(x, H, T, DV, start, end, g);
       break;
   }
   return {
