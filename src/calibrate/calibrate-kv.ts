@@ -64,7 +64,16 @@ const tokensOf = (s: readonly DumpSequence[]) => s.reduce((a, x) => a + x.tokens
  */
 export function splitDumpSequences(
   sequences: readonly DumpSequence[],
-  o: { seed: number; fitTokens: number; heldoutTokens: number; reportTokens: number; sink: number; window: number; minFitTokens: number; source: string },
+  o: {
+    seed: number;
+    fitTokens: number;
+    heldoutTokens: number;
+    reportTokens: number;
+    sink: number;
+    window: number;
+    minFitTokens: number;
+    source: string;
+  },
 ): DumpSplit {
   const order = sequences.map((_, i) => i);
   const rand = mulberry32(o.seed);
@@ -96,7 +105,9 @@ export function splitDumpSequences(
       'NOT_ENOUGH_TOKENS',
       `the dump ${o.source} has ${sequences.length} sequences (${tokensOf(sequences)} tokens, ${long} longer than sink + window = ${measured}); ` +
         `after ${tuning.length} tuning and ${report.length} report sequences, ${fitTokens} tokens are left to fit, and the fit needs at least ${o.minFitTokens}` +
-        (tuning.length === 0 || (o.reportTokens > 0 && report.length === 0) ? ` (tuning and report need sequences longer than ${measured} tokens)` : ''),
+        (tuning.length === 0 || (o.reportTokens > 0 && report.length === 0)
+          ? ` (tuning and report need sequences longer than ${measured} tokens)`
+          : ''),
       {
         fix: 'Dump more (or longer) sequences, or lower --tuning-tokens / --report-tokens (or --sink / --window).',
         context: { sequences: sequences.length, fit_tokens: fitTokens, needed: o.minFitTokens },
@@ -115,17 +126,25 @@ export async function checkDumpFiles(dump: KvDump): Promise<void> {
       size = (await stat(path)).size;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      throw new KvtcError('KV_INVALID', `${path}: ${code === 'ENOENT' ? `missing: ${dump.manifestPath} lists it as sequences[${s.index}]` : `cannot be read (${code})`}`, {
-        fix: 'Copy the whole dump directory (every file its kvtc-dump.json lists), or re-create the dump.',
-        context: { file: path, sequence: s.index },
-      });
+      throw new KvtcError(
+        'KV_INVALID',
+        `${path}: ${code === 'ENOENT' ? `missing: ${dump.manifestPath} lists it as sequences[${s.index}]` : `cannot be read (${code})`}`,
+        {
+          fix: 'Copy the whole dump directory (every file its kvtc-dump.json lists), or re-create the dump.',
+          context: { file: path, sequence: s.index },
+        },
+      );
     }
     const max = maxSequenceFileBytes(dump, s);
     if (size > max) {
-      throw new KvtcError('KV_INVALID', `${path}: ${size} bytes, more than the ${max} that sequences[${s.index}] (${s.tokens} tokens) can take: not the file the manifest describes`, {
-        fix: 'Re-create the dump, or fix the manifest entry of this file.',
-        context: { file: path, sequence: s.index },
-      });
+      throw new KvtcError(
+        'KV_INVALID',
+        `${path}: ${size} bytes, more than the ${max} that sequences[${s.index}] (${s.tokens} tokens) can take: not the file the manifest describes`,
+        {
+          fix: 'Re-create the dump, or fix the manifest entry of this file.',
+          context: { file: path, sequence: s.index },
+        },
+      );
     }
   }
 }
@@ -160,7 +179,12 @@ function dirName(name: string): string {
   return clean || 'kv-dump';
 }
 
-async function readCaches(rank: DumpRank, seqs: DumpSequence[], label: string, o: { signal?: AbortSignal; progress: ProgressFn }): Promise<DumpCache[]> {
+async function readCaches(
+  rank: DumpRank,
+  seqs: DumpSequence[],
+  label: string,
+  o: { signal?: AbortSignal; progress: ProgressFn },
+): Promise<DumpCache[]> {
   const total = tokensOf(seqs);
   const out: DumpCache[] = [];
   let done = 0;
@@ -178,7 +202,14 @@ async function calibrateRank(
   opts: ReturnType<typeof withCalibrateDefaults>,
   outDirs: string[],
   o: { progress: ProgressFn; timer: StageTimer; entropy: NonNullable<CalibrateOptions['entropy']>; source: string },
-): Promise<RankResult & { plans: number; randomized: number; groupings: string[]; groupings_skipped: { grouping: string; covariance_bytes: number }[] }> {
+): Promise<
+  RankResult & {
+    plans: number;
+    randomized: number;
+    groupings: string[];
+    groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  }
+> {
   const { progress, timer } = o;
   const spec = rank.model.spec;
   const candidates = groupingCandidates(spec, opts.grouping);

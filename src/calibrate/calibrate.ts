@@ -178,7 +178,10 @@ export function featureDim(spec: FeatureGeometry, kind: KvKind, layers: number):
 
 /** Bytes of the float64 covariances (keys and values) one grouping accumulates. */
 export function groupingCovarianceBytes(spec: FeatureGeometry, grouping: FixedGrouping): number {
-  return layerGroups(spec.layers, grouping).reduce((a, g) => a + 8 * (featureDim(spec, 'key', g.length) ** 2 + featureDim(spec, 'value', g.length) ** 2), 0);
+  return layerGroups(spec.layers, grouping).reduce(
+    (a, g) => a + 8 * (featureDim(spec, 'key', g.length) ** 2 + featureDim(spec, 'value', g.length) ** 2),
+    0,
+  );
 }
 
 /**
@@ -358,7 +361,9 @@ export async function readSequences(
 /** The widest basis of the candidate groupings (every basis needs at least 2p fit tokens for a full-rank covariance). */
 export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[]): number {
   return Math.max(
-    ...candidates.flatMap((g) => layerGroups(spec.layers, g).flatMap((l) => [featureDim(spec, 'key', l.length), featureDim(spec, 'value', l.length)])),
+    ...candidates.flatMap((g) =>
+      layerGroups(spec.layers, g).flatMap((l) => [featureDim(spec, 'key', l.length), featureDim(spec, 'value', l.length)]),
+    ),
   );
 }
 

@@ -172,7 +172,8 @@ export interface KvDump {
   sequences: DumpSequence[];
 }
 
-const DUMP_FIX = 'Re-create the dump (`python -m kvtc capture`, `python -m kvtc convert-sglang`) or fix its writer to follow docs/kv-dumps.md.';
+const DUMP_FIX =
+  'Re-create the dump (`python -m kvtc capture`, `python -m kvtc convert-sglang`) or fix its writer to follow docs/kv-dumps.md.';
 
 function dumpError(file: string, message: string, fix = DUMP_FIX, context: Record<string, unknown> = {}, code: ErrorCode = 'KV_INVALID') {
   return fileError(code, file, message, fix, context);
@@ -244,7 +245,10 @@ export function dumpLayerRope(file: string, layer: number, e: RopeEntry, headDim
   if (e.scaling?.type === 'longrope') {
     for (const k of ['short_factor', 'long_factor'] as const)
       if (e.scaling[k].length !== e.rotary_dim / 2)
-        throw dumpError(file, `${at}.scaling.${k} has ${e.scaling[k].length} factors; rotary_dim ${e.rotary_dim} needs ${e.rotary_dim / 2}`);
+        throw dumpError(
+          file,
+          `${at}.scaling.${k} has ${e.scaling[k].length} factors; rotary_dim ${e.rotary_dim} needs ${e.rotary_dim / 2}`,
+        );
   }
   const spec: RopeSpec = {
     theta: e.theta,
@@ -283,11 +287,15 @@ async function readManifestText(path: string): Promise<unknown> {
     size = (await stat(path)).size;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new KvtcError('KV_INVALID', `${path}: ${code === 'ENOENT' ? 'not found' : `cannot be read (${code})`}: --kv needs a dump directory holding ${KV_DUMP_MANIFEST}`, {
-      fix: `Point --kv at a directory written by \`python -m kvtc capture\` or \`python -m kvtc convert-sglang\` (or a directory of tp_<t>_pp_<p>/ dumps); docs/kv-dumps.md specifies the layout.`,
-      context: { file: path },
-      cause: e,
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${path}: ${code === 'ENOENT' ? 'not found' : `cannot be read (${code})`}: --kv needs a dump directory holding ${KV_DUMP_MANIFEST}`,
+      {
+        fix: `Point --kv at a directory written by \`python -m kvtc capture\` or \`python -m kvtc convert-sglang\` (or a directory of tp_<t>_pp_<p>/ dumps); docs/kv-dumps.md specifies the layout.`,
+        context: { file: path },
+        cause: e,
+      },
+    );
   }
   if (size > KV_DUMP_LIMITS.maxManifestBytes)
     throw dumpError(path, `${size} bytes, more than the ${KV_DUMP_LIMITS.maxManifestBytes} a dump manifest may have`);
@@ -306,8 +314,13 @@ async function readManifestText(path: string): Promise<unknown> {
 }
 
 function zodProblem(issue: z.core.$ZodIssue): string {
-  const path = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') || '(root)';
-  if (issue.code === 'unrecognized_keys') return `${path === '(root)' ? '' : `${path}: `}unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.join(', ')} (a misspelt field must not be silently ignored)`;
+  const path =
+    issue.path
+      .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+      .join('')
+      .replace(/^\./, '') || '(root)';
+  if (issue.code === 'unrecognized_keys')
+    return `${path === '(root)' ? '' : `${path}: `}unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.join(', ')} (a misspelt field must not be silently ignored)`;
   return `${path}: ${issue.message}`;
 }
 
@@ -326,29 +339,38 @@ export async function openKvDump(dir: string): Promise<KvDump> {
   const m = r.data;
   const mm = m.model;
   const bad = (msg: string) => dumpError(manifestPath, msg);
-  if (mm.layer_kinds.length !== mm.layers) throw bad(`model.layer_kinds has ${mm.layer_kinds.length} entries; model.layers is ${mm.layers}`);
-  if (mm.rope.length !== mm.layers) throw bad(`model.rope has ${mm.rope.length} entries; model.layers is ${mm.layers} (one per model layer, null for none)`);
+  if (mm.layer_kinds.length !== mm.layers)
+    throw bad(`model.layer_kinds has ${mm.layer_kinds.length} entries; model.layers is ${mm.layers}`);
+  if (mm.rope.length !== mm.layers)
+    throw bad(`model.rope has ${mm.rope.length} entries; model.layers is ${mm.layers} (one per model layer, null for none)`);
   mm.cache_layers.forEach((l, i) => {
     if (l >= mm.layers) throw bad(`model.cache_layers names layer ${l}; the model has ${mm.layers} (0-${mm.layers - 1})`);
-    if (i > 0 && l <= mm.cache_layers[i - 1]) throw bad(`model.cache_layers must be strictly increasing (${mm.cache_layers[i - 1]} then ${l})`);
+    if (i > 0 && l <= mm.cache_layers[i - 1])
+      throw bad(`model.cache_layers must be strictly increasing (${mm.cache_layers[i - 1]} then ${l})`);
   });
-  if (mm.cache === 'mla-latent' && mm.kv_heads !== 1) throw bad(`model.cache is mla-latent, which has one latent "head"; model.kv_heads is ${mm.kv_heads}`);
+  if (mm.cache === 'mla-latent' && mm.kv_heads !== 1)
+    throw bad(`model.cache is mla-latent, which has one latent "head"; model.kv_heads is ${mm.kv_heads}`);
   if (mm.cache === 'gqa' && !m.shard && mm.heads % mm.kv_heads !== 0)
-    throw bad(`model.heads ${mm.heads} is not a multiple of model.kv_heads ${mm.kv_heads} (grouped-query attention shares each KV head among the same number of query heads)`);
+    throw bad(
+      `model.heads ${mm.heads} is not a multiple of model.kv_heads ${mm.kv_heads} (grouped-query attention shares each KV head among the same number of query heads)`,
+    );
   let fileLayers = mm.cache_layers;
   let shard: DumpShard | undefined;
   if (m.shard) {
     const s = m.shard;
     if (s.tp_rank >= s.tp_size) throw bad(`shard.tp_rank ${s.tp_rank} must be below shard.tp_size ${s.tp_size}`);
     if (s.pp_rank >= s.pp_size) throw bad(`shard.pp_rank ${s.pp_rank} must be below shard.pp_size ${s.pp_size}`);
-    if (s.layers.length === 0) throw bad('shard.layers is empty: a rank without cache layers has nothing to calibrate (leave it out of the dump)');
+    if (s.layers.length === 0)
+      throw bad('shard.layers is empty: a rank without cache layers has nothing to calibrate (leave it out of the dump)');
     const cache = new Set(mm.cache_layers);
     s.layers.forEach((l, i) => {
       if (!cache.has(l)) throw bad(`shard.layers names layer ${l}, which is not in model.cache_layers`);
       if (i > 0 && l <= s.layers[i - 1]) throw bad(`shard.layers must be strictly increasing (${s.layers[i - 1]} then ${l})`);
     });
-    if (s.kv_heads.length !== mm.kv_heads) throw bad(`shard.kv_heads lists ${s.kv_heads.length} heads; model.kv_heads (the heads in this dump's files) is ${mm.kv_heads}`);
-    if (new Set(s.kv_heads).size !== s.kv_heads.length) throw bad(`shard.kv_heads repeats a head (${s.kv_heads.join(', ')}); each head of a rank's files is a different model head`);
+    if (s.kv_heads.length !== mm.kv_heads)
+      throw bad(`shard.kv_heads lists ${s.kv_heads.length} heads; model.kv_heads (the heads in this dump's files) is ${mm.kv_heads}`);
+    if (new Set(s.kv_heads).size !== s.kv_heads.length)
+      throw bad(`shard.kv_heads repeats a head (${s.kv_heads.join(', ')}); each head of a rank's files is a different model head`);
     fileLayers = s.layers;
     shard = { tpRank: s.tp_rank, tpSize: s.tp_size, ppRank: s.pp_rank, ppSize: s.pp_size, layers: [...s.layers], kvHeads: [...s.kv_heads] };
   }
@@ -359,7 +381,9 @@ export async function openKvDump(dir: string): Promise<KvDump> {
   if (mm.cache === 'mla-latent')
     for (const [i, r] of rope.entries())
       if (r && r.rotaryDim !== mm.head_dim)
-        throw bad(`model.rope[${fileLayers[i]}].rotary_dim ${r.rotaryDim} must equal model.head_dim ${mm.head_dim}: an MLA latent cache's key is the RoPE part only (docs/kv-dumps.md §2.1)`);
+        throw bad(
+          `model.rope[${fileLayers[i]}].rotary_dim ${r.rotaryDim} must equal model.head_dim ${mm.head_dim}: an MLA latent cache's key is the RoPE part only (docs/kv-dumps.md §2.1)`,
+        );
   const sequences: DumpSequence[] = [];
   const files = new Set<string>();
   m.sequences.forEach((s, i) => {
@@ -367,7 +391,9 @@ export async function openKvDump(dir: string): Promise<KvDump> {
     files.add(s.file);
     if (s.file === KV_DUMP_MANIFEST) throw bad(`sequences[${i}].file names the manifest itself`);
     if (s.start_position + s.tokens > mm.max_positions)
-      throw bad(`sequences[${i}] (${s.file}) ends at position ${s.start_position + s.tokens}, past model.max_positions ${mm.max_positions}`);
+      throw bad(
+        `sequences[${i}] (${s.file}) ends at position ${s.start_position + s.tokens}, past model.max_positions ${mm.max_positions}`,
+      );
     sequences.push({ index: i, file: s.file, tokens: s.tokens, startPosition: s.start_position });
   });
   const dtype = mm.dtype;
@@ -389,7 +415,9 @@ export async function openKvDump(dir: string): Promise<KvDump> {
     cacheLayout: mm.cache,
     modelLayers: mm.layers,
     cacheLayers: [...fileLayers],
-    ...(shard ? { shard: { tpRank: shard.tpRank, tpSize: shard.tpSize, ppRank: shard.ppRank, ppSize: shard.ppSize, kvHeads: [...shard.kvHeads] } } : {}),
+    ...(shard
+      ? { shard: { tpRank: shard.tpRank, tpSize: shard.tpSize, ppRank: shard.ppRank, ppSize: shard.ppSize, kvHeads: [...shard.kvHeads] } }
+      : {}),
   };
   return {
     dir,
@@ -477,7 +505,10 @@ export async function readDumpSequence(dump: KvDump, s: DumpSequence): Promise<D
     );
   }
   if (size > max)
-    throw dumpError(path, `${size} bytes, more than the ${max} that ${s.tokens} tokens of ${spec.layers} layers × ${spec.kvHeads} KV heads can take: not the file the manifest describes`);
+    throw dumpError(
+      path,
+      `${size} bytes, more than the ${max} that ${s.tokens} tokens of ${spec.layers} layers × ${spec.kvHeads} KV heads can take: not the file the manifest describes`,
+    );
   const buf = await readFile(path);
   const u8 = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
   const f = scanSafetensors(u8, (m) => {
@@ -507,14 +538,21 @@ export async function readDumpSequence(dump: KvDump, s: DumpSequence): Promise<D
     if (!t) throw dumpError(path, `tensor ${name} is missing`, DUMP_FIX, { tensor: name });
     if (t.dtype !== want) throw bad(name, `dtype ${t.dtype}, but model.dtype ${dump.dtype} needs ${want}`);
     const shape = [1, spec.kvHeads, T, dim];
-    if (!sameShape(t.shape, shape)) throw bad(name, `shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] ([1, kv_heads, tokens, ${dim === spec.headDim ? 'head_dim' : 'value_head_dim'}])`);
+    if (!sameShape(t.shape, shape))
+      throw bad(
+        name,
+        `shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] ([1, kv_heads, tokens, ${dim === spec.headDim ? 'head_dim' : 'value_head_dim'}])`,
+      );
     const a = toFloat32(t);
     for (let i = 0; i < a.length; i++) {
       if (!Number.isFinite(a[i])) {
         const d = i % dim;
         const tok = Math.floor(i / dim) % T;
         const h = Math.floor(i / (dim * T));
-        throw bad(name, `value ${a[i]} at head ${h}, token ${tok}, dim ${d}: every value must be finite (an overflow in the model or the writer)`);
+        throw bad(
+          name,
+          `value ${a[i]} at head ${h}, token ${tok}, dim ${d}: every value must be finite (an overflow in the model or the writer)`,
+        );
       }
     }
     return a;

@@ -9,7 +9,17 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KvtcError, UsageError } from '../errors.js';
 import type { KvCache } from '../model/types.js';
-import { canonicalJson, dumpFingerprint, KV_DUMP_MANIFEST, openKvDump, readDumpSequence, type DumpCache, type DumpModel, type DumpSequence, type KvDump } from './kv-dump.js';
+import {
+  canonicalJson,
+  dumpFingerprint,
+  KV_DUMP_MANIFEST,
+  openKvDump,
+  readDumpSequence,
+  type DumpCache,
+  type DumpModel,
+  type DumpSequence,
+  type KvDump,
+} from './kv-dump.js';
 
 export interface DumpRank {
   /** 'tp_<t>_pp_<p>' for a rank of a sharded dump; undefined for a whole-model dump. */
@@ -91,10 +101,14 @@ export function cutDump(dump: KvDump, req: ShardRequest): DumpRank[] {
   const m = dump.model;
   const file = dump.manifestPath;
   if (m.shard) {
-    throw new KvtcError('USAGE', `--shards cuts a whole-model dump, and ${file} is already rank tp ${m.shard.tpRank}, pp ${m.shard.ppRank} of one`, {
-      fix: 'Leave out --shards: a directory of tp_<t>_pp_<p>/ dumps is calibrated per rank as it is.',
-      context: { file },
-    });
+    throw new KvtcError(
+      'USAGE',
+      `--shards cuts a whole-model dump, and ${file} is already rank tp ${m.shard.tpRank}, pp ${m.shard.ppRank} of one`,
+      {
+        fix: 'Leave out --shards: a directory of tp_<t>_pp_<p>/ dumps is calibrated per rank as it is.',
+        context: { file },
+      },
+    );
   }
   const K = m.spec.kvHeads;
   // (An MLA latent is one "head" (K = 1): every tensor rank keeps a replica, as vLLM and SGLang do.)
@@ -115,10 +129,14 @@ export function cutDump(dump: KvDump, req: ShardRequest): DumpRank[] {
     const [start, end] = ppIndices(m.modelLayers, p, req.pp);
     const layerIdx = m.cacheLayers.map((l, i) => (l >= start && l < end ? i : -1)).filter((i) => i >= 0);
     if (layerIdx.length === 0) {
-      throw new KvtcError('USAGE', `--shards pp=${req.pp}: stage ${p} holds model layers ${start}-${end - 1}, none of which keeps a KV cache`, {
-        fix: 'Choose fewer pipeline stages: a stage without cache layers has nothing to calibrate.',
-        context: { option: '--shards', stage: p },
-      });
+      throw new KvtcError(
+        'USAGE',
+        `--shards pp=${req.pp}: stage ${p} holds model layers ${start}-${end - 1}, none of which keeps a KV cache`,
+        {
+          fix: 'Choose fewer pipeline stages: a stage without cache layers has nothing to calibrate.',
+          context: { option: '--shards', stage: p },
+        },
+      );
     }
     for (let t = 0; t < req.tp; t++) {
       const heads = tpHeads(K, t, req.tp);
@@ -179,10 +197,14 @@ export async function openDumpRanks(dir: string, shards?: ShardRequest): Promise
     if (!(await stat(dir)).isDirectory()) throw new Error('not a directory');
     entries = await readdir(dir);
   } catch (e) {
-    throw new KvtcError('KV_INVALID', `${dir}: --kv needs a dump directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, {
-      fix: 'Point --kv at a directory written by `python -m kvtc capture` or `python -m kvtc convert-sglang` (docs/kv-dumps.md).',
-      context: { file: dir },
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${dir}: --kv needs a dump directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      {
+        fix: 'Point --kv at a directory written by `python -m kvtc capture` or `python -m kvtc convert-sglang` (docs/kv-dumps.md).',
+        context: { file: dir },
+      },
+    );
   }
   if (entries.includes(KV_DUMP_MANIFEST)) {
     const d = await openKvDump(dir);
@@ -204,32 +226,59 @@ export async function openDumpRanks(dir: string, shards?: ShardRequest): Promise
   const dumps: KvDump[] = [];
   for (const r of rankDirs) dumps.push(await openKvDump(join(dir, r)));
   const first = dumps[0];
-  const bad = (d: KvDump, msg: string, fix: string) => new KvtcError('KV_INVALID', `${d.manifestPath}: ${msg}`, { fix, context: { file: d.manifestPath } });
+  const bad = (d: KvDump, msg: string, fix: string) =>
+    new KvtcError('KV_INVALID', `${d.manifestPath}: ${msg}`, { fix, context: { file: d.manifestPath } });
   const refModel = canonicalJson(first.manifest.model);
   const s0 = first.manifest.shard;
-  if (!s0) throw bad(first, `is in rank directory ${rankDirs[0]} but has no shard section`, 'A rank dump records its shard (docs/kv-dumps.md §2.2): re-create it with its rank.');
+  if (!s0)
+    throw bad(
+      first,
+      `is in rank directory ${rankDirs[0]} but has no shard section`,
+      'A rank dump records its shard (docs/kv-dumps.md §2.2): re-create it with its rank.',
+    );
   const T = s0.tp_size;
   const P = s0.pp_size;
   const seen = new Map<string, KvDump>();
   for (const [i, d] of dumps.entries()) {
     const s = d.manifest.shard;
     const name = rankDirs[i];
-    if (!s) throw bad(d, `is in rank directory ${name} but has no shard section`, 'A rank dump records its shard (docs/kv-dumps.md §2.2): re-create it with its rank.');
+    if (!s)
+      throw bad(
+        d,
+        `is in rank directory ${name} but has no shard section`,
+        'A rank dump records its shard (docs/kv-dumps.md §2.2): re-create it with its rank.',
+      );
     if (name !== `tp_${s.tp_rank}_pp_${s.pp_rank}`)
-      throw bad(d, `says it is rank tp_${s.tp_rank}_pp_${s.pp_rank}, but its directory is ${name}`, 'Put each rank dump in the directory its shard names.');
+      throw bad(
+        d,
+        `says it is rank tp_${s.tp_rank}_pp_${s.pp_rank}, but its directory is ${name}`,
+        'Put each rank dump in the directory its shard names.',
+      );
     if (s.tp_size !== T || s.pp_size !== P)
-      throw bad(d, `says tp_size ${s.tp_size}, pp_size ${s.pp_size}; ${rankDirs[0]} says ${T}, ${P}`, 'Calibrate the ranks of one run: all their dumps come from the same parallel layout.');
+      throw bad(
+        d,
+        `says tp_size ${s.tp_size}, pp_size ${s.pp_size}; ${rankDirs[0]} says ${T}, ${P}`,
+        'Calibrate the ranks of one run: all their dumps come from the same parallel layout.',
+      );
     if (canonicalJson(d.manifest.model) !== refModel)
-      throw bad(d, `has a model section that differs from ${rankDirs[0]}'s`, 'Calibrate the ranks of one model together: every rank dump describes the same model.');
+      throw bad(
+        d,
+        `has a model section that differs from ${rankDirs[0]}'s`,
+        'Calibrate the ranks of one model together: every rank dump describes the same model.',
+      );
     seen.set(name, d);
   }
   const missing: string[] = [];
   for (let p = 0; p < P; p++) for (let t = 0; t < T; t++) if (!seen.has(`tp_${t}_pp_${p}`)) missing.push(`tp_${t}_pp_${p}`);
   if (missing.length) {
-    throw new KvtcError('KV_INVALID', `${dir}: rank dump${missing.length > 1 ? 's' : ''} ${missing.join(', ')} missing (tp_size ${T} × pp_size ${P} = ${T * P} ranks)`, {
-      fix: 'Copy every rank\'s dump: a profile per rank needs all of them to check that they cover the model.',
-      context: { file: dir, missing },
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${dir}: rank dump${missing.length > 1 ? 's' : ''} ${missing.join(', ')} missing (tp_size ${T} × pp_size ${P} = ${T * P} ranks)`,
+      {
+        fix: "Copy every rank's dump: a profile per rank needs all of them to check that they cover the model.",
+        context: { file: dir, missing },
+      },
+    );
   }
   // Layers: each stage's ranks agree, and the stages partition the cache layers in order.
   const cacheLayers = first.manifest.model.cache_layers;
@@ -240,15 +289,23 @@ export async function openDumpRanks(dir: string, shards?: ShardRequest): Promise
     for (let t = 1; t < T; t++) {
       const d = seen.get(`tp_${t}_pp_${p}`)!;
       if (d.manifest.shard!.layers.join(',') !== layers.join(','))
-        throw bad(d, `holds layers ${d.manifest.shard!.layers.join(', ')}, but tp_0_pp_${p} holds ${layers.join(', ')}`, 'The ranks of one pipeline stage hold the same layers: re-create the dumps of one run.');
+        throw bad(
+          d,
+          `holds layers ${d.manifest.shard!.layers.join(', ')}, but tp_0_pp_${p} holds ${layers.join(', ')}`,
+          'The ranks of one pipeline stage hold the same layers: re-create the dumps of one run.',
+        );
     }
     stageLayers.push(...layers);
   }
   if (stageLayers.join(',') !== cacheLayers.join(',')) {
-    throw new KvtcError('KV_INVALID', `${dir}: the stages' shard.layers (${stageLayers.join(', ')}) do not cover model.cache_layers (${cacheLayers.join(', ')}) once each, in order`, {
-      fix: 'Dump every pipeline stage of one run: together their layers are the model\'s cache layers.',
-      context: { file: dir },
-    });
+    throw new KvtcError(
+      'KV_INVALID',
+      `${dir}: the stages' shard.layers (${stageLayers.join(', ')}) do not cover model.cache_layers (${cacheLayers.join(', ')}) once each, in order`,
+      {
+        fix: "Dump every pipeline stage of one run: together their layers are the model's cache layers.",
+        context: { file: dir },
+      },
+    );
   }
   // Heads: each stage's ranks together hold every KV head 0..K-1.
   for (let p = 0; p < P; p++) {

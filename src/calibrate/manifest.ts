@@ -80,23 +80,23 @@ function onnxModelSection(model: ModelDescription): ManifestDraft['model'] {
   const spec = model.spec;
   const fp = model.fingerprint;
   return {
-      name: model.name,
-      architecture: spec.architecture,
-      family: spec.family,
-      fingerprint: {
-        id: fp.id,
-        spec_sha256: fp.specSha256,
-        onnx_sha256: fp.onnx.sha256,
-      },
-      onnx_file: onnxFileOf(model.files),
-      layers: spec.layers,
-      heads: spec.heads,
-      kv_heads: spec.kvHeads,
-      head_dim: spec.headDim,
-      kv_dtype: spec.kvDtype,
-      rope: manifestRope(spec.rope),
-      // The bound encode and decode check positions against (outside profile_id: it decides what decodes, never how).
-      max_positions: spec.maxPositions,
+    name: model.name,
+    architecture: spec.architecture,
+    family: spec.family,
+    fingerprint: {
+      id: fp.id,
+      spec_sha256: fp.specSha256,
+      onnx_sha256: fp.onnx.sha256,
+    },
+    onnx_file: onnxFileOf(model.files),
+    layers: spec.layers,
+    heads: spec.heads,
+    kv_heads: spec.kvHeads,
+    head_dim: spec.headDim,
+    kv_dtype: spec.kvDtype,
+    rope: manifestRope(spec.rope),
+    // The bound encode and decode check positions against (outside profile_id: it decides what decodes, never how).
+    max_positions: spec.maxPositions,
   };
 }
 

@@ -70,7 +70,9 @@ export function resolveAliases(cmd: Command): Record<string, unknown> {
   // calibrate --kv reads caches instead of running a model: the model and text options would be ignored.
   if (opts.kv !== undefined) {
     if (opts.target === 'dynamo')
-      throw new UsageError('--kv calibrates the kvtc target only', 'Leave out --target dynamo to calibrate a kvtc profile from the dump.', { option: '--kv' });
+      throw new UsageError('--kv calibrates the kvtc target only', 'Leave out --target dynamo to calibrate a kvtc profile from the dump.', {
+        option: '--kv',
+      });
     const clash = ['model', 'onnx', 'data', 'strictData'].filter((k) => cmd.getOptionValueSource(k) === 'cli');
     if (clash.length) {
       const flags = clash.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ');
@@ -81,7 +83,11 @@ export function resolveAliases(cmd: Command): Record<string, unknown> {
       );
     }
   } else if (opts.shards !== undefined) {
-    throw new UsageError('--shards applies only to --kv', 'Cut a whole-model KV dump per rank with `kvtc calibrate --kv DIR --shards tp=2,pp=2`.', { option: '--shards' });
+    throw new UsageError(
+      '--shards applies only to --kv',
+      'Cut a whole-model KV dump per rank with `kvtc calibrate --kv DIR --shards tp=2,pp=2`.',
+      { option: '--shards' },
+    );
   }
   return opts;
 }

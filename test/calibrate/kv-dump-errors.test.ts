@@ -26,7 +26,16 @@ const MODEL: DumpModelInfo = {
 function seq(tokens: number, start: number, seed: number): DumpSeq {
   const { normal } = rng(seed);
   const a = () => Float32Array.from({ length: 2 * tokens * 8 }, normal);
-  const cache: KvCache = { layers: 2, kvHeads: 2, headDim: 8, tokens, dtype: 'float32', keys: [a(), a()], values: [a(), a()], startPosition: start };
+  const cache: KvCache = {
+    layers: 2,
+    kvHeads: 2,
+    headDim: 8,
+    tokens,
+    dtype: 'float32',
+    keys: [a(), a()],
+    values: [a(), a()],
+    startPosition: start,
+  };
   // No input_ids: random keys are no model's, so the RoPE data check must not run on them.
   return { cache };
 }
@@ -71,7 +80,23 @@ async function readAll(dir: string): Promise<void> {
   for (const s of d.sequences) await readDumpSequence(d, s);
 }
 
-const CAL = ['--ratio', '8', '--tokens', '512', '--tuning-tokens', '256', '--report-tokens', '256', '--sink', '4', '--window', '16', '--grouping', 'layer', '--quiet'];
+const CAL = [
+  '--ratio',
+  '8',
+  '--tokens',
+  '512',
+  '--tuning-tokens',
+  '256',
+  '--report-tokens',
+  '256',
+  '--sink',
+  '4',
+  '--window',
+  '16',
+  '--grouping',
+  'layer',
+  '--quiet',
+];
 
 describe('bad KV dumps: each a named error with its exit code', () => {
   it('the valid dump reads', async () => {
@@ -80,10 +105,16 @@ describe('bad KV dumps: each a named error with its exit code', () => {
   });
 
   const cases: { name: string; make: (dir: string) => void; code: string; message: RegExp }[] = [
-    { name: 'a missing sequence file', make: (d) => rmSync(join(d, seqFileName(2))), code: 'KV_INVALID', message: /seq-000002\.safetensors: missing: .*sequences\[2\]/ },
+    {
+      name: 'a missing sequence file',
+      make: (d) => rmSync(join(d, seqFileName(2))),
+      code: 'KV_INVALID',
+      message: /seq-000002\.safetensors: missing: .*sequences\[2\]/,
+    },
     {
       name: 'a tensor of the wrong shape',
-      make: (d) => editFile(d, 1, (t) => t.set('present.1.value', { dtype: 'F32', shape: [1, 2, 300, 4], data: new Uint8Array(2 * 300 * 4 * 4) })),
+      make: (d) =>
+        editFile(d, 1, (t) => t.set('present.1.value', { dtype: 'F32', shape: [1, 2, 300, 4], data: new Uint8Array(2 * 300 * 4 * 4) })),
       code: 'KV_INVALID',
       message: /seq-000001\.safetensors: tensor present\.1\.value: shape \[1, 2, 300, 4\], expected \[1, 2, 300, 8\]/,
     },
@@ -121,10 +152,22 @@ describe('bad KV dumps: each a named error with its exit code', () => {
       code: 'ROPE_MISMATCH',
       message: /model layer 0/,
     },
-    { name: 'an unknown field', make: (d) => editManifest(d, (m) => (m.model.rope_thta = 1)), code: 'KV_INVALID', message: /kvtc-dump\.json: model: unknown field rope_thta/ },
+    {
+      name: 'an unknown field',
+      make: (d) => editManifest(d, (m) => (m.model.rope_thta = 1)),
+      code: 'KV_INVALID',
+      message: /kvtc-dump\.json: model: unknown field rope_thta/,
+    },
     {
       name: 'a repeated key',
-      make: (d) => writeFileSync(join(d, 'kvtc-dump.json'), readFileSync(join(d, 'kvtc-dump.json'), 'utf8').replace('"format": "kvtc-kv-dump",', '"format": "kvtc-kv-dump", "format": "kvtc-kv-dump",')),
+      make: (d) =>
+        writeFileSync(
+          join(d, 'kvtc-dump.json'),
+          readFileSync(join(d, 'kvtc-dump.json'), 'utf8').replace(
+            '"format": "kvtc-kv-dump",',
+            '"format": "kvtc-kv-dump", "format": "kvtc-kv-dump",',
+          ),
+        ),
       code: 'KV_INVALID',
       message: /repeats the key format/,
     },
@@ -262,7 +305,21 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     const m = dumpManifest(MODEL, [seq(10, 0, 1)]);
     expect(Object.keys(m).sort()).toEqual(['format', 'format_version', 'model', 'producer', 'sequences']);
     expect(Object.keys(m.model as object).sort()).toEqual(
-      ['architecture', 'cache', 'cache_layers', 'dtype', 'family', 'head_dim', 'heads', 'kv_heads', 'layer_kinds', 'layers', 'max_positions', 'name', 'rope'].sort(),
+      [
+        'architecture',
+        'cache',
+        'cache_layers',
+        'dtype',
+        'family',
+        'head_dim',
+        'heads',
+        'kv_heads',
+        'layer_kinds',
+        'layers',
+        'max_positions',
+        'name',
+        'rope',
+      ].sort(),
     );
     expect(sequenceFile(seq(10, 0, 1), [0, 1]).byteLength).toBeGreaterThan(0);
   });

@@ -128,5 +128,11 @@ export function cutCache(c: KvCache, layers: number[], heads: number[]): KvCache
     heads.forEach((h, i) => out.set(a.subarray(h * T * D, (h + 1) * T * D), i * T * D));
     return out;
   };
-  return { ...c, layers: layers.length, kvHeads: heads.length, keys: layers.map((l) => pick(c.keys[l])), values: layers.map((l) => pick(c.values[l])) };
+  return {
+    ...c,
+    layers: layers.length,
+    kvHeads: heads.length,
+    keys: layers.map((l) => pick(c.keys[l])),
+    values: layers.map((l) => pick(c.values[l])),
+  };
 }

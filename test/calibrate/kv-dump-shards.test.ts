@@ -34,8 +34,7 @@ describe('pipeline and tensor cuts', () => {
     expect(sizes(6, 4)).toEqual([1, 2, 2, 1]);
     expect(sizes(32, 4)).toEqual([8, 8, 8, 8]);
     for (let n = 1; n <= 40; n++)
-      for (let p = 1; p <= n && p <= 9; p++)
-        for (let r = 0; r < p; r++) expect(ppIndices(n, r, p)).toEqual(vllmGetPpIndices(n, r, p));
+      for (let p = 1; p <= n && p <= 9; p++) for (let r = 0; r < p; r++) expect(ppIndices(n, r, p)).toEqual(vllmGetPpIndices(n, r, p));
   });
 
   it('tpHeads splits KV heads evenly, and replicates when there are fewer heads than ranks', () => {
@@ -68,7 +67,8 @@ function layerErrors(x: KvCache, y: KvCache, kind: 'keys' | 'values', sink: numb
     const T = x.tokens;
     const pick = (c: Float32Array) => {
       const out: number[] = [];
-      for (let h = 0; h < x.kvHeads; h++) for (let t = sink; t < T - window; t++) for (let d = 0; d < D; d++) out.push(c[(h * T + t) * D + d]);
+      for (let h = 0; h < x.kvHeads; h++)
+        for (let t = sink; t < T - window; t++) for (let d = 0; d < D; d++) out.push(c[(h * T + t) * D + d]);
       return Float32Array.from(out);
     };
     return relErr(pick(a), pick(y[kind][l]));
@@ -98,7 +98,6 @@ describe('calibrate --kv --shards tp=2,pp=2 on a dump of the bundled model', () 
   let seqs: DumpSeq[];
   let model: DumpModelInfo;
   let sharded: KvCalibrateResult;
-  let whole: KvCalibrateResult;
   beforeAll(async () => {
     root = tempDir('kvtc-kvshards-');
     dump = join(root, 'dump');
@@ -118,7 +117,7 @@ describe('calibrate --kv --shards tp=2,pp=2 on a dump of the bundled model', () 
     }
     writeDump(dump, model, seqs);
     sharded = await calibrateKv({ kv: dump, shards: { tp: 2, pp: 2 }, ...SETTINGS, out: join(root, 'shards') });
-    whole = await calibrateKv({ kv: dump, ...SETTINGS, out: join(root, 'whole') });
+    await calibrateKv({ kv: dump, ...SETTINGS, out: join(root, 'whole') });
   }, 180_000);
 
   it('writes one format-3 profile per rank with its shard, layers and heads, and the index', async () => {
@@ -140,11 +139,16 @@ describe('calibrate --kv --shards tp=2,pp=2 on a dump of the bundled model', () 
     expect(sharded.shards_index).toEqual([join(root, 'shards', SHARDS_INDEX)]);
   });
 
-  it('each rank encodes and decodes its own shard; reassembled, the shards match the whole-model decode within the profiles\' errors', async () => {
+  it("each rank encodes and decodes its own shard; reassembled, the shards match the whole-model decode within the profiles' errors", async () => {
     const d = await openKvDump(dump);
     // A sequence none of the ranks fitted on (the report split), read as the whole-model cache.
     const file = sharded.ranks[0].split.report[0];
-    const x = (await readDumpSequence(d, d.sequences.find((s) => s.file === file)!)).cache;
+    const x = (
+      await readDumpSequence(
+        d,
+        d.sequences.find((s) => s.file === file)!,
+      )
+    ).cache;
     const wholeCodec = await codecFromProfile(await readProfile(join(root, 'whole')));
     const wholeDecoded = (await wholeCodec.decode((await wholeCodec.encode(x)).blob)).cache;
     await wholeCodec.release();

@@ -15,7 +15,17 @@ import { kvtc, tempDir } from '../model/helpers.js';
 import { writeDump, type DumpModelInfo, type DumpSeq } from './kv-dump-helpers.js';
 
 const TEXT = join(DEFAULT_CALIBRATION_DIR, 'inaugural-1797-Adams.txt');
-const SETTINGS = { ratios: [8], tokens: 2048, heldout: 1024, report: 1024, sink: 4, window: 128, grouping: 'layer' as const, chunk: 256, seed: 0 };
+const SETTINGS = {
+  ratios: [8],
+  tokens: 2048,
+  heldout: 1024,
+  report: 1024,
+  sink: 4,
+  window: 128,
+  grouping: 'layer' as const,
+  chunk: 256,
+  seed: 0,
+};
 
 /**
  * The dump holds exactly the sequences calibrate cuts from the same text (BOS + 511 tokens, in
@@ -25,7 +35,11 @@ const SETTINGS = { ratios: [8], tokens: 2048, heldout: 1024, report: 1024, sink:
 async function captureDump(dir: string): Promise<{ model: DumpModelInfo; seqs: DumpSeq[] }> {
   const m = await loadModel(DEFAULT_MODEL_DIR);
   try {
-    const data = await readCalibrationTokens([TEXT], m.tokenizer, { fitTokens: SETTINGS.tokens, heldoutTokens: SETTINGS.heldout, reportTokens: SETTINGS.report });
+    const data = await readCalibrationTokens([TEXT], m.tokenizer, {
+      fitTokens: SETTINGS.tokens,
+      heldoutTokens: SETTINGS.heldout,
+      reportTokens: SETTINGS.report,
+    });
     const seqLen = Math.min(m.spec.maxPositions, 512);
     const body = seqLen - 1;
     const runner = new ModelRunner(m);
@@ -35,7 +49,14 @@ async function captureDump(dir: string): Promise<{ model: DumpModelInfo; seqs: D
       seqs.push({ cache: (await runner.prefill(ids, { chunk: SETTINGS.chunk })).cache, ids });
     }
     const s = m.spec;
-    const model: DumpModelInfo = { layers: s.layers, heads: s.heads, kvHeads: s.kvHeads, headDim: s.headDim, maxPositions: s.maxPositions, rope: s.rope };
+    const model: DumpModelInfo = {
+      layers: s.layers,
+      heads: s.heads,
+      kvHeads: s.kvHeads,
+      headDim: s.headDim,
+      maxPositions: s.maxPositions,
+      rope: s.rope,
+    };
     writeDump(dir, model, seqs);
     return { model, seqs };
   } finally {
@@ -104,7 +125,11 @@ describe('calibrate --kv on a dump of the bundled model', () => {
     expect(m.shard).toBeUndefined();
     const names = m.calibration.sources.map((s) => s.name);
     const split = fromDump.ranks[0].split;
-    expect(names).toEqual([...split.fit.map((f) => `fit:${f}`), ...split.tuning.map((f) => `tuning:${f}`), ...split.report.map((f) => `report:${f}`)]);
+    expect(names).toEqual([
+      ...split.fit.map((f) => `fit:${f}`),
+      ...split.tuning.map((f) => `tuning:${f}`),
+      ...split.report.map((f) => `report:${f}`),
+    ]);
     const first = m.calibration.sources[0];
     expect(first.sha256).toBe(sha256(readFileSync(join(dump, split.fit[0]))));
     expect(m.calibration.tokens_fit).toBe(fromDump.tokens);
@@ -114,7 +139,29 @@ describe('calibrate --kv on a dump of the bundled model', () => {
   });
 
   it('the CLI: --kv with --json, and a re-run keeps the identical profile', async () => {
-    const r = await kvtc('calibrate', '--kv', dump, '--out', outDump, '--ratio', '8', '--tokens', '2048', '--tuning-tokens', '1024', '--report-tokens', '1024', '--sink', '4', '--window', '128', '--grouping', 'layer', '--json', '--quiet');
+    const r = await kvtc(
+      'calibrate',
+      '--kv',
+      dump,
+      '--out',
+      outDump,
+      '--ratio',
+      '8',
+      '--tokens',
+      '2048',
+      '--tuning-tokens',
+      '1024',
+      '--report-tokens',
+      '1024',
+      '--sink',
+      '4',
+      '--window',
+      '128',
+      '--grouping',
+      'layer',
+      '--json',
+      '--quiet',
+    );
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);
     expect(j.kv).toBe(dump);
@@ -133,7 +180,8 @@ describe('calibrate --kv on a dump of the bundled model', () => {
     const r = await readDumpSequence(b, b.sequences[0]);
     // bfloat16 keeps 8 bits of mantissa: within 2^-8 relative of the float32 capture.
     const k = seqs[0].cache.keys[2];
-    for (let i = 0; i < k.length; i += 97) expect(Math.abs(r.cache.keys[2][i] - k[i])).toBeLessThanOrEqual(Math.abs(k[i]) * 2 ** -8 + 1e-30);
+    for (let i = 0; i < k.length; i += 97)
+      expect(Math.abs(r.cache.keys[2][i] - k[i])).toBeLessThanOrEqual(Math.abs(k[i]) * 2 ** -8 + 1e-30);
     // The fingerprint follows the model description, dtype included.
     expect(b.model.fingerprint.id).not.toBe(d.model.fingerprint.id);
   });

@@ -174,7 +174,9 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
     `calibrated ${result.model}${kv ? ` from the KV dump ${kv.kv_dir}` : ''}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), ${kv ? `${result.sequences} sequences (split by --seed)` : `sequences of ${result.seq_len} tokens`}`,
   );
   if (kv && kv.ranks.length > 1)
-    io.out(`${kv.ranks.length} ranks, one profile each: ${kv.ranks.map((r) => `${r.rank} (layers ${r.layers.join(',')}; KV heads ${r.kv_heads.join(',')})`).join(', ')}`);
+    io.out(
+      `${kv.ranks.length} ranks, one profile each: ${kv.ranks.map((r) => `${r.rank} (layers ${r.layers.join(',')}; KV heads ${r.kv_heads.join(',')})`).join(', ')}`,
+    );
   if (result.groupings.length > 1) {
     io.out(
       `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`,
