@@ -302,6 +302,15 @@ def _rope_entry(cfg, rot, layer_type: Optional[str], layout: str, head_dim: int,
         rope_type = str(getattr(rot, "rope_type", "default"))
         params = _rope_params(cfg, layer_type)
     _refuse_rope_type(family, where, rope_type, params)
+    if str(inv_t.dtype) not in ("torch.float32", "torch.float64"):
+        # model.to(torch.bfloat16) casts buffers too: the model then rotates by rounded frequencies
+        raise _unsupported(
+            f"model type {family}, {where}: the rotary module's inv_freq is {str(inv_t.dtype).replace('torch.', '')}, so the model "
+            "rotates keys by rounded frequencies that no RoPE description reproduces (a model cast with .to(dtype) casts its buffers)",
+            "Load the model in its dtype instead: from_pretrained(..., dtype=torch.bfloat16) keeps the frequencies in float32.",
+            model_type=family,
+            inv_freq_dtype=str(inv_t.dtype),
+        )
     inv = inv_t.detach().to("cpu").double().numpy().reshape(-1)
     if inv.size == 0 or not np.all(np.isfinite(inv)) or not np.all(inv > 0):
         raise _unsupported(

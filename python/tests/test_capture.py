@@ -78,7 +78,9 @@ FAMILIES = {
             "original_max_position_embeddings": 32,
         }
     ),
-    "qwen3": dict(head_dim=16, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32}),
+    "qwen3": dict(
+        head_dim=16, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32}
+    ),
     "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
     "gemma3_text": dict(
         head_dim=16,
@@ -179,7 +181,11 @@ def validate_dump(d):
             assert r is None, f"layer {l} has no cache, so no RoPE entry"
         if r is None:
             continue
-        assert {"theta", "rotary_dim", "layout", "inv_freq"} <= set(r) <= {"theta", "rotary_dim", "layout", "attention_factor", "scaling", "inv_freq"}
+        assert (
+            {"theta", "rotary_dim", "layout", "inv_freq"}
+            <= set(r)
+            <= {"theta", "rotary_dim", "layout", "attention_factor", "scaling", "inv_freq"}
+        )
         assert r["rotary_dim"] % 2 == 0 and 0 < r["rotary_dim"] <= D and r["layout"] in ("half", "interleaved")
         assert len(r["inv_freq"]) == r["rotary_dim"] // 2
         desc = types.SimpleNamespace(theta=r["theta"], rotary_dim=r["rotary_dim"], scaling=r.get("scaling"))
@@ -196,7 +202,12 @@ def validate_dump(d):
         tensors, meta = parse(buf, s["file"], Strict(max_header_bytes=1 << 20, tensors=want))
         assert meta.get("tokens", str(T)) == str(T) and meta.get("start_position", str(start)) == str(start)
         assert tensors["positions"].dtype == "I64" and tensors["input_ids"].dtype == "I64"
-        arr = {n: np.frombuffer(buf, dtype=np.dtype(kvtc._safetensors.DTYPES[t.dtype][0]), count=int(np.prod(t.shape)), offset=t.begin).reshape(t.shape) for n, t in tensors.items()}
+        arr = {
+            n: np.frombuffer(
+                buf, dtype=np.dtype(kvtc._safetensors.DTYPES[t.dtype][0]), count=int(np.prod(t.shape)), offset=t.begin
+            ).reshape(t.shape)
+            for n, t in tensors.items()
+        }
         np.testing.assert_array_equal(arr["positions"], start + np.arange(T))
         kv = {}
         for l in cl:
@@ -328,11 +339,13 @@ def test_capture_matches_the_model(family, tmp_path):
             np.testing.assert_array_equal(np.array(rope["inv_freq"], np.float32), buf.numpy())
 
 
-
 def test_family_specifics(tmp_path):
     """What each family's manifest must say (checked on model_facts from the configs; the captures above
     prove these descriptions against the models' tensors)."""
-    f = {fam: capture.model_facts(tiny(fam).config) for fam in ("gemma3_text", "phi3", "smollm3", "deepseek_v3", "deepseek_v2", "qwen3_next", "qwen3", "llama")}
+    f = {
+        fam: capture.model_facts(tiny(fam).config)
+        for fam in ("gemma3_text", "phi3", "smollm3", "deepseek_v3", "deepseek_v2", "qwen3_next", "qwen3", "llama")
+    }
     g = f["gemma3_text"]
     assert g["layer_kinds"][2] == "full_attention" and g["cache_layers"] == [0, 1, 2, 3]
     assert g["rope"][2]["theta"] == 1e6 and g["rope"][2]["scaling"] == {"type": "linear", "factor": 8.0}
@@ -419,8 +432,23 @@ def test_cli_capture(model_dir, tmp_path, capsys):
     text = tmp_path / "a.txt"
     text.write_text("Once upon a time there was a little cat. It liked to play in the sun with its friends.\n" * 6, "utf-8")
     out = tmp_path / "dump"
+
     def args(tokens=70, *more):
-        return ["capture", "--model", str(model_dir), "--data", str(text), "--out", str(out), "--tokens", str(tokens), "--seq-len", "32", "--json", *more]
+        return [
+            "capture",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(text),
+            "--out",
+            str(out),
+            "--tokens",
+            str(tokens),
+            "--seq-len",
+            "32",
+            "--json",
+            *more,
+        ]
 
     assert main(args()) == 0
     io = capsys.readouterr()
@@ -450,5 +478,52 @@ def test_cli_capture(model_dir, tmp_path, capsys):
 
     assert main(["capture", "--model", str(tmp_path / "nope"), "--data", str(text), "--out", str(tmp_path / "x"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "MODEL_NOT_FOUND"
-    assert main(["capture", "--model", str(model_dir), "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x"), "--json"]) == 1
+    assert (
+        main(["capture", "--model", str(model_dir), "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x"), "--json"]) == 1
+    )
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "DATA_INVALID"
+
+
+def test_bfloat16_dump_holds_the_models_bits(tmp_path):
+    with pytest.raises(kvtc.KvtcError) as e:  # .to(dtype) casts inv_freq too: the model then rotates by rounded frequencies
+        capture.capture(tiny("llama").to(torch.bfloat16), [[1, 2, 3]], str(tmp_path / "d"))
+    assert e.value.code == "UNSUPPORTED_ARCHITECTURE" and "inv_freq is bfloat16" in e.value.message
+    assert not (tmp_path / "d").exists()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **COMMON), dtype=torch.bfloat16).eval()
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    ids = token_ids(19, 3)
+    capture.capture(model, [ids], str(tmp_path / "d"))
+    m, files = validate_dump(tmp_path / "d")
+    assert m["model"]["dtype"] == "bfloat16"
+    ref = full_cache(model)
+    run(model, ids, ref)
+    for l in m["model"]["cache_layers"]:
+        k, v = files[0]["kv"][l]
+        np.testing.assert_array_equal(k, ref.layers[l].keys.float().numpy())  # bfloat16 → float32 is exact
+        np.testing.assert_array_equal(v, ref.layers[l].values.float().numpy())
+
+
+def test_token_sequences_follow_the_files_in_order(model_dir, tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
+    a.write_text("The cat sat on the mat.\n", "utf-8")
+    b.write_text(
+        json.dumps({"text": "A dog ran in the park with a red ball."}) + "\n\n" + json.dumps({"text": " It was happy."}) + "\n", "utf-8"
+    )
+    ta = tok(a.read_text("utf-8"), add_special_tokens=False).input_ids
+    tb = (
+        tok("A dog ran in the park with a red ball.", add_special_tokens=False).input_ids
+        + tok(" It was happy.", add_special_tokens=False).input_ids
+    )
+    bos = [tok.bos_token_id]
+    seqs = list(capture.token_sequences(tok, [str(a), str(b)], seq_len=8, tokens=1000))
+    want = [bos + ta[i : i + 7] for i in range(0, len(ta), 7)] + [bos + tb[i : i + 7] for i in range(0, len(tb), 7)]
+    assert seqs == [s for s in want if len(s) >= 3]  # a file's last piece needs at least 2 text tokens
+    assert sum(map(len, capture.token_sequences(tok, [str(a), str(b)], seq_len=8, tokens=12))) == 12
+    assert len(list(capture.token_sequences(tok, [str(a), str(b)], seq_len=8, tokens=1000, max_sequences=2))) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": 1}\n', "utf-8")
+    with pytest.raises(kvtc.KvtcError) as e:
+        list(capture.token_sequences(tok, [str(bad)], seq_len=8, tokens=10))
+    assert e.value.code == "DATA_INVALID" and "bad.jsonl:1" in e.value.message
