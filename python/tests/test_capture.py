@@ -2,7 +2,7 @@
 
 Tiny random-weight models (no download) of each family kvtc captures: Llama (llama3 scaling),
 Qwen3 (yarn: an attention factor), Qwen3-MoE, Gemma 3 (sliding layers with a window shorter than
-the sequence, linear scaling on global layers), Phi-3 (partial rotary), SmolLM3 (a NoPE layer),
+the sequence, linear scaling on global layers), Phi-3 (partial rotary 0.75 with LongRoPE), SmolLM3 (a NoPE layer),
 DeepSeek-V3 and -V2 (MLA latents, both RoPE layouts) and Qwen3-Next (hybrid: gated-delta linear
 attention layers have no KV cache). For each:
 
@@ -91,7 +91,17 @@ FAMILIES = {
             "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
         },
     ),
-    "phi3": dict(partial_rotary_factor=0.5),
+    # Phi-4-mini style: partial rotary 0.75 with LongRoPE (factor 128/64 = 2: an attention factor)
+    "phi3": dict(
+        original_max_position_embeddings=64,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "short_factor": [1.0, 1.1, 1.2, 1.4, 1.7, 2.0],
+            "long_factor": [2.0, 3.0, 4.0, 5.0, 6.0, 8.0],
+        },
+    ),
     "smollm3": dict(no_rope_layers=[1, 1, 0, 1]),
     "deepseek_v3": MLA,
     "deepseek_v2": MLA,
@@ -350,7 +360,11 @@ def test_family_specifics(tmp_path):
     assert g["layer_kinds"][2] == "full_attention" and g["cache_layers"] == [0, 1, 2, 3]
     assert g["rope"][2]["theta"] == 1e6 and g["rope"][2]["scaling"] == {"type": "linear", "factor": 8.0}
     assert g["rope"][0]["theta"] == 10000.0 and "scaling" not in g["rope"][0]
-    assert f["phi3"]["rope"][0]["rotary_dim"] == 8 and f["phi3"]["head_dim"] == 16  # partial rotary 0.5
+    p = f["phi3"]["rope"][0]
+    assert p["rotary_dim"] == 12 and f["phi3"]["head_dim"] == 16  # partial rotary 0.75
+    assert p["scaling"]["type"] == "longrope" and p["scaling"]["original_max_position_embeddings"] == 64
+    assert p["attention_factor"] == pytest.approx(np.sqrt(1 + np.log(2) / np.log(64)))
+    assert p["inv_freq"][1] == pytest.approx(1 / (1.1 * 10000 ** (2 / 12)), rel=1e-6)  # the short factors: sequences ≤ 64
     assert [r is None for r in f["smollm3"]["rope"]] == [False, False, True, False]
     assert f["qwen3"]["rope"][0]["attention_factor"] == pytest.approx(0.1 * np.log(4.0) + 1)
     assert f["qwen3"]["rope"][0]["scaling"]["type"] == "yarn" and f["llama"]["rope"][0]["scaling"]["type"] == "llama3"
