@@ -22,6 +22,37 @@ import { MANIFEST_FILE, ManifestSchema, planTensorNames, TENSORS_FILE, TENSORS_F
 /** Manifest fields computed at write time. */
 export type ManifestDraft = Omit<Manifest, 'profile_id' | 'tensors' | 'plans'>;
 
+/** `o`'s keys in the order of `keys` (the schema's), then any others as they were. */
+function ordered<T extends object>(o: T, keys: string[]): T {
+  const src = o as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of keys) if (k in src) out[k] = src[k];
+  for (const k of Object.keys(src)) if (!(k in out)) out[k] = src[k];
+  return out as T;
+}
+
+/**
+ * The draft with `model` and its fingerprint in the schema's key order and `shard` right after
+ * `model`, whatever order the caller built them in: format 3's fields land where docs and readers
+ * expect them (model.value_head_dim … after kv_dtype), and format 2's order — which the schema
+ * follows within `model` — is unchanged, so its bytes are.
+ */
+function canonicalOrder(draft: ManifestDraft): ManifestDraft {
+  const { shard, ...rest } = draft;
+  const modelShape = ManifestSchema.shape.model.shape;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(rest)) {
+    if (k !== 'model') {
+      out[k] = v;
+      continue;
+    }
+    const m = v as ManifestDraft['model'];
+    out.model = ordered({ ...m, fingerprint: ordered(m.fingerprint, Object.keys(modelShape.fingerprint.shape)) }, Object.keys(modelShape));
+    if (shard !== undefined) out.shard = ordered(shard, Object.keys(ManifestSchema.shape.shard.unwrap().shape));
+  }
+  return out as ManifestDraft;
+}
+
 /** Builds the manifest and the tensor file bytes (deterministic for the same inputs). */
 export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { manifest: Manifest; tensors: Uint8Array } {
   const entries = new Map<string, TensorEntry>();
@@ -50,7 +81,7 @@ export function serializeProfile(draft: ManifestDraft, plans: BasisPlan[]): { ma
   const tensors = serializeSafetensors(entries, { producer: draft.producer.name, format_version: String(TENSORS_FORMAT_VERSION) });
   const digest = sha256(tensors);
   const manifest: Manifest = {
-    ...draft,
+    ...canonicalOrder(draft),
     // Format 3 exactly when a format-3 field is present: every other profile keeps format 2's bytes and id.
     format_version: profileFormatVersion(draft),
     profile_id: '',
