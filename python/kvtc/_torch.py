@@ -1,6 +1,7 @@
 """The PyTorch path: ``decode``/``encode`` with ``device="cuda"``, ``"cuda:N"``, ``"torch:cpu"`` or a
-``torch.device``. It reads every profile this package reads (format 1, format 2's per-layer RoPE:
-NoPE layers, partial rotary, both layouts, attention factor, linear / llama3 / yarn / longrope).
+``torch.device``. It reads every profile this package reads (format 1; format 2's per-layer RoPE:
+NoPE layers, partial rotary, both layouts, attention factor, linear / llama3 / yarn / longrope with
+its factor set chosen by start + tokens; format 3's values of their own width, layer subsets, shards).
 
 Devices: the string ``"cpu"`` (the default) is the NumPy path; every other device is this module.
 ``"torch:cpu"`` and ``torch.device("cpu")`` run this module on PyTorch's CPU backend: the same code
@@ -9,12 +10,12 @@ as on CUDA, for tests and for callers who want torch tensors without a GPU. ``"t
 
 What runs where:
 - decode: the blob is parsed, inflated and dequantized to coefficients on the host (NumPy, the
-  same functions as the NumPy path: codec.raw_values, payload_codes, coefficients); per plan, one
-  float32 product ĉ·Vᵀ + μ over all its layers and tokens, RoPE per group of layers sharing a
-  description (tables built once per decode, NoPE layers skipped), and the scatter into one
-  [layers, heads, tokens, dim] tensor run on the device. Returns per layer (K, V) torch tensors
+  same functions as the NumPy path: codec.raw_kv, payload_codes, coefficients); per plan, one
+  float32 product ĉ·Vᵀ + μ over all its layers and tokens, RoPE per run of layers sharing a
+  description (tables built once per call from kvtc._rope, NoPE layers skipped), and the scatter
+  into one K [layers, heads, tokens, head_dim] and one V [..., value_head_dim] run on the device. Returns per layer (K, V) torch tensors
   on the device (float16 or float32; views of one K and one V tensor).
-- encode: gather, RoPE removal (per group of layers, the un-rotate tables cos/f, sin/f), mean
+- encode: gather, RoPE removal (per run of layers, the un-rotate tables cos/f, sin/f), mean
   subtraction, the projection and the static int quantization run on the device in float32, one
   product per plan; the codes and the other coefficients come back to the host, where the dynamic
   / fp8 quantization, bit-packing and DEFLATE run (NumPy, as on the NumPy path). float32 products
@@ -22,10 +23,13 @@ What runs where:
   coefficient sits on a rounding boundary (≤ 1e-3 of codes in the tests, as kvtc's own CUDA path);
   blobs decode everywhere.
 
-Tested (python/tests/test_torch.py): on torch's CPU backend, decode of every committed profile's
-blobs (Node-made and NumPy-made) against the NumPy path, torch encode → NumPy decode, and codes
-against NumPy's encode; on CUDA, the same comparisons run only where a CUDA device is visible
-(they skip elsewhere), and scripts/bench-torch-decode.py times decode against a device copy.
+Tested on torch's CPU backend (python/tests/test_torch.py): decode of every committed profile's
+blobs (Node-made and NumPy-made) and of format-3 profiles (value_head_dim, MLA latent, layer
+subset, shard) against the NumPy path and Node's decodes, torch encode → NumPy decode, codes
+against NumPy's encode; test/python/torch-node.test.ts checks torch against the Node codec both
+ways on Gemma 3's profile. On CUDA the same comparisons run only where a CUDA device is visible
+(they skip elsewhere; not yet run), and scripts/bench-torch-decode.py times decode against a
+device copy.
 Matrix products are float32: with TF32 enabled globally (torch.backends.cuda.matmul.allow_tf32)
 they lose precision. torch is imported only when a torch device is asked for.
 """
