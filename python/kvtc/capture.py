@@ -376,13 +376,16 @@ def _rotary_per_layer(cfg, n: int, model=None) -> Tuple[List[Any], Any]:
     return [rot] * n, module
 
 
-def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "float32") -> Dict[str, Any]:
+def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "float32", layout: Optional[str] = None) -> Dict[str, Any]:
     """The ``model`` section of a dump manifest (docs/kv-dumps.md §2) for a transformers config or model.
 
     From a config alone (``transformers.AutoConfig`` object, no weights): the family's rotary module
     is built from the config on the CPU. From a loaded model: its own rotary module(s). Either way
     each layer's RoPE is recorded as its §4.1 description plus the module's ``inv_freq``, checked to
     agree within ``INV_FREQ_RTOL``. ``dtype`` is the dtype of the tensors the dump's files will hold.
+    ``layout`` ("half" / "interleaved"): the RoPE pairs of the keys in the files when their writer
+    knows them (a serving engine's own rotary kernel); default: what the transformers modeling code
+    applies, read from its source (an unknown rotation is refused).
 
     Raises KvtcError (UNSUPPORTED_ARCHITECTURE) for what a dump cannot describe: mRoPE, dynamic NTK,
     unknown rope types or RoPE code, MLA families other than DeepSeek-V2/V3, unknown cache layer types.
@@ -401,6 +404,8 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
     family = str(getattr(cfg, "model_type", "") or "")
     if not _FAMILY_RE.match(family):
         raise _unsupported(f"model type {family!r} is not a transformers model_type label", "Use a transformers model.")
+    if layout not in (None, "half", "interleaved"):
+        raise KvtcError("USAGE", f"layout {layout!r}: RoPE pairs are half or interleaved", "Pass one of those (or None).")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise KvtcError("USAGE", f"dtype {dtype!r}: dumps hold float32, float16 or bfloat16", "Pass one of those.")
     # Multimodal RoPE (Qwen2-VL style: rotations by temporal/height/width positions): the VL and
@@ -448,7 +453,6 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
         raise _unsupported(f"model type {family}: the config has no max_position_embeddings", "Please report the model.")
     rots, module = _rotary_per_layer(cfg, n, model)
     no_rope = getattr(cfg, "no_rope_layers", None)
-    layout = None
     rope: List[Optional[Dict[str, Any]]] = []
     for i in range(n):
         if i not in cache_layers or rots[i] is None or (isinstance(no_rope, (list, tuple)) and len(no_rope) == n and not no_rope[i]):
@@ -459,7 +463,8 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
             if getattr(attn, "use_rope", True) is False:
                 rope.append(None)
                 continue
-        layout = layout or _layout(family, module)
+        if layout is None:
+            layout = _layout(family, module)
         rope.append(
             _rope_entry(cfg, rots[i], kinds[i] if kinds[i] in _KV_TYPES else None, layout, head_dim, family, f"layer {i} ({kinds[i]})")
         )

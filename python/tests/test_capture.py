@@ -541,3 +541,13 @@ def test_token_sequences_follow_the_files_in_order(model_dir, tmp_path):
     with pytest.raises(kvtc.KvtcError) as e:
         list(capture.token_sequences(tok, [str(bad)], seq_len=8, tokens=10))
     assert e.value.code == "DATA_INVALID" and "bad.jsonl:1" in e.value.message
+
+
+def test_a_writer_that_knows_its_pairs_can_say_so():
+    """convert-sglang records the pairs SGLang's rotary kernel used (model_facts(..., layout=))."""
+    cfg = AutoConfig.for_model("llama", **COMMON)
+    assert {r["layout"] for r in capture.model_facts(cfg)["rope"]} == {"half"}
+    assert {r["layout"] for r in capture.model_facts(cfg, layout="interleaved")["rope"]} == {"interleaved"}
+    with pytest.raises(kvtc.KvtcError) as e:
+        capture.model_facts(cfg, layout="neox")
+    assert e.value.code == "USAGE"
