@@ -134,12 +134,12 @@ def synthetic_cache(d: pathlib.Path, tokens: int, start: int = 0, seed: int = 0)
     p = _profile(d)
     descs = layer_descs(load_manifest(d))
     rng = np.random.default_rng(seed)
-    H, D = p.kv_heads, p.head_dim
+    H = p.kv_heads
     out = [[None, None] for _ in range(p.layers)]
     for plan in p.plans:
         V, mu = plan.basis.astype(np.float64), plan.mean.astype(np.float64)
         z = rng.standard_normal((tokens, plan.rank)) * np.sqrt(np.maximum(plan.variances.astype(np.float64), 0))
-        X = (mu + z @ V.T).reshape(tokens, len(plan.layers), H, D).transpose(1, 2, 0, 3)  # [nl, H, T, D]
+        X = (mu + z @ V.T).reshape(tokens, len(plan.layers), H, p.dims(plan.kind)).transpose(1, 2, 0, 3)  # [nl, H, T, D or Dv]
         for li, l in enumerate(plan.layers):
             x = X[li]
             if plan.kind == "key":
