@@ -107,6 +107,8 @@ export async function measurePlans(
       layers: spec.layers,
       kvHeads: spec.kvHeads,
       headDim: spec.headDim,
+      // values of their own width (MLA latents, format 3): the codec must measure them as the profile will hold them
+      ...(spec.valueDim !== undefined ? { valueDim: spec.valueDim } : {}),
       rope: spec.rope,
       profileId: '0000000000000000',
       sink: s.sink,
