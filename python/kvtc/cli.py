@@ -132,7 +132,7 @@ def _encode(a) -> Dict[str, Any]:
     write_atomic(a.out, blob, force=True)
     T = kv.tokens
     s, w, n = profile.split(T)
-    per_token = profile.layers * 2 * profile.kv_heads * profile.head_dim * 2
+    per_token = profile.fp16_bytes_per_token  # keys and values at their own widths (format 3)
     return {
         "out": a.out,
         "tokens": T,

@@ -96,3 +96,23 @@ def test_round_trip_is_close_to_the_cache(case):
             a, b = a[:, s : T - w].astype(np.float64), b[:, s : T - w].astype(np.float64)
             err = np.linalg.norm(a - b) / np.linalg.norm(b)
             assert err <= 2 * rel[kind][l] + 0.01, (kind, l, err, rel[kind][l])
+
+
+def test_cli_encode_and_decode_a_v3_cache(tmp_path, capsys):
+    """`python -m kvtc encode` counts fp16 bytes with values at their own width, and `decode` writes
+    what `kvtc decode` wrote (values [1, 1, tokens, 24])."""
+    from kvtc import cli
+
+    prof = str(FIXTURES / "profile-v3-mla")
+    out = tmp_path / "b.kvtc"
+    assert cli.main(["encode", "--profile", prof, "--kv", str(FIXTURES / "cache-v3-mla.safetensors"), "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["fp16_bytes"] == 96 * 3 * 1 * (8 + 24) * 2 and r["ratio_blob"] == r["fp16_bytes"] / out.stat().st_size
+    dec = tmp_path / "d.safetensors"
+    assert cli.main(["decode", "--profile", prof, "--in", str(FIXTURES / "v3-mla.kvtc"), "--out", str(dec), "--json"]) == 0
+    mine = kvtc.read_kv_safetensors(dec)
+    node = kvtc.read_kv_safetensors(FIXTURES / "v3-mla.decoded.safetensors")
+    assert mine.metadata["value_head_dim"] == node.metadata["value_head_dim"] == "24"
+    for (k, v), (nk, nv) in zip(mine.layers, node.layers):
+        assert v.shape == nv.shape == (1, 96, 24)
+        assert max(np.max(np.abs(k - nk)), np.max(np.abs(v - nv))) <= DECODE_ATOL
