@@ -44,6 +44,9 @@ export {
   type CalibrateOptions,
   type CalibrateResult,
 } from './calibrate/calibrate.js';
+export { calibrateKv, type KvCalibrateInput, type KvCalibrateResult } from './calibrate/calibrate-kv.js';
+export { openKvDump, readDumpSequence, type KvDump } from './calibrate/kv-dump.js';
+export { parseShards, ppIndices, type ShardRequest } from './calibrate/kv-shards.js';
 export { loadModel, describeModel, type LoadedModel } from './model/load.js';
 export { ModelRunner } from './model/runner.js';
 export type { Device } from './onnx/devices.js';

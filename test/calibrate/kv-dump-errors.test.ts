@@ -10,6 +10,8 @@ import { rng } from '../codec/rng.js';
 import { kvtc, tempDir } from '../model/helpers.js';
 import { dumpManifest, i64, seqFileName, sequenceFile, writeDump, type DumpModelInfo, type DumpSeq } from './kv-dump-helpers.js';
 import { parseSafetensors, serializeSafetensors } from '../../src/io/safetensors.js';
+import { codecFromProfile } from '../../src/profile/codec-from-profile.js';
+import { readProfile } from '../../src/profile/read.js';
 
 const MODEL: DumpModelInfo = {
   layers: 2,
@@ -299,6 +301,84 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     r = await kvtc('calibrate', '--kv', dir, ...CAL.filter((x) => x !== '--quiet'), '--tuning-tokens', '1500', '--quiet');
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/NOT_ENOUGH_TOKENS|left to fit/);
+  });
+
+  it('an MLA latent cache of a hybrid model (value_head_dim ≠ head_dim, cache layers 0 and 2 of 3) calibrates to a format-3 profile that decodes it', async () => {
+    const dir = join(tempDir('kvtc-kvdump-mla-'), 'dump');
+    // A latent of rank ~4 in 16 dims (one subspace for every sequence), so PCA has something to find.
+    const basis = Float32Array.from({ length: 4 * 16 }, rng(99).normal);
+    const seqs: DumpSeq[] = Array.from({ length: 6 }, (_, i) => {
+      const { normal } = rng(100 + i);
+      const latent = () => {
+        const out = new Float32Array(300 * 16);
+        for (let t = 0; t < 300; t++) {
+          const z = [normal(), normal(), normal(), normal()];
+          for (let d = 0; d < 16; d++) out[t * 16 + d] = z.reduce((a, zk, k) => a + zk * basis[k * 16 + d], 0) + 0.01 * normal();
+        }
+        return out;
+      };
+      const key = () => Float32Array.from({ length: 300 * 8 }, normal);
+      return {
+        cache: {
+          layers: 2,
+          kvHeads: 1,
+          headDim: 8,
+          valueDim: 16,
+          tokens: 300,
+          dtype: 'float32',
+          keys: [key(), key()],
+          values: [latent(), latent()],
+          startPosition: 0,
+        },
+      };
+    });
+    const model: DumpModelInfo = {
+      layers: 3,
+      heads: 4,
+      kvHeads: 1,
+      headDim: 8,
+      maxPositions: 4096,
+      rope: [MODEL.rope[0], null, MODEL.rope[0]],
+    };
+    writeDump(dir, model, seqs, { fileLayers: [0, 2] });
+    editManifest(dir, (m) => {
+      m.model.family = 'deepseek_v3';
+      m.model.architecture = 'DeepseekV3ForCausalLM';
+      m.model.cache = 'mla-latent';
+      m.model.value_head_dim = 16;
+      m.model.cache_layers = [0, 2];
+      m.model.layer_kinds = ['full_attention', 'linear_attention', 'full_attention'];
+    });
+    const out = join(tempDir('kvtc-kvdump-out-'), 'p');
+    const r = await kvtc('calibrate', '--kv', dir, '--out', out, ...CAL, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const profile = await readProfile(out);
+    const md = profile.manifest.model;
+    expect(profile.manifest.format_version).toBe(3);
+    expect([md.family, md.cache, md.value_head_dim, md.kv_heads, md.layers, md.model_layers, md.cache_layers]).toEqual([
+      'deepseek_v3',
+      'mla-latent',
+      16,
+      1,
+      2,
+      3,
+      [0, 2],
+    ]);
+    // The profile's codec takes the dump's cache as it is and gives back the latent closely.
+    const codec = await codecFromProfile(profile);
+    const d = await openKvDump(dir);
+    const j = JSON.parse(r.stdout);
+    const report = d.sequences.find((q) => q.file === j.ranks[0].split.report[0])!;
+    const x = (await readDumpSequence(d, report)).cache;
+    const y = (await codec.decode((await codec.encode(x)).blob)).cache;
+    await codec.release();
+    expect(y.valueDim).toBe(16);
+    const err = (a: Float32Array, b: Float32Array) =>
+      Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
+    // The report sequence's error is the one the profile measured, up to how measure and the codec differ.
+    const measured = j.profiles[0].rel_error.value_per_layer[1] as number;
+    expect(measured).toBeLessThan(0.1);
+    expect(err(y.values[1].subarray(4 * 16, 284 * 16), x.values[1].subarray(4 * 16, 284 * 16))).toBeLessThan(2 * measured + 0.02);
   });
 
   it('the manifest the helper writes is what docs/kv-dumps.md §2 lists', () => {
