@@ -247,8 +247,9 @@ def run(model, ids, cache):
         return model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits
 
 
-def pre_rope_keys(model, ids, facts):
-    """{layer: keys before RoPE, [H, T, D] float64}, taken by forward hooks where each family makes them."""
+def pre_rope_keys(model, ids, facts, cache):
+    """Runs the model with ``cache``; returns its logits and {layer: keys before RoPE, [H, T, D] float64},
+    taken by forward hooks where each family makes them."""
     got, hooks = {}, []
     dec = model.get_decoder()
     H, T = facts["kv_heads"], len(ids)
@@ -273,11 +274,11 @@ def pre_rope_keys(model, ids, facts):
         mod = next(getattr(attn, n) for n in ("kv_a_proj_with_mqa", "qkv_proj", "k_norm", "k_proj") if hasattr(attn, n))
         hooks.append(mod.register_forward_hook(lambda _m, _i, out, keep=keep: keep(out)))
     try:
-        run(model, ids, DynamicCache(config=model.config))
+        logits = run(model, ids, cache)
     finally:
         for h in hooks:
             h.remove()
-    return got
+    return logits, got
 
 
 def rotate(x, r, T):
@@ -320,10 +321,9 @@ def test_capture_matches_the_model(family, tmp_path):
         assert f["input_ids"] == ids and f["tokens"] == len(ids)
         # the model's own cache, keeping every token; the same forward pass as the model's own
         ref = full_cache(model)
-        logits = run(model, ids, ref)
+        logits, pre = pre_rope_keys(model, ids, md, ref)
         own = DynamicCache(config=model.config)
         close(logits, run(model, ids, own), "logits with a cache that keeps every token")
-        pre = pre_rope_keys(model, ids, md)
         T = len(ids)
         for l in md["cache_layers"]:
             k, v = f["kv"][l]
@@ -353,7 +353,7 @@ def test_family_specifics(tmp_path):
     """What each family's manifest must say (checked on model_facts from the configs; the captures above
     prove these descriptions against the models' tensors)."""
     f = {
-        fam: capture.model_facts(tiny(fam).config)
+        fam: capture.model_facts(AutoConfig.for_model(fam, **{**COMMON, **FAMILIES[fam]}))
         for fam in ("gemma3_text", "phi3", "smollm3", "deepseek_v3", "deepseek_v2", "qwen3_next", "qwen3", "llama")
     }
     g = f["gemma3_text"]
