@@ -92,6 +92,24 @@ describe.each([
     }
   });
 
+  it('the graphs on a worker thread give the same blob and the same decode as inline', async () => {
+    const cache = syntheticCache(g, 120, 21);
+    const inline = await codecFromProfile(profile);
+    const threaded = await codecFromProfile(profile, { transformThread: true });
+    try {
+      const a = (await inline.encode(cache)).blob;
+      const b = (await threaded.encode(cache)).blob;
+      expect(Buffer.from(b).equals(Buffer.from(a))).toBe(true);
+      const x = (await inline.decode(a)).cache;
+      const y = (await threaded.decode(a)).cache;
+      expect(y.values).toEqual(x.values);
+      expect(y.keys).toEqual(x.keys);
+    } finally {
+      await inline.release();
+      await threaded.release();
+    }
+  });
+
   it('a cache whose values have another width is refused, naming both widths', async () => {
     const codec = await codecFromProfile(profile);
     try {
