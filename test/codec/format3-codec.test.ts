@@ -110,6 +110,22 @@ describe.each([
     }
   });
 
+  it('a float16 cache decodes as float16 at both widths, values within fp16 range', async () => {
+    const c = syntheticCache(g, 80, 31);
+    const cache = { ...c, dtype: 'float16' as const, keys: c.keys.map((a) => a.map(fp16)), values: c.values.map((a) => a.map(fp16)) };
+    const codec = await codecFromProfile(profile);
+    try {
+      const { cache: out } = await codec.decode((await codec.encode(cache)).blob);
+      expect(out.dtype).toBe('float16');
+      expect(out.values.map((a) => a.length)).toEqual(cache.values.map((a) => a.length));
+      for (const a of [...out.keys, ...out.values]) expect(a.every((v) => Math.abs(v) <= 65504)).toBe(true);
+      const e = relErrors(cache, out, 'value', SETTINGS.sink, 80 - SETTINGS.window);
+      for (const x of e) expect(x).toBeLessThan(0.25);
+    } finally {
+      await codec.release();
+    }
+  });
+
   it('a cache whose values have another width is refused, naming both widths', async () => {
     const codec = await codecFromProfile(profile);
     try {
