@@ -598,7 +598,12 @@ class DumpDir:
         elif self.replace:
             old = f"{self.tmp}-old"
             os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
+        try:
+            os.rename(self.tmp, self.out)
+        except OSError:
+            if old:  # put the previous dump back where it was
+                os.rename(old, self.out)
+            raise
         if old:
             for e in os.listdir(old):
                 if e == MANIFEST or _SEQ_RE.match(e):
