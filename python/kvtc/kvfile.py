@@ -99,7 +99,7 @@ def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[
     if len(first.shape) != 4 or first.shape[0] != 1:
         raise _invalid(source, f"{k0} has shape {list(first.shape)}; expected [1, kv_heads, tokens, head_dim]")
     if first.dtype not in ("F16", "F32", "BF16"):
-        raise _invalid(source, f"{k0} is {first.dtype}; expected F16, F32 or BF16")
+        raise _invalid(source, f"{k0} is {first.dtype}; expected F16 or F32 (or BF16, read as float32)")
     v0 = tensors.get(tensor_name(ids[0], "value"))
     vshape = None
     if v0 is not None:
