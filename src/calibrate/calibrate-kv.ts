@@ -36,7 +36,7 @@ import {
   type CalibrateResult,
   type RatioResult,
 } from './calibrate.js';
-import { maxSequenceFileBytes, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
+import { KV_DUMP_LIMITS, maxSequenceFileBytes, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
 import { openDumpRanks, type DumpRank, type ShardRequest } from './kv-shards.js';
 import { manifestDraft } from './manifest.js';
 import { profileOutDirs } from './outputs.js';
@@ -136,6 +136,16 @@ export async function checkDumpFiles(dump: KvDump): Promise<void> {
       );
     }
     const max = maxSequenceFileBytes(dump, s);
+    if (max > KV_DUMP_LIMITS.maxFileBytes) {
+      throw new KvtcError(
+        'KV_INVALID',
+        `${dump.manifestPath}: sequences[${s.index}] (${s.file}) holds ${s.tokens} tokens, up to ${max} bytes of KV: more than one file may hold (${KV_DUMP_LIMITS.maxFileBytes} bytes)`,
+        {
+          fix: 'Dump shorter sequences (several files per prompt, each with its start_position).',
+          context: { file: dump.manifestPath, sequence: s.index },
+        },
+      );
+    }
     if (size > max) {
       throw new KvtcError(
         'KV_INVALID',
@@ -321,7 +331,8 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
   const ranks = await openDumpRanks(input.kv, input.shards);
   // Every listed file present before any work (each dump directory once, however it is cut).
   for (const d of new Set(ranks.map((r) => r.dump))) await checkDumpFiles(d);
-  const sharded = ranks.length > 1 || ranks[0].label !== undefined;
+  // One profile per rank under OUT/tp_<t>_pp_<p>/ with the index; one rank's dump given alone is written to OUT itself.
+  const sharded = ranks.length > 1 || input.shards !== undefined;
   const first = ranks[0].model;
   const base = profileOutDirs({ out: opts.out, modelName: dirName(first.name), ratios: opts.ratios, ratiosGiven: opts.ratiosGiven });
   const rankDirs = ranks.map((r) => base.map((b) => (sharded ? join(b, r.label!) : b)));

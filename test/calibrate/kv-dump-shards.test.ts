@@ -207,6 +207,12 @@ describe('calibrate --kv --shards tp=2,pp=2 on a dump of the bundled model', () 
     expect(res.profiles.map((p) => p.profile_id)).toEqual(sharded.profiles.map((p) => p.profile_id));
     expect(res.ranks.map((r) => r.fingerprint)).toEqual(sharded.ranks.map((r) => r.fingerprint));
 
+    // One rank's dump alone: its profile is written to --out itself, the same profile as that rank's.
+    const one = await calibrateKv({ kv: join(ranksDir, 'tp_1_pp_1'), ...SETTINGS, out: join(root, 'one-rank') });
+    expect(one.shards_index).toEqual([]);
+    expect(one.profiles[0].profile).toBe(join(root, 'one-rank'));
+    expect(one.profiles[0].profile_id).toBe(sharded.profiles[3].profile_id);
+
     // A missing rank, a rank in the wrong directory, and ranks of another model are refused.
     renameSync(join(ranksDir, 'tp_1_pp_1'), join(root, 'aside'));
     let e = await openDumpRanks(ranksDir).catch((x: KvtcError) => x);
