@@ -189,7 +189,9 @@ export function checkBudget(m: Manifest, fail: Fail): string {
  */
 export function checkFigures(m: Manifest, fail: Fail): string {
   const { layers, heads, kv_heads: kvh } = m.model;
-  if (heads % kvh !== 0)
+  // A shard's kv_heads is its rank's share (replicas included when tp exceeds the model's KV
+  // heads), so only a whole-model profile has query heads a multiple of it.
+  if (!m.shard && heads % kvh !== 0)
     fail(`model.heads ${heads} is not a multiple of model.kv_heads ${kvh} (each KV head serves heads / kv_heads query heads)`);
   const r = m.measured.rel_error;
   for (const k of ['key', 'value'] as const) {

@@ -312,6 +312,17 @@ describe('format 3: the reader refuses inconsistent fields, naming them (readPro
     if (check !== 'schema') expect(c!.detail).toMatch(message);
   });
 
+  it("a shard's KV heads need not divide the query heads (a rank's share); a whole model's must", async () => {
+    // SHARD's rank holds 2 KV heads; 5 query heads is no multiple of 2, which only a whole-model profile must be.
+    const odd = variant(shard, (m) => (m.model.heads = 5));
+    await expect(readProfile(odd)).resolves.toBeDefined();
+    const whole = variant(shard, (m) => {
+      delete m.shard;
+      m.model.heads = 5;
+    });
+    await expect(readProfile(whole)).rejects.toThrow(/model\.heads 5 is not a multiple of model\.kv_heads 2/);
+  });
+
   it('validate passes a format-3 profile, the format check naming its fields', async () => {
     const v = await validateProfile(mla.dir);
     expect(v.checks.filter((c) => !c.ok)).toEqual([]);

@@ -586,7 +586,7 @@ beforeAll(async () => {
     return d;
   };
   const v2 = badProfile('v2', (m) => {
-    m.format_version = 3;
+    m.format_version = 4;
     m.producer = { name: 'kvtc', version: '9.0.0' };
   });
   const hacked = badProfile('hacked', (_m, t) => {
@@ -762,7 +762,7 @@ describe('Python runtime (python/, package kvtc) against the Node codec', () => 
       expect(e.message).toMatch(message);
       expect(e.fix, `${name} has no fix`).toBeTruthy();
     };
-    expectError('version', 'PROFILE_VERSION', /format version 3; this kvtc Python package reads versions 1 and 2/);
+    expectError('version', 'PROFILE_VERSION', /format version 4; this kvtc Python package reads versions 1, 2 and 3/);
     expect(err('version').fix).toMatch(/kvtc 9\.0\.0/);
     expectError('hash', 'PROFILE_INVALID', /sha256/);
     expectError('profile-id', 'PROFILE_INVALID', /profile_id/);
