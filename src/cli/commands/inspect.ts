@@ -143,8 +143,19 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   const s = m.settings;
   io.out(`profile ${dir}  (id ${m.profile_id}, format v${m.format_version}, ${m.producer.name} ${m.producer.version}, ${fmtBytes(bytes)})`);
   io.out(
-    `model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}`,
+    `model   ${m.model.name}: ${m.model.architecture}, ${m.model.layers} layers, ${m.model.heads} heads / ${m.model.kv_heads} KV heads × ${m.model.head_dim}${m.model.value_head_dim !== undefined && m.model.value_head_dim !== m.model.head_dim ? ` (values × ${m.model.value_head_dim})` : ''}, KV ${m.model.kv_dtype}, RoPE ${profileRopeWords(m)}, fingerprint ${m.model.fingerprint.id}${m.model.fingerprint.source === 'kv-dump' ? ' (from a KV dump)' : ''}`,
   );
+  // Format 3: what part of the model this profile covers (docs/profile-format.md §2.4).
+  if (m.model.cache === 'mla-latent')
+    io.out(
+      `cache   MLA latent: keys = the decoupled RoPE key (${m.model.head_dim} wide), values = the compressed KV (${m.model.value_head_dim ?? m.model.head_dim} wide)`,
+    );
+  if (m.model.cache_layers)
+    io.out(`layers  model layers ${m.model.cache_layers.join(',')} of ${m.model.model_layers} (the others are in other pipeline stages or keep no cache)`);
+  if (m.shard)
+    io.out(
+      `shard   tensor-parallel rank ${m.shard.tp_rank} of ${m.shard.tp_size}, pipeline stage ${m.shard.pp_rank} of ${m.shard.pp_size}: KV heads ${m.shard.kv_heads.join(',')}`,
+    );
   const chosen =
     s.grouping_requested === 'auto'
       ? ` (chosen by --grouping auto among ${(m.calibration.grouping_candidates ?? []).map((c) => c.grouping).join(', ')})`
