@@ -337,6 +337,15 @@ def _rope_entry(cfg, rot, layer_type: Optional[str], layout: str, head_dim: int,
     return desc
 
 
+def _config_has_rope(cfg) -> bool:
+    if getattr(cfg, "rope_theta", None) is not None:
+        return True
+    rp = getattr(cfg, "rope_parameters", None)
+    if not isinstance(rp, dict):
+        return False
+    return "rope_theta" in rp or any(isinstance(v, dict) and "rope_theta" in v for v in rp.values())
+
+
 def _decoder(model):
     dec = model
     get = getattr(model, "get_decoder", None)
@@ -453,6 +462,14 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
         raise _unsupported(f"model type {family}: the config has no max_position_embeddings", "Please report the model.")
     rots, module = _rotary_per_layer(cfg, n, model)
     no_rope = getattr(cfg, "no_rope_layers", None)
+    if any(rots[i] is None for i in cache_layers) and _config_has_rope(cfg):
+        # never record "no RoPE" for a model that has it just because its rotary module was not found
+        raise _unsupported(
+            f"model type {family}: its config has RoPE parameters, but kvtc capture cannot find the rotary module "
+            f"{'of the loaded model' if model is not None else 'its modeling code defines'}",
+            "Please report the model (kvtc reads the rotary_emb module transformers models define).",
+            model_type=family,
+        )
     rope: List[Optional[Dict[str, Any]]] = []
     for i in range(n):
         if i not in cache_layers or rots[i] is None or (isinstance(no_rope, (list, tuple)) and len(no_rope) == n and not no_rope[i]):
