@@ -421,6 +421,11 @@ def test_refusals():
     with pytest.raises(kvtc.KvtcError) as e:
         capture.model_facts(AutoConfig.for_model("granitemoehybrid", **{**COMMON, "layer_types": ["mamba"] * 4}))
     assert "no layer keeps a KV cache" in e.value.message
+    model = tiny("llama")
+    del model.model.rotary_emb  # RoPE in the config, no rotary module found: never recorded as "no RoPE"
+    with pytest.raises(kvtc.KvtcError) as e:
+        capture.model_facts(model)
+    assert "cannot find the rotary module" in e.value.message
 
 
 def test_without_torch_names_the_install_command(monkeypatch):
