@@ -15,14 +15,14 @@
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { KvtcError } from '../errors.js';
+import { invariant, KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { checkOutputDir } from '../io/output.js';
 import type { KvCache } from '../model/types.js';
 import { noProgress, type ProgressFn } from '../progress.js';
 import { mulberry32 } from '../random.js';
 import {
-  accumulateFit,
+  fitAccumulator,
   basisStates,
   checkAbort,
   checkProfileTarget,
@@ -36,7 +36,7 @@ import {
   type CalibrateResult,
   type RatioResult,
 } from './calibrate.js';
-import { KV_DUMP_LIMITS, maxSequenceFileBytes, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
+import { KV_DUMP_LIMITS, maxSequenceFileBytes, readDumpSequence, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
 import { openDumpRanks, type DumpRank, type ShardRequest } from './kv-shards.js';
 import { manifestDraft } from './manifest.js';
 import { profileOutDirs } from './outputs.js';
@@ -189,131 +189,150 @@ function dirName(name: string): string {
   return clean || 'kv-dump';
 }
 
-async function readCaches(
-  rank: DumpRank,
-  seqs: DumpSequence[],
-  label: string,
-  o: { signal?: AbortSignal; progress: ProgressFn },
-): Promise<DumpCache[]> {
-  const total = tokensOf(seqs);
-  const out: DumpCache[] = [];
-  let done = 0;
-  for (const s of seqs) {
-    checkAbort(o.signal);
-    out.push(await rank.read(s));
-    done += s.tokens;
-    o.progress({ stage: `reading ${label} KV${rank.label ? ` (${rank.label})` : ''}`, done, total, unit: 'tokens' });
-  }
-  return out;
-}
+type RankOutcome = RankResult & {
+  plans: number;
+  randomized: number;
+  groupings: string[];
+  groupings_skipped: { grouping: string; covariance_bytes: number }[];
+};
 
-async function calibrateRank(
-  rank: DumpRank,
+/**
+ * The ranks that read one dump (a whole-model dump, each rank cut from it by --shards, or one
+ * rank's own dump), calibrated together so that every file is read once: the tuning and report
+ * files are read and each rank's share kept, then each fit file is read and each rank's share
+ * added to that rank's covariances and dropped. Then each rank's profiles are fitted and written.
+ */
+async function calibrateDump(
+  ranks: DumpRank[],
   opts: ReturnType<typeof withCalibrateDefaults>,
-  outDirs: string[],
-  o: { progress: ProgressFn; timer: StageTimer; entropy: NonNullable<CalibrateOptions['entropy']>; source: string },
-): Promise<
-  RankResult & {
-    plans: number;
-    randomized: number;
-    groupings: string[];
-    groupings_skipped: { grouping: string; covariance_bytes: number }[];
-  }
-> {
+  outDirs: string[][],
+  o: { progress: ProgressFn; timer: StageTimer; entropy: NonNullable<CalibrateOptions['entropy']> },
+): Promise<RankOutcome[]> {
   const { progress, timer } = o;
-  const spec = rank.model.spec;
-  const candidates = groupingCandidates(spec, opts.grouping);
-  const split = splitDumpSequences(rank.sequences, {
-    seed: opts.seed,
-    fitTokens: opts.tokens,
-    heldoutTokens: opts.heldout,
-    reportTokens: opts.report,
-    sink: opts.sink,
-    window: opts.window,
-    minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates.fit), 256),
-    source: o.source,
+  const dump = ranks[0].dump;
+  const label = ranks.length > 1 ? ` (${ranks.length} ranks)` : ranks[0].label ? ` (${ranks[0].label})` : '';
+  const plans = ranks.map((rank) => {
+    const spec = rank.model.spec;
+    const candidates = groupingCandidates(spec, opts.grouping);
+    const split = splitDumpSequences(rank.sequences, {
+      seed: opts.seed,
+      fitTokens: opts.tokens,
+      heldoutTokens: opts.heldout,
+      reportTokens: opts.report,
+      sink: opts.sink,
+      window: opts.window,
+      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates.fit), 256),
+      source: dump.dir,
+    });
+    return { rank, spec, candidates, split };
   });
-  timer.restart();
-  const tuningRead = await readCaches(rank, split.tuning, 'tuning', { signal: opts.signal, progress });
-  const reportRead = await readCaches(rank, split.report, 'report', { signal: opts.signal, progress });
-  timer.lap('read');
-  const tuning: KvCache[] = tuningRead.map((c) => c.cache);
-  const report: KvCache[] = reportRead.map((c) => c.cache);
-  const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
-  const total = tokensOf(split.fit);
-  const fitSources: DumpCache['source'][] = [];
-  const ropeCheck = await accumulateFit(
-    spec,
-    async (visit) => {
-      let done = 0;
-      for (const s of split.fit) {
-        checkAbort(opts.signal);
-        let t = performance.now();
-        const c = await rank.read(s);
-        fitSources.push(c.source);
-        timer.add('read', (performance.now() - t) / 1000);
-        t = performance.now();
-        await visit(c.cache, c.ids);
-        timer.add('covariance', (performance.now() - t) / 1000);
-        done += s.tokens;
-        progress({ stage: `reading fit KV${rank.label ? ` (${rank.label})` : ''}`, done, total, unit: 'tokens' });
-      }
-    },
-    states,
-    { sink: opts.sink },
+  // The split depends on the sequences and the options only, the same for every rank of one dump.
+  const { split } = plans[0];
+  const files = (x: DumpSplit) => [x.fit, x.tuning, x.report].map((l) => l.map((q) => q.file).join(',')).join(';');
+  invariant(
+    plans.every((p) => files(p.split) === files(split)),
+    'Error in calibrateDump: ranks of one dump split its sequences differently',
   );
+  timer.restart();
+  const read = async (seqs: DumpSequence[], what: string) => {
+    const total = tokensOf(seqs);
+    const out: DumpCache[][] = ranks.map(() => []);
+    let done = 0;
+    for (const s of seqs) {
+      checkAbort(opts.signal);
+      const whole = await readDumpSequence(dump, s);
+      ranks.forEach((r, i) => out[i].push(r.cut(whole)));
+      done += s.tokens;
+      progress({ stage: `reading ${what} KV${label}`, done, total, unit: 'tokens' });
+    }
+    return out;
+  };
+  const tuningRead = await read(split.tuning, 'tuning');
+  const reportRead = await read(split.report, 'report');
+  timer.lap('read');
+  const states = await Promise.all(plans.map((p) => Promise.all(p.candidates.fit.map((g) => basisStates(p.spec, g, opts.device)))));
+  const accs = plans.map((p, i) => fitAccumulator(p.spec, states[i], { sink: opts.sink }));
+  const fitSources: DumpCache['source'][] = [];
+  const total = tokensOf(split.fit);
+  let done = 0;
+  for (const s of split.fit) {
+    checkAbort(opts.signal);
+    let t = performance.now();
+    const whole = await readDumpSequence(dump, s);
+    fitSources.push(whole.source);
+    timer.add('read', (performance.now() - t) / 1000);
+    t = performance.now();
+    for (const [i, r] of ranks.entries()) {
+      const c = r.cut(whole);
+      await accs[i].add(c.cache, c.ids);
+    }
+    timer.add('covariance', (performance.now() - t) / 1000);
+    done += s.tokens;
+    progress({ stage: `reading fit KV${label}`, done, total, unit: 'tokens' });
+  }
   timer.restart();
   // Which file went where: the calibration sources, each named by its split (the seed is in settings).
   const sources = [
-    ...fitSources.map((s) => ({ ...s, name: `fit:${s.name}` })),
-    ...tuningRead.map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
-    ...reportRead.map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
+    ...fitSources.map((q) => ({ ...q, name: `fit:${q.name}` })),
+    ...tuningRead[0].map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
+    ...reportRead[0].map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
   ];
-  const written = await fitAndWrite({
-    opts,
-    spec,
-    candidates,
-    states,
-    tuning,
-    report,
-    outDirs,
-    entropy: o.entropy,
-    progress,
-    timer,
-    draft: (d) =>
-      manifestDraft({
-        dump: rank.model,
-        ratio: d.ratio,
-        // chunk has no meaning without a model run; recorded as given.
-        opts: { ...opts, grouping: d.grouping },
-        groupingRequested: String(opts.grouping),
-        candidates: d.candidates,
-        granule: d.granule,
-        entropy: o.entropy,
-        sources,
-        split: { fit: split.fit.length, heldout: split.tuning.length, report: split.report.length, seqLen: 1 },
-        tokens: { fit: tokensOf(split.fit), heldout: tokensOf(split.tuning), report: tokensOf(split.report) },
-        m: d.m,
-        tuning: d.tuning,
-      }),
-  });
-  const shard = spec.shard;
-  return {
-    ...(rank.label ? { rank: rank.label } : {}),
-    layers: rank.model.cacheLayers,
-    kv_heads: shard ? [...shard.kvHeads] : Array.from({ length: spec.kvHeads }, (_, h) => h),
-    fingerprint: rank.model.fingerprint.id,
-    tokens: tokensOf(split.fit),
-    heldout_tokens: tokensOf(split.tuning),
-    report_tokens: tokensOf(split.report),
-    split: { fit: split.fit.map((s) => s.file), tuning: split.tuning.map((s) => s.file), report: split.report.map((s) => s.file) },
-    rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
-    profiles: written.profiles,
-    plans: written.plans,
-    randomized: written.randomized,
-    groupings: candidates.fit.map(String),
-    groupings_skipped: candidates.skipped,
-  };
+  const out: RankOutcome[] = [];
+  for (const [i, { rank, spec, candidates }] of plans.entries()) {
+    checkAbort(opts.signal);
+    const tuning: KvCache[] = tuningRead[i].map((c) => c.cache);
+    const report: KvCache[] = reportRead[i].map((c) => c.cache);
+    const written = await fitAndWrite({
+      opts,
+      spec,
+      candidates,
+      states: states[i],
+      tuning,
+      report,
+      outDirs: outDirs[i],
+      entropy: o.entropy,
+      progress,
+      timer,
+      draft: (d) =>
+        manifestDraft({
+          dump: rank.model,
+          ratio: d.ratio,
+          // chunk has no meaning without a model run; recorded as given.
+          opts: { ...opts, grouping: d.grouping },
+          groupingRequested: String(opts.grouping),
+          candidates: d.candidates,
+          granule: d.granule,
+          entropy: o.entropy,
+          sources,
+          split: { fit: split.fit.length, heldout: split.tuning.length, report: split.report.length, seqLen: 1 },
+          tokens: { fit: tokensOf(split.fit), heldout: tokensOf(split.tuning), report: tokensOf(split.report) },
+          m: d.m,
+          tuning: d.tuning,
+        }),
+    });
+    // The rank's caches are no longer needed once its profiles are written.
+    tuningRead[i] = [];
+    reportRead[i] = [];
+    const ropeCheck = accs[i].ropeCheck();
+    const shard = spec.shard;
+    out.push({
+      ...(rank.label ? { rank: rank.label } : {}),
+      layers: rank.model.cacheLayers,
+      kv_heads: shard ? [...shard.kvHeads] : Array.from({ length: spec.kvHeads }, (_, h) => h),
+      fingerprint: rank.model.fingerprint.id,
+      tokens: tokensOf(split.fit),
+      heldout_tokens: tokensOf(split.tuning),
+      report_tokens: tokensOf(split.report),
+      split: { fit: split.fit.map((q) => q.file), tuning: split.tuning.map((q) => q.file), report: split.report.map((q) => q.file) },
+      rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
+      profiles: written.profiles,
+      plans: written.plans,
+      randomized: written.randomized,
+      groupings: candidates.fit.map(String),
+      groupings_skipped: candidates.skipped,
+    });
+  }
+  return out;
 }
 
 /**
@@ -343,10 +362,17 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     }
   }
   timer.lap('load');
-  const results: Awaited<ReturnType<typeof calibrateRank>>[] = [];
-  for (const [i, r] of ranks.entries()) {
-    checkAbort(opts.signal);
-    results.push(await calibrateRank(r, opts, rankDirs[i], { progress, timer, entropy, source: r.dump.dir }));
+  // Ranks cut from one dump are calibrated together (each file read once); rank dumps one by one.
+  const results: RankOutcome[] = new Array(ranks.length);
+  for (const dump of new Set(ranks.map((r) => r.dump))) {
+    const idx = ranks.flatMap((r, i) => (r.dump === dump ? [i] : []));
+    const got = await calibrateDump(
+      idx.map((i) => ranks[i]),
+      opts,
+      idx.map((i) => rankDirs[i]),
+      { progress, timer, entropy },
+    );
+    idx.forEach((i, j) => (results[i] = got[j]));
   }
   const index: string[] = [];
   if (sharded) {

@@ -438,47 +438,66 @@ export async function streamFit(
 /** Hands each fit cache (and its token ids, when known) to `visit`, one at a time: a model run or a KV dump. */
 export type CacheStream = (visit: (cache: KvCache, ids?: ArrayLike<number>) => Promise<void>) => Promise<void>;
 
+/** The fit pass's state for one spec: covariances of every candidate basis and the RoPE data check. */
+export interface FitAccumulator {
+  /** Adds one fit cache (and its token ids, when known) to every basis. */
+  add(cache: KvCache, ids?: ArrayLike<number>): Promise<void>;
+  /** The RoPE data check's outcome (checked, or why not). */
+  ropeCheck(): RopeCheckReport;
+}
+
 /**
- * Step 3, for any source of caches: adds each fit cache to the covariance of every basis of every
- * candidate grouping; checks the RoPE of `spec` against the first caches that come with token ids
- * and enough repeated tokens (ROPE_MISMATCH). Without ids the check does not run (reason given).
+ * Step 3, for any source of caches: each fit cache goes into the covariance of every basis of
+ * every candidate grouping; the RoPE of `spec` is checked against the first caches that come with
+ * token ids and enough repeated tokens (ROPE_MISMATCH). Without ids the check does not run.
  */
-export async function accumulateFit(
-  spec: ModelSpec,
-  stream: CacheStream,
-  bases: BasisState[][],
-  o: { sink: number },
-): Promise<RopeCheckReport> {
+export function fitAccumulator(spec: ModelSpec, bases: BasisState[][], o: { sink: number }): FitAccumulator {
   let scratch = new Float32Array(0);
   let rope: RopeCheckReport | undefined;
   let withoutIds = 0;
   // The check's exact test needs the model's first layer (its keys depend on the token alone):
   // a later pipeline stage, or a hybrid model's first cache layer deeper in, cannot be checked.
   const first = spec.cacheLayers?.[0] ?? 0;
-  await stream(async (cache, ids) => {
-    // The RoPE kvtc read must fit the keys (ROPE_MISMATCH, naming the suspect setting, before any
-    // fitting); checked on the first sequences with enough repeated tokens.
-    if (ids === undefined) withoutIds++;
-    else if (first === 0 && !rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
-    const n = cache.tokens - o.sink;
-    for (const s of bases.flat()) {
-      if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
-      const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
-      await s.acc.add(X, n);
-    }
-  });
-  if (rope) return rope;
   return {
-    checked: false,
-    reason:
-      withoutIds > 0
-        ? 'the fit sequences carry no input_ids (the check needs repeated tokens); RoPE rests on the inv_freq check'
-        : first !== 0
-          ? `the first cache layer is model layer ${first}, and the check needs the model's first layer; RoPE rests on the inv_freq check`
-          : 'no fit sequences',
-    pairs: 0,
-    layers: [],
+    async add(cache, ids) {
+      // The RoPE kvtc read must fit the keys (ROPE_MISMATCH, naming the suspect setting, before any
+      // fitting); checked on the first sequences with enough repeated tokens.
+      if (ids === undefined) withoutIds++;
+      else if (first === 0 && !rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
+      const n = cache.tokens - o.sink;
+      for (const s of bases.flat()) {
+        if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
+        const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
+        await s.acc.add(X, n);
+      }
+    },
+    ropeCheck() {
+      if (rope) return rope;
+      return {
+        checked: false,
+        reason:
+          withoutIds > 0
+            ? 'the fit sequences carry no input_ids (the check needs repeated tokens); RoPE rests on the inv_freq check'
+            : first !== 0
+              ? `the first cache layer is model layer ${first}, and the check needs the model's first layer; RoPE rests on the inv_freq check`
+              : 'no fit sequences',
+        pairs: 0,
+        layers: [],
+      };
+    },
   };
+}
+
+/** Step 3 over a stream of caches (fitAccumulator): returns the RoPE data check's outcome. */
+export async function accumulateFit(
+  spec: ModelSpec,
+  stream: CacheStream,
+  bases: BasisState[][],
+  o: { sink: number },
+): Promise<RopeCheckReport> {
+  const acc = fitAccumulator(spec, bases, o);
+  await stream((cache, ids) => acc.add(cache, ids));
+  return acc.ropeCheck();
 }
 
 /**

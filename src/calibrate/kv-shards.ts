@@ -14,7 +14,6 @@ import {
   dumpFingerprint,
   KV_DUMP_MANIFEST,
   openKvDump,
-  readDumpSequence,
   type DumpCache,
   type DumpModel,
   type DumpSequence,
@@ -28,7 +27,8 @@ export interface DumpRank {
   dump: KvDump;
   model: DumpModel;
   sequences: DumpSequence[];
-  read(s: DumpSequence): Promise<DumpCache>;
+  /** This rank's share of a sequence of `dump` as read (identity unless the rank is cut from a whole-model dump). */
+  cut(whole: DumpCache): DumpCache;
 }
 
 export interface ShardRequest {
@@ -162,10 +162,7 @@ export function cutDump(dump: KvDump, req: ShardRequest): DumpRank[] {
         dump,
         model,
         sequences: dump.sequences,
-        read: async (s) => {
-          const r = await readDumpSequence(dump, s);
-          return { ...r, cache: cutCache(r.cache, layerIdx, heads, m.valueDim) };
-        },
+        cut: (r) => ({ ...r, cache: cutCache(r.cache, layerIdx, heads, m.valueDim) }),
       });
     }
   }
@@ -181,7 +178,7 @@ function wholeRank(d: KvDump): DumpRank {
     dump: d,
     model: d.model,
     sequences: d.sequences,
-    read: (q) => readDumpSequence(d, q),
+    cut: (c) => c,
   };
 }
 
