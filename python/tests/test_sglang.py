@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -359,3 +360,36 @@ def test_nonfinite_check_agrees_with_torch_isfinite():
     specials = torch.tensor([0x7F800000, -0x800000, 0x7FC00000, 0x7F7FFFFF, 0x00000001], dtype=torch.int32)
     x = torch.cat([bits32, specials]).view(torch.float32)
     assert torch.equal(sglang._nonfinite(torch, x), ~torch.isfinite(x))
+
+
+def test_kvtc_calibrate_kv_fits_one_profile_per_converted_worker(tmp_path, model_dir):
+    """The converter's output is what `kvtc calibrate --kv` (Node, dist/ from `npm run build`) reads: one profile per
+    worker, each recording the worker's layers and KV heads."""
+    repo = Path(__file__).resolve().parents[2]
+    _, cfg = model_dir
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+    requests = {f"{i:012x}": [64, 64, 32] for i in range(8)}  # 1280 tokens: fit 512, tuning 256, report 256
+    caches = {}
+    with torch.no_grad():
+        for name, sizes in requests.items():
+            cache = model(torch.randint(0, cfg.vocab_size, (1, sum(sizes))), use_cache=True)["cache"]
+            caches[name] = [(layer.keys, layer.values) for layer in cache.layers]
+    dump = write_fork_dump(tmp_path / "dump", caches, requests=requests)
+    sglang.convert(str(dump), str(model_dir[0]), str(tmp_path / "kv"))
+    node = shutil.which("node")
+    assert node, "node is needed to run kvtc calibrate (Node 20)"
+    cal = [node, str(repo / "bin" / "kvtc.js"), "calibrate", "--kv", str(tmp_path / "kv"), "--out", str(tmp_path / "prof")]
+    cal += ["--ratio", "8", "--tokens", "512", "--tuning-tokens", "256", "--report-tokens", "256", "--sink", "4", "--window", "16"]
+    p = subprocess.run([*cal, "--grouping", "layer", "--quiet"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"kvtc calibrate --kv failed (is dist/ current? `npm run build`): {p.stderr}"
+    index = json.loads((tmp_path / "prof" / "kvtc-shards.json").read_text())
+    assert (index["tp_size"], index["pp_size"]) == (2, 2)
+    got = {(r["tp_rank"], r["pp_rank"]): (r["profile"], r["layers"], r["kv_heads"]) for r in index["ranks"]}
+    assert got == {(t, p_): (f"tp_{t}_pp_{p_}", layers, heads) for p_, layers in STAGES.items() for t, heads in TP_HEADS.items()}
+    for p_, layers in STAGES.items():
+        for t, heads in TP_HEADS.items():
+            m = json.loads((tmp_path / "prof" / f"tp_{t}_pp_{p_}" / "kvtc-profile.json").read_text())
+            assert m["format_version"] == 3
+            assert m["shard"]["kv_heads"] == heads and (m["shard"]["tp_rank"], m["shard"]["pp_rank"]) == (t, p_)
+            assert m["model"]["cache_layers"] == layers and m["model"]["kv_heads"] == 2
