@@ -288,7 +288,9 @@ def _rope_entry(cfg, rot, layer_type: Optional[str], layout: str, head_dim: int,
     """One layer's RoPE (docs/kv-dumps.md §2): description + the module's own inv_freq."""
     typed = layer_type is not None and hasattr(rot, f"{layer_type}_inv_freq")
     if typed:
-        inv_t = getattr(rot, f"{layer_type}_inv_freq")
+        # the frequencies the module was built with (longrope swaps in its long set after a long pass)
+        inv_t = getattr(rot, f"{layer_type}_original_inv_freq", None)
+        inv_t = getattr(rot, f"{layer_type}_inv_freq") if inv_t is None else inv_t
         factor = getattr(rot, f"{layer_type}_attention_scaling", 1.0)
         rope_types = getattr(rot, "rope_type", {})
         rope_type = rope_types.get(layer_type, "default") if isinstance(rope_types, dict) else str(rope_types)
