@@ -291,7 +291,7 @@ async function calibrateDump(
       report,
       outDirs: outDirs[i],
       entropy: o.entropy,
-      progress,
+      progress: rank.label ? (e) => progress({ ...e, stage: `${e.stage} (${rank.label})` }) : progress,
       timer,
       draft: (d) =>
         manifestDraft({
