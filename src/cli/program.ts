@@ -139,7 +139,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--data <path>', 'calibration text file or directory of .txt files; repeat or comma-separate for several', collect)
     .option(
       '--kv <dir>',
-      'calibrate from a KV dump instead of running a model (docs/kv-dumps.md): a directory with kvtc-dump.json and seq-*.safetensors (python -m kvtc capture / convert-sglang), or one tp_<t>_pp_<p>/ dump per rank (a profile per rank); not with --model/--onnx/--data',
+      'calibrate from a KV dump instead of running a model (docs/kv-dumps.md): a directory with kvtc-dump.json and seq-*.safetensors (python -m kvtc capture / convert-sglang), or one tp_<t>_pp_<p>/ dump per rank (a profile per rank); not with --model/--onnx/--data, and --chunk does not apply',
     )
     .option(
       '--shards <tp=T,pp=P>',
