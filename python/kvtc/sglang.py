@@ -67,6 +67,8 @@ DUMP_MANIFEST = "kvtc-dump.json"
 _DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 _INSTALL_TORCH = "python3 -m pip install torch"
 _MAX_LISTED = 10
+#: The largest sequence file: `kvtc calibrate --kv` reads a file into one buffer of at most 2 GiB.
+MAX_FILE_BYTES = 2**31 - 1
 
 
 def _err(code: str, message: str, fix: str, **context: Any) -> KvtcError:
@@ -380,12 +382,40 @@ class _Geometry:
     dtype: Optional[str] = None
     head_dim: int = 0
     value_head_dim: int = 0
+    max_positions: int = 0
+    piece_tokens: int = 0  # the most tokens one sequence file holds (a longer request is split; 0 = not set yet)
+
+
+def _piece_tokens(torch, workers: List[_Worker], geo: _Geometry, max_file_bytes: int) -> int:
+    """The most tokens a sequence file may hold in every worker, under max_file_bytes (calibrate reads a file into one buffer)."""
+    esize = torch.empty((), dtype=getattr(torch, geo.dtype)).element_size()
+    per_token = max(len(w.model_layers) * len(w.kv_heads) * (geo.head_dim + geo.value_head_dim) * esize for w in workers)
+    # The header: a bound on its JSON (names, shapes, offsets, metadata) for the largest worker.
+    header = 1024 + 256 * 2 * max(len(w.model_layers) for w in workers)
+    n = (max_file_bytes - header) // per_token
+    if n < 1:
+        raise _err("USAGE", f"--max-file-bytes {max_file_bytes} cannot hold one token ({per_token} bytes a token)", "Raise it.")
+    return n
+
+
+def _check_loaded(torch, t, path: str, shape: Tuple[int, int, int], dtype: str) -> None:
+    if tuple(t.shape) != shape or _dtype_name(torch, t) != dtype:
+        raise _err(
+            "KV_INVALID",
+            f"{path} changed while it was converted (now {list(t.shape)} {t.dtype}, was {list(shape)} {dtype})",
+            "Convert a dump no process is writing.",
+            file=path,
+        )
 
 
 def _convert_request(
-    torch, worker: _Worker, req: _Request, out_path: str, geo: _Geometry, tokens_seen: Dict[Tuple[str, str], int]
-) -> Tuple[int, int]:
-    """Writes one request's sequence file; returns (tokens, bytes). Streams one chunk-layer file at a time."""
+    torch, worker: _Worker, req: _Request, out_dir: str, first_index: int, geo: _Geometry, tokens_seen: Dict[Tuple[str, str], int]
+) -> List[Dict[str, Any]]:
+    """Writes one request's sequence file(s) as seq-<first_index + i>; returns their manifest entries (with `bytes`).
+
+    Streams one chunk-layer file at a time. A request longer than geo.piece_tokens is split into
+    consecutive pieces, each a sequence at its own start_position.
+    """
     heads = len(worker.kv_heads)
     chunks = sorted({c for c, _ in req.files["K"]})
     # Pass 1: every file's tensor header (memory-mapped: no data read), all checks that need no values.
@@ -451,27 +481,43 @@ def _convert_request(
             worker=worker.name,
             request=req.label,
         )
+    if T > geo.max_positions:
+        raise _err(
+            "KV_INVALID",
+            f"request {req.label} has {T} tokens, more than the model's max_position_embeddings {geo.max_positions}",
+            "Check that --config is the model the server ran (with its context length), or remove this request's files.",
+            worker=worker.name,
+            request=req.label,
+        )
     tokens_seen[key] = T
+    if not geo.piece_tokens:
+        raise AssertionError("piece_tokens is set before the first request is written")
     st_dtype = _DTYPES[geo.dtype]
     esize = torch.empty((), dtype=getattr(torch, geo.dtype)).element_size()
-    entries = []
-    for l in worker.model_layers:
-        entries.append((f"present.{l}.key", st_dtype, [1, heads, T, geo.head_dim], heads * T * geo.head_dim * esize))
-        entries.append((f"present.{l}.value", st_dtype, [1, heads, T, geo.value_head_dim], heads * T * geo.value_head_dim * esize))
-    meta = {"tokens": str(T), "start_position": "0", "source": f"sglang-kvtc {worker.name}/{req.label}"}
-    head, offsets = _st_header(entries, meta)
-    total = len(head) + sum(e[3] for e in entries)
-    # Pass 2: each file's values, transposed to [heads, tokens, dim] and written at its place in every head's rows.
-    with open(out_path, "wb") as f:
-        f.write(head)
-        f.truncate(total)
+    starts = list(range(0, T, geo.piece_tokens))
+    pieces = []  # (start, tokens, file name, header bytes, data offsets, total bytes)
+    for i, a in enumerate(starts):
+        tp = min(geo.piece_tokens, T - a)
+        entries = []
+        for l in worker.model_layers:
+            entries.append((f"present.{l}.key", st_dtype, [1, heads, tp, geo.head_dim], heads * tp * geo.head_dim * esize))
+            entries.append((f"present.{l}.value", st_dtype, [1, heads, tp, geo.value_head_dim], heads * tp * geo.value_head_dim * esize))
+        source = f"sglang-kvtc {worker.name}/{req.label}" + (f" tokens {a}..{a + tp - 1}" if len(starts) > 1 else "")
+        head, offsets = _st_header(entries, {"tokens": str(tp), "start_position": str(a), "source": source})
+        pieces.append((a, tp, f"seq-{first_index + i:06d}.safetensors", head, offsets, len(head) + sum(e[3] for e in entries)))
+    # Pass 2: each file's values, transposed to [heads, tokens, dim] and written at their place in every head's rows.
+    files = [open(os.path.join(out_dir, name), "wb") for _, _, name, _, _, _ in pieces]
+    try:
+        for f, (_, _, _, head, _, total) in zip(files, pieces):
+            f.write(head)
+            f.truncate(total)
         for j, l in zip(worker.file_layers, worker.model_layers):
             for kind, suffix, dim in (("K", "key", geo.head_dim), ("V", "value", geo.value_head_dim)):
-                base = len(head) + offsets[f"present.{l}.{suffix}"]
                 t0 = 0
                 for c, n in zip(chunks, chunk_tokens):
                     path = req.files[kind][(c, j)]
                     t = _load(torch, path)
+                    _check_loaded(torch, t, path, (n, heads, dim), geo.dtype)
                     nonfinite = _nonfinite(torch, t)
                     if bool(nonfinite.any()):
                         bad = int(nonfinite.nonzero()[0][0])
@@ -482,12 +528,20 @@ def _convert_request(
                             file=path,
                         )
                     rows = t.transpose(0, 1).contiguous().view(torch.uint8).numpy()  # [heads, n, dim] as bytes
-                    for h in range(heads):
-                        f.seek(base + (h * T + t0) * dim * esize)
-                        f.write(rows[h])  # a C-contiguous [n, dim·bytes] block: no copy
+                    for f, (a, tp, _, head, offsets, _) in zip(files, pieces):
+                        lo, hi = max(a, t0), min(a + tp, t0 + n)  # this chunk's tokens in this piece
+                        if lo >= hi:
+                            continue
+                        base = len(head) + offsets[f"present.{l}.{suffix}"]
+                        for h in range(heads):
+                            f.seek(base + (h * tp + lo - a) * dim * esize)
+                            f.write(rows[h, lo - t0 : hi - t0])  # a C-contiguous block: no copy
                     t0 += n
                     del t, rows
-    return T, total
+    finally:
+        for f in files:
+            f.close()
+    return [{"file": name, "tokens": tp, "start_position": a, "bytes": total} for a, tp, name, _, _, total in pieces]
 
 
 def _manifest(model: Dict[str, Any], worker: _Worker, tp_size: int, pp_size: int, sequences: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -572,12 +626,18 @@ def convert(
     pp_layer_partition: Optional[Sequence[int]] = None,
     progress: Optional[Callable[[str], None]] = None,
     model_section: Optional[Dict[str, Any]] = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> Dict[str, Any]:
     """Converts a fork dump to kvtc's layout under ``out`` (one shard dump per worker); returns a summary.
 
     model_section: the manifest's ``model`` object (default: from ``config`` via capture.model_facts).
+    max_file_bytes: the largest sequence file written; a longer request becomes several sequences.
     """
     torch = _torch()
+    if sys.byteorder != "little":  # the tensors' bytes are written as they sit in memory; safetensors is little-endian
+        raise _err(
+            "UNSUPPORTED", "convert-sglang writes safetensors from memory and needs a little-endian machine", "Run it on x86-64 or Arm."
+        )
     t_start = time.perf_counter()
     say = progress or (lambda s: None)
     out, parent = _prepare_out(out)
@@ -593,7 +653,11 @@ def convert(
             "Capture this model with `python -m kvtc capture` instead.",
             config=config,
         )
-    geo = _Geometry(head_dim=int(model["head_dim"]), value_head_dim=int(model.get("value_head_dim", model["head_dim"])))
+    geo = _Geometry(
+        head_dim=int(model["head_dim"]),
+        value_head_dim=int(model.get("value_head_dim", model["head_dim"])),
+        max_positions=int(model["max_positions"]),
+    )
     workers = discover(dump_dir)
     tp_size = 1 + max(w.tp for w in workers)
     pp_size = 1 + max(w.pp for w in workers)
@@ -617,6 +681,12 @@ def convert(
                 request=f"{ds}/{name}" if ds else name,
             )
     order = sorted(ref.requests)
+    first = ref.requests[order[0]]
+    c0 = min(first.files["K"])
+    geo.dtype = _dtype_name(torch, _load(torch, first.files["K"][c0], mmap=True))  # checked with every file below
+    if geo.dtype is None:
+        geo.dtype = "float32"  # any: the file is refused with its dtype in the first pass
+    geo.piece_tokens = _piece_tokens(torch, workers, geo, max_file_bytes)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     tokens_seen: Dict[Tuple[str, str], int] = {}
     ranks = []
@@ -625,14 +695,14 @@ def convert(
         for w in workers:
             wdir = os.path.join(tmp, w.name)
             os.mkdir(wdir)
-            sequences = []
+            sequences: List[Dict[str, Any]] = []
             for i, key in enumerate(order):
                 req = w.requests[key]
-                fname = f"seq-{i:06d}.safetensors"
-                T, nbytes = _convert_request(torch, w, req, os.path.join(wdir, fname), geo, tokens_seen)
-                sequences.append({"file": fname, "tokens": T, "start_position": 0})
-                written += nbytes
-                say(f"{w.name}: {i + 1}/{len(order)} {req.label} ({T} tokens)")
+                written_seqs = _convert_request(torch, w, req, wdir, len(sequences), geo, tokens_seen)
+                for q in written_seqs:
+                    written += q.pop("bytes")
+                sequences += written_seqs
+                say(f"{w.name}: {i + 1}/{len(order)} {req.label} ({tokens_seen[key]} tokens)")
             m = dict(model)
             m["kv_heads"] = len(w.kv_heads)
             m["dtype"] = geo.dtype
@@ -663,7 +733,8 @@ def convert(
         "tp_size": tp_size,
         "pp_size": pp_size,
         "dtype": geo.dtype,
-        "sequences": len(order),
+        "requests": len(order),
+        "sequences": ranks[0]["sequences"],  # the same in every worker: requests are split alike
         "tokens": sum(tokens_seen.values()),
         "bytes": written,
         "ranks": ranks,
@@ -698,18 +769,30 @@ def add_subcommand(sub) -> None:
         metavar="N,N,…",
         help="layers per pipeline stage, if the server ran with SGLANG_PP_LAYER_PARTITION (default: SGLang's even split)",
     )
+    c.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=MAX_FILE_BYTES,
+        metavar="N",
+        help="largest sequence file; a longer request becomes consecutive sequences (default 2^31-1, what calibrate --kv reads)",
+    )
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     c.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def run(args) -> Dict[str, Any]:
     return convert(
-        args.dump_dir, args.config, args.out, pp_layer_partition=args.pp_layer_partition, progress=None if args.quiet else _stderr
+        args.dump_dir,
+        args.config,
+        args.out,
+        pp_layer_partition=args.pp_layer_partition,
+        progress=None if args.quiet else _stderr,
+        max_file_bytes=args.max_file_bytes,
     )
 
 
 def human(r: Dict[str, Any]) -> str:
     return (
-        f"converted {r['sequences']} requests ({r['tokens']} tokens, {r['dtype']}) from {r['tp_size']} × {r['pp_size']} workers "
-        f"(tp × pp) → {r['out']} ({len(r['ranks'])} shard dumps, {r['bytes']} B) in {r['seconds']['total']:.1f} s"
+        f"converted {r['requests']} requests ({r['tokens']} tokens, {r['dtype']}) from {r['tp_size']} × {r['pp_size']} workers "
+        f"(tp × pp) → {r['out']} ({len(r['ranks'])} shard dumps of {r['sequences']} sequences, {r['bytes']} B) in {r['seconds']['total']:.1f} s"
     )

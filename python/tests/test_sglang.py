@@ -133,7 +133,7 @@ def test_converts_a_tp2_pp2_dump_bit_for_bit_with_shard_coordinates(tmp_path, mo
     rc, stdout, stderr = convert_cli(dump, "--config", model_dir[0], "--out", out, "--json")
     assert rc == 0, stderr
     summary = json.loads(stdout)
-    assert (summary["tp_size"], summary["pp_size"], summary["sequences"], summary["dtype"]) == (2, 2, 2, "bfloat16")
+    assert (summary["tp_size"], summary["pp_size"], summary["requests"], summary["sequences"], summary["dtype"]) == (2, 2, 2, 2, "bfloat16")
     assert summary["tokens"] == sum(map(sum, REQUESTS.values()))
     assert "tp_1_pp_1: 2/2" in stderr  # progress on stderr
     assert sorted(os.listdir(out)) == ["tp_0_pp_0", "tp_0_pp_1", "tp_1_pp_0", "tp_1_pp_1"]
@@ -194,7 +194,7 @@ def test_dataset_directories_and_model_layer_ids_and_views(tmp_path, model_dir, 
     torch.save(pool[17 : 17 + 11], f)  # a view: the file holds the whole pool, the tensor an offset into it
     out = tmp_path / "out"
     r = sglang.convert(str(root), str(model_dir[0]), str(out))
-    assert r["sequences"] == 2 and r["tokens"] == 22
+    assert r["requests"] == r["sequences"] == 2 and r["tokens"] == 22
     m = json.loads((out / "tp_1_pp_1" / "kvtc-dump.json").read_text())
     assert m["shard"]["layers"] == [2, 3, 4]
     for i in range(2):  # fineweb sorts first
@@ -393,3 +393,34 @@ def test_kvtc_calibrate_kv_fits_one_profile_per_converted_worker(tmp_path, model
             assert m["format_version"] == 3
             assert m["shard"]["kv_heads"] == heads and (m["shard"]["tp_rank"], m["shard"]["pp_rank"]) == (t, p_)
             assert m["model"]["cache_layers"] == layers and m["model"]["kv_heads"] == 2
+
+
+def test_long_requests_are_split_into_consecutive_sequences(tmp_path, dump, model_dir, caches):
+    """A request too long for one file becomes consecutive sequences at their own start positions, in every worker alike."""
+    # The widest worker (pp 1: 3 layers × 2 heads × (8 + 8) × 2 bytes = 192 B a token) sets the piece length for all.
+    header = 1024 + 256 * 2 * 3
+    rc, _, stderr = convert_cli(dump, "--config", model_dir[0], "--out", tmp_path / "o", "--max-file-bytes", header + 4 * 192, "--quiet")
+    assert rc == 0, stderr
+    for p, layers in STAGES.items():
+        for t, heads in TP_HEADS.items():
+            d = tmp_path / "o" / f"tp_{t}_pp_{p}"
+            m = json.loads((d / "kvtc-dump.json").read_text())
+            # 3f2a9c0d41e7 (11 tokens: 4 + 4 + 3), then b81d00e5c2a4 (9 tokens: 4 + 4 + 1).
+            want = [(4, 0), (4, 4), (3, 8), (4, 0), (4, 4), (1, 8)]
+            assert [(s["tokens"], s["start_position"]) for s in m["sequences"]] == want
+            assert [s["file"] for s in m["sequences"]] == [f"seq-{i:06d}.safetensors" for i in range(6)]
+            for first, req in ((0, "3f2a9c0d41e7"), (3, "b81d00e5c2a4")):
+                parts = [safetensors.torch.load_file(str(d / f"seq-{first + i:06d}.safetensors")) for i in range(3)]
+                for l in layers:
+                    for kind, i in (("key", 0), ("value", 1)):
+                        joined = torch.cat([q[f"present.{l}.{kind}"] for q in parts], dim=2)
+                        assert torch.equal(bits(joined), bits(caches[req][l][i][:, heads]))
+            meta = _safetensors.parse((d / "seq-000001.safetensors").read_bytes())[1]
+            assert (meta["start_position"], meta["tokens"]) == ("4", "4") and meta["source"].endswith("3f2a9c0d41e7 tokens 4..7")
+
+
+def test_requests_past_the_models_context_are_refused(tmp_path, dump, model_dir):
+    cfg = model_dir[1].__class__.from_dict({**model_dir[1].to_dict(), "max_position_embeddings": 10})
+    cfg.save_pretrained(tmp_path / "short")
+    err = fail(dump, (tmp_path / "short", cfg), tmp_path / "out")
+    assert "request 3f2a9c0d41e7 has 11 tokens, more than the model's max_position_embeddings 10" in err["message"]
