@@ -80,7 +80,7 @@ def _torch():
         import torch
     except ImportError:
         raise _err(
-            "DEPENDENCY_MISSING",
+            "DEVICE_UNAVAILABLE",  # the runtime's code for a missing optional PyTorch
             "convert-sglang reads the fork's torch.save files and needs PyTorch, which is not installed",
             f"Install it: {_INSTALL_TORCH}",
         ) from None
@@ -578,13 +578,15 @@ def load_model_section(config: str) -> Dict[str, Any]:
     from transformers import AutoConfig
 
     if not os.path.exists(config):
-        raise _err("USAGE", f"--config {config} does not exist", "Pass the served model's directory or its config.json.", config=config)
+        raise _err(
+            "MODEL_NOT_FOUND", f"--config {config} does not exist", "Pass the served model's directory or its config.json.", config=config
+        )
     try:
         cfg = AutoConfig.from_pretrained(config, trust_remote_code=False, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad config
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise _err(
-            "USAGE",
+            "MODEL_INVALID",
             f"--config {config}: transformers cannot read it as a model config: {first}",
             "Pass the served model's directory (with config.json) or the config.json itself.",
             config=config,
@@ -636,7 +638,9 @@ def convert(
     torch = _torch()
     if sys.byteorder != "little":  # the tensors' bytes are written as they sit in memory; safetensors is little-endian
         raise _err(
-            "UNSUPPORTED", "convert-sglang writes safetensors from memory and needs a little-endian machine", "Run it on x86-64 or Arm."
+            "DEVICE_UNAVAILABLE",
+            "convert-sglang writes safetensors from memory and needs a little-endian machine",
+            "Run it on x86-64 or Arm.",
         )
     t_start = time.perf_counter()
     say = progress or (lambda s: None)
@@ -647,7 +651,7 @@ def convert(
     cache_layers = list(model.get("cache_layers", range(layers)))
     if model.get("cache", "gqa") != "gqa" or cache_layers != list(range(layers)):
         raise _err(
-            "KV_INVALID",
+            "UNSUPPORTED_ARCHITECTURE",
             f"{config} is a {model.get('family')} model whose cache is {model.get('cache', 'gqa')} over layers {cache_layers}; "
             "the fork dumps MHA/GQA pools that hold every layer",
             "Capture this model with `python -m kvtc capture` instead.",
@@ -658,13 +662,19 @@ def convert(
         value_head_dim=int(model.get("value_head_dim", model["head_dim"])),
         max_positions=int(model["max_positions"]),
     )
-    workers = discover(dump_dir)
+    try:
+        workers = discover(dump_dir)
+        for w in workers:
+            scan(w)
+    except OSError as e:  # an unreadable directory: the system's words, not a kvtc bug
+        raise _err(
+            "IO_ERROR", f"{e.filename or dump_dir}: {e.strerror or e}", "Check the dump's permissions.", file=str(e.filename)
+        ) from None
     tp_size = 1 + max(w.tp for w in workers)
     pp_size = 1 + max(w.pp for w in workers)
     if pp_size > layers:
         raise _err("KV_INVALID", f"{pp_size} pipeline stages but the model has {layers} layers", "Check --config.", config=config)
     for w in workers:
-        scan(w)
         map_layers(w, layers, pp_size, pp_layer_partition)
         w.kv_heads = tp_kv_heads(kv_heads_total, w.tp, tp_size)
     ref = workers[0]
@@ -725,8 +735,15 @@ def convert(
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above): the rename needs the name free
         os.rename(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # only what this run wrote
+        if isinstance(e, OSError):  # disk full, permissions, a file vanishing: the system's words, not a kvtc bug
+            raise _err(
+                "IO_ERROR",
+                f"{e.filename or out}: {e.strerror or e}",
+                "Check the disk space and permissions of the dump and of --out, then convert again.",
+                file=str(e.filename or out),
+            ) from None
         raise
     return {
         "out": out,

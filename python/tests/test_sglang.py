@@ -340,7 +340,7 @@ def test_without_torch_names_the_install(tmp_path, dump, model_dir, monkeypatch)
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(kvtc.KvtcError) as e:
         sglang.convert(str(dump), str(model_dir[0]), str(tmp_path / "out"))
-    assert e.value.code == "DEPENDENCY_MISSING" and "pip install torch" in e.value.fix
+    assert e.value.code == "DEVICE_UNAVAILABLE" and "pip install torch" in e.value.fix
 
 
 def test_human_output(tmp_path, dump, model_dir):
@@ -424,3 +424,17 @@ def test_requests_past_the_models_context_are_refused(tmp_path, dump, model_dir)
     cfg.save_pretrained(tmp_path / "short")
     err = fail(dump, (tmp_path / "short", cfg), tmp_path / "out")
     assert "request 3f2a9c0d41e7 has 11 tokens, more than the model's max_position_embeddings 10" in err["message"]
+
+
+def test_configs_the_fork_cannot_have_dumped(tmp_path, dump, model_dir):
+    err = fail(dump, (tmp_path / "nowhere", None), tmp_path / "out")
+    assert err["code"] == "MODEL_NOT_FOUND"
+    # An MLA model: SGLang keeps its latent in an MLA pool, which the fork does not dump.
+    mla = transformers.DeepseekV3Config(
+        vocab_size=64, hidden_size=64, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+        n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, max_position_embeddings=256,
+    )  # fmt: skip
+    mla.save_pretrained(tmp_path / "mla")
+    err = fail(dump, (tmp_path / "mla", mla), tmp_path / "out")
+    assert err["code"] == "UNSUPPORTED_ARCHITECTURE" and "cache is mla-latent" in err["message"]
