@@ -37,11 +37,14 @@ Engine rules this converter applies (SGLang's, which the fork runs):
   ``t // (T/K)`` (QKVParallelLinear: ``num_kv_head_replicas = T/K``, shard ``tp_rank //
   num_kv_head_replicas``); ``K`` and ``T`` must divide one another, as the engine requires.
 
-Files are loaded with ``torch.load(weights_only=True)`` (never arbitrary unpickling) and, where the
-file allows it, memory-mapped: one request is converted at a time and each output tensor is
-written chunk by chunk, so memory stays at one chunk-layer file. The output appears atomically
-(a temporary directory next to ``--out``, then a rename); nothing that was not written by this run
-is ever deleted.
+Files are loaded with ``torch.load(weights_only=True)`` (never arbitrary unpickling): a first pass
+memory-maps each to check its shape and dtype without reading its data, a second reads it whole to
+check finiteness and write it. One request is converted at a time and each output tensor is
+written chunk by chunk, so memory stays at one chunk-layer file. A request whose sequence file
+would pass ``max_file_bytes`` (2^31-1: ``kvtc calibrate --kv`` reads a file into one buffer) is
+written as consecutive sequences at their own start positions, split alike in every worker. The
+output appears atomically (a temporary directory next to ``--out``, then a rename); nothing that
+was not written by this run is ever deleted.
 """
 
 from __future__ import annotations
