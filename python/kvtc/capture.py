@@ -64,6 +64,10 @@ _STATE_TYPES = ("linear_attention", "conv", "mamba", "dummy", "moe", "mlp")
 #: rotate_half. Either way V3's cached k_rot is "half".
 _MLA_LAYOUT = {"deepseek_v2": "interleaved", "deepseek_v3": "half"}
 _FAMILY_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+#: Families whose attention decides at run time whether a layer applies RoPE (`if self.sliding_window
+#: ...`, `if self.is_local_attention`): with a model, capture observes it (_check_rope_calls); from a
+#: config alone model_facts cannot say, and refuses them.
+_CONDITIONAL_ROPE = ("afmoe", "cohere2", "cohere2_moe", "exaone4", "exaone4_5", "exaone_moe", "flint", "kolibri1", "kolibri1_1")
 _MROPE_FAMILY = re.compile(r"(_vl|_omni|4v)(_|$)")
 #: kvtc refuses a dump whose inv_freq differs from its description by more than this (docs/kv-dumps.md §2).
 INV_FREQ_RTOL = 1e-6
@@ -348,6 +352,24 @@ def _config_has_rope(cfg) -> bool:
     return "rope_theta" in rp or any(isinstance(v, dict) and "rope_theta" in v for v in rp.values())
 
 
+def _layers(decoder) -> List[Any]:
+    """The decoder's layer list (``layers`` in most families, ``h`` in GPT-2-style ones)."""
+    for name in ("layers", "h"):
+        v = getattr(decoder, name, None)
+        if v is not None:
+            return list(v)
+    return []
+
+
+def _attention(layer):
+    """A decoder layer's attention module (transformers names it self_attn in most families)."""
+    for name in ("self_attn", "self_attention", "attention", "attn"):
+        m = getattr(layer, name, None)
+        if m is not None:
+            return m
+    return None
+
+
 def _decoder(model):
     dec = model
     get = getattr(model, "get_decoder", None)
@@ -367,10 +389,10 @@ def _rotary_per_layer(cfg, n: int, model=None) -> Tuple[List[Any], Any]:
         module = sys.modules[type(model).__module__]
         dec = _decoder(model)
         shared = getattr(dec, "rotary_emb", None)
-        layers = getattr(dec, "layers", None)
+        layers = _layers(dec)
         out = []
         for i in range(n):
-            attn = getattr(layers[i], "self_attn", None) if layers is not None and i < len(layers) else None
+            attn = _attention(layers[i]) if layers is not None and i < len(layers) else None
             own = getattr(attn, "rotary_emb", None) if attn is not None else None
             out.append(own if own is not None else shared)
         dmod = sys.modules.get(type(dec).__module__)
@@ -462,6 +484,13 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
     maxpos = getattr(cfg, "max_position_embeddings", None)
     if not isinstance(maxpos, int) or maxpos <= 0:
         raise _unsupported(f"model type {family}: the config has no max_position_embeddings", "Please report the model.")
+    if model is None and family in _CONDITIONAL_ROPE:
+        raise _unsupported(
+            f"model type {family} applies RoPE on some layers only, decided when the model runs; from its config alone "
+            "kvtc cannot say which layers rotate their keys",
+            "Capture it with `python -m kvtc capture` (or kvtc.capture.capture), which observes the layers that rotate.",
+            model_type=family,
+        )
     rots, module = _rotary_per_layer(cfg, n, model)
     no_rope = getattr(cfg, "no_rope_layers", None)
     if any(rots[i] is None for i in cache_layers) and _config_has_rope(cfg):
@@ -478,7 +507,7 @@ def model_facts(config_or_model, *, name: Optional[str] = None, dtype: str = "fl
             rope.append(None)
             continue
         if model is not None:  # the attention module's own switch (SmolLM3's use_rope) has the last word
-            attn = getattr(_decoder(model).layers[i], "self_attn", None)
+            attn = _attention(_layers(_decoder(model))[i])
             if getattr(attn, "use_rope", True) is False:
                 rope.append(None)
                 continue
@@ -657,9 +686,109 @@ def _forward_kwargs(model, cache) -> Dict[str, Any]:
     return kw
 
 
-def capture_sequence(model, input_ids, facts: Dict[str, Any]) -> Dict[int, Tuple[Any, Any]]:
+#: The module-level functions transformers' attention layers rotate keys with (looked up at call time).
+_ROPE_FUNCTIONS = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_interleave", "apply_rotary_emb")
+
+
+class _RopeWatch:
+    """Records, per decoder layer, the keys each call of the modeling module's RoPE function got and
+    gave (pre-hooks on each layer's self_attn say which layer is running)."""
+
+    def __init__(self, model, n_layers: int):
+        self.module = sys.modules[type(_decoder(model)).__module__]
+        self.calls: Dict[int, List[Tuple[str, Any, Any]]] = {}
+        self.layer: Optional[int] = None
+        self.saved = {name: getattr(self.module, name) for name in _ROPE_FUNCTIONS if callable(getattr(self.module, name, None))}
+        self.hooks = []
+        layers = _layers(_decoder(model))
+        for i in range(min(n_layers, len(layers))):
+            attn = _attention(layers[i])
+            if attn is not None:
+                self.hooks.append(attn.register_forward_pre_hook(lambda _m, _a, i=i: setattr(self, "layer", i)))
+                self.hooks.append(attn.register_forward_hook(lambda _m, _a, _o: setattr(self, "layer", None)))
+
+    def __enter__(self):
+        for name, fn in self.saved.items():
+
+            def watched(q, k, *args, _fn=fn, _name=name, **kwargs):
+                out = _fn(q, k, *args, **kwargs)
+                if self.layer is not None:
+                    self.calls.setdefault(self.layer, []).append(
+                        (_name, k.detach().to("cpu", copy=True), out[1].detach().to("cpu", copy=True))
+                    )
+                return out
+
+            setattr(self.module, name, watched)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(self.module, name, fn)
+        for h in self.hooks:
+            h.remove()
+
+
+def _rope_tolerance(dtype: str) -> float:
+    # the model rotates in its dtype (cos/sin cast to it): a few of its rounding units of max |k|
+    return {"float32": 1e-4, "float16": 8e-3, "bfloat16": 6e-2}[dtype]
+
+
+def _check_rope_calls(facts: Dict[str, Any], calls, keys: Dict[int, Any], model) -> None:
+    """What the pass did decides each layer's RoPE: a layer that rotated nothing is recorded without
+    RoPE (families that skip it on some layers: full-attention layers of Exaone 4 / Cohere 2 style
+    models, NoPE layers); a layer that rotated must match its description, applied to the keys the
+    RoPE function got, within the model dtype's rounding. Mutates facts["rope"]."""
+    family, rope = facts["family"], facts["rope"]
+    if _config_has_rope(_text_config(model.config)) and not calls and any(rope[l] is not None for l in facts["cache_layers"]):
+        raise _unsupported(
+            f"model type {family}: its attention rotated no keys through {', '.join(_ROPE_FUNCTIONS)}, so kvtc capture cannot "
+            "see which layers apply RoPE, or how",
+            "Please report the model.",
+            model_type=family,
+        )
+    tol = _rope_tolerance(facts["dtype"])
+    for l in facts["cache_layers"]:
+        got = calls.get(l, [])
+        if not got:
+            rope[l] = None
+            continue
+        if rope[l] is None:
+            raise _unsupported(
+                f"model type {family}, layer {l}: the attention rotated keys, but the config describes no RoPE for this layer",
+                "Please report the model.",
+                model_type=family,
+                layer=l,
+            )
+        name, k_in, k_out = got[-1]
+        T = keys[l].shape[2]
+        k_in, k_out = k_in.double().numpy(), k_out.double().numpy()
+        if k_in.ndim == 4 and k_in.shape[1] == T and k_in.shape[2] != T:  # [B, T, H, D] callers (unsqueeze_dim=2)
+            k_in, k_out = k_in.transpose(0, 2, 1, 3), k_out.transpose(0, 2, 1, 3)
+        if name == "apply_rotary_pos_emb_interleave":  # reads pairs (2i, 2i+1), writes evens then odds
+            k_in = np.concatenate([k_in[..., 0::2], k_in[..., 1::2]], axis=-1)
+        r = rope[l]
+        desc = SimpleNamespace(theta=r["theta"], rotary_dim=r["rotary_dim"], layout=r["layout"], scaling=r.get("scaling"))
+        cos, sin = _rope.tables(_rope.inv_freq(desc, T), 0, T, r.get("attention_factor", 1.0))
+        ia, ib = _rope.pairs(desc, k_in.shape[-1])
+        want = _rope.rotate64(k_in, cos, sin, ia, ib)
+        err = float(np.max(np.abs(want - k_out))) if want.shape == k_out.shape else float("inf")
+        scale = max(float(np.max(np.abs(k_out))), 1e-30)
+        if not err <= tol * scale:
+            raise _unsupported(
+                f"model type {family}, layer {l}: the keys the model rotated differ from kvtc's RoPE description "
+                f"({r['layout']} pairs, rotary_dim {r['rotary_dim']}, theta {r['theta']}) by {err / scale:.3g} of their largest value",
+                "The family rotates keys in a way kvtc does not describe; please report the model.",
+                model_type=family,
+                layer=l,
+            )
+
+
+def capture_sequence(model, input_ids, facts: Dict[str, Any], rope_calls: Optional[Dict[int, Any]] = None) -> Dict[int, Tuple[Any, Any]]:
     """One prefill of ``input_ids`` (1-D) from position 0; returns {model layer: (key, value)} on the
-    CPU, [1, kv_heads, tokens, head_dim|value_head_dim], as docs/kv-dumps.md lays them out."""
+    CPU, [1, kv_heads, tokens, head_dim|value_head_dim], as docs/kv-dumps.md lays them out.
+    ``rope_calls`` (a dict): filled with each layer's calls of the RoPE function (_RopeWatch)."""
+    import contextlib  # noqa: PLC0415
+
     import torch  # noqa: PLC0415
     from transformers import DynamicCache  # noqa: PLC0415
 
@@ -681,8 +810,11 @@ def capture_sequence(model, input_ids, facts: Dict[str, Any]) -> Dict[int, Tuple
         return update(key_states, value_states, layer_idx, *args, **kwargs)
 
     cache.update = recording_update
-    with torch.inference_mode():
+    watch = _RopeWatch(model, facts["layers"]) if rope_calls is not None else contextlib.nullcontext()
+    with torch.inference_mode(), watch:
         model(input_ids=ids, **_forward_kwargs(model, cache))
+    if rope_calls is not None:
+        rope_calls.update(watch.calls)
     want = facts["cache_layers"]
     if sorted(got) != want:
         raise _unsupported(
@@ -766,7 +898,11 @@ def capture(
                     f"sequence {i} has {T} tokens, more than the model's context ({facts['max_positions']})",
                     "Use a shorter --seq-len.",
                 )
-            kv = capture_sequence(model, ids, facts)
+            # the first pass also shows which layers rotate their keys, and checks how (_check_rope_calls)
+            calls: Optional[Dict[int, Any]] = {} if not entries else None
+            kv = capture_sequence(model, ids, facts, calls)
+            if calls is not None:
+                _check_rope_calls(facts, calls, {l: k for l, (k, _) in kv.items()}, model)
             tensors: Dict[str, Any] = {}
             for l, (k, v) in kv.items():
                 if k.dtype != v.dtype or _dtype_name(k.dtype) != dtype:

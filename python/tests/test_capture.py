@@ -105,6 +105,8 @@ FAMILIES = {
     "smollm3": dict(no_rope_layers=[1, 1, 0, 1]),
     "deepseek_v3": MLA,
     "deepseek_v2": MLA,
+    # sliding layers rotate, the full-attention one does not (decided in the attention's forward)
+    "exaone4": dict(sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]),
     "qwen3_next": dict(
         head_dim=16,
         layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
@@ -314,7 +316,14 @@ def test_capture_matches_the_model(family, tmp_path):
     assert r["sequences"] == len(seqs) and r["tokens"] == sum(map(len, seqs)) and len(progress) == len(seqs)
     assert md["family"] == family and md["name"] == "tiny-" + family and md["dtype"] == "float32"
     assert md["architecture"] == type(model).__name__
-    assert md == capture.model_facts(model.config, name="tiny-" + family), "model_facts from the config alone (no weights) says the same"
+    if family == "exaone4":  # the pass showed layer 3 rotates nothing; a config alone cannot say so
+        assert [r is None for r in md["rope"]] == [False, False, False, True]
+        with pytest.raises(kvtc.KvtcError, match="applies RoPE on some layers only"):
+            capture.model_facts(model.config)
+    else:
+        assert md == capture.model_facts(model.config, name="tiny-" + family), (
+            "model_facts from the config alone (no weights) says the same"
+        )
     rot = rotary_modules(model)
     for i, ids in enumerate(seqs):
         f = files[i]
@@ -556,3 +565,13 @@ def test_a_writer_that_knows_its_pairs_can_say_so():
     with pytest.raises(kvtc.KvtcError) as e:
         capture.model_facts(cfg, layout="neox")
     assert e.value.code == "USAGE"
+
+
+def test_the_first_pass_checks_the_description_against_the_rotation(tmp_path, monkeypatch):
+    """A description that does not reproduce what attention did (here: the wrong pairs) writes nothing."""
+    real = capture.model_facts
+    monkeypatch.setattr(capture, "model_facts", lambda *a, **k: real(*a, **{**k, "layout": "interleaved"}))
+    with pytest.raises(kvtc.KvtcError) as e:
+        capture.capture(tiny("llama"), [token_ids(21, 0)], str(tmp_path / "d"))
+    assert "differ from kvtc's RoPE description" in e.value.message and "layer 0" in e.value.message
+    assert not (tmp_path / "d").exists() and not list(tmp_path.iterdir())
