@@ -25,8 +25,10 @@ refused rather than dumped wrong.
 RoPE facts come from the model's own rotary module(s) (``inv_freq`` buffers, ``attention_scaling``,
 ``rope_type``; Gemma 3's per-layer-type ``{type}_inv_freq``), turned into the description of
 docs/profile-format.md §4.1 and checked against the buffer with the runtime's own §4.1 code before
-anything is written. ``model_facts(config)`` builds them from a config alone (no weights), for
-writers of dumps from elsewhere (kvtc.sglang).
+anything is written. The first pass also watches the modeling module's RoPE function per layer
+(_RopeWatch): a layer that rotates nothing is recorded without RoPE, and every rotation must equal
+its description applied to the keys the function got. ``model_facts(config)`` builds the facts from
+a config alone (no weights), for writers of dumps from elsewhere (kvtc.sglang).
 
 torch and transformers are an optional extra: ``pip install 'kvtc[capture]'``.
 """
