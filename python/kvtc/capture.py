@@ -693,39 +693,42 @@ _ROPE_FUNCTIONS = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_interleave", "a
 
 
 class _RopeWatch:
-    """Records, per decoder layer, the keys each call of the modeling module's RoPE function got and
-    gave (pre-hooks on each layer's self_attn say which layer is running)."""
+    """Records, per decoder layer, the keys each call of the modeling code's RoPE function got and
+    gave. The functions are module globals, looked up when attention runs, so they are replaced in
+    the module of each attention class (and the decoder's) for the pass; pre-hooks on each layer's
+    attention say which layer is running."""
 
     def __init__(self, model, n_layers: int):
-        self.module = sys.modules[type(_decoder(model)).__module__]
         self.calls: Dict[int, List[Tuple[str, Any, Any]]] = {}
         self.layer: Optional[int] = None
-        self.saved = {name: getattr(self.module, name) for name in _ROPE_FUNCTIONS if callable(getattr(self.module, name, None))}
-        self.hooks = []
         layers = _layers(_decoder(model))
-        for i in range(min(n_layers, len(layers))):
-            attn = _attention(layers[i])
-            if attn is not None:
-                self.hooks.append(attn.register_forward_pre_hook(lambda _m, _a, i=i: setattr(self, "layer", i)))
-                self.hooks.append(attn.register_forward_hook(lambda _m, _a, _o: setattr(self, "layer", None)))
+        self.attns = [(i, _attention(layers[i])) for i in range(min(n_layers, len(layers)))]
+        self.attns = [(i, a) for i, a in self.attns if a is not None]
+        names = {type(_decoder(model)).__module__, *(type(a).__module__ for _, a in self.attns)}
+        modules = [sys.modules[n] for n in sorted(names) if n in sys.modules]
+        self.saved = [(m, name, getattr(m, name)) for m in modules for name in _ROPE_FUNCTIONS if callable(getattr(m, name, None))]
+        self.hooks: List[Any] = []
+
+    def _watch(self, fn, name):
+        def watched(q, k, *args, **kwargs):
+            out = fn(q, k, *args, **kwargs)
+            if self.layer is not None:
+                self.calls.setdefault(self.layer, []).append((name, k.detach().to("cpu", copy=True), out[1].detach().to("cpu", copy=True)))
+            return out
+
+        return watched
 
     def __enter__(self):
-        for name, fn in self.saved.items():
-
-            def watched(q, k, *args, _fn=fn, _name=name, **kwargs):
-                out = _fn(q, k, *args, **kwargs)
-                if self.layer is not None:
-                    self.calls.setdefault(self.layer, []).append(
-                        (_name, k.detach().to("cpu", copy=True), out[1].detach().to("cpu", copy=True))
-                    )
-                return out
-
-            setattr(self.module, name, watched)
+        for i, attn in self.attns:
+            self.hooks.append(attn.register_forward_pre_hook(lambda _m, _a, i=i: setattr(self, "layer", i)))
+            self.hooks.append(attn.register_forward_hook(lambda _m, _a, _o: setattr(self, "layer", None)))
+        for module, name, fn in self.saved:
+            setattr(module, name, self._watch(fn, name))
         return self
 
     def __exit__(self, *exc):
-        for name, fn in self.saved.items():
-            setattr(self.module, name, fn)
+        for module, name, fn in self.saved:
+            setattr(module, name, fn)
         for h in self.hooks:
             h.remove()
 

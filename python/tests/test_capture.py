@@ -310,7 +310,10 @@ def test_capture_matches_the_model(family, tmp_path):
     model = tiny(family)
     seqs = [token_ids(T, i) for i, T in enumerate(LENGTHS[:1] if family == "qwen3_next" else LENGTHS)]
     progress = []
+    mod = sys.modules[type(model.get_decoder()).__module__]
+    before = {n: getattr(mod, n, None) for n in capture._ROPE_FUNCTIONS}
     r = capture.capture(model, seqs, str(tmp_path / "dump"), name="tiny-" + family, progress=progress.append)
+    assert {n: getattr(mod, n, None) for n in capture._ROPE_FUNCTIONS} == before, "the RoPE functions are put back"
     m, files = validate_dump(tmp_path / "dump")
     md = m["model"]
     assert r["sequences"] == len(seqs) and r["tokens"] == sum(map(len, seqs)) and len(progress) == len(seqs)
