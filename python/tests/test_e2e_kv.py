@@ -28,6 +28,7 @@ import kvtc
 import numpy as np
 import pytest
 from kvtc_testutil import PYTHON_DIR
+from test_codec import DECODE_ATOL
 
 REPO = PYTHON_DIR.parent
 KVTC_JS = REPO / "bin" / "kvtc.js"
@@ -246,6 +247,15 @@ def test_capture_calibrate_encode_decode_feed_back(tm, chain, family):
     for (k, v), (ok, ov) in zip(decoded, chain.kv):
         for a, b in ((k, ok), (v, ov)):
             assert np.array_equal(a[:, protected], b[:, protected].astype(np.float16).astype(np.float32))
+    # The same blob decoded by Node (`kvtc decode`): the TypeScript codec reads the format-3 profile
+    # (MLA latent widths, a hybrid's cache layers) as the Python one does. Node writes the profile's
+    # layers as present.0.. (measured ≤ 3e-6 apart).
+    (chain.tmp / "prompt.kvtc").write_bytes(blob)
+    node_out = chain.tmp / "node-decoded.safetensors"
+    node_kvtc("decode", "--profile", str(chain.tmp / "profile"), "--in", "prompt.kvtc", "--out", str(node_out), "--force", cwd=chain.tmp)
+    by_node = kvtc.read_kv_safetensors(node_out).layers
+    assert len(by_node) == len(decoded)
+    assert max(float(np.max(np.abs(a - b))) for x, y in zip(by_node, decoded) for a, b in zip(x, y)) <= DECODE_ATOL
     err = rel_err(decoded, chain.kv)
     raw = sum(k.size + v.size for k, v in chain.kv) * 2
     dlogit, kl = chain.gap(decoded)
