@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--profile", required=True, help="profile directory (or its kvtc-profile.json)")
     d.add_argument("--in", dest="input", required=True, metavar="BLOB", help="the .kvtc blob")
     d.add_argument("--out", required=True, metavar="OUT.safetensors", help="where to write the cache")
-    d.add_argument("--device", default="cpu", help='"cpu" (NumPy, default) or "cuda[:N]" (PyTorch)')
+    d.add_argument(
+        "--device", default="cpu", help='"cpu" (NumPy, default), "torch:cpu" (the PyTorch path on the CPU) or "cuda[:N]" (PyTorch on a GPU)'
+    )
     d.add_argument("--force", action="store_true", help="replace an existing output file")
     d.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--entropy", choices=["deflate-rle", "deflate-huffman", "deflate-default", "stored"], help="override the profile's DEFLATE setting"
     )
-    e.add_argument("--device", default="cpu", help='"cpu" (NumPy, default) or "cuda[:N]" (PyTorch)')
+    e.add_argument(
+        "--device", default="cpu", help='"cpu" (NumPy, default), "torch:cpu" (the PyTorch path on the CPU) or "cuda[:N]" (PyTorch on a GPU)'
+    )
     e.add_argument("--force", action="store_true", help="replace an existing output file")
     e.add_argument("--json", action="store_true", help="print one JSON document")
 
