@@ -20,9 +20,11 @@ which needs `npm ci && npm run build` first.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import kvtc
 import numpy as np
@@ -93,11 +95,19 @@ def test_kvtc_capture_of_the_onnx_export_equals_transformers(tm, tmp_path, famil
     out = tmp_path / "kv.safetensors"
     node_kvtc("capture", "--model", str(d), "--text", "prompt.txt", "--out", str(out), "--chunk", "128", "--json", cwd=tmp_path)
     cap = kvtc.read_kv_safetensors(out)
-    # The Python capture (python/kvtc/capture.py) of the same model on the same ids.
-    from kvtc import capture
-
-    capture.capture(model, [ids], str(tmp_path / "dump"), name=family)
+    # The Python capture (`python -m kvtc capture`, transformers) of the same directory and text.
+    r = subprocess.run(
+        [sys.executable, "-m", "kvtc", "capture", "--model", str(d), "--data", "prompt.txt", "--out", "dump", "--seq-len", "300", "--tokens", "300", "--device", "cpu", "--dtype", "float32", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PYTHON_DIR), "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "dump" / "kvtc-dump.json").read_text("utf-8"))
+    assert manifest["sequences"] == [{"file": "seq-000000.safetensors", "tokens": 300, "start_position": 0}]
     ref = read_dump_sequence(tmp_path / "dump" / "seq-000000.safetensors", range(model.config.num_hidden_layers))
+    from kvtc import _safetensors
+
+    buf = (tmp_path / "dump" / "seq-000000.safetensors").read_bytes()
+    assert _safetensors.array(buf, _safetensors.parse(buf)[0]["input_ids"]).tolist() == ids  # both sides tokenized alike
     assert cap.start_position == 0 and len(cap.layers) == len(ref) == model.config.num_hidden_layers
     for l, ((k, v), (rk, rv)) in enumerate(zip(cap.layers, ref)):
         for kind, a, b in (("key", k, rk), ("value", v, rv)):

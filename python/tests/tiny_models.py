@@ -241,8 +241,11 @@ class _Decoder(torch.nn.Module):
 
 def export_onnx(model, d: pathlib.Path) -> pathlib.Path:
     """Writes config.json, tokenizer.json and model.onnx (torch.onnx, TorchScript exporter, opset 17,
-    traced with a past of 3 and 5 new tokens; the sequence and past axes are dynamic). Returns d."""
+    traced with a past of 3 and 5 new tokens; the sequence and past axes are dynamic), and the
+    weights and tokenizer_config.json, so that the directory is also a transformers model directory
+    (`python -m kvtc capture --model d`). Returns d."""
     d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(d)
     cfg = model.config
     L, H = cfg.num_hidden_layers, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -276,6 +279,9 @@ def export_onnx(model, d: pathlib.Path) -> pathlib.Path:
         )
     conf = cfg.to_dict()
     conf["architectures"] = [type(model).__name__]
+    # The whole config (save_pretrained writes only what differs from the defaults; kvtc reads the file).
     (d / "config.json").write_text(json.dumps(conf, indent=2), "utf-8")
     write_tokenizer(d)
+    # The plain fast tokenizer of tokenizer.json: no family tokenizer class adding a BOS it lacks.
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}), "utf-8")
     return d
