@@ -37,7 +37,7 @@ KVTC_JS = REPO / "bin" / "kvtc.js"
 INSTALL = "python3 -m pip install torch transformers onnx"
 
 #: `kvtc capture` (ORT, float32) against the Python capture (torch, float32) of the same ids: per layer
-#: and kind, max |Δ| / max |x|. Measured ≤ 6e-7 (Llama, Qwen3; 300 tokens in 3 chunks); float32
+#: and kind, max |Δ| / max |x|. Measured ≤ 1.7e-6 (Llama, Qwen3; 300 tokens in 3 chunks); float32
 #: reassociation between the two runtimes is the whole difference.
 ONNX_REL_TOL = 1e-5
 #: A cache put back unchanged reproduces the one-pass run's logits: measured max |Δlogit| ≤ 3e-7,
@@ -109,11 +109,14 @@ def test_kvtc_capture_of_the_onnx_export_equals_transformers(tm, tmp_path, famil
     buf = (tmp_path / "dump" / "seq-000000.safetensors").read_bytes()
     assert _safetensors.array(buf, _safetensors.parse(buf)[0]["input_ids"]).tolist() == ids  # both sides tokenized alike
     assert cap.start_position == 0 and len(cap.layers) == len(ref) == model.config.num_hidden_layers
+    worst = 0.0
     for l, ((k, v), (rk, rv)) in enumerate(zip(cap.layers, ref)):
         for kind, a, b in (("key", k, rk), ("value", v, rv)):
             assert a.shape == b.shape == (2, 300, 16), (l, kind)
             rel = float(np.max(np.abs(a.astype(np.float64) - b)) / np.max(np.abs(b)))
             assert rel <= ONNX_REL_TOL, f"{family} layer {l} {kind}: max |Δ| / max |x| = {rel:.2e}"
+            worst = max(worst, rel)
+    print(f"\n{family}: kvtc capture vs python -m kvtc capture: max |Δ| / max |x| = {worst:.2e}")
 
 
 # ------------------------------------------------------------------------------------------------
