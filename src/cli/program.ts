@@ -315,6 +315,12 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--max-drop <points>', "exit with code 3 when kvtc's accuracy drop exceeds this many points (0–100, e.g. 1.0)")
     .option('--report <file>', 'also write a Markdown report')
     .option(
+      '--journal <file>',
+      'append each scored item to this file as it goes, and resume from it when the same command is run again (default: <report>.journal.jsonl beside --report, else beside --log-samples or --plot; docs/evaluation.md "Long runs")',
+    )
+    .option('--no-journal', 'keep no journal (an interrupted or killed run cannot be resumed)')
+    .option('--fresh', 'discard an existing journal and score everything again', false)
+    .option(
       '--plot <file.svg>',
       'also write an SVG of accuracy Δ (95% CI), KL, agreement, long-context Δ and perplexity Δ against the measured compression ratio, every codec of the run',
     )

@@ -5,6 +5,9 @@
  * apply the --max-drop gate. Everything the CLI decides besides printing lives here, so a
  * library user gets the same evaluation as `kvtc evaluate`. Never prints, never exits.
  */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { EVALUATE_DEFAULTS } from '../defaults.js';
 import { InterruptedError, KvtcError, UsageError } from '../errors.js';
 import { loadModel, modelDirFromOption, type LoadedModel } from '../model/load.js';
@@ -17,7 +20,11 @@ import type { ProgressFn } from '../progress.js';
 import { checkCodecNames, createCodecs, defaultCodecNames, sweepNames, type CacheCodec, type CodecName } from './codecs.js';
 import { checkMaxDrop, maxDropError, type MaxDropVerdict } from './gate.js';
 import { findProfiles, profileCandidates } from './profiles.js';
+import { configHash, EvaluationJournal } from './journal.js';
 import { runEvaluation, type EvaluateResult } from './run.js';
+import { WIKITEXT_TEST } from '../paths.js';
+import { VERSION } from '../version.js';
+import type { DynamoProfile } from '../dynamo/profile.js';
 import { resolveSubjects } from './subjects.js';
 
 export interface EvaluateModelOptions {
@@ -50,8 +57,19 @@ export interface EvaluateModelOptions {
   /** The accuracy gate: the largest accuracy drop, in points, the guarded codecs may show. */
   maxDrop?: number;
   onProgress?: ProgressFn;
-  /** Stops after the question being scored; the result is marked partial (see `failure`). */
+  /**
+   * Stops at the next codec boundary of the item being scored (that item is dropped); the result is
+   * marked partial (see `failure`).
+   */
   signal?: AbortSignal;
+  /**
+   * A file to journal each scored item to (journal.ts). When it already holds items of this same
+   * configuration they are taken from it instead of being scored again (resume); a journal of
+   * another configuration is refused (USAGE) unless `fresh`.
+   */
+  journal?: string;
+  /** Replace an existing journal instead of resuming it. */
+  fresh?: boolean;
 }
 
 export interface ModelEvaluation {
@@ -68,6 +86,8 @@ export interface ModelEvaluation {
    * so the result can still be reported; `kvtc evaluate` throws it after printing.
    */
   failure?: KvtcError;
+  /** The journal written, and how many of its items came from an earlier run. */
+  journal?: { path: string; resumed: number; droppedPartialLine: boolean };
 }
 
 /** Checks that need nothing loaded (a typo costs nothing); returns the resolved subjects. */
@@ -91,6 +111,7 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
   const device = options.device ?? 'cpu';
   const model = await loadModel(modelDirFromOption(options.model, options.onnx), { device });
   let codecs: CacheCodec[] = [];
+  let journal: EvaluationJournal | undefined;
   // The model's session and every codec (sessions, worker threads) are released on every path.
   try {
     const profiles = await findProfiles(options.profiles, model);
@@ -111,25 +132,55 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
       ? undefined
       : `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
     codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device });
+    const perplexityTokens = options.perplexityTokens ?? EVALUATE_DEFAULTS.perplexityTokens;
+    const lc = {
+      perKind: options.longContext ?? EVALUATE_DEFAULTS.longContext,
+      contextTokens: longContextTokens(model, options.longContextTokens),
+    };
+    if (options.journal) {
+      const config = await journalConfig({
+        model,
+        device,
+        profiles,
+        dynamo,
+        codecs,
+        subjects,
+        limit: options.limit,
+        shots: options.shots ?? EVALUATE_DEFAULTS.shots,
+        perplexityTokens,
+        perplexityText: options.perplexityText,
+        longContext: lc,
+        seed: options.seed ?? EVALUATE_DEFAULTS.seed,
+      });
+      journal = await EvaluationJournal.open(options.journal, config, { fresh: options.fresh });
+    }
     const result = await runEvaluation({
       runner: new ModelRunner(model),
       subjects,
       limit: options.limit,
       shots: options.shots ?? EVALUATE_DEFAULTS.shots,
       codecs,
-      perplexityTokens: options.perplexityTokens ?? EVALUATE_DEFAULTS.perplexityTokens,
+      perplexityTokens,
       perplexityTextPath: options.perplexityText,
-      longContext: {
-        perKind: options.longContext ?? EVALUATE_DEFAULTS.longContext,
-        contextTokens: longContextTokens(model, options.longContextTokens),
-      },
+      longContext: lc,
       seed: options.seed ?? EVALUATE_DEFAULTS.seed,
       onProgress: options.onProgress,
       signal: options.signal,
+      journal,
     });
     const maxDrop = options.maxDrop === undefined ? undefined : checkMaxDrop(result, options.maxDrop);
-    return { result, profiles, profileNote, maxDrop, failure: (maxDrop && maxDropError(result, maxDrop)) || partialError(result) };
+    const journalInfo = journal && { path: journal.path, resumed: result.resumed ?? 0, droppedPartialLine: journal.droppedPartialLine };
+    return {
+      result,
+      profiles,
+      profileNote,
+      maxDrop,
+      failure: (maxDrop && maxDropError(result, maxDrop)) || partialError(result, journal?.path),
+      ...(journalInfo ? { journal: journalInfo } : {}),
+    };
   } finally {
+    // Whatever ends the run (done, interrupted, an error), the journal is flushed for a resume.
+    journal?.close();
     await Promise.all(codecs.map((c) => c.release()));
     await model.session.release();
   }
@@ -140,15 +191,69 @@ function longContextTokens(model: LoadedModel, asked: number | undefined): numbe
   return asked ?? Math.min(model.spec.maxPositions, EVALUATE_DEFAULTS.longContextTokens);
 }
 
-function partialError(result: EvaluateResult): KvtcError | undefined {
+function partialError(result: EvaluateResult, journal: string | undefined): KvtcError | undefined {
   if (!result.partial) return undefined;
-  const { questionsScored, questionsPlanned } = result.partial;
+  const p = result.partial;
+  const later = [
+    p.longContextPlanned !== undefined ? `${p.longContextScored} of ${p.longContextPlanned} long-context tasks` : '',
+    p.perplexityWindowsPlanned !== undefined ? `${p.perplexityWindowsScored} of ${p.perplexityWindowsPlanned} perplexity windows` : '',
+  ].filter(Boolean);
   return new InterruptedError(
-    `interrupted: ${questionsScored} of ${questionsPlanned} questions were scored; the results above are partial`,
-    'Re-run the command for the full evaluation.',
+    `interrupted: ${p.questionsScored} of ${p.questionsPlanned} questions${later.length ? `, ${later.join(', ')}` : ''} were scored; the results above are partial`,
+    journal
+      ? `Re-run the same command to resume: the items scored so far are kept in the journal ${journal} and are not scored again.`
+      : 'Re-run the command for the full evaluation (with --report or --journal FILE, an interrupted run can be resumed).',
     {
-      questions_scored: questionsScored,
-      questions_planned: questionsPlanned,
+      questions_scored: p.questionsScored,
+      questions_planned: p.questionsPlanned,
+      ...(journal ? { journal } : {}),
     },
   );
+}
+
+/**
+ * Everything that decides the items' results, for the journal's hash: a journal is resumed only
+ * by a run that would have scored its items the same way.
+ */
+async function journalConfig(c: {
+  model: LoadedModel;
+  device: Device;
+  profiles: readonly Profile[];
+  dynamo: DynamoProfile | undefined;
+  codecs: readonly CacheCodec[];
+  subjects: readonly string[];
+  limit: number | undefined;
+  shots: number;
+  perplexityTokens: number;
+  perplexityText: string | undefined;
+  longContext: { perKind: number; contextTokens: number };
+  seed: number;
+}): Promise<Record<string, unknown>> {
+  let perplexity: Record<string, unknown> = { tokens: 0 };
+  if (c.perplexityTokens > 0) {
+    const source = c.perplexityText ?? WIKITEXT_TEST;
+    let sha256 = 'unreadable';
+    try {
+      sha256 = createHash('sha256')
+        .update(await readFile(source))
+        .digest('hex');
+    } catch {
+      // runEvaluation reports a missing text with its own error, after the MMLU part.
+    }
+    perplexity = { tokens: c.perplexityTokens, text: basename(source), text_sha256: sha256 };
+  }
+  return {
+    kvtc_version: VERSION,
+    model: { name: c.model.name, fingerprint: c.model.fingerprint.id },
+    device: c.device,
+    profiles: c.profiles.map((p) => p.manifest.profile_id),
+    dynamo_profile: c.dynamo ? configHash(c.dynamo.manifest as unknown as Record<string, unknown>) : null,
+    codecs: c.codecs.map((x) => `${x.name} sink ${x.sink} window ${x.window}`),
+    subjects: [...c.subjects],
+    limit: c.limit ?? 'all',
+    shots: c.shots,
+    long_context: c.longContext.perKind > 0 ? { per_kind: c.longContext.perKind, tokens: c.longContext.contextTokens } : 0,
+    perplexity,
+    seed: c.seed,
+  };
 }

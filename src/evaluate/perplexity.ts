@@ -13,6 +13,7 @@ import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { ProgressFn } from '../progress.js';
 import type { CacheCodec } from './cache-codec.js';
+import type { PerplexityWindow } from './records.js';
 import { logSoftmax } from './stats.js';
 
 export interface PerplexityOptions {
@@ -61,13 +62,22 @@ function sumNll(logits: Float32Array, targets: readonly number[], vocab: number)
   return s;
 }
 
-export async function evaluatePerplexity(
+/** How a text is cut into perplexity windows (planPerplexity). */
+export interface PerplexityPlan {
+  /** Token ids of the text used: windows × window of them. */
+  ids: number[];
+  windows: number;
+  window: number;
+  /** Prefilled tokens per window. */
+  context: number;
+}
+
+export function planPerplexity(
   runner: ModelRunner,
   text: string,
-  codecs: readonly CacheCodec[],
-  opts: PerplexityOptions,
-): Promise<PerplexityResult> {
-  const { maxPositions, vocabSize } = runner.spec;
+  opts: Pick<PerplexityOptions, 'tokens' | 'contextFraction'>,
+): PerplexityPlan {
+  const { maxPositions } = runner.spec;
   const fraction = opts.contextFraction ?? 0.75;
   invariant(fraction > 0 && fraction < 1, `evaluatePerplexity: contextFraction must be in (0, 1), got ${fraction}`);
   const tokenizer = runner.model.tokenizer;
@@ -81,36 +91,88 @@ export async function evaluatePerplexity(
     });
   }
   const windows = Math.floor(ids.length / window);
+  return { ids: ids.slice(0, windows * window), windows, window, context };
+}
+
+/**
+ * Scores window `w` of the plan, uncompressed and with every codec. Each reconstruction is
+ * scored and dropped before the next codec runs, so one codec's cache is alive at a time.
+ */
+export async function scorePerplexityWindow(
+  runner: ModelRunner,
+  codecs: readonly CacheCodec[],
+  plan: PerplexityPlan,
+  w: number,
+): Promise<PerplexityWindow> {
+  const { window, context } = plan;
+  const vocabSize = runner.spec.vocabSize;
+  const win = plan.ids.slice(w * window, (w + 1) * window);
+  // Cache: win[0, context−1); fed: win[context−1, window−1); targets: win[context, window).
+  const { cache } = await runner.prefill(win.slice(0, context - 1));
+  const fed = win.slice(context - 1, window - 1);
+  const targets = win.slice(context);
+  const score = async (past: KvCache) => sumNll((await runner.forward(fed, past)).logits, targets, vocabSize);
+  const out: PerplexityWindow = {
+    index: w,
+    scored: targets.length,
+    cacheTokens: cache.tokens,
+    baselineNll: await score(cache),
+    codecs: {},
+  };
+  for (const codec of codecs) {
+    const rec = await codec.apply(cache);
+    out.codecs[codec.name] = { nll: await score(rec.cache), compressedTokens: rec.compressedTokens };
+  }
+  return out;
+}
+
+/** The perplexity result of scored windows, summed in window order (as one uninterrupted pass sums them). */
+export function combinePerplexity(
+  plan: PerplexityPlan,
+  windows: readonly PerplexityWindow[],
+  codecNames: readonly string[],
+): PerplexityResult {
+  const sorted = [...windows].sort((a, b) => a.index - b.index);
   let baseNll = 0;
-  const nll: Record<string, number> = Object.fromEntries(codecs.map((c) => [c.name, 0]));
-  const compressed: Record<string, number> = Object.fromEntries(codecs.map((c) => [c.name, 0]));
   let scored = 0;
-  for (let w = 0; w < windows; w++) {
-    const win = ids.slice(w * window, (w + 1) * window);
-    // Cache: win[0, context−1); fed: win[context−1, window−1); targets: win[context, window).
-    const { cache } = await runner.prefill(win.slice(0, context - 1));
-    const fed = win.slice(context - 1, window - 1);
-    const targets = win.slice(context);
-    const score = async (past: KvCache) => sumNll((await runner.forward(fed, past)).logits, targets, vocabSize);
-    baseNll += await score(cache);
-    for (const codec of codecs) {
-      const rec = await codec.apply(cache);
-      compressed[codec.name] += rec.compressedTokens;
-      nll[codec.name] += await score(rec.cache);
+  const nll: Record<string, number> = Object.fromEntries(codecNames.map((c) => [c, 0]));
+  const compressed: Record<string, number> = Object.fromEntries(codecNames.map((c) => [c, 0]));
+  for (const w of sorted) {
+    baseNll += w.baselineNll;
+    scored += w.scored;
+    for (const c of codecNames) {
+      nll[c] += w.codecs[c].nll;
+      compressed[c] += w.codecs[c].compressedTokens;
     }
-    scored += targets.length;
-    opts.onProgress?.({ stage: 'perplexity', done: w + 1, total: windows, unit: 'window' });
   }
   const result = (sum: number): PerplexityScore => ({ nll: sum / scored, perplexity: Math.exp(sum / scored) });
+  const n = sorted.length;
   return {
-    tokens: windows * window,
-    windows,
-    window,
-    context,
+    tokens: n * plan.window,
+    windows: n,
+    window: plan.window,
+    context: plan.context,
     scored_tokens: scored,
     baseline: result(baseNll),
-    codecs: Object.fromEntries(
-      codecs.map((c) => [c.name, { ...result(nll[c.name]), compressed_share: compressed[c.name] / (windows * context) }]),
-    ),
+    codecs: Object.fromEntries(codecNames.map((c) => [c, { ...result(nll[c]), compressed_share: compressed[c] / (n * plan.context) }])),
   };
+}
+
+export async function evaluatePerplexity(
+  runner: ModelRunner,
+  text: string,
+  codecs: readonly CacheCodec[],
+  opts: PerplexityOptions,
+): Promise<PerplexityResult> {
+  const plan = planPerplexity(runner, text, opts);
+  const windows: PerplexityWindow[] = [];
+  for (let w = 0; w < plan.windows; w++) {
+    windows.push(await scorePerplexityWindow(runner, codecs, plan, w));
+    opts.onProgress?.({ stage: 'perplexity', done: w + 1, total: plan.windows, unit: 'window' });
+  }
+  return combinePerplexity(
+    plan,
+    windows,
+    codecs.map((c) => c.name),
+  );
 }

@@ -27,3 +27,13 @@ export interface QuestionRecord {
   baseline: { logLik: number[]; pred: number };
   codecs: Record<string, CodecOutcome>;
 }
+
+/** One perplexity window: NLL sums (nats) over its scored tokens, uncompressed and per codec. */
+export interface PerplexityWindow {
+  index: number;
+  scored: number;
+  /** Prefilled tokens that went into the cache (context − 1). */
+  cacheTokens: number;
+  baselineNll: number;
+  codecs: Record<string, { nll: number; compressedTokens: number }>;
+}

@@ -19,10 +19,11 @@ import type { KvCache } from '../model/types.js';
 import { MMLU_DIR, WIKITEXT_TEST } from '../paths.js';
 import type { ProgressFn } from '../progress.js';
 import { loadSubject, type MmluQuestion } from './mmlu.js';
-import { evaluatePerplexity, type PerplexityResult } from './perplexity.js';
+import { combinePerplexity, planPerplexity, scorePerplexityWindow, type PerplexityResult } from './perplexity.js';
 import { buildPrompt, CONTINUATIONS, loadShots } from './prompt.js';
 import { summarize, type EvaluateSummary, type ScopeSummary } from './summary.js';
-import type { CodecOutcome, QuestionRecord } from './records.js';
+import type { CodecOutcome, PerplexityWindow, QuestionRecord } from './records.js';
+import type { ItemTiming, JournalSink } from './journal.js';
 import type { CacheCodec } from './cache-codec.js';
 import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS } from './longcontext.js';
 import { encodeRequest, planScoring, scoreContinuations, type EncodedRequest } from './scoring.js';
@@ -45,10 +46,16 @@ export interface EvaluateOptions {
   perplexityTextPath?: string;
   onProgress?: ProgressFn;
   /**
-   * Ctrl-C: stop after the question being scored and return what was scored, marked partial
-   * (perplexity is skipped). Aborting before the first question is scored throws INTERRUPTED.
+   * Ctrl-C: stop at the next codec boundary (the item in flight is dropped, and redone on resume)
+   * and return what was scored, marked partial. Aborting before the first item is scored throws
+   * INTERRUPTED.
    */
   signal?: AbortSignal;
+  /**
+   * Items already scored by an earlier run of the same configuration are taken from here instead
+   * of being scored again; each newly scored item is appended as soon as it is done.
+   */
+  journal?: JournalSink;
   /** Long-context tasks (RULER-style needle and variable tracking); none when perKind is 0. */
   longContext?: { perKind: number; contextTokens: number };
 }
@@ -88,8 +95,20 @@ export interface EvaluateResult {
   perplexity?: PerplexityResult;
   longContext?: LongContextResult;
   timing: EvaluateTiming;
-  /** Set when the run was interrupted: how many of the planned questions were scored. */
-  partial?: { questionsScored: number; questionsPlanned: number };
+  /**
+   * Set when the run was interrupted: how many of the planned questions were scored (and, when
+   * the interruption came later, how many long-context tasks and perplexity windows).
+   */
+  partial?: {
+    questionsScored: number;
+    questionsPlanned: number;
+    longContextScored?: number;
+    longContextPlanned?: number;
+    perplexityWindowsScored?: number;
+    perplexityWindowsPlanned?: number;
+  };
+  /** Items taken from the journal of an earlier run instead of being scored again. */
+  resumed?: number;
 }
 
 interface SubjectData {
@@ -107,9 +126,14 @@ export interface ScoringTiming {
   codecSeconds: Record<string, number>;
 }
 
+/** Thrown by scoreRequest when the signal aborts midway: the item is dropped, not half-recorded. */
+class ItemAborted extends Error {}
+
 /**
  * Scores one multiple-choice request (its continuations) with the uncompressed cache and with
  * every codec's reconstruction of that same cache; `gold` is the index of the right continuation.
+ * Memory: the uncompressed cache and one reconstruction are alive at a time (each codec's
+ * reconstruction is scored, then dropped, before the next codec runs).
  */
 export async function scoreRequest(
   runner: ModelRunner,
@@ -117,6 +141,7 @@ export async function scoreRequest(
   req: EncodedRequest,
   id: { subject: string; index: number; gold: number },
   timing: ScoringTiming,
+  signal?: AbortSignal,
 ): Promise<QuestionRecord> {
   const n = req.continuations.length;
   const base = new Array<number>(n);
@@ -140,6 +165,7 @@ export async function scoreRequest(
     promptTokens += ctx.length;
     cacheTokens += past?.tokens ?? 0;
     for (const codec of codecs) {
+      if (signal?.aborted) throw new ItemAborted();
       const out = outcomes[codec.name];
       // A one-token context leaves no cache to compress: the codec sees exactly the baseline.
       if (!past) {
@@ -168,14 +194,63 @@ export async function scoreRequest(
   };
 }
 
+/** Adds one item's seconds (from the journal or just measured) to the run's totals. */
+function addTiming(into: ScoringTiming, t: ItemTiming): void {
+  into.prefillSeconds += t.prefill;
+  into.scoringSeconds += t.scoring;
+  for (const [k, v] of Object.entries(t.codecs)) into.codecSeconds[k] = (into.codecSeconds[k] ?? 0) + v;
+}
+
+/**
+ * Runs `score` for one item unless the journal has it; returns its seconds too. Null when the
+ * signal aborted midway (the item is not recorded).
+ */
+async function journaled<T>(
+  journal: JournalSink | undefined,
+  key: string,
+  kind: 'mmlu' | 'long_context' | 'perplexity',
+  score: (timing: ScoringTiming) => Promise<T>,
+  codecNames: readonly string[],
+): Promise<{ value: T; seconds: ItemTiming; resumed: boolean } | null> {
+  const done = journal?.get(key);
+  if (done) {
+    if (done.kind !== kind) throw new KvtcError('INTERNAL', `journal entry ${key} is a ${done.kind} entry, expected ${kind}`);
+    return { value: (done.kind === 'perplexity' ? done.window : done.record) as T, seconds: done.seconds, resumed: true };
+  }
+  const timing: ScoringTiming = { prefillSeconds: 0, scoringSeconds: 0, codecSeconds: Object.fromEntries(codecNames.map((c) => [c, 0])) };
+  const t = now();
+  let value: T;
+  try {
+    value = await score(timing);
+  } catch (e) {
+    if (e instanceof ItemAborted) return null;
+    throw e;
+  }
+  const seconds: ItemTiming = {
+    wall: now() - t,
+    prefill: timing.prefillSeconds,
+    scoring: timing.scoringSeconds,
+    codecs: timing.codecSeconds,
+  };
+  if (journal) {
+    journal.append(
+      kind === 'perplexity'
+        ? { kind, key, window: value as PerplexityWindow, seconds }
+        : { kind, key, record: value as QuestionRecord, seconds },
+    );
+  }
+  return { value, seconds, resumed: false };
+}
+
 /** Runs the paired MMLU evaluation (and perplexity) for the given codecs. */
 export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResult> {
-  const { runner, codecs, shots } = opts;
+  const { runner, codecs, shots, journal } = opts;
   const model = runner.model;
   const dir = opts.mmluDir ?? MMLU_DIR;
   const seed = opts.seed ?? 0;
   const progress = opts.onProgress ?? (() => {});
   const t0 = now();
+  const codecNames = codecs.map((c) => c.name);
 
   // Load every subject (and its shots) before the first forward pass, so bad data fails fast.
   const data: SubjectData[] = [];
@@ -190,42 +265,71 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
   const total = data.reduce((s, d) => s + d.questions.length, 0);
 
   const records: QuestionRecord[] = [];
-  const timing: ScoringTiming = { prefillSeconds: 0, scoringSeconds: 0, codecSeconds: Object.fromEntries(codecs.map((c) => [c.name, 0])) };
-  const tMmlu = now();
-  progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
+  const timing: ScoringTiming = { prefillSeconds: 0, scoringSeconds: 0, codecSeconds: Object.fromEntries(codecNames.map((c) => [c, 0])) };
+  // Seconds of items scored by an earlier run (read from the journal), added to this run's own.
+  let resumedSeconds = 0;
+  let resumed = 0;
+  let mmluSeconds = 0;
   const interrupted = () => opts.signal?.aborted === true;
+  const take = <T>(item: { value: T; seconds: ItemTiming; resumed: boolean }) => {
+    addTiming(timing, item.seconds);
+    if (item.resumed) {
+      resumed++;
+      resumedSeconds += item.seconds.wall;
+    }
+    return item.value;
+  };
+  progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
   scoring: for (const { subject, questions, shots: examples } of data) {
     for (let index = 0; index < questions.length; index++) {
       if (interrupted()) break scoring;
       const q = questions[index];
-      const req = encodeRequest(model.tokenizer, buildPrompt(subject, q, examples), CONTINUATIONS, model.spec.maxPositions);
-      records.push(await scoreRequest(runner, codecs, req, { subject, index, gold: q.answer }, timing));
+      const item = await journaled(
+        journal,
+        `mmlu/${subject}/${index}`,
+        'mmlu',
+        (t) => {
+          const req = encodeRequest(model.tokenizer, buildPrompt(subject, q, examples), CONTINUATIONS, model.spec.maxPositions);
+          return scoreRequest(runner, codecs, req, { subject, index, gold: q.answer }, t, opts.signal);
+        },
+        codecNames,
+      );
+      if (!item) break scoring;
+      mmluSeconds += item.seconds.wall;
+      records.push(take(item));
       progress({ stage: 'MMLU', done: records.length, total, unit: 'q', detail: subject.replaceAll('_', ' ') });
     }
   }
-  const mmluSeconds = now() - tMmlu;
-  if (interrupted() && records.length === 0) {
+  if (interrupted() && records.length === 0 && total > 0 && resumed === 0) {
     throw new InterruptedError('interrupted before the first question was scored: nothing to report');
   }
 
   let longContext: LongContextResult | undefined;
+  let lcPlanned = 0;
+  let lcScored = 0;
   const bytesPerToken = fp16BytesPerToken(model.spec);
   if (opts.longContext && opts.longContext.perKind > 0 && !interrupted()) {
     const filler = fillerSentences(await readWikitext(opts.wikitextPath ?? WIKITEXT_TEST));
     const tasks = buildLongContextTasks(model.tokenizer, filler, { ...opts.longContext, maxPositions: model.spec.maxPositions, seed });
+    lcPlanned = tasks.length;
     const lc: QuestionRecord[] = [];
     progress({ stage: 'long-context tasks', done: 0, total: tasks.length, unit: 'tasks' });
-    for (const task of tasks) {
+    for (const [i, task] of tasks.entries()) {
       if (interrupted()) break;
-      lc.push(await scoreRequest(runner, codecs, task.request, { subject: task.kind, index: task.index, gold: task.gold }, timing));
+      const item = await journaled(
+        journal,
+        `long_context/${i}`,
+        'long_context',
+        (t) => scoreRequest(runner, codecs, task.request, { subject: task.kind, index: task.index, gold: task.gold }, t, opts.signal),
+        codecNames,
+      );
+      if (!item) break;
+      lc.push(take(item));
       progress({ stage: 'long-context tasks', done: lc.length, total: tasks.length, unit: 'tasks', detail: task.kind.replace('_', ' ') });
     }
+    lcScored = lc.length;
     if (lc.length > 0) {
-      const s = summarize(
-        lc,
-        codecs.map((c) => c.name),
-        { seed, bytesPerToken },
-      );
+      const s = summarize(lc, codecNames, { seed, bytesPerToken });
       longContext = {
         tasks: Object.fromEntries(LONG_CONTEXT_KINDS.map((k) => [k, lc.filter((r) => r.subject === k).length])),
         context_tokens: lc.reduce((a, r) => a + r.promptTokens, 0) / lc.length,
@@ -237,18 +341,41 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
   }
 
   let perplexity: PerplexityResult | undefined;
-  const tPpl = now();
+  let pplPlanned = 0;
+  let pplScored = 0;
+  let perplexitySeconds = 0;
   if (opts.perplexityTokens > 0 && !interrupted()) {
     const source = opts.perplexityTextPath ?? opts.wikitextPath ?? WIKITEXT_TEST;
     const text = opts.perplexityTextPath ? (await readTextFile(opts.perplexityTextPath)).text : await readWikitext(source);
-    perplexity = {
-      ...(await evaluatePerplexity(runner, text, codecs, { tokens: opts.perplexityTokens, onProgress: progress })),
-      source: basename(source),
-    };
+    const plan = planPerplexity(runner, text, { tokens: opts.perplexityTokens });
+    pplPlanned = plan.windows;
+    const windows: PerplexityWindow[] = [];
+    for (let w = 0; w < plan.windows; w++) {
+      if (interrupted()) break;
+      const item = await journaled(
+        journal,
+        `perplexity/${w}`,
+        'perplexity',
+        () => scorePerplexityWindow(runner, codecs, plan, w),
+        codecNames,
+      );
+      // Perplexity windows are scored whole; an abort is seen between windows.
+      if (!item) break;
+      perplexitySeconds += item.seconds.wall;
+      if (item.resumed) {
+        resumed++;
+        resumedSeconds += item.seconds.wall;
+      }
+      windows.push(item.value);
+      progress({ stage: 'perplexity', done: w + 1, total: plan.windows, unit: 'window' });
+    }
+    pplScored = windows.length;
+    // A partial perplexity would be a different measurement from the one asked for: reported only whole.
+    if (windows.length === plan.windows) perplexity = { ...combinePerplexity(plan, windows, codecNames), source: basename(source) };
   }
-  const perplexitySeconds = now() - tPpl;
 
-  const codecNames = codecs.map((c) => c.name);
+  const incomplete =
+    records.length < total || lcScored < lcPlanned || pplScored < pplPlanned || (interrupted() && !perplexity && opts.perplexityTokens > 0);
   return {
     model: {
       name: model.name,
@@ -270,7 +397,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     perplexity,
     longContext,
     timing: {
-      seconds: now() - t0,
+      seconds: now() - t0 + resumedSeconds,
       mmluSeconds,
       questionsPerSecond: records.length / mmluSeconds,
       prefillSeconds: timing.prefillSeconds,
@@ -278,7 +405,17 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
       codecSeconds: timing.codecSeconds,
       perplexitySeconds,
     },
-    ...(records.length < total ? { partial: { questionsScored: records.length, questionsPlanned: total } } : {}),
+    ...(incomplete
+      ? {
+          partial: {
+            questionsScored: records.length,
+            questionsPlanned: total,
+            ...(lcPlanned > 0 ? { longContextScored: lcScored, longContextPlanned: lcPlanned } : {}),
+            ...(pplPlanned > 0 ? { perplexityWindowsScored: pplScored, perplexityWindowsPlanned: pplPlanned } : {}),
+          },
+        }
+      : {}),
+    ...(journal ? { resumed } : {}),
   };
 }
 

@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { z } from 'zod';
 import { KvtcError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
@@ -54,6 +55,9 @@ const schema = z.object({
   _commandLine: z.string().optional(),
   maxDrop: decimal(0, 100).optional(),
   report: z.string().min(1).optional(),
+  // A path, false for --no-journal, undefined for the default (beside the report).
+  journal: z.union([z.string().min(1), z.literal(false)]).optional(),
+  fresh: z.boolean().default(false),
   seed: wholeNumber(0),
   device: deviceSchema,
   json: z.boolean(),
@@ -194,8 +198,21 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
   );
 }
 
+/**
+ * Where the journal goes: --journal, else beside the first output file asked for (a run that
+ * writes nothing keeps no journal unless asked), never with --no-journal.
+ */
+export function journalPath(opts: { journal?: string | false; report?: string; logSamples?: string; plot?: string }): string | undefined {
+  if (opts.journal === false) return undefined;
+  if (opts.journal) return opts.journal;
+  const beside = opts.report ?? opts.logSamples ?? opts.plot;
+  return beside ? `${beside}.journal.jsonl` : undefined;
+}
+
 export default async function evaluateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
+  const journal = journalPath(opts);
+  if (journal) checkOutputFile(journal, { force: true, option: '--journal' });
   // Subjects, shots and device are checked before anything is loaded: a typo costs nothing.
   checkEvaluateOptions({ device: opts.device, subjects: opts.subjects, shots: opts.shots });
   // The report path is checked before hours of scoring, not after.
@@ -206,8 +223,19 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
   const progress = createProgress(io, { quiet: opts.quiet });
   const interrupt = onInterrupt(
     io,
-    'interrupted: stopping after the current question; the questions scored so far will be reported, marked partial… (Ctrl-C again to quit at once)',
+    `interrupted: stopping now; the items scored so far will be reported, marked partial${journal ? `, and are kept in ${journal} (run the same command again to resume)` : ''}… (Ctrl-C again to quit at once)`,
   );
+  // SIGTERM (a scheduler's stop, \`kill\`) ends the run the same way as the first Ctrl-C.
+  const term = new AbortController();
+  const onTerm = () => {
+    process.off('SIGTERM', onTerm);
+    io.err(
+      `\nterminated: stopping now${journal ? `; the items scored so far are kept in ${journal} (run the same command again to resume)` : ''}…`,
+    );
+    term.abort();
+  };
+  process.on('SIGTERM', onTerm);
+  const signal = AbortSignal.any([interrupt.signal, term.signal]);
   let evaluation: ModelEvaluation;
   try {
     evaluation = await evaluate({
@@ -227,13 +255,22 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       device: opts.device,
       maxDrop: opts.maxDrop,
       onProgress: progress.fn,
-      signal: interrupt.signal,
+      signal,
+      journal,
+      fresh: opts.fresh,
     });
   } finally {
     interrupt.dispose();
+    process.off('SIGTERM', onTerm);
     progress.stop();
   }
   const { result, profiles, profileNote, maxDrop, failure } = evaluation;
+  if (evaluation.journal && !opts.quiet) {
+    const j = evaluation.journal;
+    if (j.resumed > 0) io.err(`resumed from ${j.path}: ${j.resumed} item(s) taken from an earlier run of the same command`);
+    if (j.droppedPartialLine)
+      io.err(`note: the last line of ${j.path} was cut short (a run killed while writing); that item was scored again`);
+  }
   const json = jsonResult(result, profiles, maxDrop ? { max_drop: maxDrop } : {});
   // Results reach the user before the report is written: a failing write loses nothing.
   let reportError: unknown;
@@ -262,7 +299,12 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
         );
     } catch (e) {
       reportError = e;
+      return;
     }
+    // A complete run whose outputs are written has no use for the journal kvtc chose beside them:
+    // removed, so a later run with other settings and the same --report starts clean. Kept when
+    // anything is missing, and always when named with --journal (the user asked for that file).
+    if (evaluation.journal && !result.partial && !opts.journal) await rm(evaluation.journal.path, { force: true });
   };
   if (opts.json) {
     // One JSON document on stdout either way: on failure the result rides in the error.
