@@ -88,7 +88,8 @@ export interface EncodeFileResult {
 export async function encodeFile(kv: string, opts: FileJobOptions): Promise<EncodeFileResult> {
   checkOutputFile(opts.out, { force: opts.force });
   const profile = await readProfile(opts.profile);
-  const { cache, metadata } = await readKvCache(kv);
+  // A format-3 profile's layers may be named by model layer (KV dumps) or in its own order.
+  const { cache, metadata } = await readKvCache(kv, profile.manifest.model.cache_layers);
   if (metadata.keys === PRE_ROPE) {
     throw new KvtcError('KV_INVALID', `${kv} was written by \`kvtc capture --pre-rope\`: its keys have RoPE undone, for inspection`, {
       fix: 'Encode a cache captured without --pre-rope (kvtc undoes RoPE itself).',

@@ -122,7 +122,8 @@ def _encode(a) -> Dict[str, Any]:
     _check_out(a.out, a.force)
     t0 = time.perf_counter()
     profile = read_profile(a.profile)
-    kv = read_kv_safetensors(a.kv)
+    # A format-3 profile's layers may be named by model layer (KV dumps) or in its own order.
+    kv = read_kv_safetensors(a.kv, cache_layers=profile.cache_layers)
     fp = profile.fingerprint.get("id")
     got = kv.metadata.get("fingerprint")
     if got and fp and got != fp:

@@ -77,11 +77,38 @@ def _layer_ids(layer_ids: Optional[Sequence[int]]) -> Optional[List[int]]:
     return ids
 
 
-def parse_kv_safetensors(data, source: str = "<buffer>", *, layer_ids: Optional[Sequence[int]] = None) -> KvFile:
+def _ids_for_cache_layers(tensors, cache_layers: Sequence[int], source: str) -> List[int]:
+    """Which names hold a format-3 profile's layers: the model's layer numbers when the file has
+    every one (a KV dump's files, a whole-model capture read by one pipeline stage), else the
+    profile's own order 0..L-1 when the file holds exactly those (what kvtc decode writes)."""
+    ids = [int(i) for i in cache_layers]
+    if all(tensor_name(i, "key") in tensors for i in ids):
+        return ids
+    named = sorted(int(m.group(1)) for m in (re.fullmatch(r"present\.([0-9]{1,9})\.key", k) for k in tensors) if m)
+    if named == list(range(len(ids))):
+        return named
+    raise _invalid(
+        source,
+        f"the file's layers are present.{{{','.join(map(str, named[:12]))}{',…' if len(named) > 12 else ''}}}; the profile's cache layers are "
+        f"model layers {ids}: the file must name them so (as a KV dump does) or hold exactly {len(ids)} layers 0..{len(ids) - 1} in the profile's order",
+    )
+
+
+def parse_kv_safetensors(
+    data,
+    source: str = "<buffer>",
+    *,
+    layer_ids: Optional[Sequence[int]] = None,
+    cache_layers: Optional[Sequence[int]] = None,
+) -> KvFile:
     """A KV cache from safetensors bytes. layer_ids: the tensor index of each layer to read (e.g. a
-    profile's cache_layers, for files named by model layer); default: every present.{i} from 0."""
+    profile's cache_layers, for files named by model layer); default: every present.{i} from 0.
+    cache_layers (a format-3 profile's): read either naming, the model's layer numbers when the
+    file has all of them, else the profile's order (what kvtc decode writes)."""
     buf = memoryview(data)
     tensors, metadata = st.parse(buf, source)
+    if cache_layers is not None and layer_ids is None:
+        layer_ids = _ids_for_cache_layers(tensors, cache_layers, source)
     ids = _layer_ids(layer_ids)
     if ids is None:
         ids = []
@@ -149,7 +176,7 @@ def _as_float(a: np.ndarray, dtype: str) -> np.ndarray:
     return a.astype(np.float16 if dtype == "F16" else np.float32)
 
 
-def read_kv_safetensors(path, *, layer_ids: Optional[Sequence[int]] = None) -> KvFile:
+def read_kv_safetensors(path, *, layer_ids: Optional[Sequence[int]] = None, cache_layers: Optional[Sequence[int]] = None) -> KvFile:
     """Reads a KV cache safetensors file (kvtc capture / kvtc decode output; a KV dump's sequence
     file with layer_ids=profile.cache_layers)."""
     path = os.fspath(path)
@@ -158,7 +185,7 @@ def read_kv_safetensors(path, *, layer_ids: Optional[Sequence[int]] = None) -> K
             data = f.read()
     except OSError as e:
         raise KvtcError("SAFETENSORS_INVALID", f"cannot read {path}: {e.strerror or e}", "Check the path.", {"file": path}) from None
-    return parse_kv_safetensors(data, path, layer_ids=layer_ids)
+    return parse_kv_safetensors(data, path, layer_ids=layer_ids, cache_layers=cache_layers)
 
 
 def serialize_kv_safetensors(

@@ -269,6 +269,23 @@ def test_capture_calibrate_encode_decode_feed_back(tm, chain, family):
     by_node = kvtc.read_kv_safetensors(node_out).layers
     assert len(by_node) == len(decoded)
     assert max(float(np.max(np.abs(a - b))) for x, y in zip(by_node, decoded) for a, b in zip(x, y)) <= DECODE_ATOL
+    # The capture's own file (layers named by model layer, docs/kv-dumps.md §3) encodes with both
+    # CLIs as it is; so does Node's decoded file (the profile's layer order): either naming reads.
+    seq = str(chain.tmp / "prompt" / "seq-000000.safetensors")
+    node_kvtc("encode", "--profile", str(chain.tmp / "profile"), "--kv", seq, "--out", "node.kvtc", "--force", cwd=chain.tmp)
+    node_kvtc("encode", "--profile", str(chain.tmp / "profile"), "--kv", str(node_out), "--out", "node2.kvtc", "--force", cwd=chain.tmp)
+    for name in ("node.kvtc", "node2.kvtc"):
+        again = kvtc.decode(profile, (chain.tmp / name).read_bytes())
+        assert rel_err(again, chain.kv).max() <= MAX_REL_ERR
+    py = subprocess.run(
+        [sys.executable, "-m", "kvtc", "encode", "--profile", "profile", "--kv", seq, "--out", "py.kvtc", "--force"],
+        cwd=chain.tmp,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "python")},
+    )
+    assert py.returncode == 0, py.stderr
+    assert (chain.tmp / "py.kvtc").read_bytes() == blob
     err = rel_err(decoded, chain.kv)
     raw = sum(k.size + v.size for k, v in chain.kv) * 2
     dlogit, kl = chain.gap(decoded)

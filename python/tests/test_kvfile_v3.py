@@ -103,3 +103,21 @@ def test_layer_ids(tmp_path):
     with pytest.raises(kvtc.KvtcError) as e:
         kvtc.serialize_kv_safetensors(layers, layer_ids=[1, 2])
     assert e.value.code == "USAGE" and "layer_ids names 2 layers but the cache has 3" in e.value.message
+
+
+def test_cache_layers_read_either_naming():
+    # A format-3 profile's cache layers (1, 3): a KV dump names them by model layer, kvtc decode
+    # writes them in the profile's order; both read the same cache. A whole-model file gives a
+    # pipeline stage its layers; a file with neither naming is refused, saying both.
+    layers = [(np.full((1, 2, 4), l, np.float32), np.full((1, 2, 6), -l, np.float32)) for l in range(2)]
+    by_model = kvtc.serialize_kv_safetensors(layers, layer_ids=[1, 3])
+    in_order = kvtc.serialize_kv_safetensors(layers)
+    for data in (by_model, in_order):
+        kv = kvtc.parse_kv_safetensors(data, "f", cache_layers=[1, 3])
+        assert [float(k[0, 0, 0]) for k, _ in kv.layers] == [0, 1]
+    whole = kvtc.serialize_kv_safetensors([layers[0]] * 4, layer_ids=[0, 1, 2, 3])
+    assert len(kvtc.parse_kv_safetensors(whole, "w", cache_layers=[1, 3]).layers) == 2
+    odd = kvtc.serialize_kv_safetensors(layers, layer_ids=[0, 2])
+    with pytest.raises(kvtc.KvtcError) as e:
+        kvtc.parse_kv_safetensors(odd, "odd", cache_layers=[1, 3])
+    assert e.value.code == "KV_INVALID" and "present.{0,2}" in e.value.message and "model layers [1, 3]" in e.value.message

@@ -82,27 +82,54 @@ function invalid(source: string, message: string, context: Record<string, unknow
   return fileError('KV_INVALID', source, message, 'Re-create the file with `kvtc capture` (or `kvtc decode`).', context);
 }
 
-/** Validates and converts a parsed safetensors file into a KvCache. */
-export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>'): KvFile {
+/**
+ * Which tensor number holds each layer of a format-3 profile with `model.cache_layers`: the model's
+ * layer numbers when the file has every one (a KV dump's files; a whole-model capture read by one
+ * pipeline stage), else the profile's own order 0..L-1 when the file holds exactly those (what
+ * `kvtc decode` writes). docs/kv-dumps.md §3.
+ */
+export function layerIdsForCacheLayers(names: Iterable<string>, cacheLayers: readonly number[], source: string): number[] {
+  const all = new Set(names);
+  if (cacheLayers.every((l) => all.has(kvTensorName(l, 'key')))) return [...cacheLayers];
+  const named = [...all]
+    .map((n) => /^present\.(\d{1,9})\.key$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+  if (named.length === cacheLayers.length && named.every((n, i) => n === i)) return named;
+  throw invalid(
+    source,
+    `the file's layers are present.{${named.slice(0, 12).join(',')}${named.length > 12 ? ',…' : ''}}; the profile's cache layers are model layers ${cacheLayers.join(',')}: the file must name them so (as a KV dump does) or hold exactly ${cacheLayers.length} layers 0..${cacheLayers.length - 1} in the profile's order`,
+  );
+}
+
+/**
+ * Validates and converts a parsed safetensors file into a KvCache. `cacheLayers` (a format-3
+ * profile's): read the layers by either naming (layerIdsForCacheLayers); absent: present.0, 1, ….
+ */
+export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>', cacheLayers?: readonly number[]): KvFile {
   const { tensors, metadata } = file;
+  const ids = cacheLayers ? layerIdsForCacheLayers(tensors.keys(), cacheLayers, source) : undefined;
   let layers = 0;
-  while (tensors.has(kvTensorName(layers, 'key'))) layers++;
+  if (ids) layers = ids.length;
+  else while (tensors.has(kvTensorName(layers, 'key'))) layers++;
   if (layers === 0) throw invalid(source, `no tensor named ${kvTensorName(0, 'key')}; expected present.{i}.key|value`);
-  const first = tensors.get(kvTensorName(0, 'key'))!;
+  const id = (l: number) => (ids ? ids[l] : l);
+  const first = tensors.get(kvTensorName(id(0), 'key'))!;
   if (first.shape.length !== 4 || first.shape[0] !== 1) {
-    throw invalid(source, `${kvTensorName(0, 'key')} has shape [${first.shape}]; expected [1, kv_heads, tokens, head_dim]`);
+    throw invalid(source, `${kvTensorName(id(0), 'key')} has shape [${first.shape}]; expected [1, kv_heads, tokens, head_dim]`);
   }
   if (first.dtype !== 'F16' && first.dtype !== 'F32' && first.dtype !== 'BF16')
-    throw invalid(source, `${kvTensorName(0, 'key')} is ${first.dtype}; expected F16, F32 or BF16`);
+    throw invalid(source, `${kvTensorName(id(0), 'key')} is ${first.dtype}; expected F16, F32 or BF16`);
   const [, kvHeads, tokens, headDim] = first.shape;
   // Values may be narrower or wider than keys (MLA latents): their shape is present.0.value's.
-  const firstValue = tensors.get(kvTensorName(0, 'value'));
-  if (!firstValue) throw invalid(source, `missing ${kvTensorName(0, 'value')} (found ${kvTensorName(0, 'key')})`);
+  const firstValue = tensors.get(kvTensorName(id(0), 'value'));
+  if (!firstValue) throw invalid(source, `missing ${kvTensorName(id(0), 'value')} (found ${kvTensorName(id(0), 'key')})`);
   const valueShape = [1, kvHeads, tokens, firstValue.shape[3]];
   if (firstValue.shape.length !== 4 || firstValue.shape.slice(0, 3).join() !== valueShape.slice(0, 3).join() || !(firstValue.shape[3] >= 1))
     throw invalid(
       source,
-      `${kvTensorName(0, 'value')} has shape [${firstValue.shape}]; expected [1, ${kvHeads}, ${tokens}, value_head_dim] (the keys' heads and tokens)`,
+      `${kvTensorName(id(0), 'value')} has shape [${firstValue.shape}]; expected [1, ${kvHeads}, ${tokens}, value_head_dim] (the keys' heads and tokens)`,
     );
   const valueDim = firstValue.shape[3];
   // BF16 (a float32 with its low half dropped) reads exactly as float32; only F16 stays float16.
@@ -111,10 +138,10 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
   const values: Float32Array[] = [];
   for (let l = 0; l < layers; l++) {
     for (const kind of ['key', 'value'] as const) {
-      const name = kvTensorName(l, kind);
+      const name = kvTensorName(id(l), kind);
       const t = tensors.get(name);
-      if (!t) throw invalid(source, `missing ${name} (found ${kvTensorName(l, 'key')})`);
-      if (t.dtype !== first.dtype) throw invalid(source, `${name} is ${t.dtype} but ${kvTensorName(0, 'key')} is ${first.dtype}`);
+      if (!t) throw invalid(source, `missing ${name} (found ${kvTensorName(id(l), 'key')})`);
+      if (t.dtype !== first.dtype) throw invalid(source, `${name} is ${t.dtype} but ${kvTensorName(id(0), 'key')} is ${first.dtype}`);
       const want = kind === 'key' ? first.shape : valueShape;
       if (t.shape.join() !== want.join()) throw invalid(source, `${name} has shape [${t.shape}], expected [${want}]`);
       const hd = kind === 'key' ? headDim : valueDim;
@@ -134,9 +161,12 @@ export function kvCacheFromSafetensors(file: SafetensorsFile, source = '<buffer>
       (kind === 'key' ? keys : values).push(a);
     }
   }
-  if (tensors.has(kvTensorName(layers, 'value'))) throw invalid(source, `${kvTensorName(layers, 'value')} has no matching key`);
+  // A file named by model layer may hold more layers than the profile reads (another stage's).
+  const ownOrder = !ids || ids.every((n, i) => n === i);
+  if (!ids && tensors.has(kvTensorName(layers, 'value'))) throw invalid(source, `${kvTensorName(layers, 'value')} has no matching key`);
   const declared = metadata.layers === undefined ? undefined : Number(metadata.layers);
-  if (declared !== undefined && declared !== layers) throw invalid(source, `metadata says ${declared} layers but the file has ${layers}`);
+  if (ownOrder && declared !== undefined && declared !== layers)
+    throw invalid(source, `metadata says ${declared} layers but the file has ${layers}`);
   const startPosition = metadata.start_position === undefined ? 0 : Number(metadata.start_position);
   if (!Number.isInteger(startPosition) || startPosition < 0)
     throw invalid(source, `metadata start_position "${metadata.start_position}" is not a non-negative integer`);
@@ -156,10 +186,10 @@ function bf16ToFloat(h: Uint16Array): Float32Array {
   return new Float32Array(u.buffer);
 }
 
-export async function readKvCache(path: string): Promise<KvFile> {
-  return kvCacheFromSafetensors(await readSafetensors(path), path);
+export async function readKvCache(path: string, cacheLayers?: readonly number[]): Promise<KvFile> {
+  return kvCacheFromSafetensors(await readSafetensors(path), path, cacheLayers);
 }
 
-export function parseKvCache(bytes: Uint8Array, source = '<buffer>'): KvFile {
-  return kvCacheFromSafetensors(parseSafetensors(bytes, source), source);
+export function parseKvCache(bytes: Uint8Array, source = '<buffer>', cacheLayers?: readonly number[]): KvFile {
+  return kvCacheFromSafetensors(parseSafetensors(bytes, source), source, cacheLayers);
 }

@@ -92,3 +92,40 @@ describe('kv-io: value heads of another width, BF16', () => {
     expect(keys[0].some((v, i) => v !== c.keys[0][i])).toBe(true); // the test values did lose bits to bf16
   });
 });
+
+describe("kv-io: a format-3 profile's cache layers read by model layer or in the profile's order", () => {
+  /** The cache `c` saved with its layers named `ids` (as a KV dump names them by model layer). */
+  const named = (c: KvCache, ids: number[]) => {
+    const tensors = new Map<string, TensorEntry>();
+    ids.forEach((id, l) => {
+      tensors.set(`present.${id}.key`, { dtype: 'F32', shape: [1, 1, c.tokens, c.headDim], data: bytesOf(c.keys[l]) });
+      tensors.set(`present.${id}.value`, { dtype: 'F32', shape: [1, 1, c.tokens, c.valueDim!], data: bytesOf(c.values[l]) });
+    });
+    return serializeSafetensors(tensors, { start_position: String(c.startPosition) });
+  };
+
+  it('a file named by model layer (a dump) and one in the profile order (kvtc decode) read the same cache', () => {
+    const c = mlaCache('float32');
+    expect(parseKvCache(named(c, [1, 3]), 'dump', [1, 3]).cache).toEqual(c);
+    expect(parseKvCache(serializeKvCache(c), 'decoded', [1, 3]).cache).toEqual(c);
+  });
+
+  it("a whole-model file read for one pipeline stage's layers takes those layers", () => {
+    const c = mlaCache('float32');
+    const other = mlaCache('float32');
+    const whole = {
+      ...c,
+      layers: 4,
+      keys: [other.keys[0], c.keys[0], other.keys[1], c.keys[1]],
+      values: [other.values[0], c.values[0], other.values[1], c.values[1]],
+    };
+    expect(parseKvCache(serializeKvCache(whole), 'whole', [1, 3]).cache).toEqual(c);
+  });
+
+  it('a file with neither naming is refused, naming what it has and what the profile needs', () => {
+    const c = mlaCache('float32');
+    expect(() => parseKvCache(named(c, [0, 2]), 'odd.safetensors', [1, 3])).toThrow(
+      /odd\.safetensors: the file's layers are present\.\{0,2\}; the profile's cache layers are model layers 1,3/,
+    );
+  });
+});
