@@ -34,18 +34,29 @@ export interface DumpRank {
 export interface ShardRequest {
   tp: number;
   pp: number;
+  /**
+   * Whose pipeline split when the stages do not divide the layers evenly: vLLM's (default) gives
+   * the extra layers to the stages before the last, SGLang's to the last ones (ppIndices).
+   */
+  split?: 'vllm' | 'sglang';
 }
 
-/** "tp=2,pp=2" (either may be left out: 1). */
+/** "tp=2,pp=2[,split=vllm|sglang]" (tp or pp left out: 1; split left out: vllm). */
 export function parseShards(text: string): ShardRequest {
   const out: ShardRequest = { tp: 1, pp: 1 };
   const seen = new Set<string>();
   for (const part of text.split(',')) {
     const m = /^\s*(tp|pp)\s*=\s*(\d+)\s*$/.exec(part);
+    const split = /^\s*split\s*=\s*(vllm|sglang)\s*$/.exec(part);
+    if (split && !seen.has('split')) {
+      seen.add('split');
+      out.split = split[1] as 'vllm' | 'sglang';
+      continue;
+    }
     if (!m || seen.has(m[1]) || Number(m[2]) < 1 || Number(m[2]) > 0xffff) {
       throw new UsageError(
-        `--shards ${JSON.stringify(text)} is not of the form tp=T,pp=P`,
-        'Give the tensor-parallel and pipeline-parallel sizes to cut the dump into, e.g. --shards tp=2,pp=2 (each a whole number from 1; one left out is 1).',
+        `--shards ${JSON.stringify(text)} is not of the form tp=T,pp=P[,split=vllm|sglang]`,
+        "Give the tensor-parallel and pipeline-parallel sizes to cut the dump into, e.g. --shards tp=2,pp=2 (each a whole number from 1; one left out is 1); add split=sglang when the server is SGLang and the stages do not divide the layers evenly (vLLM's split is the default).",
         { option: '--shards', value: text },
       );
     }
@@ -62,11 +73,14 @@ export function parseShards(text: string): ShardRequest {
  * 2..remainder+1), so the last stage (final norm, LM head) and, when the remainder allows, the
  * first (embeddings) get no extra layer. Returns [start, end) of model layers.
  */
-export function ppIndices(numLayers: number, ppRank: number, ppSize: number): [number, number] {
+export function ppIndices(numLayers: number, ppRank: number, ppSize: number, split: 'vllm' | 'sglang' = 'vllm'): [number, number] {
   const per = Math.floor(numLayers / ppSize);
   const parts = new Array<number>(ppSize).fill(per);
   const remaining = numLayers % ppSize;
-  for (let i = 2; i < remaining + 2; i++) parts[ppSize - i] += 1;
+  // SGLang's get_pp_indices (python/kvtc/sglang.py pp_layer_range, cited there): the last
+  // `remaining` stages take one layer more.
+  if (split === 'sglang') for (let i = 1; i <= remaining; i++) parts[ppSize - i] += 1;
+  else for (let i = 2; i < remaining + 2; i++) parts[ppSize - i] += 1;
   const start = parts.slice(0, ppRank).reduce((a, b) => a + b, 0);
   return [start, start + parts[ppRank]];
 }
@@ -126,7 +140,7 @@ export function cutDump(dump: KvDump, req: ShardRequest): DumpRank[] {
   }
   const ranks: DumpRank[] = [];
   for (let p = 0; p < req.pp; p++) {
-    const [start, end] = ppIndices(m.modelLayers, p, req.pp);
+    const [start, end] = ppIndices(m.modelLayers, p, req.pp, req.split);
     const layerIdx = m.cacheLayers.map((l, i) => (l >= start && l < end ? i : -1)).filter((i) => i >= 0);
     if (layerIdx.length === 0) {
       throw new KvtcError(

@@ -142,8 +142,8 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
       'calibrate from a KV dump instead of running a model (docs/kv-dumps.md): a directory with kvtc-dump.json and seq-*.safetensors (python -m kvtc capture / convert-sglang), or one tp_<t>_pp_<p>/ dump per rank (a profile per rank); not with --model/--onnx/--data, and --chunk does not apply',
     )
     .option(
-      '--shards <tp=T,pp=P>',
-      "with --kv on a whole-model dump: cut it as a serving engine shards the model (pipeline stages by vLLM's get_pp_indices, KV heads split over tensor ranks) and write one profile per rank under OUT/tp_<t>_pp_<p>/ with OUT/kvtc-shards.json",
+      '--shards <tp=T,pp=P[,split=vllm|sglang]>',
+      "with --kv on a whole-model dump: cut it as a serving engine shards the model (pipeline stages by vLLM's get_pp_indices, or SGLang's with split=sglang — they differ when the stages do not divide the layers evenly; KV heads split over tensor ranks) and write one profile per rank under OUT/tp_<t>_pp_<p>/ with OUT/kvtc-shards.json",
     )
     .option('--strict-data', 'a file in a --data directory that is not UTF-8 text is an error (default: skipped with a warning)', false)
     .option(

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { calibrateKv, SHARDS_INDEX, type KvCalibrateResult } from '../../src/calibrate/calibrate-kv.js';
 import { openKvDump, readDumpSequence } from '../../src/calibrate/kv-dump.js';
-import { openDumpRanks, ppIndices, tpHeads } from '../../src/calibrate/kv-shards.js';
+import { openDumpRanks, parseShards, ppIndices, tpHeads } from '../../src/calibrate/kv-shards.js';
 import { KvtcError } from '../../src/errors.js';
 import { loadModel } from '../../src/model/load.js';
 import { ModelRunner } from '../../src/model/runner.js';
@@ -35,6 +35,26 @@ describe('pipeline and tensor cuts', () => {
     expect(sizes(32, 4)).toEqual([8, 8, 8, 8]);
     for (let n = 1; n <= 40; n++)
       for (let p = 1; p <= n && p <= 9; p++) for (let r = 0; r < p; r++) expect(ppIndices(n, r, p)).toEqual(vllmGetPpIndices(n, r, p));
+  });
+
+  it("ppIndices with split=sglang is SGLang's get_pp_indices: remainders to the last stages (as python -m kvtc convert-sglang reads them)", () => {
+    // 5 layers on 2 stages [2, 3] (vLLM: [3, 2]); 7 on 4 [1, 2, 2, 2]; 6 on 4 [1, 1, 2, 2]; even splits agree with vLLM's.
+    const sizes = (n: number, p: number) => Array.from({ length: p }, (_, r) => ppIndices(n, r, p, 'sglang')).map(([a, b]) => b - a);
+    expect(sizes(5, 2)).toEqual([2, 3]);
+    expect(sizes(7, 4)).toEqual([1, 2, 2, 2]);
+    expect(sizes(6, 4)).toEqual([1, 1, 2, 2]);
+    expect(sizes(32, 4)).toEqual([8, 8, 8, 8]);
+    for (let n = 1; n <= 40; n++)
+      for (let p = 1; p <= n && p <= 9; p++) {
+        const s = sizes(n, p);
+        expect(s.reduce((a, b) => a + b, 0)).toBe(n);
+        expect(Math.max(...s) - Math.min(...s)).toBeLessThanOrEqual(1);
+        // Contiguous, in order, and the larger stages last.
+        expect([...s].sort((a, b) => a - b)).toEqual(s);
+        expect(ppIndices(n, p - 1, p, 'sglang')[1]).toBe(n);
+      }
+    expect(parseShards('tp=2,pp=2,split=sglang')).toEqual({ tp: 2, pp: 2, split: 'sglang' });
+    expect(() => parseShards('tp=2,split=tensorrt')).toThrow(/not of the form tp=T,pp=P\[,split=vllm\|sglang\]/);
   });
 
   it('tpHeads splits KV heads evenly, and replicates when there are fewer heads than ranks', () => {
