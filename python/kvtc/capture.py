@@ -1135,7 +1135,13 @@ def add_subcommand(sub) -> None:
         description="Needs the capture extra: " + INSTALL + ".",
     )
     c.add_argument("--model", required=True, metavar="DIR_OR_ID", help="transformers model directory or hub id")
-    c.add_argument("--data", required=True, nargs="+", metavar="FILE", help="calibration text: UTF-8 files, or .jsonl with a text field")
+    c.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="calibration text: UTF-8 files, directories of *.txt files (sorted by name), or .jsonl with a text field",
+    )
     c.add_argument("--out", required=True, metavar="DIR", help="the dump directory to write (must not exist or be empty; see --force)")
     c.add_argument("--tokens", type=int, default=65536, metavar="N", help="tokens to capture in all (default 65536)")
     c.add_argument("--seq-len", type=int, default=2048, metavar="L", help="tokens per sequence, BOS included (default 2048)")
@@ -1164,13 +1170,33 @@ def _stderr_progress(total: int):
     return report
 
 
+def _data_files(paths: Sequence[str]) -> List[str]:
+    """--data as files: a file as it is, a directory as every *.txt directly inside it, sorted by
+    name (as `kvtc calibrate --data` reads one)."""
+    files: List[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith(".txt") and os.path.isfile(os.path.join(path, n)))
+            if not names:
+                raise KvtcError(
+                    "DATA_INVALID",
+                    f"--data {path}: directory has no .txt files",
+                    "Put UTF-8 .txt files in it, or pass a file.",
+                    {"file": path},
+                )
+            files.extend(os.path.join(path, n) for n in names)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise KvtcError("DATA_INVALID", f"--data {path} does not exist", "Check the path.", {"file": path})
+    return files
+
+
 def run(a) -> Dict[str, Any]:
     for flag, v in (("--tokens", a.tokens), ("--seq-len", a.seq_len), ("--max-sequences", a.max_sequences)):
         if v is not None and v < 1:
             raise KvtcError("USAGE", f"{flag} must be at least 1, got {v}", f"Pass a positive {flag}.")
-    for path in a.data:
-        if not os.path.isfile(path):
-            raise KvtcError("DATA_INVALID", f"--data {path} does not exist", "Check the path.", {"file": path})
+    a.data = _data_files(a.data)
     DumpDir(a.out, a.force).abort()  # refuse a bad --out before loading the model (creates and removes its temp dir)
     t0 = time.perf_counter()
     model, tokenizer, place = load_model(a.model, dtype=a.dtype, device=a.device, device_map=a.device_map)

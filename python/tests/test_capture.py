@@ -513,6 +513,20 @@ def test_cli_capture(model_dir, tmp_path, capsys):
         main(["capture", "--model", str(model_dir), "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x"), "--json"]) == 1
     )
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "DATA_INVALID"
+    # A directory is its *.txt files sorted by name (as kvtc calibrate --data reads one); one without any is refused.
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "b.txt").write_text(text.read_text("utf-8"), "utf-8")
+    (texts / "a.txt").write_text(text.read_text("utf-8"), "utf-8")
+    (texts / "skip.md").write_text("not read", "utf-8")
+    from kvtc.capture import _data_files
+
+    assert _data_files([str(texts)]) == [str(texts / "a.txt"), str(texts / "b.txt")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["capture", "--model", str(model_dir), "--data", str(empty), "--out", str(tmp_path / "x"), "--json"]) == 1
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert err["code"] == "DATA_INVALID" and "directory has no .txt files" in err["message"]
 
 
 def test_bfloat16_dump_holds_the_models_bits(tmp_path):
