@@ -14,7 +14,7 @@ import type { KvCache } from '../model/types.js';
 import type { ProgressFn } from '../progress.js';
 import type { CacheCodec } from './cache-codec.js';
 import type { PerplexityWindow } from './records.js';
-import { logSoftmax } from './stats.js';
+import { passTokens } from './memory.js';
 
 export interface PerplexityOptions {
   /** Tokens of text to use (whole windows only). */
@@ -55,10 +55,23 @@ export function leadingTokens(encode: (text: string) => number[], text: string, 
   }
 }
 
+/**
+ * −log p(target) from one row of logits: logSoftmax(row)[target] (stats.ts) with the same
+ * float64 arithmetic, without allocating a vocabulary-sized array per row.
+ */
+export function rowNll(row: Float32Array, target: number): number {
+  let m = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i] > m) m = row[i];
+  if (m === -Infinity) return NaN;
+  let s = 0;
+  for (let i = 0; i < row.length; i++) s += Math.exp(row[i] - m);
+  return -(row[target] - m - Math.log(s));
+}
+
 /** Σ −log p(targets[j]) with logits: Float32Array // [targets.length, vocab]. */
 function sumNll(logits: Float32Array, targets: readonly number[], vocab: number): number {
   let s = 0;
-  for (let j = 0; j < targets.length; j++) s -= logSoftmax(logits.subarray(j * vocab, (j + 1) * vocab))[targets[j]];
+  for (let j = 0; j < targets.length; j++) s += rowNll(logits.subarray(j * vocab, (j + 1) * vocab), targets[j]);
   return s;
 }
 
@@ -103,15 +116,31 @@ export async function scorePerplexityWindow(
   codecs: readonly CacheCodec[],
   plan: PerplexityPlan,
   w: number,
-): Promise<PerplexityWindow> {
+  /** Tokens per forward pass; default passTokens(vocabulary). */
+  chunk?: number,
+  /** Checked between codecs: null when it aborted (the window is not half-scored). */
+  signal?: AbortSignal,
+): Promise<PerplexityWindow | null> {
   const { window, context } = plan;
   const vocabSize = runner.spec.vocabSize;
   const win = plan.ids.slice(w * window, (w + 1) * window);
   // Cache: win[0, context−1); fed: win[context−1, window−1); targets: win[context, window).
-  const { cache } = await runner.prefill(win.slice(0, context - 1));
+  const step = chunk ?? passTokens(vocabSize);
+  const { cache } = await runner.prefill(win.slice(0, context - 1), { chunk: step });
   const fed = win.slice(context - 1, window - 1);
   const targets = win.slice(context);
-  const score = async (past: KvCache) => sumNll((await runner.forward(fed, past)).logits, targets, vocabSize);
+  // Fed in pieces of `step` tokens, each extending the cache of the ones before, so no pass
+  // returns more than MAX_LOGITS_BYTES of logits (memory.ts).
+  const score = async (past: KvCache) => {
+    let nll = 0;
+    let cur = past;
+    for (let i = 0; i < fed.length; i += step) {
+      const r = await runner.forward(fed.slice(i, i + step), cur);
+      nll += sumNll(r.logits, targets.slice(i, i + step), vocabSize);
+      cur = r.present;
+    }
+    return nll;
+  };
   const out: PerplexityWindow = {
     index: w,
     scored: targets.length,
@@ -120,6 +149,7 @@ export async function scorePerplexityWindow(
     codecs: {},
   };
   for (const codec of codecs) {
+    if (signal?.aborted) return null;
     const rec = await codec.apply(cache);
     out.codecs[codec.name] = { nll: await score(rec.cache), compressedTokens: rec.compressedTokens };
   }
@@ -167,7 +197,7 @@ export async function evaluatePerplexity(
   const plan = planPerplexity(runner, text, opts);
   const windows: PerplexityWindow[] = [];
   for (let w = 0; w < plan.windows; w++) {
-    windows.push(await scorePerplexityWindow(runner, codecs, plan, w));
+    windows.push((await scorePerplexityWindow(runner, codecs, plan, w))!);
     opts.onProgress?.({ stage: 'perplexity', done: w + 1, total: plan.windows, unit: 'window' });
   }
   return combinePerplexity(

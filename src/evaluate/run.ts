@@ -28,6 +28,7 @@ import type { CacheCodec } from './cache-codec.js';
 import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS } from './longcontext.js';
 import { encodeRequest, planScoring, scoreContinuations, type EncodedRequest } from './scoring.js';
 import { argmax } from './stats.js';
+import { passTokens } from './memory.js';
 
 export interface EvaluateOptions {
   runner: ModelRunner;
@@ -156,7 +157,7 @@ export async function scoreRequest(
     const plan = planScoring(ctx[ctx.length - 1], conts);
     const put = (into: number[], scores: ArrayLike<number>) => group.members.forEach((i, k) => (into[i] = scores[k]));
     let t = now();
-    const past = ctx.length > 1 ? (await runner.prefill(ctx.slice(0, -1))).cache : null;
+    const past = ctx.length > 1 ? (await runner.prefill(ctx.slice(0, -1), { chunk: passTokens(runner.spec.vocabSize) })).cache : null;
     timing.prefillSeconds += now() - t;
     t = now();
     const scores = await scoreContinuations(runner, past, conts, plan);
@@ -209,7 +210,7 @@ async function journaled<T>(
   journal: JournalSink | undefined,
   key: string,
   kind: 'mmlu' | 'long_context' | 'perplexity',
-  score: (timing: ScoringTiming) => Promise<T>,
+  score: (timing: ScoringTiming) => Promise<T | null>,
   codecNames: readonly string[],
 ): Promise<{ value: T; seconds: ItemTiming; resumed: boolean } | null> {
   const done = journal?.get(key);
@@ -219,13 +220,14 @@ async function journaled<T>(
   }
   const timing: ScoringTiming = { prefillSeconds: 0, scoringSeconds: 0, codecSeconds: Object.fromEntries(codecNames.map((c) => [c, 0])) };
   const t = now();
-  let value: T;
+  let value: T | null;
   try {
     value = await score(timing);
   } catch (e) {
     if (e instanceof ItemAborted) return null;
     throw e;
   }
+  if (value === null) return null;
   const seconds: ItemTiming = {
     wall: now() - t,
     prefill: timing.prefillSeconds,
@@ -356,10 +358,9 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
         journal,
         `perplexity/${w}`,
         'perplexity',
-        () => scorePerplexityWindow(runner, codecs, plan, w),
+        () => scorePerplexityWindow(runner, codecs, plan, w, undefined, opts.signal),
         codecNames,
       );
-      // Perplexity windows are scored whole; an abort is seen between windows.
       if (!item) break;
       perplexitySeconds += item.seconds.wall;
       if (item.resumed) {

@@ -3,6 +3,7 @@
  * again ends with the records an uninterrupted run gives; a journal of other settings is refused
  * naming them; a last line cut short by a kill is dropped and its item scored again.
  */
+import { spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +13,7 @@ import { main } from '../../src/cli/main.js';
 import { evaluate, type EvaluateModelOptions } from '../../src/evaluate/evaluate.js';
 import { configDifferences, configHash, EvaluationJournal, type JournalEntry } from '../../src/evaluate/journal.js';
 import type { EvaluateResult } from '../../src/evaluate/run.js';
+import { REPO } from '../helpers/process.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kvtc-journal-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -197,6 +199,61 @@ describe('evaluation journal', () => {
     expect(code).toBe(0);
     expect(existsSync(report)).toBe(true);
     expect(existsSync(`${report}.journal.jsonl`)).toBe(false);
+  });
+});
+
+describe('SIGTERM', () => {
+  // A real process and a real signal. No bound on time (a hang is caught by the SIGKILL guard): the
+  // property is that it stops partway, exits 130, keeps the journal, and a rerun completes from it.
+  it('stops an evaluate run with 130, keeps the journal and says how to resume; the same command then finishes from it', async () => {
+    const dir = mkdtempSync(join(root, 'term-'));
+    const report = join(dir, 'r.md');
+    const journal = `${report}.journal.jsonl`;
+    const args = [
+      'evaluate',
+      '--subjects',
+      'marketing',
+      '--limit',
+      '80',
+      '--codec',
+      'int8',
+      '--perplexity-tokens',
+      '0',
+      '--long-context',
+      '0',
+      '--report',
+      report,
+    ];
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/kvtc-entry.ts', ...args], {
+      cwd: REPO,
+      env: { ...process.env, TSX_DISABLE_CACHE: '1' },
+    });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    // Signalled once the journal holds two items: partway, whatever the machine's speed.
+    const watch = setInterval(() => {
+      if (existsSync(journal) && lines(journal).length >= 3) {
+        clearInterval(watch);
+        child.kill('SIGTERM');
+      }
+    }, 20);
+    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    clearInterval(watch);
+    clearTimeout(guard);
+    expect(code, stderr).toBe(130);
+    expect(stderr).toContain(`run the same command again to resume`);
+    const kept = lines(journal).length - 1;
+    expect(kept).toBeGreaterThanOrEqual(2);
+    expect(kept).toBeLessThan(80);
+
+    const io = memoryIO();
+    expect(await main(['node', 'kvtc', ...args, '--json'], io)).toBe(0);
+    const doc = JSON.parse(io.stdout.join('\n'));
+    expect(doc.n).toBe(80);
+    expect(doc.partial).toBeNull();
+    expect(io.stderr.join('\n')).toContain(`${kept} item(s) taken from an earlier run`);
+    expect(existsSync(journal)).toBe(false);
   });
 });
 
