@@ -5,7 +5,7 @@
  *   candidate grouping, one forward pass) → captureCaches (tuning, report) → for each candidate
  *   grouping: fitCandidate (eigen + error tables on the tuning caches) → for each ratio:
  *   allocateForRatio (DP + budget-scale search, sized and measured on the tuning caches) →
- *   chooseGrouping (smallest tuning error) → measurePlans on the report caches → write.
+ *   chooseGrouping (smallest tuning error; larger bases only when over 2% better) → measurePlans on the report caches → write.
  *
  * Three disjoint splits of the calibration text, so the numbers a user reads are not tuned on:
  * the fit split gives the PCA bases; the tuning split the clip ranges (cross-validated within it,
@@ -602,6 +602,29 @@ export function groupingScore(m: Pick<Measurement, 'relKey' | 'relValue'>): numb
   return (mean(m.relKey) + mean(m.relValue)) / 2;
 }
 
+/**
+ * How much lower (relative) a grouping's tuning score must be to be kept over one whose bases
+ * store fewer floats. Measured on SmolLM2-135M (docs/real-models.md): at 16x one basis over all
+ * 30 layers scored 0.6% below 16 layers per basis — less than the report interval's half-width
+ * (about 3% relative on keys) — with twice the stored basis (104 MB vs about 54 MB, past
+ * GitHub's 100 MB file limit). A gain the tuning split cannot resolve is not worth the size.
+ */
+export const AUTO_GROUPING_MIN_GAIN = 0.02;
+
+/** Floats a grouping's plans store in their bases (p × kept rank, summed): what its profile's size grows with. */
+export function storedBasisFloats(plans: Pick<BasisPlan, 'dim' | 'rank'>[]): number {
+  return plans.reduce((a, p) => a + p.dim * p.rank, 0);
+}
+
+/**
+ * Whether `auto` keeps candidate `c` over the best so far: a lower score with no larger bases, or
+ * a score lower by more than AUTO_GROUPING_MIN_GAIN (relative) if its bases are larger.
+ */
+export function groupingBeats(c: { score: number; floats: number }, best: { score: number; floats: number }): boolean {
+  if (!(c.score < best.score)) return false;
+  return c.floats <= best.floats || c.score < best.score * (1 - AUTO_GROUPING_MIN_GAIN);
+}
+
 /** Stored static components with a tuned clip range, and with min/max (static-range.ts crossValidatedRange). */
 export function clipRangeCounts(plans: BasisPlan[], tables: AllocationTables[]): { tuned: number; min_max: number } {
   let tuned = 0;
@@ -678,7 +701,7 @@ export interface FitAndWriteInput {
 /**
  * Steps 5-7 of every source of caches (a model run, a KV dump): per candidate grouping, the bases
  * and error tables, per ratio the allocation and its measurement on the tuning caches, the
- * grouping with the smallest tuning error, then the report-split figures and the profile written.
+ * grouping with the smallest tuning error (groupingBeats), then the report-split figures and the profile written.
  */
 export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: RatioResult[]; plans: number; randomized: number }> {
   const { opts, spec, candidates, states, tuning, report, outDirs, entropy, progress, timer } = x;
@@ -721,7 +744,8 @@ export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: Rati
         rel_error: { key: mean(m.relKey), value: mean(m.relValue) },
       });
       const best = chosen[ri];
-      if (!best || groupingScore(m) < groupingScore(best.tuning)) {
+      const here = { score: groupingScore(m), floats: storedBasisFloats(plans) };
+      if (!best || groupingBeats(here, { score: groupingScore(best.tuning), floats: storedBasisFloats(best.plans) })) {
         chosen[ri] = {
           grouping,
           plans,

@@ -167,7 +167,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', String(CAL.window))
     .option(
       '--grouping <g>',
-      'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"',
+      'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio, a grouping with larger bases only if it is over 2% better; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"',
       CAL.grouping,
     )
     .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', String(CAL.chunk))
