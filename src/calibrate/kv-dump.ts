@@ -22,9 +22,10 @@ import { DTYPE_BYTES, scanSafetensors, type SafetensorsDtype, type TensorEntry }
 import type { KvCache, KvDtype, ModelSpec } from '../model/types.js';
 import { RopeScalingSchemaV2 } from '../profile/schema.js';
 import { kvDumpFingerprintId } from '../profile/format3.js';
+import { ropeScalingFromJson } from '../profile/rope.js';
 import { decodeUtf8Strict, findDuplicateKey } from '../profile/strict-json.js';
 import { ropeInvFreq } from '../rope/freqs.js';
-import type { LayerRope, RopeScaling, RopeSpec } from '../rope/types.js';
+import type { LayerRope, RopeSpec } from '../rope/types.js';
 
 export const KV_DUMP_MANIFEST = 'kvtc-dump.json';
 export const KV_DUMP_FORMAT = 'kvtc-kv-dump';
@@ -200,37 +201,6 @@ export function dumpFingerprint(model: DumpManifest['model']): { id: string; spe
   return { id: kvDumpFingerprintId(specSha256), specSha256 };
 }
 
-function scalingOf(s: z.infer<typeof RopeScalingSchemaV2>): RopeScaling {
-  switch (s.type) {
-    case 'linear':
-      return { type: 'linear', factor: s.factor };
-    case 'llama3':
-      return {
-        type: 'llama3',
-        factor: s.factor,
-        lowFreqFactor: s.low_freq_factor,
-        highFreqFactor: s.high_freq_factor,
-        originalMaxPositionEmbeddings: s.original_max_position_embeddings,
-      };
-    case 'yarn':
-      return {
-        type: 'yarn',
-        factor: s.factor,
-        originalMaxPositionEmbeddings: s.original_max_position_embeddings,
-        betaFast: s.beta_fast,
-        betaSlow: s.beta_slow,
-        truncate: s.truncate,
-      };
-    case 'longrope':
-      return {
-        type: 'longrope',
-        shortFactor: [...s.short_factor],
-        longFactor: [...s.long_factor],
-        originalMaxPositionEmbeddings: s.original_max_position_embeddings,
-      };
-  }
-}
-
 /**
  * One model layer's RoPE from the manifest, checked: rotary_dim even and ≤ head_dim, and kvtc's
  * frequencies for the description equal to the model's inv_freq within 1e-6 relative (longrope:
@@ -254,7 +224,7 @@ export function dumpLayerRope(file: string, layer: number, e: RopeEntry, headDim
     theta: e.theta,
     rotaryDim: e.rotary_dim,
     layout: e.layout,
-    ...(e.scaling ? { scaling: scalingOf(e.scaling) } : {}),
+    ...(e.scaling ? { scaling: ropeScalingFromJson(e.scaling) } : {}),
     ...(e.attention_factor !== undefined && e.attention_factor !== 1 ? { attentionFactor: e.attention_factor } : {}),
   };
   const lengths = spec.scaling?.type === 'longrope' ? [0, spec.scaling.originalMaxPositionEmbeddings + 1] : [0];

@@ -24,7 +24,8 @@ type V1Rope = Extract<ManifestRope, { theta: number }>;
 /** One group of format v2's `model.rope`. */
 export type RopeGroup = Exclude<ManifestRope, V1Rope>[number];
 
-function fromScalingJson(s: Record<string, unknown>): RopeScaling {
+/** A manifest's (or a KV dump's) snake_case scaling object as kvtc's RopeScaling. */
+export function ropeScalingFromJson(s: Record<string, unknown>): RopeScaling {
   const n = (k: string) => s[k] as number;
   switch (s.type) {
     case 'linear':
@@ -68,7 +69,7 @@ function groupRope(g: RopeGroup): LayerRope {
     theta: g.theta,
     rotaryDim: g.rotary_dim,
     layout: g.layout,
-    ...(g.scaling ? { scaling: fromScalingJson(g.scaling) } : {}),
+    ...(g.scaling ? { scaling: ropeScalingFromJson(g.scaling) } : {}),
     ...(g.attention_factor !== undefined && g.attention_factor !== 1 ? { attentionFactor: g.attention_factor } : {}),
   };
 }
@@ -82,7 +83,7 @@ export function ropeFromManifest(m: Pick<Manifest, 'model'>): LayerRope[] {
   if (!Array.isArray(r)) {
     const s = r.scaling;
     return uniformModelRope(
-      { theta: r.theta, rotaryDim: r.rotary_dim, layout: r.layout, ...(s ? { scaling: fromScalingJson(s) } : {}) },
+      { theta: r.theta, rotaryDim: r.rotary_dim, layout: r.layout, ...(s ? { scaling: ropeScalingFromJson(s) } : {}) },
       m.model.layers,
     );
   }
@@ -278,7 +279,7 @@ export function checkManifestRope(m: Manifest, fail: (msg: string) => void, maxS
         theta: g.theta,
         rotaryDim: g.rotary_dim,
         layout: g.layout as RopeSpec['layout'],
-        ...(s ? { scaling: fromScalingJson(s as Record<string, unknown>) } : {}),
+        ...(s ? { scaling: ropeScalingFromJson(s as Record<string, unknown>) } : {}),
       };
       const lens = spec.scaling?.type === 'longrope' ? [0, spec.scaling.originalMaxPositionEmbeddings + 1] : [0];
       for (const n of lens) {
