@@ -136,7 +136,7 @@ function jsMatMul({ A, B, m, k, n }: MatMulRequest): Float64Array {
  * G = X·Xᵀ + s·I = L·Lᵀ, X ← L⁻¹·X. `full` repeats unshifted passes until X·Xᵀ = I to ORTH_TOL;
  * otherwise one shifted pass (a well-conditioned basis of the same span is enough).
  */
-function* orthonormalizeRows(Xt: Float64Array, l: number, p: number, normal: () => number, full: boolean): Steps<Float64Array> {
+export function* orthonormalizeRows(Xt: Float64Array, l: number, p: number, normal: () => number, full: boolean): Steps<Float64Array> {
   let X = Xt;
   let fresh = true; // X not yet through a pass: shift, and skip the orthogonality test
   for (let pass = 0; pass < MAX_ORTH_PASSES; pass++) {
@@ -170,7 +170,7 @@ const NB = 128;
  * rows: listed, and factored as removed (unit diagonal, zero elsewhere in their row and column)
  * so the other rows still factor exactly.
  */
-function* choleskyBlocked(
+export function* choleskyBlocked(
   G: Float64Array,
   l: number,
   shift: number,
@@ -202,7 +202,7 @@ function* choleskyBlocked(
 }
 
 /** Q = L⁻¹·X for lower-triangular L [l, l] and X [l, p], by block forward substitution. */
-function* solveLowerRows(L: Float64Array, X: Float64Array, l: number, p: number): Steps<Float64Array> {
+export function* solveLowerRows(L: Float64Array, X: Float64Array, l: number, p: number): Steps<Float64Array> {
   const Q = new Float64Array(l * p);
   for (let j0 = 0; j0 < l; j0 += NB) {
     const j1 = Math.min(l, j0 + NB);
@@ -290,13 +290,13 @@ function randomUnitRow(X: Float64Array, j: number, p: number, normal: () => numb
 }
 
 /** Standard normal draws from mulberry32 (Box–Muller). */
-function gaussian(seed: number): () => number {
+export function gaussian(seed: number): () => number {
   const u = mulberry32(seed);
   return () => Math.sqrt(-2 * Math.log(Math.max(u(), 1e-300))) * Math.cos(2 * Math.PI * u());
 }
 
 /** The first k of descending values / vector rows Vt [≥k, p], with eigen.ts's sign rule (largest-magnitude entry positive). */
-function truncate(values: Float64Array, Vt: Float64Array, p: number, k: number): TruncatedEigen {
+export function truncate(values: Float64Array, Vt: Float64Array, p: number, k: number): TruncatedEigen {
   const vectorsT = Vt.slice(0, k * p);
   for (let j = 0; j < k; j++) {
     const o = j * p;
