@@ -152,17 +152,24 @@ export interface ReportMeta {
   date?: string;
 }
 
+/** "interrupted after 3 of 8 questions (…, perplexity not measured)": what a partial result covers. */
+export function partialSummary(p: NonNullable<EvaluateResult['partial']>): string {
+  const later = [
+    p.longContextPlanned !== undefined ? `${p.longContextScored} of ${p.longContextPlanned} long-context tasks` : '',
+    p.perplexityWindowsPlanned !== undefined
+      ? `${p.perplexityWindowsScored} of ${p.perplexityWindowsPlanned} perplexity windows scored`
+      : '',
+  ].filter(Boolean);
+  return `interrupted after ${p.questionsScored} of ${p.questionsPlanned} questions (${[...later, 'perplexity not measured'].join(', ')})`;
+}
+
 export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): string {
   const o = result.summary.overall;
   const codecs = result.settings.codecs.map((c) => c.name);
   const lines: string[] = [];
   lines.push(`# kvtc evaluate: ${result.model.name}`, '');
   if (meta.command) lines.push('```', meta.command, '```', '');
-  if (result.partial)
-    lines.push(
-      `> **Partial results**: interrupted after ${result.partial.questionsScored} of ${result.partial.questionsPlanned} questions (perplexity not measured).`,
-      '',
-    );
+  if (result.partial) lines.push(`> **Partial results**: ${partialSummary(result.partial)}.`, '');
   lines.push(
     ...(meta.version || meta.date ? [`- kvtc ${meta.version ?? ''}${meta.date ? `, run at ${meta.date}` : ''}`] : []),
     `- model: \`${result.model.name}\` (fingerprint \`${result.model.fingerprint}\`, ${result.model.maxPositions} positions)`,

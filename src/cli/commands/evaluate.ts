@@ -8,6 +8,7 @@ import {
   CODEC_HEADER,
   codecRows,
   notes,
+  partialSummary,
   sampleLines,
   PERPLEXITY_HEADER,
   perplexityRows,
@@ -128,10 +129,7 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
     `MMLU ${r.settings.shots}-shot · ${o.n} questions · ${o.subjects} subject(s) · lm-evaluation-harness prompt and log-likelihood scoring`,
   );
   if (profileNote) io.out(profileNote);
-  if (r.partial)
-    io.out(
-      `PARTIAL: interrupted after ${r.partial.questionsScored} of ${r.partial.questionsPlanned} questions; the figures below cover only those (perplexity not measured).`,
-    );
+  if (r.partial) io.out(`PARTIAL: ${partialSummary(r.partial)}; the figures below cover only what was scored.`);
   io.out('');
   io.out(table(CODEC_HEADER, codecRows(o)));
   io.out('');
