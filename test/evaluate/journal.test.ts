@@ -172,6 +172,16 @@ describe('evaluation journal', () => {
     expect(JSON.parse(lines(path)[0]).config).toMatchObject({ shots: 5, seed: 3 });
   });
 
+  it('a --journal that is also the --report file is a usage error before any work', async () => {
+    const file = join(root, 'same.md');
+    const io = memoryIO();
+    const code = await main(['node', 'kvtc', 'evaluate', '--subjects', 'marketing', '--report', file, '--journal', file, '--json'], io);
+    expect(code).toBe(2);
+    const doc = JSON.parse(io.stdout.join('\n'));
+    expect(doc.error).toMatchObject({ code: 'USAGE', message: expect.stringContaining('also the --report file') });
+    expect(existsSync(file)).toBe(false);
+  });
+
   it('the journal kvtc puts beside --report is gone once the report is written', async () => {
     const dir = mkdtempSync(join(root, 'beside-'));
     const report = join(dir, 'r.md');

@@ -1,6 +1,7 @@
 import { rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { z } from 'zod';
-import { KvtcError } from '../../errors.js';
+import { KvtcError, UsageError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { asIoError, checkOutputFile } from '../../io/output.js';
 import type { Profile } from '../../profile/read.js';
@@ -210,7 +211,16 @@ export function journalPath(opts: { journal?: string | false; report?: string; l
 export default async function evaluateCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
   const opts = parseOptions(schema, raw);
   const journal = journalPath(opts);
-  if (journal) checkOutputFile(journal, { force: true, option: '--journal' });
+  if (journal) {
+    checkOutputFile(journal, { force: true, option: '--journal' });
+    const clash = (['report', 'logSamples', 'plot'] as const).find((k) => opts[k] && resolve(opts[k]) === resolve(journal));
+    if (clash)
+      throw new UsageError(
+        `--journal ${journal} is also the ${clash === 'logSamples' ? '--log-samples' : `--${clash}`} file`,
+        'Give the journal a path of its own (or leave --journal out: it then goes beside the report).',
+        { journal },
+      );
+  }
   // Subjects, shots and device are checked before anything is loaded: a typo costs nothing.
   checkEvaluateOptions({ device: opts.device, subjects: opts.subjects, shots: opts.shots });
   // The report path is checked before hours of scoring, not after.
