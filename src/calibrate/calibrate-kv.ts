@@ -23,7 +23,7 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { mulberry32 } from '../random.js';
 import {
   fitAccumulator,
-  basisStates,
+  candidateStates,
   checkAbort,
   checkProfileTarget,
   checkRatios,
@@ -192,8 +192,10 @@ function dirName(name: string): string {
 type RankOutcome = RankResult & {
   plans: number;
   randomized: number;
+  sketched: number;
   groupings: string[];
   groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  groupings_sketched: string[];
 };
 
 /**
@@ -213,7 +215,10 @@ async function calibrateDump(
   const label = ranks.length > 1 ? ` (${ranks.length} ranks)` : ranks[0].label ? ` (${ranks[0].label})` : '';
   const plans = ranks.map((rank) => {
     const spec = rank.model.spec;
-    const candidates = groupingCandidates(spec, opts.grouping);
+    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
+      ratios: opts.ratios,
+      fixedCovarianceLimit: opts.covarianceBudget,
+    });
     const split = splitDumpSequences(rank.sequences, {
       seed: opts.seed,
       fitTokens: opts.tokens,
@@ -250,7 +255,7 @@ async function calibrateDump(
   const tuningRead = await read(split.tuning, 'tuning');
   const reportRead = await read(split.report, 'report');
   timer.lap('read');
-  const states = await Promise.all(plans.map((p) => Promise.all(p.candidates.fit.map((g) => basisStates(p.spec, g, opts.device)))));
+  const states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, opts.ratios)));
   const accs = plans.map((p, i) => fitAccumulator(p.spec, states[i], { sink: opts.sink }));
   const fitSources: DumpCache['source'][] = [];
   const total = tokensOf(split.fit);
@@ -328,8 +333,10 @@ async function calibrateDump(
       profiles: written.profiles,
       plans: written.plans,
       randomized: written.randomized,
+      sketched: written.sketched,
       groupings: candidates.fit.map(String),
       groupings_skipped: candidates.skipped,
+      groupings_sketched: candidates.sketched ?? [],
     });
   }
   return out;
@@ -415,12 +422,16 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     plans: r0.plans,
     groupings: r0.groupings,
     groupings_skipped: r0.groupings_skipped,
+    groupings_sketched: r0.groupings_sketched,
     randomized_bases: results.reduce((a, r) => a + r.randomized, 0),
+    sketched_bases: results.reduce((a, r) => a + r.sketched, 0),
     rope_check: r0.rope_check,
     profiles: results.flatMap((r) => r.profiles),
     seconds,
     skipped_data: [],
-    ranks: results.map(({ plans: _p, randomized: _r, groupings: _g, groupings_skipped: _s, ...r }) => r),
+    ranks: results.map(
+      ({ plans: _p, randomized: _r, sketched: _k, groupings: _g, groupings_skipped: _s, groupings_sketched: _h, ...r }) => r,
+    ),
     shards_index: index,
   };
 }

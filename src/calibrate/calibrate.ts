@@ -20,6 +20,7 @@ import { totalmem } from 'node:os';
 import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budget-scale.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
+import { createSketchAccumulator, nystromEigenAsync, sketchBytes, sketchShape, type SketchAccumulator } from '../fit/sketch.js';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
@@ -35,7 +36,7 @@ import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
-import { fitBases } from './fit-pool.js';
+import { fitBases, type FitJob } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
@@ -75,6 +76,13 @@ export interface CalibrateOptions {
   signal?: AbortSignal;
   /** A file in a --data directory that is not UTF-8 text is an error instead of skipped (--strict-data). */
   strictData?: boolean;
+  /**
+   * Bytes of float64 covariance held before bases are fitted from a streaming sketch instead
+   * (groupingCandidates): 'auto''s budget (default AUTO_COVARIANCE_BUDGET_BYTES) and, when set, the
+   * limit of a fixed grouping too (default half the machine's memory). Tests lower it to exercise
+   * the sketch on small models.
+   */
+  covarianceBudget?: number;
 }
 
 /** Report tokens when none are asked for: src/defaults.ts says why 8192. */
@@ -142,8 +150,12 @@ export interface CalibrateResult {
   /** The groupings fitted ('auto': the candidates; otherwise the one asked for), and those left out for their memory. */
   groupings: string[];
   groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  /** Groupings among `groupings` fitted from a streaming sketch (src/fit/sketch.ts): their covariances exceed the budget. */
+  groupings_sketched: string[];
   /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
   randomized_bases: number;
+  /** Bases fitted from the streaming Nyström sketch (src/fit/sketch.ts) instead of a p×p covariance, over all candidates. */
+  sketched_bases: number;
   /** The RoPE-from-data check (src/rope/data-check.ts) on the fit caches: it passed, or did not run (reason). */
   rope_check: { checked: boolean; pairs: number; reason?: string };
   profiles: RatioResult[];
@@ -184,47 +196,84 @@ export function groupingCovarianceBytes(spec: FeatureGeometry, grouping: FixedGr
   );
 }
 
+/** Bytes the streaming sketches (src/fit/sketch.ts) of one grouping hold, sized for `ratios`. */
+export function groupingSketchBytes(spec: FeatureGeometry, grouping: FixedGrouping, ratios: number[]): number {
+  return layerGroups(spec.layers, grouping).reduce(
+    (a, g) =>
+      a +
+      (['key', 'value'] as KvKind[]).reduce((b, kind) => {
+        const p = featureDim(spec, kind, g.length);
+        return b + sketchBytes(p, sketchShape(p, maxRankForRatios(p, ratios)).columns);
+      }, 0),
+    0,
+  );
+}
+
+/** What groupingCandidates decides. */
+export interface GroupingCandidates {
+  fit: FixedGrouping[];
+  /** Left out: even their sketches do not fit the memory limit. */
+  skipped: { grouping: string; covariance_bytes: number }[];
+  /** Groupings in `fit` whose covariances exceed the budget: fitted from a streaming sketch (src/fit/sketch.ts). Absent when none. */
+  sketched?: string[];
+}
+
 /**
  * The groupings to fit: the one asked for, or for 'auto' one layer per basis, then 2, 4, 8, …
- * consecutive layers, then all layers, while the covariances fit AUTO_COVARIANCE_BUDGET_BYTES
- * (the paper finds more layers per basis better at high ratios; one layer per basis is always
- * a candidate).
+ * consecutive layers, then all layers (the paper finds more layers per basis better at high
+ * ratios; one layer per basis is always a candidate). Candidates are taken in that order with
+ * their float64 covariances while those fit AUTO_COVARIANCE_BUDGET_BYTES; the rest are fitted
+ * from a streaming sketch of O(p·rank) memory (src/fit/sketch.ts) at the rank `ratios` can
+ * store, and left out only if the sketches too would pass `memoryLimit`. An explicit grouping
+ * keeps its covariance up to `o.fixedCovarianceLimit` (default `memoryLimit`) and is sketched beyond.
  */
 export function groupingCandidates(
   spec: FeatureGeometry,
   grouping: Grouping,
   budget = AUTO_COVARIANCE_BUDGET_BYTES,
   memoryLimit = totalmem() / 2,
-): { fit: FixedGrouping[]; skipped: { grouping: string; covariance_bytes: number }[] } {
+  o: { ratios?: number[]; fixedCovarianceLimit?: number } = {},
+): GroupingCandidates {
+  const ratios = o.ratios ?? [CALIBRATE_DEFAULTS.ratio];
+  const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
   if (grouping !== 'auto') {
-    // An explicit grouping is fitted as asked, unless its covariances cannot fit in memory at all.
+    // An explicit grouping is fitted as asked: from its covariance where that fits in memory, else from a sketch.
     const bytes = groupingCovarianceBytes(spec, grouping);
-    if (bytes > memoryLimit) {
-      const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+    if (bytes <= Math.min(memoryLimit, o.fixedCovarianceLimit ?? memoryLimit)) return { fit: [grouping], skipped: [] };
+    const sketch = groupingSketchBytes(spec, grouping, ratios);
+    if (sketch > memoryLimit) {
       throw new KvtcError(
         'USAGE',
-        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
+        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, or ${gib(sketch)} of streaming sketch (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
         {
-          fix: 'Use --grouping auto (it fits the groupings that fit in 4 GiB and keeps the best), --grouping layer, or a smaller number of layers per basis.',
+          fix: 'Use --grouping auto (it fits the groupings that fit in memory and keeps the best), --grouping layer, or a smaller number of layers per basis.',
         },
       );
     }
-    return { fit: [grouping], skipped: [] };
+    return { fit: [grouping], skipped: [], sketched: [String(grouping)] };
   }
   const all: FixedGrouping[] = ['layer'];
   for (let k = 2; k < spec.layers; k *= 2) all.push(k);
   if (spec.layers > 1) all.push('all');
   const fit: FixedGrouping[] = [];
   const skipped: { grouping: string; covariance_bytes: number }[] = [];
+  const sketched: string[] = [];
   let used = 0;
   for (const g of all) {
     const bytes = groupingCovarianceBytes(spec, g);
     if (fit.length === 0 || used + bytes <= budget) {
       fit.push(g);
       used += bytes;
+      continue;
+    }
+    const sketch = groupingSketchBytes(spec, g, ratios);
+    if (used + sketch <= memoryLimit) {
+      fit.push(g);
+      sketched.push(String(g));
+      used += sketch;
     } else skipped.push({ grouping: String(g), covariance_bytes: bytes });
   }
-  return { fit, skipped };
+  return sketched.length ? { fit, skipped, sketched } : { fit, skipped };
 }
 
 /** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
@@ -390,24 +439,56 @@ export async function readSplit(
 }
 
 /** One basis being accumulated: a (layer group, kind) of one candidate grouping. */
-export interface BasisState {
+export type BasisState = {
   kind: KvKind;
   layers: number[];
   dim: number;
-  acc: CovarianceAccumulator;
-  kernel: GramKernel;
-}
+} & (
+  | { acc: CovarianceAccumulator; kernel: GramKernel; sketchRank?: undefined }
+  | {
+      /** A streaming sketch (src/fit/sketch.ts) in place of the covariance; `sketchRank` components are fitted from it. */
+      acc: SketchAccumulator;
+      kernel: SketchAccumulator['kernel'];
+      sketchRank: number;
+    }
+);
 
-export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Device): Promise<BasisState[]> {
+/**
+ * The bases of one grouping, each accumulating a float64 covariance, or with `sketch` (the
+ * target ratios) a streaming sketch sized for the rank those ratios can store (maxRankForRatios).
+ */
+export async function basisStates(
+  spec: ModelSpec,
+  grouping: FixedGrouping,
+  device: Device,
+  sketch?: { ratios: number[] },
+): Promise<BasisState[]> {
   const states: BasisState[] = [];
   for (const layers of layerGroups(spec.layers, grouping)) {
     for (const kind of ['key', 'value'] as KvKind[]) {
       const dim = featureDim(spec, kind, layers.length);
+      if (sketch) {
+        const shape = sketchShape(dim, maxRankForRatios(dim, sketch.ratios));
+        const acc = await createSketchAccumulator(dim, shape.columns, { device });
+        states.push({ kind, layers, dim, acc, kernel: acc.kernel, sketchRank: shape.rank });
+        continue;
+      }
       const kernel = await createGramKernel(dim, { device });
       states.push({ kind, layers, dim, kernel, acc: new CovarianceAccumulator(dim, kernel) });
     }
   }
   return states;
+}
+
+/** basisStates of every candidate, the sketched ones (GroupingCandidates.sketched) with sketches. */
+export function candidateStates(
+  spec: ModelSpec,
+  candidates: GroupingCandidates,
+  device: Device,
+  ratios: number[],
+): Promise<BasisState[][]> {
+  const sketched = new Set(candidates.sketched ?? []);
+  return Promise.all(candidates.fit.map((g) => basisStates(spec, g, device, sketched.has(String(g)) ? { ratios } : undefined)));
 }
 
 /**
@@ -541,9 +622,23 @@ export async function fitCandidate(
   sink: number,
   ratios: number[],
   onDone?: (done: number, total: number) => void,
-): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number }> {
-  const jobs = states.map((s) => {
-    const cov = s.acc.finish();
+): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
+  let sketchSeconds = 0;
+  const jobs: FitJob[] = [];
+  for (const s of states) {
+    // A sketched basis gets its eigenpairs here (the Nyström step, products on ONNX Runtime with
+    // every core); the pool then builds its error tables from them.
+    let source: Pick<FitJob, 'cov' | 'mean' | 'eigen'>;
+    if (s.sketchRank !== undefined) {
+      const t = performance.now();
+      const sk = s.acc.finish();
+      const e = await nystromEigenAsync(sk, s.sketchRank);
+      sketchSeconds += (performance.now() - t) / 1000;
+      source = { mean: sk.mean, eigen: { values: e.values, vectors: e.vectors } };
+    } else {
+      const cov = s.acc.finish();
+      source = { cov: cov.cov, mean: cov.mean };
+    }
     const parts = tuning.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens));
     const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
     const X = new Float32Array(H * s.dim);
@@ -552,24 +647,27 @@ export async function fitCandidate(
       X.set(p, at);
       at += p.length;
     }
-    return {
+    jobs.push({
       kind: s.kind,
       layers: s.layers,
       dim: s.dim,
-      cov: cov.cov,
-      mean: cov.mean,
+      ...source,
       heldout: X,
       heldoutTokens: H,
       maxRank: maxRankForRatios(s.dim, ratios),
-    };
-  });
+    });
+  }
   for (const s of states) await s.kernel.dispose?.();
   const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
   return {
     tables: fitted.map((f) => f.tables),
     // Summed over bases (CPU seconds); the wall time of the stage is fit_wall.
-    seconds: { eigen: fitted.reduce((a, f) => a + f.seconds.eigen, 0), tables: fitted.reduce((a, f) => a + f.seconds.tables, 0) },
+    seconds: {
+      eigen: sketchSeconds + fitted.reduce((a, f) => a + f.seconds.eigen, 0),
+      tables: fitted.reduce((a, f) => a + f.seconds.tables, 0),
+    },
     randomized: fitted.filter((f) => f.solver === 'randomized').length,
+    sketched: fitted.filter((f) => f.solver === 'sketch').length,
   };
 }
 
@@ -703,7 +801,9 @@ export interface FitAndWriteInput {
  * and error tables, per ratio the allocation and its measurement on the tuning caches, the
  * grouping with the smallest tuning error (groupingBeats), then the report-split figures and the profile written.
  */
-export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: RatioResult[]; plans: number; randomized: number }> {
+export async function fitAndWrite(
+  x: FitAndWriteInput,
+): Promise<{ profiles: RatioResult[]; plans: number; randomized: number; sketched: number }> {
   const { opts, spec, candidates, states, tuning, report, outDirs, entropy, progress, timer } = x;
   const { lap } = timer;
   const settings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
@@ -711,6 +811,7 @@ export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: Rati
   const chosen: (Chosen | undefined)[] = opts.ratios.map(() => undefined);
   const tried: GroupingCandidate[][] = opts.ratios.map(() => []);
   let randomized = 0;
+  let sketched = 0;
   for (const [gi, grouping] of candidates.fit.entries()) {
     checkAbort(opts.signal);
     const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
@@ -722,6 +823,7 @@ export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: Rati
     timer.add('eigen', fitted.seconds.eigen);
     timer.add('error_tables', fitted.seconds.tables);
     randomized += fitted.randomized;
+    sketched += fitted.sketched;
     timer.lap('fit_wall');
     const dims = states[gi].map((s) => s.dim);
     for (const [ri, ratio] of opts.ratios.entries()) {
@@ -804,7 +906,7 @@ export async function fitAndWrite(x: FitAndWriteInput): Promise<{ profiles: Rati
       grouping_candidates: opts.grouping === 'auto' ? tried[ri] : [],
     });
   }
-  return { profiles, plans: chosen[0]!.plans.length, randomized };
+  return { profiles, plans: chosen[0]!.plans.length, randomized, sketched };
 }
 
 export async function calibrate(options: CalibrateInput): Promise<CalibrateResult> {
@@ -826,7 +928,10 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     released = true;
   };
   try {
-    const candidates = groupingCandidates(spec, opts.grouping);
+    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
+      ratios: opts.ratios,
+      fixedCovarianceLimit: opts.covarianceBudget,
+    });
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates.fit, progress);
     lap('tokenize');
@@ -834,7 +939,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     const runner = new ModelRunner(model);
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
     const chunk = ropeSafeChunk(spec.rope, opts.chunk);
-    const states = await Promise.all(candidates.fit.map((g) => basisStates(spec, g, opts.device)));
+    const states = await candidateStates(spec, candidates, opts.device, opts.ratios);
     const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
     const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
@@ -882,7 +987,9 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       plans: written.plans,
       groupings: candidates.fit.map(String),
       groupings_skipped: candidates.skipped,
+      groupings_sketched: candidates.sketched ?? [],
       randomized_bases: written.randomized,
+      sketched_bases: written.sketched,
       rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
       profiles: written.profiles,
       seconds,

@@ -18,9 +18,14 @@ export interface FitJob {
   kind: KvKind;
   layers: number[];
   dim: number;
-  /** [p, p] float64 covariance and [p] mean. */
-  cov: Float64Array;
+  /** [p, p] float64 covariance (absent when `eigen` is given) and [p] mean. */
+  cov?: Float64Array;
   mean: Float64Array;
+  /**
+   * Eigenpairs already fitted (the streaming sketch's Nyström step, src/fit/sketch.ts): vectors
+   * [p, k] orthonormal columns, values [k] descending. The job then only builds the error tables.
+   */
+  eigen?: { values: Float64Array; vectors: Float64Array };
   /** Float32Array // [H, p] held-out features. */
   heldout: Float32Array;
   heldoutTokens: number;
@@ -38,12 +43,16 @@ export interface FitJob {
 export interface FitOutput {
   tables: AllocationTables;
   seconds: { eigen: number; tables: number };
-  /** How the basis was fitted: the full dense eigenbasis, or its top tables.dim components from the randomized or the dense solver. */
-  solver: 'dense' | 'randomized' | 'dense-truncated';
+  /**
+   * How the basis was fitted: the full dense eigenbasis, its top tables.dim components from the
+   * randomized or the dense solver, or from the streaming sketch (FitJob.eigen).
+   */
+  solver: 'dense' | 'randomized' | 'dense-truncated' | 'sketch';
 }
 
 /** How fitBasisTables fits `job` (see FitJob.maxRank). */
-export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank'>): FitOutput['solver'] {
+export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank' | 'eigen'>): FitOutput['solver'] {
+  if (job.eigen) return 'sketch';
   if (job.maxRank === undefined || job.maxRank >= job.dim || job.dim < RANDOMIZED_EIGEN_MIN_P) return 'dense';
   return job.maxRank <= RANDOMIZED_MAX_RANK_FRACTION * job.dim ? 'randomized' : 'dense-truncated';
 }
@@ -64,17 +73,32 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   const solver = fitSolver(job);
   let t = performance.now();
   let eig: { values: Float64Array; vectors: Float64Array };
-  if (solver === 'randomized') eig = await randomizedEigenAsync(job.cov, job.dim, job.maxRank!, { threads });
+  if (job.eigen) eig = job.eigen;
   else {
-    const full = await symmetricEigenAsync(job.cov, job.dim, { threads });
-    const k = solver === 'dense' ? job.dim : job.maxRank!;
-    eig =
-      k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
+    invariant(job.cov !== undefined, 'Error in fitBasisTables: a job needs a covariance or eigenpairs');
+    eig = await denseOrRandomized(job.cov, job, solver, threads);
   }
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values });
   return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver };
+}
+
+async function denseOrRandomized(
+  cov: Float64Array,
+  job: FitJob,
+  solver: FitOutput['solver'],
+  threads: number,
+): Promise<{ values: Float64Array; vectors: Float64Array }> {
+  let eig: { values: Float64Array; vectors: Float64Array };
+  if (solver === 'randomized') eig = await randomizedEigenAsync(cov, job.dim, job.maxRank!, { threads });
+  else {
+    const full = await symmetricEigenAsync(cov, job.dim, { threads });
+    const k = solver === 'dense' ? job.dim : job.maxRank!;
+    eig =
+      k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
+  }
+  return eig;
 }
 
 /** Runs every job; results in job order. `onDone(i)` reports progress. */

@@ -261,7 +261,9 @@ export async function createSketchAccumulator(
 ): Promise<SketchAccumulator> {
   const omegaT = sketchTestMatrix(p, columns, opts.seed);
   const useOrt = opts.kernel ? opts.kernel === 'ort' : p >= ORT_GRAM_MIN_P;
-  const kernel = useOrt ? await OrtSketchKernel.create(omegaT, p, columns, { device: opts.device }) : new JsSketchKernel(omegaT, p, columns);
+  const kernel = useOrt
+    ? await OrtSketchKernel.create(omegaT, p, columns, { device: opts.device })
+    : new JsSketchKernel(omegaT, p, columns);
   return new SketchAccumulator(p, columns, omegaT, kernel);
 }
 
@@ -277,7 +279,10 @@ const MAX_NU_TRIES = 12;
  */
 export function* nystromSteps(s: SketchResult, rank: number): Steps<TruncatedEigen> {
   const { p, columns: l, cOmegaT } = s;
-  invariant(Number.isInteger(rank) && rank >= 1 && rank <= l, `Error in nystromSteps: rank (${rank}) must be an integer in [1, columns=${l}]`);
+  invariant(
+    Number.isInteger(rank) && rank >= 1 && rank <= l,
+    `Error in nystromSteps: rank (${rank}) must be an integer in [1, columns=${l}]`,
+  );
   const omegaT = Float64Array.from(s.omegaT);
   // ‖C‖_F estimate: E‖Cω‖² = ‖C‖_F² for a standard Gaussian ω.
   let ss = 0;

@@ -12,6 +12,7 @@ import {
   checkRatios,
   fitCandidate,
   groupingCandidates,
+  groupingSketchBytes,
   groupingCovarianceBytes,
   layerGroups,
   openModel,
@@ -38,23 +39,40 @@ describe('groupingCandidates', () => {
     expect(groupingCandidates({ ...STORIES, layers: 16 }, 'auto').fit).toEqual(['layer', 2, 4, 8, 'all']);
     expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
     expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [] });
-    // An explicit grouping whose covariances cannot fit in memory is a usage error naming the size.
-    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toThrow(
-      expect.objectContaining({ code: 'USAGE', message: expect.stringMatching(/--grouping all needs 16\.0 GiB .*p = 32768/) }),
+    // An explicit grouping whose covariances cannot fit in memory is fitted from a streaming sketch
+    // (2 bases × p = 32768 × 4096 columns × 8 bytes = 2 GiB at ratio 20) ...
+    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [], sketched: ['all'] });
+    expect(groupingSketchBytes(LLAMA_8B, 'all', [20])).toBe(2 * 8 * 32768 * 4096);
+    // ... and a usage error naming both sizes only when even the sketch does not fit.
+    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 2 ** 30)).toThrow(
+      expect.objectContaining({
+        code: 'USAGE',
+        message: expect.stringMatching(/--grouping all needs 16\.0 GiB of float64 covariance, or 2\.0 GiB of streaming sketch .*p = 32768/),
+      }),
     );
+    // A lowered limit for fixed groupings (CalibrateOptions.covarianceBudget) sketches them too.
+    expect(groupingCandidates(STORIES, 'all', undefined, undefined, { fixedCovarianceLimit: 1 }).sketched).toEqual(['all']);
   });
 
-  it('leaves out candidates whose covariances exceed the stated budget, and says how much they need', () => {
+  it('sketches candidates whose covariances exceed the budget, and leaves out only what no memory holds', () => {
     // Llama 3 8B: p = 1024 per layer; all layers p = 32768 would need 2 × 8 × 32768² bytes = 16 GiB.
     expect(groupingCovarianceBytes(LLAMA_8B, 'all')).toBe(2 * 8 * 32768 ** 2);
-    const c = groupingCandidates(LLAMA_8B, 'auto');
-    const used = c.fit.reduce((a, g) => a + groupingCovarianceBytes(LLAMA_8B, g), 0);
-    expect(used).toBeLessThanOrEqual(AUTO_COVARIANCE_BUDGET_BYTES);
-    expect(c.fit[0]).toBe('layer');
-    expect(c.skipped.map((s) => s.grouping)).toContain('all');
-    expect(c.skipped.find((s) => s.grouping === 'all')!.covariance_bytes).toBe(2 * 8 * 32768 ** 2);
-    // One layer per basis is always fitted, whatever the budget.
-    expect(groupingCandidates(LLAMA_8B, 'auto', 1).fit).toEqual(['layer']);
+    const c = groupingCandidates(LLAMA_8B, 'auto', undefined, 12 * 2 ** 30);
+    expect(c.fit).toEqual(['layer', 2, 4, 8, 16, 'all']);
+    const dense = c.fit.filter((g) => !c.sketched?.includes(String(g)));
+    expect(dense).toEqual(['layer', 2, 4]);
+    expect(dense.reduce((a, g) => a + groupingCovarianceBytes(LLAMA_8B, g), 0)).toBeLessThanOrEqual(AUTO_COVARIANCE_BUDGET_BYTES);
+    expect(c.sketched).toEqual(['8', '16', 'all']);
+    expect(c.skipped).toEqual([]);
+    // Each sketched 8B grouping holds 2 GiB at ratio 20 (column cap 4096 × Σp = 65536 × 8 bytes):
+    // with 8 GiB of memory the last one is left out, and says what its covariance would need.
+    const tight = groupingCandidates(LLAMA_8B, 'auto', undefined, 8 * 2 ** 30);
+    expect(tight.sketched).toEqual(['8', '16']);
+    expect(tight.skipped).toEqual([{ grouping: 'all', covariance_bytes: 2 * 8 * 32768 ** 2 }]);
+    // One layer per basis is always fitted with its covariance, whatever the budget.
+    const one = groupingCandidates(LLAMA_8B, 'auto', 1, 0);
+    expect(one.fit).toEqual(['layer']);
+    expect(one.sketched).toBeUndefined();
   });
 
   it('layerGroups covers every layer once, in order', () => {

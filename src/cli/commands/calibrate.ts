@@ -157,6 +157,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
       report_tokens: result.report_tokens,
       groupings: result.groupings,
       groupings_skipped: result.groupings_skipped,
+      ...(result.groupings_sketched.length ? { groupings_sketched: result.groupings_sketched, sketched_bases: result.sketched_bases } : {}),
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
       ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
@@ -183,6 +184,11 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
     );
   }
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
+  if (result.sketched_bases > 0) {
+    io.out(
+      `${result.sketched_bases} bases (grouping ${result.groupings_sketched.join(', ')}) were fitted from a streaming sketch, their p×p covariance being over the memory budget: the top components any plan at these ratios can store, up to the sketch's column cap (src/fit/sketch.ts)`,
+    );
+  }
   if (result.randomized_bases > 0) {
     io.out(
       `${result.randomized_bases} large bases were fitted by the truncated randomized eigensolver (the top components any plan at these ratios can store; docs/codec.md)`,
