@@ -306,6 +306,7 @@ async function calibrateDump(
           opts: { ...opts, grouping: d.grouping },
           groupingRequested: String(opts.grouping),
           candidates: d.candidates,
+          sketched: candidates.sketched,
           granule: d.granule,
           entropy: o.entropy,
           sources,

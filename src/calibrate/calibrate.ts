@@ -966,6 +966,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
           opts: { ...opts, grouping: d.grouping },
           groupingRequested: String(opts.grouping),
           candidates: d.candidates,
+          sketched: candidates.sketched,
           granule: d.granule,
           entropy,
           sources: sourcesMeta,

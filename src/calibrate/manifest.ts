@@ -56,6 +56,8 @@ export interface DraftInputs {
   groupingRequested: string;
   /** With 'auto': every candidate at this ratio on the tuning split. */
   candidates: { grouping: string; ratio_compressed: number; rel_error: { key: number; value: number } }[];
+  /** Groupings fitted from the streaming sketch (src/fit/sketch.ts); recorded only when there are any. */
+  sketched?: string[];
   granule: number;
   entropy: EntropyCoder;
   sources: { name: string; sha256: string; bytes: number }[];
@@ -107,6 +109,7 @@ export function manifestDraft({
   opts,
   groupingRequested,
   candidates,
+  sketched,
   granule,
   entropy,
   sources,
@@ -151,6 +154,7 @@ export function manifestDraft({
             })),
           }
         : {}),
+      ...(sketched?.length ? { sketched_groupings: sketched } : {}),
     },
     measured: {
       split: 'report',

@@ -325,6 +325,13 @@ export const ManifestSchema = z
           .min(1)
           .optional()
           .describe('with --grouping auto: each candidate at this ratio, measured on the tuning split'),
+        sketched_groupings: z
+          .array(grouping)
+          .min(1)
+          .optional()
+          .describe(
+            "groupings fitted from a streaming Nyström sketch instead of a p×p covariance (over the memory budget): their bases hold the top components only, up to the sketch's rank",
+          ),
       })
       .strict(),
     plans: z.array(PlanSchema).min(1),

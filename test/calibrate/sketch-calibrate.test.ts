@@ -39,7 +39,8 @@ describe('calibrate with sketched bases', () => {
     expect(Math.abs(s.ratio_compressed / d.ratio_compressed - 1)).toBeLessThan(0.05);
     expect(Math.abs(s.rel_error.key / d.rel_error.key - 1)).toBeLessThan(0.05);
     expect(Math.abs(s.rel_error.value / d.rel_error.value - 1)).toBeLessThan(0.05);
-    const { plans } = await readProfile(out);
+    const { manifest, plans } = await readProfile(out);
+    expect(manifest.calibration.sketched_groupings).toEqual(['all']);
     expect(plans.map((p) => p.dim)).toEqual([160, 160]);
     for (const p of plans) expect(p.rank).toBeLessThanOrEqual(96);
   });
