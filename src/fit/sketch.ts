@@ -283,7 +283,7 @@ export function* nystromSteps(s: SketchResult, rank: number): Steps<TruncatedEig
     Number.isInteger(rank) && rank >= 1 && rank <= l,
     `Error in nystromSteps: rank (${rank}) must be an integer in [1, columns=${l}]`,
   );
-  const omegaT = Float64Array.from(s.omegaT);
+  const omegaT = s.omegaT; // float32, read as is (a float64 copy would cost another 8·p·l bytes)
   // ‖C‖_F estimate: E‖Cω‖² = ‖C‖_F² for a standard Gaussian ω.
   let ss = 0;
   for (let i = 0; i < cOmegaT.length; i++) ss += cOmegaT[i] * cOmegaT[i];
@@ -295,7 +295,8 @@ export function* nystromSteps(s: SketchResult, rank: number): Steps<TruncatedEig
     return truncate(new Float64Array(rank), Vt, p, rank);
   }
   let nu = NU_EPS * Math.sqrt(p) * normC;
-  const OmegaTrans = transpose(omegaT, l, p); // Ω [p, l]
+  const OmegaTrans = new Float64Array(p * l); // Ω [p, l]
+  for (let j = 0; j < l; j++) for (let i = 0; i < p; i++) OmegaTrans[i * l + j] = omegaT[j * p + i];
   for (let attempt = 0; ; attempt++) {
     invariant(attempt < MAX_NU_TRIES, `Error in nystromSteps: Ωᵀ(CΩ + νΩ) not positive definite up to ν = ${nu} (p=${p}, l=${l})`);
     const Yt = new Float64Array(l * p);
