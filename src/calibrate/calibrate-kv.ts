@@ -226,7 +226,7 @@ async function calibrateDump(
       reportTokens: opts.report,
       sink: opts.sink,
       window: opts.window,
-      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates.fit), 256),
+      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates, opts.ratios), 256),
       source: dump.dir,
     });
     return { rank, spec, candidates, split };

@@ -407,11 +407,26 @@ export async function readSequences(
   return { data, split };
 }
 
-/** The widest basis of the candidate groupings (every basis needs at least 2p fit tokens for a full-rank covariance). */
-export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[]): number {
+/**
+ * The widest basis of the candidate groupings (every basis needs at least 2p fit tokens for a
+ * full-rank covariance); a sketched grouping (GroupingCandidates.sketched) counts its sketch's
+ * columns instead, sized for `ratios`: the sketch resolves that many directions, not p.
+ */
+export function maxFeatureDim(
+  spec: FeatureGeometry,
+  candidates: FixedGrouping[] | GroupingCandidates,
+  ratios: number[] = [CALIBRATE_DEFAULTS.ratio],
+): number {
+  const c: GroupingCandidates = Array.isArray(candidates) ? { fit: candidates, skipped: [] } : candidates;
+  const sketched = new Set(c.sketched ?? []);
   return Math.max(
-    ...candidates.flatMap((g) =>
-      layerGroups(spec.layers, g).flatMap((l) => [featureDim(spec, 'key', l.length), featureDim(spec, 'value', l.length)]),
+    ...c.fit.flatMap((g) =>
+      layerGroups(spec.layers, g).flatMap((l) =>
+        (['key', 'value'] as KvKind[]).map((kind) => {
+          const p = featureDim(spec, kind, l.length);
+          return sketched.has(String(g)) ? sketchShape(p, maxRankForRatios(p, ratios)).columns : p;
+        }),
+      ),
     ),
   );
 }
@@ -421,7 +436,7 @@ export async function readSplit(
   opts: CalibrateOptions,
   spec: ModelSpec,
   tokenizer: LoadedModel['tokenizer'],
-  candidates: FixedGrouping[],
+  candidates: FixedGrouping[] | GroupingCandidates,
   progress: ProgressFn,
 ): Promise<{ data: CalibrationTokens; split: SequenceSplit; seqLen: number }> {
   const seqLen = Math.min(spec.maxPositions, 512);
@@ -432,8 +447,8 @@ export async function readSplit(
       { fix: `Keep sink + window below ${seqLen}.` },
     );
   }
-  // Every basis needs at least 2p fit tokens for a full-rank covariance.
-  const maxDim = maxFeatureDim(spec, candidates);
+  // Every basis needs at least 2p fit tokens for a full-rank covariance (a sketch: 2 × its columns).
+  const maxDim = maxFeatureDim(spec, candidates, opts.ratios);
   const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
   return { data, split, seqLen };
 }
@@ -933,7 +948,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       fixedCovarianceLimit: opts.covarianceBudget,
     });
     progress({ stage: 'reading calibration text' });
-    const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates.fit, progress);
+    const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
     lap('tokenize');
 
     const runner = new ModelRunner(model);

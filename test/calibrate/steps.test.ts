@@ -13,6 +13,7 @@ import {
   fitCandidate,
   groupingCandidates,
   groupingSketchBytes,
+  maxFeatureDim,
   groupingCovarianceBytes,
   layerGroups,
   openModel,
@@ -69,6 +70,10 @@ describe('groupingCandidates', () => {
     const tight = groupingCandidates(LLAMA_8B, 'auto', undefined, 8 * 2 ** 30);
     expect(tight.sketched).toEqual(['8', '16']);
     expect(tight.skipped).toEqual([{ grouping: 'all', covariance_bytes: 2 * 8 * 32768 ** 2 }]);
+    // Fit tokens: 2p for the widest dense basis (p = 4096, 4 layers), 2 × 4096 sketch columns for
+    // the sketched ones, so the default 16,384 fit tokens suffice for 'all' on 8B.
+    expect(maxFeatureDim(LLAMA_8B, c, [20])).toBe(4096);
+    expect(maxFeatureDim(LLAMA_8B, c.fit)).toBe(32768);
     // One layer per basis is always fitted with its covariance, whatever the budget.
     const one = groupingCandidates(LLAMA_8B, 'auto', 1, 0);
     expect(one.fit).toEqual(['layer']);
