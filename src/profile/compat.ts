@@ -258,19 +258,21 @@ export function checkCacheForProfile(
   const pm = profile.manifest.model;
   if (!recorded.fingerprint || recorded.fingerprint === pm.fingerprint.id) return;
   const model: ModelIdentity = { name: recorded.model ?? 'an unnamed model', dir: kv, fingerprint: { id: recorded.fingerprint } };
+  // value_head_dim only where either side has values of their own width (else it repeats head_dim's line).
+  const ownValues = pm.value_head_dim !== undefined || cache.valueDim !== undefined;
   const out = fieldDifferences(
     {
       layers: pm.layers,
       kv_heads: pm.kv_heads,
       head_dim: pm.head_dim,
-      value_head_dim: pm.value_head_dim ?? pm.head_dim,
+      ...(ownValues ? { value_head_dim: pm.value_head_dim ?? pm.head_dim } : {}),
       kv_dtype: pm.kv_dtype,
     },
     {
       layers: cache.layers,
       kv_heads: cache.kvHeads,
       head_dim: cache.headDim,
-      value_head_dim: cache.valueDim ?? cache.headDim,
+      ...(ownValues ? { value_head_dim: cache.valueDim ?? cache.headDim } : {}),
       kv_dtype: cache.dtype,
     },
   );
