@@ -151,7 +151,9 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
       `cache   MLA latent: keys = the decoupled RoPE key (${m.model.head_dim} wide), values = the compressed KV (${m.model.value_head_dim ?? m.model.head_dim} wide)`,
     );
   if (m.model.cache_layers)
-    io.out(`layers  model layers ${m.model.cache_layers.join(',')} of ${m.model.model_layers} (the others are in other pipeline stages or keep no cache)`);
+    io.out(
+      `layers  model layers ${m.model.cache_layers.join(',')} of ${m.model.model_layers} (the others are in other pipeline stages or keep no cache)`,
+    );
   if (m.shard)
     io.out(
       `shard   tensor-parallel rank ${m.shard.tp_rank} of ${m.shard.tp_size}, pipeline stage ${m.shard.pp_rank} of ${m.shard.pp_size}: KV heads ${m.shard.kv_heads.join(',')}`,
