@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference decoder for kvtc profiles (formats 1 and 2) and .kvtc blobs (version 1).
+"""Independent reference decoder for kvtc profiles (formats 1, 2 and 3) and .kvtc blobs (version 1).
 
 Written from docs/profile-format.md alone (no kvtc source consulted), to check that the
 specification is precise enough to implement in another language.
@@ -7,8 +7,8 @@ specification is precise enough to implement in another language.
 Usage:
     python3 scripts/kvtc_reference_decoder.py PROFILE_DIR BLOB OUT.npz
 
-Writes OUT.npz with float32 arrays key_{l} and value_{l}, each [kv_heads, tokens, head_dim],
-plus int64 scalars tokens and start_position and a uint8 scalar float16 (the blob's dtype flag).
+Writes OUT.npz with float32 arrays key_{l} [kv_heads, tokens, head_dim] and value_{l}
+[kv_heads, tokens, value_head_dim] (l: profile layer; value_head_dim = head_dim below format 3), plus int64 scalars tokens and start_position and a uint8 scalar float16 (the blob's dtype flag).
 Exits non-zero with a message on stderr when any check fails. Needs only Python 3 and NumPy.
 """
 
@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 MANIFEST_NAME = "kvtc-profile.json"
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 BLOB_VERSION = 1
 HEADER_BYTES = 48
 SECTION_ENTRY_BYTES = 12
@@ -82,6 +82,20 @@ def profile_id_text(manifest):
     for k in ("layers", "kv_heads", "head_dim"):
         lines.append(f"model.{k} {_int_text(model[k], 'model.' + k)}")
     lines.append(f"model.kv_dtype {_word(model['kv_dtype'], 'model.kv_dtype')}")
+    # §2.4: format 3's fields, each only when present, in this order.
+    if "value_head_dim" in model:
+        lines.append(f"model.value_head_dim {_int_text(model['value_head_dim'], 'model.value_head_dim')}")
+    if "cache" in model:
+        lines.append(f"model.cache {_word(model['cache'], 'model.cache')}")
+    if "model_layers" in model:
+        lines.append(f"model.model_layers {_int_text(model['model_layers'], 'model.model_layers')}")
+    if "cache_layers" in model:
+        lines.append(f"model.cache_layers {','.join(_int_text(l, 'model.cache_layers') for l in model['cache_layers'])}")
+    shard = manifest.get("shard")
+    if "shard" in manifest:
+        nums = " ".join(_int_text(shard[k], "shard." + k) for k in ("tp_rank", "tp_size", "pp_rank", "pp_size"))
+        lines.append(f"shard {nums}")
+        lines.append(f"shard.kv_heads {','.join(_int_text(h, 'shard.kv_heads') for h in shard['kv_heads'])}")
     one = rope if isinstance(rope, dict) else None
     if (
         isinstance(rope, list)
@@ -260,6 +274,87 @@ def check_one_rope(rope, head_dim):
             fail("model.rope gives an inverse frequency that is not finite and > 0")
 
 
+FAMILY3_RE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def _is_int(v, lo, hi):
+    """A JSON integer (8 and 8.0 alike, §2.1) in [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        return False
+    return lo <= v <= hi
+
+
+def value_head_dim(model):
+    """§2.4: the width of each value head; head_dim when absent."""
+    return int(model.get("value_head_dim", model["head_dim"]))
+
+
+def check_format3(manifest):
+    """§2.4, fields whose rules depend on the version (kvtc's `format` check)."""
+    model = manifest["model"]
+    version = manifest["format_version"]
+    fp = model["fingerprint"]
+    present = [f"model.{k}" for k in ("value_head_dim", "cache", "model_layers", "cache_layers") if k in model]
+    present += ["shard"] if "shard" in manifest else []
+    present += ["model.fingerprint.source"] if "source" in fp else []
+    if version == 3 and not present:
+        fail(
+            "format_version 3 without any field of format 3 (model.value_head_dim, model.cache, model.model_layers, "
+            "model.cache_layers, shard, model.fingerprint.source): write format_version 2"
+        )
+    if version != 3 and present:
+        fail(f"{present[0]} is a format 3 field, but format_version is {version}: write format_version 3")
+    if version == 3:
+        fam = model["family"]
+        if not (isinstance(fam, str) and FAMILY3_RE.fullmatch(fam)):
+            fail(f"model.family {fam!r} is not a transformers model_type ([a-z0-9_]{{1,64}})")
+    if "value_head_dim" in model and not _is_int(model["value_head_dim"], 1, 0xFFFF):
+        fail(f"model.value_head_dim {model['value_head_dim']!r} is not an integer in [1, 65535]")
+    cache = model.get("cache", "gqa")
+    if cache not in ("gqa", "mla-latent"):
+        fail(f"model.cache {cache!r} is not 'gqa' or 'mla-latent'")
+    if cache == "mla-latent" and model["kv_heads"] != 1:
+        fail(f"model.cache 'mla-latent' requires model.kv_heads = 1, not {model['kv_heads']!r}")
+    if ("model_layers" in model) != ("cache_layers" in model):
+        fail("model.model_layers and model.cache_layers must be present together (or both absent)")
+    if "model_layers" in model:
+        ml, cl = model["model_layers"], model["cache_layers"]
+        if not _is_int(ml, 1, 0xFFFF):
+            fail(f"model.model_layers {ml!r} is not an integer in [1, 65535]")
+        if not isinstance(cl, list) or len(cl) != model["layers"]:
+            fail(f"model.cache_layers must list one model layer per profile layer ({model['layers']})")
+        prev = -1
+        for i, l in enumerate(cl):
+            if not _is_int(l, 0, ml - 1) or l <= prev:
+                fail(f"model.cache_layers[{i}] = {l!r}: the list must be strictly increasing integers below model.model_layers {ml}")
+            prev = l
+    if "shard" in manifest:
+        sh = manifest["shard"]
+        if not isinstance(sh, dict) or sorted(sh) != ["kv_heads", "pp_rank", "pp_size", "tp_rank", "tp_size"]:
+            fail("shard must be exactly {tp_rank, tp_size, pp_rank, pp_size, kv_heads}")
+        for r, n in (("tp_rank", "tp_size"), ("pp_rank", "pp_size")):
+            if not _is_int(sh[n], 1, 0xFFFF):
+                fail(f"shard.{n} {sh[n]!r} is not an integer in [1, 65535]")
+            if not _is_int(sh[r], 0, sh[n] - 1):
+                fail(f"shard.{r} {sh[r]!r} must be an integer below shard.{n} {sh[n]}")
+        heads = sh["kv_heads"]
+        if not isinstance(heads, list) or len(heads) != model["kv_heads"]:
+            fail(f"shard.kv_heads must list one model KV head per profile head ({model['kv_heads']})")
+        if not all(_is_int(h, 0, 0xFFFF) for h in heads) or len(set(heads)) != len(heads):
+            fail(f"shard.kv_heads {heads!r} must be distinct integers in [0, 65535]")
+    src = fp.get("source")
+    if "source" in fp and src != "kv-dump":
+        fail(f"model.fingerprint.source {src!r} is not 'kv-dump'")
+    if ("onnx_sha256" in fp) == (src == "kv-dump"):
+        fail("model.fingerprint.onnx_sha256 must be absent exactly when model.fingerprint.source is 'kv-dump'")
+    if src == "kv-dump":
+        want = hashlib.sha256(f"kv-dump:{fp['spec_sha256']}\n".encode("utf-8")).hexdigest()[:16]
+        if fp["id"] != want:
+            fail(f"model.fingerprint.id {fp['id']!r} is not the kv-dump id of its spec_sha256 (expected {want})")
+
+
 DEFAULT_MAX_POSITIONS = 2**24  # §6: the bound when model.max_positions is absent
 
 
@@ -328,6 +423,8 @@ def _read_profile(profile_dir, manifest):
     L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
     if max(L, H, D) > 0xFFFF or min(L, H, D) < 1:
         fail(f"model shape {L}/{H}/{D} outside [1, 65535]")
+    check_format3(manifest)
+    DV = value_head_dim(model)
     check_rope(model, manifest["format_version"])
     plans = []
     covered = {"key": set(), "value": set()}
@@ -341,8 +438,9 @@ def _read_profile(profile_dir, manifest):
             fail(f"plan {idx}: kind {kind!r}")
         layers = [int(l) for l in plan["layers"]]
         p, r = int(plan["dim"]), int(plan["rank"])
-        if p != len(layers) * H * D:
-            fail(f"plan {idx}: dim {p} != len(layers)·kv_heads·head_dim = {len(layers) * H * D}")
+        width, wname = (D, "head_dim") if kind == "key" else (DV, "value_head_dim")
+        if p != len(layers) * H * width:
+            fail(f"plan {idx}: dim {p} != len(layers)·kv_heads·{wname} = {len(layers) * H * width}")
         if not 0 <= r <= p:
             fail(f"plan {idx}: rank {r} not in [0, dim {p}]")
         for l in layers:
@@ -589,6 +687,7 @@ def decode_coefficients(plan, n, payload):
 def decode_blob(manifest, plans, blob):
     model = manifest["model"]
     L, H, D = int(model["layers"]), int(model["kv_heads"]), int(model["head_dim"])
+    DV = value_head_dim(model)  # §2.4: the header's head_dim is the key width
     if len(blob) < HEADER_BYTES + 4:
         fail(f"blob too short ({len(blob)} bytes) for a header and CRC")
     if blob[0:4] != b"KVTC":
@@ -657,7 +756,7 @@ def decode_blob(manifest, plans, blob):
             if raw is not None:
                 fail("more than one raw section")
             # bit 1 of the flags: the raw section holds float32 values (spec §6, Raw section)
-            want_raw = L * 2 * H * (sink + window) * D * (4 if flags & 2 else 2)
+            want_raw = L * H * (sink + window) * (D + DV) * (4 if flags & 2 else 2)
             if decoded != want_raw:
                 fail(f"raw section: decoded size {decoded}, expected {want_raw}")
             raw = inflate(k, codec, data, decoded)
@@ -676,7 +775,7 @@ def decode_blob(manifest, plans, blob):
         fail("blob has no raw section")
 
     keys = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
-    values = [np.zeros((H, T, D), dtype=np.float32) for _ in range(L)]
+    values = [np.zeros((H, T, DV), dtype=np.float32) for _ in range(L)]
     ropes = layer_ropes(model)
     if n > 0:
         positions = start_pos + sink + np.arange(n, dtype=np.int64)
@@ -693,7 +792,7 @@ def decode_blob(manifest, plans, blob):
             xh = c.astype(np.float64) @ plan["basis"].astype(np.float64).T + plan["mean"].astype(np.float64)[None, :]
             xh = xh.astype(np.float32).astype(np.float64)  # the spec's X̂ is f32 data
             nl = len(plan["layers"])
-            xh = xh.reshape(n, nl, H, D)
+            xh = xh.reshape(n, nl, H, D if plan["kind"] == "key" else DV)
             for li, l in enumerate(plan["layers"]):
                 blk = xh[:, li]  # [n, H, D]
                 if plan["kind"] == "key" and ropes[l] is not None:
@@ -701,11 +800,14 @@ def decode_blob(manifest, plans, blob):
                 dst = keys[l] if plan["kind"] == "key" else values[l]
                 dst[:, sink : T - window, :] = blk.transpose(1, 0, 2).astype(np.float32)
 
-    rawv = np.frombuffer(raw, dtype="<f4" if flags & 2 else "<f2").astype(np.float32).reshape(L, 2, H, sink + window, D)
+    # per layer: keys [H, s+w, D] then values [H, s+w, DV] (§6 Raw section, §2.4)
+    rawv = np.frombuffer(raw, dtype="<f4" if flags & 2 else "<f2").astype(np.float32).reshape(L, -1)
+    nk = H * (sink + window) * D
     for l in range(L):
-        for which, dst in ((0, keys[l]), (1, values[l])):
-            dst[:, :sink, :] = rawv[l, which, :, :sink, :]
-            dst[:, T - window :, :] = rawv[l, which, :, sink:, :]
+        for dst, part, width in ((keys[l], rawv[l, :nk], D), (values[l], rawv[l, nk:], DV)):
+            rows = part.reshape(H, sink + window, width)
+            dst[:, :sink, :] = rows[:, :sink, :]
+            dst[:, T - window :, :] = rows[:, sink:, :]
 
     if flags & 1:
         # the cache was float16: restore that dtype (values rounded to fp16, stored as f32 here)

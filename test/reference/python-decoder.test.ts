@@ -20,6 +20,7 @@ import { createHash } from 'node:crypto';
 const PROFILE = `${DEFAULT_PROFILES_DIR}/stories260k`;
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../scripts/kvtc_reference_decoder.py');
 const TOLERANCE = 1e-4;
+const FIXTURES_V3 = join(dirname(fileURLToPath(import.meta.url)), '../../python/tests/fixtures');
 
 type Codec = Awaited<ReturnType<typeof codecFromProfile>>;
 
@@ -100,6 +101,24 @@ function runPython(
   const r = spawnSync('python3', [SCRIPT, profileDir, blobPath, npz], { encoding: 'utf8' });
   if (r.error) throw new Error(`could not run python3: ${r.error.message}`);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, npz };
+}
+
+/** A safetensors file of F32 tensors (kvtc decode's output), with its metadata. */
+function readSafetensorsF32(buf: Buffer): {
+  metadata: Record<string, string>;
+  tensors: Map<string, { shape: number[]; data: Float32Array }>;
+} {
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, info] of Object.entries(header) as [string, { dtype: string; shape: number[]; data_offsets: number[] }][]) {
+    if (name === '__metadata__') continue;
+    if (info.dtype !== 'F32') throw new Error(`safetensors: ${name} is ${info.dtype}`);
+    const [b, e] = info.data_offsets;
+    const copy = new Uint8Array(buf.subarray(8 + n + b, 8 + n + e)); // aligned copy
+    tensors.set(name, { shape: info.shape, data: new Float32Array(copy.buffer, 0, (e - b) / 4) });
+  }
+  return { metadata: header.__metadata__ ?? {}, tensors };
 }
 
 /** Tokens of [t0, t1) of a [kvHeads, tokens, headDim] tensor, max |a − b|. */
@@ -337,6 +356,79 @@ describe('independent Python reference decoder (docs/profile-format.md)', () => 
       code: 'BLOB_INVALID',
       message: expect.stringContaining('the model has 512 positions'),
     });
+  });
+
+  // Format 3 (§2.4): the committed Node-made fixtures of python/tests/fixtures (README.md there): an MLA-like latent
+  // cache (values 24 wide, keys 8) of model layers 0, 1, 3 of 4, and a tp/pp shard (model layers 3–4, KV heads 2–3).
+  it.each([
+    ['profile-v3-mla', 'v3-mla'],
+    ['profile-v3-shard', 'v3-shard'],
+  ])('decodes the format 3 fixture %s / %s.kvtc like kvtc, with the same profile id', (profileName, blobName) => {
+    const profileDir = join(FIXTURES_V3, profileName);
+    const manifest = JSON.parse(readFileSync(join(profileDir, 'kvtc-profile.json'), 'utf8'));
+    expect(manifest.format_version).toBe(3);
+    const code =
+      'import json, sys; sys.path.insert(0, sys.argv[1]); import kvtc_reference_decoder as k; m = json.load(open(sys.argv[2])); ' +
+      'sys.stdout.write(k.profile_id(m) + "\\n" + k.profile_id_text(m))';
+    const id = spawnSync('python3', ['-c', code, dirname(SCRIPT), join(profileDir, 'kvtc-profile.json')], { encoding: 'utf8' });
+    expect(id.status, id.stderr).toBe(0);
+    const [pyId, ...textLines] = id.stdout.split('\n');
+    expect(pyId).toBe(manifest.profile_id);
+    expect(textLines.join('\n')).toBe(profileIdText(manifest));
+
+    const r = runPython(readFileSync(join(FIXTURES_V3, `${blobName}.kvtc`)), blobName, profileDir);
+    expect(r.status, `python decoder failed: ${r.stderr}`).toBe(0);
+    const py = readNpz(readFileSync(r.npz!));
+    const ts = readSafetensorsF32(readFileSync(join(FIXTURES_V3, `${blobName}.decoded.safetensors`)));
+    const { layers, kv_heads: kvHeads, head_dim: headDim } = manifest.model;
+    const valueHeadDim: number = manifest.model.value_head_dim ?? headDim;
+    const tokens = Number((py.get('tokens')!.data as BigInt64Array)[0]);
+    expect(String(tokens)).toBe(ts.metadata.tokens);
+    expect(String((py.get('start_position')!.data as BigInt64Array)[0])).toBe(ts.metadata.start_position);
+    expect(ts.metadata.profile_id).toBe(manifest.profile_id);
+    let worst = 0;
+    for (let l = 0; l < layers; l++) {
+      for (const [kind, width] of [
+        ['key', headDim],
+        ['value', valueHeadDim],
+      ] as const) {
+        const a = py.get(`${kind}_${l}`)!;
+        const b = ts.tensors.get(`present.${l}.${kind}`)!;
+        expect(a.shape).toEqual([kvHeads, tokens, width]);
+        expect(b.shape).toEqual([1, kvHeads, tokens, width]);
+        const d = maxDiff(a.data as Float32Array, b.data, kvHeads, tokens, width, 0, tokens);
+        worst = Math.max(worst, d);
+        expect(d, `${blobName}: layer ${l} ${kind}s`).toBeLessThanOrEqual(TOLERANCE);
+      }
+    }
+    console.log(`[python-decoder] ${blobName}: T=${tokens}; max |python − kvtc decode| ${worst.toExponential(3)}`);
+  });
+
+  it('refuses, as kvtc does, format 3 fields that break §2.4 (id re-derived, so only the field rule fails)', async () => {
+    const src = join(FIXTURES_V3, 'profile-v3-mla');
+    const blob = readFileSync(join(FIXTURES_V3, 'v3-mla.kvtc'));
+    const cases: [string, (m: any) => void, RegExp][] = [
+      ['v3-in-v2', (m) => (m.format_version = 2), /format 3 field, but format_version is 2/],
+      ['unsorted', (m) => (m.model.cache_layers = [0, 3, 1]), /model\.cache_layers\[2\]/],
+      ['past-model', (m) => (m.model.cache_layers = [0, 1, 4]), /model\.cache_layers\[2\]/],
+      ['no-model-layers', (m) => delete m.model.model_layers, /present together/],
+      ['shard-heads-count', (m) => (m.shard = { tp_rank: 0, tp_size: 1, pp_rank: 0, pp_size: 1, kv_heads: [0, 1] }), /shard\.kv_heads/],
+      ['fingerprint', (m) => (m.model.fingerprint.id = '0000000000000000'), /kv-dump id/],
+      ['onnx-and-dump', (m) => (m.model.fingerprint.onnx_sha256 = '0'.repeat(64)), /onnx_sha256 must be absent/],
+    ];
+    for (const [name, edit, message] of cases) {
+      const d = join(dir, `v3-${name}`);
+      cpSync(src, d, { recursive: true });
+      const mf = join(d, 'kvtc-profile.json');
+      const m = JSON.parse(readFileSync(mf, 'utf8'));
+      edit(m);
+      m.profile_id = computeProfileId(m);
+      writeFileSync(mf, JSON.stringify(m));
+      const r = runPython(blob, `v3-${name}`, d);
+      expect(r.status, `${name}: the reference decoder accepted it`).not.toBe(0);
+      expect(r.stderr, name).toMatch(message);
+      await expect(readProfile(d), `${name}: kvtc accepted it`).rejects.toMatchObject({ code: 'PROFILE_INVALID' });
+    }
   });
 
   it('rejects a blob with one flipped byte, naming the checksum', async () => {
