@@ -93,33 +93,41 @@ export interface CovarianceResult {
   count: number;
 }
 
-export class CovarianceAccumulator {
+/**
+ * What every streaming accumulator of features keeps: each chunk centred on a fixed shift (the
+ * first chunk's mean, against cancellation), the sum of the shifted features and the count.
+ * CovarianceAccumulator takes the Gram matrix of each shifted chunk, the sketch (sketch.ts) its
+ * product with Ω; both finish from d = S1/n, the mean's offset from the shift.
+ */
+export class ShiftedFeatureStream {
   private readonly s1: Float64Array; // Σ (x - shift)
-  private readonly s2: Float64Array; // Σ (x - shift)(x - shift)ᵀ, upper triangle
   private shift: Float64Array | undefined;
   private n = 0;
-  private readonly kernel: GramKernel;
-  private chunk: Float32Array;
+  private readonly chunk: Float32Array;
 
   constructor(
     readonly p: number,
-    kernel: GramKernel = new JsGramKernel(),
+    /** Tokens per chunk handed on. */
+    readonly step: number,
+    /** The accumulator's name, for its invariant messages. */
+    private readonly owner: string,
   ) {
-    invariant(Number.isInteger(p) && p > 0, `Error in CovarianceAccumulator: p (${p}) must be a positive integer`);
+    invariant(Number.isInteger(p) && p > 0, `Error in ${owner}: p (${p}) must be a positive integer`);
     this.s1 = new Float64Array(p);
-    this.s2 = new Float64Array(p * p);
-    this.kernel = kernel;
-    this.chunk = new Float32Array(kernel.maxTokens * p);
+    this.chunk = new Float32Array(step * p);
   }
 
   get count(): number {
     return this.n;
   }
 
-  /** Adds X: Float32Array // [tokens, p] token-major. Await it before touching X again. */
-  async add(X: Float32Array, tokens: number): Promise<void> {
+  /**
+   * Shifts X: Float32Array // [tokens, p] token-major into chunks of at most `step` tokens and
+   * awaits `use(chunk, n)` on each (the first n rows of the shared chunk buffer are the shifted tokens).
+   */
+  async add(X: Float32Array, tokens: number, use: (chunk: Float32Array, n: number) => void | Promise<void>): Promise<void> {
     const p = this.p;
-    invariant(X.length >= tokens * p, `Error in CovarianceAccumulator.add: X length (${X.length}) < tokens*p (${tokens}*${p})`);
+    invariant(X.length >= tokens * p, `Error in ${this.owner}.add: X length (${X.length}) < tokens*p (${tokens}*${p})`);
     if (tokens === 0) return;
     if (!this.shift) {
       const sh = new Float64Array(p);
@@ -128,10 +136,9 @@ export class CovarianceAccumulator {
       this.shift = sh;
     }
     const shift = this.shift;
-    const step = this.chunk.length / p;
-    for (let t0 = 0; t0 < tokens; t0 += step) {
-      const n = Math.min(step, tokens - t0);
-      const Y = this.chunk;
+    const Y = this.chunk;
+    for (let t0 = 0; t0 < tokens; t0 += this.step) {
+      const n = Math.min(this.step, tokens - t0);
       for (let t = 0; t < n; t++) {
         const src = (t0 + t) * p;
         const dst = t * p;
@@ -141,15 +148,15 @@ export class CovarianceAccumulator {
           this.s1[i] += v;
         }
       }
-      await this.kernel.addGram(Y, n, p, this.s2);
+      await use(Y, n);
       this.n += n;
     }
   }
 
-  finish(): CovarianceResult {
-    const p = this.p;
-    const n = this.n;
-    invariant(n > 0, 'Error in CovarianceAccumulator.finish: no tokens were added');
+  /** d = S1/n (the mean's offset from the shift) and the mean, float64. */
+  means(): { n: number; d: Float64Array; mean: Float64Array } {
+    const { p, n } = this;
+    invariant(n > 0, `Error in ${this.owner}.finish: no tokens were added`);
     const shift = this.shift!;
     const d = new Float64Array(p);
     const mean = new Float64Array(p);
@@ -157,6 +164,36 @@ export class CovarianceAccumulator {
       d[i] = this.s1[i] / n;
       mean[i] = shift[i] + d[i];
     }
+    return { n, d, mean };
+  }
+}
+
+export class CovarianceAccumulator {
+  private readonly s2: Float64Array; // Σ (x - shift)(x - shift)ᵀ, upper triangle
+  private readonly kernel: GramKernel;
+  private readonly stream: ShiftedFeatureStream;
+
+  constructor(
+    readonly p: number,
+    kernel: GramKernel = new JsGramKernel(),
+  ) {
+    this.stream = new ShiftedFeatureStream(p, kernel.maxTokens, 'CovarianceAccumulator');
+    this.s2 = new Float64Array(p * p);
+    this.kernel = kernel;
+  }
+
+  get count(): number {
+    return this.stream.count;
+  }
+
+  /** Adds X: Float32Array // [tokens, p] token-major. Await it before touching X again. */
+  async add(X: Float32Array, tokens: number): Promise<void> {
+    await this.stream.add(X, tokens, (Y, n) => this.kernel.addGram(Y, n, this.p, this.s2));
+  }
+
+  finish(): CovarianceResult {
+    const p = this.p;
+    const { n, d, mean } = this.stream.means();
     const cov = new Float64Array(p * p);
     for (let i = 0; i < p; i++) {
       for (let j = i; j < p; j++) {

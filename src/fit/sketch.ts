@@ -34,6 +34,7 @@ import { invariant } from '../errors.js';
 import { gemmABt, transpose } from '../math/gemm.js';
 import type { Device } from '../onnx/devices.js';
 import { symmetricEigen } from './eigen.js';
+import { ShiftedFeatureStream } from './covariance.js';
 import { runStepsOnOrt } from './eigen-ort.js';
 import { choleskyBlocked, gaussian, orthonormalizeRows, solveLowerRows, truncate, type TruncatedEigen } from './eigen-randomized.js';
 import { eigenSteps } from './eigen-steps.js';
@@ -173,11 +174,8 @@ export interface SketchResult {
 
 /** The streaming half: Σ (x−s) and (Σ (x−s)(x−s)ᵀ)·Ω over any number of tokens, memory O(p·l). */
 export class SketchAccumulator {
-  private readonly s1: Float64Array;
   private readonly yt: Float32Array;
-  private shift: Float64Array | undefined;
-  private n = 0;
-  private chunk: Float32Array;
+  private readonly stream: ShiftedFeatureStream;
 
   constructor(
     readonly p: number,
@@ -185,62 +183,28 @@ export class SketchAccumulator {
     readonly omegaT: Float32Array,
     readonly kernel: SketchKernel,
   ) {
-    invariant(Number.isInteger(p) && p > 0, `Error in SketchAccumulator: p (${p}) must be a positive integer`);
+    this.stream = new ShiftedFeatureStream(p, kernel.maxTokens, 'SketchAccumulator');
     invariant(
       Number.isInteger(columns) && columns >= 1 && columns <= p && omegaT.length === columns * p,
       `Error in SketchAccumulator: columns (${columns}) must be in [1, p=${p}] with Ωᵀ of columns*p entries (got ${omegaT.length})`,
     );
-    this.s1 = new Float64Array(p);
     this.yt = new Float32Array(columns * p);
-    this.chunk = new Float32Array(kernel.maxTokens * p);
   }
 
   get count(): number {
-    return this.n;
+    return this.stream.count;
   }
 
   /** Adds X: Float32Array // [tokens, p] token-major. Await it before touching X again. */
   async add(X: Float32Array, tokens: number): Promise<void> {
-    const p = this.p;
-    invariant(X.length >= tokens * p, `Error in SketchAccumulator.add: X length (${X.length}) < tokens*p (${tokens}*${p})`);
-    if (tokens === 0) return;
-    if (!this.shift) {
-      const sh = new Float64Array(p);
-      for (let t = 0; t < tokens; t++) for (let i = 0; i < p; i++) sh[i] += X[t * p + i];
-      for (let i = 0; i < p; i++) sh[i] /= tokens;
-      this.shift = sh;
-    }
-    const shift = this.shift;
-    const step = this.kernel.maxTokens;
-    for (let t0 = 0; t0 < tokens; t0 += step) {
-      const n = Math.min(step, tokens - t0);
-      const Y = n === step ? this.chunk : this.chunk.subarray(0, n * p);
-      for (let t = 0; t < n; t++) {
-        const src = (t0 + t) * p;
-        const dst = t * p;
-        for (let i = 0; i < p; i++) {
-          const v = X[src + i] - shift[i];
-          Y[dst + i] = v;
-          this.s1[i] += v;
-        }
-      }
-      await this.kernel.addSketch(Y, n, this.yt);
-      this.n += n;
-    }
+    const { p, stream } = this;
+    await stream.add(X, tokens, (Y, n) => this.kernel.addSketch(n === stream.step ? Y : Y.subarray(0, n * p), n, this.yt));
   }
 
   /** Mean and the mean-corrected C·Ω; the accumulator's buffers may be dropped afterwards. */
   finish(): SketchResult {
     const { p, columns: l } = this;
-    const n = this.n;
-    invariant(n > 0, 'Error in SketchAccumulator.finish: no tokens were added');
-    const shift = this.shift!;
-    const d = new Float64Array(p);
-    const mean = new Float64Array(p);
-    for (let i = 0; i < p; i++) {
-      d[i] = this.s1[i] / n;
-      mean[i] = shift[i] + d[i];
-    }
+    const { n, d, mean } = this.stream.means();
     // C = S2/n − d·dᵀ, so CΩ = S2Ω/n − d·(dᵀΩ); row j of (CΩ)ᵀ: yt[j]/n − (dᵀω_j)·dᵀ.
     const out = new Float64Array(l * p);
     for (let j = 0; j < l; j++) {
