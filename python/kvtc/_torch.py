@@ -213,8 +213,8 @@ def decode(profile, parts, torch, dev, source: str = "<blob>") -> List[Tuple[Any
 
 
 def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
-    from .blob import CODEC_STORED, KIND_PLAN, KIND_RAW, MAX_POSITIONS, assemble, check_positions, compress
-    from .codec import check_cache, payload_from, prepared, raw_section, scan_cache
+    from .blob import CODEC_STORED, KIND_PLAN, KIND_RAW, MAX_POSITIONS, check_positions, compress
+    from .codec import assemble_blob, check_cache, payload_from, prepared, raw_section, scan_cache
 
     def convert(x, what):
         if isinstance(x, np.ndarray):
@@ -286,16 +286,4 @@ def encode(profile, layers_kv, start: int, coder: str, torch, dev) -> bytes:
                 payload = payload_from(plan, n, codes_a, coeffs_b, first_token=s)
                 codec, stored = compress(KIND_PLAN, payload, coder)
                 sections.append((KIND_PLAN, codec, plan.index, stored, len(payload)))
-    return assemble(
-        float16=fp16,
-        raw_float32=raw_f32,
-        profile_id=profile.blob_id,
-        tokens=T,
-        start_position=start,
-        layers=profile.layers,
-        kv_heads=profile.kv_heads,
-        head_dim=profile.head_dim,
-        sink=s,
-        window=w,
-        sections=sections,
-    )
+    return assemble_blob(profile, fp16, raw_f32, T, start, s, w, sections)

@@ -696,19 +696,7 @@ def encode(
             payload = payload_from(plan, n, codes_a, coeffs_b, first_token=s)
             codec, stored = compress(KIND_PLAN, payload, coder)
             sections.append((KIND_PLAN, codec, plan.index, stored, len(payload)))
-    return assemble(
-        float16=fp16,
-        raw_float32=raw_f32,
-        profile_id=profile.blob_id,
-        tokens=T,
-        start_position=start,
-        layers=profile.layers,
-        kv_heads=profile.kv_heads,
-        head_dim=profile.head_dim,
-        sink=s,
-        window=w,
-        sections=sections,
-    )
+    return assemble_blob(profile, fp16, raw_f32, T, start, s, w, sections)
 
 
 def plan_codes(
@@ -719,3 +707,20 @@ def plan_codes(
     The blob is checked exactly as decode checks it."""
     parts = _parse(profile, blob, max_output_bytes, source)
     return {i: payload_codes(profile.plans[i], parts.n, p, source) for i, p in sorted(parts.payloads.items())}
+
+
+def assemble_blob(profile, fp16: bool, raw_f32: bool, tokens: int, start: int, sink: int, window: int, sections) -> bytes:
+    """The blob of an encode (NumPy or torch path): the header from the profile, then the sections."""
+    return assemble(
+        float16=fp16,
+        raw_float32=raw_f32,
+        profile_id=profile.blob_id,
+        tokens=tokens,
+        start_position=start,
+        layers=profile.layers,
+        kv_heads=profile.kv_heads,
+        head_dim=profile.head_dim,
+        sink=sink,
+        window=window,
+        sections=sections,
+    )
