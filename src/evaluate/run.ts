@@ -39,6 +39,8 @@ export interface EvaluateOptions {
   codecs: readonly CacheCodec[];
   /** WikiText-2 test tokens for perplexity; 0 skips it. */
   perplexityTokens: number;
+  /** Tokens per perplexity window; default the model's context, capped by the text. */
+  perplexityWindow?: number;
   seed?: number;
   mmluDir?: string;
   /** Filler for the long-context tasks, and the perplexity text unless perplexityTextPath is given. */
@@ -90,6 +92,8 @@ export interface EvaluateResult {
     codecs: { name: string; sink: number; window: number }[];
     seed: number;
     perplexityTokens: number;
+    /** Set only when asked for (--perplexity-window): absent means the model's context, capped by the text. */
+    perplexityWindow?: number;
   };
   questions: QuestionRecord[];
   summary: EvaluateSummary;
@@ -282,8 +286,13 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     return item.value;
   };
   progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
-  scoring: for (const { subject, questions, shots: examples } of data) {
-    for (let index = 0; index < questions.length; index++) {
+  // Round robin over the subjects (question 0 of every subject, then question 1, …), so a run
+  // stopped at a time limit has scored every subject about equally instead of the first
+  // subjects whole: "every subject, as many questions as an hour allows" is one command.
+  const rounds = data.reduce((m, d) => Math.max(m, d.questions.length), 0);
+  scoring: for (let index = 0; index < rounds; index++) {
+    for (const { subject, questions, shots: examples } of data) {
+      if (index >= questions.length) continue;
       if (interrupted()) break scoring;
       const q = questions[index];
       const item = await journaled(
@@ -349,7 +358,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
   if (opts.perplexityTokens > 0 && !interrupted()) {
     const source = opts.perplexityTextPath ?? opts.wikitextPath ?? WIKITEXT_TEST;
     const text = opts.perplexityTextPath ? (await readTextFile(opts.perplexityTextPath)).text : await readWikitext(source);
-    const plan = planPerplexity(runner, text, { tokens: opts.perplexityTokens });
+    const plan = planPerplexity(runner, text, { tokens: opts.perplexityTokens, window: opts.perplexityWindow });
     pplPlanned = plan.windows;
     const windows: PerplexityWindow[] = [];
     for (let w = 0; w < plan.windows; w++) {
@@ -372,7 +381,8 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     }
     pplScored = windows.length;
     // A partial perplexity would be a different measurement from the one asked for: reported only whole.
-    if (windows.length === plan.windows) perplexity = { ...combinePerplexity(plan, windows, codecNames), source: basename(source) };
+    if (windows.length === plan.windows)
+      perplexity = { ...combinePerplexity(plan, windows, codecNames, { seed }), source: basename(source) };
   }
 
   const incomplete =
@@ -392,6 +402,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
       codecs: codecs.map((c) => ({ name: c.name, sink: c.sink, window: c.window })),
       seed,
       perplexityTokens: opts.perplexityTokens,
+      ...(opts.perplexityWindow !== undefined ? { perplexityWindow: opts.perplexityWindow } : {}),
     },
     questions: records,
     summary: summarize(records, codecNames, { seed, bytesPerToken }),
