@@ -300,6 +300,10 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
       'UTF-8 text for perplexity (default WikiText-2 test; for the bundled model data/stories260k-generated/stories.txt is in-domain, see docs/evaluation.md)',
     )
     .option(
+      '--perplexity-window <n>',
+      "tokens per perplexity window, ≥ 64 and ≤ the model's context, for several windows out of a long text (default: the model's context, capped by the text)",
+    )
+    .option(
       '--long-context <n>',
       'long-context tasks of each kind (RULER-style needle and variable tracking, generated offline; 0 to skip)',
       String(EVAL.longContext),

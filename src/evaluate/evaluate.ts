@@ -26,6 +26,7 @@ import { WIKITEXT_TEST } from '../paths.js';
 import { VERSION } from '../version.js';
 import type { DynamoProfile } from '../dynamo/profile.js';
 import { resolveSubjects } from './subjects.js';
+import { checkPerplexityWindow } from './perplexity.js';
 
 export interface EvaluateModelOptions {
   /** Model directory (or a file in it); the bundled model when left out. */
@@ -48,6 +49,8 @@ export interface EvaluateModelOptions {
   perplexityTokens?: number;
   /** UTF-8 text for perplexity (default WikiText-2 test). */
   perplexityText?: string;
+  /** Tokens per perplexity window (≥ 64, ≤ the model's context); default the model's context, capped by the text. */
+  perplexityWindow?: number;
   /** Long-context tasks of each kind; 0 skips them. */
   longContext?: number;
   /** Prompt length of the long-context tasks; default the model's context, at most EVALUATE_DEFAULTS.longContextTokens. */
@@ -133,6 +136,7 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
       : `no profile for ${model.name} (looked in ${profileCandidates(model).join(', ')}): kvtc is not evaluated, only the baselines (run \`kvtc calibrate\` to make one).`;
     codecs = await createCodecs(codecNames, { profiles, dynamoProfile: dynamo, device });
     const perplexityTokens = options.perplexityTokens ?? EVALUATE_DEFAULTS.perplexityTokens;
+    if (perplexityTokens > 0) checkPerplexityWindow(options.perplexityWindow, model.spec.maxPositions);
     const lc = {
       perKind: options.longContext ?? EVALUATE_DEFAULTS.longContext,
       contextTokens: longContextTokens(model, options.longContextTokens),
@@ -149,6 +153,7 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
         shots: options.shots ?? EVALUATE_DEFAULTS.shots,
         perplexityTokens,
         perplexityText: options.perplexityText,
+        perplexityWindow: options.perplexityWindow,
         longContext: lc,
         seed: options.seed ?? EVALUATE_DEFAULTS.seed,
       });
@@ -162,6 +167,7 @@ export async function evaluate(options: EvaluateModelOptions = {}): Promise<Mode
       codecs,
       perplexityTokens,
       perplexityTextPath: options.perplexityText,
+      perplexityWindow: options.perplexityWindow,
       longContext: lc,
       seed: options.seed ?? EVALUATE_DEFAULTS.seed,
       onProgress: options.onProgress,
@@ -226,6 +232,7 @@ async function journalConfig(c: {
   shots: number;
   perplexityTokens: number;
   perplexityText: string | undefined;
+  perplexityWindow: number | undefined;
   longContext: { perKind: number; contextTokens: number };
   seed: number;
 }): Promise<Record<string, unknown>> {
@@ -240,7 +247,9 @@ async function journalConfig(c: {
     } catch {
       // runEvaluation reports a missing text with its own error, after the MMLU part.
     }
-    perplexity = { tokens: c.perplexityTokens, text: basename(source), text_sha256: sha256 };
+    // `window` is left out (undefined: not hashed) at its default, so journals of runs from before
+    // --perplexity-window existed still match the same command.
+    perplexity = { tokens: c.perplexityTokens, text: basename(source), text_sha256: sha256, window: c.perplexityWindow };
   }
   return {
     kvtc_version: VERSION,

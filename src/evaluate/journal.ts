@@ -77,7 +77,10 @@ const entrySchema = z.discriminatedUnion('kind', [
       scored: z.number().int(),
       cacheTokens: z.number().int(),
       baselineNll: num,
-      codecs: z.record(z.string(), z.object({ nll: num, compressedTokens: z.number().int() })),
+      // Optional: journals written before per-block NLLs were recorded lack them (perplexity-interval.ts falls back).
+      blockTokens: z.number().int().min(1).optional(),
+      baselineBlockNll: z.array(num).optional(),
+      codecs: z.record(z.string(), z.object({ nll: num, compressedTokens: z.number().int(), blockNll: z.array(num).optional() })),
     }),
     seconds: timingSchema,
   }),

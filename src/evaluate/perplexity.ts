@@ -2,27 +2,46 @@
 /**
  * Perplexity on held-out text (WikiText-2 test) with and without a compressed cache.
  *
- * The text is cut into non-overlapping windows of the model's context. In each window the
+ * The text is cut into non-overlapping windows of the model's context (or of --perplexity-window
+ * tokens, for several windows out of a long text). In each window the
  * first `context` tokens are prefilled (all but the last go into the cache), every codec
  * reconstructs that cache, and the remaining tokens are scored against the original and
  * each reconstruction with the same forward pass: perplexity = exp(mean NLL) over the
  * scored tokens. The context part is long enough that tokens outside sink + window exist.
+ * Each window also records its NLL sums per block of PERPLEXITY_BLOCK_TOKENS scored tokens, from
+ * which perplexity-interval.ts bootstraps the 95% intervals.
  */
-import { invariant, KvtcError } from '../errors.js';
+import { invariant, KvtcError, UsageError } from '../errors.js';
 import type { ModelRunner } from '../model/runner.js';
 import type { KvCache } from '../model/types.js';
 import type { ProgressFn } from '../progress.js';
 import type { CacheCodec } from './cache-codec.js';
 import type { PerplexityWindow } from './records.js';
 import { passTokens } from './memory.js';
+import {
+  bootstrapPerplexity,
+  blockSums,
+  PERPLEXITY_BLOCK_TOKENS,
+  perplexityUnits,
+  type PerplexityIntervalInfo,
+} from './perplexity-interval.js';
 
 export interface PerplexityOptions {
   /** Tokens of text to use (whole windows only). */
   tokens: number;
   /** Share of each window that is prefilled and compressed; the rest is scored. Default 0.75. */
   contextFraction?: number;
+  /** Tokens per window, ≥ 64 and ≤ the model's context; default the model's context, capped by the text. */
+  window?: number;
+  /** Bootstrap seed of the intervals (evaluate's --seed); default 0. */
+  seed?: number;
+  /** Bootstrap resamples; default 10,000. */
+  resamples?: number;
   onProgress?: ProgressFn;
 }
+
+/** Smallest --perplexity-window: below it the scored quarter of a window is a handful of tokens. */
+export const MIN_PERPLEXITY_WINDOW = 64;
 
 export interface PerplexityScore {
   /** Mean negative log-likelihood per scored token, nats. */
@@ -40,8 +59,24 @@ export interface PerplexityResult {
   /** Prefilled tokens per window (the cache holds context − 1 of them). */
   context: number;
   scored_tokens: number;
-  baseline: PerplexityScore;
-  codecs: Record<string, PerplexityScore & { compressed_share: number }>;
+  baseline: PerplexityScore & {
+    /** Bootstrap 95% interval of the perplexity; null when there is nothing to resample (interval.note). */
+    perplexity_ci95: [number, number] | null;
+  };
+  codecs: Record<
+    string,
+    PerplexityScore & {
+      compressed_share: number;
+      /** ppl_codec − ppl_uncompressed, with its paired bootstrap 95% interval. */
+      delta: number;
+      delta_ci95: [number, number] | null;
+      /** 100 · (ppl_codec / ppl_uncompressed − 1), with its paired bootstrap 95% interval. */
+      delta_percent: number;
+      delta_percent_ci95: [number, number] | null;
+    }
+  >;
+  /** How the intervals were computed. */
+  interval: PerplexityIntervalInfo;
 }
 
 /** The first `count` tokens of `text` (no BOS), tokenizing only as much text as needed. */
@@ -68,10 +103,17 @@ export function rowNll(row: Float32Array, target: number): number {
   return -(row[target] - m - Math.log(s));
 }
 
-/** Σ −log p(targets[j]) with logits: Float32Array // [targets.length, vocab]. */
-function sumNll(logits: Float32Array, targets: readonly number[], vocab: number): number {
+/**
+ * Σ −log p(targets[j]) with logits: Float32Array // [targets.length, vocab]; each term is also
+ * written to perToken[offset + j] (perToken: Float64Array // [scored tokens of the window]).
+ */
+function sumNll(logits: Float32Array, targets: readonly number[], vocab: number, perToken: Float64Array, offset: number): number {
   let s = 0;
-  for (let j = 0; j < targets.length; j++) s += rowNll(logits.subarray(j * vocab, (j + 1) * vocab), targets[j]);
+  for (let j = 0; j < targets.length; j++) {
+    const x = rowNll(logits.subarray(j * vocab, (j + 1) * vocab), targets[j]);
+    perToken[offset + j] = x;
+    s += x;
+  }
   return s;
 }
 
@@ -85,17 +127,28 @@ export interface PerplexityPlan {
   context: number;
 }
 
+/** A --perplexity-window the model can score (USAGE otherwise); checked before any scoring, as the run may be long. */
+export function checkPerplexityWindow(window: number | undefined, maxPositions: number): void {
+  if (window === undefined || (Number.isInteger(window) && window >= MIN_PERPLEXITY_WINDOW && window <= maxPositions)) return;
+  throw new UsageError(
+    `--perplexity-window ${window}: a window must be a whole number of tokens from ${MIN_PERPLEXITY_WINDOW} to the model's context (${maxPositions})`,
+    `Pass --perplexity-window between ${MIN_PERPLEXITY_WINDOW} and ${maxPositions}, or leave it out for windows of the model's context.`,
+    { value: window, max_positions: maxPositions },
+  );
+}
+
 export function planPerplexity(
   runner: ModelRunner,
   text: string,
-  opts: Pick<PerplexityOptions, 'tokens' | 'contextFraction'>,
+  opts: Pick<PerplexityOptions, 'tokens' | 'contextFraction' | 'window'>,
 ): PerplexityPlan {
   const { maxPositions } = runner.spec;
   const fraction = opts.contextFraction ?? 0.75;
   invariant(fraction > 0 && fraction < 1, `evaluatePerplexity: contextFraction must be in (0, 1), got ${fraction}`);
   const tokenizer = runner.model.tokenizer;
+  checkPerplexityWindow(opts.window, maxPositions);
   const ids = leadingTokens((t) => tokenizer.encode(t, { addBos: false }), text, opts.tokens);
-  const window = Math.min(maxPositions, ids.length);
+  const window = Math.min(opts.window ?? maxPositions, ids.length);
   const context = Math.floor(window * fraction);
   if (context < 2 || window - context < 1) {
     throw new KvtcError('NOT_ENOUGH_TOKENS', `perplexity needs at least 3 tokens of text, got ${ids.length}`, {
@@ -131,36 +184,45 @@ export async function scorePerplexityWindow(
   const targets = win.slice(context);
   // Fed in pieces of `step` tokens, each extending the cache of the ones before, so no pass
   // returns more than MAX_LOGITS_BYTES of logits (memory.ts).
+  const perToken = new Float64Array(targets.length);
   const score = async (past: KvCache) => {
     let nll = 0;
     let cur = past;
     for (let i = 0; i < fed.length; i += step) {
       const r = await runner.forward(fed.slice(i, i + step), cur);
-      nll += sumNll(r.logits, targets.slice(i, i + step), vocabSize);
+      nll += sumNll(r.logits, targets.slice(i, i + step), vocabSize, perToken, i);
       cur = r.present;
     }
-    return nll;
+    return { nll, blocks: blockSums(perToken, PERPLEXITY_BLOCK_TOKENS) };
   };
+  const base = await score(cache);
   const out: PerplexityWindow = {
     index: w,
     scored: targets.length,
     cacheTokens: cache.tokens,
-    baselineNll: await score(cache),
+    baselineNll: base.nll,
+    blockTokens: PERPLEXITY_BLOCK_TOKENS,
+    baselineBlockNll: base.blocks,
     codecs: {},
   };
   for (const codec of codecs) {
     if (signal?.aborted) return null;
     const rec = await codec.apply(cache);
-    out.codecs[codec.name] = { nll: await score(rec.cache), compressedTokens: rec.compressedTokens };
+    const s = await score(rec.cache);
+    out.codecs[codec.name] = { nll: s.nll, compressedTokens: rec.compressedTokens, blockNll: s.blocks };
   }
   return out;
 }
 
-/** The perplexity result of scored windows, summed in window order (as one uninterrupted pass sums them). */
+/**
+ * The perplexity result of scored windows, summed in window order (as one uninterrupted pass sums
+ * them), with the bootstrap intervals of perplexity-interval.ts (seeded by `bootstrap.seed`).
+ */
 export function combinePerplexity(
   plan: PerplexityPlan,
   windows: readonly PerplexityWindow[],
   codecNames: readonly string[],
+  bootstrap: { seed?: number; resamples?: number } = {},
 ): PerplexityResult {
   const sorted = [...windows].sort((a, b) => a.index - b.index);
   let baseNll = 0;
@@ -177,14 +239,43 @@ export function combinePerplexity(
   }
   const result = (sum: number): PerplexityScore => ({ nll: sum / scored, perplexity: Math.exp(sum / scored) });
   const n = sorted.length;
+  const seed = bootstrap.seed ?? 0;
+  const resamples = bootstrap.resamples ?? 10_000;
+  const units = perplexityUnits(sorted, codecNames);
+  const ci = units.method ? bootstrapPerplexity(units.units, { seed, resamples }) : null;
+  const base = result(baseNll);
   return {
     tokens: n * plan.window,
     windows: n,
     window: plan.window,
     context: plan.context,
     scored_tokens: scored,
-    baseline: result(baseNll),
-    codecs: Object.fromEntries(codecNames.map((c) => [c, { ...result(nll[c]), compressed_share: compressed[c] / (n * plan.context) }])),
+    baseline: { ...base, perplexity_ci95: ci?.baseline ?? null },
+    codecs: Object.fromEntries(
+      codecNames.map((c, k) => {
+        const r = result(nll[c]);
+        return [
+          c,
+          {
+            ...r,
+            compressed_share: compressed[c] / (n * plan.context),
+            delta: r.perplexity - base.perplexity,
+            delta_ci95: ci?.codecs[k].delta ?? null,
+            delta_percent: 100 * (r.perplexity / base.perplexity - 1),
+            delta_percent_ci95: ci?.codecs[k].deltaPercent ?? null,
+          },
+        ];
+      }),
+    ),
+    interval: {
+      method: units.method,
+      block_tokens: units.blockTokens,
+      units: units.units.length,
+      resamples,
+      seed,
+      confidence: 0.95,
+      note: units.note,
+    },
   };
 }
 
@@ -204,5 +295,6 @@ export async function evaluatePerplexity(
     plan,
     windows,
     codecs.map((c) => c.name),
+    { seed: opts.seed, resamples: opts.resamples },
   );
 }

@@ -35,5 +35,13 @@ export interface PerplexityWindow {
   /** Prefilled tokens that went into the cache (context − 1). */
   cacheTokens: number;
   baselineNll: number;
-  codecs: Record<string, { nll: number; compressedTokens: number }>;
+  /**
+   * Scored tokens per block of the *BlockNll arrays (the window's last block may be shorter), for
+   * the block bootstrap (perplexity-interval.ts). Absent in journals written before blocks were
+   * recorded, with the arrays.
+   */
+  blockTokens?: number;
+  /** NLL sums per block of blockTokens consecutive scored tokens: [ceil(scored / blockTokens)]. */
+  baselineBlockNll?: number[];
+  codecs: Record<string, { nll: number; compressedTokens: number; blockNll?: number[] }>;
 }

@@ -22,6 +22,10 @@ export function settingsRecord(
 export const fmtAcc = (a: Accuracy) => `${num(100 * a.accuracy, 1)} ± ${num(100 * a.stderr, 1)}`;
 const signed = (x: number, digits = 1) => (Number.isFinite(x) ? `${x > 0 ? '+' : ''}${x.toFixed(digits)}` : 'n/a');
 export const fmtDelta = (c: PairedComparison) => `${signed(c.delta_points)} [${signed(c.delta_ci95[0])}, ${signed(c.delta_ci95[1])}]`;
+/** "x [lo, hi]" with f for all three; "x [n/a]" when there is no interval. */
+export const withCi = (x: number, ci: readonly [number, number] | null | undefined, f: (v: number) => string) =>
+  `${f(x)} [${ci ? `${f(ci[0])}, ${f(ci[1])}` : 'n/a'}]`;
+const kl = (x: number) => (Number.isFinite(x) ? x.toExponential(2) : 'n/a');
 const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : 'n/a');
 const pct = (x: number) => `${num(100 * x, 1)}%`;
 
@@ -29,8 +33,8 @@ export const CODEC_HEADER = [
   'codec',
   'accuracy % ± se',
   'Δ points [95% CI]',
-  'agree',
-  'KL (nats)',
+  'agree [95% CI]',
+  'KL (nats) [95% CI]',
   'ratio',
   'ratio (compr. tokens)',
   'tokens compressed',
@@ -45,8 +49,8 @@ export function codecRows(scope: ScopeSummary): string[][] {
       name,
       fmtAcc(c.accuracy),
       fmtDelta(c),
-      pct(c.agreement),
-      c.kl.toExponential(2),
+      withCi(c.agreement, c.agreement_ci95, pct),
+      withCi(c.kl, c.kl_ci95, kl),
       ratio(c.ratio),
       ratio(c.ratio_compressed),
       pct(c.compressed_share),
@@ -75,20 +79,33 @@ export function scopeTable(
 /** Below this share of prompt tokens through the codec, evaluate warns that the gate measures the raw cache. */
 export const LOW_COMPRESSED_SHARE = 0.5;
 
-export const PERPLEXITY_HEADER = ['cache', 'perplexity', 'Δ perplexity', 'context tokens compressed'];
+export const PERPLEXITY_HEADER = ['cache', 'perplexity [95% CI]', 'Δ perplexity [95% CI]', 'Δ % [95% CI]', 'context tokens compressed'];
 
 export function perplexityRows(result: EvaluateResult): string[][] {
   const p = result.perplexity;
   if (!p) return [];
   return [
-    ['uncompressed', num(p.baseline.perplexity, 3), '—', '0.0%'],
+    ['uncompressed', withCi(p.baseline.perplexity, p.baseline.perplexity_ci95, (x) => num(x, 3)), '—', '—', '0.0%'],
     ...Object.entries(p.codecs).map(([name, c]) => [
       name,
       num(c.perplexity, 3),
-      signed(c.perplexity - p.baseline.perplexity, 3),
+      withCi(c.delta, c.delta_ci95, (x) => signed(x, 3)),
+      withCi(c.delta_percent, c.delta_percent_ci95, (x) => `${signed(x, 2)}%`),
       pct(c.compressed_share),
     ]),
   ];
+}
+
+/** How the perplexity intervals were computed, in one sentence (report and console). */
+export function perplexityIntervalNote(p: NonNullable<EvaluateResult['perplexity']>): string {
+  const i = p.interval;
+  const how =
+    i.method === 'block'
+      ? `paired block bootstrap: ${i.units} blocks of ${i.block_tokens} consecutive scored tokens pooled over the windows, resampled ${i.resamples} times (seed ${i.seed}), the same blocks for every cache`
+      : i.method === 'window'
+        ? `paired bootstrap over the ${i.units} windows, resampled ${i.resamples} times (seed ${i.seed})`
+        : 'no interval';
+  return `95% intervals: ${how}${i.note ? `; ${i.note}` : ''}.`;
 }
 
 /** Plain-language notes that must accompany the numbers. */
@@ -184,7 +201,8 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
     '',
     'Δ = codec − uncompressed accuracy on the same questions (paired bootstrap 95% interval). ' +
       '"ratio" is fp16 bytes of the whole cache ÷ stored bytes, protected sink/window tokens included; ' +
-      '"ratio (compr. tokens)" counts only the tokens that went through the codec. KL is KL(uncompressed ‖ codec) of the 4-way answer distribution.',
+      '"ratio (compr. tokens)" counts only the tokens that went through the codec. KL is the mean KL(uncompressed ‖ codec) of the 4-way answer distribution; ' +
+      'agreement is the share of unchanged answers; their 95% intervals bootstrap the same resampled questions as Δ.',
     '',
   );
   const n = notes(result);
@@ -218,6 +236,8 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
       `${p.windows} window(s) of up to ${p.window} tokens (${p.tokens} tokens in all): the first ${p.context} tokens of each window are prefilled and their cache compressed, the remaining ${p.scored_tokens} tokens in all are scored against it.`,
       '',
       mdTable(PERPLEXITY_HEADER, perplexityRows(result)),
+      '',
+      perplexityIntervalNote(p),
       '',
     );
   }

@@ -101,37 +101,65 @@ export interface BootstrapOptions {
  * Identical runs give exactly [0, 0].
  */
 export function pairedBootstrapDelta(baseline: Outcomes, candidate: Outcomes, options: BootstrapOptions = {}): PairedDelta {
-  const { resamples = 10_000, seed = 0, confidence = 0.95 } = options;
   const n = baseline.length;
   invariant(candidate.length === n, `Error in pairedBootstrapDelta: runs have ${n} and ${candidate.length} questions`);
   invariant(n > 0, 'Error in pairedBootstrapDelta: no questions');
-  invariant(resamples >= 1 && confidence > 0 && confidence < 1, 'Error in pairedBootstrapDelta: bad resamples or confidence');
   const a = toNumbers(baseline);
   const b = toNumbers(candidate);
   const d = new Float64Array(n);
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
-    d[i] = b[i] - a[i];
-    sum += d[i];
-  }
+  for (let i = 0; i < n; i++) d[i] = b[i] - a[i];
+  const [m] = bootstrapMeans([d], options);
+  return { delta: m.mean, lo: m.lo, hi: m.hi, confidence: m.confidence, resamples: m.resamples, seed: m.seed, n };
+}
+
+/** The mean of one per-item column with its percentile bootstrap interval (bootstrapMeans). */
+export interface BootstrapMean {
+  mean: number;
+  lo: number;
+  hi: number;
+  confidence: number;
+  resamples: number;
+  seed: number;
+  n: number;
+}
+
+/**
+ * Bootstrap of the means of several per-item columns (each Float64Array // [items]) over the
+ * same resampled items: per resample, n indices are drawn with floor(rng()·n) from
+ * mulberry32(seed) and every column is averaged over them, so the columns' intervals are paired
+ * (and the first column's interval is the one pairedBootstrapDelta gives for it). Percentile
+ * intervals; a constant column gives exactly [c, c].
+ */
+export function bootstrapMeans(columns: readonly ArrayLike<number>[], options: BootstrapOptions = {}): BootstrapMean[] {
+  const { resamples = 10_000, seed = 0, confidence = 0.95 } = options;
+  invariant(columns.length > 0, 'Error in bootstrapMeans: no columns');
+  const n = columns[0].length;
+  invariant(n > 0, 'Error in bootstrapMeans: no items');
+  invariant(
+    columns.every((c) => c.length === n),
+    `Error in bootstrapMeans: columns have ${columns.map((c) => c.length).join(', ')} items`,
+  );
+  invariant(resamples >= 1 && confidence > 0 && confidence < 1, 'Error in bootstrapMeans: bad resamples or confidence');
+  const k = columns.length;
+  const cols = columns.map((c) => Float64Array.from(c));
+  const stats = cols.map(() => new Float64Array(resamples));
+  const sums = new Float64Array(k);
   const rng = mulberry32(seed);
-  const stats = new Float64Array(resamples);
   for (let r = 0; r < resamples; r++) {
-    let s = 0;
-    for (let i = 0; i < n; i++) s += d[Math.floor(rng() * n)];
-    stats[r] = s / n;
+    sums.fill(0);
+    for (let i = 0; i < n; i++) {
+      const j = Math.floor(rng() * n);
+      for (let c = 0; c < k; c++) sums[c] += cols[c][j];
+    }
+    for (let c = 0; c < k; c++) stats[c][r] = sums[c] / n;
   }
-  stats.sort();
   const alpha = (1 - confidence) / 2;
-  return {
-    delta: sum / n,
-    lo: quantile(stats, alpha),
-    hi: quantile(stats, 1 - alpha),
-    confidence,
-    resamples,
-    seed,
-    n,
-  };
+  return cols.map((col, c) => {
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += col[i];
+    const sorted = stats[c].sort();
+    return { mean: sum / n, lo: quantile(sorted, alpha), hi: quantile(sorted, 1 - alpha), confidence, resamples, seed, n };
+  });
 }
 
 /** Linear-interpolated quantile of sorted data (NumPy's default 'linear' method). */

@@ -9,10 +9,14 @@
  * tokens (sink + window) is not compressed at all: it is counted in the accuracy (the
  * harness would) but reported separately, and `compressed_only` shows the comparison on
  * the questions the codec actually touched.
+ *
+ * Every figure carries its 95% interval: the accuracy delta, the agreement and the mean KL are
+ * bootstrapped over the scope's questions (tasks, for long-context) with one set of resampled
+ * indices per codec and scope (bootstrapMeans), seeded by evaluate's --seed.
  */
 import type { QuestionRecord } from './records.js';
 import { groupOf, MMLU_GROUPS } from './subjects.js';
-import { accuracy, agreementRate, groupAccuracy, klDivergence, pairedBootstrapDelta, type Accuracy } from './stats.js';
+import { accuracy, bootstrapMeans, groupAccuracy, klDivergence, type Accuracy } from './stats.js';
 
 export interface PairedComparison {
   n: number;
@@ -23,11 +27,15 @@ export interface PairedComparison {
   delta_ci95: [number, number];
   /** Share of questions where the codec's answer equals the uncompressed answer. */
   agreement: number;
+  /** Bootstrap 95% interval of agreement (the same resampled questions as delta_ci95). */
+  agreement_ci95: [number, number];
 }
 
 export interface CodecScope extends PairedComparison {
   /** Mean KL(uncompressed ‖ codec) of the 4-way answer distribution, nats. */
   kl: number;
+  /** Bootstrap 95% interval of kl over questions (the same resampled questions as delta_ci95). */
+  kl_ci95: [number, number];
   /** fp16 bytes of all cached tokens ÷ stored bytes (protected tokens, headers, scales included). */
   ratio: number;
   /** fp16 bytes of the compressed tokens ÷ their stored bytes; NaN when nothing was compressed. */
@@ -70,20 +78,43 @@ function correct(pred: number, gold: number): number {
   return pred === gold ? 1 : 0;
 }
 
-function paired(recs: readonly QuestionRecord[], codec: string, acc: Accuracy, opts: SummarizeOptions): PairedComparison {
-  const base = recs.map((r) => correct(r.baseline.pred, r.gold));
-  const cand = recs.map((r) => correct(r.codecs[codec].pred, r.gold));
-  const d = pairedBootstrapDelta(base, cand, { seed: opts.seed ?? 0, resamples: opts.resamples });
+/**
+ * The paired comparison of one codec over `recs`, and the mean KL with its interval: delta,
+ * agreement and KL are bootstrapped over the same resampled questions (bootstrapMeans), whose
+ * first column is the accuracy delta exactly as pairedBootstrapDelta resamples it.
+ */
+function paired(
+  recs: readonly QuestionRecord[],
+  codec: string,
+  acc: Accuracy,
+  opts: SummarizeOptions,
+): PairedComparison & { kl: number; kl_ci95: [number, number] } {
+  const n = recs.length;
+  const delta = new Float64Array(n);
+  const agree = new Float64Array(n);
+  const kl = new Float64Array(n);
+  recs.forEach((r, i) => {
+    const c = r.codecs[codec];
+    delta[i] = correct(c.pred, r.gold) - correct(r.baseline.pred, r.gold);
+    agree[i] = c.pred === r.baseline.pred ? 1 : 0;
+    kl[i] = klDivergence(r.baseline.logLik, c.logLik);
+  });
+  const [d, a, k] = bootstrapMeans([delta, agree, kl], { seed: opts.seed ?? 0, resamples: opts.resamples });
   return {
-    n: recs.length,
+    n,
     accuracy: acc,
-    delta_points: 100 * d.delta,
+    delta_points: 100 * d.mean,
     delta_ci95: [100 * d.lo, 100 * d.hi],
-    agreement: agreementRate(
-      recs.map((r) => r.baseline.pred),
-      recs.map((r) => r.codecs[codec].pred),
-    ),
+    agreement: a.mean,
+    agreement_ci95: [a.lo, a.hi],
+    kl: k.mean,
+    kl_ci95: [k.lo, k.hi],
   };
+}
+
+/** compressed_only keeps the shape it always had: the comparison without the KL. */
+function comparison({ kl: _kl, kl_ci95: _ci, ...rest }: ReturnType<typeof paired>): PairedComparison {
+  return rest;
 }
 
 /** Accuracy of one scope: a single subject directly, several micro-averaged with pooled stderr. */
@@ -114,19 +145,16 @@ function summarizeScope(recs: readonly QuestionRecord[], codecs: readonly string
     let fp16 = 0;
     let cBytes = 0;
     let cTokens = 0;
-    let kl = 0;
     for (const r of recs) {
       const c = r.codecs[name];
       bytes += c.bytes;
       fp16 += r.cacheTokens * opts.bytesPerToken;
       cBytes += c.compressedBytes;
       cTokens += c.compressedTokens;
-      kl += klDivergence(r.baseline.logLik, c.logLik);
     }
     const touched = recs.filter((r) => r.codecs[name].compressedTokens > 0);
     out.codecs[name] = {
       ...paired(recs, name, acc, opts),
-      kl: kl / recs.length,
       ratio: bytes > 0 ? fp16 / bytes : Number.NaN,
       ratio_compressed: cBytes > 0 ? (cTokens * opts.bytesPerToken) / cBytes : Number.NaN,
       bytes,
@@ -135,7 +163,9 @@ function summarizeScope(recs: readonly QuestionRecord[], codecs: readonly string
       compressed_share: cTokens / promptTokens,
       uncompressed_questions: recs.length - touched.length,
       compressed_only:
-        touched.length > 0 ? paired(touched, name, accuracy(touched.map((r) => correct(r.codecs[name].pred, r.gold))), opts) : null,
+        touched.length > 0
+          ? comparison(paired(touched, name, accuracy(touched.map((r) => correct(r.codecs[name].pred, r.gold))), opts))
+          : null,
     };
   }
   return out;

@@ -2,7 +2,7 @@
 /**
  * A ratio sweep: every codec of one evaluate run (kvtc profiles at several ratios, and the
  * baselines) against the same uncompressed run, as rows and as an SVG figure in the manner of the
- * paper's: accuracy change with its 95% interval, KL, agreement and perplexity change, each
+ * paper's: accuracy change, KL, agreement and perplexity change, each with its 95% interval,
  * against the compression ratio measured on the evaluated caches.
  */
 import type { EvaluateResult } from './run.js';
@@ -16,9 +16,16 @@ export interface SweepRow {
   delta_points: number;
   delta_ci95: [number, number];
   agreement: number;
+  agreement_ci95: [number, number];
   kl: number;
+  kl_ci95: [number, number];
   compressed_share: number;
   perplexity_delta: number | null;
+  /** Paired block bootstrap 95% interval of perplexity_delta; null without perplexity or without an interval. */
+  perplexity_delta_ci95: [number, number] | null;
+  /** 100 · (ppl_codec / ppl_uncompressed − 1) and its interval. */
+  perplexity_delta_percent: number | null;
+  perplexity_delta_percent_ci95: [number, number] | null;
   long_context_delta_points: number | null;
   long_context_ci95: [number, number] | null;
 }
@@ -38,9 +45,14 @@ export function sweepRows(r: EvaluateResult): SweepRow[] {
       delta_points: c.delta_points,
       delta_ci95: c.delta_ci95,
       agreement: c.agreement,
+      agreement_ci95: c.agreement_ci95,
       kl: c.kl,
+      kl_ci95: c.kl_ci95,
       compressed_share: c.compressed_share,
       perplexity_delta: ppl && r.perplexity ? ppl.perplexity - r.perplexity.baseline.perplexity : null,
+      perplexity_delta_ci95: ppl?.delta_ci95 ?? null,
+      perplexity_delta_percent: ppl?.delta_percent ?? null,
+      perplexity_delta_percent_ci95: ppl?.delta_percent_ci95 ?? null,
       long_context_delta_points: lc?.delta_points ?? null,
       long_context_ci95: lc?.delta_ci95 ?? null,
     });
@@ -72,8 +84,8 @@ const fmt = (x: number) =>
 export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string; subtitle?: string; perplexitySource?: string }): string {
   const panels: Panel[] = [
     { title: 'MMLU Δ accuracy (points, 95% CI)', value: (r) => r.delta_points, interval: (r) => r.delta_ci95, zero: 0 },
-    { title: 'KL(uncompressed ‖ codec), nats', value: (r) => r.kl, zero: 0 },
-    { title: 'agreement with uncompressed', value: (r) => r.agreement, zero: 1 },
+    { title: 'KL(uncompressed ‖ codec), nats, 95% CI', value: (r) => r.kl, interval: (r) => r.kl_ci95, zero: 0 },
+    { title: 'agreement with uncompressed, 95% CI', value: (r) => r.agreement, interval: (r) => r.agreement_ci95, zero: 1 },
     {
       title: 'long-context Δ accuracy (points, 95% CI)',
       value: (r) => r.long_context_delta_points,
@@ -82,7 +94,12 @@ export function renderSweepSvg(rows: readonly SweepRow[], meta: { title: string;
     },
   ];
   if (rows.some((r) => r.perplexity_delta !== null))
-    panels.push({ title: `Δ perplexity (${meta.perplexitySource ?? 'WikiText-2'})`, value: (r) => r.perplexity_delta, zero: 0 });
+    panels.push({
+      title: `Δ perplexity (${meta.perplexitySource ?? 'WikiText-2'}), 95% CI`,
+      value: (r) => r.perplexity_delta,
+      interval: (r) => r.perplexity_delta_ci95,
+      zero: 0,
+    });
   const W = 300;
   const H = 240;
   const pad = { l: 52, r: 40, t: 28, b: 40 };

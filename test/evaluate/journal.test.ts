@@ -76,6 +76,9 @@ describe('evaluation journal', () => {
     const [header, ...entries] = lines(path).map((l) => JSON.parse(l));
     expect(header).toMatchObject({ format: 'kvtc-evaluate-journal', format_version: 1, config_hash: configHash(header.config) });
     expect(header.config).toMatchObject({ shots: 0, limit: 4, subjects: ['world_religions'], seed: 0 });
+    // --perplexity-window at its default adds nothing to the configuration: journals of builds
+    // from before it existed still match the same command.
+    expect(Object.keys(header.config.perplexity).sort()).toEqual(['text', 'text_sha256', 'tokens']);
     expect(entries.map((e: JournalEntry) => e.key)).toEqual([
       'mmlu/world_religions/0',
       'mmlu/world_religions/1',

@@ -92,9 +92,14 @@ describe('sweep plot', () => {
       delta_points: d,
       delta_ci95: [d - 2, d + 2] as [number, number],
       agreement: 0.9,
+      agreement_ci95: [0.85, 0.95] as [number, number],
       kl: 0.01,
+      kl_ci95: [0.005, 0.02] as [number, number],
       compressed_share: 0.7,
       perplexity_delta: 0.1,
+      perplexity_delta_ci95: [0.05, 0.2] as [number, number],
+      perplexity_delta_percent: 1,
+      perplexity_delta_percent_ci95: [0.5, 2] as [number, number],
       long_context_delta_points: d,
       long_context_ci95: [d - 1, d + 1] as [number, number],
     });
@@ -103,6 +108,10 @@ describe('sweep plot', () => {
     expect(svg).toContain('a &lt;title&gt; &amp; more');
     expect(svg.match(/<circle/g)).toHaveLength(3 * 5);
     expect(svg.match(/<polyline/g)).toHaveLength(5);
+    // Every panel draws each point's 95% interval as a vertical line: x1 = x2 on the point.
+    const bars = [...svg.matchAll(/<line x1="([\d.]+)" x2="([\d.]+)" y1="([\d.]+)" y2="([\d.]+)" stroke="#(?:1f6fb4|d95f02)"/g)];
+    expect(bars).toHaveLength(3 * 5);
+    for (const b of bars) expect(b[1]).toBe(b[2]);
     expect(svg).toContain('kvtc@20x: -3.0 at 18.00x');
   });
 });

@@ -12,10 +12,12 @@ import {
   partialSummary,
   sampleLines,
   PERPLEXITY_HEADER,
+  perplexityIntervalNote,
   perplexityRows,
   renderMarkdown,
   scopeTable,
   settingsRecord,
+  withCi,
 } from '../../evaluate/report.js';
 import { CODEC_NAMES, isKvtcCodec, sweepNames, type CodecName } from '../../evaluate/codecs.js';
 import { checkEvaluateOptions, evaluate, type ModelEvaluation } from '../../evaluate/evaluate.js';
@@ -51,6 +53,7 @@ const schema = z.object({
     .transform((list) => (list ? ([...new Set(list)] as CodecName[]) : undefined)),
   perplexityTokens: wholeNumber(0),
   perplexityText: z.string().min(1).optional(),
+  perplexityWindow: wholeNumber(64).optional(),
   longContext: wholeNumber(0, 10_000),
   longContextTokens: wholeNumber(64).optional(),
   logSamples: z.string().min(1).optional(),
@@ -164,17 +167,25 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
     io.out('Ratio sweep (all against the same uncompressed run; ratio measured on these caches):');
     io.out(
       table(
-        ['codec', 'ratio (compr. tokens)', 'MMLU Δ [95% CI]', 'agree', 'KL', 'long-context Δ [95% CI]', 'Δ perplexity'],
+        [
+          'codec',
+          'ratio (compr. tokens)',
+          'MMLU Δ [95% CI]',
+          'agree [95% CI]',
+          'KL [95% CI]',
+          'long-context Δ [95% CI]',
+          'Δ perplexity [95% CI]',
+        ],
         sweepRows(r).map((x) => [
           x.codec,
           Number.isFinite(x.ratio_compressed) ? `${x.ratio_compressed.toFixed(2)}x` : 'n/a',
           `${f(x.delta_points)} [${f(x.delta_ci95[0])}, ${f(x.delta_ci95[1])}]`,
-          `${(100 * x.agreement).toFixed(1)}%`,
-          x.kl.toExponential(2),
+          withCi(x.agreement, x.agreement_ci95, (v) => `${(100 * v).toFixed(1)}%`),
+          withCi(x.kl, x.kl_ci95, (v) => v.toExponential(2)),
           x.long_context_delta_points === null
             ? 'n/a'
             : `${f(x.long_context_delta_points)} [${f(x.long_context_ci95![0])}, ${f(x.long_context_ci95![1])}]`,
-          f(x.perplexity_delta, 3),
+          x.perplexity_delta === null ? 'n/a' : withCi(x.perplexity_delta, x.perplexity_delta_ci95, (v) => f(v, 3)),
         ]),
       ),
     );
@@ -186,6 +197,7 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
       `Perplexity, ${p.source ?? 'WikiText-2 test'}: ${p.windows} window(s) of ${p.window} tokens; first ${p.context} prefilled and compressed, ${p.scored_tokens} tokens scored in all`,
     );
     io.out(table(PERPLEXITY_HEADER, perplexityRows(r)));
+    io.out(perplexityIntervalNote(p));
   }
   const t = r.timing;
   const codecTimes = Object.entries(t.codecSeconds)
@@ -257,6 +269,7 @@ export default async function evaluateCommand(raw: Record<string, unknown>, io: 
       codecs: opts.codec,
       perplexityTokens: opts.perplexityTokens,
       perplexityText: opts.perplexityText,
+      perplexityWindow: opts.perplexityWindow,
       longContext: opts.longContext,
       longContextTokens: opts.longContextTokens,
       seed: opts.seed,
