@@ -9,6 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { memoryIO } from '../../src/cli/io.js';
+import { main } from '../../src/cli/main.js';
 import { evaluate } from '../../src/evaluate/evaluate.js';
 import { configHash, EvaluationJournal } from '../../src/evaluate/journal.js';
 import { blockSums, bootstrapPerplexity, PERPLEXITY_BLOCK_TOKENS, type NllUnit } from '../../src/evaluate/perplexity-interval.js';
@@ -342,6 +344,13 @@ describe('intervals on a real run of the bundled model', () => {
     expect(again.result.summary.overall.codecs.int4.kl_ci95).toEqual(r.summary.overall.codecs.int4.kl_ci95);
     expect(renderMarkdown(again.result)).toMatch(/whole windows were resampled/);
   }, 300_000);
+
+  it('kvtc evaluate --perplexity-window below 64 is a usage error naming the option', async () => {
+    const io = memoryIO();
+    const code = await main(['node', 'kvtc', 'evaluate', '--perplexity-window', '32', '--limit', '1', '--quiet'], io);
+    expect(code).toBe(2);
+    expect(io.stderr.join('\n')).toMatch(/perplexity-?window/i);
+  });
 
   it('refuses a --perplexity-window beyond the model before scoring anything', async () => {
     await expect(evaluate({ subjects: 'world_religions', limit: 1, codecs: ['int4'], perplexityWindow: 4096 })).rejects.toMatchObject({
