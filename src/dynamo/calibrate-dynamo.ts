@@ -6,7 +6,8 @@
  * captureCaches, checkAbort); what this target adds is its rows, tables, costs and measurement:
  * capture (the same text selection, sequences and prefill as src/calibrate) → rows = blocks of
  * `blockTokens` tokens of one layer's K (as stored, RoPE applied) or V, in the block layout →
- * streaming float64 covariance per (layer, kind) → eigenbasis → float32 mean and projection →
+ * streaming float64 covariance per (layer, kind) → its top k eigenpairs (k = what the fit's rank
+ * and the smallest ratio's budget allow, fit.ts dynamoFitComponents) → float32 mean and projection →
  * held-out coefficients through the kernels' arithmetic → error tables with the kernels'
  * quantizers → DP per target ratio → measured on the held-out caches through the emulated
  * kernels end to end → kvtc-dynamo.json + kvtc-dynamo.safetensors.
@@ -18,7 +19,6 @@ import type { CalibrationTokens, SequenceSplit, SkippedFile } from '../calibrate
 import { stageTimer } from '../calibrate/stage-times.js';
 import { ropeSafeChunk } from '../rope/freqs.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
-import { symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { KvKind } from '../codec/types.js';
 import { CALIBRATE_DEFAULTS } from '../defaults.js';
 import { KvtcError, UsageError } from '../errors.js';
@@ -29,7 +29,17 @@ import { noProgress, type ProgressFn } from '../progress.js';
 import { PRODUCER, VERSION } from '../version.js';
 import { blockFeatures, fullBlocks, gatherBlockRows, type BlockLayout, type BlockShape } from './blocks.js';
 import { basisConfig, measureDynamo, type DynamoMeasurement, type DynamoSetup } from './dynamo-codec.js';
-import { DEFAULT_INT_BITS, planDynamoBasis, prepareDynamoBasis, type DynamoBasis, type DynamoBasisTables } from './fit.js';
+import {
+  DEFAULT_INT_BITS,
+  dynamoEigen,
+  dynamoFitComponents,
+  dynamoMaxComponents,
+  planDynamoBasis,
+  prepareDynamoBasis,
+  type DynamoBasis,
+  type DynamoBasisTables,
+  type DynamoEigen,
+} from './fit.js';
 import type { Fp8Path } from './kernels.js';
 import { isDynamoProfileDir, readDynamoManifest, writeDynamoProfile } from './profile.js';
 import { DYNAMO_PROFILE_FORMAT, DYNAMO_PROFILE_VERSION, LIMITS, type DynamoManifestDraft } from './schema.js';
@@ -50,6 +60,12 @@ export interface CalibrateDynamoOptions {
   layout?: BlockLayout;
   fp8Path?: Fp8Path;
   intBits?: number[];
+  /**
+   * Fit all `features` components with the dense solver (the fit before truncation), instead of
+   * the top k that the fit's rank and the budget allow. For comparisons; plans are the same up to
+   * the solvers' rounding.
+   */
+  fullBasis?: boolean;
   chunk: number;
   seed: number;
   device: Device;
@@ -94,6 +110,12 @@ export interface CalibrateDynamoResult {
   blocks_heldout: number;
   seq_len: number;
   bases: number;
+  /** Components fitted, projected and tabled per basis (≤ features; fit.ts dynamoFitComponents). */
+  components_fitted: number;
+  /** Of those, the top ones eigen-solved (≤ blocks_fit); the rest complete the null space. */
+  components_solved: number;
+  /** How they were fitted (fit-pool.ts's solver names). */
+  eigen_solver: DynamoEigen['solver'];
   profiles: DynamoRatioResult[];
   warnings: string[];
   seconds: Record<string, number>;
@@ -230,11 +252,16 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     const blocksFit = split.fit.length * blocksPerSeq;
     const blocksHeld = held.reduce((a, c) => a + fullBlocks(c, B).count, 0);
     const warnings: string[] = [];
-    if (blocksFit < p) {
+    // Components the smallest ratio's budget could store; the fit has data for fewer than blocksFit.
+    const kBudget = dynamoMaxComponents(p, opts.ratios, intBits);
+    if (blocksFit < kBudget) {
       warnings.push(
-        `${blocksFit} calibration blocks for ${p} features per block: the covariance has rank ≤ ${blocksFit}, so components beyond it are fitted on nothing; give more --tokens (≥ ${p * B}) for a full-rank fit.`,
+        `${blocksFit} calibration blocks for ${p} features per block: the covariance has rank < ${blocksFit}, so of the ${kBudget} components the ${Math.min(...opts.ratios)}x budget could store, those beyond it are fitted on nothing (an arbitrary basis of the rest); give more --tokens (≥ ${kBudget * B}) to fit them all.`,
       );
     }
+    const fit = opts.fullBasis ? { components: p, solved: p } : dynamoFitComponents(p, blocksFit, opts.ratios, intBits);
+    const kFit = fit.components;
+    let solver: DynamoEigen['solver'] = 'dense';
     const tables: DynamoBasisTables[] = [];
     let eigenSeconds = 0;
     let tableSeconds = 0;
@@ -245,7 +272,8 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
       s.disposed = true;
       await s.kernel.dispose?.();
       let t = performance.now();
-      const eigen = await symmetricEigenAsync(cov.cov, p);
+      const eigen = await dynamoEigen(cov.cov, p, kFit, { solved: fit.solved });
+      solver = eigen.solver;
       eigenSeconds += (performance.now() - t) / 1000;
       t = performance.now();
       const rows = new Float32Array(blocksHeld * p);
@@ -361,6 +389,9 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
       blocks_heldout: blocksHeld,
       seq_len: seqLen,
       bases: states.length,
+      components_fitted: kFit,
+      components_solved: fit.solved,
+      eigen_solver: solver,
       profiles,
       warnings,
       seconds,

@@ -26,11 +26,31 @@
  * range first, then each IntX group becomes its own range (its own per-row min/max), and dropped
  * components are left out; pca_components is what is stored.
  *
+ * Truncated fit (dynamoFitComponents): only k ≤ p components are projected and tabled, because
+ * no plan can store more: at ⌊2p/r⌋ bytes per block the cheapest stored component (IntX at the
+ * smallest allowed width, or FP8's byte) fits at most 8·⌊2p/r⌋ / b_min times. k is rounded up to
+ * the granule, so the DP's candidate ranges inside [0, k) are the full fit's; the energy outside
+ * the k components is every plan's `residual`. Of those k, only the top r = min(k, n − 1) are
+ * eigen-solved: the covariance of n fit blocks (mean removed) has rank ≤ n − 1, so the rest have
+ * eigenvalue 0 and any orthonormal completion of its range is an eigenbasis (the dense solver's
+ * is arbitrary there too). The completion still matters: held-out blocks have energy outside the
+ * fit's span, and at low ratios the DP stores null-space components to capture it. kvtc completes
+ * with the feature axes of largest fit variance, orthogonalized against the range (completeRows):
+ * bundled model, 16-token blocks (512 features), 128 fit blocks, 8x: relative K/V error 0.153 /
+ * 0.559 with them, 0.161 / 0.564 with the dense solver's null vectors, 0.165 / 0.564 with random
+ * ones, 0.201 / 0.715 with none. Eigenpairs come from kvtc's truncated solvers, chosen as
+ * src/calibrate/fit-pool.ts chooses them (fitSolver).
+ *
  * Memory: the DP's back-pointers are one Uint16 per (component, budget byte): p = 16384 at 8x is
- * 16384 × 4097 × 2 B = 134 MB.
+ * 16384 × 4097 × 2 B = 134 MB (fewer with a truncated fit: k components, not p).
  */
 import { invariant, KvtcError } from '../errors.js';
-import type { EigenResult } from '../fit/eigen.js';
+import { fitSolver, type FitOutput } from '../calibrate/fit-pool.js';
+import { runStepsOnOrt, symmetricEigenAsync } from '../fit/eigen-ort.js';
+import { gaussian, orthonormalizeRows, RANDOMIZED_EIGEN_SEED, randomizedEigenAsync } from '../fit/eigen-randomized.js';
+import type { MatMulRequest } from '../fit/eigen-types.js';
+import { LARGE_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
+import { gemmABt, transpose } from '../math/gemm.js';
 import type { KvKind } from '../codec/types.js';
 import { allocateRuns, type CostModel } from '../fit/dp.js';
 import { buildTables, tableIndex, type MeasuredTables } from '../fit/error-tables.js';
@@ -72,6 +92,128 @@ export function dynamoGranule(p: number): number {
 /** Index of IntX range (start k·g, m granules, intBits[b]) in t.dynamicErr. */
 export function intxIndex(t: Pick<DynamoTables, 'maxGranules' | 'intBits'>, k: number, m: number, b: number): number {
   return tableIndex(t.maxGranules, t.intBits.length, k, m, b);
+}
+
+/**
+ * The most components a plan can store within ⌊2p/ratio⌋ bytes per block at the smallest of
+ * `ratios`: every stored component costs at least min(8, smallest IntX width) bits (FP8 is a
+ * byte; IntX ranges also pay 8 bytes of min/max, so this is an upper bound). Capped at p.
+ */
+export function dynamoMaxComponents(p: number, ratios: readonly number[], intBits: readonly number[] = DEFAULT_INT_BITS): number {
+  const budgetBytes = Math.floor((2 * p) / Math.min(...ratios));
+  const cheapestBits = Math.min(8, ...intBits);
+  return Math.min(p, Math.max(1, Math.floor((8 * budgetBytes) / cheapestBits)));
+}
+
+/**
+ * What the truncated fit keeps of p features: `components` k = min(p, the budget bound at the
+ * smallest ratio) rounded up to the granule (so every candidate range the full fit's DP could
+ * place inside [0, k) is still a candidate), and `solved` r = min(k, fit blocks − 1): the
+ * eigenpairs the covariance has data for (its rank, mean removed, is below the fit blocks);
+ * components r..k complete its null space.
+ */
+export function dynamoFitComponents(
+  p: number,
+  blocksFit: number,
+  ratios: readonly number[],
+  intBits: readonly number[] = DEFAULT_INT_BITS,
+  granule = dynamoGranule(p),
+): { components: number; solved: number } {
+  const k = Math.min(p, Math.ceil(dynamoMaxComponents(p, ratios, intBits) / granule) * granule);
+  return { components: k, solved: Math.max(1, Math.min(k, blocksFit - 1)) };
+}
+
+/** The top k eigenpairs of one basis's covariance: values [k] descending, vectors [p, k]. */
+export interface DynamoEigen {
+  values: Float64Array;
+  vectors: Float64Array;
+  /**
+   * fit-pool.ts's names — 'dense' (all p), 'randomized', 'dense-truncated' (dense cut to k) —
+   * with '+completed' where only the top r < k came from it and completeRows added the rest.
+   */
+  solver: `${Exclude<FitOutput['solver'], 'sketch'>}${'' | '+completed'}`;
+}
+
+/**
+ * The top k eigenpairs of cov [p, p]. The top `solved` r (≤ k, default k) come from the solver
+ * fit-pool.ts would pick for r (fitSolver): the dense solve when r = p or p is small, the
+ * randomized solver when r ≤ RANDOMIZED_MAX_RANK_FRACTION·p, else the dense solve; cut to r. Where
+ * r < k the other k − r complete them (completeRows) with eigenvalue 0: r is at least the
+ * covariance's rank, so the top r span its whole range and what is left is its null space.
+ */
+export async function dynamoEigen(
+  cov: Float64Array,
+  p: number,
+  k: number,
+  opts: { solved?: number; threads?: number } = {},
+): Promise<DynamoEigen> {
+  const r = opts.solved ?? k;
+  invariant(
+    Number.isInteger(k) && Number.isInteger(r) && r >= 1 && r <= k && k <= p,
+    `Error in dynamoEigen: need integers 1 ≤ solved (${r}) ≤ k (${k}) ≤ p (${p})`,
+  );
+  const base = fitSolver({ dim: p, maxRank: r });
+  const threads = opts.threads ?? 0;
+  let values: Float64Array;
+  let vectorsT: Float64Array; // [r, p] (or [p, p] from a full dense solve)
+  if (base === 'randomized') {
+    const e = await randomizedEigenAsync(cov, p, r, { threads });
+    values = e.values;
+    vectorsT = e.vectorsT;
+  } else {
+    const full = await symmetricEigenAsync(cov, p, { threads });
+    if (k === p && r === p) return { values: full.values, vectors: full.vectors, solver: 'dense' };
+    values = full.values;
+    vectorsT = full.vectorsT;
+  }
+  const solver = base === 'randomized' ? 'randomized' : 'dense-truncated';
+  if (r === k) return { values: values.slice(0, k), vectors: transpose(vectorsT.subarray(0, k * p), k, p), solver };
+  const diag = Float64Array.from({ length: p }, (_, i) => cov[i * p + i]);
+  const steps = completeRowsSteps(vectorsT, r, k, p, diag);
+  const Vt = p >= LARGE_EIGEN_MIN_P ? await runStepsOnOrt(steps, threads) : runStepsInJs(steps);
+  const all = new Float64Array(k); // the completion's eigenvalues are 0
+  all.set(values.subarray(0, r));
+  return { values: all, vectors: transpose(Vt, k, p), solver: `${solver}+completed` };
+}
+
+/** Seed of the Gaussian rows that replace a dependent axis in completeRows (fixed: deterministic). */
+const COMPLETION_SEED = RANDOMIZED_EIGEN_SEED + 1;
+
+/**
+ * Rows Vt [≥ r, p] (orthonormal; the first r used) → [k, p]: those r rows (up to rounding), then
+ * k − r unit rows orthogonal to them and to each other: the feature axes in descending order of
+ * `diag` (the fit's per-feature variance), stacked under Vt and orthonormalized by
+ * eigen-randomized.ts's Cholesky-QR (orthonormalizeRows, full). Its L is lower triangular, so the
+ * first r rows keep their span and each axis keeps only its part outside the rows above it,
+ * Gram–Schmidt's order. An axis (numerically) inside the span above is replaced by a Gaussian row.
+ */
+export function* completeRowsSteps(
+  Vt: Float64Array,
+  r: number,
+  k: number,
+  p: number,
+  diag: Float64Array,
+): Generator<MatMulRequest, Float64Array, Float64Array> {
+  invariant(
+    r >= 1 && r <= k && k <= p && Vt.length >= r * p && diag.length === p,
+    `Error in completeRows: need 1 ≤ r (${r}) ≤ k (${k}) ≤ p (${p}) and diag of length p`,
+  );
+  const X = new Float64Array(k * p);
+  X.set(Vt.subarray(0, r * p));
+  // Largest variance first (ties by index: Array.prototype.sort is stable).
+  const order = Array.from({ length: p }, (_, i) => i).sort((a, b) => diag[b] - diag[a]);
+  for (let j = r; j < k; j++) X[j * p + order[j - r]] = 1;
+  return yield* orthonormalizeRows(X, k, p, gaussian(COMPLETION_SEED), true);
+}
+
+/** completeRowsSteps (or any product steps) with plain-JS products, for small p. */
+export function runStepsInJs<T>(steps: Generator<MatMulRequest, T, Float64Array>): T {
+  let s = steps.next(new Float64Array(0));
+  while (!s.done) {
+    const { A, B, m, k, n } = s.value;
+    s = steps.next(gemmABt(A, transpose(B, k, n), new Float64Array(m * n), m, n, k));
+  }
+  return s.value;
 }
 
 /** The kernels' menu in the DP's terms (bits per row; bytes are the unit). */
@@ -174,14 +316,23 @@ export function groupBytes(groups: readonly DynamoGroup[]): number {
 export interface DynamoBasisTables {
   kind: KvKind;
   layer: number;
+  /** Features p. */
   features: number;
   /** Float32Array // [p] the mean as exported. */
   mean: Float32Array;
-  /** Float32Array // [p, p] row-major; column j = j-th eigenvector (descending), float32 as exported. */
+  /**
+   * Float32Array // [p, k] row-major; column j = j-th eigenvector (descending), float32 as
+   * exported. k = tables.dim (k = p for a full fit).
+   */
   vectors: Float32Array;
-  /** [p] eigenvalues, descending. */
+  /** [k] eigenvalues, descending. */
   values: Float64Array;
   tables: DynamoTables;
+  /**
+   * Σ over the held-out blocks of the squared coefficients outside the k components (what every
+   * plan loses on top of the DP's error); 0 when k = p.
+   */
+  residual: number;
 }
 
 /** One basis as the kernels run it (a KvtcConfig) plus what kvtc records about it. */
@@ -207,32 +358,48 @@ export function prepareDynamoBasis(
     layer: number;
     features: number;
     mean: Float64Array;
-    eigen: EigenResult;
+    /** The top k eigenpairs (k = values.length ≤ p): values [k] descending, vectors [p, k]. */
+    eigen: { values: Float64Array; vectors: Float64Array };
     /** Float32Array // [H, p] held-out block rows. */
     heldout: Float32Array;
     heldoutRows: number;
   } & DynamoTableOptions,
 ): DynamoBasisTables {
   const p = o.features;
+  const k = o.eigen.values.length;
+  const H = o.heldoutRows;
   invariant(
-    o.mean.length === p && o.eigen.vectors.length === p * p && o.heldout.length >= o.heldoutRows * p,
-    `Error in prepareDynamoBasis: shapes do not match p = ${p}`,
+    k >= 1 && k <= p && o.mean.length === p && o.eigen.vectors.length === p * k && o.heldout.length >= H * p,
+    `Error in prepareDynamoBasis: shapes do not match p = ${p}, k = ${k}`,
   );
   const mean = Float32Array.from(o.mean);
   const vectors = Float32Array.from(o.eigen.vectors);
-  // The kernels' own path: f32 subtraction of the f32 mean, SGEMM with the f32 projection.
-  const C = projectRows(gatherMeanSubtract(o.heldout, mean, o.heldoutRows, p), vectors, o.heldoutRows, p, p);
-  const tables = buildDynamoTables(C, o.heldoutRows, p, o);
-  return { kind: o.kind, layer: o.layer, features: p, mean, vectors, values: o.eigen.values, tables };
+  // The kernels' own path: f32 subtraction of the f32 mean, SGEMM with the f32 projection (its
+  // first k columns: each coefficient is the same dot product as in the full projection).
+  const centered = gatherMeanSubtract(o.heldout, mean, H, p);
+  const C = projectRows(centered, vectors, H, p, k);
+  // The granule is the full fit's (of p), so the candidate ranges inside [0, k) are its ranges.
+  const tables = buildDynamoTables(C, H, k, { ...o, granule: o.granule ?? dynamoGranule(p) });
+  // Energy outside span(V): ‖x − μ‖² − ‖C‖² (V orthonormal), clamped against rounding.
+  let residual = 0;
+  if (k < p) {
+    for (let i = 0; i < H * p; i++) residual += centered[i] * centered[i];
+    for (let i = 0; i < H * k; i++) residual -= C[i] * C[i];
+    residual = Math.max(0, residual);
+  }
+  return { kind: o.kind, layer: o.layer, features: p, mean, vectors, values: o.eigen.values, tables, residual };
 }
 
 /** The basis for one budget (bytes per block): DP, then ranges and the projection's columns. */
 export function planDynamoBasis(t: DynamoBasisTables, budgetBytes: number): DynamoBasis {
-  return planFromAllocation(t, allocateDynamo(t.tables, budgetBytes), budgetBytes);
+  const a = allocateDynamo(t.tables, budgetBytes);
+  return planFromAllocation(t, { ...a, error: a.error + t.residual }, budgetBytes);
 }
 
 export function planFromAllocation(t: DynamoBasisTables, a: DynamoAllocation, budgetBytes: number): DynamoBasis {
   const p = t.features;
+  const kFit = t.tables.dim;
+  invariant(t.vectors.length === p * kFit, `Error in planFromAllocation: vectors length (${t.vectors.length}) must be p*k (${p}*${kFit})`);
   const fp8: number[] = [];
   const intx: { cols: number[]; bits: number }[] = [];
   for (const g of a.groups) {
@@ -254,7 +421,7 @@ export function planFromAllocation(t: DynamoBasisTables, a: DynamoAllocation, bu
   }
   const k = cols.length;
   const projection = new Float32Array(p * k);
-  for (let f = 0; f < p; f++) for (let c = 0; c < k; c++) projection[f * k + c] = t.vectors[f * p + cols[c]];
+  for (let f = 0; f < p; f++) for (let c = 0; c < k; c++) projection[f * k + c] = t.vectors[f * kFit + cols[c]];
   const variances = Float32Array.from(cols, (j) => Math.max(0, t.values[j]));
   return {
     kind: t.kind,

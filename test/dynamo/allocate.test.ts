@@ -130,6 +130,7 @@ describe('error tables and the plan they produce', () => {
       vectors: eye,
       values: new Float64Array(p).fill(1),
       tables,
+      residual: 0,
     };
     for (const budget of [6, 12, 20, 32]) {
       const a = allocateDynamo(tables, budget);

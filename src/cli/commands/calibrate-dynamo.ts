@@ -69,7 +69,7 @@ export default async function calibrateDynamoCommand(raw: Record<string, unknown
     `calibrated ${result.model} for NVIDIA Dynamo's KVTC kernels: blocks of ${result.block_tokens} tokens (${result.layout}, ${result.features} features per row), ${result.bases} bases, FP8 cast ${result.fp8_path}`,
   );
   io.out(
-    `fit on ${result.blocks_fit} blocks (${result.tokens} tokens), measured on ${result.blocks_heldout} held-out blocks (${result.heldout_tokens} tokens)`,
+    `fit on ${result.blocks_fit} blocks (${result.tokens} tokens): top ${result.components_fitted} of ${result.features} components per basis (${result.components_solved} solved, ${result.eigen_solver}); measured on ${result.blocks_heldout} held-out blocks (${result.heldout_tokens} tokens)`,
   );
   io.out('');
   io.out(
