@@ -6,8 +6,9 @@
  * captureCaches, checkAbort); what this target adds is its rows, tables, costs and measurement:
  * capture (the same text selection, sequences and prefill as src/calibrate) → rows = blocks of
  * `blockTokens` tokens of one layer's K (as stored, RoPE applied) or V, in the block layout →
- * streaming float64 covariance per (layer, kind) → its top k eigenpairs (k = what the fit's rank
- * and the smallest ratio's budget allow, fit.ts dynamoFitComponents) → float32 mean and projection →
+ * streaming float64 covariance per (layer, kind) → its top k eigenpairs (k = what the smallest
+ * ratio's budget can store; beyond the fit's rank, its null space completed: fit.ts
+ * dynamoFitComponents, dynamoEigen) → float32 mean and projection →
  * held-out coefficients through the kernels' arithmetic → error tables with the kernels'
  * quantizers → DP per target ratio → measured on the held-out caches through the emulated
  * kernels end to end → kvtc-dynamo.json + kvtc-dynamo.safetensors.
@@ -62,8 +63,8 @@ export interface CalibrateDynamoOptions {
   intBits?: number[];
   /**
    * Fit all `features` components with the dense solver (the fit before truncation), instead of
-   * the top k that the fit's rank and the budget allow. For comparisons; plans are the same up to
-   * the solvers' rounding.
+   * the k the budget can store. For comparisons: where the fit has full rank the plans are the
+   * same up to the solvers' rounding; where not, the two differ in their null-space vectors.
    */
   fullBasis?: boolean;
   chunk: number;
@@ -256,7 +257,7 @@ export async function calibrateDynamo(opts: CalibrateDynamoOptions): Promise<Cal
     const kBudget = dynamoMaxComponents(p, opts.ratios, intBits);
     if (blocksFit < kBudget) {
       warnings.push(
-        `${blocksFit} calibration blocks for ${p} features per block: the covariance has rank < ${blocksFit}, so of the ${kBudget} components the ${Math.min(...opts.ratios)}x budget could store, those beyond it are fitted on nothing (an arbitrary basis of the rest); give more --tokens (≥ ${kBudget * B}) to fit them all.`,
+        `${blocksFit} calibration blocks for ${p} features per block: the covariance has rank < ${blocksFit}, so of the ${kBudget} components the ${Math.min(...opts.ratios)}x budget could store, those beyond it are fitted on nothing (feature axes of largest variance complete them); give more --tokens (≥ ${kBudget * B}) to fit them all.`,
       );
     }
     const fit = opts.fullBasis ? { components: p, solved: p } : dynamoFitComponents(p, blocksFit, opts.ratios, intBits);

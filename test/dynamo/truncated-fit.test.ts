@@ -223,7 +223,7 @@ describe('bundled model, 16-token blocks (512 features): truncated fit against t
     const [t, d] = [trunc.profiles[0], dense.profiles[0]];
     expect(t.bytes_per_block).toBe(d.bytes_per_block);
     expect(t.ratio_rows).toBe(d.ratio_rows);
-    // measured: ≤ 1e-4 relative per layer
+    // measured on the means over layers: 3e-5 (K) and 7e-5 (V) relative
     for (let l = 0; l < 5; l++) {
       expect(relDiff(t.rel_error.key_per_layer[l], d.rel_error.key_per_layer[l])).toBeLessThan(1e-3);
       expect(relDiff(t.rel_error.value_per_layer[l], d.rel_error.value_per_layer[l])).toBeLessThan(1e-3);
