@@ -97,9 +97,19 @@ export function sweepNames(profiles: readonly Profile[]): string[] {
   const counts = new Map<string, number>();
   for (const p of profiles) counts.set(label(p), (counts.get(label(p)) ?? 0) + 1);
   const names = profiles.map((p) => `kvtc@${label(p)}${counts.get(label(p))! > 1 ? `:${basename(p.dir)}` : ''}`);
-  if (new Set(names).size !== names.length)
-    throw new KvtcError('USAGE', 'the same profile was given twice', { fix: 'Pass each --profile once.' });
-  return names;
+  const seen = new Map<string, Profile>();
+  for (const p of profiles) {
+    const other = seen.get(p.manifest.profile_id);
+    if (other)
+      throw new KvtcError('USAGE', `the same profile (id ${p.manifest.profile_id}) was given twice: ${other.dir} and ${p.dir}`, {
+        fix: 'Pass each --profile once.',
+        context: { profile_id: p.manifest.profile_id },
+      });
+    seen.set(p.manifest.profile_id, p);
+  }
+  // Two different profiles of one target ratio in directories of the same name
+  // (/a/model-r16, /b/model-r16): their profile ids tell them apart.
+  return names.map((n, i) => (names.indexOf(n) !== names.lastIndexOf(n) ? `${n}#${profiles[i].manifest.profile_id.slice(0, 8)}` : n));
 }
 
 export const isKvtcCodec = (name: string) => name === 'kvtc' || name.startsWith('kvtc@');
