@@ -9,6 +9,7 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { readWholeFile } from '../io/read-whole.js';
 import { basename, dirname, join } from 'node:path';
 import { KvtcError } from '../errors.js';
 import { sha256 } from '../io/hash.js';
@@ -254,7 +255,7 @@ export async function readTensorsFile(
   const size = statSync(file).size;
   if (size !== ref.bytes) throw fail(`${basename(file)} is ${size} bytes, the manifest says ${ref.bytes} (truncated or replaced?)`);
   if (size > maxBytes) throw fail(`${basename(file)} is ${size} bytes, more than its tensors can take (${maxBytes})`);
-  const buf = new Uint8Array(await readFile(file));
+  const buf = await readWholeFile(file);
   if (sha256(buf) !== ref.sha256) throw fail(`${basename(file)} does not match the sha256 in the manifest (modified or corrupt)`);
   try {
     return parseSafetensors(buf, file);

@@ -5,7 +5,8 @@
  * read.ts checkProfile runs them in order with a Checker, which throws the first problem
  * (readProfile) or collects them all (validate).
  */
-import { stat, readFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { readWholeFile } from '../io/read-whole.js';
 import { join } from 'node:path';
 import { sha256 } from '../io/hash.js';
 import { scanSafetensors, toTypedArray } from '../io/safetensors.js';
@@ -269,8 +270,7 @@ export async function checkTensorFile(
     );
     return { detail: '' };
   }
-  const raw = await readFile(file);
-  const buf = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+  const buf = await readWholeFile(file);
   if (buf.byteLength !== st.size) {
     fail(`${m.tensors.file} changed while it was read`);
     return { detail: '' };

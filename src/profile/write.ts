@@ -6,6 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { readWholeFile } from '../io/read-whole.js';
 import { join } from 'node:path';
 import { KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -173,7 +174,7 @@ export async function writeProfileFiles<M, K = never>(
     }
     const same =
       hasTensors &&
-      Buffer.from(await readFile(tensorsPath)).equals(Buffer.from(files.tensors)) &&
+      Buffer.from(await readWholeFile(tensorsPath)).equals(Buffer.from(files.tensors)) &&
       (await readFile(manifestPath, 'utf8')) === text;
     if (same) return { unchanged: true };
     if (policy.differs) {
