@@ -13,3 +13,15 @@ export interface ProgressEvent {
 export type ProgressFn = (e: ProgressEvent) => void;
 
 export const noProgress: ProgressFn = () => {};
+
+/**
+ * A rate for people: per second from 1/s up, else per minute, else per hour, with two
+ * significant digits below 10 ("0.0 q/s" said nothing about a 26-second question).
+ */
+export function fmtRate(perSecond: number, unit: string): string {
+  const fmt = (x: number) => (x >= 10 ? x.toFixed(0) : x.toPrecision(2));
+  if (!Number.isFinite(perSecond) || perSecond <= 0) return `0 ${unit}/s`;
+  if (perSecond >= 1) return `${fmt(perSecond)} ${unit}/s`;
+  if (perSecond * 60 >= 1) return `${fmt(perSecond * 60)} ${unit}/min`;
+  return `${fmt(perSecond * 3600)} ${unit}/h`;
+}

@@ -1,6 +1,6 @@
 // Tested by test/cli/contract.test.ts.
 import ora, { type Ora } from 'ora';
-import type { ProgressEvent, ProgressFn } from '../progress.js';
+import { fmtRate, type ProgressEvent, type ProgressFn } from '../progress.js';
 import type { CliIO } from './io.js';
 
 function fmtDuration(s: number): string {
@@ -18,7 +18,7 @@ export function progressText(e: ProgressEvent, elapsedSeconds: number): string {
     if (e.unit) text += ` ${e.unit}`;
     if (elapsedSeconds > 0.2 && e.done > 0) {
       const rate = e.done / elapsedSeconds;
-      text += ` · ${rate.toFixed(rate < 10 ? 1 : 0)} ${e.unit ?? 'it'}/s`;
+      text += ` · ${fmtRate(rate, e.unit ?? 'it')}`;
       if (e.total) {
         const pct = (100 * e.done) / e.total;
         text += ` · ${pct.toFixed(0)}% · ETA ${fmtDuration((e.total - e.done) / rate)}`;

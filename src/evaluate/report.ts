@@ -3,6 +3,7 @@
  * Renders an evaluate result (summary.ts's numbers) as table rows, notes and a Markdown
  * report. Pure: no I/O.
  */
+import { fmtRate } from '../progress.js';
 import type { Accuracy } from './stats.js';
 import type { QuestionRecord } from './records.js';
 import type { EvaluateResult } from './run.js';
@@ -193,7 +194,7 @@ export function renderMarkdown(result: EvaluateResult, meta: ReportMeta = {}): s
     `- profile: ${meta.profile ? `\`${meta.profile}\`` : 'none (kvtc not evaluated)'}`,
     `- MMLU: ${o.n} questions in ${o.subjects} subject(s), ${result.settings.shots}-shot${result.settings.limit !== undefined ? `, at most ${result.settings.limit} per subject` : ''}; lm-evaluation-harness prompt and log-likelihood scoring`,
     `- protected tokens: ${result.settings.codecs.map((c) => `${c.name} ${c.sink} sink + ${c.window} recent`).join('; ')}`,
-    `- bootstrap seed ${result.settings.seed}; speed ${result.timing.questionsPerSecond.toFixed(1)} questions/s`,
+    `- bootstrap seed ${result.settings.seed}; speed ${fmtRate(result.timing.questionsPerSecond, 'questions')}`,
     '',
     '## Overall (micro-averaged)',
     '',

@@ -75,7 +75,7 @@ describe('kvtc evaluate', () => {
     // Three of these prompts leave kivi2 nothing to quantize beyond its 128 fp16 tokens.
     expect(r.stdout).toMatch(/^note: kivi2: 3 of 8 questions were not compressed at all .*on the 5 compressed questions alone: Δ/m);
     expect(r.stdout).toMatch(/^kivi2 .* 3\/8$/m);
-    expect(r.stdout).toMatch(/questions\/s/);
+    expect(r.stdout).toMatch(/questions\/(s|min|h)\b/);
     expect(r.stdout).not.toMatch(/Perplexity/);
   });
 

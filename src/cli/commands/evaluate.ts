@@ -1,3 +1,4 @@
+import { fmtRate } from '../../progress.js';
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
@@ -207,7 +208,7 @@ function printTables(io: CliIO, r: EvaluateResult, profiles: readonly Profile[],
     .join(', ');
   io.out('');
   io.out(
-    `${o.n} questions in ${fmtSeconds(t.mmluSeconds)}: ${t.questionsPerSecond.toFixed(1)} questions/s (prefill ${fmtSeconds(t.prefillSeconds)}, scoring ${fmtSeconds(t.scoringSeconds)}${codecTimes ? `, codecs: ${codecTimes}` : ''})`,
+    `${o.n} questions in ${fmtSeconds(t.mmluSeconds)}: ${fmtRate(t.questionsPerSecond, 'questions')} (prefill ${fmtSeconds(t.prefillSeconds)}, scoring ${fmtSeconds(t.scoringSeconds)}${codecTimes ? `, codecs: ${codecTimes}` : ''})`,
   );
 }
 

@@ -1,0 +1,22 @@
+/**
+ * Rates as kvtc prints them (src/progress.ts fmtRate, used by progress lines and evaluate's
+ * speed): a 26-second MMLU question used to read "0.0 questions/s".
+ */
+import { describe, expect, it } from 'vitest';
+import { progressText } from '../../src/cli/progress.js';
+import { fmtRate } from '../../src/progress.js';
+
+describe('fmtRate', () => {
+  it('picks per second, per minute or per hour, two significant digits below 10', () => {
+    expect(fmtRate(250, 'tokens')).toBe('250 tokens/s');
+    expect(fmtRate(3.14159, 'q')).toBe('3.1 q/s');
+    expect(fmtRate(1 / 26, 'questions')).toBe('2.3 questions/min');
+    expect(fmtRate(0.5, 'q')).toBe('30 q/min');
+    expect(fmtRate(1 / 600, 'bases')).toBe('6.0 bases/h');
+    expect(fmtRate(0, 'q')).toBe('0 q/s');
+  });
+
+  it('is what a progress line shows', () => {
+    expect(progressText({ stage: 'MMLU', done: 3, total: 10, unit: 'q' }, 78)).toBe('MMLU 3/10 q · 2.3 q/min · 30% · ETA 3m02s');
+  });
+});
