@@ -74,16 +74,10 @@ export function groupAccuracy(parts: readonly Accuracy[]): Accuracy {
   return { n, correct, accuracy: correct / n, stderr: Math.sqrt(pooledVar / n) };
 }
 
-export interface PairedDelta {
+/** bootstrapMeans' interval of the per-question difference, its mean named `delta`. */
+export interface PairedDelta extends Omit<BootstrapMean, 'mean'> {
   /** accuracy(candidate) − accuracy(baseline), in [−1, 1]. */
   delta: number;
-  /** Percentile bootstrap interval of the delta. */
-  lo: number;
-  hi: number;
-  confidence: number;
-  resamples: number;
-  seed: number;
-  n: number;
 }
 
 export interface BootstrapOptions {
@@ -108,13 +102,14 @@ export function pairedBootstrapDelta(baseline: Outcomes, candidate: Outcomes, op
   const b = toNumbers(candidate);
   const d = new Float64Array(n);
   for (let i = 0; i < n; i++) d[i] = b[i] - a[i];
-  const [m] = bootstrapMeans([d], options);
-  return { delta: m.mean, lo: m.lo, hi: m.hi, confidence: m.confidence, resamples: m.resamples, seed: m.seed, n };
+  const [{ mean, ...interval }] = bootstrapMeans([d], options);
+  return { delta: mean, ...interval };
 }
 
 /** The mean of one per-item column with its percentile bootstrap interval (bootstrapMeans). */
 export interface BootstrapMean {
   mean: number;
+  /** Percentile bootstrap interval of the mean. */
   lo: number;
   hi: number;
   confidence: number;
