@@ -8,6 +8,11 @@ export interface ProgressEvent {
   unit?: string;
   /** Free-form detail, e.g. "layer 3/5". */
   detail?: string;
+  /**
+   * Of `done`, units taken from an earlier run (a resumed journal) rather than worked now: left
+   * out of the rate and the ETA, which would otherwise count a journal read as work.
+   */
+  resumed?: number;
 }
 
 export type ProgressFn = (e: ProgressEvent) => void;

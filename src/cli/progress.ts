@@ -16,8 +16,9 @@ export function progressText(e: ProgressEvent, elapsedSeconds: number): string {
   if (e.done !== undefined) {
     text += e.total ? ` ${e.done}/${e.total}` : ` ${e.done}`;
     if (e.unit) text += ` ${e.unit}`;
-    if (elapsedSeconds > 0.2 && e.done > 0) {
-      const rate = e.done / elapsedSeconds;
+    const worked = e.done - (e.resumed ?? 0);
+    if (elapsedSeconds > 0.2 && worked > 0) {
+      const rate = worked / elapsedSeconds;
       text += ` · ${fmtRate(rate, e.unit ?? 'it')}`;
       if (e.total) {
         const pct = (100 * e.done) / e.total;

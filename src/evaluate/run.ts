@@ -286,6 +286,8 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     return item.value;
   };
   progress({ stage: 'MMLU', done: 0, total, unit: 'q' });
+  // Items of each stage taken from the journal, so progress rates count only this run's work.
+  let stageResumed = resumed;
   // Round robin over the subjects (question 0 of every subject, then question 1, …), so a run
   // stopped at a time limit has scored every subject about equally instead of the first
   // subjects whole: "every subject, as many questions as an hour allows" is one command.
@@ -308,7 +310,14 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
       if (!item) break scoring;
       mmluSeconds += item.seconds.wall;
       records.push(take(item));
-      progress({ stage: 'MMLU', done: records.length, total, unit: 'q', detail: subject.replaceAll('_', ' ') });
+      progress({
+        stage: 'MMLU',
+        done: records.length,
+        total,
+        unit: 'q',
+        detail: subject.replaceAll('_', ' '),
+        resumed: resumed - stageResumed,
+      });
     }
   }
   if (interrupted() && records.length === 0 && total > 0 && resumed === 0) {
@@ -325,6 +334,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     lcPlanned = tasks.length;
     const lc: QuestionRecord[] = [];
     progress({ stage: 'long-context tasks', done: 0, total: tasks.length, unit: 'tasks' });
+    stageResumed = resumed;
     for (const [i, task] of tasks.entries()) {
       if (interrupted()) break;
       const item = await journaled(
@@ -336,7 +346,14 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
       );
       if (!item) break;
       lc.push(take(item));
-      progress({ stage: 'long-context tasks', done: lc.length, total: tasks.length, unit: 'tasks', detail: task.kind.replace('_', ' ') });
+      progress({
+        stage: 'long-context tasks',
+        done: lc.length,
+        total: tasks.length,
+        unit: 'tasks',
+        detail: task.kind.replace('_', ' '),
+        resumed: resumed - stageResumed,
+      });
     }
     lcScored = lc.length;
     if (lc.length > 0) {
@@ -361,6 +378,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     const plan = planPerplexity(runner, text, { tokens: opts.perplexityTokens, window: opts.perplexityWindow });
     pplPlanned = plan.windows;
     const windows: PerplexityWindow[] = [];
+    stageResumed = resumed;
     for (let w = 0; w < plan.windows; w++) {
       if (interrupted()) break;
       const item = await journaled(
@@ -377,7 +395,7 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
         resumedSeconds += item.seconds.wall;
       }
       windows.push(item.value);
-      progress({ stage: 'perplexity', done: w + 1, total: plan.windows, unit: 'window' });
+      progress({ stage: 'perplexity', done: w + 1, total: plan.windows, unit: 'window', resumed: resumed - stageResumed });
     }
     pplScored = windows.length;
     // A partial perplexity would be a different measurement from the one asked for: reported only whole.
