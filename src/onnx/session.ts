@@ -55,7 +55,19 @@ export interface SessionOptions {
   device?: Device;
   /** Intra-op threads (0 = ORT default: all cores). */
   threads?: number;
+  /**
+   * ONNX Runtime's CPU memory arena (default on). The arena keeps every buffer a session has
+   * used, at its largest size, until the session is released; that suits the model (the same
+   * shapes pass after pass) but not kvtc's kernels (codec transforms, Gram, sketch and eigen
+   * products), which see inputs of every length and live as long as the run: with the arena
+   * one all-layer SmolLM2 profile held 2.3 GB more during 4,096-token long-context evaluation,
+   * without it 0.15 GB (docs/evaluation.md, "Memory"). Kernels pass false.
+   */
+  memArena?: boolean;
 }
+
+/** Session options of kvtc's own kernels: no CPU arena (see SessionOptions.memArena). */
+export const KERNEL_SESSION = { memArena: false } as const;
 
 /** Creates a session on the requested provider; a model ORT cannot load is MODEL_INVALID. */
 export async function createSession(model: string | Uint8Array, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
@@ -66,6 +78,7 @@ export async function createSession(model: string | Uint8Array, opts: SessionOpt
     graphOptimizationLevel: 'all',
     intraOpNumThreads: opts.threads ?? 0,
     logSeverityLevel: 3,
+    ...(opts.memArena === false ? { enableCpuMemArena: false } : {}),
   };
   try {
     return typeof model === 'string' ? await ort.InferenceSession.create(model, so) : await ort.InferenceSession.create(model, so);
