@@ -8,7 +8,7 @@
  */
 import type { Worker } from 'node:worker_threads';
 import type * as ortTypes from 'onnxruntime-node';
-import { KERNEL_SESSION, createSession, ort, type Device } from '../onnx/session.js';
+import { CODEC_SESSION, createSession, ort, type Device } from '../onnx/session.js';
 import { InternalError, KvtcError, type ErrorCode } from '../errors.js';
 import { spawnWorker } from '../worker.js';
 
@@ -45,7 +45,7 @@ export interface SessionOpts {
 
 /** Creates the sessions of a graph set (null graphs stay null). */
 export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise<Record<Direction, (ortTypes.InferenceSession | null)[]>> {
-  const make = (g: Uint8Array | null) => (g ? createSession(g, { ...so, ...KERNEL_SESSION }) : null);
+  const make = (g: Uint8Array | null) => (g ? createSession(g, { ...so, ...CODEC_SESSION }) : null);
   return { encode: await Promise.all(graphs.encode.map(make)), decode: await Promise.all(graphs.decode.map(make)) };
 }
 

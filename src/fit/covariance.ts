@@ -59,12 +59,12 @@ export class OrtGramKernel implements GramKernel {
 
   static async create(p: number, opts: { device?: Device; threads?: number; maxTokens?: number } = {}): Promise<OrtGramKernel> {
     const { GraphBuilder } = await import('../onnx/builder.js');
-    const { KERNEL_SESSION, createSession, ort } = await import('../onnx/session.js');
+    const { createSession, ort } = await import('../onnx/session.js');
     const g = new GraphBuilder('kvtc_gram');
     const y = g.input('y', 'float32', ['tokens', p]);
     const out = g.op('Gemm', [y, y], { transA: 1 });
     g.output(out, 'gram', 'float32', [p, p]);
-    const session = await createSession(g.toModel(), { device: opts.device, threads: opts.threads, ...KERNEL_SESSION });
+    const session = await createSession(g.toModel(), { device: opts.device, threads: opts.threads });
     return new OrtGramKernel(session, ort, opts.maxTokens ?? 1024, p);
   }
 

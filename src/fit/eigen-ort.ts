@@ -6,7 +6,7 @@
  * exactly symmetricEigen.
  */
 import { GraphBuilder } from '../onnx/builder.js';
-import { KERNEL_SESSION, createSession, ort } from '../onnx/session.js';
+import { createSession, ort } from '../onnx/session.js';
 import { type EigenResult, type MatMulRequest, symmetricEigen } from './eigen.js';
 import { eigenSteps } from './eigen-steps.js';
 import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
@@ -21,7 +21,7 @@ function matMulSession(threads: number): Promise<ort.InferenceSession> {
     const a = g.input('a', 'float64', ['m', 'k']);
     const b = g.input('b', 'float64', ['k', 'n']);
     g.output(g.op('MatMul', [a, b]), 'c', 'float64', ['m', 'n']);
-    s = createSession(g.toModel(), { threads, ...KERNEL_SESSION });
+    s = createSession(g.toModel(), { threads });
     s.catch(() => sessions.delete(threads));
     sessions.set(threads, s);
   }

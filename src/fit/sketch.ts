@@ -131,13 +131,13 @@ export class OrtSketchKernel implements SketchKernel {
     opts: { device?: Device; threads?: number; maxTokens?: number } = {},
   ): Promise<OrtSketchKernel> {
     const { GraphBuilder } = await import('../onnx/builder.js');
-    const { KERNEL_SESSION, createSession, ort } = await import('../onnx/session.js');
+    const { createSession, ort } = await import('../onnx/session.js');
     const g = new GraphBuilder('kvtc_sketch');
     const x = g.input('x', 'float32', ['tokens', p]);
     const w = g.input('omega_t', 'float32', [columns, p]);
     const z = g.op('Gemm', [x, w], { transB: 1 });
     g.output(g.op('Gemm', [z, x], { transA: 1 }), 'yt', 'float32', [columns, p]);
-    const session = await createSession(g.toModel(), { device: opts.device, threads: opts.threads, ...KERNEL_SESSION });
+    const session = await createSession(g.toModel(), { device: opts.device, threads: opts.threads });
     return new OrtSketchKernel(session, ort, omegaT, p, columns, opts.maxTokens ?? 1024);
   }
 

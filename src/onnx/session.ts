@@ -57,17 +57,17 @@ export interface SessionOptions {
   threads?: number;
   /**
    * ONNX Runtime's CPU memory arena (default on). The arena keeps every buffer a session has
-   * used, at its largest size, until the session is released; that suits the model (the same
-   * shapes pass after pass) but not kvtc's kernels (codec transforms, Gram, sketch and eigen
-   * products), which see inputs of every length and live as long as the run: with the arena
-   * one all-layer SmolLM2 profile held 2.3 GB more during 4,096-token long-context evaluation,
-   * without it 0.15 GB (docs/evaluation.md, "Memory"). Kernels pass false.
+   * used, at its largest size, until the session is released. That suits the model and the
+   * calibration kernels (the same shapes chunk after chunk) but not the codec's transform graphs:
+   * two per basis, seeing caches of every length and living as long as the run. With the arena,
+   * one all-layer SmolLM2 profile held 2.3 GB more in 4,096-token long-context evaluation, and
+   * seven of them pushed a run to 13 GB (docs/evaluation.md, "Memory"). The codec passes false.
    */
   memArena?: boolean;
 }
 
-/** Session options of kvtc's own kernels: no CPU arena (see SessionOptions.memArena). */
-export const KERNEL_SESSION = { memArena: false } as const;
+/** Session options of the codec's transform graphs: no CPU arena (see SessionOptions.memArena). */
+export const CODEC_SESSION = { memArena: false } as const;
 
 /** Creates a session on the requested provider; a model ORT cannot load is MODEL_INVALID. */
 export async function createSession(model: string | Uint8Array, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
