@@ -159,5 +159,12 @@ export function buildLongContextTasks(tok: ModelTokenizer, filler: readonly stri
       tasks.push({ kind, index, prompt, continuations, gold, request: encodeRequest(tok, prompt, continuations, opts.maxPositions) });
     }
   }
-  return tasks;
+  // Generated kind by kind (the seeded stream fixes each task), scored round robin over the kinds:
+  // needle 0, variable tracking 0, needle 1, … so a run stopped by the clock has both kinds.
+  return tasks.sort((a, b) => a.index - b.index || LONG_CONTEXT_KINDS.indexOf(a.kind) - LONG_CONTEXT_KINDS.indexOf(b.kind));
+}
+
+/** The journal key of a long-context task: its kind and index, not its place in the scoring order. */
+export function longContextKey(task: Pick<LongContextTask, 'kind' | 'index'>): string {
+  return `long_context/${task.kind}/${task.index}`;
 }

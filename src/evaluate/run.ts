@@ -23,9 +23,9 @@ import { combinePerplexity, planPerplexity, scorePerplexityWindow, type Perplexi
 import { buildPrompt, CONTINUATIONS, loadShots } from './prompt.js';
 import { summarize, type EvaluateSummary, type ScopeSummary } from './summary.js';
 import type { CodecOutcome, PerplexityWindow, QuestionRecord } from './records.js';
-import type { ItemTiming, JournalSink } from './journal.js';
+import type { ItemTiming, JournalEntry, JournalSink } from './journal.js';
 import type { CacheCodec } from './cache-codec.js';
-import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS } from './longcontext.js';
+import { buildLongContextTasks, fillerSentences, LONG_CONTEXT_KINDS, longContextKey } from './longcontext.js';
 import { encodeRequest, planScoring, scoreContinuations, type EncodedRequest } from './scoring.js';
 import { argmax } from './stats.js';
 import { passTokens } from './memory.js';
@@ -216,8 +216,14 @@ async function journaled<T>(
   kind: 'mmlu' | 'long_context' | 'perplexity',
   score: (timing: ScoringTiming) => Promise<T | null>,
   codecNames: readonly string[],
+  /** An older key of the same item, looked up when `key` is absent (journals of earlier builds). */
+  legacyKey?: { key: string; matches: (e: JournalEntry) => boolean },
 ): Promise<{ value: T; seconds: ItemTiming; resumed: boolean } | null> {
-  const done = journal?.get(key);
+  let done = journal?.get(key);
+  if (!done && legacyKey) {
+    const old = journal?.get(legacyKey.key);
+    if (old && legacyKey.matches(old)) done = old;
+  }
   if (done) {
     if (done.kind !== kind) throw new KvtcError('INTERNAL', `journal entry ${key} is a ${done.kind} entry, expected ${kind}`);
     return { value: (done.kind === 'perplexity' ? done.window : done.record) as T, seconds: done.seconds, resumed: true };
@@ -335,14 +341,19 @@ export async function runEvaluation(opts: EvaluateOptions): Promise<EvaluateResu
     const lc: QuestionRecord[] = [];
     progress({ stage: 'long-context tasks', done: 0, total: tasks.length, unit: 'tasks' });
     stageResumed = resumed;
-    for (const [i, task] of tasks.entries()) {
+    for (const task of tasks) {
       if (interrupted()) break;
       const item = await journaled(
         journal,
-        `long_context/${i}`,
+        longContextKey(task),
         'long_context',
         (t) => scoreRequest(runner, codecs, task.request, { subject: task.kind, index: task.index, gold: task.gold }, t, opts.signal),
         codecNames,
+        // Builds before 2026-12-07 scored the kinds one after the other and keyed tasks by that place.
+        {
+          key: `long_context/${LONG_CONTEXT_KINDS.indexOf(task.kind) * opts.longContext.perKind + task.index}`,
+          matches: (e) => e.kind === 'long_context' && e.record.subject === task.kind && e.record.index === task.index,
+        },
       );
       if (!item) break;
       lc.push(take(item));

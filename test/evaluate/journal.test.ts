@@ -84,8 +84,8 @@ describe('evaluation journal', () => {
       'mmlu/world_religions/1',
       'mmlu/world_religions/2',
       'mmlu/world_religions/3',
-      'long_context/0',
-      'long_context/1',
+      'long_context/needle/0',
+      'long_context/variable_tracking/0',
       'perplexity/0',
       'perplexity/1',
     ]);
@@ -145,6 +145,30 @@ describe('evaluation journal', () => {
     expect(after).toHaveLength(1 + ITEMS);
     for (const l of after) JSON.parse(l); // every line whole again
     expectClose(content(reference), content(resumed.result));
+  });
+
+  it("resumes a journal of an earlier build, whose long-context keys were the tasks' places kind by kind; a key whose record is another task is scored again", async () => {
+    const whole = lines(join(root, 'whole.jsonl'));
+    // Before 2026-12-07: needles first, then variable tracking, keyed long_context/<place>.
+    const legacy = (swap: boolean) =>
+      whole.map((l, i) => {
+        if (i === 0) return l;
+        const e = JSON.parse(l) as JournalEntry;
+        if (e.kind !== 'long_context') return l;
+        const place = e.record.subject === 'needle' ? 0 : 1;
+        return JSON.stringify({ ...e, key: `long_context/${swap ? 1 - place : place}` });
+      });
+    const path = join(root, 'legacy.jsonl');
+    writeFileSync(path, legacy(false).join('\n') + '\n');
+    const resumed = await evaluate({ ...OPTIONS, journal: path });
+    expect(resumed.journal).toEqual({ path, resumed: ITEMS, droppedPartialLine: false });
+    expectClose(content(reference), content(resumed.result));
+
+    const swapped = join(root, 'legacy-swapped.jsonl');
+    writeFileSync(swapped, legacy(true).join('\n') + '\n');
+    const rescored = await evaluate({ ...OPTIONS, journal: swapped });
+    expect(rescored.journal).toEqual({ path: swapped, resumed: ITEMS - 2, droppedPartialLine: false });
+    expectClose(content(reference), content(rescored.result));
   });
 
   it('refuses a journal of other settings (USAGE, exit 2), naming each difference and the fix; --fresh replaces it', async () => {
