@@ -80,7 +80,16 @@ const entrySchema = z.discriminatedUnion('kind', [
       // Optional: journals written before per-block NLLs were recorded lack them (perplexity-interval.ts falls back).
       blockTokens: z.number().int().min(1).optional(),
       baselineBlockNll: z.array(num).optional(),
-      codecs: z.record(z.string(), z.object({ nll: num, compressedTokens: z.number().int(), blockNll: z.array(num).optional() })),
+      codecs: z.record(
+        z.string(),
+        z.object({
+          nll: num,
+          compressedTokens: z.number().int(),
+          blockNll: z.array(num).optional(),
+          blockKl: z.array(num).optional(),
+          blockTop1: z.array(num).optional(),
+        }),
+      ),
     }),
     seconds: timingSchema,
   }),

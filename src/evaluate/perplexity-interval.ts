@@ -43,12 +43,15 @@ export interface NllUnit {
   tokens: number;
   baseline: number;
   codecs: readonly number[];
+  /** Per codec, Σ next-token KL and Σ top-1 agreement over the unit's tokens; absent when not recorded. */
+  kl?: readonly number[];
+  top1?: readonly number[];
 }
 
 export interface PerplexityIntervals {
   baseline: [number, number];
   /** Per codec, in the units' codec order. */
-  codecs: { delta: [number, number]; deltaPercent: [number, number] }[];
+  codecs: { delta: [number, number]; deltaPercent: [number, number]; kl?: [number, number]; top1?: [number, number] }[];
 }
 
 /** Σ of each run of `block` consecutive values of nll: Float64Array // [tokens] → [ceil(tokens / block)]. */
@@ -83,16 +86,30 @@ export function bootstrapPerplexity(units: readonly NllUnit[], options: Bootstra
   const delta = Array.from({ length: k }, () => new Float64Array(resamples));
   const pct = Array.from({ length: k }, () => new Float64Array(resamples));
   const sums = new Float64Array(k);
+  // KL and top-1 agreement: means per token over the same drawn units, when every unit has them.
+  const withKl = units.every((u) => u.kl?.length === k && u.top1?.length === k);
+  const klMean = withKl ? Array.from({ length: k }, () => new Float64Array(resamples)) : [];
+  const top1Mean = withKl ? Array.from({ length: k }, () => new Float64Array(resamples)) : [];
+  const klSums = new Float64Array(k);
+  const top1Sums = new Float64Array(k);
   const rng = mulberry32(seed);
   for (let r = 0; r < resamples; r++) {
     let tokens = 0;
     let b = 0;
     sums.fill(0);
+    klSums.fill(0);
+    top1Sums.fill(0);
     for (let i = 0; i < n; i++) {
       const u = units[Math.floor(rng() * n)];
       tokens += u.tokens;
       b += u.baseline;
       for (let c = 0; c < k; c++) sums[c] += u.codecs[c];
+      if (withKl) {
+        for (let c = 0; c < k; c++) {
+          klSums[c] += u.kl![c];
+          top1Sums[c] += u.top1![c];
+        }
+      }
     }
     const pb = Math.exp(b / tokens);
     base[r] = pb;
@@ -100,6 +117,10 @@ export function bootstrapPerplexity(units: readonly NllUnit[], options: Bootstra
       const pc = Math.exp(sums[c] / tokens);
       delta[c][r] = pc - pb;
       pct[c][r] = 100 * (pc / pb - 1);
+      if (withKl) {
+        klMean[c][r] = klSums[c] / tokens;
+        top1Mean[c][r] = top1Sums[c] / tokens;
+      }
     }
   }
   const alpha = (1 - confidence) / 2;
@@ -107,7 +128,14 @@ export function bootstrapPerplexity(units: readonly NllUnit[], options: Bootstra
     xs.sort();
     return [quantile(xs, alpha), quantile(xs, 1 - alpha)];
   };
-  return { baseline: ci(base), codecs: delta.map((d, c) => ({ delta: ci(d), deltaPercent: ci(pct[c]) })) };
+  return {
+    baseline: ci(base),
+    codecs: delta.map((d, c) => ({
+      delta: ci(d),
+      deltaPercent: ci(pct[c]),
+      ...(withKl ? { kl: ci(klMean[c]), top1: ci(top1Mean[c]) } : {}),
+    })),
+  };
 }
 
 /**
@@ -131,11 +159,15 @@ export function perplexityUnits(
   if (haveBlocks) {
     const units: NllUnit[] = [];
     for (const w of windows) {
+      const kl = codecNames.every(
+        (c) => w.codecs[c].blockKl?.length === w.baselineBlockNll!.length && w.codecs[c].blockTop1?.length === w.baselineBlockNll!.length,
+      );
       w.baselineBlockNll!.forEach((b, j) =>
         units.push({
           tokens: Math.min(blockTokens, w.scored - j * blockTokens),
           baseline: b,
           codecs: codecNames.map((c) => w.codecs[c].blockNll![j]),
+          ...(kl ? { kl: codecNames.map((c) => w.codecs[c].blockKl![j]), top1: codecNames.map((c) => w.codecs[c].blockTop1![j]) } : {}),
         }),
       );
     }

@@ -73,6 +73,16 @@ export interface PerplexityResult {
       /** 100 · (ppl_codec / ppl_uncompressed − 1), with its paired bootstrap 95% interval. */
       delta_percent: number;
       delta_percent_ci95: [number, number] | null;
+      /**
+       * Mean next-token KL(uncompressed ‖ codec) per scored token, nats, over the whole vocabulary,
+       * and the share of scored tokens whose top-1 prediction is unchanged, each with its paired
+       * bootstrap 95% interval (the same resamples as Δ). Null when the windows did not record
+       * them (journals of builds before 2026-12-07).
+       */
+      next_token_kl: number | null;
+      next_token_kl_ci95: [number, number] | null;
+      top1_agreement: number | null;
+      top1_agreement_ci95: [number, number] | null;
     }
   >;
   /** How the intervals were computed. */
@@ -101,6 +111,44 @@ export function rowNll(row: Float32Array, target: number): number {
   let s = 0;
   for (let i = 0; i < row.length; i++) s += Math.exp(row[i] - m);
   return -(row[target] - m - Math.log(s));
+}
+
+/**
+ * Next-token KL(p ‖ q) in nats between the softmax distributions of two logit rows over the whole
+ * vocabulary (p: the uncompressed cache's row, q: a codec's), in float64 without a
+ * vocabulary-sized array, and whether their argmax (first index of the maximum) is the same.
+ * Equal rows give exactly 0.
+ */
+export function rowKl(p: Float32Array, q: Float32Array): { kl: number; top1: boolean } {
+  let mp = -Infinity;
+  let mq = -Infinity;
+  let ap = -1;
+  let aq = -1;
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] > mp) {
+      mp = p[i];
+      ap = i;
+    }
+    if (q[i] > mq) {
+      mq = q[i];
+      aq = i;
+    }
+  }
+  if (mp === -Infinity || mq === -Infinity) return { kl: NaN, top1: false };
+  let sp = 0;
+  let sq = 0;
+  for (let i = 0; i < p.length; i++) {
+    sp += Math.exp(p[i] - mp);
+    sq += Math.exp(q[i] - mq);
+  }
+  const lp = mp + Math.log(sp);
+  const lq = mq + Math.log(sq);
+  let kl = 0;
+  for (let i = 0; i < p.length; i++) {
+    const a = p[i] - lp;
+    kl += Math.exp(a) * (a - (q[i] - lq));
+  }
+  return { kl: Math.max(0, kl), top1: ap === aq };
 }
 
 /**
@@ -185,15 +233,34 @@ export async function scorePerplexityWindow(
   // Fed in pieces of `step` tokens, each extending the cache of the ones before, so no pass
   // returns more than MAX_LOGITS_BYTES of logits (memory.ts).
   const perToken = new Float64Array(targets.length);
-  const score = async (past: KvCache) => {
+  const kl = new Float64Array(targets.length);
+  const top1 = new Float64Array(targets.length);
+  // With `ref` (the uncompressed cache), each piece is also fed on it, and every scored row's
+  // next-token KL and top-1 agreement against the uncompressed row are taken (one more forward
+  // pass of the scored tokens per codec, instead of holding the uncompressed logits).
+  const score = async (past: KvCache, ref?: KvCache) => {
     let nll = 0;
     let cur = past;
+    let refCur = ref;
     for (let i = 0; i < fed.length; i += step) {
-      const r = await runner.forward(fed.slice(i, i + step), cur);
+      const piece = fed.slice(i, i + step);
+      const r = await runner.forward(piece, cur);
       nll += sumNll(r.logits, targets.slice(i, i + step), vocabSize, perToken, i);
       cur = r.present;
+      if (refCur) {
+        const b = await runner.forward(piece, refCur);
+        refCur = b.present;
+        for (let j = 0; j < piece.length; j++) {
+          const row = rowKl(b.logits.subarray(j * vocabSize, (j + 1) * vocabSize), r.logits.subarray(j * vocabSize, (j + 1) * vocabSize));
+          kl[i + j] = row.kl;
+          top1[i + j] = row.top1 ? 1 : 0;
+        }
+      }
     }
-    return { nll, blocks: blockSums(perToken, PERPLEXITY_BLOCK_TOKENS) };
+    const blocks = blockSums(perToken, PERPLEXITY_BLOCK_TOKENS);
+    return ref
+      ? { nll, blocks, kl: blockSums(kl, PERPLEXITY_BLOCK_TOKENS), top1: blockSums(top1, PERPLEXITY_BLOCK_TOKENS) }
+      : { nll, blocks };
   };
   const base = await score(cache);
   const out: PerplexityWindow = {
@@ -208,8 +275,8 @@ export async function scorePerplexityWindow(
   for (const codec of codecs) {
     if (signal?.aborted) return null;
     const rec = await codec.apply(cache);
-    const s = await score(rec.cache);
-    out.codecs[codec.name] = { nll: s.nll, compressedTokens: rec.compressedTokens, blockNll: s.blocks };
+    const s = await score(rec.cache, cache);
+    out.codecs[codec.name] = { nll: s.nll, compressedTokens: rec.compressedTokens, blockNll: s.blocks, blockKl: s.kl, blockTop1: s.top1 };
   }
   return out;
 }
@@ -229,12 +296,19 @@ export function combinePerplexity(
   let scored = 0;
   const nll: Record<string, number> = Object.fromEntries(codecNames.map((c) => [c, 0]));
   const compressed: Record<string, number> = Object.fromEntries(codecNames.map((c) => [c, 0]));
+  const sum = (xs: readonly number[]) => xs.reduce((a, x) => a + x, 0);
+  // KL and agreement only when every window recorded them for this codec.
+  const kl: Record<string, number | null> = Object.fromEntries(codecNames.map((c) => [c, 0]));
+  const top1: Record<string, number | null> = Object.fromEntries(codecNames.map((c) => [c, 0]));
   for (const w of sorted) {
     baseNll += w.baselineNll;
     scored += w.scored;
     for (const c of codecNames) {
-      nll[c] += w.codecs[c].nll;
-      compressed[c] += w.codecs[c].compressedTokens;
+      const r = w.codecs[c];
+      nll[c] += r.nll;
+      compressed[c] += r.compressedTokens;
+      kl[c] = r.blockKl && kl[c] !== null ? kl[c] + sum(r.blockKl) : null;
+      top1[c] = r.blockTop1 && top1[c] !== null ? top1[c] + sum(r.blockTop1) : null;
     }
   }
   const result = (sum: number): PerplexityScore => ({ nll: sum / scored, perplexity: Math.exp(sum / scored) });
@@ -263,6 +337,10 @@ export function combinePerplexity(
             delta_ci95: ci?.codecs[k].delta ?? null,
             delta_percent: 100 * (r.perplexity / base.perplexity - 1),
             delta_percent_ci95: ci?.codecs[k].deltaPercent ?? null,
+            next_token_kl: kl[c] === null || !scored ? null : kl[c] / scored,
+            next_token_kl_ci95: kl[c] === null ? null : (ci?.codecs[k].kl ?? null),
+            top1_agreement: top1[c] === null || !scored ? null : top1[c] / scored,
+            top1_agreement_ci95: top1[c] === null ? null : (ci?.codecs[k].top1 ?? null),
           },
         ];
       }),

@@ -43,5 +43,9 @@ export interface PerplexityWindow {
   blockTokens?: number;
   /** NLL sums per block of blockTokens consecutive scored tokens: [ceil(scored / blockTokens)]. */
   baselineBlockNll?: number[];
-  codecs: Record<string, { nll: number; compressedTokens: number; blockNll?: number[] }>;
+  /**
+   * Per codec: NLL sum; per block, NLL sums, and (absent in journals before 2026-12-07) the sums of
+   * next-token KL(uncompressed ‖ codec) over the whole vocabulary and of top-1 agreement (0/1).
+   */
+  codecs: Record<string, { nll: number; compressedTokens: number; blockNll?: number[]; blockKl?: number[]; blockTop1?: number[] }>;
 }

@@ -80,18 +80,29 @@ export function scopeTable(
 /** Below this share of prompt tokens through the codec, evaluate warns that the gate measures the raw cache. */
 export const LOW_COMPRESSED_SHARE = 0.5;
 
-export const PERPLEXITY_HEADER = ['cache', 'perplexity [95% CI]', 'Δ perplexity [95% CI]', 'Δ % [95% CI]', 'context tokens compressed'];
+export const PERPLEXITY_HEADER = [
+  'cache',
+  'perplexity [95% CI]',
+  'Δ perplexity [95% CI]',
+  'Δ % [95% CI]',
+  'next-token KL (nats) [95% CI]',
+  'top-1 agree [95% CI]',
+  'context tokens compressed',
+];
 
 export function perplexityRows(result: EvaluateResult): string[][] {
   const p = result.perplexity;
   if (!p) return [];
   return [
-    ['uncompressed', withCi(p.baseline.perplexity, p.baseline.perplexity_ci95, (x) => num(x, 3)), '—', '—', '0.0%'],
+    ['uncompressed', withCi(p.baseline.perplexity, p.baseline.perplexity_ci95, (x) => num(x, 3)), '—', '—', '—', '—', '0.0%'],
     ...Object.entries(p.codecs).map(([name, c]) => [
       name,
       num(c.perplexity, 3),
       withCi(c.delta, c.delta_ci95, (x) => signed(x, 3)),
       withCi(c.delta_percent, c.delta_percent_ci95, (x) => `${signed(x, 2)}%`),
+      // Absent from windows journaled by builds before 2026-12-07.
+      c.next_token_kl === null ? 'not recorded' : withCi(c.next_token_kl, c.next_token_kl_ci95, kl),
+      c.top1_agreement === null ? 'not recorded' : withCi(c.top1_agreement, c.top1_agreement_ci95, pct),
       pct(c.compressed_share),
     ]),
   ];

@@ -26,6 +26,11 @@ export interface SweepRow {
   /** 100 · (ppl_codec / ppl_uncompressed − 1) and its interval. */
   perplexity_delta_percent: number | null;
   perplexity_delta_percent_ci95: [number, number] | null;
+  /** Next-token KL and top-1 agreement on the perplexity text (whole vocabulary), with intervals; null without them. */
+  next_token_kl: number | null;
+  next_token_kl_ci95: [number, number] | null;
+  top1_agreement: number | null;
+  top1_agreement_ci95: [number, number] | null;
   long_context_delta_points: number | null;
   long_context_ci95: [number, number] | null;
 }
@@ -53,6 +58,10 @@ export function sweepRows(r: EvaluateResult): SweepRow[] {
       perplexity_delta_ci95: ppl?.delta_ci95 ?? null,
       perplexity_delta_percent: ppl?.delta_percent ?? null,
       perplexity_delta_percent_ci95: ppl?.delta_percent_ci95 ?? null,
+      next_token_kl: ppl?.next_token_kl ?? null,
+      next_token_kl_ci95: ppl?.next_token_kl_ci95 ?? null,
+      top1_agreement: ppl?.top1_agreement ?? null,
+      top1_agreement_ci95: ppl?.top1_agreement_ci95 ?? null,
       long_context_delta_points: lc?.delta_points ?? null,
       long_context_ci95: lc?.delta_ci95 ?? null,
     });

@@ -14,7 +14,7 @@ import { main } from '../../src/cli/main.js';
 import { evaluate } from '../../src/evaluate/evaluate.js';
 import { configHash, EvaluationJournal } from '../../src/evaluate/journal.js';
 import { blockSums, bootstrapPerplexity, PERPLEXITY_BLOCK_TOKENS, type NllUnit } from '../../src/evaluate/perplexity-interval.js';
-import { combinePerplexity, type PerplexityPlan } from '../../src/evaluate/perplexity.js';
+import { combinePerplexity, rowKl, type PerplexityPlan } from '../../src/evaluate/perplexity.js';
 import type { PerplexityWindow, QuestionRecord } from '../../src/evaluate/records.js';
 import { renderMarkdown } from '../../src/evaluate/report.js';
 import { klDivergence, mulberry32, pairedBootstrapDelta } from '../../src/evaluate/stats.js';
@@ -277,6 +277,38 @@ describe('KL and agreement intervals', () => {
   });
 });
 
+describe('rowKl (next-token KL over the vocabulary)', () => {
+  /** Independent reference: float64 softmax arrays, KL = Σ p log(p / q). */
+  const reference = (a: Float32Array, b: Float32Array) => {
+    const soft = (x: Float32Array) => {
+      const m = Math.max(...x);
+      const e = Array.from(x, (v) => Math.exp(v - m));
+      const z = e.reduce((s, v) => s + v, 0);
+      return e.map((v) => v / z);
+    };
+    const p = soft(a);
+    const q = soft(b);
+    return p.reduce((s, pi, i) => (pi > 0 ? s + pi * Math.log(pi / q[i]) : s), 0);
+  };
+  it('matches a direct computation, is 0 exactly on equal rows, and compares the argmax', () => {
+    const rng = mulberry32(11);
+    for (let t = 0; t < 20; t++) {
+      const n = 50 + t * 37;
+      const a = Float32Array.from({ length: n }, () => 8 * (rng() - 0.5));
+      const b = Float32Array.from(a, (v) => v + (t % 5) * 0.3 * (rng() - 0.5));
+      const r = rowKl(a, b);
+      expect(r.kl).toBeCloseTo(reference(a, b), 10);
+      expect(r.top1).toBe(a.indexOf(Math.max(...a)) === b.indexOf(Math.max(...b)));
+      expect(rowKl(a, Float32Array.from(a))).toEqual({ kl: 0, top1: true });
+    }
+    // Large logits (Gemma's soft-capped rows reach ±30) do not overflow.
+    const big = Float32Array.from([30, -30, 29.5, 0]);
+    const moved = Float32Array.from([29.5, -30, 30, 0]);
+    expect(rowKl(big, moved).kl).toBeCloseTo(reference(big, moved), 10);
+    expect(rowKl(big, moved).top1).toBe(false);
+  });
+});
+
 describe('intervals on a real run of the bundled model', () => {
   it('are finite and contain their point estimates; --perplexity-window gives several windows; a journal without blocks still resumes', async () => {
     const journal = join(root, 'run.jsonl');
@@ -312,12 +344,26 @@ describe('intervals on a real run of the bundled model', () => {
     within(p.codecs.int4.delta, p.codecs.int4.delta_ci95);
     within(p.codecs.int4.delta_percent, p.codecs.int4.delta_percent_ci95);
     expect(p.codecs.identity.delta_ci95).toEqual([0, 0]);
+    // Next-token KL and top-1 agreement over the whole vocabulary, paired with the same blocks.
+    expect(p.codecs.identity).toMatchObject({
+      next_token_kl: 0,
+      next_token_kl_ci95: [0, 0],
+      top1_agreement: 1,
+      top1_agreement_ci95: [1, 1],
+    });
+    expect(p.codecs.int4.next_token_kl).toBeGreaterThan(0);
+    within(p.codecs.int4.next_token_kl!, p.codecs.int4.next_token_kl_ci95);
+    within(p.codecs.int4.top1_agreement!, p.codecs.int4.top1_agreement_ci95);
+    expect(p.codecs.int4.top1_agreement).toBeGreaterThan(0.5);
+    expect(p.codecs.int4.top1_agreement).toBeLessThanOrEqual(1);
     expect(r.settings.perplexityWindow).toBe(256);
     const md = renderMarkdown(r);
     expect(md).toContain('Δ % [95% CI]');
     expect(md).toContain('paired block bootstrap: 16 blocks of 32 consecutive scored tokens');
+    expect(md).toContain('next-token KL (nats) [95% CI]');
     const row = sweepRows(r).find((x) => x.codec === 'int4')!;
     expect(row.perplexity_delta_ci95).toEqual(p.codecs.int4.delta_ci95);
+    expect(row.next_token_kl_ci95).toEqual(p.codecs.int4.next_token_kl_ci95);
     expect(row.kl_ci95).toEqual(r.summary.overall.codecs.int4.kl_ci95);
 
     // The journal as a build from before blocks would have written it: resumed, the same point
@@ -331,7 +377,11 @@ describe('intervals on a real run of the bundled model', () => {
       if (e.kind !== 'perplexity') return l;
       delete e.window.blockTokens;
       delete e.window.baselineBlockNll;
-      for (const c of Object.values(e.window.codecs) as { blockNll?: number[] }[]) delete c.blockNll;
+      for (const c of Object.values(e.window.codecs) as { blockNll?: number[]; blockKl?: number[]; blockTop1?: number[] }[]) {
+        delete c.blockNll;
+        delete c.blockKl;
+        delete c.blockTop1;
+      }
       return JSON.stringify(e);
     });
     writeFileSync(journal, `${old.join('\n')}\n`);
@@ -343,6 +393,9 @@ describe('intervals on a real run of the bundled model', () => {
     within(q.codecs.int4.delta, q.codecs.int4.delta_ci95);
     expect(again.result.summary.overall.codecs.int4.kl_ci95).toEqual(r.summary.overall.codecs.int4.kl_ci95);
     expect(renderMarkdown(again.result)).toMatch(/whole windows were resampled/);
+    // Such a journal recorded no next-token KL: null, and the report says so instead of a number.
+    expect(q.codecs.int4).toMatchObject({ next_token_kl: null, next_token_kl_ci95: null, top1_agreement: null });
+    expect(renderMarkdown(again.result)).toContain('not recorded');
   }, 300_000);
 
   it('kvtc evaluate --perplexity-window below 64 is a usage error naming the option', async () => {
