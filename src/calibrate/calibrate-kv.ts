@@ -24,6 +24,8 @@ import { mulberry32 } from '../random.js';
 import {
   fitAccumulator,
   candidateStates,
+  twoLevelOf,
+  type BasisState,
   checkAbort,
   checkProfileTarget,
   checkRatios,
@@ -218,6 +220,7 @@ async function calibrateDump(
     const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
       ratios: opts.ratios,
       fixedCovarianceLimit: opts.covarianceBudget,
+      rank: opts.twoLevelRank,
     });
     const split = splitDumpSequences(rank.sequences, {
       seed: opts.seed,
@@ -226,7 +229,7 @@ async function calibrateDump(
       reportTokens: opts.report,
       sink: opts.sink,
       window: opts.window,
-      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates, opts.ratios), 256),
+      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates), 256),
       source: dump.dir,
     });
     return { rank, spec, candidates, split };
@@ -255,92 +258,101 @@ async function calibrateDump(
   const tuningRead = await read(split.tuning, 'tuning');
   const reportRead = await read(split.report, 'report');
   timer.lap('read');
-  const states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, opts.ratios)));
-  const accs = plans.map((p, i) => fitAccumulator(p.spec, states[i], { sink: opts.sink }));
-  const fitSources: DumpCache['source'][] = [];
-  const total = tokensOf(split.fit);
-  let done = 0;
-  for (const s of split.fit) {
-    checkAbort(opts.signal);
-    let t = performance.now();
-    const whole = await readDumpSequence(dump, s);
-    fitSources.push(whole.source);
-    timer.add('read', (performance.now() - t) / 1000);
-    t = performance.now();
-    for (const [i, r] of ranks.entries()) {
-      const c = r.cut(whole);
-      await accs[i].add(c.cache, c.ids);
+  const states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, { rank: opts.twoLevelRank })));
+  try {
+    return await fitRanks(states);
+  } finally {
+    // The two-level fit's spill is deleted after its second pass; here too on an error or Ctrl-C.
+    for (const st of states) await twoLevelOf(st)?.dispose();
+  }
+
+  async function fitRanks(states: BasisState[][][]): Promise<RankOutcome[]> {
+    const accs = plans.map((p, i) => fitAccumulator(p.spec, states[i], { sink: opts.sink }));
+    const fitSources: DumpCache['source'][] = [];
+    const total = tokensOf(split.fit);
+    let done = 0;
+    for (const s of split.fit) {
+      checkAbort(opts.signal);
+      let t = performance.now();
+      const whole = await readDumpSequence(dump, s);
+      fitSources.push(whole.source);
+      timer.add('read', (performance.now() - t) / 1000);
+      t = performance.now();
+      for (const [i, r] of ranks.entries()) {
+        const c = r.cut(whole);
+        await accs[i].add(c.cache, c.ids);
+      }
+      timer.add('covariance', (performance.now() - t) / 1000);
+      done += s.tokens;
+      progress({ stage: `reading fit KV${label}`, done, total, unit: 'tokens' });
     }
-    timer.add('covariance', (performance.now() - t) / 1000);
-    done += s.tokens;
-    progress({ stage: `reading fit KV${label}`, done, total, unit: 'tokens' });
+    timer.restart();
+    // Which file went where: the calibration sources, each named by its split (the seed is in settings).
+    const sources = [
+      ...fitSources.map((q) => ({ ...q, name: `fit:${q.name}` })),
+      ...tuningRead[0].map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
+      ...reportRead[0].map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
+    ];
+    const out: RankOutcome[] = [];
+    for (const [i, { rank, spec, candidates }] of plans.entries()) {
+      checkAbort(opts.signal);
+      const tuning: KvCache[] = tuningRead[i].map((c) => c.cache);
+      const report: KvCache[] = reportRead[i].map((c) => c.cache);
+      const written = await fitAndWrite({
+        opts,
+        spec,
+        candidates,
+        states: states[i],
+        tuning,
+        report,
+        outDirs: outDirs[i],
+        entropy: o.entropy,
+        progress: rank.label ? (e) => progress({ ...e, stage: `${e.stage} (${rank.label})` }) : progress,
+        timer,
+        draft: (d) =>
+          manifestDraft({
+            dump: rank.model,
+            ratio: d.ratio,
+            // chunk has no meaning without a model run; recorded as given.
+            opts: { ...opts, grouping: d.grouping },
+            groupingRequested: String(opts.grouping),
+            candidates: d.candidates,
+            sketched: candidates.sketched,
+            granule: d.granule,
+            entropy: o.entropy,
+            sources,
+            split: { fit: split.fit.length, heldout: split.tuning.length, report: split.report.length, seqLen: 1 },
+            tokens: { fit: tokensOf(split.fit), heldout: tokensOf(split.tuning), report: tokensOf(split.report) },
+            m: d.m,
+            tuning: d.tuning,
+          }),
+      });
+      // The rank's caches are no longer needed once its profiles are written.
+      tuningRead[i] = [];
+      reportRead[i] = [];
+      const ropeCheck = accs[i].ropeCheck();
+      const shard = spec.shard;
+      out.push({
+        ...(rank.label ? { rank: rank.label } : {}),
+        layers: rank.model.cacheLayers,
+        kv_heads: shard ? [...shard.kvHeads] : Array.from({ length: spec.kvHeads }, (_, h) => h),
+        fingerprint: rank.model.fingerprint.id,
+        tokens: tokensOf(split.fit),
+        heldout_tokens: tokensOf(split.tuning),
+        report_tokens: tokensOf(split.report),
+        split: { fit: split.fit.map((q) => q.file), tuning: split.tuning.map((q) => q.file), report: split.report.map((q) => q.file) },
+        rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
+        profiles: written.profiles,
+        plans: written.plans,
+        randomized: written.randomized,
+        sketched: written.sketched,
+        groupings: candidates.fit.map(String),
+        groupings_skipped: candidates.skipped,
+        groupings_sketched: candidates.sketched ?? [],
+      });
+    }
+    return out;
   }
-  timer.restart();
-  // Which file went where: the calibration sources, each named by its split (the seed is in settings).
-  const sources = [
-    ...fitSources.map((q) => ({ ...q, name: `fit:${q.name}` })),
-    ...tuningRead[0].map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
-    ...reportRead[0].map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
-  ];
-  const out: RankOutcome[] = [];
-  for (const [i, { rank, spec, candidates }] of plans.entries()) {
-    checkAbort(opts.signal);
-    const tuning: KvCache[] = tuningRead[i].map((c) => c.cache);
-    const report: KvCache[] = reportRead[i].map((c) => c.cache);
-    const written = await fitAndWrite({
-      opts,
-      spec,
-      candidates,
-      states: states[i],
-      tuning,
-      report,
-      outDirs: outDirs[i],
-      entropy: o.entropy,
-      progress: rank.label ? (e) => progress({ ...e, stage: `${e.stage} (${rank.label})` }) : progress,
-      timer,
-      draft: (d) =>
-        manifestDraft({
-          dump: rank.model,
-          ratio: d.ratio,
-          // chunk has no meaning without a model run; recorded as given.
-          opts: { ...opts, grouping: d.grouping },
-          groupingRequested: String(opts.grouping),
-          candidates: d.candidates,
-          sketched: candidates.sketched,
-          granule: d.granule,
-          entropy: o.entropy,
-          sources,
-          split: { fit: split.fit.length, heldout: split.tuning.length, report: split.report.length, seqLen: 1 },
-          tokens: { fit: tokensOf(split.fit), heldout: tokensOf(split.tuning), report: tokensOf(split.report) },
-          m: d.m,
-          tuning: d.tuning,
-        }),
-    });
-    // The rank's caches are no longer needed once its profiles are written.
-    tuningRead[i] = [];
-    reportRead[i] = [];
-    const ropeCheck = accs[i].ropeCheck();
-    const shard = spec.shard;
-    out.push({
-      ...(rank.label ? { rank: rank.label } : {}),
-      layers: rank.model.cacheLayers,
-      kv_heads: shard ? [...shard.kvHeads] : Array.from({ length: spec.kvHeads }, (_, h) => h),
-      fingerprint: rank.model.fingerprint.id,
-      tokens: tokensOf(split.fit),
-      heldout_tokens: tokensOf(split.tuning),
-      report_tokens: tokensOf(split.report),
-      split: { fit: split.fit.map((q) => q.file), tuning: split.tuning.map((q) => q.file), report: split.report.map((q) => q.file) },
-      rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
-      profiles: written.profiles,
-      plans: written.plans,
-      randomized: written.randomized,
-      sketched: written.sketched,
-      groupings: candidates.fit.map(String),
-      groupings_skipped: candidates.skipped,
-      groupings_sketched: candidates.sketched ?? [],
-    });
-  }
-  return out;
 }
 
 /**

@@ -20,7 +20,8 @@ import { totalmem } from 'node:os';
 import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budget-scale.js';
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
-import { createSketchAccumulator, nystromEigenAsync, sketchBytes, sketchShape, type SketchAccumulator } from '../fit/sketch.js';
+import { TWO_LEVEL_RANK } from '../fit/two-level.js';
+import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
@@ -36,7 +37,7 @@ import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
-import { fitBases, type FitJob } from './fit-pool.js';
+import { fitBases, fitBasisTables, type FitJob, type FitOutput } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
@@ -77,12 +78,14 @@ export interface CalibrateOptions {
   /** A file in a --data directory that is not UTF-8 text is an error instead of skipped (--strict-data). */
   strictData?: boolean;
   /**
-   * Bytes of float64 covariance held before bases are fitted from a streaming sketch instead
+   * Bytes of float64 covariance held before multi-layer bases are fitted two-level instead
    * (groupingCandidates): 'auto''s budget (default AUTO_COVARIANCE_BUDGET_BYTES) and, when set, the
    * limit of a fixed grouping too (default half the machine's memory). Tests lower it to exercise
-   * the sketch on small models.
+   * the two-level fit on small models.
    */
   covarianceBudget?: number;
+  /** R, the reduced columns per kind of the two-level fit (default TWO_LEVEL_RANK; --two-level-rank). */
+  twoLevelRank?: number;
 }
 
 /** Report tokens when none are asked for: src/defaults.ts says why 8192. */
@@ -154,8 +157,10 @@ export interface CalibrateResult {
   groupings_sketched: string[];
   /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
   randomized_bases: number;
-  /** Bases fitted from the streaming Nyström sketch (src/fit/sketch.ts) instead of a p×p covariance, over all candidates. */
+  /** Bases fitted two-level (src/fit/two-level.ts) instead of from a p×p covariance, over all candidates. */
   sketched_bases: number;
+  /** The two-level fit's reduction, when any grouping used it. */
+  two_level?: TwoLevelSummary;
   /** The RoPE-from-data check (src/rope/data-check.ts) on the fit caches: it passed, or did not run (reason). */
   rope_check: { checked: boolean; pairs: number; reason?: string };
   profiles: RatioResult[];
@@ -196,55 +201,92 @@ export function groupingCovarianceBytes(spec: FeatureGeometry, grouping: FixedGr
   );
 }
 
-/** Bytes the streaming sketches (src/fit/sketch.ts) of one grouping hold, sized for `ratios`. */
-export function groupingSketchBytes(spec: FeatureGeometry, grouping: FixedGrouping, ratios: number[]): number {
-  return layerGroups(spec.layers, grouping).reduce(
-    (a, g) =>
-      a +
-      (['key', 'value'] as KvKind[]).reduce((b, kind) => {
-        const p = featureDim(spec, kind, g.length);
-        return b + sketchBytes(p, sketchShape(p, maxRankForRatios(p, ratios)).columns);
-      }, 0),
-    0,
-  );
+/**
+ * Multi-layer groupings of a model whose keys or values have more features over all layers than
+ * this are fitted two-level (src/fit/two-level.ts) whatever their covariances' size: their
+ * dense eigensolves (p³ per basis) would take most of an hour on 8B geometry, where the two-level
+ * fit of every grouping together costs about one R×R eigensolve. Models up to this size
+ * (SmolLM2-135M: 5,760; Gemma 3 270M: 4,608) keep their exact covariances.
+ */
+export const TWO_LEVEL_MIN_FEATURES = 8192;
+
+/** Features over all layers of one kind. */
+function kindFeatures(spec: FeatureGeometry, kind: KvKind): number {
+  return featureDim(spec, kind, spec.layers);
+}
+
+/**
+ * Bytes the two-level fit holds (once, for every two-level grouping): per kind the reduced
+ * covariance's running sums and result (2 × 8R²), and the per-layer covariances when the
+ * 'layer' grouping does not already hold them. Its fp16 spill is on disk (spillBytes).
+ */
+export function twoLevelBytes(spec: FeatureGeometry, rank = TWO_LEVEL_RANK, withLayerCovariances = true): number {
+  let b = 0;
+  for (const kind of ['key', 'value'] as KvKind[]) {
+    const R = Math.min(rank, kindFeatures(spec, kind));
+    b += 2 * 8 * R * R;
+    if (withLayerCovariances) b += spec.layers * 8 * featureDim(spec, kind, 1) ** 2;
+  }
+  return b;
+}
+
+/** Bytes the two-level fit spills to disk: float16 features of both kinds over all layers, per fit token. */
+export function spillBytes(spec: FeatureGeometry, tokens: number): number {
+  return 2 * tokens * (kindFeatures(spec, 'key') + kindFeatures(spec, 'value'));
 }
 
 /** What groupingCandidates decides. */
 export interface GroupingCandidates {
   fit: FixedGrouping[];
-  /** Left out: even their sketches do not fit the memory limit. */
+  /** Left out: even the two-level fit does not fit the memory limit. */
   skipped: { grouping: string; covariance_bytes: number }[];
-  /** Groupings in `fit` whose covariances exceed the budget: fitted from a streaming sketch (src/fit/sketch.ts). Absent when none. */
+  /**
+   * Groupings in `fit` fitted two-level (src/fit/two-level.ts): their covariances exceed the
+   * budget, or the model passes TWO_LEVEL_MIN_FEATURES. Absent when none. (The name predates the
+   * two-level fit: these were fitted from a streaming sketch before.)
+   */
   sketched?: string[];
 }
 
 /**
  * The groupings to fit: the one asked for, or for 'auto' one layer per basis, then 2, 4, 8, …
  * consecutive layers, then all layers (the paper finds more layers per basis better at high
- * ratios; one layer per basis is always a candidate). Candidates are taken in that order with
- * their float64 covariances while those fit AUTO_COVARIANCE_BUDGET_BYTES; the rest are fitted
- * from a streaming sketch of O(p·rank) memory (src/fit/sketch.ts) at the rank `ratios` can
- * store, and left out only if the sketches too would pass `memoryLimit`. An explicit grouping
- * keeps its covariance up to `o.fixedCovarianceLimit` (default `memoryLimit`) and is sketched beyond.
+ * ratios; one layer per basis is always a candidate). A multi-layer grouping is fitted two-level
+ * (src/fit/two-level.ts: one R×R reduced covariance per kind serves them all) when the model
+ * passes TWO_LEVEL_MIN_FEATURES; otherwise candidates are taken in order with their float64
+ * covariances while those fit AUTO_COVARIANCE_BUDGET_BYTES, and fitted two-level beyond. A
+ * grouping is left out only if even the two-level fit would pass `memoryLimit`. An explicit
+ * grouping follows the same rule, its covariance limit `o.fixedCovarianceLimit` (default `memoryLimit`).
  */
 export function groupingCandidates(
   spec: FeatureGeometry,
   grouping: Grouping,
   budget = AUTO_COVARIANCE_BUDGET_BYTES,
   memoryLimit = totalmem() / 2,
-  o: { ratios?: number[]; fixedCovarianceLimit?: number } = {},
+  o: { ratios?: number[]; fixedCovarianceLimit?: number; rank?: number } = {},
 ): GroupingCandidates {
-  const ratios = o.ratios ?? [CALIBRATE_DEFAULTS.ratio];
   const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+  const wide = Math.max(kindFeatures(spec, 'key'), kindFeatures(spec, 'value')) > TWO_LEVEL_MIN_FEATURES;
+  const multi = (g: FixedGrouping) => layerGroups(spec.layers, g).some((l) => l.length > 1);
   if (grouping !== 'auto') {
-    // An explicit grouping is fitted as asked: from its covariance where that fits in memory, else from a sketch.
     const bytes = groupingCovarianceBytes(spec, grouping);
-    if (bytes <= Math.min(memoryLimit, o.fixedCovarianceLimit ?? memoryLimit)) return { fit: [grouping], skipped: [] };
-    const sketch = groupingSketchBytes(spec, grouping, ratios);
-    if (sketch > memoryLimit) {
+    const limit = Math.min(memoryLimit, o.fixedCovarianceLimit ?? memoryLimit);
+    if (!multi(grouping) || (!wide && bytes <= limit)) {
+      if (bytes > memoryLimit)
+        throw new KvtcError(
+          'USAGE',
+          `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, more than half of this machine's ${gib(totalmem())}`,
+          {
+            fix: 'Use --grouping auto, or run on a machine with more memory.',
+          },
+        );
+      return { fit: [grouping], skipped: [] };
+    }
+    const two = twoLevelBytes(spec, o.rank);
+    if (two > memoryLimit) {
       throw new KvtcError(
         'USAGE',
-        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, or ${gib(sketch)} of streaming sketch (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
+        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, or ${gib(two)} for the two-level fit (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
         {
           fix: 'Use --grouping auto (it fits the groupings that fit in memory and keeps the best), --grouping layer, or a smaller number of layers per basis.',
         },
@@ -259,18 +301,21 @@ export function groupingCandidates(
   const skipped: { grouping: string; covariance_bytes: number }[] = [];
   const sketched: string[] = [];
   let used = 0;
+  let twoLevelHeld = false;
   for (const g of all) {
     const bytes = groupingCovarianceBytes(spec, g);
-    if (fit.length === 0 || used + bytes <= budget) {
+    if (fit.length === 0 || (!(wide && multi(g)) && used + bytes <= budget)) {
       fit.push(g);
       used += bytes;
       continue;
     }
-    const sketch = groupingSketchBytes(spec, g, ratios);
-    if (used + sketch <= memoryLimit) {
+    // The two-level fit's memory is shared by every grouping that uses it ('layer', first, holds the per-layer covariances).
+    const two = twoLevelHeld ? 0 : twoLevelBytes(spec, o.rank, false);
+    if (used + two <= memoryLimit) {
       fit.push(g);
       sketched.push(String(g));
-      used += sketch;
+      used += two;
+      twoLevelHeld = true;
     } else skipped.push({ grouping: String(g), covariance_bytes: bytes });
   }
   return sketched.length ? { fit, skipped, sketched } : { fit, skipped };
@@ -409,14 +454,10 @@ export async function readSequences(
 
 /**
  * The widest basis of the candidate groupings (every basis needs at least 2p fit tokens for a
- * full-rank covariance); a sketched grouping (GroupingCandidates.sketched) counts its sketch's
- * columns instead, sized for `ratios`: the sketch resolves that many directions, not p.
+ * full-rank covariance); a two-level grouping (GroupingCandidates.sketched) counts its per-layer
+ * features and the reduced columns R (at most TWO_LEVEL_RANK) instead of p.
  */
-export function maxFeatureDim(
-  spec: FeatureGeometry,
-  candidates: FixedGrouping[] | GroupingCandidates,
-  ratios: number[] = [CALIBRATE_DEFAULTS.ratio],
-): number {
+export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[] | GroupingCandidates, rank = TWO_LEVEL_RANK): number {
   const c: GroupingCandidates = Array.isArray(candidates) ? { fit: candidates, skipped: [] } : candidates;
   const sketched = new Set(c.sketched ?? []);
   return Math.max(
@@ -424,7 +465,7 @@ export function maxFeatureDim(
       layerGroups(spec.layers, g).flatMap((l) =>
         (['key', 'value'] as KvKind[]).map((kind) => {
           const p = featureDim(spec, kind, l.length);
-          return sketched.has(String(g)) ? sketchShape(p, maxRankForRatios(p, ratios)).columns : p;
+          return sketched.has(String(g)) ? Math.max(featureDim(spec, kind, 1), Math.min(p, rank, kindFeatures(spec, kind))) : p;
         }),
       ),
     ),
@@ -448,7 +489,7 @@ export async function readSplit(
     );
   }
   // Every basis needs at least 2p fit tokens for a full-rank covariance (a sketch: 2 × its columns).
-  const maxDim = maxFeatureDim(spec, candidates, opts.ratios);
+  const maxDim = maxFeatureDim(spec, candidates);
   const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
   return { data, split, seqLen };
 }
@@ -459,33 +500,26 @@ export type BasisState = {
   layers: number[];
   dim: number;
 } & (
-  | { acc: CovarianceAccumulator; kernel: GramKernel; sketchRank?: undefined }
+  | { acc: CovarianceAccumulator; kernel: GramKernel; twoLevel?: undefined }
   | {
-      /** A streaming sketch (src/fit/sketch.ts) in place of the covariance; `sketchRank` components are fitted from it. */
-      acc: SketchAccumulator;
-      kernel: SketchAccumulator['kernel'];
-      sketchRank: number;
+      /** Fitted two-level (src/fit/two-level.ts) from the reduction this object shares across groupings. */
+      twoLevel: TwoLevelFit;
+      acc?: undefined;
+      kernel?: undefined;
     }
 );
 
 /**
- * The bases of one grouping, each accumulating a float64 covariance, or with `sketch` (the
- * target ratios) a streaming sketch sized for the rank those ratios can store (maxRankForRatios).
+ * The bases of one grouping, each accumulating a float64 covariance, or with `twoLevel` fitted
+ * from that shared reduction instead.
  */
-export async function basisStates(
-  spec: ModelSpec,
-  grouping: FixedGrouping,
-  device: Device,
-  sketch?: { ratios: number[] },
-): Promise<BasisState[]> {
+export async function basisStates(spec: ModelSpec, grouping: FixedGrouping, device: Device, twoLevel?: TwoLevelFit): Promise<BasisState[]> {
   const states: BasisState[] = [];
   for (const layers of layerGroups(spec.layers, grouping)) {
     for (const kind of ['key', 'value'] as KvKind[]) {
       const dim = featureDim(spec, kind, layers.length);
-      if (sketch) {
-        const shape = sketchShape(dim, maxRankForRatios(dim, sketch.ratios));
-        const acc = await createSketchAccumulator(dim, shape.columns, { device });
-        states.push({ kind, layers, dim, acc, kernel: acc.kernel, sketchRank: shape.rank });
+      if (twoLevel) {
+        states.push({ kind, layers, dim, twoLevel });
         continue;
       }
       const kernel = await createGramKernel(dim, { device });
@@ -495,15 +529,39 @@ export async function basisStates(
   return states;
 }
 
-/** basisStates of every candidate, the sketched ones (GroupingCandidates.sketched) with sketches. */
-export function candidateStates(
+/**
+ * basisStates of every candidate; the two-level ones (GroupingCandidates.sketched) share one
+ * TwoLevelFit, whose per-layer covariances are the 'layer' candidate's when there is one, and
+ * otherwise one more group of states, last, that no candidate fits (fitAccumulator fills it).
+ */
+export async function candidateStates(
   spec: ModelSpec,
   candidates: GroupingCandidates,
   device: Device,
-  ratios: number[],
+  o: { rank?: number } = {},
 ): Promise<BasisState[][]> {
   const sketched = new Set(candidates.sketched ?? []);
-  return Promise.all(candidates.fit.map((g) => basisStates(spec, g, device, sketched.has(String(g)) ? { ratios } : undefined)));
+  const direct = await Promise.all(
+    candidates.fit.map((g) => (sketched.has(String(g)) ? Promise.resolve([]) : basisStates(spec, g, device))),
+  );
+  if (sketched.size === 0) return direct;
+  const li = candidates.fit.indexOf('layer');
+  const perLayer = li >= 0 ? direct[li] : await basisStates(spec, 'layer', device);
+  const twoLevel = new TwoLevelFit(
+    spec,
+    Array.from({ length: spec.layers }, (_, l) => l),
+    perLayer.map((s) => ({ kind: s.kind, layer: s.layers[0], acc: s.acc! })),
+    { device, rank: o.rank },
+  );
+  const states = await Promise.all(
+    candidates.fit.map((g, gi) => (sketched.has(String(g)) ? basisStates(spec, g, device, twoLevel) : Promise.resolve(direct[gi]))),
+  );
+  return li >= 0 ? states : [...states, perLayer];
+}
+
+/** The two-level fit the states share, if any. */
+export function twoLevelOf(states: BasisState[][]): TwoLevelFit | undefined {
+  return states.flat().find((s) => s.twoLevel)?.twoLevel;
 }
 
 /**
@@ -550,6 +608,7 @@ export interface FitAccumulator {
 export function fitAccumulator(spec: ModelSpec, bases: BasisState[][], o: { sink: number }): FitAccumulator {
   let scratch = new Float32Array(0);
   let rope: RopeCheckReport | undefined;
+  const twoLevel = twoLevelOf(bases);
   let withoutIds = 0;
   // The check's exact test needs the model's first layer (its keys depend on the token alone):
   // a later pipeline stage, or a hybrid model's first cache layer deeper in, cannot be checked.
@@ -562,10 +621,12 @@ export function fitAccumulator(spec: ModelSpec, bases: BasisState[][], o: { sink
       else if (first === 0 && !rope?.checked) rope = checkModelRope(cache, ids, spec.rope);
       const n = cache.tokens - o.sink;
       for (const s of bases.flat()) {
+        if (!s.acc) continue;
         if (scratch.length < n * s.dim) scratch = new Float32Array(n * s.dim);
         const X = gatherFeatures(cache, { kind: s.kind, layers: s.layers }, spec.rope, o.sink, cache.tokens, scratch);
         await s.acc.add(X, n);
       }
+      await twoLevel?.add(cache, o.sink);
     },
     ropeCheck() {
       if (rope) return rope;
@@ -637,23 +698,13 @@ export async function fitCandidate(
   sink: number,
   ratios: number[],
   onDone?: (done: number, total: number) => void,
+  onStage?: (stage: string) => void,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
-  let sketchSeconds = 0;
   const jobs: FitJob[] = [];
+  const twoLevelJobs: { at: number; job: FitJob; solver: FitOutput['solver'] }[] = [];
+  const fitted: FitOutput[] = [];
+  let twoLevelSeconds = 0;
   for (const s of states) {
-    // A sketched basis gets its eigenpairs here (the Nyström step, products on ONNX Runtime with
-    // every core); the pool then builds its error tables from them.
-    let source: Pick<FitJob, 'cov' | 'mean' | 'eigen'>;
-    if (s.sketchRank !== undefined) {
-      const t = performance.now();
-      const sk = s.acc.finish();
-      const e = await nystromEigenAsync(sk, s.sketchRank);
-      sketchSeconds += (performance.now() - t) / 1000;
-      source = { mean: sk.mean, eigen: { values: e.values, vectors: e.vectors } };
-    } else {
-      const cov = s.acc.finish();
-      source = { cov: cov.cov, mean: cov.mean };
-    }
     const parts = tuning.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens));
     const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
     const X = new Float32Array(H * s.dim);
@@ -662,27 +713,53 @@ export async function fitCandidate(
       X.set(p, at);
       at += p.length;
     }
-    jobs.push({
-      kind: s.kind,
-      layers: s.layers,
-      dim: s.dim,
-      ...source,
-      heldout: X,
-      heldoutTokens: H,
-      maxRank: maxRankForRatios(s.dim, ratios),
-    });
+    const maxRank = maxRankForRatios(s.dim, ratios);
+    if (s.twoLevel) {
+      // The reduction is prepared once (per-layer bases, second pass over the spill); each basis
+      // then costs an eigensolve of its block of C_Z. Tables are built here, in this thread:
+      // a worker would receive a copy of the p_G × k basis.
+      const t = performance.now();
+      await s.twoLevel.prepare(onStage);
+      const b = await s.twoLevel.basis(s.kind, s.layers, maxRank, X, H);
+      twoLevelSeconds += (performance.now() - t) / 1000;
+      const job: FitJob = {
+        kind: s.kind,
+        layers: s.layers,
+        dim: s.dim,
+        mean: b.mean,
+        eigen: { values: b.values, vectors: b.vectors },
+        coefficients: { coeffs: b.coeffs, residual: b.residual },
+        heldout: X,
+        heldoutTokens: H,
+      };
+      twoLevelJobs.push({ at: jobs.length + twoLevelJobs.length, job, solver: 'two-level' });
+      continue;
+    }
+    const cov = s.acc.finish();
+    jobs.push({ kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank });
   }
-  for (const s of states) await s.kernel.dispose?.();
-  const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
+  for (const s of states) await s.kernel?.dispose?.();
+  const pooled = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length + twoLevelJobs.length) });
+  const inline: { at: number; out: FitOutput }[] = [];
+  for (const [i, tj] of twoLevelJobs.entries()) {
+    const out = await fitBasisTables(tj.job);
+    inline.push({ at: tj.at, out: { ...out, solver: tj.solver } });
+    onDone?.(jobs.length + i + 1, jobs.length + twoLevelJobs.length);
+  }
+  let pi = 0;
+  for (let i = 0; i < jobs.length + twoLevelJobs.length; i++) {
+    const hit = inline.find((x) => x.at === i);
+    fitted.push(hit ? hit.out : pooled[pi++]);
+  }
   return {
     tables: fitted.map((f) => f.tables),
     // Summed over bases (CPU seconds); the wall time of the stage is fit_wall.
     seconds: {
-      eigen: sketchSeconds + fitted.reduce((a, f) => a + f.seconds.eigen, 0),
+      eigen: twoLevelSeconds + fitted.reduce((a, f) => a + f.seconds.eigen, 0),
       tables: fitted.reduce((a, f) => a + f.seconds.tables, 0),
     },
     randomized: fitted.filter((f) => f.solver === 'randomized').length,
-    sketched: fitted.filter((f) => f.solver === 'sketch').length,
+    sketched: fitted.filter((f) => f.solver === 'two-level').length,
   };
 }
 
@@ -832,9 +909,18 @@ export async function fitAndWrite(
     const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
     const stage = `fitting bases${label} (eigen + error tables)`;
     progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
-    const fitted = await fitCandidate(spec, states[gi], tuning, opts.sink, opts.ratios, (d, n) =>
-      progress({ stage, done: d, total: n, unit: 'bases' }),
+    const fitted = await fitCandidate(
+      spec,
+      states[gi],
+      tuning,
+      opts.sink,
+      opts.ratios,
+      (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }),
+      (s) => progress({ stage: s }),
     );
+    // The two-level fit starts from these per-layer bases rather than solving them again.
+    const two = twoLevelOf(states);
+    if (two && grouping === 'layer') for (const t of fitted.tables) two.offerLayer(t.kind, t.layers[0], t.values, t.vectors);
     timer.add('eigen', fitted.seconds.eigen);
     timer.add('error_tables', fitted.seconds.tables);
     randomized += fitted.randomized;
@@ -937,6 +1023,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
   const spec = model.spec;
   lap('load');
 
+  const stateSets: BasisState[][][] = [];
   let released = false;
   const release = async () => {
     if (!released) await model.session.release();
@@ -946,6 +1033,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
       ratios: opts.ratios,
       fixedCovarianceLimit: opts.covarianceBudget,
+      rank: opts.twoLevelRank,
     });
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
@@ -954,7 +1042,8 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     const runner = new ModelRunner(model);
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
     const chunk = ropeSafeChunk(spec.rope, opts.chunk);
-    const states = await candidateStates(spec, candidates, opts.device, opts.ratios);
+    const states = await candidateStates(spec, candidates, opts.device, { rank: opts.twoLevelRank });
+    stateSets.push(states);
     const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
     const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
@@ -1006,6 +1095,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       groupings_sketched: candidates.sketched ?? [],
       randomized_bases: written.randomized,
       sketched_bases: written.sketched,
+      ...(twoLevelOf(states) ? { two_level: twoLevelOf(states)!.summary() } : {}),
       rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
       profiles: written.profiles,
       seconds,
@@ -1013,5 +1103,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     };
   } finally {
     await release();
+    // The two-level fit's spill is deleted after its second pass; here too on an error or Ctrl-C.
+    for (const st of stateSets) await twoLevelOf(st)?.dispose();
   }
 }

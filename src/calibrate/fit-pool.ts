@@ -22,10 +22,12 @@ export interface FitJob {
   cov?: Float64Array;
   mean: Float64Array;
   /**
-   * Eigenpairs already fitted (the streaming sketch's Nyström step, src/fit/sketch.ts): vectors
-   * [p, k] orthonormal columns, values [k] descending. The job then only builds the error tables.
+   * Eigenpairs already fitted (the two-level fit, src/fit/two-level.ts): vectors [p, k]
+   * orthonormal columns, values [k] descending. The job then only builds the error tables.
    */
   eigen?: { values: Float64Array; vectors: Float64Array };
+  /** With `eigen`: the held-out coefficients on it, computed already (fit.ts prepareAllocation). */
+  coefficients?: { coeffs: Float32Array; residual: number };
   /** Float32Array // [H, p] held-out features. */
   heldout: Float32Array;
   heldoutTokens: number;
@@ -45,14 +47,14 @@ export interface FitOutput {
   seconds: { eigen: number; tables: number };
   /**
    * How the basis was fitted: the full dense eigenbasis, its top tables.dim components from the
-   * randomized or the dense solver, or from the streaming sketch (FitJob.eigen).
+   * randomized or the dense solver, or from the two-level fit (FitJob.eigen).
    */
-  solver: 'dense' | 'randomized' | 'dense-truncated' | 'sketch';
+  solver: 'dense' | 'randomized' | 'dense-truncated' | 'two-level';
 }
 
 /** How fitBasisTables fits `job` (see FitJob.maxRank). */
 export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank' | 'eigen'>): FitOutput['solver'] {
-  if (job.eigen) return 'sketch';
+  if (job.eigen) return 'two-level';
   if (job.maxRank === undefined || job.maxRank >= job.dim || job.dim < RANDOMIZED_EIGEN_MIN_P) return 'dense';
   return job.maxRank <= RANDOMIZED_MAX_RANK_FRACTION * job.dim ? 'randomized' : 'dense-truncated';
 }

@@ -131,7 +131,7 @@ export interface DynamoEigen {
    * fit-pool.ts's names — 'dense' (all p), 'randomized', 'dense-truncated' (dense cut to k) —
    * with '+completed' where only the top r < k came from it and completeRows added the rest.
    */
-  solver: `${Exclude<FitOutput['solver'], 'sketch'>}${'' | '+completed'}`;
+  solver: `${Exclude<FitOutput['solver'], 'two-level'>}${'' | '+completed'}`;
 }
 
 /**

@@ -55,3 +55,8 @@ export async function runStepsOnOrt<T>(steps: Generator<MatMulRequest, T, Float6
   while (!r.done) r = steps.next(await ortMatMul(session, r.value));
   return r.value;
 }
+
+/** C = A·B: Float64Array // [m, n] from A [m, k] and B [k, n], row-major, on ONNX Runtime float64 MatMul. */
+export async function matMulAsync(A: Float64Array, B: Float64Array, m: number, k: number, n: number, threads = 0): Promise<Float64Array> {
+  return ortMatMul(await matMulSession(threads), { A, B, m, k, n });
+}

@@ -52,6 +52,8 @@ export function prepareAllocation(
     /** Float32Array // [H, p] held-out features (keys un-rotated). */
     heldout: Float32Array;
     heldoutTokens: number;
+    /** The coefficients C = (X − mean)·V [H, k] and the held-out energy outside span(V), computed already (the two-level fit does it through its per-layer bases). */
+    coefficients?: { coeffs: Float32Array; residual: number };
   } & ErrorTableOptions,
 ): AllocationTables {
   const p = o.dim;
@@ -61,6 +63,21 @@ export function prepareAllocation(
     k >= 1 && k <= p && o.vectors.length === p * k,
     `Error in prepareAllocation: vectors length (${o.vectors.length}) must be p*k (${p}*${k}, k = values length, 1 ≤ k ≤ p)`,
   );
+  if (o.coefficients) {
+    const { coeffs, residual } = o.coefficients;
+    invariant(coeffs.length === H * k, `Error in prepareAllocation: coefficients length (${coeffs.length}) must be H*k (${H}*${k})`);
+    return {
+      ...buildErrorTables(coeffs, H, k, o),
+      kind: o.kind,
+      layers: o.layers,
+      features: p,
+      mean: o.mean,
+      vectors: o.vectors,
+      values: o.values,
+      coeffs,
+      residual,
+    };
+  }
   // C = (X − mean) · V over the k components, float64 then float32 (as the encoder sees it).
   const Y = new Float64Array(H * p);
   for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
