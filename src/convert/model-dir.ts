@@ -26,6 +26,8 @@ export interface LlamaModelDirOptions {
   name: string;
   /** Replace an existing directory (its `source/` subfolder is kept). */
   force?: boolean;
+  /** Per-layer sliding attention windows, masked in the graph (LlamaGraphOptions.attentionWindow); config.json does not record them. */
+  attentionWindow?: (number | null)[];
 }
 
 export interface WrittenModelDir {
@@ -109,7 +111,11 @@ export async function writeLlamaModelDir(dir: string, opts: LlamaModelDirOptions
   checkOutput(dir, opts.force);
   const { weights, spec } = opts;
   const intermediate = weights.layers[0].gateProj.length / spec.hidden;
-  const onnx = buildLlamaGraph(weights, spec, { rmsNormEps: opts.rmsNormEps, name: opts.name });
+  const onnx = buildLlamaGraph(weights, spec, {
+    rmsNormEps: opts.rmsNormEps,
+    name: opts.name,
+    ...(opts.attentionWindow ? { attentionWindow: opts.attentionWindow } : {}),
+  });
   const config = llamaConfigJson(spec, { intermediate, rmsNormEps: opts.rmsNormEps, tied: !weights.lmHead, name: opts.name });
   const generation = { _from_model_config: true, bos_token_id: spec.bosTokenId ?? 1, eos_token_id: spec.eosTokenId ?? 2 };
   const contents: [string, string | Uint8Array][] = [

@@ -1,10 +1,15 @@
 /**
  * Seeded random-weight Llama model directories of any shape (GQA ratios, head dims, RoPE
- * variants, float16 KV), with the bundled stories260K tokenizer, for tests and benchmarks.
+ * variants, float16 KV, sliding-window layers, power-law K/V spectra), with the bundled
+ * stories260K tokenizer, for tests and benchmarks.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KvtcError, UsageError } from '../errors.js';
+import { orthonormalizeRows } from '../fit/eigen-randomized.js';
+import { runStepsOnOrt } from '../fit/eigen-ort.js';
+import type { MatMulRequest } from '../fit/eigen-types.js';
+import { transpose } from '../math/gemm.js';
 import type { KvDtype, ModelSpec, RopeSpec } from '../model/types.js';
 import { DEFAULT_MODEL_DIR } from '../paths.js';
 import type { LlamaWeights } from './llama-graph.js';
@@ -33,9 +38,43 @@ export interface RandomLlamaOptions {
   rmsNormEps?: number; // default 1e-5
   /** Untied lm_head (default false: tied to the embedding). */
   untied?: boolean;
+  /** k_proj and v_proj with power-law singular values (see KvSpectrum); default: plain normal(0, std). */
+  kvSpectrum?: KvSpectrum;
+  /**
+   * Per layer, a sliding attention window W (query i sees keys i-W < j <= i) or null for a
+   * global layer: LlamaGraphOptions.attentionWindow, so the cache still keeps every token.
+   * Only the ONNX graph knows it (config.json stays a plain LlamaConfig). Default: all global.
+   */
+  attentionWindow?: (number | null)[];
   force?: boolean;
   name?: string;
 }
+
+/**
+ * Singular values of k_proj and v_proj: s_j = c·(j+1)^-decay, j < min(out, in), c such that
+ * ‖W‖_F² = Σ s_j² = out·in·std², the expected squared norm of the plain normal(0, std) weight,
+ * so activations keep their scale.
+ *
+ * Why: KVTC relies on keys and values being low-rank, a few percent of the PCA components
+ * carrying most of the energy (Staniszewski & Łańcucki, arXiv 2511.01815); a normal(0, std)
+ * projection's singular values are instead flat (Marchenko–Pastur). On the committed profiles
+ * (kvtc-profiles/smollm2-135m-instruct, gemma3-270m; shares of the stored components' variance)
+ * the top 1% of components hold 15–50%, the top 5% 38–88%, the top 10% 54–95%; a power law with
+ * decay 0.5 (variance ∝ (j+1)^-1) gives 40/60/69% at p = 1024, decay 1 gives 95% in the top 1%.
+ *
+ * What it changes in captured caches is modest, measured on an 8-layer model with 8 KV heads ×
+ * 128, hidden 1024 (1536 tokens of calibration text, mean removed, keys with RoPE): decay 0.5
+ * raises layer 0's top-1% share from 0.11 to 0.18 (keys) and 0.34 to 0.53 (values) and leaves
+ * later layers as they were (about 0.4 keys, 0.8–0.9 values), whose inputs, a random model's
+ * hidden states, are already nearly low-rank.
+ */
+export interface KvSpectrum {
+  /** Power-law exponent of the singular values, >= 0 (0: flat, W = c·U·Vᵀ). */
+  decay: number;
+}
+
+/** KvSpectrum's seeded stream is its own (this salt on the seed), so every other weight is the plain model's. */
+const KV_SPECTRUM_SALT = 0x6b765f73; // 'kv_s'
 
 export interface RandomLlama extends WrittenModelDir {
   spec: ModelSpec;
@@ -102,6 +141,69 @@ export function randomLlamaWeights(rand: () => number, s: RandomWeightShape): Ll
   return weights;
 }
 
+/** KvSpectrum's singular values [min(rows, cols)], descending: c·(j+1)^-decay with Σ s_j² = rows·cols·std². */
+export function powerLawSpectrum(rows: number, cols: number, std: number, decay: number): Float64Array {
+  const s = Float64Array.from({ length: Math.min(rows, cols) }, (_, j) => (j + 1) ** -decay);
+  const energy = s.reduce((a, v) => a + v * v, 0);
+  const c = std * Math.sqrt((rows * cols) / energy);
+  return s.map((v) => v * c);
+}
+
+/** W [rows, cols] = U·diag(s)·Vᵀ as products: U, V orthonormalized from the Gaussian rows of gu [r, rows] and gv [r, cols]. */
+function* spectralSteps(
+  gu: Float64Array,
+  gv: Float64Array,
+  s: Float64Array,
+  rows: number,
+  cols: number,
+  normal: () => number,
+): Generator<MatMulRequest, Float64Array, Float64Array> {
+  const r = s.length;
+  const Ut = yield* orthonormalizeRows(gu, r, rows, normal, true); // [r, rows]
+  const SVt = yield* orthonormalizeRows(gv, r, cols, normal, true); // [r, cols], scaled below
+  for (let j = 0; j < r; j++) for (let i = 0; i < cols; i++) SVt[j * cols + i] *= s[j];
+  return yield { A: transpose(Ut, r, rows), B: SVt, m: rows, k: r, n: cols };
+}
+
+/**
+ * A [rows, cols] weight (nn.Linear [out, in]) with KvSpectrum's singular values: W = U·diag(s)·Vᵀ,
+ * U [rows, r] and V [cols, r] with orthonormal columns from seeded Gaussians (shifted
+ * Cholesky-QR in float64, the products on ONNX Runtime: 0.6–1.1 s for a 1024×1024 weight on a
+ * shared 2-core box), s = powerLawSpectrum. Same `rand` state, same weight on one machine; across CPUs
+ * ONNX Runtime's products may round the last bits differently.
+ */
+export async function spectralWeight(rand: () => number, rows: number, cols: number, std: number, decay: number): Promise<Float32Array> {
+  const s = powerLawSpectrum(rows, cols, std, decay);
+  const r = s.length;
+  const gu = Float64Array.from(normals(rand, r * rows, 1));
+  const gv = Float64Array.from(normals(rand, r * cols, 1));
+  // Only used if a Gaussian row is numerically dependent on the others (not seen in practice).
+  const normal = () => normals(rand, 1, 1)[0];
+  return Float32Array.from(await runStepsOnOrt(spectralSteps(gu, gv, s, rows, cols, normal), 0));
+}
+
+/**
+ * `weights` with each layer's kProj and vProj (in that order, layer by layer) replaced by
+ * spectralWeight draws from their own stream, mulberry32(seed ^ KV_SPECTRUM_SALT): everything
+ * else is exactly randomLlamaWeights' draw for the seed.
+ */
+export async function withKvSpectrum(
+  weights: LlamaWeights,
+  s: RandomWeightShape,
+  spectrum: KvSpectrum,
+  seed: number,
+): Promise<LlamaWeights> {
+  const rand = mulberry32((seed ^ KV_SPECTRUM_SALT) >>> 0);
+  const kvDim = s.kvHeads * s.headDim;
+  const layers = [];
+  for (const layer of weights.layers) {
+    const kProj = await spectralWeight(rand, kvDim, s.hidden, s.std, spectrum.decay);
+    const vProj = await spectralWeight(rand, kvDim, s.hidden, s.std, spectrum.decay);
+    layers.push({ ...layer, kProj, vProj });
+  }
+  return { ...weights, layers };
+}
+
 export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<RandomLlama> {
   const layers = opts.layers ?? 2;
   const hidden = opts.hidden ?? 64;
@@ -118,18 +220,18 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
   if (heads % kvHeads !== 0)
     throw usage(`heads ${heads} is not a multiple of kvHeads ${kvHeads}`, 'Pick kvHeads dividing heads.', { heads, kvHeads });
   if (vocab < 512) throw usage(`vocab ${vocab} is smaller than the bundled tokenizer's 512 pieces`, 'Use vocab >= 512.', { vocab });
+  const decay = opts.kvSpectrum?.decay;
+  if (decay !== undefined && !(Number.isFinite(decay) && decay >= 0))
+    throw usage(`kvSpectrum.decay must be a finite number >= 0, got ${decay}`, 'Pass e.g. kvSpectrum: { decay: 0.5 }.', { decay });
+  const aw = opts.attentionWindow;
+  if (aw && (aw.length !== layers || aw.some((w) => w !== null && !(Number.isInteger(w) && w > 0))))
+    throw usage(`attentionWindow must give each of the ${layers} layers a positive integer window or null`, 'Fix attentionWindow.', {
+      attentionWindow: aw,
+    });
 
-  const weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), {
-    layers,
-    hidden,
-    heads,
-    kvHeads,
-    headDim,
-    intermediate,
-    vocab,
-    std,
-    untied: opts.untied,
-  });
+  const shape: RandomWeightShape = { layers, hidden, heads, kvHeads, headDim, intermediate, vocab, std, untied: opts.untied };
+  let weights = randomLlamaWeights(mulberry32(opts.seed ?? 0), shape);
+  if (opts.kvSpectrum) weights = await withKvSpectrum(weights, shape, opts.kvSpectrum, opts.seed ?? 0);
 
   const spec: LlamaDirSpec = {
     layers,
@@ -169,6 +271,7 @@ export async function buildRandomLlama(opts: RandomLlamaOptions): Promise<Random
     tokenizerConfig,
     name,
     force: opts.force,
+    ...(aw ? { attentionWindow: aw } : {}),
   });
   return {
     ...written,

@@ -2,8 +2,19 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildRandomLlama, type RandomLlamaOptions } from '../../src/convert/random-llama.js';
+import {
+  buildRandomLlama,
+  normals,
+  powerLawSpectrum,
+  randomLlamaWeights,
+  spectralWeight,
+  withKvSpectrum,
+  type RandomLlamaOptions,
+  type RandomWeightShape,
+} from '../../src/convert/random-llama.js';
 import { KvtcError } from '../../src/errors.js';
+import { symmetricEigen } from '../../src/fit/eigen.js';
+import { mulberry32 } from '../../src/random.js';
 import { normalizeHfConfig } from '../../src/model/config.js';
 import { ropeInvFreq } from '../../src/rope/freqs.js';
 import type { RopeSpec } from '../../src/model/types.js';
@@ -115,5 +126,109 @@ describe('buildRandomLlama', () => {
     await buildRandomLlama({ out: join(tmp, 'dup'), layers: 1 });
     const err = await buildRandomLlama({ out: join(tmp, 'dup'), layers: 1 }).catch((e: unknown) => e);
     expect((err as KvtcError).code).toBe('OUTPUT_EXISTS');
+  });
+});
+
+/** Singular values of W [rows, cols] (float32), descending: √ of the eigenvalues of the smaller Gram, W·Wᵀ or Wᵀ·W, in float64. */
+function singularValues(W: Float32Array, rows: number, cols: number): Float64Array {
+  const byRows = rows <= cols;
+  const r = Math.min(rows, cols);
+  const at = (i: number, j: number) => (byRows ? W[i * cols + j] : W[j * cols + i]); // [r, other]
+  const other = byRows ? cols : rows;
+  const G = new Float64Array(r * r);
+  for (let i = 0; i < r; i++)
+    for (let j = 0; j <= i; j++) {
+      let s = 0;
+      for (let c = 0; c < other; c++) s += at(i, c) * at(j, c);
+      G[i * r + j] = G[j * r + i] = s;
+    }
+  return symmetricEigen(G, r).values.map((v) => Math.sqrt(Math.max(v, 0)));
+}
+
+const sumSquares = (w: ArrayLike<number>) => Array.from(w).reduce((a, v) => a + v * v, 0);
+
+describe('kvSpectrum', () => {
+  it.each([
+    // [rows (kvDim), cols (hidden), decay]
+    [24, 40, 1],
+    [48, 16, 0.5],
+    [32, 32, 0.8],
+    [20, 12, 0],
+  ])(
+    'spectralWeight [%i, %i], decay %s: singular values are the power law, Frobenius norm that of normal(0, std)',
+    async (rows, cols, decay) => {
+      const std = 0.1;
+      const W = await spectralWeight(mulberry32(3), rows, cols, std, decay);
+      expect(W.length).toBe(rows * cols);
+      const want = powerLawSpectrum(rows, cols, std, decay);
+      const got = singularValues(W, rows, cols);
+      expect(got.length).toBe(want.length);
+      for (let j = 0; j < want.length; j++) {
+        expect(Math.abs(got[j] - want[j])).toBeLessThan(1e-5 * want[0]);
+        expect(want[j] / want[0]).toBeCloseTo((j + 1) ** -decay, 12);
+      }
+      expect(sumSquares(W) / (rows * cols * std * std)).toBeCloseTo(1, 5);
+    },
+  );
+
+  it('keeps the scale of the plain Gaussian weight it replaces', async () => {
+    const [rows, cols, std] = [64, 128, 0.02];
+    const plain = sumSquares(normals(mulberry32(5), rows * cols, std));
+    const spectral = sumSquares(await spectralWeight(mulberry32(5), rows, cols, std, 1));
+    // ‖G‖_F² of 8192 normal(0, std) draws is within a few percent of its mean rows·cols·std².
+    expect(spectral / plain).toBeGreaterThan(0.95);
+    expect(spectral / plain).toBeLessThan(1.05);
+  });
+
+  it('replaces only k_proj and v_proj, each layer its own; the rest is the plain draw', async () => {
+    const shape: RandomWeightShape = { layers: 2, hidden: 32, heads: 4, kvHeads: 2, headDim: 8, intermediate: 64, vocab: 512, std: 0.02 };
+    const plain = randomLlamaWeights(mulberry32(9), shape);
+    const spec = await withKvSpectrum(randomLlamaWeights(mulberry32(9), shape), shape, { decay: 1 }, 9);
+    expect(spec.embedTokens).toEqual(plain.embedTokens);
+    for (let l = 0; l < shape.layers; l++) {
+      const { kProj, vProj, ...rest } = spec.layers[l];
+      const { kProj: k0, vProj: v0, ...rest0 } = plain.layers[l];
+      expect(rest).toEqual(rest0);
+      expect(kProj).not.toEqual(k0);
+      expect(vProj).not.toEqual(v0);
+      expect(vProj).not.toEqual(kProj);
+      const s = singularValues(kProj, 16, 32);
+      expect(s[0] / s[15]).toBeCloseTo(16, 3);
+    }
+    expect(spec.layers[1].kProj).not.toEqual(spec.layers[0].kProj);
+  });
+
+  it('off by default: the same bytes as before; on: different bytes, a working model', async () => {
+    const o = { layers: 2, heads: 2, kvHeads: 1, headDim: 8, hidden: 16, seed: 4 };
+    const bytes = async (name: string, extra: Partial<RandomLlamaOptions>) =>
+      readFile(join((await buildRandomLlama({ out: join(tmp, name), ...o, ...extra })).dir, 'onnx', 'model.onnx'));
+    const plain = await bytes('spec-plain', {});
+    expect(Buffer.compare(await bytes('spec-undef', { kvSpectrum: undefined, attentionWindow: undefined }), plain)).toBe(0);
+    expect(Buffer.compare(await bytes('spec-on', { kvSpectrum: { decay: 1 } }), plain)).not.toBe(0);
+    const { session, shape } = await build('spec-run', { ...o, std: 0.15, kvSpectrum: { decay: 1 } });
+    const full = await step(session, shape, [IDS], emptyPast(shape));
+    expect(full.logits.every(Number.isFinite)).toBe(true);
+    await session.release();
+    await expect(buildRandomLlama({ out: join(tmp, 'bad-decay'), ...o, kvSpectrum: { decay: -1 } })).rejects.toThrow(/decay/);
+  });
+});
+
+describe('attentionWindow', () => {
+  it('a window of 4 changes only the logits of queries with more than 4 keys before them', async () => {
+    const o = { layers: 2, heads: 2, kvHeads: 1, headDim: 8, hidden: 16, seed: 6 };
+    const global = await build('aw-global', o);
+    const local = await build('aw-local', { ...o, attentionWindow: [4, null] });
+    const a = await step(global.session, global.shape, [IDS], emptyPast(global.shape));
+    const b = await step(local.session, local.shape, [IDS], emptyPast(local.shape));
+    const V = a.vocab;
+    for (let i = 0; i < IDS.length; i++) {
+      const d = maxAbsDiff(a.logits.subarray(i * V, (i + 1) * V), b.logits.subarray(i * V, (i + 1) * V));
+      if (i < 4) expect(d).toBeLessThan(1e-6);
+      else expect(d).toBeGreaterThan(1e-6);
+    }
+    // The cache keeps every token: the window masks attention only.
+    expect(b.present['past_key_values.0.key'].dims[2]).toBe(IDS.length);
+    await Promise.all([global.session.release(), local.session.release()]);
+    await expect(buildRandomLlama({ out: join(tmp, 'aw-bad'), ...o, attentionWindow: [4] })).rejects.toThrow(/attentionWindow/);
   });
 });
