@@ -25,6 +25,8 @@ export const CALIBRATE_DEFAULTS = {
   window: 128,
   /** Layers per PCA basis: chosen by measurement on the tuning split. */
   grouping: 'auto' as const,
+  /** R, the reduced columns per kind of the two-level fit (src/fit/two-level.ts TWO_LEVEL_RANK; docs/benchmarks.md, "Two-level fit"). */
+  twoLevelRank: 4096,
   /** Prefill chunk length (tokens per forward pass). */
   chunk: 256,
   /** Seed of the held-out selection. */

@@ -22,6 +22,7 @@ import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
+import { ParkedCaches } from './cache-park.js';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
@@ -37,7 +38,7 @@ import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
-import { fitBases, fitBasisTables, type FitJob, type FitOutput } from './fit-pool.js';
+import { fitBases, type FitJob } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
@@ -153,7 +154,7 @@ export interface CalibrateResult {
   /** The groupings fitted ('auto': the candidates; otherwise the one asked for), and those left out for their memory. */
   groupings: string[];
   groupings_skipped: { grouping: string; covariance_bytes: number }[];
-  /** Groupings among `groupings` fitted from a streaming sketch (src/fit/sketch.ts): their covariances exceed the budget. */
+  /** Groupings among `groupings` fitted two-level (src/fit/two-level.ts): past the covariance budget or TWO_LEVEL_MIN_FEATURES. */
   groupings_sketched: string[];
   /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
   randomized_bases: number;
@@ -220,7 +221,7 @@ function kindFeatures(spec: FeatureGeometry, kind: KvKind): number {
  * covariance's running sums and result (2 × 8R²), and the per-layer covariances when the
  * 'layer' grouping does not already hold them. Its fp16 spill is on disk (spillBytes).
  */
-export function twoLevelBytes(spec: FeatureGeometry, rank = TWO_LEVEL_RANK, withLayerCovariances = true): number {
+export function twoLevelBytes(spec: FeatureGeometry, rank: number = TWO_LEVEL_RANK, withLayerCovariances = true): number {
   let b = 0;
   for (const kind of ['key', 'value'] as KvKind[]) {
     const R = Math.min(rank, kindFeatures(spec, kind));
@@ -488,7 +489,7 @@ export async function readSplit(
       { fix: `Keep sink + window below ${seqLen}.` },
     );
   }
-  // Every basis needs at least 2p fit tokens for a full-rank covariance (a sketch: 2 × its columns).
+  // Every basis needs at least 2p fit tokens for a full-rank covariance (two-level: 2R).
   const maxDim = maxFeatureDim(spec, candidates);
   const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
   return { data, split, seqLen };
@@ -676,14 +677,17 @@ export async function captureCaches(
   runner: ModelRunner,
   seqs: number[][],
   label: string,
-  o: { chunk: number; signal?: AbortSignal; progress: ProgressFn },
+  o: { chunk: number; signal?: AbortSignal; progress: ProgressFn; park?: ParkedCaches },
 ): Promise<KvCache[]> {
   const total = seqs.reduce((a, s) => a + s.length, 0);
   const caches: KvCache[] = [];
   let done = 0;
   for (const ids of seqs) {
     checkAbort(o.signal);
-    caches.push((await runner.prefill(ids, { chunk: o.chunk })).cache);
+    const { cache } = await runner.prefill(ids, { chunk: o.chunk });
+    // Parked caches go to disk one by one (cache-park.ts) and are not returned.
+    if (o.park) await o.park.add(cache);
+    else caches.push(cache);
     done += ids.length;
     o.progress({ stage: `capturing ${label} KV`, done, total, unit: 'tokens' });
   }
@@ -701,23 +705,21 @@ export async function fitCandidate(
   onStage?: (stage: string) => void,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
   const jobs: FitJob[] = [];
-  const twoLevelJobs: { at: number; job: FitJob; solver: FitOutput['solver'] }[] = [];
-  const fitted: FitOutput[] = [];
   let twoLevelSeconds = 0;
   for (const s of states) {
-    const parts = tuning.map((c) => gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens));
-    const H = parts.reduce((a, p) => a + p.length / s.dim, 0);
+    // Gathered in place: a p_G-wide basis's tuning features are hundreds of MB.
+    const H = tuning.reduce((a, c) => a + c.tokens - sink, 0);
     const X = new Float32Array(H * s.dim);
     let at = 0;
-    for (const p of parts) {
-      X.set(p, at);
-      at += p.length;
+    for (const c of tuning) {
+      gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens, X.subarray(at * s.dim));
+      at += c.tokens - sink;
     }
     const maxRank = maxRankForRatios(s.dim, ratios);
     if (s.twoLevel) {
       // The reduction is prepared once (per-layer bases, second pass over the spill); each basis
-      // then costs an eigensolve of its block of C_Z. Tables are built here, in this thread:
-      // a worker would receive a copy of the p_G × k basis.
+      // then costs an eigensolve of its block of C_Z (here, products on ORT with every core); the
+      // pool builds the tables, the basis moved to a worker, not copied (fit-pool.ts).
       const t = performance.now();
       await s.twoLevel.prepare(onStage);
       const b = await s.twoLevel.basis(s.kind, s.layers, maxRank, X, H);
@@ -729,28 +731,18 @@ export async function fitCandidate(
         mean: b.mean,
         eigen: { values: b.values, vectors: b.vectors },
         coefficients: { coeffs: b.coeffs, residual: b.residual },
-        heldout: X,
+        // The coefficients are computed: the features are not needed again.
+        heldout: new Float32Array(0),
         heldoutTokens: H,
       };
-      twoLevelJobs.push({ at: jobs.length + twoLevelJobs.length, job, solver: 'two-level' });
+      jobs.push(job);
       continue;
     }
     const cov = s.acc.finish();
     jobs.push({ kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank });
   }
   for (const s of states) await s.kernel?.dispose?.();
-  const pooled = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length + twoLevelJobs.length) });
-  const inline: { at: number; out: FitOutput }[] = [];
-  for (const [i, tj] of twoLevelJobs.entries()) {
-    const out = await fitBasisTables(tj.job);
-    inline.push({ at: tj.at, out: { ...out, solver: tj.solver } });
-    onDone?.(jobs.length + i + 1, jobs.length + twoLevelJobs.length);
-  }
-  let pi = 0;
-  for (let i = 0; i < jobs.length + twoLevelJobs.length; i++) {
-    const hit = inline.find((x) => x.at === i);
-    fitted.push(hit ? hit.out : pooled[pi++]);
-  }
+  const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });
   return {
     tables: fitted.map((f) => f.tables),
     // Summed over bases (CPU seconds); the wall time of the stage is fit_wall.
@@ -872,7 +864,8 @@ export interface FitAndWriteInput {
   candidates: { fit: FixedGrouping[] };
   states: BasisState[][];
   tuning: KvCache[];
-  report: KvCache[];
+  /** The report caches, or how to get them back from disk (cache-park.ts) when they are needed at the end. */
+  report: KvCache[] | (() => Promise<KvCache[]>);
   outDirs: string[];
   entropy: EntropyCoder;
   progress: ProgressFn;
@@ -926,6 +919,8 @@ export async function fitAndWrite(
     randomized += fitted.randomized;
     sketched += fitted.sketched;
     timer.lap('fit_wall');
+    // A grouping's covariances are spent once its bases are fitted, unless the two-level fit has yet to read them (its per-layer bases).
+    if (!two || two.prepared) for (const s of states[gi]) s.acc?.release();
     const dims = states[gi].map((s) => s.dim);
     for (const [ri, ratio] of opts.ratios.entries()) {
       checkAbort(opts.signal);
@@ -961,12 +956,17 @@ export async function fitAndWrite(
     }
   }
 
+  // The tuning caches and the two-level reduction are done with: let them go before the report
+  // caches come back from disk (for 8B geometry, 1 GiB and 0.3–1 GiB against 2 GiB).
+  tuning.splice(0);
+  twoLevelOf(states)?.release();
   const profiles: RatioResult[] = [];
+  const reportCaches = typeof report === 'function' ? await report() : report;
   for (const [ri, ratio] of opts.ratios.entries()) {
     checkAbort(opts.signal);
     const c = chosen[ri]!;
     progress({ stage: `measuring ${ratio}x on report text` });
-    const m = await measurePlans(spec, c.plans, report, settings, true);
+    const m = await measurePlans(spec, c.plans, reportCaches, settings, true);
     lap('measure');
     const draft = x.draft({
       ratio,
@@ -1024,6 +1024,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
   lap('load');
 
   const stateSets: BasisState[][][] = [];
+  const parked: ParkedCaches[] = [];
   let released = false;
   const release = async () => {
     if (!released) await model.session.release();
@@ -1047,7 +1048,11 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
     const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
-    const report = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress });
+    // With the two-level fit (large models) the report caches wait on disk while the bases are fitted.
+    const park = candidates.sketched?.length ? await ParkedCaches.create() : undefined;
+    if (park) parked.push(park);
+    const captured = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress, park });
+    const report = park ? () => park.restore() : captured;
     await release();
     lap('forward');
 
@@ -1105,5 +1110,6 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     await release();
     // The two-level fit's spill is deleted after its second pass; here too on an error or Ctrl-C.
     for (const st of stateSets) await twoLevelOf(st)?.dispose();
+    for (const p of parked) await p.dispose();
   }
 }

@@ -25,7 +25,7 @@ export interface FitJob {
    * Eigenpairs already fitted (the two-level fit, src/fit/two-level.ts): vectors [p, k]
    * orthonormal columns, values [k] descending. The job then only builds the error tables.
    */
-  eigen?: { values: Float64Array; vectors: Float64Array };
+  eigen?: { values: Float64Array; vectors: Float64Array | Float32Array };
   /** With `eigen`: the held-out coefficients on it, computed already (fit.ts prepareAllocation). */
   coefficients?: { coeffs: Float32Array; residual: number };
   /** Float32Array // [H, p] held-out features. */
@@ -74,7 +74,7 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   }
   const solver = fitSolver(job);
   let t = performance.now();
-  let eig: { values: Float64Array; vectors: Float64Array };
+  let eig: { values: Float64Array; vectors: Float64Array | Float32Array };
   if (job.eigen) eig = job.eigen;
   else {
     invariant(job.cov !== undefined, 'Error in fitBasisTables: a job needs a covariance or eigenpairs');
@@ -101,6 +101,14 @@ async function denseOrRandomized(
       k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
   }
   return eig;
+}
+
+/** The buffers of a job with fitted eigenpairs, distinct and not shared (transferable). */
+function transferList(j: FitJob): ArrayBuffer[] {
+  const arrays = [j.eigen?.vectors, j.eigen?.values, j.coefficients?.coeffs, j.mean, j.heldout];
+  const bufs = new Set<ArrayBuffer>();
+  for (const a of arrays) if (a && a.buffer instanceof ArrayBuffer && a.byteLength === a.buffer.byteLength) bufs.add(a.buffer);
+  return [...bufs];
 }
 
 /** Runs every job; results in job order. `onDone(i)` reports progress. */
@@ -131,7 +139,9 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
                 finish(i, r);
                 take();
               });
-              w.postMessage(j);
+              // A fitted basis (FitJob.eigen) moves to the worker rather than being copied: an
+              // all-layer basis of 8B geometry is 512 MiB. The job is not read here again.
+              w.postMessage(j, j.eigen ? transferList(j) : []);
             };
             w.once('error', reject);
             take();

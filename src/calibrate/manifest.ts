@@ -56,7 +56,7 @@ export interface DraftInputs {
   groupingRequested: string;
   /** With 'auto': every candidate at this ratio on the tuning split. */
   candidates: { grouping: string; ratio_compressed: number; rel_error: { key: number; value: number } }[];
-  /** Groupings fitted from the streaming sketch (src/fit/sketch.ts); recorded only when there are any. */
+  /** Groupings fitted two-level (src/fit/two-level.ts); recorded only when there are any. */
   sketched?: string[];
   granule: number;
   entropy: EntropyCoder;

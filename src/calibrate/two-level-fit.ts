@@ -13,15 +13,7 @@ import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
 import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen-randomized.js';
 import { featureDim, gatherFeatures } from '../fit/features.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
-import {
-  covarianceBlock,
-  groupColumns,
-  liftVectors,
-  ReducedGram,
-  reducedLayout,
-  TWO_LEVEL_RANK,
-  type ReducedLayout,
-} from '../fit/two-level.js';
+import { covarianceBlock, groupColumns, ReducedGram, reducedLayout, TWO_LEVEL_RANK, type ReducedLayout } from '../fit/two-level.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import type { CovarianceAccumulator } from '../fit/covariance.js';
@@ -38,7 +30,7 @@ export interface LayerCovariance {
 interface Prepared {
   layout: ReducedLayout;
   /** [L] U_l [p_l, cols[l]] float64 row-major and its column count. */
-  vectors: Float64Array[];
+  vectors: (Float64Array | Float32Array)[];
   cols: number[];
   /** [L·p_l] float64 mean over all layers. */
   mean: Float64Array;
@@ -49,8 +41,8 @@ interface Prepared {
 /** A basis fitted from the reduction: its top k eigenpairs over all its features. */
 export interface TwoLevelBasis {
   values: Float64Array;
-  /** [p_G, k] float64. */
-  vectors: Float64Array;
+  /** [p_G, k] float32. */
+  vectors: Float32Array;
   mean: Float64Array;
   /** [H, k] held-out coefficients and the held-out energy outside the k components. */
   coeffs: Float32Array;
@@ -80,8 +72,9 @@ export interface TwoLevelSummary {
 
 export class TwoLevelFit {
   private spill: FeatureSpill | undefined;
-  private readonly prepared = new Map<KvKind, Prepared>();
-  private readonly offered = new Map<string, { values: Float64Array; vectors: Float64Array; cols: number }>();
+  private readonly preparedKinds = new Map<KvKind, Prepared>();
+  private readonly kindSummaries: TwoLevelSummary['kinds'] = [];
+  private readonly offered = new Map<string, { values: Float64Array; vectors: Float64Array | Float32Array; cols: number }>();
   private scratch = new Float32Array(0);
   private preparing: Promise<void> | undefined;
   /** Seconds spent: spilling (in the fit pass), preparing (eigen, second pass), per basis. */
@@ -118,7 +111,7 @@ export class TwoLevelFit {
    * Offers a per-layer fit already made (the 'layer' grouping's tables: top components only), so
    * preparing needs no eigensolve of its own for that layer.
    */
-  offerLayer(kind: KvKind, layer: number, values: Float64Array, vectors: Float64Array): void {
+  offerLayer(kind: KvKind, layer: number, values: Float64Array, vectors: Float64Array | Float32Array): void {
     this.offered.set(`${kind}/${layer}`, { values, vectors, cols: values.length });
   }
 
@@ -135,7 +128,7 @@ export class TwoLevelFit {
       for (const kind of ['key', 'value'] as KvKind[]) {
         const covs = this.layers.map((l) => this.perLayer.find((c) => c.kind === kind && c.layer === l));
         const p = covs[0]!.acc.p;
-        const vectors: Float64Array[] = [];
+        const vectors: (Float64Array | Float32Array)[] = [];
         const cols: number[] = [];
         const values: Float64Array[] = [];
         const traces: number[] = [];
@@ -165,11 +158,20 @@ export class TwoLevelFit {
         const gram = await ReducedGram.create(layout, mean, vectors, cols, { device: this.opts.device });
         try {
           for await (const { x, rows } of this.spill.read(kind, 1024)) await gram.add(x, rows);
-          this.prepared.set(kind, { layout, vectors, cols, mean, C: gram.finish() });
+          this.preparedKinds.set(kind, { layout, vectors, cols, mean, C: gram.finish() });
+          const kept = layout.kept.reduce((a, b) => a + b, 0);
+          const lost = layout.discarded.reduce((a, b) => a + b, 0);
+          this.kindSummaries.push({
+            kind,
+            reduced_columns: layout.total,
+            features: mean.length,
+            discarded_share: kept + lost > 0 ? lost / (kept + lost) : 0,
+          });
         } finally {
           await gram.dispose();
         }
       }
+      for (const c of this.perLayer) c.acc.release();
     } finally {
       this.spillBytes = this.spill.bytes;
       await this.dispose();
@@ -178,16 +180,7 @@ export class TwoLevelFit {
   }
 
   summary(): TwoLevelSummary {
-    const kinds = [...this.prepared.entries()].map(([kind, pr]) => {
-      const kept = pr.layout.kept.reduce((a, b) => a + b, 0);
-      const lost = pr.layout.discarded.reduce((a, b) => a + b, 0);
-      return {
-        kind,
-        reduced_columns: pr.layout.total,
-        features: pr.mean.length,
-        discarded_share: kept + lost > 0 ? lost / (kept + lost) : 0,
-      };
-    });
+    const kinds = [...this.kindSummaries];
     return { kinds, spill_bytes: Math.max(this.spillBytes, this.spill?.bytes ?? 0), seconds: { ...this.seconds } };
   }
 
@@ -197,7 +190,7 @@ export class TwoLevelFit {
    * of `heldout` (X: Float32Array // [H, p_G]) on them.
    */
   async basis(kind: KvKind, layers: number[], maxRank: number, heldout: Float32Array, H: number): Promise<TwoLevelBasis> {
-    const pr = this.prepared.get(kind);
+    const pr = this.preparedKinds.get(kind);
     invariant(pr !== undefined, 'Error in TwoLevelFit.basis: prepare() first');
     const idx = layers.map((l) => this.layers.indexOf(l));
     invariant(
@@ -209,12 +202,16 @@ export class TwoLevelFit {
     const cols = groupColumns(pr.layout, idx);
     const m = cols.length;
     invariant(m >= 1, `Error in TwoLevelFit.basis: layers ${layers.join(',')} keep no reduced columns`);
-    const k = Math.max(1, Math.min(maxRank, m));
+    // At most RANDOMIZED_MAX_RANK_FRACTION of the block from RANDOMIZED_EIGEN_MIN_P on: the
+    // randomized solver's range, where it is 2–3x faster than a dense eigensolve of the block;
+    // what the cut leaves out is in the tables' residual.
+    const cap = m >= RANDOMIZED_EIGEN_MIN_P ? Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m) : m;
+    const k = Math.max(1, Math.min(maxRank, cap));
     const block = covarianceBlock(pr.C, pr.layout.total, cols);
     let W: Float64Array;
     let values: Float64Array;
     let solver: TwoLevelBasis['solver'];
-    if (k < m && m >= RANDOMIZED_EIGEN_MIN_P && k <= RANDOMIZED_MAX_RANK_FRACTION * m) {
+    if (k < m && m >= RANDOMIZED_EIGEN_MIN_P) {
       const e = await randomizedEigenAsync(block, m, k);
       W = e.vectors;
       values = e.values;
@@ -226,7 +223,7 @@ export class TwoLevelFit {
       for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
       solver = k === m ? 'dense' : 'dense-truncated';
     }
-    const vectors = liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k);
+    const vectors = await liftVectorsAsync(pr.layout, idx, pr.vectors, pr.cols, W, k);
     const mean = new Float64Array(pG);
     for (const [gi, li] of idx.entries()) mean.set(pr.mean.subarray(li * p, (li + 1) * p), gi * p);
 
@@ -271,7 +268,18 @@ export class TwoLevelFit {
     };
   }
 
-  /** Deletes the spill (idempotent); the reduction itself stays for basis(). */
+  /** Whether prepare() has run (the per-layer covariances are then released). */
+  get prepared(): boolean {
+    return this.kindSummaries.length > 0;
+  }
+
+  /** Drops the reduction (C_Z, the per-layer bases) once every two-level basis is fitted. */
+  release(): void {
+    this.preparedKinds.clear();
+    this.offered.clear();
+  }
+
+  /** Deletes the spill (idempotent); the reduction itself stays for basis() until release().  */
   async dispose(): Promise<void> {
     const s = this.spill;
     if (s) {
@@ -279,4 +287,33 @@ export class TwoLevelFit {
       await s.dispose();
     }
   }
+}
+
+/**
+ * liftVectors (src/fit/two-level.ts) with each layer's product U_l[:, :r_l]·W_l on ONNX Runtime
+ * (float64), stored in float32: Float32Array // [p_G, k].
+ */
+export async function liftVectorsAsync(
+  layout: ReducedLayout,
+  layers: number[],
+  vectors: (Float64Array | Float32Array)[],
+  vectorCols: number[],
+  W: Float64Array,
+  k: number,
+): Promise<Float32Array> {
+  const p = layout.layerDim;
+  const V = new Float32Array(layers.length * p * k);
+  let wRow = 0;
+  for (const [li, l] of layers.entries()) {
+    const r = layout.ranks[l];
+    if (r === 0) continue;
+    const uc = vectorCols[l];
+    invariant(uc >= r, `Error in liftVectorsAsync: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
+    const U = new Float64Array(p * r);
+    for (let i = 0; i < p; i++) for (let c = 0; c < r; c++) U[i * r + c] = vectors[l][i * uc + c];
+    const Vl = await matMulAsync(U, W.subarray(wRow * k, (wRow + r) * k), p, r, k);
+    V.set(Vl, li * p * k);
+    wRow += r;
+  }
+  return V;
 }

@@ -167,8 +167,13 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option('--window <n>', 'most recent tokens kept uncompressed (≥ 0; sink + window < 512)', String(CAL.window))
     .option(
       '--grouping <g>',
-      'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio, a grouping with larger bases only if it is over 2% better; candidates whose covariances exceed 4 GiB are left out), "layer" (one per layer), a number k (k consecutive layers), or "all"',
+      'which layers share a PCA basis: "auto" (fit 1, 2, 4, … layers per basis and all, keep the smallest tuning-split error at each ratio, a grouping with larger bases only if it is over 2% better; bases over several layers of large models are fitted two-level, see --two-level-rank), "layer" (one per layer), a number k (k consecutive layers), or "all"',
       CAL.grouping,
+    )
+    .option(
+      '--two-level-rank <R>',
+      'bases over several layers of a model with more than 8,192 key or value features over all layers (or whose covariances pass the memory budget) are fitted two-level: in the span of the R largest per-layer principal components of each kind (docs/benchmarks.md, "Two-level fit"). Larger R loses less variance and costs n·R² and R³ (64–65,536)',
+      String(CAL.twoLevelRank),
     )
     .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', String(CAL.chunk))
     .option('--seed <n>', 'seed for held-out selection (≥ 0)', String(CAL.seed))

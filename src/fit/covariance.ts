@@ -96,8 +96,8 @@ export interface CovarianceResult {
 /**
  * What every streaming accumulator of features keeps: each chunk centred on a fixed shift (the
  * first chunk's mean, against cancellation), the sum of the shifted features and the count.
- * CovarianceAccumulator takes the Gram matrix of each shifted chunk, the sketch (sketch.ts) its
- * product with Ω; both finish from d = S1/n, the mean's offset from the shift.
+ * CovarianceAccumulator takes the Gram matrix of each shifted chunk and finishes from d = S1/n,
+ * the mean's offset from the shift.
  */
 export class ShiftedFeatureStream {
   private readonly s1: Float64Array; // Σ (x - shift)
@@ -169,7 +169,7 @@ export class ShiftedFeatureStream {
 }
 
 export class CovarianceAccumulator {
-  private readonly s2: Float64Array; // Σ (x - shift)(x - shift)ᵀ, upper triangle
+  private s2: Float64Array; // Σ (x - shift)(x - shift)ᵀ, upper triangle
   private readonly kernel: GramKernel;
   private readonly stream: ShiftedFeatureStream;
 
@@ -191,8 +191,14 @@ export class CovarianceAccumulator {
     await this.stream.add(X, tokens, (Y, n) => this.kernel.addGram(Y, n, this.p, this.s2));
   }
 
+  /** Drops the running sums (8p² bytes); finish() may not be called again. */
+  release(): void {
+    this.s2 = new Float64Array(0);
+  }
+
   finish(): CovarianceResult {
     const p = this.p;
+    invariant(this.s2.length === p * p, 'Error in CovarianceAccumulator.finish: released');
     const { n, d, mean } = this.stream.means();
     const cov = new Float64Array(p * p);
     for (let i = 0; i < p; i++) {

@@ -25,8 +25,8 @@ export interface AllocationTables extends ErrorTables {
   features: number;
   /** [p] float64 mean. */
   mean: Float64Array;
-  /** [p, k] row-major, column j = j-th eigenvector (descending eigenvalue). */
-  vectors: Float64Array;
+  /** [p, k] row-major, column j = j-th eigenvector (descending eigenvalue); float32 from the two-level fit. */
+  vectors: Float64Array | Float32Array;
   /** [k] eigenvalues, descending. */
   values: Float64Array;
   /** Float32Array // [H, k] held-out coefficients on the k components (rows in held-out order). */
@@ -46,7 +46,7 @@ export function prepareAllocation(
     dim: number;
     mean: Float64Array;
     /** [p, k] row-major: the top-k eigenvectors as columns (k = values.length; k = p for the full basis). */
-    vectors: Float64Array;
+    vectors: Float64Array | Float32Array;
     /** [k] eigenvalues, descending. */
     values: Float64Array;
     /** Float32Array // [H, p] held-out features (keys un-rotated). */

@@ -23,11 +23,12 @@
  * memory 8·R² bytes for C_Z instead of 8·p_G² per basis. Nothing grows with p_G²·n.
  */
 import type * as ortTypes from 'onnxruntime-node';
+import { CALIBRATE_DEFAULTS } from '../defaults.js';
 import { invariant } from '../errors.js';
 import type { Device } from '../onnx/devices.js';
 
 /** Default R, the reduced columns per kind (keys, values): see docs/benchmarks.md, "Two-level fit". */
-export const TWO_LEVEL_RANK = 4096;
+export const TWO_LEVEL_RANK = CALIBRATE_DEFAULTS.twoLevelRank;
 
 /** Which of each layer's components the reduced basis keeps. */
 export interface ReducedLayout {
@@ -111,21 +112,23 @@ export function covarianceBlock(C: Float64Array, R: number, cols: number[]): Flo
 }
 
 /**
- * V = B_G·W: Float64Array // [p_G, k], p_G = layers.length·p_l, from W [R_G, k] (rows: the
+ * V = B_G·W: Float32Array // [p_G, k], p_G = layers.length·p_l, from W [R_G, k] (rows: the
  * group's reduced columns, layer by layer) and each layer's eigenvectors U_l [p_l, ≥ r_l]
  * (`vectors[l]`, row-major, `vectorCols[l]` columns). Rows of V follow gatherFeatures' layout
- * (layer, then feature).
+ * (layer, then feature). Summed in float64, stored in float32 (as a plan stores its basis): a
+ * p_G × k float64 matrix of an all-layer 8B basis would be 1 GiB per kind.
  */
 export function liftVectors(
   layout: ReducedLayout,
   layers: number[],
-  vectors: Float64Array[],
+  vectors: (Float64Array | Float32Array)[],
   vectorCols: number[],
   W: Float64Array,
   k: number,
-): Float64Array {
+): Float32Array {
   const p = layout.layerDim;
-  const V = new Float64Array(layers.length * p * k);
+  const V = new Float32Array(layers.length * p * k);
+  const row = new Float64Array(k);
   let wRow = 0;
   for (const [li, l] of layers.entries()) {
     const r = layout.ranks[l];
@@ -133,13 +136,14 @@ export function liftVectors(
     const uc = vectorCols[l];
     invariant(uc >= r, `Error in liftVectors: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
     for (let i = 0; i < p; i++) {
-      const out = (li * p + i) * k;
+      row.fill(0);
       for (let c = 0; c < r; c++) {
         const u = U[i * uc + c];
         if (u === 0) continue;
         const w = (wRow + c) * k;
-        for (let j = 0; j < k; j++) V[out + j] += u * W[w + j];
+        for (let j = 0; j < k; j++) row[j] += u * W[w + j];
       }
+      V.set(row, (li * p + i) * k);
     }
     wRow += r;
   }
@@ -173,7 +177,7 @@ export class ReducedGram {
   static async create(
     layout: ReducedLayout,
     mean: Float64Array,
-    vectors: Float64Array[],
+    vectors: (Float64Array | Float32Array)[],
     vectorCols: number[],
     opts: { device?: Device; threads?: number } = {},
   ): Promise<ReducedGram> {

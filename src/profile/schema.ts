@@ -330,7 +330,7 @@ export const ManifestSchema = z
           .min(1)
           .optional()
           .describe(
-            "groupings fitted from a streaming Nyström sketch instead of a p×p covariance (over the memory budget): their bases hold the top components only, up to the sketch's rank",
+            'groupings fitted two-level instead of from a p×p covariance (in the span of the largest per-layer principal components; in profiles from earlier kvtc builds, from a streaming Nyström sketch): their bases hold the top components only',
           ),
       })
       .strict(),

@@ -3,7 +3,6 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import {
-  AUTO_COVARIANCE_BUDGET_BYTES,
   allocateForRatio,
   basisStates,
   calibrate,
@@ -12,7 +11,7 @@ import {
   checkRatios,
   fitCandidate,
   groupingCandidates,
-  groupingSketchBytes,
+  twoLevelBytes,
   maxFeatureDim,
   groupingCovarianceBytes,
   layerGroups,
@@ -39,41 +38,50 @@ describe('groupingCandidates', () => {
     expect(groupingCandidates({ ...STORIES, layers: 1 }, 'auto').fit).toEqual(['layer']);
     expect(groupingCandidates({ ...STORIES, layers: 16 }, 'auto').fit).toEqual(['layer', 2, 4, 8, 'all']);
     expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
-    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [] });
-    // An explicit grouping whose covariances cannot fit in memory is fitted from a streaming sketch
-    // (2 bases × p = 32768 × 4096 columns × 8 bytes = 2 GiB at ratio 20) ...
-    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 8 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [], sketched: ['all'] });
-    expect(groupingSketchBytes(LLAMA_8B, 'all', [20])).toBe(2 * 8 * 32768 * 4096);
-    // ... and a usage error naming both sizes only when even the sketch does not fit.
-    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 2 ** 30)).toThrow(
+    // A model with more than TWO_LEVEL_MIN_FEATURES (8192) key features over all layers fits a
+    // multi-layer grouping two-level whatever the memory (Llama 3.1 8B: 32 × 8 × 128 = 32768) ...
+    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [], sketched: ['all'] });
+    expect(groupingCandidates(LLAMA_8B, 'layer', undefined, 64 * 2 ** 30)).toEqual({ fit: ['layer'], skipped: [] });
+    // R×R sums and result per kind, plus the per-layer covariances: 2 × (2 × 8 × 4096² + 32 × 8 × 1024²).
+    expect(twoLevelBytes(LLAMA_8B)).toBe(2 * (2 * 8 * 4096 ** 2 + 32 * 8 * 1024 ** 2));
+    expect(twoLevelBytes(LLAMA_8B, 4096, false)).toBe(2 ** 30 / 2);
+    // ... and a usage error naming both sizes only when even that does not fit.
+    expect(() => groupingCandidates(LLAMA_8B, 'all', undefined, 2 ** 28)).toThrow(
       expect.objectContaining({
         code: 'USAGE',
-        message: expect.stringMatching(/--grouping all needs 16\.0 GiB of float64 covariance, or 2\.0 GiB of streaming sketch .*p = 32768/),
+        message: expect.stringMatching(
+          /--grouping all needs 16\.0 GiB of float64 covariance, or 1\.0 GiB for the two-level fit .*p = 32768/,
+        ),
       }),
     );
-    // A lowered limit for fixed groupings (CalibrateOptions.covarianceBudget) sketches them too.
+    // A lowered limit for fixed groupings (CalibrateOptions.covarianceBudget) sends them two-level too.
     expect(groupingCandidates(STORIES, 'all', undefined, undefined, { fixedCovarianceLimit: 1 }).sketched).toEqual(['all']);
+    expect(groupingCandidates(STORIES, 'all')).toEqual({ fit: ['all'], skipped: [] });
   });
 
-  it('sketches candidates whose covariances exceed the budget, and leaves out only what no memory holds', () => {
+  it('fits multi-layer groupings two-level past the budget or TWO_LEVEL_MIN_FEATURES, and leaves out only what no memory holds', () => {
     // Llama 3 8B: p = 1024 per layer; all layers p = 32768 would need 2 × 8 × 32768² bytes = 16 GiB.
     expect(groupingCovarianceBytes(LLAMA_8B, 'all')).toBe(2 * 8 * 32768 ** 2);
     const c = groupingCandidates(LLAMA_8B, 'auto', undefined, 12 * 2 ** 30);
     expect(c.fit).toEqual(['layer', 2, 4, 8, 16, 'all']);
-    const dense = c.fit.filter((g) => !c.sketched?.includes(String(g)));
-    expect(dense).toEqual(['layer', 2, 4]);
-    expect(dense.reduce((a, g) => a + groupingCovarianceBytes(LLAMA_8B, g), 0)).toBeLessThanOrEqual(AUTO_COVARIANCE_BUDGET_BYTES);
-    expect(c.sketched).toEqual(['8', '16', 'all']);
+    expect(c.sketched).toEqual(['2', '4', '8', '16', 'all']);
     expect(c.skipped).toEqual([]);
-    // Each sketched 8B grouping holds 2 GiB at ratio 20 (column cap 4096 × Σp = 65536 × 8 bytes):
-    // with 8 GiB of memory the last one is left out, and says what its covariance would need.
-    const tight = groupingCandidates(LLAMA_8B, 'auto', undefined, 8 * 2 ** 30);
-    expect(tight.sketched).toEqual(['8', '16']);
-    expect(tight.skipped).toEqual([{ grouping: 'all', covariance_bytes: 2 * 8 * 32768 ** 2 }]);
-    // Fit tokens: 2p for the widest dense basis (p = 4096, 4 layers), 2 × 4096 sketch columns for
-    // the sketched ones, so the default 16,384 fit tokens suffice for 'all' on 8B.
-    expect(maxFeatureDim(LLAMA_8B, c, [20])).toBe(4096);
+    // One reduction serves them all: 512 MiB beyond the 'layer' covariances (512 MiB).
+    const tight = groupingCandidates(LLAMA_8B, 'auto', undefined, 0.75 * 2 ** 30);
+    expect(tight.fit).toEqual(['layer']);
+    expect(tight.skipped.map((g) => g.grouping)).toEqual(['2', '4', '8', '16', 'all']);
+    expect(groupingCandidates(LLAMA_8B, 'auto', undefined, 2 ** 30).sketched).toEqual(['2', '4', '8', '16', 'all']);
+    // Fit tokens: 2p for the per-layer bases, 2R for the two-level ones (R = 4096 reduced columns),
+    // so the default 16,384 fit tokens suffice for 'all' on 8B.
+    expect(maxFeatureDim(LLAMA_8B, c)).toBe(4096);
     expect(maxFeatureDim(LLAMA_8B, c.fit)).toBe(32768);
+    // A model at TWO_LEVEL_MIN_FEATURES keeps exact covariances while they fit the budget
+    // (8 layers × 1024: layer 128 MiB, 2 256 MiB, 4 512 MiB, all 1 GiB), two-level beyond.
+    const mid = { layers: 8, kvHeads: 8, headDim: 128 };
+    expect(groupingCandidates(mid, 'auto').sketched).toBeUndefined();
+    const midTight = groupingCandidates(mid, 'auto', 2 ** 29);
+    expect(midTight.fit).toEqual(['layer', 2, 4, 'all']);
+    expect(midTight.sketched).toEqual(['4', 'all']);
     // One layer per basis is always fitted with its covariance, whatever the budget.
     const one = groupingCandidates(LLAMA_8B, 'auto', 1, 0);
     expect(one.fit).toEqual(['layer']);

@@ -48,6 +48,7 @@ const Options = SharedOptions.extend({
   }),
   kv: z.string().min(1).optional(),
   shards: z.string().optional(),
+  twoLevelRank: wholeNumber(64, 65536),
 });
 
 /** 0.0773 [0.0765, 0.0781] */
@@ -134,6 +135,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       sink: opts.sink,
       window: opts.window,
       grouping: opts.grouping,
+      twoLevelRank: opts.twoLevelRank,
       onProgress,
       signal,
     }),
@@ -157,7 +159,13 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
       report_tokens: result.report_tokens,
       groupings: result.groupings,
       groupings_skipped: result.groupings_skipped,
-      ...(result.groupings_sketched.length ? { groupings_sketched: result.groupings_sketched, sketched_bases: result.sketched_bases } : {}),
+      ...(result.groupings_sketched.length
+        ? {
+            groupings_sketched: result.groupings_sketched,
+            sketched_bases: result.sketched_bases,
+            ...(result.two_level ? { two_level: result.two_level } : {}),
+          }
+        : {}),
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
       ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
@@ -185,8 +193,9 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
   }
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
   if (result.sketched_bases > 0) {
+    const tl = result.two_level;
     io.out(
-      `${result.sketched_bases} bases (grouping ${result.groupings_sketched.join(', ')}) were fitted from a streaming sketch, their p×p covariance being over the memory budget: the top components any plan at these ratios can store, up to the sketch's column cap (src/fit/sketch.ts)`,
+      `${result.sketched_bases} bases (grouping ${result.groupings_sketched.join(', ')}) were fitted two-level: in the span of the largest per-layer principal components${tl ? ` (${tl.kinds.map((k) => `${k.kind}s ${k.reduced_columns} of ${k.features} columns, ${(100 * k.discarded_share).toPrecision(2)}% of the fit variance left out`).join('; ')}; ${(tl.spill_bytes / 2 ** 30).toFixed(2)} GiB of fp16 features spilled to disk and deleted)` : ''}. The error tables count what this loses; docs/benchmarks.md, "Two-level fit"`,
     );
   }
   if (result.randomized_bases > 0) {
@@ -268,6 +277,7 @@ async function calibrateKvCommand(opts: z.infer<typeof Options>, io: CliIO): Pro
       sink: opts.sink,
       window: opts.window,
       grouping: opts.grouping,
+      twoLevelRank: opts.twoLevelRank,
       chunk: opts.chunk,
       seed: opts.seed,
       device: opts.device,
