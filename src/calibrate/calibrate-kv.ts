@@ -217,7 +217,7 @@ async function calibrateDump(
   const label = ranks.length > 1 ? ` (${ranks.length} ranks)` : ranks[0].label ? ` (${ranks[0].label})` : '';
   const plans = ranks.map((rank) => {
     const spec = rank.model.spec;
-    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
+    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
       ratios: opts.ratios,
       fixedCovarianceLimit: opts.covarianceBudget,
       rank: opts.twoLevelRank,

@@ -23,6 +23,8 @@ import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
 import { ParkedCaches } from './cache-park.js';
+import { checkMemory, estimateMemory, type MemoryEstimate } from './memory-plan.js';
+import { statSync } from 'node:fs';
 import { gatherFeatures } from '../fit/features.js';
 import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
@@ -87,6 +89,8 @@ export interface CalibrateOptions {
   covarianceBudget?: number;
   /** R, the reduced columns per kind of the two-level fit (default TWO_LEVEL_RANK; --two-level-rank). */
   twoLevelRank?: number;
+  /** Memory budget in bytes (--memory; default half the machine's): groupings are chosen within it and the estimate is checked against it before any work. */
+  memory?: number;
 }
 
 /** Report tokens when none are asked for: src/defaults.ts says why 8192. */
@@ -162,6 +166,8 @@ export interface CalibrateResult {
   sketched_bases: number;
   /** The two-level fit's reduction, when any grouping used it. */
   two_level?: TwoLevelSummary;
+  /** The memory estimate checked before the work started (memory-plan.ts), bytes. */
+  memory_estimate?: MemoryEstimate;
   /** The RoPE-from-data check (src/rope/data-check.ts) on the fit caches: it passed, or did not run (reason). */
   rope_check: { checked: boolean; pairs: number; reason?: string };
   profiles: RatioResult[];
@@ -320,6 +326,43 @@ export function groupingCandidates(
     } else skipped.push({ grouping: String(g), covariance_bytes: bytes });
   }
   return sketched.length ? { fit, skipped, sketched } : { fit, skipped };
+}
+
+/** Bytes of a model's weights on disk (its graph and external data). */
+export function modelBytes(files: { onnx: string; externalData?: string }): number {
+  let b = 0;
+  for (const f of [files.onnx, files.externalData]) {
+    try {
+      if (f) b += statSync(f).size;
+    } catch {
+      // A file the loader read a moment ago; if it is gone, the estimate is the lower for it.
+    }
+  }
+  return b;
+}
+
+/**
+ * The memory estimate of a calibration (memory-plan.ts) against its budget (opts.memory, default
+ * half the machine's), refused (USAGE) before any work when over it.
+ */
+export function planMemory(
+  spec: FeatureGeometry,
+  candidates: GroupingCandidates,
+  opts: Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number },
+  weights: number,
+): MemoryEstimate {
+  const sketched = new Set(candidates.sketched ?? []);
+  const e = estimateMemory(spec, {
+    groupings: candidates.fit.map((g) => ({ groups: layerGroups(spec.layers, g), twoLevel: sketched.has(String(g)) })),
+    heldout: opts.heldout,
+    report: opts.report ?? DEFAULT_REPORT_TOKENS,
+    ratios: opts.ratios,
+    rank: opts.twoLevelRank,
+    modelBytes: weights,
+    budget: opts.memory ?? totalmem() / 2,
+  });
+  checkMemory(e, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
+  return e;
 }
 
 /** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
@@ -1031,11 +1074,12 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     released = true;
   };
   try {
-    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, undefined, {
+    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
       ratios: opts.ratios,
       fixedCovarianceLimit: opts.covarianceBudget,
       rank: opts.twoLevelRank,
     });
+    const memory = planMemory(spec, candidates, opts, modelBytes(model.files));
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
     lap('tokenize');
@@ -1101,6 +1145,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       randomized_bases: written.randomized,
       sketched_bases: written.sketched,
       ...(twoLevelOf(states) ? { two_level: twoLevelOf(states)!.summary() } : {}),
+      memory_estimate: memory,
       rope_check: { checked: ropeCheck.checked, pairs: ropeCheck.pairs, ...(ropeCheck.reason ? { reason: ropeCheck.reason } : {}) },
       profiles: written.profiles,
       seconds,

@@ -175,6 +175,10 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
       'bases over several layers of a model with more than 8,192 key or value features over all layers (or whose covariances pass the memory budget) are fitted two-level: in the span of the R largest per-layer principal components of each kind (docs/benchmarks.md, "Two-level fit"). Larger R loses less variance and costs n·R² and R³ (64–65,536)',
       String(CAL.twoLevelRank),
     )
+    .option(
+      '--memory <GiB>',
+      "memory budget in GiB (default: half of this machine's): groupings are chosen within it, and the run is refused before any work when kvtc's estimate of its peak passes it (the estimate is printed; fit tokens stream and add nothing)",
+    )
     .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', String(CAL.chunk))
     .option('--seed <n>', 'seed for held-out selection (≥ 0)', String(CAL.seed))
     .addOption(deviceOption())

@@ -49,6 +49,7 @@ const Options = SharedOptions.extend({
   kv: z.string().min(1).optional(),
   shards: z.string().optional(),
   twoLevelRank: wholeNumber(64, 65536),
+  memory: decimal(0.25, 65536).optional(),
 });
 
 /** 0.0773 [0.0765, 0.0781] */
@@ -136,6 +137,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       window: opts.window,
       grouping: opts.grouping,
       twoLevelRank: opts.twoLevelRank,
+      ...(opts.memory !== undefined ? { memory: opts.memory * 2 ** 30 } : {}),
       onProgress,
       signal,
     }),
@@ -166,6 +168,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
             ...(result.two_level ? { two_level: result.two_level } : {}),
           }
         : {}),
+      ...(result.memory_estimate ? { memory_estimate: result.memory_estimate } : {}),
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
       ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
@@ -189,6 +192,13 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
   if (result.groupings.length > 1) {
     io.out(
       `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio (larger bases only when over 2% better)${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`,
+    );
+  }
+  if (result.memory_estimate) {
+    const m = result.memory_estimate;
+    const g = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
+    io.out(
+      `memory: estimated peak ${g(m.peak)} (capture ${g(m.capture)}, fit ${g(m.fit)}, report ${g(m.report)}) within the ${g(m.budget)} budget (--memory; checked before the work started)`,
     );
   }
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
@@ -278,6 +288,7 @@ async function calibrateKvCommand(opts: z.infer<typeof Options>, io: CliIO): Pro
       window: opts.window,
       grouping: opts.grouping,
       twoLevelRank: opts.twoLevelRank,
+      ...(opts.memory !== undefined ? { memory: opts.memory * 2 ** 30 } : {}),
       chunk: opts.chunk,
       seed: opts.seed,
       device: opts.device,

@@ -1,0 +1,103 @@
+// Tested by test/calibrate/memory-plan.test.ts.
+/**
+ * What a calibration will hold in memory, estimated from the model's geometry and the options
+ * before any work starts, and checked against the --memory budget (default: half the machine).
+ * The estimate is the largest of three phases:
+ *  - capture: the model's session, the tuning caches, every covariance and the two-level sums;
+ *  - fit: the tuning caches, the covariances, the reduction and the widest basis's working set
+ *    (its tuning features, basis and coefficients, twice over while a worker builds its tables);
+ *  - report: the report caches back from disk and the chosen plans' bases.
+ * Fit tokens add nothing: the fit pass streams them (the two-level fit spills them to disk).
+ * Checked against measured peaks in docs/benchmarks.md, "Two-level fit".
+ */
+import type { KvKind } from '../codec/types.js';
+import { KvtcError } from '../errors.js';
+import { maxRankForRatios } from '../fit/fit.js';
+import { RANDOMIZED_MAX_RANK_FRACTION } from '../fit/eigen-randomized.js';
+import { TWO_LEVEL_RANK } from '../fit/two-level.js';
+
+type Geometry = { layers: number; kvHeads: number; headDim: number; valueDim?: number };
+
+export interface MemoryEstimate {
+  /** Bytes per phase and the peak (their largest). */
+  capture: number;
+  fit: number;
+  report: number;
+  peak: number;
+  /** The budget it was checked against. */
+  budget: number;
+}
+
+/** Node, ONNX Runtime and kvtc's own code before any data (measured RSS after loading a small model: ~0.4 GiB). */
+export const RUNTIME_BYTES = 0.5 * 2 ** 30;
+
+const KINDS: KvKind[] = ['key', 'value'];
+const dim = (g: Geometry, kind: KvKind, layers: number) => layers * g.kvHeads * (kind === 'value' ? (g.valueDim ?? g.headDim) : g.headDim);
+
+export function estimateMemory(
+  g: Geometry,
+  o: {
+    /** Each candidate grouping's layer groups, and whether it is fitted two-level. */
+    groupings: { groups: number[][]; twoLevel: boolean }[];
+    heldout: number;
+    report: number;
+    ratios: number[];
+    rank?: number;
+    /** Bytes of the model's weights (its ONNX files). */
+    modelBytes: number;
+    budget: number;
+  },
+): MemoryEstimate {
+  const P = KINDS.reduce((a, k) => a + dim(g, k, g.layers), 0);
+  const tuning = 4 * o.heldout * P;
+  const report = 4 * o.report * P;
+  const anyTwo = o.groupings.some((x) => x.twoLevel);
+  let cov = 0;
+  let widest = 0;
+  for (const x of o.groupings) {
+    for (const layers of x.groups)
+      for (const kind of KINDS) {
+        const p = dim(g, kind, layers.length);
+        const k = Math.min(p, maxRankForRatios(p, o.ratios));
+        if (x.twoLevel) {
+          const m = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers), p);
+          const kk = Math.min(k, Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m));
+          // Tuning features, the float32 basis (moved to a worker, returned), coefficients.
+          widest = Math.max(widest, 4 * o.heldout * p + 2 * 4 * p * kk + 8 * o.heldout * kk);
+        } else {
+          cov += 8 * p * p;
+          // Covariance copy in the worker, eigenvectors, tuning features and their float64 centred copy.
+          widest = Math.max(widest, 2 * 8 * p * p + 8 * p * k + 12 * o.heldout * p);
+        }
+      }
+  }
+  let two = 0;
+  if (anyTwo)
+    for (const kind of KINDS) {
+      const R = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers));
+      two += 2 * 8 * R * R + g.layers * 8 * dim(g, kind, 1) ** 2;
+    }
+  // Parked on disk when the two-level fit runs (cache-park.ts), else held from capture to the end.
+  const reportHeld = anyTwo ? 0 : report;
+  const capture = RUNTIME_BYTES + 1.25 * o.modelBytes + tuning + reportHeld + cov + two;
+  const fit = RUNTIME_BYTES + tuning + reportHeld + cov + two + 2 * widest;
+  const chosen = 4 * P * Math.max(...o.ratios.map((r) => Math.min(1, (16 / r) * 1.5)));
+  const end = RUNTIME_BYTES + report + o.report * chosen;
+  return { capture, fit, report: end, peak: Math.max(capture, fit, end), budget: o.budget };
+}
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(b < 10 * 2 ** 30 ? 2 : 1)} GiB`;
+
+/** Refuses (USAGE) a calibration whose estimate passes its budget, before any work. */
+export function checkMemory(e: MemoryEstimate, o: { budgetGiven: boolean; totalBytes: number }): void {
+  if (e.peak <= e.budget) return;
+  const phase = e.peak === e.capture ? 'capturing the caches' : e.peak === e.fit ? 'fitting the bases' : 'measuring the report caches';
+  throw new KvtcError(
+    'USAGE',
+    `calibration would need about ${gib(e.peak)} of memory (peak while ${phase}), more than ${o.budgetGiven ? 'the --memory budget of' : "half of this machine's"} ${gib(o.budgetGiven ? e.budget : o.totalBytes)}`,
+    {
+      fix: `Raise --memory (this machine has ${gib(o.totalBytes)}), or lower --tuning-tokens / --report-tokens (the caches kvtc holds), --two-level-rank, or use --grouping layer.`,
+      context: { estimate: e },
+    },
+  );
+}

@@ -1,0 +1,77 @@
+// The memory estimate and its check (src/calibrate/memory-plan.ts): the phases add what each
+// holds, fit tokens add nothing, and a calibration over its budget is refused before any work.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { calibrate, groupingCandidates, layerGroups } from '../../src/calibrate/calibrate.js';
+import { RUNTIME_BYTES, checkMemory, estimateMemory } from '../../src/calibrate/memory-plan.js';
+import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
+import { tempDir } from '../model/helpers.js';
+
+const LLAMA_8B = { layers: 32, kvHeads: 8, headDim: 128 };
+const GiB = 2 ** 30;
+
+describe('estimateMemory', () => {
+  const c = groupingCandidates(LLAMA_8B, 'auto', undefined, 12 * GiB);
+  const groupings = c.fit.map((g) => ({ groups: layerGroups(32, g), twoLevel: (c.sketched ?? []).includes(String(g)) }));
+  const base = { groupings, heldout: 4096, report: 8192, ratios: [20], modelBytes: GiB, budget: 12 * GiB };
+
+  it('adds what each phase holds for Llama 3.1 8B geometry with --grouping auto', () => {
+    const e = estimateMemory(LLAMA_8B, base);
+    // Tuning caches: 4096 tokens × 65536 features × 4 bytes = 1 GiB; the per-layer covariances
+    // 512 MiB; the two-level sums 512 MiB and its per-layer covariances 512 MiB.
+    const held = RUNTIME_BYTES + GiB + 0.5 * GiB + 0.5 * GiB + 0.5 * GiB;
+    expect(e.capture).toBeCloseTo(held + 1.25 * GiB, -3);
+    expect(e.fit).toBeGreaterThan(held);
+    // The report caches (2 GiB) come back from disk at the end.
+    expect(e.report).toBeGreaterThan(RUNTIME_BYTES + 2 * GiB);
+    expect(e.peak).toBe(Math.max(e.capture, e.fit, e.report));
+    // Within the 8 GiB issue 21 asks for.
+    expect(e.peak).toBeLessThan(8 * GiB);
+  });
+
+  it('grows with the held-out caches, not with anything else the options scale', () => {
+    const e = estimateMemory(LLAMA_8B, base);
+    expect(estimateMemory(LLAMA_8B, { ...base, heldout: 8192 }).fit).toBeGreaterThan(e.fit);
+    expect(estimateMemory(LLAMA_8B, { ...base, rank: 8192 }).fit).toBeGreaterThan(e.fit);
+  });
+
+  it('checkMemory refuses an estimate over the budget, naming the phase and the fixes', () => {
+    const e = estimateMemory(LLAMA_8B, { ...base, budget: 2 * GiB });
+    expect(() => checkMemory(e, { budgetGiven: true, totalBytes: 24 * GiB })).toThrow(
+      expect.objectContaining({
+        code: 'USAGE',
+        message: expect.stringMatching(
+          /would need about \d+\.\d+ GiB of memory \(peak while .*\), more than the --memory budget of 2\.00 GiB/,
+        ),
+        fix: expect.stringMatching(/--memory.*--tuning-tokens/),
+      }),
+    );
+    expect(() => checkMemory({ ...e, budget: 64 * GiB }, { budgetGiven: true, totalBytes: 24 * GiB })).not.toThrow();
+  });
+});
+
+describe('calibrate --memory', () => {
+  it('refuses a budget too small before reading any text, writing nothing', async () => {
+    const out = join(tempDir('kvtc-mem-'), 'p');
+    let stages: string[] = [];
+    await expect(
+      calibrate({
+        modelDir: DEFAULT_MODEL_DIR,
+        data: [DEFAULT_CALIBRATION_DIR],
+        ratios: [20],
+        tokens: 1024,
+        heldout: 256,
+        report: 256,
+        grouping: 'layer',
+        seed: 0,
+        device: 'cpu',
+        out,
+        memory: 2 ** 20,
+        onProgress: (e) => (stages = [...stages, e.stage]),
+      }),
+    ).rejects.toMatchObject({ code: 'USAGE', message: expect.stringMatching(/more than the --memory budget of 0\.00 GiB/) });
+    expect(stages).toEqual(['loading model']);
+    expect(existsSync(out)).toBe(false);
+  });
+});
