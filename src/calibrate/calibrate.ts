@@ -23,6 +23,7 @@ import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
 import { ParkedCaches } from './cache-park.js';
+import { checkSpillSpace } from './feature-spill.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './memory-plan.js';
 import { statSync } from 'node:fs';
 import { gatherFeatures } from '../fit/features.js';
@@ -745,7 +746,7 @@ export async function fitCandidate(
   sink: number,
   ratios: number[],
   onDone?: (done: number, total: number) => void,
-  onStage?: (stage: string) => void,
+  onProgress?: ProgressFn,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
   const jobs: FitJob[] = [];
   let twoLevelSeconds = 0;
@@ -764,7 +765,7 @@ export async function fitCandidate(
       // then costs an eigensolve of its block of C_Z (here, products on ORT with every core); the
       // pool builds the tables, the basis moved to a worker, not copied (fit-pool.ts).
       const t = performance.now();
-      await s.twoLevel.prepare(onStage);
+      await s.twoLevel.prepare(onProgress);
       const b = await s.twoLevel.basis(s.kind, s.layers, maxRank, X, H);
       twoLevelSeconds += (performance.now() - t) / 1000;
       const job: FitJob = {
@@ -952,7 +953,7 @@ export async function fitAndWrite(
       opts.sink,
       opts.ratios,
       (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }),
-      (s) => progress({ stage: s }),
+      progress,
     );
     // The two-level fit starts from these per-layer bases rather than solving them again.
     const two = twoLevelOf(states);
@@ -1080,6 +1081,8 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       rank: opts.twoLevelRank,
     });
     const memory = planMemory(spec, candidates, opts, modelBytes(model.files));
+    // The two-level fit's disk: fit features in float16, the report caches in float32 (checked before any work).
+    if (candidates.sketched?.length) await checkSpillSpace(spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.report));
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
     lap('tokenize');

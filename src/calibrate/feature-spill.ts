@@ -8,7 +8,8 @@
  * below what the fit resolves (its covariance error is ~2^-22 of the variance, in expectation
  * zero). The float32 → float16 cast runs on ONNX Runtime (round to nearest even).
  */
-import { mkdtemp, open, rm, statfs, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdtemp, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as ortTypes from 'onnxruntime-node';
@@ -33,6 +34,17 @@ const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
 
 /** Refuses (IO_ERROR) before any work when `bytes` will not fit beside what the disk holds. */
 export async function checkSpillSpace(bytes: number, root = spillRoot()): Promise<void> {
+  try {
+    await access(root, constants.W_OK);
+  } catch (e) {
+    throw new KvtcError('IO_ERROR', `the two-level fit spills its fit features to ${root}, which is not a writable directory`, {
+      fix: process.env.KVTC_SPILL_DIR
+        ? 'Point KVTC_SPILL_DIR at an existing writable directory, or unset it.'
+        : 'Make the temporary directory writable, or set KVTC_SPILL_DIR.',
+      context: { dir: root },
+      cause: e,
+    });
+  }
   const free = await freeBytes(root);
   if (free !== null && bytes > free * 0.95)
     throw new KvtcError(

@@ -18,6 +18,7 @@ import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import type { CovarianceAccumulator } from '../fit/covariance.js';
 import { FeatureSpill } from './feature-spill.js';
+import type { ProgressFn } from '../progress.js';
 
 /** The per-layer covariance of one (kind, layer), accumulated in the fit pass. */
 export interface LayerCovariance {
@@ -116,12 +117,12 @@ export class TwoLevelFit {
   }
 
   /** Per-layer bases, the layout, and the second pass into C_Z; once, for both kinds. */
-  prepare(onStage?: (stage: string) => void): Promise<void> {
-    this.preparing ??= this.doPrepare(onStage);
+  prepare(onProgress?: ProgressFn): Promise<void> {
+    this.preparing ??= this.doPrepare(onProgress);
     return this.preparing;
   }
 
-  private async doPrepare(onStage?: (stage: string) => void): Promise<void> {
+  private async doPrepare(onProgress?: ProgressFn): Promise<void> {
     const t = performance.now();
     invariant(this.spill !== undefined, 'Error in TwoLevelFit.prepare: no fit tokens were spilled');
     try {
@@ -146,7 +147,7 @@ export class TwoLevelFit {
             vectors.push(given.vectors);
             cols.push(given.cols);
           } else {
-            onStage?.(`two-level fit: ${kind} bases of layer ${this.layers[li]}`);
+            onProgress?.({ stage: `two-level fit: ${kind} bases of each layer`, done: li, total: covs.length, unit: 'layers' });
             const e = await symmetricEigenAsync(cov.cov, p);
             values.push(e.values);
             vectors.push(e.vectors);
@@ -154,10 +155,15 @@ export class TwoLevelFit {
           }
         }
         const layout = reducedLayout(values, traces, p, this.rank);
-        onStage?.(`two-level fit: reduced ${kind} covariance (${layout.total} columns, second pass over the spilled features)`);
+        const stage = `two-level fit: reduced ${kind} covariance (${layout.total} columns, second pass over the spilled features)`;
+        const total = this.spill.rows(kind);
+        onProgress?.({ stage, done: 0, total, unit: 'tokens' });
         const gram = await ReducedGram.create(layout, mean, vectors, cols, { device: this.opts.device });
         try {
-          for await (const { x, rows } of this.spill.read(kind, 1024)) await gram.add(x, rows);
+          for await (const { x, rows } of this.spill.read(kind, 1024)) {
+            await gram.add(x, rows);
+            onProgress?.({ stage, done: gram.count, total, unit: 'tokens' });
+          }
           this.preparedKinds.set(kind, { layout, vectors, cols, mean, C: gram.finish() });
           const kept = layout.kept.reduce((a, b) => a + b, 0);
           const lost = layout.discarded.reduce((a, b) => a + b, 0);

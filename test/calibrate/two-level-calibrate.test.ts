@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { calibrate, type CalibrateInput } from '../../src/calibrate/calibrate.js';
 import { DEFAULT_CALIBRATION_DIR, DEFAULT_MODEL_DIR } from '../../src/paths.js';
 import { readProfile } from '../../src/profile/read.js';
+import { checkSpillSpace } from '../../src/calibrate/feature-spill.js';
 import { tempDir } from '../model/helpers.js';
 
 const base = (out: string): CalibrateInput => ({
@@ -82,5 +83,19 @@ describe('calibrate with two-level bases', () => {
       expect(Number.isFinite(c.rel_error.value)).toBe(true);
     }
     expect(existsSync(r.profiles[0].profile)).toBe(true);
+  });
+
+  it('checks the spill directory and its free space before any work', async () => {
+    const dir = tempDir('kvtc-spill-check-');
+    await expect(checkSpillSpace(1, dir)).resolves.toBeUndefined();
+    await expect(checkSpillSpace(2 ** 60, dir)).rejects.toMatchObject({
+      code: 'IO_ERROR',
+      message: expect.stringMatching(/spills 1073741824\.0 GiB of float16 fit features to .* which has [\d.]+ GiB free/),
+      fix: expect.stringMatching(/KVTC_SPILL_DIR/),
+    });
+    await expect(checkSpillSpace(1, join(dir, 'missing'))).rejects.toMatchObject({
+      code: 'IO_ERROR',
+      message: expect.stringMatching(/not a writable directory/),
+    });
   });
 });
