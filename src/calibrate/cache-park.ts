@@ -6,11 +6,11 @@
  * are (float32, bit for bit), in a folder kvtc creates under the temporary directory
  * (feature-spill.ts spillRoot) and removes when done; nothing else is touched.
  */
-import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariant } from '../errors.js';
 import type { KvCache } from '../model/types.js';
-import { spillRoot } from './feature-spill.js';
+import { ownTempDir, removeOwnTempDir, spillRoot } from './feature-spill.js';
 
 type Shape = Omit<KvCache, 'keys' | 'values'> & { keyLengths: number[]; valueLengths: number[]; at: number };
 
@@ -25,7 +25,7 @@ export class ParkedCaches {
   ) {}
 
   static async create(root = spillRoot()): Promise<ParkedCaches> {
-    const dir = await mkdtemp(join(root, 'kvtc-park-'));
+    const dir = await ownTempDir(root, 'kvtc-park-');
     return new ParkedCaches(dir, await open(join(dir, 'caches.f32'), 'wx+'));
   }
 
@@ -82,6 +82,6 @@ export class ParkedCaches {
     if (this.disposed) return;
     this.disposed = true;
     await this.handle.close().catch(() => undefined);
-    await rm(this.dir, { recursive: true, force: true });
+    await removeOwnTempDir(this.dir);
   }
 }

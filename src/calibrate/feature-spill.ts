@@ -8,12 +8,38 @@
  * below what the fit resolves (its covariance error is ~2^-22 of the variance, in expectation
  * zero). The float32 → float16 cast runs on ONNX Runtime (round to nearest even).
  */
-import { constants } from 'node:fs';
+import { constants, rmSync } from 'node:fs';
 import { access, mkdtemp, open, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as ortTypes from 'onnxruntime-node';
 import { invariant, KvtcError } from '../errors.js';
+
+/**
+ * Folders this process created for spills and has not yet removed: removed on exit too (a second
+ * Ctrl-C quits at once, without the finally blocks that normally remove them).
+ */
+const live = new Set<string>();
+let hooked = false;
+
+/** A folder of our own under `root`, removed on exit if it is still there (forget() when removed). */
+export async function ownTempDir(root: string, prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(root, prefix));
+  live.add(dir);
+  if (!hooked) {
+    hooked = true;
+    process.on('exit', () => {
+      for (const d of live) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  return dir;
+}
+
+/** Removes a folder made by ownTempDir. */
+export async function removeOwnTempDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  live.delete(dir);
+}
 
 /** Where spills go: $KVTC_SPILL_DIR, else the system's temporary directory. */
 export function spillRoot(): string {
@@ -74,7 +100,7 @@ export class FeatureSpill {
   private constructor(readonly dir: string) {}
 
   static async create(root = spillRoot()): Promise<FeatureSpill> {
-    return new FeatureSpill(await mkdtemp(join(root, 'kvtc-spill-')));
+    return new FeatureSpill(await ownTempDir(root, 'kvtc-spill-'));
   }
 
   /** Bytes written so far. */
@@ -146,6 +172,6 @@ export class FeatureSpill {
     this.disposed = true;
     for (const s of this.streams.values()) await s.handle.close().catch(() => undefined);
     await this.cast?.session.release().catch(() => undefined);
-    await rm(this.dir, { recursive: true, force: true });
+    await removeOwnTempDir(this.dir);
   }
 }

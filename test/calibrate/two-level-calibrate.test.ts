@@ -3,6 +3,7 @@
 // with the fit features spilled to disk in float16 between its passes. With R ≥ the features
 // nothing is truncated and the profile must measure as the dense covariance's does; with a small
 // R the truncation is reported and the error tables count what it loses.
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -97,5 +98,20 @@ describe('calibrate with two-level bases', () => {
       code: 'IO_ERROR',
       message: expect.stringMatching(/not a writable directory/),
     });
+  });
+
+  it('removes its spill folders when the process quits at once (a second Ctrl-C)', () => {
+    const root = tempDir('kvtc-spill-exit-');
+    const code = [
+      "import { FeatureSpill } from './src/calibrate/feature-spill.ts';",
+      "import { ParkedCaches } from './src/calibrate/cache-park.ts';",
+      `const s = await FeatureSpill.create(${JSON.stringify(root)});`,
+      "await s.append('key', new Float32Array(8), 2, 4);",
+      `await ParkedCaches.create(${JSON.stringify(root)});`,
+      'process.exit(130);',
+    ].join('\n');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { encoding: 'utf8' });
+    expect(r.status).toBe(130);
+    expect(readdirSync(root)).toEqual([]);
   });
 });
