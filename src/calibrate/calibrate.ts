@@ -264,7 +264,8 @@ export interface GroupingCandidates {
  * passes TWO_LEVEL_MIN_FEATURES; otherwise candidates are taken in order with their float64
  * covariances while those fit AUTO_COVARIANCE_BUDGET_BYTES, and fitted two-level beyond. A
  * grouping is left out only if even the two-level fit would pass `memoryLimit`. An explicit
- * grouping follows the same rule, its covariance limit `o.fixedCovarianceLimit` (default `memoryLimit`).
+ * grouping keeps its exact covariance up to `o.fixedCovarianceLimit` (default `memoryLimit`)
+ * whatever the model's size, and is fitted two-level beyond.
  */
 export function groupingCandidates(
   spec: FeatureGeometry,
@@ -279,13 +280,14 @@ export function groupingCandidates(
   if (grouping !== 'auto') {
     const bytes = groupingCovarianceBytes(spec, grouping);
     const limit = Math.min(memoryLimit, o.fixedCovarianceLimit ?? memoryLimit);
-    if (!multi(grouping) || (!wide && bytes <= limit)) {
+    // Asked for by name: its exact covariance wherever that fits, however long it takes.
+    if (!multi(grouping) || bytes <= limit) {
       if (bytes > memoryLimit)
         throw new KvtcError(
           'USAGE',
-          `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, more than half of this machine's ${gib(totalmem())}`,
+          `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, more than the memory budget of ${gib(memoryLimit)} (--memory; default half of this machine's ${gib(totalmem())})`,
           {
-            fix: 'Use --grouping auto, or run on a machine with more memory.',
+            fix: 'Use --grouping auto, raise --memory, or run on a machine with more memory.',
           },
         );
       return { fit: [grouping], skipped: [] };
@@ -294,7 +296,7 @@ export function groupingCandidates(
     if (two > memoryLimit) {
       throw new KvtcError(
         'USAGE',
-        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, or ${gib(two)} for the two-level fit (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than half of this machine's ${gib(totalmem())}`,
+        `--grouping ${grouping} needs ${gib(bytes)} of float64 covariance, or ${gib(two)} for the two-level fit (p = ${Math.max(...layerGroups(spec.layers, grouping).flatMap((g) => [featureDim(spec, 'key', g.length), featureDim(spec, 'value', g.length)]))} features per basis), more than the memory budget of ${gib(memoryLimit)} (--memory; default half of this machine's ${gib(totalmem())})`,
         {
           fix: 'Use --grouping auto (it fits the groupings that fit in memory and keeps the best), --grouping layer, or a smaller number of layers per basis.',
         },

@@ -38,9 +38,10 @@ describe('groupingCandidates', () => {
     expect(groupingCandidates({ ...STORIES, layers: 1 }, 'auto').fit).toEqual(['layer']);
     expect(groupingCandidates({ ...STORIES, layers: 16 }, 'auto').fit).toEqual(['layer', 2, 4, 8, 'all']);
     expect(groupingCandidates(STORIES, 3)).toEqual({ fit: [3], skipped: [] });
-    // A model with more than TWO_LEVEL_MIN_FEATURES (8192) key features over all layers fits a
-    // multi-layer grouping two-level whatever the memory (Llama 3.1 8B: 32 × 8 × 128 = 32768) ...
-    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [], sketched: ['all'] });
+    // A grouping asked for by name keeps its exact covariance where that fits in memory, even for
+    // a model past TWO_LEVEL_MIN_FEATURES, and is fitted two-level beyond ...
+    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 64 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [] });
+    expect(groupingCandidates(LLAMA_8B, 'all', undefined, 12 * 2 ** 30)).toEqual({ fit: ['all'], skipped: [], sketched: ['all'] });
     expect(groupingCandidates(LLAMA_8B, 'layer', undefined, 64 * 2 ** 30)).toEqual({ fit: ['layer'], skipped: [] });
     // R×R sums and result per kind, plus the per-layer covariances: 2 × (2 × 8 × 4096² + 32 × 8 × 1024²).
     expect(twoLevelBytes(LLAMA_8B)).toBe(2 * (2 * 8 * 4096 ** 2 + 32 * 8 * 1024 ** 2));
