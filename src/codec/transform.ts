@@ -43,10 +43,27 @@ export interface SessionOpts {
   threads?: number;
 }
 
-/** Creates the sessions of a graph set (null graphs stay null). */
+/**
+ * Creates the sessions of a graph set (null graphs stay null), one at a time, dropping each
+ * graph's bytes from the set once its session holds the weights: a basis over all layers of an
+ * 8B model is 300+ MB per graph, and building them all at once held every graph and every
+ * session's copy together (2–3 GB more at the peak of an 8B calibration).
+ */
 export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise<Record<Direction, (ortTypes.InferenceSession | null)[]>> {
-  const make = (g: Uint8Array | null) => (g ? createSession(g, { ...so, ...CODEC_SESSION }) : null);
-  return { encode: await Promise.all(graphs.encode.map(make)), decode: await Promise.all(graphs.decode.map(make)) };
+  const out: Record<Direction, (ortTypes.InferenceSession | null)[]> = { encode: [], decode: [] };
+  try {
+    for (const dir of ['encode', 'decode'] as const) {
+      for (let i = 0; i < graphs[dir].length; i++) {
+        const g = graphs[dir][i];
+        out[dir].push(g ? await createSession(g, { ...so, ...CODEC_SESSION }) : null);
+        graphs[dir][i] = null;
+      }
+    }
+  } catch (e) {
+    await Promise.all([...out.encode, ...out.decode].map((s) => s?.release()));
+    throw e;
+  }
+  return out;
 }
 
 export async function runSession(session: ortTypes.InferenceSession, feeds: Feeds): Promise<Outputs> {
