@@ -948,7 +948,7 @@ export async function fitAndWrite(
     const label = candidates.fit.length > 1 ? ` (grouping ${grouping})` : '';
     const stage = `fitting bases${label} (eigen + error tables)`;
     progress({ stage, done: 0, total: states[gi].length, unit: 'bases' });
-    const fitted = await fitCandidate(
+    let fitted: Awaited<ReturnType<typeof fitCandidate>> | undefined = await fitCandidate(
       spec,
       states[gi],
       tuning,
@@ -968,9 +968,11 @@ export async function fitAndWrite(
     // A grouping's covariances are spent once its bases are fitted, unless the two-level fit has yet to read them (its per-layer bases).
     if (!two || two.prepared) for (const s of states[gi]) s.acc?.release();
     const dims = states[gi].map((s) => s.dim);
-    for (const [ri, ratio] of opts.ratios.entries()) {
+    // Every ratio's plans first, then the tables go (an all-layer 8B basis and its coefficients
+    // are 1 GiB) before the codec's sessions for the measurements take their copies of the plans.
+    const allocated = opts.ratios.map((ratio) => {
       checkAbort(opts.signal);
-      const { plans, scale } = allocateForRatio(fitted.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
+      const { plans, scale } = allocateForRatio(fitted!.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
         progress({
           stage: `allocating bits for ${ratio}x${label}`,
           done: it,
@@ -980,6 +982,12 @@ export async function fitAndWrite(
         }),
       );
       lap('allocation');
+      return { plans, scale, clip: clipRangeCounts(plans, fitted!.tables) };
+    });
+    const granule = fitted.tables[0].granule;
+    fitted = undefined;
+    for (const [ri, { plans, scale, clip }] of allocated.entries()) {
+      checkAbort(opts.signal);
       const m = await measurePlans(spec, plans, tuning, settings, true);
       lap('measure');
       tried[ri].push({
@@ -995,8 +1003,8 @@ export async function fitAndWrite(
           plans,
           scale,
           tuning: m,
-          clip: clipRangeCounts(plans, fitted.tables),
-          granule: fitted.tables[0].granule,
+          clip,
+          granule,
         };
       }
     }
