@@ -13,7 +13,15 @@ import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
 import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen-randomized.js';
 import { featureDim, gatherFeatures } from '../fit/features.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
-import { covarianceBlock, groupColumns, ReducedGram, reducedLayout, TWO_LEVEL_RANK, type ReducedLayout } from '../fit/two-level.js';
+import {
+  covarianceBlock,
+  groupColumns,
+  liftVectors,
+  ReducedGram,
+  reducedLayout,
+  TWO_LEVEL_RANK,
+  type ReducedLayout,
+} from '../fit/two-level.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import type { CovarianceAccumulator } from '../fit/covariance.js';
@@ -229,7 +237,7 @@ export class TwoLevelFit {
       for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
       solver = k === m ? 'dense' : 'dense-truncated';
     }
-    const vectors = await liftVectorsAsync(pr.layout, idx, pr.vectors, pr.cols, W, k);
+    const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k);
     const mean = new Float64Array(pG);
     for (const [gi, li] of idx.entries()) mean.set(pr.mean.subarray(li * p, (li + 1) * p), gi * p);
 
@@ -293,33 +301,4 @@ export class TwoLevelFit {
       await s.dispose();
     }
   }
-}
-
-/**
- * liftVectors (src/fit/two-level.ts) with each layer's product U_l[:, :r_l]·W_l on ONNX Runtime
- * (float64), stored in float32: Float32Array // [p_G, k].
- */
-export async function liftVectorsAsync(
-  layout: ReducedLayout,
-  layers: number[],
-  vectors: (Float64Array | Float32Array)[],
-  vectorCols: number[],
-  W: Float64Array,
-  k: number,
-): Promise<Float32Array> {
-  const p = layout.layerDim;
-  const V = new Float32Array(layers.length * p * k);
-  let wRow = 0;
-  for (const [li, l] of layers.entries()) {
-    const r = layout.ranks[l];
-    if (r === 0) continue;
-    const uc = vectorCols[l];
-    invariant(uc >= r, `Error in liftVectorsAsync: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
-    const U = new Float64Array(p * r);
-    for (let i = 0; i < p; i++) for (let c = 0; c < r; c++) U[i * r + c] = vectors[l][i * uc + c];
-    const Vl = await matMulAsync(U, W.subarray(wRow * k, (wRow + r) * k), p, r, k);
-    V.set(Vl, li * p * k);
-    wRow += r;
-  }
-  return V;
 }

@@ -63,35 +63,8 @@ export function prepareAllocation(
     k >= 1 && k <= p && o.vectors.length === p * k,
     `Error in prepareAllocation: vectors length (${o.vectors.length}) must be p*k (${p}*${k}, k = values length, 1 ≤ k ≤ p)`,
   );
-  if (o.coefficients) {
-    const { coeffs, residual } = o.coefficients;
-    invariant(coeffs.length === H * k, `Error in prepareAllocation: coefficients length (${coeffs.length}) must be H*k (${H}*${k})`);
-    return {
-      ...buildErrorTables(coeffs, H, k, o),
-      kind: o.kind,
-      layers: o.layers,
-      features: p,
-      mean: o.mean,
-      vectors: o.vectors,
-      values: o.values,
-      coeffs,
-      residual,
-    };
-  }
-  // C = (X − mean) · V over the k components, float64 then float32 (as the encoder sees it).
-  const Y = new Float64Array(H * p);
-  for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
-  const vT = new Float64Array(k * p);
-  for (let i = 0; i < p; i++) for (let j = 0; j < k; j++) vT[j * p + i] = o.vectors[i * k + j];
-  const C64 = gemmABt(Y, vT, new Float64Array(H * k), H, k, p);
-  const C = Float32Array.from(C64);
-  // Energy outside span(V): ‖Y‖² − ‖C‖² (V orthonormal), clamped against rounding.
-  let residual = 0;
-  if (k < p) {
-    for (let i = 0; i < Y.length; i++) residual += Y[i] * Y[i];
-    for (let i = 0; i < C64.length; i++) residual -= C64[i] * C64[i];
-    residual = Math.max(0, residual);
-  }
+  const { coeffs: C, residual } = o.coefficients ?? projectHeldout(o, p, k, H);
+  invariant(C.length === H * k, `Error in prepareAllocation: coefficients length (${C.length}) must be H*k (${H}*${k})`);
   const tables = buildErrorTables(C, H, k, o);
   return {
     ...tables,
@@ -104,6 +77,30 @@ export function prepareAllocation(
     coeffs: C,
     residual,
   };
+}
+
+/**
+ * C = (X − mean)·V [H, k] over the k components, float64 then float32 (as the encoder sees it),
+ * and the held-out energy outside span(V): ‖Y‖² − ‖C‖² (V orthonormal), clamped against rounding.
+ */
+function projectHeldout(
+  o: { heldout: Float32Array; mean: Float64Array; vectors: Float64Array | Float32Array },
+  p: number,
+  k: number,
+  H: number,
+): { coeffs: Float32Array; residual: number } {
+  const Y = new Float64Array(H * p);
+  for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
+  const vT = new Float64Array(k * p);
+  for (let i = 0; i < p; i++) for (let j = 0; j < k; j++) vT[j * p + i] = o.vectors[i * k + j];
+  const C64 = gemmABt(Y, vT, new Float64Array(H * k), H, k, p);
+  let residual = 0;
+  if (k < p) {
+    for (let i = 0; i < Y.length; i++) residual += Y[i] * Y[i];
+    for (let i = 0; i < C64.length; i++) residual -= C64[i] * C64[i];
+    residual = Math.max(0, residual);
+  }
+  return { coeffs: Float32Array.from(C64), residual };
 }
 
 /** The plan for one budget (bits per token of this basis): DP, then truncation to the stored rank. */

@@ -25,6 +25,7 @@
 import type * as ortTypes from 'onnxruntime-node';
 import { CALIBRATE_DEFAULTS } from '../defaults.js';
 import { invariant } from '../errors.js';
+import { matMulAsync } from './eigen-ort.js';
 import type { Device } from '../onnx/devices.js';
 
 /** Default R, the reduced columns per kind (keys, values): see docs/benchmarks.md, "Two-level fit". */
@@ -115,36 +116,30 @@ export function covarianceBlock(C: Float64Array, R: number, cols: number[]): Flo
  * V = B_G·W: Float32Array // [p_G, k], p_G = layers.length·p_l, from W [R_G, k] (rows: the
  * group's reduced columns, layer by layer) and each layer's eigenvectors U_l [p_l, ≥ r_l]
  * (`vectors[l]`, row-major, `vectorCols[l]` columns). Rows of V follow gatherFeatures' layout
- * (layer, then feature). Summed in float64, stored in float32 (as a plan stores its basis): a
- * p_G × k float64 matrix of an all-layer 8B basis would be 1 GiB per kind.
+ * (layer, then feature). Each layer's U_l[:, :r_l]·W_l is a float64 product on ONNX Runtime,
+ * stored in float32 (as a plan stores its basis): a p_G × k float64 matrix of an all-layer 8B
+ * basis would be 1 GiB per kind.
  */
-export function liftVectors(
+export async function liftVectors(
   layout: ReducedLayout,
   layers: number[],
   vectors: (Float64Array | Float32Array)[],
   vectorCols: number[],
   W: Float64Array,
   k: number,
-): Float32Array {
+): Promise<Float32Array> {
   const p = layout.layerDim;
   const V = new Float32Array(layers.length * p * k);
-  const row = new Float64Array(k);
   let wRow = 0;
   for (const [li, l] of layers.entries()) {
     const r = layout.ranks[l];
-    const U = vectors[l];
+    if (r === 0) continue;
     const uc = vectorCols[l];
     invariant(uc >= r, `Error in liftVectors: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
-    for (let i = 0; i < p; i++) {
-      row.fill(0);
-      for (let c = 0; c < r; c++) {
-        const u = U[i * uc + c];
-        if (u === 0) continue;
-        const w = (wRow + c) * k;
-        for (let j = 0; j < k; j++) row[j] += u * W[w + j];
-      }
-      V.set(row, (li * p + i) * k);
-    }
+    const U = new Float64Array(p * r);
+    for (let i = 0; i < p; i++) for (let c = 0; c < r; c++) U[i * r + c] = vectors[l][i * uc + c];
+    const Vl = await matMulAsync(U, W.subarray(wRow * k, (wRow + r) * k), p, r, k);
+    V.set(Vl, li * p * k);
     wRow += r;
   }
   return V;

@@ -5,8 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import { floatArrayToHalf, halfArrayToFloat } from '../../src/io/fp16.js';
 import { symmetricEigen } from '../../src/fit/eigen.js';
-import { covarianceBlock, groupColumns, liftVectors, ReducedGram, reducedLayout } from '../../src/fit/two-level.js';
-import { liftVectorsAsync } from '../../src/calibrate/two-level-fit.js';
+import { invariant } from '../../src/errors.js';
+import { covarianceBlock, groupColumns, liftVectors, ReducedGram, reducedLayout, type ReducedLayout } from '../../src/fit/two-level.js';
 import { mulberry32 } from '../../src/random.js';
 
 /** Features X [n, L·p] with a per-layer spectrum and correlations across layers, seeded. */
@@ -70,6 +70,39 @@ function reducedFromFull(cov: Float64Array, L: number, p: number, layers: Return
   return out;
 }
 
+/** liftVectors in plain loops (float64 sums), the reference the ONNX Runtime products are checked against. */
+function liftVectorsReference(
+  layout: ReducedLayout,
+  layers: number[],
+  vectors: (Float64Array | Float32Array)[],
+  vectorCols: number[],
+  W: Float64Array,
+  k: number,
+): Float32Array {
+  const p = layout.layerDim;
+  const V = new Float32Array(layers.length * p * k);
+  const row = new Float64Array(k);
+  let wRow = 0;
+  for (const [li, l] of layers.entries()) {
+    const r = layout.ranks[l];
+    const U = vectors[l];
+    const uc = vectorCols[l];
+    invariant(uc >= r, `Error in liftVectorsReference: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
+    for (let i = 0; i < p; i++) {
+      row.fill(0);
+      for (let c = 0; c < r; c++) {
+        const u = U[i * uc + c];
+        if (u === 0) continue;
+        const w = (wRow + c) * k;
+        for (let j = 0; j < k; j++) row[j] += u * W[w + j];
+      }
+      V.set(row, (li * p + i) * k);
+    }
+    wRow += r;
+  }
+  return V;
+}
+
 describe('reducedLayout', () => {
   it('keeps the R largest eigenvalues over all layers and counts the rest as discarded', () => {
     const values = [Float64Array.of(9, 4, 1, 0.5), Float64Array.of(8, 7, 0.2), Float64Array.of(3)];
@@ -113,7 +146,7 @@ describe('two-level fit', () => {
     const k = 5;
     const W = new Float64Array(P * k);
     for (let i = 0; i < P; i++) for (let j = 0; j < k; j++) W[i * k + j] = red.vectors[i * P + j];
-    const V = liftVectors(
+    const V = liftVectorsReference(
       lay,
       all,
       layers.map((l) => l.vectors),
@@ -134,7 +167,7 @@ describe('two-level fit', () => {
     }
   });
 
-  it('liftVectorsAsync (ONNX Runtime) equals liftVectors, for a truncated layout and a sub-group', async () => {
+  it('liftVectors (ONNX Runtime) equals the plain-loop reference, for a truncated layout and a sub-group', async () => {
     const lay = reducedLayout(
       layers.map((l) => l.values),
       layers.map((l) => l.trace),
@@ -147,7 +180,7 @@ describe('two-level fit', () => {
     const rand = mulberry32(3);
     const W = Float64Array.from({ length: m * k }, () => rand() - 0.5);
     const vecs = layers.map((l) => l.vectors);
-    const a = liftVectors(
+    const a = liftVectorsReference(
       lay,
       group,
       vecs,
@@ -155,7 +188,7 @@ describe('two-level fit', () => {
       W,
       k,
     );
-    const b = await liftVectorsAsync(
+    const b = await liftVectors(
       lay,
       group,
       vecs,
