@@ -15,7 +15,7 @@ import { encodeCache, type EncodeStats } from './encode.js';
 import { buildDecodeGraph, buildEncodeGraph } from './graphs.js';
 import { payloadLength } from './payload.js';
 import { planNormBound } from './range.js';
-import { InlineTransform, ThreadedTransform } from './transform.js';
+import { InlineTransform, ThreadedTransform, type GraphSource } from './transform.js';
 import type { BasisPlan } from './types.js';
 
 export type { CodecSpec } from './codec-parts.js';
@@ -59,9 +59,14 @@ export class KvtcCodec {
     const ropeOnHost = (opts.device ?? 'cpu') === 'cpu';
     // Each plan's rows are heads of its kind's width: keys headDim, values valueDim.
     const ctx = (p: BasisPlan) => ({ headDim: planHeadDim(spec, p), rope: ropeOnHost ? undefined : spec.rope });
-    const graphs = {
-      encode: plans.map((p) => (p.rank > 0 ? buildEncodeGraph(p, ctx(p)) : null)),
-      decode: plans.map((p) => (p.rank > 0 ? buildDecodeGraph(p, ctx(p)) : null)),
+    // Built lazily, one graph before its session (transform.ts): they are as large as the bases.
+    const graphs: GraphSource = {
+      count: plans.length,
+      build: (dir, i) => {
+        const p = plans[i];
+        if (p.rank === 0) return null;
+        return dir === 'encode' ? buildEncodeGraph(p, ctx(p)) : buildDecodeGraph(p, ctx(p));
+      },
     };
     const so = { device: opts.device, threads: opts.threads ?? 1 };
     const transform = opts.transformThread ? await ThreadedTransform.create(graphs, so) : await InlineTransform.create(graphs, so);

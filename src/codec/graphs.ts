@@ -80,7 +80,7 @@ export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   if (kA > 0) {
     const inv = (j: number) => (sp.scale[j] > 0 ? 1 / sp.scale[j] : 0);
     const bias = Float32Array.from({ length: kA }, (_, j) => 0.5 - sp.offset[j] * inv(j));
-    const u = g.op('Gemm', [g.constant('basisA', columnsT(plan, sp.affine, inv), [kA, p]), rows, g.constant('biasA', bias, [kA, 1])], {
+    const u = g.op('Gemm', [g.constantOwned('basisA', columnsT(plan, sp.affine, inv), [kA, p]), rows, g.constant('biasA', bias, [kA, 1])], {
       transB: 1,
     });
     const q = g.op('Max', [
@@ -90,7 +90,10 @@ export function buildEncodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
     g.output(g.op('Cast', [q], { to: 2 }), 'codes', 'uint8', [kA, 'n']);
   }
   if (kB > 0)
-    g.output(g.op('Gemm', [g.constant('basisB', columnsT(plan, sp.other), [kB, p]), rows], { transB: 1 }), 'coeffs', 'float32', [kB, 'n']);
+    g.output(g.op('Gemm', [g.constantOwned('basisB', columnsT(plan, sp.other), [kB, p]), rows], { transB: 1 }), 'coeffs', 'float32', [
+      kB,
+      'n',
+    ]);
   return g.toModel({
     docString: 'kvtc encode: (undo RoPE) → subtract mean → project on the stored PCA components → quantize the static int ones',
   });
@@ -112,14 +115,14 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
       p,
       hd,
     );
-    terms.push(g.op('MatMul', [g.op('Transpose', [codes], { perm: [1, 0] }), g.constant('basisA', w, [G, kA, hd])]));
+    terms.push(g.op('MatMul', [g.op('Transpose', [codes], { perm: [1, 0] }), g.constantOwned('basisA', w, [G, kA, hd])]));
   }
   if (kB > 0) {
     const c = g.input('coeffs', 'float32', [kB, 'n']);
     terms.push(
       g.op('MatMul', [
         g.op('Transpose', [c], { perm: [1, 0] }),
-        g.constant('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd]),
+        g.constantOwned('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd]),
       ]),
     );
   }

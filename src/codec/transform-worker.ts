@@ -2,21 +2,27 @@
 /** Worker thread holding a codec's ONNX Runtime sessions (see transform.ts). */
 import { parentPort } from 'node:worker_threads';
 import type * as ortTypes from 'onnxruntime-node';
-import { createSessions, runSession, type Direction, type Feeds, type GraphSet, type SessionOpts } from './transform.js';
+import { CODEC_SESSION, createSession } from '../onnx/session.js';
+import { runSession, type Direction, type Feeds, type SessionOpts } from './transform.js';
 
-let sessions: Record<Direction, (ortTypes.InferenceSession | null)[]> | undefined;
+const sessions: Record<Direction, (ortTypes.InferenceSession | null)[]> = { encode: [], decode: [] };
+let so: SessionOpts = {};
 
 type Msg =
-  { id: number; type: 'init'; graphs: GraphSet; so: SessionOpts } | { id: number; type: 'run'; dir: Direction; i: number; feeds: Feeds };
+  | { id: number; type: 'init'; so: SessionOpts }
+  | { id: number; type: 'add'; dir: Direction; graph: Uint8Array | null }
+  | { id: number; type: 'run'; dir: Direction; i: number; feeds: Feeds };
 
 parentPort!.on('message', async (m: Msg) => {
   try {
-    if (m.type === 'init') {
-      sessions = await createSessions(m.graphs, m.so);
+    if (m.type === 'init' || m.type === 'add') {
+      // Sessions are added in order, one graph per message (transform.ts builds them lazily).
+      if (m.type === 'init') so = m.so;
+      else sessions[m.dir].push(m.graph ? await createSession(m.graph, { ...so, ...CODEC_SESSION }) : null);
       parentPort!.postMessage({ id: m.id, out: {} });
       return;
     }
-    const out = await runSession(sessions![m.dir][m.i]!, m.feeds);
+    const out = await runSession(sessions[m.dir][m.i]!, m.feeds);
     // Copy out of ORT's buffers where they are not whole, so each can be transferred.
     const transfer: ArrayBuffer[] = [];
     for (const [name, a] of Object.entries(out)) {

@@ -33,9 +33,14 @@ export interface TransformRunner {
   release(): Promise<void>;
 }
 
-export interface GraphSet {
-  encode: (Uint8Array | null)[];
-  decode: (Uint8Array | null)[];
+/**
+ * A codec's graphs, built on demand: graph `i` of `dir` (null where a plan stores nothing).
+ * Built one at a time, just before its session, because a basis over all layers of an 8B model
+ * is 300+ MB per graph: building every graph first held them all beside the sessions' copies.
+ */
+export interface GraphSource {
+  count: number;
+  build(dir: Direction, i: number): Uint8Array | null;
 }
 
 export interface SessionOpts {
@@ -43,22 +48,20 @@ export interface SessionOpts {
   threads?: number;
 }
 
-/**
- * Creates the sessions of a graph set (null graphs stay null), one at a time, dropping each
- * graph's bytes from the set once its session holds the weights: a basis over all layers of an
- * 8B model is 300+ MB per graph, and building them all at once held every graph and every
- * session's copy together (2–3 GB more at the peak of an 8B calibration).
- */
-export async function createSessions(graphs: GraphSet, so: SessionOpts): Promise<Record<Direction, (ortTypes.InferenceSession | null)[]>> {
+const DIRECTIONS: Direction[] = ['encode', 'decode'];
+
+/** Creates the sessions of a graph source one at a time (null graphs stay null); each graph's bytes are garbage once its session holds the weights. */
+export async function createSessions(
+  graphs: GraphSource,
+  so: SessionOpts,
+): Promise<Record<Direction, (ortTypes.InferenceSession | null)[]>> {
   const out: Record<Direction, (ortTypes.InferenceSession | null)[]> = { encode: [], decode: [] };
   try {
-    for (const dir of ['encode', 'decode'] as const) {
-      for (let i = 0; i < graphs[dir].length; i++) {
-        const g = graphs[dir][i];
+    for (const dir of DIRECTIONS)
+      for (let i = 0; i < graphs.count; i++) {
+        const g = graphs.build(dir, i);
         out[dir].push(g ? await createSession(g, { ...so, ...CODEC_SESSION }) : null);
-        graphs[dir][i] = null;
       }
-    }
   } catch (e) {
     await Promise.all([...out.encode, ...out.decode].map((s) => s?.release()));
     throw e;
@@ -79,7 +82,7 @@ export async function runSession(session: ortTypes.InferenceSession, feeds: Feed
 export class InlineTransform implements TransformRunner {
   private constructor(private readonly sessions: Record<Direction, (ortTypes.InferenceSession | null)[]>) {}
 
-  static async create(graphs: GraphSet, so: SessionOpts): Promise<InlineTransform> {
+  static async create(graphs: GraphSource, so: SessionOpts): Promise<InlineTransform> {
     return new InlineTransform(await createSessions(graphs, so));
   }
 
@@ -141,11 +144,18 @@ export class ThreadedTransform implements TransformRunner {
     });
   }
 
-  static async create(graphs: GraphSet, so: SessionOpts): Promise<ThreadedTransform> {
+  static async create(graphs: GraphSource, so: SessionOpts): Promise<ThreadedTransform> {
     const worker = spawnWorker(import.meta.url, './transform-worker');
     const t = new ThreadedTransform(worker);
     try {
-      await t.call({ type: 'init', graphs, so }, []);
+      await t.call({ type: 'init', so }, []);
+      // One graph at a time, built here and handed over (transferred) for the worker's session.
+      for (const dir of DIRECTIONS)
+        for (let i = 0; i < graphs.count; i++) {
+          let g = graphs.build(dir, i);
+          if (g && (g.byteOffset !== 0 || g.byteLength !== g.buffer.byteLength)) g = g.slice();
+          await t.call({ type: 'add', dir, graph: g }, g ? [g.buffer as ArrayBuffer] : []);
+        }
     } catch (e) {
       await t.release();
       throw e;

@@ -60,7 +60,7 @@ function attribute(name: string, v: AttrValue): onnxProto.onnx.IAttributeProto {
   return { name, type: T.TENSOR, t: v.tensor };
 }
 
-export function tensorProto(name: string, data: TensorData, dims: number[], dtype?: OnnxDtype): onnxProto.onnx.ITensorProto {
+export function tensorProto(name: string, data: TensorData, dims: number[], dtype?: OnnxDtype, owned = false): onnxProto.onnx.ITensorProto {
   const dt: OnnxDtype =
     dtype ??
     (data instanceof Float32Array
@@ -76,8 +76,8 @@ export function tensorProto(name: string, data: TensorData, dims: number[], dtyp
               : data instanceof Int8Array
                 ? 'int8'
                 : 'uint8');
-  const raw = new Uint8Array(data.byteLength);
-  raw.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const raw = owned ? view : view.slice();
   return { name, dims, dataType: DTYPE[dt], rawData: raw };
 }
 
@@ -122,11 +122,24 @@ export class GraphBuilder {
     return name;
   }
 
-  /** An initializer (weights or constants). */
+  /** An initializer (weights or constants); the data is copied. */
   constant(hint: string, data: TensorData, dims: number[], dtype?: OnnxDtype): string {
+    return this.addInitializer(hint, data, dims, dtype, false);
+  }
+
+  /**
+   * An initializer that takes `data` without copying it: the caller hands it over and must not
+   * change it before toModel(). For weights built only for this graph (a codec's basis over all
+   * layers of an 8B model is 300+ MB: the copy was one more at the peak of building it).
+   */
+  constantOwned(hint: string, data: TensorData, dims: number[]): string {
+    return this.addInitializer(hint, data, dims, undefined, true);
+  }
+
+  private addInitializer(hint: string, data: TensorData, dims: number[], dtype: OnnxDtype | undefined, owned: boolean): string {
     const name = this.used.has(hint) ? this.fresh(hint) : hint;
     this.used.add(name);
-    this.initializers.push(tensorProto(name, data, dims, dtype));
+    this.initializers.push(tensorProto(name, data, dims, dtype, owned));
     return name;
   }
 
