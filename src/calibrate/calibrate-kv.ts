@@ -14,6 +14,7 @@
  * calibration before anything is written.
  */
 import { stat } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { invariant, KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -33,11 +34,16 @@ import {
   groupingCandidates,
   KVTC_OUTPUT,
   maxFeatureDim,
+  memoryEstimate,
+  spillBytes,
   withCalibrateDefaults,
   type CalibrateOptions,
   type CalibrateResult,
   type RatioResult,
 } from './calibrate.js';
+import { ParkedCaches, type CacheSet } from './cache-park.js';
+import { checkSpillSpace } from './feature-spill.js';
+import { checkMemory, combineEstimates, type MemoryEstimate } from './memory-plan.js';
 import { KV_DUMP_LIMITS, maxSequenceFileBytes, readDumpSequence, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
 import { openDumpRanks, type DumpRank, type ShardRequest } from './kv-shards.js';
 import { manifestDraft } from './manifest.js';
@@ -242,31 +248,52 @@ async function calibrateDump(
     'Error in calibrateDump: ranks of one dump split its sequences differently',
   );
   timer.restart();
+  // With the two-level fit (large models) each rank's tuning and report caches wait on disk, read
+  // back one at a time (cache-park.ts), as calibrate's do.
+  const parked: ParkedCaches[] = [];
   const read = async (seqs: DumpSequence[], what: string) => {
     const total = tokensOf(seqs);
-    const out: DumpCache[][] = ranks.map(() => []);
+    const sources: DumpCache['source'][] = [];
+    const sets: (KvCache[] | ParkedCaches)[] = [];
+    for (const p of plans) {
+      if (!p.candidates.sketched?.length) sets.push([]);
+      else {
+        const park = await ParkedCaches.create();
+        parked.push(park);
+        sets.push(park);
+      }
+    }
     let done = 0;
     for (const s of seqs) {
       checkAbort(opts.signal);
       const whole = await readDumpSequence(dump, s);
-      ranks.forEach((r, i) => out[i].push(r.cut(whole)));
+      sources.push(whole.source);
+      for (const [i, r] of ranks.entries()) {
+        const { cache } = r.cut(whole);
+        const set = sets[i];
+        if (Array.isArray(set)) set.push(cache);
+        else await set.add(cache);
+      }
       done += s.tokens;
       progress({ stage: `reading ${what} KV${label}`, done, total, unit: 'tokens' });
     }
-    return out;
+    return { sources, sets };
   };
-  const tuningRead = await read(split.tuning, 'tuning');
-  const reportRead = await read(split.report, 'report');
-  timer.lap('read');
-  const states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, { rank: opts.twoLevelRank })));
+  let states: BasisState[][][] = [];
   try {
-    return await fitRanks(states);
+    const tuningRead = await read(split.tuning, 'tuning');
+    const reportRead = await read(split.report, 'report');
+    timer.lap('read');
+    states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, { rank: opts.twoLevelRank })));
+    return await fitRanks(states, tuningRead, reportRead);
   } finally {
     // The two-level fit's spill is deleted after its second pass; here too on an error or Ctrl-C.
     for (const st of states) await twoLevelOf(st)?.dispose();
+    for (const p of parked) await p.dispose();
   }
 
-  async function fitRanks(states: BasisState[][][]): Promise<RankOutcome[]> {
+  type Read = { sources: DumpCache['source'][]; sets: (KvCache[] | CacheSet)[] };
+  async function fitRanks(states: BasisState[][][], tuningRead: Read, reportRead: Read): Promise<RankOutcome[]> {
     const accs = plans.map((p, i) => fitAccumulator(p.spec, states[i], { sink: opts.sink }));
     const fitSources: DumpCache['source'][] = [];
     const total = tokensOf(split.fit);
@@ -290,14 +317,14 @@ async function calibrateDump(
     // Which file went where: the calibration sources, each named by its split (the seed is in settings).
     const sources = [
       ...fitSources.map((q) => ({ ...q, name: `fit:${q.name}` })),
-      ...tuningRead[0].map((c) => ({ ...c.source, name: `tuning:${c.source.name}` })),
-      ...reportRead[0].map((c) => ({ ...c.source, name: `report:${c.source.name}` })),
+      ...tuningRead.sources.map((q) => ({ ...q, name: `tuning:${q.name}` })),
+      ...reportRead.sources.map((q) => ({ ...q, name: `report:${q.name}` })),
     ];
     const out: RankOutcome[] = [];
     for (const [i, { rank, spec, candidates }] of plans.entries()) {
       checkAbort(opts.signal);
-      const tuning: KvCache[] = tuningRead[i].map((c) => c.cache);
-      const report: KvCache[] = reportRead[i].map((c) => c.cache);
+      const tuning = tuningRead.sets[i];
+      const report = reportRead.sets[i];
       const written = await fitAndWrite({
         opts,
         spec,
@@ -328,8 +355,8 @@ async function calibrateDump(
           }),
       });
       // The rank's caches are no longer needed once its profiles are written.
-      tuningRead[i] = [];
-      reportRead[i] = [];
+      tuningRead.sets[i] = [];
+      reportRead.sets[i] = [];
       const ropeCheck = accs[i].ropeCheck();
       const shard = spec.shard;
       out.push({
@@ -353,6 +380,39 @@ async function calibrateDump(
     }
     return out;
   }
+}
+
+/**
+ * The memory a dump's calibration will need, checked against --memory before any file is read,
+ * and the disk the two-level fit will spill to: each dump's ranks are calibrated together, so
+ * their estimates add (combineEstimates); dumps go one after another, so the largest counts.
+ */
+async function planDumpMemory(ranks: DumpRank[], opts: ReturnType<typeof withCalibrateDefaults>): Promise<MemoryEstimate> {
+  let worst: MemoryEstimate | undefined;
+  let spill = 0;
+  for (const dump of new Set(ranks.map((r) => r.dump))) {
+    const mine = ranks.filter((r) => r.dump === dump);
+    const longest = Math.max(...dump.sequences.map((q) => q.tokens));
+    let disk = 0;
+    const e = combineEstimates(
+      mine.map((r) => {
+        const spec = r.model.spec;
+        const c = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
+          ratios: opts.ratios,
+          fixedCovarianceLimit: opts.covarianceBudget,
+          rank: opts.twoLevelRank,
+        });
+        if (c.sketched?.length)
+          disk += spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.heldout) + 2 * spillBytes(spec, opts.report);
+        return memoryEstimate(spec, c, opts, 0, longest);
+      }),
+    );
+    if (!worst || e.peak > worst.peak) worst = e;
+    spill = Math.max(spill, disk);
+  }
+  checkMemory(worst!, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
+  if (spill > 0) await checkSpillSpace(spill);
+  return worst!;
 }
 
 /**
@@ -381,6 +441,7 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
       if (!opts.force) await checkProfileTarget(d, { model: r.model.fingerprint.id }, KVTC_OUTPUT);
     }
   }
+  const memory = await planDumpMemory(ranks, opts);
   timer.lap('load');
   // Ranks cut from one dump are calibrated together (each file read once); rank dumps one by one.
   const results: RankOutcome[] = new Array(ranks.length);
@@ -439,6 +500,7 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     randomized_bases: results.reduce((a, r) => a + r.randomized, 0),
     sketched_bases: results.reduce((a, r) => a + r.sketched, 0),
     rope_check: r0.rope_check,
+    memory_estimate: memory,
     profiles: results.flatMap((r) => r.profiles),
     seconds,
     skipped_data: [],

@@ -22,7 +22,7 @@ import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
-import { ParkedCaches } from './cache-park.js';
+import { cacheSet, ParkedCaches, type CacheSet } from './cache-park.js';
 import { checkSpillSpace } from './feature-spill.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './memory-plan.js';
 import { statSync } from 'node:fs';
@@ -354,8 +354,21 @@ export function planMemory(
   opts: Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number },
   weights: number,
 ): MemoryEstimate {
+  const e = memoryEstimate(spec, candidates, opts, weights);
+  checkMemory(e, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
+  return e;
+}
+
+/** planMemory's estimate without the check (calibrate-kv combines its ranks' first). */
+export function memoryEstimate(
+  spec: FeatureGeometry,
+  candidates: GroupingCandidates,
+  opts: Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number },
+  weights: number,
+  sequenceTokens?: number,
+): MemoryEstimate {
   const sketched = new Set(candidates.sketched ?? []);
-  const e = estimateMemory(spec, {
+  return estimateMemory(spec, {
     groupings: candidates.fit.map((g) => ({ groups: layerGroups(spec.layers, g), twoLevel: sketched.has(String(g)) })),
     heldout: opts.heldout,
     report: opts.report ?? DEFAULT_REPORT_TOKENS,
@@ -363,9 +376,8 @@ export function planMemory(
     rank: opts.twoLevelRank,
     modelBytes: weights,
     budget: opts.memory ?? totalmem() / 2,
+    ...(sequenceTokens !== undefined ? { sequenceTokens } : {}),
   });
-  checkMemory(e, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
-  return e;
 }
 
 /** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
@@ -744,7 +756,7 @@ export async function captureCaches(
 export async function fitCandidate(
   spec: ModelSpec,
   states: BasisState[],
-  tuning: KvCache[],
+  held: KvCache[] | CacheSet,
   sink: number,
   ratios: number[],
   onDone?: (done: number, total: number) => void,
@@ -752,12 +764,15 @@ export async function fitCandidate(
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
   const jobs: FitJob[] = [];
   let twoLevelSeconds = 0;
+  const tuning = cacheSet(held);
+  const H = tuning.meta.reduce((a, c) => a + c.tokens - sink, 0);
   for (const s of states) {
-    // Gathered in place: a p_G-wide basis's tuning features are hundreds of MB.
-    const H = tuning.reduce((a, c) => a + c.tokens - sink, 0);
+    // Gathered in place: a p_G-wide basis's tuning features are hundreds of MB. Parked caches
+    // give only this basis's layers, one cache at a time (cache-park.ts).
     const X = new Float32Array(H * s.dim);
     let at = 0;
-    for (const c of tuning) {
+    for (let i = 0; i < tuning.meta.length; i++) {
+      const c = await tuning.get(i, { kind: s.kind, layers: s.layers });
       gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens, X.subarray(at * s.dim));
       at += c.tokens - sink;
     }
@@ -811,7 +826,7 @@ export function allocateForRatio(
   tables: AllocationTables[],
   dims: number[],
   ratio: number,
-  tuning: KvCache[],
+  tuning: readonly { tokens: number }[],
   spec: ModelSpec,
   sink: number,
   window: number,
@@ -909,9 +924,9 @@ export interface FitAndWriteInput {
   spec: ModelSpec;
   candidates: { fit: FixedGrouping[] };
   states: BasisState[][];
-  tuning: KvCache[];
-  /** The report caches, or how to get them back from disk (cache-park.ts) when they are needed at the end. */
-  report: KvCache[] | (() => Promise<KvCache[]>);
+  /** The held-out caches, in memory or parked on disk (cache-park.ts); read one at a time. */
+  tuning: KvCache[] | CacheSet;
+  report: KvCache[] | CacheSet;
   outDirs: string[];
   entropy: EntropyCoder;
   progress: ProgressFn;
@@ -935,7 +950,9 @@ export interface FitAndWriteInput {
 export async function fitAndWrite(
   x: FitAndWriteInput,
 ): Promise<{ profiles: RatioResult[]; plans: number; randomized: number; sketched: number }> {
-  const { opts, spec, candidates, states, tuning, report, outDirs, entropy, progress, timer } = x;
+  const { opts, spec, candidates, states, outDirs, entropy, progress, timer } = x;
+  const tuning = cacheSet(x.tuning);
+  const report = cacheSet(x.report);
   const { lap } = timer;
   const settings = { sink: opts.sink, window: opts.window, entropy, device: opts.device };
   // Per ratio, the best candidate so far (by tuning-split error) and every candidate's figures.
@@ -972,7 +989,7 @@ export async function fitAndWrite(
     // are 1 GiB) before the codec's sessions for the measurements take their copies of the plans.
     const allocated = opts.ratios.map((ratio) => {
       checkAbort(opts.signal);
-      const { plans, scale } = allocateForRatio(fitted!.tables, dims, ratio, tuning, spec, opts.sink, opts.window, entropy, (it, b) =>
+      const { plans, scale } = allocateForRatio(fitted!.tables, dims, ratio, tuning.meta, spec, opts.sink, opts.window, entropy, (it, b) =>
         progress({
           stage: `allocating bits for ${ratio}x${label}`,
           done: it,
@@ -1010,17 +1027,16 @@ export async function fitAndWrite(
     }
   }
 
-  // The tuning caches and the two-level reduction are done with: let them go before the report
-  // caches come back from disk (for 8B geometry, 1 GiB and 0.3–1 GiB against 2 GiB).
-  tuning.splice(0);
+  // The tuning caches (when held) and the two-level reduction are done with (for 8B geometry,
+  // 1 GiB and 0.3–1 GiB): let them go before the report measurements.
+  tuning.drop();
   twoLevelOf(states)?.release();
   const profiles: RatioResult[] = [];
-  const reportCaches = typeof report === 'function' ? await report() : report;
   for (const [ri, ratio] of opts.ratios.entries()) {
     checkAbort(opts.signal);
     const c = chosen[ri]!;
     progress({ stage: `measuring ${ratio}x on report text` });
-    const m = await measurePlans(spec, c.plans, reportCaches, settings, true);
+    const m = await measurePlans(spec, c.plans, report, settings, true);
     lap('measure');
     const draft = x.draft({
       ratio,
@@ -1091,8 +1107,9 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       rank: opts.twoLevelRank,
     });
     const memory = planMemory(spec, candidates, opts, modelBytes(model.files));
-    // The two-level fit's disk: fit features in float16, the report caches in float32 (checked before any work).
-    if (candidates.sketched?.length) await checkSpillSpace(spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.report));
+    // The two-level fit's disk: fit features in float16, the tuning and report caches in float32 (checked before any work).
+    if (candidates.sketched?.length)
+      await checkSpillSpace(spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.heldout) + 2 * spillBytes(spec, opts.report));
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
     lap('tokenize');
@@ -1104,12 +1121,20 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     stateSets.push(states);
     const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
-    const tuning = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress });
-    // With the two-level fit (large models) the report caches wait on disk while the bases are fitted.
-    const park = candidates.sketched?.length ? await ParkedCaches.create() : undefined;
-    if (park) parked.push(park);
-    const captured = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress, park });
-    const report = park ? () => park.restore() : captured;
+    // With the two-level fit (large models) the tuning and report caches wait on disk, read back
+    // one at a time (cache-park.ts): 1 and 2 GiB for Llama 3.1 8B geometry at the defaults.
+    const parkIf = async () => {
+      if (!candidates.sketched?.length) return undefined;
+      const p = await ParkedCaches.create();
+      parked.push(p);
+      return p;
+    };
+    const tuningPark = await parkIf();
+    const tuningHeld = await captureCaches(runner, split.heldout, 'tuning', { chunk, signal: opts.signal, progress, park: tuningPark });
+    const tuning = tuningPark ?? tuningHeld;
+    const reportPark = await parkIf();
+    const reportHeld = await captureCaches(runner, split.report, 'report', { chunk, signal: opts.signal, progress, park: reportPark });
+    const report = reportPark ?? reportHeld;
     await release();
     lap('forward');
 

@@ -9,6 +9,7 @@ import { heldoutCoefficients, type AllocationTables } from '../fit/fit.js';
 import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
 import type { BasisPlan } from '../codec/types.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
+import { cacheSet, type CacheSet } from './cache-park.js';
 import type { Device } from '../onnx/session.js';
 import { mulberry32 } from '../random.js';
 
@@ -94,11 +95,14 @@ export function bootstrapRelError(
   return [stats[Math.floor(0.025 * (resamples - 1))], stats[Math.ceil(0.975 * (resamples - 1))]];
 }
 
-/** Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every blob byte. */
+/**
+ * Encodes (and optionally decodes) every held-out cache with the plans; the ratios count every
+ * blob byte. The caches are read one at a time (parked ones from disk: cache-park.ts).
+ */
 export async function measurePlans(
   spec: ModelSpec,
   plans: BasisPlan[],
-  caches: KvCache[],
+  held: KvCache[] | CacheSet,
   s: { sink: number; window: number; entropy: EntropyCoder; device: Device },
   withError: boolean,
 ): Promise<Measurement> {
@@ -126,8 +130,10 @@ export async function measurePlans(
   // Per sequence (the bootstrap's units): [kind][sequence] per-layer sums.
   const seqNum: Float64Array[][] = [[], []];
   const seqDen: Float64Array[][] = [[], []];
+  const caches = cacheSet(held);
   try {
-    for (const cache of caches) {
+    for (let i = 0; i < caches.meta.length; i++) {
+      const cache = await caches.get(i);
       const { blob: b, stats } = await codec.encode(cache);
       fp16 += stats.fp16Bytes;
       fp16c += stats.fp16BytesCompressed;
@@ -161,7 +167,7 @@ export async function measurePlans(
   return {
     ratioCompressed: fp16c / comp,
     ratioBlob: fp16 / blob,
-    contextTokens: tokens / caches.length,
+    contextTokens: tokens / caches.meta.length,
     relKey: rel(0),
     relValue: rel(1),
     ...(relKeyCi95 ? { relKeyCi95 } : {}),
@@ -176,7 +182,7 @@ export async function measurePlans(
 export function blobSizeRatio(
   plans: BasisPlan[],
   tables: AllocationTables[],
-  caches: KvCache[],
+  caches: readonly { tokens: number }[],
   spec: ModelSpec,
   sink: number,
   window: number,

@@ -5,8 +5,11 @@
  * The estimate is the largest of three phases:
  *  - capture: the model's session, the tuning caches, every covariance and the two-level sums;
  *  - fit: the tuning caches, the covariances, the reduction and the widest basis's working set
- *    (its tuning features, basis and coefficients, twice over while a worker builds its tables);
- *  - report: the report caches back from disk and the chosen plans' bases.
+ *    (its tuning features, basis and coefficients, twice over while a worker builds its tables,
+ *    or its plans in the codec);
+ *  - report: the report caches and the chosen plans' bases in the codec.
+ * With the two-level fit the tuning and report caches are parked on disk (cache-park.ts) and
+ * read one sequence at a time: the estimate counts one sequence and its decoded copy.
  * Fit tokens add nothing: the fit pass streams them (the two-level fit spills them to disk).
  * Checked against measured peaks in docs/benchmarks.md, "Two-level fit".
  */
@@ -34,6 +37,9 @@ export const RUNTIME_BYTES = 0.5 * 2 ** 30;
 /** Measured peak over the sum of what each phase holds (Llama 3.1 8B geometry: 7.94 GiB against a sum of 6.0 GiB, docs/benchmarks.md), so the estimate errs high: a margin, not a model. */
 export const OVERHEAD = 1.35;
 
+/** The longest held-out sequence calibrate uses (calibrate.ts readSplit). */
+export const MAX_SEQUENCE_TOKENS = 512;
+
 const KINDS: KvKind[] = ['key', 'value'];
 const dim = (g: Geometry, kind: KvKind, layers: number) => layers * g.kvHeads * (kind === 'value' ? (g.valueDim ?? g.headDim) : g.headDim);
 
@@ -49,6 +55,8 @@ export function estimateMemory(
     /** Bytes of the model's weights (its ONNX files). */
     modelBytes: number;
     budget: number;
+    /** The longest held-out sequence (parked caches are read one at a time); default MAX_SEQUENCE_TOKENS. */
+    sequenceTokens?: number;
   },
 ): MemoryEstimate {
   const P = KINDS.reduce((a, k) => a + dim(g, k, g.layers), 0);
@@ -79,8 +87,10 @@ export function estimateMemory(
           fitting += 8 * p * p;
           worker = Math.max(worker, 8 * p * p + 8 * p * k + 8 * o.heldout * p);
         }
-        // A plan's basis, its encode and decode graphs and their sessions' copies (codec/transform.ts).
-        measuring += 5 * 4 * p * k;
+        // A plan's basis and its encode and decode sessions' copies, plus the graph being built
+        // (codec/transform.ts builds one at a time; measured 2.66 GiB for two all-layer 8B plans
+        // of 0.3 GiB: about 4 bases each, counted as 4.5).
+        measuring += 4.5 * 4 * p * k;
       }
     widest = Math.max(widest, fitting + 2 * worker, measuring);
     plans = Math.max(plans, measuring);
@@ -91,16 +101,35 @@ export function estimateMemory(
       const R = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers));
       two += 2 * 8 * R * R + g.layers * 8 * dim(g, kind, 1) ** 2;
     }
-  // Parked on disk when the two-level fit runs (cache-park.ts), else held from capture to the end.
+  // Parked on disk when the two-level fit runs (cache-park.ts), else held from capture to the end;
+  // parked, one sequence and its decoded copy are in memory at a time.
+  const sequence = 2 * 4 * Math.min(o.sequenceTokens ?? MAX_SEQUENCE_TOKENS, Math.max(o.heldout, o.report)) * P;
+  const tuningHeld = anyTwo ? sequence : tuning;
   const reportHeld = anyTwo ? 0 : report;
-  const capture = RUNTIME_BYTES + 1.25 * o.modelBytes + tuning + reportHeld + cov + two;
-  const fit = RUNTIME_BYTES + tuning + reportHeld + cov + two + widest;
-  // The chosen plans (any candidate's) in the codec, on the report caches back from disk.
-  const end = RUNTIME_BYTES + report + plans;
+  const capture = RUNTIME_BYTES + 1.25 * o.modelBytes + tuningHeld + reportHeld + cov + two;
+  const fit = RUNTIME_BYTES + tuningHeld + reportHeld + cov + two + widest;
+  // The chosen plans (any candidate's) in the codec, on the report caches (parked: one sequence).
+  const end = RUNTIME_BYTES + (anyTwo ? sequence : report) + plans;
   // What the sum leaves out (garbage the JavaScript heap has not yet collected, allocator
   // slack): measured peaks were up to OVERHEAD times the sum (docs/benchmarks.md, "Two-level fit").
   const f = OVERHEAD;
   return { capture: f * capture, fit: f * fit, report: f * end, peak: f * Math.max(capture, fit, end), budget: o.budget };
+}
+
+/**
+ * Ranks of one KV dump calibrated together (calibrate-kv.ts): every rank's captured state (its
+ * covariances, two-level sums and held caches) is held at once while the dump is read; then one
+ * rank at a time fits and measures, the others' state still held. Errs high: a rank's state
+ * goes once its profiles are written.
+ */
+export function combineEstimates(es: MemoryEstimate[]): MemoryEstimate {
+  const runtime = OVERHEAD * RUNTIME_BYTES;
+  const held = es.map((e) => e.capture - runtime);
+  const all = held.reduce((a, h) => a + h, 0);
+  const capture = runtime + all;
+  const fit = Math.max(...es.map((e, i) => e.fit + all - held[i]));
+  const report = Math.max(...es.map((e, i) => e.report + all - held[i]));
+  return { capture, fit, report, peak: Math.max(capture, fit, report), budget: es[0].budget };
 }
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(b < 10 * 2 ** 30 ? 2 : 1)} GiB`;

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { calibrate, type CalibrateResult } from '../../src/calibrate/calibrate.js';
@@ -184,6 +184,43 @@ describe('calibrate --kv on a dump of the bundled model', () => {
       expect(Math.abs(r.cache.keys[2][i] - k[i])).toBeLessThanOrEqual(Math.abs(k[i]) * 2 ** -8 + 1e-30);
     // The fingerprint follows the model description, dtype included.
     expect(b.model.fingerprint.id).not.toBe(d.model.fingerprint.id);
+  });
+
+  it('two-level, the dump parks its held-out caches on disk as calibrate does: the same figures, nothing left behind', async () => {
+    const spillRoot = tempDir('kvtc-kvdump-spill-');
+    const before = process.env.KVTC_SPILL_DIR;
+    process.env.KVTC_SPILL_DIR = spillRoot;
+    try {
+      const root = tempDir('kvtc-kvdump-two-');
+      const two = { ...SETTINGS, grouping: 'all' as const, covarianceBudget: 1 };
+      const m = await calibrate({ modelDir: DEFAULT_MODEL_DIR, data: [TEXT], ...two, out: join(root, 'model') });
+      const d = await calibrateKv({ kv: dump, ...two, out: join(root, 'dump') });
+      expect(m.groupings_sketched).toEqual(['all']);
+      expect(d.groupings_sketched).toEqual(['all']);
+      expect(d.memory_estimate!.peak).toBeGreaterThan(0);
+      expect(d.memory_estimate!.peak).toBe(Math.max(d.memory_estimate!.capture, d.memory_estimate!.fit, d.memory_estimate!.report));
+      const a = m.profiles[0];
+      const b = d.profiles[0];
+      for (let l = 0; l < 5; l++) {
+        expect(b.rel_error.key_per_layer[l]).toBeCloseTo(a.rel_error.key_per_layer[l], 5);
+        expect(b.rel_error.value_per_layer[l]).toBeCloseTo(a.rel_error.value_per_layer[l], 5);
+      }
+      expect(Math.abs(b.ratio_compressed / a.ratio_compressed - 1)).toBeLessThan(1e-3);
+      expect(readdirSync(spillRoot)).toEqual([]);
+    } finally {
+      if (before === undefined) delete process.env.KVTC_SPILL_DIR;
+      else process.env.KVTC_SPILL_DIR = before;
+    }
+  });
+
+  it('refuses a --memory budget too small before reading any file, writing nothing', async () => {
+    const out = join(tempDir('kvtc-kvdump-mem-'), 'p');
+    const stages: string[] = [];
+    await expect(
+      calibrateKv({ kv: dump, ...SETTINGS, out, memory: 2 ** 20, onProgress: (e) => stages.push(e.stage) }),
+    ).rejects.toMatchObject({ code: 'USAGE', message: expect.stringMatching(/more than the --memory budget of 0\.00 GiB/) });
+    expect(stages).toEqual(['reading the KV dump']);
+    expect(existsSync(out)).toBe(false);
   });
 
   it('refuses an output holding a profile of another model without --force', async () => {
