@@ -41,7 +41,7 @@ import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
-import { fitBases, type FitJob } from './fit-pool.js';
+import { fitBases, type FitJob, type LazyFitJob } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
@@ -762,13 +762,13 @@ export async function fitCandidate(
   onDone?: (done: number, total: number) => void,
   onProgress?: ProgressFn,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
-  const jobs: FitJob[] = [];
+  const jobs: (FitJob | LazyFitJob)[] = [];
   let twoLevelSeconds = 0;
   const tuning = cacheSet(held);
   const H = tuning.meta.reduce((a, c) => a + c.tokens - sink, 0);
-  for (const s of states) {
-    // Gathered in place: a p_G-wide basis's tuning features are hundreds of MB. Parked caches
-    // give only this basis's layers, one cache at a time (cache-park.ts).
+  // Gathered in place: a p_G-wide basis's tuning features are hundreds of MB. Parked caches
+  // give only this basis's layers, one cache at a time (cache-park.ts).
+  const gather = async (s: BasisState) => {
     const X = new Float32Array(H * s.dim);
     let at = 0;
     for (let i = 0; i < tuning.meta.length; i++) {
@@ -776,8 +776,12 @@ export async function fitCandidate(
       gatherFeatures(c, { kind: s.kind, layers: s.layers }, spec.rope, sink, c.tokens, X.subarray(at * s.dim));
       at += c.tokens - sink;
     }
+    return X;
+  };
+  for (const s of states) {
     const maxRank = maxRankForRatios(s.dim, ratios);
     if (s.twoLevel) {
+      const X = await gather(s);
       // The reduction is prepared once (per-layer bases, second pass over the spill); each basis
       // then costs an eigensolve of its block of C_Z (here, products on ORT with every core); the
       // pool builds the tables, the basis moved to a worker, not copied (fit-pool.ts).
@@ -799,8 +803,25 @@ export async function fitCandidate(
       jobs.push(job);
       continue;
     }
-    const cov = s.acc.finish();
-    jobs.push({ kind: s.kind, layers: s.layers, dim: s.dim, cov: cov.cov, mean: cov.mean, heldout: X, heldoutTokens: H, maxRank });
+    // Built when a worker takes it (fit-pool.ts LazyFitJob): one covariance copy and one basis's
+    // tuning features per job in flight, not every basis's at once.
+    const acc = s.acc;
+    jobs.push({
+      dim: s.dim,
+      make: async () => {
+        const cov = acc.finish();
+        return {
+          kind: s.kind,
+          layers: s.layers,
+          dim: s.dim,
+          cov: cov.cov,
+          mean: cov.mean,
+          heldout: await gather(s),
+          heldoutTokens: H,
+          maxRank,
+        };
+      },
+    });
   }
   for (const s of states) await s.kernel?.dispose?.();
   const fitted = await fitBases(jobs, { onDone: (d) => onDone?.(d, jobs.length) });

@@ -103,16 +103,34 @@ async function denseOrRandomized(
   return eig;
 }
 
-/** The buffers of a job with fitted eigenpairs, distinct and not shared (transferable). */
-function transferList(j: FitJob): ArrayBuffer[] {
-  const arrays = [j.eigen?.vectors, j.eigen?.values, j.coefficients?.coeffs, j.mean, j.heldout];
+/**
+ * A job built only when a worker is free to take it (fitBases): its covariance (8p², a copy of
+ * the accumulator's) and tuning features exist only while it is in flight, not for every basis
+ * of a grouping at once (62 layers of Gemma 3 27B geometry: 4 GiB of covariances).
+ */
+export interface LazyFitJob {
+  dim: number;
+  make(): Promise<FitJob>;
+}
+
+const isLazy = (j: FitJob | LazyFitJob): j is LazyFitJob => 'make' in j;
+
+/**
+ * The buffers of a job, distinct and not shared (transferable): those of fitted eigenpairs, or
+ * every one of a lazy job (built for the worker alone).
+ */
+function transferList(j: FitJob, all = false): ArrayBuffer[] {
+  const arrays = [j.eigen?.vectors, j.eigen?.values, j.coefficients?.coeffs, j.mean, j.heldout, all ? j.cov : undefined];
   const bufs = new Set<ArrayBuffer>();
   for (const a of arrays) if (a && a.buffer instanceof ArrayBuffer && a.byteLength === a.buffer.byteLength) bufs.add(a.buffer);
   return [...bufs];
 }
 
-/** Runs every job; results in job order. `onDone(i)` reports progress. */
-export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?: (done: number) => void } = {}): Promise<FitOutput[]> {
+/** Runs every job (lazy ones built as a worker takes them); results in job order. `onDone(i)` reports progress. */
+export async function fitBases(
+  jobs: (FitJob | LazyFitJob)[],
+  opts: { threads?: number; onDone?: (done: number) => void } = {},
+): Promise<FitOutput[]> {
   const out: FitOutput[] = new Array(jobs.length);
   const threads = Math.min(opts.threads ?? availableParallelism(), jobs.length);
   let done = 0;
@@ -121,7 +139,7 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
     opts.onDone?.(++done);
   };
   if (threads <= 1 || jobs.every((j) => j.dim < FIT_WORKER_MIN_P)) {
-    for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(j));
+    for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(isLazy(j) ? await j.make() : j));
     return out;
   }
   const workers = Array.from({ length: threads }, () => spawnWorker(import.meta.url, './fit-worker'));
@@ -131,20 +149,22 @@ export async function fitBases(jobs: FitJob[], opts: { threads?: number; onDone?
       workers.map(
         (w) =>
           new Promise<void>((resolve, reject) => {
-            const take = () => {
+            const take = async () => {
               if (next >= jobs.length) return resolve();
               const i = next++;
-              const j = jobs[i];
+              const x = jobs[i];
+              const lazy = isLazy(x);
+              const j = lazy ? await x.make() : x;
               w.once('message', (r: FitOutput) => {
                 finish(i, r);
-                take();
+                take().catch(reject);
               });
-              // A fitted basis (FitJob.eigen) moves to the worker rather than being copied: an
-              // all-layer basis of 8B geometry is 512 MiB. The job is not read here again.
-              w.postMessage(j, j.eigen ? transferList(j) : []);
+              // A fitted basis (FitJob.eigen) or a lazy job moves to the worker rather than being
+              // copied: an all-layer basis of 8B geometry is 512 MiB. The job is not read here again.
+              w.postMessage(j, lazy || j.eigen ? transferList(j, lazy) : []);
             };
             w.once('error', reject);
-            take();
+            take().catch(reject);
           }),
       ),
     );

@@ -13,6 +13,7 @@
  * Fit tokens add nothing: the fit pass streams them (the two-level fit spills them to disk).
  * Checked against measured peaks in docs/benchmarks.md, "Two-level fit".
  */
+import { availableParallelism } from 'node:os';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
 import { maxRankForRatios } from '../fit/fit.js';
@@ -41,6 +42,7 @@ export const OVERHEAD = 1.35;
 export const MAX_SEQUENCE_TOKENS = 512;
 
 const KINDS: KvKind[] = ['key', 'value'];
+const isLayer = (x: { groups: number[][]; twoLevel: boolean }) => !x.twoLevel && x.groups.every((l) => l.length === 1);
 const dim = (g: Geometry, kind: KvKind, layers: number) => layers * g.kvHeads * (kind === 'value' ? (g.valueDim ?? g.headDim) : g.headDim);
 
 export function estimateMemory(
@@ -55,6 +57,8 @@ export function estimateMemory(
     /** Bytes of the model's weights (its ONNX files). */
     modelBytes: number;
     budget: number;
+    /** Fit workers (default: the machine's cores). */
+    threads?: number;
     /** The longest held-out sequence (parked caches are read one at a time); default MAX_SEQUENCE_TOKENS. */
     sequenceTokens?: number;
   },
@@ -63,18 +67,26 @@ export function estimateMemory(
   const tuning = 4 * o.heldout * P;
   const report = 4 * o.report * P;
   const anyTwo = o.groupings.some((x) => x.twoLevel);
-  let cov = 0;
-  // The largest grouping's working set: its bases being fitted, then its plans in the codec.
-  let widest = 0;
+  // Each grouping's covariances (dense ones) and working set: its bases being fitted, then its
+  // plans in the codec. Groupings are fitted in order, each one's covariances released after it.
+  const covs: number[] = [];
+  const working: number[] = [];
   let plans = 0;
+  const threads = o.threads ?? availableParallelism();
   for (const x of o.groupings) {
-    let fitting = 4 * o.heldout * P; // every basis's tuning features, gathered before the pool runs
+    let cov = 0;
+    // Every basis's tables (their tuning coefficients) until the allocation; one basis's tuning
+    // features at a time while they are gathered.
+    let fitting = 0;
+    let gather = 0;
     let measuring = 0;
     let worker = 0;
+    let jobs = 0;
     for (const layers of x.groups)
       for (const kind of KINDS) {
         const p = dim(g, kind, layers.length);
         let k = Math.min(p, maxRankForRatios(p, o.ratios));
+        gather = Math.max(gather, 4 * o.heldout * p);
         if (x.twoLevel) {
           const m = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers), p);
           k = Math.min(k, Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m));
@@ -82,32 +94,48 @@ export function estimateMemory(
           fitting += 4 * p * k + 4 * o.heldout * k;
         } else {
           cov += 8 * p * p;
-          // The job's covariance (finish() copies it); in each of the two workers, its copy, the
-          // eigenvectors and the float64 centred tuning features.
-          fitting += 8 * p * p;
-          worker = Math.max(worker, 8 * p * p + 8 * p * k + 8 * o.heldout * p);
+          fitting += 4 * o.heldout * k;
+          jobs++;
+          // A job in flight (fit-pool.ts LazyFitJob, moved to its worker): the covariance copy,
+          // the tuning features, the eigenvectors and the float64 centred features.
+          worker = Math.max(worker, 8 * p * p + 4 * o.heldout * p + 8 * p * k + 8 * o.heldout * p);
         }
         // A plan's basis and its encode and decode sessions' copies, plus the graph being built
         // (codec/transform.ts builds one at a time; measured 2.66 GiB for two all-layer 8B plans
-        // of 0.3 GiB: about 4 bases each, counted as 4.5).
-        measuring += 4.5 * 4 * p * k;
+        // of 0.3 GiB: about 4 bases each, counted as 4.5). A plan stores at most the int2
+        // components of its budget at the lowest ratio (the tables' margin is for the search).
+        measuring += 4.5 * 4 * p * Math.min(k, maxRankForRatios(p, o.ratios, 1));
       }
-    widest = Math.max(widest, fitting + 2 * worker, measuring);
+    covs.push(cov);
+    working.push(Math.max(fitting + gather + Math.min(threads, jobs) * worker, measuring));
     plans = Math.max(plans, measuring);
   }
+  // The two-level fit's sums, and the per-layer covariances unless a one-layer grouping holds
+  // them already (calibrate.ts candidateStates shares them).
+  const layerHeld = o.groupings.some(isLayer);
   let two = 0;
   if (anyTwo)
     for (const kind of KINDS) {
       const R = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers));
-      two += 2 * 8 * R * R + g.layers * 8 * dim(g, kind, 1) ** 2;
+      two += 2 * 8 * R * R + (layerHeld ? 0 : g.layers * 8 * dim(g, kind, 1) ** 2);
     }
   // Parked on disk when the two-level fit runs (cache-park.ts), else held from capture to the end;
   // parked, one sequence and its decoded copy are in memory at a time.
   const sequence = 2 * 4 * Math.min(o.sequenceTokens ?? MAX_SEQUENCE_TOKENS, Math.max(o.heldout, o.report)) * P;
   const tuningHeld = anyTwo ? sequence : tuning;
   const reportHeld = anyTwo ? 0 : report;
+  const cov = covs.reduce((a, b) => a + b, 0);
   const capture = RUNTIME_BYTES + 1.25 * o.modelBytes + tuningHeld + reportHeld + cov + two;
-  const fit = RUNTIME_BYTES + tuningHeld + reportHeld + cov + two + widest;
+  // While grouping i is fitted and measured: its covariances and those of the groupings after
+  // it; a one-layer grouping's stay until the first two-level grouping has read them (calibrate.ts fitAndWrite).
+  const firstTwo = o.groupings.findIndex((x) => x.twoLevel);
+  let fitHeld = 0;
+  for (let i = 0; i < o.groupings.length; i++) {
+    let held = 0;
+    for (let j = 0; j < o.groupings.length; j++) if (j >= i || (j < i && i <= firstTwo && isLayer(o.groupings[j]))) held += covs[j];
+    fitHeld = Math.max(fitHeld, held + working[i]);
+  }
+  const fit = RUNTIME_BYTES + tuningHeld + reportHeld + two + fitHeld;
   // The chosen plans (any candidate's) in the codec, on the report caches (parked: one sequence).
   const end = RUNTIME_BYTES + (anyTwo ? sequence : report) + plans;
   // What the sum leaves out (garbage the JavaScript heap has not yet collected, allocator
