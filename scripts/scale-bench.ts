@@ -7,7 +7,7 @@
  *   npx tsx scripts/scale-bench.ts --geometry llama8b --tokens 16384 [--heldout 4096 --report 8192]
  *     [--grouping auto] [--ratio 20] [--json out.json]
  *     [--hidden H] [--intermediate I] [--layers N] [--decay 0.5] [--data PATH ...] [--chunk 256] [--seed 0]
- *     [--out DIR]
+ *     [--out DIR] [--memory GiB] [--two-level-rank R]
  *     [--build-only] [--dry-run] [--tiny]
  *
  * Hidden size defaults to min(KV features per layer, 1024), lowered in steps of 128 until the
@@ -71,6 +71,8 @@ const { values: a } = parseArgs({
     chunk: { type: 'string', default: '256' },
     seed: { type: 'string', default: '0' },
     out: { type: 'string' },
+    memory: { type: 'string' },
+    'two-level-rank': { type: 'string' },
     'build-only': { type: 'boolean', default: false },
     'dry-run': { type: 'boolean', default: false },
     tiny: { type: 'boolean', default: false },
@@ -200,6 +202,8 @@ const r = await calibrate({
   device: 'cpu',
   out: outDir,
   force: true,
+  ...(a.memory !== undefined ? { memory: Number(a.memory) * 2 ** 30 } : {}),
+  ...(a['two-level-rank'] !== undefined ? { twoLevelRank: int('two-level-rank', a['two-level-rank'], 4096) } : {}),
   onProgress: (e) => {
     if (e.stage === lastStage) return;
     lastStage = e.stage;
