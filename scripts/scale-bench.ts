@@ -254,6 +254,10 @@ for (const p of r.profiles) {
 console.log(
   `\npeak RSS sampled ${gb(peakRss)}, VmHWM ${gb(hwm)} (the whole process: worker threads share its RSS); build ${buildSeconds === null ? 'cached' : `${buildSeconds.toFixed(1)} s`}`,
 );
+if (r.memory_estimate)
+  console.log(
+    `kvtc's estimate, printed before the work: peak ${gb(r.memory_estimate.peak)} (capture ${gb(r.memory_estimate.capture)}, fit ${gb(r.memory_estimate.fit)}, report ${gb(r.memory_estimate.report)}); measured / estimated ${((hwm ?? peakRss) / r.memory_estimate.peak).toFixed(3)}`,
+  );
 
 if (a.json) {
   const json = {
