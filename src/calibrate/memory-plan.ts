@@ -37,11 +37,12 @@ export const RUNTIME_BYTES = 0.5 * 2 ** 30;
 
 /**
  * Measured peak over the sum of what each phase holds, with a margin: Llama 3.1 8B geometry
- * peaked at 5.70 GiB (16K fit tokens) and 5.92 GiB (160K) against a sum of 3.95 GiB, 1.44–1.50
- * times (docs/benchmarks.md, "Two-level fit"; garbage the JavaScript heap has not yet collected,
- * allocator slack, ONNX Runtime's own buffers). A margin, not a model.
+ * peaked at 5.70 and 6.26 GiB in two 16K-fit-token runs, 5.96 GiB at 64K and 5.92 GiB at 160K
+ * against a sum of 3.95 GiB, 1.44–1.59 times (docs/benchmarks.md, "Two-level fit"; garbage the
+ * JavaScript heap has not yet collected, allocator slack, ONNX Runtime's own buffers). A margin,
+ * not a model.
  */
-export const OVERHEAD = 1.55;
+export const OVERHEAD = 1.65;
 
 /** The longest held-out sequence calibrate uses (calibrate.ts readSplit). */
 export const MAX_SEQUENCE_TOKENS = 512;
