@@ -14,7 +14,6 @@
  * calibration before anything is written.
  */
 import { stat } from 'node:fs/promises';
-import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { invariant, KvtcError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -34,6 +33,7 @@ import {
   groupingCandidates,
   KVTC_OUTPUT,
   maxFeatureDim,
+  checkBudget,
   memoryEstimate,
   spillBytes,
   withCalibrateDefaults,
@@ -43,7 +43,7 @@ import {
 } from './calibrate.js';
 import { ParkedCaches, type CacheSet } from './cache-park.js';
 import { checkSpillSpace } from './feature-spill.js';
-import { checkMemory, combineEstimates, type MemoryEstimate } from './memory-plan.js';
+import { combineEstimates, type MemoryEstimate } from './memory-plan.js';
 import { KV_DUMP_LIMITS, maxSequenceFileBytes, readDumpSequence, type DumpCache, type DumpSequence, type KvDump } from './kv-dump.js';
 import { openDumpRanks, type DumpRank, type ShardRequest } from './kv-shards.js';
 import { manifestDraft } from './manifest.js';
@@ -354,9 +354,12 @@ async function calibrateDump(
             tuning: d.tuning,
           }),
       });
-      // The rank's caches are no longer needed once its profiles are written.
-      tuningRead.sets[i] = [];
-      reportRead.sets[i] = [];
+      // The rank's caches are no longer needed once its profiles are written (parked ones leave the disk).
+      for (const r of [tuningRead, reportRead]) {
+        const set = r.sets[i];
+        if (set instanceof ParkedCaches) await set.dispose();
+        r.sets[i] = [];
+      }
       const ropeCheck = accs[i].ropeCheck();
       const shard = spec.shard;
       out.push({
@@ -410,7 +413,7 @@ async function planDumpMemory(ranks: DumpRank[], opts: ReturnType<typeof withCal
     if (!worst || e.peak > worst.peak) worst = e;
     spill = Math.max(spill, disk);
   }
-  checkMemory(worst!, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
+  checkBudget(worst!, opts);
   if (spill > 0) await checkSpillSpace(spill);
   return worst!;
 }

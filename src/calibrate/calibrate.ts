@@ -348,13 +348,15 @@ export function modelBytes(files: { onnx: string; externalData?: string }): numb
  * The memory estimate of a calibration (memory-plan.ts) against its budget (opts.memory, default
  * half the machine's), refused (USAGE) before any work when over it.
  */
-export function planMemory(
-  spec: FeatureGeometry,
-  candidates: GroupingCandidates,
-  opts: Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number },
-  weights: number,
-): MemoryEstimate {
-  const e = memoryEstimate(spec, candidates, opts, weights);
+export function planMemory(spec: FeatureGeometry, candidates: GroupingCandidates, opts: MemoryOptions, weights: number): MemoryEstimate {
+  return checkBudget(memoryEstimate(spec, candidates, opts, weights), opts);
+}
+
+/** The options a memory estimate reads. */
+export type MemoryOptions = Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number };
+
+/** Refuses (USAGE) an estimate over opts.memory (default half the machine's); returns it otherwise. */
+export function checkBudget(e: MemoryEstimate, opts: Pick<CalibrateOptions, 'memory'>): MemoryEstimate {
   checkMemory(e, { budgetGiven: opts.memory !== undefined, totalBytes: totalmem() });
   return e;
 }
@@ -363,7 +365,7 @@ export function planMemory(
 export function memoryEstimate(
   spec: FeatureGeometry,
   candidates: GroupingCandidates,
-  opts: Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number },
+  opts: MemoryOptions,
   weights: number,
   sequenceTokens?: number,
 ): MemoryEstimate {
