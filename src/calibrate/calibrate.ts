@@ -27,7 +27,7 @@ import { checkSpillSpace } from './feature-spill.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './memory-plan.js';
 import { statSync } from 'node:fs';
 import { gatherFeatures } from '../fit/features.js';
-import { allocate, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
+import { BasisAllocator, maxRankForRatios, type AllocationTables } from '../fit/fit.js';
 import { STORED_TYPES } from '../codec/quant.js';
 import type { BasisPlan, KvKind } from '../codec/types.js';
 import { CALIBRATE_DEFAULTS } from '../defaults.js';
@@ -783,26 +783,35 @@ export async function fitCandidate(
   for (const s of states) {
     const maxRank = maxRankForRatios(s.dim, ratios);
     if (s.twoLevel) {
-      const X = await gather(s);
-      // The reduction is prepared once (per-layer bases, second pass over the spill); each basis
-      // then costs an eigensolve of its block of C_Z (here, products on ORT with every core); the
-      // pool builds the tables, the basis moved to a worker, not copied (fit-pool.ts).
-      const t = performance.now();
-      await s.twoLevel.prepare(onProgress);
-      const b = await s.twoLevel.basis(s.kind, s.layers, maxRank, X, H);
-      twoLevelSeconds += (performance.now() - t) / 1000;
-      const job: FitJob = {
-        kind: s.kind,
-        layers: s.layers,
+      // The reduction is prepared once (per-layer bases, second pass over the spill), before any
+      // basis; each basis then costs an eigensolve of its block of C_Z (its products on ORT with
+      // every core, its Rayleigh–Ritz steps on this thread), built when a worker is free to take
+      // its tables (LazyFitJob): one basis is solved here while the pool builds another's tables,
+      // and the basis moves to the worker, not copied (fit-pool.ts).
+      const tw = s.twoLevel;
+      const t0 = performance.now();
+      await tw.prepare(onProgress);
+      twoLevelSeconds += (performance.now() - t0) / 1000;
+      jobs.push({
         dim: s.dim,
-        mean: b.mean,
-        eigen: { values: b.values, vectors: b.vectors },
-        coefficients: { coeffs: b.coeffs, residual: b.residual },
-        // The coefficients are computed: the features are not needed again.
-        heldout: new Float32Array(0),
-        heldoutTokens: H,
-      };
-      jobs.push(job);
+        make: async (): Promise<FitJob> => {
+          const X = await gather(s);
+          const t = performance.now();
+          const b = await tw.basis(s.kind, s.layers, maxRank, X, H);
+          twoLevelSeconds += (performance.now() - t) / 1000;
+          return {
+            kind: s.kind,
+            layers: s.layers,
+            dim: s.dim,
+            mean: b.mean,
+            eigen: { values: b.values, vectors: b.vectors },
+            coefficients: { coeffs: b.coeffs, residual: b.residual },
+            // The coefficients are computed: the features are not needed again.
+            heldout: new Float32Array(0),
+            heldoutTokens: H,
+          };
+        },
+      });
       continue;
     }
     // Built when a worker takes it (fit-pool.ts LazyFitJob): one covariance copy and one basis's
@@ -856,9 +865,14 @@ export function allocateForRatio(
   entropy: EntropyCoder,
   onStep?: (step: number, best: BudgetScale) => void,
 ): { plans: BasisPlan[]; scale: BudgetScale } {
-  const plansFor = (scale: number) => tables.map((t, i) => allocate(t, Math.max(0, Math.floor(((16 * dims[i]) / ratio) * scale))));
-  const best = searchBudgetScale((scale) => blobSizeRatio(plansFor(scale), tables, tuning, spec, sink, window, entropy), ratio, onStep);
-  return { plans: plansFor(best.scale), scale: best };
+  // One DP per basis serves the whole search (fit.ts BasisAllocator); the sizing reads layouts, not plans (no basis copies).
+  const allocators = tables.map((t) => new BasisAllocator(t));
+  const budget = (i: number, scale: number) => Math.max(0, Math.floor(((16 * dims[i]) / ratio) * scale));
+  const layoutsFor = (scale: number) => allocators.map((a, i) => a.layout(budget(i, scale)));
+  const best = searchBudgetScale((scale) => blobSizeRatio(layoutsFor(scale), tables, tuning, spec, sink, window, entropy), ratio, onStep);
+  const plans = allocators.map((a, i) => a.plan(budget(i, best.scale)));
+  for (const a of allocators) a.release();
+  return { plans, scale: best };
 }
 
 const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;

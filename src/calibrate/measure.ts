@@ -7,7 +7,7 @@ import { blobBytes, compressSection, fp16BytesPerToken, type EntropyCoder } from
 import { KvtcCodec } from '../codec/codec.js';
 import { heldoutCoefficients, type AllocationTables } from '../fit/fit.js';
 import { encodePlanPayload, toStoredComponentMajor } from '../codec/payload.js';
-import type { BasisPlan } from '../codec/types.js';
+import type { BasisPlan, PlanCodesLayout } from '../codec/types.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import { cacheSet, type CacheSet } from './cache-park.js';
 import type { Device } from '../onnx/session.js';
@@ -180,7 +180,7 @@ export async function measurePlans(
  * the same payload and DEFLATE as encode, plus header and section-table bytes.
  */
 export function blobSizeRatio(
-  plans: BasisPlan[],
+  plans: PlanCodesLayout[],
   tables: AllocationTables[],
   caches: readonly { tokens: number }[],
   spec: ModelSpec,

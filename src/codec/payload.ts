@@ -21,13 +21,13 @@ import {
   staticScale,
   type StoredType,
 } from './quant.js';
-import { TYPE_BITS, type BasisPlan, type QuantGroup } from './types.js';
+import { TYPE_BITS, type BasisPlan, type PlanCodesLayout, type QuantGroup } from './types.js';
 
 function stored(plan: Pick<BasisPlan, 'groups'>): QuantGroup[] {
   return plan.groups.filter((g) => g.type !== 'none');
 }
 
-export function payloadLength(plan: BasisPlan, n: number): number {
+export function payloadLength(plan: PlanCodesLayout, n: number): number {
   let bytes = 0;
   for (const g of stored(plan)) {
     bytes += packedLength(n * (g.end - g.start), TYPE_BITS[g.type]);
@@ -64,7 +64,7 @@ export function storedComponents(plan: Pick<BasisPlan, 'groups'>): Int32Array {
  * Token-major coefficients C [n, r] (as fit.ts and the reference code lay them out) →
  * the codec's working layout: stored components only, component-major [k, n].
  */
-export function toStoredComponentMajor(C: Float32Array, n: number, plan: BasisPlan): Float32Array {
+export function toStoredComponentMajor(C: Float32Array, n: number, plan: PlanCodesLayout): Float32Array {
   const idx = storedComponents(plan);
   const r = plan.rank;
   const out = new Float32Array(idx.length * n);
@@ -91,7 +91,7 @@ export interface StoredSplit {
   levels: Float64Array;
 }
 
-export function splitStored(plan: BasisPlan): StoredSplit {
+export function splitStored(plan: PlanCodesLayout): StoredSplit {
   const a: number[] = [];
   const o: number[] = [];
   const off: number[] = [];
@@ -140,7 +140,7 @@ export interface PlanSite {
 
 const HALF_MAX = 65504;
 
-function planLabel(plan: BasisPlan, site: PlanSite): string {
+function planLabel(plan: PlanCodesLayout, site: PlanSite): string {
   return `${site.plan >= 0 ? `plan ${site.plan}` : 'the plan'} (${plan.kind}s of layer${plan.layers.length > 1 ? 's' : ''} ${plan.layers.join(', ')})`;
 }
 
@@ -149,7 +149,7 @@ function planLabel(plan: BasisPlan, site: PlanSite): string {
  * With `site` (the codec's encode), a dynamic group whose coefficients leave the fp16 range of its
  * stored offset and scale is refused (KV_OUT_OF_RANGE) instead of being clipped at ±65504.
  */
-export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan, site?: PlanSite): Uint8Array {
+export function encodePlanCodes(pc: PlanCodes, n: number, plan: PlanCodesLayout, site?: PlanSite): Uint8Array {
   const out = new Uint8Array(payloadLength(plan, n));
   const dyn: { offsets: Uint16Array; scales: Uint16Array }[] = [];
   let at = 0;
@@ -208,7 +208,7 @@ export function encodePlanCodes(pc: PlanCodes, n: number, plan: BasisPlan, site?
 }
 
 /** Encode-side: mnF/mxF of a dynamic group's tokens must fit fp16 (its offset and scale are fp16). */
-function checkDynamicRange(n: number, plan: BasisPlan, g: QuantGroup, site: PlanSite): void {
+function checkDynamicRange(n: number, plan: PlanCodesLayout, g: QuantGroup, site: PlanSite): void {
   for (let t = 0; t < n; t++) {
     if (mnF[t] >= -HALF_MAX && mxF[t] <= HALF_MAX) continue;
     const v = mnF[t] < -HALF_MAX ? mnF[t] : mxF[t];
@@ -239,7 +239,7 @@ function blobInvalid(source: string, message: string, context: Record<string, un
 }
 
 /** Decode-side: fp8 codes 0x7F/0xFF are NaN, never written; one in a blob means it is corrupt. */
-function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGroup, site: PlanSite, plan: BasisPlan): void {
+function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGroup, site: PlanSite, plan: PlanCodesLayout): void {
   for (let i = 0; i < count; i++) {
     if ((codes[i] & 0x7f) !== 0x7f) continue;
     const c = g.start + Math.floor(i / n);
@@ -261,7 +261,7 @@ function checkFp8Codes(codes: Uint8Array, count: number, n: number, g: QuantGrou
 export function decodePlanCodes(
   payload: Uint8Array,
   n: number,
-  plan: BasisPlan,
+  plan: PlanCodesLayout,
   source = '<blob>',
   codesInto?: Uint8Array,
   site: PlanSite = { plan: -1, firstToken: 0, source },
@@ -354,7 +354,7 @@ export function decodePlanCodes(
  * component-major) → PlanCodes. What the encode graph computes for affine components, in
  * float64 (quant.ts's staticCode); used where coefficients come from the host (calibration).
  */
-export function quantizeStored(coeffs: Float32Array, n: number, plan: BasisPlan): PlanCodes {
+export function quantizeStored(coeffs: Float32Array, n: number, plan: PlanCodesLayout): PlanCodes {
   const sp = splitStored(plan);
   const codes = new Uint8Array(sp.affine.length * n);
   const other = new Float32Array(sp.other.length * n);
@@ -377,6 +377,6 @@ export function quantizeStored(coeffs: Float32Array, n: number, plan: BasisPlan)
 }
 
 /** coeffs [k, n] (storedComponents order, component-major) → payload bytes, quantizing on the host. */
-export function encodePlanPayload(coeffs: Float32Array, n: number, plan: BasisPlan): Uint8Array {
+export function encodePlanPayload(coeffs: Float32Array, n: number, plan: PlanCodesLayout): Uint8Array {
   return encodePlanCodes(quantizeStored(coeffs, n, plan), n, plan);
 }

@@ -53,6 +53,9 @@ export interface BasisPlan {
   budgetBits?: number;
 }
 
+/** What a plan's payload (quantization and the codes' layout, src/codec/payload.ts) reads of it: no basis. */
+export type PlanCodesLayout = Pick<BasisPlan, 'kind' | 'layers' | 'rank' | 'groups' | 'lo' | 'hi'>;
+
 export function planBitsPerToken(plan: Pick<BasisPlan, 'groups'>): number {
   let bits = 0;
   for (const g of plan.groups) {

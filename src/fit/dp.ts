@@ -14,6 +14,8 @@
  *   - Dynamo's kernels (src/dynamo/fit.ts): static = unscaled FP8 only, dynamic = IntX ranges
  *     with float32 min and max (64 bits), every cost a whole byte so the unit is 8 bits.
  *
+ * solveAllocation keeps the solved table so that every budget up to its cap is read off it.
+ *
  * Memory: f is a ring of (maxWidth + 1) rows × (budget units + 1) float64; back-pointers are one
  * Uint16 per (component, budget unit): p=1024 at ratio 2 is 4.2M entries (8 MB).
  */
@@ -79,12 +81,30 @@ function units(cost: CostModel, bits: number, what: string): number {
 
 /** Least-error runs within `budgetBits` per row (the DP above). */
 export function allocateRuns(t: AllocationInput, cost: CostModel, budgetBits: number): RunAllocation {
+  return solveAllocation(t, cost, budgetBits).runs(budgetBits);
+}
+
+/**
+ * The DP solved up to a budget cap, from which the least-error runs of every budget up to the cap
+ * are read off (`runs`): f[j][u] (least error of the prefix [0, j) spending exactly u units) and
+ * its back-pointers do not depend on the cap for u ≤ cap, since every transition only raises u.
+ * So runs(b) from a table solved at cap ≥ b is exactly allocateRuns(t, cost, b), and a search over
+ * budgets (calibrate's budget-scale search, ~10 budgets per basis) solves the DP once or twice
+ * instead of at every step. Holds (p + 1)·(cap units + 1) Uint16 back-pointers.
+ */
+export interface SolvedAllocation {
+  /** The largest budget (bits per row) `runs` answers: Infinity once the cap covers the dearest plan. */
+  readonly capBits: number;
+  runs(budgetBits: number): RunAllocation;
+}
+
+export function solveAllocation(t: AllocationInput, cost: CostModel, capBits: number): SolvedAllocation {
   const p = t.dim;
   const g = t.granule;
   const M = t.maxGranules;
   const S = cost.staticBits.length;
   const D = cost.dynamicBits.length;
-  invariant(Number.isFinite(budgetBits) && budgetBits >= 0, `Error in allocate: budget (${budgetBits}) must be a finite number >= 0`);
+  invariant(Number.isFinite(capBits) && capBits >= 0, `Error in allocate: budget (${capBits}) must be a finite number >= 0`);
   invariant(
     t.staticErr.length >= S * p && t.dynamicErr.length >= Math.ceil(p / g) * M * D,
     `Error in allocate: tables (${t.staticErr.length}, ${t.dynamicErr.length}) do not hold ${S} static and ${D} dynamic types for p = ${p}`,
@@ -94,7 +114,12 @@ export function allocateRuns(t: AllocationInput, cost: CostModel, budgetBits: nu
   const optBits = Math.max(1, Math.ceil(Math.log2(S + D + 1)));
   const optMask = (1 << optBits) - 1;
   invariant(M < 2 ** (16 - optBits), `Error in allocate: ${M} granules per group do not fit a 16-bit back-pointer`);
-  const B = Math.floor(budgetBits / cost.unitBits);
+  // No plan costs more than every component at the dearest type plus one range per granule start:
+  // f is infinite beyond, so a larger cap changes no answer and the table stops there.
+  const maxBits = p * Math.max(...cost.staticBits, ...cost.dynamicBits) + Math.ceil(p / g) * cost.dynamicOverheadBits;
+  const maxUnits = Math.ceil(maxBits / cost.unitBits);
+  const saturated = Math.floor(capBits / cost.unitBits) >= maxUnits;
+  const B = saturated ? maxUnits : Math.floor(capBits / cost.unitBits);
   const stride = B + 1;
   const ring = Math.min(p, M * g) + 1;
   invariant(p * stride < 2 ** 31, `Error in allocate: p·budget (${p}·${B}) too large for one DP`);
@@ -157,48 +182,57 @@ export function allocateRuns(t: AllocationInput, cost: CostModel, budgetBits: nu
     // Row i is final and no longer a source: recycle it for row i + ring.
     f.fill(Infinity, cur, cur + stride);
   }
+  const lastRow = (p % ring) * stride;
+  const last = f.slice(lastRow, lastRow + stride);
 
-  const last = (p % ring) * stride;
-  let bestB = 0;
-  for (let b = 1; b <= B; b++) if (f[last + b] < f[last + bestB]) bestB = b;
-  const error = f[last + bestB];
-  invariant(error < Infinity, 'Error in allocate: no feasible plan (dropping everything is always feasible)');
+  const runs = (budgetBits: number): RunAllocation => {
+    invariant(
+      Number.isFinite(budgetBits) && budgetBits >= 0 && (saturated || Math.floor(budgetBits / cost.unitBits) <= B),
+      `Error in allocate: budget (${budgetBits} bits) must be between 0 and the solved cap (${B * cost.unitBits} bits)`,
+    );
+    const Bq = Math.min(B, Math.floor(budgetBits / cost.unitBits));
+    let bestB = 0;
+    for (let b = 1; b <= Bq; b++) if (last[b] < last[bestB]) bestB = b;
+    const error = last[bestB];
+    invariant(error < Infinity, 'Error in allocate: no feasible plan (dropping everything is always feasible)');
 
-  // Backtrack into per-component or per-group runs (reverse order).
-  const rev: AllocationRun[] = [];
-  let j = p;
-  let b = bestB;
-  while (j > 0) {
-    const code = back[j * stride + b];
-    const opt = code & optMask;
-    if (opt === 0) {
-      rev.push({ start: j - 1, end: j, mode: 'none', type: -1 });
-      j -= 1;
-    } else if (opt <= S) {
-      rev.push({ start: j - 1, end: j, mode: 'static', type: opt - 1 });
-      b -= staticUnits[opt - 1];
-      j -= 1;
-    } else {
-      const m = code >>> optBits;
-      const start = (Math.ceil(j / g) - m) * g;
-      const run: AllocationRun = { start, end: j, mode: 'dynamic', type: opt - 1 - S };
-      rev.push(run);
-      b -= runBits(cost, run) / cost.unitBits;
-      j = start;
+    // Backtrack into per-component or per-group runs (reverse order).
+    const rev: AllocationRun[] = [];
+    let j = p;
+    let b = bestB;
+    while (j > 0) {
+      const code = back[j * stride + b];
+      const opt = code & optMask;
+      if (opt === 0) {
+        rev.push({ start: j - 1, end: j, mode: 'none', type: -1 });
+        j -= 1;
+      } else if (opt <= S) {
+        rev.push({ start: j - 1, end: j, mode: 'static', type: opt - 1 });
+        b -= staticUnits[opt - 1];
+        j -= 1;
+      } else {
+        const m = code >>> optBits;
+        const start = (Math.ceil(j / g) - m) * g;
+        const run: AllocationRun = { start, end: j, mode: 'dynamic', type: opt - 1 - S };
+        rev.push(run);
+        b -= runBits(cost, run) / cost.unitBits;
+        j = start;
+      }
     }
-  }
-  invariant(b === 0, `Error in allocate: backtrack ended with ${b} units left (DP bookkeeping bug)`);
+    invariant(b === 0, `Error in allocate: backtrack ended with ${b} units left (DP bookkeeping bug)`);
 
-  const runs: AllocationRun[] = [];
-  for (let q = rev.length - 1; q >= 0; q--) {
-    const r = rev[q];
-    const prev = runs[runs.length - 1];
-    if (prev && r.mode !== 'dynamic' && prev.mode === r.mode && prev.type === r.type && prev.end === r.start) prev.end = r.end;
-    else runs.push({ ...r });
-  }
-  let bits = 0;
-  for (const r of runs) bits += runBits(cost, r);
-  return { runs, error, bits };
+    const out: AllocationRun[] = [];
+    for (let q = rev.length - 1; q >= 0; q--) {
+      const r = rev[q];
+      const prev = out[out.length - 1];
+      if (prev && r.mode !== 'dynamic' && prev.mode === r.mode && prev.type === r.type && prev.end === r.start) prev.end = r.end;
+      else out.push({ ...r });
+    }
+    let bits = 0;
+    for (const r of out) bits += runBits(cost, r);
+    return { runs: out, error, bits };
+  };
+  return { capBits: saturated ? Infinity : B * cost.unitBits, runs };
 }
 
 /** kvtc's menu: STORED_TYPES static or dynamic, fp16 offset/scale per dynamic group, 2-bit units. */
@@ -222,7 +256,16 @@ export interface Allocation {
 
 /** kvtc's allocation: the DP with KVTC_COSTS over buildErrorTables' tables, as QuantGroups. */
 export function allocateBits(tables: ErrorTables, budgetBits: number): Allocation {
-  const a = allocateRuns(tables, KVTC_COSTS, budgetBits);
+  return toAllocation(allocateRuns(tables, KVTC_COSTS, budgetBits));
+}
+
+/** allocateBits for every budget up to `capBits`, from one DP (solveAllocation). */
+export function solveBits(tables: ErrorTables, capBits: number): { capBits: number; allocate(budgetBits: number): Allocation } {
+  const solved = solveAllocation(tables, KVTC_COSTS, capBits);
+  return { capBits: solved.capBits, allocate: (budgetBits) => toAllocation(solved.runs(budgetBits)) };
+}
+
+function toAllocation(a: RunAllocation): Allocation {
   const groups: QuantGroup[] = a.runs.map((r) => ({
     start: r.start,
     end: r.end,

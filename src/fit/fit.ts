@@ -3,12 +3,12 @@
  * held-out features, measured error tables (prepareAllocation, shared by every target ratio), DP bit allocation, and truncation
  * of the basis to the rank the allocation actually stores (allocate).
  */
-import { type Allocation, allocateBits } from './dp.js';
+import { type Allocation, allocateBits, solveBits } from './dp.js';
 import { buildErrorTables, type ErrorTableOptions, type ErrorTables } from './error-tables.js';
 import { invariant } from '../errors.js';
 import { gemmABt } from '../math/gemm.js';
 import { STORED_TYPES } from '../codec/quant.js';
-import { type BasisPlan, type KvKind, TYPE_BITS } from '../codec/types.js';
+import { type BasisPlan, type KvKind, type PlanCodesLayout, TYPE_BITS } from '../codec/types.js';
 
 /**
  * What every target ratio shares: the held-out features projected on the eigenbasis and the
@@ -89,13 +89,23 @@ function projectHeldout(
   k: number,
   H: number,
 ): { coeffs: Float32Array; residual: number } {
-  const Y = new Float64Array(H * p);
-  for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
+  const Y = centeredHeldout(o, p, H);
   const vT = new Float64Array(k * p);
   for (let i = 0; i < p; i++) for (let j = 0; j < k; j++) vT[j * p + i] = o.vectors[i * k + j];
-  const C64 = gemmABt(Y, vT, new Float64Array(H * k), H, k, p);
+  return heldoutFromProduct(Y, gemmABt(Y, vT, new Float64Array(H * k), H, k, p), k < p);
+}
+
+/** Y = X − mean, float64 [H, p]: the left factor of the held-out projection (projectHeldout, or on ONNX Runtime in fit-pool.ts). */
+export function centeredHeldout(o: { heldout: Float32Array; mean: Float64Array }, p: number, H: number): Float64Array {
+  const Y = new Float64Array(H * p);
+  for (let t = 0; t < H; t++) for (let i = 0; i < p; i++) Y[t * p + i] = o.heldout[t * p + i] - o.mean[i];
+  return Y;
+}
+
+/** The coefficients (float32, as the encoder sees them) from C = Y·V, and ‖Y‖² − ‖C‖² where V is truncated. */
+export function heldoutFromProduct(Y: Float64Array, C64: Float64Array, truncated: boolean): { coeffs: Float32Array; residual: number } {
   let residual = 0;
-  if (k < p) {
+  if (truncated) {
     for (let i = 0; i < Y.length; i++) residual += Y[i] * Y[i];
     for (let i = 0; i < C64.length; i++) residual -= C64[i] * C64[i];
     residual = Math.max(0, residual);
@@ -110,15 +120,21 @@ export function allocate(t: AllocationTables, budgetBits: number): BasisPlan {
 
 /** allocate, with the DP's allocation; `allocation.error` includes the tables' residual (energy outside the k components). */
 export function allocateDetailed(t: AllocationTables, budgetBits: number): { plan: BasisPlan; allocation: Allocation } {
-  const p = t.features;
+  const allocation = withResidual(t, allocateBits(t, budgetBits));
+  return { plan: planFrom(t, layoutFrom(t, allocation, budgetBits)), allocation };
+}
+
+function withResidual(t: AllocationTables, a: Allocation): Allocation {
+  if (t.residual > 0) a.error += t.residual;
+  return a;
+}
+
+/** A plan without its basis, mean and variances: what sizing its payload needs (PlanCodesLayout), and the budget. */
+export type PlanLayout = PlanCodesLayout & { dim: number; budgetBits: number };
+
+function layoutFrom(t: AllocationTables, allocation: Allocation, budgetBits: number): PlanLayout {
   const k = t.dim;
-  const allocation = allocateBits(t, budgetBits);
-  if (t.residual > 0) allocation.error += t.residual;
   const r = allocation.rank;
-  const basis = new Float32Array(p * r);
-  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = t.vectors[i * k + j];
-  const variances = new Float32Array(r);
-  for (let j = 0; j < r; j++) variances[j] = Math.max(0, t.values[j]);
   const lo = new Float32Array(r);
   const hi = new Float32Array(r);
   for (const g of allocation.groups) {
@@ -129,20 +145,63 @@ export function allocateDetailed(t: AllocationTables, budgetBits: number): { pla
       hi[j] = t.staticHi[ti * k + j];
     }
   }
-  const plan: BasisPlan = {
-    kind: t.kind,
-    layers: [...t.layers],
+  return { kind: t.kind, layers: [...t.layers], dim: t.features, rank: r, groups: allocation.groups, lo, hi, budgetBits };
+}
+
+/** The plan of a layout: its basis truncated to the stored rank (p × r floats copied), mean and variances. */
+function planFrom(t: AllocationTables, layout: PlanLayout): BasisPlan {
+  const p = t.features;
+  const k = t.dim;
+  const r = layout.rank;
+  const basis = new Float32Array(p * r);
+  for (let i = 0; i < p; i++) for (let j = 0; j < r; j++) basis[i * r + j] = t.vectors[i * k + j];
+  const variances = new Float32Array(r);
+  for (let j = 0; j < r; j++) variances[j] = Math.max(0, t.values[j]);
+  return {
+    kind: layout.kind,
+    layers: layout.layers,
     dim: p,
     rank: r,
     mean: Float32Array.from(t.mean),
     basis,
     variances,
-    groups: allocation.groups,
-    lo,
-    hi,
-    budgetBits,
+    groups: layout.groups,
+    lo: layout.lo,
+    hi: layout.hi,
+    budgetBits: layout.budgetBits,
   };
-  return { plan, allocation };
+}
+
+/**
+ * One basis allocated at many budgets (calibrate's budget-scale search, ~10 per basis): the DP is
+ * solved once up to twice the first budget asked (again, up to twice a larger one), and every
+ * budget below that cap is read off the solved table (dp.ts solveAllocation) — the same plans as
+ * allocate() at each budget. `layout` copies no basis; `plan` builds the full plan.
+ */
+export class BasisAllocator {
+  private solved?: ReturnType<typeof solveBits>;
+  constructor(readonly tables: AllocationTables) {}
+
+  allocation(budgetBits: number): Allocation {
+    if (!this.solved || budgetBits > this.solved.capBits) {
+      this.solved = undefined; // the old table goes before the larger one is built
+      this.solved = solveBits(this.tables, 2 * budgetBits);
+    }
+    return withResidual(this.tables, this.solved.allocate(budgetBits));
+  }
+
+  layout(budgetBits: number): PlanLayout {
+    return layoutFrom(this.tables, this.allocation(budgetBits), budgetBits);
+  }
+
+  plan(budgetBits: number): BasisPlan {
+    return planFrom(this.tables, this.layout(budgetBits));
+  }
+
+  /** Lets the solved table go (back-pointers of (k + 1) × (cap units + 1)). */
+  release(): void {
+    this.solved = undefined;
+  }
 }
 
 /** Rows [r0, r0+n) of the held-out coefficients, first `rank` (≤ t.dim) columns: Float32Array // [n, rank]. */

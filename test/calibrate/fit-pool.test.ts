@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { fitBases, fitBasisTables, type FitJob, fitSolver } from '../../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
-import { allocateDetailed, rankForBudget } from '../../src/fit/fit.js';
+import { allocateDetailed, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../../src/fit/ort-thresholds.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { rng } from '../codec/rng.js';
@@ -63,6 +63,25 @@ describe('fitBases with FitJob.maxRank', () => {
     expect(plan.rank).toBeLessThanOrEqual(k);
     expect(plan.basis.length).toBe(p * plan.rank);
   }, 120_000);
+
+  it("from p = 384 the held-out projection runs on ONNX Runtime: the JavaScript projection's coefficients, to float32 rounding", async () => {
+    const k = rankForBudget(p, Math.floor((1.5 * 16 * p) / 20));
+    const j = await job(5, k);
+    const out = await fitBasisTables({ ...j, heldout: j.heldout.slice() });
+    // prepareAllocation without coefficients projects in JavaScript (gemmABt).
+    const js = prepareAllocation({ ...j, vectors: out.tables.vectors, values: out.tables.values });
+    let worst = 0;
+    let scale = 0;
+    for (let i = 0; i < js.coeffs.length; i++) {
+      worst = Math.max(worst, Math.abs(out.tables.coeffs[i] - js.coeffs[i]));
+      scale = Math.max(scale, Math.abs(js.coeffs[i]));
+    }
+    expect(worst / scale).toBeLessThan(1e-6);
+    expect(Math.abs(out.tables.residual / js.residual - 1)).toBeLessThan(1e-9);
+    let none = 0;
+    for (let c = 0; c < k; c++) none = Math.max(none, Math.abs(out.tables.none[c] / js.none[c] - 1));
+    expect(none).toBeLessThan(1e-5);
+  });
 
   it('above 0.6p the dense decomposition is cut to maxRank', async () => {
     const k = p - 10;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { allocateBits } from '../../src/fit/dp.js';
+import { allocateBits, solveBits } from '../../src/fit/dp.js';
 import { type ErrorTables, buildErrorTables, dynamicIndex } from '../../src/fit/error-tables.js';
 import { STORED_TYPES } from '../../src/codec/quant.js';
 import { DYNAMIC_OVERHEAD_BITS, TYPE_BITS, planBitsPerToken } from '../../src/codec/types.js';
@@ -181,5 +181,42 @@ describe('allocateBits', () => {
     expect(a.error).toBeCloseTo(planError(big, a.groups), 6);
     // Dropping everything is one of the choices it beat.
     expect(a.error).toBeLessThan(big.none.reduce((x, y) => x + y, 0));
+  });
+});
+
+describe('solveBits: one DP read at every budget up to its cap', () => {
+  it('gives allocateBits exactly at every budget below the cap, and brute force', () => {
+    for (let seed = 1; seed <= 4; seed++) {
+      const p = 3 + (seed % 3);
+      const t = randomTables(p, seed);
+      const solved = solveBits(t, 64);
+      expect(solved.capBits).toBe(64);
+      for (let budget = 0; budget <= 64; budget += 3) {
+        const a = solved.allocate(budget);
+        expect(a).toEqual(allocateBits(t, budget));
+        expect(a.error).toBeCloseTo(bruteForce(t, budget), 10);
+      }
+    }
+  });
+
+  it('on a larger table, plans read off a cap of 2x equal fresh solves at each budget', () => {
+    const t = randomTables(40, 9);
+    const solved = solveBits(t, 2 * 120);
+    for (const budget of [0, 2, 37, 80, 119, 120, 161, 240]) expect(solved.allocate(budget)).toEqual(allocateBits(t, budget));
+    expect(() => solved.allocate(242)).toThrow(/solved cap \(240 bits\)/);
+  });
+
+  it('stops at the dearest plan: a cap above it answers every budget, as a fresh solve does', () => {
+    const p = 4;
+    const t = randomTables(p, 3);
+    // granule 1: every component at 8 bits plus one 32-bit range each = 160 bits.
+    const solved = solveBits(t, 10_000);
+    expect(solved.capBits).toBe(Infinity);
+    for (const budget of [150, 160, 161, 1_000, 1e6]) {
+      const a = solved.allocate(budget);
+      expect(a).toEqual(allocateBits(t, budget));
+      expect(a.error).toBeCloseTo(bruteForce(t, budget), 10);
+      expect(a.bits).toBeLessThanOrEqual(160);
+    }
   });
 });

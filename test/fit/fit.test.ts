@@ -4,7 +4,15 @@ import { fitBasisPlanDetailed, projectCoefficients, reconstruct } from './fit-re
 import { planBitsPerToken } from '../../src/codec/types.js';
 import { symmetricEigen } from '../../src/fit/eigen.js';
 import { randomizedEigen } from '../../src/fit/eigen-randomized.js';
-import { allocateDetailed, heldoutCoefficients, maxRankForRatios, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
+import {
+  BasisAllocator,
+  allocate,
+  allocateDetailed,
+  heldoutCoefficients,
+  maxRankForRatios,
+  prepareAllocation,
+  rankForBudget,
+} from '../../src/fit/fit.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { randomOrthogonal, rng } from '../codec/rng.js';
 
@@ -170,6 +178,24 @@ describe('a truncated eigenbasis (top-k components, eigen-randomized.ts)', () =>
     for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
     expect(worst).toBeLessThan(1e-4);
     expect(() => heldoutCoefficients(truncated, 0, 1, k + 1)).toThrow(/rank \(77\) exceeds the tables' components \(76\)/);
+  });
+
+  it("BasisAllocator: a budget search's plans, layouts and errors are allocate()'s at every budget", async () => {
+    const { dense, truncated } = await tables();
+    for (const t of [dense, truncated]) {
+      const a = new BasisAllocator(t);
+      // The order a budget-scale search asks in: scale 1, up past the first cap, down, saturated.
+      for (const scale of [1, 1.7, 2.4, 0.6, 1.2, 8, 0.05]) {
+        const b = Math.floor(budget * scale);
+        const want = allocateDetailed(t, b);
+        expect(a.plan(b)).toEqual(want.plan);
+        expect(a.allocation(b)).toEqual(want.allocation);
+        const { basis: _b, mean: _m, variances: _v, ...layout } = allocate(t, b);
+        expect(a.layout(b)).toEqual(layout);
+      }
+      a.release();
+      expect(a.plan(budget)).toEqual(allocate(t, budget));
+    }
   });
 
   it('rankForBudget: int2 (2 bits) is the cheapest stored component, capped at p', () => {
