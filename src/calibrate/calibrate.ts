@@ -784,20 +784,20 @@ export async function fitCandidate(
     const maxRank = maxRankForRatios(s.dim, ratios);
     if (s.twoLevel) {
       // The reduction is prepared once (per-layer bases, second pass over the spill), before any
-      // basis; each basis then costs an eigensolve of its block of C_Z (its products on ORT with
-      // every core, its Rayleigh–Ritz steps on this thread), built when a worker is free to take
-      // its tables (LazyFitJob): one basis is solved here while the pool builds another's tables,
-      // and the basis moves to the worker, not copied (fit-pool.ts).
+      // basis; each basis then costs an eigensolve of its block of C_Z, built when a worker is
+      // free to take it (LazyFitJob): the eigensolve runs on that worker (two bases on two
+      // cores), the lift and the tuning coefficients here, and the basis moves to the worker for
+      // its tables, not copied (fit-pool.ts).
       const tw = s.twoLevel;
       const t0 = performance.now();
       await tw.prepare(onProgress);
       twoLevelSeconds += (performance.now() - t0) / 1000;
       jobs.push({
         dim: s.dim,
-        make: async (): Promise<FitJob> => {
+        make: async (run): Promise<FitJob> => {
           const X = await gather(s);
           const t = performance.now();
-          const b = await tw.basis(s.kind, s.layers, maxRank, X, H);
+          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, run);
           twoLevelSeconds += (performance.now() - t) / 1000;
           return {
             kind: s.kind,

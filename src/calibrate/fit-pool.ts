@@ -5,6 +5,7 @@
  * bases run inline: a worker's start-up would cost more than the work.
  */
 import { availableParallelism } from 'node:os';
+import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../worker.js';
 import { invariant } from '../errors.js';
 import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
@@ -124,13 +125,56 @@ async function denseOrRandomized(
 }
 
 /**
+ * The top-k eigenpairs of a two-level fit's block of C_Z (two-level-fit.ts TwoLevelFit.basis):
+ * the randomized solver up to RANDOMIZED_MAX_RANK_FRACTION of a block from
+ * RANDOMIZED_EIGEN_MIN_P on (2–3x faster than a dense eigensolve there), else the dense one cut to k.
+ */
+export interface BlockEigenTask {
+  op: 'block-eigen';
+  /** [m, m] symmetric, float64 (moved to a worker, not copied). */
+  block: Float64Array;
+  m: number;
+  k: number;
+}
+
+export interface BlockEigenResult {
+  /** [k] descending. */
+  values: Float64Array;
+  /** [m, k] row-major, orthonormal columns. */
+  W: Float64Array;
+  solver: 'randomized' | 'dense' | 'dense-truncated';
+}
+
+/** Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker). */
+export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0): Promise<BlockEigenResult> {
+  const { block, m, k } = task;
+  invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
+  if (k < m && m >= RANDOMIZED_EIGEN_MIN_P) {
+    const e = await randomizedEigenAsync(block, m, k, { threads });
+    return { values: e.values, W: e.vectors, solver: 'randomized' };
+  }
+  const e = await symmetricEigenAsync(block, m, { threads });
+  const W = new Float64Array(m * k);
+  for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
+  return { values: e.values.slice(0, k), W, solver: k === m ? 'dense' : 'dense-truncated' };
+}
+
+/** Runs a BlockEigenTask on the worker that is about to take the job (fitBases), or here. */
+export type BlockEigenRunner = (task: BlockEigenTask) => Promise<BlockEigenResult>;
+
+/** blockEigen on this thread, with every core for its products. */
+export const blockEigenHere: BlockEigenRunner = (task) => blockEigen(task);
+
+/**
  * A job built only when a worker is free to take it (fitBases): its covariance (8p², a copy of
  * the accumulator's) and tuning features exist only while it is in flight, not for every basis
- * of a grouping at once (62 layers of Gemma 3 27B geometry: 4 GiB of covariances).
+ * of a grouping at once (62 layers of Gemma 3 27B geometry: 4 GiB of covariances). `make` may
+ * hand a block eigensolve to that worker (`run`): two two-level bases are then solved on two
+ * cores at once, where their Rayleigh–Ritz steps in JavaScript would otherwise queue on this thread.
  */
 export interface LazyFitJob {
   dim: number;
-  make(): Promise<FitJob>;
+  make(run: BlockEigenRunner): Promise<FitJob>;
 }
 
 const isLazy = (j: FitJob | LazyFitJob): j is LazyFitJob => 'make' in j;
@@ -146,6 +190,15 @@ function transferList(j: FitJob, all = false): ArrayBuffer[] {
   return [...bufs];
 }
 
+/** A block eigensolve on worker `w` (idle: between two of its jobs); the block moves to it. */
+function runOn(w: Worker, task: BlockEigenTask): Promise<BlockEigenResult> {
+  return new Promise((resolve) => {
+    w.once('message', resolve);
+    const b = task.block;
+    w.postMessage(task, b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : []);
+  });
+}
+
 /** Runs every job (lazy ones built as a worker takes them); results in job order. `onDone(i)` reports progress. */
 export async function fitBases(
   jobs: (FitJob | LazyFitJob)[],
@@ -159,7 +212,7 @@ export async function fitBases(
     opts.onDone?.(++done);
   };
   if (threads <= 1 || jobs.every((j) => j.dim < FIT_WORKER_MIN_P)) {
-    for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(isLazy(j) ? await j.make() : j));
+    for (const [i, j] of jobs.entries()) finish(i, await fitBasisTables(isLazy(j) ? await j.make(blockEigenHere) : j));
     return out;
   }
   const workers = Array.from({ length: threads }, () => spawnWorker(import.meta.url, './fit-worker'));
@@ -174,7 +227,7 @@ export async function fitBases(
               const i = next++;
               const x = jobs[i];
               const lazy = isLazy(x);
-              const j = lazy ? await x.make() : x;
+              const j = lazy ? await x.make((task) => runOn(w, task)) : x;
               w.once('message', (r: FitOutput) => {
                 finish(i, r);
                 take().catch(reject);

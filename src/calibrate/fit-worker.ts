@@ -1,9 +1,15 @@
 // Tested by test/calibrate/calibrate.test.ts.
-/** Worker thread: eigendecomposition + held-out error tables of one basis (see fit-pool.ts). */
+/** Worker thread: eigendecomposition + held-out error tables of one basis, or a two-level block's eigenpairs (see fit-pool.ts). */
 import { parentPort } from 'node:worker_threads';
-import { fitBasisTables, type FitJob } from './fit-pool.js';
+import { blockEigen, type BlockEigenTask, fitBasisTables, type FitJob } from './fit-pool.js';
 
-parentPort!.on('message', async (job: FitJob) => {
+parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
+  if ('op' in job) {
+    const e = await blockEigen(job, 1);
+    const own = (a: Float64Array) => (a.byteLength === a.buffer.byteLength ? [a.buffer as ArrayBuffer] : []);
+    parentPort!.postMessage(e, [...own(e.W), ...own(e.values)]);
+    return;
+  }
   const r = await fitBasisTables(job, { eigenThreads: 1 });
   const t = r.tables;
   parentPort!.postMessage(r, [

@@ -10,7 +10,7 @@
 import type { KvKind } from '../codec/types.js';
 import { invariant } from '../errors.js';
 import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
-import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen-randomized.js';
+import { RANDOMIZED_MAX_RANK_FRACTION } from '../fit/eigen-randomized.js';
 import { featureDim, gatherFeatures } from '../fit/features.js';
 import { RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import {
@@ -26,6 +26,7 @@ import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import type { CovarianceAccumulator } from '../fit/covariance.js';
 import { FeatureSpill } from './feature-spill.js';
+import { blockEigenHere, type BlockEigenRunner } from './fit-pool.js';
 import type { ProgressFn } from '../progress.js';
 
 /** The per-layer covariance of one (kind, layer), accumulated in the fit pass. */
@@ -201,9 +202,17 @@ export class TwoLevelFit {
   /**
    * The basis over `layers` (a contiguous run of this.layers) of `kind`: the top `maxRank`
    * eigenpairs of its block of C_Z (at most R_G), lifted to its features, and the coefficients
-   * of `heldout` (X: Float32Array // [H, p_G]) on them.
+   * of `heldout` (X: Float32Array // [H, p_G]) on them. The block's eigensolve runs through
+   * `run` (fit-pool.ts: on the pool's worker that takes the basis, or here).
    */
-  async basis(kind: KvKind, layers: number[], maxRank: number, heldout: Float32Array, H: number): Promise<TwoLevelBasis> {
+  async basis(
+    kind: KvKind,
+    layers: number[],
+    maxRank: number,
+    heldout: Float32Array,
+    H: number,
+    run: BlockEigenRunner = blockEigenHere,
+  ): Promise<TwoLevelBasis> {
     const pr = this.preparedKinds.get(kind);
     invariant(pr !== undefined, 'Error in TwoLevelFit.basis: prepare() first');
     const idx = layers.map((l) => this.layers.indexOf(l));
@@ -221,22 +230,7 @@ export class TwoLevelFit {
     // what the cut leaves out is in the tables' residual.
     const cap = m >= RANDOMIZED_EIGEN_MIN_P ? Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m) : m;
     const k = Math.max(1, Math.min(maxRank, cap));
-    const block = covarianceBlock(pr.C, pr.layout.total, cols);
-    let W: Float64Array;
-    let values: Float64Array;
-    let solver: TwoLevelBasis['solver'];
-    if (k < m && m >= RANDOMIZED_EIGEN_MIN_P) {
-      const e = await randomizedEigenAsync(block, m, k);
-      W = e.vectors;
-      values = e.values;
-      solver = 'randomized';
-    } else {
-      const e = await symmetricEigenAsync(block, m);
-      values = e.values.slice(0, k);
-      W = new Float64Array(m * k);
-      for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
-      solver = k === m ? 'dense' : 'dense-truncated';
-    }
+    const { W, values, solver } = await run({ op: 'block-eigen', block: covarianceBlock(pr.C, pr.layout.total, cols), m, k });
     const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k);
     const mean = new Float64Array(pG);
     for (const [gi, li] of idx.entries()) mean.set(pr.mean.subarray(li * p, (li + 1) * p), gi * p);

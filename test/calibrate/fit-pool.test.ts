@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fitBases, fitBasisTables, type FitJob, fitSolver } from '../../src/calibrate/fit-pool.js';
+import { blockEigen, fitBases, fitBasisTables, type FitJob, fitSolver, type LazyFitJob } from '../../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
 import { allocateDetailed, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
@@ -82,6 +82,46 @@ describe('fitBases with FitJob.maxRank', () => {
     for (let c = 0; c < k; c++) none = Math.max(none, Math.abs(out.tables.none[c] / js.none[c] - 1));
     expect(none).toBeLessThan(1e-5);
   });
+
+  it('a lazy job solves its block eigenproblem on the worker that takes it, as blockEigen does here', async () => {
+    const base = await job(6);
+    const m = p;
+    const k = 100;
+    const lazy = (kind: 'key' | 'value'): LazyFitJob => ({
+      dim: m,
+      make: async (run) => {
+        const e = await run({ op: 'block-eigen', block: base.cov!.slice(), m, k });
+        const Y = Float64Array.from(base.heldout, (v, i) => v - base.mean[i % m]);
+        const C = gemmABt(
+          Y,
+          Float64Array.from({ length: k * m }, (_, i) => e.W[(i % m) * k + Math.floor(i / m)]),
+          new Float64Array(H * k),
+          H,
+          k,
+          m,
+        );
+        return {
+          kind,
+          layers: [0],
+          dim: m,
+          mean: base.mean.slice(),
+          eigen: { values: e.values, vectors: e.W },
+          coefficients: { coeffs: Float32Array.from(C), residual: 0 },
+          heldout: new Float32Array(0),
+          heldoutTokens: H,
+        };
+      },
+    });
+    const here = await blockEigen({ block: base.cov!.slice(), m, k }, 1);
+    expect(here.solver).toBe('randomized');
+    const pooled = await fitBases([lazy('key'), lazy('value')], { threads: 2 });
+    for (const o of pooled) {
+      expect(o.solver).toBe('two-level');
+      expect(Buffer.from(o.tables.values.buffer).equals(Buffer.from(here.values.buffer))).toBe(true);
+      expect(Buffer.from(o.tables.vectors.buffer).equals(Buffer.from(here.W.buffer))).toBe(true);
+    }
+    expect(pooled.map((o) => o.tables.kind)).toEqual(['key', 'value']);
+  }, 120_000);
 
   it('above 0.6p the dense decomposition is cut to maxRank', async () => {
     const k = p - 10;
