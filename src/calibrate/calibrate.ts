@@ -763,6 +763,7 @@ export async function fitCandidate(
   ratios: number[],
   onDone?: (done: number, total: number) => void,
   onProgress?: ProgressFn,
+  device: Device = 'cpu',
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
   const jobs: (FitJob | LazyFitJob)[] = [];
   let twoLevelSeconds = 0;
@@ -830,6 +831,7 @@ export async function fitCandidate(
           heldout: await gather(s),
           heldoutTokens: H,
           maxRank,
+          device,
         };
       },
     });
@@ -1010,6 +1012,7 @@ export async function fitAndWrite(
       opts.ratios,
       (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }),
       progress,
+      opts.device,
     );
     // The two-level fit starts from these per-layer bases rather than solving them again.
     const two = twoLevelOf(states);

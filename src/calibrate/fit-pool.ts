@@ -8,7 +8,8 @@ import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { spawnWorker } from '../worker.js';
 import { invariant } from '../errors.js';
-import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
+import { matMulAsync, type OrtProducts, symmetricEigenAsync } from '../fit/eigen-ort.js';
+import type { Device } from '../onnx/devices.js';
 import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen-randomized.js';
 import { transpose } from '../math/gemm.js';
 import { FIT_WORKER_MIN_P, LARGE_EIGEN_MIN_P, RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
@@ -41,6 +42,8 @@ export interface FitJob {
    * ≥ dim, or a small basis) the full dense eigenbasis, exactly as without it.
    */
   maxRank?: number;
+  /** Where the eigensolve's and the projection's products run (calibrate --device; default the CPU). */
+  device?: Device;
 }
 
 export interface FitOutput {
@@ -79,11 +82,12 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   if (job.eigen) eig = job.eigen;
   else {
     invariant(job.cov !== undefined, 'Error in fitBasisTables: a job needs a covariance or eigenpairs');
-    eig = await denseOrRandomized(job.cov, job, solver, threads);
+    eig = await denseOrRandomized(job.cov, job, solver, { threads, device: job.device });
   }
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
-  const coefficients = job.coefficients ?? (job.dim >= LARGE_EIGEN_MIN_P ? await projectOnOrt(job, eig, threads) : undefined);
+  const coefficients =
+    job.coefficients ?? (job.dim >= LARGE_EIGEN_MIN_P ? await projectOnOrt(job, eig, { threads, device: job.device }) : undefined);
   const tables = prepareAllocation({ ...job, vectors: eig.vectors, values: eig.values, coefficients });
   return { tables, seconds: { eigen, tables: (performance.now() - t) / 1000 }, solver };
 }
@@ -97,26 +101,26 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
 async function projectOnOrt(
   job: FitJob,
   eig: { values: Float64Array; vectors: Float64Array | Float32Array },
-  threads: number,
+  on: OrtProducts,
 ): Promise<{ coeffs: Float32Array; residual: number }> {
   const p = job.dim;
   const k = eig.values.length;
   const H = job.heldoutTokens;
   const Y = centeredHeldout(job, p, H);
   const V = eig.vectors instanceof Float64Array ? eig.vectors : Float64Array.from(eig.vectors);
-  return heldoutFromProduct(Y, await matMulAsync(Y, V, H, p, k, threads), k < p);
+  return heldoutFromProduct(Y, await matMulAsync(Y, V, H, p, k, on.threads, on.device), k < p);
 }
 
 async function denseOrRandomized(
   cov: Float64Array,
   job: FitJob,
   solver: FitOutput['solver'],
-  threads: number,
+  on: OrtProducts,
 ): Promise<{ values: Float64Array; vectors: Float64Array }> {
   let eig: { values: Float64Array; vectors: Float64Array };
-  if (solver === 'randomized') eig = await randomizedEigenAsync(cov, job.dim, job.maxRank!, { threads });
+  if (solver === 'randomized') eig = await randomizedEigenAsync(cov, job.dim, job.maxRank!, on);
   else {
-    const full = await symmetricEigenAsync(cov, job.dim, { threads });
+    const full = await symmetricEigenAsync(cov, job.dim, on);
     const k = solver === 'dense' ? job.dim : job.maxRank!;
     eig =
       k === job.dim ? full : { values: full.values.slice(0, k), vectors: transpose(full.vectorsT.subarray(0, k * job.dim), k, job.dim) };
@@ -135,6 +139,7 @@ export interface BlockEigenTask {
   block: Float64Array;
   m: number;
   k: number;
+  device?: Device;
 }
 
 export interface BlockEigenResult {
@@ -148,12 +153,13 @@ export interface BlockEigenResult {
 /** Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker). */
 export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0): Promise<BlockEigenResult> {
   const { block, m, k } = task;
+  const on = { threads, device: task.device };
   invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
   if (k < m && m >= RANDOMIZED_EIGEN_MIN_P) {
-    const e = await randomizedEigenAsync(block, m, k, { threads });
+    const e = await randomizedEigenAsync(block, m, k, on);
     return { values: e.values, W: e.vectors, solver: 'randomized' };
   }
-  const e = await symmetricEigenAsync(block, m, { threads });
+  const e = await symmetricEigenAsync(block, m, on);
   const W = new Float64Array(m * k);
   for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
   return { values: e.values.slice(0, k), W, solver: k === m ? 'dense' : 'dense-truncated' };

@@ -98,6 +98,11 @@ export function estimateMemory(
           k = Math.min(k, Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m));
           // The float32 basis and the coefficients.
           fitting += 4 * p * k + 4 * o.heldout * k;
+          jobs++;
+          // A block eigensolve in flight on a worker (fit-pool.ts BlockEigenTask): the block, and
+          // the randomized solver's sketch (l = 1.1k) about four times over with its l × l Rayleigh–Ritz.
+          const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
+          worker = Math.max(worker, 8 * m * m + 4 * 8 * l * m + 3 * 8 * l * l);
         } else {
           cov += 8 * p * p;
           fitting += 4 * o.heldout * k;

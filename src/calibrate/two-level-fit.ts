@@ -157,7 +157,7 @@ export class TwoLevelFit {
             cols.push(given.cols);
           } else {
             onProgress?.({ stage: `two-level fit: ${kind} bases of each layer`, done: li, total: covs.length, unit: 'layers' });
-            const e = await symmetricEigenAsync(cov.cov, p);
+            const e = await symmetricEigenAsync(cov.cov, p, { device: this.opts.device });
             values.push(e.values);
             vectors.push(e.vectors);
             cols.push(p);
@@ -230,8 +230,9 @@ export class TwoLevelFit {
     // what the cut leaves out is in the tables' residual.
     const cap = m >= RANDOMIZED_EIGEN_MIN_P ? Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m) : m;
     const k = Math.max(1, Math.min(maxRank, cap));
-    const { W, values, solver } = await run({ op: 'block-eigen', block: covarianceBlock(pr.C, pr.layout.total, cols), m, k });
-    const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k);
+    const device = this.opts.device;
+    const { W, values, solver } = await run({ op: 'block-eigen', block: covarianceBlock(pr.C, pr.layout.total, cols), m, k, device });
+    const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k, device);
     const mean = new Float64Array(pG);
     for (const [gi, li] of idx.entries()) mean.set(pr.mean.subarray(li * p, (li + 1) * p), gi * p);
 
@@ -255,12 +256,12 @@ export class TwoLevelFit {
         const uc = pr.cols[li];
         const U = new Float64Array(p * r);
         for (let i = 0; i < p; i++) for (let c = 0; c < r; c++) U[i * r + c] = pr.vectors[li][i * uc + c];
-        const Zl = await matMulAsync(Y, U, H, p, r);
+        const Zl = await matMulAsync(Y, U, H, p, r, 0, device);
         for (let t = 0; t < H; t++) for (let c = 0; c < r; c++) Z[t * m + zc + c] = Zl[t * r + c];
       }
       zc += r;
     }
-    const C64 = await matMulAsync(Z, W, H, m, k);
+    const C64 = await matMulAsync(Z, W, H, m, k, 0, device);
     let inside = 0;
     for (let i = 0; i < C64.length; i++) inside += C64[i] * C64[i];
     const discarded = idx.reduce((a, li) => a + pr.layout.discarded[li], 0);

@@ -27,7 +27,7 @@ import { invariant } from '../errors.js';
 import { gemmABt, transpose } from '../math/gemm.js';
 import { mulberry32 } from '../random.js';
 import { symmetricEigen } from './eigen.js';
-import { runStepsOnOrt } from './eigen-ort.js';
+import { type OrtProducts, runStepsOnOrt } from './eigen-ort.js';
 import { eigenSteps } from './eigen-steps.js';
 import type { MatMulRequest } from './eigen-types.js';
 import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
@@ -121,10 +121,10 @@ export async function randomizedEigenAsync(
   A: Float64Array,
   p: number,
   k: number,
-  opts: RandomizedEigenOptions & { threads?: number } = {},
+  opts: RandomizedEigenOptions & OrtProducts = {},
 ): Promise<TruncatedEigen> {
   if (p < LARGE_EIGEN_MIN_P) return randomizedEigen(A, p, k, opts);
-  return runStepsOnOrt(randomizedEigenSteps(A, p, k, opts), opts.threads ?? 0);
+  return runStepsOnOrt(randomizedEigenSteps(A, p, k, opts), opts.threads ?? 0, opts.device);
 }
 
 function jsMatMul({ A, B, m, k, n }: MatMulRequest): Float64Array {

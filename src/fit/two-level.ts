@@ -127,6 +127,7 @@ export async function liftVectors(
   vectorCols: number[],
   W: Float64Array,
   k: number,
+  device: Device = 'cpu',
 ): Promise<Float32Array> {
   const p = layout.layerDim;
   const V = new Float32Array(layers.length * p * k);
@@ -138,7 +139,7 @@ export async function liftVectors(
     invariant(uc >= r, `Error in liftVectors: layer ${l} has ${uc} eigenvectors, the layout keeps ${r}`);
     const U = new Float64Array(p * r);
     for (let i = 0; i < p; i++) for (let c = 0; c < r; c++) U[i * r + c] = vectors[l][i * uc + c];
-    const Vl = await matMulAsync(U, W.subarray(wRow * k, (wRow + r) * k), p, r, k);
+    const Vl = await matMulAsync(U, W.subarray(wRow * k, (wRow + r) * k), p, r, k, 0, device);
     V.set(Vl, li * p * k);
     wRow += r;
   }

@@ -6,6 +6,8 @@ import { allocateDetailed, prepareAllocation, rankForBudget } from '../../src/fi
 import { RANDOMIZED_EIGEN_MIN_P } from '../../src/fit/ort-thresholds.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { rng } from '../codec/rng.js';
+import { existsSync } from 'node:fs';
+import { cudaProviderPath } from '../../src/onnx/session.js';
 
 const p = RANDOMIZED_EIGEN_MIN_P;
 const H = 256;
@@ -121,6 +123,22 @@ describe('fitBases with FitJob.maxRank', () => {
       expect(Buffer.from(o.tables.vectors.buffer).equals(Buffer.from(here.W.buffer))).toBe(true);
     }
     expect(pooled.map((o) => o.tables.kind)).toEqual(['key', 'value']);
+  }, 120_000);
+
+  it("--device cuda reaches the fit's products: DEVICE_UNAVAILABLE without the CUDA provider, the CPU's tables with it", async () => {
+    const k = rankForBudget(p, Math.floor((1.5 * 16 * p) / 20));
+    const j = await job(7, k);
+    const fit = fitBasisTables({ ...j, heldout: j.heldout.slice(), device: 'cuda' });
+    const block = blockEigen({ block: j.cov!.slice(), m: p, k, device: 'cuda' });
+    if (!existsSync(cudaProviderPath())) {
+      await expect(fit).rejects.toMatchObject({ code: 'DEVICE_UNAVAILABLE' });
+      await expect(block).rejects.toMatchObject({ code: 'DEVICE_UNAVAILABLE' });
+      return;
+    }
+    const cpu = await fitBasisTables({ ...j, heldout: j.heldout.slice() });
+    const gpu = await fit;
+    for (let c = 0; c < 8; c++) expect(Math.abs(gpu.tables.values[c] / cpu.tables.values[c] - 1)).toBeLessThan(1e-9);
+    expect((await block).values[0] / cpu.tables.values[0]).toBeCloseTo(1, 9);
   }, 120_000);
 
   it('above 0.6p the dense decomposition is cut to maxRank', async () => {
