@@ -29,9 +29,9 @@ describe('estimateMemory', () => {
     // The report caches stay on disk: one sequence at a time beside the chosen plans.
     expect(e.report).toBeCloseTo(OVERHEAD * (RUNTIME_BYTES + seq + 4.5 * 4 * 2 * 32768 * 2457), -3);
     expect(e.peak).toBe(Math.max(e.capture, e.fit, e.report));
-    // Measured on this geometry: 5.70 and 6.26 GiB at 16K fit tokens, 5.96 at 64K, 5.92 at 160K (docs/benchmarks.md).
-    expect(e.peak / GiB).toBeGreaterThan(6.26);
-    expect(e.peak / GiB).toBeLessThan(7);
+    // Measured on this geometry: 5.70, 6.26, 5.73 and 6.34 GiB at 16K fit tokens, 5.96 at 64K, 5.92 at 160K (docs/benchmarks.md).
+    expect(e.peak / GiB).toBeGreaterThan(6.34);
+    expect(e.peak / GiB).toBeLessThan(7.5);
   });
 
   it('grows with the held-out caches, not with anything else the options scale', () => {
