@@ -113,7 +113,7 @@ async function projectOnOrt(
 
 async function denseOrRandomized(
   cov: Float64Array,
-  job: FitJob,
+  job: Pick<FitJob, 'dim' | 'maxRank'>,
   solver: FitOutput['solver'],
   on: OrtProducts,
 ): Promise<{ values: Float64Array; vectors: Float64Array }> {
@@ -153,16 +153,11 @@ export interface BlockEigenResult {
 /** Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker). */
 export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0): Promise<BlockEigenResult> {
   const { block, m, k } = task;
-  const on = { threads, device: task.device };
   invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
-  if (k < m && m >= RANDOMIZED_EIGEN_MIN_P) {
-    const e = await randomizedEigenAsync(block, m, k, on);
-    return { values: e.values, W: e.vectors, solver: 'randomized' };
-  }
-  const e = await symmetricEigenAsync(block, m, on);
-  const W = new Float64Array(m * k);
-  for (let i = 0; i < m; i++) for (let j = 0; j < k; j++) W[i * k + j] = e.vectors[i * m + j];
-  return { values: e.values.slice(0, k), W, solver: k === m ? 'dense' : 'dense-truncated' };
+  // The caller caps k at RANDOMIZED_MAX_RANK_FRACTION·m from RANDOMIZED_EIGEN_MIN_P on; below, the dense solve is cut to k.
+  const solver = k < m && m >= RANDOMIZED_EIGEN_MIN_P ? 'randomized' : k === m ? 'dense' : 'dense-truncated';
+  const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, { threads, device: task.device });
+  return { values: e.values, W: e.vectors, solver };
 }
 
 /** Runs a BlockEigenTask on the worker that is about to take the job (fitBases), or here. */
