@@ -7,7 +7,7 @@
  *   npx tsx scripts/scale-bench.ts --geometry llama8b --tokens 16384 [--heldout 4096 --report 8192]
  *     [--grouping auto] [--ratio 20] [--json out.json]
  *     [--hidden H] [--intermediate I] [--layers N] [--decay 0.5] [--data PATH ...] [--chunk 256] [--seed 0]
- *     [--out DIR] [--memory GiB] [--two-level-rank R]
+ *     [--out DIR] [--memory GiB] [--two-level-rank R] [--covariance-budget GiB]
  *     [--build-only] [--dry-run] [--tiny]
  *
  * Hidden size defaults to min(KV features per layer, 1024), lowered in steps of 128 until the
@@ -73,6 +73,7 @@ const { values: a } = parseArgs({
     out: { type: 'string' },
     memory: { type: 'string' },
     'two-level-rank': { type: 'string' },
+    'covariance-budget': { type: 'string' },
     'build-only': { type: 'boolean', default: false },
     'dry-run': { type: 'boolean', default: false },
     tiny: { type: 'boolean', default: false },
@@ -204,6 +205,9 @@ const r = await calibrate({
   force: true,
   ...(a.memory !== undefined ? { memory: Number(a.memory) * 2 ** 30 } : {}),
   ...(a['two-level-rank'] !== undefined ? { twoLevelRank: int('two-level-rank', a['two-level-rank'], 4096) } : {}),
+  // A named multi-layer grouping whose float64 covariance exceeds this (GiB) is fitted two-level
+  // (calibrate's library option covarianceBudget): e.g. --grouping all --two-level-rank 12288 --covariance-budget 1.
+  ...(a['covariance-budget'] !== undefined ? { covarianceBudget: Number(a['covariance-budget']) * 2 ** 30 } : {}),
   onProgress: (e) => {
     if (e.stage === lastStage) return;
     lastStage = e.stage;

@@ -41,7 +41,7 @@ import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
 import type { Equivalence } from '../profile/equivalence.js';
-import { fitBases, type FitJob, type LazyFitJob } from './fit-pool.js';
+import { BlockEigenGate, fitBases, type FitJob, type LazyFitJob } from './fit-pool.js';
 import { manifestDraft } from './manifest.js';
 import { blobSizeRatio, measurePlans, type Measurement } from './measure.js';
 import { readCalibrationTokens, splitSequences, type CalibrationTokens, type SequenceSplit, type SkippedFile } from './sequences.js';
@@ -781,6 +781,7 @@ export async function fitCandidate(
     }
     return X;
   };
+  const gate = new BlockEigenGate();
   for (const s of states) {
     const maxRank = maxRankForRatios(s.dim, ratios);
     if (s.twoLevel) {
@@ -798,7 +799,7 @@ export async function fitCandidate(
         make: async (run): Promise<FitJob> => {
           const X = await gather(s);
           const t = performance.now();
-          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, run);
+          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, gate.wrap(run));
           twoLevelSeconds += (performance.now() - t) / 1000;
           return {
             kind: s.kind,

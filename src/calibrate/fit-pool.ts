@@ -163,6 +163,44 @@ export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0):
 /** Runs a BlockEigenTask on the worker that is about to take the job (fitBases), or here. */
 export type BlockEigenRunner = (task: BlockEigenTask) => Promise<BlockEigenResult>;
 
+/**
+ * Bytes a block eigensolve holds: the block, the randomized solver's sketch (l = 1.1k) about four
+ * times over, and its l × l Rayleigh–Ritz. R = 4,096 for all 32 layers of 8B geometry: 0.66 GB;
+ * R = 12,288: 5.6 GB.
+ */
+export function blockEigenBytes(m: number, k: number): number {
+  const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
+  return 8 * m * m + 4 * 8 * l * m + 3 * 8 * l * l;
+}
+
+/** Block eigensolves run at once (on two workers) only while their working sets add up to at most this; larger ones run one at a time. */
+export const PARALLEL_BLOCK_EIGEN_BYTES = 2 * 2 ** 30;
+
+/**
+ * Admits block eigensolves while the bytes in flight (blockEigenBytes) stay within `limit`,
+ * always one: at the default R two bases are solved on two cores at once, at a large
+ * --two-level-rank one after the other, so memory does not double.
+ */
+export class BlockEigenGate {
+  private inFlight = 0;
+  private waiting: (() => void)[] = [];
+  constructor(readonly limit = PARALLEL_BLOCK_EIGEN_BYTES) {}
+
+  wrap(run: BlockEigenRunner): BlockEigenRunner {
+    return async (task) => {
+      const bytes = blockEigenBytes(task.m, task.k);
+      while (this.inFlight > 0 && this.inFlight + bytes > this.limit) await new Promise<void>((r) => this.waiting.push(r));
+      this.inFlight += bytes;
+      try {
+        return await run(task);
+      } finally {
+        this.inFlight -= bytes;
+        for (const r of this.waiting.splice(0)) r();
+      }
+    };
+  }
+}
+
 /** blockEigen on this thread, with every core for its products. */
 export const blockEigenHere: BlockEigenRunner = (task) => blockEigen(task);
 

@@ -19,6 +19,7 @@ import { KvtcError } from '../errors.js';
 import { maxRankForRatios } from '../fit/fit.js';
 import { RANDOMIZED_MAX_RANK_FRACTION } from '../fit/eigen-randomized.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
+import { blockEigenBytes, PARALLEL_BLOCK_EIGEN_BYTES } from './fit-pool.js';
 
 type Geometry = { layers: number; kvHeads: number; headDim: number; valueDim?: number };
 
@@ -89,6 +90,7 @@ export function estimateMemory(
     let measuring = 0;
     let worker = 0;
     let jobs = 0;
+    let blocks = 0;
     for (const layers of x.groups)
       for (const kind of KINDS) {
         const p = dim(g, kind, layers.length);
@@ -99,11 +101,10 @@ export function estimateMemory(
           k = Math.min(k, Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m));
           // The float32 basis and the coefficients.
           fitting += 4 * p * k + 4 * o.heldout * k;
-          jobs++;
-          // A block eigensolve in flight on a worker (fit-pool.ts BlockEigenTask): the block, and
-          // the randomized solver's sketch (l = 1.1k) about four times over with its l × l Rayleigh–Ritz.
-          const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
-          worker = Math.max(worker, 8 * m * m + 4 * 8 * l * m + 3 * 8 * l * l);
+          // Block eigensolves in flight on the workers (fit-pool.ts BlockEigenTask), two at once
+          // only while they fit PARALLEL_BLOCK_EIGEN_BYTES together (BlockEigenGate).
+          const b = blockEigenBytes(m, k);
+          blocks = Math.max(blocks, 2 * b <= PARALLEL_BLOCK_EIGEN_BYTES ? Math.min(threads, 2) * b : b);
         } else {
           cov += 8 * p * p;
           fitting += 4 * o.heldout * k;
@@ -119,7 +120,7 @@ export function estimateMemory(
         measuring += 4.5 * 4 * p * Math.min(k, maxRankForRatios(p, o.ratios, 1));
       }
     covs.push(cov);
-    working.push(Math.max(fitting + gather + Math.min(threads, jobs) * worker, measuring));
+    working.push(Math.max(fitting + gather + Math.min(threads, jobs) * worker + blocks, measuring));
     plans = Math.max(plans, measuring);
   }
   // The two-level fit's sums, and the per-layer covariances unless a one-layer grouping holds

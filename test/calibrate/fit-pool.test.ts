@@ -1,5 +1,14 @@
 import { describe, expect, it } from 'vitest';
-import { blockEigen, fitBases, fitBasisTables, type FitJob, fitSolver, type LazyFitJob } from '../../src/calibrate/fit-pool.js';
+import {
+  BlockEigenGate,
+  blockEigen,
+  blockEigenBytes,
+  fitBases,
+  fitBasisTables,
+  type FitJob,
+  fitSolver,
+  type LazyFitJob,
+} from '../../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
 import { allocateDetailed, prepareAllocation, rankForBudget } from '../../src/fit/fit.js';
@@ -140,6 +149,29 @@ describe('fitBases with FitJob.maxRank', () => {
     for (let c = 0; c < 8; c++) expect(Math.abs(gpu.tables.values[c] / cpu.tables.values[c] - 1)).toBeLessThan(1e-9);
     expect((await block).values[0] / cpu.tables.values[0]).toBeCloseTo(1, 9);
   }, 120_000);
+
+  it('BlockEigenGate: block eigensolves overlap only while their working sets fit its limit together', async () => {
+    const peak = async (limit: number, m: number) => {
+      const gate = new BlockEigenGate(limit);
+      let now = 0;
+      let most = 0;
+      const run = gate.wrap(async (task) => {
+        most = Math.max(most, ++now);
+        await new Promise((r) => setTimeout(r, 20));
+        now--;
+        return { values: new Float64Array(task.k), W: new Float64Array(task.m * task.k), solver: 'dense' };
+      });
+      const task = { op: 'block-eigen' as const, block: new Float64Array(0), m, k: 8 };
+      await Promise.all([run(task), run(task), run(task)]);
+      return most;
+    };
+    const b = blockEigenBytes(64, 8);
+    expect(b).toBe(8 * 64 * 64 + 32 * 18 * 64 + 24 * 18 * 18);
+    expect(await peak(2 * b, 64)).toBe(2);
+    expect(await peak(3 * b, 64)).toBe(3);
+    expect(await peak(2 * b - 1, 64)).toBe(1); // one at a time, never none
+    expect(await peak(1, 64)).toBe(1);
+  });
 
   it('above 0.6p the dense decomposition is cut to maxRank', async () => {
     const k = p - 10;
