@@ -114,17 +114,7 @@ export function* tridiagonalizeBlocked(
         pv[j] = 0;
       }
       // pv = B0 u on the leading i×i block (upper triangle), minus the panel's corrections.
-      for (let j = 0; j < i; j++) {
-        const f = x[j];
-        const rj = j * n;
-        let g = pv[j] + W[rj + j] * f;
-        for (let k = j + 1; k < i; k++) {
-          const w = W[rj + k];
-          g += w * x[k];
-          pv[k] += w * f;
-        }
-        pv[j] = g;
-      }
+      symmetricUpperProduct(W, n, x, pv, i);
       for (let s = 0; s < t; s++) {
         const os = s * n;
         let a = 0;
@@ -179,6 +169,71 @@ export function* tridiagonalizeBlocked(
       hOut[i] = dt[i];
     }
     for (let j = 0; j <= i; j++) W[i * n + j] = Wt[i * L + j];
+  }
+}
+
+/**
+ * pv[0..i) += B x[0..i) for the symmetric leading i×i block B of W [·, n], reading only its upper
+ * triangle (each entry once: a dot product along the row and a scatter down the column). Rows go
+ * four at a time so one pass over x and pv serves four rows, the hot loop of the reduction
+ * (half its work: docs/benchmarks.md, "Calibration kernels").
+ */
+export function symmetricUpperProduct(W: Float64Array, n: number, x: Float64Array, pv: Float64Array, i: number): void {
+  let j0 = 0;
+  for (; j0 + 4 <= i; j0 += 4) {
+    const j1 = j0 + 4;
+    // The 4×4 diagonal block, one row at a time.
+    for (let j = j0; j < j1; j++) {
+      const f = x[j];
+      const rj = j * n;
+      let g = pv[j] + W[rj + j] * f;
+      for (let k = j + 1; k < j1; k++) {
+        const w = W[rj + k];
+        g += w * x[k];
+        pv[k] += w * f;
+      }
+      pv[j] = g;
+    }
+    // Columns right of it, four rows per pass.
+    const r0 = j0 * n;
+    const r1 = r0 + n;
+    const r2 = r1 + n;
+    const r3 = r2 + n;
+    const f0 = x[j0];
+    const f1 = x[j0 + 1];
+    const f2 = x[j0 + 2];
+    const f3 = x[j0 + 3];
+    let g0 = 0;
+    let g1 = 0;
+    let g2 = 0;
+    let g3 = 0;
+    for (let k = j1; k < i; k++) {
+      const w0 = W[r0 + k];
+      const w1 = W[r1 + k];
+      const w2 = W[r2 + k];
+      const w3 = W[r3 + k];
+      const xk = x[k];
+      g0 += w0 * xk;
+      g1 += w1 * xk;
+      g2 += w2 * xk;
+      g3 += w3 * xk;
+      pv[k] += w0 * f0 + w1 * f1 + w2 * f2 + w3 * f3;
+    }
+    pv[j0] += g0;
+    pv[j0 + 1] += g1;
+    pv[j0 + 2] += g2;
+    pv[j0 + 3] += g3;
+  }
+  for (let j = j0; j < i; j++) {
+    const f = x[j];
+    const rj = j * n;
+    let g = pv[j] + W[rj + j] * f;
+    for (let k = j + 1; k < i; k++) {
+      const w = W[rj + k];
+      g += w * x[k];
+      pv[k] += w * f;
+    }
+    pv[j] = g;
   }
 }
 

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { type EigenResult, symmetricEigen } from '../../src/fit/eigen.js';
 import { eigenSteps, LARGE_EIGEN_MIN_P } from '../../src/fit/eigen-steps.js';
 import { runEigenSteps } from './eigen-reference.js';
+import { symmetricUpperProduct } from '../../src/fit/householder.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { rng } from '../codec/rng.js';
@@ -150,6 +151,26 @@ function largeChecks(A: Float64Array, p: number, r: EigenResult): { res: number;
   for (let i = 0; i < p; i++) for (let j = 0; j < p; j++) orth = Math.max(orth, Math.abs(G[i * p + j] - (i === j ? 1 : 0)));
   return { res: res / norm, orth };
 }
+
+describe('symmetricUpperProduct (the symmetric product of the reduction)', () => {
+  it('adds B·x of the leading i×i block from its upper triangle, for every i mod 4, with a row stride', () => {
+    const n = 23;
+    const { normal } = rng(41);
+    const W = new Float64Array(n * n);
+    for (let r = 0; r < n; r++) for (let c = 0; c <= r; c++) W[r * n + c] = W[c * n + r] = normal();
+    // The lower triangle is never read: poison it.
+    const Wu = Float64Array.from(W);
+    for (let r = 0; r < n; r++) for (let c = 0; c < r; c++) Wu[r * n + c] = Number.NaN;
+    for (let i = 0; i <= 19; i++) {
+      const x = Float64Array.from({ length: n }, () => normal());
+      const pv = Float64Array.from({ length: n }, (_, j) => j * 0.5);
+      const ref = Float64Array.from(pv);
+      for (let r = 0; r < i; r++) for (let c = 0; c < i; c++) ref[r] += W[r * n + c] * x[c];
+      symmetricUpperProduct(Wu, n, x, pv, i);
+      for (let r = 0; r < n; r++) expect(Math.abs(pv[r] - ref[r])).toBeLessThanOrEqual(1e-13 * (1 + Math.abs(ref[r])));
+    }
+  });
+});
 
 describe('symmetricEigen, large p (reduction + divide and conquer + blocked back-transform)', () => {
   it('p=512 SPD with clusters: residual, orthogonality, signs, values = the tred2/tql2 path', async () => {
