@@ -140,6 +140,12 @@ export interface BlockEigenTask {
   m: number;
   k: number;
   device?: Device;
+  /**
+   * ORT intra-op threads for its products (0 = all cores). Default 1 on a worker, where the other
+   * worker solves the other kind's block; BlockEigenGate passes 0 to a block too large to pair,
+   * which runs alone.
+   */
+  threads?: number;
 }
 
 export interface BlockEigenResult {
@@ -179,7 +185,8 @@ export const PARALLEL_BLOCK_EIGEN_BYTES = 2 * 2 ** 30;
 /**
  * Admits block eigensolves while the bytes in flight (blockEigenBytes) stay within `limit`,
  * always one: at the default R two bases are solved on two cores at once, at a large
- * --two-level-rank one after the other, so memory does not double.
+ * --two-level-rank one after the other, so memory does not double, each with every core for its
+ * products (BlockEigenTask.threads = 0).
  */
 export class BlockEigenGate {
   private inFlight = 0;
@@ -191,8 +198,10 @@ export class BlockEigenGate {
       const bytes = blockEigenBytes(task.m, task.k);
       while (this.inFlight > 0 && this.inFlight + bytes > this.limit) await new Promise<void>((r) => this.waiting.push(r));
       this.inFlight += bytes;
+      // Too large to pair with another: it runs alone, so its products take every core.
+      const alone = 2 * bytes > this.limit;
       try {
-        return await run(task);
+        return await run(alone ? { ...task, threads: 0 } : task);
       } finally {
         this.inFlight -= bytes;
         for (const r of this.waiting.splice(0)) r();

@@ -5,7 +5,7 @@ import { blockEigen, type BlockEigenTask, fitBasisTables, type FitJob } from './
 
 parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
   if ('op' in job) {
-    const e = await blockEigen(job, 1);
+    const e = await blockEigen(job, job.threads ?? 1);
     const own = (a: Float64Array) => (a.byteLength === a.buffer.byteLength ? [a.buffer as ArrayBuffer] : []);
     parentPort!.postMessage(e, [...own(e.W), ...own(e.values)]);
     return;

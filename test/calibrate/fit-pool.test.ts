@@ -151,11 +151,14 @@ describe('fitBases with FitJob.maxRank', () => {
   }, 120_000);
 
   it('BlockEigenGate: block eigensolves overlap only while their working sets fit its limit together', async () => {
+    const threads: (number | undefined)[] = [];
     const peak = async (limit: number, m: number) => {
       const gate = new BlockEigenGate(limit);
       let now = 0;
       let most = 0;
+      threads.length = 0;
       const run = gate.wrap(async (task) => {
+        threads.push(task.threads);
         most = Math.max(most, ++now);
         await new Promise((r) => setTimeout(r, 20));
         now--;
@@ -168,8 +171,10 @@ describe('fitBases with FitJob.maxRank', () => {
     const b = blockEigenBytes(64, 8);
     expect(b).toBe(8 * 64 * 64 + 32 * 18 * 64 + 24 * 18 * 18);
     expect(await peak(2 * b, 64)).toBe(2);
+    expect(threads).toEqual([undefined, undefined, undefined]); // paired: the worker's one thread
     expect(await peak(3 * b, 64)).toBe(3);
     expect(await peak(2 * b - 1, 64)).toBe(1); // one at a time, never none
+    expect(threads).toEqual([0, 0, 0]); // alone: every core for its products
     expect(await peak(1, 64)).toBe(1);
   });
 
