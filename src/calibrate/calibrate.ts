@@ -799,7 +799,13 @@ export async function fitCandidate(
         make: async (run): Promise<FitJob> => {
           const X = await gather(s);
           const t = performance.now();
-          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, gate.wrap(run));
+          // Named when it starts (after the gate): at a large --two-level-rank one solve is minutes.
+          const solve = gate.wrap((task) => {
+            const span = s.layers.length === 1 ? `layer ${s.layers[0]}` : `layers ${s.layers[0]}–${s.layers[s.layers.length - 1]}`;
+            onProgress?.({ stage: `two-level fit: ${s.kind} eigensolve over ${span} (${task.m} wide, top ${task.k})` });
+            return run(task);
+          });
+          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, solve);
           twoLevelSeconds += (performance.now() - t) / 1000;
           return {
             kind: s.kind,

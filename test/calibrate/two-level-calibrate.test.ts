@@ -67,8 +67,20 @@ describe('calibrate with two-level bases', () => {
   });
 
   it("'auto' with a small R fits 2, 4 and all layers per basis two-level and reports the truncation", async () => {
-    const r = await calibrate({ ...base(join(tempDir('kvtc-tl-'), 'auto')), grouping: 'auto', covarianceBudget: 1, twoLevelRank: 64 });
+    const stages: string[] = [];
+    const r = await calibrate({
+      ...base(join(tempDir('kvtc-tl-'), 'auto')),
+      grouping: 'auto',
+      covarianceBudget: 1,
+      twoLevelRank: 64,
+      onProgress: (e) => stages.push(e.stage),
+    });
     expect(r.groupings).toEqual(['layer', '2', '4', 'all']);
+    // Each two-level basis's eigensolve is named as it starts (minutes each at a large R).
+    const solves = stages.filter((x) => / eigensolve over /.test(x));
+    expect(solves).toHaveLength(2 * (3 + 2 + 1));
+    expect(solves).toContain('two-level fit: key eigensolve over layers 0–4 (64 wide, top 64)');
+    expect(solves).toContain('two-level fit: value eigensolve over layers 0–4 (64 wide, top 64)');
     expect(r.groupings_sketched).toEqual(['2', '4', 'all']);
     expect(r.groupings_skipped).toEqual([]);
     // 2 layers per basis: 3 groups; 4: 2 groups; all: 1; keys and values each.
