@@ -172,7 +172,7 @@ export type BlockEigenRunner = (task: BlockEigenTask) => Promise<BlockEigenResul
 /**
  * Bytes a block eigensolve holds: the block, the randomized solver's sketch (l = 1.1k) about four
  * times over, and its l × l Rayleigh–Ritz. R = 4,096 for all 32 layers of 8B geometry: 0.66 GB;
- * R = 12,288: 5.6 GB.
+ * R = 12,288: 6.0 GB (5.6 GiB).
  */
 export function blockEigenBytes(m: number, k: number): number {
   const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
