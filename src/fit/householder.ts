@@ -183,17 +183,7 @@ export function symmetricUpperProduct(W: Float64Array, n: number, x: Float64Arra
   for (; j0 + 4 <= i; j0 += 4) {
     const j1 = j0 + 4;
     // The 4×4 diagonal block, one row at a time.
-    for (let j = j0; j < j1; j++) {
-      const f = x[j];
-      const rj = j * n;
-      let g = pv[j] + W[rj + j] * f;
-      for (let k = j + 1; k < j1; k++) {
-        const w = W[rj + k];
-        g += w * x[k];
-        pv[k] += w * f;
-      }
-      pv[j] = g;
-    }
+    upperRows(W, n, x, pv, j0, j1, j1);
     // Columns right of it, four rows per pass.
     const r0 = j0 * n;
     const r1 = r0 + n;
@@ -224,11 +214,16 @@ export function symmetricUpperProduct(W: Float64Array, n: number, x: Float64Arra
     pv[j0 + 2] += g2;
     pv[j0 + 3] += g3;
   }
-  for (let j = j0; j < i; j++) {
+  upperRows(W, n, x, pv, j0, i, i);
+}
+
+/** Rows [from, to) of symmetricUpperProduct one at a time, over their upper-triangle columns < end. */
+function upperRows(W: Float64Array, n: number, x: Float64Array, pv: Float64Array, from: number, to: number, end: number): void {
+  for (let j = from; j < to; j++) {
     const f = x[j];
     const rj = j * n;
     let g = pv[j] + W[rj + j] * f;
-    for (let k = j + 1; k < i; k++) {
+    for (let k = j + 1; k < end; k++) {
       const w = W[rj + k];
       g += w * x[k];
       pv[k] += w * f;
