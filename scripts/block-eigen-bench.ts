@@ -14,12 +14,13 @@
  * result: ‖A·w − λ·w‖ / λ₁ for the top, middle and last returned pairs and max |WᵀW − I| on
  * 64 columns.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { blockEigenBytes } from '../src/calibrate/fit-pool.js';
 import { matMulAsync } from '../src/fit/eigen-ort.js';
 import { defaultOversample, RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenSteps } from '../src/fit/eigen-randomized.js';
 import { mulberry32 } from '../src/random.js';
+import { gib, vmHwm } from './peak-memory.js';
 
 const { values: a } = parseArgs({
   options: {
@@ -44,15 +45,6 @@ if (!Number.isInteger(k) || k < 1 || k > RANDOMIZED_MAX_RANK_FRACTION * m)
 const threads = Number(a.threads);
 const seed = Number(a.seed);
 const l = Math.min(m, k + defaultOversample(k));
-const vmHwm = (): number | null => {
-  try {
-    const r = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-    return r ? Number(r[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
-};
-const gib = (b: number | null) => (b === null ? 'n/a' : `${(b / 2 ** 30).toFixed(2)} GiB`);
 
 let t = performance.now();
 const u = mulberry32(seed);

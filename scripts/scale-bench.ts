@@ -17,7 +17,7 @@
  * Peak memory is the process's (worker threads share its RSS): sampled every 250 ms, and
  * VmHWM from /proc/self/status at the end (Linux), which also catches peaks between samples.
  */
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { calibrate, type Grouping } from '../src/calibrate/calibrate.js';
 import { buildRandomLlama } from '../src/convert/random-llama.js';
 import { DEFAULT_CALIBRATION_DIR } from '../src/paths.js';
+import { gib, vmHwm } from './peak-memory.js';
 
 interface Geometry {
   layers: number;
@@ -136,15 +137,7 @@ const outDir = a.out ?? join(tmpdir(), 'kvtc-scale', `${name}-profile`);
 let peakRss = 0;
 const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 250);
 sampler.unref();
-const vmHwm = (): number | null => {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-    return m ? Number(m[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
-};
-const gb = (b: number | null) => (b === null ? 'n/a' : `${(b / 2 ** 30).toFixed(2)} GiB`);
+const gb = gib;
 
 console.error(`${geo.real}; ONNX weights ${(weightBytes(hidden, intermediate) / 1e9).toFixed(2)} GB`);
 console.error(
