@@ -5,6 +5,9 @@
  *
  *   npx tsx scripts/block-eigen-bench.ts --m 16384 --k 9830 [--threads 0] [--seed 1] [--json out.json]
  *
+ * --k (default 0.6·m) up to m: blockSolver picks the randomized solver up to 0.6·m and the dense
+ * decomposition cut to k above it, as calibrate does.
+ *
  * The block is symmetric positive definite with a power-law spectrum like the two-level fit's
  * (its diagonal is the per-layer eigenvalues, λ_j ∝ (j+1)^-0.8, coupled across layers):
  * A = D^½ (I + E) D^½ with E symmetric Gaussian scaled so ‖E‖₂ ≈ 0.6, built in O(m²).
@@ -16,9 +19,10 @@
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { blockEigenBytes } from '../src/calibrate/fit-pool.js';
+import { blockEigenBytes, blockSolver } from '../src/calibrate/fit-pool.js';
 import { matMulAsync } from '../src/fit/eigen-ort.js';
-import { defaultOversample, RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenSteps } from '../src/fit/eigen-randomized.js';
+import { defaultOversample, RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenSteps, truncate } from '../src/fit/eigen-randomized.js';
+import { eigenSteps } from '../src/fit/eigen-steps.js';
 import { mulberry32 } from '../src/random.js';
 import { gib, vmHwm } from './peak-memory.js';
 
@@ -38,13 +42,11 @@ const fail = (msg: string): never => {
 const m = Number(a.m);
 if (!Number.isInteger(m) || m < 384) fail(`--m must be an integer >= 384, got "${a.m}"`);
 const k = a.k === undefined ? Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m) : Number(a.k);
-if (!Number.isInteger(k) || k < 1 || k > RANDOMIZED_MAX_RANK_FRACTION * m)
-  fail(
-    `--k must be an integer in [1, ${Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m)}] (0.6·m, the randomized range calibrate uses), got "${a.k}"`,
-  );
+if (!Number.isInteger(k) || k < 1 || k > m) fail(`--k must be an integer in [1, ${m}] (--m), got "${a.k}"`);
 const threads = Number(a.threads);
 const seed = Number(a.seed);
-const l = Math.min(m, k + defaultOversample(k));
+const solver = blockSolver(m, k);
+const l = solver === 'randomized' ? Math.min(m, k + defaultOversample(k)) : m;
 
 let t = performance.now();
 const u = mulberry32(seed);
@@ -59,15 +61,20 @@ for (let i = 0; i < m; i++) {
 const buildSeconds = (performance.now() - t) / 1e3;
 const before = vmHwm();
 console.error(
-  `block ${m} × ${m} (${gib(8 * m * m)}) built in ${buildSeconds.toFixed(1)} s; k = ${k}, sketch l = ${l}; ORT threads ${threads}`,
+  `block ${m} × ${m} (${gib(8 * m * m)}) built in ${buildSeconds.toFixed(1)} s; k = ${k}, ${solver} (${solver === 'randomized' ? `sketch l = ${l}` : 'the dense decomposition, cut to k'}); ORT threads ${threads}`,
 );
 
-// blockEigen's randomized path (fit-pool.ts denseOrRandomized), its products timed apart.
+// blockEigen's solver (fit-pool.ts blockSolver), its products timed apart.
+function* solve() {
+  if (solver === 'randomized') return yield* randomizedEigenSteps(A, m, k);
+  const e = yield* eigenSteps(A, m);
+  return truncate(e.values, e.vectorsT, m, k);
+}
 t = performance.now();
 let ort = 0;
 let products = 0;
 let flops = 0;
-const steps = randomizedEigenSteps(A, m, k);
+const steps = solve();
 let r = steps.next(new Float64Array(0));
 while (!r.done) {
   const q = r.value;
@@ -108,6 +115,7 @@ for (const x of cols)
 const result = {
   m,
   k,
+  solver,
   l,
   threads,
   seconds: { wall, ort_products: ort / 1e3, javascript: wall - ort / 1e3 },
@@ -122,7 +130,7 @@ const result = {
   values: { first: e.values[0], middle: e.values[picks[1]], last: e.values[k - 1] },
 };
 console.log(
-  `m ${m}, k ${k} (l ${l}): ${wall.toFixed(1)} s wall = ${(ort / 1e3).toFixed(1)} s in ${products} ORT products ` +
+  `m ${m}, k ${k} (${solver}, l ${l}): ${wall.toFixed(1)} s wall = ${(ort / 1e3).toFixed(1)} s in ${products} ORT products ` +
     `(${(flops / 1e9).toFixed(0)} GFLOP, ${result.product_gflops_per_s.toFixed(1)} GFLOP/s) + ${(wall - ort / 1e3).toFixed(1)} s JavaScript; ` +
     `peak ${gib(peak)} (before the solve ${gib(before)}; blockEigenBytes ${gib(result.block_eigen_bytes_estimate)}); ` +
     `residual/λ₁ ${residuals.map((x) => x.toExponential(1)).join(', ')}; |WᵀW − I| ${orth.toExponential(1)}`,

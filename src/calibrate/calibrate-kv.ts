@@ -40,6 +40,8 @@ import {
   type CalibrateOptions,
   type CalibrateResult,
   type RatioResult,
+  type GroupingCandidates,
+  type SkippedGrouping,
 } from './calibrate.js';
 import { ParkedCaches, type CacheSet } from './cache-park.js';
 import { checkSpillSpace } from './feature-spill.js';
@@ -202,7 +204,7 @@ type RankOutcome = RankResult & {
   randomized: number;
   sketched: number;
   groupings: string[];
-  groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  groupings_skipped: SkippedGrouping[];
   groupings_sketched: string[];
 };
 
@@ -223,11 +225,7 @@ async function calibrateDump(
   const label = ranks.length > 1 ? ` (${ranks.length} ranks)` : ranks[0].label ? ` (${ranks[0].label})` : '';
   const plans = ranks.map((rank) => {
     const spec = rank.model.spec;
-    const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
-      ratios: opts.ratios,
-      fixedCovarianceLimit: opts.covarianceBudget,
-      rank: opts.twoLevelRank,
-    });
+    const candidates = dumpCandidates(spec, rank.dump, opts);
     const split = splitDumpSequences(rank.sequences, {
       seed: opts.seed,
       fitTokens: opts.tokens,
@@ -385,6 +383,17 @@ async function calibrateDump(
   }
 }
 
+/** A dump rank's groupings (calibrate.ts groupingCandidates), within --memory by its estimate. */
+function dumpCandidates(spec: DumpRank['model']['spec'], dump: KvDump, opts: ReturnType<typeof withCalibrateDefaults>): GroupingCandidates {
+  const longest = Math.max(...dump.sequences.map((q) => q.tokens));
+  return groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
+    ratios: opts.ratios,
+    fixedCovarianceLimit: opts.covarianceBudget,
+    rank: opts.twoLevelRank,
+    estimate: (c) => memoryEstimate(spec, c, opts, 0, longest).peak,
+  });
+}
+
 /**
  * The memory a dump's calibration will need, checked against --memory before any file is read,
  * and the disk the two-level fit will spill to: each dump's ranks are calibrated together, so
@@ -400,11 +409,7 @@ async function planDumpMemory(ranks: DumpRank[], opts: ReturnType<typeof withCal
     const e = combineEstimates(
       mine.map((r) => {
         const spec = r.model.spec;
-        const c = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
-          ratios: opts.ratios,
-          fixedCovarianceLimit: opts.covarianceBudget,
-          rank: opts.twoLevelRank,
-        });
+        const c = dumpCandidates(spec, dump, opts);
         if (c.sketched?.length)
           disk += spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.heldout) + 2 * spillBytes(spec, opts.report);
         return memoryEstimate(spec, c, opts, 0, longest);

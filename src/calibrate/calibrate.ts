@@ -158,7 +158,7 @@ export interface CalibrateResult {
   plans: number;
   /** The groupings fitted ('auto': the candidates; otherwise the one asked for), and those left out for their memory. */
   groupings: string[];
-  groupings_skipped: { grouping: string; covariance_bytes: number }[];
+  groupings_skipped: SkippedGrouping[];
   /** Groupings among `groupings` fitted two-level (src/fit/two-level.ts): past the covariance budget or TWO_LEVEL_MIN_FEATURES. */
   groupings_sketched: string[];
   /** Bases fitted by the truncated randomized eigensolver (large p; fit-pool.ts), over all candidates. */
@@ -243,11 +243,23 @@ export function spillBytes(spec: FeatureGeometry, tokens: number): number {
   return 2 * tokens * (kindFeatures(spec, 'key') + kindFeatures(spec, 'value'));
 }
 
+/** A grouping 'auto' left out for memory. */
+export interface SkippedGrouping {
+  grouping: string;
+  /** Its float64 covariances. */
+  covariance_bytes: number;
+  /** Left out because kvtc's estimate of the run's peak with it passed the budget: that estimate. */
+  estimated_peak_bytes?: number;
+}
+
 /** What groupingCandidates decides. */
 export interface GroupingCandidates {
   fit: FixedGrouping[];
-  /** Left out: even the two-level fit does not fit the memory limit. */
-  skipped: { grouping: string; covariance_bytes: number }[];
+  /**
+   * Left out: even the two-level fit does not fit the memory limit, or (`estimated_peak_bytes`,
+   * kvtc's estimate of the run with it) the whole run would not.
+   */
+  skipped: SkippedGrouping[];
   /**
    * Groupings in `fit` fitted two-level (src/fit/two-level.ts): their covariances exceed the
    * budget, or the model passes TWO_LEVEL_MIN_FEATURES. Absent when none. (The name predates the
@@ -263,7 +275,9 @@ export interface GroupingCandidates {
  * (src/fit/two-level.ts: one R×R reduced covariance per kind serves them all) when the model
  * passes TWO_LEVEL_MIN_FEATURES; otherwise candidates are taken in order with their float64
  * covariances while those fit AUTO_COVARIANCE_BUDGET_BYTES, and fitted two-level beyond. A
- * grouping is left out only if even the two-level fit would pass `memoryLimit`. An explicit
+ * grouping is left out if even the two-level fit would pass `memoryLimit`, and then, while
+ * `o.estimate` (kvtc's estimate of the whole run's peak, memory-plan.ts) passes it, the largest
+ * multi-layer groupings go first: auto runs within the budget instead of being refused. An explicit
  * grouping keeps its exact covariance up to `o.fixedCovarianceLimit` (default `memoryLimit`)
  * whatever the model's size, and is fitted two-level beyond.
  */
@@ -272,7 +286,7 @@ export function groupingCandidates(
   grouping: Grouping,
   budget = AUTO_COVARIANCE_BUDGET_BYTES,
   memoryLimit = totalmem() / 2,
-  o: { ratios?: number[]; fixedCovarianceLimit?: number; rank?: number } = {},
+  o: { ratios?: number[]; fixedCovarianceLimit?: number; rank?: number; estimate?: (c: GroupingCandidates) => number } = {},
 ): GroupingCandidates {
   const gib = (b: number) => `${(b / 2 ** 30).toFixed(1)} GiB`;
   const wide = Math.max(kindFeatures(spec, 'key'), kindFeatures(spec, 'value')) > TWO_LEVEL_MIN_FEATURES;
@@ -308,7 +322,7 @@ export function groupingCandidates(
   for (let k = 2; k < spec.layers; k *= 2) all.push(k);
   if (spec.layers > 1) all.push('all');
   const fit: FixedGrouping[] = [];
-  const skipped: { grouping: string; covariance_bytes: number }[] = [];
+  const skipped: SkippedGrouping[] = [];
   const sketched: string[] = [];
   let used = 0;
   let twoLevelHeld = false;
@@ -328,7 +342,13 @@ export function groupingCandidates(
       twoLevelHeld = true;
     } else skipped.push({ grouping: String(g), covariance_bytes: bytes });
   }
-  return sketched.length ? { fit, skipped, sketched } : { fit, skipped };
+  const out = (): GroupingCandidates => (sketched.length ? { fit, skipped, sketched } : { fit, skipped });
+  for (let peak = o.estimate?.(out()); peak !== undefined && peak > memoryLimit && fit.length > 1; peak = o.estimate?.(out())) {
+    const g = fit.pop()!;
+    if (sketched.at(-1) === String(g)) sketched.pop();
+    skipped.unshift({ grouping: String(g), covariance_bytes: groupingCovarianceBytes(spec, g), estimated_peak_bytes: peak });
+  }
+  return out();
 }
 
 /** Bytes of a model's weights on disk (its graph and external data). */
@@ -1148,12 +1168,14 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     released = true;
   };
   try {
+    const weights = modelBytes(model.files);
     const candidates = groupingCandidates(spec, opts.grouping, opts.covarianceBudget, opts.memory, {
       ratios: opts.ratios,
       fixedCovarianceLimit: opts.covarianceBudget,
       rank: opts.twoLevelRank,
+      estimate: (c) => memoryEstimate(spec, c, opts, weights).peak,
     });
-    const memory = planMemory(spec, candidates, opts, modelBytes(model.files));
+    const memory = planMemory(spec, candidates, opts, weights);
     // The two-level fit's disk: fit features in float16, the tuning and report caches in float32 (checked before any work).
     if (candidates.sketched?.length)
       await checkSpillSpace(spillBytes(spec, opts.tokens) + 2 * spillBytes(spec, opts.heldout) + 2 * spillBytes(spec, opts.report));

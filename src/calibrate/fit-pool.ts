@@ -131,7 +131,9 @@ async function denseOrRandomized(
 /**
  * The top-k eigenpairs of a two-level fit's block of C_Z (two-level-fit.ts TwoLevelFit.basis):
  * the randomized solver up to RANDOMIZED_MAX_RANK_FRACTION of a block from
- * RANDOMIZED_EIGEN_MIN_P on (2–3x faster than a dense eigensolve there), else the dense one cut to k.
+ * RANDOMIZED_EIGEN_MIN_P on, else the dense one cut to k (blockSolver). At m = 4,096 on two
+ * cores the dense solve of every pair took 36 s and the randomized one of 0.6·m 31 s
+ * (docs/benchmarks.md, "Rank ~10K"): above 0.6·m the dense one is the cheaper.
  */
 export interface BlockEigenTask {
   op: 'block-eigen';
@@ -156,12 +158,17 @@ export interface BlockEigenResult {
   solver: 'randomized' | 'dense' | 'dense-truncated';
 }
 
+/** The solver blockEigen runs for the top k of an m-wide block. */
+export function blockSolver(m: number, k: number): BlockEigenResult['solver'] {
+  if (k >= m) return 'dense';
+  return m >= RANDOMIZED_EIGEN_MIN_P && k <= RANDOMIZED_MAX_RANK_FRACTION * m ? 'randomized' : 'dense-truncated';
+}
+
 /** Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker). */
 export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0): Promise<BlockEigenResult> {
   const { block, m, k } = task;
   invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
-  // The caller caps k at RANDOMIZED_MAX_RANK_FRACTION·m from RANDOMIZED_EIGEN_MIN_P on; below, the dense solve is cut to k.
-  const solver = k < m && m >= RANDOMIZED_EIGEN_MIN_P ? 'randomized' : k === m ? 'dense' : 'dense-truncated';
+  const solver = blockSolver(m, k);
   const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, { threads, device: task.device });
   return { values: e.values, W: e.vectors, solver };
 }
@@ -170,11 +177,14 @@ export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0):
 export type BlockEigenRunner = (task: BlockEigenTask) => Promise<BlockEigenResult>;
 
 /**
- * Bytes a block eigensolve holds: the block, the randomized solver's sketch (l = 1.1k) about four
- * times over, and its l × l Rayleigh–Ritz. R = 4,096 for all 32 layers of 8B geometry: 0.66 GB;
- * R = 12,288: 6.0 GB (5.6 GiB).
+ * Bytes a block eigensolve holds. Randomized (blockSolver): the block, the sketch (l = 1.1k)
+ * about four times over, and its l × l Rayleigh–Ritz; R = 4,096 for all 32 layers of 8B
+ * geometry at k = 0.6·R: 0.66 GB. Dense: eight m × m float64 arrays (the block, the reduction's
+ * copy, divide and conquer's eigenvectors, their transpose for the back-transform, and the
+ * result in both layouts; eigen-steps.ts), where 7.1 were measured at m = 4,096; R = 12,288: 9.7 GB.
  */
 export function blockEigenBytes(m: number, k: number): number {
+  if (blockSolver(m, k) !== 'randomized') return 8 * 8 * m * m;
   const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
   return 8 * m * m + 4 * 8 * l * m + 3 * 8 * l * l;
 }

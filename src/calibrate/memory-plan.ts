@@ -17,7 +17,6 @@ import { availableParallelism } from 'node:os';
 import type { KvKind } from '../codec/types.js';
 import { KvtcError } from '../errors.js';
 import { maxRankForRatios } from '../fit/fit.js';
-import { RANDOMIZED_MAX_RANK_FRACTION } from '../fit/eigen-randomized.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { blockEigenBytes, PARALLEL_BLOCK_EIGEN_BYTES } from './fit-pool.js';
 
@@ -91,19 +90,30 @@ export function estimateMemory(
     let worker = 0;
     let jobs = 0;
     let blocks = 0;
+    // Reduced columns of each kind not yet given to a group: the groups' blocks share R.
+    const columnsLeft = new Map(KINDS.map((kind) => [kind, Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers))]));
     for (const layers of x.groups)
       for (const kind of KINDS) {
         const p = dim(g, kind, layers.length);
         let k = Math.min(p, maxRankForRatios(p, o.ratios));
         gather = Math.max(gather, 4 * o.heldout * p);
         if (x.twoLevel) {
-          const m = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers), p);
-          k = Math.min(k, Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m));
+          // Its block has at most min(R, p) columns; the groups' blocks together at most R. The
+          // bases' sizes (p·k) add up to the most when the first groups, as wide as any later
+          // one, take all they can, so they are counted that way; the block eigensolve, one at
+          // a time, as the widest a block can be.
+          const R = Math.min(o.rank ?? TWO_LEVEL_RANK, dim(g, kind, g.layers));
+          const m = Math.min(R, p);
+          const share = Math.min(m, columnsLeft.get(kind)!);
+          columnsLeft.set(kind, columnsLeft.get(kind)! - share);
+          // Up to every column of its block (two-level-fit.ts TwoLevelFit.basis).
+          const kBlock = Math.min(k, m);
+          k = Math.min(k, share);
           // The float32 basis and the coefficients.
           fitting += 4 * p * k + 4 * o.heldout * k;
           // Block eigensolves in flight on the workers (fit-pool.ts BlockEigenTask), two at once
           // only while they fit PARALLEL_BLOCK_EIGEN_BYTES together (BlockEigenGate).
-          const b = blockEigenBytes(m, k);
+          const b = blockEigenBytes(m, kBlock);
           blocks = Math.max(blocks, 2 * b <= PARALLEL_BLOCK_EIGEN_BYTES ? Math.min(threads, 2) * b : b);
         } else {
           cov += 8 * p * p;

@@ -10,9 +10,7 @@
 import type { KvKind } from '../codec/types.js';
 import { invariant } from '../errors.js';
 import { matMulAsync, symmetricEigenAsync } from '../fit/eigen-ort.js';
-import { RANDOMIZED_MAX_RANK_FRACTION } from '../fit/eigen-randomized.js';
 import { featureDim, gatherFeatures } from '../fit/features.js';
-import { RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import {
   covarianceBlock,
   groupColumns,
@@ -225,11 +223,10 @@ export class TwoLevelFit {
     const cols = groupColumns(pr.layout, idx);
     const m = cols.length;
     invariant(m >= 1, `Error in TwoLevelFit.basis: layers ${layers.join(',')} keep no reduced columns`);
-    // At most RANDOMIZED_MAX_RANK_FRACTION of the block from RANDOMIZED_EIGEN_MIN_P on: the
-    // randomized solver's range, where it is 2–3x faster than a dense eigensolve of the block;
-    // what the cut leaves out is in the tables' residual.
-    const cap = m >= RANDOMIZED_EIGEN_MIN_P ? Math.floor(RANDOMIZED_MAX_RANK_FRACTION * m) : m;
-    const k = Math.max(1, Math.min(maxRank, cap));
+    // Up to every column of the block: blockEigen solves up to RANDOMIZED_MAX_RANK_FRACTION of
+    // it by the randomized solver and above that by the dense one cut to k, which costs about the
+    // same there (docs/benchmarks.md, "Rank ~10K"); what k leaves out is in the tables' residual.
+    const k = Math.max(1, Math.min(maxRank, m));
     const device = this.opts.device;
     const { W, values, solver } = await run({ op: 'block-eigen', block: covarianceBlock(pr.C, pr.layout.total, cols), m, k, device });
     const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k, device);

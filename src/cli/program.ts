@@ -177,7 +177,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     )
     .option(
       '--memory <GiB>',
-      "memory budget in GiB (default: half of this machine's): groupings are chosen within it, and the run is refused before any work when kvtc's estimate of its peak passes it (the estimate is printed; fit tokens stream and add nothing)",
+      "memory budget in GiB (default: half of this machine's), checked against kvtc's estimate of the run's peak before any work (printed; it errs high; fit tokens stream and add nothing): --grouping auto leaves out its largest groupings until the estimate fits, and says which; any other run over it is refused",
     )
     .option('--chunk <n>', 'prefill chunk length (tokens per forward pass, ≥ 1)', String(CAL.chunk))
     .option('--seed <n>', 'seed for held-out selection (≥ 0)', String(CAL.seed))

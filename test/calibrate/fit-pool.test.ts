@@ -3,6 +3,7 @@ import {
   BlockEigenGate,
   blockEigen,
   blockEigenBytes,
+  blockSolver,
   fitBases,
   fitBasisTables,
   type FitJob,
@@ -169,13 +170,36 @@ describe('fitBases with FitJob.maxRank', () => {
       return most;
     };
     const b = blockEigenBytes(64, 8);
-    expect(b).toBe(8 * 64 * 64 + 32 * 18 * 64 + 24 * 18 * 18);
+    expect(b).toBe(8 * 8 * 64 * 64); // below RANDOMIZED_EIGEN_MIN_P: the dense solve, cut to k
     expect(await peak(2 * b, 64)).toBe(2);
     expect(threads).toEqual([undefined, undefined, undefined]); // paired: the worker's one thread
     expect(await peak(3 * b, 64)).toBe(3);
     expect(await peak(2 * b - 1, 64)).toBe(1); // one at a time, never none
     expect(threads).toEqual([0, 0, 0]); // alone: every core for its products
     expect(await peak(1, 64)).toBe(1);
+  });
+
+  it('a block above 0.6·m is solved by the dense decomposition cut to k: its top k pairs exactly', async () => {
+    expect([blockSolver(4096, 2457), blockSolver(4096, 2458), blockSolver(4096, 4096), blockSolver(p - 1, 8)]).toEqual([
+      'randomized',
+      'dense-truncated',
+      'dense',
+      'dense-truncated',
+    ]);
+    expect([blockSolver(p, 230), blockSolver(p, 231), blockSolver(p, p - 1)]).toEqual(['randomized', 'dense-truncated', 'dense-truncated']);
+    // The memory plan's working set follows the solver: the sketch's below, eight blocks above.
+    const l = 2457 + 246;
+    expect(blockEigenBytes(4096, 2457)).toBe(8 * 4096 ** 2 + 32 * l * 4096 + 24 * l * l);
+    expect(blockEigenBytes(4096, 2458)).toBe(64 * 4096 ** 2);
+    const base = await job(8);
+    const k = p - 40;
+    const e = await blockEigen({ block: base.cov!.slice(), m: p, k }, 1);
+    expect(e.solver).toBe('dense-truncated');
+    const d = await symmetricEigenAsync(base.cov!, p, { threads: 1 });
+    expect(Array.from(e.values)).toEqual(Array.from(d.values.subarray(0, k)));
+    expect(e.W.length).toBe(p * k);
+    for (let i = 0; i < p; i++)
+      for (let c = 0; c < k; c++) if (e.W[i * k + c] !== d.vectors[i * p + c]) expect.unreachable(`W[${i}, ${c}]`);
   });
 
   it('above 0.6p the dense decomposition is cut to maxRank', async () => {

@@ -191,7 +191,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
     );
   if (result.groupings.length > 1) {
     io.out(
-      `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio (larger bases only when over 2% better)${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance)`).join(', ')}` : ''}`,
+      `grouping auto: fitted ${result.groupings.join(', ')} (layers per basis) and kept the one with the smallest tuning-split error at each ratio (larger bases only when over 2% better)${result.groupings_skipped.length ? `; left out for memory: ${result.groupings_skipped.map((g) => `${g.grouping} (${g.estimated_peak_bytes !== undefined ? `the run's estimated peak with it, ${(g.estimated_peak_bytes / 2 ** 30).toFixed(1)} GiB, passes the --memory budget` : `${(g.covariance_bytes / 2 ** 30).toFixed(1)} GiB of covariance`})`).join(', ')}` : ''}`,
     );
   }
   if (result.memory_estimate) {
