@@ -37,6 +37,7 @@ import { ModelRunner } from '../model/runner.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
+import type { EigenWork } from '../fit/eigen-types.js';
 import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
 import { readManifest } from '../profile/read.js';
@@ -400,6 +401,15 @@ export function memoryEstimate(
     budget: opts.memory ?? totalmem() / 2,
     ...(sequenceTokens !== undefined ? { sequenceTokens } : {}),
   });
+}
+
+/** A block eigensolve's phases (fit-pool.ts blockEigen) as progress: one stage per phase, its operations in GFLOP. */
+export function eigenWorkProgress(stage: string, progress: ProgressFn): EigenWork {
+  return (phase, done, total) =>
+    progress({
+      stage: `${stage}: ${phase}`,
+      ...(total > 0 ? { done: Math.round(done / 1e9), total: Math.max(1, Math.round(total / 1e9)), unit: 'GFLOP' } : {}),
+    });
 }
 
 /** Every calibration target's checkpoint: after an abort (Ctrl-C), stop before anything is written. */
@@ -819,11 +829,13 @@ export async function fitCandidate(
         make: async (run): Promise<FitJob> => {
           const X = await gather(s);
           const t = performance.now();
-          // Named when it starts (after the gate): at a large --two-level-rank one solve is minutes.
+          // Named when it starts (after the gate): at a large --two-level-rank one solve is minutes,
+          // and such a block runs alone (threads 0): its phases, with their operations and an ETA.
           const solve = gate.wrap((task) => {
             const span = s.layers.length === 1 ? `layer ${s.layers[0]}` : `layers ${s.layers[0]}–${s.layers[s.layers.length - 1]}`;
-            onProgress?.({ stage: `two-level fit: ${s.kind} eigensolve over ${span} (${task.m} wide, top ${task.k})` });
-            return run(task);
+            const stage = `two-level fit: ${s.kind} eigensolve over ${span} (${task.m} wide, top ${task.k})`;
+            onProgress?.({ stage });
+            return run(task, task.threads === 0 && onProgress ? eigenWorkProgress(stage, onProgress) : undefined);
           });
           const b = await tw.basis(s.kind, s.layers, maxRank, X, H, solve);
           twoLevelSeconds += (performance.now() - t) / 1000;

@@ -14,6 +14,7 @@ import { RANDOMIZED_MAX_RANK_FRACTION, randomizedEigenAsync } from '../fit/eigen
 import { transpose } from '../math/gemm.js';
 import { FIT_WORKER_MIN_P, LARGE_EIGEN_MIN_P, RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import type { KvKind } from '../codec/types.js';
+import type { EigenWork } from '../fit/eigen-types.js';
 import { centeredHeldout, heldoutFromProduct, prepareAllocation, type AllocationTables } from '../fit/fit.js';
 
 export interface FitJob {
@@ -115,7 +116,7 @@ async function denseOrRandomized(
   cov: Float64Array,
   job: Pick<FitJob, 'dim' | 'maxRank'>,
   solver: FitOutput['solver'],
-  on: OrtProducts,
+  on: OrtProducts & { onWork?: EigenWork },
 ): Promise<{ values: Float64Array; vectors: Float64Array }> {
   let eig: { values: Float64Array; vectors: Float64Array };
   if (solver === 'randomized') eig = await randomizedEigenAsync(cov, job.dim, job.maxRank!, on);
@@ -148,6 +149,16 @@ export interface BlockEigenTask {
    * which runs alone.
    */
   threads?: number;
+  /** The worker posts the solve's phases (EigenWorkMessage) before its result. */
+  progress?: boolean;
+}
+
+/** A phase of a block eigensolve on a worker (BlockEigenTask.progress; eigen-types.ts EigenWork). */
+export interface EigenWorkMessage {
+  op: 'eigen-work';
+  phase: string;
+  done: number;
+  total: number;
 }
 
 export interface BlockEigenResult {
@@ -164,17 +175,23 @@ export function blockSolver(m: number, k: number): BlockEigenResult['solver'] {
   return m >= RANDOMIZED_EIGEN_MIN_P && k <= RANDOMIZED_MAX_RANK_FRACTION * m ? 'randomized' : 'dense-truncated';
 }
 
-/** Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker). */
-export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0): Promise<BlockEigenResult> {
+/**
+ * Solves a BlockEigenTask here; `threads`: ORT intra-op threads (0 = all cores; 1 in a worker);
+ * `onWork` hears the solve's phases.
+ */
+export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0, onWork?: EigenWork): Promise<BlockEigenResult> {
   const { block, m, k } = task;
   invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
   const solver = blockSolver(m, k);
-  const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, { threads, device: task.device });
+  const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, { threads, device: task.device, onWork });
   return { values: e.values, W: e.vectors, solver };
 }
 
-/** Runs a BlockEigenTask on the worker that is about to take the job (fitBases), or here. */
-export type BlockEigenRunner = (task: BlockEigenTask) => Promise<BlockEigenResult>;
+/**
+ * Runs a BlockEigenTask on the worker that is about to take the job (fitBases), or here;
+ * `onWork` hears its phases.
+ */
+export type BlockEigenRunner = (task: BlockEigenTask, onWork?: EigenWork) => Promise<BlockEigenResult>;
 
 /**
  * Bytes a block eigensolve holds. Randomized (blockSolver): the block, the sketch (l = 1.1k)
@@ -204,14 +221,14 @@ export class BlockEigenGate {
   constructor(readonly limit = PARALLEL_BLOCK_EIGEN_BYTES) {}
 
   wrap(run: BlockEigenRunner): BlockEigenRunner {
-    return async (task) => {
+    return async (task, onWork) => {
       const bytes = blockEigenBytes(task.m, task.k);
       while (this.inFlight > 0 && this.inFlight + bytes > this.limit) await new Promise<void>((r) => this.waiting.push(r));
       this.inFlight += bytes;
       // Too large to pair with another: it runs alone, so its products take every core.
       const alone = 2 * bytes > this.limit;
       try {
-        return await run(alone ? { ...task, threads: 0 } : task);
+        return await run(alone ? { ...task, threads: 0 } : task, onWork);
       } finally {
         this.inFlight -= bytes;
         for (const r of this.waiting.splice(0)) r();
@@ -221,7 +238,7 @@ export class BlockEigenGate {
 }
 
 /** blockEigen on this thread, with every core for its products. */
-export const blockEigenHere: BlockEigenRunner = (task) => blockEigen(task);
+export const blockEigenHere: BlockEigenRunner = (task, onWork) => blockEigen(task, 0, onWork);
 
 /**
  * A job built only when a worker is free to take it (fitBases): its covariance (8p², a copy of
@@ -248,12 +265,23 @@ function transferList(j: FitJob, all = false): ArrayBuffer[] {
   return [...bufs];
 }
 
-/** A block eigensolve on worker `w` (idle: between two of its jobs); the block moves to it. */
-function runOn(w: Worker, task: BlockEigenTask): Promise<BlockEigenResult> {
+/**
+ * A block eigensolve on worker `w` (idle: between two of its jobs); the block moves to it. With
+ * `onWork` the worker posts the solve's phases before its result.
+ */
+function runOn(w: Worker, task: BlockEigenTask, onWork?: EigenWork): Promise<BlockEigenResult> {
   return new Promise((resolve) => {
-    w.once('message', resolve);
+    const on = (msg: BlockEigenResult | EigenWorkMessage) => {
+      if ('op' in msg) return onWork?.(msg.phase, msg.done, msg.total);
+      w.off('message', on);
+      resolve(msg);
+    };
+    w.on('message', on);
     const b = task.block;
-    w.postMessage(task, b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : []);
+    w.postMessage(
+      onWork ? { ...task, progress: true } : task,
+      b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : [],
+    );
   });
 }
 
@@ -285,7 +313,7 @@ export async function fitBases(
               const i = next++;
               const x = jobs[i];
               const lazy = isLazy(x);
-              const j = lazy ? await x.make((task) => runOn(w, task)) : x;
+              const j = lazy ? await x.make((task, onWork) => runOn(w, task, onWork)) : x;
               w.once('message', (r: FitOutput) => {
                 finish(i, r);
                 take().catch(reject);

@@ -1,11 +1,15 @@
 // Tested by test/calibrate/calibrate.test.ts.
 /** Worker thread: eigendecomposition + held-out error tables of one basis, or a two-level block's eigenpairs (see fit-pool.ts). */
 import { parentPort } from 'node:worker_threads';
-import { blockEigen, type BlockEigenTask, fitBasisTables, type FitJob } from './fit-pool.js';
+import { blockEigen, type BlockEigenTask, type EigenWorkMessage, fitBasisTables, type FitJob } from './fit-pool.js';
 
 parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
   if ('op' in job) {
-    const e = await blockEigen(job, job.threads ?? 1);
+    const onWork = job.progress
+      ? (phase: string, done: number, total: number) =>
+          parentPort!.postMessage({ op: 'eigen-work', phase, done, total } satisfies EigenWorkMessage)
+      : undefined;
+    const e = await blockEigen(job, job.threads ?? 1, onWork);
     const own = (a: Float64Array) => (a.byteLength === a.buffer.byteLength ? [a.buffer as ArrayBuffer] : []);
     parentPort!.postMessage(e, [...own(e.W), ...own(e.values)]);
     return;

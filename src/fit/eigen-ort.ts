@@ -8,6 +8,7 @@
 import { GraphBuilder } from '../onnx/builder.js';
 import { createSession, type Device, ort } from '../onnx/session.js';
 import { type EigenResult, type MatMulRequest, symmetricEigen } from './eigen.js';
+import type { EigenWork } from './eigen-types.js';
 import { eigenSteps } from './eigen-steps.js';
 import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
 
@@ -53,9 +54,13 @@ export interface OrtProducts {
  * p ≥ LARGE_EIGEN_MIN_P the products run on ONNX Runtime. `threads`: ORT intra-op threads
  * (0 = all cores; pass 1 where the caller already runs one job per core).
  */
-export async function symmetricEigenAsync(A: Float64Array, p: number, opts: OrtProducts = {}): Promise<EigenResult> {
+export async function symmetricEigenAsync(
+  A: Float64Array,
+  p: number,
+  opts: OrtProducts & { onWork?: EigenWork } = {},
+): Promise<EigenResult> {
   if (p < LARGE_EIGEN_MIN_P) return symmetricEigen(A, p);
-  return runStepsOnOrt(eigenSteps(A, p), opts.threads ?? 0, opts.device);
+  return runStepsOnOrt(eigenSteps(A, p, opts.onWork), opts.threads ?? 0, opts.device);
 }
 
 /** Runs a generator of dense products (eigen-types.ts MatMulRequest) with every product on ONNX Runtime. */

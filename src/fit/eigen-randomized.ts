@@ -29,7 +29,7 @@ import { mulberry32 } from '../random.js';
 import { symmetricEigen } from './eigen.js';
 import { type OrtProducts, runStepsOnOrt } from './eigen-ort.js';
 import { eigenSteps } from './eigen-steps.js';
-import type { MatMulRequest } from './eigen-types.js';
+import type { EigenWork, MatMulRequest } from './eigen-types.js';
 import { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
 
 /** The top-k eigenpairs of a symmetric A [p, p]. */
@@ -49,6 +49,8 @@ export interface RandomizedEigenOptions {
   powerIterations?: number;
   /** Seed of the Gaussian test matrix (default RANDOMIZED_EIGEN_SEED). */
   seed?: number;
+  /** Hears its phases: the sketch's products with A, then the Rayleigh–Ritz eigensolve's (eigenSteps). */
+  onWork?: EigenWork;
 }
 
 /**
@@ -82,24 +84,33 @@ export function* randomizedEigenSteps(A: Float64Array, p: number, k: number, opt
   const q = opts.powerIterations ?? DEFAULT_POWER_ITERATIONS;
   const l = Math.min(p, k + (opts.oversample ?? defaultOversample(k)));
   const normal = gaussian(opts.seed ?? RANDOMIZED_EIGEN_SEED);
+  const onWork = opts.onWork;
   if (l === p) {
     // No room to truncate: the dense decomposition, cut to k.
-    const e = p >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(A, p) : symmetricEigen(A, p);
+    const e = p >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(A, p, onWork) : symmetricEigen(A, p);
     return truncate(e.values, e.vectorsT, p, k);
   }
+  // The sketch's q + 2 products with A (2·l·p² operations each); its Cholesky-QR passes between them are not counted.
+  const sketchTotal = (q + 2) * 2 * l * p * p;
+  const sketched = (n: number) => onWork?.('sketch', n * 2 * l * p * p, sketchTotal);
+  sketched(0);
   const omegaT = new Float64Array(l * p);
   for (let i = 0; i < omegaT.length; i++) omegaT[i] = normal();
   // Yᵀ = Ωᵀ·A = (A·Ω)ᵀ, A symmetric.
   let Yt = yield { A: omegaT, B: A, m: l, k: p, n: p };
+  sketched(1);
   for (let it = 0; it < q; it++) {
     const Qt = yield* orthonormalizeRows(Yt, l, p, normal, false);
     Yt = yield { A: Qt, B: A, m: l, k: p, n: p };
+    sketched(2 + it);
   }
   const Qt = yield* orthonormalizeRows(Yt, l, p, normal, true);
   const Zt = yield { A: Qt, B: A, m: l, k: p, n: p }; // QᵀA [l, p]
+  sketched(q + 2);
   const T = yield { A: Zt, B: transpose(Qt, l, p), m: l, k: p, n: l }; // QᵀAQ [l, l]
   for (let i = 0; i < l; i++) for (let j = i + 1; j < l; j++) T[i * l + j] = T[j * l + i] = (T[i * l + j] + T[j * l + i]) / 2;
-  const ritz = l >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(T, l) : symmetricEigen(T, l);
+  const rr = onWork && ((phase: string, done: number, total: number) => onWork(`Rayleigh–Ritz ${l} wide, ${phase}`, done, total));
+  const ritz = l >= LARGE_EIGEN_MIN_P ? yield* eigenSteps(T, l, rr) : symmetricEigen(T, l);
   // Vᵀ = U[:, :k]ᵀ·Qᵀ [k, p]; rows of ritz.vectorsT are the columns of U.
   const Vt = yield { A: ritz.vectorsT.slice(0, k * l), B: Qt, m: k, k: l, n: p };
   return truncate(ritz.values, Vt, p, k);

@@ -6,24 +6,34 @@ import { invariant } from '../errors.js';
 import { gemmABt, transpose } from '../math/gemm.js';
 import { dcSteps } from './divide-conquer.js';
 import { descendingResult } from './eigen.js';
-import type { EigenSteps } from './eigen-types.js';
+import type { EigenSteps, EigenWork } from './eigen-types.js';
 import { tridiagonalizeBlocked } from './householder.js';
 
 export { LARGE_EIGEN_MIN_P } from './ort-thresholds.js';
 
 const BACK_BLOCK = 64;
 
-/** Eigendecomposition of the symmetric A [p, p] (p ≥ 2) as steps; same contract as symmetricEigen. */
-export function* eigenSteps(A: Float64Array, p: number): EigenSteps {
+/**
+ * Eigendecomposition of the symmetric A [p, p] (p ≥ 2) as steps; same contract as symmetricEigen.
+ * `onWork` hears its phases: the Householder reduction and the back-transform with their
+ * operations done, divide and conquer without a count.
+ */
+export function* eigenSteps(A: Float64Array, p: number, onWork?: EigenWork): EigenSteps {
   invariant(A.length === p * p && p >= 2, `Error in symmetricEigen: A length (${A.length}) must be p*p (${p}*${p}), p ≥ 2`);
   const W = Float64Array.from(A);
   const h = new Float64Array(p);
   const e = new Float64Array(p);
-  yield* tridiagonalizeBlocked(W, h, e, p);
+  yield* tridiagonalizeBlocked(W, h, e, p, onWork && ((done, total) => onWork('Householder reduction', done, total)));
   e[0] = 0;
   const diag = new Float64Array(p);
   for (let i = 0; i < p; i++) diag[i] = W[i * p + i];
+  onWork?.('divide and conquer', 0, 0);
   const { lam, ZT } = yield* dcSteps(diag, e, p);
+  // The back-transform: two products of 2·b·k1·p operations per block.
+  let backTotal = 0;
+  for (let k0 = 1; k0 < p; k0 += BACK_BLOCK) backTotal += 4 * (Math.min(p, k0 + BACK_BLOCK) - k0) * Math.min(p, k0 + BACK_BLOCK) * p;
+  let backDone = 0;
+  onWork?.('back-transform', 0, backTotal);
   // Z [p, p]: column j = eigenvector j of T (ascending). Back-transform X = P_{n-1}···P_1 Z.
   const Z = transpose(ZT, p, p);
   for (let k0 = 1; k0 < p; k0 += BACK_BLOCK) {
@@ -66,6 +76,8 @@ export function* eigenSteps(A: Float64Array, p: number): EigenSteps {
     const X = yield { A: Vt, B: Zs, m: b, k: k1, n: p }; // Vᵀ Zs [b, p]
     const Y = yield { A: transpose(VTt, b, k1), B: X, m: k1, k: b, n: p }; // V T Vᵀ Zs [k1, p]
     for (let q = 0; q < k1 * p; q++) Zs[q] -= Y[q];
+    backDone += 4 * b * k1 * p;
+    onWork?.('back-transform', backDone, backTotal);
   }
   // Z's columns are the eigenvectors of lam (ascending).
   return descendingResult(lam, transpose(Z, p, p), p);

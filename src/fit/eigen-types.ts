@@ -18,5 +18,12 @@ export interface MatMulRequest {
   k: number;
   n: number;
 }
+/**
+ * Progress of a long eigensolve: the phase running now and the floating-point operations done of
+ * its `total` (counted from its loops' sizes; total 0 where a phase has no count). A lone
+ * two-level block at a large --two-level-rank takes minutes (calibrate shows these with an ETA).
+ */
+export type EigenWork = (phase: string, done: number, total: number) => void;
+
 /** An eigen algorithm as a generator: it yields the dense products it needs and returns the result. */
 export type EigenSteps = Generator<MatMulRequest, EigenResult, Float64Array>;

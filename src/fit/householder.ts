@@ -76,7 +76,10 @@ export function* tridiagonalizeBlocked(
   hOut: Float64Array,
   e: Float64Array,
   n: number,
+  onWork?: (done: number, total: number) => void,
 ): Generator<MatMulRequest, void, Float64Array> {
+  // Reducing the leading L×L block costs (4/3)·L³ operations: what is left after each panel.
+  const total = reductionFlops(n);
   const nb = PANEL;
   const U = new Float64Array(nb * n);
   const Q = new Float64Array(nb * n);
@@ -155,6 +158,7 @@ export function* tridiagonalizeBlocked(
     U.fill(0);
     Q.fill(0);
     i0 = L - 1;
+    onWork?.(total - reductionFlops(L), total);
   }
   // Tail: unblocked on the leading block.
   const L = i0 + 1;
@@ -170,6 +174,12 @@ export function* tridiagonalizeBlocked(
     }
     for (let j = 0; j <= i; j++) W[i * n + j] = Wt[i * L + j];
   }
+  onWork?.(total, total);
+}
+
+/** Operations of the Householder reduction of an n×n symmetric matrix to tridiagonal form, (4/3)·n³. */
+export function reductionFlops(n: number): number {
+  return (4 / 3) * n ** 3;
 }
 
 /**

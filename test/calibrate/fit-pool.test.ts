@@ -135,6 +135,49 @@ describe('fitBases with FitJob.maxRank', () => {
     expect(pooled.map((o) => o.tables.kind)).toEqual(['key', 'value']);
   }, 120_000);
 
+  it('a block solved on a worker posts its phases before its result when asked (a lone block at a large R: minutes)', async () => {
+    const base = await job(9);
+    const m = p;
+    for (const k of [100, m - 40]) {
+      const events: [string, number, number][] = [];
+      let W: Float64Array | undefined;
+      const lazy: LazyFitJob = {
+        dim: m,
+        make: async (run) => {
+          const e = await run({ op: 'block-eigen', block: base.cov!.slice(), m, k }, (phase, done, total) =>
+            events.push([phase, done, total]),
+          );
+          W = e.W.slice();
+          return {
+            kind: 'key',
+            layers: [0],
+            dim: m,
+            mean: base.mean.slice(),
+            eigen: { values: e.values, vectors: e.W },
+            coefficients: { coeffs: new Float32Array(H * k), residual: 0 },
+            heldout: new Float32Array(0),
+            heldoutTokens: H,
+          };
+        },
+      };
+      await fitBases([lazy, { ...lazy }], { threads: 2 });
+      const here = await blockEigen({ block: base.cov!.slice(), m, k }, 1);
+      expect(Buffer.from(W!.buffer).equals(Buffer.from(here.W.buffer))).toBe(true);
+      const phases = [...new Set(events.map((e) => e[0]))];
+      if (here.solver === 'randomized') {
+        const l = k + 10;
+        expect(phases).toEqual(
+          [
+            'sketch',
+            ...['Householder reduction', 'divide and conquer', 'back-transform'].map((x) => `Rayleigh–Ritz ${l} wide, ${x}`),
+          ].filter((x) => l >= 384 || x === 'sketch'),
+        );
+      } else expect(phases).toEqual(['Householder reduction', 'divide and conquer', 'back-transform']);
+      const first = events.filter((e) => e[0] === phases[0]);
+      expect(first.at(-1)![1]).toBe(first.at(-1)![2]);
+    }
+  }, 120_000);
+
   it("--device cuda reaches the fit's products: DEVICE_UNAVAILABLE without the CUDA provider, the CPU's tables with it", async () => {
     const k = rankForBudget(p, Math.floor((1.5 * 16 * p) / 20));
     const j = await job(7, k);

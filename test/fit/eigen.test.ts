@@ -201,6 +201,31 @@ describe('symmetricEigen, large p (reduction + divide and conquer + blocked back
     }
   });
 
+  it("reports its phases' work in order, each phase's count rising to its total, and the same bits with or without it", () => {
+    const p = 400; // ten blocked panels (PANEL = 32), the unblocked tail, seven back-transform blocks
+    const { A } = spdWithClusters(p, 401);
+    const events: [string, number, number][] = [];
+    const heard = runEigenSteps(eigenSteps(A, p, (phase, done, total) => events.push([phase, done, total])));
+    const plain = runEigenSteps(eigenSteps(A, p));
+    expect(Buffer.from(heard.vectorsT.buffer).equals(Buffer.from(plain.vectorsT.buffer))).toBe(true);
+    expect(Buffer.from(heard.values.buffer).equals(Buffer.from(plain.values.buffer))).toBe(true);
+    const phases = [...new Set(events.map((e) => e[0]))];
+    expect(phases).toEqual(['Householder reduction', 'divide and conquer', 'back-transform']);
+    for (const phase of ['Householder reduction', 'back-transform']) {
+      const mine = events.filter((e) => e[0] === phase);
+      expect(mine.length).toBeGreaterThan(2);
+      for (let i = 1; i < mine.length; i++) expect(mine[i][1]).toBeGreaterThan(mine[i - 1][1]);
+      const [, done, total] = mine[mine.length - 1];
+      expect(done).toBe(total);
+    }
+    // The reduction's count is (4/3)·p³; the back-transform's two products per block, ≈ 2·p³.
+    expect(events.find((e) => e[0] === 'Householder reduction')![2]).toBeCloseTo((4 / 3) * p ** 3, -3);
+    const back = events.find((e) => e[0] === 'back-transform')![2];
+    expect(back / (2 * p ** 3)).toBeGreaterThan(0.95);
+    expect(back / (2 * p ** 3)).toBeLessThan(1.2);
+    expect(events.filter((e) => e[0] === 'divide and conquer')).toEqual([['divide and conquer', 0, 0]]);
+  });
+
   it('p=1024 SPD with clusters on ONNX Runtime', async () => {
     const p = 1024;
     const { A, lambda } = spdWithClusters(p, 1024);
