@@ -280,7 +280,8 @@ export interface GroupingCandidates {
  * `o.estimate` (kvtc's estimate of the whole run's peak, memory-plan.ts) passes it, the largest
  * multi-layer groupings go first: auto runs within the budget instead of being refused. An explicit
  * grouping keeps its exact covariance up to `o.fixedCovarianceLimit` (default `memoryLimit`)
- * whatever the model's size, and is fitted two-level beyond.
+ * whatever the model's size, while the run's estimate with it fits `memoryLimit`, and is fitted
+ * two-level beyond.
  */
 export function groupingCandidates(
   spec: FeatureGeometry,
@@ -295,8 +296,11 @@ export function groupingCandidates(
   if (grouping !== 'auto') {
     const bytes = groupingCovarianceBytes(spec, grouping);
     const limit = Math.min(memoryLimit, o.fixedCovarianceLimit ?? memoryLimit);
-    // Asked for by name: its exact covariance wherever that fits, however long it takes.
-    if (!multi(grouping) || bytes <= limit) {
+    // Asked for by name: its exact covariance wherever that fits, however long it takes, and the
+    // run with it fits the budget by kvtc's estimate (its dense eigensolves hold several p × p
+    // arrays); otherwise two-level.
+    const exact: GroupingCandidates = { fit: [grouping], skipped: [] };
+    if (!multi(grouping) || (bytes <= limit && (o.estimate === undefined || o.estimate(exact) <= memoryLimit))) {
       if (bytes > memoryLimit)
         throw new KvtcError(
           'USAGE',
@@ -305,7 +309,7 @@ export function groupingCandidates(
             fix: 'Use --grouping auto, raise --memory, or run on a machine with more memory.',
           },
         );
-      return { fit: [grouping], skipped: [] };
+      return exact;
     }
     const two = twoLevelBytes(spec, o.rank);
     if (two > memoryLimit) {

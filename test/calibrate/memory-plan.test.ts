@@ -87,6 +87,17 @@ describe('groupingCandidates within --memory', () => {
     expect(within(GiB / 4).fit).toEqual(['layer']);
     // A grouping asked for by name is never dropped: the run is refused instead (checkMemory).
     expect(within(8 * GiB, 'all').fit).toEqual(['all']);
+    // Its exact covariance (16 GiB here) fits a 17 GiB budget, but the run with it (dense
+    // eigensolves of p = 32,768) would not: two-level instead of a refusal naming 77 GiB.
+    const named = within(17 * GiB, 'all');
+    expect(named.sketched).toEqual(['all']);
+    expect(memoryEstimate(LLAMA_8B, named, { ...opts, memory: 17 * GiB }, GiB).peak).toBeLessThan(17 * GiB);
+    // Where the exact run fits, the exact covariance it stays.
+    const small = { layers: 5, kvHeads: 4, headDim: 8 };
+    const exact = groupingCandidates(small, 'all', undefined, 8 * GiB, {
+      estimate: (c) => memoryEstimate(small, c, { ...opts, memory: 8 * GiB }, GiB).peak,
+    });
+    expect([exact.fit, exact.sketched]).toEqual([['all'], undefined]);
   });
 });
 

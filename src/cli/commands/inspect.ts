@@ -102,6 +102,25 @@ function profileRopeWords(m: Manifest): string {
 }
 
 /** The measured error of a plan's layer, or "x (mean)" over its layers. */
+/** Groups shown in full in the table; a plan with more (a basis over many layers has thousands) is cut short. */
+export const TABLE_GROUPS = 40;
+
+/**
+ * The table's groups cell: the manifest's groups ("width×type", space-separated) up to
+ * TABLE_GROUPS, else the first 16 and how many components each type holds over all of them.
+ */
+export function groupsCell(groups: string): string {
+  const list = groups.split(' ').filter((g) => g.length > 0);
+  if (list.length <= TABLE_GROUPS) return list.join(' ');
+  const perType = new Map<string, number>();
+  for (const g of list) {
+    const [width, type] = g.split('×');
+    perType.set(type, (perType.get(type) ?? 0) + Number(width));
+  }
+  const totals = [...perType].map(([type, n]) => `${n} ${type}`).join(', ');
+  return `${list.slice(0, 16).join(' ')} … ${list.length} groups in all: ${totals}`;
+}
+
 export function planError(
   m: { measured: { rel_error: { key: number[]; value: number[] } } },
   p: { kind: string; layers: number[] },
@@ -182,14 +201,24 @@ export default async function inspect(raw: Record<string, unknown>, io: CliIO): 
   io.out(
     table(
       ['plan', 'kind', 'layers', 'p', 'kept rank', 'bits/token', 'budget', 'rel err', 'groups (width×type)'],
-      perPlan.map((p) => [p.plan, p.kind, p.layers.join(','), p.dim, p.rank, p.bits_per_token, p.budget_bits, planError(m, p), p.groups]),
+      perPlan.map((p) => [
+        p.plan,
+        p.kind,
+        p.layers.join(','),
+        p.dim,
+        p.rank,
+        p.bits_per_token,
+        p.budget_bits,
+        planError(m, p),
+        groupsCell(p.groups),
+      ]),
     ),
   );
   io.out('');
   io.out(
     'kept rank: the last principal component stored (the rest are dropped; groups may skip one); bits/token include per-token fp16 scale+offset of dynamic groups;',
   );
-  io.out("rel err: of the plan's layer, or the mean over its layers.");
+  io.out("rel err: of the plan's layer, or the mean over its layers; --json lists every group of a plan the table cuts short.");
   if (opts.model) {
     io.out('');
     await inspectModel(opts.model, io, false, opts.onnx);

@@ -7,6 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fmtBytes } from '../../../src/cli/format.js';
+import { groupsCell, TABLE_GROUPS } from '../../../src/cli/commands/inspect.js';
 import { DEFAULT_MODEL_DIR, DEFAULT_PROFILES_DIR } from '../../../src/paths.js';
 import { readProfile } from '../../../src/profile/read.js';
 import { kvtc } from '../../model/helpers.js';
@@ -108,5 +109,21 @@ describe('kvtc inspect PROFILE', () => {
     const none = await kvtc('inspect', '--json');
     expect(none.code).toBe(2);
     expect(JSON.parse(none.stdout).error.message).toMatch(/arguments \[\]: give a profile directory, --model DIR, or both/);
+  });
+});
+
+describe('groupsCell (the table cell of a plan with many groups)', () => {
+  it('lists up to TABLE_GROUPS groups as the manifest has them, and cuts a longer list short with each type’s components', () => {
+    const few = Array.from({ length: TABLE_GROUPS }, (_, i) => `${i + 1}×int4`).join(' ');
+    expect(groupsCell(few)).toBe(few);
+    // An all-layer basis at rank ~11K: ~1,200 groups, a line of kilobytes in full.
+    const many = [
+      ...Array.from({ length: 300 }, () => '1×int8'),
+      ...Array.from({ length: 900 }, (_, i) => `${(i % 3) + 1}×int2`),
+      '64×int4(dyn)',
+    ];
+    const cell = groupsCell(many.join(' '));
+    expect(cell).toBe(`${many.slice(0, 16).join(' ')} … 1201 groups in all: 300 int8, 1800 int2, 64 int4(dyn)`);
+    expect(cell.length).toBeLessThan(200);
   });
 });
