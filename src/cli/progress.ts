@@ -61,6 +61,24 @@ export function createProgress(io: CliIO, opts: ProgressOptions | boolean = {}):
   return plainProgress(io, now);
 }
 
+/**
+ * When each stage began: work on two threads interleaves its stages (a basis's tables finish
+ * while the next eigensolve runs), and a stage that comes back keeps its own clock, so its rate
+ * and ETA are not reset to count all its work in the moments since it returned.
+ */
+function stageClock(now: () => number): (stage: string) => number {
+  const starts = new Map<string, number>();
+  return (stage) => {
+    let t = starts.get(stage);
+    if (t === undefined) {
+      if (starts.size >= 256) starts.clear();
+      t = now();
+      starts.set(stage, t);
+    }
+    return t;
+  };
+}
+
 function spinnerProgress(io: CliIO, columns: number, now: () => number): Progress {
   // discardStdin would put stdin in raw mode: Ctrl-C then reaches kvtc only when the event loop
   // is free, and a second Ctrl-C never becomes a real SIGINT.
@@ -68,11 +86,12 @@ function spinnerProgress(io: CliIO, columns: number, now: () => number): Progres
   let stage = '';
   let stageStart = now();
   let last = 0;
+  const began = stageClock(now);
   const fn = (e: ProgressEvent) => {
     const t = now();
     if (e.stage !== stage) {
       stage = e.stage;
-      stageStart = t;
+      stageStart = began(stage);
     } else if (t - last < 100) return;
     last = t;
     const text = progressText(e, (t - stageStart) / 1000);
@@ -92,6 +111,7 @@ function plainProgress(io: CliIO, now: () => number): Progress {
   let stageStart = now();
   let last = -Infinity;
   let pending: ProgressEvent | undefined;
+  const began = stageClock(now);
   const print = (e: ProgressEvent, t: number) => {
     io.err(`[kvtc] ${progressText(e, (t - stageStart) / 1000)}`);
     last = t;
@@ -103,7 +123,7 @@ function plainProgress(io: CliIO, now: () => number): Progress {
       // The previous stage's last state, so a log shows where each stage ended.
       if (pending) print(pending, t);
       stage = e.stage;
-      stageStart = t;
+      stageStart = began(stage);
       print(e, t);
       return;
     }

@@ -3,7 +3,7 @@
  * speed): a 26-second MMLU question used to read "0.0 questions/s".
  */
 import { describe, expect, it } from 'vitest';
-import { progressText } from '../../src/cli/progress.js';
+import { createProgress, progressText } from '../../src/cli/progress.js';
 import { fmtRate } from '../../src/progress.js';
 
 describe('fmtRate', () => {
@@ -26,5 +26,19 @@ describe('fmtRate', () => {
       'MMLU 84/100 q · 2.3 q/min · 84% · ETA 6m56s',
     );
     expect(progressText({ stage: 'MMLU', done: 82, total: 100, unit: 'q', resumed: 82 }, 1)).toBe('MMLU 82/100 q');
+  });
+
+  it("keeps a stage's clock when another stage interleaves with it (a basis finishing during the next eigensolve)", () => {
+    let t = 0;
+    const lines: string[] = [];
+    const p = createProgress({ out: () => {}, err: (x) => lines.push(x), interactive: false }, { now: () => t });
+    const solve = 'eigensolve: Householder reduction';
+    p.fn({ stage: solve, done: 0, total: 300, unit: 'GFLOP' });
+    t = 10_000;
+    p.fn({ stage: 'fitting bases', done: 1, total: 2, unit: 'bases' });
+    t = 20_000;
+    p.fn({ stage: solve, done: 60, total: 300, unit: 'GFLOP' });
+    // 60 GFLOP in the 20 s since the solve began: 3.0 GFLOP/s, ETA 80 s (not 60 GFLOP in 10 s).
+    expect(lines.at(-1)).toBe('[kvtc] eigensolve: Householder reduction 60/300 GFLOP · 3.0 GFLOP/s · 20% · ETA 1m20s');
   });
 });
