@@ -255,13 +255,23 @@ export interface LazyFitJob {
 const isLazy = (j: FitJob | LazyFitJob): j is LazyFitJob => 'make' in j;
 
 /**
+ * Whether `a`'s buffer can move to a worker: it is all of an ArrayBuffer and not empty. An empty
+ * one (nothing to gain) may be a buffer moved already: Node drops a message whose transfer list
+ * holds a detached buffer without a word, and the pool would wait for its answer forever, where
+ * a copy of it fails at once (DataCloneError).
+ */
+export function movable(a: ArrayBufferView): a is ArrayBufferView & { buffer: ArrayBuffer } {
+  return a.byteLength > 0 && a.buffer instanceof ArrayBuffer && a.byteLength === a.buffer.byteLength;
+}
+
+/**
  * The buffers of a job, distinct and not shared (transferable): those of fitted eigenpairs, or
  * every one of a lazy job (built for the worker alone).
  */
 function transferList(j: FitJob, all = false): ArrayBuffer[] {
   const arrays = [j.eigen?.vectors, j.eigen?.values, j.coefficients?.coeffs, j.mean, j.heldout, all ? j.cov : undefined];
   const bufs = new Set<ArrayBuffer>();
-  for (const a of arrays) if (a && a.buffer instanceof ArrayBuffer && a.byteLength === a.buffer.byteLength) bufs.add(a.buffer);
+  for (const a of arrays) if (a && movable(a)) bufs.add(a.buffer);
   return [...bufs];
 }
 
@@ -278,10 +288,7 @@ function runOn(w: Worker, task: BlockEigenTask, onWork?: EigenWork): Promise<Blo
     };
     w.on('message', on);
     const b = task.block;
-    w.postMessage(
-      onWork ? { ...task, progress: true } : task,
-      b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? [b.buffer] : [],
-    );
+    w.postMessage(onWork ? { ...task, progress: true } : task, movable(b) ? [b.buffer] : []);
   });
 }
 

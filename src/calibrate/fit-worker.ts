@@ -1,7 +1,7 @@
 // Tested by test/calibrate/calibrate.test.ts.
 /** Worker thread: eigendecomposition + held-out error tables of one basis, or a two-level block's eigenpairs (see fit-pool.ts). */
 import { parentPort } from 'node:worker_threads';
-import { blockEigen, type BlockEigenTask, type EigenWorkMessage, fitBasisTables, type FitJob } from './fit-pool.js';
+import { blockEigen, type BlockEigenTask, type EigenWorkMessage, fitBasisTables, type FitJob, movable } from './fit-pool.js';
 
 parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
   if ('op' in job) {
@@ -10,7 +10,7 @@ parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
           parentPort!.postMessage({ op: 'eigen-work', phase, done, total } satisfies EigenWorkMessage)
       : undefined;
     const e = await blockEigen(job, job.threads ?? 1, onWork);
-    const own = (a: Float64Array) => (a.byteLength === a.buffer.byteLength ? [a.buffer as ArrayBuffer] : []);
+    const own = (a: Float64Array) => (movable(a) ? [a.buffer] : []);
     parentPort!.postMessage(e, [...own(e.W), ...own(e.values)]);
     return;
   }

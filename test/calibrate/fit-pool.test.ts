@@ -9,6 +9,7 @@ import {
   type FitJob,
   fitSolver,
   type LazyFitJob,
+  movable,
 } from '../../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
@@ -177,6 +178,23 @@ describe('fitBases with FitJob.maxRank', () => {
       expect(first.at(-1)![1]).toBe(first.at(-1)![2]);
     }
   }, 120_000);
+
+  it('a job holding a buffer an earlier job moved to a worker fails at once instead of waiting forever', async () => {
+    // Node drops a message whose transfer list holds a detached buffer without a word: two lazy
+    // jobs sharing one mean moved it with the first, and the pool waited for the second's answer.
+    const base = await job(10);
+    const lazy: LazyFitJob = {
+      dim: p,
+      make: async (run) => {
+        const e = await run({ op: 'block-eigen', block: base.cov!.slice(), m: p, k: 100 });
+        return { ...base, heldout: base.heldout.slice(), eigen: { values: e.values, vectors: e.W } };
+      },
+    };
+    await expect(fitBases([lazy, lazy], { threads: 2 })).rejects.toThrow(/detached/);
+    expect(movable(new Float64Array(0))).toBe(false);
+    expect(movable(new Float64Array(4).subarray(1))).toBe(false);
+    expect(movable(new Float64Array(4))).toBe(true);
+  }, 60_000);
 
   it("--device cuda reaches the fit's products: DEVICE_UNAVAILABLE without the CUDA provider, the CPU's tables with it", async () => {
     const k = rankForBudget(p, Math.floor((1.5 * 16 * p) / 20));
