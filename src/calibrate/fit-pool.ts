@@ -6,7 +6,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
-import { spawnWorker } from '../worker.js';
+import { movable, spawnWorker } from '../worker.js';
 import { invariant } from '../errors.js';
 import { matMulAsync, type OrtProducts, symmetricEigenAsync } from '../fit/eigen-ort.js';
 import type { Device } from '../onnx/devices.js';
@@ -253,16 +253,6 @@ export interface LazyFitJob {
 }
 
 const isLazy = (j: FitJob | LazyFitJob): j is LazyFitJob => 'make' in j;
-
-/**
- * Whether `a`'s buffer can move to a worker: it is all of an ArrayBuffer and not empty. An empty
- * one (nothing to gain) may be a buffer moved already: Node drops a message whose transfer list
- * holds a detached buffer without a word, and the pool would wait for its answer forever, where
- * a copy of it fails at once (DataCloneError).
- */
-export function movable(a: ArrayBufferView): a is ArrayBufferView & { buffer: ArrayBuffer } {
-  return a.byteLength > 0 && a.buffer instanceof ArrayBuffer && a.byteLength === a.buffer.byteLength;
-}
 
 /**
  * The buffers of a job, distinct and not shared (transferable): those of fitted eigenpairs, or

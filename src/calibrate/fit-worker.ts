@@ -1,7 +1,8 @@
 // Tested by test/calibrate/calibrate.test.ts.
 /** Worker thread: eigendecomposition + held-out error tables of one basis, or a two-level block's eigenpairs (see fit-pool.ts). */
 import { parentPort } from 'node:worker_threads';
-import { blockEigen, type BlockEigenTask, type EigenWorkMessage, fitBasisTables, type FitJob, movable } from './fit-pool.js';
+import { movable } from '../worker.js';
+import { blockEigen, type BlockEigenTask, type EigenWorkMessage, fitBasisTables, type FitJob } from './fit-pool.js';
 
 parentPort!.on('message', async (job: FitJob | BlockEigenTask) => {
   if ('op' in job) {

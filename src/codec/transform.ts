@@ -10,7 +10,7 @@ import type { Worker } from 'node:worker_threads';
 import type * as ortTypes from 'onnxruntime-node';
 import { CODEC_SESSION, createSession, ort, type Device } from '../onnx/session.js';
 import { InternalError, KvtcError, type ErrorCode } from '../errors.js';
-import { spawnWorker } from '../worker.js';
+import { movable, spawnWorker } from '../worker.js';
 
 export interface Feed {
   /** float32, or uint8 (quantization codes). */
@@ -177,8 +177,7 @@ export class ThreadedTransform implements TransformRunner {
     // The inputs are transferred (the caller hands them over); shared RoPE tables are copied.
     const transfer: ArrayBuffer[] = [];
     for (const [name, f] of Object.entries(feeds)) {
-      if (name !== 'cos' && name !== 'sin' && f.data.byteOffset === 0 && f.data.byteLength === f.data.buffer.byteLength)
-        transfer.push(f.data.buffer as ArrayBuffer);
+      if (name !== 'cos' && name !== 'sin' && movable(f.data)) transfer.push(f.data.buffer);
     }
     return this.call({ type: 'run', dir, i, feeds }, transfer);
   }

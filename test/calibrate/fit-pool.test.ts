@@ -9,7 +9,6 @@ import {
   type FitJob,
   fitSolver,
   type LazyFitJob,
-  movable,
 } from '../../src/calibrate/fit-pool.js';
 import { symmetricEigenAsync } from '../../src/fit/eigen-ort.js';
 import { CovarianceAccumulator } from '../../src/fit/covariance.js';
@@ -17,6 +16,7 @@ import { allocateDetailed, prepareAllocation, rankForBudget } from '../../src/fi
 import { RANDOMIZED_EIGEN_MIN_P } from '../../src/fit/ort-thresholds.js';
 import { gemmABt } from '../../src/math/gemm.js';
 import { rng } from '../codec/rng.js';
+import { movable } from '../../src/worker.js';
 import { existsSync } from 'node:fs';
 import { cudaProviderPath } from '../../src/onnx/session.js';
 
