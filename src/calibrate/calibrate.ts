@@ -835,13 +835,19 @@ export async function fitCandidate(
           const t = performance.now();
           // Named when it starts (after the gate): at a large --two-level-rank one solve is minutes,
           // and such a block runs alone (threads 0): its phases, with their operations and an ETA.
-          const solve = gate.wrap((task) => {
+          // The gate's slot is held through the lift and the coefficients (BlockEigenGate.held).
+          const solve = gate.held((task) => {
             const span = s.layers.length === 1 ? `layer ${s.layers[0]}` : `layers ${s.layers[0]}–${s.layers[s.layers.length - 1]}`;
             const stage = `two-level fit: ${s.kind} eigensolve over ${span} (${task.m} wide, top ${task.k})`;
             onProgress?.({ stage });
             return run(task, task.threads === 0 && onProgress ? eigenWorkProgress(stage, onProgress) : undefined);
           });
-          const b = await tw.basis(s.kind, s.layers, maxRank, X, H, solve);
+          let b;
+          try {
+            b = await tw.basis(s.kind, s.layers, maxRank, X, H, solve.run);
+          } finally {
+            solve.release();
+          }
           twoLevelSeconds += (performance.now() - t) / 1000;
           return {
             kind: s.kind,

@@ -240,6 +240,32 @@ describe('fitBases with FitJob.maxRank', () => {
     expect(await peak(1, 64)).toBe(1);
   });
 
+  it('BlockEigenGate.held keeps its slot after the solve until release(): the lift ends before the next lone solve', async () => {
+    const b = blockEigenBytes(64, 8);
+    const gate = new BlockEigenGate(b); // one at a time
+    const order: string[] = [];
+    const run = async (task: { m: number; k: number }) => {
+      order.push(`solve ${task.k}`);
+      return { values: new Float64Array(task.k), W: new Float64Array(task.m * task.k), solver: 'dense' as const };
+    };
+    const first = gate.held(run);
+    await first.run({ op: 'block-eigen', block: new Float64Array(0), m: 64, k: 8 });
+    const second = gate.wrap(run)({ op: 'block-eigen', block: new Float64Array(0), m: 64, k: 8 });
+    await new Promise((r) => setTimeout(r, 30));
+    order.push('lift');
+    expect(order).toEqual(['solve 8', 'lift']); // the second waits while the first is held
+    first.release();
+    first.release(); // idempotent: the slot is not freed twice
+    await second;
+    expect(order).toEqual(['solve 8', 'lift', 'solve 8']);
+    // A solve that fails frees its slot at once.
+    const failing = gate.held(async () => {
+      throw new Error('boom');
+    });
+    await expect(failing.run({ op: 'block-eigen', block: new Float64Array(0), m: 64, k: 8 })).rejects.toThrow('boom');
+    await gate.wrap(run)({ op: 'block-eigen', block: new Float64Array(0), m: 64, k: 8 });
+  });
+
   it('a block above 0.6·m is solved by the dense decomposition cut to k: its top k pairs exactly', async () => {
     expect([blockSolver(4096, 2457), blockSolver(4096, 2458), blockSolver(4096, 4096), blockSolver(p - 1, 8)]).toEqual([
       'randomized',
