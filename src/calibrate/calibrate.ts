@@ -21,7 +21,7 @@ import { BUDGET_SCALE_STEPS, searchBudgetScale, type BudgetScale } from './budge
 import type { EntropyCoder } from '../codec/blob.js';
 import { CovarianceAccumulator, createGramKernel, type GramKernel } from '../fit/covariance.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
-import { TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
+import { type TwoLevelBasis, TwoLevelFit, type TwoLevelSummary } from './two-level-fit.js';
 import { cacheSet, ParkedCaches, type CacheSet } from './cache-park.js';
 import { checkSpillSpace } from './feature-spill.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './memory-plan.js';
@@ -842,7 +842,7 @@ export async function fitCandidate(
             onProgress?.({ stage });
             return run(task, task.threads === 0 && onProgress ? eigenWorkProgress(stage, onProgress) : undefined);
           });
-          let b;
+          let b: TwoLevelBasis;
           try {
             b = await tw.basis(s.kind, s.layers, maxRank, X, H, solve.run);
           } finally {
