@@ -33,6 +33,9 @@ import {
   groupingCandidates,
   KVTC_OUTPUT,
   maxFeatureDim,
+  fitTokensNeeded,
+  underdeterminedBasis,
+  underdeterminedWarning,
   checkBudget,
   memoryEstimate,
   spillBytes,
@@ -206,6 +209,7 @@ type RankOutcome = RankResult & {
   groupings: string[];
   groupings_skipped: SkippedGrouping[];
   groupings_sketched: string[];
+  warnings: string[];
 };
 
 /**
@@ -233,7 +237,7 @@ async function calibrateDump(
       reportTokens: opts.report,
       sink: opts.sink,
       window: opts.window,
-      minFitTokens: Math.max(2 * maxFeatureDim(spec, candidates), 256),
+      minFitTokens: fitTokensNeeded(maxFeatureDim(spec, candidates, opts.twoLevelRank), opts.tokens),
       source: dump.dir,
     });
     return { rank, spec, candidates, split };
@@ -360,6 +364,8 @@ async function calibrateDump(
       }
       const ropeCheck = accs[i].ropeCheck();
       const shard = spec.shard;
+      const fitVectors = split.fit.reduce((a, q) => a + Math.max(0, q.tokens - opts.sink), 0);
+      const under = underdeterminedBasis(spec, candidates, fitVectors, opts.twoLevelRank);
       out.push({
         ...(rank.label ? { rank: rank.label } : {}),
         layers: rank.model.cacheLayers,
@@ -377,6 +383,7 @@ async function calibrateDump(
         groupings: candidates.fit.map(String),
         groupings_skipped: candidates.skipped,
         groupings_sketched: candidates.sketched ?? [],
+        warnings: under ? [underdeterminedWarning(under, 'dump')] : [],
       });
     }
     return out;
@@ -512,8 +519,9 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     profiles: results.flatMap((r) => r.profiles),
     seconds,
     skipped_data: [],
+    warnings: [...new Set(results.flatMap((r) => r.warnings.map((w) => (r.rank ? `${r.rank}: ${w}` : w))))],
     ranks: results.map(
-      ({ plans: _p, randomized: _r, sketched: _k, groupings: _g, groupings_skipped: _s, groupings_sketched: _h, ...r }) => r,
+      ({ plans: _p, randomized: _r, sketched: _k, groupings: _g, groupings_skipped: _s, groupings_sketched: _h, warnings: _w, ...r }) => r,
     ),
     shards_index: index,
   };

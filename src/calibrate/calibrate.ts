@@ -176,6 +176,8 @@ export interface CalibrateResult {
   seconds: Record<string, number>;
   /** Files in --data directories skipped because they are not UTF-8 text. */
   skipped_data: SkippedFile[];
+  /** What the user should know about the fit (underdeterminedBasis); the CLI prints each as a warning. */
+  warnings: string[];
 }
 
 export const MIN_RATIO = 1.5;
@@ -552,7 +554,11 @@ export async function readSequences(
  * full-rank covariance); a two-level grouping (GroupingCandidates.sketched) counts its per-layer
  * features and the reduced columns R (at most TWO_LEVEL_RANK) instead of p.
  */
-export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[] | GroupingCandidates, rank = TWO_LEVEL_RANK): number {
+export function maxFeatureDim(
+  spec: FeatureGeometry,
+  candidates: FixedGrouping[] | GroupingCandidates,
+  rank: number = TWO_LEVEL_RANK,
+): number {
   const c: GroupingCandidates = Array.isArray(candidates) ? { fit: candidates, skipped: [] } : candidates;
   const sketched = new Set(c.sketched ?? []);
   return Math.max(
@@ -565,6 +571,59 @@ export function maxFeatureDim(spec: FeatureGeometry, candidates: FixedGrouping[]
       ),
     ),
   );
+}
+
+/**
+ * The widest basis among the candidates when it has more components than the fit has feature
+ * vectors (fit tokens after the sinks): a covariance of n vectors has rank at most n − 1, so its
+ * components past that carry no fit variance (their directions are arbitrary within the rest).
+ * The columns are p_G for an exact covariance and the reduced columns (≤ --two-level-rank) for a
+ * two-level basis. Undefined when every basis is determined by the fit.
+ */
+export function underdeterminedBasis(
+  spec: FeatureGeometry,
+  candidates: GroupingCandidates,
+  fitVectors: number,
+  rank: number = TWO_LEVEL_RANK,
+): { grouping: string; kinds: KvKind[]; columns: number; twoLevel: boolean; fit_vectors: number } | undefined {
+  const sketched = new Set(candidates.sketched ?? []);
+  let widest: { grouping: string; kinds: KvKind[]; columns: number; twoLevel: boolean } | undefined;
+  for (const g of candidates.fit) {
+    const twoLevel = sketched.has(String(g));
+    for (const layers of layerGroups(spec.layers, g)) {
+      for (const kind of ['key', 'value'] as KvKind[]) {
+        const p = featureDim(spec, kind, layers.length);
+        const columns = twoLevel ? Math.min(p, rank, kindFeatures(spec, kind)) : p;
+        // On a tie the wider grouping (candidates come narrowest first): a two-level group's
+        // columns are its share of R, at most min(p_G, R), reached by the all-layer one.
+        if (widest?.grouping === String(g) && columns === widest.columns) {
+          if (!widest.kinds.includes(kind)) widest.kinds.push(kind);
+        } else if (!widest || columns >= widest.columns) widest = { grouping: String(g), kinds: [kind], columns, twoLevel };
+      }
+    }
+  }
+  return widest && widest.columns >= fitVectors ? { ...widest, fit_vectors: fitVectors } : undefined;
+}
+
+/** The warning for underdeterminedBasis (calibrate and calibrate --kv print it; --json carries it). */
+export function underdeterminedWarning(u: NonNullable<ReturnType<typeof underdeterminedBasis>>, what: '--tokens' | 'dump'): string {
+  const n = (x: number) => x.toLocaleString('en-US');
+  const name = u.grouping === 'all' ? 'all-layer' : u.grouping === 'layer' ? 'per-layer' : `${u.grouping}-layer`;
+  return (
+    `the ${name} ${u.kinds.join(' and ')} bases have ${u.twoLevel ? `up to ${n(u.columns)} reduced columns (--two-level-rank)` : `${n(u.columns)} features`} but the fit has ${n(u.fit_vectors)} feature vectors: ` +
+    `at most ${n(Math.max(0, u.fit_vectors - 1))} of their components carry fit variance, and the fit says nothing of the rest. ` +
+    `Fit on at least ${n(2 * u.columns)} tokens (${what === 'dump' ? 'dump more sequences, and raise --tokens if you set it lower' : 'raise --tokens, and add --data text if it runs short'})` +
+    (u.twoLevel ? ` or lower --two-level-rank to ${n(Math.max(64, Math.floor(u.fit_vectors / 2)))}` : '') +
+    '.'
+  );
+}
+
+/**
+ * The fit tokens the data must give: twice the widest basis's columns (a full-rank covariance
+ * with room), or the --tokens asked for when that is less (at least 256).
+ */
+export function fitTokensNeeded(maxDim: number, requested: number): number {
+  return Math.max(Math.min(2 * maxDim, requested), 256);
 }
 
 /** Step 2: calibration text → fit, tuning and report sequences (disjoint, seeded). */
@@ -583,9 +642,11 @@ export async function readSplit(
       { fix: `Keep sink + window below ${seqLen}.` },
     );
   }
-  // Every basis needs at least 2p fit tokens for a full-rank covariance (two-level: 2R).
-  const maxDim = maxFeatureDim(spec, candidates);
-  const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens: Math.max(2 * maxDim, 256) }, progress);
+  // Every basis needs at least 2p fit tokens for a full-rank covariance (two-level: 2R); the data
+  // must give that much, or what --tokens asks for when it asks for less (the result then warns:
+  // underdeterminedBasis).
+  const minFitTokens = fitTokensNeeded(maxFeatureDim(spec, candidates, opts.twoLevelRank), opts.tokens);
+  const { data, split } = await readSequences(opts, tokenizer, { seqLen, minFitTokens }, progress);
   return { data, split, seqLen };
 }
 
@@ -1204,6 +1265,9 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     progress({ stage: 'reading calibration text' });
     const { data, split, seqLen } = await readSplit(opts, spec, model.tokenizer, candidates, progress);
     lap('tokenize');
+    const fitVectors = split.fit.reduce((a, q) => a + Math.max(0, q.length - opts.sink), 0);
+    const under = underdeterminedBasis(spec, candidates, fitVectors, opts.twoLevelRank);
+    const warnings = under ? [underdeterminedWarning(under, '--tokens')] : [];
 
     const runner = new ModelRunner(model);
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
@@ -1279,6 +1343,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       profiles: written.profiles,
       seconds,
       skipped_data: data.skipped,
+      warnings,
     };
   } finally {
     await release();

@@ -272,6 +272,61 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     expect(j.rope_check.reason).toMatch(/no input_ids/);
   });
 
+  it('--tokens below the widest basis: the fit runs on what was asked for and warns (stderr and --json) that the basis is underdetermined', async () => {
+    // 2 layers × 2 KV heads × 128: the all-layer bases have 512 features; one 300-token fit sequence gives 296 vectors past the sink.
+    const wide: DumpModelInfo = {
+      ...MODEL,
+      headDim: 128,
+      rope: MODEL.rope.map(() => ({ theta: 10000, rotaryDim: 128, layout: 'half' as const })),
+    };
+    const dir = join(tempDir('kvtc-kvdump-wide-'), 'dump');
+    const { normal } = rng(5);
+    const seqs: DumpSeq[] = Array.from({ length: 4 }, () => {
+      const a = () => Float32Array.from({ length: 2 * 300 * 128 }, normal);
+      return {
+        cache: {
+          layers: 2,
+          kvHeads: 2,
+          headDim: 128,
+          tokens: 300,
+          dtype: 'float32',
+          keys: [a(), a()],
+          values: [a(), a()],
+          startPosition: 0,
+        },
+      };
+    });
+    writeDump(dir, wide, seqs);
+    const args = [
+      '--ratio',
+      '8',
+      '--tokens',
+      '256',
+      '--tuning-tokens',
+      '256',
+      '--report-tokens',
+      '256',
+      '--sink',
+      '4',
+      '--window',
+      '16',
+      '--grouping',
+      'all',
+    ];
+    const out = join(tempDir('kvtc-kvdump-out-'), 'p');
+    let r = await kvtc('calibrate', '--kv', dir, '--out', out, ...args, '--quiet');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(
+      /warning: the all-layer key and value bases have 512 features but the fit has 296 feature vectors: at most 295 of their components carry fit variance.*at least 1,024 tokens \(dump more sequences/,
+    );
+    r = await kvtc('calibrate', '--kv', dir, '--out', out, ...args, '--json', '--force');
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.tokens).toBe(300);
+    expect(j.warnings).toHaveLength(1);
+    expect(j.warnings[0]).toMatch(/512 features but the fit has 296 feature vectors/);
+  });
+
   it('usage errors exit 2: --kv with --model or --data, --shards without --kv or malformed', async () => {
     const { dir } = makeDump();
     let r = await kvtc('calibrate', '--kv', dir, '--model', dir, '--quiet');

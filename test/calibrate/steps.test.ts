@@ -13,6 +13,9 @@ import {
   groupingCandidates,
   twoLevelBytes,
   maxFeatureDim,
+  fitTokensNeeded,
+  underdeterminedBasis,
+  underdeterminedWarning,
   groupingCovarianceBytes,
   layerGroups,
   openModel,
@@ -76,6 +79,40 @@ describe('groupingCandidates', () => {
     // so the default 16,384 fit tokens suffice for 'all' on 8B.
     expect(maxFeatureDim(LLAMA_8B, c)).toBe(4096);
     expect(maxFeatureDim(LLAMA_8B, c.fit)).toBe(32768);
+    expect(maxFeatureDim(LLAMA_8B, c, 12288)).toBe(12288);
+  });
+
+  it('names the widest basis with more columns than the fit has vectors, and needs no more fit text than --tokens asks for', () => {
+    const c = groupingCandidates(LLAMA_8B, 'auto', undefined, 12 * 2 ** 30);
+    // Two-level: the all-layer bases have R reduced columns; per-layer ones p = 1024.
+    expect(underdeterminedBasis(LLAMA_8B, c, 16380)).toBeUndefined();
+    expect(underdeterminedBasis(LLAMA_8B, c, 4096)).toEqual({
+      grouping: 'all',
+      kinds: ['key', 'value'],
+      columns: 4096,
+      twoLevel: true,
+      fit_vectors: 4096,
+    });
+    expect(underdeterminedBasis(LLAMA_8B, c, 4097)).toBeUndefined();
+    const u = underdeterminedBasis(LLAMA_8B, c, 4092, 6000)!;
+    expect(u).toMatchObject({ grouping: 'all', columns: 6000, twoLevel: true });
+    const w = underdeterminedWarning(u, '--tokens');
+    expect(w).toMatch(/all-layer key and value bases have up to 6,000 reduced columns/);
+    expect(w).toMatch(/at most 4,091 of their components carry fit variance/);
+    expect(w).toMatch(/at least 12,000 tokens/);
+    expect(w).toMatch(/--two-level-rank to 2,046/);
+    // Exact covariances: p_G features; only the per-layer candidate.
+    const layer = groupingCandidates(LLAMA_8B, 'layer');
+    expect(underdeterminedBasis(LLAMA_8B, layer, 1024)).toMatchObject({ grouping: 'layer', columns: 1024, twoLevel: false });
+    expect(underdeterminedWarning(underdeterminedBasis(LLAMA_8B, layer, 1000)!, 'dump')).toMatch(
+      /per-layer key and value bases have 1,024 features .* at least 2,048 tokens \(dump more sequences/,
+    );
+    expect(underdeterminedBasis(LLAMA_8B, layer, 1025)).toBeUndefined();
+    // The data must give twice the widest basis, or the --tokens asked for when less (never under 256).
+    expect(fitTokensNeeded(4096, 16384)).toBe(8192);
+    expect(fitTokensNeeded(4096, 4096)).toBe(4096);
+    expect(fitTokensNeeded(100, 4096)).toBe(256);
+    expect(fitTokensNeeded(4096, 128)).toBe(256);
     // A model at TWO_LEVEL_MIN_FEATURES keeps exact covariances while they fit the budget
     // (8 layers × 1024: layer 128 MiB, 2 256 MiB, 4 512 MiB, all 1 GiB), two-level beyond.
     const mid = { layers: 8, kvHeads: 8, headDim: 128 };

@@ -171,6 +171,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
       ...(result.memory_estimate ? { memory_estimate: result.memory_estimate } : {}),
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
+      warnings: result.warnings,
       ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
     });
     return;
@@ -182,6 +183,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
         : `warning: the calibration data gave ${result.tokens} fit tokens, fewer than --tokens ${result.tokens_requested}; add text with --data for a better fit.`,
     );
   }
+  for (const w of result.warnings) io.err(`warning: ${w}`);
   io.out(
     `calibrated ${result.model}${kv ? ` from the KV dump ${kv.kv_dir}` : ''}: ${result.tokens} fit tokens (PCA bases), ${result.heldout_tokens} tuning tokens (clip ranges, bit allocation${result.groupings.length > 1 ? ', grouping' : ''}), ${result.report_tokens} report tokens (the figures below), ${kv ? `${result.sequences} sequences (split by --seed)` : `sequences of ${result.seq_len} tokens`}`,
   );
