@@ -151,7 +151,11 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
       `target compression ratio(s) of the compressed tokens, 1.5–64 (default ${CAL.ratio}); several share one capture: --ratio 8,16,20`,
       collect,
     )
-    .option('--tokens <n>', 'calibration tokens used to fit the PCA bases (≥ 256)', String(CAL.tokens))
+    .option(
+      '--tokens <n>',
+      'calibration tokens used to fit the PCA bases (≥ 256; a basis with more features, or two-level columns, than fit tokens cannot fit all its components: calibrate warns)',
+      String(CAL.tokens),
+    )
     .option(
       '--tuning-tokens <n>',
       'tuning tokens, held out from the fit: clip ranges, error tables, the bit allocation and the grouping choice are measured on them (≥ 128)',
