@@ -36,6 +36,7 @@ import {
   fitTokensNeeded,
   underdeterminedBasis,
   underdeterminedWarning,
+  unusedRankWarning,
   checkBudget,
   memoryEstimate,
   spillBytes,
@@ -383,7 +384,7 @@ async function calibrateDump(
         groupings: candidates.fit.map(String),
         groupings_skipped: candidates.skipped,
         groupings_sketched: candidates.sketched ?? [],
-        warnings: under ? [underdeterminedWarning(under, 'dump')] : [],
+        warnings: [...unusedRankWarning(opts.twoLevelRank, candidates), ...(under ? [underdeterminedWarning(under, 'dump')] : [])],
       });
     }
     return out;

@@ -618,6 +618,15 @@ export function underdeterminedWarning(u: NonNullable<ReturnType<typeof underdet
   );
 }
 
+/** A warning when --two-level-rank was given but no basis of the run is fitted two-level (it changed nothing). */
+export function unusedRankWarning(rank: number | undefined, candidates: GroupingCandidates): string[] {
+  if (rank === undefined || candidates.sketched?.length) return [];
+  return [
+    `--two-level-rank ${rank} changed nothing: no basis of this run is fitted two-level (groupings fitted: ${candidates.fit.join(', ')}). ` +
+      `Multi-layer bases are fitted two-level when the model has more than ${TWO_LEVEL_MIN_FEATURES.toLocaleString('en-US')} key or value features over all layers, or when their covariances pass the memory budget.`,
+  ];
+}
+
 /**
  * The fit tokens the data must give: twice the widest basis's columns (a full-rank covariance
  * with room), or the --tokens asked for when that is less (at least 256).
@@ -1267,7 +1276,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     lap('tokenize');
     const fitVectors = split.fit.reduce((a, q) => a + Math.max(0, q.length - opts.sink), 0);
     const under = underdeterminedBasis(spec, candidates, fitVectors, opts.twoLevelRank);
-    const warnings = under ? [underdeterminedWarning(under, '--tokens')] : [];
+    const warnings = [...unusedRankWarning(opts.twoLevelRank, candidates), ...(under ? [underdeterminedWarning(under, '--tokens')] : [])];
 
     const runner = new ModelRunner(model);
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).

@@ -176,8 +176,7 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     )
     .option(
       '--two-level-rank <R>',
-      'bases over several layers of a model with more than 8,192 key or value features over all layers (or whose covariances pass the memory budget) are fitted two-level: in the span of the R largest per-layer principal components of each kind (docs/benchmarks.md, "Two-level fit"). Larger R loses less variance and costs n·R² and R³ (64–65,536)',
-      String(CAL.twoLevelRank),
+      `bases over several layers of a model with more than 8,192 key or value features over all layers (or whose covariances pass the memory budget) are fitted two-level: in the span of the R largest per-layer principal components of each kind (docs/benchmarks.md, "Two-level fit"). Larger R loses less variance and costs n·R² and R³ (64–65,536; default ${CAL.twoLevelRank.toLocaleString('en-US')})`,
     )
     .option(
       '--memory <GiB>',

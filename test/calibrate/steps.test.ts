@@ -16,6 +16,7 @@ import {
   fitTokensNeeded,
   underdeterminedBasis,
   underdeterminedWarning,
+  unusedRankWarning,
   groupingCovarianceBytes,
   layerGroups,
   openModel,
@@ -108,6 +109,14 @@ describe('groupingCandidates', () => {
       /per-layer key and value bases have 1,024 features .* at least 2,048 tokens \(dump more sequences/,
     );
     expect(underdeterminedBasis(LLAMA_8B, layer, 1025)).toBeUndefined();
+    // --two-level-rank given where no basis is fitted two-level changed nothing, and says so.
+    expect(unusedRankWarning(undefined, layer)).toEqual([]);
+    expect(unusedRankWarning(6000, c)).toEqual([]);
+    expect(unusedRankWarning(100, groupingCandidates(STORIES, 'auto'))).toEqual([
+      expect.stringMatching(
+        /^--two-level-rank 100 changed nothing: no basis of this run is fitted two-level \(groupings fitted: layer, 2, 4, all\)/,
+      ),
+    ]);
     // The data must give twice the widest basis, or the --tokens asked for when less (never under 256).
     expect(fitTokensNeeded(4096, 16384)).toBe(8192);
     expect(fitTokensNeeded(4096, 4096)).toBe(4096);
@@ -205,6 +214,8 @@ describe('calibrate --grouping auto on the bundled model', () => {
 
   it('fits every candidate and keeps, per ratio, the one with the smallest tuning-split error', () => {
     expect(result.groupings).toEqual(['layer', '2', '4', 'all']);
+    // 4,096 fit tokens for bases of at most 160 features, no --two-level-rank: nothing to warn of.
+    expect(result.warnings).toEqual([]);
     for (const p of result.profiles) {
       expect(p.grouping_candidates.map((c) => c.grouping)).toEqual(result.groupings);
       const score = (c: { rel_error: { key: number; value: number } }) => (c.rel_error.key + c.rel_error.value) / 2;

@@ -76,6 +76,8 @@ describe('calibrate with two-level bases', () => {
       onProgress: (e) => stages.push(e.stage),
     });
     expect(r.groupings).toEqual(['layer', '2', '4', 'all']);
+    // R = 64 serves the two-level groupings, and 4,096 fit tokens determine every basis.
+    expect(r.warnings).toEqual([]);
     // Each two-level basis's eigensolve is named as it starts (minutes each at a large R).
     const solves = stages.filter((x) => / eigensolve over /.test(x));
     expect(solves).toHaveLength(2 * (3 + 2 + 1));

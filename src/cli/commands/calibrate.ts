@@ -48,7 +48,7 @@ const Options = SharedOptions.extend({
   }),
   kv: z.string().min(1).optional(),
   shards: z.string().optional(),
-  twoLevelRank: wholeNumber(64, 65536),
+  twoLevelRank: wholeNumber(64, 65536).optional(),
   memory: decimal(0.25, 65536).optional(),
 });
 
