@@ -13,6 +13,7 @@
  * Fit files are read once, while streaming: each is checked as it is read, and a bad one stops
  * calibration before anything is written.
  */
+import { describeEigensolver } from '../fit/eigen-python.js';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariant, KvtcError } from '../errors.js';
@@ -37,6 +38,7 @@ import {
   underdeterminedBasis,
   underdeterminedWarning,
   unusedRankWarning,
+  eigensolverFor,
   checkBudget,
   memoryEstimate,
   spillBytes,
@@ -287,7 +289,9 @@ async function calibrateDump(
     const tuningRead = await read(split.tuning, 'tuning');
     const reportRead = await read(split.report, 'report');
     timer.lap('read');
-    states = await Promise.all(plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, { rank: opts.twoLevelRank })));
+    states = await Promise.all(
+      plans.map((p) => candidateStates(p.spec, p.candidates, opts.device, { rank: opts.twoLevelRank, external: opts.external })),
+    );
     return await fitRanks(states, tuningRead, reportRead);
   } finally {
     // The two-level fit's spill is deleted after its second pass; here too on an error or Ctrl-C.
@@ -444,6 +448,7 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
   checkRatios(opts.ratios);
   progress({ stage: 'reading the KV dump' });
   const ranks = await openDumpRanks(input.kv, input.shards);
+  opts.external ??= eigensolverFor(ranks[0].model.spec, opts);
   // Every listed file present before any work (each dump directory once, however it is cut).
   for (const d of new Set(ranks.map((r) => r.dump))) await checkDumpFiles(d);
   // One profile per rank under OUT/tp_<t>_pp_<p>/ with the index; one rank's dump given alone is written to OUT itself.
@@ -520,6 +525,7 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     profiles: results.flatMap((r) => r.profiles),
     seconds,
     skipped_data: [],
+    eigensolver: describeEigensolver(opts.external),
     warnings: [...new Set(results.flatMap((r) => r.warnings.map((w) => (r.rank ? `${r.rank}: ${w}` : w))))],
     ranks: results.map(
       ({ plans: _p, randomized: _r, sketched: _k, groupings: _g, groupings_skipped: _s, groupings_sketched: _h, warnings: _w, ...r }) => r,

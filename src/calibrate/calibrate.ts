@@ -37,6 +37,13 @@ import { ModelRunner } from '../model/runner.js';
 import type { KvCache, ModelSpec } from '../model/types.js';
 import type { Device } from '../onnx/session.js';
 import { noProgress, type ProgressFn } from '../progress.js';
+import {
+  describeEigensolver,
+  EXTERNAL_EIGEN_MIN_P,
+  resolveEigensolver,
+  type EigensolverChoice,
+  type ExternalEigen,
+} from '../fit/eigen-python.js';
 import type { EigenWork } from '../fit/eigen-types.js';
 import { checkOutputDir } from '../io/output.js';
 import { isProfileDir, writeProfile, type ManifestDraft } from '../profile/write.js';
@@ -91,6 +98,10 @@ export interface CalibrateOptions {
   covarianceBudget?: number;
   /** R, the reduced columns per kind of the two-level fit (default TWO_LEVEL_RANK; --two-level-rank). */
   twoLevelRank?: number;
+  /** The dense eigensolver for large bases (--eigensolver; default 'auto': NumPy where the machine's Python has it, eigen-python.ts). */
+  eigensolver?: EigensolverChoice;
+  /** What `eigensolver` resolved to (calibrate sets it; undefined: kvtc's own). */
+  external?: ExternalEigen;
   /** Memory budget in bytes (--memory; default half the machine's): groupings are chosen within it and the estimate is checked against it before any work. */
   memory?: number;
 }
@@ -176,6 +187,8 @@ export interface CalibrateResult {
   seconds: Record<string, number>;
   /** Files in --data directories skipped because they are not UTF-8 text. */
   skipped_data: SkippedFile[];
+  /** The dense eigensolver of the large bases (--eigensolver): kvtc's own, or NumPy's / torch's and its version. */
+  eigensolver: string;
   /** What the user should know about the fit (underdeterminedBasis); the CLI prints each as a warning. */
   warnings: string[];
 }
@@ -380,7 +393,7 @@ export function planMemory(spec: FeatureGeometry, candidates: GroupingCandidates
 }
 
 /** The options a memory estimate reads. */
-export type MemoryOptions = Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory'> & { report?: number };
+export type MemoryOptions = Pick<CalibrateOptions, 'heldout' | 'ratios' | 'twoLevelRank' | 'memory' | 'external'> & { report?: number };
 
 /** Refuses (USAGE) an estimate over opts.memory (default half the machine's); returns it otherwise. */
 export function checkBudget(e: MemoryEstimate, opts: Pick<CalibrateOptions, 'memory'>): MemoryEstimate {
@@ -403,6 +416,7 @@ export function memoryEstimate(
     report: opts.report ?? DEFAULT_REPORT_TOKENS,
     ratios: opts.ratios,
     rank: opts.twoLevelRank,
+    ...(opts.external ? { external: opts.external } : {}),
     modelBytes: weights,
     budget: opts.memory ?? totalmem() / 2,
     ...(sequenceTokens !== undefined ? { sequenceTokens } : {}),
@@ -618,6 +632,17 @@ export function underdeterminedWarning(u: NonNullable<ReturnType<typeof underdet
   );
 }
 
+/**
+ * The external eigensolver of a run (eigen-python.ts resolveEigensolver): asked for by name, or
+ * with 'auto' when a basis of this model can reach EXTERNAL_EIGEN_MIN_P features (its features
+ * over all layers), so small models never start a Python to ask.
+ */
+export function eigensolverFor(spec: FeatureGeometry, opts: Pick<CalibrateOptions, 'eigensolver' | 'device'>): ExternalEigen | undefined {
+  const choice = opts.eigensolver ?? 'auto';
+  if (choice === 'auto' && Math.max(kindFeatures(spec, 'key'), kindFeatures(spec, 'value')) < EXTERNAL_EIGEN_MIN_P) return undefined;
+  return resolveEigensolver(choice, opts.device);
+}
+
 /** A warning when --two-level-rank was given but no basis of the run is fitted two-level (it changed nothing). */
 export function unusedRankWarning(rank: number | undefined, candidates: GroupingCandidates): string[] {
   if (rank === undefined || candidates.sketched?.length) return [];
@@ -703,7 +728,7 @@ export async function candidateStates(
   spec: ModelSpec,
   candidates: GroupingCandidates,
   device: Device,
-  o: { rank?: number } = {},
+  o: { rank?: number; external?: ExternalEigen } = {},
 ): Promise<BasisState[][]> {
   const sketched = new Set(candidates.sketched ?? []);
   const direct = await Promise.all(
@@ -716,7 +741,7 @@ export async function candidateStates(
     spec,
     Array.from({ length: spec.layers }, (_, l) => l),
     perLayer.map((s) => ({ kind: s.kind, layer: s.layers[0], acc: s.acc! })),
-    { device, rank: o.rank },
+    { device, rank: o.rank, ...(o.external ? { external: o.external } : {}) },
   );
   const states = await Promise.all(
     candidates.fit.map((g, gi) => (sketched.has(String(g)) ? basisStates(spec, g, device, twoLevel) : Promise.resolve(direct[gi]))),
@@ -868,6 +893,7 @@ export async function fitCandidate(
   onDone?: (done: number, total: number) => void,
   onProgress?: ProgressFn,
   device: Device = 'cpu',
+  external?: ExternalEigen,
 ): Promise<{ tables: AllocationTables[]; seconds: { eigen: number; tables: number }; randomized: number; sketched: number }> {
   const jobs: (FitJob | LazyFitJob)[] = [];
   let twoLevelSeconds = 0;
@@ -951,6 +977,7 @@ export async function fitCandidate(
           heldoutTokens: H,
           maxRank,
           device,
+          ...(external ? { external } : {}),
         };
       },
     });
@@ -1132,6 +1159,7 @@ export async function fitAndWrite(
       (d, n) => progress({ stage, done: d, total: n, unit: 'bases' }),
       progress,
       opts.device,
+      opts.external,
     );
     // The two-level fit starts from these per-layer bases rather than solving them again.
     const two = twoLevelOf(states);
@@ -1250,6 +1278,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
   progress({ stage: 'loading model' });
   const { model, outDirs } = await openModel(opts);
   const spec = model.spec;
+  opts.external ??= eigensolverFor(spec, opts);
   lap('load');
 
   const stateSets: BasisState[][][] = [];
@@ -1281,7 +1310,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
     const runner = new ModelRunner(model);
     // Longrope graphs choose their factors per forward pass: such caches are captured in one (freqs.ts).
     const chunk = ropeSafeChunk(spec.rope, opts.chunk);
-    const states = await candidateStates(spec, candidates, opts.device, { rank: opts.twoLevelRank });
+    const states = await candidateStates(spec, candidates, opts.device, { rank: opts.twoLevelRank, external: opts.external });
     stateSets.push(states);
     const ropeCheck = await captureFit(runner, spec, split.fit, states, { sink: opts.sink, chunk, signal: opts.signal, progress, timer });
     timer.restart();
@@ -1352,6 +1381,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       profiles: written.profiles,
       seconds,
       skipped_data: data.skipped,
+      eigensolver: describeEigensolver(opts.external),
       warnings,
     };
   } finally {

@@ -15,6 +15,7 @@ import { transpose } from '../math/gemm.js';
 import { FIT_WORKER_MIN_P, LARGE_EIGEN_MIN_P, RANDOMIZED_EIGEN_MIN_P } from '../fit/ort-thresholds.js';
 import type { KvKind } from '../codec/types.js';
 import type { EigenWork } from '../fit/eigen-types.js';
+import { EXTERNAL_EIGEN_MIN_P, type ExternalEigen } from '../fit/eigen-python.js';
 import { centeredHeldout, heldoutFromProduct, prepareAllocation, type AllocationTables } from '../fit/fit.js';
 
 export interface FitJob {
@@ -45,6 +46,8 @@ export interface FitJob {
   maxRank?: number;
   /** Where the eigensolve's and the projection's products run (calibrate --device; default the CPU). */
   device?: Device;
+  /** The external dense eigensolver (calibrate --eigensolver; eigen-python.ts): every eigensolve of p ≥ EXTERNAL_EIGEN_MIN_P is dense on it. */
+  external?: ExternalEigen;
 }
 
 export interface FitOutput {
@@ -58,9 +61,11 @@ export interface FitOutput {
 }
 
 /** How fitBasisTables fits `job` (see FitJob.maxRank). */
-export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank' | 'eigen'>): FitOutput['solver'] {
+export function fitSolver(job: Pick<FitJob, 'dim' | 'maxRank' | 'eigen' | 'external'>): FitOutput['solver'] {
   if (job.eigen) return 'two-level';
   if (job.maxRank === undefined || job.maxRank >= job.dim || job.dim < RANDOMIZED_EIGEN_MIN_P) return 'dense';
+  // The external solver decomposes densely faster than kvtc's randomized one solves the top 0.6.
+  if (job.external && job.dim >= EXTERNAL_EIGEN_MIN_P) return 'dense-truncated';
   return job.maxRank <= RANDOMIZED_MAX_RANK_FRACTION * job.dim ? 'randomized' : 'dense-truncated';
 }
 
@@ -83,7 +88,7 @@ export async function fitBasisTables(job: FitJob, opts: { eigenThreads?: number 
   if (job.eigen) eig = job.eigen;
   else {
     invariant(job.cov !== undefined, 'Error in fitBasisTables: a job needs a covariance or eigenpairs');
-    eig = await denseOrRandomized(job.cov, job, solver, { threads, device: job.device });
+    eig = await denseOrRandomized(job.cov, job, solver, { threads, device: job.device, external: job.external });
   }
   const eigen = (performance.now() - t) / 1000;
   t = performance.now();
@@ -143,6 +148,8 @@ export interface BlockEigenTask {
   m: number;
   k: number;
   device?: Device;
+  /** The external dense eigensolver (FitJob.external). */
+  external?: ExternalEigen;
   /**
    * ORT intra-op threads for its products (0 = all cores). Default 1 on a worker, where the other
    * worker solves the other kind's block; BlockEigenGate passes 0 to a block too large to pair,
@@ -170,8 +177,9 @@ export interface BlockEigenResult {
 }
 
 /** The solver blockEigen runs for the top k of an m-wide block. */
-export function blockSolver(m: number, k: number): BlockEigenResult['solver'] {
+export function blockSolver(m: number, k: number, external?: ExternalEigen): BlockEigenResult['solver'] {
   if (k >= m) return 'dense';
+  if (external && m >= EXTERNAL_EIGEN_MIN_P) return 'dense-truncated';
   return m >= RANDOMIZED_EIGEN_MIN_P && k <= RANDOMIZED_MAX_RANK_FRACTION * m ? 'randomized' : 'dense-truncated';
 }
 
@@ -182,8 +190,13 @@ export function blockSolver(m: number, k: number): BlockEigenResult['solver'] {
 export async function blockEigen(task: Omit<BlockEigenTask, 'op'>, threads = 0, onWork?: EigenWork): Promise<BlockEigenResult> {
   const { block, m, k } = task;
   invariant(Number.isInteger(k) && k >= 1 && k <= m, `Error in blockEigen: k (${k}) must be an integer in [1, m=${m}]`);
-  const solver = blockSolver(m, k);
-  const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, { threads, device: task.device, onWork });
+  const solver = blockSolver(m, k, task.external);
+  const e = await denseOrRandomized(block, { dim: m, maxRank: k }, solver, {
+    threads,
+    device: task.device,
+    external: task.external,
+    onWork,
+  });
   return { values: e.values, W: e.vectors, solver };
 }
 
@@ -200,8 +213,10 @@ export type BlockEigenRunner = (task: BlockEigenTask, onWork?: EigenWork) => Pro
  * copy, divide and conquer's eigenvectors, their transpose for the back-transform, and the
  * result in both layouts; eigen-steps.ts), where 7.1 were measured at m = 4,096; R = 12,288: 9.7 GB.
  */
-export function blockEigenBytes(m: number, k: number): number {
-  if (blockSolver(m, k) !== 'randomized') return 8 * 8 * m * m;
+export function blockEigenBytes(m: number, k: number, external?: ExternalEigen): number {
+  // The external solver (eigen-python.ts): the block and the result rows and columns here, the
+  // matrix, LAPACK's copy and workspace and the vectors in the child: about as many.
+  if (blockSolver(m, k, external) !== 'randomized') return 8 * 8 * m * m;
   const l = Math.min(m, k + Math.max(10, Math.ceil(k / 10)));
   return 8 * m * m + 4 * 8 * l * m + 3 * 8 * l * l;
 }
@@ -249,7 +264,7 @@ export class BlockEigenGate {
     return {
       run: async (task, onWork) => {
         invariant(bytes === 0, 'Error in BlockEigenGate.held: one solve per hold');
-        const b = blockEigenBytes(task.m, task.k);
+        const b = blockEigenBytes(task.m, task.k, task.external);
         while (this.inFlight > 0 && this.inFlight + b > this.limit) await new Promise<void>((r) => this.waiting.push(r));
         this.inFlight += b;
         bytes = b;

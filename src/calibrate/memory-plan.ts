@@ -19,6 +19,7 @@ import { KvtcError } from '../errors.js';
 import { maxRankForRatios } from '../fit/fit.js';
 import { TWO_LEVEL_RANK } from '../fit/two-level.js';
 import { blockEigenBytes, PARALLEL_BLOCK_EIGEN_BYTES } from './fit-pool.js';
+import { EXTERNAL_EIGEN_MIN_P, type ExternalEigen } from '../fit/eigen-python.js';
 
 type Geometry = { layers: number; kvHeads: number; headDim: number; valueDim?: number };
 
@@ -68,6 +69,8 @@ export function estimateMemory(
     threads?: number;
     /** The longest held-out sequence (parked caches are read one at a time); default MAX_SEQUENCE_TOKENS. */
     sequenceTokens?: number;
+    /** The external dense eigensolver (eigen-python.ts): its child process holds about five p × p float64 arrays per solve. */
+    external?: ExternalEigen;
   },
 ): MemoryEstimate {
   const P = KINDS.reduce((a, k) => a + dim(g, k, g.layers), 0);
@@ -113,7 +116,7 @@ export function estimateMemory(
           fitting += 4 * p * k + 4 * o.heldout * k;
           // Block eigensolves in flight on the workers (fit-pool.ts BlockEigenTask), two at once
           // only while they fit PARALLEL_BLOCK_EIGEN_BYTES together (BlockEigenGate).
-          const b = blockEigenBytes(m, kBlock);
+          const b = blockEigenBytes(m, kBlock, o.external);
           blocks = Math.max(blocks, 2 * b <= PARALLEL_BLOCK_EIGEN_BYTES ? Math.min(threads, 2) * b : b);
         } else {
           cov += 8 * p * p;
@@ -121,7 +124,10 @@ export function estimateMemory(
           jobs++;
           // A job in flight (fit-pool.ts LazyFitJob, moved to its worker): the covariance copy,
           // the tuning features, the eigenvectors and the float64 centred features.
-          worker = Math.max(worker, 8 * p * p + 4 * o.heldout * p + 8 * p * k + 8 * o.heldout * p);
+          worker = Math.max(
+            worker,
+            8 * p * p + 4 * o.heldout * p + 8 * p * k + 8 * o.heldout * p + (o.external && p >= EXTERNAL_EIGEN_MIN_P ? 5 * 8 * p * p : 0),
+          );
         }
         // A plan's basis and its encode and decode sessions' copies, plus the graph being built
         // (codec/transform.ts builds one at a time; measured 2.66 GiB for two all-layer 8B plans

@@ -26,6 +26,7 @@ import type { CovarianceAccumulator } from '../fit/covariance.js';
 import { FeatureSpill } from './feature-spill.js';
 import { blockEigenHere, type BlockEigenRunner } from './fit-pool.js';
 import type { ProgressFn } from '../progress.js';
+import type { ExternalEigen } from '../fit/eigen-python.js';
 
 /** The per-layer covariance of one (kind, layer), accumulated in the fit pass. */
 export interface LayerCovariance {
@@ -94,7 +95,7 @@ export class TwoLevelFit {
     /** Model cache layers, in order. */
     readonly layers: number[],
     readonly perLayer: LayerCovariance[],
-    readonly opts: { device: Device; rank?: number },
+    readonly opts: { device: Device; rank?: number; external?: ExternalEigen },
   ) {}
 
   get rank(): number {
@@ -155,7 +156,7 @@ export class TwoLevelFit {
             cols.push(given.cols);
           } else {
             onProgress?.({ stage: `two-level fit: ${kind} bases of each layer`, done: li, total: covs.length, unit: 'layers' });
-            const e = await symmetricEigenAsync(cov.cov, p, { device: this.opts.device });
+            const e = await symmetricEigenAsync(cov.cov, p, { device: this.opts.device, external: this.opts.external });
             values.push(e.values);
             vectors.push(e.vectors);
             cols.push(p);
@@ -228,7 +229,15 @@ export class TwoLevelFit {
     // same there (docs/benchmarks.md, "Rank ~10K"); what k leaves out is in the tables' residual.
     const k = Math.max(1, Math.min(maxRank, m));
     const device = this.opts.device;
-    const { W, values, solver } = await run({ op: 'block-eigen', block: covarianceBlock(pr.C, pr.layout.total, cols), m, k, device });
+    const external = this.opts.external;
+    const { W, values, solver } = await run({
+      op: 'block-eigen',
+      block: covarianceBlock(pr.C, pr.layout.total, cols),
+      m,
+      k,
+      device,
+      ...(external ? { external } : {}),
+    });
     const vectors = await liftVectors(pr.layout, idx, pr.vectors, pr.cols, W, k, device);
     const mean = new Float64Array(pG);
     for (const [gi, li] of idx.entries()) mean.set(pr.mean.subarray(li * p, (li + 1) * p), gi * p);

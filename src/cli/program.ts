@@ -2,6 +2,7 @@
  * Declares the CLI: flags, defaults and help text only. Each action lazily imports
  * `commands/<verb>.js`, so `kvtc --help` never loads onnxruntime's native addon.
  */
+import { EXTERNAL_EIGEN_MIN_P } from '../fit/eigen-python.js';
 import { Command, Option } from 'commander';
 import { CALIBRATE_DEFAULTS as CAL, EVALUATE_DEFAULTS as EVAL } from '../defaults.js';
 import { UsageError } from '../errors.js';
@@ -177,6 +178,10 @@ export function createProgram(io: CliIO, argv: readonly string[] = []): Command 
     .option(
       '--two-level-rank <R>',
       `bases over several layers of a model with more than 8,192 key or value features over all layers (or whose covariances pass the memory budget) are fitted two-level: in the span of the R largest per-layer principal components of each kind (docs/benchmarks.md, "Two-level fit"). Larger R loses less variance and costs n·R² and R³ (64–65,536; default ${CAL.twoLevelRank.toLocaleString('en-US')})`,
+    )
+    .option(
+      '--eigensolver <name>',
+      `the dense eigensolver of bases of ${EXTERNAL_EIGEN_MIN_P}+ features: "numpy" (LAPACK through NumPy, in a child Python: KVTC_PYTHON, else python3), "torch" (torch.linalg.eigh; on the GPU with --device cuda), "builtin" (kvtc's own: ONNX Runtime products and a JavaScript reduction, several times slower), or "auto" (torch on the GPU with --device cuda, else NumPy when that Python has it, else builtin; default)`,
     )
     .option(
       '--memory <GiB>',

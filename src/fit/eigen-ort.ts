@@ -5,6 +5,7 @@
  * MatMul (timings: docs/benchmarks.md, "Calibration kernels"). Below LARGE_EIGEN_MIN_P it is
  * exactly symmetricEigen.
  */
+import { EXTERNAL_EIGEN_MIN_P, pythonEigen, type ExternalEigen } from './eigen-python.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { createSession, type Device, ort } from '../onnx/session.js';
 import { type EigenResult, type MatMulRequest, symmetricEigen } from './eigen.js';
@@ -47,6 +48,8 @@ async function ortMatMul(session: ort.InferenceSession, { A, B, m, k, n }: MatMu
 export interface OrtProducts {
   threads?: number;
   device?: Device;
+  /** The dense eigensolver outside Node (eigen-python.ts), for p ≥ EXTERNAL_EIGEN_MIN_P; absent: kvtc's own. */
+  external?: ExternalEigen;
 }
 
 /**
@@ -59,6 +62,10 @@ export async function symmetricEigenAsync(
   p: number,
   opts: OrtProducts & { onWork?: EigenWork } = {},
 ): Promise<EigenResult> {
+  if (opts.external && p >= EXTERNAL_EIGEN_MIN_P) {
+    opts.onWork?.(`dense eigensolve (${opts.external.version})`, 0, 0);
+    return pythonEigen(A, p, opts.external, opts.threads ?? 0);
+  }
   if (p < LARGE_EIGEN_MIN_P) return symmetricEigen(A, p);
   return runStepsOnOrt(eigenSteps(A, p, opts.onWork), opts.threads ?? 0, opts.device);
 }

@@ -38,6 +38,18 @@ const Options = SharedOptions.extend({
 });
 
 export default async function calibrateDynamoCommand(raw: Record<string, unknown>, io: CliIO): Promise<void> {
+  for (const k of ['twoLevelRank', 'eigensolver']) {
+    if (raw[k] !== undefined) {
+      const flag = `--${kebab(k)}`;
+      throw new UsageError(
+        `${flag} applies only to --target kvtc`,
+        `The Dynamo target fits one basis per layer with kvtc's own eigensolver: leave out ${flag}.`,
+        {
+          option: flag,
+        },
+      );
+    }
+  }
   for (const [k, def] of Object.entries(KVTC_ONLY)) {
     if (raw[k] !== undefined && String(raw[k]) !== def) {
       const flag = `--${kebab(k)}`;

@@ -15,6 +15,7 @@ import { onInterrupt } from '../interrupt.js';
 import { createProgress } from '../progress.js';
 import { printJson } from '../json.js';
 import { wholeNumber, decimal, deviceSchema } from '../options.js';
+import { EIGENSOLVERS, EXTERNAL_EIGEN_MIN_P } from '../../fit/eigen-python.js';
 
 /** The options of both calibration targets (calibrate-dynamo.ts extends it too). */
 export const SharedOptions = z.object({
@@ -49,6 +50,9 @@ const Options = SharedOptions.extend({
   kv: z.string().min(1).optional(),
   shards: z.string().optional(),
   twoLevelRank: wholeNumber(64, 65536).optional(),
+  eigensolver: z
+    .enum(EIGENSOLVERS as unknown as ['auto', 'builtin', 'numpy', 'torch'], { message: `must be one of: ${EIGENSOLVERS.join(', ')}` })
+    .optional(),
   memory: decimal(0.25, 65536).optional(),
 });
 
@@ -137,6 +141,7 @@ export default async function calibrateCommand(raw: Record<string, unknown>, io:
       window: opts.window,
       grouping: opts.grouping,
       twoLevelRank: opts.twoLevelRank,
+      ...(opts.eigensolver !== undefined ? { eigensolver: opts.eigensolver } : {}),
       ...(opts.memory !== undefined ? { memory: opts.memory * 2 ** 30 } : {}),
       onProgress,
       signal,
@@ -171,6 +176,7 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
       ...(result.memory_estimate ? { memory_estimate: result.memory_estimate } : {}),
       profiles: result.profiles.map(withRatioKey),
       skipped_data: result.skipped_data,
+      eigensolver: result.eigensolver,
       warnings: result.warnings,
       ...(kv ? { kv: kv.kv_dir, rope_check: kv.rope_check, ranks: kv.ranks, shards_index: kv.shards_index } : {}),
     });
@@ -203,6 +209,8 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
       `memory: estimated peak ${g(m.peak)} (capture ${g(m.capture)}, fit ${g(m.fit)}, report ${g(m.report)}) within the ${g(m.budget)} budget (--memory; checked before the work started)`,
     );
   }
+  if (!result.eigensolver.startsWith('builtin'))
+    io.out(`eigensolver: ${result.eigensolver} for bases of ${EXTERNAL_EIGEN_MIN_P}+ features (--eigensolver)`);
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
   if (result.sketched_bases > 0) {
     const tl = result.two_level;
@@ -290,6 +298,7 @@ async function calibrateKvCommand(opts: z.infer<typeof Options>, io: CliIO): Pro
       window: opts.window,
       grouping: opts.grouping,
       twoLevelRank: opts.twoLevelRank,
+      ...(opts.eigensolver !== undefined ? { eigensolver: opts.eigensolver } : {}),
       ...(opts.memory !== undefined ? { memory: opts.memory * 2 ** 30 } : {}),
       chunk: opts.chunk,
       seed: opts.seed,
