@@ -7,7 +7,7 @@
  *   npx tsx scripts/scale-bench.ts --geometry llama8b --tokens 16384 [--heldout 4096 --report 8192]
  *     [--grouping auto] [--ratio 20] [--json out.json]
  *     [--hidden H] [--intermediate I] [--layers N] [--decay 0.5] [--data PATH ...] [--chunk 256] [--seed 0]
- *     [--out DIR] [--memory GiB] [--two-level-rank R] [--covariance-budget GiB]
+ *     [--out DIR] [--memory GiB] [--two-level-rank R] [--covariance-budget GiB] [--eigensolver auto|builtin|numpy|torch]
  *     [--build-only] [--dry-run] [--tiny]
  *
  * Hidden size defaults to min(KV features per layer, 1024), lowered in steps of 128 until the
@@ -25,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { calibrate, type Grouping } from '../src/calibrate/calibrate.js';
 import { buildRandomLlama } from '../src/convert/random-llama.js';
 import { DEFAULT_CALIBRATION_DIR } from '../src/paths.js';
+import type { EigensolverChoice } from '../src/fit/eigen-python.js';
 import { gib, vmHwm } from './peak-memory.js';
 
 interface Geometry {
@@ -75,6 +76,7 @@ const { values: a } = parseArgs({
     memory: { type: 'string' },
     'two-level-rank': { type: 'string' },
     'covariance-budget': { type: 'string' },
+    eigensolver: { type: 'string' },
     'build-only': { type: 'boolean', default: false },
     'dry-run': { type: 'boolean', default: false },
     tiny: { type: 'boolean', default: false },
@@ -201,6 +203,7 @@ const r = await calibrate({
   // A named multi-layer grouping whose float64 covariance exceeds this (GiB) is fitted two-level
   // (calibrate's library option covarianceBudget): e.g. --grouping all --two-level-rank 12288 --covariance-budget 1.
   ...(a['covariance-budget'] !== undefined ? { covarianceBudget: Number(a['covariance-budget']) * 2 ** 30 } : {}),
+  ...(a.eigensolver !== undefined ? { eigensolver: a.eigensolver as EigensolverChoice } : {}),
   onProgress: (e) => {
     if (e.stage === lastStage) return;
     lastStage = e.stage;
@@ -228,6 +231,7 @@ const stageKeys = [...ORDER.filter((k) => k in r.seconds), ...Object.keys(r.seco
 const extra = r as unknown as Record<string, unknown>;
 
 console.log(`\n${geo.real}`);
+console.log(`eigensolver: ${r.eigensolver}`);
 console.log(
   `${r.tokens} fit + ${r.heldout_tokens} tuning + ${r.report_tokens} report tokens (sequences of ${r.seq_len}); grouping ${String(grouping)}; fitted: ${r.groupings.join(', ')}` +
     (r.groupings_skipped.length ? `; skipped: ${r.groupings_skipped.map((s) => s.grouping).join(', ')}` : '') +

@@ -74,5 +74,7 @@ describe('the packed package', () => {
     const v = spawnSync(process.execPath, [join(pkg, 'bin', 'kvtc.js'), '--version'], { cwd: project, encoding: 'utf8' });
     expect(v.status, v.stderr).toBe(0);
     expect(v.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    // calibrate's external eigensolver (src/fit/eigen-python.ts) runs this script from the package.
+    expect(readFileSync(join(pkg, 'src', 'fit', 'eigh.py'), 'utf8')).toMatch(/def solve\(/);
   });
 });

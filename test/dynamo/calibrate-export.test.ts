@@ -316,6 +316,22 @@ describe('dynamo calibration of the bundled model, export, and the exported file
         'USAGE',
         /--report-tokens "512" does not apply/,
       );
+      // Options of the kvtc target alone, which have no default to pass, are refused whatever their value.
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', eigensolver: 'numpy', out: join(root, 'z') }, io),
+        'USAGE',
+        /--eigensolver applies only to --target kvtc/,
+      );
+      await rejects(
+        calibrateDynamoCommand({ target: 'dynamo', model: 'the bundled stories260K', twoLevelRank: '4096', out: join(root, 'z') }, io),
+        'USAGE',
+        /--two-level-rank applies only to --target kvtc/,
+      );
+      await rejects(
+        calibrateCommand({ model: 'the bundled stories260K', eigensolver: 'lapack', out: join(root, 'z') }, io),
+        'USAGE',
+        /--eigensolver .*must be one of: auto, builtin, numpy, torch/,
+      );
       // The kvtc target refuses the dynamo-only flags; the CLI declaration routes --target dynamo
       // to the dynamo command (only it knows --block-tokens "0" is out of range).
       await rejects(
