@@ -56,24 +56,11 @@ function columnsT(plan: BasisPlan, idx: Int32Array, scale?: (j: number) => numbe
   return out;
 }
 
-/**
- * Basis columns `idx` scaled, per head: out[h, j, :] = basis[h·hd .. (h+1)·hd, idx[j]] · scale[j]
- * → [G, k, hd] (G = p / hd). Written in one pass: through columnsT and a reshuffle it held a
- * second p×k copy while the decode graph was built (0.5 GiB for an all-layer 8B basis of 4,096).
- */
-function perHeadColumns(plan: BasisPlan, idx: Int32Array, hd: number, scale?: (j: number) => number): Float32Array {
-  const p = plan.dim;
-  const r = plan.rank;
-  const k = idx.length;
+/** [k, p] (rows over features head-major) → [G, k, hd]: per head, the k rows' hd slice. */
+function perHead(rows: Float32Array, k: number, p: number, hd: number): Float32Array {
   const G = p / hd;
-  const s = Float64Array.from({ length: k }, (_, j) => (scale ? scale(j) : 1));
   const out = new Float32Array(k * p);
-  for (let h = 0; h < G; h++)
-    for (let d = 0; d < hd; d++) {
-      const row = (h * hd + d) * r;
-      const o = h * k * hd + d;
-      for (let j = 0; j < k; j++) out[o + j * hd] = plan.basis[row + idx[j]] * s[j];
-    }
+  for (let h = 0; h < G; h++) for (let j = 0; j < k; j++) out.set(rows.subarray(j * p + h * hd, j * p + (h + 1) * hd), (h * k + j) * hd);
   return out;
 }
 
@@ -122,7 +109,12 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
   const terms: string[] = [];
   if (kA > 0) {
     const codes = g.op('Cast', [g.input('codes', 'uint8', [kA, 'n'])], { to: 1 });
-    const w = perHeadColumns(plan, sp.affine, hd, (j) => sp.scale[j]);
+    const w = perHead(
+      columnsT(plan, sp.affine, (j) => sp.scale[j]),
+      kA,
+      p,
+      hd,
+    );
     terms.push(g.op('MatMul', [g.op('Transpose', [codes], { perm: [1, 0] }), g.constantOwned('basisA', w, [G, kA, hd])]));
   }
   if (kB > 0) {
@@ -130,7 +122,7 @@ export function buildDecodeGraph(plan: BasisPlan, ctx: GraphContext): Uint8Array
     terms.push(
       g.op('MatMul', [
         g.op('Transpose', [c], { perm: [1, 0] }),
-        g.constantOwned('basisB', perHeadColumns(plan, sp.other, hd), [G, kB, hd]),
+        g.constantOwned('basisB', perHead(columnsT(plan, sp.other), kB, p, hd), [G, kB, hd]),
       ]),
     );
   }
