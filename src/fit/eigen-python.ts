@@ -11,7 +11,7 @@
  * The matrix goes to the child's stdin and the eigenpairs come back on its stdout (no files).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { invariant, KvtcError } from '../errors.js';
 import { PACKAGE_ROOT } from '../paths.js';
@@ -49,7 +49,14 @@ function probe(python: string, backend: 'numpy' | 'torch', device: 'cpu' | 'cuda
     backend === 'numpy'
       ? 'import numpy; print("numpy " + numpy.__version__)'
       : `import numpy, torch; ok = ${device === 'cuda' ? 'torch.cuda.is_available()' : 'True'}; print(("torch " + torch.__version__) if ok else "")`;
-  const r = spawnSync(python, ['-c', code], { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  // From the temporary folder: `python -c` imports from its working directory first.
+  const r = spawnSync(python, ['-c', code], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: tmpdir(),
+    env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' },
+  });
   if (r.error) return { why: `${python} could not be run (${(r.error as NodeJS.ErrnoException).code ?? r.error.message})` };
   if (r.status !== 0) return { why: `${python} could not import ${backend}: ${(r.stderr ?? '').trim().split('\n').pop()}` };
   const version = (r.stdout ?? '').trim();
@@ -104,6 +111,7 @@ export async function pythonEigen(A: Float64Array, p: number, ext: ExternalEigen
   return new Promise((resolve, reject) => {
     const child = spawn(ext.python, [EIGH_SCRIPT, '--m', String(p), '--backend', ext.backend, '--device', ext.device, '--threads', t], {
       stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: tmpdir(),
       env: { ...process.env, OPENBLAS_NUM_THREADS: t, OMP_NUM_THREADS: t, MKL_NUM_THREADS: t, PYTHONDONTWRITEBYTECODE: '1' },
     });
     live.add(child);

@@ -1,4 +1,5 @@
-import { readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { openKvDump, readDumpSequence } from '../../src/calibrate/kv-dump.js';
@@ -325,7 +326,89 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     expect(j.tokens).toBe(300);
     expect(j.warnings).toHaveLength(1);
     expect(j.warnings[0]).toMatch(/512 features but the fit has 296 feature vectors/);
+    // 512 features: under the external eigensolver's size, so auto never asked Python.
+    expect(j.eigensolver).toMatch(/^builtin/);
   });
+
+  it.runIf(spawnSync('python3', ['-c', 'import numpy'], { stdio: 'ignore' }).status === 0)(
+    '--eigensolver numpy fits bases of 1,024 features in Python, says so, and measures what kvtc’s own solver does',
+    async () => {
+      // 2 layers × 4 KV heads × 128, features of decaying scale (distinct variances): all-layer bases of 1,024.
+      const wide: DumpModelInfo = {
+        ...MODEL,
+        kvHeads: 4,
+        headDim: 128,
+        rope: MODEL.rope.map(() => ({ theta: 10000, rotaryDim: 128, layout: 'half' as const })),
+      };
+      const dir = join(tempDir('kvtc-kvdump-eigh-'), 'dump');
+      const { normal } = rng(11);
+      const scale = Float32Array.from({ length: 4 * 128 }, (_, i) => (i + 1) ** -0.7);
+      const seqs: DumpSeq[] = Array.from({ length: 12 }, () => {
+        const a = () =>
+          Float32Array.from({ length: 4 * 300 * 128 }, (_, i) => scale[Math.floor(i / (300 * 128)) * 128 + (i % 128)] * normal());
+        return {
+          cache: {
+            layers: 2,
+            kvHeads: 4,
+            headDim: 128,
+            tokens: 300,
+            dtype: 'float32',
+            keys: [a(), a()],
+            values: [a(), a()],
+            startPosition: 0,
+          },
+        };
+      });
+      writeDump(dir, wide, seqs);
+      const args = [
+        '--ratio',
+        '8',
+        '--tokens',
+        '2400',
+        '--tuning-tokens',
+        '600',
+        '--report-tokens',
+        '300',
+        '--sink',
+        '4',
+        '--window',
+        '16',
+        '--grouping',
+        'all',
+        '--json',
+        '--quiet',
+      ];
+      const run = async (solver: string) => {
+        const r = await kvtc('calibrate', '--kv', dir, '--out', join(tempDir('kvtc-kvdump-out-'), 'p'), ...args, '--eigensolver', solver);
+        expect(r.code, r.stderr).toBe(0);
+        return JSON.parse(r.stdout);
+      };
+      const np = await run('numpy');
+      const own = await run('builtin');
+      expect(np.eigensolver).toMatch(/^numpy \d.* \(LAPACK dsyevd\)$/);
+      expect(own.eigensolver).toMatch(/^builtin/);
+      // The same subspaces up to rounding and sampling: the same figures within 2%.
+      expect(Math.abs(np.ratio_compressed / own.ratio_compressed - 1)).toBeLessThan(0.02);
+      expect(Math.abs(np.rel_error.key / own.rel_error.key - 1)).toBeLessThan(0.02);
+      expect(Math.abs(np.rel_error.value / own.rel_error.value - 1)).toBeLessThan(0.02);
+      // A Python without NumPy, asked for by name: an error before any work, nothing written.
+      const out = join(tempDir('kvtc-kvdump-out-'), 'q');
+      process.env.KVTC_PYTHON = '/nonexistent/python3';
+      let bad: Awaited<ReturnType<typeof kvtc>>;
+      try {
+        bad = await kvtc('calibrate', '--kv', dir, '--out', out, ...args, '--eigensolver', 'numpy');
+      } finally {
+        delete process.env.KVTC_PYTHON;
+      }
+      expect(bad.code).toBe(1);
+      expect(JSON.parse(bad.stdout).error).toMatchObject({
+        code: 'DEVICE_UNAVAILABLE',
+        message: expect.stringMatching(/--eigensolver numpy: \/nonexistent\/python3 could not be run/),
+      });
+      expect(existsSync(out)).toBe(false);
+    },
+    120_000,
+  );
 
   it('usage errors exit 2: --kv with --model or --data, --shards without --kv or malformed', async () => {
     const { dir } = makeDump();
