@@ -13,7 +13,6 @@
  * Fit files are read once, while streaming: each is checked as it is read, and a bad one stops
  * calibration before anything is written.
  */
-import { describeEigensolver } from '../fit/eigen-python.js';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariant, KvtcError } from '../errors.js';
@@ -39,6 +38,7 @@ import {
   underdeterminedWarning,
   unusedRankWarning,
   eigensolverFor,
+  eigensolverUsed,
   checkBudget,
   memoryEstimate,
   spillBytes,
@@ -525,7 +525,7 @@ export async function calibrateKv(input: KvCalibrateInput): Promise<KvCalibrateR
     profiles: results.flatMap((r) => r.profiles),
     seconds,
     skipped_data: [],
-    eigensolver: describeEigensolver(opts.external),
+    eigensolver: eigensolverUsed(first.spec, opts.external),
     warnings: [...new Set(results.flatMap((r) => r.warnings.map((w) => (r.rank ? `${r.rank}: ${w}` : w))))],
     ranks: results.map(
       ({ plans: _p, randomized: _r, sketched: _k, groupings: _g, groupings_skipped: _s, groupings_sketched: _h, warnings: _w, ...r }) => r,

@@ -643,6 +643,13 @@ export function eigensolverFor(spec: FeatureGeometry, opts: Pick<CalibrateOption
   return resolveEigensolver(choice, opts.device);
 }
 
+/** describeEigensolver, saying so when no basis of the model reaches the external solver's size. */
+export function eigensolverUsed(spec: FeatureGeometry, external: ExternalEigen | undefined): string {
+  const d = describeEigensolver(external);
+  if (!external || Math.max(kindFeatures(spec, 'key'), kindFeatures(spec, 'value')) >= EXTERNAL_EIGEN_MIN_P) return d;
+  return `${d}, unused: every basis of this model has fewer than ${EXTERNAL_EIGEN_MIN_P} features (kvtc's own solver fitted them)`;
+}
+
 /** A warning when --two-level-rank was given but no basis of the run is fitted two-level (it changed nothing). */
 export function unusedRankWarning(rank: number | undefined, candidates: GroupingCandidates): string[] {
   if (rank === undefined || candidates.sketched?.length) return [];
@@ -1381,7 +1388,7 @@ export async function calibrate(options: CalibrateInput): Promise<CalibrateResul
       profiles: written.profiles,
       seconds,
       skipped_data: data.skipped,
-      eigensolver: describeEigensolver(opts.external),
+      eigensolver: eigensolverUsed(spec, opts.external),
       warnings,
     };
   } finally {

@@ -58,7 +58,10 @@ function probe(python: string, backend: 'numpy' | 'torch', device: 'cpu' | 'cuda
     env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' },
   });
   if (r.error) return { why: `${python} could not be run (${(r.error as NodeJS.ErrnoException).code ?? r.error.message})` };
-  if (r.status !== 0) return { why: `${python} could not import ${backend}: ${(r.stderr ?? '').trim().split('\n').pop()}` };
+  if (r.status !== 0)
+    return {
+      why: `${python} could not import ${backend}: ${(r.stderr ?? '').trim().split('\n').pop() || `it exited with status ${r.status ?? r.signal}`}`,
+    };
   const version = (r.stdout ?? '').trim();
   if (!version) return { why: `torch (through ${python}) sees no CUDA device` };
   return { version };

@@ -210,7 +210,9 @@ function printCalibrateResult(io: CliIO, result: CalibrateResult | KvCalibrateRe
     );
   }
   if (!result.eigensolver.startsWith('builtin'))
-    io.out(`eigensolver: ${result.eigensolver} for bases of ${EXTERNAL_EIGEN_MIN_P}+ features (--eigensolver)`);
+    io.out(
+      `eigensolver: ${result.eigensolver}${result.eigensolver.includes(', unused') ? '' : ` for bases of ${EXTERNAL_EIGEN_MIN_P}+ features`} (--eigensolver)`,
+    );
   if (!result.rope_check.checked) io.err(`note: the RoPE check against the keys did not run: ${result.rope_check.reason}`);
   if (result.sketched_bases > 0) {
     const tl = result.two_level;
