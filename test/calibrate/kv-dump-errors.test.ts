@@ -101,6 +101,32 @@ const CAL = [
   '--quiet',
 ];
 
+/**
+ * A dump of 2 layers × `kvHeads` KV heads × 128 (all-layer bases of 256·kvHeads features): `n`
+ * sequences of 300 tokens, Gaussian features scaled by `scale` (of the feature's index in a layer).
+ */
+function wideDump(kvHeads: number, n: number, seed: number, scale: (feature: number) => number): string {
+  const model: DumpModelInfo = {
+    ...MODEL,
+    kvHeads,
+    headDim: 128,
+    rope: MODEL.rope.map(() => ({ theta: 10000, rotaryDim: 128, layout: 'half' as const })),
+  };
+  const dir = join(tempDir('kvtc-kvdump-wide-'), 'dump');
+  const { normal } = rng(seed);
+  const s = Float32Array.from({ length: kvHeads * 128 }, (_, f) => scale(f));
+  const seqs: DumpSeq[] = Array.from({ length: n }, () => {
+    // [kvHeads, tokens, 128]: head h's feature d is h·128 + d.
+    const a = () =>
+      Float32Array.from({ length: kvHeads * 300 * 128 }, (_, i) => s[Math.floor(i / (300 * 128)) * 128 + (i % 128)] * normal());
+    return {
+      cache: { layers: 2, kvHeads, headDim: 128, tokens: 300, dtype: 'float32', keys: [a(), a()], values: [a(), a()], startPosition: 0 },
+    };
+  });
+  writeDump(dir, model, seqs);
+  return dir;
+}
+
 describe('bad KV dumps: each a named error with its exit code', () => {
   it('the valid dump reads', async () => {
     const { dir } = makeDump();
@@ -275,29 +301,7 @@ describe('bad KV dumps: each a named error with its exit code', () => {
 
   it('--tokens below the widest basis: the fit runs on what was asked for and warns (stderr and --json) that the basis is underdetermined', async () => {
     // 2 layers × 2 KV heads × 128: the all-layer bases have 512 features; one 300-token fit sequence gives 296 vectors past the sink.
-    const wide: DumpModelInfo = {
-      ...MODEL,
-      headDim: 128,
-      rope: MODEL.rope.map(() => ({ theta: 10000, rotaryDim: 128, layout: 'half' as const })),
-    };
-    const dir = join(tempDir('kvtc-kvdump-wide-'), 'dump');
-    const { normal } = rng(5);
-    const seqs: DumpSeq[] = Array.from({ length: 4 }, () => {
-      const a = () => Float32Array.from({ length: 2 * 300 * 128 }, normal);
-      return {
-        cache: {
-          layers: 2,
-          kvHeads: 2,
-          headDim: 128,
-          tokens: 300,
-          dtype: 'float32',
-          keys: [a(), a()],
-          values: [a(), a()],
-          startPosition: 0,
-        },
-      };
-    });
-    writeDump(dir, wide, seqs);
+    const dir = wideDump(2, 4, 5, () => 1);
     const args = [
       '--ratio',
       '8',
@@ -334,32 +338,7 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     '--eigensolver numpy fits bases of 1,024 features in Python, says so, and measures what kvtc’s own solver does',
     async () => {
       // 2 layers × 4 KV heads × 128, features of decaying scale (distinct variances): all-layer bases of 1,024.
-      const wide: DumpModelInfo = {
-        ...MODEL,
-        kvHeads: 4,
-        headDim: 128,
-        rope: MODEL.rope.map(() => ({ theta: 10000, rotaryDim: 128, layout: 'half' as const })),
-      };
-      const dir = join(tempDir('kvtc-kvdump-eigh-'), 'dump');
-      const { normal } = rng(11);
-      const scale = Float32Array.from({ length: 4 * 128 }, (_, i) => (i + 1) ** -0.7);
-      const seqs: DumpSeq[] = Array.from({ length: 12 }, () => {
-        const a = () =>
-          Float32Array.from({ length: 4 * 300 * 128 }, (_, i) => scale[Math.floor(i / (300 * 128)) * 128 + (i % 128)] * normal());
-        return {
-          cache: {
-            layers: 2,
-            kvHeads: 4,
-            headDim: 128,
-            tokens: 300,
-            dtype: 'float32',
-            keys: [a(), a()],
-            values: [a(), a()],
-            startPosition: 0,
-          },
-        };
-      });
-      writeDump(dir, wide, seqs);
+      const dir = wideDump(4, 12, 11, (f) => (f + 1) ** -0.7);
       const args = [
         '--ratio',
         '8',
