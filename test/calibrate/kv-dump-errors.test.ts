@@ -83,23 +83,27 @@ async function readAll(dir: string): Promise<void> {
   for (const s of d.sequences) await readDumpSequence(d, s);
 }
 
-const CAL = [
-  '--ratio',
-  '8',
-  '--tokens',
-  '512',
-  '--tuning-tokens',
-  '256',
-  '--report-tokens',
-  '256',
-  '--sink',
-  '4',
-  '--window',
-  '16',
-  '--grouping',
-  'layer',
-  '--quiet',
-];
+/** calibrate --kv options: ratio 8, sink 4, window 16, and these token counts and grouping. */
+function calArgs(tokens: number, tuning: number, report: number, grouping: string): string[] {
+  return [
+    '--ratio',
+    '8',
+    '--tokens',
+    `${tokens}`,
+    '--tuning-tokens',
+    `${tuning}`,
+    '--report-tokens',
+    `${report}`,
+    '--sink',
+    '4',
+    '--window',
+    '16',
+    '--grouping',
+    grouping,
+  ];
+}
+
+const CAL = [...calArgs(512, 256, 256, 'layer'), '--quiet'];
 
 /**
  * A dump of 2 layers × `kvHeads` KV heads × 128 (all-layer bases of 256·kvHeads features): `n`
@@ -302,22 +306,7 @@ describe('bad KV dumps: each a named error with its exit code', () => {
   it('--tokens below the widest basis: the fit runs on what was asked for and warns (stderr and --json) that the basis is underdetermined', async () => {
     // 2 layers × 2 KV heads × 128: the all-layer bases have 512 features; one 300-token fit sequence gives 296 vectors past the sink.
     const dir = wideDump(2, 4, 5, () => 1);
-    const args = [
-      '--ratio',
-      '8',
-      '--tokens',
-      '256',
-      '--tuning-tokens',
-      '256',
-      '--report-tokens',
-      '256',
-      '--sink',
-      '4',
-      '--window',
-      '16',
-      '--grouping',
-      'all',
-    ];
+    const args = calArgs(256, 256, 256, 'all');
     const out = join(tempDir('kvtc-kvdump-out-'), 'p');
     let r = await kvtc('calibrate', '--kv', dir, '--out', out, ...args, '--quiet');
     expect(r.code, r.stderr).toBe(0);
@@ -339,24 +328,7 @@ describe('bad KV dumps: each a named error with its exit code', () => {
     async () => {
       // 2 layers × 4 KV heads × 128, features of decaying scale (distinct variances): all-layer bases of 1,024.
       const dir = wideDump(4, 12, 11, (f) => (f + 1) ** -0.7);
-      const args = [
-        '--ratio',
-        '8',
-        '--tokens',
-        '2400',
-        '--tuning-tokens',
-        '600',
-        '--report-tokens',
-        '300',
-        '--sink',
-        '4',
-        '--window',
-        '16',
-        '--grouping',
-        'all',
-        '--json',
-        '--quiet',
-      ];
+      const args = [...calArgs(2400, 600, 300, 'all'), '--json', '--quiet'];
       const run = async (solver: string) => {
         const r = await kvtc('calibrate', '--kv', dir, '--out', join(tempDir('kvtc-kvdump-out-'), 'p'), ...args, '--eigensolver', solver);
         expect(r.code, r.stderr).toBe(0);
